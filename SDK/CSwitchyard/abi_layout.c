@@ -1,0 +1,19 @@
+/*
+ * Compile-time checks of the ABI layout. This file defines no symbols on purpose: the ABI target
+ * must stay header-only at link time (see the header's note on `static inline`).
+ * The offsets pin ABI 1.0 on LP64 platforms; a change here is an ABI break.
+ */
+#include "switchyard_plugin.h"
+
+#if defined(__LP64__) || defined(_LP64)
+_Static_assert(offsetof(sy_plugin_descriptor, struct_size) == 0, "struct_size must come first");
+_Static_assert(offsetof(sy_plugin_descriptor, abi_major) == 4, "abi_major at 4");
+_Static_assert(offsetof(sy_plugin_descriptor, abi_minor) == 6, "abi_minor at 6");
+_Static_assert(offsetof(sy_plugin_descriptor, name) == 8, "name at 8");
+_Static_assert(offsetof(sy_plugin_descriptor, capabilities) == 32, "capabilities at 32");
+_Static_assert(offsetof(sy_plugin_descriptor, create) == 40, "create at 40");
+_Static_assert(SY_DESCRIPTOR_SIZE_V1_0 == 104, "ABI 1.0 descriptor is 104 bytes");
+_Static_assert(sizeof(sy_message) == 104, "sy_message is 104 bytes");
+_Static_assert(sizeof(sy_host_services) == 48, "sy_host_services is 48 bytes");
+_Static_assert(sizeof(sy_error) == 516, "sy_error is 516 bytes");
+#endif
