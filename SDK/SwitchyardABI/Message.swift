@@ -1,0 +1,158 @@
+import CSwitchyard
+
+/// One message header. Keys are case-sensitive and may repeat.
+public struct Header: Hashable, Sendable {
+    public var key: String
+    public var value: String
+    public init(_ key: String, _ value: String) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// A message owned by Swift code: the Swift form of `sy_message`.
+///
+/// Copy in with `Message(copying:)` and lend out with `withCMessage(_:)`; both follow the ABI's
+/// ownership rule that a `sy_message` is only borrowed for the duration of a call.
+public struct Message: Hashable, Sendable {
+    /// Unique id chosen by the publisher.
+    public var id: String
+    /// Destination channel (queue or topic name).
+    public var channel: String
+    /// Messages sharing a key are delivered one at a time, in order. `nil`: no ordering.
+    public var orderingKey: String?
+    /// Headers, in order.
+    public var headers: [Header]
+    /// Opaque payload.
+    public var body: [UInt8]
+    /// Deliveries so far, this one included; set by the transport on delivery.
+    public var attempt: UInt32
+    /// Earliest delivery time in nanoseconds since the Unix epoch; 0 means now.
+    public var deliverAtNanos: Int64
+    /// When the transport accepted the message (ns since the Unix epoch); set on delivery.
+    public var enqueuedAtNanos: Int64
+
+    public init(
+        id: String, channel: String, orderingKey: String? = nil, headers: [Header] = [],
+        body: [UInt8] = [], attempt: UInt32 = 0, deliverAtNanos: Int64 = 0, enqueuedAtNanos: Int64 = 0
+    ) {
+        self.id = id
+        self.channel = channel
+        self.orderingKey = orderingKey
+        self.headers = headers
+        self.body = body
+        self.attempt = attempt
+        self.deliverAtNanos = deliverAtNanos
+        self.enqueuedAtNanos = enqueuedAtNanos
+    }
+
+    /// The first value of header `key`, if any.
+    public func header(_ key: String) -> String? { headers.first { $0.key == key }?.value }
+}
+
+extension Message {
+    /// Copies a message that crossed the boundary. Throws `invalidArgument` for a message whose
+    /// `struct_size` is too small for ABI 1.0 or whose required fields are empty; never reads past
+    /// `struct_size`.
+    public init(copying message: UnsafePointer<sy_message>) throws(TransportError) {
+        let m = message.pointee
+        guard Int(m.struct_size) >= MemoryLayout<sy_message>.size else {
+            throw TransportError(.invalidArgument, "message struct_size \(m.struct_size) is smaller than ABI 1.0's \(MemoryLayout<sy_message>.size)")
+        }
+        guard m.id.len > 0 else { throw TransportError(.invalidArgument, "message id is empty") }
+        guard m.channel.len > 0 else { throw TransportError(.invalidArgument, "message channel is empty") }
+        guard m.header_count == 0 || m.headers != nil else {
+            throw TransportError(.invalidArgument, "message has \(m.header_count) headers but a NULL headers pointer")
+        }
+        let key = String(m.ordering_key)
+        self.init(
+            id: String(m.id), channel: String(m.channel), orderingKey: key.isEmpty ? nil : key,
+            headers: (0..<m.header_count).map { Header(String(m.headers[$0].key), String(m.headers[$0].value)) },
+            body: m.body.len == 0 ? [] : Array(UnsafeBufferPointer(start: m.body.data, count: m.body.len)),
+            attempt: m.attempt, deliverAtNanos: m.deliver_at_ns, enqueuedAtNanos: m.enqueued_at_ns)
+    }
+
+    /// Lends this message to C code as a `sy_message` valid only inside `body`.
+    ///
+    /// All strings, headers and the body are laid out in one temporary allocation (on the stack
+    /// when small), so lending a message costs no heap allocation in the common case.
+    public func withCMessage<R, E: Error>(_ body: (UnsafePointer<sy_message>) throws(E) -> R) throws(E) -> R {
+        let key = orderingKey ?? ""
+        var textBytes = id.utf8.count + channel.utf8.count + key.utf8.count
+        for header in headers { textBytes += header.key.utf8.count + header.value.utf8.count }
+        let headerBytes = headers.count * MemoryLayout<sy_header>.stride
+        let result: Result<R, E> = withUnsafeTemporaryAllocation(
+            byteCount: max(1, headerBytes + textBytes + self.body.count), alignment: MemoryLayout<sy_header>.alignment
+        ) { raw in
+            var cursor = headerBytes
+            func lay(_ string: String) -> sy_str {
+                let start = cursor
+                cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
+                return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
+            }
+            let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
+            for (index, header) in headers.enumerated() {
+                (cHeaders + index).initialize(to: sy_header(key: lay(header.key), value: lay(header.value)))
+            }
+            let bodyStart = cursor
+            if !self.body.isEmpty {
+                UnsafeMutableRawBufferPointer(rebasing: raw[bodyStart...]).copyBytes(from: self.body)
+            }
+            var message = sy_message()
+            message.struct_size = UInt32(MemoryLayout<sy_message>.size)
+            message.attempt = attempt
+            message.id = lay(id)
+            message.channel = lay(channel)
+            message.ordering_key = lay(key)
+            message.headers = headers.isEmpty ? nil : UnsafePointer(cHeaders)
+            message.header_count = headers.count
+            message.body = sy_bytes(
+                data: self.body.isEmpty ? nil : (raw.baseAddress! + bodyStart).assumingMemoryBound(to: UInt8.self),
+                len: self.body.count)
+            message.deliver_at_ns = deliverAtNanos
+            message.enqueued_at_ns = enqueuedAtNanos
+            do throws(E) {
+                return .success(try withUnsafePointer(to: &message) { (pointer) throws(E) -> R in try body(pointer) })
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+}
+
+extension UnsafeMutableRawBufferPointer {
+    /// Copies the UTF-8 bytes of `string` to the start of this buffer; returns how many.
+    fileprivate func copyUTF8(_ string: String) -> Int {
+        var string = string
+        return string.withUTF8 { utf8 in
+            if !utf8.isEmpty { UnsafeMutableRawBufferPointer(self).copyMemory(from: UnsafeRawBufferPointer(utf8)) }
+            return utf8.count
+        }
+    }
+}
+
+extension String {
+    /// Copies a borrowed `sy_str` (UTF-8, not NUL-terminated) into a Swift string. Invalid UTF-8
+    /// is repaired with U+FFFD rather than trusted.
+    public init(_ slice: sy_str) {
+        guard slice.len > 0, let data = slice.data else {
+            self = ""
+            return
+        }
+        self = data.withMemoryRebound(to: UInt8.self, capacity: slice.len) {
+            String(decoding: UnsafeBufferPointer(start: $0, count: slice.len), as: UTF8.self)
+        }
+    }
+
+    /// Lends this string to C code as an `sy_str`, valid only inside `body`.
+    public func withSyStr<R, E: Error>(_ body: (sy_str) throws(E) -> R) throws(E) -> R {
+        var copy = self
+        let result: Result<R, E> = copy.withUTF8 { utf8 in
+            let slice = sy_str(
+                data: utf8.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) }, len: utf8.count)
+            do throws(E) { return .success(try body(slice)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+}

@@ -1,0 +1,155 @@
+import CSwitchyard
+
+/// How one delivery ends: the Swift form of `sy_settlement`.
+public enum Settlement: Hashable, Sendable {
+    /// Done; remove the message.
+    case ack
+    /// Failed; deliver again after `afterNanos`, counting an attempt. `reason` is the last error.
+    case retry(afterNanos: Int64, reason: String)
+    /// Give up now: move the message to the dead-letter channel with `reason`.
+    case deadLetter(reason: String)
+    /// Give it back untouched, without counting an attempt (e.g. during shutdown).
+    case release
+
+    /// Reads a settlement that crossed the boundary; throws `invalidArgument` for an unknown outcome.
+    public init(copying settlement: UnsafePointer<sy_settlement>) throws(TransportError) {
+        let s = settlement.pointee
+        guard Int(s.struct_size) >= MemoryLayout<sy_settlement>.size else {
+            throw TransportError(.invalidArgument, "settlement struct_size \(s.struct_size) is too small")
+        }
+        switch s.outcome {
+        case SY_SETTLE_ACK: self = .ack
+        case SY_SETTLE_RETRY: self = .retry(afterNanos: max(0, s.retry_after_ns), reason: String(s.reason))
+        case SY_SETTLE_DEAD_LETTER: self = .deadLetter(reason: String(s.reason))
+        case SY_SETTLE_RELEASE: self = .release
+        default: throw TransportError(.invalidArgument, "unknown settlement outcome \(s.outcome)")
+        }
+    }
+
+    /// Lends this settlement to C code, valid only inside `body`.
+    public func withCSettlement<R, E: Error>(_ body: (UnsafePointer<sy_settlement>) throws(E) -> R) throws(E) -> R {
+        let (outcome, delay, reason): (Int32, Int64, String) =
+            switch self {
+            case .ack: (SY_SETTLE_ACK, 0, "")
+            case .retry(let after, let reason): (SY_SETTLE_RETRY, after, reason)
+            case .deadLetter(let reason): (SY_SETTLE_DEAD_LETTER, 0, reason)
+            case .release: (SY_SETTLE_RELEASE, 0, "")
+            }
+        return try reason.withSyStr { (reasonSlice) throws(E) -> R in
+            var settlement = sy_settlement(
+                struct_size: UInt32(MemoryLayout<sy_settlement>.size), outcome: outcome,
+                retry_after_ns: delay, reason: reasonSlice)
+            return try body(&settlement)
+        }
+    }
+}
+
+/// Where a new subscriber group starts on a transport that keeps history.
+public enum StartPosition: Int32, Sendable {
+    /// Only messages published after the group was created.
+    case new = 0
+    /// Every message the transport still keeps.
+    case earliest = 1
+}
+
+/// What to subscribe to: the Swift form of `sy_subscribe_options`. Zero values take the
+/// transport instance's configured defaults.
+public struct SubscribeOptions: Hashable, Sendable {
+    /// Channel to consume.
+    public var channel: String
+    /// Subscriber group; members compete, every group gets its own copy on fan-out transports.
+    /// Empty: the default group.
+    public var group: String
+    /// Most unsettled deliveries at once (prefetch); 0: the transport's default.
+    public var maxInFlight: UInt32
+    /// Redeliver an unsettled delivery after this long; 0: the transport's default.
+    public var visibilityTimeoutNanos: Int64
+    /// Where a group the transport has not seen before starts.
+    public var start: StartPosition
+
+    public init(channel: String, group: String = "", maxInFlight: UInt32 = 0,
+                visibilityTimeoutNanos: Int64 = 0, start: StartPosition = .new) {
+        self.channel = channel
+        self.group = group
+        self.maxInFlight = maxInFlight
+        self.visibilityTimeoutNanos = visibilityTimeoutNanos
+        self.start = start
+    }
+
+    /// Reads options that crossed the boundary, taking absent tail fields as zero.
+    public init(copying options: UnsafePointer<sy_subscribe_options>) throws(TransportError) {
+        let o = options.pointee
+        guard Int(o.struct_size) >= MemoryLayout<sy_subscribe_options>.size else {
+            throw TransportError(.invalidArgument, "subscribe options struct_size \(o.struct_size) is too small")
+        }
+        guard o.channel.len > 0 else { throw TransportError(.invalidArgument, "subscribe channel is empty") }
+        guard let start = StartPosition(rawValue: o.start) else {
+            throw TransportError(.invalidArgument, "unknown start position \(o.start)")
+        }
+        self.init(channel: String(o.channel), group: String(o.group), maxInFlight: o.max_in_flight,
+                  visibilityTimeoutNanos: o.visibility_timeout_ns, start: start)
+    }
+
+    /// Lends these options to C code, valid only inside `body`.
+    public func withCOptions<R, E: Error>(_ body: (UnsafePointer<sy_subscribe_options>) throws(E) -> R) throws(E) -> R {
+        try channel.withSyStr { (channelSlice) throws(E) -> R in
+            try group.withSyStr { (groupSlice) throws(E) -> R in
+                var options = sy_subscribe_options(
+                    struct_size: UInt32(MemoryLayout<sy_subscribe_options>.size), max_in_flight: maxInFlight,
+                    channel: channelSlice, group: groupSlice, visibility_timeout_ns: visibilityTimeoutNanos,
+                    start: start.rawValue)
+                return try body(&options)
+            }
+        }
+    }
+}
+
+/// Counters a transport instance reports: the Swift form of `sy_stats`.
+public struct TransportStats: Hashable, Sendable, Codable {
+    public var published: UInt64 = 0
+    public var delivered: UInt64 = 0
+    public var acked: UInt64 = 0
+    public var retried: UInt64 = 0
+    public var deadLettered: UInt64 = 0
+    public var released: UInt64 = 0
+    /// Deliveries handed out and not yet settled, now.
+    public var inFlight: UInt64 = 0
+    /// Messages stored and not yet delivered, now.
+    public var depth: UInt64 = 0
+
+    public init() {}
+
+    /// Reads the fields of `stats` that fit in its `struct_size`; the rest stay zero.
+    public init(copying stats: sy_stats) {
+        func has(_ field: PartialKeyPath<sy_stats>) -> Bool {
+            guard let offset = MemoryLayout<sy_stats>.offset(of: field) else { return false }
+            return offset + MemoryLayout<UInt64>.size <= Int(stats.struct_size)
+        }
+        if has(\.published) { published = stats.published }
+        if has(\.delivered) { delivered = stats.delivered }
+        if has(\.acked) { acked = stats.acked }
+        if has(\.retried) { retried = stats.retried }
+        if has(\.dead_lettered) { deadLettered = stats.dead_lettered }
+        if has(\.released) { released = stats.released }
+        if has(\.in_flight) { inFlight = stats.in_flight }
+        if has(\.depth) { depth = stats.depth }
+    }
+
+    /// Writes these counters into `out`, only the fields that fit in the caller's `struct_size`.
+    public func write(to out: UnsafeMutablePointer<sy_stats>) {
+        var full = sy_stats()
+        full.struct_size = out.pointee.struct_size
+        full.published = published
+        full.delivered = delivered
+        full.acked = acked
+        full.retried = retried
+        full.dead_lettered = deadLettered
+        full.released = released
+        full.in_flight = inFlight
+        full.depth = depth
+        let size = min(Int(out.pointee.struct_size), MemoryLayout<sy_stats>.size)
+        withUnsafeBytes(of: &full) { source in
+            UnsafeMutableRawPointer(out).copyMemory(from: source.baseAddress!, byteCount: size)
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import CSwitchyard
+import Synchronization
+
+/// Identifies one delivery within a transport instance (`sy_delivery_id`); never 0.
+public typealias DeliveryID = UInt64
+/// Identifies one subscription within a transport instance (`sy_subscription_id`); never 0.
+public typealias SubscriptionID = UInt64
+
+/// Receives deliveries from a transport: called with the delivery's id and a copy of its message.
+/// Return `.ok` to take the delivery (and settle it exactly once, later or right away), anything
+/// else to refuse it (the transport then releases it). Called on the transport's threads.
+public typealias DeliveryHandler = @Sendable (DeliveryID, Message) -> StatusCode
+
+/// Calls one transport instance through its plugin's C function table.
+///
+/// The host uses it to drive the transports it created; a decorator plugin uses it to drive its
+/// inner transport. It does not own the instance: whoever created the instance destroys it (see
+/// ``destroy()``). It keeps the subscriber contexts it hands out alive until their subscription
+/// ends, as the ABI requires.
+public final class TransportClient: @unchecked Sendable {
+    // @unchecked: the stored pointers are immutable and the plugin functions are thread-safe by
+    // the ABI's contract; the only mutable state is behind a Mutex.
+
+    /// The plugin's validated descriptor. Static for the life of the process.
+    public let descriptor: UnsafePointer<sy_plugin_descriptor>
+    /// The plugin's opaque instance pointer.
+    public let instance: UnsafeMutableRawPointer
+    private let subscribers = Mutex<[SubscriptionID: Unmanaged<SubscriberBox>]>([:])
+
+    /// Wraps an instance created by `descriptor`'s `create`. The descriptor must have passed the
+    /// loader's validation: every required function is present.
+    public init(descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer) {
+        self.descriptor = descriptor
+        self.instance = instance
+    }
+
+    /// A client for the inner transport a decorator received at creation.
+    public convenience init?(_ ref: sy_transport_ref) {
+        guard let plugin = ref.plugin, let instance = ref.instance else { return nil }
+        self.init(descriptor: plugin, instance: instance)
+    }
+
+    /// Publishes one message; returns once the transport has accepted it.
+    public func publish(_ message: Message) throws(TransportError) {
+        try message.withCMessage { (cMessage) throws(TransportError) in
+            try publish(cMessage)
+        }
+    }
+
+    /// Publishes a message already in C form (borrowed for the call).
+    public func publish(_ message: UnsafePointer<sy_message>) throws(TransportError) {
+        let publish = descriptor.pointee.publish!
+        try TransportError.check { publish(instance, message, $0) }
+    }
+
+    /// Subscribes `handler` to a channel. The handler runs on the transport's threads.
+    public func subscribe(_ options: SubscribeOptions, handler: @escaping DeliveryHandler) throws(TransportError) -> SubscriptionID {
+        let box = Unmanaged.passRetained(SubscriberBox(client: self, handler: handler))
+        var subscriber = sy_subscriber(
+            struct_size: UInt32(MemoryLayout<sy_subscriber>.size), context: box.toOpaque(),
+            deliver: SubscriberBox.deliver)
+        var id: SubscriptionID = 0
+        do {
+            try options.withCOptions { (cOptions) throws(TransportError) in
+                let subscribe = descriptor.pointee.subscribe!
+                try TransportError.check { subscribe(instance, cOptions, &subscriber, &id, $0) }
+            }
+        } catch {
+            box.release()
+            throw error
+        }
+        subscribers.withLock { $0[id] = box }
+        return id
+    }
+
+    /// Ends a subscription. Once it returns no delivery for it is running; its unsettled
+    /// deliveries are released to the other members of the group.
+    public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
+        let unsubscribe = descriptor.pointee.unsubscribe!
+        try TransportError.check { unsubscribe(instance, id, $0) }
+        subscribers.withLock { $0.removeValue(forKey: id) }?.release()
+    }
+
+    /// Settles one delivery, exactly once.
+    public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        let settle = descriptor.pointee.settle!
+        try settlement.withCSettlement { (cSettlement) throws(TransportError) in
+            try TransportError.check { settle(instance, delivery, cSettlement, $0) }
+        }
+    }
+
+    /// Drains: no new deliveries or publishes; waits (blocking this thread) for settlements until
+    /// the monotonic clock passes `deadlineNanos`, then releases the rest. A no-op for plugins
+    /// without `drain`.
+    public func drain(deadlineNanos: Int64) throws(TransportError) {
+        guard let drain = descriptor.pointee.drain else { return }
+        try TransportError.check { drain(instance, deadlineNanos, $0) }
+    }
+
+    /// The instance's counters, or nil when the plugin reports none.
+    public func stats() throws(TransportError) -> TransportStats? {
+        guard let stats = descriptor.pointee.stats else { return nil }
+        var out = sy_stats()
+        out.struct_size = UInt32(MemoryLayout<sy_stats>.size)
+        try TransportError.check { stats(instance, &out, $0) }
+        return TransportStats(copying: out)
+    }
+
+    /// Destroys the instance and frees the subscriber contexts. Only the instance's creator calls
+    /// this, exactly once, after every other call on it has returned.
+    public func destroy() {
+        descriptor.pointee.destroy!(instance)
+        let boxes = subscribers.withLock { all in
+            defer { all.removeAll() }
+            return Array(all.values)
+        }
+        for box in boxes { box.release() }
+    }
+}
+
+/// The context behind one `sy_subscriber`: turns C deliveries into handler calls.
+final class SubscriberBox: Sendable {
+    // Strong on purpose: the client keeps its boxes until the subscription ends, and a box must
+    // never outlive its client. The cycle is broken by unsubscribe() and destroy().
+    let client: TransportClient
+    let handler: DeliveryHandler
+
+    init(client: TransportClient, handler: @escaping DeliveryHandler) {
+        self.client = client
+        self.handler = handler
+    }
+
+    /// The `sy_subscriber.deliver` function for every subscription made through a TransportClient.
+    static let deliver: @convention(c) (UnsafeMutableRawPointer?, sy_delivery_id, UnsafePointer<sy_message>?) -> Int32 = {
+        context, delivery, cMessage in
+        guard let context else { return SY_ERR_INVALID_ARGUMENT }
+        let box = Unmanaged<SubscriberBox>.fromOpaque(context).takeUnretainedValue()
+        guard let cMessage else { return SY_ERR_INVALID_ARGUMENT }
+        do throws(TransportError) {
+            let message = try Message(copying: cMessage)
+            return box.handler(delivery, message).rawValue
+        } catch {
+            // A malformed message must not come round again and again: dead-letter it with the
+            // reason rather than refuse it (which would release it for immediate redelivery).
+            try? box.client.settle(delivery, .deadLetter(reason: "malformed message from transport: \(error.message)"))
+            return SY_OK
+        }
+    }
+}

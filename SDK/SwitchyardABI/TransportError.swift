@@ -1,0 +1,90 @@
+import CSwitchyard
+
+/// A status code of the plugin ABI (`sy_status`), with the codes the header defines as constants.
+///
+/// A struct rather than an enum so that codes added by later ABI minors still round-trip.
+public struct StatusCode: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    public static let ok = StatusCode(rawValue: SY_OK)
+    public static let invalidArgument = StatusCode(rawValue: SY_ERR_INVALID_ARGUMENT)
+    public static let config = StatusCode(rawValue: SY_ERR_CONFIG)
+    public static let unsupported = StatusCode(rawValue: SY_ERR_UNSUPPORTED)
+    public static let notFound = StatusCode(rawValue: SY_ERR_NOT_FOUND)
+    public static let full = StatusCode(rawValue: SY_ERR_FULL)
+    public static let tooLarge = StatusCode(rawValue: SY_ERR_TOO_LARGE)
+    public static let timeout = StatusCode(rawValue: SY_ERR_TIMEOUT)
+    public static let closed = StatusCode(rawValue: SY_ERR_CLOSED)
+    public static let io = StatusCode(rawValue: SY_ERR_IO)
+    public static let unavailable = StatusCode(rawValue: SY_ERR_UNAVAILABLE)
+    public static let internalError = StatusCode(rawValue: SY_ERR_INTERNAL)
+
+    public var description: String {
+        switch self {
+        case .ok: "ok"
+        case .invalidArgument: "invalid argument"
+        case .config: "config error"
+        case .unsupported: "unsupported"
+        case .notFound: "not found"
+        case .full: "full"
+        case .tooLarge: "too large"
+        case .timeout: "timeout"
+        case .closed: "closed"
+        case .io: "I/O error"
+        case .unavailable: "unavailable"
+        case .internalError: "internal error"
+        default: "status \(rawValue)"
+        }
+    }
+}
+
+/// An error that crossed (or will cross) the plugin boundary: a status code and a one-line message.
+public struct TransportError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of failure.
+    public var code: StatusCode
+    /// One line saying what went wrong; for config errors it names the key.
+    public var message: String
+
+    public init(_ code: StatusCode, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message.isEmpty ? code.description : "\(code): \(message)" }
+
+    /// Reads the error a callee reported through `sy_error`, given the status it returned.
+    public init(status: Int32, error: borrowing sy_error) {
+        let message = withUnsafeBytes(of: error.message) { raw -> String in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            let length = bytes.firstIndex(of: 0) ?? bytes.count
+            return String(decoding: UnsafeBufferPointer(rebasing: bytes[..<length]), as: UTF8.self)
+        }
+        self.init(StatusCode(rawValue: status), message)
+    }
+
+    /// Writes this error into a caller's `sy_error` (when not nil), truncating the message to fit
+    /// on a UTF-8 boundary, and returns the status code to hand back across the boundary.
+    @discardableResult
+    public func write(to error: UnsafeMutablePointer<sy_error>?) -> Int32 {
+        guard let error else { return code.rawValue }
+        error.pointee.code = code.rawValue
+        withUnsafeMutableBytes(of: &error.pointee.message) { raw in
+            let utf8 = Array(message.utf8)
+            var count = min(utf8.count, raw.count - 1)
+            // When truncating, do not cut a multi-byte character in half.
+            if count < utf8.count { while count > 0 && utf8[count] & 0xC0 == 0x80 { count -= 1 } }
+            raw.copyBytes(from: utf8[..<count])
+            raw[count] = 0
+        }
+        return code.rawValue
+    }
+
+    /// Calls a C function of the ABI that reports failures through `sy_error`, and throws what it
+    /// reported when it does not return `SY_OK`.
+    public static func check(_ call: (UnsafeMutablePointer<sy_error>) -> Int32) throws(TransportError) {
+        var error = sy_error()
+        let status = call(&error)
+        if status != SY_OK { throw TransportError(status: status, error: error) }
+    }
+}

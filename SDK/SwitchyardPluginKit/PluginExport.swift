@@ -1,0 +1,162 @@
+import CSwitchyard
+import Synchronization
+
+/// Turns a ``TransportPlugin`` type into the C descriptor the host loads.
+///
+/// A plugin exports it with one public entry function (it must be `public`, or `dlsym` cannot
+/// find it):
+///
+/// ```swift
+/// @c(switchyard_plugin_entry)
+/// public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
+///     PluginExport.descriptor(for: MyTransport.self, hostABIMajor: hostABIMajor)
+/// }
+/// ```
+///
+/// The SDK is linked into every plugin image separately, so each image has its own registration;
+/// one image exports one plugin.
+public enum PluginExport {
+    /// The descriptor for `plugin`, built once and kept forever (plugins are never unloaded), or
+    /// nil when the host speaks another ABI major.
+    public static func descriptor<P: TransportPlugin>(for plugin: P.Type, hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
+        guard hostABIMajor == UInt32(SY_ABI_MAJOR) else { return nil }
+        return registration.withLock { registered in
+            if let registered { return registered.descriptor }
+            let made = Registration(factory: { context throws(TransportError) in try P(context: context) },
+                                    descriptor: makeDescriptor(P.info))
+            registered = made
+            return made.descriptor
+        }
+    }
+
+    struct Registration: @unchecked Sendable {
+        // @unchecked: the descriptor is immutable after creation.
+        let factory: @Sendable (TransportContext) throws(TransportError) -> any TransportPlugin
+        let descriptor: UnsafePointer<sy_plugin_descriptor>
+    }
+
+    static let registration = Mutex<Registration?>(nil)
+
+    private static func makeDescriptor(_ info: PluginInfo) -> UnsafePointer<sy_plugin_descriptor> {
+        let descriptor = UnsafeMutablePointer<sy_plugin_descriptor>.allocate(capacity: 1)
+        descriptor.initialize(to: sy_plugin_descriptor(
+            struct_size: UInt32(MemoryLayout<sy_plugin_descriptor>.size),
+            abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
+            name: strdup(info.name), version: strdup(info.version), description: strdup(info.description),
+            capabilities: info.capabilities.rawValue,
+            create: Thunks.create, destroy: Thunks.destroy, publish: Thunks.publish,
+            subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
+            drain: Thunks.drain, stats: Thunks.stats))
+        return UnsafePointer(descriptor)
+    }
+}
+
+/// The instance pointer handed to the host: the plugin object plus what it borrowed at creation.
+private final class InstanceBox: Sendable {
+    let transport: any TransportPlugin
+    init(_ transport: any TransportPlugin) { self.transport = transport }
+
+    static func from(_ pointer: UnsafeMutableRawPointer?) -> InstanceBox? {
+        pointer.map { Unmanaged<InstanceBox>.fromOpaque($0).takeUnretainedValue() }
+    }
+}
+
+/// Runs `body` and turns its outcome into an ABI status, writing a thrown error into `err`.
+private func reporting(to err: UnsafeMutablePointer<sy_error>?, _ body: () throws(TransportError) -> Void) -> Int32 {
+    do {
+        try body()
+        return SY_OK
+    } catch {
+        return error.write(to: err)
+    }
+}
+
+/// The C functions of the descriptor. Each one catches every error and reports it through
+/// `sy_error`; nothing thrown in Swift crosses the boundary.
+private enum Thunks {
+    static let create: @convention(c) (UnsafePointer<sy_create_args>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        args, out, err in
+        guard let args, let out, Int(args.pointee.struct_size) >= MemoryLayout<sy_create_args>.size, let host = args.pointee.host else {
+            return TransportError(.invalidArgument, "create: missing or too small arguments").write(to: err)
+        }
+        guard let factory = PluginExport.registration.withLock({ $0?.factory }) else {
+            return TransportError(.internalError, "create called before the entry point").write(to: err)
+        }
+        let config = String(args.pointee.config_json)
+        let context = TransportContext(
+            instanceName: String(args.pointee.instance_name), configJSON: config.isEmpty ? "{}" : config,
+            host: HostServices(host), inner: args.pointee.inner.flatMap { TransportClient($0.pointee) })
+        return reporting(to: err) { () throws(TransportError) in
+            let transport = try factory(context)
+            out.pointee = Unmanaged.passRetained(InstanceBox(transport)).toOpaque()
+        }
+    }
+
+    static let destroy: @convention(c) (UnsafeMutableRawPointer?) -> Void = { instance in
+        guard let instance else { return }
+        let box = Unmanaged<InstanceBox>.fromOpaque(instance).takeRetainedValue()
+        box.transport.shutdown()
+    }
+
+    static let publish: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, message, err in
+        guard let box = InstanceBox.from(instance), let message else {
+            return TransportError(.invalidArgument, "publish: NULL instance or message").write(to: err)
+        }
+        return reporting(to: err) { () throws(TransportError) in
+            try box.transport.publish(Message(copying: message))
+        }
+    }
+
+    static let subscribe: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_subscribe_options>?, UnsafePointer<sy_subscriber>?, UnsafeMutablePointer<sy_subscription_id>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, options, subscriber, out, err in
+        guard let box = InstanceBox.from(instance), let options, let subscriber, let out else {
+            return TransportError(.invalidArgument, "subscribe: NULL argument").write(to: err)
+        }
+        guard let handle = Subscriber(subscriber) else {
+            return TransportError(.invalidArgument, "subscribe: subscriber has no deliver function or is too small").write(to: err)
+        }
+        return reporting(to: err) { () throws(TransportError) in
+            out.pointee = try box.transport.subscribe(SubscribeOptions(copying: options), handle)
+        }
+    }
+
+    static let unsubscribe: @convention(c) (UnsafeMutableRawPointer?, sy_subscription_id, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, id, err in
+        guard let box = InstanceBox.from(instance) else {
+            return TransportError(.invalidArgument, "unsubscribe: NULL instance").write(to: err)
+        }
+        return reporting(to: err) { () throws(TransportError) in
+            try box.transport.unsubscribe(id)
+        }
+    }
+
+    static let settle: @convention(c) (UnsafeMutableRawPointer?, sy_delivery_id, UnsafePointer<sy_settlement>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, delivery, settlement, err in
+        guard let box = InstanceBox.from(instance), let settlement else {
+            return TransportError(.invalidArgument, "settle: NULL instance or settlement").write(to: err)
+        }
+        return reporting(to: err) { () throws(TransportError) in
+            try box.transport.settle(delivery, Settlement(copying: settlement))
+        }
+    }
+
+    static let drain: @convention(c) (UnsafeMutableRawPointer?, Int64, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, deadline, err in
+        guard let box = InstanceBox.from(instance) else {
+            return TransportError(.invalidArgument, "drain: NULL instance").write(to: err)
+        }
+        return reporting(to: err) { () throws(TransportError) in
+            try box.transport.drain(deadlineNanos: deadline)
+        }
+    }
+
+    static let stats: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<sy_stats>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, out, err in
+        guard let box = InstanceBox.from(instance), let out else {
+            return TransportError(.invalidArgument, "stats: NULL argument").write(to: err)
+        }
+        box.transport.stats().write(to: out)
+        return SY_OK
+    }
+}

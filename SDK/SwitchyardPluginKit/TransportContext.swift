@@ -1,0 +1,145 @@
+import CSwitchyard
+import Foundation
+
+/// Everything a plugin instance receives at creation.
+public struct TransportContext: Sendable {
+    /// The transport's name in the host's config, for log lines.
+    public let instanceName: String
+    /// The plugin's own config: one JSON object, `{}` when none was given.
+    public let configJSON: String
+    /// The host's services: logging, clocks, metrics.
+    public let host: HostServices
+    /// The inner transport, for decorators (capability `wrapsInner`); nil otherwise.
+    public let inner: TransportClient?
+
+    public init(instanceName: String, configJSON: String, host: HostServices, inner: TransportClient?) {
+        self.instanceName = instanceName
+        self.configJSON = configJSON
+        self.host = host
+        self.inner = inner
+    }
+
+    /// Decodes the plugin config into `C`, refusing keys `C` does not declare. Every error is a
+    /// `.config` error naming the offending key, as the ABI asks.
+    public func decodeConfig<C: PluginConfig>(_ type: C.Type) throws(TransportError) -> C {
+        let data = Data(configJSON.utf8)
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: data)
+        } catch {
+            throw TransportError(.config, "config is not valid JSON")
+        }
+        guard let keys = object as? [String: Any] else { throw TransportError(.config, "config must be a JSON object") }
+        if let unknown = keys.keys.sorted().first(where: { !C.allowedKeys.contains($0) }) {
+            let allowed = C.allowedKeys.sorted().joined(separator: ", ")
+            throw TransportError(.config, "unknown config key '\(unknown)' (known keys: \(allowed.isEmpty ? "none" : allowed))")
+        }
+        do {
+            return try JSONDecoder().decode(C.self, from: data)
+        } catch let error as DecodingError {
+            throw TransportError(.config, Self.describe(error))
+        } catch let error as TransportError {
+            throw error
+        } catch {
+            throw TransportError(.config, "config: \(error)")
+        }
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error {
+        case .typeMismatch(let type, let context):
+            return "config key '\(path(context))': expected \(type)"
+        case .valueNotFound(let type, let context):
+            return "config key '\(path(context))': expected \(type), found null"
+        case .keyNotFound(let key, let context):
+            let parent = path(context)
+            return "config key '\(parent.isEmpty ? key.stringValue : parent + "." + key.stringValue)' is required"
+        case .dataCorrupted(let context):
+            return "config key '\(path(context))': \(context.debugDescription)"
+        @unknown default:
+            return "config: \(error)"
+        }
+    }
+}
+
+/// A plugin's config type: decodable, and naming the keys it accepts so that a misspelled key is
+/// refused instead of silently ignored.
+public protocol PluginConfig: Decodable {
+    /// The top-level keys this config accepts.
+    static var allowedKeys: Set<String> { get }
+}
+
+/// Log levels a plugin may use, mapped to the host's logger.
+public enum LogLevel: Int32, Sendable {
+    case trace = 0, debug, info, notice, warning, error
+}
+
+/// The host's services as a plugin sees them (`sy_host_services`). Valid until the instance's
+/// `shutdown` returns; every method is thread-safe and returns promptly.
+public struct HostServices: @unchecked Sendable {
+    // @unchecked: the table is immutable and its functions are thread-safe by the ABI contract.
+    private let table: UnsafePointer<sy_host_services>
+
+    /// Wraps the table the host passed to `create`.
+    public init(_ table: UnsafePointer<sy_host_services>) { self.table = table }
+
+    /// The host's ABI version.
+    public var abi: (major: UInt16, minor: UInt16) { (table.pointee.abi_major, table.pointee.abi_minor) }
+
+    /// Logs one line through the host's logger (which adds the transport's name).
+    public func log(_ level: LogLevel, _ message: String) {
+        guard let log = table.pointee.log else { return }
+        message.withCString { log(table.pointee.host_context, level.rawValue, $0) }
+    }
+
+    /// Wall-clock time in nanoseconds since the Unix epoch.
+    public func nowNanos() -> Int64 { table.pointee.now_ns?(table.pointee.host_context) ?? 0 }
+
+    /// Monotonic time in nanoseconds, for deadlines and timeouts.
+    public func monotonicNanos() -> Int64 { table.pointee.monotonic_ns?(table.pointee.host_context) ?? 0 }
+
+    /// Adds `value` to the counter `name` (e.g. "published").
+    public func count(_ name: StaticString, _ value: Double = 1) { metric(SY_METRIC_COUNTER, name, value) }
+    /// Sets the gauge `name`.
+    public func gauge(_ name: StaticString, _ value: Double) { metric(SY_METRIC_GAUGE, name, value) }
+    /// Records one duration for the timer `name`.
+    public func time(_ name: StaticString, nanos: Int64) { metric(SY_METRIC_TIMER_NS, name, Double(nanos)) }
+
+    private func metric(_ kind: Int32, _ name: StaticString, _ value: Double) {
+        guard let metric = table.pointee.metric else { return }
+        name.withUTF8Buffer { utf8 in
+            // StaticString storage is NUL-terminated.
+            utf8.baseAddress.map { metric(table.pointee.host_context, kind, UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self), value) }
+        }
+    }
+}
+
+/// The receiving side of one subscription, as handed to ``TransportPlugin/subscribe(_:_:)``.
+/// Copyable and thread-safe; valid until `unsubscribe` of that subscription returns.
+public struct Subscriber: @unchecked Sendable {
+    // @unchecked: a copy of the caller's immutable sy_subscriber; its deliver is thread-safe.
+    private let subscriber: sy_subscriber
+
+    /// Copies the subscriber the caller passed to `subscribe`; nil when it is unusable.
+    public init?(_ subscriber: UnsafePointer<sy_subscriber>) {
+        guard Int(subscriber.pointee.struct_size) >= MemoryLayout<sy_subscriber>.size,
+            subscriber.pointee.deliver != nil
+        else { return nil }
+        self.subscriber = subscriber.pointee
+    }
+
+    /// Hands a message to the subscriber. `.ok` means it took the delivery and will settle it
+    /// exactly once (possibly before this returns); anything else means treat it as released.
+    /// Do not hold a lock that `settle` or `publish` takes while calling this.
+    public func deliver(_ delivery: DeliveryID, _ message: Message) -> StatusCode {
+        message.withCMessage { deliver(delivery, $0) }
+    }
+
+    /// Hands on a message already in C form (a decorator relaying its inner transport's delivery).
+    public func deliver(_ delivery: DeliveryID, _ message: UnsafePointer<sy_message>) -> StatusCode {
+        StatusCode(rawValue: subscriber.deliver(subscriber.context, delivery, message))
+    }
+}

@@ -1,0 +1,64 @@
+@_exported import CSwitchyard
+@_exported import SwitchyardABI
+
+/// What a Swift transport plugin implements. One type per plugin; the SDK turns it into the C
+/// descriptor and function table (see ``PluginExport``), so plugin code never touches C structs.
+///
+/// Threading: every method may be called from any thread, concurrently, except that `init` comes
+/// first and `shutdown` last, with nothing overlapping it. Methods return promptly; only `drain`
+/// may block, until its deadline.
+public protocol TransportPlugin: AnyObject, Sendable {
+    /// The plugin's identity and what it can do. Read once, when the host loads the plugin.
+    static var info: PluginInfo { get }
+
+    /// Creates an instance. Throw `TransportError(.config, "...")` naming the key for bad config.
+    init(context: TransportContext) throws(TransportError)
+
+    /// Accepts one message; returns once it is stored as the capabilities promise.
+    func publish(_ message: Message) throws(TransportError)
+
+    /// Starts delivering a channel to `subscriber`; returns a non-zero subscription id.
+    func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID
+
+    /// Stops a subscription; when it returns no delivery for it runs or will start, and its
+    /// unsettled deliveries are released.
+    func unsubscribe(_ id: SubscriptionID) throws(TransportError)
+
+    /// Settles one delivery, exactly once; `.notFound` for an unknown or already settled one.
+    func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError)
+
+    /// Stops new deliveries and publishes, waits for settlements until the monotonic clock passes
+    /// `deadlineNanos`, then releases the rest (throwing `.timeout` if it had to). Default: no-op.
+    func drain(deadlineNanos: Int64) throws(TransportError)
+
+    /// Counters since creation. Default: all zero.
+    func stats() -> TransportStats
+
+    /// Frees everything; called once, last. No deliveries may run once it returns. Default: no-op.
+    func shutdown()
+}
+
+extension TransportPlugin {
+    public func drain(deadlineNanos: Int64) throws(TransportError) {}
+    public func stats() -> TransportStats { TransportStats() }
+    public func shutdown() {}
+}
+
+/// A plugin's identity, as shown by `switchyard plugins list` and used by config.
+public struct PluginInfo: Sendable {
+    /// Unique name, `[a-z0-9-]`, starting with a letter: config selects the plugin by it.
+    public var name: String
+    /// Semantic version of the plugin.
+    public var version: String
+    /// One line saying what it is.
+    public var description: String
+    /// What it can do; the host refuses config that needs more.
+    public var capabilities: Capabilities
+
+    public init(name: String, version: String, description: String, capabilities: Capabilities) {
+        self.name = name
+        self.version = version
+        self.description = description
+        self.capabilities = capabilities
+    }
+}
