@@ -1,0 +1,86 @@
+// swift-tools-version: 6.1
+// Switchyard: typed method calls routed through transport plugins loaded behind a stable C ABI.
+//
+// Layout (docs/architecture.md):
+//   SDK/       the plugin contract: the C header (CSwitchyard), the Swift layer over it shared by
+//              host and plugins (SwitchyardABI), the Swift plugin kit, and the plugin templates
+//   Sources/   the host: plugin loading, host services, the CLI
+//   Plugins/   the transport plugins, each its own dynamic library product
+//   Tests/     Swift Testing suites and the C fixtures they compile
+import PackageDescription
+
+let package = Package(
+    name: "switchyard",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "switchyard", targets: ["SwitchyardCLI"]),
+
+        // The plugin SDK: what a third-party plugin package depends on.
+        .library(name: "SwitchyardPluginKit", targets: ["SwitchyardPluginKit"]),
+        .library(name: "CSwitchyard", targets: ["CSwitchyard"]),
+
+        // Host modules, for embedding Switchyard in your own executable.
+        .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),
+        .library(name: "SwitchyardHost", targets: ["SwitchyardHost"]),
+
+        // Bundled plugins. Each is its own shared object, found next to the `switchyard` binary.
+        .library(name: "switchyard-example-c", type: .dynamic, targets: ["ExampleCPlugin"]),
+        .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExampleSwiftPlugin"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // MARK: SDK — the plugin contract
+
+        /// The C ABI header: the whole contract between host and plugins.
+        .target(name: "CSwitchyard", path: "SDK/CSwitchyard"),
+        /// Swift form of the ABI types and a client for calling any transport through its C table;
+        /// linked into the host and (a separate copy) into every Swift plugin.
+        .target(name: "SwitchyardABI", dependencies: ["CSwitchyard"], path: "SDK/SwitchyardABI"),
+        /// What a Swift plugin author implements and exports.
+        .target(name: "SwitchyardPluginKit", dependencies: ["SwitchyardABI"], path: "SDK/SwitchyardPluginKit"),
+        /// The templates, built here as the bundled example plugins.
+        .target(
+            name: "ExampleCPlugin", dependencies: ["CSwitchyard"], path: "SDK/Templates/c-plugin",
+            exclude: ["Makefile", "README.md"], sources: ["plugin.c"], publicHeadersPath: "."),
+        .target(
+            name: "ExampleSwiftPlugin", dependencies: ["SwitchyardPluginKit"],
+            path: "SDK/Templates/swift-plugin/Sources/ExamplePlugin"),
+
+        // MARK: Host
+
+        /// Finds, vets and loads plugin files; validates descriptors.
+        .target(
+            name: "SwitchyardLoader",
+            dependencies: ["SwitchyardABI", .product(name: "Crypto", package: "swift-crypto")]),
+        /// Host services (log, clock, metrics) and creating transport instances from loaded plugins.
+        .target(
+            name: "SwitchyardHost",
+            dependencies: [
+                "SwitchyardLoader", "SwitchyardABI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]),
+        /// Host configuration file (YAML), validated with key paths in every error.
+        .target(name: "SwitchyardConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
+        /// The `switchyard` command.
+        .executableTarget(
+            name: "SwitchyardCLI",
+            dependencies: [
+                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        // MARK: Tests
+
+        .testTarget(
+            name: "SwitchyardTests",
+            dependencies: ["SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI"],
+            exclude: ["Fixtures"]),
+    ]
+)

@@ -1,0 +1,46 @@
+import ArgumentParser
+import SwitchyardLoader
+
+/// `switchyard plugins list`: every plugin found, and every refused file with its reason.
+struct ListPlugins: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "List the plugins found on the search path, and the files refused with their reasons.",
+        discussion: """
+            Search order: --plugins-dir, SWITCHYARD_PLUGINS_PATH (colon-separated), the config's \
+            plugins.directory, ./plugins, then the directory of the switchyard executable. \
+            Refused files do not make this command fail.
+            """)
+
+    @OptionGroup var search: PluginSearchOptions
+
+    @Flag(help: "Print one JSON object: {\"plugins\":[...],\"rejected\":[...]}.")
+    var json = false
+
+    func run() throws {
+        let config = try search.loadConfig()
+        let catalog = search.loader(config).discover(in: search.searchPath(config))
+        if json {
+            struct Output: Encodable {
+                let plugins: [PluginJSON]
+                let rejected: [RejectionJSON]
+                let searched: [String]
+            }
+            try printJSON(Output(plugins: catalog.plugins.map(PluginJSON.init), rejected: catalog.rejected.map(RejectionJSON.init),
+                                 searched: catalog.searched.map(\.path)))
+            return
+        }
+        if catalog.plugins.isEmpty {
+            print("No plugins found.")
+        } else {
+            print(table(["NAME", "VERSION", "ABI", "CAPABILITIES", "PATH"], catalog.plugins.map {
+                [$0.name, $0.version.description, $0.abiVersion, $0.capabilities.names.joined(separator: ","), $0.path]
+            }))
+        }
+        if !catalog.rejected.isEmpty {
+            print("\nRefused (\(catalog.rejected.count)):")
+            for rejection in catalog.rejected { print("  \(rejection.path): \(rejection.reason)") }
+        }
+        print("\nSearched: " + catalog.searched.map(\.description).joined(separator: ", "))
+    }
+}

@@ -1,0 +1,90 @@
+import ArgumentParser
+import Foundation
+import SwitchyardConfig
+import SwitchyardLoader
+
+/// Where to look for plugins and which files to trust: shared by every command that loads plugins.
+struct PluginSearchOptions: ParsableArguments {
+    @Option(name: [.customLong("plugins-dir"), .customLong("dir")],
+            help: ArgumentHelp("A directory to search first (repeatable).", valueName: "dir"))
+    var directories: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("The config file (its plugins section: directory, pins).", valueName: "file"))
+    var config: String?
+
+    /// The config file's plugins section, or the defaults when no file was named.
+    func loadConfig() throws -> SwitchyardConfig {
+        guard let config else { return SwitchyardConfig() }
+        do {
+            return try SwitchyardConfig.load(path: config)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    /// A loader with the config's trust policy.
+    func loader(_ config: SwitchyardConfig) -> PluginLoader {
+        PluginLoader(trust: TrustPolicy(pins: config.plugins.pins, requirePins: config.plugins.requirePins))
+    }
+
+    /// The search path: these options, the environment, the config, ./plugins, the executable's directory.
+    func searchPath(_ config: SwitchyardConfig) -> [SearchDirectory] {
+        SearchDirectory.searchPath(
+            commandLine: directories, environment: ProcessInfo.processInfo.environment,
+            configDirectory: config.plugins.directory, workingDirectory: FileManager.default.currentDirectoryPath)
+    }
+}
+
+/// JSON forms of loader results, as printed by `--json`.
+struct PluginJSON: Encodable {
+    let name: String
+    let version: String
+    let abi: String
+    let capabilities: [String]
+    let path: String
+    let description: String
+
+    init(_ plugin: LoadedPlugin) {
+        name = plugin.name
+        version = plugin.version.description
+        abi = plugin.abiVersion
+        capabilities = plugin.capabilities.names
+        path = plugin.path
+        description = plugin.summary
+    }
+}
+
+struct RejectionJSON: Encodable {
+    let path: String
+    let reason: String
+    let kind: String
+
+    init(_ rejection: Rejection) {
+        path = rejection.path
+        reason = rejection.reason
+        kind = rejection.kind.description
+    }
+}
+
+/// Prints `value` as pretty JSON on standard output.
+func printJSON(_ value: some Encodable) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Writes one line to standard error.
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}
+
+/// Lays out rows as left-aligned columns.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
+    return all.map { row in
+        row.enumerated().map { index, cell in
+            index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+    }.joined(separator: "\n")
+}

@@ -1,0 +1,19 @@
+import ArgumentParser
+
+/// The `switchyard` command.
+@main
+struct Switchyard: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchyard",
+        abstract: "Route typed method calls through transport plugins chosen by configuration.",
+        version: "0.1.0",
+        subcommands: [PluginsCommand.self])
+}
+
+/// `switchyard plugins …`: find, inspect and verify transport plugins.
+struct PluginsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plugins",
+        abstract: "Find, inspect and verify transport plugins.",
+        subcommands: [ListPlugins.self, InspectPlugin.self, VerifyPlugin.self])
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import SwitchyardLoader
+
+/// `switchyard plugins verify PATH`: exit 0 for a valid plugin, 1 with the reason otherwise.
+///
+/// Loading a file runs its code, and code can crash. So the check runs in a child process (this
+/// same executable with `--in-process`), and a child killed by a signal becomes a rejection like
+/// any other: whatever the file, verify itself never crashes.
+struct VerifyPlugin: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check that a file is a loadable plugin: exit 0 if so, 1 with the reason on stderr if not.")
+
+    @Argument(help: "The plugin file.")
+    var path: String
+
+    @OptionGroup var search: PluginSearchOptions
+
+    @Flag(help: .hidden)
+    var inProcess = false
+
+    func run() throws {
+        if inProcess { return try verifyHere() }
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        child.arguments = ["plugins", "verify", "--in-process", path] + (search.config.map { ["--config", $0] } ?? [])
+        do {
+            try child.run()
+        } catch {
+            // Could not isolate it: check here instead.
+            return try verifyHere()
+        }
+        child.waitUntilExit()
+        switch child.terminationReason {
+        case .exit where child.terminationStatus == 0:
+            return
+        case .exit:
+            throw ExitCode(child.terminationStatus)
+        default:
+            let signal = child.terminationStatus
+            printError("\(path): crashed the loader with signal \(signal) (\(String(cString: strsignal(signal))))")
+            throw ExitCode.failure
+        }
+    }
+
+    private func verifyHere() throws {
+        let config = try search.loadConfig()
+        do {
+            let plugin = try search.loader(config).load(path: path)
+            print("ok: \(plugin.name) \(plugin.version), ABI \(plugin.abiVersion), capabilities: \(plugin.capabilities)")
+        } catch {
+            printError("\(error.path): \(error.reason)")
+            throw ExitCode.failure
+        }
+    }
+}

@@ -1,0 +1,79 @@
+import Yams
+
+/// A YAML node with its key path, for reading config with errors that name the key and line.
+///
+/// Every accessor throws a ``ConfigError`` pointing at this node when the value has the wrong
+/// shape, so config types read fields in a few lines and never report a problem without its place.
+public struct ConfigNode {
+    /// Dotted key path from the root.
+    public let path: String
+    let node: Node
+
+    init(_ node: Node, path: String) {
+        self.node = node
+        self.path = path
+    }
+
+    /// 1-based line of this node in the file.
+    public var line: Int? { node.mark?.line }
+
+    /// An error about this node.
+    public func error(_ message: String) -> ConfigError { ConfigError(key: path, line: line, message: message) }
+
+    /// The node's entries as a mapping, refusing keys outside `allowed`. Keys keep file order.
+    public func mapping(allowed: [String]) throws(ConfigError) -> [(key: String, value: ConfigNode)] {
+        guard case .mapping(let mapping) = node else { throw error("expected a mapping of keys to values") }
+        var result: [(key: String, value: ConfigNode)] = []
+        for (keyNode, valueNode) in mapping {
+            guard let key = keyNode.string else { throw error("keys must be strings") }
+            let child = ConfigNode(valueNode, path: path.isEmpty ? key : "\(path).\(key)")
+            if !allowed.isEmpty && !allowed.contains(key) {
+                throw ConfigError(key: child.path, line: keyNode.mark?.line,
+                                  message: "unknown key (expected one of: \(allowed.joined(separator: ", ")))")
+            }
+            result.append((key, child))
+        }
+        return result
+    }
+
+    /// Entries of a mapping whose keys are free-form (e.g. plugin names → pins).
+    public func entries() throws(ConfigError) -> [(key: String, value: ConfigNode)] {
+        try mapping(allowed: [])
+    }
+
+    /// A non-empty string scalar.
+    public func string() throws(ConfigError) -> String {
+        guard case .scalar(let scalar) = node else { throw error("expected a string") }
+        guard !scalar.string.isEmpty else { throw error("must not be empty") }
+        return scalar.string
+    }
+
+    /// A boolean scalar (`true`/`false`).
+    public func bool() throws(ConfigError) -> Bool {
+        guard case .scalar = node, let value = node.bool else { throw error("expected true or false") }
+        return value
+    }
+
+    /// An integer scalar within `range`.
+    public func int(in range: ClosedRange<Int> = Int.min...Int.max) throws(ConfigError) -> Int {
+        guard case .scalar = node, let value = node.int else { throw error("expected an integer") }
+        guard range.contains(value) else { throw error("must be between \(range.lowerBound) and \(range.upperBound)") }
+        return value
+    }
+}
+
+/// Parses YAML text into the root ``ConfigNode``; syntax errors become ``ConfigError``s with the line.
+public func parseConfigYAML(_ text: String) throws(ConfigError) -> ConfigNode? {
+    do {
+        return try Yams.compose(yaml: text).map { ConfigNode($0, path: "") }
+    } catch let error as YamlError {
+        switch error {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
+            throw ConfigError(key: "", line: mark.line, message: "YAML syntax error: \(problem)")
+        default:
+            throw ConfigError(key: "", line: nil, message: "YAML error: \(error)")
+        }
+    } catch {
+        throw ConfigError(key: "", line: nil, message: "YAML error: \(error)")
+    }
+}

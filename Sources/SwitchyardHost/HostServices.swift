@@ -1,0 +1,109 @@
+import CSwitchyard
+import Logging
+import Metrics
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The host side of `sy_host_services` for one transport instance: log lines go to swift-log with
+/// the transport's name as metadata, metrics to swift-metrics labelled with it.
+///
+/// The C table and its context live exactly as long as this object; the owning `Transport` keeps
+/// it until the plugin's `destroy` has returned.
+final class HostServices: Sendable {
+    private let logger: Logger
+    private let transportName: String
+    private let metrics = Mutex<[String: MetricHandle]>([:])
+    /// The table handed to the plugin. Immutable once built.
+    nonisolated(unsafe) private(set) var table: UnsafeMutablePointer<sy_host_services>!
+
+    private enum MetricHandle: @unchecked Sendable {
+        // @unchecked: swift-metrics handlers are thread-safe by that library's contract.
+        case counter(Counter), gauge(Gauge), timer(Metrics.Timer)
+    }
+
+    init(transportName: String, logger: Logger) {
+        var logger = logger
+        logger[metadataKey: "transport"] = "\(transportName)"
+        self.logger = logger
+        self.transportName = transportName
+        let table = UnsafeMutablePointer<sy_host_services>.allocate(capacity: 1)
+        table.initialize(to: sy_host_services(
+            struct_size: UInt32(MemoryLayout<sy_host_services>.size),
+            abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
+            host_context: nil, log: Self.log, now_ns: Self.now, monotonic_ns: Self.monotonic, metric: Self.metric))
+        self.table = table
+        // The context is unretained: this object outlives every call by the owner's contract.
+        table.pointee.host_context = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    deinit {
+        table.deinitialize(count: 1)
+        table.deallocate()
+    }
+
+    private static func services(_ context: UnsafeMutableRawPointer?) -> HostServices? {
+        context.map { Unmanaged<HostServices>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    private static let log: @convention(c) (UnsafeMutableRawPointer?, Int32, UnsafePointer<CChar>?) -> Void = {
+        context, level, message in
+        guard let services = services(context), let message else { return }
+        let swiftLevel: Logger.Level =
+            switch level {
+            case SY_LOG_TRACE: .trace
+            case SY_LOG_DEBUG: .debug
+            case SY_LOG_INFO: .info
+            case SY_LOG_NOTICE: .notice
+            case SY_LOG_WARNING: .warning
+            default: .error
+            }
+        services.logger.log(level: swiftLevel, "\(String(cString: message))")
+    }
+
+    private static let now: @convention(c) (UnsafeMutableRawPointer?) -> Int64 = { _ in
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    private static let monotonic: @convention(c) (UnsafeMutableRawPointer?) -> Int64 = { _ in
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    private static let metric: @convention(c) (UnsafeMutableRawPointer?, Int32, UnsafePointer<CChar>?, Double) -> Void = {
+        context, kind, name, value in
+        guard let services = services(context), let name else { return }
+        services.record(kind: kind, name: String(cString: name), value: value)
+    }
+
+    private func record(kind: Int32, name: String, value: Double) {
+        let label = "switchyard_transport_\(name)"
+        let dimensions = [("transport", transportName)]
+        let handle = metrics.withLock { cache -> MetricHandle? in
+            let key = "\(kind)/\(name)"
+            if let known = cache[key] { return known }
+            let made: MetricHandle? =
+                switch kind {
+                case SY_METRIC_COUNTER: .counter(Counter(label: label, dimensions: dimensions))
+                case SY_METRIC_GAUGE: .gauge(Gauge(label: label, dimensions: dimensions))
+                case SY_METRIC_TIMER_NS: .timer(Metrics.Timer(label: label, dimensions: dimensions))
+                default: nil
+                }
+            cache[key] = made
+            return made
+        }
+        switch handle {
+        case .counter(let counter): if value >= 0 { counter.increment(by: Int64(value)) }
+        case .gauge(let gauge): gauge.record(value)
+        case .timer(let timer): timer.recordNanoseconds(Int64(value))
+        case nil: logger.debug("ignored metric '\(name)' of unknown kind \(kind)")
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import CSwitchyard
+import Logging
+import SwitchyardABI
+import SwitchyardLoader
+import Synchronization
+
+/// One configured transport: an instance of a loaded plugin, created with the host's services and,
+/// for decorators, an inner transport.
+///
+/// Use ``client`` to publish, subscribe and settle. Call ``close()`` once the instance is no longer
+/// needed; it destroys the plugin instance, then its inner transport.
+public final class Transport: Sendable {
+    /// The transport's name in config.
+    public let name: String
+    /// The plugin it is an instance of.
+    public let plugin: LoadedPlugin
+    /// Calls the instance through the plugin's function table.
+    public let client: TransportClient
+    /// The decorated transport, for decorators.
+    public let inner: Transport?
+    private let services: HostServices
+    private let closed = Atomic<Bool>(false)
+
+    /// Creates an instance of `plugin` named `name` with its JSON `config`.
+    ///
+    /// Throws `.config` when the plugin wraps an inner transport and none is given, or the other
+    /// way round, and whatever the plugin's `create` reports (a config error names the key).
+    public init(
+        name: String, plugin: LoadedPlugin, configJSON: String = "{}", inner: Transport? = nil,
+        logger: Logger = Logger(label: "switchyard.transport")
+    ) throws(TransportError) {
+        let wraps = plugin.capabilities.contains(.wrapsInner)
+        if wraps && inner == nil {
+            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport; set 'inner'")
+        }
+        if !wraps && inner != nil {
+            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' does not wrap an inner transport; remove 'inner'")
+        }
+        let services = HostServices(transportName: name, logger: logger)
+        var instance: UnsafeMutableRawPointer?
+        let create = plugin.descriptor.pointee.create!
+        try name.withSyStr { (nameSlice) throws(TransportError) in
+            try configJSON.withSyStr { (configSlice) throws(TransportError) in
+                var innerRef = sy_transport_ref(plugin: inner?.plugin.descriptor, instance: inner?.client.instance)
+                try withUnsafePointer(to: &innerRef) { (innerPointer) throws(TransportError) in
+                    var args = sy_create_args(
+                        struct_size: UInt32(MemoryLayout<sy_create_args>.size), reserved: 0,
+                        instance_name: nameSlice, config_json: configSlice, host: services.table,
+                        inner: inner == nil ? nil : innerPointer)
+                    try TransportError.check { create(&args, &instance, $0) }
+                }
+            }
+        }
+        guard let instance else {
+            throw TransportError(.internalError, "transport '\(name)': plugin '\(plugin.name)' returned SY_OK from create without an instance")
+        }
+        self.name = name
+        self.plugin = plugin
+        self.inner = inner
+        self.services = services
+        self.client = TransportClient(descriptor: plugin.descriptor, instance: instance)
+    }
+
+    /// Destroys the plugin instance (then the inner transport's). Every other call on it must have
+    /// returned. Calling it again does nothing.
+    public func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        client.destroy()
+        inner?.close()
+        withExtendedLifetime(services) {}
+    }
+}

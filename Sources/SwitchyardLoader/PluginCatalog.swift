@@ -1,0 +1,128 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A directory the loader searches, and why it is on the list.
+public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
+    /// Where a search directory came from, in priority order.
+    public enum Source: String, Sendable, CaseIterable {
+        /// `--plugins-dir` on the command line.
+        case commandLine = "--plugins-dir"
+        /// `SWITCHYARD_PLUGINS_PATH` (colon-separated).
+        case environment = "SWITCHYARD_PLUGINS_PATH"
+        /// `plugins.directory` in the config file.
+        case config = "config"
+        /// `./plugins` under the working directory.
+        case workingDirectory = "./plugins"
+        /// The directory holding the `switchyard` executable (so a fresh `swift build` finds the
+        /// bundled plugins next to it).
+        case executableDirectory = "executable directory"
+    }
+
+    public let path: String
+    public let source: Source
+
+    public init(path: String, source: Source) {
+        self.path = path
+        self.source = source
+    }
+
+    public var description: String { "\(path) (\(source.rawValue))" }
+
+    /// The search path in priority order: command line, environment, config, `./plugins`, then
+    /// the executable's directory. A directory listed twice is searched once, at its first place.
+    public static func searchPath(
+        commandLine: [String] = [], environment: [String: String] = [:], configDirectory: String? = nil,
+        workingDirectory: String? = nil, executableDirectory: String? = currentExecutableDirectory()
+    ) -> [SearchDirectory] {
+        var result: [SearchDirectory] = []
+        var seen = Set<String>()
+        func add(_ path: String, _ source: Source) {
+            guard !path.isEmpty else { return }
+            let key = PluginLoader.realPath(path) ?? path
+            if seen.insert(key).inserted { result.append(SearchDirectory(path: path, source: source)) }
+        }
+        commandLine.forEach { add($0, .commandLine) }
+        (environment["SWITCHYARD_PLUGINS_PATH"] ?? "").split(separator: ":").forEach { add(String($0), .environment) }
+        configDirectory.map { add($0, .config) }
+        add((workingDirectory.map { $0 + "/" } ?? "") + "plugins", .workingDirectory)
+        executableDirectory.map { add($0, .executableDirectory) }
+        return result
+    }
+
+    /// The directory of the running executable (from /proc/self/exe), or nil.
+    public static func currentExecutableDirectory() -> String? {
+        guard let exe = PluginLoader.realPath("/proc/self/exe") else { return nil }
+        return PluginLoader.directory(of: exe)
+    }
+}
+
+/// Everything a search found: the plugins that loaded, in priority order, and every file that was
+/// refused, with its reason.
+public struct PluginCatalog: Sendable {
+    /// Loaded plugins, in search order; names are unique.
+    public var plugins: [LoadedPlugin] = []
+    /// Refused files (and unusable directories), in search order.
+    public var rejected: [Rejection] = []
+    /// The directories searched, in order (including ones that did not exist).
+    public var searched: [SearchDirectory] = []
+
+    public init() {}
+
+    /// The plugin called `name`, if one loaded.
+    public func plugin(named name: String) -> LoadedPlugin? { plugins.first { $0.name == name } }
+}
+
+extension PluginLoader {
+    /// Loads every plugin file (`*.so`) in `directories`, in order, files sorted by name. A missing
+    /// directory is skipped; an untrusted one is refused as a whole. When two files declare the same
+    /// name, the first one found wins and the later one is refused, naming both paths.
+    public func discover(in directories: [SearchDirectory]) -> PluginCatalog {
+        var catalog = PluginCatalog()
+        catalog.searched = directories
+        var seenFiles = Set<String>()
+        for directory in directories {
+            var info = stat()
+            guard stat(directory.path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { continue }
+            do {
+                try trust.checkOwnership(info, path: directory.path, what: "the plugins directory")
+            } catch {
+                catalog.rejected.append(error)
+                continue
+            }
+            for file in Self.pluginFiles(in: directory.path) {
+                let path = directory.path.hasSuffix("/") ? directory.path + file : directory.path + "/" + file
+                guard seenFiles.insert(Self.realPath(path) ?? path).inserted else { continue }
+                do {
+                    let plugin = try load(path: path)
+                    if let first = catalog.plugin(named: plugin.name) {
+                        catalog.rejected.append(Rejection(
+                            path: path, kind: .duplicateName,
+                            reason: "duplicate plugin name '\(plugin.name)': already loaded from \(first.path), which comes first in the search path"))
+                    } else {
+                        catalog.plugins.append(plugin)
+                    }
+                } catch {
+                    catalog.rejected.append(error)
+                }
+            }
+        }
+        return catalog
+    }
+
+    /// Names of the candidate plugin files in `directory`, sorted.
+    static func pluginFiles(in directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name.hasSuffix(".so") && !name.hasPrefix(".") { names.append(name) }
+        }
+        return names.sorted()
+    }
+}

@@ -1,0 +1,129 @@
+import CSwitchyard
+import Crypto
+import SwitchyardABI
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Loads plugin files and validates what they declare.
+///
+/// Each file goes through, in order: `stat` and trust checks (ownership, permissions, pins), an
+/// ELF header check, `dlopen(RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE)`, the entry symbol, the entry's
+/// descriptor and its validation. The first failing step gives the file's one-line rejection
+/// reason. Plugins are never unloaded: unmapping a Swift image leaves the runtime with dangling
+/// pointers into its metadata, so `dlclose` is never called.
+///
+/// Thread-safe. Loading one file twice returns the first result.
+public final class PluginLoader: Sendable {
+    /// What the loader demands of files before loading them.
+    public let trust: TrustPolicy
+    private let cache = Mutex<[String: Result<LoadedPlugin, Rejection>]>([:])
+
+    public init(trust: TrustPolicy = .standard) {
+        self.trust = trust
+    }
+
+    /// Loads and validates the plugin file at `path`.
+    public func load(path: String) throws(Rejection) -> LoadedPlugin {
+        let key = Self.realPath(path) ?? path
+        if let known = cache.withLock({ $0[key] }) { return try known.get() }
+        let result = Result { () throws(Rejection) in try loadUncached(path: path) }
+        cache.withLock { $0[key] = result }
+        return try result.get()
+    }
+
+    /// Hex sha256 of the file at `path`, for pinning (`switchyard plugins inspect` shows it).
+    public static func sha256(ofFileAt path: String) throws(Rejection) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Rejection(path: path, kind: .unreadable, reason: "cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var hasher = SHA256()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { throw Rejection(path: path, kind: .unreadable, reason: "read failed: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            hasher.update(data: buffer[0..<n])
+        }
+        return hasher.finalize().map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+    }
+
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    private func loadUncached(path: String) throws(Rejection) -> LoadedPlugin {
+        // 1. The file itself: exists, regular, trusted, non-empty, a shared library for this machine.
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw Rejection(path: path, kind: .unreadable, reason: "cannot read: \(String(cString: strerror(errno)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw Rejection(path: path, kind: .notARegularFile, reason: "not a regular file")
+        }
+        try trust.checkOwnership(info, path: path, what: "the file")
+        let directory = Self.directory(of: Self.realPath(path) ?? path)
+        var directoryInfo = stat()
+        if stat(directory, &directoryInfo) == 0 {
+            try trust.checkOwnership(directoryInfo, path: path, what: "its directory \(directory)")
+        }
+        guard info.st_size > 0 else { throw Rejection(path: path, kind: .empty, reason: "an empty file") }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw Rejection(path: path, kind: .unreadable, reason: "cannot open: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        try ELFCheck.check(fd: fd, size: Int(info.st_size), path: path)
+
+        // 2. Pins, before any of its code can run.
+        let hash = trust.needsHashes ? try Self.sha256(ofFileAt: path) : nil
+        if let hash { try trust.checkBeforeLoad(sha256: hash, path: path) }
+
+        // 3. Map it and find the entry.
+        let started = Self.monotonicNanos()
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
+            let message = dlerror().map { String(cString: $0) } ?? "unknown error"
+            throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)")
+        }
+        // Never dlclose: see the type's documentation. RTLD_NODELETE keeps it mapped regardless.
+        guard let symbol = dlsym(handle, SY_PLUGIN_ENTRY_SYMBOL) else {
+            throw Rejection(path: path, kind: .missingEntry,
+                            reason: "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in Swift the @c entry function must be public)")
+        }
+        let entry = unsafeBitCast(symbol, to: sy_plugin_entry_fn.self)
+        guard let raw = entry(UInt32(SY_ABI_MAJOR)) else {
+            throw Rejection(path: path, kind: .entryRefused,
+                            reason: "the entry returned NULL: the plugin refused a host of ABI major \(SY_ABI_MAJOR)")
+        }
+
+        // 4. The descriptor.
+        let (descriptor, abi) = try DescriptorValidation.normalize(raw, path: path)
+        let name = String(cString: descriptor.pointee.name)
+        if let hash { try trust.checkAfterLoad(name: name, sha256: hash, path: path) }
+        return LoadedPlugin(
+            name: name, version: SemanticVersion(String(cString: descriptor.pointee.version))!,
+            summary: descriptor.pointee.description.map { String(cString: $0) } ?? "",
+            capabilities: Capabilities(rawValue: descriptor.pointee.capabilities), abi: abi, path: path,
+            sha256: hash, loadNanos: UInt64(Self.monotonicNanos() - started), descriptor: descriptor)
+    }
+
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    static func monotonicNanos() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+}

@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What the loader demands of a plugin file before it maps it into the process. Loading a shared
+/// object runs its code, so these checks come before `dlopen`, never after.
+///
+/// - Ownership and permissions, as sshd's StrictModes: the file and its directory must be owned
+///   by root or by the user running the host, and must not be writable by everyone.
+/// - Pins: config may pin a plugin name to the sha256 of its file. A pinned plugin whose file has
+///   another hash is refused. With `requirePins`, a file whose hash is not pinned at all is
+///   refused before it is loaded.
+public struct TrustPolicy: Sendable {
+    /// Refuse files and directories that are world-writable or owned by another non-root user.
+    public var strictPermissions: Bool
+    /// Plugin name → lowercase hex sha256 of its file.
+    public var pins: [String: String]
+    /// Refuse, before loading, every file whose sha256 is not among `pins`.
+    public var requirePins: Bool
+
+    public init(strictPermissions: Bool = true, pins: [String: String] = [:], requirePins: Bool = false) {
+        self.strictPermissions = strictPermissions
+        self.pins = pins.mapValues { $0.lowercased() }
+        self.requirePins = requirePins
+    }
+
+    /// The default: strict permissions, no pins.
+    public static let standard = TrustPolicy()
+
+    /// Whether file hashes are needed at all (hashing costs time on every load).
+    var needsHashes: Bool { requirePins || !pins.isEmpty }
+
+    /// Checks ownership and mode of the file or directory at `path` (already `stat`ed as `info`).
+    func checkOwnership(_ info: stat, path: String, what: String) throws(Rejection) {
+        guard strictPermissions else { return }
+        if info.st_mode & S_IWOTH != 0 {
+            throw Rejection(path: path, kind: .untrusted,
+                            reason: "\(what) is world-writable, so anyone could replace it (chmod o-w)")
+        }
+        let me = geteuid()
+        if info.st_uid != 0 && info.st_uid != me {
+            throw Rejection(path: path, kind: .untrusted,
+                            reason: "\(what) is owned by uid \(info.st_uid), neither root nor the user running the host (uid \(me))")
+        }
+    }
+
+    /// Checks a file's hash against the pins before loading: only `requirePins` can refuse here,
+    /// since the plugin's name is not known until it is loaded.
+    func checkBeforeLoad(sha256: String, path: String) throws(Rejection) {
+        if requirePins && !pins.values.contains(sha256) {
+            throw Rejection(path: path, kind: .pinMismatch,
+                            reason: "sha256 \(sha256) is not pinned, and plugins.require_pins is on")
+        }
+    }
+
+    /// Checks a loaded plugin's name against the pins.
+    func checkAfterLoad(name: String, sha256: String, path: String) throws(Rejection) {
+        if let expected = pins[name], expected != sha256 {
+            throw Rejection(path: path, kind: .pinMismatch,
+                            reason: "sha256 \(sha256) does not match the pin for '\(name)' (\(expected))")
+        }
+        if requirePins, let owner = pins.first(where: { $0.value == sha256 })?.key, owner != name {
+            throw Rejection(path: path, kind: .pinMismatch,
+                            reason: "sha256 is pinned for '\(owner)', but the plugin calls itself '\(name)'")
+        }
+    }
+}
