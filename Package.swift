@@ -80,7 +80,7 @@ let package = Package(
 
         .testTarget(
             name: "SwitchyardTests",
-            dependencies: ["SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI"],
+            dependencies: ["SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard"],
             exclude: ["Fixtures"]),
     ]
 )

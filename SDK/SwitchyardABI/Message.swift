@@ -90,20 +90,21 @@ extension Message {
                 cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
                 return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
             }
-            let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
-            for (index, header) in headers.enumerated() {
-                (cHeaders + index).initialize(to: sy_header(key: lay(header.key), value: lay(header.value)))
-            }
-            let bodyStart = cursor
-            if !self.body.isEmpty {
-                UnsafeMutableRawBufferPointer(rebasing: raw[bodyStart...]).copyBytes(from: self.body)
-            }
             var message = sy_message()
             message.struct_size = UInt32(MemoryLayout<sy_message>.size)
             message.attempt = attempt
             message.id = lay(id)
             message.channel = lay(channel)
             message.ordering_key = lay(key)
+            let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
+            for (index, header) in headers.enumerated() {
+                (cHeaders + index).initialize(to: sy_header(key: lay(header.key), value: lay(header.value)))
+            }
+            // The body goes last, after every string.
+            let bodyStart = cursor
+            if !self.body.isEmpty {
+                UnsafeMutableRawBufferPointer(rebasing: raw[bodyStart...]).copyBytes(from: self.body)
+            }
             message.headers = headers.isEmpty ? nil : UnsafePointer(cHeaders)
             message.header_count = headers.count
             message.body = sy_bytes(

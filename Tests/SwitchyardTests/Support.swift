@@ -1,1 +1,107 @@
+import Foundation
+import Synchronization
 import Testing
+
+/// Where `swift build` put the products (the switchyard binary and the plugin .so files): the
+/// directory of the test bundle itself.
+enum BuildProducts {
+    static let directory: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().path
+    }()
+
+    static func path(_ name: String) -> String { directory + "/" + name }
+    static var switchyard: String { path("switchyard") }
+    static var exampleC: String { path("libswitchyard-example-c.so") }
+    static var exampleSwift: String { path("libswitchyard-example-swift.so") }
+}
+
+/// Paths inside this repository.
+enum Repository {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static let headerDirectory = root + "/SDK/CSwitchyard/include"
+    static let fixtures = root + "/Tests/SwitchyardTests/Fixtures"
+}
+
+/// A fresh temporary directory, removed when the value is deinitialised... or at process exit.
+final class TemporaryDirectory: Sendable {
+    let path: String
+    init() throws {
+        let template = NSTemporaryDirectory() + "/switchyard-test-XXXXXX"
+        var bytes = Array(template.utf8CString)
+        guard mkdtemp(&bytes) != nil else { throw POSIXError(.EIO) }
+        path = String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+    func file(_ name: String) -> String { path + "/" + name }
+}
+
+/// The result of running a program to completion.
+struct ProcessResult {
+    var status: Int32
+    var signaled: Bool
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs `executable` with `arguments`, capturing its output.
+func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    // Read both pipes to the end before waiting, so a chatty child cannot block on a full pipe.
+    let (stdoutData, stderrData) = (out.fileHandleForReading.readDataToEndOfFile(), err.fileHandleForReading.readDataToEndOfFile())
+    process.waitUntilExit()
+    return ProcessResult(
+        status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
+        stdout: String(decoding: stdoutData, as: UTF8.self), stderr: String(decoding: stderrData, as: UTF8.self))
+}
+
+/// The C compiler the tests build fixtures with: $CC, else the clang that ships with Swift, else cc.
+enum CCompiler {
+    static let c: String = find(environment: "CC", candidates: ["clang", "cc", "gcc"])
+    static let cxx: String = find(environment: "CXX", candidates: ["clang++", "c++", "g++"])
+
+    private static func find(environment: String, candidates: [String]) -> String {
+        if let chosen = ProcessInfo.processInfo.environment[environment], !chosen.isEmpty { return chosen }
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":")
+        for name in candidates {
+            for dir in path where FileManager.default.isExecutableFile(atPath: "\(dir)/\(name)") { return "\(dir)/\(name)" }
+        }
+        return candidates.last!
+    }
+
+    /// Compiles C `source` into `output` with `flags`; fails the test with the compiler's output.
+    @discardableResult
+    static func compile(_ source: String, to output: String, flags: [String], compiler: String = c) throws -> ProcessResult {
+        let result = try run(compiler, flags + ["-I", Repository.headerDirectory, source, "-o", output])
+        if result.status != 0 {
+            Issue.record("\(compiler) failed for \(output): \(result.stderr)")
+        }
+        return result
+    }
+
+    /// Builds the fixture plugin with `defines` into `directory/name`.
+    @discardableResult
+    static func fixture(_ name: String, in directory: String, defines: [String] = []) throws -> String {
+        let output = directory + "/" + name
+        try compile(Repository.fixtures + "/fixture_plugin.c", to: output,
+                    flags: ["-std=c99", "-shared", "-fPIC", "-w"] + defines.map { "-D" + $0 })
+        return output
+    }
+}
+
+/// Waits until `condition` holds, polling, for at most `seconds`.
+func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return condition()
+}

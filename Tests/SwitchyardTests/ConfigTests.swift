@@ -1,0 +1,47 @@
+import Testing
+import SwitchyardConfig
+
+@Suite("Config file validation")
+struct ConfigTests {
+    @Test("a valid plugins section parses, relative directories resolve against the file")
+    func valid() throws {
+        let config = try SwitchyardConfig.parse(yaml: """
+            plugins:
+              directory: ./plugins
+              require_pins: true
+              pins:
+                queue: \(String(repeating: "A1", count: 32))
+            """, baseDirectory: "/etc/switchyard")
+        #expect(config.plugins.directory == "/etc/switchyard/plugins")
+        #expect(config.plugins.requirePins)
+        #expect(config.plugins.pins["queue"] == String(repeating: "a1", count: 32))
+    }
+
+    @Test("an empty file is the default config")
+    func empty() throws {
+        let config = try SwitchyardConfig.parse(yaml: "", baseDirectory: "/")
+        #expect(config.plugins.directory == nil)
+    }
+
+    @Test("each kind of error names the key and line", arguments: [
+        ("plugin:\n  directory: x\n", "plugin", 1, "unknown key"),
+        ("plugins:\n  directory: [a, b]\n", "plugins.directory", 2, "expected a string"),
+        ("plugins:\n  require_pins: maybe\n", "plugins.require_pins", 2, "expected true or false"),
+        ("plugins:\n  pins:\n    queue: abc\n", "plugins.pins.queue", 3, "64 hex digits"),
+        ("plugins: 3\n", "plugins", 1, "expected a mapping"),
+        ("plugins:\n  directory: \"\"\n", "plugins.directory", 2, "must not be empty"),
+    ])
+    func errors(_ yaml: String, _ key: String, _ line: Int, _ message: String) {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
+        #expect(error?.key == key)
+        #expect(error?.line == line)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("YAML syntax errors give the line")
+    func syntax() {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: "plugins:\n  directory: [unclosed\n", baseDirectory: "/") }
+        #expect(error?.line != nil)
+        #expect(error?.message.contains("YAML syntax error") == true)
+    }
+}

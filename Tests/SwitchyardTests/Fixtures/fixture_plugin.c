@@ -1,0 +1,113 @@
+/*
+ * One tiny plugin, compiled by the tests once per way a plugin can be bad. Each -D knob below
+ * breaks exactly one thing; with none set it is a valid (if useless) plugin.
+ *
+ *   FIXTURE_NAME="x"         plugin name (default "fixture")
+ *   FIXTURE_VERSION="x"      plugin version (default "1.0.0")
+ *   FIXTURE_ABI_MAJOR=n      descriptor's ABI major (default SY_ABI_MAJOR)
+ *   FIXTURE_STRUCT_SIZE=n    descriptor's struct_size (default sizeof)
+ *   FIXTURE_NEWER_MINOR      claims ABI 1.7 and appends fields this host does not know
+ *   FIXTURE_NULL_PUBLISH     leaves the required publish function NULL
+ *   FIXTURE_ENTRY_NULL       the entry returns NULL (refuses the host)
+ *   FIXTURE_NO_ENTRY         exports no entry symbol at all
+ *   FIXTURE_CRASH_IN_ENTRY   the entry dereferences NULL (a crashing plugin)
+ *   FIXTURE_CREATE_FAILS     create fails with SY_ERR_CONFIG naming a key
+ */
+#include "switchyard_plugin.h"
+
+#include <stdlib.h>
+
+#ifndef FIXTURE_NAME
+#define FIXTURE_NAME "fixture"
+#endif
+#ifndef FIXTURE_VERSION
+#define FIXTURE_VERSION "1.0.0"
+#endif
+#ifndef FIXTURE_ABI_MAJOR
+#define FIXTURE_ABI_MAJOR SY_ABI_MAJOR
+#endif
+
+static int instance_token;
+
+static sy_status f_create(const sy_create_args *args, void **out, sy_error *err) {
+    (void)args;
+#ifdef FIXTURE_CREATE_FAILS
+    (void)out;
+    return sy_error_set(err, SY_ERR_CONFIG, "config key 'capacity': must be at least 1");
+#else
+    (void)err;
+    *out = &instance_token;
+    return SY_OK;
+#endif
+}
+static void f_destroy(void *instance) { (void)instance; }
+static sy_status f_publish(void *instance, const sy_message *m, sy_error *err) {
+    (void)instance; (void)m;
+    return sy_error_set(err, SY_ERR_UNSUPPORTED, "fixture does not store messages");
+}
+static sy_status f_subscribe(void *instance, const sy_subscribe_options *o, const sy_subscriber *s,
+                             sy_subscription_id *out, sy_error *err) {
+    (void)instance; (void)o; (void)s; (void)err;
+    *out = 1;
+    return SY_OK;
+}
+static sy_status f_unsubscribe(void *instance, sy_subscription_id id, sy_error *err) {
+    (void)instance; (void)id; (void)err;
+    return SY_OK;
+}
+static sy_status f_settle(void *instance, sy_delivery_id d, const sy_settlement *s, sy_error *err) {
+    (void)instance; (void)d; (void)s;
+    return sy_error_set(err, SY_ERR_NOT_FOUND, "no deliveries here");
+}
+
+#ifdef FIXTURE_NEWER_MINOR
+/* A descriptor from a future ABI 1.7: the 1.0 fields, then fields this host has never heard of. */
+typedef struct {
+    sy_plugin_descriptor v1_0;
+    void *(*future_function)(void);
+    uint64_t future_flags;
+} future_descriptor;
+static const future_descriptor descriptor = {
+    { sizeof(future_descriptor), SY_ABI_MAJOR, 7, FIXTURE_NAME, FIXTURE_VERSION, "from the future",
+      SY_CAP_QUEUE | ((sy_capabilities)1 << 40),
+      f_create, f_destroy, f_publish, f_subscribe, f_unsubscribe, f_settle, NULL, NULL },
+    NULL, 42,
+};
+#define DESCRIPTOR (&descriptor.v1_0)
+#else
+static const sy_plugin_descriptor descriptor = {
+#ifdef FIXTURE_STRUCT_SIZE
+    FIXTURE_STRUCT_SIZE,
+#else
+    sizeof(sy_plugin_descriptor),
+#endif
+    FIXTURE_ABI_MAJOR, SY_ABI_MINOR, FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE,
+    f_create, f_destroy,
+#ifdef FIXTURE_NULL_PUBLISH
+    NULL,
+#else
+    f_publish,
+#endif
+    f_subscribe, f_unsubscribe, f_settle, NULL, NULL,
+};
+#define DESCRIPTOR (&descriptor)
+#endif
+
+#ifdef FIXTURE_NO_ENTRY
+__attribute__((visibility("default"))) int not_a_plugin(void) { return DESCRIPTOR->abi_major; }
+#else
+__attribute__((visibility("default")))
+const sy_plugin_descriptor *switchyard_plugin_entry(uint32_t host_abi_major) {
+#if defined(FIXTURE_ENTRY_NULL)
+    (void)host_abi_major;
+    return NULL;
+#elif defined(FIXTURE_CRASH_IN_ENTRY)
+    volatile int *nowhere = NULL;
+    (void)host_abi_major;
+    return (const sy_plugin_descriptor *)(uintptr_t)*nowhere;
+#else
+    (void)host_abi_major;
+    return DESCRIPTOR;
+#endif
+}
+#endif
