@@ -51,25 +51,9 @@ public struct Message: Hashable, Sendable {
 }
 
 extension Message {
-    /// Copies a message that crossed the boundary. Throws `invalidArgument` for a message whose
-    /// `struct_size` is too small for ABI 1.0 or whose required fields are empty; never reads past
-    /// `struct_size`.
+    /// Copies a message that crossed the boundary, after validating it (see ``MessageView``).
     public init(copying message: UnsafePointer<sy_message>) throws(TransportError) {
-        let m = message.pointee
-        guard Int(m.struct_size) >= MemoryLayout<sy_message>.size else {
-            throw TransportError(.invalidArgument, "message struct_size \(m.struct_size) is smaller than ABI 1.0's \(MemoryLayout<sy_message>.size)")
-        }
-        guard m.id.len > 0 else { throw TransportError(.invalidArgument, "message id is empty") }
-        guard m.channel.len > 0 else { throw TransportError(.invalidArgument, "message channel is empty") }
-        guard m.header_count == 0 || m.headers != nil else {
-            throw TransportError(.invalidArgument, "message has \(m.header_count) headers but a NULL headers pointer")
-        }
-        let key = String(m.ordering_key)
-        self.init(
-            id: String(m.id), channel: String(m.channel), orderingKey: key.isEmpty ? nil : key,
-            headers: (0..<m.header_count).map { Header(String(m.headers[$0].key), String(m.headers[$0].value)) },
-            body: m.body.len == 0 ? [] : Array(UnsafeBufferPointer(start: m.body.data, count: m.body.len)),
-            attempt: m.attempt, deliverAtNanos: m.deliver_at_ns, enqueuedAtNanos: m.enqueued_at_ns)
+        self = try MessageView(validating: message).copy()
     }
 
     /// Lends this message to C code as a `sy_message` valid only inside `body`.

@@ -6,10 +6,11 @@ public typealias DeliveryID = UInt64
 /// Identifies one subscription within a transport instance (`sy_subscription_id`); never 0.
 public typealias SubscriptionID = UInt64
 
-/// Receives deliveries from a transport: called with the delivery's id and a copy of its message.
-/// Return `.ok` to take the delivery (and settle it exactly once, later or right away), anything
-/// else to refuse it (the transport then releases it). Called on the transport's threads.
-public typealias DeliveryHandler = @Sendable (DeliveryID, Message) -> StatusCode
+/// Receives deliveries from a transport: called with the delivery's id and a view of its message,
+/// valid only during the call (``MessageView/copy()`` keeps it). Return `.ok` to take the delivery
+/// (and settle it exactly once, later or right away), anything else to refuse it (the transport
+/// then releases it). Called on the transport's threads.
+public typealias DeliveryHandler = @Sendable (DeliveryID, MessageView) -> StatusCode
 
 /// Calls one transport instance through its plugin's C function table.
 ///
@@ -137,7 +138,7 @@ final class SubscriberBox: Sendable {
         let box = Unmanaged<SubscriberBox>.fromOpaque(context).takeUnretainedValue()
         guard let cMessage else { return SY_ERR_INVALID_ARGUMENT }
         do throws(TransportError) {
-            let message = try Message(copying: cMessage)
+            let message = try MessageView(validating: cMessage)
             return box.handler(delivery, message).rawValue
         } catch {
             // A malformed message must not come round again and again: dead-letter it with the

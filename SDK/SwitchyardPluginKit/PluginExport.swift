@@ -104,7 +104,7 @@ private enum Thunks {
             return TransportError(.invalidArgument, "publish: NULL instance or message").write(to: err)
         }
         return reporting(to: err) { () throws(TransportError) in
-            try box.transport.publish(Message(copying: message))
+            try box.transport.publish(MessageView(validating: message))
         }
     }
 

@@ -14,8 +14,9 @@ public protocol TransportPlugin: AnyObject, Sendable {
     /// Creates an instance. Throw `TransportError(.config, "...")` naming the key for bad config.
     init(context: TransportContext) throws(TransportError)
 
-    /// Accepts one message; returns once it is stored as the capabilities promise.
-    func publish(_ message: Message) throws(TransportError)
+    /// Accepts one message; returns once it is stored as the capabilities promise. The view is
+    /// borrowed for this call only: call `message.copy()` to keep the message.
+    func publish(_ message: MessageView) throws(TransportError)
 
     /// Starts delivering a channel to `subscriber`; returns a non-zero subscription id.
     func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID

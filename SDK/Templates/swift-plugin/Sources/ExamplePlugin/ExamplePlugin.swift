@@ -66,8 +66,8 @@ final class ExampleQueue: TransportPlugin {
         defaultMaxInFlight = config.max_in_flight ?? 64
     }
 
-    func publish(_ message: Message) throws(TransportError) {
-        var message = message
+    func publish(_ message: MessageView) throws(TransportError) {
+        var message = message.copy()  // the view is borrowed for this call only
         message.attempt = message.attempt > 0 ? message.attempt - 1 : 0  // deliveries so far
         message.enqueuedAtNanos = host.nowNanos()
         try state.withLock { (state) throws(TransportError) in
