@@ -26,6 +26,9 @@ let package = Package(
         // Bundled plugins. Each is its own shared object, found next to the `switchyard` binary.
         .library(name: "switchyard-example-c", type: .dynamic, targets: ["ExampleCPlugin"]),
         .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExampleSwiftPlugin"]),
+        // Discard-everything plugins that `switchyard bench abi` measures the ABI crossing with.
+        .library(name: "switchyard-bench-null-c", type: .dynamic, targets: ["BenchNullCPlugin"]),
+        .library(name: "switchyard-bench-null-swift", type: .dynamic, targets: ["BenchNullSwiftPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -72,9 +75,20 @@ let package = Package(
         .executableTarget(
             name: "SwitchyardCLI",
             dependencies: [
-                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig",
+                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+
+        // MARK: Benchmarks
+
+        /// The suites behind `switchyard bench`.
+        .target(
+            name: "SwitchyardBench", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"],
+            path: "Benchmarks/SwitchyardBench"),
+        .target(
+            name: "BenchNullCPlugin", dependencies: ["CSwitchyard"], path: "Benchmarks/Plugins/NullC",
+            publicHeadersPath: "."),
+        .target(name: "BenchNullSwiftPlugin", dependencies: ["SwitchyardPluginKit"], path: "Benchmarks/Plugins/NullSwift"),
 
         // MARK: Tests
 

@@ -59,6 +59,14 @@ private final class InstanceBox: Sendable {
     static func from(_ pointer: UnsafeMutableRawPointer?) -> InstanceBox? {
         pointer.map { Unmanaged<InstanceBox>.fromOpaque($0).takeUnretainedValue() }
     }
+
+    /// Calls `body` with the instance's transport without a retain/release pair: the host
+    /// guarantees the instance outlives every call on it, so the reference is safe to borrow.
+    /// Used on the per-message paths, where the pair is a measurable share of the cost.
+    @inline(__always)
+    static func borrow<R>(_ pointer: UnsafeMutableRawPointer, _ body: (any TransportPlugin) -> R) -> R {
+        Unmanaged<InstanceBox>.fromOpaque(pointer)._withUnsafeGuaranteedRef { body($0.transport) }
+    }
 }
 
 /// Runs `body` and turns its outcome into an ABI status, writing a thrown error into `err`.
@@ -100,11 +108,13 @@ private enum Thunks {
 
     static let publish: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
         instance, message, err in
-        guard let box = InstanceBox.from(instance), let message else {
+        guard let instance, let message else {
             return TransportError(.invalidArgument, "publish: NULL instance or message").write(to: err)
         }
-        return reporting(to: err) { () throws(TransportError) in
-            try box.transport.publish(MessageView(validating: message))
+        return InstanceBox.borrow(instance) { transport in
+            reporting(to: err) { () throws(TransportError) in
+                try transport.publish(MessageView(validating: message))
+            }
         }
     }
 
@@ -133,11 +143,13 @@ private enum Thunks {
 
     static let settle: @convention(c) (UnsafeMutableRawPointer?, sy_delivery_id, UnsafePointer<sy_settlement>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
         instance, delivery, settlement, err in
-        guard let box = InstanceBox.from(instance), let settlement else {
+        guard let instance, let settlement else {
             return TransportError(.invalidArgument, "settle: NULL instance or settlement").write(to: err)
         }
-        return reporting(to: err) { () throws(TransportError) in
-            try box.transport.settle(delivery, Settlement(copying: settlement))
+        return InstanceBox.borrow(instance) { transport in
+            reporting(to: err) { () throws(TransportError) in
+                try transport.settle(delivery, Settlement(copying: settlement))
+            }
         }
     }
 

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import SwitchyardBench
+import SwitchyardLoader
+
+/// `switchyard bench`: the one harness every performance figure comes from.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Run benchmarks; each figure is set against a baseline measured in the same run.",
+        discussion: """
+            Build in release first: swift build -c release && .build/release/switchyard bench. \
+            Suites: \(allBenchSuites.map(\.name).joined(separator: ", ")).
+            """)
+
+    @Argument(help: "Suites to run (default: all).")
+    var suites: [String] = []
+
+    @Flag(help: "Fewer iterations and rounds: the whole run takes under a minute.")
+    var quick = false
+
+    @Option(help: ArgumentHelp("Also write the results as JSON to this file.", valueName: "file"))
+    var json: String?
+
+    func validate() throws {
+        let known = Set(allBenchSuites.map(\.name))
+        if let unknown = suites.first(where: { !known.contains($0) }) {
+            throw ValidationError("unknown suite '\(unknown)' (known: \(allBenchSuites.map(\.name).joined(separator: ", ")))")
+        }
+    }
+
+    func run() throws {
+        let machine = MachineInfo.current()
+        if machine.build == "debug" { printError("warning: this is a debug build; numbers are not representative (swift build -c release)") }
+        printError("machine: \(machine.cpu), \(machine.cores) cores, \(machine.memoryGiB) GiB, \(machine.build) build")
+        let selected = suites.isEmpty ? allBenchSuites : allBenchSuites.filter { suites.contains($0.name) }
+        let context = BenchContext(
+            quick: quick, pluginDirectories: SearchDirectory.currentExecutableDirectory().map { [$0] } ?? [],
+            progress: { printError("  … \($0)") })
+        var results: [BenchResult] = []
+        var failed: [String] = []
+        for suite in selected {
+            printError("[\(suite.name)] \(suite.summary)")
+            let started = Date()
+            do {
+                results += try suite.run(context)
+                results.append(BenchResult(suite: suite.name, metric: "peak_rss_mib", value: Measure.peakResidentMiB(), unit: "MiB"))
+                printError("  done in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+            } catch {
+                printError("  skipped: \(error)")
+                failed.append(suite.name)
+            }
+        }
+        let report = BenchReport(machine: machine, results: results)
+        print(report.table())
+        if let json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+        }
+        if !failed.isEmpty { printError("suites that could not run: \(failed.joined(separator: ", "))") }
+    }
+}
