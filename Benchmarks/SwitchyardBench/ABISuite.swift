@@ -41,12 +41,18 @@ struct ABISuite: BenchSuite {
                     for _ in 0..<n { _ = publish(instance, pointer, &error) }
                 }
             }
+            // Context: the bare cost of an existential call that only counts (no validation).
+            let bare = makeBarePublisher()
+            let bareNs = Measure.nanosPerOperation(rounds: context.rounds, iterations: iterations) { n in
+                for _ in 0..<n { bare.publish(pointer) }
+            }
             context.progress("abi: C plugin")
             let cNs = try throughABI(cTransport)
             context.progress("abi: Swift plugin")
             let swiftNs = try throughABI(swiftTransport)
             let baseline = ("direct_existential_ns", directNs)
             return [
+                BenchResult(suite: name, metric: "bare_existential_ns", value: bareNs, unit: "ns"),
                 BenchResult(suite: name, metric: "direct_existential_ns", value: directNs, unit: "ns"),
                 BenchResult(suite: name, metric: "publish_c_plugin_ns", value: cNs, unit: "ns", baseline: baseline),
                 BenchResult(suite: name, metric: "publish_swift_plugin_ns", value: swiftNs, unit: "ns", baseline: baseline),
@@ -66,6 +72,17 @@ final class CountingPublisher: DirectPublisher {
         // The same work the Swift plugin's publish does: the SDK validates, the plugin counts.
         if (try? MessageView(validating: message)) != nil { published.add(1, ordering: .relaxed) }
     }
+}
+
+/// Counts without validating: the floor of a Swift existential call.
+final class BarePublisher: DirectPublisher {
+    let published = Atomic<UInt64>(0)
+    func publish(_ message: UnsafePointer<sy_message>) { published.add(1, ordering: .relaxed) }
+}
+
+@inline(never)
+func makeBarePublisher() -> any DirectPublisher {
+    BarePublisher()
 }
 
 /// Returns the publisher as an existential the optimizer cannot see through.

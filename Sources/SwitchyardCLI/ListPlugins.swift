@@ -34,7 +34,7 @@ struct ListPlugins: ParsableCommand {
             print("No plugins found.")
         } else {
             print(table(["NAME", "VERSION", "ABI", "CAPABILITIES", "PATH"], catalog.plugins.map {
-                [$0.name, $0.version.description, $0.abiVersion, $0.capabilities.names.joined(separator: ","), $0.path]
+                [$0.name, $0.version.description, $0.abiVersion, $0.capabilities.isEmpty ? "none" : $0.capabilities.names.joined(separator: ","), $0.path]
             }))
         }
         if !catalog.rejected.isEmpty {

@@ -1,0 +1,28 @@
+# Shared by the scripts in this folder: install what the build needs, once, when it is missing.
+# Sourced, not run.
+
+# Debian packages the build and the tests need beyond the Swift toolchain:
+#   libc6-dev  C headers for the plugin fixtures the tests compile with the toolchain's clang
+SWITCHYARD_DEBIAN_PACKAGES="libc6-dev"
+
+# Installs the packages in SWITCHYARD_DEBIAN_PACKAGES that are not installed yet.
+ensure_debian_packages() {
+    local missing=()
+    for package in $SWITCHYARD_DEBIAN_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "==> installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+}
+
+# Fails early with a clear message when the Swift toolchain is not on PATH.
+require_swift() {
+    if ! command -v swift >/dev/null 2>&1; then
+        echo "error: the Swift toolchain (6.1 or newer) must be on PATH: https://www.swift.org/install/linux/" >&2
+        exit 1
+    fi
+}
