@@ -119,20 +119,11 @@ public struct TransportStats: Hashable, Sendable, Codable {
 
     public init() {}
 
-    /// Reads the fields of `stats` that fit in its `struct_size`; the rest stay zero.
+    /// Reads counters a plugin filled in. The caller zeroes `stats` and sets its `struct_size`
+    /// before the call, so fields an older plugin does not know read as zero.
     public init(copying stats: sy_stats) {
-        func has(_ field: PartialKeyPath<sy_stats>) -> Bool {
-            guard let offset = MemoryLayout<sy_stats>.offset(of: field) else { return false }
-            return offset + MemoryLayout<UInt64>.size <= Int(stats.struct_size)
-        }
-        if has(\.published) { published = stats.published }
-        if has(\.delivered) { delivered = stats.delivered }
-        if has(\.acked) { acked = stats.acked }
-        if has(\.retried) { retried = stats.retried }
-        if has(\.dead_lettered) { deadLettered = stats.dead_lettered }
-        if has(\.released) { released = stats.released }
-        if has(\.in_flight) { inFlight = stats.in_flight }
-        if has(\.depth) { depth = stats.depth }
+        (published, delivered, acked, retried) = (stats.published, stats.delivered, stats.acked, stats.retried)
+        (deadLettered, released, inFlight, depth) = (stats.dead_lettered, stats.released, stats.in_flight, stats.depth)
     }
 
     /// Writes these counters into `out`, only the fields that fit in the caller's `struct_size`.
