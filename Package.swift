@@ -18,12 +18,16 @@ let package = Package(
         // The plugin SDK: what a third-party plugin package depends on.
         .library(name: "SwitchyardPluginKit", targets: ["SwitchyardPluginKit"]),
         .library(name: "CSwitchyard", targets: ["CSwitchyard"]),
+        .library(name: "SwitchyardTransportKit", targets: ["SwitchyardTransportKit"]),
 
         // Host modules, for embedding Switchyard in your own executable.
         .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),
         .library(name: "SwitchyardHost", targets: ["SwitchyardHost"]),
+        .library(name: "SwitchyardConformance", targets: ["SwitchyardConformance"]),
 
         // Bundled plugins. Each is its own shared object, found next to the `switchyard` binary.
+        .library(name: "switchyard-queue", type: .dynamic, targets: ["QueuePlugin"]),
+        .library(name: "switchyard-topic", type: .dynamic, targets: ["TopicPlugin"]),
         .library(name: "switchyard-example-c", type: .dynamic, targets: ["ExampleCPlugin"]),
         .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExampleSwiftPlugin"]),
         // Discard-everything plugins that `switchyard bench abi` measures the ABI crossing with.
@@ -36,6 +40,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         // MARK: SDK — the plugin contract
@@ -47,6 +52,17 @@ let package = Package(
         .target(name: "SwitchyardABI", dependencies: ["CSwitchyard"], path: "SDK/SwitchyardABI"),
         /// What a Swift plugin author implements and exports.
         .target(name: "SwitchyardPluginKit", dependencies: ["SwitchyardABI"], path: "SDK/SwitchyardPluginKit"),
+        /// The system SQLite (Debian's libsqlite3-dev), for durable stores.
+        .systemLibrary(name: "CSQLite", path: "SDK/CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        /// The engine queue-like plugins share: broker, memory and SQLite stores, message codec.
+        .target(
+            name: "SwitchyardTransportKit",
+            dependencies: [
+                "SwitchyardPluginKit", "CSQLite",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "HeapModule", package: "swift-collections"),
+            ],
+            path: "SDK/SwitchyardTransportKit"),
         /// The templates, built here as the bundled example plugins.
         .target(
             name: "ExampleCPlugin", dependencies: ["CSwitchyard"], path: "SDK/Templates/c-plugin",
@@ -54,6 +70,11 @@ let package = Package(
         .target(
             name: "ExampleSwiftPlugin", dependencies: ["SwitchyardPluginKit"],
             path: "SDK/Templates/swift-plugin/Sources/ExamplePlugin"),
+
+        // MARK: Transport plugins
+
+        .target(name: "QueuePlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Queue"),
+        .target(name: "TopicPlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Topic"),
 
         // MARK: Host
 
@@ -69,13 +90,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]),
+        /// The transport conformance kit: drives any plugin through the C ABI.
+        .target(name: "SwitchyardConformance", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"]),
         /// Host configuration file (YAML), validated with key paths in every error.
         .target(name: "SwitchyardConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
         /// The `switchyard` command.
         .executableTarget(
             name: "SwitchyardCLI",
             dependencies: [
-                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench",
+                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -92,9 +115,13 @@ let package = Package(
 
         // MARK: Tests
 
+        /// A child process for the durability tests (publishes to a durable queue, gets SIGKILLed).
+        .executableTarget(
+            name: "switchyard-durability-probe", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"],
+            path: "Tests/Helpers/DurabilityProbe"),
         .testTarget(
             name: "SwitchyardTests",
-            dependencies: ["SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard"],
+            dependencies: ["SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard", "SwitchyardConformance"],
             exclude: ["Fixtures"]),
     ]
 )

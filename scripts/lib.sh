@@ -2,8 +2,10 @@
 # Sourced, not run.
 
 # Debian packages the build and the tests need beyond the Swift toolchain:
-#   libc6-dev  C headers for the plugin fixtures the tests compile with the toolchain's clang
-SWITCHYARD_DEBIAN_PACKAGES="libc6-dev"
+#   libc6-dev       C headers for the plugin fixtures the tests compile with the toolchain's clang
+#   libsqlite3-dev  SQLite, for the durable stores
+#   pkg-config      how SwiftPM finds system libraries
+SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config"
 
 # Installs the packages in SWITCHYARD_DEBIAN_PACKAGES that are not installed yet.
 ensure_debian_packages() {

@@ -15,7 +15,8 @@ public struct Capabilities: OptionSet, Hashable, Sendable, CustomStringConvertib
     public static let fanOut = Capabilities(rawValue: UInt64(SY_CAP_FANOUT))
     /// Honors a deliver-at time in the future.
     public static let delay = Capabilities(rawValue: UInt64(SY_CAP_DELAY))
-    /// Re-delivers failed messages with backoff, for a bounded number of attempts.
+    /// Timed redelivery: honors retry delays and the visibility timeout without holding back other
+    /// messages, and keeps each message's attempt history.
     public static let retry = Capabilities(rawValue: UInt64(SY_CAP_RETRY))
     /// Moves messages to a dead-letter channel with a reason.
     public static let deadLetter = Capabilities(rawValue: UInt64(SY_CAP_DEAD_LETTER))

@@ -27,6 +27,12 @@ public final class TransportClient: @unchecked Sendable {
     /// The plugin's opaque instance pointer.
     public let instance: UnsafeMutableRawPointer
     private let subscribers = Mutex<[SubscriptionID: Unmanaged<SubscriberBox>]>([:])
+    /// False once destroyed: later calls fail with `.closed` instead of touching freed memory.
+    private let alive = Atomic<Bool>(true)
+
+    private func checkAlive() throws(TransportError) {
+        if !alive.load(ordering: .acquiring) { throw TransportError(.closed, "the transport instance was destroyed") }
+    }
 
     /// Wraps an instance created by `descriptor`'s `create`. The descriptor must have passed the
     /// loader's validation: every required function is present.
@@ -50,12 +56,14 @@ public final class TransportClient: @unchecked Sendable {
 
     /// Publishes a message already in C form (borrowed for the call).
     public func publish(_ message: UnsafePointer<sy_message>) throws(TransportError) {
+        try checkAlive()
         let publish = descriptor.pointee.publish!
         try TransportError.check { publish(instance, message, $0) }
     }
 
     /// Subscribes `handler` to a channel. The handler runs on the transport's threads.
     public func subscribe(_ options: SubscribeOptions, handler: @escaping DeliveryHandler) throws(TransportError) -> SubscriptionID {
+        try checkAlive()
         let box = Unmanaged.passRetained(SubscriberBox(client: self, handler: handler))
         var subscriber = sy_subscriber(
             struct_size: UInt32(MemoryLayout<sy_subscriber>.size), context: box.toOpaque(),
@@ -77,6 +85,7 @@ public final class TransportClient: @unchecked Sendable {
     /// Ends a subscription. Once it returns no delivery for it is running; its unsettled
     /// deliveries are released to the other members of the group.
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
+        try checkAlive()
         let unsubscribe = descriptor.pointee.unsubscribe!
         try TransportError.check { unsubscribe(instance, id, $0) }
         subscribers.withLock { $0.removeValue(forKey: id) }?.release()
@@ -84,6 +93,7 @@ public final class TransportClient: @unchecked Sendable {
 
     /// Settles one delivery, exactly once.
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        try checkAlive()
         let settle = descriptor.pointee.settle!
         try settlement.withCSettlement { (cSettlement) throws(TransportError) in
             try TransportError.check { settle(instance, delivery, cSettlement, $0) }
@@ -94,12 +104,14 @@ public final class TransportClient: @unchecked Sendable {
     /// the monotonic clock passes `deadlineNanos`, then releases the rest. A no-op for plugins
     /// without `drain`.
     public func drain(deadlineNanos: Int64) throws(TransportError) {
+        try checkAlive()
         guard let drain = descriptor.pointee.drain else { return }
         try TransportError.check { drain(instance, deadlineNanos, $0) }
     }
 
     /// The instance's counters, or nil when the plugin reports none.
     public func stats() throws(TransportError) -> TransportStats? {
+        try checkAlive()
         guard let stats = descriptor.pointee.stats else { return nil }
         var out = sy_stats()
         out.struct_size = UInt32(MemoryLayout<sy_stats>.size)
@@ -110,6 +122,7 @@ public final class TransportClient: @unchecked Sendable {
     /// Destroys the instance and frees the subscriber contexts. Only the instance's creator calls
     /// this, exactly once, after every other call on it has returned.
     public func destroy() {
+        guard alive.exchange(false, ordering: .acquiringAndReleasing) else { return }
         descriptor.pointee.destroy!(instance)
         let boxes = subscribers.withLock { all in
             defer { all.removeAll() }

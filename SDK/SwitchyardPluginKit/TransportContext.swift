@@ -22,6 +22,11 @@ public struct TransportContext: Sendable {
     /// Decodes the plugin config into `C`, refusing keys `C` does not declare. Every error is a
     /// `.config` error naming the offending key, as the ABI asks.
     public func decodeConfig<C: PluginConfig>(_ type: C.Type) throws(TransportError) -> C {
+        try decodeConfig(type, allowedKeys: C.allowedKeys)
+    }
+
+    /// Decodes the plugin config into `C`, refusing top-level keys outside `allowedKeys`.
+    public func decodeConfig<C: Decodable>(_ type: C.Type, allowedKeys: Set<String>) throws(TransportError) -> C {
         let data = Data(configJSON.utf8)
         let object: Any
         do {
@@ -30,8 +35,8 @@ public struct TransportContext: Sendable {
             throw TransportError(.config, "config is not valid JSON")
         }
         guard let keys = object as? [String: Any] else { throw TransportError(.config, "config must be a JSON object") }
-        if let unknown = keys.keys.sorted().first(where: { !C.allowedKeys.contains($0) }) {
-            let allowed = C.allowedKeys.sorted().joined(separator: ", ")
+        if let unknown = keys.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
+            let allowed = allowedKeys.sorted().joined(separator: ", ")
             throw TransportError(.config, "unknown config key '\(unknown)' (known keys: \(allowed.isEmpty ? "none" : allowed))")
         }
         do {

@@ -15,5 +15,5 @@ struct PluginsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plugins",
         abstract: "Find, inspect and verify transport plugins.",
-        subcommands: [ListPlugins.self, InspectPlugin.self, VerifyPlugin.self])
+        subcommands: [ListPlugins.self, InspectPlugin.self, VerifyPlugin.self, TestPlugin.self])
 }

@@ -13,11 +13,13 @@
  * ignores retry delays and drops dead-lettered messages with a log line, so it claims only
  * SY_CAP_QUEUE. Deliveries run on whichever thread publishes, subscribes or settles.
  */
+#define _POSIX_C_SOURCE 200809L /* pthread_condattr_setclock under -std=c99 */
 #include "switchyard_plugin.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 typedef struct node {
     struct node *next;
@@ -44,7 +46,7 @@ typedef struct subscription {
 
 typedef struct instance {
     pthread_mutex_t lock;
-    pthread_cond_t idle;        /* signalled when a deliver call returns */
+    pthread_cond_t idle;        /* signalled when a deliver call returns or a delivery settles */
     const sy_host_services *host;
     node *pending, *pending_tail, *in_flight;
     subscription *subscriptions;
@@ -219,8 +221,14 @@ static sy_status example_create(const sy_create_args *args, void **out_instance,
     }
     q = (instance *)calloc(1, sizeof *q);
     if (q == NULL) return sy_error_set(err, SY_ERR_INTERNAL, "out of memory");
+    {
+        pthread_condattr_t attr;   /* drain's deadline is on the monotonic clock */
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&q->idle, &attr);
+        pthread_condattr_destroy(&attr);
+    }
     pthread_mutex_init(&q->lock, NULL);
-    pthread_cond_init(&q->idle, NULL);
     q->host = args->host;
     q->stats.struct_size = sizeof q->stats;
     *out_instance = q;
@@ -380,6 +388,7 @@ static sy_status example_settle(void *self, sy_delivery_id delivery, const sy_se
         push_pending(q, n);
         break;
     }
+    pthread_cond_broadcast(&q->idle);
     dispatch(q);
     pthread_mutex_unlock(&q->lock);
     return SY_OK;
@@ -387,12 +396,27 @@ static sy_status example_settle(void *self, sy_delivery_id delivery, const sy_se
 
 static sy_status example_drain(void *self, int64_t deadline_ns, sy_error *err) {
     instance *q = (instance *)self;
-    (void)deadline_ns;
+    struct timespec deadline;
+    node *n;
+    int released = 0;
     if (q == NULL) return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "drain: NULL instance");
+    deadline.tv_sec = (time_t)(deadline_ns / 1000000000);
+    deadline.tv_nsec = (long)(deadline_ns % 1000000000);
     pthread_mutex_lock(&q->lock);
     q->draining = 1;
+    /* Wait for settlements until the deadline, then give back what is still unsettled. */
+    while (q->in_flight != NULL && pthread_cond_timedwait(&q->idle, &q->lock, &deadline) == 0) {}
+    while ((n = q->in_flight) != NULL && !n->in_deliver) {
+        q->in_flight = n->next;
+        n->attempt -= 1;
+        q->stats.in_flight--;
+        q->stats.released++;
+        q->stats.depth++;
+        push_pending(q, n);
+        released++;
+    }
     pthread_mutex_unlock(&q->lock);
-    return SY_OK; /* nothing is durable here; in-flight work is simply abandoned with the process */
+    return released > 0 ? sy_error_set(err, SY_ERR_TIMEOUT, "drain: unsettled deliveries were released at the deadline") : SY_OK;
 }
 
 static sy_status example_stats(void *self, sy_stats *out, sy_error *err) {

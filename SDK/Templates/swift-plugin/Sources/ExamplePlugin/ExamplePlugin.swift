@@ -138,6 +138,20 @@ final class ExampleQueue: TransportPlugin {
 
     func drain(deadlineNanos: Int64) throws(TransportError) {
         state.withLock { $0.draining = true }
+        // Wait for settlements until the deadline, then give back what is still unsettled.
+        while state.withLock({ !$0.inFlight.isEmpty }) && host.monotonicNanos() < deadlineNanos { usleep(1000) }
+        let released = state.withLock { state in
+            let left = state.inFlight
+            state.inFlight.removeAll()
+            for entry in left.values {
+                var message = entry.message
+                message.attempt -= 1
+                state.pending.insert(message, at: 0)
+            }
+            state.stats.released += UInt64(left.count)
+            return left.count
+        }
+        if released > 0 { throw TransportError(.timeout, "drain: \(released) unsettled deliveries were released at the deadline") }
     }
 
     func stats() -> TransportStats {

@@ -1,0 +1,403 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardPluginKit
+
+/// How a ``Broker`` behaves: the knobs queue-like plugins expose as config.
+public struct BrokerOptions: Sendable {
+    /// Most unsettled deliveries per subscriber when `subscribe` does not say.
+    public var defaultMaxInFlight: UInt32 = 256
+    /// An unsettled delivery is redelivered after this long, when `subscribe` does not say.
+    public var visibilityTimeoutNanos: Int64 = 30_000_000_000
+    /// Most messages stored (ready + in flight); 0: unbounded.
+    public var capacity: Int = 1_000_000
+    /// When full, how long `publish` waits for room before failing with `.full`; 0: fail at once.
+    public var fullWaitNanos: Int64 = 0
+    /// Largest message accepted (body + headers + id + channel), in bytes.
+    public var maxMessageBytes: Int = 1 << 20
+    /// Dead-lettered messages go to `<channel><deadLetterSuffix>`.
+    public var deadLetterSuffix: String = ".dlq"
+
+    public init() {}
+}
+
+/// The dispatching half of a queue-like transport, shared by plugins through the SDK: it keeps the
+/// subscribers, leases ready messages from a ``MessageStore`` and delivers them round robin within
+/// each group, up to each subscriber's prefetch, on one dispatcher thread per instance; it settles
+/// deliveries, expires unsettled ones after the visibility timeout, applies capacity, and drains.
+///
+/// A plugin is a ``Broker`` over a store (memory or SQLite), fan-out or not, plus its config.
+public final class Broker: @unchecked Sendable {
+    // @unchecked: all mutable state is guarded by `condition`.
+
+    public let store: MessageStore
+    public let options: BrokerOptions
+    /// Whether subscriber groups each get their own copy (topic) or all subscribers share (queue).
+    public let fanOut: Bool
+    private let host: HostServices
+    private let condition = NSCondition()
+
+    private struct GroupKey: Hashable {
+        let channel: String
+        let group: String
+    }
+
+    private final class Member {
+        let id: SubscriptionID
+        let key: GroupKey
+        let subscriber: Subscriber
+        let maxInFlight: Int
+        let visibilityTimeout: Int64
+        var inFlight = 0
+        var delivering = 0
+        var removed = false
+        init(id: SubscriptionID, key: GroupKey, subscriber: Subscriber, maxInFlight: Int, visibilityTimeout: Int64) {
+            self.id = id
+            self.key = key
+            self.subscriber = subscriber
+            self.maxInFlight = maxInFlight
+            self.visibilityTimeout = visibilityTimeout
+        }
+    }
+
+    private struct InFlight {
+        let ref: LeaseRef
+        let member: Member
+        let channel: String
+        let leaseUntil: Int64
+    }
+
+    // Guarded by `condition`.
+    private var groups: [GroupKey: [Member]] = [:]
+    private var members: [SubscriptionID: Member] = [:]
+    private var inFlight: [DeliveryID: InFlight] = [:]
+    private var nextSubscription: SubscriptionID = 0
+    private var nextDelivery: DeliveryID = 0
+    private var workPending = false
+    private var draining = false
+    private var stopped = false
+    private var dispatcherDone = false
+    private var stats = TransportStats()
+
+    /// Starts a broker and its dispatcher thread.
+    public init(store: MessageStore, fanOut: Bool, options: BrokerOptions, host: HostServices, name: String) {
+        self.store = store
+        self.fanOut = fanOut
+        self.options = options
+        self.host = host
+        store.setChangeHandler { [weak self] in self?.wake() }
+        let thread = Thread { [self] in dispatchLoop() }
+        thread.name = "switchyard-\(name)"
+        thread.start()
+    }
+
+    private func now() -> Int64 { host.nowNanos() }
+
+    /// Tells the dispatcher to look for work (a store changed behind its back).
+    public func wake() {
+        condition.lock()
+        workPending = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func key(_ channel: String, _ group: String) -> GroupKey {
+        GroupKey(channel: channel, group: fanOut && !channel.hasSuffix(options.deadLetterSuffix) ? group : "")
+    }
+
+    // MARK: Publishing
+
+    /// Stores one message (see `TransportPlugin.publish`).
+    public func publish(_ view: MessageView) throws(TransportError) {
+        try publish([view.copy()])
+    }
+
+    /// Stores messages as one batch (one commit on durable stores).
+    public func publish(_ batch: [Message]) throws(TransportError) {
+        var messages = batch
+        let stamp = now()
+        for index in messages.indices {
+            let size = messages[index].body.count + messages[index].id.utf8.count + messages[index].channel.utf8.count
+                + messages[index].headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+            if size > options.maxMessageBytes {
+                throw TransportError(.tooLarge, "message \(messages[index].id) is \(size) bytes; max_message_bytes is \(options.maxMessageBytes)")
+            }
+            messages[index].attempt = messages[index].attempt > 0 ? messages[index].attempt - 1 : 0
+            messages[index].enqueuedAtNanos = stamp
+        }
+        try waitForRoom(messages.count)
+        try store.append(messages)
+        condition.lock()
+        stats.published += UInt64(messages.count)
+        workPending = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func waitForRoom(_ count: Int) throws(TransportError) {
+        condition.lock()
+        defer { condition.unlock() }
+        if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
+        guard options.capacity > 0 else { return }
+        let deadline = Date().addingTimeInterval(Double(options.fullWaitNanos) / 1e9)
+        while true {
+            let (depth, inFlight) = store.counts()
+            if Int(depth + inFlight) + count <= options.capacity { return }
+            if options.fullWaitNanos == 0 || !condition.wait(until: deadline) {
+                throw TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
+            }
+            if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
+        }
+    }
+
+    // MARK: Subscriptions
+
+    /// Adds a subscriber (see `TransportPlugin.subscribe`).
+    public func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        let key = key(options.channel, options.group)
+        try store.addGroup(channel: options.channel, group: options.group, start: options.start)
+        condition.lock()
+        defer { condition.unlock() }
+        if stopped { throw TransportError(.closed, "subscribe: the transport is shut down") }
+        nextSubscription += 1
+        let member = Member(
+            id: nextSubscription, key: key, subscriber: subscriber,
+            maxInFlight: Int(options.maxInFlight > 0 ? options.maxInFlight : self.options.defaultMaxInFlight),
+            visibilityTimeout: options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : self.options.visibilityTimeoutNanos)
+        members[member.id] = member
+        groups[key, default: []].append(member)
+        workPending = true
+        condition.signal()
+        return member.id
+    }
+
+    /// Removes a subscriber; waits for its running deliveries and releases its unsettled ones.
+    public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
+        condition.lock()
+        guard let member = members.removeValue(forKey: id) else {
+            condition.unlock()
+            throw TransportError(.notFound, "unsubscribe: unknown subscription \(id)")
+        }
+        member.removed = true
+        groups[member.key]?.removeAll { $0 === member }
+        if groups[member.key]?.isEmpty == true { groups[member.key] = nil }
+        while member.delivering > 0 { condition.wait() }
+        let orphans = inFlight.filter { $0.value.member === member }
+        for delivery in orphans.keys { inFlight[delivery] = nil }
+        stats.released += UInt64(orphans.count)
+        condition.unlock()
+        // Back in the store first, then wake the dispatcher, or it may look before they are there.
+        for orphan in orphans.values { try? store.release(orphan.ref) }
+        wake()
+    }
+
+    // MARK: Settlement
+
+    /// Settles a delivery (see `TransportPlugin.settle`).
+    public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        condition.lock()
+        guard let entry = inFlight.removeValue(forKey: delivery) else {
+            condition.unlock()
+            throw TransportError(.notFound, "settle: unknown, settled or expired delivery \(delivery)")
+        }
+        entry.member.inFlight -= 1
+        condition.unlock()
+        let stamp = now()
+        switch settlement {
+        case .ack:
+            try store.ack(entry.ref)
+        case .retry(let after, let reason):
+            try store.retry(entry.ref, visibleAt: stamp + after, reason: reason, now: stamp)
+        case .deadLetter(let reason):
+            try store.deadLetter(entry.ref, to: entry.channel + options.deadLetterSuffix, reason: reason, now: stamp)
+        case .release:
+            try store.release(entry.ref)
+        }
+        condition.lock()
+        switch settlement {
+        case .ack: stats.acked += 1
+        case .retry: stats.retried += 1
+        case .deadLetter: stats.deadLettered += 1
+        case .release: stats.released += 1
+        }
+        workPending = true
+        condition.broadcast()  // the dispatcher, a drain, and publishers waiting for room
+        condition.unlock()
+    }
+
+    // MARK: Lifecycle
+
+    /// Stops new deliveries and publishes, waits for settlements until `deadlineNanos` on the
+    /// monotonic clock, then releases what is left (throwing `.timeout` if anything was).
+    public func drain(deadlineNanos: Int64) throws(TransportError) {
+        condition.lock()
+        draining = true
+        condition.broadcast()
+        let deadline = Date().addingTimeInterval(Double(deadlineNanos - host.monotonicNanos()) / 1e9)
+        while !inFlight.isEmpty, condition.wait(until: deadline) {}
+        let left = inFlight
+        inFlight.removeAll()
+        for entry in left.values { entry.member.inFlight -= 1 }
+        stats.released += UInt64(left.count)
+        condition.unlock()
+        for entry in left.values { try? store.release(entry.ref) }
+        if !left.isEmpty {
+            throw TransportError(.timeout, "drain: \(left.count) deliveries were still unsettled at the deadline and were released")
+        }
+    }
+
+    /// Counters plus the store's depth and in-flight count.
+    public func currentStats() -> TransportStats {
+        condition.lock()
+        var result = stats
+        condition.unlock()
+        let counts = store.counts()
+        result.depth = counts.depth
+        result.inFlight = counts.inFlight
+        return result
+    }
+
+    /// Stops the dispatcher and releases unsettled deliveries. No delivery runs once it returns.
+    public func shutdown() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        while !dispatcherDone || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
+        let left = inFlight
+        inFlight.removeAll()
+        condition.unlock()
+        for entry in left.values { try? store.release(entry.ref) }
+    }
+
+    // MARK: Dispatching
+
+    private struct Planned {
+        let key: GroupKey
+        let room: Int
+        let visibilityTimeout: Int64
+    }
+
+    private func dispatchLoop() {
+        condition.lock()
+        while !stopped {
+            if !workPending {
+                if let wakeup = nextWakeup() {
+                    _ = condition.wait(until: wakeup)
+                } else {
+                    condition.wait()
+                }
+            }
+            workPending = false
+            if stopped || draining { continue }
+            expireLocalLeases()
+            let plan = groups.compactMap { key, members -> Planned? in
+                let room = members.reduce(0) { $0 + max(0, $1.maxInFlight - $1.inFlight) }
+                return room > 0 ? Planned(key: key, room: room, visibilityTimeout: members[0].visibilityTimeout) : nil
+            }
+            condition.unlock()
+            var batches: [(Planned, [LeasedMessage])] = []
+            let stamp = now()
+            for planned in plan {
+                do {
+                    let leased = try store.lease(channel: planned.key.channel, group: planned.key.group, limit: planned.room,
+                                                 now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
+                    if !leased.isEmpty { batches.append((planned, leased)) }
+                } catch {
+                    host.log(.error, "lease failed on \(planned.key.channel): \(error)")
+                }
+            }
+            condition.lock()
+            if !batches.isEmpty {
+                workPending = true  // there may be more
+                deliver(batches)
+            }
+        }
+        dispatcherDone = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Hands leased messages to members round robin. Called and returns with the lock held; drops
+    /// it around each deliver call.
+    private func deliver(_ batches: [(Planned, [LeasedMessage])]) {
+        var assignments: [(DeliveryID, Member, LeasedMessage)] = []
+        var orphans: [LeaseRef] = []
+        for (planned, leased) in batches {
+            let candidates = groups[planned.key] ?? []
+            var cursor = 0
+            for message in leased {
+                var chosen: Member?
+                for step in 0..<candidates.count {
+                    let member = candidates[(cursor + step) % candidates.count]
+                    if member.inFlight < member.maxInFlight {
+                        chosen = member
+                        cursor = (cursor + step + 1) % candidates.count
+                        break
+                    }
+                }
+                guard let member = chosen else {
+                    orphans.append(message.ref)  // members left or filled up meanwhile
+                    continue
+                }
+                nextDelivery += 1
+                member.inFlight += 1
+                member.delivering += 1
+                inFlight[nextDelivery] = InFlight(ref: message.ref, member: member, channel: message.message.channel,
+                                                  leaseUntil: now() + member.visibilityTimeout)
+                stats.delivered += 1
+                assignments.append((nextDelivery, member, message))
+            }
+            // Rotate so the next batch starts with another member.
+            if let first = groups[planned.key]?.first, (groups[planned.key]?.count ?? 0) > 1 {
+                groups[planned.key]!.removeFirst()
+                groups[planned.key]!.append(first)
+            }
+        }
+        condition.unlock()
+        for ref in orphans { try? store.release(ref) }
+        var refused: [DeliveryID] = []
+        for (delivery, member, leased) in assignments {
+            if member.subscriber.deliver(delivery, leased.message) != .ok { refused.append(delivery) }
+        }
+        condition.lock()
+        for (_, member, _) in assignments { member.delivering -= 1 }
+        var releases: [LeaseRef] = []
+        for delivery in refused {
+            if let entry = inFlight.removeValue(forKey: delivery) {
+                entry.member.inFlight -= 1
+                releases.append(entry.ref)
+            }
+        }
+        condition.broadcast()
+        if !releases.isEmpty {
+            condition.unlock()
+            for ref in releases { try? store.release(ref) }
+            condition.lock()
+            workPending = false  // a refusing subscriber: wait for a change instead of spinning
+        }
+    }
+
+    /// Forgets local deliveries whose lease expired, freeing their subscribers' prefetch; the
+    /// store makes the entries ready again (with the attempt counted) on the next lease.
+    private func expireLocalLeases() {
+        let stamp = now()
+        let expired = inFlight.filter { $0.value.leaseUntil <= stamp }
+        for (delivery, entry) in expired {
+            inFlight[delivery] = nil
+            entry.member.inFlight -= 1
+        }
+    }
+
+    /// When the dispatcher must look again: the earliest retry or lease expiry of a group with
+    /// subscribers, or of a local delivery.
+    private func nextWakeup() -> Date? {
+        let stamp = now()
+        var earliest = inFlight.values.map(\.leaseUntil).min()
+        for key in groups.keys {
+            if let at = store.nextWakeup(channel: key.channel, group: key.group, now: stamp) {
+                earliest = min(earliest ?? at, at)
+            }
+        }
+        guard let earliest else { return nil }
+        return Date(timeIntervalSince1970: Double(earliest) / 1e9)
+    }
+}

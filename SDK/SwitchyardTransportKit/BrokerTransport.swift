@@ -1,0 +1,96 @@
+import SwitchyardABI
+import SwitchyardPluginKit
+
+/// Config shared by the broker-based transports (`queue`, `topic`). Durations are strings with a
+/// unit (`"30s"`); every key is optional.
+public struct BrokerConfig: Decodable, Sendable {
+    /// A SQLite database file: durable mode. Absent: in memory.
+    public var path: String?
+    /// Most messages stored (ready + in flight); 0: unbounded.
+    public var capacity: Int?
+    /// How long a publish to a full transport waits for room before failing; "0": fail at once.
+    public var full_wait: ConfigDuration?
+    /// Default prefetch per subscriber.
+    public var max_in_flight: Int?
+    /// Default visibility timeout: an unsettled delivery is redelivered after it.
+    public var visibility_timeout: ConfigDuration?
+    /// Largest message accepted, in bytes.
+    public var max_message_bytes: Int?
+    /// Dead-letter channel suffix (`.dlq`).
+    public var dead_letter_suffix: String?
+    /// Fan-out only: recent messages kept per channel for groups that start at the earliest.
+    public var retain: Int?
+
+    /// The keys every broker transport accepts; fan-out transports add `retain`.
+    public static let keys: Set<String> = [
+        "path", "capacity", "full_wait", "max_in_flight", "visibility_timeout", "max_message_bytes", "dead_letter_suffix",
+    ]
+
+    /// Checks ranges and builds broker options; errors name the key.
+    public func options() throws(TransportError) -> BrokerOptions {
+        var options = BrokerOptions()
+        if let capacity {
+            guard capacity >= 0 else { throw TransportError(.config, "config key 'capacity': must be 0 (unbounded) or more") }
+            options.capacity = capacity
+        }
+        if let full_wait { options.fullWaitNanos = full_wait.nanoseconds }
+        if let max_in_flight {
+            guard (1...1_000_000).contains(max_in_flight) else {
+                throw TransportError(.config, "config key 'max_in_flight': must be between 1 and 1000000")
+            }
+            options.defaultMaxInFlight = UInt32(max_in_flight)
+        }
+        if let visibility_timeout {
+            guard visibility_timeout.nanoseconds > 0 else { throw TransportError(.config, "config key 'visibility_timeout': must be more than 0") }
+            options.visibilityTimeoutNanos = visibility_timeout.nanoseconds
+        }
+        if let max_message_bytes {
+            guard max_message_bytes > 0 else { throw TransportError(.config, "config key 'max_message_bytes': must be more than 0") }
+            options.maxMessageBytes = max_message_bytes
+        }
+        if let dead_letter_suffix {
+            guard !dead_letter_suffix.isEmpty else { throw TransportError(.config, "config key 'dead_letter_suffix': must not be empty") }
+            options.deadLetterSuffix = dead_letter_suffix
+        }
+        if let retain, retain < 0 { throw TransportError(.config, "config key 'retain': must be 0 or more") }
+        return options
+    }
+}
+
+/// A complete transport plugin over a ``Broker``: subclasses name themselves and say whether
+/// they fan out; config, storage (memory or SQLite) and every ABI function come from here.
+open class BrokerTransport: TransportPlugin, @unchecked Sendable {
+    // @unchecked: immutable after init; the broker is thread-safe.
+
+    /// Subclasses override: the plugin's identity.
+    open class var info: PluginInfo { fatalError("BrokerTransport subclasses must override info") }
+    /// Subclasses override: true for a topic (each group gets a copy).
+    open class var fanOut: Bool { false }
+
+    public let broker: Broker
+
+    public required init(context: TransportContext) throws(TransportError) {
+        let fanOut = Self.fanOut
+        let config = try context.decodeConfig(BrokerConfig.self, allowedKeys: fanOut ? BrokerConfig.keys.union(["retain"]) : BrokerConfig.keys)
+        let options = try config.options()
+        let suffix = options.deadLetterSuffix
+        let store: MessageStore
+        if let path = config.path {
+            store = try SQLiteStore(path: path, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000,
+                                    isDeadLetterChannel: { $0.hasSuffix(suffix) }, host: context.host)
+        } else {
+            store = MemoryStore(fanOut: fanOut, retainedPerChannel: config.retain ?? 0, isDeadLetterChannel: { $0.hasSuffix(suffix) })
+        }
+        broker = Broker(store: store, fanOut: fanOut, options: options, host: context.host, name: context.instanceName)
+    }
+
+    public func publish(_ message: MessageView) throws(TransportError) { try broker.publish(message) }
+    public func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        try broker.subscribe(options, subscriber)
+    }
+    public func unsubscribe(_ id: SubscriptionID) throws(TransportError) { try broker.unsubscribe(id) }
+    public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) { try broker.settle(delivery, settlement) }
+    public func drain(deadlineNanos: Int64) throws(TransportError) { try broker.drain(deadlineNanos: deadlineNanos) }
+    public func stats() -> TransportStats { broker.currentStats() }
+    public func shutdown() { broker.shutdown() }
+}

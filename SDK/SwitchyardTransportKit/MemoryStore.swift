@@ -1,0 +1,254 @@
+import DequeModule
+import HeapModule
+import SwitchyardABI
+import Synchronization
+
+/// A ``MessageStore`` in process memory: the fast path for development and tests. Everything is
+/// gone when the process exits, by design.
+public final class MemoryStore: MessageStore {
+    /// Whether each group registered on a channel gets its own copy (a topic) or all subscribers
+    /// share one copy (a queue). Dead-letter channels are always shared.
+    public let fanOut: Bool
+    /// How many recent messages per channel a fan-out store keeps for groups that start at
+    /// `.earliest`.
+    public let retainedPerChannel: Int
+    private let isDeadLetterChannel: @Sendable (String) -> Bool
+    private let state = Mutex(State())
+
+    public init(fanOut: Bool, retainedPerChannel: Int = 0, isDeadLetterChannel: @escaping @Sendable (String) -> Bool) {
+        self.fanOut = fanOut
+        self.retainedPerChannel = retainedPerChannel
+        self.isDeadLetterChannel = isDeadLetterChannel
+    }
+
+    private struct GroupKey: Hashable {
+        let channel: String
+        let group: String
+    }
+
+    private struct Timed: Comparable {
+        let at: Int64
+        let entry: UInt64
+        let token: UInt64
+        static func < (a: Timed, b: Timed) -> Bool { (a.at, a.entry) < (b.at, b.entry) }
+    }
+
+    private struct Entry {
+        var message: Message
+        let group: GroupKey
+        var token: UInt64 = 0       // non-zero while leased
+        var leaseUntil: Int64 = 0
+        var holdsKey = false        // this entry holds its ordering key's lock
+        var history: [String] = []
+    }
+
+    private struct Group {
+        var ready = Deque<UInt64>()     // entry ids in publish order
+        var waiting = Heap<Timed>()     // retries not yet visible
+        var leased = Heap<Timed>()      // lease expiries (stale items are skipped lazily)
+        var lockedKeys: [String: Int] = [:]
+
+        /// Puts an entry back among the ready ones, in publish order (entry ids grow with it).
+        mutating func insertReady(_ id: UInt64) {
+            if ready.isEmpty || ready.last! < id { return ready.append(id) }
+            if ready.first! > id { return ready.prepend(id) }
+            var low = 0, high = ready.count
+            while low < high {
+                let mid = (low + high) / 2
+                if ready[mid] < id { low = mid + 1 } else { high = mid }
+            }
+            ready.insert(id, at: low)
+        }
+
+        mutating func unlock(_ key: String) {
+            let remaining = (lockedKeys[key] ?? 1) - 1
+            lockedKeys[key] = remaining > 0 ? remaining : nil
+        }
+    }
+
+    private struct State {
+        var entries: [UInt64: Entry] = [:]
+        var groups: [GroupKey: Group] = [:]
+        var groupsByChannel: [String: [String]] = [:]
+        var retained: [String: Deque<Message>] = [:]
+        var nextEntry: UInt64 = 0
+        var nextToken: UInt64 = 0
+        var depth: UInt64 = 0
+        var inFlight: UInt64 = 0
+
+        mutating func insert(_ message: Message, into key: GroupKey) {
+            nextEntry += 1
+            entries[nextEntry] = Entry(message: message, group: key)
+            groups[key, default: Group()].ready.append(nextEntry)
+            depth += 1
+        }
+
+        mutating func makeReady(_ id: UInt64, in key: GroupKey) {
+            groups[key]!.insertReady(id)
+        }
+
+        mutating func unlockKey(of id: UInt64) {
+            guard let entry = entries[id], entry.holdsKey, let key = entry.message.orderingKey else { return }
+            entries[id]!.holdsKey = false
+            groups[entry.group]!.unlock(key)
+        }
+
+        /// The entry leased under `ref`, or a not-found error.
+        func leased(_ ref: LeaseRef) throws(TransportError) -> Entry {
+            guard let entry = entries[ref.entry], entry.token == ref.token, ref.token != 0 else {
+                throw TransportError(.notFound, "unknown, settled or expired delivery")
+            }
+            return entry
+        }
+    }
+
+    public func append(_ messages: [Message]) throws(TransportError) {
+        state.withLock { state in
+            for message in messages {
+                if !fanOut || isDeadLetterChannel(message.channel) {
+                    state.insert(message, into: GroupKey(channel: message.channel, group: ""))
+                    continue
+                }
+                for group in state.groupsByChannel[message.channel] ?? [] {
+                    state.insert(message, into: GroupKey(channel: message.channel, group: group))
+                }
+                if retainedPerChannel > 0 {
+                    state.retained[message.channel, default: []].append(message)
+                    if state.retained[message.channel]!.count > retainedPerChannel { state.retained[message.channel]!.removeFirst() }
+                }
+            }
+        }
+    }
+
+    public func addGroup(channel: String, group: String, start: StartPosition) throws(TransportError) {
+        let shared = !fanOut || isDeadLetterChannel(channel)
+        let key = GroupKey(channel: channel, group: shared ? "" : group)
+        state.withLock { state in
+            guard state.groups[key] == nil else { return }
+            state.groups[key] = Group()
+            guard !shared else { return }
+            state.groupsByChannel[channel, default: []].append(group)
+            if start == .earliest {
+                for message in state.retained[channel] ?? [] { state.insert(message, into: key) }
+            }
+        }
+    }
+
+    public func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        let key = GroupKey(channel: channel, group: !fanOut || isDeadLetterChannel(channel) ? "" : group)
+        return state.withLock { state in
+            // Work on the group moved out of the dictionary: one hash instead of one per entry.
+            guard limit > 0, var group = state.groups.removeValue(forKey: key) else { return [] }
+            defer { state.groups[key] = group }
+            // Expired leases and due retries become ready (expired leases keep their attempt).
+            while let top = group.leased.min, top.at <= now {
+                group.leased.removeMin()
+                guard let entry = state.entries[top.entry], entry.token == top.token else { continue }
+                state.entries[top.entry]!.token = 0
+                if entry.holdsKey, let orderingKey = entry.message.orderingKey {
+                    state.entries[top.entry]!.holdsKey = false
+                    group.unlock(orderingKey)
+                }
+                group.insertReady(top.entry)
+                state.inFlight -= 1
+                state.depth += 1
+            }
+            while let top = group.waiting.min, top.at <= now {
+                group.waiting.removeMin()
+                group.insertReady(top.entry)
+            }
+            var taken: [LeasedMessage] = []
+            taken.reserveCapacity(min(limit, group.ready.count))
+            var skipped: [UInt64] = []
+            var keysThisRound = Set<String>()
+            while taken.count < limit, skipped.count < 100_000, let id = group.ready.popFirst() {
+                var entry = state.entries[id]!
+                if let orderingKey = entry.message.orderingKey {
+                    let lockedByOther = group.lockedKeys[orderingKey] != nil && !entry.holdsKey
+                    if lockedByOther || keysThisRound.contains(orderingKey) {
+                        skipped.append(id)
+                        continue
+                    }
+                    keysThisRound.insert(orderingKey)
+                    if !entry.holdsKey {
+                        entry.holdsKey = true
+                        group.lockedKeys[orderingKey, default: 0] += 1
+                    }
+                }
+                state.nextToken += 1
+                entry.token = state.nextToken
+                entry.leaseUntil = leaseUntil
+                entry.message.attempt += 1
+                state.entries[id] = entry
+                group.leased.insert(Timed(at: leaseUntil, entry: id, token: entry.token))
+                taken.append(LeasedMessage(ref: LeaseRef(entry: id, token: entry.token), message: entry.message))
+            }
+            if !skipped.isEmpty { group.ready.prepend(contentsOf: skipped) }
+            state.depth -= UInt64(taken.count)
+            state.inFlight += UInt64(taken.count)
+            return taken
+        }
+    }
+
+    public func ack(_ ref: LeaseRef) throws(TransportError) {
+        try state.withLock { (state) throws(TransportError) in
+            _ = try state.leased(ref)
+            state.unlockKey(of: ref.entry)
+            state.entries[ref.entry] = nil
+            state.inFlight -= 1
+        }
+    }
+
+    public func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError) {
+        try state.withLock { (state) throws(TransportError) in
+            let entry = try state.leased(ref)
+            state.entries[ref.entry]!.token = 0
+            state.entries[ref.entry]!.history.append("attempt \(entry.message.attempt) at \(now): \(reason)")
+            state.inFlight -= 1
+            state.depth += 1
+            // The entry keeps its ordering key's lock while it waits, so later messages of the key
+            // stay behind it; messages of other keys (or none) are not held back.
+            if visibleAt <= now {
+                state.makeReady(ref.entry, in: entry.group)
+            } else {
+                state.groups[entry.group]!.waiting.insert(Timed(at: visibleAt, entry: ref.entry, token: 0))
+            }
+        }
+    }
+
+    public func release(_ ref: LeaseRef) throws(TransportError) {
+        try state.withLock { (state) throws(TransportError) in
+            let entry = try state.leased(ref)
+            state.entries[ref.entry]!.token = 0
+            state.entries[ref.entry]!.message.attempt -= 1
+            state.unlockKey(of: ref.entry)
+            state.makeReady(ref.entry, in: entry.group)
+            state.inFlight -= 1
+            state.depth += 1
+        }
+    }
+
+    public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) {
+        try state.withLock { (state) throws(TransportError) in
+            let entry = try state.leased(ref)
+            state.unlockKey(of: ref.entry)
+            state.entries[ref.entry] = nil
+            state.inFlight -= 1
+            let dead = DeadLetter.copy(of: entry.message, to: deadLetterChannel, group: entry.group.group, reason: reason,
+                                       history: entry.history + ["attempt \(entry.message.attempt) at \(now): \(reason)"], now: now)
+            state.insert(dead, into: GroupKey(channel: deadLetterChannel, group: ""))
+        }
+    }
+
+    public func nextWakeup(channel: String, group: String, now: Int64) -> Int64? {
+        let key = GroupKey(channel: channel, group: !fanOut || isDeadLetterChannel(channel) ? "" : group)
+        return state.withLock { state in
+            guard let group = state.groups[key] else { return nil }
+            return [group.waiting.min?.at, group.leased.min?.at].compactMap { $0 }.min()
+        }
+    }
+
+    public func counts() -> (depth: UInt64, inFlight: UInt64) {
+        state.withLock { ($0.depth, $0.inFlight) }
+    }
+}

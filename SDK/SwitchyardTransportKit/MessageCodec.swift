@@ -1,0 +1,98 @@
+import SwitchyardABI
+
+/// A compact binary form of a ``Message``, for storing messages (durable stores, held delays).
+///
+/// Layout, little-endian: magic `SYM1`, attempt u32, deliver_at i64, enqueued_at i64, then id,
+/// channel, ordering key (u32 length + UTF-8 each), header count u32 and each header's key and
+/// value, and the body (u32 length + bytes). Decoding checks every length against the data, so
+/// a corrupt record is an error with a reason, never a crash.
+public enum MessageCodec {
+    private static let magic: [UInt8] = Array("SYM1".utf8)
+
+    /// Encodes `message`.
+    public static func encode(_ message: Message) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(64 + message.body.count + message.id.utf8.count + message.channel.utf8.count)
+        out += magic
+        append(message.attempt, to: &out)
+        append(UInt64(bitPattern: message.deliverAtNanos), to: &out)
+        append(UInt64(bitPattern: message.enqueuedAtNanos), to: &out)
+        appendBytes(Array(message.id.utf8), to: &out)
+        appendBytes(Array(message.channel.utf8), to: &out)
+        appendBytes(Array((message.orderingKey ?? "").utf8), to: &out)
+        append(UInt32(message.headers.count), to: &out)
+        for header in message.headers {
+            appendBytes(Array(header.key.utf8), to: &out)
+            appendBytes(Array(header.value.utf8), to: &out)
+        }
+        appendBytes(message.body, to: &out)
+        return out
+    }
+
+    /// Decodes a message encoded by ``encode(_:)``; throws `invalidArgument` naming what is corrupt.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(TransportError) -> Message {
+        var reader = Reader(bytes: bytes)
+        guard bytes.count >= 4, Array(bytes[0..<4]) == magic else {
+            throw TransportError(.invalidArgument, "corrupt stored message: bad magic")
+        }
+        reader.offset = 4
+        let attempt: UInt32 = try reader.integer("attempt")
+        let deliverAt = Int64(bitPattern: try reader.integer("deliver_at") as UInt64)
+        let enqueuedAt = Int64(bitPattern: try reader.integer("enqueued_at") as UInt64)
+        let id = try reader.string("id")
+        let channel = try reader.string("channel")
+        let key = try reader.string("ordering key")
+        let headerCount: UInt32 = try reader.integer("header count")
+        guard Int(headerCount) <= bytes.count / 8 else {
+            throw TransportError(.invalidArgument, "corrupt stored message: \(headerCount) headers cannot fit")
+        }
+        var headers: [Header] = []
+        headers.reserveCapacity(Int(headerCount))
+        for _ in 0..<headerCount { headers.append(Header(try reader.string("header key"), try reader.string("header value"))) }
+        let body = try reader.bytes("body")
+        guard reader.offset == bytes.count else {
+            throw TransportError(.invalidArgument, "corrupt stored message: \(bytes.count - reader.offset) trailing bytes")
+        }
+        return Message(id: id, channel: channel, orderingKey: key.isEmpty ? nil : key, headers: headers, body: body,
+                       attempt: attempt, deliverAtNanos: deliverAt, enqueuedAtNanos: enqueuedAt)
+    }
+
+    /// Decodes from an array.
+    public static func decode(_ bytes: [UInt8]) throws(TransportError) -> Message {
+        try bytes.withUnsafeBytes { raw in Result { () throws(TransportError) in try decode(raw) } }.get()
+    }
+
+    private static func append<T: FixedWidthInteger>(_ value: T, to out: inout [UInt8]) {
+        withUnsafeBytes(of: value.littleEndian) { out += $0 }
+    }
+
+    private static func appendBytes(_ bytes: [UInt8], to out: inout [UInt8]) {
+        append(UInt32(bytes.count), to: &out)
+        out += bytes
+    }
+
+    private struct Reader {
+        let bytes: UnsafeRawBufferPointer
+        var offset = 0
+
+        mutating func integer<T: FixedWidthInteger>(_ what: String) throws(TransportError) -> T {
+            let size = MemoryLayout<T>.size
+            guard offset + size <= bytes.count else { throw TransportError(.invalidArgument, "corrupt stored message: truncated \(what)") }
+            defer { offset += size }
+            return T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
+        }
+
+        mutating func bytes(_ what: String) throws(TransportError) -> [UInt8] {
+            let length = Int(try integer(what + " length") as UInt32)
+            guard length <= bytes.count - offset else {
+                throw TransportError(.invalidArgument, "corrupt stored message: \(what) length \(length) exceeds the record")
+            }
+            defer { offset += length }
+            return Array(bytes[offset..<offset + length])
+        }
+
+        mutating func string(_ what: String) throws(TransportError) -> String {
+            String(decoding: try bytes(what), as: UTF8.self)
+        }
+    }
+}

@@ -1,0 +1,95 @@
+import SwitchyardABI
+
+/// Identifies one lease of one stored entry. `entry` names the stored copy; `token` changes every
+/// time the entry is leased, so a settlement from a lease that already expired cannot touch the
+/// entry's next lease.
+public struct LeaseRef: Hashable, Sendable {
+    public let entry: UInt64
+    public let token: UInt64
+    public init(entry: UInt64, token: UInt64) {
+        self.entry = entry
+        self.token = token
+    }
+}
+
+/// A message handed out under a lease, its attempt already counted.
+public struct LeasedMessage: Sendable {
+    public let ref: LeaseRef
+    public let message: Message
+    public init(ref: LeaseRef, message: Message) {
+        self.ref = ref
+        self.message = message
+    }
+}
+
+/// Where dead-lettered messages go and what they carry.
+public enum DeadLetter {
+    /// Header: why the message was dead-lettered.
+    public static let reasonHeader = "sy-dlq-reason"
+    /// Header: the channel it was dead-lettered from.
+    public static let channelHeader = "sy-dlq-channel"
+    /// Header: the subscriber group whose copy was dead-lettered (fan-out transports).
+    public static let groupHeader = "sy-dlq-group"
+    /// Header: when, in ns since the Unix epoch.
+    public static let atHeader = "sy-dlq-at"
+    /// Header: how many deliveries were attempted.
+    public static let attemptsHeader = "sy-dlq-attempts"
+    /// Header: the attempt history, one `attempt N at T: reason` line per failed attempt.
+    public static let historyHeader = "sy-dlq-history"
+
+    /// The dead-letter copy of `message`: same id and body, on `channel`, with the headers above
+    /// (replacing any from an earlier dead-lettering).
+    public static func copy(of message: Message, to channel: String, group: String, reason: String, history: [String], now: Int64) -> Message {
+        var dead = message
+        dead.headers.removeAll { $0.key.hasPrefix("sy-dlq-") }
+        dead.headers += [
+            Header(reasonHeader, reason), Header(channelHeader, message.channel), Header(atHeader, String(now)),
+            Header(attemptsHeader, String(message.attempt)), Header(historyHeader, history.joined(separator: "\n")),
+        ]
+        if !group.isEmpty { dead.headers.append(Header(groupHeader, group)) }
+        dead.channel = channel
+        dead.attempt = 0
+        dead.deliverAtNanos = 0
+        return dead
+    }
+}
+
+/// Storage behind a ``Broker``: stored entries, per subscriber group, with leases.
+///
+/// A queue keeps one entry per message (group `""`); a fan-out store keeps one entry per message
+/// per group registered on its channel. Entries become ready at their visible time, are leased to
+/// deliveries, and end acknowledged or dead-lettered. Implementations must honor ordering keys: at
+/// most one entry per (group, key) is leased or waiting to be retried at a time, and entries of a
+/// key are leased in publish order.
+///
+/// Implementations are thread-safe. Errors are `TransportError`s (`.io` for storage failures).
+public protocol MessageStore: AnyObject, Sendable {
+    /// Stores messages. Returns only when they are as durable as the store promises.
+    func append(_ messages: [Message]) throws(TransportError)
+    /// Makes sure `group` exists on `channel` (fan-out stores copy new messages to it from now on;
+    /// with `.earliest` a new group also gets the messages still retained).
+    func addGroup(channel: String, group: String, start: StartPosition) throws(TransportError)
+    /// Leases up to `limit` ready entries of `group` on `channel` until `leaseUntil`, counting an
+    /// attempt on each. Entries whose lease expired count as ready.
+    func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage]
+    /// Removes a leased entry for good.
+    func ack(_ ref: LeaseRef) throws(TransportError)
+    /// Makes a leased entry ready again at `visibleAt`, recording `reason` in its history.
+    func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError)
+    /// Makes a leased entry ready again at once, without counting the attempt.
+    func release(_ ref: LeaseRef) throws(TransportError)
+    /// Moves a leased entry to `deadLetterChannel` with `reason` and its history.
+    func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError)
+    /// The earliest future time at which an entry of the group becomes ready (a retry's visible
+    /// time or a lease's expiry), or nil.
+    func nextWakeup(channel: String, group: String, now: Int64) -> Int64?
+    /// Entries stored and not leased (`depth`) and leased (`inFlight`), over all channels.
+    func counts() -> (depth: UInt64, inFlight: UInt64)
+    /// Registers a function to call when another process changes the store (stores shared between
+    /// processes call it; others never do).
+    func setChangeHandler(_ handler: @escaping @Sendable () -> Void)
+}
+
+extension MessageStore {
+    public func setChangeHandler(_ handler: @escaping @Sendable () -> Void) {}
+}

@@ -1,0 +1,117 @@
+import CSQLite
+import SwitchyardABI
+
+/// A thin, safe wrapper over one SQLite connection: prepared statements cached by SQL text,
+/// errors as `TransportError(.io, …)` carrying SQLite's message. Not thread-safe: one owner.
+final class SQLiteDatabase {
+    let path: String
+    private var handle: OpaquePointer?
+    private var statements: [String: OpaquePointer] = [:]
+
+    init(path: String) throws(TransportError) {
+        self.path = path
+        var db: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let status = sqlite3_open_v2(path, &db, flags, nil)
+        guard status == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(db)
+            throw TransportError(.io, "cannot open SQLite database '\(path)': \(message)")
+        }
+        handle = db
+        sqlite3_extended_result_codes(db, 1)
+    }
+
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close_v2(handle)
+    }
+
+    private func error(_ what: String) -> TransportError {
+        let message = String(cString: sqlite3_errmsg(handle))
+        let code = sqlite3_extended_errcode(handle)
+        if code & 0xFF == SQLITE_NOTADB {
+            return TransportError(.io, "'\(path)' is not a SQLite database (or is corrupt): \(message)")
+        }
+        if code & 0xFF == SQLITE_FULL {
+            return TransportError(.io, "the disk holding '\(path)' is full: \(message)")
+        }
+        return TransportError(.io, "\(what) on '\(path)': \(message)")
+    }
+
+    /// Runs SQL without results (may hold several statements).
+    func execute(_ sql: String) throws(TransportError) {
+        var message: UnsafeMutablePointer<CChar>?
+        if sqlite3_exec(handle, sql, nil, nil, &message) != SQLITE_OK {
+            let text = message.map { String(cString: $0) } ?? ""
+            sqlite3_free(message)
+            let base = error("SQL failed")
+            throw TransportError(.io, text.isEmpty ? base.message : base.message + " (\(text))")
+        }
+    }
+
+    /// A value bound to a statement parameter.
+    enum Value {
+        case int(Int64)
+        case text(String)
+        case blob([UInt8])
+        case null
+    }
+
+    /// One result row, read by column index.
+    struct Row {
+        let statement: OpaquePointer
+        func int(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
+        func isNull(_ column: Int32) -> Bool { sqlite3_column_type(statement, column) == SQLITE_NULL }
+        func text(_ column: Int32) -> String {
+            guard let pointer = sqlite3_column_text(statement, column) else { return "" }
+            return String(decoding: UnsafeBufferPointer(start: pointer, count: Int(sqlite3_column_bytes(statement, column))), as: UTF8.self)
+        }
+        func blob<R>(_ column: Int32, _ body: (UnsafeRawBufferPointer) throws(TransportError) -> R) throws(TransportError) -> R {
+            let pointer = sqlite3_column_blob(statement, column)
+            return try body(UnsafeRawBufferPointer(start: pointer, count: Int(sqlite3_column_bytes(statement, column))))
+        }
+    }
+
+    /// Runs one statement with `values`, calling `row` for each result row; returns the number of
+    /// rows changed.
+    @discardableResult
+    func run(_ sql: String, _ values: [Value] = [], row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
+        let statement = try prepare(sql)
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
+        for (index, value) in values.enumerated() {
+            let position = Int32(index + 1)
+            switch value {
+            case .int(let v): sqlite3_bind_int64(statement, position, v)
+            case .text(let v): sqlite3_bind_text(statement, position, v, -1, csqlite_transient())
+            case .blob(let v): v.withUnsafeBytes { _ = sqlite3_bind_blob(statement, position, $0.baseAddress, Int32($0.count), csqlite_transient()) }
+            case .null: sqlite3_bind_null(statement, position)
+            }
+        }
+        while true {
+            let status = sqlite3_step(statement)
+            if status == SQLITE_ROW {
+                try row?(Row(statement: statement))
+            } else if status == SQLITE_DONE {
+                return Int(sqlite3_changes(handle))
+            } else {
+                throw error("statement failed")
+            }
+        }
+    }
+
+    private func prepare(_ sql: String) throws(TransportError) -> OpaquePointer {
+        if let cached = statements[sql] { return cached }
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK, let statement else {
+            throw error("cannot prepare statement")
+        }
+        statements[sql] = statement
+        return statement
+    }
+
+    var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+}

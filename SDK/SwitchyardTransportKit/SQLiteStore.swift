@@ -1,0 +1,415 @@
+import CSQLite
+import Foundation
+import SwitchyardABI
+import SwitchyardPluginKit
+
+/// A durable ``MessageStore``: one SQLite database file in WAL mode with `synchronous=FULL`.
+///
+/// - **Group commit.** Every operation runs on one writer thread, which takes all operations
+///   waiting at that moment and runs them in one transaction (each in its own savepoint, so one
+///   failing operation does not undo the others). A publish returns only after its transaction
+///   committed; concurrent publishes share one fsync.
+/// - **Ordering keys without lock bookkeeping.** Acknowledged entries are deleted, so the oldest
+///   live entry of a key is its head; only a head that is visible and not leased can be leased.
+/// - **Several processes, one file.** Leases carry an expiry in the row, so any process may
+///   reclaim an expired lease. Other processes' commits are noticed through inotify on the WAL
+///   file, not by polling.
+public final class SQLiteStore: MessageStore, @unchecked Sendable {
+    // @unchecked: the database is touched only by the writer thread; the rest is behind `jobs`.
+
+    public let path: String
+    public let fanOut: Bool
+    public let retainedPerChannel: Int
+    private let isDeadLetterChannel: @Sendable (String) -> Bool
+    private let host: HostServices
+    private let jobs = NSCondition()
+    private var pending: [Job] = []
+    private var stopped = false
+    private var writerDone = false
+    private var changeHandler: (@Sendable () -> Void)?
+    private var cachedCounts: (depth: UInt64, inFlight: UInt64, at: Int64) = (0, 0, 0)
+    private var watcher: WALWatcher?
+
+    private final class Job {
+        let work: (SQLiteDatabase) throws(TransportError) -> Void
+        var error: TransportError?
+        var done = false
+        init(_ work: @escaping (SQLiteDatabase) throws(TransportError) -> Void) { self.work = work }
+    }
+
+    private final class Box<T> { var value: T? }
+
+    /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
+    /// to another application, or holds the other kind of store (queue vs topic).
+    public init(path: String, fanOut: Bool, retainedPerChannel: Int, isDeadLetterChannel: @escaping @Sendable (String) -> Bool,
+                host: HostServices) throws(TransportError) {
+        // Open and check the file before any stored property is set: if this throws, the object
+        // was never initialised, so its deinit (which waits for the writer thread) does not run.
+        let db = try SQLiteDatabase(path: path)
+        try Self.prepareSchema(db, kind: fanOut ? "topic" : "queue")
+        self.path = path
+        self.fanOut = fanOut
+        self.retainedPerChannel = retainedPerChannel
+        self.isDeadLetterChannel = isDeadLetterChannel
+        self.host = host
+        // The connection moves to the writer thread and is used only there.
+        nonisolated(unsafe) let connection = db
+        let thread = Thread { [self] in writerLoop(connection) }
+        thread.name = "switchyard-sqlite-writer"
+        thread.start()
+        watcher = WALWatcher(databasePath: path) { [weak self] in self?.externalChange() }
+    }
+
+    deinit {
+        jobs.lock()
+        stopped = true
+        jobs.broadcast()
+        while !writerDone { jobs.wait() }
+        jobs.unlock()
+        watcher?.stop()
+    }
+
+    private static func prepareSchema(_ db: SQLiteDatabase, kind: String) throws(TransportError) {
+        try db.execute("PRAGMA busy_timeout = 10000")
+        var journal = ""
+        try db.run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }
+        guard journal.lowercased() == "wal" else {
+            throw TransportError(.io, "'\(db.path)': cannot switch to WAL mode (journal mode is \(journal))")
+        }
+        try db.execute("PRAGMA synchronous = FULL")
+        var tables = Set<String>()
+        try db.run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
+        if !tables.isEmpty && !tables.contains("switchyard_meta") {
+            throw TransportError(.config, "config key 'path': '\(db.path)' is a SQLite database of another application (no switchyard_meta table)")
+        }
+        try db.execute("""
+            BEGIN IMMEDIATE;
+            CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', '\(kind)');
+            CREATE TABLE IF NOT EXISTS entries (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                channel TEXT NOT NULL,
+                grp TEXT NOT NULL,
+                ordering_key TEXT,
+                attempt INTEGER NOT NULL,
+                visible_at INTEGER NOT NULL,
+                lease_token INTEGER NOT NULL DEFAULT 0,
+                lease_until INTEGER NOT NULL DEFAULT 0,
+                history TEXT NOT NULL DEFAULT '',
+                message BLOB NOT NULL);
+            CREATE INDEX IF NOT EXISTS entries_by_group ON entries (channel, grp, id);
+            CREATE INDEX IF NOT EXISTS entries_by_key ON entries (channel, grp, ordering_key, id) WHERE ordering_key IS NOT NULL;
+            CREATE TABLE IF NOT EXISTS groups (channel TEXT NOT NULL, grp TEXT NOT NULL, PRIMARY KEY (channel, grp));
+            CREATE TABLE IF NOT EXISTS retained (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, message BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS lease_tokens (id INTEGER PRIMARY KEY AUTOINCREMENT);
+            COMMIT;
+            """)
+        var stored = ""
+        try db.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in stored = row.text(0) }
+        guard stored == kind else {
+            throw TransportError(.config, "config key 'path': '\(db.path)' holds a \(stored) store; a \(kind) cannot use it")
+        }
+    }
+
+    // MARK: The writer
+
+    private func writerLoop(_ db: SQLiteDatabase) {
+        jobs.lock()
+        while true {
+            while pending.isEmpty && !stopped { jobs.wait() }
+            if pending.isEmpty && stopped { break }
+            let batch = pending
+            pending.removeAll(keepingCapacity: true)
+            jobs.unlock()
+            run(batch, on: db)
+            jobs.lock()
+            for job in batch { job.done = true }
+            jobs.broadcast()
+        }
+        writerDone = true
+        jobs.broadcast()
+        jobs.unlock()
+    }
+
+    /// One transaction for the whole batch; a savepoint per job.
+    private func run(_ batch: [Job], on db: SQLiteDatabase) {
+        do {
+            try db.execute("BEGIN IMMEDIATE")
+        } catch {
+            for job in batch { job.error = error }
+            return
+        }
+        for job in batch {
+            do {
+                try db.execute("SAVEPOINT job")
+                do {
+                    try job.work(db)
+                    try db.execute("RELEASE job")
+                } catch {
+                    job.error = error
+                    try db.execute("ROLLBACK TO job; RELEASE job")
+                }
+            } catch {
+                job.error = job.error ?? error
+            }
+        }
+        do {
+            try db.execute("COMMIT")
+        } catch {
+            try? db.execute("ROLLBACK")
+            for job in batch { job.error = error }  // nothing in the batch happened
+        }
+    }
+
+    /// Runs `body` on the writer thread inside the next batch's transaction and waits for the
+    /// commit.
+    private func perform<R>(_ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+        let result = Box<R>()
+        let job = Job { db throws(TransportError) in result.value = try body(db) }
+        jobs.lock()
+        if stopped {
+            jobs.unlock()
+            throw TransportError(.closed, "the store at '\(path)' is closed")
+        }
+        pending.append(job)
+        jobs.broadcast()
+        while !job.done { jobs.wait() }
+        jobs.unlock()
+        if let error = job.error { throw error }
+        return result.value!
+    }
+
+    private func externalChange() {
+        jobs.lock()
+        let handler = changeHandler
+        jobs.unlock()
+        handler?()
+    }
+
+    // MARK: MessageStore
+
+    public func setChangeHandler(_ handler: @escaping @Sendable () -> Void) {
+        jobs.lock()
+        changeHandler = handler
+        jobs.unlock()
+    }
+
+    public func append(_ messages: [Message]) throws(TransportError) {
+        let encoded = messages.map { ($0, MessageCodec.encode($0)) }
+        try perform { [fanOut, retainedPerChannel, isDeadLetterChannel] db throws(TransportError) in
+            for (message, blob) in encoded {
+                let key: SQLiteDatabase.Value = message.orderingKey.map { .text($0) } ?? .null
+                var groups = [""]
+                if fanOut && !isDeadLetterChannel(message.channel) {
+                    groups = []
+                    try db.run("SELECT grp FROM groups WHERE channel = ?", [.text(message.channel)]) { row in groups.append(row.text(0)) }
+                    if retainedPerChannel > 0 {
+                        try db.run("INSERT INTO retained (channel, message) VALUES (?, ?)", [.text(message.channel), .blob(blob)])
+                        try db.run("DELETE FROM retained WHERE channel = ? AND id <= ?",
+                                   [.text(message.channel), .int(db.lastInsertRowID - Int64(retainedPerChannel))])
+                    }
+                }
+                for group in groups {
+                    try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, ?, ?, ?, ?, ?)",
+                               [.text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos), .blob(blob)])
+                }
+            }
+        }
+    }
+
+    public func addGroup(channel: String, group: String, start: StartPosition) throws(TransportError) {
+        let shared = !fanOut || isDeadLetterChannel(channel)
+        let grp = shared ? "" : group
+        let now = host.nowNanos()
+        try perform { db throws(TransportError) in
+            let added = try db.run("INSERT OR IGNORE INTO groups (channel, grp) VALUES (?, ?)", [.text(channel), .text(grp)])
+            guard added == 1, !shared, start == .earliest else { return }
+            var retained: [[UInt8]] = []
+            try db.run("SELECT message FROM retained WHERE channel = ? ORDER BY id", [.text(channel)]) { row throws(TransportError) in
+                retained.append(try row.blob(0) { Array($0) })
+            }
+            for blob in retained {
+                let message = try? MessageCodec.decode(blob)
+                try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, ?, ?, 0, ?, ?)",
+                           [.text(channel), .text(grp), message?.orderingKey.map { .text($0) } ?? .null, .int(now), .blob(blob)])
+            }
+        }
+    }
+
+    public func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
+        return try perform { [isDeadLetterChannel] db throws(TransportError) in
+            var rows: [(id: Int64, attempt: Int64, history: String, message: Result<Message, TransportError>)] = []
+            try db.run("""
+                SELECT id, attempt, history, message FROM entries e
+                WHERE channel = ?1 AND grp = ?2 AND visible_at <= ?3 AND (lease_token = 0 OR lease_until <= ?3)
+                  AND (ordering_key IS NULL OR id = (SELECT MIN(id) FROM entries k
+                       WHERE k.channel = ?1 AND k.grp = ?2 AND k.ordering_key = e.ordering_key))
+                ORDER BY id LIMIT ?4
+                """, [.text(channel), .text(grp), .int(now), .int(Int64(limit))]) { row throws(TransportError) in
+                let decoded = try row.blob(3) { bytes -> Result<Message, TransportError> in
+                    do throws(TransportError) { return .success(try MessageCodec.decode(bytes)) } catch { return .failure(error) }
+                }
+                rows.append((row.int(0), row.int(1), row.text(2), decoded))
+            }
+            var leased: [LeasedMessage] = []
+            for row in rows {
+                switch row.message {
+                case .success(var message):
+                    try db.run("INSERT INTO lease_tokens DEFAULT VALUES")
+                    let token = db.lastInsertRowID
+                    try db.run("UPDATE entries SET lease_token = ?, lease_until = ?, attempt = attempt + 1 WHERE id = ?",
+                               [.int(token), .int(leaseUntil), .int(row.id)])
+                    message.attempt = UInt32(clamping: row.attempt + 1)
+                    leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: UInt64(token)), message: message))
+                case .failure(let error):
+                    // A corrupt record is dead-lettered with its reason and raw bytes, never delivered.
+                    var raw: [UInt8] = []
+                    try db.run("SELECT message FROM entries WHERE id = ?", [.int(row.id)]) { r throws(TransportError) in raw = try r.blob(0) { Array($0) } }
+                    try db.run("DELETE FROM entries WHERE id = ?", [.int(row.id)])
+                    let dead = DeadLetter.copy(
+                        of: Message(id: "corrupt-\(row.id)", channel: channel, body: raw), to: channel + ".dlq", group: grp,
+                        reason: error.message, history: [], now: now)
+                    if !isDeadLetterChannel(channel) {
+                        try db.run("INSERT INTO entries (channel, grp, attempt, visible_at, message) VALUES (?, '', 0, ?, ?)",
+                                   [.text(dead.channel), .int(now), .blob(MessageCodec.encode(dead))])
+                    }
+                }
+            }
+            if !rows.isEmpty { try db.run("DELETE FROM lease_tokens WHERE id < (SELECT MAX(id) FROM lease_tokens)") }
+            return leased
+        }
+    }
+
+    public func ack(_ ref: LeaseRef) throws(TransportError) {
+        try perform { db throws(TransportError) in
+            let changed = try db.run("DELETE FROM entries WHERE id = ? AND lease_token = ?", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+            if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
+        }
+    }
+
+    public func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError) {
+        try perform { db throws(TransportError) in
+            let changed = try db.run("""
+                UPDATE entries SET lease_token = 0, lease_until = 0, visible_at = ?,
+                    history = history || 'attempt ' || attempt || ' at ' || ? || ': ' || ? || char(10)
+                WHERE id = ? AND lease_token = ?
+                """, [.int(visibleAt), .int(now), .text(reason), .int(Int64(ref.entry)), .int(Int64(ref.token))])
+            if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
+        }
+    }
+
+    public func release(_ ref: LeaseRef) throws(TransportError) {
+        try perform { db throws(TransportError) in
+            let changed = try db.run("UPDATE entries SET lease_token = 0, lease_until = 0, attempt = MAX(attempt - 1, 0) WHERE id = ? AND lease_token = ?",
+                                     [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+            if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
+        }
+    }
+
+    public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) {
+        try perform { db throws(TransportError) in
+            var found: (grp: String, attempt: Int64, history: String, blob: [UInt8])?
+            try db.run("SELECT grp, attempt, history, message FROM entries WHERE id = ? AND lease_token = ?",
+                       [.int(Int64(ref.entry)), .int(Int64(ref.token))]) { row throws(TransportError) in
+                found = (row.text(0), row.int(1), row.text(2), try row.blob(3) { Array($0) })
+            }
+            guard let found else { throw TransportError(.notFound, "unknown, settled or expired delivery") }
+            var message = try MessageCodec.decode(found.blob)
+            message.attempt = UInt32(clamping: found.attempt)
+            let history = found.history.split(separator: "\n").map(String.init) + ["attempt \(found.attempt) at \(now): \(reason)"]
+            let dead = DeadLetter.copy(of: message, to: deadLetterChannel, group: found.grp, reason: reason, history: history, now: now)
+            try db.run("DELETE FROM entries WHERE id = ?", [.int(Int64(ref.entry))])
+            try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, '', NULL, 0, ?, ?)",
+                       [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])
+        }
+    }
+
+    public func nextWakeup(channel: String, group: String, now: Int64) -> Int64? {
+        let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
+        return try? perform { db throws(TransportError) -> Int64? in
+            var earliest: Int64?
+            try db.run("""
+                SELECT MIN(CASE WHEN lease_token != 0 AND lease_until > ?3 THEN lease_until
+                                WHEN lease_token = 0 AND visible_at > ?3 THEN visible_at END)
+                FROM entries WHERE channel = ?1 AND grp = ?2
+                """, [.text(channel), .text(grp), .int(now)]) { row in earliest = row.isNull(0) ? nil : row.int(0) }
+            return earliest
+        }
+    }
+
+    /// Depth and in-flight counts, refreshed at most every 100 ms (a count over a large table is
+    /// not free, and other processes change it anyway, so capacity is approximate).
+    public func counts() -> (depth: UInt64, inFlight: UInt64) {
+        let now = host.nowNanos()
+        jobs.lock()
+        let cached = cachedCounts
+        jobs.unlock()
+        if now - cached.at < 100_000_000 { return (cached.depth, cached.inFlight) }
+        let fresh = (try? perform { db throws(TransportError) -> (UInt64, UInt64) in
+            var result: (UInt64, UInt64) = (0, 0)
+            try db.run("SELECT COUNT(*) FILTER (WHERE lease_token = 0 OR lease_until <= ?1), COUNT(*) FILTER (WHERE lease_token != 0 AND lease_until > ?1) FROM entries",
+                       [.int(now)]) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
+            return result
+        }) ?? (cached.depth, cached.inFlight)
+        jobs.lock()
+        cachedCounts = (fresh.0, fresh.1, now)
+        jobs.unlock()
+        return fresh
+    }
+}
+
+/// Watches a SQLite database's WAL file with inotify and calls `changed` when another process
+/// (or this one) commits, so consumers in other processes wake without polling.
+final class WALWatcher: @unchecked Sendable {
+    private let fd: Int32
+    private let stopFlag = NSLock()
+    private var stopped = false
+
+    init?(databasePath: String, changed: @escaping @Sendable () -> Void) {
+        let directory = (databasePath as NSString).deletingLastPathComponent
+        let walName = (databasePath as NSString).lastPathComponent + "-wal"
+        fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard fd >= 0 else { return nil }
+        guard inotify_add_watch(fd, directory.isEmpty ? "." : directory, UInt32(IN_MODIFY | IN_CREATE)) >= 0 else {
+            close(fd)
+            return nil
+        }
+        let thread = Thread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !isStopped {
+                var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&poller, 1, 200) > 0 else { continue }
+                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                guard count > 0 else { continue }
+                var offset = 0, relevant = false
+                while offset + MemoryLayout<inotify_event>.size <= count {
+                    let (length, name) = buffer.withUnsafeBytes { raw -> (Int, String) in
+                        let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
+                        let start = offset + MemoryLayout<inotify_event>.size
+                        let nameBytes = raw[start..<min(count, start + Int(event.len))].prefix { $0 != 0 }
+                        return (Int(event.len), String(decoding: nameBytes, as: UTF8.self))
+                    }
+                    if name == walName { relevant = true }
+                    offset += MemoryLayout<inotify_event>.size + length
+                }
+                if relevant { changed() }
+            }
+            close(fd)
+        }
+        thread.name = "switchyard-sqlite-watch"
+        thread.start()
+    }
+
+    private var isStopped: Bool {
+        stopFlag.lock()
+        defer { stopFlag.unlock() }
+        return stopped
+    }
+
+    func stop() {
+        stopFlag.lock()
+        stopped = true
+        stopFlag.unlock()
+    }
+}

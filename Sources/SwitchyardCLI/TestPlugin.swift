@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+
+/// `switchyard plugins test NAME|PATH`: the conformance suite against one plugin.
+struct TestPlugin: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "test",
+        abstract: "Run the transport conformance suite against a plugin: exit 0 when every check its capabilities claim passes.")
+
+    @Argument(help: "A plugin name on the search path, or the path of a plugin file.")
+    var plugin: String
+
+    @Flag(help: "Test durable instances: each check gets a fresh SQLite file (config key 'path').")
+    var durable = false
+
+    @Option(help: ArgumentHelp("The plugin's instance config as a JSON object.", valueName: "json"))
+    var pluginConfig = "{}"
+
+    @Option(help: ArgumentHelp("For decorators: the plugin of the inner transport.", valueName: "name"))
+    var inner = "queue"
+
+    @Option(help: ArgumentHelp("Run only these checks (repeatable).", valueName: "check"))
+    var check: [String] = []
+
+    @OptionGroup var search: PluginSearchOptions
+
+    func run() throws {
+        let config = try search.loadConfig()
+        let loader = search.loader(config)
+        let catalog = loader.discover(in: search.searchPath(config))
+        let target: LoadedPlugin
+        do {
+            target = plugin.contains("/") || plugin.hasSuffix(".so") ? try loader.load(path: plugin) : try found(plugin, in: catalog)
+        } catch let rejection as Rejection {
+            printError("\(rejection.path): \(rejection.reason)")
+            throw ExitCode.failure
+        }
+        let innerPlugin = target.capabilities.contains(.wrapsInner) ? try found(inner, in: catalog) : nil
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-conformance-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil)
+        print("conformance: \(target.name) \(target.version) [\(target.capabilities)]\(durable ? " durable" : "")")
+        let results = suite.run(only: Set(check)) { print("  \($0)") }
+        let failed = results.filter(\.failed)
+        let passed = results.filter { if case .passed = $0.outcome { true } else { false } }
+        print("\(passed.count) passed, \(failed.count) failed, \(results.count - passed.count - failed.count) skipped")
+        if !failed.isEmpty { throw ExitCode.failure }
+    }
+
+    private func found(_ name: String, in catalog: PluginCatalog) throws -> LoadedPlugin {
+        guard let plugin = catalog.plugin(named: name) else {
+            printError("no plugin named '\(name)' on the search path")
+            throw ExitCode.failure
+        }
+        return plugin
+    }
+}

@@ -1,0 +1,181 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardHost
+import SwitchyardLoader
+import Synchronization
+
+/// The contract every transport is held to, runnable against any plugin `.so` through the C ABI.
+///
+/// Each check creates fresh instances with `makeTransport` and skips itself when the plugin does
+/// not declare the capability it tests. Third parties run it from their own tests:
+///
+/// ```swift
+/// let plugin = try PluginLoader().load(path: "libswitchyard-mine.so")
+/// let results = ConformanceSuite(plugin: plugin) { try Transport(name: "t", plugin: plugin) }.run()
+/// #expect(results.allSatisfy { !$0.failed })
+/// ```
+///
+/// or from the command line: `switchyard plugins test NAME|PATH`.
+public struct ConformanceSuite: Sendable {
+    /// The plugin under test.
+    public let plugin: LoadedPlugin
+    /// Makes a fresh, independent transport instance of the plugin (fresh storage for durable
+    /// plugins), and, for `reopen`, the same storage again.
+    public let makeTransport: @Sendable (_ reopen: Bool) throws -> Transport
+    /// Whether instances are durable: enables the survives-restart check.
+    public let durable: Bool
+
+    public init(plugin: LoadedPlugin, durable: Bool = false, makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport) {
+        self.plugin = plugin
+        self.durable = durable
+        self.makeTransport = makeTransport
+    }
+
+    /// Every check, in order, with the capabilities it needs.
+    public static let checks: [ConformanceCheck] = StandardChecks.all
+
+    /// Runs every check (or those named), reporting each result to `progress` as it finishes.
+    public func run(only names: Set<String> = [], progress: (ConformanceResult) -> Void = { _ in }) -> [ConformanceResult] {
+        var results: [ConformanceResult] = []
+        for check in Self.checks where names.isEmpty || names.contains(check.name) {
+            let result: ConformanceResult
+            if !plugin.capabilities.isSuperset(of: check.requires) {
+                result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(plugin.capabilities))"), seconds: 0)
+            } else if check.requiresDurable && !durable {
+                result = ConformanceResult(name: check.name, outcome: .skipped("needs a durable instance"), seconds: 0)
+            } else {
+                let started = Date()
+                let context = ConformanceContext(suite: self)
+                var outcome: ConformanceResult.Outcome
+                do {
+                    try check.body(context)
+                    outcome = .passed
+                } catch {
+                    outcome = .failed("\(error)")
+                }
+                context.closeAll()
+                result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started))
+            }
+            progress(result)
+            results.append(result)
+        }
+        return results
+    }
+}
+
+/// One check of the suite.
+public struct ConformanceCheck: Sendable {
+    /// Short name, e.g. `competing-consumers`.
+    public let name: String
+    /// What it proves, one line.
+    public let summary: String
+    /// Capabilities the plugin must declare for the check to apply.
+    public let requires: Capabilities
+    /// Applies only to durable instances.
+    public let requiresDurable: Bool
+    let body: @Sendable (ConformanceContext) throws -> Void
+}
+
+/// How one check ended.
+public struct ConformanceResult: Sendable, CustomStringConvertible {
+    public enum Outcome: Sendable {
+        case passed
+        case failed(String)
+        case skipped(String)
+    }
+    public let name: String
+    public let outcome: Outcome
+    public let seconds: Double
+
+    public var failed: Bool {
+        if case .failed = outcome { return true }
+        return false
+    }
+
+    public var description: String {
+        switch outcome {
+        case .passed: "pass  \(name) (\(String(format: "%.2f", seconds)) s)"
+        case .failed(let why): "FAIL  \(name): \(why)"
+        case .skipped(let why): "skip  \(name): \(why)"
+        }
+    }
+}
+
+/// A check's failure: what was expected and what happened.
+public struct ConformanceFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// What a check works with: fresh transports that are closed after it, and helpers.
+public final class ConformanceContext: @unchecked Sendable {
+    // @unchecked: `opened` is guarded by its Mutex; the rest is immutable.
+    let suite: ConformanceSuite
+    private let opened = Mutex<[Transport]>([])
+
+    init(suite: ConformanceSuite) { self.suite = suite }
+
+    /// A fresh transport instance, closed when the check ends.
+    public func transport(reopen: Bool = false) throws -> Transport {
+        let transport = try suite.makeTransport(reopen)
+        opened.withLock { $0.append(transport) }
+        return transport
+    }
+
+    /// Closes one instance now (e.g. to reopen its storage).
+    public func close(_ transport: Transport) {
+        opened.withLock { $0.removeAll { $0 === transport } }
+        transport.close()
+    }
+
+    func closeAll() {
+        for transport in opened.withLock({ all in defer { all.removeAll() }; return all }).reversed() { transport.close() }
+    }
+
+    /// Fails the check with `message` unless `condition` holds.
+    public func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws {
+        if !condition { throw ConformanceFailure(message()) }
+    }
+}
+
+/// Collects deliveries on transport threads, with an optional settle policy.
+public final class Collector: @unchecked Sendable {
+    // @unchecked: all state is behind the Mutex.
+    public struct Received: Sendable {
+        public let delivery: DeliveryID
+        public let message: Message
+        public let at: Int64
+    }
+    private let state = Mutex<[Received]>([])
+
+    public init() {}
+
+    /// All received so far, in arrival order.
+    public var received: [Received] { state.withLock { $0 } }
+    public var count: Int { state.withLock { $0.count } }
+
+    /// A handler that records each delivery and then settles it with `settle` (nil: leave unsettled).
+    public func handler(client: TransportClient, settle: (@Sendable (Message) -> Settlement?)? = { _ in .ack }) -> DeliveryHandler {
+        { [self] delivery, view in
+            let message = view.copy()
+            state.withLock { $0.append(Received(delivery: delivery, message: message, at: wallNanos())) }
+            if let settlement = settle?(message) { try? client.settle(delivery, settlement) }
+            return .ok
+        }
+    }
+
+    /// Waits until at least `count` deliveries arrived, or `seconds` passed.
+    @discardableResult
+    public func wait(for count: Int, seconds: Double = 5) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while self.count < count && Date() < deadline { usleep(1000) }
+        return self.count >= count
+    }
+}
+
+/// Wall-clock nanoseconds since the Unix epoch.
+public func wallNanos() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}

@@ -1,0 +1,318 @@
+import CSwitchyard
+import Foundation
+import SwitchyardABI
+import SwitchyardHost
+import Synchronization
+
+/// The checks of the conformance suite. docs/transports.md states the semantics they test.
+enum StandardChecks {
+    static let all: [ConformanceCheck] = [
+        publishDeliverAck, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
+        competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
+        drainReleases, survivesRestart,
+    ]
+
+    static func message(_ id: String, _ channel: String = "conformance", key: String? = nil, body: [UInt8] = [1, 2, 3]) -> Message {
+        Message(id: id, channel: channel, orderingKey: key, headers: [Header("check", id)], body: body)
+    }
+
+    static let publishDeliverAck = ConformanceCheck(
+        name: "publish-deliver-ack", summary: "a published message is delivered intact once and acknowledged",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pda"), handler: inbox.handler(client: t.client))
+        let sent = Message(id: "pda-1", channel: "pda", orderingKey: "k", headers: [Header("h", "v"), Header("h", "w")], body: Array(0..<200).map { UInt8($0) })
+        try t.client.publish(sent)
+        try c.expect(inbox.wait(for: 1), "the message was not delivered within 5 s")
+        let got = inbox.received[0].message
+        try c.expect(got.id == sent.id && got.channel == sent.channel && got.body == sent.body && got.headers == sent.headers,
+                     "the delivered message differs from the published one: \(got)")
+        try c.expect(got.attempt == 1, "first delivery has attempt \(got.attempt), expected 1")
+        Thread.sleep(forTimeInterval: 0.2)
+        try c.expect(inbox.count == 1, "an acknowledged message was delivered \(inbox.count) times")
+        if let stats = try t.client.stats() {
+            try c.expect(stats.acked == 1 && stats.published == 1, "stats say published \(stats.published), acked \(stats.acked)")
+        }
+    }
+
+    static let rejectsBadArguments = ConformanceCheck(
+        name: "rejects-bad-arguments", summary: "NULL or empty arguments, unknown ids and oversize messages give error codes, never crashes",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let d = t.plugin.descriptor.pointee
+        var error = sy_error()
+        try c.expect(d.publish!(t.client.instance, nil, &error) != SY_OK, "publish(NULL message) returned SY_OK")
+        try c.expect(d.settle!(t.client.instance, 987_654, nil, &error) != SY_OK, "settle(NULL settlement) returned SY_OK")
+        for bad in [Message(id: "", channel: "c"), Message(id: "x", channel: "")] {
+            do {
+                try t.client.publish(bad)
+                throw ConformanceFailure("publishing a message with an empty id or channel succeeded")
+            } catch let error as TransportError {
+                try c.expect(error.code != .ok, "bad publish")
+            }
+        }
+        do {
+            _ = try t.client.subscribe(SubscribeOptions(channel: "")) { _, _ in .ok }
+            throw ConformanceFailure("subscribing to an empty channel succeeded")
+        } catch is TransportError {}
+        do {
+            try t.client.settle(987_654, .ack)
+            throw ConformanceFailure("settling an unknown delivery succeeded")
+        } catch let error as TransportError {
+            try c.expect(error.code == .notFound, "settling an unknown delivery gave \(error.code), expected not found")
+        }
+        do {
+            try t.client.unsubscribe(987_654)
+            throw ConformanceFailure("unsubscribing an unknown subscription succeeded")
+        } catch let error as TransportError {
+            try c.expect(error.code == .notFound, "unsubscribing an unknown subscription gave \(error.code), expected not found")
+        }
+        // Oversize: refused with too-large, or (for plugins without a limit) accepted intact.
+        let huge = Message(id: "huge", channel: "huge", body: [UInt8](repeating: 7, count: 16 << 20))
+        do {
+            try t.client.publish(huge)
+        } catch let error as TransportError {
+            try c.expect(error.code == .tooLarge || error.code == .full, "a 16 MiB message gave \(error.code), expected too large")
+        }
+    }
+
+    static let releaseAndRetryCounting = ConformanceCheck(
+        name: "attempt-counting", summary: "retry counts an attempt, release does not; each delivery has its own id",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let turn = Atomic<Int>(0)
+        let inbox = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "count"), handler: inbox.handler(client: t.client) { _ in
+            switch turn.add(1, ordering: .relaxed).newValue {
+            case 1: .retry(afterNanos: 0, reason: "first try failed")
+            case 2: .release
+            default: .ack
+            }
+        })
+        try t.client.publish(message("count-1", "count"))
+        try c.expect(inbox.wait(for: 3), "expected 3 deliveries (retry, release, ack), got \(inbox.count)")
+        let attempts = inbox.received.map(\.message.attempt)
+        try c.expect(attempts == [1, 2, 2], "attempts were \(attempts), expected [1, 2, 2]")
+        try c.expect(Set(inbox.received.map(\.delivery)).count == 3, "delivery ids were reused")
+    }
+
+    static let unsubscribeReleases = ConformanceCheck(
+        name: "unsubscribe-releases", summary: "unsettled deliveries of a subscriber that leaves go to another member",
+        requires: [.queue], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let holder = Collector(), taker = Collector()
+        let held = try t.client.subscribe(SubscribeOptions(channel: "leave", maxInFlight: 100),
+                                          handler: holder.handler(client: t.client, settle: nil))
+        for index in 0..<5 { try t.client.publish(message("leave-\(index)", "leave")) }
+        try c.expect(holder.wait(for: 5), "the first subscriber got \(holder.count) of 5")
+        _ = try t.client.subscribe(SubscribeOptions(channel: "leave"), handler: taker.handler(client: t.client))
+        try t.client.unsubscribe(held)
+        try c.expect(taker.wait(for: 5), "after the holder left, the other member got \(taker.count) of 5")
+        try c.expect(taker.received.allSatisfy { $0.message.attempt == 1 }, "released messages must not count an attempt")
+    }
+
+    static let competingConsumers = ConformanceCheck(
+        name: "competing-consumers", summary: "members of one group never both get a message; together they get all",
+        requires: [.queue], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let members = (0..<3).map { _ in Collector() }
+        for member in members {
+            _ = try t.client.subscribe(SubscribeOptions(channel: "compete", group: "workers", maxInFlight: 8), handler: member.handler(client: t.client))
+        }
+        for index in 0..<300 { try t.client.publish(message("compete-\(index)", "compete")) }
+        let deadline = Date().addingTimeInterval(10)
+        while members.reduce(0, { $0 + $1.count }) < 300 && Date() < deadline { usleep(1000) }
+        let ids = members.flatMap { $0.received.map(\.message.id) }
+        try c.expect(ids.count == 300, "members got \(ids.count) deliveries for 300 messages")
+        try c.expect(Set(ids).count == 300, "\(ids.count - Set(ids).count) messages went to more than one member")
+        try c.expect(members.filter { $0.count > 0 }.count >= 2, "only one member got work: \(members.map(\.count))")
+    }
+
+    static let visibilityTimeout = ConformanceCheck(
+        name: "visibility-timeout", summary: "an unsettled delivery is redelivered after the visibility timeout, attempt counted",
+        requires: [.queue, .retry], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        let first = Atomic<Bool>(true)
+        _ = try t.client.subscribe(SubscribeOptions(channel: "vis", visibilityTimeoutNanos: 200_000_000),
+                                   handler: inbox.handler(client: t.client) { _ in first.exchange(false, ordering: .relaxed) ? nil : .ack })
+        try t.client.publish(message("vis-1", "vis"))
+        try c.expect(inbox.wait(for: 2, seconds: 5), "no redelivery within 5 s of a 200 ms visibility timeout")
+        let r = inbox.received
+        try c.expect(r[1].message.attempt == 2, "redelivery has attempt \(r[1].message.attempt), expected 2")
+        try c.expect(r[1].at - r[0].at >= 180_000_000, "redelivered after \((r[1].at - r[0].at) / 1_000_000) ms, before the 200 ms timeout")
+    }
+
+    static let retryAfter = ConformanceCheck(
+        name: "retry-after", summary: "retry after a delay is never early and never holds back other messages",
+        requires: [.retry], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "later"), handler: inbox.handler(client: t.client) { message in
+            message.id == "later-slow" && message.attempt == 1 ? .retry(afterNanos: 300_000_000, reason: "not yet") : .ack
+        })
+        try t.client.publish(message("later-slow", "later"))
+        for index in 0..<10 { try t.client.publish(message("later-\(index)", "later")) }
+        try c.expect(inbox.wait(for: 12, seconds: 5), "got \(inbox.count) of 12 deliveries")
+        let r = inbox.received
+        let firstSlow = r.first { $0.message.id == "later-slow" }!.at
+        let secondSlow = r.last { $0.message.id == "later-slow" }!
+        try c.expect(secondSlow.message.attempt == 2, "the retried message came back with attempt \(secondSlow.message.attempt)")
+        try c.expect(secondSlow.at - firstSlow >= 295_000_000, "retried after \((secondSlow.at - firstSlow) / 1_000_000) ms; asked for 300 ms")
+        let others = r.filter { $0.message.id != "later-slow" }.map(\.at).max()!
+        try c.expect(others < secondSlow.at, "other messages waited behind the retried one")
+    }
+
+    static let fanOut = ConformanceCheck(
+        name: "fan-out", summary: "every subscriber group gets each message once; members of a group compete",
+        requires: [.fanOut], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        var groups: [[Collector]] = []
+        for group in ["billing", "email", "audit"] {
+            let members = [Collector(), Collector()]
+            for member in members {
+                _ = try t.client.subscribe(SubscribeOptions(channel: "events", group: group), handler: member.handler(client: t.client))
+            }
+            groups.append(members)
+        }
+        for index in 0..<50 { try t.client.publish(message("event-\(index)", "events")) }
+        let deadline = Date().addingTimeInterval(10)
+        while groups.contains(where: { $0.reduce(0) { $0 + $1.count } < 50 }) && Date() < deadline { usleep(1000) }
+        Thread.sleep(forTimeInterval: 0.1)
+        for (index, members) in groups.enumerated() {
+            let ids = members.flatMap { $0.received.map(\.message.id) }
+            try c.expect(ids.count == 50 && Set(ids).count == 50, "group \(index) got \(ids.count) deliveries, \(Set(ids).count) distinct, of 50")
+        }
+    }
+
+    static let orderingKeys = ConformanceCheck(
+        name: "ordering-keys", summary: "messages sharing a key are delivered one at a time, in publish order",
+        requires: [.ordered], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inFlightPerKey = Mutex<[String: Int]>([:])
+        let overlap = Atomic<Bool>(false)
+        let order = Mutex<[String: [Int]]>([:])
+        let settling = Atomic<Int>(0)  // settles still scheduled: the check waits for them
+        let client = t.client
+        let handler: DeliveryHandler = { delivery, view in
+            let message = view.copy()
+            let key = message.orderingKey ?? ""
+            let busy = inFlightPerKey.withLock { state -> Bool in
+                state[key, default: 0] += 1
+                return state[key]! > 1
+            }
+            if busy { overlap.store(true, ordering: .relaxed) }
+            order.withLock { $0[key, default: []].append(Int(message.id.split(separator: "-").last!)!) }
+            settling.add(1, ordering: .relaxed)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .microseconds(Int.random(in: 0...500))) {
+                inFlightPerKey.withLock { $0[key]! -= 1 }
+                try? client.settle(delivery, .ack)
+                settling.subtract(1, ordering: .relaxed)
+            }
+            return .ok
+        }
+        for _ in 0..<2 { _ = try t.client.subscribe(SubscribeOptions(channel: "ordered", maxInFlight: 10), handler: handler) }
+        for index in 0..<60 { try t.client.publish(message("m-\(index)", "ordered", key: "key\(index % 3)")) }
+        let deadline = Date().addingTimeInterval(10)
+        while order.withLock({ $0.values.reduce(0) { $0 + $1.count } }) < 60 && Date() < deadline { usleep(1000) }
+        while settling.load(ordering: .relaxed) > 0 && Date() < deadline.addingTimeInterval(5) { usleep(1000) }
+        let seen = order.withLock { $0 }
+        try c.expect(seen.values.reduce(0) { $0 + $1.count } == 60, "got \(seen.values.reduce(0) { $0 + $1.count }) of 60")
+        for (key, ids) in seen { try c.expect(ids == ids.sorted(), "key \(key) was delivered out of order: \(ids)") }
+        try c.expect(!overlap.load(ordering: .relaxed), "two messages of one key were in flight at once")
+    }
+
+    static let deadLetter = ConformanceCheck(
+        name: "dead-letter", summary: "a dead-lettered message moves to <channel>.dlq with its reason and history",
+        requires: [.deadLetter], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector(), dead = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "work"), handler: inbox.handler(client: t.client) { m in
+            m.attempt == 1 ? .retry(afterNanos: 0, reason: "flaky") : .deadLetter(reason: "gave up")
+        })
+        _ = try t.client.subscribe(SubscribeOptions(channel: "work.dlq"), handler: dead.handler(client: t.client))
+        try t.client.publish(message("doomed", "work"))
+        try c.expect(dead.wait(for: 1), "nothing arrived on work.dlq")
+        let m = dead.received[0].message
+        try c.expect(m.id == "doomed" && m.body == [1, 2, 3], "the dead-letter copy differs: \(m)")
+        try c.expect(m.header("sy-dlq-reason") == "gave up", "reason header: \(m.header("sy-dlq-reason") ?? "missing")")
+        try c.expect(m.header("sy-dlq-channel") == "work", "channel header: \(m.header("sy-dlq-channel") ?? "missing")")
+        let history = m.header("sy-dlq-history") ?? ""
+        try c.expect(history.contains("flaky") && history.contains("gave up"), "history header: \(history)")
+    }
+
+    static let delayNeverEarly = ConformanceCheck(
+        name: "delay-never-early", summary: "a message is never delivered before its deliver-at time",
+        requires: [.delay], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "timed"), handler: inbox.handler(client: t.client))
+        let due = wallNanos() + 300_000_000
+        var later = message("timed-later", "timed")
+        later.deliverAtNanos = due
+        try t.client.publish(later)
+        try t.client.publish(message("timed-now", "timed"))
+        try c.expect(inbox.wait(for: 2, seconds: 5), "got \(inbox.count) of 2")
+        let r = inbox.received
+        try c.expect(r[0].message.id == "timed-now", "the delayed message overtook the immediate one")
+        try c.expect(r[1].at >= due, "delivered \((due - r[1].at) / 1_000_000) ms early")
+    }
+
+    static let drainReleases = ConformanceCheck(
+        name: "drain-releases", summary: "drain refuses new publishes and releases what is unsettled at its deadline",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        guard t.plugin.descriptor.pointee.drain != nil else { return }
+        let holder = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "drain"), handler: holder.handler(client: t.client, settle: nil))
+        try t.client.publish(message("drain-1", "drain"))
+        try c.expect(holder.wait(for: 1), "not delivered")
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let deadline = Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec) + 200_000_000
+        do {
+            try t.client.drain(deadlineNanos: deadline)
+            throw ConformanceFailure("drain returned success with an unsettled delivery")
+        } catch let error as TransportError {
+            try c.expect(error.code == .timeout, "drain gave \(error.code), expected timeout")
+        }
+        do {
+            try t.client.publish(message("drain-2", "drain"))
+            throw ConformanceFailure("publish after drain succeeded")
+        } catch let error as TransportError {
+            try c.expect(error.code == .closed, "publish after drain gave \(error.code), expected closed")
+        }
+        if let stats = try t.client.stats() { try c.expect(stats.released >= 1, "stats.released is \(stats.released) after drain") }
+    }
+
+    static let survivesRestart = ConformanceCheck(
+        name: "survives-restart", summary: "published and unsettled messages are there after the instance is reopened",
+        requires: [.durable], requiresDurable: true
+    ) { c in
+        let t = try c.transport()
+        let holder = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "keep"), handler: holder.handler(client: t.client, settle: nil))
+        try t.client.publish(message("keep-1", "keep"))
+        try c.expect(holder.wait(for: 1), "not delivered")
+        try t.client.publish(message("keep-2", "keep", body: [9]))
+        c.close(t)
+        let reopened = try c.transport(reopen: true)
+        let inbox = Collector()
+        _ = try reopened.client.subscribe(SubscribeOptions(channel: "keep"), handler: inbox.handler(client: reopened.client))
+        try c.expect(inbox.wait(for: 2), "after reopening, \(inbox.count) of 2 messages came back")
+        try c.expect(Set(inbox.received.map(\.message.id)) == ["keep-1", "keep-2"], "got \(inbox.received.map(\.message.id))")
+    }
+}

@@ -1,0 +1,37 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardHost
+import SwitchyardLoader
+import Synchronization
+
+extension ConformanceSuite {
+    /// The usual way to test a plugin: instances made from `configJSON`; in durable mode each
+    /// check gets its own database file under `durableDirectory` (config key `path`), reopened by
+    /// the survives-restart check; decorators get a fresh instance of `inner` each time.
+    public static func forPlugin(_ plugin: LoadedPlugin, inner: LoadedPlugin? = nil, configJSON: String = "{}",
+                                 durableDirectory: String? = nil) -> ConformanceSuite {
+        let counter = Atomic<Int>(0)
+        return ConformanceSuite(plugin: plugin, durable: durableDirectory != nil) { reopen in
+            let number = reopen ? counter.load(ordering: .relaxed) : counter.add(1, ordering: .relaxed).newValue
+            var config = configJSON
+            if let durableDirectory {
+                config = withKey(config, "path", "\(durableDirectory)/\(plugin.name)-\(number).db")
+            }
+            var innerTransport: Transport?
+            if let inner {
+                var innerConfig = "{}"
+                if let durableDirectory { innerConfig = withKey(innerConfig, "path", "\(durableDirectory)/\(inner.name)-inner-\(number).db") }
+                innerTransport = try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig)
+            }
+            return try Transport(name: "conformance", plugin: plugin, configJSON: config, inner: innerTransport)
+        }
+    }
+
+    /// `json` (an object) with `key` set to the string `value`.
+    static func withKey(_ json: String, _ key: String, _ value: String) -> String {
+        var object = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] ?? [:]
+        object[key] = value
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import Testing
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+
+/// The bundled transports pass the conformance suite in both modes, loaded from their .so files.
+@Suite("Conformance of the bundled plugins")
+struct ConformanceTests {
+    static let cases: [(plugin: String, durable: Bool)] = [
+        ("queue", false), ("queue", true), ("topic", false), ("topic", true), ("example-c", false), ("example-swift", false),
+    ]
+
+    static func plugin(_ name: String) throws -> LoadedPlugin {
+        let catalog = PluginLoader().discover(in: [SearchDirectory(path: BuildProducts.directory, source: .executableDirectory)])
+        return try #require(catalog.plugin(named: name))
+    }
+
+    @Test("passes every check its capabilities claim", arguments: cases)
+    func conformance(_ plugin: String, _ durable: Bool) throws {
+        let dir = try TemporaryDirectory()
+        let loaded = try Self.plugin(plugin)
+        let results = ConformanceSuite.forPlugin(loaded, durableDirectory: durable ? dir.path : nil).run()
+        for result in results where result.failed { Issue.record("\(plugin)\(durable ? " durable" : ""): \(result)") }
+        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+    }
+
+    @Test("plugins test exits 0 for a passing plugin and prints what it ran")
+    func cli() throws {
+        let result = try run(BuildProducts.switchyard, ["plugins", "test", "topic", "--check", "fan-out", "--check", "dead-letter"])
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("pass  fan-out"))
+        #expect(result.stdout.contains("2 passed, 0 failed"))
+    }
+}
+
+@Suite("Durable queue")
+struct DurableQueueTests {
+    static var probe: String { BuildProducts.path("switchyard-durability-probe") }
+
+    @Test("every acknowledged publish survives the publisher being killed with SIGKILL")
+    func survivesSIGKILL() throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("queue.db")
+        var acked = Set<String>()
+        for round in 0..<3 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.probe)
+            process.arguments = [BuildProducts.directory, db, "100000", "r\(round)"]
+            let out = Pipe()
+            process.standardOutput = out
+            try process.run()
+            // Read acknowledgements until a random point, then kill it mid-stream.
+            let stopAfter = Int.random(in: 20...200)
+            var buffer = Data()
+            var seen = 0
+            while seen < stopAfter {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                buffer.append(chunk)
+                seen = buffer.split(separator: UInt8(ascii: "\n")).count
+            }
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            buffer.append(out.fileHandleForReading.readDataToEndOfFile())
+            let lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n")
+            acked.formUnion(lines.filter { $0.hasPrefix("acked ") }.map { String($0.dropFirst(6)) })
+            #expect(process.terminationReason == .uncaughtSignal)
+        }
+        #expect(acked.count >= 60)
+        let plugin = try ConformanceTests.plugin("queue")
+        let transport = try Transport(name: "after-crash", plugin: plugin, configJSON: "{\"path\": \"\(db)\"}")
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "durable", maxInFlight: 1000), handler: inbox.handler(client: transport.client))
+        let deadline = Date().addingTimeInterval(20)
+        while !acked.isSubset(of: Set(inbox.received.map(\.message.id))) && Date() < deadline { usleep(10_000) }
+        let received = Set(inbox.received.map(\.message.id))
+        let lost = acked.subtracting(received)
+        #expect(lost.isEmpty, "\(lost.count) acknowledged messages were lost, e.g. \(lost.prefix(5))")
+        let sample = try #require(inbox.received.first { acked.contains($0.message.id) })
+        #expect(String(decoding: sample.message.body, as: UTF8.self).hasPrefix("payload "))
+    }
+
+    @Test("a consumer in this process is woken by a producer in another process, without polling")
+    func crossProcessWakeup() throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("shared.db")
+        let plugin = try ConformanceTests.plugin("queue")
+        let transport = try Transport(name: "consumer", plugin: plugin, configJSON: "{\"path\": \"\(db)\"}")
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "durable"), handler: inbox.handler(client: transport.client))
+        let started = Date()
+        let result = try run(Self.probe, [BuildProducts.directory, db, "20", "x"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(inbox.wait(for: 20, seconds: 10), "got \(inbox.count) of 20 from the other process")
+        #expect(Date().timeIntervalSince(started) < 5)
+    }
+
+    @Test("a file that is not SQLite, or another application's database, is refused with a clear error")
+    func foreignFiles() throws {
+        let dir = try TemporaryDirectory()
+        let plugin = try ConformanceTests.plugin("queue")
+        try "definitely not sqlite, but long enough to look like a header ..........................................".write(
+            toFile: dir.file("text.db"), atomically: true, encoding: .utf8)
+        let notSQLite = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("text.db"))\"}") }
+        #expect(notSQLite?.message.contains("not a SQLite database") == true, "\(notSQLite?.message ?? "")")
+        _ = try run("/usr/bin/env", ["sqlite3", dir.file("other.db"), "CREATE TABLE invoices (id INTEGER);"])
+        if FileManager.default.fileExists(atPath: dir.file("other.db")) {
+            let foreign = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("other.db"))\"}") }
+            #expect(foreign?.message.contains("another application") == true, "\(foreign?.message ?? "")")
+        }
+        let topic = try ConformanceTests.plugin("topic")
+        let queueFile = try Transport(name: "q", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("q.db"))\"}")
+        queueFile.close()
+        let wrongKind = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: topic, configJSON: "{\"path\": \"\(dir.file("q.db"))\"}") }
+        #expect(wrongKind?.message.contains("holds a queue store") == true, "\(wrongKind?.message ?? "")")
+    }
+
+    @Test("malformed broker config names the key", arguments: [
+        ("{\"capacity\": -1}", "'capacity'"), ("{\"visibility_timeout\": \"soon\"}", "'visibility_timeout'"),
+        ("{\"max_in_flight\": 0}", "'max_in_flight'"), ("{\"retain\": 5}", "unknown config key 'retain'"),
+        ("{\"full_wait\": 5}", "'full_wait'"),
+    ])
+    func badConfig(_ json: String, _ expected: String) throws {
+        let plugin = try ConformanceTests.plugin("queue")
+        let error = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: json) }
+        #expect(error?.code == .config)
+        #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a full queue refuses a publish with a clear error, and nothing is dropped")
+    func capacity() throws {
+        let plugin = try ConformanceTests.plugin("queue")
+        let transport = try Transport(name: "small", plugin: plugin, configJSON: "{\"capacity\": 3}")
+        defer { transport.close() }
+        for index in 0..<3 { try transport.client.publish(Message(id: "m\(index)", channel: "c")) }
+        let full = #expect(throws: TransportError.self) { try transport.client.publish(Message(id: "m3", channel: "c")) }
+        #expect(full?.code == .full)
+        #expect(full?.message.contains("capacity of 3") == true)
+        #expect(try transport.client.stats()?.depth == 3)
+    }
+}
