@@ -28,6 +28,8 @@ let package = Package(
         // Bundled plugins. Each is its own shared object, found next to the `switchyard` binary.
         .library(name: "switchyard-queue", type: .dynamic, targets: ["QueuePlugin"]),
         .library(name: "switchyard-topic", type: .dynamic, targets: ["TopicPlugin"]),
+        .library(name: "switchyard-delay", type: .dynamic, targets: ["DelayPlugin"]),
+        .library(name: "switchyard-retry", type: .dynamic, targets: ["RetryPlugin"]),
         .library(name: "switchyard-example-c", type: .dynamic, targets: ["ExampleCPlugin"]),
         .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExampleSwiftPlugin"]),
         // Discard-everything plugins that `switchyard bench abi` measures the ABI crossing with.
@@ -75,6 +77,8 @@ let package = Package(
 
         .target(name: "QueuePlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Queue"),
         .target(name: "TopicPlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Topic"),
+        .target(name: "DelayPlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Delay"),
+        .target(name: "RetryPlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Retry"),
 
         // MARK: Host
 

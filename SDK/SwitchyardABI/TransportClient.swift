@@ -82,6 +82,20 @@ public final class TransportClient: @unchecked Sendable {
         return id
     }
 
+    /// Subscribes a subscriber that already exists in C form (a decorator handing its caller's
+    /// subscription on to its inner transport). The caller keeps `subscriber.context` alive until
+    /// the subscription ends.
+    public func subscribe(_ options: SubscribeOptions, passing subscriber: sy_subscriber) throws(TransportError) -> SubscriptionID {
+        try checkAlive()
+        var subscriber = subscriber
+        var id: SubscriptionID = 0
+        try options.withCOptions { (cOptions) throws(TransportError) in
+            let subscribe = descriptor.pointee.subscribe!
+            try TransportError.check { subscribe(instance, cOptions, &subscriber, &id, $0) }
+        }
+        return id
+    }
+
     /// Ends a subscription. Once it returns no delivery for it is running; its unsettled
     /// deliveries are released to the other members of the group.
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {

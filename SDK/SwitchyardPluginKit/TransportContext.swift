@@ -136,6 +136,9 @@ public struct Subscriber: @unchecked Sendable {
         self.subscriber = subscriber.pointee
     }
 
+    /// The C subscriber, for handing the subscription on unchanged to an inner transport.
+    public var raw: sy_subscriber { subscriber }
+
     /// Hands a message to the subscriber. `.ok` means it took the delivery and will settle it
     /// exactly once (possibly before this returns); anything else means treat it as released.
     /// Do not hold a lock that `settle` or `publish` takes while calling this.

@@ -114,4 +114,21 @@ final class SQLiteDatabase {
     }
 
     var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    /// WAL, synchronous=FULL, a busy timeout for other processes; and a refusal of databases that
+    /// belong to another application (tables but no `switchyard_meta`).
+    func configureDurable() throws(TransportError) {
+        try execute("PRAGMA busy_timeout = 10000")
+        var journal = ""
+        try run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }
+        guard journal.lowercased() == "wal" else {
+            throw TransportError(.io, "'\(path)': cannot switch to WAL mode (journal mode is \(journal))")
+        }
+        try execute("PRAGMA synchronous = FULL")
+        var tables = Set<String>()
+        try run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
+        if !tables.isEmpty && !tables.contains("switchyard_meta") {
+            throw TransportError(.config, "config key 'path': '\(path)' is a SQLite database of another application (no switchyard_meta table)")
+        }
+    }
 }

@@ -22,22 +22,11 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     public let retainedPerChannel: Int
     private let isDeadLetterChannel: @Sendable (String) -> Bool
     private let host: HostServices
-    private let jobs = NSCondition()
-    private var pending: [Job] = []
-    private var stopped = false
-    private var writerDone = false
+    private let writer: SQLiteWriter
+    private let lock = NSLock()
     private var changeHandler: (@Sendable () -> Void)?
     private var cachedCounts: (depth: UInt64, inFlight: UInt64, at: Int64) = (0, 0, 0)
     private var watcher: WALWatcher?
-
-    private final class Job {
-        let work: (SQLiteDatabase) throws(TransportError) -> Void
-        var error: TransportError?
-        var done = false
-        init(_ work: @escaping (SQLiteDatabase) throws(TransportError) -> Void) { self.work = work }
-    }
-
-    private final class Box<T> { var value: T? }
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
     /// to another application, or holds the other kind of store (queue vs topic).
@@ -52,36 +41,20 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         self.retainedPerChannel = retainedPerChannel
         self.isDeadLetterChannel = isDeadLetterChannel
         self.host = host
-        // The connection moves to the writer thread and is used only there.
-        nonisolated(unsafe) let connection = db
-        let thread = Thread { [self] in writerLoop(connection) }
-        thread.name = "switchyard-sqlite-writer"
-        thread.start()
+        writer = SQLiteWriter(db)
         watcher = WALWatcher(databasePath: path) { [weak self] in self?.externalChange() }
     }
 
     deinit {
-        jobs.lock()
-        stopped = true
-        jobs.broadcast()
-        while !writerDone { jobs.wait() }
-        jobs.unlock()
         watcher?.stop()
     }
 
+    private func perform<R>(_ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+        try writer.perform(body)
+    }
+
     private static func prepareSchema(_ db: SQLiteDatabase, kind: String) throws(TransportError) {
-        try db.execute("PRAGMA busy_timeout = 10000")
-        var journal = ""
-        try db.run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }
-        guard journal.lowercased() == "wal" else {
-            throw TransportError(.io, "'\(db.path)': cannot switch to WAL mode (journal mode is \(journal))")
-        }
-        try db.execute("PRAGMA synchronous = FULL")
-        var tables = Set<String>()
-        try db.run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
-        if !tables.isEmpty && !tables.contains("switchyard_meta") {
-            throw TransportError(.config, "config key 'path': '\(db.path)' is a SQLite database of another application (no switchyard_meta table)")
-        }
+        try db.configureDurable()
         try db.execute("""
             BEGIN IMMEDIATE;
             CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,87 +84,19 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         }
     }
 
-    // MARK: The writer
-
-    private func writerLoop(_ db: SQLiteDatabase) {
-        jobs.lock()
-        while true {
-            while pending.isEmpty && !stopped { jobs.wait() }
-            if pending.isEmpty && stopped { break }
-            let batch = pending
-            pending.removeAll(keepingCapacity: true)
-            jobs.unlock()
-            run(batch, on: db)
-            jobs.lock()
-            for job in batch { job.done = true }
-            jobs.broadcast()
-        }
-        writerDone = true
-        jobs.broadcast()
-        jobs.unlock()
-    }
-
-    /// One transaction for the whole batch; a savepoint per job.
-    private func run(_ batch: [Job], on db: SQLiteDatabase) {
-        do {
-            try db.execute("BEGIN IMMEDIATE")
-        } catch {
-            for job in batch { job.error = error }
-            return
-        }
-        for job in batch {
-            do {
-                try db.execute("SAVEPOINT job")
-                do {
-                    try job.work(db)
-                    try db.execute("RELEASE job")
-                } catch {
-                    job.error = error
-                    try db.execute("ROLLBACK TO job; RELEASE job")
-                }
-            } catch {
-                job.error = job.error ?? error
-            }
-        }
-        do {
-            try db.execute("COMMIT")
-        } catch {
-            try? db.execute("ROLLBACK")
-            for job in batch { job.error = error }  // nothing in the batch happened
-        }
-    }
-
-    /// Runs `body` on the writer thread inside the next batch's transaction and waits for the
-    /// commit.
-    private func perform<R>(_ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
-        let result = Box<R>()
-        let job = Job { db throws(TransportError) in result.value = try body(db) }
-        jobs.lock()
-        if stopped {
-            jobs.unlock()
-            throw TransportError(.closed, "the store at '\(path)' is closed")
-        }
-        pending.append(job)
-        jobs.broadcast()
-        while !job.done { jobs.wait() }
-        jobs.unlock()
-        if let error = job.error { throw error }
-        return result.value!
-    }
-
     private func externalChange() {
-        jobs.lock()
+        lock.lock()
         let handler = changeHandler
-        jobs.unlock()
+        lock.unlock()
         handler?()
     }
 
     // MARK: MessageStore
 
     public func setChangeHandler(_ handler: @escaping @Sendable () -> Void) {
-        jobs.lock()
+        lock.lock()
         changeHandler = handler
-        jobs.unlock()
+        lock.unlock()
     }
 
     public func append(_ messages: [Message]) throws(TransportError) {
@@ -342,9 +247,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// not free, and other processes change it anyway, so capacity is approximate).
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
         let now = host.nowNanos()
-        jobs.lock()
+        lock.lock()
         let cached = cachedCounts
-        jobs.unlock()
+        lock.unlock()
         if now - cached.at < 100_000_000 { return (cached.depth, cached.inFlight) }
         let fresh = (try? perform { db throws(TransportError) -> (UInt64, UInt64) in
             var result: (UInt64, UInt64) = (0, 0)
@@ -352,9 +257,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                        [.int(now)]) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
             return result
         }) ?? (cached.depth, cached.inFlight)
-        jobs.lock()
+        lock.lock()
         cachedCounts = (fresh.0, fresh.1, now)
-        jobs.unlock()
+        lock.unlock()
         return fresh
     }
 }

@@ -43,7 +43,7 @@ struct TestPlugin: ParsableCommand {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil)
-        print("conformance: \(target.name) \(target.version) [\(target.capabilities)]\(durable ? " durable" : "")")
+        print("conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(durable ? ", durable" : "")")
         let results = suite.run(only: Set(check)) { print("  \($0)") }
         let failed = results.filter(\.failed)
         let passed = results.filter { if case .passed = $0.outcome { true } else { false } }

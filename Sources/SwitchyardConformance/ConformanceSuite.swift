@@ -24,9 +24,14 @@ public struct ConformanceSuite: Sendable {
     public let makeTransport: @Sendable (_ reopen: Bool) throws -> Transport
     /// Whether instances are durable: enables the survives-restart check.
     public let durable: Bool
+    /// What the instances under test can do: the plugin's capabilities, or for a decorator, those
+    /// of the chain it forms with its inner transport.
+    public let capabilities: Capabilities
 
-    public init(plugin: LoadedPlugin, durable: Bool = false, makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport) {
+    public init(plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false,
+                makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport) {
         self.plugin = plugin
+        self.capabilities = capabilities ?? plugin.capabilities
         self.durable = durable
         self.makeTransport = makeTransport
     }
@@ -39,8 +44,8 @@ public struct ConformanceSuite: Sendable {
         var results: [ConformanceResult] = []
         for check in Self.checks where names.isEmpty || names.contains(check.name) {
             let result: ConformanceResult
-            if !plugin.capabilities.isSuperset(of: check.requires) {
-                result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(plugin.capabilities))"), seconds: 0)
+            if !capabilities.isSuperset(of: check.requires) {
+                result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(capabilities))"), seconds: 0)
             } else if check.requiresDurable && !durable {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs a durable instance"), seconds: 0)
             } else {

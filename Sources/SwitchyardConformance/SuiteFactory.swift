@@ -11,16 +11,20 @@ extension ConformanceSuite {
     public static func forPlugin(_ plugin: LoadedPlugin, inner: LoadedPlugin? = nil, configJSON: String = "{}",
                                  durableDirectory: String? = nil) -> ConformanceSuite {
         let counter = Atomic<Int>(0)
-        return ConformanceSuite(plugin: plugin, durable: durableDirectory != nil) { reopen in
+        var capabilities = plugin.capabilities
+        if let inner { capabilities = capabilities.union(inner.capabilities).subtracting(.wrapsInner) }
+        return ConformanceSuite(plugin: plugin, capabilities: capabilities, durable: durableDirectory != nil && capabilities.contains(.durable)) { reopen in
             let number = reopen ? counter.load(ordering: .relaxed) : counter.add(1, ordering: .relaxed).newValue
             var config = configJSON
-            if let durableDirectory {
+            if let durableDirectory, plugin.capabilities.contains(.durable) {
                 config = withKey(config, "path", "\(durableDirectory)/\(plugin.name)-\(number).db")
             }
             var innerTransport: Transport?
             if let inner {
                 var innerConfig = "{}"
-                if let durableDirectory { innerConfig = withKey(innerConfig, "path", "\(durableDirectory)/\(inner.name)-inner-\(number).db") }
+                if let durableDirectory, inner.capabilities.contains(.durable) {
+                    innerConfig = withKey(innerConfig, "path", "\(durableDirectory)/\(inner.name)-inner-\(number).db")
+                }
                 innerTransport = try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig)
             }
             return try Transport(name: "conformance", plugin: plugin, configJSON: config, inner: innerTransport)

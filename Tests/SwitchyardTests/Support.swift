@@ -54,12 +54,22 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
     process.standardOutput = out
     process.standardError = err
     try process.run()
-    // Read both pipes to the end before waiting, so a chatty child cannot block on a full pipe.
-    let (stdoutData, stderrData) = (out.fileHandleForReading.readDataToEndOfFile(), err.fileHandleForReading.readDataToEndOfFile())
+    // Drain both pipes at once: a child that fills one pipe while we block reading the other
+    // would otherwise never exit.
+    let stderrData = Mutex(Data())
+    let stderrDone = DispatchSemaphore(value: 0)
+    let errHandle = err.fileHandleForReading
+    DispatchQueue.global().async {
+        let data = errHandle.readDataToEndOfFile()
+        stderrData.withLock { $0 = data }
+        stderrDone.signal()
+    }
+    let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+    stderrDone.wait()
     process.waitUntilExit()
     return ProcessResult(
         status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
-        stdout: String(decoding: stdoutData, as: UTF8.self), stderr: String(decoding: stderrData, as: UTF8.self))
+        stdout: String(decoding: stdoutData, as: UTF8.self), stderr: String(decoding: stderrData.withLock { $0 }, as: UTF8.self))
 }
 
 /// The C compiler the tests build fixtures with: $CC, else the clang that ships with Swift, else cc.

@@ -9,7 +9,8 @@ import SwitchyardLoader
 @Suite("Conformance of the bundled plugins")
 struct ConformanceTests {
     static let cases: [(plugin: String, durable: Bool)] = [
-        ("queue", false), ("queue", true), ("topic", false), ("topic", true), ("example-c", false), ("example-swift", false),
+        ("queue", false), ("queue", true), ("topic", false), ("topic", true), ("delay", false), ("delay", true),
+        ("retry", false), ("retry", true), ("example-c", false), ("example-swift", false),
     ]
 
     static func plugin(_ name: String) throws -> LoadedPlugin {
@@ -21,7 +22,8 @@ struct ConformanceTests {
     func conformance(_ plugin: String, _ durable: Bool) throws {
         let dir = try TemporaryDirectory()
         let loaded = try Self.plugin(plugin)
-        let results = ConformanceSuite.forPlugin(loaded, durableDirectory: durable ? dir.path : nil).run()
+        let inner = loaded.capabilities.contains(.wrapsInner) ? try Self.plugin("queue") : nil
+        let results = ConformanceSuite.forPlugin(loaded, inner: inner, durableDirectory: durable ? dir.path : nil).run()
         for result in results where result.failed { Issue.record("\(plugin)\(durable ? " durable" : ""): \(result)") }
         #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
     }
@@ -141,5 +143,96 @@ struct DurableQueueTests {
         #expect(full?.code == .full)
         #expect(full?.message.contains("capacity of 3") == true)
         #expect(try transport.client.stats()?.depth == 3)
+    }
+}
+
+
+@Suite("Decorators: retry policy and durable delay")
+struct DecoratorTests {
+    func retry(over queueConfig: String = "{}", policy: String) throws -> Transport {
+        let inner = try Transport(name: "inner", plugin: try ConformanceTests.plugin("queue"), configJSON: queueConfig)
+        return try Transport(name: "retry", plugin: try ConformanceTests.plugin("retry"), configJSON: policy, inner: inner)
+    }
+
+    @Test("a failing message is retried with backoff up to max_attempts, then dead-lettered with its history")
+    func exhausts() throws {
+        let t = try retry(policy: #"{"max_attempts": 3, "initial_delay": "20ms", "max_delay": "40ms", "jitter": "none"}"#)
+        defer { t.close() }
+        let work = Collector(), dead = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pay"), handler: work.handler(client: t.client) { _ in
+            .retry(afterNanos: 0, reason: "card declined")
+        })
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
+        try t.client.publish(Message(id: "order-1", channel: "pay"))
+        #expect(dead.wait(for: 1))
+        #expect(work.received.map(\.message.attempt) == [1, 2, 3])
+        let gaps = zip(work.received.dropFirst(), work.received).map { ($0.at - $1.at) / 1_000_000 }
+        #expect(gaps.count == 2 && gaps[0] >= 19 && gaps[1] >= 39, "backoff gaps were \(gaps) ms; expected 20 then 40")
+        let m = try #require(dead.received.first?.message)
+        #expect(m.header("sy-dlq-reason") == "gave up after 3 attempts: card declined")
+        #expect(m.header("sy-dlq-attempts") == "3")
+        #expect((m.header("sy-dlq-history") ?? "").split(separator: "\n").count == 3)
+    }
+
+    @Test("a non-retryable failure is dead-lettered at once")
+    func nonRetryable() throws {
+        let t = try retry(policy: #"{"non_retryable": ["ValidationError"]}"#)
+        defer { t.close() }
+        let work = Collector(), dead = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pay"), handler: work.handler(client: t.client) { _ in
+            .retry(afterNanos: 0, reason: "ValidationError: amount is negative")
+        })
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
+        try t.client.publish(Message(id: "order-2", channel: "pay"))
+        #expect(dead.wait(for: 1))
+        #expect(work.count == 1)
+        #expect(dead.received.first?.message.header("sy-dlq-reason") == "not retryable: ValidationError: amount is negative")
+    }
+
+    @Test("retry refuses bad policies and an inner transport that cannot redeliver", arguments: [
+        (#"{"max_attempts": 0}"#, "'max_attempts'"), (#"{"jitter": "some"}"#, "'jitter'"),
+        (#"{"initial_delay": "1s", "max_delay": "10ms"}"#, "'max_delay'"), (#"{"max_atempts": 3}"#, "unknown config key 'max_atempts'"),
+    ])
+    func badPolicy(_ policy: String, _ expected: String) throws {
+        let error = #expect(throws: TransportError.self) { _ = try retry(policy: policy) }
+        #expect(error?.code == .config)
+        #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("retry over a transport without timed redelivery is refused at creation")
+    func innerWithoutRetry() throws {
+        let inner = try Transport(name: "plain", plugin: try ConformanceTests.plugin("example-c"))
+        let error = #expect(throws: TransportError.self) {
+            _ = try Transport(name: "r", plugin: try ConformanceTests.plugin("retry"), inner: inner)
+        }
+        #expect(error?.message.contains("lacks") == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a durable delay keeps held messages across a restart and delivers what came due meanwhile")
+    func durableDelayRestart() throws {
+        let dir = try TemporaryDirectory()
+        let delay = try ConformanceTests.plugin("delay"), queue = try ConformanceTests.plugin("queue")
+        func open() throws -> Transport {
+            let inner = try Transport(name: "q", plugin: queue, configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
+            return try Transport(name: "d", plugin: delay, configJSON: #"{"path": "\#(dir.file("d.db"))"}"#, inner: inner)
+        }
+        var first: Transport? = try open()
+        var soon = Message(id: "soon", channel: "remind")
+        soon.deliverAtNanos = wallNanos() + 300_000_000
+        var later = Message(id: "later", channel: "remind")
+        later.deliverAtNanos = wallNanos() + 1_000_000_000
+        try first!.client.publish(soon)
+        try first!.client.publish(later)
+        #expect(try first!.client.stats()?.depth == 2)
+        first!.close()
+        first = nil
+        Thread.sleep(forTimeInterval: 0.5)  // "soon" comes due while nothing runs
+        let second = try open()
+        defer { second.close() }
+        let inbox = Collector()
+        _ = try second.client.subscribe(SubscribeOptions(channel: "remind"), handler: inbox.handler(client: second.client))
+        #expect(inbox.wait(for: 2, seconds: 5))
+        #expect(inbox.received.map(\.message.id) == ["soon", "later"])
+        #expect(inbox.received.last!.at >= later.deliverAtNanos, "'later' came early")
     }
 }

@@ -1,0 +1,60 @@
+// delay — wraps an inner transport and holds each message whose deliver-at is in the future until
+// it is due, then publishes it to the inner transport. A heap of due times and one timer thread
+// that sleeps until the next one; durable on SQLite with `path`. Semantics: docs/transports.md.
+
+import SwitchyardPluginKit
+import SwitchyardTransportKit
+
+@c(switchyard_plugin_entry)
+public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
+    PluginExport.descriptor(for: DelayTransport.self, hostABIMajor: hostABIMajor)
+}
+
+/// Config: `path` (durable holding store; absent: in memory), `capacity` (most held messages).
+struct DelayConfig: PluginConfig {
+    static let allowedKeys: Set<String> = ["path", "capacity"]
+    var path: String?
+    var capacity: Int?
+}
+
+final class DelayTransport: DecoratorTransport, @unchecked Sendable {
+    override class var info: PluginInfo {
+        PluginInfo(name: "delay", version: "1.0.0",
+                   description: "Holds messages until their deliver-at time, then forwards them to the inner transport",
+                   capabilities: [.delay, .wrapsInner, .durable])
+    }
+
+    private var scheduler: DelayScheduler!
+    private let host: HostServices
+
+    required init(context: TransportContext) throws(TransportError) {
+        let config = try context.decodeConfig(DelayConfig.self)
+        if let capacity = config.capacity, capacity < 0 { throw TransportError(.config, "config key 'capacity': must be 0 (unbounded) or more") }
+        host = context.host
+        try super.init(context: context)
+        let inner = self.inner
+        scheduler = try DelayScheduler(path: config.path, capacity: config.capacity ?? 1_000_000, host: context.host) {
+            message throws(TransportError) in try inner.publish(message)
+        }
+    }
+
+    override func publish(_ message: MessageView) throws(TransportError) {
+        // Not due yet: hold it. Due (or no time given): straight through, uncopied.
+        if message.deliverAtNanos > host.nowNanos() {
+            try scheduler.hold(message.copy())
+        } else {
+            try inner.publish(message.pointer)
+        }
+    }
+
+    override func stats() -> TransportStats {
+        var stats = super.stats()
+        stats.depth += UInt64(scheduler.heldCount)
+        return stats
+    }
+
+    override func shutdown() {
+        scheduler.shutdown()
+        super.shutdown()
+    }
+}

@@ -1,0 +1,100 @@
+// retry — wraps an inner transport and applies a retry policy to failed deliveries: a failure
+// (settle with retry) is re-delivered after an exponential backoff with full jitter, up to
+// max_attempts; then, or at once for a non-retryable failure, the message is dead-lettered with
+// its reason and attempt history. The attempt count travels in the message, so it survives
+// restarts of a durable inner transport. Semantics: docs/transports.md.
+
+import Foundation
+import SwitchyardPluginKit
+import SwitchyardTransportKit
+import Synchronization
+
+@c(switchyard_plugin_entry)
+public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
+    PluginExport.descriptor(for: RetryTransport.self, hostABIMajor: hostABIMajor)
+}
+
+/// The retry policy, from config.
+struct RetryPolicy: PluginConfig {
+    static let allowedKeys: Set<String> = ["max_attempts", "initial_delay", "max_delay", "multiplier", "jitter", "non_retryable"]
+    var max_attempts: Int?
+    var initial_delay: ConfigDuration?
+    var max_delay: ConfigDuration?
+    var multiplier: Double?
+    var jitter: String?
+    var non_retryable: [String]?
+
+    var maxAttempts: Int { max_attempts ?? 5 }
+    var initial: Int64 { initial_delay?.nanoseconds ?? 100_000_000 }
+    var maximum: Int64 { max_delay?.nanoseconds ?? 30_000_000_000 }
+    var factor: Double { multiplier ?? 2 }
+
+    func validate() throws(TransportError) {
+        if maxAttempts < 1 { throw TransportError(.config, "config key 'max_attempts': must be at least 1") }
+        if factor < 1 { throw TransportError(.config, "config key 'multiplier': must be at least 1") }
+        if maximum < initial { throw TransportError(.config, "config key 'max_delay': must not be less than initial_delay") }
+        if let jitter, jitter != "full", jitter != "none" { throw TransportError(.config, "config key 'jitter': must be \"full\" or \"none\"") }
+    }
+
+    /// The delay before attempt `attempt + 1`: initial × multiplier^(attempt-1), capped, and with
+    /// full jitter a uniform draw below that (AWS's "full jitter", which spreads retry storms).
+    func backoff(afterAttempt attempt: UInt32) -> Int64 {
+        let exponential = Double(initial) * pow(factor, Double(max(0, Int(attempt) - 1)))
+        let capped = Int64(min(Double(maximum), exponential))
+        return (jitter ?? "full") == "full" ? Int64.random(in: 0...max(0, capped)) : capped
+    }
+
+    /// Whether a failure's reason marks it as not worth retrying (it starts with a listed prefix).
+    func isRetryable(_ reason: String) -> Bool {
+        !(non_retryable ?? []).contains { reason.hasPrefix($0) }
+    }
+}
+
+final class RetryTransport: DecoratorTransport, @unchecked Sendable {
+    override class var info: PluginInfo {
+        PluginInfo(name: "retry", version: "1.0.0",
+                   description: "Retries failed deliveries with exponential backoff and jitter, then dead-letters them",
+                   capabilities: [.retry, .deadLetter, .wrapsInner])
+    }
+
+    /// Attempt number of each delivery handed out and not yet settled.
+    private final class Attempts: Sendable {
+        let table = Mutex<[DeliveryID: UInt32]>([:])
+    }
+
+    private let policy: RetryPolicy
+    private let attempts = Attempts()
+
+    required init(context: TransportContext) throws(TransportError) {
+        policy = try context.decodeConfig(RetryPolicy.self)
+        try policy.validate()
+        try super.init(context: context)
+        let missing = Capabilities([.retry, .deadLetter]).subtracting(innerCapabilities)
+        if !missing.isEmpty {
+            throw TransportError(.config, "transport '\(context.instanceName)': the inner transport lacks \(missing), which retry needs")
+        }
+    }
+
+    override func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        track(try inner.subscribe(options) { [attempts] delivery, message in
+            attempts.table.withLock { $0[delivery] = message.attempt }
+            let status = subscriber.deliver(delivery, message.pointer)
+            if status != .ok { attempts.table.withLock { $0[delivery] = nil } }
+            return status
+        })
+    }
+
+    override func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        let attempt = attempts.table.withLock { $0.removeValue(forKey: delivery) }
+        guard case .retry(let after, let reason) = settlement, let attempt else {
+            return try inner.settle(delivery, settlement)
+        }
+        if !policy.isRetryable(reason) {
+            return try inner.settle(delivery, .deadLetter(reason: "not retryable: \(reason)"))
+        }
+        if Int(attempt) >= policy.maxAttempts {
+            return try inner.settle(delivery, .deadLetter(reason: "gave up after \(attempt) attempts: \(reason)"))
+        }
+        try inner.settle(delivery, .retry(afterNanos: max(after, policy.backoff(afterAttempt: attempt)), reason: reason))
+    }
+}

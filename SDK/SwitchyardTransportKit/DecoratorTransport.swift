@@ -1,0 +1,52 @@
+import SwitchyardABI
+import SwitchyardPluginKit
+import Synchronization
+
+/// A plugin that wraps an inner transport (capability `wrapsInner`): by default every call goes
+/// straight through to the inner one, unchanged and uncopied. Subclasses override the calls they
+/// change (`delay` overrides publish; `retry` overrides subscribe and settle).
+open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
+    // @unchecked: immutable after init; the inner client is thread-safe.
+
+    /// Subclasses override: the plugin's identity (must include `.wrapsInner`).
+    open class var info: PluginInfo { fatalError("DecoratorTransport subclasses must override info") }
+
+    /// The inner transport. The host owns it and destroys it after this instance.
+    public let inner: TransportClient
+    /// What the inner transport's plugin declares.
+    public let innerCapabilities: Capabilities
+    /// Subscriptions this instance holds on the inner transport. They end with this instance:
+    /// the inner one outlives it and must not deliver to subscribers that are gone.
+    private let innerSubscriptions = Mutex<Set<SubscriptionID>>([])
+
+    public required init(context: TransportContext) throws(TransportError) {
+        guard let inner = context.inner else {
+            throw TransportError(.config, "transport '\(context.instanceName)': \(Self.info.name) needs an inner transport ('inner' in config)")
+        }
+        self.inner = inner
+        innerCapabilities = Capabilities(rawValue: inner.descriptor.pointee.capabilities)
+    }
+
+    open func publish(_ message: MessageView) throws(TransportError) { try inner.publish(message.pointer) }
+    open func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        track(try inner.subscribe(options, passing: subscriber.raw))
+    }
+
+    /// Records a subscription made on the inner transport so that ``shutdown()`` ends it.
+    public func track(_ id: SubscriptionID) -> SubscriptionID {
+        innerSubscriptions.withLock { _ = $0.insert(id) }
+        return id
+    }
+
+    open func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
+        try inner.unsubscribe(id)
+        innerSubscriptions.withLock { _ = $0.remove(id) }
+    }
+    open func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) { try inner.settle(delivery, settlement) }
+    open func drain(deadlineNanos: Int64) throws(TransportError) { try inner.drain(deadlineNanos: deadlineNanos) }
+    open func stats() -> TransportStats { (try? inner.stats()) ?? TransportStats() }
+    /// Ends this instance's subscriptions on the inner transport. Overrides call `super.shutdown()`.
+    open func shutdown() {
+        for id in innerSubscriptions.withLock({ all in defer { all.removeAll() }; return all }) { try? inner.unsubscribe(id) }
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import HeapModule
+import SwitchyardABI
+import SwitchyardPluginKit
+
+/// Holds messages until their deliver-at time, then hands them to `forward`, in due order.
+///
+/// The schedule is a binary heap of due times driven by one timer thread that sleeps exactly until
+/// the next due time (no polling). In durable mode the held messages live in a SQLite table and a
+/// hold returns only after it is committed; on start every held message is scheduled again, so
+/// what came due while the process was down is forwarded right away. A message is deleted from
+/// the table only after `forward` succeeded: a crash in between forwards it again (at-least-once;
+/// its id is unchanged, so an idempotent receiver drops the copy).
+public final class DelayScheduler: @unchecked Sendable {
+    // @unchecked: mutable state is guarded by `condition`.
+
+    public typealias Forward = @Sendable (Message) throws(TransportError) -> Void
+
+    private struct Due: Comparable {
+        let at: Int64
+        let seq: Int64
+        static func < (a: Due, b: Due) -> Bool { (a.at, a.seq) < (b.at, b.seq) }
+    }
+
+    private let condition = NSCondition()
+    private var heap = Heap<Due>()
+    private var inMemory: [Int64: Message] = [:]  // memory mode: the held messages
+    private var nextSeq: Int64 = 0
+    private var stopped = false
+    private var done = false
+    private let writer: SQLiteWriter?
+    private let host: HostServices
+    private let capacity: Int
+    private let forward: Forward
+
+    /// Starts a scheduler; durable when `path` is set. Refuses a file that is not a delay store.
+    public init(path: String?, capacity: Int, host: HostServices, forward: @escaping Forward) throws(TransportError) {
+        var loaded: [Due] = []
+        if let path {
+            let db = try SQLiteDatabase(path: path)
+            try db.configureDurable()
+            try db.execute("""
+                BEGIN IMMEDIATE;
+                CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'delay');
+                CREATE TABLE IF NOT EXISTS held (seq INTEGER PRIMARY KEY AUTOINCREMENT, deliver_at INTEGER NOT NULL, message BLOB NOT NULL);
+                COMMIT;
+                """)
+            var kind = ""
+            try db.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in kind = row.text(0) }
+            guard kind == "delay" else {
+                throw TransportError(.config, "config key 'path': '\(path)' holds a \(kind) store; delay cannot use it")
+            }
+            try db.run("SELECT seq, deliver_at FROM held") { row in loaded.append(Due(at: row.int(1), seq: row.int(0))) }
+            writer = SQLiteWriter(db)
+        } else {
+            writer = nil
+        }
+        self.host = host
+        self.capacity = capacity
+        self.forward = forward
+        heap = Heap(loaded)
+        nextSeq = loaded.map(\.seq).max() ?? 0
+        let thread = Thread { [self] in timerLoop() }
+        thread.name = "switchyard-delay-timer"
+        thread.start()
+    }
+
+    /// Messages held now.
+    public var heldCount: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return heap.count
+    }
+
+    /// Holds `message` until its `deliverAtNanos`. Returns once it is held (committed, durably).
+    public func hold(_ message: Message) throws(TransportError) {
+        condition.lock()
+        let full = capacity > 0 && heap.count >= capacity
+        condition.unlock()
+        if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored") }
+        var seq: Int64 = 0
+        if let writer {
+            let blob = MessageCodec.encode(message)
+            seq = try writer.perform { db throws(TransportError) -> Int64 in
+                try db.run("INSERT INTO held (deliver_at, message) VALUES (?, ?)", [.int(message.deliverAtNanos), .blob(blob)])
+                return db.lastInsertRowID
+            }
+        }
+        condition.lock()
+        if writer == nil {
+            nextSeq += 1
+            seq = nextSeq
+            inMemory[seq] = message
+        }
+        let wasEarliest = heap.min.map { message.deliverAtNanos < $0.at } ?? true
+        heap.insert(Due(at: message.deliverAtNanos, seq: seq))
+        if wasEarliest { condition.signal() }
+        condition.unlock()
+    }
+
+    /// Stops the timer thread. Durable held messages stay in the file for the next start.
+    public func shutdown() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        while !done { condition.wait() }
+        condition.unlock()
+    }
+
+    private func timerLoop() {
+        condition.lock()
+        while !stopped {
+            guard let next = heap.min else {
+                condition.wait()
+                continue
+            }
+            let now = host.nowNanos()
+            if next.at > now {
+                _ = condition.wait(until: Date(timeIntervalSince1970: Double(next.at) / 1e9))
+                continue
+            }
+            var due: [Due] = []
+            while let top = heap.min, top.at <= now { due.append(heap.removeMin()) }
+            let messages = due.map { (due: $0, message: inMemory.removeValue(forKey: $0.seq)) }
+            condition.unlock()
+            let failed = forwardDue(messages)
+            condition.lock()
+            for item in failed {
+                if let message = item.message { inMemory[item.due.seq] = message }
+                // Try again shortly; never drop a held message.
+                heap.insert(Due(at: host.nowNanos() + 100_000_000, seq: item.due.seq))
+            }
+        }
+        done = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Forwards due messages; returns those that could not be forwarded.
+    private func forwardDue(_ items: [(due: Due, message: Message?)]) -> [(due: Due, message: Message?)] {
+        var failed: [(due: Due, message: Message?)] = []
+        var forwarded: [Int64] = []
+        var durable: [Int64: Message] = [:]
+        if let writer {
+            let seqs = items.map(\.due.seq)
+            durable = (try? writer.perform { db throws(TransportError) -> [Int64: Message] in
+                var found: [Int64: Message] = [:]
+                for seq in seqs {
+                    try db.run("SELECT message FROM held WHERE seq = ?", [.int(seq)]) { row throws(TransportError) in
+                        found[seq] = try row.blob(0) { bytes throws(TransportError) in try MessageCodec.decode(bytes) }
+                    }
+                }
+                return found
+            }) ?? [:]
+        }
+        for item in items {
+            guard var message = item.message ?? durable[item.due.seq] else {
+                if writer != nil { forwarded.append(item.due.seq) }  // gone or unreadable: drop the row
+                continue
+            }
+            message.deliverAtNanos = 0  // due now: the inner transport must not wait again
+            do {
+                try forward(message)
+                forwarded.append(item.due.seq)
+            } catch {
+                host.log(.warning, "delay: forwarding \(message.id) failed, will try again: \(error)")
+                failed.append((item.due, item.message))
+            }
+        }
+        if let writer, !forwarded.isEmpty {
+            let seqs = forwarded
+            _ = try? writer.perform { db throws(TransportError) in
+                for seq in seqs { try db.run("DELETE FROM held WHERE seq = ?", [.int(seq)]) }
+            }
+        }
+        return failed
+    }
+}

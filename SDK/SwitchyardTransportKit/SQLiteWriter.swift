@@ -1,0 +1,109 @@
+import Foundation
+import SwitchyardABI
+
+/// Group commit for one SQLite database: every operation runs on one writer thread, which takes
+/// all operations waiting at that moment and runs them in one transaction, each in its own
+/// savepoint (one failing operation does not undo the others). `perform` returns after the
+/// commit, so concurrent callers share one fsync. Used by every durable store in the SDK.
+public final class SQLiteWriter: @unchecked Sendable {
+    // @unchecked: the database is touched only by the writer thread; the queue is behind `jobs`.
+
+    private let jobs = NSCondition()
+    private var pending: [Job] = []
+    private var stopped = false
+    private var writerDone = false
+    private let path: String
+
+    private final class Job {
+        let work: (SQLiteDatabase) throws(TransportError) -> Void
+        var error: TransportError?
+        var done = false
+        init(_ work: @escaping (SQLiteDatabase) throws(TransportError) -> Void) { self.work = work }
+    }
+
+    private final class Box<T> { var value: T? }
+
+    /// Takes over `db`: from now on only the writer thread uses it.
+    init(_ db: SQLiteDatabase) {
+        path = db.path
+        nonisolated(unsafe) let connection = db
+        let thread = Thread { [self] in writerLoop(connection) }
+        thread.name = "switchyard-sqlite-writer"
+        thread.start()
+    }
+
+    deinit {
+        jobs.lock()
+        stopped = true
+        jobs.broadcast()
+        while !writerDone { jobs.wait() }
+        jobs.unlock()
+    }
+
+    /// Runs `body` on the writer thread inside the next batch's transaction; returns its result
+    /// after the commit, or throws its error (or the commit's).
+    func perform<R>(_ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+        let result = Box<R>()
+        let job = Job { db throws(TransportError) in result.value = try body(db) }
+        jobs.lock()
+        if stopped {
+            jobs.unlock()
+            throw TransportError(.closed, "the store at '\(path)' is closed")
+        }
+        pending.append(job)
+        jobs.broadcast()
+        while !job.done { jobs.wait() }
+        jobs.unlock()
+        if let error = job.error { throw error }
+        return result.value!
+    }
+
+    private func writerLoop(_ db: SQLiteDatabase) {
+        jobs.lock()
+        while true {
+            while pending.isEmpty && !stopped { jobs.wait() }
+            if pending.isEmpty && stopped { break }
+            let batch = pending
+            pending.removeAll(keepingCapacity: true)
+            jobs.unlock()
+            run(batch, on: db)
+            jobs.lock()
+            for job in batch { job.done = true }
+            jobs.broadcast()
+        }
+        writerDone = true
+        jobs.broadcast()
+        jobs.unlock()
+    }
+
+    /// One transaction for the whole batch; a savepoint per job.
+    private func run(_ batch: [Job], on db: SQLiteDatabase) {
+        do {
+            try db.execute("BEGIN IMMEDIATE")
+        } catch {
+            for job in batch { job.error = error }
+            return
+        }
+        for job in batch {
+            do {
+                try db.execute("SAVEPOINT job")
+                do {
+                    try job.work(db)
+                    try db.execute("RELEASE job")
+                } catch {
+                    job.error = error
+                    try db.execute("ROLLBACK TO job; RELEASE job")
+                }
+            } catch {
+                job.error = job.error ?? error
+            }
+        }
+        do {
+            try db.execute("COMMIT")
+        } catch {
+            try? db.execute("ROLLBACK")
+            for job in batch { job.error = error }  // nothing in the batch happened
+        }
+    }
+
+}
