@@ -7,7 +7,7 @@ struct Switchyard: ParsableCommand {
         commandName: "switchyard",
         abstract: "Route typed method calls through transport plugins chosen by configuration.",
         version: "0.1.0",
-        subcommands: [PluginsCommand.self, BenchCommand.self])
+        subcommands: [PluginsCommand.self, DeadLetterCommand.self, BenchCommand.self])
 }
 
 /// `switchyard plugins …`: find, inspect and verify transport plugins.

@@ -1,3 +1,4 @@
+import Foundation
 import Yams
 
 /// A YAML node with its key path, for reading config with errors that name the key and line.
@@ -59,6 +60,44 @@ public struct ConfigNode {
         guard case .scalar = node, let value = node.int else { throw error("expected an integer") }
         guard range.contains(value) else { throw error("must be between \(range.lowerBound) and \(range.upperBound)") }
         return value
+    }
+}
+
+extension ConfigNode {
+    /// This node as JSON text (mappings → objects, sequences → arrays, scalars by their YAML
+    /// type), for handing a plugin its own config.
+    public func json() throws(ConfigError) -> String {
+        func convert(_ node: Node, _ path: String) throws(ConfigError) -> Any {
+            switch node {
+            case .scalar(let scalar):
+                if scalar.style == .plain {
+                    if node.null != nil { return NSNull() }
+                    if let value = node.bool { return value }
+                    if let value = node.int { return value }
+                    if let value = node.float { return value }
+                }
+                return scalar.string
+            case .mapping(let mapping):
+                var object: [String: Any] = [:]
+                for (key, value) in mapping {
+                    guard let name = key.string else { throw ConfigError(key: path, line: key.mark?.line, message: "keys must be strings") }
+                    object[name] = try convert(value, path + "." + name)
+                }
+                return object
+            case .sequence(let sequence):
+                var array: [Any] = []
+                for (index, element) in sequence.enumerated() { array.append(try convert(element, "\(path)[\(index)]")) }
+                return array
+            case .alias:
+                throw ConfigError(key: path, line: node.mark?.line, message: "YAML aliases are not supported here")
+            }
+        }
+        let object = try convert(node, path)
+        guard object is [String: Any] else { throw error("expected a mapping of the plugin's config keys") }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
+            throw error("cannot be expressed as JSON")
+        }
+        return String(decoding: data, as: UTF8.self)
     }
 }
 

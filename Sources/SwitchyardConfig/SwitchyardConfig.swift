@@ -13,6 +13,25 @@ import Foundation
 public struct SwitchyardConfig: Sendable {
     /// Where plugins come from and which files to trust.
     public var plugins = PluginsSection()
+    /// Configured transports by name, in file order.
+    public var transports: [TransportEntry] = []
+
+    /// One configured transport: an instance of a plugin, maybe decorating another transport.
+    public struct TransportEntry: Sendable {
+        /// The name routes and commands refer to it by.
+        public var name: String
+        /// The plugin it is an instance of.
+        public var plugin: String
+        /// For decorators: the transport it wraps.
+        public var inner: String?
+        /// The plugin's own config, as JSON.
+        public var configJSON: String
+        /// Line of its entry in the file.
+        public var line: Int?
+    }
+
+    /// The transport called `name`, if configured.
+    public func transport(named name: String) -> TransportEntry? { transports.first { $0.name == name } }
 
     public init() {}
 
@@ -50,13 +69,59 @@ public struct SwitchyardConfig: Sendable {
     public static func parse(yaml: String, baseDirectory: String) throws(ConfigError) -> SwitchyardConfig {
         var config = SwitchyardConfig()
         guard let root = try parseConfigYAML(yaml) else { return config }
-        for (key, value) in try root.mapping(allowed: ["plugins"]) {
+        for (key, value) in try root.mapping(allowed: ["plugins", "transports"]) {
             switch key {
             case "plugins": config.plugins = try PluginsSection(value, baseDirectory: baseDirectory)
+            case "transports": config.transports = try parseTransports(value)
             default: break
             }
         }
         return config
+    }
+}
+
+extension SwitchyardConfig {
+    static func parseTransports(_ node: ConfigNode) throws(ConfigError) -> [TransportEntry] {
+        var entries: [TransportEntry] = []
+        for (name, value) in try node.entries() {
+            if let problem = transportNameProblem(name) { throw ConfigError(key: value.path, line: value.line, message: problem) }
+            var plugin: String?, inner: String?, configJSON = "{}"
+            for (key, field) in try value.mapping(allowed: ["plugin", "inner", "config"]) {
+                switch key {
+                case "plugin": plugin = try field.string()
+                case "inner": inner = try field.string()
+                case "config": configJSON = try field.json()
+                default: break
+                }
+            }
+            guard let plugin else { throw ConfigError(key: value.path + ".plugin", line: value.line, message: "is required (the plugin's name)") }
+            entries.append(TransportEntry(name: name, plugin: plugin, inner: inner, configJSON: configJSON, line: value.line))
+        }
+        // Inner references must exist and must not form a cycle.
+        let names = Set(entries.map(\.name))
+        for entry in entries {
+            guard let inner = entry.inner else { continue }
+            guard names.contains(inner) else {
+                throw ConfigError(key: "transports.\(entry.name).inner", line: entry.line,
+                                  message: "no transport named '\(inner)' (configured: \(entries.map(\.name).joined(separator: ", ")))")
+            }
+            var seen = [entry.name]
+            var next: String? = inner
+            while let current = next {
+                if seen.contains(current) {
+                    throw ConfigError(key: "transports.\(entry.name).inner", line: entry.line,
+                                      message: "inner transports form a cycle: \((seen + [current]).joined(separator: " → "))")
+                }
+                seen.append(current)
+                next = entries.first { $0.name == current }?.inner
+            }
+        }
+        return entries
+    }
+
+    static func transportNameProblem(_ name: String) -> String? {
+        let allowed = name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
+        return !name.isEmpty && allowed ? nil : "transport names use letters, digits, '-', '_' and '.'"
     }
 }
 

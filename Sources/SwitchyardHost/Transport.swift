@@ -61,12 +61,15 @@ public final class Transport: Sendable {
         self.client = TransportClient(descriptor: plugin.descriptor, instance: instance)
     }
 
-    /// Destroys the plugin instance (then the inner transport's). Every other call on it must have
-    /// returned. Calling it again does nothing.
+    /// Destroys the plugin instance. Every other call on it must have returned. Calling it again
+    /// does nothing. An inner transport is not closed here (several decorators may share it): its
+    /// owner closes it after its decorators (``TransportSet`` does), or it closes itself when the
+    /// last reference to it goes away.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         client.destroy()
-        inner?.close()
         withExtendedLifetime(services) {}
     }
+
+    deinit { close() }
 }

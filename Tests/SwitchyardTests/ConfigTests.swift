@@ -38,6 +38,36 @@ struct ConfigTests {
         #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
     }
 
+    @Test("transports: plugin config becomes JSON; inner references and cycles are checked")
+    func transports() throws {
+        let config = try SwitchyardConfig.parse(yaml: """
+            transports:
+              orders:
+                plugin: queue
+                config: { path: /tmp/o.db, capacity: 10, visibility_timeout: 30s, strict: true }
+              orders-retry:
+                plugin: retry
+                inner: orders
+            """, baseDirectory: "/")
+        #expect(config.transports.map(\.name) == ["orders", "orders-retry"])
+        #expect(config.transport(named: "orders")?.configJSON == #"{"capacity":10,"path":"\/tmp\/o.db","strict":true,"visibility_timeout":"30s"}"#)
+        #expect(config.transport(named: "orders-retry")?.inner == "orders")
+    }
+
+    @Test("transport errors name the key", arguments: [
+        ("transports:\n  a:\n    inner: b\n", "transports.a.plugin", "is required"),
+        ("transports:\n  a:\n    plugin: retry\n    inner: b\n", "transports.a.inner", "no transport named 'b'"),
+        ("transports:\n  a:\n    plugin: retry\n    inner: b\n  b:\n    plugin: delay\n    inner: a\n", "transports.a.inner", "cycle: a → b → a"),
+        ("transports:\n  a:\n    plugin: queue\n    confg: {}\n", "transports.a.confg", "unknown key"),
+        ("transports:\n  a:\n    plugin: queue\n    config: [1]\n", "transports.a.config", "expected a mapping"),
+        ("transports:\n  'a b':\n    plugin: queue\n", "transports.a b", "transport names use"),
+    ])
+    func transportErrors(_ yaml: String, _ key: String, _ message: String) {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
+        #expect(error?.key == key)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
     @Test("YAML syntax errors give the line")
     func syntax() {
         let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: "plugins:\n  directory: [unclosed\n", baseDirectory: "/") }

@@ -1,0 +1,69 @@
+import Logging
+import SwitchyardABI
+import SwitchyardLoader
+
+/// What the host needs to create one transport: the config entry, without the file format.
+public struct TransportSpec: Sendable {
+    public var name: String
+    public var plugin: String
+    public var inner: String?
+    public var configJSON: String
+
+    public init(name: String, plugin: String, inner: String? = nil, configJSON: String = "{}") {
+        self.name = name
+        self.plugin = plugin
+        self.inner = inner
+        self.configJSON = configJSON
+    }
+}
+
+/// Configured transports, created from loaded plugins in dependency order (inner before outer)
+/// and closed in the reverse order.
+public final class TransportSet: Sendable {
+    /// Created transports by name.
+    public let transports: [String: Transport]
+    private let creationOrder: [String]
+
+    /// Creates `names` (all of `specs` when nil) and the inner transports they need. Every error
+    /// names the transport: an unknown plugin (with the names that were found), a decorator
+    /// without an inner transport, or the plugin's own refusal of its config.
+    public init(specs: [TransportSpec], catalog: PluginCatalog, only names: [String]? = nil,
+                logger: Logger = Logger(label: "switchyard.transport")) throws(TransportError) {
+        let byName = Dictionary(specs.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        var created: [String: Transport] = [:]
+        var order: [String] = []
+        func create(_ name: String, chain: [String]) throws(TransportError) -> Transport {
+            if let done = created[name] { return done }
+            guard let spec = byName[name] else {
+                throw TransportError(.config, "no transport named '\(name)' (configured: \(specs.map(\.name).sorted().joined(separator: ", ")))")
+            }
+            guard !chain.contains(name) else {
+                throw TransportError(.config, "inner transports form a cycle: \((chain + [name]).joined(separator: " → "))")
+            }
+            guard let plugin = catalog.plugin(named: spec.plugin) else {
+                throw TransportError(.config, "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(catalog.plugins.map(\.name).joined(separator: ", ")))")
+            }
+            let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
+            let transport = try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner, logger: logger)
+            created[name] = transport
+            order.append(name)
+            return transport
+        }
+        do {
+            for name in names ?? specs.map(\.name) { _ = try create(name, chain: []) }
+        } catch {
+            for name in order.reversed() { created[name]?.close() }
+            throw error
+        }
+        transports = created
+        creationOrder = order
+    }
+
+    /// The transport called `name`.
+    public subscript(name: String) -> Transport? { transports[name] }
+
+    /// Closes every transport, outermost first.
+    public func close() {
+        for name in creationOrder.reversed() { transports[name]?.close() }
+    }
+}
