@@ -110,7 +110,11 @@ let package = Package(
 
         /// The suites behind `switchyard bench`.
         .target(
-            name: "SwitchyardBench", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"],
+            name: "SwitchyardBench",
+            dependencies: [
+                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
             path: "Benchmarks/SwitchyardBench"),
         .target(
             name: "BenchNullCPlugin", dependencies: ["CSwitchyard"], path: "Benchmarks/Plugins/NullC",

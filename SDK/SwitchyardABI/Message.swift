@@ -60,6 +60,7 @@ extension Message {
     ///
     /// All strings, headers and the body are laid out in one temporary allocation (on the stack
     /// when small), so lending a message costs no heap allocation in the common case.
+    @inlinable
     public func withCMessage<R, E: Error>(_ body: (UnsafePointer<sy_message>) throws(E) -> R) throws(E) -> R {
         let key = orderingKey ?? ""
         var textBytes = id.utf8.count + channel.utf8.count + key.utf8.count
@@ -108,7 +109,8 @@ extension Message {
 
 extension UnsafeMutableRawBufferPointer {
     /// Copies the UTF-8 bytes of `string` to the start of this buffer; returns how many.
-    fileprivate func copyUTF8(_ string: String) -> Int {
+    @usableFromInline
+    func copyUTF8(_ string: String) -> Int {
         var string = string
         return string.withUTF8 { utf8 in
             if !utf8.isEmpty { UnsafeMutableRawBufferPointer(self).copyMemory(from: UnsafeRawBufferPointer(utf8)) }
@@ -131,6 +133,7 @@ extension String {
     }
 
     /// Lends this string to C code as an `sy_str`, valid only inside `body`.
+    @inlinable
     public func withSyStr<R, E: Error>(_ body: (sy_str) throws(E) -> R) throws(E) -> R {
         var copy = self
         let result: Result<R, E> = copy.withUTF8 { utf8 in

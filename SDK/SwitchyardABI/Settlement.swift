@@ -27,6 +27,7 @@ public enum Settlement: Hashable, Sendable {
     }
 
     /// Lends this settlement to C code, valid only inside `body`.
+    @inlinable
     public func withCSettlement<R, E: Error>(_ body: (UnsafePointer<sy_settlement>) throws(E) -> R) throws(E) -> R {
         let (outcome, delay, reason): (Int32, Int64, String) =
             switch self {

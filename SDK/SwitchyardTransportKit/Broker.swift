@@ -73,6 +73,9 @@ public final class Broker: @unchecked Sendable {
     private var nextSubscription: SubscriptionID = 0
     private var nextDelivery: DeliveryID = 0
     private var workPending = false
+    private var dispatcherWaiting = false  // signal only when it sleeps: a signal is a syscall
+    private var waiters = 0                // threads other than the dispatcher waiting on `condition`
+    private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
     private var dispatcherDone = false
@@ -95,9 +98,14 @@ public final class Broker: @unchecked Sendable {
     /// Tells the dispatcher to look for work (a store changed behind its back).
     public func wake() {
         condition.lock()
-        workPending = true
-        condition.signal()
+        markWork()
         condition.unlock()
+    }
+
+    /// Records that there is work; wakes the dispatcher if it sleeps. Call with the lock held.
+    private func markWork() {
+        workPending = true
+        if dispatcherWaiting { condition.broadcast() }
     }
 
     private func key(_ channel: String, _ group: String) -> GroupKey {
@@ -128,8 +136,7 @@ public final class Broker: @unchecked Sendable {
         try store.append(messages)
         condition.lock()
         stats.published += UInt64(messages.count)
-        workPending = true
-        condition.signal()
+        markWork()
         condition.unlock()
     }
 
@@ -142,7 +149,10 @@ public final class Broker: @unchecked Sendable {
         while true {
             let (depth, inFlight) = store.counts()
             if Int(depth + inFlight) + count <= options.capacity { return }
-            if options.fullWaitNanos == 0 || !condition.wait(until: deadline) {
+            waiters += 1
+            let woke = options.fullWaitNanos > 0 && condition.wait(until: deadline)
+            waiters -= 1
+            if !woke {
                 throw TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
             }
             if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
@@ -165,8 +175,7 @@ public final class Broker: @unchecked Sendable {
             visibilityTimeout: options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : self.options.visibilityTimeoutNanos)
         members[member.id] = member
         groups[key, default: []].append(member)
-        workPending = true
-        condition.signal()
+        markWork()
         return member.id
     }
 
@@ -180,7 +189,9 @@ public final class Broker: @unchecked Sendable {
         member.removed = true
         groups[member.key]?.removeAll { $0 === member }
         if groups[member.key]?.isEmpty == true { groups[member.key] = nil }
+        waiters += 1
         while member.delivering > 0 { condition.wait() }
+        waiters -= 1
         let orphans = inFlight.filter { $0.value.member === member }
         for delivery in orphans.keys { inFlight[delivery] = nil }
         stats.released += UInt64(orphans.count)
@@ -200,27 +211,31 @@ public final class Broker: @unchecked Sendable {
             throw TransportError(.notFound, "settle: unknown, settled or expired delivery \(delivery)")
         }
         entry.member.inFlight -= 1
-        condition.unlock()
-        let stamp = now()
-        switch settlement {
-        case .ack:
-            try store.ack(entry.ref)
-        case .retry(let after, let reason):
-            try store.retry(entry.ref, visibleAt: stamp + after, reason: reason, now: stamp)
-        case .deadLetter(let reason):
-            try store.deadLetter(entry.ref, to: entry.channel + options.deadLetterSuffix, reason: reason, now: stamp)
-        case .release:
-            try store.release(entry.ref)
-        }
-        condition.lock()
         switch settlement {
         case .ack: stats.acked += 1
         case .retry: stats.retried += 1
         case .deadLetter: stats.deadLettered += 1
         case .release: stats.released += 1
         }
-        workPending = true
-        condition.broadcast()  // the dispatcher, a drain, and publishers waiting for room
+        condition.unlock()
+        let stamp: Int64
+        switch settlement {
+        case .ack:
+            try store.ack(entry.ref)
+        case .retry(let after, let reason):
+            stamp = now()
+            try store.retry(entry.ref, visibleAt: stamp + after, reason: reason, now: stamp)
+        case .deadLetter(let reason):
+            stamp = now()
+            try store.deadLetter(entry.ref, to: entry.channel + options.deadLetterSuffix, reason: reason, now: stamp)
+        case .release:
+            try store.release(entry.ref)
+        }
+        // The store changed after the dispatcher may have looked: tell it, and anyone waiting
+        // for room or for a drain.
+        condition.lock()
+        markWork()
+        if waiters > 0 { condition.broadcast() }
         condition.unlock()
     }
 
@@ -233,7 +248,9 @@ public final class Broker: @unchecked Sendable {
         draining = true
         condition.broadcast()
         let deadline = Date().addingTimeInterval(Double(deadlineNanos - host.monotonicNanos()) / 1e9)
+        waiters += 1
         while !inFlight.isEmpty, condition.wait(until: deadline) {}
+        waiters -= 1
         let left = inFlight
         inFlight.removeAll()
         for entry in left.values { entry.member.inFlight -= 1 }
@@ -261,7 +278,9 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         stopped = true
         condition.broadcast()
+        waiters += 1
         while !dispatcherDone || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
+        waiters -= 1
         let left = inFlight
         inFlight.removeAll()
         condition.unlock()
@@ -280,11 +299,13 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         while !stopped {
             if !workPending {
+                dispatcherWaiting = true
                 if let wakeup = nextWakeup() {
                     _ = condition.wait(until: wakeup)
                 } else {
                     condition.wait()
                 }
+                dispatcherWaiting = false
             }
             workPending = false
             if stopped || draining { continue }
@@ -319,6 +340,7 @@ public final class Broker: @unchecked Sendable {
     /// Hands leased messages to members round robin. Called and returns with the lock held; drops
     /// it around each deliver call.
     private func deliver(_ batches: [(Planned, [LeasedMessage])]) {
+        let stamp = now()
         var assignments: [(DeliveryID, Member, LeasedMessage)] = []
         var orphans: [LeaseRef] = []
         for (planned, leased) in batches {
@@ -341,8 +363,9 @@ public final class Broker: @unchecked Sendable {
                 nextDelivery += 1
                 member.inFlight += 1
                 member.delivering += 1
-                inFlight[nextDelivery] = InFlight(ref: message.ref, member: member, channel: message.message.channel,
-                                                  leaseUntil: now() + member.visibilityTimeout)
+                let leaseUntil = stamp + member.visibilityTimeout
+                inFlight[nextDelivery] = InFlight(ref: message.ref, member: member, channel: message.message.channel, leaseUntil: leaseUntil)
+                nextLocalExpiry = min(nextLocalExpiry, leaseUntil)
                 stats.delivered += 1
                 assignments.append((nextDelivery, member, message))
             }
@@ -367,7 +390,7 @@ public final class Broker: @unchecked Sendable {
                 releases.append(entry.ref)
             }
         }
-        condition.broadcast()
+        if waiters > 0 { condition.broadcast() }
         if !releases.isEmpty {
             condition.unlock()
             for ref in releases { try? store.release(ref) }
@@ -380,18 +403,24 @@ public final class Broker: @unchecked Sendable {
     /// store makes the entries ready again (with the attempt counted) on the next lease.
     private func expireLocalLeases() {
         let stamp = now()
-        let expired = inFlight.filter { $0.value.leaseUntil <= stamp }
-        for (delivery, entry) in expired {
-            inFlight[delivery] = nil
-            entry.member.inFlight -= 1
+        guard stamp >= nextLocalExpiry else { return }
+        var earliest = Int64.max
+        for (delivery, entry) in inFlight {
+            if entry.leaseUntil <= stamp {
+                inFlight[delivery] = nil
+                entry.member.inFlight -= 1
+            } else {
+                earliest = min(earliest, entry.leaseUntil)
+            }
         }
+        nextLocalExpiry = earliest
     }
 
     /// When the dispatcher must look again: the earliest retry or lease expiry of a group with
     /// subscribers, or of a local delivery.
     private func nextWakeup() -> Date? {
         let stamp = now()
-        var earliest = inFlight.values.map(\.leaseUntil).min()
+        var earliest: Int64? = nextLocalExpiry == .max ? nil : nextLocalExpiry
         for key in groups.keys {
             if let at = store.nextWakeup(channel: key.channel, group: key.group, now: stamp) {
                 earliest = min(earliest ?? at, at)

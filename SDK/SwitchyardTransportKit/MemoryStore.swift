@@ -13,7 +13,7 @@ public final class MemoryStore: MessageStore {
     /// `.earliest`.
     public let retainedPerChannel: Int
     private let isDeadLetterChannel: @Sendable (String) -> Bool
-    private let state = Mutex(State())
+    private let state = AdaptiveLock(State())
 
     public init(fanOut: Bool, retainedPerChannel: Int = 0, isDeadLetterChannel: @escaping @Sendable (String) -> Bool) {
         self.fanOut = fanOut
@@ -66,8 +66,46 @@ public final class MemoryStore: MessageStore {
         }
     }
 
+    /// Entries by id in a deque indexed from `base`: ids grow by one per entry and mostly leave
+    /// in order, so lookups are an index and no hashing or rehashing happens per message.
+    private struct Slab {
+        private var slots = Deque<Entry?>()
+        private var base: UInt64 = 1
+
+        subscript(id: UInt64) -> Entry? {
+            get {
+                guard id >= base, id - base < UInt64(slots.count) else { return nil }
+                return slots[Int(id - base)]
+            }
+            _modify {
+                if id >= base, id - base < UInt64(slots.count) {
+                    // In place: no copy of the entry and its message.
+                    yield &slots[Int(id - base)]
+                    trimFront()
+                } else {
+                    var fresh: Entry? = nil
+                    yield &fresh
+                    if let fresh { append(fresh, at: id) }
+                }
+            }
+        }
+
+        private mutating func append(_ entry: Entry, at id: UInt64) {
+            guard id >= base else { return }
+            while base + UInt64(slots.count) < id { slots.append(nil) }
+            slots.append(entry)
+        }
+
+        private mutating func trimFront() {
+            while let first = slots.first, first == nil {
+                slots.removeFirst()
+                base += 1
+            }
+        }
+    }
+
     private struct State {
-        var entries: [UInt64: Entry] = [:]
+        var entries = Slab()
         var groups: [GroupKey: Group] = [:]
         var groupsByChannel: [String: [String]] = [:]
         var retained: [String: Deque<Message>] = [:]

@@ -17,7 +17,8 @@ public final class SQLiteWriter: @unchecked Sendable {
     private final class Job {
         let work: (SQLiteDatabase) throws(TransportError) -> Void
         var error: TransportError?
-        var done = false
+        /// Signalled once the job's transaction ended: each caller is woken alone, not all at once.
+        let finished = DispatchSemaphore(value: 0)
         init(_ work: @escaping (SQLiteDatabase) throws(TransportError) -> Void) { self.work = work }
     }
 
@@ -51,9 +52,9 @@ public final class SQLiteWriter: @unchecked Sendable {
             throw TransportError(.closed, "the store at '\(path)' is closed")
         }
         pending.append(job)
-        jobs.broadcast()
-        while !job.done { jobs.wait() }
+        if pending.count == 1 { jobs.signal() }  // the writer sleeps only when nothing is pending
         jobs.unlock()
+        job.finished.wait()
         if let error = job.error { throw error }
         return result.value!
     }
@@ -67,9 +68,8 @@ public final class SQLiteWriter: @unchecked Sendable {
             pending.removeAll(keepingCapacity: true)
             jobs.unlock()
             run(batch, on: db)
+            for job in batch { job.finished.signal() }
             jobs.lock()
-            for job in batch { job.done = true }
-            jobs.broadcast()
         }
         writerDone = true
         jobs.broadcast()
@@ -79,29 +79,30 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// One transaction for the whole batch; a savepoint per job.
     private func run(_ batch: [Job], on db: SQLiteDatabase) {
         do {
-            try db.execute("BEGIN IMMEDIATE")
+            try db.run("BEGIN IMMEDIATE")
         } catch {
             for job in batch { job.error = error }
             return
         }
         for job in batch {
             do {
-                try db.execute("SAVEPOINT job")
+                try db.run("SAVEPOINT job")
                 do {
                     try job.work(db)
-                    try db.execute("RELEASE job")
+                    try db.run("RELEASE job")
                 } catch {
                     job.error = error
-                    try db.execute("ROLLBACK TO job; RELEASE job")
+                    try db.run("ROLLBACK TO job")
+                    try db.run("RELEASE job")
                 }
             } catch {
                 job.error = job.error ?? error
             }
         }
         do {
-            try db.execute("COMMIT")
+            try db.run("COMMIT")
         } catch {
-            try? db.execute("ROLLBACK")
+            _ = try? db.run("ROLLBACK")
             for job in batch { job.error = error }  // nothing in the batch happened
         }
     }

@@ -1,0 +1,108 @@
+import CSwitchyard
+import DequeModule
+import Foundation
+import SwitchyardABI
+import SwitchyardHost
+import Synchronization
+
+/// `memory-queue`: publish → deliver → ack through the in-memory queue plugin, 64-byte bodies,
+/// one producer; against a bare producer/consumer hand-off (a mutex-guarded deque and a consumer
+/// thread that takes batches) doing the same number of messages in the same run.
+struct MemoryQueueSuite: BenchSuite {
+    let name = "memory-queue"
+    let summary = "in-memory queue publish → deliver → ack (1 and 4 consumers) vs a bare thread hand-off; bytes per queued message"
+
+    func run(_ context: BenchContext) throws -> [BenchResult] {
+        let plugins = BenchPlugins(context)
+        let count = context.quick ? 200_000 : 1_000_000
+        let rounds = context.quick ? 1 : 3
+        context.progress("memory-queue: bare hand-off ×\(count)")
+        let baseline = Measure.median((0..<rounds).map { _ in handOffRate(count) })
+        context.progress("memory-queue: plugin, 1 consumer")
+        let one = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1) })
+        context.progress("memory-queue: plugin, 4 consumers")
+        let four = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4) })
+        context.progress("memory-queue: bytes per queued message")
+        let bytes = try bytesPerMessage(plugins, count: context.quick ? 200_000 : 1_000_000)
+        let base = ("bare_handoff_msgs_per_s", baseline)
+        return [
+            BenchResult(suite: name, metric: "bare_handoff_msgs_per_s", value: baseline, unit: "msg/s"),
+            BenchResult(suite: name, metric: "raw_msgs_per_s", value: one, unit: "msg/s", baseline: base),
+            BenchResult(suite: name, metric: "raw_msgs_per_s_4_consumers", value: four, unit: "msg/s", baseline: base),
+            BenchResult(suite: name, metric: "bytes_per_queued_message", value: bytes, unit: "B"),
+        ]
+    }
+
+    /// Messages per second through the queue plugin: one producer publishing the same 64-byte
+    /// message, consumers acknowledging inside the delivery callback.
+    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int) throws -> Double {
+        let queue = try plugins.transport("queue", config: #"{"capacity": 0, "max_in_flight": 1024}"#)
+        defer { queue.close() }
+        let acked = Atomic<Int>(0)
+        let client = queue.client
+        for _ in 0..<consumers {
+            _ = try client.subscribe(SubscribeOptions(channel: "bench", maxInFlight: 1024)) { delivery, _ in
+                try? client.settle(delivery, .ack)
+                acked.add(1, ordering: .relaxed)
+                return .ok
+            }
+        }
+        let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
+        let start = Measure.now()
+        try message.withCMessage { (pointer) throws in
+            for _ in 0..<count { try client.publish(pointer) }
+        }
+        while acked.load(ordering: .relaxed) < count { usleep(100) }
+        return Double(count) / (Double(Measure.now() - start) / 1e9)
+    }
+
+    /// The same hand-off without Switchyard: a producer appends 64-byte payloads to a locked
+    /// deque, a consumer thread takes everything there is at each wake-up and counts it.
+    func handOffRate(_ count: Int) -> Double {
+        let condition = NSCondition()
+        nonisolated(unsafe) var items = Deque<[UInt8]>()
+        let consumed = Atomic<Int>(0)
+        let consumer = Thread {
+            var seen = 0
+            while seen < count {
+                condition.lock()
+                while items.isEmpty { condition.wait() }
+                let batch = items
+                items.removeAll(keepingCapacity: true)
+                condition.unlock()
+                seen += batch.count
+                consumed.store(seen, ordering: .relaxed)
+            }
+        }
+        let payload = [UInt8](repeating: 0x5A, count: 64)
+        let start = Measure.now()
+        consumer.start()
+        for _ in 0..<count {
+            condition.lock()
+            items.append(payload)
+            condition.signal()
+            condition.unlock()
+        }
+        while consumed.load(ordering: .relaxed) < count { usleep(100) }
+        return Double(count) / (Double(Measure.now() - start) / 1e9)
+    }
+
+    /// Resident memory per message with `count` 64-byte messages queued and no consumer.
+    func bytesPerMessage(_ plugins: BenchPlugins, count: Int) throws -> Double {
+        let queue = try plugins.transport("queue", config: #"{"capacity": 0}"#)
+        defer { queue.close() }
+        let before = currentResidentBytes()
+        let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
+        try message.withCMessage { (pointer) throws in
+            for _ in 0..<count { try queue.client.publish(pointer) }
+        }
+        return Double(currentResidentBytes() - before) / Double(count)
+    }
+}
+
+/// Resident set size now, from /proc/self/statm.
+func currentResidentBytes() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = text.split(separator: " ")
+    return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
+}
