@@ -6,8 +6,10 @@ import SwitchyardHost
 import Synchronization
 
 /// `memory-queue`: publish → deliver → ack through the in-memory queue plugin, 64-byte bodies,
-/// one producer; against a bare producer/consumer hand-off (a mutex-guarded deque and a consumer
-/// thread that takes batches) doing the same number of messages in the same run.
+/// one producer publishing batches of 256 (`publish_batch`), consumers acknowledging each
+/// delivery; against a bare producer/consumer hand-off (a mutex-guarded deque and a consumer
+/// thread that takes batches) doing the same number of messages in the same run. Also the same
+/// with one publish call per message.
 struct MemoryQueueSuite: BenchSuite {
     let name = "memory-queue"
     let summary = "in-memory queue publish → deliver → ack (1 and 4 consumers) vs a bare thread hand-off; bytes per queued message"
@@ -19,9 +21,11 @@ struct MemoryQueueSuite: BenchSuite {
         context.progress("memory-queue: bare hand-off ×\(count)")
         let baseline = Measure.median((0..<rounds).map { _ in handOffRate(count) })
         context.progress("memory-queue: plugin, 1 consumer")
-        let one = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1) })
+        let one = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1, batch: 256) })
         context.progress("memory-queue: plugin, 4 consumers")
-        let four = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4) })
+        let four = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4, batch: 256) })
+        context.progress("memory-queue: plugin, 1 consumer, one publish per message")
+        let single = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1, batch: 1) })
         context.progress("memory-queue: bytes per queued message")
         let bytes = try bytesPerMessage(plugins, count: context.quick ? 200_000 : 1_000_000)
         let base = ("bare_handoff_msgs_per_s", baseline)
@@ -29,13 +33,14 @@ struct MemoryQueueSuite: BenchSuite {
             BenchResult(suite: name, metric: "bare_handoff_msgs_per_s", value: baseline, unit: "msg/s"),
             BenchResult(suite: name, metric: "raw_msgs_per_s", value: one, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "raw_msgs_per_s_4_consumers", value: four, unit: "msg/s", baseline: base),
+            BenchResult(suite: name, metric: "single_publish_msgs_per_s", value: single, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "bytes_per_queued_message", value: bytes, unit: "B"),
         ]
     }
 
     /// Messages per second through the queue plugin: one producer publishing the same 64-byte
     /// message, consumers acknowledging inside the delivery callback.
-    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int) throws -> Double {
+    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int, batch: Int) throws -> Double {
         let queue = try plugins.transport("queue", config: #"{"capacity": 0, "max_in_flight": 1024}"#)
         defer { queue.close() }
         let acked = Atomic<Int>(0)
@@ -49,11 +54,18 @@ struct MemoryQueueSuite: BenchSuite {
         }
         let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
         let start = Measure.now()
-        try message.withCMessage { (pointer) throws in
-            for _ in 0..<count { try client.publish(pointer) }
+        if batch > 1 {
+            try Array(repeating: message, count: batch).withCMessages { (messages) throws in
+                for _ in 0..<(count / batch) { try client.publish(batch: messages) }
+            }
+        } else {
+            try message.withCMessage { (pointer) throws in
+                for _ in 0..<count { try client.publish(pointer) }
+            }
         }
-        while acked.load(ordering: .relaxed) < count { usleep(100) }
-        return Double(count) / (Double(Measure.now() - start) / 1e9)
+        let expected = batch > 1 ? count / batch * batch : count
+        while acked.load(ordering: .relaxed) < expected { usleep(100) }
+        return Double(expected) / (Double(Measure.now() - start) / 1e9)
     }
 
     /// The same hand-off without Switchyard: a producer appends 64-byte payloads to a locked

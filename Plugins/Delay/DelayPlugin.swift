@@ -47,6 +47,17 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
         }
     }
 
+    override func publish(batch: [MessageView]) throws(TransportError) {
+        // All or nothing: a batch with anything to hold is held as one (its due messages are
+        // forwarded by the timer right away); a batch that is all due goes straight through.
+        let now = host.nowNanos()
+        if batch.contains(where: { $0.deliverAtNanos > now }) {
+            try scheduler.hold(batch: batch.map { $0.copy() })
+        } else {
+            try inner.publish(batch: batch.map { $0.copy() })
+        }
+    }
+
     override func stats() -> TransportStats {
         var stats = super.stats()
         stats.depth += UInt64(scheduler.heldCount)

@@ -1,7 +1,7 @@
 /*
  * Compile-time checks of the ABI layout. This file defines no symbols on purpose: the ABI target
  * must stay header-only at link time (see the header's note on `static inline`).
- * The offsets pin ABI 1.0 on LP64 platforms; a change here is an ABI break.
+ * The offsets pin ABI 1.x on LP64 platforms; a change to an existing line is an ABI break.
  */
 #include "switchyard_plugin.h"
 
@@ -13,6 +13,8 @@ _Static_assert(offsetof(sy_plugin_descriptor, name) == 8, "name at 8");
 _Static_assert(offsetof(sy_plugin_descriptor, capabilities) == 32, "capabilities at 32");
 _Static_assert(offsetof(sy_plugin_descriptor, create) == 40, "create at 40");
 _Static_assert(SY_DESCRIPTOR_SIZE_V1_0 == 104, "ABI 1.0 descriptor is 104 bytes");
+_Static_assert(SY_DESCRIPTOR_SIZE_V1_1 == 112, "ABI 1.1 descriptor is 112 bytes");
+_Static_assert(offsetof(sy_plugin_descriptor, publish_batch) == 104, "1.1 appends publish_batch at 104");
 _Static_assert(sizeof(sy_message) == 104, "sy_message is 104 bytes");
 _Static_assert(sizeof(sy_host_services) == 48, "sy_host_services is 48 bytes");
 _Static_assert(sizeof(sy_error) == 516, "sy_error is 516 bytes");

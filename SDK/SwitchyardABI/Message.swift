@@ -62,41 +62,10 @@ extension Message {
     /// when small), so lending a message costs no heap allocation in the common case.
     @inlinable
     public func withCMessage<R, E: Error>(_ body: (UnsafePointer<sy_message>) throws(E) -> R) throws(E) -> R {
-        let key = orderingKey ?? ""
-        var textBytes = id.utf8.count + channel.utf8.count + key.utf8.count
-        for header in headers { textBytes += header.key.utf8.count + header.value.utf8.count }
-        let headerBytes = headers.count * MemoryLayout<sy_header>.stride
         let result: Result<R, E> = withUnsafeTemporaryAllocation(
-            byteCount: max(1, headerBytes + textBytes + self.body.count), alignment: MemoryLayout<sy_header>.alignment
+            byteCount: max(1, lentByteCount), alignment: MemoryLayout<sy_header>.alignment
         ) { raw in
-            var cursor = headerBytes
-            func lay(_ string: String) -> sy_str {
-                let start = cursor
-                cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
-                return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
-            }
-            var message = sy_message()
-            message.struct_size = UInt32(MemoryLayout<sy_message>.size)
-            message.attempt = attempt
-            message.id = lay(id)
-            message.channel = lay(channel)
-            message.ordering_key = lay(key)
-            let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
-            for (index, header) in headers.enumerated() {
-                (cHeaders + index).initialize(to: sy_header(key: lay(header.key), value: lay(header.value)))
-            }
-            // The body goes last, after every string.
-            let bodyStart = cursor
-            if !self.body.isEmpty {
-                UnsafeMutableRawBufferPointer(rebasing: raw[bodyStart...]).copyBytes(from: self.body)
-            }
-            message.headers = headers.isEmpty ? nil : UnsafePointer(cHeaders)
-            message.header_count = headers.count
-            message.body = sy_bytes(
-                data: self.body.isEmpty ? nil : (raw.baseAddress! + bodyStart).assumingMemoryBound(to: UInt8.self),
-                len: self.body.count)
-            message.deliver_at_ns = deliverAtNanos
-            message.enqueued_at_ns = enqueuedAtNanos
+            var message = lay(into: raw)
             do throws(E) {
                 return .success(try withUnsafePointer(to: &message) { (pointer) throws(E) -> R in try body(pointer) })
             } catch {
@@ -104,6 +73,69 @@ extension Message {
             }
         }
         return try result.get()
+    }
+
+    /// Bytes ``lay(into:)`` needs: the header array, then every string, then the body.
+    @usableFromInline
+    var lentByteCount: Int {
+        var bytes = headers.count * MemoryLayout<sy_header>.stride
+        bytes += id.utf8.count + channel.utf8.count + (orderingKey?.utf8.count ?? 0) + body.count
+        for header in headers { bytes += header.key.utf8.count + header.value.utf8.count }
+        return bytes
+    }
+
+    /// Writes this message's headers, strings and body into `raw` (``lentByteCount`` bytes,
+    /// aligned for `sy_header`) and returns a `sy_message` pointing into it.
+    @usableFromInline
+    func lay(into raw: UnsafeMutableRawBufferPointer) -> sy_message {
+        var cursor = headers.count * MemoryLayout<sy_header>.stride
+        func lay(_ string: String) -> sy_str {
+            let start = cursor
+            cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
+            return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
+        }
+        var message = sy_message()
+        message.struct_size = UInt32(MemoryLayout<sy_message>.size)
+        message.attempt = attempt
+        message.id = lay(id)
+        message.channel = lay(channel)
+        message.ordering_key = lay(orderingKey ?? "")
+        if !headers.isEmpty {
+            let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
+            for (index, header) in headers.enumerated() {
+                (cHeaders + index).initialize(to: sy_header(key: lay(header.key), value: lay(header.value)))
+            }
+            message.headers = UnsafePointer(cHeaders)
+        }
+        message.header_count = headers.count
+        // The body goes last, after every string.
+        if !body.isEmpty {
+            UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyBytes(from: body)
+            message.body = sy_bytes(data: (raw.baseAddress! + cursor).assumingMemoryBound(to: UInt8.self), len: body.count)
+        }
+        message.deliver_at_ns = deliverAtNanos
+        message.enqueued_at_ns = enqueuedAtNanos
+        return message
+    }
+}
+
+extension Array where Element == Message {
+    /// Lends these messages to C code as one contiguous `sy_message` array, valid only inside
+    /// `body`. One allocation holds the array and every message's strings, headers and body.
+    public func withCMessages<R, E: Error>(_ body: (UnsafeBufferPointer<sy_message>) throws(E) -> R) throws(E) -> R {
+        let align = MemoryLayout<sy_header>.alignment
+        let sizes = map { ($0.lentByteCount + align - 1) / align * align }
+        let arrayBytes = count * MemoryLayout<sy_message>.stride
+        let total = arrayBytes + sizes.reduce(0, +)
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(1, total), alignment: Swift.max(align, MemoryLayout<sy_message>.alignment))
+        defer { raw.deallocate() }
+        let messages = raw.baseAddress!.bindMemory(to: sy_message.self, capacity: count)
+        var offset = arrayBytes
+        for (index, message) in enumerated() {
+            (messages + index).initialize(to: message.lay(into: UnsafeMutableRawBufferPointer(rebasing: raw[offset..<offset + sizes[index]])))
+            offset += sizes[index]
+        }
+        return try body(UnsafeBufferPointer(start: messages, count: count))
     }
 }
 

@@ -61,6 +61,30 @@ public final class TransportClient: @unchecked Sendable {
         try TransportError.check { publish(instance, message, $0) }
     }
 
+    /// Publishes messages all or nothing: one call (and, durably, one commit) when the plugin has
+    /// `publish_batch` (ABI 1.1); one publish each otherwise, stopping at the first failure (the
+    /// messages before it stay published).
+    public func publish(batch: [Message]) throws(TransportError) {
+        try checkAlive()
+        guard let publishBatch = descriptor.pointee.publish_batch else {
+            for message in batch { try publish(message) }
+            return
+        }
+        try batch.withCMessages { (messages) throws(TransportError) in
+            try TransportError.check { publishBatch(instance, messages.baseAddress, messages.count, $0) }
+        }
+    }
+
+    /// Publishes a batch already in C form (borrowed for the call), as ``publish(batch:)`` does.
+    public func publish(batch messages: UnsafeBufferPointer<sy_message>) throws(TransportError) {
+        try checkAlive()
+        if let publishBatch = descriptor.pointee.publish_batch {
+            try TransportError.check { publishBatch(instance, messages.baseAddress, messages.count, $0) }
+        } else {
+            for index in messages.indices { try publish(messages.baseAddress! + index) }
+        }
+    }
+
     /// Subscribes `handler` to a channel. The handler runs on the transport's threads.
     public func subscribe(_ options: SubscribeOptions, handler: @escaping DeliveryHandler) throws(TransportError) -> SubscriptionID {
         try checkAlive()

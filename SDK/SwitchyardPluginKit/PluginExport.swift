@@ -46,7 +46,7 @@ public enum PluginExport {
             capabilities: info.capabilities.rawValue,
             create: Thunks.create, destroy: Thunks.destroy, publish: Thunks.publish,
             subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
-            drain: Thunks.drain, stats: Thunks.stats))
+            drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch))
         return UnsafePointer(descriptor)
     }
 }
@@ -114,6 +114,22 @@ private enum Thunks {
         return InstanceBox.borrow(instance) { transport in
             reporting(to: err) { () throws(TransportError) in
                 try transport.publish(MessageView(validating: message))
+            }
+        }
+    }
+
+    static let publishBatch: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, Int, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, messages, count, err in
+        guard let instance, messages != nil || count == 0, count >= 0 else {
+            return TransportError(.invalidArgument, "publish_batch: NULL instance or messages").write(to: err)
+        }
+        return InstanceBox.borrow(instance) { transport in
+            reporting(to: err) { () throws(TransportError) in
+                // Validate every message before storing any: the batch is all or nothing.
+                var views: [MessageView] = []
+                views.reserveCapacity(count)
+                for index in 0..<count { views.append(try MessageView(validating: messages! + index)) }
+                try transport.publish(batch: views)
             }
         }
     }

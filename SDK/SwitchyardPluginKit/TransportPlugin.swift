@@ -18,6 +18,11 @@ public protocol TransportPlugin: AnyObject, Sendable {
     /// borrowed for this call only: call `message.copy()` to keep the message.
     func publish(_ message: MessageView) throws(TransportError)
 
+    /// Accepts a batch all or nothing (ABI 1.1 `publish_batch`): every message stored, or none and
+    /// an error. The views are borrowed for this call only. Default: one `publish` each, which is
+    /// all-or-nothing only if no publish fails midway, so plugins with real batching override it.
+    func publish(batch: [MessageView]) throws(TransportError)
+
     /// Starts delivering a channel to `subscriber`; returns a non-zero subscription id.
     func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID
 
@@ -40,6 +45,9 @@ public protocol TransportPlugin: AnyObject, Sendable {
 }
 
 extension TransportPlugin {
+    public func publish(batch: [MessageView]) throws(TransportError) {
+        for message in batch { try publish(message) }
+    }
     public func drain(deadlineNanos: Int64) throws(TransportError) {}
     public func stats() -> TransportStats { TransportStats() }
     public func shutdown() {}

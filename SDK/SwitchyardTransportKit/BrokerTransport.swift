@@ -85,6 +85,7 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     }
 
     public func publish(_ message: MessageView) throws(TransportError) { try broker.publish(message) }
+    public func publish(batch: [MessageView]) throws(TransportError) { try broker.publish(batch.map { $0.copy() }) }
     public func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
         try broker.subscribe(options, subscriber)
     }

@@ -28,6 +28,7 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     }
 
     open func publish(_ message: MessageView) throws(TransportError) { try inner.publish(message.pointer) }
+    open func publish(batch: [MessageView]) throws(TransportError) { try inner.publish(batch: batch.map { $0.copy() }) }
     open func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
         track(try inner.subscribe(options, passing: subscriber.raw))
     }

@@ -75,27 +75,42 @@ public final class DelayScheduler: @unchecked Sendable {
 
     /// Holds `message` until its `deliverAtNanos`. Returns once it is held (committed, durably).
     public func hold(_ message: Message) throws(TransportError) {
+        try hold(batch: [message])
+    }
+
+    /// Holds every message of `batch` until its due time, all or nothing (one commit, durably).
+    /// Messages already due are forwarded by the timer thread right away.
+    public func hold(batch: [Message]) throws(TransportError) {
         condition.lock()
-        let full = capacity > 0 && heap.count >= capacity
+        let full = capacity > 0 && heap.count + batch.count > capacity
         condition.unlock()
         if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored") }
-        var seq: Int64 = 0
+        var seqs: [Int64] = []
         if let writer {
-            let blob = MessageCodec.encode(message)
-            seq = try writer.perform { db throws(TransportError) -> Int64 in
-                try db.run("INSERT INTO held (deliver_at, message) VALUES (?, ?)", [.int(message.deliverAtNanos), .blob(blob)])
-                return db.lastInsertRowID
+            let rows = batch.map { ($0.deliverAtNanos, MessageCodec.encode($0)) }
+            seqs = try writer.perform { db throws(TransportError) -> [Int64] in
+                var seqs: [Int64] = []
+                for (due, blob) in rows {
+                    try db.run("INSERT INTO held (deliver_at, message) VALUES (?, ?)", [.int(due), .blob(blob)])
+                    seqs.append(db.lastInsertRowID)
+                }
+                return seqs
             }
         }
         condition.lock()
-        if writer == nil {
-            nextSeq += 1
-            seq = nextSeq
-            inMemory[seq] = message
+        let earliest = heap.min?.at
+        for (index, message) in batch.enumerated() {
+            var seq: Int64
+            if writer == nil {
+                nextSeq += 1
+                seq = nextSeq
+                inMemory[seq] = message
+            } else {
+                seq = seqs[index]
+            }
+            heap.insert(Due(at: message.deliverAtNanos, seq: seq))
         }
-        let wasEarliest = heap.min.map { message.deliverAtNanos < $0.at } ?? true
-        heap.insert(Due(at: message.deliverAtNanos, seq: seq))
-        if wasEarliest { condition.signal() }
+        if let first = heap.min, earliest.map({ first.at < $0 }) ?? true { condition.signal() }
         condition.unlock()
     }
 

@@ -40,7 +40,7 @@ struct InspectPlugin: ParsableCommand {
         let functions = [
             ("create", d.create != nil), ("destroy", d.destroy != nil), ("publish", d.publish != nil),
             ("subscribe", d.subscribe != nil), ("unsubscribe", d.unsubscribe != nil), ("settle", d.settle != nil),
-            ("drain", d.drain != nil), ("stats", d.stats != nil),
+            ("drain", d.drain != nil), ("stats", d.stats != nil), ("publish_batch", d.publish_batch != nil),
         ].filter(\.1).map(\.0)
         if json {
             struct Output: Encodable {

@@ -7,7 +7,7 @@ import Synchronization
 /// The checks of the conformance suite. docs/transports.md states the semantics they test.
 enum StandardChecks {
     static let all: [ConformanceCheck] = [
-        publishDeliverAck, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
+        publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
         drainReleases, survivesRestart,
     ]
@@ -35,6 +35,28 @@ enum StandardChecks {
         if let stats = try t.client.stats() {
             try c.expect(stats.acked == 1 && stats.published == 1, "stats say published \(stats.published), acked \(stats.acked)")
         }
+    }
+
+    static let publishBatch = ConformanceCheck(
+        name: "publish-batch", summary: "a batch is delivered whole and in order; with publish_batch, a bad batch stores nothing",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "batch", maxInFlight: 500), handler: inbox.handler(client: t.client))
+        let batch = (0..<200).map { message("batch-\($0)", "batch", body: [UInt8(truncatingIfNeeded: $0)]) }
+        try t.client.publish(batch: batch)
+        try c.expect(inbox.wait(for: 200), "got \(inbox.count) of a batch of 200")
+        try c.expect(Set(inbox.received.map(\.message.id)) == Set(batch.map(\.id)), "the batch arrived with different ids")
+        guard t.plugin.descriptor.pointee.publish_batch != nil else { return }  // 1.0 plugin: host fallback, not atomic
+        var bad = (0..<5).map { message("bad-\($0)", "batch") }
+        bad[3].id = ""
+        do {
+            try t.client.publish(batch: bad)
+            throw ConformanceFailure("a batch with an invalid message was accepted")
+        } catch is TransportError {}
+        Thread.sleep(forTimeInterval: 0.2)
+        try c.expect(!inbox.received.contains { $0.message.id.hasPrefix("bad-") }, "part of a refused batch was stored and delivered")
     }
 
     static let rejectsBadArguments = ConformanceCheck(

@@ -10,8 +10,9 @@ enum DescriptorValidation {
     /// The smallest descriptor each ABI 1 minor may have: every field that minor defines.
     /// Minors newer than this host's need what this host reads. Add a case per new minor.
     private static func minimumSize(minor: UInt16) -> Int {
-        // SY_DESCRIPTOR_SIZE_V1_0 in the header (an offsetof expression Swift cannot import).
-        MemoryLayout<sy_plugin_descriptor>.offset(of: \sy_plugin_descriptor.stats)! + MemoryLayout<UnsafeRawPointer>.size
+        // SY_DESCRIPTOR_SIZE_V1_x in the header (offsetof expressions Swift cannot import).
+        let lastField: PartialKeyPath<sy_plugin_descriptor> = minor == 0 ? \sy_plugin_descriptor.stats : \sy_plugin_descriptor.publish_batch
+        return MemoryLayout<sy_plugin_descriptor>.offset(of: lastField)! + MemoryLayout<UnsafeRawPointer>.size
     }
 
     /// Validates `raw` and returns a host-sized copy (tail fields the plugin does not have are

@@ -20,8 +20,8 @@ struct LoaderRejectionTests {
     static let compiled: [CompiledFixture] = [
         .init(file: "no-entry.so", defines: ["FIXTURE_NO_ENTRY"], kind: .missingEntry, reason: "no switchyard_plugin_entry function"),
         .init(file: "entry-null.so", defines: ["FIXTURE_ENTRY_NULL"], kind: .entryRefused, reason: "the entry returned NULL"),
-        .init(file: "abi-major-2.so", defines: ["FIXTURE_ABI_MAJOR=2"], kind: .abiMismatch, reason: "built for ABI 2.0; this host speaks ABI 1.x"),
-        .init(file: "too-small.so", defines: ["FIXTURE_STRUCT_SIZE=40"], kind: .descriptorTooSmall, reason: "struct_size is 40 bytes; ABI 1.0 needs at least 104"),
+        .init(file: "abi-major-2.so", defines: ["FIXTURE_ABI_MAJOR=2"], kind: .abiMismatch, reason: "; this host speaks ABI 1.x"),
+        .init(file: "too-small.so", defines: ["FIXTURE_STRUCT_SIZE=40"], kind: .descriptorTooSmall, reason: "struct_size is 40 bytes; ABI 1.1 needs at least 112"),
         .init(file: "tiny.so", defines: ["FIXTURE_STRUCT_SIZE=4"], kind: .descriptorTooSmall, reason: "too small to hold even its ABI version"),
         .init(file: "null-publish.so", defines: ["FIXTURE_NULL_PUBLISH"], kind: .missingFunction, reason: "leaves required function publish NULL"),
         .init(file: "bad-name.so", defines: ["FIXTURE_NAME=\"Bad_Name\""], kind: .invalidName, reason: "must start with a lowercase letter"),
@@ -139,6 +139,16 @@ struct LoaderRejectionTests {
         // The host's copy ends where the host's struct ends; the plugin's extra fields were not copied.
         #expect(plugin.descriptor.pointee.struct_size == UInt32(MemoryLayout<sy_plugin_descriptor>.size))
         #expect(plugin.descriptor.pointee.drain == nil)
+    }
+
+    @Test("a plugin built against ABI 1.0 still loads; its missing 1.1 function reads as absent")
+    func olderMinorLoads() throws {
+        let dir = try TemporaryDirectory()
+        let path = try CCompiler.fixture("old.so", in: dir.path, defines: ["FIXTURE_NAME=\"old\"", "FIXTURE_V1_0"])
+        let plugin = try PluginLoader().load(path: path)
+        #expect(plugin.abiVersion == "1.0")
+        #expect(plugin.descriptor.pointee.publish_batch == nil)
+        #expect(plugin.descriptor.pointee.publish != nil)
     }
 
     @Test("every bad file in one directory is refused and the good plugin beside them still loads")

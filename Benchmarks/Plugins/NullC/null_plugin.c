@@ -54,6 +54,7 @@ static const sy_plugin_descriptor descriptor = {
     sizeof(sy_plugin_descriptor), SY_ABI_MAJOR, SY_ABI_MINOR,
     "bench-null-c", "1.0.0", "Discards every message (C); used by switchyard bench", 0,
     null_create, null_destroy, null_publish, null_subscribe, null_unsubscribe, null_settle, NULL, null_stats,
+    NULL, /* publish_batch */
 };
 
 __attribute__((visibility("default")))

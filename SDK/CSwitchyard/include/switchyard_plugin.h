@@ -44,8 +44,9 @@ extern "C" {
 
 /** ABI major version. A host refuses a plugin whose descriptor carries another major. */
 #define SY_ABI_MAJOR 1
-/** ABI minor version. Grows when fields are appended to structs; older minors stay loadable. */
-#define SY_ABI_MINOR 0
+/** ABI minor version. Grows when fields are appended to structs; older minors stay loadable.
+ *  1.1 appended sy_plugin_descriptor.publish_batch. */
+#define SY_ABI_MINOR 1
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -425,6 +426,17 @@ typedef struct sy_plugin_descriptor {
 
     /** Fills `out` with counters (see sy_stats for the size rule). Optional (NULL: none). */
     sy_status (*stats)(void *instance, sy_stats *out, sy_error *err);
+
+    /* ---- ABI 1.1 ---- */
+
+    /**
+     * Accepts `count` messages (an array, borrowed for the call), all or nothing: SY_OK once every
+     * one is stored as `publish` would store it (one commit for a durable transport), otherwise an
+     * error and none of them stored. Lets a producer pay one lock, one wake-up and one commit per
+     * batch instead of per message. Optional (NULL, or absent in a 1.0 plugin: the host publishes
+     * the messages one at a time).
+     */
+    sy_status (*publish_batch)(void *instance, const sy_message *messages, size_t count, sy_error *err);
 } sy_plugin_descriptor;
 
 /** Size of a struct up to and including `field`, for checking `struct_size` against a field:
@@ -433,6 +445,8 @@ typedef struct sy_plugin_descriptor {
 
 /** Smallest descriptor a host accepts for ABI 1.0: every field through `stats`. */
 #define SY_DESCRIPTOR_SIZE_V1_0 SY_SIZE_THROUGH(sy_plugin_descriptor, stats)
+/** Smallest descriptor a host accepts for ABI 1.1: every field through `publish_batch`. */
+#define SY_DESCRIPTOR_SIZE_V1_1 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_batch)
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -437,6 +437,7 @@ static const sy_plugin_descriptor descriptor = {
     SY_CAP_QUEUE,
     example_create, example_destroy, example_publish, example_subscribe, example_unsubscribe,
     example_settle, example_drain, example_stats,
+    NULL, /* publish_batch (ABI 1.1, optional): the host publishes one message at a time */
 };
 
 /* The one exported symbol. Refuse hosts of another ABI major by returning NULL. */

@@ -7,6 +7,7 @@
  *   FIXTURE_ABI_MAJOR=n      descriptor's ABI major (default SY_ABI_MAJOR)
  *   FIXTURE_STRUCT_SIZE=n    descriptor's struct_size (default sizeof)
  *   FIXTURE_NEWER_MINOR      claims ABI 1.7 and appends fields this host does not know
+ *   FIXTURE_V1_0             a plugin built against ABI 1.0: minor 0, the 1.0 descriptor size
  *   FIXTURE_NULL_PUBLISH     leaves the required publish function NULL
  *   FIXTURE_ENTRY_NULL       the entry returns NULL (refuses the host)
  *   FIXTURE_NO_ENTRY         exports no entry symbol at all
@@ -76,12 +77,19 @@ static const future_descriptor descriptor = {
 #define DESCRIPTOR (&descriptor.v1_0)
 #else
 static const sy_plugin_descriptor descriptor = {
-#ifdef FIXTURE_STRUCT_SIZE
+#if defined(FIXTURE_STRUCT_SIZE)
     FIXTURE_STRUCT_SIZE,
+#elif defined(FIXTURE_V1_0)
+    SY_DESCRIPTOR_SIZE_V1_0,
 #else
     sizeof(sy_plugin_descriptor),
 #endif
-    FIXTURE_ABI_MAJOR, SY_ABI_MINOR, FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE,
+#ifdef FIXTURE_V1_0
+    FIXTURE_ABI_MAJOR, 0,
+#else
+    FIXTURE_ABI_MAJOR, SY_ABI_MINOR,
+#endif
+    FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE,
     f_create, f_destroy,
 #ifdef FIXTURE_NULL_PUBLISH
     NULL,
