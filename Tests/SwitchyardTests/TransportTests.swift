@@ -133,6 +133,22 @@ struct DurableQueueTests {
         #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
     }
 
+    @Test("with full_wait, a publish to a full queue waits for room instead of failing")
+    func fullWait() throws {
+        let plugin = try ConformanceTests.plugin("queue")
+        let transport = try Transport(name: "small", plugin: plugin, configJSON: #"{"capacity": 1, "full_wait": "2s"}"#)
+        defer { transport.close() }
+        let client = transport.client
+        _ = try client.subscribe(SubscribeOptions(channel: "c")) { delivery, _ in
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(100)) { try? client.settle(delivery, .ack) }
+            return .ok
+        }
+        let started = Date()
+        for index in 0..<3 { try client.publish(Message(id: "w\(index)", channel: "c")) }
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.15 && waited < 2, "three publishes through a queue of capacity 1 took \(waited) s")
+    }
+
     @Test("a full queue refuses a publish with a clear error, and nothing is dropped")
     func capacity() throws {
         let plugin = try ConformanceTests.plugin("queue")
