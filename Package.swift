@@ -103,6 +103,7 @@ let package = Package(
             name: "SwitchyardCLI",
             dependencies: [
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance",
+                "SwitchyardTransportKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 

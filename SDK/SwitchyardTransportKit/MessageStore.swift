@@ -52,6 +52,16 @@ public enum DeadLetter {
         dead.deliverAtNanos = 0
         return dead
     }
+
+    /// The message a dead letter was made from, ready to publish again: its original channel
+    /// (from `sy-dlq-channel`, else `fallbackChannel`), without the dead-letter headers, attempt 0.
+    public static func original(of dead: Message, fallbackChannel: String) -> Message {
+        var message = dead
+        message.channel = dead.header(channelHeader) ?? fallbackChannel
+        message.headers.removeAll { $0.key.hasPrefix("sy-dlq-") }
+        message.attempt = 0
+        return message
+    }
 }
 
 /// Storage behind a ``Broker``: stored entries, per subscriber group, with leases.

@@ -3,6 +3,7 @@ import Foundation
 import SwitchyardABI
 import SwitchyardHost
 import SwitchyardLoader
+import SwitchyardTransportKit
 import Synchronization
 
 /// `switchyard dlq …`: look at, replay and purge dead-lettered messages on any transport that
@@ -103,8 +104,8 @@ struct DeadLetterCommand: ParsableCommand {
                 let letters = held.letters
                 let rows = letters.map { letter -> [String] in
                     let m = letter.message
-                    return [m.id, m.header("sy-dlq-channel") ?? "?", m.header("sy-dlq-attempts") ?? "?",
-                            m.header("sy-dlq-at").flatMap { Int64($0) }.map(formatTime) ?? "?", m.header("sy-dlq-reason") ?? ""]
+                    return [m.id, m.header(DeadLetter.channelHeader) ?? "?", m.header(DeadLetter.attemptsHeader) ?? "?",
+                            m.header(DeadLetter.atHeader).flatMap { Int64($0) }.map(formatTime) ?? "?", m.header(DeadLetter.reasonHeader) ?? ""]
                 }
                 if json {
                     try printJSON(letters.map { LetterJSON($0.message) })
@@ -132,35 +133,39 @@ struct DeadLetterCommand: ParsableCommand {
                 let m = letter.message
                 if json { return try printJSON(LetterJSON(m)) }
                 print("id:        \(m.id)\nchannel:   \(m.channel)\nattempt:   \(m.attempt)")
-                for header in m.headers where header.key != "sy-dlq-history" { print("header:    \(header.key): \(header.value)") }
+                for header in m.headers where header.key != DeadLetter.historyHeader { print("header:    \(header.key): \(header.value)") }
                 print("history:")
-                for line in (m.header("sy-dlq-history") ?? "").split(separator: "\n") { print("  \(line)") }
+                for line in (m.header(DeadLetter.historyHeader) ?? "").split(separator: "\n") { print("  \(line)") }
                 print("body (\(m.body.count) bytes):")
                 print(String(validating: m.body, as: UTF8.self) ?? m.body.map { String(format: "%02x", $0) }.joined())
             }
         }
     }
 
-    struct Replay: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Move dead letters back to their original channel, one at a time.")
-        @OptionGroup var target: Target
-        @Argument(help: "Message ids to replay.") var ids: [String] = []
-        @Flag(help: "Replay every dead letter on the channel.") var all = false
+    /// Which dead letters a command acts on: named ids, or all of them.
+    struct Selection: ParsableArguments {
+        @Argument(help: "Message ids.") var ids: [String] = []
+        @Flag(help: "Every dead letter on the channel.") var all = false
 
         func validate() throws {
             if ids.isEmpty && !all { throw ValidationError("name message ids, or --all") }
         }
 
+        func matches(_ letter: DeadLetters.Letter) -> Bool { all || ids.contains(letter.message.id) }
+    }
+
+    struct Replay: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Move dead letters back to their original channel, one at a time.")
+        @OptionGroup var target: Target
+        @OptionGroup var selection: Selection
+
         func run() throws {
             var moved = 0
             try target.withDeadLetters { letters in
-                for letter in letters.letters where all || ids.contains(letter.message.id) {
-                    var message = letter.message
-                    message.channel = message.header("sy-dlq-channel") ?? String(target.deadLetterChannel.dropLast(4))
-                    message.headers.removeAll { $0.key.hasPrefix("sy-dlq-") }
-                    message.attempt = 0
+                for letter in letters.letters where selection.matches(letter) {
+                    let original = DeadLetter.original(of: letter.message, fallbackChannel: String(target.deadLetterChannel.dropLast(4)))
                     // Publish first, then remove from the dead-letter channel: never lose it.
-                    try letters.client.publish(message)
+                    try letters.client.publish(original)
                     try letters.client.settle(letter.delivery, .ack)
                     moved += 1
                 }
@@ -172,17 +177,12 @@ struct DeadLetterCommand: ParsableCommand {
     struct Purge: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete dead letters for good.")
         @OptionGroup var target: Target
-        @Argument(help: "Message ids to delete.") var ids: [String] = []
-        @Flag(help: "Delete every dead letter on the channel.") var all = false
-
-        func validate() throws {
-            if ids.isEmpty && !all { throw ValidationError("name message ids, or --all") }
-        }
+        @OptionGroup var selection: Selection
 
         func run() throws {
             var purged = 0
             try target.withDeadLetters { letters in
-                for letter in letters.letters where all || ids.contains(letter.message.id) {
+                for letter in letters.letters where selection.matches(letter) {
                     try letters.client.settle(letter.delivery, .ack)
                     purged += 1
                 }
@@ -202,11 +202,11 @@ struct LetterJSON: Encodable {
 
     init(_ m: Message) {
         id = m.id
-        channel = m.header("sy-dlq-channel") ?? ""
-        reason = m.header("sy-dlq-reason") ?? ""
-        deadLetteredAt = m.header("sy-dlq-at").flatMap { Int64($0) }.map(formatTime) ?? ""
-        attempts = Int(m.header("sy-dlq-attempts") ?? "") ?? 0
-        history = (m.header("sy-dlq-history") ?? "").split(separator: "\n").map(String.init)
+        channel = m.header(DeadLetter.channelHeader) ?? ""
+        reason = m.header(DeadLetter.reasonHeader) ?? ""
+        deadLetteredAt = m.header(DeadLetter.atHeader).flatMap { Int64($0) }.map(formatTime) ?? ""
+        attempts = Int(m.header(DeadLetter.attemptsHeader) ?? "") ?? 0
+        history = (m.header(DeadLetter.historyHeader) ?? "").split(separator: "\n").map(String.init)
         headers = Dictionary(m.headers.filter { !$0.key.hasPrefix("sy-dlq-") }.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
         body = String(validating: m.body, as: UTF8.self) ?? m.body.map { String(format: "%02x", $0) }.joined()
     }
