@@ -299,13 +299,22 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         while !stopped {
             if !workPending {
-                dispatcherWaiting = true
-                if let wakeup = nextWakeup() {
-                    _ = condition.wait(until: wakeup)
-                } else {
-                    condition.wait()
+                // Ask the store when to look again without holding the lock (a durable store
+                // answers from its writer thread), then re-check for work that came meanwhile.
+                let keys = draining ? [] : Array(groups.keys)
+                let local = nextLocalExpiry
+                condition.unlock()
+                let wakeup = draining ? nil : nextWakeup(keys, localExpiry: local)
+                condition.lock()
+                if !workPending && !stopped {
+                    dispatcherWaiting = true
+                    if let wakeup {
+                        _ = condition.wait(until: wakeup)
+                    } else {
+                        condition.wait()  // draining, or nothing scheduled: only a signal wakes it
+                    }
+                    dispatcherWaiting = false
                 }
-                dispatcherWaiting = false
             }
             workPending = false
             if stopped || draining { continue }
@@ -416,12 +425,12 @@ public final class Broker: @unchecked Sendable {
         nextLocalExpiry = earliest
     }
 
-    /// When the dispatcher must look again: the earliest retry or lease expiry of a group with
-    /// subscribers, or of a local delivery.
-    private func nextWakeup() -> Date? {
+    /// When the dispatcher must look again: the earliest retry or lease expiry among `keys` (the
+    /// groups with subscribers), or of a local delivery. Called without the lock.
+    private func nextWakeup(_ keys: [GroupKey], localExpiry: Int64) -> Date? {
         let stamp = now()
-        var earliest: Int64? = nextLocalExpiry == .max ? nil : nextLocalExpiry
-        for key in groups.keys {
+        var earliest: Int64? = localExpiry == .max ? nil : localExpiry
+        for key in keys {
             if let at = store.nextWakeup(channel: key.channel, group: key.group, now: stamp) {
                 earliest = min(earliest ?? at, at)
             }
