@@ -57,9 +57,23 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
                    capabilities: [.retry, .deadLetter, .wrapsInner])
     }
 
-    /// Attempt number of each delivery handed out and not yet settled.
+    /// Attempt number of each delivery handed out and not yet settled. A delivery that expires
+    /// unsettled is never settled here, so entries older than an hour are dropped once the table
+    /// grows large (the inner transport redelivers such a message under a new delivery id).
     private final class Attempts: Sendable {
-        let table = Mutex<[DeliveryID: UInt32]>([:])
+        private let table = Mutex<[DeliveryID: (attempt: UInt32, at: ContinuousClock.Instant)]>([:])
+
+        func record(_ delivery: DeliveryID, _ attempt: UInt32) {
+            table.withLock { table in
+                let now = ContinuousClock.now
+                if table.count >= 100_000 { table = table.filter { now - $0.value.at < .seconds(3600) } }
+                table[delivery] = (attempt, now)
+            }
+        }
+
+        func take(_ delivery: DeliveryID) -> UInt32? {
+            table.withLock { $0.removeValue(forKey: delivery)?.attempt }
+        }
     }
 
     private let policy: RetryPolicy
@@ -77,15 +91,15 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
 
     override func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
         track(try inner.subscribe(options) { [attempts] delivery, message in
-            attempts.table.withLock { $0[delivery] = message.attempt }
+            attempts.record(delivery, message.attempt)
             let status = subscriber.deliver(delivery, message.pointer)
-            if status != .ok { attempts.table.withLock { $0[delivery] = nil } }
+            if status != .ok { _ = attempts.take(delivery) }
             return status
         })
     }
 
     override func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
-        let attempt = attempts.table.withLock { $0.removeValue(forKey: delivery) }
+        let attempt = attempts.take(delivery)
         guard case .retry(let after, let reason) = settlement, let attempt else {
             return try inner.settle(delivery, settlement)
         }

@@ -74,7 +74,6 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             CREATE INDEX IF NOT EXISTS entries_by_key ON entries (channel, grp, ordering_key, id) WHERE ordering_key IS NOT NULL;
             CREATE TABLE IF NOT EXISTS groups (channel TEXT NOT NULL, grp TEXT NOT NULL, PRIMARY KEY (channel, grp));
             CREATE TABLE IF NOT EXISTS retained (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, message BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS lease_tokens (id INTEGER PRIMARY KEY AUTOINCREMENT);
             COMMIT;
             """)
         var stored = ""
@@ -161,8 +160,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             for row in rows {
                 switch row.message {
                 case .success(var message):
-                    try db.run("INSERT INTO lease_tokens DEFAULT VALUES")
-                    let token = db.lastInsertRowID
+                    // Random, not counted: tokens must differ across processes sharing the file,
+                    // and a random 62-bit value needs no shared counter (or a write) to be unique.
+                    let token = Int64.random(in: 1...(Int64(1) << 62))
                     try db.run("UPDATE entries SET lease_token = ?, lease_until = ?, attempt = attempt + 1 WHERE id = ?",
                                [.int(token), .int(leaseUntil), .int(row.id)])
                     message.attempt = UInt32(clamping: row.attempt + 1)
@@ -181,7 +181,6 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     }
                 }
             }
-            if !rows.isEmpty { try db.run("DELETE FROM lease_tokens WHERE id < (SELECT MAX(id) FROM lease_tokens)") }
             return leased
         }
     }
