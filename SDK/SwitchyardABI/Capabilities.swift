@@ -6,7 +6,9 @@ import CSwitchyard
 /// mismatch is found at startup, not in production. Bits this version does not know are kept
 /// (and shown as `bit-N`), so an older host can still list a newer plugin.
 public struct Capabilities: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    /// The `SY_CAP_*` bits.
     public let rawValue: UInt64
+    /// Capabilities from `SY_CAP_*` bits, known or not.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
 
     /// Competing consumers: one delivery per message per subscriber group.

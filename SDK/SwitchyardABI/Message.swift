@@ -2,8 +2,11 @@ import CSwitchyard
 
 /// One message header. Keys are case-sensitive and may repeat.
 public struct Header: Hashable, Sendable {
+    /// The header's name.
     public var key: String
+    /// The header's value.
     public var value: String
+    /// A header `key: value`.
     public init(_ key: String, _ value: String) {
         self.key = key
         self.value = value
@@ -32,6 +35,7 @@ public struct Message: Hashable, Sendable {
     /// When the transport accepted the message (ns since the Unix epoch); set on delivery.
     public var enqueuedAtNanos: Int64
 
+    /// A message with the given fields; everything but `id` and `channel` has a default.
     public init(
         id: String, channel: String, orderingKey: String? = nil, headers: [Header] = [],
         body: [UInt8] = [], attempt: UInt32 = 0, deliverAtNanos: Int64 = 0, enqueuedAtNanos: Int64 = 0

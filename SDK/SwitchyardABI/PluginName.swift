@@ -28,8 +28,11 @@ public enum PluginName {
 /// A semantic version (`MAJOR.MINOR.PATCH`, optionally `-prerelease` and `+build`), as plugins
 /// declare in their descriptor.
 public struct SemanticVersion: Hashable, Sendable, CustomStringConvertible {
+    /// Incompatible changes.
     public var major: Int
+    /// Compatible additions.
     public var minor: Int
+    /// Fixes.
     public var patch: Int
     /// The `-prerelease` and `+build` parts, kept verbatim.
     public var suffix: String

@@ -68,6 +68,7 @@ public struct SubscribeOptions: Hashable, Sendable {
     /// Where a group the transport has not seen before starts.
     public var start: StartPosition
 
+    /// Options for `channel`; zero values take the transport's defaults.
     public init(channel: String, group: String = "", maxInFlight: UInt32 = 0,
                 visibilityTimeoutNanos: Int64 = 0, start: StartPosition = .new) {
         self.channel = channel
@@ -107,17 +108,24 @@ public struct SubscribeOptions: Hashable, Sendable {
 
 /// Counters a transport instance reports: the Swift form of `sy_stats`.
 public struct TransportStats: Hashable, Sendable, Codable {
+    /// Messages accepted by publish.
     public var published: UInt64 = 0
+    /// Deliveries handed to subscribers.
     public var delivered: UInt64 = 0
+    /// Deliveries acknowledged.
     public var acked: UInt64 = 0
+    /// Deliveries settled with retry.
     public var retried: UInt64 = 0
+    /// Deliveries dead-lettered.
     public var deadLettered: UInt64 = 0
+    /// Deliveries released (not counted as attempts).
     public var released: UInt64 = 0
     /// Deliveries handed out and not yet settled, now.
     public var inFlight: UInt64 = 0
     /// Messages stored and not yet delivered, now.
     public var depth: UInt64 = 0
 
+    /// All counters zero.
     public init() {}
 
     /// Reads counters a plugin filled in. The caller zeroes `stats` and sets its `struct_size`

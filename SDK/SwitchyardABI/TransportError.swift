@@ -4,20 +4,34 @@ import CSwitchyard
 ///
 /// A struct rather than an enum so that codes added by later ABI minors still round-trip.
 public struct StatusCode: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `sy_status` value.
     public let rawValue: Int32
+    /// Wraps an `sy_status` value, known or not.
     public init(rawValue: Int32) { self.rawValue = rawValue }
 
+    /// Success.
     public static let ok = StatusCode(rawValue: SY_OK)
+    /// A NULL, empty or malformed argument.
     public static let invalidArgument = StatusCode(rawValue: SY_ERR_INVALID_ARGUMENT)
+    /// Malformed instance config; the message names the key.
     public static let config = StatusCode(rawValue: SY_ERR_CONFIG)
+    /// The plugin does not do this.
     public static let unsupported = StatusCode(rawValue: SY_ERR_UNSUPPORTED)
+    /// Unknown subscription or delivery id.
     public static let notFound = StatusCode(rawValue: SY_ERR_NOT_FOUND)
+    /// Bounded capacity reached; nothing was stored.
     public static let full = StatusCode(rawValue: SY_ERR_FULL)
+    /// A message or header exceeds a limit.
     public static let tooLarge = StatusCode(rawValue: SY_ERR_TOO_LARGE)
+    /// A deadline passed first.
     public static let timeout = StatusCode(rawValue: SY_ERR_TIMEOUT)
+    /// The instance is draining or destroyed.
     public static let closed = StatusCode(rawValue: SY_ERR_CLOSED)
+    /// Storage or network failure; the operation did not happen.
     public static let io = StatusCode(rawValue: SY_ERR_IO)
+    /// A remote dependency cannot be reached now.
     public static let unavailable = StatusCode(rawValue: SY_ERR_UNAVAILABLE)
+    /// A bug or impossible state in the plugin.
     public static let internalError = StatusCode(rawValue: SY_ERR_INTERNAL)
 
     public var description: String {
@@ -46,6 +60,7 @@ public struct TransportError: Error, Hashable, Sendable, CustomStringConvertible
     /// One line saying what went wrong; for config errors it names the key.
     public var message: String
 
+    /// An error of kind `code` saying `message` (one line).
     public init(_ code: StatusCode, _ message: String) {
         self.code = code
         self.message = message

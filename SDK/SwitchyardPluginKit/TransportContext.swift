@@ -12,6 +12,7 @@ public struct TransportContext: Sendable {
     /// The inner transport, for decorators (capability `wrapsInner`); nil otherwise.
     public let inner: TransportClient?
 
+    /// A context as the SDK builds it from `sy_create_args` (tests may build their own).
     public init(instanceName: String, configJSON: String, host: HostServices, inner: TransportClient?) {
         self.instanceName = instanceName
         self.configJSON = configJSON

@@ -64,6 +64,7 @@ public struct PluginInfo: Sendable {
     /// What it can do; the host refuses config that needs more.
     public var capabilities: Capabilities
 
+    /// A plugin identity; `name` must follow ``PluginName``'s rules and `version` be semantic.
     public init(name: String, version: String, description: String, capabilities: Capabilities) {
         self.name = name
         self.version = version

@@ -12,6 +12,7 @@ public final class AdaptiveLock<Value>: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var value: Value
 
+    /// A lock guarding `value`.
     public init(_ value: Value) {
         self.value = value
         var attributes = pthread_mutexattr_t()

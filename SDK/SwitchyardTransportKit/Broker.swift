@@ -17,6 +17,7 @@ public struct BrokerOptions: Sendable {
     /// Dead-lettered messages go to `<channel><deadLetterSuffix>`.
     public var deadLetterSuffix: String = ".dlq"
 
+    /// The defaults listed on each property.
     public init() {}
 }
 
@@ -29,7 +30,9 @@ public struct BrokerOptions: Sendable {
 public final class Broker: @unchecked Sendable {
     // @unchecked: all mutable state is guarded by `condition`.
 
+    /// Where the messages are.
     public let store: MessageStore
+    /// The broker's knobs.
     public let options: BrokerOptions
     /// Whether subscriber groups each get their own copy (topic) or all subscribers share (queue).
     public let fanOut: Bool

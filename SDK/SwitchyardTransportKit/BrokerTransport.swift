@@ -67,8 +67,10 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     /// Subclasses override: true for a topic (each group gets a copy).
     open class var fanOut: Bool { false }
 
+    /// The broker behind every ABI function.
     public let broker: Broker
 
+    /// Reads the config (memory, or SQLite with `path`) and starts the broker.
     public required init(context: TransportContext) throws(TransportError) {
         let fanOut = Self.fanOut
         let config = try context.decodeConfig(BrokerConfig.self, allowedKeys: fanOut ? BrokerConfig.keys.union(["retain"]) : BrokerConfig.keys)

@@ -6,6 +6,7 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
     /// The duration in nanoseconds.
     public let nanoseconds: Int64
 
+    /// A duration of `nanoseconds`.
     public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
 
     public init(from decoder: any Decoder) throws {

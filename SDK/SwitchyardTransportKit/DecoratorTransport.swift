@@ -19,6 +19,7 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     /// the inner one outlives it and must not deliver to subscribers that are gone.
     private let innerSubscriptions = Mutex<Set<SubscriptionID>>([])
 
+    /// Takes the inner transport from the context; refuses to start without one.
     public required init(context: TransportContext) throws(TransportError) {
         guard let inner = context.inner else {
             throw TransportError(.config, "transport '\(context.instanceName)': \(Self.info.name) needs an inner transport ('inner' in config)")

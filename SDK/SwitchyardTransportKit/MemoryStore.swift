@@ -15,6 +15,7 @@ public final class MemoryStore: MessageStore {
     private let isDeadLetterChannel: @Sendable (String) -> Bool
     private let state = AdaptiveLock(State())
 
+    /// An empty store; `isDeadLetterChannel` tells which channels are always shared.
     public init(fanOut: Bool, retainedPerChannel: Int = 0, isDeadLetterChannel: @escaping @Sendable (String) -> Bool) {
         self.fanOut = fanOut
         self.retainedPerChannel = retainedPerChannel

@@ -4,8 +4,11 @@ import SwitchyardABI
 /// time the entry is leased, so a settlement from a lease that already expired cannot touch the
 /// entry's next lease.
 public struct LeaseRef: Hashable, Sendable {
+    /// The stored entry.
     public let entry: UInt64
+    /// This lease of it.
     public let token: UInt64
+    /// A reference to lease `token` of `entry`.
     public init(entry: UInt64, token: UInt64) {
         self.entry = entry
         self.token = token
@@ -14,8 +17,11 @@ public struct LeaseRef: Hashable, Sendable {
 
 /// A message handed out under a lease, its attempt already counted.
 public struct LeasedMessage: Sendable {
+    /// The lease to settle it by.
     public let ref: LeaseRef
+    /// The message, attempt counted.
     public let message: Message
+    /// A leased message.
     public init(ref: LeaseRef, message: Message) {
         self.ref = ref
         self.message = message
@@ -101,5 +107,6 @@ public protocol MessageStore: AnyObject, Sendable {
 }
 
 extension MessageStore {
+    /// Stores that only this process changes never call the handler.
     public func setChangeHandler(_ handler: @escaping @Sendable () -> Void) {}
 }

@@ -17,8 +17,11 @@ import SwitchyardPluginKit
 public final class SQLiteStore: MessageStore, @unchecked Sendable {
     // @unchecked: the database is touched only by the writer thread; the rest is behind `jobs`.
 
+    /// The database file.
     public let path: String
+    /// A topic store (per-group copies) rather than a queue store.
     public let fanOut: Bool
+    /// Messages kept per channel for groups that start at the earliest.
     public let retainedPerChannel: Int
     private let isDeadLetterChannel: @Sendable (String) -> Bool
     private let host: HostServices

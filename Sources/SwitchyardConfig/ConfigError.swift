@@ -9,6 +9,7 @@ public struct ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The file, when the config came from one.
     public var file: String?
 
+    /// An error about `key` at `line`.
     public init(key: String, line: Int?, message: String, file: String? = nil) {
         self.key = key
         self.line = line

@@ -33,6 +33,7 @@ public struct SwitchyardConfig: Sendable {
     /// The transport called `name`, if configured.
     public func transport(named name: String) -> TransportEntry? { transports.first { $0.name == name } }
 
+    /// The defaults: no plugins directory, no pins, no transports.
     public init() {}
 
     /// The `plugins:` section.
@@ -44,6 +45,7 @@ public struct SwitchyardConfig: Sendable {
         /// Refuse, before loading, every file whose sha256 is not pinned.
         public var requirePins = false
 
+        /// No directory, no pins.
         public init() {}
     }
 

@@ -28,6 +28,7 @@ public struct ConformanceSuite: Sendable {
     /// of the chain it forms with its inner transport.
     public let capabilities: Capabilities
 
+    /// A suite for `plugin`; `capabilities` defaults to the plugin's own.
     public init(plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false,
                 makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport) {
         self.plugin = plugin
@@ -83,15 +84,20 @@ public struct ConformanceCheck: Sendable {
 
 /// How one check ended.
 public struct ConformanceResult: Sendable, CustomStringConvertible {
+    /// Passed, failed with why, or skipped with why.
     public enum Outcome: Sendable {
         case passed
         case failed(String)
         case skipped(String)
     }
+    /// The check's name.
     public let name: String
+    /// How it ended.
     public let outcome: Outcome
+    /// How long it took.
     public let seconds: Double
 
+    /// Whether it failed.
     public var failed: Bool {
         if case .failed = outcome { return true }
         return false
@@ -109,6 +115,7 @@ public struct ConformanceResult: Sendable, CustomStringConvertible {
 /// A check's failure: what was expected and what happened.
 public struct ConformanceFailure: Error, CustomStringConvertible {
     public let description: String
+    /// A failure saying `description`.
     public init(_ description: String) { self.description = description }
 }
 
@@ -147,16 +154,21 @@ public final class ConformanceContext: @unchecked Sendable {
 public final class Collector: @unchecked Sendable {
     // @unchecked: all state is behind the Mutex.
     public struct Received: Sendable {
+        /// The delivery's id.
         public let delivery: DeliveryID
+        /// A copy of its message.
         public let message: Message
+        /// When it arrived, ns since the Unix epoch.
         public let at: Int64
     }
     private let state = Mutex<[Received]>([])
 
+    /// An empty collector.
     public init() {}
 
     /// All received so far, in arrival order.
     public var received: [Received] { state.withLock { $0 } }
+    /// How many arrived so far.
     public var count: Int { state.withLock { $0.count } }
 
     /// A handler that records each delivery and then settles it with `settle` (nil: leave unsettled).

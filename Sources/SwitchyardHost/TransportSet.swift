@@ -4,11 +4,16 @@ import SwitchyardLoader
 
 /// What the host needs to create one transport: the config entry, without the file format.
 public struct TransportSpec: Sendable {
+    /// The transport's name.
     public var name: String
+    /// The plugin it is an instance of.
     public var plugin: String
+    /// For decorators, the transport it wraps.
     public var inner: String?
+    /// The plugin's own config, as a JSON object.
     public var configJSON: String
 
+    /// A spec for one transport.
     public init(name: String, plugin: String, inner: String? = nil, configJSON: String = "{}") {
         self.name = name
         self.plugin = plugin

@@ -21,9 +21,12 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
         case executableDirectory = "executable directory"
     }
 
+    /// The directory.
     public let path: String
+    /// Why it is searched.
     public let source: Source
 
+    /// A directory to search.
     public init(path: String, source: Source) {
         self.path = path
         self.source = source
@@ -69,6 +72,7 @@ public struct PluginCatalog: Sendable {
     /// The directories searched, in order (including ones that did not exist).
     public var searched: [SearchDirectory] = []
 
+    /// An empty catalog.
     public init() {}
 
     /// The plugin called `name`, if one loaded.

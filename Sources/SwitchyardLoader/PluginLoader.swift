@@ -23,6 +23,7 @@ public final class PluginLoader: Sendable {
     public let trust: TrustPolicy
     private let cache = Mutex<[String: Result<LoadedPlugin, Rejection>]>([:])
 
+    /// A loader applying `trust` to every file.
     public init(trust: TrustPolicy = .standard) {
         self.trust = trust
     }

@@ -52,6 +52,7 @@ public struct Rejection: Error, Hashable, Sendable, CustomStringConvertible {
     /// One line for a person: what is wrong and, where it helps, what to do.
     public let reason: String
 
+    /// A refusal of `path`.
     public init(path: String, kind: Kind, reason: String) {
         self.path = path
         self.kind = kind

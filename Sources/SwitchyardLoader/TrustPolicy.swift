@@ -20,6 +20,7 @@ public struct TrustPolicy: Sendable {
     /// Refuse, before loading, every file whose sha256 is not among `pins`.
     public var requirePins: Bool
 
+    /// A policy; pins are normalised to lowercase hex.
     public init(strictPermissions: Bool = true, pins: [String: String] = [:], requirePins: Bool = false) {
         self.strictPermissions = strictPermissions
         self.pins = pins.mapValues { $0.lowercased() }
