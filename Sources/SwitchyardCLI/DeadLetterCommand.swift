@@ -63,6 +63,18 @@ struct DeadLetterCommand: ParsableCommand {
             defer { try? target.client.unsubscribe(subscription) }  // releases whatever was not settled
             try body(letters)
         }
+
+        /// Runs `action` on each dead letter `selection` picks, one at a time; returns how many.
+        func forEach(_ selection: Selection, _ action: (DeadLetters, DeadLetters.Letter) throws -> Void) throws -> Int {
+            var count = 0
+            try withDeadLetters { letters in
+                for letter in letters.letters where selection.matches(letter) {
+                    try action(letters, letter)
+                    count += 1
+                }
+            }
+            return count
+        }
     }
 
     /// The dead letters collected from one subscription.
@@ -160,15 +172,11 @@ struct DeadLetterCommand: ParsableCommand {
         @OptionGroup var selection: Selection
 
         func run() throws {
-            var moved = 0
-            try target.withDeadLetters { letters in
-                for letter in letters.letters where selection.matches(letter) {
-                    let original = DeadLetter.original(of: letter.message, fallbackChannel: String(target.deadLetterChannel.dropLast(4)))
-                    // Publish first, then remove from the dead-letter channel: never lose it.
-                    try letters.client.publish(original)
-                    try letters.client.settle(letter.delivery, .ack)
-                    moved += 1
-                }
+            let fallback = String(target.deadLetterChannel.dropLast(4))
+            let moved = try target.forEach(selection) { letters, letter in
+                // Publish first, then remove from the dead-letter channel: never lose it.
+                try letters.client.publish(DeadLetter.original(of: letter.message, fallbackChannel: fallback))
+                try letters.client.settle(letter.delivery, .ack)
             }
             print("replayed \(moved) message\(moved == 1 ? "" : "s")")
         }
@@ -180,13 +188,7 @@ struct DeadLetterCommand: ParsableCommand {
         @OptionGroup var selection: Selection
 
         func run() throws {
-            var purged = 0
-            try target.withDeadLetters { letters in
-                for letter in letters.letters where selection.matches(letter) {
-                    try letters.client.settle(letter.delivery, .ack)
-                    purged += 1
-                }
-            }
+            let purged = try target.forEach(selection) { letters, letter in try letters.client.settle(letter.delivery, .ack) }
             print("purged \(purged) message\(purged == 1 ? "" : "s")")
         }
     }
