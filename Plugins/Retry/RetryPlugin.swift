@@ -4,7 +4,6 @@
 // its reason and attempt history. The attempt count travels in the message, so it survives
 // restarts of a durable inner transport. Semantics: docs/transports.md.
 
-import Foundation
 import SwitchyardPluginKit
 import SwitchyardTransportKit
 import Synchronization
@@ -12,42 +11,6 @@ import Synchronization
 @c(switchyard_plugin_entry)
 public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
     PluginExport.descriptor(for: RetryTransport.self, hostABIMajor: hostABIMajor)
-}
-
-/// The retry policy, from config.
-struct RetryPolicy: PluginConfig {
-    static let allowedKeys: Set<String> = ["max_attempts", "initial_delay", "max_delay", "multiplier", "jitter", "non_retryable"]
-    var max_attempts: Int?
-    var initial_delay: ConfigDuration?
-    var max_delay: ConfigDuration?
-    var multiplier: Double?
-    var jitter: String?
-    var non_retryable: [String]?
-
-    var maxAttempts: Int { max_attempts ?? 5 }
-    var initial: Int64 { initial_delay?.nanoseconds ?? 100_000_000 }
-    var maximum: Int64 { max_delay?.nanoseconds ?? 30_000_000_000 }
-    var factor: Double { multiplier ?? 2 }
-
-    func validate() throws(TransportError) {
-        if maxAttempts < 1 { throw TransportError(.config, "config key 'max_attempts': must be at least 1") }
-        if factor < 1 { throw TransportError(.config, "config key 'multiplier': must be at least 1") }
-        if maximum < initial { throw TransportError(.config, "config key 'max_delay': must not be less than initial_delay") }
-        if let jitter, jitter != "full", jitter != "none" { throw TransportError(.config, "config key 'jitter': must be \"full\" or \"none\"") }
-    }
-
-    /// The delay before attempt `attempt + 1`: initial × multiplier^(attempt-1), capped, and with
-    /// full jitter a uniform draw below that (AWS's "full jitter", which spreads retry storms).
-    func backoff(afterAttempt attempt: UInt32) -> Int64 {
-        let exponential = Double(initial) * pow(factor, Double(max(0, Int(attempt) - 1)))
-        let capped = Int64(min(Double(maximum), exponential))
-        return (jitter ?? "full") == "full" ? Int64.random(in: 0...max(0, capped)) : capped
-    }
-
-    /// Whether a failure's reason marks it as not worth retrying (it starts with a listed prefix).
-    func isRetryable(_ reason: String) -> Bool {
-        !(non_retryable ?? []).contains { reason.hasPrefix($0) }
-    }
 }
 
 final class RetryTransport: DecoratorTransport, @unchecked Sendable {

@@ -1,6 +1,4 @@
-import SwitchyardABI
-
-/// A duration in plugin config: a string with a unit (`"250ms"`, `"5s"`, `"1m"`, `"2h"`,
+/// A duration in config (plugin config and the host's routes): a string with a unit (`"250ms"`, `"5s"`, `"1m"`, `"2h"`,
 /// `"1.5s"`, `"0"`), decoded to nanoseconds. Negative or unit-less values are refused with the key.
 public struct ConfigDuration: Decodable, Hashable, Sendable {
     /// The duration in nanoseconds.
