@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "SwitchyardTransportKit", targets: ["SwitchyardTransportKit"]),
 
         // Host modules, for embedding Switchyard in your own executable.
+        .library(name: "SwitchyardRuntime", targets: ["SwitchyardRuntime"]),
         .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),
         .library(name: "SwitchyardHost", targets: ["SwitchyardHost"]),
         .library(name: "SwitchyardConformance", targets: ["SwitchyardConformance"]),
@@ -43,6 +44,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // MARK: SDK — the plugin contract
@@ -97,7 +100,18 @@ let package = Package(
         /// The transport conformance kit: drives any plugin through the C ABI.
         .target(name: "SwitchyardConformance", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"]),
         /// Host configuration file (YAML), validated with key paths in every error.
-        .target(name: "SwitchyardConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
+        .target(name: "SwitchyardConfig", dependencies: ["SwitchyardABI", .product(name: "Yams", package: "Yams")]),
+        /// The typed-call runtime: the Distributed actor system, the invocation envelope, routes,
+        /// request-reply, hosting and draining. What an application imports.
+        .target(
+            name: "SwitchyardRuntime",
+            dependencies: [
+                "SwitchyardHost", "SwitchyardConfig", "SwitchyardLoader", "SwitchyardABI", "SwitchyardTransportKit",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
         /// The `switchyard` command.
         .executableTarget(
             name: "SwitchyardCLI",
@@ -130,7 +144,11 @@ let package = Package(
             path: "Tests/Helpers/DurabilityProbe"),
         .testTarget(
             name: "SwitchyardTests",
-            dependencies: ["SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard", "SwitchyardConformance"],
+            dependencies: [
+                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard", "SwitchyardConformance",
+                "SwitchyardRuntime",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
             exclude: ["Fixtures"]),
     ]
 )

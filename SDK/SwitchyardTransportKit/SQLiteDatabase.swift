@@ -3,12 +3,14 @@ import SwitchyardABI
 
 /// A thin, safe wrapper over one SQLite connection: prepared statements cached by SQL text,
 /// errors as `TransportError(.io, …)` carrying SQLite's message. Not thread-safe: one owner.
-final class SQLiteDatabase {
-    let path: String
+public final class SQLiteDatabase {
+    /// The database file.
+    public let path: String
     private var handle: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
 
-    init(path: String) throws(TransportError) {
+    /// Opens (creating) the database at `path`.
+    public init(path: String) throws(TransportError) {
         self.path = path
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
@@ -40,7 +42,7 @@ final class SQLiteDatabase {
     }
 
     /// Runs SQL without results (may hold several statements).
-    func execute(_ sql: String) throws(TransportError) {
+    public func execute(_ sql: String) throws(TransportError) {
         var message: UnsafeMutablePointer<CChar>?
         if sqlite3_exec(handle, sql, nil, nil, &message) != SQLITE_OK {
             let text = message.map { String(cString: $0) } ?? ""
@@ -51,23 +53,31 @@ final class SQLiteDatabase {
     }
 
     /// A value bound to a statement parameter.
-    enum Value {
+    public enum Value {
+        /// An integer.
         case int(Int64)
+        /// Text.
         case text(String)
+        /// Bytes.
         case blob([UInt8])
+        /// NULL.
         case null
     }
 
     /// One result row, read by column index.
-    struct Row {
+    public struct Row {
         let statement: OpaquePointer
-        func int(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
-        func isNull(_ column: Int32) -> Bool { sqlite3_column_type(statement, column) == SQLITE_NULL }
-        func text(_ column: Int32) -> String {
+        /// Column `column` as an integer.
+        public func int(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
+        /// Whether column `column` is NULL.
+        public func isNull(_ column: Int32) -> Bool { sqlite3_column_type(statement, column) == SQLITE_NULL }
+        /// Column `column` as text.
+        public func text(_ column: Int32) -> String {
             guard let pointer = sqlite3_column_text(statement, column) else { return "" }
             return String(decoding: UnsafeBufferPointer(start: pointer, count: Int(sqlite3_column_bytes(statement, column))), as: UTF8.self)
         }
-        func blob<R>(_ column: Int32, _ body: (UnsafeRawBufferPointer) throws(TransportError) -> R) throws(TransportError) -> R {
+        /// Column `column`'s bytes, borrowed for `body`.
+        public func blob<R>(_ column: Int32, _ body: (UnsafeRawBufferPointer) throws(TransportError) -> R) throws(TransportError) -> R {
             let pointer = sqlite3_column_blob(statement, column)
             return try body(UnsafeRawBufferPointer(start: pointer, count: Int(sqlite3_column_bytes(statement, column))))
         }
@@ -76,7 +86,7 @@ final class SQLiteDatabase {
     /// Runs one statement with `values`, calling `row` for each result row; returns the number of
     /// rows changed.
     @discardableResult
-    func run(_ sql: String, _ values: [Value] = [], row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
+    public func run(_ sql: String, _ values: [Value] = [], row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
         let statement = try prepare(sql)
         defer {
             sqlite3_reset(statement)
@@ -113,11 +123,12 @@ final class SQLiteDatabase {
         return statement
     }
 
-    var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+    /// The rowid of the last insert.
+    public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// WAL, synchronous=FULL, a busy timeout for other processes; and a refusal of databases that
     /// belong to another application (tables but no `switchyard_meta`).
-    func configureDurable() throws(TransportError) {
+    public func configureDurable() throws(TransportError) {
         try execute("PRAGMA busy_timeout = 10000")
         var journal = ""
         try run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }

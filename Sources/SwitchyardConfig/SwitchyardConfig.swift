@@ -15,6 +15,8 @@ public struct SwitchyardConfig: Sendable {
     public var plugins = PluginsSection()
     /// Configured transports by name, in file order.
     public var transports: [TransportEntry] = []
+    /// Routes, in file order (the most specific match wins, not the first).
+    public var routes: [RouteEntry] = []
 
     /// One configured transport: an instance of a plugin, maybe decorating another transport.
     public struct TransportEntry: Sendable {
@@ -67,16 +69,25 @@ public struct SwitchyardConfig: Sendable {
         }
     }
 
-    /// Parses and validates config text; relative paths resolve against `baseDirectory`.
-    public static func parse(yaml: String, baseDirectory: String) throws(ConfigError) -> SwitchyardConfig {
+    /// Parses and validates config text; relative paths resolve against `baseDirectory`, and
+    /// `${NAME}` references are taken from `environment` (see ``EnvironmentExpansion``).
+    public static func parse(
+        yaml: String, baseDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(ConfigError) -> SwitchyardConfig {
         var config = SwitchyardConfig()
-        guard let root = try parseConfigYAML(yaml) else { return config }
-        for (key, value) in try root.mapping(allowed: ["plugins", "transports"]) {
+        guard let root = try parseConfigYAML(try EnvironmentExpansion.expand(yaml, environment: environment)) else { return config }
+        var routesNode: ConfigNode?
+        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes"]) {
             switch key {
             case "plugins": config.plugins = try PluginsSection(value, baseDirectory: baseDirectory)
             case "transports": config.transports = try parseTransports(value)
+            case "routes": routesNode = value
             default: break
             }
+        }
+        // Routes name transports, which may come later in the file.
+        if let routesNode {
+            config.routes = try parseRoutes(routesNode, transports: config.transports, baseDirectory: baseDirectory)
         }
         return config
     }
@@ -121,8 +132,14 @@ extension SwitchyardConfig {
         return entries
     }
 
+    /// `path` made absolute against `base` (the config file's directory).
+    static func resolve(path: String, against base: String) -> String {
+        path.hasPrefix("/") ? path : URL(fileURLWithPath: base).appendingPathComponent(path).standardized.path
+    }
+
     static func transportNameProblem(_ name: String) -> String? {
         let allowed = name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
+        if name == RouteEntry.direct { return "'direct' is reserved: routes use it for calls that need no transport" }
         return !name.isEmpty && allowed ? nil : "transport names use letters, digits, '-', '_' and '.'"
     }
 }
@@ -133,8 +150,7 @@ extension SwitchyardConfig.PluginsSection {
         for (key, value) in try node.mapping(allowed: ["directory", "pins", "require_pins"]) {
             switch key {
             case "directory":
-                let path = try value.string()
-                directory = path.hasPrefix("/") ? path : URL(fileURLWithPath: baseDirectory).appendingPathComponent(path).standardized.path
+                directory = SwitchyardConfig.resolve(path: try value.string(), against: baseDirectory)
             case "require_pins":
                 requirePins = try value.bool()
             case "pins":

@@ -1,0 +1,142 @@
+import SwitchyardABI
+
+extension SwitchyardConfig {
+    /// One route: which calls it matches and how they travel.
+    ///
+    /// ```yaml
+    /// routes:
+    ///   Orders.place:               # Interface.method, Interface.* or *
+    ///     transport: orders         # a configured transport, or `direct`
+    ///     mode: request-reply       # or fire-and-forget (Void methods)
+    ///     deadline: 30s
+    ///     retry: { max_attempts: 4, initial_delay: 50ms }
+    ///     ordering: customerID      # the argument whose value is the ordering key
+    ///     inbox: { window: 10m }    # execute each call at most once per window
+    /// ```
+    public struct RouteEntry: Sendable {
+        /// The pattern as written: `Interface.method`, `Interface.*` or `*`.
+        public var pattern: String
+        /// A configured transport's name, or ``RouteEntry/direct``.
+        public var transport: String
+        /// Whether callers wait for a reply.
+        public var mode: Mode
+        /// How long a request-reply call waits for its reply, in nanoseconds.
+        public var deadlineNanos: Int64
+        /// Default delay before delivery, in nanoseconds (0: none).
+        public var delayNanos: Int64
+        /// The retry policy as JSON (the `retry` plugin's keys), or nil for none.
+        public var retryJSON: String?
+        /// The parameter whose value is the message ordering key.
+        public var orderingArgument: String?
+        /// The idempotent inbox, or nil for none.
+        public var inbox: Inbox?
+        /// How arguments and results are encoded.
+        public var encoding: String
+        /// How many calls one hosted actor executes at a time for this route.
+        public var concurrency: Int
+        /// Line of each key in the file (the pattern's own line under "").
+        public var lines: [String: Int]
+
+        /// The transport name that means "call the local actor in the caller's task".
+        public static let direct = "direct"
+
+        /// Request-reply or fire-and-forget.
+        public enum Mode: String, Sendable, CaseIterable {
+            /// The caller waits for the return value or the thrown error.
+            case requestReply = "request-reply"
+            /// A `Void` method returns once the transport has accepted the call.
+            case fireAndForget = "fire-and-forget"
+        }
+
+        /// Remembers handled calls so a redelivered one is not executed again.
+        public struct Inbox: Sendable, Hashable {
+            /// How long a call id is remembered, in nanoseconds.
+            public var windowNanos: Int64
+            /// A SQLite file that keeps the inbox across restarts; nil: in memory.
+            public var path: String?
+        }
+
+        /// The key path of one of this route's keys, for errors.
+        public func key(_ name: String) -> String { name.isEmpty ? "routes.\(pattern)" : "routes.\(pattern).\(name)" }
+        /// The line of one of this route's keys.
+        public func line(_ name: String) -> Int? { lines[name] ?? lines[""] }
+    }
+
+    static func parseRoutes(_ node: ConfigNode, transports: [TransportEntry], baseDirectory: String) throws(ConfigError) -> [RouteEntry] {
+        var routes: [RouteEntry] = []
+        let known = Set(transports.map(\.name))
+        for (pattern, value) in try node.entries() {
+            if let problem = routePatternProblem(pattern) { throw ConfigError(key: value.path, line: value.line, message: problem) }
+            var route = RouteEntry(
+                pattern: pattern, transport: "", mode: .requestReply, deadlineNanos: 30_000_000_000, delayNanos: 0,
+                retryJSON: nil, orderingArgument: nil, inbox: nil, encoding: "compact", concurrency: 16, lines: ["": value.line ?? 0])
+            for (key, field) in try value.mapping(allowed: ["transport", "mode", "deadline", "delay", "retry", "ordering", "inbox", "encoding", "concurrency"]) {
+                route.lines[key] = field.line
+                switch key {
+                case "transport":
+                    route.transport = try field.string()
+                    guard route.transport == RouteEntry.direct || known.contains(route.transport) else {
+                        throw field.error("no transport named '\(route.transport)' (configured: \((transports.map(\.name) + [RouteEntry.direct]).joined(separator: ", ")))")
+                    }
+                case "mode":
+                    let text = try field.string()
+                    guard let mode = RouteEntry.Mode(rawValue: text) else {
+                        throw field.error("expected one of: \(RouteEntry.Mode.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    route.mode = mode
+                case "deadline":
+                    route.deadlineNanos = try field.duration()
+                    guard route.deadlineNanos > 0 else { throw field.error("must be more than 0") }
+                case "delay": route.delayNanos = try field.duration()
+                case "retry": route.retryJSON = try field.json()
+                case "ordering": route.orderingArgument = try field.string()
+                case "encoding":
+                    route.encoding = try field.string()
+                    guard ["compact", "json"].contains(route.encoding) else { throw field.error("expected compact or json") }
+                case "concurrency": route.concurrency = try field.int(in: 1...10_000)
+                case "inbox":
+                    var inbox = RouteEntry.Inbox(windowNanos: 600_000_000_000, path: nil)
+                    for (inboxKey, inboxField) in try field.mapping(allowed: ["window", "path"]) {
+                        switch inboxKey {
+                        case "window":
+                            inbox.windowNanos = try inboxField.duration()
+                            guard inbox.windowNanos > 0 else { throw inboxField.error("must be more than 0") }
+                        case "path": inbox.path = resolve(path: try inboxField.string(), against: baseDirectory)
+                        default: break
+                        }
+                    }
+                    route.inbox = inbox
+                default: break
+                }
+            }
+            guard !route.transport.isEmpty else {
+                throw ConfigError(key: value.path + ".transport", line: value.line, message: "is required (a configured transport, or direct)")
+            }
+            routes.append(route)
+        }
+        return routes
+    }
+
+    static func routePatternProblem(_ pattern: String) -> String? {
+        if pattern == "*" { return nil }
+        let parts = pattern.split(separator: ".", omittingEmptySubsequences: false)
+        let identifier: (Substring) -> Bool = { part in
+            !part.isEmpty && part.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } && !(part.first!.isNumber)
+        }
+        guard parts.count == 2, identifier(parts[0]), parts[1] == "*" || identifier(parts[1]) else {
+            return "route patterns are Interface.method, Interface.* or *"
+        }
+        return nil
+    }
+}
+
+extension ConfigNode {
+    /// A duration scalar (`"250ms"`, `"5s"`, `"1m"`, `"2h"`, `"0"`) in nanoseconds.
+    public func duration() throws(ConfigError) -> Int64 {
+        let text = try string()
+        guard let parsed = ConfigDuration.parse(text) else {
+            throw error("'\(text)' is not a duration like \"250ms\", \"5s\", \"1m\" or \"2h\"")
+        }
+        return parsed.nanoseconds
+    }
+}

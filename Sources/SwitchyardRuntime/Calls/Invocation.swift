@@ -1,0 +1,163 @@
+import Distributed
+import Foundation
+
+/// The identity of a distributed actor in a Switchyard system: a name that callers resolve and
+/// that names its channel on every transport, plus the subscriber group it serves in (for topic
+/// routes, where each group receives every call; empty otherwise).
+public struct SwitchyardActorID: Hashable, Sendable, Codable, ExpressibleByStringLiteral, CustomStringConvertible {
+    /// The name callers resolve, e.g. `"orders"`. Also the channel its calls travel on.
+    public var name: String
+    /// The subscriber group, for fan-out routes; empty for none.
+    public var group: String
+
+    /// An id with a name and an optional group.
+    public init(_ name: String, group: String = "") {
+        self.name = name
+        self.group = group
+    }
+
+    /// `"orders"` as an id.
+    public init(stringLiteral name: String) { self.init(name) }
+
+    public var description: String { group.isEmpty ? name : "\(name)[\(group)]" }
+}
+
+/// Records one call's arguments as they are passed; they are encoded once the route (and with
+/// it the encoding) is known, or handed over unencoded to a local actor on a direct route.
+public struct SwitchyardInvocationEncoder: DistributedTargetInvocationEncoder {
+    public typealias SerializationRequirement = any Codable
+
+    /// One recorded argument.
+    struct Argument {
+        let name: String
+        let value: any Codable
+    }
+    var arguments: [Argument] = []
+    var substitutions: [Any.Type] = []
+
+    public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws { substitutions.append(type) }
+    public mutating func recordArgument<Value: Codable>(_ argument: RemoteCallArgument<Value>) throws {
+        arguments.append(Argument(name: argument.name, value: argument.value))
+    }
+    public mutating func recordErrorType<E: Error>(_ type: E.Type) throws {}
+    public mutating func recordReturnType<R: Codable>(_ type: R.Type) throws {}
+    public mutating func doneRecording() throws {}
+
+    /// The arguments in `encoding`: compact values one after another, or a JSON array.
+    func encodedArguments(_ encoding: ArgumentEncoding) throws -> [UInt8] {
+        switch encoding {
+        case .compact:
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(32 * arguments.count)
+            for argument in arguments { try encoding.encode(argument.value, appendingTo: &bytes) }
+            return bytes
+        case .json:
+            return Array(try JSONEncoder().encode(arguments.map { AnyEncodable(value: $0.value) }))
+        }
+    }
+}
+
+/// Lets a JSON array hold values of different types.
+private struct AnyEncodable: Encodable {
+    let value: any Encodable
+    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
+}
+
+/// Hands a call's arguments to `executeDistributedTarget`: decoded from an envelope, or passed
+/// through as values for a call that never left the process.
+public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
+    public typealias SerializationRequirement = any Codable
+
+    enum Arguments {
+        case values([any Codable])
+        case compact([UInt8])
+        case json([Data])
+    }
+    let arguments: Arguments
+    let substitutions: [Any.Type]
+    private var index = 0
+    private var offset = 0
+
+    init(_ arguments: Arguments, substitutions: [Any.Type]) {
+        self.arguments = arguments
+        self.substitutions = substitutions
+    }
+
+    /// Arguments in `encoding`; a malformed JSON array throws.
+    init(encoded bytes: [UInt8], encoding: ArgumentEncoding, substitutions: [Any.Type]) throws {
+        switch encoding {
+        case .compact: self.init(.compact(bytes), substitutions: substitutions)
+        case .json:
+            guard let array = try JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed]) as? [Any] else {
+                throw EnvelopeError("JSON arguments must be an array")
+            }
+            let elements = try array.map { try JSONSerialization.data(withJSONObject: $0, options: [.fragmentsAllowed]) }
+            self.init(.json(elements), substitutions: substitutions)
+        }
+    }
+
+    /// Whether every argument was read (a call with too many arguments is refused).
+    var isComplete: Bool {
+        switch arguments {
+        case .values(let values): index == values.count
+        case .compact(let bytes): offset == bytes.count
+        case .json(let elements): index == elements.count
+        }
+    }
+
+    public mutating func decodeGenericSubstitutions() throws -> [Any.Type] { substitutions }
+
+    public mutating func decodeNextArgument<Argument: Codable>() throws -> Argument {
+        defer { index += 1 }
+        switch arguments {
+        case .values(let values):
+            guard index < values.count else { throw EnvelopeError("argument \(index + 1) is missing") }
+            guard let value = values[index] as? Argument else {
+                throw EnvelopeError("argument \(index + 1) is a \(type(of: values[index])), expected \(Argument.self)")
+            }
+            return value
+        case .compact(let bytes):
+            guard offset < bytes.count else { throw EnvelopeError("argument \(index + 1) (\(Argument.self)) is missing") }
+            let start = offset
+            return try bytes.withUnsafeBytes { raw in
+                var reader = CompactReader(raw, offset: start)
+                do {
+                    let value = try CompactDecoding.value(Argument.self, from: &reader, codingPath: [])
+                    offset = reader.offset
+                    return value
+                } catch {
+                    throw EnvelopeError("argument \(index + 1) is not a valid \(Argument.self): \(error)")
+                }
+            }
+        case .json(let elements):
+            guard index < elements.count else { throw EnvelopeError("argument \(index + 1) (\(Argument.self)) is missing") }
+            do {
+                return try JSONDecoder().decode(Argument.self, from: elements[index])
+            } catch {
+                throw EnvelopeError("argument \(index + 1) is not a valid \(Argument.self): \(error)")
+            }
+        }
+    }
+
+    public mutating func decodeErrorType() throws -> Any.Type? { nil }
+    public mutating func decodeReturnType() throws -> Any.Type? { nil }
+}
+
+/// Collects how an executed call ended; the runtime encodes and delivers it afterwards.
+public final class SwitchyardResultHandler: DistributedTargetInvocationResultHandler, @unchecked Sendable {
+    // @unchecked: written once by executeDistributedTarget, read after it returns, in one task.
+    public typealias SerializationRequirement = any Codable
+
+    enum Outcome {
+        case value(any Codable)
+        case void
+        case error(any Error)
+    }
+    var outcome: Outcome?
+
+    init() {}
+
+    public func onReturn<Success: Codable>(value: Success) async throws { outcome = .value(value) }
+    public func onReturnVoid() async throws { outcome = .void }
+    public func onThrow<Err: Error>(error: Err) async throws { outcome = .error(error) }
+}

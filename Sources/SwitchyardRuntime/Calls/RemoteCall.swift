@@ -1,0 +1,217 @@
+import Distributed
+import Foundation
+import Instrumentation
+import ServiceContextModule
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardHost
+import Tracing
+
+extension SwitchyardActorSystem {
+    /// Called by a stub for a method with a result: routes the call, and on a request-reply route
+    /// waits for the reply.
+    public func remoteCall<Act, Err, Res>(
+        on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type, returning: Res.Type
+    ) async throws -> Res where Act: DistributedActor, Act.ID == ActorID, Err: Error, Res: Codable {
+        let (call, route) = try prepare(target)
+        if route.isDirect {
+            guard case .value(let value)? = try await callInProcess(actor.id, call, invocation, route: route) else {
+                throw SwitchyardError.rejected(target: call.name, reason: "the method returned no value")
+            }
+            return value as! Res
+        }
+        guard route.entry.mode == .requestReply else {
+            throw SwitchyardError.routing(
+                target: call.name, reason: "route '\(route.pattern)' is fire-and-forget, but \(call.name) returns \(Res.self); only Void methods can be fire-and-forget")
+        }
+        let reply = try await request(actor.id, call, invocation, route: route)
+        do {
+            switch reply.encoding {
+            case .compact: return try CompactDecoder().decode(Res.self, from: reply.body)
+            case .json: return try JSONDecoder().decode(Res.self, from: Data(reply.body))
+            }
+        } catch {
+            throw SwitchyardError.rejected(target: call.name, reason: "the reply is not a valid \(Res.self): \(error)")
+        }
+    }
+
+    /// Called by a stub for a `Void` method: fire-and-forget routes return once the transport has
+    /// accepted the call; request-reply routes wait for completion (and its error, if any).
+    public func remoteCallVoid<Act, Err>(
+        on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type
+    ) async throws where Act: DistributedActor, Act.ID == ActorID, Err: Error {
+        let (call, route) = try prepare(target)
+        if route.isDirect {
+            _ = try await callInProcess(actor.id, call, invocation, route: route)
+            return
+        }
+        if route.entry.mode == .fireAndForget {
+            try send(actor.id, call, invocation, route: route)
+            return
+        }
+        _ = try await request(actor.id, call, invocation, route: route)
+    }
+
+    /// The call's target and route, or a routing error.
+    private func prepare(_ target: RemoteCallTarget) throws -> (CallTarget, Route) {
+        guard SystemState(rawValue: state.load(ordering: .acquiring)) != .stopped else {
+            throw SwitchyardError.shuttingDown(target: target.description)
+        }
+        guard let call = self.target(target.identifier) else {
+            throw SwitchyardError.routing(target: target.description, reason: "cannot read the call target '\(target.identifier)'")
+        }
+        guard let route = route(for: call) else {
+            throw SwitchyardError.routing(
+                target: call.name, reason: "no route matches \(call.interface).\(call.method) (add '\(call.interface).\(call.method)', '\(call.interface).*' or '*' under routes:)")
+        }
+        route.metrics.calls.increment()
+        return (call, route)
+    }
+
+    /// Publishes a fire-and-forget call; returns once the transport has accepted it.
+    private func send(_ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route) throws {
+        let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
+        defer { span.end() }
+        do {
+            let message = try message(id, call, invocation, route: route, replyTo: nil, deadlineNanos: 0, span: span)
+            try publish(message, call, route)
+        } catch {
+            route.metrics.failures.increment()
+            span.recordError(error)
+            throw error
+        }
+    }
+
+    /// Publishes a request-reply call and waits for its reply until the route's deadline.
+    private func request(_ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route) async throws -> Reply {
+        let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .client)
+        defer { span.end() }
+        let started = ContinuousClock.now
+        do {
+            let transport = route.transport!
+            let replyTo: String
+            do {
+                replyTo = try replyChannel(on: transport)
+            } catch {
+                throw SwitchyardError.transport(target: call.name, reason: "cannot subscribe the reply channel: \(error.message)")
+            }
+            let deadline = Duration.nanoseconds(route.entry.deadlineNanos)
+            let message = try message(
+                id, call, invocation, route: route, replyTo: replyTo,
+                deadlineNanos: WallClock.nowNanos() + route.entry.deadlineNanos, span: span)
+            let metrics = route.metrics
+            let reply = try await pending.wait(
+                id: message.id, deadline: started + deadline,
+                timeout: { [name = call.name] in
+                    metrics.timeouts.increment()
+                    return SwitchyardError.timeout(target: name, deadline: deadline)
+                },
+                send: { try publish(message, call, route) })
+            route.metrics.latency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+            guard reply.outcome == "throw" else { return reply }
+            let payload: ErrorPayload
+            switch reply.encoding {
+            case .compact: payload = (try? CompactDecoder().decode(ErrorPayload.self, from: reply.body)) ?? ErrorPayload(type: "unknown", message: "an unreadable error reply")
+            case .json: payload = (try? JSONDecoder().decode(ErrorPayload.self, from: Data(reply.body))) ?? ErrorPayload(type: "unknown", message: "an unreadable error reply")
+            }
+            throw errors.error(from: payload)
+        } catch {
+            route.metrics.failures.increment()
+            span.recordError(error)
+            throw error
+        }
+    }
+
+    private func publish(_ message: Message, _ call: CallTarget, _ route: Route) throws {
+        do {
+            try route.transport!.client.publish(message)
+        } catch {
+            throw SwitchyardError.transport(target: call.name, reason: "\(route.entry.transport): \(error.message)")
+        }
+    }
+
+    /// The call as an envelope on the route's channel: arguments encoded, ordering key and delay
+    /// applied, trace context injected.
+    private func message(
+        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, replyTo: String?,
+        deadlineNanos: Int64, span: any Span
+    ) throws -> Message {
+        var orderingKey: String?
+        if let name = route.entry.orderingArgument {
+            guard let argument = invocation.arguments.first(where: { $0.name == name }) else {
+                throw SwitchyardError.routing(target: call.name, reason: "route '\(route.pattern)' orders by '\(name)', but \(call.name) has no parameter named '\(name)'")
+            }
+            orderingKey = String(describing: argument.value)
+        }
+        var deliverAt: Int64 = 0
+        let delay = Switchyard.callDelay?.nanoseconds ?? route.entry.delayNanos
+        if delay > 0 {
+            guard route.capabilities.contains(.delay) else {
+                throw SwitchyardError.routing(target: call.name, reason: "the call asks for a delay, but transport '\(route.entry.transport)' cannot delay (add a delay transport to its chain)")
+            }
+            deliverAt = WallClock.nowNanos() + delay
+        }
+        var carrier = TraceCarrier()
+        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: TraceCarrier.Injector())
+        let arguments: [UInt8]
+        do {
+            arguments = try invocation.encodedArguments(route.encoding)
+        } catch {
+            throw SwitchyardError.routing(target: call.name, reason: "cannot encode the arguments: \(error)")
+        }
+        let envelope = Envelope(
+            target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
+            contentType: route.encoding, substitutions: invocation.substitutions.map { _mangledTypeName($0) ?? "\($0)" },
+            replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, deadlineNanos: deadlineNanos)
+        return envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt)
+    }
+
+    /// A direct route reached through a stub: runs the call on the local actor(s) named `id` in
+    /// this task, without encoding. A name hosted in several groups gets the call in each (only
+    /// for `Void` methods, which have no single result).
+    private func callInProcess(
+        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
+    ) async throws -> SwitchyardResultHandler.Outcome? {
+        var actors = localActors(named: id.name)
+        guard !actors.isEmpty else {
+            throw SwitchyardError.routing(target: call.name, reason: "route '\(route.pattern)' is direct, but no actor named '\(id.name)' is hosted in this process")
+        }
+        if let exact = localActor(id) { actors = [exact] }
+        var last: SwitchyardResultHandler.Outcome?
+        for actor in actors {
+            let substitutions = try server.substitutions(for: call, on: actor)
+            var decoder = SwitchyardInvocationDecoder(.values(invocation.arguments.map(\.value)), substitutions: substitutions)
+            let handler = SwitchyardResultHandler()
+            try await executeDistributedTarget(on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+            if case .error(let error)? = handler.outcome { throw error }
+            last = handler.outcome
+        }
+        return last
+    }
+}
+
+/// Trace context headers, as an instrument injects and extracts them (W3C `traceparent`).
+struct TraceCarrier {
+    var traceparent: String?
+    var tracestate: String?
+
+    struct Injector: Instrumentation.Injector {
+        func inject(_ value: String, forKey key: String, into carrier: inout TraceCarrier) {
+            switch key.lowercased() {
+            case "traceparent": carrier.traceparent = value
+            case "tracestate": carrier.tracestate = value
+            default: break
+            }
+        }
+    }
+
+    struct Extractor: Instrumentation.Extractor {
+        func extract(key: String, from carrier: TraceCarrier) -> String? {
+            switch key.lowercased() {
+            case "traceparent": carrier.traceparent
+            case "tracestate": carrier.tracestate
+            default: nil
+            }
+        }
+    }
+}

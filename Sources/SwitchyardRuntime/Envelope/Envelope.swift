@@ -1,0 +1,224 @@
+import Foundation
+import SwitchyardABI
+
+/// The invocation envelope, version 1: one typed call as a transport message (docs/envelope.md).
+///
+/// The envelope *is* a CloudEvent 1.0 in binary content mode: its attributes travel as message
+/// headers named `ce-<attribute>` and the encoded arguments are the data (the message body).
+/// Switchyard's own fields are CloudEvents extension attributes with the `sy` prefix, and trace
+/// context uses the Distributed Tracing extension (`traceparent`, `tracestate`).
+public struct Envelope: Sendable, Hashable {
+    /// The envelope version this runtime writes and reads.
+    public static let currentVersion = 1
+
+    /// Unique, time-ordered id (UUIDv7). Also the message id, the CloudEvents `id`, the
+    /// correlation id of its reply, and the default idempotency key.
+    public var id: String
+    /// What to call: a readable name and the identifier the runtime dispatches on.
+    public var target: Target
+    /// The encoded arguments, in declaration order.
+    public var arguments: [UInt8]
+    /// How `arguments` are encoded.
+    public var contentType: ArgumentEncoding
+    /// Mangled names of the call's generic substitutions (the stub type first, for calls made
+    /// through a `@Resolvable` stub). The receiver never trusts them to pick a type: see
+    /// docs/envelope.md, "validation".
+    public var substitutions: [String]
+    /// Where the caller waits for the reply; nil for fire-and-forget calls.
+    public var replyTo: String?
+    /// W3C trace context of the calling span.
+    public var traceparent: String?
+    /// W3C trace state, passed along unchanged.
+    public var tracestate: String?
+    /// Receivers with an inbox execute a key at most once per window (default: the id).
+    public var idempotencyKey: String?
+    /// When the caller stops waiting, ns since the Unix epoch; 0 for none.
+    public var deadlineNanos: Int64
+    /// Creation time, ns since the Unix epoch.
+    public var createdAtNanos: Int64
+    /// Who made the call (CloudEvents `source`), e.g. `switchyard://host/1234`.
+    public var source: String
+    /// Envelope format version.
+    public var version: Int
+
+    /// The target of a call.
+    public struct Target: Sendable, Hashable {
+        /// Readable `Interface.method(labels:)`; also the CloudEvents `type`.
+        public var name: String
+        /// The stable identifier the runtime dispatches on (the distributed thunk's mangled name).
+        public var identifier: String
+
+        /// A target.
+        public init(name: String, identifier: String) {
+            self.name = name
+            self.identifier = identifier
+        }
+    }
+
+    /// An envelope with everything but the call itself defaulted.
+    public init(
+        id: String = EnvelopeID.make(), target: Target, arguments: [UInt8], contentType: ArgumentEncoding = .compact,
+        substitutions: [String] = [], replyTo: String? = nil, traceparent: String? = nil, tracestate: String? = nil,
+        idempotencyKey: String? = nil, deadlineNanos: Int64 = 0, createdAtNanos: Int64 = WallClock.nowNanos(),
+        source: String = Envelope.defaultSource, version: Int = Envelope.currentVersion
+    ) {
+        self.id = id
+        self.target = target
+        self.arguments = arguments
+        self.contentType = contentType
+        self.substitutions = substitutions
+        self.replyTo = replyTo
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        self.idempotencyKey = idempotencyKey
+        self.deadlineNanos = deadlineNanos
+        self.createdAtNanos = createdAtNanos
+        self.source = source
+        self.version = version
+    }
+
+    /// `switchyard://<hostname>/<pid>`: this process, as a CloudEvents source.
+    public static let defaultSource: String = {
+        var name = [CChar](repeating: 0, count: 256)
+        let host = gethostname(&name, name.count) == 0 ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "localhost"
+        return "switchyard://\(host)/\(getpid())"
+    }()
+}
+
+/// How a call's arguments and results are encoded.
+public enum ArgumentEncoding: String, Sendable, Hashable, CaseIterable {
+    /// Switchyard's compact binary form (the default): `application/x-switchyard-compact`.
+    case compact = "application/x-switchyard-compact"
+    /// JSON, for interoperability: `application/json`.
+    case json = "application/json"
+
+    /// Encodes one value.
+    func encode<T: Encodable>(_ value: T, appendingTo bytes: inout [UInt8]) throws {
+        switch self {
+        case .compact: try CompactEncoder().encode(value, appendingTo: &bytes)
+        case .json: bytes.append(contentsOf: try JSONEncoder().encode(value))
+        }
+    }
+}
+
+/// Header names of the envelope: CloudEvents 1.0 attributes in binary content mode, plus
+/// Switchyard's extension attributes. Names follow the CloudEvents NATS/Kafka bindings' `ce-`
+/// prefix; extension names are lowercase letters only, as CloudEvents requires.
+public enum EnvelopeHeader {
+    /// CloudEvents `specversion` (always `1.0`).
+    public static let specVersion = "ce-specversion"
+    /// CloudEvents `id`: the envelope id.
+    public static let id = "ce-id"
+    /// CloudEvents `source`: the calling process.
+    public static let source = "ce-source"
+    /// CloudEvents `type`: the readable target, `Interface.method(labels:)`.
+    public static let type = "ce-type"
+    /// CloudEvents `time`: creation time, RFC 3339.
+    public static let time = "ce-time"
+    /// CloudEvents `datacontenttype`: how the arguments (the data) are encoded.
+    public static let contentType = "ce-datacontenttype"
+    /// Extension `syversion`: envelope version.
+    public static let version = "ce-syversion"
+    /// Extension `sytarget`: the identifier the runtime dispatches on.
+    public static let target = "ce-sytarget"
+    /// Extension `sygenerics`: generic substitutions, comma-separated mangled names.
+    public static let generics = "ce-sygenerics"
+    /// Extension `syreplyto`: the caller's reply channel.
+    public static let replyTo = "ce-syreplyto"
+    /// Extension `sycorrelationid` (on replies): the id of the call being answered.
+    public static let correlationID = "ce-sycorrelationid"
+    /// Extension `syoutcome` (on replies): `return` or `throw`.
+    public static let outcome = "ce-syoutcome"
+    /// Extension `syidempotencykey`, when it differs from the id.
+    public static let idempotencyKey = "ce-syidempotencykey"
+    /// Extension `sydeadline`: when the caller stops waiting, RFC 3339.
+    public static let deadline = "ce-sydeadline"
+    /// Distributed Tracing extension `traceparent`.
+    public static let traceparent = "ce-traceparent"
+    /// Distributed Tracing extension `tracestate`.
+    public static let tracestate = "ce-tracestate"
+}
+
+/// Why a message is not a valid envelope. The receiver dead-letters it with this reason.
+public struct EnvelopeError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What is wrong, for a person.
+    public let description: String
+    /// An error with `description`.
+    public init(_ description: String) { self.description = description }
+}
+
+extension Envelope {
+    /// The envelope as a transport message on `channel`.
+    public func message(channel: String, orderingKey: String? = nil, deliverAtNanos: Int64 = 0) -> Message {
+        var headers: [Header] = []
+        headers.reserveCapacity(14)
+        headers.append(Header(EnvelopeHeader.specVersion, "1.0"))
+        headers.append(Header(EnvelopeHeader.id, id))
+        headers.append(Header(EnvelopeHeader.source, source))
+        headers.append(Header(EnvelopeHeader.type, target.name))
+        headers.append(Header(EnvelopeHeader.time, RFC3339.format(nanos: createdAtNanos)))
+        headers.append(Header(EnvelopeHeader.contentType, contentType.rawValue))
+        headers.append(Header(EnvelopeHeader.version, String(version)))
+        headers.append(Header(EnvelopeHeader.target, target.identifier))
+        if !substitutions.isEmpty { headers.append(Header(EnvelopeHeader.generics, substitutions.joined(separator: ","))) }
+        if let replyTo { headers.append(Header(EnvelopeHeader.replyTo, replyTo)) }
+        if let idempotencyKey, idempotencyKey != id { headers.append(Header(EnvelopeHeader.idempotencyKey, idempotencyKey)) }
+        if deadlineNanos > 0 { headers.append(Header(EnvelopeHeader.deadline, RFC3339.format(nanos: deadlineNanos))) }
+        if let traceparent { headers.append(Header(EnvelopeHeader.traceparent, traceparent)) }
+        if let tracestate { headers.append(Header(EnvelopeHeader.tracestate, tracestate)) }
+        return Message(id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: arguments,
+                       deliverAtNanos: deliverAtNanos)
+    }
+
+    /// Reads an envelope from a delivered message, or says exactly why it is not one.
+    public init(_ message: MessageView) throws(EnvelopeError) {
+        var fields = [String?](repeating: nil, count: Self.readHeaders.count)
+        for index in 0..<message.headerCount {
+            let header = message.pointer.pointee.headers[index]
+            let key = UnsafeRawBufferPointer(start: header.key.data, count: header.key.len)
+            if let slot = Self.readHeaders.firstIndex(where: { $0.utf8.elementsEqual(key) }), fields[slot] == nil {
+                fields[slot] = String(header.value)
+            }
+        }
+        func field(_ name: String) -> String? { fields[Self.readHeaders.firstIndex(of: name)!] }
+        func required(_ name: String) throws(EnvelopeError) -> String {
+            guard let value = field(name), !value.isEmpty else { throw EnvelopeError("not a Switchyard envelope: header '\(name)' is missing") }
+            return value
+        }
+        let versionText = try required(EnvelopeHeader.version)
+        guard let version = Int(versionText) else { throw EnvelopeError("envelope version '\(versionText)' is not a number") }
+        guard version == Self.currentVersion else {
+            throw EnvelopeError("envelope version \(version) is not supported (this runtime reads version \(Self.currentVersion))")
+        }
+        let spec = try required(EnvelopeHeader.specVersion)
+        guard spec == "1.0" else { throw EnvelopeError("CloudEvents specversion '\(spec)' is not supported (expected 1.0)") }
+        let contentTypeText = try required(EnvelopeHeader.contentType)
+        guard let contentType = ArgumentEncoding(rawValue: contentTypeText) else {
+            throw EnvelopeError("content type '\(contentTypeText)' is not supported (expected \(ArgumentEncoding.allCases.map(\.rawValue).joined(separator: " or ")))")
+        }
+        let id = try required(EnvelopeHeader.id)
+        let time = try required(EnvelopeHeader.time)
+        guard let created = RFC3339.parse(time) else { throw EnvelopeError("'\(EnvelopeHeader.time)' is not an RFC 3339 time: '\(time)'") }
+        var deadline: Int64 = 0
+        if let text = field(EnvelopeHeader.deadline) {
+            guard let parsed = RFC3339.parse(text) else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is not an RFC 3339 time: '\(text)'") }
+            deadline = parsed
+        }
+        self.init(
+            id: id,
+            target: Target(name: try required(EnvelopeHeader.type), identifier: try required(EnvelopeHeader.target)),
+            arguments: Array(message.body), contentType: contentType,
+            substitutions: field(EnvelopeHeader.generics).map { $0.split(separator: ",").map(String.init) } ?? [],
+            replyTo: field(EnvelopeHeader.replyTo), traceparent: field(EnvelopeHeader.traceparent),
+            tracestate: field(EnvelopeHeader.tracestate), idempotencyKey: field(EnvelopeHeader.idempotencyKey) ?? id,
+            deadlineNanos: deadline, createdAtNanos: created, source: try required(EnvelopeHeader.source), version: version)
+    }
+
+    /// The headers an envelope is read from, in the order `init(_:)` looks them up.
+    private static let readHeaders: [String] = [
+        EnvelopeHeader.specVersion, EnvelopeHeader.id, EnvelopeHeader.source, EnvelopeHeader.type, EnvelopeHeader.time,
+        EnvelopeHeader.contentType, EnvelopeHeader.version, EnvelopeHeader.target, EnvelopeHeader.generics,
+        EnvelopeHeader.replyTo, EnvelopeHeader.idempotencyKey, EnvelopeHeader.deadline, EnvelopeHeader.traceparent,
+        EnvelopeHeader.tracestate,
+    ]
+}

@@ -1,0 +1,164 @@
+import Foundation
+import Synchronization
+
+/// Wall-clock time in nanoseconds since the Unix epoch (the ABI's time base).
+public enum WallClock {
+    /// Now.
+    @inline(__always)
+    public static func nowNanos() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
+    }
+}
+
+/// Envelope ids: UUIDv7 (RFC 9562), time-ordered so ids sort by creation time.
+///
+/// The 74 bits after the millisecond timestamp are a per-process random seed mixed with a
+/// counter (RFC 9562 §6.2, method 3 in spirit): unique within the process without a system call
+/// per id, and unique across processes with overwhelming probability.
+public enum EnvelopeID {
+    private static let seed: UInt64 = UInt64.random(in: .min ... .max)
+    private static let counter = Atomic<UInt64>(0)
+
+    /// A new id, e.g. `01937f4c-5e2a-7b3d-9c1e-2f4a6b8c0d1e`.
+    public static func make() -> String {
+        let millis = UInt64(WallClock.nowNanos() / 1_000_000)
+        let random = mix(seed &+ counter.add(1, ordering: .relaxed).newValue &* 0x9E37_79B9_7F4A_7C15)
+        let high = (millis << 16) | 0x7000 | ((random >> 52) & 0x0FFF)
+        let low = 0x8000_0000_0000_0000 | (random & 0x3FFF_FFFF_FFFF_FFFF)
+        return format(high: high, low: low)
+    }
+
+    /// SplitMix64's finaliser: spreads a counter's bits over the whole word.
+    private static func mix(_ value: UInt64) -> UInt64 {
+        var z = value
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    private static let hex = Array("0123456789abcdef".utf8)
+
+    private static func format(high: UInt64, low: UInt64) -> String {
+        String(unsafeUninitializedCapacity: 36) { buffer in
+            var position = 0
+            func put(_ word: UInt64, nibbles: Range<Int>) {
+                for nibble in nibbles {
+                    if position == 8 || position == 13 || position == 18 || position == 23 {
+                        buffer[position] = UInt8(ascii: "-")
+                        position += 1
+                    }
+                    buffer[position] = hex[Int((word >> UInt64(60 - nibble * 4)) & 0xF)]
+                    position += 1
+                }
+            }
+            put(high, nibbles: 0..<16)
+            put(low, nibbles: 0..<16)
+            return position
+        }
+    }
+}
+
+/// RFC 3339 times (`2026-11-27T08:15:30.123456789Z`), formatted and parsed without Foundation's
+/// formatters, which cost microseconds per call.
+public enum RFC3339 {
+    /// UTC with nanoseconds.
+    public static func format(nanos: Int64) -> String {
+        let seconds = nanos >= 0 ? nanos / 1_000_000_000 : (nanos - 999_999_999) / 1_000_000_000
+        let fraction = Int(nanos - seconds * 1_000_000_000)
+        let days = Int(seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400)
+        let secondOfDay = Int(seconds - Int64(days) * 86_400)
+        let (year, month, day) = civil(fromDays: days)
+        return String(unsafeUninitializedCapacity: 30) { buffer in
+            var position = 0
+            func digits(_ value: Int, _ count: Int) {
+                var divisor = 1
+                for _ in 1..<count { divisor *= 10 }
+                for _ in 0..<count {
+                    buffer[position] = UInt8(ascii: "0") + UInt8((value / divisor) % 10)
+                    position += 1
+                    divisor /= 10
+                }
+            }
+            func char(_ c: Unicode.Scalar) {
+                buffer[position] = UInt8(ascii: c)
+                position += 1
+            }
+            digits(year, 4); char("-"); digits(month, 2); char("-"); digits(day, 2); char("T")
+            digits(secondOfDay / 3600, 2); char(":"); digits(secondOfDay / 60 % 60, 2); char(":"); digits(secondOfDay % 60, 2)
+            char("."); digits(fraction, 9); char("Z")
+            return position
+        }
+    }
+
+    /// Nanoseconds since the epoch for `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; nil otherwise.
+    public static func parse(_ text: String) -> Int64? {
+        let bytes = Array(text.utf8)
+        guard bytes.count >= 20 else { return nil }
+        func number(_ range: Range<Int>) -> Int? {
+            var value = 0
+            for index in range {
+                guard index < bytes.count, (48...57).contains(bytes[index]) else { return nil }
+                value = value * 10 + Int(bytes[index] - 48)
+            }
+            return value
+        }
+        guard let year = number(0..<4), bytes[4] == UInt8(ascii: "-"), let month = number(5..<7), bytes[7] == UInt8(ascii: "-"),
+            let day = number(8..<10), bytes[10] == UInt8(ascii: "T") || bytes[10] == UInt8(ascii: "t"),
+            let hour = number(11..<13), bytes[13] == UInt8(ascii: ":"), let minute = number(14..<16),
+            bytes[16] == UInt8(ascii: ":"), let second = number(17..<19),
+            (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second <= 60
+        else { return nil }
+        var index = 19
+        var fraction: Int64 = 0
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            var scale: Int64 = 100_000_000
+            let start = index
+            while index < bytes.count, (48...57).contains(bytes[index]) {
+                fraction += Int64(bytes[index] - 48) * scale
+                scale /= 10
+                index += 1
+            }
+            guard index > start else { return nil }
+        }
+        guard index < bytes.count else { return nil }
+        var offsetSeconds = 0
+        switch bytes[index] {
+        case UInt8(ascii: "Z"), UInt8(ascii: "z"):
+            guard index + 1 == bytes.count else { return nil }
+        case UInt8(ascii: "+"), UInt8(ascii: "-"):
+            guard index + 6 == bytes.count, let h = number(index + 1..<index + 3), bytes[index + 3] == UInt8(ascii: ":"),
+                let m = number(index + 4..<index + 6)
+            else { return nil }
+            offsetSeconds = (h * 3600 + m * 60) * (bytes[index] == UInt8(ascii: "+") ? 1 : -1)
+        default: return nil
+        }
+        let days = Int64(daysFromCivil(year: year, month: month, day: day))
+        let seconds = days * 86_400 + Int64(hour * 3600 + minute * 60 + second - offsetSeconds)
+        return seconds * 1_000_000_000 + fraction
+    }
+
+    // Howard Hinnant's civil-calendar algorithms (proleptic Gregorian, any era).
+    static func civil(fromDays z: Int) -> (Int, Int, Int) {
+        let z = z + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
+    }
+
+    static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        return era * 146_097 + doe - 719_468
+    }
+}

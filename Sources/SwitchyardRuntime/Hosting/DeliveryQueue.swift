@@ -1,0 +1,69 @@
+import DequeModule
+import SwitchyardABI
+import SwitchyardHost
+import Synchronization
+
+/// One delivery taken from a transport and not yet settled.
+struct Inbound: Sendable {
+    /// The transport's delivery id, for settling.
+    let delivery: DeliveryID
+    /// The transport it came from (and replies go back through).
+    let transport: Transport
+    /// The envelope, read on the transport's thread.
+    let envelope: Envelope
+    /// Deliveries so far, this one included.
+    let attempt: UInt32
+}
+
+/// Hands deliveries from a transport's thread to the worker tasks that execute them.
+///
+/// Workers take deliveries in a loop and only suspend when the queue is empty, so under load a
+/// delivery costs a lock and an append, not a task or a thread hand-off per call.
+final class DeliveryQueue: Sendable {
+    private struct State {
+        var items: Deque<Inbound> = []
+        var waiting: Deque<UnsafeContinuation<Inbound?, Never>> = []
+        var closed = false
+    }
+    private let state = Mutex(State())
+
+    /// Queues a delivery; false when the queue is closed (the caller releases it).
+    func push(_ item: Inbound) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, UnsafeContinuation<Inbound?, Never>?) in
+            guard !state.closed else { return (false, nil) }
+            if let waiter = state.waiting.popFirst() { return (true, waiter) }
+            state.items.append(item)
+            return (true, nil)
+        }
+        waiter?.resume(returning: item)
+        return accepted
+    }
+
+    /// The next delivery, waiting for one; nil once the queue is closed and empty.
+    func next() async -> Inbound? {
+        if let item = state.withLock({ $0.items.popFirst() }) { return item }
+        return await withUnsafeContinuation { continuation in
+            let ready: Inbound?? = state.withLock { state in
+                if let item = state.items.popFirst() { return .some(item) }
+                if state.closed { return .some(nil) }
+                state.waiting.append(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    /// Closes the queue: workers finish, and the deliveries nobody started are returned.
+    func close() -> [Inbound] {
+        let (items, waiters) = state.withLock { state in
+            state.closed = true
+            defer {
+                state.items.removeAll()
+                state.waiting.removeAll()
+            }
+            return (Array(state.items), Array(state.waiting))
+        }
+        for waiter in waiters { waiter.resume(returning: nil) }
+        return items
+    }
+}

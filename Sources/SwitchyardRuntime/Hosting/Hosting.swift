@@ -1,0 +1,261 @@
+import Distributed
+import Foundation
+import Instrumentation
+import Logging
+import ServiceContextModule
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardHost
+import Tracing
+
+extension SwitchyardActorSystem {
+    /// Creates an actor with a well-known id and serves it: for every route of `interfaces` that
+    /// uses a transport, the actor's channel (its name) is subscribed, and calls arriving there
+    /// run on it.
+    ///
+    /// ```swift
+    /// let orders = try system.host("orders", as: $Orders.self) { OrdersService(actorSystem: $0) }
+    /// try system.host(SwitchyardActorID("order-events", group: "email"), as: $OrderEvents.self) {
+    ///     EmailNotifier(actorSystem: $0)
+    /// }
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - id: the name callers resolve (and, for topic routes, the subscriber group).
+    ///   - interfaces: the `@Resolvable` stubs (`$Orders.self`) of the protocols the actor serves.
+    ///     Calls through any other protocol are refused and dead-lettered.
+    ///   - make: creates the actor with the system it is given.
+    @discardableResult
+    public func host<Act: DistributedActor>(
+        _ id: ActorID, as interfaces: any DistributedActor.Type..., make: (SwitchyardActorSystem) throws -> Act
+    ) throws -> Act where Act.ActorSystem == SwitchyardActorSystem {
+        guard SystemState(rawValue: state.load(ordering: .acquiring)) == .running else {
+            throw SwitchyardError.shuttingDown(target: "\(id)")
+        }
+        let actor = try Self.$assigning.withValue(id) { try make(self) }
+        guard actor.id == id else {
+            throw SwitchyardError.routing(target: "\(id)", reason: "the actor was created with id '\(actor.id)': create it with the system passed to make")
+        }
+        let hosted = Server.Hosted(
+            id: id, actor: actor, typeName: String(reflecting: Act.self),
+            interfaces: Dictionary(interfaces.map { (String(reflecting: $0), $0) }, uniquingKeysWith: { first, _ in first }))
+        try server.add(hosted)
+        // Every transport some route of these interfaces uses; one subscription each.
+        var names = [Self.interfaceName(of: Act.self)] + interfaces.map { Self.interfaceName(of: $0) }
+        names = Array(Set(names))
+        var byTransport: [String: (Transport, Int)] = [:]
+        for name in names {
+            for route in routes.routes(forInterface: name) {
+                guard let transport = route.transport else { continue }
+                byTransport[transport.name] = (transport, max(byTransport[transport.name]?.1 ?? 0, route.entry.concurrency))
+            }
+        }
+        for (_, (transport, concurrency)) in byTransport.sorted(by: { $0.key < $1.key }) {
+            try serve(hosted, on: transport, concurrency: concurrency)
+        }
+        logger.info("hosting actor", metadata: [
+            "id": "\(id)", "type": "\(Act.self)", "transports": "\(byTransport.keys.sorted().joined(separator: ", "))",
+        ])
+        return actor
+    }
+
+    /// Subscribes the actor's channel on `transport` and starts its workers.
+    private func serve(_ hosted: Server.Hosted, on transport: Transport, concurrency: Int) throws {
+        let queue = DeliveryQueue()
+        let server = self.server
+        let client = transport.client
+        let ownSource = Envelope.defaultSource
+        let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
+        let subscription: SubscriptionID
+        do throws(TransportError) {
+            subscription = try client.subscribe(options) { delivery, message in
+                let envelope: Envelope
+                do {
+                    envelope = try Envelope(message)
+                } catch {
+                    // Not something this runtime can read: keep it, with the reason, for a person.
+                    server.logger.warning("dead-lettering an unreadable call", metadata: ["channel": "\(hosted.id.name)", "reason": "\(error)"])
+                    try? client.settle(delivery, .deadLetter(reason: "unreadable envelope: \(error)"))
+                    return .ok
+                }
+                // While draining, only calls from this process (made by calls still running here)
+                // are taken; everything else goes back to the transport for other hosts.
+                if !server.accepting.load(ordering: .acquiring) && envelope.source != ownSource { return .closed }
+                let inbound = Inbound(delivery: delivery, transport: transport, envelope: envelope, attempt: message.attempt)
+                return queue.push(inbound) ? .ok : .closed
+            }
+        } catch {
+            throw SwitchyardError.transport(target: "\(hosted.id)", reason: "cannot subscribe '\(hosted.id.name)' on \(transport.name): \(error.message)")
+        }
+        let workers = (0..<concurrency).map { _ in
+            Task { [weak self] in
+                while let item = await queue.next() {
+                    guard let self else { return }
+                    await self.handle(item, hosted)
+                }
+            }
+        }
+        server.add(Server.Subscription(transport: transport, id: subscription, queue: queue, workers: workers))
+    }
+
+    /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter
+    /// per the route; dead-letter with the reason when the call is refused.
+    func handle(_ item: Inbound, _ hosted: Server.Hosted) async {
+        server.inFlight.add(1, ordering: .relaxed)
+        defer { server.inFlight.subtract(1, ordering: .relaxed) }
+        let envelope = item.envelope
+        let client = item.transport.client
+        let readable = envelope.target.name
+        func reject(_ reason: String, route: Route?) {
+            logger.warning("refusing a call", metadata: ["target": "\(readable)", "actor": "\(hosted.id)", "reason": "\(reason)"])
+            route?.metrics.deadLettered.increment()
+            sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: route?.encoding ?? .compact)
+            try? client.settle(item.delivery, .deadLetter(reason: "rejected: \(reason)"))
+        }
+        guard let call = target(envelope.target.identifier) else {
+            return reject("unknown target '\(envelope.target.identifier)'", route: nil)
+        }
+        let route = self.route(for: call)
+        guard envelope.substitutions.count <= 1 else {
+            return reject("generic distributed methods cannot be called through a transport (\(call.name))", route: route)
+        }
+        let substitutions: [Any.Type]
+        do {
+            substitutions = try server.substitutions(for: call, on: hosted.actor)
+        } catch {
+            return reject("\(error)".replacingOccurrences(of: "\(call.name): rejected by the receiver: ", with: ""), route: route)
+        }
+        if envelope.deadlineNanos > 0, envelope.replyTo != nil, WallClock.nowNanos() > envelope.deadlineNanos {
+            route?.metrics.deadLettered.increment()
+            try? client.settle(item.delivery, .deadLetter(reason: "expired: the caller's deadline passed before the call ran"))
+            return
+        }
+        let key = envelope.idempotencyKey ?? envelope.id
+        if let inbox = route?.inbox {
+            do throws(TransportError) {
+                if let handled = try inbox.lookup(key) {
+                    route?.metrics.duplicates.increment()
+                    if let replyTo = envelope.replyTo {
+                        publishReply(item, to: replyTo, outcome: handled.outcome, body: handled.reply, encoding: envelope.contentType)
+                    }
+                    try? client.settle(item.delivery, .ack)
+                    return
+                }
+            } catch {
+                logger.error("inbox lookup failed; the call is retried later", metadata: ["target": "\(readable)", "error": "\(error.message)"])
+                try? client.settle(item.delivery, .retry(afterNanos: 1_000_000_000, reason: "inbox unavailable: \(error.message)"))
+                return
+            }
+        }
+
+        // Execute, inside a server span continuing the caller's trace.
+        var context = ServiceContext.topLevel
+        InstrumentationSystem.instrument.extract(
+            TraceCarrier(traceparent: envelope.traceparent, tracestate: envelope.tracestate), into: &context, using: TraceCarrier.Extractor())
+        let handler = SwitchyardResultHandler()
+        var failure: (any Error)?
+        await withSpan(call.name, context: context, ofKind: .consumer) { span in
+            do {
+                var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
+                try await executeDistributedTarget(
+                    on: hosted.actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+                if case .error(let error)? = handler.outcome { span.recordError(error) }
+            } catch {
+                failure = error
+            }
+        }
+        if let failure {
+            // The call could not run at all (bad arguments, wrong arity): refuse it.
+            return reject("cannot run \(call.name): \(failure)", route: route)
+        }
+        guard let outcome = handler.outcome else { return reject("\(call.name) produced no outcome", route: route) }
+
+        if case .error(let error) = outcome {
+            let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
+            if let policy = route?.retry {
+                if policy.isRetryable(reason) && Int(item.attempt) < policy.maxAttempts {
+                    route?.metrics.retried.increment()
+                    try? client.settle(item.delivery, .retry(afterNanos: policy.backoff(afterAttempt: item.attempt), reason: reason))
+                } else {
+                    route?.metrics.deadLettered.increment()
+                    let attempts = Int(item.attempt)
+                    sendReply(item, .error(SwitchyardError.deadLettered(target: readable, attempts: attempts, reason: reason)), encoding: envelope.contentType)
+                    try? client.settle(item.delivery, .deadLetter(reason: policy.isRetryable(reason) ? "gave up after \(attempts) attempts: \(reason)" : "not retryable: \(reason)"))
+                }
+                return
+            }
+            if route?.transportRetries == true {
+                // A retry decorator owns the policy: it redelivers or dead-letters.
+                route?.metrics.retried.increment()
+                try? client.settle(item.delivery, .retry(afterNanos: 0, reason: reason))
+                return
+            }
+            if envelope.replyTo == nil {
+                // Fire-and-forget with nobody to tell: keep the call, with the reason.
+                route?.metrics.deadLettered.increment()
+                try? client.settle(item.delivery, .deadLetter(reason: reason))
+                return
+            }
+        }
+        // A result (or an error that is the call's result): reply, remember, acknowledge.
+        let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
+        if let replyTo = envelope.replyTo {
+            publishReply(item, to: replyTo, outcome: outcomeName, body: body, encoding: envelope.contentType)
+        }
+        if let inbox = route?.inbox {
+            do throws(TransportError) {
+                try inbox.record(key, Inbox.Handled(outcome: outcomeName, reply: body))
+            } catch {
+                logger.error("inbox write failed; a redelivery of this call would run again", metadata: ["target": "\(readable)", "error": "\(error.message)"])
+            }
+        }
+        route?.metrics.handled.increment()
+        try? client.settle(item.delivery, .ack)
+    }
+
+    /// The reply's outcome name and body for an outcome.
+    private func encodeReply(_ outcome: SwitchyardResultHandler.Outcome, encoding: ArgumentEncoding) -> (String, [UInt8]) {
+        var body: [UInt8] = []
+        switch outcome {
+        case .void:
+            return ("return", [])
+        case .value(let value):
+            do {
+                try encoding.encode(value, appendingTo: &body)
+                return ("return", body)
+            } catch {
+                return encodeReply(.error(SwitchyardError.rejected(target: "", reason: "cannot encode the result: \(error)")), encoding: encoding)
+            }
+        case .error(let error):
+            try? encoding.encode(errors.payload(for: error), appendingTo: &body)
+            return ("throw", body)
+        }
+    }
+
+    private func sendReply(_ item: Inbound, _ outcome: SwitchyardResultHandler.Outcome, encoding: ArgumentEncoding) {
+        guard let replyTo = item.envelope.replyTo else { return }
+        let (name, body) = encodeReply(outcome, encoding: encoding)
+        publishReply(item, to: replyTo, outcome: name, body: body, encoding: encoding)
+    }
+
+    /// Publishes a reply on the transport the call came from.
+    private func publishReply(_ item: Inbound, to channel: String, outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
+        let id = EnvelopeID.make()
+        let reply = Message(
+            id: id, channel: channel,
+            headers: [
+                Header(EnvelopeHeader.specVersion, "1.0"), Header(EnvelopeHeader.id, id),
+                Header(EnvelopeHeader.source, Envelope.defaultSource), Header(EnvelopeHeader.type, "switchyard.reply"),
+                Header(EnvelopeHeader.contentType, encoding.rawValue), Header(EnvelopeHeader.version, String(Envelope.currentVersion)),
+                Header(EnvelopeHeader.correlationID, item.envelope.id), Header(EnvelopeHeader.outcome, outcome),
+            ],
+            body: body)
+        do throws(TransportError) {
+            try item.transport.client.publish(reply)
+        } catch {
+            logger.error("cannot send a reply; the caller will time out", metadata: [
+                "target": "\(item.envelope.target.name)", "reply_to": "\(channel)", "error": "\(error.message)",
+            ])
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import SwitchyardABI
+
+extension SwitchyardActorSystem: Service {
+    /// Runs until graceful shutdown (SIGTERM or SIGINT when run in a `ServiceGroup` with those
+    /// signals), then drains with ``shutdown(deadline:)``.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Drains and stops, within `deadline`:
+    ///
+    /// 1. stops taking deliveries (they stay with the transport for other hosts), except calls
+    ///    made from this process, which running calls may be waiting for;
+    /// 2. lets running calls finish and send their replies;
+    /// 3. waits for this process's own outstanding calls to get their replies;
+    /// 4. releases the deliveries that were taken but not started, so they are redelivered at once;
+    /// 5. fails whatever is still waiting, unsubscribes and closes the transports.
+    ///
+    /// Calling it again does nothing.
+    public func shutdown(deadline: Duration = .seconds(30)) async {
+        guard state.compareExchange(expected: SystemState.running.rawValue, desired: SystemState.draining.rawValue,
+                                    ordering: .acquiringAndReleasing).exchanged else { return }
+        let started = ContinuousClock.now
+        let until = started + deadline
+        server.accepting.store(false, ordering: .releasing)
+        logger.info("draining", metadata: ["deadline": "\(deadline)"])
+        let subscriptions = server.takeSubscriptions()
+        // Workers keep running what they have taken; wait for the queues and the calls to empty.
+        while ContinuousClock.now < until, server.inFlight.load(ordering: .acquiring) > 0 || pending.count > 0 {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        var released = 0
+        for subscription in subscriptions {
+            for item in subscription.queue.close() {
+                try? subscription.transport.client.settle(item.delivery, .release)
+                released += 1
+            }
+            try? subscription.transport.client.unsubscribe(subscription.id)
+        }
+        for subscription in subscriptions {
+            for worker in subscription.workers { await worker.value }
+        }
+        state.store(SystemState.stopped.rawValue, ordering: .releasing)
+        let unfinished = pending.count
+        pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
+        unsubscribeReplies()
+        transports?.close()
+        logger.info("stopped", metadata: [
+            "drained_in": "\(ContinuousClock.now - started)", "released": "\(released)", "unfinished_calls": "\(unfinished)",
+        ])
+    }
+}

@@ -1,0 +1,86 @@
+import Distributed
+import Logging
+import SwitchyardABI
+import SwitchyardHost
+import Synchronization
+
+/// The hosting side's bookkeeping: which actors are served, as which interfaces, on which
+/// subscriptions, and how many deliveries are executing.
+final class Server: Sendable {
+    /// A served actor and the interfaces it may be called through.
+    struct Hosted: Sendable {
+        let id: SwitchyardActorID
+        let actor: any DistributedActor
+        /// `Module.OrdersService`: targets declared on the concrete type.
+        let typeName: String
+        /// `Module.$Orders` → the stub type, for each protocol the actor is hosted as.
+        let interfaces: [String: any DistributedActor.Type]
+    }
+
+    /// One subscription feeding a hosted actor's workers.
+    struct Subscription: Sendable {
+        let transport: Transport
+        let id: SubscriptionID
+        let queue: DeliveryQueue
+        let workers: [Task<Void, Never>]
+    }
+
+    private struct State {
+        var hosted: [SwitchyardActorID: Hosted] = [:]
+        var subscriptions: [Subscription] = []
+    }
+    private let state = Mutex(State())
+    /// Deliveries executing now.
+    let inFlight = Atomic<Int>(0)
+    /// False while draining: new deliveries are refused (the transport gives them to others).
+    let accepting = Atomic<Bool>(true)
+    let logger: Logger
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    func add(_ hosted: Hosted) throws {
+        try state.withLock { state in
+            guard state.hosted[hosted.id] == nil else {
+                throw SwitchyardError.routing(target: "\(hosted.id)", reason: "an actor with id '\(hosted.id)' is already hosted")
+            }
+            state.hosted[hosted.id] = hosted
+        }
+    }
+
+    func hosted(_ id: SwitchyardActorID) -> Hosted? { state.withLock { $0.hosted[id] } }
+
+    func add(_ subscription: Subscription) {
+        state.withLock { $0.subscriptions.append(subscription) }
+    }
+
+    /// Removes and returns every subscription.
+    func takeSubscriptions() -> [Subscription] {
+        state.withLock { state in
+            defer { state.subscriptions.removeAll() }
+            return state.subscriptions
+        }
+    }
+
+    /// Checks that `call` belongs to `actor` before anything runs, and returns the generic
+    /// substitutions to execute it with.
+    ///
+    /// `executeDistributedTarget` itself does not check that a target belongs to the actor it
+    /// runs on: a forged or stale envelope could run another type's method on this actor, or
+    /// crash the process through type confusion. So the target's owning type must be the actor's
+    /// own type or a protocol it was hosted as, and the substitution is always the stub type
+    /// registered here, never one read off the wire. Generic methods are refused (a toolchain
+    /// bug makes them crash the receiver when called through a stub).
+    func substitutions(for call: CallTarget, on actor: any DistributedActor) throws -> [Any.Type] {
+        let typeName = String(reflecting: type(of: actor))
+        if call.owningType == typeName { return [] }
+        if let hosted = hosted(actor.id as! SwitchyardActorID), let stub = hosted.interfaces[call.owningType] {
+            return [stub]
+        }
+        let interfaces = hosted(actor.id as! SwitchyardActorID)?.interfaces.keys.sorted().joined(separator: ", ") ?? ""
+        throw SwitchyardError.rejected(
+            target: call.name,
+            reason: "\(call.owningType).\(call.method) is not a method of actor '\(actor.id)' (\(typeName)\(interfaces.isEmpty ? "" : ", hosted as \(interfaces)"))")
+    }
+}

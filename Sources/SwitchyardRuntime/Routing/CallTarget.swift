@@ -1,0 +1,30 @@
+import Distributed
+
+/// What the runtime knows about one distributed method, derived once from its identifier and
+/// cached (demangling costs microseconds).
+struct CallTarget: Sendable {
+    /// The identifier the runtime dispatches on (the distributed thunk's mangled name).
+    let identifier: String
+    /// The type that declares the method, fully qualified: `Module.$Orders` for calls through a
+    /// `@Resolvable` stub, `Module.OrdersService` for calls on a concrete actor type.
+    let owningType: String
+    /// The interface name routes use: the owning type without module and `$`: `Orders`.
+    let interface: String
+    /// The method's base name: `place`.
+    let method: String
+    /// Readable `Orders.place(_:)`, used in errors, metrics, spans and the CloudEvents type.
+    let name: String
+
+    /// Parses a target; nil when the identifier does not demangle to a method.
+    init?(identifier: String) {
+        self.identifier = identifier
+        let description = RemoteCallTarget(identifier).description
+        guard let paren = description.firstIndex(of: "("), let dot = description[..<paren].lastIndex(of: ".") else { return nil }
+        owningType = String(description[..<dot])
+        method = String(description[description.index(after: dot)..<paren])
+        let typeName = owningType.split(separator: ".").last.map(String.init) ?? owningType
+        interface = typeName.hasPrefix("$") ? String(typeName.dropFirst()) : typeName
+        name = interface + "." + description[description.index(after: dot)...]
+        guard !method.isEmpty, !interface.isEmpty else { return nil }
+    }
+}

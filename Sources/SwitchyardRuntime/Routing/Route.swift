@@ -1,0 +1,157 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardHost
+import SwitchyardTransportKit
+
+/// A route ready to carry calls: its config entry, checked against the transport it names.
+struct Route: Sendable {
+    /// The config entry.
+    let entry: SwitchyardConfig.RouteEntry
+    /// The transport, or nil for a direct route.
+    let transport: Transport?
+    /// The capabilities of the transport's whole chain (decorators add to what they wrap).
+    let capabilities: Capabilities
+    /// The runtime's retry policy, or nil.
+    let retry: RetryPolicy?
+    /// How arguments and results are encoded.
+    let encoding: ArgumentEncoding
+    /// The idempotent inbox, or nil.
+    let inbox: Inbox?
+    /// Counters and timers.
+    let metrics: RouteMetrics
+
+    var isDirect: Bool { transport == nil }
+    var pattern: String { entry.pattern }
+    var isFanOut: Bool { capabilities.contains(.fanOut) }
+    /// The chain retries on its own (a `retry` decorator): failures are settled with `retry`
+    /// and the decorator decides when to give up.
+    var transportRetries: Bool {
+        var current = transport
+        while let transport = current {
+            if transport.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) { return true }
+            current = transport.inner
+        }
+        return false
+    }
+
+    /// Checks the entry against its transport; every problem names the key and line.
+    init(_ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?) throws(ConfigError) {
+        self.entry = entry
+        func fail(_ key: String, _ message: String) -> ConfigError {
+            ConfigError(key: entry.key(key), line: entry.line(key), message: message)
+        }
+        if entry.transport == SwitchyardConfig.RouteEntry.direct {
+            transport = nil
+            capabilities = []
+            for key in ["delay", "retry", "inbox", "ordering", "encoding", "mode"] where entry.lines[key] != nil {
+                throw fail(key, "a direct route calls the local actor in the caller's task; '\(key)' needs a transport")
+            }
+        } else {
+            guard let transport = transports?[entry.transport] else { throw fail("transport", "no transport named '\(entry.transport)'") }
+            self.transport = transport
+            var capabilities = Capabilities()
+            var current: Transport? = transport
+            while let link = current {
+                capabilities.formUnion(link.plugin.capabilities)
+                current = link.inner
+            }
+            self.capabilities = capabilities
+            func require(_ capability: Capabilities, for key: String, _ what: String) throws(ConfigError) {
+                guard capabilities.contains(capability) else {
+                    throw fail(key, "\(what), but transport '\(entry.transport)' (\(Self.chain(transport))) cannot: it lacks the \(capability) capability")
+                }
+            }
+            if entry.delayNanos > 0 { try require(.delay, for: "delay", "the route delays calls") }
+            if entry.retryJSON != nil { try require(.retry, for: "retry", "the route retries failed calls") }
+            if entry.orderingArgument != nil { try require(.ordered, for: "ordering", "the route orders calls by key") }
+            if capabilities.contains(.fanOut) && entry.mode == .requestReply {
+                throw fail(entry.lines["mode"] != nil ? "mode" : "transport",
+                           "transport '\(entry.transport)' fans out to every subscriber group, so there is no single reply: set mode: fire-and-forget")
+            }
+        }
+        if let json = entry.retryJSON {
+            do {
+                let policy = try JSONDecoder().decode(RetryPolicy.self, from: Data(json.utf8))
+                if let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+                    let unknown = object.keys.sorted().first(where: { !RetryPolicy.allowedKeys.contains($0) })
+                {
+                    throw fail("retry.\(unknown)", "unknown key (expected one of: \(RetryPolicy.allowedKeys.sorted().joined(separator: ", ")))")
+                }
+                try policy.validate()
+                retry = policy
+            } catch let error as ConfigError {
+                throw error
+            } catch let error as TransportError {
+                throw fail("retry", error.message.replacingOccurrences(of: "config key ", with: "key "))
+            } catch let DecodingError.dataCorrupted(context) {
+                throw fail("retry." + context.codingPath.map(\.stringValue).joined(separator: "."), context.debugDescription)
+            } catch let DecodingError.typeMismatch(type, context) {
+                throw fail("retry." + context.codingPath.map(\.stringValue).joined(separator: "."), "expected \(type)")
+            } catch {
+                throw fail("retry", "\(error)")
+            }
+        } else {
+            retry = nil
+        }
+        encoding = entry.encoding == "json" ? .json : .compact
+        if let inbox = entry.inbox {
+            do {
+                self.inbox = try Inbox(windowNanos: inbox.windowNanos, path: inbox.path)
+            } catch {
+                throw fail("inbox.path", "\(error)")
+            }
+        } else {
+            self.inbox = nil
+        }
+        metrics = RouteMetrics(route: entry.pattern)
+    }
+
+    /// `retry → orders (retry → queue)` for errors.
+    static func chain(_ transport: Transport) -> String {
+        var names: [String] = []
+        var current: Transport? = transport
+        while let link = current {
+            names.append(link.plugin.name)
+            current = link.inner
+        }
+        return names.joined(separator: " → ")
+    }
+}
+
+/// Routes by pattern; the most specific match wins: `Interface.method`, then `Interface.*`,
+/// then `*`.
+struct RouteTable: Sendable {
+    let routes: [Route]
+    private let exact: [String: Route]
+    private let interfaces: [String: Route]
+    private let fallback: Route?
+
+    init(_ routes: [Route]) {
+        self.routes = routes
+        var exact: [String: Route] = [:]
+        var interfaces: [String: Route] = [:]
+        var fallback: Route?
+        for route in routes {
+            if route.pattern == "*" {
+                fallback = route
+            } else if route.pattern.hasSuffix(".*") {
+                interfaces[String(route.pattern.dropLast(2))] = route
+            } else {
+                exact[route.pattern] = route
+            }
+        }
+        self.exact = exact
+        self.interfaces = interfaces
+        self.fallback = fallback
+    }
+
+    func route(interface: String, method: String) -> Route? {
+        exact[interface + "." + method] ?? interfaces[interface] ?? fallback
+    }
+
+    /// Every route that can match some method of `interface`.
+    func routes(forInterface interface: String) -> [Route] {
+        routes.filter { $0.pattern == "*" || $0.pattern == interface + ".*" || $0.pattern.hasPrefix(interface + ".") }
+    }
+}

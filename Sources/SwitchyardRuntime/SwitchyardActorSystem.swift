@@ -1,0 +1,239 @@
+import Distributed
+import Foundation
+import Logging
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardHost
+import SwitchyardLoader
+import Synchronization
+import Tracing
+
+/// The Switchyard actor system: typed calls on distributed actors, carried the way the
+/// configuration's routes say — directly, through a queue, a topic, a delay or retries — over
+/// transport plugins loaded from `.so` files.
+///
+/// A service is a `@Resolvable` distributed-actor protocol pinned to this system:
+///
+/// ```swift
+/// @Resolvable
+/// protocol Orders: DistributedActor where ActorSystem == SwitchyardActorSystem {
+///     distributed func place(_ order: Order) async throws -> Receipt
+/// }
+/// ```
+///
+/// A process hosts implementations with ``host(_:group:as:_:)``; callers resolve the protocol and
+/// call it: `try await $Orders.resolve(id: "orders", using: system).place(order)`, or
+/// `let orders: any Orders = try system.resolve("orders", $Orders.self)`, which also takes the
+/// direct fast path to a local actor. Start it with ``init(configPath:pluginDirectories:logger:)``
+/// and stop it with ``shutdown(deadline:)`` (or run it as a swift-service-lifecycle `Service`,
+/// which drains on SIGTERM).
+public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
+    public typealias ActorID = SwitchyardActorID
+    public typealias InvocationEncoder = SwitchyardInvocationEncoder
+    public typealias InvocationDecoder = SwitchyardInvocationDecoder
+    public typealias ResultHandler = SwitchyardResultHandler
+    public typealias SerializationRequirement = any Codable
+
+    /// The system's logger (label `switchyard.runtime`).
+    public let logger: Logger
+    /// The configuration the system was started with.
+    public let config: SwitchyardConfig
+    /// This system's unique name; its reply channels are named after it.
+    public let instanceID: String
+
+    let transports: TransportSet?
+    let routes: RouteTable
+    let errors = ErrorRegistry()
+    let pending = PendingCalls()
+    let server: Server
+    private let targets = Mutex<[String: CallTarget]>([:])
+    private let locals = Mutex<[ActorID: WeakActor]>([:])
+    private let replySubscriptions = Mutex<[String: SubscriptionID]>([:])
+    let state = Atomic<Int>(SystemState.running.rawValue)
+
+    /// Starts a system from a config file: loads the plugins, creates the transports, checks
+    /// every route against its transport's capabilities. Nothing starts half-configured: any
+    /// problem throws before a single transport is used, naming the config key and line.
+    ///
+    /// - Parameters:
+    ///   - configPath: the YAML file (docs/configuration.md).
+    ///   - pluginDirectories: searched before `SWITCHYARD_PLUGINS_PATH`, the config's
+    ///     `plugins.directory`, `./plugins` and the executable's directory.
+    public convenience init(
+        configPath: String, pluginDirectories: [String] = [], logger: Logger = Logger(label: "switchyard.runtime")
+    ) throws {
+        let config = try SwitchyardConfig.load(path: configPath)
+        try self.init(config: config, pluginDirectories: pluginDirectories, logger: logger)
+    }
+
+    /// Starts a system from a parsed configuration (see ``init(configPath:pluginDirectories:logger:)``).
+    public init(config: SwitchyardConfig, pluginDirectories: [String] = [], logger: Logger = Logger(label: "switchyard.runtime")) throws {
+        self.config = config
+        self.logger = logger
+        instanceID = "\(ProcessInfo.processInfo.hostName.prefix(32))-\(getpid())-\(EnvelopeID.make().suffix(12))"
+            .map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" }.reduce(into: "") { $0.append($1) }
+        let needed = config.routes.map(\.transport).filter { $0 != SwitchyardConfig.RouteEntry.direct }
+        if needed.isEmpty {
+            transports = nil
+        } else {
+            let loader = PluginLoader(trust: TrustPolicy(pins: config.plugins.pins, requirePins: config.plugins.requirePins))
+            let catalog = loader.discover(in: SearchDirectory.searchPath(
+                commandLine: pluginDirectories, environment: ProcessInfo.processInfo.environment,
+                configDirectory: config.plugins.directory, workingDirectory: FileManager.default.currentDirectoryPath))
+            for rejection in catalog.rejected {
+                logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
+            }
+            let specs = config.transports.map { TransportSpec(name: $0.name, plugin: $0.plugin, inner: $0.inner, configJSON: $0.configJSON) }
+            do {
+                transports = try TransportSet(specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(), logger: logger)
+            } catch {
+                let entry = config.transports.first { error.message.contains("'\($0.name)'") }
+                throw ConfigError(key: entry.map { "transports.\($0.name)" } ?? "transports", line: entry?.line, message: error.message)
+            }
+        }
+        let created = transports
+        do {
+            routes = RouteTable(try config.routes.map { (entry) throws(ConfigError) in try Route(entry, transports: created) })
+        } catch {
+            created?.close()
+            throw error
+        }
+        server = Server(logger: logger)
+    }
+
+    deinit {
+        if SystemState(rawValue: state.load(ordering: .relaxed)) != .stopped {
+            pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
+            transports?.close()
+        }
+    }
+
+    /// Makes thrown errors of type `E` come back to callers as themselves (the type must be
+    /// registered in both the calling and the hosting process). Other errors arrive as
+    /// ``SwitchyardError/remote(type:message:)``.
+    public func registerError<E: Error & Codable>(_ type: E.Type) {
+        errors.register(type)
+    }
+
+    // MARK: Identity
+
+    /// The id the next actor created in this task gets (see ``host(_:group:as:_:)``).
+    @TaskLocal static var assigning: ActorID?
+
+    public func assignID<Act>(_ actorType: Act.Type) -> ActorID where Act: DistributedActor, Act.ID == ActorID {
+        Self.assigning ?? ActorID("\(actorType)-\(EnvelopeID.make())")
+    }
+
+    public func actorReady<Act>(_ actor: Act) where Act: DistributedActor, Act.ID == ActorID {
+        locals.withLock { $0[actor.id] = WeakActor(actor) }
+    }
+
+    public func resignID(_ id: ActorID) {
+        locals.withLock { _ = $0.removeValue(forKey: id) }
+    }
+
+    /// Local actors are never returned here: calls through a resolved stub always take the
+    /// route (use ``resolve(_:_:as:)`` for the direct fast path).
+    public func resolve<Act>(id: ActorID, as actorType: Act.Type) throws -> Act? where Act: DistributedActor, Act.ID == ActorID {
+        nil
+    }
+
+    /// Resolves the service `id` as its protocol: the local actor itself when every route of the
+    /// protocol is direct and the actor is hosted here (a call then costs what a local actor call
+    /// costs), otherwise a stub whose calls take their routes.
+    ///
+    /// ```swift
+    /// let orders: any Orders = try system.resolve("orders", $Orders.self)
+    /// ```
+    public func resolve<Stub: DistributedActor, Interface>(
+        _ id: ActorID, _ stub: Stub.Type, as interface: Interface.Type = Interface.self
+    ) throws -> Interface where Stub.ID == ActorID, Stub.ActorSystem == SwitchyardActorSystem {
+        let name = Self.interfaceName(of: stub)
+        let routes = routes.routes(forInterface: name)
+        if !routes.isEmpty, routes.allSatisfy(\.isDirect), let local = localActor(id), let typed = local as? Interface {
+            return typed
+        }
+        let resolved = try Stub.resolve(id: id, using: self)
+        guard let typed = resolved as? Interface else {
+            throw SwitchyardError.routing(target: name, reason: "\(Stub.self) is not a \(Interface.self)")
+        }
+        return typed
+    }
+
+    /// The local actor with `id`, if any.
+    func localActor(_ id: ActorID) -> (any DistributedActor)? {
+        locals.withLock { $0[id]?.actor }
+    }
+
+    /// Local actors named `name`, in any group.
+    func localActors(named name: String) -> [any DistributedActor] {
+        locals.withLock { $0.filter { $0.key.name == name }.compactMap { $0.value.actor } }
+    }
+
+    /// `Orders` for `$Orders` (or for `Module.$Orders`).
+    static func interfaceName(of type: Any.Type) -> String {
+        let name = String(describing: type)
+        let base = name.split(separator: "<").first.map(String.init) ?? name
+        return base.hasPrefix("$") ? String(base.dropFirst()) : base
+    }
+
+    public func makeInvocationEncoder() -> InvocationEncoder { InvocationEncoder() }
+
+    // MARK: Targets
+
+    /// The parsed target for `identifier`, cached.
+    func target(_ identifier: String) -> CallTarget? {
+        if let known = targets.withLock({ $0[identifier] }) { return known }
+        guard let parsed = CallTarget(identifier: identifier) else { return nil }
+        targets.withLock { $0[identifier] = parsed }
+        return parsed
+    }
+
+    func route(for target: CallTarget) -> Route? {
+        routes.route(interface: target.interface, method: target.method)
+    }
+
+    // MARK: Reply channels
+
+    /// The channel this system's replies arrive on over `transport`, subscribed on first use.
+    func replyChannel(on transport: Transport) throws(TransportError) -> String {
+        let channel = "_switchyard.reply.\(instanceID)"
+        if replySubscriptions.withLock({ $0[transport.name] }) != nil { return channel }
+        try replySubscriptions.withLock { (subscriptions) throws(TransportError) in
+            guard subscriptions[transport.name] == nil else { return }
+            let pending = self.pending
+            let client = transport.client
+            subscriptions[transport.name] = try client.subscribe(SubscribeOptions(channel: channel, group: instanceID)) { delivery, message in
+                if let correlation = message.header(EnvelopeHeader.correlationID) {
+                    let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
+                    let reply = Reply(outcome: message.header(EnvelopeHeader.outcome) ?? "return", body: Array(message.body), encoding: encoding)
+                    pending.complete(correlation, with: reply)
+                }
+                try? client.settle(delivery, .ack)
+                return .ok
+            }
+        }
+        return channel
+    }
+
+    func unsubscribeReplies() {
+        let subscriptions = replySubscriptions.withLock { all in
+            defer { all.removeAll() }
+            return all
+        }
+        for (name, id) in subscriptions { try? transports?[name]?.client.unsubscribe(id) }
+    }
+}
+
+/// Running → draining (no new deliveries) → stopped (no calls at all).
+enum SystemState: Int {
+    case running, draining, stopped
+}
+
+/// A local actor, held weakly: the system must not keep actors alive.
+struct WeakActor: @unchecked Sendable {
+    // @unchecked: the reference is only read, and actors are Sendable.
+    weak var reference: AnyObject?
+    init(_ actor: any DistributedActor) { reference = actor }
+    var actor: (any DistributedActor)? { reference as? any DistributedActor }
+}
