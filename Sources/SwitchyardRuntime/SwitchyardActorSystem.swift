@@ -46,7 +46,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     let errors = ErrorRegistry()
     let pending = PendingCalls()
     let server: Server
-    private let targets = Mutex<[String: CallTarget]>([:])
+    let targets = Mutex<[String: CallTarget]>([:])
     private let locals = Mutex<[ActorID: WeakActor]>([:])
     private let replySubscriptions = Mutex<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)

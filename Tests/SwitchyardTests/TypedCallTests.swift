@@ -1,6 +1,7 @@
 import Distributed
 import Foundation
 import Testing
+import SwitchyardABI
 import SwitchyardConfig
 @testable import SwitchyardRuntime
 
@@ -90,6 +91,20 @@ distributed actor ShopService: Shop {
     }
 }
 
+@Resolvable
+protocol Tally: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func add(_ amount: Int) async throws -> Int
+}
+
+distributed actor TallyService: Tally {
+    typealias ActorSystem = SwitchyardActorSystem
+    var total = 0
+    distributed func add(_ amount: Int) async throws -> Int {
+        total += amount
+        return total
+    }
+}
+
 /// A system over the bundled plugins (loaded from their .so files) with `yaml` as its config.
 func makeSystem(_ yaml: String, directory: TemporaryDirectory? = nil) throws -> SwitchyardActorSystem {
     let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: directory?.path ?? NSTemporaryDirectory())
@@ -105,6 +120,21 @@ struct TypedCallTests {
           "*": { transport: memq, deadline: 5s }
         """
 
+    /// Reads every message on `channel` of `transport` (a raw subscription through the ABI).
+    final class Tap: @unchecked Sendable {
+        private let lock = NSLock()
+        private var messages: [Message] = []
+        init(_ system: SwitchyardActorSystem, transport: String, channel: String, group: String = "tap") throws {
+            let client = try #require(system.transports?[transport]?.client)
+            _ = try client.subscribe(SubscribeOptions(channel: channel, group: group)) { [self] delivery, message in
+                lock.withLock { messages.append(message.copy()) }
+                try? client.settle(delivery, .ack)
+                return .ok
+            }
+        }
+        var all: [Message] { lock.withLock { messages } }
+    }
+
     @Test("request-reply through an in-memory queue .so: values, collections, optionals")
     func requestReplyThroughQueue() async throws {
         let system = try makeSystem(Self.queueConfig)
@@ -116,6 +146,333 @@ struct TypedCallTests {
         let total = try await shop.total(of: [Order(id: 1, customer: "a", amount: 1.25, note: "x"), Order(id: 2, customer: "b", amount: 2)])
         #expect(total == 3.25)
         #expect(ledger.count("shop:place:7") == 1)
+        await system.shutdown()
+    }
+
+    @Test("request-reply through a queue written in C (example-c .so), with JSON arguments")
+    func requestReplyThroughCPluginAsJSON() async throws {
+        let system = try makeSystem("""
+            transports:
+              cq: { plugin: example-c }
+            routes:
+              Shop.*: { transport: cq, encoding: json }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.place(Order(id: 1, customer: "json", amount: 1)) == "receipt-1-json")
+        await system.shutdown()
+    }
+
+    @Test("direct routes: resolve gives the local actor itself; a stub runs in-process")
+    func directRoute() async throws {
+        let system = try makeSystem("""
+            routes:
+              "*": { transport: direct }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let local: any Shop = try system.resolve("shop", $Shop.self)
+        #expect(local is ShopService)
+        #expect(try await local.place(Order(id: 1, customer: "x", amount: 1)) == "receipt-1-x")
+        let stub = try $Shop.resolve(id: "shop", using: system)
+        #expect(!(stub is ShopService))
+        #expect(try await stub.place(Order(id: 2, customer: "y", amount: 1)) == "receipt-2-y")
+        await #expect(throws: OutOfStock.self) { try await stub.fail("z", registered: true) }
+        await system.shutdown()
+    }
+
+    @Test("fire-and-forget returns once the queue has the call; the call runs later")
+    func fireAndForget() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.record: { transport: memq, mode: fire-and-forget }
+              Shop.*: { transport: memq }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        for id in 0..<50 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
+        #expect(await eventually { ledger.all.filter { $0.hasPrefix("shop:record:") }.count == 50 })
+        await system.shutdown()
+    }
+
+    @Test("topic route: every subscriber group gets each call")
+    func topicFanOut() async throws {
+        let system = try makeSystem("""
+            transports:
+              events: { plugin: topic }
+            routes:
+              Shop.record: { transport: events, mode: fire-and-forget }
+            """)
+        let ledger = Ledger()
+        for group in ["email", "analytics"] {
+            try system.host(SwitchyardActorID("shop", group: group), as: $Shop.self) {
+                ShopService(actorSystem: $0, ledger: ledger, label: group)
+            }
+        }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        for id in 0..<20 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
+        #expect(await eventually { ledger.all.count == 40 })
+        #expect(ledger.all.filter { $0.hasPrefix("email:record:") }.count == 20)
+        #expect(ledger.all.filter { $0.hasPrefix("analytics:record:") }.count == 20)
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.place(Order(id: 1, customer: "x", amount: 1)) }
+        await system.shutdown()
+    }
+
+    @Test("delay: a route default and Switchyard.withDelay per call, through the delay .so")
+    func delayedCalls() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+              later: { plugin: delay, inner: memq }
+            routes:
+              Shop.record: { transport: later, mode: fire-and-forget }
+              Shop.place: { transport: later, delay: 300ms }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        var started = ContinuousClock.now
+        _ = try await shop.place(Order(id: 1, customer: "c", amount: 1))
+        #expect(ContinuousClock.now - started >= .milliseconds(280))
+        started = ContinuousClock.now
+        try await Switchyard.withDelay(.milliseconds(400)) {
+            try await shop.record(Order(id: 2, customer: "c", amount: 1))
+        }
+        try await Task.sleep(for: .milliseconds(150))
+        #expect(ledger.count("shop:record:2") == 0)
+        #expect(await eventually { ledger.count("shop:record:2") == 1 })
+        #expect(ContinuousClock.now - started >= .milliseconds(380))
+        await system.shutdown()
+    }
+
+    @Test("a delay on a route whose transport cannot delay is refused at the call")
+    func delayWithoutCapability() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: SwitchyardError.self) {
+            try await Switchyard.withDelay(.seconds(1)) { try await shop.record(Order(id: 1, customer: "c", amount: 1)) }
+        }
+        await system.shutdown()
+    }
+
+    @Test("retry: a flaky call succeeds on a later attempt; one that keeps failing is dead-lettered")
+    func retries() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.*: { transport: memq, retry: { max_attempts: 4, initial_delay: 10ms, jitter: none } }
+            """)
+        system.registerError(OutOfStock.self)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.flaky("a", failures: 2) == 3)
+        do {
+            _ = try await shop.flaky("b", failures: 10)
+            Issue.record("expected the call to be dead-lettered")
+        } catch SwitchyardError.deadLettered(_, let attempts, let reason) {
+            #expect(attempts == 4)
+            #expect(reason.contains("OutOfStock"))
+        }
+        #expect(ledger.count("flaky:b") == 4)
+        #expect(await eventually { dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("gave up after 4 attempts") == true)
+        await system.shutdown()
+    }
+
+    @Test("retry through the retry .so decorator: the plugin's policy decides")
+    func retryDecorator() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+              retried: { plugin: retry, inner: memq, config: { max_attempts: 3, initial_delay: 5ms } }
+            routes:
+              Shop.record: { transport: retried, mode: fire-and-forget }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        _ = dlq
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        try await shop.record(Order(id: 1, customer: "c", amount: 1))
+        #expect(await eventually { ledger.count("shop:record:1") == 1 })
+        await system.shutdown()
+    }
+
+    @Test("timeout: no reply within the route's deadline throws a typed timeout")
+    func timeout() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.slow: { transport: memq, deadline: 200ms }
+            """)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        let started = ContinuousClock.now
+        do {
+            _ = try await shop.slow(2000)
+            Issue.record("expected a timeout")
+        } catch SwitchyardError.timeout(let target, let deadline) {
+            #expect(target == "Shop.slow(_:)")
+            #expect(deadline == .milliseconds(200))
+        }
+        #expect(ContinuousClock.now - started < .milliseconds(1500))
+        await system.shutdown(deadline: .milliseconds(100))
+    }
+
+    @Test("errors come back as themselves when registered, as remote errors otherwise")
+    func remoteErrors() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        system.registerError(OutOfStock.self)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: OutOfStock(item: "socks")) { _ = try await shop.fail("socks", registered: true) }
+        do {
+            _ = try await shop.fail("x", registered: false)
+            Issue.record("expected an error")
+        } catch SwitchyardError.remote(let type, let message) {
+            #expect(type.hasSuffix("NotRegistered"))
+            #expect(message == "not registered")
+        }
+        await system.shutdown()
+    }
+
+    @Test("a forged envelope naming another type's method is dead-lettered, never run")
+    func forgedEnvelope() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+            routes:
+              "*": { transport: memq, deadline: 2s }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        try system.host("tally", as: $Tally.self) { TallyService(actorSystem: $0) }
+        let tally = try $Tally.resolve(id: "tally", using: system)
+        #expect(try await tally.add(2) == 2)
+        let tallyTarget = try #require(system.targets.withLock { $0.values.first { $0.interface == "Tally" } })
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        // Tally.add on the shop actor: the same argument shape, the wrong actor.
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(5, appendingTo: &arguments)
+        let forged = Envelope(target: .init(name: "Shop.place(_:)", identifier: tallyTarget.identifier), arguments: arguments)
+        try system.transports!["memq"]!.client.publish(forged.message(channel: "shop"))
+        #expect(await eventually { dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("is not a method of actor 'shop'") == true)
+        // A target that is not a method at all, and an envelope of a future version.
+        try system.transports!["memq"]!.client.publish(Envelope(target: .init(name: "x", identifier: "$sGarbage"), arguments: []).message(channel: "shop"))
+        var future = Envelope(target: .init(name: "x", identifier: tallyTarget.identifier), arguments: []).message(channel: "shop")
+        future.headers = future.headers.map { $0.key == EnvelopeHeader.version ? Header($0.key, "2") : $0 }
+        try system.transports!["memq"]!.client.publish(future)
+        try system.transports!["memq"]!.client.publish(Message(id: "plain", channel: "shop", body: [1, 2, 3]))
+        #expect(await eventually { dlq.all.count == 4 })
+        let reasons = dlq.all.compactMap { $0.header("sy-dlq-reason") }
+        #expect(reasons.contains { $0.contains("unknown target") })
+        #expect(reasons.contains { $0.contains("envelope version 2 is not supported") })
+        #expect(reasons.contains { $0.contains("not a Switchyard envelope") })
+        #expect(ledger.all.isEmpty)
+        // The host still serves.
+        #expect(try await $Shop.resolve(id: "shop", using: system).place(Order(id: 3, customer: "ok", amount: 1)) == "receipt-3-ok")
+        await system.shutdown()
+    }
+
+    @Test("corrupt or missing arguments are refused with the reason; the caller hears why")
+    func corruptArguments() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        _ = try await shop.place(Order(id: 1, customer: "a", amount: 1))
+        let place = try #require(system.targets.withLock { $0.values.first { $0.method == "place" } })
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        var bad: [UInt8] = []
+        try ArgumentEncoding.compact.encode("not an order", appendingTo: &bad)
+        let client = system.transports!["memq"]!.client
+        try client.publish(Envelope(target: .init(name: "Shop.place(_:)", identifier: place.identifier), arguments: bad).message(channel: "shop"))
+        try client.publish(Envelope(target: .init(name: "Shop.place(_:)", identifier: place.identifier), arguments: [0xFF, 0x07, 0x99]).message(channel: "shop"))
+        try client.publish(Envelope(target: .init(name: "Shop.place(_:)", identifier: place.identifier), arguments: []).message(channel: "shop"))
+        #expect(await eventually { dlq.all.count == 3 })
+        for message in dlq.all { #expect(message.header("sy-dlq-reason")?.contains("cannot run Shop.place(_:)") == true, "\(message.header("sy-dlq-reason") ?? "")") }
+        await system.shutdown()
+    }
+
+    @Test("idempotent inbox: a redelivered call is answered from the inbox, not run again")
+    func inbox() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.*: { transport: memq, mode: fire-and-forget, inbox: { window: 1m, path: inbox.db } }
+            """, directory: directory)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        try await shop.record(Order(id: 1, customer: "a", amount: 1))
+        #expect(await eventually { ledger.count("shop:record:1") == 1 })
+        let record = try #require(system.targets.withLock { $0.values.first { $0.method == "record" } })
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(Order(id: 2, customer: "b", amount: 1), appendingTo: &arguments)
+        let envelope = Envelope(id: "dup-1", target: .init(name: "Shop.record(_:)", identifier: record.identifier), arguments: arguments)
+        let client = system.transports!["memq"]!.client
+        for _ in 0..<3 { try client.publish(envelope.message(channel: "shop")) }
+        #expect(await eventually { ledger.count("shop:record:2") == 1 })
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(ledger.count("shop:record:2") == 1)
+        #expect(FileManager.default.fileExists(atPath: directory.file("inbox.db")))
+        await system.shutdown()
+    }
+
+    @Test("ordering: the named argument's value becomes the message's ordering key")
+    func orderingKey() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.flaky: { transport: memq, ordering: key, mode: request-reply, deadline: 300ms }
+            """)
+        let tap = try Tap(system, transport: "memq", channel: "shop")
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("customer-42", failures: 0) }
+        #expect(await eventually { tap.all.count == 1 })
+        #expect(tap.all.first?.orderingKey == "customer-42")
+        let headers = Dictionary(tap.all.first!.headers.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        #expect(headers["ce-specversion"] == "1.0")
+        #expect(headers["ce-type"] == "Shop.flaky(_:failures:)")
+        #expect(headers["ce-datacontenttype"] == "application/x-switchyard-compact")
+        #expect(headers["ce-id"] == tap.all.first!.id)
+        #expect(headers["ce-syreplyto"]?.hasPrefix("_switchyard.reply.") == true)
+        await system.shutdown()
+    }
+
+    @Test("unrouted calls and fire-and-forget routes for methods with results are refused")
+    func routingErrors() async throws {
+        let system = try makeSystem("""
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.place: { transport: memq, mode: fire-and-forget }
+            """)
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        do {
+            _ = try await shop.total(of: [])
+            Issue.record("expected a routing error")
+        } catch SwitchyardError.routing(_, let reason) {
+            #expect(reason.contains("no route matches Shop.total"))
+        }
+        do {
+            _ = try await shop.place(Order(id: 1, customer: "a", amount: 1))
+            Issue.record("expected a routing error")
+        } catch SwitchyardError.routing(_, let reason) {
+            #expect(reason.contains("only Void methods can be fire-and-forget"))
+        }
         await system.shutdown()
     }
 }

@@ -169,6 +169,10 @@ extension SwitchyardActorSystem {
             return reject("cannot run \(call.name): \(failure)", route: route)
         }
         guard let outcome = handler.outcome else { return reject("\(call.name) produced no outcome", route: route) }
+        if case .error(let error as EnvelopeError) = outcome {
+            // The arguments could not be decoded (the runtime reports it as a throw).
+            return reject("cannot run \(call.name): \(error)", route: route)
+        }
 
         if case .error(let error) = outcome {
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"

@@ -41,8 +41,20 @@ extension SwitchyardActorSystem: Service {
             }
             try? subscription.transport.client.unsubscribe(subscription.id)
         }
+        // Workers end once their queue is closed and their call is done; past the deadline, the
+        // calls still running are cancelled rather than waited for.
         for subscription in subscriptions {
-            for worker in subscription.workers { await worker.value }
+            for worker in subscription.workers {
+                if ContinuousClock.now < until {
+                    await withTaskGroup(of: Void.self) { group in
+                        group.addTask { await worker.value }
+                        group.addTask { try? await Task.sleep(until: until) }
+                        await group.next()
+                        group.cancelAll()
+                    }
+                }
+                worker.cancel()
+            }
         }
         state.store(SystemState.stopped.rawValue, ordering: .releasing)
         let unfinished = pending.count
