@@ -1,0 +1,207 @@
+import Foundation
+import Testing
+import SwitchyardABI
+import SwitchyardConfig
+@testable import SwitchyardRuntime
+
+@Suite("Route configuration")
+struct RouteConfigTests {
+    static let transports = """
+        transports:
+          q: { plugin: queue }
+          t: { plugin: topic }
+          c: { plugin: example-c }
+          later: { plugin: delay, inner: q }
+
+        """
+
+    @Test("routes parse with their defaults")
+    func parses() throws {
+        let config = try SwitchyardConfig.parse(yaml: Self.transports + """
+            routes:
+              Orders.place: { transport: q, deadline: 2s, retry: { max_attempts: 3 }, ordering: customer }
+              Orders.*: { transport: direct }
+              "*": { transport: later, mode: fire-and-forget, delay: 5s, inbox: { window: 1m } }
+            """, baseDirectory: "/")
+        #expect(config.routes.map(\.pattern) == ["Orders.place", "Orders.*", "*"])
+        #expect(config.routes[0].deadlineNanos == 2_000_000_000)
+        #expect(config.routes[0].orderingArgument == "customer")
+        #expect(config.routes[1].deadlineNanos == 30_000_000_000)
+        #expect(config.routes[2].mode == .fireAndForget)
+        #expect(config.routes[2].inbox?.windowNanos == 60_000_000_000)
+    }
+
+    @Test("each kind of route error names the key and line", arguments: [
+        ("routes:\n  Orders.place: { transport: nowhere }\n", "routes.Orders.place.transport", "no transport named 'nowhere'"),
+        ("routes:\n  Orders.place: { mode: fire-and-forget }\n", "routes.Orders.place.transport", "is required"),
+        ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "expected one of"),
+        ("routes:\n  Orders.place: { transport: q, deadline: soon }\n", "routes.Orders.place.deadline", "is not a duration"),
+        ("routes:\n  Orders.place: { transport: q, deadline: 0 }\n", "routes.Orders.place.deadline", "more than 0"),
+        ("routes:\n  Orders.place: { transport: q, delya: 1s }\n", "routes.Orders.place.delya", "unknown key"),
+        ("routes:\n  Orders..place: { transport: q }\n", "routes.Orders..place", "route patterns are"),
+        ("routes:\n  Orders.place: { transport: q, encoding: xml }\n", "routes.Orders.place.encoding", "compact or json"),
+        ("routes:\n  Orders.place: { transport: q, inbox: { window: forever } }\n", "routes.Orders.place.inbox.window", "is not a duration"),
+        ("transports:\n  direct: { plugin: queue }\n", "transports.direct", "reserved"),
+    ])
+    func parseErrors(_ yaml: String, _ key: String, _ message: String) {
+        let text = yaml.hasPrefix("routes") ? Self.transports + yaml : yaml
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: text, baseDirectory: "/") }
+        #expect(error?.key == key)
+        #expect(error?.line != nil)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("routes are checked against what the loaded plugins can do, before anything starts", arguments: [
+        ("Orders.place: { transport: q, delay: 1s }", "routes.Orders.place.delay", "cannot: it lacks the delay capability"),
+        ("Orders.place: { transport: c, retry: { max_attempts: 2 } }", "routes.Orders.place.retry", "lacks the retry capability"),
+        ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
+        ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
+        ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
+        ("Orders.place: { transport: direct, retry: {} }", "routes.Orders.place.retry", "needs a transport"),
+        ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
+        ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
+        ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),
+    ])
+    func capabilityErrors(_ route: String, _ key: String, _ message: String) throws {
+        let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  " + route + "\n", baseDirectory: "/")
+        let error = #expect(throws: ConfigError.self) {
+            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        }
+        #expect(error?.key == key)
+        #expect(error?.line == 7)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a delay route on a delay transport is accepted")
+    func delayAccepted() throws {
+        let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  Orders.place: { transport: later, delay: 1s }\n", baseDirectory: "/")
+        let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        #expect(system.routes.routes.count == 1)
+    }
+
+    @Test("an unknown plugin fails the start, naming the transport")
+    func unknownPlugin() throws {
+        let config = try SwitchyardConfig.parse(yaml: "transports:\n  x: { plugin: nosuch }\nroutes:\n  '*': { transport: x }\n", baseDirectory: "/")
+        let error = #expect(throws: ConfigError.self) {
+            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        }
+        #expect(error?.key == "transports.x")
+        #expect(error?.message.contains("unknown plugin 'nosuch'") == true)
+    }
+
+    @Test("environment variables override values; an unset one is an error with its line")
+    func environment() throws {
+        let yaml = "transports:\n  q:\n    plugin: queue\n    config: { path: \"${DATA}/q.db\", capacity: ${CAP:-10} }\n"
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: ["DATA": "/var/x"])
+        #expect(config.transports[0].configJSON == #"{"capacity":10,"path":"\/var\/x\/q.db"}"#)
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: [:]) }
+        #expect(error?.line == 4)
+        #expect(error?.message.contains("DATA is not set") == true)
+        let escaped = try EnvironmentExpansion.expand("a: $${HOME}", environment: [:])
+        #expect(escaped == "a: ${HOME}")
+    }
+}
+
+@Suite("Compact codec and envelope")
+struct CodecTests {
+    enum Shape: Codable, Hashable {
+        case circle(radius: Double)
+        case polygon(sides: [Int], name: String?)
+        case empty
+    }
+
+    struct Everything: Codable, Hashable {
+        var int = -42
+        var uint: UInt64 = .max
+        var int8: Int8 = -8
+        var float: Float = 1.5
+        var double = -2.25
+        var bool = true
+        var string = "héllo, wörld"
+        var bytes: [UInt8] = [0, 1, 255]
+        var data = Data([9, 8, 7])
+        var optional: String? = nil
+        var present: Int? = 3
+        var list = [1, 2, 3]
+        var nested = [["a": 1], ["b": 2]]
+        var shapes: [Shape] = [.circle(radius: 2), .polygon(sides: [3, 4], name: nil), .empty]
+        var date = Date(timeIntervalSince1970: 1_700_000_000)
+        var set: Set<String> = ["x"]
+        var uuid = UUID(uuidString: "01937F4C-5E2A-7B3D-9C1E-2F4A6B8C0D1E")!
+    }
+
+    @Test("values round-trip, including enums with payloads, nesting, optionals and bytes")
+    func roundTrip() throws {
+        let value = Everything()
+        let bytes = try CompactEncoder().encode(value)
+        #expect(try CompactDecoder().decode(Everything.self, from: bytes) == value)
+        #expect(bytes.count < (try JSONEncoder().encode(value)).count)
+    }
+
+    @Test("malformed input throws, never traps")
+    func malformed() throws {
+        let good = try CompactEncoder().encode(Everything())
+        var rng = SystemRandomNumberGenerator()
+        for length in stride(from: 0, to: good.count, by: 3) {
+            #expect(throws: (any Error).self) { try CompactDecoder().decode(Everything.self, from: Array(good.prefix(length))) }
+        }
+        for _ in 0..<2000 {
+            var mutated = good
+            for _ in 0..<3 { mutated[Int.random(in: 0..<mutated.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            _ = try? CompactDecoder().decode(Everything.self, from: mutated)
+        }
+        let deep = [UInt8](repeating: 0x08, count: 100_000)
+        #expect(throws: (any Error).self) { try CompactDecoder().decode([[[[Int]]]].self, from: deep) }
+        #expect(throws: (any Error).self) { try CompactDecoder().decode(Int8.self, from: try CompactEncoder().encode(300)) }
+        #expect(throws: (any Error).self) { try CompactDecoder().decode(Int.self, from: [0x03, 0x02, 0x00]) }
+    }
+
+    @Test("envelope ids are UUIDv7, unique and time-ordered")
+    func ids() {
+        let ids = (0..<10_000).map { _ in EnvelopeID.make() }
+        #expect(Set(ids).count == ids.count)
+        for id in ids.prefix(10) {
+            #expect(id.count == 36)
+            #expect(Array(id)[14] == "7")
+            #expect("89ab".contains(Array(id)[19]))
+        }
+        let later = EnvelopeID.make()
+        usleep(2000)
+        #expect(EnvelopeID.make() > later)
+    }
+
+    @Test("RFC 3339 times round-trip and parse offsets", arguments: [
+        Int64(0), 1_700_000_000_123_456_789, -86_400_000_000_001, 4_102_444_800_000_000_000,
+    ])
+    func times(_ nanos: Int64) {
+        let text = RFC3339.format(nanos: nanos)
+        #expect(RFC3339.parse(text) == nanos, "\(text)")
+    }
+
+    @Test("RFC 3339 offsets and rejects")
+    func timeOffsets() {
+        #expect(RFC3339.parse("2026-11-27T10:00:00+02:00") == RFC3339.parse("2026-11-27T08:00:00Z"))
+        #expect(RFC3339.format(nanos: 0) == "1970-01-01T00:00:00.000000000Z")
+        for bad in ["", "2026-11-27", "2026-13-01T00:00:00Z", "2026-11-27T25:00:00Z", "2026-11-27T10:00:00", "2026-11-27T10:00:00.Z"] {
+            #expect(RFC3339.parse(bad) == nil, "\(bad)")
+        }
+    }
+
+    @Test("an envelope survives the trip through a message; bad ones say why")
+    func envelopeRoundTrip() throws {
+        let envelope = Envelope(
+            target: .init(name: "Orders.place(_:)", identifier: "$s7Example7$OrdersP5placeyyFTE"), arguments: [1, 2, 3],
+            substitutions: ["7Example7$OrdersC"], replyTo: "_switchyard.reply.x", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            idempotencyKey: "k1", deadlineNanos: 1_800_000_000_000_000_000)
+        let message = envelope.message(channel: "orders", orderingKey: "c1")
+        let decoded = try message.withCMessage { try Envelope(try MessageView(validating: $0)) }
+        #expect(decoded == envelope)
+        var broken = message
+        broken.headers.removeAll { $0.key == EnvelopeHeader.target }
+        let error = #expect(throws: EnvelopeError.self) { try broken.withCMessage { try Envelope(try MessageView(validating: $0)) } }
+        #expect(error?.description.contains("ce-sytarget") == true)
+        var badType = message
+        badType.headers = badType.headers.map { $0.key == EnvelopeHeader.contentType ? .init($0.key, "text/xml") : $0 }
+        #expect(throws: EnvelopeError.self) { try badType.withCMessage { try Envelope(try MessageView(validating: $0)) } }
+    }
+}
