@@ -142,11 +142,22 @@ let package = Package(
         .executableTarget(
             name: "switchyard-durability-probe", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"],
             path: "Tests/Helpers/DurabilityProbe"),
+        /// A service the tests and their child processes share.
+        .target(name: "SwitchyardTestServices", dependencies: ["SwitchyardRuntime"], path: "Tests/Helpers/TestServices"),
+        /// A host process for the SIGTERM drain test.
+        .executableTarget(
+            name: "switchyard-drain-probe",
+            dependencies: [
+                "SwitchyardRuntime", "SwitchyardTestServices",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/Helpers/DrainProbe"),
         .testTarget(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard", "SwitchyardConformance",
-                "SwitchyardRuntime",
+                "SwitchyardRuntime", "SwitchyardTestServices",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             exclude: ["Fixtures"]),
