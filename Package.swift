@@ -117,9 +117,18 @@ let package = Package(
             name: "SwitchyardCLI",
             dependencies: [
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance",
-                "SwitchyardTransportKit",
+                "SwitchyardTransportKit", "SwitchyardRuntime", "OrdersExample",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
+
+        // MARK: Examples
+
+        /// The orders example system that `switchyard demo` runs (examples/orders).
+        .target(
+            name: "OrdersExample", dependencies: ["SwitchyardRuntime", "SwitchyardConfig"], path: "examples/orders",
+            exclude: ["README.md", "direct.yaml"], sources: ["Sources"], resources: [.copy("switchyard.yaml")]),
 
         // MARK: Benchmarks
 

@@ -2,12 +2,12 @@ import ArgumentParser
 
 /// The `switchyard` command.
 @main
-struct Switchyard: ParsableCommand {
+struct SwitchyardCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "Route typed method calls through transport plugins chosen by configuration.",
         version: "0.1.0",
-        subcommands: [PluginsCommand.self, DeadLetterCommand.self, BenchCommand.self])
+        subcommands: [DemoCommand.self, RunCommand.self, PluginsCommand.self, DeadLetterCommand.self, BenchCommand.self])
 }
 
 /// `switchyard plugins …`: find, inspect and verify transport plugins.

@@ -189,6 +189,14 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         return parsed
     }
 
+    /// Each configured route and the transport chain it uses (`direct` for none), e.g.
+    /// `("Payments.charge", "work (queue)")`.
+    public var routeDescriptions: [(pattern: String, transport: String)] {
+        routes.routes.map { route in
+            (route.pattern, route.transport.map { "\($0.name) (\(Route.chain($0)))" } ?? "direct (in process)")
+        }
+    }
+
     func route(for target: CallTarget) -> Route? {
         routes.route(interface: target.interface, method: target.method)
     }

@@ -13,8 +13,10 @@ public enum Switchyard {
     /// The route's transport must be able to delay (a `delay` transport in its chain); otherwise
     /// the call throws ``SwitchyardError/routing(target:reason:)``. Calls on a local actor
     /// obtained through a direct route run at once.
-    public static func withDelay<R>(_ delay: Duration, _ body: () async throws -> R) async rethrows -> R {
-        try await $callDelay.withValue(delay, operation: body)
+    public static func withDelay<R>(
+        _ delay: Duration, isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> R
+    ) async rethrows -> R {
+        try await $callDelay.withValue(delay, operation: body, isolation: isolation)
     }
 }
 

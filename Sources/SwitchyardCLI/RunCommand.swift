@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import SwitchyardConfig
+import SwitchyardRuntime
+
+/// `switchyard run`: a host that needs no Swift code of its own.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Start the actor system from a config file and serve until SIGTERM, then drain.",
+        discussion: """
+            Loads the plugins, creates the transports and checks every route before anything \
+            starts; a config problem exits 1 naming the key and line. On SIGTERM or SIGINT it \
+            stops taking deliveries, finishes the calls it is running and exits within --drain.
+            """)
+
+    @Option(help: ArgumentHelp("The config file.", valueName: "file"))
+    var config: String
+
+    @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
+    var pluginDirectories: [String] = []
+
+    @Option(help: ArgumentHelp("How long draining may take, in seconds.", valueName: "seconds"))
+    var drain: Double = 30
+
+    @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error.", valueName: "level"))
+    var logLevel: String = "info"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+        var logger = Logger(label: "switchyard")
+        logger.logLevel = level
+        let system: SwitchyardActorSystem
+        do {
+            system = try SwitchyardActorSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        } catch let error as ConfigError {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        for (pattern, transport) in system.routeDescriptions {
+            logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])
+        }
+        logger.info("running; SIGTERM or SIGINT drains and stops")
+        let drainSeconds = drain
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: DrainingHost(system: system, deadline: .milliseconds(Int(drainSeconds * 1000))))],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// Runs the system until graceful shutdown, then drains it within `deadline`.
+struct DrainingHost: Service {
+    let system: SwitchyardActorSystem
+    let deadline: Duration
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await system.shutdown(deadline: deadline)
+    }
+}

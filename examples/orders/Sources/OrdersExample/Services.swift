@@ -1,0 +1,156 @@
+import Distributed
+import Foundation
+import SwitchyardRuntime
+
+// The orders example: four service protocols. Nothing here knows how calls travel; the config
+// file's routes decide (switchyard.yaml: durable queues, a topic, a delay; direct.yaml: in process).
+
+/// An order to place.
+public struct Order: Codable, Hashable, Sendable {
+    /// Order number.
+    public var id: Int
+    /// Who ordered.
+    public var customer: String
+    /// Amount in cents.
+    public var cents: Int
+
+    /// An order.
+    public init(id: Int, customer: String, cents: Int) {
+        self.id = id
+        self.customer = customer
+        self.cents = cents
+    }
+}
+
+/// What placing an order returns.
+public struct Receipt: Codable, Hashable, Sendable {
+    /// The order.
+    public var orderID: Int
+    /// The payment provider's reference.
+    public var payment: String
+}
+
+/// The payment provider said no; comes back to callers as itself (it is registered).
+public struct PaymentDeclined: Error, Codable, Hashable, CustomStringConvertible {
+    /// The order.
+    public var orderID: Int
+    /// Why.
+    public var reason: String
+    public var description: String { "payment for order \(orderID) declined: \(reason)" }
+}
+
+/// Places orders: charges the payment, announces the order, schedules a reminder.
+@Resolvable
+public protocol Orders: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// Places an order and returns its receipt.
+    distributed func place(_ order: Order) async throws -> Receipt
+}
+
+/// Charges customers through a flaky provider.
+@Resolvable
+public protocol Payments: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// Charges an order; throws ``PaymentDeclined`` when the provider refuses.
+    distributed func charge(_ order: Order) async throws -> String
+}
+
+/// Events about orders, for every subscriber group.
+@Resolvable
+public protocol OrderEvents: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// An order was placed.
+    distributed func orderPlaced(_ order: Order, receipt: Receipt) async throws
+}
+
+/// Reminders, sent later.
+@Resolvable
+public protocol Reminders: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// Reminds the customer about the order.
+    distributed func remind(orderID: Int, customer: String) async throws
+}
+
+distributed actor OrdersService: Orders {
+    typealias ActorSystem = SwitchyardActorSystem
+    let payments: any Payments
+    let events: any OrderEvents
+    let reminders: any Reminders
+    let reminderDelay: Duration
+
+    init(actorSystem: ActorSystem, payments: any Payments, events: any OrderEvents, reminders: any Reminders, reminderDelay: Duration) {
+        self.actorSystem = actorSystem
+        self.payments = payments
+        self.events = events
+        self.reminders = reminders
+        self.reminderDelay = reminderDelay
+    }
+
+    distributed func place(_ order: Order) async throws -> Receipt {
+        let payment = try await payments.charge(order)
+        let receipt = Receipt(orderID: order.id, payment: payment)
+        try await events.orderPlaced(order, receipt: receipt)
+        try await Switchyard.withDelay(reminderDelay) {
+            try await reminders.remind(orderID: order.id, customer: order.customer)
+        }
+        return receipt
+    }
+}
+
+/// A payment provider that is flaky on purpose: some orders are declined on their first attempts
+/// and go through on a later one; a few are always declined.
+distributed actor PaymentsService: Payments {
+    typealias ActorSystem = SwitchyardActorSystem
+    let stats: DemoStats
+
+    init(actorSystem: ActorSystem, stats: DemoStats) {
+        self.actorSystem = actorSystem
+        self.stats = stats
+    }
+
+    distributed func charge(_ order: Order) async throws -> String {
+        let attempt = stats.paymentAttempt(order.id)
+        if FlakyProvider.alwaysDeclines(order.id) {
+            throw PaymentDeclined(orderID: order.id, reason: "card blocked")
+        }
+        if attempt <= FlakyProvider.failuresBeforeSuccess(order.id) {
+            throw PaymentDeclined(orderID: order.id, reason: "provider busy (attempt \(attempt))")
+        }
+        return "pay-\(order.id)-\(attempt)"
+    }
+}
+
+/// Which orders the flaky provider declines, and how often.
+public enum FlakyProvider {
+    /// Declined forever: one order in 50.
+    public static func alwaysDeclines(_ id: Int) -> Bool { id % 50 == 17 }
+    /// Declined this many times before going through: one order in 10 twice, one in 7 once.
+    public static func failuresBeforeSuccess(_ id: Int) -> Int { id % 10 == 3 ? 2 : (id % 7 == 5 ? 1 : 0) }
+}
+
+/// One subscriber group of ``OrderEvents``: counts what it receives under its group name.
+distributed actor OrderEventsSubscriber: OrderEvents {
+    typealias ActorSystem = SwitchyardActorSystem
+    let group: String
+    let stats: DemoStats
+
+    init(actorSystem: ActorSystem, group: String, stats: DemoStats) {
+        self.actorSystem = actorSystem
+        self.group = group
+        self.stats = stats
+    }
+
+    distributed func orderPlaced(_ order: Order, receipt: Receipt) async throws {
+        stats.delivered(to: group, orderID: order.id)
+    }
+}
+
+distributed actor ReminderService: Reminders {
+    typealias ActorSystem = SwitchyardActorSystem
+    let stats: DemoStats
+
+    init(actorSystem: ActorSystem, stats: DemoStats) {
+        self.actorSystem = actorSystem
+        self.stats = stats
+    }
+
+    distributed func remind(orderID: Int, customer: String) async throws {
+        stats.delivered(to: "reminders", orderID: orderID)
+    }
+}
