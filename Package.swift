@@ -136,8 +136,9 @@ let package = Package(
         .target(
             name: "SwitchyardBench",
             dependencies: [
-                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite",
+                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardConfig",
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/SwitchyardBench"),
         .target(

@@ -6,6 +6,7 @@ import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
 import Synchronization
+import SwitchyardTransportKit
 import Tracing
 
 /// The Switchyard actor system: typed calls on distributed actors, carried the way the
@@ -46,7 +47,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     let errors = ErrorRegistry()
     let pending = PendingCalls()
     let server: Server
-    let targets = Mutex<[String: CallTarget]>([:])
+    /// Parsed targets and their routes, by identifier (read on every call: an adaptive lock,
+    /// since Linux's `Mutex` enters the kernel whenever it is contended).
+    let targets = AdaptiveLock<[String: ResolvedTarget]>([:])
     private let locals = Mutex<[ActorID: WeakActor]>([:])
     private let replySubscriptions = Mutex<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)
@@ -181,13 +184,23 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
 
     // MARK: Targets
 
-    /// The parsed target for `identifier`, cached.
-    func target(_ identifier: String) -> CallTarget? {
+    /// A target and the route it takes, resolved once per identifier.
+    struct ResolvedTarget: Sendable {
+        let call: CallTarget
+        let route: Route?
+    }
+
+    /// The parsed target for `identifier` and its route, cached.
+    func resolved(_ identifier: String) -> ResolvedTarget? {
         if let known = targets.withLock({ $0[identifier] }) { return known }
         guard let parsed = CallTarget(identifier: identifier) else { return nil }
-        targets.withLock { $0[identifier] = parsed }
-        return parsed
+        let resolved = ResolvedTarget(call: parsed, route: routes.route(interface: parsed.interface, method: parsed.method))
+        targets.withLock { $0[identifier] = resolved }
+        return resolved
     }
+
+    /// The parsed target for `identifier`, cached.
+    func target(_ identifier: String) -> CallTarget? { resolved(identifier)?.call }
 
     /// Each configured route and the transport chain it uses (`direct` for none), e.g.
     /// `("Payments.charge", "work (queue)")`.

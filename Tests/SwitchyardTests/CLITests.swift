@@ -6,8 +6,8 @@ import Testing
 @Suite("switchyard plugins")
 struct CLITests {
     @Test("verify accepts a good plugin with exit 0")
-    func verifyGood() throws {
-        let result = try run(BuildProducts.switchyard, ["plugins", "verify", BuildProducts.exampleSwift])
+    func verifyGood() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", BuildProducts.exampleSwift])
         #expect(result.status == 0)
         #expect(result.stdout.contains("ok: example-swift 1.0.0, ABI 1.\(SY_ABI_MINOR), capabilities: queue"))
     }
@@ -17,10 +17,10 @@ struct CLITests {
         (["FIXTURE_ABI_MAJOR=3"], "built for ABI 3."),
         (["FIXTURE_NULL_PUBLISH"], "publish NULL"),
     ])
-    func verifyBad(_ defines: [String], _ reason: String) throws {
+    func verifyBad(_ defines: [String], _ reason: String) async throws {
         let dir = try TemporaryDirectory()
         let path = try CCompiler.fixture("bad.so", in: dir.path, defines: defines)
-        let result = try run(BuildProducts.switchyard, ["plugins", "verify", path])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
         #expect(result.status == 1)
         #expect(!result.signaled)
         #expect(result.stderr.contains(reason), "\(result.stderr)")
@@ -28,24 +28,24 @@ struct CLITests {
     }
 
     @Test("verify survives a plugin that crashes while loading")
-    func verifyCrashingPlugin() throws {
+    func verifyCrashingPlugin() async throws {
         let dir = try TemporaryDirectory()
         let path = try CCompiler.fixture("crash.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
-        let result = try run(BuildProducts.switchyard, ["plugins", "verify", path])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
         #expect(result.status == 1)
         #expect(!result.signaled)
         #expect(result.stderr.contains("crashed the loader with signal 11"), "\(result.stderr)")
     }
 
     @Test("verify never crashes on junk: empty, text, random bytes, a directory, a missing path")
-    func verifyJunk() throws {
+    func verifyJunk() async throws {
         let dir = try TemporaryDirectory()
         _ = FileManager.default.createFile(atPath: dir.file("empty.so"), contents: Data())
         try "hello".write(toFile: dir.file("text.so"), atomically: true, encoding: .utf8)
         var generator = SystemRandomNumberGenerator()
         _ = FileManager.default.createFile(atPath: dir.file("random.so"), contents: Data((0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) }))
         for path in [dir.file("empty.so"), dir.file("text.so"), dir.file("random.so"), dir.path, dir.file("missing.so")] {
-            let result = try run(BuildProducts.switchyard, ["plugins", "verify", path])
+            let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
             #expect(result.status == 1, "\(path)")
             #expect(!result.signaled, "\(path)")
             #expect(!result.stderr.isEmpty, "\(path)")
@@ -53,10 +53,10 @@ struct CLITests {
     }
 
     @Test("list --json lists bundled plugins and refused files, and exits 0")
-    func listJSON() throws {
+    func listJSON() async throws {
         let dir = try TemporaryDirectory()
         try CCompiler.fixture("null.so", in: dir.path, defines: ["FIXTURE_ENTRY_NULL"])
-        let result = try run(BuildProducts.switchyard, ["plugins", "list", "--json", "--dir", dir.path])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--json", "--dir", dir.path])
         #expect(result.status == 0, "\(result.stderr)")
         struct Output: Decodable {
             struct Plugin: Decodable { let name, version, abi, path: String; let capabilities: [String] }
@@ -76,21 +76,21 @@ struct CLITests {
     }
 
     @Test("inspect by name shows the full descriptor with its sha256")
-    func inspect() throws {
-        let result = try run(BuildProducts.switchyard, ["plugins", "inspect", "example-c", "--json"])
+    func inspect() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "inspect", "example-c", "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         struct Output: Decodable { let name: String; let functions: [String]; let sha256: String }
         let output = try JSONDecoder().decode(Output.self, from: Data(result.stdout.utf8))
         #expect(output.name == "example-c")
         #expect(output.functions == ["create", "destroy", "publish", "subscribe", "unsubscribe", "settle", "drain", "stats"])  // no publish_batch: example-c is one-at-a-time
         #expect(output.sha256.count == 64)
-        let missing = try run(BuildProducts.switchyard, ["plugins", "inspect", "no-such-plugin"])
+        let missing = try await run(BuildProducts.switchyard, ["plugins", "inspect", "no-such-plugin"])
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("no plugin named 'no-such-plugin'"))
     }
 
     @Test("a config file's plugins directory and pins are honoured")
-    func configPins() throws {
+    func configPins() async throws {
         let dir = try TemporaryDirectory()
         try FileManager.default.createDirectory(atPath: dir.file("plugins-here"), withIntermediateDirectories: true)
         try CCompiler.fixture("libswitchyard-pinned.so", in: dir.file("plugins-here"), defines: ["FIXTURE_NAME=\"pinned\""])
@@ -100,16 +100,16 @@ struct CLITests {
               pins:
                 pinned: \(String(repeating: "ab", count: 32))
             """.write(toFile: dir.file("switchyard.yaml"), atomically: true, encoding: .utf8)
-        let result = try run(BuildProducts.switchyard, ["plugins", "list", "--json", "--config", dir.file("switchyard.yaml")])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--json", "--config", dir.file("switchyard.yaml")])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("does not match the pin for 'pinned'"))
     }
 
     @Test("a malformed config names the key and line, exit code non-zero")
-    func badConfig() throws {
+    func badConfig() async throws {
         let dir = try TemporaryDirectory()
         try "plugins:\n  directory: x\n  pinz: {}\n".write(toFile: dir.file("bad.yaml"), atomically: true, encoding: .utf8)
-        let result = try run(BuildProducts.switchyard, ["plugins", "list", "--config", dir.file("bad.yaml")])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--config", dir.file("bad.yaml")])
         #expect(result.status != 0)
         #expect(result.stderr.contains("line 3"), "\(result.stderr)")
         #expect(result.stderr.contains("'plugins.pinz': unknown key"), "\(result.stderr)")

@@ -5,8 +5,8 @@ import Testing
 @Suite("switchyard demo and run")
 struct DemoTests {
     @Test("demo on the embedded default: durable transports, retries, two groups, delayed reminders; exits 0")
-    func embeddedDefault() throws {
-        let result = try run(BuildProducts.switchyard, ["demo", "--orders", "60"])
+    func embeddedDefault() async throws {
+        let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "60"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("route    Payments.charge → work (queue)"))
         #expect(result.stdout.contains("route    Reminders.* → later (delay → queue)"))
@@ -22,8 +22,8 @@ struct DemoTests {
     }
 
     @Test("demo with every route direct: the same code, no transports")
-    func direct() throws {
-        let result = try run(BuildProducts.switchyard, ["demo", "--orders", "60", "--config", Repository.root + "/examples/orders/direct.yaml"])
+    func direct() async throws {
+        let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "60", "--config", Repository.root + "/examples/orders/direct.yaml"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("route    * → direct (in process)"))
         #expect(result.stdout.contains("payment retries                     0"))
@@ -31,12 +31,12 @@ struct DemoTests {
     }
 
     @Test("demo and run refuse a bad config with the key and line, exit 1")
-    func badConfig() throws {
+    func badConfig() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("bad.yaml")
         try "transports:\n  q: { plugin: queue }\nroutes:\n  Orders.place: { transport: q, delay: 5s }\n".write(toFile: path, atomically: true, encoding: .utf8)
         for command in [["demo", "--config", path], ["run", "--config", path]] {
-            let result = try run(BuildProducts.switchyard, command)
+            let result = try await run(BuildProducts.switchyard, command)
             #expect(result.status == 1)
             #expect(result.stderr.contains("line 4: 'routes.Orders.place.delay'"), "\(result.stderr)")
         }

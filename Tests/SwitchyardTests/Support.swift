@@ -106,6 +106,21 @@ enum CCompiler {
     }
 }
 
+/// Runs blocking work (a child process, a conformance run) on a thread of its own and awaits it,
+/// so the test's task gives its cooperative-pool thread back while it waits. Tests run in
+/// parallel on a pool as wide as the machine (2 threads here); a test that blocks a pool thread
+/// for seconds starves every async test, and the runtime's own tasks with them.
+func offPool<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+/// ``run(_:_:environment:)`` without holding a pool thread while the program runs.
+func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> ProcessResult {
+    try await offPool { try run(executable, arguments, environment: environment) }
+}
+
 /// Waits until `condition` holds, polling, for at most `seconds`.
 func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)

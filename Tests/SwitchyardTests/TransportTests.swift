@@ -19,18 +19,18 @@ struct ConformanceTests {
     }
 
     @Test("passes every check its capabilities claim", arguments: cases)
-    func conformance(_ plugin: String, _ durable: Bool) throws {
+    func conformance(_ plugin: String, _ durable: Bool) async throws {
         let dir = try TemporaryDirectory()
         let loaded = try Self.plugin(plugin)
         let inner = loaded.capabilities.contains(.wrapsInner) ? try Self.plugin("queue") : nil
-        let results = ConformanceSuite.forPlugin(loaded, inner: inner, durableDirectory: durable ? dir.path : nil).run()
+        let results = try await offPool { ConformanceSuite.forPlugin(loaded, inner: inner, durableDirectory: durable ? dir.path : nil).run() }
         for result in results where result.failed { Issue.record("\(plugin)\(durable ? " durable" : ""): \(result)") }
         #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
     }
 
     @Test("plugins test exits 0 for a passing plugin and prints what it ran")
-    func cli() throws {
-        let result = try run(BuildProducts.switchyard, ["plugins", "test", "topic", "--check", "fan-out", "--check", "dead-letter"])
+    func cli() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "test", "topic", "--check", "fan-out", "--check", "dead-letter"])
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         #expect(result.stdout.contains("pass  fan-out"))
         #expect(result.stdout.contains("2 passed, 0 failed"))
@@ -42,7 +42,7 @@ struct DurableQueueTests {
     static var probe: String { BuildProducts.path("switchyard-durability-probe") }
 
     @Test("every acknowledged publish survives the publisher being killed with SIGKILL")
-    func survivesSIGKILL() throws {
+    func survivesSIGKILL() async throws {
         let dir = try TemporaryDirectory()
         let db = dir.file("queue.db")
         var acked = Set<String>()
@@ -77,7 +77,7 @@ struct DurableQueueTests {
         let inbox = Collector()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "durable", maxInFlight: 1000), handler: inbox.handler(client: transport.client))
         let deadline = Date().addingTimeInterval(20)
-        while !acked.isSubset(of: Set(inbox.received.map(\.message.id))) && Date() < deadline { usleep(10_000) }
+        while !acked.isSubset(of: Set(inbox.received.map(\.message.id))) && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
         let received = Set(inbox.received.map(\.message.id))
         let lost = acked.subtracting(received)
         #expect(lost.isEmpty, "\(lost.count) acknowledged messages were lost, e.g. \(lost.prefix(5))")
@@ -86,7 +86,7 @@ struct DurableQueueTests {
     }
 
     @Test("a consumer in this process is woken by a producer in another process, without polling")
-    func crossProcessWakeup() throws {
+    func crossProcessWakeup() async throws {
         let dir = try TemporaryDirectory()
         let db = dir.file("shared.db")
         let plugin = try ConformanceTests.plugin("queue")
@@ -95,21 +95,21 @@ struct DurableQueueTests {
         let inbox = Collector()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "durable"), handler: inbox.handler(client: transport.client))
         let started = Date()
-        let result = try run(Self.probe, [BuildProducts.directory, db, "20", "x"])
+        let result = try await run(Self.probe, [BuildProducts.directory, db, "20", "x"])
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(inbox.wait(for: 20, seconds: 10), "got \(inbox.count) of 20 from the other process")
+        #expect(await eventually(10) { inbox.count >= 20 }, "got \(inbox.count) of 20 from the other process")
         #expect(Date().timeIntervalSince(started) < 5)
     }
 
     @Test("a file that is not SQLite, or another application's database, is refused with a clear error")
-    func foreignFiles() throws {
+    func foreignFiles() async throws {
         let dir = try TemporaryDirectory()
         let plugin = try ConformanceTests.plugin("queue")
         try "definitely not sqlite, but long enough to look like a header ..........................................".write(
             toFile: dir.file("text.db"), atomically: true, encoding: .utf8)
         let notSQLite = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("text.db"))\"}") }
         #expect(notSQLite?.message.contains("not a SQLite database") == true, "\(notSQLite?.message ?? "")")
-        _ = try run("/usr/bin/env", ["sqlite3", dir.file("other.db"), "CREATE TABLE invoices (id INTEGER);"])
+        _ = try await run("/usr/bin/env", ["sqlite3", dir.file("other.db"), "CREATE TABLE invoices (id INTEGER);"])
         if FileManager.default.fileExists(atPath: dir.file("other.db")) {
             let foreign = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("other.db"))\"}") }
             #expect(foreign?.message.contains("another application") == true, "\(foreign?.message ?? "")")
@@ -171,7 +171,7 @@ struct DecoratorTests {
     }
 
     @Test("a failing message is retried with backoff up to max_attempts, then dead-lettered with its history")
-    func exhausts() throws {
+    func exhausts() async throws {
         let t = try retry(policy: #"{"max_attempts": 3, "initial_delay": "20ms", "max_delay": "40ms", "jitter": "none"}"#)
         defer { t.close() }
         let work = Collector(), dead = Collector()
@@ -180,7 +180,7 @@ struct DecoratorTests {
         })
         _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(Message(id: "order-1", channel: "pay"))
-        #expect(dead.wait(for: 1))
+        #expect(await eventually(5) { dead.count >= 1 })
         #expect(work.received.map(\.message.attempt) == [1, 2, 3])
         let gaps = zip(work.received.dropFirst(), work.received).map { ($0.at - $1.at) / 1_000_000 }
         #expect(gaps.count == 2 && gaps[0] >= 19 && gaps[1] >= 39, "backoff gaps were \(gaps) ms; expected 20 then 40")
@@ -191,7 +191,7 @@ struct DecoratorTests {
     }
 
     @Test("a non-retryable failure is dead-lettered at once")
-    func nonRetryable() throws {
+    func nonRetryable() async throws {
         let t = try retry(policy: #"{"non_retryable": ["ValidationError"]}"#)
         defer { t.close() }
         let work = Collector(), dead = Collector()
@@ -200,7 +200,7 @@ struct DecoratorTests {
         })
         _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(Message(id: "order-2", channel: "pay"))
-        #expect(dead.wait(for: 1))
+        #expect(await eventually(5) { dead.count >= 1 })
         #expect(work.count == 1)
         #expect(dead.received.first?.message.header("sy-dlq-reason") == "not retryable: ValidationError: amount is negative")
     }
@@ -225,7 +225,7 @@ struct DecoratorTests {
     }
 
     @Test("a durable delay keeps held messages across a restart and delivers what came due meanwhile")
-    func durableDelayRestart() throws {
+    func durableDelayRestart() async throws {
         let dir = try TemporaryDirectory()
         let delay = try ConformanceTests.plugin("delay"), queue = try ConformanceTests.plugin("queue")
         func open() throws -> Transport {
@@ -242,12 +242,12 @@ struct DecoratorTests {
         #expect(try first!.client.stats()?.depth == 2)
         first!.close()
         first = nil
-        Thread.sleep(forTimeInterval: 0.5)  // "soon" comes due while nothing runs
+        try await Task.sleep(for: .milliseconds(500))  // "soon" comes due while nothing runs
         let second = try open()
         defer { second.close() }
         let inbox = Collector()
         _ = try second.client.subscribe(SubscribeOptions(channel: "remind"), handler: inbox.handler(client: second.client))
-        #expect(inbox.wait(for: 2, seconds: 5))
+        #expect(await eventually(5) { inbox.count >= 2 })
         #expect(inbox.received.map(\.message.id) == ["soon", "later"])
         #expect(inbox.received.last!.at >= later.deliverAtNanos, "'later' came early")
     }
@@ -256,7 +256,7 @@ struct DecoratorTests {
 @Suite("switchyard dlq")
 struct DeadLetterToolTests {
     /// A durable queue with three dead letters on orders.dlq, configured as transport 'orders'.
-    func setUp(_ dir: TemporaryDirectory) throws -> String {
+    func setUp(_ dir: TemporaryDirectory) async throws -> String {
         let db = dir.file("orders.db")
         try """
             transports:
@@ -273,43 +273,43 @@ struct DeadLetterToolTests {
             .deadLetter(reason: "payment declined for \(m.id)")
         })
         for id in ["o-1", "o-2", "o-3"] { try queue.client.publish(Message(id: id, channel: "orders", body: Array("order \(id)".utf8))) }
-        #expect(inbox.wait(for: 3))
-        Thread.sleep(forTimeInterval: 0.1)
+        #expect(await eventually(5) { inbox.count >= 3 })
+        try await Task.sleep(for: .milliseconds(100))
         return dir.file("switchyard.yaml")
     }
 
-    func dlq(_ arguments: [String], config: String) throws -> ProcessResult {
-        try run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "orders", "--channel", "orders"])
+    func dlq(_ arguments: [String], config: String) async throws -> ProcessResult {
+        try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "orders", "--channel", "orders"])
     }
 
     @Test("list, show, replay and purge, end to end on a durable queue")
-    func endToEnd() throws {
+    func endToEnd() async throws {
         let dir = try TemporaryDirectory()
-        let config = try setUp(dir)
+        let config = try await setUp(dir)
         struct Letter: Decodable { let id, reason, channel: String; let attempts: Int; let history: [String] }
 
-        let list = try dlq(["list", "--json"], config: config)
+        let list = try await dlq(["list", "--json"], config: config)
         #expect(list.status == 0, "\(list.stderr)")
         let letters = try JSONDecoder().decode([Letter].self, from: Data(list.stdout.utf8))
         #expect(Set(letters.map(\.id)) == ["o-1", "o-2", "o-3"])
         #expect(letters.first { $0.id == "o-2" }?.reason == "payment declined for o-2")
         #expect(letters.allSatisfy { $0.channel == "orders" && $0.attempts == 1 && $0.history.count == 1 })
 
-        let show = try dlq(["show", "o-1"], config: config)
+        let show = try await dlq(["show", "o-1"], config: config)
         #expect(show.status == 0)
         #expect(show.stdout.contains("order o-1"))
 
         // Listing does not consume: the letters are still there.
-        #expect(try JSONDecoder().decode([Letter].self, from: Data(try dlq(["list", "--json"], config: config).stdout.utf8)).count == 3)
+        #expect(try JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"], config: config).stdout.utf8)).count == 3)
 
-        let replay = try dlq(["replay", "o-1"], config: config)
+        let replay = try await dlq(["replay", "o-1"], config: config)
         #expect(replay.status == 0, "\(replay.stderr)")
         #expect(replay.stdout.contains("replayed 1 message"))
 
-        let purge = try dlq(["purge", "o-2"], config: config)
+        let purge = try await dlq(["purge", "o-2"], config: config)
         #expect(purge.stdout.contains("purged 1 message"))
 
-        let left = try JSONDecoder().decode([Letter].self, from: Data(try dlq(["list", "--json"], config: config).stdout.utf8))
+        let left = try JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"], config: config).stdout.utf8))
         #expect(left.map(\.id) == ["o-3"])
 
         // o-1 is back on its channel, clean, with its body.
@@ -317,24 +317,24 @@ struct DeadLetterToolTests {
         defer { queue.close() }
         let inbox = Collector()
         _ = try queue.client.subscribe(SubscribeOptions(channel: "orders"), handler: inbox.handler(client: queue.client))
-        #expect(inbox.wait(for: 1))
+        #expect(await eventually(5) { inbox.count >= 1 })
         let back = try #require(inbox.received.first?.message)
         #expect(back.id == "o-1" && back.body == Array("order o-1".utf8) && back.attempt == 1)
         #expect(!back.headers.contains { $0.key.hasPrefix("sy-dlq-") })
     }
 
     @Test("errors: unknown transport, no dead-letter support, unknown id")
-    func errors() throws {
+    func errors() async throws {
         let dir = try TemporaryDirectory()
-        let config = try setUp(dir)
-        let unknown = try run(BuildProducts.switchyard, ["dlq", "list", "--config", config, "--transport", "nope", "--channel", "x"])
+        let config = try await setUp(dir)
+        let unknown = try await run(BuildProducts.switchyard, ["dlq", "list", "--config", config, "--transport", "nope", "--channel", "x"])
         #expect(unknown.status != 0)
         #expect(unknown.stderr.contains("no transport named 'nope'"))
-        let missing = try dlq(["show", "o-9"], config: config)
+        let missing = try await dlq(["show", "o-9"], config: config)
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("no dead letter with id 'o-9'"))
         try "transports:\n  plain:\n    plugin: example-c\n".write(toFile: dir.file("plain.yaml"), atomically: true, encoding: .utf8)
-        let plain = try run(BuildProducts.switchyard, ["dlq", "list", "--config", dir.file("plain.yaml"), "--transport", "plain", "--channel", "x"])
+        let plain = try await run(BuildProducts.switchyard, ["dlq", "list", "--config", dir.file("plain.yaml"), "--transport", "plain", "--channel", "x"])
         #expect(plain.status != 0)
         #expect(plain.stderr.contains("has no dead-letter support"), "\(plain.stderr)")
     }
@@ -352,9 +352,9 @@ struct FullDiskTests {
 
     @Test("publish fails with a clear error when the disk is full, and every acknowledged message is kept",
           .enabled(if: canMount, "needs root and tmpfs mounts"))
-    func fullDisk() throws {
+    func fullDisk() async throws {
         let mountPoint = try TemporaryDirectory(), rescue = try TemporaryDirectory()
-        #expect(try run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint.path]).status == 0)
+        #expect(try await run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint.path]).status == 0)
         defer { _ = try? run("/bin/umount", ["-l", mountPoint.path]) }
         let db = mountPoint.file("q.db")
         let queue = try Transport(name: "full", plugin: try ConformanceTests.plugin("queue"), configJSON: #"{"path": "\#(db)"}"#)
@@ -382,7 +382,7 @@ struct FullDiskTests {
         defer { reopened.close() }
         let inbox = Collector()
         _ = try reopened.client.subscribe(SubscribeOptions(channel: "c", maxInFlight: 5_000), handler: inbox.handler(client: reopened.client))
-        #expect(inbox.wait(for: acked.count, seconds: 20))
+        #expect(await eventually(20) { inbox.count >= acked.count })
         #expect(Set(acked).isSubset(of: Set(inbox.received.map(\.message.id))))
     }
 }

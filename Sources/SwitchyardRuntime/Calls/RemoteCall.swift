@@ -5,6 +5,7 @@ import ServiceContextModule
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
+import SwitchyardTransportKit
 import Tracing
 
 extension SwitchyardActorSystem {
@@ -57,10 +58,11 @@ extension SwitchyardActorSystem {
         guard SystemState(rawValue: state.load(ordering: .acquiring)) != .stopped else {
             throw SwitchyardError.shuttingDown(target: target.description)
         }
-        guard let call = self.target(target.identifier) else {
+        guard let resolved = resolved(target.identifier) else {
             throw SwitchyardError.routing(target: target.description, reason: "cannot read the call target '\(target.identifier)'")
         }
-        guard let route = route(for: call) else {
+        let call = resolved.call
+        guard let route = resolved.route else {
             throw SwitchyardError.routing(
                 target: call.name, reason: "no route matches \(call.interface).\(call.method) (add '\(call.interface).\(call.method)', '\(call.interface).*' or '*' under routes:)")
         }
@@ -161,7 +163,7 @@ extension SwitchyardActorSystem {
         }
         let envelope = Envelope(
             target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
-            contentType: route.encoding, substitutions: invocation.substitutions.map { _mangledTypeName($0) ?? "\($0)" },
+            contentType: route.encoding, substitutions: invocation.substitutions.map(MangledNames.name(of:)),
             replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, deadlineNanos: deadlineNanos)
         return envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt)
     }
@@ -213,5 +215,18 @@ struct TraceCarrier {
             default: nil
             }
         }
+    }
+}
+
+/// Mangled type names, computed once per type.
+enum MangledNames {
+    private static let cache = AdaptiveLock<[ObjectIdentifier: String]>([:])
+
+    static func name(of type: Any.Type) -> String {
+        let key = ObjectIdentifier(type)
+        if let known = cache.withLock({ $0[key] }) { return known }
+        let name = _mangledTypeName(type) ?? String(reflecting: type)
+        cache.withLock { $0[key] = name }
+        return name
     }
 }

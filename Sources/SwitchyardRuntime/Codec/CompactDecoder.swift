@@ -41,20 +41,21 @@ enum CompactDecoding {
     /// Fast paths by exact type; nil for anything else.
     @inline(__always)
     static func primitive<T>(_ type: T.Type, from reader: inout CompactReader) throws(CompactFormatError) -> T? {
-        switch T.self {
-        case is String.Type:
+        let type = ObjectIdentifier(T.self)
+        switch type {
+        case ObjectIdentifier(String.self):
             try reader.expect(.string, for: "a string")
             return unsafeBitCast(try reader.rawString(), to: T.self)
-        case is Int.Type:
+        case ObjectIdentifier(Int.self):
             return unsafeBitCast(try checked(Int.self, try reader.int()), to: T.self)
-        case is Bool.Type: return unsafeBitCast(try bool(&reader), to: T.self)
-        case is Double.Type: return unsafeBitCast(try double(&reader), to: T.self)
-        case is Int64.Type: return unsafeBitCast(try reader.int(), to: T.self)
-        case is UInt64.Type: return unsafeBitCast(try reader.uint(), to: T.self)
-        case is [UInt8].Type:
+        case ObjectIdentifier(Bool.self): return unsafeBitCast(try bool(&reader), to: T.self)
+        case ObjectIdentifier(Double.self): return unsafeBitCast(try double(&reader), to: T.self)
+        case ObjectIdentifier(Int64.self): return unsafeBitCast(try reader.int(), to: T.self)
+        case ObjectIdentifier(UInt64.self): return unsafeBitCast(try reader.uint(), to: T.self)
+        case ObjectIdentifier([UInt8].self):
             try reader.expect(.bytes, for: "bytes")
             return unsafeBitCast([UInt8](try reader.byteString()), to: T.self)
-        case is Data.Type:
+        case ObjectIdentifier(Data.self):
             try reader.expect(.bytes, for: "bytes")
             return (Data(try reader.byteString()) as! T)
         default: return nil

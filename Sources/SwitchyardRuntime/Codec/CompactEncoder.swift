@@ -42,15 +42,16 @@ final class CompactSink {
     /// Fast paths by exact type (a metatype comparison, no dynamic cast).
     @inline(__always)
     func writePrimitive<T>(_ value: T) -> Bool {
-        switch T.self {
-        case is String.Type: writer.string(unsafeBitCast(value, to: String.self))
-        case is Int.Type: writer.int(Int64(unsafeBitCast(value, to: Int.self)))
-        case is Bool.Type: writer.tag(unsafeBitCast(value, to: Bool.self) ? .true : .false)
-        case is Double.Type: writer.tag(.double); writer.raw(unsafeBitCast(value, to: Double.self).bitPattern.littleEndian)
-        case is Int64.Type: writer.int(unsafeBitCast(value, to: Int64.self))
-        case is UInt64.Type: writer.uint(unsafeBitCast(value, to: UInt64.self))
-        case is [UInt8].Type: writer.byteString(unsafeBitCast(value, to: [UInt8].self))
-        case is Data.Type: writer.byteString(value as! Data)
+        let type = ObjectIdentifier(T.self)
+        switch type {
+        case ObjectIdentifier(String.self): writer.string(unsafeBitCast(value, to: String.self))
+        case ObjectIdentifier(Int.self): writer.int(Int64(unsafeBitCast(value, to: Int.self)))
+        case ObjectIdentifier(Bool.self): writer.tag(unsafeBitCast(value, to: Bool.self) ? .true : .false)
+        case ObjectIdentifier(Double.self): writer.tag(.double); writer.raw(unsafeBitCast(value, to: Double.self).bitPattern.littleEndian)
+        case ObjectIdentifier(Int64.self): writer.int(unsafeBitCast(value, to: Int64.self))
+        case ObjectIdentifier(UInt64.self): writer.uint(unsafeBitCast(value, to: UInt64.self))
+        case ObjectIdentifier([UInt8].self): writer.byteString(unsafeBitCast(value, to: [UInt8].self))
+        case ObjectIdentifier(Data.self): writer.byteString(value as! Data)
         default: return false
         }
         return true

@@ -10,6 +10,7 @@ import SwitchyardABI
 public struct Envelope: Sendable, Hashable {
     /// The envelope version this runtime writes and reads.
     public static let currentVersion = 1
+    private static let currentVersionText = String(currentVersion)
 
     /// Unique, time-ordered id (UUIDv7). Also the message id, the CloudEvents `id`, the
     /// correlation id of its reply, and the default idempotency key.
@@ -158,7 +159,7 @@ extension Envelope {
         headers.append(Header(EnvelopeHeader.type, target.name))
         headers.append(Header(EnvelopeHeader.time, RFC3339.format(nanos: createdAtNanos)))
         headers.append(Header(EnvelopeHeader.contentType, contentType.rawValue))
-        headers.append(Header(EnvelopeHeader.version, String(version)))
+        headers.append(Header(EnvelopeHeader.version, version == Self.currentVersion ? Self.currentVersionText : String(version)))
         headers.append(Header(EnvelopeHeader.target, target.identifier))
         if !substitutions.isEmpty { headers.append(Header(EnvelopeHeader.generics, substitutions.joined(separator: ","))) }
         if let replyTo { headers.append(Header(EnvelopeHeader.replyTo, replyTo)) }
@@ -172,53 +173,80 @@ extension Envelope {
 
     /// Reads an envelope from a delivered message, or says exactly why it is not one.
     public init(_ message: MessageView) throws(EnvelopeError) {
-        var fields = [String?](repeating: nil, count: Self.readHeaders.count)
+        // One pass over the headers, matching names by length and bytes (no String per key).
+        var fields = [String?](repeating: nil, count: Field.allCases.count)
+        let headers = message.pointer.pointee.headers
         for index in 0..<message.headerCount {
-            let header = message.pointer.pointee.headers[index]
-            let key = UnsafeRawBufferPointer(start: header.key.data, count: header.key.len)
-            if let slot = Self.readHeaders.firstIndex(where: { $0.utf8.elementsEqual(key) }), fields[slot] == nil {
-                fields[slot] = String(header.value)
+            let header = headers![index]
+            guard header.key.len > 3, let key = header.key.data else { continue }
+            for field in Field.allCases where fields[field.rawValue] == nil {
+                let name = Field.names[field.rawValue]
+                if name.count == header.key.len, name.withUnsafeBytes({ memcmp($0.baseAddress!, key, name.count) }) == 0 {
+                    fields[field.rawValue] = String(header.value)
+                    break
+                }
             }
         }
-        func field(_ name: String) -> String? { fields[Self.readHeaders.firstIndex(of: name)!] }
-        func required(_ name: String) throws(EnvelopeError) -> String {
-            guard let value = field(name), !value.isEmpty else { throw EnvelopeError("not a Switchyard envelope: header '\(name)' is missing") }
+        func field(_ field: Field) -> String? { fields[field.rawValue] }
+        func required(_ field: Field) throws(EnvelopeError) -> String {
+            guard let value = fields[field.rawValue], !value.isEmpty else {
+                throw EnvelopeError("not a Switchyard envelope: header '\(field.name)' is missing")
+            }
             return value
         }
-        let versionText = try required(EnvelopeHeader.version)
+        let versionText = try required(.version)
         guard let version = Int(versionText) else { throw EnvelopeError("envelope version '\(versionText)' is not a number") }
         guard version == Self.currentVersion else {
             throw EnvelopeError("envelope version \(version) is not supported (this runtime reads version \(Self.currentVersion))")
         }
-        let spec = try required(EnvelopeHeader.specVersion)
+        let spec = try required(.specVersion)
         guard spec == "1.0" else { throw EnvelopeError("CloudEvents specversion '\(spec)' is not supported (expected 1.0)") }
-        let contentTypeText = try required(EnvelopeHeader.contentType)
+        let contentTypeText = try required(.contentType)
         guard let contentType = ArgumentEncoding(rawValue: contentTypeText) else {
             throw EnvelopeError("content type '\(contentTypeText)' is not supported (expected \(ArgumentEncoding.allCases.map(\.rawValue).joined(separator: " or ")))")
         }
-        let id = try required(EnvelopeHeader.id)
-        let time = try required(EnvelopeHeader.time)
+        let id = try required(.id)
+        let time = try required(.time)
         guard let created = RFC3339.parse(time) else { throw EnvelopeError("'\(EnvelopeHeader.time)' is not an RFC 3339 time: '\(time)'") }
         var deadline: Int64 = 0
-        if let text = field(EnvelopeHeader.deadline) {
+        if let text = field(.deadline) {
             guard let parsed = RFC3339.parse(text) else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is not an RFC 3339 time: '\(text)'") }
             deadline = parsed
         }
         self.init(
             id: id,
-            target: Target(name: try required(EnvelopeHeader.type), identifier: try required(EnvelopeHeader.target)),
+            target: Target(name: try required(.type), identifier: try required(.target)),
             arguments: Array(message.body), contentType: contentType,
-            substitutions: field(EnvelopeHeader.generics).map { $0.split(separator: ",").map(String.init) } ?? [],
-            replyTo: field(EnvelopeHeader.replyTo), traceparent: field(EnvelopeHeader.traceparent),
-            tracestate: field(EnvelopeHeader.tracestate), idempotencyKey: field(EnvelopeHeader.idempotencyKey) ?? id,
-            deadlineNanos: deadline, createdAtNanos: created, source: try required(EnvelopeHeader.source), version: version)
+            substitutions: field(.generics).map { $0.split(separator: ",").map(String.init) } ?? [],
+            replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate),
+            idempotencyKey: field(.idempotencyKey) ?? id, deadlineNanos: deadline, createdAtNanos: created,
+            source: try required(.source), version: version)
     }
 
-    /// The headers an envelope is read from, in the order `init(_:)` looks them up.
-    private static let readHeaders: [String] = [
-        EnvelopeHeader.specVersion, EnvelopeHeader.id, EnvelopeHeader.source, EnvelopeHeader.type, EnvelopeHeader.time,
-        EnvelopeHeader.contentType, EnvelopeHeader.version, EnvelopeHeader.target, EnvelopeHeader.generics,
-        EnvelopeHeader.replyTo, EnvelopeHeader.idempotencyKey, EnvelopeHeader.deadline, EnvelopeHeader.traceparent,
-        EnvelopeHeader.tracestate,
-    ]
+    /// The headers an envelope is read from.
+    private enum Field: Int, CaseIterable {
+        case specVersion, id, source, type, time, contentType, version, target, generics, replyTo, idempotencyKey, deadline, traceparent, tracestate
+
+        var name: String {
+            switch self {
+            case .specVersion: EnvelopeHeader.specVersion
+            case .id: EnvelopeHeader.id
+            case .source: EnvelopeHeader.source
+            case .type: EnvelopeHeader.type
+            case .time: EnvelopeHeader.time
+            case .contentType: EnvelopeHeader.contentType
+            case .version: EnvelopeHeader.version
+            case .target: EnvelopeHeader.target
+            case .generics: EnvelopeHeader.generics
+            case .replyTo: EnvelopeHeader.replyTo
+            case .idempotencyKey: EnvelopeHeader.idempotencyKey
+            case .deadline: EnvelopeHeader.deadline
+            case .traceparent: EnvelopeHeader.traceparent
+            case .tracestate: EnvelopeHeader.tracestate
+            }
+        }
+
+        /// Each field's header name as bytes, by raw value.
+        static let names: [[UInt8]] = allCases.map { Array($0.name.utf8) }
+    }
 }

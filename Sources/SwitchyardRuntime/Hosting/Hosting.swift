@@ -112,16 +112,17 @@ extension SwitchyardActorSystem {
             sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: route?.encoding ?? .compact)
             try? client.settle(item.delivery, .deadLetter(reason: "rejected: \(reason)"))
         }
-        guard let call = target(envelope.target.identifier) else {
+        guard let resolved = resolved(envelope.target.identifier) else {
             return reject("unknown target '\(envelope.target.identifier)'", route: nil)
         }
-        let route = self.route(for: call)
+        let call = resolved.call
+        let route = resolved.route
         guard envelope.substitutions.count <= 1 else {
             return reject("generic distributed methods cannot be called through a transport (\(call.name))", route: route)
         }
         let substitutions: [Any.Type]
         do {
-            substitutions = try server.substitutions(for: call, on: hosted.actor)
+            substitutions = try server.substitutions(for: call, on: hosted)
         } catch {
             return reject("\(error)".replacingOccurrences(of: "\(call.name): rejected by the receiver: ", with: ""), route: route)
         }

@@ -1,0 +1,195 @@
+import Distributed
+import Foundation
+import Logging
+import SwitchyardConfig
+import SwitchyardRuntime
+import Synchronization
+
+/// The service the typed-call suite calls.
+@Resolvable
+public protocol BenchCalls: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// A small request-reply call.
+    distributed func add(_ a: Int, _ b: Int) -> Int
+    /// A small one-way call.
+    distributed func note(_ value: Int)
+}
+
+/// Counts the one-way calls it received.
+public distributed actor BenchCallsService: BenchCalls {
+    public typealias ActorSystem = SwitchyardActorSystem
+    let received: Counter
+
+    /// A service counting into `received`.
+    init(actorSystem: ActorSystem, received: Counter) {
+        self.actorSystem = actorSystem
+        self.received = received
+    }
+
+    public distributed func add(_ a: Int, _ b: Int) -> Int { a + b }
+    public distributed func note(_ value: Int) { received.value.add(1, ordering: .relaxed) }
+
+    /// A thread-safe counter shared with the benchmark.
+    final class Counter: Sendable {
+        let value = Atomic<Int>(0)
+    }
+}
+
+/// A small argument struct for the codec figures.
+struct BenchOrder: Codable {
+    var id = 12345
+    var customer = "customer-42"
+    var cents = 1999
+    var express = true
+    var items = ["socks", "shoes"]
+}
+
+/// `typed`: typed calls through the actor system, each set against its baseline in the same run:
+/// a direct route against calling the local distributed actor; fire-and-forget and request-reply
+/// through the in-memory queue `.so` against the raw queue's publish → deliver → ack rate; the
+/// compact argument codec against JSON.
+struct TypedCallSuite: BenchSuite {
+    let name = "typed"
+    let summary = "typed calls: direct route vs local actor call, queue fire-and-forget and request-reply vs the raw queue, compact codec vs JSON"
+
+    func run(_ context: BenchContext) throws -> [BenchResult] {
+        try blocking { try await measure(context) }
+    }
+
+    private func measure(_ context: BenchContext) async throws -> [BenchResult] {
+        var results: [BenchResult] = []
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+
+        // Direct route vs a local distributed actor call.
+        context.progress("typed: direct route vs local actor call")
+        let directSystem = try SwitchyardActorSystem(
+            config: try SwitchyardConfig.parse(yaml: "routes:\n  BenchCalls.*: { transport: direct }\n", baseDirectory: "/"), logger: logger)
+        let counter = BenchCallsService.Counter()
+        let local = try directSystem.host("bench", as: $BenchCalls.self) { BenchCallsService(actorSystem: $0, received: counter) }
+        let routed: any BenchCalls = try directSystem.resolve("bench", $BenchCalls.self)
+        let stub = try $BenchCalls.resolve(id: "bench", using: directSystem)
+        let iterations = context.quick ? 200_000 : 2_000_000
+        let localNs = try await nanosPerCall(rounds: context.rounds, iterations: iterations) { i in _ = try await local.add(i, 1) }
+        let directNs = try await nanosPerCall(rounds: context.rounds, iterations: iterations) { i in _ = try await routed.add(i, 1) }
+        let stubNs = try await nanosPerCall(rounds: context.rounds, iterations: iterations / 100) { i in _ = try await stub.add(i, 1) }
+        results += [
+            BenchResult(suite: name, metric: "local_actor_call_ns", value: localNs, unit: "ns"),
+            BenchResult(suite: name, metric: "direct_route_ns", value: directNs, unit: "ns", baseline: ("local_actor_call_ns", localNs)),
+            BenchResult(suite: name, metric: "direct_route_via_stub_ns", value: stubNs, unit: "ns", baseline: ("local_actor_call_ns", localNs)),
+        ]
+        await directSystem.shutdown()
+
+        // Through the in-memory queue plugin.
+        let queueYAML = """
+            transports:
+              memq: { plugin: queue, config: { max_in_flight: 1024 } }
+            routes:
+              BenchCalls.note: { transport: memq, mode: fire-and-forget, concurrency: 4 }
+              BenchCalls.*: { transport: memq, concurrency: 4 }
+            """
+        let config = try SwitchyardConfig.parse(yaml: queueYAML, baseDirectory: "/")
+        context.progress("typed: raw queue baseline")
+        let plugins = BenchPlugins(context)
+        let count = context.quick ? 100_000 : 500_000
+        let rawRate = try MemoryQueueSuite().pluginRate(plugins, count: count, consumers: 1, batch: 1)
+
+        context.progress("typed: fire-and-forget through the queue ×\(count)")
+        var rates: [Double] = []
+        for _ in 0..<(context.quick ? 1 : 3) {
+            let system = try SwitchyardActorSystem(config: config, pluginDirectories: context.pluginDirectories, logger: logger)
+            let received = BenchCallsService.Counter()
+            try system.host("bench", as: $BenchCalls.self) { BenchCallsService(actorSystem: $0, received: received) }
+            let calls = try $BenchCalls.resolve(id: "bench", using: system)
+            let start = Measure.now()
+            for i in 0..<count { try await calls.note(i) }
+            while received.value.load(ordering: .relaxed) < count { try await Task.sleep(for: .microseconds(200)) }
+            rates.append(Double(count) / (Double(Measure.now() - start) / 1e9))
+            await system.shutdown()
+        }
+        let fireAndForget = Measure.median(rates)
+        results += [
+            BenchResult(suite: name, metric: "raw_queue_msgs_per_s", value: rawRate, unit: "msg/s"),
+            BenchResult(suite: name, metric: "typed_fire_and_forget_calls_per_s", value: fireAndForget, unit: "calls/s", baseline: ("raw_queue_msgs_per_s", rawRate)),
+        ]
+
+        context.progress("typed: request-reply through the queue (latency, one caller; throughput, 64 callers)")
+        let system = try SwitchyardActorSystem(config: config, pluginDirectories: context.pluginDirectories, logger: logger)
+        try system.host("bench", as: $BenchCalls.self) { BenchCallsService(actorSystem: $0, received: BenchCallsService.Counter()) }
+        let calls = try $BenchCalls.resolve(id: "bench", using: system)
+        for i in 0..<2000 { _ = try await calls.add(i, 1) }
+        var latencies: [Double] = []
+        let serial = context.quick ? 10_000 : 50_000
+        latencies.reserveCapacity(serial)
+        for i in 0..<serial {
+            let start = Measure.now()
+            _ = try await calls.add(i, 1)
+            latencies.append(Double(Measure.now() - start))
+        }
+        latencies.sort()
+        let total = context.quick ? 100_000 : 400_000
+        let callers = 64
+        var throughput: [Double] = []
+        for _ in 0..<(context.quick ? 1 : 3) {
+            let start = Measure.now()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for caller in 0..<callers {
+                    group.addTask {
+                        for i in 0..<(total / callers) { _ = try await calls.add(caller, i) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            throughput.append(Double(total / callers * callers) / (Double(Measure.now() - start) / 1e9))
+        }
+        await system.shutdown()
+        let requestReply = Measure.median(throughput)
+        results += [
+            BenchResult(suite: name, metric: "request_reply_p50_us", value: percentile(latencies, 0.5) / 1000, unit: "µs"),
+            BenchResult(suite: name, metric: "request_reply_p99_us", value: percentile(latencies, 0.99) / 1000, unit: "µs"),
+            BenchResult(suite: name, metric: "request_reply_calls_per_s", value: requestReply, unit: "calls/s", baseline: ("raw_queue_msgs_per_s", rawRate)),
+        ]
+
+        // Codec: the compact form against JSON, encode + decode of a small struct.
+        context.progress("typed: compact codec vs JSON")
+        let order = BenchOrder()
+        let codecIterations = context.quick ? 20_000 : 200_000
+        let json = Measure.nanosPerOperation(rounds: context.rounds, iterations: codecIterations) { n in
+            for _ in 0..<n { blackHole(try! JSONDecoder().decode(BenchOrder.self, from: try! JSONEncoder().encode(order))) }
+        }
+        let compact = Measure.nanosPerOperation(rounds: context.rounds, iterations: codecIterations) { n in
+            for _ in 0..<n { blackHole(try! CompactDecoder().decode(BenchOrder.self, from: try! CompactEncoder().encode(order))) }
+        }
+        results += [
+            BenchResult(suite: name, metric: "json_encode_decode_ns", value: json, unit: "ns"),
+            BenchResult(suite: name, metric: "compact_encode_decode_ns", value: compact, unit: "ns", baseline: ("json_encode_decode_ns", json)),
+        ]
+        return results
+    }
+
+    /// Median nanoseconds per call over `rounds` rounds of `iterations` calls (after a warm-up).
+    private func nanosPerCall(rounds: Int, iterations: Int, _ call: (Int) async throws -> Void) async throws -> Double {
+        for i in 0..<max(1, iterations / 10) { try await call(i) }
+        var samples: [Double] = []
+        for _ in 0..<rounds {
+            let start = Measure.now()
+            for i in 0..<iterations { try await call(i) }
+            samples.append(Double(Measure.now() - start) / Double(iterations))
+        }
+        return Measure.median(samples)
+    }
+}
+
+/// Runs async work to completion from synchronous code (the bench harness is synchronous; it
+/// runs on the main thread, outside the cooperative pool the work uses).
+func blocking<R: Sendable>(_ work: @escaping @Sendable () async throws -> R) throws -> R {
+    let done = DispatchSemaphore(value: 0)
+    let result = Mutex<Result<R, any Error>?>(nil)
+    Task {
+        let outcome: Result<R, any Error>
+        do { outcome = .success(try await work()) } catch { outcome = .failure(error) }
+        result.withLock { $0 = outcome }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
