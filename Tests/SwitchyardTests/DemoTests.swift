@@ -41,4 +41,28 @@ struct DemoTests {
             #expect(result.stderr.contains("line 4: 'routes.Orders.place.delay'"), "\(result.stderr)")
         }
     }
+
+    @Test("run serves until SIGTERM, then drains and exits 0")
+    func runDrainsOnSIGTERM() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("run.yaml")
+        try "transports:\n  q: { plugin: queue, config: { path: q.db } }\nroutes:\n  '*': { transport: q }\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
+        process.arguments = ["run", "--config", path, "--log-level", "info"]
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = err
+        let output = LineBuffer()
+        err.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if !data.isEmpty { output.append([String(decoding: data, as: UTF8.self)]) }
+        }
+        try process.run()
+        #expect(await eventually(20) { output.all.joined().contains("running; SIGTERM or SIGINT drains and stops") })
+        kill(process.processIdentifier, SIGTERM)
+        #expect(await eventually(20) { !process.isRunning })
+        #expect(process.terminationStatus == 0)
+        #expect(await eventually(2) { output.all.joined().contains("stopped") }, "\(output.all.joined())")
+    }
 }

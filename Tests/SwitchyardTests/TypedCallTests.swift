@@ -94,6 +94,7 @@ distributed actor ShopService: Shop {
 @Resolvable
 protocol Tally: DistributedActor where ActorSystem == SwitchyardActorSystem {
     distributed func add(_ amount: Int) async throws -> Int
+    distributed func echo<Value: Codable & Sendable>(_ value: Value) async throws -> Value
 }
 
 distributed actor TallyService: Tally {
@@ -103,6 +104,8 @@ distributed actor TallyService: Tally {
         total += amount
         return total
     }
+
+    distributed func echo<Value: Codable & Sendable>(_ value: Value) async throws -> Value { value }
 }
 
 /// A system over the bundled plugins (loaded from their .so files) with `yaml` as its config.
@@ -450,6 +453,21 @@ struct TypedCallTests {
         #expect(headers["ce-datacontenttype"] == "application/x-switchyard-compact")
         #expect(headers["ce-id"] == tap.all.first!.id)
         #expect(headers["ce-syreplyto"]?.hasPrefix("_switchyard.reply.") == true)
+        await system.shutdown()
+    }
+
+    @Test("a generic method is refused with a clear error before it is sent, never crashing the receiver")
+    func genericMethod() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        try system.host("tally", as: $Tally.self) { TallyService(actorSystem: $0) }
+        let tally = try $Tally.resolve(id: "tally", using: system)
+        do {
+            _ = try await tally.echo("hello")
+            Issue.record("expected a routing error")
+        } catch SwitchyardError.routing(_, let reason) {
+            #expect(reason.contains("generic distributed methods cannot be routed"))
+        }
+        #expect(try await tally.add(1) == 1)
         await system.shutdown()
     }
 

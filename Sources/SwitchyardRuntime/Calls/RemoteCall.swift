@@ -15,6 +15,7 @@ extension SwitchyardActorSystem {
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type, returning: Res.Type
     ) async throws -> Res where Act: DistributedActor, Act.ID == ActorID, Err: Error, Res: Codable {
         let (call, route) = try prepare(target)
+        try refuseGeneric(call, invocation)
         if route.isDirect {
             guard case .value(let value)? = try await callInProcess(actor.id, call, invocation, route: route) else {
                 throw SwitchyardError.rejected(target: call.name, reason: "the method returned no value")
@@ -42,6 +43,7 @@ extension SwitchyardActorSystem {
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type
     ) async throws where Act: DistributedActor, Act.ID == ActorID, Err: Error {
         let (call, route) = try prepare(target)
+        try refuseGeneric(call, invocation)
         if route.isDirect {
             _ = try await callInProcess(actor.id, call, invocation, route: route)
             return
@@ -68,6 +70,14 @@ extension SwitchyardActorSystem {
         }
         route.metrics.calls.increment()
         return (call, route)
+    }
+
+    /// Generic distributed methods are refused before anything is sent: through a `@Resolvable`
+    /// stub this toolchain binds their substitutions off by one on the receiver, which crashes it.
+    private func refuseGeneric(_ call: CallTarget, _ invocation: InvocationEncoder) throws {
+        guard invocation.substitutions.count > 1 else { return }
+        throw SwitchyardError.routing(
+            target: call.name, reason: "generic distributed methods cannot be routed (Swift 6.3 crashes the receiver of a generic call made through a @Resolvable stub); make \(call.name) non-generic")
     }
 
     /// Publishes a fire-and-forget call; returns once the transport has accepted it.

@@ -155,6 +155,8 @@ extension SwitchyardActorSystem {
             TraceCarrier(traceparent: envelope.traceparent, tracestate: envelope.tracestate), into: &context, using: TraceCarrier.Extractor())
         let handler = SwitchyardResultHandler()
         var failure: (any Error)?
+        route?.metrics.inFlight.increment()
+        defer { route?.metrics.inFlight.decrement() }
         await withSpan(call.name, context: context, ofKind: .consumer) { span in
             do {
                 var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)

@@ -19,6 +19,8 @@ struct RouteMetrics: Sendable {
     let deadLettered: Counter
     /// Redelivered calls the inbox answered without running them.
     let duplicates: Counter
+    /// Calls of this route executing on this host now.
+    let inFlight: Meter
 
     init(route: String) {
         let labels = [("route", route)]
@@ -30,5 +32,6 @@ struct RouteMetrics: Sendable {
         retried = Counter(label: "switchyard_retried_total", dimensions: labels)
         deadLettered = Counter(label: "switchyard_dead_lettered_total", dimensions: labels)
         duplicates = Counter(label: "switchyard_duplicates_total", dimensions: labels)
+        inFlight = Meter(label: "switchyard_in_flight", dimensions: labels)
     }
 }
