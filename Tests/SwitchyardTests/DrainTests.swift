@@ -76,7 +76,8 @@ struct DrainTests {
                 return try await group.reduce(into: [Int]()) { $0.append($1) }
             }
         }
-        try await Task.sleep(for: .milliseconds(450))
+        #expect(await first.waitFor("working") != nil)
+        try await Task.sleep(for: .milliseconds(250))
         kill(first.process.processIdentifier, SIGTERM)
         let status = await first.waitForExit()
         #expect(status == 0, "the first host exits cleanly after draining")

@@ -191,7 +191,7 @@ struct CodecTests {
     func envelopeRoundTrip() throws {
         let envelope = Envelope(
             target: .init(name: "Orders.place(_:)", identifier: "$s7Example7$OrdersP5placeyyFTE"), arguments: [1, 2, 3],
-            substitutions: ["7Example7$OrdersC"], replyTo: "_switchyard.reply.x", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            replyTo: "_switchyard.reply.x", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             idempotencyKey: "k1", deadlineNanos: 1_800_000_000_000_000_000)
         let message = envelope.message(channel: "orders", orderingKey: "c1")
         let decoded = try message.withCMessage { try Envelope(try MessageView(validating: $0)) }

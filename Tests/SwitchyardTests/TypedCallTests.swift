@@ -468,6 +468,16 @@ struct TypedCallTests {
             #expect(reason.contains("generic distributed methods cannot be routed"))
         }
         #expect(try await tally.add(1) == 1)
+        // A forged envelope for the generic method is refused by the receiver too, not run.
+        let add = try #require(system.targets.withLock { $0.values.first { $0.call.method == "add" }?.call })
+        let generic = add.identifier.replacingOccurrences(of: "3addyS2iYaKFTE", with: "4echoyqd__qd__YaKSeRd__SERd__lFTE")
+        let dlq = try Tap(system, transport: "memq", channel: "tally.dlq")
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode("x", appendingTo: &arguments)
+        try system.transports!["memq"]!.client.publish(Envelope(target: .init(name: "Tally.echo(_:)", identifier: generic), arguments: arguments).message(channel: "tally"))
+        #expect(await eventually { dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("generic distributed methods") == true)
+        #expect(try await tally.add(1) == 2)
         await system.shutdown()
     }
 

@@ -5,7 +5,6 @@ import ServiceContextModule
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
-import SwitchyardTransportKit
 import Tracing
 
 extension SwitchyardActorSystem {
@@ -75,7 +74,7 @@ extension SwitchyardActorSystem {
     /// Generic distributed methods are refused before anything is sent: through a `@Resolvable`
     /// stub this toolchain binds their substitutions off by one on the receiver, which crashes it.
     private func refuseGeneric(_ call: CallTarget, _ invocation: InvocationEncoder) throws {
-        guard invocation.substitutions.count > 1 else { return }
+        guard call.isGeneric || invocation.substitutions.count > 1 else { return }
         throw SwitchyardError.routing(
             target: call.name, reason: "generic distributed methods cannot be routed (Swift 6.3 crashes the receiver of a generic call made through a @Resolvable stub); make \(call.name) non-generic")
     }
@@ -173,7 +172,7 @@ extension SwitchyardActorSystem {
         }
         let envelope = Envelope(
             target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
-            contentType: route.encoding, substitutions: invocation.substitutions.map(MangledNames.name(of:)),
+            contentType: route.encoding,
             replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, deadlineNanos: deadlineNanos)
         return envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt)
     }
@@ -225,18 +224,5 @@ struct TraceCarrier {
             default: nil
             }
         }
-    }
-}
-
-/// Mangled type names, computed once per type.
-enum MangledNames {
-    private static let cache = AdaptiveLock<[ObjectIdentifier: String]>([:])
-
-    static func name(of type: Any.Type) -> String {
-        let key = ObjectIdentifier(type)
-        if let known = cache.withLock({ $0[key] }) { return known }
-        let name = _mangledTypeName(type) ?? String(reflecting: type)
-        cache.withLock { $0[key] = name }
-        return name
     }
 }

@@ -21,10 +21,6 @@ public struct Envelope: Sendable, Hashable {
     public var arguments: [UInt8]
     /// How `arguments` are encoded.
     public var contentType: ArgumentEncoding
-    /// Mangled names of the call's generic substitutions (the stub type first, for calls made
-    /// through a `@Resolvable` stub). The receiver never trusts them to pick a type: see
-    /// docs/envelope.md, "validation".
-    public var substitutions: [String]
     /// Where the caller waits for the reply; nil for fire-and-forget calls.
     public var replyTo: String?
     /// W3C trace context of the calling span.
@@ -59,7 +55,7 @@ public struct Envelope: Sendable, Hashable {
     /// An envelope with everything but the call itself defaulted.
     public init(
         id: String = EnvelopeID.make(), target: Target, arguments: [UInt8], contentType: ArgumentEncoding = .compact,
-        substitutions: [String] = [], replyTo: String? = nil, traceparent: String? = nil, tracestate: String? = nil,
+        replyTo: String? = nil, traceparent: String? = nil, tracestate: String? = nil,
         idempotencyKey: String? = nil, deadlineNanos: Int64 = 0, createdAtNanos: Int64 = WallClock.nowNanos(),
         source: String = Envelope.defaultSource, version: Int = Envelope.currentVersion
     ) {
@@ -67,7 +63,6 @@ public struct Envelope: Sendable, Hashable {
         self.target = target
         self.arguments = arguments
         self.contentType = contentType
-        self.substitutions = substitutions
         self.replyTo = replyTo
         self.traceparent = traceparent
         self.tracestate = tracestate
@@ -122,8 +117,6 @@ public enum EnvelopeHeader {
     public static let version = "ce-syversion"
     /// Extension `sytarget`: the identifier the runtime dispatches on.
     public static let target = "ce-sytarget"
-    /// Extension `sygenerics`: generic substitutions, comma-separated mangled names.
-    public static let generics = "ce-sygenerics"
     /// Extension `syreplyto`: the caller's reply channel.
     public static let replyTo = "ce-syreplyto"
     /// Extension `sycorrelationid` (on replies): the id of the call being answered.
@@ -161,7 +154,6 @@ extension Envelope {
         headers.append(Header(EnvelopeHeader.contentType, contentType.rawValue))
         headers.append(Header(EnvelopeHeader.version, version == Self.currentVersion ? Self.currentVersionText : String(version)))
         headers.append(Header(EnvelopeHeader.target, target.identifier))
-        if !substitutions.isEmpty { headers.append(Header(EnvelopeHeader.generics, substitutions.joined(separator: ","))) }
         if let replyTo { headers.append(Header(EnvelopeHeader.replyTo, replyTo)) }
         if let idempotencyKey, idempotencyKey != id { headers.append(Header(EnvelopeHeader.idempotencyKey, idempotencyKey)) }
         if deadlineNanos > 0 { headers.append(Header(EnvelopeHeader.deadline, RFC3339.format(nanos: deadlineNanos))) }
@@ -217,7 +209,6 @@ extension Envelope {
             id: id,
             target: Target(name: try required(.type), identifier: try required(.target)),
             arguments: Array(message.body), contentType: contentType,
-            substitutions: field(.generics).map { $0.split(separator: ",").map(String.init) } ?? [],
             replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate),
             idempotencyKey: field(.idempotencyKey) ?? id, deadlineNanos: deadline, createdAtNanos: created,
             source: try required(.source), version: version)
@@ -225,7 +216,7 @@ extension Envelope {
 
     /// The headers an envelope is read from.
     private enum Field: Int, CaseIterable {
-        case specVersion, id, source, type, time, contentType, version, target, generics, replyTo, idempotencyKey, deadline, traceparent, tracestate
+        case specVersion, id, source, type, time, contentType, version, target, replyTo, idempotencyKey, deadline, traceparent, tracestate
 
         var name: String {
             switch self {
@@ -237,7 +228,6 @@ extension Envelope {
             case .contentType: EnvelopeHeader.contentType
             case .version: EnvelopeHeader.version
             case .target: EnvelopeHeader.target
-            case .generics: EnvelopeHeader.generics
             case .replyTo: EnvelopeHeader.replyTo
             case .idempotencyKey: EnvelopeHeader.idempotencyKey
             case .deadline: EnvelopeHeader.deadline

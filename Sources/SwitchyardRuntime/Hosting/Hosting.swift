@@ -117,7 +117,7 @@ extension SwitchyardActorSystem {
         }
         let call = resolved.call
         let route = resolved.route
-        guard envelope.substitutions.count <= 1 else {
+        guard !call.isGeneric else {
             return reject("generic distributed methods cannot be called through a transport (\(call.name))", route: route)
         }
         let substitutions: [Any.Type]

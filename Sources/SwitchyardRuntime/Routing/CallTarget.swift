@@ -14,10 +14,15 @@ struct CallTarget: Sendable {
     let method: String
     /// Readable `Orders.place(_:)`, used in errors, metrics, spans and the CloudEvents type.
     let name: String
+    /// The method is generic. Its mangled signature then ends with a generic signature (`…l`)
+    /// before the function marker: `…YaKSeRd__lFTE`, where a plain distributed thunk (always
+    /// async throws) ends `…YaKFTE`. Such calls are refused on both sides (see ``Server``).
+    let isGeneric: Bool
 
     /// Parses a target; nil when the identifier does not demangle to a method.
     init?(identifier: String) {
         self.identifier = identifier
+        isGeneric = identifier.hasSuffix("lFTE") || identifier.hasSuffix("lF")
         let description = RemoteCallTarget(identifier).description
         guard let paren = description.firstIndex(of: "("), let dot = description[..<paren].lastIndex(of: ".") else { return nil }
         owningType = String(description[..<dot])

@@ -16,7 +16,7 @@ let pluginsDirectory = CommandLine.arguments[2]
 var logger = Logger(label: "drain-probe")
 logger.logLevel = .warning
 let system = try SwitchyardActorSystem(configPath: configPath, pluginDirectories: [pluginsDirectory], logger: logger)
-let worker = try system.host("worker", as: $Worker.self) { WorkerService(actorSystem: $0) }
+let worker = try system.host("worker", as: $Worker.self) { WorkerService(actorSystem: $0, onFirstCall: { say("working") }) }
 say("ready")
 let group = ServiceGroup(configuration: .init(services: [.init(service: system)], gracefulShutdownSignals: [.sigterm], logger: logger))
 try await group.run()

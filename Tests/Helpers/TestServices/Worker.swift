@@ -14,13 +14,18 @@ public distributed actor WorkerService: Worker {
     public typealias ActorSystem = SwitchyardActorSystem
     /// Calls finished.
     public private(set) var finished = 0
+    private var started = 0
+    private let onFirstCall: @Sendable () -> Void
 
-    /// A worker in `actorSystem`.
-    public init(actorSystem: ActorSystem) {
+    /// A worker in `actorSystem`; `onFirstCall` runs when the first call starts.
+    public init(actorSystem: ActorSystem, onFirstCall: @escaping @Sendable () -> Void = {}) {
         self.actorSystem = actorSystem
+        self.onFirstCall = onFirstCall
     }
 
     public distributed func work(_ value: Int, milliseconds: Int) async throws -> Int {
+        started += 1
+        if started == 1 { onFirstCall() }
         try await Task.sleep(for: .milliseconds(milliseconds))
         finished += 1
         return value
