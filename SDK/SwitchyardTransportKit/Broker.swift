@@ -298,7 +298,12 @@ public final class Broker: @unchecked Sendable {
         let visibilityTimeout: Int64
     }
 
+    /// How many times the dispatcher yields, looking for new work, before it sleeps after a busy
+    /// period (about 20–40 µs).
+    static let lingerRounds = 64
+
     private func dispatchLoop() {
+        var delivered = false
         condition.lock()
         while !stopped {
             if !workPending {
@@ -309,6 +314,21 @@ public final class Broker: @unchecked Sendable {
                 condition.unlock()
                 let wakeup = draining ? nil : nextWakeup(keys, localExpiry: local)
                 condition.lock()
+                if !workPending && !stopped && delivered {
+                    // Busy period: linger briefly before sleeping. A producer publishing one
+                    // message at a time then finds the dispatcher awake and skips the wake-up
+                    // syscall, and the dispatcher skips a sleep/wake pair per message.
+                    delivered = false
+                    condition.unlock()
+                    for _ in 0..<Self.lingerRounds {
+                        sched_yield()
+                        condition.lock()
+                        let found = workPending || stopped
+                        condition.unlock()
+                        if found { break }
+                    }
+                    condition.lock()
+                }
                 if !workPending && !stopped {
                     dispatcherWaiting = true
                     if let wakeup {
@@ -341,6 +361,7 @@ public final class Broker: @unchecked Sendable {
             condition.lock()
             if !batches.isEmpty {
                 workPending = true  // there may be more
+                delivered = true
                 deliver(batches)
             }
         }

@@ -132,21 +132,35 @@ extension SwitchyardActorSystem {
             return
         }
         let key = envelope.idempotencyKey ?? envelope.id
+        var claimed = false
         if let inbox = route?.inbox {
-            do throws(TransportError) {
-                if let handled = try inbox.lookup(key) {
-                    route?.metrics.duplicates.increment()
-                    if let replyTo = envelope.replyTo {
-                        publishReply(item, to: replyTo, outcome: handled.outcome, body: handled.reply, encoding: envelope.contentType)
+            while !claimed {
+                do throws(TransportError) {
+                    switch try inbox.claim(key) {
+                    case .handled(let handled):
+                        route?.metrics.duplicates.increment()
+                        if let replyTo = envelope.replyTo {
+                            publishReply(item, to: replyTo, outcome: handled.outcome, body: handled.reply, encoding: envelope.contentType)
+                        }
+                        try? client.settle(item.delivery, .ack)
+                        return
+                    case .claimed:
+                        claimed = true
+                    case .running:
+                        // Another delivery of this call runs here now: wait for its outcome.
+                        try? await Task.sleep(for: .milliseconds(5))
                     }
-                    try? client.settle(item.delivery, .ack)
+                } catch {
+                    logger.error("inbox lookup failed; the call is retried later", metadata: ["target": "\(readable)", "error": "\(error.message)"])
+                    try? client.settle(item.delivery, .retry(afterNanos: 1_000_000_000, reason: "inbox unavailable: \(error.message)"))
                     return
                 }
-            } catch {
-                logger.error("inbox lookup failed; the call is retried later", metadata: ["target": "\(readable)", "error": "\(error.message)"])
-                try? client.settle(item.delivery, .retry(afterNanos: 1_000_000_000, reason: "inbox unavailable: \(error.message)"))
-                return
             }
+        }
+        var finished = false
+        defer {
+            // Any way out but success: release the claim so a redelivery runs the call.
+            if claimed && !finished { try? route?.inbox?.finish(key, nil) }
         }
 
         // Execute, inside a server span continuing the caller's trace.
@@ -209,9 +223,10 @@ extension SwitchyardActorSystem {
         if let replyTo = envelope.replyTo {
             publishReply(item, to: replyTo, outcome: outcomeName, body: body, encoding: envelope.contentType)
         }
-        if let inbox = route?.inbox {
+        if claimed, let inbox = route?.inbox {
             do throws(TransportError) {
-                try inbox.record(key, Inbox.Handled(outcome: outcomeName, reply: body))
+                finished = true
+                try inbox.finish(key, Inbox.Handled(outcome: outcomeName, reply: body))
             } catch {
                 logger.error("inbox write failed; a redelivery of this call would run again", metadata: ["target": "\(readable)", "error": "\(error.message)"])
             }

@@ -20,6 +20,9 @@ final class Inbox: Sendable {
     private let storage: Mutex<Storage>
 
     private struct Storage {
+        /// Keys being handled in this process now: a second delivery of the same call waits for
+        /// the first instead of running alongside it.
+        var running: Set<String> = []
         var memory: [String: (at: Int64, handled: Handled)] = [:]
         var order: Deque<(key: String, at: Int64)> = []
         var database: SQLiteDatabase?
@@ -48,20 +51,49 @@ final class Inbox: Sendable {
         self.storage = Mutex(storage)
     }
 
+    /// What a delivery finds in the inbox.
+    enum Claim {
+        /// Handled before: answer with this, do not run it.
+        case handled(Handled)
+        /// Not handled yet, and now claimed by the caller, who must call ``finish(_:_:)``.
+        case claimed
+        /// Another delivery of the same call is running in this process.
+        case running
+    }
+
+    /// Looks `key` up and, when it is new, claims it for the caller.
+    func claim(_ key: String) throws(TransportError) -> Claim {
+        try storage.withLock { (storage) throws(TransportError) -> Claim in
+            if storage.running.contains(key) { return .running }
+            if let handled = try Self.lookup(key, in: &storage, cutoff: WallClock.nowNanos() - windowNanos) { return .handled(handled) }
+            storage.running.insert(key)
+            return .claimed
+        }
+    }
+
+    /// Ends a claim: remembers the call when it was handled (`handled` non-nil), or lets a later
+    /// delivery run it (a failure to be retried).
+    func finish(_ key: String, _ handled: Handled?) throws(TransportError) {
+        defer { storage.withLock { _ = $0.running.remove(key) } }
+        if let handled { try record(key, handled) }
+    }
+
     /// The handled call with `key`, if it was handled within the window.
     func lookup(_ key: String) throws(TransportError) -> Handled? {
         let cutoff = WallClock.nowNanos() - windowNanos
-        return try storage.withLock { (storage) throws(TransportError) -> Handled? in
-            if let database = storage.database {
-                var found: Handled?
-                _ = try database.run("SELECT outcome, reply FROM inbox WHERE key = ? AND at >= ?", [.text(key), .int(cutoff)]) { (row) throws(TransportError) in
-                    found = Handled(outcome: row.text(0), reply: try row.blob(1) { (bytes) throws(TransportError) in Array(bytes) })
-                }
-                return found
+        return try storage.withLock { (storage) throws(TransportError) -> Handled? in try Self.lookup(key, in: &storage, cutoff: cutoff) }
+    }
+
+    private static func lookup(_ key: String, in storage: inout Storage, cutoff: Int64) throws(TransportError) -> Handled? {
+        if let database = storage.database {
+            var found: Handled?
+            _ = try database.run("SELECT outcome, reply FROM inbox WHERE key = ? AND at >= ?", [.text(key), .int(cutoff)]) { (row) throws(TransportError) in
+                found = Handled(outcome: row.text(0), reply: try row.blob(1) { (bytes) throws(TransportError) in Array(bytes) })
             }
-            guard let entry = storage.memory[key], entry.at >= cutoff else { return nil }
-            return entry.handled
+            return found
         }
+        guard let entry = storage.memory[key], entry.at >= cutoff else { return nil }
+        return entry.handled
     }
 
     /// Remembers that the call with `key` was handled, with its reply.
