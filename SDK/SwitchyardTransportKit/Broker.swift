@@ -1,6 +1,7 @@
 import Foundation
 import SwitchyardABI
 import SwitchyardPluginKit
+import Synchronization
 
 /// How a ``Broker`` behaves: the knobs queue-like plugins expose as config.
 public struct BrokerOptions: Sendable {
@@ -77,6 +78,9 @@ public final class Broker: @unchecked Sendable {
     private var nextDelivery: DeliveryID = 0
     private var workPending = false
     private var dispatcherWaiting = false  // signal only when it sleeps: a signal is a syscall
+    /// `workPending`, readable without the lock by the lingering dispatcher (a hint: the
+    /// dispatcher re-checks `workPending` under the lock before acting on it).
+    private let workHint = Atomic<Bool>(false)
     private var waiters = 0                // threads other than the dispatcher waiting on `condition`
     private var nextLocalExpiry = Int64.max
     private var draining = false
@@ -108,6 +112,7 @@ public final class Broker: @unchecked Sendable {
     /// Records that there is work; wakes the dispatcher if it sleeps. Call with the lock held.
     private func markWork() {
         workPending = true
+        workHint.store(true, ordering: .relaxed)
         if dispatcherWaiting { condition.broadcast() }
     }
 
@@ -322,10 +327,7 @@ public final class Broker: @unchecked Sendable {
                     condition.unlock()
                     for _ in 0..<Self.lingerRounds {
                         sched_yield()
-                        condition.lock()
-                        let found = workPending || stopped
-                        condition.unlock()
-                        if found { break }
+                        if workHint.load(ordering: .relaxed) { break }
                     }
                     condition.lock()
                 }
@@ -340,6 +342,7 @@ public final class Broker: @unchecked Sendable {
                 }
             }
             workPending = false
+            workHint.store(false, ordering: .relaxed)
             if stopped || draining { continue }
             expireLocalLeases()
             let plan = groups.compactMap { key, members -> Planned? in
