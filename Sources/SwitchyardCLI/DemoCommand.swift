@@ -50,13 +50,7 @@ struct DemoCommand: AsyncParsableCommand {
         print("Switchyard demo: the orders example")
         print("  config   \(config ?? "embedded default (examples/orders/switchyard.yaml)")")
         print("  data     \(data)")
-        let system: SwitchyardActorSystem
-        do {
-            system = try SwitchyardActorSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
-        } catch let error as ConfigError {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        }
+        let system = try startSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
         for (pattern, transport) in system.routeDescriptions { print("  route    \(pattern) → \(transport)") }
         print("")
         let summary = try await OrdersDemo.run(system: system, orders: orders, concurrency: concurrency) { line in

@@ -32,13 +32,7 @@ struct RunCommand: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
         var logger = Logger(label: "switchyard")
         logger.logLevel = level
-        let system: SwitchyardActorSystem
-        do {
-            system = try SwitchyardActorSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
-        } catch let error as ConfigError {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        }
+        let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
         for (pattern, transport) in system.routeDescriptions {
             logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])
         }
@@ -59,5 +53,16 @@ struct DrainingHost: Service {
     func run() async throws {
         try? await gracefulShutdown()
         await system.shutdown(deadline: deadline)
+    }
+}
+
+/// Starts the actor system from a config file; a config problem is printed with its key and line
+/// and the command exits 1.
+func startSystem(configPath: String, pluginDirectories: [String], logger: Logger) throws -> SwitchyardActorSystem {
+    do {
+        return try SwitchyardActorSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
+    } catch let error as ConfigError {
+        printError("error: \(error)")
+        throw ExitCode(1)
     }
 }
