@@ -31,6 +31,8 @@ let package = Package(
         .library(name: "switchyard-topic", type: .dynamic, targets: ["TopicPlugin"]),
         .library(name: "switchyard-delay", type: .dynamic, targets: ["DelayPlugin"]),
         .library(name: "switchyard-retry", type: .dynamic, targets: ["RetryPlugin"]),
+        .library(name: "switchyard-nats", type: .dynamic, targets: ["NATSQueuePlugin"]),
+        .library(name: "switchyard-nats-topic", type: .dynamic, targets: ["NATSTopicPlugin"]),
         .library(name: "switchyard-example-c", type: .dynamic, targets: ["ExampleCPlugin"]),
         .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExampleSwiftPlugin"]),
         // Discard-everything plugins that `switchyard bench abi` measures the ABI crossing with.
@@ -82,6 +84,12 @@ let package = Package(
         .target(name: "TopicPlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Topic"),
         .target(name: "DelayPlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Delay"),
         .target(name: "RetryPlugin", dependencies: ["SwitchyardTransportKit"], path: "Plugins/Retry"),
+        /// nats.c (Debian's libnats-dev), for the NATS JetStream plugins.
+        .systemLibrary(name: "CNats", path: "Plugins/NATS/CNats", pkgConfig: "libnats", providers: [.apt(["libnats-dev"])]),
+        /// What `nats` and `nats-topic` share: the JetStream mapping, over nats.c.
+        .target(name: "NATSTransport", dependencies: ["CNats", "SwitchyardTransportKit"], path: "Plugins/NATS/Transport"),
+        .target(name: "NATSQueuePlugin", dependencies: ["NATSTransport"], path: "Plugins/NATS/Queue"),
+        .target(name: "NATSTopicPlugin", dependencies: ["NATSTransport"], path: "Plugins/NATS/Topic"),
 
         // MARK: Host
 

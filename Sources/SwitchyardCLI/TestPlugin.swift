@@ -19,6 +19,9 @@ struct TestPlugin: ParsableCommand {
     @Option(help: ArgumentHelp("The plugin's instance config as a JSON object.", valueName: "json"))
     var pluginConfig = "{}"
 
+    @Option(help: ArgumentHelp("For plugins whose state lives in a server: a config key set to a fresh name for each check (e.g. 'stream' for nats), which also runs the durable checks.", valueName: "key"))
+    var isolationKey: String?
+
     @Option(help: ArgumentHelp("For decorators: the plugin of the inner transport.", valueName: "name"))
     var inner = "queue"
 
@@ -42,8 +45,8 @@ struct TestPlugin: ParsableCommand {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-conformance-\(getpid())").path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil)
-        print("conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(durable ? ", durable" : "")")
+        let suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil, isolationKey: isolationKey)
+        print("conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(suite.durable ? ", durable" : "")")
         let results = suite.run(only: Set(check)) { print("  \($0)") }
         let failed = results.filter(\.failed)
         let passed = results.filter { if case .passed = $0.outcome { true } else { false } }

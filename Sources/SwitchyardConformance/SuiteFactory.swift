@@ -8,14 +8,21 @@ extension ConformanceSuite {
     /// The usual way to test a plugin: instances made from `configJSON`; in durable mode each
     /// check gets its own database file under `durableDirectory` (config key `path`), reopened by
     /// the survives-restart check; decorators get a fresh instance of `inner` each time.
+    ///
+    /// Plugins whose state lives in a server (a broker) rather than a file name an
+    /// `isolationKey` instead: each check's instance gets that key set to a name of its own
+    /// (`cf<run>-<n>`, kept on reopen), and the durable checks run.
     public static func forPlugin(_ plugin: LoadedPlugin, inner: LoadedPlugin? = nil, configJSON: String = "{}",
-                                 durableDirectory: String? = nil) -> ConformanceSuite {
+                                 durableDirectory: String? = nil, isolationKey: String? = nil) -> ConformanceSuite {
         let counter = Atomic<Int>(0)
+        let run = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         var capabilities = plugin.capabilities
         if let inner { capabilities = capabilities.union(inner.capabilities).subtracting(.wrapsInner) }
-        return ConformanceSuite(plugin: plugin, capabilities: capabilities, durable: durableDirectory != nil && capabilities.contains(.durable)) { reopen in
+        let durable = (durableDirectory != nil || isolationKey != nil) && capabilities.contains(.durable)
+        return ConformanceSuite(plugin: plugin, capabilities: capabilities, durable: durable) { reopen in
             let number = reopen ? counter.load(ordering: .relaxed) : counter.add(1, ordering: .relaxed).newValue
             var config = configJSON
+            if let isolationKey { config = withKey(config, isolationKey, "cf\(run)-\(number)") }
             if let durableDirectory, plugin.capabilities.contains(.durable) {
                 config = withKey(config, "path", "\(durableDirectory)/\(plugin.name)-\(number).db")
             }

@@ -1,0 +1,444 @@
+// The NATS JetStream transports (`nats`, `nats-topic`): Switchyard's channels as subjects of one
+// stream, subscriber groups as durable pull consumers, settlements as JetStream acknowledgements.
+// Built on nats.c (Debian's libnats-dev). Mapping and semantics: docs/transports.md, "nats".
+//
+// Threading: nats.c blocks (publish waits for JetStream's acknowledgement, fetch long-polls), so
+// every subscription has its own fetch thread, and nothing here runs on Swift's cooperative pool.
+
+import CNats
+import Foundation
+import SwitchyardPluginKit
+import SwitchyardTransportKit
+import Synchronization
+
+/// The shared implementation; `nats` and `nats-topic` differ only in `fanOut`.
+open class NATSTransport: TransportPlugin, @unchecked Sendable {
+    // @unchecked: the connection and JetStream context are thread-safe in nats.c; mutable state
+    // is behind `state`.
+
+    /// Subclasses override: the plugin's identity.
+    open class var info: PluginInfo { fatalError("NATSTransport subclasses must override info") }
+    /// Subclasses override: true when each subscriber group gets every message.
+    open class var fanOut: Bool { false }
+
+    let settings: NATSSettings
+    let host: HostServices
+    let instance: String
+    let connection: OpaquePointer
+    let jetStream: OpaquePointer
+    private let state = AdaptiveLock(State())
+    private let counters = Mutex(TransportStats())
+
+    private struct State {
+        var subscriptions: [SubscriptionID: NATSSubscription] = [:]
+        var deliveries: [DeliveryID: Delivery] = [:]
+        /// What JetStream cannot record for a message: how often this instance released it (a
+        /// nak counts as a delivery there, a release must not count as an attempt here) and the
+        /// reasons of its retries (the dead letter's history). By stream sequence; dropped when
+        /// the message is settled for good.
+        var records: [UInt64: (releases: UInt32, reasons: [String])] = [:]
+        var nextSubscription: SubscriptionID = 0
+        var nextDelivery: DeliveryID = 0
+        var draining = false
+    }
+
+    private struct Delivery {
+        let message: OpaquePointer
+        let subscription: NATSSubscription
+        let sequence: UInt64
+        let attempt: UInt32
+    }
+
+    /// Connects, and makes sure the stream and the dead-letter stream exist.
+    public required init(context: TransportContext) throws(TransportError) {
+        let config = try context.decodeConfig(NATSConfig.self)
+        settings = try NATSSettings(config, instance: context.instanceName)
+        host = context.host
+        instance = context.instanceName
+        NATSLibrary.open()
+        connection = try NATSLibrary.connect(settings)
+        do {
+            jetStream = try NATSLibrary.jetStream(connection, waitMillis: settings.publishTimeoutMillis)
+        } catch {
+            natsConnection_Destroy(connection)
+            throw error
+        }
+        do {
+            try ensureStream(settings.stream, subject: settings.prefix + ".ch.>", retention: Self.fanOut ? js_InterestPolicy : js_WorkQueuePolicy)
+            try ensureStream(settings.dlqStream, subject: settings.prefix + ".dlq.>", retention: js_WorkQueuePolicy)
+        } catch {
+            jsCtx_Destroy(jetStream)
+            natsConnection_Destroy(connection)
+            throw error
+        }
+        host.log(.info, "connected to \(settings.servers.joined(separator: ",")); stream \(settings.stream), replicas \(settings.replicas)")
+    }
+
+    // MARK: Subjects
+
+    /// The subject and stream of `channel`; dead-letter channels live in the dead-letter stream.
+    func place(_ channel: String) throws(TransportError) -> (subject: String, stream: String) {
+        guard !channel.isEmpty, !channel.hasPrefix("."), !channel.hasSuffix("."), !channel.contains(".."),
+            !channel.contains(where: { $0 == " " || $0 == "*" || $0 == ">" || $0 == "\t" || $0 == "\r" || $0 == "\n" })
+        else {
+            throw TransportError(.invalidArgument, "channel '\(channel)' cannot be a NATS subject (no spaces, '*', '>' or empty '.'-separated parts)")
+        }
+        if channel.hasSuffix(settings.deadLetterSuffix) {
+            return (settings.prefix + ".dlq." + channel, settings.dlqStream)
+        }
+        return (settings.prefix + ".ch." + channel, settings.stream)
+    }
+
+    private func ensureStream(_ name: String, subject: String, retention: jsRetentionPolicy) throws(TransportError) {
+        var info: UnsafeMutablePointer<jsStreamInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let found = js_GetStreamInfo(&info, jetStream, name, nil, &code)
+        if found == NATS_OK {
+            jsStreamInfo_Destroy(info)
+            return
+        }
+        guard found == NATS_NOT_FOUND || code == JSStreamNotFoundErr else {
+            throw NATSLibrary.error(found, "cannot look up stream \(name)")
+        }
+        var config = jsStreamConfig()
+        jsStreamConfig_Init(&config)
+        config.Retention = retention
+        config.Storage = settings.memory ? js_MemoryStorage : js_FileStorage
+        config.Replicas = Int64(settings.replicas)
+        config.MaxAge = settings.maxAgeNanos
+        config.MaxBytes = settings.maxBytes
+        config.Duplicates = 120_000_000_000  // the Nats-Msg-Id window: publishes retried within 2 min are stored once
+        let status = name.withCString { cName in
+            subject.withCString { cSubject in
+                var subjects: [UnsafePointer<CChar>?] = [cSubject]
+                return subjects.withUnsafeMutableBufferPointer { list in
+                    config.Name = cName
+                    config.Subjects = list.baseAddress
+                    config.SubjectsLen = 1
+                    return js_AddStream(&info, jetStream, &config, nil, &code)
+                }
+            }
+        }
+        if status == NATS_OK {
+            jsStreamInfo_Destroy(info)
+        } else if code != JSStreamNameExistErr {
+            throw NATSLibrary.error(status, "cannot create stream \(name) (subjects \(subject))")
+        }
+    }
+
+    // MARK: Publish
+
+    public func publish(_ message: MessageView) throws(TransportError) {
+        try publish(message, messageID: nil)
+    }
+
+    /// Publishes `message`; `messageID` overrides the de-duplication id (dead letters).
+    func publish(_ message: MessageView, messageID: String?) throws(TransportError) {
+        if state.withLock({ $0.draining }) { throw TransportError(.closed, "the transport is draining") }
+        if let limit = settings.maxMessageBytes, message.body.count > limit {
+            throw TransportError(.tooLarge, "message body is \(message.body.count) bytes; the limit is \(limit)")
+        }
+        if message.deliverAtNanos > host.nowNanos() + 1_000_000 {
+            throw TransportError(.unsupported, "\(Self.info.name) cannot hold a message until later: put a delay transport in front of it")
+        }
+        let id = message.id
+        let (subject, _) = try place(message.channel)
+        var natsMessage: OpaquePointer?
+        let body = message.body
+        try NATSLibrary.check(natsMsg_Create(&natsMessage, subject, nil, body.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(body.count)), "cannot create a message")
+        defer { natsMsg_Destroy(natsMessage) }
+        var hasCloudEvent = false
+        var order: [String] = []
+        for index in 0..<message.headerCount {
+            let header = message.pointer.pointee.headers[index]
+            let key = String(header.key)
+            if key == CloudEventHeaders.specVersion { hasCloudEvent = true }
+            order.append(key)
+            natsMsgHeader_Add(natsMessage, key, String(header.value))
+        }
+        if !hasCloudEvent {
+            // Every message on the wire is a CloudEvent: give plain messages the required
+            // attributes (and take them off again on delivery, so a message arrives as it left).
+            natsMsgHeader_Add(natsMessage, CloudEventHeaders.specVersion, "1.0")
+            natsMsgHeader_Add(natsMessage, CloudEventHeaders.id, id)
+            natsMsgHeader_Add(natsMessage, CloudEventHeaders.source, "switchyard://nats/\(instance)")
+            natsMsgHeader_Add(natsMessage, CloudEventHeaders.type, "switchyard.message")
+            natsMsgHeader_Set(natsMessage, NATSHeaders.addedCloudEvent, "1")
+        }
+        // NATS headers are a map: keep the order the publisher gave.
+        if order.count > 1 { natsMsgHeader_Set(natsMessage, NATSHeaders.order, order.joined(separator: ",")) }
+        if let key = message.orderingKey { natsMsgHeader_Set(natsMessage, NATSHeaders.orderingKey, key) }
+        natsMsgHeader_Set(natsMessage, NATSHeaders.messageID, messageID ?? id)
+        if let messageID, messageID != id { natsMsgHeader_Set(natsMessage, NATSHeaders.id, id) }
+        var options = jsPubOptions()
+        jsPubOptions_Init(&options)
+        options.MaxWait = settings.publishTimeoutMillis
+        var ack: UnsafeMutablePointer<jsPubAck>?
+        var code = jsErrCode(rawValue: 0)
+        let status = (messageID ?? id).withCString { cID in
+            options.MsgId = cID
+            return js_PublishMsg(&ack, jetStream, natsMessage, &options, &code)
+        }
+        jsPubAck_Destroy(ack)
+        guard status == NATS_OK else {
+            if status == NATS_TIMEOUT {
+                throw TransportError(.timeout, "JetStream did not acknowledge the publish within \(settings.publishTimeoutMillis) ms (NATS unreachable or electing a leader); it may have been stored — publishing it again with the same id is deduplicated")
+            }
+            throw NATSLibrary.error(status, "publish to \(subject) failed")
+        }
+        counters.withLock { $0.published += 1 }
+    }
+
+    // MARK: Subscribe
+
+    public func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        let (subject, stream) = try place(options.channel)
+        let deadLetters = options.channel.hasSuffix(settings.deadLetterSuffix)
+        let group = Self.fanOut && !deadLetters ? options.group : ""
+        let ephemeral = settings.ephemeralPrefixes.contains { options.channel.hasPrefix($0) }
+        let consumer = try ensureConsumer(
+            stream: stream, subject: subject, name: ephemeral ? nil : Self.consumerName(options.channel, group: group),
+            deliverNew: Self.fanOut && !deadLetters && options.start == .new,
+            ackWaitNanos: options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : settings.ackWaitNanos)
+        var subscription: OpaquePointer?
+        var code = jsErrCode(rawValue: 0)
+        var subOptions = jsSubOptions()
+        jsSubOptions_Init(&subOptions)
+        let status = stream.withCString { cStream in
+            consumer.withCString { cConsumer in
+                subOptions.Stream = cStream
+                subOptions.Consumer = cConsumer
+                return js_PullSubscribe(&subscription, jetStream, subject, cConsumer, nil, &subOptions, &code)
+            }
+        }
+        guard status == NATS_OK, let subscription else { throw NATSLibrary.error(status, "cannot subscribe to \(subject) as consumer \(consumer)") }
+        let maxInFlight = options.maxInFlight > 0 ? Int(options.maxInFlight) : settings.maxInFlight
+        let id = state.withLock { state -> SubscriptionID in
+            state.nextSubscription += 1
+            return state.nextSubscription
+        }
+        let handle = NATSSubscription(
+            id: id, channel: options.channel, group: group, subscription: subscription, subscriber: subscriber,
+            maxInFlight: maxInFlight, batch: settings.fetchBatch)
+        state.withLock { $0.subscriptions[id] = handle }
+        handle.start { [weak self] messages in self?.deliver(messages, to: handle) ?? messages.forEach { natsMsg_Destroy($0) } }
+        return id
+    }
+
+    /// Creates the consumer (or updates it, when it exists with another AckWait) and returns its
+    /// name. A subscription's visibility timeout is its consumer's AckWait: the members of a group
+    /// share it, and the last one to subscribe sets it.
+    private func ensureConsumer(stream: String, subject: String, name: String?, deliverNew: Bool, ackWaitNanos: Int64) throws(TransportError) -> String {
+        var config = jsConsumerConfig()
+        jsConsumerConfig_Init(&config)
+        config.AckPolicy = js_AckExplicit
+        config.AckWait = ackWaitNanos
+        config.MaxDeliver = -1  // dead-lettering is Switchyard's decision (a message at MaxDeliver would stay in a work queue)
+        config.MaxAckPending = Int64(settings.maxInFlight)
+        config.DeliverPolicy = deliverNew ? js_DeliverNew : js_DeliverAll
+        if name == nil { config.InactiveThreshold = 60_000_000_000 }
+        var info: UnsafeMutablePointer<jsConsumerInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let status = subject.withCString { cSubject in
+            (name ?? "").withCString { cName in
+                config.FilterSubject = cSubject
+                if name != nil { config.Durable = cName }
+                let added = js_AddConsumer(&info, jetStream, stream, &config, nil, &code)
+                guard added != NATS_OK, name != nil, code == JSConsumerNameExistErr else { return added }
+                jsConsumerInfo_Destroy(info)
+                info = nil
+                return js_UpdateConsumer(&info, jetStream, stream, &config, nil, &code)
+            }
+        }
+        defer { jsConsumerInfo_Destroy(info) }
+        if status == NATS_OK, let info { return String(cString: info.pointee.Name) }
+        if let name, code == JSConsumerNameExistErr || code == JSConsumerExistingActiveErr { return name }
+        throw NATSLibrary.error(status, "cannot create the consumer for \(subject) on stream \(stream)")
+    }
+
+    /// A durable consumer name for a channel and group: readable, and unique by a hash.
+    static func consumerName(_ channel: String, group: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in (channel + "\u{0}" + group).utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let readable = (channel + (group.isEmpty ? "" : "-" + group)).map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "_" }
+        return "sy-" + String(readable.prefix(40)) + "-" + String(hash, radix: 16)
+    }
+
+    /// Hands fetched messages to the subscriber (on the subscription's fetch thread).
+    private func deliver(_ messages: [OpaquePointer], to subscription: NATSSubscription) {
+        for natsMessage in messages {
+            let (delivery, draining) = state.withLock { state -> (DeliveryID, Bool) in
+                state.nextDelivery += 1
+                return (state.nextDelivery, state.draining)
+            }
+            if draining {
+                natsMsg_Nak(natsMessage, nil)
+                natsMsg_Destroy(natsMessage)
+                subscription.settled()
+                continue
+            }
+            var message = NATSLibrary.message(natsMessage, channel: subscription.channel)
+            let sequence = NATSLibrary.sequence(natsMessage)
+            state.withLock { state in
+                message.attempt = max(1, message.attempt - (state.records[sequence]?.releases ?? 0))
+                state.deliveries[delivery] = Delivery(message: natsMessage, subscription: subscription, sequence: sequence, attempt: message.attempt)
+            }
+            counters.withLock { $0.delivered += 1 }
+            if subscription.subscriber.deliver(delivery, message) != .ok {
+                if state.withLock({ $0.deliveries.removeValue(forKey: delivery) }) != nil {
+                    natsMsg_Nak(natsMessage, nil)
+                    natsMsg_Destroy(natsMessage)
+                    subscription.settled()
+                }
+            }
+        }
+    }
+
+    public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
+        guard let subscription = state.withLock({ $0.subscriptions.removeValue(forKey: id) }) else {
+            throw TransportError(.notFound, "no subscription \(id)")
+        }
+        subscription.stop()
+        // Its unsettled deliveries go back to the other members of the group now.
+        let orphans = state.withLock { state in
+            let mine = state.deliveries.filter { $0.value.subscription === subscription }
+            for (key, delivery) in mine {
+                state.deliveries.removeValue(forKey: key)
+                state.records[delivery.sequence, default: (0, [])].releases += 1
+            }
+            return mine.values.map(\.message)
+        }
+        for message in orphans {
+            natsMsg_Nak(message, nil)
+            natsMsg_Destroy(message)
+        }
+        subscription.destroy()
+    }
+
+    // MARK: Settle
+
+    public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        guard let entry = state.withLock({ $0.deliveries.removeValue(forKey: delivery) }) else {
+            throw TransportError(.notFound, "no unsettled delivery \(delivery)")
+        }
+        defer {
+            natsMsg_Destroy(entry.message)
+            entry.subscription.settled()
+        }
+        switch settlement {
+        case .ack:
+            state.withLock { _ = $0.records.removeValue(forKey: entry.sequence) }
+            try NATSLibrary.check(natsMsg_Ack(entry.message, nil), "ack failed")
+            counters.withLock { $0.acked += 1 }
+        case .retry(let after, let reason):
+            record(entry.sequence) { $0.reasons.append(reason) }
+            try NATSLibrary.check(natsMsg_NakWithDelay(entry.message, max(1, (after + 999_999) / 1_000_000), nil), "nak failed")
+            counters.withLock { $0.retried += 1 }
+        case .release:
+            record(entry.sequence) { $0.releases += 1 }
+            try NATSLibrary.check(natsMsg_Nak(entry.message, nil), "nak failed")
+            counters.withLock { $0.released += 1 }
+        case .deadLetter(let reason):
+            var original = NATSLibrary.message(entry.message, channel: entry.subscription.channel)
+            original.attempt = entry.attempt
+            let history = (state.withLock { $0.records.removeValue(forKey: entry.sequence)?.reasons } ?? []) + [reason]
+            let dead = DeadLetter.copy(
+                of: original, to: entry.subscription.channel + settings.deadLetterSuffix, group: entry.subscription.group,
+                reason: reason, history: history, now: host.nowNanos())
+            do {
+                try dead.withCMessage { (pointer) throws(TransportError) in
+                    try publish(try MessageView(validating: pointer), messageID: "\(dead.id)\(settings.deadLetterSuffix).\(entry.sequence)")
+                }
+            } catch {
+                // Not in the dead-letter stream: leave it with JetStream, to be redelivered.
+                natsMsg_Nak(entry.message, nil)
+                throw TransportError(error.code, "dead-lettering failed, message released: \(error.message)")
+            }
+            // Only now terminate it: a message at MaxDeliver would stay in a work-queue stream.
+            try NATSLibrary.check(natsMsg_Term(entry.message, nil), "term failed")
+            counters.withLock { $0.deadLettered += 1 }
+        }
+    }
+
+    /// Updates what this instance remembers of the message with stream sequence `sequence`.
+    private func record(_ sequence: UInt64, _ change: (inout (releases: UInt32, reasons: [String])) -> Void) {
+        state.withLock { state in
+            if state.records.count >= 100_000 { state.records.removeAll() }  // a bound, not an expectation
+            change(&state.records[sequence, default: (0, [])])
+        }
+    }
+
+    // MARK: Lifecycle
+
+    public func drain(deadlineNanos: Int64) throws(TransportError) {
+        state.withLock { $0.draining = true }
+        let subscriptions = state.withLock { Array($0.subscriptions.values) }
+        for subscription in subscriptions { subscription.pause() }
+        while host.monotonicNanos() < deadlineNanos && state.withLock({ !$0.deliveries.isEmpty }) {
+            usleep(5_000)
+        }
+        let left = state.withLock { state in
+            defer { state.deliveries.removeAll() }
+            for delivery in state.deliveries.values { state.records[delivery.sequence, default: (0, [])].releases += 1 }
+            return state.deliveries.values.map { ($0.message, $0.subscription) }
+        }
+        for (message, subscription) in left {
+            natsMsg_Nak(message, nil)
+            natsMsg_Destroy(message)
+            subscription.settled()
+        }
+        counters.withLock { $0.released += UInt64(left.count) }
+        if !left.isEmpty {
+            throw TransportError(.timeout, "\(left.count) deliveries were still unsettled at the drain deadline; released to JetStream")
+        }
+    }
+
+    public func stats() -> TransportStats {
+        var stats = counters.withLock { $0 }
+        stats.inFlight = UInt64(state.withLock { $0.deliveries.count })
+        return stats
+    }
+
+    public func shutdown() {
+        let subscriptions = state.withLock { state in
+            defer { state.subscriptions.removeAll() }
+            return Array(state.subscriptions.values)
+        }
+        for subscription in subscriptions { subscription.stop() }
+        let left = state.withLock { state in
+            defer { state.deliveries.removeAll() }
+            return state.deliveries.values.map(\.message)
+        }
+        for message in left {
+            natsMsg_Nak(message, nil)
+            natsMsg_Destroy(message)
+        }
+        for subscription in subscriptions { subscription.destroy() }
+        natsConnection_Flush(connection)
+        jsCtx_Destroy(jetStream)
+        natsConnection_Destroy(connection)
+    }
+}
+
+/// Header names the plugins add on the wire.
+enum NATSHeaders {
+    /// JetStream's de-duplication id: the Switchyard message id (unless `sy-id` says otherwise).
+    static let messageID = "Nats-Msg-Id"
+    /// The Switchyard message id when the de-duplication id differs (dead letters).
+    static let id = "sy-id"
+    /// The message's ordering key.
+    static let orderingKey = "sy-ordering-key"
+    /// The publisher's header order (keys, comma-separated); NATS headers are a map.
+    static let order = "sy-header-order"
+    /// Marks the CloudEvents attributes the plugin added to a plain message.
+    static let addedCloudEvent = "sy-ce-added"
+}
+
+/// The CloudEvents attributes every message on the wire carries (binary content mode: attributes
+/// as `ce-` headers, the body as data).
+enum CloudEventHeaders {
+    static let specVersion = "ce-specversion"
+    static let id = "ce-id"
+    static let source = "ce-source"
+    static let type = "ce-type"
+}
