@@ -136,7 +136,7 @@ let package = Package(
         /// The orders example system that `switchyard demo` runs (examples/orders).
         .target(
             name: "OrdersExample", dependencies: ["SwitchyardRuntime", "SwitchyardConfig"], path: "examples/orders",
-            exclude: ["README.md", "direct.yaml"], sources: ["Sources"], resources: [.copy("switchyard.yaml")]),
+            exclude: ["README.md", "direct.yaml", "nats.yaml"], sources: ["Sources"], resources: [.copy("switchyard.yaml")]),
 
         // MARK: Benchmarks
 

@@ -171,4 +171,30 @@ struct NATSTests {
         let lost = acknowledged.subtracting(inbox.received.map(\.message.id))
         #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost, e.g. \(lost.prefix(5))")
     }
+
+    @Test("the example system runs over NATS from one command, with the same summary as the embedded run")
+    func demoOverNATS() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        var environment = ProcessInfo.processInfo.environment
+        environment["NATS_URL"] = server.url
+        let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "60", "--config", Repository.root + "/examples/orders/nats.yaml"], environment: environment)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("route    Payments.charge → work (nats)"))
+        #expect(result.stdout.contains("succeeded                           59"))
+        #expect(result.stdout.contains("declined (dead-lettered / refused)  1"))
+        #expect(result.stdout.contains("delivered to analytics              59"))
+        #expect(result.stdout.contains("delivered to reminders              59"))
+    }
+
+    @Test("switchyard plugins test nats takes the server from NATS_URL")
+    func cliConformance() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        var environment = ProcessInfo.processInfo.environment
+        environment["NATS_URL"] = server.url
+        let result = try await run(BuildProducts.switchyard, ["plugins", "test", "nats", "--isolation-key", "stream"], environment: environment)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("11 passed, 0 failed"), "\(result.stdout)")
+    }
 }

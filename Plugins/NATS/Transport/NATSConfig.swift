@@ -15,7 +15,8 @@ public struct NATSConfig: PluginConfig, Sendable {
         "stream", "subject_prefix", "replicas", "storage", "max_age", "max_bytes", "ack_wait", "max_in_flight",
         "fetch_batch", "publish_timeout", "connect_timeout", "dead_letter_suffix", "ephemeral_prefixes", "max_message_bytes",
     ]
-    /// Server URLs (default `nats://127.0.0.1:4222`); the client fails over between them.
+    /// Server URLs; the client fails over between them. Default: `NATS_URL` from the environment
+    /// (comma-separated), else `nats://127.0.0.1:4222`.
     public var servers: [String]?
     /// Environment variable holding a token.
     public var token_env: String?
@@ -103,7 +104,9 @@ struct NATSSettings: Sendable {
     init(_ config: NATSConfig, instance: String) throws(TransportError) {
         func fail(_ key: String, _ message: String) -> TransportError { TransportError(.config, "config key '\(key)': \(message)") }
         let upper = instance.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }.reduce(into: "") { $0.append($1) }
-        servers = config.servers ?? ["nats://127.0.0.1:4222"]
+        servers = config.servers
+            ?? ProcessInfo.processInfo.environment["NATS_URL"].map { $0.split(separator: ",").map(String.init) }
+            ?? ["nats://127.0.0.1:4222"]
         guard !servers.isEmpty, servers.allSatisfy({ $0.hasPrefix("nats://") || $0.hasPrefix("tls://") }) else {
             throw fail("servers", "expected URLs like nats://host:4222 or tls://host:4222")
         }
