@@ -86,6 +86,11 @@ enum NATSLibrary {
     /// `ce-id`), the attempt from JetStream's delivery count, the time it was stored, and every
     /// header but the plugin's own.
     static func message(_ natsMessage: OpaquePointer, channel: String) -> Message {
+        message(natsMessage, channel: channel, sequence: nil)
+    }
+
+    /// ``message(_:channel:)``, also giving the message's stream sequence.
+    static func message(_ natsMessage: OpaquePointer, channel: String, sequence streamSequence: UnsafeMutablePointer<UInt64>?) -> Message {
         var byKey: [String: [String]] = [:]
         var keyOrder: [String] = []
         var id: String?
@@ -147,6 +152,7 @@ enum NATSLibrary {
             sequence = meta.pointee.Sequence.Stream
             jsMsgMetaData_Destroy(meta)
         }
+        streamSequence?.pointee = sequence
         let length = Int(natsMsg_GetDataLength(natsMessage))
         let body = natsMsg_GetData(natsMessage).map { [UInt8](UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
         return Message(

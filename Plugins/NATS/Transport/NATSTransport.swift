@@ -27,7 +27,13 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     let connection: OpaquePointer
     let jetStream: OpaquePointer
     private let state = AdaptiveLock(State())
-    private let counters = Mutex(TransportStats())
+    private let counters = Counters()
+
+    /// Lock-free counters: publishers on many threads bump them at once.
+    private final class Counters: Sendable {
+        let published = Atomic<UInt64>(0), delivered = Atomic<UInt64>(0), acked = Atomic<UInt64>(0)
+        let retried = Atomic<UInt64>(0), deadLettered = Atomic<UInt64>(0), released = Atomic<UInt64>(0)
+    }
 
     private struct State {
         var subscriptions: [SubscriptionID: NATSSubscription] = [:]
@@ -186,7 +192,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             }
             throw NATSLibrary.error(status, "publish to \(subject) failed")
         }
-        counters.withLock { $0.published += 1 }
+        counters.published.add(1, ordering: .relaxed)
     }
 
     // MARK: Subscribe
@@ -277,13 +283,13 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
                 subscription.settled()
                 continue
             }
-            var message = NATSLibrary.message(natsMessage, channel: subscription.channel)
-            let sequence = NATSLibrary.sequence(natsMessage)
+            var sequence: UInt64 = 0
+            var message = NATSLibrary.message(natsMessage, channel: subscription.channel, sequence: &sequence)
             state.withLock { state in
                 message.attempt = max(1, message.attempt - (state.records[sequence]?.releases ?? 0))
                 state.deliveries[delivery] = Delivery(message: natsMessage, subscription: subscription, sequence: sequence, attempt: message.attempt)
             }
-            counters.withLock { $0.delivered += 1 }
+            counters.delivered.add(1, ordering: .relaxed)
             if subscription.subscriber.deliver(delivery, message) != .ok {
                 if state.withLock({ $0.deliveries.removeValue(forKey: delivery) }) != nil {
                     natsMsg_Nak(natsMessage, nil)
@@ -329,15 +335,15 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         case .ack:
             state.withLock { _ = $0.records.removeValue(forKey: entry.sequence) }
             try NATSLibrary.check(natsMsg_Ack(entry.message, nil), "ack failed")
-            counters.withLock { $0.acked += 1 }
+            counters.acked.add(1, ordering: .relaxed)
         case .retry(let after, let reason):
             record(entry.sequence) { $0.reasons.append(reason) }
             try NATSLibrary.check(natsMsg_NakWithDelay(entry.message, max(1, (after + 999_999) / 1_000_000), nil), "nak failed")
-            counters.withLock { $0.retried += 1 }
+            counters.retried.add(1, ordering: .relaxed)
         case .release:
             record(entry.sequence) { $0.releases += 1 }
             try NATSLibrary.check(natsMsg_Nak(entry.message, nil), "nak failed")
-            counters.withLock { $0.released += 1 }
+            counters.released.add(1, ordering: .relaxed)
         case .deadLetter(let reason):
             var original = NATSLibrary.message(entry.message, channel: entry.subscription.channel)
             original.attempt = entry.attempt
@@ -356,7 +362,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             }
             // Only now terminate it: a message at MaxDeliver would stay in a work-queue stream.
             try NATSLibrary.check(natsMsg_Term(entry.message, nil), "term failed")
-            counters.withLock { $0.deadLettered += 1 }
+            counters.deadLettered.add(1, ordering: .relaxed)
         }
     }
 
@@ -387,14 +393,20 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             natsMsg_Destroy(message)
             subscription.settled()
         }
-        counters.withLock { $0.released += UInt64(left.count) }
+        counters.released.add(UInt64(left.count), ordering: .relaxed)
         if !left.isEmpty {
             throw TransportError(.timeout, "\(left.count) deliveries were still unsettled at the drain deadline; released to JetStream")
         }
     }
 
     public func stats() -> TransportStats {
-        var stats = counters.withLock { $0 }
+        var stats = TransportStats()
+        stats.published = counters.published.load(ordering: .relaxed)
+        stats.delivered = counters.delivered.load(ordering: .relaxed)
+        stats.acked = counters.acked.load(ordering: .relaxed)
+        stats.retried = counters.retried.load(ordering: .relaxed)
+        stats.deadLettered = counters.deadLettered.load(ordering: .relaxed)
+        stats.released = counters.released.load(ordering: .relaxed)
         stats.inFlight = UInt64(state.withLock { $0.deliveries.count })
         return stats
     }
