@@ -22,6 +22,7 @@ let package = Package(
 
         // Host modules, for embedding Switchyard in your own executable.
         .library(name: "SwitchyardRuntime", targets: ["SwitchyardRuntime"]),
+        .library(name: "SwitchyardNative", targets: ["SwitchyardNative"]),
         .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),
         .library(name: "SwitchyardHost", targets: ["SwitchyardHost"]),
         .library(name: "SwitchyardConformance", targets: ["SwitchyardConformance"]),
@@ -109,6 +110,10 @@ let package = Package(
         .target(name: "SwitchyardConformance", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"]),
         /// Host configuration file (YAML), validated with key paths in every error.
         .target(name: "SwitchyardConfig", dependencies: ["SwitchyardABI", .product(name: "Yams", package: "Yams")]),
+        /// libffi (Debian's libffi-dev), with accessors for its type globals.
+        .systemLibrary(name: "CFFI", path: "Sources/CFFI", pkgConfig: "libffi", providers: [.apt(["libffi-dev"])]),
+        /// Native modules: signatures, and calling exported C-ABI functions through libffi.
+        .target(name: "SwitchyardNative", dependencies: ["CFFI"]),
         /// The typed-call runtime: the Distributed actor system, the invocation envelope, routes,
         /// request-reply, hosting and draining. What an application imports.
         .target(
@@ -125,7 +130,7 @@ let package = Package(
             name: "SwitchyardCLI",
             dependencies: [
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance",
-                "SwitchyardTransportKit", "SwitchyardRuntime", "OrdersExample",
+                "SwitchyardTransportKit", "SwitchyardRuntime", "OrdersExample", "SwitchyardNative",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -175,7 +180,7 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard", "SwitchyardConformance",
-                "SwitchyardRuntime", "SwitchyardTestServices",
+                "SwitchyardRuntime", "SwitchyardTestServices", "SwitchyardNative",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             exclude: ["Fixtures"]),

@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+import SwitchyardNative
+
+@Suite("Native modules (libffi)")
+struct NativeTests {
+    /// The fixture module, compiled once per test that needs it.
+    static func module() throws -> (NativeLibrary, TemporaryDirectory) {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("libnative.so")
+        let result = try CCompiler.compile(Repository.fixtures + "/native_module.c", to: path, flags: ["-std=c99", "-shared", "-fPIC"])
+        guard result.status == 0 else { throw NativeCallError("cannot compile the fixture: \(result.stderr)") }
+        return (try NativeLibrary(path: path), directory)
+    }
+
+    @Test("signatures parse", arguments: [
+        ("f64(i32, f64)", "f64(i32, f64)"), ("void()", "void()"), (" str ( str ) ", "str(str)"),
+        ("u64(bytes,u8,u16,u32,u64,i8,i16,i64,f32,bool)", "u64(bytes, u8, u16, u32, u64, i8, i16, i64, f32, bool)"),
+    ])
+    func parses(_ text: String, _ canonical: String) throws {
+        #expect(try NativeSignature(parsing: text).description == canonical)
+    }
+
+    @Test("malformed signatures point at the offending character", arguments: [
+        ("f64(i32, f64", 12, "expected ',' or ')'"), ("f64 i32", 4, "expected '('"), ("int(i32)", 0, "unknown type 'int'"),
+        ("i32(i32, float)", 9, "unknown type 'float'"), ("i32(void)", 4, "void is only a result type"),
+        ("bytes(i32)", 0, "bytes is only a parameter type"), ("i32(i32,)", 8, "expected a type"), ("i32(i32) x", 9, "unexpected text"),
+        ("", 0, "expected a type"),
+    ])
+    func malformed(_ text: String, _ offset: Int, _ message: String) {
+        let error = #expect(throws: NativeSignatureError.self) { try NativeSignature(parsing: text) }
+        #expect(error?.offset == offset, "\(String(describing: error))")
+        #expect(error?.message.contains(message) == true, "\(String(describing: error))")
+        #expect(error?.description.hasSuffix(String(repeating: " ", count: offset) + "^") == true)
+    }
+
+    @Test("integer, float, bool, string and byte-buffer functions are called through libffi")
+    func calls() throws {
+        let (library, directory) = try Self.module()
+        _ = directory
+        func call(_ symbol: String, _ signature: String, _ arguments: [NativeValue], free: String? = nil) throws -> NativeValue {
+            try NativeFunction(library: library, symbol: symbol, signature: try NativeSignature(parsing: signature), free: free).call(arguments)
+        }
+        #expect(try call("add_i32", "i32(i32, i32)", [.int(40), .int(2)]) == .int(42))
+        #expect(try call("add_i32", "i32(i32, i32)", [.int(-40), .int(2)]) == .int(-38))
+        #expect(try call("negate_i8", "i8(i8)", [.int(5)]) == .int(-5))
+        #expect(try call("double_u16", "u16(u16)", [.uint(40_000)]) == .uint(14_464))
+        #expect(try call("mul_i64", "i64(i64, i64)", [.int(1 << 40), .int(-3)]) == .int(-3 << 40))
+        #expect(try call("max_u64", "u64()", []) == .uint(.max))
+        #expect(try call("scale", "f64(i32, f64)", [.int(3), .double(1.5)]) == .double(4.5))
+        #expect(try call("half", "f32(f32)", [.double(5)]) == .double(2.5))
+        #expect(try call("is_even", "bool(i64)", [.int(10)]) == .bool(true))
+        #expect(try call("is_even", "bool(i64)", [.int(7)]) == .bool(false))
+        #expect(try call("greet", "str(str)", [.string("wörld")], free: "greet_free") == .string("hello, wörld"))
+        #expect(try call("checksum", "u64(bytes)", [.bytes([1, 2, 3])]) == .uint((1 * 31 + 2) * 31 + 3))
+        #expect(try call("checksum", "u64(bytes)", [.bytes([])]) == .uint(0))
+        #expect(try call("touch", "void()", []) == .void)
+        #expect(try call("touched", "i32()", []) == .int(1))
+    }
+
+    @Test("wrong arity, kinds and ranges are refused with the reason, never called", arguments: [
+        ("add_i32", "i32(i32, i32)", [NativeValue.int(1)], "takes 2 argument(s)"),
+        ("add_i32", "i32(i32, i32)", [.int(1), .string("2")], "argument 2 of add_i32: expected i32, got a string"),
+        ("negate_i8", "i8(i8)", [.int(300)], "300 does not fit i8"),
+        ("double_u16", "u16(u16)", [.int(-1)], "-1 does not fit u16"),
+        ("greet", "str(str)", [.string("a\u{0}b")], "must not contain NUL"),
+        ("checksum", "u64(bytes)", [.string("x")], "expected bytes, got a string"),
+    ])
+    func refused(_ symbol: String, _ signature: String, _ arguments: [NativeValue], _ message: String) throws {
+        let (library, directory) = try Self.module()
+        _ = directory
+        let function = try NativeFunction(library: library, symbol: symbol, signature: try NativeSignature(parsing: signature), free: "greet_free")
+        let error = #expect(throws: NativeCallError.self) { try function.call(arguments) }
+        #expect(error?.description.contains(message) == true, "\(String(describing: error))")
+    }
+
+    @Test("a missing module, a missing symbol, a str result without free: clear errors")
+    func setupErrors() throws {
+        #expect(throws: NativeCallError.self) { try NativeLibrary(path: "/nonexistent/libx.so") }
+        let (library, directory) = try Self.module()
+        _ = directory
+        let missing = #expect(throws: NativeCallError.self) { try NativeFunction(library: library, symbol: "nosuch", signature: NativeSignature(parsing: "void()")) }
+        #expect(missing?.description.contains("has no function 'nosuch'") == true)
+        let noFree = #expect(throws: NativeCallError.self) { try NativeFunction(library: library, symbol: "greet", signature: NativeSignature(parsing: "str(str)")) }
+        #expect(noFree?.description.contains("frees it") == true)
+    }
+
+    @Test("switchyard call --native calls a function from the command line; bad input exits 1 with the reason")
+    func cli() async throws {
+        let (_, directory) = try Self.module()
+        let lib = directory.file("libnative.so")
+        let scale = try await run(BuildProducts.switchyard, ["call", "--native", lib, "--symbol", "scale", "--signature", "f64(i32, f64)", "3", "1.5"])
+        #expect(scale.status == 0 && scale.stdout == "4.5\n", "\(scale.stdout)\(scale.stderr)")
+        let greet = try await run(BuildProducts.switchyard, ["call", "--native", lib, "--symbol", "greet", "--signature", "str(str)", "--free", "greet_free", "you"])
+        #expect(greet.stdout == "hello, you\n")
+        let negative = try await run(BuildProducts.switchyard, ["call", "--native", lib, "--symbol", "negate_i8", "--signature", "i8(i8)", "-7"])
+        #expect(negative.stdout == "7\n", "\(negative.stdout)\(negative.stderr)")
+        for (arguments, reason) in [
+            (["--symbol", "negate_i8", "--signature", "i8(i8)", "300"], "'300' is not an i8"),
+            (["--symbol", "add_i32", "--signature", "i32(i32, i32", "1", "2"], "column 13: expected ',' or ')'"),
+            (["--symbol", "add_i32", "--signature", "i32(i32, i32)", "1"], "takes 2 argument(s)"),
+            (["--symbol", "nosuch", "--signature", "void()"], "has no function 'nosuch'"),
+        ] {
+            let result = try await run(BuildProducts.switchyard, ["call", "--native", lib] + arguments)
+            #expect(result.status == 1, "\(arguments)")
+            #expect(result.stderr.contains(reason), "\(result.stderr)")
+        }
+    }
+}
