@@ -149,7 +149,7 @@ let package = Package(
         .target(
             name: "SwitchyardBench",
             dependencies: [
-                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardConfig", "CNats",
+                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardConfig", "CNats", "CFFI", "SwitchyardNative",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -169,15 +169,26 @@ public final class NativeFunction: @unchecked Sendable {
         guard arguments.count == signature.parameters.count else {
             throw NativeCallError("\(symbol) takes \(signature.parameters.count) argument(s) (\(signature)), got \(arguments.count)")
         }
-        // One 8-byte slot per C argument; strings and byte buffers copied for the call's duration.
-        let slots = UnsafeMutableRawPointer.allocate(byteCount: 8 * max(1, cArgumentCount), alignment: 8)
-        let values = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: max(1, cArgumentCount))
-        var owned: [UnsafeMutableRawPointer] = []
-        defer {
-            owned.forEach { Foundation.free($0) }
-            slots.deallocate()
-            values.deallocate()
+        // One 8-byte slot per C argument, on the stack; strings and byte buffers copied for the
+        // call's duration.
+        let count = max(1, cArgumentCount)
+        let outcome: Result<NativeValue, NativeCallError> = withUnsafeTemporaryAllocation(byteCount: 16 * count, alignment: 8) { raw in
+            let slots = raw.baseAddress!
+            let values = (slots + 8 * count).bindMemory(to: UnsafeMutableRawPointer?.self, capacity: count)
+            do throws(NativeCallError) {
+                return .success(try call(arguments, slots: slots, values: values))
+            } catch {
+                return .failure(error)
+            }
         }
+        return try outcome.get()
+    }
+
+    private func call(
+        _ arguments: [NativeValue], slots: UnsafeMutableRawPointer, values: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    ) throws(NativeCallError) -> NativeValue {
+        var owned: [UnsafeMutableRawPointer] = []
+        defer { owned.forEach { Foundation.free($0) } }
         var slot = 0
         func put<T>(_ value: T) {
             (slots + 8 * slot).storeBytes(of: value, as: T.self)
