@@ -119,7 +119,7 @@ let package = Package(
         .target(
             name: "SwitchyardRuntime",
             dependencies: [
-                "SwitchyardHost", "SwitchyardConfig", "SwitchyardLoader", "SwitchyardABI", "SwitchyardTransportKit",
+                "SwitchyardHost", "SwitchyardConfig", "SwitchyardLoader", "SwitchyardABI", "SwitchyardTransportKit", "SwitchyardNative",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),

@@ -1,59 +1,125 @@
 import ArgumentParser
 import Foundation
+import Logging
+import SwitchyardConfig
 import SwitchyardNative
+import SwitchyardRuntime
 
-/// `switchyard call --native LIB.so --symbol NAME --signature SIG ARG...`: calls one exported C
-/// function through libffi, for trying a native module out.
-struct CallCommand: ParsableCommand {
+/// `switchyard call`: invoke a native function through its route, or one function directly.
+struct CallCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "call",
-        abstract: "Call a native function: switchyard call --native LIB.so --symbol NAME --signature 'SIG' ARG...",
+        abstract: "Call a routed native function, or one native function directly.",
         discussion: """
-            Arguments are parsed by the signature (docs/native-modules.md): integers in range, \
-            f32/f64 numbers, true/false, str as text, bytes as hex. The result is printed. A bad \
-            signature, module, symbol or argument exits 1 with the reason.
+            switchyard call --config FILE ROUTE ARG...   calls ROUTE (e.g. Math.add) the way the \
+            config routes it — through a queue, a topic, a delay or directly — and prints the result.
+            switchyard call --native LIB.so --symbol NAME --signature 'SIG' ARG...   calls one \
+            exported function directly, for trying a module out.
+            Arguments are parsed by the function's signature (docs/native-modules.md): integers in \
+            range, f32/f64 numbers, true/false, str as text, bytes as hex. A bad signature, module, \
+            symbol, route or argument exits 1 with the reason.
             """)
 
-    @Option(help: ArgumentHelp("The native module (a shared library).", valueName: "lib.so"))
-    var native: String
+    @Option(help: ArgumentHelp("The config file (routes and native modules).", valueName: "file"))
+    var config: String?
 
-    @Option(help: ArgumentHelp("The exported function.", valueName: "name"))
-    var symbol: String
+    @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
+    var pluginDirectories: [String] = []
 
-    @Option(help: ArgumentHelp("Its signature, e.g. 'f64(i32, f64)'.", valueName: "sig"))
-    var signature: String
+    @Option(help: ArgumentHelp("Call one function of this native module directly.", valueName: "lib.so"))
+    var native: String?
 
-    @Option(help: ArgumentHelp("For a str result: the module's function that frees it.", valueName: "name"))
+    @Option(help: ArgumentHelp("With --native: the exported function.", valueName: "name"))
+    var symbol: String?
+
+    @Option(help: ArgumentHelp("With --native: its signature, e.g. 'f64(i32, f64)'.", valueName: "sig"))
+    var signature: String?
+
+    @Option(help: ArgumentHelp("With --native, for a str result: the module's function that frees it.", valueName: "name"))
     var free: String?
 
-    @Argument(parsing: .allUnrecognized, help: "The arguments.")
+    @Argument(parsing: .allUnrecognized, help: "ROUTE then its arguments (with --config), or the arguments (with --native).")
     var arguments: [String] = []
 
-    func run() throws {
+    func run() async throws {
+        let arguments = self.arguments.first == "--" ? Array(self.arguments.dropFirst()) : self.arguments
         do {
-            let parsed: NativeSignature
-            do {
-                parsed = try NativeSignature(parsing: signature)
-            } catch {
-                throw NativeCallError("bad signature, \(error)")
+            if let native {
+                try callDirectly(native, arguments)
+            } else {
+                try await callRoute(arguments)
             }
-            let arguments = self.arguments.first == "--" ? Array(self.arguments.dropFirst()) : self.arguments
-            guard arguments.count == parsed.parameters.count else {
-                throw NativeCallError("\(symbol) takes \(parsed.parameters.count) argument(s) (\(parsed)), got \(arguments.count)")
-            }
-            let values = try zip(arguments, parsed.parameters).enumerated().map { (index, pair) throws(NativeCallError) -> NativeValue in
-                do {
-                    return try NativeValue(parsing: pair.0, as: pair.1)
-                } catch {
-                    throw NativeCallError("argument \(index + 1): \(error)")
-                }
-            }
-            let function = try NativeFunction(library: try NativeLibrary(path: native), symbol: symbol, signature: parsed, free: free)
-            let result = try function.call(values)
-            if result != .void { print(result) }
         } catch let error as NativeCallError {
             printError("error: \(error)")
             throw ExitCode(1)
+        } catch let error as SwitchyardError {
+            printError("error: \(error)")
+            throw ExitCode(1)
         }
+    }
+
+    private func callDirectly(_ library: String, _ arguments: [String]) throws {
+        guard let symbol, let signature else { throw NativeCallError("--native needs --symbol and --signature") }
+        let parsed = try parse(signature)
+        let values = try values(arguments, for: parsed, name: symbol)
+        let function = try NativeFunction(library: try NativeLibrary(path: library), symbol: symbol, signature: parsed, free: free)
+        let result = try function.call(values)
+        if result != .void { print(result) }
+    }
+
+    private func callRoute(_ arguments: [String]) async throws {
+        guard let config else { throw NativeCallError("give --config FILE and a route (or --native LIB.so)") }
+        guard let route = arguments.first else { throw NativeCallError("which route? e.g. switchyard call --config \(config) Math.add 1 2") }
+        var logger = Logger(label: "switchyard.call")
+        logger.logLevel = .warning
+        let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        // Typed by the signature in the config when the function is declared there.
+        let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
+        let declared = system.config.native.first { $0.interface == parts.first }?.functions.first { parts.count == 2 && $0.name == parts[1] }
+        let values: [NativeValue]
+        if let declared {
+            values = try self.values(Array(arguments.dropFirst()), for: try parse(declared.signature), name: route)
+        } else {
+            values = arguments.dropFirst().map(Self.guess)
+        }
+        do {
+            let result = try await system.callNative(route, values)
+            await system.shutdown(deadline: .seconds(2))
+            if result != .void { print(result) }
+        } catch {
+            await system.shutdown(deadline: .seconds(2))
+            throw error
+        }
+    }
+
+    private func parse(_ signature: String) throws(NativeCallError) -> NativeSignature {
+        do {
+            return try NativeSignature(parsing: signature)
+        } catch {
+            throw NativeCallError("bad signature, \(error)")
+        }
+    }
+
+    private func values(_ arguments: [String], for signature: NativeSignature, name: String) throws(NativeCallError) -> [NativeValue] {
+        guard arguments.count == signature.parameters.count else {
+            throw NativeCallError("\(name) takes \(signature.parameters.count) argument(s) (\(signature)), got \(arguments.count)")
+        }
+        var values: [NativeValue] = []
+        for (index, (text, type)) in zip(arguments, signature.parameters).enumerated() {
+            do {
+                values.append(try NativeValue(parsing: text, as: type))
+            } catch {
+                throw NativeCallError("argument \(index + 1): \(error)")
+            }
+        }
+        return values
+    }
+
+    /// A value without a declared type: a whole number, a number, true/false, or text.
+    static func guess(_ text: String) -> NativeValue {
+        if let int = Int64(text) { return .int(int) }
+        if let double = Double(text) { return .double(double) }
+        if text == "true" || text == "false" { return .bool(text == "true") }
+        return .string(text)
     }
 }

@@ -33,6 +33,7 @@ struct RunCommand: AsyncParsableCommand {
         var logger = Logger(label: "switchyard")
         logger.logLevel = level
         let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        try system.hostNative()
         for (pattern, transport) in system.routeDescriptions {
             logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])
         }

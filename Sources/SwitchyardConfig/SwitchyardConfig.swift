@@ -17,6 +17,8 @@ public struct SwitchyardConfig: Sendable {
     public var transports: [TransportEntry] = []
     /// Routes, in file order (the most specific match wins, not the first).
     public var routes: [RouteEntry] = []
+    /// Native modules served as interfaces.
+    public var native: [NativeModuleEntry] = []
 
     /// One configured transport: an instance of a plugin, maybe decorating another transport.
     public struct TransportEntry: Sendable {
@@ -77,8 +79,9 @@ public struct SwitchyardConfig: Sendable {
         var config = SwitchyardConfig()
         guard let root = try parseConfigYAML(try EnvironmentExpansion.expand(yaml, environment: environment)) else { return config }
         var routesNode: ConfigNode?
-        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes"]) {
+        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes", "native"]) {
             switch key {
+            case "native": config.native = try parseNative(value, baseDirectory: baseDirectory)
             case "plugins": config.plugins = try PluginsSection(value, baseDirectory: baseDirectory)
             case "transports": config.transports = try parseTransports(value)
             case "routes": routesNode = value

@@ -6,6 +6,7 @@ import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
 import Synchronization
+import SwitchyardNative
 import SwitchyardTransportKit
 import Tracing
 
@@ -47,6 +48,8 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     let errors = ErrorRegistry()
     let pending = PendingCalls()
     let server: Server
+    /// Native modules from config, loaded, by interface name.
+    let nativeModules: [String: NativeModule]
     /// Parsed targets and their routes, by identifier (read on every call: an adaptive lock,
     /// since Linux's `Mutex` enters the kernel whenever it is contended).
     let targets = AdaptiveLock<[String: ResolvedTarget]>([:])
@@ -97,6 +100,12 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         let created = transports
         do {
             routes = RouteTable(try config.routes.map { (entry) throws(ConfigError) in try Route(entry, transports: created) })
+        } catch {
+            created?.close()
+            throw error
+        }
+        do {
+            nativeModules = Dictionary(uniqueKeysWithValues: try config.native.map { (entry) throws(ConfigError) in (entry.interface, try NativeModule(entry)) })
         } catch {
             created?.close()
             throw error

@@ -80,7 +80,7 @@ extension SwitchyardActorSystem {
     }
 
     /// Publishes a fire-and-forget call; returns once the transport has accepted it.
-    private func send(_ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route) throws {
+    func send(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) throws {
         let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
         defer { span.end() }
         do {
@@ -94,7 +94,7 @@ extension SwitchyardActorSystem {
     }
 
     /// Publishes a request-reply call and waits for its reply until the route's deadline.
-    private func request(_ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route) async throws -> Reply {
+    func request(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws -> Reply {
         let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .client)
         defer { span.end() }
         let started = ContinuousClock.now
@@ -144,15 +144,15 @@ extension SwitchyardActorSystem {
     /// The call as an envelope on the route's channel: arguments encoded, ordering key and delay
     /// applied, trace context injected.
     private func message(
-        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, replyTo: String?,
+        _ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route, replyTo: String?,
         deadlineNanos: Int64, span: any Span
     ) throws -> Message {
         var orderingKey: String?
         if let name = route.entry.orderingArgument {
-            guard let argument = invocation.arguments.first(where: { $0.name == name }) else {
+            guard let value = invocation.orderingValue(named: name) else {
                 throw SwitchyardError.routing(target: call.name, reason: "route '\(route.pattern)' orders by '\(name)', but \(call.name) has no parameter named '\(name)'")
             }
-            orderingKey = String(describing: argument.value)
+            orderingKey = value
         }
         var deliverAt: Int64 = 0
         let delay = Switchyard.callDelay?.nanoseconds ?? route.entry.delayNanos
@@ -166,7 +166,7 @@ extension SwitchyardActorSystem {
         InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: TraceCarrier.Injector())
         let arguments: [UInt8]
         do {
-            arguments = try invocation.encodedArguments(route.encoding)
+            arguments = try invocation.encoded(route.encoding)
         } catch {
             throw SwitchyardError.routing(target: call.name, reason: "cannot encode the arguments: \(error)")
         }
@@ -198,6 +198,21 @@ extension SwitchyardActorSystem {
             last = handler.outcome
         }
         return last
+    }
+}
+
+/// A call's arguments on their way out: encoded once the route's encoding is known.
+protocol OutgoingArguments {
+    /// The arguments in `encoding`.
+    func encoded(_ encoding: ArgumentEncoding) throws -> [UInt8]
+    /// The ordering key from the argument called `name`, or nil when there is none.
+    func orderingValue(named name: String) -> String?
+}
+
+extension SwitchyardInvocationEncoder: OutgoingArguments {
+    func encoded(_ encoding: ArgumentEncoding) throws -> [UInt8] { try encodedArguments(encoding) }
+    func orderingValue(named name: String) -> String? {
+        arguments.first { $0.name == name }.map { String(describing: $0.value) }
     }
 }
 

@@ -39,12 +39,16 @@ extension SwitchyardActorSystem {
         let hosted = Server.Hosted(
             id: id, actor: actor, typeName: String(reflecting: Act.self),
             interfaces: Dictionary(interfaces.map { (String(reflecting: $0), $0) }, uniquingKeysWith: { first, _ in first }))
+        try host(hosted, interfaceNames: [Self.interfaceName(of: Act.self)] + interfaces.map { Self.interfaceName(of: $0) }, type: "\(Act.self)")
+        return actor
+    }
+
+    /// Registers `hosted` and subscribes its channel on every transport some route of
+    /// `interfaceNames` uses (one subscription each).
+    func host(_ hosted: Server.Hosted, interfaceNames: [String], type: String) throws {
         try server.add(hosted)
-        // Every transport some route of these interfaces uses; one subscription each.
-        var names = [Self.interfaceName(of: Act.self)] + interfaces.map { Self.interfaceName(of: $0) }
-        names = Array(Set(names))
         var byTransport: [String: (Transport, Int)] = [:]
-        for name in names {
+        for name in Set(interfaceNames) {
             for route in routes.routes(forInterface: name) {
                 guard let transport = route.transport else { continue }
                 byTransport[transport.name] = (transport, max(byTransport[transport.name]?.1 ?? 0, route.entry.concurrency))
@@ -53,10 +57,9 @@ extension SwitchyardActorSystem {
         for (_, (transport, concurrency)) in byTransport.sorted(by: { $0.key < $1.key }) {
             try serve(hosted, on: transport, concurrency: concurrency)
         }
-        logger.info("hosting actor", metadata: [
-            "id": "\(id)", "type": "\(Act.self)", "transports": "\(byTransport.keys.sorted().joined(separator: ", "))",
+        logger.info("hosting", metadata: [
+            "id": "\(hosted.id)", "type": "\(type)", "transports": "\(byTransport.keys.sorted().joined(separator: ", "))",
         ])
-        return actor
     }
 
     /// Subscribes the actor's channel on `transport` and starts its workers.
@@ -163,6 +166,25 @@ extension SwitchyardActorSystem {
             if claimed && !finished { try? route?.inbox?.finish(key, nil) }
         }
 
+        if let module = hosted.native {
+            switch runNative(item, call, module) {
+            case .failure(let error):
+                return reject(error.description, route: route)
+            case .success(let value):
+                let body = (try? NativeCodec.encode([value], envelope.contentType)) ?? []
+                if let replyTo = envelope.replyTo {
+                    publishReply(item, to: replyTo, outcome: "return", body: body, encoding: envelope.contentType)
+                }
+                if claimed, let inbox = route?.inbox {
+                    finished = true
+                    try? inbox.finish(key, Inbox.Handled(outcome: "return", reply: body))
+                }
+                route?.metrics.handled.increment()
+                try? client.settle(item.delivery, .ack)
+                return
+            }
+        }
+
         // Execute, inside a server span continuing the caller's trace.
         var context = ServiceContext.topLevel
         InstrumentationSystem.instrument.extract(
@@ -174,8 +196,9 @@ extension SwitchyardActorSystem {
         await withSpan(call.name, context: context, ofKind: .consumer) { span in
             do {
                 var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
+                guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
                 try await executeDistributedTarget(
-                    on: hosted.actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+                    on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
                 if case .error(let error)? = handler.outcome { span.recordError(error) }
             } catch {
                 failure = error

@@ -10,11 +10,14 @@ final class Server: Sendable {
     /// A served actor and the interfaces it may be called through.
     struct Hosted: Sendable {
         let id: SwitchyardActorID
-        let actor: any DistributedActor
+        /// The actor; nil for a native module.
+        let actor: (any DistributedActor)?
         /// `Module.OrdersService`: targets declared on the concrete type.
         let typeName: String
         /// `Module.$Orders` → the stub type, for each protocol the actor is hosted as.
         let interfaces: [String: any DistributedActor.Type]
+        /// The native module served under this id, instead of an actor.
+        var native: NativeModule? = nil
     }
 
     /// One subscription feeding a hosted actor's workers.

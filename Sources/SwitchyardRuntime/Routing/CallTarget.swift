@@ -22,6 +22,17 @@ struct CallTarget: Sendable {
     /// Parses a target; nil when the identifier does not demangle to a method.
     init?(identifier: String) {
         self.identifier = identifier
+        if identifier.hasPrefix("native:") {
+            // A native module's function: `native:Interface.function`.
+            let target = identifier.dropFirst("native:".count)
+            guard let dot = target.firstIndex(of: "."), !target[..<dot].isEmpty, !target[target.index(after: dot)...].isEmpty else { return nil }
+            interface = String(target[..<dot])
+            method = String(target[target.index(after: dot)...])
+            owningType = "native:" + interface
+            name = String(target)
+            isGeneric = false
+            return
+        }
         isGeneric = identifier.hasSuffix("lFTE") || identifier.hasSuffix("lF")
         let description = RemoteCallTarget(identifier).description
         guard let paren = description.firstIndex(of: "("), let dot = description[..<paren].lastIndex(of: ".") else { return nil }

@@ -1,0 +1,219 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardNative
+
+/// A native module from config, loaded: its functions looked up and their call interfaces
+/// prepared once (docs/native-modules.md).
+final class NativeModule: Sendable {
+    /// The interface routes name (`Math` in `Math.add`).
+    let interface: String
+    /// Functions by method name.
+    let functions: [String: NativeFunction]
+
+    /// Loads `entry`; every problem names the config key and line.
+    init(_ entry: SwitchyardConfig.NativeModuleEntry) throws(ConfigError) {
+        interface = entry.interface
+        let library: NativeLibrary
+        do {
+            library = try NativeLibrary(path: entry.library)
+        } catch {
+            throw ConfigError(key: "native.\(entry.interface).library", line: entry.line, message: error.description)
+        }
+        var functions: [String: NativeFunction] = [:]
+        for function in entry.functions {
+            let signature: NativeSignature
+            do {
+                signature = try NativeSignature(parsing: function.signature)
+            } catch {
+                throw ConfigError(key: function.key, line: function.line, message: "bad signature, \(error)")
+            }
+            do {
+                functions[function.name] = try NativeFunction(library: library, symbol: function.symbol, signature: signature, free: function.free)
+            } catch {
+                throw ConfigError(key: function.key, line: function.line, message: error.description)
+            }
+        }
+        self.functions = functions
+    }
+}
+
+/// How native values travel: the arguments one value after another in the compact form (or a
+/// JSON array), typed on the way in by the function's signature; a result the same way.
+enum NativeCodec {
+    static func encode(_ values: [NativeValue], _ encoding: ArgumentEncoding) throws -> [UInt8] {
+        switch encoding {
+        case .compact:
+            var writer = CompactWriter()
+            for value in values { write(value, into: &writer) }
+            return writer.bytes
+        case .json:
+            return Array(try JSONSerialization.data(withJSONObject: values.map(json), options: [.fragmentsAllowed]))
+        }
+    }
+
+    static func write(_ value: NativeValue, into writer: inout CompactWriter) {
+        switch value {
+        case .int(let v): writer.int(v)
+        case .uint(let v): writer.uint(v)
+        case .double(let v):
+            writer.tag(.double)
+            writer.raw(v.bitPattern.littleEndian)
+        case .bool(let v): writer.tag(v ? .true : .false)
+        case .string(let v): writer.string(v)
+        case .bytes(let v): writer.byteString(v)
+        case .void: writer.tag(.null)
+        }
+    }
+
+    static func json(_ value: NativeValue) -> Any {
+        switch value {
+        case .int(let v): v
+        case .uint(let v): v
+        case .double(let v): v
+        case .bool(let v): v
+        case .string(let v): v
+        case .bytes(let v): Data(v).base64EncodedString()
+        case .void: NSNull()
+        }
+    }
+
+    /// Decodes values without knowing their types (a result, on the caller's side).
+    static func decodeUntyped(_ bytes: [UInt8], _ encoding: ArgumentEncoding) throws -> [NativeValue] {
+        switch encoding {
+        case .compact:
+            return try bytes.withUnsafeBytes { raw -> [NativeValue] in
+                var reader = CompactReader(raw)
+                var values: [NativeValue] = []
+                do {
+                    while !reader.atEnd {
+                        switch try reader.peekTag() {
+                        case .int: values.append(.int(try reader.int()))
+                        case .uint: values.append(.uint(try reader.uint()))
+                        case .double, .float: values.append(.double(try CompactDecoding.double(&reader)))
+                        case .true, .false: values.append(.bool(try CompactDecoding.bool(&reader)))
+                        case .string:
+                            _ = try reader.tag()
+                            values.append(.string(try reader.rawString()))
+                        case .bytes:
+                            _ = try reader.tag()
+                            values.append(.bytes(Array(try reader.byteString())))
+                        case .null:
+                            _ = try reader.tag()
+                            values.append(.void)
+                        case let other: throw CompactFormatError("a native value cannot be a \(other)")
+                        }
+                    }
+                } catch let error as CompactFormatError {
+                    throw EnvelopeError("unreadable native values: \(error)")
+                }
+                return values
+            }
+        case .json:
+            do {
+                return try JSONDecoder().decode([JSONScalar].self, from: Data(bytes)).map(\.value)
+            } catch {
+                throw EnvelopeError("native values must be a JSON array of numbers, booleans, strings or null: \(error)")
+            }
+        }
+    }
+
+    /// One JSON value as a native value.
+    private struct JSONScalar: Decodable {
+        let value: NativeValue
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.singleValueContainer()
+            if container.decodeNil() { value = .void }
+            else if let bool = try? container.decode(Bool.self) { value = .bool(bool) }
+            else if let int = try? container.decode(Int64.self) { value = .int(int) }
+            else if let uint = try? container.decode(UInt64.self) { value = .uint(uint) }
+            else if let double = try? container.decode(Double.self) { value = .double(double) }
+            else { value = .string(try container.decode(String.self)) }
+        }
+    }
+
+    /// Decodes a call's arguments for `signature`: untyped values, then converted and checked by
+    /// the function itself (count, kinds, ranges). Bytes in JSON travel as base64 strings.
+    static func decodeArguments(_ bytes: [UInt8], _ encoding: ArgumentEncoding, for signature: NativeSignature) throws -> [NativeValue] {
+        var values = try decodeUntyped(bytes, encoding)
+        for (index, type) in signature.parameters.enumerated() where index < values.count {
+            if type == .bytes, case .string(let text) = values[index], let data = Data(base64Encoded: text) { values[index] = .bytes(Array(data)) }
+            if type.isUnsigned, case .int(let v) = values[index], v >= 0 { values[index] = .uint(UInt64(v)) }
+        }
+        return values
+    }
+}
+
+extension NativeType {
+    var isUnsigned: Bool { [.u8, .u16, .u32, .u64].contains(self) }
+}
+
+/// Native arguments on their way out.
+struct NativeArguments: OutgoingArguments {
+    let values: [NativeValue]
+    func encoded(_ encoding: ArgumentEncoding) throws -> [UInt8] { try NativeCodec.encode(values, encoding) }
+    /// Native parameters have no names: `arg1`, `arg2`, … name them for `ordering:`.
+    func orderingValue(named name: String) -> String? {
+        guard name.hasPrefix("arg"), let index = Int(name.dropFirst(3)), index >= 1, index <= values.count else { return nil }
+        return values[index - 1].description
+    }
+}
+
+extension SwitchyardActorSystem {
+    /// Serves every native module in the config: each module's interface becomes a hosted "actor"
+    /// whose channel (the interface name) is subscribed on the transports its routes use; calls
+    /// arriving there run through libffi.
+    public func hostNative() throws {
+        for module in nativeModules.values.sorted(by: { $0.interface < $1.interface }) {
+            let id = ActorID(module.interface)
+            let hosted = Server.Hosted(id: id, actor: nil, typeName: "native:\(module.interface)", interfaces: [:], native: module)
+            try host(hosted, interfaceNames: [module.interface], type: "native module \(module.interface)")
+        }
+    }
+
+    /// Calls a native function by its route name (`"Math.add"`) with `arguments`, wherever it is
+    /// served: through the route's transport (request-reply, or fire-and-forget for a
+    /// fire-and-forget route), or in this process for a direct route. Values are converted and
+    /// checked by the function's signature where it runs.
+    public func callNative(_ target: String, _ arguments: [NativeValue]) async throws -> NativeValue {
+        guard let dot = target.firstIndex(of: "."), target.index(after: dot) < target.endIndex else {
+            throw SwitchyardError.routing(target: target, reason: "a native target is Interface.function")
+        }
+        guard let resolved = resolved("native:" + target), let route = resolved.route else {
+            throw SwitchyardError.routing(target: target, reason: "no route matches \(target)")
+        }
+        let call = resolved.call
+        route.metrics.calls.increment()
+        if route.isDirect {
+            guard let function = nativeModules[call.interface]?.functions[call.method] else {
+                throw SwitchyardError.routing(target: target, reason: "route '\(route.pattern)' is direct, but no native module here serves \(target)")
+            }
+            do {
+                return try function.call(arguments)
+            } catch {
+                throw SwitchyardError.rejected(target: target, reason: error.description)
+            }
+        }
+        let id = ActorID(call.interface)
+        if route.entry.mode == .fireAndForget {
+            try send(id, call, NativeArguments(values: arguments), route: route)
+            return .void
+        }
+        let reply = try await request(id, call, NativeArguments(values: arguments), route: route)
+        return try NativeCodec.decodeUntyped(reply.body, reply.encoding).first ?? .void
+    }
+
+    /// Runs a delivered native call and replies: the function's result, or — for arguments that
+    /// do not fit the signature — a refusal with the reason (dead-lettered, and the caller told).
+    func runNative(_ item: Inbound, _ call: CallTarget, _ module: NativeModule) -> Result<NativeValue, EnvelopeError> {
+        guard call.owningType == "native:\(module.interface)", let function = module.functions[call.method] else {
+            return .failure(EnvelopeError("\(call.name) is not a function of native module \(module.interface) (it has \(module.functions.keys.sorted().joined(separator: ", ")))"))
+        }
+        do {
+            let arguments = try NativeCodec.decodeArguments(item.envelope.arguments, item.envelope.contentType, for: function.signature)
+            return .success(try function.call(arguments))
+        } catch {
+            return .failure(EnvelopeError("cannot run \(call.name): \(error)"))
+        }
+    }
+}
