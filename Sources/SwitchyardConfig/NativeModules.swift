@@ -30,8 +30,9 @@ extension SwitchyardConfig {
             public var signature: String
             /// For a `str` result: the library's function that frees it.
             public var free: String?
-            /// Key path and line, for errors.
+            /// Its key path (`native.Math.functions.add`), for errors.
             public var key: String
+            /// Its line in the file.
             public var line: Int?
         }
     }

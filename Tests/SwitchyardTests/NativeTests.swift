@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import SwitchyardNative
+import SwitchyardConfig
+@testable import SwitchyardRuntime
 
 @Suite("Native modules (libffi)")
 struct NativeTests {
@@ -104,6 +106,93 @@ struct NativeTests {
             let result = try await run(BuildProducts.switchyard, ["call", "--native", lib] + arguments)
             #expect(result.status == 1, "\(arguments)")
             #expect(result.stderr.contains(reason), "\(result.stderr)")
+        }
+    }
+
+    /// A system serving the fixture as native module `Math` with `routes`.
+    static func routedSystem(_ routes: String, _ directory: TemporaryDirectory) throws -> SwitchyardActorSystem {
+        try makeSystem("""
+            transports:
+              q: { plugin: queue }
+              t: { plugin: topic }
+              later: { plugin: delay, inner: q }
+            native:
+              Math:
+                library: \(directory.file("libnative.so"))
+                functions:
+                  add: { symbol: add_i32, signature: "i32(i32, i32)" }
+                  scale: "f64(i32, f64)"
+                  greet: { signature: "str(str)", free: greet_free }
+                  sum: { symbol: checksum, signature: "u64(bytes)" }
+                  touch: "void()"
+                  touched: "i32()"
+            routes:
+            \(routes)
+            """, directory: directory)
+    }
+
+    @Test("native functions over every route mode: direct, queue request-reply, topic fire-and-forget, delay", arguments: [
+        ("  Math.*: { transport: direct }", false),
+        ("  Math.*: { transport: q, deadline: 10s }", false),
+        ("  Math.touch: { transport: t, mode: fire-and-forget }\n  Math.*: { transport: q }", true),
+        ("  Math.touch: { transport: later, mode: fire-and-forget, delay: 100ms }\n  Math.*: { transport: q, encoding: json }", true),
+    ])
+    func routed(_ routes: String, _ touchIsAsync: Bool) async throws {
+        let (_, directory) = try Self.module()
+        let system = try Self.routedSystem(routes, directory)
+        try system.hostNative()
+        #expect(try await system.callNative("Math.add", [.int(40), .int(2)]) == .int(42))
+        #expect(try await system.callNative("Math.scale", [.int(3), .double(1.5)]) == .double(4.5))
+        #expect(try await system.callNative("Math.greet", [.string("routes")]) == .string("hello, routes"))
+        #expect(try await system.callNative("Math.sum", [.bytes([1, 2, 3])]) == .uint(1026))
+        #expect(try await system.callNative("Math.touch", []) == .void)
+        var touched: NativeValue = .void
+        for _ in 0..<100 {
+            touched = try await system.callNative("Math.touched", [])
+            if touched == .int(1) || !touchIsAsync { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(touched == .int(1))
+        await system.shutdown()
+    }
+
+    @Test("a native call with the wrong arity or types is refused with the reason: an error reply and a dead letter")
+    func wrongArguments() async throws {
+        let (_, directory) = try Self.module()
+        let system = try Self.routedSystem("  Math.*: { transport: q, deadline: 10s }", directory)
+        try system.hostNative()
+        let dlq = try TypedCallTests.Tap(system, transport: "q", channel: "Math.dlq")
+        for (arguments, reason) in [
+            ([NativeValue.int(1)], "takes 2 argument(s)"), ([.int(1), .string("x")], "expected i32, got a string"),
+            ([.int(1), .int(1 << 40)], "does not fit i32"),
+        ] {
+            do {
+                _ = try await system.callNative("Math.add", arguments)
+                Issue.record("expected a refusal for \(arguments)")
+            } catch SwitchyardError.rejected(_, let message) {
+                #expect(message.contains(reason), "\(message)")
+            }
+        }
+        await #expect(throws: SwitchyardError.self) { _ = try await system.callNative("Math.nosuch", []) }
+        #expect(await eventually(10) { dlq.all.count == 4 })
+        #expect(dlq.all.contains { $0.header("sy-dlq-reason")?.contains("is not a function of native module Math") == true })
+        #expect(try await system.callNative("Math.add", [.int(1), .int(2)]) == .int(3))
+        await system.shutdown()
+    }
+
+    @Test("a native module that does not load, or a bad signature in config, fails the start with the key and line")
+    func configErrors() throws {
+        let (_, directory) = try Self.module()
+        for (yaml, key, message) in [
+            ("native:\n  Math:\n    library: /nonexistent.so\n    functions: { f: \"void()\" }\n", "native.Math.library", "cannot load native module"),
+            ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      add: \"i32(i32, i32\"\n", "native.Math.functions.add", "column 13"),
+            ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      nosuch: \"void()\"\n", "native.Math.functions.nosuch", "has no function 'nosuch'"),
+            ("native:\n  Math:\n    functions: { f: \"void()\" }\n", "native.Math.library", "is required"),
+        ] {
+            let error = #expect(throws: ConfigError.self) { _ = try makeSystem(yaml, directory: directory) }
+            #expect(error?.key == key, "\(String(describing: error))")
+            #expect(error?.line != nil)
+            #expect(error?.message.contains(message) == true, "\(String(describing: error))")
         }
     }
 }

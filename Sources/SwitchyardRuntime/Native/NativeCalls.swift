@@ -200,7 +200,18 @@ extension SwitchyardActorSystem {
             return .void
         }
         let reply = try await request(id, call, NativeArguments(values: arguments), route: route)
-        return try NativeCodec.decodeUntyped(reply.body, reply.encoding).first ?? .void
+        let result = try NativeCodec.decodeUntyped(reply.body, reply.encoding).first ?? .void
+        // JSON does not say unsigned: when the config declares the function, say it for it.
+        if case .int(let value) = result, value >= 0, declaredResult(call)?.isUnsigned == true { return .uint(UInt64(value)) }
+        return result
+    }
+
+    /// The result type of a native function declared in this system's config, if it is.
+    private func declaredResult(_ call: CallTarget) -> NativeType? {
+        guard let function = config.native.first(where: { $0.interface == call.interface })?.functions.first(where: { $0.name == call.method }) else {
+            return nil
+        }
+        return (try? NativeSignature(parsing: function.signature))?.result
     }
 
     /// Runs a delivered native call and replies: the function's result, or — for arguments that
