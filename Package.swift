@@ -23,6 +23,8 @@ let package = Package(
         // Host modules, for embedding Switchyard in your own executable.
         .library(name: "SwitchyardRuntime", targets: ["SwitchyardRuntime"]),
         .library(name: "SwitchyardNative", targets: ["SwitchyardNative"]),
+        /// Routed function pointers for C programs (SDK/Native/switchyard_native.h).
+        .library(name: "switchyard-native-client", type: .dynamic, targets: ["SwitchyardNativeClient"]),
         .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),
         .library(name: "SwitchyardHost", targets: ["SwitchyardHost"]),
         .library(name: "SwitchyardConformance", targets: ["SwitchyardConformance"]),
@@ -114,6 +116,10 @@ let package = Package(
         .systemLibrary(name: "CFFI", path: "Sources/CFFI", pkgConfig: "libffi", providers: [.apt(["libffi-dev"])]),
         /// Native modules: signatures, and calling exported C-ABI functions through libffi.
         .target(name: "SwitchyardNative", dependencies: ["CFFI"]),
+        /// libswitchyard-native-client: C programs bind routes to function pointers (libffi closures).
+        .target(
+            name: "SwitchyardNativeClient",
+            dependencies: ["SwitchyardRuntime", "SwitchyardNative", "CFFI", .product(name: "Logging", package: "swift-log")]),
         /// The typed-call runtime: the Distributed actor system, the invocation envelope, routes,
         /// request-reply, hosting and draining. What an application imports.
         .target(

@@ -195,4 +195,47 @@ struct NativeTests {
             #expect(error?.message.contains(message) == true, "\(String(describing: error))")
         }
     }
+
+    @Test("a C program calls routed native functions through bound function pointers (libffi closures), across processes")
+    func cClosures() async throws {
+        let (_, directory) = try Self.module()
+        let program = directory.file("native_caller")
+        let compiled = try await offPool {
+            try CCompiler.compile(
+                Repository.fixtures + "/native_caller.c", to: program,
+                flags: ["-std=c99", "-I", Repository.root + "/SDK/Native", "-L", BuildProducts.directory,
+                        "-lswitchyard-native-client", "-Wl,-rpath," + BuildProducts.directory])
+        }
+        #expect(compiled.status == 0, "\(compiled.stderr)")
+        let config = directory.file("switchyard.yaml")
+        try """
+            transports:
+              q: { plugin: queue, config: { path: \(directory.file("calls.db")) } }
+            native:
+              Math:
+                library: \(directory.file("libnative.so"))
+                functions:
+                  add: { symbol: add_i32, signature: "i32(i32, i32)" }
+                  scale: "f64(i32, f64)"
+                  greet: { signature: "str(str)", free: greet_free }
+                  sum: { symbol: checksum, signature: "u64(bytes)" }
+            routes:
+              Math.*: { transport: q, deadline: 20s }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        // This process serves the module; the C program calls it through the durable queue.
+        let host = try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory])
+        try host.hostNative()
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWITCHYARD_PLUGINS_PATH"] = BuildProducts.directory
+        let result = try await run(program, [config], environment: environment)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("bad signature: bad signature, column 13: expected ',' or ')'"), "\(result.stdout)")
+        #expect(result.stdout.contains("add=42\n"))
+        #expect(result.stdout.contains("scale=4.5\n"))
+        #expect(result.stdout.contains("greet=hello, from C\n"))
+        #expect(result.stdout.contains("sum=1026\n"))
+        #expect(result.stdout.contains("error after success=[]"))
+        #expect(result.stdout.contains("refused=0 error=[Math.add: rejected by the receiver: cannot run Math.add: add_i32 takes 2 argument(s)"), "\(result.stdout)")
+        await host.shutdown()
+    }
 }
