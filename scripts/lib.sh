@@ -8,7 +8,8 @@
 #   libnats-dev     nats.c, the NATS client the nats plugins are built on
 #   nats-server     the NATS server the NATS tests start (and .ci/run)
 #   python3-venv    for scripts/cloudevents-check (a CloudEvents SDK reading the wire in the NATS tests)
-SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv"
+#   libffi-dev      libffi, for native modules
+SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv libffi-dev"
 
 # Installs the packages in SWITCHYARD_DEBIAN_PACKAGES that are not installed yet.
 ensure_debian_packages() {
