@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSwitchyard
 import SwitchyardLoader
 
 /// `switchyard plugins list`: every plugin found, and every refused file with its reason.
@@ -24,10 +25,11 @@ struct ListPlugins: ParsableCommand {
             struct Output: Encodable {
                 let plugins: [PluginJSON]
                 let rejected: [RejectionJSON]
+                let notPlugins: [String]
                 let searched: [String]
             }
             try printJSON(Output(plugins: catalog.plugins.map(PluginJSON.init), rejected: catalog.rejected.map(RejectionJSON.init),
-                                 searched: catalog.searched.map(\.path)))
+                                 notPlugins: catalog.notPlugins, searched: catalog.searched.map(\.path)))
             return
         }
         if catalog.plugins.isEmpty {
@@ -40,6 +42,9 @@ struct ListPlugins: ParsableCommand {
         if !catalog.rejected.isEmpty {
             print("\nRefused (\(catalog.rejected.count)):")
             for rejection in catalog.rejected { print("  \(rejection.path): \(rejection.reason)") }
+        }
+        if !catalog.notPlugins.isEmpty {
+            print("\nNot plugins (no \(SY_PLUGIN_ENTRY_SYMBOL), skipped unloaded): " + catalog.notPlugins.joined(separator: ", "))
         }
         print("\nSearched: " + catalog.searched.map(\.description).joined(separator: ", "))
     }

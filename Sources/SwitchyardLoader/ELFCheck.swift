@@ -84,4 +84,43 @@ enum ELFCheck {
             }
         }
     }
+
+    /// Whether the shared library open as `fd` defines the dynamic symbol `name` (its `.dynsym`
+    /// section, read without loading anything); nil when the section tables cannot be read, in
+    /// which case the dynamic loader decides.
+    static func definesDynamicSymbol(fd: Int32, size: Int, name: String) -> Bool? {
+        func read(_ count: Int, at offset: UInt64) -> [UInt8]? {
+            guard count >= 0, count < 64 << 20, offset <= UInt64(size), Int(offset) + count <= size else { return nil }
+            var bytes = [UInt8](repeating: 0, count: count)
+            let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+            return got == count ? bytes : nil
+        }
+        guard let header = read(64, at: 0) else { return nil }
+        func load<T: FixedWidthInteger>(_ bytes: [UInt8], _ at: Int, _: T.Type) -> T {
+            bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: T.self) }
+        }
+        let sectionsAt = load(header, 40, UInt64.self)
+        let entrySize = Int(load(header, 58, UInt16.self)), count = Int(load(header, 60, UInt16.self))
+        guard entrySize >= 64, count > 0, let sections = read(entrySize * count, at: sectionsAt) else { return nil }
+        let SHT_DYNSYM: UInt32 = 11
+        for index in 0..<count where load(sections, index * entrySize + 4, UInt32.self) == SHT_DYNSYM {
+            let base = index * entrySize
+            let symbolsAt = load(sections, base + 24, UInt64.self), symbolsSize = Int(load(sections, base + 32, UInt64.self))
+            let link = Int(load(sections, base + 40, UInt32.self)), symbolSize = Int(load(sections, base + 56, UInt64.self))
+            guard symbolSize >= 24, link < count else { return nil }
+            let stringsAt = load(sections, link * entrySize + 24, UInt64.self), stringsSize = Int(load(sections, link * entrySize + 32, UInt64.self))
+            guard let symbols = read(symbolsSize, at: symbolsAt), let strings = read(stringsSize, at: stringsAt) else { return nil }
+            let wanted = Array(name.utf8)
+            for symbol in stride(from: 0, to: symbols.count - symbolSize + 1, by: symbolSize) {
+                let nameAt = Int(load(symbols, symbol, UInt32.self))
+                let definedIn = load(symbols, symbol + 6, UInt16.self)  // st_shndx; 0 = undefined here
+                guard definedIn != 0, nameAt + wanted.count < strings.count,
+                    strings[nameAt + wanted.count] == 0, Array(strings[nameAt..<nameAt + wanted.count]) == wanted
+                else { continue }
+                return true
+            }
+            return false
+        }
+        return nil
+    }
 }

@@ -71,6 +71,9 @@ public struct PluginCatalog: Sendable {
     public var rejected: [Rejection] = []
     /// The directories searched, in order (including ones that did not exist).
     public var searched: [SearchDirectory] = []
+    /// Shared libraries on the search path that export no entry function: not plugins, skipped
+    /// without being loaded.
+    public var notPlugins: [String] = []
 
     /// An empty catalog.
     public init() {}
@@ -108,6 +111,10 @@ extension PluginLoader {
                     } else {
                         catalog.plugins.append(plugin)
                     }
+                } catch where error.kind == .missingEntry {
+                    // A shared library that is not a plugin (one a plugin links, or a client
+                    // library installed next to the binary): noted, never loaded, not an error.
+                    catalog.notPlugins.append(path)
                 } catch {
                     catalog.rejected.append(error)
                 }

@@ -29,6 +29,11 @@ public final class PluginLoader: Sendable {
     }
 
     /// Loads and validates the plugin file at `path`.
+    static func missingEntry(_ path: String) -> Rejection {
+        Rejection(path: path, kind: .missingEntry,
+                  reason: "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in Swift the @c entry function must be public)")
+    }
+
     public func load(path: String) throws(Rejection) -> LoadedPlugin {
         let key = Self.realPath(path) ?? path
         if let known = cache.withLock({ $0[key] }) { return try known.get() }
@@ -84,6 +89,11 @@ public final class PluginLoader: Sendable {
         }
         defer { close(fd) }
         try ELFCheck.check(fd: fd, size: Int(info.st_size), path: path)
+        // A shared library without the entry is not a plugin: refuse it before any of its code
+        // (initialisers included) runs.
+        if ELFCheck.definesDynamicSymbol(fd: fd, size: Int(info.st_size), name: SY_PLUGIN_ENTRY_SYMBOL) == false {
+            throw Self.missingEntry(path)
+        }
 
         // 2. Pins, before any of its code can run.
         let hash = trust.needsHashes ? try Self.sha256(ofFileAt: path) : nil
@@ -96,10 +106,7 @@ public final class PluginLoader: Sendable {
             throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)")
         }
         // Never dlclose: see the type's documentation. RTLD_NODELETE keeps it mapped regardless.
-        guard let symbol = dlsym(handle, SY_PLUGIN_ENTRY_SYMBOL) else {
-            throw Rejection(path: path, kind: .missingEntry,
-                            reason: "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in Swift the @c entry function must be public)")
-        }
+        guard let symbol = dlsym(handle, SY_PLUGIN_ENTRY_SYMBOL) else { throw Self.missingEntry(path) }
         let entry = unsafeBitCast(symbol, to: sy_plugin_entry_fn.self)
         guard let raw = entry(UInt32(SY_ABI_MAJOR)) else {
             throw Rejection(path: path, kind: .entryRefused,

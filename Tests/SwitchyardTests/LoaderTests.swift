@@ -160,10 +160,30 @@ struct LoaderRejectionTests {
         try FileManager.default.copyItem(atPath: BuildProducts.exampleC, toPath: dir.file("libswitchyard-example-c.so"))
         let catalog = PluginLoader().discover(in: [SearchDirectory(path: dir.path, source: .commandLine)])
         #expect(catalog.plugins.map(\.name) == ["example-c"])
-        #expect(catalog.rejected.count == Self.compiled.count + 2)
-        for fixture in Self.compiled {
+        // A library without the entry is not a plugin at all: skipped, listed apart, not refused.
+        let notPlugins = Self.compiled.filter { $0.kind == .missingEntry }
+        #expect(catalog.notPlugins.count == notPlugins.count)
+        #expect(catalog.rejected.count == Self.compiled.count - notPlugins.count + 2)
+        for fixture in Self.compiled where fixture.kind != .missingEntry {
             #expect(catalog.rejected.first { $0.path.hasSuffix("/" + fixture.file) }?.kind == fixture.kind, "\(fixture.file)")
         }
+    }
+
+    @Test("a shared library without the entry symbol is refused from its symbol table: none of its code runs")
+    func noEntryIsNeverLoaded() async throws {
+        let dir = try TemporaryDirectory()
+        let marker = dir.file("constructor-ran")
+        let source = dir.file("helper.c")
+        try "#include <stdio.h>\n__attribute__((constructor)) static void ran(void) { FILE *f = fopen(\"\(marker)\", \"w\"); if (f) fclose(f); }\nint helper(void) { return 1; }\n"
+            .write(toFile: source, atomically: true, encoding: .utf8)
+        let compiled = try await offPool { try CCompiler.compile(source, to: dir.file("libhelper.so"), flags: ["-shared", "-fPIC"]) }
+        #expect(compiled.status == 0)
+        let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("libhelper.so")) }
+        #expect(error?.kind == .missingEntry)
+        let catalog = PluginLoader().discover(in: [SearchDirectory(path: dir.path, source: .commandLine)])
+        #expect(catalog.notPlugins == [dir.file("libhelper.so")])
+        #expect(catalog.rejected.isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: marker), "the library's constructor ran: it was loaded")
     }
 }
 
