@@ -71,6 +71,39 @@ public struct NativeCallError: Error, Hashable, Sendable, CustomStringConvertibl
     public init(_ description: String) { self.description = description }
 }
 
+/// A libffi call interface for a signature, prepared once: what both calling a native function
+/// and a closure called from C need. A `bytes` parameter is two C arguments (pointer, length).
+public final class CallInterface: @unchecked Sendable {
+    // @unchecked: immutable after init; libffi only reads it during calls.
+    /// The prepared interface.
+    public let cif: UnsafeMutablePointer<ffi_cif>
+    /// C arguments per call.
+    public let argumentCount: Int
+    private let types: UnsafeMutablePointer<UnsafeMutablePointer<ffi_type>?>
+
+    /// Prepares the interface for `signature` with the platform's default calling convention.
+    public init(_ signature: NativeSignature) throws(NativeCallError) {
+        let cTypes: [UnsafeMutablePointer<ffi_type>] = signature.parameters.flatMap { type -> [UnsafeMutablePointer<ffi_type>] in
+            type == .bytes ? [NativeFunction.ffiType(.bytes), sy_ffi_type_uint64()] : [NativeFunction.ffiType(type)]
+        }
+        argumentCount = cTypes.count
+        types = .allocate(capacity: max(1, cTypes.count))
+        for (index, type) in cTypes.enumerated() { types[index] = type }
+        cif = .allocate(capacity: 1)
+        let status = ffi_prep_cif(cif, sy_ffi_default_abi(), UInt32(cTypes.count), NativeFunction.ffiType(signature.result), types)
+        guard status == FFI_OK else {
+            cif.deallocate()
+            types.deallocate()
+            throw NativeCallError("libffi cannot prepare a call with \(signature) (status \(status.rawValue))")
+        }
+    }
+
+    deinit {
+        cif.deallocate()
+        types.deallocate()
+    }
+}
+
 /// A loaded native library. Never unloaded: code from it may still be running or referenced.
 public final class NativeLibrary: @unchecked Sendable {
     // @unchecked: the handle is immutable and dlsym is thread-safe.
@@ -106,10 +139,10 @@ public final class NativeFunction: @unchecked Sendable {
     public let signature: NativeSignature
     private let address: UnsafeMutableRawPointer
     private let free: (@convention(c) (UnsafeMutableRawPointer?) -> Void)?
-    private let cif: UnsafeMutablePointer<ffi_cif>
-    private let argumentTypes: UnsafeMutablePointer<UnsafeMutablePointer<ffi_type>?>
+    private let interface: CallInterface
+    private var cif: UnsafeMutablePointer<ffi_cif> { interface.cif }
     /// C arguments per call (a `bytes` parameter is two).
-    private let cArgumentCount: Int
+    private var cArgumentCount: Int { interface.argumentCount }
 
     /// Looks `symbol` up in `library` and prepares its call interface. A `str` result needs
     /// `free`: the library's function that frees the returned string (never the host's `free`,
@@ -126,27 +159,11 @@ public final class NativeFunction: @unchecked Sendable {
         } else {
             free = nil
         }
-        let cTypes: [UnsafeMutablePointer<ffi_type>] = signature.parameters.flatMap { type -> [UnsafeMutablePointer<ffi_type>] in
-            type == .bytes ? [Self.ffiType(.bytes), sy_ffi_type_uint64()] : [Self.ffiType(type)]
-        }
-        cArgumentCount = cTypes.count
-        argumentTypes = .allocate(capacity: max(1, cTypes.count))
-        for (index, type) in cTypes.enumerated() { argumentTypes[index] = type }
-        cif = .allocate(capacity: 1)
-        let status = ffi_prep_cif(cif, sy_ffi_default_abi(), UInt32(cTypes.count), Self.ffiType(signature.result), argumentTypes)
-        guard status == FFI_OK else {
-            cif.deallocate()
-            argumentTypes.deallocate()
-            throw NativeCallError("libffi cannot prepare a call to \(symbol) with \(signature) (status \(status.rawValue))")
-        }
+        interface = try CallInterface(signature)
     }
 
-    deinit {
-        cif.deallocate()
-        argumentTypes.deallocate()
-    }
-
-    static func ffiType(_ type: NativeType) -> UnsafeMutablePointer<ffi_type> {
+    /// libffi's type for `type`.
+    public static func ffiType(_ type: NativeType) -> UnsafeMutablePointer<ffi_type> {
         switch type {
         case .i8: sy_ffi_type_sint8()
         case .i16: sy_ffi_type_sint16()

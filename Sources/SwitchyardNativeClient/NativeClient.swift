@@ -41,8 +41,7 @@ final class Binding: @unchecked Sendable {
     let route: String
     let signature: NativeSignature
     unowned let client: NativeClient
-    let cif: UnsafeMutablePointer<ffi_cif>
-    let types: UnsafeMutablePointer<UnsafeMutablePointer<ffi_type>?>
+    let interface: CallInterface
     var closure: UnsafeMutablePointer<ffi_closure>?
     var code: UnsafeMutableRawPointer?
 
@@ -50,21 +49,13 @@ final class Binding: @unchecked Sendable {
         self.route = route
         self.signature = signature
         self.client = client
-        let cTypes: [UnsafeMutablePointer<ffi_type>] = signature.parameters.flatMap { type -> [UnsafeMutablePointer<ffi_type>] in
-            type == .bytes ? [sy_ffi_type_pointer(), sy_ffi_type_uint64()] : [Binding.ffiType(type)]
-        }
-        types = .allocate(capacity: max(1, cTypes.count))
-        for (index, type) in cTypes.enumerated() { types[index] = type }
-        cif = .allocate(capacity: 1)
-        guard ffi_prep_cif(cif, sy_ffi_default_abi(), UInt32(cTypes.count), Binding.ffiType(signature.result), types) == FFI_OK else {
-            throw NativeCallError("libffi cannot prepare \(signature)")
-        }
+        interface = try CallInterface(signature)
         var code: UnsafeMutableRawPointer?
         guard let raw = ffi_closure_alloc(MemoryLayout<ffi_closure>.size, &code), let code else {
             throw NativeCallError("libffi cannot allocate a closure")
         }
         let closure = raw.assumingMemoryBound(to: ffi_closure.self)
-        guard ffi_prep_closure_loc(closure, cif, Binding.handler, Unmanaged.passUnretained(self).toOpaque(), code) == FFI_OK else {
+        guard ffi_prep_closure_loc(closure, interface.cif, Binding.handler, Unmanaged.passUnretained(self).toOpaque(), code) == FFI_OK else {
             ffi_closure_free(raw)
             throw NativeCallError("libffi cannot prepare the closure for \(signature)")
         }
@@ -75,25 +66,6 @@ final class Binding: @unchecked Sendable {
     func free() {
         if let closure { ffi_closure_free(UnsafeMutableRawPointer(closure)) }
         closure = nil
-        cif.deallocate()
-        types.deallocate()
-    }
-
-    static func ffiType(_ type: NativeType) -> UnsafeMutablePointer<ffi_type> {
-        switch type {
-        case .i8: sy_ffi_type_sint8()
-        case .i16: sy_ffi_type_sint16()
-        case .i32: sy_ffi_type_sint32()
-        case .i64: sy_ffi_type_sint64()
-        case .u8, .bool: sy_ffi_type_uint8()
-        case .u16: sy_ffi_type_uint16()
-        case .u32: sy_ffi_type_uint32()
-        case .u64: sy_ffi_type_uint64()
-        case .f32: sy_ffi_type_float()
-        case .f64: sy_ffi_type_double()
-        case .str, .bytes: sy_ffi_type_pointer()
-        case .void: sy_ffi_type_void()
-        }
     }
 
     /// libffi calls this for every call through a bound pointer.
