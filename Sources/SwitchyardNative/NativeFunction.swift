@@ -3,12 +3,19 @@ import Foundation
 
 /// A value passed to or returned from a native function.
 public enum NativeValue: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// A signed integer (any of i8…i64).
     case int(Int64)
+    /// An unsigned integer (any of u8…u64).
     case uint(UInt64)
+    /// A floating-point number (f32 or f64).
     case double(Double)
+    /// A boolean.
     case bool(Bool)
+    /// UTF-8 text (`str`).
     case string(String)
+    /// A byte buffer (`bytes`).
     case bytes([UInt8])
+    /// No value (a `void` result).
     case void
 
     public var description: String {

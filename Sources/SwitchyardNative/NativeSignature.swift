@@ -1,6 +1,13 @@
 /// A C type in a native signature (docs/native-modules.md).
 public enum NativeType: String, Sendable, Hashable, CaseIterable {
-    case i8, i16, i32, i64, u8, u16, u32, u64, f32, f64, bool
+    /// Signed integers of 8, 16, 32 and 64 bits (`int8_t` … `int64_t`).
+    case i8, i16, i32, i64
+    /// Unsigned integers of 8, 16, 32 and 64 bits (`uint8_t` … `uint64_t`).
+    case u8, u16, u32, u64
+    /// `float` and `double`.
+    case f32, f64
+    /// C `bool`.
+    case bool
     /// UTF-8 text: a NUL-terminated `const char *` in; out, a `char *` freed by a declared function.
     case str
     /// A byte buffer: two C arguments, `const uint8_t *` and `size_t` (argument only).

@@ -132,14 +132,17 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     /// The id the next actor created in this task gets (see ``host(_:group:as:_:)``).
     @TaskLocal static var assigning: ActorID?
 
+    /// The id from ``host(_:as:make:)`` (a task-local), or a fresh unique one.
     public func assignID<Act>(_ actorType: Act.Type) -> ActorID where Act: DistributedActor, Act.ID == ActorID {
         Self.assigning ?? ActorID("\(actorType)-\(EnvelopeID.make())")
     }
 
+    /// Records a local actor (weakly) so direct routes and hosting can find it.
     public func actorReady<Act>(_ actor: Act) where Act: DistributedActor, Act.ID == ActorID {
         locals.withLock { $0[actor.id] = WeakActor(actor) }
     }
 
+    /// Forgets a local actor that is going away.
     public func resignID(_ id: ActorID) {
         locals.withLock { _ = $0.removeValue(forKey: id) }
     }
@@ -189,6 +192,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         return base.hasPrefix("$") ? String(base.dropFirst()) : base
     }
 
+    /// A fresh encoder for one outgoing call.
     public func makeInvocationEncoder() -> InvocationEncoder { InvocationEncoder() }
 
     // MARK: Targets

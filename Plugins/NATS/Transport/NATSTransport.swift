@@ -449,8 +449,12 @@ enum NATSHeaders {
 /// The CloudEvents attributes every message on the wire carries (binary content mode: attributes
 /// as `ce-` headers, the body as data).
 enum CloudEventHeaders {
+    /// `specversion`: always 1.0.
     static let specVersion = "ce-specversion"
+    /// `id`: the message id.
     static let id = "ce-id"
+    /// `source`: `switchyard://nats/<transport>` for plain messages.
     static let source = "ce-source"
+    /// `type`: `switchyard.message` for plain messages.
     static let type = "ce-type"
 }

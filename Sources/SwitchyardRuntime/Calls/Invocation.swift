@@ -157,7 +157,10 @@ public final class SwitchyardResultHandler: DistributedTargetInvocationResultHan
 
     init() {}
 
+    /// Records a returned value.
     public func onReturn<Success: Codable>(value: Success) async throws { outcome = .value(value) }
+    /// Records a return from a `Void` method.
     public func onReturnVoid() async throws { outcome = .void }
+    /// Records a thrown error.
     public func onThrow<Err: Error>(error: Err) async throws { outcome = .error(error) }
 }
