@@ -23,6 +23,7 @@ let package = Package(
         // Host modules, for embedding Switchyard in your own executable.
         .library(name: "SwitchyardRuntime", targets: ["SwitchyardRuntime"]),
         .library(name: "SwitchyardNative", targets: ["SwitchyardNative"]),
+        .library(name: "SwitchyardConfig", targets: ["SwitchyardConfig"]),
         /// Routed function pointers for C programs (SDK/Native/switchyard_native.h).
         .library(name: "switchyard-native-client", type: .dynamic, targets: ["SwitchyardNativeClient"]),
         .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),

@@ -36,7 +36,9 @@ public enum NativeValue: Sendable, Hashable, Codable, CustomStringConvertible {
         func fail(_ what: String) -> NativeCallError { NativeCallError("'\(text)' is not \(what)") }
         switch type {
         case .i8, .i16, .i32, .i64:
-            guard let value = Int64(text), value >= -(Int64(1) << (type.bits - 1)) && (type.bits == 64 || value < (Int64(1) << (type.bits - 1))) else {
+            // Range by width; for 64 bits Int64 itself is the range (negating 1 << 63 would overflow,
+            // as the signature fuzzer found).
+            guard let value = Int64(text), type.bits == 64 || (value >= -(Int64(1) << (type.bits - 1)) && value < (Int64(1) << (type.bits - 1))) else {
                 throw fail("an \(type.rawValue) (a whole number that fits \(type.bits) signed bits)")
             }
             self = .int(value)

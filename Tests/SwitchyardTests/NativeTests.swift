@@ -36,6 +36,18 @@ struct NativeTests {
         #expect(error?.description.hasSuffix(String(repeating: " ", count: offset) + "^") == true)
     }
 
+    @Test("command-line values parse by type, at the edges of each range (an i64 overflow found by fuzz-signature)")
+    func valueParsing() throws {
+        #expect(try NativeValue(parsing: "2", as: .i64) == .int(2))
+        #expect(try NativeValue(parsing: "-9223372036854775808", as: .i64) == .int(.min))
+        #expect(try NativeValue(parsing: "-128", as: .i8) == .int(-128))
+        #expect(throws: NativeCallError.self) { try NativeValue(parsing: "128", as: .i8) }
+        #expect(try NativeValue(parsing: "18446744073709551615", as: .u64) == .uint(.max))
+        #expect(throws: NativeCallError.self) { try NativeValue(parsing: "256", as: .u8) }
+        #expect(try NativeValue(parsing: "0x0aff", as: .bytes) == .bytes([0x0a, 0xff]))
+        #expect(throws: NativeCallError.self) { try NativeValue(parsing: "0xabc", as: .bytes) }
+    }
+
     @Test("integer, float, bool, string and byte-buffer functions are called through libffi")
     func calls() throws {
         let (library, directory) = try Self.module()
