@@ -28,45 +28,76 @@ public struct TransportContext: Sendable {
 
     /// Decodes the plugin config into `C`, refusing top-level keys outside `allowedKeys`.
     public func decodeConfig<C: Decodable>(_ type: C.Type, allowedKeys: Set<String>) throws(TransportError) -> C {
-        let data = Data(configJSON.utf8)
+        do {
+            return try ConfigJSON.decode(type, from: configJSON, allowedKeys: allowedKeys)
+        } catch {
+            throw TransportError(.config, error.description)
+        }
+    }
+}
+
+/// Decoding a JSON config object into a type, refusing unknown top-level keys; every problem
+/// names its key. Plugins use it through ``TransportContext/decodeConfig(_:)``; the host uses it
+/// for config it hands to the same types (a route's retry policy).
+public enum ConfigJSON {
+    /// What is wrong with a config, and at which key (dotted; nil for the whole object).
+    public struct Problem: Error, Sendable, CustomStringConvertible {
+        /// The offending key path, e.g. `initial_delay`; nil when it is the whole config.
+        public let key: String?
+        /// What is wrong, without the key.
+        public let message: String
+        /// The whole sentence, key included, as plugins report it.
+        public let description: String
+
+        init(key: String?, message: String, description: String? = nil) {
+            self.key = key
+            self.message = message
+            self.description = description ?? (key.map { "config key '\($0)': \(message)" } ?? "config: \(message)")
+        }
+    }
+
+    /// `json` (an object) decoded as `C`.
+    public static func decode<C: Decodable>(_ type: C.Type, from json: String, allowedKeys: Set<String>) throws(Problem) -> C {
+        let data = Data(json.utf8)
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: data)
         } catch {
-            throw TransportError(.config, "config is not valid JSON")
+            throw Problem(key: nil, message: "not valid JSON", description: "config is not valid JSON")
         }
-        guard let keys = object as? [String: Any] else { throw TransportError(.config, "config must be a JSON object") }
+        guard let keys = object as? [String: Any] else {
+            throw Problem(key: nil, message: "must be a JSON object", description: "config must be a JSON object")
+        }
         if let unknown = keys.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
             let allowed = allowedKeys.sorted().joined(separator: ", ")
-            throw TransportError(.config, "unknown config key '\(unknown)' (known keys: \(allowed.isEmpty ? "none" : allowed))")
+            let known = "(known keys: \(allowed.isEmpty ? "none" : allowed))"
+            throw Problem(key: unknown, message: "unknown key \(known)", description: "unknown config key '\(unknown)' \(known)")
         }
         do {
             return try JSONDecoder().decode(C.self, from: data)
         } catch let error as DecodingError {
-            throw TransportError(.config, Self.describe(error))
-        } catch let error as TransportError {
-            throw error
+            throw describe(error)
         } catch {
-            throw TransportError(.config, "config: \(error)")
+            throw Problem(key: nil, message: "\(error)")
         }
     }
 
-    private static func describe(_ error: DecodingError) -> String {
+    private static func describe(_ error: DecodingError) -> Problem {
         func path(_ context: DecodingError.Context) -> String {
             context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
         }
         switch error {
         case .typeMismatch(let type, let context):
-            return "config key '\(path(context))': expected \(type)"
+            return Problem(key: path(context), message: "expected \(type)")
         case .valueNotFound(let type, let context):
-            return "config key '\(path(context))': expected \(type), found null"
+            return Problem(key: path(context), message: "expected \(type), found null")
         case .keyNotFound(let key, let context):
             let parent = path(context)
-            return "config key '\(parent.isEmpty ? key.stringValue : parent + "." + key.stringValue)' is required"
+            return Problem(key: parent.isEmpty ? key.stringValue : parent + "." + key.stringValue, message: "is required")
         case .dataCorrupted(let context):
-            return "config key '\(path(context))': \(context.debugDescription)"
+            return Problem(key: path(context), message: context.debugDescription)
         @unknown default:
-            return "config: \(error)"
+            return Problem(key: nil, message: "\(error)")
         }
     }
 }

@@ -93,13 +93,13 @@ public final class CallInterface: @unchecked Sendable {
     /// Prepares the interface for `signature` with the platform's default calling convention.
     public init(_ signature: NativeSignature) throws(NativeCallError) {
         let cTypes: [UnsafeMutablePointer<ffi_type>] = signature.parameters.flatMap { type -> [UnsafeMutablePointer<ffi_type>] in
-            type == .bytes ? [NativeFunction.ffiType(.bytes), sy_ffi_type_uint64()] : [NativeFunction.ffiType(type)]
+            type == .bytes ? [NativeType.bytes.ffiType, sy_ffi_type_uint64()] : [type.ffiType]
         }
         argumentCount = cTypes.count
         types = .allocate(capacity: max(1, cTypes.count))
         for (index, type) in cTypes.enumerated() { types[index] = type }
         cif = .allocate(capacity: 1)
-        let status = ffi_prep_cif(cif, sy_ffi_default_abi(), UInt32(cTypes.count), NativeFunction.ffiType(signature.result), types)
+        let status = ffi_prep_cif(cif, sy_ffi_default_abi(), UInt32(cTypes.count), signature.result.ffiType, types)
         guard status == FFI_OK else {
             cif.deallocate()
             types.deallocate()
@@ -169,24 +169,6 @@ public final class NativeFunction: @unchecked Sendable {
             free = nil
         }
         interface = try CallInterface(signature)
-    }
-
-    /// libffi's type for `type`.
-    public static func ffiType(_ type: NativeType) -> UnsafeMutablePointer<ffi_type> {
-        switch type {
-        case .i8: sy_ffi_type_sint8()
-        case .i16: sy_ffi_type_sint16()
-        case .i32: sy_ffi_type_sint32()
-        case .i64: sy_ffi_type_sint64()
-        case .u8, .bool: sy_ffi_type_uint8()
-        case .u16: sy_ffi_type_uint16()
-        case .u32: sy_ffi_type_uint32()
-        case .u64: sy_ffi_type_uint64()
-        case .f32: sy_ffi_type_float()
-        case .f64: sy_ffi_type_double()
-        case .str, .bytes: sy_ffi_type_pointer()
-        case .void: sy_ffi_type_void()
-        }
     }
 
     /// Calls the function with `arguments` (checked against the signature: count, kinds, ranges)
@@ -314,6 +296,26 @@ extension NativeValue {
         case .string: "a string"
         case .bytes: "bytes"
         case .void: "nothing"
+        }
+    }
+}
+
+extension NativeType {
+    /// libffi's type for values of this type (`bool` is a byte; `str` and `bytes` pass a pointer).
+    var ffiType: UnsafeMutablePointer<ffi_type> {
+        switch self {
+        case .i8: sy_ffi_type_sint8()
+        case .i16: sy_ffi_type_sint16()
+        case .i32: sy_ffi_type_sint32()
+        case .i64: sy_ffi_type_sint64()
+        case .u8, .bool: sy_ffi_type_uint8()
+        case .u16: sy_ffi_type_uint16()
+        case .u32: sy_ffi_type_uint32()
+        case .u64: sy_ffi_type_uint64()
+        case .f32: sy_ffi_type_float()
+        case .f64: sy_ffi_type_double()
+        case .str, .bytes: sy_ffi_type_pointer()
+        case .void: sy_ffi_type_void()
         }
     }
 }

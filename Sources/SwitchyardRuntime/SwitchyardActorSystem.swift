@@ -212,9 +212,6 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         return resolved
     }
 
-    /// The parsed target for `identifier`, cached.
-    func target(_ identifier: String) -> CallTarget? { resolved(identifier)?.call }
-
     /// Each configured route and the transport chain it uses (`direct` for none), e.g.
     /// `("Payments.charge", "work (queue)")`.
     public var routeDescriptions: [(pattern: String, transport: String)] {
@@ -223,9 +220,6 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         }
     }
 
-    func route(for target: CallTarget) -> Route? {
-        routes.route(interface: target.interface, method: target.method)
-    }
 
     // MARK: Reply channels
 

@@ -161,16 +161,6 @@ enum NATSLibrary {
     }
 }
 
-extension NATSLibrary {
-    /// The message's sequence in its stream (0 when it has no JetStream metadata).
-    static func sequence(_ natsMessage: OpaquePointer) -> UInt64 {
-        var meta: UnsafeMutablePointer<jsMsgMetaData>?
-        guard natsMsg_GetMetaData(&meta, natsMessage) == NATS_OK, let meta else { return 0 }
-        defer { jsMsgMetaData_Destroy(meta) }
-        return meta.pointee.Sequence.Stream
-    }
-}
-
 /// One pull subscription and the thread that fetches for it, never more than `maxInFlight`
 /// unsettled at a time.
 final class NATSSubscription: @unchecked Sendable {

@@ -190,7 +190,12 @@ extension SwitchyardActorSystem {
         if let exact = localActor(id) { actors = [exact] }
         var last: SwitchyardResultHandler.Outcome?
         for actor in actors {
-            let substitutions = try server.substitutions(for: call, on: actor)
+            let substitutions: [Any.Type]
+            do {
+                substitutions = try server.substitutions(for: call, on: actor)
+            } catch {
+                throw SwitchyardError.rejected(target: call.name, reason: "\(error)")
+            }
             var decoder = SwitchyardInvocationDecoder(.values(invocation.arguments.map(\.value)), substitutions: substitutions)
             let handler = SwitchyardResultHandler()
             try await executeDistributedTarget(on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)

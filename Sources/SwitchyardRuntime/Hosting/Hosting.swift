@@ -127,7 +127,7 @@ extension SwitchyardActorSystem {
         do {
             substitutions = try server.substitutions(for: call, on: hosted)
         } catch {
-            return reject("\(error)".replacingOccurrences(of: "\(call.name): rejected by the receiver: ", with: ""), route: route)
+            return reject("\(error)", route: route)
         }
         if envelope.deadlineNanos > 0, envelope.replyTo != nil, WallClock.nowNanos() > envelope.deadlineNanos {
             route?.metrics.deadLettered.increment()

@@ -78,12 +78,6 @@ final class Inbox: Sendable {
         if let handled { try record(key, handled) }
     }
 
-    /// The handled call with `key`, if it was handled within the window.
-    func lookup(_ key: String) throws(TransportError) -> Handled? {
-        let cutoff = WallClock.nowNanos() - windowNanos
-        return try storage.withLock { (storage) throws(TransportError) -> Handled? in try Self.lookup(key, in: &storage, cutoff: cutoff) }
-    }
-
     private static func lookup(_ key: String, in storage: inout Storage, cutoff: Int64) throws(TransportError) -> Handled? {
         if let database = storage.database {
             var found: Handled?
@@ -97,7 +91,7 @@ final class Inbox: Sendable {
     }
 
     /// Remembers that the call with `key` was handled, with its reply.
-    func record(_ key: String, _ handled: Handled) throws(TransportError) {
+    private func record(_ key: String, _ handled: Handled) throws(TransportError) {
         let now = WallClock.nowNanos()
         let cutoff = now - windowNanos
         try storage.withLock { (storage) throws(TransportError) in

@@ -67,7 +67,7 @@ final class Server: Sendable {
     }
 
     /// Checks that `call` belongs to `actor` before anything runs, and returns the generic
-    /// substitutions to execute it with.
+    /// substitutions to execute it with; throws the reason it does not.
     ///
     /// `executeDistributedTarget` itself does not check that a target belongs to the actor it
     /// runs on: a forged or stale envelope could run another type's method on this actor, or
@@ -75,22 +75,21 @@ final class Server: Sendable {
     /// own type or a protocol it was hosted as, and the substitution is always the stub type
     /// registered here, never one read off the wire. Generic methods are refused (a toolchain
     /// bug makes them crash the receiver when called through a stub).
-    func substitutions(for call: CallTarget, on hosted: Hosted) throws -> [Any.Type] {
+    func substitutions(for call: CallTarget, on hosted: Hosted) throws(EnvelopeError) -> [Any.Type] {
         if call.owningType == hosted.typeName { return [] }
         if let stub = hosted.interfaces[call.owningType] { return [stub] }
         let interfaces = hosted.interfaces.keys.sorted().joined(separator: ", ")
-        throw SwitchyardError.rejected(
-            target: call.name,
-            reason: "\(call.owningType).\(call.method) is not a method of actor '\(hosted.id)' (\(hosted.typeName)\(interfaces.isEmpty ? "" : ", hosted as \(interfaces)"))")
+        throw EnvelopeError(
+            "\(call.owningType).\(call.method) is not a method of actor '\(hosted.id)' (\(hosted.typeName)\(interfaces.isEmpty ? "" : ", hosted as \(interfaces)"))")
     }
 
     /// ``substitutions(for:on:)`` for an actor of this process found by id (direct routes).
-    func substitutions(for call: CallTarget, on actor: any DistributedActor) throws -> [Any.Type] {
+    func substitutions(for call: CallTarget, on actor: any DistributedActor) throws(EnvelopeError) -> [Any.Type] {
         let id = actor.id as! SwitchyardActorID
         guard let hosted = hosted(id) else {
             let typeName = String(reflecting: type(of: actor))
             if call.owningType == typeName { return [] }
-            throw SwitchyardError.rejected(target: call.name, reason: "actor '\(id)' (\(typeName)) is not hosted; host it as \(call.owningType) to call it through that protocol")
+            throw EnvelopeError("actor '\(id)' (\(typeName)) is not hosted; host it as \(call.owningType) to call it through that protocol")
         }
         return try substitutions(for: call, on: hosted)
     }

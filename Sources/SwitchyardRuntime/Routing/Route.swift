@@ -1,7 +1,7 @@
-import Foundation
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
+import SwitchyardPluginKit
 import SwitchyardTransportKit
 
 /// A route ready to carry calls: its config entry, checked against the transport it names.
@@ -71,26 +71,18 @@ struct Route: Sendable {
             }
         }
         if let json = entry.retryJSON {
+            let policy: RetryPolicy
             do {
-                let policy = try JSONDecoder().decode(RetryPolicy.self, from: Data(json.utf8))
-                if let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
-                    let unknown = object.keys.sorted().first(where: { !RetryPolicy.allowedKeys.contains($0) })
-                {
-                    throw fail("retry.\(unknown)", "unknown key (expected one of: \(RetryPolicy.allowedKeys.sorted().joined(separator: ", ")))")
-                }
-                try policy.validate()
-                retry = policy
-            } catch let error as ConfigError {
-                throw error
-            } catch let error as TransportError {
-                throw fail("retry", error.message.replacingOccurrences(of: "config key ", with: "key "))
-            } catch let DecodingError.dataCorrupted(context) {
-                throw fail("retry." + context.codingPath.map(\.stringValue).joined(separator: "."), context.debugDescription)
-            } catch let DecodingError.typeMismatch(type, context) {
-                throw fail("retry." + context.codingPath.map(\.stringValue).joined(separator: "."), "expected \(type)")
+                policy = try ConfigJSON.decode(RetryPolicy.self, from: json, allowedKeys: RetryPolicy.allowedKeys)
             } catch {
-                throw fail("retry", "\(error)")
+                throw fail(error.key.map { "retry.\($0)" } ?? "retry", error.message)
             }
+            do {
+                try policy.validate()
+            } catch {
+                throw fail("retry", error.message.replacingOccurrences(of: "config key ", with: "key "))
+            }
+            retry = policy
         } else {
             retry = nil
         }
