@@ -46,7 +46,7 @@ struct DemoTests {
     func runDrainsOnSIGTERM() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("run.yaml")
-        try "transports:\n  q: { plugin: queue, config: { path: q.db } }\nroutes:\n  '*': { transport: q }\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\n".write(toFile: path, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
         process.arguments = ["run", "--config", path, "--log-level", "info"]

@@ -60,7 +60,7 @@ struct DrainTests {
         let configPath = directory.file("switchyard.yaml")
         try """
             transports:
-              work: { plugin: queue, config: { path: work.db, visibility_timeout: 30s } }
+              work: { plugin: queue, config: { path: "\(directory.file("work.db"))", visibility_timeout: 30s } }
             routes:
               Worker.*: { transport: work, deadline: 60s, concurrency: 4 }
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
