@@ -1,5 +1,6 @@
 import CSwitchyard
 import Logging
+import SwitchyardABI
 import Metrics
 import Synchronization
 
@@ -71,11 +72,7 @@ final class HostServices: Sendable {
         return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
     }
 
-    private static let monotonic: @convention(c) (UnsafeMutableRawPointer?) -> Int64 = { _ in
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-    }
+    private static let monotonic: @convention(c) (UnsafeMutableRawPointer?) -> Int64 = { _ in monotonicNanoseconds() }
 
     private static let metric: @convention(c) (UnsafeMutableRawPointer?, Int32, UnsafePointer<CChar>?, Double) -> Void = {
         context, kind, name, value in

@@ -100,7 +100,7 @@ public final class PluginLoader: Sendable {
         if let hash { try trust.checkBeforeLoad(sha256: hash, path: path) }
 
         // 3. Map it and find the entry.
-        let started = Self.monotonicNanos()
+        let started = monotonicNanoseconds()
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
             let message = dlerror().map { String(cString: $0) } ?? "unknown error"
             throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)")
@@ -121,17 +121,11 @@ public final class PluginLoader: Sendable {
             name: name, version: SemanticVersion(String(cString: descriptor.pointee.version))!,
             summary: descriptor.pointee.description.map { String(cString: $0) } ?? "",
             capabilities: Capabilities(rawValue: descriptor.pointee.capabilities), abi: abi, path: path,
-            sha256: hash, loadNanos: UInt64(Self.monotonicNanos() - started), descriptor: descriptor)
+            sha256: hash, loadNanos: UInt64(monotonicNanoseconds() - started), descriptor: descriptor)
     }
 
     static func directory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return slash == path.startIndex ? "/" : String(path[..<slash])
-    }
-
-    static func monotonicNanos() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
     }
 }
