@@ -101,11 +101,12 @@ let package = Package(
         .target(
             name: "SwitchyardLoader",
             dependencies: ["SwitchyardABI", .product(name: "Crypto", package: "swift-crypto")]),
-        /// Host services (log, clock, metrics) and creating transport instances from loaded plugins.
+        /// Host services (log, clock, metrics), creating transport instances from loaded plugins,
+        /// and running a plugin in a child process (`isolation: process`).
         .target(
             name: "SwitchyardHost",
             dependencies: [
-                "SwitchyardLoader", "SwitchyardABI",
+                "SwitchyardLoader", "SwitchyardABI", "SwitchyardPluginKit", "SwitchyardTransportKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]),

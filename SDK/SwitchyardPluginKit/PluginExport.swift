@@ -23,10 +23,24 @@ public enum PluginExport {
         return registration.withLock { registered in
             if let registered { return registered.descriptor }
             let made = Registration(factory: { context throws(TransportError) in try P(context: context) },
-                                    descriptor: makeDescriptor(P.info))
+                                    descriptor: makeDescriptor(P.info, create: Thunks.create))
             registered = made
             return made.descriptor
         }
+    }
+
+    /// Presents a transport object made in this process as an ABI instance: a descriptor with the
+    /// same functions an exported plugin has (its `create` refuses: the object already exists) and
+    /// the instance pointer for it. The host uses it for transports it implements itself, such as
+    /// the proxy of a process-isolated plugin, so that everything above the ABI — decorators, the
+    /// runtime, the conformance kit — drives them like any loaded plugin.
+    ///
+    /// The descriptor is never freed (like an exported one); the instance is released by the
+    /// descriptor's `destroy`, which calls the object's `shutdown()`.
+    public static func inProcess(_ transport: any TransportInstance, info: PluginInfo)
+        -> (descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer) {
+        let descriptor = makeDescriptor(info, create: Thunks.refuseCreate)
+        return (descriptor, Unmanaged.passRetained(InstanceBox(transport)).toOpaque())
     }
 
     struct Registration: @unchecked Sendable {
@@ -37,14 +51,17 @@ public enum PluginExport {
 
     static let registration = Mutex<Registration?>(nil)
 
-    private static func makeDescriptor(_ info: PluginInfo) -> UnsafePointer<sy_plugin_descriptor> {
+    private static func makeDescriptor(
+        _ info: PluginInfo,
+        create: @convention(c) (UnsafePointer<sy_create_args>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<sy_error>?) -> Int32
+    ) -> UnsafePointer<sy_plugin_descriptor> {
         let descriptor = UnsafeMutablePointer<sy_plugin_descriptor>.allocate(capacity: 1)
         descriptor.initialize(to: sy_plugin_descriptor(
             struct_size: UInt32(MemoryLayout<sy_plugin_descriptor>.size),
             abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
             name: strdup(info.name), version: strdup(info.version), description: strdup(info.description),
             capabilities: info.capabilities.rawValue,
-            create: Thunks.create, destroy: Thunks.destroy, publish: Thunks.publish,
+            create: create, destroy: Thunks.destroy, publish: Thunks.publish,
             subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
             drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch))
         return UnsafePointer(descriptor)
@@ -53,8 +70,8 @@ public enum PluginExport {
 
 /// The instance pointer handed to the host: the plugin object plus what it borrowed at creation.
 private final class InstanceBox: Sendable {
-    let transport: any TransportPlugin
-    init(_ transport: any TransportPlugin) { self.transport = transport }
+    let transport: any TransportInstance
+    init(_ transport: any TransportInstance) { self.transport = transport }
 
     static func from(_ pointer: UnsafeMutableRawPointer?) -> InstanceBox? {
         pointer.map { Unmanaged<InstanceBox>.fromOpaque($0).takeUnretainedValue() }
@@ -64,7 +81,7 @@ private final class InstanceBox: Sendable {
     /// guarantees the instance outlives every call on it, so the reference is safe to borrow.
     /// Used on the per-message paths, where the pair is a measurable share of the cost.
     @inline(__always)
-    static func borrow<R>(_ pointer: UnsafeMutableRawPointer, _ body: (any TransportPlugin) -> R) -> R {
+    static func borrow<R>(_ pointer: UnsafeMutableRawPointer, _ body: (any TransportInstance) -> R) -> R {
         Unmanaged<InstanceBox>.fromOpaque(pointer)._withUnsafeGuaranteedRef { body($0.transport) }
     }
 }
@@ -98,6 +115,12 @@ private enum Thunks {
             let transport = try factory(context)
             out.pointee = Unmanaged.passRetained(InstanceBox(transport)).toOpaque()
         }
+    }
+
+    /// `create` of an in-process adapter's descriptor: its one instance was made by its owner.
+    static let refuseCreate: @convention(c) (UnsafePointer<sy_create_args>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        _, _, err in
+        TransportError(.unsupported, "this transport is implemented by the host; it cannot create instances").write(to: err)
     }
 
     static let destroy: @convention(c) (UnsafeMutableRawPointer?) -> Void = { instance in

@@ -4,16 +4,23 @@
 /// What a Swift transport plugin implements. One type per plugin; the SDK turns it into the C
 /// descriptor and function table (see ``PluginExport``), so plugin code never touches C structs.
 ///
-/// Threading: every method may be called from any thread, concurrently, except that `init` comes
-/// first and `shutdown` last, with nothing overlapping it. Methods return promptly; only `drain`
-/// may block, until its deadline.
-public protocol TransportPlugin: AnyObject, Sendable {
+/// Threading: as ``TransportInstance``; `init` comes first.
+public protocol TransportPlugin: TransportInstance {
     /// The plugin's identity and what it can do. Read once, when the host loads the plugin.
     static var info: PluginInfo { get }
 
     /// Creates an instance. Throw `TransportError(.config, "...")` naming the key for bad config.
     init(context: TransportContext) throws(TransportError)
+}
 
+/// The operations of one transport instance, as the ABI's function table defines them. Plugins
+/// implement it through ``TransportPlugin``; the host implements it directly for transports it
+/// makes itself (``PluginExport/inProcess(_:info:)``).
+///
+/// Threading: every method may be called from any thread, concurrently, except that `shutdown`
+/// comes last, with nothing overlapping it. Methods return promptly; only `drain` may block,
+/// until its deadline.
+public protocol TransportInstance: AnyObject, Sendable {
     /// Accepts one message; returns once it is stored as the capabilities promise. The view is
     /// borrowed for this call only: call `message.copy()` to keep the message.
     func publish(_ message: MessageView) throws(TransportError)
@@ -44,7 +51,7 @@ public protocol TransportPlugin: AnyObject, Sendable {
     func shutdown()
 }
 
-extension TransportPlugin {
+extension TransportInstance {
     public func publish(batch: [MessageView]) throws(TransportError) {
         for message in batch { try publish(message) }
     }

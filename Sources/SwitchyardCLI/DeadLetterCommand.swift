@@ -3,6 +3,7 @@ import Foundation
 import SwitchyardABI
 import SwitchyardHost
 import SwitchyardLoader
+import SwitchyardRuntime
 import SwitchyardTransportKit
 import Synchronization
 
@@ -43,7 +44,7 @@ struct DeadLetterCommand: ParsableCommand {
                 throw ValidationError("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
             }
             let catalog = search.loader(config).discover(in: search.searchPath(config))
-            let specs = config.transports.map { TransportSpec(name: $0.name, plugin: $0.plugin, inner: $0.inner, configJSON: $0.configJSON) }
+            let specs = config.transports.map(TransportSpec.init)
             let set = try TransportSet(specs: specs, catalog: catalog, only: [transport])
             defer { set.close() }
             let target = set[transport]!

@@ -7,7 +7,8 @@ struct SwitchyardCommand: AsyncParsableCommand {
         commandName: "switchyard",
         abstract: "Route typed method calls through transport plugins chosen by configuration.",
         version: "0.1.0",
-        subcommands: [DemoCommand.self, RunCommand.self, CallCommand.self, PluginsCommand.self, DeadLetterCommand.self, BenchCommand.self])
+        subcommands: [DemoCommand.self, RunCommand.self, CallCommand.self, PluginsCommand.self, DeadLetterCommand.self, BenchCommand.self,
+                      PluginHostCommand.self])
 }
 
 /// `switchyard plugins …`: find, inspect and verify transport plugins.

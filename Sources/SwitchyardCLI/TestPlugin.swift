@@ -22,6 +22,9 @@ struct TestPlugin: ParsableCommand {
     @Option(help: ArgumentHelp("For plugins whose state lives in a server: a config key set to a fresh name for each check (e.g. 'stream' for nats), which also runs the durable checks.", valueName: "key"))
     var isolationKey: String?
 
+    @Flag(help: "Run every instance in a child process, as 'isolation: process' does (not for decorators).")
+    var processIsolation = false
+
     @Option(help: ArgumentHelp("For decorators: the plugin of the inner transport.", valueName: "name"))
     var inner = "queue"
 
@@ -45,8 +48,9 @@ struct TestPlugin: ParsableCommand {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-conformance-\(getpid())").path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil, isolationKey: isolationKey)
-        print("conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(suite.durable ? ", durable" : "")")
+        let suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil, isolationKey: isolationKey,
+                                               processIsolation: processIsolation ? ProcessIsolation() : nil)
+        print("conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(suite.durable ? ", durable" : "")\(processIsolation ? ", in a child process" : "")")
         let results = suite.run(only: Set(check)) { print("  \($0)") }
         let failed = results.filter(\.failed)
         let passed = results.filter { if case .passed = $0.outcome { true } else { false } }

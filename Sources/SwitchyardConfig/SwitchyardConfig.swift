@@ -30,8 +30,61 @@ public struct SwitchyardConfig: Sendable {
         public var inner: String?
         /// The plugin's own config, as JSON.
         public var configJSON: String
+        /// `isolation: process`: run the plugin in a child process; nil runs it in the host.
+        public var isolation: Isolation? = nil
         /// Line of its entry in the file.
         public var line: Int?
+    }
+
+    /// `transports.NAME.isolation`: either the word `process` (or `in-process`, the default), or a
+    /// mapping `{ mode: process, call_timeout: 30s, restart_backoff: 100ms, max_restart_backoff:
+    /// 10s, host: /path/to/switchyard }`. Unset durations keep the host's defaults.
+    public struct Isolation: Sendable, Hashable {
+        /// Longest wait for the child to answer one call before it counts as hung.
+        public var callTimeoutNanos: Int64?
+        /// First wait before a restart.
+        public var restartBackoffNanos: Int64?
+        /// Longest wait between restarts.
+        public var maxRestartBackoffNanos: Int64?
+        /// The `switchyard` executable that serves as plugin host.
+        public var host: String?
+
+        /// Isolation with every option at the host's default.
+        public init(callTimeoutNanos: Int64? = nil, restartBackoffNanos: Int64? = nil,
+                    maxRestartBackoffNanos: Int64? = nil, host: String? = nil) {
+            self.callTimeoutNanos = callTimeoutNanos
+            self.restartBackoffNanos = restartBackoffNanos
+            self.maxRestartBackoffNanos = maxRestartBackoffNanos
+            self.host = host
+        }
+
+        static func parse(_ node: ConfigNode) throws(ConfigError) -> Isolation? {
+            if let word = try? node.string() {
+                switch word {
+                case "process": return Isolation()
+                case "in-process": return nil
+                default: throw node.error("expected 'process' or 'in-process', or a mapping with 'mode'")
+                }
+            }
+            var isolation = Isolation()
+            var process = true
+            for (key, field) in try node.mapping(allowed: ["mode", "call_timeout", "restart_backoff", "max_restart_backoff", "host"]) {
+                switch key {
+                case "mode":
+                    let mode = try field.string()
+                    guard ["process", "in-process"].contains(mode) else { throw field.error("expected 'process' or 'in-process'") }
+                    process = mode == "process"
+                case "call_timeout":
+                    isolation.callTimeoutNanos = try field.duration()
+                    if isolation.callTimeoutNanos == 0 { throw field.error("must be more than 0") }
+                case "restart_backoff": isolation.restartBackoffNanos = try field.duration()
+                case "max_restart_backoff": isolation.maxRestartBackoffNanos = try field.duration()
+                case "host": isolation.host = try field.string()
+                default: break
+                }
+            }
+            return process ? isolation : nil
+        }
     }
 
     /// The transport called `name`, if configured.
@@ -101,17 +154,22 @@ extension SwitchyardConfig {
         var entries: [TransportEntry] = []
         for (name, value) in try node.entries() {
             if let problem = transportNameProblem(name) { throw ConfigError(key: value.path, line: value.line, message: problem) }
-            var plugin: String?, inner: String?, configJSON = "{}"
-            for (key, field) in try value.mapping(allowed: ["plugin", "inner", "config"]) {
+            var plugin: String?, inner: String?, configJSON = "{}", isolation: Isolation?
+            for (key, field) in try value.mapping(allowed: ["plugin", "inner", "config", "isolation"]) {
                 switch key {
                 case "plugin": plugin = try field.string()
                 case "inner": inner = try field.string()
                 case "config": configJSON = try field.json()
+                case "isolation": isolation = try Isolation.parse(field)
                 default: break
                 }
             }
             guard let plugin else { throw ConfigError(key: value.path + ".plugin", line: value.line, message: "is required (the plugin's name)") }
-            entries.append(TransportEntry(name: name, plugin: plugin, inner: inner, configJSON: configJSON, line: value.line))
+            if isolation != nil, inner != nil {
+                throw ConfigError(key: value.path + ".isolation", line: value.line,
+                                  message: "a decorator (a transport with 'inner') cannot run with isolation: process; isolate the transport it wraps")
+            }
+            entries.append(TransportEntry(name: name, plugin: plugin, inner: inner, configJSON: configJSON, isolation: isolation, line: value.line))
         }
         // Inner references must exist and must not form a cycle.
         let names = Set(entries.map(\.name))

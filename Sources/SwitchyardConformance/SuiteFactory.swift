@@ -12,8 +12,13 @@ extension ConformanceSuite {
     /// Plugins whose state lives in a server (a broker) rather than a file name an
     /// `isolationKey` instead: each check's instance gets that key set to a name of its own
     /// (`cf<run>-<n>`, kept on reopen), and the durable checks run.
+    ///
+    /// With `processIsolation` every instance runs in a child process (`isolation: process`),
+    /// which checks that the isolation keeps the ABI's semantics for this plugin; for decorators
+    /// (which cannot be isolated) the inner transport runs in the child instead.
     public static func forPlugin(_ plugin: LoadedPlugin, inner: LoadedPlugin? = nil, configJSON: String = "{}",
-                                 durableDirectory: String? = nil, isolationKey: String? = nil) -> ConformanceSuite {
+                                 durableDirectory: String? = nil, isolationKey: String? = nil,
+                                 processIsolation: ProcessIsolation? = nil) -> ConformanceSuite {
         let counter = Atomic<Int>(0)
         let run = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         var capabilities = plugin.capabilities
@@ -32,7 +37,14 @@ extension ConformanceSuite {
                 if let durableDirectory, inner.capabilities.contains(.durable) {
                     innerConfig = withKey(innerConfig, "path", "\(durableDirectory)/\(inner.name)-inner-\(number).db")
                 }
-                innerTransport = try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig)
+                innerTransport = if let processIsolation {
+                    try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig, isolation: processIsolation)
+                } else {
+                    try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig)
+                }
+            }
+            if let processIsolation, inner == nil {
+                return try Transport(name: "conformance", plugin: plugin, configJSON: config, isolation: processIsolation)
             }
             return try Transport(name: "conformance", plugin: plugin, configJSON: config, inner: innerTransport)
         }

@@ -2,6 +2,7 @@ import CSwitchyard
 import Logging
 import SwitchyardABI
 import SwitchyardLoader
+import SwitchyardPluginKit
 import Synchronization
 
 /// One configured transport: an instance of a loaded plugin, created with the host's services and,
@@ -20,6 +21,12 @@ public final class Transport: Sendable {
     public let inner: Transport?
     private let services: HostServices
     private let closed = Atomic<Bool>(false)
+    /// The proxy, when the plugin runs in a child process.
+    private let isolated: ProcessIsolatedTransport?
+
+    /// The pid of the child process running the plugin (`isolation: process`) right now; nil
+    /// for an in-process transport or while the child is being restarted.
+    public var pluginProcessID: Int32? { isolated?.currentProcessID }
 
     /// Creates an instance of `plugin` named `name` with its JSON `config`.
     ///
@@ -58,7 +65,30 @@ public final class Transport: Sendable {
         self.plugin = plugin
         self.inner = inner
         self.services = services
+        self.isolated = nil
         self.client = TransportClient(descriptor: plugin.descriptor, instance: instance)
+    }
+
+    /// Creates an instance of `plugin` in a child process (`switchyard plugin-host`) and a proxy
+    /// for it here: the plugin's code never runs in this process beyond its entry function, so a
+    /// crash or hang in it costs a restart of the child, not the host. Decorators cannot be
+    /// isolated (their inner transport lives in this process).
+    public init(
+        name: String, plugin: LoadedPlugin, configJSON: String = "{}", isolation: ProcessIsolation,
+        logger: Logger = Logger(label: "switchyard.transport")
+    ) throws(TransportError) {
+        if plugin.capabilities.contains(.wrapsInner) {
+            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport, and decorators cannot run with isolation: process (isolate the transport it wraps instead)")
+        }
+        let proxy = try ProcessIsolatedTransport(name: name, plugin: plugin, configJSON: configJSON, options: isolation, logger: logger)
+        let adapter = PluginExport.inProcess(proxy, info: PluginInfo(
+            name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities))
+        self.name = name
+        self.plugin = plugin
+        self.inner = nil
+        self.services = HostServices(transportName: name, logger: logger)
+        self.isolated = proxy
+        self.client = TransportClient(descriptor: adapter.descriptor, instance: adapter.instance)
     }
 
     /// Destroys the plugin instance. Every other call on it must have returned. Calling it again

@@ -12,13 +12,16 @@ public struct TransportSpec: Sendable {
     public var inner: String?
     /// The plugin's own config, as a JSON object.
     public var configJSON: String
+    /// Run the plugin in a child process (`isolation: process`); nil runs it in this process.
+    public var isolation: ProcessIsolation?
 
     /// A spec for one transport.
-    public init(name: String, plugin: String, inner: String? = nil, configJSON: String = "{}") {
+    public init(name: String, plugin: String, inner: String? = nil, configJSON: String = "{}", isolation: ProcessIsolation? = nil) {
         self.name = name
         self.plugin = plugin
         self.inner = inner
         self.configJSON = configJSON
+        self.isolation = isolation
     }
 }
 
@@ -49,7 +52,11 @@ public final class TransportSet: Sendable {
                 throw TransportError(.config, "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(catalog.plugins.map(\.name).joined(separator: ", ")))")
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
-            let transport = try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner, logger: logger)
+            let transport = if let isolation = spec.isolation {
+                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, isolation: isolation, logger: logger)
+            } else {
+                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner, logger: logger)
+            }
             created[name] = transport
             order.append(name)
             return transport

@@ -89,7 +89,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             for rejection in catalog.rejected {
                 logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
             }
-            let specs = config.transports.map { TransportSpec(name: $0.name, plugin: $0.plugin, inner: $0.inner, configJSON: $0.configJSON) }
+            let specs = config.transports.map(TransportSpec.init)
             do {
                 transports = try TransportSet(specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(), logger: logger)
             } catch {

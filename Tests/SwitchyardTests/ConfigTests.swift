@@ -61,11 +61,31 @@ struct ConfigTests {
         ("transports:\n  a:\n    plugin: queue\n    confg: {}\n", "transports.a.confg", "unknown key"),
         ("transports:\n  a:\n    plugin: queue\n    config: [1]\n", "transports.a.config", "expected a mapping"),
         ("transports:\n  'a b':\n    plugin: queue\n", "transports.a b", "transport names use"),
+        ("transports:\n  a:\n    plugin: queue\n    isolation: sideways\n", "transports.a.isolation", "expected 'process' or 'in-process'"),
+        ("transports:\n  a:\n    plugin: queue\n    isolation: { mode: proces }\n", "transports.a.isolation.mode", "expected 'process' or 'in-process'"),
+        ("transports:\n  a:\n    plugin: queue\n    isolation: { call_timeout: 5 }\n", "transports.a.isolation.call_timeout", "is not a duration"),
+        ("transports:\n  a:\n    plugin: queue\n    isolation: { restart: 1s }\n", "transports.a.isolation.restart", "unknown key"),
+        ("transports:\n  a:\n    plugin: retry\n    inner: b\n    isolation: process\n  b:\n    plugin: queue\n", "transports.a.isolation", "cannot run with isolation: process"),
     ])
     func transportErrors(_ yaml: String, _ key: String, _ message: String) {
         let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
         #expect(error?.key == key)
         #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("isolation: the word or a mapping; unset durations keep the defaults")
+    func isolation() throws {
+        let config = try SwitchyardConfig.parse(yaml: """
+            transports:
+              a: { plugin: queue, isolation: process }
+              b: { plugin: queue, isolation: { call_timeout: 5s, max_restart_backoff: 1m } }
+              c: { plugin: queue, isolation: in-process }
+            """, baseDirectory: "/")
+        #expect(config.transports[0].isolation == SwitchyardConfig.Isolation())
+        #expect(config.transports[1].isolation?.callTimeoutNanos == 5_000_000_000)
+        #expect(config.transports[1].isolation?.maxRestartBackoffNanos == 60_000_000_000)
+        #expect(config.transports[1].isolation?.restartBackoffNanos == nil)
+        #expect(config.transports[2].isolation == nil)
     }
 
     @Test("YAML syntax errors give the line")

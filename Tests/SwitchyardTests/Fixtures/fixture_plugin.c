@@ -13,10 +13,14 @@
  *   FIXTURE_NO_ENTRY         exports no entry symbol at all
  *   FIXTURE_CRASH_IN_ENTRY   the entry dereferences NULL (a crashing plugin)
  *   FIXTURE_CREATE_FAILS     create fails with SY_ERR_CONFIG naming a key
+ *   FIXTURE_CRASHY           publish accepts messages, except: body "segfault" writes through
+ *                            NULL, body "hang" never returns (for isolation: process)
  */
 #include "switchyard_plugin.h"
 
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #ifndef FIXTURE_NAME
 #define FIXTURE_NAME "fixture"
@@ -43,8 +47,21 @@ static sy_status f_create(const sy_create_args *args, void **out, sy_error *err)
 }
 static void f_destroy(void *instance) { (void)instance; }
 static sy_status f_publish(void *instance, const sy_message *m, sy_error *err) {
-    (void)instance; (void)m;
+    (void)instance;
+#ifdef FIXTURE_CRASHY
+    (void)err;
+    if (m->body.len == 8 && memcmp(m->body.data, "segfault", 8) == 0) {
+        volatile int *nowhere = NULL;
+        *nowhere = 1;
+    }
+    if (m->body.len == 4 && memcmp(m->body.data, "hang", 4) == 0) {
+        for (;;) pause();
+    }
+    return SY_OK;
+#else
+    (void)m;
     return sy_error_set(err, SY_ERR_UNSUPPORTED, "fixture does not store messages");
+#endif
 }
 static sy_status f_subscribe(void *instance, const sy_subscribe_options *o, const sy_subscriber *s,
                              sy_subscription_id *out, sy_error *err) {

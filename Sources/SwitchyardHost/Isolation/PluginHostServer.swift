@@ -1,0 +1,184 @@
+import Foundation
+import Logging
+import SwitchyardABI
+import SwitchyardLoader
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The child side of `isolation: process` (`switchyard plugin-host --fd 3`): loads one plugin
+/// with the loader's usual checks, creates one instance, and serves the parent's requests on the
+/// socket until the parent asks it to shut down or goes away.
+///
+/// Requests run concurrently (a slow `publish` or `drain` does not hold up settlements), each on
+/// a Dispatch worker; deliveries are sent to the parent as they happen and taken on its behalf
+/// (a refusal comes back as a `release` settlement). The process exits when the socket closes or
+/// its parent changes (the parent died), so a child never outlives its host.
+public enum PluginHostServer {
+    /// Serves on `fd` and returns the exit status for the process.
+    public static func serve(fd: Int32, logger: Logger) -> Int32 {
+        let parent = getppid()
+        let watchdog = Thread {
+            // The socket's end of stream covers a parent that dies; this covers a plugin that
+            // hangs with the reader blocked elsewhere.
+            while true {
+                usleep(200_000)
+                if getppid() != parent { _exit(0) }
+            }
+        }
+        watchdog.name = "switchyard.plugin-host.watchdog"
+        watchdog.start()
+        let session = Session(fd: fd, logger: logger)
+        return session.run()
+    }
+
+    private final class Session: @unchecked Sendable {
+        // @unchecked: `transport` is written once, on the reader thread, before any request that
+        // uses it is dispatched; writes to the socket are serialised by `writeLock`.
+        let fd: Int32
+        let logger: Logger
+        var transport: Transport?
+        let writeLock = Mutex<Void>(())
+
+        init(fd: Int32, logger: Logger) {
+            self.fd = fd
+            self.logger = logger
+        }
+
+        func run() -> Int32 {
+            while true {
+                let frame: Frame?
+                do throws(TransportError) {
+                    frame = try FrameIO.read(from: fd)
+                } catch {
+                    logger.error("plugin host: bad frame from the parent; exiting", metadata: ["reason": "\(error.message)"])
+                    transport?.close()
+                    return 2
+                }
+                guard let frame else {
+                    // The parent closed the socket (it exited): release what we hold, then go.
+                    transport?.close()
+                    return 0
+                }
+                switch frame.kind {
+                case .create:
+                    reply(frame.sequence) { () throws(TransportError) in try create(frame.payload) }
+                case .shutdown:
+                    transport?.close()
+                    reply(frame.sequence) { () throws(TransportError) in }
+                    return 0
+                default:
+                    guard transport != nil else {
+                        reply(frame.sequence) { () throws(TransportError) in throw TransportError(.invalidArgument, "no instance: create first") }
+                        continue
+                    }
+                    DispatchQueue.global().async { [self] in handle(frame) }
+                }
+            }
+        }
+
+        private func create(_ payload: [UInt8]) throws(TransportError) {
+            guard transport == nil else { throw TransportError(.invalidArgument, "the instance exists already") }
+            var reader = WireReader(payload)
+            let version: UInt32 = try reader.integer("wire version")
+            guard version == wireVersion else {
+                throw TransportError(.unsupported, "plugin host speaks wire version \(wireVersion), the parent \(version): use the same switchyard build for both")
+            }
+            let path = try reader.string("plugin path"), pluginName = try reader.string("plugin name")
+            let sha256 = try reader.string("sha256"), instanceName = try reader.string("instance name")
+            let configJSON = try reader.string("config")
+            let loader = PluginLoader(trust: TrustPolicy(pins: sha256.isEmpty ? [:] : [pluginName: sha256]))
+            let plugin: LoadedPlugin
+            do {
+                plugin = try loader.load(path: path)
+            } catch {
+                throw TransportError(.unavailable, "plugin host cannot load \(path): \(error.reason)")
+            }
+            guard plugin.name == pluginName else {
+                throw TransportError(.unavailable, "\(path) now holds plugin '\(plugin.name)', not '\(pluginName)'")
+            }
+            transport = try Transport(name: instanceName, plugin: plugin, configJSON: configJSON, logger: logger)
+        }
+
+        private func handle(_ frame: Frame) {
+            guard let client = transport?.client else { return }
+            var reader = WireReader(frame.payload)
+            switch frame.kind {
+            case .publish:
+                reply(frame.sequence) { () throws(TransportError) in try client.publish(try reader.message()) }
+            case .publishBatch:
+                reply(frame.sequence) { () throws(TransportError) in
+                    let count: UInt32 = try reader.integer("count")
+                    var batch: [Message] = []
+                    for _ in 0..<count { batch.append(try reader.message()) }
+                    try client.publish(batch: batch)
+                }
+            case .subscribe:
+                replyWith(frame.sequence) { () throws(TransportError) in
+                    let parentID: SubscriptionID = try reader.integer("subscription")
+                    let options = try reader.options()
+                    let id = try client.subscribe(options) { [self] delivery, message in
+                        var payload = WireWriter()
+                        payload.integer(parentID)
+                        payload.integer(delivery)
+                        payload.message(message.copy())
+                        return send(Frame(kind: .deliver, sequence: 0, payload: payload.bytes)) ? .ok : .unavailable
+                    }
+                    var out = WireWriter()
+                    out.integer(id)
+                    return out.bytes
+                }
+            case .unsubscribe:
+                reply(frame.sequence) { () throws(TransportError) in try client.unsubscribe(try reader.integer("subscription")) }
+            case .settle:
+                reply(frame.sequence) { () throws(TransportError) in
+                    let delivery: DeliveryID = try reader.integer("delivery")
+                    try client.settle(delivery, try reader.settlement())
+                }
+            case .drain:
+                reply(frame.sequence) { () throws(TransportError) in try client.drain(deadlineNanos: try reader.integer("deadline")) }
+            case .stats:
+                replyWith(frame.sequence) { () throws(TransportError) in
+                    var out = WireWriter()
+                    out.stats(try client.stats() ?? TransportStats())
+                    return out.bytes
+                }
+            default:
+                reply(frame.sequence) { () throws(TransportError) in throw TransportError(.invalidArgument, "unexpected request kind \(frame.kind)") }
+            }
+        }
+
+        private func reply(_ sequence: UInt64, _ body: () throws(TransportError) -> Void) {
+            replyWith(sequence) { () throws(TransportError) in try body(); return [] }
+        }
+
+        private func replyWith(_ sequence: UInt64, _ body: () throws(TransportError) -> [UInt8]) {
+            var out = WireWriter()
+            do throws(TransportError) {
+                let data = try body()
+                out.integer(StatusCode.ok.rawValue)
+                out.string("")
+                out.raw(data)
+            } catch {
+                out = WireWriter()
+                out.integer(error.code.rawValue)
+                out.string(error.message)
+            }
+            _ = send(Frame(kind: .reply, sequence: sequence, payload: out.bytes))
+        }
+
+        @discardableResult
+        private func send(_ frame: Frame) -> Bool {
+            do throws(TransportError) {
+                try writeLock.withLock { _ throws(TransportError) in try FrameIO.write(frame, to: fd) }
+                return true
+            } catch {
+                return false
+            }
+        }
+    }
+}

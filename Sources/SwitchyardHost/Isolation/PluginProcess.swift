@@ -1,0 +1,218 @@
+import Foundation
+import Logging
+import SwitchyardABI
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One running `switchyard plugin-host` child and the parent's end of its socket: requests with
+/// replies, a reader thread, and how the child ended.
+///
+/// A request waits at most its timeout; a child that does not answer in time is considered hung
+/// and killed. When the socket reaches end of stream (the child exited, crashed or was killed)
+/// every waiting request fails with `.unavailable` and the reason, and `onEnd` runs once.
+final class PluginProcess: @unchecked Sendable {
+    // @unchecked: immutable after init except what is behind locks and atomics.
+    let pid: pid_t
+    let fd: Int32
+    /// Which incarnation this is (1 for the first start), for logs.
+    let incarnation: Int
+    /// Monotonic time it was started, for resetting the restart backoff.
+    let startedNanos: Int64
+
+    private final class Pending: @unchecked Sendable {
+        let done = DispatchSemaphore(value: 0)
+        var result: Result<WireReader, TransportError>?  // written before `done` is signalled
+    }
+
+    private let writeLock = Mutex<Void>(())
+    private let pending = Mutex<[UInt64: Pending]>([:])
+    private let nextSequence = Atomic<UInt64>(1)
+    private let ended = Atomic<Bool>(false)
+    private let killed = Atomic<Bool>(false)
+    private let readerThread = Atomic<UInt>(0)
+    /// Why it ended, once it has.
+    private let endReason = Mutex<String?>(nil)
+
+    private init(pid: pid_t, fd: Int32, incarnation: Int) {
+        self.pid = pid
+        self.fd = fd
+        self.incarnation = incarnation
+        self.startedNanos = monotonicNanoseconds()
+    }
+
+    /// Starts `executable plugin-host --fd 3` with the child's end of a new socket pair as fd 3.
+    static func spawn(executable: String, incarnation: Int) throws(TransportError) -> PluginProcess {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw TransportError(.io, "socketpair failed: \(String(cString: strerror(errno)))")
+        }
+        let (parentEnd, childEnd) = (pair[0], pair[1])
+        defer { close(childEnd) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        // dup2 onto 3 clears close-on-exec there; if the child's end already is 3, move it first.
+        var source = childEnd
+        if source == 3 { source = fcntl(childEnd, F_DUPFD_CLOEXEC, 10) }
+        posix_spawn_file_actions_adddup2(&actions, source, 3)
+        let arguments = [executable, "plugin-host", "--fd", "3"]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, executable, &actions, nil, &argv, environ)
+        if source != childEnd { close(source) }
+        guard status == 0 else {
+            close(parentEnd)
+            throw TransportError(.unavailable, "cannot start the plugin host '\(executable)': \(String(cString: strerror(status)))")
+        }
+        return PluginProcess(pid: pid, fd: parentEnd, incarnation: incarnation)
+    }
+
+    /// Starts the reader thread: `onFrame` for every unasked frame (deliveries), `onEnd` once
+    /// with the reason when the stream ends.
+    func startReading(onFrame: @escaping @Sendable (PluginProcess, Frame) -> Void,
+                      onEnd: @escaping @Sendable (PluginProcess, String) -> Void) {
+        let thread = Thread { [self] in
+            readerThread.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
+            var failure: String?
+            while true {
+                do throws(TransportError) {
+                    guard let frame = try FrameIO.read(from: fd) else { break }
+                    if frame.kind == .reply {
+                        complete(frame)
+                    } else {
+                        onFrame(self, frame)
+                    }
+                } catch {
+                    failure = error.message
+                    break
+                }
+            }
+            let reason = finish(protocolError: failure)
+            onEnd(self, reason)
+        }
+        thread.name = "switchyard.plugin-process.\(pid)"
+        thread.start()
+    }
+
+    /// True on this process's reader thread (where deliveries run): requests made from there
+    /// must not wait for a reply the same thread would have to read.
+    var onReaderThread: Bool {
+        readerThread.load(ordering: .acquiring) == UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
+    }
+
+    /// Whether the child has gone (its socket reached end of stream).
+    var hasEnded: Bool { ended.load(ordering: .acquiring) }
+
+    /// False once it has ended or been killed (its end of stream may not have been read yet):
+    /// new requests must wait for the next child.
+    var isUsable: Bool { !ended.load(ordering: .acquiring) && !killed.load(ordering: .acquiring) }
+
+    /// Sends a request and waits up to `timeoutNanos` for its reply; returns the reply data
+    /// after a successful status. `operation` names the request in errors.
+    func request(_ kind: WireKind, _ payload: [UInt8], timeoutNanos: Int64, operation: String) throws(TransportError) -> WireReader {
+        if onReaderThread {
+            try post(kind, payload)
+            return WireReader([])
+        }
+        let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
+        let waiter = Pending()
+        pending.withLock { $0[sequence] = waiter }
+        if hasEnded {
+            pending.withLock { _ = $0.removeValue(forKey: sequence) }
+            throw TransportError(.unavailable, "the plugin process \(endReasonText)")
+        }
+        do throws(TransportError) {
+            try writeLock.withLock { _ throws(TransportError) in try FrameIO.write(Frame(kind: kind, sequence: sequence, payload: payload), to: fd) }
+        } catch {
+            pending.withLock { _ = $0.removeValue(forKey: sequence) }
+            throw TransportError(.unavailable, "the plugin process cannot be reached (\(error.message))")
+        }
+        if waiter.done.wait(timeout: .now() + .nanoseconds(Int(clamping: max(0, timeoutNanos)))) == .timedOut {
+            if pending.withLock({ $0.removeValue(forKey: sequence) }) != nil {
+                kill(reason: "did not answer \(operation) within \(timeoutNanos / 1_000_000) ms")
+                throw TransportError(.timeout, "the plugin process (pid \(pid)) did not answer \(operation) within \(timeoutNanos / 1_000_000) ms; it was killed and is restarting (whether the operation took effect is unknown)")
+            }
+            waiter.done.wait()  // the reply raced the timeout; it is already there
+        }
+        return try waiter.result!.get()
+    }
+
+    /// Sends a request without waiting for its reply (sequence 0: the reply is ignored).
+    func post(_ kind: WireKind, _ payload: [UInt8]) throws(TransportError) {
+        guard !hasEnded else { throw TransportError(.unavailable, "the plugin process \(endReasonText)") }
+        try writeLock.withLock { _ throws(TransportError) in try FrameIO.write(Frame(kind: kind, sequence: 0, payload: payload), to: fd) }
+    }
+
+    /// Kills the child (SIGKILL): a hung plugin gets no chance to finish.
+    func kill(reason: String) {
+        endReason.withLock { if $0 == nil { $0 = reason } }
+        killed.store(true, ordering: .releasing)
+        _ = Glibc.kill(pid, SIGKILL)
+    }
+
+    private var endReasonText: String { endReason.withLock { $0 } ?? "has exited" }
+
+    private func complete(_ frame: Frame) {
+        guard frame.sequence != 0, let waiter = pending.withLock({ $0.removeValue(forKey: frame.sequence) }) else { return }
+        var reader = WireReader(frame.payload)
+        do throws(TransportError) {
+            let status = StatusCode(rawValue: try reader.integer("status"))
+            let message = try reader.string("message")
+            waiter.result = status == .ok ? .success(reader) : .failure(TransportError(status, message))
+        } catch {
+            waiter.result = .failure(error)
+        }
+        waiter.done.signal()
+    }
+
+    /// After end of stream: reaps the child (waiting briefly for a clean exit before killing
+    /// it), fails every waiting request with the reason, and returns the reason.
+    private func finish(protocolError: String?) -> String {
+        ended.store(true, ordering: .releasing)
+        var status: Int32 = 0
+        var reaped = false
+        for _ in 0..<200 where waitpid(pid, &status, WNOHANG) == pid { reaped = true; break }
+        if !reaped {
+            for _ in 0..<200 {
+                if waitpid(pid, &status, WNOHANG) == pid { reaped = true; break }
+                usleep(10_000)
+            }
+        }
+        if !reaped {
+            _ = Glibc.kill(pid, SIGKILL)
+            _ = waitpid(pid, &status, 0)
+        }
+        close(fd)
+        let exit = Self.describe(status: status)
+        let reason = endReason.withLock { stored in
+            var text = stored.map { "\($0) and was killed" } ?? exit
+            if let protocolError, stored == nil { text += " (after a protocol error: \(protocolError))" }
+            text += " (pid \(pid))"
+            stored = text
+            return text
+        }
+        let waiters = pending.withLock { all in
+            defer { all.removeAll() }
+            return Array(all.values)
+        }
+        for waiter in waiters {
+            waiter.result = .failure(TransportError(.unavailable, "the plugin process \(reason); whether the operation took effect is unknown"))
+            waiter.done.signal()
+        }
+        return reason
+    }
+
+    /// "exited with status 3", "was killed by signal 11 (Segmentation fault)".
+    static func describe(status: Int32) -> String {
+        let signal = status & 0x7f
+        if signal == 0 { return "exited with status \((status >> 8) & 0xff)" }
+        return "was killed by signal \(signal) (\(String(cString: strsignal(signal))))"
+    }
+}
+

@@ -1,0 +1,360 @@
+import Foundation
+import Logging
+import SwitchyardABI
+import SwitchyardLoader
+import SwitchyardPluginKit
+
+/// How a transport configured with `isolation: process` runs its plugin in a child process.
+public struct ProcessIsolation: Sendable, Hashable {
+    /// Longest wait for the child to answer one call (drain: its deadline plus this). A child
+    /// that does not answer in time is considered hung: it is killed and restarted.
+    public var callTimeoutNanos: Int64
+    /// First wait before restarting a child that died; doubles on every failed start.
+    public var restartBackoffNanos: Int64
+    /// Upper bound of the restart wait.
+    public var maxRestartBackoffNanos: Int64
+    /// The `switchyard` executable to run as `plugin-host`; nil: `SWITCHYARD_PLUGIN_HOST`, then
+    /// `switchyard` next to this executable, next to the plugin file, then on `PATH`.
+    public var hostExecutable: String?
+
+    /// Options with the documented defaults: 30 s per call, restarts after 100 ms doubling to 10 s.
+    public init(callTimeoutNanos: Int64 = 30_000_000_000, restartBackoffNanos: Int64 = 100_000_000,
+                maxRestartBackoffNanos: Int64 = 10_000_000_000, hostExecutable: String? = nil) {
+        self.callTimeoutNanos = callTimeoutNanos
+        self.restartBackoffNanos = restartBackoffNanos
+        self.maxRestartBackoffNanos = maxRestartBackoffNanos
+        self.hostExecutable = hostExecutable
+    }
+
+    /// Finds the plugin host executable for `pluginPath`, or explains where it looked.
+    func resolveExecutable(pluginPath: String) throws(TransportError) -> String {
+        var candidates: [String] = []
+        if let hostExecutable { candidates.append(hostExecutable) }
+        let environment = ProcessInfo.processInfo.environment
+        if let fromEnvironment = environment["SWITCHYARD_PLUGIN_HOST"], !fromEnvironment.isEmpty { candidates.append(fromEnvironment) }
+        if let directory = SearchDirectory.currentExecutableDirectory() { candidates.append(directory + "/switchyard") }
+        candidates.append((pluginPath as NSString).deletingLastPathComponent + "/switchyard")
+        for directory in (environment["PATH"] ?? "").split(separator: ":") { candidates.append("\(directory)/switchyard") }
+        if let found = candidates.first(where: { access($0, X_OK) == 0 }) { return found }
+        throw TransportError(.config, "isolation: process needs the 'switchyard' executable to run the plugin host; none found (set isolation.host or SWITCHYARD_PLUGIN_HOST; looked at \(candidates.prefix(4).joined(separator: ", ")))")
+    }
+}
+
+/// A transport whose plugin runs in a child process (`switchyard plugin-host`), driven over a
+/// Unix socket with the ABI's semantics: the parent is an ABI instance like any other (see
+/// ``Transport/init(name:plugin:configJSON:isolation:logger:)``), so decorators and the runtime
+/// use it unchanged.
+///
+/// When the child crashes, hangs (a call unanswered within the call timeout) or exits, every
+/// call waiting on it fails with the reason, deliveries it had handed out can no longer be
+/// settled (`.notFound`; a durable transport delivers them again), and a new child is started
+/// with backoff and given every live subscription again. Calls made while it restarts wait for
+/// it, up to the call timeout.
+final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
+    // @unchecked: mutable state lives in `state`, guarded by its condition's lock.
+    private let name: String
+    private let plugin: LoadedPlugin
+    private let configJSON: String
+    private let options: ProcessIsolation
+    private let executable: String
+    private let logger: Logger
+
+    private struct Subscription {
+        var options: SubscribeOptions
+        var subscriber: Subscriber
+        /// The id in the current child, once subscribed there.
+        var childID: SubscriptionID?
+        var process: PluginProcess?
+    }
+
+    private struct State {
+        var current: PluginProcess?
+        var closing = false
+        var incarnations = 0
+        var subscriptions: [SubscriptionID: Subscription] = [:]
+        var nextSubscription: SubscriptionID = 1
+        /// Deliveries handed to subscribers and not settled yet: the child they came from.
+        var deliveries: [DeliveryID: (process: PluginProcess, childID: DeliveryID)] = [:]
+        var nextDelivery: DeliveryID = 1
+        var backoffNanos: Int64 = 0
+    }
+
+    private let lock = NSCondition()
+    private var state = State()
+
+    /// Starts the first child and creates the instance in it; throws what `create` reports
+    /// (a config error names the key) or why the child could not start.
+    init(name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, logger: Logger) throws(TransportError) {
+        self.name = name
+        self.plugin = plugin
+        self.configJSON = configJSON
+        self.options = options
+        self.logger = logger
+        self.executable = try options.resolveExecutable(pluginPath: plugin.path)
+        state.backoffNanos = options.restartBackoffNanos
+        guard install(try start()) else {
+            throw TransportError(.unavailable, "transport '\(name)': the plugin process ended right after it started")
+        }
+    }
+
+    /// The live child's pid, if one is running.
+    var currentProcessID: Int32? {
+        lock.withLock { state.current.flatMap { $0.isUsable ? $0.pid : nil } }
+    }
+
+    // MARK: The ABI's operations
+
+    func publish(_ message: MessageView) throws(TransportError) {
+        var payload = WireWriter()
+        payload.message(message.copy())
+        _ = try call(.publish, payload.bytes, operation: "publish")
+    }
+
+    func publish(batch: [MessageView]) throws(TransportError) {
+        var payload = WireWriter()
+        payload.integer(UInt32(batch.count))
+        for message in batch { payload.message(message.copy()) }
+        _ = try call(.publishBatch, payload.bytes, operation: "publish_batch")
+    }
+
+    func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        let process = try awaitProcess()
+        let id = lock.withLock {
+            defer { state.nextSubscription += 1 }
+            state.subscriptions[state.nextSubscription] = Subscription(options: options, subscriber: subscriber)
+            return state.nextSubscription
+        }
+        do throws(TransportError) {
+            let childID = try subscribe(id, options, in: process)
+            lock.withLock {
+                // A restart in between has subscribed it in the new child already.
+                if state.subscriptions[id]?.process == nil || state.subscriptions[id]?.process === process {
+                    state.subscriptions[id]?.childID = childID
+                    state.subscriptions[id]?.process = process
+                }
+            }
+            return id
+        } catch {
+            _ = lock.withLock { state.subscriptions.removeValue(forKey: id) }
+            throw error
+        }
+    }
+
+    func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
+        guard let subscription = lock.withLock({ state.subscriptions.removeValue(forKey: id) }) else {
+            throw TransportError(.notFound, "no subscription \(id)")
+        }
+        guard let process = subscription.process, let childID = subscription.childID, !process.hasEnded else { return }
+        var payload = WireWriter()
+        payload.integer(childID)
+        do {
+            _ = try process.request(.unsubscribe, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "unsubscribe")
+        } catch where error.code == .unavailable {
+            // The child died meanwhile: the subscription ended with it.
+        }
+    }
+
+    func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        guard let origin = lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) else {
+            throw TransportError(.notFound, "unknown or already settled delivery \(delivery)")
+        }
+        guard !origin.process.hasEnded else {
+            throw TransportError(.notFound, "delivery \(delivery) was in flight when its plugin process ended; the transport delivers it again if it is durable")
+        }
+        var payload = WireWriter()
+        payload.integer(origin.childID)
+        payload.settlement(settlement)
+        _ = try origin.process.request(.settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle")
+    }
+
+    func drain(deadlineNanos: Int64) throws(TransportError) {
+        var payload = WireWriter()
+        payload.integer(deadlineNanos)
+        let wait = max(0, deadlineNanos - monotonicNanoseconds()) + options.callTimeoutNanos
+        _ = try call(.drain, payload.bytes, operation: "drain", timeoutNanos: wait)
+    }
+
+    func stats() -> TransportStats {
+        guard var reply = try? call(.stats, [], operation: "stats") else { return TransportStats() }
+        return (try? reply.stats()) ?? TransportStats()
+    }
+
+    func shutdown() {
+        let process = lock.withLock {
+            state.closing = true
+            lock.broadcast()
+            defer { state.current = nil }
+            return state.current
+        }
+        guard let process else { return }
+        _ = try? process.request(.shutdown, [], timeoutNanos: options.callTimeoutNanos, operation: "shutdown")
+        // The reader thread reaps the child once its socket closes.
+        for _ in 0..<500 where !process.hasEnded { usleep(10_000) }
+        if !process.hasEnded { process.kill(reason: "did not exit after shutdown") }
+    }
+
+    // MARK: Children
+
+    /// One request to the current child, waiting for it first if it is restarting.
+    private func call(_ kind: WireKind, _ payload: [UInt8], operation: String, timeoutNanos: Int64? = nil) throws(TransportError) -> WireReader {
+        let process = try awaitProcess()
+        return try process.request(kind, payload, timeoutNanos: timeoutNanos ?? options.callTimeoutNanos, operation: operation)
+    }
+
+    /// The live child; waits up to the call timeout while one is being started.
+    private func awaitProcess() throws(TransportError) -> PluginProcess {
+        let deadline = Date().addingTimeInterval(Double(options.callTimeoutNanos) / 1e9)
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            if state.closing { throw TransportError(.closed, "transport '\(name)' is shut down") }
+            if let current = state.current, current.isUsable { return current }
+            if !lock.wait(until: deadline) {
+                throw TransportError(.unavailable, "transport '\(name)': the plugin process is restarting and was not back within \(options.callTimeoutNanos / 1_000_000) ms")
+            }
+        }
+    }
+
+    /// Spawns a child, creates the instance in it and subscribes every live subscription there.
+    private func start() throws(TransportError) -> PluginProcess {
+        let incarnation = lock.withLock { state.incarnations += 1; return state.incarnations }
+        let process = try PluginProcess.spawn(executable: executable, incarnation: incarnation)
+        process.startReading(
+            onFrame: { [weak self] process, frame in self?.received(frame, from: process) },
+            onEnd: { [weak self] process, reason in self?.ended(process, reason: reason) })
+        do throws(TransportError) {
+            var payload = WireWriter()
+            payload.integer(wireVersion)
+            payload.string(plugin.path)
+            payload.string(plugin.name)
+            payload.string(plugin.sha256 ?? "")
+            payload.string(name)
+            payload.string(configJSON)
+            _ = try process.request(.create, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "create")
+            let live = lock.withLock { state.subscriptions.map { ($0.key, $0.value.options) } }
+            for (id, subscribeOptions) in live {
+                let childID = try subscribe(id, subscribeOptions, in: process)
+                lock.withLock {
+                    state.subscriptions[id]?.childID = childID
+                    state.subscriptions[id]?.process = process
+                }
+            }
+        } catch {
+            process.kill(reason: "failed to start")
+            throw error
+        }
+        logger.log(level: incarnation == 1 ? .debug : .notice, "plugin process started", metadata: [
+            "transport": "\(name)", "plugin": "\(plugin.name)", "pid": "\(process.pid)", "incarnation": "\(incarnation)",
+        ])
+        return process
+    }
+
+    private func subscribe(_ id: SubscriptionID, _ subscribeOptions: SubscribeOptions, in process: PluginProcess) throws(TransportError) -> SubscriptionID {
+        var payload = WireWriter()
+        payload.integer(id)
+        payload.options(subscribeOptions)
+        var reply = try process.request(.subscribe, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "subscribe")
+        return try reply.integer("subscription id")
+    }
+
+    /// A delivery from the child, on its reader thread: hand it to the subscriber under an id
+    /// of ours; release it when the subscriber refuses it or is gone.
+    private func received(_ frame: Frame, from process: PluginProcess) {
+        guard frame.kind == .deliver else { return }
+        var reader = WireReader(frame.payload)
+        guard let subscription: SubscriptionID = try? reader.integer("subscription"),
+              let childDelivery: DeliveryID = try? reader.integer("delivery")
+        else { return }
+        let message: Message
+        do throws(TransportError) {
+            message = try reader.message()
+        } catch {
+            settleInChild(childDelivery, .deadLetter(reason: "malformed message from the plugin process: \(error.message)"), process)
+            return
+        }
+        let target = lock.withLock { () -> (Subscriber, DeliveryID)? in
+            guard let subscriber = state.subscriptions[subscription]?.subscriber else { return nil }
+            defer { state.nextDelivery += 1 }
+            state.deliveries[state.nextDelivery] = (process, childDelivery)
+            return (subscriber, state.nextDelivery)
+        }
+        guard let (subscriber, delivery) = target else {
+            settleInChild(childDelivery, .release, process)
+            return
+        }
+        if subscriber.deliver(delivery, message) != .ok,
+           lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) != nil {
+            settleInChild(childDelivery, .release, process)
+        }
+    }
+
+    private func settleInChild(_ delivery: DeliveryID, _ settlement: Settlement, _ process: PluginProcess) {
+        var payload = WireWriter()
+        payload.integer(delivery)
+        payload.settlement(settlement)
+        try? process.post(.settle, payload.bytes)
+    }
+
+    /// Makes a started child the current one; false when it has already ended (its end was not
+    /// acted on, as it was never current) or the transport is closing.
+    private func install(_ process: PluginProcess) -> Bool {
+        lock.withLock {
+            guard !state.closing, !process.hasEnded else { return false }
+            state.current = process
+            lock.broadcast()
+            return true
+        }
+    }
+
+    /// The child's socket closed: forget what it held and, if it was the current child, start
+    /// another with backoff (a child that ends while starting is its starter's business).
+    private func ended(_ process: PluginProcess, reason: String) {
+        let restart = lock.withLock { () -> Int64? in
+            let wasCurrent = state.current === process
+            if wasCurrent { state.current = nil }
+            state.deliveries = state.deliveries.filter { $0.value.process !== process }
+            for id in state.subscriptions.keys where state.subscriptions[id]?.process === process {
+                state.subscriptions[id]?.childID = nil
+                state.subscriptions[id]?.process = nil
+            }
+            guard wasCurrent, !state.closing else { return nil }
+            // A child that ran a while earns a fresh backoff; one that dies young doubles it.
+            if monotonicNanoseconds() - process.startedNanos > 10_000_000_000 {
+                state.backoffNanos = options.restartBackoffNanos
+            }
+            return state.backoffNanos
+        }
+        guard let wait = restart else { return }
+        logger.error("plugin process ended; restarting", metadata: [
+            "transport": "\(name)", "plugin": "\(plugin.name)", "reason": "\(reason)", "restart_in_ms": "\(wait / 1_000_000)",
+        ])
+        let thread = Thread { [weak self] in self?.restart(after: wait) }
+        thread.name = "switchyard.plugin-restart"
+        thread.start()
+    }
+
+    private func restart(after firstWait: Int64) {
+        var wait = firstWait
+        while true {
+            usleep(useconds_t(clamping: wait / 1000))
+            if lock.withLock({ state.closing }) { return }
+            do throws(TransportError) {
+                let process = try start()
+                if install(process) {
+                    lock.withLock { state.backoffNanos = min(options.maxRestartBackoffNanos, wait * 2) }
+                    return
+                }
+                if lock.withLock({ state.closing }) {
+                    _ = try? process.request(.shutdown, [], timeoutNanos: options.callTimeoutNanos, operation: "shutdown")
+                    return
+                }
+                wait = min(options.maxRestartBackoffNanos, wait * 2)
+            } catch {
+                wait = min(options.maxRestartBackoffNanos, wait * 2)
+                logger.error("plugin process did not start; trying again", metadata: [
+                    "transport": "\(name)", "reason": "\(error.message)", "retry_in_ms": "\(wait / 1_000_000)",
+                ])
+            }
+        }
+    }
+}

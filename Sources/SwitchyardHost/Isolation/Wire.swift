@@ -1,0 +1,230 @@
+import CSwitchyard
+import SwitchyardABI
+import SwitchyardTransportKit
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The frames a process-isolated transport (the parent) and its `switchyard plugin-host` child
+/// exchange over their Unix socket. Each ABI function is one request; each request gets one
+/// reply with the same sequence number; deliveries flow from child to parent unasked.
+///
+/// Frame, little-endian: length u32 (of what follows), kind u8, sequence u64, payload. Sequence 0
+/// means "no reply wanted" (the reply is sent anyway and ignored). Strings and byte runs are a u32
+/// length and the bytes; messages are ``MessageCodec`` records. Both sides check every length, so
+/// a corrupt frame is an error with a reason. Versioned by the `create` request's first field.
+enum WireKind: UInt8 {
+    /// Parent → child: load the plugin and create the instance. Payload: wire version u32, plugin
+    /// path, plugin name, pinned sha256 (empty: none), instance name, config JSON.
+    case create = 1
+    /// Parent → child: payload one message.
+    case publish = 2
+    /// Parent → child: payload count u32, then that many messages.
+    case publishBatch = 3
+    /// Parent → child: payload parent subscription id u64, channel, group, max in flight u32,
+    /// visibility timeout i64, start i32. Reply data: the child's subscription id u64.
+    case subscribe = 4
+    /// Parent → child: payload the child's subscription id u64.
+    case unsubscribe = 5
+    /// Parent → child: payload delivery id u64, outcome i32, retry after i64, reason.
+    case settle = 6
+    /// Parent → child: payload deadline (monotonic ns, the same clock in both processes) i64.
+    case drain = 7
+    /// Parent → child: no payload. Reply data: eight u64 counters in `sy_stats` order.
+    case stats = 8
+    /// Parent → child: destroy the instance and exit.
+    case shutdown = 9
+    /// Child → parent: status i32, message, then the request's reply data.
+    case reply = 0x40
+    /// Child → parent: parent subscription id u64, the child's delivery id u64, one message.
+    case deliver = 0x41
+}
+
+/// The protocol version carried by `create`; a child refuses any other.
+let wireVersion: UInt32 = 1
+
+/// Largest frame either side accepts (a message is bounded far below this by the transports).
+let maxFrameBytes = 256 << 20
+
+/// One frame.
+struct Frame {
+    var kind: WireKind
+    var sequence: UInt64
+    var payload: [UInt8]
+}
+
+/// Builds a payload.
+struct WireWriter {
+    private(set) var bytes: [UInt8] = []
+
+    /// Appends bytes already encoded (a reply's data).
+    mutating func raw(_ data: [UInt8]) { bytes += data }
+
+    mutating func integer<T: FixedWidthInteger>(_ value: T) {
+        withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
+    }
+    mutating func data(_ value: [UInt8]) {
+        integer(UInt32(value.count))
+        bytes += value
+    }
+    mutating func string(_ value: String) { data(Array(value.utf8)) }
+    mutating func message(_ value: Message) { data(MessageCodec.encode(value)) }
+
+    mutating func options(_ options: SubscribeOptions) {
+        string(options.channel)
+        string(options.group)
+        integer(options.maxInFlight)
+        integer(options.visibilityTimeoutNanos)
+        integer(options.start.rawValue)
+    }
+
+    mutating func settlement(_ settlement: Settlement) {
+        switch settlement {
+        case .ack: integer(SY_SETTLE_ACK); integer(Int64(0)); string("")
+        case .retry(let after, let reason): integer(SY_SETTLE_RETRY); integer(after); string(reason)
+        case .deadLetter(let reason): integer(SY_SETTLE_DEAD_LETTER); integer(Int64(0)); string(reason)
+        case .release: integer(SY_SETTLE_RELEASE); integer(Int64(0)); string("")
+        }
+    }
+
+    mutating func stats(_ stats: TransportStats) {
+        for value in [stats.published, stats.delivered, stats.acked, stats.retried,
+                      stats.deadLettered, stats.released, stats.inFlight, stats.depth] { integer(value) }
+    }
+}
+
+/// Reads a payload; every read is bounds-checked and throws `invalidArgument` naming the field.
+struct WireReader {
+    let bytes: [UInt8]
+    private(set) var offset = 0
+
+    init(_ bytes: [UInt8], from offset: Int = 0) {
+        self.bytes = bytes
+        self.offset = offset
+    }
+
+    var atEnd: Bool { offset == bytes.count }
+
+    mutating func integer<T: FixedWidthInteger>(_ field: String) throws(TransportError) -> T {
+        let size = MemoryLayout<T>.size
+        guard bytes.count - offset >= size else { throw TransportError(.invalidArgument, "corrupt frame: truncated \(field)") }
+        defer { offset += size }
+        return bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
+    }
+    mutating func data(_ field: String) throws(TransportError) -> [UInt8] {
+        let length = Int(try integer(field + " length") as UInt32)
+        guard bytes.count - offset >= length else {
+            throw TransportError(.invalidArgument, "corrupt frame: \(field) length \(length) exceeds the frame")
+        }
+        defer { offset += length }
+        return Array(bytes[offset..<offset + length])
+    }
+    mutating func string(_ field: String) throws(TransportError) -> String {
+        String(decoding: try data(field), as: UTF8.self)
+    }
+    mutating func message() throws(TransportError) -> Message {
+        try MessageCodec.decode(try data("message"))
+    }
+
+    mutating func options() throws(TransportError) -> SubscribeOptions {
+        let channel = try string("channel"), group = try string("group")
+        let maxInFlight: UInt32 = try integer("max in flight")
+        let visibility: Int64 = try integer("visibility timeout")
+        let startRaw: Int32 = try integer("start")
+        guard let start = StartPosition(rawValue: startRaw) else {
+            throw TransportError(.invalidArgument, "corrupt frame: unknown start position \(startRaw)")
+        }
+        return SubscribeOptions(channel: channel, group: group, maxInFlight: maxInFlight,
+                                visibilityTimeoutNanos: visibility, start: start)
+    }
+
+    mutating func settlement() throws(TransportError) -> Settlement {
+        let outcome: Int32 = try integer("outcome")
+        let after: Int64 = try integer("retry after")
+        let reason = try string("reason")
+        switch outcome {
+        case SY_SETTLE_ACK: return .ack
+        case SY_SETTLE_RETRY: return .retry(afterNanos: after, reason: reason)
+        case SY_SETTLE_DEAD_LETTER: return .deadLetter(reason: reason)
+        case SY_SETTLE_RELEASE: return .release
+        default: throw TransportError(.invalidArgument, "corrupt frame: unknown settlement outcome \(outcome)")
+        }
+    }
+
+    mutating func stats() throws(TransportError) -> TransportStats {
+        var stats = TransportStats()
+        stats.published = try integer("published")
+        stats.delivered = try integer("delivered")
+        stats.acked = try integer("acked")
+        stats.retried = try integer("retried")
+        stats.deadLettered = try integer("dead-lettered")
+        stats.released = try integer("released")
+        stats.inFlight = try integer("in flight")
+        stats.depth = try integer("depth")
+        return stats
+    }
+}
+
+/// Reading and writing whole frames on a blocking stream socket.
+enum FrameIO {
+    /// Writes `frame` completely (the caller serialises writers).
+    static func write(_ frame: Frame, to fd: Int32) throws(TransportError) {
+        var header = WireWriter()
+        header.integer(UInt32(1 + 8 + frame.payload.count))
+        header.integer(frame.kind.rawValue)
+        header.integer(frame.sequence)
+        try writeAll(header.bytes, to: fd)
+        try writeAll(frame.payload, to: fd)
+    }
+
+    /// Reads the next frame; nil at end of stream.
+    static func read(from fd: Int32) throws(TransportError) -> Frame? {
+        guard let lengthBytes = try readExactly(4, from: fd) else { return nil }
+        var lengthReader = WireReader(lengthBytes)
+        let length = Int(try lengthReader.integer("frame length") as UInt32)
+        guard length >= 9, length <= maxFrameBytes else {
+            throw TransportError(.invalidArgument, "corrupt frame: length \(length)")
+        }
+        guard let body = try readExactly(length, from: fd) else {
+            throw TransportError(.io, "the socket closed in the middle of a frame")
+        }
+        var reader = WireReader(body)
+        let rawKind: UInt8 = try reader.integer("kind")
+        guard let kind = WireKind(rawValue: rawKind) else { throw TransportError(.invalidArgument, "corrupt frame: unknown kind \(rawKind)") }
+        let sequence: UInt64 = try reader.integer("sequence")
+        return Frame(kind: kind, sequence: sequence, payload: Array(body[9...]))
+    }
+
+    private static func writeAll(_ bytes: [UInt8], to fd: Int32) throws(TransportError) {
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + written, $0.count - written, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw TransportError(.io, "writing to the plugin socket failed: \(String(cString: strerror(errno)))")
+            }
+            written += n
+        }
+    }
+
+    private static func readExactly(_ count: Int, from fd: Int32) throws(TransportError) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
+            if n == 0 {
+                if got == 0 { return nil }
+                throw TransportError(.io, "the socket closed in the middle of a frame")
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw TransportError(.io, "reading from the plugin socket failed: \(String(cString: strerror(errno)))")
+            }
+            got += n
+        }
+        return buffer
+    }
+}

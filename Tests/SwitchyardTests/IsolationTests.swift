@@ -1,0 +1,154 @@
+import Foundation
+import Synchronization
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+@testable import SwitchyardRuntime
+import Testing
+
+/// `isolation: process`: a plugin running in a `switchyard plugin-host` child.
+@Suite("Process isolation")
+struct IsolationTests {
+    /// Short timeouts so that hangs and restarts show up within a test's patience.
+    static let quick = ProcessIsolation(callTimeoutNanos: 2_000_000_000, restartBackoffNanos: 50_000_000,
+                                        maxRestartBackoffNanos: 500_000_000, hostExecutable: BuildProducts.switchyard)
+
+    /// The fixture plugin that segfaults on a "segfault" body and hangs on a "hang" body.
+    static func crashy(in directory: TemporaryDirectory) throws -> LoadedPlugin {
+        let path = try CCompiler.fixture("libcrashy.so", in: directory.path, defines: ["FIXTURE_CRASHY", "FIXTURE_NAME=\"crashy\""])
+        return try PluginLoader().load(path: path)
+    }
+
+    static func message(_ id: String, _ body: String, channel: String = "work") -> Message {
+        Message(id: id, channel: channel, body: Array(body.utf8))
+    }
+
+    @Test("a plugin that segfaults inside publish kills its child, not the host: the call fails with the signal, the child restarts, the next publish works")
+    func segfaultInPublish() async throws {
+        try await offPool {
+            let directory = try TemporaryDirectory()
+            let transport = try Transport(name: "fragile", plugin: try Self.crashy(in: directory), isolation: Self.quick)
+            defer { transport.close() }
+            try transport.client.publish(Self.message("1", "fine"))
+            let firstChild = try #require(transport.pluginProcessID)
+            let error = #expect(throws: TransportError.self) { try transport.client.publish(Self.message("2", "segfault")) }
+            #expect(error?.code == .unavailable)
+            #expect(error?.message.contains("killed by signal 11") == true, "\(error?.message ?? "")")
+            // The next call waits for the restarted child.
+            try transport.client.publish(Self.message("3", "fine again"))
+            let secondChild = try #require(transport.pluginProcessID)
+            #expect(secondChild != firstChild)
+            // And it happens again and again without harm.
+            for round in 0..<3 {
+                #expect(throws: TransportError.self) { try transport.client.publish(Self.message("crash-\(round)", "segfault")) }
+                try transport.client.publish(Self.message("after-\(round)", "fine"))
+            }
+        }
+    }
+
+    @Test("a plugin that hangs inside publish: the call times out, the child is killed and restarted")
+    func hangInPublish() async throws {
+        try await offPool {
+            let directory = try TemporaryDirectory()
+            var options = Self.quick
+            options.callTimeoutNanos = 1_000_000_000
+            let transport = try Transport(name: "stuck", plugin: try Self.crashy(in: directory), isolation: options)
+            defer { transport.close() }
+            let started = Date()
+            let error = #expect(throws: TransportError.self) { try transport.client.publish(Self.message("1", "hang")) }
+            let waited = Date().timeIntervalSince(started)
+            #expect(error?.code == .timeout)
+            #expect(error?.message.contains("did not answer publish within 1000 ms") == true, "\(error?.message ?? "")")
+            #expect(waited >= 0.9 && waited < 5, "waited \(waited) s")
+            try transport.client.publish(Self.message("2", "fine"))
+        }
+    }
+
+    @Test("a durable queue in a child that is SIGKILLed: deliveries in flight come back from the restarted child and are acked; nothing is lost")
+    func inFlightDeliveriesComeBack() async throws {
+        try await offPool {
+            let directory = try TemporaryDirectory()
+            let queue = try ConformanceTests.plugin("queue")
+            let transport = try Transport(name: "durable", plugin: queue, configJSON: #"{"path": "\#(directory.file("q.db"))"}"#, isolation: Self.quick)
+            defer { transport.close() }
+            let seen = Seen()
+            let client = transport.client
+            let acking = Atomic<Bool>(false)
+            // Unsettled deliveries are leased in the database; they come back once the lease
+            // (the visibility timeout) runs out, which a short one makes quick.
+            let options = SubscribeOptions(channel: "work", maxInFlight: 100, visibilityTimeoutNanos: 1_000_000_000)
+            _ = try client.subscribe(options) { delivery, message in
+                seen.add(message.copy().id, delivery)
+                if acking.load(ordering: .acquiring) { try? client.settle(delivery, .ack) }
+                return .ok
+            }
+            for index in 0..<20 { try client.publish(Self.message("m\(index)", "job \(index)")) }
+            #expect(waitUntil(10) { seen.ids.count == 20 }, "first round: \(seen.ids.count)")
+            let firstRound = seen.deliveries
+            let child = try #require(transport.pluginProcessID)
+            acking.store(true, ordering: .releasing)
+            kill(child, SIGKILL)
+            // The restarted child reopens the database and delivers the unsettled messages again.
+            #expect(waitUntil(15) { seen.count >= 40 }, "deliveries after the kill: \(seen.count - 20)")
+            #expect(Set(seen.ids) == Set((0..<20).map { "m\($0)" }))
+            #expect(transport.pluginProcessID != child)
+            // Deliveries from the dead child cannot be settled any more.
+            let stale = #expect(throws: TransportError.self) { try client.settle(firstRound[0], .ack) }
+            #expect(stale?.code == .notFound)
+            #expect(waitUntil(5) { (try? client.stats())??.depth == 0 })
+        }
+    }
+
+    @Test("process isolation keeps the ABI's semantics: the conformance suite passes in a child", arguments: ["queue", "topic", "retry"])
+    func conformanceInChild(_ name: String) async throws {
+        let directory = try TemporaryDirectory()
+        let plugin = try ConformanceTests.plugin(name)
+        let inner = plugin.capabilities.contains(.wrapsInner) ? try ConformanceTests.plugin("queue") : nil
+        let results = try await offPool {
+            ConformanceSuite.forPlugin(plugin, inner: inner, durableDirectory: directory.path, processIsolation: Self.quick).run()
+        }
+        for result in results where result.failed { Issue.record("\(name) in a child: \(result)") }
+        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+    }
+
+    @Test("typed calls over a transport with isolation: process in config")
+    func typedCallsOverIsolatedQueue() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try makeSystem("""
+            transports:
+              work:
+                plugin: queue
+                config: { path: "\(directory.file("work.db"))" }
+                isolation: { mode: process, call_timeout: 5s, host: "\(BuildProducts.switchyard)" }
+            routes:
+              "*": { transport: work, deadline: 20s }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.place(Order(id: 3, customer: "iso", amount: 1)) == "receipt-3-iso")
+        #expect(system.transports?["work"]?.pluginProcessID != nil)
+        await system.shutdown()
+    }
+}
+
+/// What a subscriber saw: message ids and delivery ids, in order.
+final class Seen: @unchecked Sendable {
+    private let lock = NSLock()
+    private var entries: [(id: String, delivery: DeliveryID)] = []
+    func add(_ id: String, _ delivery: DeliveryID) { lock.withLock { entries.append((id, delivery)) } }
+    var ids: [String] { lock.withLock { entries.map(\.id) } }
+    var deliveries: [DeliveryID] { lock.withLock { entries.map(\.delivery) } }
+    var count: Int { lock.withLock { entries.count } }
+}
+
+/// Polls `condition` for up to `seconds`, blocking this (non-pool) thread.
+func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
