@@ -134,7 +134,9 @@ extension SwitchyardActorSystem {
             try? client.settle(item.delivery, .deadLetter(reason: "expired: the caller's deadline passed before the call ran"))
             return
         }
-        let key = envelope.idempotencyKey ?? envelope.id
+        // Per subscriber group: on a topic every group handles the same envelope once.
+        let callKey = envelope.idempotencyKey ?? envelope.id
+        let key = hosted.id.group.isEmpty ? callKey : "\(hosted.id.group)/\(callKey)"
         var claimed = false
         if let inbox = route?.inbox {
             while !claimed {
@@ -177,7 +179,7 @@ extension SwitchyardActorSystem {
                 }
                 if claimed, let inbox = route?.inbox {
                     finished = true
-                    try? inbox.finish(key, Inbox.Handled(outcome: "return", reply: body))
+                    _ = try? inbox.finish(key, Inbox.Handled(outcome: "return", reply: body))
                 }
                 route?.metrics.handled.increment()
                 try? client.settle(item.delivery, .ack)
@@ -193,15 +195,18 @@ extension SwitchyardActorSystem {
         var failure: (any Error)?
         route?.metrics.inFlight.increment()
         defer { route?.metrics.inFlight.decrement() }
-        await withSpan(call.name, context: context, ofKind: .consumer) { span in
-            do {
-                var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
-                guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
-                try await executeDistributedTarget(
-                    on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
-                if case .error(let error)? = handler.outcome { span.recordError(error) }
-            } catch {
-                failure = error
+        let effects = claimed ? InboxEffects(durable: route?.inbox?.isDurable == true) : nil
+        await Switchyard.$inboxEffects.withValue(effects) {
+            await withSpan(call.name, context: context, ofKind: .consumer) { span in
+                do {
+                    var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
+                    guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
+                    try await executeDistributedTarget(
+                        on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+                    if case .error(let error)? = handler.outcome { span.recordError(error) }
+                } catch {
+                    failure = error
+                }
             }
         }
         if let failure {
@@ -241,18 +246,26 @@ extension SwitchyardActorSystem {
                 return
             }
         }
-        // A result (or an error that is the call's result): reply, remember, acknowledge.
-        let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
-        if let replyTo = envelope.replyTo {
-            publishReply(item, to: replyTo, outcome: outcomeName, body: body, encoding: envelope.contentType)
-        }
+        // A result (or an error that is the call's result): remember (committing the handler's
+        // inbox effects), reply, acknowledge. Remembering comes first: if it fails nothing was
+        // committed and the call runs again later; if another process remembered it first, its
+        // reply is the answer.
+        var (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
         if claimed, let inbox = route?.inbox {
             do throws(TransportError) {
                 finished = true
-                try inbox.finish(key, Inbox.Handled(outcome: outcomeName, reply: body))
+                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcomeName, reply: body), effects: effects?.all ?? []) {
+                    route?.metrics.duplicates.increment()
+                    (outcomeName, body) = (first.outcome, first.reply)
+                }
             } catch {
-                logger.error("inbox write failed; a redelivery of this call would run again", metadata: ["target": "\(readable)", "error": "\(error.message)"])
+                logger.error("inbox write failed; the call runs again later", metadata: ["target": "\(readable)", "error": "\(error.message)"])
+                try? client.settle(item.delivery, .retry(afterNanos: 1_000_000_000, reason: "inbox write failed: \(error.message)"))
+                return
             }
+        }
+        if let replyTo = envelope.replyTo {
+            publishReply(item, to: replyTo, outcome: outcomeName, body: body, encoding: envelope.contentType)
         }
         route?.metrics.handled.increment()
         try? client.settle(item.delivery, .ack)

@@ -71,11 +71,21 @@ final class Inbox: Sendable {
         }
     }
 
+    /// Whether the inbox is kept in SQLite (and so can commit effects with its records).
+    var isDurable: Bool { storage.withLock { $0.database != nil } }
+
     /// Ends a claim: remembers the call when it was handled (`handled` non-nil), or lets a later
     /// delivery run it (a failure to be retried).
-    func finish(_ key: String, _ handled: Handled?) throws(TransportError) {
+    ///
+    /// In a durable inbox, `effects` run in the same SQLite transaction that records the call, so
+    /// they happen exactly once however often the call is delivered. If another process recorded
+    /// the same call meanwhile (a redelivery that ran there at the same time), nothing of ours is
+    /// committed and its record is returned: answer with that. Throws (committing nothing) when
+    /// an effect or the write fails.
+    func finish(_ key: String, _ handled: Handled?, effects: [InboxEffect] = []) throws(TransportError) -> Handled? {
         defer { storage.withLock { _ = $0.running.remove(key) } }
-        if let handled { try record(key, handled) }
+        guard let handled else { return nil }
+        return try record(key, handled, effects: effects)
     }
 
     private static func lookup(_ key: String, in storage: inout Storage, cutoff: Int64) throws(TransportError) -> Handled? {
@@ -90,21 +100,40 @@ final class Inbox: Sendable {
         return entry.handled
     }
 
-    /// Remembers that the call with `key` was handled, with its reply.
-    private func record(_ key: String, _ handled: Handled) throws(TransportError) {
+    /// Remembers that the call with `key` was handled, with its reply and effects; returns the
+    /// record another process made first, if any (then nothing of ours is committed).
+    private func record(_ key: String, _ handled: Handled, effects: [InboxEffect]) throws(TransportError) -> Handled? {
         let now = WallClock.nowNanos()
         let cutoff = now - windowNanos
-        try storage.withLock { (storage) throws(TransportError) in
+        return try storage.withLock { (storage) throws(TransportError) -> Handled? in
             if let database = storage.database {
-                _ = try database.run(
-                    "INSERT OR REPLACE INTO inbox (key, at, outcome, reply) VALUES (?, ?, ?, ?)",
-                    [.text(key), .int(now), .text(handled.outcome), .blob(handled.reply)])
+                // IMMEDIATE: take the write lock first, so the check and the insert see one state
+                // across every process sharing the file.
+                try database.execute("BEGIN IMMEDIATE")
+                do throws(TransportError) {
+                    if let first = try Self.lookup(key, in: &storage, cutoff: cutoff) {
+                        try database.execute("ROLLBACK")
+                        return first
+                    }
+                    for effect in effects {
+                        do { try effect.apply(database) } catch let error as TransportError { throw error } catch {
+                            throw TransportError(.internalError, "an inbox transaction effect failed: \(error)")
+                        }
+                    }
+                    _ = try database.run(
+                        "INSERT OR REPLACE INTO inbox (key, at, outcome, reply) VALUES (?, ?, ?, ?)",
+                        [.text(key), .int(now), .text(handled.outcome), .blob(handled.reply)])
+                    try database.execute("COMMIT")
+                } catch {
+                    try? database.execute("ROLLBACK")
+                    throw error
+                }
                 storage.writesSincePrune += 1
                 if storage.writesSincePrune >= 1000 {
                     storage.writesSincePrune = 0
                     _ = try database.run("DELETE FROM inbox WHERE at < ?", [.int(cutoff)])
                 }
-                return
+                return nil
             }
             storage.memory[key] = (now, handled)
             storage.order.append((key, now))
@@ -112,6 +141,57 @@ final class Inbox: Sendable {
                 storage.order.removeFirst()
                 if let entry = storage.memory[oldest.key], entry.at == oldest.at { storage.memory[oldest.key] = nil }
             }
+            return nil
         }
+    }
+}
+
+/// Work a handler adds to the transaction that records its call in a durable inbox
+/// (``Switchyard/inboxTransaction(_:)``).
+struct InboxEffect: Sendable {
+    let apply: @Sendable (SQLiteDatabase) throws -> Void
+}
+
+/// The effects one running call has added so far; bound to the call's task while it runs.
+final class InboxEffects: Sendable {
+    let durable: Bool
+    private let effects = Mutex<[InboxEffect]>([])
+    init(durable: Bool) { self.durable = durable }
+    func add(_ effect: InboxEffect) { effects.withLock { $0.append(effect) } }
+    var all: [InboxEffect] { effects.withLock { $0 } }
+}
+
+extension Switchyard {
+    /// The running call's effects list, on routes with an inbox.
+    @TaskLocal static var inboxEffects: InboxEffects?
+
+    /// Adds `work` to the transaction that records the running call in its route's durable inbox
+    /// (`inbox: { path: ... }`): it runs once the handler has returned, against the inbox's SQLite
+    /// database, and commits together with the record that the call was handled. However often
+    /// the call is delivered — after a crash, a visibility timeout, a publisher's retry — and
+    /// however many processes share the file, its effects are committed exactly once:
+    ///
+    /// ```swift
+    /// distributed func charge(_ order: Order) async throws -> Receipt {
+    ///     let receipt = Receipt(order)
+    ///     try Switchyard.inboxTransaction { db in
+    ///         try db.run("INSERT INTO ledger (order_id, cents) VALUES (?, ?)", [.int(order.id), .int(order.cents)])
+    ///     }
+    ///     return receipt
+    /// }
+    /// ```
+    ///
+    /// Keep your tables apart from the inbox's own (`inbox`, `switchyard_meta`). If `work` throws,
+    /// nothing is committed and the call is delivered again later. Effects outside this
+    /// transaction (another database, an HTTP call) are at-least-once: the inbox skips a handled
+    /// call, but a crash between such an effect and the inbox's commit repeats it.
+    ///
+    /// Throws ``SwitchyardError/routing(target:reason:)`` outside a handler on a route with a
+    /// durable inbox.
+    public static func inboxTransaction(_ work: @escaping @Sendable (SQLiteDatabase) throws -> Void) throws {
+        guard let effects = inboxEffects, effects.durable else {
+            throw SwitchyardError.routing(target: "Switchyard.inboxTransaction", reason: "only inside a handler whose route has a durable inbox (inbox: { path: ... })")
+        }
+        effects.add(InboxEffect(apply: work))
     }
 }
