@@ -1,0 +1,388 @@
+import ArgumentParser
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardRuntime
+import SwitchyardTransportKit
+import Synchronization
+
+/// `switchyard soak`: crash-tests the delivery promises with real processes.
+///
+/// One producer and two consumer processes run over a durable SQLite queue (with a route retry
+/// policy that every seventh item's first attempt meets) and a durable topic with two
+/// subscriber groups; the producer prints each item it tries and each the transports
+/// acknowledged. `--cycles` times, at a random moment, one of them is killed with SIGKILL and
+/// started again. Then the run waits for the consumers to catch up and checks every effect
+/// (one row per item for `work`, `audit` and `mail`): nothing acknowledged may be missing, and
+/// with the inbox on nothing may have happened twice.
+struct SoakCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "soak",
+        abstract: "Kill producer and consumer processes at random under load; check that nothing acknowledged is lost or handled twice.",
+        discussion: "Exits 1 when an acknowledged item was lost, any effect happened twice with the inbox on, or messages are stuck.")
+
+    @Option(help: "How many times to SIGKILL a process.")
+    var cycles = 10
+
+    @Option(help: "How many items the producer publishes (each is one queue call and one topic event).")
+    var messages = 2000
+
+    @Flag(inversion: .prefixedNo, help: "Use the idempotent inbox (effects commit with the inbox record).")
+    var inbox = true
+
+    @Flag(help: "Print the result as one JSON object.")
+    var json = false
+
+    @Option(help: "Random seed, to repeat a run's kill schedule.")
+    var seed: UInt64?
+
+    @Option(help: ArgumentHelp("Keep the run's databases and logs here instead of a temporary directory.", valueName: "dir"))
+    var directory: String?
+
+    @Option(help: ArgumentHelp("Longest wait for the consumers to catch up at the end, in seconds.", valueName: "seconds"))
+    var settleTimeout: Double = 120
+
+    @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
+    var pluginDirectories: [String] = []
+
+    func validate() throws {
+        guard cycles >= 0 else { throw ValidationError("--cycles must be 0 or more") }
+        guard messages > 0 else { throw ValidationError("--messages must be at least 1") }
+    }
+
+    func run() async throws {
+        let report = try await SoakRun(self).run()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(report.summary)
+        }
+        if !report.passed { throw ExitCode.failure }
+    }
+}
+
+/// What a soak run found.
+struct SoakReport: Encodable {
+    var cycles: Int
+    var inbox: Bool
+    var seed: UInt64
+    /// Items the producer started to publish.
+    var published: Int
+    /// Items whose publishes the transports acknowledged.
+    var acknowledged: Int
+    /// Items handled on the queue (a `work` effect exists).
+    var handled: Int
+    /// Acknowledged items missing an effect (work, audit or mail).
+    var lost: Int
+    /// Effects beyond the first per item and kind.
+    var duplicateEffects: Int
+    /// Messages left in the transports at the end.
+    var stuck: Int
+    var kills: [String: Int]
+    var seconds: Double
+    var lostSample: [String]
+
+    var passed: Bool { lost == 0 && stuck == 0 && (!inbox || duplicateEffects == 0) }
+
+    enum CodingKeys: String, CodingKey {
+        case cycles, inbox, seed, published, acknowledged, handled, lost, stuck, kills, seconds, passed
+        case duplicateEffects = "duplicate_effects", lostSample = "lost_sample"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(cycles, forKey: .cycles)
+        try container.encode(inbox, forKey: .inbox)
+        try container.encode(seed, forKey: .seed)
+        try container.encode(published, forKey: .published)
+        try container.encode(acknowledged, forKey: .acknowledged)
+        try container.encode(handled, forKey: .handled)
+        try container.encode(lost, forKey: .lost)
+        try container.encode(duplicateEffects, forKey: .duplicateEffects)
+        try container.encode(stuck, forKey: .stuck)
+        try container.encode(kills, forKey: .kills)
+        try container.encode((seconds * 10).rounded() / 10, forKey: .seconds)
+        try container.encode(passed, forKey: .passed)
+        try container.encode(lostSample, forKey: .lostSample)
+    }
+
+    var summary: String {
+        """
+        soak: \(cycles) kills (\(kills.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))), inbox \(inbox ? "on" : "off"), seed \(seed), \(String(format: "%.1f", seconds)) s
+          published \(published), acknowledged \(acknowledged), handled \(handled)
+          lost \(lost), duplicate_effects \(duplicateEffects), stuck \(stuck)\(lostSample.isEmpty ? "" : "\n  lost, e.g.: \(lostSample.joined(separator: ", "))")
+        \(passed ? "PASS" : "FAIL")
+        """
+    }
+}
+
+/// One soak run: the directory, the processes, the kill schedule and the final count.
+final class SoakRun: @unchecked Sendable {
+    // @unchecked: used from the command's task only; the workers' output is behind locks.
+    let options: SoakCommand
+    let directory: String
+    let keepDirectory: Bool
+    let executable: String
+    var random: SplitMix
+    let seed: UInt64
+
+    init(_ options: SoakCommand) throws {
+        self.options = options
+        seed = options.seed ?? UInt64.random(in: 1...UInt64.max)
+        random = SplitMix(seed: seed)
+        if let directory = options.directory {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            self.directory = (directory as NSString).standardizingPath
+            keepDirectory = true
+        } else {
+            directory = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-soak-\(getpid())").path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            keepDirectory = false
+        }
+        executable = SearchDirectory.currentExecutableDirectory().map { $0 + "/switchyard" } ?? CommandLine.arguments[0]
+    }
+
+    deinit {
+        if !keepDirectory { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    var configPath: String { directory + "/soak.yaml" }
+    var effectsPath: String { directory + (options.inbox ? "/inbox.db" : "/effects.db") }
+
+    func writeConfig() throws {
+        let inbox = options.inbox ? ", inbox: { window: 24h, path: \"\(directory)/inbox.db\" }" : ""
+        try """
+            # Written by switchyard soak.
+            transports:
+              work: { plugin: queue, config: { path: "\(directory)/work.db", visibility_timeout: 3s } }
+              events: { plugin: topic, config: { path: "\(directory)/events.db", visibility_timeout: 3s } }
+            routes:
+              SoakWork.*: { transport: work, mode: fire-and-forget, retry: { max_attempts: 10, initial_delay: 20ms, max_delay: 200ms }\(inbox) }
+              SoakEvents.*: { transport: events, mode: fire-and-forget\(inbox) }
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    func run() async throws -> SoakReport {
+        try writeConfig()
+        let started = Date()
+        let pluginArguments = options.pluginDirectories.flatMap { ["--plugins-dir", $0] }
+        let consumerArguments = ["soak-worker", "consumer", "--config", configPath] + pluginArguments
+            + (options.inbox ? [] : ["--effects-database", effectsPath])
+        // Spread the items over the kill schedule (a kill every ~375 ms on average).
+        let pace = max(0, Int(Double(options.cycles) * 375_000 / Double(options.messages)))
+        let producerLog = WorkerOutput()
+        func producerArguments() -> [String] {
+            ["soak-worker", "producer", "--config", configPath, "--from", "\(producerLog.nextItem)", "--to", "\(options.messages)", "--pace", "\(pace)"] + pluginArguments
+        }
+        let consumers = try (1...2).map { try Worker(name: "consumer-\($0)", executable: executable, arguments: consumerArguments, logDirectory: directory) }
+        for consumer in consumers { _ = await consumer.output.wait(for: "ready", seconds: 60) }
+        let producer = try Worker(name: "producer", executable: executable, arguments: producerArguments(), logDirectory: directory, output: producerLog)
+
+        var kills: [String: Int] = [:]
+        for _ in 0..<options.cycles {
+            try await Task.sleep(for: .milliseconds(Int(150 + random.next() % 450)))
+            let candidates = producerLog.done ? consumers : consumers + [producer]
+            let victim = candidates[Int(random.next() % UInt64(candidates.count))]
+            await victim.killAndRestart(arguments: victim === producer ? producerArguments() : consumerArguments)
+            kills[victim.role, default: 0] += 1
+        }
+        // Let the producer finish (starting it again if it exited early), then the consumers.
+        while !producerLog.done {
+            if !producer.isRunning { try producer.start(arguments: producerArguments()) }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let acknowledged = producerLog.acknowledged
+        let expectedKinds = ["work", "audit", "mail"]
+        var effects = EffectCount()
+        var lastProgress = Date()
+        var lastCount = -1
+        while true {
+            effects = (try? EffectCount(path: effectsPath)) ?? EffectCount()
+            let missing = acknowledged.filter { seq in expectedKinds.contains { effects.count(kind: $0, seq: seq) == 0 } }
+            if missing.isEmpty { break }
+            if effects.rows != lastCount { lastCount = effects.rows; lastProgress = Date() }
+            if Date().timeIntervalSince(lastProgress) > options.settleTimeout { break }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        // A moment more for duplicates in flight to show up, then stop the consumers cleanly.
+        try await Task.sleep(for: .milliseconds(500))
+        for consumer in consumers { await consumer.stop() }
+        await producer.stop()
+        effects = (try? EffectCount(path: effectsPath)) ?? EffectCount()
+
+        let lost = acknowledged.sorted().flatMap { seq in expectedKinds.filter { effects.count(kind: $0, seq: seq) == 0 }.map { "\($0):\(seq)" } }
+        return SoakReport(
+            cycles: options.cycles, inbox: options.inbox, seed: seed,
+            published: producerLog.tried.count, acknowledged: acknowledged.count,
+            handled: effects.distinct(kind: "work"), lost: Set(lost.map { $0.split(separator: ":")[1] }).count,
+            duplicateEffects: effects.duplicates, stuck: try stuckMessages(), kills: kills,
+            seconds: Date().timeIntervalSince(started), lostSample: Array(lost.prefix(10)))
+    }
+
+    /// Messages still held by the durable transports once every process has stopped.
+    func stuckMessages() throws -> Int {
+        let config = try SwitchyardConfig.load(path: configPath)
+        let loader = PluginLoader()
+        let catalog = loader.discover(in: SearchDirectory.searchPath(
+            commandLine: options.pluginDirectories, environment: ProcessInfo.processInfo.environment,
+            configDirectory: nil, workingDirectory: FileManager.default.currentDirectoryPath))
+        let set = try TransportSet(specs: config.transports.map(TransportSpec.init), catalog: catalog)
+        defer { set.close() }
+        return set.transports.values.reduce(0) { total, transport in
+            total + Int((try? transport.client.stats())??.depth ?? 0)
+        }
+    }
+}
+
+/// Effects rows by (kind, seq).
+struct EffectCount {
+    private var counts: [String: [Int: Int]] = [:]
+    private(set) var rows = 0
+
+    init() {}
+
+    init(path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        let database = try SQLiteDatabase(path: path)
+        try database.execute("PRAGMA busy_timeout = 10000")
+        var counts: [String: [Int: Int]] = [:]
+        var rows = 0
+        try database.run("SELECT kind, seq, count(*) FROM effects GROUP BY kind, seq") { row in
+            counts[row.text(0), default: [:]][Int(row.int(1))] = Int(row.int(2))
+            rows += Int(row.int(2))
+        }
+        self.counts = counts
+        self.rows = rows
+    }
+
+    func count(kind: String, seq: Int) -> Int { counts[kind]?[seq] ?? 0 }
+    func distinct(kind: String) -> Int { counts[kind]?.count ?? 0 }
+    var duplicates: Int { counts.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + max(0, $1 - 1) } } }
+}
+
+/// The lines a worker printed: items tried and acknowledged, readiness, completion.
+final class WorkerOutput: Sendable {
+    private struct State {
+        var tried: Set<Int> = []
+        var acknowledged: Set<Int> = []
+        var done = false
+        var lines: [String] = []
+        var partial = ""
+    }
+    private let state = Mutex(State())
+
+    func append(_ data: Data) {
+        state.withLock { state in
+            state.partial += String(decoding: data, as: UTF8.self)
+            while let newline = state.partial.firstIndex(of: "\n") {
+                let line = String(state.partial[..<newline])
+                state.partial.removeSubrange(...newline)
+                state.lines.append(line)
+                let parts = line.split(separator: " ")
+                if parts.count == 2, let seq = Int(parts[1]) {
+                    if parts[0] == "try" { state.tried.insert(seq) }
+                    if parts[0] == "ack" { state.acknowledged.insert(seq) }
+                }
+                if line == "done" { state.done = true }
+            }
+        }
+    }
+
+    var tried: Set<Int> { state.withLock { $0.tried } }
+    var acknowledged: Set<Int> { state.withLock { $0.acknowledged } }
+    var done: Bool { state.withLock { $0.done } }
+    /// Where a restarted producer carries on: after the last item it tried.
+    var nextItem: Int { state.withLock { ($0.tried.max() ?? -1) + 1 } }
+    func saw(_ line: String) -> Bool { state.withLock { $0.lines.contains(line) } }
+    func forget(_ line: String) { state.withLock { $0.lines.removeAll { $0 == line } } }
+
+    func wait(for line: String, seconds: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if saw(line) { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+}
+
+/// One worker process, started again after each kill; its stderr goes to `<name>.log`.
+final class Worker: @unchecked Sendable {
+    // @unchecked: driven by the soak's task alone.
+    let name: String
+    let executable: String
+    let output: WorkerOutput
+    let log: FileHandle?
+    private var process: Process?
+
+    var role: String { name.hasPrefix("consumer") ? "consumer" : name }
+
+    init(name: String, executable: String, arguments: [String], logDirectory: String, output: WorkerOutput = WorkerOutput()) throws {
+        self.name = name
+        self.executable = executable
+        self.output = output
+        let logPath = "\(logDirectory)/\(name).log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        log = FileHandle(forWritingAtPath: logPath)
+        try start(arguments: arguments)
+    }
+
+    var isRunning: Bool { process?.isRunning ?? false }
+
+    func start(arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = log ?? FileHandle.nullDevice
+        let output = self.output
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty { handle.readabilityHandler = nil } else { output.append(data) }
+        }
+        try process.run()
+        self.process = process
+    }
+
+    /// SIGKILL, wait for it to be gone, start it again (consumers: until ready).
+    func killAndRestart(arguments: [String]) async {
+        if let process, process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            while process.isRunning { try? await Task.sleep(for: .milliseconds(5)) }
+        }
+        output.forget("ready")
+        do {
+            try start(arguments: arguments)
+        } catch {
+            return
+        }
+        if role == "consumer" { _ = await output.wait(for: "ready", seconds: 60) }
+    }
+
+    /// SIGTERM (the consumers drain), then SIGKILL after 20 s.
+    func stop() async {
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(20)
+        while process.isRunning && Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// A small seeded generator, so a run's kill schedule can be repeated with `--seed`.
+struct SplitMix {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

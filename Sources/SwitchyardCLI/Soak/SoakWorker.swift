@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import SwitchyardRuntime
+
+/// `switchyard soak-worker producer|consumer`: the processes `switchyard soak` starts, kills
+/// and restarts. Not for use by hand.
+struct SoakWorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "soak-worker", abstract: "A producer or consumer process of `switchyard soak`.", shouldDisplay: false)
+
+    enum Role: String, ExpressibleByArgument { case producer, consumer }
+
+    @Argument var role: Role
+    @Option var config: String
+    @Option(name: .customLong("plugins-dir")) var pluginDirectories: [String] = []
+    /// Producer: first item number and one past the last.
+    @Option var from = 0
+    @Option var to = 0
+    /// Producer: pause between items, in microseconds.
+    @Option var pace = 0
+    /// Consumer: write effects to this database directly instead of through the inbox.
+    @Option var effectsDatabase: String?
+
+    func run() async throws {
+        var logger = Logger(label: "switchyard.soak.\(role.rawValue)")
+        logger.logLevel = .warning
+        let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        switch role {
+        case .producer:
+            let work = try $SoakWork.resolve(id: "soak-work", using: system)
+            let events = try $SoakEvents.resolve(id: "soak-events", using: system)
+            for seq in from..<to {
+                emit("try \(seq)")
+                try await work.process(seq)
+                try await events.noted(seq)
+                emit("ack \(seq)")
+                if pace > 0 { try await Task.sleep(for: .microseconds(pace)) }
+            }
+            emit("done")
+            await system.shutdown()
+        case .consumer:
+            let recorder = try EffectRecorder(directDatabase: effectsDatabase)
+            try system.host("soak-work", as: $SoakWork.self) { SoakWorkService(actorSystem: $0, recorder: recorder) }
+            for group in ["audit", "mail"] {
+                try system.host(SwitchyardActorID("soak-events", group: group), as: $SoakEvents.self) {
+                    SoakEventsService(actorSystem: $0, recorder: recorder, group: group)
+                }
+            }
+            emit("ready")
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: DrainingHost(system: system, deadline: .seconds(10)))],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        }
+    }
+
+    /// One line on stdout, written whole: the parent counts them even after a SIGKILL.
+    private func emit(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        bytes.withUnsafeBytes { _ = write(1, $0.baseAddress, $0.count) }
+    }
+}
