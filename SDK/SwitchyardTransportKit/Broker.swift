@@ -13,8 +13,9 @@ public struct BrokerOptions: Sendable {
     public var capacity: Int = 1_000_000
     /// When full, how long `publish` waits for room before failing with `.full`; 0: fail at once.
     public var fullWaitNanos: Int64 = 0
-    /// Largest message accepted (body + headers + id + channel), in bytes.
-    public var maxMessageBytes: Int = 1 << 20
+    /// Largest message, most headers and header bytes accepted (`max_message_bytes`,
+    /// `max_headers`, `max_header_bytes`).
+    public var limits = MessageLimits()
     /// Dead-lettered messages go to `<channel><deadLetterSuffix>`.
     public var deadLetterSuffix: String = ".dlq"
 
@@ -132,11 +133,7 @@ public final class Broker: @unchecked Sendable {
         var messages = batch
         let stamp = now()
         for index in messages.indices {
-            let size = messages[index].body.count + messages[index].id.utf8.count + messages[index].channel.utf8.count
-                + messages[index].headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
-            if size > options.maxMessageBytes {
-                throw TransportError(.tooLarge, "message \(messages[index].id) is \(size) bytes; max_message_bytes is \(options.maxMessageBytes)")
-            }
+            if let violation = options.limits.violation(of: messages[index]) { throw TransportError(.tooLarge, violation) }
             messages[index].attempt = messages[index].attempt > 0 ? messages[index].attempt - 1 : 0
             messages[index].enqueuedAtNanos = stamp
         }

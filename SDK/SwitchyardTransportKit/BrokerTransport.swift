@@ -16,6 +16,10 @@ public struct BrokerConfig: Decodable, Sendable {
     public var visibility_timeout: ConfigDuration?
     /// Largest message accepted, in bytes.
     public var max_message_bytes: Int?
+    /// Most headers on one message.
+    public var max_headers: Int?
+    /// Largest total of header keys and values on one message, in bytes.
+    public var max_header_bytes: Int?
     /// Dead-letter channel suffix (`.dlq`).
     public var dead_letter_suffix: String?
     /// Fan-out only: recent messages kept per channel for groups that start at the earliest.
@@ -23,7 +27,8 @@ public struct BrokerConfig: Decodable, Sendable {
 
     /// The keys every broker transport accepts; fan-out transports add `retain`.
     public static let keys: Set<String> = [
-        "path", "capacity", "full_wait", "max_in_flight", "visibility_timeout", "max_message_bytes", "dead_letter_suffix",
+        "path", "capacity", "full_wait", "max_in_flight", "visibility_timeout", "max_message_bytes", "max_headers",
+        "max_header_bytes", "dead_letter_suffix",
     ]
 
     /// Checks ranges and builds broker options; errors name the key.
@@ -46,7 +51,15 @@ public struct BrokerConfig: Decodable, Sendable {
         }
         if let max_message_bytes {
             guard max_message_bytes > 0 else { throw TransportError(.config, "config key 'max_message_bytes': must be more than 0") }
-            options.maxMessageBytes = max_message_bytes
+            options.limits.maxMessageBytes = max_message_bytes
+        }
+        if let max_headers {
+            guard max_headers >= 0 else { throw TransportError(.config, "config key 'max_headers': must be 0 or more") }
+            options.limits.maxHeaders = max_headers
+        }
+        if let max_header_bytes {
+            guard max_header_bytes >= 0 else { throw TransportError(.config, "config key 'max_header_bytes': must be 0 or more") }
+            options.limits.maxHeaderBytes = max_header_bytes
         }
         if let dead_letter_suffix {
             guard !dead_letter_suffix.isEmpty else { throw TransportError(.config, "config key 'dead_letter_suffix': must not be empty") }

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardABI
 
 /// The host's configuration file (YAML). Everything is validated when it is read: a file that
 /// loads is complete, and a file that does not names the key and line of its first problem.
@@ -19,6 +20,9 @@ public struct SwitchyardConfig: Sendable {
     public var routes: [RouteEntry] = []
     /// Native modules served as interfaces.
     public var native: [NativeModuleEntry] = []
+    /// `limits:` — message size and header bounds the runtime enforces when it sends a call or
+    /// reply (refusing it with the key) and when it receives one (dead-lettering it).
+    public var limits = MessageLimits()
 
     /// One configured transport: an instance of a plugin, maybe decorating another transport.
     public struct TransportEntry: Sendable {
@@ -132,8 +136,9 @@ public struct SwitchyardConfig: Sendable {
         var config = SwitchyardConfig()
         guard let root = try parseConfigYAML(try EnvironmentExpansion.expand(yaml, environment: environment)) else { return config }
         var routesNode: ConfigNode?
-        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes", "native"]) {
+        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes", "native", "limits"]) {
             switch key {
+            case "limits": config.limits = try parseLimits(value)
             case "native": config.native = try parseNative(value, baseDirectory: baseDirectory)
             case "plugins": config.plugins = try PluginsSection(value, baseDirectory: baseDirectory)
             case "transports": config.transports = try parseTransports(value)
@@ -150,6 +155,20 @@ public struct SwitchyardConfig: Sendable {
 }
 
 extension SwitchyardConfig {
+    /// `limits:` — what the runtime sends and accepts, on every route and transport.
+    static func parseLimits(_ node: ConfigNode) throws(ConfigError) -> MessageLimits {
+        var limits = MessageLimits()
+        for (key, field) in try node.mapping(allowed: ["max_message_bytes", "max_headers", "max_header_bytes"]) {
+            switch key {
+            case "max_message_bytes": limits.maxMessageBytes = try field.int(in: 1...Int(Int32.max))
+            case "max_headers": limits.maxHeaders = try field.int(in: 0...65_536)
+            case "max_header_bytes": limits.maxHeaderBytes = try field.int(in: 0...Int(Int32.max))
+            default: break
+            }
+        }
+        return limits
+    }
+
     static func parseTransports(_ node: ConfigNode) throws(ConfigError) -> [TransportEntry] {
         var entries: [TransportEntry] = []
         for (name, value) in try node.entries() {

@@ -26,6 +26,7 @@ protocol Shop: DistributedActor where ActorSystem == SwitchyardActorSystem {
     distributed func record(_ order: Order) async throws
     distributed func flaky(_ key: String, failures: Int) async throws -> Int
     distributed func slow(_ milliseconds: Int) async throws -> Int
+    distributed func pad(_ count: Int) async throws -> String
 }
 
 /// Counts what happened, across actors and tasks.
@@ -83,6 +84,8 @@ distributed actor ShopService: Shop {
         if attempt <= failures { throw OutOfStock(item: "\(key) attempt \(attempt)") }
         return attempt
     }
+
+    distributed func pad(_ count: Int) async throws -> String { String(repeating: "z", count: count) }
 
     distributed func slow(_ milliseconds: Int) async throws -> Int {
         try await Task.sleep(for: .milliseconds(milliseconds))

@@ -134,6 +134,9 @@ extension SwitchyardActorSystem {
     }
 
     private func publish(_ message: Message, _ call: CallTarget, _ route: Route) throws {
+        if let violation = config.limits.violation(of: message, keyPrefix: "limits.") {
+            throw SwitchyardError.limitExceeded(target: call.name, reason: violation)
+        }
         do {
             try route.transport!.client.publish(message)
         } catch {

@@ -23,6 +23,9 @@ public enum SwitchyardError: Error, Codable, Hashable, Sendable, CustomStringCon
     case transport(target: String, reason: String)
     /// The actor system is shutting down and takes no new calls.
     case shuttingDown(target: String)
+    /// The call (or its reply) exceeds a configured message limit (`limits:`, see
+    /// docs/configuration.md); nothing was sent.
+    case limitExceeded(target: String, reason: String)
 
     public var description: String {
         switch self {
@@ -33,6 +36,7 @@ public enum SwitchyardError: Error, Codable, Hashable, Sendable, CustomStringCon
         case .routing(let target, let reason): "\(target): \(reason)"
         case .transport(let target, let reason): "\(target): transport error: \(reason)"
         case .shuttingDown(let target): "\(target): the actor system is shutting down"
+        case .limitExceeded(let target, let reason): "\(target): \(reason)"
         }
     }
 }

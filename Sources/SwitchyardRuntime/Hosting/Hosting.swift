@@ -68,10 +68,16 @@ extension SwitchyardActorSystem {
         let server = self.server
         let client = transport.client
         let ownSource = Envelope.defaultSource
+        let limits = config.limits
         let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
         let subscription: SubscriptionID
         do throws(TransportError) {
             subscription = try client.subscribe(options) { delivery, message in
+                if let violation = limits.violation(of: message, keyPrefix: "limits.") {
+                    server.logger.warning("dead-lettering a call over the limits", metadata: ["channel": "\(hosted.id.name)", "reason": "\(violation)"])
+                    try? client.settle(delivery, .deadLetter(reason: "over the receiver's limits: \(violation)"))
+                    return .ok
+                }
                 let envelope: Envelope
                 do {
                     envelope = try Envelope(message)
@@ -299,7 +305,7 @@ extension SwitchyardActorSystem {
     /// Publishes a reply on the transport the call came from.
     private func publishReply(_ item: Inbound, to channel: String, outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
         let id = EnvelopeID.make()
-        let reply = Message(
+        var reply = Message(
             id: id, channel: channel,
             headers: [
                 Header(EnvelopeHeader.specVersion, "1.0"), Header(EnvelopeHeader.id, id),
@@ -308,6 +314,11 @@ extension SwitchyardActorSystem {
                 Header(EnvelopeHeader.correlationID, item.envelope.id), Header(EnvelopeHeader.outcome, outcome),
             ],
             body: body)
+        if let violation = config.limits.violation(of: reply, keyPrefix: "limits.") {
+            // Too large to send: the caller gets the reason instead of a timeout.
+            let error = SwitchyardError.limitExceeded(target: item.envelope.target.name, reason: "the reply: \(violation)")
+            (reply.headers[reply.headers.count - 1], reply.body) = (Header(EnvelopeHeader.outcome, "throw"), encodeReply(.error(error), encoding: encoding).1)
+        }
         do throws(TransportError) {
             try item.transport.client.publish(reply)
         } catch {

@@ -1,0 +1,45 @@
+/// Bounds on one message: what a transport stores and what the runtime sends and accepts. A
+/// message over a limit is refused with ``TransportError/Code`` `.tooLarge` (on publish) or
+/// dead-lettered with the reason (on receipt), never truncated.
+public struct MessageLimits: Sendable, Hashable {
+    /// Largest message: body + id + channel + every header key and value, in bytes.
+    public var maxMessageBytes: Int
+    /// Most headers on one message.
+    public var maxHeaders: Int
+    /// Largest total of header keys and values, in bytes.
+    public var maxHeaderBytes: Int
+
+    /// Limits with the documented defaults: 1 MiB per message, 64 headers, 16 KiB of headers.
+    public init(maxMessageBytes: Int = 1 << 20, maxHeaders: Int = 64, maxHeaderBytes: Int = 16 << 10) {
+        self.maxMessageBytes = maxMessageBytes
+        self.maxHeaders = maxHeaders
+        self.maxHeaderBytes = maxHeaderBytes
+    }
+
+    /// The first limit `message` exceeds, as a sentence naming the config key (`prefix` +
+    /// `max_message_bytes`, ...), or nil when it fits.
+    public func violation(of message: Message, keyPrefix prefix: String = "") -> String? {
+        violation(id: message.id, count: message.headers.count,
+                  headerBytes: message.headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count },
+                  otherBytes: message.body.count + message.id.utf8.count + message.channel.utf8.count, keyPrefix: prefix)
+    }
+
+    /// As ``violation(of:keyPrefix:)`` for a message view, without copying it.
+    public func violation(of message: MessageView, keyPrefix prefix: String = "") -> String? {
+        let c = message.pointer.pointee
+        var headerBytes = 0
+        for index in 0..<c.header_count {
+            headerBytes += c.headers[index].key.len + c.headers[index].value.len
+        }
+        return violation(id: message.id, count: c.header_count, headerBytes: headerBytes,
+                         otherBytes: c.body.len + c.id.len + c.channel.len, keyPrefix: prefix)
+    }
+
+    private func violation(id: String, count: Int, headerBytes: Int, otherBytes: Int, keyPrefix prefix: String) -> String? {
+        if count > maxHeaders { return "message \(id) has \(count) headers; \(prefix)max_headers is \(maxHeaders)" }
+        if headerBytes > maxHeaderBytes { return "message \(id) has \(headerBytes) bytes of headers; \(prefix)max_header_bytes is \(maxHeaderBytes)" }
+        let size = headerBytes + otherBytes
+        if size > maxMessageBytes { return "message \(id) is \(size) bytes; \(prefix)max_message_bytes is \(maxMessageBytes)" }
+        return nil
+    }
+}
