@@ -11,7 +11,7 @@ import Testing
 @Suite("Process isolation")
 struct IsolationTests {
     /// Short timeouts so that hangs and restarts show up within a test's patience.
-    static let quick = ProcessIsolation(callTimeoutNanos: 2_000_000_000, restartBackoffNanos: 50_000_000,
+    static let quick = ProcessIsolation(callTimeoutNanos: 5_000_000_000, restartBackoffNanos: 50_000_000,
                                         maxRestartBackoffNanos: 500_000_000, hostExecutable: BuildProducts.switchyard)
 
     /// The fixture plugin that segfaults on a "segfault" body and hangs on a "hang" body.

@@ -63,8 +63,14 @@ final class PluginProcess: @unchecked Sendable {
         let arguments = [executable, "plugin-host", "--fd", "3"]
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        // The host reports how the child ended; Swift's crash backtracer would hold the crashed
+        // child (and its inherited stderr) for many seconds first. Kept if the user set it.
+        var environment = ProcessInfo.processInfo.environment
+        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=no" }
+        var envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for pointer in envp { free(pointer) } }
         var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, nil, &argv, environ)
+        let status = posix_spawn(&pid, executable, &actions, nil, &argv, &envp)
         if source != childEnd { close(source) }
         guard status == 0 else {
             close(parentEnd)
