@@ -216,7 +216,9 @@ struct NativeTests {
             try CCompiler.compile(
                 Repository.fixtures + "/native_caller.c", to: program,
                 flags: ["-std=c99", "-I", Repository.root + "/SDK/Native", "-L", BuildProducts.directory,
-                        "-lswitchyard-native-client", "-Wl,-rpath," + BuildProducts.directory])
+                        "-lswitchyard-native-client", "-Wl,-rpath," + BuildProducts.directory]
+                    // Under scripts/sanitize the client library needs the sanitizer's runtime.
+                    + (ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"].map { ["-fsanitize=\($0)"] } ?? []))
         }
         #expect(compiled.status == 0, "\(compiled.stderr)")
         let config = directory.file("switchyard.yaml")
