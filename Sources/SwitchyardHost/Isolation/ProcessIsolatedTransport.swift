@@ -187,10 +187,14 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return state.current
         }
         guard let process else { return }
-        _ = try? process.request(.shutdown, [], timeoutNanos: options.callTimeoutNanos, operation: "shutdown")
-        // The reader thread reaps the child once its socket closes.
-        for _ in 0..<500 where !process.hasEnded { usleep(10_000) }
-        if !process.hasEnded { process.kill(reason: "did not exit after shutdown") }
+        // The child answers once the plugin's instance is destroyed; its reader thread reaps it
+        // when it exits. Waiting for the exit here would hold the caller's thread (often one of
+        // Swift's few cooperative threads) for nothing.
+        do {
+            _ = try process.request(.shutdown, [], timeoutNanos: options.callTimeoutNanos, operation: "shutdown")
+        } catch {
+            process.kill(reason: "did not shut down cleanly (\(error.message))")
+        }
     }
 
     // MARK: Children
