@@ -183,12 +183,9 @@ final class PluginProcess: @unchecked Sendable {
         ended.store(true, ordering: .releasing)
         var status: Int32 = 0
         var reaped = false
-        for _ in 0..<200 where waitpid(pid, &status, WNOHANG) == pid { reaped = true; break }
-        if !reaped {
-            for _ in 0..<200 {
-                if waitpid(pid, &status, WNOHANG) == pid { reaped = true; break }
-                usleep(10_000)
-            }
+        for _ in 0..<200 {
+            if waitpid(pid, &status, WNOHANG) == pid { reaped = true; break }
+            usleep(10_000)
         }
         if !reaped {
             _ = Glibc.kill(pid, SIGKILL)
