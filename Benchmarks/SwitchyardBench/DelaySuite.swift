@@ -38,19 +38,19 @@ struct DelaySuite: BenchSuite {
         let lateness = Mutex<[Double]>([])
         let client = delay.client
         _ = try client.subscribe(SubscribeOptions(channel: "timers", maxInFlight: 4096)) { delivery, message in
-            let late = Double(wallClockNanos() - message.deliverAtOriginal) / 1e6
+            let late = Double(wallClockNanoseconds() - message.deliverAtOriginal) / 1e6
             lateness.withLock { $0.append(late) }
             try? client.settle(delivery, .ack)
             return .ok
         }
-        let start = wallClockNanos() + 200_000_000
+        let start = wallClockNanoseconds() + 200_000_000
         for index in 0..<count {
             let due = start + window * Int64(index) / Int64(count)
             var message = Message(id: "t\(index)", channel: "timers", headers: [Header("due", String(due))])
             message.deliverAtNanos = due
             try client.publish(message)
         }
-        while lateness.withLock({ $0.count }) < count && wallClockNanos() < start + window + 10_000_000_000 { usleep(10_000) }
+        while lateness.withLock({ $0.count }) < count && wallClockNanoseconds() < start + window + 10_000_000_000 { usleep(10_000) }
         let sorted = lateness.withLock { $0 }.sorted()
         guard sorted.count == count else { throw BenchUnavailable("only \(sorted.count) of \(count) timers fired") }
         return sorted
@@ -61,10 +61,4 @@ extension MessageView {
     /// The deliver-at time the publisher asked for (delay clears deliverAt when it forwards, so the
     /// benchmark carries it in a header).
     var deliverAtOriginal: Int64 { Int64(header("due") ?? "") ?? deliverAtNanos }
-}
-
-func wallClockNanos() -> Int64 {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardABI
 
 #if canImport(Glibc)
 import Glibc
@@ -8,11 +9,7 @@ import Glibc
 public enum Measure {
     /// Monotonic clock in nanoseconds.
     @inline(__always)
-    public static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    public static func now() -> UInt64 { UInt64(monotonicNanoseconds()) }
 
     /// The median of `values`.
     public static func median(_ values: [Double]) -> Double {

@@ -175,7 +175,7 @@ public final class Collector: @unchecked Sendable {
     public func handler(client: TransportClient, settle: (@Sendable (Message) -> Settlement?)? = { _ in .ack }) -> DeliveryHandler {
         { [self] delivery, view in
             let message = view.copy()
-            state.withLock { $0.append(Received(delivery: delivery, message: message, at: wallNanos())) }
+            state.withLock { $0.append(Received(delivery: delivery, message: message, at: wallClockNanoseconds())) }
             if let settlement = settle?(message) { try? client.settle(delivery, settlement) }
             return .ok
         }
@@ -188,11 +188,4 @@ public final class Collector: @unchecked Sendable {
         while self.count < count && Date() < deadline { usleep(1000) }
         return self.count >= count
     }
-}
-
-/// Wall-clock nanoseconds since the Unix epoch.
-public func wallNanos() -> Int64 {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }

@@ -281,7 +281,7 @@ enum StandardChecks {
         let t = try c.transport()
         let inbox = Collector()
         _ = try t.client.subscribe(SubscribeOptions(channel: "timed"), handler: inbox.handler(client: t.client))
-        let due = wallNanos() + 300_000_000
+        let due = wallClockNanoseconds() + 300_000_000
         var later = message("timed-later", "timed")
         later.deliverAtNanos = due
         try t.client.publish(later)

@@ -66,11 +66,7 @@ final class HostServices: Sendable {
         services.logger.log(level: swiftLevel, "\(String(cString: message))")
     }
 
-    private static let now: @convention(c) (UnsafeMutableRawPointer?) -> Int64 = { _ in
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-    }
+    private static let now: @convention(c) (UnsafeMutableRawPointer?) -> Int64 = { _ in wallClockNanoseconds() }
 
     private static let monotonic: @convention(c) (UnsafeMutableRawPointer?) -> Int64 = { _ in monotonicNanoseconds() }
 

@@ -236,9 +236,9 @@ struct DecoratorTests {
         }
         var first: Transport? = try open()
         var soon = Message(id: "soon", channel: "remind")
-        soon.deliverAtNanos = wallNanos() + 300_000_000
+        soon.deliverAtNanos = wallClockNanoseconds() + 300_000_000
         var later = Message(id: "later", channel: "remind")
-        later.deliverAtNanos = wallNanos() + 1_000_000_000
+        later.deliverAtNanos = wallClockNanoseconds() + 1_000_000_000
         try first!.client.publish(soon)
         try first!.client.publish(later)
         #expect(try first!.client.stats()?.depth == 2)

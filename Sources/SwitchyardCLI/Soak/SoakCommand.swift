@@ -214,13 +214,13 @@ final class SoakRun: @unchecked Sendable {
         await producer.stop()
         effects = (try? EffectCount(path: effectsPath)) ?? EffectCount()
 
-        let lost = acknowledged.sorted().flatMap { seq in expectedKinds.filter { effects.count(kind: $0, seq: seq) == 0 }.map { "\($0):\(seq)" } }
+        let missing = acknowledged.sorted().flatMap { seq in expectedKinds.filter { effects.count(kind: $0, seq: seq) == 0 }.map { (kind: $0, seq: seq) } }
         return SoakReport(
             cycles: options.cycles, inbox: options.inbox, seed: seed,
             published: producerLog.tried.count, acknowledged: acknowledged.count,
-            handled: effects.distinct(kind: "work"), lost: Set(lost.map { $0.split(separator: ":")[1] }).count,
+            handled: effects.distinct(kind: "work"), lost: Set(missing.map(\.seq)).count,
             duplicateEffects: effects.duplicates, stuck: try stuckMessages(), kills: kills,
-            seconds: Date().timeIntervalSince(started), lostSample: Array(lost.prefix(10)))
+            seconds: Date().timeIntervalSince(started), lostSample: missing.prefix(10).map { "\($0.kind):\($0.seq)" })
     }
 
     /// Messages still held by the durable transports once every process has stopped.

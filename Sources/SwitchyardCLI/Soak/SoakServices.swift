@@ -29,8 +29,7 @@ struct SoakTransientFailure: Error, CustomStringConvertible {
 
 /// Writes handler effects: through the inbox transaction, or into `effects.db` directly.
 final class EffectRecorder: Sendable {
-    private let direct: Mutex<SQLiteDatabase?>
-    private let isDirect: Bool
+    private let direct: Mutex<SQLiteDatabase>?
 
     init(directDatabase path: String?) throws {
         if let path {
@@ -38,10 +37,8 @@ final class EffectRecorder: Sendable {
             try database.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL")
             try database.execute(EffectRecorder.schema)
             direct = Mutex(database)
-            isDirect = true
         } else {
-            direct = Mutex(nil)
-            isDirect = false
+            direct = nil
         }
     }
 
@@ -52,9 +49,7 @@ final class EffectRecorder: Sendable {
         let insert: @Sendable (SQLiteDatabase) throws -> Void = { database in
             _ = try database.run("INSERT INTO effects VALUES (?, ?, ?)", [.text(kind), .int(Int64(seq)), .int(pid)])
         }
-        if isDirect {
-            try direct.withLock { database in try insert(database!) }
-        } else {
+        if try direct?.withLock({ database in try insert(database) }) == nil {
             try Switchyard.inboxTransaction { database in
                 try database.execute(EffectRecorder.schema)
                 try insert(database)

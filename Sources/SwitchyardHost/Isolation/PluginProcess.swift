@@ -19,8 +19,6 @@ final class PluginProcess: @unchecked Sendable {
     // @unchecked: immutable after init except what is behind locks and atomics.
     let pid: pid_t
     let fd: Int32
-    /// Which incarnation this is (1 for the first start), for logs.
-    let incarnation: Int
     /// Monotonic time it was started, for resetting the restart backoff.
     let startedNanos: Int64
 
@@ -38,15 +36,14 @@ final class PluginProcess: @unchecked Sendable {
     /// Why it ended, once it has.
     private let endReason = Mutex<String?>(nil)
 
-    private init(pid: pid_t, fd: Int32, incarnation: Int) {
+    private init(pid: pid_t, fd: Int32) {
         self.pid = pid
         self.fd = fd
-        self.incarnation = incarnation
         self.startedNanos = monotonicNanoseconds()
     }
 
     /// Starts `executable plugin-host --fd 3` with the child's end of a new socket pair as fd 3.
-    static func spawn(executable: String, incarnation: Int) throws(TransportError) -> PluginProcess {
+    static func spawn(executable: String) throws(TransportError) -> PluginProcess {
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw TransportError(.io, "socketpair failed: \(String(cString: strerror(errno)))")
@@ -76,7 +73,7 @@ final class PluginProcess: @unchecked Sendable {
             close(parentEnd)
             throw TransportError(.unavailable, "cannot start the plugin host '\(executable)': \(String(cString: strerror(status)))")
         }
-        return PluginProcess(pid: pid, fd: parentEnd, incarnation: incarnation)
+        return PluginProcess(pid: pid, fd: parentEnd)
     }
 
     /// Starts the reader thread: `onFrame` for every unasked frame (deliveries), `onEnd` once

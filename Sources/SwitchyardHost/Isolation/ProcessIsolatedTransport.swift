@@ -222,7 +222,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     /// Spawns a child, creates the instance in it and subscribes every live subscription there.
     private func start() throws(TransportError) -> PluginProcess {
         let incarnation = lock.withLock { state.incarnations += 1; return state.incarnations }
-        let process = try PluginProcess.spawn(executable: executable, incarnation: incarnation)
+        let process = try PluginProcess.spawn(executable: executable)
         process.startReading(
             onFrame: { [weak self] process, frame in self?.received(frame, from: process) },
             onEnd: { [weak self] process, reason in self?.ended(process, reason: reason) })

@@ -101,12 +101,7 @@ struct WireReader {
     let bytes: [UInt8]
     private(set) var offset = 0
 
-    init(_ bytes: [UInt8], from offset: Int = 0) {
-        self.bytes = bytes
-        self.offset = offset
-    }
-
-    var atEnd: Bool { offset == bytes.count }
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
 
     mutating func integer<T: FixedWidthInteger>(_ field: String) throws(TransportError) -> T {
         let size = MemoryLayout<T>.size

@@ -1,15 +1,12 @@
 import Foundation
+import SwitchyardABI
 import Synchronization
 
 /// Wall-clock time in nanoseconds since the Unix epoch (the ABI's time base).
 public enum WallClock {
     /// Now.
     @inline(__always)
-    public static func nowNanos() -> Int64 {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
-        return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
-    }
+    public static func nowNanos() -> Int64 { wallClockNanoseconds() }
 }
 
 /// Envelope ids: UUIDv7 (RFC 9562), time-ordered so ids sort by creation time.
