@@ -1,3 +1,5 @@
+import Dispatch
+import SwitchyardABI
 import SwitchyardHost
 import SwitchyardLoader
 
@@ -20,6 +22,45 @@ struct BenchPlugins {
     func transport(_ name: String, config: String = "{}", inner: Transport? = nil) throws -> Transport {
         try Transport(name: "bench-\(name)", plugin: try plugin(name), configJSON: config, inner: inner)
     }
+
+    /// A transport of `name` with `config` whose plugin runs in a child process.
+    func isolatedTransport(_ name: String, config: String = "{}") throws -> Transport {
+        try Transport(name: "bench-\(name)-isolated", plugin: try plugin(name), configJSON: config, isolation: ProcessIsolation())
+    }
+}
+
+/// Round-trip latencies (ns, sorted) of a request and its reply through `transport` with no
+/// runtime: the responder publishes the reply inside its delivery callback, the requester waits
+/// on a semaphore. The same two hops a typed request-reply call makes. The first 1,000 are a
+/// warm-up and not counted.
+func requestReplyLatencies(through transport: Transport, count: Int) throws -> [Double] {
+    let client = transport.client
+    let replied = DispatchSemaphore(value: 0)
+    let reply = Message(id: "reply", channel: "replies", body: [UInt8](repeating: 1, count: 16))
+    let responder = try client.subscribe(SubscribeOptions(channel: "requests")) { delivery, _ in
+        try? client.publish(reply)
+        try? client.settle(delivery, .ack)
+        return .ok
+    }
+    let requester = try client.subscribe(SubscribeOptions(channel: "replies")) { delivery, _ in
+        try? client.settle(delivery, .ack)
+        replied.signal()
+        return .ok
+    }
+    defer {
+        try? client.unsubscribe(responder)
+        try? client.unsubscribe(requester)
+    }
+    let request = Message(id: "request", channel: "requests", body: [UInt8](repeating: 1, count: 16))
+    var latencies: [Double] = []
+    latencies.reserveCapacity(count)
+    for index in 0..<(count + 1000) {
+        let start = Measure.now()
+        try client.publish(request)
+        replied.wait()
+        if index >= 1000 { latencies.append(Double(Measure.now() - start)) }
+    }
+    return latencies.sorted()
 }
 
 /// Percentile of sorted `values` (0...1).

@@ -118,7 +118,9 @@ struct TypedCallSuite: BenchSuite {
         ]
 
         context.progress("typed: raw request-reply through the queue plugin (no runtime)")
-        let rawLatencies = try rawRequestReply(plugins, count: context.quick ? 10_000 : 50_000)
+        let rawQueue = try plugins.transport("queue", config: #"{"max_in_flight": 1024}"#)
+        defer { rawQueue.close() }
+        let rawLatencies = try requestReplyLatencies(through: rawQueue, count: context.quick ? 10_000 : 50_000)
 
         context.progress("typed: request-reply through the queue (latency, one caller; throughput, 64 callers)")
         let system = try SwitchyardActorSystem(config: config, pluginDirectories: context.pluginDirectories, logger: logger)
@@ -174,37 +176,6 @@ struct TypedCallSuite: BenchSuite {
             BenchResult(suite: name, metric: "compact_encode_decode_ns", value: compact, unit: "ns", baseline: ("json_encode_decode_ns", json)),
         ]
         return results
-    }
-
-    /// Round-trip latencies (ns, sorted) of a request and its reply through the queue plugin with
-    /// no runtime: the responder publishes the reply inside its delivery callback, the requester
-    /// waits on a semaphore. The same two queue hops a typed request-reply call makes.
-    private func rawRequestReply(_ plugins: BenchPlugins, count: Int) throws -> [Double] {
-        let queue = try plugins.transport("queue", config: #"{"max_in_flight": 1024}"#)
-        defer { queue.close() }
-        let client = queue.client
-        let replied = DispatchSemaphore(value: 0)
-        let reply = Message(id: "reply", channel: "replies", body: [UInt8](repeating: 1, count: 16))
-        _ = try client.subscribe(SubscribeOptions(channel: "requests")) { delivery, _ in
-            try? client.publish(reply)
-            try? client.settle(delivery, .ack)
-            return .ok
-        }
-        _ = try client.subscribe(SubscribeOptions(channel: "replies")) { delivery, _ in
-            try? client.settle(delivery, .ack)
-            replied.signal()
-            return .ok
-        }
-        let request = Message(id: "request", channel: "requests", body: [UInt8](repeating: 1, count: 16))
-        var latencies: [Double] = []
-        latencies.reserveCapacity(count)
-        for index in 0..<(count + 1000) {
-            let start = Measure.now()
-            try client.publish(request)
-            replied.wait()
-            if index >= 1000 { latencies.append(Double(Measure.now() - start)) }
-        }
-        return latencies.sorted()
     }
 
     /// Median nanoseconds per call over `rounds` rounds of `iterations` calls (after a warm-up).
