@@ -179,17 +179,9 @@ extension SwitchyardActorSystem {
             case .failure(let error):
                 return reject(error.description, route: route)
             case .success(let value):
+                finished = true
                 let body = (try? NativeCodec.encode([value], envelope.contentType)) ?? []
-                if let replyTo = envelope.replyTo {
-                    publishReply(item, to: replyTo, outcome: "return", body: body, encoding: envelope.contentType)
-                }
-                if claimed, let inbox = route?.inbox {
-                    finished = true
-                    _ = try? inbox.finish(key, Inbox.Handled(outcome: "return", reply: body))
-                }
-                route?.metrics.handled.increment()
-                try? client.settle(item.delivery, .ack)
-                return
+                return complete(item, route: route, key: claimed ? key : nil, outcome: "return", body: body, effects: [])
             }
         }
 
@@ -252,29 +244,35 @@ extension SwitchyardActorSystem {
                 return
             }
         }
-        // A result (or an error that is the call's result): remember (committing the handler's
-        // inbox effects), reply, acknowledge. Remembering comes first: if it fails nothing was
-        // committed and the call runs again later; if another process remembered it first, its
-        // reply is the answer.
-        var (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
-        if claimed, let inbox = route?.inbox {
+        // A result (or an error that is the call's result).
+        finished = true
+        let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
+        complete(item, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body, effects: effects?.all ?? [])
+    }
+
+    /// Ends a handled call: remembers it in the inbox under `key` (committing the handler's
+    /// effects), replies, acknowledges. Remembering comes first: if it fails nothing was
+    /// committed and the call runs again later; if another process remembered it first, its
+    /// reply is the answer.
+    private func complete(_ item: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect]) {
+        var (outcome, body) = (outcome, body)
+        if let key, let inbox = route?.inbox {
             do throws(TransportError) {
-                finished = true
-                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcomeName, reply: body), effects: effects?.all ?? []) {
+                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects) {
                     route?.metrics.duplicates.increment()
-                    (outcomeName, body) = (first.outcome, first.reply)
+                    (outcome, body) = (first.outcome, first.reply)
                 }
             } catch {
-                logger.error("inbox write failed; the call runs again later", metadata: ["target": "\(readable)", "error": "\(error.message)"])
-                try? client.settle(item.delivery, .retry(afterNanos: 1_000_000_000, reason: "inbox write failed: \(error.message)"))
+                logger.error("inbox write failed; the call runs again later", metadata: ["target": "\(item.envelope.target.name)", "error": "\(error.message)"])
+                try? item.transport.client.settle(item.delivery, .retry(afterNanos: 1_000_000_000, reason: "inbox write failed: \(error.message)"))
                 return
             }
         }
-        if let replyTo = envelope.replyTo {
-            publishReply(item, to: replyTo, outcome: outcomeName, body: body, encoding: envelope.contentType)
+        if let replyTo = item.envelope.replyTo {
+            publishReply(item, to: replyTo, outcome: outcome, body: body, encoding: item.envelope.contentType)
         }
         route?.metrics.handled.increment()
-        try? client.settle(item.delivery, .ack)
+        try? item.transport.client.settle(item.delivery, .ack)
     }
 
     /// The reply's outcome name and body for an outcome.
@@ -305,19 +303,23 @@ extension SwitchyardActorSystem {
     /// Publishes a reply on the transport the call came from.
     private func publishReply(_ item: Inbound, to channel: String, outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
         let id = EnvelopeID.make()
-        var reply = Message(
-            id: id, channel: channel,
-            headers: [
-                Header(EnvelopeHeader.specVersion, "1.0"), Header(EnvelopeHeader.id, id),
-                Header(EnvelopeHeader.source, Envelope.defaultSource), Header(EnvelopeHeader.type, "switchyard.reply"),
-                Header(EnvelopeHeader.contentType, encoding.rawValue), Header(EnvelopeHeader.version, String(Envelope.currentVersion)),
-                Header(EnvelopeHeader.correlationID, item.envelope.id), Header(EnvelopeHeader.outcome, outcome),
-            ],
-            body: body)
+        func message(_ outcome: String, _ body: [UInt8]) -> Message {
+            Message(
+                id: id, channel: channel,
+                headers: [
+                    Header(EnvelopeHeader.specVersion, "1.0"), Header(EnvelopeHeader.id, id),
+                    Header(EnvelopeHeader.source, Envelope.defaultSource), Header(EnvelopeHeader.type, "switchyard.reply"),
+                    Header(EnvelopeHeader.contentType, encoding.rawValue), Header(EnvelopeHeader.version, String(Envelope.currentVersion)),
+                    Header(EnvelopeHeader.correlationID, item.envelope.id), Header(EnvelopeHeader.outcome, outcome),
+                ],
+                body: body)
+        }
+        var reply = message(outcome, body)
         if let violation = config.limits.violation(of: reply, keyPrefix: "limits.") {
             // Too large to send: the caller gets the reason instead of a timeout.
             let error = SwitchyardError.limitExceeded(target: item.envelope.target.name, reason: "the reply: \(violation)")
-            (reply.headers[reply.headers.count - 1], reply.body) = (Header(EnvelopeHeader.outcome, "throw"), encodeReply(.error(error), encoding: encoding).1)
+            let (errorOutcome, errorBody) = encodeReply(.error(error), encoding: encoding)
+            reply = message(errorOutcome, errorBody)
         }
         do throws(TransportError) {
             try item.transport.client.publish(reply)
