@@ -31,6 +31,7 @@ final class Inbox: Sendable {
 
     init(windowNanos: Int64, path: String?) throws(TransportError) {
         self.windowNanos = windowNanos
+        isDurable = path != nil
         var storage = Storage()
         if let path {
             let database = try SQLiteDatabase(path: path)
@@ -72,7 +73,7 @@ final class Inbox: Sendable {
     }
 
     /// Whether the inbox is kept in SQLite (and so can commit effects with its records).
-    var isDurable: Bool { storage.withLock { $0.database != nil } }
+    let isDurable: Bool
 
     /// Ends a claim: remembers the call when it was handled (`handled` non-nil), or lets a later
     /// delivery run it (a failure to be retried).
