@@ -37,10 +37,12 @@ struct RunCommand: AsyncParsableCommand {
         for (pattern, transport) in system.routeDescriptions {
             logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])
         }
-        logger.info("running; SIGTERM or SIGINT drains and stops")
         let drainSeconds = drain
+        let host = DrainingHost(system: system, deadline: .milliseconds(Int(drainSeconds * 1000))) { [logger] in
+            logger.info("running; SIGTERM or SIGINT drains and stops")
+        }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DrainingHost(system: system, deadline: .milliseconds(Int(drainSeconds * 1000))))],
+            services: [.init(service: host)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
@@ -50,8 +52,13 @@ struct RunCommand: AsyncParsableCommand {
 struct DrainingHost: Service {
     let system: SwitchyardActorSystem
     let deadline: Duration
+    /// Announces that the host is serving. It runs here, not before `ServiceGroup.run()`, because
+    /// the group registers its signal handlers before it starts services: a SIGTERM sent after the
+    /// announcement drains instead of killing the process with the default action.
+    var serving: @Sendable () -> Void = {}
 
     func run() async throws {
+        serving()
         try? await gracefulShutdown()
         await system.shutdown(deadline: deadline)
     }

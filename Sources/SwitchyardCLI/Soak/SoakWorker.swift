@@ -48,9 +48,9 @@ struct SoakWorkerCommand: AsyncParsableCommand {
                     SoakEventsService(actorSystem: $0, recorder: recorder, group: group)
                 }
             }
-            emit("ready")
+            let host = DrainingHost(system: system, deadline: .seconds(10)) { emit("ready") }
             let group = ServiceGroup(configuration: .init(
-                services: [.init(service: DrainingHost(system: system, deadline: .seconds(10)))],
+                services: [.init(service: host)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
