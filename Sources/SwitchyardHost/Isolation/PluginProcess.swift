@@ -57,6 +57,11 @@ final class PluginProcess: @unchecked Sendable {
         var source = childEnd
         if source == 3 { source = fcntl(childEnd, F_DUPFD_CLOEXEC, 10) }
         posix_spawn_file_actions_adddup2(&actions, source, 3)
+        // The child gets stdin/out/err and its socket, nothing else. Without this it would inherit
+        // every descriptor another thread opened without close-on-exec (pipes of concurrently
+        // started programs, sockets, database files) and hold them open for its whole life: a
+        // reader waiting for such a pipe's EOF waits until the plugin host exits.
+        _ = addCloseFrom?(&actions, 4)
         let arguments = [executable, "plugin-host", "--fd", "3"]
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
@@ -216,3 +221,10 @@ final class PluginProcess: @unchecked Sendable {
     }
 }
 
+/// `posix_spawn_file_actions_addclosefrom_np` (glibc 2.34+). Its declaration needs `_GNU_SOURCE`,
+/// which Swift's Glibc module is not built with, so it is looked up by name; on an older libc
+/// the child inherits the descriptors it would have closed.
+private let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+    return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+}()
