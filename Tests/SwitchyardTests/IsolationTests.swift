@@ -15,8 +15,8 @@ struct IsolationTests {
                                         maxRestartBackoffNanos: 500_000_000, hostExecutable: BuildProducts.switchyard)
 
     /// The fixture plugin that segfaults on a "segfault" body and hangs on a "hang" body.
-    static func crashy(in directory: TemporaryDirectory) throws -> LoadedPlugin {
-        let path = try CCompiler.fixture("libcrashy.so", in: directory.path, defines: ["FIXTURE_CRASHY", "FIXTURE_NAME=\"crashy\""])
+    static func crashy(in directory: TemporaryDirectory) async throws -> LoadedPlugin {
+        let path = try await CCompiler.fixture("libcrashy.so", in: directory.path, defines: ["FIXTURE_CRASHY", "FIXTURE_NAME=\"crashy\""])
         return try PluginLoader().load(path: path)
     }
 
@@ -26,9 +26,11 @@ struct IsolationTests {
 
     @Test("a plugin that segfaults inside publish kills its child, not the host: the call fails with the signal, the child restarts, the next publish works")
     func segfaultInPublish() async throws {
+        let directory = try TemporaryDirectory()
+        defer { withExtendedLifetime(directory) {} }  // the child loads the plugin from it
+        let plugin = try await Self.crashy(in: directory)
         try await offPool {
-            let directory = try TemporaryDirectory()
-            let transport = try Transport(name: "fragile", plugin: try Self.crashy(in: directory), isolation: Self.quick)
+            let transport = try Transport(name: "fragile", plugin: plugin, isolation: Self.quick)
             defer { transport.close() }
             try transport.client.publish(Self.message("1", "fine"))
             let firstChild = try #require(transport.pluginProcessID)
@@ -49,11 +51,13 @@ struct IsolationTests {
 
     @Test("a plugin that hangs inside publish: the call times out, the child is killed and restarted")
     func hangInPublish() async throws {
+        let directory = try TemporaryDirectory()
+        defer { withExtendedLifetime(directory) {} }  // the child loads the plugin from it
+        let plugin = try await Self.crashy(in: directory)
         try await offPool {
-            let directory = try TemporaryDirectory()
             var options = Self.quick
             options.callTimeoutNanos = 1_000_000_000
-            let transport = try Transport(name: "stuck", plugin: try Self.crashy(in: directory), isolation: options)
+            let transport = try Transport(name: "stuck", plugin: plugin, isolation: options)
             defer { transport.close() }
             let started = Date()
             let error = #expect(throws: TransportError.self) { try transport.client.publish(Self.message("1", "hang")) }
@@ -97,6 +101,25 @@ struct IsolationTests {
             let stale = #expect(throws: TransportError.self) { try client.settle(firstRound[0], .ack) }
             #expect(stale?.code == .notFound)
             #expect(waitUntil(5) { (try? client.stats())??.depth == 0 })
+        }
+    }
+
+    @Test("the plugin host inherits no descriptors but its socket: a pipe the host opened without close-on-exec still reaches EOF")
+    func childInheritsNoDescriptors() async throws {
+        try await offPool {
+            var ends: [Int32] = [-1, -1]
+            #expect(pipe(&ends) == 0)  // deliberately without O_CLOEXEC, as many libraries open them
+            defer { close(ends[0]) }
+            let transport = try Transport(name: "clean", plugin: try ConformanceTests.plugin("queue"), isolation: Self.quick)
+            defer { transport.close() }
+            try transport.client.publish(Self.message("1", "hello"))
+            let child = try #require(transport.pluginProcessID)
+            let inherited = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(child)/fd")) ?? []
+            #expect(Set(inherited).isSuperset(of: ["0", "1", "2", "3"]))
+            close(ends[1])
+            _ = fcntl(ends[0], F_SETFL, O_NONBLOCK)
+            var byte: UInt8 = 0
+            #expect(read(ends[0], &byte, 1) == 0, "no EOF: another process still holds the write end")
         }
     }
 
