@@ -110,16 +110,24 @@ enum ELFCheck {
             guard symbolSize >= 24, link < count else { return nil }
             let stringsAt = load(sections, link * entrySize + 24, UInt64.self), stringsSize = Int(load(sections, link * entrySize + 32, UInt64.self))
             guard let symbols = read(symbolsSize, at: symbolsAt), let strings = read(stringsSize, at: stringsAt) else { return nil }
+            // One pass over raw bytes: Swift libraries export tens of thousands of symbols, and a
+            // per-symbol array or generic helper made this the slowest step of loading in debug builds.
             let wanted = Array(name.utf8)
-            for symbol in stride(from: 0, to: symbols.count - symbolSize + 1, by: symbolSize) {
-                let nameAt = Int(load(symbols, symbol, UInt32.self))
-                let definedIn = load(symbols, symbol + 6, UInt16.self)  // st_shndx; 0 = undefined here
-                guard definedIn != 0, nameAt + wanted.count < strings.count,
-                    strings[nameAt + wanted.count] == 0, Array(strings[nameAt..<nameAt + wanted.count]) == wanted
-                else { continue }
-                return true
+            return symbols.withUnsafeBytes { table in
+                strings.withUnsafeBytes { names in
+                    var offset = 0
+                    while offset + symbolSize <= table.count {
+                        defer { offset += symbolSize }
+                        let nameAt = Int(table.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+                        let definedIn = table.loadUnaligned(fromByteOffset: offset + 6, as: UInt16.self)  // st_shndx; 0 = undefined here
+                        guard definedIn != 0, nameAt + wanted.count < names.count, names[nameAt + wanted.count] == 0,
+                            memcmp(names.baseAddress! + nameAt, wanted, wanted.count) == 0
+                        else { continue }
+                        return true
+                    }
+                    return false
+                }
             }
-            return false
         }
         return nil
     }
