@@ -19,7 +19,7 @@ struct CLITests {
     ])
     func verifyBad(_ defines: [String], _ reason: String) async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("bad.so", in: dir.path, defines: defines)
+        let path = try await CCompiler.fixture("bad.so", in: dir.path, defines: defines)
         let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
         #expect(result.status == 1)
         #expect(!result.signaled)
@@ -30,7 +30,7 @@ struct CLITests {
     @Test("verify survives a plugin that crashes while loading")
     func verifyCrashingPlugin() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("crash.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
+        let path = try await CCompiler.fixture("crash.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
         let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
         #expect(result.status == 1)
         #expect(!result.signaled)
@@ -55,7 +55,7 @@ struct CLITests {
     @Test("list --json lists bundled plugins and refused files, and exits 0")
     func listJSON() async throws {
         let dir = try TemporaryDirectory()
-        try CCompiler.fixture("null.so", in: dir.path, defines: ["FIXTURE_ENTRY_NULL"])
+        try await CCompiler.fixture("null.so", in: dir.path, defines: ["FIXTURE_ENTRY_NULL"])
         let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--json", "--dir", dir.path])
         #expect(result.status == 0, "\(result.stderr)")
         struct Output: Decodable {
@@ -93,7 +93,7 @@ struct CLITests {
     func configPins() async throws {
         let dir = try TemporaryDirectory()
         try FileManager.default.createDirectory(atPath: dir.file("plugins-here"), withIntermediateDirectories: true)
-        try CCompiler.fixture("libswitchyard-pinned.so", in: dir.file("plugins-here"), defines: ["FIXTURE_NAME=\"pinned\""])
+        try await CCompiler.fixture("libswitchyard-pinned.so", in: dir.file("plugins-here"), defines: ["FIXTURE_NAME=\"pinned\""])
         try """
             plugins:
               directory: plugins-here

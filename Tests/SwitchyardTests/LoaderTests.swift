@@ -32,9 +32,9 @@ struct LoaderRejectionTests {
     ]
 
     @Test("compiled fixture is refused", arguments: compiled)
-    func compiledFixtureIsRefused(_ fixture: CompiledFixture) throws {
+    func compiledFixtureIsRefused(_ fixture: CompiledFixture) async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture(fixture.file, in: dir.path, defines: fixture.defines)
+        let path = try await CCompiler.fixture(fixture.file, in: dir.path, defines: fixture.defines)
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }
         #expect(error?.kind == fixture.kind)
         #expect(error?.reason.contains(fixture.reason) == true, "reason was: \(error?.reason ?? "-")")
@@ -86,32 +86,32 @@ struct LoaderRejectionTests {
     }
 
     @Test("an executable is refused as not a shared library")
-    func executable() throws {
+    func executable() async throws {
         let dir = try TemporaryDirectory()
         try "int main(void) { return 0; }\n".write(toFile: dir.file("main.c"), atomically: true, encoding: .utf8)
-        try CCompiler.compile(dir.file("main.c"), to: dir.file("program.so"), flags: [])
+        try await CCompiler.compile(dir.file("main.c"), to: dir.file("program.so"), flags: [])
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("program.so")) }
         #expect(error?.kind == .notASharedLibrary)
         #expect(error?.reason.contains("executable, not a shared library") == true)
     }
 
     @Test("an object file is refused as not a shared library")
-    func objectFile() throws {
+    func objectFile() async throws {
         let dir = try TemporaryDirectory()
-        try CCompiler.compile(Repository.fixtures + "/fixture_plugin.c", to: dir.file("object.so"), flags: ["-c", "-fPIC"])
+        try await CCompiler.compile(Repository.fixtures + "/fixture_plugin.c", to: dir.file("object.so"), flags: ["-c", "-fPIC"])
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("object.so")) }
         #expect(error?.kind == .notASharedLibrary)
         #expect(error?.reason.contains("object file") == true)
     }
 
     @Test("a library whose dependency is missing is refused with the dynamic loader's reason")
-    func missingDependency() throws {
+    func missingDependency() async throws {
         let dir = try TemporaryDirectory()
         try "int helper(void) { return 1; }\n".write(toFile: dir.file("helper.c"), atomically: true, encoding: .utf8)
-        try CCompiler.compile(dir.file("helper.c"), to: dir.file("libgone.so.lib"), flags: ["-shared", "-fPIC", "-Wl,-soname,libgone.so.lib"])
-        try CCompiler.fixture("needs-gone.so", in: dir.path, defines: [])
+        try await CCompiler.compile(dir.file("helper.c"), to: dir.file("libgone.so.lib"), flags: ["-shared", "-fPIC", "-Wl,-soname,libgone.so.lib"])
+        try await CCompiler.fixture("needs-gone.so", in: dir.path, defines: [])
         // Relink the fixture against the helper library, then take the library away.
-        try CCompiler.compile(Repository.fixtures + "/fixture_plugin.c", to: dir.file("needs-gone.so"),
+        try await CCompiler.compile(Repository.fixtures + "/fixture_plugin.c", to: dir.file("needs-gone.so"),
                               flags: ["-shared", "-fPIC", dir.file("libgone.so.lib")])
         try FileManager.default.removeItem(atPath: dir.file("libgone.so.lib"))
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("needs-gone.so")) }
@@ -128,9 +128,9 @@ struct LoaderRejectionTests {
     }
 
     @Test("a descriptor from a newer minor with extra fields loads, unknown bits kept")
-    func newerMinorLoads() throws {
+    func newerMinorLoads() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("future.so", in: dir.path, defines: ["FIXTURE_NAME=\"future\"", "FIXTURE_NEWER_MINOR"])
+        let path = try await CCompiler.fixture("future.so", in: dir.path, defines: ["FIXTURE_NAME=\"future\"", "FIXTURE_NEWER_MINOR"])
         let plugin = try PluginLoader().load(path: path)
         #expect(plugin.name == "future")
         #expect(plugin.abiVersion == "1.7")
@@ -142,9 +142,9 @@ struct LoaderRejectionTests {
     }
 
     @Test("a plugin built against ABI 1.0 still loads; its missing 1.1 function reads as absent")
-    func olderMinorLoads() throws {
+    func olderMinorLoads() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("old.so", in: dir.path, defines: ["FIXTURE_NAME=\"old\"", "FIXTURE_V1_0"])
+        let path = try await CCompiler.fixture("old.so", in: dir.path, defines: ["FIXTURE_NAME=\"old\"", "FIXTURE_V1_0"])
         let plugin = try PluginLoader().load(path: path)
         #expect(plugin.abiVersion == "1.0")
         #expect(plugin.descriptor.pointee.publish_batch == nil)
@@ -152,9 +152,9 @@ struct LoaderRejectionTests {
     }
 
     @Test("every bad file in one directory is refused and the good plugin beside them still loads")
-    func badNeighboursDoNotStopGoodPlugin() throws {
+    func badNeighboursDoNotStopGoodPlugin() async throws {
         let dir = try TemporaryDirectory()
-        for fixture in Self.compiled { _ = try CCompiler.fixture(fixture.file, in: dir.path, defines: fixture.defines) }
+        for fixture in Self.compiled { _ = try await CCompiler.fixture(fixture.file, in: dir.path, defines: fixture.defines) }
         _ = FileManager.default.createFile(atPath: dir.file("empty.so"), contents: Data())
         try "text".write(toFile: dir.file("text.so"), atomically: true, encoding: .utf8)
         try FileManager.default.copyItem(atPath: BuildProducts.exampleC, toPath: dir.file("libswitchyard-example-c.so"))
@@ -176,7 +176,7 @@ struct LoaderRejectionTests {
         let source = dir.file("helper.c")
         try "#include <stdio.h>\n__attribute__((constructor)) static void ran(void) { FILE *f = fopen(\"\(marker)\", \"w\"); if (f) fclose(f); }\nint helper(void) { return 1; }\n"
             .write(toFile: source, atomically: true, encoding: .utf8)
-        let compiled = try await offPool { try CCompiler.compile(source, to: dir.file("libhelper.so"), flags: ["-shared", "-fPIC"]) }
+        let compiled = try await CCompiler.compile(source, to: dir.file("libhelper.so"), flags: ["-shared", "-fPIC"])
         #expect(compiled.status == 0)
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("libhelper.so")) }
         #expect(error?.kind == .missingEntry)
@@ -190,10 +190,10 @@ struct LoaderRejectionTests {
 @Suite("Loader discovery order and duplicate names")
 struct LoaderDiscoveryTests {
     @Test("the first plugin of a name wins; the later one is refused naming both paths")
-    func duplicateNames() throws {
+    func duplicateNames() async throws {
         let first = try TemporaryDirectory(), second = try TemporaryDirectory()
-        let a = try CCompiler.fixture("dup-a.so", in: first.path, defines: ["FIXTURE_NAME=\"dup\""])
-        let b = try CCompiler.fixture("dup-b.so", in: second.path, defines: ["FIXTURE_NAME=\"dup\"", "FIXTURE_VERSION=\"2.0.0\""])
+        let a = try await CCompiler.fixture("dup-a.so", in: first.path, defines: ["FIXTURE_NAME=\"dup\""])
+        let b = try await CCompiler.fixture("dup-b.so", in: second.path, defines: ["FIXTURE_NAME=\"dup\"", "FIXTURE_VERSION=\"2.0.0\""])
         let catalog = PluginLoader().discover(in: [
             SearchDirectory(path: first.path, source: .commandLine), SearchDirectory(path: second.path, source: .environment),
         ])
@@ -205,10 +205,10 @@ struct LoaderDiscoveryTests {
     }
 
     @Test("two files with the same name in one directory: the first by file name wins")
-    func duplicateInOneDirectory() throws {
+    func duplicateInOneDirectory() async throws {
         let dir = try TemporaryDirectory()
-        _ = try CCompiler.fixture("a.so", in: dir.path, defines: ["FIXTURE_NAME=\"same\""])
-        _ = try CCompiler.fixture("b.so", in: dir.path, defines: ["FIXTURE_NAME=\"same\""])
+        _ = try await CCompiler.fixture("a.so", in: dir.path, defines: ["FIXTURE_NAME=\"same\""])
+        _ = try await CCompiler.fixture("b.so", in: dir.path, defines: ["FIXTURE_NAME=\"same\""])
         let catalog = PluginLoader().discover(in: [SearchDirectory(path: dir.path, source: .commandLine)])
         #expect(catalog.plugins.map(\.path) == [dir.file("a.so")])
         #expect(catalog.rejected.map(\.path) == [dir.file("b.so")])
@@ -227,9 +227,9 @@ struct LoaderDiscoveryTests {
     }
 
     @Test("a plugin earlier on the search path shadows a bundled one of the same name")
-    func earlierDirectoryWins() throws {
+    func earlierDirectoryWins() async throws {
         let dir = try TemporaryDirectory()
-        _ = try CCompiler.fixture("my-example.so", in: dir.path, defines: ["FIXTURE_NAME=\"example-c\"", "FIXTURE_VERSION=\"9.0.0\""])
+        _ = try await CCompiler.fixture("my-example.so", in: dir.path, defines: ["FIXTURE_NAME=\"example-c\"", "FIXTURE_VERSION=\"9.0.0\""])
         let catalog = PluginLoader().discover(in: [
             SearchDirectory(path: dir.path, source: .commandLine),
             SearchDirectory(path: BuildProducts.directory, source: .executableDirectory),
@@ -250,9 +250,9 @@ struct LoaderDiscoveryTests {
 @Suite("Loader trust checks")
 struct LoaderTrustTests {
     @Test("a world-writable plugin file is refused before it is loaded")
-    func worldWritableFile() throws {
+    func worldWritableFile() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("open.so", in: dir.path, defines: ["FIXTURE_NAME=\"open\""])
+        let path = try await CCompiler.fixture("open.so", in: dir.path, defines: ["FIXTURE_NAME=\"open\""])
         chmod(path, 0o666)
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }
         #expect(error?.kind == .untrusted)
@@ -260,9 +260,9 @@ struct LoaderTrustTests {
     }
 
     @Test("a plugin in a world-writable directory is refused, and so is the directory in discovery")
-    func worldWritableDirectory() throws {
+    func worldWritableDirectory() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("inside.so", in: dir.path, defines: ["FIXTURE_NAME=\"inside\""])
+        let path = try await CCompiler.fixture("inside.so", in: dir.path, defines: ["FIXTURE_NAME=\"inside\""])
         chmod(dir.path, 0o777)
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }
         #expect(error?.kind == .untrusted)
@@ -274,9 +274,9 @@ struct LoaderTrustTests {
     }
 
     @Test("a plugin owned by another non-root user is refused", .enabled(if: geteuid() == 0, "needs root to chown"))
-    func otherOwner() throws {
+    func otherOwner() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("theirs.so", in: dir.path, defines: ["FIXTURE_NAME=\"theirs\""])
+        let path = try await CCompiler.fixture("theirs.so", in: dir.path, defines: ["FIXTURE_NAME=\"theirs\""])
         chown(path, 65534, 65534)
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }
         #expect(error?.kind == .untrusted)
@@ -284,9 +284,9 @@ struct LoaderTrustTests {
     }
 
     @Test("a sha256 pin that matches loads; one that does not is refused")
-    func pins() throws {
+    func pins() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("pinned.so", in: dir.path, defines: ["FIXTURE_NAME=\"pinned\""])
+        let path = try await CCompiler.fixture("pinned.so", in: dir.path, defines: ["FIXTURE_NAME=\"pinned\""])
         let hash = try PluginLoader.sha256(ofFileAt: path)
         #expect(hash.count == 64)
         let good = try PluginLoader(trust: TrustPolicy(pins: ["pinned": hash.uppercased()])).load(path: path)
@@ -298,11 +298,11 @@ struct LoaderTrustTests {
     }
 
     @Test("with require_pins, an unpinned file is refused before it is loaded")
-    func requirePins() throws {
+    func requirePins() async throws {
         let dir = try TemporaryDirectory()
         // This fixture would crash the process if it were loaded: refusing it proves the check
         // comes before dlopen and the entry call.
-        let path = try CCompiler.fixture("crashes.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
+        let path = try await CCompiler.fixture("crashes.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
         let error = #expect(throws: Rejection.self) { try PluginLoader(trust: TrustPolicy(requirePins: true)).load(path: path) }
         #expect(error?.kind == .pinMismatch)
         #expect(error?.reason.contains("is not pinned") == true)

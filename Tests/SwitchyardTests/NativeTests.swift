@@ -7,10 +7,10 @@ import SwitchyardConfig
 @Suite("Native modules (libffi)")
 struct NativeTests {
     /// The fixture module, compiled once per test that needs it.
-    static func module() throws -> (NativeLibrary, TemporaryDirectory) {
+    static func module() async throws -> (NativeLibrary, TemporaryDirectory) {
         let directory = try TemporaryDirectory()
         let path = directory.file("libnative.so")
-        let result = try CCompiler.compile(Repository.fixtures + "/native_module.c", to: path, flags: ["-std=c99", "-shared", "-fPIC"])
+        let result = try await CCompiler.compile(Repository.fixtures + "/native_module.c", to: path, flags: ["-std=c99", "-shared", "-fPIC"])
         guard result.status == 0 else { throw NativeCallError("cannot compile the fixture: \(result.stderr)") }
         return (try NativeLibrary(path: path), directory)
     }
@@ -49,8 +49,8 @@ struct NativeTests {
     }
 
     @Test("integer, float, bool, string and byte-buffer functions are called through libffi")
-    func calls() throws {
-        let (library, directory) = try Self.module()
+    func calls() async throws {
+        let (library, directory) = try await Self.module()
         _ = directory
         func call(_ symbol: String, _ signature: String, _ arguments: [NativeValue], free: String? = nil) throws -> NativeValue {
             try NativeFunction(library: library, symbol: symbol, signature: try NativeSignature(parsing: signature), free: free).call(arguments)
@@ -80,8 +80,8 @@ struct NativeTests {
         ("greet", "str(str)", [.string("a\u{0}b")], "must not contain NUL"),
         ("checksum", "u64(bytes)", [.string("x")], "expected bytes, got a string"),
     ])
-    func refused(_ symbol: String, _ signature: String, _ arguments: [NativeValue], _ message: String) throws {
-        let (library, directory) = try Self.module()
+    func refused(_ symbol: String, _ signature: String, _ arguments: [NativeValue], _ message: String) async throws {
+        let (library, directory) = try await Self.module()
         _ = directory
         let function = try NativeFunction(library: library, symbol: symbol, signature: try NativeSignature(parsing: signature), free: "greet_free")
         let error = #expect(throws: NativeCallError.self) { try function.call(arguments) }
@@ -89,9 +89,9 @@ struct NativeTests {
     }
 
     @Test("a missing module, a missing symbol, a str result without free: clear errors")
-    func setupErrors() throws {
+    func setupErrors() async throws {
         #expect(throws: NativeCallError.self) { try NativeLibrary(path: "/nonexistent/libx.so") }
-        let (library, directory) = try Self.module()
+        let (library, directory) = try await Self.module()
         _ = directory
         let missing = #expect(throws: NativeCallError.self) { try NativeFunction(library: library, symbol: "nosuch", signature: NativeSignature(parsing: "void()")) }
         #expect(missing?.description.contains("has no function 'nosuch'") == true)
@@ -101,7 +101,7 @@ struct NativeTests {
 
     @Test("switchyard call --native calls a function from the command line; bad input exits 1 with the reason")
     func cli() async throws {
-        let (_, directory) = try Self.module()
+        let (_, directory) = try await Self.module()
         let lib = directory.file("libnative.so")
         let scale = try await run(BuildProducts.switchyard, ["call", "--native", lib, "--symbol", "scale", "--signature", "f64(i32, f64)", "3", "1.5"])
         #expect(scale.status == 0 && scale.stdout == "4.5\n", "\(scale.stdout)\(scale.stderr)")
@@ -150,7 +150,7 @@ struct NativeTests {
         ("  Math.touch: { transport: later, mode: fire-and-forget, delay: 100ms }\n  Math.*: { transport: q, encoding: json }", true),
     ])
     func routed(_ routes: String, _ touchIsAsync: Bool) async throws {
-        let (_, directory) = try Self.module()
+        let (_, directory) = try await Self.module()
         let system = try Self.routedSystem(routes, directory)
         try system.hostNative()
         #expect(try await system.callNative("Math.add", [.int(40), .int(2)]) == .int(42))
@@ -170,7 +170,7 @@ struct NativeTests {
 
     @Test("a native call with the wrong arity or types is refused with the reason: an error reply and a dead letter")
     func wrongArguments() async throws {
-        let (_, directory) = try Self.module()
+        let (_, directory) = try await Self.module()
         let system = try Self.routedSystem("  Math.*: { transport: q, deadline: 10s }", directory)
         try system.hostNative()
         let dlq = try TypedCallTests.Tap(system, transport: "q", channel: "Math.dlq")
@@ -193,8 +193,8 @@ struct NativeTests {
     }
 
     @Test("a native module that does not load, or a bad signature in config, fails the start with the key and line")
-    func configErrors() throws {
-        let (_, directory) = try Self.module()
+    func configErrors() async throws {
+        let (_, directory) = try await Self.module()
         for (yaml, key, message) in [
             ("native:\n  Math:\n    library: /nonexistent.so\n    functions: { f: \"void()\" }\n", "native.Math.library", "cannot load native module"),
             ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      add: \"i32(i32, i32\"\n", "native.Math.functions.add", "column 13"),
@@ -210,16 +210,14 @@ struct NativeTests {
 
     @Test("a C program calls routed native functions through bound function pointers (libffi closures), across processes")
     func cClosures() async throws {
-        let (_, directory) = try Self.module()
+        let (_, directory) = try await Self.module()
         let program = directory.file("native_caller")
-        let compiled = try await offPool {
-            try CCompiler.compile(
-                Repository.fixtures + "/native_caller.c", to: program,
-                flags: ["-std=c99", "-I", Repository.root + "/SDK/Native", "-L", BuildProducts.directory,
-                        "-lswitchyard-native-client", "-Wl,-rpath," + BuildProducts.directory]
-                    // Under scripts/sanitize the client library needs the sanitizer's runtime.
-                    + (ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"].map { ["-fsanitize=\($0)"] } ?? []))
-        }
+        let compiled = try await CCompiler.compile(
+            Repository.fixtures + "/native_caller.c", to: program,
+            flags: ["-std=c99", "-I", Repository.root + "/SDK/Native", "-L", BuildProducts.directory,
+                    "-lswitchyard-native-client", "-Wl,-rpath," + BuildProducts.directory]
+                // Under scripts/sanitize the client library needs the sanitizer's runtime.
+                + (ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"].map { ["-fsanitize=\($0)"] } ?? []))
         #expect(compiled.status == 0, "\(compiled.stderr)")
         let config = directory.file("switchyard.yaml")
         try """

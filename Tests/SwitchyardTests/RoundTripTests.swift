@@ -161,9 +161,9 @@ struct RoundTripTests {
     }
 
     @Test("a plugin whose create fails reports the error; the host carries on")
-    func createFails() throws {
+    func createFails() async throws {
         let dir = try TemporaryDirectory()
-        let path = try CCompiler.fixture("fails.so", in: dir.path, defines: ["FIXTURE_NAME=\"fails\"", "FIXTURE_CREATE_FAILS"])
+        let path = try await CCompiler.fixture("fails.so", in: dir.path, defines: ["FIXTURE_NAME=\"fails\"", "FIXTURE_CREATE_FAILS"])
         let plugin = try PluginLoader().load(path: path)
         let error = #expect(throws: TransportError.self) { _ = try Transport(name: "broken", plugin: plugin) }
         #expect(error?.code == .config)

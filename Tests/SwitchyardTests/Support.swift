@@ -87,9 +87,10 @@ enum CCompiler {
     }
 
     /// Compiles C `source` into `output` with `flags`; fails the test with the compiler's output.
+    /// The compiler runs off the cooperative pool (see ``offPool(_:)``).
     @discardableResult
-    static func compile(_ source: String, to output: String, flags: [String], compiler: String = c) throws -> ProcessResult {
-        let result = try run(compiler, flags + ["-I", Repository.headerDirectory, source, "-o", output])
+    static func compile(_ source: String, to output: String, flags: [String], compiler: String = c) async throws -> ProcessResult {
+        let result = try await run(compiler, flags + ["-I", Repository.headerDirectory, source, "-o", output])
         if result.status != 0 {
             Issue.record("\(compiler) failed for \(output): \(result.stderr)")
         }
@@ -98,9 +99,9 @@ enum CCompiler {
 
     /// Builds the fixture plugin with `defines` into `directory/name`.
     @discardableResult
-    static func fixture(_ name: String, in directory: String, defines: [String] = []) throws -> String {
+    static func fixture(_ name: String, in directory: String, defines: [String] = []) async throws -> String {
         let output = directory + "/" + name
-        try compile(Repository.fixtures + "/fixture_plugin.c", to: output,
+        try await compile(Repository.fixtures + "/fixture_plugin.c", to: output,
                     flags: ["-std=c99", "-shared", "-fPIC", "-w"] + defines.map { "-D" + $0 })
         return output
     }

@@ -45,30 +45,34 @@ struct DurableQueueTests {
     func survivesSIGKILL() async throws {
         let dir = try TemporaryDirectory()
         let db = dir.file("queue.db")
-        var acked = Set<String>()
-        for round in 0..<3 {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: Self.probe)
-            process.arguments = [BuildProducts.directory, db, "100000", "r\(round)"]
-            let out = Pipe()
-            process.standardOutput = out
-            try process.run()
-            // Read acknowledgements until a random point, then kill it mid-stream.
-            let stopAfter = Int.random(in: 20...200)
-            var buffer = Data()
-            var seen = 0
-            while seen < stopAfter {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                buffer.append(chunk)
-                seen = buffer.split(separator: UInt8(ascii: "\n")).count
+        // The rounds block on the child's output: off the cooperative pool.
+        let acked = try await offPool { () throws -> Set<String> in
+            var acked = Set<String>()
+            for round in 0..<3 {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: Self.probe)
+                process.arguments = [BuildProducts.directory, db, "100000", "r\(round)"]
+                let out = Pipe()
+                process.standardOutput = out
+                try process.run()
+                // Read acknowledgements until a random point, then kill it mid-stream.
+                let stopAfter = Int.random(in: 20...200)
+                var buffer = Data()
+                var seen = 0
+                while seen < stopAfter {
+                    let chunk = out.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    buffer.append(chunk)
+                    seen = buffer.split(separator: UInt8(ascii: "\n")).count
+                }
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+                buffer.append(out.fileHandleForReading.readDataToEndOfFile())
+                let lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n")
+                acked.formUnion(lines.filter { $0.hasPrefix("acked ") }.map { String($0.dropFirst(6)) })
+                #expect(process.terminationReason == .uncaughtSignal)
             }
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            buffer.append(out.fileHandleForReading.readDataToEndOfFile())
-            let lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n")
-            acked.formUnion(lines.filter { $0.hasPrefix("acked ") }.map { String($0.dropFirst(6)) })
-            #expect(process.terminationReason == .uncaughtSignal)
+            return acked
         }
         #expect(acked.count >= 60)
         let plugin = try ConformanceTests.plugin("queue")
