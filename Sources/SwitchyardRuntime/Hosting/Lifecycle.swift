@@ -33,13 +33,16 @@ extension SwitchyardActorSystem: Service {
         while ContinuousClock.now < until, server.inFlight.load(ordering: .acquiring) > 0 || pending.count > 0 {
             try? await Task.sleep(for: .milliseconds(5))
         }
-        var released = 0
-        for subscription in subscriptions {
-            for item in subscription.queue.close() {
-                try? subscription.transport.client.settle(item.delivery, .release)
-                released += 1
+        let released = await blockingOperation {
+            var released = 0
+            for subscription in subscriptions {
+                for item in subscription.queue.close() {
+                    try? subscription.transport.client.settle(item.delivery, .release)
+                    released += 1
+                }
+                try? subscription.transport.client.unsubscribe(subscription.id)
             }
-            try? subscription.transport.client.unsubscribe(subscription.id)
+            return released
         }
         // Workers end once their queue is closed and their call is done; past the deadline, the
         // calls still running are cancelled rather than waited for.
@@ -59,10 +62,24 @@ extension SwitchyardActorSystem: Service {
         state.store(SystemState.stopped.rawValue, ordering: .releasing)
         let unfinished = pending.count
         pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
-        unsubscribeReplies()
-        transports?.close()
+        await blockingOperation {
+            self.unsubscribeReplies()
+            self.transports?.close()
+        }
         logger.info("stopped", metadata: [
             "drained_in": "\(ContinuousClock.now - started)", "released": "\(released)", "unfinished_calls": "\(unfinished)",
         ])
+    }
+}
+
+/// Runs `work` on a thread of its own and awaits it. Plugin operations are synchronous C calls,
+/// and unsubscribing or closing may wait for a plugin's own threads (a NATS fetch ends within its
+/// timeout, a plugin host process exits, a store's writer flushes): that must not hold one of the
+/// cooperative pool's threads, of which there are as many as cores.
+func blockingOperation<R: Sendable>(_ work: @escaping @Sendable () -> R) async -> R {
+    await withCheckedContinuation { continuation in
+        let thread = Thread { continuation.resume(returning: work()) }
+        thread.name = "switchyard-blocking"
+        thread.start()
     }
 }
