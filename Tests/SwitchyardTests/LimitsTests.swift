@@ -72,7 +72,7 @@ struct LimitsTests {
         await system.shutdown()
     }
 
-    @Test("a receiver with smaller limits dead-letters an oversized call with the reason; a too-large reply becomes an error for the caller")
+    @Test("a receiver with smaller limits dead-letters an oversized call with the reason and tells the caller; a too-large reply becomes an error for the caller")
     func receiverLimits() async throws {
         let directory = try TemporaryDirectory()
         let queuePath = directory.file("q.db")
@@ -94,8 +94,13 @@ struct LimitsTests {
         try receiver.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: caller)
         let dlq = try TypedCallTests.Tap(receiver, transport: "q", channel: "shop.dlq")
-        await #expect(throws: SwitchyardError.self) {
+        // The receiver does not read it, but tells the waiting caller why instead of letting it time out.
+        do {
             _ = try await shop.place(Order(id: 3, customer: String(repeating: "y", count: 2000), amount: 1))
+            Issue.record("expected an error")
+        } catch SwitchyardError.limitExceeded(let target, let reason) {
+            #expect(target == "Shop.place(_:)")
+            #expect(reason.contains("the call, at the receiver") && reason.contains("limits.max_message_bytes is 1500"), "\(reason)")
         }
         #expect(await eventually { dlq.all.count == 1 })
         #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("over the receiver's limits") == true)

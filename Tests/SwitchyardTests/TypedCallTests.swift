@@ -378,6 +378,9 @@ struct TypedCallTests {
         try system.transports!["memq"]!.client.publish(Envelope(target: .init(name: "x", identifier: "$sGarbage"), arguments: []).message(channel: "shop"))
         var future = Envelope(target: .init(name: "x", identifier: tallyTarget.identifier), arguments: []).message(channel: "shop")
         future.headers = future.headers.map { $0.key == EnvelopeHeader.version ? Header($0.key, "2") : $0 }
+        // It asks for a reply: the caller is told why rather than left to time out.
+        future.headers.append(Header(EnvelopeHeader.replyTo, "forger.replies"))
+        let replies = try Tap(system, transport: "memq", channel: "forger.replies")
         try system.transports!["memq"]!.client.publish(future)
         try system.transports!["memq"]!.client.publish(Message(id: "plain", channel: "shop", body: [1, 2, 3]))
         #expect(await eventually { dlq.all.count == 4 })
@@ -385,6 +388,11 @@ struct TypedCallTests {
         #expect(reasons.contains { $0.contains("unknown target") })
         #expect(reasons.contains { $0.contains("envelope version 2 is not supported") })
         #expect(reasons.contains { $0.contains("not a Switchyard envelope") })
+        #expect(await eventually { replies.all.count == 1 })
+        #expect(replies.all.first?.header(EnvelopeHeader.correlationID) == future.id)
+        #expect(replies.all.first?.header(EnvelopeHeader.outcome) == "throw")
+        let replyText = String(decoding: replies.all.first.map(\.body) ?? [], as: UTF8.self)
+        #expect(replyText.contains("envelope version 2 is not supported"), "\(replyText)")
         #expect(ledger.all.isEmpty)
         // The host still serves.
         #expect(try await $Shop.resolve(id: "shop", using: system).place(Order(id: 3, customer: "ok", amount: 1)) == "receipt-3-ok")

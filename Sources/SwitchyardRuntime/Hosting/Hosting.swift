@@ -72,9 +72,12 @@ extension SwitchyardActorSystem {
         let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
         let subscription: SubscriptionID
         do throws(TransportError) {
-            subscription = try client.subscribe(options) { delivery, message in
+            subscription = try client.subscribe(options) { [weak self] delivery, message in
                 if let violation = limits.violation(of: message, keyPrefix: "limits.") {
                     server.logger.warning("dead-lettering a call over the limits", metadata: ["channel": "\(hosted.id.name)", "reason": "\(violation)"])
+                    self?.replyToUnreadCall(message, on: transport, channel: hosted.id.name) {
+                        .limitExceeded(target: $0, reason: "the call, at the receiver: \(violation)")
+                    }
                     try? client.settle(delivery, .deadLetter(reason: "over the receiver's limits: \(violation)"))
                     return .ok
                 }
@@ -84,6 +87,9 @@ extension SwitchyardActorSystem {
                 } catch {
                     // Not something this runtime can read: keep it, with the reason, for a person.
                     server.logger.warning("dead-lettering an unreadable call", metadata: ["channel": "\(hosted.id.name)", "reason": "\(error)"])
+                    self?.replyToUnreadCall(message, on: transport, channel: hosted.id.name) {
+                        .rejected(target: $0, reason: "unreadable envelope: \(error)")
+                    }
                     try? client.settle(delivery, .deadLetter(reason: "unreadable envelope: \(error)"))
                     return .ok
                 }
@@ -275,6 +281,19 @@ extension SwitchyardActorSystem {
         try? item.transport.client.settle(item.delivery, .ack)
     }
 
+    /// Tells the caller of a call refused unread (over the limits, or not an envelope this runtime
+    /// reads) why, if it waits for a reply, instead of letting it time out: its reply channel and
+    /// id are header lookups. `error` gets the call's readable target.
+    private func replyToUnreadCall(_ message: MessageView, on transport: Transport, channel: String,
+                                   error: (String) -> SwitchyardError) {
+        guard let replyTo = message.header(EnvelopeHeader.replyTo), !replyTo.isEmpty,
+              let id = message.header(EnvelopeHeader.id), !id.isEmpty else { return }
+        let target = message.header(EnvelopeHeader.type) ?? channel  // the readable Interface.method(labels:)
+        let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
+        let (outcome, body) = encodeReply(.error(error(target)), encoding: encoding)
+        publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding)
+    }
+
     /// The reply's outcome name and body for an outcome.
     private func encodeReply(_ outcome: SwitchyardResultHandler.Outcome, encoding: ArgumentEncoding) -> (String, [UInt8]) {
         var body: [UInt8] = []
@@ -302,6 +321,13 @@ extension SwitchyardActorSystem {
 
     /// Publishes a reply on the transport the call came from.
     private func publishReply(_ item: Inbound, to channel: String, outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
+        publishReply(on: item.transport, to: channel, correlationID: item.envelope.id, target: item.envelope.target.name,
+                     outcome: outcome, body: body, encoding: encoding)
+    }
+
+    /// Publishes a reply to the call `correlationID` (for `target`) on `channel` of `transport`.
+    private func publishReply(on transport: Transport, to channel: String, correlationID: String, target: String,
+                              outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
         let id = EnvelopeID.make()
         func message(_ outcome: String, _ body: [UInt8]) -> Message {
             Message(
@@ -310,22 +336,22 @@ extension SwitchyardActorSystem {
                     Header(EnvelopeHeader.specVersion, "1.0"), Header(EnvelopeHeader.id, id),
                     Header(EnvelopeHeader.source, Envelope.defaultSource), Header(EnvelopeHeader.type, "switchyard.reply"),
                     Header(EnvelopeHeader.contentType, encoding.rawValue), Header(EnvelopeHeader.version, String(Envelope.currentVersion)),
-                    Header(EnvelopeHeader.correlationID, item.envelope.id), Header(EnvelopeHeader.outcome, outcome),
+                    Header(EnvelopeHeader.correlationID, correlationID), Header(EnvelopeHeader.outcome, outcome),
                 ],
                 body: body)
         }
         var reply = message(outcome, body)
         if let violation = config.limits.violation(of: reply, keyPrefix: "limits.") {
             // Too large to send: the caller gets the reason instead of a timeout.
-            let error = SwitchyardError.limitExceeded(target: item.envelope.target.name, reason: "the reply: \(violation)")
+            let error = SwitchyardError.limitExceeded(target: target, reason: "the reply: \(violation)")
             let (errorOutcome, errorBody) = encodeReply(.error(error), encoding: encoding)
             reply = message(errorOutcome, errorBody)
         }
         do throws(TransportError) {
-            try item.transport.client.publish(reply)
+            try transport.client.publish(reply)
         } catch {
             logger.error("cannot send a reply; the caller will time out", metadata: [
-                "target": "\(item.envelope.target.name)", "reply_to": "\(channel)", "error": "\(error.message)",
+                "target": "\(target)", "reply_to": "\(channel)", "error": "\(error.message)",
             ])
         }
     }
