@@ -8,6 +8,7 @@ import SwitchyardABI
 /// plugins:
 ///   directory: ./plugins        # relative to this file
 ///   require_pins: false
+///   probe: true                 # load plugin files in a child first (default: when a transport is isolated)
 ///   pins:
 ///     queue: 3f1c…              # sha256 of the plugin file, hex
 /// ```
@@ -105,6 +106,9 @@ public struct SwitchyardConfig: Sendable {
         public var pins: [String: String] = [:]
         /// Refuse, before loading, every file whose sha256 is not pinned.
         public var requirePins = false
+        /// Load every plugin file in a probe process first and never load one that crashes or
+        /// hangs it here; nil leaves it to the runtime (on when a transport is isolated).
+        public var probe: Bool?
 
         /// No directory, no pins.
         public init() {}
@@ -227,8 +231,10 @@ extension SwitchyardConfig {
 extension SwitchyardConfig.PluginsSection {
     init(_ node: ConfigNode, baseDirectory: String) throws(ConfigError) {
         self.init()
-        for (key, value) in try node.mapping(allowed: ["directory", "pins", "require_pins"]) {
+        for (key, value) in try node.mapping(allowed: ["directory", "pins", "require_pins", "probe"]) {
             switch key {
+            case "probe":
+                probe = try value.bool()
             case "directory":
                 directory = SwitchyardConfig.resolve(path: try value.string(), against: baseDirectory)
             case "require_pins":

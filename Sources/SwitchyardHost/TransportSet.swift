@@ -49,7 +49,10 @@ public final class TransportSet: Sendable {
                 throw TransportError(.config, "inner transports form a cycle: \((chain + [name]).joined(separator: " → "))")
             }
             guard let plugin = catalog.plugin(named: spec.plugin) else {
-                throw TransportError(.config, "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(catalog.plugins.map(\.name).joined(separator: ", ")))")
+                // A refused file may be the one meant: say which were refused, and why.
+                let refused = catalog.rejected.prefix(3).map { "\($0.path): \($0.reason)" }
+                throw TransportError(.config, "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(catalog.plugins.map(\.name).joined(separator: ", "))"
+                    + (refused.isEmpty ? ")" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : ""))"))
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
             let transport = if let isolation = spec.isolation {

@@ -86,7 +86,14 @@ extension PluginLoader {
     /// Loads every plugin file (`*.so`) in `directories`, in order, files sorted by name. A missing
     /// directory is skipped; an untrusted one is refused as a whole. When two files declare the same
     /// name, the first one found wins and the later one is refused, naming both paths.
-    public func discover(in directories: [SearchDirectory]) -> PluginCatalog {
+    ///
+    /// - Parameters:
+    ///   - excluding: files (as found or resolved) never to load; the caller accounts for them
+    ///     (a discovery probe that saw them crash).
+    ///   - willLoad: called with each file's path just before it is loaded (the probe reports
+    ///     progress with it, so a crash points at its file).
+    public func discover(in directories: [SearchDirectory], excluding: Set<String> = [],
+                         willLoad: ((String) -> Void)? = nil) -> PluginCatalog {
         var catalog = PluginCatalog()
         catalog.searched = directories
         var seenFiles = Set<String>()
@@ -101,8 +108,10 @@ extension PluginLoader {
             }
             for file in Self.pluginFiles(in: directory.path) {
                 let path = directory.path.hasSuffix("/") ? directory.path + file : directory.path + "/" + file
-                guard seenFiles.insert(Self.realPath(path) ?? path).inserted else { continue }
+                let resolved = Self.realPath(path) ?? path
+                guard seenFiles.insert(resolved).inserted, !excluding.contains(path), !excluding.contains(resolved) else { continue }
                 do {
+                    willLoad?(path)
                     let plugin = try load(path: path)
                     if let first = catalog.plugin(named: plugin.name) {
                         catalog.rejected.append(Rejection(

@@ -43,6 +43,9 @@ public struct Rejection: Error, Hashable, Sendable, CustomStringConvertible {
         public static let invalidVersion = Kind("invalid-version")
         /// Another plugin with the same name was loaded first.
         public static let duplicateName = Kind("duplicate-name")
+        /// Loading it killed a probe process (its initialisers or entry crashed or hung), so this
+        /// process never loads it (see `isolation: process`).
+        public static let crashedWhileLoading = Kind("crashed-while-loading")
     }
 
     /// The file (or directory) that was refused.

@@ -83,13 +83,26 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             transports = nil
         } else {
             let loader = PluginLoader(trust: TrustPolicy(pins: config.plugins.pins, requirePins: config.plugins.requirePins))
-            let catalog = loader.discover(in: SearchDirectory.searchPath(
+            let directories = SearchDirectory.searchPath(
                 commandLine: pluginDirectories, environment: ProcessInfo.processInfo.environment,
-                configDirectory: config.plugins.directory, workingDirectory: FileManager.default.currentDirectoryPath))
-            for rejection in catalog.rejected {
+                configDirectory: config.plugins.directory, workingDirectory: FileManager.default.currentDirectoryPath)
+            let specs = config.transports.map(TransportSpec.init)
+            // With a transport isolated (or plugins.probe), discovery itself must not run a
+            // plugin's code here first: a probe process loads every file before this one does.
+            let isolation = specs.lazy.compactMap(\.isolation).first
+            let catalog: PluginCatalog
+            if config.plugins.probe ?? (isolation != nil) {
+                do {
+                    catalog = try DiscoveryProbe.discover(in: directories, loader: loader, options: isolation ?? ProcessIsolation(), logger: logger)
+                } catch {
+                    throw ConfigError(key: "plugins.probe", line: nil, message: error.message)
+                }
+            } else {
+                catalog = loader.discover(in: directories)
+            }
+            for rejection in catalog.rejected where rejection.kind != .crashedWhileLoading {  // the probe logged those
                 logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
             }
-            let specs = config.transports.map(TransportSpec.init)
             do {
                 transports = try TransportSet(specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(), logger: logger)
             } catch {

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import SwitchyardABI
+import SwitchyardConfig
 import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardLoader
@@ -154,6 +155,61 @@ struct IsolationTests {
         let shop = try $Shop.resolve(id: "shop", using: system)
         #expect(try await shop.place(Order(id: 3, customer: "iso", amount: 1)) == "receipt-3-iso")
         #expect(system.transports?["work"]?.pluginProcessID != nil)
+        await system.shutdown()
+    }
+
+    @Test("plugin files whose entry crashes or hangs sit in the plugins directory: with a transport isolated, a probe process refuses them and the host starts and serves")
+    func discoveryProbe() async throws {
+        let plugins = try TemporaryDirectory()
+        try await CCompiler.fixture("crashes.so", in: plugins.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
+        try await CCompiler.fixture("hangs.so", in: plugins.path, defines: ["FIXTURE_HANG_IN_ENTRY"])
+        let isolation = "isolation: { mode: process, call_timeout: 1s, host: \"\(BuildProducts.switchyard)\" }"
+        // Loading either file here would kill (or hang) this test process.
+        let system = try await offPool {
+            try makeSystem("""
+                plugins: { directory: "\(plugins.path)" }
+                transports:
+                  work: { plugin: queue, \(isolation) }
+                routes:
+                  "*": { transport: work, deadline: 20s }
+                """)
+        }
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        #expect(try await $Shop.resolve(id: "shop", using: system).place(Order(id: 1, customer: "probe", amount: 1)) == "receipt-1-probe")
+        await system.shutdown()
+        // A transport that wants one of them hears which files were refused, and why.
+        let error = await #expect(throws: ConfigError.self) {
+            try await offPool {
+                try makeSystem("""
+                    plugins: { directory: "\(plugins.path)" }
+                    transports:
+                      bad: { plugin: crashes, \(isolation) }
+                    routes:
+                      "*": { transport: bad }
+                    """)
+            }
+        }
+        let message = error.map { "\($0)" } ?? ""
+        #expect(message.contains("unknown plugin 'crashes'"), "\(message)")
+        #expect(message.contains("crashes.so: loading it killed a probe process with signal 11"), "\(message)")
+        #expect(message.contains("hangs.so: loading it did not finish within 1000 ms"), "\(message)")
+    }
+
+    @Test("plugins.probe: true probes without any isolated transport")
+    func probeWithoutIsolation() async throws {
+        let plugins = try TemporaryDirectory()
+        try await CCompiler.fixture("crashes.so", in: plugins.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
+        let system = try await offPool {
+            try makeSystem("""
+                plugins: { directory: "\(plugins.path)", probe: true }
+                transports:
+                  memq: { plugin: queue }
+                routes:
+                  "*": { transport: memq }
+                """)
+        }
+        // Only the good plugins were loaded here; the crashing file was refused by the probe.
+        #expect(system.transports?["memq"] != nil)
         await system.shutdown()
     }
 }

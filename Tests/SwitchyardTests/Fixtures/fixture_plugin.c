@@ -12,6 +12,7 @@
  *   FIXTURE_ENTRY_NULL       the entry returns NULL (refuses the host)
  *   FIXTURE_NO_ENTRY         exports no entry symbol at all
  *   FIXTURE_CRASH_IN_ENTRY   the entry dereferences NULL (a crashing plugin)
+ *   FIXTURE_HANG_IN_ENTRY    the entry never returns (a hanging plugin)
  *   FIXTURE_CREATE_FAILS     create fails with SY_ERR_CONFIG naming a key
  *   FIXTURE_CRASHY           publish accepts messages, except: body "segfault" writes through
  *                            NULL, body "hang" never returns (for isolation: process)
@@ -130,6 +131,9 @@ const sy_plugin_descriptor *switchyard_plugin_entry(uint32_t host_abi_major) {
     volatile int *nowhere = NULL;
     (void)host_abi_major;
     return (const sy_plugin_descriptor *)(uintptr_t)*nowhere;
+#elif defined(FIXTURE_HANG_IN_ENTRY)
+    (void)host_abi_major;
+    for (;;) pause();
 #else
     (void)host_abi_major;
     return DESCRIPTOR;

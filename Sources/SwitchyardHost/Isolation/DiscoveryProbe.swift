@@ -1,0 +1,156 @@
+import Foundation
+import Logging
+import SwitchyardABI
+import SwitchyardLoader
+
+/// Loads the plugin files of a search path in a child process before this process does, so that
+/// a file whose initialisers or entry function crash (or hang) is refused with the reason instead
+/// of taking this process down.
+///
+/// Discovery has to run a plugin's code to learn its name: `dlopen` runs its initialisers and the
+/// entry returns its descriptor. Without a probe, one bad file anywhere in the search path kills
+/// every host that searches it, `isolation: process` or not. The runtime probes when a transport
+/// is configured with `isolation: process`, or `plugins.probe: true`.
+///
+/// Protocol: `switchyard plugin-host --probe [--exclude FILE]... [--pin NAME=SHA256]...
+/// [--require-pins] [--lenient-permissions] -- DIRECTORY...` loads every candidate file the way
+/// ``PluginLoader/discover(in:excluding:willLoad:)`` does, writing `loading PATH` before each
+/// and `done` at the end. If it dies or stops answering, the last `loading` line names the file;
+/// that file is excluded and the probe runs again for the rest.
+public enum DiscoveryProbe {
+    /// The files in `directories` that crashed or hung a probe process, as rejections of kind
+    /// ``Rejection/Kind/crashedWhileLoading``. Empty when every file loaded (or was refused for
+    /// an ordinary reason) in the probe. If the probe cannot run at all, logs why and returns
+    /// what it found so far: the caller's own discovery then decides, as without a probe.
+    ///
+    /// The probe is `options`' plugin host executable; a file hangs it after `options`' call
+    /// timeout (at least a second). Throws `.config` when no executable is found.
+    public static func crashingFiles(
+        in directories: [SearchDirectory], trust: TrustPolicy, options: ProcessIsolation, logger: Logger
+    ) throws(TransportError) -> [Rejection] {
+        let executable = try options.resolveExecutable(pluginPath: (directories.first?.path ?? ".") + "/probe")
+        let timeoutNanos = max(options.callTimeoutNanos, 1_000_000_000)
+        var rejected: [Rejection] = []
+        // Each round either finishes or excludes one more file; a directory cannot hold more
+        // candidates than this without the probe being pointless anyway.
+        for _ in 0..<256 {
+            let round: Round
+            do {
+                round = try run(executable: executable, directories: directories, trust: trust,
+                                excluding: rejected.map(\.path), timeoutNanos: timeoutNanos)
+            } catch {
+                logger.warning("cannot run the plugin discovery probe; plugins load unprobed", metadata: [
+                    "executable": "\(executable)", "error": "\(error)",
+                ])
+                return rejected
+            }
+            if round.finished { return rejected }
+            guard let culprit = round.lastLoading, !rejected.contains(where: { $0.path == culprit }) else {
+                logger.warning("the plugin discovery probe failed before loading any file; plugins load unprobed", metadata: [
+                    "executable": "\(executable)", "reason": "\(round.ending)",
+                ])
+                return rejected
+            }
+            let rejection = Rejection(
+                path: culprit, kind: .crashedWhileLoading,
+                reason: "loading it \(round.ending); it is not loaded here (check it with 'switchyard plugins verify')")
+            logger.error("plugin file refused", metadata: ["path": "\(culprit)", "reason": "\(rejection.reason)"])
+            rejected.append(rejection)
+        }
+        return rejected
+    }
+
+    /// Plugin discovery behind a probe: ``crashingFiles(in:trust:options:logger:)``, then
+    /// `loader`'s discovery of the files the probe survived. The probe's refusals come first among
+    /// the catalog's.
+    public static func discover(in directories: [SearchDirectory], loader: PluginLoader, options: ProcessIsolation,
+                                logger: Logger) throws(TransportError) -> PluginCatalog {
+        let crashed = try crashingFiles(in: directories, trust: loader.trust, options: options, logger: logger)
+        var catalog = loader.discover(in: directories, excluding: Set(crashed.map(\.path)))
+        catalog.rejected = crashed + catalog.rejected
+        return catalog
+    }
+
+    /// The child's side: loads the files as discovery would, reporting each before loading it.
+    /// Returns the process exit status.
+    public static func serve(directories: [String], excluding: [String], trust: TrustPolicy) -> Int32 {
+        let loader = PluginLoader(trust: trust)
+        _ = loader.discover(in: directories.map { SearchDirectory(path: $0, source: .commandLine) },
+                            excluding: Set(excluding), willLoad: { emit("loading \($0)") })
+        emit("done")
+        return 0
+    }
+
+    /// The arguments that make `switchyard plugin-host` a probe for `directories` under `trust`.
+    static func arguments(directories: [SearchDirectory], trust: TrustPolicy, excluding: [String]) -> [String] {
+        var arguments = ["plugin-host", "--probe"]
+        for file in excluding { arguments += ["--exclude", file] }
+        for (name, hash) in trust.pins.sorted(by: { $0.key < $1.key }) { arguments += ["--pin", "\(name)=\(hash)"] }
+        if trust.requirePins { arguments.append("--require-pins") }
+        if !trust.strictPermissions { arguments.append("--lenient-permissions") }
+        return arguments + ["--"] + directories.map(\.path)
+    }
+
+    private struct Round {
+        /// The probe wrote `done` and exited 0.
+        var finished: Bool
+        /// The file it was loading when it ended, if any.
+        var lastLoading: String?
+        /// How it ended, to follow "loading it": "killed a probe process with signal 11 (…)…".
+        var ending: String
+    }
+
+    private static func run(executable: String, directories: [SearchDirectory], trust: TrustPolicy,
+                            excluding: [String], timeoutNanos: Int64) throws -> Round {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments(directories: directories, trust: trust, excluding: excluding)
+        var environment = ProcessInfo.processInfo.environment
+        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=no" }  // see PluginProcess
+        process.environment = environment
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let fd = output.fileHandleForReading.fileDescriptor
+        let deadline = monotonicNanoseconds() + timeoutNanos
+        var bytes: [UInt8] = []
+        var timedOut = false
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let remaining = deadline - monotonicNanoseconds()
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if remaining <= 0 || poll(&poller, 1, Int32(min(remaining / 1_000_000 + 1, 1000))) == 0 {
+                if monotonicNanoseconds() >= deadline {
+                    timedOut = true
+                    kill(process.processIdentifier, SIGKILL)
+                    break
+                }
+                continue
+            }
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            bytes += buffer[0..<count]
+        }
+        process.waitUntilExit()
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+        let lastLoading = lines.last { $0.hasPrefix("loading ") }.map { String($0.dropFirst("loading ".count)) }
+        let finished = !timedOut && process.terminationReason == .exit && process.terminationStatus == 0 && lines.last == "done"
+        let ending: String
+        if timedOut {
+            ending = "did not finish within \(timeoutNanos / 1_000_000) ms in a probe process (its initialisers or entry function hang)"
+        } else if process.terminationReason == .uncaughtSignal {
+            let signal = process.terminationStatus
+            ending = "killed a probe process with signal \(signal) (\(String(cString: strsignal(signal)))): its initialisers or entry function crashed"
+        } else {
+            ending = "ended a probe process with exit status \(process.terminationStatus)"
+        }
+        return Round(finished: finished, lastLoading: lastLoading, ending: ending)
+    }
+
+    /// One line on stdout, written whole with write(2): it must be out before a crash.
+    private static func emit(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        bytes.withUnsafeBytes { _ = write(1, $0.baseAddress, $0.count) }
+    }
+}
