@@ -43,7 +43,7 @@ struct DeadLetterCommand: ParsableCommand {
             guard config.transport(named: transport) != nil else {
                 throw ValidationError("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
             }
-            let catalog = search.loader(config).discover(in: search.searchPath(config))
+            let catalog = search.discover(config)
             let specs = config.transports.map(TransportSpec.init)
             let set = try TransportSet(specs: specs, catalog: catalog, only: [transport])
             defer { set.close() }

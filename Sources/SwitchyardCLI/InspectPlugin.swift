@@ -28,7 +28,7 @@ struct InspectPlugin: ParsableCommand {
                 throw ExitCode.failure
             }
         } else {
-            let catalog = loader.discover(in: search.searchPath(config))
+            let catalog = search.discover(config)
             guard let found = catalog.plugin(named: plugin) else {
                 printError("no plugin named '\(plugin)' on the search path (\(catalog.searched.map(\.path).joined(separator: ", ")))")
                 throw ExitCode.failure

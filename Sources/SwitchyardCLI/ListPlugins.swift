@@ -20,7 +20,7 @@ struct ListPlugins: ParsableCommand {
 
     func run() throws {
         let config = try search.loadConfig()
-        let catalog = search.loader(config).discover(in: search.searchPath(config))
+        let catalog = search.discover(config)
         if json {
             struct Output: Encodable {
                 let plugins: [PluginJSON]

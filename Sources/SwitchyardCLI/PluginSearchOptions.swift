@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
+import Logging
 import SwitchyardConfig
+import SwitchyardHost
 import SwitchyardLoader
 
 /// Where to look for plugins and which files to trust: shared by every command that loads plugins.
@@ -25,6 +27,19 @@ struct PluginSearchOptions: ParsableArguments {
     /// A loader with the config's trust policy.
     func loader(_ config: SwitchyardConfig) -> PluginLoader {
         PluginLoader(trust: TrustPolicy(pins: config.plugins.pins, requirePins: config.plugins.requirePins))
+    }
+
+    /// Every plugin in the search path, found behind a discovery probe (a file whose loading
+    /// crashes or hangs is refused, not fatal to the command); unprobed if no probe can run.
+    func discover(_ config: SwitchyardConfig) -> PluginCatalog {
+        let loader = loader(config)
+        var quiet = Logger(label: "switchyard.plugins")
+        quiet.logLevel = .critical  // the commands print refusals themselves
+        do {
+            return try DiscoveryProbe.discover(in: searchPath(config), loader: loader, options: ProcessIsolation(), logger: quiet)
+        } catch {
+            return loader.discover(in: searchPath(config))
+        }
     }
 
     /// The search path: these options, the environment, the config, ./plugins, the executable's directory.

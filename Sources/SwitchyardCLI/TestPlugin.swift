@@ -36,7 +36,7 @@ struct TestPlugin: ParsableCommand {
     func run() throws {
         let config = try search.loadConfig()
         let loader = search.loader(config)
-        let catalog = loader.discover(in: search.searchPath(config))
+        let catalog = search.discover(config)
         let target: LoadedPlugin
         do {
             target = plugin.contains("/") || plugin.hasSuffix(".so") ? try loader.load(path: plugin) : try found(plugin, in: catalog)
