@@ -178,13 +178,19 @@ struct CodecTests {
         #expect(RFC3339.parse(text) == nanos, "\(text)")
     }
 
-    @Test("RFC 3339 offsets and rejects")
+    @Test("RFC 3339 offsets and rejects, times an Int64 of nanoseconds cannot hold included")
     func timeOffsets() {
         #expect(RFC3339.parse("2026-11-27T10:00:00+02:00") == RFC3339.parse("2026-11-27T08:00:00Z"))
         #expect(RFC3339.format(nanos: 0) == "1970-01-01T00:00:00.000000000Z")
         for bad in ["", "2026-11-27", "2026-13-01T00:00:00Z", "2026-11-27T25:00:00Z", "2026-11-27T10:00:00", "2026-11-27T10:00:00.Z"] {
             #expect(RFC3339.parse(bad) == nil, "\(bad)")
         }
+        // Well-formed, but outside what nanoseconds in an Int64 hold (1677–2262): refused, not a
+        // trap (found by fuzz-envelope: a ce-time in year 6478 crashed the receiver).
+        for unrepresentable in ["6478-11-27T08:00:00.000000000Z", "9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z", "2262-04-11T23:47:16.854775808Z"] {
+            #expect(RFC3339.parse(unrepresentable) == nil, "\(unrepresentable)")
+        }
+        #expect(RFC3339.parse("2262-04-11T23:47:16.854775807Z") == Int64.max)
     }
 
     @Test("an envelope survives the trip through a message; bad ones say why")

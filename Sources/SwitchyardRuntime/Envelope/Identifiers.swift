@@ -134,7 +134,12 @@ public enum RFC3339 {
         }
         let days = Int64(daysFromCivil(year: year, month: month, day: day))
         let seconds = days * 86_400 + Int64(hour * 3600 + minute * 60 + second - offsetSeconds)
-        return seconds * 1_000_000_000 + fraction
+        // Nanoseconds since 1970 fit an Int64 only from 1677 to 2262: a time outside that (any
+        // four-digit year is well-formed) is not an error to trap on but a time this runtime
+        // cannot represent, and the envelope carrying it is refused like any other bad one.
+        let (nanos, overflowed) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (total, overflowedAgain) = nanos.addingReportingOverflow(fraction)
+        return overflowed || overflowedAgain ? nil : total
     }
 
     // Howard Hinnant's civil-calendar algorithms (proleptic Gregorian, any era).
