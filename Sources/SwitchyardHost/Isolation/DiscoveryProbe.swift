@@ -23,8 +23,9 @@ public enum DiscoveryProbe {
     /// an ordinary reason) in the probe. If the probe cannot run at all, logs why and returns
     /// what it found so far: the caller's own discovery then decides, as without a probe.
     ///
-    /// The probe is `options`' plugin host executable; a file hangs it after `options`' call
-    /// timeout (at least a second). Throws `.config` when no executable is found.
+    /// The probe is `options`' plugin host executable; a file hangs it when loading it takes
+    /// longer than `options`' call timeout (at least a second). Throws `.config` when no
+    /// executable is found.
     public static func crashingFiles(
         in directories: [SearchDirectory], trust: TrustPolicy, options: ProcessIsolation, logger: Logger
     ) throws(TransportError) -> [Rejection] {
@@ -112,7 +113,9 @@ public enum DiscoveryProbe {
         process.standardOutput = output
         try process.run()
         let fd = output.fileHandleForReading.fileDescriptor
-        let deadline = monotonicNanoseconds() + timeoutNanos
+        // Per file: every line the probe writes (it writes one before each file) restarts the
+        // clock, so a long search path of slow-to-load files is not mistaken for a hang.
+        var deadline = monotonicNanoseconds() + timeoutNanos
         var bytes: [UInt8] = []
         var timedOut = false
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -131,6 +134,7 @@ public enum DiscoveryProbe {
             if count < 0 && errno == EINTR { continue }
             if count <= 0 { break }
             bytes += buffer[0..<count]
+            deadline = monotonicNanoseconds() + timeoutNanos
         }
         process.waitUntilExit()
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
