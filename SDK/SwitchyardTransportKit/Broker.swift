@@ -311,10 +311,11 @@ public final class Broker: @unchecked Sendable {
             if !workPending {
                 // Ask the store when to look again without holding the lock (a durable store
                 // answers from its writer thread), then re-check for work that came meanwhile.
-                let keys = draining ? [] : Array(groups.keys)
+                let isDraining = draining  // read under the lock (ThreadSanitizer caught a read after unlock)
+                let keys = isDraining ? [] : Array(groups.keys)
                 let local = nextLocalExpiry
                 condition.unlock()
-                let wakeup = draining ? nil : nextWakeup(keys, localExpiry: local)
+                let wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local)
                 condition.lock()
                 if !workPending && !stopped && delivered {
                     // Busy period: linger briefly before sleeping. A producer publishing one
