@@ -122,8 +122,10 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
     try await offPool { try run(executable, arguments, environment: environment) }
 }
 
-/// Waits until `condition` holds, polling, for at most `seconds`.
-func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
+/// Waits until `condition` holds, polling, for at most `seconds`. The default is generous: it
+/// returns as soon as the condition holds, and only a failing test waits it out, while a machine
+/// loaded by other work (CI, a sanitizer build alongside) can delay a passing one by seconds.
+func eventually(_ seconds: Double = 15, _ condition: () -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if condition() { return true }
