@@ -6,7 +6,7 @@
 
 import SwitchyardPluginKit
 import SwitchyardTransportKit
-import Synchronization
+import SwitchyardABI
 
 @c(switchyard_plugin_entry)
 public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
@@ -24,7 +24,7 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
     /// unsettled is never settled here, so entries older than an hour are dropped once the table
     /// grows large (the inner transport redelivers such a message under a new delivery id).
     private final class Attempts: Sendable {
-        private let table = Mutex<[DeliveryID: (attempt: UInt32, at: ContinuousClock.Instant)]>([:])
+        private let table = Guarded<[DeliveryID: (attempt: UInt32, at: ContinuousClock.Instant)]>([:])
 
         func record(_ delivery: DeliveryID, _ attempt: UInt32) {
             table.withLock { table in

@@ -26,7 +26,7 @@ public final class TransportClient: @unchecked Sendable {
     public let descriptor: UnsafePointer<sy_plugin_descriptor>
     /// The plugin's opaque instance pointer.
     public let instance: UnsafeMutableRawPointer
-    private let subscribers = Mutex<[SubscriptionID: Unmanaged<SubscriberBox>]>([:])
+    private let subscribers = Guarded<[SubscriptionID: Unmanaged<SubscriberBox>]>([:])
     /// False once destroyed: later calls fail with `.closed` instead of touching freed memory.
     private let alive = Atomic<Bool>(true)
 

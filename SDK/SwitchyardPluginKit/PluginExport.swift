@@ -1,5 +1,5 @@
 import CSwitchyard
-import Synchronization
+import SwitchyardABI
 
 /// Turns a ``TransportPlugin`` type into the C descriptor the host loads.
 ///
@@ -49,7 +49,7 @@ public enum PluginExport {
         let descriptor: UnsafePointer<sy_plugin_descriptor>
     }
 
-    static let registration = Mutex<Registration?>(nil)
+    static let registration = Guarded<Registration?>(nil)
 
     private static func makeDescriptor(
         _ info: PluginInfo,

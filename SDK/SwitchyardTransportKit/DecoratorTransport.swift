@@ -1,6 +1,5 @@
 import SwitchyardABI
 import SwitchyardPluginKit
-import Synchronization
 
 /// A plugin that wraps an inner transport (capability `wrapsInner`): by default every call goes
 /// straight through to the inner one, unchanged and uncopied. Subclasses override the calls they
@@ -17,7 +16,7 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     public let innerCapabilities: Capabilities
     /// Subscriptions this instance holds on the inner transport. They end with this instance:
     /// the inner one outlives it and must not deliver to subscribers that are gone.
-    private let innerSubscriptions = Mutex<Set<SubscriptionID>>([])
+    private let innerSubscriptions = Guarded<Set<SubscriptionID>>([])
 
     /// Takes the inner transport from the context; refuses to start without one.
     public required init(context: TransportContext) throws(TransportError) {

@@ -55,6 +55,7 @@ public final class SQLiteWriter: @unchecked Sendable {
         if pending.count == 1 { jobs.signal() }  // the writer sleeps only when nothing is pending
         jobs.unlock()
         job.finished.wait()
+        ThreadSanitizer.acquire(job)  // the writer thread set error/result before signalling
         if let error = job.error { throw error }
         return result.value!
     }
@@ -68,7 +69,10 @@ public final class SQLiteWriter: @unchecked Sendable {
             pending.removeAll(keepingCapacity: true)
             jobs.unlock()
             run(batch, on: db)
-            for job in batch { job.finished.signal() }
+            for job in batch {
+                ThreadSanitizer.release(job)
+                job.finished.signal()
+            }
             jobs.lock()
         }
         writerDone = true

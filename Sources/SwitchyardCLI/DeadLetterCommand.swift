@@ -5,7 +5,6 @@ import SwitchyardHost
 import SwitchyardLoader
 import SwitchyardRuntime
 import SwitchyardTransportKit
-import Synchronization
 
 /// `switchyard dlq …`: look at, replay and purge dead-lettered messages on any transport that
 /// declares dead-letter support, through the plugin ABI alone.
@@ -85,8 +84,8 @@ struct DeadLetterCommand: ParsableCommand {
             let message: Message
         }
         let client: TransportClient
-        private let collected = Mutex<[Letter]>([])
-        private let lastArrival = Mutex<Date>(Date())
+        private let collected = Guarded<[Letter]>([])
+        private let lastArrival = Guarded<Date>(Date())
 
         init(client: TransportClient) { self.client = client }
 

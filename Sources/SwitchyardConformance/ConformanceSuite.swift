@@ -123,7 +123,7 @@ public struct ConformanceFailure: Error, CustomStringConvertible {
 public final class ConformanceContext: @unchecked Sendable {
     // @unchecked: `opened` is guarded by its Mutex; the rest is immutable.
     let suite: ConformanceSuite
-    private let opened = Mutex<[Transport]>([])
+    private let opened = Guarded<[Transport]>([])
 
     init(suite: ConformanceSuite) { self.suite = suite }
 
@@ -161,7 +161,7 @@ public final class Collector: @unchecked Sendable {
         /// When it arrived, ns since the Unix epoch.
         public let at: Int64
     }
-    private let state = Mutex<[Received]>([])
+    private let state = Guarded<[Received]>([])
 
     /// An empty collector.
     public init() {}

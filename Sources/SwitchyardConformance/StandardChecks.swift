@@ -227,9 +227,9 @@ enum StandardChecks {
         requires: [.ordered], requiresDurable: false
     ) { c in
         let t = try c.transport()
-        let inFlightPerKey = Mutex<[String: Int]>([:])
+        let inFlightPerKey = Guarded<[String: Int]>([:])
         let overlap = Atomic<Bool>(false)
-        let order = Mutex<[String: [Int]]>([:])
+        let order = Guarded<[String: [Int]]>([:])
         let settling = Atomic<Int>(0)  // settles still scheduled: the check waits for them
         let client = t.client
         let handler: DeliveryHandler = { delivery, view in

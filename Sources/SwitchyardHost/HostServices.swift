@@ -2,7 +2,6 @@ import CSwitchyard
 import Logging
 import SwitchyardABI
 import Metrics
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -18,7 +17,7 @@ import Darwin
 final class HostServices: Sendable {
     private let logger: Logger
     private let transportName: String
-    private let metrics = Mutex<[String: MetricHandle]>([:])
+    private let metrics = Guarded<[String: MetricHandle]>([:])
     /// The table handed to the plugin. Immutable once built.
     nonisolated(unsafe) private(set) var table: UnsafeMutablePointer<sy_host_services>!
 

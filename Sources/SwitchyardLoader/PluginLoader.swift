@@ -1,7 +1,6 @@
 import CSwitchyard
 import Crypto
 import SwitchyardABI
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -21,7 +20,7 @@ import Darwin
 public final class PluginLoader: Sendable {
     /// What the loader demands of files before loading them.
     public let trust: TrustPolicy
-    private let cache = Mutex<[String: Result<LoadedPlugin, Rejection>]>([:])
+    private let cache = Guarded<[String: Result<LoadedPlugin, Rejection>]>([:])
 
     /// A loader applying `trust` to every file.
     public init(trust: TrustPolicy = .standard) {

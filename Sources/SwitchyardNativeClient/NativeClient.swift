@@ -7,7 +7,7 @@ import Foundation
 import Logging
 import SwitchyardNative
 import SwitchyardRuntime
-import Synchronization
+import SwitchyardABI
 
 /// One open client: the actor system and the closures bound through it.
 final class NativeClient: @unchecked Sendable {
@@ -105,7 +105,7 @@ final class Binding: @unchecked Sendable {
             }
         }
         // Run the routed call on a task; this (C) thread waits for it.
-        let outcome = Mutex<Result<NativeValue, any Error>?>(nil)
+        let outcome = Guarded<Result<NativeValue, any Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
         let system = client.system
         let route = self.route

@@ -53,8 +53,8 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     /// Parsed targets and their routes, by identifier (read on every call: an adaptive lock,
     /// since Linux's `Mutex` enters the kernel whenever it is contended).
     let targets = AdaptiveLock<[String: ResolvedTarget]>([:])
-    private let locals = Mutex<[ActorID: WeakActor]>([:])
-    private let replySubscriptions = Mutex<[String: SubscriptionID]>([:])
+    private let locals = Guarded<[ActorID: WeakActor]>([:])
+    private let replySubscriptions = Guarded<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)
 
     /// Starts a system from a config file: loads the plugins, creates the transports, checks

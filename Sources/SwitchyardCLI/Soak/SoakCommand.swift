@@ -6,7 +6,6 @@ import SwitchyardHost
 import SwitchyardLoader
 import SwitchyardRuntime
 import SwitchyardTransportKit
-import Synchronization
 
 /// `switchyard soak`: crash-tests the delivery promises with real processes.
 ///
@@ -273,7 +272,7 @@ final class WorkerOutput: Sendable {
         var lines: [String] = []
         var partial = ""
     }
-    private let state = Mutex(State())
+    private let state = Guarded(State())
 
     func append(_ data: Data) {
         state.withLock { state in

@@ -2,7 +2,7 @@ import Distributed
 import Foundation
 import SwitchyardRuntime
 import SwitchyardTransportKit
-import Synchronization
+import SwitchyardABI
 
 // The services `switchyard soak` runs in its producer and consumer processes. Every handler
 // effect is one row in an `effects` table: (kind, seq). With the inbox on, the row is written
@@ -29,14 +29,14 @@ struct SoakTransientFailure: Error, CustomStringConvertible {
 
 /// Writes handler effects: through the inbox transaction, or into `effects.db` directly.
 final class EffectRecorder: Sendable {
-    private let direct: Mutex<SQLiteDatabase>?
+    private let direct: Guarded<SQLiteDatabase>?
 
     init(directDatabase path: String?) throws {
         if let path {
             let database = try SQLiteDatabase(path: path)
             try database.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL")
             try database.execute(EffectRecorder.schema)
-            direct = Mutex(database)
+            direct = Guarded(database)
         } else {
             direct = nil
         }

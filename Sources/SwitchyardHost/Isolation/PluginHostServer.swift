@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import SwitchyardABI
 import SwitchyardLoader
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -42,7 +41,7 @@ public enum PluginHostServer {
         let fd: Int32
         let logger: Logger
         var transport: Transport?
-        let writeLock = Mutex<Void>(())
+        let writeLock = Guarded<Void>(())
 
         init(fd: Int32, logger: Logger) {
             self.fd = fd

@@ -27,14 +27,14 @@ final class PluginProcess: @unchecked Sendable {
         var result: Result<WireReader, TransportError>?  // written before `done` is signalled
     }
 
-    private let writeLock = Mutex<Void>(())
-    private let pending = Mutex<[UInt64: Pending]>([:])
+    private let writeLock = Guarded<Void>(())
+    private let pending = Guarded<[UInt64: Pending]>([:])
     private let nextSequence = Atomic<UInt64>(1)
     private let ended = Atomic<Bool>(false)
     private let killed = Atomic<Bool>(false)
     private let readerThread = Atomic<UInt>(0)
     /// Why it ended, once it has.
-    private let endReason = Mutex<String?>(nil)
+    private let endReason = Guarded<String?>(nil)
 
     private init(pid: pid_t, fd: Int32) {
         self.pid = pid
@@ -148,6 +148,7 @@ final class PluginProcess: @unchecked Sendable {
             }
             waiter.done.wait()  // the reply raced the timeout; it is already there
         }
+        ThreadSanitizer.acquire(waiter)  // the reader thread wrote `result` before signalling
         return try waiter.result!.get()
     }
 
@@ -176,6 +177,7 @@ final class PluginProcess: @unchecked Sendable {
         } catch {
             waiter.result = .failure(error)
         }
+        ThreadSanitizer.release(waiter)
         waiter.done.signal()
     }
 
@@ -208,6 +210,7 @@ final class PluginProcess: @unchecked Sendable {
         }
         for waiter in waiters {
             waiter.result = .failure(TransportError(.unavailable, "the plugin process \(reason); whether the operation took effect is unknown"))
+            ThreadSanitizer.release(waiter)
             waiter.done.signal()
         }
         return reason

@@ -1,4 +1,4 @@
-import Synchronization
+import SwitchyardABI
 
 /// Errors a typed call can end with that the implementation did not throw itself.
 ///
@@ -55,7 +55,7 @@ final class ErrorRegistry: Sendable {
         let encode: @Sendable (any Error) throws -> [UInt8]
         let decode: @Sendable ([UInt8]) throws -> any Error
     }
-    private let entries = Mutex<[String: Entry]>([:])
+    private let entries = Guarded<[String: Entry]>([:])
 
     init() {
         register(SwitchyardError.self)

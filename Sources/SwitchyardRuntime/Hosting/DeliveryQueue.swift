@@ -1,7 +1,6 @@
 import DequeModule
 import SwitchyardABI
 import SwitchyardHost
-import Synchronization
 
 /// One delivery taken from a transport and not yet settled.
 struct Inbound: Sendable {
@@ -25,7 +24,7 @@ final class DeliveryQueue: Sendable {
         var waiting: Deque<UnsafeContinuation<Inbound?, Never>> = []
         var closed = false
     }
-    private let state = Mutex(State())
+    private let state = Guarded(State())
 
     /// Queues a delivery; false when the queue is closed (the caller releases it).
     func push(_ item: Inbound) -> Bool {

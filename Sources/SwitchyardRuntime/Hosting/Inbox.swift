@@ -1,5 +1,4 @@
 import DequeModule
-import Synchronization
 import SwitchyardABI
 import SwitchyardTransportKit
 
@@ -17,7 +16,7 @@ final class Inbox: Sendable {
     }
 
     private let windowNanos: Int64
-    private let storage: Mutex<Storage>
+    private let storage: Guarded<Storage>
 
     private struct Storage {
         /// Keys being handled in this process now: a second delivery of the same call waits for
@@ -49,7 +48,7 @@ final class Inbox: Sendable {
             }
             storage.database = database
         }
-        self.storage = Mutex(storage)
+        self.storage = Guarded(storage)
     }
 
     /// What a delivery finds in the inbox.
@@ -156,7 +155,7 @@ struct InboxEffect: Sendable {
 /// The effects one running call has added so far; bound to the call's task while it runs.
 final class InboxEffects: Sendable {
     let durable: Bool
-    private let effects = Mutex<[InboxEffect]>([])
+    private let effects = Guarded<[InboxEffect]>([])
     init(durable: Bool) { self.durable = durable }
     func add(_ effect: InboxEffect) { effects.withLock { $0.append(effect) } }
     var all: [InboxEffect] { effects.withLock { $0 } }

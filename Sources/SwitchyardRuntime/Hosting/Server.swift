@@ -32,7 +32,7 @@ final class Server: Sendable {
         var hosted: [SwitchyardActorID: Hosted] = [:]
         var subscriptions: [Subscription] = []
     }
-    private let state = Mutex(State())
+    private let state = Guarded(State())
     /// Deliveries executing now.
     let inFlight = Atomic<Int>(0)
     /// False while draining: new deliveries are refused (the transport gives them to others).
