@@ -73,25 +73,25 @@ extension SwitchyardActorSystem {
         let subscription: SubscriptionID
         do throws(TransportError) {
             subscription = try client.subscribe(options) { [weak self] delivery, message in
+                // Refused unread: logged, the waiting caller told why, kept with the reason for a person.
+                func refuse(_ what: Logger.Message, reason: String, deadLetter: String, _ error: (String) -> SwitchyardError) -> StatusCode {
+                    server.logger.warning(what, metadata: ["channel": "\(hosted.id.name)", "reason": "\(reason)"])
+                    self?.replyToUnreadCall(message, on: transport, channel: hosted.id.name, error: error)
+                    try? client.settle(delivery, .deadLetter(reason: deadLetter))
+                    return .ok
+                }
                 if let violation = limits.violation(of: message, keyPrefix: "limits.") {
-                    server.logger.warning("dead-lettering a call over the limits", metadata: ["channel": "\(hosted.id.name)", "reason": "\(violation)"])
-                    self?.replyToUnreadCall(message, on: transport, channel: hosted.id.name) {
+                    return refuse("dead-lettering a call over the limits", reason: violation, deadLetter: "over the receiver's limits: \(violation)") {
                         .limitExceeded(target: $0, reason: "the call, at the receiver: \(violation)")
                     }
-                    try? client.settle(delivery, .deadLetter(reason: "over the receiver's limits: \(violation)"))
-                    return .ok
                 }
                 let envelope: Envelope
                 do {
                     envelope = try Envelope(message)
                 } catch {
-                    // Not something this runtime can read: keep it, with the reason, for a person.
-                    server.logger.warning("dead-lettering an unreadable call", metadata: ["channel": "\(hosted.id.name)", "reason": "\(error)"])
-                    self?.replyToUnreadCall(message, on: transport, channel: hosted.id.name) {
+                    return refuse("dead-lettering an unreadable call", reason: "\(error)", deadLetter: "unreadable envelope: \(error)") {
                         .rejected(target: $0, reason: "unreadable envelope: \(error)")
                     }
-                    try? client.settle(delivery, .deadLetter(reason: "unreadable envelope: \(error)"))
-                    return .ok
                 }
                 // While draining, only calls from this process (made by calls still running here)
                 // are taken; everything else goes back to the transport for other hosts.
