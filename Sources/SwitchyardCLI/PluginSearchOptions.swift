@@ -33,12 +33,13 @@ struct PluginSearchOptions: ParsableArguments {
     /// crashes or hangs is refused, not fatal to the command); unprobed if no probe can run.
     func discover(_ config: SwitchyardConfig) -> PluginCatalog {
         let loader = loader(config)
+        let directories = searchPath(config)
         var quiet = Logger(label: "switchyard.plugins")
         quiet.logLevel = .critical  // the commands print refusals themselves
         do {
-            return try DiscoveryProbe.discover(in: searchPath(config), loader: loader, options: ProcessIsolation(), logger: quiet)
+            return try DiscoveryProbe.discover(in: directories, loader: loader, options: ProcessIsolation(), logger: quiet)
         } catch {
-            return loader.discover(in: searchPath(config))
+            return loader.discover(in: directories)
         }
     }
 

@@ -106,9 +106,7 @@ public enum DiscoveryProbe {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments(directories: directories, trust: trust, excluding: excluding)
-        var environment = ProcessInfo.processInfo.environment
-        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=no" }  // see PluginProcess
-        process.environment = environment
+        process.environment = PluginProcess.childEnvironment
         let output = Pipe()
         process.standardOutput = output
         try process.run()

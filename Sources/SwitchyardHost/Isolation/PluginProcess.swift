@@ -65,11 +65,7 @@ final class PluginProcess: @unchecked Sendable {
         let arguments = [executable, "plugin-host", "--fd", "3"]
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
-        // The host reports how the child ended; Swift's crash backtracer would hold the crashed
-        // child (and its inherited stderr) for many seconds first. Kept if the user set it.
-        var environment = ProcessInfo.processInfo.environment
-        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=no" }
-        var envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        var envp: [UnsafeMutablePointer<CChar>?] = childEnvironment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { for pointer in envp { free(pointer) } }
         var pid: pid_t = 0
         let status = posix_spawn(&pid, executable, &actions, nil, &argv, &envp)
@@ -79,6 +75,15 @@ final class PluginProcess: @unchecked Sendable {
             throw TransportError(.unavailable, "cannot start the plugin host '\(executable)': \(String(cString: strerror(status)))")
         }
         return PluginProcess(pid: pid, fd: parentEnd)
+    }
+
+    /// The environment of the host's children: this process's, with Swift's crash backtracer
+    /// off unless the user set it. The host reports how a child ended; the backtracer would hold
+    /// a crashed child (and the stderr it inherited) for many seconds first.
+    static var childEnvironment: [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=no" }
+        return environment
     }
 
     /// Starts the reader thread: `onFrame` for every unasked frame (deliveries), `onEnd` once
