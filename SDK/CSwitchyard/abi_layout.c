@@ -16,6 +16,8 @@ _Static_assert(SY_DESCRIPTOR_SIZE_V1_0 == 104, "ABI 1.0 descriptor is 104 bytes"
 _Static_assert(SY_DESCRIPTOR_SIZE_V1_1 == 112, "ABI 1.1 descriptor is 112 bytes");
 _Static_assert(offsetof(sy_plugin_descriptor, publish_batch) == 104, "1.1 appends publish_batch at 104");
 _Static_assert(sizeof(sy_message) == 104, "sy_message is 104 bytes");
-_Static_assert(sizeof(sy_host_services) == 48, "sy_host_services is 48 bytes");
+_Static_assert(offsetof(sy_host_services, metric) == 40, "ABI 1.0/1.1 host services end with metric at 40");
+_Static_assert(offsetof(sy_host_services, dead_lettered) == 48, "1.2 appends dead_lettered at 48");
+_Static_assert(sizeof(sy_host_services) == 56, "sy_host_services is 56 bytes");
 _Static_assert(sizeof(sy_error) == 516, "sy_error is 516 bytes");
 #endif

@@ -145,6 +145,18 @@ public struct HostServices: @unchecked Sendable {
     /// Records one duration for the timer `name`.
     public func time(_ name: StaticString, nanos: Int64) { metric(SY_METRIC_TIMER_NS, name, Double(nanos)) }
 
+    /// Tells the host that `message` (as now stored in the dead-letter channel) was just
+    /// dead-lettered for `reason`, so that it can answer a caller waiting for a reply, log and
+    /// count it (`sy_host_services.dead_lettered`, ABI 1.2). Call it once the message is stored,
+    /// without holding a lock that `publish` or `settle` takes. Does nothing with an older host.
+    public func deadLettered(_ message: Message, reason: String) {
+        let size = MemoryLayout<sy_host_services>.offset(of: \sy_host_services.dead_lettered)! + MemoryLayout<UnsafeRawPointer>.size
+        guard Int(table.pointee.struct_size) >= size, let report = table.pointee.dead_lettered else { return }
+        message.withCMessage { cMessage in
+            reason.withSyStr { report(table.pointee.host_context, cMessage, $0) }
+        }
+    }
+
     private func metric(_ kind: Int32, _ name: StaticString, _ value: Double) {
         guard let metric = table.pointee.metric else { return }
         name.withUTF8Buffer { utf8 in

@@ -17,7 +17,7 @@ public struct BrokerOptions: Sendable {
     /// `max_headers`, `max_header_bytes`).
     public var limits = MessageLimits()
     /// Dead-lettered messages go to `<channel><deadLetterSuffix>`.
-    public var deadLetterSuffix: String = ".dlq"
+    public var deadLetterSuffix: String = DeadLetter.defaultSuffix
 
     /// The defaults listed on each property.
     public init() {}
@@ -232,7 +232,8 @@ public final class Broker: @unchecked Sendable {
             try store.retry(entry.ref, visibleAt: stamp + after, reason: reason, now: stamp)
         case .deadLetter(let reason):
             stamp = now()
-            try store.deadLetter(entry.ref, to: entry.channel + options.deadLetterSuffix, reason: reason, now: stamp)
+            let dead = try store.deadLetter(entry.ref, to: entry.channel + options.deadLetterSuffix, reason: reason, now: stamp)
+            host.deadLettered(dead, reason: reason)
         case .release:
             try store.release(entry.ref)
         }

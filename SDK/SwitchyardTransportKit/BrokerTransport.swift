@@ -92,9 +92,9 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         let store: MessageStore
         if let path = config.path {
             store = try SQLiteStore(path: path, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000,
-                                    isDeadLetterChannel: { $0.hasSuffix(suffix) }, host: context.host)
+                                    deadLetterSuffix: suffix, host: context.host)
         } else {
-            store = MemoryStore(fanOut: fanOut, retainedPerChannel: config.retain ?? 0, isDeadLetterChannel: { $0.hasSuffix(suffix) })
+            store = MemoryStore(fanOut: fanOut, retainedPerChannel: config.retain ?? 0, deadLetterSuffix: suffix)
         }
         broker = Broker(store: store, fanOut: fanOut, options: options, host: context.host, name: context.instanceName)
     }

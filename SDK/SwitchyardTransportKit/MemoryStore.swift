@@ -12,14 +12,16 @@ public final class MemoryStore: MessageStore {
     /// How many recent messages per channel a fan-out store keeps for groups that start at
     /// `.earliest`.
     public let retainedPerChannel: Int
-    private let isDeadLetterChannel: @Sendable (String) -> Bool
+    /// Names dead-letter channels (shared by every group, never copied per group).
+    private let deadLetterSuffix: String
+    private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
     private let state = AdaptiveLock(State())
 
-    /// An empty store; `isDeadLetterChannel` tells which channels are always shared.
-    public init(fanOut: Bool, retainedPerChannel: Int = 0, isDeadLetterChannel: @escaping @Sendable (String) -> Bool) {
+    /// An empty store; channels ending in `deadLetterSuffix` are always shared by every group.
+    public init(fanOut: Bool, retainedPerChannel: Int = 0, deadLetterSuffix: String = DeadLetter.defaultSuffix) {
         self.fanOut = fanOut
         self.retainedPerChannel = retainedPerChannel
-        self.isDeadLetterChannel = isDeadLetterChannel
+        self.deadLetterSuffix = deadLetterSuffix
     }
 
     private struct GroupKey: Hashable {
@@ -267,8 +269,9 @@ public final class MemoryStore: MessageStore {
         }
     }
 
-    public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) {
-        try state.withLock { (state) throws(TransportError) in
+    @discardableResult
+    public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message {
+        try state.withLock { (state) throws(TransportError) -> Message in
             let entry = try state.leased(ref)
             state.unlockKey(of: ref.entry)
             state.entries[ref.entry] = nil
@@ -276,6 +279,7 @@ public final class MemoryStore: MessageStore {
             let dead = DeadLetter.copy(of: entry.message, to: deadLetterChannel, group: entry.group.group, reason: reason,
                                        history: entry.history + ["attempt \(entry.message.attempt) at \(now): \(reason)"], now: now)
             state.insert(dead, into: GroupKey(channel: deadLetterChannel, group: ""))
+            return dead
         }
     }
 

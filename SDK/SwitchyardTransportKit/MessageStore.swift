@@ -30,6 +30,10 @@ public struct LeasedMessage: Sendable {
 
 /// Where dead-lettered messages go and what they carry.
 public enum DeadLetter {
+    /// The suffix that names a channel's dead-letter channel (`orders` → `orders.dlq`) unless a
+    /// transport's config says otherwise (`dead_letter_suffix`). The one definition: the bundled
+    /// plugins and the `switchyard dlq` command use it.
+    public static let defaultSuffix = ".dlq"
     /// Header: why the message was dead-lettered.
     public static let reasonHeader = "sy-dlq-reason"
     /// Header: the channel it was dead-lettered from.
@@ -94,8 +98,10 @@ public protocol MessageStore: AnyObject, Sendable {
     func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError)
     /// Makes a leased entry ready again at once, without counting the attempt.
     func release(_ ref: LeaseRef) throws(TransportError)
-    /// Moves a leased entry to `deadLetterChannel` with `reason` and its history.
-    func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError)
+    /// Moves a leased entry to `deadLetterChannel` with `reason` and its history; returns the
+    /// message as stored there (see ``DeadLetter/copy(of:to:group:reason:history:now:)``).
+    @discardableResult
+    func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message
     /// The earliest future time at which an entry of the group becomes ready (a retry's visible
     /// time or a lease's expiry), or nil.
     func nextWakeup(channel: String, group: String, now: Int64) -> Int64?

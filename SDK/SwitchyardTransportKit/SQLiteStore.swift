@@ -23,7 +23,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     public let fanOut: Bool
     /// Messages kept per channel for groups that start at the earliest.
     public let retainedPerChannel: Int
-    private let isDeadLetterChannel: @Sendable (String) -> Bool
+    /// Names dead-letter channels (shared by every group, never copied per group).
+    private let deadLetterSuffix: String
+    private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
     private let host: HostServices
     private let writer: SQLiteWriter
     private let lock = NSLock()
@@ -33,7 +35,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
     /// to another application, or holds the other kind of store (queue vs topic).
-    public init(path: String, fanOut: Bool, retainedPerChannel: Int, isDeadLetterChannel: @escaping @Sendable (String) -> Bool,
+    public init(path: String, fanOut: Bool, retainedPerChannel: Int, deadLetterSuffix: String = DeadLetter.defaultSuffix,
                 host: HostServices) throws(TransportError) {
         // Open and check the file before any stored property is set: if this throws, the object
         // was never initialised, so its deinit (which waits for the writer thread) does not run.
@@ -42,7 +44,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         self.path = path
         self.fanOut = fanOut
         self.retainedPerChannel = retainedPerChannel
-        self.isDeadLetterChannel = isDeadLetterChannel
+        self.deadLetterSuffix = deadLetterSuffix
         self.host = host
         writer = SQLiteWriter(db)
         watcher = WALWatcher(databasePath: path) { [weak self] in self?.externalChange() }
@@ -176,7 +178,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     try db.run("SELECT message FROM entries WHERE id = ?", [.int(row.id)]) { r throws(TransportError) in raw = try r.blob(0) { Array($0) } }
                     try db.run("DELETE FROM entries WHERE id = ?", [.int(row.id)])
                     let dead = DeadLetter.copy(
-                        of: Message(id: "corrupt-\(row.id)", channel: channel, body: raw), to: channel + ".dlq", group: grp,
+                        of: Message(id: "corrupt-\(row.id)", channel: channel, body: raw), to: channel + self.deadLetterSuffix, group: grp,
                         reason: error.message, history: [], now: now)
                     if !isDeadLetterChannel(channel) {
                         try db.run("INSERT INTO entries (channel, grp, attempt, visible_at, message) VALUES (?, '', 0, ?, ?)",
@@ -214,8 +216,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         }
     }
 
-    public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) {
-        try perform { db throws(TransportError) in
+    @discardableResult
+    public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message {
+        try perform { db throws(TransportError) -> Message in
             var found: (grp: String, attempt: Int64, history: String, blob: [UInt8])?
             try db.run("SELECT grp, attempt, history, message FROM entries WHERE id = ? AND lease_token = ?",
                        [.int(Int64(ref.entry)), .int(Int64(ref.token))]) { row throws(TransportError) in
@@ -229,6 +232,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             try db.run("DELETE FROM entries WHERE id = ?", [.int(Int64(ref.entry))])
             try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, '', NULL, 0, ?, ?)",
                        [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])
+            return dead
         }
     }
 

@@ -10,14 +10,20 @@ import Darwin
 #endif
 
 /// The host side of `sy_host_services` for one transport instance: log lines go to swift-log with
-/// the transport's name as metadata, metrics to swift-metrics labelled with it.
+/// the transport's name as metadata, metrics to swift-metrics labelled with it, dead-letter
+/// reports to the observers registered with ``observeDeadLetters(_:)``.
 ///
 /// The C table and its context live exactly as long as this object; the owning `Transport` keeps
 /// it until the plugin's `destroy` has returned.
+/// Told of each message an instance moved to a dead-letter channel: the message as stored there,
+/// and the reason.
+public typealias DeadLetterObserver = @Sendable (Message, String) -> Void
+
 final class HostServices: Sendable {
     private let logger: Logger
     private let transportName: String
     private let metrics = Guarded<[String: MetricHandle]>([:])
+    private let deadLetterObservers = Guarded<[DeadLetterObserver]>([])
     /// The table handed to the plugin. Immutable once built.
     nonisolated(unsafe) private(set) var table: UnsafeMutablePointer<sy_host_services>!
 
@@ -35,7 +41,8 @@ final class HostServices: Sendable {
         table.initialize(to: sy_host_services(
             struct_size: UInt32(MemoryLayout<sy_host_services>.size),
             abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
-            host_context: nil, log: Self.log, now_ns: Self.now, monotonic_ns: Self.monotonic, metric: Self.metric))
+            host_context: nil, log: Self.log, now_ns: Self.now, monotonic_ns: Self.monotonic, metric: Self.metric,
+            dead_lettered: Self.deadLettered))
         self.table = table
         // The context is unretained: this object outlives every call by the owner's contract.
         table.pointee.host_context = Unmanaged.passUnretained(self).toOpaque()
@@ -73,6 +80,23 @@ final class HostServices: Sendable {
         context, kind, name, value in
         guard let services = services(context), let name else { return }
         services.record(kind: kind, name: String(cString: name), value: value)
+    }
+
+    private static let deadLettered: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, sy_str) -> Void = {
+        context, message, reason in
+        // A malformed report is dropped: it only ever informs, the message is stored already.
+        guard let services = services(context), let message, let copy = try? Message(copying: message) else { return }
+        services.reportDeadLetter(copy, reason: String(reason))
+    }
+
+    /// Adds an observer of the instance's dead letters.
+    func observeDeadLetters(_ observer: @escaping DeadLetterObserver) {
+        deadLetterObservers.withLock { $0.append(observer) }
+    }
+
+    /// Hands a dead letter to every observer (from the plugin, or from a plugin process's report).
+    func reportDeadLetter(_ message: Message, reason: String) {
+        for observer in deadLetterObservers.withLock({ $0 }) { observer(message, reason) }
     }
 
     private func record(kind: Int32, name: String, value: Double) {

@@ -48,7 +48,11 @@ public final class Transport: Sendable {
         let create = plugin.descriptor.pointee.create!
         try name.withSyStr { (nameSlice) throws(TransportError) in
             try configJSON.withSyStr { (configSlice) throws(TransportError) in
-                var innerRef = sy_transport_ref(plugin: inner?.plugin.descriptor, instance: inner?.client.instance)
+                // The inner's *client* descriptor: for an isolated inner that is the proxy's table,
+                // which goes with the proxy's instance pointer. The real plugin's table must never
+                // be paired with it (it would run the isolated plugin's code here, on a pointer it
+                // never created).
+                var innerRef = sy_transport_ref(plugin: inner?.client.descriptor, instance: inner?.client.instance)
                 try withUnsafePointer(to: &innerRef) { (innerPointer) throws(TransportError) in
                     var args = sy_create_args(
                         struct_size: UInt32(MemoryLayout<sy_create_args>.size), reserved: 0,
@@ -80,15 +84,26 @@ public final class Transport: Sendable {
         if plugin.capabilities.contains(.wrapsInner) {
             throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport, and decorators cannot run with isolation: process (isolate the transport it wraps instead)")
         }
-        let proxy = try ProcessIsolatedTransport(name: name, plugin: plugin, configJSON: configJSON, options: isolation, logger: logger)
+        let services = HostServices(transportName: name, logger: logger)
+        let proxy = try ProcessIsolatedTransport(
+            name: name, plugin: plugin, configJSON: configJSON, options: isolation, logger: logger,
+            onDeadLetter: { [weak services] message, reason in services?.reportDeadLetter(message, reason: reason) })
         let adapter = PluginExport.inProcess(proxy, info: PluginInfo(
             name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities))
         self.name = name
         self.plugin = plugin
         self.inner = nil
-        self.services = HostServices(transportName: name, logger: logger)
+        self.services = services
         self.isolated = proxy
         self.client = TransportClient(descriptor: adapter.descriptor, instance: adapter.instance)
+    }
+
+    /// Calls `observer` for every message this instance reports it moved to a dead-letter
+    /// channel (ABI 1.2's `dead_lettered`; a plugin in a child process reports through its
+    /// socket). Plugins built for an older ABI report nothing. Observers run on the plugin's
+    /// thread and must return promptly; they may publish.
+    public func observeDeadLetters(_ observer: @escaping DeadLetterObserver) {
+        services.observeDeadLetters(observer)
     }
 
     /// Destroys the plugin instance. Every other call on it must have returned. Calling it again

@@ -56,6 +56,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     private let locals = Guarded<[ActorID: WeakActor]>([:])
     private let replySubscriptions = Guarded<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)
+    let answeredDeadLetters = AnsweredDeadLetters()
 
     /// Starts a system from a config file: loads the plugins, creates the transports, checks
     /// every route against its transport's capabilities. Nothing starts half-configured: any
@@ -124,6 +125,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             throw error
         }
         server = Server(logger: logger)
+        observeDeadLetters()
     }
 
     deinit {

@@ -138,6 +138,76 @@ struct IsolationTests {
         #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
     }
 
+    /// Publishes `count` messages through `decorator` (delayed by 30 ms when `delayed`) and acks
+    /// every delivery; returns the ids delivered.
+    static func roundTrip(through decorator: Transport, count: Int, delayed: Bool, retryFirst: Bool = false) throws -> [String] {
+        let seen = Seen()
+        let retried = Guarded<Set<String>>([])
+        let client = decorator.client
+        let subscription = try client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 64)) { delivery, view in
+            let message = view.copy()
+            // With retryFirst, every message fails once: the retry decorator must send it back.
+            if retryFirst && retried.withLock({ $0.insert(message.id).inserted }) {
+                try? client.settle(delivery, .retry(afterNanos: 0, reason: "first attempt fails"))
+            } else {
+                seen.add(message.id, DeliveryID(message.attempt))
+                try? client.settle(delivery, .ack)
+            }
+            return .ok
+        }
+        defer { try? client.unsubscribe(subscription) }
+        for index in 0..<count {
+            var message = Self.message("m\(index)", "job \(index)")
+            if delayed { message.deliverAtNanos = WallClock.nowNanos() + 30_000_000 }
+            try client.publish(message)
+        }
+        _ = waitUntil(15) { seen.count >= count }
+        if retryFirst { #expect(seen.deliveries.allSatisfy { $0 == 2 }, "attempts on delivery: \(seen.deliveries)") }
+        return seen.ids
+    }
+
+    @Test("delay over an isolated C plugin and an isolated Swift plugin: calls flow through the proxy, and only the child runs the plugin",
+          arguments: ["example-c", "example-swift"])
+    func delayOverIsolatedPlugin(_ name: String) async throws {
+        try await offPool {
+            let inner = try Transport(name: "work", plugin: try ConformanceTests.plugin(name), isolation: Self.quick)
+            defer { inner.close() }
+            let later = try Transport(name: "later", plugin: try ConformanceTests.plugin("delay"), inner: inner)
+            defer { later.close() }
+            let ids = try Self.roundTrip(through: later, count: 20, delayed: true)
+            #expect(Set(ids) == Set((0..<20).map { "m\($0)" }))
+            // The counters come from the child, over its socket: it stored and delivered every
+            // message. (Before the fix the decorator called the plugin's own functions here, with
+            // the proxy's instance pointer: the C plugin aborted the host.)
+            let stats = try #require(try inner.client.stats())
+            #expect(stats.published == 20 && stats.delivered == 20, "\(stats)")
+            // And the decorator really depends on the child: killed, it is restarted, and
+            // messages flow again through the new one.
+            let child = try #require(inner.pluginProcessID)
+            kill(child, SIGKILL)
+            #expect(waitUntil(15) { inner.pluginProcessID.map { $0 != child } ?? false }, "no new child")
+            #expect(Set(try Self.roundTrip(through: later, count: 5, delayed: true)) == Set((0..<5).map { "m\($0)" }))
+        }
+    }
+
+    @Test("retry over an isolated plugin: failures are retried through the proxy, and the child counts them")
+    func retryOverIsolatedPlugin() async throws {
+        // (No bundled C plugin keeps attempt histories and dead letters, which retry needs of its
+        // inner transport; the C template is a plain queue.)
+        try await offPool {
+            let inner = try Transport(name: "work", plugin: try ConformanceTests.plugin("queue"), isolation: Self.quick)
+            defer { inner.close() }
+            let retry = try Transport(
+                name: "retrying", plugin: try ConformanceTests.plugin("retry"),
+                configJSON: #"{"max_attempts": 3, "initial_delay": "1ms", "max_delay": "5ms"}"#, inner: inner)
+            defer { retry.close() }
+            let ids = try Self.roundTrip(through: retry, count: 10, delayed: false, retryFirst: true)
+            #expect(Set(ids) == Set((0..<10).map { "m\($0)" }))
+            let stats = try #require(try inner.client.stats())
+            #expect(stats.published == 10 && stats.retried == 10 && stats.acked == 10, "\(stats)")
+        }
+    }
+
     @Test("typed calls over a transport with isolation: process in config")
     func typedCallsOverIsolatedQueue() async throws {
         let directory = try TemporaryDirectory()

@@ -315,6 +315,38 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a request-reply call dead-lettered by a retry decorator is answered at once with .deadLettered, in process and with the queue in a child process",
+          arguments: [false, true])
+    func retryDecoratorDeadLetterAnswersTheCaller(_ isolated: Bool) async throws {
+        let isolation = isolated ? ", isolation: { mode: process, call_timeout: 5s, host: \"\(BuildProducts.switchyard)\" }" : ""
+        let system = try await offPool {
+            try makeSystem("""
+                transports:
+                  base: { plugin: queue\(isolation) }
+                  work: { plugin: retry, inner: base, config: { max_attempts: 3, initial_delay: 5ms, max_delay: 20ms } }
+                routes:
+                  Shop.*: { transport: work, deadline: 60s }
+                """)
+        }
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.flaky("a", failures: 1) == 2)
+        let started = ContinuousClock.now
+        do {
+            _ = try await shop.flaky("b", failures: 10)
+            Issue.record("expected the call to be dead-lettered")
+        } catch SwitchyardError.deadLettered(let target, let attempts, let reason) {
+            #expect(target == "Shop.flaky(_:failures:)")
+            #expect(attempts == 3)
+            #expect(reason.contains("gave up after 3 attempts") && reason.contains("OutOfStock"), "\(reason)")
+        }
+        // Told when it happened, not at the 60 s deadline.
+        #expect(ContinuousClock.now - started < .seconds(20))
+        #expect(ledger.count("flaky:b") == 3)
+        await system.shutdown()
+    }
+
     @Test("timeout: no reply within the route's deadline throws a typed timeout")
     func timeout() async throws {
         let system = try makeSystem("""

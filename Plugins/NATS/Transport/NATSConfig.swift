@@ -1,5 +1,6 @@
 import Foundation
 import SwitchyardPluginKit
+import SwitchyardTransportKit
 
 /// The `nats` plugins' config. Durations are strings with a unit; secrets come from the
 /// environment or a file and are never logged.
@@ -139,7 +140,7 @@ struct NATSSettings: Sendable {
         guard publishTimeoutMillis >= 1 else { throw fail("publish_timeout", "must be at least 1ms") }
         connectTimeoutMillis = (config.connect_timeout?.nanoseconds ?? 5_000_000_000) / 1_000_000
         guard connectTimeoutMillis >= 1 else { throw fail("connect_timeout", "must be at least 1ms") }
-        deadLetterSuffix = config.dead_letter_suffix ?? ".dlq"
+        deadLetterSuffix = config.dead_letter_suffix ?? DeadLetter.defaultSuffix
         guard !deadLetterSuffix.isEmpty else { throw fail("dead_letter_suffix", "must not be empty") }
         ephemeralPrefixes = config.ephemeral_prefixes ?? ["_switchyard.reply."]
         maxMessageBytes = config.max_message_bytes

@@ -363,6 +363,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             // Only now terminate it: a message at MaxDeliver would stay in a work-queue stream.
             try NATSLibrary.check(natsMsg_Term(entry.message, nil), "term failed")
             counters.deadLettered.add(1, ordering: .relaxed)
+            host.deadLettered(dead, reason: reason)
         }
     }
 

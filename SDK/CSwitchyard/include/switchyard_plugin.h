@@ -45,8 +45,9 @@ extern "C" {
 /** ABI major version. A host refuses a plugin whose descriptor carries another major. */
 #define SY_ABI_MAJOR 1
 /** ABI minor version. Grows when fields are appended to structs; older minors stay loadable.
- *  1.1 appended sy_plugin_descriptor.publish_batch. */
-#define SY_ABI_MINOR 1
+ *  1.1 appended sy_plugin_descriptor.publish_batch.
+ *  1.2 appended sy_host_services.dead_lettered. */
+#define SY_ABI_MINOR 2
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -239,7 +240,37 @@ typedef struct sy_host_services {
     /** Records a metric. `name` is borrowed and NUL-terminated (e.g. "published");
      *  the host prefixes and labels it with the transport name. `kind` is a SY_METRIC_* value. */
     void (*metric)(void *host_context, int32_t kind, const char *name, double value);
+
+    /* ---- ABI 1.2 (present when SY_SIZE_THROUGH(sy_host_services, dead_lettered) <= struct_size) ---- */
+
+    /**
+     * Tells the host that the instance has just moved a message to a dead-letter channel —
+     * whatever the reason: a SY_SETTLE_DEAD_LETTER settlement, its own retry limit, a message it
+     * could not read. Call it after the message is stored there, once per message, from any
+     * thread, without holding a lock that publish or settle takes: the host may publish from
+     * inside it (it answers a caller still waiting for a reply, so that the caller hears at once
+     * instead of at its deadline, and it logs and counts the dead letter).
+     *
+     * `message` is the message as it now stands in the dead-letter channel (its `channel` is the
+     * dead-letter channel; its headers are the original's plus the plugin's own, such as the
+     * reason and attempt history), borrowed for the call; `attempt` is the number of deliveries
+     * it had. `reason` is borrowed. Decorators that hand dead-lettering to their inner transport
+     * do not call it: whoever stores the message does. May be NULL in a host; check struct_size
+     * first (sy_host_dead_lettered does both).
+     */
+    void (*dead_lettered)(void *host_context, const sy_message *message, sy_str reason);
 } sy_host_services;
+
+/** True when the host's services table is large enough to hold `field` (an ABI minor that has
+ *  it) and the host set it. */
+#define SY_HOST_SERVICES_HAS(host, field) \
+    ((host)->struct_size >= offsetof(sy_host_services, field) + sizeof((host)->field) && (host)->field != NULL)
+
+/** Reports a dead letter to the host when the host knows the service (ABI 1.2 and later);
+ *  does nothing with an older host. See sy_host_services.dead_lettered. */
+static inline void sy_host_dead_lettered(const sy_host_services *host, const sy_message *message, sy_str reason) {
+    if (host != NULL && SY_HOST_SERVICES_HAS(host, dead_lettered)) host->dead_lettered(host->host_context, message, reason);
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Subscriptions and settlement

@@ -100,7 +100,15 @@ public enum PluginHostServer {
             guard plugin.name == pluginName else {
                 throw TransportError(.unavailable, "\(path) now holds plugin '\(plugin.name)', not '\(pluginName)'")
             }
-            transport = try Transport(name: instanceName, plugin: plugin, configJSON: configJSON, logger: logger)
+            let made = try Transport(name: instanceName, plugin: plugin, configJSON: configJSON, logger: logger)
+            // Dead letters are the parent's business (it answers waiting callers): pass them on.
+            made.observeDeadLetters { [self] message, reason in
+                var payload = WireWriter()
+                payload.message(message)
+                payload.string(reason)
+                send(Frame(kind: .deadLettered, sequence: 0, payload: payload.bytes))
+            }
+            transport = made
         }
 
         private func handle(_ frame: Frame) {

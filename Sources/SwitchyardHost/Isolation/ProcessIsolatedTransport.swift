@@ -58,6 +58,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     private let options: ProcessIsolation
     private let executable: String
     private let logger: Logger
+    /// Told of the dead letters the child's plugin reports.
+    private let onDeadLetter: DeadLetterObserver
 
     private struct Subscription {
         var options: SubscribeOptions
@@ -84,8 +86,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
 
     /// Starts the first child and creates the instance in it; throws what `create` reports
     /// (a config error names the key) or why the child could not start.
-    init(name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, logger: Logger) throws(TransportError) {
+    init(name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, logger: Logger,
+         onDeadLetter: @escaping DeadLetterObserver) throws(TransportError) {
         self.name = name
+        self.onDeadLetter = onDeadLetter
         self.plugin = plugin
         self.configJSON = configJSON
         self.options = options
@@ -264,8 +268,13 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     /// A delivery from the child, on its reader thread: hand it to the subscriber under an id
     /// of ours; release it when the subscriber refuses it or is gone.
     private func received(_ frame: Frame, from process: PluginProcess) {
-        guard frame.kind == .deliver else { return }
         var reader = WireReader(frame.payload)
+        if frame.kind == .deadLettered {
+            guard let message = try? reader.message(), let reason = try? reader.string("reason") else { return }
+            onDeadLetter(message, reason)
+            return
+        }
+        guard frame.kind == .deliver else { return }
         guard let subscription: SubscriptionID = try? reader.integer("subscription"),
               let childDelivery: DeliveryID = try? reader.integer("delivery")
         else { return }

@@ -41,10 +41,13 @@ enum WireKind: UInt8 {
     case reply = 0x40
     /// Child → parent: parent subscription id u64, the child's delivery id u64, one message.
     case deliver = 0x41
+    /// Child → parent: the plugin reported a dead letter (`dead_lettered`): one message (as
+    /// stored in the dead-letter channel), then the reason.
+    case deadLettered = 0x42
 }
 
 /// The protocol version carried by `create`; a child refuses any other.
-let wireVersion: UInt32 = 1
+let wireVersion: UInt32 = 2  // 2: dead-letter reports (child → parent)
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
 let maxFrameBytes = 256 << 20

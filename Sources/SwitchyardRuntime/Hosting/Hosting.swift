@@ -77,7 +77,10 @@ extension SwitchyardActorSystem {
                 func refuse(_ what: Logger.Message, reason: String, deadLetter: String, _ error: (String) -> SwitchyardError) -> StatusCode {
                     server.logger.warning(what, metadata: ["channel": "\(hosted.id.name)", "reason": "\(reason)"])
                     self?.replyToUnreadCall(message, on: transport, channel: hosted.id.name, error: error)
+                    let id = message.header(EnvelopeHeader.id) ?? ""
+                    self?.answeredDeadLetters.insert(id)
                     try? client.settle(delivery, .deadLetter(reason: deadLetter))
+                    self?.answeredDeadLetters.remove(id)
                     return .ok
                 }
                 if let violation = limits.violation(of: message, keyPrefix: "limits.") {
@@ -125,7 +128,7 @@ extension SwitchyardActorSystem {
             logger.warning("refusing a call", metadata: ["target": "\(readable)", "actor": "\(hosted.id)", "reason": "\(reason)"])
             route?.metrics.deadLettered.increment()
             sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: route?.encoding ?? .compact)
-            try? client.settle(item.delivery, .deadLetter(reason: "rejected: \(reason)"))
+            deadLetter(item, reason: "rejected: \(reason)")
         }
         guard let resolved = resolved(envelope.target.identifier) else {
             return reject("unknown target '\(envelope.target.identifier)'", route: nil)
@@ -143,7 +146,11 @@ extension SwitchyardActorSystem {
         }
         if envelope.deadlineNanos > 0, envelope.replyTo != nil, WallClock.nowNanos() > envelope.deadlineNanos {
             route?.metrics.deadLettered.increment()
-            try? client.settle(item.delivery, .deadLetter(reason: "expired: the caller's deadline passed before the call ran"))
+            logger.notice("dead-lettering an expired call: its caller's deadline passed before it ran", metadata: [
+                "route": "\(route?.pattern ?? "none")", "target": "\(readable)", "attempt": "\(item.attempt)",
+                "deadline": "\(RFC3339.format(nanos: envelope.deadlineNanos))",
+            ])
+            deadLetter(item, reason: "expired: the caller's deadline passed before the call ran")
             return
         }
         // Per subscriber group: on a topic every group handles the same envelope once.
@@ -228,25 +235,41 @@ extension SwitchyardActorSystem {
             if let policy = route?.retry {
                 if policy.isRetryable(reason) && Int(item.attempt) < policy.maxAttempts {
                     route?.metrics.retried.increment()
-                    try? client.settle(item.delivery, .retry(afterNanos: policy.backoff(afterAttempt: item.attempt), reason: reason))
+                    let after = policy.backoff(afterAttempt: item.attempt)
+                    logger.debug("retrying a failed call", metadata: [
+                        "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)",
+                        "retry_in_ms": "\(after / 1_000_000)", "reason": "\(reason)",
+                    ])
+                    try? client.settle(item.delivery, .retry(afterNanos: after, reason: reason))
                 } else {
                     route?.metrics.deadLettered.increment()
                     let attempts = Int(item.attempt)
+                    let why = policy.isRetryable(reason) ? "gave up after \(attempts) attempts: \(reason)" : "not retryable: \(reason)"
+                    logger.notice("dead-lettering a call", metadata: [
+                        "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(attempts)", "reason": "\(why)",
+                    ])
                     sendReply(item, .error(SwitchyardError.deadLettered(target: readable, attempts: attempts, reason: reason)), encoding: envelope.contentType)
-                    try? client.settle(item.delivery, .deadLetter(reason: policy.isRetryable(reason) ? "gave up after \(attempts) attempts: \(reason)" : "not retryable: \(reason)"))
+                    deadLetter(item, reason: why)
                 }
                 return
             }
             if route?.transportRetries == true {
-                // A retry decorator owns the policy: it redelivers or dead-letters.
+                // A retry decorator owns the policy: it redelivers or dead-letters (and then
+                // reports it, which answers the caller: see deadLettered(_:reason:on:)).
                 route?.metrics.retried.increment()
+                logger.debug("handing a failed call back to the transport's retry policy", metadata: [
+                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "reason": "\(reason)",
+                ])
                 try? client.settle(item.delivery, .retry(afterNanos: 0, reason: reason))
                 return
             }
             if envelope.replyTo == nil {
                 // Fire-and-forget with nobody to tell: keep the call, with the reason.
                 route?.metrics.deadLettered.increment()
-                try? client.settle(item.delivery, .deadLetter(reason: reason))
+                logger.notice("dead-lettering a failed fire-and-forget call", metadata: [
+                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "reason": "\(reason)",
+                ])
+                deadLetter(item, reason: reason)
                 return
             }
         }
@@ -295,7 +318,7 @@ extension SwitchyardActorSystem {
     }
 
     /// The reply's outcome name and body for an outcome.
-    private func encodeReply(_ outcome: SwitchyardResultHandler.Outcome, encoding: ArgumentEncoding) -> (String, [UInt8]) {
+    func encodeReply(_ outcome: SwitchyardResultHandler.Outcome, encoding: ArgumentEncoding) -> (String, [UInt8]) {
         var body: [UInt8] = []
         switch outcome {
         case .void:
@@ -326,7 +349,7 @@ extension SwitchyardActorSystem {
     }
 
     /// Publishes a reply to the call `correlationID` (for `target`) on `channel` of `transport`.
-    private func publishReply(on transport: Transport, to channel: String, correlationID: String, target: String,
+    func publishReply(on transport: Transport, to channel: String, correlationID: String, target: String,
                               outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
         let id = EnvelopeID.make()
         func message(_ outcome: String, _ body: [UInt8]) -> Message {

@@ -1,0 +1,62 @@
+import Logging
+import SwitchyardABI
+import SwitchyardHost
+import SwitchyardTransportKit
+
+/// Envelope ids whose dead-lettering this runtime is doing itself right now (it has answered the
+/// caller and logged it already), so that the transport's report of the same dead letter is not
+/// answered twice. An id is only here for the duration of one `settle` call.
+final class AnsweredDeadLetters: Sendable {
+    private let ids = Guarded<Set<String>>([])
+    func insert(_ id: String) { _ = ids.withLock { $0.insert(id) } }
+    func remove(_ id: String) { _ = ids.withLock { $0.remove(id) } }
+    func contains(_ id: String) -> Bool { ids.withLock { $0.contains(id) } }
+}
+
+extension SwitchyardActorSystem {
+    /// Subscribes to every transport's dead-letter reports (ABI 1.2), so that a request-reply
+    /// call dead-lettered by anyone — a retry decorator, a broker's own delivery limit, a
+    /// third-party transport — is answered at once instead of timing out.
+    func observeDeadLetters() {
+        for transport in transports?.transports.values.map({ $0 }) ?? [] {
+            transport.observeDeadLetters { [weak self, unowned transport] message, reason in
+                self?.deadLettered(message, reason: reason, on: transport)
+            }
+        }
+    }
+
+    /// Dead-letters a delivery the runtime itself gave up on (it has answered the caller and
+    /// logged it): the transport's report of it is then not answered again.
+    func deadLetter(_ item: Inbound, reason: String) {
+        answeredDeadLetters.insert(item.envelope.id)
+        defer { answeredDeadLetters.remove(item.envelope.id) }
+        do throws(TransportError) {
+            try item.transport.client.settle(item.delivery, .deadLetter(reason: reason))
+        } catch {
+            logger.error("cannot dead-letter a call; the transport delivers it again", metadata: [
+                "target": "\(item.envelope.target.name)", "transport": "\(item.transport.name)", "error": "\(error.message)",
+            ])
+        }
+    }
+
+    /// A transport reported that it moved `message` to a dead-letter channel: log it and, when it
+    /// is a call whose caller still waits for a reply, tell the caller why.
+    func deadLettered(_ message: Message, reason: String, on transport: Transport) {
+        let id = message.header(EnvelopeHeader.id) ?? message.id
+        if answeredDeadLetters.contains(id) { return }
+        let target = message.header(EnvelopeHeader.type) ?? message.header(DeadLetter.channelHeader) ?? message.channel
+        let attempts = message.header(DeadLetter.attemptsHeader).flatMap { Int($0) } ?? Int(message.attempt)
+        logger.notice("a transport dead-lettered a call", metadata: [
+            "transport": "\(transport.name)", "channel": "\(message.channel)", "target": "\(target)",
+            "attempt": "\(attempts)", "reason": "\(reason)",
+        ])
+        guard let replyTo = message.header(EnvelopeHeader.replyTo), !replyTo.isEmpty else { return }
+        if let deadline = message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse), deadline < WallClock.nowNanos() {
+            return  // the caller stopped waiting
+        }
+        let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
+        let error = SwitchyardError.deadLettered(target: target, attempts: attempts, reason: reason)
+        let (outcome, body) = encodeReply(.error(error), encoding: encoding)
+        publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding)
+    }
+}
