@@ -39,8 +39,11 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let data = try makeDataDirectory()
-        defer { if ProcessInfo.processInfo.environment["SWITCHYARD_DATA"] == nil { try? FileManager.default.removeItem(atPath: data) } }
+        // Decided before SWITCHYARD_DATA is set below: a directory the user named is theirs to
+        // keep; one made here is removed when the run ends, however it ends.
+        let userData = ProcessInfo.processInfo.environment["SWITCHYARD_DATA"]
+        let data = try makeDataDirectory(given: userData)
+        defer { if userData == nil { try? FileManager.default.removeItem(atPath: data) } }
         setenv("SWITCHYARD_DATA", data, 0)
         guard let configPath = config ?? OrdersDemo.defaultConfigPath else {
             throw ValidationError("the embedded config is missing from this build; pass --config examples/orders/switchyard.yaml")
@@ -65,12 +68,14 @@ struct DemoCommand: AsyncParsableCommand {
         }
     }
 
-    private func makeDataDirectory() throws -> String {
-        if let given = ProcessInfo.processInfo.environment["SWITCHYARD_DATA"] {
+    private func makeDataDirectory(given: String?) throws -> String {
+        if let given {
             try FileManager.default.createDirectory(atPath: given, withIntermediateDirectories: true)
             return given
         }
-        var template = Array((NSTemporaryDirectory() + "/switchyard-demo-XXXXXX").utf8CString)
+        // NSTemporaryDirectory() ends with a slash.
+        let temporary = NSTemporaryDirectory().hasSuffix("/") ? NSTemporaryDirectory() : NSTemporaryDirectory() + "/"
+        var template = Array((temporary + "switchyard-demo-XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { throw ValidationError("cannot create a temporary directory") }
         return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }

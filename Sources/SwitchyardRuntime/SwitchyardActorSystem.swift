@@ -168,9 +168,13 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         nil
     }
 
-    /// Resolves the service `id` as its protocol: the local actor itself when every route of the
-    /// protocol is direct and the actor is hosted here (a call then costs what a local actor call
-    /// costs), otherwise a stub whose calls take their routes.
+    /// Resolves the service `id` as its protocol: the local actor itself when the actor is hosted
+    /// here and a plain local call is exactly what the routes ask for — every route of the
+    /// protocol is direct, one of them (`Interface.*` or `*`) covers every method, and none sets
+    /// a retry policy or a deadline (a call then costs what a local actor call costs);
+    /// otherwise a stub whose calls take their routes (an unrouted method then fails with
+    /// ``SwitchyardError/routing(target:reason:)``, a direct route retries and times out as
+    /// configured).
     ///
     /// ```swift
     /// let orders: any Orders = try system.resolve("orders", $Orders.self)
@@ -180,7 +184,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     ) throws -> Interface where Stub.ID == ActorID, Stub.ActorSystem == SwitchyardActorSystem {
         let name = Self.interfaceName(of: stub)
         let routes = routes.routes(forInterface: name)
-        if !routes.isEmpty, routes.allSatisfy(\.isDirect), let local = localActor(id), let typed = local as? Interface {
+        if routes.contains(where: { $0.pattern == "*" || $0.pattern == name + ".*" }),
+           routes.allSatisfy({ $0.isDirect && $0.retry == nil && $0.entry.lines["deadline"] == nil }),
+           let local = localActor(id), let typed = local as? Interface {
             return typed
         }
         let resolved = try Stub.resolve(id: id, using: self)

@@ -21,13 +21,91 @@ struct DemoTests {
         #expect(result.stdout.contains("payment retries                     \(expectedRetries)"), "\(result.stdout)")
     }
 
-    @Test("demo with every route direct: the same code, no transports")
-    func direct() async throws {
-        let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "60", "--config", Repository.root + "/examples/orders/direct.yaml"])
+    /// The business outcome a demo run printed: succeeded, declined, payment retries and the
+    /// deliveries per group (what must not depend on the routing; latency and timing may).
+    static func outcome(_ stdout: String) -> [String] {
+        stdout.split(separator: "\n").map(String.init).filter { line in
+            ["succeeded ", "declined ", "payment retries ", "delivered to ", "orders placed "].contains { line.hasPrefix($0) }
+        }
+    }
+
+    /// Configs beyond the bundled ones, each once broken: a delay decorator over a C plugin in a
+    /// child process (the host aborted), and the retry plugin owning the payment policy (dead
+    /// letters never answered: the callers timed out).
+    static let extraConfigs: [String: String] = [
+        "delay over isolated example-c": """
+            transports:
+              work: { plugin: queue }
+              events: { plugin: topic }
+              isolated: { plugin: example-c, isolation: { mode: process } }
+              later: { plugin: delay, inner: isolated }
+            routes:
+              Orders.place: { transport: work, deadline: 30s }
+              Payments.charge: { transport: work, retry: { max_attempts: 4, initial_delay: 20ms, max_delay: 200ms, multiplier: 2 } }
+              OrderEvents.*: { transport: events, mode: fire-and-forget }
+              Reminders.*: { transport: later, mode: fire-and-forget }
+            """,
+        "retry decorator": """
+            transports:
+              base: { plugin: queue }
+              work: { plugin: retry, inner: base, config: { max_attempts: 4, initial_delay: 20ms, max_delay: 200ms, multiplier: 2 } }
+              events: { plugin: topic }
+              later: { plugin: delay, inner: base }
+            routes:
+              Orders.place: { transport: base, deadline: 30s }
+              Payments.charge: { transport: work }
+              OrderEvents.*: { transport: events, mode: fire-and-forget }
+              Reminders.*: { transport: later, mode: fire-and-forget }
+            """,
+    ]
+
+    @Test("the same program gives the same business outcome under every bundled config (embedded, direct, NATS) and the decorator configs; every call is answered")
+    func sameOutcomeEverywhere() async throws {
+        let directory = try TemporaryDirectory()
+        let nats = try NATSServer(storeDirectory: directory.file("nats"))
+        defer { nats.kill() }
+        var environment = ProcessInfo.processInfo.environment
+        environment["NATS_URL"] = nats.url
+        environment["SWITCHYARD_PLUGIN_HOST"] = BuildProducts.switchyard
+        var runs: [(name: String, arguments: [String])] = [
+            ("embedded", []),
+            ("direct.yaml", ["--config", Repository.root + "/examples/orders/direct.yaml"]),
+            ("nats.yaml", ["--config", Repository.root + "/examples/orders/nats.yaml"]),
+        ]
+        for (name, yaml) in Self.extraConfigs.sorted(by: { $0.key < $1.key }) {
+            let path = directory.file(name.replacingOccurrences(of: " ", with: "-") + ".yaml")
+            try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+            runs.append((name, ["--config", path]))
+        }
+        var baseline: [String]?
+        for (name, arguments) in runs {
+            let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "60"] + arguments, environment: environment)
+            #expect(result.status == 0, "\(name): \(result.stdout) \(result.stderr)")
+            #expect(!result.stdout.contains("unexpected errors"), "\(name): \(result.stdout)")
+            let outcome = Self.outcome(result.stdout)
+            #expect(outcome.count == 7, "\(name): \(result.stdout)")
+            if let baseline {
+                #expect(outcome == baseline, "\(name) differs from the embedded run")
+            } else {
+                baseline = outcome
+            }
+        }
+    }
+
+    @Test("demo leaves nothing in the temporary directory and prints a clean path; a SWITCHYARD_DATA the user set is kept")
+    func demoCleansUp() async throws {
+        let temporary = try TemporaryDirectory()
+        var environment = ProcessInfo.processInfo.environment
+        environment["TMPDIR"] = temporary.path
+        environment["SWITCHYARD_DATA"] = nil
+        let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "5"], environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.contains("route    * → direct (in process)"))
-        #expect(result.stdout.contains("payment retries                     0"))
-        #expect(result.stdout.contains("orders placed                       60"))
+        #expect(!result.stdout.contains("//switchyard-demo-"), "\(result.stdout)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: temporary.path).isEmpty)
+        let kept = temporary.file("mine")
+        environment["SWITCHYARD_DATA"] = kept
+        #expect(try await run(BuildProducts.switchyard, ["demo", "--orders", "5"], environment: environment).status == 0)
+        #expect(!(try FileManager.default.contentsOfDirectory(atPath: kept).isEmpty))
     }
 
     @Test("demo and run refuse a bad config with the key and line, exit 1")

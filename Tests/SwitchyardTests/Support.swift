@@ -27,7 +27,7 @@ enum Repository {
 final class TemporaryDirectory: Sendable {
     let path: String
     init() throws {
-        let template = NSTemporaryDirectory() + "/switchyard-test-XXXXXX"
+        let template = (NSTemporaryDirectory() as NSString).appendingPathComponent("switchyard-test-XXXXXX")
         var bytes = Array(template.utf8CString)
         guard mkdtemp(&bytes) != nil else { throw POSIXError(.EIO) }
         path = String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)

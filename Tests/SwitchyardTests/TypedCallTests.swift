@@ -188,6 +188,61 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a direct route honours its retry policy and its deadline, as a transport route does; resolve then gives a stub, not the actor")
+    func directRouteRetriesAndDeadline() async throws {
+        let system = try makeSystem("""
+            routes:
+              Shop.flaky: { transport: direct, retry: { max_attempts: 3, initial_delay: 1ms, jitter: none } }
+              Shop.slow: { transport: direct, deadline: 200ms }
+              Shop.*: { transport: direct }
+            """)
+        system.registerError(OutOfStock.self)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop: any Shop = try system.resolve("shop", $Shop.self)
+        #expect(!(shop is ShopService), "a plain local call would skip the retry policy and the deadline")
+        #expect(try await shop.flaky("a", failures: 2) == 3)
+        do {
+            _ = try await shop.flaky("b", failures: 10)
+            Issue.record("expected the call to give up")
+        } catch SwitchyardError.deadLettered(let target, let attempts, let reason) {
+            #expect(target == "Shop.flaky(_:failures:)")
+            #expect(attempts == 3)
+            #expect(reason.contains("OutOfStock"))
+        }
+        #expect(ledger.count("flaky:b") == 3)
+        let started = ContinuousClock.now
+        do {
+            _ = try await shop.slow(20_000)
+            Issue.record("expected a timeout")
+        } catch SwitchyardError.timeout(let target, let deadline) {
+            #expect(target == "Shop.slow(_:)")
+            #expect(deadline == .milliseconds(200))
+        }
+        #expect(ContinuousClock.now - started < .seconds(10))
+        // Without a retry policy, the implementation's own error comes back as itself.
+        await #expect(throws: OutOfStock.self) { try await shop.fail("z", registered: true) }
+        await system.shutdown(deadline: .milliseconds(100))
+    }
+
+    @Test("a direct route for one method leaves the others unrouted: they fail with .routing, not run in process")
+    func directRouteDoesNotRouteOtherMethods() async throws {
+        let system = try makeSystem("""
+            routes:
+              Shop.place: { transport: direct }
+            """)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop: any Shop = try system.resolve("shop", $Shop.self)
+        #expect(try await shop.place(Order(id: 1, customer: "x", amount: 1)) == "receipt-1-x")
+        do {
+            _ = try await shop.total(of: [])
+            Issue.record("expected a routing error")
+        } catch SwitchyardError.routing(_, let reason) {
+            #expect(reason.contains("no route matches Shop.total"))
+        }
+        await system.shutdown()
+    }
+
     @Test("fire-and-forget returns once the queue has the call; the call runs later")
     func fireAndForget() async throws {
         let system = try makeSystem("""

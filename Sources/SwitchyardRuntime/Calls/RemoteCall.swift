@@ -16,7 +16,7 @@ extension SwitchyardActorSystem {
         let (call, route) = try prepare(target)
         try refuseGeneric(call, invocation)
         if route.isDirect {
-            guard case .value(let value)? = try await callInProcess(actor.id, call, invocation, route: route) else {
+            guard case .value(let value)? = try await callDirect(actor.id, call, invocation, route: route) else {
                 throw SwitchyardError.rejected(target: call.name, reason: "the method returned no value")
             }
             return value as! Res
@@ -44,7 +44,7 @@ extension SwitchyardActorSystem {
         let (call, route) = try prepare(target)
         try refuseGeneric(call, invocation)
         if route.isDirect {
-            _ = try await callInProcess(actor.id, call, invocation, route: route)
+            _ = try await callDirect(actor.id, call, invocation, route: route)
             return
         }
         if route.entry.mode == .fireAndForget {
@@ -180,9 +180,59 @@ extension SwitchyardActorSystem {
         return envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt)
     }
 
-    /// A direct route reached through a stub: runs the call on the local actor(s) named `id` in
-    /// this task, without encoding. A name hosted in several groups gets the call in each (only
-    /// for `Void` methods, which have no single result).
+    /// A direct route reached through a stub: the call runs in process, with what the route asks
+    /// of any transport — its retry policy (the same backoff, then `.deadLettered`) and its
+    /// deadline (`.timeout`; the call itself may still finish) — so that development in memory
+    /// behaves as production does.
+    private func callDirect(
+        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
+    ) async throws -> SwitchyardResultHandler.Outcome? {
+        let deadline = Duration.nanoseconds(route.entry.deadlineNanos)
+        let metrics = route.metrics
+        let box = UncheckedSendable((invocation, self))
+        let outcome = try await DirectDeadline.run(deadline, timeout: { [name = call.name] in
+            metrics.timeouts.increment()
+            return SwitchyardError.timeout(target: name, deadline: deadline)
+        }) {
+            let (invocation, system) = box.value
+            return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route))
+        }
+        return outcome.value
+    }
+
+    /// Runs the call in process, again after each failure while the route's retry policy allows.
+    private func callWithRetries(
+        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
+    ) async throws -> SwitchyardResultHandler.Outcome? {
+        var attempt: UInt32 = 1
+        while true {
+            let outcome = try await callInProcess(id, call, invocation, route: route)
+            guard case .error(let error)? = outcome else { return outcome }
+            guard let policy = route.retry else { throw error }
+            let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
+            if policy.isRetryable(reason) && Int(attempt) < policy.maxAttempts {
+                route.metrics.retried.increment()
+                let after = policy.backoff(afterAttempt: attempt)
+                logger.debug("retrying a failed call", metadata: [
+                    "route": "\(route.pattern)", "target": "\(call.name)", "attempt": "\(attempt)",
+                    "retry_in_ms": "\(after / 1_000_000)", "reason": "\(reason)",
+                ])
+                try await Task.sleep(for: .nanoseconds(after))
+                attempt += 1
+                continue
+            }
+            route.metrics.deadLettered.increment()
+            let why = policy.isRetryable(reason) ? "gave up after \(attempt) attempts: \(reason)" : "not retryable: \(reason)"
+            logger.notice("giving up on a direct call (a transport would dead-letter it)", metadata: [
+                "route": "\(route.pattern)", "target": "\(call.name)", "attempt": "\(attempt)", "reason": "\(why)",
+            ])
+            throw SwitchyardError.deadLettered(target: call.name, attempts: Int(attempt), reason: reason)
+        }
+    }
+
+    /// Runs the call on the local actor(s) named `id` in this task, without encoding; returns its
+    /// outcome (a thrown error included). A name hosted in several groups gets the call in each
+    /// (only for `Void` methods, which have no single result); the first error ends it.
     private func callInProcess(
         _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
     ) async throws -> SwitchyardResultHandler.Outcome? {
@@ -202,7 +252,7 @@ extension SwitchyardActorSystem {
             var decoder = SwitchyardInvocationDecoder(.values(invocation.arguments.map(\.value)), substitutions: substitutions)
             let handler = SwitchyardResultHandler()
             try await executeDistributedTarget(on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
-            if case .error(let error)? = handler.outcome { throw error }
+            if case .error? = handler.outcome { return handler.outcome }
             last = handler.outcome
         }
         return last
@@ -246,6 +296,81 @@ struct TraceCarrier {
             case "tracestate": carrier.tracestate
             default: nil
             }
+        }
+    }
+}
+
+/// A value that crosses a task boundary where the compiler cannot see that it is safe: the
+/// direct path hands its invocation to the task that runs it and the outcome back, each read by
+/// one task at a time.
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
+
+/// A direct call's deadline: the call runs in a task of its own (task-locals carried over), and
+/// the caller resumes with its result or, once `deadline` passes, with the timeout error — the
+/// call then finishes on its own, as one sent through a transport would.
+enum DirectDeadline {
+    static func run<T: Sendable>(
+        _ deadline: Duration, timeout: @escaping @Sendable () -> any Error, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let race = Race<T>()
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
+                race.arm(continuation)
+                let work = Task {
+                    do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
+                }
+                let timer = Task {
+                    guard (try? await Task.sleep(for: deadline)) != nil else { return }
+                    race.finish(.failure(timeout()))
+                }
+                race.onFinish { timer.cancel(); _ = work }
+            }
+        } onCancel: {
+            race.finish(.failure(CancellationError()))
+        }
+    }
+
+    /// Resumes the continuation once, with whichever result comes first.
+    private final class Race<T: Sendable>: Sendable {
+        private struct State {
+            var continuation: UnsafeContinuation<T, any Error>?
+            var early: Result<T, any Error>?
+            var done = false
+            var cleanup: (@Sendable () -> Void)?
+        }
+        private let state = Guarded<State>(State())
+
+        func arm(_ continuation: UnsafeContinuation<T, any Error>) {
+            let early = state.withLock { state -> Result<T, any Error>? in
+                if let early = state.early { return early }
+                state.continuation = continuation
+                return nil
+            }
+            if let early { continuation.resume(with: early) }
+        }
+
+        func onFinish(_ cleanup: @escaping @Sendable () -> Void) {
+            let runNow = state.withLock { state -> Bool in
+                if state.done { return true }
+                state.cleanup = cleanup
+                return false
+            }
+            if runNow { cleanup() }
+        }
+
+        func finish(_ result: Result<T, any Error>) {
+            let (continuation, cleanup) = state.withLock { state -> (UnsafeContinuation<T, any Error>?, (@Sendable () -> Void)?) in
+                guard !state.done else { return (nil, nil) }
+                state.done = true
+                defer { state.continuation = nil; state.cleanup = nil }
+                if state.continuation == nil { state.early = result }
+                return (state.continuation, state.cleanup)
+            }
+            continuation?.resume(with: result)
+            cleanup?()
         }
     }
 }

@@ -44,7 +44,7 @@ struct Route: Sendable {
         if entry.transport == SwitchyardConfig.RouteEntry.direct {
             transport = nil
             capabilities = []
-            for key in ["delay", "retry", "inbox", "ordering", "encoding", "mode"] where entry.lines[key] != nil {
+            for key in ["delay", "inbox", "ordering", "encoding", "mode"] where entry.lines[key] != nil {
                 throw fail(key, "a direct route calls the local actor in the caller's task; '\(key)' needs a transport")
             }
         } else {
