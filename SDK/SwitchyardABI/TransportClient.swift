@@ -34,11 +34,28 @@ public final class TransportClient: @unchecked Sendable {
         if !alive.load(ordering: .acquiring) { throw TransportError(.closed, "the transport instance was destroyed") }
     }
 
+    /// Who hears of calls into the plugin that should return promptly and did not.
+    private let watch: SlowCallWatch?
+
     /// Wraps an instance created by `descriptor`'s `create`. The descriptor must have passed the
-    /// loader's validation: every required function is present.
-    public init(descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer) {
+    /// loader's validation: every required function is present. With `watch`, every call that
+    /// must return promptly (all but `drain`) is timed, and one slower than its threshold reported.
+    public init(descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer, watch: SlowCallWatch? = nil) {
         self.descriptor = descriptor
         self.instance = instance
+        self.watch = watch
+    }
+
+    /// Runs one call into the plugin, timed when a watch is set.
+    @inline(__always)
+    private func call(_ function: StaticString, _ body: (UnsafeMutablePointer<sy_error>) -> sy_status) throws(TransportError) {
+        guard let watch else { return try TransportError.check(body) }
+        let started = monotonicNanoseconds()
+        defer {
+            let took = monotonicNanoseconds() - started
+            if took >= watch.thresholdNanos { watch.report("\(function)", took) }
+        }
+        try TransportError.check(body)
     }
 
     /// A client for the inner transport a decorator received at creation.
@@ -58,7 +75,7 @@ public final class TransportClient: @unchecked Sendable {
     public func publish(_ message: UnsafePointer<sy_message>) throws(TransportError) {
         try checkAlive()
         let publish = descriptor.pointee.publish!
-        try TransportError.check { publish(instance, message, $0) }
+        try call("publish") { publish(instance, message, $0) }
     }
 
     /// Publishes messages all or nothing: one call (and, durably, one commit) when the plugin has
@@ -71,7 +88,7 @@ public final class TransportClient: @unchecked Sendable {
             return
         }
         try batch.withCMessages { (messages) throws(TransportError) in
-            try TransportError.check { publishBatch(instance, messages.baseAddress, messages.count, $0) }
+            try call("publish_batch") { publishBatch(instance, messages.baseAddress, messages.count, $0) }
         }
     }
 
@@ -79,7 +96,7 @@ public final class TransportClient: @unchecked Sendable {
     public func publish(batch messages: UnsafeBufferPointer<sy_message>) throws(TransportError) {
         try checkAlive()
         if let publishBatch = descriptor.pointee.publish_batch {
-            try TransportError.check { publishBatch(instance, messages.baseAddress, messages.count, $0) }
+            try call("publish_batch") { publishBatch(instance, messages.baseAddress, messages.count, $0) }
         } else {
             for index in messages.indices { try publish(messages.baseAddress! + index) }
         }
@@ -96,7 +113,7 @@ public final class TransportClient: @unchecked Sendable {
         do {
             try options.withCOptions { (cOptions) throws(TransportError) in
                 let subscribe = descriptor.pointee.subscribe!
-                try TransportError.check { subscribe(instance, cOptions, &subscriber, &id, $0) }
+                try call("subscribe") { subscribe(instance, cOptions, &subscriber, &id, $0) }
             }
         } catch {
             box.release()
@@ -115,7 +132,7 @@ public final class TransportClient: @unchecked Sendable {
         var id: SubscriptionID = 0
         try options.withCOptions { (cOptions) throws(TransportError) in
             let subscribe = descriptor.pointee.subscribe!
-            try TransportError.check { subscribe(instance, cOptions, &subscriber, &id, $0) }
+            try call("subscribe") { subscribe(instance, cOptions, &subscriber, &id, $0) }
         }
         return id
     }
@@ -125,7 +142,7 @@ public final class TransportClient: @unchecked Sendable {
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
         try checkAlive()
         let unsubscribe = descriptor.pointee.unsubscribe!
-        try TransportError.check { unsubscribe(instance, id, $0) }
+        try call("unsubscribe") { unsubscribe(instance, id, $0) }
         subscribers.withLock { $0.removeValue(forKey: id) }?.release()
     }
 
@@ -134,7 +151,7 @@ public final class TransportClient: @unchecked Sendable {
         try checkAlive()
         let settle = descriptor.pointee.settle!
         try settlement.withCSettlement { (cSettlement) throws(TransportError) in
-            try TransportError.check { settle(instance, delivery, cSettlement, $0) }
+            try call("settle") { settle(instance, delivery, cSettlement, $0) }
         }
     }
 
@@ -153,7 +170,7 @@ public final class TransportClient: @unchecked Sendable {
         guard let stats = descriptor.pointee.stats else { return nil }
         var out = sy_stats()
         out.struct_size = UInt32(MemoryLayout<sy_stats>.size)
-        try TransportError.check { stats(instance, &out, $0) }
+        try call("stats") { stats(instance, &out, $0) }
         return TransportStats(copying: out)
     }
 
@@ -167,6 +184,23 @@ public final class TransportClient: @unchecked Sendable {
             return Array(all.values)
         }
         for box in boxes { box.release() }
+    }
+}
+
+/// Reports calls into a plugin that took longer than they should: every ABI function but `drain`
+/// must return promptly, and one that blocks (a plugin waiting on a network inside `publish`)
+/// holds up the host's threads. The host sets one per transport; ``report`` gets the ABI
+/// function's name and how long the call took.
+public struct SlowCallWatch: Sendable {
+    /// Calls that take at least this long are reported.
+    public let thresholdNanos: Int64
+    /// Called on the calling thread, after the call returned.
+    public let report: @Sendable (_ function: String, _ tookNanos: Int64) -> Void
+
+    /// A watch reporting calls of `thresholdNanos` or longer to `report`.
+    public init(thresholdNanos: Int64, report: @escaping @Sendable (_ function: String, _ tookNanos: Int64) -> Void) {
+        self.thresholdNanos = thresholdNanos
+        self.report = report
     }
 }
 

@@ -1,12 +1,14 @@
 import ArgumentParser
 import Foundation
+import SwitchyardHost
 import SwitchyardLoader
 
 /// `switchyard plugins verify PATH`: exit 0 for a valid plugin, 1 with the reason otherwise.
 ///
 /// Loading a file runs its code, and code can crash. So the check runs in a child process (this
 /// same executable with `--in-process`), and a child killed by a signal becomes a rejection like
-/// any other: whatever the file, verify itself never crashes.
+/// any other; one that does not finish within the time discovery allows a file (`--timeout`) is
+/// killed and the file refused as hung: whatever the file, verify itself never crashes or hangs.
 struct VerifyPlugin: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
@@ -16,6 +18,9 @@ struct VerifyPlugin: ParsableCommand {
     var path: String
 
     @OptionGroup var search: PluginSearchOptions
+
+    @Option(help: ArgumentHelp("Give up on a file whose loading takes longer than this many seconds (default: what discovery allows, 30).", valueName: "seconds"))
+    var timeout: Double?
 
     @Flag(help: .hidden)
     var inProcess = false
@@ -35,7 +40,15 @@ struct VerifyPlugin: ParsableCommand {
             // Could not isolate it: check here instead.
             return try verifyHere()
         }
-        child.waitUntilExit()
+        let limitNanos = timeout.map { Int64($0 * 1e9) } ?? DiscoveryProbe.loadTimeoutNanos()
+        let deadline = Date().addingTimeInterval(Double(limitNanos) / 1e9)
+        while child.isRunning && Date() < deadline { usleep(10_000) }
+        if child.isRunning {
+            kill(child.processIdentifier, SIGKILL)
+            child.waitUntilExit()
+            printError("\(path): hung while loading: its initialisers or entry function did not return within \(limitNanos / 1_000_000) ms (the same limit discovery applies, which refuses the file)")
+            throw ExitCode.failure
+        }
         switch child.terminationReason {
         case .exit where child.terminationStatus == 0:
             return

@@ -109,6 +109,8 @@ public struct SwitchyardConfig: Sendable {
         /// Load every plugin file in a probe process first and never load one that crashes or
         /// hangs it here; nil leaves it to the runtime (on when a transport is isolated).
         public var probe: Bool?
+        /// Calls into a plugin that take this long or longer are logged as warnings (0: never).
+        public var slowCallWarningNanos: Int64 = 1_000_000_000
 
         /// No directory, no pins.
         public init() {}
@@ -231,10 +233,12 @@ extension SwitchyardConfig {
 extension SwitchyardConfig.PluginsSection {
     init(_ node: ConfigNode, baseDirectory: String) throws(ConfigError) {
         self.init()
-        for (key, value) in try node.mapping(allowed: ["directory", "pins", "require_pins", "probe"]) {
+        for (key, value) in try node.mapping(allowed: ["directory", "pins", "require_pins", "probe", "slow_call_warning"]) {
             switch key {
             case "probe":
                 probe = try value.bool()
+            case "slow_call_warning":
+                slowCallWarningNanos = try value.duration()
             case "directory":
                 directory = SwitchyardConfig.resolve(path: try value.string(), against: baseDirectory)
             case "require_pins":

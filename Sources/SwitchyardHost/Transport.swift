@@ -28,12 +28,29 @@ public final class Transport: Sendable {
     /// for an in-process transport or while the child is being restarted.
     public var pluginProcessID: Int32? { isolated?.currentProcessID }
 
+    /// Calls into a plugin that take this long or longer are logged as warnings by default
+    /// (`plugins.slow_call_warning` in config): every ABI function but `drain` must return promptly.
+    public static let defaultSlowCallWarningNanos: Int64 = 1_000_000_000
+
+    /// The watch that logs slow calls into `plugin` as `name`; nil when `thresholdNanos` is 0.
+    static func slowCallWatch(name: String, plugin: String, thresholdNanos: Int64, logger: Logger) -> SlowCallWatch? {
+        guard thresholdNanos > 0 else { return nil }
+        return SlowCallWatch(thresholdNanos: thresholdNanos) { function, took in
+            logger.warning("a call into a plugin took \(took / 1_000_000) ms; the ABI asks it to return promptly (it holds up the caller's thread)", metadata: [
+                "transport": "\(name)", "plugin": "\(plugin)", "function": "\(function)",
+                "threshold_ms": "\(thresholdNanos / 1_000_000)",
+            ])
+        }
+    }
+
     /// Creates an instance of `plugin` named `name` with its JSON `config`.
     ///
     /// Throws `.config` when the plugin wraps an inner transport and none is given, or the other
     /// way round, and whatever the plugin's `create` reports (a config error names the key).
+    /// Calls into the instance taking `slowCallWarningNanos` or longer are logged (0: never).
     public init(
         name: String, plugin: LoadedPlugin, configJSON: String = "{}", inner: Transport? = nil,
+        slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
         logger: Logger = Logger(label: "switchyard.transport")
     ) throws(TransportError) {
         let wraps = plugin.capabilities.contains(.wrapsInner)
@@ -70,7 +87,9 @@ public final class Transport: Sendable {
         self.inner = inner
         self.services = services
         self.isolated = nil
-        self.client = TransportClient(descriptor: plugin.descriptor, instance: instance)
+        self.client = TransportClient(
+            descriptor: plugin.descriptor, instance: instance,
+            watch: Self.slowCallWatch(name: name, plugin: plugin.name, thresholdNanos: slowCallWarningNanos, logger: logger))
     }
 
     /// Creates an instance of `plugin` in a child process (`switchyard plugin-host`) and a proxy
@@ -79,6 +98,7 @@ public final class Transport: Sendable {
     /// isolated (their inner transport lives in this process).
     public init(
         name: String, plugin: LoadedPlugin, configJSON: String = "{}", isolation: ProcessIsolation,
+        slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
         logger: Logger = Logger(label: "switchyard.transport")
     ) throws(TransportError) {
         if plugin.capabilities.contains(.wrapsInner) {
@@ -95,7 +115,9 @@ public final class Transport: Sendable {
         self.inner = nil
         self.services = services
         self.isolated = proxy
-        self.client = TransportClient(descriptor: adapter.descriptor, instance: adapter.instance)
+        self.client = TransportClient(
+            descriptor: adapter.descriptor, instance: adapter.instance,
+            watch: Self.slowCallWatch(name: name, plugin: plugin.name, thresholdNanos: slowCallWarningNanos, logger: logger))
     }
 
     /// Calls `observer` for every message this instance reports it moved to a dead-letter

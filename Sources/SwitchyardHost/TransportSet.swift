@@ -35,7 +35,9 @@ public final class TransportSet: Sendable {
     /// Creates `names` (all of `specs` when nil) and the inner transports they need. Every error
     /// names the transport: an unknown plugin (with the names that were found), a decorator
     /// without an inner transport, or the plugin's own refusal of its config.
+    /// Calls into a plugin taking `slowCallWarningNanos` or longer are logged (0: never).
     public init(specs: [TransportSpec], catalog: PluginCatalog, only names: [String]? = nil,
+                slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
                 logger: Logger = Logger(label: "switchyard.transport")) throws(TransportError) {
         let byName = Dictionary(specs.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var created: [String: Transport] = [:]
@@ -56,9 +58,11 @@ public final class TransportSet: Sendable {
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
             let transport = if let isolation = spec.isolation {
-                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, isolation: isolation, logger: logger)
+                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, isolation: isolation,
+                              slowCallWarningNanos: slowCallWarningNanos, logger: logger)
             } else {
-                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner, logger: logger)
+                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner,
+                              slowCallWarningNanos: slowCallWarningNanos, logger: logger)
             }
             created[name] = transport
             order.append(name)

@@ -105,7 +105,8 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
                 logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
             }
             do {
-                transports = try TransportSet(specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(), logger: logger)
+                transports = try TransportSet(specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(),
+                                              slowCallWarningNanos: config.plugins.slowCallWarningNanos, logger: logger)
             } catch {
                 let entry = config.transports.first { error.message.contains("'\($0.name)'") }
                 throw ConfigError(key: entry.map { "transports.\($0.name)" } ?? "transports", line: entry?.line, message: error.message)

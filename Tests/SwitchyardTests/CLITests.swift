@@ -37,6 +37,18 @@ struct CLITests {
         #expect(result.stderr.contains("crashed the loader with signal 11"), "\(result.stderr)")
     }
 
+    @Test("verify gives up on a plugin whose entry never returns: exit 1, 'hung while loading'")
+    func verifyHangingPlugin() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("hang.so", in: dir.path, defines: ["FIXTURE_HANG_IN_ENTRY"])
+        let started = Date()
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", "--timeout", "1", path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("hung while loading"), "\(result.stderr)")
+        #expect(result.stderr.contains("within 1000 ms"), "\(result.stderr)")
+        #expect(Date().timeIntervalSince(started) < 15)
+    }
+
     @Test("verify never crashes on junk: empty, text, random bytes, a directory, a missing path")
     func verifyJunk() async throws {
         let dir = try TemporaryDirectory()

@@ -70,6 +70,22 @@ struct IsolationTests {
         }
     }
 
+    @Test("a call into a plugin that blocks past the threshold is logged as a warning naming the transport and the ABI function")
+    func slowCallWarning() async throws {
+        let directory = try TemporaryDirectory()
+        let plugin = try await Self.crashy(in: directory)
+        let log = CapturedLog()
+        try await offPool {
+            let transport = try Transport(name: "sluggish", plugin: plugin, slowCallWarningNanos: 100_000_000, logger: log.logger())
+            defer { transport.close() }
+            try transport.client.publish(Self.message("1", "fine"))
+            #expect(log.all.isEmpty, "\(log.all)")
+            try transport.client.publish(Self.message("2", "slow"))
+        }
+        let warning = log.all.first { $0.hasPrefix("warning a call into a plugin took") }
+        #expect(warning?.contains("function=publish") == true && warning?.contains("transport=sluggish") == true, "\(log.all)")
+    }
+
     @Test("a durable queue in a child that is SIGKILLed: deliveries in flight come back from the restarted child and are acked; nothing is lost")
     func inFlightDeliveriesComeBack() async throws {
         try await offPool {

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Synchronization
 import Testing
 
@@ -132,4 +133,42 @@ func eventually(_ seconds: Double = 15, _ condition: () -> Bool) async -> Bool {
         try? await Task.sleep(for: .milliseconds(2))
     }
     return condition()
+}
+
+/// A swift-log handler that keeps every line, for tests that check what was logged.
+final class CapturedLog: @unchecked Sendable {
+    // @unchecked: `lines` is guarded by `lock`.
+    private let lock = NSLock()
+    private var lines: [(level: Logger.Level, message: String, metadata: Logger.Metadata)] = []
+
+    /// A logger whose lines land here.
+    func logger(_ label: String = "test") -> Logger {
+        Logger(label: label) { _ in Handler(log: self) }
+    }
+
+    /// Every line so far, as "level message key=value…".
+    var all: [String] {
+        lock.withLock {
+            lines.map { line in
+                "\(line.level) \(line.message) " + line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            }
+        }
+    }
+
+    fileprivate func append(_ level: Logger.Level, _ message: String, _ metadata: Logger.Metadata) {
+        lock.withLock { lines.append((level, message, metadata)) }
+    }
+
+    private struct Handler: LogHandler {
+        let log: CapturedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+            log.append(level, message.description, self.metadata.merging(metadata ?? [:]) { $1 })
+        }
+    }
 }

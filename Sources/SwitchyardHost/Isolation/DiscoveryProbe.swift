@@ -30,7 +30,7 @@ public enum DiscoveryProbe {
         in directories: [SearchDirectory], trust: TrustPolicy, options: ProcessIsolation, logger: Logger
     ) throws(TransportError) -> [Rejection] {
         let executable = try options.resolveExecutable(pluginPath: (directories.first?.path ?? ".") + "/probe")
-        let timeoutNanos = max(options.callTimeoutNanos, 1_000_000_000)
+        let timeoutNanos = loadTimeoutNanos(options)
         var rejected: [Rejection] = []
         // Each round either finishes or excludes one more file; a directory cannot hold more
         // candidates than this without the probe being pointless anyway.
@@ -59,6 +59,12 @@ public enum DiscoveryProbe {
             rejected.append(rejection)
         }
         return rejected
+    }
+
+    /// How long loading one file may take before it counts as hung: `options`' call timeout, at
+    /// least a second. `switchyard plugins verify` gives up after the same time.
+    public static func loadTimeoutNanos(_ options: ProcessIsolation = ProcessIsolation()) -> Int64 {
+        max(options.callTimeoutNanos, 1_000_000_000)
     }
 
     /// Plugin discovery behind a probe: ``crashingFiles(in:trust:options:logger:)``, then

@@ -15,10 +15,13 @@
  *   FIXTURE_HANG_IN_ENTRY    the entry never returns (a hanging plugin)
  *   FIXTURE_CREATE_FAILS     create fails with SY_ERR_CONFIG naming a key
  *   FIXTURE_CRASHY           publish accepts messages, except: body "segfault" writes through
- *                            NULL, body "hang" never returns (for isolation: process)
+ *                            NULL, body "hang" never returns (for isolation: process), body
+ *                            "slow" returns after 300 ms
  */
+#define _POSIX_C_SOURCE 200809L
 #include "switchyard_plugin.h"
 
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -57,6 +60,10 @@ static sy_status f_publish(void *instance, const sy_message *m, sy_error *err) {
     }
     if (m->body.len == 4 && memcmp(m->body.data, "hang", 4) == 0) {
         for (;;) pause();
+    }
+    if (m->body.len == 4 && memcmp(m->body.data, "slow", 4) == 0) {
+        struct timespec pause_for = { 0, 300000000L };
+        nanosleep(&pause_for, NULL);
     }
     return SY_OK;
 #else
