@@ -31,6 +31,9 @@ struct TestPlugin: ParsableCommand {
     @Option(help: ArgumentHelp("Run only these checks (repeatable).", valueName: "check"))
     var check: [String] = []
 
+    @Option(help: ArgumentHelp("Fail a check that has not finished after this many seconds.", valueName: "seconds"))
+    var checkTimeout: Double = 60
+
     @OptionGroup var search: PluginSearchOptions
 
     func run() throws {
@@ -48,10 +51,15 @@ struct TestPlugin: ParsableCommand {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-conformance-\(getpid())").path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil, isolationKey: isolationKey,
+        var suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil, isolationKey: isolationKey,
                                                processIsolation: processIsolation ? ProcessIsolation() : nil)
         print("conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(suite.durable ? ", durable" : "")\(processIsolation ? ", in a child process" : "")")
-        let results = suite.run(only: Set(check)) { print("  \($0)") }
+        suite.checkTimeoutSeconds = checkTimeout
+        // Each line as soon as its check ends, also into a pipe (CI logs, `| tee`).
+        let results = suite.run(only: Set(check)) { result in
+            print("  \(result)")
+            fflush(nil)  // every output stream; Swift 6 forbids naming the global stdout
+        }
         let failed = results.filter(\.failed)
         let passed = results.filter { if case .passed = $0.outcome { true } else { false } }
         print("\(passed.count) passed, \(failed.count) failed, \(results.count - passed.count - failed.count) skipped")

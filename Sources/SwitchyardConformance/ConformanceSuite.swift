@@ -27,6 +27,12 @@ public struct ConformanceSuite: Sendable {
     /// What the instances under test can do: the plugin's capabilities, or for a decorator, those
     /// of the chain it forms with its inner transport.
     public let capabilities: Capabilities
+    /// A check still running after this many seconds fails as timed out (default 60).
+    public var checkTimeoutSeconds: Double = 60
+
+    static func format(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(format: "%.1f", seconds)
+    }
 
     /// A suite for `plugin`; `capabilities` defaults to the plugin's own.
     public init(plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false,
@@ -52,14 +58,32 @@ public struct ConformanceSuite: Sendable {
             } else {
                 let started = Date()
                 let context = ConformanceContext(suite: self)
-                var outcome: ConformanceResult.Outcome
-                do {
-                    try check.body(context)
-                    outcome = .passed
-                } catch {
-                    outcome = .failed("\(error)")
+                // On a thread of its own, so that a check stuck in a plugin call that never
+                // returns fails as timed out and the suite goes on.
+                let finished = DispatchSemaphore(value: 0)
+                let outcomeBox = Guarded<ConformanceResult.Outcome?>(nil)
+                let thread = Thread {
+                    let outcome: ConformanceResult.Outcome
+                    do {
+                        try check.body(context)
+                        outcome = .passed
+                    } catch {
+                        outcome = .failed("\(error)")
+                    }
+                    outcomeBox.withLock { $0 = outcome }
+                    finished.signal()
                 }
-                context.closeAll()
+                thread.name = "switchyard-conformance-\(check.name)"
+                thread.start()
+                let outcome: ConformanceResult.Outcome
+                if finished.wait(timeout: .now() + checkTimeoutSeconds) == .timedOut {
+                    // Its transports are left open: closing one while a call into it runs
+                    // breaks the ABI's contract. They are abandoned with the stuck thread.
+                    outcome = .failed("timed out after \(Self.format(checkTimeoutSeconds)) s (a call into the plugin did not return; every ABI function but drain must return promptly)")
+                } else {
+                    outcome = outcomeBox.withLock { $0 } ?? .failed("the check ended without an outcome")
+                    context.closeAll()
+                }
                 result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started))
             }
             progress(result)

@@ -1,5 +1,6 @@
 import CSwitchyard
 import Foundation
+import SwitchyardABI
 import Testing
 
 /// The `switchyard plugins` commands, run as a real child process.
@@ -47,6 +48,38 @@ struct CLITests {
         #expect(result.stderr.contains("hung while loading"), "\(result.stderr)")
         #expect(result.stderr.contains("within 1000 ms"), "\(result.stderr)")
         #expect(Date().timeIntervalSince(started) < 15)
+    }
+
+    @Test("plugins test: a check stuck in a plugin call fails as timed out, the suite goes on, and each line reaches a pipe as its check ends")
+    func conformanceCheckTimeout() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("stuck.so", in: dir.path, defines: ["FIXTURE_HANG_IN_PUBLISH", "FIXTURE_NAME=\"stuck\""])
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
+        process.arguments = ["plugins", "test", path, "--check-timeout", "1", "--check", "publish-deliver-ack", "--check", "publish-batch"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        let lines = LineBuffer()
+        let firstFailure = Guarded<Date?>(nil)
+        out.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            guard !data.isEmpty else { return }
+            let text = String(decoding: data, as: UTF8.self)
+            if text.contains("FAIL") { firstFailure.withLock { $0 = $0 ?? Date() } }
+            lines.append([text])
+        }
+        try process.run()
+        #expect(await eventually(30) { !process.isRunning })
+        let exited = Date()
+        let output = lines.all.joined()
+        #expect(process.terminationStatus == 1, "\(output)")
+        #expect(output.contains("FAIL  publish-deliver-ack: timed out after 1 s"), "\(output)")
+        #expect(output.contains("FAIL  publish-batch: timed out after 1 s"), "\(output)")
+        #expect(output.contains("0 passed, 2 failed"), "\(output)")
+        // The first line came out a check's length (1 s) before the end, not with it.
+        let first = try #require(firstFailure.withLock { $0 })
+        #expect(exited.timeIntervalSince(first) > 0.5, "the first line arrived only \(exited.timeIntervalSince(first)) s before the exit")
     }
 
     @Test("verify never crashes on junk: empty, text, random bytes, a directory, a missing path")

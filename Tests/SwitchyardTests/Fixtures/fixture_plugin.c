@@ -17,6 +17,7 @@
  *   FIXTURE_CRASHY           publish accepts messages, except: body "segfault" writes through
  *                            NULL, body "hang" never returns (for isolation: process), body
  *                            "slow" returns after 300 ms
+ *   FIXTURE_HANG_IN_PUBLISH  a queue-like plugin whose every publish never returns
  */
 #define _POSIX_C_SOURCE 200809L
 #include "switchyard_plugin.h"
@@ -52,7 +53,10 @@ static sy_status f_create(const sy_create_args *args, void **out, sy_error *err)
 static void f_destroy(void *instance) { (void)instance; }
 static sy_status f_publish(void *instance, const sy_message *m, sy_error *err) {
     (void)instance;
-#ifdef FIXTURE_CRASHY
+#if defined(FIXTURE_HANG_IN_PUBLISH)
+    (void)m; (void)err;
+    for (;;) pause();
+#elif defined(FIXTURE_CRASHY)
     (void)err;
     if (m->body.len == 8 && memcmp(m->body.data, "segfault", 8) == 0) {
         volatile int *nowhere = NULL;
