@@ -70,12 +70,31 @@ struct CallCommand: AsyncParsableCommand {
     private func callRoute(_ arguments: [String]) async throws {
         guard let config else { throw NativeCallError("give --config FILE and a route (or --native LIB.so)") }
         guard let route = arguments.first else { throw NativeCallError("which route? e.g. switchyard call --config \(config) Math.add 1 2") }
+        // Refused before anything starts or is published: only a native module's function can be
+        // called from here (a Swift method's arguments need its compiled types), and a call on a
+        // channel nobody serves would wait out its deadline and stay queued for ever.
+        let parsed: SwitchyardConfig
+        do {
+            parsed = try SwitchyardConfig.load(path: config)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let module = parsed.native.first(where: { $0.interface == parts[0] }) else {
+            let modules = parsed.native.map(\.interface)
+            throw NativeCallError("""
+                '\(route)' is not a function of a native module in \(config) (native modules: \(modules.isEmpty ? "none" : modules.joined(separator: ", "))); \
+                nothing was sent. switchyard call calls C functions served as native modules (docs/native-modules.md). \
+                A Swift service's methods are called from Swift: resolve its @Resolvable protocol with SwitchyardActorSystem \
+                (docs/services.md), or expose the operation as a native module.
+                """)
+        }
+        // Typed by the signature in the config when the function is declared there.
+        let declared = module.functions.first { $0.name == parts[1] }
         var logger = Logger(label: "switchyard.call")
         logger.logLevel = .warning
         let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
-        // Typed by the signature in the config when the function is declared there.
-        let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
-        let declared = system.config.native.first { $0.interface == parts.first }?.functions.first { parts.count == 2 && $0.name == parts[1] }
         let values: [NativeValue]
         if let declared {
             values = try self.values(Array(arguments.dropFirst()), for: try parse(declared.signature), name: route)

@@ -28,11 +28,23 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error.", valueName: "level"))
     var logLevel: String = "info"
 
+    @Flag(help: "Run even when the config has no native modules to host (transports still run: a delay transport keeps forwarding).")
+    var allowEmpty = false
+
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
         var logger = Logger(label: "switchyard")
         logger.logLevel = level
         let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        if system.config.native.isEmpty && !allowEmpty {
+            await system.shutdown(deadline: .seconds(1))
+            printError("""
+                error: nothing to host: \(config) has no native modules, and switchyard run hosts only those. \
+                Swift services are hosted by your own executable (SwitchyardActorSystem.host, see docs/services.md). \
+                Pass --allow-empty to run anyway (the transports still run, e.g. a delay transport keeps forwarding).
+                """)
+            throw ExitCode(2)
+        }
         try system.hostNative()
         for (pattern, transport) in system.routeDescriptions {
             logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])

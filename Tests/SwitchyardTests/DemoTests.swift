@@ -120,6 +120,24 @@ struct DemoTests {
         }
     }
 
+    @Test("run with nothing to host says so and exits 2; call refuses a Swift service's route before sending anything")
+    func nothingToHostAndSwiftRoutes() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("swift-only.yaml")
+        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let started = Date()
+        let call = try await run(BuildProducts.switchyard, ["call", "--config", path, "Inventory.reserve", "widget", "2"])
+        #expect(call.status == 1)
+        #expect(call.stderr.contains("'Inventory.reserve' is not a function of a native module") && call.stderr.contains("nothing was sent"), "\(call.stderr)")
+        #expect(Date().timeIntervalSince(started) < 4, "refused at once, not after the 5 s deadline")
+        // Nothing was published: the queue file was never even created.
+        #expect(!FileManager.default.fileExists(atPath: directory.file("q.db")))
+        let run1 = try await run(BuildProducts.switchyard, ["run", "--config", path])
+        #expect(run1.status == 2)
+        #expect(run1.stderr.contains("nothing to host") && run1.stderr.contains("docs/services.md") && run1.stderr.contains("--allow-empty"), "\(run1.stderr)")
+    }
+
     @Test("run serves until SIGTERM, then drains and exits 0")
     func runDrainsOnSIGTERM() async throws {
         let directory = try TemporaryDirectory()
@@ -127,7 +145,7 @@ struct DemoTests {
         try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\n".write(toFile: path, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
-        process.arguments = ["run", "--config", path, "--log-level", "info"]
+        process.arguments = ["run", "--config", path, "--log-level", "info", "--allow-empty"]
         let err = Pipe()
         process.standardError = err
         process.standardOutput = err
