@@ -1,3 +1,4 @@
+import Foundation
 import CSQLite
 import SwitchyardABI
 
@@ -12,6 +13,13 @@ public final class SQLiteDatabase {
     /// Opens (creating) the database at `path`.
     public init(path: String) throws(TransportError) {
         self.path = path
+        // SQLite's own word for a missing directory is "unable to open database file": say which
+        // directory, and what to do.
+        let directory = (path as NSString).deletingLastPathComponent
+        var isDirectory: ObjCBool = false
+        if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) || !isDirectory.boolValue {
+            throw TransportError(.config, "config key 'path': the directory \(directory) does not exist (create it, or point path at a file in an existing directory): \(path)")
+        }
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         let status = sqlite3_open_v2(path, &db, flags, nil)

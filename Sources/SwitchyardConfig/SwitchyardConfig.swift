@@ -39,6 +39,8 @@ public struct SwitchyardConfig: Sendable {
         public var isolation: Isolation? = nil
         /// Line of its entry in the file.
         public var line: Int?
+        /// Line of each top-level key of the plugin's `config`, for errors that name one.
+        public var configLines: [String: Int] = [:]
     }
 
     /// `transports.NAME.isolation`: either the word `process` (or `in-process`, the default), or a
@@ -179,12 +181,14 @@ extension SwitchyardConfig {
         var entries: [TransportEntry] = []
         for (name, value) in try node.entries() {
             if let problem = transportNameProblem(name) { throw ConfigError(key: value.path, line: value.line, message: problem) }
-            var plugin: String?, inner: String?, configJSON = "{}", isolation: Isolation?
+            var plugin: String?, inner: String?, configJSON = "{}", isolation: Isolation?, configLines: [String: Int] = [:]
             for (key, field) in try value.mapping(allowed: ["plugin", "inner", "config", "isolation"]) {
                 switch key {
                 case "plugin": plugin = try field.string()
                 case "inner": inner = try field.string()
-                case "config": configJSON = try field.json()
+                case "config":
+                    configJSON = try field.json()
+                    for (configKey, configValue) in (try? field.entries()) ?? [] { configLines[configKey] = configValue.line ?? field.line }
                 case "isolation": isolation = try Isolation.parse(field)
                 default: break
                 }
@@ -194,7 +198,9 @@ extension SwitchyardConfig {
                 throw ConfigError(key: value.path + ".isolation", line: value.line,
                                   message: "a decorator (a transport with 'inner') cannot run with isolation: process; isolate the transport it wraps")
             }
-            entries.append(TransportEntry(name: name, plugin: plugin, inner: inner, configJSON: configJSON, isolation: isolation, line: value.line))
+            var entry = TransportEntry(name: name, plugin: plugin, inner: inner, configJSON: configJSON, isolation: isolation, line: value.line)
+            entry.configLines = configLines
+            entries.append(entry)
         }
         // Inner references must exist and must not form a cycle.
         let names = Set(entries.map(\.name))

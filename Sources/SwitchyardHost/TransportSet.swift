@@ -57,12 +57,18 @@ public final class TransportSet: Sendable {
                     + (refused.isEmpty ? ")" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : ""))"))
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
-            let transport = if let isolation = spec.isolation {
-                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, isolation: isolation,
-                              slowCallWarningNanos: slowCallWarningNanos, logger: logger)
-            } else {
-                try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner,
-                              slowCallWarningNanos: slowCallWarningNanos, logger: logger)
+            let transport: Transport
+            do {
+                transport = if let isolation = spec.isolation {
+                    try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, isolation: isolation,
+                                  slowCallWarningNanos: slowCallWarningNanos, logger: logger)
+                } else {
+                    try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner,
+                                  slowCallWarningNanos: slowCallWarningNanos, logger: logger)
+                }
+            } catch where !error.message.contains("'\(name)'") {
+                // The plugin's own refusal: say which transport it is about.
+                throw TransportError(error.code, "transport '\(name)' (plugin \(spec.plugin)): \(error.message)")
             }
             created[name] = transport
             order.append(name)

@@ -109,7 +109,15 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
                                               slowCallWarningNanos: config.plugins.slowCallWarningNanos, logger: logger)
             } catch {
                 let entry = config.transports.first { error.message.contains("'\($0.name)'") }
-                throw ConfigError(key: entry.map { "transports.\($0.name)" } ?? "transports", line: entry?.line, message: error.message)
+                // A plugin's config error names its key ("config key 'path': …", as the ABI asks):
+                // point at it under the transport.
+                var key = entry.map { "transports.\($0.name)" } ?? "transports"
+                var line = entry?.line
+                if let named = error.message.firstMatch(of: /config key '([^']+)'/) {
+                    key += ".config.\(named.1)"
+                    line = entry?.configLines[String(named.1)] ?? line
+                }
+                throw ConfigError(key: key, line: line, message: error.message)
             }
         }
         let created = transports

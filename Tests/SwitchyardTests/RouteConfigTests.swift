@@ -57,7 +57,6 @@ struct RouteConfigTests {
         ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
         ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
         ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
-        ("Orders.place: { transport: direct, retry: {} }", "routes.Orders.place.retry", "needs a transport"),
         ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
         ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
         ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),
@@ -77,6 +76,18 @@ struct RouteConfigTests {
         let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  Orders.place: { transport: later, delay: 1s }\n", baseDirectory: "/")
         let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
         #expect(system.routes.routes.count == 1)
+    }
+
+    @Test("a durable path in a directory that does not exist names the key, its line and the directory")
+    func missingDirectory() throws {
+        let yaml = "transports:\n  work:\n    plugin: queue\n    config:\n      capacity: 10\n      path: /nonexistent-\(getpid())/work.db\nroutes:\n  '*': { transport: work }\n"
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/")
+        let error = #expect(throws: ConfigError.self) {
+            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        }
+        #expect(error?.key == "transports.work.config.path")
+        #expect(error?.line == 6)
+        #expect(error?.message.contains("the directory /nonexistent-\(getpid()) does not exist") == true, "\(error?.message ?? "")")
     }
 
     @Test("an unknown plugin fails the start, naming the transport")
