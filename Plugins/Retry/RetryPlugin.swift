@@ -41,9 +41,11 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
 
     private let policy: RetryPolicy
     private let attempts = Attempts()
+    private let host: HostServices
 
     required init(context: TransportContext) throws(TransportError) {
         policy = try context.decodeConfig(RetryPolicy.self)
+        host = context.host
         try policy.validate()
         try super.init(context: context)
         let missing = Capabilities([.retry, .deadLetter]).subtracting(innerCapabilities)
@@ -66,12 +68,16 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
         guard case .retry(let after, let reason) = settlement, let attempt else {
             return try inner.settle(delivery, settlement)
         }
+        // The decisions are this decorator's metrics; the inner transport reports the moves.
         if !policy.isRetryable(reason) {
+            host.count("dead_lettered")
             return try inner.settle(delivery, .deadLetter(reason: "not retryable: \(reason)"))
         }
         if Int(attempt) >= policy.maxAttempts {
+            host.count("dead_lettered")
             return try inner.settle(delivery, .deadLetter(reason: "gave up after \(attempt) attempts: \(reason)"))
         }
+        host.count("retried")
         try inner.settle(delivery, .retry(afterNanos: max(after, policy.backoff(afterAttempt: attempt)), reason: reason))
     }
 }

@@ -39,6 +39,7 @@ public final class Broker: @unchecked Sendable {
     /// Whether subscriber groups each get their own copy (topic) or all subscribers share (queue).
     public let fanOut: Bool
     private let host: HostServices
+    private let reporter: StatsReporter
     private let condition = NSCondition()
 
     private struct GroupKey: Hashable {
@@ -95,6 +96,7 @@ public final class Broker: @unchecked Sendable {
         self.fanOut = fanOut
         self.options = options
         self.host = host
+        reporter = StatsReporter(host: host)
         store.setChangeHandler { [weak self] in self?.wake() }
         let thread = Thread { [self] in dispatchLoop() }
         thread.name = "switchyard-\(name)"
@@ -281,6 +283,7 @@ public final class Broker: @unchecked Sendable {
 
     /// Stops the dispatcher and releases unsettled deliveries. No delivery runs once it returns.
     public func shutdown() {
+        reporter.report(currentStats(), force: true)
         condition.lock()
         stopped = true
         condition.broadcast()
@@ -315,8 +318,19 @@ public final class Broker: @unchecked Sendable {
                 let isDraining = draining  // read under the lock (ThreadSanitizer caught a read after unlock)
                 let keys = isDraining ? [] : Array(groups.keys)
                 let local = nextLocalExpiry
+                var counters = stats
                 condition.unlock()
-                let wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local)
+                var wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local)
+                // Metrics go to the host from here, off the data path, at most every interval;
+                // while they still change (or one was held back), the wait below brings another
+                // pass one interval later, so idle gauges end up true.
+                let counts = store.counts()
+                counters.depth = counts.depth
+                counters.inFlight = counts.inFlight
+                if !reporter.report(counters) {
+                    let soon = Date().addingTimeInterval(Double(reporter.interval) / 1e9)
+                    wakeup = min(wakeup ?? soon, soon)
+                }
                 condition.lock()
                 if !workPending && !stopped && delivered {
                     // Busy period: linger briefly before sleeping. A producer publishing one

@@ -111,7 +111,10 @@ public final class DelayScheduler: @unchecked Sendable {
             heap.insert(Due(at: message.deliverAtNanos, seq: seq))
         }
         if let first = heap.min, earliest.map({ first.at < $0 }) ?? true { condition.signal() }
+        let held = heap.count
         condition.unlock()
+        host.count("published", Double(batch.count))
+        host.gauge("depth", Double(held))
     }
 
     /// Stops the timer thread. Durable held messages stay in the file for the next start.
@@ -140,12 +143,14 @@ public final class DelayScheduler: @unchecked Sendable {
             let messages = due.map { (due: $0, message: inMemory.removeValue(forKey: $0.seq)) }
             condition.unlock()
             let failed = forwardDue(messages)
+            host.count("forwarded", Double(messages.count - failed.count))
             condition.lock()
             for item in failed {
                 if let message = item.message { inMemory[item.due.seq] = message }
                 // Try again shortly; never drop a held message.
                 heap.insert(Due(at: host.nowNanos() + 100_000_000, seq: item.due.seq))
             }
+            host.gauge("depth", Double(heap.count))
         }
         done = true
         condition.broadcast()

@@ -22,8 +22,11 @@ public typealias DeadLetterObserver = @Sendable (Message, String) -> Void
 final class HostServices: Sendable {
     private let logger: Logger
     private let transportName: String
+    private let metricsFactory: any MetricsFactory
     private let metrics = Guarded<[String: MetricHandle]>([:])
     private let deadLetterObservers = Guarded<[DeadLetterObserver]>([])
+    /// In a plugin host child: where metrics go instead (the parent records them).
+    private let metricForwarder = Guarded<(@Sendable (Int32, String, Double) -> Void)?>(nil)
     /// The table handed to the plugin. Immutable once built.
     nonisolated(unsafe) private(set) var table: UnsafeMutablePointer<sy_host_services>!
 
@@ -32,7 +35,8 @@ final class HostServices: Sendable {
         case counter(Counter), gauge(Gauge), timer(Metrics.Timer)
     }
 
-    init(transportName: String, logger: Logger) {
+    init(transportName: String, logger: Logger, metrics: (any MetricsFactory)? = nil) {
+        metricsFactory = metrics ?? MetricsSystem.factory
         var logger = logger
         logger[metadataKey: "transport"] = "\(transportName)"
         self.logger = logger
@@ -99,7 +103,15 @@ final class HostServices: Sendable {
         for observer in deadLetterObservers.withLock({ $0 }) { observer(message, reason) }
     }
 
-    private func record(kind: Int32, name: String, value: Double) {
+    /// Sends every metric to `forward` instead of recording it here (a plugin host child hands
+    /// them to its parent, which records them under the transport's name).
+    func forwardMetrics(_ forward: @escaping @Sendable (Int32, String, Double) -> Void) {
+        metricForwarder.withLock { $0 = forward }
+    }
+
+    /// Records one metric the plugin reported (or a child reported for it).
+    func record(kind: Int32, name: String, value: Double) {
+        if let forward = metricForwarder.withLock({ $0 }) { return forward(kind, name, value) }
         let label = "switchyard_transport_\(name)"
         let dimensions = [("transport", transportName)]
         let handle = metrics.withLock { cache -> MetricHandle? in
@@ -107,9 +119,9 @@ final class HostServices: Sendable {
             if let known = cache[key] { return known }
             let made: MetricHandle? =
                 switch kind {
-                case SY_METRIC_COUNTER: .counter(Counter(label: label, dimensions: dimensions))
-                case SY_METRIC_GAUGE: .gauge(Gauge(label: label, dimensions: dimensions))
-                case SY_METRIC_TIMER_NS: .timer(Metrics.Timer(label: label, dimensions: dimensions))
+                case SY_METRIC_COUNTER: .counter(Counter(label: label, dimensions: dimensions, factory: metricsFactory))
+                case SY_METRIC_GAUGE: .gauge(Gauge(label: label, dimensions: dimensions, factory: metricsFactory))
+                case SY_METRIC_TIMER_NS: .timer(Metrics.Timer(label: label, dimensions: dimensions, factory: metricsFactory))
                 default: nil
                 }
             cache[key] = made

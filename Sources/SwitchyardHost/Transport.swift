@@ -1,5 +1,6 @@
 import CSwitchyard
 import Logging
+import Metrics
 import SwitchyardABI
 import SwitchyardLoader
 import SwitchyardPluginKit
@@ -48,10 +49,12 @@ public final class Transport: Sendable {
     /// Throws `.config` when the plugin wraps an inner transport and none is given, or the other
     /// way round, and whatever the plugin's `create` reports (a config error names the key).
     /// Calls into the instance taking `slowCallWarningNanos` or longer are logged (0: never).
+    /// The plugin's metrics (`switchyard_transport_*`, labelled `transport`) go to `metrics`, or
+    /// to the bootstrapped swift-metrics backend when nil.
     public init(
         name: String, plugin: LoadedPlugin, configJSON: String = "{}", inner: Transport? = nil,
         slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
-        logger: Logger = Logger(label: "switchyard.transport")
+        logger: Logger = Logger(label: "switchyard.transport"), metrics: (any MetricsFactory)? = nil
     ) throws(TransportError) {
         let wraps = plugin.capabilities.contains(.wrapsInner)
         if wraps && inner == nil {
@@ -60,7 +63,7 @@ public final class Transport: Sendable {
         if !wraps && inner != nil {
             throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' does not wrap an inner transport; remove 'inner'")
         }
-        let services = HostServices(transportName: name, logger: logger)
+        let services = HostServices(transportName: name, logger: logger, metrics: metrics)
         var instance: UnsafeMutableRawPointer?
         let create = plugin.descriptor.pointee.create!
         try name.withSyStr { (nameSlice) throws(TransportError) in
@@ -99,15 +102,16 @@ public final class Transport: Sendable {
     public init(
         name: String, plugin: LoadedPlugin, configJSON: String = "{}", isolation: ProcessIsolation,
         slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
-        logger: Logger = Logger(label: "switchyard.transport")
+        logger: Logger = Logger(label: "switchyard.transport"), metrics: (any MetricsFactory)? = nil
     ) throws(TransportError) {
         if plugin.capabilities.contains(.wrapsInner) {
             throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport, and decorators cannot run with isolation: process (isolate the transport it wraps instead)")
         }
-        let services = HostServices(transportName: name, logger: logger)
+        let services = HostServices(transportName: name, logger: logger, metrics: metrics)
         let proxy = try ProcessIsolatedTransport(
             name: name, plugin: plugin, configJSON: configJSON, options: isolation, logger: logger,
-            onDeadLetter: { [weak services] message, reason in services?.reportDeadLetter(message, reason: reason) })
+            onDeadLetter: { [weak services] message, reason in services?.reportDeadLetter(message, reason: reason) },
+            onMetric: { [weak services] kind, name, value in services?.record(kind: kind, name: name, value: value) })
         let adapter = PluginExport.inProcess(proxy, info: PluginInfo(
             name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities))
         self.name = name
@@ -126,6 +130,11 @@ public final class Transport: Sendable {
     /// thread and must return promptly; they may publish.
     public func observeDeadLetters(_ observer: @escaping DeadLetterObserver) {
         services.observeDeadLetters(observer)
+    }
+
+    /// Sends the plugin's metrics to `forward` instead of this process's metrics backend.
+    func forwardMetrics(_ forward: @escaping @Sendable (Int32, String, Double) -> Void) {
+        services.forwardMetrics(forward)
     }
 
     /// Destroys the plugin instance. Every other call on it must have returned. Calling it again

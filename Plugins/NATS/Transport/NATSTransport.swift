@@ -28,6 +28,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     let jetStream: OpaquePointer
     private let state = AdaptiveLock(State())
     private let counters = Counters()
+    /// Hands the counters to the host's metrics, at most every 250 ms, from publish and settle.
+    private let reporter: StatsReporter
 
     /// Lock-free counters: publishers on many threads bump them at once.
     private final class Counters: Sendable {
@@ -60,6 +62,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let config = try context.decodeConfig(NATSConfig.self)
         settings = try NATSSettings(config, instance: context.instanceName)
         host = context.host
+        reporter = StatsReporter(host: context.host)
         instance = context.instanceName
         NATSLibrary.open()
         connection = try NATSLibrary.connect(settings)
@@ -193,6 +196,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             throw NATSLibrary.error(status, "publish to \(subject) failed")
         }
         counters.published.add(1, ordering: .relaxed)
+        reporter.report(stats())
     }
 
     // MARK: Subscribe
@@ -330,6 +334,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         defer {
             natsMsg_Destroy(entry.message)
             entry.subscription.settled()
+            reporter.report(stats())
         }
         switch settlement {
         case .ack:

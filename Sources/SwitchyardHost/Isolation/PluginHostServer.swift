@@ -108,6 +108,13 @@ public enum PluginHostServer {
                 payload.string(reason)
                 send(Frame(kind: .deadLettered, sequence: 0, payload: payload.bytes))
             }
+            made.forwardMetrics { [self] kind, name, value in
+                var payload = WireWriter()
+                payload.integer(kind)
+                payload.string(name)
+                payload.integer(value.bitPattern)
+                send(Frame(kind: .metric, sequence: 0, payload: payload.bytes))
+            }
             transport = made
         }
 

@@ -60,6 +60,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     private let logger: Logger
     /// Told of the dead letters the child's plugin reports.
     private let onDeadLetter: DeadLetterObserver
+    /// Records the metrics the child's plugin reports.
+    private let onMetric: @Sendable (Int32, String, Double) -> Void
 
     private struct Subscription {
         var options: SubscribeOptions
@@ -87,9 +89,11 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     /// Starts the first child and creates the instance in it; throws what `create` reports
     /// (a config error names the key) or why the child could not start.
     init(name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, logger: Logger,
-         onDeadLetter: @escaping DeadLetterObserver) throws(TransportError) {
+         onDeadLetter: @escaping DeadLetterObserver,
+         onMetric: @escaping @Sendable (Int32, String, Double) -> Void) throws(TransportError) {
         self.name = name
         self.onDeadLetter = onDeadLetter
+        self.onMetric = onMetric
         self.plugin = plugin
         self.configJSON = configJSON
         self.options = options
@@ -269,6 +273,12 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     /// of ours; release it when the subscriber refuses it or is gone.
     private func received(_ frame: Frame, from process: PluginProcess) {
         var reader = WireReader(frame.payload)
+        if frame.kind == .metric {
+            guard let kind: Int32 = try? reader.integer("kind"), let name = try? reader.string("name"),
+                  let bits: UInt64 = try? reader.integer("value") else { return }
+            onMetric(kind, name, Double(bitPattern: bits))
+            return
+        }
         if frame.kind == .deadLettered {
             guard let message = try? reader.message(), let reason = try? reader.string("reason") else { return }
             onDeadLetter(message, reason)

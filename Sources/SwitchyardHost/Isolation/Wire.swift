@@ -44,10 +44,12 @@ enum WireKind: UInt8 {
     /// Child → parent: the plugin reported a dead letter (`dead_lettered`): one message (as
     /// stored in the dead-letter channel), then the reason.
     case deadLettered = 0x42
+    /// Child → parent: the plugin recorded a metric: kind i32, name, value (f64 bits) u64.
+    case metric = 0x43
 }
 
 /// The protocol version carried by `create`; a child refuses any other.
-let wireVersion: UInt32 = 2  // 2: dead-letter reports (child → parent)
+let wireVersion: UInt32 = 2  // 2: dead-letter and metric reports (child → parent)
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
 let maxFrameBytes = 256 << 20

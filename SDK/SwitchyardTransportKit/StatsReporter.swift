@@ -1,0 +1,59 @@
+import SwitchyardABI
+import SwitchyardPluginKit
+
+/// Reports a transport's counters to the host's metrics (`sy_host_services.metric`), so that
+/// every bundled plugin shows what it does as `switchyard_transport_*` metrics labelled with the
+/// transport's name: counters `published`, `delivered`, `acked`, `retried`, `dead_lettered`,
+/// `released`, gauges `depth` and `in_flight`.
+///
+/// A plugin keeps its counters as it does anyway (``TransportStats``, cheap, under its own lock)
+/// and calls ``report(_:force:)`` now and then — from a thread of its own, at most every
+/// `interval` — which hands the host the differences since the last report. The data path pays
+/// nothing per message for metrics.
+public final class StatsReporter: Sendable {
+    private let host: HostServices
+    private let intervalNanos: Int64
+    private let last = Guarded<(stats: TransportStats, at: Int64)?>(nil)
+
+    /// A reporter to `host`, reporting at most every `intervalNanos` unless forced.
+    public init(host: HostServices, intervalNanos: Int64 = 250_000_000) {
+        self.host = host
+        self.intervalNanos = intervalNanos
+    }
+
+    /// Hands the host what changed since the last report: counter increments and the gauges'
+    /// current values. Does nothing when the last report is more recent than the interval,
+    /// unless `force` (a plugin forces one at shutdown). Returns false when it held the report
+    /// back for the interval, or when something changed since the last one: call again after
+    /// the interval, or the last changes (and gauges read from a cache) may stay unseen. True
+    /// once a report finds nothing new.
+    @discardableResult
+    public func report(_ stats: @autoclosure () -> TransportStats, force: Bool = false) -> Bool {
+        let now = host.monotonicNanos()
+        let previous = last.withLock { last -> TransportStats?? in
+            if !force, let last, now - last.at < intervalNanos { return .none }
+            defer { last = (TransportStats(), now) }  // replaced below, with the stats taken now
+            return .some(last?.stats)
+        }
+        guard case .some(let before) = previous else { return false }
+        let stats = stats()
+        last.withLock { $0?.stats = stats }
+        if let before, before == stats { return true }
+        let old = before ?? TransportStats()
+        func count(_ name: StaticString, _ new: UInt64, _ old: UInt64) {
+            if new > old { host.count(name, Double(new - old)) }
+        }
+        count("published", stats.published, old.published)
+        count("delivered", stats.delivered, old.delivered)
+        count("acked", stats.acked, old.acked)
+        count("retried", stats.retried, old.retried)
+        count("dead_lettered", stats.deadLettered, old.deadLettered)
+        count("released", stats.released, old.released)
+        if before == nil || stats.depth != old.depth { host.gauge("depth", Double(stats.depth)) }
+        if before == nil || stats.inFlight != old.inFlight { host.gauge("in_flight", Double(stats.inFlight)) }
+        return false
+    }
+
+    /// The interval, for callers that schedule their next report.
+    public var interval: Int64 { intervalNanos }
+}
