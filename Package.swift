@@ -190,6 +190,7 @@ let package = Package(
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard", "SwitchyardConformance",
                 "SwitchyardRuntime", "SwitchyardTestServices", "SwitchyardNative",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],

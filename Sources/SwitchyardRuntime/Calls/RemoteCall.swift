@@ -176,7 +176,8 @@ extension SwitchyardActorSystem {
         let envelope = Envelope(
             target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
             contentType: route.encoding,
-            replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, deadlineNanos: deadlineNanos)
+            replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther,
+            deadlineNanos: deadlineNanos)
         return envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt)
     }
 
@@ -274,17 +275,46 @@ extension SwitchyardInvocationEncoder: OutgoingArguments {
     }
 }
 
-/// Trace context headers, as an instrument injects and extracts them (W3C `traceparent`).
+/// Trace context as the bootstrapped instrument injects and extracts it — any tracer, any keys:
+/// W3C `traceparent`/`tracestate` travel as the CloudEvents Distributed Tracing extension, every
+/// other key (another format's ids, baggage) in the envelope's `sytracecontext` extension.
 struct TraceCarrier {
     var traceparent: String?
     var tracestate: String?
+    /// Keys other than the W3C ones, in injection order.
+    var other: [(key: String, value: String)] = []
+
+    init(traceparent: String? = nil, tracestate: String? = nil, encodedOther: String? = nil) {
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        if let encodedOther { other = Self.decode(encodedOther) }
+    }
+
+    /// `other` as the `sytracecontext` value; nil when empty.
+    var encodedOther: String? {
+        other.isEmpty ? nil : other.map { Self.escape($0.key) + "=" + Self.escape($0.value) }.joined(separator: ",")
+    }
+
+    private static let plain = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
+    private static func escape(_ text: String) -> String { text.addingPercentEncoding(withAllowedCharacters: plain) ?? "" }
+
+    private static func decode(_ text: String) -> [(key: String, value: String)] {
+        text.split(separator: ",").compactMap { pair in
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, let key = String(parts[0]).removingPercentEncoding,
+                  let value = String(parts[1]).removingPercentEncoding, !key.isEmpty else { return nil }
+            return (key, value)
+        }
+    }
 
     struct Injector: Instrumentation.Injector {
         func inject(_ value: String, forKey key: String, into carrier: inout TraceCarrier) {
             switch key.lowercased() {
             case "traceparent": carrier.traceparent = value
             case "tracestate": carrier.tracestate = value
-            default: break
+            default:
+                carrier.other.removeAll { $0.key == key }
+                carrier.other.append((key, value))
             }
         }
     }
@@ -294,7 +324,7 @@ struct TraceCarrier {
             switch key.lowercased() {
             case "traceparent": carrier.traceparent
             case "tracestate": carrier.tracestate
-            default: nil
+            default: carrier.other.first { $0.key == key || $0.key.lowercased() == key.lowercased() }?.value
             }
         }
     }

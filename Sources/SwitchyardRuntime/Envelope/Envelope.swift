@@ -27,6 +27,10 @@ public struct Envelope: Sendable, Hashable {
     public var traceparent: String?
     /// W3C trace state, passed along unchanged.
     public var tracestate: String?
+    /// Whatever else the bootstrapped instrument injects besides `traceparent`/`tracestate`
+    /// (another propagation format, baggage), as `key=value` pairs joined by `,`, each side
+    /// percent-encoded; nil when there is nothing else.
+    public var traceContext: String?
     /// Receivers with an inbox execute a key at most once per window (default: the id).
     public var idempotencyKey: String?
     /// When the caller stops waiting, ns since the Unix epoch; 0 for none.
@@ -55,7 +59,7 @@ public struct Envelope: Sendable, Hashable {
     /// An envelope with everything but the call itself defaulted.
     public init(
         id: String = EnvelopeID.make(), target: Target, arguments: [UInt8], contentType: ArgumentEncoding = .compact,
-        replyTo: String? = nil, traceparent: String? = nil, tracestate: String? = nil,
+        replyTo: String? = nil, traceparent: String? = nil, tracestate: String? = nil, traceContext: String? = nil,
         idempotencyKey: String? = nil, deadlineNanos: Int64 = 0, createdAtNanos: Int64 = WallClock.nowNanos(),
         source: String = Envelope.defaultSource, version: Int = Envelope.currentVersion
     ) {
@@ -66,6 +70,7 @@ public struct Envelope: Sendable, Hashable {
         self.replyTo = replyTo
         self.traceparent = traceparent
         self.tracestate = tracestate
+        self.traceContext = traceContext
         self.idempotencyKey = idempotencyKey
         self.deadlineNanos = deadlineNanos
         self.createdAtNanos = createdAtNanos
@@ -131,6 +136,9 @@ public enum EnvelopeHeader {
     public static let traceparent = "ce-traceparent"
     /// Distributed Tracing extension `tracestate`.
     public static let tracestate = "ce-tracestate"
+    /// Extension `sytracecontext`: trace context fields of other formats than W3C's, as the
+    /// bootstrapped instrument injects them (`key=value,…`, percent-encoded).
+    public static let traceContext = "ce-sytracecontext"
 }
 
 /// Why a message is not a valid envelope. The receiver dead-letters it with this reason.
@@ -159,6 +167,7 @@ extension Envelope {
         if deadlineNanos > 0 { headers.append(Header(EnvelopeHeader.deadline, RFC3339.format(nanos: deadlineNanos))) }
         if let traceparent { headers.append(Header(EnvelopeHeader.traceparent, traceparent)) }
         if let tracestate { headers.append(Header(EnvelopeHeader.tracestate, tracestate)) }
+        if let traceContext { headers.append(Header(EnvelopeHeader.traceContext, traceContext)) }
         return Message(id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: arguments,
                        deliverAtNanos: deliverAtNanos)
     }
@@ -209,7 +218,7 @@ extension Envelope {
             id: id,
             target: Target(name: try required(.type), identifier: try required(.target)),
             arguments: Array(message.body), contentType: contentType,
-            replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate),
+            replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate), traceContext: field(.traceContext),
             idempotencyKey: field(.idempotencyKey) ?? id, deadlineNanos: deadline, createdAtNanos: created,
             source: try required(.source), version: version)
     }
@@ -217,6 +226,7 @@ extension Envelope {
     /// The headers an envelope is read from.
     private enum Field: Int, CaseIterable {
         case specVersion, id, source, type, time, contentType, version, target, replyTo, idempotencyKey, deadline, traceparent, tracestate
+        case traceContext
 
         var name: String {
             switch self {
@@ -233,6 +243,7 @@ extension Envelope {
             case .deadline: EnvelopeHeader.deadline
             case .traceparent: EnvelopeHeader.traceparent
             case .tracestate: EnvelopeHeader.tracestate
+            case .traceContext: EnvelopeHeader.traceContext
             }
         }
 

@@ -201,7 +201,8 @@ extension SwitchyardActorSystem {
         // Execute, inside a server span continuing the caller's trace.
         var context = ServiceContext.topLevel
         InstrumentationSystem.instrument.extract(
-            TraceCarrier(traceparent: envelope.traceparent, tracestate: envelope.tracestate), into: &context, using: TraceCarrier.Extractor())
+            TraceCarrier(traceparent: envelope.traceparent, tracestate: envelope.tracestate, encodedOther: envelope.traceContext),
+            into: &context, using: TraceCarrier.Extractor())
         let handler = SwitchyardResultHandler()
         var failure: (any Error)?
         route?.metrics.inFlight.increment()
