@@ -402,6 +402,51 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("retries are logged at debug, dead letters and expired calls at notice, each with route, target, attempt and reason (also those a decorator made)")
+    func retriesAndDeadLettersAreLogged() async throws {
+        let log = CapturedLog()
+        let config = try SwitchyardConfig.parse(yaml: """
+            transports:
+              memq: { plugin: queue }
+              work: { plugin: retry, inner: memq, config: { max_attempts: 2, initial_delay: 1ms } }
+            routes:
+              Shop.flaky: { transport: memq, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+              Shop.fail: { transport: work }
+            """, baseDirectory: NSTemporaryDirectory())
+        var logger = log.logger("switchyard.runtime")
+        logger.logLevel = .debug
+        let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: logger)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("x", failures: 9) }
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.fail("y", registered: false) }
+        let lines = log.all
+        #expect(lines.contains { $0.hasPrefix("debug retrying a failed call") && $0.contains("attempt=1") && $0.contains("route=Shop.flaky")
+            && $0.contains("target=Shop.flaky(_:failures:)") && $0.contains("reason=") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("notice dead-lettering a call") && $0.contains("attempt=2") && $0.contains("gave up after 2 attempts") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("notice a transport dead-lettered a call") && $0.contains("target=Shop.fail(_:registered:)")
+            && $0.contains("transport=memq") && $0.contains("attempt=2") }, "\(lines)")
+        await system.shutdown(deadline: .seconds(1))
+        // An expired call: with one call at a time, the second waits behind the first and its
+        // caller's deadline passes before it runs.
+        let serial = try SwitchyardActorSystem(config: try SwitchyardConfig.parse(yaml: """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.*: { transport: memq, deadline: 100ms, concurrency: 1 }
+            """, baseDirectory: NSTemporaryDirectory()), pluginDirectories: [BuildProducts.directory], logger: logger)
+        try serial.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let serialShop = try $Shop.resolve(id: "shop", using: serial)
+        async let first: Int? = try? serialShop.slow(300)
+        try await Task.sleep(for: .milliseconds(20))
+        async let second: Int? = try? serialShop.slow(1)
+        _ = await (first, second)
+        #expect(await eventually { log.all.contains { $0.hasPrefix("notice dead-lettering an expired call") && $0.contains("target=Shop.slow(_:)") } },
+                "\(log.all)")
+        await serial.shutdown(deadline: .seconds(1))
+    }
+
     @Test("timeout: no reply within the route's deadline throws a typed timeout")
     func timeout() async throws {
         let system = try makeSystem("""
