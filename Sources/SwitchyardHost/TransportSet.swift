@@ -53,8 +53,13 @@ public final class TransportSet: Sendable {
             guard let plugin = catalog.plugin(named: spec.plugin) else {
                 // A refused file may be the one meant: say which were refused, and why.
                 let refused = catalog.rejected.prefix(3).map { "\($0.path): \($0.reason)" }
-                throw TransportError(.config, "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(catalog.plugins.map(\.name).joined(separator: ", "))"
-                    + (refused.isEmpty ? ")" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : ""))"))
+                let found = catalog.plugins.map(\.name).joined(separator: ", ")
+                throw TransportError(.config, "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(found.isEmpty ? "none" : found)"
+                    + (refused.isEmpty ? "" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : "")")
+                    + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
+                    + "The bundled plugins are products of the switchyard package: build them next to your executable with "
+                    + "'swift build --product switchyard-\(spec.plugin)' (one per plugin, see docs/services.md), "
+                    + "or put lib\(spec.plugin).so or libswitchyard-\(spec.plugin).so in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))")
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
             let transport: Transport

@@ -19,7 +19,14 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
         /// The directory holding the `switchyard` executable (so a fresh `swift build` finds the
         /// bundled plugins next to it).
         case executableDirectory = "executable directory"
+        /// The system-wide plugin directories, where packages and administrators install plugins
+        /// for every host on the machine (as GStreamer and PAM have theirs).
+        case system = "system-wide"
     }
+
+    /// The system-wide plugin directories, searched last: `/usr/local/lib/switchyard/plugins`
+    /// (installed by hand), then `/usr/lib/switchyard/plugins` (installed by a package).
+    public static let systemDirectories = ["/usr/local/lib/switchyard/plugins", "/usr/lib/switchyard/plugins"]
 
     /// The directory.
     public let path: String
@@ -34,11 +41,13 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { "\(path) (\(source.rawValue))" }
 
-    /// The search path in priority order: command line, environment, config, `./plugins`, then
-    /// the executable's directory. A directory listed twice is searched once, at its first place.
+    /// The search path in priority order: command line, environment, config, `./plugins`, the
+    /// executable's directory, then the system-wide directories. A directory listed twice is
+    /// searched once, at its first place.
     public static func searchPath(
         commandLine: [String] = [], environment: [String: String] = [:], configDirectory: String? = nil,
-        workingDirectory: String? = nil, executableDirectory: String? = currentExecutableDirectory()
+        workingDirectory: String? = nil, executableDirectory: String? = currentExecutableDirectory(),
+        systemDirectories: [String] = SearchDirectory.systemDirectories
     ) -> [SearchDirectory] {
         var result: [SearchDirectory] = []
         var seen = Set<String>()
@@ -52,6 +61,7 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
         configDirectory.map { add($0, .config) }
         add((workingDirectory.map { $0 + "/" } ?? "") + "plugins", .workingDirectory)
         executableDirectory.map { add($0, .executableDirectory) }
+        systemDirectories.forEach { add($0, .system) }
         return result
     }
 

@@ -98,6 +98,10 @@ struct RouteConfigTests {
         }
         #expect(error?.key == "transports.x")
         #expect(error?.message.contains("unknown plugin 'nosuch'") == true)
+        // Where it looked, and how to get the bundled plugins.
+        #expect(error?.message.contains("searched, in order: \(BuildProducts.directory) (--plugins-dir)") == true, "\(error?.message ?? "")")
+        #expect(error?.message.contains("/usr/lib/switchyard/plugins (system-wide)") == true)
+        #expect(error?.message.contains("swift build --product switchyard-nosuch") == true)
     }
 
     @Test("environment variables override values; an unset one is an error with its line")
