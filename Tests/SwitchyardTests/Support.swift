@@ -167,8 +167,8 @@ final class CapturedLog: @unchecked Sendable {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
-            log.append(level, message.description, self.metadata.merging(metadata ?? [:]) { $1 })
+        func log(event: LogEvent) {
+            log.append(event.level, event.message.description, metadata.merging(event.metadata ?? [:]) { $1 })
         }
     }
 }

@@ -325,7 +325,7 @@ final class Worker: @unchecked Sendable {
         self.executable = executable
         self.output = output
         let logPath = "\(logDirectory)/\(name).log"
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)  // the handle below says if it failed
         log = FileHandle(forWritingAtPath: logPath)
         try start(arguments: arguments)
     }

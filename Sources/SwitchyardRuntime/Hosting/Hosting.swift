@@ -184,7 +184,7 @@ extension SwitchyardActorSystem {
         var finished = false
         defer {
             // Any way out but success: release the claim so a redelivery runs the call.
-            if claimed && !finished { try? route?.inbox?.finish(key, nil) }
+            if claimed && !finished { _ = try? route?.inbox?.finish(key, nil) }
         }
 
         if let module = hosted.native {
