@@ -51,10 +51,20 @@ public final class Transport: Sendable {
     /// Calls into the instance taking `slowCallWarningNanos` or longer are logged (0: never).
     /// The plugin's metrics (`switchyard_transport_*`, labelled `transport`) go to `metrics`, or
     /// to the bootstrapped swift-metrics backend when nil.
-    public init(
+    public convenience init(
         name: String, plugin: LoadedPlugin, configJSON: String = "{}", inner: Transport? = nil,
         slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
         logger: Logger = Logger(label: "switchyard.transport"), metrics: (any MetricsFactory)? = nil
+    ) throws(TransportError) {
+        try self.init(name: name, plugin: plugin, configJSON: configJSON, inner: inner, slowCallWarningNanos: slowCallWarningNanos,
+                      logger: logger, metrics: metrics, forwardingMetrics: nil)
+    }
+
+    /// The same, with the plugin's metrics sent to `forwardingMetrics` from its creation on (a
+    /// plugin host child hands them to its parent; a plugin may report during `create`).
+    init(
+        name: String, plugin: LoadedPlugin, configJSON: String, inner: Transport?, slowCallWarningNanos: Int64,
+        logger: Logger, metrics: (any MetricsFactory)?, forwardingMetrics: (@Sendable (Int32, String, Double) -> Void)?
     ) throws(TransportError) {
         let wraps = plugin.capabilities.contains(.wrapsInner)
         if wraps && inner == nil {
@@ -64,6 +74,7 @@ public final class Transport: Sendable {
             throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' does not wrap an inner transport; remove 'inner'")
         }
         let services = HostServices(transportName: name, logger: logger, metrics: metrics)
+        if let forwardingMetrics { services.forwardMetrics(forwardingMetrics) }
         var instance: UnsafeMutableRawPointer?
         let create = plugin.descriptor.pointee.create!
         try name.withSyStr { (nameSlice) throws(TransportError) in
@@ -130,11 +141,6 @@ public final class Transport: Sendable {
     /// thread and must return promptly; they may publish.
     public func observeDeadLetters(_ observer: @escaping DeadLetterObserver) {
         services.observeDeadLetters(observer)
-    }
-
-    /// Sends the plugin's metrics to `forward` instead of this process's metrics backend.
-    func forwardMetrics(_ forward: @escaping @Sendable (Int32, String, Double) -> Void) {
-        services.forwardMetrics(forward)
     }
 
     /// Destroys the plugin instance. Every other call on it must have returned. Calling it again

@@ -100,20 +100,23 @@ public enum PluginHostServer {
             guard plugin.name == pluginName else {
                 throw TransportError(.unavailable, "\(path) now holds plugin '\(plugin.name)', not '\(pluginName)'")
             }
-            let made = try Transport(name: instanceName, plugin: plugin, configJSON: configJSON, logger: logger)
-            // Dead letters are the parent's business (it answers waiting callers): pass them on.
+            // Metrics and dead letters are the parent's business (it records the metrics under
+            // the transport's name and answers waiting callers): pass them on, from creation on.
+            let made = try Transport(
+                name: instanceName, plugin: plugin, configJSON: configJSON, inner: nil,
+                slowCallWarningNanos: Transport.defaultSlowCallWarningNanos, logger: logger, metrics: nil,
+                forwardingMetrics: { [self] kind, name, value in
+                    var payload = WireWriter()
+                    payload.integer(kind)
+                    payload.string(name)
+                    payload.integer(value.bitPattern)
+                    send(Frame(kind: .metric, sequence: 0, payload: payload.bytes))
+                })
             made.observeDeadLetters { [self] message, reason in
                 var payload = WireWriter()
                 payload.message(message)
                 payload.string(reason)
                 send(Frame(kind: .deadLettered, sequence: 0, payload: payload.bytes))
-            }
-            made.forwardMetrics { [self] kind, name, value in
-                var payload = WireWriter()
-                payload.integer(kind)
-                payload.string(name)
-                payload.integer(value.bitPattern)
-                send(Frame(kind: .metric, sequence: 0, payload: payload.bytes))
             }
             transport = made
         }
