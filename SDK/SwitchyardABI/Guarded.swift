@@ -45,6 +45,9 @@ public enum ThreadSanitizer {
         return unsafeBitCast(symbol, to: Annotation.self)
     }
 
+    /// Whether this process runs under ThreadSanitizer.
+    public static var isActive: Bool { acquireFunction != nil }
+
     /// Everything released at `address` happens before what follows.
     @inline(__always)
     public static func acquire(_ address: UnsafeRawPointer) { acquireFunction?(address) }

@@ -50,7 +50,9 @@ struct CLITests {
         #expect(Date().timeIntervalSince(started) < 15)
     }
 
-    @Test("plugins test: a check stuck in a plugin call fails as timed out, the suite goes on, and each line reaches a pipe as its check ends")
+    @Test("plugins test: a check stuck in a plugin call fails as timed out, the suite goes on, and each line reaches a pipe as its check ends",
+          .disabled(if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == "thread",
+                    "under ThreadSanitizer checks run inline, without a time limit (a TSan runtime bug; ConformanceSuite.run)"))
     func conformanceCheckTimeout() async throws {
         let dir = try TemporaryDirectory()
         let path = try await CCompiler.fixture("stuck.so", in: dir.path, defines: ["FIXTURE_HANG_IN_PUBLISH", "FIXTURE_NAME=\"stuck\""])
