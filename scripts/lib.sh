@@ -28,7 +28,7 @@ ensure_debian_packages() {
 # Fails early with a clear message when the Swift toolchain is not on PATH.
 require_swift() {
     if ! command -v swift >/dev/null 2>&1; then
-        echo "error: the Swift toolchain (6.1 or newer) must be on PATH: https://www.swift.org/install/linux/" >&2
+        echo "error: the Swift toolchain (6.3 or newer) must be on PATH: https://www.swift.org/install/linux/" >&2
         exit 1
     fi
 }

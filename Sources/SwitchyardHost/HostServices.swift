@@ -88,8 +88,17 @@ final class HostServices: Sendable {
 
     private static let deadLettered: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, sy_str) -> Void = {
         context, message, reason in
-        // A malformed report is dropped: it only ever informs, the message is stored already.
-        guard let services = services(context), let message, let copy = try? Message(copying: message) else { return }
+        // A malformed report is dropped (it only ever informs: the message is stored already), and said.
+        guard let services = services(context) else { return }
+        guard let message else {
+            return services.logger.warning("dead_lettered reported a NULL message; ignored (the ABI asks for the message as stored)")
+        }
+        let copy: Message
+        do {
+            copy = try Message(copying: message)
+        } catch {
+            return services.logger.warning("dead_lettered reported a malformed message; ignored", metadata: ["reason": "\(error)"])
+        }
         services.reportDeadLetter(copy, reason: String(reason))
     }
 

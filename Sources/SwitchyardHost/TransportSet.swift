@@ -59,7 +59,7 @@ public final class TransportSet: Sendable {
                     + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
                     + "The bundled plugins are products of the switchyard package: build them next to your executable with "
                     + "'swift build --product switchyard-\(spec.plugin)' (one per plugin, see docs/services.md), "
-                    + "or put lib\(spec.plugin).so or libswitchyard-\(spec.plugin).so in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))")
+                    + "or put the plugin's .so file (any file name: the name inside it counts) in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))")
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
             let transport: Transport

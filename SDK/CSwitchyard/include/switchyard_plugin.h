@@ -215,7 +215,8 @@ typedef uint64_t sy_capabilities;
 #define SY_METRIC_TIMER_NS 2  /**< Records one duration of `value` nanoseconds. */
 
 /**
- * Services the host lends a plugin instance: logging, clocks, metrics. Plugins never look host
+ * Services the host lends a plugin instance: logging, clocks, metrics, dead-letter reports (1.2).
+ * Plugins never look host
  * symbols up by name; everything they may call on the host is here.
  *
  * Ownership: owned by the host; the pointer given at creation stays valid until `destroy` of that
@@ -246,17 +247,23 @@ typedef struct sy_host_services {
     /**
      * Tells the host that the instance has just moved a message to a dead-letter channel —
      * whatever the reason: a SY_SETTLE_DEAD_LETTER settlement, its own retry limit, a message it
-     * could not read. Call it after the message is stored there, once per message, from any
-     * thread, without holding a lock that publish or settle takes: the host may publish from
-     * inside it (it answers a caller still waiting for a reply, so that the caller hears at once
-     * instead of at its deadline, and it logs and counts the dead letter).
+     * could not read. Call it once per message, after the message is stored there. For a
+     * dead-lettering that a settle asked for, call it before that settle returns (the host
+     * recognises the dead letters it asked for itself only while its settle runs; a later report
+     * of one is answered and logged a second time). Any thread; do not hold a lock that publish
+     * or settle takes. Returns promptly: the host logs and counts the dead letter and, when the
+     * message is a call whose caller still waits for a reply, answers that caller from a thread
+     * of its own (so the caller hears at once instead of at its deadline).
      *
-     * `message` is the message as it now stands in the dead-letter channel (its `channel` is the
-     * dead-letter channel; its headers are the original's plus the plugin's own, such as the
-     * reason and attempt history), borrowed for the call; `attempt` is the number of deliveries
-     * it had. `reason` is borrowed. Decorators that hand dead-lettering to their inner transport
-     * do not call it: whoever stores the message does. May be NULL in a host; check struct_size
-     * first (sy_host_dead_lettered does both).
+     * `message` is the message as it now stands in the dead-letter channel, borrowed for the
+     * call: its `channel` is the dead-letter channel, and its headers are ALL of the original's
+     * (the host reads the call's `ce-id`, `ce-type`, `ce-sytarget`, `ce-syreplyto` and
+     * `ce-sydeadline` from them) plus the plugin's own record of why — the bundled plugins add
+     * `sy-dlq-reason`, `sy-dlq-channel`, `sy-dlq-attempts` (deliveries made; the host prefers it
+     * to `message->attempt`), `sy-dlq-at` and `sy-dlq-history`, which `switchyard dlq` shows.
+     * `reason` is borrowed. Decorators that hand dead-lettering to their inner transport do not
+     * call it: whoever stores the message does. NULL in a host older than 1.2, whose table is
+     * also smaller: check struct_size first (sy_host_dead_lettered does both).
      */
     void (*dead_lettered)(void *host_context, const sy_message *message, sy_str reason);
 } sy_host_services;

@@ -39,13 +39,18 @@ extension SwitchyardActorSystem {
         }
     }
 
-    /// A transport reported that it moved `message` to a dead-letter channel: log it and, when it
-    /// is a call whose caller still waits for a reply, tell the caller why.
+    /// A transport reported that it moved `message` to a dead-letter channel: log and count it
+    /// and, when it is a call whose caller still waits for a reply, tell the caller why. Runs on
+    /// the plugin's thread, often inside its `settle`: the reply is published from a task of its
+    /// own, so the host service returns at once and never calls back into the plugin from it.
     func deadLettered(_ message: Message, reason: String, on transport: Transport) {
         let id = message.header(EnvelopeHeader.id) ?? message.id
         if answeredDeadLetters.contains(id) { return }
         let target = message.header(EnvelopeHeader.type) ?? message.header(DeadLetter.channelHeader) ?? message.channel
         let attempts = message.header(DeadLetter.attemptsHeader).flatMap { Int($0) } ?? Int(message.attempt)
+        if let identifier = message.header(EnvelopeHeader.target) {
+            resolved(identifier)?.route?.metrics.deadLettered.increment()
+        }
         logger.notice("a transport dead-lettered a call", metadata: [
             "transport": "\(transport.name)", "channel": "\(message.channel)", "target": "\(target)",
             "attempt": "\(attempts)", "reason": "\(reason)",
@@ -57,6 +62,8 @@ extension SwitchyardActorSystem {
         let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
         let error = SwitchyardError.deadLettered(target: target, attempts: attempts, reason: reason)
         let (outcome, body) = encodeReply(.error(error), encoding: encoding)
-        publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding)
+        Task.detached { [self] in
+            publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding)
+        }
     }
 }
