@@ -340,7 +340,8 @@ struct UncheckedSendable<Value>: @unchecked Sendable {
 
 /// A direct call's deadline: the call runs in a task of its own (task-locals carried over), and
 /// the caller resumes with its result or, once `deadline` passes, with the timeout error — the
-/// call then finishes on its own, as one sent through a transport would.
+/// call then finishes on its own, as one sent through a transport would. Deadlines are kept by
+/// one sweeper thread for the process (precise to about 10 ms), not a timer task per call.
 enum DirectDeadline {
     static func run<T: Sendable>(
         _ deadline: Duration, timeout: @escaping @Sendable () -> any Error, _ body: @escaping @Sendable () async throws -> T
@@ -352,11 +353,8 @@ enum DirectDeadline {
                 let work = Task {
                     do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
                 }
-                let timer = Task {
-                    guard (try? await Task.sleep(for: deadline)) != nil else { return }
-                    race.finish(.failure(timeout()))
-                }
-                race.onFinish { timer.cancel(); _ = work }
+                let timer = DeadlineSweeper.shared.arm(at: .now + deadline) { race.finish(.failure(timeout())) }
+                race.onFinish { DeadlineSweeper.shared.disarm(timer); _ = work }
             }
         } onCancel: {
             race.finish(.failure(CancellationError()))
@@ -402,5 +400,58 @@ enum DirectDeadline {
             continuation?.resume(with: result)
             cleanup?()
         }
+    }
+}
+
+/// Runs a function when its deadline passes, for many deadlines at once: one thread that sleeps
+/// while none is armed and looks every 10 ms while any is, so arming and disarming one costs a
+/// dictionary insert and removal under a lock.
+final class DeadlineSweeper: @unchecked Sendable {
+    // @unchecked: every field is guarded by `lock`.
+    static let shared = DeadlineSweeper()
+
+    private struct Entry {
+        let deadline: ContinuousClock.Instant
+        let fire: @Sendable () -> Void
+    }
+    private let lock = NSCondition()
+    private var entries: [UInt64: Entry] = [:]
+    private var next: UInt64 = 0
+
+    private init() {
+        let thread = Thread { [unowned self] in while true { sweepOnce() } }
+        thread.name = "switchyard-direct-deadlines"
+        thread.start()
+    }
+
+    /// Calls `fire` once `deadline` has passed, unless ``disarm(_:)`` comes first.
+    func arm(at deadline: ContinuousClock.Instant, fire: @escaping @Sendable () -> Void) -> UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        next += 1
+        if entries.isEmpty { lock.signal() }
+        entries[next] = Entry(deadline: deadline, fire: fire)
+        return next
+    }
+
+    /// Forgets a deadline (its call finished first).
+    func disarm(_ id: UInt64) {
+        lock.lock()
+        entries.removeValue(forKey: id)
+        lock.unlock()
+    }
+
+    private func sweepOnce() {
+        lock.lock()
+        while entries.isEmpty { lock.wait() }
+        let now = ContinuousClock.now
+        var due: [Entry] = []
+        for (id, entry) in entries where entry.deadline <= now {
+            due.append(entry)
+            entries.removeValue(forKey: id)
+        }
+        lock.unlock()
+        for entry in due { entry.fire() }
+        Thread.sleep(forTimeInterval: 0.01)
     }
 }
