@@ -9,16 +9,16 @@ import Glibc
 import Darwin
 #endif
 
+/// Told of each message an instance moved to a dead-letter channel: the message as stored there,
+/// and the reason.
+public typealias DeadLetterObserver = @Sendable (Message, String) -> Void
+
 /// The host side of `sy_host_services` for one transport instance: log lines go to swift-log with
 /// the transport's name as metadata, metrics to swift-metrics labelled with it, dead-letter
 /// reports to the observers registered with ``observeDeadLetters(_:)``.
 ///
 /// The C table and its context live exactly as long as this object; the owning `Transport` keeps
 /// it until the plugin's `destroy` has returned.
-/// Told of each message an instance moved to a dead-letter channel: the message as stored there,
-/// and the reason.
-public typealias DeadLetterObserver = @Sendable (Message, String) -> Void
-
 final class HostServices: Sendable {
     private let logger: Logger
     private let transportName: String

@@ -11,31 +11,19 @@ struct Reply: Sendable {
     let encoding: ArgumentEncoding
 }
 
-/// Request-reply calls waiting for their replies, by correlation id, with their deadlines.
-///
-/// One sweeper thread fails calls whose deadline has passed (checked every 10 ms while any call
-/// waits, so timeouts are precise to about that), which costs nothing per call, unlike a timer
-/// per call.
+/// Request-reply calls waiting for their replies, by correlation id, with their deadlines (kept
+/// by the process's ``DeadlineSweeper``: nothing per call but two dictionary entries).
 final class PendingCalls: @unchecked Sendable {
     // @unchecked: every field is guarded by `lock`.
     private struct Waiter {
         let continuation: UnsafeContinuation<Reply, any Error>
-        let deadline: ContinuousClock.Instant
-        let timeout: @Sendable () -> any Error
+        let timer: UInt64
     }
-    private let lock = NSCondition()
+    private let lock = NSLock()
     private var waiters: [String: Waiter] = [:]
     private var stopped = false
-    private var sweeper: Thread?
 
-    init() {
-        let thread = Thread { [weak self] in
-            while let self, self.sweepOnce() {}
-        }
-        thread.name = "switchyard-deadlines"
-        sweeper = thread
-        thread.start()
-    }
+    init() {}
 
     /// The number of calls waiting.
     var count: Int { lock.withLock { waiters.count } }
@@ -46,15 +34,17 @@ final class PendingCalls: @unchecked Sendable {
               send: () throws -> Void) async throws -> Reply {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Reply, any Error>) in
+                let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in
+                    self?.take(id)?.continuation.resume(throwing: timeout())
+                }
                 lock.lock()
                 if stopped {
                     lock.unlock()
+                    DeadlineSweeper.shared.disarm(timer)
                     continuation.resume(throwing: timeout())
                     return
                 }
-                let wasEmpty = waiters.isEmpty
-                waiters[id] = Waiter(continuation: continuation, deadline: deadline, timeout: timeout)
-                if wasEmpty { lock.signal() }
+                waiters[id] = Waiter(continuation: continuation, timer: timer)
                 lock.unlock()
                 do {
                     try send()
@@ -76,40 +66,25 @@ final class PendingCalls: @unchecked Sendable {
         return true
     }
 
-    /// Fails every waiting call with `error` and stops the sweeper.
+    /// Fails every waiting call with `error`; later calls fail at once.
     func failAll(_ error: @escaping @Sendable (String) -> any Error) {
         lock.lock()
         stopped = true
         let all = waiters
         waiters.removeAll()
-        lock.signal()
         lock.unlock()
-        for (id, waiter) in all { waiter.continuation.resume(throwing: error(id)) }
+        for (id, waiter) in all {
+            DeadlineSweeper.shared.disarm(waiter.timer)
+            waiter.continuation.resume(throwing: error(id))
+        }
     }
 
+    /// Removes the call `id` (and its deadline), if it still waits.
     private func take(_ id: String) -> Waiter? {
         lock.lock()
-        defer { lock.unlock() }
-        return waiters.removeValue(forKey: id)
-    }
-
-    /// Waits while nothing is pending, then fails the calls past their deadline. False once stopped.
-    private func sweepOnce() -> Bool {
-        lock.lock()
-        while waiters.isEmpty && !stopped { lock.wait() }
-        if stopped {
-            lock.unlock()
-            return false
-        }
-        let now = ContinuousClock.now
-        var expired: [Waiter] = []
-        for (id, waiter) in waiters where waiter.deadline <= now {
-            expired.append(waiter)
-            waiters.removeValue(forKey: id)
-        }
+        let waiter = waiters.removeValue(forKey: id)
         lock.unlock()
-        for waiter in expired { waiter.continuation.resume(throwing: waiter.timeout()) }
-        Thread.sleep(forTimeInterval: 0.01)
-        return true
+        if let waiter { DeadlineSweeper.shared.disarm(waiter.timer) }
+        return waiter
     }
 }
