@@ -55,8 +55,8 @@ struct MemoryQueueSuite: BenchSuite {
         let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
         let start = Measure.now()
         if batch > 1 {
-            try Array(repeating: message, count: batch).withCMessages { (messages) throws in
-                for _ in 0..<(count / batch) { try client.publish(batch: messages) }
+            try Array(repeating: message, count: batch).withCMessages { (first, size) throws in
+                for _ in 0..<(count / batch) { try client.publish(batch: first, count: size) }
             }
         } else {
             try message.withCMessage { (pointer) throws in

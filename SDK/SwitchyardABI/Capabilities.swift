@@ -28,12 +28,14 @@ public struct Capabilities: OptionSet, Hashable, Sendable, CustomStringConvertib
     public static let ordered = Capabilities(rawValue: UInt64(SY_CAP_ORDERED))
     /// A decorator: needs an inner transport at creation.
     public static let wrapsInner = Capabilities(rawValue: UInt64(SY_CAP_WRAPS_INNER))
+    /// Never delivers a message past its expiry: dead-letters it ("expired") or drops it (ABI 1.3).
+    public static let expiry = Capabilities(rawValue: UInt64(SY_CAP_EXPIRY))
 
     /// Every capability this version knows, with its name as used in config and in output.
     public static let known: [(name: String, capability: Capabilities)] = [
         ("queue", .queue), ("fan-out", .fanOut), ("delay", .delay), ("retry", .retry),
         ("dead-letter", .deadLetter), ("durable", .durable), ("ordered", .ordered),
-        ("wraps-inner", .wrapsInner),
+        ("wraps-inner", .wrapsInner), ("expiry", .expiry),
     ]
 
     /// The capability with the given config name, or nil.

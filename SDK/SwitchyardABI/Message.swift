@@ -34,12 +34,20 @@ public struct Message: Hashable, Sendable {
     public var deliverAtNanos: Int64
     /// When the transport accepted the message (ns since the Unix epoch); set on delivery.
     public var enqueuedAtNanos: Int64
+    /// When the message expires (ns since the Unix epoch); 0: never. A transport with the
+    /// `expiry` capability never delivers it from then on (ABI 1.3).
+    public var expiresAtNanos: Int64
+    /// What happens at expiry, and other `SY_MESSAGE_*` flags (ABI 1.3).
+    public var flags: MessageFlags
 
     /// A message with the given fields; everything but `id` and `channel` has a default.
     public init(
         id: String, channel: String, orderingKey: String? = nil, headers: [Header] = [],
-        body: [UInt8] = [], attempt: UInt32 = 0, deliverAtNanos: Int64 = 0, enqueuedAtNanos: Int64 = 0
+        body: [UInt8] = [], attempt: UInt32 = 0, deliverAtNanos: Int64 = 0, enqueuedAtNanos: Int64 = 0,
+        expiresAtNanos: Int64 = 0, flags: MessageFlags = []
     ) {
+        self.expiresAtNanos = expiresAtNanos
+        self.flags = flags
         self.id = id
         self.channel = channel
         self.orderingKey = orderingKey
@@ -52,6 +60,19 @@ public struct Message: Hashable, Sendable {
 
     /// The first value of header `key`, if any.
     public func header(_ key: String) -> String? { headers.first { $0.key == key }?.value }
+
+    /// Whether the message has expired at `nowNanos` (wall clock).
+    public func isExpired(at nowNanos: Int64) -> Bool { expiresAtNanos > 0 && nowNanos >= expiresAtNanos }
+}
+
+/// `sy_message.flags` (ABI 1.3).
+public struct MessageFlags: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt32
+    /// Flags from their C bits; unknown bits are kept.
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// At expiry, drop the message instead of dead-lettering it (`SY_MESSAGE_DROP_WHEN_EXPIRED`):
+    /// for replies, whose caller has stopped waiting.
+    public static let dropWhenExpired = MessageFlags(rawValue: 1 << 0)
 }
 
 extension Message {
@@ -69,7 +90,7 @@ extension Message {
         let result: Result<R, E> = withUnsafeTemporaryAllocation(
             byteCount: max(1, lentByteCount), alignment: MemoryLayout<sy_header>.alignment
         ) { raw in
-            var message = lay(into: raw)
+            var message = lay(into: raw, structSize: MemoryLayout<sy_message>.size)
             do throws(E) {
                 return .success(try withUnsafePointer(to: &message) { (pointer) throws(E) -> R in try body(pointer) })
             } catch {
@@ -89,9 +110,10 @@ extension Message {
     }
 
     /// Writes this message's headers, strings and body into `raw` (``lentByteCount`` bytes,
-    /// aligned for `sy_header`) and returns a `sy_message` pointing into it.
+    /// aligned for `sy_header`) and returns a `sy_message` pointing into it, claiming
+    /// `structSize` (smaller for a reader of an older ABI minor, which ignores the fields past it).
     @usableFromInline
-    func lay(into raw: UnsafeMutableRawBufferPointer) -> sy_message {
+    func lay(into raw: UnsafeMutableRawBufferPointer, structSize: Int) -> sy_message {
         var cursor = headers.count * MemoryLayout<sy_header>.stride
         func lay(_ string: String) -> sy_str {
             let start = cursor
@@ -99,7 +121,7 @@ extension Message {
             return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
         }
         var message = sy_message()
-        message.struct_size = UInt32(MemoryLayout<sy_message>.size)
+        message.struct_size = UInt32(structSize)
         message.attempt = attempt
         message.id = lay(id)
         message.channel = lay(channel)
@@ -119,27 +141,35 @@ extension Message {
         }
         message.deliver_at_ns = deliverAtNanos
         message.enqueued_at_ns = enqueuedAtNanos
+        message.expires_at_ns = expiresAtNanos
+        message.flags = flags.rawValue
         return message
     }
 }
 
 extension Array where Element == Message {
-    /// Lends these messages to C code as one contiguous `sy_message` array, valid only inside
-    /// `body`. One allocation holds the array and every message's strings, headers and body.
-    public func withCMessages<R, E: Error>(_ body: (UnsafeBufferPointer<sy_message>) throws(E) -> R) throws(E) -> R {
+    /// Lends these messages to C code as one `sy_message` array, valid only inside `body`: the
+    /// first element's address and the count. Elements are `structSize` bytes apart (the ABI's
+    /// stride rule; pass a smaller, older size for a reader of an older minor, see
+    /// ``SizedStruct``). One allocation holds the array and every message's strings, headers
+    /// and body.
+    public func withCMessages<R, E: Error>(
+        structSize: Int = MemoryLayout<sy_message>.size, _ body: (UnsafePointer<sy_message>, Int) throws(E) -> R
+    ) throws(E) -> R {
         let align = MemoryLayout<sy_header>.alignment
         let sizes = map { ($0.lentByteCount + align - 1) / align * align }
-        let arrayBytes = count * MemoryLayout<sy_message>.stride
+        let arrayBytes = count * structSize
         let total = arrayBytes + sizes.reduce(0, +)
-        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(1, total), alignment: Swift.max(align, MemoryLayout<sy_message>.alignment))
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(MemoryLayout<sy_message>.size, total), alignment: Swift.max(align, MemoryLayout<sy_message>.alignment))
         defer { raw.deallocate() }
-        let messages = raw.baseAddress!.bindMemory(to: sy_message.self, capacity: count)
         var offset = arrayBytes
         for (index, message) in enumerated() {
-            (messages + index).initialize(to: message.lay(into: UnsafeMutableRawBufferPointer(rebasing: raw[offset..<offset + sizes[index]])))
+            let laid = message.lay(into: UnsafeMutableRawBufferPointer(rebasing: raw[offset..<offset + sizes[index]]), structSize: structSize)
+            // Only `structSize` bytes of each element: the next element starts there.
+            Swift.withUnsafeBytes(of: laid) { (raw.baseAddress! + index * structSize).copyMemory(from: $0.baseAddress!, byteCount: structSize) }
             offset += sizes[index]
         }
-        return try body(UnsafeBufferPointer(start: messages, count: count))
+        return try body(raw.baseAddress!.assumingMemoryBound(to: sy_message.self), count)
     }
 }
 

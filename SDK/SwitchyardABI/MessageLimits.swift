@@ -26,7 +26,7 @@ public struct MessageLimits: Sendable, Hashable {
 
     /// As ``violation(of:keyPrefix:)`` for a message view, without copying it.
     public func violation(of message: MessageView, keyPrefix prefix: String = "") -> String? {
-        let c = message.pointer.pointee
+        let c = message.fields
         var headerBytes = 0
         for index in 0..<c.header_count {
             headerBytes += c.headers[index].key.len + c.headers[index].value.len

@@ -12,14 +12,20 @@ import Darwin
 /// the subscriber side): read what you need, or call ``copy()`` to keep the message. Reading
 /// `body` and the scalar fields costs nothing; the `String` accessors allocate.
 public struct MessageView {
-    /// The borrowed C message. Do not keep it past the call.
+    /// The borrowed C message as it was handed over, for passing it on unchanged (a decorator
+    /// relaying it to its inner transport). Read fields through ``fields``, not through this
+    /// pointer: an older writer's struct may end before fields this build knows.
     public let pointer: UnsafePointer<sy_message>
+    /// The message's fields as this build knows them: fields past the writer's `struct_size`
+    /// read as zero (see ``SizedStruct``). The pointers inside are borrowed like `pointer`.
+    public let fields: sy_message
 
-    /// Checks what every reader relies on (size, id, channel, header pointer) without copying.
+    /// Checks what every reader relies on (size, id, channel, header pointer) without copying
+    /// anything but the struct itself.
     public init(validating pointer: UnsafePointer<sy_message>) throws(TransportError) {
-        let m = pointer.pointee
-        guard Int(m.struct_size) >= MemoryLayout<sy_message>.size else {
-            throw TransportError(.invalidArgument, "message struct_size \(m.struct_size) is smaller than ABI 1.0's \(MemoryLayout<sy_message>.size)")
+        guard let m = SizedStruct.read(pointer, minimum: SizedStruct.messageV1_0) else {
+            let size = UnsafeRawPointer(pointer).load(as: UInt32.self)
+            throw TransportError(.invalidArgument, "message struct_size \(size) is smaller than ABI 1.0's \(SizedStruct.messageV1_0)")
         }
         guard m.id.len > 0, m.id.data != nil else { throw TransportError(.invalidArgument, "message id is empty") }
         guard m.channel.len > 0, m.channel.data != nil else { throw TransportError(.invalidArgument, "message channel is empty") }
@@ -30,27 +36,32 @@ public struct MessageView {
             throw TransportError(.invalidArgument, "message body has \(m.body.len) bytes but a NULL pointer")
         }
         self.pointer = pointer
+        self.fields = m
     }
 
     /// Unique message id.
-    public var id: String { String(pointer.pointee.id) }
+    public var id: String { String(fields.id) }
     /// Destination channel.
-    public var channel: String { String(pointer.pointee.channel) }
+    public var channel: String { String(fields.channel) }
     /// The ordering key, or nil when the message has none.
-    public var orderingKey: String? { pointer.pointee.ordering_key.len == 0 ? nil : String(pointer.pointee.ordering_key) }
+    public var orderingKey: String? { fields.ordering_key.len == 0 ? nil : String(fields.ordering_key) }
     /// Deliveries so far, this one included.
-    public var attempt: UInt32 { pointer.pointee.attempt }
+    public var attempt: UInt32 { fields.attempt }
     /// Earliest delivery time, ns since the Unix epoch; 0 means now.
-    public var deliverAtNanos: Int64 { pointer.pointee.deliver_at_ns }
+    public var deliverAtNanos: Int64 { fields.deliver_at_ns }
     /// When the transport accepted it, ns since the Unix epoch.
-    public var enqueuedAtNanos: Int64 { pointer.pointee.enqueued_at_ns }
+    public var enqueuedAtNanos: Int64 { fields.enqueued_at_ns }
+    /// When it expires, ns since the Unix epoch; 0: never (ABI 1.3; 0 from older writers).
+    public var expiresAtNanos: Int64 { fields.expires_at_ns }
+    /// `SY_MESSAGE_*` flags (ABI 1.3).
+    public var flags: MessageFlags { MessageFlags(rawValue: fields.flags) }
     /// The payload, borrowed.
-    public var body: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer.pointee.body.data, count: pointer.pointee.body.len) }
+    public var body: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: fields.body.data, count: fields.body.len) }
     /// Number of headers.
-    public var headerCount: Int { pointer.pointee.header_count }
+    public var headerCount: Int { fields.header_count }
     /// All headers, copied.
     public var headers: [Header] {
-        (0..<headerCount).map { Header(String(pointer.pointee.headers[$0].key), String(pointer.pointee.headers[$0].value)) }
+        (0..<headerCount).map { Header(String(fields.headers[$0].key), String(fields.headers[$0].value)) }
     }
 
     /// The first value of header `key`, if any (compares bytes; allocates only the result).
@@ -58,7 +69,7 @@ public struct MessageView {
         var key = key
         return key.withUTF8 { wanted in
             for index in 0..<headerCount {
-                let header = pointer.pointee.headers[index]
+                let header = fields.headers[index]
                 if header.key.len == wanted.count,
                     wanted.isEmpty || memcmp(header.key.data, wanted.baseAddress!, wanted.count) == 0
                 {
@@ -72,6 +83,7 @@ public struct MessageView {
     /// An owned copy, to keep after the call returns.
     public func copy() -> Message {
         Message(id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: Array(body),
-                attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos)
+                attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
+                expiresAtNanos: expiresAtNanos, flags: flags)
     }
 }

@@ -13,9 +13,8 @@ public enum Settlement: Hashable, Sendable {
 
     /// Reads a settlement that crossed the boundary; throws `invalidArgument` for an unknown outcome.
     public init(copying settlement: UnsafePointer<sy_settlement>) throws(TransportError) {
-        let s = settlement.pointee
-        guard Int(s.struct_size) >= MemoryLayout<sy_settlement>.size else {
-            throw TransportError(.invalidArgument, "settlement struct_size \(s.struct_size) is too small")
+        guard let s = SizedStruct.read(settlement, minimum: SizedStruct.settlementV1_0) else {
+            throw TransportError(.invalidArgument, "settlement struct_size \(settlement.pointee.struct_size) is smaller than ABI 1.0's")
         }
         switch s.outcome {
         case SY_SETTLE_ACK: self = .ack
@@ -26,16 +25,47 @@ public enum Settlement: Hashable, Sendable {
         }
     }
 
+    /// The outcome, delay and reason of the C form.
+    @usableFromInline
+    var cParts: (outcome: Int32, delay: Int64, reason: String) {
+        switch self {
+        case .ack: (SY_SETTLE_ACK, 0, "")
+        case .retry(let after, let reason): (SY_SETTLE_RETRY, after, reason)
+        case .deadLetter(let reason): (SY_SETTLE_DEAD_LETTER, 0, reason)
+        case .release: (SY_SETTLE_RELEASE, 0, "")
+        }
+    }
+
+    /// Lends `settlements` to C code as one `sy_settlement` array (for `settle_batch`), valid only
+    /// inside `body`; one allocation holds every reason.
+    public static func withCSettlements<R>(_ settlements: [Settlement], _ body: (UnsafePointer<sy_settlement>) -> R) -> R {
+        let parts = settlements.map(\.cParts)
+        var text: [UInt8] = []
+        var ranges: [Range<Int>] = []
+        for part in parts {
+            let start = text.count
+            text += part.reason.utf8
+            ranges.append(start..<text.count)
+        }
+        return text.withUnsafeBufferPointer { bytes in
+            withUnsafeTemporaryAllocation(of: sy_settlement.self, capacity: Swift.max(1, parts.count)) { array in
+                for (index, part) in parts.enumerated() {
+                    let reason = ranges[index].isEmpty ? sy_str(data: nil, len: 0)
+                        : sy_str(data: UnsafeRawPointer(bytes.baseAddress! + ranges[index].lowerBound).assumingMemoryBound(to: CChar.self),
+                                 len: ranges[index].count)
+                    array.initializeElement(at: index, to: sy_settlement(
+                        struct_size: UInt32(MemoryLayout<sy_settlement>.size), outcome: part.outcome,
+                        retry_after_ns: part.delay, reason: reason))
+                }
+                return body(UnsafePointer(array.baseAddress!))
+            }
+        }
+    }
+
     /// Lends this settlement to C code, valid only inside `body`.
     @inlinable
     public func withCSettlement<R, E: Error>(_ body: (UnsafePointer<sy_settlement>) throws(E) -> R) throws(E) -> R {
-        let (outcome, delay, reason): (Int32, Int64, String) =
-            switch self {
-            case .ack: (SY_SETTLE_ACK, 0, "")
-            case .retry(let after, let reason): (SY_SETTLE_RETRY, after, reason)
-            case .deadLetter(let reason): (SY_SETTLE_DEAD_LETTER, 0, reason)
-            case .release: (SY_SETTLE_RELEASE, 0, "")
-            }
+        let (outcome, delay, reason) = cParts
         return try reason.withSyStr { (reasonSlice) throws(E) -> R in
             var settlement = sy_settlement(
                 struct_size: UInt32(MemoryLayout<sy_settlement>.size), outcome: outcome,
@@ -80,9 +110,8 @@ public struct SubscribeOptions: Hashable, Sendable {
 
     /// Reads options that crossed the boundary, taking absent tail fields as zero.
     public init(copying options: UnsafePointer<sy_subscribe_options>) throws(TransportError) {
-        let o = options.pointee
-        guard Int(o.struct_size) >= MemoryLayout<sy_subscribe_options>.size else {
-            throw TransportError(.invalidArgument, "subscribe options struct_size \(o.struct_size) is too small")
+        guard let o = SizedStruct.read(options, minimum: SizedStruct.subscribeOptionsV1_0) else {
+            throw TransportError(.invalidArgument, "subscribe options struct_size \(options.pointee.struct_size) is smaller than ABI 1.0's")
         }
         guard o.channel.len > 0 else { throw TransportError(.invalidArgument, "subscribe channel is empty") }
         guard let start = StartPosition(rawValue: o.start) else {

@@ -12,6 +12,11 @@ public typealias SubscriptionID = UInt64
 /// then releases it). Called on the transport's threads.
 public typealias DeliveryHandler = @Sendable (DeliveryID, MessageView) -> StatusCode
 
+/// Receives a batch of deliveries (ABI 1.3 `deliver_batch`): the deliveries and views of their
+/// messages, valid only during the call. Returns how many, from the first, it took (and will
+/// settle); the transport releases the rest and offers them again in order.
+public typealias BatchDeliveryHandler = @Sendable (_ deliveries: UnsafeBufferPointer<DeliveryID>, _ messages: [MessageView]) -> Int
+
 /// Calls one transport instance through its plugin's C function table.
 ///
 /// The host uses it to drive the transports it created; a decorator plugin uses it to drive its
@@ -78,6 +83,13 @@ public final class TransportClient: @unchecked Sendable {
         try call("publish") { publish(instance, message, $0) }
     }
 
+    /// The plugin's ABI minor, from its descriptor.
+    public var abiMinor: UInt16 { descriptor.pointee.abi_minor }
+
+    /// The `sy_message` size the plugin reads in arrays: before ABI 1.3 a plugin walks a
+    /// `publish_batch` array by its own `sizeof(sy_message)`, the 1.0 size.
+    public var messageArrayStride: Int { abiMinor >= 3 ? MemoryLayout<sy_message>.size : SizedStruct.messageV1_0 }
+
     /// Publishes messages all or nothing: one call (and, durably, one commit) when the plugin has
     /// `publish_batch` (ABI 1.1); one publish each otherwise, stopping at the first failure (the
     /// messages before it stay published).
@@ -87,28 +99,39 @@ public final class TransportClient: @unchecked Sendable {
             for message in batch { try publish(message) }
             return
         }
-        try batch.withCMessages { (messages) throws(TransportError) in
-            try call("publish_batch") { publishBatch(instance, messages.baseAddress, messages.count, $0) }
+        try batch.withCMessages(structSize: messageArrayStride) { (messages, count) throws(TransportError) in
+            try call("publish_batch") { publishBatch(instance, messages, count, $0) }
         }
     }
 
-    /// Publishes a batch already in C form (borrowed for the call), as ``publish(batch:)`` does.
-    public func publish(batch messages: UnsafeBufferPointer<sy_message>) throws(TransportError) {
+    /// Publishes a batch already in C form, as ``publish(batch:)`` does: `count` messages from
+    /// `first`, strided by their `struct_size` (borrowed for the call). A batch laid out larger
+    /// than an older plugin reads is laid out again at its size.
+    public func publish(batch first: UnsafePointer<sy_message>, count: Int) throws(TransportError) {
         try checkAlive()
-        if let publishBatch = descriptor.pointee.publish_batch {
-            try call("publish_batch") { publishBatch(instance, messages.baseAddress, messages.count, $0) }
-        } else {
-            for index in messages.indices { try publish(messages.baseAddress! + index) }
+        guard count > 0 else { return }
+        guard let publishBatch = descriptor.pointee.publish_batch else {
+            for index in 0..<count { try publish(SizedStruct.element(first, index)) }
+            return
         }
+        if Int(first.pointee.struct_size) != messageArrayStride && abiMinor < 3 {
+            var copies: [Message] = []
+            for index in 0..<count { copies.append(try MessageView(validating: SizedStruct.element(first, index)).copy()) }
+            return try publish(batch: copies)
+        }
+        try call("publish_batch") { publishBatch(instance, first, count, $0) }
     }
 
-    /// Subscribes `handler` to a channel. The handler runs on the transport's threads.
-    public func subscribe(_ options: SubscribeOptions, handler: @escaping DeliveryHandler) throws(TransportError) -> SubscriptionID {
+    /// Subscribes `handler` to a channel. The handler runs on the transport's threads. The
+    /// subscriber offers `deliver_batch` (ABI 1.3): a plugin that uses it hands several messages
+    /// across in one call, which go to `batchHandler` when given, else to `handler` one by one.
+    public func subscribe(_ options: SubscribeOptions, handler: @escaping DeliveryHandler,
+                          batchHandler: BatchDeliveryHandler? = nil) throws(TransportError) -> SubscriptionID {
         try checkAlive()
-        let box = Unmanaged.passRetained(SubscriberBox(client: self, handler: handler))
+        let box = Unmanaged.passRetained(SubscriberBox(client: self, handler: handler, batchHandler: batchHandler))
         var subscriber = sy_subscriber(
             struct_size: UInt32(MemoryLayout<sy_subscriber>.size), context: box.toOpaque(),
-            deliver: SubscriberBox.deliver)
+            deliver: SubscriberBox.deliver, deliver_batch: SubscriberBox.deliverBatch)
         var id: SubscriptionID = 0
         do {
             try options.withCOptions { (cOptions) throws(TransportError) in
@@ -152,6 +175,40 @@ public final class TransportClient: @unchecked Sendable {
         let settle = descriptor.pointee.settle!
         try settlement.withCSettlement { (cSettlement) throws(TransportError) in
             try call("settle") { settle(instance, delivery, cSettlement, $0) }
+        }
+    }
+
+    /// Settles several deliveries: one call when the plugin has `settle_batch` (ABI 1.3), one
+    /// `settle` each otherwise. Each is settled independently; returns each one's outcome, in
+    /// order (`nil`: settled).
+    @discardableResult
+    public func settle(batch: [(DeliveryID, Settlement)]) throws(TransportError) -> [TransportError?] {
+        try checkAlive()
+        guard !batch.isEmpty else { return [] }
+        guard let settleBatch = descriptor.pointee.settle_batch else {
+            return batch.map { delivery, settlement in
+                do throws(TransportError) { try settle(delivery, settlement); return nil } catch { return error }
+            }
+        }
+        let deliveries = batch.map(\.0)
+        var statuses = [sy_status](repeating: SY_OK, count: batch.count)
+        var firstError: TransportError?
+        Settlement.withCSettlements(batch.map(\.1)) { settlements in
+            do throws(TransportError) {
+                try call("settle_batch") { err in
+                    statuses.withUnsafeMutableBufferPointer { out in
+                        settleBatch(instance, deliveries, settlements, batch.count, out.baseAddress, err)
+                    }
+                }
+            } catch {
+                firstError = error
+            }
+        }
+        return statuses.map { status in
+            guard status != SY_OK else { return nil }
+            let code = StatusCode(rawValue: status)
+            if let firstError, firstError.code == code { return firstError }
+            return TransportError(code, "settle_batch: \(code)")
         }
     }
 
@@ -210,10 +267,43 @@ final class SubscriberBox: Sendable {
     // never outlive its client. The cycle is broken by unsubscribe() and destroy().
     let client: TransportClient
     let handler: DeliveryHandler
+    let batchHandler: BatchDeliveryHandler?
 
-    init(client: TransportClient, handler: @escaping DeliveryHandler) {
+    init(client: TransportClient, handler: @escaping DeliveryHandler, batchHandler: BatchDeliveryHandler?) {
         self.client = client
         self.handler = handler
+        self.batchHandler = batchHandler
+    }
+
+    /// The `sy_subscriber.deliver_batch` function (ABI 1.3) of every subscription: to the batch
+    /// handler, or to the handler one message at a time until one is refused.
+    /// The handler gets the messages before the first malformed one; when it takes them all, the
+    /// malformed one is dead-lettered (as ``deliver`` does) and counts as taken, and the rest are
+    /// left to the plugin to offer again (the prefix rule keeps this simple and in order).
+    static let deliverBatch: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_delivery_id>?, UnsafePointer<sy_message>?, Int) -> Int = {
+        context, deliveries, messages, count in
+        guard let context, let deliveries, let messages, count > 0 else { return 0 }
+        let box = Unmanaged<SubscriberBox>.fromOpaque(context).takeUnretainedValue()
+        var views: [MessageView] = []
+        views.reserveCapacity(count)
+        var malformed: TransportError?
+        for index in 0..<count {
+            do throws(TransportError) {
+                views.append(try MessageView(validating: SizedStruct.element(messages, index)))
+            } catch {
+                malformed = error
+                break
+            }
+        }
+        let accepted: Int
+        if let batchHandler = box.batchHandler {
+            accepted = views.isEmpty ? 0 : batchHandler(UnsafeBufferPointer(start: deliveries, count: views.count), views)
+        } else {
+            accepted = views.indices.first { box.handler(deliveries[$0], views[$0]) != .ok } ?? views.count
+        }
+        guard accepted == views.count, let malformed else { return accepted }
+        try? box.client.settle(deliveries[accepted], .deadLetter(reason: "malformed message from transport: \(malformed.message)"))
+        return accepted + 1
     }
 
     /// The `sy_subscriber.deliver` function for every subscription made through a TransportClient.

@@ -63,7 +63,8 @@ public enum PluginExport {
             capabilities: info.capabilities.rawValue,
             create: create, destroy: Thunks.destroy, publish: Thunks.publish,
             subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
-            drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch))
+            drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch,
+            settle_batch: Thunks.settleBatch))
         return UnsafePointer(descriptor)
     }
 }
@@ -101,16 +102,18 @@ private func reporting(to err: UnsafeMutablePointer<sy_error>?, _ body: () throw
 private enum Thunks {
     static let create: @convention(c) (UnsafePointer<sy_create_args>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
         args, out, err in
-        guard let args, let out, Int(args.pointee.struct_size) >= MemoryLayout<sy_create_args>.size, let host = args.pointee.host else {
+        guard let argsPointer = args, let out, let args = SizedStruct.read(argsPointer, minimum: SizedStruct.createArgsV1_0),
+            let host = args.host
+        else {
             return TransportError(.invalidArgument, "create: missing or too small arguments").write(to: err)
         }
         guard let factory = PluginExport.registration.withLock({ $0?.factory }) else {
             return TransportError(.internalError, "create called before the entry point").write(to: err)
         }
-        let config = String(args.pointee.config_json)
+        let config = String(args.config_json)
         let context = TransportContext(
-            instanceName: String(args.pointee.instance_name), configJSON: config.isEmpty ? "{}" : config,
-            host: HostServices(host), inner: args.pointee.inner.flatMap { TransportClient($0.pointee) })
+            instanceName: String(args.instance_name), configJSON: config.isEmpty ? "{}" : config,
+            host: HostServices(host), inner: args.inner.flatMap { TransportClient($0.pointee) })
         return reporting(to: err) { () throws(TransportError) in
             let transport = try factory(context)
             out.pointee = Unmanaged.passRetained(InstanceBox(transport)).toOpaque()
@@ -151,7 +154,8 @@ private enum Thunks {
                 // Validate every message before storing any: the batch is all or nothing.
                 var views: [MessageView] = []
                 views.reserveCapacity(count)
-                for index in 0..<count { views.append(try MessageView(validating: messages! + index)) }
+                // Strided by struct_size: the host may be of another minor (the ABI's stride rule).
+                for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index))) }
                 try transport.publish(batch: views)
             }
         }
@@ -190,6 +194,33 @@ private enum Thunks {
                 try transport.settle(delivery, Settlement(copying: settlement))
             }
         }
+    }
+
+    static let settleBatch: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_delivery_id>?, UnsafePointer<sy_settlement>?, Int, UnsafeMutablePointer<sy_status>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, deliveries, settlements, count, statuses, err in
+        guard let instance, count >= 0, count == 0 || (deliveries != nil && settlements != nil) else {
+            return TransportError(.invalidArgument, "settle_batch: NULL instance, deliveries or settlements").write(to: err)
+        }
+        guard count > 0 else { return SY_OK }
+        var batch: [(DeliveryID, Settlement)] = []
+        batch.reserveCapacity(count)
+        var unreadable: [Int: TransportError] = [:]
+        for index in 0..<count {
+            do throws(TransportError) {
+                batch.append((deliveries![index], try Settlement(copying: SizedStruct.element(settlements!, index))))
+            } catch {
+                unreadable[index] = error
+            }
+        }
+        let results = InstanceBox.borrow(instance) { $0.settle(batch: batch) }
+        var first: TransportError?
+        var next = results.makeIterator()
+        for index in 0..<count {
+            let outcome = unreadable[index] ?? next.next() ?? nil
+            statuses?[index] = outcome?.code.rawValue ?? SY_OK
+            if first == nil, let outcome { first = outcome }
+        }
+        return first.map { $0.write(to: err) } ?? SY_OK
     }
 
     static let drain: @convention(c) (UnsafeMutableRawPointer?, Int64, UnsafeMutablePointer<sy_error>?) -> Int32 = {

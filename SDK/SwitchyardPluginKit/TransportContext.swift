@@ -172,13 +172,15 @@ public struct Subscriber: @unchecked Sendable {
     // @unchecked: a copy of the caller's immutable sy_subscriber; its deliver is thread-safe.
     private let subscriber: sy_subscriber
 
-    /// Copies the subscriber the caller passed to `subscribe`; nil when it is unusable.
+    /// Copies the subscriber the caller passed to `subscribe` (of any ABI minor); nil when it is
+    /// unusable.
     public init?(_ subscriber: UnsafePointer<sy_subscriber>) {
-        guard Int(subscriber.pointee.struct_size) >= MemoryLayout<sy_subscriber>.size,
-            subscriber.pointee.deliver != nil
-        else { return nil }
-        self.subscriber = subscriber.pointee
+        guard let copy = SizedStruct.read(subscriber, minimum: SizedStruct.subscriberV1_0), copy.deliver != nil else { return nil }
+        self.subscriber = copy
     }
+
+    /// Whether the subscriber takes several messages in one call (ABI 1.3 `deliver_batch`).
+    public var takesBatches: Bool { subscriber.deliver_batch != nil }
 
     /// The C subscriber, for handing the subscription on unchanged to an inner transport.
     public var raw: sy_subscriber { subscriber }
@@ -193,5 +195,22 @@ public struct Subscriber: @unchecked Sendable {
     /// Hands on a message already in C form (a decorator relaying its inner transport's delivery).
     public func deliver(_ delivery: DeliveryID, _ message: UnsafePointer<sy_message>) -> StatusCode {
         StatusCode(rawValue: subscriber.deliver(subscriber.context, delivery, message))
+    }
+
+    /// Hands several messages over: `deliveries[i]` delivers `messages[i]`. One `deliver_batch`
+    /// call when the subscriber offers it (ABI 1.3), else one `deliver` each until the first
+    /// refusal. Returns how many, from the first, the subscriber took (it settles each of those
+    /// exactly once); treat the rest as released and offer them again later, in order. Same
+    /// locking rule as ``deliver(_:_:)``.
+    public func deliver(batch deliveries: [DeliveryID], _ messages: [Message]) -> Int {
+        precondition(deliveries.count == messages.count, "one delivery id per message")
+        guard !messages.isEmpty else { return 0 }
+        guard let deliverBatch = subscriber.deliver_batch else {
+            for index in messages.indices where deliver(deliveries[index], messages[index]) != .ok { return index }
+            return messages.count
+        }
+        return messages.withCMessages { first, count in
+            min(count, deliveries.withUnsafeBufferPointer { deliverBatch(subscriber.context, $0.baseAddress, first, count) })
+        }
     }
 }

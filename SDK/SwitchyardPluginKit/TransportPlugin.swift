@@ -40,6 +40,11 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// Settles one delivery, exactly once; `.notFound` for an unknown or already settled one.
     func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError)
 
+    /// Settles several deliveries, each independently and in order (ABI 1.3 `settle_batch`);
+    /// returns each one's error, or nil where it was settled. Default: one `settle` each; plugins
+    /// that can take one lock or one commit per batch override it.
+    func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?]
+
     /// Stops new deliveries and publishes, waits for settlements until the monotonic clock passes
     /// `deadlineNanos`, then releases the rest (throwing `.timeout` if it had to). Default: no-op.
     func drain(deadlineNanos: Int64) throws(TransportError)
@@ -54,6 +59,16 @@ public protocol TransportInstance: AnyObject, Sendable {
 extension TransportInstance {
     public func publish(batch: [MessageView]) throws(TransportError) {
         for message in batch { try publish(message) }
+    }
+    public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
+        batch.map { delivery, settlement in
+            do throws(TransportError) {
+                try settle(delivery, settlement)
+                return nil
+            } catch {
+                return error
+            }
+        }
     }
     public func drain(deadlineNanos: Int64) throws(TransportError) {}
     public func stats() -> TransportStats { TransportStats() }

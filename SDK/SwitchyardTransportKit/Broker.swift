@@ -18,6 +18,9 @@ public struct BrokerOptions: Sendable {
     public var limits = MessageLimits()
     /// Dead-lettered messages go to `<channel><deadLetterSuffix>`.
     public var deadLetterSuffix: String = DeadLetter.defaultSuffix
+    /// How often expired messages that nobody leases (a channel nobody reads) are looked for and
+    /// dropped or dead-lettered. Expired messages are never delivered in any case.
+    public var expirySweepNanos: Int64 = 5_000_000_000
 
     /// The defaults listed on each property.
     public init() {}
@@ -25,8 +28,10 @@ public struct BrokerOptions: Sendable {
 
 /// The dispatching half of a queue-like transport, shared by plugins through the SDK: it keeps the
 /// subscribers, leases ready messages from a ``MessageStore`` and delivers them round robin within
-/// each group, up to each subscriber's prefetch, on one dispatcher thread per instance; it settles
-/// deliveries, expires unsettled ones after the visibility timeout, applies capacity, and drains.
+/// each group, up to each subscriber's prefetch, on one dispatcher thread per instance (in one
+/// `deliver_batch` call per subscriber where the subscriber takes batches); it settles deliveries,
+/// expires unsettled ones after the visibility timeout, never delivers an expired message (it
+/// drops or dead-letters it, as the message says), applies capacity, and drains.
 ///
 /// A plugin is a ``Broker`` over a store (memory or SQLite), fan-out or not, plus its config.
 public final class Broker: @unchecked Sendable {
@@ -89,6 +94,8 @@ public final class Broker: @unchecked Sendable {
     private var stopped = false
     private var dispatcherDone = false
     private var stats = TransportStats()
+    /// When the dispatcher next looks for expired messages nobody leased (dispatcher thread only).
+    private var nextExpirySweep: Int64 = 0
 
     /// Starts a broker and its dispatcher thread.
     public init(store: MessageStore, fanOut: Bool, options: BrokerOptions, host: HostServices, name: String) {
@@ -321,6 +328,15 @@ public final class Broker: @unchecked Sendable {
                 var counters = stats
                 condition.unlock()
                 var wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local)
+                if !isDraining {
+                    let stamp = now()
+                    if stamp >= nextExpirySweep {
+                        nextExpirySweep = stamp + options.expirySweepNanos
+                        sweepExpired(now: stamp)
+                    }
+                    let sweep = Date(timeIntervalSince1970: Double(nextExpirySweep) / 1e9)
+                    wakeup = min(wakeup ?? sweep, sweep)
+                }
                 // Metrics go to the host from here, off the data path, at most every interval;
                 // while they still change (or one was held back), the wait below brings another
                 // pass one interval later, so idle gauges end up true.
@@ -392,10 +408,15 @@ public final class Broker: @unchecked Sendable {
         let stamp = now()
         var assignments: [(DeliveryID, Member, LeasedMessage)] = []
         var orphans: [LeaseRef] = []
+        var expired: [LeasedMessage] = []
         for (planned, leased) in batches {
             let candidates = groups[planned.key] ?? []
             var cursor = 0
             for message in leased {
+                if message.message.isExpired(at: stamp) {
+                    expired.append(message)  // never delivered: dropped or dead-lettered below
+                    continue
+                }
                 var chosen: Member?
                 for step in 0..<candidates.count {
                     let member = candidates[(cursor + step) % candidates.count]
@@ -426,9 +447,24 @@ public final class Broker: @unchecked Sendable {
         }
         condition.unlock()
         for ref in orphans { try? store.release(ref) }
-        var refused: [DeliveryID] = []
+        if !expired.isEmpty { disposeOfExpired(expired, now: stamp) }
+        // One hand-over per member, in the order leased: one deliver_batch call crossing the ABI
+        // where the subscriber takes batches. What a member does not take is released.
+        var perMember: [(member: Member, deliveries: [DeliveryID], messages: [Message])] = []
+        var slot: [ObjectIdentifier: Int] = [:]
         for (delivery, member, leased) in assignments {
-            if member.subscriber.deliver(delivery, leased.message) != .ok { refused.append(delivery) }
+            let index = slot[ObjectIdentifier(member)] ?? {
+                perMember.append((member, [], []))
+                slot[ObjectIdentifier(member)] = perMember.count - 1
+                return perMember.count - 1
+            }()
+            perMember[index].deliveries.append(delivery)
+            perMember[index].messages.append(leased.message)
+        }
+        var refused: [DeliveryID] = []
+        for handOver in perMember {
+            let taken = handOver.member.subscriber.deliver(batch: handOver.deliveries, handOver.messages)
+            refused += handOver.deliveries[max(0, taken)...]
         }
         condition.lock()
         for (_, member, _) in assignments { member.delivering -= 1 }
@@ -446,6 +482,62 @@ public final class Broker: @unchecked Sendable {
             condition.lock()
             workPending = false  // a refusing subscriber: wait for a change instead of spinning
         }
+    }
+
+    /// Drops or dead-letters leased messages that expired before they could be delivered (the
+    /// ABI's `expires_at_ns`): dropped when the message asks (a reply nobody waits for),
+    /// dead-lettered with reason "expired" otherwise. Called without the lock.
+    private func disposeOfExpired(_ expired: [LeasedMessage], now stamp: Int64) {
+        var dead = 0
+        for leased in expired {
+            if leased.message.flags.contains(.dropWhenExpired) || leased.message.channel.hasSuffix(options.deadLetterSuffix) {
+                try? store.ack(leased.ref)
+            } else if let stored = try? store.deadLetter(leased.ref, to: leased.message.channel + options.deadLetterSuffix,
+                                                         reason: Self.expiredReason, now: stamp) {
+                host.deadLettered(stored, reason: Self.expiredReason)
+                dead += 1
+            }
+        }
+        host.count("expired", Double(expired.count))
+        condition.lock()
+        stats.deadLettered += UInt64(dead)
+        if waiters > 0 { condition.broadcast() }
+        condition.unlock()
+    }
+
+    /// Why an expired message was dead-lettered.
+    static let expiredReason = "expired"
+
+    /// Takes expired messages out of the store even where nobody leases them (a channel nobody
+    /// reads, such as the reply channel of a caller that died), so they stop accumulating.
+    /// Called by the dispatcher without the lock, every `expirySweepNanos`.
+    private func sweepExpired(now stamp: Int64) {
+        let removed: [ExpiredEntry]
+        do {
+            removed = try store.removeExpired(now: stamp, limit: 10_000)
+        } catch {
+            host.log(.error, "looking for expired messages failed: \(error)")
+            return
+        }
+        guard !removed.isEmpty else { return }
+        let dead = removed.filter { !$0.message.flags.contains(.dropWhenExpired) && !$0.message.channel.hasSuffix(options.deadLetterSuffix) }
+            .map { entry in
+                DeadLetter.copy(of: entry.message, to: entry.message.channel + options.deadLetterSuffix, group: entry.group,
+                                reason: Self.expiredReason, history: entry.history, now: stamp)
+            }
+        do {
+            try store.append(dead)
+        } catch {
+            host.log(.error, "dead-lettering \(dead.count) expired messages failed: \(error)")
+        }
+        for message in dead { host.deadLettered(message, reason: Self.expiredReason) }
+        host.count("expired", Double(removed.count))
+        condition.lock()
+        stats.deadLettered += UInt64(dead.count)
+        if removed.count == 10_000 { nextExpirySweep = stamp }  // more to do: look again soon
+        markWork()
+        if waiters > 0 { condition.broadcast() }
+        condition.unlock()
     }
 
     /// Forgets local deliveries whose lease expired, freeing their subscribers' prefetch; the

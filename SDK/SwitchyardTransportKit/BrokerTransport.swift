@@ -24,11 +24,13 @@ public struct BrokerConfig: Decodable, Sendable {
     public var dead_letter_suffix: String?
     /// Fan-out only: recent messages kept per channel for groups that start at the earliest.
     public var retain: Int?
+    /// How often expired messages nobody leases are dropped or dead-lettered ("5s").
+    public var expiry_sweep: ConfigDuration?
 
     /// The keys every broker transport accepts; fan-out transports add `retain`.
     public static let keys: Set<String> = [
         "path", "capacity", "full_wait", "max_in_flight", "visibility_timeout", "max_message_bytes", "max_headers",
-        "max_header_bytes", "dead_letter_suffix",
+        "max_header_bytes", "dead_letter_suffix", "expiry_sweep",
     ]
 
     /// Checks ranges and builds broker options; errors name the key.
@@ -64,6 +66,10 @@ public struct BrokerConfig: Decodable, Sendable {
         if let dead_letter_suffix {
             guard !dead_letter_suffix.isEmpty else { throw TransportError(.config, "config key 'dead_letter_suffix': must not be empty") }
             options.deadLetterSuffix = dead_letter_suffix
+        }
+        if let expiry_sweep {
+            guard expiry_sweep.nanoseconds > 0 else { throw TransportError(.config, "config key 'expiry_sweep': must be more than 0") }
+            options.expirySweepNanos = expiry_sweep.nanoseconds
         }
         if let retain, retain < 0 { throw TransportError(.config, "config key 'retain': must be 0 or more") }
         return options

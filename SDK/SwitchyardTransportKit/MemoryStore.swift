@@ -116,12 +116,15 @@ public final class MemoryStore: MessageStore {
         var nextToken: UInt64 = 0
         var depth: UInt64 = 0
         var inFlight: UInt64 = 0
+        /// Entries whose message expires, by expiry (stale items are skipped lazily).
+        var expiries = Heap<Timed>()
 
         mutating func insert(_ message: Message, into key: GroupKey) {
             nextEntry += 1
             entries[nextEntry] = Entry(message: message, group: key)
             groups[key, default: Group()].ready.append(nextEntry)
             depth += 1
+            if message.expiresAtNanos > 0 { expiries.insert(Timed(at: message.expiresAtNanos, entry: nextEntry, token: 0)) }
         }
 
         mutating func makeReady(_ id: UInt64, in key: GroupKey) {
@@ -196,7 +199,7 @@ public final class MemoryStore: MessageStore {
             }
             while let top = group.waiting.min, top.at <= now {
                 group.waiting.removeMin()
-                group.insertReady(top.entry)
+                if state.entries[top.entry] != nil { group.insertReady(top.entry) }  // else it expired meanwhile
             }
             var taken: [LeasedMessage] = []
             taken.reserveCapacity(min(limit, group.ready.count))
@@ -280,6 +283,42 @@ public final class MemoryStore: MessageStore {
                                        history: entry.history + ["attempt \(entry.message.attempt) at \(now): \(reason)"], now: now)
             state.insert(dead, into: GroupKey(channel: deadLetterChannel, group: ""))
             return dead
+        }
+    }
+
+    public func removeExpired(now: Int64, limit: Int) throws(TransportError) -> [ExpiredEntry] {
+        state.withLock { state in
+            var removed: [ExpiredEntry] = []
+            var held: [Timed] = []  // leased now: the delivery settles them, or they come back here
+            while removed.count < limit, let top = state.expiries.min, top.at <= now {
+                state.expiries.removeMin()
+                guard let entry = state.entries[top.entry] else { continue }
+                if entry.token != 0 && entry.leaseUntil > now {
+                    held.append(top)
+                    continue
+                }
+                if entry.token != 0 {
+                    state.inFlight -= 1  // a lease that expired: the entry counts as stored again
+                    state.depth += 1
+                }
+                state.unlockKey(of: top.entry)
+                if var group = state.groups.removeValue(forKey: entry.group) {
+                    // Ready entries are in id order: find it by binary search. A waiting one is
+                    // skipped when its retry comes due (its entry is gone).
+                    var low = 0, high = group.ready.count
+                    while low < high {
+                        let mid = (low + high) / 2
+                        if group.ready[mid] < top.entry { low = mid + 1 } else { high = mid }
+                    }
+                    if low < group.ready.count, group.ready[low] == top.entry { group.ready.remove(at: low) }
+                    state.groups[entry.group] = group
+                }
+                state.entries[top.entry] = nil
+                state.depth -= 1
+                removed.append(ExpiredEntry(message: entry.message, group: entry.group.group, history: entry.history))
+            }
+            for item in held { state.expiries.insert(item) }
+            return removed
         }
     }
 

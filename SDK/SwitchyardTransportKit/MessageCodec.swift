@@ -4,19 +4,28 @@ import SwitchyardABI
 ///
 /// Layout, little-endian: magic `SYM1`, attempt u32, deliver_at i64, enqueued_at i64, then id,
 /// channel, ordering key (u32 length + UTF-8 each), header count u32 and each header's key and
-/// value, and the body (u32 length + bytes). Decoding checks every length against the data, so
-/// a corrupt record is an error with a reason, never a crash.
+/// value, and the body (u32 length + bytes). A message that expires or has flags (ABI 1.3) is
+/// written as `SYM2`: the same with expires_at i64 and flags u32 after enqueued_at. Messages
+/// without them stay `SYM1`, which stores written by older versions hold and older versions read.
+/// Decoding checks every length against the data, so a corrupt record is an error with a reason,
+/// never a crash.
 public enum MessageCodec {
     private static let magic: [UInt8] = Array("SYM1".utf8)
+    private static let magicV2: [UInt8] = Array("SYM2".utf8)
 
     /// Encodes `message`.
     public static func encode(_ message: Message) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(64 + message.body.count + message.id.utf8.count + message.channel.utf8.count)
-        out += magic
+        let extended = message.expiresAtNanos != 0 || !message.flags.isEmpty
+        out += extended ? magicV2 : magic
         append(message.attempt, to: &out)
         append(UInt64(bitPattern: message.deliverAtNanos), to: &out)
         append(UInt64(bitPattern: message.enqueuedAtNanos), to: &out)
+        if extended {
+            append(UInt64(bitPattern: message.expiresAtNanos), to: &out)
+            append(message.flags.rawValue, to: &out)
+        }
         appendBytes(Array(message.id.utf8), to: &out)
         appendBytes(Array(message.channel.utf8), to: &out)
         appendBytes(Array((message.orderingKey ?? "").utf8), to: &out)
@@ -32,13 +41,20 @@ public enum MessageCodec {
     /// Decodes a message encoded by ``encode(_:)``; throws `invalidArgument` naming what is corrupt.
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(TransportError) -> Message {
         var reader = Reader(bytes: bytes)
-        guard bytes.count >= 4, Array(bytes[0..<4]) == magic else {
+        let prefix = bytes.count >= 4 ? Array(bytes[0..<4]) : []
+        guard prefix == magic || prefix == magicV2 else {
             throw TransportError(.invalidArgument, "corrupt stored message: bad magic")
         }
         reader.offset = 4
         let attempt: UInt32 = try reader.integer("attempt")
         let deliverAt = Int64(bitPattern: try reader.integer("deliver_at") as UInt64)
         let enqueuedAt = Int64(bitPattern: try reader.integer("enqueued_at") as UInt64)
+        var expiresAt: Int64 = 0
+        var flags: UInt32 = 0
+        if prefix == magicV2 {
+            expiresAt = Int64(bitPattern: try reader.integer("expires_at") as UInt64)
+            flags = try reader.integer("flags")
+        }
         let id = try reader.string("id")
         let channel = try reader.string("channel")
         let key = try reader.string("ordering key")
@@ -54,7 +70,8 @@ public enum MessageCodec {
             throw TransportError(.invalidArgument, "corrupt stored message: \(bytes.count - reader.offset) trailing bytes")
         }
         return Message(id: id, channel: channel, orderingKey: key.isEmpty ? nil : key, headers: headers, body: body,
-                       attempt: attempt, deliverAtNanos: deliverAt, enqueuedAtNanos: enqueuedAt)
+                       attempt: attempt, deliverAtNanos: deliverAt, enqueuedAtNanos: enqueuedAt,
+                       expiresAtNanos: expiresAt, flags: MessageFlags(rawValue: flags))
     }
 
     /// Decodes from an array.

@@ -28,6 +28,23 @@ public struct LeasedMessage: Sendable {
     }
 }
 
+/// An entry taken out of a store because its message expired before it was delivered
+/// (``MessageStore/removeExpired(now:limit:)``).
+public struct ExpiredEntry: Sendable {
+    /// The message, attempts made so far in `attempt`.
+    public let message: Message
+    /// The subscriber group whose copy it was (`""` on a queue).
+    public let group: String
+    /// Its attempt history, one line per failed attempt.
+    public let history: [String]
+    /// An expired entry.
+    public init(message: Message, group: String, history: [String]) {
+        self.message = message
+        self.group = group
+        self.history = history
+    }
+}
+
 /// Where dead-lettered messages go and what they carry.
 public enum DeadLetter {
     /// The suffix that names a channel's dead-letter channel (`orders` → `orders.dlq`) unless a
@@ -60,6 +77,8 @@ public enum DeadLetter {
         dead.channel = channel
         dead.attempt = 0
         dead.deliverAtNanos = 0
+        dead.expiresAtNanos = 0  // a dead letter is kept until someone deals with it
+        dead.flags.remove(.dropWhenExpired)
         return dead
     }
 
@@ -102,6 +121,11 @@ public protocol MessageStore: AnyObject, Sendable {
     /// message as stored there (see ``DeadLetter/copy(of:to:group:reason:history:now:)``).
     @discardableResult
     func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message
+    /// Removes up to `limit` entries whose message expired at `now` (`expiresAtNanos`) and that
+    /// no delivery holds (ready, waiting for a retry, or with an expired lease), and returns them;
+    /// the broker drops or dead-letters them. Lets expired messages on channels nobody reads
+    /// leave instead of accumulating forever.
+    func removeExpired(now: Int64, limit: Int) throws(TransportError) -> [ExpiredEntry]
     /// The earliest future time at which an entry of the group becomes ready (a retry's visible
     /// time or a lease's expiry), or nil.
     func nextWakeup(channel: String, group: String, now: Int64) -> Int64?

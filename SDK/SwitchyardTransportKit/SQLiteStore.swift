@@ -81,6 +81,17 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             CREATE TABLE IF NOT EXISTS retained (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, message BLOB NOT NULL);
             COMMIT;
             """)
+        // ABI 1.3: messages may expire. Stores made before keep working: the column is added once.
+        var hasExpiry = false
+        try db.run("SELECT COUNT(*) FROM pragma_table_info('entries') WHERE name = 'expires_at'") { row in hasExpiry = row.int(0) > 0 }
+        if !hasExpiry {
+            try db.execute("""
+                BEGIN IMMEDIATE;
+                ALTER TABLE entries ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+                CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at > 0;
+                COMMIT;
+                """)
+        }
         var stored = ""
         try db.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in stored = row.text(0) }
         guard stored == kind else {
@@ -119,8 +130,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     }
                 }
                 for group in groups {
-                    try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, ?, ?, ?, ?, ?)",
-                               [.text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos), .blob(blob)])
+                    try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               [.text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos),
+                                .int(message.expiresAtNanos), .blob(blob)])
                 }
             }
         }
@@ -139,8 +151,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             }
             for blob in retained {
                 let message = try? MessageCodec.decode(blob)
-                try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, ?, ?, 0, ?, ?)",
-                           [.text(channel), .text(grp), message?.orderingKey.map { .text($0) } ?? .null, .int(now), .blob(blob)])
+                try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                           [.text(channel), .text(grp), message?.orderingKey.map { .text($0) } ?? .null, .int(now),
+                            .int(message?.expiresAtNanos ?? 0), .blob(blob)])
             }
         }
     }
@@ -233,6 +246,26 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, '', NULL, 0, ?, ?)",
                        [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])
             return dead
+        }
+    }
+
+    public func removeExpired(now: Int64, limit: Int) throws(TransportError) -> [ExpiredEntry] {
+        try perform { db throws(TransportError) -> [ExpiredEntry] in
+            var removed: [ExpiredEntry] = []
+            var ids: [Int64] = []
+            try db.run("""
+                SELECT id, grp, attempt, history, message, channel FROM entries
+                WHERE expires_at > 0 AND expires_at <= ?1 AND (lease_token = 0 OR lease_until <= ?1) LIMIT ?2
+                """, [.int(now), .int(Int64(limit))]) { row throws(TransportError) in
+                ids.append(row.int(0))
+                // An unreadable record expires like any other; its bytes go with it.
+                let raw = try row.blob(4) { Array($0) }
+                var message = (try? MessageCodec.decode(raw)) ?? Message(id: "corrupt-\(row.int(0))", channel: row.text(5), body: raw)
+                message.attempt = UInt32(clamping: row.int(2))
+                removed.append(ExpiredEntry(message: message, group: row.text(1), history: row.text(3).split(separator: "\n").map(String.init)))
+            }
+            for id in ids { try db.run("DELETE FROM entries WHERE id = ?", [.int(id)]) }
+            return removed
         }
     }
 

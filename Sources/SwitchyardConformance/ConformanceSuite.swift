@@ -140,6 +140,12 @@ public struct ConformanceResult: Sendable, CustomStringConvertible {
         return false
     }
 
+    /// Whether it was skipped (its capabilities or mode do not apply).
+    public var skipped: Bool {
+        if case .skipped = outcome { return true }
+        return false
+    }
+
     public var description: String {
         switch outcome {
         case .passed: "pass  \(name) (\(String(format: "%.2f", seconds)) s)"

@@ -9,7 +9,7 @@ enum StandardChecks {
     static let all: [ConformanceCheck] = [
         publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
-        drainReleases, survivesRestart,
+        drainReleases, survivesRestart, deliverBatch, settleBatch, expiry,
     ]
 
     static func message(_ id: String, _ channel: String = "conformance", key: String? = nil, body: [UInt8] = [1, 2, 3]) -> Message {
@@ -278,6 +278,91 @@ enum StandardChecks {
         try c.expect(m.header("sy-dlq-channel") == "work", "channel header: \(m.header("sy-dlq-channel") ?? "missing")")
         let history = m.header("sy-dlq-history") ?? ""
         try c.expect(history.contains("flaky") && history.contains("gave up"), "history header: \(history)")
+    }
+
+    static let deliverBatch = ConformanceCheck(
+        name: "deliver-batch", summary: "deliveries handed over in batches (ABI 1.3) honour partial acceptance: the rest come again, attempts uncounted",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        let settle = inbox.handler(client: t.client)
+        let calls = Guarded<[Int]>([])
+        // The first batch of two or more is half taken: the rest must come again, not be lost or
+        // counted as an attempt. A plugin without deliver_batch calls the per-message handler.
+        _ = try t.client.subscribe(SubscribeOptions(channel: "batched", maxInFlight: 100), handler: settle) { deliveries, views in
+            let first = calls.withLock { calls in
+                calls.append(views.count)
+                return calls.count == 1 || calls.dropLast().allSatisfy { $0 < 2 }
+            }
+            let take = first && views.count >= 2 ? views.count / 2 : views.count
+            for index in 0..<take { _ = settle(deliveries[index], views[index]) }
+            return take
+        }
+        let batch = (0..<60).map { message("batched-\($0)", "batched") }
+        try t.client.publish(batch: batch)
+        try c.expect(inbox.wait(for: 60), "got \(inbox.count) of 60 messages through deliver_batch")
+        Thread.sleep(forTimeInterval: 0.2)
+        let ids = inbox.received.map(\.message.id)
+        try c.expect(Set(ids) == Set(batch.map(\.id)) && ids.count == 60,
+                     "\(ids.count) deliveries of \(Set(ids).count) distinct messages; expected each of 60 once")
+        let attempts = Set(inbox.received.map(\.message.attempt))
+        try c.expect(attempts == [1], "a message not taken from a batch came back with attempts \(attempts.sorted()), expected 1")
+    }
+
+    static let settleBatch = ConformanceCheck(
+        name: "settle-batch", summary: "settle_batch (ABI 1.3) settles each delivery on its own, in order, and reports each status",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "settled", maxInFlight: 10), handler: inbox.handler(client: t.client, settle: nil))
+        for index in 0..<3 { try t.client.publish(message("settled-\(index)", "settled")) }
+        try c.expect(inbox.wait(for: 3), "got \(inbox.count) of 3 deliveries")
+        let first = inbox.received.map(\.delivery)
+        let results = try t.client.settle(batch: [(first[0], .ack), (987_654, .ack), (first[1], .release), (first[2], .ack)])
+        try c.expect(results.count == 4, "settle_batch reported \(results.count) outcomes for 4 settlements")
+        try c.expect(results[0] == nil && results[2] == nil && results[3] == nil,
+                     "known deliveries failed to settle: \(results.map { $0?.description ?? "ok" })")
+        try c.expect(results[1]?.code == .notFound, "an unknown delivery in a batch gave \(results[1].map { "\($0.code)" } ?? "ok"), expected not found")
+        try c.expect(inbox.wait(for: 4), "the released delivery did not come again")
+        let again = inbox.received[3]
+        try c.expect(again.message.id == inbox.received[1].message.id, "redelivered \(again.message.id), expected the released one")
+        try t.client.settle(again.delivery, .ack)
+        Thread.sleep(forTimeInterval: 0.2)
+        try c.expect(inbox.count == 4, "acknowledged deliveries came again: \(inbox.count) deliveries")
+    }
+
+    static let expiry = ConformanceCheck(
+        name: "expiry", summary: "an expired message is never delivered: dead-lettered as \"expired\", or dropped when it says so",
+        requires: [.expiry], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector(), dead = Collector()
+        let now = wallClockNanoseconds()
+        var expired = message("expired", "exp")
+        expired.expiresAtNanos = now - 1_000_000
+        var dropped = message("dropped", "exp")
+        dropped.expiresAtNanos = now - 1_000_000
+        dropped.flags = .dropWhenExpired
+        var live = message("live", "exp")
+        live.expiresAtNanos = now + 60_000_000_000
+        _ = try t.client.subscribe(SubscribeOptions(channel: "exp"), handler: inbox.handler(client: t.client))
+        try t.client.publish(batch: [expired, dropped, live, message("forever", "exp")])
+        try c.expect(inbox.wait(for: 2), "got \(inbox.count) of the 2 messages that had not expired")
+        Thread.sleep(forTimeInterval: 0.3)
+        let ids = Set(inbox.received.map(\.message.id))
+        try c.expect(ids == ["live", "forever"], "delivered \(ids.sorted()); expected only live and forever")
+        try c.expect(inbox.received.first { $0.message.id == "live" }?.message.expiresAtNanos == live.expiresAtNanos,
+                     "a delivered message lost its expires_at_ns")
+        guard t.plugin.capabilities.contains(.deadLetter) else { return }
+        _ = try t.client.subscribe(SubscribeOptions(channel: "exp.dlq"), handler: dead.handler(client: t.client))
+        try c.expect(dead.wait(for: 1), "the expired message did not arrive on exp.dlq")
+        Thread.sleep(forTimeInterval: 0.3)
+        try c.expect(dead.received.map(\.message.id) == ["expired"],
+                     "exp.dlq holds \(dead.received.map(\.message.id)); expected only the expired one (the other asked to be dropped)")
+        try c.expect(dead.received[0].message.header("sy-dlq-reason") == "expired",
+                     "reason: \(dead.received[0].message.header("sy-dlq-reason") ?? "missing"), expected expired")
     }
 
     static let delayNeverEarly = ConformanceCheck(

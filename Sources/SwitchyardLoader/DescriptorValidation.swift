@@ -11,7 +11,12 @@ enum DescriptorValidation {
     /// Minors newer than this host's need what this host reads. Add a case per new minor.
     private static func minimumSize(minor: UInt16) -> Int {
         // SY_DESCRIPTOR_SIZE_V1_x in the header (offsetof expressions Swift cannot import).
-        let lastField: PartialKeyPath<sy_plugin_descriptor> = minor == 0 ? \sy_plugin_descriptor.stats : \sy_plugin_descriptor.publish_batch
+        let lastField: PartialKeyPath<sy_plugin_descriptor> =
+            switch minor {
+            case 0: \sy_plugin_descriptor.stats
+            case 1, 2: \sy_plugin_descriptor.publish_batch
+            default: \sy_plugin_descriptor.settle_batch
+            }
         return MemoryLayout<sy_plugin_descriptor>.offset(of: lastField)! + MemoryLayout<UnsafeRawPointer>.size
     }
 

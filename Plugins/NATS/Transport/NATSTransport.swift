@@ -159,7 +159,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         var hasCloudEvent = false
         var order: [String] = []
         for index in 0..<message.headerCount {
-            let header = message.pointer.pointee.headers[index]
+            let header = message.fields.headers[index]
             let key = String(header.key)
             if key == CloudEventHeaders.specVersion { hasCloudEvent = true }
             order.append(key)

@@ -9,7 +9,17 @@
  *  - A plugin exports exactly one function, SY_PLUGIN_ENTRY_SYMBOL, of type sy_plugin_entry_fn.
  *  - Every struct that may grow starts with `uint32_t struct_size`, set by whoever fills it in.
  *    Structs only ever grow at the end. A reader accepts an older, smaller struct and treats the
- *    fields past its struct_size as absent (zero / NULL); it never reads past struct_size.
+ *    fields past its struct_size as absent (zero / NULL); it never reads past struct_size. The
+ *    smallest size a reader may accept is the struct's ABI 1.0 size, SY_<STRUCT>_SIZE_V1_0 below.
+ *    The easy way to follow the rule: copy min(struct_size, sizeof) bytes into a zeroed local
+ *    (sy_read_sized does exactly that) and read the local.
+ *  - Arrays of growable structs (publish_batch's messages, deliver_batch's messages,
+ *    settle_batch's settlements) are strided by struct_size (ABI 1.3): every element carries the
+ *    same struct_size, a multiple of 8, and element i starts i * struct_size bytes after the
+ *    first. A reader walks them with sy_array_at. A writer that calls a peer of an older minor
+ *    (the descriptor's abi_minor, or the subscriber's struct_size) lays elements out at that
+ *    peer's size: a 1.1 plugin walks its publish_batch array by its own sizeof(sy_message).
+ *  - Whoever fills a struct zeroes the fields it does not set, `reserved` included.
  *  - SY_ABI_MAJOR changes only when an existing field changes meaning or position. The host refuses
  *    a plugin of another major. SY_ABI_MINOR grows when fields are appended.
  *  - Integer constants are #defines over fixed-width types, never C enums, so their size is fixed.
@@ -46,8 +56,10 @@ extern "C" {
 #define SY_ABI_MAJOR 1
 /** ABI minor version. Grows when fields are appended to structs; older minors stay loadable.
  *  1.1 appended sy_plugin_descriptor.publish_batch.
- *  1.2 appended sy_host_services.dead_lettered. */
-#define SY_ABI_MINOR 2
+ *  1.2 appended sy_host_services.dead_lettered.
+ *  1.3 appended sy_message.expires_at_ns and .flags (SY_CAP_EXPIRY), sy_subscriber.deliver_batch
+ *      and sy_plugin_descriptor.settle_batch, and made arrays of structs strided by struct_size. */
+#define SY_ABI_MINOR 3
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -58,6 +70,19 @@ extern "C" {
 
 /** Size of the message buffer in sy_error, including the terminating NUL. */
 #define SY_ERROR_MESSAGE_CAPACITY 512
+
+/**
+ * Put in front of the entry point's definition so that it is exported with C linkage and default
+ * visibility from C and C++ alike (a C++ plugin without `extern "C"` exports a mangled name the
+ * host cannot find; a plugin built with -fvisibility=hidden exports nothing):
+ *
+ *     SY_PLUGIN_EXPORT const sy_plugin_descriptor *switchyard_plugin_entry(uint32_t host_abi_major) { ... }
+ */
+#ifdef __cplusplus
+#define SY_PLUGIN_EXPORT extern "C" __attribute__((visibility("default")))
+#else
+#define SY_PLUGIN_EXPORT __attribute__((visibility("default")))
+#endif
 
 struct sy_plugin_descriptor;
 
@@ -151,6 +176,10 @@ static inline sy_str sy_str_from_cstr(const char *s) {
     return out;
 }
 
+/** sy_message.flags: when the message expires, drop it instead of dead-lettering it (a reply
+ *  whose caller stopped waiting is of no use to anyone). */
+#define SY_MESSAGE_DROP_WHEN_EXPIRED ((uint32_t)1 << 0)
+
 /**
  * A message as it crosses the boundary.
  *
@@ -159,6 +188,11 @@ static inline sy_str sy_str_from_cstr(const char *s) {
  * returns. Whoever keeps a message copies it.
  *
  * Times are nanoseconds since the Unix epoch (UTC), as given by sy_host_services.now_ns.
+ *
+ * `deliver_at_ns` in the future on a plugin without SY_CAP_DELAY: the plugin delivers the message
+ * now (the host never routes a delayed call to such a plugin; a delay decorator in front of it
+ * holds the message until it is due). `expires_at_ns` on a plugin without SY_CAP_EXPIRY: the
+ * plugin ignores it and the host checks it when the message arrives.
  */
 typedef struct sy_message {
     uint32_t struct_size;       /**< sizeof(sy_message) as the writer knows it. */
@@ -176,6 +210,18 @@ typedef struct sy_message {
     int64_t deliver_at_ns;      /**< Earliest delivery time; 0 or a past time means now. */
     int64_t enqueued_at_ns;     /**< When the transport accepted it. Set by the transport on
                                      delivery; ignored on publish. */
+
+    /* ---- ABI 1.3 (present when SY_SIZE_THROUGH(sy_message, flags) <= struct_size) ---- */
+
+    int64_t expires_at_ns;      /**< 0: never. Otherwise a transport with SY_CAP_EXPIRY never
+                                     delivers the message at or after this time: it dead-letters it
+                                     with reason "expired" (SY_SETTLE_DEAD_LETTER's path, reported
+                                     through sy_host_services.dead_lettered), or drops it when
+                                     `flags` has SY_MESSAGE_DROP_WHEN_EXPIRED, and it does so even
+                                     when nobody subscribes to the channel (within a minute). The
+                                     host sets it from a call's deadline. */
+    uint32_t flags;             /**< SY_MESSAGE_* bits; unknown bits are kept and ignored. */
+    uint32_t reserved;          /**< Zero. */
 } sy_message;
 
 /* ---------------------------------------------------------------------------------------------
@@ -196,6 +242,8 @@ typedef uint64_t sy_capabilities;
 #define SY_CAP_DURABLE ((sy_capabilities)1 << 5)     /**< A successful publish survives a process crash. */
 #define SY_CAP_ORDERED ((sy_capabilities)1 << 6)     /**< Honors ordering_key. */
 #define SY_CAP_WRAPS_INNER ((sy_capabilities)1 << 7) /**< A decorator: needs an inner transport at creation. */
+#define SY_CAP_EXPIRY ((sy_capabilities)1 << 8)      /**< Honors expires_at_ns and SY_MESSAGE_DROP_WHEN_EXPIRED (1.3).
+                                                          Decorators pass both fields through to their inner. */
 
 /* ---------------------------------------------------------------------------------------------
  * Host services, handed to every instance at creation
@@ -307,10 +355,29 @@ typedef struct sy_subscriber {
      * possibly from inside this call and from any thread. Any other status means it refused
      * (for example while draining): the plugin treats the delivery as released.
      *
-     * Threading: the plugin may call it from any thread, concurrently for different deliveries.
-     * The plugin must not hold a lock that `settle` or `publish` would take while calling it.
+     * Threading: the plugin may call it from any thread, concurrently for different deliveries,
+     * but not from inside `publish` (a subscriber may publish from deliver: calling deliver from
+     * publish can deadlock it). The plugin must not hold a lock that `settle` or `publish` would
+     * take while calling it.
      */
     sy_status (*deliver)(void *context, sy_delivery_id delivery, const sy_message *message);
+
+    /* ---- ABI 1.3 (present when SY_SIZE_THROUGH(sy_subscriber, deliver_batch) <= struct_size) ---- */
+
+    /**
+     * Hands `count` messages (count >= 1) in one call: `deliveries[i]` is the delivery of the
+     * message at sy_array_at(messages, i). All are borrowed until it returns. Optional: NULL, or
+     * absent in an older subscriber, means the plugin calls `deliver` once per message.
+     *
+     * Returns how many of the deliveries, from the first, the subscriber took (0..count): it will
+     * settle each of those exactly once, as with deliver. The plugin treats the rest as released
+     * (as if deliver had refused them) and offers them again later in the same order. So a batch
+     * is never accepted out of order, and messages of one ordering key appear in the batch in
+     * publish order (a plugin puts at most one message per ordering key and group in flight, as
+     * with single deliveries, unless it knows the subscriber takes the whole batch). Same threading
+     * rules as deliver.
+     */
+    size_t (*deliver_batch)(void *context, const sy_delivery_id *deliveries, const sy_message *messages, size_t count);
 } sy_subscriber;
 
 /** Where a new subscriber group starts on a transport that keeps history (a durable topic). */
@@ -340,7 +407,13 @@ typedef struct sy_subscribe_options {
 #define SY_SETTLE_RELEASE 3      /**< Give it back untouched, without counting an attempt (e.g.
                                       during shutdown); redelivered as soon as possible. */
 
-/** How one delivery ends. Borrowed for the duration of `settle`. */
+/** How one delivery ends. Borrowed for the duration of `settle`. On a plugin without
+ *  SY_CAP_RETRY, SY_SETTLE_RETRY makes the message ready again after `retry_after_ns` at best
+ *  (a plugin that cannot wait redelivers at once) and counts the attempt; without
+ *  SY_CAP_DEAD_LETTER, SY_SETTLE_DEAD_LETTER removes the message as SY_SETTLE_ACK would and logs a
+ *  warning (it has nowhere to keep it). The host routes retries and dead letters only to plugins
+ *  with the capability; these are the rules for everyone else (a host-side safety net such as
+ *  dead-lettering an expired call). */
 typedef struct sy_settlement {
     uint32_t struct_size;     /**< sizeof(sy_settlement) as the caller knows it. */
     int32_t outcome;          /**< SY_SETTLE_* */
@@ -456,9 +529,11 @@ typedef struct sy_plugin_descriptor {
 
     /**
      * Drains before shutdown: stops starting new deliveries and refuses new publishes with
-     * SY_ERR_CLOSED, then waits until every delivery is settled or the monotonic clock reaches
-     * `deadline_ns`; deliveries still unsettled then are released. Returns SY_ERR_TIMEOUT when
-     * it had to release any. Blocks the calling thread. Optional (NULL: the host skips it).
+     * SY_ERR_CLOSED, then waits until every delivery is settled or the monotonic clock
+     * (sy_host_services.monotonic_ns, not now_ns) reaches `deadline_ns`; deliveries still
+     * unsettled then are released, and a later `settle` of one of them returns SY_ERR_NOT_FOUND.
+     * Returns SY_ERR_TIMEOUT when it had to release any. Blocks the calling thread. Optional
+     * (NULL: the host skips it).
      */
     sy_status (*drain)(void *instance, int64_t deadline_ns, sy_error *err);
 
@@ -475,6 +550,20 @@ typedef struct sy_plugin_descriptor {
      * the messages one at a time).
      */
     sy_status (*publish_batch)(void *instance, const sy_message *messages, size_t count, sy_error *err);
+
+    /* ---- ABI 1.3 ---- */
+
+    /**
+     * Settles `count` deliveries in one call: `deliveries[i]` with the settlement at
+     * sy_array_at(settlements, i). Each is settled independently, exactly as `settle` would
+     * settle it, in array order; one that fails does not stop the others. When `out_statuses` is
+     * not NULL, `out_statuses[i]` receives each one's status. Returns SY_OK when all succeeded;
+     * otherwise the status of the first that failed, with `err` filled in for it. Lets a
+     * subscriber pay one lock (and one commit on a durable transport) per batch instead of per
+     * delivery. Optional (NULL, or absent before 1.3: the host settles one at a time).
+     */
+    sy_status (*settle_batch)(void *instance, const sy_delivery_id *deliveries, const sy_settlement *settlements,
+                              size_t count, sy_status *out_statuses, sy_error *err);
 } sy_plugin_descriptor;
 
 /** Size of a struct up to and including `field`, for checking `struct_size` against a field:
@@ -485,6 +574,48 @@ typedef struct sy_plugin_descriptor {
 #define SY_DESCRIPTOR_SIZE_V1_0 SY_SIZE_THROUGH(sy_plugin_descriptor, stats)
 /** Smallest descriptor a host accepts for ABI 1.1: every field through `publish_batch`. */
 #define SY_DESCRIPTOR_SIZE_V1_1 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_batch)
+/** Smallest descriptor a host accepts for ABI 1.3: every field through `settle_batch`. */
+#define SY_DESCRIPTOR_SIZE_V1_3 SY_SIZE_THROUGH(sy_plugin_descriptor, settle_batch)
+
+/** ABI 1.0 sizes of the structs that can grow: the smallest struct_size a reader accepts. */
+#define SY_MESSAGE_SIZE_V1_0 SY_SIZE_THROUGH(sy_message, enqueued_at_ns)
+#define SY_SUBSCRIBER_SIZE_V1_0 SY_SIZE_THROUGH(sy_subscriber, deliver)
+#define SY_SUBSCRIBE_OPTIONS_SIZE_V1_0 SY_SIZE_THROUGH(sy_subscribe_options, start)
+#define SY_SETTLEMENT_SIZE_V1_0 SY_SIZE_THROUGH(sy_settlement, reason)
+#define SY_STATS_SIZE_V1_0 SY_SIZE_THROUGH(sy_stats, depth)
+#define SY_CREATE_ARGS_SIZE_V1_0 SY_SIZE_THROUGH(sy_create_args, inner)
+#define SY_HOST_SERVICES_SIZE_V1_0 SY_SIZE_THROUGH(sy_host_services, metric)
+/** Sizes at later minors, for the structs that grew. */
+#define SY_HOST_SERVICES_SIZE_V1_2 SY_SIZE_THROUGH(sy_host_services, dead_lettered)
+#define SY_MESSAGE_SIZE_V1_3 SY_SIZE_THROUGH(sy_message, reserved)
+#define SY_SUBSCRIBER_SIZE_V1_3 SY_SIZE_THROUGH(sy_subscriber, deliver_batch)
+
+/**
+ * Reads a caller-sized struct the way the compatibility rules ask: zeroes `out` (`out_size`
+ * bytes: your sizeof), then copies min(its struct_size, out_size) bytes of `in`, so that fields
+ * an older writer did not have read as zero and a newer writer's extra fields are not read.
+ * Returns 0 when `in` is NULL or its struct_size is below `min_size` (its ABI 1.0 size), else 1.
+ *
+ *     sy_message m;
+ *     if (!sy_read_sized(&m, sizeof m, msg, SY_MESSAGE_SIZE_V1_0)) return SY_ERR_INVALID_ARGUMENT;
+ */
+static inline int sy_read_sized(void *out, size_t out_size, const void *in, size_t min_size) {
+    uint32_t size;
+    if (in == NULL) return 0;
+    memcpy(&size, in, sizeof size);
+    if (size < min_size) return 0;
+    memset(out, 0, out_size);
+    memcpy(out, in, size < out_size ? size : out_size);
+    return 1;
+}
+
+/** Element `index` of an array of growable structs (see the stride rule at the top): `first`
+ *  points at element 0, whose struct_size gives the stride. */
+static inline const void *sy_array_at(const void *first, size_t index) {
+    uint32_t stride;
+    memcpy(&stride, first, sizeof stride);
+    return (const uint8_t *)first + index * stride;
+}
 
 #ifdef __cplusplus
 } /* extern "C" */

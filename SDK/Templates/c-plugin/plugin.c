@@ -3,7 +3,7 @@
  *
  * This file is both the bundled C example and the template a third party copies to start a C
  * plugin (see README.md beside it and docs/writing-a-plugin.md). It needs nothing but
- * switchyard_plugin.h:
+ * switchyard_plugin.h and switchyard_config.h:
  *
  *     cc -std=c99 -O2 -shared -fPIC -I<switchyard>/SDK/CSwitchyard/include plugin.c \
  *        -o libswitchyard-example-c.so -lpthread
@@ -15,6 +15,7 @@
  */
 #define _POSIX_C_SOURCE 200809L /* pthread_condattr_setclock under -std=c99 */
 #include "switchyard_plugin.h"
+#include "switchyard_config.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -202,22 +203,12 @@ static sy_status example_create(const sy_create_args *args, void **out_instance,
     instance *q;
     if (args == NULL || out_instance == NULL || args->host == NULL)
         return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "create: NULL argument");
-    /* This plugin takes no config: refuse anything but an empty object, naming the first key. */
-    if (args->config_json.len > 0) {
-        size_t i;
-        for (i = 0; i < args->config_json.len; i++) {
-            char c = args->config_json.data[i];
-            if (c == '"') {
-                char message[128];
-                size_t j = i + 1, n = 0;
-                char key[64];
-                while (j < args->config_json.len && args->config_json.data[j] != '"' && n < sizeof key - 1)
-                    key[n++] = args->config_json.data[j++];
-                key[n] = '\0';
-                snprintf(message, sizeof message, "unknown config key '%s' (example-c takes no config)", key);
-                return sy_error_set(err, SY_ERR_CONFIG, message);
-            }
-        }
+    /* This plugin takes no config: sy_config_finish refuses any key, naming it. A plugin with
+     * config calls sy_config_int / _string / _bool / _duration_ns between parse and finish. */
+    {
+        sy_config config;
+        if (sy_config_parse(&config, args->config_json, err) != SY_OK || sy_config_finish(&config, err) != SY_OK)
+            return SY_ERR_CONFIG;
     }
     q = (instance *)calloc(1, sizeof *q);
     if (q == NULL) return sy_error_set(err, SY_ERR_INTERNAL, "out of memory");
@@ -252,7 +243,9 @@ static sy_status example_publish(void *self, const sy_message *m, sy_error *err)
     instance *q = (instance *)self;
     node *n;
     size_t i;
-    if (q == NULL || m == NULL || m->struct_size < sizeof(sy_message))
+    /* Only ABI 1.0 fields are read here, so any message at least that large is fine (comparing
+     * with sizeof(sy_message) would refuse an older host's smaller struct). */
+    if (q == NULL || m == NULL || m->struct_size < SY_MESSAGE_SIZE_V1_0)
         return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "publish: NULL or too small message");
     if (m->id.len == 0 || m->channel.len == 0)
         return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "publish: message id and channel are required");
@@ -307,7 +300,7 @@ static sy_status example_subscribe(void *self, const sy_subscribe_options *optio
         free(s);
         return sy_error_set(err, SY_ERR_INTERNAL, "out of memory");
     }
-    s->subscriber = *subscriber;
+    sy_read_sized(&s->subscriber, sizeof s->subscriber, subscriber, SY_SUBSCRIBER_SIZE_V1_0);
     pthread_mutex_lock(&q->lock);
     s->id = ++q->next_subscription;
     s->next = q->subscriptions;
@@ -351,10 +344,12 @@ static sy_status example_unsubscribe(void *self, sy_subscription_id id, sy_error
     return SY_OK;
 }
 
-static sy_status example_settle(void *self, sy_delivery_id delivery, const sy_settlement *s, sy_error *err) {
+static sy_status example_settle(void *self, sy_delivery_id delivery, const sy_settlement *given, sy_error *err) {
     instance *q = (instance *)self;
     node *n;
-    if (q == NULL || s == NULL || s->struct_size < sizeof(sy_settlement))
+    sy_settlement settlement, *s = &settlement;
+    /* Read caller-sized structs through sy_read_sized: an older host's smaller struct is fine. */
+    if (q == NULL || !sy_read_sized(&settlement, sizeof settlement, given, SY_SETTLEMENT_SIZE_V1_0))
         return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "settle: NULL or too small settlement");
     if (s->outcome < SY_SETTLE_ACK || s->outcome > SY_SETTLE_RELEASE)
         return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "settle: unknown outcome");
@@ -438,10 +433,11 @@ static const sy_plugin_descriptor descriptor = {
     example_create, example_destroy, example_publish, example_subscribe, example_unsubscribe,
     example_settle, example_drain, example_stats,
     NULL, /* publish_batch (ABI 1.1, optional): the host publishes one message at a time */
+    NULL, /* settle_batch (ABI 1.3, optional): the host settles one delivery at a time */
 };
 
-/* The one exported symbol. Refuse hosts of another ABI major by returning NULL. */
-__attribute__((visibility("default")))
-const sy_plugin_descriptor *switchyard_plugin_entry(uint32_t host_abi_major) {
+/* The one exported symbol, with C linkage and default visibility (SY_PLUGIN_EXPORT). Refuse hosts
+ * of another ABI major by returning NULL. */
+SY_PLUGIN_EXPORT const sy_plugin_descriptor *switchyard_plugin_entry(uint32_t host_abi_major) {
     return host_abi_major == SY_ABI_MAJOR ? &descriptor : NULL;
 }

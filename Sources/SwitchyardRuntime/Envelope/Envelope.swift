@@ -168,15 +168,17 @@ extension Envelope {
         if let traceparent { headers.append(Header(EnvelopeHeader.traceparent, traceparent)) }
         if let tracestate { headers.append(Header(EnvelopeHeader.tracestate, tracestate)) }
         if let traceContext { headers.append(Header(EnvelopeHeader.traceContext, traceContext)) }
+        // A call someone waits for expires with its deadline: a transport with the `expiry`
+        // capability then never delivers it late, and it does not pile up where nobody reads.
         return Message(id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: arguments,
-                       deliverAtNanos: deliverAtNanos)
+                       deliverAtNanos: deliverAtNanos, expiresAtNanos: replyTo != nil ? deadlineNanos : 0)
     }
 
     /// Reads an envelope from a delivered message, or says exactly why it is not one.
     public init(_ message: MessageView) throws(EnvelopeError) {
         // One pass over the headers, matching names by length and bytes (no String per key).
         var fields = [String?](repeating: nil, count: Field.allCases.count)
-        let headers = message.pointer.pointee.headers
+        let headers = message.fields.headers
         for index in 0..<message.headerCount {
             let header = headers![index]
             guard header.key.len > 3, let key = header.key.data else { continue }

@@ -56,14 +56,16 @@ extension SwitchyardActorSystem {
             "attempt": "\(attempts)", "reason": "\(reason)",
         ])
         guard let replyTo = message.header(EnvelopeHeader.replyTo), !replyTo.isEmpty else { return }
-        if let deadline = message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse), deadline < WallClock.nowNanos() {
+        let deadline = message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0
+        if deadline > 0, deadline < WallClock.nowNanos() {
             return  // the caller stopped waiting
         }
         let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
         let error = SwitchyardError.deadLettered(target: target, attempts: attempts, reason: reason)
         let (outcome, body) = encodeReply(.error(error), encoding: encoding)
         Task.detached { [self] in
-            publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding)
+            publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
+                         deadlineNanos: deadline)
         }
     }
 }

@@ -315,7 +315,8 @@ extension SwitchyardActorSystem {
         let target = message.header(EnvelopeHeader.type) ?? channel  // the readable Interface.method(labels:)
         let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
         let (outcome, body) = encodeReply(.error(error(target)), encoding: encoding)
-        publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding)
+        publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
+                     deadlineNanos: message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0)
     }
 
     /// The reply's outcome name and body for an outcome.
@@ -346,12 +347,14 @@ extension SwitchyardActorSystem {
     /// Publishes a reply on the transport the call came from.
     private func publishReply(_ item: Inbound, to channel: String, outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
         publishReply(on: item.transport, to: channel, correlationID: item.envelope.id, target: item.envelope.target.name,
-                     outcome: outcome, body: body, encoding: encoding)
+                     outcome: outcome, body: body, encoding: encoding, deadlineNanos: item.envelope.deadlineNanos)
     }
 
     /// Publishes a reply to the call `correlationID` (for `target`) on `channel` of `transport`.
+    /// With the caller's `deadlineNanos` the reply expires then and is dropped, not dead-lettered:
+    /// nobody waits for it any more.
     func publishReply(on transport: Transport, to channel: String, correlationID: String, target: String,
-                              outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
+                      outcome: String, body: [UInt8], encoding: ArgumentEncoding, deadlineNanos: Int64) {
         let id = EnvelopeID.make()
         func message(_ outcome: String, _ body: [UInt8]) -> Message {
             Message(
@@ -362,7 +365,7 @@ extension SwitchyardActorSystem {
                     Header(EnvelopeHeader.contentType, encoding.rawValue), Header(EnvelopeHeader.version, String(Envelope.currentVersion)),
                     Header(EnvelopeHeader.correlationID, correlationID), Header(EnvelopeHeader.outcome, outcome),
                 ],
-                body: body)
+                body: body, expiresAtNanos: deadlineNanos, flags: deadlineNanos > 0 ? .dropWhenExpired : [])
         }
         var reply = message(outcome, body)
         if let violation = config.limits.violation(of: reply, keyPrefix: "limits.") {
