@@ -64,4 +64,4 @@ public struct BenchUnavailable: Error, CustomStringConvertible {
 }
 
 /// Every suite this build has, in the order `switchyard bench` runs them.
-public let allBenchSuites: [any BenchSuite] = [ABISuite(), LoaderSuite(), MemoryQueueSuite(), DurableQueueSuite(), DelaySuite(), RetrySuite(), TypedCallSuite(), NATSSuite(), FFISuite(), IsolationSuite()]
+public let allBenchSuites: [any BenchSuite] = [ABISuite(), LoaderSuite(), MemoryQueueSuite(), DurableQueueSuite(), DurableRequestReplySuite(), DelaySuite(), RetrySuite(), TypedCallSuite(), NATSSuite(), FFISuite(), IsolationSuite()]

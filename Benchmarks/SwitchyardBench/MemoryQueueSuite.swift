@@ -26,6 +26,8 @@ struct MemoryQueueSuite: BenchSuite {
         let four = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4, batch: 256) })
         context.progress("memory-queue: plugin, 1 consumer, one publish per message")
         let single = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1, batch: 1) })
+        context.progress("memory-queue: plugin, 1 consumer, acknowledging each delivery alone")
+        let ackEach = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1, batch: 256, ackEach: true) })
         context.progress("memory-queue: bytes per queued message")
         let bytes = try bytesPerMessage(plugins, count: context.quick ? 200_000 : 1_000_000)
         let base = ("bare_handoff_msgs_per_s", baseline)
@@ -34,23 +36,33 @@ struct MemoryQueueSuite: BenchSuite {
             BenchResult(suite: name, metric: "raw_msgs_per_s", value: one, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "raw_msgs_per_s_4_consumers", value: four, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "single_publish_msgs_per_s", value: single, unit: "msg/s", baseline: base),
+            BenchResult(suite: name, metric: "ack_each_msgs_per_s", value: ackEach, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "bytes_per_queued_message", value: bytes, unit: "B"),
         ]
     }
 
     /// Messages per second through the queue plugin: one producer publishing the same 64-byte
     /// message, consumers acknowledging inside the delivery callback.
-    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int, batch: Int) throws -> Double {
+    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int, batch: Int, ackEach: Bool = false) throws -> Double {
         let queue = try plugins.transport("queue", config: #"{"capacity": 0, "max_in_flight": 1024}"#)
         defer { queue.close() }
         let acked = Atomic<Int>(0)
         let client = queue.client
         for _ in 0..<consumers {
-            _ = try client.subscribe(SubscribeOptions(channel: "bench", maxInFlight: 1024)) { delivery, _ in
+            // Deliveries arrive in batches (deliver_batch); a batch is acknowledged in one
+            // settle_batch call. Acknowledging each one alone is `ack_each_msgs_per_s`.
+            let each: DeliveryHandler = { delivery, _ in
                 try? client.settle(delivery, .ack)
                 acked.add(1, ordering: .relaxed)
                 return .ok
             }
+            let whole: BatchDeliveryHandler = { deliveries, _ in
+                let settlements: [(DeliveryID, Settlement)] = deliveries.map { ($0, .ack) }
+                _ = try? client.settle(batch: settlements)
+                acked.add(deliveries.count, ordering: .relaxed)
+                return deliveries.count
+            }
+            _ = try client.subscribe(SubscribeOptions(channel: "bench", maxInFlight: 1024), handler: each, batchHandler: ackEach ? nil : whole)
         }
         let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
         let start = Measure.now()

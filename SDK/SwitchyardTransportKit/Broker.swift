@@ -232,6 +232,17 @@ public final class Broker: @unchecked Sendable {
         case .release: stats.released += 1
         }
         condition.unlock()
+        try apply(settlement, to: entry)
+        // The store changed after the dispatcher may have looked: tell it, and anyone waiting
+        // for room or for a drain.
+        condition.lock()
+        markWork()
+        if waiters > 0 { condition.broadcast() }
+        condition.unlock()
+    }
+
+    /// Applies a settlement to the store (the delivery already left `inFlight`). Without the lock.
+    private func apply(_ settlement: Settlement, to entry: InFlight) throws(TransportError) {
         let stamp: Int64
         switch settlement {
         case .ack:
@@ -246,12 +257,45 @@ public final class Broker: @unchecked Sendable {
         case .release:
             try store.release(entry.ref)
         }
-        // The store changed after the dispatcher may have looked: tell it, and anyone waiting
-        // for room or for a drain.
+    }
+
+    /// Settles several deliveries (see `TransportPlugin.settle(batch:)`): one pass under the lock
+    /// for the whole batch, and the acknowledgements removed from the store together (one lock,
+    /// or one commit on a durable store); other outcomes one at a time. Returns each one's error.
+    public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
+        var results = [TransportError?](repeating: nil, count: batch.count)
+        var acks: [(index: Int, ref: LeaseRef)] = []
+        var others: [(index: Int, entry: InFlight, settlement: Settlement)] = []
+        condition.lock()
+        for (index, (delivery, settlement)) in batch.enumerated() {
+            guard let entry = inFlight.removeValue(forKey: delivery) else {
+                results[index] = TransportError(.notFound, "settle: unknown, settled or expired delivery \(delivery)")
+                continue
+            }
+            entry.member.inFlight -= 1
+            switch settlement {
+            case .ack:
+                stats.acked += 1
+                acks.append((index, entry.ref))
+            case .retry: stats.retried += 1; others.append((index, entry, settlement))
+            case .deadLetter: stats.deadLettered += 1; others.append((index, entry, settlement))
+            case .release: stats.released += 1; others.append((index, entry, settlement))
+            }
+        }
+        condition.unlock()
+        for (slot, error) in zip(acks, store.ack(batch: acks.map(\.ref))) where error != nil { results[slot.index] = error }
+        for other in others {
+            do throws(TransportError) {
+                try apply(other.settlement, to: other.entry)
+            } catch {
+                results[other.index] = error
+            }
+        }
         condition.lock()
         markWork()
         if waiters > 0 { condition.broadcast() }
         condition.unlock()
+        return results
     }
 
     // MARK: Lifecycle

@@ -243,6 +243,22 @@ public final class MemoryStore: MessageStore {
         }
     }
 
+    public func ack(batch refs: [LeaseRef]) -> [TransportError?] {
+        state.withLock { state in
+            refs.map { ref -> TransportError? in
+                do throws(TransportError) {
+                    _ = try state.leased(ref)
+                } catch {
+                    return error
+                }
+                state.unlockKey(of: ref.entry)
+                state.entries[ref.entry] = nil
+                state.inFlight -= 1
+                return nil
+            }
+        }
+    }
+
     public func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError) {
         try state.withLock { (state) throws(TransportError) in
             let entry = try state.leased(ref)

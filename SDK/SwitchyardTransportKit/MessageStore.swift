@@ -113,6 +113,9 @@ public protocol MessageStore: AnyObject, Sendable {
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage]
     /// Removes a leased entry for good.
     func ack(_ ref: LeaseRef) throws(TransportError)
+    /// Removes several leased entries, each on its own (one lock or one commit for all where the
+    /// store can); returns each one's error, or nil where it was removed.
+    func ack(batch refs: [LeaseRef]) -> [TransportError?]
     /// Makes a leased entry ready again at `visibleAt`, recording `reason` in its history.
     func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError)
     /// Makes a leased entry ready again at once, without counting the attempt.
@@ -137,6 +140,17 @@ public protocol MessageStore: AnyObject, Sendable {
 }
 
 extension MessageStore {
+    public func ack(batch refs: [LeaseRef]) -> [TransportError?] {
+        refs.map { ref in
+            do throws(TransportError) {
+                try ack(ref)
+                return nil
+            } catch {
+                return error
+            }
+        }
+    }
+
     /// Stores that only this process changes never call the handler.
     public func setChangeHandler(_ handler: @escaping @Sendable () -> Void) {}
 }

@@ -33,8 +33,24 @@ public final class SQLiteDatabase {
     }
 
     deinit {
+        if walTracked { sqlite3_wal_hook(handle, nil, nil) }
         for statement in statements.values { sqlite3_finalize(statement) }
         sqlite3_close_v2(handle)
+    }
+
+    /// Pages in the write-ahead log after the last commit, once ``trackWAL()`` was called.
+    public fileprivate(set) var walPages: Int32 = 0
+    private var walTracked = false
+
+    /// Counts the pages in the write-ahead log after each commit (``walPages``), and so turns
+    /// SQLite's automatic checkpoints off (they run from the same hook): the owner checkpoints
+    /// itself, at a moment when the checkpoint's own syncs are wanted.
+    public func trackWAL() {
+        walTracked = true
+        sqlite3_wal_hook(handle, { context, _, _, pages in
+            Unmanaged<SQLiteDatabase>.fromOpaque(context!).takeUnretainedValue().walPages = pages
+            return SQLITE_OK
+        }, Unmanaged.passUnretained(self).toOpaque())
     }
 
     private func error(_ what: String) -> TransportError {
@@ -137,7 +153,14 @@ public final class SQLiteDatabase {
     /// WAL, synchronous=FULL, a busy timeout for other processes; and a refusal of databases that
     /// belong to another application (tables but no `switchyard_meta`).
     public func configureDurable() throws(TransportError) {
-        try execute("PRAGMA busy_timeout = 10000")
+        // Another process holding the write lock (several processes share one file) is waited for
+        // in microseconds, not SQLite's default busy_timeout steps (1, 2, 5 … 100 ms), which cost
+        // two processes exchanging calls milliseconds per hop. Gives up after about 10 s.
+        sqlite3_busy_handler(handle, { _, attempt in
+            guard attempt < 10_000 else { return 0 }
+            usleep(UInt32(min(1_000, 10 << min(Int(attempt), 6))))
+            return 1
+        }, nil)
         var journal = ""
         try run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }
         guard journal.lowercased() == "wal" else {

@@ -5,6 +5,12 @@ import SwitchyardABI
 /// all operations waiting at that moment and runs them in one transaction, each in its own
 /// savepoint (one failing operation does not undo the others). `perform` returns after the
 /// commit, so concurrent callers share one fsync. Used by every durable store in the SDK.
+///
+/// Not every commit needs its own fsync: an operation whose loss in a power cut costs nothing
+/// but a repeat (a lease: the message is simply delivered again) runs `synced: false`. A batch
+/// made only of those commits with `synchronous=OFF`; the next synced commit makes it durable too
+/// (WAL frames are synced in order). Checkpoints run only after synced commits, so they never
+/// copy unsynced pages into the database file.
 public final class SQLiteWriter: @unchecked Sendable {
     // @unchecked: the database is touched only by the writer thread; the queue is behind `jobs`.
 
@@ -16,17 +22,27 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     private final class Job {
         let work: (SQLiteDatabase) throws(TransportError) -> Void
+        let synced: Bool
         var error: TransportError?
         /// Signalled once the job's transaction ended: each caller is woken alone, not all at once.
         let finished = DispatchSemaphore(value: 0)
-        init(_ work: @escaping (SQLiteDatabase) throws(TransportError) -> Void) { self.work = work }
+        init(synced: Bool, _ work: @escaping (SQLiteDatabase) throws(TransportError) -> Void) {
+            self.synced = synced
+            self.work = work
+        }
     }
+
+    /// The connection's `synchronous` setting (writer thread only).
+    private var syncedMode = true
+    /// Checkpoint once the WAL holds this many pages (SQLite's own default).
+    static let checkpointPages: Int32 = 1000
 
     private final class Box<T> { var value: T? }
 
     /// Takes over `db`: from now on only the writer thread uses it.
     init(_ db: SQLiteDatabase) {
         path = db.path
+        db.trackWAL()
         nonisolated(unsafe) let connection = db
         let thread = Thread { [self] in writerLoop(connection) }
         thread.name = "switchyard-sqlite-writer"
@@ -42,10 +58,11 @@ public final class SQLiteWriter: @unchecked Sendable {
     }
 
     /// Runs `body` on the writer thread inside the next batch's transaction; returns its result
-    /// after the commit, or throws its error (or the commit's).
-    func perform<R>(_ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+    /// after the commit, or throws its error (or the commit's). With `synced: false` the commit
+    /// may skip its fsync (see the type's note): only for work whose loss costs a repeat.
+    func perform<R>(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
         let result = Box<R>()
-        let job = Job { db throws(TransportError) in result.value = try body(db) }
+        let job = Job(synced: synced) { db throws(TransportError) in result.value = try body(db) }
         jobs.lock()
         if stopped {
             jobs.unlock()
@@ -82,6 +99,19 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     /// One transaction for the whole batch; a savepoint per job.
     private func run(_ batch: [Job], on db: SQLiteDatabase) {
+        let synced = batch.contains { $0.synced }
+        if synced != syncedMode {
+            do {
+                try db.execute(synced ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = OFF")
+                syncedMode = synced
+            } catch {
+                // Stay synced: slower, never less safe.
+                if syncedMode == false { for job in batch { job.error = error }; return }
+            }
+        }
+        defer {
+            if syncedMode && db.walPages >= Self.checkpointPages { _ = try? db.execute("PRAGMA wal_checkpoint(PASSIVE)") }
+        }
         do {
             try db.run("BEGIN IMMEDIATE")
         } catch {

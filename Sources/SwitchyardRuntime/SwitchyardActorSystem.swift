@@ -261,15 +261,28 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             guard subscriptions[transport.name] == nil else { return }
             let pending = self.pending
             let client = transport.client
-            subscriptions[transport.name] = try client.subscribe(SubscribeOptions(channel: channel, group: instanceID)) { delivery, message in
-                if let correlation = message.header(EnvelopeHeader.correlationID) {
-                    let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
-                    let reply = Reply(outcome: message.header(EnvelopeHeader.outcome) ?? "return", body: Array(message.body), encoding: encoding)
-                    pending.complete(correlation, with: reply)
-                }
-                try? client.settle(delivery, .ack)
-                return .ok
+            @Sendable func answer(_ message: MessageView) {
+                guard let correlation = message.header(EnvelopeHeader.correlationID) else { return }
+                let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
+                let reply = Reply(outcome: message.header(EnvelopeHeader.outcome) ?? "return", body: Array(message.body), encoding: encoding)
+                pending.complete(correlation, with: reply)
             }
+            // Replies come in batches where the transport hands them over so (deliver_batch):
+            // the callers are answered, then the whole batch is acknowledged in one settle_batch
+            // (one commit on a durable transport instead of one per reply).
+            subscriptions[transport.name] = try client.subscribe(
+                SubscribeOptions(channel: channel, group: instanceID),
+                handler: { delivery, message in
+                    answer(message)
+                    try? client.settle(delivery, .ack)
+                    return .ok
+                },
+                batchHandler: { deliveries, messages in
+                    for message in messages { answer(message) }
+                    let acks: [(DeliveryID, Settlement)] = deliveries.map { ($0, .ack) }
+                    _ = try? client.settle(batch: acks)
+                    return deliveries.count
+                })
         }
         return channel
     }

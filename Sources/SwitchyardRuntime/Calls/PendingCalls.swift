@@ -28,10 +28,11 @@ final class PendingCalls: @unchecked Sendable {
     /// The number of calls waiting.
     var count: Int { lock.withLock { waiters.count } }
 
-    /// Registers `id`, runs `send` (which publishes the call), and waits for ``complete(_:with:)``,
-    /// the deadline, cancellation or ``failAll(_:)``.
+    /// Registers `id`, runs `send` (which publishes the call, or hands the publishing to another
+    /// thread that reports a failure through the function it is given), and waits for
+    /// ``complete(_:with:)``, the deadline, cancellation or ``failAll(_:)``.
     func wait(id: String, deadline: ContinuousClock.Instant, timeout: @escaping @Sendable () -> any Error,
-              send: () throws -> Void) async throws -> Reply {
+              send: (_ fail: @escaping @Sendable (any Error) -> Void) throws -> Void) async throws -> Reply {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Reply, any Error>) in
                 let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in
@@ -47,7 +48,7 @@ final class PendingCalls: @unchecked Sendable {
                 waiters[id] = Waiter(continuation: continuation, timer: timer)
                 lock.unlock()
                 do {
-                    try send()
+                    try send { [weak self] error in self?.take(id)?.continuation.resume(throwing: error) }
                 } catch {
                     take(id)?.continuation.resume(throwing: error)
                 }

@@ -48,7 +48,7 @@ extension SwitchyardActorSystem {
             return
         }
         if route.entry.mode == .fireAndForget {
-            try send(actor.id, call, invocation, route: route)
+            try await send(actor.id, call, invocation, route: route)
             return
         }
         _ = try await request(actor.id, call, invocation, route: route)
@@ -80,12 +80,16 @@ extension SwitchyardActorSystem {
     }
 
     /// Publishes a fire-and-forget call; returns once the transport has accepted it.
-    func send(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) throws {
+    func send(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws {
         let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
         defer { span.end() }
         do {
             let message = try message(id, call, invocation, route: route, replyTo: nil, deadlineNanos: 0, span: span)
-            try publish(message, call, route)
+            if route.waitsOnStorage {
+                try await StorageCalls.shared.run { [self] in try publish(message, call, route) }
+            } else {
+                try publish(message, call, route)
+            }
         } catch {
             route.metrics.failures.increment()
             span.recordError(error)
@@ -117,7 +121,13 @@ extension SwitchyardActorSystem {
                     metrics.timeouts.increment()
                     return SwitchyardError.timeout(target: name, deadline: deadline)
                 },
-                send: { try publish(message, call, route) })
+                send: { fail in
+                    // A durable transport's publish waits for its commit: off the task's thread.
+                    guard route.waitsOnStorage else { return try publish(message, call, route) }
+                    StorageCalls.shared.submit { [self] in
+                        do { try publish(message, call, route) } catch { fail(error) }
+                    }
+                })
             route.metrics.latency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
             guard reply.outcome == "throw" else { return reply }
             let payload: ErrorPayload

@@ -298,11 +298,22 @@ extension SwitchyardActorSystem {
                 return
             }
         }
-        if let replyTo = item.envelope.replyTo {
-            publishReply(item, to: replyTo, outcome: outcome, body: body, encoding: item.envelope.contentType)
-        }
         route?.metrics.handled.increment()
-        try? item.transport.client.settle(item.delivery, .ack)
+        let finish: @Sendable () -> Void = { [self, outcome, body] in
+            if let replyTo = item.envelope.replyTo {
+                publishReply(item, to: replyTo, outcome: outcome, body: body, encoding: item.envelope.contentType)
+            }
+            try? item.transport.client.settle(item.delivery, .ack)
+        }
+        guard StorageCalls.blocksOnStorage(item.transport) else { return finish() }
+        // A durable transport commits the reply and the acknowledgement before returning: off the
+        // worker's thread, so the worker takes the next call and many commits share one fsync.
+        // Counted in flight until done, so a drain waits for it.
+        server.inFlight.add(1, ordering: .relaxed)
+        StorageCalls.shared.submit { [self] in
+            finish()
+            server.inFlight.subtract(1, ordering: .relaxed)
+        }
     }
 
     /// Tells the caller of a call refused unread (over the limits, or not an envelope this runtime

@@ -196,7 +196,7 @@ extension SwitchyardActorSystem {
         }
         let id = ActorID(call.interface)
         if route.entry.mode == .fireAndForget {
-            try send(id, call, NativeArguments(values: arguments), route: route)
+            try await send(id, call, NativeArguments(values: arguments), route: route)
             return .void
         }
         let reply = try await request(id, call, NativeArguments(values: arguments), route: route)

@@ -24,6 +24,9 @@ struct Route: Sendable {
     var isDirect: Bool { transport == nil }
     var pattern: String { entry.pattern }
     var isFanOut: Bool { capabilities.contains(.fanOut) }
+    /// Calls into the chain wait for storage or a server (a durable transport returns after its
+    /// commit or the server's acknowledgement): they run on ``StorageCalls``, not inline.
+    var waitsOnStorage: Bool { capabilities.contains(.durable) }
     /// The chain retries on its own (a `retry` decorator): failures are settled with `retry`
     /// and the decorator decides when to give up.
     var transportRetries: Bool {
