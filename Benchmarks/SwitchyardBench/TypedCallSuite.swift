@@ -117,6 +117,13 @@ struct TypedCallSuite: BenchSuite {
             BenchResult(suite: name, metric: "typed_fire_and_forget_calls_per_s", value: fireAndForget, unit: "calls/s", baseline: ("raw_queue_msgs_per_s", rawRate)),
         ]
 
+        context.progress("typed: memory per queued fire-and-forget call")
+        let queued = try await bytesPerQueuedCall(config: config, context: context, count: context.quick ? 100_000 : 500_000)
+        results += [
+            BenchResult(suite: name, metric: "encoded_call_bytes", value: queued.encoded, unit: "B"),
+            BenchResult(suite: name, metric: "bytes_per_queued_call", value: queued.resident, unit: "B", baseline: ("encoded_call_bytes", queued.encoded)),
+        ]
+
         context.progress("typed: raw request-reply through the queue plugin (no runtime)")
         let rawQueue = try plugins.transport("queue", config: #"{"max_in_flight": 1024}"#)
         defer { rawQueue.close() }
@@ -176,6 +183,32 @@ struct TypedCallSuite: BenchSuite {
             BenchResult(suite: name, metric: "compact_encode_decode_ns", value: compact, unit: "ns", baseline: ("json_encode_decode_ns", json)),
         ]
         return results
+    }
+
+    /// Resident bytes per fire-and-forget call queued in the in-memory queue with nobody serving
+    /// it, and the size of one call as it crosses the ABI (id, channel, headers, body).
+    private func bytesPerQueuedCall(config: SwitchyardConfig, context: BenchContext, count: Int) async throws -> (resident: Double, encoded: Double) {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let system = try SwitchyardActorSystem(config: config, pluginDirectories: context.pluginDirectories, logger: logger)
+        let calls = try $BenchCalls.resolve(id: "unserved", using: system)
+        for i in 0..<1000 { try await calls.note(i) }  // warm: every lazy structure exists
+        let before = currentResidentBytes()
+        for i in 0..<count { try await calls.note(i) }
+        let resident = Double(currentResidentBytes() - before) / Double(count)
+        // One of them, as a subscriber sees it.
+        guard let transport = system.transport(named: "memq") else { throw BenchUnavailable("no transport memq") }
+        let seen = Mutex<Double>(0)
+        let subscription = try transport.client.subscribe(SubscribeOptions(channel: "unserved", maxInFlight: 1)) { _, message in
+            var bytes = message.body.count + message.fields.id.len + message.fields.channel.len + message.fields.ordering_key.len
+            for header in message.headers { bytes += header.key.utf8.count + header.value.utf8.count }
+            seen.withLock { $0 = Double(bytes) }
+            return .closed
+        }
+        while seen.withLock({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        try? transport.client.unsubscribe(subscription)
+        await system.shutdown()
+        return (resident, seen.withLock { $0 })
     }
 
     /// Median nanoseconds per call over `rounds` rounds of `iterations` calls (after a warm-up).

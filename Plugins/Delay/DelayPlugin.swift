@@ -58,6 +58,15 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
         }
     }
 
+    override func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        // Messages to hold stay here, the settlement goes to the inner transport: two stores, so
+        // not one unit. Messages that are due go with the settlement, atomically if the inner can.
+        let now = host.nowNanos()
+        guard batch.contains(where: { $0.deliverAtNanos > now }) else { return try super.publish(batch, settling: delivery, settlement) }
+        try scheduler.hold(batch: batch.map { $0.copy() })
+        try inner.settle(delivery, settlement)
+    }
+
     override func stats() -> TransportStats {
         var stats = super.stats()
         stats.depth += UInt64(scheduler.heldCount)

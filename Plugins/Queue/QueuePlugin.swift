@@ -14,6 +14,7 @@ final class QueueTransport: BrokerTransport, @unchecked Sendable {
     override class var info: PluginInfo {
         PluginInfo(name: "queue", version: "1.0.0",
                    description: "Work queue: competing consumers, ordering keys, dead-letter; in memory or durable on SQLite",
-                   capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry])
+                   capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry],
+                   atomicPublishAndSettle: true)
     }
 }

@@ -63,6 +63,16 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
         })
     }
 
+    override func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        // A retry is this decorator's decision (settle below); everything else goes through as one unit.
+        if case .retry = settlement {
+            try publish(batch: batch)
+            return try settle(delivery, settlement)
+        }
+        _ = attempts.take(delivery)
+        try super.publish(batch, settling: delivery, settlement)
+    }
+
     override func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         let attempt = attempts.take(delivery)
         guard case .retry(let after, let reason) = settlement, let attempt else {

@@ -21,7 +21,8 @@ _Static_assert(sizeof(sy_message) == 120, "sy_message is 120 bytes (a multiple o
 _Static_assert(SY_SUBSCRIBER_SIZE_V1_0 == 24, "ABI 1.0 sy_subscriber is 24 bytes");
 _Static_assert(sizeof(sy_subscriber) == 32, "1.3 appends deliver_batch at 24");
 _Static_assert(offsetof(sy_plugin_descriptor, settle_batch) == 112, "1.3 appends settle_batch at 112");
-_Static_assert(SY_DESCRIPTOR_SIZE_V1_3 == 120, "ABI 1.3 descriptor is 120 bytes");
+_Static_assert(offsetof(sy_plugin_descriptor, publish_and_settle) == 120, "1.3 appends publish_and_settle at 120");
+_Static_assert(SY_DESCRIPTOR_SIZE_V1_3 == 128, "ABI 1.3 descriptor is 128 bytes");
 _Static_assert(SY_SETTLEMENT_SIZE_V1_0 == 32 && sizeof(sy_settlement) == 32, "sy_settlement is 32 bytes");
 _Static_assert(SY_SUBSCRIBE_OPTIONS_SIZE_V1_0 == 52, "ABI 1.0 sy_subscribe_options ends with start at 48");
 _Static_assert(SY_CREATE_ARGS_SIZE_V1_0 == 56 && SY_STATS_SIZE_V1_0 == 72, "sy_create_args and sy_stats at 1.0");

@@ -212,6 +212,23 @@ public final class TransportClient: @unchecked Sendable {
         }
     }
 
+    /// Publishes `messages` and settles `delivery` as one unit: one `publish_and_settle` call
+    /// (ABI 1.3; one commit on a durable transport, both or neither) when the plugin has it;
+    /// otherwise `publish(batch:)`, then `settle` (the messages may then be stored and the
+    /// settlement fail).
+    public func publish(_ messages: [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        try checkAlive()
+        guard let publishAndSettle = descriptor.pointee.publish_and_settle else {
+            if !messages.isEmpty { try publish(batch: messages) }
+            return try settle(delivery, settlement)
+        }
+        try messages.withCMessages { (first, count) throws(TransportError) in
+            try settlement.withCSettlement { (cSettlement) throws(TransportError) in
+                try call("publish_and_settle") { publishAndSettle(instance, first, count, delivery, cSettlement, $0) }
+            }
+        }
+    }
+
     /// Drains: no new deliveries or publishes; waits (blocking this thread) for settlements until
     /// the monotonic clock passes `deadlineNanos`, then releases the rest. A no-op for plugins
     /// without `drain`.

@@ -64,7 +64,7 @@ public enum PluginExport {
             create: create, destroy: Thunks.destroy, publish: Thunks.publish,
             subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
             drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch,
-            settle_batch: Thunks.settleBatch))
+            settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil))
         return UnsafePointer(descriptor)
     }
 }
@@ -221,6 +221,21 @@ private enum Thunks {
             if first == nil, let outcome { first = outcome }
         }
         return first.map { $0.write(to: err) } ?? SY_OK
+    }
+
+    static let publishAndSettle: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, Int, sy_delivery_id, UnsafePointer<sy_settlement>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, messages, count, delivery, settlement, err in
+        guard let instance, let settlement, count >= 0, messages != nil || count == 0 else {
+            return TransportError(.invalidArgument, "publish_and_settle: NULL instance, messages or settlement").write(to: err)
+        }
+        return InstanceBox.borrow(instance) { transport in
+            reporting(to: err) { () throws(TransportError) in
+                var views: [MessageView] = []
+                views.reserveCapacity(count)
+                for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index))) }
+                try transport.publish(views, settling: delivery, try Settlement(copying: settlement))
+            }
+        }
     }
 
     static let drain: @convention(c) (UnsafeMutableRawPointer?, Int64, UnsafeMutablePointer<sy_error>?) -> Int32 = {

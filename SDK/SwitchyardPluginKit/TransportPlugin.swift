@@ -45,6 +45,12 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// that can take one lock or one commit per batch override it.
     func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?]
 
+    /// Publishes `batch` and settles `delivery` as one unit (ABI 1.3 `publish_and_settle`): both,
+    /// in one commit on a durable store, or neither and an error (`.notFound` for an unknown
+    /// delivery, with nothing stored). Default: `publish(batch:)`, then `settle` — not atomic, so
+    /// durable plugins override it.
+    func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError)
+
     /// Stops new deliveries and publishes, waits for settlements until the monotonic clock passes
     /// `deadlineNanos`, then releases the rest (throwing `.timeout` if it had to). Default: no-op.
     func drain(deadlineNanos: Int64) throws(TransportError)
@@ -70,6 +76,10 @@ extension TransportInstance {
             }
         }
     }
+    public func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        try publish(batch: batch)
+        try settle(delivery, settlement)
+    }
     public func drain(deadlineNanos: Int64) throws(TransportError) {}
     public func stats() -> TransportStats { TransportStats() }
     public func shutdown() {}
@@ -85,12 +95,23 @@ public struct PluginInfo: Sendable {
     public var description: String
     /// What it can do; the host refuses config that needs more.
     public var capabilities: Capabilities
+    /// The plugin overrides ``TransportInstance/publish(_:settling:_:)`` to store and settle as
+    /// one unit: only then does its descriptor offer `publish_and_settle` (otherwise the host
+    /// publishes, then settles, knowing the two are separate).
+    public var atomicPublishAndSettle: Bool
 
     /// A plugin identity; `name` must follow ``PluginName``'s rules and `version` be semantic.
     public init(name: String, version: String, description: String, capabilities: Capabilities) {
+        self.init(name: name, version: version, description: description, capabilities: capabilities, atomicPublishAndSettle: false)
+    }
+
+    /// A plugin identity that says whether the plugin stores and settles as one unit.
+    public init(name: String, version: String, description: String, capabilities: Capabilities,
+                atomicPublishAndSettle: Bool) {
         self.name = name
         self.version = version
         self.description = description
         self.capabilities = capabilities
+        self.atomicPublishAndSettle = atomicPublishAndSettle
     }
 }

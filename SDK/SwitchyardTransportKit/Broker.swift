@@ -154,6 +154,55 @@ public final class Broker: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Stores `batch` and settles `delivery` as one unit (see `TransportPlugin.publish(_:settling:_:)`).
+    /// An acknowledgement is atomic with the messages in the store (one commit when durable);
+    /// other outcomes are applied after the messages are stored.
+    public func publish(_ batch: [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        var messages = batch
+        let stamp = now()
+        for index in messages.indices {
+            if let violation = options.limits.violation(of: messages[index]) { throw TransportError(.tooLarge, violation) }
+            messages[index].attempt = messages[index].attempt > 0 ? messages[index].attempt - 1 : 0
+            messages[index].enqueuedAtNanos = stamp
+        }
+        if !messages.isEmpty { try waitForRoom(messages.count) }
+        condition.lock()
+        guard let entry = inFlight.removeValue(forKey: delivery) else {
+            condition.unlock()
+            throw TransportError(.notFound, "publish_and_settle: unknown, settled or expired delivery \(delivery)")
+        }
+        entry.member.inFlight -= 1
+        condition.unlock()
+        do {
+            if case .ack = settlement {
+                try store.append(messages, acking: entry.ref)
+            } else {
+                try store.append(messages)
+                try apply(settlement, to: entry)
+            }
+        } catch {
+            // Nothing happened: the delivery is still the subscriber's to settle.
+            condition.lock()
+            if !stopped {
+                inFlight[delivery] = entry
+                entry.member.inFlight += 1
+            }
+            condition.unlock()
+            throw error
+        }
+        condition.lock()
+        stats.published += UInt64(messages.count)
+        switch settlement {
+        case .ack: stats.acked += 1
+        case .retry: stats.retried += 1
+        case .deadLetter: stats.deadLettered += 1
+        case .release: stats.released += 1
+        }
+        markWork()
+        if waiters > 0 { condition.broadcast() }
+        condition.unlock()
+    }
+
     private func waitForRoom(_ count: Int) throws(TransportError) {
         condition.lock()
         defer { condition.unlock() }

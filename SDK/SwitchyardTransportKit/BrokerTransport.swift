@@ -113,6 +113,9 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) { try broker.unsubscribe(id) }
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) { try broker.settle(delivery, settlement) }
     public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] { broker.settle(batch: batch) }
+    public func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        try broker.publish(batch.map { $0.copy() }, settling: delivery, settlement)
+    }
     public func drain(deadlineNanos: Int64) throws(TransportError) { try broker.drain(deadlineNanos: deadlineNanos) }
     public func stats() -> TransportStats { broker.currentStats() }
     public func shutdown() { broker.shutdown() }

@@ -44,6 +44,10 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
         innerSubscriptions.withLock { _ = $0.remove(id) }
     }
     open func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) { try inner.settle(delivery, settlement) }
+    /// Straight through to the inner transport, which stores and settles as one unit if it can.
+    open func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        try inner.publish(batch.map { $0.copy() }, settling: delivery, settlement)
+    }
     open func drain(deadlineNanos: Int64) throws(TransportError) { try inner.drain(deadlineNanos: deadlineNanos) }
     open func stats() -> TransportStats { (try? inner.stats()) ?? TransportStats() }
     /// Ends this instance's subscriptions on the inner transport. Overrides call `super.shutdown()`.

@@ -243,6 +243,16 @@ public final class MemoryStore: MessageStore {
         }
     }
 
+    public func append(_ messages: [Message], acking ref: LeaseRef) throws(TransportError) {
+        try state.withLock { (state) throws(TransportError) in
+            _ = try state.leased(ref)  // before anything is stored: both or neither
+            state.unlockKey(of: ref.entry)
+            state.entries[ref.entry] = nil
+            state.inFlight -= 1
+        }
+        try append(messages)
+    }
+
     public func ack(batch refs: [LeaseRef]) -> [TransportError?] {
         state.withLock { state in
             refs.map { ref -> TransportError? in

@@ -113,6 +113,9 @@ public protocol MessageStore: AnyObject, Sendable {
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage]
     /// Removes a leased entry for good.
     func ack(_ ref: LeaseRef) throws(TransportError)
+    /// Stores `messages` and removes the leased entry `ref` as one unit: both (in one commit on a
+    /// durable store) or neither, with `.notFound` when `ref` is no longer leased.
+    func append(_ messages: [Message], acking ref: LeaseRef) throws(TransportError)
     /// Removes several leased entries, each on its own (one lock or one commit for all where the
     /// store can); returns each one's error, or nil where it was removed.
     func ack(batch refs: [LeaseRef]) -> [TransportError?]

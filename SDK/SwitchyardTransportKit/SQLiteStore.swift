@@ -115,8 +115,22 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     }
 
     public func append(_ messages: [Message]) throws(TransportError) {
+        try append(messages, acking: nil)
+    }
+
+    public func append(_ messages: [Message], acking ref: LeaseRef) throws(TransportError) {
+        try append(messages, acking: Optional(ref))
+    }
+
+    /// Inserts `messages` and, with `ref`, deletes that leased entry, in one savepoint of one
+    /// commit: a missing lease rolls the inserts back.
+    private func append(_ messages: [Message], acking ref: LeaseRef?) throws(TransportError) {
         let encoded = messages.map { ($0, MessageCodec.encode($0)) }
         try perform { [fanOut, retainedPerChannel, isDeadLetterChannel] db throws(TransportError) in
+            if let ref {
+                let changed = try db.run("DELETE FROM entries WHERE id = ? AND lease_token = ?", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+                if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
+            }
             for (message, blob) in encoded {
                 let key: SQLiteDatabase.Value = message.orderingKey.map { .text($0) } ?? .null
                 var groups = [""]

@@ -9,7 +9,7 @@ enum StandardChecks {
     static let all: [ConformanceCheck] = [
         publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
-        drainReleases, survivesRestart, deliverBatch, settleBatch, expiry,
+        drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry,
     ]
 
     static func message(_ id: String, _ channel: String = "conformance", key: String? = nil, body: [UInt8] = [1, 2, 3]) -> Message {
@@ -331,6 +331,33 @@ enum StandardChecks {
         try t.client.settle(again.delivery, .ack)
         Thread.sleep(forTimeInterval: 0.2)
         try c.expect(inbox.count == 4, "acknowledged deliveries came again: \(inbox.count) deliveries")
+    }
+
+    static let publishAndSettle = ConformanceCheck(
+        name: "publish-and-settle", summary: "publish_and_settle (ABI 1.3) stores the messages and settles the delivery together, or does neither",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let calls = Collector(), replies = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pas-calls"), handler: calls.handler(client: t.client, settle: nil))
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pas-replies"), handler: replies.handler(client: t.client))
+        try t.client.publish(message("pas-call", "pas-calls"))
+        try c.expect(calls.wait(for: 1), "the call was not delivered")
+        let delivery = calls.received[0].delivery
+        try t.client.publish([message("pas-reply", "pas-replies")], settling: delivery, .ack)
+        try c.expect(replies.wait(for: 1), "the message published with the settlement was not delivered")
+        Thread.sleep(forTimeInterval: 0.2)
+        try c.expect(calls.count == 1, "the delivery settled with publish_and_settle came again")
+        guard t.client.descriptor.pointee.publish_and_settle != nil else { return }  // host fallback: publish, then settle
+        do {
+            try t.client.publish([message("pas-orphan", "pas-replies")], settling: delivery, .ack)
+            throw ConformanceFailure("publish_and_settle of an already settled delivery succeeded")
+        } catch let error as TransportError {
+            try c.expect(error.code == .notFound, "publish_and_settle of a settled delivery gave \(error.code), expected not found")
+        }
+        Thread.sleep(forTimeInterval: 0.2)
+        try c.expect(!replies.received.contains { $0.message.id == "pas-orphan" },
+                     "publish_and_settle failed but stored its message anyway (it must do both or neither)")
     }
 
     static let expiry = ConformanceCheck(

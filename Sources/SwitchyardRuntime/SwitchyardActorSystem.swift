@@ -44,6 +44,10 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     public let instanceID: String
 
     let transports: TransportSet?
+
+    /// The configured transport named `name`, for tools that read its counters or dead letters;
+    /// nil when there is none.
+    public func transport(named name: String) -> Transport? { transports?[name] }
     let routes: RouteTable
     let errors = ErrorRegistry()
     let pending = PendingCalls()

@@ -35,6 +35,7 @@ struct ABICompatibilityTests {
         #expect(results.contains { $0.name == "publish-batch" && !$0.failed && !$0.skipped })
         #expect(results.contains { $0.name == "deliver-batch" && !$0.failed && !$0.skipped })
         #expect(results.contains { $0.name == "settle-batch" && !$0.failed && !$0.skipped })
+        #expect(results.contains { $0.name == "publish-and-settle" && !$0.failed && !$0.skipped })
     }
 
     @Test("a message from an older writer reads its new fields as zero, never past its struct_size")

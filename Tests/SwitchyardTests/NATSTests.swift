@@ -195,6 +195,6 @@ struct NATSTests {
         environment["NATS_URL"] = server.url
         let result = try await run(BuildProducts.switchyard, ["plugins", "test", "nats", "--isolation-key", "stream"], environment: environment)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
-        #expect(result.stdout.contains("13 passed, 0 failed"), "\(result.stdout)")  // with deliver-batch and settle-batch (ABI 1.3)
+        #expect(result.stdout.contains("14 passed, 0 failed"), "\(result.stdout)")  // with deliver-batch, settle-batch, publish-and-settle (ABI 1.3)
     }
 }

@@ -57,8 +57,9 @@ extern "C" {
 /** ABI minor version. Grows when fields are appended to structs; older minors stay loadable.
  *  1.1 appended sy_plugin_descriptor.publish_batch.
  *  1.2 appended sy_host_services.dead_lettered.
- *  1.3 appended sy_message.expires_at_ns and .flags (SY_CAP_EXPIRY), sy_subscriber.deliver_batch
- *      and sy_plugin_descriptor.settle_batch, and made arrays of structs strided by struct_size. */
+ *  1.3 appended sy_message.expires_at_ns and .flags (SY_CAP_EXPIRY), sy_subscriber.deliver_batch,
+ *      sy_plugin_descriptor.settle_batch and .publish_and_settle, and made arrays of structs strided
+ *      by struct_size. */
 #define SY_ABI_MINOR 3
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
@@ -564,6 +565,20 @@ typedef struct sy_plugin_descriptor {
      */
     sy_status (*settle_batch)(void *instance, const sy_delivery_id *deliveries, const sy_settlement *settlements,
                               size_t count, sy_status *out_statuses, sy_error *err);
+
+    /**
+     * Publishes `count` messages (count >= 0, strided by struct_size, borrowed) and settles
+     * `delivery` with `settlement` as one unit: SY_OK when the messages are stored as
+     * `publish_batch` would store them AND the delivery is settled — in one commit on a durable
+     * transport — otherwise an error and neither happened (SY_ERR_NOT_FOUND: the delivery was
+     * unknown or already settled, and nothing was stored). This is how a handler's reply, and the
+     * messages its work produced, commit together with the acknowledgement of the message it
+     * handled: a crash leaves either all of them or none, never a reply without its ack (a
+     * duplicate) or an ack without its reply (a lost answer). Optional (NULL, or absent before
+     * 1.3: the host publishes, then settles).
+     */
+    sy_status (*publish_and_settle)(void *instance, const sy_message *messages, size_t count, sy_delivery_id delivery,
+                                    const sy_settlement *settlement, sy_error *err);
 } sy_plugin_descriptor;
 
 /** Size of a struct up to and including `field`, for checking `struct_size` against a field:
@@ -574,8 +589,8 @@ typedef struct sy_plugin_descriptor {
 #define SY_DESCRIPTOR_SIZE_V1_0 SY_SIZE_THROUGH(sy_plugin_descriptor, stats)
 /** Smallest descriptor a host accepts for ABI 1.1: every field through `publish_batch`. */
 #define SY_DESCRIPTOR_SIZE_V1_1 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_batch)
-/** Smallest descriptor a host accepts for ABI 1.3: every field through `settle_batch`. */
-#define SY_DESCRIPTOR_SIZE_V1_3 SY_SIZE_THROUGH(sy_plugin_descriptor, settle_batch)
+/** Smallest descriptor a host accepts for ABI 1.3: every field through `publish_and_settle`. */
+#define SY_DESCRIPTOR_SIZE_V1_3 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_and_settle)
 
 /** ABI 1.0 sizes of the structs that can grow: the smallest struct_size a reader accepts. */
 #define SY_MESSAGE_SIZE_V1_0 SY_SIZE_THROUGH(sy_message, enqueued_at_ns)

@@ -434,6 +434,7 @@ static const sy_plugin_descriptor descriptor = {
     example_settle, example_drain, example_stats,
     NULL, /* publish_batch (ABI 1.1, optional): the host publishes one message at a time */
     NULL, /* settle_batch (ABI 1.3, optional): the host settles one delivery at a time */
+    NULL, /* publish_and_settle (ABI 1.3, optional): the host publishes, then settles */
 };
 
 /* The one exported symbol, with C linkage and default visibility (SY_PLUGIN_EXPORT). Refuse hosts

@@ -300,10 +300,22 @@ extension SwitchyardActorSystem {
         }
         route?.metrics.handled.increment()
         let finish: @Sendable () -> Void = { [self, outcome, body] in
-            if let replyTo = item.envelope.replyTo {
-                publishReply(item, to: replyTo, outcome: outcome, body: body, encoding: item.envelope.contentType)
+            guard let replyTo = item.envelope.replyTo else {
+                try? item.transport.client.settle(item.delivery, .ack)
+                return
             }
-            try? item.transport.client.settle(item.delivery, .ack)
+            // The reply and the acknowledgement of the call as one unit (publish_and_settle: one
+            // commit on a durable transport, never a reply without its ack or the other way round).
+            let envelope = item.envelope
+            let reply = replyMessage(to: replyTo, correlationID: envelope.id, target: envelope.target.name, outcome: outcome, body: body,
+                                     encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos)
+            do throws(TransportError) {
+                try item.transport.client.publish([reply], settling: item.delivery, .ack)
+            } catch {
+                logger.error("cannot send a reply; the call will be delivered again", metadata: [
+                    "target": "\(envelope.target.name)", "reply_to": "\(replyTo)", "error": "\(error.message)",
+                ])
+            }
         }
         guard StorageCalls.blocksOnStorage(item.transport) else { return finish() }
         // A durable transport commits the reply and the acknowledgement before returning: off the
@@ -366,6 +378,21 @@ extension SwitchyardActorSystem {
     /// nobody waits for it any more.
     func publishReply(on transport: Transport, to channel: String, correlationID: String, target: String,
                       outcome: String, body: [UInt8], encoding: ArgumentEncoding, deadlineNanos: Int64) {
+        let reply = replyMessage(to: channel, correlationID: correlationID, target: target, outcome: outcome, body: body,
+                                 encoding: encoding, deadlineNanos: deadlineNanos)
+        do throws(TransportError) {
+            try transport.client.publish(reply)
+        } catch {
+            logger.error("cannot send a reply; the caller will time out", metadata: [
+                "target": "\(target)", "reply_to": "\(channel)", "error": "\(error.message)",
+            ])
+        }
+    }
+
+    /// The reply to the call `correlationID` (for `target`) as a message on `channel`: the one
+    /// place a reply is built. One over the limits becomes an error reply saying so.
+    func replyMessage(to channel: String, correlationID: String, target: String, outcome: String, body: [UInt8],
+                      encoding: ArgumentEncoding, deadlineNanos: Int64) -> Message {
         let id = EnvelopeID.make()
         func message(_ outcome: String, _ body: [UInt8]) -> Message {
             Message(
@@ -385,12 +412,6 @@ extension SwitchyardActorSystem {
             let (errorOutcome, errorBody) = encodeReply(.error(error), encoding: encoding)
             reply = message(errorOutcome, errorBody)
         }
-        do throws(TransportError) {
-            try transport.client.publish(reply)
-        } catch {
-            logger.error("cannot send a reply; the caller will time out", metadata: [
-                "target": "\(target)", "reply_to": "\(channel)", "error": "\(error.message)",
-            ])
-        }
+        return reply
     }
 }
