@@ -185,7 +185,7 @@ public final class TransportClient: @unchecked Sendable {
     public func settle(batch: [(DeliveryID, Settlement)]) throws(TransportError) -> [TransportError?] {
         try checkAlive()
         guard !batch.isEmpty else { return [] }
-        guard let settleBatch = descriptor.pointee.settle_batch else {
+        guard let settleBatch = descriptor.pointee.settle_batch, batch.count > 1 else {
             return batch.map { delivery, settlement in
                 do throws(TransportError) { try settle(delivery, settlement); return nil } catch { return error }
             }

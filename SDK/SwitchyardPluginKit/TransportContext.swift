@@ -205,7 +205,8 @@ public struct Subscriber: @unchecked Sendable {
     public func deliver(batch deliveries: [DeliveryID], _ messages: [Message]) -> Int {
         precondition(deliveries.count == messages.count, "one delivery id per message")
         guard !messages.isEmpty else { return 0 }
-        guard let deliverBatch = subscriber.deliver_batch else {
+        // One message: the single call lends it from the stack, no batch to build.
+        guard let deliverBatch = subscriber.deliver_batch, messages.count > 1 else {
             for index in messages.indices where deliver(deliveries[index], messages[index]) != .ok { return index }
             return messages.count
         }

@@ -544,11 +544,10 @@ public final class Broker: @unchecked Sendable {
         // One hand-over per member, in the order leased: one deliver_batch call crossing the ABI
         // where the subscriber takes batches. What a member does not take is released.
         var perMember: [(member: Member, deliveries: [DeliveryID], messages: [Message])] = []
-        var slot: [ObjectIdentifier: Int] = [:]
         for (delivery, member, leased) in assignments {
-            let index = slot[ObjectIdentifier(member)] ?? {
+            // Members are few: a scan beats hashing.
+            let index = perMember.firstIndex { $0.member === member } ?? {
                 perMember.append((member, [], []))
-                slot[ObjectIdentifier(member)] = perMember.count - 1
                 return perMember.count - 1
             }()
             perMember[index].deliveries.append(delivery)

@@ -85,8 +85,8 @@ extension SwitchyardActorSystem {
         defer { span.end() }
         do {
             let message = try message(id, call, invocation, route: route, replyTo: nil, deadlineNanos: 0, span: span)
-            if route.waitsOnStorage {
-                try await StorageCalls.shared.run { [self] in try publish(message, call, route) }
+            if let cost = route.cost {
+                try await cost.run { [self] in try publish(message, call, route) }
             } else {
                 try publish(message, call, route)
             }
@@ -122,9 +122,9 @@ extension SwitchyardActorSystem {
                     return SwitchyardError.timeout(target: name, deadline: deadline)
                 },
                 send: { fail in
-                    // A durable transport's publish waits for its commit: off the task's thread.
-                    guard route.waitsOnStorage else { return try publish(message, call, route) }
-                    StorageCalls.shared.submit { [self] in
+                    // A publish that waits for a commit runs off the task's thread (CallCost).
+                    guard let cost = route.cost else { return try publish(message, call, route) }
+                    cost.perform { [self] in
                         do { try publish(message, call, route) } catch { fail(error) }
                     }
                 })

@@ -2,6 +2,7 @@ import DequeModule
 import Foundation
 import SwitchyardABI
 import SwitchyardHost
+import Synchronization
 
 /// Runs calls into transports that wait for storage — a durable transport's `publish` and
 /// `settle` return only after their commit (an fsync) — on threads of their own, so that they
@@ -10,7 +11,7 @@ import SwitchyardHost
 /// once is also what lets a durable store's group commit share one fsync among them.
 ///
 /// In-memory transports are called inline: their calls return in microseconds, and a thread hop
-/// would cost more than the call. ``blocksOnStorage(_:)`` tells the two apart.
+/// would cost more than the call. ``CallCost`` tells the two apart.
 final class StorageCalls: Sendable {
     /// The process-wide pool, started on first use.
     static let shared = StorageCalls(threads: 32)
@@ -53,5 +54,58 @@ final class StorageCalls: Sendable {
         try await withUnsafeThrowingContinuation { continuation in
             submit { continuation.resume(with: Result { try work() }) }
         }
+    }
+}
+
+/// How long calls into one transport take, and so where they run: inline while they are fast
+/// (an in-memory queue answers in microseconds, and a thread hop would cost more than the call),
+/// on ``StorageCalls`` once they wait for storage (a SQLite commit, a JetStream acknowledgement).
+/// Capabilities cannot tell the two apart — the bundled `queue` is `durable` with `path:` and in
+/// memory without — so the runtime measures: a moving average over the last calls (about eight),
+/// taken wherever they ran.
+final class CallCost: Sendable {
+    private let averageNanos = Atomic<Int64>(0)
+    /// Calls averaging this long or longer run on the pool.
+    static let poolThresholdNanos: Int64 = 20_000
+
+    /// The meter for `transport`, or nil when its chain is not durable (its calls never wait for
+    /// storage and always run inline, unmeasured).
+    static func of(_ transport: Transport) -> CallCost? {
+        guard StorageCalls.blocksOnStorage(transport) else { return nil }
+        return meters.withLock { meters in
+            if let meter = meters[ObjectIdentifier(transport)] { return meter }
+            let meter = CallCost()
+            meters[ObjectIdentifier(transport)] = meter
+            return meter
+        }
+    }
+    private static let meters = Guarded<[ObjectIdentifier: CallCost]>([:])
+
+    /// Whether the calls have been slow enough to run on the pool.
+    var runsOnPool: Bool { averageNanos.load(ordering: .relaxed) >= Self.poolThresholdNanos }
+
+    /// Runs `work` on this thread, timing it.
+    func measure<R>(_ work: () throws -> R) rethrows -> R {
+        let start = monotonicNanoseconds()
+        defer {
+            // One sample counts at most four times the threshold: a thread preempted for a
+            // millisecond once must not send a fast transport's calls to the pool.
+            let took = min(monotonicNanoseconds() - start, 4 * Self.poolThresholdNanos)
+            let old = averageNanos.load(ordering: .relaxed)
+            averageNanos.store(old + (took - old) / 8, ordering: .relaxed)  // racy by design: a hint
+        }
+        return try work()
+    }
+
+    /// Runs `work` and waits for it: inline, or on the pool when calls have been slow.
+    func run<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
+        guard runsOnPool else { return try measure(work) }
+        return try await StorageCalls.shared.run { [self] in try measure(work) }
+    }
+
+    /// Runs `work` without waiting for it when calls have been slow (on the pool), else inline.
+    func perform(_ work: @escaping @Sendable () -> Void) {
+        guard runsOnPool else { return measure(work) }
+        StorageCalls.shared.submit { [self] in measure(work) }
     }
 }

@@ -12,6 +12,8 @@ struct Inbound: Sendable {
     let envelope: Envelope
     /// Deliveries so far, this one included.
     let attempt: UInt32
+    /// Where the reply and the settlement run (nil: inline, the chain never waits for storage).
+    let cost: CallCost?
 }
 
 /// Hands deliveries from a transport's thread to the worker tasks that execute them.

@@ -70,6 +70,7 @@ extension SwitchyardActorSystem {
         let ownSource = Envelope.defaultSource
         let limits = config.limits
         let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
+        let cost = CallCost.of(transport)
         let subscription: SubscriptionID
         do throws(TransportError) {
             subscription = try client.subscribe(options) { [weak self] delivery, message in
@@ -99,7 +100,7 @@ extension SwitchyardActorSystem {
                 // While draining, only calls from this process (made by calls still running here)
                 // are taken; everything else goes back to the transport for other hosts.
                 if !server.accepting.load(ordering: .acquiring) && envelope.source != ownSource { return .closed }
-                let inbound = Inbound(delivery: delivery, transport: transport, envelope: envelope, attempt: message.attempt)
+                let inbound = Inbound(delivery: delivery, transport: transport, envelope: envelope, attempt: message.attempt, cost: cost)
                 return queue.push(inbound) ? .ok : .closed
             }
         } catch {
@@ -317,12 +318,12 @@ extension SwitchyardActorSystem {
                 ])
             }
         }
-        guard StorageCalls.blocksOnStorage(item.transport) else { return finish() }
-        // A durable transport commits the reply and the acknowledgement before returning: off the
-        // worker's thread, so the worker takes the next call and many commits share one fsync.
-        // Counted in flight until done, so a drain waits for it.
+        guard let cost = item.cost else { return finish() }
+        // A durable transport commits the reply and the acknowledgement before returning: once
+        // that is slow (CallCost), off the worker's thread, so the worker takes the next call and
+        // many commits share one fsync. Counted in flight until done, so a drain waits for it.
         server.inFlight.add(1, ordering: .relaxed)
-        StorageCalls.shared.submit { [self] in
+        cost.perform { [self] in
             finish()
             server.inFlight.subtract(1, ordering: .relaxed)
         }

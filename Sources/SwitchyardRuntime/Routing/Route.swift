@@ -20,13 +20,14 @@ struct Route: Sendable {
     let inbox: Inbox?
     /// Counters and timers.
     let metrics: RouteMetrics
+    /// Where calls into the transport run (inline, or off the task's thread once they wait for
+    /// storage); nil for chains that never do, and for direct routes.
+    let cost: CallCost?
 
     var isDirect: Bool { transport == nil }
     var pattern: String { entry.pattern }
     var isFanOut: Bool { capabilities.contains(.fanOut) }
-    /// Calls into the chain wait for storage or a server (a durable transport returns after its
-    /// commit or the server's acknowledgement): they run on ``StorageCalls``, not inline.
-    var waitsOnStorage: Bool { capabilities.contains(.durable) }
+
     /// The chain retries on its own (a `retry` decorator): failures are settled with `retry`
     /// and the decorator decides when to give up.
     var transportRetries: Bool {
@@ -100,6 +101,7 @@ struct Route: Sendable {
             self.inbox = nil
         }
         metrics = RouteMetrics(route: entry.pattern)
+        cost = transport.flatMap(CallCost.of)
     }
 
     /// `retry → orders (retry → queue)` for errors.
