@@ -19,8 +19,9 @@
  *
  * Values: strings, integers, booleans and durations (strings with a unit, as everywhere in
  * Switchyard: "250ms", "5s", "1.5s", "1m", "2h", "100us", "10ns", or "0"). Nested objects and
- * arrays are parsed past but cannot be read here. Numbers may be written as JSON numbers or not
- * at all as strings. Nothing is allocated: the struct holds slices into the JSON text, which
+ * arrays are parsed past but cannot be read here. An integer may be a JSON number or a string of
+ * digits ("12"); a duration is a string with its unit (a JSON 0 means "0"); a boolean is true or
+ * false. Nothing is allocated: the struct holds slices into the JSON text, which
  * must stay alive while you read it (config_json does, for the length of `create`).
  *
  * Header-only, `static inline` like switchyard_plugin.h; C99 and C++17 clean.
@@ -63,21 +64,22 @@ typedef struct sy_config {
 
 /* --- internals ------------------------------------------------------------------------------ */
 
-static inline sy_status sy_config__fail(sy_error *err, const char *key, const char *what) {
+static inline sy_status sy_config_i_fail(sy_error *err, const char *key, const char *what) {
     char message[SY_ERROR_MESSAGE_CAPACITY];
     if (key != NULL) snprintf(message, sizeof message, "config key '%s': %s", key, what);
     else snprintf(message, sizeof message, "config: %s", what);
     return sy_error_set(err, SY_ERR_CONFIG, message);
 }
 
-static inline size_t sy_config__space(sy_str s, size_t i) {
+static inline size_t sy_config_i_space(sy_str s, size_t i) {
     while (i < s.len && (s.data[i] == ' ' || s.data[i] == '\t' || s.data[i] == '\n' || s.data[i] == '\r')) i++;
     return i;
 }
 
 /* Skips a JSON string starting at the quote at i; returns the index after the closing quote, or 0. */
-static inline size_t sy_config__skip_string(sy_str s, size_t i) {
+static inline size_t sy_config_i_skip_string(sy_str s, size_t i) {
     for (i = i + 1; i < s.len; i++) {
+        if ((unsigned char)s.data[i] < 0x20) return 0;  /* raw control characters are not JSON */
         if (s.data[i] == '\\') { i++; continue; }
         if (s.data[i] == '"') return i + 1;
     }
@@ -85,15 +87,15 @@ static inline size_t sy_config__skip_string(sy_str s, size_t i) {
 }
 
 /* Skips any JSON value starting at i; returns the index after it, or 0 when malformed. */
-static inline size_t sy_config__skip_value(sy_str s, size_t i, int *kind) {
+static inline size_t sy_config_i_skip_value(sy_str s, size_t i, int *kind) {
     if (i >= s.len) return 0;
-    if (s.data[i] == '"') { *kind = SY_CONFIG_STRING; return sy_config__skip_string(s, i); }
+    if (s.data[i] == '"') { *kind = SY_CONFIG_STRING; return sy_config_i_skip_string(s, i); }
     if (s.data[i] == '{' || s.data[i] == '[') {
         int depth = 0;
         *kind = SY_CONFIG_NESTED;
         while (i < s.len) {
             char c = s.data[i];
-            if (c == '"') { i = sy_config__skip_string(s, i); if (i == 0) return 0; continue; }
+            if (c == '"') { i = sy_config_i_skip_string(s, i); if (i == 0) return 0; continue; }
             if (c == '{' || c == '[') depth++;
             if (c == '}' || c == ']') { depth--; if (depth == 0) return i + 1; }
             i++;
@@ -118,7 +120,7 @@ static inline size_t sy_config__skip_value(sy_str s, size_t i, int *kind) {
 }
 
 /* Finds `key` (records it as known); NULL when absent. */
-static inline sy_config_entry *sy_config__find(sy_config *c, const char *key) {
+static inline sy_config_entry *sy_config_i_find(sy_config *c, const char *key) {
     size_t i, n = strlen(key);
     if (c->known_count < SY_CONFIG_MAX_KEYS) c->known[c->known_count++] = key;
     for (i = 0; i < c->count; i++) {
@@ -131,7 +133,7 @@ static inline sy_config_entry *sy_config__find(sy_config *c, const char *key) {
 }
 
 /* Parses a decimal number with an optional fraction into *out (as a double); 0 when malformed. */
-static inline int sy_config__number(const char *p, size_t len, double *out) {
+static inline int sy_config_i_number(const char *p, size_t len, double *out) {
     double value = 0, scale = 1;
     size_t i = 0;
     int negative = 0, digits = 0, fraction = 0;
@@ -160,41 +162,44 @@ static inline int sy_config__number(const char *p, size_t len, double *out) {
 static inline sy_status sy_config_parse(sy_config *c, sy_str json, sy_error *err) {
     size_t i;
     memset(c, 0, sizeof *c);
-    i = sy_config__space(json, 0);
+    i = sy_config_i_space(json, 0);
     if (i == json.len) return SY_OK;
-    if (json.data[i] != '{') return sy_config__fail(err, NULL, "must be a JSON object");
-    i = sy_config__space(json, i + 1);
-    if (i < json.len && json.data[i] == '}') return SY_OK;
+    if (json.data[i] != '{') return sy_config_i_fail(err, NULL, "must be a JSON object");
+    i = sy_config_i_space(json, i + 1);
+    if (i < json.len && json.data[i] == '}') {
+        if (sy_config_i_space(json, i + 1) != json.len) return sy_config_i_fail(err, NULL, "not valid JSON (text after the object)");
+        return SY_OK;
+    }
     while (i < json.len) {
         sy_config_entry *e;
         size_t end, k;
-        if (c->count == SY_CONFIG_MAX_KEYS) return sy_config__fail(err, NULL, "too many keys");
-        if (json.data[i] != '"' || (end = sy_config__skip_string(json, i)) == 0)
-            return sy_config__fail(err, NULL, "not valid JSON (expected a quoted key)");
+        if (c->count == SY_CONFIG_MAX_KEYS) return sy_config_i_fail(err, NULL, "too many keys");
+        if (json.data[i] != '"' || (end = sy_config_i_skip_string(json, i)) == 0)
+            return sy_config_i_fail(err, NULL, "not valid JSON (expected a quoted key)");
         e = &c->entries[c->count];
         e->key.data = json.data + i + 1;
         e->key.len = end - i - 2;
         for (k = 0; k < c->count; k++) {
             if (c->entries[k].key.len == e->key.len && memcmp(c->entries[k].key.data, e->key.data, e->key.len) == 0)
-                return sy_config__fail(err, NULL, "a key appears twice");
+                return sy_config_i_fail(err, NULL, "a key appears twice");
         }
-        i = sy_config__space(json, end);
-        if (i >= json.len || json.data[i] != ':') return sy_config__fail(err, NULL, "not valid JSON (expected ':')");
-        i = sy_config__space(json, i + 1);
-        end = sy_config__skip_value(json, i, &e->kind);
-        if (end == 0) return sy_config__fail(err, NULL, "not valid JSON (a value is malformed)");
+        i = sy_config_i_space(json, end);
+        if (i >= json.len || json.data[i] != ':') return sy_config_i_fail(err, NULL, "not valid JSON (expected ':')");
+        i = sy_config_i_space(json, i + 1);
+        end = sy_config_i_skip_value(json, i, &e->kind);
+        if (end == 0) return sy_config_i_fail(err, NULL, "not valid JSON (a value is malformed)");
         if (e->kind == SY_CONFIG_STRING) { e->value.data = json.data + i + 1; e->value.len = end - i - 2; }
         else { e->value.data = json.data + i; e->value.len = end - i; }
         c->count++;
-        i = sy_config__space(json, end);
-        if (i < json.len && json.data[i] == ',') { i = sy_config__space(json, i + 1); continue; }
+        i = sy_config_i_space(json, end);
+        if (i < json.len && json.data[i] == ',') { i = sy_config_i_space(json, i + 1); continue; }
         if (i < json.len && json.data[i] == '}') {
-            if (sy_config__space(json, i + 1) != json.len) return sy_config__fail(err, NULL, "not valid JSON (text after the object)");
+            if (sy_config_i_space(json, i + 1) != json.len) return sy_config_i_fail(err, NULL, "not valid JSON (text after the object)");
             return SY_OK;
         }
-        return sy_config__fail(err, NULL, "not valid JSON (expected ',' or '}')");
+        return sy_config_i_fail(err, NULL, "not valid JSON (expected ',' or '}')");
     }
-    return sy_config__fail(err, NULL, "not valid JSON (the object is not closed)");
+    return sy_config_i_fail(err, NULL, "not valid JSON (the object is not closed)");
 }
 
 /**
@@ -203,46 +208,50 @@ static inline sy_status sy_config_parse(sy_config *c, sy_str json, sy_error *err
  * not a string, does not fit, or uses \u escapes (write the character itself: the text is UTF-8).
  */
 static inline sy_status sy_config_string(sy_config *c, const char *key, char *out, size_t capacity, sy_error *err) {
-    sy_config_entry *e = sy_config__find(c, key);
-    size_t i, n = 0;
+    sy_config_entry *e = sy_config_i_find(c, key);
+    size_t i, n = 0, pass;
     if (e == NULL || e->kind == SY_CONFIG_NULL) return SY_OK;
-    if (e->kind != SY_CONFIG_STRING) return sy_config__fail(err, key, "expected a string");
-    for (i = 0; i < e->value.len; i++) {
-        char ch = e->value.data[i];
-        if (ch == '\\' && i + 1 < e->value.len) {
-            char x = e->value.data[++i];
-            switch (x) {
-            case 'n': ch = '\n'; break;
-            case 't': ch = '\t'; break;
-            case 'r': ch = '\r'; break;
-            case 'b': ch = '\b'; break;
-            case 'f': ch = '\f'; break;
-            case '"': case '\\': case '/': ch = x; break;
-            default: return sy_config__fail(err, key, "\\u escapes are not supported here; write the character itself");
+    if (e->kind != SY_CONFIG_STRING) return sy_config_i_fail(err, key, "expected a string");
+    /* Pass 0 checks and measures, pass 1 writes: on any error `out` keeps its default. */
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0, n = 0; i < e->value.len; i++, n++) {
+            char ch = e->value.data[i];
+            if (ch == '\\' && i + 1 < e->value.len) {
+                char x = e->value.data[++i];
+                switch (x) {
+                case 'n': ch = '\n'; break;
+                case 't': ch = '\t'; break;
+                case 'r': ch = '\r'; break;
+                case 'b': ch = '\b'; break;
+                case 'f': ch = '\f'; break;
+                case '"': case '\\': case '/': ch = x; break;
+                case 'u': return sy_config_i_fail(err, key, "\\u escapes are not supported here; write the character itself (the text is UTF-8)");
+                default: return sy_config_i_fail(err, key, "has an invalid escape");
+                }
             }
+            if (pass == 1) out[n] = ch;
         }
-        if (n + 1 >= capacity) return sy_config__fail(err, key, "is too long");
-        out[n++] = ch;
+        if (n + 1 > capacity) return sy_config_i_fail(err, key, "is too long");
     }
-    if (capacity > 0) out[n] = '\0';
+    out[n] = '\0';
     return SY_OK;
 }
 
 /** Reads integer `key` (a JSON number without fraction, or such a number in a string). Absent or
  *  null: `out` keeps its default. SY_ERR_CONFIG naming the key otherwise. */
 static inline sy_status sy_config_int(sy_config *c, const char *key, int64_t *out, sy_error *err) {
-    sy_config_entry *e = sy_config__find(c, key);
+    sy_config_entry *e = sy_config_i_find(c, key);
     int64_t value = 0;
     size_t i = 0;
     int negative = 0;
     if (e == NULL || e->kind == SY_CONFIG_NULL) return SY_OK;
-    if (e->kind != SY_CONFIG_NUMBER && e->kind != SY_CONFIG_STRING) return sy_config__fail(err, key, "expected an integer");
+    if (e->kind != SY_CONFIG_NUMBER && e->kind != SY_CONFIG_STRING) return sy_config_i_fail(err, key, "expected an integer");
     if (e->value.len > 0 && e->value.data[0] == '-') { negative = 1; i = 1; }
-    if (i == e->value.len) return sy_config__fail(err, key, "expected an integer");
+    if (i == e->value.len) return sy_config_i_fail(err, key, "expected an integer");
     for (; i < e->value.len; i++) {
         char ch = e->value.data[i];
-        if (ch < '0' || ch > '9') return sy_config__fail(err, key, "expected an integer");
-        if (value > (INT64_MAX - (ch - '0')) / 10) return sy_config__fail(err, key, "is out of range");
+        if (ch < '0' || ch > '9') return sy_config_i_fail(err, key, "expected an integer");
+        if (value > (INT64_MAX - (ch - '0')) / 10) return sy_config_i_fail(err, key, "is out of range");
         value = value * 10 + (ch - '0');
     }
     *out = negative ? -value : value;
@@ -252,9 +261,9 @@ static inline sy_status sy_config_int(sy_config *c, const char *key, int64_t *ou
 /** Reads boolean `key` (true or false) into `out` as 1 or 0. Absent or null: `out` keeps its
  *  default. SY_ERR_CONFIG naming the key otherwise. */
 static inline sy_status sy_config_bool(sy_config *c, const char *key, int *out, sy_error *err) {
-    sy_config_entry *e = sy_config__find(c, key);
+    sy_config_entry *e = sy_config_i_find(c, key);
     if (e == NULL || e->kind == SY_CONFIG_NULL) return SY_OK;
-    if (e->kind != SY_CONFIG_BOOL) return sy_config__fail(err, key, "expected true or false");
+    if (e->kind != SY_CONFIG_BOOL) return sy_config_i_fail(err, key, "expected true or false");
     *out = e->value.data[0] == 't';
     return SY_OK;
 }
@@ -266,23 +275,23 @@ static inline sy_status sy_config_duration_ns(sy_config *c, const char *key, int
     static const struct { const char *unit; double scale; } units[] = {
         {"ns", 1}, {"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"m", 60e9}, {"h", 3600e9},
     };
-    sy_config_entry *e = sy_config__find(c, key);
+    sy_config_entry *e = sy_config_i_find(c, key);
     size_t u;
     if (e == NULL || e->kind == SY_CONFIG_NULL) return SY_OK;
-    if (e->kind == SY_CONFIG_STRING && e->value.len == 1 && e->value.data[0] == '0') { *out = 0; return SY_OK; }
+    if (e->value.len == 1 && e->value.data[0] == '0') { *out = 0; return SY_OK; }  /* "0" or 0 */
     if (e->kind == SY_CONFIG_STRING) {
         for (u = 0; u < sizeof units / sizeof units[0]; u++) {
             size_t n = strlen(units[u].unit);
             double number;
             if (e->value.len > n && memcmp(e->value.data + e->value.len - n, units[u].unit, n) == 0
-                && sy_config__number(e->value.data, e->value.len - n, &number) && number >= 0
+                && sy_config_i_number(e->value.data, e->value.len - n, &number) && number >= 0
                 && number * units[u].scale < 9.2e18) {
-                *out = (int64_t)(number * units[u].scale);
+                *out = (int64_t)(number * units[u].scale + 0.5);  /* "1.001s" is 1001000000 ns */
                 return SY_OK;
             }
         }
     }
-    return sy_config__fail(err, key, "expected a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (not negative)");
+    return sy_config_i_fail(err, key, "expected a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (not negative)");
 }
 
 /**

@@ -15,10 +15,12 @@
  *    (sy_read_sized does exactly that) and read the local.
  *  - Arrays of growable structs (publish_batch's messages, deliver_batch's messages,
  *    settle_batch's settlements) are strided by struct_size (ABI 1.3): every element carries the
- *    same struct_size, a multiple of 8, and element i starts i * struct_size bytes after the
- *    first. A reader walks them with sy_array_at. A writer that calls a peer of an older minor
- *    (the descriptor's abi_minor, or the subscriber's struct_size) lays elements out at that
- *    peer's size: a 1.1 plugin walks its publish_batch array by its own sizeof(sy_message).
+ *    same struct_size, a multiple of 8 and at least the struct's 1.0 size (refuse the call with
+ *    SY_ERR_INVALID_ARGUMENT otherwise), and element i starts i * struct_size bytes after the
+ *    first. A reader walks them with sy_array_at. A host gives a plugin of an older minor (its
+ *    descriptor's abi_minor) its publish_batch array at that minor's size: a 1.1 plugin walks it
+ *    by its own sizeof(sy_message). deliver_batch exists only from 1.3 on, so a plugin lays its
+ *    messages out at its own sizeof.
  *  - Whoever fills a struct zeroes the fields it does not set, `reserved` included.
  *  - SY_ABI_MAJOR changes only when an existing field changes meaning or position. The host refuses
  *    a plugin of another major. SY_ABI_MINOR grows when fields are appended.
@@ -214,13 +216,17 @@ typedef struct sy_message {
 
     /* ---- ABI 1.3 (present when SY_SIZE_THROUGH(sy_message, flags) <= struct_size) ---- */
 
-    int64_t expires_at_ns;      /**< 0: never. Otherwise a transport with SY_CAP_EXPIRY never
-                                     delivers the message at or after this time: it dead-letters it
-                                     with reason "expired" (SY_SETTLE_DEAD_LETTER's path, reported
-                                     through sy_host_services.dead_lettered), or drops it when
-                                     `flags` has SY_MESSAGE_DROP_WHEN_EXPIRED, and it does so even
-                                     when nobody subscribes to the channel (within a minute). The
-                                     host sets it from a call's deadline. */
+    int64_t expires_at_ns;      /**< 0: never. Wall clock (now_ns). Otherwise a transport with
+                                     SY_CAP_EXPIRY never delivers the message at or after this
+                                     time: it dead-letters it with reason "expired"
+                                     (SY_SETTLE_DEAD_LETTER's path, reported through
+                                     sy_host_services.dead_lettered; without SY_CAP_DEAD_LETTER it
+                                     drops it), or drops it when `flags` has
+                                     SY_MESSAGE_DROP_WHEN_EXPIRED, and it does so even when nobody
+                                     subscribes to the channel (within a minute). It keeps both
+                                     fields with the message and hands them over on delivery; a dead
+                                     letter's copy has neither (dead letters never expire). The host
+                                     sets them from a call's deadline. */
     uint32_t flags;             /**< SY_MESSAGE_* bits; unknown bits are kept and ignored. */
     uint32_t reserved;          /**< Zero. */
 } sy_message;
@@ -284,7 +290,9 @@ typedef struct sy_host_services {
     /** Wall-clock time, nanoseconds since the Unix epoch. Use it for message timestamps. */
     int64_t (*now_ns)(void *host_context);
 
-    /** Monotonic time in nanoseconds from an arbitrary origin. Use it for timeouts and deadlines. */
+    /** Monotonic time in nanoseconds: CLOCK_MONOTONIC on Linux (so drain's deadline can go straight
+     *  to pthread_cond_timedwait on a condition variable set to CLOCK_MONOTONIC). Use it for
+     *  timeouts and deadlines. */
     int64_t (*monotonic_ns)(void *host_context);
 
     /** Records a metric. `name` is borrowed and NUL-terminated (e.g. "published");
@@ -357,9 +365,10 @@ typedef struct sy_subscriber {
      * (for example while draining): the plugin treats the delivery as released.
      *
      * Threading: the plugin may call it from any thread, concurrently for different deliveries,
-     * but not from inside `publish` (a subscriber may publish from deliver: calling deliver from
-     * publish can deadlock it). The plugin must not hold a lock that `settle` or `publish` would
-     * take while calling it.
+     * including the thread inside `publish`, `subscribe` or `settle` (the C template delivers
+     * there), as long as it holds no lock that `settle` or `publish` would take: the subscriber may
+     * settle and publish from inside deliver. A subscriber therefore never blocks in deliver
+     * waiting for its own publishes.
      */
     sy_status (*deliver)(void *context, sy_delivery_id delivery, const sy_message *message);
 
@@ -370,13 +379,16 @@ typedef struct sy_subscriber {
      * message at sy_array_at(messages, i). All are borrowed until it returns. Optional: NULL, or
      * absent in an older subscriber, means the plugin calls `deliver` once per message.
      *
-     * Returns how many of the deliveries, from the first, the subscriber took (0..count): it will
-     * settle each of those exactly once, as with deliver. The plugin treats the rest as released
-     * (as if deliver had refused them) and offers them again later in the same order. So a batch
-     * is never accepted out of order, and messages of one ordering key appear in the batch in
-     * publish order (a plugin puts at most one message per ordering key and group in flight, as
-     * with single deliveries, unless it knows the subscriber takes the whole batch). Same threading
-     * rules as deliver.
+     * Returns how many of the deliveries, from the first, the subscriber took (0..count; a larger
+     * value means count): it will settle each of those exactly once, as with deliver. The plugin
+     * treats the rest as released, as if deliver had refused them: their delivery ids are dead
+     * (settling one gives SY_ERR_NOT_FOUND), their attempts are not counted, and they are offered
+     * again later, in the same order. A subscriber refuses for one reason only, that it cannot
+     * take more now (draining, full); there is no error to report. A batch holds at most as many
+     * messages as the subscription's max_in_flight leaves room for, and at most one message per
+     * ordering key and group (the next of a key waits for this one's settlement, as with single
+     * deliveries). A plugin may use deliver and deliver_batch on the same subscription, as it
+     * likes. Same threading rules as deliver.
      */
     size_t (*deliver_batch)(void *context, const sy_delivery_id *deliveries, const sy_message *messages, size_t count);
 } sy_subscriber;
@@ -556,8 +568,8 @@ typedef struct sy_plugin_descriptor {
 
     /**
      * Settles `count` deliveries in one call: `deliveries[i]` with the settlement at
-     * sy_array_at(settlements, i). Each is settled independently, exactly as `settle` would
-     * settle it, in array order; one that fails does not stop the others. When `out_statuses` is
+     * sy_array_at(settlements, i) (count >= 1). Each is settled independently, exactly as `settle`
+     * would settle it, in array order; one that fails does not stop the others. When `out_statuses` is
      * not NULL, `out_statuses[i]` receives each one's status. Returns SY_OK when all succeeded;
      * otherwise the status of the first that failed, with `err` filled in for it. Lets a
      * subscriber pay one lock (and one commit on a durable transport) per batch instead of per
@@ -574,8 +586,11 @@ typedef struct sy_plugin_descriptor {
      * unknown or already settled, and nothing was stored). This is how a handler's reply, and the
      * messages its work produced, commit together with the acknowledgement of the message it
      * handled: a crash leaves either all of them or none, never a reply without its ack (a
-     * duplicate) or an ack without its reply (a lost answer). Optional (NULL, or absent before
-     * 1.3: the host publishes, then settles).
+     * duplicate) or an ack without its reply (a lost answer). `messages` may be NULL when `count`
+     * is 0. While draining it refuses with SY_ERR_CLOSED and changes nothing (the subscriber then
+     * settles alone). Any outcome may be given; a dead-letter one is reported through
+     * dead_lettered as settle would. Optional (NULL, or absent before 1.3: the host publishes, then
+     * settles).
      */
     sy_status (*publish_and_settle)(void *instance, const sy_message *messages, size_t count, sy_delivery_id delivery,
                                     const sy_settlement *settlement, sy_error *err);

@@ -201,8 +201,8 @@ static void retire(node *n) {
 
 static sy_status example_create(const sy_create_args *args, void **out_instance, sy_error *err) {
     instance *q;
-    if (args == NULL || out_instance == NULL || args->host == NULL)
-        return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "create: NULL argument");
+    if (args == NULL || out_instance == NULL || args->struct_size < SY_CREATE_ARGS_SIZE_V1_0 || args->host == NULL)
+        return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "create: NULL or too small arguments");
     /* This plugin takes no config: sy_config_finish refuses any key, naming it. A plugin with
      * config calls sy_config_int / _string / _bool / _duration_ns between parse and finish. */
     {
@@ -292,15 +292,17 @@ static sy_status example_subscribe(void *self, const sy_subscribe_options *optio
                                    sy_error *err) {
     instance *q = (instance *)self;
     subscription *s;
-    if (q == NULL || options == NULL || subscriber == NULL || out_id == NULL ||
-        subscriber->deliver == NULL || options->channel.len == 0)
-        return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "subscribe: NULL argument or empty channel");
+    sy_subscriber copy;
+    if (q == NULL || options == NULL || out_id == NULL || options->struct_size < SY_SUBSCRIBE_OPTIONS_SIZE_V1_0 ||
+        !sy_read_sized(&copy, sizeof copy, subscriber, SY_SUBSCRIBER_SIZE_V1_0) ||
+        copy.deliver == NULL || options->channel.len == 0)
+        return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "subscribe: NULL or too small argument, or empty channel");
     s = (subscription *)calloc(1, sizeof *s);
     if (s == NULL || (s->channel = copy_str(options->channel)) == NULL) {
         free(s);
         return sy_error_set(err, SY_ERR_INTERNAL, "out of memory");
     }
-    sy_read_sized(&s->subscriber, sizeof s->subscriber, subscriber, SY_SUBSCRIBER_SIZE_V1_0);
+    s->subscriber = copy;
     pthread_mutex_lock(&q->lock);
     s->id = ++q->next_subscription;
     s->next = q->subscriptions;

@@ -78,14 +78,25 @@ final class PendingCalls: @unchecked Sendable {
             DeadlineSweeper.shared.disarm(waiter.timer)
             waiter.continuation.resume(throwing: error(id))
         }
+        idle.wakeAll()
     }
 
     /// Removes the call `id` (and its deadline), if it still waits.
     private func take(_ id: String) -> Waiter? {
         lock.lock()
         let waiter = waiters.removeValue(forKey: id)
+        let empty = waiters.isEmpty
         lock.unlock()
         if let waiter { DeadlineSweeper.shared.disarm(waiter.timer) }
+        if empty { idle.wakeAll() }
         return waiter
+    }
+
+    /// Who waits for no call to be waiting (a drain).
+    private let idle = IdleWaiters()
+
+    /// Returns once no call is waiting for its reply, or at `until`.
+    func waitUntilEmpty(until: ContinuousClock.Instant) async {
+        await idle.wait(until: until) { [weak self] in self.map { $0.count == 0 } ?? true }
     }
 }

@@ -120,8 +120,8 @@ extension SwitchyardActorSystem {
     /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter
     /// per the route; dead-letter with the reason when the call is refused.
     func handle(_ item: Inbound, _ hosted: Server.Hosted) async {
-        server.inFlight.add(1, ordering: .relaxed)
-        defer { server.inFlight.subtract(1, ordering: .relaxed) }
+        server.inFlight.enter()
+        defer { server.inFlight.leave() }
         let envelope = item.envelope
         let client = item.transport.client
         let readable = envelope.target.name
@@ -322,10 +322,10 @@ extension SwitchyardActorSystem {
         // A durable transport commits the reply and the acknowledgement before returning: once
         // that is slow (CallCost), off the worker's thread, so the worker takes the next call and
         // many commits share one fsync. Counted in flight until done, so a drain waits for it.
-        server.inFlight.add(1, ordering: .relaxed)
+        server.inFlight.enter()
         cost.perform { [self] in
             finish()
-            server.inFlight.subtract(1, ordering: .relaxed)
+            server.inFlight.leave()
         }
     }
 

@@ -30,8 +30,13 @@ extension SwitchyardActorSystem: Service {
         logger.info("draining", metadata: ["deadline": "\(deadline)"])
         let subscriptions = server.takeSubscriptions()
         // Workers keep running what they have taken; wait for the queues and the calls to empty.
-        while ContinuousClock.now < until, server.inFlight.load(ordering: .acquiring) > 0 || pending.count > 0 {
-            try? await Task.sleep(for: .milliseconds(5))
+        // Woken by the last one to finish (or the deadline), not by polling.
+        while ContinuousClock.now < until, server.inFlight.value > 0 || pending.count > 0 {
+            if server.inFlight.value > 0 {
+                await server.inFlight.waitUntilZero(until: until)
+            } else {
+                await pending.waitUntilEmpty(until: until)
+            }
         }
         let released = await blockingOperation {
             var released = 0

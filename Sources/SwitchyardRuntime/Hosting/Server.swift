@@ -33,8 +33,8 @@ final class Server: Sendable {
         var subscriptions: [Subscription] = []
     }
     private let state = Guarded(State())
-    /// Deliveries executing now.
-    let inFlight = Atomic<Int>(0)
+    /// Deliveries executing now (and their replies and settlements still being committed).
+    let inFlight = WorkCount()
     /// False while draining: new deliveries are refused (the transport gives them to others).
     let accepting = Atomic<Bool>(true)
     let logger: Logger
