@@ -137,8 +137,9 @@ public final class Broker: @unchecked Sendable {
         try publish([view.copy()])
     }
 
-    /// Stores messages as one batch (one commit on durable stores).
-    public func publish(_ batch: [Message]) throws(TransportError) {
+    /// `batch` as the store keeps it: checked against the limits, the attempt turned into
+    /// "deliveries so far", stamped with the time it was accepted.
+    private func accepted(_ batch: [Message]) throws(TransportError) -> [Message] {
         var messages = batch
         let stamp = now()
         for index in messages.indices {
@@ -146,6 +147,12 @@ public final class Broker: @unchecked Sendable {
             messages[index].attempt = messages[index].attempt > 0 ? messages[index].attempt - 1 : 0
             messages[index].enqueuedAtNanos = stamp
         }
+        return messages
+    }
+
+    /// Stores messages as one batch (one commit on durable stores).
+    public func publish(_ batch: [Message]) throws(TransportError) {
+        let messages = try accepted(batch)
         try waitForRoom(messages.count)
         try store.append(messages)
         condition.lock()
@@ -158,13 +165,7 @@ public final class Broker: @unchecked Sendable {
     /// An acknowledgement is atomic with the messages in the store (one commit when durable);
     /// other outcomes are applied after the messages are stored.
     public func publish(_ batch: [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
-        var messages = batch
-        let stamp = now()
-        for index in messages.indices {
-            if let violation = options.limits.violation(of: messages[index]) { throw TransportError(.tooLarge, violation) }
-            messages[index].attempt = messages[index].attempt > 0 ? messages[index].attempt - 1 : 0
-            messages[index].enqueuedAtNanos = stamp
-        }
+        let messages = try accepted(batch)
         if !messages.isEmpty { try waitForRoom(messages.count) }
         condition.lock()
         guard let entry = inFlight.removeValue(forKey: delivery) else {
