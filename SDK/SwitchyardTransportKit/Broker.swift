@@ -193,12 +193,7 @@ public final class Broker: @unchecked Sendable {
         }
         condition.lock()
         stats.published += UInt64(messages.count)
-        switch settlement {
-        case .ack: stats.acked += 1
-        case .retry: stats.retried += 1
-        case .deadLetter: stats.deadLettered += 1
-        case .release: stats.released += 1
-        }
+        count(settlement)
         markWork()
         if waiters > 0 { condition.broadcast() }
         condition.unlock()
@@ -275,12 +270,7 @@ public final class Broker: @unchecked Sendable {
             throw TransportError(.notFound, "settle: unknown, settled or expired delivery \(delivery)")
         }
         entry.member.inFlight -= 1
-        switch settlement {
-        case .ack: stats.acked += 1
-        case .retry: stats.retried += 1
-        case .deadLetter: stats.deadLettered += 1
-        case .release: stats.released += 1
-        }
+        count(settlement)
         condition.unlock()
         try apply(settlement, to: entry)
         // The store changed after the dispatcher may have looked: tell it, and anyone waiting
@@ -289,6 +279,16 @@ public final class Broker: @unchecked Sendable {
         markWork()
         if waiters > 0 { condition.broadcast() }
         condition.unlock()
+    }
+
+    /// Counts a settlement in the stats. Call with the lock held.
+    private func count(_ settlement: Settlement) {
+        switch settlement {
+        case .ack: stats.acked += 1
+        case .retry: stats.retried += 1
+        case .deadLetter: stats.deadLettered += 1
+        case .release: stats.released += 1
+        }
     }
 
     /// Applies a settlement to the store (the delivery already left `inFlight`). Without the lock.
@@ -323,14 +323,8 @@ public final class Broker: @unchecked Sendable {
                 continue
             }
             entry.member.inFlight -= 1
-            switch settlement {
-            case .ack:
-                stats.acked += 1
-                acks.append((index, entry.ref))
-            case .retry: stats.retried += 1; others.append((index, entry, settlement))
-            case .deadLetter: stats.deadLettered += 1; others.append((index, entry, settlement))
-            case .release: stats.released += 1; others.append((index, entry, settlement))
-            }
+            count(settlement)
+            if case .ack = settlement { acks.append((index, entry.ref)) } else { others.append((index, entry, settlement)) }
         }
         condition.unlock()
         for (slot, error) in zip(acks, store.ack(batch: acks.map(\.ref))) where error != nil { results[slot.index] = error }
@@ -583,7 +577,7 @@ public final class Broker: @unchecked Sendable {
     private func disposeOfExpired(_ expired: [LeasedMessage], now stamp: Int64) {
         var dead = 0
         for leased in expired {
-            if leased.message.flags.contains(.dropWhenExpired) || leased.message.channel.hasSuffix(options.deadLetterSuffix) {
+            if dropsWhenExpired(leased.message) {
                 try? store.ack(leased.ref)
             } else if let stored = try? store.deadLetter(leased.ref, to: leased.message.channel + options.deadLetterSuffix,
                                                          reason: Self.expiredReason, now: stamp) {
@@ -596,6 +590,12 @@ public final class Broker: @unchecked Sendable {
         stats.deadLettered += UInt64(dead)
         if waiters > 0 { condition.broadcast() }
         condition.unlock()
+    }
+
+    /// An expired message that is dropped rather than dead-lettered: it asks to be (a reply), or
+    /// it already is a dead letter.
+    private func dropsWhenExpired(_ message: Message) -> Bool {
+        message.flags.contains(.dropWhenExpired) || message.channel.hasSuffix(options.deadLetterSuffix)
     }
 
     /// Why an expired message was dead-lettered.
@@ -613,7 +613,7 @@ public final class Broker: @unchecked Sendable {
             return
         }
         guard !removed.isEmpty else { return }
-        let dead = removed.filter { !$0.message.flags.contains(.dropWhenExpired) && !$0.message.channel.hasSuffix(options.deadLetterSuffix) }
+        let dead = removed.filter { !dropsWhenExpired($0.message) }
             .map { entry in
                 DeadLetter.copy(of: entry.message, to: entry.message.channel + options.deadLetterSuffix, group: entry.group,
                                 reason: Self.expiredReason, history: entry.history, now: stamp)

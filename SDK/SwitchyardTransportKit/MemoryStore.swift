@@ -137,6 +137,14 @@ public final class MemoryStore: MessageStore {
             groups[entry.group]!.unlock(key)
         }
 
+        /// Removes the entry leased under `ref` for good (acknowledged), or throws not-found.
+        mutating func remove(_ ref: LeaseRef) throws(TransportError) {
+            _ = try leased(ref)
+            unlockKey(of: ref.entry)
+            entries[ref.entry] = nil
+            inFlight -= 1
+        }
+
         /// The entry leased under `ref`, or a not-found error.
         func leased(_ ref: LeaseRef) throws(TransportError) -> Entry {
             guard let entry = entries[ref.entry], entry.token == ref.token, ref.token != 0 else {
@@ -236,19 +244,13 @@ public final class MemoryStore: MessageStore {
 
     public func ack(_ ref: LeaseRef) throws(TransportError) {
         try state.withLock { (state) throws(TransportError) in
-            _ = try state.leased(ref)
-            state.unlockKey(of: ref.entry)
-            state.entries[ref.entry] = nil
-            state.inFlight -= 1
+            try state.remove(ref)
         }
     }
 
     public func append(_ messages: [Message], acking ref: LeaseRef) throws(TransportError) {
         try state.withLock { (state) throws(TransportError) in
-            _ = try state.leased(ref)  // before anything is stored: both or neither
-            state.unlockKey(of: ref.entry)
-            state.entries[ref.entry] = nil
-            state.inFlight -= 1
+            try state.remove(ref)  // before anything is stored: both or neither
         }
         try append(messages)
     }
@@ -257,14 +259,11 @@ public final class MemoryStore: MessageStore {
         state.withLock { state in
             refs.map { ref -> TransportError? in
                 do throws(TransportError) {
-                    _ = try state.leased(ref)
+                    try state.remove(ref)
+                    return nil
                 } catch {
                     return error
                 }
-                state.unlockKey(of: ref.entry)
-                state.entries[ref.entry] = nil
-                state.inFlight -= 1
-                return nil
             }
         }
     }

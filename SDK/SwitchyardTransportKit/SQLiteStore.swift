@@ -115,22 +115,25 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     }
 
     public func append(_ messages: [Message]) throws(TransportError) {
-        try append(messages, acking: nil)
+        try insert(messages, deleting: nil)
     }
 
     public func append(_ messages: [Message], acking ref: LeaseRef) throws(TransportError) {
-        try append(messages, acking: Optional(ref))
+        try insert(messages, deleting: ref)
+    }
+
+    /// Deletes the entry leased under `ref` (an acknowledgement), or throws not-found.
+    private static func deleteLeased(_ ref: LeaseRef, in db: SQLiteDatabase) throws(TransportError) {
+        let changed = try db.run("DELETE FROM entries WHERE id = ? AND lease_token = ?", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+        if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
     }
 
     /// Inserts `messages` and, with `ref`, deletes that leased entry, in one savepoint of one
     /// commit: a missing lease rolls the inserts back.
-    private func append(_ messages: [Message], acking ref: LeaseRef?) throws(TransportError) {
+    private func insert(_ messages: [Message], deleting ref: LeaseRef?) throws(TransportError) {
         let encoded = messages.map { ($0, MessageCodec.encode($0)) }
         try perform { [fanOut, retainedPerChannel, isDeadLetterChannel] db throws(TransportError) in
-            if let ref {
-                let changed = try db.run("DELETE FROM entries WHERE id = ? AND lease_token = ?", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
-                if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
-            }
+            if let ref { try Self.deleteLeased(ref, in: db) }
             for (message, blob) in encoded {
                 let key: SQLiteDatabase.Value = message.orderingKey.map { .text($0) } ?? .null
                 var groups = [""]
@@ -222,8 +225,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     public func ack(_ ref: LeaseRef) throws(TransportError) {
         try perform { db throws(TransportError) in
-            let changed = try db.run("DELETE FROM entries WHERE id = ? AND lease_token = ?", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
-            if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
+            try Self.deleteLeased(ref, in: db)
         }
     }
 
@@ -232,8 +234,13 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         let outcome = Result { () throws(TransportError) -> [TransportError?] in
             try perform { db throws(TransportError) -> [TransportError?] in
                 try refs.map { ref throws(TransportError) -> TransportError? in
-                    let changed = try db.run("DELETE FROM entries WHERE id = ? AND lease_token = ?", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
-                    return changed == 0 ? TransportError(.notFound, "unknown, settled or expired delivery") : nil
+                    do throws(TransportError) {
+                        try Self.deleteLeased(ref, in: db)
+                        return nil
+                    } catch {
+                        if error.code == .notFound { return error }  // this one alone; the batch goes on
+                        throw error
+                    }
                 }
             }
         }
