@@ -12,7 +12,7 @@ import Synchronization
 /// with one publish call per message.
 struct MemoryQueueSuite: BenchSuite {
     let name = "memory-queue"
-    let summary = "in-memory queue publish → deliver → ack (1 and 4 consumers) vs a bare thread hand-off; bytes per queued message"
+    let summary = "in-memory queue publish → deliver → ack (1 and 4 consumers, 4 producers; a topic to 4 groups) vs a bare thread hand-off; bytes per queued message"
 
     func run(_ context: BenchContext) throws -> [BenchResult] {
         let plugins = BenchPlugins(context)
@@ -24,6 +24,10 @@ struct MemoryQueueSuite: BenchSuite {
         let one = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1, batch: 256) })
         context.progress("memory-queue: plugin, 4 consumers")
         let four = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4, batch: 256) })
+        context.progress("memory-queue: plugin, 4 producers, 4 consumers")
+        let parallel = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4, batch: 256, producers: 4) })
+        context.progress("memory-queue: topic plugin, 4 subscriber groups")
+        let fanOut = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count / 4, consumers: 4, batch: 256, plugin: "topic") })
         context.progress("memory-queue: plugin, 1 consumer, one publish per message")
         let single = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 1, batch: 1) })
         context.progress("memory-queue: plugin, 1 consumer, acknowledging each delivery alone")
@@ -35,6 +39,8 @@ struct MemoryQueueSuite: BenchSuite {
             BenchResult(suite: name, metric: "bare_handoff_msgs_per_s", value: baseline, unit: "msg/s"),
             BenchResult(suite: name, metric: "raw_msgs_per_s", value: one, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "raw_msgs_per_s_4_consumers", value: four, unit: "msg/s", baseline: base),
+            BenchResult(suite: name, metric: "raw_msgs_per_s_4_producers_4_consumers", value: parallel, unit: "msg/s", baseline: base),
+            BenchResult(suite: name, metric: "topic_4_groups_deliveries_per_s", value: fanOut, unit: "deliveries/s", baseline: base),
             BenchResult(suite: name, metric: "single_publish_msgs_per_s", value: single, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "ack_each_msgs_per_s", value: ackEach, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "bytes_per_queued_message", value: bytes, unit: "B"),
@@ -43,12 +49,15 @@ struct MemoryQueueSuite: BenchSuite {
 
     /// Messages per second through the queue plugin: one producer publishing the same 64-byte
     /// message, consumers acknowledging inside the delivery callback.
-    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int, batch: Int, ackEach: Bool = false) throws -> Double {
-        let queue = try plugins.transport("queue", config: #"{"capacity": 0, "max_in_flight": 1024}"#)
+    /// `producers` threads share the publishing.
+    /// With `plugin: "topic"` each consumer is a subscriber group of its own and the rate counts
+    /// deliveries (each message reaches every group).
+    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int, batch: Int, ackEach: Bool = false, plugin: String = "queue", producers: Int = 1) throws -> Double {
+        let queue = try plugins.transport(plugin, config: #"{"capacity": 0, "max_in_flight": 1024}"#)
         defer { queue.close() }
         let acked = Atomic<Int>(0)
         let client = queue.client
-        for _ in 0..<consumers {
+        for consumer in 0..<consumers {
             // Deliveries arrive in batches (deliver_batch); a batch is acknowledged in one
             // settle_batch call. Acknowledging each one alone is `ack_each_msgs_per_s`.
             let each: DeliveryHandler = { delivery, _ in
@@ -62,20 +71,33 @@ struct MemoryQueueSuite: BenchSuite {
                 acked.add(deliveries.count, ordering: .relaxed)
                 return deliveries.count
             }
-            _ = try client.subscribe(SubscribeOptions(channel: "bench", maxInFlight: 1024), handler: each, batchHandler: ackEach ? nil : whole)
+            let group = plugin == "topic" ? "group-\(consumer)" : ""
+            _ = try client.subscribe(SubscribeOptions(channel: "bench", group: group, maxInFlight: 1024), handler: each, batchHandler: ackEach ? nil : whole)
         }
         let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
-        let start = Measure.now()
-        if batch > 1 {
-            try Array(repeating: message, count: batch).withCMessages { (first, size) throws in
-                for _ in 0..<(count / batch) { try client.publish(batch: first, count: size) }
-            }
-        } else {
-            try message.withCMessage { (pointer) throws in
-                for _ in 0..<count { try client.publish(pointer) }
+        let perProducer = count / producers
+        let produce: @Sendable () throws -> Void = {
+            if batch > 1 {
+                try Array(repeating: message, count: batch).withCMessages { (first, size) throws in
+                    for _ in 0..<(perProducer / batch) { try client.publish(batch: first, count: size) }
+                }
+            } else {
+                try message.withCMessage { (pointer) throws in
+                    for _ in 0..<perProducer { try client.publish(pointer) }
+                }
             }
         }
-        let expected = batch > 1 ? count / batch * batch : count
+        let start = Measure.now()
+        if producers == 1 {
+            try produce()
+        } else {
+            let failure = Mutex<(any Error)?>(nil)
+            DispatchQueue.concurrentPerform(iterations: producers) { _ in
+                do { try produce() } catch { failure.withLock { $0 = error } }
+            }
+            if let error = failure.withLock({ $0 }) { throw error }
+        }
+        let expected = (batch > 1 ? perProducer / batch * batch : perProducer) * producers * (plugin == "topic" ? consumers : 1)
         while acked.load(ordering: .relaxed) < expected { usleep(100) }
         return Double(expected) / (Double(Measure.now() - start) / 1e9)
     }
