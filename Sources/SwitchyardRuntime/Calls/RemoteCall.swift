@@ -84,7 +84,8 @@ extension SwitchyardActorSystem {
         let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
         defer { span.end() }
         do {
-            let message = try message(id, call, invocation, route: route, replyTo: nil, deadlineNanos: 0, span: span)
+            let deadlineNanos = Switchyard.callOptions.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
+            let message = try message(id, call, invocation, route: route, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
             if let cost = route.cost {
                 try await cost.run { [self] in try publish(message, call, route) }
             } else {
@@ -110,10 +111,10 @@ extension SwitchyardActorSystem {
             } catch {
                 throw SwitchyardError.transport(target: call.name, reason: "cannot subscribe the reply channel: \(error.message)")
             }
-            let deadline = Duration.nanoseconds(route.entry.deadlineNanos)
+            let deadline = Switchyard.callOptions.deadline ?? .nanoseconds(route.entry.deadlineNanos)
             let message = try message(
                 id, call, invocation, route: route, replyTo: replyTo,
-                deadlineNanos: WallClock.nowNanos() + route.entry.deadlineNanos, span: span)
+                deadlineNanos: WallClock.nowNanos() + deadline.nanoseconds, span: span)
             let metrics = route.metrics
             let reply = try await pending.wait(
                 id: message.id, deadline: started + deadline,
@@ -160,6 +161,8 @@ extension SwitchyardActorSystem {
         _ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route, replyTo: String?,
         deadlineNanos: Int64, span: any Span
     ) throws -> Message {
+        let options = Switchyard.callOptions
+        if let problem = options.problem { throw SwitchyardError.routing(target: call.name, reason: problem) }
         var orderingKey: String?
         if let name = route.entry.orderingArgument {
             guard let value = invocation.orderingValue(named: name) else {
@@ -168,7 +171,7 @@ extension SwitchyardActorSystem {
             orderingKey = value
         }
         var deliverAt: Int64 = 0
-        let delay = Switchyard.callDelay?.nanoseconds ?? route.entry.delayNanos
+        let delay = options.delay?.nanoseconds ?? route.entry.delayNanos
         if delay > 0 {
             guard route.capabilities.contains(.delay) else {
                 throw SwitchyardError.routing(target: call.name, reason: "the call asks for a delay, but transport '\(route.entry.transport)' cannot delay (add a delay transport to its chain)")
@@ -187,42 +190,56 @@ extension SwitchyardActorSystem {
             target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
             contentType: route.encoding,
             replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther,
-            deadlineNanos: deadlineNanos)
+            idempotencyKey: options.idempotencyKey, deadlineNanos: deadlineNanos, headers: options.headers)
         return envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt)
     }
 
     /// A direct route reached through a stub: the call runs in process, with what the route asks
     /// of any transport — its retry policy (the same backoff, then `.deadLettered`) and the
     /// deadline it sets (`.timeout`; the call itself may still finish) — so that development in
-    /// memory behaves as production does. Without a `deadline:` of its own the call runs in the
-    /// caller's task as long as it takes, as a local call would: enforcing one costs a task of
-    /// its own per call (about 2.3 µs here).
+    /// memory behaves as production does, and the caller's ``CallOptions``. Without a deadline
+    /// (the route's `deadline:` or the call's) the call runs in the caller's task as long as it
+    /// takes, as a local call would: enforcing one costs a task of its own per call (about 2.3 µs
+    /// here).
     private func callDirect(
         _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
     ) async throws -> SwitchyardResultHandler.Outcome? {
-        guard route.entry.lines["deadline"] != nil else {
-            return try await callWithRetries(id, call, invocation, route: route)
+        let options = Switchyard.callOptions
+        if let problem = options.problem { throw SwitchyardError.routing(target: call.name, reason: problem) }
+        let routeDeadline = route.entry.lines["deadline"] != nil ? Duration.nanoseconds(route.entry.deadlineNanos) : nil
+        var context = CallContext(
+            id: EnvelopeID.make(), target: call.name, attempt: 1, headers: options.headers, idempotencyKey: options.idempotencyKey,
+            deadlineNanos: nil, source: Envelope.defaultSource)
+        guard let deadline = options.deadline ?? routeDeadline else {
+            return try await callWithRetries(id, call, invocation, route: route, context: context)
         }
-        let deadline = Duration.nanoseconds(route.entry.deadlineNanos)
+        context.deadlineNanos = WallClock.nowNanos() + deadline.nanoseconds
         let metrics = route.metrics
-        let box = UncheckedSendable((invocation, self))
+        let box = UncheckedSendable((invocation, self, context))
         let outcome = try await DirectDeadline.run(deadline, timeout: { [name = call.name] in
             metrics.timeouts.increment()
             return SwitchyardError.timeout(target: name, deadline: deadline)
         }) {
-            let (invocation, system) = box.value
-            return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route))
+            let (invocation, system, context) = box.value
+            return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route, context: context))
         }
         return outcome.value
     }
 
     /// Runs the call in process, again after each failure while the route's retry policy allows.
     private func callWithRetries(
-        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
+        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, context: CallContext
     ) async throws -> SwitchyardResultHandler.Outcome? {
         var attempt: UInt32 = 1
+        var context = context
         while true {
-            let outcome = try await callInProcess(id, call, invocation, route: route)
+            context.attempt = Int(attempt)
+            // The handler sees its call, and makes its own calls with options of its own, as it
+            // would behind a transport (the caller's options are not inherited).
+            let outcome = try await Switchyard.$currentCall.withValue(context) {
+                guard Switchyard.callOptions != CallOptions() else { return try await callInProcess(id, call, invocation, route: route) }
+                return try await Switchyard.$callOptions.withValue(CallOptions()) { try await callInProcess(id, call, invocation, route: route) }
+            }
             guard case .error(let error)? = outcome else { return outcome }
             guard let policy = route.retry else { throw error }
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"

@@ -41,6 +41,10 @@ public struct Envelope: Sendable, Hashable {
     public var source: String
     /// Envelope format version.
     public var version: Int
+    /// The caller's own attributes (``CallOptions/headers``), as CloudEvents extension
+    /// attributes: `ce-<name>` headers. Read back: every `ce-` header that is not one of the
+    /// envelope's own fields.
+    public var headers: [String: String]
 
     /// The target of a call.
     public struct Target: Sendable, Hashable {
@@ -61,7 +65,7 @@ public struct Envelope: Sendable, Hashable {
         id: String = EnvelopeID.make(), target: Target, arguments: [UInt8], contentType: ArgumentEncoding = .compact,
         replyTo: String? = nil, traceparent: String? = nil, tracestate: String? = nil, traceContext: String? = nil,
         idempotencyKey: String? = nil, deadlineNanos: Int64 = 0, createdAtNanos: Int64 = WallClock.nowNanos(),
-        source: String = Envelope.defaultSource, version: Int = Envelope.currentVersion
+        source: String = Envelope.defaultSource, version: Int = Envelope.currentVersion, headers: [String: String] = [:]
     ) {
         self.id = id
         self.target = target
@@ -76,6 +80,7 @@ public struct Envelope: Sendable, Hashable {
         self.createdAtNanos = createdAtNanos
         self.source = source
         self.version = version
+        self.headers = headers
     }
 
     /// `switchyard://<hostname>/<pid>`: this process, as a CloudEvents source.
@@ -168,26 +173,33 @@ extension Envelope {
         if let traceparent { headers.append(Header(EnvelopeHeader.traceparent, traceparent)) }
         if let tracestate { headers.append(Header(EnvelopeHeader.tracestate, tracestate)) }
         if let traceContext { headers.append(Header(EnvelopeHeader.traceContext, traceContext)) }
-        // A call someone waits for expires with its deadline: a transport with the `expiry`
-        // capability then never delivers it late, and it does not pile up where nobody reads.
+        for (name, value) in self.headers.sorted(by: { $0.key < $1.key }) { headers.append(Header("ce-" + name, value)) }
+        // A call with a deadline expires with it: a transport with the `expiry` capability then
+        // never delivers it late (it dead-letters it), and it does not pile up where nobody reads.
         return Message(id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: arguments,
-                       deliverAtNanos: deliverAtNanos, expiresAtNanos: replyTo != nil ? deadlineNanos : 0)
+                       deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos)
     }
 
     /// Reads an envelope from a delivered message, or says exactly why it is not one.
     public init(_ message: MessageView) throws(EnvelopeError) {
         // One pass over the headers, matching names by length and bytes (no String per key).
         var fields = [String?](repeating: nil, count: Field.allCases.count)
+        var extra: [String: String] = [:]
         let headers = message.fields.headers
-        for index in 0..<message.headerCount {
+        next: for index in 0..<message.headerCount {
             let header = headers![index]
             guard header.key.len > 3, let key = header.key.data else { continue }
             for field in Field.allCases where fields[field.rawValue] == nil {
                 let name = Field.names[field.rawValue]
                 if name.count == header.key.len, name.withUnsafeBytes({ memcmp($0.baseAddress!, key, name.count) }) == 0 {
                     fields[field.rawValue] = String(header.value)
-                    break
+                    continue next
                 }
+            }
+            // Any other CloudEvents attribute: the caller's own (CallOptions.headers).
+            if memcmp(key, "ce-", 3) == 0 {
+                let name = String(header.key)
+                if !Self.ownHeaderNames.contains(name) { extra[String(name.dropFirst(3))] = String(header.value) }
             }
         }
         func field(_ field: Field) -> String? { fields[field.rawValue] }
@@ -222,8 +234,11 @@ extension Envelope {
             arguments: Array(message.body), contentType: contentType,
             replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate), traceContext: field(.traceContext),
             idempotencyKey: field(.idempotencyKey) ?? id, deadlineNanos: deadline, createdAtNanos: created,
-            source: try required(.source), version: version)
+            source: try required(.source), version: version, headers: extra)
     }
+
+    /// Headers the envelope or its reply writes, never read as a caller's attribute.
+    private static let ownHeaderNames: Set<String> = Set(Field.allCases.map(\.name) + [EnvelopeHeader.correlationID, EnvelopeHeader.outcome])
 
     /// The headers an envelope is read from.
     private enum Field: Int, CaseIterable {

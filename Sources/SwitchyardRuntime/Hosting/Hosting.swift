@@ -145,7 +145,7 @@ extension SwitchyardActorSystem {
         } catch {
             return reject("\(error)", route: route)
         }
-        if envelope.deadlineNanos > 0, envelope.replyTo != nil, WallClock.nowNanos() > envelope.deadlineNanos {
+        if envelope.deadlineNanos > 0, WallClock.nowNanos() > envelope.deadlineNanos {
             route?.metrics.deadLettered.increment()
             logger.notice("dead-lettering an expired call: its caller's deadline passed before it ran", metadata: [
                 "route": "\(route?.pattern ?? "none")", "target": "\(readable)", "attempt": "\(item.attempt)",
@@ -154,8 +154,9 @@ extension SwitchyardActorSystem {
             deadLetter(item, reason: "expired: the caller's deadline passed before the call ran")
             return
         }
-        // Per subscriber group: on a topic every group handles the same envelope once.
-        let callKey = envelope.idempotencyKey ?? envelope.id
+        // Per subscriber group: on a topic every group handles the same envelope once. A key the
+        // caller chose (CallOptions.idempotencyKey) names a call to this target only.
+        let callKey = envelope.idempotencyKey.flatMap { $0 == envelope.id ? nil : "\(envelope.target.identifier) \($0)" } ?? envelope.id
         let key = hosted.id.group.isEmpty ? callKey : "\(hosted.id.group)/\(callKey)"
         var claimed = false
         if let inbox = route?.inbox {
@@ -209,16 +210,22 @@ extension SwitchyardActorSystem {
         route?.metrics.inFlight.increment()
         defer { route?.metrics.inFlight.decrement() }
         let effects = claimed ? InboxEffects(durable: route?.inbox?.isDurable == true) : nil
-        await Switchyard.$inboxEffects.withValue(effects) {
-            await withSpan(call.name, context: context, ofKind: .consumer) { span in
-                do {
-                    var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
-                    guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
-                    try await executeDistributedTarget(
-                        on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
-                    if case .error(let error)? = handler.outcome { span.recordError(error) }
-                } catch {
-                    failure = error
+        let current = CallContext(
+            id: envelope.id, target: readable, attempt: Int(item.attempt), headers: envelope.headers,
+            idempotencyKey: envelope.idempotencyKey == envelope.id ? nil : envelope.idempotencyKey,
+            deadlineNanos: envelope.deadlineNanos > 0 ? envelope.deadlineNanos : nil, source: envelope.source)
+        await Switchyard.$currentCall.withValue(current) {
+            await Switchyard.$inboxEffects.withValue(effects) {
+                await withSpan(call.name, context: context, ofKind: .consumer) { span in
+                    do {
+                        var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
+                        guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
+                        try await executeDistributedTarget(
+                            on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+                        if case .error(let error)? = handler.outcome { span.recordError(error) }
+                    } catch {
+                        failure = error
+                    }
                 }
             }
         }
