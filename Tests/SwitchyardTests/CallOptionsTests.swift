@@ -74,7 +74,9 @@ struct CallOptionsTests {
             // The handler holds until the test lets it go: only the call's deadline can end the wait.
             _ = try await Switchyard.withCallOptions(CallOptions(deadline: .milliseconds(100))) { try await till.hold() }
             Issue.record("expected a timeout")
-        } catch SwitchyardError.timeout(let target, let deadline) {
+        } catch let error as SwitchyardError where error.code == .timeout {
+            let target = error.target
+            let deadline = error.deadline!
             #expect(target == "Till.hold()")
             #expect(deadline == .milliseconds(100))
         }
@@ -147,7 +149,9 @@ struct CallOptionsTests {
             do {
                 _ = try await Switchyard.withCallOptions(options) { try await till.charge(1) }
                 Issue.record("expected the call to be refused")
-            } catch SwitchyardError.routing(let target, let reason) {
+            } catch let error as SwitchyardError where error.code == .routing {
+                let target = error.target
+                let reason = error.reason
                 #expect(target == "Till.charge(_:)")
                 #expect(reason.contains(expected), "\(reason)")
             }

@@ -65,7 +65,8 @@ struct LimitsTests {
         do {
             _ = try await shop.place(Order(id: 2, customer: String(repeating: "x", count: 3000), amount: 1))
             Issue.record("expected the call to be refused")
-        } catch SwitchyardError.limitExceeded(_, let reason) {
+        } catch let error as SwitchyardError where error.code == .limitExceeded {
+            let reason = error.reason
             #expect(reason.contains("limits.max_message_bytes is 2000"), "\(reason)")
         }
         #expect(ledger.count("shop:place:2") == 0)
@@ -98,7 +99,9 @@ struct LimitsTests {
         do {
             _ = try await shop.place(Order(id: 3, customer: String(repeating: "y", count: 2000), amount: 1))
             Issue.record("expected an error")
-        } catch SwitchyardError.limitExceeded(let target, let reason) {
+        } catch let error as SwitchyardError where error.code == .limitExceeded {
+            let target = error.target
+            let reason = error.reason
             #expect(target == "Shop.place(_:)")
             #expect(reason.contains("the call, at the receiver") && reason.contains("limits.max_message_bytes is 1500"), "\(reason)")
         }
@@ -109,7 +112,8 @@ struct LimitsTests {
         do {
             _ = try await shop.pad(5000)
             Issue.record("expected an error")
-        } catch SwitchyardError.limitExceeded(_, let reason) {
+        } catch let error as SwitchyardError where error.code == .limitExceeded {
+            let reason = error.reason
             #expect(reason.contains("the reply") && reason.contains("limits.max_message_bytes is 1500"), "\(reason)")
         }
         await receiver.shutdown()

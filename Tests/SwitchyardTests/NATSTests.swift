@@ -80,7 +80,8 @@ struct NATSTests {
         do {
             _ = try await shop.fail("x", registered: true)
             Issue.record("expected the call to be dead-lettered")
-        } catch SwitchyardError.deadLettered(_, let attempts, _) {
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let attempts = error.attempts!
             #expect(attempts == 3)
         }
         for id in 0..<10 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }

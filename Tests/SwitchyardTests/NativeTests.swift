@@ -181,7 +181,8 @@ struct NativeTests {
             do {
                 _ = try await system.callNative("Math.add", arguments)
                 Issue.record("expected a refusal for \(arguments)")
-            } catch SwitchyardError.rejected(_, let message) {
+            } catch let error as SwitchyardError where error.code == .rejected {
+                let message = error.reason
                 #expect(message.contains(reason), "\(message)")
             }
         }

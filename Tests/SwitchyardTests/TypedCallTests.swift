@@ -205,7 +205,10 @@ struct TypedCallTests {
         do {
             _ = try await shop.flaky("b", failures: 10)
             Issue.record("expected the call to give up")
-        } catch SwitchyardError.deadLettered(let target, let attempts, let reason) {
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let target = error.target
+            let attempts = error.attempts!
+            let reason = error.reason
             #expect(target == "Shop.flaky(_:failures:)")
             #expect(attempts == 3)
             #expect(reason.contains("OutOfStock"))
@@ -215,7 +218,9 @@ struct TypedCallTests {
         do {
             _ = try await shop.slow(20_000)
             Issue.record("expected a timeout")
-        } catch SwitchyardError.timeout(let target, let deadline) {
+        } catch let error as SwitchyardError where error.code == .timeout {
+            let target = error.target
+            let deadline = error.deadline!
             #expect(target == "Shop.slow(_:)")
             #expect(deadline == .milliseconds(200))
         }
@@ -237,7 +242,8 @@ struct TypedCallTests {
         do {
             _ = try await shop.total(of: [])
             Issue.record("expected a routing error")
-        } catch SwitchyardError.routing(_, let reason) {
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
             #expect(reason.contains("no route matches Shop.total"))
         }
         await system.shutdown()
@@ -341,7 +347,9 @@ struct TypedCallTests {
         do {
             _ = try await shop.flaky("b", failures: 10)
             Issue.record("expected the call to be dead-lettered")
-        } catch SwitchyardError.deadLettered(_, let attempts, let reason) {
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let attempts = error.attempts!
+            let reason = error.reason
             #expect(attempts == 4)
             #expect(reason.contains("OutOfStock"))
         }
@@ -391,7 +399,10 @@ struct TypedCallTests {
         do {
             _ = try await shop.flaky("b", failures: 10)
             Issue.record("expected the call to be dead-lettered")
-        } catch SwitchyardError.deadLettered(let target, let attempts, let reason) {
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let target = error.target
+            let attempts = error.attempts!
+            let reason = error.reason
             #expect(target == "Shop.flaky(_:failures:)")
             #expect(attempts == 3)
             #expect(reason.contains("gave up after 3 attempts") && reason.contains("OutOfStock"), "\(reason)")
@@ -461,7 +472,9 @@ struct TypedCallTests {
         do {
             _ = try await shop.slow(20_000)
             Issue.record("expected a timeout")
-        } catch SwitchyardError.timeout(let target, let deadline) {
+        } catch let error as SwitchyardError where error.code == .timeout {
+            let target = error.target
+            let deadline = error.deadline!
             #expect(target == "Shop.slow(_:)")
             #expect(deadline == .milliseconds(200))
         }
@@ -480,7 +493,9 @@ struct TypedCallTests {
         do {
             _ = try await shop.fail("x", registered: false)
             Issue.record("expected an error")
-        } catch SwitchyardError.remote(let type, let message) {
+        } catch let error as SwitchyardError where error.code == .remote {
+            let type = error.remoteType!
+            let message = error.reason
             #expect(type.hasSuffix("NotRegistered"))
             #expect(message == "not registered")
         }
@@ -610,7 +625,8 @@ struct TypedCallTests {
         do {
             _ = try await tally.echo("hello")
             Issue.record("expected a routing error")
-        } catch SwitchyardError.routing(_, let reason) {
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
             #expect(reason.contains("generic distributed methods cannot be routed"))
         }
         #expect(try await tally.add(1) == 1)
@@ -639,13 +655,15 @@ struct TypedCallTests {
         do {
             _ = try await shop.total(of: [])
             Issue.record("expected a routing error")
-        } catch SwitchyardError.routing(_, let reason) {
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
             #expect(reason.contains("no route matches Shop.total"))
         }
         do {
             _ = try await shop.place(Order(id: 1, customer: "a", amount: 1))
             Issue.record("expected a routing error")
-        } catch SwitchyardError.routing(_, let reason) {
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
             #expect(reason.contains("only Void methods can be fire-and-forget"))
         }
         await system.shutdown()

@@ -109,7 +109,7 @@ extension SwitchyardActorSystem {
             do {
                 replyTo = try replyChannel(on: transport)
             } catch {
-                throw SwitchyardError.transport(target: call.name, reason: "cannot subscribe the reply channel: \(error.message)")
+                throw SwitchyardError.transport(target: call.name, transport: transport.name, reason: "cannot subscribe the reply channel: \(error.message)")
             }
             let deadline = Switchyard.callOptions.deadline ?? .nanoseconds(route.entry.deadlineNanos)
             let message = try message(
@@ -151,7 +151,7 @@ extension SwitchyardActorSystem {
         do {
             try route.transport!.client.publish(message)
         } catch {
-            throw SwitchyardError.transport(target: call.name, reason: "\(route.entry.transport): \(error.message)")
+            throw SwitchyardError.transport(target: call.name, transport: route.entry.transport, reason: error.message)
         }
     }
 

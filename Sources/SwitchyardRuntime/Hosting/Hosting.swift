@@ -104,7 +104,7 @@ extension SwitchyardActorSystem {
                 return queue.push(inbound) ? .ok : .closed
             }
         } catch {
-            throw SwitchyardError.transport(target: "\(hosted.id)", reason: "cannot subscribe '\(hosted.id.name)' on \(transport.name): \(error.message)")
+            throw SwitchyardError.transport(target: "\(hosted.id)", transport: transport.name, reason: "cannot subscribe '\(hosted.id.name)': \(error.message)")
         }
         let workers = (0..<concurrency).map { _ in
             Task { [weak self] in

@@ -142,7 +142,7 @@ public enum OrdersDemo {
                             outcomes.record(.succeeded, ContinuousClock.now - callStarted)
                         } catch is PaymentDeclined {
                             outcomes.record(.declined, ContinuousClock.now - callStarted)
-                        } catch SwitchyardError.deadLettered {
+                        } catch SwitchyardError.Code.deadLettered {
                             outcomes.record(.declined, ContinuousClock.now - callStarted)
                         } catch {
                             outcomes.record(.error("\(error)"), ContinuousClock.now - callStarted)
