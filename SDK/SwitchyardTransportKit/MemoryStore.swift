@@ -15,7 +15,7 @@ public final class MemoryStore: MessageStore {
     /// Names dead-letter channels (shared by every group, never copied per group).
     private let deadLetterSuffix: String
     private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
-    private let state = AdaptiveLock(State())
+    private let state = Guarded(State())
 
     /// An empty store; channels ending in `deadLetterSuffix` are always shared by every group.
     public init(fanOut: Bool, retainedPerChannel: Int = 0, deadLetterSuffix: String = DeadLetter.defaultSuffix) {

@@ -2,6 +2,7 @@ import CSQLite
 import Foundation
 import SwitchyardABI
 import SwitchyardPluginKit
+import Synchronization
 
 /// A durable ``MessageStore``: one SQLite database file in WAL mode with `synchronous=FULL`.
 ///
@@ -28,9 +29,11 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
     private let host: HostServices
     private let writer: SQLiteWriter
-    private let lock = NSLock()
-    private var changeHandler: (@Sendable () -> Void)?
-    private var cachedCounts: (depth: UInt64, inFlight: UInt64, at: Int64) = (0, 0, 0)
+    private struct Shared {
+        var changeHandler: (@Sendable () -> Void)?
+        var cachedCounts: (depth: UInt64, inFlight: UInt64, at: Int64) = (0, 0, 0)
+    }
+    private let shared = Guarded(Shared())
     private var watcher: WALWatcher?
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
@@ -100,18 +103,13 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     }
 
     private func externalChange() {
-        lock.lock()
-        let handler = changeHandler
-        lock.unlock()
-        handler?()
+        shared.withLock { $0.changeHandler }?()
     }
 
     // MARK: MessageStore
 
     public func setChangeHandler(_ handler: @escaping @Sendable () -> Void) {
-        lock.lock()
-        changeHandler = handler
-        lock.unlock()
+        shared.withLock { $0.changeHandler = handler }
     }
 
     public func append(_ messages: [Message]) throws(TransportError) {
@@ -326,9 +324,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// not free, and other processes change it anyway, so capacity is approximate).
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
         let now = host.nowNanos()
-        lock.lock()
-        let cached = cachedCounts
-        lock.unlock()
+        let cached = shared.withLock { $0.cachedCounts }
         if now - cached.at < 100_000_000 { return (cached.depth, cached.inFlight) }
         let fresh = (try? perform(synced: false) { db throws(TransportError) -> (UInt64, UInt64) in
             var result: (UInt64, UInt64) = (0, 0)
@@ -336,9 +332,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                        [.int(now)]) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
             return result
         }) ?? (cached.depth, cached.inFlight)
-        lock.lock()
-        cachedCounts = (fresh.0, fresh.1, now)
-        lock.unlock()
+        shared.withLock { $0.cachedCounts = (fresh.0, fresh.1, now) }
         return fresh
     }
 }
@@ -347,8 +341,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 /// (or this one) commits, so consumers in other processes wake without polling.
 final class WALWatcher: @unchecked Sendable {
     private let fd: Int32
-    private let stopFlag = NSLock()
-    private var stopped = false
+    private let stopped = Atomic<Bool>(false)
 
     init?(databasePath: String, changed: @escaping @Sendable () -> Void) {
         let directory = (databasePath as NSString).deletingLastPathComponent
@@ -385,15 +378,7 @@ final class WALWatcher: @unchecked Sendable {
         thread.start()
     }
 
-    private var isStopped: Bool {
-        stopFlag.lock()
-        defer { stopFlag.unlock() }
-        return stopped
-    }
+    private var isStopped: Bool { stopped.load(ordering: .acquiring) }
 
-    func stop() {
-        stopFlag.lock()
-        stopped = true
-        stopFlag.unlock()
-    }
+    func stop() { stopped.store(true, ordering: .releasing) }
 }

@@ -17,7 +17,8 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
         /// `./plugins` under the working directory.
         case workingDirectory = "./plugins"
         /// The directory holding the `switchyard` executable (so a fresh `swift build` finds the
-        /// bundled plugins next to it).
+        /// bundled plugins next to it), then `../lib/switchyard/plugins` from it (where
+        /// `scripts/install PREFIX` puts them, so an installed host under any prefix finds its own).
         case executableDirectory = "executable directory"
         /// The system-wide plugin directories, where packages and administrators install plugins
         /// for every host on the machine (as GStreamer and PAM have theirs).
@@ -42,7 +43,8 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(path) (\(source.rawValue))" }
 
     /// The search path in priority order: command line, environment, config, `./plugins`, the
-    /// executable's directory, then the system-wide directories. A directory listed twice is
+    /// executable's directory and the install prefix's plugin directory beside it, then the
+    /// system-wide directories. A directory listed twice is
     /// searched once, at its first place.
     public static func searchPath(
         commandLine: [String] = [], environment: [String: String] = [:], configDirectory: String? = nil,
@@ -60,7 +62,10 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
         (environment["SWITCHYARD_PLUGINS_PATH"] ?? "").split(separator: ":").forEach { add(String($0), .environment) }
         configDirectory.map { add($0, .config) }
         add((workingDirectory.map { $0 + "/" } ?? "") + "plugins", .workingDirectory)
-        executableDirectory.map { add($0, .executableDirectory) }
+        if let executableDirectory {
+            add(executableDirectory, .executableDirectory)
+            add(PluginLoader.directory(of: executableDirectory) + "/lib/switchyard/plugins", .executableDirectory)
+        }
         systemDirectories.forEach { add($0, .system) }
         return result
     }

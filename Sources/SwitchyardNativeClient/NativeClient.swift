@@ -11,19 +11,18 @@ import SwitchyardABI
 
 /// One open client: the actor system and the closures bound through it.
 final class NativeClient: @unchecked Sendable {
-    // @unchecked: `bindings` is guarded by `lock`; the system is thread-safe.
+    // @unchecked: a `Binding` holds C pointers; the system is thread-safe.
     let system: SwitchyardActorSystem
-    private let lock = NSLock()
-    private var bindings: [Binding] = []
+    private let bindings = Guarded<[Binding]>([])
 
     init(system: SwitchyardActorSystem) {
         self.system = system
     }
 
-    func add(_ binding: Binding) { lock.withLock { bindings.append(binding) } }
+    func add(_ binding: Binding) { bindings.withLock { $0.append(binding) } }
 
     func close() {
-        let all = lock.withLock { bindings }
+        let all = bindings.withLock { $0 }
         let done = DispatchSemaphore(value: 0)
         let system = self.system
         Task.detached {

@@ -56,7 +56,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     let nativeModules: [String: NativeModule]
     /// Parsed targets and their routes, by identifier (read on every call: an adaptive lock,
     /// since Linux's `Mutex` enters the kernel whenever it is contended).
-    let targets = AdaptiveLock<[String: ResolvedTarget]>([:])
+    let targets = Guarded<[String: ResolvedTarget]>([:])
     private let locals = Guarded<[ActorID: WeakActor]>([:])
     private let replySubscriptions = Guarded<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)

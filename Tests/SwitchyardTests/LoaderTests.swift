@@ -214,16 +214,18 @@ struct LoaderDiscoveryTests {
         #expect(catalog.rejected.map(\.path) == [dir.file("b.so")])
     }
 
-    @Test("search path order: command line, environment, config, ./plugins, executable directory, system-wide")
+    @Test("search path order: command line, environment, config, ./plugins, executable directory and its install prefix, system-wide")
     func searchPathOrder() throws {
         let dirs = try (0..<6).map { _ in try TemporaryDirectory() }
         let work = dirs[3].path
         try FileManager.default.createDirectory(atPath: work + "/plugins", withIntermediateDirectories: true)
         let path = SearchDirectory.searchPath(
             commandLine: [dirs[0].path], environment: ["SWITCHYARD_PLUGINS_PATH": "\(dirs[1].path):\(dirs[0].path)"],
-            configDirectory: dirs[2].path, workingDirectory: work, executableDirectory: dirs[4].path, systemDirectories: [dirs[5].path])
-        #expect(path.map(\.source) == [.commandLine, .environment, .config, .workingDirectory, .executableDirectory, .system])
-        #expect(path.map(\.path) == [dirs[0].path, dirs[1].path, dirs[2].path, work + "/plugins", dirs[4].path, dirs[5].path])
+            configDirectory: dirs[2].path, workingDirectory: work, executableDirectory: dirs[4].path + "/bin", systemDirectories: [dirs[5].path])
+        #expect(path.map(\.source) == [.commandLine, .environment, .config, .workingDirectory, .executableDirectory, .executableDirectory, .system])
+        #expect(path.map(\.path) == [
+            dirs[0].path, dirs[1].path, dirs[2].path, work + "/plugins", dirs[4].path + "/bin", dirs[4].path + "/lib/switchyard/plugins", dirs[5].path,
+        ])
         // By default the system-wide directories come last.
         #expect(SearchDirectory.searchPath().suffix(2).map(\.path) == ["/usr/local/lib/switchyard/plugins", "/usr/lib/switchyard/plugins"])
     }

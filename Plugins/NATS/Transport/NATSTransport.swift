@@ -26,7 +26,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     let instance: String
     let connection: OpaquePointer
     let jetStream: OpaquePointer
-    private let state = AdaptiveLock(State())
+    private let state = Guarded(State())
     private let counters = Counters()
     /// Hands the counters to the host's metrics, at most every 250 ms, from publish and settle.
     private let reporter: StatsReporter

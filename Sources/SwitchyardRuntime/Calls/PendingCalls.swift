@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardABI
 import SwitchyardTransportKit
 
 /// A reply as it came off the wire.
@@ -13,20 +14,21 @@ struct Reply: Sendable {
 
 /// Request-reply calls waiting for their replies, by correlation id, with their deadlines (kept
 /// by the process's ``DeadlineSweeper``: nothing per call but two dictionary entries).
-final class PendingCalls: @unchecked Sendable {
-    // @unchecked: every field is guarded by `lock`.
+final class PendingCalls: Sendable {
     private struct Waiter {
         let continuation: UnsafeContinuation<Reply, any Error>
         let timer: UInt64
     }
-    private let lock = NSLock()
-    private var waiters: [String: Waiter] = [:]
-    private var stopped = false
+    private struct State {
+        var waiters: [String: Waiter] = [:]
+        var stopped = false
+    }
+    private let state = Guarded(State())
 
     init() {}
 
     /// The number of calls waiting.
-    var count: Int { lock.withLock { waiters.count } }
+    var count: Int { state.withLock { $0.waiters.count } }
 
     /// Registers `id`, runs `send` (which publishes the call, or hands the publishing to another
     /// thread that reports a failure through the function it is given), and waits for
@@ -38,15 +40,16 @@ final class PendingCalls: @unchecked Sendable {
                 let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in
                     self?.take(id)?.continuation.resume(throwing: timeout())
                 }
-                lock.lock()
-                if stopped {
-                    lock.unlock()
+                let registered = state.withLock { state in
+                    guard !state.stopped else { return false }
+                    state.waiters[id] = Waiter(continuation: continuation, timer: timer)
+                    return true
+                }
+                guard registered else {
                     DeadlineSweeper.shared.disarm(timer)
                     continuation.resume(throwing: timeout())
                     return
                 }
-                waiters[id] = Waiter(continuation: continuation, timer: timer)
-                lock.unlock()
                 do {
                     try send { [weak self] error in self?.take(id)?.continuation.resume(throwing: error) }
                 } catch {
@@ -69,11 +72,11 @@ final class PendingCalls: @unchecked Sendable {
 
     /// Fails every waiting call with `error`; later calls fail at once.
     func failAll(_ error: @escaping @Sendable (String) -> any Error) {
-        lock.lock()
-        stopped = true
-        let all = waiters
-        waiters.removeAll()
-        lock.unlock()
+        let all = state.withLock { state in
+            state.stopped = true
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
         for (id, waiter) in all {
             DeadlineSweeper.shared.disarm(waiter.timer)
             waiter.continuation.resume(throwing: error(id))
@@ -83,10 +86,7 @@ final class PendingCalls: @unchecked Sendable {
 
     /// Removes the call `id` (and its deadline), if it still waits.
     private func take(_ id: String) -> Waiter? {
-        lock.lock()
-        let waiter = waiters.removeValue(forKey: id)
-        let empty = waiters.isEmpty
-        lock.unlock()
+        let (waiter, empty) = state.withLock { state in (state.waiters.removeValue(forKey: id), state.waiters.isEmpty) }
         if let waiter { DeadlineSweeper.shared.disarm(waiter.timer) }
         if empty { idle.wakeAll() }
         return waiter

@@ -8,7 +8,6 @@
 // disk and retry delays are not honored, so it claims only `.queue`.
 
 import SwitchyardPluginKit
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -55,7 +54,7 @@ final class ExampleQueue: TransportPlugin {
         var stats = TransportStats()
     }
 
-    private let state = Mutex(State())
+    private let state = Guarded(State())
     private let host: HostServices
     private let defaultMaxInFlight: UInt32
 
