@@ -15,12 +15,13 @@ public struct MachineInfo: Codable, Sendable {
 
     public static func current() -> MachineInfo {
         let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }?
+        let model =
+            cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }?
             .split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces) ?? "unknown"
         #if DEBUG
-        let build = "debug"
+            let build = "debug"
         #else
-        let build = "release"
+            let build = "release"
         #endif
         return MachineInfo(
             cpu: model, cores: ProcessInfo.processInfo.activeProcessorCount,
@@ -49,8 +50,10 @@ public struct BenchReport: Codable, Sendable {
         }
         let header = ["SUITE", "METRIC", "VALUE", "UNIT", "BASELINE", "BASELINE VALUE", "RATIO"]
         let rows = results.map {
-            [$0.suite, $0.metric, format($0.value), $0.unit, $0.baselineMetric ?? "", format($0.baselineValue),
-             $0.ratio.map { String(format: "%.2fx", $0) } ?? ""]
+            [
+                $0.suite, $0.metric, format($0.value), $0.unit, $0.baselineMetric ?? "", format($0.baselineValue),
+                $0.ratio.map { String(format: "%.2fx", $0) } ?? "",
+            ]
         }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         return ([header] + rows).map { row in

@@ -13,7 +13,8 @@ public struct BenchResult: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case suite, metric, value, unit, ratio
-        case baselineMetric = "baseline_metric", baselineValue = "baseline_value"
+        case baselineMetric = "baseline_metric"
+        case baselineValue = "baseline_value"
     }
 
     public init(suite: String, metric: String, value: Double, unit: String, baseline: (metric: String, value: Double)? = nil) {
@@ -64,4 +65,7 @@ public struct BenchUnavailable: Error, CustomStringConvertible {
 }
 
 /// Every suite this build has, in the order `switchyard bench` runs them.
-public let allBenchSuites: [any BenchSuite] = [ABISuite(), LoaderSuite(), MemoryQueueSuite(), DurableQueueSuite(), DurableRequestReplySuite(), DelaySuite(), RetrySuite(), TypedCallSuite(), NATSSuite(), FFISuite(), IsolationSuite()]
+public let allBenchSuites: [any BenchSuite] = [
+    ABISuite(), LoaderSuite(), MemoryQueueSuite(), DurableQueueSuite(), DurableRequestReplySuite(), DelaySuite(), RetrySuite(), TypedCallSuite(), NATSSuite(), FFISuite(),
+    IsolationSuite(),
+]

@@ -24,10 +24,11 @@ struct DurableQueueSuite: BenchSuite {
         var round = 0
         /// The median of `rounds` runs, each on a fresh file.
         func median(_ run: (String) throws -> Double) throws -> Double {
-            Measure.median(try (0..<rounds).map { _ in
-                round += 1
-                return try run(scratch + "/round-\(round)")
-            })
+            Measure.median(
+                try (0..<rounds).map { _ in
+                    round += 1
+                    return try run(scratch + "/round-\(round)")
+                })
         }
 
         context.progress("durable-queue: raw SQLite, batches of 100 ×\(grouped)")
@@ -42,13 +43,16 @@ struct DurableQueueSuite: BenchSuite {
         let perMessage = try median { try pluginRate(plugins, path: $0 + "-single.db", count: single, publishers: 1) }
         return [
             BenchResult(suite: name, metric: "raw_sqlite_batched_inserts_per_s", value: rawBatched, unit: "msg/s"),
-            BenchResult(suite: name, metric: "group_commit_msgs_per_s", value: groupCommit, unit: "msg/s",
-                        baseline: ("raw_sqlite_batched_inserts_per_s", rawBatched)),
-            BenchResult(suite: name, metric: "batched_publish_msgs_per_s", value: batched, unit: "msg/s",
-                        baseline: ("raw_sqlite_batched_inserts_per_s", rawBatched)),
+            BenchResult(
+                suite: name, metric: "group_commit_msgs_per_s", value: groupCommit, unit: "msg/s",
+                baseline: ("raw_sqlite_batched_inserts_per_s", rawBatched)),
+            BenchResult(
+                suite: name, metric: "batched_publish_msgs_per_s", value: batched, unit: "msg/s",
+                baseline: ("raw_sqlite_batched_inserts_per_s", rawBatched)),
             BenchResult(suite: name, metric: "raw_fdatasync_per_s", value: rawSync, unit: "op/s"),
-            BenchResult(suite: name, metric: "per_message_commit_msgs_per_s", value: perMessage, unit: "msg/s",
-                        baseline: ("raw_fdatasync_per_s", rawSync)),
+            BenchResult(
+                suite: name, metric: "per_message_commit_msgs_per_s", value: perMessage, unit: "msg/s",
+                baseline: ("raw_fdatasync_per_s", rawSync)),
         ]
     }
 
@@ -97,7 +101,10 @@ struct DurableQueueSuite: BenchSuite {
         var db: OpaquePointer?
         guard sqlite3_open(path, &db) == SQLITE_OK else { throw BenchUnavailable("cannot open \(path)") }
         defer { sqlite3_close(db) }
-        sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT, grp TEXT, attempt INTEGER, visible_at INTEGER, message BLOB)", nil, nil, nil)
+        sqlite3_exec(
+            db,
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT, grp TEXT, attempt INTEGER, visible_at INTEGER, message BLOB)",
+            nil, nil, nil)
         var statement: OpaquePointer?
         sqlite3_prepare_v2(db, "INSERT INTO t (channel, grp, attempt, visible_at, message) VALUES ('bench', '', 0, ?, ?)", -1, &statement, nil)
         defer { sqlite3_finalize(statement) }

@@ -4,7 +4,7 @@ import SwitchyardConfig
 import SwitchyardRuntime
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `durable-rr`: typed request-reply between two processes through the durable (SQLite) queue,
@@ -57,7 +57,8 @@ public struct DurableRequestReplySuite: BenchSuite {
             }
             latencies.sort()
             context.progress("durable-rr: 64 callers")
-            let callers = 64, each = context.quick ? 20 : 60
+            let callers = 64
+            let each = context.quick ? 20 : 60
             let start = Measure.now()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for caller in 0..<callers {
@@ -73,8 +74,9 @@ public struct DurableRequestReplySuite: BenchSuite {
         return [
             BenchResult(suite: name, metric: "fsync_floor_ms", value: floor, unit: "ms"),
             BenchResult(suite: name, metric: "call_commit_floor_ms", value: floor * Self.syncedCommitsPerCall, unit: "ms", baseline: base),
-            BenchResult(suite: name, metric: "request_reply_p50_ms", value: result.p50, unit: "ms",
-                        baseline: ("call_commit_floor_ms", floor * Self.syncedCommitsPerCall)),
+            BenchResult(
+                suite: name, metric: "request_reply_p50_ms", value: result.p50, unit: "ms",
+                baseline: ("call_commit_floor_ms", floor * Self.syncedCommitsPerCall)),
             BenchResult(suite: name, metric: "request_reply_p99_ms", value: result.p99, unit: "ms"),
             BenchResult(suite: name, metric: "request_reply_calls_per_s", value: result.rate, unit: "calls/s"),
         ]
@@ -113,7 +115,8 @@ public struct DurableRequestReplySuite: BenchSuite {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         process.arguments = ["bench-serve", "durable-rr", database]
-        let output = Pipe(), input = Pipe()
+        let output = Pipe()
+        let input = Pipe()
         process.standardOutput = output
         process.standardInput = input  // the server exits when this process goes away
         try process.run()

@@ -31,12 +31,14 @@ struct IsolationSuite: BenchSuite {
         let localP50 = percentile(localLatencies, 0.5) / 1000
         return [
             BenchResult(suite: name, metric: "in_process_request_reply_p50_us", value: localP50, unit: "µs"),
-            BenchResult(suite: name, metric: "isolated_request_reply_p50_us", value: percentile(isolatedLatencies, 0.5) / 1000, unit: "µs",
-                        baseline: ("in_process_request_reply_p50_us", localP50)),
+            BenchResult(
+                suite: name, metric: "isolated_request_reply_p50_us", value: percentile(isolatedLatencies, 0.5) / 1000, unit: "µs",
+                baseline: ("in_process_request_reply_p50_us", localP50)),
             BenchResult(suite: name, metric: "isolated_request_reply_p99_us", value: percentile(isolatedLatencies, 0.99) / 1000, unit: "µs"),
             BenchResult(suite: name, metric: "in_process_publish_msgs_per_s", value: localRate, unit: "msgs/s"),
-            BenchResult(suite: name, metric: "isolated_publish_msgs_per_s", value: isolatedRate, unit: "msgs/s",
-                        baseline: ("in_process_publish_msgs_per_s", localRate)),
+            BenchResult(
+                suite: name, metric: "isolated_publish_msgs_per_s", value: isolatedRate, unit: "msgs/s",
+                baseline: ("in_process_publish_msgs_per_s", localRate)),
         ]
     }
 

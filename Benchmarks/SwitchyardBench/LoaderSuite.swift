@@ -2,7 +2,7 @@ import Foundation
 import SwitchyardLoader
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `loader`: how long finding, vetting, loading and validating one plugin file takes, against a
@@ -24,9 +24,11 @@ struct LoaderSuite: BenchSuite {
                 throw BenchUnavailable("plugin \(pluginName) not found in \(context.pluginDirectories)")
             }
             context.progress("loader: \(pluginName) ×\(copies)")
-            var loads: [Double] = [], raw: [Double] = []
+            var loads: [Double] = []
+            var raw: [Double] = []
             for index in 0..<copies {
-                let loaded = "\(scratch)/\(label)-loader-\(index).so", bare = "\(scratch)/\(label)-raw-\(index).so"
+                let loaded = "\(scratch)/\(label)-loader-\(index).so"
+                let bare = "\(scratch)/\(label)-raw-\(index).so"
                 try FileManager.default.copyItem(atPath: plugin.path, toPath: loaded)
                 try FileManager.default.copyItem(atPath: plugin.path, toPath: bare)
                 var start = Measure.now()

@@ -2,7 +2,7 @@ import Foundation
 import SwitchyardABI
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Timing helpers: monotonic nanoseconds and medians over rounds.

@@ -14,7 +14,8 @@ struct NATSSuite: BenchSuite {
     let publishers = 16
 
     func run(_ context: BenchContext) throws -> [BenchResult] {
-        guard let executable = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        guard let executable = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"].first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else {
             throw BenchUnavailable("nats-server is not installed (apt-get install nats-server)")
         }
         let store = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-bench-nats-\(getpid())").path
@@ -35,7 +36,8 @@ struct NATSSuite: BenchSuite {
         let count = context.quick ? 20_000 : 100_000
         let rounds = context.quick ? 1 : 3
         let plugins = BenchPlugins(context)
-        var raw: [Double] = [], plugin: [Double] = []
+        var raw: [Double] = []
+        var plugin: [Double] = []
         for round in 0..<rounds {
             context.progress("nats: raw nats.c ×\(count), round \(round + 1)")
             raw.append(try rawRate(url: url, count: count, stream: "BENCH_RAW_\(round)"))

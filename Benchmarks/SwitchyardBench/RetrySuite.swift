@@ -16,7 +16,8 @@ struct RetrySuite: BenchSuite {
         let count = context.quick ? 5_000 : 20_000
         let rounds = context.quick ? 1 : 3
         // Alternate the two runs so that a burst of machine noise does not land on one side only.
-        var clean: [Double] = [], dirty: [Double] = []
+        var clean: [Double] = []
+        var dirty: [Double] = []
         for round in 1...rounds {
             context.progress("retry: round \(round): no failures, then 10% failing, ×\(count) each")
             clean.append(try p99(plugins, count: count, failing: false))
@@ -25,8 +26,9 @@ struct RetrySuite: BenchSuite {
         let (cleanMedian, dirtyMedian) = (Measure.median(clean), Measure.median(dirty))
         return [
             BenchResult(suite: name, metric: "unrelated_p99_us_without_failures", value: cleanMedian, unit: "µs"),
-            BenchResult(suite: name, metric: "unrelated_p99_us_with_failures", value: dirtyMedian, unit: "µs",
-                        baseline: ("unrelated_p99_us_without_failures", cleanMedian)),
+            BenchResult(
+                suite: name, metric: "unrelated_p99_us_with_failures", value: dirtyMedian, unit: "µs",
+                baseline: ("unrelated_p99_us_without_failures", cleanMedian)),
         ]
     }
 

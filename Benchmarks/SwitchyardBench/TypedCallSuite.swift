@@ -162,8 +162,9 @@ struct TypedCallSuite: BenchSuite {
         let requestReply = Measure.median(throughput)
         results += [
             BenchResult(suite: name, metric: "raw_request_reply_p50_us", value: percentile(rawLatencies, 0.5) / 1000, unit: "µs"),
-            BenchResult(suite: name, metric: "request_reply_p50_us", value: percentile(latencies, 0.5) / 1000, unit: "µs",
-                        baseline: ("raw_request_reply_p50_us", percentile(rawLatencies, 0.5) / 1000)),
+            BenchResult(
+                suite: name, metric: "request_reply_p50_us", value: percentile(latencies, 0.5) / 1000, unit: "µs",
+                baseline: ("raw_request_reply_p50_us", percentile(rawLatencies, 0.5) / 1000)),
             BenchResult(suite: name, metric: "request_reply_p99_us", value: percentile(latencies, 0.99) / 1000, unit: "µs"),
             BenchResult(suite: name, metric: "request_reply_calls_per_s", value: requestReply, unit: "calls/s", baseline: ("raw_queue_msgs_per_s", rawRate)),
         ]

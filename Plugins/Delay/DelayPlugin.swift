@@ -19,9 +19,10 @@ struct DelayConfig: PluginConfig {
 
 final class DelayTransport: DecoratorTransport, @unchecked Sendable {
     override class var info: PluginInfo {
-        PluginInfo(name: "delay", version: "1.0.0",
-                   description: "Holds messages until their deliver-at time, then forwards them to the inner transport",
-                   capabilities: [.delay, .wrapsInner, .durable])
+        PluginInfo(
+            name: "delay", version: "1.0.0",
+            description: "Holds messages until their deliver-at time, then forwards them to the inner transport",
+            capabilities: [.delay, .wrapsInner, .durable])
     }
 
     private var scheduler: DelayScheduler!

@@ -12,9 +12,10 @@ public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_pl
 
 final class QueueTransport: BrokerTransport, @unchecked Sendable {
     override class var info: PluginInfo {
-        PluginInfo(name: "queue", version: "1.0.0",
-                   description: "Work queue: competing consumers, ordering keys, dead-letter; in memory or durable on SQLite",
-                   capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry],
-                   atomicPublishAndSettle: true)
+        PluginInfo(
+            name: "queue", version: "1.0.0",
+            description: "Work queue: competing consumers, ordering keys, dead-letter; in memory or durable on SQLite",
+            capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry],
+            atomicPublishAndSettle: true)
     }
 }

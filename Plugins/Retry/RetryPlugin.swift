@@ -4,9 +4,9 @@
 // its reason and attempt history. The attempt count travels in the message, so it survives
 // restarts of a durable inner transport. Semantics: docs/transports.md.
 
+import SwitchyardABI
 import SwitchyardPluginKit
 import SwitchyardTransportKit
-import SwitchyardABI
 
 @c(switchyard_plugin_entry)
 public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
@@ -15,9 +15,10 @@ public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_pl
 
 final class RetryTransport: DecoratorTransport, @unchecked Sendable {
     override class var info: PluginInfo {
-        PluginInfo(name: "retry", version: "1.0.0",
-                   description: "Retries failed deliveries with exponential backoff and jitter, then dead-letters them",
-                   capabilities: [.retry, .deadLetter, .wrapsInner])
+        PluginInfo(
+            name: "retry", version: "1.0.0",
+            description: "Retries failed deliveries with exponential backoff and jitter, then dead-letters them",
+            capabilities: [.retry, .deadLetter, .wrapsInner])
     }
 
     /// Attempt number of each delivery handed out and not yet settled. A delivery that expires
@@ -55,12 +56,13 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
     }
 
     override func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
-        track(try inner.subscribe(options) { [attempts] delivery, message in
-            attempts.record(delivery, message.attempt)
-            let status = subscriber.deliver(delivery, message.pointer)
-            if status != .ok { _ = attempts.take(delivery) }
-            return status
-        })
+        track(
+            try inner.subscribe(options) { [attempts] delivery, message in
+                attempts.record(delivery, message.attempt)
+                let status = subscriber.deliver(delivery, message.pointer)
+                if status != .ok { _ = attempts.take(delivery) }
+                return status
+            })
     }
 
     override func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {

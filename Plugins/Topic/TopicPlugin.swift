@@ -12,10 +12,11 @@ public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_pl
 
 final class TopicTransport: BrokerTransport, @unchecked Sendable {
     override class var info: PluginInfo {
-        PluginInfo(name: "topic", version: "1.0.0",
-                   description: "Topic: every subscriber group gets a copy, members compete; in memory or durable on SQLite",
-                   capabilities: [.fanOut, .queue, .retry, .deadLetter, .ordered, .durable, .expiry],
-                   atomicPublishAndSettle: true)
+        PluginInfo(
+            name: "topic", version: "1.0.0",
+            description: "Topic: every subscriber group gets a copy, members compete; in memory or durable on SQLite",
+            capabilities: [.fanOut, .queue, .retry, .deadLetter, .ordered, .durable, .expiry],
+            atomicPublishAndSettle: true)
     }
     override class var fanOut: Bool { true }
 }

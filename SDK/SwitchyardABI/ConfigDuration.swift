@@ -10,9 +10,10 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
         guard let parsed = Self.parse(text) else {
-            throw DecodingError.dataCorrupted(.init(
-                codingPath: decoder.codingPath,
-                debugDescription: "'\(text)' is not a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (and it must not be negative)"))
+            throw DecodingError.dataCorrupted(
+                .init(
+                    codingPath: decoder.codingPath,
+                    debugDescription: "'\(text)' is not a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (and it must not be negative)"))
         }
         self = parsed
     }

@@ -160,7 +160,8 @@ extension Array where Element == Message {
         let sizes = map { ($0.lentByteCount + align - 1) / align * align }
         let arrayBytes = count * structSize
         let total = arrayBytes + sizes.reduce(0, +)
-        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(MemoryLayout<sy_message>.size, total), alignment: Swift.max(align, MemoryLayout<sy_message>.alignment))
+        let raw = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: Swift.max(MemoryLayout<sy_message>.size, total), alignment: Swift.max(align, MemoryLayout<sy_message>.alignment))
         defer { raw.deallocate() }
         var offset = arrayBytes
         for (index, message) in enumerated() {

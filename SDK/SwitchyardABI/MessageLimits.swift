@@ -19,9 +19,10 @@ public struct MessageLimits: Sendable, Hashable {
     /// The first limit `message` exceeds, as a sentence naming the config key (`prefix` +
     /// `max_message_bytes`, ...), or nil when it fits.
     public func violation(of message: Message, keyPrefix prefix: String = "") -> String? {
-        violation(id: message.id, count: message.headers.count,
-                  headerBytes: message.headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count },
-                  otherBytes: message.body.count + message.id.utf8.count + message.channel.utf8.count, keyPrefix: prefix)
+        violation(
+            id: message.id, count: message.headers.count,
+            headerBytes: message.headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count },
+            otherBytes: message.body.count + message.id.utf8.count + message.channel.utf8.count, keyPrefix: prefix)
     }
 
     /// As ``violation(of:keyPrefix:)`` for a message view, without copying it.
@@ -31,8 +32,9 @@ public struct MessageLimits: Sendable, Hashable {
         for index in 0..<c.header_count {
             headerBytes += c.headers[index].key.len + c.headers[index].value.len
         }
-        return violation(id: message.id, count: c.header_count, headerBytes: headerBytes,
-                         otherBytes: c.body.len + c.id.len + c.channel.len, keyPrefix: prefix)
+        return violation(
+            id: message.id, count: c.header_count, headerBytes: headerBytes,
+            otherBytes: c.body.len + c.id.len + c.channel.len, keyPrefix: prefix)
     }
 
     private func violation(id: String, count: Int, headerBytes: Int, otherBytes: Int, keyPrefix prefix: String) -> String? {

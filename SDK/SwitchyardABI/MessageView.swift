@@ -1,9 +1,9 @@
 import CSwitchyard
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A borrowed, zero-copy view of a message that crossed the boundary (`sy_message`).
@@ -82,8 +82,9 @@ public struct MessageView {
 
     /// An owned copy, to keep after the call returns.
     public func copy() -> Message {
-        Message(id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: Array(body),
-                attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
-                expiresAtNanos: expiresAtNanos, flags: flags)
+        Message(
+            id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: Array(body),
+            attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
+            expiresAtNanos: expiresAtNanos, flags: flags)
     }
 }

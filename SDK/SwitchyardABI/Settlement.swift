@@ -50,12 +50,17 @@ public enum Settlement: Hashable, Sendable {
         return text.withUnsafeBufferPointer { bytes in
             withUnsafeTemporaryAllocation(of: sy_settlement.self, capacity: Swift.max(1, parts.count)) { array in
                 for (index, part) in parts.enumerated() {
-                    let reason = ranges[index].isEmpty ? sy_str(data: nil, len: 0)
-                        : sy_str(data: UnsafeRawPointer(bytes.baseAddress! + ranges[index].lowerBound).assumingMemoryBound(to: CChar.self),
-                                 len: ranges[index].count)
-                    array.initializeElement(at: index, to: sy_settlement(
-                        struct_size: UInt32(MemoryLayout<sy_settlement>.size), outcome: part.outcome,
-                        retry_after_ns: part.delay, reason: reason))
+                    let reason =
+                        ranges[index].isEmpty
+                        ? sy_str(data: nil, len: 0)
+                        : sy_str(
+                            data: UnsafeRawPointer(bytes.baseAddress! + ranges[index].lowerBound).assumingMemoryBound(to: CChar.self),
+                            len: ranges[index].count)
+                    array.initializeElement(
+                        at: index,
+                        to: sy_settlement(
+                            struct_size: UInt32(MemoryLayout<sy_settlement>.size), outcome: part.outcome,
+                            retry_after_ns: part.delay, reason: reason))
                 }
                 return body(UnsafePointer(array.baseAddress!))
             }
@@ -99,8 +104,10 @@ public struct SubscribeOptions: Hashable, Sendable {
     public var start: StartPosition
 
     /// Options for `channel`; zero values take the transport's defaults.
-    public init(channel: String, group: String = "", maxInFlight: UInt32 = 0,
-                visibilityTimeoutNanos: Int64 = 0, start: StartPosition = .new) {
+    public init(
+        channel: String, group: String = "", maxInFlight: UInt32 = 0,
+        visibilityTimeoutNanos: Int64 = 0, start: StartPosition = .new
+    ) {
         self.channel = channel
         self.group = group
         self.maxInFlight = maxInFlight
@@ -117,8 +124,9 @@ public struct SubscribeOptions: Hashable, Sendable {
         guard let start = StartPosition(rawValue: o.start) else {
             throw TransportError(.invalidArgument, "unknown start position \(o.start)")
         }
-        self.init(channel: String(o.channel), group: String(o.group), maxInFlight: o.max_in_flight,
-                  visibilityTimeoutNanos: o.visibility_timeout_ns, start: start)
+        self.init(
+            channel: String(o.channel), group: String(o.group), maxInFlight: o.max_in_flight,
+            visibilityTimeoutNanos: o.visibility_timeout_ns, start: start)
     }
 
     /// Lends these options to C code, valid only inside `body`.

@@ -125,8 +125,10 @@ public final class TransportClient: @unchecked Sendable {
     /// Subscribes `handler` to a channel. The handler runs on the transport's threads. The
     /// subscriber offers `deliver_batch` (ABI 1.3): a plugin that uses it hands several messages
     /// across in one call, which go to `batchHandler` when given, else to `handler` one by one.
-    public func subscribe(_ options: SubscribeOptions, handler: @escaping DeliveryHandler,
-                          batchHandler: BatchDeliveryHandler? = nil) throws(TransportError) -> SubscriptionID {
+    public func subscribe(
+        _ options: SubscribeOptions, handler: @escaping DeliveryHandler,
+        batchHandler: BatchDeliveryHandler? = nil
+    ) throws(TransportError) -> SubscriptionID {
         try checkAlive()
         let box = Unmanaged.passRetained(SubscriberBox(client: self, handler: handler, batchHandler: batchHandler))
         var subscriber = sy_subscriber(

@@ -22,8 +22,9 @@ public enum PluginExport {
         guard hostABIMajor == UInt32(SY_ABI_MAJOR) else { return nil }
         return registration.withLock { registered in
             if let registered { return registered.descriptor }
-            let made = Registration(factory: { context throws(TransportError) in try P(context: context) },
-                                    descriptor: makeDescriptor(P.info, create: Thunks.create))
+            let made = Registration(
+                factory: { context throws(TransportError) in try P(context: context) },
+                descriptor: makeDescriptor(P.info, create: Thunks.create))
             registered = made
             return made.descriptor
         }
@@ -38,7 +39,8 @@ public enum PluginExport {
     /// The descriptor is never freed (like an exported one); the instance is released by the
     /// descriptor's `destroy`, which calls the object's `shutdown()`.
     public static func inProcess(_ transport: any TransportInstance, info: PluginInfo)
-        -> (descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer) {
+        -> (descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer)
+    {
         let descriptor = makeDescriptor(info, create: Thunks.refuseCreate)
         return (descriptor, Unmanaged.passRetained(InstanceBox(transport)).toOpaque())
     }
@@ -56,15 +58,16 @@ public enum PluginExport {
         create: @convention(c) (UnsafePointer<sy_create_args>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<sy_error>?) -> Int32
     ) -> UnsafePointer<sy_plugin_descriptor> {
         let descriptor = UnsafeMutablePointer<sy_plugin_descriptor>.allocate(capacity: 1)
-        descriptor.initialize(to: sy_plugin_descriptor(
-            struct_size: UInt32(MemoryLayout<sy_plugin_descriptor>.size),
-            abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
-            name: strdup(info.name), version: strdup(info.version), description: strdup(info.description),
-            capabilities: info.capabilities.rawValue,
-            create: create, destroy: Thunks.destroy, publish: Thunks.publish,
-            subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
-            drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch,
-            settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil))
+        descriptor.initialize(
+            to: sy_plugin_descriptor(
+                struct_size: UInt32(MemoryLayout<sy_plugin_descriptor>.size),
+                abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
+                name: strdup(info.name), version: strdup(info.version), description: strdup(info.description),
+                capabilities: info.capabilities.rawValue,
+                create: create, destroy: Thunks.destroy, publish: Thunks.publish,
+                subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
+                drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch,
+                settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil))
         return UnsafePointer(descriptor)
     }
 }
@@ -161,18 +164,22 @@ private enum Thunks {
         }
     }
 
-    static let subscribe: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_subscribe_options>?, UnsafePointer<sy_subscriber>?, UnsafeMutablePointer<sy_subscription_id>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
-        instance, options, subscriber, out, err in
-        guard let box = InstanceBox.from(instance), let options, let subscriber, let out else {
-            return TransportError(.invalidArgument, "subscribe: NULL argument").write(to: err)
+    static let subscribe:
+        @convention(c) (
+            UnsafeMutableRawPointer?, UnsafePointer<sy_subscribe_options>?, UnsafePointer<sy_subscriber>?, UnsafeMutablePointer<sy_subscription_id>?,
+            UnsafeMutablePointer<sy_error>?
+        ) -> Int32 = {
+            instance, options, subscriber, out, err in
+            guard let box = InstanceBox.from(instance), let options, let subscriber, let out else {
+                return TransportError(.invalidArgument, "subscribe: NULL argument").write(to: err)
+            }
+            guard let handle = Subscriber(subscriber) else {
+                return TransportError(.invalidArgument, "subscribe: subscriber has no deliver function or is too small").write(to: err)
+            }
+            return reporting(to: err) { () throws(TransportError) in
+                out.pointee = try box.transport.subscribe(SubscribeOptions(copying: options), handle)
+            }
         }
-        guard let handle = Subscriber(subscriber) else {
-            return TransportError(.invalidArgument, "subscribe: subscriber has no deliver function or is too small").write(to: err)
-        }
-        return reporting(to: err) { () throws(TransportError) in
-            out.pointee = try box.transport.subscribe(SubscribeOptions(copying: options), handle)
-        }
-    }
 
     static let unsubscribe: @convention(c) (UnsafeMutableRawPointer?, sy_subscription_id, UnsafeMutablePointer<sy_error>?) -> Int32 = {
         instance, id, err in
@@ -196,47 +203,51 @@ private enum Thunks {
         }
     }
 
-    static let settleBatch: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_delivery_id>?, UnsafePointer<sy_settlement>?, Int, UnsafeMutablePointer<sy_status>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
-        instance, deliveries, settlements, count, statuses, err in
-        guard let instance, count >= 0, count == 0 || (deliveries != nil && settlements != nil) else {
-            return TransportError(.invalidArgument, "settle_batch: NULL instance, deliveries or settlements").write(to: err)
-        }
-        guard count > 0 else { return SY_OK }
-        var batch: [(DeliveryID, Settlement)] = []
-        batch.reserveCapacity(count)
-        var unreadable: [Int: TransportError] = [:]
-        for index in 0..<count {
-            do throws(TransportError) {
-                batch.append((deliveries![index], try Settlement(copying: SizedStruct.element(settlements!, index))))
-            } catch {
-                unreadable[index] = error
+    static let settleBatch:
+        @convention(c) (
+            UnsafeMutableRawPointer?, UnsafePointer<sy_delivery_id>?, UnsafePointer<sy_settlement>?, Int, UnsafeMutablePointer<sy_status>?, UnsafeMutablePointer<sy_error>?
+        ) -> Int32 = {
+            instance, deliveries, settlements, count, statuses, err in
+            guard let instance, count >= 0, count == 0 || (deliveries != nil && settlements != nil) else {
+                return TransportError(.invalidArgument, "settle_batch: NULL instance, deliveries or settlements").write(to: err)
             }
+            guard count > 0 else { return SY_OK }
+            var batch: [(DeliveryID, Settlement)] = []
+            batch.reserveCapacity(count)
+            var unreadable: [Int: TransportError] = [:]
+            for index in 0..<count {
+                do throws(TransportError) {
+                    batch.append((deliveries![index], try Settlement(copying: SizedStruct.element(settlements!, index))))
+                } catch {
+                    unreadable[index] = error
+                }
+            }
+            let results = InstanceBox.borrow(instance) { $0.settle(batch: batch) }
+            var first: TransportError?
+            var next = results.makeIterator()
+            for index in 0..<count {
+                let outcome = unreadable[index] ?? next.next() ?? nil
+                statuses?[index] = outcome?.code.rawValue ?? SY_OK
+                if first == nil, let outcome { first = outcome }
+            }
+            return first.map { $0.write(to: err) } ?? SY_OK
         }
-        let results = InstanceBox.borrow(instance) { $0.settle(batch: batch) }
-        var first: TransportError?
-        var next = results.makeIterator()
-        for index in 0..<count {
-            let outcome = unreadable[index] ?? next.next() ?? nil
-            statuses?[index] = outcome?.code.rawValue ?? SY_OK
-            if first == nil, let outcome { first = outcome }
-        }
-        return first.map { $0.write(to: err) } ?? SY_OK
-    }
 
-    static let publishAndSettle: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, Int, sy_delivery_id, UnsafePointer<sy_settlement>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
-        instance, messages, count, delivery, settlement, err in
-        guard let instance, let settlement, count >= 0, messages != nil || count == 0 else {
-            return TransportError(.invalidArgument, "publish_and_settle: NULL instance, messages or settlement").write(to: err)
-        }
-        return InstanceBox.borrow(instance) { transport in
-            reporting(to: err) { () throws(TransportError) in
-                var views: [MessageView] = []
-                views.reserveCapacity(count)
-                for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index))) }
-                try transport.publish(views, settling: delivery, try Settlement(copying: settlement))
+    static let publishAndSettle:
+        @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, Int, sy_delivery_id, UnsafePointer<sy_settlement>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+            instance, messages, count, delivery, settlement, err in
+            guard let instance, let settlement, count >= 0, messages != nil || count == 0 else {
+                return TransportError(.invalidArgument, "publish_and_settle: NULL instance, messages or settlement").write(to: err)
+            }
+            return InstanceBox.borrow(instance) { transport in
+                reporting(to: err) { () throws(TransportError) in
+                    var views: [MessageView] = []
+                    views.reserveCapacity(count)
+                    for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index))) }
+                    try transport.publish(views, settling: delivery, try Settlement(copying: settlement))
+                }
             }
         }
-    }
 
     static let drain: @convention(c) (UnsafeMutableRawPointer?, Int64, UnsafeMutablePointer<sy_error>?) -> Int32 = {
         instance, deadline, err in

@@ -111,7 +111,8 @@ public protocol PluginConfig: Decodable {
 
 /// Log levels a plugin may use, mapped to the host's logger.
 public enum LogLevel: Int32, Sendable {
-    case trace = 0, debug, info, notice, warning, error
+    case trace = 0
+    case debug, info, notice, warning, error
 }
 
 /// The host's services as a plugin sees them (`sy_host_services`). Valid until the instance's

@@ -106,8 +106,10 @@ public struct PluginInfo: Sendable {
     }
 
     /// A plugin identity that says whether the plugin stores and settles as one unit.
-    public init(name: String, version: String, description: String, capabilities: Capabilities,
-                atomicPublishAndSettle: Bool) {
+    public init(
+        name: String, version: String, description: String, capabilities: Capabilities,
+        atomicPublishAndSettle: Bool
+    ) {
         self.name = name
         self.version = version
         self.description = description

@@ -88,7 +88,7 @@ public final class Broker: @unchecked Sendable {
     /// `workPending`, readable without the lock by the lingering dispatcher (a hint: the
     /// dispatcher re-checks `workPending` under the lock before acting on it).
     private let workHint = Atomic<Bool>(false)
-    private var waiters = 0                // threads other than the dispatcher waiting on `condition`
+    private var waiters = 0  // threads other than the dispatcher waiting on `condition`
     private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
@@ -471,8 +471,9 @@ public final class Broker: @unchecked Sendable {
             let stamp = now()
             for planned in plan {
                 do {
-                    let leased = try store.lease(channel: planned.key.channel, group: planned.key.group, limit: planned.room,
-                                                 now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
+                    let leased = try store.lease(
+                        channel: planned.key.channel, group: planned.key.group, limit: planned.room,
+                        now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
                     if !leased.isEmpty { batches.append((planned, leased)) }
                 } catch {
                     host.log(.error, "lease failed on \(planned.key.channel): \(error)")
@@ -541,10 +542,12 @@ public final class Broker: @unchecked Sendable {
         var perMember: [(member: Member, deliveries: [DeliveryID], messages: [Message])] = []
         for (delivery, member, leased) in assignments {
             // Members are few: a scan beats hashing.
-            let index = perMember.firstIndex { $0.member === member } ?? {
-                perMember.append((member, [], []))
-                return perMember.count - 1
-            }()
+            let index =
+                perMember.firstIndex { $0.member === member }
+                ?? {
+                    perMember.append((member, [], []))
+                    return perMember.count - 1
+                }()
             perMember[index].deliveries.append(delivery)
             perMember[index].messages.append(leased.message)
         }
@@ -579,8 +582,10 @@ public final class Broker: @unchecked Sendable {
         for leased in expired {
             if dropsWhenExpired(leased.message) {
                 try? store.ack(leased.ref)
-            } else if let stored = try? store.deadLetter(leased.ref, to: leased.message.channel + options.deadLetterSuffix,
-                                                         reason: Self.expiredReason, now: stamp) {
+            } else if let stored = try? store.deadLetter(
+                leased.ref, to: leased.message.channel + options.deadLetterSuffix,
+                reason: Self.expiredReason, now: stamp)
+            {
                 host.deadLettered(stored, reason: Self.expiredReason)
                 dead += 1
             }
@@ -615,8 +620,9 @@ public final class Broker: @unchecked Sendable {
         guard !removed.isEmpty else { return }
         let dead = removed.filter { !dropsWhenExpired($0.message) }
             .map { entry in
-                DeadLetter.copy(of: entry.message, to: entry.message.channel + options.deadLetterSuffix, group: entry.group,
-                                reason: Self.expiredReason, history: entry.history, now: stamp)
+                DeadLetter.copy(
+                    of: entry.message, to: entry.message.channel + options.deadLetterSuffix, group: entry.group,
+                    reason: Self.expiredReason, history: entry.history, now: stamp)
             }
         do {
             try store.append(dead)

@@ -97,8 +97,9 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         let suffix = options.deadLetterSuffix
         let store: MessageStore
         if let path = config.path {
-            store = try SQLiteStore(path: path, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000,
-                                    deadLetterSuffix: suffix, host: context.host)
+            store = try SQLiteStore(
+                path: path, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000,
+                deadLetterSuffix: suffix, host: context.host)
         } else {
             store = MemoryStore(fanOut: fanOut, retainedPerChannel: config.retain ?? 0, deadLetterSuffix: suffix)
         }

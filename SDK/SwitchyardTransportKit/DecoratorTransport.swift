@@ -52,6 +52,8 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     open func stats() -> TransportStats { (try? inner.stats()) ?? TransportStats() }
     /// Ends this instance's subscriptions on the inner transport. Overrides call `super.shutdown()`.
     open func shutdown() {
-        for id in innerSubscriptions.withLock({ all in defer { all.removeAll() }; return all }) { try? inner.unsubscribe(id) }
+        for id in innerSubscriptions.withLock({ all in
+            defer { all.removeAll() }; return all
+        }) { try? inner.unsubscribe(id) }
     }
 }

@@ -39,7 +39,8 @@ public final class DelayScheduler: @unchecked Sendable {
         if let path {
             let db = try SQLiteDatabase(path: path)
             try db.configureDurable()
-            try db.execute("""
+            try db.execute(
+                """
                 BEGIN IMMEDIATE;
                 CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'delay');
@@ -164,15 +165,16 @@ public final class DelayScheduler: @unchecked Sendable {
         var durable: [Int64: Message] = [:]
         if let writer {
             let seqs = items.map(\.due.seq)
-            durable = (try? writer.perform { db throws(TransportError) -> [Int64: Message] in
-                var found: [Int64: Message] = [:]
-                for seq in seqs {
-                    try db.run("SELECT message FROM held WHERE seq = ?", [.int(seq)]) { row throws(TransportError) in
-                        found[seq] = try row.blob(0) { bytes throws(TransportError) in try MessageCodec.decode(bytes) }
+            durable =
+                (try? writer.perform { db throws(TransportError) -> [Int64: Message] in
+                    var found: [Int64: Message] = [:]
+                    for seq in seqs {
+                        try db.run("SELECT message FROM held WHERE seq = ?", [.int(seq)]) { row throws(TransportError) in
+                            found[seq] = try row.blob(0) { bytes throws(TransportError) in try MessageCodec.decode(bytes) }
+                        }
                     }
-                }
-                return found
-            }) ?? [:]
+                    return found
+                }) ?? [:]
         }
         for item in items {
             guard var message = item.message ?? durable[item.due.seq] else {

@@ -39,23 +39,24 @@ public final class MemoryStore: MessageStore {
     private struct Entry {
         var message: Message
         let group: GroupKey
-        var token: UInt64 = 0       // non-zero while leased
+        var token: UInt64 = 0  // non-zero while leased
         var leaseUntil: Int64 = 0
-        var holdsKey = false        // this entry holds its ordering key's lock
+        var holdsKey = false  // this entry holds its ordering key's lock
         var history: [String] = []
     }
 
     private struct Group {
-        var ready = Deque<UInt64>()     // entry ids in publish order
-        var waiting = Heap<Timed>()     // retries not yet visible
-        var leased = Heap<Timed>()      // lease expiries (stale items are skipped lazily)
+        var ready = Deque<UInt64>()  // entry ids in publish order
+        var waiting = Heap<Timed>()  // retries not yet visible
+        var leased = Heap<Timed>()  // lease expiries (stale items are skipped lazily)
         var lockedKeys: [String: Int] = [:]
 
         /// Puts an entry back among the ready ones, in publish order (entry ids grow with it).
         mutating func insertReady(_ id: UInt64) {
             if ready.isEmpty || ready.last! < id { return ready.append(id) }
             if ready.first! > id { return ready.prepend(id) }
-            var low = 0, high = ready.count
+            var low = 0
+            var high = ready.count
             while low < high {
                 let mid = (low + high) / 2
                 if ready[mid] < id { low = mid + 1 } else { high = mid }
@@ -304,8 +305,9 @@ public final class MemoryStore: MessageStore {
             state.unlockKey(of: ref.entry)
             state.entries[ref.entry] = nil
             state.inFlight -= 1
-            let dead = DeadLetter.copy(of: entry.message, to: deadLetterChannel, group: entry.group.group, reason: reason,
-                                       history: entry.history + ["attempt \(entry.message.attempt) at \(now): \(reason)"], now: now)
+            let dead = DeadLetter.copy(
+                of: entry.message, to: deadLetterChannel, group: entry.group.group, reason: reason,
+                history: entry.history + ["attempt \(entry.message.attempt) at \(now): \(reason)"], now: now)
             state.insert(dead, into: GroupKey(channel: deadLetterChannel, group: ""))
             return dead
         }
@@ -330,7 +332,8 @@ public final class MemoryStore: MessageStore {
                 if var group = state.groups.removeValue(forKey: entry.group) {
                     // Ready entries are in id order: find it by binary search. A waiting one is
                     // skipped when its retry comes due (its entry is gone).
-                    var low = 0, high = group.ready.count
+                    var low = 0
+                    var high = group.ready.count
                     while low < high {
                         let mid = (low + high) / 2
                         if group.ready[mid] < top.entry { low = mid + 1 } else { high = mid }

@@ -69,9 +69,10 @@ public enum MessageCodec {
         guard reader.offset == bytes.count else {
             throw TransportError(.invalidArgument, "corrupt stored message: \(bytes.count - reader.offset) trailing bytes")
         }
-        return Message(id: id, channel: channel, orderingKey: key.isEmpty ? nil : key, headers: headers, body: body,
-                       attempt: attempt, deliverAtNanos: deliverAt, enqueuedAtNanos: enqueuedAt,
-                       expiresAtNanos: expiresAt, flags: MessageFlags(rawValue: flags))
+        return Message(
+            id: id, channel: channel, orderingKey: key.isEmpty ? nil : key, headers: headers, body: body,
+            attempt: attempt, deliverAtNanos: deliverAt, enqueuedAtNanos: enqueuedAt,
+            expiresAtNanos: expiresAt, flags: MessageFlags(rawValue: flags))
     }
 
     /// Decodes from an array.

@@ -1,5 +1,5 @@
-import Foundation
 import CSQLite
+import Foundation
 import SwitchyardABI
 
 /// A thin, safe wrapper over one SQLite connection: prepared statements cached by SQL text,
@@ -47,10 +47,12 @@ public final class SQLiteDatabase {
     /// itself, at a moment when the checkpoint's own syncs are wanted.
     public func trackWAL() {
         walTracked = true
-        sqlite3_wal_hook(handle, { context, _, _, pages in
-            Unmanaged<SQLiteDatabase>.fromOpaque(context!).takeUnretainedValue().walPages = pages
-            return SQLITE_OK
-        }, Unmanaged.passUnretained(self).toOpaque())
+        sqlite3_wal_hook(
+            handle,
+            { context, _, _, pages in
+                Unmanaged<SQLiteDatabase>.fromOpaque(context!).takeUnretainedValue().walPages = pages
+                return SQLITE_OK
+            }, Unmanaged.passUnretained(self).toOpaque())
     }
 
     private func error(_ what: String) -> TransportError {
@@ -156,11 +158,13 @@ public final class SQLiteDatabase {
         // Another process holding the write lock (several processes share one file) is waited for
         // in microseconds, not SQLite's default busy_timeout steps (1, 2, 5 … 100 ms), which cost
         // two processes exchanging calls milliseconds per hop. Gives up after about 10 s.
-        sqlite3_busy_handler(handle, { _, attempt in
-            guard attempt < 10_000 else { return 0 }
-            usleep(UInt32(min(1_000, 10 << min(Int(attempt), 6))))
-            return 1
-        }, nil)
+        sqlite3_busy_handler(
+            handle,
+            { _, attempt in
+                guard attempt < 10_000 else { return 0 }
+                usleep(UInt32(min(1_000, 10 << min(Int(attempt), 6))))
+                return 1
+            }, nil)
         var journal = ""
         try run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }
         guard journal.lowercased() == "wal" else {

@@ -38,8 +38,10 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
     /// to another application, or holds the other kind of store (queue vs topic).
-    public init(path: String, fanOut: Bool, retainedPerChannel: Int, deadLetterSuffix: String = DeadLetter.defaultSuffix,
-                host: HostServices) throws(TransportError) {
+    public init(
+        path: String, fanOut: Bool, retainedPerChannel: Int, deadLetterSuffix: String = DeadLetter.defaultSuffix,
+        host: HostServices
+    ) throws(TransportError) {
         // Open and check the file before any stored property is set: if this throws, the object
         // was never initialised, so its deinit (which waits for the writer thread) does not run.
         let db = try SQLiteDatabase(path: path)
@@ -63,7 +65,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     private static func prepareSchema(_ db: SQLiteDatabase, kind: String) throws(TransportError) {
         try db.configureDurable()
-        try db.execute("""
+        try db.execute(
+            """
             BEGIN IMMEDIATE;
             CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', '\(kind)');
@@ -88,7 +91,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         var hasExpiry = false
         try db.run("SELECT COUNT(*) FROM pragma_table_info('entries') WHERE name = 'expires_at'") { row in hasExpiry = row.int(0) > 0 }
         if !hasExpiry {
-            try db.execute("""
+            try db.execute(
+                """
                 BEGIN IMMEDIATE;
                 ALTER TABLE entries ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
                 CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at > 0;
@@ -140,14 +144,18 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     try db.run("SELECT grp FROM groups WHERE channel = ?", [.text(message.channel)]) { row in groups.append(row.text(0)) }
                     if retainedPerChannel > 0 {
                         try db.run("INSERT INTO retained (channel, message) VALUES (?, ?)", [.text(message.channel), .blob(blob)])
-                        try db.run("DELETE FROM retained WHERE channel = ? AND id <= ?",
-                                   [.text(message.channel), .int(db.lastInsertRowID - Int64(retainedPerChannel))])
+                        try db.run(
+                            "DELETE FROM retained WHERE channel = ? AND id <= ?",
+                            [.text(message.channel), .int(db.lastInsertRowID - Int64(retainedPerChannel))])
                     }
                 }
                 for group in groups {
-                    try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               [.text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos),
-                                .int(message.expiresAtNanos), .blob(blob)])
+                    try db.run(
+                        "INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            .text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos),
+                            .int(message.expiresAtNanos), .blob(blob),
+                        ])
                 }
             }
         }
@@ -166,9 +174,12 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             }
             for blob in retained {
                 let message = try? MessageCodec.decode(blob)
-                try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES (?, ?, ?, 0, ?, ?, ?)",
-                           [.text(channel), .text(grp), message?.orderingKey.map { .text($0) } ?? .null, .int(now),
-                            .int(message?.expiresAtNanos ?? 0), .blob(blob)])
+                try db.run(
+                    "INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                    [
+                        .text(channel), .text(grp), message?.orderingKey.map { .text($0) } ?? .null, .int(now),
+                        .int(message?.expiresAtNanos ?? 0), .blob(blob),
+                    ])
             }
         }
     }
@@ -180,13 +191,15 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         // delivery round.
         return try perform(synced: false) { [isDeadLetterChannel] db throws(TransportError) in
             var rows: [(id: Int64, attempt: Int64, history: String, message: Result<Message, TransportError>)] = []
-            try db.run("""
+            try db.run(
+                """
                 SELECT id, attempt, history, message FROM entries e
                 WHERE channel = ?1 AND grp = ?2 AND visible_at <= ?3 AND (lease_token = 0 OR lease_until <= ?3)
                   AND (ordering_key IS NULL OR id = (SELECT MIN(id) FROM entries k
                        WHERE k.channel = ?1 AND k.grp = ?2 AND k.ordering_key = e.ordering_key))
                 ORDER BY id LIMIT ?4
-                """, [.text(channel), .text(grp), .int(now), .int(Int64(limit))]) { row throws(TransportError) in
+                """, [.text(channel), .text(grp), .int(now), .int(Int64(limit))]
+            ) { row throws(TransportError) in
                 let decoded = try row.blob(3) { bytes -> Result<Message, TransportError> in
                     do throws(TransportError) { return .success(try MessageCodec.decode(bytes)) } catch { return .failure(error) }
                 }
@@ -199,8 +212,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     // Random, not counted: tokens must differ across processes sharing the file,
                     // and a random 62-bit value needs no shared counter (or a write) to be unique.
                     let token = Int64.random(in: 1...(Int64(1) << 62))
-                    try db.run("UPDATE entries SET lease_token = ?, lease_until = ?, attempt = attempt + 1 WHERE id = ?",
-                               [.int(token), .int(leaseUntil), .int(row.id)])
+                    try db.run(
+                        "UPDATE entries SET lease_token = ?, lease_until = ?, attempt = attempt + 1 WHERE id = ?",
+                        [.int(token), .int(leaseUntil), .int(row.id)])
                     message.attempt = UInt32(clamping: row.attempt + 1)
                     leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: UInt64(token)), message: message))
                 case .failure(let error):
@@ -212,8 +226,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                         of: Message(id: "corrupt-\(row.id)", channel: channel, body: raw), to: channel + self.deadLetterSuffix, group: grp,
                         reason: error.message, history: [], now: now)
                     if !isDeadLetterChannel(channel) {
-                        try db.run("INSERT INTO entries (channel, grp, attempt, visible_at, message) VALUES (?, '', 0, ?, ?)",
-                                   [.text(dead.channel), .int(now), .blob(MessageCodec.encode(dead))])
+                        try db.run(
+                            "INSERT INTO entries (channel, grp, attempt, visible_at, message) VALUES (?, '', 0, ?, ?)",
+                            [.text(dead.channel), .int(now), .blob(MessageCodec.encode(dead))])
                     }
                 }
             }
@@ -250,7 +265,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     public func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError) {
         try perform { db throws(TransportError) in
-            let changed = try db.run("""
+            let changed = try db.run(
+                """
                 UPDATE entries SET lease_token = 0, lease_until = 0, visible_at = ?,
                     history = history || 'attempt ' || attempt || ' at ' || ? || ': ' || ? || char(10)
                 WHERE id = ? AND lease_token = ?
@@ -261,8 +277,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     public func release(_ ref: LeaseRef) throws(TransportError) {
         try perform { db throws(TransportError) in
-            let changed = try db.run("UPDATE entries SET lease_token = 0, lease_until = 0, attempt = MAX(attempt - 1, 0) WHERE id = ? AND lease_token = ?",
-                                     [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+            let changed = try db.run(
+                "UPDATE entries SET lease_token = 0, lease_until = 0, attempt = MAX(attempt - 1, 0) WHERE id = ? AND lease_token = ?",
+                [.int(Int64(ref.entry)), .int(Int64(ref.token))])
             if changed == 0 { throw TransportError(.notFound, "unknown, settled or expired delivery") }
         }
     }
@@ -271,8 +288,10 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message {
         try perform { db throws(TransportError) -> Message in
             var found: (grp: String, attempt: Int64, history: String, blob: [UInt8])?
-            try db.run("SELECT grp, attempt, history, message FROM entries WHERE id = ? AND lease_token = ?",
-                       [.int(Int64(ref.entry)), .int(Int64(ref.token))]) { row throws(TransportError) in
+            try db.run(
+                "SELECT grp, attempt, history, message FROM entries WHERE id = ? AND lease_token = ?",
+                [.int(Int64(ref.entry)), .int(Int64(ref.token))]
+            ) { row throws(TransportError) in
                 found = (row.text(0), row.int(1), row.text(2), try row.blob(3) { Array($0) })
             }
             guard let found else { throw TransportError(.notFound, "unknown, settled or expired delivery") }
@@ -281,8 +300,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             let history = found.history.split(separator: "\n").map(String.init) + ["attempt \(found.attempt) at \(now): \(reason)"]
             let dead = DeadLetter.copy(of: message, to: deadLetterChannel, group: found.grp, reason: reason, history: history, now: now)
             try db.run("DELETE FROM entries WHERE id = ?", [.int(Int64(ref.entry))])
-            try db.run("INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, '', NULL, 0, ?, ?)",
-                       [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])
+            try db.run(
+                "INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, '', NULL, 0, ?, ?)",
+                [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])
             return dead
         }
     }
@@ -291,10 +311,12 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         try perform { db throws(TransportError) -> [ExpiredEntry] in
             var removed: [ExpiredEntry] = []
             var ids: [Int64] = []
-            try db.run("""
+            try db.run(
+                """
                 SELECT id, grp, attempt, history, message, channel FROM entries
                 WHERE expires_at > 0 AND expires_at <= ?1 AND (lease_token = 0 OR lease_until <= ?1) LIMIT ?2
-                """, [.int(now), .int(Int64(limit))]) { row throws(TransportError) in
+                """, [.int(now), .int(Int64(limit))]
+            ) { row throws(TransportError) in
                 ids.append(row.int(0))
                 // An unreadable record expires like any other; its bytes go with it.
                 let raw = try row.blob(4) { Array($0) }
@@ -311,11 +333,13 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
         return try? perform(synced: false) { db throws(TransportError) -> Int64? in
             var earliest: Int64?
-            try db.run("""
+            try db.run(
+                """
                 SELECT MIN(CASE WHEN lease_token != 0 AND lease_until > ?3 THEN lease_until
                                 WHEN lease_token = 0 AND visible_at > ?3 THEN visible_at END)
                 FROM entries WHERE channel = ?1 AND grp = ?2
-                """, [.text(channel), .text(grp), .int(now)]) { row in earliest = row.isNull(0) ? nil : row.int(0) }
+                """, [.text(channel), .text(grp), .int(now)]
+            ) { row in earliest = row.isNull(0) ? nil : row.int(0) }
             return earliest
         }
     }
@@ -326,12 +350,15 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         let now = host.nowNanos()
         let cached = shared.withLock { $0.cachedCounts }
         if now - cached.at < 100_000_000 { return (cached.depth, cached.inFlight) }
-        let fresh = (try? perform(synced: false) { db throws(TransportError) -> (UInt64, UInt64) in
-            var result: (UInt64, UInt64) = (0, 0)
-            try db.run("SELECT COUNT(*) FILTER (WHERE lease_token = 0 OR lease_until <= ?1), COUNT(*) FILTER (WHERE lease_token != 0 AND lease_until > ?1) FROM entries",
-                       [.int(now)]) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
-            return result
-        }) ?? (cached.depth, cached.inFlight)
+        let fresh =
+            (try? perform(synced: false) { db throws(TransportError) -> (UInt64, UInt64) in
+                var result: (UInt64, UInt64) = (0, 0)
+                try db.run(
+                    "SELECT COUNT(*) FILTER (WHERE lease_token = 0 OR lease_until <= ?1), COUNT(*) FILTER (WHERE lease_token != 0 AND lease_until > ?1) FROM entries",
+                    [.int(now)]
+                ) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
+                return result
+            }) ?? (cached.depth, cached.inFlight)
         shared.withLock { $0.cachedCounts = (fresh.0, fresh.1, now) }
         return fresh
     }
@@ -359,7 +386,8 @@ final class WALWatcher: @unchecked Sendable {
                 guard poll(&poller, 1, 200) > 0 else { continue }
                 let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                 guard count > 0 else { continue }
-                var offset = 0, relevant = false
+                var offset = 0
+                var relevant = false
                 while offset + MemoryLayout<inotify_event>.size <= count {
                     let (length, name) = buffer.withUnsafeBytes { raw -> (Int, String) in
                         let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)

@@ -83,7 +83,8 @@ struct CallCommand: AsyncParsableCommand {
         let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
         guard parts.count == 2, let module = parsed.native.first(where: { $0.interface == parts[0] }) else {
             let modules = parsed.native.map(\.interface)
-            throw NativeCallError("""
+            throw NativeCallError(
+                """
                 '\(route)' is not a function of a native module in \(config) (native modules: \(modules.isEmpty ? "none" : modules.joined(separator: ", "))); \
                 nothing was sent. switchyard call calls C functions served as native modules (docs/native-modules.md). \
                 A Swift service's methods are called from Swift: resolve its @Resolvable protocol with SwitchyardActorSystem \

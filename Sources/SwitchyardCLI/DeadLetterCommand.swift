@@ -43,7 +43,8 @@ struct DeadLetterCommand: ParsableCommand {
             var seen: Set<String> = []
             while let entry = current, seen.insert(entry.name).inserted {
                 if let object = try? JSONSerialization.jsonObject(with: Data(entry.configJSON.utf8)) as? [String: Any],
-                   let suffix = object["dead_letter_suffix"] as? String, !suffix.isEmpty {
+                    let suffix = object["dead_letter_suffix"] as? String, !suffix.isEmpty
+                {
                     return suffix
                 }
                 current = entry.inner.flatMap { config.transport(named: $0) }
@@ -141,8 +142,10 @@ struct DeadLetterCommand: ParsableCommand {
                 let rows = letters.map { letter -> [String] in
                     let m = letter.message
                     let call = ReadableCall(m)
-                    return [m.id, call?.target ?? m.header(DeadLetter.channelHeader) ?? "?", m.header(DeadLetter.attemptsHeader) ?? "?",
-                            m.header(DeadLetter.atHeader).flatMap { Int64($0) }.map(formatTime) ?? "?", m.header(DeadLetter.reasonHeader) ?? ""]
+                    return [
+                        m.id, call?.target ?? m.header(DeadLetter.channelHeader) ?? "?", m.header(DeadLetter.attemptsHeader) ?? "?",
+                        m.header(DeadLetter.atHeader).flatMap { Int64($0) }.map(formatTime) ?? "?", m.header(DeadLetter.reasonHeader) ?? "",
+                    ]
                 }
                 if json {
                     try printJSON(letters.map { LetterJSON($0.message) })
@@ -190,7 +193,9 @@ struct DeadLetterCommand: ParsableCommand {
             lines.append("arguments:       \(call.argumentsJSON ?? "unreadable (\(call.argumentsProblem ?? "?"))") (\(call.encoding))")
             if let replyTo = call.replyTo {
                 let deadline = call.deadlineNanos > 0 ? formatTime(call.deadlineNanos) : "none"
-                lines.append("request-reply:   the caller waited on \(replyTo) until \(deadline)\(call.isExpired() ? " (passed: replaying it as is dead-letters it again as expired; see dlq replay --fire-and-forget)" : "")")
+                lines.append(
+                    "request-reply:   the caller waited on \(replyTo) until \(deadline)\(call.isExpired() ? " (passed: replaying it as is dead-letters it again as expired; see dlq replay --fire-and-forget)" : "")"
+                )
             } else {
                 lines.append("fire-and-forget: nobody waits for its result")
             }
@@ -206,7 +211,8 @@ struct DeadLetterCommand: ParsableCommand {
     /// `attempt 2 at 1764489600000000000: reason` with the time in RFC 3339.
     static func readableHistory(_ entry: String) -> String {
         guard let at = entry.range(of: " at "), let colon = entry[at.upperBound...].firstIndex(of: ":"),
-              let nanos = Int64(entry[at.upperBound..<colon]) else { return entry }
+            let nanos = Int64(entry[at.upperBound..<colon])
+        else { return entry }
         return entry[..<at.upperBound] + formatTime(nanos) + entry[colon...]
     }
 
@@ -253,7 +259,8 @@ struct DeadLetterCommand: ParsableCommand {
             }
             print("replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")")
             if !expired.isEmpty {
-                print("""
+                print(
+                    """
                     warning: \(expired.count) of them are request-reply calls whose caller's deadline has passed; \
                     the receiver will dead-letter them again as expired: \(expired.joined(separator: ", ")). \
                     Replay them with --fire-and-forget to run them with nobody waiting for the result.

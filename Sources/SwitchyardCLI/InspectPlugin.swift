@@ -51,14 +51,16 @@ struct InspectPlugin: ParsableCommand {
                 let sha256: String?
                 let loadMicroseconds: Double
             }
-            try printJSON(Output(
-                name: loaded.name, version: loaded.version.description, abi: loaded.abiVersion,
-                description: loaded.summary, path: loaded.path, capabilities: loaded.capabilities.names,
-                functions: functions, capabilityBits: loaded.capabilities.rawValue, sha256: sha256,
-                loadMicroseconds: Double(loaded.loadNanos) / 1000))
+            try printJSON(
+                Output(
+                    name: loaded.name, version: loaded.version.description, abi: loaded.abiVersion,
+                    description: loaded.summary, path: loaded.path, capabilities: loaded.capabilities.names,
+                    functions: functions, capabilityBits: loaded.capabilities.rawValue, sha256: sha256,
+                    loadMicroseconds: Double(loaded.loadNanos) / 1000))
             return
         }
-        print("""
+        print(
+            """
             name:          \(loaded.name)
             version:       \(loaded.version)
             description:   \(loaded.summary)

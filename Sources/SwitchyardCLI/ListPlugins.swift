@@ -28,16 +28,21 @@ struct ListPlugins: ParsableCommand {
                 let notPlugins: [String]
                 let searched: [String]
             }
-            try printJSON(Output(plugins: catalog.plugins.map(PluginJSON.init), rejected: catalog.rejected.map(RejectionJSON.init),
-                                 notPlugins: catalog.notPlugins, searched: catalog.searched.map(\.path)))
+            try printJSON(
+                Output(
+                    plugins: catalog.plugins.map(PluginJSON.init), rejected: catalog.rejected.map(RejectionJSON.init),
+                    notPlugins: catalog.notPlugins, searched: catalog.searched.map(\.path)))
             return
         }
         if catalog.plugins.isEmpty {
             print("No plugins found.")
         } else {
-            print(table(["NAME", "VERSION", "ABI", "CAPABILITIES", "PATH"], catalog.plugins.map {
-                [$0.name, $0.version.description, $0.abiVersion, $0.capabilities.isEmpty ? "none" : $0.capabilities.names.joined(separator: ","), $0.path]
-            }))
+            print(
+                table(
+                    ["NAME", "VERSION", "ABI", "CAPABILITIES", "PATH"],
+                    catalog.plugins.map {
+                        [$0.name, $0.version.description, $0.abiVersion, $0.capabilities.isEmpty ? "none" : $0.capabilities.names.joined(separator: ","), $0.path]
+                    }))
         }
         if !catalog.rejected.isEmpty {
             print("\nRefused (\(catalog.rejected.count)):")

@@ -7,8 +7,9 @@ import SwitchyardLoader
 
 /// Where to look for plugins and which files to trust: shared by every command that loads plugins.
 struct PluginSearchOptions: ParsableArguments {
-    @Option(name: [.customLong("plugins-dir"), .customLong("dir")],
-            help: ArgumentHelp("A directory to search first (repeatable).", valueName: "dir"))
+    @Option(
+        name: [.customLong("plugins-dir"), .customLong("dir")],
+        help: ArgumentHelp("A directory to search first (repeatable).", valueName: "dir"))
     var directories: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("The config file (its plugins section: directory, pins).", valueName: "file"))

@@ -38,7 +38,8 @@ struct RunCommand: AsyncParsableCommand {
         let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
         if system.config.native.isEmpty && !allowEmpty {
             await system.shutdown(deadline: .seconds(1))
-            printError("""
+            printError(
+                """
                 error: nothing to host: \(config) has no native modules, and switchyard run hosts only those. \
                 Swift services are hosted by your own executable (SwitchyardActorSystem.host, see docs/services.md). \
                 Pass --allow-empty to run anyway (the transports still run, e.g. a delay transport keeps forwarding).
@@ -53,9 +54,10 @@ struct RunCommand: AsyncParsableCommand {
         let host = DrainingHost(system: system, deadline: .milliseconds(Int(drainSeconds * 1000))) { [logger] in
             logger.info("running; SIGTERM or SIGINT drains and stops")
         }
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: host)],
-            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: host)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

@@ -7,8 +7,10 @@ struct SwitchyardCommand: AsyncParsableCommand {
         commandName: "switchyard",
         abstract: "Route typed method calls through transport plugins chosen by configuration.",
         version: "0.1.0",
-        subcommands: [DemoCommand.self, RunCommand.self, CallCommand.self, PluginsCommand.self, DeadLetterCommand.self, BenchCommand.self,
-                      SoakCommand.self, SoakWorkerCommand.self, PluginHostCommand.self, BenchServeCommand.self])
+        subcommands: [
+            DemoCommand.self, RunCommand.self, CallCommand.self, PluginsCommand.self, DeadLetterCommand.self, BenchCommand.self,
+            SoakCommand.self, SoakWorkerCommand.self, PluginHostCommand.self, BenchServeCommand.self,
+        ])
 }
 
 /// `switchyard plugins …`: find, inspect and verify transport plugins.

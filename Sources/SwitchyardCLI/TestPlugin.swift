@@ -19,7 +19,10 @@ struct TestPlugin: ParsableCommand {
     @Option(help: ArgumentHelp("The plugin's instance config as a JSON object.", valueName: "json"))
     var pluginConfig = "{}"
 
-    @Option(help: ArgumentHelp("For plugins whose state lives in a server: a config key set to a fresh name for each check (e.g. 'stream' for nats), which also runs the durable checks.", valueName: "key"))
+    @Option(
+        help: ArgumentHelp(
+            "For plugins whose state lives in a server: a config key set to a fresh name for each check (e.g. 'stream' for nats), which also runs the durable checks.",
+            valueName: "key"))
     var isolationKey: String?
 
     @Flag(help: "Run every instance in a child process, as 'isolation: process' does (not for decorators).")
@@ -51,9 +54,12 @@ struct TestPlugin: ParsableCommand {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-conformance-\(getpid())").path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        var suite = ConformanceSuite.forPlugin(target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil, isolationKey: isolationKey,
-                                               processIsolation: processIsolation ? ProcessIsolation() : nil)
-        print("conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(suite.durable ? ", durable" : "")\(processIsolation ? ", in a child process" : "")")
+        var suite = ConformanceSuite.forPlugin(
+            target, inner: innerPlugin, configJSON: pluginConfig, durableDirectory: durable ? scratch : nil, isolationKey: isolationKey,
+            processIsolation: processIsolation ? ProcessIsolation() : nil)
+        print(
+            "conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(suite.durable ? ", durable" : "")\(processIsolation ? ", in a child process" : "")"
+        )
         suite.checkTimeoutSeconds = checkTimeout
         // Each line as soon as its check ends, also into a pipe (CI logs, `| tee`).
         let results = suite.run(only: Set(check)) { result in

@@ -46,7 +46,9 @@ struct VerifyPlugin: ParsableCommand {
         if child.isRunning {
             kill(child.processIdentifier, SIGKILL)
             child.waitUntilExit()
-            printError("\(path): hung while loading: its initialisers or entry function did not return within \(limitNanos / 1_000_000) ms (the same limit discovery applies, which refuses the file)")
+            printError(
+                "\(path): hung while loading: its initialisers or entry function did not return within \(limitNanos / 1_000_000) ms (the same limit discovery applies, which refuses the file)"
+            )
             throw ExitCode.failure
         }
         switch child.terminationReason {

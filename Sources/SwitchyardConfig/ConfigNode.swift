@@ -29,8 +29,9 @@ public struct ConfigNode {
             guard let key = keyNode.string else { throw error("keys must be strings") }
             let child = ConfigNode(valueNode, path: path.isEmpty ? key : "\(path).\(key)")
             if !allowed.isEmpty && !allowed.contains(key) {
-                throw ConfigError(key: child.path, line: keyNode.mark?.line,
-                                  message: "unknown key (expected one of: \(allowed.joined(separator: ", ")))")
+                throw ConfigError(
+                    key: child.path, line: keyNode.mark?.line,
+                    message: "unknown key (expected one of: \(allowed.joined(separator: ", ")))")
             }
             result.append((key, child))
         }

@@ -57,8 +57,10 @@ public struct SwitchyardConfig: Sendable {
         public var host: String?
 
         /// Isolation with every option at the host's default.
-        public init(callTimeoutNanos: Int64? = nil, restartBackoffNanos: Int64? = nil,
-                    maxRestartBackoffNanos: Int64? = nil, host: String? = nil) {
+        public init(
+            callTimeoutNanos: Int64? = nil, restartBackoffNanos: Int64? = nil,
+            maxRestartBackoffNanos: Int64? = nil, host: String? = nil
+        ) {
             self.callTimeoutNanos = callTimeoutNanos
             self.restartBackoffNanos = restartBackoffNanos
             self.maxRestartBackoffNanos = maxRestartBackoffNanos
@@ -181,7 +183,11 @@ extension SwitchyardConfig {
         var entries: [TransportEntry] = []
         for (name, value) in try node.entries() {
             if let problem = transportNameProblem(name) { throw ConfigError(key: value.path, line: value.line, message: problem) }
-            var plugin: String?, inner: String?, configJSON = "{}", isolation: Isolation?, configLines: [String: Int] = [:]
+            var plugin: String?
+            var inner: String?
+            var configJSON = "{}"
+            var isolation: Isolation?
+            var configLines: [String: Int] = [:]
             for (key, field) in try value.mapping(allowed: ["plugin", "inner", "config", "isolation"]) {
                 switch key {
                 case "plugin": plugin = try field.string()
@@ -195,8 +201,9 @@ extension SwitchyardConfig {
             }
             guard let plugin else { throw ConfigError(key: value.path + ".plugin", line: value.line, message: "is required (the plugin's name)") }
             if isolation != nil, inner != nil {
-                throw ConfigError(key: value.path + ".isolation", line: value.line,
-                                  message: "a decorator (a transport with 'inner') cannot run with isolation: process; isolate the transport it wraps")
+                throw ConfigError(
+                    key: value.path + ".isolation", line: value.line,
+                    message: "a decorator (a transport with 'inner') cannot run with isolation: process; isolate the transport it wraps")
             }
             var entry = TransportEntry(name: name, plugin: plugin, inner: inner, configJSON: configJSON, isolation: isolation, line: value.line)
             entry.configLines = configLines
@@ -207,15 +214,17 @@ extension SwitchyardConfig {
         for entry in entries {
             guard let inner = entry.inner else { continue }
             guard names.contains(inner) else {
-                throw ConfigError(key: "transports.\(entry.name).inner", line: entry.line,
-                                  message: "no transport named '\(inner)' (configured: \(entries.map(\.name).joined(separator: ", ")))")
+                throw ConfigError(
+                    key: "transports.\(entry.name).inner", line: entry.line,
+                    message: "no transport named '\(inner)' (configured: \(entries.map(\.name).joined(separator: ", ")))")
             }
             var seen = [entry.name]
             var next: String? = inner
             while let current = next {
                 if seen.contains(current) {
-                    throw ConfigError(key: "transports.\(entry.name).inner", line: entry.line,
-                                      message: "inner transports form a cycle: \((seen + [current]).joined(separator: " → "))")
+                    throw ConfigError(
+                        key: "transports.\(entry.name).inner", line: entry.line,
+                        message: "inner transports form a cycle: \((seen + [current]).joined(separator: " → "))")
                 }
                 seen.append(current)
                 next = entries.first { $0.name == current }?.inner

@@ -48,8 +48,10 @@ public struct ConformanceSuite: Sendable {
     }
 
     /// A suite for `plugin`; `capabilities` defaults to the plugin's own.
-    public init(plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false,
-                makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport) {
+    public init(
+        plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false,
+        makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport
+    ) {
         self.plugin = plugin
         self.capabilities = capabilities ?? plugin.capabilities
         self.durable = durable
@@ -92,7 +94,8 @@ public struct ConformanceSuite: Sendable {
                         worker = CheckWorker.replaceStuck(worker)
                         // Its transports are left open: closing one while a call into it runs
                         // breaks the ABI's contract. They are abandoned with the stuck worker.
-                        outcome = .failed("timed out after \(Self.format(checkTimeoutSeconds)) s (a call into the plugin did not return; every ABI function but drain must return promptly)")
+                        outcome = .failed(
+                            "timed out after \(Self.format(checkTimeoutSeconds)) s (a call into the plugin did not return; every ABI function but drain must return promptly)")
                     } else {
                         outcome = outcomeBox.withLock { $0 } ?? .failed("the check ended without an outcome")
                     }
@@ -184,7 +187,9 @@ public final class ConformanceContext: @unchecked Sendable {
     }
 
     func closeAll() {
-        for transport in opened.withLock({ all in defer { all.removeAll() }; return all }).reversed() { transport.close() }
+        for transport in opened.withLock({ all in
+            defer { all.removeAll() }; return all
+        }).reversed() { transport.close() }
     }
 
     /// Fails the check with `message` unless `condition` holds.
@@ -252,7 +257,14 @@ final class CheckWorker: Sendable {
     }
 
     /// The worker checks run on now.
-    static var current: CheckWorker { shared.withLock { worker in worker ?? { let made = CheckWorker(); worker = made; return made }() } }
+    static var current: CheckWorker {
+        shared.withLock { worker in
+            worker
+                ?? {
+                    let made = CheckWorker(); worker = made; return made
+                }()
+        }
+    }
 
     /// Abandons `stuck` (its thread is blocked in a plugin call) and gives the next checks a new one.
     static func replaceStuck(_ stuck: CheckWorker) -> CheckWorker {

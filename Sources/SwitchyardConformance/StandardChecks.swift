@@ -27,8 +27,9 @@ enum StandardChecks {
         try t.client.publish(sent)
         try c.expect(inbox.wait(for: 1), "the message was not delivered within 5 s")
         let got = inbox.received[0].message
-        try c.expect(got.id == sent.id && got.channel == sent.channel && got.body == sent.body && got.headers == sent.headers,
-                     "the delivered message differs from the published one: \(got)")
+        try c.expect(
+            got.id == sent.id && got.channel == sent.channel && got.body == sent.body && got.headers == sent.headers,
+            "the delivered message differs from the published one: \(got)")
         try c.expect(got.attempt == 1, "first delivery has attempt \(got.attempt), expected 1")
         Thread.sleep(forTimeInterval: 0.2)
         try c.expect(inbox.count == 1, "an acknowledged message was delivered \(inbox.count) times")
@@ -108,13 +109,15 @@ enum StandardChecks {
         let t = try c.transport()
         let turn = Atomic<Int>(0)
         let inbox = Collector()
-        _ = try t.client.subscribe(SubscribeOptions(channel: "count"), handler: inbox.handler(client: t.client) { _ in
-            switch turn.add(1, ordering: .relaxed).newValue {
-            case 1: .retry(afterNanos: 0, reason: "first try failed")
-            case 2: .release
-            default: .ack
-            }
-        })
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "count"),
+            handler: inbox.handler(client: t.client) { _ in
+                switch turn.add(1, ordering: .relaxed).newValue {
+                case 1: .retry(afterNanos: 0, reason: "first try failed")
+                case 2: .release
+                default: .ack
+                }
+            })
         try t.client.publish(message("count-1", "count"))
         try c.expect(inbox.wait(for: 3), "expected 3 deliveries (retry, release, ack), got \(inbox.count)")
         let attempts = inbox.received.map(\.message.attempt)
@@ -127,9 +130,11 @@ enum StandardChecks {
         requires: [.queue], requiresDurable: false
     ) { c in
         let t = try c.transport()
-        let holder = Collector(), taker = Collector()
-        let held = try t.client.subscribe(SubscribeOptions(channel: "leave", maxInFlight: 100),
-                                          handler: holder.handler(client: t.client, settle: nil))
+        let holder = Collector()
+        let taker = Collector()
+        let held = try t.client.subscribe(
+            SubscribeOptions(channel: "leave", maxInFlight: 100),
+            handler: holder.handler(client: t.client, settle: nil))
         for index in 0..<5 { try t.client.publish(message("leave-\(index)", "leave")) }
         try c.expect(holder.wait(for: 5), "the first subscriber got \(holder.count) of 5")
         _ = try t.client.subscribe(SubscribeOptions(channel: "leave"), handler: taker.handler(client: t.client))
@@ -163,8 +168,9 @@ enum StandardChecks {
         let t = try c.transport()
         let inbox = Collector()
         let first = Atomic<Bool>(true)
-        _ = try t.client.subscribe(SubscribeOptions(channel: "vis", visibilityTimeoutNanos: 200_000_000),
-                                   handler: inbox.handler(client: t.client) { _ in first.exchange(false, ordering: .relaxed) ? nil : .ack })
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "vis", visibilityTimeoutNanos: 200_000_000),
+            handler: inbox.handler(client: t.client) { _ in first.exchange(false, ordering: .relaxed) ? nil : .ack })
         let published = wallClockNanoseconds()  // the clock the collector stamps receipts with
         try t.client.publish(message("vis-1", "vis"))
         try c.expect(inbox.wait(for: 2, seconds: 5), "no redelivery within 5 s of a 200 ms visibility timeout")
@@ -183,9 +189,11 @@ enum StandardChecks {
     ) { c in
         let t = try c.transport()
         let inbox = Collector()
-        _ = try t.client.subscribe(SubscribeOptions(channel: "later"), handler: inbox.handler(client: t.client) { message in
-            message.id == "later-slow" && message.attempt == 1 ? .retry(afterNanos: 500_000_000, reason: "not yet") : .ack
-        })
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "later"),
+            handler: inbox.handler(client: t.client) { message in
+                message.id == "later-slow" && message.attempt == 1 ? .retry(afterNanos: 500_000_000, reason: "not yet") : .ack
+            })
         // Long enough that ten small deliveries fit before it comes due even on a loaded machine.
         try t.client.publish(message("later-slow", "later"))
         for index in 0..<10 { try t.client.publish(message("later-\(index)", "later")) }
@@ -265,10 +273,13 @@ enum StandardChecks {
         requires: [.deadLetter], requiresDurable: false
     ) { c in
         let t = try c.transport()
-        let inbox = Collector(), dead = Collector()
-        _ = try t.client.subscribe(SubscribeOptions(channel: "work"), handler: inbox.handler(client: t.client) { m in
-            m.attempt == 1 ? .retry(afterNanos: 0, reason: "flaky") : .deadLetter(reason: "gave up")
-        })
+        let inbox = Collector()
+        let dead = Collector()
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "work"),
+            handler: inbox.handler(client: t.client) { m in
+                m.attempt == 1 ? .retry(afterNanos: 0, reason: "flaky") : .deadLetter(reason: "gave up")
+            })
         _ = try t.client.subscribe(SubscribeOptions(channel: "work.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(message("doomed", "work"))
         try c.expect(dead.wait(for: 1), "nothing arrived on work.dlq")
@@ -304,8 +315,9 @@ enum StandardChecks {
         try c.expect(inbox.wait(for: 60), "got \(inbox.count) of 60 messages through deliver_batch")
         Thread.sleep(forTimeInterval: 0.2)
         let ids = inbox.received.map(\.message.id)
-        try c.expect(Set(ids) == Set(batch.map(\.id)) && ids.count == 60,
-                     "\(ids.count) deliveries of \(Set(ids).count) distinct messages; expected each of 60 once")
+        try c.expect(
+            Set(ids) == Set(batch.map(\.id)) && ids.count == 60,
+            "\(ids.count) deliveries of \(Set(ids).count) distinct messages; expected each of 60 once")
         let attempts = Set(inbox.received.map(\.message.attempt))
         try c.expect(attempts == [1], "a message not taken from a batch came back with attempts \(attempts.sorted()), expected 1")
     }
@@ -322,8 +334,9 @@ enum StandardChecks {
         let first = inbox.received.map(\.delivery)
         let results = try t.client.settle(batch: [(first[0], .ack), (987_654, .ack), (first[1], .release), (first[2], .ack)])
         try c.expect(results.count == 4, "settle_batch reported \(results.count) outcomes for 4 settlements")
-        try c.expect(results[0] == nil && results[2] == nil && results[3] == nil,
-                     "known deliveries failed to settle: \(results.map { $0?.description ?? "ok" })")
+        try c.expect(
+            results[0] == nil && results[2] == nil && results[3] == nil,
+            "known deliveries failed to settle: \(results.map { $0?.description ?? "ok" })")
         try c.expect(results[1]?.code == .notFound, "an unknown delivery in a batch gave \(results[1].map { "\($0.code)" } ?? "ok"), expected not found")
         try c.expect(inbox.wait(for: 4), "the released delivery did not come again")
         let again = inbox.received[3]
@@ -338,7 +351,8 @@ enum StandardChecks {
         requires: [], requiresDurable: false
     ) { c in
         let t = try c.transport()
-        let calls = Collector(), replies = Collector()
+        let calls = Collector()
+        let replies = Collector()
         _ = try t.client.subscribe(SubscribeOptions(channel: "pas-calls"), handler: calls.handler(client: t.client, settle: nil))
         _ = try t.client.subscribe(SubscribeOptions(channel: "pas-replies"), handler: replies.handler(client: t.client))
         try t.client.publish(message("pas-call", "pas-calls"))
@@ -356,8 +370,9 @@ enum StandardChecks {
             try c.expect(error.code == .notFound, "publish_and_settle of a settled delivery gave \(error.code), expected not found")
         }
         Thread.sleep(forTimeInterval: 0.2)
-        try c.expect(!replies.received.contains { $0.message.id == "pas-orphan" },
-                     "publish_and_settle failed but stored its message anyway (it must do both or neither)")
+        try c.expect(
+            !replies.received.contains { $0.message.id == "pas-orphan" },
+            "publish_and_settle failed but stored its message anyway (it must do both or neither)")
     }
 
     static let expiry = ConformanceCheck(
@@ -365,7 +380,8 @@ enum StandardChecks {
         requires: [.expiry], requiresDurable: false
     ) { c in
         let t = try c.transport()
-        let inbox = Collector(), dead = Collector()
+        let inbox = Collector()
+        let dead = Collector()
         let now = wallClockNanoseconds()
         var expired = message("expired", "exp")
         expired.expiresAtNanos = now - 1_000_000
@@ -380,16 +396,19 @@ enum StandardChecks {
         Thread.sleep(forTimeInterval: 0.3)
         let ids = Set(inbox.received.map(\.message.id))
         try c.expect(ids == ["live", "forever"], "delivered \(ids.sorted()); expected only live and forever")
-        try c.expect(inbox.received.first { $0.message.id == "live" }?.message.expiresAtNanos == live.expiresAtNanos,
-                     "a delivered message lost its expires_at_ns")
+        try c.expect(
+            inbox.received.first { $0.message.id == "live" }?.message.expiresAtNanos == live.expiresAtNanos,
+            "a delivered message lost its expires_at_ns")
         guard t.plugin.capabilities.contains(.deadLetter) else { return }
         _ = try t.client.subscribe(SubscribeOptions(channel: "exp.dlq"), handler: dead.handler(client: t.client))
         try c.expect(dead.wait(for: 1), "the expired message did not arrive on exp.dlq")
         Thread.sleep(forTimeInterval: 0.3)
-        try c.expect(dead.received.map(\.message.id) == ["expired"],
-                     "exp.dlq holds \(dead.received.map(\.message.id)); expected only the expired one (the other asked to be dropped)")
-        try c.expect(dead.received[0].message.header("sy-dlq-reason") == "expired",
-                     "reason: \(dead.received[0].message.header("sy-dlq-reason") ?? "missing"), expected expired")
+        try c.expect(
+            dead.received.map(\.message.id) == ["expired"],
+            "exp.dlq holds \(dead.received.map(\.message.id)); expected only the expired one (the other asked to be dropped)")
+        try c.expect(
+            dead.received[0].message.header("sy-dlq-reason") == "expired",
+            "reason: \(dead.received[0].message.header("sy-dlq-reason") ?? "missing"), expected expired")
     }
 
     static let delayNeverEarly = ConformanceCheck(

@@ -16,9 +16,11 @@ extension ConformanceSuite {
     /// With `processIsolation` every instance runs in a child process (`isolation: process`),
     /// which checks that the isolation keeps the ABI's semantics for this plugin; for decorators
     /// (which cannot be isolated) the inner transport runs in the child instead.
-    public static func forPlugin(_ plugin: LoadedPlugin, inner: LoadedPlugin? = nil, configJSON: String = "{}",
-                                 durableDirectory: String? = nil, isolationKey: String? = nil,
-                                 processIsolation: ProcessIsolation? = nil) -> ConformanceSuite {
+    public static func forPlugin(
+        _ plugin: LoadedPlugin, inner: LoadedPlugin? = nil, configJSON: String = "{}",
+        durableDirectory: String? = nil, isolationKey: String? = nil,
+        processIsolation: ProcessIsolation? = nil
+    ) -> ConformanceSuite {
         let counter = Atomic<Int>(0)
         let run = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         var capabilities = plugin.capabilities
@@ -37,11 +39,12 @@ extension ConformanceSuite {
                 if let durableDirectory, inner.capabilities.contains(.durable) {
                     innerConfig = withKey(innerConfig, "path", "\(durableDirectory)/\(inner.name)-inner-\(number).db")
                 }
-                innerTransport = if let processIsolation {
-                    try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig, isolation: processIsolation)
-                } else {
-                    try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig)
-                }
+                innerTransport =
+                    if let processIsolation {
+                        try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig, isolation: processIsolation)
+                    } else {
+                        try Transport(name: "conformance-inner", plugin: inner, configJSON: innerConfig)
+                    }
             }
             if let processIsolation, inner == nil {
                 return try Transport(name: "conformance", plugin: plugin, configJSON: config, isolation: processIsolation)

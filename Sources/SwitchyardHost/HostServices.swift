@@ -1,12 +1,12 @@
 import CSwitchyard
 import Logging
-import SwitchyardABI
 import Metrics
+import SwitchyardABI
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Told of each message an instance moved to a dead-letter channel: the message as stored there,
@@ -32,7 +32,9 @@ final class HostServices: Sendable {
 
     private enum MetricHandle: @unchecked Sendable {
         // @unchecked: swift-metrics handlers are thread-safe by that library's contract.
-        case counter(Counter), gauge(Gauge), timer(Metrics.Timer)
+        case counter(Counter)
+        case gauge(Gauge)
+        case timer(Metrics.Timer)
     }
 
     init(transportName: String, logger: Logger, metrics: (any MetricsFactory)? = nil) {
@@ -42,11 +44,12 @@ final class HostServices: Sendable {
         self.logger = logger
         self.transportName = transportName
         let table = UnsafeMutablePointer<sy_host_services>.allocate(capacity: 1)
-        table.initialize(to: sy_host_services(
-            struct_size: UInt32(MemoryLayout<sy_host_services>.size),
-            abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
-            host_context: nil, log: Self.log, now_ns: Self.now, monotonic_ns: Self.monotonic, metric: Self.metric,
-            dead_lettered: Self.deadLettered))
+        table.initialize(
+            to: sy_host_services(
+                struct_size: UInt32(MemoryLayout<sy_host_services>.size),
+                abi_major: UInt16(SY_ABI_MAJOR), abi_minor: UInt16(SY_ABI_MINOR),
+                host_context: nil, log: Self.log, now_ns: Self.now, monotonic_ns: Self.monotonic, metric: Self.metric,
+                dead_lettered: Self.deadLettered))
         self.table = table
         // The context is unretained: this object outlives every call by the owner's contract.
         table.pointee.host_context = Unmanaged.passUnretained(self).toOpaque()

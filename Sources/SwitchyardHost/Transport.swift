@@ -37,10 +37,12 @@ public final class Transport: Sendable {
     static func slowCallWatch(name: String, plugin: String, thresholdNanos: Int64, logger: Logger) -> SlowCallWatch? {
         guard thresholdNanos > 0 else { return nil }
         return SlowCallWatch(thresholdNanos: thresholdNanos) { function, took in
-            logger.warning("a call into a plugin took \(took / 1_000_000) ms; the ABI asks it to return promptly (it holds up the caller's thread)", metadata: [
-                "transport": "\(name)", "plugin": "\(plugin)", "function": "\(function)",
-                "threshold_ms": "\(thresholdNanos / 1_000_000)",
-            ])
+            logger.warning(
+                "a call into a plugin took \(took / 1_000_000) ms; the ABI asks it to return promptly (it holds up the caller's thread)",
+                metadata: [
+                    "transport": "\(name)", "plugin": "\(plugin)", "function": "\(function)",
+                    "threshold_ms": "\(thresholdNanos / 1_000_000)",
+                ])
         }
     }
 
@@ -56,8 +58,9 @@ public final class Transport: Sendable {
         slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
         logger: Logger = Logger(label: "switchyard.transport"), metrics: (any MetricsFactory)? = nil
     ) throws(TransportError) {
-        try self.init(name: name, plugin: plugin, configJSON: configJSON, inner: inner, slowCallWarningNanos: slowCallWarningNanos,
-                      logger: logger, metrics: metrics, forwardingMetrics: nil)
+        try self.init(
+            name: name, plugin: plugin, configJSON: configJSON, inner: inner, slowCallWarningNanos: slowCallWarningNanos,
+            logger: logger, metrics: metrics, forwardingMetrics: nil)
     }
 
     /// The same, with the plugin's metrics sent to `forwardingMetrics` from its creation on (a
@@ -116,15 +119,20 @@ public final class Transport: Sendable {
         logger: Logger = Logger(label: "switchyard.transport"), metrics: (any MetricsFactory)? = nil
     ) throws(TransportError) {
         if plugin.capabilities.contains(.wrapsInner) {
-            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport, and decorators cannot run with isolation: process (isolate the transport it wraps instead)")
+            throw TransportError(
+                .config,
+                "transport '\(name)': plugin '\(plugin.name)' decorates another transport, and decorators cannot run with isolation: process (isolate the transport it wraps instead)"
+            )
         }
         let services = HostServices(transportName: name, logger: logger, metrics: metrics)
         let proxy = try ProcessIsolatedTransport(
             name: name, plugin: plugin, configJSON: configJSON, options: isolation, logger: logger,
             onDeadLetter: { [weak services] message, reason in services?.reportDeadLetter(message, reason: reason) },
             onMetric: { [weak services] kind, name, value in services?.record(kind: kind, name: name, value: value) })
-        let adapter = PluginExport.inProcess(proxy, info: PluginInfo(
-            name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities))
+        let adapter = PluginExport.inProcess(
+            proxy,
+            info: PluginInfo(
+                name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities))
         self.name = name
         self.plugin = plugin
         self.inner = nil

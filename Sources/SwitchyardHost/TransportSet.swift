@@ -36,9 +36,11 @@ public final class TransportSet: Sendable {
     /// names the transport: an unknown plugin (with the names that were found), a decorator
     /// without an inner transport, or the plugin's own refusal of its config.
     /// Calls into a plugin taking `slowCallWarningNanos` or longer are logged (0: never).
-    public init(specs: [TransportSpec], catalog: PluginCatalog, only names: [String]? = nil,
-                slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
-                logger: Logger = Logger(label: "switchyard.transport")) throws(TransportError) {
+    public init(
+        specs: [TransportSpec], catalog: PluginCatalog, only names: [String]? = nil,
+        slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
+        logger: Logger = Logger(label: "switchyard.transport")
+    ) throws(TransportError) {
         let byName = Dictionary(specs.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var created: [String: Transport] = [:]
         var order: [String] = []
@@ -54,24 +56,29 @@ public final class TransportSet: Sendable {
                 // A refused file may be the one meant: say which were refused, and why.
                 let refused = catalog.rejected.prefix(3).map { "\($0.path): \($0.reason)" }
                 let found = catalog.plugins.map(\.name).joined(separator: ", ")
-                throw TransportError(.config, "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(found.isEmpty ? "none" : found)"
-                    + (refused.isEmpty ? "" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : "")")
-                    + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
-                    + "The bundled plugins are products of the switchyard package: build them next to your executable with "
-                    + "'swift build --product switchyard-\(spec.plugin)' (one per plugin, see docs/services.md), "
-                    + "or put the plugin's .so file (any file name: the name inside it counts) in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))")
+                throw TransportError(
+                    .config,
+                    "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(found.isEmpty ? "none" : found)"
+                        + (refused.isEmpty ? "" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : "")")
+                        + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
+                        + "The bundled plugins are products of the switchyard package: build them next to your executable with "
+                        + "'swift build --product switchyard-\(spec.plugin)' (one per plugin, see docs/services.md), "
+                        + "or put the plugin's .so file (any file name: the name inside it counts) in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))")
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
             let transport: Transport
             do {
-                transport = if let isolation = spec.isolation {
-                    try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, isolation: isolation,
-                                  slowCallWarningNanos: slowCallWarningNanos, logger: logger)
-                } else {
-                    try Transport(name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner,
-                                  slowCallWarningNanos: slowCallWarningNanos, logger: logger)
-                }
-            } catch where !error.message.contains("'\(name)'") {
+                transport =
+                    if let isolation = spec.isolation {
+                        try Transport(
+                            name: name, plugin: plugin, configJSON: spec.configJSON, isolation: isolation,
+                            slowCallWarningNanos: slowCallWarningNanos, logger: logger)
+                    } else {
+                        try Transport(
+                            name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner,
+                            slowCallWarningNanos: slowCallWarningNanos, logger: logger)
+                    }
+            } catch  where !error.message.contains("'\(name)'") {
                 // The plugin's own refusal: say which transport it is about.
                 throw TransportError(error.code, "transport '\(name)' (plugin \(spec.plugin)): \(error.message)")
             }

@@ -29,19 +29,22 @@ enum DescriptorValidation {
         let base = UnsafeRawPointer(raw)
         let size = Int(base.load(as: UInt32.self))
         guard size >= versionPrefix else {
-            throw Rejection(path: path, kind: .descriptorTooSmall,
-                            reason: "descriptor struct_size is \(size) bytes, too small to hold even its ABI version")
+            throw Rejection(
+                path: path, kind: .descriptorTooSmall,
+                reason: "descriptor struct_size is \(size) bytes, too small to hold even its ABI version")
         }
         let major = base.load(fromByteOffset: 4, as: UInt16.self)
         let minor = base.load(fromByteOffset: 6, as: UInt16.self)
         guard major == UInt16(SY_ABI_MAJOR) else {
-            throw Rejection(path: path, kind: .abiMismatch,
-                            reason: "built for ABI \(major).\(minor); this host speaks ABI \(SY_ABI_MAJOR).x (rebuild the plugin against this SDK)")
+            throw Rejection(
+                path: path, kind: .abiMismatch,
+                reason: "built for ABI \(major).\(minor); this host speaks ABI \(SY_ABI_MAJOR).x (rebuild the plugin against this SDK)")
         }
         let needed = minimumSize(minor: minor)
         guard size >= needed else {
-            throw Rejection(path: path, kind: .descriptorTooSmall,
-                            reason: "descriptor struct_size is \(size) bytes; ABI \(major).\(minor) needs at least \(needed)")
+            throw Rejection(
+                path: path, kind: .descriptorTooSmall,
+                reason: "descriptor struct_size is \(size) bytes; ABI \(major).\(minor) needs at least \(needed)")
         }
 
         // Copy what the plugin has into a zeroed, host-sized descriptor: absent tail fields read as
@@ -74,8 +77,9 @@ enum DescriptorValidation {
         }
         guard let versionPointer = d.version, SemanticVersion(String(cString: versionPointer)) != nil else {
             let shown = d.version.map { "'\(String(cString: $0))'" } ?? "NULL"
-            throw Rejection(path: path, kind: .invalidVersion,
-                            reason: "plugin '\(name)' has version \(shown), not a semantic version like 1.2.0")
+            throw Rejection(
+                path: path, kind: .invalidVersion,
+                reason: "plugin '\(name)' has version \(shown), not a semantic version like 1.2.0")
         }
         let required: [(String, Bool)] = [
             ("create", d.create != nil), ("destroy", d.destroy != nil), ("publish", d.publish != nil),
@@ -83,8 +87,9 @@ enum DescriptorValidation {
         ]
         let missing = required.filter { !$0.1 }.map(\.0)
         if !missing.isEmpty {
-            throw Rejection(path: path, kind: .missingFunction,
-                            reason: "plugin '\(name)' leaves required function\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) NULL")
+            throw Rejection(
+                path: path, kind: .missingFunction,
+                reason: "plugin '\(name)' leaves required function\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) NULL")
         }
     }
 }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A cheap look at a file's ELF header before handing it to the dynamic loader, so that the common
@@ -15,11 +15,11 @@ enum ELFCheck {
     /// The machine this host runs on, as an ELF `e_machine` value and a name.
     static var hostMachine: (value: UInt16, name: String) {
         #if arch(x86_64)
-        (62, "x86-64")
+            (62, "x86-64")
         #elseif arch(arm64)
-        (183, "aarch64")
+            (183, "aarch64")
         #else
-        (0, "unknown")
+            (0, "unknown")
         #endif
     }
 
@@ -45,8 +45,9 @@ enum ELFCheck {
         let got = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 64, 0) }
         guard got >= 4, header[0] == 0x7F, header[1] == UInt8(ascii: "E"), header[2] == UInt8(ascii: "L"), header[3] == UInt8(ascii: "F") else {
             let looksLikeText = header.prefix(max(0, got)).allSatisfy { $0 == 9 || $0 == 10 || $0 == 13 || (32...126).contains($0) }
-            throw Rejection(path: path, kind: .notELF,
-                            reason: looksLikeText ? "a text file, not a shared library" : "not an ELF file, so not a shared library for this system")
+            throw Rejection(
+                path: path, kind: .notELF,
+                reason: looksLikeText ? "a text file, not a shared library" : "not an ELF file, so not a shared library for this system")
         }
         guard got >= 64 else { throw Rejection(path: path, kind: .notELF, reason: "truncated ELF header (\(got) bytes)") }
 
@@ -59,8 +60,9 @@ enum ELFCheck {
         guard header[4] == ELFCLASS64, header[5] == ELFDATA2LSB, machine == host.value else {
             let bits = header[4] == ELFCLASS64 ? "64-bit" : "32-bit"
             let order = header[5] == ELFDATA2LSB ? "little-endian" : "big-endian"
-            throw Rejection(path: path, kind: .foreignArchitecture,
-                            reason: "built for \(machineName(machine)) (\(bits), \(order)); this host is \(host.name)")
+            throw Rejection(
+                path: path, kind: .foreignArchitecture,
+                reason: "built for \(machineName(machine)) (\(bits), \(order)); this host is \(host.name)")
         }
         switch u16(16) {
         case ET_DYN: break
@@ -72,7 +74,8 @@ enum ELFCheck {
 
         // A position-independent executable is ET_DYN too; it has a program interpreter.
         let phoff = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 32, as: UInt64.self) }
-        let phentsize = Int(u16(54)), phnum = Int(u16(56))
+        let phentsize = Int(u16(54))
+        let phnum = Int(u16(56))
         guard phentsize >= 4, phnum > 0, phnum < 4096, phoff > 0, Int(phoff) + phentsize * phnum <= size else { return }
         var table = [UInt8](repeating: 0, count: phentsize * phnum)
         let read = table.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(phoff)) }
@@ -80,7 +83,9 @@ enum ELFCheck {
         for index in 0..<phnum {
             let type = table.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * phentsize, as: UInt32.self) }
             if type == PT_INTERP {
-                throw Rejection(path: path, kind: .notASharedLibrary, reason: "a position-independent executable, not a shared library (build it with -shared, or as a .dynamic library product)")
+                throw Rejection(
+                    path: path, kind: .notASharedLibrary,
+                    reason: "a position-independent executable, not a shared library (build it with -shared, or as a .dynamic library product)")
             }
         }
     }
@@ -100,15 +105,19 @@ enum ELFCheck {
             bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: T.self) }
         }
         let sectionsAt = load(header, 40, UInt64.self)
-        let entrySize = Int(load(header, 58, UInt16.self)), count = Int(load(header, 60, UInt16.self))
+        let entrySize = Int(load(header, 58, UInt16.self))
+        let count = Int(load(header, 60, UInt16.self))
         guard entrySize >= 64, count > 0, let sections = read(entrySize * count, at: sectionsAt) else { return nil }
         let SHT_DYNSYM: UInt32 = 11
         for index in 0..<count where load(sections, index * entrySize + 4, UInt32.self) == SHT_DYNSYM {
             let base = index * entrySize
-            let symbolsAt = load(sections, base + 24, UInt64.self), symbolsSize = Int(load(sections, base + 32, UInt64.self))
-            let link = Int(load(sections, base + 40, UInt32.self)), symbolSize = Int(load(sections, base + 56, UInt64.self))
+            let symbolsAt = load(sections, base + 24, UInt64.self)
+            let symbolsSize = Int(load(sections, base + 32, UInt64.self))
+            let link = Int(load(sections, base + 40, UInt32.self))
+            let symbolSize = Int(load(sections, base + 56, UInt64.self))
             guard symbolSize >= 24, link < count else { return nil }
-            let stringsAt = load(sections, link * entrySize + 24, UInt64.self), stringsSize = Int(load(sections, link * entrySize + 32, UInt64.self))
+            let stringsAt = load(sections, link * entrySize + 24, UInt64.self)
+            let stringsSize = Int(load(sections, link * entrySize + 32, UInt64.self))
             guard let symbols = read(symbolsSize, at: symbolsAt), let strings = read(stringsSize, at: stringsAt) else { return nil }
             // One pass over raw bytes: Swift libraries export tens of thousands of symbols, and a
             // per-symbol array or generic helper made this the slowest step of loading in debug builds.

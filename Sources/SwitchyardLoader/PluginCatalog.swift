@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A directory the loader searches, and why it is on the list.
@@ -107,8 +107,10 @@ extension PluginLoader {
     ///     (a discovery probe that saw them crash).
     ///   - willLoad: called with each file's path just before it is loaded (the probe reports
     ///     progress with it, so a crash points at its file).
-    public func discover(in directories: [SearchDirectory], excluding: Set<String> = [],
-                         willLoad: ((String) -> Void)? = nil) -> PluginCatalog {
+    public func discover(
+        in directories: [SearchDirectory], excluding: Set<String> = [],
+        willLoad: ((String) -> Void)? = nil
+    ) -> PluginCatalog {
         var catalog = PluginCatalog()
         catalog.searched = directories
         var seenFiles = Set<String>()
@@ -129,13 +131,14 @@ extension PluginLoader {
                     willLoad?(path)
                     let plugin = try load(path: path)
                     if let first = catalog.plugin(named: plugin.name) {
-                        catalog.rejected.append(Rejection(
-                            path: path, kind: .duplicateName,
-                            reason: "duplicate plugin name '\(plugin.name)': already loaded from \(first.path), which comes first in the search path"))
+                        catalog.rejected.append(
+                            Rejection(
+                                path: path, kind: .duplicateName,
+                                reason: "duplicate plugin name '\(plugin.name)': already loaded from \(first.path), which comes first in the search path"))
                     } else {
                         catalog.plugins.append(plugin)
                     }
-                } catch where error.kind == .missingEntry {
+                } catch  where error.kind == .missingEntry {
                     // A shared library that is not a plugin (one a plugin links, or a client
                     // library installed next to the binary): noted, never loaded, not an error.
                     catalog.notPlugins.append(path)

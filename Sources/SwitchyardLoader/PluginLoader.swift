@@ -3,9 +3,9 @@ import Crypto
 import SwitchyardABI
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Loads plugin files and validates what they declare.
@@ -29,8 +29,9 @@ public final class PluginLoader: Sendable {
 
     /// Loads and validates the plugin file at `path`.
     static func missingEntry(_ path: String) -> Rejection {
-        Rejection(path: path, kind: .missingEntry,
-                  reason: "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in Swift the @c entry function must be public)")
+        Rejection(
+            path: path, kind: .missingEntry,
+            reason: "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in Swift the @c entry function must be public)")
     }
 
     public func load(path: String) throws(Rejection) -> LoadedPlugin {
@@ -108,8 +109,9 @@ public final class PluginLoader: Sendable {
         guard let symbol = dlsym(handle, SY_PLUGIN_ENTRY_SYMBOL) else { throw Self.missingEntry(path) }
         let entry = unsafeBitCast(symbol, to: sy_plugin_entry_fn.self)
         guard let raw = entry(UInt32(SY_ABI_MAJOR)) else {
-            throw Rejection(path: path, kind: .entryRefused,
-                            reason: "the entry returned NULL: the plugin refused a host of ABI major \(SY_ABI_MAJOR)")
+            throw Rejection(
+                path: path, kind: .entryRefused,
+                reason: "the entry returned NULL: the plugin refused a host of ABI major \(SY_ABI_MAJOR)")
         }
 
         // 4. The descriptor.

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// What the loader demands of a plugin file before it maps it into the process. Loading a shared
@@ -37,13 +37,15 @@ public struct TrustPolicy: Sendable {
     func checkOwnership(_ info: stat, path: String, what: String) throws(Rejection) {
         guard strictPermissions else { return }
         if info.st_mode & S_IWOTH != 0 {
-            throw Rejection(path: path, kind: .untrusted,
-                            reason: "\(what) is world-writable, so anyone could replace it (chmod o-w)")
+            throw Rejection(
+                path: path, kind: .untrusted,
+                reason: "\(what) is world-writable, so anyone could replace it (chmod o-w)")
         }
         let me = geteuid()
         if info.st_uid != 0 && info.st_uid != me {
-            throw Rejection(path: path, kind: .untrusted,
-                            reason: "\(what) is owned by uid \(info.st_uid), neither root nor the user running the host (uid \(me))")
+            throw Rejection(
+                path: path, kind: .untrusted,
+                reason: "\(what) is owned by uid \(info.st_uid), neither root nor the user running the host (uid \(me))")
         }
     }
 
@@ -51,20 +53,23 @@ public struct TrustPolicy: Sendable {
     /// since the plugin's name is not known until it is loaded.
     func checkBeforeLoad(sha256: String, path: String) throws(Rejection) {
         if requirePins && !pins.values.contains(sha256) {
-            throw Rejection(path: path, kind: .pinMismatch,
-                            reason: "sha256 \(sha256) is not pinned, and plugins.require_pins is on")
+            throw Rejection(
+                path: path, kind: .pinMismatch,
+                reason: "sha256 \(sha256) is not pinned, and plugins.require_pins is on")
         }
     }
 
     /// Checks a loaded plugin's name against the pins.
     func checkAfterLoad(name: String, sha256: String, path: String) throws(Rejection) {
         if let expected = pins[name], expected != sha256 {
-            throw Rejection(path: path, kind: .pinMismatch,
-                            reason: "sha256 \(sha256) does not match the pin for '\(name)' (\(expected))")
+            throw Rejection(
+                path: path, kind: .pinMismatch,
+                reason: "sha256 \(sha256) does not match the pin for '\(name)' (\(expected))")
         }
         if requirePins, let owner = pins.first(where: { $0.value == sha256 })?.key, owner != name {
-            throw Rejection(path: path, kind: .pinMismatch,
-                            reason: "sha256 is pinned for '\(owner)', but the plugin calls itself '\(name)'")
+            throw Rejection(
+                path: path, kind: .pinMismatch,
+                reason: "sha256 is pinned for '\(owner)', but the plugin calls itself '\(name)'")
         }
     }
 }

@@ -5,9 +5,9 @@
 import CFFI
 import Foundation
 import Logging
+import SwitchyardABI
 import SwitchyardNative
 import SwitchyardRuntime
-import SwitchyardABI
 
 /// One open client: the actor system and the closures bound through it.
 final class NativeClient: @unchecked Sendable {
@@ -68,12 +68,13 @@ final class Binding: @unchecked Sendable {
     }
 
     /// libffi calls this for every call through a bound pointer.
-    static let handler: @convention(c) (UnsafeMutablePointer<ffi_cif>?, UnsafeMutableRawPointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutableRawPointer?) -> Void = {
-        _, result, arguments, userData in
-        guard let userData, let result else { return }
-        let binding = Unmanaged<Binding>.fromOpaque(userData).takeUnretainedValue()
-        binding.invoke(arguments, result)
-    }
+    static let handler:
+        @convention(c) (UnsafeMutablePointer<ffi_cif>?, UnsafeMutableRawPointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutableRawPointer?) -> Void = {
+            _, result, arguments, userData in
+            guard let userData, let result else { return }
+            let binding = Unmanaged<Binding>.fromOpaque(userData).takeUnretainedValue()
+            binding.invoke(arguments, result)
+        }
 
     private func invoke(_ arguments: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ result: UnsafeMutableRawPointer) {
         // Read the C arguments by the signature.
@@ -146,11 +147,19 @@ final class Binding: @unchecked Sendable {
         case .i32: result.storeBytes(of: UInt64(bitPattern: Int64(Int32(truncatingIfNeeded: integer(value)))), as: UInt64.self)
         case .i64, .u64, .u8, .u16, .u32, .bool: result.storeBytes(of: integer(value), as: UInt64.self)
         case .f32:
-            if case .double(let x) = value { result.storeBytes(of: Float(x), as: Float.self) } else { result.storeBytes(of: Float(Int64(bitPattern: integer(value))), as: Float.self) }
+            if case .double(let x) = value {
+                result.storeBytes(of: Float(x), as: Float.self)
+            } else {
+                result.storeBytes(of: Float(Int64(bitPattern: integer(value))), as: Float.self)
+            }
         case .f64:
             if case .double(let x) = value { result.storeBytes(of: x, as: Double.self) } else { result.storeBytes(of: Double(Int64(bitPattern: integer(value))), as: Double.self) }
         case .str:
-            if case .string(let text) = value { result.storeBytes(of: UnsafeMutableRawPointer(strdup(text)), as: UnsafeMutableRawPointer?.self) } else { result.storeBytes(of: nil, as: UnsafeMutableRawPointer?.self) }
+            if case .string(let text) = value {
+                result.storeBytes(of: UnsafeMutableRawPointer(strdup(text)), as: UnsafeMutableRawPointer?.self)
+            } else {
+                result.storeBytes(of: nil, as: UnsafeMutableRawPointer?.self)
+            }
         case .bytes, .void: break
         }
     }

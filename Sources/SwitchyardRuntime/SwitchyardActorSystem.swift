@@ -5,9 +5,9 @@ import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
-import Synchronization
 import SwitchyardNative
 import SwitchyardTransportKit
+import Synchronization
 import Tracing
 
 /// The Switchyard actor system: typed calls on distributed actors, carried the way the
@@ -109,8 +109,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
                 logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
             }
             do {
-                transports = try TransportSet(specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(),
-                                              slowCallWarningNanos: config.plugins.slowCallWarningNanos, logger: logger)
+                transports = try TransportSet(
+                    specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(),
+                    slowCallWarningNanos: config.plugins.slowCallWarningNanos, logger: logger)
             } catch {
                 let entry = config.transports.first { error.message.contains("'\($0.name)'") }
                 // A plugin's config error names its key ("config key 'path': …", as the ABI asks):
@@ -198,8 +199,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         let name = Self.interfaceName(of: stub)
         let routes = routes.routes(forInterface: name)
         if routes.contains(where: { $0.pattern == "*" || $0.pattern == name + ".*" }),
-           routes.allSatisfy({ $0.isDirect && $0.retry == nil && $0.entry.lines["deadline"] == nil }),
-           let local = localActor(id), let typed = local as? Interface {
+            routes.allSatisfy({ $0.isDirect && $0.retry == nil && $0.entry.lines["deadline"] == nil }),
+            let local = localActor(id), let typed = local as? Interface
+        {
             return typed
         }
         let resolved = try Stub.resolve(id: id, using: self)
@@ -253,7 +255,6 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             (route.pattern, route.transport.map { "\($0.name) (\(Route.chain($0)))" } ?? "direct (in process)")
         }
     }
-
 
     // MARK: Reply channels
 

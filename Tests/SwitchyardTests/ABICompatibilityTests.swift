@@ -21,9 +21,11 @@ struct ABICompatibilityTests {
         return try PluginLoader().load(path: output)
     }
 
-    @Test("a plugin built from an older header loads and passes conformance", arguments: [
-        ("abi-1.0/plugin.c", 0 as UInt16), ("abi-1.1/plugin.c", 1), ("abi-1.1/legacy_batch.c", 1),
-    ])
+    @Test(
+        "a plugin built from an older header loads and passes conformance",
+        arguments: [
+            ("abi-1.0/plugin.c", 0 as UInt16), ("abi-1.1/plugin.c", 1), ("abi-1.1/legacy_batch.c", 1),
+        ])
     func olderPluginsPass(_ source: String, _ minor: UInt16) async throws {
         let dir = try TemporaryDirectory()
         let plugin = try await Self.legacyPlugin(Self.fixtures + "/" + source, in: dir, name: "libswitchyard-legacy.so")
@@ -128,7 +130,8 @@ struct ExpiryTests {
         reply.flags = .dropWhenExpired
         try transport.client.publish(batch: [call, reply, Message(id: "kept", channel: "nobody")])
         #expect(await eventually { (try? transport.client.stats()?.depth) == 2 }, "depth \(String(describing: try? transport.client.stats()?.depth))")
-        let dead = Collector(), live = Collector()
+        let dead = Collector()
+        let live = Collector()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "nobody.dlq"), handler: dead.handler(client: transport.client))
         #expect(dead.wait(for: 1))
         #expect(dead.received.map(\.message.id) == ["call"])

@@ -13,11 +13,13 @@ struct CLITests {
         #expect(result.stdout.contains("ok: example-swift 1.0.0, ABI 1.\(SY_ABI_MINOR), capabilities: queue"))
     }
 
-    @Test("verify rejects bad files with exit 1 and a one-line reason on stderr", arguments: [
-        (["FIXTURE_NO_ENTRY"], "no switchyard_plugin_entry function"),
-        (["FIXTURE_ABI_MAJOR=3"], "built for ABI 3."),
-        (["FIXTURE_NULL_PUBLISH"], "publish NULL"),
-    ])
+    @Test(
+        "verify rejects bad files with exit 1 and a one-line reason on stderr",
+        arguments: [
+            (["FIXTURE_NO_ENTRY"], "no switchyard_plugin_entry function"),
+            (["FIXTURE_ABI_MAJOR=3"], "built for ABI 3."),
+            (["FIXTURE_NULL_PUBLISH"], "publish NULL"),
+        ])
     func verifyBad(_ defines: [String], _ reason: String) async throws {
         let dir = try TemporaryDirectory()
         let path = try await CCompiler.fixture("bad.so", in: dir.path, defines: defines)
@@ -50,9 +52,11 @@ struct CLITests {
         #expect(Date().timeIntervalSince(started) < 15)
     }
 
-    @Test("plugins test: a check stuck in a plugin call fails as timed out, the suite goes on, and each line reaches a pipe as its check ends",
-          .disabled(if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == "thread",
-                    "under ThreadSanitizer checks run inline, without a time limit (a TSan runtime bug; ConformanceSuite.run)"))
+    @Test(
+        "plugins test: a check stuck in a plugin call fails as timed out, the suite goes on, and each line reaches a pipe as its check ends",
+        .disabled(
+            if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == "thread",
+            "under ThreadSanitizer checks run inline, without a time limit (a TSan runtime bug; ConformanceSuite.run)"))
     func conformanceCheckTimeout() async throws {
         let dir = try TemporaryDirectory()
         let path = try await CCompiler.fixture("stuck.so", in: dir.path, defines: ["FIXTURE_HANG_IN_PUBLISH", "FIXTURE_NAME=\"stuck\""])
@@ -142,11 +146,11 @@ struct CLITests {
         try FileManager.default.createDirectory(atPath: dir.file("plugins-here"), withIntermediateDirectories: true)
         try await CCompiler.fixture("libswitchyard-pinned.so", in: dir.file("plugins-here"), defines: ["FIXTURE_NAME=\"pinned\""])
         try """
-            plugins:
-              directory: plugins-here
-              pins:
-                pinned: \(String(repeating: "ab", count: 32))
-            """.write(toFile: dir.file("switchyard.yaml"), atomically: true, encoding: .utf8)
+        plugins:
+          directory: plugins-here
+          pins:
+            pinned: \(String(repeating: "ab", count: 32))
+        """.write(toFile: dir.file("switchyard.yaml"), atomically: true, encoding: .utf8)
         let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--json", "--config", dir.file("switchyard.yaml")])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("does not match the pin for 'pinned'"))

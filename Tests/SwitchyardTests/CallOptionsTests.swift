@@ -1,8 +1,9 @@
 import Distributed
 import Foundation
-import Synchronization
 import SwitchyardABI
+import Synchronization
 import Testing
+
 @testable import SwitchyardRuntime
 
 @Resolvable
@@ -22,7 +23,11 @@ distributed actor TillService: Till {
 
     final class Runs: Sendable {
         private let counts = Mutex<[String: Int]>([:])
-        func add(_ name: String) -> Int { counts.withLock { $0[name, default: 0] += 1; return $0[name]! } }
+        func add(_ name: String) -> Int {
+            counts.withLock {
+                $0[name, default: 0] += 1; return $0[name]!
+            }
+        }
         func count(_ name: String) -> Int { counts.withLock { $0[name, default: 0] } }
         /// `hold()` returns once this is set.
         let released = Atomic<Bool>(false)
@@ -90,7 +95,8 @@ struct CallOptionsTests {
     @Test("an idempotency key runs a repeated call once per target and answers the repeat with the first outcome")
     func idempotencyKey() async throws {
         let directory = try TemporaryDirectory()
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -113,8 +119,9 @@ struct CallOptionsTests {
         await system.shutdown()
     }
 
-    @Test("headers, the key and the deadline reach the handler in Switchyard.currentCall, through a queue and on a direct route",
-          arguments: [queue, "routes:\n  Till.*: { transport: direct }\n"])
+    @Test(
+        "headers, the key and the deadline reach the handler in Switchyard.currentCall, through a queue and on a direct route",
+        arguments: [queue, "routes:\n  Till.*: { transport: direct }\n"])
     func handlerSeesItsCall(_ yaml: String) async throws {
         let system = try makeSystem(yaml)
         try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: TillService.Runs()) }
@@ -132,14 +139,15 @@ struct CallOptionsTests {
         await system.shutdown()
     }
 
-    @Test("options a call cannot carry fail it with the option named, and nothing is sent",
-          arguments: [
-              (CallOptions(headers: ["Tenant": "x"]), "header 'Tenant'"),
-              (CallOptions(headers: ["syreplyto": "x"]), "'syreplyto' is reserved"),
-              (CallOptions(headers: ["type": "x"]), "'type' is reserved"),
-              (CallOptions(deadline: .zero), "deadline must be positive"),
-              (CallOptions(idempotencyKey: ""), "idempotencyKey must be 1 to 200 bytes"),
-          ])
+    @Test(
+        "options a call cannot carry fail it with the option named, and nothing is sent",
+        arguments: [
+            (CallOptions(headers: ["Tenant": "x"]), "header 'Tenant'"),
+            (CallOptions(headers: ["syreplyto": "x"]), "'syreplyto' is reserved"),
+            (CallOptions(headers: ["type": "x"]), "'type' is reserved"),
+            (CallOptions(deadline: .zero), "deadline must be positive"),
+            (CallOptions(idempotencyKey: ""), "idempotencyKey must be 1 to 200 bytes"),
+        ])
     func refused(_ options: CallOptions, _ expected: String) async throws {
         for yaml in [Self.queue, "routes:\n  Till.*: { transport: direct }\n"] {
             let system = try makeSystem(yaml)

@@ -34,29 +34,29 @@ struct DemoTests {
     /// letters never answered: the callers timed out).
     static let extraConfigs: [String: String] = [
         "delay over isolated example-c": """
-            transports:
-              work: { plugin: queue }
-              events: { plugin: topic }
-              isolated: { plugin: example-c, isolation: { mode: process } }
-              later: { plugin: delay, inner: isolated }
-            routes:
-              Orders.place: { transport: work, deadline: 30s }
-              Payments.charge: { transport: work, retry: { max_attempts: 4, initial_delay: 20ms, max_delay: 200ms, multiplier: 2 } }
-              OrderEvents.*: { transport: events, mode: fire-and-forget }
-              Reminders.*: { transport: later, mode: fire-and-forget }
-            """,
+        transports:
+          work: { plugin: queue }
+          events: { plugin: topic }
+          isolated: { plugin: example-c, isolation: { mode: process } }
+          later: { plugin: delay, inner: isolated }
+        routes:
+          Orders.place: { transport: work, deadline: 30s }
+          Payments.charge: { transport: work, retry: { max_attempts: 4, initial_delay: 20ms, max_delay: 200ms, multiplier: 2 } }
+          OrderEvents.*: { transport: events, mode: fire-and-forget }
+          Reminders.*: { transport: later, mode: fire-and-forget }
+        """,
         "retry decorator": """
-            transports:
-              base: { plugin: queue }
-              work: { plugin: retry, inner: base, config: { max_attempts: 4, initial_delay: 20ms, max_delay: 200ms, multiplier: 2 } }
-              events: { plugin: topic }
-              later: { plugin: delay, inner: base }
-            routes:
-              Orders.place: { transport: base, deadline: 30s }
-              Payments.charge: { transport: work }
-              OrderEvents.*: { transport: events, mode: fire-and-forget }
-              Reminders.*: { transport: later, mode: fire-and-forget }
-            """,
+        transports:
+          base: { plugin: queue }
+          work: { plugin: retry, inner: base, config: { max_attempts: 4, initial_delay: 20ms, max_delay: 200ms, multiplier: 2 } }
+          events: { plugin: topic }
+          later: { plugin: delay, inner: base }
+        routes:
+          Orders.place: { transport: base, deadline: 30s }
+          Payments.charge: { transport: work }
+          OrderEvents.*: { transport: events, mode: fire-and-forget }
+          Reminders.*: { transport: later, mode: fire-and-forget }
+        """,
     ]
 
     @Test("the same program gives the same business outcome under every bundled config (embedded, direct, NATS) and the decorator configs; every call is answered")
@@ -142,7 +142,8 @@ struct DemoTests {
     func runDrainsOnSIGTERM() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("run.yaml")
-        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
         process.arguments = ["run", "--config", path, "--log-level", "info", "--allow-empty"]

@@ -1,9 +1,9 @@
 import Foundation
-import Synchronization
-import Testing
 import SwitchyardConfig
 import SwitchyardRuntime
 import SwitchyardTestServices
+import Synchronization
+import Testing
 
 /// A child host process (switchyard-drain-probe) whose output lines can be awaited.
 final class ChildHost: @unchecked Sendable {
@@ -59,11 +59,11 @@ struct DrainTests {
         let directory = try TemporaryDirectory()
         let configPath = directory.file("switchyard.yaml")
         try """
-            transports:
-              work: { plugin: queue, config: { path: "\(directory.file("work.db"))", visibility_timeout: 30s } }
-            routes:
-              Worker.*: { transport: work, deadline: 60s, concurrency: 4 }
-            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        transports:
+          work: { plugin: queue, config: { path: "\(directory.file("work.db"))", visibility_timeout: 30s } }
+        routes:
+          Worker.*: { transport: work, deadline: 60s, concurrency: 4 }
+        """.write(toFile: configPath, atomically: true, encoding: .utf8)
         let first = try ChildHost(config: configPath)
         #expect(await first.waitFor("ready") != nil)
 
@@ -72,7 +72,8 @@ struct DrainTests {
         let calls = 40
         let results = Task {
             try await withThrowingTaskGroup(of: Int.self) { group in
-                for value in 0..<calls { group.addTask { try await worker.work(value, milliseconds: 300) } }  // 3 s of work in all: SIGTERM comes well before the end, even on a loaded machine
+                // 3 s of work in all: SIGTERM comes well before the end, even on a loaded machine.
+                for value in 0..<calls { group.addTask { try await worker.work(value, milliseconds: 300) } }
                 return try await group.reduce(into: [Int]()) { $0.append($1) }
             }
         }

@@ -3,6 +3,7 @@ import Foundation
 import SwitchyardABI
 import SwitchyardTransportKit
 import Testing
+
 @testable import SwitchyardRuntime
 
 @Resolvable
@@ -43,7 +44,8 @@ struct InboxTests {
     func effectsCommitOnce() async throws {
         let directory = try TemporaryDirectory()
         let inboxPath = directory.file("inbox.db")
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -70,7 +72,8 @@ struct InboxTests {
     func groupsEachBookOnce() async throws {
         let directory = try TemporaryDirectory()
         let inboxPath = directory.file("inbox.db")
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               events: { plugin: topic }
             routes:

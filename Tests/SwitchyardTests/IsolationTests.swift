@@ -1,19 +1,21 @@
 import Foundation
-import Synchronization
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardLoader
-@testable import SwitchyardRuntime
+import Synchronization
 import Testing
+
+@testable import SwitchyardRuntime
 
 /// `isolation: process`: a plugin running in a `switchyard plugin-host` child.
 @Suite("Process isolation")
 struct IsolationTests {
     /// Short timeouts so that hangs and restarts show up within a test's patience.
-    static let quick = ProcessIsolation(callTimeoutNanos: 5_000_000_000, restartBackoffNanos: 50_000_000,
-                                        maxRestartBackoffNanos: 500_000_000, hostExecutable: BuildProducts.switchyard)
+    static let quick = ProcessIsolation(
+        callTimeoutNanos: 5_000_000_000, restartBackoffNanos: 50_000_000,
+        maxRestartBackoffNanos: 500_000_000, hostExecutable: BuildProducts.switchyard)
 
     /// The fixture plugin that segfaults on a "segfault" body and hangs on a "hang" body.
     static func crashy(in directory: TemporaryDirectory) async throws -> LoadedPlugin {
@@ -182,8 +184,9 @@ struct IsolationTests {
         return seen.ids
     }
 
-    @Test("delay over an isolated C plugin and an isolated Swift plugin: calls flow through the proxy, and only the child runs the plugin",
-          arguments: ["example-c", "example-swift"])
+    @Test(
+        "delay over an isolated C plugin and an isolated Swift plugin: calls flow through the proxy, and only the child runs the plugin",
+        arguments: ["example-c", "example-swift"])
     func delayOverIsolatedPlugin(_ name: String) async throws {
         try await offPool {
             let inner = try Transport(name: "work", plugin: try ConformanceTests.plugin(name), isolation: Self.quick)
@@ -227,7 +230,8 @@ struct IsolationTests {
     @Test("typed calls over a transport with isolation: process in config")
     func typedCallsOverIsolatedQueue() async throws {
         let directory = try TemporaryDirectory()
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               work:
                 plugin: queue
@@ -252,7 +256,8 @@ struct IsolationTests {
         let isolation = "isolation: { mode: process, call_timeout: 1s, host: \"\(BuildProducts.switchyard)\" }"
         // Loading either file here would kill (or hang) this test process.
         let system = try await offPool {
-            try makeSystem("""
+            try makeSystem(
+                """
                 plugins: { directory: "\(plugins.path)" }
                 transports:
                   work: { plugin: queue, \(isolation) }
@@ -266,7 +271,8 @@ struct IsolationTests {
         // A transport that wants one of them hears which files were refused, and why.
         let error = await #expect(throws: ConfigError.self) {
             try await offPool {
-                try makeSystem("""
+                try makeSystem(
+                    """
                     plugins: { directory: "\(plugins.path)" }
                     transports:
                       bad: { plugin: crashes, \(isolation) }
@@ -286,7 +292,8 @@ struct IsolationTests {
         let plugins = try TemporaryDirectory()
         try await CCompiler.fixture("crashes.so", in: plugins.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
         let system = try await offPool {
-            try makeSystem("""
+            try makeSystem(
+                """
                 plugins: { directory: "\(plugins.path)", probe: true }
                 transports:
                   memq: { plugin: queue }

@@ -5,6 +5,7 @@ import SwitchyardConfig
 import SwitchyardConformance
 import SwitchyardHost
 import Testing
+
 @testable import SwitchyardRuntime
 
 /// Limits: message size, header count and size, in flight per subscriber, queue depth (the
@@ -51,7 +52,8 @@ struct LimitsTests {
 
     @Test("limits: in config: a call over them is refused before sending, naming limits.max_message_bytes")
     func runtimeRefusesOversizedCall() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             limits: { max_message_bytes: 2000, max_headers: 32 }
             transports:
               memq: { plugin: queue }
@@ -78,14 +80,16 @@ struct LimitsTests {
         let directory = try TemporaryDirectory()
         let queuePath = directory.file("q.db")
         // The receiver accepts at most 1500 bytes; the caller's own limits are the defaults.
-        let receiver = try makeSystem("""
+        let receiver = try makeSystem(
+            """
             limits: { max_message_bytes: 1500 }
             transports:
               q: { plugin: queue, config: { path: "\(queuePath)" } }
             routes:
               "*": { transport: q, deadline: 10s }
             """)
-        let caller = try makeSystem("""
+        let caller = try makeSystem(
+            """
             transports:
               q: { plugin: queue, config: { path: "\(queuePath)" } }
             routes:
@@ -120,12 +124,14 @@ struct LimitsTests {
         await caller.shutdown()
     }
 
-    @Test("limits: errors name the key", arguments: [
-        ("limits: { max_message_bytes: 0 }\n", "limits.max_message_bytes"),
-        ("limits: { max_headers: -1 }\n", "limits.max_headers"),
-        ("limits: { max_header_bytes: lots }\n", "limits.max_header_bytes"),
-        ("limits: { max_body: 3 }\n", "limits.max_body"),
-    ])
+    @Test(
+        "limits: errors name the key",
+        arguments: [
+            ("limits: { max_message_bytes: 0 }\n", "limits.max_message_bytes"),
+            ("limits: { max_headers: -1 }\n", "limits.max_headers"),
+            ("limits: { max_header_bytes: lots }\n", "limits.max_header_bytes"),
+            ("limits: { max_body: 3 }\n", "limits.max_body"),
+        ])
     func configErrors(_ yaml: String, _ key: String) {
         let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
         #expect(error?.key == key)

@@ -1,6 +1,7 @@
-import Foundation
 import CSwitchyard
+import Foundation
 import Testing
+
 @testable import SwitchyardLoader
 
 /// One fixture per way a plugin file can be bad: each must be refused with its own reason, and a
@@ -111,8 +112,9 @@ struct LoaderRejectionTests {
         try await CCompiler.compile(dir.file("helper.c"), to: dir.file("libgone.so.lib"), flags: ["-shared", "-fPIC", "-Wl,-soname,libgone.so.lib"])
         try await CCompiler.fixture("needs-gone.so", in: dir.path, defines: [])
         // Relink the fixture against the helper library, then take the library away.
-        try await CCompiler.compile(Repository.fixtures + "/fixture_plugin.c", to: dir.file("needs-gone.so"),
-                              flags: ["-shared", "-fPIC", dir.file("libgone.so.lib")])
+        try await CCompiler.compile(
+            Repository.fixtures + "/fixture_plugin.c", to: dir.file("needs-gone.so"),
+            flags: ["-shared", "-fPIC", dir.file("libgone.so.lib")])
         try FileManager.default.removeItem(atPath: dir.file("libgone.so.lib"))
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("needs-gone.so")) }
         #expect(error?.kind == .loadFailed)
@@ -191,7 +193,8 @@ struct LoaderRejectionTests {
 struct LoaderDiscoveryTests {
     @Test("the first plugin of a name wins; the later one is refused naming both paths")
     func duplicateNames() async throws {
-        let first = try TemporaryDirectory(), second = try TemporaryDirectory()
+        let first = try TemporaryDirectory()
+        let second = try TemporaryDirectory()
         let a = try await CCompiler.fixture("dup-a.so", in: first.path, defines: ["FIXTURE_NAME=\"dup\""])
         let b = try await CCompiler.fixture("dup-b.so", in: second.path, defines: ["FIXTURE_NAME=\"dup\"", "FIXTURE_VERSION=\"2.0.0\""])
         let catalog = PluginLoader().discover(in: [
@@ -223,9 +226,10 @@ struct LoaderDiscoveryTests {
             commandLine: [dirs[0].path], environment: ["SWITCHYARD_PLUGINS_PATH": "\(dirs[1].path):\(dirs[0].path)"],
             configDirectory: dirs[2].path, workingDirectory: work, executableDirectory: dirs[4].path + "/bin", systemDirectories: [dirs[5].path])
         #expect(path.map(\.source) == [.commandLine, .environment, .config, .workingDirectory, .executableDirectory, .executableDirectory, .system])
-        #expect(path.map(\.path) == [
-            dirs[0].path, dirs[1].path, dirs[2].path, work + "/plugins", dirs[4].path + "/bin", dirs[4].path + "/lib/switchyard/plugins", dirs[5].path,
-        ])
+        #expect(
+            path.map(\.path) == [
+                dirs[0].path, dirs[1].path, dirs[2].path, work + "/plugins", dirs[4].path + "/bin", dirs[4].path + "/lib/switchyard/plugins", dirs[5].path,
+            ])
         // By default the system-wide directories come last.
         #expect(SearchDirectory.searchPath().suffix(2).map(\.path) == ["/usr/local/lib/switchyard/plugins", "/usr/lib/switchyard/plugins"])
     }

@@ -35,8 +35,10 @@ final class NATSServer: @unchecked Sendable {
         guard let executable = Self.executable else { throw NATSTestError("nats-server is not installed (apt-get install nats-server)") }
         var arguments = ["-js", "-a", "127.0.0.1", "-p", "\(port)", "-sd", storeDirectory, "--server_name", name]
         if let clusterPort {
-            arguments += ["--cluster_name", "switchyard-test", "--cluster", "nats://127.0.0.1:\(clusterPort)",
-                          "--routes", routes.map { "nats://127.0.0.1:\($0)" }.joined(separator: ",")]
+            arguments += [
+                "--cluster_name", "switchyard-test", "--cluster", "nats://127.0.0.1:\(clusterPort)",
+                "--routes", routes.map { "nats://127.0.0.1:\($0)" }.joined(separator: ","),
+            ]
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
@@ -74,8 +76,9 @@ final class NATSCluster: @unchecked Sendable {
         self.directory = directory
         let clusterPorts = try (0..<3).map { _ in try freePort() }
         servers = try (0..<3).map { index in
-            try NATSServer(name: "n\(index + 1)", clusterPort: clusterPorts[index], routes: clusterPorts,
-                           storeDirectory: directory.file("n\(index + 1)"))
+            try NATSServer(
+                name: "n\(index + 1)", clusterPort: clusterPorts[index], routes: clusterPorts,
+                storeDirectory: directory.file("n\(index + 1)"))
         }
     }
 

@@ -1,11 +1,12 @@
 import Foundation
-import Synchronization
-import Testing
 import SwitchyardABI
-import SwitchyardConformance
 import SwitchyardConfig
+import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardLoader
+import Synchronization
+import Testing
+
 @testable import SwitchyardRuntime
 
 /// The NATS JetStream plugins against real `nats-server -js` processes on loopback.
@@ -61,7 +62,8 @@ struct NATSTests {
     func typedCallsOverNATS() async throws {
         let directory = try TemporaryDirectory()
         let server = try NATSServer(storeDirectory: directory.path)
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               jobs: { plugin: nats, config: { servers: ["\(server.url)"], stream: TYPED } }
               events: { plugin: nats-topic, config: { servers: ["\(server.url)"], stream: TYPED_EVENTS } }

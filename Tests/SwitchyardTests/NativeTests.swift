@@ -1,7 +1,8 @@
 import Foundation
-import Testing
-import SwitchyardNative
 import SwitchyardConfig
+import SwitchyardNative
+import Testing
+
 @testable import SwitchyardRuntime
 
 @Suite("Native modules (libffi)")
@@ -15,20 +16,24 @@ struct NativeTests {
         return (try NativeLibrary(path: path), directory)
     }
 
-    @Test("signatures parse", arguments: [
-        ("f64(i32, f64)", "f64(i32, f64)"), ("void()", "void()"), (" str ( str ) ", "str(str)"),
-        ("u64(bytes,u8,u16,u32,u64,i8,i16,i64,f32,bool)", "u64(bytes, u8, u16, u32, u64, i8, i16, i64, f32, bool)"),
-    ])
+    @Test(
+        "signatures parse",
+        arguments: [
+            ("f64(i32, f64)", "f64(i32, f64)"), ("void()", "void()"), (" str ( str ) ", "str(str)"),
+            ("u64(bytes,u8,u16,u32,u64,i8,i16,i64,f32,bool)", "u64(bytes, u8, u16, u32, u64, i8, i16, i64, f32, bool)"),
+        ])
     func parses(_ text: String, _ canonical: String) throws {
         #expect(try NativeSignature(parsing: text).description == canonical)
     }
 
-    @Test("malformed signatures point at the offending character", arguments: [
-        ("f64(i32, f64", 12, "expected ',' or ')'"), ("f64 i32", 4, "expected '('"), ("int(i32)", 0, "unknown type 'int'"),
-        ("i32(i32, float)", 9, "unknown type 'float'"), ("i32(void)", 4, "void is only a result type"),
-        ("bytes(i32)", 0, "bytes is only a parameter type"), ("i32(i32,)", 8, "expected a type"), ("i32(i32) x", 9, "unexpected text"),
-        ("", 0, "expected a type"),
-    ])
+    @Test(
+        "malformed signatures point at the offending character",
+        arguments: [
+            ("f64(i32, f64", 12, "expected ',' or ')'"), ("f64 i32", 4, "expected '('"), ("int(i32)", 0, "unknown type 'int'"),
+            ("i32(i32, float)", 9, "unknown type 'float'"), ("i32(void)", 4, "void is only a result type"),
+            ("bytes(i32)", 0, "bytes is only a parameter type"), ("i32(i32,)", 8, "expected a type"), ("i32(i32) x", 9, "unexpected text"),
+            ("", 0, "expected a type"),
+        ])
     func malformed(_ text: String, _ offset: Int, _ message: String) {
         let error = #expect(throws: NativeSignatureError.self) { try NativeSignature(parsing: text) }
         #expect(error?.offset == offset, "\(String(describing: error))")
@@ -72,14 +77,16 @@ struct NativeTests {
         #expect(try call("touched", "i32()", []) == .int(1))
     }
 
-    @Test("wrong arity, kinds and ranges are refused with the reason, never called", arguments: [
-        ("add_i32", "i32(i32, i32)", [NativeValue.int(1)], "takes 2 argument(s)"),
-        ("add_i32", "i32(i32, i32)", [.int(1), .string("2")], "argument 2 of add_i32: expected i32, got a string"),
-        ("negate_i8", "i8(i8)", [.int(300)], "300 does not fit i8"),
-        ("double_u16", "u16(u16)", [.int(-1)], "-1 does not fit u16"),
-        ("greet", "str(str)", [.string("a\u{0}b")], "must not contain NUL"),
-        ("checksum", "u64(bytes)", [.string("x")], "expected bytes, got a string"),
-    ])
+    @Test(
+        "wrong arity, kinds and ranges are refused with the reason, never called",
+        arguments: [
+            ("add_i32", "i32(i32, i32)", [NativeValue.int(1)], "takes 2 argument(s)"),
+            ("add_i32", "i32(i32, i32)", [.int(1), .string("2")], "argument 2 of add_i32: expected i32, got a string"),
+            ("negate_i8", "i8(i8)", [.int(300)], "300 does not fit i8"),
+            ("double_u16", "u16(u16)", [.int(-1)], "-1 does not fit u16"),
+            ("greet", "str(str)", [.string("a\u{0}b")], "must not contain NUL"),
+            ("checksum", "u64(bytes)", [.string("x")], "expected bytes, got a string"),
+        ])
     func refused(_ symbol: String, _ signature: String, _ arguments: [NativeValue], _ message: String) async throws {
         let (library, directory) = try await Self.module()
         _ = directory
@@ -123,7 +130,8 @@ struct NativeTests {
 
     /// A system serving the fixture as native module `Math` with `routes`.
     static func routedSystem(_ routes: String, _ directory: TemporaryDirectory) throws -> SwitchyardActorSystem {
-        try makeSystem("""
+        try makeSystem(
+            """
             transports:
               q: { plugin: queue }
               t: { plugin: topic }
@@ -143,12 +151,14 @@ struct NativeTests {
             """, directory: directory)
     }
 
-    @Test("native functions over every route mode: direct, queue request-reply, topic fire-and-forget, delay", arguments: [
-        ("  Math.*: { transport: direct }", false),
-        ("  Math.*: { transport: q, deadline: 10s }", false),
-        ("  Math.touch: { transport: t, mode: fire-and-forget }\n  Math.*: { transport: q }", true),
-        ("  Math.touch: { transport: later, mode: fire-and-forget, delay: 100ms }\n  Math.*: { transport: q, encoding: json }", true),
-    ])
+    @Test(
+        "native functions over every route mode: direct, queue request-reply, topic fire-and-forget, delay",
+        arguments: [
+            ("  Math.*: { transport: direct }", false),
+            ("  Math.*: { transport: q, deadline: 10s }", false),
+            ("  Math.touch: { transport: t, mode: fire-and-forget }\n  Math.*: { transport: q }", true),
+            ("  Math.touch: { transport: later, mode: fire-and-forget, delay: 100ms }\n  Math.*: { transport: q, encoding: json }", true),
+        ])
     func routed(_ routes: String, _ touchIsAsync: Bool) async throws {
         let (_, directory) = try await Self.module()
         let system = try Self.routedSystem(routes, directory)
@@ -199,7 +209,10 @@ struct NativeTests {
         for (yaml, key, message) in [
             ("native:\n  Math:\n    library: /nonexistent.so\n    functions: { f: \"void()\" }\n", "native.Math.library", "cannot load native module"),
             ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      add: \"i32(i32, i32\"\n", "native.Math.functions.add", "column 13"),
-            ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      nosuch: \"void()\"\n", "native.Math.functions.nosuch", "has no function 'nosuch'"),
+            (
+                "native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      nosuch: \"void()\"\n", "native.Math.functions.nosuch",
+                "has no function 'nosuch'"
+            ),
             ("native:\n  Math:\n    functions: { f: \"void()\" }\n", "native.Math.library", "is required"),
         ] {
             let error = #expect(throws: ConfigError.self) { _ = try makeSystem(yaml, directory: directory) }
@@ -209,34 +222,38 @@ struct NativeTests {
         }
     }
 
-    @Test("a C program calls routed native functions through bound function pointers (libffi closures), across processes",
-          .disabled(if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == "thread",
-                    "a plain C program cannot link the TSan runtime (its libdispatch interceptors need Blocks)"))
+    @Test(
+        "a C program calls routed native functions through bound function pointers (libffi closures), across processes",
+        .disabled(
+            if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == "thread",
+            "a plain C program cannot link the TSan runtime (its libdispatch interceptors need Blocks)"))
     func cClosures() async throws {
         let (_, directory) = try await Self.module()
         let program = directory.file("native_caller")
         let compiled = try await CCompiler.compile(
             Repository.fixtures + "/native_caller.c", to: program,
-            flags: ["-std=c99", "-I", Repository.root + "/SDK/Native", "-L", BuildProducts.directory,
-                    "-lswitchyard-native-client", "-Wl,-rpath," + BuildProducts.directory]
+            flags: [
+                "-std=c99", "-I", Repository.root + "/SDK/Native", "-L", BuildProducts.directory,
+                "-lswitchyard-native-client", "-Wl,-rpath," + BuildProducts.directory,
+            ]
                 // Under scripts/sanitize the client library needs the sanitizer's runtime.
                 + (ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"].map { ["-fsanitize=\($0)"] } ?? []))
         #expect(compiled.status == 0, "\(compiled.stderr)")
         let config = directory.file("switchyard.yaml")
         try """
-            transports:
-              q: { plugin: queue, config: { path: \(directory.file("calls.db")) } }
-            native:
-              Math:
-                library: \(directory.file("libnative.so"))
-                functions:
-                  add: { symbol: add_i32, signature: "i32(i32, i32)" }
-                  scale: "f64(i32, f64)"
-                  greet: { signature: "str(str)", free: greet_free }
-                  sum: { symbol: checksum, signature: "u64(bytes)" }
-            routes:
-              Math.*: { transport: q, deadline: 20s }
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        transports:
+          q: { plugin: queue, config: { path: \(directory.file("calls.db")) } }
+        native:
+          Math:
+            library: \(directory.file("libnative.so"))
+            functions:
+              add: { symbol: add_i32, signature: "i32(i32, i32)" }
+              scale: "f64(i32, f64)"
+              greet: { signature: "str(str)", free: greet_free }
+              sum: { symbol: checksum, signature: "u64(bytes)" }
+        routes:
+          Math.*: { transport: q, deadline: 20s }
+        """.write(toFile: config, atomically: true, encoding: .utf8)
         // This process serves the module; the C program calls it through the durable queue.
         let host = try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory])
         try host.hostNative()

@@ -1,9 +1,10 @@
-import Foundation
 import CSwitchyard
-import Synchronization
-import Testing
+import Foundation
 import SwitchyardABI
 import SwitchyardHost
+import Synchronization
+import Testing
+
 @testable import SwitchyardLoader
 
 /// Collects deliveries from a subscription, thread-safely.
@@ -40,8 +41,9 @@ struct RoundTripTests {
             return .ok
         }
         let body: [UInt8] = Array(0..<64) + [0, 255]
-        let sent = Message(id: "m-1", channel: "orders", orderingKey: "customer-7",
-                           headers: [Header("traceparent", "00-abc-def-01"), Header("k", ""), Header("k", "ü✓")], body: body)
+        let sent = Message(
+            id: "m-1", channel: "orders", orderingKey: "customer-7",
+            headers: [Header("traceparent", "00-abc-def-01"), Header("k", ""), Header("k", "ü✓")], body: body)
         try client.publish(sent)
         #expect(await eventually { inbox.count == 1 })
         let (_, got) = try #require(inbox.all.first)
@@ -92,7 +94,8 @@ struct RoundTripTests {
         let transport = try transport(file)
         defer { transport.close() }
         let client = transport.client
-        let first = Inbox(), second = Inbox()
+        let first = Inbox()
+        let second = Inbox()
         // The first consumer holds on to its deliveries without settling them.
         let holder = try client.subscribe(SubscribeOptions(channel: "jobs")) { delivery, message in
             first.add(delivery, message)
@@ -146,13 +149,15 @@ struct RoundTripTests {
         #expect(unsubscribed?.code == .notFound)
     }
 
-    @Test("config errors from create name the key", arguments: [
-        ("libswitchyard-example-c.so", "{\"capacity\": 3}", "unknown config key 'capacity'"),
-        ("libswitchyard-example-swift.so", "{\"capacity\": 3}", "unknown config key 'capacity'"),
-        ("libswitchyard-example-swift.so", "{\"max_in_flight\": \"lots\"}", "config key 'max_in_flight'"),
-        ("libswitchyard-example-swift.so", "{\"max_in_flight\": 0}", "config key 'max_in_flight': must be at least 1"),
-        ("libswitchyard-example-swift.so", "[1, 2]", "config must be a JSON object"),
-    ])
+    @Test(
+        "config errors from create name the key",
+        arguments: [
+            ("libswitchyard-example-c.so", "{\"capacity\": 3}", "unknown config key 'capacity'"),
+            ("libswitchyard-example-swift.so", "{\"capacity\": 3}", "unknown config key 'capacity'"),
+            ("libswitchyard-example-swift.so", "{\"max_in_flight\": \"lots\"}", "config key 'max_in_flight'"),
+            ("libswitchyard-example-swift.so", "{\"max_in_flight\": 0}", "config key 'max_in_flight': must be at least 1"),
+            ("libswitchyard-example-swift.so", "[1, 2]", "config must be a JSON object"),
+        ])
     func configErrors(_ file: String, _ config: String, _ expected: String) throws {
         let plugin = try PluginLoader().load(path: BuildProducts.path(file))
         let error = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: config) }
@@ -221,8 +226,9 @@ struct ABIValueTests {
 
     @Test("a message lent to C and copied back is unchanged")
     func messageRoundTrip() throws {
-        let message = Message(id: "id", channel: "ch", orderingKey: nil, headers: [Header("a", "b")], body: [],
-                              attempt: 3, deliverAtNanos: 5, enqueuedAtNanos: 7)
+        let message = Message(
+            id: "id", channel: "ch", orderingKey: nil, headers: [Header("a", "b")], body: [],
+            attempt: 3, deliverAtNanos: 5, enqueuedAtNanos: 7)
         let copy = try message.withCMessage { try Message(copying: $0) }
         #expect(copy == message)
     }
@@ -232,8 +238,9 @@ struct ABIValueTests {
 struct MessageViewTests {
     @Test("reads fields without copying and looks headers up by key")
     func view() throws {
-        let message = Message(id: "id-1", channel: "c", orderingKey: "k", headers: [Header("a", "1"), Header("", "empty-key"), Header("a", "2")],
-                              body: [9, 8, 7], attempt: 2)
+        let message = Message(
+            id: "id-1", channel: "c", orderingKey: "k", headers: [Header("a", "1"), Header("", "empty-key"), Header("a", "2")],
+            body: [9, 8, 7], attempt: 2)
         try message.withCMessage { pointer in
             let view = try MessageView(validating: pointer)
             #expect(view.id == "id-1")

@@ -1,7 +1,8 @@
 import Foundation
-import Testing
 import SwitchyardABI
 import SwitchyardConfig
+import Testing
+
 @testable import SwitchyardRuntime
 
 @Suite("Route configuration")
@@ -17,12 +18,13 @@ struct RouteConfigTests {
 
     @Test("routes parse with their defaults")
     func parses() throws {
-        let config = try SwitchyardConfig.parse(yaml: Self.transports + """
-            routes:
-              Orders.place: { transport: q, deadline: 2s, retry: { max_attempts: 3 }, ordering: customer }
-              Orders.*: { transport: direct }
-              "*": { transport: later, mode: fire-and-forget, delay: 5s, inbox: { window: 1m } }
-            """, baseDirectory: "/")
+        let config = try SwitchyardConfig.parse(
+            yaml: Self.transports + """
+                routes:
+                  Orders.place: { transport: q, deadline: 2s, retry: { max_attempts: 3 }, ordering: customer }
+                  Orders.*: { transport: direct }
+                  "*": { transport: later, mode: fire-and-forget, delay: 5s, inbox: { window: 1m } }
+                """, baseDirectory: "/")
         #expect(config.routes.map(\.pattern) == ["Orders.place", "Orders.*", "*"])
         #expect(config.routes[0].deadlineNanos == 2_000_000_000)
         #expect(config.routes[0].orderingArgument == "customer")
@@ -31,18 +33,20 @@ struct RouteConfigTests {
         #expect(config.routes[2].inbox?.windowNanos == 60_000_000_000)
     }
 
-    @Test("each kind of route error names the key and line", arguments: [
-        ("routes:\n  Orders.place: { transport: nowhere }\n", "routes.Orders.place.transport", "no transport named 'nowhere'"),
-        ("routes:\n  Orders.place: { mode: fire-and-forget }\n", "routes.Orders.place.transport", "is required"),
-        ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "expected one of"),
-        ("routes:\n  Orders.place: { transport: q, deadline: soon }\n", "routes.Orders.place.deadline", "is not a duration"),
-        ("routes:\n  Orders.place: { transport: q, deadline: 0 }\n", "routes.Orders.place.deadline", "more than 0"),
-        ("routes:\n  Orders.place: { transport: q, delya: 1s }\n", "routes.Orders.place.delya", "unknown key"),
-        ("routes:\n  Orders..place: { transport: q }\n", "routes.Orders..place", "route patterns are"),
-        ("routes:\n  Orders.place: { transport: q, encoding: xml }\n", "routes.Orders.place.encoding", "compact or json"),
-        ("routes:\n  Orders.place: { transport: q, inbox: { window: forever } }\n", "routes.Orders.place.inbox.window", "is not a duration"),
-        ("transports:\n  direct: { plugin: queue }\n", "transports.direct", "reserved"),
-    ])
+    @Test(
+        "each kind of route error names the key and line",
+        arguments: [
+            ("routes:\n  Orders.place: { transport: nowhere }\n", "routes.Orders.place.transport", "no transport named 'nowhere'"),
+            ("routes:\n  Orders.place: { mode: fire-and-forget }\n", "routes.Orders.place.transport", "is required"),
+            ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "expected one of"),
+            ("routes:\n  Orders.place: { transport: q, deadline: soon }\n", "routes.Orders.place.deadline", "is not a duration"),
+            ("routes:\n  Orders.place: { transport: q, deadline: 0 }\n", "routes.Orders.place.deadline", "more than 0"),
+            ("routes:\n  Orders.place: { transport: q, delya: 1s }\n", "routes.Orders.place.delya", "unknown key"),
+            ("routes:\n  Orders..place: { transport: q }\n", "routes.Orders..place", "route patterns are"),
+            ("routes:\n  Orders.place: { transport: q, encoding: xml }\n", "routes.Orders.place.encoding", "compact or json"),
+            ("routes:\n  Orders.place: { transport: q, inbox: { window: forever } }\n", "routes.Orders.place.inbox.window", "is not a duration"),
+            ("transports:\n  direct: { plugin: queue }\n", "transports.direct", "reserved"),
+        ])
     func parseErrors(_ yaml: String, _ key: String, _ message: String) {
         let text = yaml.hasPrefix("routes") ? Self.transports + yaml : yaml
         let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: text, baseDirectory: "/") }
@@ -51,16 +55,18 @@ struct RouteConfigTests {
         #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
     }
 
-    @Test("routes are checked against what the loaded plugins can do, before anything starts", arguments: [
-        ("Orders.place: { transport: q, delay: 1s }", "routes.Orders.place.delay", "cannot: it lacks the delay capability"),
-        ("Orders.place: { transport: c, retry: { max_attempts: 2 } }", "routes.Orders.place.retry", "lacks the retry capability"),
-        ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
-        ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
-        ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
-        ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
-        ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
-        ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),
-    ])
+    @Test(
+        "routes are checked against what the loaded plugins can do, before anything starts",
+        arguments: [
+            ("Orders.place: { transport: q, delay: 1s }", "routes.Orders.place.delay", "cannot: it lacks the delay capability"),
+            ("Orders.place: { transport: c, retry: { max_attempts: 2 } }", "routes.Orders.place.retry", "lacks the retry capability"),
+            ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
+            ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
+            ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
+            ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
+            ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
+            ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),
+        ])
     func capabilityErrors(_ route: String, _ key: String, _ message: String) throws {
         let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  " + route + "\n", baseDirectory: "/")
         let error = #expect(throws: ConfigError.self) {
@@ -185,9 +191,11 @@ struct CodecTests {
         #expect(EnvelopeID.make() > later)
     }
 
-    @Test("RFC 3339 times round-trip and parse offsets", arguments: [
-        Int64(0), 1_700_000_000_123_456_789, -86_400_000_000_001, 4_102_444_800_000_000_000,
-    ])
+    @Test(
+        "RFC 3339 times round-trip and parse offsets",
+        arguments: [
+            Int64(0), 1_700_000_000_123_456_789, -86_400_000_000_001, 4_102_444_800_000_000_000,
+        ])
     func times(_ nanos: Int64) {
         let text = RFC3339.format(nanos: nanos)
         #expect(RFC3339.parse(text) == nanos, "\(text)")

@@ -51,7 +51,8 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     if let environment { process.environment = environment }
-    let out = Pipe(), err = Pipe()
+    let out = Pipe()
+    let err = Pipe()
     process.standardOutput = out
     process.standardError = err
     try process.run()
@@ -102,8 +103,9 @@ enum CCompiler {
     @discardableResult
     static func fixture(_ name: String, in directory: String, defines: [String] = []) async throws -> String {
         let output = directory + "/" + name
-        try await compile(Repository.fixtures + "/fixture_plugin.c", to: output,
-                    flags: ["-std=c99", "-shared", "-fPIC", "-w"] + defines.map { "-D" + $0 })
+        try await compile(
+            Repository.fixtures + "/fixture_plugin.c", to: output,
+            flags: ["-std=c99", "-shared", "-fPIC", "-w"] + defines.map { "-D" + $0 })
         return output
     }
 }

@@ -5,6 +5,7 @@ import ServiceContextModule
 import SwitchyardABI
 import Testing
 import Tracing
+
 @testable import SwitchyardRuntime
 
 /// The tracer swift-distributed-tracing ships for tests, bootstrapped once for the process (a
@@ -33,8 +34,9 @@ struct TracingTests {
         let spans = tracer.finishedSpans
         let checkout = try #require(spans.last { $0.operationName == "checkout" })
         let client = try #require(spans.first { $0.kind == .client && $0.traceID == checkout.traceID })
-        let server = try #require(spans.first { $0.kind == .consumer && $0.traceID == checkout.traceID },
-                                  "the receiver's span is in another trace: \(spans.map { "\($0.operationName) \($0.kind) \($0.traceID)" })")
+        let server = try #require(
+            spans.first { $0.kind == .consumer && $0.traceID == checkout.traceID },
+            "the receiver's span is in another trace: \(spans.map { "\($0.operationName) \($0.kind) \($0.traceID)" })")
         #expect(client.operationName == "Shop.place(_:)")
         #expect(client.parentSpanID == checkout.spanID)
         #expect(server.operationName == "Shop.place(_:)")
@@ -49,8 +51,9 @@ struct TracingTests {
         injector.inject("vendor=a", forKey: "tracestate", into: &carrier)
         injector.inject("42", forKey: "in-memory-trace-id", into: &carrier)
         injector.inject("a=b,c;d %", forKey: "baggage", into: &carrier)
-        let envelope = Envelope(target: .init(name: "Shop.place(_:)", identifier: "x"), arguments: [],
-                                traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther)
+        let envelope = Envelope(
+            target: .init(name: "Shop.place(_:)", identifier: "x"), arguments: [],
+            traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther)
         let message = envelope.message(channel: "shop")
         #expect(message.header("ce-traceparent") == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         #expect(message.header("ce-tracestate") == "vendor=a")

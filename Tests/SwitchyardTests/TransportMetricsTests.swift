@@ -26,17 +26,18 @@ struct TransportMetricsTests {
             let message = view.copy()
             let first = seen.withLock { $0.insert(message.id).inserted }
             let settlement: Settlement =
-                if message.id == "m2" { .deadLetter(reason: "refused") }
-                else if first && (message.id == "m0" || message.id == "m1") { .retry(afterNanos: 1_000_000, reason: "once more") }
-                else { .ack }
+                if message.id == "m2" { .deadLetter(reason: "refused") } else if first && (message.id == "m0" || message.id == "m1") {
+                    .retry(afterNanos: 1_000_000, reason: "once more")
+                } else { .ack }
             try? client.settle(delivery, settlement)
             return .ok
         }
         for index in 0..<6 { try client.publish(Message(id: "m\(index)", channel: "work", body: [UInt8(index)])) }
     }
 
-    @Test("queue and topic, in memory and durable, and a queue in a child process: published, delivered, acked, retried, dead-lettered, depth, in-flight",
-          arguments: ["queue", "topic", "queue durable", "queue isolated"])
+    @Test(
+        "queue and topic, in memory and durable, and a queue in a child process: published, delivered, acked, retried, dead-lettered, depth, in-flight",
+        arguments: ["queue", "topic", "queue durable", "queue isolated"])
     func broker(_ variant: String) async throws {
         let metrics = TestMetrics()
         let directory = try TemporaryDirectory()
@@ -44,7 +45,8 @@ struct TransportMetricsTests {
         let config = variant.hasSuffix("durable") ? #"{"path": "\#(directory.file("q.db"))"}"# : "{}"
         try await offPool {
             let plugin = try ConformanceTests.plugin(name)
-            let transport = variant.hasSuffix("isolated")
+            let transport =
+                variant.hasSuffix("isolated")
                 ? try Transport(name: "t", plugin: plugin, configJSON: config, isolation: IsolationTests.quick, metrics: metrics)
                 : try Transport(name: "t", plugin: plugin, configJSON: config, metrics: metrics)
             defer { transport.close() }
@@ -53,7 +55,10 @@ struct TransportMetricsTests {
                 Self.counter(metrics, "acked", "t") == 5 && Self.counter(metrics, "dead_lettered", "t") == 1
                     && Self.gauge(metrics, "in_flight", "t") == 0 && Self.gauge(metrics, "depth", "t") == 1  // the dead letter
             }
-            #expect(settled, "acked \(Self.counter(metrics, "acked", "t")), dead-lettered \(Self.counter(metrics, "dead_lettered", "t")), in flight \(String(describing: Self.gauge(metrics, "in_flight", "t"))), depth \(String(describing: Self.gauge(metrics, "depth", "t")))")
+            #expect(
+                settled,
+                "acked \(Self.counter(metrics, "acked", "t")), dead-lettered \(Self.counter(metrics, "dead_lettered", "t")), in flight \(String(describing: Self.gauge(metrics, "in_flight", "t"))), depth \(String(describing: Self.gauge(metrics, "depth", "t")))"
+            )
             #expect(Self.counter(metrics, "published", "t") == 6)
             #expect(Self.counter(metrics, "delivered", "t") == 8)
             #expect(Self.counter(metrics, "retried", "t") == 2)
@@ -68,8 +73,9 @@ struct TransportMetricsTests {
             defer { queue.close() }
             let later = try Transport(name: "later", plugin: try ConformanceTests.plugin("delay"), inner: queue, metrics: metrics)
             defer { later.close() }
-            let retry = try Transport(name: "retrying", plugin: try ConformanceTests.plugin("retry"),
-                                      configJSON: #"{"max_attempts": 2, "initial_delay": "1ms"}"#, inner: queue, metrics: metrics)
+            let retry = try Transport(
+                name: "retrying", plugin: try ConformanceTests.plugin("retry"),
+                configJSON: #"{"max_attempts": 2, "initial_delay": "1ms"}"#, inner: queue, metrics: metrics)
             defer { retry.close() }
             var message = Message(id: "d", channel: "held", body: [1])
             message.deliverAtNanos = wallClockNanoseconds() + 20_000_000

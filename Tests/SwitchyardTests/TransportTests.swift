@@ -1,10 +1,10 @@
 import Foundation
-import Testing
 import SwitchyardABI
 import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardLoader
 import SwitchyardRuntime
+import Testing
 
 /// The bundled transports pass the conformance suite in both modes, loaded from their .so files.
 @Suite("Conformance of the bundled plugins")
@@ -128,11 +128,13 @@ struct DurableQueueTests {
         #expect(wrongKind?.message.contains("holds a queue store") == true, "\(wrongKind?.message ?? "")")
     }
 
-    @Test("malformed broker config names the key", arguments: [
-        ("{\"capacity\": -1}", "'capacity'"), ("{\"visibility_timeout\": \"soon\"}", "'visibility_timeout'"),
-        ("{\"max_in_flight\": 0}", "'max_in_flight'"), ("{\"retain\": 5}", "unknown config key 'retain'"),
-        ("{\"full_wait\": 5}", "'full_wait'"),
-    ])
+    @Test(
+        "malformed broker config names the key",
+        arguments: [
+            ("{\"capacity\": -1}", "'capacity'"), ("{\"visibility_timeout\": \"soon\"}", "'visibility_timeout'"),
+            ("{\"max_in_flight\": 0}", "'max_in_flight'"), ("{\"retain\": 5}", "unknown config key 'retain'"),
+            ("{\"full_wait\": 5}", "'full_wait'"),
+        ])
     func badConfig(_ json: String, _ expected: String) throws {
         let plugin = try ConformanceTests.plugin("queue")
         let error = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: json) }
@@ -169,7 +171,6 @@ struct DurableQueueTests {
     }
 }
 
-
 @Suite("Decorators: retry policy and durable delay")
 struct DecoratorTests {
     func retry(over queueConfig: String = "{}", policy: String) throws -> Transport {
@@ -181,10 +182,13 @@ struct DecoratorTests {
     func exhausts() async throws {
         let t = try retry(policy: #"{"max_attempts": 3, "initial_delay": "20ms", "max_delay": "40ms", "jitter": "none"}"#)
         defer { t.close() }
-        let work = Collector(), dead = Collector()
-        _ = try t.client.subscribe(SubscribeOptions(channel: "pay"), handler: work.handler(client: t.client) { _ in
-            .retry(afterNanos: 0, reason: "card declined")
-        })
+        let work = Collector()
+        let dead = Collector()
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "pay"),
+            handler: work.handler(client: t.client) { _ in
+                .retry(afterNanos: 0, reason: "card declined")
+            })
         _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(Message(id: "order-1", channel: "pay"))
         #expect(await eventually(5) { dead.count >= 1 })
@@ -201,10 +205,13 @@ struct DecoratorTests {
     func nonRetryable() async throws {
         let t = try retry(policy: #"{"non_retryable": ["ValidationError"]}"#)
         defer { t.close() }
-        let work = Collector(), dead = Collector()
-        _ = try t.client.subscribe(SubscribeOptions(channel: "pay"), handler: work.handler(client: t.client) { _ in
-            .retry(afterNanos: 0, reason: "ValidationError: amount is negative")
-        })
+        let work = Collector()
+        let dead = Collector()
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "pay"),
+            handler: work.handler(client: t.client) { _ in
+                .retry(afterNanos: 0, reason: "ValidationError: amount is negative")
+            })
         _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(Message(id: "order-2", channel: "pay"))
         #expect(await eventually(5) { dead.count >= 1 })
@@ -212,10 +219,12 @@ struct DecoratorTests {
         #expect(dead.received.first?.message.header("sy-dlq-reason") == "not retryable: ValidationError: amount is negative")
     }
 
-    @Test("retry refuses bad policies and an inner transport that cannot redeliver", arguments: [
-        (#"{"max_attempts": 0}"#, "'max_attempts'"), (#"{"jitter": "some"}"#, "'jitter'"),
-        (#"{"initial_delay": "1s", "max_delay": "10ms"}"#, "'max_delay'"), (#"{"max_atempts": 3}"#, "unknown config key 'max_atempts'"),
-    ])
+    @Test(
+        "retry refuses bad policies and an inner transport that cannot redeliver",
+        arguments: [
+            (#"{"max_attempts": 0}"#, "'max_attempts'"), (#"{"jitter": "some"}"#, "'jitter'"),
+            (#"{"initial_delay": "1s", "max_delay": "10ms"}"#, "'max_delay'"), (#"{"max_atempts": 3}"#, "unknown config key 'max_atempts'"),
+        ])
     func badPolicy(_ policy: String, _ expected: String) throws {
         let error = #expect(throws: TransportError.self) { _ = try retry(policy: policy) }
         #expect(error?.code == .config)
@@ -234,7 +243,8 @@ struct DecoratorTests {
     @Test("a durable delay keeps held messages across a restart and delivers what came due meanwhile")
     func durableDelayRestart() async throws {
         let dir = try TemporaryDirectory()
-        let delay = try ConformanceTests.plugin("delay"), queue = try ConformanceTests.plugin("queue")
+        let delay = try ConformanceTests.plugin("delay")
+        let queue = try ConformanceTests.plugin("queue")
         func open() throws -> Transport {
             let inner = try Transport(name: "q", plugin: queue, configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
             return try Transport(name: "d", plugin: delay, configJSON: #"{"path": "\#(dir.file("d.db"))"}"#, inner: inner)
@@ -266,19 +276,21 @@ struct DeadLetterToolTests {
     func setUp(_ dir: TemporaryDirectory) async throws -> String {
         let db = dir.file("orders.db")
         try """
-            transports:
-              orders:
-                plugin: queue
-                config:
-                  path: \(db)
-                  visibility_timeout: 30s
-            """.write(toFile: dir.file("switchyard.yaml"), atomically: true, encoding: .utf8)
+        transports:
+          orders:
+            plugin: queue
+            config:
+              path: \(db)
+              visibility_timeout: 30s
+        """.write(toFile: dir.file("switchyard.yaml"), atomically: true, encoding: .utf8)
         let queue = try Transport(name: "orders", plugin: try ConformanceTests.plugin("queue"), configJSON: #"{"path": "\#(db)"}"#)
         defer { queue.close() }
         let inbox = Collector()
-        _ = try queue.client.subscribe(SubscribeOptions(channel: "orders"), handler: inbox.handler(client: queue.client) { m in
-            .deadLetter(reason: "payment declined for \(m.id)")
-        })
+        _ = try queue.client.subscribe(
+            SubscribeOptions(channel: "orders"),
+            handler: inbox.handler(client: queue.client) { m in
+                .deadLetter(reason: "payment declined for \(m.id)")
+            })
         for id in ["o-1", "o-2", "o-3"] { try queue.client.publish(Message(id: id, channel: "orders", body: Array("order \(id)".utf8))) }
         #expect(await eventually(5) { inbox.count >= 3 })
         try await Task.sleep(for: .milliseconds(100))
@@ -330,16 +342,18 @@ struct DeadLetterToolTests {
         #expect(!back.headers.contains { $0.key.hasPrefix("sy-dlq-") })
     }
 
-    @Test("a dead-lettered typed call, shown decoded (call, arguments as JSON, attempts made, RFC 3339 times), on a transport with its own dead_letter_suffix; an expired one is flagged on replay and runs again with --fire-and-forget")
+    @Test(
+        "a dead-lettered typed call, shown decoded (call, arguments as JSON, attempts made, RFC 3339 times), on a transport with its own dead_letter_suffix; an expired one is flagged on replay and runs again with --fire-and-forget"
+    )
     func typedCallDeadLetter() async throws {
         let dir = try TemporaryDirectory()
         let config = dir.file("switchyard.yaml")
         try """
-            transports:
-              orders: { plugin: queue, config: { path: "\(dir.file("orders.db"))", dead_letter_suffix: ".dead" } }
-            routes:
-              Shop.*: { transport: orders, deadline: 4s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        transports:
+          orders: { plugin: queue, config: { path: "\(dir.file("orders.db"))", dead_letter_suffix: ".dead" } }
+        routes:
+          Shop.*: { transport: orders, deadline: 4s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+        """.write(toFile: config, atomically: true, encoding: .utf8)
         let system = try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory])
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
@@ -409,10 +423,12 @@ struct FullDiskTests {
         return mounted
     }()
 
-    @Test("publish fails with a clear error when the disk is full, and every acknowledged message is kept",
-          .enabled(if: canMount, "needs root and tmpfs mounts"))
+    @Test(
+        "publish fails with a clear error when the disk is full, and every acknowledged message is kept",
+        .enabled(if: canMount, "needs root and tmpfs mounts"))
     func fullDisk() async throws {
-        let mountPoint = try TemporaryDirectory(), rescue = try TemporaryDirectory()
+        let mountPoint = try TemporaryDirectory()
+        let rescue = try TemporaryDirectory()
         #expect(try await run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint.path]).status == 0)
         defer { _ = try? run("/bin/umount", ["-l", mountPoint.path]) }
         let db = mountPoint.file("q.db")

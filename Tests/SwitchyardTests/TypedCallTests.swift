@@ -1,8 +1,9 @@
 import Distributed
 import Foundation
-import Testing
 import SwitchyardABI
 import SwitchyardConfig
+import Testing
+
 @testable import SwitchyardRuntime
 
 // The services the typed-call tests host and call.
@@ -41,7 +42,11 @@ final class Ledger: @unchecked Sendable {
             counts[event, default: 0] += 1
         }
     }
-    func bump(_ key: String) -> Int { lock.withLock { counts[key, default: 0] += 1; return counts[key]! } }
+    func bump(_ key: String) -> Int {
+        lock.withLock {
+            counts[key, default: 0] += 1; return counts[key]!
+        }
+    }
     func count(_ event: String) -> Int { lock.withLock { counts[event] ?? 0 } }
     var all: [String] { lock.withLock { events } }
 }
@@ -157,7 +162,8 @@ struct TypedCallTests {
 
     @Test("request-reply through a queue written in C (example-c .so), with JSON arguments")
     func requestReplyThroughCPluginAsJSON() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               cq: { plugin: example-c }
             routes:
@@ -172,7 +178,8 @@ struct TypedCallTests {
 
     @Test("direct routes: resolve gives the local actor itself; a stub runs in-process")
     func directRoute() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             routes:
               "*": { transport: direct }
             """)
@@ -190,7 +197,8 @@ struct TypedCallTests {
 
     @Test("a direct route honours its retry policy and its deadline, as a transport route does; resolve then gives a stub, not the actor")
     func directRouteRetriesAndDeadline() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             routes:
               Shop.flaky: { transport: direct, retry: { max_attempts: 3, initial_delay: 1ms, jitter: none } }
               Shop.slow: { transport: direct, deadline: 200ms }
@@ -232,7 +240,8 @@ struct TypedCallTests {
 
     @Test("a direct route for one method leaves the others unrouted: they fail with .routing, not run in process")
     func directRouteDoesNotRouteOtherMethods() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             routes:
               Shop.place: { transport: direct }
             """)
@@ -251,7 +260,8 @@ struct TypedCallTests {
 
     @Test("fire-and-forget returns once the queue has the call; the call runs later")
     func fireAndForget() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -268,7 +278,8 @@ struct TypedCallTests {
 
     @Test("topic route: every subscriber group gets each call")
     func topicFanOut() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               events: { plugin: topic }
             routes:
@@ -291,7 +302,8 @@ struct TypedCallTests {
 
     @Test("delay: a route default and Switchyard.withDelay per call, through the delay .so")
     func delayedCalls() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
               later: { plugin: delay, inner: memq }
@@ -332,7 +344,8 @@ struct TypedCallTests {
 
     @Test("retry: a flaky call succeeds on a later attempt; one that keeps failing is dead-lettered")
     func retries() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -361,7 +374,8 @@ struct TypedCallTests {
 
     @Test("retry through the retry .so decorator: the plugin's policy decides")
     func retryDecorator() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
               retried: { plugin: retry, inner: memq, config: { max_attempts: 3, initial_delay: 5ms } }
@@ -378,12 +392,14 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
-    @Test("a request-reply call dead-lettered by a retry decorator is answered at once with .deadLettered, in process and with the queue in a child process",
-          arguments: [false, true])
+    @Test(
+        "a request-reply call dead-lettered by a retry decorator is answered at once with .deadLettered, in process and with the queue in a child process",
+        arguments: [false, true])
     func retryDecoratorDeadLetterAnswersTheCaller(_ isolated: Bool) async throws {
         let isolation = isolated ? ", isolation: { mode: process, call_timeout: 5s, host: \"\(BuildProducts.switchyard)\" }" : ""
         let system = try await offPool {
-            try makeSystem("""
+            try makeSystem(
+                """
                 transports:
                   base: { plugin: queue\(isolation) }
                   work: { plugin: retry, inner: base, config: { max_attempts: 3, initial_delay: 5ms, max_delay: 20ms } }
@@ -416,14 +432,15 @@ struct TypedCallTests {
     @Test("retries are logged at debug, dead letters and expired calls at notice, each with route, target, attempt and reason (also those a decorator made)")
     func retriesAndDeadLettersAreLogged() async throws {
         let log = CapturedLog()
-        let config = try SwitchyardConfig.parse(yaml: """
-            transports:
-              memq: { plugin: queue }
-              work: { plugin: retry, inner: memq, config: { max_attempts: 2, initial_delay: 1ms } }
-            routes:
-              Shop.flaky: { transport: memq, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
-              Shop.fail: { transport: work }
-            """, baseDirectory: NSTemporaryDirectory())
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                transports:
+                  memq: { plugin: queue }
+                  work: { plugin: retry, inner: memq, config: { max_attempts: 2, initial_delay: 1ms } }
+                routes:
+                  Shop.flaky: { transport: memq, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+                  Shop.fail: { transport: work }
+                """, baseDirectory: NSTemporaryDirectory())
         var logger = log.logger("switchyard.runtime")
         logger.logLevel = .debug
         let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: logger)
@@ -433,34 +450,44 @@ struct TypedCallTests {
         await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("x", failures: 9) }
         await #expect(throws: SwitchyardError.self) { _ = try await shop.fail("y", registered: false) }
         let lines = log.all
-        #expect(lines.contains { $0.hasPrefix("debug retrying a failed call") && $0.contains("attempt=1") && $0.contains("route=Shop.flaky")
-            && $0.contains("target=Shop.flaky(_:failures:)") && $0.contains("reason=") }, "\(lines)")
+        #expect(
+            lines.contains {
+                $0.hasPrefix("debug retrying a failed call") && $0.contains("attempt=1") && $0.contains("route=Shop.flaky")
+                    && $0.contains("target=Shop.flaky(_:failures:)") && $0.contains("reason=")
+            }, "\(lines)")
         #expect(lines.contains { $0.hasPrefix("notice dead-lettering a call") && $0.contains("attempt=2") && $0.contains("gave up after 2 attempts") }, "\(lines)")
-        #expect(lines.contains { $0.hasPrefix("notice a transport dead-lettered a call") && $0.contains("target=Shop.fail(_:registered:)")
-            && $0.contains("transport=memq") && $0.contains("attempt=2") }, "\(lines)")
+        #expect(
+            lines.contains {
+                $0.hasPrefix("notice a transport dead-lettered a call") && $0.contains("target=Shop.fail(_:registered:)")
+                    && $0.contains("transport=memq") && $0.contains("attempt=2")
+            }, "\(lines)")
         await system.shutdown(deadline: .seconds(1))
         // An expired call: with one call at a time, the second waits behind the first and its
         // caller's deadline passes before it runs.
-        let serial = try SwitchyardActorSystem(config: try SwitchyardConfig.parse(yaml: """
-            transports:
-              memq: { plugin: queue }
-            routes:
-              Shop.*: { transport: memq, deadline: 100ms, concurrency: 1 }
-            """, baseDirectory: NSTemporaryDirectory()), pluginDirectories: [BuildProducts.directory], logger: logger)
+        let serial = try SwitchyardActorSystem(
+            config: try SwitchyardConfig.parse(
+                yaml: """
+                    transports:
+                      memq: { plugin: queue }
+                    routes:
+                      Shop.*: { transport: memq, deadline: 100ms, concurrency: 1 }
+                    """, baseDirectory: NSTemporaryDirectory()), pluginDirectories: [BuildProducts.directory], logger: logger)
         try serial.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let serialShop = try $Shop.resolve(id: "shop", using: serial)
         async let first: Int? = try? serialShop.slow(300)
         try await Task.sleep(for: .milliseconds(20))
         async let second: Int? = try? serialShop.slow(1)
         _ = await (first, second)
-        #expect(await eventually { log.all.contains { $0.hasPrefix("notice dead-lettering an expired call") && $0.contains("target=Shop.slow(_:)") } },
-                "\(log.all)")
+        #expect(
+            await eventually { log.all.contains { $0.hasPrefix("notice dead-lettering an expired call") && $0.contains("target=Shop.slow(_:)") } },
+            "\(log.all)")
         await serial.shutdown(deadline: .seconds(1))
     }
 
     @Test("timeout: no reply within the route's deadline throws a typed timeout")
     func timeout() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -504,7 +531,8 @@ struct TypedCallTests {
 
     @Test("a forged envelope naming another type's method is dead-lettered, never run")
     func forgedEnvelope() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -571,7 +599,8 @@ struct TypedCallTests {
     @Test("idempotent inbox: a redelivered call is answered from the inbox, not run again")
     func inbox() async throws {
         let directory = try TemporaryDirectory()
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -597,7 +626,8 @@ struct TypedCallTests {
 
     @Test("ordering: the named argument's value becomes the message's ordering key")
     func orderingKey() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:
@@ -645,7 +675,8 @@ struct TypedCallTests {
 
     @Test("unrouted calls and fire-and-forget routes for methods with results are refused")
     func routingErrors() async throws {
-        let system = try makeSystem("""
+        let system = try makeSystem(
+            """
             transports:
               memq: { plugin: queue }
             routes:

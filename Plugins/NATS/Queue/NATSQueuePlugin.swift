@@ -12,8 +12,9 @@ public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_pl
 
 final class NATSQueueTransport: NATSTransport, @unchecked Sendable {
     override class var info: PluginInfo {
-        PluginInfo(name: "nats", version: "1.0.0",
-                   description: "Work queue on NATS JetStream: durable pull consumers, CloudEvents on the wire",
-                   capabilities: [.queue, .retry, .deadLetter, .durable])
+        PluginInfo(
+            name: "nats", version: "1.0.0",
+            description: "Work queue on NATS JetStream: durable pull consumers, CloudEvents on the wire",
+            capabilities: [.queue, .retry, .deadLetter, .durable])
     }
 }

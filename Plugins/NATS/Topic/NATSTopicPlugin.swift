@@ -12,9 +12,10 @@ public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_pl
 
 final class NATSTopicTransport: NATSTransport, @unchecked Sendable {
     override class var info: PluginInfo {
-        PluginInfo(name: "nats-topic", version: "1.0.0",
-                   description: "Topic on NATS JetStream: a durable consumer per subscriber group, CloudEvents on the wire",
-                   capabilities: [.fanOut, .queue, .retry, .deadLetter, .durable])
+        PluginInfo(
+            name: "nats-topic", version: "1.0.0",
+            description: "Topic on NATS JetStream: a durable consumer per subscriber group, CloudEvents on the wire",
+            capabilities: [.fanOut, .queue, .retry, .deadLetter, .durable])
     }
     override class var fanOut: Bool { true }
 }

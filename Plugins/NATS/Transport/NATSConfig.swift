@@ -105,7 +105,8 @@ struct NATSSettings: Sendable {
     init(_ config: NATSConfig, instance: String) throws(TransportError) {
         func fail(_ key: String, _ message: String) -> TransportError { TransportError(.config, "config key '\(key)': \(message)") }
         let upper = instance.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }.reduce(into: "") { $0.append($1) }
-        servers = config.servers
+        servers =
+            config.servers
             ?? ProcessInfo.processInfo.environment["NATS_URL"].map { $0.split(separator: ",").map(String.init) }
             ?? ["nats://127.0.0.1:4222"]
         guard !servers.isEmpty, servers.allSatisfy({ $0.hasPrefix("nats://") || $0.hasPrefix("tls://") }) else {

@@ -191,7 +191,10 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         jsPubAck_Destroy(ack)
         guard status == NATS_OK else {
             if status == NATS_TIMEOUT {
-                throw TransportError(.timeout, "JetStream did not acknowledge the publish within \(settings.publishTimeoutMillis) ms (NATS unreachable or electing a leader); it may have been stored — publishing it again with the same id is deduplicated")
+                throw TransportError(
+                    .timeout,
+                    "JetStream did not acknowledge the publish within \(settings.publishTimeoutMillis) ms (NATS unreachable or electing a leader); it may have been stored — publishing it again with the same id is deduplicated"
+                )
             }
             throw NATSLibrary.error(status, "publish to \(subject) failed")
         }

@@ -89,7 +89,8 @@ struct SoakReport: Encodable {
 
     enum CodingKeys: String, CodingKey {
         case cycles, inbox, seed, published, acknowledged, handled, lost, stuck, kills, seconds, passed
-        case duplicateEffects = "duplicate_effects", lostSample = "lost_sample"
+        case duplicateEffects = "duplicate_effects"
+        case lostSample = "lost_sample"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -155,21 +156,22 @@ final class SoakRun: @unchecked Sendable {
     func writeConfig() throws {
         let inbox = options.inbox ? ", inbox: { window: 24h, path: \"\(directory)/inbox.db\" }" : ""
         try """
-            # Written by switchyard soak.
-            transports:
-              work: { plugin: queue, config: { path: "\(directory)/work.db", visibility_timeout: 3s } }
-              events: { plugin: topic, config: { path: "\(directory)/events.db", visibility_timeout: 3s } }
-            routes:
-              SoakWork.*: { transport: work, mode: fire-and-forget, retry: { max_attempts: 10, initial_delay: 20ms, max_delay: 200ms }\(inbox) }
-              SoakEvents.*: { transport: events, mode: fire-and-forget\(inbox) }
-            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        # Written by switchyard soak.
+        transports:
+          work: { plugin: queue, config: { path: "\(directory)/work.db", visibility_timeout: 3s } }
+          events: { plugin: topic, config: { path: "\(directory)/events.db", visibility_timeout: 3s } }
+        routes:
+          SoakWork.*: { transport: work, mode: fire-and-forget, retry: { max_attempts: 10, initial_delay: 20ms, max_delay: 200ms }\(inbox) }
+          SoakEvents.*: { transport: events, mode: fire-and-forget\(inbox) }
+        """.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
 
     func run() async throws -> SoakReport {
         try writeConfig()
         let started = Date()
         let pluginArguments = options.pluginDirectories.flatMap { ["--plugins-dir", $0] }
-        let consumerArguments = ["soak-worker", "consumer", "--config", configPath] + pluginArguments
+        let consumerArguments =
+            ["soak-worker", "consumer", "--config", configPath] + pluginArguments
             + (options.inbox ? [] : ["--effects-database", effectsPath])
         // Spread the items over the kill schedule (a kill every ~375 ms on average).
         let pace = max(0, Int(Double(options.cycles) * 375_000 / Double(options.messages)))
@@ -226,9 +228,10 @@ final class SoakRun: @unchecked Sendable {
     func stuckMessages() throws -> Int {
         let config = try SwitchyardConfig.load(path: configPath)
         let loader = PluginLoader()
-        let catalog = loader.discover(in: SearchDirectory.searchPath(
-            commandLine: options.pluginDirectories, environment: ProcessInfo.processInfo.environment,
-            configDirectory: nil, workingDirectory: FileManager.default.currentDirectoryPath))
+        let catalog = loader.discover(
+            in: SearchDirectory.searchPath(
+                commandLine: options.pluginDirectories, environment: ProcessInfo.processInfo.environment,
+                configDirectory: nil, workingDirectory: FileManager.default.currentDirectoryPath))
         let set = try TransportSet(specs: config.transports.map(TransportSpec.init), catalog: catalog)
         defer { set.close() }
         return set.transports.values.reduce(0) { total, transport in

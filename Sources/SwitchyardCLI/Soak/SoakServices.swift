@@ -1,8 +1,8 @@
 import Distributed
 import Foundation
+import SwitchyardABI
 import SwitchyardRuntime
 import SwitchyardTransportKit
-import SwitchyardABI
 
 // The services `switchyard soak` runs in its producer and consumer processes. Every handler
 // effect is one row in an `effects` table: (kind, seq). With the inbox on, the row is written

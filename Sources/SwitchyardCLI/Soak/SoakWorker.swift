@@ -49,9 +49,10 @@ struct SoakWorkerCommand: AsyncParsableCommand {
                 }
             }
             let host = DrainingHost(system: system, deadline: .seconds(10)) { emit("ready") }
-            let group = ServiceGroup(configuration: .init(
-                services: [.init(service: host)],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: host)],
+                    gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
     }

@@ -37,19 +37,24 @@ public enum DiscoveryProbe {
         for _ in 0..<256 {
             let round: Round
             do {
-                round = try run(executable: executable, directories: directories, trust: trust,
-                                excluding: rejected.map(\.path), timeoutNanos: timeoutNanos)
+                round = try run(
+                    executable: executable, directories: directories, trust: trust,
+                    excluding: rejected.map(\.path), timeoutNanos: timeoutNanos)
             } catch {
-                logger.warning("cannot run the plugin discovery probe; plugins load unprobed", metadata: [
-                    "executable": "\(executable)", "error": "\(error)",
-                ])
+                logger.warning(
+                    "cannot run the plugin discovery probe; plugins load unprobed",
+                    metadata: [
+                        "executable": "\(executable)", "error": "\(error)",
+                    ])
                 return rejected
             }
             if round.finished { return rejected }
             guard let culprit = round.lastLoading, !rejected.contains(where: { $0.path == culprit }) else {
-                logger.warning("the plugin discovery probe failed before loading any file; plugins load unprobed", metadata: [
-                    "executable": "\(executable)", "reason": "\(round.ending)",
-                ])
+                logger.warning(
+                    "the plugin discovery probe failed before loading any file; plugins load unprobed",
+                    metadata: [
+                        "executable": "\(executable)", "reason": "\(round.ending)",
+                    ])
                 return rejected
             }
             let rejection = Rejection(
@@ -70,8 +75,10 @@ public enum DiscoveryProbe {
     /// Plugin discovery behind a probe: ``crashingFiles(in:trust:options:logger:)``, then
     /// `loader`'s discovery of the files the probe survived. The probe's refusals come first among
     /// the catalog's.
-    public static func discover(in directories: [SearchDirectory], loader: PluginLoader, options: ProcessIsolation,
-                                logger: Logger) throws(TransportError) -> PluginCatalog {
+    public static func discover(
+        in directories: [SearchDirectory], loader: PluginLoader, options: ProcessIsolation,
+        logger: Logger
+    ) throws(TransportError) -> PluginCatalog {
         let crashed = try crashingFiles(in: directories, trust: loader.trust, options: options, logger: logger)
         var catalog = loader.discover(in: directories, excluding: Set(crashed.map(\.path)))
         catalog.rejected = crashed + catalog.rejected
@@ -82,8 +89,9 @@ public enum DiscoveryProbe {
     /// Returns the process exit status.
     public static func serve(directories: [String], excluding: [String], trust: TrustPolicy) -> Int32 {
         let loader = PluginLoader(trust: trust)
-        _ = loader.discover(in: directories.map { SearchDirectory(path: $0, source: .commandLine) },
-                            excluding: Set(excluding), willLoad: { emit("loading \($0)") })
+        _ = loader.discover(
+            in: directories.map { SearchDirectory(path: $0, source: .commandLine) },
+            excluding: Set(excluding), willLoad: { emit("loading \($0)") })
         emit("done")
         return 0
     }
@@ -107,8 +115,10 @@ public enum DiscoveryProbe {
         var ending: String
     }
 
-    private static func run(executable: String, directories: [SearchDirectory], trust: TrustPolicy,
-                            excluding: [String], timeoutNanos: Int64) throws -> Round {
+    private static func run(
+        executable: String, directories: [SearchDirectory], trust: TrustPolicy,
+        excluding: [String], timeoutNanos: Int64
+    ) throws -> Round {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments(directories: directories, trust: trust, excluding: excluding)

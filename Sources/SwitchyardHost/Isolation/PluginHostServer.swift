@@ -4,9 +4,9 @@ import SwitchyardABI
 import SwitchyardLoader
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The child side of `isolation: process` (`switchyard plugin-host --fd 3`): loads one plugin
@@ -87,8 +87,10 @@ public enum PluginHostServer {
             guard version == wireVersion else {
                 throw TransportError(.unsupported, "plugin host speaks wire version \(wireVersion), the parent \(version): use the same switchyard build for both")
             }
-            let path = try reader.string("plugin path"), pluginName = try reader.string("plugin name")
-            let sha256 = try reader.string("sha256"), instanceName = try reader.string("instance name")
+            let path = try reader.string("plugin path")
+            let pluginName = try reader.string("plugin name")
+            let sha256 = try reader.string("sha256")
+            let instanceName = try reader.string("instance name")
             let configJSON = try reader.string("config")
             let loader = PluginLoader(trust: TrustPolicy(pins: sha256.isEmpty ? [:] : [pluginName: sha256]))
             let plugin: LoadedPlugin
@@ -170,7 +172,9 @@ public enum PluginHostServer {
         }
 
         private func reply(_ sequence: UInt64, _ body: () throws(TransportError) -> Void) {
-            replyWith(sequence) { () throws(TransportError) in try body(); return [] }
+            replyWith(sequence) { () throws(TransportError) in
+                try body(); return []
+            }
         }
 
         private func replyWith(_ sequence: UInt64, _ body: () throws(TransportError) -> [UInt8]) {

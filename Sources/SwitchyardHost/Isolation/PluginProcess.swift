@@ -4,9 +4,9 @@ import SwitchyardABI
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// One running `switchyard plugin-host` child and the parent's end of its socket: requests with
@@ -88,8 +88,10 @@ final class PluginProcess: @unchecked Sendable {
 
     /// Starts the reader thread: `onFrame` for every unasked frame (deliveries), `onEnd` once
     /// with the reason when the stream ends.
-    func startReading(onFrame: @escaping @Sendable (PluginProcess, Frame) -> Void,
-                      onEnd: @escaping @Sendable (PluginProcess, String) -> Void) {
+    func startReading(
+        onFrame: @escaping @Sendable (PluginProcess, Frame) -> Void,
+        onEnd: @escaping @Sendable (PluginProcess, String) -> Void
+    ) {
         let thread = Thread { [self] in
             readerThread.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
             var failure: String?
@@ -149,7 +151,10 @@ final class PluginProcess: @unchecked Sendable {
         if waiter.done.wait(timeout: .now() + .nanoseconds(Int(clamping: max(0, timeoutNanos)))) == .timedOut {
             if pending.withLock({ $0.removeValue(forKey: sequence) }) != nil {
                 kill(reason: "did not answer \(operation) within \(timeoutNanos / 1_000_000) ms")
-                throw TransportError(.timeout, "the plugin process (pid \(pid)) did not answer \(operation) within \(timeoutNanos / 1_000_000) ms; it was killed and is restarting (whether the operation took effect is unknown)")
+                throw TransportError(
+                    .timeout,
+                    "the plugin process (pid \(pid)) did not answer \(operation) within \(timeoutNanos / 1_000_000) ms; it was killed and is restarting (whether the operation took effect is unknown)"
+                )
             }
             waiter.done.wait()  // the reply raced the timeout; it is already there
         }

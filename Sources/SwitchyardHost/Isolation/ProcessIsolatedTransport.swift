@@ -18,8 +18,10 @@ public struct ProcessIsolation: Sendable, Hashable {
     public var hostExecutable: String?
 
     /// Options with the documented defaults: 30 s per call, restarts after 100 ms doubling to 10 s.
-    public init(callTimeoutNanos: Int64 = 30_000_000_000, restartBackoffNanos: Int64 = 100_000_000,
-                maxRestartBackoffNanos: Int64 = 10_000_000_000, hostExecutable: String? = nil) {
+    public init(
+        callTimeoutNanos: Int64 = 30_000_000_000, restartBackoffNanos: Int64 = 100_000_000,
+        maxRestartBackoffNanos: Int64 = 10_000_000_000, hostExecutable: String? = nil
+    ) {
         self.callTimeoutNanos = callTimeoutNanos
         self.restartBackoffNanos = restartBackoffNanos
         self.maxRestartBackoffNanos = maxRestartBackoffNanos
@@ -36,7 +38,10 @@ public struct ProcessIsolation: Sendable, Hashable {
         candidates.append((pluginPath as NSString).deletingLastPathComponent + "/switchyard")
         for directory in (environment["PATH"] ?? "").split(separator: ":") { candidates.append("\(directory)/switchyard") }
         if let found = candidates.first(where: { access($0, X_OK) == 0 }) { return found }
-        throw TransportError(.config, "isolation: process needs the 'switchyard' executable to run the plugin host; none found (set isolation.host or SWITCHYARD_PLUGIN_HOST; looked at \(candidates.prefix(4).joined(separator: ", ")))")
+        throw TransportError(
+            .config,
+            "isolation: process needs the 'switchyard' executable to run the plugin host; none found (set isolation.host or SWITCHYARD_PLUGIN_HOST; looked at \(candidates.prefix(4).joined(separator: ", ")))"
+        )
     }
 }
 
@@ -88,9 +93,11 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
 
     /// Starts the first child and creates the instance in it; throws what `create` reports
     /// (a config error names the key) or why the child could not start.
-    init(name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, logger: Logger,
-         onDeadLetter: @escaping DeadLetterObserver,
-         onMetric: @escaping @Sendable (Int32, String, Double) -> Void) throws(TransportError) {
+    init(
+        name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, logger: Logger,
+        onDeadLetter: @escaping DeadLetterObserver,
+        onMetric: @escaping @Sendable (Int32, String, Double) -> Void
+    ) throws(TransportError) {
         self.name = name
         self.onDeadLetter = onDeadLetter
         self.onMetric = onMetric
@@ -157,7 +164,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         payload.integer(childID)
         do {
             _ = try process.request(.unsubscribe, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "unsubscribe")
-        } catch where error.code == .unavailable {
+        } catch  where error.code == .unavailable {
             // The child died meanwhile: the subscription ended with it.
         }
     }
@@ -229,7 +236,9 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
 
     /// Spawns a child, creates the instance in it and subscribes every live subscription there.
     private func start() throws(TransportError) -> PluginProcess {
-        let incarnation = lock.withLock { state.incarnations += 1; return state.incarnations }
+        let incarnation = lock.withLock {
+            state.incarnations += 1; return state.incarnations
+        }
         let process = try PluginProcess.spawn(executable: executable)
         process.startReading(
             onFrame: { [weak self] process, frame in self?.received(frame, from: process) },
@@ -255,9 +264,11 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             process.kill(reason: "failed to start")
             throw error
         }
-        logger.log(level: incarnation == 1 ? .debug : .notice, "plugin process started", metadata: [
-            "transport": "\(name)", "plugin": "\(plugin.name)", "pid": "\(process.pid)", "incarnation": "\(incarnation)",
-        ])
+        logger.log(
+            level: incarnation == 1 ? .debug : .notice, "plugin process started",
+            metadata: [
+                "transport": "\(name)", "plugin": "\(plugin.name)", "pid": "\(process.pid)", "incarnation": "\(incarnation)",
+            ])
         return process
     }
 
@@ -275,7 +286,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var reader = WireReader(frame.payload)
         if frame.kind == .metric {
             guard let kind: Int32 = try? reader.integer("kind"), let name = try? reader.string("name"),
-                  let bits: UInt64 = try? reader.integer("value") else { return }
+                let bits: UInt64 = try? reader.integer("value")
+            else { return }
             onMetric(kind, name, Double(bitPattern: bits))
             return
         }
@@ -286,7 +298,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         }
         guard frame.kind == .deliver else { return }
         guard let subscription: SubscriptionID = try? reader.integer("subscription"),
-              let childDelivery: DeliveryID = try? reader.integer("delivery")
+            let childDelivery: DeliveryID = try? reader.integer("delivery")
         else { return }
         let message: Message
         do throws(TransportError) {
@@ -306,7 +318,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return
         }
         if subscriber.deliver(delivery, message) != .ok,
-           lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) != nil {
+            lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) != nil
+        {
             settleInChild(childDelivery, .release, process)
         }
     }
@@ -348,9 +361,11 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return state.backoffNanos
         }
         guard let wait = restart else { return }
-        logger.error("plugin process ended; restarting", metadata: [
-            "transport": "\(name)", "plugin": "\(plugin.name)", "reason": "\(reason)", "restart_in_ms": "\(wait / 1_000_000)",
-        ])
+        logger.error(
+            "plugin process ended; restarting",
+            metadata: [
+                "transport": "\(name)", "plugin": "\(plugin.name)", "reason": "\(reason)", "restart_in_ms": "\(wait / 1_000_000)",
+            ])
         let thread = Thread { [weak self] in self?.restart(after: wait) }
         thread.name = "switchyard.plugin-restart"
         thread.start()
@@ -374,9 +389,11 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
                 wait = min(options.maxRestartBackoffNanos, wait * 2)
             } catch {
                 wait = min(options.maxRestartBackoffNanos, wait * 2)
-                logger.error("plugin process did not start; trying again", metadata: [
-                    "transport": "\(name)", "reason": "\(error.message)", "retry_in_ms": "\(wait / 1_000_000)",
-                ])
+                logger.error(
+                    "plugin process did not start; trying again",
+                    metadata: [
+                        "transport": "\(name)", "reason": "\(error.message)", "retry_in_ms": "\(wait / 1_000_000)",
+                    ])
             }
         }
     }

@@ -3,9 +3,9 @@ import SwitchyardABI
 import SwitchyardTransportKit
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The frames a process-isolated transport (the parent) and its `switchyard plugin-host` child
@@ -96,8 +96,10 @@ struct WireWriter {
     }
 
     mutating func stats(_ stats: TransportStats) {
-        for value in [stats.published, stats.delivered, stats.acked, stats.retried,
-                      stats.deadLettered, stats.released, stats.inFlight, stats.depth] { integer(value) }
+        for value in [
+            stats.published, stats.delivered, stats.acked, stats.retried,
+            stats.deadLettered, stats.released, stats.inFlight, stats.depth,
+        ] { integer(value) }
     }
 }
 
@@ -130,15 +132,17 @@ struct WireReader {
     }
 
     mutating func options() throws(TransportError) -> SubscribeOptions {
-        let channel = try string("channel"), group = try string("group")
+        let channel = try string("channel")
+        let group = try string("group")
         let maxInFlight: UInt32 = try integer("max in flight")
         let visibility: Int64 = try integer("visibility timeout")
         let startRaw: Int32 = try integer("start")
         guard let start = StartPosition(rawValue: startRaw) else {
             throw TransportError(.invalidArgument, "corrupt frame: unknown start position \(startRaw)")
         }
-        return SubscribeOptions(channel: channel, group: group, maxInFlight: maxInFlight,
-                                visibilityTimeoutNanos: visibility, start: start)
+        return SubscribeOptions(
+            channel: channel, group: group, maxInFlight: maxInFlight,
+            visibilityTimeoutNanos: visibility, start: start)
     }
 
     mutating func settlement() throws(TransportError) -> Settlement {

@@ -33,8 +33,10 @@ final class PendingCalls: Sendable {
     /// Registers `id`, runs `send` (which publishes the call, or hands the publishing to another
     /// thread that reports a failure through the function it is given), and waits for
     /// ``complete(_:with:)``, the deadline, cancellation or ``failAll(_:)``.
-    func wait(id: String, deadline: ContinuousClock.Instant, timeout: @escaping @Sendable () -> any Error,
-              send: (_ fail: @escaping @Sendable (any Error) -> Void) throws -> Void) async throws -> Reply {
+    func wait(
+        id: String, deadline: ContinuousClock.Instant, timeout: @escaping @Sendable () -> any Error,
+        send: (_ fail: @escaping @Sendable (any Error) -> Void) throws -> Void
+    ) async throws -> Reply {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Reply, any Error>) in
                 let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in

@@ -76,7 +76,9 @@ extension SwitchyardActorSystem {
     private func refuseGeneric(_ call: CallTarget, _ invocation: InvocationEncoder) throws {
         guard call.isGeneric || invocation.substitutions.count > 1 else { return }
         throw SwitchyardError.routing(
-            target: call.name, reason: "generic distributed methods cannot be routed (Swift 6.3 crashes the receiver of a generic call made through a @Resolvable stub); make \(call.name) non-generic")
+            target: call.name,
+            reason: "generic distributed methods cannot be routed (Swift 6.3 crashes the receiver of a generic call made through a @Resolvable stub); make \(call.name) non-generic"
+        )
     }
 
     /// Publishes a fire-and-forget call; returns once the transport has accepted it.
@@ -174,7 +176,8 @@ extension SwitchyardActorSystem {
         let delay = options.delay?.nanoseconds ?? route.entry.delayNanos
         if delay > 0 {
             guard route.capabilities.contains(.delay) else {
-                throw SwitchyardError.routing(target: call.name, reason: "the call asks for a delay, but transport '\(route.entry.transport)' cannot delay (add a delay transport to its chain)")
+                throw SwitchyardError.routing(
+                    target: call.name, reason: "the call asks for a delay, but transport '\(route.entry.transport)' cannot delay (add a delay transport to its chain)")
             }
             deliverAt = WallClock.nowNanos() + delay
         }
@@ -216,13 +219,16 @@ extension SwitchyardActorSystem {
         context.deadlineNanos = WallClock.nowNanos() + deadline.nanoseconds
         let metrics = route.metrics
         let box = UncheckedSendable((invocation, self, context))
-        let outcome = try await DirectDeadline.run(deadline, timeout: { [name = call.name] in
-            metrics.timeouts.increment()
-            return SwitchyardError.timeout(target: name, deadline: deadline)
-        }) {
-            let (invocation, system, context) = box.value
-            return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route, context: context))
-        }
+        let outcome = try await DirectDeadline.run(
+            deadline,
+            timeout: { [name = call.name] in
+                metrics.timeouts.increment()
+                return SwitchyardError.timeout(target: name, deadline: deadline)
+            },
+            {
+                let (invocation, system, context) = box.value
+                return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route, context: context))
+            })
         return outcome.value
     }
 
@@ -246,19 +252,23 @@ extension SwitchyardActorSystem {
             if policy.isRetryable(reason) && Int(attempt) < policy.maxAttempts {
                 route.metrics.retried.increment()
                 let after = policy.backoff(afterAttempt: attempt)
-                logger.debug("retrying a failed call", metadata: [
-                    "route": "\(route.pattern)", "target": "\(call.name)", "attempt": "\(attempt)",
-                    "retry_in_ms": "\(after / 1_000_000)", "reason": "\(reason)",
-                ])
+                logger.debug(
+                    "retrying a failed call",
+                    metadata: [
+                        "route": "\(route.pattern)", "target": "\(call.name)", "attempt": "\(attempt)",
+                        "retry_in_ms": "\(after / 1_000_000)", "reason": "\(reason)",
+                    ])
                 try await Task.sleep(for: .nanoseconds(after))
                 attempt += 1
                 continue
             }
             route.metrics.deadLettered.increment()
             let why = policy.isRetryable(reason) ? "gave up after \(attempt) attempts: \(reason)" : "not retryable: \(reason)"
-            logger.notice("giving up on a direct call (a transport would dead-letter it)", metadata: [
-                "route": "\(route.pattern)", "target": "\(call.name)", "attempt": "\(attempt)", "reason": "\(why)",
-            ])
+            logger.notice(
+                "giving up on a direct call (a transport would dead-letter it)",
+                metadata: [
+                    "route": "\(route.pattern)", "target": "\(call.name)", "attempt": "\(attempt)", "reason": "\(why)",
+                ])
             throw SwitchyardError.deadLettered(target: call.name, attempts: Int(attempt), reason: reason)
         }
     }
@@ -334,7 +344,8 @@ struct TraceCarrier {
         text.split(separator: ",").compactMap { pair in
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, let key = String(parts[0]).removingPercentEncoding,
-                  let value = String(parts[1]).removingPercentEncoding, !key.isEmpty else { return nil }
+                let value = String(parts[1]).removingPercentEncoding, !key.isEmpty
+            else { return nil }
             return (key, value)
         }
     }
@@ -386,7 +397,9 @@ enum DirectDeadline {
                     do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
                 }
                 let timer = DeadlineSweeper.shared.arm(at: .now + deadline) { race.finish(.failure(timeout())) }
-                race.onFinish { DeadlineSweeper.shared.disarm(timer); _ = work }
+                race.onFinish {
+                    DeadlineSweeper.shared.disarm(timer); _ = work
+                }
             }
         } onCancel: {
             race.finish(.failure(CancellationError()))

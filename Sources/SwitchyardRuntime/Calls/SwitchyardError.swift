@@ -80,8 +80,10 @@ public struct SwitchyardError: Error, Codable, Hashable, Sendable, CustomStringC
     /// ``Code/transport``: the configured transport that failed, when one was named.
     public let transport: String?
 
-    private init(_ code: Code, target: String, reason: String, deadline: Duration? = nil, attempts: Int? = nil,
-                 remoteType: String? = nil, transport: String? = nil) {
+    private init(
+        _ code: Code, target: String, reason: String, deadline: Duration? = nil, attempts: Int? = nil,
+        remoteType: String? = nil, transport: String? = nil
+    ) {
         self.code = code
         self.target = target
         self.reason = reason

@@ -12,9 +12,18 @@
 
 /// Tags of the compact argument format.
 enum CompactTag: UInt8 {
-    case null = 0x00, `false` = 0x01, `true` = 0x02
-    case int = 0x03, uint = 0x04, float = 0x05, double = 0x06, string = 0x07
-    case list = 0x08, map = 0x09, bytes = 0x0A, end = 0x0B
+    case null = 0x00
+    case `false` = 0x01
+    case `true` = 0x02
+    case int = 0x03
+    case uint = 0x04
+    case float = 0x05
+    case double = 0x06
+    case string = 0x07
+    case list = 0x08
+    case map = 0x09
+    case bytes = 0x0A
+    case end = 0x0B
 }
 
 /// Why compact data could not be decoded.

@@ -176,8 +176,9 @@ extension Envelope {
         for (name, value) in self.headers.sorted(by: { $0.key < $1.key }) { headers.append(Header("ce-" + name, value)) }
         // A call with a deadline expires with it: a transport with the `expiry` capability then
         // never delivers it late (it dead-letters it), and it does not pile up where nobody reads.
-        return Message(id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: arguments,
-                       deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos)
+        return Message(
+            id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: arguments,
+            deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos)
     }
 
     /// Reads an envelope from a delivered message, or says exactly why it is not one.

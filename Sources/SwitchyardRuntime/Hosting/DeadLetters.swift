@@ -33,9 +33,11 @@ extension SwitchyardActorSystem {
         do throws(TransportError) {
             try item.transport.client.settle(item.delivery, .deadLetter(reason: reason))
         } catch {
-            logger.error("cannot dead-letter a call; the transport delivers it again", metadata: [
-                "target": "\(item.envelope.target.name)", "transport": "\(item.transport.name)", "error": "\(error.message)",
-            ])
+            logger.error(
+                "cannot dead-letter a call; the transport delivers it again",
+                metadata: [
+                    "target": "\(item.envelope.target.name)", "transport": "\(item.transport.name)", "error": "\(error.message)",
+                ])
         }
     }
 
@@ -51,10 +53,12 @@ extension SwitchyardActorSystem {
         if let identifier = message.header(EnvelopeHeader.target) {
             resolved(identifier)?.route?.metrics.deadLettered.increment()
         }
-        logger.notice("a transport dead-lettered a call", metadata: [
-            "transport": "\(transport.name)", "channel": "\(message.channel)", "target": "\(target)",
-            "attempt": "\(attempts)", "reason": "\(reason)",
-        ])
+        logger.notice(
+            "a transport dead-lettered a call",
+            metadata: [
+                "transport": "\(transport.name)", "channel": "\(message.channel)", "target": "\(target)",
+                "attempt": "\(attempts)", "reason": "\(reason)",
+            ])
         guard let replyTo = message.header(EnvelopeHeader.replyTo), !replyTo.isEmpty else { return }
         let deadline = message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0
         if deadline > 0, deadline < WallClock.nowNanos() {
@@ -64,8 +68,9 @@ extension SwitchyardActorSystem {
         let error = SwitchyardError.deadLettered(target: target, attempts: attempts, reason: reason)
         let (outcome, body) = encodeReply(.error(error), encoding: encoding)
         Task.detached { [self] in
-            publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
-                         deadlineNanos: deadline)
+            publishReply(
+                on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
+                deadlineNanos: deadline)
         }
     }
 }

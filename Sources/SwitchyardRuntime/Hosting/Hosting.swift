@@ -57,9 +57,11 @@ extension SwitchyardActorSystem {
         for (_, (transport, concurrency)) in byTransport.sorted(by: { $0.key < $1.key }) {
             try serve(hosted, on: transport, concurrency: concurrency)
         }
-        logger.info("hosting", metadata: [
-            "id": "\(hosted.id)", "type": "\(type)", "transports": "\(byTransport.keys.sorted().joined(separator: ", "))",
-        ])
+        logger.info(
+            "hosting",
+            metadata: [
+                "id": "\(hosted.id)", "type": "\(type)", "transports": "\(byTransport.keys.sorted().joined(separator: ", "))",
+            ])
     }
 
     /// Subscribes the actor's channel on `transport` and starts its workers.
@@ -147,10 +149,12 @@ extension SwitchyardActorSystem {
         }
         if envelope.deadlineNanos > 0, WallClock.nowNanos() > envelope.deadlineNanos {
             route?.metrics.deadLettered.increment()
-            logger.notice("dead-lettering an expired call: its caller's deadline passed before it ran", metadata: [
-                "route": "\(route?.pattern ?? "none")", "target": "\(readable)", "attempt": "\(item.attempt)",
-                "deadline": "\(RFC3339.format(nanos: envelope.deadlineNanos))",
-            ])
+            logger.notice(
+                "dead-lettering an expired call: its caller's deadline passed before it ran",
+                metadata: [
+                    "route": "\(route?.pattern ?? "none")", "target": "\(readable)", "attempt": "\(item.attempt)",
+                    "deadline": "\(RFC3339.format(nanos: envelope.deadlineNanos))",
+                ])
             deadLetter(item, reason: "expired: the caller's deadline passed before the call ran")
             return
         }
@@ -245,18 +249,22 @@ extension SwitchyardActorSystem {
                 if policy.isRetryable(reason) && Int(item.attempt) < policy.maxAttempts {
                     route?.metrics.retried.increment()
                     let after = policy.backoff(afterAttempt: item.attempt)
-                    logger.debug("retrying a failed call", metadata: [
-                        "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)",
-                        "retry_in_ms": "\(after / 1_000_000)", "reason": "\(reason)",
-                    ])
+                    logger.debug(
+                        "retrying a failed call",
+                        metadata: [
+                            "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)",
+                            "retry_in_ms": "\(after / 1_000_000)", "reason": "\(reason)",
+                        ])
                     try? client.settle(item.delivery, .retry(afterNanos: after, reason: reason))
                 } else {
                     route?.metrics.deadLettered.increment()
                     let attempts = Int(item.attempt)
                     let why = policy.isRetryable(reason) ? "gave up after \(attempts) attempts: \(reason)" : "not retryable: \(reason)"
-                    logger.notice("dead-lettering a call", metadata: [
-                        "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(attempts)", "reason": "\(why)",
-                    ])
+                    logger.notice(
+                        "dead-lettering a call",
+                        metadata: [
+                            "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(attempts)", "reason": "\(why)",
+                        ])
                     sendReply(item, .error(SwitchyardError.deadLettered(target: readable, attempts: attempts, reason: reason)), encoding: envelope.contentType)
                     deadLetter(item, reason: why)
                 }
@@ -266,18 +274,22 @@ extension SwitchyardActorSystem {
                 // A retry decorator owns the policy: it redelivers or dead-letters (and then
                 // reports it, which answers the caller: see deadLettered(_:reason:on:)).
                 route?.metrics.retried.increment()
-                logger.debug("handing a failed call back to the transport's retry policy", metadata: [
-                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "reason": "\(reason)",
-                ])
+                logger.debug(
+                    "handing a failed call back to the transport's retry policy",
+                    metadata: [
+                        "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "reason": "\(reason)",
+                    ])
                 try? client.settle(item.delivery, .retry(afterNanos: 0, reason: reason))
                 return
             }
             if envelope.replyTo == nil {
                 // Fire-and-forget with nobody to tell: keep the call, with the reason.
                 route?.metrics.deadLettered.increment()
-                logger.notice("dead-lettering a failed fire-and-forget call", metadata: [
-                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "reason": "\(reason)",
-                ])
+                logger.notice(
+                    "dead-lettering a failed fire-and-forget call",
+                    metadata: [
+                        "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "reason": "\(reason)",
+                    ])
                 deadLetter(item, reason: reason)
                 return
             }
@@ -315,14 +327,17 @@ extension SwitchyardActorSystem {
             // The reply and the acknowledgement of the call as one unit (publish_and_settle: one
             // commit on a durable transport, never a reply without its ack or the other way round).
             let envelope = item.envelope
-            let reply = replyMessage(to: replyTo, correlationID: envelope.id, target: envelope.target.name, outcome: outcome, body: body,
-                                     encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos)
+            let reply = replyMessage(
+                to: replyTo, correlationID: envelope.id, target: envelope.target.name, outcome: outcome, body: body,
+                encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos)
             do throws(TransportError) {
                 try item.transport.client.publish([reply], settling: item.delivery, .ack)
             } catch {
-                logger.error("cannot send a reply; the call will be delivered again", metadata: [
-                    "target": "\(envelope.target.name)", "reply_to": "\(replyTo)", "error": "\(error.message)",
-                ])
+                logger.error(
+                    "cannot send a reply; the call will be delivered again",
+                    metadata: [
+                        "target": "\(envelope.target.name)", "reply_to": "\(replyTo)", "error": "\(error.message)",
+                    ])
             }
         }
         guard let cost = item.cost else { return finish() }
@@ -339,15 +354,19 @@ extension SwitchyardActorSystem {
     /// Tells the caller of a call refused unread (over the limits, or not an envelope this runtime
     /// reads) why, if it waits for a reply, instead of letting it time out: its reply channel and
     /// id are header lookups. `error` gets the call's readable target.
-    private func replyToUnreadCall(_ message: MessageView, on transport: Transport, channel: String,
-                                   error: (String) -> SwitchyardError) {
+    private func replyToUnreadCall(
+        _ message: MessageView, on transport: Transport, channel: String,
+        error: (String) -> SwitchyardError
+    ) {
         guard let replyTo = message.header(EnvelopeHeader.replyTo), !replyTo.isEmpty,
-              let id = message.header(EnvelopeHeader.id), !id.isEmpty else { return }
+            let id = message.header(EnvelopeHeader.id), !id.isEmpty
+        else { return }
         let target = message.header(EnvelopeHeader.type) ?? channel  // the readable Interface.method(labels:)
         let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
         let (outcome, body) = encodeReply(.error(error(target)), encoding: encoding)
-        publishReply(on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
-                     deadlineNanos: message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0)
+        publishReply(
+            on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
+            deadlineNanos: message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0)
     }
 
     /// The reply's outcome name and body for an outcome.
@@ -377,30 +396,38 @@ extension SwitchyardActorSystem {
 
     /// Publishes a reply on the transport the call came from.
     private func publishReply(_ item: Inbound, to channel: String, outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
-        publishReply(on: item.transport, to: channel, correlationID: item.envelope.id, target: item.envelope.target.name,
-                     outcome: outcome, body: body, encoding: encoding, deadlineNanos: item.envelope.deadlineNanos)
+        publishReply(
+            on: item.transport, to: channel, correlationID: item.envelope.id, target: item.envelope.target.name,
+            outcome: outcome, body: body, encoding: encoding, deadlineNanos: item.envelope.deadlineNanos)
     }
 
     /// Publishes a reply to the call `correlationID` (for `target`) on `channel` of `transport`.
     /// With the caller's `deadlineNanos` the reply expires then and is dropped, not dead-lettered:
     /// nobody waits for it any more.
-    func publishReply(on transport: Transport, to channel: String, correlationID: String, target: String,
-                      outcome: String, body: [UInt8], encoding: ArgumentEncoding, deadlineNanos: Int64) {
-        let reply = replyMessage(to: channel, correlationID: correlationID, target: target, outcome: outcome, body: body,
-                                 encoding: encoding, deadlineNanos: deadlineNanos)
+    func publishReply(
+        on transport: Transport, to channel: String, correlationID: String, target: String,
+        outcome: String, body: [UInt8], encoding: ArgumentEncoding, deadlineNanos: Int64
+    ) {
+        let reply = replyMessage(
+            to: channel, correlationID: correlationID, target: target, outcome: outcome, body: body,
+            encoding: encoding, deadlineNanos: deadlineNanos)
         do throws(TransportError) {
             try transport.client.publish(reply)
         } catch {
-            logger.error("cannot send a reply; the caller will time out", metadata: [
-                "target": "\(target)", "reply_to": "\(channel)", "error": "\(error.message)",
-            ])
+            logger.error(
+                "cannot send a reply; the caller will time out",
+                metadata: [
+                    "target": "\(target)", "reply_to": "\(channel)", "error": "\(error.message)",
+                ])
         }
     }
 
     /// The reply to the call `correlationID` (for `target`) as a message on `channel`: the one
     /// place a reply is built. One over the limits becomes an error reply saying so.
-    func replyMessage(to channel: String, correlationID: String, target: String, outcome: String, body: [UInt8],
-                      encoding: ArgumentEncoding, deadlineNanos: Int64) -> Message {
+    func replyMessage(
+        to channel: String, correlationID: String, target: String, outcome: String, body: [UInt8],
+        encoding: ArgumentEncoding, deadlineNanos: Int64
+    ) -> Message {
         let id = EnvelopeID.make()
         func message(_ outcome: String, _ body: [UInt8]) -> Message {
             Message(

@@ -35,7 +35,8 @@ final class Inbox: Sendable {
         if let path {
             let database = try SQLiteDatabase(path: path)
             try database.configureDurable()
-            try database.execute("""
+            try database.execute(
+                """
                 CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'inbox');
                 CREATE TABLE IF NOT EXISTS inbox (key TEXT PRIMARY KEY, at INTEGER NOT NULL, outcome TEXT NOT NULL, reply BLOB NOT NULL);

@@ -22,8 +22,12 @@ extension SwitchyardActorSystem: Service {
     ///
     /// Calling it again does nothing.
     public func shutdown(deadline: Duration = .seconds(30)) async {
-        guard state.compareExchange(expected: SystemState.running.rawValue, desired: SystemState.draining.rawValue,
-                                    ordering: .acquiringAndReleasing).exchanged else { return }
+        guard
+            state.compareExchange(
+                expected: SystemState.running.rawValue, desired: SystemState.draining.rawValue,
+                ordering: .acquiringAndReleasing
+            ).exchanged
+        else { return }
         let started = ContinuousClock.now
         let until = started + deadline
         server.accepting.store(false, ordering: .releasing)
@@ -71,9 +75,11 @@ extension SwitchyardActorSystem: Service {
             self.unsubscribeReplies()
             self.transports?.close()
         }
-        logger.info("stopped", metadata: [
-            "drained_in": "\(ContinuousClock.now - started)", "released": "\(released)", "unfinished_calls": "\(unfinished)",
-        ])
+        logger.info(
+            "stopped",
+            metadata: [
+                "drained_in": "\(ContinuousClock.now - started)", "released": "\(released)", "unfinished_calls": "\(unfinished)",
+            ])
     }
 }
 

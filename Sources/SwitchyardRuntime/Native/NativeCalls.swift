@@ -123,12 +123,19 @@ enum NativeCodec {
         let value: NativeValue
         init(from decoder: any Decoder) throws {
             let container = try decoder.singleValueContainer()
-            if container.decodeNil() { value = .void }
-            else if let bool = try? container.decode(Bool.self) { value = .bool(bool) }
-            else if let int = try? container.decode(Int64.self) { value = .int(int) }
-            else if let uint = try? container.decode(UInt64.self) { value = .uint(uint) }
-            else if let double = try? container.decode(Double.self) { value = .double(double) }
-            else { value = .string(try container.decode(String.self)) }
+            if container.decodeNil() {
+                value = .void
+            } else if let bool = try? container.decode(Bool.self) {
+                value = .bool(bool)
+            } else if let int = try? container.decode(Int64.self) {
+                value = .int(int)
+            } else if let uint = try? container.decode(UInt64.self) {
+                value = .uint(uint)
+            } else if let double = try? container.decode(Double.self) {
+                value = .double(double)
+            } else {
+                value = .string(try container.decode(String.self))
+            }
         }
     }
 

@@ -70,8 +70,9 @@ struct Route: Sendable {
             if entry.retryJSON != nil { try require(.retry, for: "retry", "the route retries failed calls") }
             if entry.orderingArgument != nil { try require(.ordered, for: "ordering", "the route orders calls by key") }
             if capabilities.contains(.fanOut) && entry.mode == .requestReply {
-                throw fail(entry.lines["mode"] != nil ? "mode" : "transport",
-                           "transport '\(entry.transport)' fans out to every subscriber group, so there is no single reply: set mode: fire-and-forget")
+                throw fail(
+                    entry.lines["mode"] != nil ? "mode" : "transport",
+                    "transport '\(entry.transport)' fans out to every subscriber group, so there is no single reply: set mode: fire-and-forget")
             }
         }
         if let json = entry.retryJSON {

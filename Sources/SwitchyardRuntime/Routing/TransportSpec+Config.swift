@@ -4,8 +4,9 @@ import SwitchyardHost
 extension TransportSpec {
     /// The spec for a `transports:` entry of a config file, isolation included.
     public init(_ entry: SwitchyardConfig.TransportEntry) {
-        self.init(name: entry.name, plugin: entry.plugin, inner: entry.inner, configJSON: entry.configJSON,
-                  isolation: entry.isolation.map(ProcessIsolation.init))
+        self.init(
+            name: entry.name, plugin: entry.plugin, inner: entry.inner, configJSON: entry.configJSON,
+            isolation: entry.isolation.map(ProcessIsolation.init))
     }
 }
 

@@ -183,7 +183,10 @@ public enum OrdersDemo {
 
     /// Place-call outcomes and latencies.
     final class Outcomes: @unchecked Sendable {
-        enum Kind { case succeeded, declined, error(String) }
+        enum Kind {
+            case succeeded, declined
+            case error(String)
+        }
         private let lock = NSLock()
         private var result = DemoSummary()
         private var latencies: [Duration] = []

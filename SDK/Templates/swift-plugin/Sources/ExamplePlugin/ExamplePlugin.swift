@@ -8,8 +8,9 @@
 // disk and retry delays are not honored, so it claims only `.queue`.
 
 import SwitchyardPluginKit
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The one exported symbol. It must be `public`, or `dlsym` cannot find it.
@@ -202,10 +203,12 @@ final class ExampleQueue: TransportPlugin {
             while true {
                 if !state.draining {
                     for (index, message) in state.pending.enumerated() {
-                        guard let slot = state.members.firstIndex(where: {
-                            $0.options.channel == message.channel
-                                && $0.inFlight < ($0.options.maxInFlight > 0 ? $0.options.maxInFlight : defaultMaxInFlight)
-                        }) else { continue }
+                        guard
+                            let slot = state.members.firstIndex(where: {
+                                $0.options.channel == message.channel
+                                    && $0.inFlight < ($0.options.maxInFlight > 0 ? $0.options.maxInFlight : defaultMaxInFlight)
+                            })
+                        else { continue }
                         var message = state.pending.remove(at: index)
                         message.attempt += 1
                         // Rotate the chosen member to the back: round robin among competitors.
