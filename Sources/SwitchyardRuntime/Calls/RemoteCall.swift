@@ -86,8 +86,9 @@ extension SwitchyardActorSystem {
         let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
         defer { span.end() }
         do {
-            let deadlineNanos = Switchyard.callOptions.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
-            let message = try message(id, call, invocation, route: route, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
+            let options = Switchyard.callOptions
+            let deadlineNanos = options.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
+            let message = try message(id, call, invocation, route: route, options: options, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
             if let cost = route.cost {
                 try await cost.run { [self] in try publish(message, call, route) }
             } else {
@@ -113,9 +114,10 @@ extension SwitchyardActorSystem {
             } catch {
                 throw SwitchyardError.transport(target: call.name, transport: transport.name, reason: "cannot subscribe the reply channel: \(error.message)")
             }
-            let deadline = Switchyard.callOptions.deadline ?? .nanoseconds(route.entry.deadlineNanos)
+            let options = Switchyard.callOptions
+            let deadline = options.deadline ?? .nanoseconds(route.entry.deadlineNanos)
             let message = try message(
-                id, call, invocation, route: route, replyTo: replyTo,
+                id, call, invocation, route: route, options: options, replyTo: replyTo,
                 deadlineNanos: WallClock.nowNanos() + deadline.nanoseconds, span: span)
             let metrics = route.metrics
             let reply = try await pending.wait(
@@ -160,10 +162,9 @@ extension SwitchyardActorSystem {
     /// The call as an envelope on the route's channel: arguments encoded, ordering key and delay
     /// applied, trace context injected.
     private func message(
-        _ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route, replyTo: String?,
+        _ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route, options: CallOptions, replyTo: String?,
         deadlineNanos: Int64, span: any Span
     ) throws -> Message {
-        let options = Switchyard.callOptions
         if let problem = options.problem { throw SwitchyardError.routing(target: call.name, reason: problem) }
         var orderingKey: String?
         if let name = route.entry.orderingArgument {

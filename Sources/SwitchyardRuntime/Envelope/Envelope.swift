@@ -31,7 +31,8 @@ public struct Envelope: Sendable, Hashable {
     /// (another propagation format, baggage), as `key=value` pairs joined by `,`, each side
     /// percent-encoded; nil when there is nothing else.
     public var traceContext: String?
-    /// Receivers with an inbox execute a key at most once per window (default: the id).
+    /// The caller's key for this call (``CallOptions/idempotencyKey``); nil when it set none and
+    /// the id is the key. Receivers with an inbox execute a key at most once per target and window.
     public var idempotencyKey: String?
     /// When the caller stops waiting, ns since the Unix epoch; 0 for none.
     public var deadlineNanos: Int64
@@ -234,7 +235,7 @@ extension Envelope {
             target: Target(name: try required(.type), identifier: try required(.target)),
             arguments: Array(message.body), contentType: contentType,
             replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate), traceContext: field(.traceContext),
-            idempotencyKey: field(.idempotencyKey) ?? id, deadlineNanos: deadline, createdAtNanos: created,
+            idempotencyKey: field(.idempotencyKey), deadlineNanos: deadline, createdAtNanos: created,
             source: try required(.source), version: version, headers: extra)
     }
 

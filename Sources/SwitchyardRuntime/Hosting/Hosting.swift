@@ -160,7 +160,7 @@ extension SwitchyardActorSystem {
         }
         // Per subscriber group: on a topic every group handles the same envelope once. A key the
         // caller chose (CallOptions.idempotencyKey) names a call to this target only.
-        let callKey = envelope.idempotencyKey.flatMap { $0 == envelope.id ? nil : "\(envelope.target.identifier) \($0)" } ?? envelope.id
+        let callKey = envelope.idempotencyKey.map { "\(envelope.target.identifier) \($0)" } ?? envelope.id
         let key = hosted.id.group.isEmpty ? callKey : "\(hosted.id.group)/\(callKey)"
         var claimed = false
         if let inbox = route?.inbox {
@@ -216,7 +216,7 @@ extension SwitchyardActorSystem {
         let effects = claimed ? InboxEffects(durable: route?.inbox?.isDurable == true) : nil
         let current = CallContext(
             id: envelope.id, target: readable, attempt: Int(item.attempt), headers: envelope.headers,
-            idempotencyKey: envelope.idempotencyKey == envelope.id ? nil : envelope.idempotencyKey,
+            idempotencyKey: envelope.idempotencyKey,
             deadlineNanos: envelope.deadlineNanos > 0 ? envelope.deadlineNanos : nil, source: envelope.source)
         await Switchyard.$currentCall.withValue(current) {
             await Switchyard.$inboxEffects.withValue(effects) {
