@@ -24,6 +24,8 @@ let package = Package(
         .library(name: "SwitchyardRuntime", targets: ["SwitchyardRuntime"]),
         .library(name: "SwitchyardNative", targets: ["SwitchyardNative"]),
         .library(name: "SwitchyardConfig", targets: ["SwitchyardConfig"]),
+        /// The wire form of a call (envelope, CloudEvents headers, compact codec), for interop tools.
+        .library(name: "SwitchyardWire", targets: ["SwitchyardWire"]),
         /// Routed function pointers for C programs (SDK/Native/switchyard_native.h).
         .library(name: "switchyard-native-client", type: .dynamic, targets: ["SwitchyardNativeClient"]),
         .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),
@@ -47,7 +49,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
@@ -97,10 +98,10 @@ let package = Package(
 
         // MARK: Host
 
+        /// OpenSSL's libcrypto (Debian's libssl-dev), for the sha256 of pinned plugin files.
+        .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         /// Finds, vets and loads plugin files; validates descriptors.
-        .target(
-            name: "SwitchyardLoader",
-            dependencies: ["SwitchyardABI", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "SwitchyardLoader", dependencies: ["SwitchyardABI", "CLibCrypto"]),
         /// Host services (log, clock, metrics), creating transport instances from loaded plugins,
         /// and running a plugin in a child process (`isolation: process`).
         .target(
@@ -122,12 +123,16 @@ let package = Package(
         .target(
             name: "SwitchyardNativeClient",
             dependencies: ["SwitchyardRuntime", "SwitchyardNative", "CFFI", .product(name: "Logging", package: "swift-log")]),
-        /// The typed-call runtime: the Distributed actor system, the invocation envelope, routes,
-        /// request-reply, hosting and draining. What an application imports.
+        /// The wire form of a call: the envelope and its CloudEvents headers, the compact argument
+        /// codec, ids and timestamps. The runtime writes and reads it; interop tools (the CLI's
+        /// dead-letter commands, the fuzzers) import it. Not part of the application API.
+        .target(name: "SwitchyardWire", dependencies: ["SwitchyardABI"]),
+        /// The typed-call runtime: the Distributed actor system, routes, request-reply, hosting
+        /// and draining. What an application imports.
         .target(
             name: "SwitchyardRuntime",
             dependencies: [
-                "SwitchyardHost", "SwitchyardConfig", "SwitchyardLoader", "SwitchyardABI", "SwitchyardTransportKit", "SwitchyardNative",
+                "SwitchyardHost", "SwitchyardConfig", "SwitchyardLoader", "SwitchyardABI", "SwitchyardTransportKit", "SwitchyardNative", "SwitchyardWire",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -139,7 +144,7 @@ let package = Package(
             name: "SwitchyardCLI",
             dependencies: [
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance",
-                "SwitchyardTransportKit", "SwitchyardRuntime", "OrdersExample", "SwitchyardNative",
+                "SwitchyardTransportKit", "SwitchyardRuntime", "SwitchyardWire", "OrdersExample", "SwitchyardNative",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -158,7 +163,8 @@ let package = Package(
         .target(
             name: "SwitchyardBench",
             dependencies: [
-                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardConfig", "CNats", "CFFI", "SwitchyardNative",
+                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "CNats", "CFFI",
+                "SwitchyardNative",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -185,16 +191,36 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/Helpers/DrainProbe"),
+        /// What the test targets share: build products, temporary directories, child processes,
+        /// C fixtures, a NATS server on a free port.
+        .target(
+            name: "SwitchyardTestSupport", dependencies: ["SwitchyardLoader", .product(name: "Logging", package: "swift-log")], path: "Tests/Support"),
+        // One test target per module, each file named after the suite it holds.
+        .testTarget(name: "SwitchyardABITests", dependencies: ["SwitchyardTestSupport", "SwitchyardABI", "SwitchyardHost", "SwitchyardLoader"]),
         .testTarget(
-            name: "SwitchyardTests",
+            name: "SwitchyardLoaderTests", dependencies: ["SwitchyardTestSupport", "SwitchyardLoader", "SwitchyardHost", "SwitchyardConformance"]),
+        .testTarget(
+            name: "SwitchyardHostTests",
             dependencies: [
-                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardABI", "CSwitchyard", "SwitchyardConformance",
-                "SwitchyardRuntime", "SwitchyardTestServices", "SwitchyardNative",
+                "SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime", "SwitchyardWire",
+                "SwitchyardConfig", .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]),
+        .testTarget(
+            name: "SwitchyardTransportKitTests",
+            dependencies: ["SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime"]),
+        .testTarget(name: "SwitchyardConformanceTests", dependencies: ["SwitchyardTestSupport", "SwitchyardConformance", "SwitchyardHost", "SwitchyardLoader"]),
+        .testTarget(name: "SwitchyardConfigTests", dependencies: ["SwitchyardTestSupport", "SwitchyardConfig"]),
+        .testTarget(name: "SwitchyardWireTests", dependencies: ["SwitchyardTestSupport", "SwitchyardWire", "SwitchyardRuntime", "SwitchyardConfig"]),
+        .testTarget(
+            name: "SwitchyardRuntimeTests",
+            dependencies: [
+                "SwitchyardTestSupport", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "SwitchyardHost", "SwitchyardLoader",
+                "SwitchyardConformance", "SwitchyardTransportKit", "SwitchyardNative", "SwitchyardTestServices",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "MetricsTestKit", package: "swift-metrics"),
-            ],
-            exclude: ["Fixtures"]),
+            ]),
+        .testTarget(
+            name: "SwitchyardCLITests",
+            dependencies: ["SwitchyardTestSupport", "SwitchyardABI", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime"]),
     ]
 )

@@ -9,7 +9,8 @@
 #   nats-server     the NATS server the NATS tests start (and .ci/run)
 #   python3-venv    for scripts/cloudevents-check (a CloudEvents SDK reading the wire in the NATS tests)
 #   libffi-dev      libffi, for native modules
-SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv libffi-dev"
+#   libssl-dev      OpenSSL's libcrypto, for the sha256 of pinned plugin files
+SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv libffi-dev libssl-dev"
 
 # Installs the packages in SWITCHYARD_DEBIAN_PACKAGES that are not installed yet.
 ensure_debian_packages() {
@@ -31,4 +32,21 @@ require_swift() {
         echo "error: the Swift toolchain (6.3 or newer) must be on PATH: https://www.swift.org/install/linux/" >&2
         exit 1
     fi
+}
+
+# Writes the application package that a docs page shows into DEST: every fenced block preceded by
+# `<!-- app: PATH -->` becomes the file DEST/PATH. Used by check-app-package and app-build-time.
+extract_app_package() {
+    python3 - "$1" "$2" <<'PY'
+import os, re, sys
+text = open(sys.argv[1]).read()
+blocks = re.findall(r"<!-- app: (\S+) -->\n```[a-z]*\n(.*?)```", text, re.S)
+if not blocks:
+    sys.exit(f"{sys.argv[1]} has no '<!-- app: PATH -->' blocks")
+for path, body in blocks:
+    target = os.path.join(sys.argv[2], path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    open(target, "w").write(body)
+    print(f"    {path}")
+PY
 }

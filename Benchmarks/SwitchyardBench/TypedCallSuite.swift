@@ -4,6 +4,7 @@ import Logging
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardRuntime
+import SwitchyardWire
 import Synchronization
 
 /// The service the typed-call suite calls.

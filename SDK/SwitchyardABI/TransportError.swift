@@ -59,11 +59,23 @@ public struct TransportError: Error, Hashable, Sendable, CustomStringConvertible
     public var code: StatusCode
     /// One line saying what went wrong; for config errors it names the key.
     public var message: String
+    /// The configured transport the error is about, where the host knows it (creating a
+    /// transport set, for example); never set by a plugin, nil when no one transport is at fault.
+    public var transport: String?
 
-    /// An error of kind `code` saying `message` (one line).
-    public init(_ code: StatusCode, _ message: String) {
+    /// An error of kind `code` saying `message` (one line), about `transport` when given.
+    public init(_ code: StatusCode, _ message: String, transport: String? = nil) {
         self.code = code
         self.message = message
+        self.transport = transport
+    }
+
+    /// The plugin config key a config error names, written as the ABI asks plugins to
+    /// (`config key 'path': must be …`); nil when the message names none.
+    public var configKey: String? {
+        guard let start = message.firstRange(of: "config key '") else { return nil }
+        let rest = message[start.upperBound...]
+        return rest.firstIndex(of: "'").map { String(rest[..<$0]) }
     }
 
     public var description: String { message.isEmpty ? code.description : "\(code): \(message)" }

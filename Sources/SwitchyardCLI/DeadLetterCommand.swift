@@ -1,11 +1,13 @@
 import ArgumentParser
 import Foundation
+import Logging
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
 import SwitchyardRuntime
 import SwitchyardTransportKit
+import SwitchyardWire
 
 /// `switchyard dlq …`: look at, replay and purge dead-lettered messages on any transport that
 /// declares dead-letter support, through the plugin ABI alone.
@@ -59,17 +61,12 @@ struct DeadLetterCommand: ParsableCommand {
             guard config.transport(named: transport) != nil else {
                 throw ValidationError("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
             }
-            let catalog = search.discover(config)
-            let specs = config.transports.map(TransportSpec.init)
-            let set = try TransportSet(specs: specs, catalog: catalog, only: [transport])
+            var quiet = Logger(label: "switchyard.plugins")
+            quiet.logLevel = .error
+            let set = try TransportSet.start(config, discovery: search.discovery(config), only: [transport], logger: quiet)
             defer { set.close() }
             let target = set[transport]!
-            var chain: Capabilities = []
-            var link: Transport? = target
-            while let current = link {
-                chain.formUnion(current.plugin.capabilities)
-                link = current.inner
-            }
+            let chain = target.chainCapabilities
             guard chain.contains(.deadLetter) else {
                 throw ValidationError("transport '\(transport)' has no dead-letter support (capabilities: \(chain))")
             }

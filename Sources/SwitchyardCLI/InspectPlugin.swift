@@ -18,7 +18,7 @@ struct InspectPlugin: ParsableCommand {
 
     func run() throws {
         let config = try search.loadConfig()
-        let loader = search.loader(config)
+        let loader = search.discovery(config).loader
         let loaded: LoadedPlugin
         if plugin.contains("/") || plugin.hasSuffix(".so") {
             do {

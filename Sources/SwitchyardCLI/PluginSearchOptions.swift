@@ -4,6 +4,7 @@ import Logging
 import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
+import SwitchyardRuntime
 
 /// Where to look for plugins and which files to trust: shared by every command that loads plugins.
 struct PluginSearchOptions: ParsableArguments {
@@ -25,30 +26,18 @@ struct PluginSearchOptions: ParsableArguments {
         }
     }
 
-    /// A loader with the config's trust policy.
-    func loader(_ config: SwitchyardConfig) -> PluginLoader {
-        PluginLoader(trust: TrustPolicy(pins: config.plugins.pins, requirePins: config.plugins.requirePins))
+    /// Discovery as the config asks, these options' directories first, always behind a probe
+    /// process (a file whose loading crashes or hangs is refused, not fatal to the command).
+    func discovery(_ config: SwitchyardConfig) -> PluginDiscovery {
+        let configured = PluginDiscovery(config: config, commandLine: directories)
+        return PluginDiscovery(directories: configured.directories, loader: configured.loader, probe: configured.probe ?? ProcessIsolation())
     }
 
-    /// Every plugin in the search path, found behind a discovery probe (a file whose loading
-    /// crashes or hangs is refused, not fatal to the command); unprobed if no probe can run.
+    /// Every plugin in the search path, found behind a discovery probe; unprobed if no probe can run.
     func discover(_ config: SwitchyardConfig) -> PluginCatalog {
-        let loader = loader(config)
-        let directories = searchPath(config)
         var quiet = Logger(label: "switchyard.plugins")
         quiet.logLevel = .critical  // the commands print refusals themselves
-        do {
-            return try DiscoveryProbe.discover(in: directories, loader: loader, options: ProcessIsolation(), logger: quiet)
-        } catch {
-            return loader.discover(in: directories)
-        }
-    }
-
-    /// The search path: these options, the environment, the config, ./plugins, the executable's directory.
-    func searchPath(_ config: SwitchyardConfig) -> [SearchDirectory] {
-        SearchDirectory.searchPath(
-            commandLine: directories, environment: ProcessInfo.processInfo.environment,
-            configDirectory: config.plugins.directory, workingDirectory: FileManager.default.currentDirectoryPath)
+        return discovery(config).catalogOrUnprobed(logger: quiet)
     }
 }
 

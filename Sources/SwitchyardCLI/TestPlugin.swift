@@ -41,7 +41,7 @@ struct TestPlugin: ParsableCommand {
 
     func run() throws {
         let config = try search.loadConfig()
-        let loader = search.loader(config)
+        let loader = search.discovery(config).loader
         let catalog = search.discover(config)
         let target: LoadedPlugin
         do {

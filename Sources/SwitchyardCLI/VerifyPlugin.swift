@@ -66,7 +66,7 @@ struct VerifyPlugin: ParsableCommand {
     private func verifyHere() throws {
         let config = try search.loadConfig()
         do {
-            let plugin = try search.loader(config).load(path: path)
+            let plugin = try search.discovery(config).loader.load(path: path)
             print("ok: \(plugin.name) \(plugin.version), ABI \(plugin.abiVersion), capabilities: \(plugin.capabilities)")
         } catch {
             printError("\(error.path): \(error.reason)")

@@ -56,10 +56,18 @@ extension SwitchyardConfig {
             public var path: String?
         }
 
-        /// The key path of one of this route's keys, for errors.
-        public func key(_ name: String) -> String { name.isEmpty ? "routes.\(pattern)" : "routes.\(pattern).\(name)" }
-        /// The line of one of this route's keys.
-        public func line(_ name: String) -> Int? { lines[name] ?? lines[""] }
+        /// A route's keys, each named once: the parser, the runtime's checks and its errors use
+        /// these.
+        public enum Key: String, Sendable, CaseIterable {
+            case transport, mode, deadline, delay, retry, ordering, inbox, encoding, concurrency
+        }
+
+        /// Whether the file sets `key` on this route (rather than leaving its default).
+        public func sets(_ key: Key) -> Bool { lines[key.rawValue] != nil }
+        /// The key path of one of this route's keys (or of a key under it: `retry.max_attempts`), for errors.
+        public func key(_ key: Key, _ subkey: String? = nil) -> String { "routes.\(pattern).\(key.rawValue)" + (subkey.map { ".\($0)" } ?? "") }
+        /// The line of one of this route's keys (the pattern's line when the key is not set).
+        public func line(_ key: Key) -> Int? { lines[key.rawValue] ?? lines[""] }
     }
 
     static func parseRoutes(_ node: ConfigNode, transports: [TransportEntry], baseDirectory: String) throws(ConfigError) -> [RouteEntry] {
@@ -70,31 +78,32 @@ extension SwitchyardConfig {
             var route = RouteEntry(
                 pattern: pattern, transport: "", mode: .requestReply, deadlineNanos: 30_000_000_000, delayNanos: 0,
                 retryJSON: nil, orderingArgument: nil, inbox: nil, encoding: "compact", concurrency: 16, lines: ["": value.line ?? 0])
-            for (key, field) in try value.mapping(allowed: ["transport", "mode", "deadline", "delay", "retry", "ordering", "inbox", "encoding", "concurrency"]) {
-                route.lines[key] = field.line
+            for (name, field) in try value.mapping(allowed: RouteEntry.Key.allCases.map(\.rawValue)) {
+                route.lines[name] = field.line
+                guard let key = RouteEntry.Key(rawValue: name) else { continue }
                 switch key {
-                case "transport":
+                case .transport:
                     route.transport = try field.string()
                     guard route.transport == RouteEntry.direct || known.contains(route.transport) else {
                         throw field.error("no transport named '\(route.transport)' (configured: \((transports.map(\.name) + [RouteEntry.direct]).joined(separator: ", ")))")
                     }
-                case "mode":
+                case .mode:
                     let text = try field.string()
                     guard let mode = RouteEntry.Mode(rawValue: text) else {
                         throw field.error("expected one of: \(RouteEntry.Mode.allCases.map(\.rawValue).joined(separator: ", "))")
                     }
                     route.mode = mode
-                case "deadline":
+                case .deadline:
                     route.deadlineNanos = try field.duration()
                     guard route.deadlineNanos > 0 else { throw field.error("must be more than 0") }
-                case "delay": route.delayNanos = try field.duration()
-                case "retry": route.retryJSON = try field.json()
-                case "ordering": route.orderingArgument = try field.string()
-                case "encoding":
+                case .delay: route.delayNanos = try field.duration()
+                case .retry: route.retryJSON = try field.json()
+                case .ordering: route.orderingArgument = try field.string()
+                case .encoding:
                     route.encoding = try field.string()
                     guard ["compact", "json"].contains(route.encoding) else { throw field.error("expected compact or json") }
-                case "concurrency": route.concurrency = try field.int(in: 1...10_000)
-                case "inbox":
+                case .concurrency: route.concurrency = try field.int(in: 1...10_000)
+                case .inbox:
                     var inbox = RouteEntry.Inbox(windowNanos: 600_000_000_000, path: nil)
                     for (inboxKey, inboxField) in try field.mapping(allowed: ["window", "path"]) {
                         switch inboxKey {
@@ -106,7 +115,6 @@ extension SwitchyardConfig {
                         }
                     }
                     route.inbox = inbox
-                default: break
                 }
             }
             guard !route.transport.isEmpty else {

@@ -20,6 +20,26 @@ public final class Transport: Sendable {
     public let client: TransportClient
     /// The decorated transport, for decorators.
     public let inner: Transport?
+
+    /// This transport and the transports it wraps, outermost first (`retry → queue`).
+    public var chain: [Transport] {
+        var links: [Transport] = []
+        var current: Transport? = self
+        while let link = current {
+            links.append(link)
+            current = link.inner
+        }
+        return links
+    }
+
+    /// What the chain can do together: a decorator's capabilities and those of every transport
+    /// it wraps (a `retry` over a durable `queue` retries and is durable).
+    public var chainCapabilities: Capabilities {
+        chain.reduce(into: Capabilities()) { $0.formUnion($1.plugin.capabilities) }
+    }
+
+    /// The chain's plugin names, for messages: `retry → queue`.
+    public var chainDescription: String { chain.map(\.plugin.name).joined(separator: " → ") }
     private let services: HostServices
     private let closed = Atomic<Bool>(false)
     /// The proxy, when the plugin runs in a child process.
@@ -71,10 +91,10 @@ public final class Transport: Sendable {
     ) throws(TransportError) {
         let wraps = plugin.capabilities.contains(.wrapsInner)
         if wraps && inner == nil {
-            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport; set 'inner'")
+            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport; set 'inner'", transport: name)
         }
         if !wraps && inner != nil {
-            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' does not wrap an inner transport; remove 'inner'")
+            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' does not wrap an inner transport; remove 'inner'", transport: name)
         }
         let services = HostServices(transportName: name, logger: logger, metrics: metrics)
         if let forwardingMetrics { services.forwardMetrics(forwardingMetrics) }
@@ -97,7 +117,7 @@ public final class Transport: Sendable {
             }
         }
         guard let instance else {
-            throw TransportError(.internalError, "transport '\(name)': plugin '\(plugin.name)' returned SY_OK from create without an instance")
+            throw TransportError(.internalError, "transport '\(name)': plugin '\(plugin.name)' returned SY_OK from create without an instance", transport: name)
         }
         self.name = name
         self.plugin = plugin

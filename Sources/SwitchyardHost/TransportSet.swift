@@ -33,8 +33,9 @@ public final class TransportSet: Sendable {
     private let creationOrder: [String]
 
     /// Creates `names` (all of `specs` when nil) and the inner transports they need. Every error
-    /// names the transport: an unknown plugin (with the names that were found), a decorator
-    /// without an inner transport, or the plugin's own refusal of its config.
+    /// names the transport, in its message and in ``TransportError/transport``: an unknown plugin
+    /// (with the names that were found), a decorator without an inner transport, or the plugin's
+    /// own refusal of its config.
     /// Calls into a plugin taking `slowCallWarningNanos` or longer are logged (0: never).
     public init(
         specs: [TransportSpec], catalog: PluginCatalog, only names: [String]? = nil,
@@ -47,10 +48,11 @@ public final class TransportSet: Sendable {
         func create(_ name: String, chain: [String]) throws(TransportError) -> Transport {
             if let done = created[name] { return done }
             guard let spec = byName[name] else {
-                throw TransportError(.config, "no transport named '\(name)' (configured: \(specs.map(\.name).sorted().joined(separator: ", ")))")
+                throw TransportError(
+                    .config, "no transport named '\(name)' (configured: \(specs.map(\.name).sorted().joined(separator: ", ")))", transport: chain.last ?? name)
             }
             guard !chain.contains(name) else {
-                throw TransportError(.config, "inner transports form a cycle: \((chain + [name]).joined(separator: " → "))")
+                throw TransportError(.config, "inner transports form a cycle: \((chain + [name]).joined(separator: " → "))", transport: name)
             }
             guard let plugin = catalog.plugin(named: spec.plugin) else {
                 // A refused file may be the one meant: say which were refused, and why.
@@ -63,7 +65,8 @@ public final class TransportSet: Sendable {
                         + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
                         + "The bundled plugins are products of the switchyard package: build them next to your executable with "
                         + "'swift build --product switchyard-\(spec.plugin)' (one per plugin, see docs/services.md), "
-                        + "or put the plugin's .so file (any file name: the name inside it counts) in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))")
+                        + "or put the plugin's .so file (any file name: the name inside it counts) in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))",
+                    transport: name)
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
             let transport: Transport
@@ -78,9 +81,9 @@ public final class TransportSet: Sendable {
                             name: name, plugin: plugin, configJSON: spec.configJSON, inner: inner,
                             slowCallWarningNanos: slowCallWarningNanos, logger: logger)
                     }
-            } catch  where !error.message.contains("'\(name)'") {
-                // The plugin's own refusal: say which transport it is about.
-                throw TransportError(error.code, "transport '\(name)' (plugin \(spec.plugin)): \(error.message)")
+            } catch {
+                // The plugin's own refusal (or the isolation host's): say which transport it is about.
+                throw error.transport != nil ? error : TransportError(error.code, "transport '\(name)' (plugin \(spec.plugin)): \(error.message)", transport: name)
             }
             created[name] = transport
             order.append(name)

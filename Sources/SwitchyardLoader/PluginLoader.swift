@@ -1,5 +1,5 @@
+import CLibCrypto
 import CSwitchyard
-import Crypto
 import SwitchyardABI
 
 #if canImport(Glibc)
@@ -47,15 +47,26 @@ public final class PluginLoader: Sendable {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw Rejection(path: path, kind: .unreadable, reason: "cannot open: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        var hasher = SHA256()
+        // OpenSSL's EVP digest (libcrypto): a well-kept sha256 without a crypto package in
+        // every application's build.
+        guard let context = EVP_MD_CTX_new() else { throw Rejection(path: path, kind: .unreadable, reason: "cannot hash: out of memory") }
+        defer { EVP_MD_CTX_free(context) }
+        guard EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1 else {
+            throw Rejection(path: path, kind: .unreadable, reason: "cannot hash: libcrypto's sha256 is unavailable")
+        }
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 { throw Rejection(path: path, kind: .unreadable, reason: "read failed: \(String(cString: strerror(errno)))") }
             if n == 0 { break }
-            hasher.update(data: buffer[0..<n])
+            _ = buffer.withUnsafeBytes { EVP_DigestUpdate(context, $0.baseAddress, n) }
         }
-        return hasher.finalize().map { byte in
+        var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard EVP_DigestFinal_ex(context, &digest, &length) == 1 else {
+            throw Rejection(path: path, kind: .unreadable, reason: "cannot hash: sha256 failed")
+        }
+        return digest[..<Int(length)].map { byte in
             let hex = String(byte, radix: 16)
             return byte < 16 ? "0" + hex : hex
         }.joined()

@@ -7,6 +7,7 @@ import SwitchyardHost
 import SwitchyardLoader
 import SwitchyardNative
 import SwitchyardTransportKit
+import SwitchyardWire
 import Synchronization
 import Tracing
 
@@ -47,7 +48,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
 
     /// The configured transport named `name`, for tools that read its counters or dead letters;
     /// nil when there is none.
-    public func transport(named name: String) -> Transport? { transports?[name] }
+    package func transport(named name: String) -> Transport? { transports?[name] }
     let routes: RouteTable
     let errors = ErrorRegistry()
     let pending = PendingCalls()
@@ -84,47 +85,11 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         instanceID = "\(ProcessInfo.processInfo.hostName.prefix(32))-\(getpid())-\(EnvelopeID.make().suffix(12))"
             .map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" }.reduce(into: "") { $0.append($1) }
         let needed = config.routes.map(\.transport).filter { $0 != SwitchyardConfig.RouteEntry.direct }
-        if needed.isEmpty {
-            transports = nil
-        } else {
-            let loader = PluginLoader(trust: TrustPolicy(pins: config.plugins.pins, requirePins: config.plugins.requirePins))
-            let directories = SearchDirectory.searchPath(
-                commandLine: pluginDirectories, environment: ProcessInfo.processInfo.environment,
-                configDirectory: config.plugins.directory, workingDirectory: FileManager.default.currentDirectoryPath)
-            let specs = config.transports.map(TransportSpec.init)
-            // With a transport isolated (or plugins.probe), discovery itself must not run a
-            // plugin's code here first: a probe process loads every file before this one does.
-            let isolation = specs.lazy.compactMap(\.isolation).first
-            let catalog: PluginCatalog
-            if config.plugins.probe ?? (isolation != nil) {
-                do {
-                    catalog = try DiscoveryProbe.discover(in: directories, loader: loader, options: isolation ?? ProcessIsolation(), logger: logger)
-                } catch {
-                    throw ConfigError(key: "plugins.probe", line: nil, message: error.message)
-                }
-            } else {
-                catalog = loader.discover(in: directories)
-            }
-            for rejection in catalog.rejected where rejection.kind != .crashedWhileLoading {  // the probe logged those
-                logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
-            }
-            do {
-                transports = try TransportSet(
-                    specs: specs, catalog: catalog, only: Array(Set(needed)).sorted(),
-                    slowCallWarningNanos: config.plugins.slowCallWarningNanos, logger: logger)
-            } catch {
-                let entry = config.transports.first { error.message.contains("'\($0.name)'") }
-                // A plugin's config error names its key ("config key 'path': …", as the ABI asks):
-                // point at it under the transport.
-                var key = entry.map { "transports.\($0.name)" } ?? "transports"
-                var line = entry?.line
-                if let named = error.message.firstMatch(of: /config key '([^']+)'/) {
-                    key += ".config.\(named.1)"
-                    line = entry?.configLines[String(named.1)] ?? line
-                }
-                throw ConfigError(key: key, line: line, message: error.message)
-            }
-        }
+        transports =
+            needed.isEmpty
+            ? nil
+            : try TransportSet.start(
+                config, discovery: PluginDiscovery(config: config, commandLine: pluginDirectories), only: Array(Set(needed)).sorted(), logger: logger)
         let created = transports
         do {
             routes = RouteTable(try config.routes.map { (entry) throws(ConfigError) in try Route(entry, transports: created) })
@@ -199,7 +164,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         let name = Self.interfaceName(of: stub)
         let routes = routes.routes(forInterface: name)
         if routes.contains(where: { $0.pattern == "*" || $0.pattern == name + ".*" }),
-            routes.allSatisfy({ $0.isDirect && $0.retry == nil && $0.entry.lines["deadline"] == nil }),
+            routes.allSatisfy({ $0.isDirect && $0.retry == nil && !$0.entry.sets(.deadline) }),
             let local = localActor(id), let typed = local as? Interface
         {
             return typed
@@ -250,9 +215,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
 
     /// Each configured route and the transport chain it uses (`direct` for none), e.g.
     /// `("Payments.charge", "work (queue)")`.
-    public var routeDescriptions: [(pattern: String, transport: String)] {
+    package var routeDescriptions: [(pattern: String, transport: String)] {
         routes.routes.map { route in
-            (route.pattern, route.transport.map { "\($0.name) (\(Route.chain($0)))" } ?? "direct (in process)")
+            (route.pattern, route.transport.map { "\($0.name) (\($0.chainDescription))" } ?? "direct (in process)")
         }
     }
 

@@ -13,7 +13,7 @@ let package = Package(
     targets: [
         .executableTarget(
             name: "fuzz-envelope",
-            dependencies: [.product(name: "SwitchyardRuntime", package: "switchyard")],
+            dependencies: [.product(name: "SwitchyardWire", package: "switchyard")],
             path: "Sources/FuzzEnvelope", swiftSettings: flags),
         .executableTarget(
             name: "fuzz-config",

@@ -500,7 +500,8 @@ typedef struct sy_plugin_descriptor {
     /**
      * Creates an instance from `args`. On success stores an opaque instance pointer (never NULL)
      * in `*out_instance` and returns SY_OK. On failure returns an error (SY_ERR_CONFIG naming the
-     * offending key for bad config) and leaves `*out_instance` untouched. Required.
+     * offending key for bad config, as "config key 'NAME': what is wrong", which hosts turn into
+     * the key's line in their config file) and leaves `*out_instance` untouched. Required.
      */
     sy_status (*create)(const sy_create_args *args, void **out_instance, sy_error *err);
 

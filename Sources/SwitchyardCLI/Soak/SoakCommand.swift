@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
@@ -227,12 +228,9 @@ final class SoakRun: @unchecked Sendable {
     /// Messages still held by the durable transports once every process has stopped.
     func stuckMessages() throws -> Int {
         let config = try SwitchyardConfig.load(path: configPath)
-        let loader = PluginLoader()
-        let catalog = loader.discover(
-            in: SearchDirectory.searchPath(
-                commandLine: options.pluginDirectories, environment: ProcessInfo.processInfo.environment,
-                configDirectory: nil, workingDirectory: FileManager.default.currentDirectoryPath))
-        let set = try TransportSet(specs: config.transports.map(TransportSpec.init), catalog: catalog)
+        var quiet = Logger(label: "switchyard.soak")
+        quiet.logLevel = .error
+        let set = try TransportSet.start(config, discovery: PluginDiscovery(commandLine: options.pluginDirectories), logger: quiet)
         defer { set.close() }
         return set.transports.values.reduce(0) { total, transport in
             total + Int((try? transport.client.stats())??.depth ?? 0)

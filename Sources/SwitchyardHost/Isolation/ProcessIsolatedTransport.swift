@@ -108,7 +108,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         self.executable = try options.resolveExecutable(pluginPath: plugin.path)
         state.backoffNanos = options.restartBackoffNanos
         guard install(try start()) else {
-            throw TransportError(.unavailable, "transport '\(name)': the plugin process ended right after it started")
+            throw TransportError(.unavailable, "transport '\(name)': the plugin process ended right after it started", transport: name)
         }
     }
 

@@ -1,5 +1,6 @@
 import Distributed
 import Foundation
+import SwitchyardWire
 
 /// The identity of a distributed actor in a Switchyard system: a name that callers resolve and
 /// that names its channel on every transport, plus the subscriber group it serves in (for topic

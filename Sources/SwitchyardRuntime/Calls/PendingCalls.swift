@@ -1,6 +1,7 @@
 import Foundation
 import SwitchyardABI
 import SwitchyardTransportKit
+import SwitchyardWire
 
 /// A reply as it came off the wire.
 struct Reply: Sendable {

@@ -5,6 +5,7 @@ import ServiceContextModule
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
+import SwitchyardWire
 import Tracing
 
 extension SwitchyardActorSystem {
@@ -210,7 +211,7 @@ extension SwitchyardActorSystem {
     ) async throws -> SwitchyardResultHandler.Outcome? {
         let options = Switchyard.callOptions
         if let problem = options.problem { throw SwitchyardError.routing(target: call.name, reason: problem) }
-        let routeDeadline = route.entry.lines["deadline"] != nil ? Duration.nanoseconds(route.entry.deadlineNanos) : nil
+        let routeDeadline = route.entry.sets(.deadline) ? Duration.nanoseconds(route.entry.deadlineNanos) : nil
         var context = CallContext(
             id: EnvelopeID.make(), target: call.name, attempt: 1, headers: options.headers, idempotencyKey: options.idempotencyKey,
             deadlineNanos: nil, source: Envelope.defaultSource)

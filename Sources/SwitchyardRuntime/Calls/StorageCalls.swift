@@ -35,12 +35,7 @@ final class StorageCalls: Sendable {
 
     /// Whether calls into `transport` wait for storage (its chain is durable).
     static func blocksOnStorage(_ transport: Transport) -> Bool {
-        var current: Transport? = transport
-        while let link = current {
-            if link.plugin.capabilities.contains(.durable) { return true }
-            current = link.inner
-        }
-        return false
+        transport.chainCapabilities.contains(.durable)
     }
 
     /// Runs `job` on a pool thread and returns at once.

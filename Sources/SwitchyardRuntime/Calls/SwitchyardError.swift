@@ -1,4 +1,5 @@
 import SwitchyardABI
+import SwitchyardWire
 
 /// Errors a typed call can end with that the implementation did not throw itself.
 ///

@@ -2,6 +2,7 @@ import Logging
 import SwitchyardABI
 import SwitchyardHost
 import SwitchyardTransportKit
+import SwitchyardWire
 
 /// Envelope ids whose dead-lettering this runtime is doing itself right now (it has answered the
 /// caller and logged it already), so that the transport's report of the same dead letter is not

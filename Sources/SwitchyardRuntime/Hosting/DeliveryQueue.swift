@@ -1,6 +1,7 @@
 import DequeModule
 import SwitchyardABI
 import SwitchyardHost
+import SwitchyardWire
 
 /// One delivery taken from a transport and not yet settled.
 struct Inbound: Sendable {

@@ -6,6 +6,7 @@ import ServiceContextModule
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
+import SwitchyardWire
 import Tracing
 
 extension SwitchyardActorSystem {

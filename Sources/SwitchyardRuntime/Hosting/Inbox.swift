@@ -1,6 +1,7 @@
 import DequeModule
 import SwitchyardABI
 import SwitchyardTransportKit
+import SwitchyardWire
 
 /// The idempotent inbox of a route: remembers the calls it has handled (by idempotency key) for a
 /// window, with their replies, so a redelivered call is answered again instead of run again.

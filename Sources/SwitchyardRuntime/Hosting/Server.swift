@@ -2,6 +2,7 @@ import Distributed
 import Logging
 import SwitchyardABI
 import SwitchyardHost
+import SwitchyardWire
 import Synchronization
 
 /// The hosting side's bookkeeping: which actors are served, as which interfaces, on which

@@ -2,6 +2,7 @@ import Foundation
 import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardNative
+import SwitchyardWire
 
 /// A native module from config, loaded: its functions looked up and their call interfaces
 /// prepared once (docs/native-modules.md).

@@ -3,6 +3,7 @@ import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardPluginKit
 import SwitchyardTransportKit
+import SwitchyardWire
 
 /// A route ready to carry calls: its config entry, checked against the transport it names.
 struct Route: Sendable {
@@ -31,47 +32,38 @@ struct Route: Sendable {
     /// The chain retries on its own (a `retry` decorator): failures are settled with `retry`
     /// and the decorator decides when to give up.
     var transportRetries: Bool {
-        var current = transport
-        while let transport = current {
-            if transport.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) { return true }
-            current = transport.inner
-        }
-        return false
+        transport?.chain.contains { $0.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) } ?? false
     }
 
     /// Checks the entry against its transport; every problem names the key and line.
     init(_ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?) throws(ConfigError) {
         self.entry = entry
-        func fail(_ key: String, _ message: String) -> ConfigError {
-            ConfigError(key: entry.key(key), line: entry.line(key), message: message)
+        typealias Key = SwitchyardConfig.RouteEntry.Key
+        func fail(_ key: Key, under subkey: String? = nil, _ message: String) -> ConfigError {
+            ConfigError(key: entry.key(key, subkey), line: entry.line(key), message: message)
         }
         if entry.transport == SwitchyardConfig.RouteEntry.direct {
             transport = nil
             capabilities = []
-            for key in ["delay", "inbox", "ordering", "encoding", "mode"] where entry.lines[key] != nil {
-                throw fail(key, "a direct route calls the local actor in the caller's task; '\(key)' needs a transport")
+            for key in [Key.delay, .inbox, .ordering, .encoding, .mode] where entry.sets(key) {
+                throw fail(key, "a direct route calls the local actor in the caller's task; '\(key.rawValue)' needs a transport")
             }
         } else {
-            guard let transport = transports?[entry.transport] else { throw fail("transport", "no transport named '\(entry.transport)'") }
+            guard let transport = transports?[entry.transport] else { throw fail(.transport, "no transport named '\(entry.transport)'") }
             self.transport = transport
-            var capabilities = Capabilities()
-            var current: Transport? = transport
-            while let link = current {
-                capabilities.formUnion(link.plugin.capabilities)
-                current = link.inner
-            }
+            let capabilities = transport.chainCapabilities
             self.capabilities = capabilities
-            func require(_ capability: Capabilities, for key: String, _ what: String) throws(ConfigError) {
+            func require(_ capability: Capabilities, for key: Key, _ what: String) throws(ConfigError) {
                 guard capabilities.contains(capability) else {
-                    throw fail(key, "\(what), but transport '\(entry.transport)' (\(Self.chain(transport))) cannot: it lacks the \(capability) capability")
+                    throw fail(key, "\(what), but transport '\(entry.transport)' (\(transport.chainDescription)) cannot: it lacks the \(capability) capability")
                 }
             }
-            if entry.delayNanos > 0 { try require(.delay, for: "delay", "the route delays calls") }
-            if entry.retryJSON != nil { try require(.retry, for: "retry", "the route retries failed calls") }
-            if entry.orderingArgument != nil { try require(.ordered, for: "ordering", "the route orders calls by key") }
+            if entry.delayNanos > 0 { try require(.delay, for: .delay, "the route delays calls") }
+            if entry.retryJSON != nil { try require(.retry, for: .retry, "the route retries failed calls") }
+            if entry.orderingArgument != nil { try require(.ordered, for: .ordering, "the route orders calls by key") }
             if capabilities.contains(.fanOut) && entry.mode == .requestReply {
                 throw fail(
-                    entry.lines["mode"] != nil ? "mode" : "transport",
+                    entry.sets(.mode) ? .mode : .transport,
                     "transport '\(entry.transport)' fans out to every subscriber group, so there is no single reply: set mode: fire-and-forget")
             }
         }
@@ -80,12 +72,12 @@ struct Route: Sendable {
             do {
                 policy = try ConfigJSON.decode(RetryPolicy.self, from: json, allowedKeys: RetryPolicy.allowedKeys)
             } catch {
-                throw fail(error.key.map { "retry.\($0)" } ?? "retry", error.message)
+                throw fail(.retry, under: error.key, error.message)
             }
             do {
                 try policy.validate()
             } catch {
-                throw fail("retry", error.message.replacingOccurrences(of: "config key ", with: "key "))
+                throw fail(.retry, error.message.replacingOccurrences(of: "config key ", with: "key "))
             }
             retry = policy
         } else {
@@ -96,7 +88,7 @@ struct Route: Sendable {
             do {
                 self.inbox = try Inbox(windowNanos: inbox.windowNanos, path: inbox.path)
             } catch {
-                throw fail("inbox.path", "\(error)")
+                throw fail(.inbox, under: "path", "\(error)")
             }
         } else {
             self.inbox = nil
@@ -105,16 +97,6 @@ struct Route: Sendable {
         cost = transport.flatMap(CallCost.of)
     }
 
-    /// `retry → orders (retry → queue)` for errors.
-    static func chain(_ transport: Transport) -> String {
-        var names: [String] = []
-        var current: Transport? = transport
-        while let link = current {
-            names.append(link.plugin.name)
-            current = link.inner
-        }
-        return names.joined(separator: " → ")
-    }
 }
 
 /// Routes by pattern; the most specific match wins: `Interface.method`, then `Interface.*`,

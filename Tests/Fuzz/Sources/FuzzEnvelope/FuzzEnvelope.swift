@@ -1,7 +1,7 @@
 // libFuzzer target: envelope and argument decoding, fed arbitrary bytes. A crash, leak or hang
 // here is a receiver that a hostile message could take down. Run: scripts/fuzz envelope.
 import SwitchyardABI
-import SwitchyardRuntime
+import SwitchyardWire
 
 /// The input is split into a header block and a body: the first byte says how many headers
 /// follow, each as two NUL-terminated strings; the rest is the body (the arguments).

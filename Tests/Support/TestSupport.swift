@@ -1,0 +1,205 @@
+import Foundation
+import Logging
+import SwitchyardLoader
+import Synchronization
+import Testing
+
+/// Where `swift build` put the products (the switchyard binary and the plugin .so files): the
+/// directory of the test bundle itself.
+package enum BuildProducts {
+    package static let directory: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().path
+    }()
+
+    package static func path(_ name: String) -> String { directory + "/" + name }
+    package static var switchyard: String { path("switchyard") }
+    package static var exampleC: String { path("libswitchyard-example-c.so") }
+    package static var exampleSwift: String { path("libswitchyard-example-swift.so") }
+
+    /// The bundled plugin called `name`, loaded by the real loader from the build directory.
+    package static func plugin(_ name: String) throws -> LoadedPlugin {
+        let catalog = PluginLoader().discover(in: [SearchDirectory(path: directory, source: .executableDirectory)])
+        return try #require(catalog.plugin(named: name))
+    }
+}
+
+/// Paths inside this repository.
+package enum Repository {
+    package static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    package static let headerDirectory = root + "/SDK/CSwitchyard/include"
+    package static let fixtures = root + "/Tests/Fixtures"
+}
+
+/// A fresh temporary directory, removed when the value is deinitialised... or at process exit.
+package final class TemporaryDirectory: Sendable {
+    package let path: String
+    package init() throws {
+        let template = (NSTemporaryDirectory() as NSString).appendingPathComponent("switchyard-test-XXXXXX")
+        var bytes = Array(template.utf8CString)
+        guard mkdtemp(&bytes) != nil else { throw POSIXError(.EIO) }
+        path = String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+    package func file(_ name: String) -> String { path + "/" + name }
+}
+
+/// The result of running a program to completion.
+package struct ProcessResult {
+    package var status: Int32
+    package var signaled: Bool
+    package var stdout: String
+    package var stderr: String
+}
+
+/// Runs `executable` with `arguments`, capturing its output.
+package func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    // Drain both pipes at once: a child that fills one pipe while we block reading the other
+    // would otherwise never exit.
+    let stderrData = Mutex(Data())
+    let stderrDone = DispatchSemaphore(value: 0)
+    let errHandle = err.fileHandleForReading
+    DispatchQueue.global().async {
+        let data = errHandle.readDataToEndOfFile()
+        stderrData.withLock { $0 = data }
+        stderrDone.signal()
+    }
+    let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+    stderrDone.wait()
+    process.waitUntilExit()
+    return ProcessResult(
+        status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
+        stdout: String(decoding: stdoutData, as: UTF8.self), stderr: String(decoding: stderrData.withLock { $0 }, as: UTF8.self))
+}
+
+/// The C compiler the tests build fixtures with: $CC, else the clang that ships with Swift, else cc.
+package enum CCompiler {
+    package static let c: String = find(environment: "CC", candidates: ["clang", "cc", "gcc"])
+    package static let cxx: String = find(environment: "CXX", candidates: ["clang++", "c++", "g++"])
+
+    private static func find(environment: String, candidates: [String]) -> String {
+        if let chosen = ProcessInfo.processInfo.environment[environment], !chosen.isEmpty { return chosen }
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":")
+        for name in candidates {
+            for dir in path where FileManager.default.isExecutableFile(atPath: "\(dir)/\(name)") { return "\(dir)/\(name)" }
+        }
+        return candidates.last!
+    }
+
+    /// Compiles C `source` into `output` with `flags`; fails the test with the compiler's output.
+    /// The compiler runs off the cooperative pool (see ``offPool(_:)``).
+    @discardableResult
+    package static func compile(_ source: String, to output: String, flags: [String], compiler: String = c) async throws -> ProcessResult {
+        let result = try await run(compiler, flags + ["-I", Repository.headerDirectory, source, "-o", output])
+        if result.status != 0 {
+            Issue.record("\(compiler) failed for \(output): \(result.stderr)")
+        }
+        return result
+    }
+
+    /// Builds the fixture plugin with `defines` into `directory/name`.
+    @discardableResult
+    package static func fixture(_ name: String, in directory: String, defines: [String] = []) async throws -> String {
+        let output = directory + "/" + name
+        try await compile(
+            Repository.fixtures + "/fixture_plugin.c", to: output,
+            flags: ["-std=c99", "-shared", "-fPIC", "-w"] + defines.map { "-D" + $0 })
+        return output
+    }
+}
+
+/// Runs blocking work (a child process, a conformance run) on a thread of its own and awaits it,
+/// so the test's task gives its cooperative-pool thread back while it waits. Tests run in
+/// parallel on a pool as wide as the machine (2 threads here); a test that blocks a pool thread
+/// for seconds starves every async test, and the runtime's own tasks with them.
+package func offPool<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+/// ``run(_:_:environment:)`` without holding a pool thread while the program runs.
+package func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> ProcessResult {
+    try await offPool { try run(executable, arguments, environment: environment) }
+}
+
+/// Waits until `condition` holds, polling, for at most `seconds`. The default is generous: it
+/// returns as soon as the condition holds, and only a failing test waits it out, while a machine
+/// loaded by other work (CI, a sanitizer build alongside) can delay a passing one by seconds.
+package func eventually(_ seconds: Double = 15, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return condition()
+}
+
+/// A swift-log handler that keeps every line, for tests that check what was logged.
+package final class CapturedLog: @unchecked Sendable {
+    // @unchecked: `lines` is guarded by `lock`.
+    private let lock = NSLock()
+    private var lines: [(level: Logger.Level, message: String, metadata: Logger.Metadata)] = []
+
+    /// An empty log.
+    package init() {}
+
+    /// A logger whose lines land here.
+    package func logger(_ label: String = "test") -> Logger {
+        Logger(label: label) { _ in Handler(log: self) }
+    }
+
+    /// Every line so far, as "level message key=value…".
+    package var all: [String] {
+        lock.withLock {
+            lines.map { line in
+                "\(line.level) \(line.message) " + line.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            }
+        }
+    }
+
+    fileprivate func append(_ level: Logger.Level, _ message: String, _ metadata: Logger.Metadata) {
+        lock.withLock { lines.append((level, message, metadata)) }
+    }
+
+    private struct Handler: LogHandler {
+        let log: CapturedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            log.append(event.level, event.message.description, metadata.merging(event.metadata ?? [:]) { $1 })
+        }
+    }
+}
+
+/// Polls `condition` for up to `seconds`, blocking this (non-pool) thread.
+package func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+/// Lines read so far, shared with a pipe's readability handler.
+package final class LineBuffer: Sendable {
+    private let lines = Mutex<[String]>([])
+    /// No lines yet.
+    package init() {}
+    package func append(_ new: [String]) { lines.withLock { $0 += new } }
+    package var all: [String] { lines.withLock { $0 } }
+}

@@ -1,0 +1,54 @@
+import CSwitchyard
+import Foundation
+import SwitchyardABI
+import SwitchyardHost
+import SwitchyardTestSupport
+import Synchronization
+import Testing
+
+@testable import SwitchyardLoader
+
+@Suite("Swift forms of ABI values")
+struct ABIValueTests {
+    @Test("error messages are truncated on a UTF-8 boundary")
+    func errorTruncation() {
+        var error = sy_error()
+        let long = String(repeating: "é", count: 600)  // 1200 bytes
+        TransportError(.io, long).write(to: &error)
+        let read = TransportError(status: error.code, error: error)
+        #expect(read.code == .io)
+        #expect(read.message.utf8.count <= 511)
+        #expect(read.message.allSatisfy { $0 == "é" })
+    }
+
+    @Test("plugin names and versions")
+    func namesAndVersions() {
+        #expect(PluginName.problem(with: "queue") == nil)
+        #expect(PluginName.problem(with: "nats-jetstream2") == nil)
+        #expect(PluginName.problem(with: "2fast") != nil)
+        #expect(PluginName.problem(with: "trailing-") != nil)
+        #expect(PluginName.problem(with: "UPPER") != nil)
+        #expect(SemanticVersion("1.2.3")?.minor == 2)
+        #expect(SemanticVersion("1.2.3-beta.1+exp")?.suffix == "-beta.1+exp")
+        #expect(SemanticVersion("1.2") == nil)
+        #expect(SemanticVersion("01.2.3") == nil)
+        #expect(SemanticVersion("1.2.3-") == nil)
+    }
+
+    @Test("capabilities have stable names and keep unknown bits")
+    func capabilities() {
+        let caps: Capabilities = [.queue, .durable, Capabilities(rawValue: 1 << 50)]
+        #expect(caps.names == ["queue", "durable", "bit-50"])
+        #expect(Capabilities(name: "fan-out") == .fanOut)
+        #expect(Capabilities(name: "teleport") == nil)
+    }
+
+    @Test("a message lent to C and copied back is unchanged")
+    func messageRoundTrip() throws {
+        let message = Message(
+            id: "id", channel: "ch", orderingKey: nil, headers: [Header("a", "b")], body: [],
+            attempt: 3, deliverAtNanos: 5, enqueuedAtNanos: 7)
+        let copy = try message.withCMessage { try Message(copying: $0) }
+        #expect(copy == message)
+    }
+}

@@ -1,0 +1,71 @@
+import Foundation
+import SwitchyardTestSupport
+import Testing
+
+/// The ABI header must compile cleanly for every C and C++ plugin author, and the C template must
+/// build with the one line the docs show.
+@Suite("The C header and the C template")
+struct HeaderTests {
+    @Test("switchyard_plugin.h compiles as C99 with -Wall -Wextra -Werror -pedantic")
+    func strictC99() async throws {
+        let dir = try TemporaryDirectory()
+        let result = try await CCompiler.compile(
+            Repository.fixtures + "/header_check.c", to: dir.file("check.o"),
+            flags: ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c"])
+        #expect(result.status == 0, "\(result.stderr)")
+    }
+
+    @Test("switchyard_plugin.h compiles as C++17 with -Wall -Wextra -Werror -pedantic")
+    func strictCXX17() async throws {
+        let dir = try TemporaryDirectory()
+        let result = try await CCompiler.compile(
+            Repository.fixtures + "/header_check.c", to: dir.file("check.o"),
+            flags: ["-x", "c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c"],
+            compiler: CCompiler.cxx)
+        #expect(result.status == 0, "\(result.stderr)")
+        // SY_PLUGIN_EXPORT gives the entry point C linkage: the symbol is not mangled.
+        let symbols = try await run("/usr/bin/env", ["nm", dir.file("check.o")])
+        #expect(symbols.stdout.contains(" T switchyard_plugin_entry"), "\(symbols.stdout)")
+    }
+
+    @Test(
+        "switchyard_config.h reads a flat config and names the key of every problem",
+        arguments: [
+            (#"{}"#, "capacity=1000 timeout=30000000000 durable=0 prefix=jobs"),
+            ("", "capacity=1000 timeout=30000000000 durable=0 prefix=jobs"),
+            (#"{"capacity": 5, "timeout": "1.5s", "durable": true, "prefix": "a\"b"}"#, #"capacity=5 timeout=1500000000 durable=1 prefix=a"b"#),
+            (#"{"capacity": "7", "timeout": "250ms", "prefix": null, "nested": 1}"#, "unknown config key 'nested' (known keys: capacity, timeout, durable, prefix)"),
+            (#"{"capacity": 1.5}"#, "config key 'capacity': expected an integer"),
+            (#"{"timeout": 5}"#, "config key 'timeout': expected a duration"),
+            (#"{"timeout": "-1s"}"#, "config key 'timeout': expected a duration"),
+            (#"{"durable": "yes"}"#, "config key 'durable': expected true or false"),
+            (#"{"prefix": "a string much longer than thirty-one bytes"}"#, "config key 'prefix': is too long"),
+            (#"{"capacity": 1, "capacity": 2}"#, "config: a key appears twice"),
+            (#"{"capacity": 1"#, "config: not valid JSON"),
+            (#"[1, 2]"#, "config: must be a JSON object"),
+            (#"{"capacity": 1, "extra": {"a": [1, "}"]}}"#, "unknown config key 'extra'"),
+        ])
+    func configHelper(_ json: String, _ expected: String) async throws {
+        let dir = try TemporaryDirectory()
+        let binary = dir.file("config_check")
+        let built = try await CCompiler.compile(
+            Repository.fixtures + "/config_check.c", to: binary,
+            flags: ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+        try #require(built.status == 0)
+        let result = try await run(binary, [json])
+        #expect(result.stdout.contains(expected), "for \(json): \(result.stdout)")
+    }
+
+    @Test("the C template builds with one cc line, exports one symbol, and loads")
+    func cTemplateOneLine() async throws {
+        let dir = try TemporaryDirectory()
+        let output = dir.file("libswitchyard-example-c.so")
+        let result = try await CCompiler.compile(
+            Repository.root + "/SDK/Templates/c-plugin/plugin.c", to: output,
+            flags: ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC", "-lpthread"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let verify = try await run(BuildProducts.switchyard, ["plugins", "verify", output])
+        #expect(verify.status == 0, "\(verify.stderr)")
+        #expect(verify.stdout.contains("ok: example-c 1.0.0"))
+    }
+}

@@ -1,0 +1,169 @@
+import CSwitchyard
+import Foundation
+import SwitchyardABI
+import SwitchyardTestSupport
+import Testing
+
+/// The `switchyard plugins` commands, run as a real child process.
+@Suite("switchyard plugins")
+struct CLITests {
+    @Test("verify accepts a good plugin with exit 0")
+    func verifyGood() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", BuildProducts.exampleSwift])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("ok: example-swift 1.0.0, ABI 1.\(SY_ABI_MINOR), capabilities: queue"))
+    }
+
+    @Test(
+        "verify rejects bad files with exit 1 and a one-line reason on stderr",
+        arguments: [
+            (["FIXTURE_NO_ENTRY"], "no switchyard_plugin_entry function"),
+            (["FIXTURE_ABI_MAJOR=3"], "built for ABI 3."),
+            (["FIXTURE_NULL_PUBLISH"], "publish NULL"),
+        ])
+    func verifyBad(_ defines: [String], _ reason: String) async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("bad.so", in: dir.path, defines: defines)
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
+        #expect(result.status == 1)
+        #expect(!result.signaled)
+        #expect(result.stderr.contains(reason), "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1)
+    }
+
+    @Test("verify survives a plugin that crashes while loading")
+    func verifyCrashingPlugin() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("crash.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
+        #expect(result.status == 1)
+        #expect(!result.signaled)
+        #expect(result.stderr.contains("crashed the loader with signal 11"), "\(result.stderr)")
+    }
+
+    @Test("verify gives up on a plugin whose entry never returns: exit 1, 'hung while loading'")
+    func verifyHangingPlugin() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("hang.so", in: dir.path, defines: ["FIXTURE_HANG_IN_ENTRY"])
+        let started = Date()
+        let result = try await run(BuildProducts.switchyard, ["plugins", "verify", "--timeout", "1", path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("hung while loading"), "\(result.stderr)")
+        #expect(result.stderr.contains("within 1000 ms"), "\(result.stderr)")
+        #expect(Date().timeIntervalSince(started) < 15)
+    }
+
+    @Test(
+        "plugins test: a check stuck in a plugin call fails as timed out, the suite goes on, and each line reaches a pipe as its check ends",
+        .disabled(
+            if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == "thread",
+            "under ThreadSanitizer checks run inline, without a time limit (a TSan runtime bug; ConformanceSuite.run)"))
+    func conformanceCheckTimeout() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("stuck.so", in: dir.path, defines: ["FIXTURE_HANG_IN_PUBLISH", "FIXTURE_NAME=\"stuck\""])
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
+        process.arguments = ["plugins", "test", path, "--check-timeout", "1", "--check", "publish-deliver-ack", "--check", "publish-batch"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        let lines = LineBuffer()
+        let firstFailure = Guarded<Date?>(nil)
+        out.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            guard !data.isEmpty else { return }
+            let text = String(decoding: data, as: UTF8.self)
+            if text.contains("FAIL") { firstFailure.withLock { $0 = $0 ?? Date() } }
+            lines.append([text])
+        }
+        try process.run()
+        #expect(await eventually(30) { !process.isRunning })
+        let exited = Date()
+        let output = lines.all.joined()
+        #expect(process.terminationStatus == 1, "\(output)")
+        #expect(output.contains("FAIL  publish-deliver-ack: timed out after 1 s"), "\(output)")
+        #expect(output.contains("FAIL  publish-batch: timed out after 1 s"), "\(output)")
+        #expect(output.contains("0 passed, 2 failed"), "\(output)")
+        // The first line came out a check's length (1 s) before the end, not with it.
+        let first = try #require(firstFailure.withLock { $0 })
+        #expect(exited.timeIntervalSince(first) > 0.5, "the first line arrived only \(exited.timeIntervalSince(first)) s before the exit")
+    }
+
+    @Test("verify never crashes on junk: empty, text, random bytes, a directory, a missing path")
+    func verifyJunk() async throws {
+        let dir = try TemporaryDirectory()
+        _ = FileManager.default.createFile(atPath: dir.file("empty.so"), contents: Data())
+        try "hello".write(toFile: dir.file("text.so"), atomically: true, encoding: .utf8)
+        var generator = SystemRandomNumberGenerator()
+        _ = FileManager.default.createFile(atPath: dir.file("random.so"), contents: Data((0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) }))
+        for path in [dir.file("empty.so"), dir.file("text.so"), dir.file("random.so"), dir.path, dir.file("missing.so")] {
+            let result = try await run(BuildProducts.switchyard, ["plugins", "verify", path])
+            #expect(result.status == 1, "\(path)")
+            #expect(!result.signaled, "\(path)")
+            #expect(!result.stderr.isEmpty, "\(path)")
+        }
+    }
+
+    @Test("list --json lists bundled plugins and refused files, and exits 0")
+    func listJSON() async throws {
+        let dir = try TemporaryDirectory()
+        try await CCompiler.fixture("null.so", in: dir.path, defines: ["FIXTURE_ENTRY_NULL"])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--json", "--dir", dir.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        struct Output: Decodable {
+            struct Plugin: Decodable { let name, version, abi, path: String; let capabilities: [String] }
+            struct Rejected: Decodable { let path, reason: String }
+            let plugins: [Plugin]
+            let rejected: [Rejected]
+        }
+        let output = try JSONDecoder().decode(Output.self, from: Data(result.stdout.utf8))
+        let names = output.plugins.map(\.name)
+        #expect(names.contains("example-c") && names.contains("example-swift"))
+        let exampleC = try #require(output.plugins.first { $0.name == "example-c" })
+        #expect(exampleC.abi == "1.\(SY_ABI_MINOR)")
+        #expect(exampleC.capabilities == ["queue"])
+        #expect(exampleC.path.hasSuffix("libswitchyard-example-c.so"))
+        #expect(output.rejected.map(\.path) == [dir.file("null.so")])
+        #expect(output.rejected.first?.reason.contains("returned NULL") == true)
+    }
+
+    @Test("inspect by name shows the full descriptor with its sha256")
+    func inspect() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "inspect", "example-c", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        struct Output: Decodable { let name: String; let functions: [String]; let sha256: String }
+        let output = try JSONDecoder().decode(Output.self, from: Data(result.stdout.utf8))
+        #expect(output.name == "example-c")
+        #expect(output.functions == ["create", "destroy", "publish", "subscribe", "unsubscribe", "settle", "drain", "stats"])  // no publish_batch: example-c is one-at-a-time
+        #expect(output.sha256.count == 64)
+        let missing = try await run(BuildProducts.switchyard, ["plugins", "inspect", "no-such-plugin"])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("no plugin named 'no-such-plugin'"))
+    }
+
+    @Test("a config file's plugins directory and pins are honoured")
+    func configPins() async throws {
+        let dir = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: dir.file("plugins-here"), withIntermediateDirectories: true)
+        try await CCompiler.fixture("libswitchyard-pinned.so", in: dir.file("plugins-here"), defines: ["FIXTURE_NAME=\"pinned\""])
+        try """
+        plugins:
+          directory: plugins-here
+          pins:
+            pinned: \(String(repeating: "ab", count: 32))
+        """.write(toFile: dir.file("switchyard.yaml"), atomically: true, encoding: .utf8)
+        let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--json", "--config", dir.file("switchyard.yaml")])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("does not match the pin for 'pinned'"))
+    }
+
+    @Test("a malformed config names the key and line, exit code non-zero")
+    func badConfig() async throws {
+        let dir = try TemporaryDirectory()
+        try "plugins:\n  directory: x\n  pinz: {}\n".write(toFile: dir.file("bad.yaml"), atomically: true, encoding: .utf8)
+        let result = try await run(BuildProducts.switchyard, ["plugins", "list", "--config", dir.file("bad.yaml")])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("line 3"), "\(result.stderr)")
+        #expect(result.stderr.contains("'plugins.pinz': unknown key"), "\(result.stderr)")
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardRuntime
+import SwitchyardTestSupport
+import Testing
+
+@Suite("switchyard dlq")
+struct DeadLetterToolTests {
+    /// A durable queue with three dead letters on orders.dlq, configured as transport 'orders'.
+    func setUp(_ dir: TemporaryDirectory) async throws -> String {
+        let db = dir.file("orders.db")
+        try """
+        transports:
+          orders:
+            plugin: queue
+            config:
+              path: \(db)
+              visibility_timeout: 30s
+        """.write(toFile: dir.file("switchyard.yaml"), atomically: true, encoding: .utf8)
+        let queue = try Transport(name: "orders", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(db)"}"#)
+        defer { queue.close() }
+        let inbox = Collector()
+        _ = try queue.client.subscribe(
+            SubscribeOptions(channel: "orders"),
+            handler: inbox.handler(client: queue.client) { m in
+                .deadLetter(reason: "payment declined for \(m.id)")
+            })
+        for id in ["o-1", "o-2", "o-3"] { try queue.client.publish(Message(id: id, channel: "orders", body: Array("order \(id)".utf8))) }
+        #expect(await eventually(5) { inbox.count >= 3 })
+        try await Task.sleep(for: .milliseconds(100))
+        return dir.file("switchyard.yaml")
+    }
+
+    func dlq(_ arguments: [String], config: String) async throws -> ProcessResult {
+        try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "orders", "--channel", "orders"])
+    }
+
+    @Test("list, show, replay and purge, end to end on a durable queue")
+    func endToEnd() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try await setUp(dir)
+        struct Letter: Decodable { let id, reason, channel: String; let attempts: Int; let history: [String] }
+
+        let list = try await dlq(["list", "--json"], config: config)
+        #expect(list.status == 0, "\(list.stderr)")
+        let letters = try JSONDecoder().decode([Letter].self, from: Data(list.stdout.utf8))
+        #expect(Set(letters.map(\.id)) == ["o-1", "o-2", "o-3"])
+        #expect(letters.first { $0.id == "o-2" }?.reason == "payment declined for o-2")
+        #expect(letters.allSatisfy { $0.channel == "orders" && $0.attempts == 1 && $0.history.count == 1 })
+
+        let show = try await dlq(["show", "o-1"], config: config)
+        #expect(show.status == 0)
+        #expect(show.stdout.contains("order o-1"))
+
+        // Listing does not consume: the letters are still there.
+        #expect(try JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"], config: config).stdout.utf8)).count == 3)
+
+        let replay = try await dlq(["replay", "o-1"], config: config)
+        #expect(replay.status == 0, "\(replay.stderr)")
+        #expect(replay.stdout.contains("replayed 1 message"))
+
+        let purge = try await dlq(["purge", "o-2"], config: config)
+        #expect(purge.stdout.contains("purged 1 message"))
+
+        let left = try JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"], config: config).stdout.utf8))
+        #expect(left.map(\.id) == ["o-3"])
+
+        // o-1 is back on its channel, clean, with its body.
+        let queue = try Transport(name: "orders", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(dir.file("orders.db"))"}"#)
+        defer { queue.close() }
+        let inbox = Collector()
+        _ = try queue.client.subscribe(SubscribeOptions(channel: "orders"), handler: inbox.handler(client: queue.client))
+        #expect(await eventually(5) { inbox.count >= 1 })
+        let back = try #require(inbox.received.first?.message)
+        #expect(back.id == "o-1" && back.body == Array("order o-1".utf8) && back.attempt == 1)
+        #expect(!back.headers.contains { $0.key.hasPrefix("sy-dlq-") })
+    }
+
+    @Test("errors: unknown transport, no dead-letter support, unknown id")
+    func errors() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try await setUp(dir)
+        let unknown = try await run(BuildProducts.switchyard, ["dlq", "list", "--config", config, "--transport", "nope", "--channel", "x"])
+        #expect(unknown.status != 0)
+        #expect(unknown.stderr.contains("no transport named 'nope'"))
+        let missing = try await dlq(["show", "o-9"], config: config)
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("no dead letter with id 'o-9'"))
+        try "transports:\n  plain:\n    plugin: example-c\n".write(toFile: dir.file("plain.yaml"), atomically: true, encoding: .utf8)
+        let plain = try await run(BuildProducts.switchyard, ["dlq", "list", "--config", dir.file("plain.yaml"), "--transport", "plain", "--channel", "x"])
+        #expect(plain.status != 0)
+        #expect(plain.stderr.contains("has no dead-letter support"), "\(plain.stderr)")
+    }
+}

@@ -1,0 +1,108 @@
+import SwitchyardConfig
+import SwitchyardTestSupport
+import Testing
+
+@Suite("Config file validation")
+struct ConfigTests {
+    @Test("a valid plugins section parses, relative directories resolve against the file")
+    func valid() throws {
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                plugins:
+                  directory: ./plugins
+                  require_pins: true
+                  pins:
+                    queue: \(String(repeating: "A1", count: 32))
+                """, baseDirectory: "/etc/switchyard")
+        #expect(config.plugins.directory == "/etc/switchyard/plugins")
+        #expect(config.plugins.requirePins)
+        #expect(config.plugins.pins["queue"] == String(repeating: "a1", count: 32))
+    }
+
+    @Test("an empty file is the default config")
+    func empty() throws {
+        let config = try SwitchyardConfig.parse(yaml: "", baseDirectory: "/")
+        #expect(config.plugins.directory == nil)
+    }
+
+    @Test(
+        "each kind of error names the key and line",
+        arguments: [
+            ("plugin:\n  directory: x\n", "plugin", 1, "unknown key"),
+            ("plugins:\n  directory: [a, b]\n", "plugins.directory", 2, "expected a string"),
+            ("plugins:\n  require_pins: maybe\n", "plugins.require_pins", 2, "expected true or false"),
+            ("plugins:\n  pins:\n    queue: abc\n", "plugins.pins.queue", 3, "64 hex digits"),
+            ("plugins: 3\n", "plugins", 1, "expected a mapping"),
+            ("plugins:\n  directory: \"\"\n", "plugins.directory", 2, "must not be empty"),
+        ])
+    func errors(_ yaml: String, _ key: String, _ line: Int, _ message: String) {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
+        #expect(error?.key == key)
+        #expect(error?.line == line)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("transports: plugin config becomes JSON; inner references and cycles are checked")
+    func transports() throws {
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                transports:
+                  orders:
+                    plugin: queue
+                    config: { path: /tmp/o.db, capacity: 10, visibility_timeout: 30s, strict: true }
+                  orders-retry:
+                    plugin: retry
+                    inner: orders
+                """, baseDirectory: "/")
+        #expect(config.transports.map(\.name) == ["orders", "orders-retry"])
+        #expect(config.transport(named: "orders")?.configJSON == #"{"capacity":10,"path":"\/tmp\/o.db","strict":true,"visibility_timeout":"30s"}"#)
+        #expect(config.transport(named: "orders-retry")?.inner == "orders")
+    }
+
+    @Test(
+        "transport errors name the key",
+        arguments: [
+            ("transports:\n  a:\n    inner: b\n", "transports.a.plugin", "is required"),
+            ("transports:\n  a:\n    plugin: retry\n    inner: b\n", "transports.a.inner", "no transport named 'b'"),
+            ("transports:\n  a:\n    plugin: retry\n    inner: b\n  b:\n    plugin: delay\n    inner: a\n", "transports.a.inner", "cycle: a → b → a"),
+            ("transports:\n  a:\n    plugin: queue\n    confg: {}\n", "transports.a.confg", "unknown key"),
+            ("transports:\n  a:\n    plugin: queue\n    config: [1]\n", "transports.a.config", "expected a mapping"),
+            ("transports:\n  'a b':\n    plugin: queue\n", "transports.a b", "transport names use"),
+            ("transports:\n  a:\n    plugin: queue\n    isolation: sideways\n", "transports.a.isolation", "expected 'process' or 'in-process'"),
+            ("transports:\n  a:\n    plugin: queue\n    isolation: { mode: proces }\n", "transports.a.isolation.mode", "expected 'process' or 'in-process'"),
+            ("transports:\n  a:\n    plugin: queue\n    isolation: { call_timeout: 5 }\n", "transports.a.isolation.call_timeout", "is not a duration"),
+            ("transports:\n  a:\n    plugin: queue\n    isolation: { restart: 1s }\n", "transports.a.isolation.restart", "unknown key"),
+            (
+                "transports:\n  a:\n    plugin: retry\n    inner: b\n    isolation: process\n  b:\n    plugin: queue\n", "transports.a.isolation",
+                "cannot run with isolation: process"
+            ),
+        ])
+    func transportErrors(_ yaml: String, _ key: String, _ message: String) {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
+        #expect(error?.key == key)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("isolation: the word or a mapping; unset durations keep the defaults")
+    func isolation() throws {
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                transports:
+                  a: { plugin: queue, isolation: process }
+                  b: { plugin: queue, isolation: { call_timeout: 5s, max_restart_backoff: 1m } }
+                  c: { plugin: queue, isolation: in-process }
+                """, baseDirectory: "/")
+        #expect(config.transports[0].isolation == SwitchyardConfig.Isolation())
+        #expect(config.transports[1].isolation?.callTimeoutNanos == 5_000_000_000)
+        #expect(config.transports[1].isolation?.maxRestartBackoffNanos == 60_000_000_000)
+        #expect(config.transports[1].isolation?.restartBackoffNanos == nil)
+        #expect(config.transports[2].isolation == nil)
+    }
+
+    @Test("YAML syntax errors give the line")
+    func syntax() {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: "plugins:\n  directory: [unclosed\n", baseDirectory: "/") }
+        #expect(error?.line != nil)
+        #expect(error?.message.contains("YAML syntax error") == true)
+    }
+}

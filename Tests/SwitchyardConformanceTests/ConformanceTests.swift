@@ -1,0 +1,34 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardTestSupport
+import Testing
+
+/// The bundled transports pass the conformance suite in both modes, loaded from their .so files.
+@Suite("Conformance of the bundled plugins")
+struct ConformanceTests {
+    static let cases: [(plugin: String, durable: Bool)] = [
+        ("queue", false), ("queue", true), ("topic", false), ("topic", true), ("delay", false), ("delay", true),
+        ("retry", false), ("retry", true), ("example-c", false), ("example-swift", false),
+    ]
+
+    @Test("passes every check its capabilities claim", arguments: cases)
+    func conformance(_ plugin: String, _ durable: Bool) async throws {
+        let dir = try TemporaryDirectory()
+        let loaded = try BuildProducts.plugin(plugin)
+        let inner = loaded.capabilities.contains(.wrapsInner) ? try BuildProducts.plugin("queue") : nil
+        let results = try await offPool { ConformanceSuite.forPlugin(loaded, inner: inner, durableDirectory: durable ? dir.path : nil).run() }
+        for result in results where result.failed { Issue.record("\(plugin)\(durable ? " durable" : ""): \(result)") }
+        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+    }
+
+    @Test("plugins test exits 0 for a passing plugin and prints what it ran")
+    func cli() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "test", "topic", "--check", "fan-out", "--check", "dead-letter"])
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("pass  fan-out"))
+        #expect(result.stdout.contains("2 passed, 0 failed"))
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import MetricsTestKit
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardTestSupport
+import Testing
+
+/// Every bundled plugin reports what it does through the host's `metric` service, as
+/// `switchyard_transport_*` metrics labelled with the transport's name (swift-metrics' test kit
+/// stands in for a backend).
+@Suite("Transport metrics")
+struct TransportMetricsTests {
+    /// Short timeouts so that hangs and restarts show up within a test's patience.
+    static let quickIsolation = ProcessIsolation(
+        callTimeoutNanos: 5_000_000_000, restartBackoffNanos: 50_000_000,
+        maxRestartBackoffNanos: 500_000_000, hostExecutable: BuildProducts.switchyard)
+
+    static func counter(_ metrics: TestMetrics, _ name: String, _ transport: String) -> Int64 {
+        metrics.counterTotal(label: "switchyard_transport_\(name)", dimensions: [("transport", transport)])
+    }
+
+    static func gauge(_ metrics: TestMetrics, _ name: String, _ transport: String) -> Double? {
+        try? metrics.expectGauge("switchyard_transport_\(name)", [("transport", transport)]).lastValue
+    }
+
+    /// Publishes 6 messages through `client`; the subscriber retries the first delivery of each
+    /// of the first two, dead-letters the third, acks the rest.
+    static func exercise(_ client: TransportClient) throws {
+        let seen = Guarded<Set<String>>([])
+        _ = try client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 16)) { delivery, view in
+            let message = view.copy()
+            let first = seen.withLock { $0.insert(message.id).inserted }
+            let settlement: Settlement =
+                if message.id == "m2" { .deadLetter(reason: "refused") } else if first && (message.id == "m0" || message.id == "m1") {
+                    .retry(afterNanos: 1_000_000, reason: "once more")
+                } else { .ack }
+            try? client.settle(delivery, settlement)
+            return .ok
+        }
+        for index in 0..<6 { try client.publish(Message(id: "m\(index)", channel: "work", body: [UInt8(index)])) }
+    }
+
+    @Test(
+        "queue and topic, in memory and durable, and a queue in a child process: published, delivered, acked, retried, dead-lettered, depth, in-flight",
+        arguments: ["queue", "topic", "queue durable", "queue isolated"])
+    func broker(_ variant: String) async throws {
+        let metrics = TestMetrics()
+        let directory = try TemporaryDirectory()
+        let name = variant.split(separator: " ").first.map(String.init)!
+        let config = variant.hasSuffix("durable") ? #"{"path": "\#(directory.file("q.db"))"}"# : "{}"
+        try await offPool {
+            let plugin = try BuildProducts.plugin(name)
+            let transport =
+                variant.hasSuffix("isolated")
+                ? try Transport(name: "t", plugin: plugin, configJSON: config, isolation: Self.quickIsolation, metrics: metrics)
+                : try Transport(name: "t", plugin: plugin, configJSON: config, metrics: metrics)
+            defer { transport.close() }
+            try Self.exercise(transport.client)
+            let settled = waitUntil(15) {
+                Self.counter(metrics, "acked", "t") == 5 && Self.counter(metrics, "dead_lettered", "t") == 1
+                    && Self.gauge(metrics, "in_flight", "t") == 0 && Self.gauge(metrics, "depth", "t") == 1  // the dead letter
+            }
+            #expect(
+                settled,
+                "acked \(Self.counter(metrics, "acked", "t")), dead-lettered \(Self.counter(metrics, "dead_lettered", "t")), in flight \(String(describing: Self.gauge(metrics, "in_flight", "t"))), depth \(String(describing: Self.gauge(metrics, "depth", "t")))"
+            )
+            #expect(Self.counter(metrics, "published", "t") == 6)
+            #expect(Self.counter(metrics, "delivered", "t") == 8)
+            #expect(Self.counter(metrics, "retried", "t") == 2)
+        }
+    }
+
+    @Test("delay and retry decorators report their own work under their own names")
+    func decorators() async throws {
+        let metrics = TestMetrics()
+        try await offPool {
+            let queue = try Transport(name: "base", plugin: try BuildProducts.plugin("queue"), metrics: metrics)
+            defer { queue.close() }
+            let later = try Transport(name: "later", plugin: try BuildProducts.plugin("delay"), inner: queue, metrics: metrics)
+            defer { later.close() }
+            let retry = try Transport(
+                name: "retrying", plugin: try BuildProducts.plugin("retry"),
+                configJSON: #"{"max_attempts": 2, "initial_delay": "1ms"}"#, inner: queue, metrics: metrics)
+            defer { retry.close() }
+            var message = Message(id: "d", channel: "held", body: [1])
+            message.deliverAtNanos = wallClockNanoseconds() + 20_000_000
+            try later.client.publish(message)
+            #expect(waitUntil(10) { Self.counter(metrics, "forwarded", "later") == 1 })
+            #expect(Self.counter(metrics, "published", "later") == 1)
+            #expect(Self.gauge(metrics, "depth", "later") == 0)
+            // Retry: every delivery fails; the decorator retries once, then dead-letters.
+            _ = try retry.client.subscribe(SubscribeOptions(channel: "work")) { delivery, _ in
+                try? retry.client.settle(delivery, .retry(afterNanos: 0, reason: "fails"))
+                return .ok
+            }
+            try retry.client.publish(Message(id: "r", channel: "work", body: [2]))
+            #expect(waitUntil(10) { Self.counter(metrics, "dead_lettered", "retrying") == 1 })
+            #expect(Self.counter(metrics, "retried", "retrying") == 1)
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import CSwitchyard
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardTestSupport
+import Testing
+
+/// Plugins and hosts of different ABI minors work together: plugins built from the 1.0 and 1.1
+/// headers (frozen in Fixtures/abi-1.x) load and pass conformance with this host, and this SDK's
+/// readers accept the smaller structs of older writers.
+@Suite("ABI compatibility across minors")
+struct ABICompatibilityTests {
+    static let fixtures = Repository.fixtures
+
+    /// Builds a fixture plugin from an old header and loads it.
+    static func legacyPlugin(_ source: String, in dir: TemporaryDirectory, name: String) async throws -> LoadedPlugin {
+        let output = dir.file(name)
+        let built = try await CCompiler.compile(source, to: output, flags: ["-std=c99", "-O1", "-shared", "-fPIC", "-w", "-lpthread"])
+        try #require(built.status == 0)
+        return try PluginLoader().load(path: output)
+    }
+
+    @Test(
+        "a plugin built from an older header loads and passes conformance",
+        arguments: [
+            ("abi-1.0/plugin.c", 0 as UInt16), ("abi-1.1/plugin.c", 1), ("abi-1.1/legacy_batch.c", 1),
+        ])
+    func olderPluginsPass(_ source: String, _ minor: UInt16) async throws {
+        let dir = try TemporaryDirectory()
+        let plugin = try await Self.legacyPlugin(Self.fixtures + "/" + source, in: dir, name: "libswitchyard-legacy.so")
+        #expect(plugin.abi.major == 1 && plugin.abi.minor == minor)
+        let results = try await offPool { ConformanceSuite.forPlugin(plugin).run() }
+        for result in results where result.failed { Issue.record("\(source): \(result)") }
+        // publish-batch goes through the plugin's own publish_batch in legacy_batch.c: the host
+        // must lay the batch out at the 1.1 message size for it.
+        #expect(results.contains { $0.name == "publish-batch" && !$0.failed && !$0.skipped })
+        #expect(results.contains { $0.name == "deliver-batch" && !$0.failed && !$0.skipped })
+        #expect(results.contains { $0.name == "settle-batch" && !$0.failed && !$0.skipped })
+        #expect(results.contains { $0.name == "publish-and-settle" && !$0.failed && !$0.skipped })
+    }
+
+    @Test("a message from an older writer reads its new fields as zero, never past its struct_size")
+    func olderMessageReadsZero() throws {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<sy_message>.size, alignment: 8)
+        defer { raw.deallocate() }
+        // A 1.0 message followed by bytes that are not part of it.
+        raw.initializeMemory(as: UInt8.self, repeating: 0xFF, count: MemoryLayout<sy_message>.size)
+        try Message(id: "old", channel: "c", body: [1]).withCMessage { message in
+            raw.copyMemory(from: message, byteCount: SizedStruct.messageV1_0)
+            raw.storeBytes(of: UInt32(SizedStruct.messageV1_0), as: UInt32.self)
+            let view = try MessageView(validating: raw.assumingMemoryBound(to: sy_message.self))
+            #expect(view.expiresAtNanos == 0 && view.flags.isEmpty, "read \(view.expiresAtNanos), \(view.flags) past struct_size")
+            #expect(view.copy() == Message(id: "old", channel: "c", body: [1]))
+        }
+        raw.storeBytes(of: UInt32(SizedStruct.messageV1_0 - 8), as: UInt32.self)
+        let tooSmall = #expect(throws: TransportError.self) { _ = try MessageView(validating: raw.assumingMemoryBound(to: sy_message.self)) }
+        #expect(tooSmall?.message.contains("smaller than ABI 1.0") == true)
+    }
+
+    @Test("sizes the Swift SDK reads by match the header's ABI 1.0 sizes")
+    func sizes() {
+        #expect(SizedStruct.messageV1_0 == 104 && SizedStruct.messageV1_3 == 120)
+        #expect(SizedStruct.subscriberV1_0 == 24 && SizedStruct.subscriberV1_3 == 32)
+        #expect(SizedStruct.settlementV1_0 == 32 && SizedStruct.subscribeOptionsV1_0 == 52)
+        #expect(SizedStruct.createArgsV1_0 == 56 && SizedStruct.statsV1_0 == 72)
+        #expect(SizedStruct.hostServicesV1_0 == 48 && SizedStruct.hostServicesV1_2 == 56)
+    }
+
+    @Test("a 1.3 plugin reads an older host's batch strided at the 1.0 message size, and its 1.0 subscriber")
+    func olderHostBatch() async throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "q", plugin: plugin, configJSON: "{}")
+        defer { transport.close() }
+        let inbox = Collector()
+        // A 1.0 subscriber: 24 bytes, no deliver_batch. The plugin must not read past it.
+        let handler = inbox.handler(client: transport.client)
+        let context = Unmanaged.passRetained(HandlerBox(handler)).toOpaque()
+        let subscriberMemory = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<sy_subscriber>.size, alignment: 8)
+        defer { subscriberMemory.deallocate() }
+        subscriberMemory.initializeMemory(as: UInt8.self, repeating: 0xAB, count: MemoryLayout<sy_subscriber>.size)
+        var subscriber = sy_subscriber(struct_size: UInt32(SizedStruct.subscriberV1_0), context: context, deliver: HandlerBox.deliver, deliver_batch: nil)
+        subscriberMemory.copyMemory(from: &subscriber, byteCount: SizedStruct.subscriberV1_0)
+        var id: sy_subscription_id = 0
+        var error = sy_error()
+        let status = SubscribeOptions(channel: "old-host", maxInFlight: 100).withCOptions { options in
+            plugin.descriptor.pointee.subscribe!(transport.client.instance, options, subscriberMemory.assumingMemoryBound(to: sy_subscriber.self), &id, &error)
+        }
+        #expect(status == SY_OK)
+        let batch = (0..<20).map { Message(id: "old-\($0)", channel: "old-host", body: [UInt8($0)]) }
+        batch.withCMessages(structSize: SizedStruct.messageV1_0) { first, count in
+            var error = sy_error()
+            #expect(plugin.descriptor.pointee.publish_batch!(transport.client.instance, first, count, &error) == SY_OK)
+        }
+        #expect(await eventually { inbox.count == 20 }, "got \(inbox.count) of 20")
+        #expect(inbox.received.map(\.message.id).sorted() == batch.map(\.id).sorted())
+        #expect(inbox.received.allSatisfy { $0.message.body == [UInt8($0.message.id.dropFirst(4))!] })
+        _ = plugin.descriptor.pointee.unsubscribe!(transport.client.instance, id, &error)
+        Unmanaged<HandlerBox>.fromOpaque(context).release()
+    }
+}
+
+/// A C subscriber context around a delivery handler, for driving a plugin the way an older host
+/// would (with its own, smaller sy_subscriber).
+private final class HandlerBox: Sendable {
+    let handler: DeliveryHandler
+    init(_ handler: @escaping DeliveryHandler) { self.handler = handler }
+
+    static let deliver: @convention(c) (UnsafeMutableRawPointer?, sy_delivery_id, UnsafePointer<sy_message>?) -> Int32 = { context, delivery, message in
+        guard let context, let message, let view = try? MessageView(validating: message) else { return SY_ERR_INVALID_ARGUMENT }
+        return Unmanaged<HandlerBox>.fromOpaque(context).takeUnretainedValue().handler(delivery, view).rawValue
+    }
+}

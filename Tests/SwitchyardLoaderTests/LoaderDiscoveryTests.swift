@@ -1,0 +1,72 @@
+import CSwitchyard
+import Foundation
+import SwitchyardTestSupport
+import Testing
+
+@testable import SwitchyardLoader
+
+@Suite("Loader discovery order and duplicate names")
+struct LoaderDiscoveryTests {
+    @Test("the first plugin of a name wins; the later one is refused naming both paths")
+    func duplicateNames() async throws {
+        let first = try TemporaryDirectory()
+        let second = try TemporaryDirectory()
+        let a = try await CCompiler.fixture("dup-a.so", in: first.path, defines: ["FIXTURE_NAME=\"dup\""])
+        let b = try await CCompiler.fixture("dup-b.so", in: second.path, defines: ["FIXTURE_NAME=\"dup\"", "FIXTURE_VERSION=\"2.0.0\""])
+        let catalog = PluginLoader().discover(in: [
+            SearchDirectory(path: first.path, source: .commandLine), SearchDirectory(path: second.path, source: .environment),
+        ])
+        #expect(catalog.plugins.map(\.path) == [a])
+        let rejection = try #require(catalog.rejected.first)
+        #expect(rejection.kind == .duplicateName)
+        #expect(rejection.path == b)
+        #expect(rejection.reason.contains(a))
+    }
+
+    @Test("two files with the same name in one directory: the first by file name wins")
+    func duplicateInOneDirectory() async throws {
+        let dir = try TemporaryDirectory()
+        _ = try await CCompiler.fixture("a.so", in: dir.path, defines: ["FIXTURE_NAME=\"same\""])
+        _ = try await CCompiler.fixture("b.so", in: dir.path, defines: ["FIXTURE_NAME=\"same\""])
+        let catalog = PluginLoader().discover(in: [SearchDirectory(path: dir.path, source: .commandLine)])
+        #expect(catalog.plugins.map(\.path) == [dir.file("a.so")])
+        #expect(catalog.rejected.map(\.path) == [dir.file("b.so")])
+    }
+
+    @Test("search path order: command line, environment, config, ./plugins, executable directory and its install prefix, system-wide")
+    func searchPathOrder() throws {
+        let dirs = try (0..<6).map { _ in try TemporaryDirectory() }
+        let work = dirs[3].path
+        try FileManager.default.createDirectory(atPath: work + "/plugins", withIntermediateDirectories: true)
+        let path = SearchDirectory.searchPath(
+            commandLine: [dirs[0].path], environment: ["SWITCHYARD_PLUGINS_PATH": "\(dirs[1].path):\(dirs[0].path)"],
+            configDirectory: dirs[2].path, workingDirectory: work, executableDirectory: dirs[4].path + "/bin", systemDirectories: [dirs[5].path])
+        #expect(path.map(\.source) == [.commandLine, .environment, .config, .workingDirectory, .executableDirectory, .executableDirectory, .system])
+        #expect(
+            path.map(\.path) == [
+                dirs[0].path, dirs[1].path, dirs[2].path, work + "/plugins", dirs[4].path + "/bin", dirs[4].path + "/lib/switchyard/plugins", dirs[5].path,
+            ])
+        // By default the system-wide directories come last.
+        #expect(SearchDirectory.searchPath().suffix(2).map(\.path) == ["/usr/local/lib/switchyard/plugins", "/usr/lib/switchyard/plugins"])
+    }
+
+    @Test("a plugin earlier on the search path shadows a bundled one of the same name")
+    func earlierDirectoryWins() async throws {
+        let dir = try TemporaryDirectory()
+        _ = try await CCompiler.fixture("my-example.so", in: dir.path, defines: ["FIXTURE_NAME=\"example-c\"", "FIXTURE_VERSION=\"9.0.0\""])
+        let catalog = PluginLoader().discover(in: [
+            SearchDirectory(path: dir.path, source: .commandLine),
+            SearchDirectory(path: BuildProducts.directory, source: .executableDirectory),
+        ])
+        #expect(catalog.plugin(named: "example-c")?.version.major == 9)
+        #expect(catalog.plugin(named: "example-swift") != nil)
+        #expect(catalog.rejected.contains { $0.kind == .duplicateName && $0.path.hasSuffix("libswitchyard-example-c.so") })
+    }
+
+    @Test("the bundled plugins are found next to the executable")
+    func bundledPlugins() {
+        let catalog = PluginLoader().discover(in: [SearchDirectory(path: BuildProducts.directory, source: .executableDirectory)])
+        #expect(Set(catalog.plugins.map(\.name)).isSuperset(of: ["example-c", "example-swift"]))
+        #expect(catalog.rejected.isEmpty, "\(catalog.rejected)")
+    }
+}

@@ -1,0 +1,190 @@
+import Distributed
+import Foundation
+import SwitchyardABI
+import SwitchyardTestSupport
+import Synchronization
+import Testing
+
+@testable import SwitchyardRuntime
+
+@Resolvable
+protocol Till: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func charge(_ cents: Int) async throws -> Int
+    distributed func refund(_ cents: Int) async throws -> Int
+    distributed func note(_ text: String) async throws
+    distributed func wait(milliseconds: Int) async throws -> Int
+    distributed func hold() async throws -> Int
+    distributed func context() async throws -> [String]
+}
+
+/// Counts what ran; `context()` answers what the handler saw of its call.
+distributed actor TillService: Till {
+    typealias ActorSystem = SwitchyardActorSystem
+    let runs: Runs
+
+    final class Runs: Sendable {
+        private let counts = Guarded<[String: Int]>([:])  // a lock ThreadSanitizer sees (Mutex is a bare futex)
+        func add(_ name: String) -> Int {
+            counts.withLock {
+                $0[name, default: 0] += 1; return $0[name]!
+            }
+        }
+        func count(_ name: String) -> Int { counts.withLock { $0[name, default: 0] } }
+        /// `hold()` returns once this is set.
+        let released = Atomic<Bool>(false)
+    }
+
+    init(actorSystem: ActorSystem, runs: Runs) {
+        self.actorSystem = actorSystem
+        self.runs = runs
+    }
+
+    distributed func charge(_ cents: Int) -> Int { runs.add("charge") }
+    distributed func refund(_ cents: Int) -> Int { runs.add("refund") }
+    distributed func note(_ text: String) { _ = runs.add("note") }
+    distributed func wait(milliseconds: Int) async throws -> Int {
+        try await Task.sleep(for: .milliseconds(milliseconds))
+        return runs.add("wait")
+    }
+    distributed func hold() async throws -> Int {
+        while !runs.released.load(ordering: .acquiring) { try await Task.sleep(for: .milliseconds(5)) }
+        return runs.add("hold")
+    }
+    distributed func context() -> [String] {
+        let call = Switchyard.currentCall
+        return [
+            call?.headers.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") ?? "no call",
+            call?.idempotencyKey ?? "-", String(call?.attempt ?? 0), call?.deadlineNanos == nil ? "no deadline" : "deadline",
+            call?.target ?? "-",
+        ]
+    }
+}
+
+@Suite("Per-call options")
+struct CallOptionsTests {
+    static let queue = """
+        transports:
+          memq: { plugin: queue }
+        routes:
+          Till.note: { transport: memq, mode: fire-and-forget }
+          Till.*: { transport: memq, deadline: 10s }
+        """
+
+    @Test("a call's deadline overrides its route's: the caller stops waiting then")
+    func deadline() async throws {
+        let system = try makeSystem(Self.queue)
+        let runs = TillService.Runs()
+        try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
+        let till = try $Till.resolve(id: "till", using: system)
+        do {
+            // The handler holds until the test lets it go: only the call's deadline can end the wait.
+            _ = try await Switchyard.withCallOptions(CallOptions(deadline: .milliseconds(100))) { try await till.hold() }
+            Issue.record("expected a timeout")
+        } catch let error as SwitchyardError where error.code == .timeout {
+            let target = error.target
+            let deadline = error.deadline!
+            #expect(target == "Till.hold()")
+            #expect(deadline == .milliseconds(100))
+        }
+        #expect(runs.count("hold") == 0)
+        runs.released.store(true, ordering: .releasing)
+        // Outside the scope the route's 10 s applies.
+        #expect(try await till.wait(milliseconds: 150) >= 1)
+        await system.shutdown()
+    }
+
+    @Test("an idempotency key runs a repeated call once per target and answers the repeat with the first outcome")
+    func idempotencyKey() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Till.*: { transport: memq, inbox: { window: 1h, path: "\(directory.file("inbox.db"))" } }
+            """)
+        let runs = TillService.Runs()
+        try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
+        let till = try $Till.resolve(id: "till", using: system)
+        let options = CallOptions(idempotencyKey: "order-42")
+        // A caller retrying after it lost the answer: the same key, a new envelope each time.
+        #expect(try await Switchyard.withCallOptions(options) { try await till.charge(500) } == 1)
+        #expect(try await Switchyard.withCallOptions(options) { try await till.charge(500) } == 1)
+        #expect(runs.count("charge") == 1)
+        // The key names a call to one target: another method with it runs.
+        #expect(try await Switchyard.withCallOptions(options) { try await till.refund(500) } == 1)
+        #expect(runs.count("refund") == 1)
+        // Without a key every call is its own.
+        #expect(try await till.charge(500) == 2)
+        #expect(runs.count("charge") == 2)
+        await system.shutdown()
+    }
+
+    @Test(
+        "headers, the key and the deadline reach the handler in Switchyard.currentCall, through a queue and on a direct route",
+        arguments: [queue, "routes:\n  Till.*: { transport: direct }\n"])
+    func handlerSeesItsCall(_ yaml: String) async throws {
+        let system = try makeSystem(yaml)
+        try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: TillService.Runs()) }
+        let till = try $Till.resolve(id: "till", using: system)
+        let seen = try await Switchyard.withCallOptions(CallOptions(headers: ["tenant": "acme", "region": "eu1"])) {
+            // An inner scope adds to the outer one and wins where both set something.
+            try await Switchyard.withCallOptions(CallOptions(deadline: .seconds(5), idempotencyKey: "k1", headers: ["region": "eu2"])) {
+                try await till.context()
+            }
+        }
+        let direct = yaml.contains("direct")
+        #expect(seen == ["region=eu2,tenant=acme", "k1", "1", "deadline", "Till.context()"])
+        let plain = try await till.context()
+        #expect(plain == ["", "-", "1", direct ? "no deadline" : "deadline", "Till.context()"])
+        await system.shutdown()
+    }
+
+    @Test(
+        "options a call cannot carry fail it with the option named, and nothing is sent",
+        arguments: [
+            (CallOptions(headers: ["Tenant": "x"]), "header 'Tenant'"),
+            (CallOptions(headers: ["syreplyto": "x"]), "'syreplyto' is reserved"),
+            (CallOptions(headers: ["type": "x"]), "'type' is reserved"),
+            (CallOptions(deadline: .zero), "deadline must be positive"),
+            (CallOptions(idempotencyKey: ""), "idempotencyKey must be 1 to 200 bytes"),
+        ])
+    func refused(_ options: CallOptions, _ expected: String) async throws {
+        for yaml in [Self.queue, "routes:\n  Till.*: { transport: direct }\n"] {
+            let system = try makeSystem(yaml)
+            let runs = TillService.Runs()
+            try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
+            let till = try $Till.resolve(id: "till", using: system)
+            do {
+                _ = try await Switchyard.withCallOptions(options) { try await till.charge(1) }
+                Issue.record("expected the call to be refused")
+            } catch let error as SwitchyardError where error.code == .routing {
+                let target = error.target
+                let reason = error.reason
+                #expect(target == "Till.charge(_:)")
+                #expect(reason.contains(expected), "\(reason)")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(runs.count("charge") == 0)
+            await system.shutdown()
+        }
+    }
+
+    @Test("a fire-and-forget call still queued past its deadline is dead-lettered as expired, not run")
+    func expiredFireAndForget() async throws {
+        let system = try makeSystem(Self.queue)
+        let dlq = try TypedCallTests.Tap(system, transport: "memq", channel: "till.dlq")
+        let till = try $Till.resolve(id: "till", using: system)
+        try await Switchyard.withCallOptions(CallOptions(deadline: .milliseconds(50))) { try await till.note("stale") }
+        try await till.note("fresh")
+        try await Task.sleep(for: .milliseconds(150))
+        // Served only now: the stale call is past its deadline.
+        let runs = TillService.Runs()
+        try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
+        #expect(await eventually { runs.count("note") == 1 && dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("expired") == true, "\(dlq.all.first?.headers ?? [])")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(runs.count("note") == 1)
+        await system.shutdown()
+    }
+}

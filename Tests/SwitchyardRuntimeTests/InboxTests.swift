@@ -1,0 +1,99 @@
+import Distributed
+import Foundation
+import SwitchyardABI
+import SwitchyardTestSupport
+import SwitchyardTransportKit
+import SwitchyardWire
+import Testing
+
+@testable import SwitchyardRuntime
+
+@Resolvable
+protocol Bookkeeper: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func book(_ id: Int) async throws
+}
+
+/// Books each call as a row in the inbox's own database, through the inbox transaction.
+distributed actor BookkeeperService: Bookkeeper {
+    typealias ActorSystem = SwitchyardActorSystem
+    let label: String
+
+    init(actorSystem: ActorSystem, label: String) {
+        self.actorSystem = actorSystem
+        self.label = label
+    }
+
+    distributed func book(_ id: Int) async throws {
+        let label = self.label
+        try Switchyard.inboxTransaction { db in
+            try db.execute("CREATE TABLE IF NOT EXISTS booked (id INTEGER NOT NULL, label TEXT NOT NULL)")
+            try db.run("INSERT INTO booked VALUES (?, ?)", [.int(Int64(id)), .text(label)])
+        }
+    }
+}
+
+/// Rows of the `booked` table in the inbox file at `path`: "label:id".
+func booked(in path: String) throws -> [String] {
+    let database = try SQLiteDatabase(path: path)
+    var rows: [String] = []
+    try database.run("SELECT label, id FROM booked ORDER BY rowid") { row in rows.append("\(row.text(0)):\(row.int(1))") }
+    return rows
+}
+
+@Suite("Inbox transactions")
+struct InboxTests {
+    @Test("effects added with Switchyard.inboxTransaction commit once, with the inbox record, however often the call is delivered")
+    func effectsCommitOnce() async throws {
+        let directory = try TemporaryDirectory()
+        let inboxPath = directory.file("inbox.db")
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Bookkeeper.*: { transport: memq, mode: fire-and-forget, inbox: { window: 1h, path: "\(inboxPath)" } }
+            """)
+        try system.host("books", as: $Bookkeeper.self) { BookkeeperService(actorSystem: $0, label: "books") }
+        let books = try $Bookkeeper.resolve(id: "books", using: system)
+        try await books.book(1)
+        #expect(await eventually { (try? booked(in: inboxPath)) == ["books:1"] })
+        // The same call (one envelope id) delivered three more times.
+        let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "book" }?.call })
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(2, appendingTo: &arguments)
+        let envelope = Envelope(id: "same-call", target: .init(name: "Bookkeeper.book(_:)", identifier: call.identifier), arguments: arguments)
+        let client = try #require(system.transports?["memq"]?.client)
+        for _ in 0..<3 { try client.publish(envelope.message(channel: "books")) }
+        #expect(await eventually { (try? booked(in: inboxPath))?.contains("books:2") == true })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try booked(in: inboxPath) == ["books:1", "books:2"])
+        await system.shutdown()
+    }
+
+    @Test("on a topic each subscriber group runs and books the same event once")
+    func groupsEachBookOnce() async throws {
+        let directory = try TemporaryDirectory()
+        let inboxPath = directory.file("inbox.db")
+        let system = try makeSystem(
+            """
+            transports:
+              events: { plugin: topic }
+            routes:
+              Bookkeeper.*: { transport: events, mode: fire-and-forget, inbox: { window: 1h, path: "\(inboxPath)" } }
+            """)
+        for group in ["audit", "mail"] {
+            try system.host(SwitchyardActorID("books", group: group), as: $Bookkeeper.self) { BookkeeperService(actorSystem: $0, label: group) }
+        }
+        let books = try $Bookkeeper.resolve(id: "books", using: system)
+        try await books.book(7)
+        #expect(await eventually { (try? booked(in: inboxPath))?.count == 2 })
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try Set(booked(in: inboxPath)) == ["audit:7", "mail:7"])
+        await system.shutdown()
+    }
+
+    @Test("outside a handler on a route with a durable inbox, inboxTransaction refuses")
+    func refusedOutsideInbox() {
+        #expect(throws: SwitchyardError.self) { try Switchyard.inboxTransaction { _ in } }
+    }
+}

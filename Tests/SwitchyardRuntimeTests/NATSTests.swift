@@ -1,0 +1,205 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardTestSupport
+import SwitchyardWire
+import Synchronization
+import Testing
+
+@testable import SwitchyardRuntime
+
+/// The NATS JetStream plugins against real `nats-server -js` processes on loopback.
+@Suite("NATS JetStream", .serialized)
+struct NATSTests {
+    static func plugin(_ name: String) throws -> LoadedPlugin {
+        try BuildProducts.plugin(name)
+    }
+
+    /// A transport of `plugin` on `urls`, retried while a fresh cluster elects its leaders.
+    static func transport(_ plugin: String, urls: [String], extra: String = "", within seconds: Double = 30) async throws -> Transport {
+        let stream = extra.contains("\"stream\"") ? "" : #", "stream": "T\#(UInt32.random(in: 0...UInt32.max))""#
+        let config = #"{"servers": [\#(urls.map { "\"\($0)\"" }.joined(separator: ","))]\#(stream)\#(extra)}"#
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            do {
+                return try Transport(name: "nats-test", plugin: try Self.plugin(plugin), configJSON: config)
+            } catch {
+                if Date() > deadline { throw error }
+                try await Task.sleep(for: .milliseconds(250))
+            }
+        }
+    }
+
+    /// Publishes `id` until JetStream acknowledges it (a time-out may have stored it; the retry
+    /// with the same id is de-duplicated), giving up after `seconds`.
+    static func publishUntilAcknowledged(_ transport: Transport, _ id: String, channel: String, seconds: Double = 30) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            do {
+                try transport.client.publish(Message(id: id, channel: channel, body: Array(id.utf8)))
+                return true
+            } catch {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        return false
+    }
+
+    @Test("the conformance kit passes against a real nats-server", arguments: ["nats", "nats-topic"])
+    func conformance(_ name: String) async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let plugin = try Self.plugin(name)
+        let results = try await offPool {
+            ConformanceSuite.forPlugin(plugin, configJSON: #"{"servers": ["\#(server.url)"]}"#, isolationKey: "stream").run()
+        }
+        for result in results where result.failed { Issue.record("\(name): \(result)") }
+        #expect(results.filter { if case .passed = $0.outcome { true } else { false } }.count >= 11)
+    }
+
+    @Test("typed calls over NATS: request-reply through nats, fan-out through nats-topic, the same code")
+    func typedCallsOverNATS() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let system = try makeSystem(
+            """
+            transports:
+              jobs: { plugin: nats, config: { servers: ["\(server.url)"], stream: TYPED } }
+              events: { plugin: nats-topic, config: { servers: ["\(server.url)"], stream: TYPED_EVENTS } }
+            routes:
+              Shop.record: { transport: events, mode: fire-and-forget }
+              Shop.*: { transport: jobs, deadline: 20s, retry: { max_attempts: 3, initial_delay: 10ms } }
+            """)
+        system.registerError(OutOfStock.self)
+        let ledger = Ledger()
+        for group in ["email", "analytics"] {
+            try system.host(SwitchyardActorID("shop", group: group), as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger, label: group) }
+        }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.place(Order(id: 5, customer: "nats", amount: 2)).hasPrefix("receipt-5-nats"))
+        #expect(try await shop.flaky("n", failures: 2) == 3)
+        do {
+            _ = try await shop.fail("x", registered: true)
+            Issue.record("expected the call to be dead-lettered")
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let attempts = error.attempts!
+            #expect(attempts == 3)
+        }
+        for id in 0..<10 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
+        #expect(await eventually(20) { ledger.all.filter { $0.contains(":record:") }.count == 20 })
+        #expect(ledger.all.filter { $0.hasPrefix("email:record:") }.count == 10)
+        await system.shutdown()
+    }
+
+    @Test("messages on the wire are CloudEvents in binary mode: ce- attributes as NATS headers, the arguments as data")
+    func cloudEventsOnTheWire() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let transport = try await Self.transport("nats", urls: [server.url], extra: #", "stream": "WIRE""#)
+        defer { transport.close() }
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.json.encode(["greeting": "hello"], appendingTo: &arguments)
+        let envelope = Envelope(target: .init(name: "Greeter.greet(_:)", identifier: "$sGreeter"), arguments: Array("[{\"greeting\":\"hello\"}]".utf8), contentType: .json)
+        try transport.client.publish(envelope.message(channel: "greetings"))
+        try transport.client.publish(Message(id: "plain-1", channel: "greetings", body: Array("plain".utf8)))
+        // A reader that knows nothing of Switchyard: the CloudEvents Python SDK over nats-py.
+        let result = try await run("/usr/bin/env", ["bash", Repository.root + "/scripts/cloudevents-check", server.url, "sy.wire.ch.greetings", "WIRE"])
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("event 1: specversion=1.0 id=\(envelope.id) type=Greeter.greet(_:) source=\(Envelope.defaultSource)"), "\(result.stdout)")
+        #expect(result.stdout.contains(#"data={"greeting": "hello"}"#) || result.stdout.contains(#"data=[{'greeting': 'hello'}]"#), "\(result.stdout)")
+        #expect(result.stdout.contains("event 2: specversion=1.0 id=plain-1 type=switchyard.message"), "\(result.stdout)")
+    }
+
+    @Test("a server restarted under load: every acknowledged publish is delivered, unacked deliveries come back")
+    func serverRestart() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let transport = try await Self.transport("nats", urls: [server.url], extra: #", "publish_timeout": "2s", "ack_wait": "2s""#)
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "load"), handler: inbox.handler(client: transport.client))
+        var acknowledged = Set<String>()
+        for index in 0..<600 {
+            if index == 200 {
+                server.kill()
+                try await Task.sleep(for: .milliseconds(300))
+                try server.start()
+            }
+            let id = "m-\(index)"
+            if await Self.publishUntilAcknowledged(transport, id, channel: "load") { acknowledged.insert(id) }
+        }
+        #expect(acknowledged.count == 600)
+        #expect(await eventually(60) { acknowledged.isSubset(of: Set(inbox.received.map(\.message.id))) })
+        let lost = acknowledged.subtracting(inbox.received.map(\.message.id))
+        #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost, e.g. \(lost.prefix(5))")
+    }
+
+    @Test("the server unreachable: publish fails with a clear error after its deadline, never hangs; subscribers resume")
+    func unreachable() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let transport = try await Self.transport("nats", urls: [server.url], extra: #", "publish_timeout": "1s""#)
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "later"), handler: inbox.handler(client: transport.client))
+        try transport.client.publish(Message(id: "before", channel: "later"))
+        #expect(await eventually(10) { inbox.count == 1 })
+        server.kill()
+        let started = ContinuousClock.now
+        let error = #expect(throws: TransportError.self) { try transport.client.publish(Message(id: "during", channel: "later")) }
+        #expect(error?.code == .timeout || error?.code == .unavailable, "\(String(describing: error))")
+        #expect(error?.message.contains("JetStream") == true || error?.message.contains("NATS") == true, "\(String(describing: error))")
+        #expect(ContinuousClock.now - started < .seconds(5), "publish took \(ContinuousClock.now - started) with the server down")
+        try server.start()
+        #expect(await Self.publishUntilAcknowledged(transport, "after", channel: "later"))
+        #expect(await eventually(30) { inbox.received.contains { $0.message.id == "after" } }, "the subscriber did not resume")
+    }
+
+    @Test("one node of a three-node cluster killed under load (replicas 3): no acknowledged publish is lost, consumers continue")
+    func clusterNodeKilled() async throws {
+        let cluster = try NATSCluster()
+        let transport = try await Self.transport("nats", urls: cluster.urls, extra: #", "replicas": 3, "publish_timeout": "10s", "ack_wait": "5s""#, within: 60)
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "ha"), handler: inbox.handler(client: transport.client))
+        var acknowledged = Set<String>()
+        for index in 0..<400 {
+            if index == 100 { cluster.servers[0].kill() }
+            let id = "ha-\(index)"
+            if await Self.publishUntilAcknowledged(transport, id, channel: "ha", seconds: 60) { acknowledged.insert(id) }
+        }
+        #expect(acknowledged.count == 400)
+        #expect(await eventually(90) { acknowledged.isSubset(of: Set(inbox.received.map(\.message.id))) })
+        let lost = acknowledged.subtracting(inbox.received.map(\.message.id))
+        #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost, e.g. \(lost.prefix(5))")
+    }
+
+    @Test("the example system runs over NATS from one command, with the same summary as the embedded run")
+    func demoOverNATS() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        var environment = ProcessInfo.processInfo.environment
+        environment["NATS_URL"] = server.url
+        let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "60", "--config", Repository.root + "/examples/orders/nats.yaml"], environment: environment)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("route    Payments.charge → work (nats)"))
+        #expect(result.stdout.contains("succeeded                           59"))
+        #expect(result.stdout.contains("declined (dead-lettered / refused)  1"))
+        #expect(result.stdout.contains("delivered to analytics              59"))
+        #expect(result.stdout.contains("delivered to reminders              59"))
+    }
+
+    @Test("switchyard plugins test nats takes the server from NATS_URL")
+    func cliConformance() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        var environment = ProcessInfo.processInfo.environment
+        environment["NATS_URL"] = server.url
+        let result = try await run(BuildProducts.switchyard, ["plugins", "test", "nats", "--isolation-key", "stream"], environment: environment)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("14 passed, 0 failed"), "\(result.stdout)")  // with deliver-batch, settle-batch, publish-and-settle (ABI 1.3)
+    }
+}

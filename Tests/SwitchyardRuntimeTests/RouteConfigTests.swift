@@ -1,0 +1,126 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardTestSupport
+import SwitchyardWire
+import Testing
+
+@testable import SwitchyardRuntime
+
+@Suite("Route configuration")
+struct RouteConfigTests {
+    static let transports = """
+        transports:
+          q: { plugin: queue }
+          t: { plugin: topic }
+          c: { plugin: example-c }
+          later: { plugin: delay, inner: q }
+
+        """
+
+    @Test("routes parse with their defaults")
+    func parses() throws {
+        let config = try SwitchyardConfig.parse(
+            yaml: Self.transports + """
+                routes:
+                  Orders.place: { transport: q, deadline: 2s, retry: { max_attempts: 3 }, ordering: customer }
+                  Orders.*: { transport: direct }
+                  "*": { transport: later, mode: fire-and-forget, delay: 5s, inbox: { window: 1m } }
+                """, baseDirectory: "/")
+        #expect(config.routes.map(\.pattern) == ["Orders.place", "Orders.*", "*"])
+        #expect(config.routes[0].deadlineNanos == 2_000_000_000)
+        #expect(config.routes[0].orderingArgument == "customer")
+        #expect(config.routes[1].deadlineNanos == 30_000_000_000)
+        #expect(config.routes[2].mode == .fireAndForget)
+        #expect(config.routes[2].inbox?.windowNanos == 60_000_000_000)
+    }
+
+    @Test(
+        "each kind of route error names the key and line",
+        arguments: [
+            ("routes:\n  Orders.place: { transport: nowhere }\n", "routes.Orders.place.transport", "no transport named 'nowhere'"),
+            ("routes:\n  Orders.place: { mode: fire-and-forget }\n", "routes.Orders.place.transport", "is required"),
+            ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "expected one of"),
+            ("routes:\n  Orders.place: { transport: q, deadline: soon }\n", "routes.Orders.place.deadline", "is not a duration"),
+            ("routes:\n  Orders.place: { transport: q, deadline: 0 }\n", "routes.Orders.place.deadline", "more than 0"),
+            ("routes:\n  Orders.place: { transport: q, delya: 1s }\n", "routes.Orders.place.delya", "unknown key"),
+            ("routes:\n  Orders..place: { transport: q }\n", "routes.Orders..place", "route patterns are"),
+            ("routes:\n  Orders.place: { transport: q, encoding: xml }\n", "routes.Orders.place.encoding", "compact or json"),
+            ("routes:\n  Orders.place: { transport: q, inbox: { window: forever } }\n", "routes.Orders.place.inbox.window", "is not a duration"),
+            ("transports:\n  direct: { plugin: queue }\n", "transports.direct", "reserved"),
+        ])
+    func parseErrors(_ yaml: String, _ key: String, _ message: String) {
+        let text = yaml.hasPrefix("routes") ? Self.transports + yaml : yaml
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: text, baseDirectory: "/") }
+        #expect(error?.key == key)
+        #expect(error?.line != nil)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test(
+        "routes are checked against what the loaded plugins can do, before anything starts",
+        arguments: [
+            ("Orders.place: { transport: q, delay: 1s }", "routes.Orders.place.delay", "cannot: it lacks the delay capability"),
+            ("Orders.place: { transport: c, retry: { max_attempts: 2 } }", "routes.Orders.place.retry", "lacks the retry capability"),
+            ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
+            ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
+            ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
+            ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
+            ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
+            ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),
+        ])
+    func capabilityErrors(_ route: String, _ key: String, _ message: String) throws {
+        let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  " + route + "\n", baseDirectory: "/")
+        let error = #expect(throws: ConfigError.self) {
+            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        }
+        #expect(error?.key == key)
+        #expect(error?.line == 7)
+        #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a delay route on a delay transport is accepted")
+    func delayAccepted() throws {
+        let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  Orders.place: { transport: later, delay: 1s }\n", baseDirectory: "/")
+        let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        #expect(system.routes.routes.count == 1)
+    }
+
+    @Test("a durable path in a directory that does not exist names the key, its line and the directory")
+    func missingDirectory() throws {
+        let yaml = "transports:\n  work:\n    plugin: queue\n    config:\n      capacity: 10\n      path: /nonexistent-\(getpid())/work.db\nroutes:\n  '*': { transport: work }\n"
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/")
+        let error = #expect(throws: ConfigError.self) {
+            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        }
+        #expect(error?.key == "transports.work.config.path")
+        #expect(error?.line == 6)
+        #expect(error?.message.contains("the directory /nonexistent-\(getpid()) does not exist") == true, "\(error?.message ?? "")")
+    }
+
+    @Test("an unknown plugin fails the start, naming the transport")
+    func unknownPlugin() throws {
+        let config = try SwitchyardConfig.parse(yaml: "transports:\n  x: { plugin: nosuch }\nroutes:\n  '*': { transport: x }\n", baseDirectory: "/")
+        let error = #expect(throws: ConfigError.self) {
+            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        }
+        #expect(error?.key == "transports.x")
+        #expect(error?.message.contains("unknown plugin 'nosuch'") == true)
+        // Where it looked, and how to get the bundled plugins.
+        #expect(error?.message.contains("searched, in order: \(BuildProducts.directory) (--plugins-dir)") == true, "\(error?.message ?? "")")
+        #expect(error?.message.contains("/usr/lib/switchyard/plugins (system-wide)") == true)
+        #expect(error?.message.contains("swift build --product switchyard-nosuch") == true)
+    }
+
+    @Test("environment variables override values; an unset one is an error with its line")
+    func environment() throws {
+        let yaml = "transports:\n  q:\n    plugin: queue\n    config: { path: \"${DATA}/q.db\", capacity: ${CAP:-10} }\n"
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: ["DATA": "/var/x"])
+        #expect(config.transports[0].configJSON == #"{"capacity":10,"path":"\/var\/x\/q.db"}"#)
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: [:]) }
+        #expect(error?.line == 4)
+        #expect(error?.message.contains("DATA is not set") == true)
+        let escaped = try EnvironmentExpansion.expand("a: $${HOME}", environment: [:])
+        #expect(escaped == "a: ${HOME}")
+    }
+}

@@ -1,0 +1,704 @@
+import Distributed
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardTestSupport
+import SwitchyardWire
+import Testing
+
+@testable import SwitchyardRuntime
+
+// The services the typed-call tests host and call.
+
+struct Order: Codable, Hashable, Sendable {
+    var id: Int
+    var customer: String
+    var amount: Double
+    var note: String?
+}
+
+struct OutOfStock: Error, Codable, Hashable {
+    var item: String
+}
+
+@Resolvable
+protocol Shop: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func place(_ order: Order) async throws -> String
+    distributed func total(of orders: [Order]) async throws -> Double
+    distributed func fail(_ item: String, registered: Bool) async throws -> Int
+    distributed func record(_ order: Order) async throws
+    distributed func flaky(_ key: String, failures: Int) async throws -> Int
+    distributed func slow(_ milliseconds: Int) async throws -> Int
+    distributed func pad(_ count: Int) async throws -> String
+}
+
+/// Counts what happened, across actors and tasks.
+final class Ledger: @unchecked Sendable {
+    private let lock = NSLock()
+    private var events: [String] = []
+    private var counts: [String: Int] = [:]
+
+    func add(_ event: String) {
+        lock.withLock {
+            events.append(event)
+            counts[event, default: 0] += 1
+        }
+    }
+    func bump(_ key: String) -> Int {
+        lock.withLock {
+            counts[key, default: 0] += 1; return counts[key]!
+        }
+    }
+    func count(_ event: String) -> Int { lock.withLock { counts[event] ?? 0 } }
+    var all: [String] { lock.withLock { events } }
+}
+
+struct NotRegistered: Error, CustomStringConvertible {
+    var description: String { "not registered" }
+}
+
+distributed actor ShopService: Shop {
+    typealias ActorSystem = SwitchyardActorSystem
+    let ledger: Ledger
+    let label: String
+
+    init(actorSystem: ActorSystem, ledger: Ledger, label: String = "shop") {
+        self.actorSystem = actorSystem
+        self.ledger = ledger
+        self.label = label
+    }
+
+    distributed func place(_ order: Order) async throws -> String {
+        ledger.add("\(label):place:\(order.id)")
+        return "receipt-\(order.id)-\(order.customer)"
+    }
+
+    distributed func total(of orders: [Order]) async throws -> Double {
+        orders.reduce(0) { $0 + $1.amount }
+    }
+
+    distributed func fail(_ item: String, registered: Bool) async throws -> Int {
+        if registered { throw OutOfStock(item: item) }
+        throw NotRegistered()
+    }
+
+    distributed func record(_ order: Order) async throws {
+        ledger.add("\(label):record:\(order.id)")
+    }
+
+    distributed func flaky(_ key: String, failures: Int) async throws -> Int {
+        let attempt = ledger.bump("flaky:\(key)")
+        if attempt <= failures { throw OutOfStock(item: "\(key) attempt \(attempt)") }
+        return attempt
+    }
+
+    distributed func pad(_ count: Int) async throws -> String { String(repeating: "z", count: count) }
+
+    distributed func slow(_ milliseconds: Int) async throws -> Int {
+        try await Task.sleep(for: .milliseconds(milliseconds))
+        ledger.add("slow")
+        return milliseconds
+    }
+}
+
+@Resolvable
+protocol Tally: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func add(_ amount: Int) async throws -> Int
+    distributed func echo<Value: Codable & Sendable>(_ value: Value) async throws -> Value
+}
+
+distributed actor TallyService: Tally {
+    typealias ActorSystem = SwitchyardActorSystem
+    var total = 0
+    distributed func add(_ amount: Int) async throws -> Int {
+        total += amount
+        return total
+    }
+
+    distributed func echo<Value: Codable & Sendable>(_ value: Value) async throws -> Value { value }
+}
+
+/// A system over the bundled plugins (loaded from their .so files) with `yaml` as its config.
+func makeSystem(_ yaml: String, directory: TemporaryDirectory? = nil) throws -> SwitchyardActorSystem {
+    let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: directory?.path ?? NSTemporaryDirectory())
+    return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+}
+
+@Suite("Typed calls")
+struct TypedCallTests {
+    static let queueConfig = """
+        transports:
+          memq: { plugin: queue }
+        routes:
+          "*": { transport: memq, deadline: 30s }
+        """
+
+    /// Reads every message on `channel` of `transport` (a raw subscription through the ABI).
+    final class Tap: @unchecked Sendable {
+        private let lock = NSLock()
+        private var messages: [Message] = []
+        init(_ system: SwitchyardActorSystem, transport: String, channel: String, group: String = "tap") throws {
+            let client = try #require(system.transports?[transport]?.client)
+            _ = try client.subscribe(SubscribeOptions(channel: channel, group: group)) { [self] delivery, message in
+                lock.withLock { messages.append(message.copy()) }
+                try? client.settle(delivery, .ack)
+                return .ok
+            }
+        }
+        var all: [Message] { lock.withLock { messages } }
+    }
+
+    @Test("request-reply through an in-memory queue .so: values, collections, optionals")
+    func requestReplyThroughQueue() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        let receipt = try await shop.place(Order(id: 7, customer: "ada", amount: 12.5))
+        #expect(receipt == "receipt-7-ada")
+        let total = try await shop.total(of: [Order(id: 1, customer: "a", amount: 1.25, note: "x"), Order(id: 2, customer: "b", amount: 2)])
+        #expect(total == 3.25)
+        #expect(ledger.count("shop:place:7") == 1)
+        await system.shutdown()
+    }
+
+    @Test("request-reply through a queue written in C (example-c .so), with JSON arguments")
+    func requestReplyThroughCPluginAsJSON() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              cq: { plugin: example-c }
+            routes:
+              Shop.*: { transport: cq, encoding: json }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.place(Order(id: 1, customer: "json", amount: 1)) == "receipt-1-json")
+        await system.shutdown()
+    }
+
+    @Test("direct routes: resolve gives the local actor itself; a stub runs in-process")
+    func directRoute() async throws {
+        let system = try makeSystem(
+            """
+            routes:
+              "*": { transport: direct }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let local: any Shop = try system.resolve("shop", $Shop.self)
+        #expect(local is ShopService)
+        #expect(try await local.place(Order(id: 1, customer: "x", amount: 1)) == "receipt-1-x")
+        let stub = try $Shop.resolve(id: "shop", using: system)
+        #expect(!((stub as Any) is ShopService))
+        #expect(try await stub.place(Order(id: 2, customer: "y", amount: 1)) == "receipt-2-y")
+        await #expect(throws: OutOfStock.self) { try await stub.fail("z", registered: true) }
+        await system.shutdown()
+    }
+
+    @Test("a direct route honours its retry policy and its deadline, as a transport route does; resolve then gives a stub, not the actor")
+    func directRouteRetriesAndDeadline() async throws {
+        let system = try makeSystem(
+            """
+            routes:
+              Shop.flaky: { transport: direct, retry: { max_attempts: 3, initial_delay: 1ms, jitter: none } }
+              Shop.slow: { transport: direct, deadline: 200ms }
+              Shop.*: { transport: direct }
+            """)
+        system.registerError(OutOfStock.self)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop: any Shop = try system.resolve("shop", $Shop.self)
+        #expect(!(shop is ShopService), "a plain local call would skip the retry policy and the deadline")
+        #expect(try await shop.flaky("a", failures: 2) == 3)
+        do {
+            _ = try await shop.flaky("b", failures: 10)
+            Issue.record("expected the call to give up")
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let target = error.target
+            let attempts = error.attempts!
+            let reason = error.reason
+            #expect(target == "Shop.flaky(_:failures:)")
+            #expect(attempts == 3)
+            #expect(reason.contains("OutOfStock"))
+        }
+        #expect(ledger.count("flaky:b") == 3)
+        let started = ContinuousClock.now
+        do {
+            _ = try await shop.slow(20_000)
+            Issue.record("expected a timeout")
+        } catch let error as SwitchyardError where error.code == .timeout {
+            let target = error.target
+            let deadline = error.deadline!
+            #expect(target == "Shop.slow(_:)")
+            #expect(deadline == .milliseconds(200))
+        }
+        #expect(ContinuousClock.now - started < .seconds(10))
+        // Without a retry policy, the implementation's own error comes back as itself.
+        await #expect(throws: OutOfStock.self) { try await shop.fail("z", registered: true) }
+        await system.shutdown(deadline: .milliseconds(100))
+    }
+
+    @Test("a direct route for one method leaves the others unrouted: they fail with .routing, not run in process")
+    func directRouteDoesNotRouteOtherMethods() async throws {
+        let system = try makeSystem(
+            """
+            routes:
+              Shop.place: { transport: direct }
+            """)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop: any Shop = try system.resolve("shop", $Shop.self)
+        #expect(try await shop.place(Order(id: 1, customer: "x", amount: 1)) == "receipt-1-x")
+        do {
+            _ = try await shop.total(of: [])
+            Issue.record("expected a routing error")
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
+            #expect(reason.contains("no route matches Shop.total"))
+        }
+        await system.shutdown()
+    }
+
+    @Test("fire-and-forget returns once the queue has the call; the call runs later")
+    func fireAndForget() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.record: { transport: memq, mode: fire-and-forget }
+              Shop.*: { transport: memq }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        for id in 0..<50 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
+        #expect(await eventually { ledger.all.filter { $0.hasPrefix("shop:record:") }.count == 50 })
+        await system.shutdown()
+    }
+
+    @Test("topic route: every subscriber group gets each call")
+    func topicFanOut() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              events: { plugin: topic }
+            routes:
+              Shop.record: { transport: events, mode: fire-and-forget }
+            """)
+        let ledger = Ledger()
+        for group in ["email", "analytics"] {
+            try system.host(SwitchyardActorID("shop", group: group), as: $Shop.self) {
+                ShopService(actorSystem: $0, ledger: ledger, label: group)
+            }
+        }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        for id in 0..<20 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
+        #expect(await eventually { ledger.all.count == 40 })
+        #expect(ledger.all.filter { $0.hasPrefix("email:record:") }.count == 20)
+        #expect(ledger.all.filter { $0.hasPrefix("analytics:record:") }.count == 20)
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.place(Order(id: 1, customer: "x", amount: 1)) }
+        await system.shutdown()
+    }
+
+    @Test("delay: a route default and Switchyard.withDelay per call, through the delay .so")
+    func delayedCalls() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+              later: { plugin: delay, inner: memq }
+            routes:
+              Shop.record: { transport: later, mode: fire-and-forget }
+              Shop.place: { transport: later, delay: 300ms }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        var started = ContinuousClock.now
+        _ = try await shop.place(Order(id: 1, customer: "c", amount: 1))
+        #expect(ContinuousClock.now - started >= .milliseconds(280))
+        started = ContinuousClock.now
+        try await Switchyard.withDelay(.milliseconds(400)) {
+            try await shop.record(Order(id: 2, customer: "c", amount: 1))
+        }
+        try await Task.sleep(for: .milliseconds(150))
+        // Not run early: checked only if this look really came before the delay was up (a loaded
+        // machine can wake this task late).
+        let ranEarly = ledger.count("shop:record:2") > 0
+        if ContinuousClock.now - started < .milliseconds(390) { #expect(!ranEarly) }
+        #expect(await eventually { ledger.count("shop:record:2") == 1 })
+        #expect(ContinuousClock.now - started >= .milliseconds(380))
+        await system.shutdown()
+    }
+
+    @Test("a delay on a route whose transport cannot delay is refused at the call")
+    func delayWithoutCapability() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: SwitchyardError.self) {
+            try await Switchyard.withDelay(.seconds(1)) { try await shop.record(Order(id: 1, customer: "c", amount: 1)) }
+        }
+        await system.shutdown()
+    }
+
+    @Test("retry: a flaky call succeeds on a later attempt; one that keeps failing is dead-lettered")
+    func retries() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.*: { transport: memq, retry: { max_attempts: 4, initial_delay: 10ms, jitter: none } }
+            """)
+        system.registerError(OutOfStock.self)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.flaky("a", failures: 2) == 3)
+        do {
+            _ = try await shop.flaky("b", failures: 10)
+            Issue.record("expected the call to be dead-lettered")
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let attempts = error.attempts!
+            let reason = error.reason
+            #expect(attempts == 4)
+            #expect(reason.contains("OutOfStock"))
+        }
+        #expect(ledger.count("flaky:b") == 4)
+        #expect(await eventually { dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("gave up after 4 attempts") == true)
+        await system.shutdown()
+    }
+
+    @Test("retry through the retry .so decorator: the plugin's policy decides")
+    func retryDecorator() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+              retried: { plugin: retry, inner: memq, config: { max_attempts: 3, initial_delay: 5ms } }
+            routes:
+              Shop.record: { transport: retried, mode: fire-and-forget }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        _ = dlq
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        try await shop.record(Order(id: 1, customer: "c", amount: 1))
+        #expect(await eventually { ledger.count("shop:record:1") == 1 })
+        await system.shutdown()
+    }
+
+    @Test(
+        "a request-reply call dead-lettered by a retry decorator is answered at once with .deadLettered, in process and with the queue in a child process",
+        arguments: [false, true])
+    func retryDecoratorDeadLetterAnswersTheCaller(_ isolated: Bool) async throws {
+        let isolation = isolated ? ", isolation: { mode: process, call_timeout: 5s, host: \"\(BuildProducts.switchyard)\" }" : ""
+        let system = try await offPool {
+            try makeSystem(
+                """
+                transports:
+                  base: { plugin: queue\(isolation) }
+                  work: { plugin: retry, inner: base, config: { max_attempts: 3, initial_delay: 5ms, max_delay: 20ms } }
+                routes:
+                  Shop.*: { transport: work, deadline: 60s }
+                """)
+        }
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.flaky("a", failures: 1) == 2)
+        let started = ContinuousClock.now
+        do {
+            _ = try await shop.flaky("b", failures: 10)
+            Issue.record("expected the call to be dead-lettered")
+        } catch let error as SwitchyardError where error.code == .deadLettered {
+            let target = error.target
+            let attempts = error.attempts!
+            let reason = error.reason
+            #expect(target == "Shop.flaky(_:failures:)")
+            #expect(attempts == 3)
+            #expect(reason.contains("gave up after 3 attempts") && reason.contains("OutOfStock"), "\(reason)")
+        }
+        // Told when it happened, not at the 60 s deadline.
+        #expect(ContinuousClock.now - started < .seconds(20))
+        #expect(ledger.count("flaky:b") == 3)
+        await system.shutdown()
+    }
+
+    @Test("retries are logged at debug, dead letters and expired calls at notice, each with route, target, attempt and reason (also those a decorator made)")
+    func retriesAndDeadLettersAreLogged() async throws {
+        let log = CapturedLog()
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                transports:
+                  memq: { plugin: queue }
+                  work: { plugin: retry, inner: memq, config: { max_attempts: 2, initial_delay: 1ms } }
+                routes:
+                  Shop.flaky: { transport: memq, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+                  Shop.fail: { transport: work }
+                """, baseDirectory: NSTemporaryDirectory())
+        var logger = log.logger("switchyard.runtime")
+        logger.logLevel = .debug
+        let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: logger)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("x", failures: 9) }
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.fail("y", registered: false) }
+        let lines = log.all
+        #expect(
+            lines.contains {
+                $0.hasPrefix("debug retrying a failed call") && $0.contains("attempt=1") && $0.contains("route=Shop.flaky")
+                    && $0.contains("target=Shop.flaky(_:failures:)") && $0.contains("reason=")
+            }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("notice dead-lettering a call") && $0.contains("attempt=2") && $0.contains("gave up after 2 attempts") }, "\(lines)")
+        #expect(
+            lines.contains {
+                $0.hasPrefix("notice a transport dead-lettered a call") && $0.contains("target=Shop.fail(_:registered:)")
+                    && $0.contains("transport=memq") && $0.contains("attempt=2")
+            }, "\(lines)")
+        await system.shutdown(deadline: .seconds(1))
+        // An expired call: with one call at a time, the second waits behind the first and its
+        // caller's deadline passes before it runs.
+        let serial = try SwitchyardActorSystem(
+            config: try SwitchyardConfig.parse(
+                yaml: """
+                    transports:
+                      memq: { plugin: queue }
+                    routes:
+                      Shop.*: { transport: memq, deadline: 100ms, concurrency: 1 }
+                    """, baseDirectory: NSTemporaryDirectory()), pluginDirectories: [BuildProducts.directory], logger: logger)
+        try serial.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let serialShop = try $Shop.resolve(id: "shop", using: serial)
+        async let first: Int? = try? serialShop.slow(300)
+        try await Task.sleep(for: .milliseconds(20))
+        async let second: Int? = try? serialShop.slow(1)
+        _ = await (first, second)
+        #expect(
+            await eventually { log.all.contains { $0.hasPrefix("notice dead-lettering an expired call") && $0.contains("target=Shop.slow(_:)") } },
+            "\(log.all)")
+        await serial.shutdown(deadline: .seconds(1))
+    }
+
+    @Test("timeout: no reply within the route's deadline throws a typed timeout")
+    func timeout() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.slow: { transport: memq, deadline: 200ms }
+            """)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        let started = ContinuousClock.now
+        do {
+            _ = try await shop.slow(20_000)
+            Issue.record("expected a timeout")
+        } catch let error as SwitchyardError where error.code == .timeout {
+            let target = error.target
+            let deadline = error.deadline!
+            #expect(target == "Shop.slow(_:)")
+            #expect(deadline == .milliseconds(200))
+        }
+        // Well before the call itself would have replied (20 s), even on a loaded machine.
+        #expect(ContinuousClock.now - started < .seconds(10))
+        await system.shutdown(deadline: .milliseconds(100))
+    }
+
+    @Test("errors come back as themselves when registered, as remote errors otherwise")
+    func remoteErrors() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        system.registerError(OutOfStock.self)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: OutOfStock(item: "socks")) { _ = try await shop.fail("socks", registered: true) }
+        do {
+            _ = try await shop.fail("x", registered: false)
+            Issue.record("expected an error")
+        } catch let error as SwitchyardError where error.code == .remote {
+            let type = error.remoteType!
+            let message = error.reason
+            #expect(type.hasSuffix("NotRegistered"))
+            #expect(message == "not registered")
+        }
+        await system.shutdown()
+    }
+
+    @Test("a forged envelope naming another type's method is dead-lettered, never run")
+    func forgedEnvelope() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              "*": { transport: memq, deadline: 30s }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        try system.host("tally", as: $Tally.self) { TallyService(actorSystem: $0) }
+        let tally = try $Tally.resolve(id: "tally", using: system)
+        #expect(try await tally.add(2) == 2)
+        let tallyTarget = try #require(system.targets.withLock { $0.values.first { $0.call.interface == "Tally" }?.call })
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        // Tally.add on the shop actor: the same argument shape, the wrong actor.
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(5, appendingTo: &arguments)
+        let forged = Envelope(target: .init(name: "Shop.place(_:)", identifier: tallyTarget.identifier), arguments: arguments)
+        try system.transports!["memq"]!.client.publish(forged.message(channel: "shop"))
+        #expect(await eventually { dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("is not a method of actor 'shop'") == true)
+        // A target that is not a method at all, and an envelope of a future version.
+        try system.transports!["memq"]!.client.publish(Envelope(target: .init(name: "x", identifier: "$sGarbage"), arguments: []).message(channel: "shop"))
+        var future = Envelope(target: .init(name: "x", identifier: tallyTarget.identifier), arguments: []).message(channel: "shop")
+        future.headers = future.headers.map { $0.key == EnvelopeHeader.version ? Header($0.key, "2") : $0 }
+        // It asks for a reply: the caller is told why rather than left to time out.
+        future.headers.append(Header(EnvelopeHeader.replyTo, "forger.replies"))
+        let replies = try Tap(system, transport: "memq", channel: "forger.replies")
+        try system.transports!["memq"]!.client.publish(future)
+        try system.transports!["memq"]!.client.publish(Message(id: "plain", channel: "shop", body: [1, 2, 3]))
+        #expect(await eventually { dlq.all.count == 4 })
+        let reasons = dlq.all.compactMap { $0.header("sy-dlq-reason") }
+        #expect(reasons.contains { $0.contains("unknown target") })
+        #expect(reasons.contains { $0.contains("envelope version 2 is not supported") })
+        #expect(reasons.contains { $0.contains("not a Switchyard envelope") })
+        #expect(await eventually { replies.all.count == 1 })
+        #expect(replies.all.first?.header(EnvelopeHeader.correlationID) == future.id)
+        #expect(replies.all.first?.header(EnvelopeHeader.outcome) == "throw")
+        let replyText = String(decoding: replies.all.first.map(\.body) ?? [], as: UTF8.self)
+        #expect(replyText.contains("envelope version 2 is not supported"), "\(replyText)")
+        #expect(ledger.all.isEmpty)
+        // The host still serves.
+        #expect(try await $Shop.resolve(id: "shop", using: system).place(Order(id: 3, customer: "ok", amount: 1)) == "receipt-3-ok")
+        await system.shutdown()
+    }
+
+    @Test("corrupt or missing arguments are refused with the reason; the caller hears why")
+    func corruptArguments() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        _ = try await shop.place(Order(id: 1, customer: "a", amount: 1))
+        let place = try #require(system.targets.withLock { $0.values.first { $0.call.method == "place" }?.call })
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        var bad: [UInt8] = []
+        try ArgumentEncoding.compact.encode("not an order", appendingTo: &bad)
+        let client = system.transports!["memq"]!.client
+        try client.publish(Envelope(target: .init(name: "Shop.place(_:)", identifier: place.identifier), arguments: bad).message(channel: "shop"))
+        try client.publish(Envelope(target: .init(name: "Shop.place(_:)", identifier: place.identifier), arguments: [0xFF, 0x07, 0x99]).message(channel: "shop"))
+        try client.publish(Envelope(target: .init(name: "Shop.place(_:)", identifier: place.identifier), arguments: []).message(channel: "shop"))
+        #expect(await eventually { dlq.all.count == 3 })
+        for message in dlq.all { #expect(message.header("sy-dlq-reason")?.contains("cannot run Shop.place(_:)") == true, "\(message.header("sy-dlq-reason") ?? "")") }
+        await system.shutdown()
+    }
+
+    @Test("idempotent inbox: a redelivered call is answered from the inbox, not run again")
+    func inbox() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.*: { transport: memq, mode: fire-and-forget, inbox: { window: 1m, path: inbox.db } }
+            """, directory: directory)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        try await shop.record(Order(id: 1, customer: "a", amount: 1))
+        #expect(await eventually { ledger.count("shop:record:1") == 1 })
+        let record = try #require(system.targets.withLock { $0.values.first { $0.call.method == "record" }?.call })
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(Order(id: 2, customer: "b", amount: 1), appendingTo: &arguments)
+        let envelope = Envelope(id: "dup-1", target: .init(name: "Shop.record(_:)", identifier: record.identifier), arguments: arguments)
+        let client = system.transports!["memq"]!.client
+        for _ in 0..<3 { try client.publish(envelope.message(channel: "shop")) }
+        #expect(await eventually { ledger.count("shop:record:2") == 1 })
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(ledger.count("shop:record:2") == 1)
+        #expect(FileManager.default.fileExists(atPath: directory.file("inbox.db")))
+        await system.shutdown()
+    }
+
+    @Test("ordering: the named argument's value becomes the message's ordering key")
+    func orderingKey() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.flaky: { transport: memq, ordering: key, mode: request-reply, deadline: 300ms }
+            """)
+        let tap = try Tap(system, transport: "memq", channel: "shop")
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("customer-42", failures: 0) }
+        #expect(await eventually { tap.all.count == 1 })
+        #expect(tap.all.first?.orderingKey == "customer-42")
+        let headers = Dictionary(tap.all.first!.headers.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        #expect(headers["ce-specversion"] == "1.0")
+        #expect(headers["ce-type"] == "Shop.flaky(_:failures:)")
+        #expect(headers["ce-datacontenttype"] == "application/x-switchyard-compact")
+        #expect(headers["ce-id"] == tap.all.first!.id)
+        #expect(headers["ce-syreplyto"]?.hasPrefix("_switchyard.reply.") == true)
+        await system.shutdown()
+    }
+
+    @Test("a generic method is refused with a clear error before it is sent, never crashing the receiver")
+    func genericMethod() async throws {
+        let system = try makeSystem(Self.queueConfig)
+        try system.host("tally", as: $Tally.self) { TallyService(actorSystem: $0) }
+        let tally = try $Tally.resolve(id: "tally", using: system)
+        do {
+            _ = try await tally.echo("hello")
+            Issue.record("expected a routing error")
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
+            #expect(reason.contains("generic distributed methods cannot be routed"))
+        }
+        #expect(try await tally.add(1) == 1)
+        // A forged envelope for the generic method is refused by the receiver too, not run.
+        let add = try #require(system.targets.withLock { $0.values.first { $0.call.method == "add" }?.call })
+        let generic = add.identifier.replacingOccurrences(of: "3addyS2iYaKFTE", with: "4echoyqd__qd__YaKSeRd__SERd__lFTE")
+        let dlq = try Tap(system, transport: "memq", channel: "tally.dlq")
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode("x", appendingTo: &arguments)
+        try system.transports!["memq"]!.client.publish(Envelope(target: .init(name: "Tally.echo(_:)", identifier: generic), arguments: arguments).message(channel: "tally"))
+        #expect(await eventually { dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("generic distributed methods") == true)
+        #expect(try await tally.add(1) == 2)
+        await system.shutdown()
+    }
+
+    @Test("unrouted calls and fire-and-forget routes for methods with results are refused")
+    func routingErrors() async throws {
+        let system = try makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.place: { transport: memq, mode: fire-and-forget }
+            """)
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        do {
+            _ = try await shop.total(of: [])
+            Issue.record("expected a routing error")
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
+            #expect(reason.contains("no route matches Shop.total"))
+        }
+        do {
+            _ = try await shop.place(Order(id: 1, customer: "a", amount: 1))
+            Issue.record("expected a routing error")
+        } catch let error as SwitchyardError where error.code == .routing {
+            let reason = error.reason
+            #expect(reason.contains("only Void methods can be fire-and-forget"))
+        }
+        await system.shutdown()
+    }
+}

@@ -1,0 +1,62 @@
+import Foundation
+import SwitchyardRuntime
+import SwitchyardTestSupport
+import Testing
+
+/// `switchyard dlq` on typed calls: a dead-lettered call shown decoded and replayed.
+@Suite("switchyard dlq on typed calls")
+struct TypedDeadLetterTests {
+    @Test(
+        "a dead-lettered typed call, shown decoded (call, arguments as JSON, attempts made, RFC 3339 times), on a transport with its own dead_letter_suffix; an expired one is flagged on replay and runs again with --fire-and-forget"
+    )
+    func typedCallDeadLetter() async throws {
+        let dir = try TemporaryDirectory()
+        let config = dir.file("switchyard.yaml")
+        try """
+        transports:
+          orders: { plugin: queue, config: { path: "\(dir.file("orders.db"))", dead_letter_suffix: ".dead" } }
+        routes:
+          Shop.*: { transport: orders, deadline: 4s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let system = try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory])
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        let called = ContinuousClock.now
+        await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("b", failures: 100) }
+        #expect(ledger.count("flaky:b") == 2)
+        func dlq(_ arguments: [String]) async throws -> ProcessResult {
+            try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "orders", "--channel", "shop"])
+        }
+        struct Letter: Decodable { let id: String; let call, arguments: String?; let attempts: Int }
+        let letters = try JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"]).stdout.utf8))
+        let letter = try #require(letters.first)
+        #expect(letters.count == 1 && letter.call == "Shop.flaky(_:failures:)" && letter.arguments == #"["b",100]"# && letter.attempts == 2)
+        let show = try await dlq(["show", letter.id])
+        #expect(show.status == 0, "\(show.stderr)")
+        #expect(show.stdout.contains("call:            Shop.flaky(_:failures:)"), "\(show.stdout)")
+        #expect(show.stdout.contains(#"arguments:       ["b",100] (application/x-switchyard-compact)"#), "\(show.stdout)")
+        #expect(show.stdout.contains("attempts made:   2"), "\(show.stdout)")
+        #expect(!show.stdout.contains("attempt:   1"))
+        // History times in RFC 3339, not raw nanoseconds.
+        let history = show.stdout.split(separator: "\n").filter { $0.hasPrefix("  attempt ") }
+        #expect(history.count == 2 && history.allSatisfy { $0.contains("Z: ") && !$0.contains(" at 1") }, "\(history)")
+
+        // The caller's 4 s deadline passes: a plain replay says it will come back expired.
+        try await Task.sleep(until: called + .milliseconds(4200), clock: .continuous)
+        let replay = try await dlq(["replay", "--all"])
+        #expect(replay.stdout.contains("replayed 1 message") && replay.stdout.contains("deadline has passed") && replay.stdout.contains("--fire-and-forget"), "\(replay.stdout)")
+        var back = 0
+        for _ in 0..<50 where back == 0 {
+            back = (try? JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"]).stdout.utf8)))?.count ?? 0
+            if back == 0 { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(back == 1, "the expired call is dead-lettered again")
+        #expect(ledger.count("flaky:b") == 2, "an expired call is not run")
+        // As fire-and-forget it runs again (and, still failing, is retried and dead-lettered).
+        let again = try await dlq(["replay", "--all", "--fire-and-forget"])
+        #expect(again.stdout.contains("replayed 1 message as fire-and-forget"), "\(again.stdout)")
+        #expect(await eventually { ledger.count("flaky:b") == 4 })
+        await system.shutdown()
+    }
+}

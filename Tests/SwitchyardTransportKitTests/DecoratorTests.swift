@@ -1,0 +1,107 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardRuntime
+import SwitchyardTestSupport
+import Testing
+
+@Suite("Decorators: retry policy and durable delay")
+struct DecoratorTests {
+    func retry(over queueConfig: String = "{}", policy: String) throws -> Transport {
+        let inner = try Transport(name: "inner", plugin: try BuildProducts.plugin("queue"), configJSON: queueConfig)
+        return try Transport(name: "retry", plugin: try BuildProducts.plugin("retry"), configJSON: policy, inner: inner)
+    }
+
+    @Test("a failing message is retried with backoff up to max_attempts, then dead-lettered with its history")
+    func exhausts() async throws {
+        let t = try retry(policy: #"{"max_attempts": 3, "initial_delay": "20ms", "max_delay": "40ms", "jitter": "none"}"#)
+        defer { t.close() }
+        let work = Collector()
+        let dead = Collector()
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "pay"),
+            handler: work.handler(client: t.client) { _ in
+                .retry(afterNanos: 0, reason: "card declined")
+            })
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
+        try t.client.publish(Message(id: "order-1", channel: "pay"))
+        #expect(await eventually(5) { dead.count >= 1 })
+        #expect(work.received.map(\.message.attempt) == [1, 2, 3])
+        let gaps = zip(work.received.dropFirst(), work.received).map { ($0.at - $1.at) / 1_000_000 }
+        #expect(gaps.count == 2 && gaps[0] >= 19 && gaps[1] >= 39, "backoff gaps were \(gaps) ms; expected 20 then 40")
+        let m = try #require(dead.received.first?.message)
+        #expect(m.header("sy-dlq-reason") == "gave up after 3 attempts: card declined")
+        #expect(m.header("sy-dlq-attempts") == "3")
+        #expect((m.header("sy-dlq-history") ?? "").split(separator: "\n").count == 3)
+    }
+
+    @Test("a non-retryable failure is dead-lettered at once")
+    func nonRetryable() async throws {
+        let t = try retry(policy: #"{"non_retryable": ["ValidationError"]}"#)
+        defer { t.close() }
+        let work = Collector()
+        let dead = Collector()
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "pay"),
+            handler: work.handler(client: t.client) { _ in
+                .retry(afterNanos: 0, reason: "ValidationError: amount is negative")
+            })
+        _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
+        try t.client.publish(Message(id: "order-2", channel: "pay"))
+        #expect(await eventually(5) { dead.count >= 1 })
+        #expect(work.count == 1)
+        #expect(dead.received.first?.message.header("sy-dlq-reason") == "not retryable: ValidationError: amount is negative")
+    }
+
+    @Test(
+        "retry refuses bad policies and an inner transport that cannot redeliver",
+        arguments: [
+            (#"{"max_attempts": 0}"#, "'max_attempts'"), (#"{"jitter": "some"}"#, "'jitter'"),
+            (#"{"initial_delay": "1s", "max_delay": "10ms"}"#, "'max_delay'"), (#"{"max_atempts": 3}"#, "unknown config key 'max_atempts'"),
+        ])
+    func badPolicy(_ policy: String, _ expected: String) throws {
+        let error = #expect(throws: TransportError.self) { _ = try retry(policy: policy) }
+        #expect(error?.code == .config)
+        #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("retry over a transport without timed redelivery is refused at creation")
+    func innerWithoutRetry() throws {
+        let inner = try Transport(name: "plain", plugin: try BuildProducts.plugin("example-c"))
+        let error = #expect(throws: TransportError.self) {
+            _ = try Transport(name: "r", plugin: try BuildProducts.plugin("retry"), inner: inner)
+        }
+        #expect(error?.message.contains("lacks") == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a durable delay keeps held messages across a restart and delivers what came due meanwhile")
+    func durableDelayRestart() async throws {
+        let dir = try TemporaryDirectory()
+        let delay = try BuildProducts.plugin("delay")
+        let queue = try BuildProducts.plugin("queue")
+        func open() throws -> Transport {
+            let inner = try Transport(name: "q", plugin: queue, configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
+            return try Transport(name: "d", plugin: delay, configJSON: #"{"path": "\#(dir.file("d.db"))"}"#, inner: inner)
+        }
+        var first: Transport? = try open()
+        var soon = Message(id: "soon", channel: "remind")
+        soon.deliverAtNanos = wallClockNanoseconds() + 300_000_000
+        var later = Message(id: "later", channel: "remind")
+        later.deliverAtNanos = wallClockNanoseconds() + 1_000_000_000
+        try first!.client.publish(soon)
+        try first!.client.publish(later)
+        #expect(try first!.client.stats()?.depth == 2)
+        first!.close()
+        first = nil
+        try await Task.sleep(for: .milliseconds(500))  // "soon" comes due while nothing runs
+        let second = try open()
+        defer { second.close() }
+        let inbox = Collector()
+        _ = try second.client.subscribe(SubscribeOptions(channel: "remind"), handler: inbox.handler(client: second.client))
+        #expect(await eventually(5) { inbox.count >= 2 })
+        #expect(inbox.received.map(\.message.id) == ["soon", "later"])
+        #expect(inbox.received.last!.at >= later.deliverAtNanos, "'later' came early")
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardRuntime
+import SwitchyardTestSupport
+import Testing
+
+@Suite("Durable queue")
+struct DurableQueueTests {
+    static var probe: String { BuildProducts.path("switchyard-durability-probe") }
+
+    @Test("every acknowledged publish survives the publisher being killed with SIGKILL")
+    func survivesSIGKILL() async throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("queue.db")
+        // The rounds block on the child's output: off the cooperative pool.
+        let acked = try await offPool { () throws -> Set<String> in
+            var acked = Set<String>()
+            for round in 0..<3 {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: Self.probe)
+                process.arguments = [BuildProducts.directory, db, "100000", "r\(round)"]
+                let out = Pipe()
+                process.standardOutput = out
+                try process.run()
+                // Read acknowledgements until a random point, then kill it mid-stream.
+                let stopAfter = Int.random(in: 20...200)
+                var buffer = Data()
+                var seen = 0
+                while seen < stopAfter {
+                    let chunk = out.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    buffer.append(chunk)
+                    seen = buffer.split(separator: UInt8(ascii: "\n")).count
+                }
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+                buffer.append(out.fileHandleForReading.readDataToEndOfFile())
+                let lines = String(decoding: buffer, as: UTF8.self).split(separator: "\n")
+                acked.formUnion(lines.filter { $0.hasPrefix("acked ") }.map { String($0.dropFirst(6)) })
+                #expect(process.terminationReason == .uncaughtSignal)
+            }
+            return acked
+        }
+        #expect(acked.count >= 60)
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "after-crash", plugin: plugin, configJSON: "{\"path\": \"\(db)\"}")
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "durable", maxInFlight: 1000), handler: inbox.handler(client: transport.client))
+        let deadline = Date().addingTimeInterval(20)
+        while !acked.isSubset(of: Set(inbox.received.map(\.message.id))) && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        let received = Set(inbox.received.map(\.message.id))
+        let lost = acked.subtracting(received)
+        #expect(lost.isEmpty, "\(lost.count) acknowledged messages were lost, e.g. \(lost.prefix(5))")
+        let sample = try #require(inbox.received.first { acked.contains($0.message.id) })
+        #expect(String(decoding: sample.message.body, as: UTF8.self).hasPrefix("payload "))
+    }
+
+    @Test("a consumer in this process is woken by a producer in another process, without polling")
+    func crossProcessWakeup() async throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("shared.db")
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "consumer", plugin: plugin, configJSON: "{\"path\": \"\(db)\"}")
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "durable"), handler: inbox.handler(client: transport.client))
+        let result = try await run(Self.probe, [BuildProducts.directory, db, "20", "x"])
+        #expect(result.status == 0, "\(result.stderr)")
+        // Counted from the producer's exit, not its start: starting a process on a loaded machine
+        // takes seconds, and that is not what this test is about.
+        let producerDone = Date()
+        #expect(await eventually(10) { inbox.count >= 20 }, "got \(inbox.count) of 20 from the other process")
+        #expect(Date().timeIntervalSince(producerDone) < 3, "messages arrived \(Date().timeIntervalSince(producerDone)) s after the producer finished")
+    }
+
+    @Test("a file that is not SQLite, or another application's database, is refused with a clear error")
+    func foreignFiles() async throws {
+        let dir = try TemporaryDirectory()
+        let plugin = try BuildProducts.plugin("queue")
+        try "definitely not sqlite, but long enough to look like a header ..........................................".write(
+            toFile: dir.file("text.db"), atomically: true, encoding: .utf8)
+        let notSQLite = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("text.db"))\"}") }
+        #expect(notSQLite?.message.contains("not a SQLite database") == true, "\(notSQLite?.message ?? "")")
+        _ = try await run("/usr/bin/env", ["sqlite3", dir.file("other.db"), "CREATE TABLE invoices (id INTEGER);"])
+        if FileManager.default.fileExists(atPath: dir.file("other.db")) {
+            let foreign = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("other.db"))\"}") }
+            #expect(foreign?.message.contains("another application") == true, "\(foreign?.message ?? "")")
+        }
+        let topic = try BuildProducts.plugin("topic")
+        let queueFile = try Transport(name: "q", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("q.db"))\"}")
+        queueFile.close()
+        let wrongKind = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: topic, configJSON: "{\"path\": \"\(dir.file("q.db"))\"}") }
+        #expect(wrongKind?.message.contains("holds a queue store") == true, "\(wrongKind?.message ?? "")")
+    }
+
+    @Test(
+        "malformed broker config names the key",
+        arguments: [
+            ("{\"capacity\": -1}", "'capacity'"), ("{\"visibility_timeout\": \"soon\"}", "'visibility_timeout'"),
+            ("{\"max_in_flight\": 0}", "'max_in_flight'"), ("{\"retain\": 5}", "unknown config key 'retain'"),
+            ("{\"full_wait\": 5}", "'full_wait'"),
+        ])
+    func badConfig(_ json: String, _ expected: String) throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let error = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: json) }
+        #expect(error?.code == .config)
+        #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("with full_wait, a publish to a full queue waits for room instead of failing")
+    func fullWait() throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "small", plugin: plugin, configJSON: #"{"capacity": 1, "full_wait": "2s"}"#)
+        defer { transport.close() }
+        let client = transport.client
+        _ = try client.subscribe(SubscribeOptions(channel: "c")) { delivery, _ in
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(100)) { try? client.settle(delivery, .ack) }
+            return .ok
+        }
+        let started = Date()
+        for index in 0..<3 { try client.publish(Message(id: "w\(index)", channel: "c")) }
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.15 && waited < 2, "three publishes through a queue of capacity 1 took \(waited) s")
+    }
+
+    @Test("a full queue refuses a publish with a clear error, and nothing is dropped")
+    func capacity() throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "small", plugin: plugin, configJSON: "{\"capacity\": 3}")
+        defer { transport.close() }
+        for index in 0..<3 { try transport.client.publish(Message(id: "m\(index)", channel: "c")) }
+        let full = #expect(throws: TransportError.self) { try transport.client.publish(Message(id: "m3", channel: "c")) }
+        #expect(full?.code == .full)
+        #expect(full?.message.contains("capacity of 3") == true)
+        #expect(try transport.client.stats()?.depth == 3)
+    }
+}
