@@ -139,11 +139,15 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
-        /// The `switchyard` command.
+        /// The crash soak behind `switchyard soak`: processes killed at random, effects counted.
+        .target(
+            name: "SwitchyardSoak",
+            dependencies: ["SwitchyardRuntime", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConfig", "SwitchyardTransportKit", "SwitchyardABI"]),
+        /// The `switchyard` command: a thin shell over the library modules.
         .executableTarget(
             name: "SwitchyardCLI",
             dependencies: [
-                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance",
+                "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance", "SwitchyardSoak",
                 "SwitchyardTransportKit", "SwitchyardRuntime", "SwitchyardWire", "OrdersExample", "SwitchyardNative",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import SwitchyardRuntime
+import SwitchyardSoak
 
 /// `switchyard soak-worker producer|consumer`: the processes `switchyard soak` starts, kills
 /// and restarts. Not for use by hand.
@@ -29,25 +30,10 @@ struct SoakWorkerCommand: AsyncParsableCommand {
         let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
         switch role {
         case .producer:
-            let work = try $SoakWork.resolve(id: "soak-work", using: system)
-            let events = try $SoakEvents.resolve(id: "soak-events", using: system)
-            for seq in from..<to {
-                emit("try \(seq)")
-                try await work.process(seq)
-                try await events.noted(seq)
-                emit("ack \(seq)")
-                if pace > 0 { try await Task.sleep(for: .microseconds(pace)) }
-            }
-            emit("done")
+            try await SoakWorkload.produce(on: system, items: from..<to, paceMicroseconds: pace, emit: emit)
             await system.shutdown()
         case .consumer:
-            let recorder = try EffectRecorder(directDatabase: effectsDatabase)
-            try system.host("soak-work", as: $SoakWork.self) { SoakWorkService(actorSystem: $0, recorder: recorder) }
-            for group in ["audit", "mail"] {
-                try system.host(SwitchyardActorID("soak-events", group: group), as: $SoakEvents.self) {
-                    SoakEventsService(actorSystem: $0, recorder: recorder, group: group)
-                }
-            }
+            try SoakWorkload.hostConsumers(on: system, effectsDatabase: effectsDatabase)
             let host = DrainingHost(system: system, deadline: .seconds(10)) { emit("ready") }
             let group = ServiceGroup(
                 configuration: .init(

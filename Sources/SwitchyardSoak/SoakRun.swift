@@ -1,4 +1,3 @@
-import ArgumentParser
 import Foundation
 import Logging
 import SwitchyardABI
@@ -8,65 +7,29 @@ import SwitchyardLoader
 import SwitchyardRuntime
 import SwitchyardTransportKit
 
-/// `switchyard soak`: crash-tests the delivery promises with real processes.
-///
-/// One producer and two consumer processes run over a durable SQLite queue (with a route retry
-/// policy that every seventh item's first attempt meets) and a durable topic with two
-/// subscriber groups; the producer prints each item it tries and each the transports
-/// acknowledged. `--cycles` times, at a random moment, one of them is killed with SIGKILL and
-/// started again. Then the run waits for the consumers to catch up and checks every effect
-/// (one row per item for `work`, `audit` and `mail`): nothing acknowledged may be missing, and
-/// with the inbox on nothing may have happened twice.
-struct SoakCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "soak",
-        abstract: "Kill producer and consumer processes at random under load; check that nothing acknowledged is lost or handled twice.",
-        discussion: "Exits 1 when an acknowledged item was lost, any effect happened twice with the inbox on, or messages are stuck.")
+/// What `switchyard soak` was asked for.
+package struct SoakOptions: Sendable {
+    /// How many times to SIGKILL a process.
+    package var cycles = 10
+    /// How many items the producer publishes (each is one queue call and one topic event).
+    package var messages = 2000
+    /// Use the idempotent inbox (effects commit with the inbox record).
+    package var inbox = true
+    /// Random seed, to repeat a run's kill schedule; nil picks one.
+    package var seed: UInt64?
+    /// Keep the run's databases and logs here instead of a temporary directory.
+    package var directory: String?
+    /// Longest wait for the consumers to catch up at the end, in seconds.
+    package var settleTimeout: Double = 120
+    /// Directories to search for plugins first.
+    package var pluginDirectories: [String] = []
 
-    @Option(help: "How many times to SIGKILL a process.")
-    var cycles = 10
-
-    @Option(help: "How many items the producer publishes (each is one queue call and one topic event).")
-    var messages = 2000
-
-    @Flag(inversion: .prefixedNo, help: "Use the idempotent inbox (effects commit with the inbox record).")
-    var inbox = true
-
-    @Flag(help: "Print the result as one JSON object.")
-    var json = false
-
-    @Option(help: "Random seed, to repeat a run's kill schedule.")
-    var seed: UInt64?
-
-    @Option(help: ArgumentHelp("Keep the run's databases and logs here instead of a temporary directory.", valueName: "dir"))
-    var directory: String?
-
-    @Option(help: ArgumentHelp("Longest wait for the consumers to catch up at the end, in seconds.", valueName: "seconds"))
-    var settleTimeout: Double = 120
-
-    @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
-    var pluginDirectories: [String] = []
-
-    func validate() throws {
-        guard cycles >= 0 else { throw ValidationError("--cycles must be 0 or more") }
-        guard messages > 0 else { throw ValidationError("--messages must be at least 1") }
-    }
-
-    func run() async throws {
-        let report = try await SoakRun(self).run()
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-        } else {
-            print(report.summary)
-        }
-        if !report.passed { throw ExitCode.failure }
-    }
+    /// The defaults.
+    package init() {}
 }
 
 /// What a soak run found.
-struct SoakReport: Encodable {
+package struct SoakReport: Encodable {
     var cycles: Int
     var inbox: Bool
     var seed: UInt64
@@ -86,7 +49,7 @@ struct SoakReport: Encodable {
     var seconds: Double
     var lostSample: [String]
 
-    var passed: Bool { lost == 0 && stuck == 0 && (!inbox || duplicateEffects == 0) }
+    package var passed: Bool { lost == 0 && stuck == 0 && (!inbox || duplicateEffects == 0) }
 
     enum CodingKeys: String, CodingKey {
         case cycles, inbox, seed, published, acknowledged, handled, lost, stuck, kills, seconds, passed
@@ -94,7 +57,7 @@ struct SoakReport: Encodable {
         case lostSample = "lost_sample"
     }
 
-    func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(cycles, forKey: .cycles)
         try container.encode(inbox, forKey: .inbox)
@@ -111,7 +74,7 @@ struct SoakReport: Encodable {
         try container.encode(lostSample, forKey: .lostSample)
     }
 
-    var summary: String {
+    package var summary: String {
         """
         soak: \(cycles) kills (\(kills.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))), inbox \(inbox ? "on" : "off"), seed \(seed), \(String(format: "%.1f", seconds)) s
           published \(published), acknowledged \(acknowledged), handled \(handled)
@@ -122,16 +85,17 @@ struct SoakReport: Encodable {
 }
 
 /// One soak run: the directory, the processes, the kill schedule and the final count.
-final class SoakRun: @unchecked Sendable {
+package final class SoakRun: @unchecked Sendable {
     // @unchecked: used from the command's task only; the workers' output is behind locks.
-    let options: SoakCommand
+    let options: SoakOptions
     let directory: String
     let keepDirectory: Bool
     let executable: String
     var random: SplitMix
     let seed: UInt64
 
-    init(_ options: SoakCommand) throws {
+    /// A run as `options` say, in a fresh directory (or the one they name).
+    package init(_ options: SoakOptions) throws {
         self.options = options
         seed = options.seed ?? UInt64.random(in: 1...UInt64.max)
         random = SplitMix(seed: seed)
@@ -167,7 +131,8 @@ final class SoakRun: @unchecked Sendable {
         """.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
 
-    func run() async throws -> SoakReport {
+    /// Starts the processes, kills them on schedule, waits for the consumers and counts.
+    package func run() async throws -> SoakReport {
         try writeConfig()
         let started = Date()
         let pluginArguments = options.pluginDirectories.flatMap { ["--plugins-dir", $0] }

@@ -89,3 +89,35 @@ distributed actor SoakEventsService: SoakEvents {
         try recorder.record(group, seq)
     }
 }
+
+/// What the soak's processes do: the producer's calls and the consumers' hosted services.
+package enum SoakWorkload {
+    /// Calls `SoakWork.process` and `SoakEvents.noted` for each item, reporting `try N` before
+    /// and `ack N` once both were accepted (then `done`), pausing `paceMicroseconds` between items.
+    package static func produce(
+        on system: SwitchyardActorSystem, items: Range<Int>, paceMicroseconds: Int, emit: (String) -> Void
+    ) async throws {
+        let work = try $SoakWork.resolve(id: "soak-work", using: system)
+        let events = try $SoakEvents.resolve(id: "soak-events", using: system)
+        for seq in items {
+            emit("try \(seq)")
+            try await work.process(seq)
+            try await events.noted(seq)
+            emit("ack \(seq)")
+            if paceMicroseconds > 0 { try await Task.sleep(for: .microseconds(paceMicroseconds)) }
+        }
+        emit("done")
+    }
+
+    /// Hosts the work service and the two event groups (`audit`, `mail`), recording effects
+    /// through the inbox, or straight into `effectsDatabase` when given (inbox off).
+    package static func hostConsumers(on system: SwitchyardActorSystem, effectsDatabase: String?) throws {
+        let recorder = try EffectRecorder(directDatabase: effectsDatabase)
+        try system.host("soak-work", as: $SoakWork.self) { SoakWorkService(actorSystem: $0, recorder: recorder) }
+        for group in ["audit", "mail"] {
+            try system.host(SwitchyardActorID("soak-events", group: group), as: $SoakEvents.self) {
+                SoakEventsService(actorSystem: $0, recorder: recorder, group: group)
+            }
+        }
+    }
+}
