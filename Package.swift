@@ -125,7 +125,8 @@ let package = Package(
             dependencies: ["SwitchyardRuntime", "SwitchyardNative", "CFFI", .product(name: "Logging", package: "swift-log")]),
         /// The wire form of a call: the envelope and its CloudEvents headers, the compact argument
         /// codec, ids and timestamps. The runtime writes and reads it; interop tools (the CLI's
-        /// dead-letter commands, the fuzzers) import it. Not part of the application API.
+        /// dead-letter commands, the fuzzers) import it. Same stability rule as the application
+        /// API, different audience: applications never need it.
         .target(name: "SwitchyardWire", dependencies: ["SwitchyardABI"]),
         /// The typed-call runtime: the Distributed actor system, routes, request-reply, hosting
         /// and draining. What an application imports.

@@ -51,29 +51,17 @@ public enum DeadLetter {
     /// transport's config says otherwise (`dead_letter_suffix`). The one definition: the bundled
     /// plugins and the `switchyard dlq` command use it.
     public static let defaultSuffix = ".dlq"
-    /// Header: why the message was dead-lettered.
-    public static let reasonHeader = "sy-dlq-reason"
-    /// Header: the channel it was dead-lettered from.
-    public static let channelHeader = "sy-dlq-channel"
-    /// Header: the subscriber group whose copy was dead-lettered (fan-out transports).
-    public static let groupHeader = "sy-dlq-group"
-    /// Header: when, in ns since the Unix epoch.
-    public static let atHeader = "sy-dlq-at"
-    /// Header: how many deliveries were attempted.
-    public static let attemptsHeader = "sy-dlq-attempts"
-    /// Header: the attempt history, one `attempt N at T: reason` line per failed attempt.
-    public static let historyHeader = "sy-dlq-history"
 
-    /// The dead-letter copy of `message`: same id and body, on `channel`, with the headers above
+    /// The dead-letter copy of `message`: same id and body, on `channel`, with the ``DeadLetterHeader`` headers
     /// (replacing any from an earlier dead-lettering).
     public static func copy(of message: Message, to channel: String, group: String, reason: String, history: [String], now: Int64) -> Message {
         var dead = message
-        dead.headers.removeAll { $0.key.hasPrefix("sy-dlq-") }
+        dead.headers.removeAll { $0.key.hasPrefix(DeadLetterHeader.prefix) }
         dead.headers += [
-            Header(reasonHeader, reason), Header(channelHeader, message.channel), Header(atHeader, String(now)),
-            Header(attemptsHeader, String(message.attempt)), Header(historyHeader, history.joined(separator: "\n")),
+            Header(DeadLetterHeader.reason, reason), Header(DeadLetterHeader.channel, message.channel), Header(DeadLetterHeader.at, String(now)),
+            Header(DeadLetterHeader.attempts, String(message.attempt)), Header(DeadLetterHeader.history, history.joined(separator: "\n")),
         ]
-        if !group.isEmpty { dead.headers.append(Header(groupHeader, group)) }
+        if !group.isEmpty { dead.headers.append(Header(DeadLetterHeader.group, group)) }
         dead.channel = channel
         dead.attempt = 0
         dead.deliverAtNanos = 0
@@ -86,8 +74,8 @@ public enum DeadLetter {
     /// (from `sy-dlq-channel`, else `fallbackChannel`), without the dead-letter headers, attempt 0.
     public static func original(of dead: Message, fallbackChannel: String) -> Message {
         var message = dead
-        message.channel = dead.header(channelHeader) ?? fallbackChannel
-        message.headers.removeAll { $0.key.hasPrefix("sy-dlq-") }
+        message.channel = dead.header(DeadLetterHeader.channel) ?? fallbackChannel
+        message.headers.removeAll { $0.key.hasPrefix(DeadLetterHeader.prefix) }
         message.attempt = 0
         return message
     }

@@ -140,8 +140,8 @@ struct DeadLetterCommand: ParsableCommand {
                     let m = letter.message
                     let call = ReadableCall(m)
                     return [
-                        m.id, call?.target ?? m.header(DeadLetter.channelHeader) ?? "?", m.header(DeadLetter.attemptsHeader) ?? "?",
-                        m.header(DeadLetter.atHeader).flatMap { Int64($0) }.map(formatTime) ?? "?", m.header(DeadLetter.reasonHeader) ?? "",
+                        m.id, call?.target ?? m.header(DeadLetterHeader.channel) ?? "?", m.header(DeadLetterHeader.attempts) ?? "?",
+                        m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? "?", m.header(DeadLetterHeader.reason) ?? "",
                     ]
                 }
                 if json {
@@ -178,13 +178,13 @@ struct DeadLetterCommand: ParsableCommand {
     /// every attempt, and — for a typed call — the call itself, decoded.
     static func describe(_ m: Message) -> String {
         var lines = ["id:              \(m.id)"]
-        lines.append("from channel:    \(m.header(DeadLetter.channelHeader) ?? "?")")
-        if let group = m.header(DeadLetter.groupHeader) { lines.append("group:           \(group)") }
-        lines.append("attempts made:   \(m.header(DeadLetter.attemptsHeader) ?? "?")")
-        lines.append("dead-lettered:   \(m.header(DeadLetter.atHeader).flatMap { Int64($0) }.map(formatTime) ?? "?")")
-        lines.append("reason:          \(m.header(DeadLetter.reasonHeader) ?? "")")
+        lines.append("from channel:    \(m.header(DeadLetterHeader.channel) ?? "?")")
+        if let group = m.header(DeadLetterHeader.group) { lines.append("group:           \(group)") }
+        lines.append("attempts made:   \(m.header(DeadLetterHeader.attempts) ?? "?")")
+        lines.append("dead-lettered:   \(m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? "?")")
+        lines.append("reason:          \(m.header(DeadLetterHeader.reason) ?? "")")
         lines.append("history:")
-        for entry in (m.header(DeadLetter.historyHeader) ?? "").split(separator: "\n") { lines.append("  \(readableHistory(String(entry)))") }
+        for entry in (m.header(DeadLetterHeader.history) ?? "").split(separator: "\n") { lines.append("  \(readableHistory(String(entry)))") }
         if let call = ReadableCall(m) {
             lines.append("call:            \(call.target)")
             lines.append("arguments:       \(call.argumentsJSON ?? "unreadable (\(call.argumentsProblem ?? "?"))") (\(call.encoding))")
@@ -197,7 +197,7 @@ struct DeadLetterCommand: ParsableCommand {
                 lines.append("fire-and-forget: nobody waits for its result")
             }
         }
-        for header in m.headers where !header.key.hasPrefix("sy-dlq-") { lines.append("header:          \(header.key): \(header.value)") }
+        for header in m.headers where !header.key.hasPrefix(DeadLetterHeader.prefix) { lines.append("header:          \(header.key): \(header.value)") }
         if ReadableCall(m) == nil {
             lines.append("body (\(m.body.count) bytes):")
             lines.append(String(validating: m.body, as: UTF8.self) ?? m.body.map { String(format: "%02x", $0) }.joined())
@@ -290,15 +290,15 @@ struct LetterJSON: Encodable {
 
     init(_ m: Message) {
         id = m.id
-        channel = m.header(DeadLetter.channelHeader) ?? ""
-        reason = m.header(DeadLetter.reasonHeader) ?? ""
-        deadLetteredAt = m.header(DeadLetter.atHeader).flatMap { Int64($0) }.map(formatTime) ?? ""
-        attempts = Int(m.header(DeadLetter.attemptsHeader) ?? "") ?? 0
+        channel = m.header(DeadLetterHeader.channel) ?? ""
+        reason = m.header(DeadLetterHeader.reason) ?? ""
+        deadLetteredAt = m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? ""
+        attempts = Int(m.header(DeadLetterHeader.attempts) ?? "") ?? 0
         let readable = ReadableCall(m)
         call = readable?.target
         arguments = readable?.argumentsJSON
-        history = (m.header(DeadLetter.historyHeader) ?? "").split(separator: "\n").map { DeadLetterCommand.readableHistory(String($0)) }
-        headers = Dictionary(m.headers.filter { !$0.key.hasPrefix("sy-dlq-") }.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        history = (m.header(DeadLetterHeader.history) ?? "").split(separator: "\n").map { DeadLetterCommand.readableHistory(String($0)) }
+        headers = Dictionary(m.headers.filter { !$0.key.hasPrefix(DeadLetterHeader.prefix) }.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
         body = String(validating: m.body, as: UTF8.self) ?? m.body.map { String(format: "%02x", $0) }.joined()
     }
 }

@@ -285,9 +285,9 @@ enum StandardChecks {
         try c.expect(dead.wait(for: 1), "nothing arrived on work.dlq")
         let m = dead.received[0].message
         try c.expect(m.id == "doomed" && m.body == [1, 2, 3], "the dead-letter copy differs: \(m)")
-        try c.expect(m.header("sy-dlq-reason") == "gave up", "reason header: \(m.header("sy-dlq-reason") ?? "missing")")
-        try c.expect(m.header("sy-dlq-channel") == "work", "channel header: \(m.header("sy-dlq-channel") ?? "missing")")
-        let history = m.header("sy-dlq-history") ?? ""
+        try c.expect(m.header(DeadLetterHeader.reason) == "gave up", "reason header: \(m.header(DeadLetterHeader.reason) ?? "missing")")
+        try c.expect(m.header(DeadLetterHeader.channel) == "work", "channel header: \(m.header(DeadLetterHeader.channel) ?? "missing")")
+        let history = m.header(DeadLetterHeader.history) ?? ""
         try c.expect(history.contains("flaky") && history.contains("gave up"), "history header: \(history)")
     }
 
@@ -407,8 +407,8 @@ enum StandardChecks {
             dead.received.map(\.message.id) == ["expired"],
             "exp.dlq holds \(dead.received.map(\.message.id)); expected only the expired one (the other asked to be dropped)")
         try c.expect(
-            dead.received[0].message.header("sy-dlq-reason") == "expired",
-            "reason: \(dead.received[0].message.header("sy-dlq-reason") ?? "missing"), expected expired")
+            dead.received[0].message.header(DeadLetterHeader.reason) == "expired",
+            "reason: \(dead.received[0].message.header(DeadLetterHeader.reason) ?? "missing"), expected expired")
     }
 
     static let delayNeverEarly = ConformanceCheck(

@@ -126,7 +126,7 @@ enum NATSLibrary {
             free(keys)
         }
         if addedCloudEvent {
-            for key in [CloudEventHeaders.specVersion, CloudEventHeaders.id, CloudEventHeaders.source, CloudEventHeaders.type] {
+            for key in [CloudEventsHeader.specVersion, CloudEventsHeader.id, CloudEventsHeader.source, CloudEventsHeader.type] {
                 byKey[key] = nil
             }
         }
@@ -156,7 +156,7 @@ enum NATSLibrary {
         let length = Int(natsMsg_GetDataLength(natsMessage))
         let body = natsMsg_GetData(natsMessage).map { [UInt8](UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
         return Message(
-            id: switchyardID ?? id ?? headers.first { $0.key == CloudEventHeaders.id }?.value ?? "nats-\(sequence)", channel: channel,
+            id: switchyardID ?? id ?? headers.first { $0.key == CloudEventsHeader.id }?.value ?? "nats-\(sequence)", channel: channel,
             orderingKey: orderingKey, headers: headers, body: body, attempt: attempt, enqueuedAtNanos: storedAt)
     }
 }

@@ -161,17 +161,17 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         for index in 0..<message.headerCount {
             let header = message.fields.headers[index]
             let key = String(header.key)
-            if key == CloudEventHeaders.specVersion { hasCloudEvent = true }
+            if key == CloudEventsHeader.specVersion { hasCloudEvent = true }
             order.append(key)
             natsMsgHeader_Add(natsMessage, key, String(header.value))
         }
         if !hasCloudEvent {
             // Every message on the wire is a CloudEvent: give plain messages the required
             // attributes (and take them off again on delivery, so a message arrives as it left).
-            natsMsgHeader_Add(natsMessage, CloudEventHeaders.specVersion, "1.0")
-            natsMsgHeader_Add(natsMessage, CloudEventHeaders.id, id)
-            natsMsgHeader_Add(natsMessage, CloudEventHeaders.source, "switchyard://nats/\(instance)")
-            natsMsgHeader_Add(natsMessage, CloudEventHeaders.type, "switchyard.message")
+            natsMsgHeader_Add(natsMessage, CloudEventsHeader.specVersion, "1.0")
+            natsMsgHeader_Add(natsMessage, CloudEventsHeader.id, id)
+            natsMsgHeader_Add(natsMessage, CloudEventsHeader.source, "switchyard://nats/\(instance)")
+            natsMsgHeader_Add(natsMessage, CloudEventsHeader.type, "switchyard.message")
             natsMsgHeader_Set(natsMessage, NATSHeaders.addedCloudEvent, "1")
         }
         // NATS headers are a map: keep the order the publisher gave.
@@ -453,17 +453,4 @@ enum NATSHeaders {
     static let order = "sy-header-order"
     /// Marks the CloudEvents attributes the plugin added to a plain message.
     static let addedCloudEvent = "sy-ce-added"
-}
-
-/// The CloudEvents attributes every message on the wire carries (binary content mode: attributes
-/// as `ce-` headers, the body as data).
-enum CloudEventHeaders {
-    /// `specversion`: always 1.0.
-    static let specVersion = "ce-specversion"
-    /// `id`: the message id.
-    static let id = "ce-id"
-    /// `source`: `switchyard://nats/<transport>` for plain messages.
-    static let source = "ce-source"
-    /// `type`: `switchyard.message` for plain messages.
-    static let type = "ce-type"
 }

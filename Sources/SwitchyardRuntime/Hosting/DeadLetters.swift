@@ -49,8 +49,8 @@ extension SwitchyardActorSystem {
     func deadLettered(_ message: Message, reason: String, on transport: Transport) {
         let id = message.header(EnvelopeHeader.id) ?? message.id
         if answeredDeadLetters.contains(id) { return }
-        let target = message.header(EnvelopeHeader.type) ?? message.header(DeadLetter.channelHeader) ?? message.channel
-        let attempts = message.header(DeadLetter.attemptsHeader).flatMap { Int($0) } ?? Int(message.attempt)
+        let target = message.header(EnvelopeHeader.type) ?? message.header(DeadLetterHeader.channel) ?? message.channel
+        let attempts = message.header(DeadLetterHeader.attempts).flatMap { Int($0) } ?? Int(message.attempt)
         if let identifier = message.header(EnvelopeHeader.target) {
             resolved(identifier)?.route?.metrics.deadLettered.increment()
         }

@@ -113,13 +113,13 @@ public enum ArgumentEncoding: String, Sendable, Hashable, CaseIterable {
 /// prefix; extension names are lowercase letters only, as CloudEvents requires.
 public enum EnvelopeHeader {
     /// CloudEvents `specversion` (always `1.0`).
-    public static let specVersion = "ce-specversion"
+    public static let specVersion = CloudEventsHeader.specVersion
     /// CloudEvents `id`: the envelope id.
-    public static let id = "ce-id"
+    public static let id = CloudEventsHeader.id
     /// CloudEvents `source`: the calling process.
-    public static let source = "ce-source"
+    public static let source = CloudEventsHeader.source
     /// CloudEvents `type`: the readable target, `Interface.method(labels:)`.
-    public static let type = "ce-type"
+    public static let type = CloudEventsHeader.type
     /// CloudEvents `time`: creation time, RFC 3339.
     public static let time = "ce-time"
     /// CloudEvents `datacontenttype`: how the arguments (the data) are encoded.

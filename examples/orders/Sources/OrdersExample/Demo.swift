@@ -164,7 +164,7 @@ public enum OrdersDemo {
         summary.paymentRetries = stats.paymentRetries
         summary.delivered = groups.map { ($0, stats.deliveredCount($0)) }
         summary.duplicates = stats.duplicateDeliveries
-        summary.routes = system.routeDescriptions
+        summary.routes = system.routeDescriptions  // `package`: this example is built inside the switchyard package
         return summary
     }
 

@@ -1,0 +1,37 @@
+// Header names whose meaning crosses the plugin boundary, each defined once: plugins, the host,
+// the conformance kit and the CLI all use these.
+
+/// The headers every transport with the dead-letter capability writes on a dead letter (the
+/// conformance kit checks them; `switchyard dlq` reads them). A dead letter keeps the original
+/// message's headers besides these.
+public enum DeadLetterHeader {
+    /// What every dead-letter header name starts with: removing the headers that start with it
+    /// gives back the original message's headers.
+    public static let prefix = "sy-dlq-"
+    /// Why the message was dead-lettered.
+    public static let reason = "sy-dlq-reason"
+    /// The channel it was dead-lettered from.
+    public static let channel = "sy-dlq-channel"
+    /// The subscriber group whose copy was dead-lettered (fan-out transports).
+    public static let group = "sy-dlq-group"
+    /// When, in nanoseconds since the Unix epoch.
+    public static let at = "sy-dlq-at"
+    /// How many deliveries were attempted.
+    public static let attempts = "sy-dlq-attempts"
+    /// The attempt history, one `attempt N at T: reason` line per failed attempt.
+    public static let history = "sy-dlq-history"
+}
+
+/// The CloudEvents 1.0 required attributes in binary content mode (attributes as `ce-` headers,
+/// the body as data), which every Switchyard call carries and transports that put messages on a
+/// shared wire (NATS) add to plain messages.
+public enum CloudEventsHeader {
+    /// `specversion`: always `1.0`.
+    public static let specVersion = "ce-specversion"
+    /// `id`: the message id.
+    public static let id = "ce-id"
+    /// `source`: who sent it (a URI reference).
+    public static let source = "ce-source"
+    /// `type`: what kind of event or call it is.
+    public static let type = "ce-type"
+}
