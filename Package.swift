@@ -39,6 +39,8 @@ let package = Package(
         .library(name: "switchyard-retry", type: .dynamic, targets: ["RetryPlugin"]),
         .library(name: "switchyard-nats", type: .dynamic, targets: ["NATSQueuePlugin"]),
         .library(name: "switchyard-nats-topic", type: .dynamic, targets: ["NATSTopicPlugin"]),
+        .library(name: "switchyard-postgres", type: .dynamic, targets: ["PostgresQueuePlugin"]),
+        .library(name: "switchyard-postgres-topic", type: .dynamic, targets: ["PostgresTopicPlugin"]),
         .library(name: "switchyard-example-c", type: .dynamic, targets: ["ExampleCPlugin"]),
         .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExampleSwiftPlugin"]),
         // Discard-everything plugins that `switchyard bench abi` measures the ABI crossing with.
@@ -95,6 +97,12 @@ let package = Package(
         .target(name: "NATSTransport", dependencies: ["CNats", "SwitchyardTransportKit"], path: "Plugins/NATS/Transport"),
         .target(name: "NATSQueuePlugin", dependencies: ["NATSTransport"], path: "Plugins/NATS/Queue"),
         .target(name: "NATSTopicPlugin", dependencies: ["NATSTransport"], path: "Plugins/NATS/Topic"),
+        /// libpq (Debian's libpq-dev), for the PostgreSQL plugins.
+        .systemLibrary(name: "CLibPQ", path: "Plugins/Postgres/CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        /// What `postgres` and `postgres-topic` share: a broker over a PostgreSQL store, over libpq.
+        .target(name: "PostgresTransport", dependencies: ["CLibPQ", "SwitchyardTransportKit"], path: "Plugins/Postgres/Transport"),
+        .target(name: "PostgresQueuePlugin", dependencies: ["PostgresTransport"], path: "Plugins/Postgres/Queue"),
+        .target(name: "PostgresTopicPlugin", dependencies: ["PostgresTransport"], path: "Plugins/Postgres/Topic"),
 
         // MARK: Host
 
@@ -160,7 +168,7 @@ let package = Package(
         /// The orders example system that `switchyard demo` runs (examples/orders).
         .target(
             name: "OrdersExample", dependencies: ["SwitchyardRuntime", "SwitchyardConfig"], path: "examples/orders",
-            exclude: ["README.md", "direct.yaml", "nats.yaml"], sources: ["Sources"], resources: [.copy("switchyard.yaml")]),
+            exclude: ["README.md", "direct.yaml", "nats.yaml", "postgres.yaml"], sources: ["Sources"], resources: [.copy("switchyard.yaml")]),
 
         // MARK: Benchmarks
 

@@ -10,7 +10,9 @@
 #   python3-venv    for scripts/cloudevents-check (a CloudEvents SDK reading the wire in the NATS tests)
 #   libffi-dev      libffi, for native modules
 #   libssl-dev      OpenSSL's libcrypto, for the sha256 of pinned plugin files
-SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv libffi-dev libssl-dev"
+#   libpq-dev       libpq, the PostgreSQL client the postgres plugins are built on
+#   postgresql      the PostgreSQL server the postgres tests start (as the postgres user)
+SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv libffi-dev libssl-dev libpq-dev postgresql"
 
 # Installs the packages in SWITCHYARD_DEBIAN_PACKAGES that are not installed yet.
 ensure_debian_packages() {

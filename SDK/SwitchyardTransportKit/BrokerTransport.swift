@@ -27,9 +27,11 @@ public struct BrokerConfig: Decodable, Sendable {
     /// How often expired messages nobody leases are dropped or dead-lettered ("5s").
     public var expiry_sweep: ConfigDuration?
 
-    /// The keys every broker transport accepts; fan-out transports add `retain`.
+    /// The keys every broker transport accepts, whatever its store; fan-out transports add
+    /// `retain`, and each transport adds its store's keys (``BrokerTransport/storeKeys``: `path`
+    /// for the bundled ones).
     public static let keys: Set<String> = [
-        "path", "capacity", "full_wait", "max_in_flight", "visibility_timeout", "max_message_bytes", "max_headers",
+        "capacity", "full_wait", "max_in_flight", "visibility_timeout", "max_message_bytes", "max_headers",
         "max_header_bytes", "dead_letter_suffix", "expiry_sweep",
     ]
 
@@ -85,24 +87,33 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     open class var info: PluginInfo { fatalError("BrokerTransport subclasses must override info") }
     /// Subclasses override: true for a topic (each group gets a copy).
     open class var fanOut: Bool { false }
+    /// The config keys the store reads, besides ``BrokerConfig/keys``. The default store takes
+    /// `path` (SQLite when set, memory otherwise); a transport over another store overrides this
+    /// with that store's keys and ``makeStore(context:config:fanOut:deadLetterSuffix:)``.
+    open class var storeKeys: Set<String> { ["path"] }
+
+    /// The store behind the broker. The default: SQLite at `path` when set, memory otherwise.
+    /// Override (with ``storeKeys``) to keep messages elsewhere; read your own keys with
+    /// `context.decodeConfig(YourConfig.self, allowedKeys: ...)` and name them in every error.
+    open class func makeStore(context: TransportContext, config: BrokerConfig, fanOut: Bool, deadLetterSuffix: String) throws(TransportError) -> MessageStore {
+        if let path = config.path {
+            return try SQLiteStore(
+                path: path, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000, deadLetterSuffix: deadLetterSuffix, host: context.host)
+        }
+        return MemoryStore(fanOut: fanOut, retainedPerChannel: config.retain ?? 0, deadLetterSuffix: deadLetterSuffix)
+    }
 
     /// The broker behind every ABI function.
     public let broker: Broker
 
-    /// Reads the config (memory, or SQLite with `path`) and starts the broker.
+    /// Reads the config, makes the store (``makeStore(context:config:fanOut:deadLetterSuffix:)``)
+    /// and starts the broker.
     public required init(context: TransportContext) throws(TransportError) {
         let fanOut = Self.fanOut
-        let config = try context.decodeConfig(BrokerConfig.self, allowedKeys: fanOut ? BrokerConfig.keys.union(["retain"]) : BrokerConfig.keys)
+        let allowed = BrokerConfig.keys.union(Self.storeKeys).union(fanOut ? ["retain"] : [])
+        let config = try context.decodeConfig(BrokerConfig.self, allowedKeys: allowed)
         let options = try config.options()
-        let suffix = options.deadLetterSuffix
-        let store: MessageStore
-        if let path = config.path {
-            store = try SQLiteStore(
-                path: path, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000,
-                deadLetterSuffix: suffix, host: context.host)
-        } else {
-            store = MemoryStore(fanOut: fanOut, retainedPerChannel: config.retain ?? 0, deadLetterSuffix: suffix)
-        }
+        let store = try Self.makeStore(context: context, config: config, fanOut: fanOut, deadLetterSuffix: options.deadLetterSuffix)
         broker = Broker(store: store, fanOut: fanOut, options: options, host: context.host, name: context.instanceName)
     }
 

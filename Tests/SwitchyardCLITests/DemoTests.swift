@@ -60,7 +60,7 @@ struct DemoTests {
         """,
     ]
 
-    @Test("the same program gives the same business outcome under every bundled config (embedded, direct, NATS) and the decorator configs; every call is answered")
+    @Test("the same program gives the same business outcome under every bundled config (embedded, direct, NATS, PostgreSQL) and the decorator configs; every call is answered")
     func sameOutcomeEverywhere() async throws {
         let directory = try TemporaryDirectory()
         let nats = try NATSServer(storeDirectory: directory.file("nats"))
@@ -73,6 +73,14 @@ struct DemoTests {
             ("direct.yaml", ["--config", Repository.root + "/examples/orders/direct.yaml"]),
             ("nats.yaml", ["--config", Repository.root + "/examples/orders/nats.yaml"]),
         ]
+        var postgres: PostgresServer?
+        if PostgresServer.binDirectory != nil {
+            let server = try await offPool { try PostgresServer() }
+            environment.merge(server.environment) { $1 }
+            runs.append(("postgres.yaml", ["--config", Repository.root + "/examples/orders/postgres.yaml"]))
+            postgres = server
+        }
+        defer { withExtendedLifetime(postgres) {} }
         for (name, yaml) in Self.extraConfigs.sorted(by: { $0.key < $1.key }) {
             let path = directory.file(name.replacingOccurrences(of: " ", with: "-") + ".yaml")
             try yaml.write(toFile: path, atomically: true, encoding: .utf8)

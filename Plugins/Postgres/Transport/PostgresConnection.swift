@@ -1,0 +1,193 @@
+import CLibPQ
+import Foundation
+import SwitchyardABI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One libpq connection. Not thread-safe: its owner uses it from one thread at a time.
+///
+/// Statements go through `PQexecParams` with binary results: integers are `bigint` (8 bytes,
+/// network order), text is UTF-8 bytes, `bytea` is the bytes themselves. The connection
+/// string is never part of an error: it may hold a password.
+final class PostgresConnection {
+    /// A statement parameter.
+    enum Value {
+        case int(Int64)
+        case text(String)
+        case bytes([UInt8])
+        case null
+    }
+
+    /// One row of a result, read by column index.
+    struct Row {
+        fileprivate let result: OpaquePointer
+        fileprivate let index: Int32
+
+        func isNull(_ column: Int32) -> Bool { PQgetisnull(result, index, column) == 1 }
+
+        func int(_ column: Int32) -> Int64 {
+            guard !isNull(column), PQgetlength(result, index, column) == 8, let value = PQgetvalue(result, index, column) else { return 0 }
+            var big: Int64 = 0
+            withUnsafeMutableBytes(of: &big) { $0.copyMemory(from: UnsafeRawBufferPointer(start: value, count: 8)) }
+            return Int64(bigEndian: big)
+        }
+
+        func bytes(_ column: Int32) -> [UInt8] {
+            guard !isNull(column), let value = PQgetvalue(result, index, column) else { return [] }
+            let count = Int(PQgetlength(result, index, column))
+            return value.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+        }
+
+        func text(_ column: Int32) -> String { String(decoding: bytes(column), as: UTF8.self) }
+    }
+
+    private let conninfo: String
+    private var connection: OpaquePointer?
+
+    /// Connects with `conninfo` (a libpq connection string or URI; empty: the `PG*` environment
+    /// variables and libpq's defaults).
+    init(conninfo: String) throws(TransportError) {
+        self.conninfo = conninfo
+        try connect()
+    }
+
+    deinit { PQfinish(connection) }
+
+    private func connect() throws(TransportError) {
+        if let connection { PQfinish(connection) }
+        connection = PQconnectdb(conninfo)
+        guard PQstatus(connection) == CONNECTION_OK else {
+            let reason = lastError
+            PQfinish(connection)
+            connection = nil
+            throw TransportError(.unavailable, "postgres: cannot connect: \(reason)")
+        }
+        // Notices ("relation already exists, skipping") are not errors; libpq would print them.
+        PQclear(PQexec(connection, "SET client_min_messages = warning"))
+    }
+
+    /// libpq's last error, one line.
+    var lastError: String {
+        guard let connection, let text = PQerrorMessage(connection) else { return "no connection" }
+        let message = Self.oneLine(String(cString: text))
+        return message.isEmpty ? "connection lost" : message
+    }
+
+    /// Connected and usable; reconnects once when the server went away (a restart).
+    func ensureConnected() throws(TransportError) {
+        if connection == nil || PQstatus(connection) != CONNECTION_OK { try connect() }
+    }
+
+    /// The socket, for waiting on notifications.
+    var socket: Int32 { connection.map { PQsocket($0) } ?? -1 }
+
+    /// The server process serving this connection (to tell its own notifications apart).
+    var backendPID: Int32 { connection.map { PQbackendPID($0) } ?? 0 }
+
+    /// Runs SQL without parameters (several statements allowed).
+    func script(_ sql: String) throws(TransportError) {
+        let result = PQexec(connection, sql)
+        defer { PQclear(result) }
+        try check(result)
+    }
+
+    /// Runs one statement with `parameters` (`$1`…), handing each result row to `row`; returns
+    /// the number of rows it changed or returned.
+    @discardableResult
+    func run(_ sql: String, _ parameters: [Value] = [], row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
+        var types: [Oid] = []
+        var formats: [Int32] = []
+        var lengths: [Int32] = []
+        var buffers: [UnsafeMutableRawPointer?] = []
+        defer { for buffer in buffers { free(buffer) } }
+        for parameter in parameters {
+            switch parameter {
+            case .int(let value):
+                let buffer = malloc(8)!
+                buffer.storeBytes(of: value.bigEndian, as: Int64.self)
+                buffers.append(buffer)
+                types.append(20)  // int8
+                formats.append(1)
+                lengths.append(8)
+            case .text(let value):
+                let utf8 = Array(value.utf8) + [0]
+                let buffer = malloc(utf8.count)!
+                buffer.copyMemory(from: utf8, byteCount: utf8.count)
+                buffers.append(buffer)
+                types.append(25)  // text
+                formats.append(0)
+                lengths.append(0)
+            case .bytes(let value):
+                let buffer = malloc(max(1, value.count))!
+                value.withUnsafeBytes { if let base = $0.baseAddress { buffer.copyMemory(from: base, byteCount: $0.count) } }
+                buffers.append(buffer)
+                types.append(17)  // bytea
+                formats.append(1)
+                lengths.append(Int32(value.count))
+            case .null:
+                buffers.append(nil)
+                types.append(0)
+                formats.append(0)
+                lengths.append(0)
+            }
+        }
+        let values = buffers.map { UnsafePointer<CChar>($0?.assumingMemoryBound(to: CChar.self)) }
+        let result = PQexecParams(connection, sql, Int32(parameters.count), types, values, lengths, formats, 1)
+        defer { PQclear(result) }
+        try check(result)
+        guard let result else { return 0 }
+        if PQresultStatus(result) == PGRES_TUPLES_OK {
+            let count = PQntuples(result)
+            if let row {
+                for index in 0..<count { try row(Row(result: result, index: index)) }
+            }
+            return Int(count)
+        }
+        return Int(String(cString: PQcmdTuples(result))) ?? 0
+    }
+
+    /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
+    func transaction<R>(_ body: () throws(TransportError) -> R) throws(TransportError) -> R {
+        try ensureConnected()
+        try script("BEGIN")
+        do {
+            let value = try body()
+            try script("COMMIT")
+            return value
+        } catch {
+            if PQstatus(connection) == CONNECTION_OK { try? script("ROLLBACK") }
+            throw error
+        }
+    }
+
+    private func check(_ result: OpaquePointer?) throws(TransportError) {
+        let status = result.map { PQresultStatus($0) } ?? PGRES_FATAL_ERROR
+        if status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK { return }
+        if PQstatus(connection) != CONNECTION_OK {
+            throw TransportError(.unavailable, "postgres: connection lost: \(lastError)")
+        }
+        let message = result.flatMap { PQresultErrorMessage($0) }.map { String(cString: $0) } ?? lastError
+        throw TransportError(.io, "postgres: \(Self.oneLine(message))")
+    }
+
+    /// libpq's multi-line messages as one line.
+    private static func oneLine(_ text: String) -> String {
+        text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: "; ")
+    }
+
+    // MARK: Notifications
+
+    /// Consumes what arrived on the socket and returns the notifications' senders (server
+    /// process ids) and channel names.
+    func drainNotifications() throws(TransportError) -> [(pid: Int32, channel: String)] {
+        guard PQconsumeInput(connection) == 1 else { throw TransportError(.unavailable, "postgres: connection lost: \(lastError)") }
+        var received: [(Int32, String)] = []
+        while let notification = PQnotifies(connection) {
+            received.append((notification.pointee.be_pid, String(cString: notification.pointee.relname)))
+            PQfreemem(notification)
+        }
+        return received
+    }
+}

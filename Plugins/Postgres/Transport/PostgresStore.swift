@@ -1,0 +1,416 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardPluginKit
+import SwitchyardTransportKit
+import Synchronization
+
+/// The postgres plugins' config keys, besides the broker's (``BrokerConfig``).
+struct PostgresConfig: Decodable {
+    /// A libpq connection string or URI (`host=db port=5432 dbname=app user=app`); absent: the
+    /// standard `PG*` environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`,
+    /// `PGPASSWORD`, …). Never logged: it may hold a password.
+    var conninfo: String?
+    /// The PostgreSQL schema holding the transport's tables, created when missing. Defaults to
+    /// `switchyard_queue` or `switchyard_topic`.
+    var schema: String?
+
+    static let keys: Set<String> = ["conninfo", "schema"]
+}
+
+/// A durable ``MessageStore`` in PostgreSQL: the same model as ``SQLiteStore`` (one row per
+/// stored copy, leases with an expiry in the row, acknowledged rows deleted), shared by every
+/// process that points at the same schema.
+///
+/// - **Competing consumers across processes**: leases are taken with `FOR UPDATE SKIP LOCKED`,
+///   so two processes never lease one row and never wait for each other.
+/// - **Ordering keys**: only the oldest live row of a key can be leased (acknowledged rows are
+///   deleted, so the oldest is the head).
+/// - **No polling when idle**: every change ends with `pg_notify`; a listening connection wakes
+///   the broker when another process changed the schema.
+/// - **Durable**: a publish returns once PostgreSQL committed it (`synchronous_commit` as the
+///   server is configured).
+///
+/// All statements of a store run on one connection, one at a time.
+final class PostgresStore: MessageStore, @unchecked Sendable {
+    // @unchecked: the connection is used under `connection`'s lock only; the rest is immutable or
+    // behind `shared`.
+
+    let fanOut: Bool
+    let retainedPerChannel: Int
+    private let deadLetterSuffix: String
+    private let host: HostServices
+    /// The schema, quoted for SQL.
+    private let schema: String
+    /// The notification channel (`pg_notify`), named after the schema.
+    private let notifyChannel: String
+    private let connection: Guarded<PostgresConnection>
+    private let ownBackend: Int32
+    private struct Shared {
+        var changeHandler: (@Sendable () -> Void)?
+        var cachedCounts: (depth: UInt64, inFlight: UInt64, at: Int64) = (0, 0, 0)
+    }
+    private let shared = Guarded(Shared())
+    private var listener: PostgresListener?
+
+    private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
+
+    /// Connects, creates the schema and tables when missing, and starts listening. Refuses a
+    /// schema that holds the other kind of store (queue vs topic).
+    init(config: PostgresConfig, fanOut: Bool, retainedPerChannel: Int, deadLetterSuffix: String, host: HostServices) throws(TransportError) {
+        let kind = fanOut ? "topic" : "queue"
+        let name = config.schema ?? "switchyard_\(kind)"
+        guard !name.isEmpty, name.count <= 48, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {
+            throw TransportError(.config, "config key 'schema': '\(name)' must be 1 to 48 letters, digits, '_' or '-'")
+        }
+        let connection = try PostgresConnection(conninfo: config.conninfo ?? "")
+        let quoted = "\"\(name)\""
+        try Self.prepareSchema(connection, schema: name, quoted: quoted, kind: kind)
+        self.fanOut = fanOut
+        self.retainedPerChannel = retainedPerChannel
+        self.deadLetterSuffix = deadLetterSuffix
+        self.host = host
+        schema = quoted
+        notifyChannel = "switchyard_\(name)"
+        ownBackend = connection.backendPID
+        self.connection = Guarded(connection)
+        listener = PostgresListener(conninfo: config.conninfo ?? "", channel: notifyChannel, ignoring: ownBackend) { [weak self] in
+            self?.externalChange()
+        }
+    }
+
+    deinit {
+        listener?.stop()
+    }
+
+    private static func prepareSchema(_ db: PostgresConnection, schema: String, quoted: String, kind: String) throws(TransportError) {
+        try db.transaction { () throws(TransportError) in
+            // Two processes starting at once must not both create the tables.
+            try db.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard " + schema)])
+            var exists = false
+            try db.run("SELECT 1 FROM pg_namespace WHERE nspname = $1", [.text(schema)]) { _ in exists = true }
+            if !exists { try db.script("CREATE SCHEMA \(quoted)") }
+            try db.script(
+                """
+                CREATE TABLE IF NOT EXISTS \(quoted).meta (key text PRIMARY KEY, value text NOT NULL);
+                INSERT INTO \(quoted).meta VALUES ('schema', '1'), ('kind', '\(kind)') ON CONFLICT DO NOTHING;
+                CREATE TABLE IF NOT EXISTS \(quoted).entries (
+                    id bigserial PRIMARY KEY,
+                    channel text NOT NULL,
+                    grp text NOT NULL,
+                    ordering_key text,
+                    attempt bigint NOT NULL,
+                    visible_at bigint NOT NULL,
+                    expires_at bigint NOT NULL DEFAULT 0,
+                    lease_token bigint NOT NULL DEFAULT 0,
+                    lease_until bigint NOT NULL DEFAULT 0,
+                    history text NOT NULL DEFAULT '',
+                    message bytea NOT NULL);
+                CREATE INDEX IF NOT EXISTS entries_by_group ON \(quoted).entries (channel, grp, id);
+                CREATE INDEX IF NOT EXISTS entries_by_key ON \(quoted).entries (channel, grp, ordering_key, id) WHERE ordering_key IS NOT NULL;
+                CREATE INDEX IF NOT EXISTS entries_by_expiry ON \(quoted).entries (expires_at) WHERE expires_at > 0;
+                CREATE TABLE IF NOT EXISTS \(quoted).groups (channel text NOT NULL, grp text NOT NULL, PRIMARY KEY (channel, grp));
+                CREATE TABLE IF NOT EXISTS \(quoted).retained (id bigserial PRIMARY KEY, channel text NOT NULL, message bytea NOT NULL);
+                """)
+            var stored = ""
+            try db.run("SELECT value FROM \(quoted).meta WHERE key = 'kind'") { row in stored = row.text(0) }
+            guard stored == kind else {
+                throw TransportError(.config, "config key 'schema': '\(schema)' holds a \(stored) store; a \(kind) cannot use it")
+            }
+        }
+    }
+
+    /// Runs `body` in one transaction on the store's connection.
+    private func perform<R>(_ body: (PostgresConnection) throws(TransportError) -> R) throws(TransportError) -> R {
+        try connection.withLock { (db) throws(TransportError) -> R in
+            try db.transaction { () throws(TransportError) -> R in try body(db) }
+        }
+    }
+
+    /// Tells listening processes that the schema changed (sent when the transaction commits).
+    private func notify(_ db: PostgresConnection) throws(TransportError) {
+        try db.run("SELECT pg_notify($1, '')", [.text(notifyChannel)])
+    }
+
+    private func externalChange() {
+        shared.withLock { $0.changeHandler }?()
+    }
+
+    private static let notFound = TransportError(.notFound, "unknown, settled or expired delivery")
+
+    // MARK: MessageStore
+
+    func setChangeHandler(_ handler: @escaping @Sendable () -> Void) {
+        shared.withLock { $0.changeHandler = handler }
+    }
+
+    func append(_ messages: [Message]) throws(TransportError) {
+        try insert(messages, deleting: nil)
+    }
+
+    func append(_ messages: [Message], acking ref: LeaseRef) throws(TransportError) {
+        try insert(messages, deleting: ref)
+    }
+
+    private func deleteLeased(_ ref: LeaseRef, in db: PostgresConnection) throws(TransportError) {
+        let changed = try db.run("DELETE FROM \(schema).entries WHERE id = $1 AND lease_token = $2", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+        if changed == 0 { throw Self.notFound }
+    }
+
+    private func insert(_ messages: [Message], deleting ref: LeaseRef?) throws(TransportError) {
+        let encoded = messages.map { ($0, MessageCodec.encode($0)) }
+        try perform { db throws(TransportError) in
+            if let ref { try deleteLeased(ref, in: db) }
+            for (message, blob) in encoded {
+                let key: PostgresConnection.Value = message.orderingKey.map { .text($0) } ?? .null
+                var groups = [""]
+                if fanOut && !isDeadLetterChannel(message.channel) {
+                    groups = []
+                    try db.run("SELECT grp FROM \(schema).groups WHERE channel = $1", [.text(message.channel)]) { row in groups.append(row.text(0)) }
+                    if retainedPerChannel > 0 {
+                        var id: Int64 = 0
+                        try db.run(
+                            "INSERT INTO \(schema).retained (channel, message) VALUES ($1, $2) RETURNING id", [.text(message.channel), .bytes(blob)]
+                        ) { row in id = row.int(0) }
+                        try db.run(
+                            "DELETE FROM \(schema).retained WHERE channel = $1 AND id <= $2", [.text(message.channel), .int(id - Int64(retainedPerChannel))])
+                    }
+                }
+                for group in groups {
+                    try db.run(
+                        "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        [
+                            .text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos),
+                            .int(message.expiresAtNanos), .bytes(blob),
+                        ])
+                }
+            }
+            try notify(db)
+        }
+    }
+
+    func addGroup(channel: String, group: String, start: StartPosition) throws(TransportError) {
+        let shared = !fanOut || isDeadLetterChannel(channel)
+        let grp = shared ? "" : group
+        let now = host.nowNanos()
+        try perform { db throws(TransportError) in
+            let added = try db.run(
+                "INSERT INTO \(schema).groups (channel, grp) VALUES ($1, $2) ON CONFLICT DO NOTHING", [.text(channel), .text(grp)])
+            guard added == 1, !shared, start == .earliest else { return }
+            var retained: [[UInt8]] = []
+            try db.run("SELECT message FROM \(schema).retained WHERE channel = $1 ORDER BY id", [.text(channel)]) { row in retained.append(row.bytes(0)) }
+            for blob in retained {
+                let message = try? MessageCodec.decode(blob)
+                try db.run(
+                    "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES ($1, $2, $3, 0, $4, $5, $6)",
+                    [
+                        .text(channel), .text(grp), message?.orderingKey.map { .text($0) } ?? .null, .int(now),
+                        .int(message?.expiresAtNanos ?? 0), .bytes(blob),
+                    ])
+            }
+            if !retained.isEmpty { try notify(db) }
+        }
+    }
+
+    func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
+        return try perform { db throws(TransportError) -> [LeasedMessage] in
+            var rows: [(id: Int64, attempt: Int64, token: Int64, blob: [UInt8])] = []
+            // SKIP LOCKED: rows another process is leasing right now are passed over, not waited for.
+            try db.run(
+                """
+                WITH picked AS (
+                    SELECT id FROM \(schema).entries e
+                    WHERE channel = $1 AND grp = $2 AND visible_at <= $3 AND (lease_token = 0 OR lease_until <= $3)
+                      AND (ordering_key IS NULL OR id = (SELECT MIN(id) FROM \(schema).entries k
+                           WHERE k.channel = $1 AND k.grp = $2 AND k.ordering_key = e.ordering_key))
+                    ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                UPDATE \(schema).entries u
+                SET lease_token = 1 + floor(random() * 4611686018427387903)::bigint, lease_until = $5, attempt = u.attempt + 1
+                FROM picked WHERE u.id = picked.id
+                RETURNING u.id, u.attempt, u.lease_token, u.message
+                """, [.text(channel), .text(grp), .int(now), .int(Int64(limit)), .int(leaseUntil)]
+            ) { row in rows.append((row.int(0), row.int(1), row.int(2), row.bytes(3))) }
+            var leased: [LeasedMessage] = []
+            for row in rows.sorted(by: { $0.id < $1.id }) {
+                do throws(TransportError) {
+                    var message = try MessageCodec.decode(row.blob)
+                    message.attempt = UInt32(clamping: row.attempt)
+                    leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: UInt64(row.token)), message: message))
+                } catch {
+                    // A record that does not decode is dead-lettered with its reason and raw bytes, never delivered.
+                    try db.run("DELETE FROM \(schema).entries WHERE id = $1", [.int(row.id)])
+                    guard !isDeadLetterChannel(channel) else { continue }
+                    let dead = DeadLetter.copy(
+                        of: Message(id: "corrupt-\(row.id)", channel: channel, body: row.blob), to: channel + deadLetterSuffix, group: grp,
+                        reason: error.message, history: [], now: now)
+                    try db.run(
+                        "INSERT INTO \(schema).entries (channel, grp, attempt, visible_at, message) VALUES ($1, '', 0, $2, $3)",
+                        [.text(dead.channel), .int(now), .bytes(MessageCodec.encode(dead))])
+                }
+            }
+            return leased
+        }
+    }
+
+    func ack(_ ref: LeaseRef) throws(TransportError) {
+        try perform { db throws(TransportError) in try deleteLeased(ref, in: db) }
+    }
+
+    func ack(batch refs: [LeaseRef]) -> [TransportError?] {
+        // One transaction, one commit for the whole batch.
+        let outcome = Result { () throws(TransportError) -> [TransportError?] in
+            try perform { db throws(TransportError) -> [TransportError?] in
+                try refs.map { ref throws(TransportError) -> TransportError? in
+                    let changed = try db.run(
+                        "DELETE FROM \(schema).entries WHERE id = $1 AND lease_token = $2", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+                    return changed == 0 ? Self.notFound : nil
+                }
+            }
+        }
+        switch outcome {
+        case .success(let results): return results
+        case .failure(let error): return refs.map { _ in error }
+        }
+    }
+
+    func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError) {
+        try perform { db throws(TransportError) in
+            let changed = try db.run(
+                """
+                UPDATE \(schema).entries SET lease_token = 0, lease_until = 0, visible_at = $1,
+                    history = history || 'attempt ' || attempt::text || ' at ' || $2::bigint::text || ': ' || $3 || E'\\n'
+                WHERE id = $4 AND lease_token = $5
+                """, [.int(visibleAt), .int(now), .text(reason), .int(Int64(ref.entry)), .int(Int64(ref.token))])
+            if changed == 0 { throw Self.notFound }
+            try notify(db)
+        }
+    }
+
+    func release(_ ref: LeaseRef) throws(TransportError) {
+        try perform { db throws(TransportError) in
+            let changed = try db.run(
+                "UPDATE \(schema).entries SET lease_token = 0, lease_until = 0, attempt = GREATEST(attempt - 1, 0) WHERE id = $1 AND lease_token = $2",
+                [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+            if changed == 0 { throw Self.notFound }
+            try notify(db)
+        }
+    }
+
+    @discardableResult
+    func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message {
+        try perform { db throws(TransportError) -> Message in
+            var found: (grp: String, attempt: Int64, history: String, blob: [UInt8])?
+            try db.run(
+                "DELETE FROM \(schema).entries WHERE id = $1 AND lease_token = $2 RETURNING grp, attempt, history, message",
+                [.int(Int64(ref.entry)), .int(Int64(ref.token))]
+            ) { row in found = (row.text(0), row.int(1), row.text(2), row.bytes(3)) }
+            guard let found else { throw Self.notFound }
+            var message = try MessageCodec.decode(found.blob)
+            message.attempt = UInt32(clamping: found.attempt)
+            let history = found.history.split(separator: "\n").map(String.init) + ["attempt \(found.attempt) at \(now): \(reason)"]
+            let dead = DeadLetter.copy(of: message, to: deadLetterChannel, group: found.grp, reason: reason, history: history, now: now)
+            try db.run(
+                "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES ($1, '', NULL, 0, $2, $3)",
+                [.text(deadLetterChannel), .int(now), .bytes(MessageCodec.encode(dead))])
+            try notify(db)
+            return dead
+        }
+    }
+
+    func removeExpired(now: Int64, limit: Int) throws(TransportError) -> [ExpiredEntry] {
+        try perform { db throws(TransportError) -> [ExpiredEntry] in
+            var removed: [ExpiredEntry] = []
+            try db.run(
+                """
+                DELETE FROM \(schema).entries WHERE id IN (
+                    SELECT id FROM \(schema).entries
+                    WHERE expires_at > 0 AND expires_at <= $1 AND (lease_token = 0 OR lease_until <= $1)
+                    LIMIT $2 FOR UPDATE SKIP LOCKED)
+                RETURNING id, grp, attempt, history, message, channel
+                """, [.int(now), .int(Int64(limit))]
+            ) { row in
+                // An unreadable record expires like any other; its bytes go with it.
+                let raw = row.bytes(4)
+                var message = (try? MessageCodec.decode(raw)) ?? Message(id: "corrupt-\(row.int(0))", channel: row.text(5), body: raw)
+                message.attempt = UInt32(clamping: row.int(2))
+                removed.append(ExpiredEntry(message: message, group: row.text(1), history: row.text(3).split(separator: "\n").map(String.init)))
+            }
+            return removed
+        }
+    }
+
+    func nextWakeup(channel: String, group: String, now: Int64) -> Int64? {
+        let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
+        return try? perform { db throws(TransportError) -> Int64? in
+            var earliest: Int64?
+            try db.run(
+                """
+                SELECT MIN(CASE WHEN lease_token != 0 AND lease_until > $3 THEN lease_until
+                                WHEN lease_token = 0 AND visible_at > $3 THEN visible_at END)
+                FROM \(schema).entries WHERE channel = $1 AND grp = $2
+                """, [.text(channel), .text(grp), .int(now)]
+            ) { row in earliest = row.isNull(0) ? nil : row.int(0) }
+            return earliest
+        }
+    }
+
+    /// Depth and in-flight counts, refreshed at most every 100 ms.
+    func counts() -> (depth: UInt64, inFlight: UInt64) {
+        let now = host.nowNanos()
+        let cached = shared.withLock { $0.cachedCounts }
+        if now - cached.at < 100_000_000 { return (cached.depth, cached.inFlight) }
+        let fresh =
+            (try? perform { db throws(TransportError) -> (UInt64, UInt64) in
+                var result: (UInt64, UInt64) = (0, 0)
+                try db.run(
+                    """
+                    SELECT COUNT(*) FILTER (WHERE lease_token = 0 OR lease_until <= $1),
+                           COUNT(*) FILTER (WHERE lease_token != 0 AND lease_until > $1) FROM \(schema).entries
+                    """, [.int(now)]
+                ) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
+                return result
+            }) ?? (cached.depth, cached.inFlight)
+        shared.withLock { $0.cachedCounts = (fresh.0, fresh.1, now) }
+        return fresh
+    }
+}
+
+/// A connection that `LISTEN`s on a store's channel and calls `changed` when another process
+/// (another server backend than `ignoring`) committed a change. Reconnects when the server goes
+/// away and then reports a change, since notifications sent meanwhile are lost.
+final class PostgresListener: @unchecked Sendable {
+    private let stopped = Atomic<Bool>(false)
+
+    init(conninfo: String, channel: String, ignoring ownBackend: Int32, changed: @escaping @Sendable () -> Void) {
+        let thread = Thread { [self] in
+            var connection: PostgresConnection?
+            while !stopped.load(ordering: .acquiring) {
+                if connection == nil {
+                    do throws(TransportError) {
+                        let fresh = try PostgresConnection(conninfo: conninfo)
+                        try fresh.run("SELECT pg_catalog.set_config('application_name', 'switchyard listener', false)")
+                        try fresh.script("LISTEN \"\(channel)\"")
+                        connection = fresh
+                        changed()  // whatever happened while nobody listened
+                    } catch {
+                        usleep(500_000)
+                        continue
+                    }
+                }
+                guard let listening = connection else { continue }
+                var poller = pollfd(fd: listening.socket, events: Int16(POLLIN), revents: 0)
+                guard poll(&poller, 1, 200) > 0 else { continue }
+                do throws(TransportError) {
+                    let received = try listening.drainNotifications()
+                    if received.contains(where: { $0.pid != ownBackend }) { changed() }
+                } catch {
+                    connection = nil
+                }
+            }
+        }
+        thread.name = "switchyard-postgres-listen"
+        thread.start()
+    }
+
+    func stop() { stopped.store(true, ordering: .releasing) }
+}

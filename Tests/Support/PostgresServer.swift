@@ -1,0 +1,113 @@
+import Foundation
+
+/// A PostgreSQL server of its own for a test: `initdb` into a temporary directory, `pg_ctl start`
+/// on a free loopback port, trust authentication for the `postgres` user. PostgreSQL refuses to
+/// run as root, so as root the server runs as the `postgres` user (`runuser`). Stopped and
+/// removed on deinit.
+package final class PostgresServer: @unchecked Sendable {
+    package let port: Int
+    package let directory: String
+    private var data: String { directory + "/data" }
+    private let binaries: String
+
+    /// The directory with `initdb` and `pg_ctl` (Debian's `postgresql` package), newest version
+    /// first; nil when the server is not installed.
+    package static var binDirectory: String? {
+        let root = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).sorted { (Int($0) ?? 0) > (Int($1) ?? 0) }
+        return versions.map { "\(root)/\($0)/bin" }.first { FileManager.default.isExecutableFile(atPath: $0 + "/initdb") }
+    }
+
+    /// libpq's environment for this server (what `PGHOST`, `PGPORT`… a user would set).
+    package var environment: [String: String] {
+        ["PGHOST": "127.0.0.1", "PGPORT": "\(port)", "PGUSER": "postgres", "PGDATABASE": "postgres"]
+    }
+
+    /// A libpq connection string for this server.
+    package var conninfo: String { "host=127.0.0.1 port=\(port) user=postgres dbname=postgres connect_timeout=5" }
+
+    /// Creates the cluster and starts the server.
+    package init() throws {
+        guard let binaries = Self.binDirectory else { throw NATSTestError("PostgreSQL is not installed (apt-get install postgresql)") }
+        self.binaries = binaries
+        port = try freePort()
+        var template = Array("/tmp/switchyard-pg-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw NATSTestError("mkdtemp failed") }
+        directory = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if getuid() == 0 {
+            guard let user = getpwnam("postgres") else { throw NATSTestError("no postgres user (apt-get install postgresql)") }
+            chown(directory, user.pointee.pw_uid, user.pointee.pw_gid)
+        }
+        let initdb = try Self.asServerUser(binaries + "/initdb", ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        guard initdb.status == 0 else { throw NATSTestError("initdb failed: \(initdb.stderr)") }
+        try start()
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Starts the server (again, after ``kill()``) and waits until it accepts connections.
+    package func start() throws {
+        let options = "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off"
+        // Spawned directly, not with Foundation's Process: Process learns that its child ended when
+        // a socket it shares with the child closes, and the server pg_ctl leaves running inherits
+        // that socket, so waitUntilExit would never return. Output goes to a file for the same
+        // reason (a pipe would stay open too).
+        let output = directory + "/pg_ctl.out"
+        let program = binaries + "/pg_ctl"
+        let arguments = ["-D", data, "-l", directory + "/server.log", "-o", options, "-w", "-t", "30", "start"]
+        let status = Self.spawnAndWait(getuid() == 0 ? ["/usr/sbin/runuser", "-u", "postgres", "--", program] + arguments : [program] + arguments, output: output)
+        guard status == 0 else {
+            let said = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+            let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
+            throw NATSTestError("pg_ctl start failed: \(said)\n\(log.suffix(2000))")
+        }
+    }
+
+    /// SIGKILLs the server (the postmaster; its backends exit with it), as a crash would.
+    package func kill() {
+        guard let text = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8),
+            let pid = text.split(separator: "\n").first.flatMap({ Int32($0) })
+        else { return }
+        Glibc.kill(pid, SIGKILL)
+        for _ in 0..<100 where Glibc.kill(pid, 0) == 0 { usleep(20_000) }
+        // The backends notice the postmaster's death within moments; wait for the port to close.
+        for _ in 0..<100 where canConnect(port) { usleep(20_000) }
+    }
+
+    /// Stops the server fast (`pg_ctl stop -m immediate`).
+    package func stop() {
+        _ = try? Self.asServerUser(binaries + "/pg_ctl", ["-D", data, "-m", "immediate", "-w", "stop"])
+    }
+
+    /// Runs `argv` with stdin from /dev/null and stdout and stderr into `output`; its exit status.
+    private static func spawnAndWait(_ argv: [String], output: String) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of this process goes with it: the server outlives the test, and an inherited
+        // pipe or socket of another test's child would keep that test waiting.
+        // (glibc ≥ 2.34 has posix_spawn_file_actions_addclosefrom_np; its header hides it from Swift.)
+        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") {
+            typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+        }
+        var cArguments = argv.map { strdup($0) } + [nil]
+        defer { for argument in cArguments { free(argument) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, argv[0], &actions, nil, &cArguments, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
+    }
+
+    /// Runs a server program, as the postgres user when this process is root.
+    private static func asServerUser(_ program: String, _ arguments: [String]) throws -> ProcessResult {
+        getuid() == 0 ? try run("/usr/sbin/runuser", ["-u", "postgres", "--", program] + arguments) : try run(program, arguments)
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardTestSupport
+import Testing
+
+/// The postgres plugins against a real PostgreSQL server, started by the test.
+@Suite("PostgreSQL", .enabled(if: PostgresServer.binDirectory != nil, "needs Debian's postgresql package"))
+struct PostgresTests {
+    @Test("postgres and postgres-topic pass every check their capabilities claim (each check in a schema of its own)", arguments: ["postgres", "postgres-topic"])
+    func conformance(_ plugin: String) async throws {
+        let server = try await offPool { try PostgresServer() }
+        let loaded = try BuildProducts.plugin(plugin)
+        let config = #"{"conninfo": "\#(server.conninfo)"}"#
+        let results = try await offPool { ConformanceSuite.forPlugin(loaded, configJSON: config, isolationKey: "schema").run() }
+        for result in results where result.failed { Issue.record("\(plugin): \(result)") }
+        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+    }
+
+    static func transport(_ server: PostgresServer, _ plugin: String = "postgres", extra: String = "") throws -> Transport {
+        try Transport(
+            name: "pg-test", plugin: try BuildProducts.plugin(plugin), configJSON: #"{"conninfo": "\#(server.conninfo)", "visibility_timeout": "2s"\#(extra)}"#)
+    }
+
+    /// Publishes `id` until the store acknowledges it.
+    static func publishUntilAcknowledged(_ transport: Transport, _ id: String, channel: String, seconds: Double = 30) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            do {
+                try transport.client.publish(Message(id: id, channel: channel, body: Array(id.utf8)))
+                return true
+            } catch {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        return false
+    }
+
+    @Test("the server SIGKILLed and restarted under load: every acknowledged publish is delivered")
+    func serverRestart() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let transport = try Self.transport(server)
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "load"), handler: inbox.handler(client: transport.client))
+        var acknowledged = Set<String>()
+        for index in 0..<600 {
+            if index == 200 {
+                server.kill()
+                try await offPool { try server.start() }
+            }
+            let id = "m-\(index)"
+            if await Self.publishUntilAcknowledged(transport, id, channel: "load") { acknowledged.insert(id) }
+        }
+        #expect(acknowledged.count == 600)
+        #expect(await eventually(60) { acknowledged.isSubset(of: Set(inbox.received.map(\.message.id))) })
+        let lost = acknowledged.subtracting(inbox.received.map(\.message.id))
+        #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost, e.g. \(lost.prefix(5))")
+    }
+
+    @Test("the server down: publish fails at once with a clear error; publishes and subscribers resume when it is back")
+    func unreachable() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let transport = try Self.transport(server)
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "later"), handler: inbox.handler(client: transport.client))
+        try transport.client.publish(Message(id: "before", channel: "later"))
+        #expect(await eventually(10) { inbox.count == 1 })
+        server.kill()
+        let started = ContinuousClock.now
+        let error = #expect(throws: TransportError.self) { try transport.client.publish(Message(id: "during", channel: "later")) }
+        #expect(error?.code == .unavailable, "\(String(describing: error))")
+        #expect(error?.message.hasPrefix("postgres: ") == true, "\(String(describing: error))")
+        #expect(ContinuousClock.now - started < .seconds(5), "publish took \(ContinuousClock.now - started) with the server down")
+        try await offPool { try server.start() }
+        #expect(await Self.publishUntilAcknowledged(transport, "after", channel: "later"))
+        #expect(await eventually(30) { inbox.received.contains { $0.message.id == "after" } }, "the subscriber did not resume")
+    }
+
+    @Test("a bad config names its key; a wrong password or host fails creation with libpq's reason and no password in it")
+    func configErrors() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let bad = #expect(throws: TransportError.self) { _ = try Self.transport(server, extra: #", "schema": "no\"quotes""#) }
+        #expect(bad?.configKey == "schema", "\(String(describing: bad))")
+        let path = #expect(throws: TransportError.self) {
+            _ = try Transport(name: "pg", plugin: try BuildProducts.plugin("postgres"), configJSON: #"{"path": "/tmp/x.db"}"#)
+        }
+        #expect(path?.configKey == "path", "\(String(describing: path))")
+        let refused = #expect(throws: TransportError.self) {
+            _ = try Transport(
+                name: "pg", plugin: try BuildProducts.plugin("postgres"),
+                configJSON: #"{"conninfo": "host=127.0.0.1 port=1 user=postgres password=s3cret connect_timeout=2"}"#)
+        }
+        #expect(refused?.code == .unavailable && refused?.message.contains("cannot connect") == true, "\(String(describing: refused))")
+        #expect(refused?.message.contains("s3cret") == false)
+        // A queue's schema refuses a topic.
+        let queue = try Self.transport(server, extra: #", "schema": "shared""#)
+        queue.close()
+        let kind = #expect(throws: TransportError.self) { _ = try Self.transport(server, "postgres-topic", extra: #", "schema": "shared""#) }
+        #expect(kind?.message.contains("holds a queue store") == true, "\(String(describing: kind))")
+    }
+}
