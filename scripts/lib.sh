@@ -14,6 +14,12 @@
 #   postgresql      the PostgreSQL server the postgres tests start (as the postgres user)
 SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv libffi-dev libssl-dev libpq-dev postgresql"
 
+# The suites that start many processes and kill them on purpose (the crash soak, plugins in child
+# processes, PostgreSQL servers): they load both cores for seconds, so scripts/test and
+# scripts/sanitize run them after the rest, whose timing-bound tests would otherwise miss their
+# windows on a two-core machine.
+SWITCHYARD_HEAVY_SUITES="SoakTests|IsolationTests|PostgresTests"
+
 # Installs the packages in SWITCHYARD_DEBIAN_PACKAGES that are not installed yet.
 ensure_debian_packages() {
     local missing=()

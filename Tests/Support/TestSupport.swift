@@ -17,10 +17,13 @@ package enum BuildProducts {
     package static var exampleC: String { path("libswitchyard-example-c.so") }
     package static var exampleSwift: String { path("libswitchyard-example-swift.so") }
 
+    /// Every plugin in the build directory, found once by the real loader (the first discovery
+    /// loads every file, which takes seconds under a sanitizer).
+    private static let catalog = PluginLoader().discover(in: [SearchDirectory(path: directory, source: .executableDirectory)])
+
     /// The bundled plugin called `name`, loaded by the real loader from the build directory.
     package static func plugin(_ name: String) throws -> LoadedPlugin {
-        let catalog = PluginLoader().discover(in: [SearchDirectory(path: directory, source: .executableDirectory)])
-        return try #require(catalog.plugin(named: name))
+        try #require(catalog.plugin(named: name))
     }
 }
 

@@ -133,13 +133,14 @@ struct DemoTests {
     func nothingToHostAndSwiftRoutes() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("swift-only.yaml")
-        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\n"
+        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q, deadline: 120s }\n"
             .write(toFile: path, atomically: true, encoding: .utf8)
         let started = Date()
         let call = try await run(BuildProducts.switchyard, ["call", "--config", path, "Inventory.reserve", "widget", "2"])
         #expect(call.status == 1)
         #expect(call.stderr.contains("'Inventory.reserve' is not a function of a native module") && call.stderr.contains("nothing was sent"), "\(call.stderr)")
-        #expect(Date().timeIntervalSince(started) < 4, "refused at once, not after the 5 s deadline")
+        // Far below the route's 120 s deadline, however slow this machine (a sanitizer, CI load).
+        #expect(Date().timeIntervalSince(started) < 60, "refused at once, not after the 120 s deadline")
         // Nothing was published: the queue file was never even created.
         #expect(!FileManager.default.fileExists(atPath: directory.file("q.db")))
         let run1 = try await run(BuildProducts.switchyard, ["run", "--config", path])
@@ -151,7 +152,7 @@ struct DemoTests {
     func runDrainsOnSIGTERM() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("run.yaml")
-        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\n".write(
+        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q, deadline: 120s }\n".write(
             toFile: path, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)

@@ -72,7 +72,7 @@ struct CallOptionsTests {
 
     @Test("a call's deadline overrides its route's: the caller stops waiting then")
     func deadline() async throws {
-        let system = try makeSystem(Self.queue)
+        let system = try await makeSystem(Self.queue)
         let runs = TillService.Runs()
         try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
         let till = try $Till.resolve(id: "till", using: system)
@@ -96,7 +96,7 @@ struct CallOptionsTests {
     @Test("an idempotency key runs a repeated call once per target and answers the repeat with the first outcome")
     func idempotencyKey() async throws {
         let directory = try TemporaryDirectory()
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -124,7 +124,7 @@ struct CallOptionsTests {
         "headers, the key and the deadline reach the handler in Switchyard.currentCall, through a queue and on a direct route",
         arguments: [queue, "routes:\n  Till.*: { transport: direct }\n"])
     func handlerSeesItsCall(_ yaml: String) async throws {
-        let system = try makeSystem(yaml)
+        let system = try await makeSystem(yaml)
         try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: TillService.Runs()) }
         let till = try $Till.resolve(id: "till", using: system)
         let seen = try await Switchyard.withCallOptions(CallOptions(headers: ["tenant": "acme", "region": "eu1"])) {
@@ -151,7 +151,7 @@ struct CallOptionsTests {
         ])
     func refused(_ options: CallOptions, _ expected: String) async throws {
         for yaml in [Self.queue, "routes:\n  Till.*: { transport: direct }\n"] {
-            let system = try makeSystem(yaml)
+            let system = try await makeSystem(yaml)
             let runs = TillService.Runs()
             try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
             let till = try $Till.resolve(id: "till", using: system)
@@ -172,7 +172,7 @@ struct CallOptionsTests {
 
     @Test("a fire-and-forget call still queued past its deadline is dead-lettered as expired, not run")
     func expiredFireAndForget() async throws {
-        let system = try makeSystem(Self.queue)
+        let system = try await makeSystem(Self.queue)
         let dlq = try TypedCallTests.Tap(system, transport: "memq", channel: "till.dlq")
         let till = try $Till.resolve(id: "till", using: system)
         try await Switchyard.withCallOptions(CallOptions(deadline: .milliseconds(50))) { try await till.note("stale") }

@@ -61,7 +61,7 @@ struct DrainTests {
         let first = try ChildHost(config: configPath)
         #expect(await first.waitFor("ready") != nil)
 
-        let caller = try SwitchyardActorSystem(configPath: configPath, pluginDirectories: [BuildProducts.directory])
+        let caller = try await offPool { try SwitchyardActorSystem(configPath: configPath, pluginDirectories: [BuildProducts.directory]) }
         let worker = try $Worker.resolve(id: "worker", using: caller)
         let calls = 40
         let results = Task {

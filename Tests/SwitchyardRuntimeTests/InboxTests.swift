@@ -46,7 +46,7 @@ struct InboxTests {
     func effectsCommitOnce() async throws {
         let directory = try TemporaryDirectory()
         let inboxPath = directory.file("inbox.db")
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -74,7 +74,7 @@ struct InboxTests {
     func groupsEachBookOnce() async throws {
         let directory = try TemporaryDirectory()
         let inboxPath = directory.file("inbox.db")
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               events: { plugin: topic }

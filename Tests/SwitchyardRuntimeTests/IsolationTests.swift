@@ -232,7 +232,7 @@ struct IsolationTests {
     @Test("typed calls over a transport with isolation: process in config")
     func typedCallsOverIsolatedQueue() async throws {
         let directory = try TemporaryDirectory()
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               work:
@@ -257,31 +257,27 @@ struct IsolationTests {
         try await CCompiler.fixture("hangs.so", in: plugins.path, defines: ["FIXTURE_HANG_IN_ENTRY"])
         let isolation = "isolation: { mode: process, call_timeout: 1s, host: \"\(BuildProducts.switchyard)\" }"
         // Loading either file here would kill (or hang) this test process.
-        let system = try await offPool {
-            try makeSystem(
-                """
-                plugins: { directory: "\(plugins.path)" }
-                transports:
-                  work: { plugin: queue, \(isolation) }
-                routes:
-                  "*": { transport: work, deadline: 20s }
-                """)
-        }
+        let system = try await makeSystem(
+            """
+            plugins: { directory: "\(plugins.path)" }
+            transports:
+              work: { plugin: queue, \(isolation) }
+            routes:
+              "*": { transport: work, deadline: 20s }
+            """)
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
         #expect(try await $Shop.resolve(id: "shop", using: system).place(Order(id: 1, customer: "probe", amount: 1)) == "receipt-1-probe")
         await system.shutdown()
         // A transport that wants one of them hears which files were refused, and why.
         let error = await #expect(throws: ConfigError.self) {
-            try await offPool {
-                try makeSystem(
-                    """
-                    plugins: { directory: "\(plugins.path)" }
-                    transports:
-                      bad: { plugin: crashes, \(isolation) }
-                    routes:
-                      "*": { transport: bad }
-                    """)
-            }
+            try await makeSystem(
+                """
+                plugins: { directory: "\(plugins.path)" }
+                transports:
+                  bad: { plugin: crashes, \(isolation) }
+                routes:
+                  "*": { transport: bad }
+                """)
         }
         let message = error.map { "\($0)" } ?? ""
         #expect(message.contains("unknown plugin 'crashes'"), "\(message)")
@@ -293,16 +289,14 @@ struct IsolationTests {
     func probeWithoutIsolation() async throws {
         let plugins = try TemporaryDirectory()
         try await CCompiler.fixture("crashes.so", in: plugins.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
-        let system = try await offPool {
-            try makeSystem(
-                """
-                plugins: { directory: "\(plugins.path)", probe: true }
-                transports:
-                  memq: { plugin: queue }
-                routes:
-                  "*": { transport: memq }
-                """)
-        }
+        let system = try await makeSystem(
+            """
+            plugins: { directory: "\(plugins.path)", probe: true }
+            transports:
+              memq: { plugin: queue }
+            routes:
+              "*": { transport: memq }
+            """)
         // Only the good plugins were loaded here; the crashing file was refused by the probe.
         #expect(system.transports?["memq"] != nil)
         await system.shutdown()

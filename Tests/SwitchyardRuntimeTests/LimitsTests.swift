@@ -53,7 +53,7 @@ struct LimitsTests {
 
     @Test("limits: in config: a call over them is refused before sending, naming limits.max_message_bytes")
     func runtimeRefusesOversizedCall() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             limits: { max_message_bytes: 2000, max_headers: 32 }
             transports:
@@ -81,7 +81,7 @@ struct LimitsTests {
         let directory = try TemporaryDirectory()
         let queuePath = directory.file("q.db")
         // The receiver accepts at most 1500 bytes; the caller's own limits are the defaults.
-        let receiver = try makeSystem(
+        let receiver = try await makeSystem(
             """
             limits: { max_message_bytes: 1500 }
             transports:
@@ -89,7 +89,7 @@ struct LimitsTests {
             routes:
               "*": { transport: q, deadline: 10s }
             """)
-        let caller = try makeSystem(
+        let caller = try await makeSystem(
             """
             transports:
               q: { plugin: queue, config: { path: "\(queuePath)" } }

@@ -64,7 +64,7 @@ struct NATSTests {
     func typedCallsOverNATS() async throws {
         let directory = try TemporaryDirectory()
         let server = try NATSServer(storeDirectory: directory.path)
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               jobs: { plugin: nats, config: { servers: ["\(server.url)"], stream: TYPED } }

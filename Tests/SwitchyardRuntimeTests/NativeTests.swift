@@ -130,8 +130,8 @@ struct NativeTests {
     }
 
     /// A system serving the fixture as native module `Math` with `routes`.
-    static func routedSystem(_ routes: String, _ directory: TemporaryDirectory) throws -> SwitchyardActorSystem {
-        try makeSystem(
+    static func routedSystem(_ routes: String, _ directory: TemporaryDirectory) async throws -> SwitchyardActorSystem {
+        try await makeSystem(
             """
             transports:
               q: { plugin: queue }
@@ -162,7 +162,7 @@ struct NativeTests {
         ])
     func routed(_ routes: String, _ touchIsAsync: Bool) async throws {
         let (_, directory) = try await Self.module()
-        let system = try Self.routedSystem(routes, directory)
+        let system = try await Self.routedSystem(routes, directory)
         try system.hostNative()
         #expect(try await system.callNative("Math.add", [.int(40), .int(2)]) == .int(42))
         #expect(try await system.callNative("Math.scale", [.int(3), .double(1.5)]) == .double(4.5))
@@ -182,7 +182,7 @@ struct NativeTests {
     @Test("a native call with the wrong arity or types is refused with the reason: an error reply and a dead letter")
     func wrongArguments() async throws {
         let (_, directory) = try await Self.module()
-        let system = try Self.routedSystem("  Math.*: { transport: q, deadline: 10s }", directory)
+        let system = try await Self.routedSystem("  Math.*: { transport: q, deadline: 10s }", directory)
         try system.hostNative()
         let dlq = try TypedCallTests.Tap(system, transport: "q", channel: "Math.dlq")
         for (arguments, reason) in [
@@ -216,7 +216,7 @@ struct NativeTests {
             ),
             ("native:\n  Math:\n    functions: { f: \"void()\" }\n", "native.Math.library", "is required"),
         ] {
-            let error = #expect(throws: ConfigError.self) { _ = try makeSystem(yaml, directory: directory) }
+            let error = await #expect(throws: ConfigError.self) { _ = try await makeSystem(yaml, directory: directory) }
             #expect(error?.key == key, "\(String(describing: error))")
             #expect(error?.line != nil)
             #expect(error?.message.contains(message) == true, "\(String(describing: error))")
@@ -256,7 +256,7 @@ struct NativeTests {
           Math.*: { transport: q, deadline: 20s }
         """.write(toFile: config, atomically: true, encoding: .utf8)
         // This process serves the module; the C program calls it through the durable queue.
-        let host = try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory])
+        let host = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
         try host.hostNative()
         var environment = ProcessInfo.processInfo.environment
         environment["SWITCHYARD_PLUGINS_PATH"] = BuildProducts.directory

@@ -69,10 +69,10 @@ struct RouteConfigTests {
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
             ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),
         ])
-    func capabilityErrors(_ route: String, _ key: String, _ message: String) throws {
+    func capabilityErrors(_ route: String, _ key: String, _ message: String) async throws {
         let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  " + route + "\n", baseDirectory: "/")
-        let error = #expect(throws: ConfigError.self) {
-            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        let error = await #expect(throws: ConfigError.self) {
+            _ = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
         }
         #expect(error?.key == key)
         #expect(error?.line == 7)
@@ -80,18 +80,18 @@ struct RouteConfigTests {
     }
 
     @Test("a delay route on a delay transport is accepted")
-    func delayAccepted() throws {
+    func delayAccepted() async throws {
         let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  Orders.place: { transport: later, delay: 1s }\n", baseDirectory: "/")
-        let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
         #expect(system.routes.routes.count == 1)
     }
 
     @Test("a durable path in a directory that does not exist names the key, its line and the directory")
-    func missingDirectory() throws {
+    func missingDirectory() async throws {
         let yaml = "transports:\n  work:\n    plugin: queue\n    config:\n      capacity: 10\n      path: /nonexistent-\(getpid())/work.db\nroutes:\n  '*': { transport: work }\n"
         let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/")
-        let error = #expect(throws: ConfigError.self) {
-            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        let error = await #expect(throws: ConfigError.self) {
+            _ = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
         }
         #expect(error?.key == "transports.work.config.path")
         #expect(error?.line == 6)
@@ -99,10 +99,10 @@ struct RouteConfigTests {
     }
 
     @Test("an unknown plugin fails the start, naming the transport")
-    func unknownPlugin() throws {
+    func unknownPlugin() async throws {
         let config = try SwitchyardConfig.parse(yaml: "transports:\n  x: { plugin: nosuch }\nroutes:\n  '*': { transport: x }\n", baseDirectory: "/")
-        let error = #expect(throws: ConfigError.self) {
-            _ = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+        let error = await #expect(throws: ConfigError.self) {
+            _ = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
         }
         #expect(error?.key == "transports.x")
         #expect(error?.message.contains("unknown plugin 'nosuch'") == true)

@@ -27,7 +27,7 @@ struct TracingTests {
     @Test("with the bootstrapped tracer (InMemoryTracer), the receiver's span continues the caller's trace across a queue")
     func traceFollowsTheCall() async throws {
         let tracer = ProcessTracer.shared
-        let system = try makeSystem(TypedCallTests.queueConfig)
+        let system = try await makeSystem(TypedCallTests.queueConfig)
         try system.host("traced-shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
         let shop = try $Shop.resolve(id: "traced-shop", using: system)
         let receipt = try await withSpan("checkout") { _ in try await shop.place(Order(id: 99, customer: "trace", amount: 1)) }

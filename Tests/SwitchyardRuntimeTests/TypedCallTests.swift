@@ -119,9 +119,13 @@ distributed actor TallyService: Tally {
 }
 
 /// A system over the bundled plugins (loaded from their .so files) with `yaml` as its config.
-func makeSystem(_ yaml: String, directory: TemporaryDirectory? = nil) throws -> SwitchyardActorSystem {
-    let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: directory?.path ?? NSTemporaryDirectory())
-    return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+/// Started off the cooperative pool: starting loads plugin files, which takes seconds the first
+/// time under a sanitizer, and a pool thread blocked that long starves every other test.
+func makeSystem(_ yaml: String, directory: TemporaryDirectory? = nil) async throws -> SwitchyardActorSystem {
+    try await offPool {
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: directory?.path ?? NSTemporaryDirectory())
+        return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory])
+    }
 }
 
 @Suite("Typed calls")
@@ -150,7 +154,7 @@ struct TypedCallTests {
 
     @Test("request-reply through an in-memory queue .so: values, collections, optionals")
     func requestReplyThroughQueue() async throws {
-        let system = try makeSystem(Self.queueConfig)
+        let system = try await makeSystem(Self.queueConfig)
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: system)
@@ -164,7 +168,7 @@ struct TypedCallTests {
 
     @Test("request-reply through a queue written in C (example-c .so), with JSON arguments")
     func requestReplyThroughCPluginAsJSON() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               cq: { plugin: example-c }
@@ -180,7 +184,7 @@ struct TypedCallTests {
 
     @Test("direct routes: resolve gives the local actor itself; a stub runs in-process")
     func directRoute() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             routes:
               "*": { transport: direct }
@@ -199,7 +203,7 @@ struct TypedCallTests {
 
     @Test("a direct route honours its retry policy and its deadline, as a transport route does; resolve then gives a stub, not the actor")
     func directRouteRetriesAndDeadline() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             routes:
               Shop.flaky: { transport: direct, retry: { max_attempts: 3, initial_delay: 1ms, jitter: none } }
@@ -242,7 +246,7 @@ struct TypedCallTests {
 
     @Test("a direct route for one method leaves the others unrouted: they fail with .routing, not run in process")
     func directRouteDoesNotRouteOtherMethods() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             routes:
               Shop.place: { transport: direct }
@@ -262,7 +266,7 @@ struct TypedCallTests {
 
     @Test("fire-and-forget returns once the queue has the call; the call runs later")
     func fireAndForget() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -280,7 +284,7 @@ struct TypedCallTests {
 
     @Test("topic route: every subscriber group gets each call")
     func topicFanOut() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               events: { plugin: topic }
@@ -304,7 +308,7 @@ struct TypedCallTests {
 
     @Test("delay: a route default and Switchyard.withDelay per call, through the delay .so")
     func delayedCalls() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -335,7 +339,7 @@ struct TypedCallTests {
 
     @Test("a delay on a route whose transport cannot delay is refused at the call")
     func delayWithoutCapability() async throws {
-        let system = try makeSystem(Self.queueConfig)
+        let system = try await makeSystem(Self.queueConfig)
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
         let shop = try $Shop.resolve(id: "shop", using: system)
         await #expect(throws: SwitchyardError.self) {
@@ -346,7 +350,7 @@ struct TypedCallTests {
 
     @Test("retry: a flaky call succeeds on a later attempt; one that keeps failing is dead-lettered")
     func retries() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -376,7 +380,7 @@ struct TypedCallTests {
 
     @Test("retry through the retry .so decorator: the plugin's policy decides")
     func retryDecorator() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -399,16 +403,14 @@ struct TypedCallTests {
         arguments: [false, true])
     func retryDecoratorDeadLetterAnswersTheCaller(_ isolated: Bool) async throws {
         let isolation = isolated ? ", isolation: { mode: process, call_timeout: 5s, host: \"\(BuildProducts.switchyard)\" }" : ""
-        let system = try await offPool {
-            try makeSystem(
-                """
-                transports:
-                  base: { plugin: queue\(isolation) }
-                  work: { plugin: retry, inner: base, config: { max_attempts: 3, initial_delay: 5ms, max_delay: 20ms } }
-                routes:
-                  Shop.*: { transport: work, deadline: 60s }
-                """)
-        }
+        let system = try await makeSystem(
+            """
+            transports:
+              base: { plugin: queue\(isolation) }
+              work: { plugin: retry, inner: base, config: { max_attempts: 3, initial_delay: 5ms, max_delay: 20ms } }
+            routes:
+              Shop.*: { transport: work, deadline: 60s }
+            """)
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: system)
@@ -445,7 +447,8 @@ struct TypedCallTests {
                 """, baseDirectory: NSTemporaryDirectory())
         var logger = log.logger("switchyard.runtime")
         logger.logLevel = .debug
-        let system = try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: logger)
+        let debugLogger = logger
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: debugLogger) }
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: system)
@@ -488,7 +491,7 @@ struct TypedCallTests {
 
     @Test("timeout: no reply within the route's deadline throws a typed timeout")
     func timeout() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -514,7 +517,7 @@ struct TypedCallTests {
 
     @Test("errors come back as themselves when registered, as remote errors otherwise")
     func remoteErrors() async throws {
-        let system = try makeSystem(Self.queueConfig)
+        let system = try await makeSystem(Self.queueConfig)
         system.registerError(OutOfStock.self)
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
         let shop = try $Shop.resolve(id: "shop", using: system)
@@ -533,7 +536,7 @@ struct TypedCallTests {
 
     @Test("a forged envelope naming another type's method is dead-lettered, never run")
     func forgedEnvelope() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -581,7 +584,7 @@ struct TypedCallTests {
 
     @Test("corrupt or missing arguments are refused with the reason; the caller hears why")
     func corruptArguments() async throws {
-        let system = try makeSystem(Self.queueConfig)
+        let system = try await makeSystem(Self.queueConfig)
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
         let shop = try $Shop.resolve(id: "shop", using: system)
         _ = try await shop.place(Order(id: 1, customer: "a", amount: 1))
@@ -601,7 +604,7 @@ struct TypedCallTests {
     @Test("idempotent inbox: a redelivered call is answered from the inbox, not run again")
     func inbox() async throws {
         let directory = try TemporaryDirectory()
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -628,7 +631,7 @@ struct TypedCallTests {
 
     @Test("ordering: the named argument's value becomes the message's ordering key")
     func orderingKey() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
@@ -651,7 +654,7 @@ struct TypedCallTests {
 
     @Test("a generic method is refused with a clear error before it is sent, never crashing the receiver")
     func genericMethod() async throws {
-        let system = try makeSystem(Self.queueConfig)
+        let system = try await makeSystem(Self.queueConfig)
         try system.host("tally", as: $Tally.self) { TallyService(actorSystem: $0) }
         let tally = try $Tally.resolve(id: "tally", using: system)
         do {
@@ -677,7 +680,7 @@ struct TypedCallTests {
 
     @Test("unrouted calls and fire-and-forget routes for methods with results are refused")
     func routingErrors() async throws {
-        let system = try makeSystem(
+        let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }

@@ -16,9 +16,9 @@ struct TypedDeadLetterTests {
         transports:
           orders: { plugin: queue, config: { path: "\(dir.file("orders.db"))", dead_letter_suffix: ".dead" } }
         routes:
-          Shop.*: { transport: orders, deadline: 4s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+          Shop.*: { transport: orders, deadline: 8s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
         """.write(toFile: config, atomically: true, encoding: .utf8)
-        let system = try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory])
+        let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: system)
@@ -42,8 +42,10 @@ struct TypedDeadLetterTests {
         let history = show.stdout.split(separator: "\n").filter { $0.hasPrefix("  attempt ") }
         #expect(history.count == 2 && history.allSatisfy { $0.contains("Z: ") && !$0.contains(" at 1") }, "\(history)")
 
-        // The caller's 4 s deadline passes: a plain replay says it will come back expired.
-        try await Task.sleep(until: called + .milliseconds(4200), clock: .continuous)
+        // The caller's 8 s deadline passes: a plain replay says it will come back expired. (8 s:
+        // both attempts must run before it, on a machine busy with the other tests, under a
+        // sanitizer too.)
+        try await Task.sleep(until: called + .milliseconds(8200), clock: .continuous)
         let replay = try await dlq(["replay", "--all"])
         #expect(replay.stdout.contains("replayed 1 message") && replay.stdout.contains("deadline has passed") && replay.stdout.contains("--fire-and-forget"), "\(replay.stdout)")
         var back = 0
