@@ -229,9 +229,15 @@ public final class Collector: @unchecked Sendable {
         }
     }
 
-    /// Waits until at least `count` deliveries arrived, or `seconds` passed.
+    /// How long checks wait for deliveries that should arrive, in seconds: 5, or
+    /// `SWITCHYARD_CONFORMANCE_WAIT` from the environment (raise it where everything runs slower:
+    /// a loaded CI machine, a sanitizer build; `scripts/sanitize` sets 30).
+    public static let defaultWaitSeconds: Double = ProcessInfo.processInfo.environment["SWITCHYARD_CONFORMANCE_WAIT"].flatMap(Double.init) ?? 5
+
+    /// Waits until at least `count` deliveries arrived, or `seconds` passed (by default
+    /// ``defaultWaitSeconds``).
     @discardableResult
-    public func wait(for count: Int, seconds: Double = 5) -> Bool {
+    public func wait(for count: Int, seconds: Double = Collector.defaultWaitSeconds) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while self.count < count && Date() < deadline { usleep(1000) }
         return self.count >= count

@@ -173,7 +173,7 @@ enum StandardChecks {
             handler: inbox.handler(client: t.client) { _ in first.exchange(false, ordering: .relaxed) ? nil : .ack })
         let published = wallClockNanoseconds()  // the clock the collector stamps receipts with
         try t.client.publish(message("vis-1", "vis"))
-        try c.expect(inbox.wait(for: 2, seconds: 5), "no redelivery within 5 s of a 200 ms visibility timeout")
+        try c.expect(inbox.wait(for: 2), "no redelivery within \(Collector.defaultWaitSeconds) s of a 200 ms visibility timeout")
         let r = inbox.received
         try c.expect(r[1].message.attempt == 2, "redelivery has attempt \(r[1].message.attempt), expected 2")
         // Measured from the publish, which precedes the first delivery: the receipt of the first
@@ -197,7 +197,7 @@ enum StandardChecks {
         // Long enough that ten small deliveries fit before it comes due even on a loaded machine.
         try t.client.publish(message("later-slow", "later"))
         for index in 0..<10 { try t.client.publish(message("later-\(index)", "later")) }
-        try c.expect(inbox.wait(for: 12, seconds: 5), "got \(inbox.count) of 12 deliveries")
+        try c.expect(inbox.wait(for: 12), "got \(inbox.count) of 12 deliveries")
         let r = inbox.received
         let firstSlow = r.first { $0.message.id == "later-slow" }!.at
         let secondSlow = r.last { $0.message.id == "later-slow" }!
@@ -423,7 +423,7 @@ enum StandardChecks {
         later.deliverAtNanos = due
         try t.client.publish(later)
         try t.client.publish(message("timed-now", "timed"))
-        try c.expect(inbox.wait(for: 2, seconds: 5), "got \(inbox.count) of 2")
+        try c.expect(inbox.wait(for: 2), "got \(inbox.count) of 2")
         let r = inbox.received
         try c.expect(r[0].message.id == "timed-now", "the delayed message overtook the immediate one")
         try c.expect(r[1].at >= due, "delivered \((due - r[1].at) / 1_000_000) ms early")
