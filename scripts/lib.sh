@@ -1,18 +1,23 @@
 # Shared by the scripts in this folder: install what the build needs, once, when it is missing.
 # Sourced, not run.
 
-# Debian packages the build and the tests need beyond the Swift toolchain:
+# Debian packages the build needs beyond the Swift toolchain:
 #   libc6-dev       C headers for the plugin fixtures the tests compile with the toolchain's clang
 #   libsqlite3-dev  SQLite, for the durable stores
 #   pkg-config      how SwiftPM finds system libraries
 #   libnats-dev     nats.c, the NATS client the nats plugins are built on
-#   nats-server     the NATS server the NATS tests start (and .ci/run)
-#   python3-venv    for scripts/cloudevents-check (a CloudEvents SDK reading the wire in the NATS tests)
 #   libffi-dev      libffi, for native modules
 #   libssl-dev      OpenSSL's libcrypto, for the sha256 of pinned plugin files
 #   libpq-dev       libpq, the PostgreSQL client the postgres plugins are built on
-#   postgresql      the PostgreSQL server the postgres tests start (as the postgres user)
-SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats-server python3-venv libffi-dev libssl-dev libpq-dev postgresql"
+SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev libffi-dev libssl-dev libpq-dev"
+
+# And what the tests need besides (scripts/test and scripts/sanitize install them; the demo and
+# the install do not, so they never start a database service on the machine):
+#   nats-server     the NATS server the NATS tests start (and .ci/run)
+#   python3-venv    for scripts/cloudevents-check (a CloudEvents SDK reading the wire in the NATS tests)
+#   postgresql      the PostgreSQL server the postgres tests start in temporary directories (as the
+#                   postgres user); without it those tests are skipped
+SWITCHYARD_TEST_PACKAGES="nats-server python3-venv postgresql"
 
 # The suites that start many processes and kill them on purpose (the crash soak, plugins in child
 # processes, PostgreSQL servers): they load both cores for seconds, so scripts/test and
@@ -20,10 +25,11 @@ SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev nats
 # windows on a two-core machine.
 SWITCHYARD_HEAVY_SUITES="SoakTests|IsolationTests|PostgresTests"
 
-# Installs the packages in SWITCHYARD_DEBIAN_PACKAGES that are not installed yet.
+# Installs the packages in SWITCHYARD_DEBIAN_PACKAGES, and those named as arguments, that are not
+# installed yet.
 ensure_debian_packages() {
     local missing=()
-    for package in $SWITCHYARD_DEBIAN_PACKAGES; do
+    for package in $SWITCHYARD_DEBIAN_PACKAGES "$@"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -58,7 +58,14 @@ package final class PostgresServer: @unchecked Sendable {
         let output = directory + "/pg_ctl.out"
         let program = binaries + "/pg_ctl"
         let arguments = ["-D", data, "-l", directory + "/server.log", "-o", options, "-w", "-t", "30", "start"]
-        let status = Self.spawnAndWait(getuid() == 0 ? ["/usr/sbin/runuser", "-u", "postgres", "--", program] + arguments : [program] + arguments, output: output)
+        let argv = getuid() == 0 ? ["/usr/sbin/runuser", "-u", "postgres", "--", program] + arguments : [program] + arguments
+        var status = Self.spawnAndWait(argv, output: output)
+        // After a SIGKILL, backends of the old server may still hold its shared memory for a moment
+        // ("pre-existing shared memory block is still in use"): try again.
+        for _ in 0..<10 where status != 0 {
+            usleep(300_000)
+            status = Self.spawnAndWait(argv, output: output)
+        }
         guard status == 0 else {
             let said = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
             let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""

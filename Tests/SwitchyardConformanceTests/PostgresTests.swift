@@ -80,7 +80,7 @@ struct PostgresTests {
         #expect(await eventually(30) { inbox.received.contains { $0.message.id == "after" } }, "the subscriber did not resume")
     }
 
-    @Test("a bad config names its key; a wrong password or host fails creation with libpq's reason and no password in it")
+    @Test("a bad config names its key; an unreachable server or an unparsable connection string fails creation with the reason and no password in it")
     func configErrors() async throws {
         let server = try await offPool { try PostgresServer() }
         let bad = #expect(throws: TransportError.self) { _ = try Self.transport(server, extra: #", "schema": "no\"quotes""#) }
@@ -96,6 +96,12 @@ struct PostgresTests {
         }
         #expect(refused?.code == .unavailable && refused?.message.contains("cannot connect") == true, "\(String(describing: refused))")
         #expect(refused?.message.contains("s3cret") == false)
+        // libpq's own parse errors quote the text they choke on, which may be the password.
+        let unparsable = #expect(throws: TransportError.self) {
+            _ = try Transport(name: "pg", plugin: try BuildProducts.plugin("postgres"), configJSON: #"{"conninfo": "postgresql://u:p%zzs3cret@127.0.0.1/db"}"#)
+        }
+        #expect(unparsable?.configKey == "conninfo", "\(String(describing: unparsable))")
+        #expect(unparsable?.message.contains("s3cret") == false, "\(String(describing: unparsable))")
         // A queue's schema refuses a topic.
         let queue = try Self.transport(server, extra: #", "schema": "shared""#)
         queue.close()

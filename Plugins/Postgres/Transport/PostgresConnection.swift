@@ -49,15 +49,45 @@ final class PostgresConnection {
     /// Connects with `conninfo` (a libpq connection string or URI; empty: the `PG*` environment
     /// variables and libpq's defaults).
     init(conninfo: String) throws(TransportError) {
+        try Self.validate(conninfo)
         self.conninfo = conninfo
         try connect()
     }
 
     deinit { PQfinish(connection) }
 
+    /// Settings a connection gets unless the connection string says otherwise: a connection
+    /// attempt, and a peer that stops answering mid-statement, fail within seconds instead of
+    /// the operating system's minutes (every store call waits on this connection).
+    static let defaults: [(String, String)] = [
+        ("connect_timeout", "10"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3"),
+        ("tcp_user_timeout", "30000"), ("client_encoding", "UTF8"), ("application_name", "switchyard"),
+    ]
+
+    /// Checks that `conninfo` parses, without repeating any of it: libpq's parse errors quote the
+    /// offending text, which may be part of a password.
+    static func validate(_ conninfo: String) throws(TransportError) {
+        var error: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(conninfo, &error) else {
+            if let error { PQfreemem(error) }
+            throw TransportError(.config, "config key 'conninfo': does not parse as a libpq connection string (key=value ...) or URI (postgresql://...)")
+        }
+        PQconninfoFree(options)
+    }
+
     private func connect() throws(TransportError) {
         if let connection { PQfinish(connection) }
-        connection = PQconnectdb(conninfo)
+        // The defaults first, then the connection string (expanded: its settings win).
+        var settings = Self.defaults
+        if !conninfo.isEmpty { settings.append(("dbname", conninfo)) }
+        let keywords = settings.map { strdup($0.0) } + [nil]
+        let values = settings.map { strdup($0.1) } + [nil]
+        defer { for pointer in keywords + values { free(pointer) } }
+        connection = keywords.map { UnsafePointer($0) }.withUnsafeBufferPointer { keywordPointers in
+            values.map { UnsafePointer($0) }.withUnsafeBufferPointer { valuePointers in
+                PQconnectdbParams(keywordPointers.baseAddress, valuePointers.baseAddress, 1)
+            }
+        }
         guard PQstatus(connection) == CONNECTION_OK else {
             let reason = lastError
             PQfinish(connection)
@@ -65,7 +95,7 @@ final class PostgresConnection {
             throw TransportError(.unavailable, "postgres: cannot connect: \(reason)")
         }
         // Notices ("relation already exists, skipping") are not errors; libpq would print them.
-        PQclear(PQexec(connection, "SET client_min_messages = warning"))
+        PQclear(PQexec(connection, "SET client_min_messages = error"))
     }
 
     /// libpq's last error, one line.
@@ -151,10 +181,24 @@ final class PostgresConnection {
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
     func transaction<R>(_ body: () throws(TransportError) -> R) throws(TransportError) -> R {
         try ensureConnected()
-        try script("BEGIN")
-        do {
+        do throws(TransportError) {
+            try script("BEGIN")
+        } catch {
+            // An idle connection the server dropped (a restart) is noticed only by using it; a
+            // failed BEGIN did nothing, so connect again and begin once more.
+            guard error.code == .unavailable else { throw error }
+            try connect()
+            try script("BEGIN")
+        }
+        do throws(TransportError) {
             let value = try body()
-            try script("COMMIT")
+            do throws(TransportError) {
+                try script("COMMIT")
+            } catch {
+                // The connection went away during COMMIT: the server may or may not have committed.
+                guard error.code == .unavailable else { throw error }
+                throw TransportError(.unavailable, "\(error.message) (during COMMIT: the change may have been stored)")
+            }
             return value
         } catch {
             if PQstatus(connection) == CONNECTION_OK { try? script("ROLLBACK") }

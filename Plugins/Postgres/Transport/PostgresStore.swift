@@ -151,15 +151,27 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         try insert(messages, deleting: ref)
     }
 
-    private func deleteLeased(_ ref: LeaseRef, in db: PostgresConnection) throws(TransportError) {
-        let changed = try db.run("DELETE FROM \(schema).entries WHERE id = $1 AND lease_token = $2", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
+    /// Deletes a leased row; true when it had an ordering key (the key's next row is now its head,
+    /// which consumers in other processes must hear about).
+    @discardableResult
+    private func deleteLeased(_ ref: LeaseRef, in db: PostgresConnection) throws(TransportError) -> Bool {
+        var keyed = false
+        let changed = try db.run(
+            "DELETE FROM \(schema).entries WHERE id = $1 AND lease_token = $2 RETURNING ordering_key IS NOT NULL",
+            [.int(Int64(ref.entry)), .int(Int64(ref.token))]
+        ) { row in keyed = row.bytes(0) == [1] }
         if changed == 0 { throw Self.notFound }
+        return keyed
     }
 
     private func insert(_ messages: [Message], deleting ref: LeaseRef?) throws(TransportError) {
-        let encoded = messages.map { ($0, MessageCodec.encode($0)) }
+        // Channels in a stable order (a channel's own messages keep theirs): two processes
+        // publishing to the same channels then take row and advisory locks in the same order.
+        let encoded = messages.enumerated().sorted { ($0.element.channel, $0.offset) < ($1.element.channel, $1.offset) }
+            .map { ($0.element, MessageCodec.encode($0.element)) }
         try perform { db throws(TransportError) in
             if let ref { try deleteLeased(ref, in: db) }
+            try lockForInsert(messages, in: db)
             for (message, blob) in encoded {
                 let key: PostgresConnection.Value = message.orderingKey.map { .text($0) } ?? .null
                 var groups = [""]
@@ -188,11 +200,29 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         }
     }
 
+    /// Advisory locks (held to the end of the transaction) that make concurrent transactions in
+    /// other processes behave as SQLite's one writer would:
+    /// - a topic channel's lock, shared here and exclusive in ``addGroup(channel:group:start:)``, so
+    ///   a group added while a message is published either gets its copy or finds it retained;
+    /// - an ordering key's lock, so two publishers of one key commit in the order their rows'
+    ///   ids say (the oldest row of a key must be its head).
+    /// Taken in sorted order, so two publishers never wait for each other in a cycle.
+    private func lockForInsert(_ messages: [Message], in db: PostgresConnection) throws(TransportError) {
+        if fanOut {
+            for channel in Set(messages.map(\.channel).filter { !isDeadLetterChannel($0) }).sorted() {
+                try db.run("SELECT pg_advisory_xact_lock_shared(hashtext($1))", [.text("switchyard \(schema) channel \(channel)")])
+            }
+        }
+        let keys = Set(messages.compactMap { message in message.orderingKey.map { "switchyard \(schema) key \(message.channel) \($0)" } })
+        for key in keys.sorted() { try db.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text(key)]) }
+    }
+
     func addGroup(channel: String, group: String, start: StartPosition) throws(TransportError) {
         let shared = !fanOut || isDeadLetterChannel(channel)
         let grp = shared ? "" : group
         let now = host.nowNanos()
         try perform { db throws(TransportError) in
+            if !shared { try db.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard \(schema) channel \(channel)")]) }
             let added = try db.run(
                 "INSERT INTO \(schema).groups (channel, grp) VALUES ($1, $2) ON CONFLICT DO NOTHING", [.text(channel), .text(grp)])
             guard added == 1, !shared, start == .earliest else { return }
@@ -246,6 +276,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     try db.run(
                         "INSERT INTO \(schema).entries (channel, grp, attempt, visible_at, message) VALUES ($1, '', 0, $2, $3)",
                         [.text(dead.channel), .int(now), .bytes(MessageCodec.encode(dead))])
+                    try notify(db)
                 }
             }
             return leased
@@ -253,18 +284,27 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     }
 
     func ack(_ ref: LeaseRef) throws(TransportError) {
-        try perform { db throws(TransportError) in try deleteLeased(ref, in: db) }
+        try perform { db throws(TransportError) in
+            if try deleteLeased(ref, in: db) { try notify(db) }
+        }
     }
 
     func ack(batch refs: [LeaseRef]) -> [TransportError?] {
         // One transaction, one commit for the whole batch.
         let outcome = Result { () throws(TransportError) -> [TransportError?] in
             try perform { db throws(TransportError) -> [TransportError?] in
-                try refs.map { ref throws(TransportError) -> TransportError? in
-                    let changed = try db.run(
-                        "DELETE FROM \(schema).entries WHERE id = $1 AND lease_token = $2", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
-                    return changed == 0 ? Self.notFound : nil
+                var keyed = false
+                let results = try refs.map { ref throws(TransportError) -> TransportError? in
+                    do throws(TransportError) {
+                        if try deleteLeased(ref, in: db) { keyed = true }
+                        return nil
+                    } catch {
+                        if error.code == .notFound { return error }  // this one alone; the batch goes on
+                        throw error
+                    }
                 }
+                if keyed { try notify(db) }
+                return results
             }
         }
         switch outcome {
