@@ -206,3 +206,18 @@ package final class LineBuffer: Sendable {
     package func append(_ new: [String]) { lines.withLock { $0 += new } }
     package var all: [String] { lines.withLock { $0 } }
 }
+
+/// Runs `publish` until it succeeds (a transport whose server is restarting refuses for a while),
+/// for at most `seconds`; whether it succeeded.
+package func publishUntilAcknowledged(seconds: Double = 30, _ publish: () throws -> Void) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        do {
+            try publish()
+            return true
+        } catch {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+    return false
+}

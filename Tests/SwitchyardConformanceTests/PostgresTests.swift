@@ -24,20 +24,6 @@ struct PostgresTests {
             name: "pg-test", plugin: try BuildProducts.plugin(plugin), configJSON: #"{"conninfo": "\#(server.conninfo)", "visibility_timeout": "2s"\#(extra)}"#)
     }
 
-    /// Publishes `id` until the store acknowledges it.
-    static func publishUntilAcknowledged(_ transport: Transport, _ id: String, channel: String, seconds: Double = 30) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            do {
-                try transport.client.publish(Message(id: id, channel: channel, body: Array(id.utf8)))
-                return true
-            } catch {
-                try? await Task.sleep(for: .milliseconds(100))
-            }
-        }
-        return false
-    }
-
     @Test("the server SIGKILLed and restarted under load: every acknowledged publish is delivered")
     func serverRestart() async throws {
         let server = try await offPool { try PostgresServer() }
@@ -52,7 +38,7 @@ struct PostgresTests {
                 try await offPool { try server.start() }
             }
             let id = "m-\(index)"
-            if await Self.publishUntilAcknowledged(transport, id, channel: "load") { acknowledged.insert(id) }
+            if await publishUntilAcknowledged({ try transport.client.publish(Message(id: id, channel: "load", body: Array(id.utf8))) }) { acknowledged.insert(id) }
         }
         #expect(acknowledged.count == 600)
         #expect(await eventually(60) { acknowledged.isSubset(of: Set(inbox.received.map(\.message.id))) })
@@ -76,7 +62,7 @@ struct PostgresTests {
         #expect(error?.message.hasPrefix("postgres: ") == true, "\(String(describing: error))")
         #expect(ContinuousClock.now - started < .seconds(5), "publish took \(ContinuousClock.now - started) with the server down")
         try await offPool { try server.start() }
-        #expect(await Self.publishUntilAcknowledged(transport, "after", channel: "later"))
+        #expect(await publishUntilAcknowledged({ try transport.client.publish(Message(id: "after", channel: "later", body: Array("after".utf8))) }))
         #expect(await eventually(30) { inbox.received.contains { $0.message.id == "after" } }, "the subscriber did not resume")
     }
 

@@ -33,21 +33,6 @@ struct NATSTests {
         }
     }
 
-    /// Publishes `id` until JetStream acknowledges it (a time-out may have stored it; the retry
-    /// with the same id is de-duplicated), giving up after `seconds`.
-    static func publishUntilAcknowledged(_ transport: Transport, _ id: String, channel: String, seconds: Double = 30) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            do {
-                try transport.client.publish(Message(id: id, channel: channel, body: Array(id.utf8)))
-                return true
-            } catch {
-                try? await Task.sleep(for: .milliseconds(100))
-            }
-        }
-        return false
-    }
-
     @Test("the conformance kit passes against a real nats-server", arguments: ["nats", "nats-topic"])
     func conformance(_ name: String) async throws {
         let directory = try TemporaryDirectory()
@@ -129,7 +114,7 @@ struct NATSTests {
                 try server.start()
             }
             let id = "m-\(index)"
-            if await Self.publishUntilAcknowledged(transport, id, channel: "load") { acknowledged.insert(id) }
+            if await publishUntilAcknowledged({ try transport.client.publish(Message(id: id, channel: "load", body: Array(id.utf8))) }) { acknowledged.insert(id) }
         }
         #expect(acknowledged.count == 600)
         #expect(await eventually(60) { acknowledged.isSubset(of: Set(inbox.received.map(\.message.id))) })
@@ -154,7 +139,7 @@ struct NATSTests {
         #expect(error?.message.contains("JetStream") == true || error?.message.contains("NATS") == true, "\(String(describing: error))")
         #expect(ContinuousClock.now - started < .seconds(5), "publish took \(ContinuousClock.now - started) with the server down")
         try server.start()
-        #expect(await Self.publishUntilAcknowledged(transport, "after", channel: "later"))
+        #expect(await publishUntilAcknowledged({ try transport.client.publish(Message(id: "after", channel: "later", body: Array("after".utf8))) }))
         #expect(await eventually(30) { inbox.received.contains { $0.message.id == "after" } }, "the subscriber did not resume")
     }
 
@@ -169,7 +154,7 @@ struct NATSTests {
         for index in 0..<400 {
             if index == 100 { cluster.servers[0].kill() }
             let id = "ha-\(index)"
-            if await Self.publishUntilAcknowledged(transport, id, channel: "ha", seconds: 60) { acknowledged.insert(id) }
+            if await publishUntilAcknowledged(seconds: 60, { try transport.client.publish(Message(id: id, channel: "ha", body: Array(id.utf8))) }) { acknowledged.insert(id) }
         }
         #expect(acknowledged.count == 400)
         #expect(await eventually(90) { acknowledged.isSubset(of: Set(inbox.received.map(\.message.id))) })
