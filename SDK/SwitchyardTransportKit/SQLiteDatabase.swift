@@ -153,8 +153,9 @@ public final class SQLiteDatabase {
     public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// WAL, synchronous=FULL, a busy timeout for other processes; and a refusal of databases that
-    /// belong to another application (tables but no `switchyard_meta`).
-    public func configureDurable() throws(TransportError) {
+    /// belong to another application (tables but no `switchyard_meta`), unless
+    /// `sharedWithApplication` (the runtime's outbox lives in the application's own database).
+    public func configureDurable(sharedWithApplication: Bool = false) throws(TransportError) {
         // Another process holding the write lock (several processes share one file) is waited for
         // in microseconds, not SQLite's default busy_timeout steps (1, 2, 5 … 100 ms), which cost
         // two processes exchanging calls milliseconds per hop. Gives up after about 10 s.
@@ -173,7 +174,7 @@ public final class SQLiteDatabase {
         try execute("PRAGMA synchronous = FULL")
         var tables = Set<String>()
         try run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
-        if !tables.isEmpty && !tables.contains("switchyard_meta") {
+        if !sharedWithApplication && !tables.isEmpty && !tables.contains("switchyard_meta") {
             throw TransportError(.config, "config key 'path': '\(path)' is a SQLite database of another application (no switchyard_meta table)")
         }
     }

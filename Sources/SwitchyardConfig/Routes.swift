@@ -12,6 +12,7 @@ extension SwitchyardConfig {
     ///     retry: { max_attempts: 4, initial_delay: 50ms }
     ///     ordering: customerID      # the argument whose value is the ordering key
     ///     inbox: { window: 10m }    # execute each call at most once per window
+    ///     outbox: true              # the handler's follow-up calls commit with its inbox record
     /// ```
     public struct RouteEntry: Sendable {
         /// The pattern as written: `Interface.method`, `Interface.*` or `*`.
@@ -30,6 +31,10 @@ extension SwitchyardConfig {
         public var orderingArgument: String?
         /// The idempotent inbox, or nil for none.
         public var inbox: Inbox?
+        /// Whether the fire-and-forget calls a handler of this route makes are written to an
+        /// outbox in the inbox's database, in the transaction that records the handled call, and
+        /// relayed to their transports after it commits (docs/transactions.md). Needs ``inbox``.
+        public var outbox: Bool
         /// How arguments and results are encoded.
         public var encoding: String
         /// How many calls one hosted actor executes at a time for this route.
@@ -59,7 +64,7 @@ extension SwitchyardConfig {
         /// A route's keys, each named once: the parser, the runtime's checks and its errors use
         /// these.
         public enum Key: String, Sendable, CaseIterable {
-            case transport, mode, deadline, delay, retry, ordering, inbox, encoding, concurrency
+            case transport, mode, deadline, delay, retry, ordering, inbox, outbox, encoding, concurrency
         }
 
         /// Whether the file sets `key` on this route (rather than leaving its default).
@@ -77,7 +82,7 @@ extension SwitchyardConfig {
             if let problem = routePatternProblem(pattern) { throw ConfigError(key: value.path, line: value.line, message: problem) }
             var route = RouteEntry(
                 pattern: pattern, transport: "", mode: .requestReply, deadlineNanos: 30_000_000_000, delayNanos: 0,
-                retryJSON: nil, orderingArgument: nil, inbox: nil, encoding: "compact", concurrency: 16, lines: ["": value.line ?? 0])
+                retryJSON: nil, orderingArgument: nil, inbox: nil, outbox: false, encoding: "compact", concurrency: 16, lines: ["": value.line ?? 0])
             for (name, field) in try value.mapping(allowed: RouteEntry.Key.allCases.map(\.rawValue)) {
                 route.lines[name] = field.line
                 guard let key = RouteEntry.Key(rawValue: name) else { continue }
@@ -115,10 +120,16 @@ extension SwitchyardConfig {
                         }
                     }
                     route.inbox = inbox
+                case .outbox: route.outbox = try field.bool()
                 }
             }
             guard !route.transport.isEmpty else {
                 throw ConfigError(key: value.path + ".transport", line: value.line, message: "is required (a configured transport, or direct)")
+            }
+            if route.outbox && route.inbox == nil {
+                throw ConfigError(
+                    key: route.key(.outbox), line: route.line(.outbox),
+                    message: "needs an inbox on the same route: the follow-up calls commit with the record that the call was handled (add inbox: { path: ... }; without a path the outbox is kept in memory)")
             }
             routes.append(route)
         }

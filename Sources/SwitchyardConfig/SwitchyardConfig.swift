@@ -24,6 +24,26 @@ public struct SwitchyardConfig: Sendable {
     /// `limits:` — message size and header bounds the runtime enforces when it sends a call or
     /// reply (refusing it with the key) and when it receives one (dead-lettering it).
     public var limits = MessageLimits()
+    /// `outboxes:` — the application's databases that ``SwitchyardActorSystem/transaction(on:_:)``
+    /// commits calls in, by name, in file order.
+    public var outboxes: [OutboxEntry] = []
+
+    /// One application database with an outbox: calls made inside a transaction on it are
+    /// written to its `switchyard_outbox` table with the application's own rows and relayed
+    /// after the commit (docs/transactions.md).
+    ///
+    /// ```yaml
+    /// outboxes:
+    ///   shop: { path: "${SWITCHYARD_DATA}/shop.db" }   # SQLite, relative to this file
+    /// ```
+    public struct OutboxEntry: Sendable {
+        /// The name `transaction(on:)` takes.
+        public var name: String
+        /// The SQLite database file.
+        public var path: String
+        /// The entry's line in the file.
+        public var line: Int?
+    }
 
     /// One configured transport: an instance of a plugin, maybe decorating another transport.
     public struct TransportEntry: Sendable {
@@ -146,8 +166,9 @@ public struct SwitchyardConfig: Sendable {
         var config = SwitchyardConfig()
         guard let root = try parseConfigYAML(try EnvironmentExpansion.expand(yaml, environment: environment)) else { return config }
         var routesNode: ConfigNode?
-        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes", "native", "limits"]) {
+        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes", "native", "limits", "outboxes"]) {
             switch key {
+            case "outboxes": config.outboxes = try parseOutboxes(value, baseDirectory: baseDirectory)
             case "limits": config.limits = try parseLimits(value)
             case "native": config.native = try parseNative(value, baseDirectory: baseDirectory)
             case "plugins": config.plugins = try PluginsSection(value, baseDirectory: baseDirectory)
@@ -165,6 +186,22 @@ public struct SwitchyardConfig: Sendable {
 }
 
 extension SwitchyardConfig {
+    /// `outboxes:` — name → `{ path: FILE }`.
+    static func parseOutboxes(_ node: ConfigNode, baseDirectory: String) throws(ConfigError) -> [OutboxEntry] {
+        var outboxes: [OutboxEntry] = []
+        for (name, value) in try node.entries() {
+            var path: String?
+            for (key, field) in try value.mapping(allowed: ["path"]) where key == "path" {
+                path = resolve(path: try field.string(), against: baseDirectory)
+            }
+            guard let path else {
+                throw ConfigError(key: value.path + ".path", line: value.line, message: "is required: the application's SQLite database the outbox table lives in")
+            }
+            outboxes.append(OutboxEntry(name: name, path: path, line: value.line))
+        }
+        return outboxes
+    }
+
     /// `limits:` — what the runtime sends and accepts, on every route and transport.
     static func parseLimits(_ node: ConfigNode) throws(ConfigError) -> MessageLimits {
         var limits = MessageLimits()

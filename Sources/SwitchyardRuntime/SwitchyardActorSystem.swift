@@ -62,6 +62,10 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     private let replySubscriptions = Guarded<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)
     let answeredDeadLetters = AnsweredDeadLetters()
+    /// One relay per outbox database (routes with `outbox: true`, `outboxes:`).
+    let outboxRelays: OutboxRelays
+    /// The application databases of `outboxes:`, by name.
+    let outboxes: [String: ApplicationOutbox]
 
     /// Starts a system from a config file: loads the plugins, creates the transports, checks
     /// every route against its transport's capabilities. Nothing starts half-configured: any
@@ -91,15 +95,20 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             : try TransportSet.start(
                 config, discovery: PluginDiscovery(config: config, commandLine: pluginDirectories), only: Array(Set(needed)).sorted(), logger: logger)
         let created = transports
+        let relays = OutboxRelays(transports: created, logger: logger)
+        outboxRelays = relays
         do {
-            routes = RouteTable(try config.routes.map { (entry) throws(ConfigError) in try Route(entry, transports: created) })
+            routes = RouteTable(try config.routes.map { (entry) throws(ConfigError) in try Route(entry, transports: created, relays: relays) })
+            outboxes = try Self.applicationOutboxes(config, relays: relays)
         } catch {
+            relays.stop()
             created?.close()
             throw error
         }
         do {
             nativeModules = Dictionary(uniqueKeysWithValues: try config.native.map { (entry) throws(ConfigError) in (entry.interface, try NativeModule(entry)) })
         } catch {
+            relays.stop()
             created?.close()
             throw error
         }
@@ -110,6 +119,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     deinit {
         if SystemState(rawValue: state.load(ordering: .relaxed)) != .stopped {
             pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
+            outboxRelays.stop()
             transports?.close()
         }
     }

@@ -90,6 +90,12 @@ extension SwitchyardActorSystem {
             let options = Switchyard.callOptions
             let deadlineNanos = options.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
             let message = try message(id, call, invocation, route: route, options: options, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
+            if let capture = Switchyard.outboxCapture {
+                // Inside a transaction: written to its outbox when it commits, relayed after.
+                try checkLimits(message, call)
+                capture.add(OutboxMessage(transport: route.entry.transport, message: message))
+                return
+            }
             if let cost = route.cost {
                 try await cost.run { [self] in try publish(message, call, route) }
             } else {
@@ -149,10 +155,14 @@ extension SwitchyardActorSystem {
         }
     }
 
-    private func publish(_ message: Message, _ call: CallTarget, _ route: Route) throws {
+    private func checkLimits(_ message: Message, _ call: CallTarget) throws {
         if let violation = config.limits.violation(of: message, keyPrefix: "limits.") {
             throw SwitchyardError.limitExceeded(target: call.name, reason: violation)
         }
+    }
+
+    private func publish(_ message: Message, _ call: CallTarget, _ route: Route) throws {
+        try checkLimits(message, call)
         do {
             try route.transport!.client.publish(message)
         } catch {

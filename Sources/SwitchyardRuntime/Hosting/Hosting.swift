@@ -201,7 +201,7 @@ extension SwitchyardActorSystem {
             case .success(let value):
                 finished = true
                 let body = (try? NativeCodec.encode([value], envelope.contentType)) ?? []
-                return complete(item, route: route, key: claimed ? key : nil, outcome: "return", body: body, effects: [])
+                return complete(item, route: route, key: claimed ? key : nil, outcome: "return", body: body, effects: [], outbox: [])
             }
         }
 
@@ -215,12 +215,15 @@ extension SwitchyardActorSystem {
         route?.metrics.inFlight.increment()
         defer { route?.metrics.inFlight.decrement() }
         let effects = claimed ? InboxEffects(durable: route?.inbox?.isDurable == true) : nil
+        // With `outbox: true`, the handler's fire-and-forget calls wait for its inbox record.
+        let capture = claimed && route?.outbox != nil ? OutboxCapture() : nil
         let current = CallContext(
             id: envelope.id, target: readable, attempt: Int(item.attempt), headers: envelope.headers,
             idempotencyKey: envelope.idempotencyKey,
             deadlineNanos: envelope.deadlineNanos > 0 ? envelope.deadlineNanos : nil, source: envelope.source)
         await Switchyard.$currentCall.withValue(current) {
             await Switchyard.$inboxEffects.withValue(effects) {
+              await Switchyard.$outboxCapture.withValue(capture) {
                 await withSpan(call.name, context: context, ofKind: .consumer) { span in
                     do {
                         var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
@@ -232,6 +235,7 @@ extension SwitchyardActorSystem {
                         failure = error
                     }
                 }
+              }
             }
         }
         if let failure {
@@ -295,23 +299,37 @@ extension SwitchyardActorSystem {
                 return
             }
         }
-        // A result (or an error that is the call's result).
+        // A result (or an error that is the call's result). A handler that threw rolls back: the
+        // inbox remembers its error, but its effects and follow-up calls are dropped.
         finished = true
         let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
-        complete(item, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body, effects: effects?.all ?? [])
+        let committed = if case .error = outcome { false } else { true }
+        complete(
+            item, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
+            effects: committed ? effects?.all ?? [] : [], outbox: committed ? capture?.messages ?? [] : [])
     }
 
     /// Ends a handled call: remembers it in the inbox under `key` (committing the handler's
-    /// effects), replies, acknowledges. Remembering comes first: if it fails nothing was
-    /// committed and the call runs again later; if another process remembered it first, its
-    /// reply is the answer.
-    private func complete(_ item: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect]) {
+    /// effects and its follow-up calls in the outbox), replies, acknowledges. Remembering comes
+    /// first: if it fails nothing was committed and the call runs again later; if another process
+    /// remembered it first, its reply is the answer (and this run's follow-ups are dropped).
+    private func complete(
+        _ item: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
+    ) {
         var (outcome, body) = (outcome, body)
         if let key, let inbox = route?.inbox {
+            var effects = effects
+            let relay = route?.outbox
+            if inbox.isDurable && !outbox.isEmpty {
+                effects.append(InboxEffect { database in try SQLiteOutboxStorage.insert(outbox, into: database) })
+            }
             do throws(TransportError) {
                 if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects) {
                     route?.metrics.duplicates.increment()
                     (outcome, body) = (first.outcome, first.reply)
+                } else if let relay, !outbox.isEmpty {
+                    (relay.storage as? MemoryOutboxStorage)?.add(outbox)
+                    relay.wake()
                 }
             } catch {
                 logger.error("inbox write failed; the call runs again later", metadata: ["target": "\(item.envelope.target.name)", "error": "\(error.message)"])

@@ -18,7 +18,9 @@ extension SwitchyardActorSystem: Service {
     /// 2. lets running calls finish and send their replies;
     /// 3. waits for this process's own outstanding calls to get their replies;
     /// 4. releases the deliveries that were taken but not started, so they are redelivered at once;
-    /// 5. fails whatever is still waiting, unsubscribes and closes the transports.
+    /// 5. relays what the finished calls committed to outboxes (what is left stays in the
+    ///    database, for the next process with that outbox);
+    /// 6. fails whatever is still waiting, unsubscribes and closes the transports.
     ///
     /// Calling it again does nothing.
     public func shutdown(deadline: Duration = .seconds(30)) async {
@@ -68,6 +70,8 @@ extension SwitchyardActorSystem: Service {
                 worker.cancel()
             }
         }
+        // What the finished calls committed to outboxes goes out before the transports close.
+        await outboxRelays.drainAndStop(until: until)
         state.store(SystemState.stopped.rawValue, ordering: .releasing)
         let unfinished = pending.count
         pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }

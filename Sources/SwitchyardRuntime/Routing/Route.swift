@@ -19,6 +19,8 @@ struct Route: Sendable {
     let encoding: ArgumentEncoding
     /// The idempotent inbox, or nil.
     let inbox: Inbox?
+    /// The relay of the outbox in the inbox's database (`outbox: true`), or nil.
+    let outbox: OutboxRelay?
     /// Counters and timers.
     let metrics: RouteMetrics
     /// Where calls into the transport run (inline, or off the task's thread once they wait for
@@ -36,7 +38,7 @@ struct Route: Sendable {
     }
 
     /// Checks the entry against its transport; every problem names the key and line.
-    init(_ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?) throws(ConfigError) {
+    init(_ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?, relays: OutboxRelays) throws(ConfigError) {
         self.entry = entry
         typealias Key = SwitchyardConfig.RouteEntry.Key
         func fail(_ key: Key, under subkey: String? = nil, _ message: String) -> ConfigError {
@@ -45,7 +47,7 @@ struct Route: Sendable {
         if entry.transport == SwitchyardConfig.RouteEntry.direct {
             transport = nil
             capabilities = []
-            for key in [Key.delay, .inbox, .ordering, .encoding, .mode] where entry.sets(key) {
+            for key in [Key.delay, .inbox, .outbox, .ordering, .encoding, .mode] where entry.sets(key) {
                 throw fail(key, "a direct route calls the local actor in the caller's task; '\(key.rawValue)' needs a transport")
             }
         } else {
@@ -92,6 +94,15 @@ struct Route: Sendable {
             }
         } else {
             self.inbox = nil
+        }
+        if entry.outbox {
+            do {
+                outbox = try relays.relay(database: entry.inbox?.path)
+            } catch {
+                throw fail(.inbox, under: "path", "the outbox table: \(error)")
+            }
+        } else {
+            outbox = nil
         }
         metrics = RouteMetrics(route: entry.pattern)
         cost = transport.flatMap(CallCost.of)

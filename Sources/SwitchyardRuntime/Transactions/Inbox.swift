@@ -167,6 +167,11 @@ extension Switchyard {
     /// The running call's effects list, on routes with an inbox.
     @TaskLocal static var inboxEffects: InboxEffects?
 
+    /// Whether ``inboxTransaction(_:)`` can be used here: inside a handler whose route has a
+    /// durable inbox. Code that runs on several configs (a durable inbox in production, none in a
+    /// test) asks this first.
+    public static var inboxTransactionAvailable: Bool { inboxEffects?.durable == true }
+
     /// Adds `work` to the transaction that records the running call in its route's durable inbox
     /// (`inbox: { path: ... }`): it runs once the handler has returned, against the inbox's SQLite
     /// database, and commits together with the record that the call was handled. However often
@@ -183,8 +188,10 @@ extension Switchyard {
     /// }
     /// ```
     ///
-    /// Keep your tables apart from the inbox's own (`inbox`, `switchyard_meta`). If `work` throws,
-    /// nothing is committed and the call is delivered again later. Effects outside this
+    /// Keep your tables apart from the inbox's own (`inbox`, `switchyard_meta`,
+    /// `switchyard_outbox`). If `work` throws, nothing is committed and the call is delivered
+    /// again later. If the handler throws, its effects are dropped (a rollback): the inbox
+    /// remembers the error it threw as the call's outcome, on routes where that is the outcome. Effects outside this
     /// transaction (another database, an HTTP call) are at-least-once: the inbox skips a handled
     /// call, but a crash between such an effect and the inbox's commit repeats it.
     ///

@@ -1,0 +1,249 @@
+import Distributed
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardTestSupport
+import SwitchyardTransportKit
+import SwitchyardWire
+import Testing
+
+@testable import SwitchyardRuntime
+
+@Resolvable
+protocol Accounts: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// Books `id` and announces it; throws after announcing when `fail` (a rolled-back handler).
+    distributed func post(_ id: Int, fail: Bool) async throws
+}
+
+@Resolvable
+protocol Notices: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func notice(_ id: Int) async throws
+}
+
+struct AccountsRefused: Error {}
+
+distributed actor AccountsService: Accounts {
+    typealias ActorSystem = SwitchyardActorSystem
+    let notices: any Notices
+
+    init(actorSystem: ActorSystem, notices: any Notices) {
+        self.actorSystem = actorSystem
+        self.notices = notices
+    }
+
+    distributed func post(_ id: Int, fail: Bool) async throws {
+        if Switchyard.inboxTransactionAvailable {
+            try Switchyard.inboxTransaction { db in
+                try db.execute("CREATE TABLE IF NOT EXISTS booked (id INTEGER NOT NULL, label TEXT NOT NULL)")
+                try db.run("INSERT INTO booked VALUES (?, 'ledger')", [.int(Int64(id))])
+            }
+        }
+        try await notices.notice(id)
+        if fail { throw AccountsRefused() }
+    }
+}
+
+/// Keeps the ids it is told, in arrival order.
+distributed actor NoticeCollector: Notices {
+    typealias ActorSystem = SwitchyardActorSystem
+    let seen: Guarded<[Int]>
+
+    init(actorSystem: ActorSystem, seen: Guarded<[Int]>) {
+        self.actorSystem = actorSystem
+        self.seen = seen
+    }
+
+    distributed func notice(_ id: Int) async throws { seen.withLock { $0.append(id) } }
+}
+
+/// Messages waiting in the `switchyard_outbox` table of the database at `path`.
+func outboxDepth(_ path: String) throws -> Int {
+    let database = try SQLiteDatabase(path: path)
+    var count = 0
+    try database.run("SELECT count(*) FROM switchyard_outbox") { row in count = Int(row.int(0)) }
+    return count
+}
+
+@Suite("Transactional outbox")
+struct OutboxTests {
+    @Test(
+        "a handler's follow-up calls go out once its inbox record commits; a handler that throws sends none",
+        arguments: [true, false])
+    func handlerFollowUps(durable: Bool) async throws {
+        let directory = try TemporaryDirectory()
+        let inboxPath = directory.file("ledger-inbox.db")
+        let inbox = durable ? "inbox: { window: 1h, path: \"\(inboxPath)\" }" : "inbox: { window: 1h }"
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            routes:
+              Accounts.*: { transport: work, \(inbox), outbox: true }
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+
+        try await ledger.post(1, fail: false)
+        await #expect(throws: (any Error).self) { try await ledger.post(2, fail: true) }
+        try await ledger.post(3, fail: false)
+        #expect(await eventually { seen.withLock { Set($0) } == [1, 3] })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(seen.withLock { $0.sorted() } == [1, 3], "the rolled-back handler's notice must never be sent")
+        if durable {
+            #expect(try booked(in: inboxPath) == ["ledger:1", "ledger:3"])
+            #expect(await eventually { (try? outboxDepth(inboxPath)) == 0 })
+        }
+        await system.shutdown()
+    }
+
+    @Test("calls inside system.transaction commit with the application's rows; a body that throws writes and sends nothing")
+    func applicationTransaction() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+
+        let value = try await system.transaction(on: "shop") { db in
+            try db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
+            _ = try db.run("INSERT INTO orders VALUES (10)")
+            try await notices.notice(10)
+            return "committed"
+        }
+        #expect(value == "committed")
+        await #expect(throws: AccountsRefused.self) {
+            try await system.transaction(on: "shop") { db in
+                _ = try db.run("INSERT INTO orders VALUES (11)")
+                try await notices.notice(11)
+                throw AccountsRefused()
+            }
+        }
+        #expect(await eventually { seen.withLock { $0 } == [10] })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(seen.withLock { $0 } == [10])
+        var orders: [Int64] = []
+        try SQLiteDatabase(path: shop).run("SELECT id FROM orders") { row in orders.append(row.int(0)) }
+        #expect(orders == [10])
+
+        // An unknown name says which exist.
+        await #expect {
+            try await system.transaction(on: "nope") { _ in }
+        } throws: { error in
+            "\(error)".contains("no outbox named 'nope'") && "\(error)".contains("shop")
+        }
+        await system.shutdown()
+    }
+
+    @Test("the relay publishes what another process committed and left in the outbox, in order per destination")
+    func relaysLeftovers() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try await system.transaction(on: "shop") { _ in try await notices.notice(0) }
+        #expect(await eventually { seen.withLock { $0 } == [0] })
+
+        // Rows another process committed before it crashed, written as its transaction would.
+        let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
+        let database = try SQLiteDatabase(path: shop)
+        try database.configureDurable(sharedWithApplication: true)
+        try database.execute("BEGIN IMMEDIATE")
+        var messages: [OutboxMessage] = []
+        for id in 1...20 {
+            var arguments: [UInt8] = []
+            try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
+            let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
+            messages.append(OutboxMessage(transport: "work", message: envelope.message(channel: "notices")))
+        }
+        try SQLiteOutboxStorage.insert(messages, into: database)
+        try database.execute("COMMIT")
+        // Found by the relay's poll (once a second), not by a wake-up.
+        #expect(await eventually { seen.withLock { $0.count } == 21 })
+        #expect(seen.withLock { $0 } == Array(0...20))
+        #expect(await eventually { (try? outboxDepth(shop)) == 0 })
+        await system.shutdown()
+    }
+
+    @Test("a transaction whose outbox write fails rolls back whole, throws and sends nothing")
+    func failedCommit() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        // A body that breaks the transaction itself (a constraint failure inside SQL it ran
+        // and swallowed) still rolls back whole: the call goes nowhere.
+        await #expect(throws: (any Error).self) {
+            try await system.transaction(on: "shop") { db in
+                try await notices.notice(99)
+                try db.execute("DROP TABLE switchyard_outbox")
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(seen.withLock { $0 }.isEmpty)
+        #expect(try outboxDepth(shop) == 0)
+        await system.shutdown()
+    }
+
+    @Test("config: an outbox needs an inbox on its route, and an outboxes entry needs a path")
+    func configErrors() throws {
+        #expect {
+            _ = try SwitchyardConfig.parse(
+                yaml: """
+                    transports: { work: { plugin: queue } }
+                    routes:
+                      Accounts.*: { transport: work, outbox: true }
+                    """, baseDirectory: "/tmp")
+        } throws: { error in
+            let error = error as? ConfigError
+            return error?.key == "routes.Accounts.*.outbox" && error?.line == 3 && error?.message.contains("needs an inbox") == true
+        }
+        #expect {
+            _ = try SwitchyardConfig.parse(yaml: "outboxes:\n  shop: {}\n", baseDirectory: "/tmp")
+        } throws: { error in
+            (error as? ConfigError)?.key == "outboxes.shop.path"
+        }
+        #expect {
+            _ = try SwitchyardConfig.parse(
+                yaml: """
+                    transports: { work: { plugin: queue } }
+                    routes:
+                      Accounts.*: { transport: work, inbox: {}, outbox: maybe }
+                    """, baseDirectory: "/tmp")
+        } throws: { error in
+            (error as? ConfigError)?.key == "routes.Accounts.*.outbox"
+        }
+    }
+}
