@@ -26,6 +26,8 @@ let package = Package(
         .library(name: "SwitchyardConfig", targets: ["SwitchyardConfig"]),
         /// The wire form of a call (envelope, CloudEvents headers, compact codec), for interop tools.
         .library(name: "SwitchyardWire", targets: ["SwitchyardWire"]),
+        /// A PostgreSQL connection (libpq), the type a PostgreSQL inbox or outbox transaction hands you.
+        .library(name: "SwitchyardPostgres", targets: ["SwitchyardPostgres"]),
         /// Routed function pointers for C programs (SDK/Native/switchyard_native.h).
         .library(name: "switchyard-native-client", type: .dynamic, targets: ["SwitchyardNativeClient"]),
         .library(name: "SwitchyardLoader", targets: ["SwitchyardLoader"]),
@@ -97,10 +99,8 @@ let package = Package(
         .target(name: "NATSTransport", dependencies: ["CNats", "SwitchyardTransportKit"], path: "Plugins/NATS/Transport"),
         .target(name: "NATSQueuePlugin", dependencies: ["NATSTransport"], path: "Plugins/NATS/Queue"),
         .target(name: "NATSTopicPlugin", dependencies: ["NATSTransport"], path: "Plugins/NATS/Topic"),
-        /// libpq (Debian's libpq-dev), for the PostgreSQL plugins.
-        .systemLibrary(name: "CLibPQ", path: "Plugins/Postgres/CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
-        /// What `postgres` and `postgres-topic` share: a broker over a PostgreSQL store, over libpq.
-        .target(name: "PostgresTransport", dependencies: ["CLibPQ", "SwitchyardTransportKit"], path: "Plugins/Postgres/Transport"),
+        /// What `postgres` and `postgres-topic` share: a broker over a PostgreSQL store.
+        .target(name: "PostgresTransport", dependencies: ["SwitchyardPostgres", "SwitchyardTransportKit"], path: "Plugins/Postgres/Transport"),
         .target(name: "PostgresQueuePlugin", dependencies: ["PostgresTransport"], path: "Plugins/Postgres/Queue"),
         .target(name: "PostgresTopicPlugin", dependencies: ["PostgresTransport"], path: "Plugins/Postgres/Topic"),
 
@@ -123,6 +123,11 @@ let package = Package(
         .target(name: "SwitchyardConformance", dependencies: ["SwitchyardHost", "SwitchyardLoader", "SwitchyardABI"]),
         /// Host configuration file (YAML), validated with key paths in every error.
         .target(name: "SwitchyardConfig", dependencies: ["SwitchyardABI", .product(name: "Yams", package: "Yams")]),
+        /// libpq (Debian's libpq-dev), PostgreSQL's C client.
+        .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        /// One PostgreSQL connection over libpq: the postgres plugins' store, and the database a
+        /// PostgreSQL inbox or outbox commits a handler's or an application's work in.
+        .target(name: "SwitchyardPostgres", dependencies: ["CLibPQ", "SwitchyardABI"]),
         /// libffi (Debian's libffi-dev), with accessors for its type globals.
         .systemLibrary(name: "CFFI", path: "Sources/CFFI", pkgConfig: "libffi", providers: [.apt(["libffi-dev"])]),
         /// Native modules: signatures, and calling exported C-ABI functions through libffi.
@@ -142,6 +147,7 @@ let package = Package(
             name: "SwitchyardRuntime",
             dependencies: [
                 "SwitchyardHost", "SwitchyardConfig", "SwitchyardLoader", "SwitchyardABI", "SwitchyardTransportKit", "SwitchyardNative", "SwitchyardWire",
+                "SwitchyardPostgres",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -228,7 +234,7 @@ let package = Package(
             name: "SwitchyardRuntimeTests",
             dependencies: [
                 "SwitchyardTestSupport", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "SwitchyardHost", "SwitchyardLoader",
-                "SwitchyardConformance", "SwitchyardTransportKit", "SwitchyardNative", "SwitchyardTestServices",
+                "SwitchyardConformance", "SwitchyardTransportKit", "SwitchyardNative", "SwitchyardTestServices", "SwitchyardPostgres",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]),

@@ -57,8 +57,10 @@ extension SwitchyardConfig {
         public struct Inbox: Sendable, Hashable {
             /// How long a call id is remembered, in nanoseconds.
             public var windowNanos: Int64
-            /// A SQLite file that keeps the inbox across restarts; nil: in memory.
+            /// A SQLite file that keeps the inbox across restarts; nil: in memory (or PostgreSQL).
             public var path: String?
+            /// A PostgreSQL database that keeps the inbox (`postgres: { conninfo, schema }`).
+            public var postgres: PostgresLocation?
         }
 
         /// A route's keys, each named once: the parser, the runtime's checks and its errors use
@@ -110,14 +112,18 @@ extension SwitchyardConfig {
                 case .concurrency: route.concurrency = try field.int(in: 1...10_000)
                 case .inbox:
                     var inbox = RouteEntry.Inbox(windowNanos: 600_000_000_000, path: nil)
-                    for (inboxKey, inboxField) in try field.mapping(allowed: ["window", "path"]) {
+                    for (inboxKey, inboxField) in try field.mapping(allowed: ["window", "path", "postgres"]) {
                         switch inboxKey {
                         case "window":
                             inbox.windowNanos = try inboxField.duration()
                             guard inbox.windowNanos > 0 else { throw inboxField.error("must be more than 0") }
                         case "path": inbox.path = resolve(path: try inboxField.string(), against: baseDirectory)
+                        case "postgres": inbox.postgres = try PostgresLocation(inboxField, defaultSchema: "switchyard")
                         default: break
                         }
+                    }
+                    if inbox.path != nil && inbox.postgres != nil {
+                        throw field.error("has both path (SQLite) and postgres: keep the inbox in one database")
                     }
                     route.inbox = inbox
                 case .outbox: route.outbox = try field.bool()
@@ -129,11 +135,37 @@ extension SwitchyardConfig {
             if route.outbox && route.inbox == nil {
                 throw ConfigError(
                     key: route.key(.outbox), line: route.line(.outbox),
-                    message: "needs an inbox on the same route: the follow-up calls commit with the record that the call was handled (add inbox: { path: ... }; without a path the outbox is kept in memory)")
+                    message: "needs an inbox on the same route: the follow-up calls commit with the record that the call was handled (add inbox: { path: FILE } or inbox: { postgres: {} }; an inbox without either keeps the outbox in memory)")
             }
             routes.append(route)
         }
         return routes
+    }
+
+    /// A PostgreSQL database and schema: `postgres: { conninfo: "...", schema: NAME }`. Both keys
+    /// are optional: libpq's `PG*` environment variables and defaults fill in the connection, and
+    /// the schema has a default.
+    public struct PostgresLocation: Sendable, Hashable {
+        /// A libpq connection string or URI; empty: the `PG*` environment variables.
+        public var conninfo: String
+        /// The schema that holds Switchyard's tables (created when missing).
+        public var schema: String
+
+        init(_ node: ConfigNode, defaultSchema: String) throws(ConfigError) {
+            conninfo = ""
+            schema = defaultSchema
+            for (key, field) in try node.mapping(allowed: ["conninfo", "schema"]) {
+                switch key {
+                case "conninfo": conninfo = try field.string()
+                case "schema":
+                    schema = try field.string()
+                    guard !schema.isEmpty, schema.count <= 48, schema.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {
+                        throw field.error("'\(schema)' must be 1 to 48 letters, digits, '_' or '-'")
+                    }
+                default: break
+                }
+            }
+        }
     }
 
     static func routePatternProblem(_ pattern: String) -> String? {

@@ -34,13 +34,16 @@ public struct SwitchyardConfig: Sendable {
     ///
     /// ```yaml
     /// outboxes:
-    ///   shop: { path: "${SWITCHYARD_DATA}/shop.db" }   # SQLite, relative to this file
+    ///   shop: { path: "${SWITCHYARD_DATA}/shop.db" }              # SQLite, relative to this file
+    ///   ledger: { postgres: { conninfo: "", schema: switchyard } } # PostgreSQL (PG* variables)
     /// ```
     public struct OutboxEntry: Sendable {
         /// The name `transaction(on:)` takes.
         public var name: String
-        /// The SQLite database file.
-        public var path: String
+        /// The SQLite database file, or nil for PostgreSQL.
+        public var path: String?
+        /// The PostgreSQL database, or nil for SQLite.
+        public var postgres: PostgresLocation?
         /// The entry's line in the file.
         public var line: Int?
     }
@@ -190,14 +193,22 @@ extension SwitchyardConfig {
     static func parseOutboxes(_ node: ConfigNode, baseDirectory: String) throws(ConfigError) -> [OutboxEntry] {
         var outboxes: [OutboxEntry] = []
         for (name, value) in try node.entries() {
-            var path: String?
-            for (key, field) in try value.mapping(allowed: ["path"]) where key == "path" {
-                path = resolve(path: try field.string(), against: baseDirectory)
+            var entry = OutboxEntry(name: name, path: nil, postgres: nil, line: value.line)
+            for (key, field) in try value.mapping(allowed: ["path", "postgres"]) {
+                switch key {
+                case "path": entry.path = resolve(path: try field.string(), against: baseDirectory)
+                case "postgres": entry.postgres = try PostgresLocation(field, defaultSchema: "switchyard")
+                default: break
+                }
             }
-            guard let path else {
-                throw ConfigError(key: value.path + ".path", line: value.line, message: "is required: the application's SQLite database the outbox table lives in")
+            guard (entry.path == nil) != (entry.postgres == nil) else {
+                throw ConfigError(
+                    key: value.path + (entry.path == nil ? ".path" : ".postgres"), line: value.line,
+                    message: entry.path == nil
+                        ? "is required: the application's SQLite database the outbox table lives in (or postgres: { conninfo, schema } for PostgreSQL)"
+                        : "names a second database: an outbox lives in one (path for SQLite, postgres for PostgreSQL)")
             }
-            outboxes.append(OutboxEntry(name: name, path: path, line: value.line))
+            outboxes.append(entry)
         }
         return outboxes
     }

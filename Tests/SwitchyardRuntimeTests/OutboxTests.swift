@@ -2,6 +2,7 @@ import Distributed
 import Foundation
 import SwitchyardABI
 import SwitchyardConfig
+import SwitchyardPostgres
 import SwitchyardTestSupport
 import SwitchyardTransportKit
 import SwitchyardWire
@@ -25,14 +26,21 @@ struct AccountsRefused: Error {}
 distributed actor AccountsService: Accounts {
     typealias ActorSystem = SwitchyardActorSystem
     let notices: any Notices
+    let postgres: Bool
 
-    init(actorSystem: ActorSystem, notices: any Notices) {
+    init(actorSystem: ActorSystem, notices: any Notices, postgres: Bool = false) {
         self.actorSystem = actorSystem
         self.notices = notices
+        self.postgres = postgres
     }
 
     distributed func post(_ id: Int, fail: Bool) async throws {
-        if Switchyard.inboxTransactionAvailable {
+        if postgres {
+            try Switchyard.inboxTransaction(PostgresDatabase.self) { db in
+                try db.execute("CREATE TABLE IF NOT EXISTS booked (id bigint NOT NULL, label text NOT NULL)")
+                try db.run("INSERT INTO booked VALUES ($1, 'ledger')", [.int(Int64(id))])
+            }
+        } else if Switchyard.inboxTransactionAvailable {
             try Switchyard.inboxTransaction { db in
                 try db.execute("CREATE TABLE IF NOT EXISTS booked (id INTEGER NOT NULL, label TEXT NOT NULL)")
                 try db.run("INSERT INTO booked VALUES (?, 'ledger')", [.int(Int64(id))])
@@ -245,5 +253,87 @@ struct OutboxTests {
         } throws: { error in
             (error as? ConfigError)?.key == "routes.Accounts.*.outbox"
         }
+    }
+}
+
+/// The same promises with the inbox, the outbox, the application's rows and the queue in one
+/// PostgreSQL database (a server of the test's own).
+@Suite("Transactional outbox in PostgreSQL", .enabled(if: PostgresServer.binDirectory != nil, "needs Debian's postgresql package"))
+struct PostgresOutboxTests {
+    static func rows(_ server: PostgresServer, _ sql: String) throws -> [Int64] {
+        let database = try PostgresDatabase(conninfo: server.conninfo)
+        var rows: [Int64] = []
+        try database.run(sql) { row in rows.append(row.int(0)) }
+        return rows
+    }
+
+    @Test("a handler's writes, its follow-up calls and its inbox record commit in one PostgreSQL transaction; a handler that throws commits none")
+    func handlerFollowUps() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: postgres, config: { conninfo: "\(server.conninfo)", schema: tx_work } }
+            routes:
+              Accounts.*: { transport: work, inbox: { window: 1h, postgres: { conninfo: "\(server.conninfo)", schema: tx } }, outbox: true }
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices, postgres: true) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+
+        try await ledger.post(1, fail: false)
+        await #expect(throws: (any Error).self) { try await ledger.post(2, fail: true) }
+        try await ledger.post(3, fail: false)
+        #expect(await eventually { seen.withLock { Set($0) } == [1, 3] })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(seen.withLock { $0.sorted() } == [1, 3], "the rolled-back handler's notice must never be sent")
+        #expect(try Self.rows(server, "SELECT id FROM booked ORDER BY id") == [1, 3])
+        #expect(await eventually { (try? Self.rows(server, "SELECT count(*)::bigint FROM tx.outbox")) == [0] })
+        #expect(try Self.rows(server, "SELECT count(*)::bigint FROM tx.inbox") == [3])
+        await system.shutdown()
+    }
+
+    @Test("system.transaction on a PostgreSQL outbox commits the application's rows and its calls together, or neither")
+    func applicationTransaction() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              ledger: { postgres: { conninfo: "\(server.conninfo)" } }
+              shop: { path: "\(NSTemporaryDirectory())/switchyard-outbox-\(getpid()).db" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
+            try db.execute("CREATE TABLE payments (id bigint PRIMARY KEY)")
+            try db.run("INSERT INTO payments VALUES (20)")
+            try await notices.notice(20)
+        }
+        await #expect(throws: AccountsRefused.self) {
+            try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
+                try db.run("INSERT INTO payments VALUES (21)")
+                try await notices.notice(21)
+                throw AccountsRefused()
+            }
+        }
+        #expect(await eventually { seen.withLock { $0 } == [20] })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(seen.withLock { $0 } == [20])
+        #expect(try Self.rows(server, "SELECT id FROM payments") == [20])
+        // The wrong kind of database says which call to use.
+        await #expect {
+            try await system.transaction(on: "ledger") { _ in }
+        } throws: { error in
+            "\(error)".contains("PostgresDatabase.self")
+        }
+        await system.shutdown()
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import SwitchyardABI
 import SwitchyardPluginKit
+import SwitchyardPostgres
 import SwitchyardTransportKit
 import Synchronization
 
@@ -43,7 +44,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     private let schema: String
     /// The notification channel (`pg_notify`), named after the schema.
     private let notifyChannel: String
-    private let connection: Guarded<PostgresConnection>
+    private let connection: Guarded<PostgresDatabase>
     private let ownBackend: Int32
     private struct Shared {
         var changeHandler: (@Sendable () -> Void)?
@@ -59,12 +60,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     init(config: PostgresConfig, fanOut: Bool, retainedPerChannel: Int, deadLetterSuffix: String, host: HostServices) throws(TransportError) {
         let kind = fanOut ? "topic" : "queue"
         let name = config.schema ?? "switchyard_\(kind)"
-        guard !name.isEmpty, name.count <= 48, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {
-            throw TransportError(.config, "config key 'schema': '\(name)' must be 1 to 48 letters, digits, '_' or '-'")
-        }
-        let connection = try PostgresConnection(conninfo: config.conninfo ?? "")
-        let quoted = "\"\(name)\""
-        try Self.prepareSchema(connection, schema: name, quoted: quoted, kind: kind)
+        _ = try PostgresDatabase.quotedSchema(name)
+        let connection = try PostgresDatabase(conninfo: config.conninfo ?? "")
+        let quoted = try connection.prepareSchema(name, kind: kind, tables: Self.tables)
         self.fanOut = fanOut
         self.retainedPerChannel = retainedPerChannel
         self.deadLetterSuffix = deadLetterSuffix
@@ -82,52 +80,36 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         listener?.stop()
     }
 
-    private static func prepareSchema(_ db: PostgresConnection, schema: String, quoted: String, kind: String) throws(TransportError) {
-        try db.transaction { () throws(TransportError) in
-            // Two processes starting at once must not both create the tables.
-            try db.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard " + schema)])
-            var exists = false
-            try db.run("SELECT 1 FROM pg_namespace WHERE nspname = $1", [.text(schema)]) { _ in exists = true }
-            if !exists { try db.script("CREATE SCHEMA \(quoted)") }
-            try db.script(
-                """
-                CREATE TABLE IF NOT EXISTS \(quoted).meta (key text PRIMARY KEY, value text NOT NULL);
-                INSERT INTO \(quoted).meta VALUES ('schema', '1'), ('kind', '\(kind)') ON CONFLICT DO NOTHING;
-                CREATE TABLE IF NOT EXISTS \(quoted).entries (
-                    id bigserial PRIMARY KEY,
-                    channel text NOT NULL,
-                    grp text NOT NULL,
-                    ordering_key text,
-                    attempt bigint NOT NULL,
-                    visible_at bigint NOT NULL,
-                    expires_at bigint NOT NULL DEFAULT 0,
-                    lease_token bigint NOT NULL DEFAULT 0,
-                    lease_until bigint NOT NULL DEFAULT 0,
-                    history text NOT NULL DEFAULT '',
-                    message bytea NOT NULL);
-                CREATE INDEX IF NOT EXISTS entries_by_group ON \(quoted).entries (channel, grp, id);
-                CREATE INDEX IF NOT EXISTS entries_by_key ON \(quoted).entries (channel, grp, ordering_key, id) WHERE ordering_key IS NOT NULL;
-                CREATE INDEX IF NOT EXISTS entries_by_expiry ON \(quoted).entries (expires_at) WHERE expires_at > 0;
-                CREATE TABLE IF NOT EXISTS \(quoted).groups (channel text NOT NULL, grp text NOT NULL, PRIMARY KEY (channel, grp));
-                CREATE TABLE IF NOT EXISTS \(quoted).retained (id bigserial PRIMARY KEY, channel text NOT NULL, message bytea NOT NULL);
-                """)
-            var stored = ""
-            try db.run("SELECT value FROM \(quoted).meta WHERE key = 'kind'") { row in stored = row.text(0) }
-            guard stored == kind else {
-                throw TransportError(.config, "config key 'schema': '\(schema)' holds a \(stored) store; a \(kind) cannot use it")
-            }
-        }
-    }
+    /// The store's tables (`$schema`: the quoted schema).
+    private static let tables = """
+        CREATE TABLE IF NOT EXISTS $schema.entries (
+            id bigserial PRIMARY KEY,
+            channel text NOT NULL,
+            grp text NOT NULL,
+            ordering_key text,
+            attempt bigint NOT NULL,
+            visible_at bigint NOT NULL,
+            expires_at bigint NOT NULL DEFAULT 0,
+            lease_token bigint NOT NULL DEFAULT 0,
+            lease_until bigint NOT NULL DEFAULT 0,
+            history text NOT NULL DEFAULT '',
+            message bytea NOT NULL);
+        CREATE INDEX IF NOT EXISTS entries_by_group ON $schema.entries (channel, grp, id);
+        CREATE INDEX IF NOT EXISTS entries_by_key ON $schema.entries (channel, grp, ordering_key, id) WHERE ordering_key IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS entries_by_expiry ON $schema.entries (expires_at) WHERE expires_at > 0;
+        CREATE TABLE IF NOT EXISTS $schema.groups (channel text NOT NULL, grp text NOT NULL, PRIMARY KEY (channel, grp));
+        CREATE TABLE IF NOT EXISTS $schema.retained (id bigserial PRIMARY KEY, channel text NOT NULL, message bytea NOT NULL);
+        """
 
     /// Runs `body` in one transaction on the store's connection.
-    private func perform<R>(_ body: (PostgresConnection) throws(TransportError) -> R) throws(TransportError) -> R {
+    private func perform<R>(_ body: (PostgresDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
         try connection.withLock { (db) throws(TransportError) -> R in
             try db.transaction { () throws(TransportError) -> R in try body(db) }
         }
     }
 
     /// Tells listening processes that the schema changed (sent when the transaction commits).
-    private func notify(_ db: PostgresConnection) throws(TransportError) {
+    private func notify(_ db: PostgresDatabase) throws(TransportError) {
         try db.run("SELECT pg_notify($1, '')", [.text(notifyChannel)])
     }
 
@@ -154,7 +136,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     /// Deletes a leased row; true when it had an ordering key (the key's next row is now its head,
     /// which consumers in other processes must hear about).
     @discardableResult
-    private func deleteLeased(_ ref: LeaseRef, in db: PostgresConnection) throws(TransportError) -> Bool {
+    private func deleteLeased(_ ref: LeaseRef, in db: PostgresDatabase) throws(TransportError) -> Bool {
         var keyed = false
         let changed = try db.run(
             "DELETE FROM \(schema).entries WHERE id = $1 AND lease_token = $2 RETURNING ordering_key IS NOT NULL",
@@ -173,7 +155,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
             if let ref { try deleteLeased(ref, in: db) }
             try lockForInsert(messages, in: db)
             for (message, blob) in encoded {
-                let key: PostgresConnection.Value = message.orderingKey.map { .text($0) } ?? .null
+                let key: PostgresDatabase.Value = message.orderingKey.map { .text($0) } ?? .null
                 var groups = [""]
                 if fanOut && !isDeadLetterChannel(message.channel) {
                     groups = []
@@ -181,7 +163,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     if retainedPerChannel > 0 {
                         var id: Int64 = 0
                         try db.run(
-                            "INSERT INTO \(schema).retained (channel, message) VALUES ($1, $2) RETURNING id", [.text(message.channel), .bytes(blob)]
+                            "INSERT INTO \(schema).retained (channel, message) VALUES ($1, $2) RETURNING id", [.text(message.channel), .blob(blob)]
                         ) { row in id = row.int(0) }
                         try db.run(
                             "DELETE FROM \(schema).retained WHERE channel = $1 AND id <= $2", [.text(message.channel), .int(id - Int64(retainedPerChannel))])
@@ -192,7 +174,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                         "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                         [
                             .text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos),
-                            .int(message.expiresAtNanos), .bytes(blob),
+                            .int(message.expiresAtNanos), .blob(blob),
                         ])
                 }
             }
@@ -207,7 +189,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     /// - an ordering key's lock, so two publishers of one key commit in the order their rows'
     ///   ids say (the oldest row of a key must be its head).
     /// Taken in sorted order, so two publishers never wait for each other in a cycle.
-    private func lockForInsert(_ messages: [Message], in db: PostgresConnection) throws(TransportError) {
+    private func lockForInsert(_ messages: [Message], in db: PostgresDatabase) throws(TransportError) {
         if fanOut {
             for channel in Set(messages.map(\.channel).filter { !isDeadLetterChannel($0) }).sorted() {
                 try db.run("SELECT pg_advisory_xact_lock_shared(hashtext($1))", [.text("switchyard \(schema) channel \(channel)")])
@@ -234,7 +216,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES ($1, $2, $3, 0, $4, $5, $6)",
                     [
                         .text(channel), .text(grp), message?.orderingKey.map { .text($0) } ?? .null, .int(now),
-                        .int(message?.expiresAtNanos ?? 0), .bytes(blob),
+                        .int(message?.expiresAtNanos ?? 0), .blob(blob),
                     ])
             }
             if !retained.isEmpty { try notify(db) }
@@ -275,7 +257,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                         reason: error.message, history: [], now: now)
                     try db.run(
                         "INSERT INTO \(schema).entries (channel, grp, attempt, visible_at, message) VALUES ($1, '', 0, $2, $3)",
-                        [.text(dead.channel), .int(now), .bytes(MessageCodec.encode(dead))])
+                        [.text(dead.channel), .int(now), .blob(MessageCodec.encode(dead))])
                     try notify(db)
                 }
             }
@@ -351,7 +333,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
             let dead = DeadLetter.copy(of: message, to: deadLetterChannel, group: found.grp, reason: reason, history: history, now: now)
             try db.run(
                 "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES ($1, '', NULL, 0, $2, $3)",
-                [.text(deadLetterChannel), .int(now), .bytes(MessageCodec.encode(dead))])
+                [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])
             try notify(db)
             return dead
         }
@@ -423,13 +405,13 @@ final class PostgresListener: @unchecked Sendable {
 
     init(conninfo: String, channel: String, ignoring ownBackend: Int32, changed: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
-            var connection: PostgresConnection?
+            var connection: PostgresDatabase?
             while !stopped.load(ordering: .acquiring) {
                 if connection == nil {
                     do throws(TransportError) {
-                        let fresh = try PostgresConnection(conninfo: conninfo)
+                        let fresh = try PostgresDatabase(conninfo: conninfo)
                         try fresh.run("SELECT pg_catalog.set_config('application_name', 'switchyard listener', false)")
-                        try fresh.script("LISTEN \"\(channel)\"")
+                        try fresh.execute("LISTEN \"\(channel)\"")
                         connection = fresh
                         changed()  // whatever happened while nobody listened
                     } catch {

@@ -318,13 +318,9 @@ extension SwitchyardActorSystem {
     ) {
         var (outcome, body) = (outcome, body)
         if let key, let inbox = route?.inbox {
-            var effects = effects
             let relay = route?.outbox
-            if inbox.isDurable && !outbox.isEmpty {
-                effects.append(InboxEffect { database in try SQLiteOutboxStorage.insert(outbox, into: database) })
-            }
             do throws(TransportError) {
-                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects) {
+                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects, outbox: outbox) {
                     route?.metrics.duplicates.increment()
                     (outcome, body) = (first.outcome, first.reply)
                 } else if let relay, !outbox.isEmpty {

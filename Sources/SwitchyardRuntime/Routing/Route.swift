@@ -87,21 +87,37 @@ struct Route: Sendable {
         }
         encoding = entry.encoding == "json" ? .json : .compact
         if let inbox = entry.inbox {
-            do {
-                self.inbox = try Inbox(windowNanos: inbox.windowNanos, path: inbox.path)
+            let database: (any InboxDatabase)?
+            let subkey = inbox.postgres != nil ? "postgres" : "path"
+            do throws(TransportError) {
+                if let path = inbox.path {
+                    database = try SQLiteInboxDatabase(path: path)
+                } else if let postgres = inbox.postgres {
+                    database = try PostgresInboxDatabase(conninfo: postgres.conninfo, schema: postgres.schema)
+                } else {
+                    database = nil
+                }
             } catch {
-                throw fail(.inbox, under: "path", "\(error)")
+                throw fail(.inbox, under: subkey, error.message)
+            }
+            self.inbox = Inbox(windowNanos: inbox.windowNanos, database: database)
+            if entry.outbox {
+                do throws(TransportError) {
+                    if let database {
+                        outbox = try relays.relay(identity: database.identity, name: "\(entry.pattern) inbox") { () throws(TransportError) in
+                            try database.makeOutboxStorage()
+                        }
+                    } else {
+                        outbox = try relays.relay(identity: "memory", name: "memory") { MemoryOutboxStorage() }
+                    }
+                } catch {
+                    throw fail(.inbox, under: subkey, "the outbox: \(error.message)")
+                }
+            } else {
+                outbox = nil
             }
         } else {
-            self.inbox = nil
-        }
-        if entry.outbox {
-            do {
-                outbox = try relays.relay(database: entry.inbox?.path)
-            } catch {
-                throw fail(.inbox, under: "path", "the outbox table: \(error)")
-            }
-        } else {
+            inbox = nil
             outbox = nil
         }
         metrics = RouteMetrics(route: entry.pattern)

@@ -1,5 +1,6 @@
 import DequeModule
 import SwitchyardABI
+import SwitchyardPostgres
 import SwitchyardTransportKit
 import SwitchyardWire
 
@@ -7,8 +8,9 @@ import SwitchyardWire
 /// window, with their replies, so a redelivered call is answered again instead of run again.
 /// At-least-once delivery plus the inbox gives effectively-once execution.
 ///
-/// In memory by default; with a `path`, kept in SQLite so it survives restarts (and is shared by
-/// the processes that use the same file).
+/// In memory by default; in a database (SQLite `path`, or PostgreSQL) it survives restarts, is
+/// shared by every process that uses the same database, and commits the handler's effects and
+/// follow-up calls with its record.
 final class Inbox: Sendable {
     /// What the inbox keeps of a handled call: the reply it sent, if any.
     struct Handled: Sendable {
@@ -17,7 +19,9 @@ final class Inbox: Sendable {
     }
 
     private let windowNanos: Int64
-    private let storage: Guarded<Storage>
+    /// The database, or nil for an inbox in memory.
+    let database: (any InboxDatabase)?
+    private let storage = Guarded<Storage>(Storage())
 
     private struct Storage {
         /// Keys being handled in this process now: a second delivery of the same call waits for
@@ -25,39 +29,22 @@ final class Inbox: Sendable {
         var running: Set<String> = []
         var memory: [String: (at: Int64, handled: Handled)] = [:]
         var order: Deque<(key: String, at: Int64)> = []
-        var database: SQLiteDatabase?
         var writesSincePrune = 0
     }
 
-    init(windowNanos: Int64, path: String?) throws(TransportError) {
+    init(windowNanos: Int64, database: (any InboxDatabase)?) {
         self.windowNanos = windowNanos
-        isDurable = path != nil
-        var storage = Storage()
-        if let path {
-            let database = try SQLiteDatabase(path: path)
-            try database.configureDurable()
-            try database.execute(
-                """
-                CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'inbox');
-                CREATE TABLE IF NOT EXISTS inbox (key TEXT PRIMARY KEY, at INTEGER NOT NULL, outcome TEXT NOT NULL, reply BLOB NOT NULL);
-                CREATE INDEX IF NOT EXISTS inbox_at ON inbox (at);
-                """)
-            var kind = ""
-            _ = try database.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in kind = row.text(0) }
-            guard kind == "inbox" else {
-                throw TransportError(.config, "'\(path)' is a Switchyard \(kind) store, not an inbox; give the inbox its own file")
-            }
-            storage.database = database
-        }
-        self.storage = Guarded(storage)
+        self.database = database
     }
+
+    /// Whether the inbox is kept in a database (and so can commit effects with its records).
+    var isDurable: Bool { database != nil }
 
     /// What a delivery finds in the inbox.
     enum Claim {
         /// Handled before: answer with this, do not run it.
         case handled(Handled)
-        /// Not handled yet, and now claimed by the caller, who must call ``finish(_:_:)``.
+        /// Not handled yet, and now claimed by the caller, who must call ``finish(_:_:effects:outbox:)``.
         case claimed
         /// Another delivery of the same call is running in this process.
         case running
@@ -65,93 +52,243 @@ final class Inbox: Sendable {
 
     /// Looks `key` up and, when it is new, claims it for the caller.
     func claim(_ key: String) throws(TransportError) -> Claim {
-        try storage.withLock { (storage) throws(TransportError) -> Claim in
+        if storage.withLock({ $0.running.contains(key) }) { return .running }
+        let cutoff = WallClock.nowNanos() - windowNanos
+        if let database {
+            // Outside the lock: a database round trip (PostgreSQL) must not hold up other calls.
+            if let handled = try database.lookup(key, cutoff: cutoff) { return .handled(handled) }
+            return storage.withLock { $0.running.insert(key).inserted } ? .claimed : .running
+        }
+        return storage.withLock { storage in
             if storage.running.contains(key) { return .running }
-            if let handled = try Self.lookup(key, in: &storage, cutoff: WallClock.nowNanos() - windowNanos) { return .handled(handled) }
+            if let entry = storage.memory[key], entry.at >= cutoff { return .handled(entry.handled) }
             storage.running.insert(key)
             return .claimed
         }
     }
 
-    /// Whether the inbox is kept in SQLite (and so can commit effects with its records).
-    let isDurable: Bool
-
     /// Ends a claim: remembers the call when it was handled (`handled` non-nil), or lets a later
     /// delivery run it (a failure to be retried).
     ///
-    /// In a durable inbox, `effects` run in the same SQLite transaction that records the call, so
-    /// they happen exactly once however often the call is delivered. If another process recorded
-    /// the same call meanwhile (a redelivery that ran there at the same time), nothing of ours is
-    /// committed and its record is returned: answer with that. Throws (committing nothing) when
-    /// an effect or the write fails.
-    func finish(_ key: String, _ handled: Handled?, effects: [InboxEffect] = []) throws(TransportError) -> Handled? {
+    /// In a durable inbox, `effects` run and `outbox` is written in the same transaction that
+    /// records the call, so they happen exactly once however often the call is delivered. If
+    /// another process recorded the same call meanwhile (a redelivery that ran there at the same
+    /// time), nothing of ours is committed and its record is returned: answer with that. Throws
+    /// (committing nothing) when an effect or the write fails.
+    func finish(_ key: String, _ handled: Handled?, effects: [InboxEffect] = [], outbox: [OutboxMessage] = []) throws(TransportError) -> Handled? {
         defer { storage.withLock { _ = $0.running.remove(key) } }
         guard let handled else { return nil }
-        return try record(key, handled, effects: effects)
-    }
-
-    private static func lookup(_ key: String, in storage: inout Storage, cutoff: Int64) throws(TransportError) -> Handled? {
-        if let database = storage.database {
-            var found: Handled?
-            _ = try database.run("SELECT outcome, reply FROM inbox WHERE key = ? AND at >= ?", [.text(key), .int(cutoff)]) { (row) throws(TransportError) in
-                found = Handled(outcome: row.text(0), reply: try row.blob(1) { (bytes) throws(TransportError) in Array(bytes) })
-            }
-            return found
-        }
-        guard let entry = storage.memory[key], entry.at >= cutoff else { return nil }
-        return entry.handled
-    }
-
-    /// Remembers that the call with `key` was handled, with its reply and effects; returns the
-    /// record another process made first, if any (then nothing of ours is committed).
-    private func record(_ key: String, _ handled: Handled, effects: [InboxEffect]) throws(TransportError) -> Handled? {
         let now = WallClock.nowNanos()
         let cutoff = now - windowNanos
-        return try storage.withLock { (storage) throws(TransportError) -> Handled? in
-            if let database = storage.database {
-                // IMMEDIATE: take the write lock first, so the check and the insert see one state
-                // across every process sharing the file.
-                try database.execute("BEGIN IMMEDIATE")
-                do throws(TransportError) {
-                    if let first = try Self.lookup(key, in: &storage, cutoff: cutoff) {
-                        try database.execute("ROLLBACK")
-                        return first
-                    }
-                    for effect in effects {
-                        do { try effect.apply(database) } catch let error as TransportError { throw error } catch {
-                            throw TransportError(.internalError, "an inbox transaction effect failed: \(error)")
-                        }
-                    }
-                    _ = try database.run(
-                        "INSERT OR REPLACE INTO inbox (key, at, outcome, reply) VALUES (?, ?, ?, ?)",
-                        [.text(key), .int(now), .text(handled.outcome), .blob(handled.reply)])
-                    try database.execute("COMMIT")
-                } catch {
-                    try? database.execute("ROLLBACK")
-                    throw error
+        guard let database else {
+            storage.withLock { storage in
+                storage.memory[key] = (now, handled)
+                storage.order.append((key, now))
+                while let oldest = storage.order.first, oldest.at < cutoff {
+                    storage.order.removeFirst()
+                    if let entry = storage.memory[oldest.key], entry.at == oldest.at { storage.memory[oldest.key] = nil }
                 }
-                storage.writesSincePrune += 1
-                if storage.writesSincePrune >= 1000 {
-                    storage.writesSincePrune = 0
-                    _ = try database.run("DELETE FROM inbox WHERE at < ?", [.int(cutoff)])
-                }
-                return nil
-            }
-            storage.memory[key] = (now, handled)
-            storage.order.append((key, now))
-            while let oldest = storage.order.first, oldest.at < cutoff {
-                storage.order.removeFirst()
-                if let entry = storage.memory[oldest.key], entry.at == oldest.at { storage.memory[oldest.key] = nil }
             }
             return nil
         }
+        let first = try database.record(key, handled, at: now, cutoff: cutoff, effects: effects, outbox: outbox)
+        let prune = storage.withLock { storage -> Bool in
+            storage.writesSincePrune += 1
+            guard storage.writesSincePrune >= 1000 else { return false }
+            storage.writesSincePrune = 0
+            return true
+        }
+        if prune { try? database.prune(before: cutoff) }
+        return first
+    }
+}
+
+/// A database a durable inbox keeps its records in, and commits a handler's effects and
+/// follow-up calls in.
+protocol InboxDatabase: Sendable {
+    /// Which database, for errors ("SQLite", "PostgreSQL").
+    var kind: String { get }
+    /// The record of `key` made since `cutoff`, if any.
+    func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled?
+    /// In one transaction: unless `key` was recorded since `cutoff` (then that record is
+    /// returned and nothing committed), applies `effects`, writes `outbox`, records `handled`.
+    func record(
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
+    ) throws(TransportError) -> Inbox.Handled?
+    /// Forgets records older than `cutoff`.
+    func prune(before cutoff: Int64) throws(TransportError)
+    /// Where the relay of this database's outbox reads (a connection of its own).
+    func makeOutboxStorage() throws(TransportError) -> any OutboxStorage
+    /// Identifies the database, so routes sharing it share one relay.
+    var identity: String { get }
+}
+
+/// An inbox in a SQLite file.
+final class SQLiteInboxDatabase: InboxDatabase {
+    let path: String
+    private let database: Guarded<SQLiteDatabase>
+    var kind: String { "SQLite" }
+    var identity: String { "sqlite:" + path }
+
+    init(path: String) throws(TransportError) {
+        self.path = path
+        let database = try SQLiteDatabase(path: path)
+        try database.configureDurable()
+        try database.execute(
+            """
+            CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'inbox');
+            CREATE TABLE IF NOT EXISTS inbox (key TEXT PRIMARY KEY, at INTEGER NOT NULL, outcome TEXT NOT NULL, reply BLOB NOT NULL);
+            CREATE INDEX IF NOT EXISTS inbox_at ON inbox (at);
+            """)
+        var kind = ""
+        _ = try database.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in kind = row.text(0) }
+        guard kind == "inbox" else {
+            throw TransportError(.config, "'\(path)' is a Switchyard \(kind) store, not an inbox; give the inbox its own file")
+        }
+        self.database = Guarded(database)
+    }
+
+    private static func lookup(_ key: String, cutoff: Int64, in database: SQLiteDatabase) throws(TransportError) -> Inbox.Handled? {
+        var found: Inbox.Handled?
+        _ = try database.run("SELECT outcome, reply FROM inbox WHERE key = ? AND at >= ?", [.text(key), .int(cutoff)]) { (row) throws(TransportError) in
+            found = Inbox.Handled(outcome: row.text(0), reply: try row.blob(1) { (bytes) throws(TransportError) in Array(bytes) })
+        }
+        return found
+    }
+
+    func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled? {
+        try database.withLock { (database) throws(TransportError) in try Self.lookup(key, cutoff: cutoff, in: database) }
+    }
+
+    func record(
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
+    ) throws(TransportError) -> Inbox.Handled? {
+        try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
+            // IMMEDIATE: take the write lock first, so the check and the insert see one state
+            // across every process sharing the file.
+            try database.execute("BEGIN IMMEDIATE")
+            do throws(TransportError) {
+                if let first = try Self.lookup(key, cutoff: cutoff, in: database) {
+                    try database.execute("ROLLBACK")
+                    return first
+                }
+                for effect in effects { try effect.apply(sqlite: database) }
+                try SQLiteOutboxStorage.insert(outbox, into: database)
+                _ = try database.run(
+                    "INSERT OR REPLACE INTO inbox (key, at, outcome, reply) VALUES (?, ?, ?, ?)",
+                    [.text(key), .int(now), .text(handled.outcome), .blob(handled.reply)])
+                try database.execute("COMMIT")
+                return nil
+            } catch {
+                try? database.execute("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
+    func prune(before cutoff: Int64) throws(TransportError) {
+        try database.withLock { (database) throws(TransportError) in _ = try database.run("DELETE FROM inbox WHERE at < ?", [.int(cutoff)]) }
+    }
+
+    func makeOutboxStorage() throws(TransportError) -> any OutboxStorage {
+        try SQLiteOutboxStorage(path: path, sharedWithApplication: false)
+    }
+}
+
+/// An inbox in a PostgreSQL schema (tables `inbox` and `outbox`, next to the application's own).
+final class PostgresInboxDatabase: InboxDatabase {
+    let conninfo: String
+    let schemaName: String
+    /// The quoted schema.
+    let schema: String
+    private let database: Guarded<PostgresDatabase>
+    var kind: String { "PostgreSQL" }
+    var identity: String { "postgres:\(schemaName):\(conninfo)" }
+
+    static let tables = """
+        CREATE TABLE IF NOT EXISTS $schema.inbox (key text PRIMARY KEY, at bigint NOT NULL, outcome text NOT NULL, reply bytea NOT NULL);
+        CREATE INDEX IF NOT EXISTS inbox_at ON $schema.inbox (at);
+        """ + PostgresOutboxStorage.tables
+
+    init(conninfo: String, schema: String) throws(TransportError) {
+        self.conninfo = conninfo
+        schemaName = schema
+        let database = try PostgresDatabase(conninfo: conninfo)
+        self.schema = try database.prepareSchema(schema, kind: "transactions", tables: Self.tables)
+        self.database = Guarded(database)
+    }
+
+    func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled? {
+        try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
+            try database.ensureConnected()
+            return try Self.lookup(key, cutoff: cutoff, in: database, schema: schema)
+        }
+    }
+
+    private static func lookup(_ key: String, cutoff: Int64, in database: PostgresDatabase, schema: String) throws(TransportError) -> Inbox.Handled? {
+        var found: Inbox.Handled?
+        try database.run("SELECT outcome, reply FROM \(schema).inbox WHERE key = $1 AND at >= $2", [.text(key), .int(cutoff)]) { row in
+            found = Inbox.Handled(outcome: row.text(0), reply: row.bytes(1))
+        }
+        return found
+    }
+
+    func record(
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
+    ) throws(TransportError) -> Inbox.Handled? {
+        try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
+            try database.transaction { () throws(TransportError) -> Inbox.Handled? in
+                // One key at a time across every process: the check and the insert see one state.
+                try database.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard inbox " + key)])
+                // Recorded by another process first: nothing of ours was written (the empty
+                // transaction commits nothing).
+                if let first = try Self.lookup(key, cutoff: cutoff, in: database, schema: schema) { return first }
+                for effect in effects { try effect.apply(postgres: database) }
+                try PostgresOutboxStorage.insert(outbox, into: database, schema: schema)
+                try database.run(
+                    """
+                    INSERT INTO \(schema).inbox (key, at, outcome, reply) VALUES ($1, $2, $3, $4)
+                    ON CONFLICT (key) DO UPDATE SET at = excluded.at, outcome = excluded.outcome, reply = excluded.reply
+                    """, [.text(key), .int(now), .text(handled.outcome), .blob(handled.reply)])
+                return nil
+            }
+        }
+    }
+
+    func prune(before cutoff: Int64) throws(TransportError) {
+        try database.withLock { (database) throws(TransportError) in _ = try database.run("DELETE FROM \(schema).inbox WHERE at < $1", [.int(cutoff)]) }
+    }
+
+    func makeOutboxStorage() throws(TransportError) -> any OutboxStorage {
+        try PostgresOutboxStorage(conninfo: conninfo, schema: schemaName)
     }
 }
 
 /// Work a handler adds to the transaction that records its call in a durable inbox
-/// (``Switchyard/inboxTransaction(_:)``).
-struct InboxEffect: Sendable {
-    let apply: @Sendable (SQLiteDatabase) throws -> Void
+/// (``Switchyard/inboxTransaction(_:)``), for the inbox's kind of database.
+enum InboxEffect: Sendable {
+    case sqlite(@Sendable (SQLiteDatabase) throws -> Void)
+    case postgres(@Sendable (PostgresDatabase) throws -> Void)
+
+    func apply(sqlite database: SQLiteDatabase) throws(TransportError) {
+        guard case .sqlite(let work) = self else { throw Self.mismatch(inbox: "SQLite", wanted: "PostgresDatabase") }
+        do { try work(database) } catch let error as TransportError { throw error } catch {
+            throw TransportError(.internalError, "an inbox transaction effect failed: \(error)")
+        }
+    }
+
+    func apply(postgres database: PostgresDatabase) throws(TransportError) {
+        guard case .postgres(let work) = self else { throw Self.mismatch(inbox: "PostgreSQL", wanted: "SQLiteDatabase") }
+        do { try work(database) } catch let error as TransportError { throw error } catch {
+            throw TransportError(.internalError, "an inbox transaction effect failed: \(error)")
+        }
+    }
+
+    private static func mismatch(inbox: String, wanted: String) -> TransportError {
+        let call = inbox == "SQLite" ? "Switchyard.inboxTransaction { (db: SQLiteDatabase) in … }" : "Switchyard.inboxTransaction(PostgresDatabase.self) { db in … }"
+        return TransportError(.config, "this route's inbox is in \(inbox), but the handler's inboxTransaction takes a \(wanted): use \(call)")
+    }
 }
 
 /// The effects one running call has added so far; bound to the call's task while it runs.
@@ -174,9 +311,10 @@ extension Switchyard {
 
     /// Adds `work` to the transaction that records the running call in its route's durable inbox
     /// (`inbox: { path: ... }`): it runs once the handler has returned, against the inbox's SQLite
-    /// database, and commits together with the record that the call was handled. However often
-    /// the call is delivered — after a crash, a visibility timeout, a publisher's retry — and
-    /// however many processes share the file, its effects are committed exactly once:
+    /// database, and commits together with the record that the call was handled (and the
+    /// handler's follow-up calls, on a route with `outbox: true`). However often the call is
+    /// delivered — after a crash, a visibility timeout, a publisher's retry — and however many
+    /// processes share the file, its effects are committed exactly once:
     ///
     /// ```swift
     /// distributed func charge(_ order: Order) async throws -> Receipt {
@@ -191,16 +329,41 @@ extension Switchyard {
     /// Keep your tables apart from the inbox's own (`inbox`, `switchyard_meta`,
     /// `switchyard_outbox`). If `work` throws, nothing is committed and the call is delivered
     /// again later. If the handler throws, its effects are dropped (a rollback): the inbox
-    /// remembers the error it threw as the call's outcome, on routes where that is the outcome. Effects outside this
-    /// transaction (another database, an HTTP call) are at-least-once: the inbox skips a handled
-    /// call, but a crash between such an effect and the inbox's commit repeats it.
+    /// remembers the error it threw as the call's outcome, on routes where that is the outcome.
+    /// Effects outside this transaction (another database, an HTTP call) are at-least-once: the
+    /// inbox skips a handled call, but a crash between such an effect and the inbox's commit
+    /// repeats it.
     ///
     /// Throws ``SwitchyardError/routing(target:reason:)`` outside a handler on a route with a
-    /// durable inbox.
+    /// durable inbox. An inbox in PostgreSQL takes
+    /// ``inboxTransaction(_:_:)`` with `PostgresDatabase.self` instead.
     public static func inboxTransaction(_ work: @escaping @Sendable (SQLiteDatabase) throws -> Void) throws {
+        try effects().add(.sqlite(work))
+    }
+
+    /// Adds `work` to the transaction that records the running call in its route's PostgreSQL
+    /// inbox (`inbox: { postgres: { conninfo, schema } }`), on the inbox's connection: the
+    /// handler's writes, its follow-up calls (`outbox: true`) and the record that the call was
+    /// handled commit together, exactly once.
+    ///
+    /// ```swift
+    /// try Switchyard.inboxTransaction(PostgresDatabase.self) { db in
+    ///     try db.run("INSERT INTO payments (order_id, cents) VALUES ($1, $2)", [.int(order.id), .int(order.cents)])
+    /// }
+    /// ```
+    ///
+    /// The same rules as ``inboxTransaction(_:)``; the inbox's tables are `inbox` and `outbox`
+    /// in its own schema (default `switchyard`).
+    public static func inboxTransaction(_ database: PostgresDatabase.Type, _ work: @escaping @Sendable (PostgresDatabase) throws -> Void) throws {
+        try effects().add(.postgres(work))
+    }
+
+    private static func effects() throws -> InboxEffects {
         guard let effects = inboxEffects, effects.durable else {
-            throw SwitchyardError.routing(target: "Switchyard.inboxTransaction", reason: "only inside a handler whose route has a durable inbox (inbox: { path: ... })")
+            throw SwitchyardError.routing(
+                target: "Switchyard.inboxTransaction",
+                reason: "only inside a handler whose route has a durable inbox (inbox: { path: FILE } or inbox: { postgres: {} })")
         }
-        effects.add(InboxEffect(apply: work))
+        return effects
     }
 }

@@ -4,6 +4,7 @@ import Logging
 import Metrics
 import SwitchyardABI
 import SwitchyardHost
+import SwitchyardPostgres
 import SwitchyardTransportKit
 import SwitchyardWire
 
@@ -159,6 +160,100 @@ final class SQLiteOutboxStorage: OutboxStorage {
                 try? database.execute("ROLLBACK")
                 throw error
             }
+        }
+    }
+}
+
+/// The outbox table in a PostgreSQL schema: the inbox's (a handler's follow-up calls) or an
+/// application database's (`outboxes:`).
+final class PostgresOutboxStorage: OutboxStorage {
+    static let tables = """
+        CREATE TABLE IF NOT EXISTS $schema.outbox (
+            seq bigserial PRIMARY KEY,
+            transport text NOT NULL,
+            channel text NOT NULL,
+            message bytea NOT NULL,
+            created_at bigint NOT NULL,
+            attempts bigint NOT NULL DEFAULT 0,
+            claimed_until bigint NOT NULL DEFAULT 0,
+            last_error text);
+        CREATE INDEX IF NOT EXISTS outbox_due ON $schema.outbox (claimed_until, seq);
+        """
+
+    /// Writes `messages` in the open transaction of `database`.
+    static func insert(_ messages: [OutboxMessage], into database: PostgresDatabase, schema: String) throws(TransportError) {
+        guard !messages.isEmpty else { return }
+        let now = WallClock.nowNanos()
+        for outgoing in messages {
+            try database.run(
+                "INSERT INTO \(schema).outbox (transport, channel, message, created_at) VALUES ($1, $2, $3, $4)",
+                [.text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now)])
+        }
+    }
+
+    private let database: Guarded<PostgresDatabase>
+    private let schema: String
+
+    init(conninfo: String, schema name: String) throws(TransportError) {
+        let database = try PostgresDatabase(conninfo: conninfo)
+        schema = try database.prepareSchema(name, kind: "transactions", tables: PostgresInboxDatabase.tables)
+        self.database = Guarded(database)
+    }
+
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> [OutboxRow] {
+        try database.withLock { (database) throws(TransportError) -> [OutboxRow] in
+            try database.ensureConnected()
+            var due = false
+            try database.run("SELECT 1 FROM \(schema).outbox WHERE claimed_until <= $1 LIMIT 1", [.int(nowNanos)]) { _ in due = true }
+            guard due else { return [] }
+            return try database.transaction { () throws(TransportError) -> [OutboxRow] in
+                // One claimer at a time per schema: the destination check and the claim see one state.
+                try database.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard outbox " + schema)])
+                var rows: [OutboxRow] = []
+                var failure: TransportError?
+                try database.run(
+                    """
+                    UPDATE \(schema).outbox SET claimed_until = $3 WHERE seq IN (
+                        SELECT seq FROM \(schema).outbox
+                        WHERE claimed_until <= $1
+                          AND (transport, channel) NOT IN (SELECT transport, channel FROM \(schema).outbox WHERE claimed_until > $1)
+                        ORDER BY seq LIMIT $2)
+                    RETURNING seq, transport, message, attempts
+                    """, [.int(nowNanos), .int(Int64(limit)), .int(nowNanos + leaseNanos)]
+                ) { row in
+                    do throws(TransportError) {
+                        rows.append(OutboxRow(seq: row.int(0), transport: row.text(1), message: try MessageCodec.decode(row.bytes(2)), attempts: Int(row.int(3))))
+                    } catch {
+                        failure = error
+                    }
+                }
+                if let failure { throw failure }
+                return rows.sorted { $0.seq < $1.seq }
+            }
+        }
+    }
+
+    func remove(_ seqs: [Int64]) throws(TransportError) {
+        guard !seqs.isEmpty else { return }
+        _ = try database.withLock { (database) throws(TransportError) in
+            try database.run("DELETE FROM \(schema).outbox WHERE seq = ANY(string_to_array($1, ',')::bigint[])", [.text(seqs.map(String.init).joined(separator: ","))])
+        }
+    }
+
+    func release(_ seqs: [Int64], retryAtNanos: Int64, error: String) throws(TransportError) {
+        guard !seqs.isEmpty else { return }
+        _ = try database.withLock { (database) throws(TransportError) in
+            try database.run(
+                "UPDATE \(schema).outbox SET claimed_until = $1, attempts = attempts + 1, last_error = $2 WHERE seq = ANY(string_to_array($3, ',')::bigint[])",
+                [.int(retryAtNanos), .text(error), .text(seqs.map(String.init).joined(separator: ","))])
+        }
+    }
+
+    func depth() throws(TransportError) -> Int {
+        try database.withLock { (database) throws(TransportError) -> Int in
+            var count = 0
+            try database.run("SELECT count(*)::bigint FROM \(schema).outbox") { row in count = Int(row.int(0)) }
+            return count
         }
     }
 }
@@ -375,22 +470,20 @@ final class OutboxRelays: Sendable {
         self.logger = logger
     }
 
-    /// The relay of the SQLite database at `path` (nil: the in-memory outbox), created and
-    /// started the first time.
-    func relay(database path: String?, name: String? = nil, sharedWithApplication: Bool = false) throws(TransportError) -> OutboxRelay {
-        let key = path ?? ":memory:"
-        return try relays.withLock { (relays) throws(TransportError) -> OutboxRelay in
-            if let existing = relays[key] { return existing }
-            let storage: any OutboxStorage =
-                if let path { try SQLiteOutboxStorage(path: path, sharedWithApplication: sharedWithApplication) } else { MemoryOutboxStorage() }
+    /// The relay of the database `identity` (its storage made by `storage` the first time, and
+    /// started); `name` appears in logs and metrics.
+    func relay(identity: String, name: String, storage makeStorage: () throws(TransportError) -> any OutboxStorage) throws(TransportError) -> OutboxRelay {
+        try relays.withLock { (relays) throws(TransportError) -> OutboxRelay in
+            if let existing = relays[identity] { return existing }
+            let storage = try makeStorage()
             let transports = self.transports
-            let relay = OutboxRelay(name: name ?? path ?? "memory", storage: storage, logger: logger) { (transport, messages) throws(TransportError) in
+            let relay = OutboxRelay(name: name, storage: storage, logger: logger) { (transport, messages) throws(TransportError) in
                 guard let target = transports?[transport] else {
                     throw TransportError(.config, "no transport named '\(transport)' is configured (the message was written when one was)")
                 }
                 try target.client.publish(batch: messages)
             }
-            relays[key] = relay
+            relays[identity] = relay
             relay.start()
             return relay
         }

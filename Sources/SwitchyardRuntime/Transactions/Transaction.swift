@@ -1,32 +1,42 @@
 import Foundation
 import SwitchyardABI
 import SwitchyardConfig
+import SwitchyardPostgres
 import SwitchyardTransportKit
 
-/// An application database from `outboxes:`: its connections for transactions, and the relay of
-/// its outbox table.
+/// An application database from `outboxes:`: connections for transactions, and the relay of its
+/// outbox table.
 final class ApplicationOutbox: Sendable {
     let name: String
-    let path: String
     let relay: OutboxRelay
-    /// Idle connections, reused by later transactions (one transaction uses one at a time).
-    private let idle = Guarded<[SQLiteDatabase]>([])
+    let database: Database
+
+    /// Which database, with idle connections that later transactions reuse (a transaction
+    /// uses one at a time).
+    enum Database: Sendable {
+        case sqlite(path: String, idle: Guarded<[SQLiteDatabase]>)
+        case postgres(conninfo: String, schema: String, idle: Guarded<[PostgresDatabase]>)
+    }
 
     init(_ entry: SwitchyardConfig.OutboxEntry, relays: OutboxRelays) throws(TransportError) {
         name = entry.name
-        path = entry.path
-        relay = try relays.relay(database: entry.path, name: entry.name, sharedWithApplication: true)
+        if let postgres = entry.postgres {
+            let quoted = try PostgresDatabase.quotedSchema(postgres.schema)
+            database = .postgres(conninfo: postgres.conninfo, schema: quoted, idle: Guarded([]))
+            relay = try relays.relay(identity: "postgres:\(postgres.schema):\(postgres.conninfo)", name: entry.name) { () throws(TransportError) in
+                try PostgresOutboxStorage(conninfo: postgres.conninfo, schema: postgres.schema)
+            }
+        } else {
+            let path = entry.path ?? ""
+            database = .sqlite(path: path, idle: Guarded([]))
+            relay = try relays.relay(identity: "sqlite:" + path, name: entry.name) { () throws(TransportError) in
+                try SQLiteOutboxStorage(path: path, sharedWithApplication: true)
+            }
+        }
     }
 
-    func checkout() throws(TransportError) -> SQLiteDatabase {
-        if let database = idle.withLock({ $0.popLast() }) { return database }
-        let database = try SQLiteDatabase(path: path)
-        try database.configureDurable(sharedWithApplication: true)
-        return database
-    }
-
-    func checkin(_ database: SQLiteDatabase) {
-        idle.withLock { if $0.count < 8 { $0.append(database) } }
+    var kind: String {
+        if case .postgres = database { "PostgreSQL" } else { "SQLite" }
     }
 }
 
@@ -37,14 +47,14 @@ extension SwitchyardActorSystem {
             do {
                 outboxes[entry.name] = try ApplicationOutbox(entry, relays: relays)
             } catch {
-                throw ConfigError(key: "outboxes.\(entry.name).path", line: entry.line, message: error.message)
+                throw ConfigError(key: "outboxes.\(entry.name).\(entry.postgres != nil ? "postgres" : "path")", line: entry.line, message: error.message)
             }
         }
         return outboxes
     }
 
-    /// Runs `body` in one transaction on the application database `name` (configured under
-    /// `outboxes:`), and makes the fire-and-forget calls it makes part of that transaction:
+    /// Runs `body` in one transaction on the SQLite application database `name` (configured
+    /// under `outboxes:`), and makes the fire-and-forget calls it makes part of that transaction:
     ///
     /// ```swift
     /// try await system.transaction(on: "shop") { db in
@@ -63,27 +73,29 @@ extension SwitchyardActorSystem {
     /// The transaction holds SQLite's write lock until `body` returns (`BEGIN IMMEDIATE`): keep
     /// it short. Keep your tables apart from `switchyard_outbox`.
     ///
-    /// - Throws: ``SwitchyardError/routing(target:reason:)`` when no outbox has that name;
+    /// - Throws: ``SwitchyardError/routing(target:reason:)`` when no outbox has that name (or it
+    ///   is a PostgreSQL one: use ``transaction(on:_:_:)``);
     ///   ``SwitchyardError/transport(target:transport:reason:)`` when the database fails (nothing
     ///   was committed); whatever `body` throws.
     public func transaction<T>(on name: String, _ body: (SQLiteDatabase) async throws -> T) async throws -> T {
-        guard let outbox = outboxes[name] else {
-            let names = outboxes.keys.sorted()
-            throw SwitchyardError.routing(
-                target: "transaction(on: \"\(name)\")",
-                reason: "no outbox named '\(name)' (configured under outboxes: \(names.isEmpty ? "none; add outboxes: { \(name): { path: FILE } }" : names.joined(separator: ", ")))")
-        }
+        let outbox = try applicationOutbox(name, kind: "SQLite")
+        guard case .sqlite(let path, let idle) = outbox.database else { throw wrongKind(outbox) }
         func failed(_ error: TransportError) -> SwitchyardError {
-            SwitchyardError.transport(target: "transaction(on: \"\(name)\")", reason: "\(outbox.path): \(error.message)")
+            SwitchyardError.transport(target: "transaction(on: \"\(name)\")", reason: "\(path): \(error.message)")
         }
         let database: SQLiteDatabase
-        do {
-            database = try outbox.checkout()
+        do throws(TransportError) {
+            if let pooled = idle.withLock({ $0.popLast() }) {
+                database = pooled
+            } else {
+                database = try SQLiteDatabase(path: path)
+                try database.configureDurable(sharedWithApplication: true)
+            }
             try database.execute("BEGIN IMMEDIATE")
         } catch {
             throw failed(error)
         }
-        defer { outbox.checkin(database) }
+        defer { idle.withLock { if $0.count < 8 { $0.append(database) } } }
         let capture = OutboxCapture()
         let value: T
         do {
@@ -101,5 +113,74 @@ extension SwitchyardActorSystem {
         }
         if !capture.messages.isEmpty { outbox.relay.wake() }
         return value
+    }
+
+    /// Runs `body` in one transaction on the PostgreSQL application database `name` (configured
+    /// under `outboxes:` with `postgres:`), and makes the fire-and-forget calls it makes part of
+    /// that transaction — the same promise as ``transaction(on:_:)``, with the outbox table in
+    /// the configured schema (default `switchyard`):
+    ///
+    /// ```swift
+    /// try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
+    ///     try db.run("INSERT INTO payments (order_id, cents) VALUES ($1, $2)", [.int(order.id), .int(order.cents)])
+    ///     try await events.paid(order.id)
+    /// }
+    /// ```
+    ///
+    /// The transaction holds a connection (from a small pool) until `body` returns.
+    public func transaction<T>(on name: String, _ database: PostgresDatabase.Type, _ body: (PostgresDatabase) async throws -> T) async throws -> T {
+        let outbox = try applicationOutbox(name, kind: "PostgreSQL")
+        guard case .postgres(let conninfo, let schema, let idle) = outbox.database else { throw wrongKind(outbox) }
+        func failed(_ error: TransportError) -> SwitchyardError {
+            SwitchyardError.transport(target: "transaction(on: \"\(name)\")", reason: error.message)
+        }
+        let connection: PostgresDatabase
+        do throws(TransportError) {
+            if let pooled = idle.withLock({ $0.popLast() }) { connection = pooled } else { connection = try PostgresDatabase(conninfo: conninfo) }
+            do throws(TransportError) {
+                try connection.ensureConnected()
+                try connection.execute("BEGIN")
+            } catch where error.code == .unavailable {
+                // A pooled connection the server dropped (a restart) shows only when used: a
+                // failed BEGIN did nothing, so connect again and begin once more.
+                try connection.ensureConnected()
+                try connection.execute("BEGIN")
+            }
+        } catch {
+            throw failed(error)
+        }
+        defer { idle.withLock { if $0.count < 8 { $0.append(connection) } } }
+        let capture = OutboxCapture()
+        let value: T
+        do {
+            value = try await Switchyard.$outboxCapture.withValue(capture) { try await body(connection) }
+        } catch {
+            try? connection.execute("ROLLBACK")
+            throw error
+        }
+        do throws(TransportError) {
+            try PostgresOutboxStorage.insert(capture.messages, into: connection, schema: schema)
+            try connection.execute("COMMIT")
+        } catch {
+            try? connection.execute("ROLLBACK")
+            throw failed(error)
+        }
+        if !capture.messages.isEmpty { outbox.relay.wake() }
+        return value
+    }
+
+    private func applicationOutbox(_ name: String, kind: String) throws -> ApplicationOutbox {
+        guard let outbox = outboxes[name] else {
+            let names = outboxes.keys.sorted()
+            throw SwitchyardError.routing(
+                target: "transaction(on: \"\(name)\")",
+                reason: "no outbox named '\(name)' (configured under outboxes: \(names.isEmpty ? "none; add outboxes: { \(name): { path: FILE } }" : names.joined(separator: ", ")))")
+        }
+        return outbox
+    }
+
+    private func wrongKind(_ outbox: ApplicationOutbox) -> SwitchyardError {
+        let call = outbox.kind == "PostgreSQL" ? "transaction(on: \"\(outbox.name)\", PostgresDatabase.self) { db in … }" : "transaction(on: \"\(outbox.name)\") { db in … }"
+        return SwitchyardError.routing(target: "transaction(on: \"\(outbox.name)\")", reason: "outbox '\(outbox.name)' is in \(outbox.kind): use \(call)")
     }
 }

@@ -6,41 +6,53 @@ import SwitchyardABI
     import Glibc
 #endif
 
-/// One libpq connection. Not thread-safe: its owner uses it from one thread at a time.
+/// One PostgreSQL connection (libpq): what the postgres plugins store in, and what a handler's
+/// or an application's transaction runs its SQL on (`Switchyard.inboxTransaction`,
+/// `SwitchyardActorSystem.transaction(on:)`). Not thread-safe: one owner at a time.
 ///
-/// Statements go through `PQexecParams` with binary results: integers are `bigint` (8 bytes,
-/// network order), text is UTF-8 bytes, `bytea` is the bytes themselves. The connection
-/// string is never part of an error: it may hold a password.
-final class PostgresConnection {
+/// Statements go through `PQexecParams` with parameters `$1`, `$2`… and binary results:
+/// integers are read as `bigint` (cast smaller ones: `SELECT count(*)::bigint`), text as UTF-8,
+/// `bytea` as its bytes. Errors are `TransportError`s: `.unavailable` when the connection is
+/// gone, `.io` with the server's message otherwise. The connection string is never part of an
+/// error: it may hold a password.
+public final class PostgresDatabase {
     /// A statement parameter.
-    enum Value {
+    public enum Value {
+        /// A `bigint` (int8).
         case int(Int64)
+        /// `text`.
         case text(String)
-        case bytes([UInt8])
+        /// `bytea`.
+        case blob([UInt8])
+        /// NULL.
         case null
     }
 
-    /// One row of a result, read by column index.
-    struct Row {
+    /// One row of a result, read by column index (from 0).
+    public struct Row {
         fileprivate let result: OpaquePointer
         fileprivate let index: Int32
 
-        func isNull(_ column: Int32) -> Bool { PQgetisnull(result, index, column) == 1 }
+        /// Whether column `column` is NULL.
+        public func isNull(_ column: Int32) -> Bool { PQgetisnull(result, index, column) == 1 }
 
-        func int(_ column: Int32) -> Int64 {
+        /// Column `column` as a `bigint` (0 for NULL or another width: cast to `bigint` in SQL).
+        public func int(_ column: Int32) -> Int64 {
             guard !isNull(column), PQgetlength(result, index, column) == 8, let value = PQgetvalue(result, index, column) else { return 0 }
             var big: Int64 = 0
             withUnsafeMutableBytes(of: &big) { $0.copyMemory(from: UnsafeRawBufferPointer(start: value, count: 8)) }
             return Int64(bigEndian: big)
         }
 
-        func bytes(_ column: Int32) -> [UInt8] {
+        /// Column `column`'s bytes (the UTF-8 of text, the bytes of `bytea`).
+        public func bytes(_ column: Int32) -> [UInt8] {
             guard !isNull(column), let value = PQgetvalue(result, index, column) else { return [] }
             let count = Int(PQgetlength(result, index, column))
             return value.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
         }
 
-        func text(_ column: Int32) -> String { String(decoding: bytes(column), as: UTF8.self) }
+        /// Column `column` as text.
+        public func text(_ column: Int32) -> String { String(decoding: bytes(column), as: UTF8.self) }
     }
 
     private let conninfo: String
@@ -48,7 +60,7 @@ final class PostgresConnection {
 
     /// Connects with `conninfo` (a libpq connection string or URI; empty: the `PG*` environment
     /// variables and libpq's defaults).
-    init(conninfo: String) throws(TransportError) {
+    public init(conninfo: String) throws(TransportError) {
         try Self.validate(conninfo)
         self.conninfo = conninfo
         try connect()
@@ -66,7 +78,7 @@ final class PostgresConnection {
 
     /// Checks that `conninfo` parses, without repeating any of it: libpq's parse errors quote the
     /// offending text, which may be part of a password.
-    static func validate(_ conninfo: String) throws(TransportError) {
+    public static func validate(_ conninfo: String) throws(TransportError) {
         var error: UnsafeMutablePointer<CChar>?
         guard let options = PQconninfoParse(conninfo, &error) else {
             if let error { PQfreemem(error) }
@@ -99,25 +111,25 @@ final class PostgresConnection {
     }
 
     /// libpq's last error, one line.
-    var lastError: String {
+    public var lastError: String {
         guard let connection, let text = PQerrorMessage(connection) else { return "no connection" }
         let message = Self.oneLine(String(cString: text))
         return message.isEmpty ? "connection lost" : message
     }
 
     /// Connected and usable; reconnects once when the server went away (a restart).
-    func ensureConnected() throws(TransportError) {
+    public func ensureConnected() throws(TransportError) {
         if connection == nil || PQstatus(connection) != CONNECTION_OK { try connect() }
     }
 
     /// The socket, for waiting on notifications.
-    var socket: Int32 { connection.map { PQsocket($0) } ?? -1 }
+    public var socket: Int32 { connection.map { PQsocket($0) } ?? -1 }
 
     /// The server process serving this connection (to tell its own notifications apart).
-    var backendPID: Int32 { connection.map { PQbackendPID($0) } ?? 0 }
+    public var backendPID: Int32 { connection.map { PQbackendPID($0) } ?? 0 }
 
-    /// Runs SQL without parameters (several statements allowed).
-    func script(_ sql: String) throws(TransportError) {
+    /// Runs SQL without parameters or results (several statements allowed).
+    public func execute(_ sql: String) throws(TransportError) {
         let result = PQexec(connection, sql)
         defer { PQclear(result) }
         try check(result)
@@ -126,7 +138,7 @@ final class PostgresConnection {
     /// Runs one statement with `parameters` (`$1`…), handing each result row to `row`; returns
     /// the number of rows it changed or returned.
     @discardableResult
-    func run(_ sql: String, _ parameters: [Value] = [], row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
+    public func run(_ sql: String, _ parameters: [Value] = [], row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
         var types: [Oid] = []
         var formats: [Int32] = []
         var lengths: [Int32] = []
@@ -149,7 +161,7 @@ final class PostgresConnection {
                 types.append(25)  // text
                 formats.append(0)
                 lengths.append(0)
-            case .bytes(let value):
+            case .blob(let value):
                 let buffer = malloc(max(1, value.count))!
                 value.withUnsafeBytes { if let base = $0.baseAddress { buffer.copyMemory(from: base, byteCount: $0.count) } }
                 buffers.append(buffer)
@@ -179,21 +191,21 @@ final class PostgresConnection {
     }
 
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
-    func transaction<R>(_ body: () throws(TransportError) -> R) throws(TransportError) -> R {
+    public func transaction<R>(_ body: () throws(TransportError) -> R) throws(TransportError) -> R {
         try ensureConnected()
         do throws(TransportError) {
-            try script("BEGIN")
+            try execute("BEGIN")
         } catch {
             // An idle connection the server dropped (a restart) is noticed only by using it; a
             // failed BEGIN did nothing, so connect again and begin once more.
             guard error.code == .unavailable else { throw error }
             try connect()
-            try script("BEGIN")
+            try execute("BEGIN")
         }
         do throws(TransportError) {
             let value = try body()
             do throws(TransportError) {
-                try script("COMMIT")
+                try execute("COMMIT")
             } catch {
                 // The connection went away during COMMIT: the server may or may not have committed.
                 guard error.code == .unavailable else { throw error }
@@ -201,7 +213,7 @@ final class PostgresConnection {
             }
             return value
         } catch {
-            if PQstatus(connection) == CONNECTION_OK { try? script("ROLLBACK") }
+            if PQstatus(connection) == CONNECTION_OK { try? execute("ROLLBACK") }
             throw error
         }
     }
@@ -225,7 +237,7 @@ final class PostgresConnection {
 
     /// Consumes what arrived on the socket and returns the notifications' senders (server
     /// process ids) and channel names.
-    func drainNotifications() throws(TransportError) -> [(pid: Int32, channel: String)] {
+    public func drainNotifications() throws(TransportError) -> [(pid: Int32, channel: String)] {
         guard PQconsumeInput(connection) == 1 else { throw TransportError(.unavailable, "postgres: connection lost: \(lastError)") }
         var received: [(Int32, String)] = []
         while let notification = PQnotifies(connection) {
@@ -233,5 +245,45 @@ final class PostgresConnection {
             PQfreemem(notification)
         }
         return received
+    }
+}
+
+// MARK: Schemas
+
+extension PostgresDatabase {
+    /// `name` quoted for SQL, once checked: 1 to 48 letters, digits, '_' or '-'. Throws a
+    /// `.config` error naming `key`.
+    public static func quotedSchema(_ name: String, key: String = "schema") throws(TransportError) -> String {
+        guard !name.isEmpty, name.count <= 48, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {
+            throw TransportError(.config, "config key '\(key)': '\(name)' must be 1 to 48 letters, digits, '_' or '-'")
+        }
+        return "\"\(name)\""
+    }
+
+    /// Creates the schema `name` with a `meta` table saying what `kind` of Switchyard store it
+    /// is, and `tables` (SQL, `$schema` standing for the quoted schema), when missing; refuses a
+    /// schema that holds another kind of store. Safe when several processes start at once.
+    /// Returns the quoted schema.
+    @discardableResult
+    public func prepareSchema(_ name: String, kind: String, tables: String, key: String = "schema") throws(TransportError) -> String {
+        let quoted = try Self.quotedSchema(name, key: key)
+        try transaction { () throws(TransportError) in
+            // Two processes starting at once must not both create the tables.
+            try run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard " + name)])
+            var exists = false
+            try run("SELECT 1 FROM pg_namespace WHERE nspname = $1", [.text(name)]) { _ in exists = true }
+            if !exists { try execute("CREATE SCHEMA \(quoted)") }
+            try execute(
+                """
+                CREATE TABLE IF NOT EXISTS \(quoted).meta (key text PRIMARY KEY, value text NOT NULL);
+                INSERT INTO \(quoted).meta VALUES ('schema', '1'), ('kind', '\(kind)') ON CONFLICT DO NOTHING;
+                """ + tables.replacingOccurrences(of: "$schema", with: quoted))
+            var stored = ""
+            try run("SELECT value FROM \(quoted).meta WHERE key = 'kind'") { row in stored = row.text(0) }
+            guard stored == kind else {
+                throw TransportError(.config, "config key '\(key)': '\(name)' holds a \(stored) store; a \(kind) cannot use it")
+            }
+        }
+        return quoted
     }
 }
