@@ -157,7 +157,7 @@ let package = Package(
         /// The crash soak behind `switchyard soak`: processes killed at random, effects counted.
         .target(
             name: "SwitchyardSoak",
-            dependencies: ["SwitchyardRuntime", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConfig", "SwitchyardTransportKit", "SwitchyardABI"]),
+            dependencies: ["SwitchyardRuntime", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConfig", "SwitchyardTransportKit", "SwitchyardABI", "SwitchyardPostgres"]),
         /// The `switchyard` command: a thin shell over the library modules.
         .executableTarget(
             name: "SwitchyardCLI",
@@ -173,7 +173,7 @@ let package = Package(
 
         /// The orders example system that `switchyard demo` runs (examples/orders).
         .target(
-            name: "OrdersExample", dependencies: ["SwitchyardRuntime", "SwitchyardConfig"], path: "examples/orders",
+            name: "OrdersExample", dependencies: ["SwitchyardRuntime", "SwitchyardConfig", "SwitchyardPostgres"], path: "examples/orders",
             exclude: ["README.md", "direct.yaml", "nats.yaml", "postgres.yaml"], sources: ["Sources"], resources: [.copy("switchyard.yaml")]),
 
         // MARK: Benchmarks

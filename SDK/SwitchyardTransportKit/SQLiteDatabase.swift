@@ -166,8 +166,19 @@ public final class SQLiteDatabase {
                 usleep(UInt32(min(1_000, 10 << min(Int(attempt), 6))))
                 return 1
             }, nil)
+        // Switching a new file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY
+        // without calling the busy handler while another process does the same (two consumers
+        // starting together on fresh files): wait for that here, up to about 10 s.
         var journal = ""
-        try run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }
+        for attempt in 0... {
+            do throws(TransportError) {
+                try run("PRAGMA journal_mode = WAL") { row in journal = row.text(0) }
+                break
+            } catch {
+                guard sqlite3_errcode(handle) & 0xFF == SQLITE_BUSY, attempt < 1_000 else { throw error }
+                usleep(10_000)
+            }
+        }
         guard journal.lowercased() == "wal" else {
             throw TransportError(.io, "'\(path)': cannot switch to WAL mode (journal mode is \(journal))")
         }

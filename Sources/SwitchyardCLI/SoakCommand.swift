@@ -11,11 +11,19 @@ import SwitchyardSoak
 /// started again. Then the run waits for the consumers to catch up and checks every effect
 /// (one row per item for `work`, `audit` and `mail`): nothing acknowledged may be missing, and
 /// with the inbox on nothing may have happened twice.
+///
+/// `--outbox` adds the transactional outbox: the producer commits each item's two calls with a
+/// row of its own (`system.transaction`), and the work handler's follow-up call commits with its
+/// effect — on every seventh item's first attempt the handler throws after making it, and that
+/// follow-up must never arrive. `--engine postgres` keeps everything in PostgreSQL (libpq's
+/// `PG*` environment variables say where) instead of SQLite files.
 struct SoakCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "soak",
         abstract: "Kill producer and consumer processes at random under load; check that nothing acknowledged is lost or handled twice.",
-        discussion: "Exits 1 when an acknowledged item was lost, any effect happened twice with the inbox on, or messages are stuck.")
+        discussion: "Exits 1 when an acknowledged item was lost, any effect happened twice with the inbox on, a rolled-back follow-up was delivered, or messages are stuck.")
+
+    enum Engine: String, ExpressibleByArgument, CaseIterable { case sqlite, postgres }
 
     @Option(help: "How many times to SIGKILL a process.")
     var cycles = 10
@@ -25,6 +33,12 @@ struct SoakCommand: AsyncParsableCommand {
 
     @Flag(inversion: .prefixedNo, help: "Use the idempotent inbox (effects commit with the inbox record).")
     var inbox = true
+
+    @Flag(help: "Outbox mode: calls commit with the producer's rows and with the handler's effects (needs the inbox).")
+    var outbox = false
+
+    @Option(help: "Where queues, topics, inboxes and outboxes live: sqlite (files in the run's directory) or postgres (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD say which server).")
+    var engine: Engine = .sqlite
 
     @Flag(help: "Print the result as one JSON object.")
     var json = false
@@ -44,6 +58,8 @@ struct SoakCommand: AsyncParsableCommand {
     func validate() throws {
         guard cycles >= 0 else { throw ValidationError("--cycles must be 0 or more") }
         guard messages > 0 else { throw ValidationError("--messages must be at least 1") }
+        guard inbox || !outbox else { throw ValidationError("--outbox needs the inbox: the follow-ups commit with its records (drop --no-inbox)") }
+        guard inbox || engine == .sqlite else { throw ValidationError("--engine postgres records effects through the inbox: drop --no-inbox") }
     }
 
     func run() async throws {
@@ -51,6 +67,8 @@ struct SoakCommand: AsyncParsableCommand {
         options.cycles = cycles
         options.messages = messages
         options.inbox = inbox
+        options.outbox = outbox
+        options.postgres = engine == .postgres
         options.seed = seed
         options.directory = directory
         options.settleTimeout = settleTimeout

@@ -23,17 +23,23 @@ struct SoakWorkerCommand: AsyncParsableCommand {
     @Option var pace = 0
     /// Consumer: write effects to this database directly instead of through the inbox.
     @Option var effectsDatabase: String?
+    /// Outbox mode (see `switchyard soak --outbox`).
+    @Flag var outbox = false
+    /// PostgreSQL mode: the run's schemas start with this.
+    @Option var postgresSchemaPrefix: String?
 
     func run() async throws {
         var logger = Logger(label: "switchyard.soak.\(role.rawValue)")
         logger.logLevel = .warning
         let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        let engine: SoakEngine = postgresSchemaPrefix.map { .postgres(schemaPrefix: $0) } ?? .sqlite
         switch role {
         case .producer:
-            try await SoakWorkload.produce(on: system, items: from..<to, paceMicroseconds: pace, emit: emit)
+            try SoakWorkload.prepareProducer(outbox: outbox, engine: engine)
+            try await SoakWorkload.produce(on: system, items: from..<to, paceMicroseconds: pace, outbox: outbox, engine: engine, emit: emit)
             await system.shutdown()
         case .consumer:
-            try SoakWorkload.hostConsumers(on: system, effectsDatabase: effectsDatabase)
+            try SoakWorkload.hostConsumers(on: system, effectsDatabase: effectsDatabase, outbox: outbox, engine: engine)
             let host = DrainingHost(system: system, deadline: .seconds(10)) { emit("ready") }
             let group = ServiceGroup(
                 configuration: .init(

@@ -267,17 +267,34 @@ extension PostgresDatabase {
     @discardableResult
     public func prepareSchema(_ name: String, kind: String, tables: String, key: String = "schema") throws(TransportError) -> String {
         let quoted = try Self.quotedSchema(name, key: key)
+        // Which tables this caller needs, as a marker in `meta`: once they exist, later starts
+        // run no DDL at all. (`CREATE INDEX IF NOT EXISTS` locks its table even when the index
+        // exists, and a process starting while others write to the tables deadlocked with them.)
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in tables.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let marker = "tables " + String(hash, radix: 16)
+        var ready = false
+        try run(
+            "SELECT 1 FROM pg_tables t WHERE t.schemaname = $1 AND t.tablename = 'meta'", [.text(name)]
+        ) { _ in ready = true }
+        if ready {
+            ready = false
+            try run("SELECT 1 FROM \(quoted).meta WHERE key = $1", [.text(marker)]) { _ in ready = true }
+        }
         try transaction { () throws(TransportError) in
-            // Two processes starting at once must not both create the tables.
-            try run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard " + name)])
-            var exists = false
-            try run("SELECT 1 FROM pg_namespace WHERE nspname = $1", [.text(name)]) { _ in exists = true }
-            if !exists { try execute("CREATE SCHEMA \(quoted)") }
-            try execute(
-                """
-                CREATE TABLE IF NOT EXISTS \(quoted).meta (key text PRIMARY KEY, value text NOT NULL);
-                INSERT INTO \(quoted).meta VALUES ('schema', '1'), ('kind', '\(kind)') ON CONFLICT DO NOTHING;
-                """ + tables.replacingOccurrences(of: "$schema", with: quoted))
+            if !ready {
+                // Two processes starting at once must not both create the tables.
+                try run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard " + name)])
+                var exists = false
+                try run("SELECT 1 FROM pg_namespace WHERE nspname = $1", [.text(name)]) { _ in exists = true }
+                if !exists { try execute("CREATE SCHEMA \(quoted)") }
+                try execute(
+                    """
+                    CREATE TABLE IF NOT EXISTS \(quoted).meta (key text PRIMARY KEY, value text NOT NULL);
+                    INSERT INTO \(quoted).meta VALUES ('schema', '1'), ('kind', '\(kind)') ON CONFLICT DO NOTHING;
+                    """ + tables.replacingOccurrences(of: "$schema", with: quoted))
+                try run("INSERT INTO \(quoted).meta VALUES ($1, 'created') ON CONFLICT DO NOTHING", [.text(marker)])
+            }
             var stored = ""
             try run("SELECT value FROM \(quoted).meta WHERE key = 'kind'") { row in stored = row.text(0) }
             guard stored == kind else {

@@ -4,6 +4,7 @@ import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
+import SwitchyardPostgres
 import SwitchyardRuntime
 import SwitchyardTransportKit
 
@@ -15,6 +16,12 @@ package struct SoakOptions: Sendable {
     package var messages = 2000
     /// Use the idempotent inbox (effects commit with the inbox record).
     package var inbox = true
+    /// Outbox mode: the producer commits its calls with a row of its own, and the work handler's
+    /// follow-up call commits with its effect (both through outboxes); needs the inbox.
+    package var outbox = false
+    /// Keep queues, topics, inboxes and outboxes in PostgreSQL (libpq's `PG*` environment)
+    /// instead of SQLite files; needs the inbox.
+    package var postgres = false
     /// Random seed, to repeat a run's kill schedule; nil picks one.
     package var seed: UInt64?
     /// Keep the run's databases and logs here instead of a temporary directory.
@@ -32,6 +39,8 @@ package struct SoakOptions: Sendable {
 package struct SoakReport: Encodable {
     var cycles: Int
     var inbox: Bool
+    var outbox: Bool
+    var engine: String
     var seed: UInt64
     /// Items the producer started to publish.
     var published: Int
@@ -43,17 +52,21 @@ package struct SoakReport: Encodable {
     var lost: Int
     /// Effects beyond the first per item and kind.
     var duplicateEffects: Int
+    /// Outbox mode: follow-ups sent by a handler attempt that rolled back, and effects of items
+    /// whose producer transaction did not commit.
+    var phantomFollowUps: Int
     /// Messages left in the transports at the end.
     var stuck: Int
     var kills: [String: Int]
     var seconds: Double
     var lostSample: [String]
 
-    package var passed: Bool { lost == 0 && stuck == 0 && (!inbox || duplicateEffects == 0) }
+    package var passed: Bool { lost == 0 && stuck == 0 && phantomFollowUps == 0 && (!inbox || duplicateEffects == 0) }
 
     enum CodingKeys: String, CodingKey {
-        case cycles, inbox, seed, published, acknowledged, handled, lost, stuck, kills, seconds, passed
+        case cycles, inbox, outbox, engine, seed, published, acknowledged, handled, lost, stuck, kills, seconds, passed
         case duplicateEffects = "duplicate_effects"
+        case phantomFollowUps = "phantom_follow_ups"
         case lostSample = "lost_sample"
     }
 
@@ -61,12 +74,15 @@ package struct SoakReport: Encodable {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(cycles, forKey: .cycles)
         try container.encode(inbox, forKey: .inbox)
+        try container.encode(outbox, forKey: .outbox)
+        try container.encode(engine, forKey: .engine)
         try container.encode(seed, forKey: .seed)
         try container.encode(published, forKey: .published)
         try container.encode(acknowledged, forKey: .acknowledged)
         try container.encode(handled, forKey: .handled)
         try container.encode(lost, forKey: .lost)
         try container.encode(duplicateEffects, forKey: .duplicateEffects)
+        try container.encode(phantomFollowUps, forKey: .phantomFollowUps)
         try container.encode(stuck, forKey: .stuck)
         try container.encode(kills, forKey: .kills)
         try container.encode((seconds * 10).rounded() / 10, forKey: .seconds)
@@ -76,9 +92,9 @@ package struct SoakReport: Encodable {
 
     package var summary: String {
         """
-        soak: \(cycles) kills (\(kills.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))), inbox \(inbox ? "on" : "off"), seed \(seed), \(String(format: "%.1f", seconds)) s
+        soak: \(cycles) kills (\(kills.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))), \(engine), inbox \(inbox ? "on" : "off"), outbox \(outbox ? "on" : "off"), seed \(seed), \(String(format: "%.1f", seconds)) s
           published \(published), acknowledged \(acknowledged), handled \(handled)
-          lost \(lost), duplicate_effects \(duplicateEffects), stuck \(stuck)\(lostSample.isEmpty ? "" : "\n  lost, e.g.: \(lostSample.joined(separator: ", "))")
+          lost \(lost), duplicate_effects \(duplicateEffects), phantom_follow_ups \(phantomFollowUps), stuck \(stuck)\(lostSample.isEmpty ? "" : "\n  lost, e.g.: \(lostSample.joined(separator: ", "))")
         \(passed ? "PASS" : "FAIL")
         """
     }
@@ -117,33 +133,62 @@ package final class SoakRun: @unchecked Sendable {
 
     var configPath: String { directory + "/soak.yaml" }
     var effectsPath: String { directory + (options.inbox ? "/inbox.db" : "/effects.db") }
+    /// Where the run's durable state lives; in PostgreSQL, schemas named after this run.
+    lazy var engine: SoakEngine = options.postgres ? .postgres(schemaPrefix: "soak_\(getpid())_\(seed % 100_000)") : .sqlite
 
     func writeConfig() throws {
-        let inbox = options.inbox ? ", inbox: { window: 24h, path: \"\(directory)/inbox.db\" }" : ""
+        let transports: String
+        var inbox = ""
+        var outboxes = ""
+        switch engine {
+        case .sqlite:
+            transports = """
+                  work: { plugin: queue, config: { path: "\(directory)/work.db", visibility_timeout: 3s } }
+                  events: { plugin: topic, config: { path: "\(directory)/events.db", visibility_timeout: 3s } }
+                """
+            if options.inbox { inbox = ", inbox: { window: 24h, path: \"\(directory)/inbox.db\" }" }
+            if options.outbox { outboxes = "outboxes:\n  app: { path: \"\(directory)/app.db\" }\n" }
+        case .postgres:
+            transports = """
+                  work: { plugin: postgres, config: { schema: \(engine.schema("work")), visibility_timeout: 3s } }
+                  events: { plugin: postgres-topic, config: { schema: \(engine.schema("events")), visibility_timeout: 3s } }
+                """
+            inbox = ", inbox: { window: 24h, postgres: { schema: \(engine.schema("tx")) } }"
+            if options.outbox { outboxes = "outboxes:\n  app: { postgres: { schema: \(engine.schema("app")) } }\n" }
+        }
+        let outbox = options.outbox ? ", outbox: true" : ""
+        let followUps = options.outbox ? "\n  SoakFollowUps.*: { transport: work, mode: fire-and-forget\(inbox) }" : ""
         try """
         # Written by switchyard soak.
         transports:
-          work: { plugin: queue, config: { path: "\(directory)/work.db", visibility_timeout: 3s } }
-          events: { plugin: topic, config: { path: "\(directory)/events.db", visibility_timeout: 3s } }
-        routes:
-          SoakWork.*: { transport: work, mode: fire-and-forget, retry: { max_attempts: 10, initial_delay: 20ms, max_delay: 200ms }\(inbox) }
-          SoakEvents.*: { transport: events, mode: fire-and-forget\(inbox) }
+        \(transports)
+        \(outboxes)routes:
+          SoakWork.*: { transport: work, mode: fire-and-forget, retry: { max_attempts: 10, initial_delay: 20ms, max_delay: 200ms }\(inbox)\(outbox) }
+          SoakEvents.*: { transport: events, mode: fire-and-forget\(inbox) }\(followUps)
         """.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// What every worker is told besides its role.
+    var modeArguments: [String] {
+        var arguments = options.pluginDirectories.flatMap { ["--plugins-dir", $0] }
+        if options.outbox { arguments.append("--outbox") }
+        if case .postgres(let prefix) = engine { arguments += ["--postgres-schema-prefix", prefix] }
+        return arguments
     }
 
     /// Starts the processes, kills them on schedule, waits for the consumers and counts.
     package func run() async throws -> SoakReport {
         try writeConfig()
+        defer { dropSchemas() }
         let started = Date()
-        let pluginArguments = options.pluginDirectories.flatMap { ["--plugins-dir", $0] }
         let consumerArguments =
-            ["soak-worker", "consumer", "--config", configPath] + pluginArguments
+            ["soak-worker", "consumer", "--config", configPath] + modeArguments
             + (options.inbox ? [] : ["--effects-database", effectsPath])
         // Spread the items over the kill schedule (a kill every ~375 ms on average).
         let pace = max(0, Int(Double(options.cycles) * 375_000 / Double(options.messages)))
         let producerLog = WorkerOutput()
         func producerArguments() -> [String] {
-            ["soak-worker", "producer", "--config", configPath, "--from", "\(producerLog.nextItem)", "--to", "\(options.messages)", "--pace", "\(pace)"] + pluginArguments
+            ["soak-worker", "producer", "--config", configPath, "--from", "\(producerLog.nextItem)", "--to", "\(options.messages)", "--pace", "\(pace)"] + modeArguments
         }
         let consumers = try (1...2).map { try Worker(name: "consumer-\($0)", executable: executable, arguments: consumerArguments, logDirectory: directory) }
         for consumer in consumers { _ = await consumer.output.wait(for: "ready", seconds: 60) }
@@ -163,12 +208,12 @@ package final class SoakRun: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(100))
         }
         let acknowledged = producerLog.acknowledged
-        let expectedKinds = ["work", "audit", "mail"]
+        let expectedKinds = ["work", "audit", "mail"] + (options.outbox ? ["follow"] : [])
         var effects = EffectCount()
         var lastProgress = Date()
         var lastCount = -1
         while true {
-            effects = (try? EffectCount(path: effectsPath)) ?? EffectCount()
+            effects = (try? countEffects()) ?? EffectCount()
             let missing = acknowledged.filter { seq in expectedKinds.contains { effects.count(kind: $0, seq: seq) == 0 } }
             if missing.isEmpty { break }
             if effects.rows != lastCount { lastCount = effects.rows; lastProgress = Date() }
@@ -179,26 +224,63 @@ package final class SoakRun: @unchecked Sendable {
         try await Task.sleep(for: .milliseconds(500))
         for consumer in consumers { await consumer.stop() }
         await producer.stop()
-        effects = (try? EffectCount(path: effectsPath)) ?? EffectCount()
+        effects = (try? countEffects()) ?? EffectCount()
 
         let missing = acknowledged.sorted().flatMap { seq in expectedKinds.filter { effects.count(kind: $0, seq: seq) == 0 }.map { (kind: $0, seq: seq) } }
         return SoakReport(
-            cycles: options.cycles, inbox: options.inbox, seed: seed,
+            cycles: options.cycles, inbox: options.inbox, outbox: options.outbox, engine: options.postgres ? "postgres" : "sqlite", seed: seed,
             published: producerLog.tried.count, acknowledged: acknowledged.count,
             handled: effects.distinct(kind: "work"), lost: Set(missing.map(\.seq)).count,
-            duplicateEffects: effects.duplicates, stuck: try stuckMessages(), kills: kills,
+            duplicateEffects: effects.duplicates, phantomFollowUps: options.outbox ? effects.phantoms : 0,
+            stuck: try stuckMessages(), kills: kills,
             seconds: Date().timeIntervalSince(started), lostSample: missing.prefix(10).map { "\($0.kind):\($0.seq)" })
     }
 
-    /// Messages still held by the durable transports once every process has stopped.
+    /// The effects so far, from the inbox's database (or the direct effects file).
+    func countEffects() throws -> EffectCount {
+        switch engine {
+        case .sqlite:
+            var count = try EffectCount(path: effectsPath)
+            if options.outbox { try count.readSent(sqlitePath: directory + "/app.db") }
+            return count
+        case .postgres:
+            return try EffectCount(postgres: engine, outbox: options.outbox)
+        }
+    }
+
+    /// Messages still held by the durable transports once every process has stopped, and calls
+    /// still waiting in outboxes.
     func stuckMessages() throws -> Int {
         let config = try SwitchyardConfig.load(path: configPath)
         var quiet = Logger(label: "switchyard.soak")
         quiet.logLevel = .error
         let set = try TransportSet.start(config, discovery: PluginDiscovery(commandLine: options.pluginDirectories), logger: quiet)
         defer { set.close() }
-        return set.transports.values.reduce(0) { total, transport in
+        let held = set.transports.values.reduce(0) { total, transport in
             total + Int((try? transport.client.stats())??.depth ?? 0)
+        }
+        guard options.outbox else { return held }
+        var waiting = 0
+        switch engine {
+        case .sqlite:
+            for file in ["inbox.db", "app.db"] {
+                guard let database = try? SQLiteDatabase(path: directory + "/" + file) else { continue }
+                _ = try? database.run("SELECT count(*) FROM switchyard_outbox") { row in waiting += Int(row.int(0)) }
+            }
+        case .postgres:
+            let database = try PostgresDatabase(conninfo: "")
+            for part in ["tx", "app"] {
+                try database.run("SELECT count(*)::bigint FROM \"\(engine.schema(part))\".outbox") { row in waiting += Int(row.int(0)) }
+            }
+        }
+        return held + waiting
+    }
+
+    /// Removes the run's PostgreSQL schemas (unless the run keeps its directory).
+    func dropSchemas() {
+        guard case .postgres = engine, !keepDirectory, let database = try? PostgresDatabase(conninfo: "") else { return }
+        for part in ["work", "events", "tx", "app"] {
+            try? database.execute("DROP SCHEMA IF EXISTS \"\(engine.schema(part))\" CASCADE")
         }
     }
 }
@@ -214,14 +296,64 @@ struct EffectCount {
         guard FileManager.default.fileExists(atPath: path) else { return }
         let database = try SQLiteDatabase(path: path)
         try database.execute("PRAGMA busy_timeout = 10000")
-        var counts: [String: [Int: Int]] = [:]
-        var rows = 0
-        try database.run("SELECT kind, seq, count(*) FROM effects GROUP BY kind, seq") { row in
-            counts[row.text(0), default: [:]][Int(row.int(1))] = Int(row.int(2))
-            rows += Int(row.int(2))
+        var tables = Set<String>()
+        try database.run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
+        guard tables.contains("effects") else { return }
+        var effects: [(String, Int, Int)] = []
+        try database.run("SELECT kind, seq, attempt FROM effects") { row in effects.append((row.text(0), Int(row.int(1)), Int(row.int(2)))) }
+        add(effects)
+    }
+
+    /// Reads the PostgreSQL run's effects (and, in outbox mode, the producer's `sent` rows).
+    init(postgres engine: SoakEngine, outbox: Bool) throws {
+        let database = try PostgresDatabase(conninfo: "")
+        var exists = false
+        try database.run("SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'effects'", [.text(engine.schema("tx"))]) { _ in exists = true }
+        guard exists else { return }
+        var effects: [(String, Int, Int)] = []
+        try database.run("SELECT kind, seq, attempt FROM \"\(engine.schema("tx"))\".effects") { row in
+            effects.append((row.text(0), Int(row.int(1)), Int(row.int(2))))
         }
-        self.counts = counts
-        self.rows = rows
+        add(effects)
+        if outbox {
+            var sent = Set<Int>()
+            try database.run("SELECT seq FROM \"\(engine.schema("app"))\".sent") { row in sent.insert(Int(row.int(0))) }
+            self.sent = sent
+        }
+    }
+
+    /// Items whose producer transaction committed (outbox mode), from the producer's database.
+    mutating func readSent(sqlitePath path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        let database = try SQLiteDatabase(path: path)
+        try database.execute("PRAGMA busy_timeout = 10000")
+        var tables = Set<String>()
+        try database.run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
+        guard tables.contains("sent") else { return }
+        var sent = Set<Int>()
+        try database.run("SELECT seq FROM sent") { row in sent.insert(Int(row.int(0))) }
+        self.sent = sent
+    }
+
+    private mutating func add(_ effects: [(kind: String, seq: Int, attempt: Int)]) {
+        for effect in effects {
+            counts[effect.kind, default: [:]][effect.seq, default: 0] += 1
+            rows += 1
+            // A follow-up from an attempt that rolled back (every seventh item's first).
+            if effect.kind == "follow" && effect.seq % 7 == 0 && effect.attempt == 1 { rolledBackFollowUps += 1 }
+        }
+    }
+
+    /// Outbox mode: items the producer committed (nil until read).
+    private var sent: Set<Int>?
+    private var rolledBackFollowUps = 0
+
+    /// Follow-ups of rolled-back handler attempts, plus items with effects whose producer
+    /// transaction never committed.
+    var phantoms: Int {
+        guard let sent else { return rolledBackFollowUps }
+        let effectSeqs = Set(counts.values.flatMap(\.keys))
+        return rolledBackFollowUps + effectSeqs.subtracting(sent).count
     }
 
     func count(kind: String, seq: Int) -> Int { counts[kind]?[seq] ?? 0 }

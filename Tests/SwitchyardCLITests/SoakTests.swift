@@ -11,6 +11,7 @@ struct SoakTests {
         var handled: Int
         var lost: Int
         var duplicate_effects: Int
+        var phantom_follow_ups: Int
         var stuck: Int
         var passed: Bool
         var kills: [String: Int]
@@ -28,5 +29,30 @@ struct SoakTests {
         #expect(report.handled >= report.acknowledged)
         #expect(report.kills.values.reduce(0, +) == 4)
         #expect(report.passed)
+    }
+
+    @Test(
+        "switchyard soak --outbox: calls commit with the producer's rows and the handler's effects; nothing lost, doubled or sent by a rolled-back handler",
+        arguments: ["sqlite", "postgres"])
+    func outboxSoak(engine: String) async throws {
+        var environment: [String: String]?
+        var server: PostgresServer?
+        if engine == "postgres" {
+            guard PostgresServer.binDirectory != nil else { return }
+            server = try await offPool { try PostgresServer() }
+            environment = ProcessInfo.processInfo.environment.merging(server!.environment) { $1 }
+        }
+        let result = try await run(
+            BuildProducts.switchyard, ["soak", "--outbox", "--engine", engine, "--cycles", "4", "--messages", "200", "--json", "--seed", "7"],
+            environment: environment)
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        let report = try JSONDecoder().decode(Report.self, from: Data(result.stdout.utf8))
+        #expect(report.lost == 0)
+        #expect(report.duplicate_effects == 0)
+        #expect(report.phantom_follow_ups == 0)
+        #expect(report.stuck == 0)
+        #expect(report.handled >= report.acknowledged && report.acknowledged > 0)
+        #expect(report.passed)
+        _ = server
     }
 }

@@ -40,7 +40,9 @@ distributed actor AccountsService: Accounts {
                 try db.execute("CREATE TABLE IF NOT EXISTS booked (id bigint NOT NULL, label text NOT NULL)")
                 try db.run("INSERT INTO booked VALUES ($1, 'ledger')", [.int(Int64(id))])
             }
-        } else if Switchyard.inboxTransactionAvailable {
+        } else if Switchyard.inboxDatabase == .sqlite && id < 0 {
+            try Switchyard.inboxTransaction { _ in throw AccountsRefused() }  // an effect that always fails
+        } else if Switchyard.inboxDatabase == .sqlite {
             try Switchyard.inboxTransaction { db in
                 try db.execute("CREATE TABLE IF NOT EXISTS booked (id INTEGER NOT NULL, label TEXT NOT NULL)")
                 try db.run("INSERT INTO booked VALUES (?, 'ledger')", [.int(Int64(id))])
@@ -222,6 +224,33 @@ struct OutboxTests {
         try await Task.sleep(for: .milliseconds(300))
         #expect(seen.withLock { $0 }.isEmpty)
         #expect(try outboxDepth(shop) == 0)
+        await system.shutdown()
+    }
+
+    @Test("an inbox transaction that always fails is retried by the route's policy, then dead-lettered with the reason; its follow-ups are never sent")
+    func failingEffect() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            routes:
+              Accounts.*: { transport: work, retry: { max_attempts: 3, initial_delay: 10ms }, inbox: { path: "\(directory.file("inbox.db"))" }, outbox: true }
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        await #expect {
+            try await ledger.post(-1, fail: false)
+        } throws: { error in
+            guard let error = error as? SwitchyardError else { return false }
+            return error.code == .deadLettered && error.attempts == 3 && error.reason.contains("the inbox transaction failed")
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(seen.withLock { $0 }.isEmpty)
         await system.shutdown()
     }
 

@@ -214,7 +214,7 @@ extension SwitchyardActorSystem {
         var failure: (any Error)?
         route?.metrics.inFlight.increment()
         defer { route?.metrics.inFlight.decrement() }
-        let effects = claimed ? InboxEffects(durable: route?.inbox?.isDurable == true) : nil
+        let effects = claimed ? InboxEffects(kind: route?.inbox?.database?.kind) : nil
         // With `outbox: true`, the handler's fire-and-forget calls wait for its inbox record.
         let capture = claimed && route?.outbox != nil ? OutboxCapture() : nil
         let current = CallContext(
@@ -328,8 +328,22 @@ extension SwitchyardActorSystem {
                     relay.wake()
                 }
             } catch {
-                logger.error("inbox write failed; the call runs again later", metadata: ["target": "\(item.envelope.target.name)", "error": "\(error.message)"])
-                try? item.transport.client.settle(item.delivery, .retry(afterNanos: 1_000_000_000, reason: "inbox write failed: \(error.message)"))
+                // Nothing was committed. Retried like a failed handler: with the route's policy,
+                // dead-lettered once it gives up (an effect that always fails — a constraint the
+                // handler's SQL breaks — must not run forever); without one, again in a second.
+                let reason = "the inbox transaction failed: \(error.message)"
+                let target = item.envelope.target.name
+                if let policy = route?.retry, Int(item.attempt) >= policy.maxAttempts {
+                    route?.metrics.deadLettered.increment()
+                    logger.error("dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+                    sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
+                    deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")
+                    return
+                }
+                let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
+                logger.error("inbox transaction failed; the call runs again later", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+                route?.metrics.retried.increment()
+                try? item.transport.client.settle(item.delivery, .retry(afterNanos: after, reason: reason))
                 return
             }
         }

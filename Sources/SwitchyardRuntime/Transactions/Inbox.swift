@@ -103,11 +103,19 @@ final class Inbox: Sendable {
     }
 }
 
+/// The kind of database a durable inbox keeps its records in (``Switchyard/inboxDatabase``).
+public enum InboxDatabaseKind: Sendable, Hashable {
+    /// A SQLite file (`inbox: { path: FILE }`): ``Switchyard/inboxTransaction(_:)``.
+    case sqlite
+    /// PostgreSQL (`inbox: { postgres: {...} }`): ``Switchyard/inboxTransaction(_:_:)``.
+    case postgres
+}
+
 /// A database a durable inbox keeps its records in, and commits a handler's effects and
 /// follow-up calls in.
 protocol InboxDatabase: Sendable {
-    /// Which database, for errors ("SQLite", "PostgreSQL").
-    var kind: String { get }
+    /// Which database.
+    var kind: InboxDatabaseKind { get }
     /// The record of `key` made since `cutoff`, if any.
     func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled?
     /// In one transaction: unless `key` was recorded since `cutoff` (then that record is
@@ -127,7 +135,7 @@ protocol InboxDatabase: Sendable {
 final class SQLiteInboxDatabase: InboxDatabase {
     let path: String
     private let database: Guarded<SQLiteDatabase>
-    var kind: String { "SQLite" }
+    var kind: InboxDatabaseKind { .sqlite }
     var identity: String { "sqlite:" + path }
 
     init(path: String) throws(TransportError) {
@@ -203,7 +211,7 @@ final class PostgresInboxDatabase: InboxDatabase {
     /// The quoted schema.
     let schema: String
     private let database: Guarded<PostgresDatabase>
-    var kind: String { "PostgreSQL" }
+    var kind: InboxDatabaseKind { .postgres }
     var identity: String { "postgres:\(schemaName):\(conninfo)" }
 
     static let tables = """
@@ -293,9 +301,10 @@ enum InboxEffect: Sendable {
 
 /// The effects one running call has added so far; bound to the call's task while it runs.
 final class InboxEffects: Sendable {
-    let durable: Bool
+    /// The inbox's database, or nil for an inbox in memory.
+    let kind: InboxDatabaseKind?
     private let effects = Guarded<[InboxEffect]>([])
-    init(durable: Bool) { self.durable = durable }
+    init(kind: InboxDatabaseKind?) { self.kind = kind }
     func add(_ effect: InboxEffect) { effects.withLock { $0.append(effect) } }
     var all: [InboxEffect] { effects.withLock { $0 } }
 }
@@ -304,10 +313,18 @@ extension Switchyard {
     /// The running call's effects list, on routes with an inbox.
     @TaskLocal static var inboxEffects: InboxEffects?
 
-    /// Whether ``inboxTransaction(_:)`` can be used here: inside a handler whose route has a
-    /// durable inbox. Code that runs on several configs (a durable inbox in production, none in a
-    /// test) asks this first.
-    public static var inboxTransactionAvailable: Bool { inboxEffects?.durable == true }
+    /// The database of the running handler's durable inbox — which ``inboxTransaction(_:)`` to
+    /// use — or nil outside a handler on a route with one. Code that runs on several configs (a
+    /// durable inbox in production, none in a test) asks this first:
+    ///
+    /// ```swift
+    /// switch Switchyard.inboxDatabase {
+    /// case .sqlite?: try Switchyard.inboxTransaction { db in … }
+    /// case .postgres?: try Switchyard.inboxTransaction(PostgresDatabase.self) { db in … }
+    /// case nil: break  // no durable inbox: nothing to commit with
+    /// }
+    /// ```
+    public static var inboxDatabase: InboxDatabaseKind? { inboxEffects?.kind }
 
     /// Adds `work` to the transaction that records the running call in its route's durable inbox
     /// (`inbox: { path: ... }`): it runs once the handler has returned, against the inbox's SQLite
@@ -359,7 +376,7 @@ extension Switchyard {
     }
 
     private static func effects() throws -> InboxEffects {
-        guard let effects = inboxEffects, effects.durable else {
+        guard let effects = inboxEffects, effects.kind != nil else {
             throw SwitchyardError.routing(
                 target: "Switchyard.inboxTransaction",
                 reason: "only inside a handler whose route has a durable inbox (inbox: { path: FILE } or inbox: { postgres: {} })")

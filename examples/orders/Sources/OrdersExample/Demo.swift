@@ -107,18 +107,18 @@ public enum OrdersDemo {
     ) async throws -> DemoSummary {
         let stats = DemoStats()
         system.registerError(PaymentDeclined.self)
-        try system.host("payments", as: $Payments.self) { PaymentsService(actorSystem: $0, stats: stats) }
         for group in ["email", "analytics"] {
             try system.host(SwitchyardActorID("order-events", group: group), as: $OrderEvents.self) {
                 OrderEventsSubscriber(actorSystem: $0, group: group, stats: stats)
             }
         }
+        let events: any OrderEvents = try system.resolve("order-events", $OrderEvents.self)
+        try system.host("payments", as: $Payments.self) { PaymentsService(actorSystem: $0, stats: stats, events: events) }
         try system.host("reminders", as: $Reminders.self) { ReminderService(actorSystem: $0, stats: stats) }
         let payments: any Payments = try system.resolve("payments", $Payments.self)
-        let events: any OrderEvents = try system.resolve("order-events", $OrderEvents.self)
         let reminders: any Reminders = try system.resolve("reminders", $Reminders.self)
         try system.host("orders", as: $Orders.self) {
-            OrdersService(actorSystem: $0, payments: payments, events: events, reminders: reminders, reminderDelay: reminderDelay)
+            OrdersService(actorSystem: $0, payments: payments, reminders: reminders, reminderDelay: reminderDelay)
         }
         let shop: any Orders = try system.resolve("orders", $Orders.self)
 

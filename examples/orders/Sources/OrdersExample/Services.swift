@@ -1,5 +1,6 @@
 import Distributed
 import Foundation
+import SwitchyardPostgres
 import SwitchyardRuntime
 
 // The orders example: four service protocols. Nothing here knows how calls travel; the config
@@ -39,7 +40,7 @@ public struct PaymentDeclined: Error, Codable, Hashable, CustomStringConvertible
     public var description: String { "payment for order \(orderID) declined: \(reason)" }
 }
 
-/// Places orders: charges the payment, announces the order, schedules a reminder.
+/// Places orders: charges the payment (which announces the order), schedules a reminder.
 @Resolvable
 public protocol Orders: DistributedActor where ActorSystem == SwitchyardActorSystem {
     /// Places an order and returns its receipt.
@@ -70,22 +71,20 @@ public protocol Reminders: DistributedActor where ActorSystem == SwitchyardActor
 distributed actor OrdersService: Orders {
     typealias ActorSystem = SwitchyardActorSystem
     let payments: any Payments
-    let events: any OrderEvents
     let reminders: any Reminders
     let reminderDelay: Duration
 
-    init(actorSystem: ActorSystem, payments: any Payments, events: any OrderEvents, reminders: any Reminders, reminderDelay: Duration) {
+    init(actorSystem: ActorSystem, payments: any Payments, reminders: any Reminders, reminderDelay: Duration) {
         self.actorSystem = actorSystem
         self.payments = payments
-        self.events = events
         self.reminders = reminders
         self.reminderDelay = reminderDelay
     }
 
     distributed func place(_ order: Order) async throws -> Receipt {
+        // The payment handler announces the order (through its outbox, where the route has one).
         let payment = try await payments.charge(order)
         let receipt = Receipt(orderID: order.id, payment: payment)
-        try await events.orderPlaced(order, receipt: receipt)
         try await Switchyard.withDelay(reminderDelay) {
             try await reminders.remind(orderID: order.id, customer: order.customer)
         }
@@ -94,14 +93,20 @@ distributed actor OrdersService: Orders {
 }
 
 /// A payment provider that is flaky on purpose: some orders are declined on their first attempts
-/// and go through on a later one; a few are always declined.
+/// and go through on a later one; a few are always declined. A successful charge is recorded in
+/// the payments table and announced as ``OrderEvents/orderPlaced(_:receipt:)``: with the route's
+/// durable inbox and `outbox: true`, the row, the announcement and the record that the charge was
+/// handled commit together, so a charge redelivered after a crash is neither recorded nor
+/// announced twice, and a declined one is never announced.
 distributed actor PaymentsService: Payments {
     typealias ActorSystem = SwitchyardActorSystem
     let stats: DemoStats
+    let events: any OrderEvents
 
-    init(actorSystem: ActorSystem, stats: DemoStats) {
+    init(actorSystem: ActorSystem, stats: DemoStats, events: any OrderEvents) {
         self.actorSystem = actorSystem
         self.stats = stats
+        self.events = events
     }
 
     distributed func charge(_ order: Order) async throws -> String {
@@ -112,7 +117,39 @@ distributed actor PaymentsService: Payments {
         if attempt <= FlakyProvider.failuresBeforeSuccess(order.id) {
             throw PaymentDeclined(orderID: order.id, reason: "provider busy (attempt \(attempt))")
         }
-        return "pay-\(order.id)-\(attempt)"
+        let payment = "pay-\(order.id)-\(attempt)"
+        try PaymentLedger.record(order, payment: payment)
+        try await events.orderPlaced(order, receipt: Receipt(orderID: order.id, payment: payment))
+        return payment
+    }
+}
+
+/// The payments table, written in the transaction of the payments route's inbox — in SQLite or
+/// PostgreSQL, whichever the config puts the inbox in; nothing to write without a durable inbox
+/// (direct.yaml).
+enum PaymentLedger {
+    static func record(_ order: Order, payment: String) throws {
+        switch Switchyard.inboxDatabase {
+        case .sqlite?:
+            try Switchyard.inboxTransaction { db in
+                try db.execute("CREATE TABLE IF NOT EXISTS payments (order_id INTEGER NOT NULL, cents INTEGER NOT NULL, reference TEXT NOT NULL)")
+                try db.run("INSERT INTO payments VALUES (?, ?, ?)", [.int(Int64(order.id)), .int(Int64(order.cents)), .text(payment)])
+            }
+        case .postgres?:
+            try Switchyard.inboxTransaction(PostgresDatabase.self) { db in
+                // Created by the first charge; concurrent CREATE TABLEs in PostgreSQL collide,
+                // so the creation is serialized (the check costs one round trip).
+                var missing = false
+                try db.run("SELECT 1 WHERE to_regclass('orders_payments') IS NULL") { _ in missing = true }
+                if missing {
+                    try db.run("SELECT pg_advisory_xact_lock(hashtext('switchyard orders example'))")
+                    try db.execute("CREATE TABLE IF NOT EXISTS orders_payments (order_id bigint NOT NULL, cents bigint NOT NULL, reference text NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+                }
+                try db.run("INSERT INTO orders_payments VALUES ($1, $2, $3)", [.int(Int64(order.id)), .int(Int64(order.cents)), .text(payment)])
+            }
+        case nil:
+            break
+        }
     }
 }
 
