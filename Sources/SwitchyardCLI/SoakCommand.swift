@@ -37,6 +37,9 @@ struct SoakCommand: AsyncParsableCommand {
     @Flag(help: "Outbox mode: calls commit with the producer's rows and with the handler's effects (needs the inbox).")
     var outbox = false
 
+    @Flag(help: "With --outbox: the work route without outbox: true, to show what it prevents (phantom_follow_ups > 0 expected; not a failure).")
+    var followUpsWithoutOutbox = false
+
     @Option(help: "Where queues, topics, inboxes and outboxes live: sqlite (files in the run's directory) or postgres (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD say which server).")
     var engine: Engine = .sqlite
 
@@ -59,6 +62,7 @@ struct SoakCommand: AsyncParsableCommand {
         guard cycles >= 0 else { throw ValidationError("--cycles must be 0 or more") }
         guard messages > 0 else { throw ValidationError("--messages must be at least 1") }
         guard inbox || !outbox else { throw ValidationError("--outbox needs the inbox: the follow-ups commit with its records (drop --no-inbox)") }
+        guard outbox || !followUpsWithoutOutbox else { throw ValidationError("--follow-ups-without-outbox is a control for --outbox: add --outbox") }
         guard inbox || engine == .sqlite else { throw ValidationError("--engine postgres records effects through the inbox: drop --no-inbox") }
     }
 
@@ -68,6 +72,7 @@ struct SoakCommand: AsyncParsableCommand {
         options.messages = messages
         options.inbox = inbox
         options.outbox = outbox
+        options.followUpsWithoutOutbox = followUpsWithoutOutbox
         options.postgres = engine == .postgres
         options.seed = seed
         options.directory = directory
