@@ -40,7 +40,9 @@ struct SoakCommand: AsyncParsableCommand {
     @Flag(help: "With --outbox: the work route without outbox: true, to show what it prevents (phantom_follow_ups > 0 expected; not a failure).")
     var followUpsWithoutOutbox = false
 
-    @Option(help: "Where queues, topics, inboxes and outboxes live: sqlite (files in the run's directory) or postgres (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD say which server).")
+    @Option(
+        help:
+            "Where queues, topics, inboxes and outboxes live: sqlite (files in the run's directory) or postgres (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD say which server).")
     var engine: Engine = .sqlite
 
     @Flag(help: "Print the result as one JSON object.")

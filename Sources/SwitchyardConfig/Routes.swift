@@ -135,7 +135,9 @@ extension SwitchyardConfig {
             if route.outbox && route.inbox == nil {
                 throw ConfigError(
                     key: route.key(.outbox), line: route.line(.outbox),
-                    message: "needs an inbox on the same route: the follow-up calls commit with the record that the call was handled (add inbox: { path: FILE } or inbox: { postgres: {} }; an inbox without either keeps the outbox in memory)")
+                    message:
+                        "needs an inbox on the same route: the follow-up calls commit with the record that the call was handled (add inbox: { path: FILE } or inbox: { postgres: {} }; an inbox without either keeps the outbox in memory)"
+                )
             }
             routes.append(route)
         }

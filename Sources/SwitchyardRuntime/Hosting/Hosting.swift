@@ -223,19 +223,19 @@ extension SwitchyardActorSystem {
             deadlineNanos: envelope.deadlineNanos > 0 ? envelope.deadlineNanos : nil, source: envelope.source)
         await Switchyard.$currentCall.withValue(current) {
             await Switchyard.$inboxEffects.withValue(effects) {
-              await Switchyard.$outboxCapture.withValue(capture) {
-                await withSpan(call.name, context: context, ofKind: .consumer) { span in
-                    do {
-                        var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
-                        guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
-                        try await executeDistributedTarget(
-                            on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
-                        if case .error(let error)? = handler.outcome { span.recordError(error) }
-                    } catch {
-                        failure = error
+                await Switchyard.$outboxCapture.withValue(capture) {
+                    await withSpan(call.name, context: context, ofKind: .consumer) { span in
+                        do {
+                            var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
+                            guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
+                            try await executeDistributedTarget(
+                                on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+                            if case .error(let error)? = handler.outcome { span.recordError(error) }
+                        } catch {
+                            failure = error
+                        }
                     }
                 }
-              }
             }
         }
         if let failure {
@@ -335,7 +335,8 @@ extension SwitchyardActorSystem {
                 let target = item.envelope.target.name
                 if let policy = route?.retry, Int(item.attempt) >= policy.maxAttempts {
                     route?.metrics.deadLettered.increment()
-                    logger.error("dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+                    logger.error(
+                        "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
                     sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
                     deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")
                     return

@@ -140,7 +140,7 @@ extension SwitchyardActorSystem {
             do throws(TransportError) {
                 try connection.ensureConnected()
                 try connection.execute("BEGIN")
-            } catch where error.code == .unavailable {
+            } catch  where error.code == .unavailable {
                 // A pooled connection the server dropped (a restart) shows only when used: a
                 // failed BEGIN did nothing, so connect again and begin once more.
                 try connection.ensureConnected()
@@ -174,7 +174,8 @@ extension SwitchyardActorSystem {
             let names = outboxes.keys.sorted()
             throw SwitchyardError.routing(
                 target: "transaction(on: \"\(name)\")",
-                reason: "no outbox named '\(name)' (configured under outboxes: \(names.isEmpty ? "none; add outboxes: { \(name): { path: FILE } }" : names.joined(separator: ", ")))")
+                reason:
+                    "no outbox named '\(name)' (configured under outboxes: \(names.isEmpty ? "none; add outboxes: { \(name): { path: FILE } }" : names.joined(separator: ", ")))")
         }
         return outbox
     }

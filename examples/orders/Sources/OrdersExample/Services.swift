@@ -143,7 +143,9 @@ enum PaymentLedger {
                 try db.run("SELECT 1 WHERE to_regclass('orders_payments') IS NULL") { _ in missing = true }
                 if missing {
                     try db.run("SELECT pg_advisory_xact_lock(hashtext('switchyard orders example'))")
-                    try db.execute("CREATE TABLE IF NOT EXISTS orders_payments (order_id bigint NOT NULL, cents bigint NOT NULL, reference text NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+                    try db.execute(
+                        "CREATE TABLE IF NOT EXISTS orders_payments (order_id bigint NOT NULL, cents bigint NOT NULL, reference text NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+                    )
                 }
                 try db.run("INSERT INTO orders_payments VALUES ($1, $2, $3)", [.int(Int64(order.id)), .int(Int64(order.cents)), .text(payment)])
             }
