@@ -183,7 +183,7 @@ let package = Package(
             name: "SwitchyardBench",
             dependencies: [
                 "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "CNats", "CFFI",
-                "SwitchyardNative",
+                "SwitchyardNative", "SwitchyardPostgres",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],

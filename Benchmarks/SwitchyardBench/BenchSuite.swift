@@ -66,6 +66,7 @@ public struct BenchUnavailable: Error, CustomStringConvertible {
 
 /// Every suite this build has, in the order `switchyard bench` runs them.
 public let allBenchSuites: [any BenchSuite] = [
-    ABISuite(), LoaderSuite(), MemoryQueueSuite(), DurableQueueSuite(), DurableRequestReplySuite(), DelaySuite(), RetrySuite(), TypedCallSuite(), NATSSuite(), FFISuite(),
+    ABISuite(), LoaderSuite(), MemoryQueueSuite(), DurableQueueSuite(), DurableRequestReplySuite(), DelaySuite(), RetrySuite(), TypedCallSuite(), NATSSuite(), PostgresSuite(),
+    FFISuite(),
     IsolationSuite(),
 ]

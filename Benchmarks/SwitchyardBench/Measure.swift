@@ -1,5 +1,6 @@
 import Foundation
 import SwitchyardABI
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -43,4 +44,20 @@ public enum Measure {
 @inline(never)
 public func blackHole<T>(_ value: T) {
     withExtendedLifetime(value) {}
+}
+
+/// Runs `body(thread)` on `threads` threads of their own and waits for all; rethrows the first
+/// error (publishers of the broker suites).
+func onThreads(_ threads: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws {
+    let done = DispatchGroup()
+    let failure = Mutex<(any Error)?>(nil)
+    for thread in 0..<threads {
+        done.enter()
+        Thread {
+            do { try body(thread) } catch { failure.withLock { $0 = $0 ?? error } }
+            done.leave()
+        }.start()
+    }
+    done.wait()
+    if let error = failure.withLock({ $0 }) { throw error }
 }

@@ -65,7 +65,7 @@ struct NATSSuite: BenchSuite {
         }
         let body = [UInt8](repeating: 0x5A, count: 64)
         let start = Measure.now()
-        try parallel(publishers) { thread in
+        try onThreads(publishers) { thread in
             for index in stride(from: thread, to: count, by: publishers) {
                 try client.publish(Message(id: "p-\(stream)-\(index)", channel: "bench", body: body))
             }
@@ -134,7 +134,7 @@ struct NATSSuite: BenchSuite {
         let body = [UInt8](repeating: 0x5A, count: 64)
         let start = Measure.now()
         consumer.start()
-        try parallel(publishers) { thread in
+        try onThreads(publishers) { thread in
             var options = jsPubOptions()
             jsPubOptions_Init(&options)
             for index in stride(from: thread, to: count, by: publishers) {
@@ -156,21 +156,6 @@ struct NATSSuite: BenchSuite {
         let status = js_Publish(&ack, js, subject, body.baseAddress, Int32(body.count), &options, nil)
         jsPubAck_Destroy(ack)
         return status
-    }
-
-    /// Runs `body(thread)` on `threads` threads and waits for all; rethrows the first error.
-    private func parallel(_ threads: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws {
-        let done = DispatchGroup()
-        let failure = Mutex<(any Error)?>(nil)
-        for thread in 0..<threads {
-            done.enter()
-            Thread {
-                do { try body(thread) } catch { failure.withLock { $0 = $0 ?? error } }
-                done.leave()
-            }.start()
-        }
-        done.wait()
-        if let error = failure.withLock({ $0 }) { throw error }
     }
 }
 

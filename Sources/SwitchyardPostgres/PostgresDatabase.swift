@@ -304,3 +304,46 @@ extension PostgresDatabase {
         return quoted
     }
 }
+
+// MARK: Pool
+
+/// Connections to one database for callers on many threads: each use takes an idle connection
+/// (or opens one), and gives it back afterwards; at most `maxIdle` are kept open between uses.
+/// A connection that failed is given back too: its next use reconnects (``PostgresDatabase/ensureConnected()``).
+public final class PostgresPool: @unchecked Sendable {
+    // @unchecked: the idle list is behind the lock; a connection is used by one caller at a time.
+    private let conninfo: String
+    private let maxIdle: Int
+    private let lock = NSLock()
+    private var idle: [PostgresDatabase] = []
+
+    /// A pool for `conninfo` (empty: the `PG*` environment), keeping up to `maxIdle` connections.
+    public init(conninfo: String, maxIdle: Int = 8) {
+        self.conninfo = conninfo
+        self.maxIdle = maxIdle
+    }
+
+    /// An idle connection, or a new one; give it back with ``checkin(_:)``.
+    public func checkout() throws(TransportError) -> PostgresDatabase {
+        lock.lock()
+        let pooled = idle.popLast()
+        lock.unlock()
+        if let pooled { return pooled }
+        return try PostgresDatabase(conninfo: conninfo)
+    }
+
+    /// Gives a connection back (closed when the pool already keeps `maxIdle`).
+    public func checkin(_ database: PostgresDatabase) {
+        lock.lock()
+        if idle.count < maxIdle { idle.append(database) }
+        lock.unlock()
+    }
+
+    /// Runs `body` on a connection of the pool.
+    public func withConnection<R>(_ body: (PostgresDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+        let database = try checkout()
+        defer { checkin(database) }
+        try database.ensureConnected()
+        return try body(database)
+    }
+}

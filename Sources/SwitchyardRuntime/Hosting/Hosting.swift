@@ -191,7 +191,7 @@ extension SwitchyardActorSystem {
         var finished = false
         defer {
             // Any way out but success: release the claim so a redelivery runs the call.
-            if claimed && !finished { _ = try? route?.inbox?.finish(key, nil) }
+            if claimed && !finished { route?.inbox?.release(key) }
         }
 
         if let module = hosted.native {
@@ -320,12 +320,17 @@ extension SwitchyardActorSystem {
         if let key, let inbox = route?.inbox {
             let relay = route?.outbox
             do throws(TransportError) {
-                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects, outbox: outbox) {
+                var written: [OutboxRow] = []
+                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects, outbox: outbox, written: &written) {
                     route?.metrics.duplicates.increment()
                     (outcome, body) = (first.outcome, first.reply)
                 } else if let relay, !outbox.isEmpty {
-                    (relay.storage as? MemoryOutboxStorage)?.add(outbox)
-                    relay.wake()
+                    if let memory = relay.storage as? MemoryOutboxStorage {
+                        memory.add(outbox)
+                        relay.wake()
+                    } else {
+                        relay.handOff(written)
+                    }
                 }
             } catch {
                 // Nothing was committed. Retried like a failed handler: with the route's policy,

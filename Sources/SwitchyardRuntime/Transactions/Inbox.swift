@@ -44,7 +44,7 @@ final class Inbox: Sendable {
     enum Claim {
         /// Handled before: answer with this, do not run it.
         case handled(Handled)
-        /// Not handled yet, and now claimed by the caller, who must call ``finish(_:_:effects:outbox:)``.
+        /// Not handled yet, and now claimed by the caller, who must call ``finish(_:_:effects:outbox:written:)`` or ``release(_:)``.
         case claimed
         /// Another delivery of the same call is running in this process.
         case running
@@ -67,6 +67,12 @@ final class Inbox: Sendable {
         }
     }
 
+    /// Ends a claim without recording anything: a later delivery runs the call (a failure to be
+    /// retried).
+    func release(_ key: String) {
+        storage.withLock { _ = $0.running.remove(key) }
+    }
+
     /// Ends a claim: remembers the call when it was handled (`handled` non-nil), or lets a later
     /// delivery run it (a failure to be retried).
     ///
@@ -75,7 +81,9 @@ final class Inbox: Sendable {
     /// another process recorded the same call meanwhile (a redelivery that ran there at the same
     /// time), nothing of ours is committed and its record is returned: answer with that. Throws
     /// (committing nothing) when an effect or the write fails.
-    func finish(_ key: String, _ handled: Handled?, effects: [InboxEffect] = [], outbox: [OutboxMessage] = []) throws(TransportError) -> Handled? {
+    func finish(
+        _ key: String, _ handled: Handled?, effects: [InboxEffect] = [], outbox: [OutboxMessage] = [], written: inout [OutboxRow]
+    ) throws(TransportError) -> Handled? {
         defer { storage.withLock { _ = $0.running.remove(key) } }
         guard let handled else { return nil }
         let now = WallClock.nowNanos()
@@ -91,7 +99,7 @@ final class Inbox: Sendable {
             }
             return nil
         }
-        let first = try database.record(key, handled, at: now, cutoff: cutoff, effects: effects, outbox: outbox)
+        let first = try database.record(key, handled, at: now, cutoff: cutoff, effects: effects, outbox: outbox, written: &written)
         let prune = storage.withLock { storage -> Bool in
             storage.writesSincePrune += 1
             guard storage.writesSincePrune >= 1000 else { return false }
@@ -119,9 +127,11 @@ protocol InboxDatabase: Sendable {
     /// The record of `key` made since `cutoff`, if any.
     func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled?
     /// In one transaction: unless `key` was recorded since `cutoff` (then that record is
-    /// returned and nothing committed), applies `effects`, writes `outbox`, records `handled`.
+    /// returned and nothing committed), applies `effects`, writes `outbox` (the rows as written
+    /// in `written`), records `handled`.
     func record(
-        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage],
+        written: inout [OutboxRow]
     ) throws(TransportError) -> Inbox.Handled?
     /// Forgets records older than `cutoff`.
     func prune(before cutoff: Int64) throws(TransportError)
@@ -170,7 +180,8 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func record(
-        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage],
+        written: inout [OutboxRow]
     ) throws(TransportError) -> Inbox.Handled? {
         try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
             // IMMEDIATE: take the write lock first, so the check and the insert see one state
@@ -182,7 +193,7 @@ final class SQLiteInboxDatabase: InboxDatabase {
                     return first
                 }
                 for effect in effects { try effect.apply(sqlite: database) }
-                try SQLiteOutboxStorage.insert(outbox, into: database)
+                written = try SQLiteOutboxStorage.insert(outbox, into: database)
                 _ = try database.run(
                     "INSERT OR REPLACE INTO inbox (key, at, outcome, reply) VALUES (?, ?, ?, ?)",
                     [.text(key), .int(now), .text(handled.outcome), .blob(handled.reply)])
@@ -210,7 +221,8 @@ final class PostgresInboxDatabase: InboxDatabase {
     let schemaName: String
     /// The quoted schema.
     let schema: String
-    private let database: Guarded<PostgresDatabase>
+    /// Connections: handlers running at once record their calls in parallel.
+    private let pool: PostgresPool
     var kind: InboxDatabaseKind { .postgres }
     var identity: String { "postgres:\(schemaName):\(conninfo)" }
 
@@ -222,15 +234,15 @@ final class PostgresInboxDatabase: InboxDatabase {
     init(conninfo: String, schema: String) throws(TransportError) {
         self.conninfo = conninfo
         schemaName = schema
-        let database = try PostgresDatabase(conninfo: conninfo)
+        pool = PostgresPool(conninfo: conninfo, maxIdle: 16)
+        let database = try pool.checkout()
         self.schema = try database.prepareSchema(schema, kind: "transactions", tables: Self.tables)
-        self.database = Guarded(database)
+        pool.checkin(database)
     }
 
     func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled? {
-        try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
-            try database.ensureConnected()
-            return try Self.lookup(key, cutoff: cutoff, in: database, schema: schema)
+        try pool.withConnection { (database) throws(TransportError) -> Inbox.Handled? in
+            try Self.lookup(key, cutoff: cutoff, in: database, schema: schema)
         }
     }
 
@@ -243,9 +255,10 @@ final class PostgresInboxDatabase: InboxDatabase {
     }
 
     func record(
-        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage],
+        written: inout [OutboxRow]
     ) throws(TransportError) -> Inbox.Handled? {
-        try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
+        try pool.withConnection { (database) throws(TransportError) -> Inbox.Handled? in
             try database.transaction { () throws(TransportError) -> Inbox.Handled? in
                 // One key at a time across every process: the check and the insert see one state.
                 try database.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard inbox " + key)])
@@ -253,7 +266,7 @@ final class PostgresInboxDatabase: InboxDatabase {
                 // transaction commits nothing).
                 if let first = try Self.lookup(key, cutoff: cutoff, in: database, schema: schema) { return first }
                 for effect in effects { try effect.apply(postgres: database) }
-                try PostgresOutboxStorage.insert(outbox, into: database, schema: schema)
+                written = try PostgresOutboxStorage.insert(outbox, into: database, schema: schema)
                 try database.run(
                     """
                     INSERT INTO \(schema).inbox (key, at, outcome, reply) VALUES ($1, $2, $3, $4)
@@ -265,7 +278,7 @@ final class PostgresInboxDatabase: InboxDatabase {
     }
 
     func prune(before cutoff: Int64) throws(TransportError) {
-        try database.withLock { (database) throws(TransportError) in _ = try database.run("DELETE FROM \(schema).inbox WHERE at < $1", [.int(cutoff)]) }
+        try pool.withConnection { (database) throws(TransportError) in _ = try database.run("DELETE FROM \(schema).inbox WHERE at < $1", [.int(cutoff)]) }
     }
 
     func makeOutboxStorage() throws(TransportError) -> any OutboxStorage {

@@ -74,15 +74,24 @@ final class SQLiteOutboxStorage: OutboxStorage {
         CREATE INDEX IF NOT EXISTS switchyard_outbox_due ON switchyard_outbox (claimed_until, seq);
         """
 
-    /// Writes `messages` in the open transaction of `database` (creating the table if needed).
-    static func insert(_ messages: [OutboxMessage], into database: SQLiteDatabase) throws(TransportError) {
-        guard !messages.isEmpty else { return }
+    /// Writes `messages` in the open transaction of `database`, claimed by this process for
+    /// ``OutboxRelay/leaseNanos`` (its relay publishes them from memory once the transaction
+    /// commits: ``OutboxRelay/handOff(_:)``; after a crash the claim expires and any relay takes
+    /// them). Returns the rows as written.
+    static func insert(_ messages: [OutboxMessage], into database: SQLiteDatabase) throws(TransportError) -> [OutboxRow] {
+        guard !messages.isEmpty else { return [] }
         let now = WallClock.nowNanos()
+        var rows: [OutboxRow] = []
         for outgoing in messages {
             _ = try database.run(
-                "INSERT INTO switchyard_outbox (transport, channel, message, created_at) VALUES (?, ?, ?, ?)",
-                [.text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now)])
+                "INSERT INTO switchyard_outbox (transport, channel, message, created_at, claimed_until) VALUES (?, ?, ?, ?, ?)",
+                [
+                    .text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now),
+                    .int(now + OutboxRelay.leaseNanos),
+                ])
+            rows.append(OutboxRow(seq: database.lastInsertRowID, transport: outgoing.transport, message: outgoing.message, attempts: 0))
         }
+        return rows
     }
 
     /// The relay's own connection (the transactions that write rows use theirs).
@@ -180,15 +189,24 @@ final class PostgresOutboxStorage: OutboxStorage {
         CREATE INDEX IF NOT EXISTS outbox_due ON $schema.outbox (claimed_until, seq);
         """
 
-    /// Writes `messages` in the open transaction of `database`.
-    static func insert(_ messages: [OutboxMessage], into database: PostgresDatabase, schema: String) throws(TransportError) {
-        guard !messages.isEmpty else { return }
+    /// Writes `messages` in the open transaction of `database`, claimed by this process (as the
+    /// SQLite outbox does); returns the rows as written.
+    static func insert(_ messages: [OutboxMessage], into database: PostgresDatabase, schema: String) throws(TransportError) -> [OutboxRow] {
+        guard !messages.isEmpty else { return [] }
         let now = WallClock.nowNanos()
+        var rows: [OutboxRow] = []
         for outgoing in messages {
+            var seq: Int64 = 0
             try database.run(
-                "INSERT INTO \(schema).outbox (transport, channel, message, created_at) VALUES ($1, $2, $3, $4)",
-                [.text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now)])
+                "INSERT INTO \(schema).outbox (transport, channel, message, created_at, claimed_until) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+                [
+                    .text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now),
+                    .int(now + OutboxRelay.leaseNanos),
+                ]
+            ) { row in seq = row.int(0) }
+            rows.append(OutboxRow(seq: seq, transport: outgoing.transport, message: outgoing.message, attempts: 0))
         }
+        return rows
     }
 
     private let database: Guarded<PostgresDatabase>
@@ -339,6 +357,8 @@ final class OutboxRelay: Sendable {
     private struct State {
         var stopping = false
         var started = false
+        /// Rows this process committed and claimed, to publish without reading them back.
+        var handedOff: [OutboxRow] = []
         /// Destinations whose last publish failed (logged once until they recover).
         var failing: Set<String> = []
     }
@@ -375,15 +395,25 @@ final class OutboxRelay: Sendable {
     /// A transaction committed messages: relay them now rather than at the next poll.
     func wake() { wakeup.signal() }
 
-    /// Relays what is due; returns how many messages were published.
+    /// A transaction of this process committed `rows` (claimed when written): publish them now,
+    /// from memory, without claiming them again.
+    func handOff(_ rows: [OutboxRow]) {
+        guard !rows.isEmpty else { return }
+        state.withLock { $0.handedOff += rows }
+        wakeup.signal()
+    }
+
+    /// Relays what was handed off and what is due; returns how many messages were published.
     @discardableResult
     func relayOnce() -> Int {
-        let rows: [OutboxRow]
+        var rows = state.withLock { state in
+            defer { state.handedOff = [] }
+            return state.handedOff
+        }
         do {
-            rows = try storage.claim(limit: Self.batchSize, nowNanos: WallClock.nowNanos(), leaseNanos: Self.leaseNanos)
+            rows += try storage.claim(limit: Self.batchSize, nowNanos: WallClock.nowNanos(), leaseNanos: Self.leaseNanos)
         } catch {
             logger.error("outbox relay cannot read its outbox; trying again", metadata: ["outbox": "\(name)", "error": "\(error.message)"])
-            return 0
         }
         guard !rows.isEmpty else { return 0 }
         var published: [Int64] = []

@@ -15,14 +15,14 @@ final class ApplicationOutbox: Sendable {
     /// uses one at a time).
     enum Database: Sendable {
         case sqlite(path: String, idle: Guarded<[SQLiteDatabase]>)
-        case postgres(conninfo: String, schema: String, idle: Guarded<[PostgresDatabase]>)
+        case postgres(schema: String, pool: PostgresPool)
     }
 
     init(_ entry: SwitchyardConfig.OutboxEntry, relays: OutboxRelays) throws(TransportError) {
         name = entry.name
         if let postgres = entry.postgres {
             let quoted = try PostgresDatabase.quotedSchema(postgres.schema)
-            database = .postgres(conninfo: postgres.conninfo, schema: quoted, idle: Guarded([]))
+            database = .postgres(schema: quoted, pool: PostgresPool(conninfo: postgres.conninfo))
             relay = try relays.relay(identity: "postgres:\(postgres.schema):\(postgres.conninfo)", name: entry.name) { () throws(TransportError) in
                 try PostgresOutboxStorage(conninfo: postgres.conninfo, schema: postgres.schema)
             }
@@ -105,13 +105,13 @@ extension SwitchyardActorSystem {
             throw error
         }
         do throws(TransportError) {
-            try SQLiteOutboxStorage.insert(capture.messages, into: database)
+            let written = try SQLiteOutboxStorage.insert(capture.messages, into: database)
             try database.execute("COMMIT")
+            outbox.relay.handOff(written)
         } catch {
             try? database.execute("ROLLBACK")
             throw failed(error)
         }
-        if !capture.messages.isEmpty { outbox.relay.wake() }
         return value
     }
 
@@ -130,13 +130,13 @@ extension SwitchyardActorSystem {
     /// The transaction holds a connection (from a small pool) until `body` returns.
     public func transaction<T>(on name: String, _ database: PostgresDatabase.Type, _ body: (PostgresDatabase) async throws -> T) async throws -> T {
         let outbox = try applicationOutbox(name, kind: "PostgreSQL")
-        guard case .postgres(let conninfo, let schema, let idle) = outbox.database else { throw wrongKind(outbox) }
+        guard case .postgres(let schema, let pool) = outbox.database else { throw wrongKind(outbox) }
         func failed(_ error: TransportError) -> SwitchyardError {
             SwitchyardError.transport(target: "transaction(on: \"\(name)\")", reason: error.message)
         }
         let connection: PostgresDatabase
         do throws(TransportError) {
-            if let pooled = idle.withLock({ $0.popLast() }) { connection = pooled } else { connection = try PostgresDatabase(conninfo: conninfo) }
+            connection = try pool.checkout()
             do throws(TransportError) {
                 try connection.ensureConnected()
                 try connection.execute("BEGIN")
@@ -149,7 +149,7 @@ extension SwitchyardActorSystem {
         } catch {
             throw failed(error)
         }
-        defer { idle.withLock { if $0.count < 8 { $0.append(connection) } } }
+        defer { pool.checkin(connection) }
         let capture = OutboxCapture()
         let value: T
         do {
@@ -159,13 +159,13 @@ extension SwitchyardActorSystem {
             throw error
         }
         do throws(TransportError) {
-            try PostgresOutboxStorage.insert(capture.messages, into: connection, schema: schema)
+            let written = try PostgresOutboxStorage.insert(capture.messages, into: connection, schema: schema)
             try connection.execute("COMMIT")
+            outbox.relay.handOff(written)
         } catch {
             try? connection.execute("ROLLBACK")
             throw failed(error)
         }
-        if !capture.messages.isEmpty { outbox.relay.wake() }
         return value
     }
 
