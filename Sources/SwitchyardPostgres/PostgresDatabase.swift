@@ -308,38 +308,47 @@ extension PostgresDatabase {
 // MARK: Pool
 
 /// Connections to one database for callers on many threads: each use takes an idle connection
-/// (or opens one), and gives it back afterwards; at most `maxIdle` are kept open between uses.
-/// A connection that failed is given back too: its next use reconnects (``PostgresDatabase/ensureConnected()``).
+/// (or opens one, up to `maxOpen`; beyond that it waits for one), and gives it back afterwards.
+/// A connection that failed is given back too: its next use reconnects
+/// (``PostgresDatabase/ensureConnected()``).
 public final class PostgresPool: @unchecked Sendable {
     // @unchecked: the idle list is behind the lock; a connection is used by one caller at a time.
     private let conninfo: String
-    private let maxIdle: Int
     private let lock = NSLock()
     private var idle: [PostgresDatabase] = []
+    private let slots: DispatchSemaphore
 
-    /// A pool for `conninfo` (empty: the `PG*` environment), keeping up to `maxIdle` connections.
-    public init(conninfo: String, maxIdle: Int = 8) {
+    /// A pool for `conninfo` (empty: the `PG*` environment) with at most `maxOpen` connections.
+    public init(conninfo: String, maxOpen: Int = 8) {
         self.conninfo = conninfo
-        self.maxIdle = maxIdle
+        slots = DispatchSemaphore(value: max(1, maxOpen))
     }
 
-    /// An idle connection, or a new one; give it back with ``checkin(_:)``.
+    /// An idle connection, or a new one (waiting while `maxOpen` are in use); give it back with
+    /// ``checkin(_:)``.
     public func checkout() throws(TransportError) -> PostgresDatabase {
+        slots.wait()
         lock.lock()
         let pooled = idle.popLast()
         lock.unlock()
         if let pooled { return pooled }
-        return try PostgresDatabase(conninfo: conninfo)
+        do {
+            return try PostgresDatabase(conninfo: conninfo)
+        } catch {
+            slots.signal()
+            throw error
+        }
     }
 
-    /// Gives a connection back (closed when the pool already keeps `maxIdle`).
+    /// Gives a connection back.
     public func checkin(_ database: PostgresDatabase) {
         lock.lock()
-        if idle.count < maxIdle { idle.append(database) }
+        idle.append(database)
         lock.unlock()
+        slots.signal()
     }
 
-    /// Runs `body` on a connection of the pool.
+    /// Runs `body` on a connection of the pool (connected again first if the server dropped it).
     public func withConnection<R>(_ body: (PostgresDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
         let database = try checkout()
         defer { checkin(database) }

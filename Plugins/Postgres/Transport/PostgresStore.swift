@@ -14,8 +14,11 @@ struct PostgresConfig: Decodable {
     /// The PostgreSQL schema holding the transport's tables, created when missing. Defaults to
     /// `switchyard_queue` or `switchyard_topic`.
     var schema: String?
+    /// Connections the store runs its statements on at once (1–64; default 8): publishes and
+    /// settlements from several threads commit in parallel.
+    var connections: Int?
 
-    static let keys: Set<String> = ["conninfo", "schema"]
+    static let keys: Set<String> = ["conninfo", "schema", "connections"]
 }
 
 /// A durable ``MessageStore`` in PostgreSQL: the same model as ``SQLiteStore`` (one row per
@@ -31,9 +34,9 @@ struct PostgresConfig: Decodable {
 /// - **Durable**: a publish returns once PostgreSQL committed it (`synchronous_commit` as the
 ///   server is configured).
 ///
-/// All statements of a store run on one connection, one at a time.
+/// Statements run on a small pool of connections (`connections`), one transaction each.
 final class PostgresStore: MessageStore, @unchecked Sendable {
-    // @unchecked: the connection is used under `connection`'s lock only; the rest is immutable or
+    // @unchecked: connections are used one caller at a time (the pool); the rest is immutable or
     // behind `shared`.
 
     let fanOut: Bool
@@ -44,8 +47,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     private let schema: String
     /// The notification channel (`pg_notify`), named after the schema.
     private let notifyChannel: String
-    private let connection: Guarded<PostgresDatabase>
-    private let ownBackend: Int32
+    private let pool: PostgresPool
+    /// The server processes of this store's connections: their notifications are not news.
+    private let ownBackends = Guarded<Set<Int32>>([])
     private struct Shared {
         var changeHandler: (@Sendable () -> Void)?
         var cachedCounts: (depth: UInt64, inFlight: UInt64, at: Int64) = (0, 0, 0)
@@ -61,7 +65,14 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         let kind = fanOut ? "topic" : "queue"
         let name = config.schema ?? "switchyard_\(kind)"
         _ = try PostgresDatabase.quotedSchema(name)
-        let connection = try PostgresDatabase(conninfo: config.conninfo ?? "")
+        let connections = config.connections ?? 8
+        guard (1...64).contains(connections) else {
+            throw TransportError(.config, "config key 'connections': \(connections) is not between 1 and 64")
+        }
+        let pool = PostgresPool(conninfo: config.conninfo ?? "", maxOpen: connections)
+        self.pool = pool
+        let connection = try pool.checkout()
+        defer { pool.checkin(connection) }
         let quoted = try connection.prepareSchema(name, kind: kind, tables: Self.tables)
         self.fanOut = fanOut
         self.retainedPerChannel = retainedPerChannel
@@ -69,10 +80,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         self.host = host
         schema = quoted
         notifyChannel = "switchyard_\(name)"
-        ownBackend = connection.backendPID
-        self.connection = Guarded(connection)
-        listener = PostgresListener(conninfo: config.conninfo ?? "", channel: notifyChannel, ignoring: ownBackend) { [weak self] in
-            self?.externalChange()
+        let own = ownBackends
+        listener = PostgresListener(conninfo: config.conninfo ?? "", channel: notifyChannel, isOwn: { pid in own.withLock { $0.contains(pid) } }) {
+            [weak self] in self?.externalChange()
         }
     }
 
@@ -101,10 +111,15 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         CREATE TABLE IF NOT EXISTS $schema.retained (id bigserial PRIMARY KEY, channel text NOT NULL, message bytea NOT NULL);
         """
 
-    /// Runs `body` in one transaction on the store's connection.
+    /// Runs `body` in one transaction on a connection of the store's pool.
     private func perform<R>(_ body: (PostgresDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
-        try connection.withLock { (db) throws(TransportError) -> R in
-            try db.transaction { () throws(TransportError) -> R in try body(db) }
+        let db = try pool.checkout()
+        defer { pool.checkin(db) }
+        return try db.transaction { () throws(TransportError) -> R in
+            // Noted every time: a reconnect gets a new server process.
+            let backend = db.backendPID
+            if !ownBackends.withLock({ $0.contains(backend) }) { ownBackends.withLock { _ = $0.insert(backend) } }
+            return try body(db)
         }
     }
 
@@ -398,12 +413,12 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
 }
 
 /// A connection that `LISTEN`s on a store's channel and calls `changed` when another process
-/// (another server backend than `ignoring`) committed a change. Reconnects when the server goes
+/// (a server backend for which `isOwn` is false) committed a change. Reconnects when the server goes
 /// away and then reports a change, since notifications sent meanwhile are lost.
 final class PostgresListener: @unchecked Sendable {
     private let stopped = Atomic<Bool>(false)
 
-    init(conninfo: String, channel: String, ignoring ownBackend: Int32, changed: @escaping @Sendable () -> Void) {
+    init(conninfo: String, channel: String, isOwn: @escaping @Sendable (Int32) -> Bool, changed: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             var connection: PostgresDatabase?
             while !stopped.load(ordering: .acquiring) {
@@ -424,7 +439,7 @@ final class PostgresListener: @unchecked Sendable {
                 guard poll(&poller, 1, 200) > 0 else { continue }
                 do throws(TransportError) {
                     let received = try listening.drainNotifications()
-                    if received.contains(where: { $0.pid != ownBackend }) { changed() }
+                    if received.contains(where: { !isOwn($0.pid) }) { changed() }
                 } catch {
                     connection = nil
                 }

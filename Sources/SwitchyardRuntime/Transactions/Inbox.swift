@@ -234,7 +234,7 @@ final class PostgresInboxDatabase: InboxDatabase {
     init(conninfo: String, schema: String) throws(TransportError) {
         self.conninfo = conninfo
         schemaName = schema
-        pool = PostgresPool(conninfo: conninfo, maxIdle: 16)
+        pool = PostgresPool(conninfo: conninfo, maxOpen: 16)
         let database = try pool.checkout()
         self.schema = try database.prepareSchema(schema, kind: "transactions", tables: Self.tables)
         pool.checkin(database)
