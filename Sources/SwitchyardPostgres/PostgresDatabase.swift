@@ -204,13 +204,7 @@ public final class PostgresDatabase {
         }
         do throws(TransportError) {
             let value = try body()
-            do throws(TransportError) {
-                try execute("COMMIT")
-            } catch {
-                // The connection went away during COMMIT: the server may or may not have committed.
-                guard error.code == .unavailable else { throw error }
-                throw TransportError(.unavailable, "\(error.message) (during COMMIT: the change may have been stored)")
-            }
+            try commit()
             return value
         } catch {
             if PQstatus(connection) == CONNECTION_OK { try? execute("ROLLBACK") }
@@ -218,11 +212,40 @@ public final class PostgresDatabase {
         }
     }
 
+    /// Commits the open transaction. Throws when it did not commit: a statement in it failed
+    /// (PostgreSQL then rolls the whole transaction back, and `COMMIT` answers `ROLLBACK`), or the
+    /// connection went away during `COMMIT` — then the server may or may not have committed, and
+    /// the error says so.
+    public func commit() throws(TransportError) {
+        if PQtransactionStatus(connection) == PQTRANS_INERROR {
+            try? execute("ROLLBACK")
+            throw Self.aborted
+        }
+        let result = PQexec(connection, "COMMIT")
+        defer { PQclear(result) }
+        do throws(TransportError) {
+            try check(result)
+        } catch {
+            guard error.code == .unavailable else { throw error }
+            throw TransportError(.unavailable, "\(error.message) (during COMMIT: the change may have been stored)")
+        }
+        if let result, String(cString: PQcmdStatus(result)) == "ROLLBACK" { throw Self.aborted }
+    }
+
+    private static let aborted = TransportError(
+        .io,
+        "postgres: the transaction was rolled back: a statement in it failed earlier (PostgreSQL aborts the whole transaction then; nothing was committed — use a SAVEPOINT or ON CONFLICT to carry on after an expected error)"
+    )
+
     private func check(_ result: OpaquePointer?) throws(TransportError) {
         let status = result.map { PQresultStatus($0) } ?? PGRES_FATAL_ERROR
         if status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK { return }
         if PQstatus(connection) != CONNECTION_OK {
             throw TransportError(.unavailable, "postgres: connection lost: \(lastError)")
+        }
+        // 25P02: a statement after one that failed; say what happened, not just "aborted".
+        if let result, let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))), String(cString: state) == "25P02" {
+            throw Self.aborted
         }
         let message = result.flatMap { PQresultErrorMessage($0) }.map { String(cString: $0) } ?? lastError
         throw TransportError(.io, "postgres: \(Self.oneLine(message))")

@@ -114,6 +114,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         }
         server = Server(logger: logger)
         observeDeadLetters()
+        relays.start()
     }
 
     deinit {

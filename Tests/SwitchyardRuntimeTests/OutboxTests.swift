@@ -49,6 +49,14 @@ distributed actor AccountsService: Accounts {
             }
         }
         try await notices.notice(id)
+        if id == 5000 {
+            // A task of the handler's, calling once the handler's transaction is over.
+            let notices = self.notices
+            Task {
+                try await Task.sleep(for: .milliseconds(100))
+                try await notices.notice(6000)
+            }
+        }
         if fail { throw AccountsRefused() }
     }
 }
@@ -256,6 +264,75 @@ struct OutboxTests {
         await system.shutdown()
     }
 
+    @Test("concurrent transactions whose bodies suspend: no thread starved, every call sent, in commit order per destination")
+    func concurrentTransactionsKeepOrder() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              shop: { path: "\(directory.file("shop.db"))" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        let committed = Guarded<[Int]>([])
+        // More transactions at once than the cooperative pool has threads, each suspending
+        // inside its body while it holds SQLite's write lock.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for id in 0..<24 {
+                group.addTask {
+                    try await system.transaction(on: "shop") { _ in
+                        try await Task.sleep(for: .milliseconds(2))
+                        try await notices.notice(id)
+                        committed.withLock { $0.append(id) }  // bodies run one at a time: commit order
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(await eventually { seen.withLock { $0.count } == 24 })
+        #expect(seen.withLock { $0 } == committed.withLock { $0 })
+        await system.shutdown()
+    }
+
+    @Test("a call made by a task the handler started, after its transaction ended, is sent (not lost in a finished outbox)")
+    func callAfterTheTransaction() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            routes:
+              Accounts.*: { transport: work, inbox: { path: "\(directory.file("inbox.db"))" }, outbox: true }
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        try await ledger.post(5000, fail: false)  // starts a task that calls after returning
+        #expect(await eventually { Set(seen.withLock { $0 }) == [5000, 6000] })
+        await system.shutdown()
+    }
+
+    @Test("an inbox and an outbox on a direct route are refused at start-up, naming the key")
+    func directRouteRefused() async throws {
+        await #expect {
+            _ = try await makeSystem(
+                """
+                routes:
+                  Accounts.*: { transport: direct, inbox: {}, outbox: true }
+                """)
+        } throws: { error in
+            (error as? ConfigError)?.key == "routes.Accounts.*.inbox"
+        }
+    }
+
     @Test("config: an outbox needs an inbox on its route, and an outboxes entry needs a path")
     func configErrors() throws {
         #expect {
@@ -273,6 +350,21 @@ struct OutboxTests {
             _ = try SwitchyardConfig.parse(yaml: "outboxes:\n  shop: {}\n", baseDirectory: "/tmp")
         } throws: { error in
             (error as? ConfigError)?.key == "outboxes.shop.path"
+        }
+        #expect {
+            _ = try SwitchyardConfig.parse(yaml: "outboxes:\n  shop: { path: a.db, postgres: {} }\n", baseDirectory: "/tmp")
+        } throws: { error in
+            (error as? ConfigError)?.key == "outboxes.shop.postgres"
+        }
+        #expect {
+            _ = try SwitchyardConfig.parse(
+                yaml: """
+                    transports: { work: { plugin: queue } }
+                    routes:
+                      Accounts.*: { transport: work, inbox: { path: a.db, postgres: {} } }
+                    """, baseDirectory: "/tmp")
+        } throws: { error in
+            (error as? ConfigError)?.key == "routes.Accounts.*.inbox"
         }
         #expect {
             _ = try SwitchyardConfig.parse(
@@ -356,6 +448,20 @@ struct PostgresOutboxTests {
             }
         }
         #expect(await eventually { seen.withLock { $0 } == [20] })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(seen.withLock { $0 } == [20])
+        #expect(try Self.rows(server, "SELECT id FROM payments") == [20])
+        // A body that catches a failed statement and goes on: PostgreSQL aborted the transaction,
+        // so the commit throws and neither the row nor the call is committed.
+        await #expect {
+            try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
+                try db.run("INSERT INTO payments VALUES (22)")
+                _ = try? db.run("INSERT INTO payments VALUES (20)")  // a duplicate key: aborts the transaction
+                try await notices.notice(22)
+            }
+        } throws: { error in
+            "\(error)".contains("rolled back")
+        }
         try await Task.sleep(for: .milliseconds(300))
         #expect(seen.withLock { $0 } == [20])
         #expect(try Self.rows(server, "SELECT id FROM payments") == [20])

@@ -91,10 +91,11 @@ extension SwitchyardActorSystem {
             let deadlineNanos = options.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
             let message = try message(id, call, invocation, route: route, options: options, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
             if let capture = Switchyard.outboxCapture {
-                // Inside a transaction: written to its outbox when it commits, relayed after.
+                // Inside a transaction: written to its outbox when it commits, relayed after. (A
+                // task the handler started may call after the transaction ended: then the call is
+                // no part of it, and goes out now.)
                 try checkLimits(message, call)
-                capture.add(OutboxMessage(transport: route.entry.transport, message: message))
-                return
+                if capture.add(OutboxMessage(transport: route.entry.transport, message: message)) { return }
             }
             if let cost = route.cost {
                 try await cost.run { [self] in try publish(message, call, route) }

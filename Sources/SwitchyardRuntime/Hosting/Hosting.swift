@@ -217,6 +217,9 @@ extension SwitchyardActorSystem {
         let effects = claimed ? InboxEffects(kind: route?.inbox?.database?.kind) : nil
         // With `outbox: true`, the handler's fire-and-forget calls wait for its inbox record.
         let capture = claimed && route?.outbox != nil ? OutboxCapture() : nil
+        // However the call ends, its transaction is over: calls made later (from a task the
+        // handler started) are no part of it.
+        defer { _ = capture?.seal() }
         let current = CallContext(
             id: envelope.id, target: readable, attempt: Int(item.attempt), headers: envelope.headers,
             idempotencyKey: envelope.idempotencyKey,
@@ -304,9 +307,10 @@ extension SwitchyardActorSystem {
         finished = true
         let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
         let committed = if case .error = outcome { false } else { true }
+        let followUps = capture?.seal() ?? []
         complete(
             item, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
-            effects: committed ? effects?.all ?? [] : [], outbox: committed ? capture?.messages ?? [] : [])
+            effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [])
     }
 
     /// Ends a handled call: remembers it in the inbox under `key` (committing the handler's
@@ -320,17 +324,12 @@ extension SwitchyardActorSystem {
         if let key, let inbox = route?.inbox {
             let relay = route?.outbox
             do throws(TransportError) {
-                var written: [OutboxRow] = []
-                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects, outbox: outbox, written: &written) {
+                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects, outbox: outbox) {
                     route?.metrics.duplicates.increment()
                     (outcome, body) = (first.outcome, first.reply)
                 } else if let relay, !outbox.isEmpty {
-                    if let memory = relay.storage as? MemoryOutboxStorage {
-                        memory.add(outbox)
-                        relay.wake()
-                    } else {
-                        relay.handOff(written)
-                    }
+                    (relay.storage as? MemoryOutboxStorage)?.add(outbox)
+                    relay.wake()
                 }
             } catch {
                 // Nothing was committed. Retried like a failed handler: with the route's policy,

@@ -44,7 +44,7 @@ final class Inbox: Sendable {
     enum Claim {
         /// Handled before: answer with this, do not run it.
         case handled(Handled)
-        /// Not handled yet, and now claimed by the caller, who must call ``finish(_:_:effects:outbox:written:)`` or ``release(_:)``.
+        /// Not handled yet, and now claimed by the caller, who must call ``finish(_:_:effects:outbox:)`` or ``release(_:)``.
         case claimed
         /// Another delivery of the same call is running in this process.
         case running
@@ -82,7 +82,7 @@ final class Inbox: Sendable {
     /// time), nothing of ours is committed and its record is returned: answer with that. Throws
     /// (committing nothing) when an effect or the write fails.
     func finish(
-        _ key: String, _ handled: Handled?, effects: [InboxEffect] = [], outbox: [OutboxMessage] = [], written: inout [OutboxRow]
+        _ key: String, _ handled: Handled?, effects: [InboxEffect] = [], outbox: [OutboxMessage] = []
     ) throws(TransportError) -> Handled? {
         defer { storage.withLock { _ = $0.running.remove(key) } }
         guard let handled else { return nil }
@@ -99,7 +99,7 @@ final class Inbox: Sendable {
             }
             return nil
         }
-        let first = try database.record(key, handled, at: now, cutoff: cutoff, effects: effects, outbox: outbox, written: &written)
+        let first = try database.record(key, handled, at: now, cutoff: cutoff, effects: effects, outbox: outbox)
         let prune = storage.withLock { storage -> Bool in
             storage.writesSincePrune += 1
             guard storage.writesSincePrune >= 1000 else { return false }
@@ -127,11 +127,9 @@ protocol InboxDatabase: Sendable {
     /// The record of `key` made since `cutoff`, if any.
     func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled?
     /// In one transaction: unless `key` was recorded since `cutoff` (then that record is
-    /// returned and nothing committed), applies `effects`, writes `outbox` (the rows as written
-    /// in `written`), records `handled`.
+    /// returned and nothing committed), applies `effects`, writes `outbox`, records `handled`.
     func record(
-        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage],
-        written: inout [OutboxRow]
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
     ) throws(TransportError) -> Inbox.Handled?
     /// Forgets records older than `cutoff`.
     func prune(before cutoff: Int64) throws(TransportError)
@@ -180,8 +178,7 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func record(
-        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage],
-        written: inout [OutboxRow]
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
     ) throws(TransportError) -> Inbox.Handled? {
         try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
             // IMMEDIATE: take the write lock first, so the check and the insert see one state
@@ -193,7 +190,7 @@ final class SQLiteInboxDatabase: InboxDatabase {
                     return first
                 }
                 for effect in effects { try effect.apply(sqlite: database) }
-                written = try SQLiteOutboxStorage.insert(outbox, into: database)
+                try SQLiteOutboxStorage.insert(outbox, into: database)
                 _ = try database.run(
                     "INSERT OR REPLACE INTO inbox (key, at, outcome, reply) VALUES (?, ?, ?, ?)",
                     [.text(key), .int(now), .text(handled.outcome), .blob(handled.reply)])
@@ -255,8 +252,7 @@ final class PostgresInboxDatabase: InboxDatabase {
     }
 
     func record(
-        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage],
-        written: inout [OutboxRow]
+        _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
     ) throws(TransportError) -> Inbox.Handled? {
         try pool.withConnection { (database) throws(TransportError) -> Inbox.Handled? in
             try database.transaction { () throws(TransportError) -> Inbox.Handled? in
@@ -266,7 +262,7 @@ final class PostgresInboxDatabase: InboxDatabase {
                 // transaction commits nothing).
                 if let first = try Self.lookup(key, cutoff: cutoff, in: database, schema: schema) { return first }
                 for effect in effects { try effect.apply(postgres: database) }
-                written = try PostgresOutboxStorage.insert(outbox, into: database, schema: schema)
+                try PostgresOutboxStorage.insert(outbox, into: database, schema: schema)
                 try database.run(
                     """
                     INSERT INTO \(schema).inbox (key, at, outcome, reply) VALUES ($1, $2, $3, $4)

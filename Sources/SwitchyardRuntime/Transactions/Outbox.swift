@@ -23,11 +23,26 @@ struct OutboxMessage: Sendable {
     let message: Message
 }
 
-/// The calls made while a transaction is open; bound to the transaction's task.
+/// The calls made while a transaction is open; bound to the transaction's task (and inherited by
+/// tasks it starts).
 final class OutboxCapture: Sendable {
-    private let captured = Guarded<[OutboxMessage]>([])
-    func add(_ message: OutboxMessage) { captured.withLock { $0.append(message) } }
-    var messages: [OutboxMessage] { captured.withLock { $0 } }
+    private let captured = Guarded<(messages: [OutboxMessage], sealed: Bool)>(([], false))
+    /// Adds a call to the transaction; false once the transaction has ended (a task the handler
+    /// started made it later): then it is no part of it, and is published as any call.
+    func add(_ message: OutboxMessage) -> Bool {
+        captured.withLock { state in
+            guard !state.sealed else { return false }
+            state.messages.append(message)
+            return true
+        }
+    }
+    /// The calls made, ending the capture: later ones are not part of the transaction.
+    func seal() -> [OutboxMessage] {
+        captured.withLock { state in
+            state.sealed = true
+            return state.messages
+        }
+    }
 }
 
 extension Switchyard {
@@ -43,13 +58,21 @@ struct OutboxRow: Sendable {
     let attempts: Int
 }
 
+/// What a relay claimed: messages to publish, and corrupt rows set aside.
+struct OutboxClaim {
+    var rows: [OutboxRow] = []
+    var setAside: [(seq: Int64, reason: String)] = []
+}
+
 /// Where an outbox keeps its messages until they are relayed.
 protocol OutboxStorage: Sendable {
     /// Claims up to `limit` messages for `leaseNanos`, oldest first, skipping every destination
     /// (transport and channel) that has a message claimed or waiting for a retry: so messages to
     /// one destination go out in the order they were committed, even with several relays (one per
     /// process) on one database.
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> [OutboxRow]
+    /// Rows that cannot be decoded are set aside (never claimed again, `last_error` says why)
+    /// and returned in `setAside`, so one corrupt row cannot stop the rest.
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> OutboxClaim
     /// Forgets relayed messages.
     func remove(_ seqs: [Int64]) throws(TransportError)
     /// Hands messages back, to be tried again from `retryAtNanos`.
@@ -74,24 +97,16 @@ final class SQLiteOutboxStorage: OutboxStorage {
         CREATE INDEX IF NOT EXISTS switchyard_outbox_due ON switchyard_outbox (claimed_until, seq);
         """
 
-    /// Writes `messages` in the open transaction of `database`, claimed by this process for
-    /// ``OutboxRelay/leaseNanos`` (its relay publishes them from memory once the transaction
-    /// commits: ``OutboxRelay/handOff(_:)``; after a crash the claim expires and any relay takes
-    /// them). Returns the rows as written.
-    static func insert(_ messages: [OutboxMessage], into database: SQLiteDatabase) throws(TransportError) -> [OutboxRow] {
-        guard !messages.isEmpty else { return [] }
+    /// Writes `messages` in the open transaction of `database`. Once it commits, wake the relay:
+    /// its claim decides what goes out, in commit order per destination.
+    static func insert(_ messages: [OutboxMessage], into database: SQLiteDatabase) throws(TransportError) {
+        guard !messages.isEmpty else { return }
         let now = WallClock.nowNanos()
-        var rows: [OutboxRow] = []
         for outgoing in messages {
             _ = try database.run(
-                "INSERT INTO switchyard_outbox (transport, channel, message, created_at, claimed_until) VALUES (?, ?, ?, ?, ?)",
-                [
-                    .text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now),
-                    .int(now + OutboxRelay.leaseNanos),
-                ])
-            rows.append(OutboxRow(seq: database.lastInsertRowID, transport: outgoing.transport, message: outgoing.message, attempts: 0))
+                "INSERT INTO switchyard_outbox (transport, channel, message, created_at) VALUES (?, ?, ?, ?)",
+                [.text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now)])
         }
-        return rows
     }
 
     /// The relay's own connection (the transactions that write rows use theirs).
@@ -104,15 +119,16 @@ final class SQLiteOutboxStorage: OutboxStorage {
         self.database = Guarded(database)
     }
 
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> [OutboxRow] {
-        try database.withLock { (database) throws(TransportError) -> [OutboxRow] in
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> OutboxClaim {
+        try database.withLock { (database) throws(TransportError) -> OutboxClaim in
             // A read first: an idle outbox costs its relay no write lock.
             var due = false
             _ = try database.run("SELECT 1 FROM switchyard_outbox WHERE claimed_until <= ? LIMIT 1", [.int(nowNanos)]) { _ in due = true }
-            guard due else { return [] }
+            guard due else { return OutboxClaim() }
             try database.execute("BEGIN IMMEDIATE")
             do throws(TransportError) {
                 var rows: [OutboxRow] = []
+                var unreadable: [(Int64, String)] = []
                 _ = try database.run(
                     """
                     SELECT seq, transport, message, attempts FROM switchyard_outbox
@@ -121,14 +137,23 @@ final class SQLiteOutboxStorage: OutboxStorage {
                     ORDER BY seq LIMIT ?2
                     """, [.int(nowNanos), .int(Int64(limit))]
                 ) { (row) throws(TransportError) in
-                    let message = try row.blob(2) { (bytes) throws(TransportError) in try MessageCodec.decode(bytes) }
-                    rows.append(OutboxRow(seq: row.int(0), transport: row.text(1), message: message, attempts: Int(row.int(3))))
+                    do throws(TransportError) {
+                        let message = try row.blob(2) { (bytes) throws(TransportError) in try MessageCodec.decode(bytes) }
+                        rows.append(OutboxRow(seq: row.int(0), transport: row.text(1), message: message, attempts: Int(row.int(3))))
+                    } catch {
+                        unreadable.append((row.int(0), error.message))
+                    }
                 }
                 for row in rows {
                     _ = try database.run("UPDATE switchyard_outbox SET claimed_until = ? WHERE seq = ?", [.int(nowNanos + leaseNanos), .int(row.seq)])
                 }
+                // A corrupt row is set aside (never claimed again), not allowed to stop the rest.
+                for (seq, reason) in unreadable {
+                    _ = try database.run(
+                        "UPDATE switchyard_outbox SET claimed_until = ?, last_error = ? WHERE seq = ?", [.int(Int64.max), .text("unreadable: \(reason)"), .int(seq)])
+                }
                 try database.execute("COMMIT")
-                return rows
+                return OutboxClaim(rows: rows, setAside: unreadable.map { (seq: $0.0, reason: $0.1) })
             } catch {
                 try? database.execute("ROLLBACK")
                 throw error
@@ -189,46 +214,36 @@ final class PostgresOutboxStorage: OutboxStorage {
         CREATE INDEX IF NOT EXISTS outbox_due ON $schema.outbox (claimed_until, seq);
         """
 
-    /// Writes `messages` in the open transaction of `database`, claimed by this process (as the
-    /// SQLite outbox does); returns the rows as written.
-    static func insert(_ messages: [OutboxMessage], into database: PostgresDatabase, schema: String) throws(TransportError) -> [OutboxRow] {
-        guard !messages.isEmpty else { return [] }
+    /// Writes `messages` in the open transaction of `database` (as the SQLite outbox does).
+    static func insert(_ messages: [OutboxMessage], into database: PostgresDatabase, schema: String) throws(TransportError) {
+        guard !messages.isEmpty else { return }
         let now = WallClock.nowNanos()
-        var rows: [OutboxRow] = []
         for outgoing in messages {
-            var seq: Int64 = 0
             try database.run(
-                "INSERT INTO \(schema).outbox (transport, channel, message, created_at, claimed_until) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-                [
-                    .text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now),
-                    .int(now + OutboxRelay.leaseNanos),
-                ]
-            ) { row in seq = row.int(0) }
-            rows.append(OutboxRow(seq: seq, transport: outgoing.transport, message: outgoing.message, attempts: 0))
+                "INSERT INTO \(schema).outbox (transport, channel, message, created_at) VALUES ($1, $2, $3, $4)",
+                [.text(outgoing.transport), .text(outgoing.message.channel), .blob(MessageCodec.encode(outgoing.message)), .int(now)])
         }
-        return rows
     }
 
     private let database: Guarded<PostgresDatabase>
     private let schema: String
-
     init(conninfo: String, schema name: String) throws(TransportError) {
         let database = try PostgresDatabase(conninfo: conninfo)
         schema = try database.prepareSchema(name, kind: "transactions", tables: PostgresInboxDatabase.tables)
         self.database = Guarded(database)
     }
 
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> [OutboxRow] {
-        try database.withLock { (database) throws(TransportError) -> [OutboxRow] in
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> OutboxClaim {
+        try database.withLock { (database) throws(TransportError) -> OutboxClaim in
             try database.ensureConnected()
             var due = false
             try database.run("SELECT 1 FROM \(schema).outbox WHERE claimed_until <= $1 LIMIT 1", [.int(nowNanos)]) { _ in due = true }
-            guard due else { return [] }
-            return try database.transaction { () throws(TransportError) -> [OutboxRow] in
+            guard due else { return OutboxClaim() }
+            return try database.transaction { () throws(TransportError) -> OutboxClaim in
                 // One claimer at a time per schema: the destination check and the claim see one state.
                 try database.run("SELECT pg_advisory_xact_lock(hashtext($1))", [.text("switchyard outbox " + schema)])
                 var rows: [OutboxRow] = []
-                var failure: TransportError?
+                var unreadable: [(Int64, String)] = []
                 try database.run(
                     """
                     UPDATE \(schema).outbox SET claimed_until = $3 WHERE seq IN (
@@ -242,11 +257,16 @@ final class PostgresOutboxStorage: OutboxStorage {
                     do throws(TransportError) {
                         rows.append(OutboxRow(seq: row.int(0), transport: row.text(1), message: try MessageCodec.decode(row.bytes(2)), attempts: Int(row.int(3))))
                     } catch {
-                        failure = error
+                        unreadable.append((row.int(0), error.message))
                     }
                 }
-                if let failure { throw failure }
-                return rows.sorted { $0.seq < $1.seq }
+                // A corrupt row is set aside (never claimed again), not allowed to stop the rest.
+                for (seq, reason) in unreadable {
+                    try database.run(
+                        "UPDATE \(schema).outbox SET claimed_until = $1, last_error = $2 WHERE seq = $3",
+                        [.int(Int64.max), .text("unreadable: \(reason)"), .int(seq)])
+                }
+                return OutboxClaim(rows: rows.sorted { $0.seq < $1.seq }, setAside: unreadable.map { (seq: $0.0, reason: $0.1) })
             }
         }
     }
@@ -295,7 +315,7 @@ final class MemoryOutboxStorage: OutboxStorage {
         }
     }
 
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) -> [OutboxRow] {
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) -> OutboxClaim {
         entries.withLock { state in
             struct Destination: Hashable { let transport: String, channel: String }
             var blocked = Set<Destination>()
@@ -311,7 +331,7 @@ final class MemoryOutboxStorage: OutboxStorage {
                 state.rows[index].claimedUntil = nowNanos + leaseNanos
                 claimed.append(OutboxRow(seq: entry.row.seq, transport: entry.row.transport, message: entry.row.message, attempts: entry.attempts))
             }
-            return claimed
+            return OutboxClaim(rows: claimed)
         }
     }
 
@@ -335,11 +355,11 @@ final class MemoryOutboxStorage: OutboxStorage {
 
 /// Publishes what one outbox holds until its transports accept it: a thread of its own, woken by
 /// each commit that wrote to the outbox, and every `pollInterval` for messages left by another
-/// process or by a crash (a crashed relay's claims expire after `lease`). A destination whose
-/// publish fails is retried with backoff (100 ms doubling to 30 s), its later messages held back
-/// so they keep their order; other destinations go on.
+/// process or by a crash (a crashed relay's claims expire after `lease`). A destination
+/// (transport and channel) whose publish fails is retried with backoff (1 s doubling to 30 s), its
+/// later messages held back so they keep their order; other destinations go on.
 final class OutboxRelay: Sendable {
-    /// The outbox's name in logs and metrics: `outboxes:` entry or the inbox's database file.
+    /// The outbox's name in logs and metrics: the `outboxes:` entry, or `<route pattern> inbox`.
     let name: String
     let storage: any OutboxStorage
     private let publish: @Sendable (_ transport: String, _ messages: [Message]) throws(TransportError) -> Void
@@ -357,8 +377,6 @@ final class OutboxRelay: Sendable {
     private struct State {
         var stopping = false
         var started = false
-        /// Rows this process committed and claimed, to publish without reading them back.
-        var handedOff: [OutboxRow] = []
         /// Destinations whose last publish failed (logged once until they recover).
         var failing: Set<String> = []
     }
@@ -379,7 +397,7 @@ final class OutboxRelay: Sendable {
     func start() {
         let first = state.withLock { state -> Bool in
             defer { state.started = true }
-            return !state.started
+            return !state.started && !state.stopping
         }
         guard first else { return }
         let thread = Thread { [self] in
@@ -395,32 +413,31 @@ final class OutboxRelay: Sendable {
     /// A transaction committed messages: relay them now rather than at the next poll.
     func wake() { wakeup.signal() }
 
-    /// A transaction of this process committed `rows` (claimed when written): publish them now,
-    /// from memory, without claiming them again.
-    func handOff(_ rows: [OutboxRow]) {
-        guard !rows.isEmpty else { return }
-        state.withLock { $0.handedOff += rows }
-        wakeup.signal()
-    }
-
-    /// Relays what was handed off and what is due; returns how many messages were published.
+    /// Relays what is due; returns how many messages were published.
     @discardableResult
     func relayOnce() -> Int {
-        var rows = state.withLock { state in
-            defer { state.handedOff = [] }
-            return state.handedOff
-        }
+        let claim: OutboxClaim
         do {
-            rows += try storage.claim(limit: Self.batchSize, nowNanos: WallClock.nowNanos(), leaseNanos: Self.leaseNanos)
+            claim = try storage.claim(limit: Self.batchSize, nowNanos: WallClock.nowNanos(), leaseNanos: Self.leaseNanos)
         } catch {
-            logger.error("outbox relay cannot read its outbox; trying again", metadata: ["outbox": "\(name)", "error": "\(error.message)"])
+            logger.error(
+                "outbox relay cannot read its outbox; trying again at the next poll",
+                metadata: ["outbox": "\(name)", "error": "\(error.message)"])
+            return 0
         }
-        guard !rows.isEmpty else { return 0 }
+        for (seq, reason) in claim.setAside {
+            logger.error(
+                "outbox relay set aside a message it cannot read; it stays in the outbox table with last_error, never sent (inspect it, then delete the row)",
+                metadata: ["outbox": "\(name)", "seq": "\(seq)", "error": "\(reason)"])
+        }
+        guard !claim.rows.isEmpty else { return 0 }
         var published: [Int64] = []
-        // One batch per transport, in commit order; a failed batch is retried whole (a receiver's
-        // inbox drops what of it had been published).
+        // One batch per transport, in commit order. A batch the transport refuses is tried one
+        // message at a time, so only the destinations whose message fails wait (with everything
+        // after it there, to keep their order); a receiver's inbox drops what of a failed batch
+        // had been published.
         var byTransport: [(transport: String, rows: [OutboxRow])] = []
-        for row in rows {
+        for row in claim.rows {
             if let index = byTransport.firstIndex(where: { $0.transport == row.transport }) {
                 byTransport[index].rows.append(row)
             } else {
@@ -432,26 +449,28 @@ final class OutboxRelay: Sendable {
                 try publish(transport, batch.map(\.message))
                 published += batch.map(\.seq)
                 relayed.increment(by: batch.count)
-                if state.withLock({ $0.failing.remove(transport) != nil }) {
-                    logger.info("outbox relay publishing again", metadata: ["outbox": "\(name)", "transport": "\(transport)"])
+                recovered(transport)
+                continue
+            } catch  where batch.count == 1 {
+                hold(batch, transport: transport, error: error)
+                continue
+            } catch {}
+            var blocked: [String: TransportError] = [:]
+            for row in batch {
+                if let error = blocked[row.message.channel] {
+                    hold([row], transport: transport, error: error, logged: true)
+                    continue
                 }
-            } catch {
-                failed.increment()
-                let attempts = batch.map(\.attempts).max() ?? 0
-                let backoff = min(Int64(100_000_000) << Int64(min(attempts, 9)), 30_000_000_000)
-                if state.withLock({ $0.failing.insert(transport).inserted }) {
-                    logger.warning(
-                        "outbox relay cannot publish; the messages stay in the outbox and are retried with backoff",
-                        metadata: [
-                            "outbox": "\(name)", "transport": "\(transport)", "messages": "\(batch.count)", "error": "\(error.message)",
-                        ])
-                }
-                do {
-                    try storage.release(batch.map(\.seq), retryAtNanos: WallClock.nowNanos() + backoff, error: error.message)
+                do throws(TransportError) {
+                    try publish(transport, [row.message])
+                    published.append(row.seq)
+                    relayed.increment()
                 } catch {
-                    logger.error("outbox relay cannot note a failed publish", metadata: ["outbox": "\(name)", "error": "\(error.message)"])
+                    blocked[row.message.channel] = error
+                    hold([row], transport: transport, error: error)
                 }
             }
+            if blocked.isEmpty { recovered(transport) }
         }
         do {
             try storage.remove(published)
@@ -463,33 +482,66 @@ final class OutboxRelay: Sendable {
         return published.count
     }
 
+    /// Gives failed messages back with backoff, logging the first failure of a transport.
+    private func hold(_ rows: [OutboxRow], transport: String, error: TransportError, logged: Bool = false) {
+        failed.increment()
+        let attempts = rows.map(\.attempts).max() ?? 0
+        let backoff = min(Int64(1_000_000_000) << Int64(min(attempts, 5)), 30_000_000_000)
+        if !logged && state.withLock({ $0.failing.insert(transport).inserted }) {
+            logger.warning(
+                "outbox relay cannot publish; the messages stay in the outbox and are retried with backoff (messages after them to the same channel wait, to keep their order)",
+                metadata: [
+                    "outbox": "\(name)", "transport": "\(transport)", "seq": "\(rows.map(\.seq).map(String.init).joined(separator: ","))",
+                    "attempts": "\(attempts + 1)", "error": "\(error.message)",
+                ])
+        }
+        do {
+            try storage.release(rows.map(\.seq), retryAtNanos: WallClock.nowNanos() + backoff, error: error.message)
+        } catch {
+            logger.error("outbox relay cannot note a failed publish", metadata: ["outbox": "\(name)", "error": "\(error.message)"])
+        }
+    }
+
+    private func recovered(_ transport: String) {
+        if state.withLock({ $0.failing.remove(transport) != nil }) {
+            logger.info("outbox relay publishing again", metadata: ["outbox": "\(name)", "transport": "\(transport)"])
+        }
+    }
+
     /// Stops the thread without waiting for it (a system released without a shutdown).
     func stop() {
         state.withLock { $0.stopping = true }
         wakeup.signal()
     }
 
-    /// Waits until the outbox is empty or `deadline` passes (a drain), then stops the thread.
+    /// A drain: stops the thread (waiting for its pass to end, until `deadline`), then publishes
+    /// what is due until nothing more is or `deadline` passes. Messages waiting for a retry, or
+    /// claimed by another process, are left to their relays.
     func drainAndStop(until deadline: ContinuousClock.Instant) async {
-        while ContinuousClock.now < deadline, ((try? storage.depth()) ?? 0) > 0 {
-            wake()
-            try? await Task.sleep(for: .milliseconds(10))
-        }
         let running = state.withLock { state -> Bool in
             state.stopping = true
             return state.started
         }
-        guard running else { return }
-        wakeup.signal()
-        await blockingOperation { [finished] in finished.wait() }
-        if let left = try? storage.depth(), left > 0 {
-            logger.notice("stopped with messages in the outbox; they are relayed when a process with this outbox starts", metadata: ["outbox": "\(name)", "messages": "\(left)"])
+        if running {
+            wakeup.signal()
+            let nanos = max(0, (deadline - ContinuousClock.now).nanoseconds)
+            _ = await blockingOperation { [finished] in finished.wait(timeout: .now() + .nanoseconds(Int(min(nanos, Int64(Int.max))))) }
+        }
+        while ContinuousClock.now < deadline {
+            if await blockingOperation({ self.relayOnce() }) == 0 { break }
+        }
+        guard let left = try? storage.depth(), left > 0 else { return }
+        if storage is MemoryOutboxStorage {
+            logger.warning("stopped with messages in the in-memory outbox; they are lost", metadata: ["outbox": "\(name)", "messages": "\(left)"])
+        } else {
+            logger.notice(
+                "stopped with messages in the outbox; a process with this outbox relays them when it runs", metadata: ["outbox": "\(name)", "messages": "\(left)"])
         }
     }
 }
 
-/// The relays of one actor system, one per outbox database; routes that share an inbox file
-/// share its relay.
+/// The relays of one actor system, one per outbox database; routes that share an inbox database
+/// share its relay. Created while the config is checked, started once it all passed.
 final class OutboxRelays: Sendable {
     private let relays = Guarded<[String: OutboxRelay]>([:])
     private let transports: TransportSet?
@@ -500,8 +552,8 @@ final class OutboxRelays: Sendable {
         self.logger = logger
     }
 
-    /// The relay of the database `identity` (its storage made by `storage` the first time, and
-    /// started); `name` appears in logs and metrics.
+    /// The relay of the database `identity` (its storage made by `storage` the first time);
+    /// `name` appears in logs and metrics.
     func relay(identity: String, name: String, storage makeStorage: () throws(TransportError) -> any OutboxStorage) throws(TransportError) -> OutboxRelay {
         try relays.withLock { (relays) throws(TransportError) -> OutboxRelay in
             if let existing = relays[identity] { return existing }
@@ -509,14 +561,21 @@ final class OutboxRelays: Sendable {
             let transports = self.transports
             let relay = OutboxRelay(name: name, storage: storage, logger: logger) { (transport, messages) throws(TransportError) in
                 guard let target = transports?[transport] else {
-                    throw TransportError(.config, "no transport named '\(transport)' is configured (the message was written when one was)")
+                    throw TransportError(
+                        .config,
+                        "transport '\(transport)' is not running here: add it under transports: with a route that uses it (only transports that routes use are started), or, to drop these messages, stop every process with this outbox and delete their rows"
+                    )
                 }
                 try target.client.publish(batch: messages)
             }
             relays[identity] = relay
-            relay.start()
             return relay
         }
+    }
+
+    /// Starts every relay's thread (once the whole config passed its checks).
+    func start() {
+        for relay in relays.withLock({ Array($0.values) }) { relay.start() }
     }
 
     /// Stops every relay's thread without draining.

@@ -10,6 +10,9 @@ final class ApplicationOutbox: Sendable {
     let name: String
     let relay: OutboxRelay
     let database: Database
+    /// Transactions of this process at once: one for SQLite (one writer), the pool's size for
+    /// PostgreSQL.
+    let gate: AsyncGate
 
     /// Which database, with idle connections that later transactions reuse (a transaction
     /// uses one at a time).
@@ -22,13 +25,15 @@ final class ApplicationOutbox: Sendable {
         name = entry.name
         if let postgres = entry.postgres {
             let quoted = try PostgresDatabase.quotedSchema(postgres.schema)
-            database = .postgres(schema: quoted, pool: PostgresPool(conninfo: postgres.conninfo))
+            database = .postgres(schema: quoted, pool: PostgresPool(conninfo: postgres.conninfo, maxOpen: 8))
+            gate = AsyncGate(limit: 8)
             relay = try relays.relay(identity: "postgres:\(postgres.schema):\(postgres.conninfo)", name: entry.name) { () throws(TransportError) in
                 try PostgresOutboxStorage(conninfo: postgres.conninfo, schema: postgres.schema)
             }
         } else {
             let path = entry.path ?? ""
             database = .sqlite(path: path, idle: Guarded([]))
+            gate = AsyncGate(limit: 1)
             relay = try relays.relay(identity: "sqlite:" + path, name: entry.name) { () throws(TransportError) in
                 try SQLiteOutboxStorage(path: path, sharedWithApplication: true)
             }
@@ -78,11 +83,16 @@ extension SwitchyardActorSystem {
     ///   ``SwitchyardError/transport(target:transport:reason:)`` when the database fails (nothing
     ///   was committed); whatever `body` throws.
     public func transaction<T>(on name: String, _ body: (SQLiteDatabase) async throws -> T) async throws -> T {
-        let outbox = try applicationOutbox(name, kind: "SQLite")
+        let outbox = try applicationOutbox(name)
         guard case .sqlite(let path, let idle) = outbox.database else { throw wrongKind(outbox) }
         func failed(_ error: TransportError) -> SwitchyardError {
             SwitchyardError.transport(target: "transaction(on: \"\(name)\")", reason: "\(path): \(error.message)")
         }
+        // One SQLite transaction of this process at a time, waited for without holding a thread:
+        // BEGIN IMMEDIATE would otherwise block a thread of the cooperative pool while the
+        // transaction it waits for is suspended in its body, waiting for that thread.
+        await outbox.gate.enter()
+        defer { outbox.gate.leave() }
         let database: SQLiteDatabase
         do throws(TransportError) {
             if let pooled = idle.withLock({ $0.popLast() }) {
@@ -91,27 +101,33 @@ extension SwitchyardActorSystem {
                 database = try SQLiteDatabase(path: path)
                 try database.configureDurable(sharedWithApplication: true)
             }
-            try database.execute("BEGIN IMMEDIATE")
         } catch {
             throw failed(error)
         }
         defer { idle.withLock { if $0.count < 8 { $0.append(database) } } }
+        do throws(TransportError) {
+            try database.execute("BEGIN IMMEDIATE")
+        } catch {
+            throw failed(error)
+        }
         let capture = OutboxCapture()
         let value: T
         do {
             value = try await Switchyard.$outboxCapture.withValue(capture) { try await body(database) }
         } catch {
+            _ = capture.seal()
             try? database.execute("ROLLBACK")
             throw error
         }
+        let calls = capture.seal()
         do throws(TransportError) {
-            let written = try SQLiteOutboxStorage.insert(capture.messages, into: database)
+            try SQLiteOutboxStorage.insert(calls, into: database)
             try database.execute("COMMIT")
-            outbox.relay.handOff(written)
         } catch {
             try? database.execute("ROLLBACK")
             throw failed(error)
         }
+        if !calls.isEmpty { outbox.relay.wake() }
         return value
     }
 
@@ -127,16 +143,29 @@ extension SwitchyardActorSystem {
     /// }
     /// ```
     ///
-    /// The transaction holds a connection (from a small pool) until `body` returns.
+    /// The transaction holds one of the outbox's connections (8 at most; more transactions at
+    /// once wait for one) until `body` returns. Do not begin or commit transactions inside
+    /// `body`. A statement that fails aborts the whole transaction in PostgreSQL: if `body` goes
+    /// on after one (catching its error), the commit throws and nothing is committed. A
+    /// connection lost during the commit throws an error saying the change may have been stored.
     public func transaction<T>(on name: String, _ database: PostgresDatabase.Type, _ body: (PostgresDatabase) async throws -> T) async throws -> T {
-        let outbox = try applicationOutbox(name, kind: "PostgreSQL")
+        let outbox = try applicationOutbox(name)
         guard case .postgres(let schema, let pool) = outbox.database else { throw wrongKind(outbox) }
         func failed(_ error: TransportError) -> SwitchyardError {
             SwitchyardError.transport(target: "transaction(on: \"\(name)\")", reason: error.message)
         }
+        // At most as many transactions as the pool has connections, waited for without holding
+        // a thread (see the SQLite variant).
+        await outbox.gate.enter()
+        defer { outbox.gate.leave() }
         let connection: PostgresDatabase
         do throws(TransportError) {
             connection = try pool.checkout()
+        } catch {
+            throw failed(error)
+        }
+        defer { pool.checkin(connection) }
+        do throws(TransportError) {
             do throws(TransportError) {
                 try connection.ensureConnected()
                 try connection.execute("BEGIN")
@@ -149,27 +178,28 @@ extension SwitchyardActorSystem {
         } catch {
             throw failed(error)
         }
-        defer { pool.checkin(connection) }
         let capture = OutboxCapture()
         let value: T
         do {
             value = try await Switchyard.$outboxCapture.withValue(capture) { try await body(connection) }
         } catch {
+            _ = capture.seal()
             try? connection.execute("ROLLBACK")
             throw error
         }
+        let calls = capture.seal()
         do throws(TransportError) {
-            let written = try PostgresOutboxStorage.insert(capture.messages, into: connection, schema: schema)
-            try connection.execute("COMMIT")
-            outbox.relay.handOff(written)
+            try PostgresOutboxStorage.insert(calls, into: connection, schema: schema)
+            try connection.commit()
         } catch {
             try? connection.execute("ROLLBACK")
             throw failed(error)
         }
+        if !calls.isEmpty { outbox.relay.wake() }
         return value
     }
 
-    private func applicationOutbox(_ name: String, kind: String) throws -> ApplicationOutbox {
+    private func applicationOutbox(_ name: String) throws -> ApplicationOutbox {
         guard let outbox = outboxes[name] else {
             let names = outboxes.keys.sorted()
             throw SwitchyardError.routing(
@@ -183,5 +213,44 @@ extension SwitchyardActorSystem {
     private func wrongKind(_ outbox: ApplicationOutbox) -> SwitchyardError {
         let call = outbox.kind == "PostgreSQL" ? "transaction(on: \"\(outbox.name)\", PostgresDatabase.self) { db in … }" : "transaction(on: \"\(outbox.name)\") { db in … }"
         return SwitchyardError.routing(target: "transaction(on: \"\(outbox.name)\")", reason: "outbox '\(outbox.name)' is in \(outbox.kind): use \(call)")
+    }
+}
+
+/// At most `limit` holders at a time; the others wait without holding a thread.
+final class AsyncGate: Sendable {
+    private let state: Guarded<(available: Int, waiting: [CheckedContinuation<Void, Never>])>
+
+    init(limit: Int) { state = Guarded((limit, [])) }
+
+    func enter() async {
+        if state.withLock({ state in
+            guard state.available > 0 else { return false }
+            state.available -= 1
+            return true
+        }) {
+            return
+        }
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.available > 0 {
+                    state.available -= 1
+                    return true
+                }
+                state.waiting.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    func leave() {
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.waiting.isEmpty {
+                state.available += 1
+                return nil
+            }
+            return state.waiting.removeFirst()
+        }
+        next?.resume()
     }
 }
