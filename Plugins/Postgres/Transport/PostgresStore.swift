@@ -81,8 +81,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         schema = quoted
         notifyChannel = "switchyard_\(name)"
         let own = ownBackends
-        listener = PostgresListener(conninfo: config.conninfo ?? "", channel: notifyChannel, isOwn: { pid in own.withLock { $0.contains(pid) } }) {
-            [weak self] in self?.externalChange()
+        let isOwn: @Sendable (Int32) -> Bool = { pid in own.withLock { $0.contains(pid) } }
+        listener = PostgresListener(conninfo: config.conninfo ?? "", channel: notifyChannel, isOwn: isOwn) { [weak self] in
+            self?.externalChange()
         }
     }
 
