@@ -63,7 +63,10 @@ final class DeliveryQueue: Sendable {
                 state.items.removeAll()
                 state.waiting.removeAll()
             }
-            return (Array(state.items), Array(state.waiting))
+            // Empty ones as literals: copying an empty Deque into an Array writes to Swift's
+            // shared empty-array storage, which ThreadSanitizer reports as a race with any
+            // thread reading an empty array at that moment.
+            return (state.items.isEmpty ? [] : Array(state.items), state.waiting.isEmpty ? [] : Array(state.waiting))
         }
         for waiter in waiters { waiter.resume(returning: nil) }
         return items

@@ -150,12 +150,16 @@ final class SQLiteInboxDatabase: InboxDatabase {
         self.path = path
         let database = try SQLiteDatabase(path: path)
         try database.configureDurable()
+        // In one IMMEDIATE transaction: it waits for the write lock (the busy handler) where
+        // autocommit DDL racing another process starting on the same file fails at once.
         try database.execute(
             """
+            BEGIN IMMEDIATE;
             CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'inbox');
             CREATE TABLE IF NOT EXISTS inbox (key TEXT PRIMARY KEY, at INTEGER NOT NULL, outcome TEXT NOT NULL, reply BLOB NOT NULL);
             CREATE INDEX IF NOT EXISTS inbox_at ON inbox (at);
+            COMMIT;
             """)
         var kind = ""
         _ = try database.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in kind = row.text(0) }

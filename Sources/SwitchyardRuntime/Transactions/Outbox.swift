@@ -115,7 +115,7 @@ final class SQLiteOutboxStorage: OutboxStorage {
     init(path: String, sharedWithApplication: Bool) throws(TransportError) {
         let database = try SQLiteDatabase(path: path)
         try database.configureDurable(sharedWithApplication: sharedWithApplication)
-        try database.execute(Self.schema)
+        try database.execute("BEGIN IMMEDIATE;" + Self.schema + "COMMIT;")
         self.database = Guarded(database)
     }
 
