@@ -350,7 +350,7 @@ extension Switchyard {
     /// distributed func charge(_ order: Order) async throws -> Receipt {
     ///     let receipt = Receipt(order)
     ///     try Switchyard.inboxTransaction { db in
-    ///         try db.run("INSERT INTO ledger (order_id, cents) VALUES (?, ?)", [.int(order.id), .int(order.cents)])
+    ///         try db.run("INSERT INTO ledger (order_id, cents) VALUES (?, ?)", [.int(Int64(order.id)), .int(Int64(order.cents))])
     ///     }
     ///     return receipt
     /// }
@@ -378,7 +378,7 @@ extension Switchyard {
     ///
     /// ```swift
     /// try Switchyard.inboxTransaction(PostgresDatabase.self) { db in
-    ///     try db.run("INSERT INTO payments (order_id, cents) VALUES ($1, $2)", [.int(order.id), .int(order.cents)])
+    ///     try db.run("INSERT INTO payments (order_id, cents) VALUES ($1, $2)", [.int(Int64(order.id)), .int(Int64(order.cents))])
     /// }
     /// ```
     ///

@@ -63,7 +63,7 @@ extension SwitchyardActorSystem {
     ///
     /// ```swift
     /// try await system.transaction(on: "shop") { db in
-    ///     _ = try db.run("INSERT INTO orders (id, customer) VALUES (?, ?)", [.int(order.id), .text(order.customer)])
+    ///     _ = try db.run("INSERT INTO orders (id, customer) VALUES (?, ?)", [.int(Int64(order.id)), .text(order.customer)])
     ///     try await fulfilment.ship(order)      // a fire-and-forget route: written to the outbox
     /// }
     /// ```
@@ -138,7 +138,7 @@ extension SwitchyardActorSystem {
     ///
     /// ```swift
     /// try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
-    ///     try db.run("INSERT INTO payments (order_id, cents) VALUES ($1, $2)", [.int(order.id), .int(order.cents)])
+    ///     try db.run("INSERT INTO payments (order_id, cents) VALUES ($1, $2)", [.int(Int64(order.id)), .int(Int64(order.cents))])
     ///     try await events.paid(order.id)
     /// }
     /// ```
