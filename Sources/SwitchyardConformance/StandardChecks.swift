@@ -189,10 +189,13 @@ enum StandardChecks {
     ) { c in
         let t = try c.transport()
         let inbox = Collector()
+        // Long enough that ten small deliveries fit before it comes due even on a loaded machine;
+        // where everything runs slower (a raised SWITCHYARD_CONFORMANCE_WAIT: sanitizers), longer.
+        let delay: Int64 = Collector.defaultWaitSeconds > 5 ? 3_000_000_000 : 500_000_000
         _ = try t.client.subscribe(
             SubscribeOptions(channel: "later"),
             handler: inbox.handler(client: t.client) { message in
-                message.id == "later-slow" && message.attempt == 1 ? .retry(afterNanos: 500_000_000, reason: "not yet") : .ack
+                message.id == "later-slow" && message.attempt == 1 ? .retry(afterNanos: delay, reason: "not yet") : .ack
             })
         // Long enough that ten small deliveries fit before it comes due even on a loaded machine.
         try t.client.publish(message("later-slow", "later"))
@@ -202,7 +205,8 @@ enum StandardChecks {
         let firstSlow = r.first { $0.message.id == "later-slow" }!.at
         let secondSlow = r.last { $0.message.id == "later-slow" }!
         try c.expect(secondSlow.message.attempt == 2, "the retried message came back with attempt \(secondSlow.message.attempt)")
-        try c.expect(secondSlow.at - firstSlow >= 495_000_000, "retried after \((secondSlow.at - firstSlow) / 1_000_000) ms; asked for 500 ms")
+        try c.expect(
+            secondSlow.at - firstSlow >= delay - 5_000_000, "retried after \((secondSlow.at - firstSlow) / 1_000_000) ms; asked for \(delay / 1_000_000) ms")
         let others = r.filter { $0.message.id != "later-slow" }.map(\.at).max()!
         try c.expect(others < secondSlow.at, "other messages waited behind the retried one")
     }
