@@ -209,10 +209,15 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
 
     // MARK: Targets
 
-    /// A target and the route it takes, resolved once per identifier.
-    struct ResolvedTarget: Sendable {
+    /// A target and the route it takes, resolved once per identifier (a class: read on every
+    /// call, and one reference is cheaper to hand out than the copy of every field).
+    final class ResolvedTarget: Sendable {
         let call: CallTarget
         let route: Route?
+        init(call: CallTarget, route: Route?) {
+            self.call = call
+            self.route = route
+        }
     }
 
     /// The parsed target for `identifier` and its route, cached.

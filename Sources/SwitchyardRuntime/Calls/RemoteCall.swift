@@ -292,11 +292,11 @@ extension SwitchyardActorSystem {
     private func callInProcess(
         _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
     ) async throws -> SwitchyardResultHandler.Outcome? {
-        var actors = localActors(named: id.name)
+        // The actor with this exact id, else every actor hosted under the name (in any group).
+        let actors = localActor(id).map { [$0] } ?? localActors(named: id.name)
         guard !actors.isEmpty else {
             throw SwitchyardError.routing(target: call.name, reason: "route '\(route.pattern)' is direct, but no actor named '\(id.name)' is hosted in this process")
         }
-        if let exact = localActor(id) { actors = [exact] }
         var last: SwitchyardResultHandler.Outcome?
         for actor in actors {
             let substitutions: [Any.Type]
@@ -307,7 +307,7 @@ extension SwitchyardActorSystem {
             }
             var decoder = SwitchyardInvocationDecoder(.values(invocation.arguments.map(\.value)), substitutions: substitutions)
             let handler = SwitchyardResultHandler()
-            try await executeDistributedTarget(on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+            try await TargetExecutor.execute(call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
             if case .error? = handler.outcome { return handler.outcome }
             last = handler.outcome
         }

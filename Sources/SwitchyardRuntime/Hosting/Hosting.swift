@@ -231,8 +231,8 @@ extension SwitchyardActorSystem {
                         do {
                             var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
                             guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
-                            try await executeDistributedTarget(
-                                on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+                            try await TargetExecutor.execute(
+                                call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
                             if case .error(let error)? = handler.outcome { span.recordError(error) }
                         } catch {
                             failure = error

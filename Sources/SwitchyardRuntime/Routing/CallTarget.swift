@@ -18,6 +18,13 @@ struct CallTarget: Sendable {
     /// before the function marker: `…YaKSeRd__lFTE`, where a plain distributed thunk (always
     /// async throws) ends `…YaKFTE`. Such calls are refused on both sides (see ``Server``).
     let isGeneric: Bool
+    /// The target prepared for execution (``PreparedTarget``), per substitution, on first use.
+    private let preparedTargets = PreparedTargets()
+
+    /// The target prepared for execution with `substitutions`; nil when it cannot be.
+    func prepared(substitutions: [Any.Type]) -> PreparedTarget? {
+        preparedTargets.prepared(identifier, substitutions: substitutions)
+    }
 
     /// Parses a target; nil when the identifier does not demangle to a method.
     init?(identifier: String) {
