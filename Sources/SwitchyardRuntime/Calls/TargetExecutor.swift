@@ -105,9 +105,9 @@ final class PreparedTarget: @unchecked Sendable {
         let genericArguments = substitutions.map { UnsafeRawPointer($0.baseAddress!) }
         let parameterCount = Int(__getParameterCount(name.baseAddress!, UInt(name.count)))
         guard parameterCount >= 0 else {
-                release()
-                return nil
-            }
+            release()
+            return nil
+        }
         let types = UnsafeMutableBufferPointer<Any.Type>.allocate(capacity: max(1, parameterCount))
         argumentTypes = types
         let decoded = __getParameterTypeInfo(
@@ -117,9 +117,9 @@ final class PreparedTarget: @unchecked Sendable {
             let returnType = __getReturnTypeInfo(name.baseAddress!, UInt(name.count), environment, genericArguments),
             let result = ResultSlot(returnType)
         else {
-                release()
-                return nil
-            }
+            release()
+            return nil
+        }
         self.name = name
         self.substitutions = substitutions
         self.witnessTables = witnessTables
