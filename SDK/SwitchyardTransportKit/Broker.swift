@@ -72,8 +72,8 @@ public final class Broker: @unchecked Sendable {
 
     private struct InFlight {
         let ref: LeaseRef
+        /// The subscriber it went to (whose channel it is on).
         let member: Member
-        let channel: String
         let leaseUntil: Int64
     }
 
@@ -302,7 +302,7 @@ public final class Broker: @unchecked Sendable {
             try store.retry(entry.ref, visibleAt: stamp + after, reason: reason, now: stamp)
         case .deadLetter(let reason):
             stamp = now()
-            let dead = try store.deadLetter(entry.ref, to: entry.channel + options.deadLetterSuffix, reason: reason, now: stamp)
+            let dead = try store.deadLetter(entry.ref, to: entry.member.key.channel + options.deadLetterSuffix, reason: reason, now: stamp)
             host.deadLettered(dead, reason: reason)
         case .release:
             try store.release(entry.ref)
@@ -523,7 +523,7 @@ public final class Broker: @unchecked Sendable {
                 member.inFlight += 1
                 member.delivering += 1
                 let leaseUntil = stamp + member.visibilityTimeout
-                inFlight[nextDelivery] = InFlight(ref: message.ref, member: member, channel: message.message.channel, leaseUntil: leaseUntil)
+                inFlight[nextDelivery] = InFlight(ref: message.ref, member: member, leaseUntil: leaseUntil)
                 nextLocalExpiry = min(nextLocalExpiry, leaseUntil)
                 stats.delivered += 1
                 assignments.append((nextDelivery, member, message))

@@ -77,9 +77,14 @@ public final class MemoryStore: MessageStore {
         private var base: UInt64 = 1
 
         subscript(id: UInt64) -> Entry? {
-            get {
-                guard id >= base, id - base < UInt64(slots.count) else { return nil }
-                return slots[Int(id - base)]
+            // Borrowed, not copied: reading one field of an entry must not retain and release
+            // every string and array of its message.
+            _read {
+                if id >= base, id - base < UInt64(slots.count) {
+                    yield slots[Int(id - base)]
+                } else {
+                    yield nil
+                }
             }
             _modify {
                 if id >= base, id - base < UInt64(slots.count) {
@@ -94,14 +99,16 @@ public final class MemoryStore: MessageStore {
             }
         }
 
-        private mutating func append(_ entry: Entry, at id: UInt64) {
+        /// Adds the entry with a new id (past every id so far), moved in without a copy.
+        mutating func append(_ entry: consuming Entry, at id: UInt64) {
             guard id >= base else { return }
             while base + UInt64(slots.count) < id { slots.append(nil) }
             slots.append(entry)
         }
 
         private mutating func trimFront() {
-            while let first = slots.first, first == nil {
+            // `slots[0] == nil` borrows the slot; `slots.first` would copy the entry out.
+            while !slots.isEmpty, slots[0] == nil {
                 slots.removeFirst()
                 base += 1
             }
@@ -122,7 +129,7 @@ public final class MemoryStore: MessageStore {
 
         mutating func insert(_ message: Message, into key: GroupKey) {
             nextEntry += 1
-            entries[nextEntry] = Entry(message: message, group: key)
+            entries.append(Entry(message: message, group: key), at: nextEntry)
             groups[key, default: Group()].ready.append(nextEntry)
             depth += 1
             if message.expiresAtNanos > 0 { expiries.insert(Timed(at: message.expiresAtNanos, entry: nextEntry, token: 0)) }
@@ -133,25 +140,51 @@ public final class MemoryStore: MessageStore {
         }
 
         mutating func unlockKey(of id: UInt64) {
-            guard let entry = entries[id], entry.holdsKey, let key = entry.message.orderingKey else { return }
+            guard entries[id]?.holdsKey == true, let key = entries[id]?.message.orderingKey, let group = entries[id]?.group else { return }
             entries[id]!.holdsKey = false
-            groups[entry.group]!.unlock(key)
+            groups[group]!.unlock(key)
+        }
+
+        /// Leases the entry in `slot` under `token` until `until`, unless its ordering key is held
+        /// (by an earlier entry, or one leased this round): then nil, and it stays ready.
+        static func lease(
+            _ slot: inout Entry?, id: UInt64, token: UInt64, until: Int64, group: inout Group, keysThisRound: inout Set<String>
+        ) -> LeasedMessage? {
+            guard slot != nil else { return nil }
+            if let orderingKey = slot!.message.orderingKey {
+                let lockedByOther = group.lockedKeys[orderingKey] != nil && !slot!.holdsKey
+                if lockedByOther || keysThisRound.contains(orderingKey) { return nil }
+                keysThisRound.insert(orderingKey)
+                if !slot!.holdsKey {
+                    slot!.holdsKey = true
+                    group.lockedKeys[orderingKey, default: 0] += 1
+                }
+            }
+            slot!.token = token
+            slot!.leaseUntil = until
+            slot!.message.attempt += 1
+            return LeasedMessage(ref: LeaseRef(entry: id, token: token), message: slot!.message)
         }
 
         /// Removes the entry leased under `ref` for good (acknowledged), or throws not-found.
         mutating func remove(_ ref: LeaseRef) throws(TransportError) {
-            _ = try leased(ref)
+            try checkLeased(ref)
             unlockKey(of: ref.entry)
             entries[ref.entry] = nil
             inFlight -= 1
         }
 
-        /// The entry leased under `ref`, or a not-found error.
-        func leased(_ ref: LeaseRef) throws(TransportError) -> Entry {
-            guard let entry = entries[ref.entry], entry.token == ref.token, ref.token != 0 else {
+        /// Throws not-found unless `ref` is the entry's current lease (reads it in place).
+        func checkLeased(_ ref: LeaseRef) throws(TransportError) {
+            guard ref.token != 0, entries[ref.entry]?.token == ref.token else {
                 throw TransportError(.notFound, "unknown, settled or expired delivery")
             }
-            return entry
+        }
+
+        /// The entry leased under `ref`, or a not-found error.
+        func leased(_ ref: LeaseRef) throws(TransportError) -> Entry {
+            try checkLeased(ref)
+            return entries[ref.entry]!
         }
     }
 
@@ -215,26 +248,18 @@ public final class MemoryStore: MessageStore {
             var skipped: [UInt64] = []
             var keysThisRound = Set<String>()
             while taken.count < limit, skipped.count < 100_000, let id = group.ready.popFirst() {
-                var entry = state.entries[id]!
-                if let orderingKey = entry.message.orderingKey {
-                    let lockedByOther = group.lockedKeys[orderingKey] != nil && !entry.holdsKey
-                    if lockedByOther || keysThisRound.contains(orderingKey) {
-                        skipped.append(id)
-                        continue
-                    }
-                    keysThisRound.insert(orderingKey)
-                    if !entry.holdsKey {
-                        entry.holdsKey = true
-                        group.lockedKeys[orderingKey, default: 0] += 1
-                    }
-                }
                 state.nextToken += 1
-                entry.token = state.nextToken
-                entry.leaseUntil = leaseUntil
-                entry.message.attempt += 1
-                state.entries[id] = entry
-                group.leased.insert(Timed(at: leaseUntil, entry: id, token: entry.token))
-                taken.append(LeasedMessage(ref: LeaseRef(entry: id, token: entry.token), message: entry.message))
+                let token = state.nextToken
+                // Changed in place (one access to the slab), not copied out and back.
+                guard
+                    let lease = State.lease(
+                        &state.entries[id], id: id, token: token, until: leaseUntil, group: &group, keysThisRound: &keysThisRound)
+                else {
+                    skipped.append(id)
+                    continue
+                }
+                group.leased.insert(Timed(at: leaseUntil, entry: id, token: token))
+                taken.append(lease)
             }
             if !skipped.isEmpty { group.ready.prepend(contentsOf: skipped) }
             state.depth -= UInt64(taken.count)
