@@ -2,9 +2,14 @@ import Foundation
 import SwitchyardABI
 
 /// Group commit for one SQLite database: every operation runs on one writer thread, which takes
-/// all operations waiting at that moment and runs them in one transaction, each in its own
-/// savepoint (one failing operation does not undo the others). `perform` returns after the
-/// commit, so concurrent callers share one fsync. Used by every durable store in the SDK.
+/// all operations waiting at that moment and runs them in one transaction. `perform` returns
+/// after the commit, so concurrent callers share one fsync. Used by every durable store in the SDK.
+///
+/// One failing operation does not undo the others. The batch first runs as it is, one operation
+/// after another; only when one fails is the transaction rolled back and the batch run again with
+/// a savepoint around each operation. Operations almost never fail, and two statements per
+/// operation (`SAVEPOINT`, `RELEASE`) cost as much as the insert most of them are — so an
+/// operation's body may run twice, and touches nothing but the database and its own locals.
 ///
 /// Not every commit needs its own fsync: an operation whose loss in a power cut costs nothing
 /// but a repeat (a lease: the message is simply delivered again) runs `synced: false`. A batch
@@ -59,7 +64,8 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     /// Runs `body` on the writer thread inside the next batch's transaction; returns its result
     /// after the commit, or throws its error (or the commit's). With `synced: false` the commit
-    /// may skip its fsync (see the type's note): only for work whose loss costs a repeat.
+    /// may skip its fsync (see the type's note): only for work whose loss costs a repeat. `body`
+    /// may run twice (see the type's note): it must only use the database and its own locals.
     func perform<R>(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
         let result = Box<R>()
         let job = Job(synced: synced) { db throws(TransportError) in result.value = try body(db) }
@@ -118,6 +124,29 @@ public final class SQLiteWriter: @unchecked Sendable {
             for job in batch { job.error = error }
             return
         }
+        // As it is first: when every operation succeeds, one commit and nothing else.
+        var failed: (index: Int, error: TransportError)?
+        for (index, job) in batch.enumerated() {
+            do throws(TransportError) {
+                try job.work(db)
+            } catch {
+                failed = (index, error)
+                break
+            }
+        }
+        guard let failed else { return commit(batch, on: db) }
+        _ = try? db.run("ROLLBACK")
+        if batch.count == 1 {
+            batch[failed.index].error = failed.error
+            return
+        }
+        // Again, each operation in a savepoint of its own, so the failure undoes only itself.
+        do {
+            try db.run("BEGIN IMMEDIATE")
+        } catch {
+            for job in batch { job.error = error }
+            return
+        }
         for job in batch {
             do {
                 try db.run("SAVEPOINT job")
@@ -133,6 +162,10 @@ public final class SQLiteWriter: @unchecked Sendable {
                 job.error = job.error ?? error
             }
         }
+        commit(batch, on: db)
+    }
+
+    private func commit(_ batch: [Job], on db: SQLiteDatabase) {
         do {
             try db.run("COMMIT")
         } catch {

@@ -28,10 +28,7 @@ extension SwitchyardActorSystem {
         }
         let reply = try await request(actor.id, call, invocation, route: route)
         do {
-            switch reply.encoding {
-            case .compact: return try CompactDecoder().decode(Res.self, from: reply.body)
-            case .json: return try JSONDecoder().decode(Res.self, from: Data(reply.body))
-            }
+            return try reply.encoding.decode(Res.self, from: reply.body)
         } catch {
             throw SwitchyardError.rejected(target: call.name, reason: "the reply is not a valid \(Res.self): \(error)")
         }
@@ -143,11 +140,8 @@ extension SwitchyardActorSystem {
                 })
             route.metrics.latency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
             guard reply.outcome == "throw" else { return reply }
-            let payload: ErrorPayload
-            switch reply.encoding {
-            case .compact: payload = (try? CompactDecoder().decode(ErrorPayload.self, from: reply.body)) ?? ErrorPayload(type: "unknown", message: "an unreadable error reply")
-            case .json: payload = (try? JSONDecoder().decode(ErrorPayload.self, from: Data(reply.body))) ?? ErrorPayload(type: "unknown", message: "an unreadable error reply")
-            }
+            let payload =
+                (try? reply.encoding.decode(ErrorPayload.self, from: reply.body)) ?? ErrorPayload(type: "unknown", message: "an unreadable error reply")
             throw errors.error(from: payload)
         } catch {
             route.metrics.failures.increment()

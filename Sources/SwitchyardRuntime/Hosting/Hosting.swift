@@ -179,7 +179,7 @@ extension SwitchyardActorSystem {
                         claimed = true
                     case .running:
                         // Another delivery of this call runs here now: wait for its outcome.
-                        try? await Task.sleep(for: .milliseconds(5))
+                        await inbox.waitWhileRunning(key)
                     }
                 } catch {
                     logger.error("inbox lookup failed; the call is retried later", metadata: ["target": "\(readable)", "error": "\(error.message)"])

@@ -22,6 +22,8 @@ final class Inbox: Sendable {
     /// The database, or nil for an inbox in memory.
     let database: (any InboxDatabase)?
     private let storage = Guarded<Storage>(Storage())
+    /// Deliveries waiting for another delivery of the same call to end (``waitWhileRunning(_:)``).
+    private let runningEnded = IdleWaiters()
 
     private struct Storage {
         /// Keys being handled in this process now: a second delivery of the same call waits for
@@ -71,6 +73,13 @@ final class Inbox: Sendable {
     /// retried).
     func release(_ key: String) {
         storage.withLock { _ = $0.running.remove(key) }
+        runningEnded.wakeAll()
+    }
+
+    /// Returns once no delivery of `key` runs in this process any more (``Claim/running``), or
+    /// after a second at most; the caller claims again either way.
+    func waitWhileRunning(_ key: String) async {
+        await runningEnded.wait(until: .now + .seconds(1)) { [storage] in !storage.withLock { $0.running.contains(key) } }
     }
 
     /// Ends a claim: remembers the call when it was handled (`handled` non-nil), or lets a later
@@ -84,7 +93,10 @@ final class Inbox: Sendable {
     func finish(
         _ key: String, _ handled: Handled?, effects: [InboxEffect] = [], outbox: [OutboxMessage] = []
     ) throws(TransportError) -> Handled? {
-        defer { storage.withLock { _ = $0.running.remove(key) } }
+        defer {
+            storage.withLock { _ = $0.running.remove(key) }
+            runningEnded.wakeAll()
+        }
         guard let handled else { return nil }
         let now = WallClock.nowNanos()
         let cutoff = now - windowNanos

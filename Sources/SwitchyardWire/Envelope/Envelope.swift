@@ -106,6 +106,14 @@ public enum ArgumentEncoding: String, Sendable, Hashable, CaseIterable {
         case .json: bytes.append(contentsOf: try JSONEncoder().encode(value))
         }
     }
+
+    /// Decodes one value (a result, an error payload) encoded by ``encode(_:appendingTo:)``.
+    package func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        switch self {
+        case .compact: try CompactDecoder().decode(type, from: bytes)
+        case .json: try JSONDecoder().decode(type, from: Data(bytes))
+        }
+    }
 }
 
 /// Header names of the envelope: CloudEvents 1.0 attributes in binary content mode, plus

@@ -1,0 +1,59 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardTestSupport
+import Testing
+
+@testable import SwitchyardTransportKit
+
+@Suite("SQLite group commit")
+struct SQLiteWriterTests {
+    /// Operations that arrive together share one transaction; the one that fails must undo only
+    /// its own work (the batch then runs again with a savepoint per operation), and the others
+    /// commit as if they had run alone.
+    @Test("a failing operation in a shared batch undoes only itself")
+    func failureUndoesOnlyItself() throws {
+        let dir = try TemporaryDirectory()
+        let db = try SQLiteDatabase(path: dir.file("writer.db"))
+        try db.configureDurable()
+        try db.execute("CREATE TABLE t (v INTEGER NOT NULL)")
+        let writer = SQLiteWriter(db)
+        // Hold the writer so that the operations below queue up and run as one batch.
+        let hold = DispatchSemaphore(value: 0)
+        let holding = DispatchSemaphore(value: 0)
+        Thread {
+            try? writer.perform { _ throws(TransportError) in
+                holding.signal()
+                hold.wait()
+            }
+        }.start()
+        holding.wait()
+        let results = Guarded<[Int: Bool]>([:])
+        let done = DispatchGroup()
+        for value in 0..<10 {
+            done.enter()
+            Thread {
+                do throws(TransportError) {
+                    try writer.perform { db throws(TransportError) in
+                        try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(value))])
+                        if value == 4 { throw TransportError(.invalidArgument, "operation \(value) fails") }
+                    }
+                    results.withLock { $0[value] = true }
+                } catch {
+                    results.withLock { $0[value] = false }
+                }
+                done.leave()
+            }.start()
+        }
+        // Give every operation time to queue behind the held one, then let the batch run.
+        usleep(300_000)
+        hold.signal()
+        done.wait()
+        #expect(results.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<10).map { ($0, $0 != 4) }))
+        let stored = try writer.perform { db throws(TransportError) -> [Int64] in
+            var values: [Int64] = []
+            try db.run("SELECT v FROM t ORDER BY v") { row in values.append(row.int(0)) }
+            return values
+        }
+        #expect(stored == [0, 1, 2, 3, 5, 6, 7, 8, 9])
+    }
+}
