@@ -41,6 +41,26 @@ final class DeliveryQueue: Sendable {
         return accepted
     }
 
+    /// Queues deliveries in order under one lock, handing the first ones straight to waiting
+    /// workers; false when the queue is closed (nothing was queued: the caller releases them).
+    func push(contentsOf batch: [Inbound]) -> Bool {
+        guard !batch.isEmpty else { return true }
+        let (accepted, handed) = state.withLock { state -> (Bool, [(UnsafeContinuation<Inbound?, Never>, Inbound)]) in
+            guard !state.closed else { return (false, []) }
+            var handed: [(UnsafeContinuation<Inbound?, Never>, Inbound)] = []
+            for item in batch {
+                if let waiter = state.waiting.popFirst() {
+                    handed.append((waiter, item))
+                } else {
+                    state.items.append(item)
+                }
+            }
+            return (true, handed)
+        }
+        for (waiter, item) in handed { waiter.resume(returning: item) }
+        return accepted
+    }
+
     /// The next delivery, waiting for one; nil once the queue is closed and empty.
     func next() async -> Inbound? {
         if let item = state.withLock({ $0.items.popFirst() }) { return item }

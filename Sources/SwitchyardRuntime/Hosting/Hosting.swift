@@ -74,38 +74,71 @@ extension SwitchyardActorSystem {
         let limits = config.limits
         let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
         let cost = CallCost.of(transport)
+        /// What becomes of one delivered message: queued for the workers, refused unread (and so
+        /// settled here), or handed back to the transport (draining: for other hosts).
+        enum Intake {
+            case queue(Inbound)
+            case settled
+            case handBack
+        }
+        @Sendable func intake(_ delivery: DeliveryID, _ message: MessageView, system: SwitchyardActorSystem?) -> Intake {
+            // Refused unread: logged, the waiting caller told why, kept with the reason for a person.
+            func refuse(_ what: Logger.Message, reason: String, deadLetter: String, _ error: (String) -> SwitchyardError) -> Intake {
+                server.logger.warning(what, metadata: ["channel": "\(hosted.id.name)", "reason": "\(reason)"])
+                system?.replyToUnreadCall(message, on: transport, channel: hosted.id.name, error: error)
+                let id = message.header(EnvelopeHeader.id) ?? ""
+                system?.answeredDeadLetters.insert(id)
+                try? client.settle(delivery, .deadLetter(reason: deadLetter))
+                system?.answeredDeadLetters.remove(id)
+                return .settled
+            }
+            if let violation = limits.violation(of: message, keyPrefix: "limits.") {
+                return refuse("dead-lettering a call over the limits", reason: violation, deadLetter: "over the receiver's limits: \(violation)") {
+                    .limitExceeded(target: $0, reason: "the call, at the receiver: \(violation)")
+                }
+            }
+            let envelope: Envelope
+            switch Result(catching: { () throws(EnvelopeError) in try Envelope(message) }) {
+            case .success(let read): envelope = read
+            case .failure(let error):
+                return refuse("dead-lettering an unreadable call", reason: "\(error)", deadLetter: "unreadable envelope: \(error)") {
+                    .rejected(target: $0, reason: "unreadable envelope: \(error)")
+                }
+            }
+            // While draining, only calls from this process (made by calls still running here)
+            // are taken; everything else goes back to the transport for other hosts.
+            if !server.accepting.load(ordering: .acquiring) && envelope.source != ownSource { return .handBack }
+            return .queue(Inbound(delivery: delivery, transport: transport, envelope: envelope, attempt: message.attempt, cost: cost))
+        }
         let subscription: SubscriptionID
         do throws(TransportError) {
-            subscription = try client.subscribe(options) { [weak self] delivery, message in
-                // Refused unread: logged, the waiting caller told why, kept with the reason for a person.
-                func refuse(_ what: Logger.Message, reason: String, deadLetter: String, _ error: (String) -> SwitchyardError) -> StatusCode {
-                    server.logger.warning(what, metadata: ["channel": "\(hosted.id.name)", "reason": "\(reason)"])
-                    self?.replyToUnreadCall(message, on: transport, channel: hosted.id.name, error: error)
-                    let id = message.header(EnvelopeHeader.id) ?? ""
-                    self?.answeredDeadLetters.insert(id)
-                    try? client.settle(delivery, .deadLetter(reason: deadLetter))
-                    self?.answeredDeadLetters.remove(id)
-                    return .ok
-                }
-                if let violation = limits.violation(of: message, keyPrefix: "limits.") {
-                    return refuse("dead-lettering a call over the limits", reason: violation, deadLetter: "over the receiver's limits: \(violation)") {
-                        .limitExceeded(target: $0, reason: "the call, at the receiver: \(violation)")
+            subscription = try client.subscribe(
+                options,
+                handler: { [weak self] delivery, message in
+                    switch intake(delivery, message, system: self) {
+                    case .queue(let inbound): queue.push(inbound) ? .ok : .closed
+                    case .settled: .ok
+                    case .handBack: .closed
                     }
-                }
-                let envelope: Envelope
-                do {
-                    envelope = try Envelope(message)
-                } catch {
-                    return refuse("dead-lettering an unreadable call", reason: "\(error)", deadLetter: "unreadable envelope: \(error)") {
-                        .rejected(target: $0, reason: "unreadable envelope: \(error)")
+                },
+                // Batches (deliver_batch): every envelope read, then all queued under one lock.
+                // Taken is everything up to the first one handed back (the transport offers the
+                // rest again); queued ones the closed queue refuses are released here.
+                batchHandler: { [weak self] deliveries, messages in
+                    var queued: [Inbound] = []
+                    queued.reserveCapacity(messages.count)
+                    var taken = 0
+                    for (delivery, message) in zip(deliveries, messages) {
+                        let outcome = intake(delivery, message, system: self)
+                        if case .handBack = outcome { break }
+                        if case .queue(let inbound) = outcome { queued.append(inbound) }
+                        taken += 1
                     }
-                }
-                // While draining, only calls from this process (made by calls still running here)
-                // are taken; everything else goes back to the transport for other hosts.
-                if !server.accepting.load(ordering: .acquiring) && envelope.source != ownSource { return .closed }
-                let inbound = Inbound(delivery: delivery, transport: transport, envelope: envelope, attempt: message.attempt, cost: cost)
-                return queue.push(inbound) ? .ok : .closed
-            }
+                    if !queue.push(contentsOf: queued) {
+                        for inbound in queued { try? client.settle(inbound.delivery, .release) }
+                    }
+                    return taken
+                })
         } catch {
             throw SwitchyardError.transport(target: "\(hosted.id)", transport: transport.name, reason: "cannot subscribe '\(hosted.id.name)': \(error.message)")
         }
