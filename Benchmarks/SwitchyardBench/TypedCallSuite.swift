@@ -129,6 +129,8 @@ struct TypedCallSuite: BenchSuite {
         let rawQueue = try plugins.transport("queue", config: #"{"max_in_flight": 1024}"#)
         defer { rawQueue.close() }
         let rawLatencies = try requestReplyLatencies(through: rawQueue, count: context.quick ? 10_000 : 50_000)
+        context.progress("typed: a transport thread waking a task and back (the floor a typed call adds)")
+        let wakeRoundTrip = await threadTaskRoundTrips(context.quick ? 10_000 : 50_000)
 
         context.progress("typed: request-reply through the queue (latency, one caller; throughput, 64 callers)")
         let system = try SwitchyardActorSystem(config: config, pluginDirectories: context.pluginDirectories, logger: logger)
@@ -163,6 +165,7 @@ struct TypedCallSuite: BenchSuite {
         let requestReply = Measure.median(throughput)
         results += [
             BenchResult(suite: name, metric: "raw_request_reply_p50_us", value: percentile(rawLatencies, 0.5) / 1000, unit: "µs"),
+            BenchResult(suite: name, metric: "thread_task_round_trip_p50_us", value: percentile(wakeRoundTrip, 0.5) / 1000, unit: "µs"),
             BenchResult(
                 suite: name, metric: "request_reply_p50_us", value: percentile(latencies, 0.5) / 1000, unit: "µs",
                 baseline: ("raw_request_reply_p50_us", percentile(rawLatencies, 0.5) / 1000)),
@@ -211,6 +214,42 @@ struct TypedCallSuite: BenchSuite {
         try? transport.client.unsubscribe(subscription)
         await system.shutdown()
         return (resident, seen.withLock { $0 })
+    }
+
+    /// Nanoseconds, sorted, of `count` round trips between a plain thread and a task: the thread
+    /// resumes the task's continuation (as a transport's thread does for a delivery or a reply)
+    /// and waits on a semaphore until the task, now running on the cooperative pool, signals it.
+    /// A typed request-reply call wakes a task this way twice (the worker, then the caller) where
+    /// the raw round trip wakes plain threads: this is the floor that adds.
+    private func threadTaskRoundTrips(_ count: Int) async -> [Double] {
+        let parked = Guarded<UnsafeContinuation<Void, Never>?>(nil)
+        let ready = DispatchSemaphore(value: 0)
+        let answered = DispatchSemaphore(value: 0)
+        let task = Task {
+            for _ in 0..<count + 100 {
+                await withUnsafeContinuation { continuation in
+                    parked.withLock { $0 = continuation }
+                    ready.signal()
+                }
+                answered.signal()
+            }
+        }
+        let samples = await withCheckedContinuation { (done: CheckedContinuation<[Double], Never>) in
+            Thread {
+                var samples: [Double] = []
+                samples.reserveCapacity(count)
+                for round in 0..<count + 100 {
+                    ready.wait()
+                    let start = Measure.now()
+                    parked.withLock { $0.take() }!.resume()
+                    answered.wait()
+                    if round >= 100 { samples.append(Double(Measure.now() - start)) }  // after a warm-up
+                }
+                done.resume(returning: samples.sorted())
+            }.start()
+        }
+        await task.value
+        return samples
     }
 
     /// Median nanoseconds per call over `rounds` rounds of `iterations` calls (after a warm-up).

@@ -29,12 +29,15 @@ public final class DelayScheduler: @unchecked Sendable {
     private var stopped = false
     private var done = false
     private let writer: SQLiteWriter?
+    /// The durable store's file, or nil in memory.
+    private let path: String?
     private let host: HostServices
     private let capacity: Int
     private let forward: Forward
 
     /// Starts a scheduler; durable when `path` is set. Refuses a file that is not a delay store.
     public init(path: String?, capacity: Int, host: HostServices, forward: @escaping Forward) throws(TransportError) {
+        self.path = path
         var loaded: [Due] = []
         if let path {
             let db = try SQLiteDatabase(path: path)
@@ -162,24 +165,42 @@ public final class DelayScheduler: @unchecked Sendable {
     private func forwardDue(_ items: [(due: Due, message: Message?)]) -> [(due: Due, message: Message?)] {
         var failed: [(due: Due, message: Message?)] = []
         var forwarded: [Int64] = []
-        var durable: [Int64: Message] = [:]
-        if let writer {
-            let seqs = items.map(\.due.seq)
-            durable =
-                (try? writer.perform { db throws(TransportError) -> [Int64: Message] in
-                    var found: [Int64: Message] = [:]
+        var durable: [Int64: Result<Message, TransportError>] = [:]
+        if let writer, items.contains(where: { $0.message == nil }) {
+            let seqs = items.filter { $0.message == nil }.map(\.due.seq)
+            do {
+                durable = try writer.perform { db throws(TransportError) -> [Int64: Result<Message, TransportError>] in
+                    var found: [Int64: Result<Message, TransportError>] = [:]
                     for seq in seqs {
                         try db.run("SELECT message FROM held WHERE seq = ?", [.int(seq)]) { row throws(TransportError) in
-                            found[seq] = try row.blob(0) { bytes throws(TransportError) in try MessageCodec.decode(bytes) }
+                            found[seq] = try row.blob(0) { bytes in Result { () throws(TransportError) in try MessageCodec.decode(bytes) } }
                         }
                     }
                     return found
-                }) ?? [:]
+                }
+            } catch {
+                // The store cannot be read now: nothing is forwarded or dropped; all come back later.
+                host.log(.warning, "delay: reading \(seqs.count) held messages failed, will try again: \(error)")
+                return items
+            }
         }
         for item in items {
-            guard var message = item.message ?? durable[item.due.seq] else {
-                if writer != nil { forwarded.append(item.due.seq) }  // gone or unreadable: drop the row
-                continue
+            var message: Message
+            if let held = item.message {
+                message = held
+            } else {
+                switch durable[item.due.seq] {
+                case .success(let read)?:
+                    message = read
+                case .failure(let error)?:
+                    // Kept in the store for a person (and reported on every start); never forwarded
+                    // half-read, and the other due messages go on.
+                    host.log(.error, "delay: held message \(item.due.seq) in \(path ?? "the store") is unreadable and stays there: \(error.message)")
+                    continue
+                case nil:
+                    forwarded.append(item.due.seq)  // gone: taken by someone else
+                    continue
+                }
             }
             message.deliverAtNanos = 0  // due now: the inner transport must not wait again
             do {

@@ -290,7 +290,7 @@ enum SystemState: Int {
 /// A local actor, held weakly: the system must not keep actors alive.
 struct WeakActor: @unchecked Sendable {
     // @unchecked: the reference is only read, and actors are Sendable.
-    weak var reference: AnyObject?
-    init(_ actor: any DistributedActor) { reference = actor }
-    var actor: (any DistributedActor)? { reference as? any DistributedActor }
+    // Held as the existential it is read as: reading it back needs no dynamic cast.
+    weak var actor: (any DistributedActor)?
+    init(_ actor: any DistributedActor) { self.actor = actor }
 }

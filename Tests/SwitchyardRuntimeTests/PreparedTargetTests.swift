@@ -145,6 +145,37 @@ struct PreparedTargetTests {
         }
     }
 
+    /// The receiver reads the arguments a method takes "and nothing more" (docs/envelope.md): an
+    /// envelope carrying extra ones is refused, not run with the extras ignored.
+    @Test("a call with more arguments than the method takes is refused")
+    func extraArguments() async throws {
+        let system = try await makeSystem("routes:\n  \"*\": { transport: direct }\n")
+        defer { Task { await system.shutdown() } }
+        let service = try system.host("shapes", as: $Shapes.self) { ShapesService(actorSystem: $0, recorded: Guarded([])) }
+        let shapes = try $Shapes.resolve(id: "shapes", using: system)
+        _ = try await shapes.echo("warm")
+        try await shapes.nothing()
+        var extraCompact: [UInt8] = []
+        try ArgumentEncoding.compact.encode("q", appendingTo: &extraCompact)
+        try ArgumentEncoding.compact.encode("extra", appendingTo: &extraCompact)
+        let cases: [(String, SwitchyardInvocationDecoder.Arguments)] = [
+            ("echo", .values(["q", "extra"])), ("echo", .compact(extraCompact)), ("nothing", .values([1])),
+        ]
+        let calls = system.targets.withLock { Array($0.values.map(\.call)) }
+        for (method, arguments) in cases {
+            let call = try #require(calls.first { $0.method == method })
+            let substitutions = try system.server.substitutions(for: call, on: service)
+            var decoder = SwitchyardInvocationDecoder(arguments, substitutions: substitutions)
+            let handler = SwitchyardResultHandler()
+            try await TargetExecutor.execute(call, on: service, substitutions: substitutions, decoder: &decoder, handler: handler, system: system)
+            guard case .error(let error as EnvelopeError)? = handler.outcome else {
+                Issue.record("\(method) with \(arguments) ran: \(describe(handler.outcome))")
+                continue
+            }
+            #expect(error.description.contains("more arguments"))
+        }
+    }
+
     private func describe(_ outcome: SwitchyardResultHandler.Outcome?) -> String {
         switch outcome {
         case .value(let value)?: "value \(value)"

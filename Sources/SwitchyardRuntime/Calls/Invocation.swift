@@ -76,6 +76,9 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
     }
     let arguments: Arguments
     let substitutions: [Any.Type]
+    /// How many arguments the target takes, when known (a prepared target): an argument left
+    /// over after the last one is an error, as a missing one is.
+    var expectedCount: Int?
     private var index = 0
     private var offset = 0
 
@@ -106,9 +109,27 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
         }
     }
 
+    /// Throws when the argument just read was the target's last and more are left.
+    private func checkNothingLeft(afterReading count: Int) throws(EnvelopeError) {
+        guard let expectedCount, count == expectedCount else { return }
+        let more =
+            switch arguments {
+            case .values(let values): values.count > count
+            case .compact(let bytes): offset < bytes.count
+            case .json(let elements): elements.count > count
+            }
+        if more { throw EnvelopeError("the call has more arguments than the method's \(expectedCount)") }
+    }
+
     public mutating func decodeGenericSubstitutions() throws -> [Any.Type] { substitutions }
 
     public mutating func decodeNextArgument<Argument: Codable>() throws -> Argument {
+        let value: Argument = try readArgument()
+        try checkNothingLeft(afterReading: index)
+        return value
+    }
+
+    private mutating func readArgument<Argument: Codable>() throws -> Argument {
         defer { index += 1 }
         switch arguments {
         case .values(let values):

@@ -1,6 +1,7 @@
 import Distributed
 import Foundation
 import SwitchyardABI
+import SwitchyardWire
 
 /// Runs a distributed target on a local actor as the standard library's
 /// `executeDistributedTarget` does, minus the work it repeats on every call: from the target's
@@ -66,6 +67,8 @@ final class PreparedTarget: @unchecked Sendable {
     private let witnessTables: UnsafeRawPointer?
     private let witnessTableCount: Int
     private let argumentTypes: UnsafeMutableBufferPointer<Any.Type>
+    /// How many parameters the target takes.
+    private let parameterCount: Int
     private let result: ResultSlot
 
     /// Prepares `identifier` for these substitutions; nil when any lookup fails (the standard
@@ -125,12 +128,26 @@ final class PreparedTarget: @unchecked Sendable {
         self.witnessTables = witnessTables
         self.witnessTableCount = witnessTableCount
         self.argumentTypes = types
+        self.parameterCount = parameterCount
         self.result = result
+    }
+
+    deinit {
+        name.deallocate()
+        substitutions?.deallocate()
+        witnessTables?.deallocate()
+        argumentTypes.deallocate()
     }
 
     /// Runs the target on `actor`: the outcome, a thrown error included, lands in `handler`, as
     /// `executeDistributedTarget` would leave it.
     func run(on actor: any DistributedActor, decoder: inout SwitchyardInvocationDecoder, handler: SwitchyardResultHandler) async throws {
+        // Nothing more than the method takes (its accessor reads only as many as it has).
+        decoder.expectedCount = parameterCount
+        if parameterCount == 0 && !decoder.isComplete {
+            handler.outcome = .error(EnvelopeError("the call has more arguments than the method's 0"))
+            return
+        }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: result.size, alignment: result.alignment)
         defer { buffer.deallocate() }
         do {
@@ -189,7 +206,10 @@ final class PreparedTargets: Sendable {
         let key = substitutions.first.map { ObjectIdentifier($0) }
         if let known = byStub.withLock({ $0[key] }) { return known }
         let made = PreparedTarget(identifier: identifier, substitutions: substitutions)
-        byStub.withLock { $0[key] = .some(made) }
-        return made
+        return byStub.withLock { prepared in
+            // Two first calls may prepare at once: the first one stored is kept.
+            if prepared[key] == nil { prepared[key] = .some(made) }
+            return prepared[key]!
+        }
     }
 }

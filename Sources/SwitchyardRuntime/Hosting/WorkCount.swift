@@ -5,12 +5,18 @@ import Synchronization
 /// deadline kept by the process's ``DeadlineSweeper``. The owner calls ``wakeAll()`` after it
 /// became idle; a waiter checks again after registering, so no wake-up is lost. Replaces polling.
 final class IdleWaiters: Sendable {
+    private struct Waiter {
+        let continuation: UnsafeContinuation<Void, Never>
+        /// Its deadline in the sweeper, once armed.
+        var timer: UInt64?
+    }
     private struct State {
         var next: UInt64 = 0
-        var waiting: [UInt64: UnsafeContinuation<Void, Never>] = [:]
+        var waiting: [UInt64: Waiter] = [:]
     }
     private let state = Guarded(State())
-    /// How many wait: ``wakeAll()`` on a hot path costs one atomic load while nobody does.
+    /// How many wait: ``wakeAll()`` on a hot path costs one atomic load while nobody does. Changed
+    /// only together with `waiting`, under its lock, so it never counts a waiter already taken.
     private let waiters = Atomic<Int>(0)
 
     /// Returns once `isIdle()` holds (checked now and at every ``wakeAll()``), or at `until`.
@@ -19,34 +25,45 @@ final class IdleWaiters: Sendable {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let id = state.withLock { state -> UInt64 in
                 state.next += 1
-                state.waiting[state.next] = continuation
+                state.waiting[state.next] = Waiter(continuation: continuation)
+                waiters.add(1, ordering: .sequentiallyConsistent)  // before the check below: no lost wake-up
                 return state.next
             }
-            waiters.add(1, ordering: .sequentiallyConsistent)  // before the check below: no lost wake-up
-            // Whoever takes the continuation out of the table resumes it, exactly once: the
-            // deadline, a wake-up, or the check below.
-            let timer = DeadlineSweeper.shared.arm(at: until) { [weak self] in self?.take(id)?.resume() }
-            if isIdle(), let mine = take(id) {
-                DeadlineSweeper.shared.disarm(timer)
-                mine.resume()
+            // Whoever takes the waiter out of the table resumes it, exactly once: the deadline, a
+            // wake-up, or the check below.
+            let timer = DeadlineSweeper.shared.arm(at: until) { [weak self] in self?.take(id)?.continuation.resume() }
+            let armed = state.withLock { state -> Bool in
+                guard state.waiting[id] != nil else { return false }
+                state.waiting[id]!.timer = timer
+                return true
             }
+            if !armed { DeadlineSweeper.shared.disarm(timer) }  // already woken
+            if isIdle(), let mine = take(id) { mine.continuation.resume() }
         }
     }
 
     /// Resumes every waiter; each checks its condition again in its caller's loop.
     func wakeAll() {
         guard waiters.load(ordering: .sequentiallyConsistent) > 0 else { return }
-        let all = state.withLock { state -> [UnsafeContinuation<Void, Never>] in
+        let all = state.withLock { state -> [Waiter] in
             defer { state.waiting.removeAll() }
+            waiters.subtract(state.waiting.count, ordering: .sequentiallyConsistent)
             return Array(state.waiting.values)
         }
-        waiters.subtract(all.count, ordering: .sequentiallyConsistent)
-        for continuation in all { continuation.resume() }
+        for waiter in all {
+            if let timer = waiter.timer { DeadlineSweeper.shared.disarm(timer) }
+            waiter.continuation.resume()
+        }
     }
 
-    private func take(_ id: UInt64) -> UnsafeContinuation<Void, Never>? {
-        let taken = state.withLock { $0.waiting.removeValue(forKey: id) }
-        if taken != nil { waiters.subtract(1, ordering: .sequentiallyConsistent) }
+    /// Takes the waiter `id` out of the table (disarming its deadline), if it still waits.
+    private func take(_ id: UInt64) -> Waiter? {
+        let taken = state.withLock { state -> Waiter? in
+            guard let waiter = state.waiting.removeValue(forKey: id) else { return nil }
+            waiters.subtract(1, ordering: .sequentiallyConsistent)
+            return waiter
+        }
+        if let timer = taken?.timer { DeadlineSweeper.shared.disarm(timer) }
         return taken
     }
 }
