@@ -104,4 +104,38 @@ struct DecoratorTests {
         #expect(inbox.received.map(\.message.id) == ["soon", "later"])
         #expect(inbox.received.last!.at >= later.deliverAtNanos, "'later' came early")
     }
+
+    @Test("an unreadable held message stays in the delay store and the others due with it are delivered")
+    func durableDelayUnreadableRow() async throws {
+        let dir = try TemporaryDirectory()
+        let delay = try BuildProducts.plugin("delay")
+        let queue = try BuildProducts.plugin("queue")
+        func open() throws -> Transport {
+            let inner = try Transport(name: "q", plugin: queue, configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
+            return try Transport(name: "d", plugin: delay, configJSON: #"{"path": "\#(dir.file("d.db"))"}"#, inner: inner)
+        }
+        var first: Transport? = try open()
+        for id in ["a", "b", "c"] {
+            var message = Message(id: id, channel: "remind")
+            message.deliverAtNanos = wallClockNanoseconds() + 400_000_000
+            try first!.client.publish(message)
+        }
+        first!.close()
+        first = nil
+        // Damage one held message while nothing runs (as a bad sector or a stray write would).
+        let damaged = try await run("/usr/bin/env", ["python3", "-c", """
+            import sqlite3; db = sqlite3.connect('\(dir.file("d.db"))')
+            db.execute("UPDATE held SET message = x'00010203' WHERE seq = (SELECT MIN(seq) FROM held)"); db.commit()
+            """])
+        #expect(damaged.status == 0, "\(damaged.stderr)")
+        let second = try open()
+        defer { second.close() }
+        let inbox = Collector()
+        _ = try second.client.subscribe(SubscribeOptions(channel: "remind"), handler: inbox.handler(client: second.client))
+        #expect(await eventually(5) { inbox.count >= 2 })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(inbox.received.map(\.message.id) == ["b", "c"])
+        let kept = try await run("/usr/bin/env", ["python3", "-c", "import sqlite3; print(sqlite3.connect('\(dir.file("d.db"))').execute('SELECT COUNT(*) FROM held').fetchone()[0])"])
+        #expect(kept.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "1", "the unreadable one is kept: \(kept.stdout)\(kept.stderr)")
+    }
 }
