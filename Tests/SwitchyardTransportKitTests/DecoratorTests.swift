@@ -123,10 +123,15 @@ struct DecoratorTests {
         first!.close()
         first = nil
         // Damage one held message while nothing runs (as a bad sector or a stray write would).
-        let damaged = try await run("/usr/bin/env", ["python3", "-c", """
-            import sqlite3; db = sqlite3.connect('\(dir.file("d.db"))')
-            db.execute("UPDATE held SET message = x'00010203' WHERE seq = (SELECT MIN(seq) FROM held)"); db.commit()
-            """])
+        let damaged = try await run(
+            "/usr/bin/env",
+            [
+                "python3", "-c",
+                """
+                import sqlite3; db = sqlite3.connect('\(dir.file("d.db"))')
+                db.execute("UPDATE held SET message = x'00010203' WHERE seq = (SELECT MIN(seq) FROM held)"); db.commit()
+                """,
+            ])
         #expect(damaged.status == 0, "\(damaged.stderr)")
         let second = try open()
         defer { second.close() }
@@ -135,7 +140,8 @@ struct DecoratorTests {
         #expect(await eventually(5) { inbox.count >= 2 })
         try await Task.sleep(for: .milliseconds(300))
         #expect(inbox.received.map(\.message.id) == ["b", "c"])
-        let kept = try await run("/usr/bin/env", ["python3", "-c", "import sqlite3; print(sqlite3.connect('\(dir.file("d.db"))').execute('SELECT COUNT(*) FROM held').fetchone()[0])"])
+        let kept = try await run(
+            "/usr/bin/env", ["python3", "-c", "import sqlite3; print(sqlite3.connect('\(dir.file("d.db"))').execute('SELECT COUNT(*) FROM held').fetchone()[0])"])
         #expect(kept.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "1", "the unreadable one is kept: \(kept.stdout)\(kept.stderr)")
     }
 }
