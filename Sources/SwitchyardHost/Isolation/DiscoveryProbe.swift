@@ -66,6 +66,9 @@ public enum DiscoveryProbe {
         return rejected
     }
 
+    /// How long the probe process may take to start, before it reports the first file.
+    static let startupGraceNanos: Int64 = 15_000_000_000
+
     /// How long loading one file may take before it counts as hung: `options`' call timeout, at
     /// least a second. `switchyard plugins verify` gives up after the same time.
     public static func loadTimeoutNanos(_ options: ProcessIsolation = ProcessIsolation()) -> Int64 {
@@ -128,8 +131,11 @@ public enum DiscoveryProbe {
         try process.run()
         let fd = output.fileHandleForReading.fileDescriptor
         // Per file: every line the probe writes (it writes one before each file) restarts the
-        // clock, so a long search path of slow-to-load files is not mistaken for a hang.
-        var deadline = monotonicNanoseconds() + timeoutNanos
+        // clock, so a long search path of slow-to-load files is not mistaken for a hang. Before
+        // the first line the probe is still starting (its own runtime, not any plugin): it gets
+        // longer, or a slow start on a loaded machine (a sanitizer build takes seconds) would end
+        // the probe before it named a file — and the files would then load unprobed, here.
+        var deadline = monotonicNanoseconds() + max(timeoutNanos, Self.startupGraceNanos)
         var bytes: [UInt8] = []
         var timedOut = false
         var buffer = [UInt8](repeating: 0, count: 4096)
