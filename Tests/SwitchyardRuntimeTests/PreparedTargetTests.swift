@@ -110,10 +110,8 @@ struct PreparedTargetTests {
     /// it gives the same outcome as `executeDistributedTarget` for the same target and arguments.
     @Test("each target prepares, and runs as executeDistributedTarget runs it")
     func sameAsStandard() async throws {
-        let system = try await makeSystem("routes:\n  \"*\": { transport: direct }\n")
+        let (system, service, shapes) = try await hostedShapes()
         defer { Task { await system.shutdown() } }
-        let service = try system.host("shapes", as: $Shapes.self) { ShapesService(actorSystem: $0, recorded: Guarded([])) }
-        let shapes = try $Shapes.resolve(id: "shapes", using: system)
         _ = try await shapes.echo("warm")
         _ = try await shapes.many(1, 1, "", true, [], nil)
         await #expect(throws: (any Error).self) { try await shapes.refuse("x") }
@@ -134,14 +132,12 @@ struct PreparedTargetTests {
         for (method, arguments) in cases {
             let call = try #require(calls.first { $0.method == method })
             let substitutions = try system.server.substitutions(for: call, on: service)
-            var prepared = SwitchyardInvocationDecoder(.values(arguments), substitutions: substitutions)
-            let viaPrepared = SwitchyardResultHandler()
-            try await TargetExecutor.execute(call, on: service, substitutions: substitutions, decoder: &prepared, handler: viaPrepared, system: system)
+            let viaPrepared = try await prepared(call, .values(arguments), on: service, in: system)
             var standard = SwitchyardInvocationDecoder(.values(arguments), substitutions: substitutions)
             let viaStandard = SwitchyardResultHandler()
             try await system.executeDistributedTarget(
                 on: service, target: RemoteCallTarget(call.identifier), invocationDecoder: &standard, handler: viaStandard)
-            #expect(describe(viaPrepared.outcome) == describe(viaStandard.outcome), "\(method)\(arguments)")
+            #expect(describe(viaPrepared) == describe(viaStandard.outcome), "\(method)\(arguments)")
         }
     }
 
@@ -149,10 +145,8 @@ struct PreparedTargetTests {
     /// envelope carrying extra ones is refused, not run with the extras ignored.
     @Test("a call with more arguments than the method takes is refused")
     func extraArguments() async throws {
-        let system = try await makeSystem("routes:\n  \"*\": { transport: direct }\n")
+        let (system, service, shapes) = try await hostedShapes()
         defer { Task { await system.shutdown() } }
-        let service = try system.host("shapes", as: $Shapes.self) { ShapesService(actorSystem: $0, recorded: Guarded([])) }
-        let shapes = try $Shapes.resolve(id: "shapes", using: system)
         _ = try await shapes.echo("warm")
         try await shapes.nothing()
         var extraCompact: [UInt8] = []
@@ -164,16 +158,31 @@ struct PreparedTargetTests {
         let calls = system.targets.withLock { Array($0.values.map(\.call)) }
         for (method, arguments) in cases {
             let call = try #require(calls.first { $0.method == method })
-            let substitutions = try system.server.substitutions(for: call, on: service)
-            var decoder = SwitchyardInvocationDecoder(arguments, substitutions: substitutions)
-            let handler = SwitchyardResultHandler()
-            try await TargetExecutor.execute(call, on: service, substitutions: substitutions, decoder: &decoder, handler: handler, system: system)
-            guard case .error(let error as EnvelopeError)? = handler.outcome else {
-                Issue.record("\(method) with \(arguments) ran: \(describe(handler.outcome))")
+            let outcome = try await prepared(call, arguments, on: service, in: system)
+            guard case .error(let error as EnvelopeError)? = outcome else {
+                Issue.record("\(method) with \(arguments) ran: \(describe(outcome))")
                 continue
             }
             #expect(error.description.contains("more arguments"))
         }
+    }
+
+    /// A system with every route direct, `ShapesService` hosted as "shapes", and a stub for it.
+    private func hostedShapes() async throws -> (SwitchyardActorSystem, ShapesService, $Shapes) {
+        let system = try await makeSystem("routes:\n  \"*\": { transport: direct }\n")
+        let service = try system.host("shapes", as: $Shapes.self) { ShapesService(actorSystem: $0, recorded: Guarded([])) }
+        return (system, service, try $Shapes.resolve(id: "shapes", using: system))
+    }
+
+    /// How `call` ends on the prepared path with `arguments`.
+    private func prepared(
+        _ call: CallTarget, _ arguments: SwitchyardInvocationDecoder.Arguments, on service: ShapesService, in system: SwitchyardActorSystem
+    ) async throws -> SwitchyardResultHandler.Outcome? {
+        let substitutions = try system.server.substitutions(for: call, on: service)
+        var decoder = SwitchyardInvocationDecoder(arguments, substitutions: substitutions)
+        let handler = SwitchyardResultHandler()
+        try await TargetExecutor.execute(call, on: service, substitutions: substitutions, decoder: &decoder, handler: handler, system: system)
+        return handler.outcome
     }
 
     private func describe(_ outcome: SwitchyardResultHandler.Outcome?) -> String {

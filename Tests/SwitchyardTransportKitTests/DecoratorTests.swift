@@ -76,15 +76,17 @@ struct DecoratorTests {
         #expect(error?.message.contains("lacks") == true, "\(error?.message ?? "")")
     }
 
+    /// A durable delay (`d.db`) over a durable queue (`q.db`), both in `dir`: opened again on the
+    /// same files, it is the same transport after a restart.
+    func durableDelay(in dir: TemporaryDirectory) throws -> Transport {
+        let inner = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
+        return try Transport(name: "d", plugin: try BuildProducts.plugin("delay"), configJSON: #"{"path": "\#(dir.file("d.db"))"}"#, inner: inner)
+    }
+
     @Test("a durable delay keeps held messages across a restart and delivers what came due meanwhile")
     func durableDelayRestart() async throws {
         let dir = try TemporaryDirectory()
-        let delay = try BuildProducts.plugin("delay")
-        let queue = try BuildProducts.plugin("queue")
-        func open() throws -> Transport {
-            let inner = try Transport(name: "q", plugin: queue, configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
-            return try Transport(name: "d", plugin: delay, configJSON: #"{"path": "\#(dir.file("d.db"))"}"#, inner: inner)
-        }
+        func open() throws -> Transport { try durableDelay(in: dir) }
         var first: Transport? = try open()
         var soon = Message(id: "soon", channel: "remind")
         soon.deliverAtNanos = wallClockNanoseconds() + 300_000_000
@@ -108,12 +110,7 @@ struct DecoratorTests {
     @Test("an unreadable held message stays in the delay store and the others due with it are delivered")
     func durableDelayUnreadableRow() async throws {
         let dir = try TemporaryDirectory()
-        let delay = try BuildProducts.plugin("delay")
-        let queue = try BuildProducts.plugin("queue")
-        func open() throws -> Transport {
-            let inner = try Transport(name: "q", plugin: queue, configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
-            return try Transport(name: "d", plugin: delay, configJSON: #"{"path": "\#(dir.file("d.db"))"}"#, inner: inner)
-        }
+        func open() throws -> Transport { try durableDelay(in: dir) }
         var first: Transport? = try open()
         for id in ["a", "b", "c"] {
             var message = Message(id: id, channel: "remind")
