@@ -89,12 +89,14 @@ struct LimitsTests {
             routes:
               "*": { transport: q, deadline: 10s }
             """)
+        // A generous deadline: both refusals must reach the caller as errors long before it; a
+        // short one made this test fail on a loaded machine (CI, all suites at once) with a timeout.
         let caller = try await makeSystem(
             """
             transports:
               q: { plugin: queue, config: { path: "\(queuePath)" } }
             routes:
-              "*": { transport: q, deadline: 3s }
+              "*": { transport: q, deadline: 30s }
             """)
         let ledger = Ledger()
         try receiver.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
