@@ -32,13 +32,20 @@ struct BenchPlugins {
 /// Round-trip latencies (ns, sorted) of a request and its reply through `transport` with no
 /// runtime: the responder publishes the reply inside its delivery callback, the requester waits
 /// on a semaphore. The same two hops a typed request-reply call makes. The first 1,000 are a
-/// warm-up and not counted.
-func requestReplyLatencies(through transport: Transport, count: Int) throws -> [Double] {
+/// warm-up and not counted. `uniqueIDs` gives every request and reply an id of its own (a
+/// transport that de-duplicates by id, as JetStream does, would drop the repeats).
+func requestReplyLatencies(through transport: Transport, count: Int, uniqueIDs: Bool = false) throws -> [Double] {
     let client = transport.client
     let replied = DispatchSemaphore(value: 0)
     let reply = Message(id: "reply", channel: "replies", body: [UInt8](repeating: 1, count: 16))
-    let responder = try client.subscribe(SubscribeOptions(channel: "requests")) { delivery, _ in
-        try? client.publish(reply)
+    let responder = try client.subscribe(SubscribeOptions(channel: "requests")) { delivery, request in
+        if uniqueIDs {
+            var answer = reply
+            answer.id = "reply-" + String(request.fields.id)
+            try? client.publish(answer)
+        } else {
+            try? client.publish(reply)
+        }
         try? client.settle(delivery, .ack)
         return .ok
     }
@@ -51,10 +58,11 @@ func requestReplyLatencies(through transport: Transport, count: Int) throws -> [
         try? client.unsubscribe(responder)
         try? client.unsubscribe(requester)
     }
-    let request = Message(id: "request", channel: "requests", body: [UInt8](repeating: 1, count: 16))
+    var request = Message(id: "request", channel: "requests", body: [UInt8](repeating: 1, count: 16))
     var latencies: [Double] = []
     latencies.reserveCapacity(count)
     for index in 0..<(count + 1000) {
+        if uniqueIDs { request.id = "request-\(index)" }
         let start = Measure.now()
         try client.publish(request)
         replied.wait()

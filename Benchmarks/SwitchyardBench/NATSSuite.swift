@@ -37,18 +37,39 @@ struct NATSSuite: BenchSuite {
         let rounds = context.quick ? 1 : 3
         let plugins = BenchPlugins(context)
         var raw: [Double] = []
+        var rawSameWire: [Double] = []
         var plugin: [Double] = []
         for round in 0..<rounds {
             context.progress("nats: raw nats.c ×\(count), round \(round + 1)")
-            raw.append(try rawRate(url: url, count: count, stream: "BENCH_RAW_\(round)"))
+            raw.append(try rawRate(url: url, count: count, stream: "BENCH_RAW_\(round)", sameWire: false))
+            context.progress("nats: raw nats.c with the plugin's headers ×\(count), round \(round + 1)")
+            rawSameWire.append(try rawRate(url: url, count: count, stream: "BENCH_WIRE_\(round)", sameWire: true))
             context.progress("nats: the nats plugin ×\(count), round \(round + 1)")
             plugin.append(try pluginRate(plugins, url: url, count: count, stream: "BENCH_PLUGIN_\(round)"))
         }
+        context.progress("nats: request-reply through the nats plugin, one caller")
+        let latencies = try requestReplyLatencies(plugins, url: url, count: context.quick ? 2_000 : 10_000)
         let baseline = Measure.median(raw)
+        let sameWire = Measure.median(rawSameWire)
+        let pluginRate = Measure.median(plugin)
         return [
             BenchResult(suite: name, metric: "raw_natsc_msgs_per_s", value: baseline, unit: "msg/s"),
-            BenchResult(suite: name, metric: "plugin_msgs_per_s", value: Measure.median(plugin), unit: "msg/s", baseline: ("raw_natsc_msgs_per_s", baseline)),
+            BenchResult(
+                suite: name, metric: "raw_natsc_same_wire_msgs_per_s", value: sameWire, unit: "msg/s", baseline: ("raw_natsc_msgs_per_s", baseline)),
+            BenchResult(suite: name, metric: "plugin_msgs_per_s", value: pluginRate, unit: "msg/s", baseline: ("raw_natsc_msgs_per_s", baseline)),
+            BenchResult(
+                suite: name, metric: "plugin_vs_same_wire", value: pluginRate, unit: "msg/s", baseline: ("raw_natsc_same_wire_msgs_per_s", sameWire)),
+            BenchResult(suite: name, metric: "plugin_request_reply_p50_us", value: percentile(latencies, 0.5) / 1000, unit: "µs"),
+            BenchResult(suite: name, metric: "plugin_request_reply_p99_us", value: percentile(latencies, 0.99) / 1000, unit: "µs"),
         ]
+    }
+
+    /// Round trips of a request and its reply through the plugin (JetStream stores both), as
+    /// the typed suite measures the in-memory queue's.
+    func requestReplyLatencies(_ plugins: BenchPlugins, url: String, count: Int) throws -> [Double] {
+        let transport = try plugins.transport("nats", config: #"{"servers": ["\#(url)"], "stream": "BENCH_RR"}"#)
+        defer { transport.close() }
+        return try SwitchyardBench.requestReplyLatencies(through: transport, count: count, uniqueIDs: true)
     }
 
     /// The plugin through the ABI: `publishers` threads publishing, a subscriber acknowledging.
@@ -74,8 +95,11 @@ struct NATSSuite: BenchSuite {
         return Double(count) / (Double(Measure.now() - start) / 1e9)
     }
 
-    /// The same work with nats.c alone.
-    func rawRate(url: String, count: Int, stream: String) throws -> Double {
+    /// The same work with nats.c alone. With `sameWire`, each message also carries the headers
+    /// the plugin puts on a plain message (the CloudEvents attributes every message on NATS
+    /// carries, the marker that they were added, the de-duplication id), so the two send the
+    /// same bytes and the difference is the plugin's own work.
+    func rawRate(url: String, count: Int, stream: String, sameWire: Bool) throws -> Double {
         nats_Open(-1)
         var connection: OpaquePointer?
         guard natsConnection_ConnectTo(&connection, url) == NATS_OK, let connection else { throw BenchUnavailable("cannot connect to \(url)") }
@@ -141,13 +165,41 @@ struct NATSSuite: BenchSuite {
                 let id = "r-\(stream)-\(index)"
                 let status = id.withCString { cID in
                     options.MsgId = cID
-                    return body.withUnsafeBytes { natsStatusPublish(context.value, subject, $0, &options) }
+                    return body.withUnsafeBytes { bytes in
+                        sameWire
+                            ? natsStatusPublish(context.value, subject, bytes, headers: Self.plainMessageHeaders(id: id), &options)
+                            : natsStatusPublish(context.value, subject, bytes, &options)
+                    }
                 }
                 guard status == NATS_OK else { throw BenchUnavailable("raw publish failed: \(String(cString: natsStatus_GetText(status)))") }
             }
         }
         while acked.load(ordering: .relaxed) < count { usleep(200) }
         return Double(count) / (Double(Measure.now() - start) / 1e9)
+    }
+
+    /// The headers the `nats` plugin writes on a plain message with this id (NATSTransport.publish).
+    static func plainMessageHeaders(id: String) -> [(String, String)] {
+        [
+            ("ce-specversion", "1.0"), ("ce-id", id), ("ce-source", "switchyard://nats/bench"), ("ce-type", "switchyard.message"),
+            ("sy-ce-added", "1"), ("Nats-Msg-Id", id),
+        ]
+    }
+
+    /// One synchronous JetStream publish of a message with `headers` (waits for the PubAck).
+    private func natsStatusPublish(
+        _ js: OpaquePointer, _ subject: String, _ body: UnsafeRawBufferPointer, headers: [(String, String)], _ options: inout jsPubOptions
+    ) -> natsStatus {
+        var message: OpaquePointer?
+        var status = natsMsg_Create(&message, subject, nil, body.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(body.count))
+        guard status == NATS_OK else { return status }
+        defer { natsMsg_Destroy(message) }
+        for (key, value) in headers where status == NATS_OK { status = natsMsgHeader_Add(message, key, value) }
+        guard status == NATS_OK else { return status }
+        var ack: UnsafeMutablePointer<jsPubAck>?
+        status = js_PublishMsg(&ack, js, message, &options, nil)
+        jsPubAck_Destroy(ack)
+        return status
     }
 
     /// One synchronous JetStream publish (waits for the PubAck), as the plugin does.

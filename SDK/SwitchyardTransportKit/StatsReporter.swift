@@ -1,5 +1,6 @@
 import SwitchyardABI
 import SwitchyardPluginKit
+import Synchronization
 
 /// Reports a transport's counters to the host's metrics (`sy_host_services.metric`), so that
 /// every bundled plugin shows what it does as `switchyard_transport_*` metrics labelled with the
@@ -14,6 +15,10 @@ public final class StatsReporter: Sendable {
     private let host: HostServices
     private let intervalNanos: Int64
     private let last = Guarded<(stats: TransportStats, at: Int64)?>(nil)
+    /// When the interval since the last report ends: read without the lock, so the calls inside
+    /// the interval — nearly all of them, where a plugin reports from its publish and settle
+    /// paths on many threads — return at once instead of queueing for `last`.
+    private let quietUntil = Atomic<Int64>(.min)
 
     /// A reporter to `host`, reporting at most every `intervalNanos` unless forced.
     public init(host: HostServices, intervalNanos: Int64 = 250_000_000) {
@@ -30,9 +35,11 @@ public final class StatsReporter: Sendable {
     @discardableResult
     public func report(_ stats: @autoclosure () -> TransportStats, force: Bool = false) -> Bool {
         let now = host.monotonicNanos()
+        if !force, now < quietUntil.load(ordering: .relaxed) { return false }
         let previous = last.withLock { last -> TransportStats?? in
             if !force, let last, now - last.at < intervalNanos { return .none }
             defer { last = (TransportStats(), now) }  // replaced below, with the stats taken now
+            quietUntil.store(now + intervalNanos, ordering: .relaxed)
             return .some(last?.stats)
         }
         guard case .some(let before) = previous else { return false }

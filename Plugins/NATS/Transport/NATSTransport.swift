@@ -47,8 +47,9 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         var records: [UInt64: (releases: UInt32, reasons: [String])] = [:]
         var nextSubscription: SubscriptionID = 0
         var nextDelivery: DeliveryID = 0
-        var draining = false
     }
+    /// Set by `drain`; read without a lock on every publish and fetched batch.
+    private let draining = Atomic<Bool>(false)
 
     private struct Delivery {
         let message: OpaquePointer
@@ -143,7 +144,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
 
     /// Publishes `message`; `messageID` overrides the de-duplication id (dead letters).
     func publish(_ message: MessageView, messageID: String?) throws(TransportError) {
-        if state.withLock({ $0.draining }) { throw TransportError(.closed, "the transport is draining") }
+        if draining.load(ordering: .relaxed) { throw TransportError(.closed, "the transport is draining") }
         if let limit = settings.maxMessageBytes, message.body.count > limit {
             throw TransportError(.tooLarge, "message body is \(message.body.count) bytes; the limit is \(limit)")
         }
@@ -277,34 +278,52 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         return "sy-" + String(readable.prefix(40)) + "-" + String(hash, radix: 16)
     }
 
-    /// Hands fetched messages to the subscriber (on the subscription's fetch thread).
-    private func deliver(_ messages: [OpaquePointer], to subscription: NATSSubscription) {
-        for natsMessage in messages {
-            let (delivery, draining) = state.withLock { state -> (DeliveryID, Bool) in
-                state.nextDelivery += 1
-                return (state.nextDelivery, state.draining)
-            }
-            if draining {
-                natsMsg_Nak(natsMessage, nil)
-                natsMsg_Destroy(natsMessage)
-                subscription.settled()
-                continue
-            }
+    /// Hands fetched messages to the subscriber (on the subscription's fetch thread): read
+    /// outside the lock, registered as deliveries under one lock for the whole fetch, then handed
+    /// over in one `deliver_batch` where the subscriber takes batches. What it does not take goes
+    /// back to JetStream.
+    private func deliver(_ fetched: [OpaquePointer], to subscription: NATSSubscription) {
+        if draining.load(ordering: .relaxed) {
+            for natsMessage in fetched { giveBack(natsMessage, subscription) }
+            return
+        }
+        var sequences: [UInt64] = []
+        var messages: [Message] = []
+        sequences.reserveCapacity(fetched.count)
+        messages.reserveCapacity(fetched.count)
+        for natsMessage in fetched {
             var sequence: UInt64 = 0
-            var message = NATSLibrary.message(natsMessage, channel: subscription.channel, sequence: &sequence)
-            state.withLock { state in
-                message.attempt = max(1, message.attempt - (state.records[sequence]?.releases ?? 0))
-                state.deliveries[delivery] = Delivery(message: natsMessage, subscription: subscription, sequence: sequence, attempt: message.attempt)
-            }
-            counters.delivered.add(1, ordering: .relaxed)
-            if subscription.subscriber.deliver(delivery, message) != .ok {
-                if state.withLock({ $0.deliveries.removeValue(forKey: delivery) }) != nil {
-                    natsMsg_Nak(natsMessage, nil)
-                    natsMsg_Destroy(natsMessage)
-                    subscription.settled()
-                }
+            messages.append(NATSLibrary.message(natsMessage, channel: subscription.channel, sequence: &sequence))
+            sequences.append(sequence)
+        }
+        let deliveries = state.withLock { state -> [DeliveryID] in
+            fetched.indices.map { index in
+                state.nextDelivery += 1
+                messages[index].attempt = max(1, messages[index].attempt - (state.records[sequences[index]]?.releases ?? 0))
+                state.deliveries[state.nextDelivery] = Delivery(
+                    message: fetched[index], subscription: subscription, sequence: sequences[index], attempt: messages[index].attempt)
+                return state.nextDelivery
             }
         }
+        counters.delivered.add(UInt64(fetched.count), ordering: .relaxed)
+        let taken = subscription.subscriber.deliver(batch: deliveries, messages)
+        guard taken < deliveries.count else { return }
+        // Not taken: not an attempt either (JetStream counts the nak as a delivery; remember it).
+        let refused = state.withLock { state in
+            deliveries[max(0, taken)...].compactMap { delivery -> Delivery? in
+                guard let entry = state.deliveries.removeValue(forKey: delivery) else { return nil }
+                state.records[entry.sequence, default: (0, [])].releases += 1
+                return entry
+            }
+        }
+        for entry in refused { giveBack(entry.message, subscription) }
+    }
+
+    /// Returns a fetched message that was never delivered to JetStream, to be redelivered.
+    private func giveBack(_ natsMessage: OpaquePointer, _ subscription: NATSSubscription) {
+        natsMsg_Nak(natsMessage, nil)
+        natsMsg_Destroy(natsMessage)
+        subscription.settled()
     }
 
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
@@ -331,7 +350,13 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     // MARK: Settle
 
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
-        guard let entry = state.withLock({ $0.deliveries.removeValue(forKey: delivery) }) else {
+        // One lock: the delivery, and on an acknowledgement what this instance remembered of it.
+        let taken = state.withLock { state in
+            let entry = state.deliveries.removeValue(forKey: delivery)
+            if case .ack = settlement, let entry, !state.records.isEmpty { state.records.removeValue(forKey: entry.sequence) }
+            return entry
+        }
+        guard let entry = taken else {
             throw TransportError(.notFound, "no unsettled delivery \(delivery)")
         }
         defer {
@@ -341,7 +366,6 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         }
         switch settlement {
         case .ack:
-            state.withLock { _ = $0.records.removeValue(forKey: entry.sequence) }
             try NATSLibrary.check(natsMsg_Ack(entry.message, nil), "ack failed")
             counters.acked.add(1, ordering: .relaxed)
         case .retry(let after, let reason):
@@ -386,7 +410,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     // MARK: Lifecycle
 
     public func drain(deadlineNanos: Int64) throws(TransportError) {
-        state.withLock { $0.draining = true }
+        draining.store(true, ordering: .relaxed)
         let subscriptions = state.withLock { Array($0.subscriptions.values) }
         for subscription in subscriptions { subscription.pause() }
         while host.monotonicNanos() < deadlineNanos && state.withLock({ !$0.deliveries.isEmpty }) {
