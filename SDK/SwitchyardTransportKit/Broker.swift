@@ -45,7 +45,7 @@ public final class Broker: @unchecked Sendable {
     public let fanOut: Bool
     private let host: HostServices
     private let reporter: StatsReporter
-    private let condition = NSCondition()
+    private let condition = AdaptiveCondition()
 
     private struct GroupKey: Hashable {
         let channel: String
@@ -204,12 +204,12 @@ public final class Broker: @unchecked Sendable {
         defer { condition.unlock() }
         if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
         guard options.capacity > 0 else { return }
-        let deadline = Date().addingTimeInterval(Double(options.fullWaitNanos) / 1e9)
+        let deadline = wallClockNanoseconds() + options.fullWaitNanos
         while true {
             let (depth, inFlight) = store.counts()
             if Int(depth + inFlight) + count <= options.capacity { return }
             waiters += 1
-            let woke = options.fullWaitNanos > 0 && condition.wait(until: deadline)
+            let woke = options.fullWaitNanos > 0 && condition.wait(untilWallClockNanos: deadline)
             waiters -= 1
             if !woke {
                 throw TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
@@ -350,9 +350,9 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         draining = true
         condition.broadcast()
-        let deadline = Date().addingTimeInterval(Double(deadlineNanos - host.monotonicNanos()) / 1e9)
+        let deadline = wallClockNanoseconds() + (deadlineNanos - host.monotonicNanos())
         waiters += 1
-        while !inFlight.isEmpty, condition.wait(until: deadline) {}
+        while !inFlight.isEmpty, condition.wait(untilWallClockNanos: deadline) {}
         waiters -= 1
         let left = inFlight
         inFlight.removeAll()
@@ -422,8 +422,7 @@ public final class Broker: @unchecked Sendable {
                         nextExpirySweep = stamp + options.expirySweepNanos
                         sweepExpired(now: stamp)
                     }
-                    let sweep = Date(timeIntervalSince1970: Double(nextExpirySweep) / 1e9)
-                    wakeup = min(wakeup ?? sweep, sweep)
+                    wakeup = min(wakeup ?? nextExpirySweep, nextExpirySweep)
                 }
                 // Metrics go to the host from here, off the data path, at most every interval;
                 // while they still change (or one was held back), the wait below brings another
@@ -432,7 +431,7 @@ public final class Broker: @unchecked Sendable {
                 counters.depth = counts.depth
                 counters.inFlight = counts.inFlight
                 if !reporter.report(counters) {
-                    let soon = Date().addingTimeInterval(Double(reporter.interval) / 1e9)
+                    let soon = wallClockNanoseconds() + reporter.interval
                     wakeup = min(wakeup ?? soon, soon)
                 }
                 condition.lock()
@@ -451,7 +450,7 @@ public final class Broker: @unchecked Sendable {
                 if !workPending && !stopped {
                     dispatcherWaiting = true
                     if let wakeup {
-                        _ = condition.wait(until: wakeup)
+                        _ = condition.wait(untilWallClockNanos: wakeup)
                     } else {
                         condition.wait()  // draining, or nothing scheduled: only a signal wakes it
                     }
@@ -656,9 +655,10 @@ public final class Broker: @unchecked Sendable {
         nextLocalExpiry = earliest
     }
 
-    /// When the dispatcher must look again: the earliest retry or lease expiry among `keys` (the
-    /// groups with subscribers), or of a local delivery. Called without the lock.
-    private func nextWakeup(_ keys: [GroupKey], localExpiry: Int64) -> Date? {
+    /// When the dispatcher must look again (wall-clock nanoseconds, the store's times): the earliest
+    /// retry or lease expiry among `keys` (the groups with subscribers), or of a local delivery.
+    /// Called without the lock.
+    private func nextWakeup(_ keys: [GroupKey], localExpiry: Int64) -> Int64? {
         let stamp = now()
         var earliest: Int64? = localExpiry == .max ? nil : localExpiry
         for key in keys {
@@ -666,7 +666,6 @@ public final class Broker: @unchecked Sendable {
                 earliest = min(earliest ?? at, at)
             }
         }
-        guard let earliest else { return nil }
-        return Date(timeIntervalSince1970: Double(earliest) / 1e9)
+        return earliest
     }
 }

@@ -22,7 +22,7 @@ public final class DelayScheduler: @unchecked Sendable {
         static func < (a: Due, b: Due) -> Bool { (a.at, a.seq) < (b.at, b.seq) }
     }
 
-    private let condition = NSCondition()
+    private let condition = AdaptiveCondition()
     private var heap = Heap<Due>()
     private var inMemory: [Int64: Message] = [:]  // memory mode: the held messages
     private var nextSeq: Int64 = 0
@@ -139,7 +139,7 @@ public final class DelayScheduler: @unchecked Sendable {
             }
             let now = host.nowNanos()
             if next.at > now {
-                _ = condition.wait(until: Date(timeIntervalSince1970: Double(next.at) / 1e9))
+                _ = condition.wait(untilWallClockNanos: next.at)
                 continue
             }
             var due: [Due] = []

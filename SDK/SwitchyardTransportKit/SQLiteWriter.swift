@@ -19,7 +19,7 @@ import SwitchyardABI
 public final class SQLiteWriter: @unchecked Sendable {
     // @unchecked: the database is touched only by the writer thread; the queue is behind `jobs`.
 
-    private let jobs = NSCondition()
+    private let jobs = AdaptiveCondition()
     private var pending: [Job] = []
     private var stopped = false
     private var writerDone = false
