@@ -112,6 +112,14 @@ public final class Broker: @unchecked Sendable {
 
     private func now() -> Int64 { host.nowNanos() }
 
+    /// The wall-clock time `nanos` from now, for a timed wait; saturating, so a deadline that
+    /// means "never" (`Int64.max`, a `full_wait` of years) waits as long as it can instead of
+    /// overflowing.
+    static func wallClockDeadline(in nanos: Int64) -> Int64 {
+        let (sum, overflow) = wallClockNanoseconds().addingReportingOverflow(max(0, nanos))
+        return overflow ? .max : sum
+    }
+
     /// Tells the dispatcher to look for work (a store changed behind its back).
     public func wake() {
         condition.lock()
@@ -139,8 +147,8 @@ public final class Broker: @unchecked Sendable {
 
     /// `batch` as the store keeps it: checked against the limits, the attempt turned into
     /// "deliveries so far", stamped with the time it was accepted.
-    private func accepted(_ batch: [Message]) throws(TransportError) -> [Message] {
-        var messages = batch
+    private func accepted(_ batch: consuming [Message]) throws(TransportError) -> [Message] {
+        var messages = batch  // moved, not copied: the caller hands its array over
         let stamp = now()
         for index in messages.indices {
             if let violation = options.limits.violation(of: messages[index]) { throw TransportError(.tooLarge, violation) }
@@ -151,7 +159,7 @@ public final class Broker: @unchecked Sendable {
     }
 
     /// Stores messages as one batch (one commit on durable stores).
-    public func publish(_ batch: [Message]) throws(TransportError) {
+    public func publish(_ batch: consuming [Message]) throws(TransportError) {
         let messages = try accepted(batch)
         try waitForRoom(messages.count)
         try store.append(messages)
@@ -164,7 +172,7 @@ public final class Broker: @unchecked Sendable {
     /// Stores `batch` and settles `delivery` as one unit (see `TransportPlugin.publish(_:settling:_:)`).
     /// An acknowledgement is atomic with the messages in the store (one commit when durable);
     /// other outcomes are applied after the messages are stored.
-    public func publish(_ batch: [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+    public func publish(_ batch: consuming [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         let messages = try accepted(batch)
         if !messages.isEmpty { try waitForRoom(messages.count) }
         condition.lock()
@@ -204,7 +212,7 @@ public final class Broker: @unchecked Sendable {
         defer { condition.unlock() }
         if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
         guard options.capacity > 0 else { return }
-        let deadline = wallClockNanoseconds() + options.fullWaitNanos
+        let deadline = Self.wallClockDeadline(in: options.fullWaitNanos)
         while true {
             let (depth, inFlight) = store.counts()
             if Int(depth + inFlight) + count <= options.capacity { return }
@@ -350,7 +358,8 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         draining = true
         condition.broadcast()
-        let deadline = wallClockNanoseconds() + (deadlineNanos - host.monotonicNanos())
+        let (remaining, overflow) = deadlineNanos.subtractingReportingOverflow(host.monotonicNanos())
+        let deadline = Self.wallClockDeadline(in: overflow ? 0 : remaining)  // only a deadline far in the past overflows
         waiters += 1
         while !inFlight.isEmpty, condition.wait(untilWallClockNanos: deadline) {}
         waiters -= 1

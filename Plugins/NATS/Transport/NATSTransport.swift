@@ -42,11 +42,28 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         var deliveries: [DeliveryID: Delivery] = [:]
         /// What JetStream cannot record for a message: how often this instance released it (a
         /// nak counts as a delivery there, a release must not count as an attempt here) and the
-        /// reasons of its retries (the dead letter's history). By stream sequence; dropped when
-        /// the message is settled for good.
-        var records: [UInt64: (releases: UInt32, reasons: [String])] = [:]
+        /// reasons of its retries (the dead letter's history). By consumer (channel and group: on
+        /// `nats-topic` each group's consumer delivers the same stream sequences, and dead letters
+        /// have a stream, so sequences, of their own) and stream sequence; dropped when the message
+        /// is settled for good.
+        var records: [RecordKey: (releases: UInt32, reasons: [String])] = [:]
         var nextSubscription: SubscriptionID = 0
         var nextDelivery: DeliveryID = 0
+
+        /// Changes what is remembered of a message, keeping the table bounded: it is cleared
+        /// when full (a bound, not an expectation: entries of messages another process settled
+        /// would otherwise stay).
+        mutating func record(_ key: RecordKey, _ change: (inout (releases: UInt32, reasons: [String])) -> Void) {
+            if records.count >= 100_000 { records.removeAll() }
+            change(&records[key, default: (0, [])])
+        }
+    }
+
+    /// A message as one consumer delivers it.
+    struct RecordKey: Hashable {
+        let channel: String
+        let group: String
+        let sequence: UInt64
     }
     /// Set by `drain`; read without a lock on every publish and fetched batch.
     private let draining = Atomic<Bool>(false)
@@ -56,6 +73,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let subscription: NATSSubscription
         let sequence: UInt64
         let attempt: UInt32
+        /// Where what the plugin remembers of it is kept.
+        var record: RecordKey { RecordKey(channel: subscription.channel, group: subscription.group, sequence: sequence) }
     }
 
     /// Connects, and makes sure the stream and the dead-letter stream exist.
@@ -281,12 +300,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     /// Hands fetched messages to the subscriber (on the subscription's fetch thread): read
     /// outside the lock, registered as deliveries under one lock for the whole fetch, then handed
     /// over in one `deliver_batch` where the subscriber takes batches. What it does not take goes
-    /// back to JetStream.
+    /// back to JetStream, as does the whole batch when a drain began meanwhile.
     private func deliver(_ fetched: [OpaquePointer], to subscription: NATSSubscription) {
-        if draining.load(ordering: .relaxed) {
-            for natsMessage in fetched { giveBack(natsMessage, subscription) }
-            return
-        }
         var sequences: [UInt64] = []
         var messages: [Message] = []
         sequences.reserveCapacity(fetched.count)
@@ -296,27 +311,46 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             messages.append(NATSLibrary.message(natsMessage, channel: subscription.channel, sequence: &sequence))
             sequences.append(sequence)
         }
-        let deliveries = state.withLock { state -> [DeliveryID] in
-            fetched.indices.map { index in
+        // Registered under the lock `drain` reads the deliveries under, after setting its flag:
+        // a drain that began meanwhile either sees these deliveries and waits for them, or is
+        // seen here and gets the batch back.
+        let deliveries = state.withLock { state -> [DeliveryID]? in
+            if draining.load(ordering: .relaxed) {
+                for index in fetched.indices { state.record(key(sequences[index], subscription)) { $0.releases += 1 } }
+                return nil
+            }
+            return fetched.indices.map { index in
                 state.nextDelivery += 1
-                messages[index].attempt = max(1, messages[index].attempt - (state.records[sequences[index]]?.releases ?? 0))
+                let releases = state.records[key(sequences[index], subscription)]?.releases ?? 0
+                messages[index].attempt = messages[index].attempt > releases ? messages[index].attempt - releases : 1
                 state.deliveries[state.nextDelivery] = Delivery(
                     message: fetched[index], subscription: subscription, sequence: sequences[index], attempt: messages[index].attempt)
                 return state.nextDelivery
             }
         }
+        guard let deliveries else {
+            for natsMessage in fetched { giveBack(natsMessage, subscription) }
+            return
+        }
         counters.delivered.add(UInt64(fetched.count), ordering: .relaxed)
-        let taken = subscription.subscriber.deliver(batch: deliveries, messages)
+        let taken = max(0, subscription.subscriber.deliver(batch: deliveries, messages))
         guard taken < deliveries.count else { return }
         // Not taken: not an attempt either (JetStream counts the nak as a delivery; remember it).
         let refused = state.withLock { state in
-            deliveries[max(0, taken)...].compactMap { delivery -> Delivery? in
+            deliveries[taken...].compactMap { delivery -> Delivery? in
                 guard let entry = state.deliveries.removeValue(forKey: delivery) else { return nil }
-                state.records[entry.sequence, default: (0, [])].releases += 1
+                state.record(entry.record) { $0.releases += 1 }
                 return entry
             }
         }
         for entry in refused { giveBack(entry.message, subscription) }
+        // A subscriber that took nothing is full or closing: wait a little before the fetch
+        // thread fetches (and JetStream redelivers) the same messages again.
+        if taken == 0 { usleep(10_000) }
+    }
+
+    private func key(_ sequence: UInt64, _ subscription: NATSSubscription) -> RecordKey {
+        RecordKey(channel: subscription.channel, group: subscription.group, sequence: sequence)
     }
 
     /// Returns a fetched message that was never delivered to JetStream, to be redelivered.
@@ -336,7 +370,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             let mine = state.deliveries.filter { $0.value.subscription === subscription }
             for (key, delivery) in mine {
                 state.deliveries.removeValue(forKey: key)
-                state.records[delivery.sequence, default: (0, [])].releases += 1
+                state.record(delivery.record) { $0.releases += 1 }
             }
             return mine.values.map(\.message)
         }
@@ -353,7 +387,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // One lock: the delivery, and on an acknowledgement what this instance remembered of it.
         let taken = state.withLock { state in
             let entry = state.deliveries.removeValue(forKey: delivery)
-            if case .ack = settlement, let entry, !state.records.isEmpty { state.records.removeValue(forKey: entry.sequence) }
+            if case .ack = settlement, let entry, !state.records.isEmpty { state.records.removeValue(forKey: entry.record) }
             return entry
         }
         guard let entry = taken else {
@@ -369,17 +403,17 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             try NATSLibrary.check(natsMsg_Ack(entry.message, nil), "ack failed")
             counters.acked.add(1, ordering: .relaxed)
         case .retry(let after, let reason):
-            record(entry.sequence) { $0.reasons.append(reason) }
+            state.withLock { $0.record(entry.record) { $0.reasons.append(reason) } }
             try NATSLibrary.check(natsMsg_NakWithDelay(entry.message, max(1, (after + 999_999) / 1_000_000), nil), "nak failed")
             counters.retried.add(1, ordering: .relaxed)
         case .release:
-            record(entry.sequence) { $0.releases += 1 }
+            state.withLock { $0.record(entry.record) { $0.releases += 1 } }
             try NATSLibrary.check(natsMsg_Nak(entry.message, nil), "nak failed")
             counters.released.add(1, ordering: .relaxed)
         case .deadLetter(let reason):
             var original = NATSLibrary.message(entry.message, channel: entry.subscription.channel)
             original.attempt = entry.attempt
-            let history = (state.withLock { $0.records.removeValue(forKey: entry.sequence)?.reasons } ?? []) + [reason]
+            let history = (state.withLock { $0.records.removeValue(forKey: entry.record)?.reasons } ?? []) + [reason]
             let dead = DeadLetter.copy(
                 of: original, to: entry.subscription.channel + settings.deadLetterSuffix, group: entry.subscription.group,
                 reason: reason, history: history, now: host.nowNanos())
@@ -399,14 +433,6 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         }
     }
 
-    /// Updates what this instance remembers of the message with stream sequence `sequence`.
-    private func record(_ sequence: UInt64, _ change: (inout (releases: UInt32, reasons: [String])) -> Void) {
-        state.withLock { state in
-            if state.records.count >= 100_000 { state.records.removeAll() }  // a bound, not an expectation
-            change(&state.records[sequence, default: (0, [])])
-        }
-    }
-
     // MARK: Lifecycle
 
     public func drain(deadlineNanos: Int64) throws(TransportError) {
@@ -418,7 +444,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         }
         let left = state.withLock { state in
             defer { state.deliveries.removeAll() }
-            for delivery in state.deliveries.values { state.records[delivery.sequence, default: (0, [])].releases += 1 }
+            for delivery in state.deliveries.values { state.record(delivery.record) { $0.releases += 1 } }
             return state.deliveries.values.map { ($0.message, $0.subscription) }
         }
         for (message, subscription) in left {

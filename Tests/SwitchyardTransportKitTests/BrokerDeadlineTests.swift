@@ -1,0 +1,35 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardTestSupport
+import Testing
+
+/// Deadlines that mean "as long as it takes" reach the broker as the largest values their types
+/// hold; its timed waits must take them as such, not overflow.
+@Suite("Broker deadlines")
+struct BrokerDeadlineTests {
+    @Test("drain with deadline_ns = INT64_MAX (no deadline) drains instead of trapping")
+    func drainWithoutDeadline() throws {
+        let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"))
+        defer { transport.close() }
+        try transport.client.publish(Message(id: "m", channel: "c"))
+        try transport.client.drain(deadlineNanos: .max)
+        #expect(try transport.client.stats()?.depth == 1, "drain keeps what was not delivered")
+    }
+
+    @Test("a full_wait of centuries: a publish to a full queue waits, and is let in once there is room")
+    func fullWaitOfCenturies() async throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "q", plugin: plugin, configJSON: #"{"capacity": 1, "full_wait": "2500000h"}"#)
+        defer { transport.close() }
+        try transport.client.publish(Message(id: "first", channel: "c"))
+        let second = Task.detached { try transport.client.publish(Message(id: "second", channel: "c")) }
+        try await Task.sleep(for: .milliseconds(100))
+        let held = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "c"), handler: held.handler(client: transport.client))
+        try await second.value
+        #expect(held.wait(for: 2))
+        #expect(held.received.map(\.message.id) == ["first", "second"])
+    }
+}
