@@ -1,3 +1,5 @@
+import SwitchyardABI
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -30,8 +32,15 @@ final class AdaptiveCondition: @unchecked Sendable {
         pthread_mutexattr_destroy(&attributes)
         condition = .allocate(capacity: 1)
         condition.initialize(to: pthread_cond_t())
-        // Timed waits on the realtime clock (the default): the stores' times are wall-clock times.
-        precondition(pthread_cond_init(condition, nil) == 0, "pthread_cond_init failed")
+        // Timed waits on the monotonic clock: a step of the wall clock (NTP, an operator) must not
+        // stretch a drain's deadline or a publisher's wait for room.
+        var conditionAttributes = pthread_condattr_t()
+        pthread_condattr_init(&conditionAttributes)
+        #if canImport(Glibc)
+            pthread_condattr_setclock(&conditionAttributes, CLOCK_MONOTONIC)
+        #endif
+        precondition(pthread_cond_init(condition, &conditionAttributes) == 0, "pthread_cond_init failed")
+        pthread_condattr_destroy(&conditionAttributes)
     }
 
     deinit {
@@ -57,12 +66,27 @@ final class AdaptiveCondition: @unchecked Sendable {
     /// Call with the lock held; it is held again on return.
     func wait() { pthread_cond_wait(condition, mutex) }
 
-    /// Waits for a signal until `deadline`, in nanoseconds since 1970 on the wall clock (the
-    /// clock `wallClockNanoseconds()` reads); false when the deadline passed. Call with the lock
-    /// held; it is held again on return.
-    func wait(untilWallClockNanos deadline: Int64) -> Bool {
+    /// Waits for a signal until `deadline` on the monotonic clock (`CLOCK_MONOTONIC`, which
+    /// `monotonicNanoseconds()` reads and the ABI's `drain` deadline is on); false when the
+    /// deadline passed. Call with the lock held; it is held again on return.
+    func wait(untilMonotonicNanos deadline: Int64) -> Bool {
         let deadline = max(0, deadline)
         var time = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
         return pthread_cond_timedwait(condition, mutex, &time) != ETIMEDOUT
+    }
+
+    /// Waits for a signal until the wall clock reads `deadline` (nanoseconds since 1970, as the
+    /// stores' retry and lease times are), counted from now on the monotonic clock; false when
+    /// it passed. Call with the lock held; it is held again on return.
+    func wait(untilWallClockNanos deadline: Int64) -> Bool {
+        let (remaining, overflow) = deadline.subtractingReportingOverflow(wallClockNanoseconds())
+        return wait(untilMonotonicNanos: Self.monotonicDeadline(in: overflow ? 0 : remaining))  // only a time far in the past overflows
+    }
+
+    /// The monotonic time `nanos` from now, saturating: a wait that means "as long as it takes"
+    /// (a `full_wait` of years) waits as long as it can instead of trapping on overflow.
+    static func monotonicDeadline(in nanos: Int64) -> Int64 {
+        let (sum, overflow) = monotonicNanoseconds().addingReportingOverflow(max(0, nanos))
+        return overflow ? .max : sum
     }
 }

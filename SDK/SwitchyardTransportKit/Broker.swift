@@ -112,14 +112,6 @@ public final class Broker: @unchecked Sendable {
 
     private func now() -> Int64 { host.nowNanos() }
 
-    /// The wall-clock time `nanos` from now, for a timed wait; saturating, so a deadline that
-    /// means "never" (`Int64.max`, a `full_wait` of years) waits as long as it can instead of
-    /// overflowing.
-    static func wallClockDeadline(in nanos: Int64) -> Int64 {
-        let (sum, overflow) = wallClockNanoseconds().addingReportingOverflow(max(0, nanos))
-        return overflow ? .max : sum
-    }
-
     /// Tells the dispatcher to look for work (a store changed behind its back).
     public func wake() {
         condition.lock()
@@ -212,12 +204,12 @@ public final class Broker: @unchecked Sendable {
         defer { condition.unlock() }
         if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
         guard options.capacity > 0 else { return }
-        let deadline = Self.wallClockDeadline(in: options.fullWaitNanos)
+        let deadline = AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos)
         while true {
             let (depth, inFlight) = store.counts()
             if Int(depth + inFlight) + count <= options.capacity { return }
             waiters += 1
-            let woke = options.fullWaitNanos > 0 && condition.wait(untilWallClockNanos: deadline)
+            let woke = options.fullWaitNanos > 0 && condition.wait(untilMonotonicNanos: deadline)
             waiters -= 1
             if !woke {
                 throw TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
@@ -358,10 +350,9 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         draining = true
         condition.broadcast()
-        let (remaining, overflow) = deadlineNanos.subtractingReportingOverflow(host.monotonicNanos())
-        let deadline = Self.wallClockDeadline(in: overflow ? 0 : remaining)  // only a deadline far in the past overflows
         waiters += 1
-        while !inFlight.isEmpty, condition.wait(untilWallClockNanos: deadline) {}
+        // The ABI's drain deadline is on the monotonic clock, as the condition's waits are.
+        while !inFlight.isEmpty, condition.wait(untilMonotonicNanos: deadlineNanos) {}
         waiters -= 1
         let left = inFlight
         inFlight.removeAll()

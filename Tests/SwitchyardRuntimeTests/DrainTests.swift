@@ -63,11 +63,13 @@ struct DrainTests {
 
         let caller = try await offPool { try SwitchyardActorSystem(configPath: configPath, pluginDirectories: [BuildProducts.directory]) }
         let worker = try $Worker.resolve(id: "worker", using: caller)
-        let calls = 40
+        let calls = 48
         let results = Task {
             try await withThrowingTaskGroup(of: Int.self) { group in
-                // 3 s of work in all: SIGTERM comes well before the end, even on a loaded machine.
-                for value in 0..<calls { group.addTask { try await worker.work(value, milliseconds: 300) } }
+                // 6 s of work in all (four at a time): SIGTERM comes well before the end, even on
+                // a loaded machine under ThreadSanitizer (3 s was not always enough there: the
+                // first host had finished everything before the signal arrived).
+                for value in 0..<calls { group.addTask { try await worker.work(value, milliseconds: 500) } }
                 return try await group.reduce(into: [Int]()) { $0.append($1) }
             }
         }
