@@ -228,6 +228,16 @@ package final class SoakRun: @unchecked Sendable {
             if Date().timeIntervalSince(lastProgress) > options.settleTimeout { break }
             try await Task.sleep(for: .milliseconds(250))
         }
+        // Every effect is there; now let the queues empty too. A message whose handler ran just
+        // before its consumer was killed comes back once its lease runs out (3 s) and is only
+        // then acknowledged (the inbox drops the repeat): stopping the consumers before that left
+        // it counted as stuck, though nothing was wrong (CI saw "stuck 2" on a loaded machine).
+        if missingNone(effects, acknowledged, expectedKinds) {
+            let drainedBy = Date().addingTimeInterval(options.settleTimeout)
+            while Date() < drainedBy, ((try? stuckMessages(countingLeased: true)) ?? 1) > 0 {
+                try await Task.sleep(for: .milliseconds(250))
+            }
+        }
         // A moment more for duplicates in flight to show up, then stop the consumers cleanly.
         try await Task.sleep(for: .milliseconds(500))
         for consumer in consumers { await consumer.stop() }
@@ -257,16 +267,23 @@ package final class SoakRun: @unchecked Sendable {
         }
     }
 
+    /// Whether every acknowledged item has every effect it should.
+    func missingNone(_ effects: EffectCount, _ acknowledged: Set<Int>, _ kinds: [String]) -> Bool {
+        acknowledged.allSatisfy { seq in kinds.allSatisfy { effects.count(kind: $0, seq: seq) > 0 } }
+    }
+
     /// Messages still held by the durable transports once every process has stopped, and calls
-    /// still waiting in outboxes.
-    func stuckMessages() throws -> Int {
+    /// still waiting in outboxes. With `countingLeased`, messages leased to a consumer count too
+    /// (while consumers run: a lease of a killed consumer holds its message until it runs out).
+    func stuckMessages(countingLeased: Bool = false) throws -> Int {
         let config = try SwitchyardConfig.load(path: configPath)
         var quiet = Logger(label: "switchyard.soak")
         quiet.logLevel = .error
         let set = try TransportSet.start(config, discovery: PluginDiscovery(commandLine: options.pluginDirectories), logger: quiet)
         defer { set.close() }
         let held = set.transports.values.reduce(0) { total, transport in
-            total + Int((try? transport.client.stats())??.depth ?? 0)
+            let stats = (try? transport.client.stats()) ?? nil
+            return total + Int(stats?.depth ?? 0) + (countingLeased ? Int(stats?.inFlight ?? 0) : 0)
         }
         guard options.outbox else { return held }
         var waiting = 0
