@@ -27,22 +27,11 @@ public final class Guarded<Value>: @unchecked Sendable {
     public init(_ value: Value) {
         self.value = .allocate(capacity: 1)
         self.value.initialize(to: value)
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        var attributes = pthread_mutexattr_t()
-        pthread_mutexattr_init(&attributes)
-        #if canImport(Glibc)
-            pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ADAPTIVE_NP))
-        #endif
-        let status = pthread_mutex_init(mutex, &attributes)
-        pthread_mutexattr_destroy(&attributes)
-        precondition(status == 0, "pthread_mutex_init failed: \(status)")
+        mutex = makeAdaptiveMutex()
     }
 
     deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deinitialize(count: 1)
-        mutex.deallocate()
+        destroyAdaptiveMutex(mutex)
         value.deinitialize(count: 1)
         value.deallocate()
     }
@@ -86,4 +75,28 @@ public enum ThreadSanitizer {
     /// ``release(_:)`` at `object`'s address: before signalling a semaphore it holds.
     @inline(__always)
     public static func release(_ object: AnyObject) { release(UnsafeRawPointer(Unmanaged.passUnretained(object).toOpaque())) }
+}
+
+/// A new adaptive pthread mutex (a thread that finds it taken spins briefly before sleeping in
+/// the kernel), for ``Guarded`` and the transport kit's condition lock; free it with
+/// ``destroyAdaptiveMutex(_:)``.
+package func makeAdaptiveMutex() -> UnsafeMutablePointer<pthread_mutex_t> {
+    let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    mutex.initialize(to: pthread_mutex_t())
+    var attributes = pthread_mutexattr_t()
+    pthread_mutexattr_init(&attributes)
+    #if canImport(Glibc)
+        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ADAPTIVE_NP))
+    #endif
+    let status = pthread_mutex_init(mutex, &attributes)
+    pthread_mutexattr_destroy(&attributes)
+    precondition(status == 0, "pthread_mutex_init failed: \(status)")
+    return mutex
+}
+
+/// Destroys and frees a mutex from ``makeAdaptiveMutex()``.
+package func destroyAdaptiveMutex(_ mutex: UnsafeMutablePointer<pthread_mutex_t>) {
+    pthread_mutex_destroy(mutex)
+    mutex.deinitialize(count: 1)
+    mutex.deallocate()
 }

@@ -21,15 +21,7 @@ final class AdaptiveCondition: @unchecked Sendable {
 
     /// An unlocked lock and its condition.
     init() {
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        var attributes = pthread_mutexattr_t()
-        pthread_mutexattr_init(&attributes)
-        #if canImport(Glibc)
-            pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ADAPTIVE_NP))
-        #endif
-        precondition(pthread_mutex_init(mutex, &attributes) == 0, "pthread_mutex_init failed")
-        pthread_mutexattr_destroy(&attributes)
+        mutex = makeAdaptiveMutex()
         condition = .allocate(capacity: 1)
         condition.initialize(to: pthread_cond_t())
         // Timed waits on the monotonic clock: a step of the wall clock (NTP, an operator) must not
@@ -47,9 +39,7 @@ final class AdaptiveCondition: @unchecked Sendable {
         pthread_cond_destroy(condition)
         condition.deinitialize(count: 1)
         condition.deallocate()
-        pthread_mutex_destroy(mutex)
-        mutex.deinitialize(count: 1)
-        mutex.deallocate()
+        destroyAdaptiveMutex(mutex)
     }
 
     /// Takes the lock, waiting (briefly spinning first) while another thread holds it.

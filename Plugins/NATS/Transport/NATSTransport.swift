@@ -59,11 +59,16 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         }
     }
 
-    /// A message as one consumer delivers it.
+    /// A message as one consumer (channel and group) delivers it.
     struct RecordKey: Hashable {
         let channel: String
         let group: String
         let sequence: UInt64
+        init(_ sequence: UInt64, of subscription: NATSSubscription) {
+            channel = subscription.channel
+            group = subscription.group
+            self.sequence = sequence
+        }
     }
     /// Set by `drain`; read without a lock on every publish and fetched batch.
     private let draining = Atomic<Bool>(false)
@@ -74,7 +79,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let sequence: UInt64
         let attempt: UInt32
         /// Where what the plugin remembers of it is kept.
-        var record: RecordKey { RecordKey(channel: subscription.channel, group: subscription.group, sequence: sequence) }
+        var record: RecordKey { RecordKey(sequence, of: subscription) }
     }
 
     /// Connects, and makes sure the stream and the dead-letter stream exist.
@@ -316,12 +321,12 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // seen here and gets the batch back.
         let deliveries = state.withLock { state -> [DeliveryID]? in
             if draining.load(ordering: .relaxed) {
-                for index in fetched.indices { state.record(key(sequences[index], subscription)) { $0.releases += 1 } }
+                for index in fetched.indices { state.record(RecordKey(sequences[index], of: subscription)) { $0.releases += 1 } }
                 return nil
             }
             return fetched.indices.map { index in
                 state.nextDelivery += 1
-                let releases = state.records[key(sequences[index], subscription)]?.releases ?? 0
+                let releases = state.records[RecordKey(sequences[index], of: subscription)]?.releases ?? 0
                 messages[index].attempt = messages[index].attempt > releases ? messages[index].attempt - releases : 1
                 state.deliveries[state.nextDelivery] = Delivery(
                     message: fetched[index], subscription: subscription, sequence: sequences[index], attempt: messages[index].attempt)
@@ -347,10 +352,6 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // A subscriber that took nothing is full or closing: wait a little before the fetch
         // thread fetches (and JetStream redelivers) the same messages again.
         if taken == 0 { usleep(10_000) }
-    }
-
-    private func key(_ sequence: UInt64, _ subscription: NATSSubscription) -> RecordKey {
-        RecordKey(channel: subscription.channel, group: subscription.group, sequence: sequence)
     }
 
     /// Returns a fetched message that was never delivered to JetStream, to be redelivered.
