@@ -124,9 +124,23 @@ package enum CCompiler {
 /// so the test's task gives its cooperative-pool thread back while it waits. Tests run in
 /// parallel on a pool as wide as the machine (2 threads here); a test that blocks a pool thread
 /// for seconds starves every async test, and the runtime's own tasks with them.
+///
+/// The work runs as part of the calling task (on a task executor that gives each job a new
+/// thread), not on a bare thread: an `#expect` inside it is still recorded against the test
+/// that ran it. (On a bare thread Swift Testing cannot tell which test it belongs to, and its
+/// failure shows as «unknown» — seen under ThreadSanitizer, where such a failure could not be
+/// traced to its test, nor that test run again.)
 package func offPool<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try work() }) }.start()
+    try await withTaskExecutorPreference(ThreadPerJobExecutor.shared) { try work() }
+}
+
+/// A task executor that runs every job on a new thread (see ``offPool(_:)``).
+private final class ThreadPerJobExecutor: TaskExecutor {
+    static let shared = ThreadPerJobExecutor()
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        Thread { job.runSynchronously(on: self.asUnownedTaskExecutor()) }.start()
     }
 }
 
