@@ -65,39 +65,46 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     private static func prepareSchema(_ db: SQLiteDatabase, kind: String) throws(TransportError) {
         try db.configureDurable()
-        try db.execute(
-            """
-            BEGIN IMMEDIATE;
-            CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', '\(kind)');
-            CREATE TABLE IF NOT EXISTS entries (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                channel TEXT NOT NULL,
-                grp TEXT NOT NULL,
-                ordering_key TEXT,
-                attempt INTEGER NOT NULL,
-                visible_at INTEGER NOT NULL,
-                lease_token INTEGER NOT NULL DEFAULT 0,
-                lease_until INTEGER NOT NULL DEFAULT 0,
-                history TEXT NOT NULL DEFAULT '',
-                message BLOB NOT NULL);
-            CREATE INDEX IF NOT EXISTS entries_by_group ON entries (channel, grp, id);
-            CREATE INDEX IF NOT EXISTS entries_by_key ON entries (channel, grp, ordering_key, id) WHERE ordering_key IS NOT NULL;
-            CREATE TABLE IF NOT EXISTS groups (channel TEXT NOT NULL, grp TEXT NOT NULL, PRIMARY KEY (channel, grp));
-            CREATE TABLE IF NOT EXISTS retained (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, message BLOB NOT NULL);
-            COMMIT;
-            """)
-        // ABI 1.3: messages may expire. Stores made before keep working: the column is added once.
-        var hasExpiry = false
-        try db.run("SELECT COUNT(*) FROM pragma_table_info('entries') WHERE name = 'expires_at'") { row in hasExpiry = row.int(0) > 0 }
-        if !hasExpiry {
+        // One write transaction for the whole set-up, the check for the ABI 1.3 column included:
+        // two processes opening a new store at once (two consumers starting together) each saw
+        // the column missing and both added it, and the second failed to start with "duplicate
+        // column name: expires_at". Under the write lock the second sees the first one's work.
+        try db.execute("BEGIN IMMEDIATE")
+        do throws(TransportError) {
             try db.execute(
                 """
-                BEGIN IMMEDIATE;
-                ALTER TABLE entries ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
-                CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at > 0;
-                COMMIT;
+                CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', '\(kind)');
+                CREATE TABLE IF NOT EXISTS entries (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    channel TEXT NOT NULL,
+                    grp TEXT NOT NULL,
+                    ordering_key TEXT,
+                    attempt INTEGER NOT NULL,
+                    visible_at INTEGER NOT NULL,
+                    lease_token INTEGER NOT NULL DEFAULT 0,
+                    lease_until INTEGER NOT NULL DEFAULT 0,
+                    history TEXT NOT NULL DEFAULT '',
+                    message BLOB NOT NULL);
+                CREATE INDEX IF NOT EXISTS entries_by_group ON entries (channel, grp, id);
+                CREATE INDEX IF NOT EXISTS entries_by_key ON entries (channel, grp, ordering_key, id) WHERE ordering_key IS NOT NULL;
+                CREATE TABLE IF NOT EXISTS groups (channel TEXT NOT NULL, grp TEXT NOT NULL, PRIMARY KEY (channel, grp));
+                CREATE TABLE IF NOT EXISTS retained (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, message BLOB NOT NULL);
                 """)
+            // ABI 1.3: messages may expire. Stores made before keep working: the column is added once.
+            var hasExpiry = false
+            try db.run("SELECT COUNT(*) FROM pragma_table_info('entries') WHERE name = 'expires_at'") { row in hasExpiry = row.int(0) > 0 }
+            if !hasExpiry {
+                try db.execute(
+                    """
+                    ALTER TABLE entries ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+                    CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at > 0;
+                    """)
+            }
+            try db.execute("COMMIT")
+        } catch {
+            try? db.execute("ROLLBACK")
+            throw error
         }
         var stored = ""
         try db.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in stored = row.text(0) }
