@@ -199,7 +199,7 @@ package final class SoakRun: @unchecked Sendable {
             ["soak-worker", "producer", "--config", configPath, "--from", "\(producerLog.nextItem)", "--to", "\(options.messages)", "--pace", "\(pace)"] + modeArguments
         }
         let consumers = try (1...2).map { try Worker(name: "consumer-\($0)", executable: executable, arguments: consumerArguments, logDirectory: directory) }
-        for consumer in consumers { _ = await consumer.output.wait(for: "ready", seconds: 60) }
+        for consumer in consumers { try await consumer.waitUntilReady() }
         let producer = try Worker(name: "producer", executable: executable, arguments: producerArguments(), logDirectory: directory, output: producerLog)
 
         var kills: [String: Int] = [:]
@@ -207,7 +207,7 @@ package final class SoakRun: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(Int(150 + random.next() % 450)))
             let candidates = producerLog.done ? consumers : consumers + [producer]
             let victim = candidates[Int(random.next() % UInt64(candidates.count))]
-            await victim.killAndRestart(arguments: victim === producer ? producerArguments() : consumerArguments)
+            try await victim.killAndRestart(arguments: victim === producer ? producerArguments() : consumerArguments)
             kills[victim.role, default: 0] += 1
         }
         // Let the producer finish (starting it again if it exited early), then the consumers.
@@ -422,15 +422,6 @@ final class WorkerOutput: Sendable {
     var nextItem: Int { state.withLock { ($0.tried.max() ?? -1) + 1 } }
     func saw(_ line: String) -> Bool { state.withLock { $0.lines.contains(line) } }
     func forget(_ line: String) { state.withLock { $0.lines.removeAll { $0 == line } } }
-
-    func wait(for line: String, seconds: Double) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if saw(line) { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return false
-    }
 }
 
 /// One worker process, started again after each kill; its stderr goes to `<name>.log`.
@@ -440,6 +431,7 @@ final class Worker: @unchecked Sendable {
     let executable: String
     let output: WorkerOutput
     let log: FileHandle?
+    let logPath: String
     private var process: Process?
 
     var role: String { name.hasPrefix("consumer") ? "consumer" : name }
@@ -448,7 +440,7 @@ final class Worker: @unchecked Sendable {
         self.name = name
         self.executable = executable
         self.output = output
-        let logPath = "\(logDirectory)/\(name).log"
+        logPath = "\(logDirectory)/\(name).log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)  // the handle below says if it failed
         log = FileHandle(forWritingAtPath: logPath)
         try start(arguments: arguments)
@@ -473,18 +465,37 @@ final class Worker: @unchecked Sendable {
     }
 
     /// SIGKILL, wait for it to be gone, start it again (consumers: until ready).
-    func killAndRestart(arguments: [String]) async {
+    func killAndRestart(arguments: [String]) async throws {
         if let process, process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             while process.isRunning { try? await Task.sleep(for: .milliseconds(5)) }
         }
         output.forget("ready")
-        do {
-            try start(arguments: arguments)
-        } catch {
-            return
+        try start(arguments: arguments)
+        if role == "consumer" { try await waitUntilReady() }
+    }
+
+    /// Waits for a consumer to say it is ready. A consumer that exits first could not start,
+    /// and the soak fails with the end of its log rather than running on with one consumer short
+    /// (a store's schema race once cost every CI run a silent minute here).
+    func waitUntilReady(seconds: Double = 60) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while !output.saw("ready") {
+            if !isRunning {
+                try await Task.sleep(for: .milliseconds(200))  // its last output may still be on the way
+                if output.saw("ready") { return }
+                throw SoakError("\(name) exited before it was ready: \(logTail())")
+            }
+            if Date() >= deadline { throw SoakError("\(name) was not ready within \(Int(seconds)) s: \(logTail())") }
+            try await Task.sleep(for: .milliseconds(20))
         }
-        if role == "consumer" { _ = await output.wait(for: "ready", seconds: 60) }
+    }
+
+    /// The last lines of the worker's log, for an error.
+    private func logTail() -> String {
+        guard let data = FileManager.default.contents(atPath: logPath) else { return "(no log at \(logPath))" }
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").suffix(5)
+        return lines.isEmpty ? "(its log \(logPath) is empty)" : lines.joined(separator: "\n")
     }
 
     /// SIGTERM (the consumers drain), then SIGKILL after 20 s.
@@ -495,6 +506,12 @@ final class Worker: @unchecked Sendable {
         while process.isRunning && Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
+}
+
+/// Why a soak could not run to its verdict (a worker that would not start).
+struct SoakError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// A small seeded generator, so a run's kill schedule can be repeated with `--seed`.
