@@ -164,8 +164,9 @@ extension SwitchyardActorSystem {
         func reject(_ reason: String, route: Route?) {
             logger.warning("refusing a call", metadata: ["target": "\(readable)", "actor": "\(hosted.id)", "reason": "\(reason)"])
             route?.metrics.deadLettered.increment()
-            sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: route?.encoding ?? .compact)
+            // Stored first, then answered: a caller told its call was dead-lettered finds it there.
             deadLetter(item, reason: "rejected: \(reason)")
+            sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: route?.encoding ?? .compact)
         }
         guard let resolved = resolved(envelope.target.identifier) else {
             return reject("unknown target '\(envelope.target.identifier)'", route: nil)
@@ -306,8 +307,10 @@ extension SwitchyardActorSystem {
                         metadata: [
                             "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(attempts)", "reason": "\(why)",
                         ])
-                    sendReply(item, .error(SwitchyardError.deadLettered(target: readable, attempts: attempts, reason: reason)), encoding: envelope.contentType)
+                    // Stored first, then answered: a caller that runs `switchyard dlq list` on the
+                    // error it got must find the call (CI once listed before the store committed).
                     deadLetter(item, reason: why)
+                    sendReply(item, .error(SwitchyardError.deadLettered(target: readable, attempts: attempts, reason: reason)), encoding: envelope.contentType)
                 }
                 return
             }
@@ -374,8 +377,8 @@ extension SwitchyardActorSystem {
                     route?.metrics.deadLettered.increment()
                     logger.error(
                         "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+                    deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")  // stored, then answered
                     sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
-                    deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")
                     return
                 }
                 let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
