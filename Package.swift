@@ -43,6 +43,8 @@ let package = Package(
         .library(name: "switchyard-nats-topic", type: .dynamic, targets: ["NATSTopicPlugin"]),
         .library(name: "switchyard-postgres", type: .dynamic, targets: ["PostgresQueuePlugin"]),
         .library(name: "switchyard-postgres-topic", type: .dynamic, targets: ["PostgresTopicPlugin"]),
+        .library(name: "switchyard-rabbitmq", type: .dynamic, targets: ["RabbitMQQueuePlugin"]),
+        .library(name: "switchyard-rabbitmq-topic", type: .dynamic, targets: ["RabbitMQTopicPlugin"]),
         .library(name: "switchyard-example-c", type: .dynamic, targets: ["ExampleCPlugin"]),
         .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExampleSwiftPlugin"]),
         // Discard-everything plugins that `switchyard bench abi` measures the ABI crossing with.
@@ -103,6 +105,13 @@ let package = Package(
         .target(name: "PostgresTransport", dependencies: ["SwitchyardPostgres", "SwitchyardTransportKit"], path: "Plugins/Postgres/Transport"),
         .target(name: "PostgresQueuePlugin", dependencies: ["PostgresTransport"], path: "Plugins/Postgres/Queue"),
         .target(name: "PostgresTopicPlugin", dependencies: ["PostgresTransport"], path: "Plugins/Postgres/Topic"),
+        /// rabbitmq-c (Debian's librabbitmq-dev), the AMQP 0-9-1 client, for the RabbitMQ plugins.
+        .systemLibrary(
+            name: "CRabbitMQ", path: "Plugins/RabbitMQ/CRabbitMQ", pkgConfig: "librabbitmq", providers: [.apt(["librabbitmq-dev"])]),
+        /// What `rabbitmq` and `rabbitmq-topic` share: the AMQP mapping, over rabbitmq-c.
+        .target(name: "RabbitMQTransport", dependencies: ["CRabbitMQ", "SwitchyardTransportKit"], path: "Plugins/RabbitMQ/Transport"),
+        .target(name: "RabbitMQQueuePlugin", dependencies: ["RabbitMQTransport"], path: "Plugins/RabbitMQ/Queue"),
+        .target(name: "RabbitMQTopicPlugin", dependencies: ["RabbitMQTransport"], path: "Plugins/RabbitMQ/Topic"),
 
         // MARK: Host
 
