@@ -49,34 +49,11 @@ struct NATSTests {
     func typedCallsOverNATS() async throws {
         let directory = try TemporaryDirectory()
         let server = try NATSServer(storeDirectory: directory.path)
-        let system = try await makeSystem(
-            """
-            transports:
-              jobs: { plugin: nats, config: { servers: ["\(server.url)"], stream: TYPED } }
-              events: { plugin: nats-topic, config: { servers: ["\(server.url)"], stream: TYPED_EVENTS } }
-            routes:
-              Shop.record: { transport: events, mode: fire-and-forget }
-              Shop.*: { transport: jobs, deadline: 20s, retry: { max_attempts: 3, initial_delay: 10ms } }
-            """)
-        system.registerError(OutOfStock.self)
-        let ledger = Ledger()
-        for group in ["email", "analytics"] {
-            try system.host(SwitchyardActorID("shop", group: group), as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger, label: group) }
-        }
-        let shop = try $Shop.resolve(id: "shop", using: system)
-        #expect(try await shop.place(Order(id: 5, customer: "nats", amount: 2)).hasPrefix("receipt-5-nats"))
-        #expect(try await shop.flaky("n", failures: 2) == 3)
-        do {
-            _ = try await shop.fail("x", registered: true)
-            Issue.record("expected the call to be dead-lettered")
-        } catch let error as SwitchyardError where error.code == .deadLettered {
-            let attempts = error.attempts!
-            #expect(attempts == 3)
-        }
-        for id in 0..<10 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
-        #expect(await eventually(20) { ledger.all.filter { $0.contains(":record:") }.count == 20 })
-        #expect(ledger.all.filter { $0.hasPrefix("email:record:") }.count == 10)
-        await system.shutdown()
+        try await EngineChecks.typedCalls(
+            transportsYAML: """
+                  jobs: { plugin: nats, config: { servers: ["\(server.url)"], stream: TYPED } }
+                  events: { plugin: nats-topic, config: { servers: ["\(server.url)"], stream: TYPED_EVENTS } }
+                """)
     }
 
     @Test("messages on the wire are CloudEvents in binary mode: ce- attributes as NATS headers, the arguments as data")
@@ -166,15 +143,7 @@ struct NATSTests {
     func demoOverNATS() async throws {
         let directory = try TemporaryDirectory()
         let server = try NATSServer(storeDirectory: directory.path)
-        var environment = ProcessInfo.processInfo.environment
-        environment["NATS_URL"] = server.url
-        let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "60", "--config", Repository.root + "/examples/orders/nats.yaml"], environment: environment)
-        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
-        #expect(result.stdout.contains("route    Payments.charge → work (nats)"))
-        #expect(result.stdout.contains("succeeded                           59"))
-        #expect(result.stdout.contains("declined (dead-lettered / refused)  1"))
-        #expect(result.stdout.contains("delivered to analytics              59"))
-        #expect(result.stdout.contains("delivered to reminders              59"))
+        try await EngineChecks.demo(config: "nats.yaml", environment: ["NATS_URL": server.url], transport: "nats")
     }
 
     @Test("switchyard plugins test nats takes the server from NATS_URL")

@@ -142,6 +142,8 @@ final class AMQPArena {
 /// One AMQP connection to the broker with channel 1 open, optionally in confirm mode.
 final class AMQPConnection {
     let state: amqp_connection_state_t
+    /// The broker, for errors (never the credentials).
+    let address: String
     /// Set once the connection or its channel failed: the owner destroys it and opens another.
     private(set) var broken = false
     /// The delivery tag the next publish gets (confirm mode numbers publishes from 1).
@@ -157,6 +159,7 @@ final class AMQPConnection {
     init(_ settings: RabbitMQSettings, confirms: Bool, heartbeatSeconds: Int32) throws(TransportError) {
         guard let state = amqp_new_connection() else { throw TransportError(.internalError, "rabbitmq-c could not allocate a connection") }
         self.state = state
+        address = settings.address
         do {
             try open(settings, confirms: confirms, heartbeatSeconds: heartbeatSeconds)
         } catch {
@@ -222,15 +225,18 @@ final class AMQPConnection {
         let reply = amqp_get_rpc_reply(state)
         guard reply.reply_type != AMQP_RESPONSE_NORMAL else { return }
         broken = true  // a server exception closes the channel (or connection); a library one, the socket
-        throw Self.error(reply, what)
+        throw Self.error(reply, what, address: address)
     }
 
     /// `reply` as a TransportError: a closed or unreachable connection is `unavailable`, a time-out
     /// `timeout`, a refused declaration (other arguments) `config`, a missing queue `notFound`.
-    static func error(_ reply: amqp_rpc_reply_t, _ what: String) -> TransportError {
-        let text = "cannot \(what): \(describe(reply))"
+    static func error(_ reply: amqp_rpc_reply_t, _ what: String, address: String) -> TransportError {
+        let text = "cannot \(what) on RabbitMQ at \(address): \(describe(reply))"
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
-            return TransportError(reply.library_error == AMQP_STATUS_TIMEOUT.rawValue ? .timeout : .unavailable, text)
+            // The connection is gone: the next publish opens another; say so.
+            return TransportError(
+                reply.library_error == AMQP_STATUS_TIMEOUT.rawValue ? .timeout : .unavailable,
+                text + " — the connection is lost (broker down or restarting?); publish again once it is back")
         }
         switch replyCode(reply) {
         case 404: return TransportError(.notFound, text)
@@ -306,7 +312,7 @@ final class AMQPConnection {
         let status = amqp_basic_publish(state, Self.channel, arena.bytes(exchange), arena.bytes(routingKey), mandatory ? 1 : 0, 0, &properties, payload)
         guard status == AMQP_STATUS_OK.rawValue else {
             broken = true
-            throw TransportError(.unavailable, "cannot send to RabbitMQ: \(String(cString: amqp_error_string2(status)))")
+            throw TransportError(.unavailable, "cannot send to RabbitMQ at \(address): \(String(cString: amqp_error_string2(status))) — the connection is lost (broker down or restarting?); publish again once it is back")
         }
         nextTag += 1
     }
@@ -327,7 +333,7 @@ final class AMQPConnection {
             if status == AMQP_STATUS_TIMEOUT.rawValue { continue }
             guard status == AMQP_STATUS_OK.rawValue else {
                 broken = true
-                throw TransportError(.unavailable, "lost the connection to RabbitMQ waiting for a publish confirm: \(String(cString: amqp_error_string2(status)))")
+                throw TransportError(.unavailable, "lost the connection to RabbitMQ at \(address) waiting for a publish confirm: \(String(cString: amqp_error_string2(status)))")
             }
             guard frame.frame_type == AMQP_FRAME_METHOD else { continue }
             let method = frame.payload.method
@@ -347,12 +353,12 @@ final class AMQPConnection {
                 amqp_destroy_message(&message)
                 if read.reply_type != AMQP_RESPONSE_NORMAL {
                     broken = true
-                    throw Self.error(read, "read a returned message")
+                    throw Self.error(read, "read a returned message", address: address)
                 }
             case SY_AMQP_CHANNEL_CLOSE, SY_AMQP_CONNECTION_CLOSE:
                 broken = true
                 let reply = amqp_rpc_reply_t(reply_type: AMQP_RESPONSE_SERVER_EXCEPTION, reply: method, library_error: 0)
-                throw Self.error(reply, "publish")
+                throw Self.error(reply, "publish", address: address)
             default: continue
             }
         }
