@@ -191,7 +191,7 @@ let package = Package(
         .target(
             name: "SwitchyardBench",
             dependencies: [
-                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "CNats", "CFFI",
+                "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "CNats", "CFFI", "CRabbitMQ",
                 "SwitchyardNative", "SwitchyardPostgres",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),

@@ -9,7 +9,8 @@
 #   libffi-dev      libffi, for native modules
 #   libssl-dev      OpenSSL's libcrypto, for the sha256 of pinned plugin files
 #   libpq-dev       libpq, the PostgreSQL client the postgres plugins are built on
-SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev libffi-dev libssl-dev libpq-dev"
+#   librabbitmq-dev rabbitmq-c, the AMQP client the rabbitmq plugins are built on
+SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev libffi-dev libssl-dev libpq-dev librabbitmq-dev"
 
 # And what the tests need besides (scripts/test and scripts/sanitize install them; the demo and
 # the install do not, so they never start a database service on the machine):
@@ -17,13 +18,15 @@ SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev libf
 #   python3-venv    for scripts/cloudevents-check (a CloudEvents SDK reading the wire in the NATS tests)
 #   postgresql      the PostgreSQL server the postgres tests start in temporary directories (as the
 #                   postgres user); without it those tests are skipped
-SWITCHYARD_TEST_PACKAGES="nats-server python3-venv postgresql"
+#   rabbitmq-server the RabbitMQ broker the rabbitmq tests start in temporary directories (Debian
+#                   does not start its own service in a container); without it those tests are skipped
+SWITCHYARD_TEST_PACKAGES="nats-server python3-venv postgresql rabbitmq-server"
 
 # The suites that start many processes and kill them on purpose (the crash soak, plugins in child
-# processes, PostgreSQL servers): they load both cores for seconds, so scripts/test and
-# scripts/sanitize run them after the rest, whose timing-bound tests would otherwise miss their
+# processes, PostgreSQL servers, RabbitMQ brokers): they load both cores for seconds, so scripts/test
+# and scripts/sanitize run them after the rest, whose timing-bound tests would otherwise miss their
 # windows on a two-core machine.
-SWITCHYARD_HEAVY_SUITES="SoakTests|IsolationTests|PostgresTests"
+SWITCHYARD_HEAVY_SUITES="SoakTests|IsolationTests|PostgresTests|RabbitMQTests"
 
 # Installs the packages in SWITCHYARD_DEBIAN_PACKAGES, and those named as arguments, that are not
 # installed yet.

@@ -1,7 +1,9 @@
 import Dispatch
+import Foundation
 import SwitchyardABI
 import SwitchyardHost
 import SwitchyardLoader
+import Synchronization
 
 /// Finds the bundled plugins a suite needs, or explains which are missing.
 struct BenchPlugins {
@@ -75,4 +77,27 @@ func requestReplyLatencies(through transport: Transport, count: Int, uniqueIDs: 
 func percentile(_ sorted: [Double], _ p: Double) -> Double {
     guard !sorted.isEmpty else { return .nan }
     return sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * p).rounded()))]
+}
+
+/// publish → deliver → ack through `transport`: `publishers` threads publishing `count` 64-byte
+/// messages (ids `<idPrefix>-<n>`) to the channel `bench`, one subscriber with a prefetch of
+/// `maxInFlight` acknowledging each delivery. Messages per second from the first publish to the
+/// last acknowledgement: the figure the engine suites set against their raw client loops.
+func publishDeliverAckRate(through transport: Transport, count: Int, publishers: Int, maxInFlight: UInt32, idPrefix: String) throws -> Double {
+    let client = transport.client
+    let acked = Atomic<Int>(0)
+    _ = try client.subscribe(SubscribeOptions(channel: "bench", maxInFlight: maxInFlight)) { delivery, _ in
+        try? client.settle(delivery, .ack)
+        acked.add(1, ordering: .relaxed)
+        return .ok
+    }
+    let body = [UInt8](repeating: 0x5A, count: 64)
+    let start = Measure.now()
+    try onThreads(publishers) { thread in
+        for index in stride(from: thread, to: count, by: publishers) {
+            try client.publish(Message(id: "\(idPrefix)-\(index)", channel: "bench", body: body))
+        }
+    }
+    while acked.load(ordering: .relaxed) < count { usleep(200) }
+    return Double(count) / (Double(Measure.now() - start) / 1e9)
 }

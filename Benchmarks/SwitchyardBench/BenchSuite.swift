@@ -67,6 +67,7 @@ public struct BenchUnavailable: Error, CustomStringConvertible {
 /// Every suite this build has, in the order `switchyard bench` runs them.
 public let allBenchSuites: [any BenchSuite] = [
     ABISuite(), LoaderSuite(), MemoryQueueSuite(), DurableQueueSuite(), DurableRequestReplySuite(), DelaySuite(), RetrySuite(), TypedCallSuite(), NATSSuite(), PostgresSuite(),
+    RabbitMQSuite(),
     FFISuite(),
     IsolationSuite(),
 ]

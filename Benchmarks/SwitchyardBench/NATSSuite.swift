@@ -77,22 +77,7 @@ struct NATSSuite: BenchSuite {
         let transport = try plugins.transport(
             "nats", config: #"{"servers": ["\#(url)"], "stream": "\#(stream)", "max_in_flight": 4096, "fetch_batch": 256}"#)
         defer { transport.close() }
-        let client = transport.client
-        let acked = Atomic<Int>(0)
-        _ = try client.subscribe(SubscribeOptions(channel: "bench", maxInFlight: 4096)) { delivery, _ in
-            try? client.settle(delivery, .ack)
-            acked.add(1, ordering: .relaxed)
-            return .ok
-        }
-        let body = [UInt8](repeating: 0x5A, count: 64)
-        let start = Measure.now()
-        try onThreads(publishers) { thread in
-            for index in stride(from: thread, to: count, by: publishers) {
-                try client.publish(Message(id: "p-\(stream)-\(index)", channel: "bench", body: body))
-            }
-        }
-        while acked.load(ordering: .relaxed) < count { usleep(200) }
-        return Double(count) / (Double(Measure.now() - start) / 1e9)
+        return try publishDeliverAckRate(through: transport, count: count, publishers: publishers, maxInFlight: 4096, idPrefix: "p-\(stream)")
     }
 
     /// The same work with nats.c alone. With `sameWire`, each message also carries the headers

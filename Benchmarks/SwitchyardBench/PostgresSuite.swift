@@ -87,22 +87,7 @@ struct PostgresSuite: BenchSuite {
     func pluginRate(_ plugins: BenchPlugins, schema: String, count: Int) throws -> Double {
         let transport = try plugins.transport("postgres", config: #"{"schema": "\#(schema)", "max_in_flight": 4096}"#)
         defer { transport.close() }
-        let client = transport.client
-        let acked = Atomic<Int>(0)
-        _ = try client.subscribe(SubscribeOptions(channel: "bench", maxInFlight: 4096)) { delivery, _ in
-            try? client.settle(delivery, .ack)
-            acked.add(1, ordering: .relaxed)
-            return .ok
-        }
-        let body = [UInt8](repeating: 0x5A, count: 64)
-        let start = Measure.now()
-        try onThreads(publishers) { thread in
-            for index in stride(from: thread, to: count, by: publishers) {
-                try client.publish(Message(id: "p-\(index)", channel: "bench", body: body))
-            }
-        }
-        while acked.load(ordering: .relaxed) < count { usleep(200) }
-        return Double(count) / (Double(Measure.now() - start) / 1e9)
+        return try publishDeliverAckRate(through: transport, count: count, publishers: publishers, maxInFlight: 4096, idPrefix: "p")
     }
 
     /// The same work with libpq alone: each publisher inserts on its own connection (autocommit);

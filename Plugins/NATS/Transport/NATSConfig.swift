@@ -30,7 +30,7 @@ public struct NATSConfig: PluginConfig, Sendable {
     /// Environment variable holding the password for `user_env`.
     public var password_env: String?
     /// TLS: `{ "ca": file, "cert": file, "key": file, "verify": true }`.
-    public var tls: TLS?
+    public var tls: TLSConfig?
     /// Connection name shown by the server (default: the transport's name).
     public var name: String?
     /// The JetStream stream (default `SWITCHYARD_<TRANSPORT>`); dead letters go to `<stream>_DLQ`.
@@ -64,18 +64,6 @@ public struct NATSConfig: PluginConfig, Sendable {
     public var ephemeral_prefixes: [String]?
     /// Largest message accepted (default: the server's max payload).
     public var max_message_bytes: Int?
-
-    /// TLS settings.
-    public struct TLS: Decodable, Sendable {
-        /// CA certificates (PEM file) to trust.
-        public var ca: String?
-        /// Client certificate (PEM file), with `key`.
-        public var cert: String?
-        /// Client private key (PEM file).
-        public var key: String?
-        /// Verify the server's certificate and host name (default true).
-        public var verify: Bool?
-    }
 }
 
 /// The config, checked and with its defaults.
@@ -100,7 +88,7 @@ struct NATSSettings: Sendable {
     var token: String?
     var user: (String, String)?
     var credentials: String?
-    var tls: NATSConfig.TLS?
+    var tls: TLSConfig?
 
     init(_ config: NATSConfig, instance: String) throws(TransportError) {
         func fail(_ key: String, _ message: String) -> TransportError { TransportError(.config, "config key '\(key)': \(message)") }

@@ -1,6 +1,7 @@
 import CNats
 import Foundation
 import SwitchyardPluginKit
+import SwitchyardTransportKit
 import Synchronization
 
 /// Thin, checked wrappers over nats.c.
@@ -130,18 +131,7 @@ enum NATSLibrary {
                 byKey[key] = nil
             }
         }
-        // The publisher's order first (each key's values in order), then anything else.
-        var headers: [Header] = []
-        var used: [String: Int] = [:]
-        for key in publisherOrder ?? [] {
-            guard let values = byKey[key], used[key, default: 0] < values.count else { continue }
-            headers.append(Header(key, values[used[key, default: 0]]))
-            used[key, default: 0] += 1
-        }
-        for key in keyOrder {
-            guard let values = byKey[key] else { continue }
-            for value in values.dropFirst(used[key, default: 0]) { headers.append(Header(key, value)) }
-        }
+        let headers = HeaderOrder.restore(byKey, keyOrder: keyOrder, publisherOrder: publisherOrder)
         var attempt: UInt32 = 1
         var storedAt: Int64 = 0
         var sequence: UInt64 = 0

@@ -27,15 +27,9 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     let connection: OpaquePointer
     let jetStream: OpaquePointer
     private let state = Guarded(State())
-    private let counters = Counters()
+    private let counters = TransportCounters()
     /// Hands the counters to the host's metrics, at most every 250 ms, from publish and settle.
     private let reporter: StatsReporter
-
-    /// Lock-free counters: publishers on many threads bump them at once.
-    private final class Counters: Sendable {
-        let published = Atomic<UInt64>(0), delivered = Atomic<UInt64>(0), acked = Atomic<UInt64>(0)
-        let retried = Atomic<UInt64>(0), deadLettered = Atomic<UInt64>(0), released = Atomic<UInt64>(0)
-    }
 
     private struct State {
         var subscriptions: [SubscriptionID: NATSSubscription] = [:]
@@ -460,15 +454,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     }
 
     public func stats() -> TransportStats {
-        var stats = TransportStats()
-        stats.published = counters.published.load(ordering: .relaxed)
-        stats.delivered = counters.delivered.load(ordering: .relaxed)
-        stats.acked = counters.acked.load(ordering: .relaxed)
-        stats.retried = counters.retried.load(ordering: .relaxed)
-        stats.deadLettered = counters.deadLettered.load(ordering: .relaxed)
-        stats.released = counters.released.load(ordering: .relaxed)
-        stats.inFlight = UInt64(state.withLock { $0.deliveries.count })
-        return stats
+        counters.stats(inFlight: UInt64(state.withLock { $0.deliveries.count }))
     }
 
     public func shutdown() {

@@ -312,7 +312,10 @@ final class AMQPConnection {
         let status = amqp_basic_publish(state, Self.channel, arena.bytes(exchange), arena.bytes(routingKey), mandatory ? 1 : 0, 0, &properties, payload)
         guard status == AMQP_STATUS_OK.rawValue else {
             broken = true
-            throw TransportError(.unavailable, "cannot send to RabbitMQ at \(address): \(String(cString: amqp_error_string2(status))) — the connection is lost (broker down or restarting?); publish again once it is back")
+            throw TransportError(
+                .unavailable,
+                "cannot send to RabbitMQ at \(address): \(String(cString: amqp_error_string2(status))) — the connection is lost (broker down or restarting?); publish again once it is back"
+            )
         }
         nextTag += 1
     }

@@ -165,18 +165,7 @@ enum AMQPMessage {
         if addedCloudEvent {
             for key in [CloudEventsHeader.specVersion, CloudEventsHeader.id, CloudEventsHeader.source, CloudEventsHeader.type] { byKey[key] = nil }
         }
-        // The publisher's order first (each key's values in order), then anything else.
-        var headers: [Header] = []
-        var used: [String: Int] = [:]
-        for key in publisherOrder ?? [] {
-            guard let values = byKey[key], used[key, default: 0] < values.count else { continue }
-            headers.append(Header(key, values[used[key, default: 0]]))
-            used[key, default: 0] += 1
-        }
-        for key in keyOrder {
-            guard let values = byKey[key] else { continue }
-            for value in values.dropFirst(used[key, default: 0]) { headers.append(Header(key, value)) }
-        }
+        let headers = HeaderOrder.restore(byKey, keyOrder: keyOrder, publisherOrder: publisherOrder)
         // Quorum queues count returns; classic queues only say whether it is one.
         let returns = deliveryCount ?? (envelope.redelivered != 0 ? 1 : 0)
         let attempt = UInt32(clamping: max(1, queuedAttempt) + returns)

@@ -27,7 +27,7 @@ public struct RabbitMQConfig: PluginConfig, Sendable {
     /// File holding the password (overrides the URL's).
     public var password_file: String?
     /// TLS: `{ "ca": file, "cert": file, "key": file, "verify": true }`; implied by `amqps://`.
-    public var tls: TLS?
+    public var tls: TLSConfig?
     /// Prefix of every queue and exchange the transport declares (default `switchyard.<transport>`).
     public var prefix: String?
     /// `quorum` (default: replicated, delivery counts, at-least-once dead-lettering) or `classic`.
@@ -51,18 +51,6 @@ public struct RabbitMQConfig: PluginConfig, Sendable {
     public var ephemeral_prefixes: [String]?
     /// Largest message body accepted (default 128 MiB, RabbitMQ's own default limit).
     public var max_message_bytes: Int?
-
-    /// TLS settings.
-    public struct TLS: Decodable, Sendable {
-        /// CA certificates (PEM file) to trust.
-        public var ca: String?
-        /// Client certificate (PEM file), with `key`.
-        public var cert: String?
-        /// Client private key (PEM file).
-        public var key: String?
-        /// Verify the server's certificate and host name (default true).
-        public var verify: Bool?
-    }
 }
 
 /// The config, checked and with its defaults.
@@ -72,7 +60,7 @@ struct RabbitMQSettings: Sendable {
     var vhost: String
     var user: String
     var password: String
-    var tls: RabbitMQConfig.TLS?
+    var tls: TLSConfig?
     var prefix: String
     var quorum: Bool
     var maxInFlight: Int
@@ -106,7 +94,7 @@ struct RabbitMQSettings: Sendable {
         vhost = parsedVhost.isEmpty ? "/" : parsedVhost
         user = String(cString: info.user)
         password = String(cString: info.password)
-        tls = config.tls ?? (info.ssl != 0 ? RabbitMQConfig.TLS() : nil)
+        tls = config.tls ?? (info.ssl != 0 ? TLSConfig() : nil)
         if let variable = config.user_env {
             guard let value = environment[variable], !value.isEmpty else { throw fail("user_env", "environment variable \(variable) is not set") }
             user = value

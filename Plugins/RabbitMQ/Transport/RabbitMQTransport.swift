@@ -33,7 +33,7 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     let host: HostServices
     let instance: String
     let publishers: PublisherPool
-    let counters = Counters()
+    let counters = TransportCounters()
     private let reporter: StatsReporter
     /// What was declared on the broker, and when (monotonic): declarations are idempotent, this
     /// saves the round trip. Delay queues are declared again before their `x-expires` runs out.
@@ -43,12 +43,6 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     let draining = Atomic<Bool>(false)
     /// What the plugin puts as CloudEvents `source` on plain messages.
     let source: String
-
-    /// Lock-free counters: publishers and consumers on many threads bump them at once.
-    final class Counters: Sendable {
-        let published = Atomic<UInt64>(0), delivered = Atomic<UInt64>(0), acked = Atomic<UInt64>(0)
-        let retried = Atomic<UInt64>(0), deadLettered = Atomic<UInt64>(0), released = Atomic<UInt64>(0)
-    }
 
     /// Where a message is sent.
     struct Target: Hashable {
@@ -382,15 +376,7 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     }
 
     public func stats() -> TransportStats {
-        var stats = TransportStats()
-        stats.published = counters.published.load(ordering: .relaxed)
-        stats.delivered = counters.delivered.load(ordering: .relaxed)
-        stats.acked = counters.acked.load(ordering: .relaxed)
-        stats.retried = counters.retried.load(ordering: .relaxed)
-        stats.deadLettered = counters.deadLettered.load(ordering: .relaxed)
-        stats.released = counters.released.load(ordering: .relaxed)
-        stats.inFlight = UInt64(consumers.withLock { $0.byID.values.reduce(0) { $0 + $1.unsettled } })
-        return stats
+        counters.stats(inFlight: UInt64(consumers.withLock { $0.byID.values.reduce(0) { $0 + $1.unsettled } }))
     }
 
     public func shutdown() {
