@@ -7,6 +7,9 @@ import Foundation
 /// `epmd`, which the broker starts when none runs, is a system daemon and stays.)
 package final class RabbitMQServer: @unchecked Sendable {
     package let port: Int
+    /// A TLS listener's port (`amqps://localhost:PORT/`): its certificate is for `localhost` and
+    /// 127.0.0.1, signed by the test CA in ``caFile``.
+    package let tlsPort: Int
     package let directory: String
     private let distributionPort: Int
     private var process: Process?
@@ -33,8 +36,38 @@ package final class RabbitMQServer: @unchecked Sendable {
         ownsDirectory = directory
         self.directory = directory.path
         port = try freePort()
+        tlsPort = try freePort()
         distributionPort = try freePort()
+        try makeCertificates()
         try start()
+    }
+
+    /// The test CA's certificate (PEM), which signed the broker's.
+    package var caFile: String { directory + "/ca.pem" }
+
+    /// A CA and a server certificate for localhost / 127.0.0.1, with the openssl command
+    /// (a dependency of Debian's rabbitmq-server).
+    private func makeCertificates() throws {
+        try "subjectAltName=DNS:localhost,IP:127.0.0.1\n".write(toFile: directory + "/san.cnf", atomically: true, encoding: .utf8)
+        let steps = [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=switchyard-test-ca"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+            [
+                "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2",
+                "-extfile", "san.cnf",
+            ],
+        ]
+        for arguments in steps {
+            let openssl = Process()
+            openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+            openssl.arguments = arguments
+            openssl.currentDirectoryURL = URL(fileURLWithPath: directory)
+            openssl.standardOutput = FileHandle.nullDevice
+            openssl.standardError = FileHandle.nullDevice
+            try openssl.run()
+            openssl.waitUntilExit()
+            guard openssl.terminationStatus == 0 else { throw NATSTestError("openssl \(arguments.prefix(2).joined(separator: " ")) failed") }
+        }
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/`: the default user, which RabbitMQ admits from loopback.
@@ -45,7 +78,15 @@ package final class RabbitMQServer: @unchecked Sendable {
     package func start() throws {
         guard Self.isInstalled else { throw NATSTestError("rabbitmq-server is not installed (apt-get install rabbitmq-server)") }
         try "[].".write(toFile: directory + "/enabled_plugins", atomically: true, encoding: .utf8)
-        try "".write(toFile: directory + "/rabbitmq.conf", atomically: true, encoding: .utf8)
+        try """
+        listeners.ssl.default = 127.0.0.1:\(tlsPort)
+        ssl_options.cacertfile = \(directory)/ca.pem
+        ssl_options.certfile = \(directory)/server.pem
+        ssl_options.keyfile = \(directory)/server.key
+        ssl_options.verify = verify_none
+        ssl_options.fail_if_no_peer_cert = false
+
+        """.write(toFile: directory + "/rabbitmq.conf", atomically: true, encoding: .utf8)
         var environment = ProcessInfo.processInfo.environment
         let settings = [
             "HOME": directory, "RABBITMQ_NODENAME": "switchyard-test-\(port)@localhost", "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",

@@ -68,6 +68,23 @@ struct RabbitMQTests {
         #expect(result.stdout.contains("event 2: specversion=1.0 id=plain-1 type=switchyard.message"), "\(result.stdout)")
     }
 
+    @Test("TLS (amqps://): a broker whose certificate the configured CA signed is used; one it did not sign is refused with the reason")
+    func tls() async throws {
+        let server = try await Self.broker()
+        let url = "amqps://guest:guest@localhost:\(server.tlsPort)/"
+        let transport = try Self.transport("rabbitmq", url: url, extra: #", "tls": {"ca": "\#(server.caFile)"}"#)
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "secret"), handler: inbox.handler(client: transport.client))
+        try transport.client.publish(Message(id: "over-tls", channel: "secret", body: Array("hush".utf8)))
+        #expect(await eventually(10) { inbox.received.contains { $0.message.id == "over-tls" } })
+        // Without the test CA the broker's certificate is not trusted: a clear error at creation.
+        let error = #expect(throws: TransportError.self) { _ = try Self.transport("rabbitmq", url: url) }
+        #expect(error?.code == .unavailable, "\(String(describing: error))")
+        #expect(error?.message.contains("cannot connect to RabbitMQ at amqps://localhost:\(server.tlsPort)/") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("guest") == false, "the error shows credentials: \(String(describing: error))")
+    }
+
     @Test("the broker SIGKILLed and restarted under load loses nothing acknowledged; unreachable, a publish fails clearly in time; consumers resume", plainRunOnly)
     func brokerKilled() async throws {
         let server = try await offPool { try RabbitMQServer() }

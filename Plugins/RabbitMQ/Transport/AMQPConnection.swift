@@ -148,10 +148,12 @@ final class AMQPConnection {
     private(set) var broken = false
     /// The delivery tag the next publish gets (confirm mode numbers publishes from 1).
     private var nextTag: UInt64 = 1
-    /// Every publish up to and including this tag is confirmed.
-    private var confirmedThrough: UInt64 = 0
-    /// A publish the broker nacked or returned since the last wait, and why.
+    /// Publishes sent and not confirmed yet, by tag (ascending: tags only grow).
+    private var unconfirmed: [UInt64] = []
+    /// A publish the broker returned (unroutable) since the last wait, and why.
     private var refused: String?
+    /// Publishes the broker nacked (did not store) since the last wait.
+    private var nacked: [UInt64] = []
     static let channel: amqp_channel_t = 1
 
     /// Connects, logs in and opens channel 1 (in confirm mode when `confirms`), within the
@@ -173,8 +175,15 @@ final class AMQPConnection {
         if let tls = settings.tls {
             socket = amqp_ssl_socket_new(state)
             guard let socket else { throw TransportError(.internalError, "rabbitmq-c could not create a TLS socket") }
-            if let ca = tls.ca, amqp_ssl_socket_set_cacert(socket, ca) != 0 {
+            // rabbitmq-c trusts nothing by default: without `ca`, the system's bundle.
+            let systemBundle = "/etc/ssl/certs/ca-certificates.crt"
+            if let ca = tls.ca ?? (FileManager.default.fileExists(atPath: systemBundle) ? systemBundle : nil),
+                amqp_ssl_socket_set_cacert(socket, ca) != 0
+            {
                 throw TransportError(.config, "config key 'tls.ca': cannot load CA certificates from '\(ca)'")
+            }
+            if (tls.cert == nil) != (tls.key == nil) {
+                throw TransportError(.config, "config keys 'tls.cert' and 'tls.key': give both (a client certificate and its key) or neither")
             }
             if let cert = tls.cert, let key = tls.key, amqp_ssl_socket_set_key(socket, cert, key) != 0 {
                 throw TransportError(.config, "config keys 'tls.cert'/'tls.key': cannot load '\(cert)' and '\(key)'")
@@ -193,8 +202,9 @@ final class AMQPConnection {
                 "cannot connect to RabbitMQ at \(settings.address): \(String(cString: amqp_error_string2(opened))) — is the broker running, and is 'url' (or RABBITMQ_URL) right?"
             )
         }
-        var rpcTimeout = timeval(nanoseconds: settings.publishTimeoutNanos)
-        amqp_set_rpc_timeout(state, &rpcTimeout)
+        // The login is part of connecting; RPCs after it (declarations) wait as long as a publish.
+        var loginTimeout = timeval(nanoseconds: settings.connectTimeoutNanos)
+        amqp_set_rpc_timeout(state, &loginTimeout)
         let login = sy_amqp_login_plain(state, settings.vhost, 131_072, heartbeatSeconds, settings.user, settings.password)
         if login.reply_type != AMQP_RESPONSE_NORMAL {
             let reason = Self.describe(login)
@@ -203,12 +213,20 @@ final class AMQPConnection {
                 "RabbitMQ at \(settings.address) refused the login of user '\(settings.user)' to vhost '\(settings.vhost)': \(reason) — check the credentials ('url', 'user_env', 'password_env') and the user's permissions on the vhost"
             )
         }
+        var rpcTimeout = timeval(nanoseconds: settings.publishTimeoutNanos)
+        amqp_set_rpc_timeout(state, &rpcTimeout)
         amqp_channel_open(state, Self.channel)
         try check("open a channel")
         if confirms {
             amqp_confirm_select(state, Self.channel)
             try check("turn on publisher confirms")
         }
+    }
+
+    /// Frees the connection without a word to the broker (it closed it already).
+    func discard() {
+        broken = true
+        amqp_destroy_connection(state)
     }
 
     /// Closes the channel and the connection (politely when it still works) and frees it.
@@ -223,7 +241,12 @@ final class AMQPConnection {
     /// Throws the last RPC's failure, marking the connection broken when it was.
     func check(_ what: String) throws(TransportError) {
         let reply = amqp_get_rpc_reply(state)
-        guard reply.reply_type != AMQP_RESPONSE_NORMAL else { return }
+        guard reply.reply_type != AMQP_RESPONSE_NORMAL else {
+            // The decoded reply lives in the channel's pool until released: release it now, or a
+            // long-lived connection's memory grows with every RPC.
+            amqp_maybe_release_buffers(state)
+            return
+        }
         broken = true  // a server exception closes the channel (or connection); a library one, the socket
         throw Self.error(reply, what, address: address)
     }
@@ -240,7 +263,13 @@ final class AMQPConnection {
         }
         switch replyCode(reply) {
         case 404: return TransportError(.notFound, text)
-        case 406: return TransportError(.config, text + " — a queue or exchange of this name exists with other arguments (queue_type?): delete it or change 'prefix'")
+        case 406 where what.hasPrefix("declare"):
+            return TransportError(
+                .config,
+                text
+                    + " — a queue or exchange of this name already exists with other arguments (another 'queue_type'?): delete it (rabbitmqctl delete_queue NAME) or choose another 'prefix'"
+            )
+        case 406: return TransportError(.invalidArgument, text)
         case 403: return TransportError(.unavailable, text + " — the user lacks permission on the vhost")
         default: return TransportError(.unavailable, text)
         }
@@ -280,6 +309,9 @@ final class AMQPConnection {
 
     /// Declares a durable queue with `arguments` (idempotent while the arguments match).
     func declareQueue(_ name: String, arguments: [(String, AMQPField)]) throws(TransportError) {
+        guard name.utf8.count <= 255 else {
+            throw TransportError(.invalidArgument, "queue name '\(name.prefix(60))…' is longer than RabbitMQ's 255 bytes: shorten 'prefix', the channel or the group")
+        }
         let arena = AMQPArena()
         defer { withExtendedLifetime(arena) {} }  // rabbitmq-c reads its memory during the call
         amqp_queue_declare(state, Self.channel, arena.bytes(name), 0, 1, 0, 0, arena.table(arguments))
@@ -288,6 +320,9 @@ final class AMQPConnection {
 
     /// Declares a durable exchange of `type` (`fanout`, `direct`).
     func declareExchange(_ name: String, type: String) throws(TransportError) {
+        guard name.utf8.count <= 255 else {
+            throw TransportError(.invalidArgument, "exchange name '\(name.prefix(60))…' is longer than RabbitMQ's 255 bytes: shorten 'prefix' or the channel")
+        }
         let arena = AMQPArena()
         defer { withExtendedLifetime(arena) {} }  // rabbitmq-c reads its memory during the call
         amqp_exchange_declare(state, Self.channel, arena.bytes(name), arena.bytes(type), 0, 1, 0, 0, amqp_table_t(num_entries: 0, entries: nil))
@@ -304,9 +339,11 @@ final class AMQPConnection {
 
     // MARK: Publishing (confirm mode)
 
-    /// Sends one message without waiting; ``waitForConfirms(deadlineNanos:)`` waits for the broker.
+    /// Sends one message without waiting and returns its tag; ``waitForConfirms(deadlineNanos:)``
+    /// waits for the broker.
+    @discardableResult
     func publish(exchange: String, routingKey: String, mandatory: Bool, properties: inout amqp_basic_properties_t, body: UnsafeRawBufferPointer, arena: AMQPArena)
-        throws(TransportError)
+        throws(TransportError) -> UInt64
     {
         let payload = amqp_bytes_t(len: body.count, bytes: body.count == 0 ? nil : UnsafeMutableRawPointer(mutating: body.baseAddress))
         let status = amqp_basic_publish(state, Self.channel, arena.bytes(exchange), arena.bytes(routingKey), mandatory ? 1 : 0, 0, &properties, payload)
@@ -317,14 +354,21 @@ final class AMQPConnection {
                 "cannot send to RabbitMQ at \(address): \(String(cString: amqp_error_string2(status))) — the connection is lost (broker down or restarting?); publish again once it is back"
             )
         }
+        unconfirmed.append(nextTag)
         nextTag += 1
+        return nextTag - 1
     }
 
-    /// Waits until the broker confirmed every publish sent so far, or the monotonic deadline.
-    /// Throws when one was nacked or returned (unroutable), or the connection failed.
-    func waitForConfirms(deadlineNanos: Int64) throws(TransportError) {
-        defer { refused = nil }
-        while confirmedThrough < nextTag - 1 {
+    /// Waits until the broker answered for every publish sent so far, or the monotonic deadline,
+    /// and returns the tags it nacked (not stored: safe to send again). Throws when one was
+    /// returned (unroutable), or the connection failed.
+    func waitForConfirms(deadlineNanos: Int64) throws(TransportError) -> [UInt64] {
+        defer {
+            refused = nil
+            nacked = []
+            amqp_maybe_release_buffers(state)  // the confirms' decoded frames, see `check`
+        }
+        while !unconfirmed.isEmpty {
             let left = deadlineNanos - monotonicNow()
             guard left > 0 else {
                 broken = true  // confirms still owed would be misattributed to the next publish
@@ -343,11 +387,11 @@ final class AMQPConnection {
             switch method.id {
             case SY_AMQP_BASIC_ACK:
                 let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
-                confirmedThrough = max(confirmedThrough, ack.delivery_tag)
+                confirm(ack.delivery_tag, multiple: ack.multiple != 0)
             case SY_AMQP_BASIC_NACK:
                 let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
-                confirmedThrough = max(confirmedThrough, nack.delivery_tag)
-                refused = refused ?? "RabbitMQ refused to store a message (nack; a queue at its limit, or a quorum queue without a leader)"
+                nacked += unconfirmed.filter { nack.multiple != 0 ? $0 <= nack.delivery_tag : $0 == nack.delivery_tag }
+                confirm(nack.delivery_tag, multiple: nack.multiple != 0)
             case SY_AMQP_BASIC_RETURN:
                 let returned = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
                 refused = refused ?? "RabbitMQ could not route a message to '\(String(amqp: returned.routing_key))': \(String(amqp: returned.reply_text))"
@@ -366,6 +410,24 @@ final class AMQPConnection {
             }
         }
         if let refused { throw TransportError(.unavailable, refused) }
+        return nacked
+    }
+
+    /// The broker answered for `tag` — and, with `multiple`, for every earlier one.
+    private func confirm(_ tag: UInt64, multiple: Bool) {
+        if multiple {
+            unconfirmed.removeAll { $0 <= tag }
+        } else if let index = unconfirmed.firstIndex(of: tag) {
+            unconfirmed.remove(at: index)
+        }
+    }
+
+    /// True when the broker closed or wrote to this idle connection (a restart, a close): it
+    /// must not be used. Silent drops (a NAT forgetting it) show only when used.
+    var closedWhileIdle: Bool {
+        if amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0 { return true }
+        var fd = pollfd(fd: amqp_get_sockfd(state), events: Int16(POLLIN), revents: 0)
+        return poll(&fd, 1, 0) != 0
     }
 }
 

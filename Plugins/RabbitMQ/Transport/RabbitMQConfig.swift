@@ -42,7 +42,8 @@ public struct RabbitMQConfig: PluginConfig, Sendable {
     public var connect_timeout: ConfigDuration?
     /// AMQP heartbeat of consumer connections (default 30s; `0s` turns it off).
     public var heartbeat: ConfigDuration?
-    /// Most publisher connections open at once (default 4); publishes beyond wait for one.
+    /// Most publisher connections open at once (default 16, opened as concurrency needs them);
+    /// publishes beyond wait for one.
     public var publishers: Int?
     /// Dead-letter channel suffix (default `.dlq`).
     public var dead_letter_suffix: String?
@@ -129,7 +130,7 @@ struct RabbitMQSettings: Sendable {
             throw fail("heartbeat", "0s (off) or between 1s and 1h")
         }
         heartbeatSeconds = Int32(heartbeat / 1_000_000_000)
-        publishers = config.publishers ?? 4
+        publishers = config.publishers ?? 16
         guard (1...256).contains(publishers) else { throw fail("publishers", "must be between 1 and 256") }
         deadLetterSuffix = config.dead_letter_suffix ?? DeadLetter.defaultSuffix
         guard !deadLetterSuffix.isEmpty else { throw fail("dead_letter_suffix", "must not be empty") }

@@ -92,8 +92,10 @@ final class RabbitMQConsumer: @unchecked Sendable {
         let connection = try AMQPConnection(settings, confirms: false, heartbeatSeconds: settings.heartbeatSeconds)
         let arena = AMQPArena()
         defer { withExtendedLifetime(arena) {} }  // rabbitmq-c reads its memory during the call
-        amqp_basic_qos(connection.state, AMQPConnection.channel, 0, UInt16(prefetch), 0)
         do {
+            // Declared again (a no-op unless the broker lost it, or someone deleted it).
+            _ = try transport.subscriptionQueue(channel, group: group, on: connection)
+            amqp_basic_qos(connection.state, AMQPConnection.channel, 0, UInt16(prefetch), 0)
             try connection.check("set the prefetch (basic.qos) to \(prefetch)")
             amqp_basic_consume(connection.state, AMQPConnection.channel, arena.bytes(queue), arena.bytes("switchyard-\(id)"), 0, 0, 0, amqp_table_t())
             try connection.check("consume from queue '\(queue)'")
@@ -289,6 +291,9 @@ final class RabbitMQConsumer: @unchecked Sendable {
                 live.close()
                 connection = nil
                 transport.forgetDeclarations()
+                // What it delivered is the broker's again: settling one now is `notFound` (a retry
+                // or dead-letter of it would copy a message the broker redelivers anyway).
+                lock.withLock { state.pending.removeAll() }
                 continue
             }
             if lock.withLock({ state.commands.isEmpty && !state.stopping && state.cancel == cancelled }) {

@@ -76,10 +76,11 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(settings.deadLetterSuffix) }
     func isEphemeral(_ channel: String) -> Bool { settings.ephemeralPrefixes.contains { channel.hasPrefix($0) } }
 
-    /// AMQP names are at most 255 bytes: refuse channels that cannot fit.
+    /// A channel must make queue and exchange names of at most 255 bytes (AMQP's short strings);
+    /// the names derived from it are checked again where they are declared.
     func checkChannel(_ channel: String) throws(TransportError) {
         guard !channel.isEmpty else { throw TransportError(.invalidArgument, "channel is empty") }
-        guard (settings.prefix + ".delay.4294967295." + channel + settings.deadLetterSuffix + "~").utf8.count <= 200 else {
+        guard (queueName(channel) + settings.deadLetterSuffix).utf8.count <= 255 else {
             throw TransportError(.invalidArgument, "channel '\(channel.prefix(40))…' is too long for RabbitMQ's 255-byte queue names with prefix '\(settings.prefix)'")
         }
     }
@@ -172,8 +173,9 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
         return name
     }
 
-    /// The longest delay a message TTL can express (2^32 - 1 ms, about 49 days).
-    static let longestDelayMillis: Int64 = 4_294_967_295
+    /// The longest delay: a delay queue must outlive its messages, and its `x-expires` (at least
+    /// twice the TTL plus ten minutes) may not pass RabbitMQ's limit of 2^32 - 1 ms. About 24.8 days.
+    static let longestDelayMillis: Int64 = (4_294_967_295 - 600_000) / 2
 
     /// The delay bucket for `nanos`: the next of 8 steps per doubling at or above it, so a
     /// message waits at most 9% longer than asked, never less, and few queues exist.
@@ -191,7 +193,8 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     /// A queue that holds messages for `millis` and then dead-letters them to `target`; it
     /// deletes itself when unused for twice that plus ten minutes, and is declared again before.
     func delayQueue(_ millis: Int64, to target: Target, on connection: AMQPConnection) throws(TransportError) -> Target {
-        let name = "\(settings.prefix).delay.\(millis).\(target.name)"
+        let targetName = target.name.hasPrefix(settings.prefix + ".") ? String(target.name.dropFirst(settings.prefix.count + 1)) : target.name
+        let name = "\(settings.prefix).delay.\(millis).\(targetName)"
         let expires = 2 * millis + 600_000
         try once("d:" + name, refreshNanos: expires / 2 * 1_000_000) { () throws(TransportError) in
             var arguments: [(String, AMQPField)] = [
@@ -216,31 +219,31 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     /// midway can leave part of it stored, and the error says to publish again.)
     public func publish(batch: [MessageView]) throws(TransportError) {
         if draining.load(ordering: .relaxed) { throw TransportError(.closed, "the transport is draining") }
+        let now = host.nowNanos()
         for message in batch {
             try checkChannel(message.channel)
             if message.body.count > settings.maxMessageBytes {
                 throw TransportError(.tooLarge, "message body is \(message.body.count) bytes; the limit is \(settings.maxMessageBytes) (config key 'max_message_bytes')")
             }
-            if message.deliverAtNanos > 0, (message.deliverAtNanos - host.nowNanos()) / 1_000_000 > Self.longestDelayMillis {
-                throw TransportError(.invalidArgument, "RabbitMQ holds a message for at most 49 days (a message TTL)")
+            // AMQP short strings: the message id, and header names with their `cloudEvents_` prefix.
+            guard message.fields.id.len <= 255 else { throw TransportError(.invalidArgument, "message id is \(message.fields.id.len) bytes; AMQP allows 255") }
+            for index in 0..<message.headerCount where message.fields.headers[index].key.len > 240 {
+                throw TransportError(.invalidArgument, "header name '\(String(message.fields.headers[index].key).prefix(40))…' is longer than the 240 bytes AMQP leaves it")
+            }
+            if message.deliverAtNanos > 0, (message.deliverAtNanos - now) / 1_000_000 > Self.longestDelayMillis {
+                throw TransportError(.invalidArgument, "RabbitMQ holds a message for at most 24 days (a delay queue's lifetime limit); use a delay transport for longer")
             }
         }
-        let now = host.nowNanos()
-        try publishers.with(deadlineNanos: monotonicNow() + settings.publishTimeoutNanos) { (connection, deadline) throws(TransportError) in
-            var sent = 0
+        try withPublisher { (connection, deadline) throws(TransportError) in
+            // Every destination declared before anything is sent: a refused declaration sends nothing.
+            var plan: [(message: MessageView, target: Target, extras: AMQPExtras, dead: Message?)] = []
             for message in batch {
-                let arena = AMQPArena()
                 if message.expiresAtNanos > 0 && message.expiresAtNanos <= now {
                     // Expired already: never queued (a TTL of 0 still reaches a waiting consumer).
                     if message.flags.contains(.dropWhenExpired) { continue }
-                    var dead = DeadLetter.copy(of: message.copy(), to: message.channel + settings.deadLetterSuffix, group: "", reason: "expired", history: [], now: now)
-                    dead.attempt = 0
-                    let target = try target(dead.channel, on: connection)
-                    try dead.withCMessage { (pointer) throws(TransportError) in
-                        try send(try MessageView(validating: pointer), to: target, extras: AMQPExtras(), on: connection, arena: arena, now: now)
-                    }
-                    host.deadLettered(dead, reason: "expired")
-                    counters.deadLettered.add(1, ordering: .relaxed)
+                    let dead = DeadLetter.copy(
+                        of: message.copy(), to: message.channel + settings.deadLetterSuffix, group: "", reason: "expired", history: ["expired"], now: now)
+                    plan.append((message, try target(dead.channel, on: connection), AMQPExtras(), dead))
                     continue
                 }
                 var target = try target(message.channel, on: connection)
@@ -251,37 +254,93 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
                 } else if message.expiresAtNanos > 0 {
                     extras.expirationMillis = (message.expiresAtNanos - now + 999_999) / 1_000_000
                 }
-                try send(message, to: target, extras: extras, on: connection, arena: arena, now: now)
-                sent += 1
+                plan.append((message, target, extras, nil))
             }
-            try connection.waitForConfirms(deadlineNanos: deadline)
-            counters.published.add(UInt64(sent), ordering: .relaxed)
+            try sendConfirmed(plan.count, on: connection, deadline: deadline) { (index) throws(TransportError) in
+                let item = plan[index]
+                let arena = AMQPArena()
+                if let dead = item.dead {
+                    return try dead.withCMessage { (pointer) throws(TransportError) in
+                        try send(try MessageView(validating: pointer), to: item.target, extras: item.extras, on: connection, arena: arena, now: now)
+                    }
+                }
+                return try send(item.message, to: item.target, extras: item.extras, on: connection, arena: arena, now: now)
+            }
+            // Counted and reported only once the broker has them.
+            for item in plan {
+                if let dead = item.dead {
+                    counters.deadLettered.add(1, ordering: .relaxed)
+                    host.deadLettered(dead, reason: "expired")
+                } else {
+                    counters.published.add(1, ordering: .relaxed)
+                }
+            }
         }
         reporter.report(stats())
     }
 
-    /// Sends one message (no confirm wait).
-    func send(_ message: MessageView, to target: Target, extras: AMQPExtras, on connection: AMQPConnection, arena: AMQPArena, now: Int64) throws(TransportError) {
+    /// Runs `body` on a publisher connection; after a failure, every declaration is made again
+    /// the next time (the broker may have lost or deleted a queue: a return, a 404).
+    func withPublisher<R>(_ body: (AMQPConnection, Int64) throws(TransportError) -> R) throws(TransportError) -> R {
+        do {
+            return try publishers.with(deadlineNanos: monotonicNow() + settings.publishTimeoutNanos, body)
+        } catch {
+            forgetDeclarations()
+            throw error
+        }
+    }
+
+    /// Sends one message (no confirm wait) and returns its publish tag.
+    @discardableResult
+    func send(_ message: MessageView, to target: Target, extras: AMQPExtras, on connection: AMQPConnection, arena: AMQPArena, now: Int64) throws(TransportError)
+        -> UInt64
+    {
         var properties = AMQPMessage.properties(message, extras: extras, source: source, nowNanos: now, arena: arena)
-        try connection.publish(
+        return try connection.publish(
             exchange: target.exchange, routingKey: target.routingKey, mandatory: target.mandatory, properties: &properties, body: message.body, arena: arena)
+    }
+
+    /// Sends items `0..<count` with `send` (which returns each one's publish tag) and waits for
+    /// the broker's confirms; what it nacks (did not store: a quorum queue that has no leader yet,
+    /// as just after it was declared) is sent again, with a growing pause, until `deadline`.
+    func sendConfirmed(_ count: Int, on connection: AMQPConnection, deadline: Int64, _ send: (Int) throws(TransportError) -> UInt64) throws(TransportError) {
+        var pending = Array(0..<count)
+        var pauseMicros: UInt32 = 5_000
+        while true {
+            var byTag: [UInt64: Int] = [:]
+            for index in pending { byTag[try send(index)] = index }
+            let nacked = try connection.waitForConfirms(deadlineNanos: deadline)
+            guard !nacked.isEmpty else { return }
+            guard monotonicNow() + Int64(pauseMicros) * 1_000 < deadline else {
+                throw TransportError(
+                    .unavailable,
+                    "RabbitMQ refused to store \(nacked.count) message(s) until the publish timeout (nack: a quorum queue without a leader, or a queue at its length limit); they are not stored — publish again"
+                )
+            }
+            pending = nacked.compactMap { byTag[$0] }
+            usleep(pauseMicros)
+            pauseMicros = min(pauseMicros * 2, 200_000)
+        }
     }
 
     /// Queues `message` again on `queue` — now, or after `afterNanos` through a delay queue — as
     /// attempt `attempt` with `history`, and waits for the confirm. Retries and releases; not
     /// refused while draining (a drain releases this way).
-    func requeue(_ message: Message, on queue: String, attempt: UInt32, history: [String], afterNanos: Int64) throws(TransportError) {
+    /// A delay longer than the longest a delay queue holds (24 days) is cut to it.
+    func requeue(_ message: Message, on queue: String, attempt: UInt32, history: [String], afterNanos requested: Int64) throws(TransportError) {
         let now = host.nowNanos()
-        try publishers.with(deadlineNanos: monotonicNow() + settings.publishTimeoutNanos) { (connection, deadline) throws(TransportError) in
+        let afterNanos = min(requested, Self.longestDelayMillis * 1_000_000)
+        try withPublisher { (connection, deadline) throws(TransportError) in
             var target = Target(exchange: "", routingKey: queue, mandatory: true)
             if afterNanos > 1_000_000 { target = try delayQueue(Self.delayBucketMillis(afterNanos), to: target, on: connection) }
             var extras = AMQPExtras(attempt: attempt, history: history)
             if message.expiresAtNanos > 0 && afterNanos <= 1_000_000 { extras.expirationMillis = (message.expiresAtNanos - now + 999_999) / 1_000_000 }
-            let arena = AMQPArena()
-            try message.withCMessage { (pointer) throws(TransportError) in
-                try send(try MessageView(validating: pointer), to: target, extras: extras, on: connection, arena: arena, now: now)
+            try sendConfirmed(1, on: connection, deadline: deadline) { (_) throws(TransportError) in
+                let arena = AMQPArena()
+                return try message.withCMessage { (pointer) throws(TransportError) in
+                    try send(try MessageView(validating: pointer), to: target, extras: extras, on: connection, arena: arena, now: now)
+                }
             }
-            try connection.waitForConfirms(deadlineNanos: deadline)
         }
     }
 
@@ -290,13 +349,14 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
         let channel = isDeadLetterChannel(delivered.channel) ? delivered.channel : delivered.channel + settings.deadLetterSuffix
         let dead = DeadLetter.copy(of: delivered, to: channel, group: group, reason: reason, history: history + [reason], now: host.nowNanos())
         let now = host.nowNanos()
-        try publishers.with(deadlineNanos: monotonicNow() + settings.publishTimeoutNanos) { (connection, deadline) throws(TransportError) in
+        try withPublisher { (connection, deadline) throws(TransportError) in
             let target = try target(dead.channel, on: connection)
-            let arena = AMQPArena()
-            try dead.withCMessage { (pointer) throws(TransportError) in
-                try send(try MessageView(validating: pointer), to: target, extras: AMQPExtras(), on: connection, arena: arena, now: now)
+            try sendConfirmed(1, on: connection, deadline: deadline) { (_) throws(TransportError) in
+                let arena = AMQPArena()
+                return try dead.withCMessage { (pointer) throws(TransportError) in
+                    try send(try MessageView(validating: pointer), to: target, extras: AMQPExtras(), on: connection, arena: arena, now: now)
+                }
             }
-            try connection.waitForConfirms(deadlineNanos: deadline)
         }
         counters.deadLettered.add(1, ordering: .relaxed)
         host.deadLettered(dead, reason: reason)
@@ -309,7 +369,7 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
         if draining.load(ordering: .relaxed) { throw TransportError(.closed, "the transport is draining") }
         let group = Self.fanOut && !isDeadLetterChannel(options.channel) ? options.group : ""
         // Declared now, on a publisher connection: a bad name or a mismatched queue fails here.
-        let queue = try publishers.with(deadlineNanos: monotonicNow() + settings.publishTimeoutNanos) { (connection, _) throws(TransportError) in
+        let queue = try withPublisher { (connection, _) throws(TransportError) in
             try subscriptionQueue(options.channel, group: group, on: connection)
         }
         let id = consumers.withLock { state -> SubscriptionID in
@@ -428,6 +488,14 @@ final class PublisherPool: @unchecked Sendable {
                 throw TransportError(.closed, "the transport is shut down")
             }
             if let connection = idle.popLast() {
+                if connection.closedWhileIdle {
+                    // The broker closed it (a restart): open another instead of failing a publish.
+                    open -= 1
+                    condition.unlock()
+                    connection.discard()
+                    condition.lock()
+                    continue
+                }
                 condition.unlock()
                 return connection
             }
