@@ -89,7 +89,7 @@ package final class RabbitMQServer: @unchecked Sendable {
         """.write(toFile: directory + "/rabbitmq.conf", atomically: true, encoding: .utf8)
         var environment = ProcessInfo.processInfo.environment
         let settings = [
-            "HOME": directory, "RABBITMQ_NODENAME": "switchyard-test-\(port)@localhost", "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "HOME": directory, "RABBITMQ_NODENAME": nodeName, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": "\(port)", "RABBITMQ_DIST_PORT": "\(distributionPort)", "RABBITMQ_MNESIA_BASE": directory + "/mnesia",
             "RABBITMQ_LOG_BASE": directory + "/log", "RABBITMQ_ENABLED_PLUGINS_FILE": directory + "/enabled_plugins",
             "RABBITMQ_CONFIG_FILE": directory + "/rabbitmq", "RABBITMQ_PID_FILE": directory + "/rabbitmq.pid",
@@ -116,6 +116,27 @@ package final class RabbitMQServer: @unchecked Sendable {
         }
         let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
         throw NATSTestError("rabbitmq-server did not start listening on \(port); its log ends:\n\(log.suffix(2000))")
+    }
+
+    /// The broker's node name (for `rabbitmqctl -n`).
+    package var nodeName: String { "switchyard-test-\(port)@localhost" }
+
+    /// Runs `rabbitmqctl ARGUMENTS` against this broker (its cookie is in the node directory) and
+    /// returns its exit status and output.
+    package func control(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/lib/rabbitmq/bin/rabbitmqctl")
+        process.arguments = ["-n", nodeName] + arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["HOME"] = directory
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
     }
 
     /// Kills the broker's whole process group at once (SIGKILL): nothing is flushed, as in a crash.

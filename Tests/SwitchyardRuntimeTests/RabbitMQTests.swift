@@ -85,6 +85,31 @@ struct RabbitMQTests {
         #expect(error?.message.contains("guest") == false, "the error shows credentials: \(String(describing: error))")
     }
 
+    @Test("a subscriber group's queue deleted on the broker comes back: the consumer reconnects and declares it again", plainRunOnly)
+    func deletedQueueComesBack() async throws {
+        let server = try await Self.broker()
+        let prefix = "deleted\(UInt32.random(in: 0...UInt32.max))"
+        let transport = try Transport(
+            name: "deleted", plugin: try BuildProducts.plugin("rabbitmq-topic"), configJSON: #"{"url": "\#(server.url)", "prefix": "\#(prefix)"}"#)
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "events", group: "audit"), handler: inbox.handler(client: transport.client))
+        try transport.client.publish(Message(id: "before", channel: "events"))
+        #expect(await eventually(10) { inbox.count == 1 })
+        let deleted = try await offPool { try server.control(["delete_queue", "\(prefix).events~audit"]) }
+        #expect(deleted.status == 0, "\(deleted.output)")
+        // Published until one arrives: what is published before the group's queue is back has no
+        // queue to go to (a topic drops it), as for a group that does not exist yet.
+        var index = 0
+        let arrived = await eventually(30) {
+            index += 1
+            try? transport.client.publish(Message(id: "after-\(index)", channel: "events"))
+            usleep(100_000)
+            return inbox.received.contains { $0.message.id.hasPrefix("after-") }
+        }
+        #expect(arrived, "no message reached the group after its queue was deleted and should have been declared again")
+    }
+
     @Test("the broker SIGKILLed and restarted under load loses nothing acknowledged; unreachable, a publish fails clearly in time; consumers resume", plainRunOnly)
     func brokerKilled() async throws {
         let server = try await offPool { try RabbitMQServer() }

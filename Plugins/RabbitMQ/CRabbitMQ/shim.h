@@ -5,10 +5,29 @@
 #include <amqp_ssl_socket.h>
 #include <sys/eventfd.h>  // a consumer thread waits on its socket and an eventfd together
 
-// amqp_login is variadic, which Swift cannot call: the PLAIN-mechanism form, fixed.
+// amqp_login_with_properties is variadic, which Swift cannot call: the PLAIN-mechanism form, fixed.
+// The client announces `consumer_cancel_notify`, without which RabbitMQ drops a consumer of a
+// deleted queue silently (the plugin reconnects and declares the queue again on basic.cancel).
 static inline amqp_rpc_reply_t sy_amqp_login_plain(amqp_connection_state_t connection, const char *vhost, int frame_max,
                                                    int heartbeat, const char *user, const char *password) {
-    return amqp_login(connection, vhost, 0, frame_max, heartbeat, AMQP_SASL_METHOD_PLAIN, user, password);
+    amqp_table_entry_t capabilities[3];
+    const char *names[3] = {"consumer_cancel_notify", "authentication_failure_close", "exchange_exchange_bindings"};
+    for (int i = 0; i < 3; i++) {
+        capabilities[i].key = amqp_cstring_bytes(names[i]);
+        capabilities[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        capabilities[i].value.value.boolean = 1;
+    }
+    amqp_table_entry_t properties[2];
+    properties[0].key = amqp_cstring_bytes("capabilities");
+    properties[0].value.kind = AMQP_FIELD_KIND_TABLE;
+    properties[0].value.value.table.num_entries = 3;
+    properties[0].value.value.table.entries = capabilities;
+    properties[1].key = amqp_cstring_bytes("product");
+    properties[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    properties[1].value.value.bytes = amqp_cstring_bytes("switchyard");
+    amqp_table_t table = {2, properties};
+    return amqp_login_with_properties(connection, vhost, 0, frame_max, heartbeat, &table, AMQP_SASL_METHOD_PLAIN, user,
+                                      password);
 }
 
 // The method ids Swift needs, as constants (the header's macros carry casts Swift does not import).

@@ -378,7 +378,10 @@ final class RabbitMQConsumer: @unchecked Sendable {
                 if status == AMQP_STATUS_OK.rawValue, frame.frame_type == AMQP_FRAME_METHOD {
                     let method = frame.payload.method.id
                     if method == SY_AMQP_BASIC_CANCEL || method == SY_AMQP_CHANNEL_CLOSE || method == SY_AMQP_CONNECTION_CLOSE {
-                        transport.host.log(.warning, "the broker ended the consumer of '\(queue)' (method \(method)); reconnecting")
+                        let what =
+                            method == SY_AMQP_BASIC_CANCEL
+                            ? "cancelled the consumer (queue deleted?)" : method == SY_AMQP_CHANNEL_CLOSE ? "closed the channel" : "closed the connection"
+                        transport.host.log(.warning, "the broker \(what) of '\(queue)'; reconnecting and declaring it again")
                         broken = true
                         break
                     }
