@@ -24,6 +24,8 @@ let package = Package(
         .library(name: "SwitchyardRuntime", targets: ["SwitchyardRuntime"]),
         .library(name: "SwitchyardNative", targets: ["SwitchyardNative"]),
         .library(name: "SwitchyardConfig", targets: ["SwitchyardConfig"]),
+        /// The operator's HTTP endpoint (metrics, health, JSON API, overview page): opt in.
+        .library(name: "SwitchyardAdmin", targets: ["SwitchyardAdmin"]),
         /// The wire form of a call (envelope, CloudEvents headers, compact codec), for interop tools.
         .library(name: "SwitchyardWire", targets: ["SwitchyardWire"]),
         /// A PostgreSQL connection (libpq), the type a PostgreSQL inbox or outbox transaction hands you.
@@ -59,6 +61,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        // The admin endpoint only: a dependency-free HTTP server (28 s to build here, against 160 s
+        // for Hummingbird and SwiftNIO) and the Prometheus exposition format.
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         // MARK: SDK — the plugin contract
@@ -163,6 +169,19 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
+        /// The operator's HTTP endpoint for an actor system: Prometheus metrics, health probes, the
+        /// JSON API and the overview page. Only applications that serve it compile an HTTP server.
+        .target(
+            name: "SwitchyardAdmin",
+            dependencies: [
+                "SwitchyardRuntime", "SwitchyardConfig",
+                .product(name: "FlyingFox", package: "FlyingFox"),
+                .product(name: "FlyingSocks", package: "FlyingFox"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
         /// The crash soak behind `switchyard soak`: processes killed at random, effects counted.
         .target(
             name: "SwitchyardSoak",
@@ -172,7 +191,7 @@ let package = Package(
             name: "SwitchyardCLI",
             dependencies: [
                 "SwitchyardLoader", "SwitchyardHost", "SwitchyardConfig", "SwitchyardBench", "SwitchyardConformance", "SwitchyardSoak",
-                "SwitchyardTransportKit", "SwitchyardRuntime", "SwitchyardWire", "OrdersExample", "SwitchyardNative",
+                "SwitchyardTransportKit", "SwitchyardRuntime", "SwitchyardWire", "OrdersExample", "SwitchyardNative", "SwitchyardAdmin",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -247,6 +266,9 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]),
+        .testTarget(
+            name: "SwitchyardAdminTests",
+            dependencies: ["SwitchyardTestSupport", "SwitchyardAdmin", "SwitchyardRuntime", "SwitchyardConfig", "SwitchyardTestServices"]),
         .testTarget(
             name: "SwitchyardCLITests",
             dependencies: ["SwitchyardTestSupport", "SwitchyardABI", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime"]),

@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Logging
 import OrdersExample
+import ServiceLifecycle
+import SwitchyardAdmin
 import SwitchyardConfig
 import SwitchyardRuntime
 
@@ -16,6 +18,9 @@ struct DemoCommand: AsyncParsableCommand {
             per group, retries, dead letters and latency. The default config keeps every transport \
             durable in SQLite under a temporary directory ($SWITCHYARD_DATA); --config runs the same \
             code with another routing (examples/orders/direct.yaml: everything in process).
+            With --serve it keeps the system running instead, placing a few orders a second, with \
+            the admin endpoint on (--admin, default 127.0.0.1:9464): open http://127.0.0.1:9464/ \
+            for the console, /metrics for Prometheus. SIGTERM or Ctrl-C drains and exits 0.
             """)
 
     @Option(help: ArgumentHelp("The routing to run with (default: the embedded one).", valueName: "file"))
@@ -33,9 +38,22 @@ struct DemoCommand: AsyncParsableCommand {
     @Flag(help: "Log what the runtime does (info level).")
     var verbose = false
 
+    @Flag(help: "Keep running with live traffic and the admin endpoint until SIGTERM or Ctrl-C.")
+    var serve = false
+
+    @Option(help: ArgumentHelp("With --serve: where the admin endpoint listens (a non-loopback address needs SWITCHYARD_ADMIN_TOKEN).", valueName: "host:port"))
+    var admin = SwitchyardConfig.AdminSection.defaultListen
+
+    @Option(help: ArgumentHelp("With --serve: orders placed per second.", valueName: "n"))
+    var rate: Double = 5
+
     func validate() throws {
         guard orders > 0 else { throw ValidationError("--orders must be at least 1") }
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
+        guard rate > 0 else { throw ValidationError("--rate must be more than 0") }
+        if case .failure(let problem) = SwitchyardConfig.AdminSection.parseListen(admin) {
+            throw ValidationError("--admin \(admin): \(problem.message)")
+        }
     }
 
     func run() async throws {
@@ -53,9 +71,11 @@ struct DemoCommand: AsyncParsableCommand {
         print("Switchyard demo: the orders example")
         print("  config   \(config ?? "embedded default (examples/orders/switchyard.yaml)")")
         print("  data     \(data)")
+        if serve { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         let system = try startSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
         for (pattern, transport) in system.routeDescriptions { print("  route    \(pattern) → \(transport)") }
         print("")
+        if serve { return try await serveUntilStopped(system) }
         let summary = try await OrdersDemo.run(system: system, orders: orders, concurrency: concurrency) { line in
             print("  … \(line)")
         }
@@ -68,6 +88,29 @@ struct DemoCommand: AsyncParsableCommand {
         }
     }
 
+    /// `--serve`: the admin endpoint and a trickle of orders until SIGTERM or SIGINT, then drain.
+    private func serveUntilStopped(_ system: SwitchyardActorSystem) async throws {
+        guard case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) else { return }
+        let endpoint: AdminServer
+        do {
+            endpoint = try AdminServer(system: system, settings: .init(host: address.host, port: address.port))
+        } catch let error as AdminError {
+            await system.shutdown(deadline: .seconds(5))
+            printError("error: \(error)")
+            throw ExitCode(2)
+        }
+        let perSecond = rate
+        let traffic = DemoTraffic(system: system, endpoint: endpoint, perSecond: perSecond)
+        let group = ServiceGroup(
+            configuration: .init(
+                // The endpoint first: on SIGTERM the traffic and the system stop and drain while it
+                // still answers (ready: 503), and it stops last.
+                services: [.init(service: endpoint), .init(service: traffic)], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: Logger(label: "switchyard.demo")))
+        try await group.run()
+        print("drained and stopped")
+    }
+
     private func makeDataDirectory(given: String?) throws -> String {
         if let given {
             try FileManager.default.createDirectory(atPath: given, withIntermediateDirectories: true)
@@ -78,5 +121,29 @@ struct DemoCommand: AsyncParsableCommand {
         var template = Array((temporary + "switchyard-demo-XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { throw ValidationError("cannot create a temporary directory") }
         return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// `demo --serve`'s traffic: places orders until graceful shutdown, then drains the system.
+struct DemoTraffic: Service {
+    let system: SwitchyardActorSystem
+    let endpoint: AdminServer
+    let perSecond: Double
+
+    func run() async throws {
+        let port = try await endpoint.waitUntilListening()
+        let host = endpoint.settings.host.contains(":") ? "[\(endpoint.settings.host)]" : endpoint.settings.host
+        print("  console  http://\(host):\(port)/   (metrics: /metrics, health: /health/ready, JSON: /api)")
+        print("  placing \(perSecond.formatted()) orders a second; Ctrl-C or SIGTERM drains and exits")
+        fflush(nil)  // progress reaches a log file as it happens (Swift 6 forbids naming the global stdout)
+        let system = self.system
+        let rate = perSecond
+        try? await cancelWhenGracefulShutdown {
+            try await OrdersDemo.serve(system: system, perSecond: rate) { line in
+                print("  … \(line)")
+                fflush(nil)
+            }
+        }
+        await system.shutdown(deadline: .seconds(10))
     }
 }

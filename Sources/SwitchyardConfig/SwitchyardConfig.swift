@@ -27,6 +27,8 @@ public struct SwitchyardConfig: Sendable {
     /// `outboxes:` — the application's databases that ``SwitchyardActorSystem/transaction(on:_:)``
     /// commits calls in, by name, in file order.
     public var outboxes: [OutboxEntry] = []
+    /// The operator's HTTP endpoint (`admin:`), or nil: not served.
+    public var admin: AdminSection?
 
     /// One application database with an outbox: calls made inside a transaction on it are
     /// written to its `switchyard_outbox` table with the application's own rows and relayed
@@ -169,8 +171,9 @@ public struct SwitchyardConfig: Sendable {
         var config = SwitchyardConfig()
         guard let root = try parseConfigYAML(try EnvironmentExpansion.expand(yaml, environment: environment)) else { return config }
         var routesNode: ConfigNode?
-        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes", "native", "limits", "outboxes"]) {
+        for (key, value) in try root.mapping(allowed: ["plugins", "transports", "routes", "native", "limits", "outboxes", "admin"]) {
             switch key {
+            case "admin": config.admin = try parseAdmin(value, environment: environment)
             case "outboxes": config.outboxes = try parseOutboxes(value, baseDirectory: baseDirectory)
             case "limits": config.limits = try parseLimits(value)
             case "native": config.native = try parseNative(value, baseDirectory: baseDirectory)

@@ -23,7 +23,9 @@ final class HostServices: Sendable {
     private let logger: Logger
     private let transportName: String
     private let metricsFactory: any MetricsFactory
-    private let metrics = Guarded<[String: MetricHandle]>([:])
+    private let metrics = Guarded<[String: MetricHandle?]>([:])
+    /// The kind each metric label was first recorded as, process-wide (see ``record(kind:name:value:)``).
+    private static let metricKinds = Guarded<[String: Int32]>([:])
     private let deadLetterObservers = Guarded<[DeadLetterObserver]>([])
     /// In a plugin host child: where metrics go instead (the parent records them).
     private let metricForwarder = Guarded<(@Sendable (Int32, String, Double) -> Void)?>(nil)
@@ -129,6 +131,22 @@ final class HostServices: Sendable {
         let handle = metrics.withLock { cache -> MetricHandle? in
             let key = "\(kind)/\(name)"
             if let known = cache[key] { return known }
+            guard [SY_METRIC_COUNTER, SY_METRIC_GAUGE, SY_METRIC_TIMER_NS].contains(kind) else { return nil }
+            // One kind per metric name in the whole process: backends such as Prometheus stop
+            // the process when a name comes back as another kind (two plugins, or one plugin
+            // reporting "depth" as a counter and as a gauge). The first kind wins.
+            let claimed = Self.metricKinds.withLock { kinds -> Int32 in
+                if let existing = kinds[label] { return existing }
+                kinds[label] = kind
+                return kind
+            }
+            guard claimed == kind else {
+                logger.warning(
+                    "ignored metric '\(name)': reported as kind \(kind), but \(label) is already a metric of kind \(claimed) (SY_METRIC_COUNTER 0, GAUGE 1, TIMER_NS 2); give each kind its own name"
+                )
+                cache[key] = .some(nil)
+                return nil
+            }
             let made: MetricHandle? =
                 switch kind {
                 case SY_METRIC_COUNTER: .counter(Counter(label: label, dimensions: dimensions, factory: metricsFactory))
@@ -136,7 +154,7 @@ final class HostServices: Sendable {
                 case SY_METRIC_TIMER_NS: .timer(Metrics.Timer(label: label, dimensions: dimensions, factory: metricsFactory))
                 default: nil
                 }
-            cache[key] = made
+            cache[key] = .some(made)
             return made
         }
         switch handle {

@@ -18,6 +18,7 @@
  *                            NULL, body "hang" never returns (for isolation: process), body
  *                            "slow" returns after 300 ms
  *   FIXTURE_HANG_IN_PUBLISH  a queue-like plugin whose every publish never returns
+ *   FIXTURE_METRIC_KINDS     create reports "fixture_kinds" as a counter (3), then as a gauge (7)
  */
 #define _POSIX_C_SOURCE 200809L
 #include "switchyard_plugin.h"
@@ -41,6 +42,10 @@ static int instance_token;
 
 static sy_status f_create(const sy_create_args *args, void **out, sy_error *err) {
     (void)args;
+#ifdef FIXTURE_METRIC_KINDS
+    args->host->metric(args->host->host_context, SY_METRIC_COUNTER, "fixture_kinds", 3);
+    args->host->metric(args->host->host_context, SY_METRIC_GAUGE, "fixture_kinds", 7);
+#endif
 #ifdef FIXTURE_CREATE_FAILS
     (void)out;
     return sy_error_set(err, SY_ERR_CONFIG, "config key 'capacity': must be at least 1");

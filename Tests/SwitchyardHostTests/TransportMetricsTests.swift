@@ -3,6 +3,7 @@ import MetricsTestKit
 import SwitchyardABI
 import SwitchyardConformance
 import SwitchyardHost
+import SwitchyardLoader
 import SwitchyardTestSupport
 import Testing
 
@@ -98,5 +99,21 @@ struct TransportMetricsTests {
             #expect(waitUntil(10) { Self.counter(metrics, "dead_lettered", "retrying") == 1 })
             #expect(Self.counter(metrics, "retried", "retrying") == 1)
         }
+    }
+
+    @Test("a metric name reported as two kinds keeps its first kind; the other is ignored with a warning, never handed to the backend")
+    func oneKindPerName() async throws {
+        let metrics = TestMetrics()
+        let directory = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("libfixture-kinds.so", in: directory.path, defines: ["FIXTURE_METRIC_KINDS"])
+        let log = CapturedLog()
+        try await offPool {
+            let transport = try Transport(name: "kinds", plugin: try PluginLoader().load(path: path), logger: log.logger(), metrics: metrics)
+            transport.close()
+        }
+        // A backend such as Prometheus stops the process when one name comes back as another kind.
+        #expect(Self.counter(metrics, "fixture_kinds", "kinds") == 3)
+        #expect(Self.gauge(metrics, "fixture_kinds", "kinds") == nil)
+        #expect(log.all.contains { $0.contains("ignored metric 'fixture_kinds'") && $0.contains("give each kind its own name") }, "\(log.all)")
     }
 }

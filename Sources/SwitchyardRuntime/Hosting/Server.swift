@@ -55,6 +55,9 @@ final class Server: Sendable {
 
     func hosted(_ id: SwitchyardActorID) -> Hosted? { state.withLock { $0.hosted[id] } }
 
+    /// Everything hosted now.
+    func allHosted() -> [Hosted] { state.withLock { Array($0.hosted.values) } }
+
     func add(_ subscription: Subscription) {
         state.withLock { $0.subscriptions.append(subscription) }
     }

@@ -106,21 +106,7 @@ public enum OrdersDemo {
         timeout: Duration = .seconds(60), progress: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws -> DemoSummary {
         let stats = DemoStats()
-        system.registerError(PaymentDeclined.self)
-        for group in ["email", "analytics"] {
-            try system.host(SwitchyardActorID("order-events", group: group), as: $OrderEvents.self) {
-                OrderEventsSubscriber(actorSystem: $0, group: group, stats: stats)
-            }
-        }
-        let events: any OrderEvents = try system.resolve("order-events", $OrderEvents.self)
-        try system.host("payments", as: $Payments.self) { PaymentsService(actorSystem: $0, stats: stats, events: events) }
-        try system.host("reminders", as: $Reminders.self) { ReminderService(actorSystem: $0, stats: stats) }
-        let payments: any Payments = try system.resolve("payments", $Payments.self)
-        let reminders: any Reminders = try system.resolve("reminders", $Reminders.self)
-        try system.host("orders", as: $Orders.self) {
-            OrdersService(actorSystem: $0, payments: payments, reminders: reminders, reminderDelay: reminderDelay)
-        }
-        let shop: any Orders = try system.resolve("orders", $Orders.self)
+        let shop = try hostServices(on: system, stats: stats, reminderDelay: reminderDelay)
 
         let started = ContinuousClock.now
         let outcomes = Outcomes()
@@ -166,6 +152,63 @@ public enum OrdersDemo {
         summary.duplicates = stats.duplicateDeliveries
         summary.routes = system.routeDescriptions  // `package`: this example is built inside the switchyard package
         return summary
+    }
+
+    /// Hosts every service of the example on `system` and returns the shop's front door.
+    static func hostServices(on system: SwitchyardActorSystem, stats: DemoStats, reminderDelay: Duration) throws -> any Orders {
+        system.registerError(PaymentDeclined.self)
+        for group in ["email", "analytics"] {
+            try system.host(SwitchyardActorID("order-events", group: group), as: $OrderEvents.self) {
+                OrderEventsSubscriber(actorSystem: $0, group: group, stats: stats)
+            }
+        }
+        let events: any OrderEvents = try system.resolve("order-events", $OrderEvents.self)
+        try system.host("payments", as: $Payments.self) { PaymentsService(actorSystem: $0, stats: stats, events: events) }
+        try system.host("reminders", as: $Reminders.self) { ReminderService(actorSystem: $0, stats: stats) }
+        let payments: any Payments = try system.resolve("payments", $Payments.self)
+        let reminders: any Reminders = try system.resolve("reminders", $Reminders.self)
+        try system.host("orders", as: $Orders.self) {
+            OrdersService(actorSystem: $0, payments: payments, reminders: reminders, reminderDelay: reminderDelay)
+        }
+        return try system.resolve("orders", $Orders.self)
+    }
+
+    /// Hosts the example's services on `system` and places `perSecond` orders a second, one at a
+    /// time, until the task is cancelled: live traffic for the admin console
+    /// (`switchyard demo --serve`). Some payments are retried and a few end dead-lettered, as in
+    /// ``run(system:orders:concurrency:reminderDelay:timeout:progress:)``.
+    public static func serve(
+        system: SwitchyardActorSystem, perSecond: Double = 5, reminderDelay: Duration = .seconds(2),
+        progress: @escaping @Sendable (String) -> Void = { _ in }
+    ) async throws {
+        let stats = DemoStats()
+        let shop = try hostServices(on: system, stats: stats, reminderDelay: reminderDelay)
+        let outcomes = Outcomes()
+        let pause = Duration.nanoseconds(Int64(1e9 / max(0.01, perSecond)))
+        var id = 0
+        var lastReport = ContinuousClock.now
+        while !Task.isCancelled {
+            let order = Order(id: id, customer: "customer-\(id % 37)", cents: 500 + id * 13 % 9000)
+            let started = ContinuousClock.now
+            do {
+                _ = try await shop.place(order)
+                outcomes.record(.succeeded, ContinuousClock.now - started)
+            } catch is PaymentDeclined {
+                outcomes.record(.declined, ContinuousClock.now - started)
+            } catch SwitchyardError.Code.deadLettered {
+                outcomes.record(.declined, ContinuousClock.now - started)
+            } catch SwitchyardError.Code.shuttingDown {
+                return
+            } catch {
+                outcomes.record(.error("\(error)"), ContinuousClock.now - started)
+            }
+            id += 1
+            if ContinuousClock.now - lastReport >= .seconds(10) {
+                lastReport = ContinuousClock.now
+                progress(outcomes.line(total: id, stats: stats))
+            }
+            try? await Task.sleep(until: started + pause)
+        }
     }
 
     /// Hands out order numbers to the concurrent callers.

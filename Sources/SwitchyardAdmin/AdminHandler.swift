@@ -1,0 +1,118 @@
+import FlyingFox
+import Foundation
+import Prometheus
+import SwitchyardConfig
+import SwitchyardRuntime
+
+/// Routes one admin request: checks its token, then answers from the system's overview, the
+/// Prometheus registry or the page.
+struct AdminHandler: HTTPHandler {
+    let system: SwitchyardActorSystem
+    let token: String?
+
+    /// Every endpoint, for `GET /api` and for the 404 message.
+    static let endpoints: [(path: String, what: String)] = [
+        ("/metrics", "Prometheus text format: every metric the runtime and the plugins record"),
+        ("/health/live", "200 while the system has not stopped"),
+        ("/health/ready", "200 while the system takes work, 503 while it drains and once stopped"),
+        ("/api/overview", "state, plugins, transports with their counters, routes and hosted services"),
+        ("/api/plugins", "the loaded plugins"),
+        ("/api/transports", "the transports, their plugin chains and counters"),
+        ("/api/routes", "the routes, in config order"),
+        ("/api/services", "the actors and native modules hosted here"),
+        ("/", "the same as a page"),
+    ]
+
+    func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
+        if let refusal = refusal(of: request) { return refusal }
+        guard request.method == .GET || request.method == .HEAD else {
+            return Self.json(
+                .methodNotAllowed,
+                ["error": "\(request.method.rawValue) \(request.path): the admin API only reads (GET); nothing here changes state yet"])
+        }
+        switch request.path {
+        case "/metrics":
+            return HTTPResponse(
+                statusCode: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: Data(AdminMetrics.registry.emitToBuffer()))
+        case "/health/live":
+            let overview = system.overview()
+            return Self.json(overview.state == "stopped" ? .serviceUnavailable : .ok, ["status": overview.state == "stopped" ? "stopped" : "live"])
+        case "/health/ready":
+            let overview = system.overview()
+            return Self.json(overview.ready ? .ok : .serviceUnavailable, ["status": overview.ready ? "ready" : overview.state])
+        case "/api", "/api/":
+            return Self.json(.ok, Dictionary(uniqueKeysWithValues: Self.endpoints.map { ($0.path, $0.what) }))
+        case "/api/overview": return Self.encoded(system.overview())
+        case "/api/plugins": return Self.encoded(system.overview().plugins)
+        case "/api/transports": return Self.encoded(system.overview().transports)
+        case "/api/routes": return Self.encoded(system.overview().routes)
+        case "/api/services": return Self.encoded(system.overview().services)
+        case "/", "/index.html":
+            return HTTPResponse(
+                statusCode: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: Data(OverviewPage.render(system.overview()).utf8))
+        default:
+            return Self.json(
+                .notFound,
+                ["error": "no such endpoint: \(request.path); the endpoints are \(Self.endpoints.map(\.path).joined(separator: ", "))"])
+        }
+    }
+
+    /// A 401 unless the request carries the token (when there is one).
+    func refusal(of request: HTTPRequest) -> HTTPResponse? {
+        guard let token else { return nil }
+        guard let presented = Self.presentedToken(request.headers[.authorization]) else {
+            return Self.unauthorized("this endpoint requires a token: send 'Authorization: Bearer TOKEN' (or basic auth with the token as password)")
+        }
+        guard Self.constantTimeEqual(presented, token) else { return Self.unauthorized("wrong token") }
+        return nil
+    }
+
+    /// The token in an `Authorization` header: `Bearer TOKEN`, or `Basic` with the token as the
+    /// password (any user name), which is what a browser sends after its login prompt.
+    static func presentedToken(_ header: String?) -> String? {
+        guard let header else { return nil }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2 else { return nil }
+        switch parts[0].lowercased() {
+        case "bearer": return String(parts[1]).trimmingCharacters(in: .whitespaces)
+        case "basic":
+            guard let data = Data(base64Encoded: String(parts[1]).trimmingCharacters(in: .whitespaces)),
+                let pair = String(data: data, encoding: .utf8), let colon = pair.firstIndex(of: ":")
+            else { return nil }
+            return String(pair[pair.index(after: colon)...])
+        default: return nil
+        }
+    }
+
+    /// Compares without stopping at the first difference, so timing does not reveal the token.
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8)
+        let y = Array(b.utf8)
+        var difference = UInt8(x.count == y.count ? 0 : 1)
+        for index in 0..<max(x.count, y.count) { difference |= (index < x.count ? x[index] : 0) ^ (index < y.count ? y[index] : 0) }
+        return difference == 0
+    }
+
+    static func unauthorized(_ message: String) -> HTTPResponse {
+        var response = json(.unauthorized, ["error": message])
+        response.headers[HTTPHeader("WWW-Authenticate")] = #"Basic realm="switchyard", charset="UTF-8""#
+        return response
+    }
+
+    static func json(_ status: HTTPStatusCode, _ object: [String: String]) -> HTTPResponse {
+        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+        return HTTPResponse(statusCode: status, headers: [.contentType: "application/json"], body: body)
+    }
+
+    static func encoded(_ value: some Encodable) -> HTTPResponse {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        do {
+            return HTTPResponse(statusCode: .ok, headers: [.contentType: "application/json"], body: try encoder.encode(value))
+        } catch {
+            return json(.internalServerError, ["error": "encoding the answer failed: \(error)"])
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import FlyingFox
+import FlyingSocks
+import Foundation
+import Logging
+import Prometheus
+import ServiceLifecycle
+import SwitchyardConfig
+import SwitchyardRuntime
+import Synchronization
+
+/// The operator's HTTP endpoint for one actor system: Prometheus metrics, health probes, a JSON
+/// API over ``SystemOverview``, and an HTML overview (docs/operations.md).
+///
+/// | path | what |
+/// |---|---|
+/// | `GET /metrics` | every swift-metrics metric, Prometheus text format (``AdminMetrics``) |
+/// | `GET /health/live` | 200 while the system has not stopped |
+/// | `GET /health/ready` | 200 while it takes work; 503 while draining and once stopped |
+/// | `GET /api` | the endpoints |
+/// | `GET /api/overview` | state, plugins, transports with counters, routes, services |
+/// | `GET /api/plugins`, `/api/transports`, `/api/routes`, `/api/services` | one part of it |
+/// | `GET /` | the same as a page |
+///
+/// It listens where the config's `admin:` section says (loopback, port 9464 by default). With a
+/// token, every request must carry it (`Authorization: Bearer TOKEN`, or HTTP basic auth with the
+/// token as password, for a browser); listening beyond loopback requires one. Anything that would
+/// change state requires one in any case.
+///
+/// It is a swift-service-lifecycle `Service`: put it *before* the system in a `ServiceGroup`
+/// (`[admin, system]`), so that on SIGTERM the system drains first, with the endpoint still
+/// answering (ready: 503), and the endpoint stops last.
+public final class AdminServer: Service, Sendable {
+    /// The system it reports on.
+    public let system: SwitchyardActorSystem
+    /// Where it listens, and its token.
+    public let settings: SwitchyardConfig.AdminSection
+    private let server: HTTPServer
+    private let logger: Logger
+    /// Set once it is told to stop: the server library then reports the cancelled accept loop
+    /// and connections as errors, which are not.
+    private let stopping: StopFlag
+
+    /// An endpoint for `system` on `settings` (by default the config's `admin:` section, else
+    /// loopback port 9464); without a token there, `SWITCHYARD_ADMIN_TOKEN` from the environment.
+    /// Throws when the address is not loopback and there is no token.
+    public init(
+        system: SwitchyardActorSystem, settings: SwitchyardConfig.AdminSection? = nil,
+        logger: Logger = Logger(label: "switchyard.admin")
+    ) throws {
+        var settings = settings ?? system.config.admin ?? SwitchyardConfig.AdminSection()
+        if settings.token == nil, let token = ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable], !token.isEmpty {
+            settings.token = token
+        }
+        guard settings.isLoopback || settings.token != nil else {
+            throw AdminError(
+                "the admin endpoint may listen on \(settings.host) only with a token (every request must then carry it): "
+                    + "set admin.token in the config (e.g. token: ${\(SwitchyardConfig.AdminSection.tokenVariable)}), "
+                    + "export \(SwitchyardConfig.AdminSection.tokenVariable), or listen on 127.0.0.1")
+        }
+        guard let port = UInt16(exactly: settings.port) else { throw AdminError("port \(settings.port) is out of range") }
+        let handler = AdminHandler(system: system, token: settings.token)
+        let stopping = StopFlag()
+        let bridge = SwiftLogBridge(logger: logger, stopping: stopping)
+        do {
+            server =
+                settings.host.contains(":")
+                ? HTTPServer(address: try sockaddr_in6.inet6(ip6: settings.host, port: port), timeout: 15, logger: bridge, handler: handler)
+                : HTTPServer(address: try sockaddr_in.inet(ip4: settings.host, port: port), timeout: 15, logger: bridge, handler: handler)
+        } catch {
+            throw AdminError("cannot listen on \(settings.host): not an IP address (\(error))")
+        }
+        self.system = system
+        self.settings = settings
+        self.logger = logger
+        self.stopping = stopping
+    }
+
+    /// Serves until the task is cancelled or graceful shutdown begins. Throws when it cannot
+    /// listen (the port is taken, say), with the address in the message.
+    public func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withTaskCancellationHandler {
+                    try await self.server.run()
+                } onCancel: {
+                    self.stopping.set()
+                }
+            }
+        } catch is CancellationError {
+            return
+        } catch let error as SocketError {
+            throw AdminError("cannot serve the admin endpoint on \(settings.host):\(settings.port): \(error)")
+        }
+    }
+
+    /// Waits until it listens, and returns the port (the one picked, when the config says 0).
+    public func waitUntilListening(timeout: TimeInterval = 10) async throws -> Int {
+        try await server.waitUntilListening(timeout: timeout)
+        switch await server.listeningAddress {
+        case .ip4(_, let port), .ip6(_, let port): return Int(port)
+        default: return settings.port
+        }
+    }
+}
+
+/// Why the admin endpoint could not start.
+public struct AdminError: Error, CustomStringConvertible, Sendable {
+    /// For a person, with what to do.
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// FlyingFox's log lines, into swift-log: its connection chatter at debug, and its errors at
+/// debug too once the endpoint is stopping (a cancelled accept loop is reported as one).
+struct SwiftLogBridge: FlyingSocks.Logging {
+    let logger: Logger
+    /// Shared with ``AdminServer``: it is stopping.
+    let stopping: StopFlag
+    private var quiet: Bool { stopping.isSet }
+    func logDebug(_ debug: @autoclosure () -> String) { logger.debug("\(debug())") }
+    func logInfo(_ info: @autoclosure () -> String) { logger.debug("\(info())") }
+    func logWarning(_ warning: @autoclosure () -> String) { quiet ? logger.debug("\(warning())") : logger.warning("\(warning())") }
+    func logError(_ error: @autoclosure () -> String) { quiet ? logger.debug("\(error())") : logger.error("\(error())") }
+    func logCritical(_ critical: @autoclosure () -> String) { quiet ? logger.debug("\(critical())") : logger.critical("\(critical())") }
+}
+
+/// A flag set once, read from any thread.
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    var isSet: Bool { value.load(ordering: .relaxed) }
+}

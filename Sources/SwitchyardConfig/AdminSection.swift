@@ -1,0 +1,110 @@
+import Foundation
+
+extension SwitchyardConfig {
+    /// `admin:` — the operator's HTTP endpoint (metrics, health, the JSON API and the console),
+    /// served by the `SwitchyardAdmin` module when an application opts into it. Off when absent.
+    ///
+    /// ```yaml
+    /// admin:
+    ///   listen: 127.0.0.1:9464        # the default; port 0 picks a free port
+    ///   token: ${SWITCHYARD_ADMIN_TOKEN}
+    /// ```
+    ///
+    /// A token is required to listen anywhere but loopback, and always for what changes state
+    /// (replaying or purging dead letters, calls); without `token`, `SWITCHYARD_ADMIN_TOKEN` from
+    /// the environment is used. The token is never logged or shown.
+    public struct AdminSection: Sendable, Hashable {
+        /// The default address: loopback only, Prometheus's customary exporter port.
+        public static let defaultListen = "127.0.0.1:9464"
+        /// The environment variable read for the token when the config sets none.
+        public static let tokenVariable = "SWITCHYARD_ADMIN_TOKEN"
+
+        /// The IP address to bind (IPv4 or IPv6, no brackets).
+        public var host: String
+        /// The TCP port; 0 picks a free one.
+        public var port: Int
+        /// The bearer token, or nil (then only loopback, and nothing that changes state).
+        public var token: String?
+
+        /// An endpoint on `host`:`port`.
+        public init(host: String = "127.0.0.1", port: Int = 9464, token: String? = nil) {
+            self.host = host
+            self.port = port
+            self.token = token
+        }
+
+        /// Whether `host` is a loopback address (`127.0.0.0/8` or `::1`).
+        public var isLoopback: Bool { Self.isLoopback(host) }
+
+        /// Whether `host` is a loopback address (`127.0.0.0/8` or `::1`).
+        public static func isLoopback(_ host: String) -> Bool {
+            host == "::1" || host == "localhost" || host.split(separator: ".").first == "127"
+        }
+
+        /// `HOST:PORT` (`[HOST]:PORT` for IPv6) parsed; nil with the reason when malformed.
+        public static func parseListen(_ text: String) -> Result<(host: String, port: Int), ListenError> {
+            var host: Substring
+            let portText: Substring
+            if text.hasPrefix("[") {
+                guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                    return .failure(ListenError("an IPv6 address goes in brackets: [::1]:9464"))
+                }
+                host = text[text.index(after: text.startIndex)..<close]
+                portText = text[text.index(close, offsetBy: 2)...]
+            } else {
+                guard let colon = text.lastIndex(of: ":") else { return .failure(ListenError("expected HOST:PORT, e.g. 127.0.0.1:9464")) }
+                host = text[..<colon]
+                portText = text[text.index(after: colon)...]
+            }
+            if host == "localhost" { host = "127.0.0.1" }
+            guard let port = Int(portText), (0...65_535).contains(port) else {
+                return .failure(ListenError("the port must be a number from 0 to 65535 (0: any free port)"))
+            }
+            var v4 = in_addr()
+            var v6 = in6_addr()
+            let numeric = String(host).withCString { inet_pton(AF_INET, $0, &v4) == 1 || inet_pton(AF_INET6, $0, &v6) == 1 }
+            guard numeric else {
+                return .failure(ListenError("'\(host)' is not an IP address; use one (127.0.0.1 for this machine only, 0.0.0.0 for every interface)"))
+            }
+            return .success((String(host), port))
+        }
+
+        /// Why a `listen` value was refused.
+        public struct ListenError: Error, Sendable {
+            /// For a person.
+            public let message: String
+            init(_ message: String) { self.message = message }
+        }
+    }
+
+    /// `admin:` parsed and checked: a non-loopback address needs a token.
+    static func parseAdmin(_ node: ConfigNode, environment: [String: String]) throws(ConfigError) -> AdminSection {
+        var section = AdminSection()
+        var listenNode: ConfigNode?
+        for (key, value) in try node.mapping(allowed: ["listen", "token"]) {
+            switch key {
+            case "listen":
+                listenNode = value
+                switch AdminSection.parseListen(try value.string()) {
+                case .success(let address): (section.host, section.port) = address
+                case .failure(let problem): throw value.error(problem.message)
+                }
+            case "token":
+                let token = try value.string()
+                guard !token.isEmpty else {
+                    throw value.error("is empty (an unset environment variable?); set a token, or remove the key to serve loopback only")
+                }
+                section.token = token
+            default: break
+            }
+        }
+        if section.token == nil, let token = environment[AdminSection.tokenVariable], !token.isEmpty { section.token = token }
+        if !section.isLoopback && section.token == nil {
+            throw ConfigError(
+                key: node.path + ".token", line: listenNode?.line ?? node.line,
+                message: "is required to listen on \(section.host), which is not loopback: every request must then carry it. "
+                    + "Set token: ${\(AdminSection.tokenVariable)} (and export it), or listen on 127.0.0.1")
+        }
+        return section
+    }
+}

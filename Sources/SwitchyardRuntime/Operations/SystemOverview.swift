@@ -1,0 +1,149 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardHost
+import SwitchyardLoader
+
+/// What an operator sees of a running system: its state, plugins, transports with their
+/// counters, routes and hosted services. Read with ``SwitchyardActorSystem/overview()``; the
+/// admin endpoint serves it as JSON (docs/operations.md) and `switchyard stats` prints it.
+public struct SystemOverview: Codable, Sendable {
+    /// This system's unique name (``SwitchyardActorSystem/instanceID``).
+    public var instance: String
+    /// `running`, `draining` or `stopped`.
+    public var state: String
+    /// Whether it takes work: running, with every hosted subscription started.
+    public var ready: Bool
+    /// The plugins the transports were created from.
+    public var plugins: [Plugin]
+    /// The configured transports this system uses, in name order.
+    public var transports: [TransportInfo]
+    /// The routes, in config order (the first match wins).
+    public var routes: [RouteInfo]
+    /// The actors (and native modules) this process hosts.
+    public var services: [Service]
+
+    /// One loaded plugin.
+    public struct Plugin: Codable, Sendable {
+        /// Its name (`queue`, `nats`, …).
+        public var name: String
+        /// Its version.
+        public var version: String
+        /// The ABI it was built against, `MAJOR.MINOR`.
+        public var abi: String
+        /// What it can do (`queue`, `fan-out`, `delay`, …).
+        public var capabilities: [String]
+        /// Its one-line description.
+        public var summary: String
+        /// The file it was loaded from.
+        public var path: String
+        /// The file's sha256, when it was computed (pins, `plugins.require_pins`).
+        public var sha256: String?
+    }
+
+    /// One transport and its counters.
+    public struct TransportInfo: Codable, Sendable {
+        /// Its name in the config.
+        public var name: String
+        /// Its plugins, outermost first (`retry → queue`).
+        public var chain: [String]
+        /// What the chain can do together.
+        public var capabilities: [String]
+        /// `process` when its plugin runs in a child process, else `in-process`.
+        public var isolation: String
+        /// The child process's pid under `isolation: process`, while it runs.
+        public var pluginProcessID: Int32?
+        /// Its counters (the ABI's `stats`), or nil when the plugin keeps none.
+        public var stats: TransportStats?
+        /// Why reading the counters failed, if it did.
+        public var statsError: String?
+    }
+
+    /// One route of the config.
+    public struct RouteInfo: Codable, Sendable {
+        /// `Interface.method`, `Interface.*` or `*`.
+        public var pattern: String
+        /// The transport's name, or `direct`.
+        public var transport: String
+        /// `request-reply`, `fire-and-forget`, ….
+        public var mode: String
+        /// The call's deadline, milliseconds.
+        public var deadlineMs: Double
+        /// The delay before delivery, milliseconds (0: none).
+        public var delayMs: Double
+        /// The runtime's retry policy as configured (JSON), or nil.
+        public var retry: String?
+        /// The argument whose value orders calls, or nil.
+        public var ordering: String?
+        /// Whether calls are de-duplicated in an inbox.
+        public var inbox: Bool
+        /// Whether a handler's follow-up calls commit with it (outbox).
+        public var outbox: Bool
+        /// How arguments are encoded (`compact`, `json`).
+        public var encoding: String
+        /// Handlers run at once per hosted actor.
+        public var concurrency: Int
+    }
+
+    /// One hosted actor or native module.
+    public struct Service: Codable, Sendable {
+        /// The id callers resolve.
+        public var id: String
+        /// Its type (`Module.OrdersService`), or the native module's library.
+        public var type: String
+        /// The interfaces it is called through (`Orders`).
+        public var interfaces: [String]
+    }
+}
+
+extension SwitchyardActorSystem {
+    /// A snapshot for operators: state, plugins, transports with their counters (read through
+    /// each plugin's `stats` now), routes and hosted services. Cheap enough to poll every second.
+    public func overview() -> SystemOverview {
+        let current = SystemState(rawValue: state.load(ordering: .acquiring)) ?? .stopped
+        let used = (transports?.transports.values.map { $0 } ?? []).sorted { $0.name < $1.name }
+        var plugins: [String: SystemOverview.Plugin] = [:]
+        var transportInfos: [SystemOverview.TransportInfo] = []
+        for transport in used {
+            for link in transport.chain where plugins[link.plugin.path] == nil {
+                let plugin = link.plugin
+                plugins[plugin.path] = SystemOverview.Plugin(
+                    name: plugin.name, version: "\(plugin.version)", abi: plugin.abiVersion, capabilities: plugin.capabilities.names,
+                    summary: plugin.summary, path: plugin.path, sha256: plugin.sha256)
+            }
+            var info = SystemOverview.TransportInfo(
+                name: transport.name, chain: transport.chain.map(\.plugin.name), capabilities: transport.chainCapabilities.names,
+                isolation: config.transport(named: transport.name)?.isolation == nil ? "in-process" : "process",
+                pluginProcessID: transport.pluginProcessID)
+            do {
+                info.stats = try transport.client.stats()
+            } catch {
+                info.statsError = error.description
+            }
+            transportInfos.append(info)
+        }
+        let routeInfos = routes.routes.map { route in
+            let entry = route.entry
+            return SystemOverview.RouteInfo(
+                pattern: entry.pattern, transport: entry.transport, mode: entry.mode.rawValue,
+                deadlineMs: Double(entry.deadlineNanos) / 1e6, delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
+                ordering: entry.orderingArgument, inbox: entry.inbox != nil, outbox: entry.outbox, encoding: entry.encoding,
+                concurrency: entry.concurrency)
+        }
+        let services = server.allHosted().map { hosted in
+            SystemOverview.Service(
+                id: "\(hosted.id)", type: hosted.native.map { _ in "native module" } ?? hosted.typeName,
+                interfaces: hosted.interfaces.keys.map(Self.readableInterface).sorted())
+        }.sorted { $0.id < $1.id }
+        return SystemOverview(
+            instance: instanceID, state: "\(current)", ready: current == .running,
+            plugins: plugins.values.sorted { ($0.name, $0.path) < ($1.name, $1.path) }, transports: transportInfos,
+            routes: routeInfos, services: services)
+    }
+
+    /// `Module.$Orders` → `Orders`: the name routes and envelopes use.
+    static func readableInterface(_ name: String) -> String {
+        let last = name.split(separator: ".").last.map(String.init) ?? name
+        return last.hasPrefix("$") ? String(last.dropFirst()) : last
+    }
+}

@@ -1,0 +1,205 @@
+import Foundation
+import SwitchyardAdmin
+import SwitchyardConfig
+import SwitchyardRuntime
+import SwitchyardTestServices
+import SwitchyardTestSupport
+import Testing
+
+/// The admin endpoint served over real HTTP on a free loopback port, for a system with a hosted
+/// worker behind the in-memory queue plugin.
+@Suite("Admin endpoint")
+struct AdminEndpointTests {
+    static let yaml = """
+        transports:
+          work: { plugin: queue }
+        routes:
+          Worker.*: { transport: work, deadline: 10s }
+        admin:
+          listen: 127.0.0.1:0
+
+        """
+
+    /// A running system with a worker hosted, its admin endpoint, and the endpoint's port.
+    struct Running {
+        let system: SwitchyardActorSystem
+        let admin: AdminServer
+        let serving: Task<Void, any Error>
+        let port: Int
+
+        /// `method path` with curl (a client independent of the server's library; Foundation's
+        /// URLSession on Linux hangs on a 401 that carries `WWW-Authenticate`): status, body and
+        /// headers (names lowercased).
+        func get(_ path: String, token: String? = nil, basic: String? = nil, method: String = "GET") async throws -> (Int, String, [String: String]) {
+            var arguments = ["-s", "-S", "-i", "--max-time", "10", "-X", method]
+            if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
+            if let basic { arguments += ["-u", "operator:\(basic)"] }
+            let result = try await run("/usr/bin/curl", arguments + ["http://127.0.0.1:\(port)\(path)"])
+            guard result.status == 0, let split = result.stdout.range(of: "\r\n\r\n") else {
+                throw CurlFailure(description: "curl \(path) failed (\(result.status)): \(result.stderr)")
+            }
+            let head = result.stdout[..<split.lowerBound].components(separatedBy: "\r\n")
+            let status = Int(head.first?.split(separator: " ").dropFirst().first ?? "") ?? 0
+            var headers: [String: String] = [:]
+            for line in head.dropFirst() {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            return (status, String(result.stdout[split.upperBound...]), headers)
+        }
+
+        struct CurlFailure: Error, CustomStringConvertible { let description: String }
+
+        func stop() async {
+            await system.shutdown(deadline: .seconds(5))
+            serving.cancel()
+            _ = try? await serving.value
+        }
+    }
+
+    static func start(token: String? = nil) async throws -> Running {
+        AdminMetrics.bootstrap()  // before the system: it picks its metrics backend when created
+        var parsed = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: [:])
+        parsed.admin?.token = token
+        let config = parsed
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
+        try system.host("worker", as: $Worker.self) { WorkerService(actorSystem: $0) }
+        let admin = try AdminServer(system: system)
+        let serving = Task { try await admin.run() }
+        let port = try await admin.waitUntilListening()
+        return Running(system: system, admin: admin, serving: serving, port: port)
+    }
+
+    @Test("/metrics is Prometheus text with the runtime's and the plugin's metrics; the JSON API shows the transport's counters")
+    func metricsAndAPI() async throws {
+        let running = try await Self.start()
+        let worker = try $Worker.resolve(id: "worker", using: running.system)
+        for value in 1...3 { #expect(try await worker.work(value, milliseconds: 0) == value) }
+
+        let (status, text, headers) = try await running.get("/metrics")
+        #expect(status == 200)
+        #expect(headers["content-type"]?.hasPrefix("text/plain; version=0.0.4") == true)
+        // Every line is a comment or `name{labels} value`, as Prometheus parses it.
+        let sample = try Regex(#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?[0-9.eE+-]+|NaN|[+-]Inf$"#)
+        let lines = text.split(separator: "\n")
+        #expect(!lines.isEmpty)
+        for line in lines where !line.hasPrefix("#") {
+            #expect(line.wholeMatch(of: sample) != nil, "not a Prometheus sample: \(line)")
+        }
+        let calls = lines.first { $0.hasPrefix("switchyard_calls_total{") && $0.contains(#"route="Worker.*""#) }
+        let callCount = calls.flatMap { line -> Double? in Double(String(line.split(separator: " ").last ?? "")) } ?? 0
+        #expect(callCount >= 3, "switchyard_calls_total for the route: \(calls.map(String.init) ?? "missing in:\n\(text)")")
+
+        let (apiStatus, json, _) = try await running.get("/api/transports")
+        #expect(apiStatus == 200)
+        let transports = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
+        let work = transports?.first { $0["name"] as? String == "work" }
+        let stats = work?["stats"] as? [String: Any]
+        #expect((stats?["published"] as? Int).map { $0 >= 3 } == true, "\(json)")
+        #expect(work?["chain"] as? [String] == ["queue"])
+
+        let (_, routes, _) = try await running.get("/api/routes")
+        #expect(routes.contains(#""pattern" : "Worker.*""#), "\(routes)")
+        let (_, services, _) = try await running.get("/api/services")
+        #expect(services.contains(#""interfaces" : ["#) && services.contains("Worker"), "\(services)")
+        let (pageStatus, page, pageHeaders) = try await running.get("/")
+        #expect(pageStatus == 200)
+        #expect(pageHeaders["content-type"]?.hasPrefix("text/html") == true)
+        #expect(page.contains("<td>Worker.*</td>") && page.contains("<td>work</td>"), "\(page)")
+        let (missing, answer, _) = try await running.get("/etc/passwd")
+        #expect(missing == 404)
+        #expect(answer.contains("/metrics"), "the 404 lists the endpoints: \(answer)")
+        await running.stop()
+    }
+
+    @Test("/health/ready turns 503 while the system drains; /health/live stays 200 until it stops")
+    func healthFollowsDrain() async throws {
+        let running = try await Self.start()
+        #expect(try await running.get("/health/ready").0 == 200)
+        #expect(try await running.get("/health/live").0 == 200)
+        let worker = try $Worker.resolve(id: "worker", using: running.system)
+        let slow = Task { try await worker.work(7, milliseconds: 1500) }  // keeps the drain busy
+        let system = running.system
+        try await Task.sleep(for: .milliseconds(200))
+        let draining = Task { await system.shutdown(deadline: Duration.seconds(10)) }
+        var seen: (Int, String) = (0, "")
+        for _ in 0..<100 {
+            let (status, body, _) = try await running.get("/health/ready")
+            seen = (status, body)
+            if status == 503 { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(seen.0 == 503 && seen.1.contains("draining"), "\(seen)")
+        #expect(try await running.get("/health/live").0 == 200, "alive while draining")
+        #expect(try await slow.value == 7, "the call in flight finished during the drain")
+        await draining.value
+        #expect(try await running.get("/health/live").0 == 503)
+        #expect(try await running.get("/health/ready").1.contains("stopped"))
+        running.serving.cancel()
+    }
+
+    @Test("with a token: refused without it and with a wrong one; accepted as bearer and as basic auth; nothing changes state")
+    func tokenRules() async throws {
+        let running = try await Self.start(token: "s3cret-token")
+        let (none, noneBody, headers) = try await running.get("/metrics")
+        #expect(none == 401)
+        #expect(noneBody.contains("Authorization: Bearer"), "the refusal says what to send: \(noneBody)")
+        #expect(headers["www-authenticate"]?.hasPrefix("Basic") == true, "\(headers)")
+        #expect(try await running.get("/api/overview", token: "wrong").0 == 401)
+        #expect(try await running.get("/api/overview", token: "s3cret-tokex").0 == 401)
+        #expect(try await running.get("/health/ready", token: "s3cret-token").0 == 200)
+        #expect(try await running.get("/", basic: "s3cret-token").0 == 200)
+        #expect(try await running.get("/nowhere", token: "s3cret-token").0 == 404)
+        #expect(try await running.get("/nowhere").0 == 401, "unknown paths are refused before they are looked up")
+        #expect(try await running.get("/api/overview", token: "s3cret-token", method: "POST").0 == 405)
+        #expect(try await running.get("/api/overview", token: "s3cret-token", method: "DELETE").0 == 405)
+        await running.stop()
+    }
+
+    @Test("an address beyond loopback without a token is refused, saying how to set one")
+    func nonLoopbackNeedsToken() async throws {
+        AdminMetrics.bootstrap()
+        let config = try SwitchyardConfig.parse(yaml: "routes: {}\n", baseDirectory: "/", environment: [:])
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
+        let error = #expect(throws: AdminError.self) {
+            _ = try AdminServer(system: system, settings: SwitchyardConfig.AdminSection(host: "0.0.0.0", port: 0, token: nil))
+        }
+        #expect(error?.description.contains("SWITCHYARD_ADMIN_TOKEN") == true, "\(error?.description ?? "")")
+        await system.shutdown()
+    }
+}
+
+/// The `admin:` section of the config.
+@Suite("Admin config")
+struct AdminConfigTests {
+    func parse(_ admin: String, environment: [String: String] = [:]) throws(ConfigError) -> SwitchyardConfig.AdminSection? {
+        try SwitchyardConfig.parse(yaml: "admin:\n" + admin, baseDirectory: "/", environment: environment).admin
+    }
+
+    @Test("defaults to loopback port 9464; IPv6 in brackets; localhost is 127.0.0.1")
+    func addresses() throws {
+        let plain = try parse("  {}\n")
+        #expect(plain?.host == "127.0.0.1" && plain?.port == 9464 && plain?.token == nil)
+        #expect(try parse("  listen: '[::1]:9000'\n")?.host == "::1")
+        #expect(try parse("  listen: localhost:0\n")?.port == 0)
+        #expect(try parse("  listen: 0.0.0.0:9464\n  token: abc\n")?.isLoopback == false)
+        #expect(try parse("  listen: 0.0.0.0:9464\n", environment: ["SWITCHYARD_ADMIN_TOKEN": "from-env"])?.token == "from-env")
+        #expect(try SwitchyardConfig.parse(yaml: "routes: {}\n", baseDirectory: "/").admin == nil, "off unless configured")
+    }
+
+    @Test(
+        "bad values name the key and say what to do",
+        arguments: [
+            ("  listen: 0.0.0.0:9464\n", "admin.token", "not loopback"),
+            ("  listen: 9464\n", "admin.listen", "HOST:PORT"),
+            ("  listen: 127.0.0.1:99999\n", "admin.listen", "0 to 65535"),
+            ("  listen: example.com:80\n", "admin.listen", "not an IP address"),
+            ("  token: ''\n", "admin.token", "empty"),
+            ("  port: 80\n", "admin.port", "unknown key"),
+        ])
+    func errors(_ yaml: String, _ key: String, _ message: String) {
+        let error = #expect(throws: ConfigError.self) { try parse(yaml) }
+        #expect(error?.key == key, "\(error.map { "\($0)" } ?? "")")
+        #expect(error?.message.contains(message) == true, "\(error.map { "\($0)" } ?? "")")
+    }
+}
