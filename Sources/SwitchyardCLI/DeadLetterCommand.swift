@@ -37,26 +37,9 @@ struct DeadLetterCommand: ParsableCommand {
         @Option(help: "Most messages to look at.")
         var limit = 10_000
 
-        /// The dead-letter suffix of the transport `spec` names: its own `dead_letter_suffix`, else
-        /// its inner transport's (a decorator's dead letters are its inner's), else the SDK's
-        /// default — the one definition the plugins use too.
-        static func deadLetterSuffix(of name: String, in config: SwitchyardConfig) -> String {
-            var current = config.transport(named: name)
-            var seen: Set<String> = []
-            while let entry = current, seen.insert(entry.name).inserted {
-                if let object = try? JSONSerialization.jsonObject(with: Data(entry.configJSON.utf8)) as? [String: Any],
-                    let suffix = object["dead_letter_suffix"] as? String, !suffix.isEmpty
-                {
-                    return suffix
-                }
-                current = entry.inner.flatMap { config.transport(named: $0) }
-            }
-            return DeadLetter.defaultSuffix
-        }
-
         /// Opens the transport, holds every dead letter (delivered, unsettled), hands them to `body`
-        /// (which may settle some through `letters.client`), and releases the rest.
-        func withDeadLetters(_ body: (DeadLetters) throws -> Void) throws {
+        /// (which may replay or purge some), and releases the rest.
+        func withDeadLetters(_ body: (DeadLetterBrowser) throws -> Void) throws {
             let config = try search.loadConfig()
             guard config.transport(named: transport) != nil else {
                 throw ValidationError("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
@@ -70,18 +53,14 @@ struct DeadLetterCommand: ParsableCommand {
             guard chain.contains(.deadLetter) else {
                 throw ValidationError("transport '\(transport)' has no dead-letter support (capabilities: \(chain))")
             }
-            let suffix = Self.deadLetterSuffix(of: transport, in: config)
-            let original = channel.hasSuffix(suffix) ? String(channel.dropLast(suffix.count)) : channel
-            let letters = DeadLetters(client: target.client, originalChannel: original, channel: original + suffix)
-            let subscription = try target.client.subscribe(
-                SubscribeOptions(channel: letters.channel, maxInFlight: UInt32(max(1, min(limit, 1_000_000)))), handler: letters.handler)
-            letters.waitUntilQuiet()
-            defer { try? target.client.unsubscribe(subscription) }  // releases whatever was not settled
+            let letters = try DeadLetterBrowser(
+                client: target.client, channel: channel, deadLetterSuffix: config.deadLetterSuffix(ofTransport: transport), limit: limit)
+            defer { letters.close() }  // releases whatever was not settled
             try body(letters)
         }
 
         /// Runs `action` on each dead letter `selection` picks, one at a time; returns how many.
-        func forEach(_ selection: Selection, _ action: (DeadLetters, DeadLetters.Letter) throws -> Void) throws -> Int {
+        func forEach(_ selection: Selection, _ action: (DeadLetterBrowser, DeadLetterBrowser.Letter) throws -> Void) throws -> Int {
             var count = 0
             try withDeadLetters { letters in
                 for letter in letters.letters where selection.matches(letter) {
@@ -90,41 +69,6 @@ struct DeadLetterCommand: ParsableCommand {
                 }
             }
             return count
-        }
-    }
-
-    /// The dead letters collected from one subscription.
-    final class DeadLetters: @unchecked Sendable {
-        struct Letter {
-            let delivery: DeliveryID
-            let message: Message
-        }
-        let client: TransportClient
-        /// The channel the dead letters came from, and their dead-letter channel.
-        let originalChannel: String, channel: String
-        private let collected = Guarded<[Letter]>([])
-        private let lastArrival = Guarded<Date>(Date())
-
-        init(client: TransportClient, originalChannel: String, channel: String) {
-            self.client = client
-            self.originalChannel = originalChannel
-            self.channel = channel
-        }
-
-        var letters: [Letter] { collected.withLock { $0 } }
-
-        var handler: DeliveryHandler {
-            { [self] delivery, view in
-                let message = view.copy()
-                collected.withLock { $0.append(Letter(delivery: delivery, message: message)) }
-                lastArrival.withLock { $0 = Date() }
-                return .ok
-            }
-        }
-
-        /// Waits until no delivery arrived for 300 ms.
-        func waitUntilQuiet() {
-            while Date().timeIntervalSince(lastArrival.withLock { $0 }) < 0.3 { usleep(20_000) }
         }
     }
 
@@ -145,7 +89,7 @@ struct DeadLetterCommand: ParsableCommand {
                     ]
                 }
                 if json {
-                    try printJSON(letters.map { LetterJSON($0.message) })
+                    try printJSON(letters.map { DeadLetterRecord($0.message) })
                 } else if rows.isEmpty {
                     print("No dead letters on \(held.channel).")
                 } else {
@@ -168,7 +112,7 @@ struct DeadLetterCommand: ParsableCommand {
                     throw ExitCode.failure
                 }
                 let m = letter.message
-                if json { return try printJSON(LetterJSON(m)) }
+                if json { return try printJSON(DeadLetterRecord(m)) }
                 print(describe(m))
             }
         }
@@ -184,7 +128,9 @@ struct DeadLetterCommand: ParsableCommand {
         lines.append("dead-lettered:   \(m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? "?")")
         lines.append("reason:          \(m.header(DeadLetterHeader.reason) ?? "")")
         lines.append("history:")
-        for entry in (m.header(DeadLetterHeader.history) ?? "").split(separator: "\n") { lines.append("  \(readableHistory(String(entry)))") }
+        for entry in (m.header(DeadLetterHeader.history) ?? "").split(separator: "\n") {
+            lines.append("  \(DeadLetterRecord.readableHistory(String(entry)))")
+        }
         if let call = ReadableCall(m) {
             lines.append("call:            \(call.target)")
             lines.append("arguments:       \(call.argumentsJSON ?? "unreadable (\(call.argumentsProblem ?? "?"))") (\(call.encoding))")
@@ -205,14 +151,6 @@ struct DeadLetterCommand: ParsableCommand {
         return lines.joined(separator: "\n")
     }
 
-    /// `attempt 2 at 1764489600000000000: reason` with the time in RFC 3339.
-    static func readableHistory(_ entry: String) -> String {
-        guard let at = entry.range(of: " at "), let colon = entry[at.upperBound...].firstIndex(of: ":"),
-            let nanos = Int64(entry[at.upperBound..<colon])
-        else { return entry }
-        return entry[..<at.upperBound] + formatTime(nanos) + entry[colon...]
-    }
-
     /// Which dead letters a command acts on: named ids, or all of them.
     struct Selection: ParsableArguments {
         @Argument(help: "Message ids.") var ids: [String] = []
@@ -222,7 +160,7 @@ struct DeadLetterCommand: ParsableCommand {
             if ids.isEmpty && !all { throw ValidationError("name message ids, or --all") }
         }
 
-        func matches(_ letter: DeadLetters.Letter) -> Bool { all || ids.contains(letter.message.id) }
+        func matches(_ letter: DeadLetterBrowser.Letter) -> Bool { all || ids.contains(letter.message.id) }
     }
 
     struct Replay: ParsableCommand {
@@ -242,27 +180,10 @@ struct DeadLetterCommand: ParsableCommand {
         func run() throws {
             var expired: [String] = []
             let moved = try target.forEach(selection) { letters, letter in
-                var message = DeadLetter.original(of: letter.message, fallbackChannel: letters.originalChannel)
-                if let call = ReadableCall(message), call.replyTo != nil {
-                    if fireAndForget {
-                        message.headers.removeAll { $0.key == EnvelopeHeader.replyTo || $0.key == EnvelopeHeader.deadline }
-                    } else if call.isExpired() {
-                        expired.append("\(message.id) (\(call.target), deadline \(formatTime(call.deadlineNanos)))")
-                    }
-                }
-                // Publish first, then remove from the dead-letter channel: never lose it.
-                try letters.client.publish(message)
-                try letters.client.settle(letter.delivery, .ack)
+                if let warning = try letters.replay(letter, asFireAndForget: fireAndForget) { expired.append(warning) }
             }
             print("replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")")
-            if !expired.isEmpty {
-                print(
-                    """
-                    warning: \(expired.count) of them are request-reply calls whose caller's deadline has passed; \
-                    the receiver will dead-letter them again as expired: \(expired.joined(separator: ", ")). \
-                    Replay them with --fire-and-forget to run them with nobody waiting for the result.
-                    """)
-            }
+            for warning in expired { print("warning: \(warning)") }
         }
     }
 
@@ -272,34 +193,9 @@ struct DeadLetterCommand: ParsableCommand {
         @OptionGroup var selection: Selection
 
         func run() throws {
-            let purged = try target.forEach(selection) { letters, letter in try letters.client.settle(letter.delivery, .ack) }
+            let purged = try target.forEach(selection) { letters, letter in try letters.purge(letter) }
             print("purged \(purged) message\(purged == 1 ? "" : "s")")
         }
-    }
-}
-
-/// A dead letter as `--json` prints it.
-struct LetterJSON: Encodable {
-    let id, channel, reason, deadLetteredAt: String
-    let attempts: Int
-    let history: [String]
-    /// For a typed call: `Interface.method(labels:)` and its arguments as JSON text.
-    let call, arguments: String?
-    let headers: [String: String]
-    let body: String
-
-    init(_ m: Message) {
-        id = m.id
-        channel = m.header(DeadLetterHeader.channel) ?? ""
-        reason = m.header(DeadLetterHeader.reason) ?? ""
-        deadLetteredAt = m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? ""
-        attempts = Int(m.header(DeadLetterHeader.attempts) ?? "") ?? 0
-        let readable = ReadableCall(m)
-        call = readable?.target
-        arguments = readable?.argumentsJSON
-        history = (m.header(DeadLetterHeader.history) ?? "").split(separator: "\n").map { DeadLetterCommand.readableHistory(String($0)) }
-        headers = Dictionary(m.headers.filter { !$0.key.hasPrefix(DeadLetterHeader.prefix) }.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
-        body = String(validating: m.body, as: UTF8.self) ?? m.body.map { String(format: "%02x", $0) }.joined()
     }
 }
 

@@ -62,6 +62,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     private let replySubscriptions = Guarded<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)
     let answeredDeadLetters = AnsweredDeadLetters()
+    let deadLetterTally = DeadLetterTally()
     /// One relay per outbox database (routes with `outbox: true`, `outboxes:`).
     let outboxRelays: OutboxRelays
     /// The application databases of `outboxes:`, by name.

@@ -14,6 +14,16 @@ final class AnsweredDeadLetters: Sendable {
     func contains(_ id: String) -> Bool { ids.withLock { $0.contains(id) } }
 }
 
+/// Dead letters reported since the system started, by dead-letter channel and the transport that
+/// reported them: what the admin endpoint lists next to the channels this process serves.
+final class DeadLetterTally: Sendable {
+    private let counts = Guarded<[String: (transport: String, count: Int)]>([:])
+    func count(transport: String, deadLetterChannel: String) {
+        counts.withLock { $0[deadLetterChannel, default: (transport, 0)].count += 1 }
+    }
+    var snapshot: [String: (transport: String, count: Int)] { counts.withLock { $0 } }
+}
+
 extension SwitchyardActorSystem {
     /// Subscribes to every transport's dead-letter reports (ABI 1.2), so that a request-reply
     /// call dead-lettered by anyone — a retry decorator, a broker's own delivery limit, a
@@ -47,6 +57,7 @@ extension SwitchyardActorSystem {
     /// the plugin's thread, often inside its `settle`: the reply is published from a task of its
     /// own, so the host service returns at once and never calls back into the plugin from it.
     func deadLettered(_ message: Message, reason: String, on transport: Transport) {
+        deadLetterTally.count(transport: transport.name, deadLetterChannel: message.channel)
         let id = message.header(EnvelopeHeader.id) ?? message.id
         if answeredDeadLetters.contains(id) { return }
         let target = message.header(EnvelopeHeader.type) ?? message.header(DeadLetterHeader.channel) ?? message.channel

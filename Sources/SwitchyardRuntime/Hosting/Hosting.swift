@@ -150,7 +150,7 @@ extension SwitchyardActorSystem {
                 }
             }
         }
-        server.add(Server.Subscription(transport: transport, id: subscription, queue: queue, workers: workers))
+        server.add(Server.Subscription(transport: transport, id: subscription, queue: queue, workers: workers), channel: options.channel)
     }
 
     /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter

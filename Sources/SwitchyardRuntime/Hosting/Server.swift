@@ -29,9 +29,16 @@ final class Server: Sendable {
         let workers: [Task<Void, Never>]
     }
 
+    /// A channel served here, on a transport (kept after the drain, for the overview).
+    struct ServedChannel: Hashable, Sendable {
+        let transport: String
+        let channel: String
+    }
+
     private struct State {
         var hosted: [SwitchyardActorID: Hosted] = [:]
         var subscriptions: [Subscription] = []
+        var served: Set<ServedChannel> = []
     }
     private let state = Guarded(State())
     /// Deliveries executing now (and their replies and settlements still being committed).
@@ -58,9 +65,15 @@ final class Server: Sendable {
     /// Everything hosted now.
     func allHosted() -> [Hosted] { state.withLock { Array($0.hosted.values) } }
 
-    func add(_ subscription: Subscription) {
-        state.withLock { $0.subscriptions.append(subscription) }
+    func add(_ subscription: Subscription, channel: String) {
+        state.withLock {
+            $0.subscriptions.append(subscription)
+            $0.served.insert(ServedChannel(transport: subscription.transport.name, channel: channel))
+        }
     }
+
+    /// Every (transport, channel) subscribed here since the start.
+    func servedChannels() -> Set<ServedChannel> { state.withLock { $0.served } }
 
     /// Removes and returns every subscription.
     func takeSubscriptions() -> [Subscription] {

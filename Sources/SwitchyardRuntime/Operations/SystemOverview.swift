@@ -22,6 +22,23 @@ public struct SystemOverview: Codable, Sendable {
     public var routes: [RouteInfo]
     /// The actors (and native modules) this process hosts.
     public var services: [Service]
+    /// The dead-letter channels of the channels served here (and of any other channel a
+    /// transport reported a dead letter on since the start), for browsing with
+    /// ``SwitchyardActorSystem/deadLetters(transport:channel:limit:)``.
+    public var deadLetters: [DeadLetterChannel]
+
+    /// One channel's dead letters.
+    public struct DeadLetterChannel: Codable, Sendable {
+        /// The transport to browse them on.
+        public var transport: String
+        /// The channel they were dead-lettered from (`payments`).
+        public var channel: String
+        /// Where they are (`payments.dlq`).
+        public var deadLetterChannel: String
+        /// Dead letters transports reported on it since this system started (earlier ones,
+        /// kept by a durable transport, are not counted here: browse to see them).
+        public var deadLetteredSinceStart: Int
+    }
 
     /// One loaded plugin.
     public struct Plugin: Codable, Sendable {
@@ -138,7 +155,52 @@ extension SwitchyardActorSystem {
         return SystemOverview(
             instance: instanceID, state: "\(current)", ready: current == .running,
             plugins: plugins.values.sorted { ($0.name, $0.path) < ($1.name, $1.path) }, transports: transportInfos,
-            routes: routeInfos, services: services)
+            routes: routeInfos, services: services, deadLetters: deadLetterChannels())
+    }
+
+    /// The dead-letter channels of what this process serves, with the counts reported since the
+    /// start; reply channels are not listed.
+    func deadLetterChannels() -> [SystemOverview.DeadLetterChannel] {
+        var tally = deadLetterTally.snapshot
+        var channels: [SystemOverview.DeadLetterChannel] = []
+        for served in server.servedChannels() {
+            guard let transport = transports?[served.transport], transport.chainCapabilities.contains(.deadLetter) else { continue }
+            let suffix = config.deadLetterSuffix(ofTransport: served.transport)
+            let deadLetterChannel = served.channel + suffix
+            guard !channels.contains(where: { $0.deadLetterChannel == deadLetterChannel }) else { continue }
+            let count = tally.removeValue(forKey: deadLetterChannel)?.count ?? 0
+            channels.append(.init(transport: served.transport, channel: served.channel, deadLetterChannel: deadLetterChannel, deadLetteredSinceStart: count))
+        }
+        for (deadLetterChannel, reported) in tally {
+            let suffix = config.deadLetterSuffix(ofTransport: reported.transport)
+            let channel = deadLetterChannel.hasSuffix(suffix) ? String(deadLetterChannel.dropLast(suffix.count)) : deadLetterChannel
+            channels.append(.init(transport: reported.transport, channel: channel, deadLetterChannel: deadLetterChannel, deadLetteredSinceStart: reported.count))
+        }
+        return channels.sorted { ($0.transport, $0.channel) < ($1.transport, $1.channel) }
+    }
+
+    /// Holds the dead letters of `channel` (or its dead-letter channel) on the configured
+    /// transport `transport`, up to `limit`, to list, replay or purge; close it when done (the
+    /// transport keeps what was not replayed or purged). Throws `.notFound` for an unknown
+    /// transport and `.unsupported` for one without dead letters.
+    public func deadLetters(transport name: String, channel: String, limit: Int = 1000) async throws -> DeadLetterBrowser {
+        guard let transport = transports?[name] else {
+            let known = transports?.transports.keys.sorted().joined(separator: ", ") ?? "none"
+            throw TransportError(.notFound, "no transport named '\(name)' in this system (its transports: \(known))")
+        }
+        guard transport.chainCapabilities.contains(.deadLetter) else {
+            throw TransportError(.unsupported, "transport '\(name)' (\(transport.chainDescription)) keeps no dead letters")
+        }
+        let suffix = config.deadLetterSuffix(ofTransport: name)
+        let client = transport.client
+        let result: Result<DeadLetterBrowser, TransportError> = await blockingOperation {
+            do throws(TransportError) {
+                return .success(try DeadLetterBrowser(client: client, channel: channel, deadLetterSuffix: suffix, limit: limit))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
     }
 
     /// `Module.$Orders` → `Orders`: the name routes and envelopes use.

@@ -1,0 +1,177 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardTransportKit
+import SwitchyardWire
+
+/// The dead letters of one channel, held while you look at them: what `switchyard dlq` and the
+/// admin endpoint's dead-letter pages use, through the plugin ABI alone.
+///
+/// Opening one subscribes to the dead-letter channel and takes every message there (up to a
+/// limit) without settling it; ``replay(_:asFireAndForget:)`` and ``purge(_:)`` settle one;
+/// ``close()`` unsubscribes, and the transport keeps whatever was not settled, as it was.
+/// Replaying publishes the message to its original channel first and only then removes it from
+/// the dead-letter channel, so an interrupted replay loses nothing (at worst a message is
+/// published twice, with the same id).
+public final class DeadLetterBrowser: @unchecked Sendable {
+    // @unchecked: `collected` and `lastArrival` are guarded; the rest is immutable.
+
+    /// One held dead letter.
+    public struct Letter: Sendable {
+        /// The delivery to settle it by.
+        public let delivery: DeliveryID
+        /// The message, dead-letter headers included.
+        public let message: Message
+    }
+
+    /// The transport's client.
+    public let client: TransportClient
+    /// The channel the dead letters came from (`orders`), and their dead-letter channel (`orders.dlq`).
+    public let originalChannel: String, channel: String
+    private let collected = Guarded<[Letter]>([])
+    private let lastArrival = Guarded<Date>(Date())
+    private var subscription: SubscriptionID?
+
+    /// Holds the dead letters of `channel` (given as `C` or as its dead-letter channel `C.dlq`)
+    /// on `client`, up to `limit`, waiting until none arrived for `quiet`. Blocks: call it off
+    /// the cooperative pool.
+    public init(client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = 10_000, quiet: TimeInterval = 0.3) throws(
+        TransportError
+    ) {
+        self.client = client
+        originalChannel = channel.hasSuffix(deadLetterSuffix) ? String(channel.dropLast(deadLetterSuffix.count)) : channel
+        self.channel = originalChannel + deadLetterSuffix
+        let options = SubscribeOptions(channel: self.channel, maxInFlight: UInt32(max(1, min(limit, 1_000_000))))
+        subscription = try client.subscribe(options) { [collected, lastArrival] delivery, view in
+            let message = view.copy()
+            collected.withLock { $0.append(Letter(delivery: delivery, message: message)) }
+            lastArrival.withLock { $0 = Date() }
+            return .ok
+        }
+        while Date().timeIntervalSince(lastArrival.withLock { $0 }) < quiet { usleep(20_000) }
+    }
+
+    /// The dead letters held, in the order they arrived.
+    public var letters: [Letter] { collected.withLock { $0 } }
+
+    /// The held dead letter with message id `id`.
+    public func letter(id: String) -> Letter? { letters.first { $0.message.id == id } }
+
+    /// Publishes `letter` to its original channel (without the dead-letter headers, attempt 0),
+    /// then removes it from the dead-letter channel. With `asFireAndForget`, a request-reply
+    /// call goes without its reply channel and deadline (its caller is gone; the receiver runs it
+    /// and discards the result). Returns a warning when the call's caller stopped waiting and it
+    /// was replayed as is: the receiver will dead-letter it again as expired.
+    @discardableResult
+    public func replay(_ letter: Letter, asFireAndForget: Bool = false) throws(TransportError) -> String? {
+        var message = DeadLetter.original(of: letter.message, fallbackChannel: originalChannel)
+        var warning: String?
+        if let call = ReadableCall(message), call.replyTo != nil {
+            if asFireAndForget {
+                message.headers.removeAll { $0.key == EnvelopeHeader.replyTo || $0.key == EnvelopeHeader.deadline }
+            } else if call.isExpired() {
+                warning =
+                    "\(message.id) (\(call.target)) is a request-reply call whose caller stopped waiting at \(RFC3339.format(nanos: call.deadlineNanos)); "
+                    + "the receiver will dead-letter it again as expired: replay it as fire-and-forget to run it with nobody waiting"
+            }
+        }
+        try client.publish(message)  // first: never lose it
+        try client.settle(letter.delivery, .ack)
+        collected.withLock { $0.removeAll { $0.delivery == letter.delivery } }
+        return warning
+    }
+
+    /// Deletes `letter` for good.
+    public func purge(_ letter: Letter) throws(TransportError) {
+        try client.settle(letter.delivery, .ack)
+        collected.withLock { $0.removeAll { $0.delivery == letter.delivery } }
+    }
+
+    /// Unsubscribes; the transport keeps every dead letter not replayed or purged.
+    public func close() {
+        if let subscription { try? client.unsubscribe(subscription) }
+        subscription = nil
+    }
+
+    deinit { close() }
+}
+
+/// One dead letter for a person or a program: where it came from, why and when it was
+/// dead-lettered, its attempts and, for a typed call, the call decoded. What `switchyard dlq
+/// list --json` prints and the admin API serves.
+public struct DeadLetterRecord: Codable, Sendable {
+    /// The message id.
+    public var id: String
+    /// The channel it was dead-lettered from.
+    public var channel: String
+    /// The subscriber group whose copy it was, on a topic.
+    public var group: String?
+    /// Why.
+    public var reason: String
+    /// When, RFC 3339.
+    public var deadLetteredAt: String
+    /// Deliveries made before it was dead-lettered.
+    public var attempts: Int
+    /// One line per failed attempt, times in RFC 3339.
+    public var history: [String]
+    /// For a typed call: `Interface.method(labels:)`.
+    public var call: String?
+    /// For a typed call: its arguments as a JSON array.
+    public var arguments: String?
+    /// For a request-reply call: the channel its caller waited on.
+    public var replyTo: String?
+    /// For a request-reply call: whether its caller has stopped waiting.
+    public var callerGone: Bool?
+    /// The message's other headers.
+    public var headers: [String: String]
+    /// The body as text, or hex when it is not UTF-8 (empty for a typed call, whose arguments
+    /// are above).
+    public var body: String
+
+    /// The record of `m`, a dead-lettered message.
+    public init(_ m: Message) {
+        id = m.id
+        channel = m.header(DeadLetterHeader.channel) ?? ""
+        group = m.header(DeadLetterHeader.group)
+        reason = m.header(DeadLetterHeader.reason) ?? ""
+        deadLetteredAt = m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map { RFC3339.format(nanos: $0) } ?? ""
+        attempts = Int(m.header(DeadLetterHeader.attempts) ?? "") ?? 0
+        history = (m.header(DeadLetterHeader.history) ?? "").split(separator: "\n").map { Self.readableHistory(String($0)) }
+        let readable = ReadableCall(m)
+        call = readable?.target
+        arguments = readable?.argumentsJSON ?? readable.map { "unreadable (\($0.argumentsProblem ?? "?"))" }
+        replyTo = readable?.replyTo
+        callerGone = readable?.replyTo == nil ? nil : readable?.isExpired()
+        headers = Dictionary(
+            m.headers.filter { !$0.key.hasPrefix(DeadLetterHeader.prefix) }.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        body =
+            readable != nil ? "" : (String(validating: m.body, as: UTF8.self) ?? m.body.map { String(format: "%02x", $0) }.joined())
+    }
+
+    /// `attempt 2 at 1764489600000000000: reason` with the time in RFC 3339.
+    public static func readableHistory(_ entry: String) -> String {
+        guard let at = entry.range(of: " at "), let colon = entry[at.upperBound...].firstIndex(of: ":"),
+            let nanos = Int64(entry[at.upperBound..<colon])
+        else { return entry }
+        return entry[..<at.upperBound] + RFC3339.format(nanos: nanos) + entry[colon...]
+    }
+}
+
+extension SwitchyardConfig {
+    /// The dead-letter suffix of transport `name`: its own `dead_letter_suffix`, else its inner
+    /// transport's (a decorator's dead letters are its inner's), else the SDK's default — the
+    /// one definition the plugins use too.
+    public func deadLetterSuffix(ofTransport name: String) -> String {
+        var current = transport(named: name)
+        var seen: Set<String> = []
+        while let entry = current, seen.insert(entry.name).inserted {
+            if let object = try? JSONSerialization.jsonObject(with: Data(entry.configJSON.utf8)) as? [String: Any],
+                let suffix = object["dead_letter_suffix"] as? String, !suffix.isEmpty
+            {
+                return suffix
+            }
+            current = entry.inner.flatMap { transport(named: $0) }
+        }
+        return DeadLetter.defaultSuffix
+    }
+}
