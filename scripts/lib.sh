@@ -20,13 +20,14 @@ SWITCHYARD_DEBIAN_PACKAGES="libc6-dev libsqlite3-dev pkg-config libnats-dev libf
 #                   postgres user); without it those tests are skipped
 #   rabbitmq-server the RabbitMQ broker the rabbitmq tests start in temporary directories (Debian
 #                   does not start its own service in a container); without it those tests are skipped
-SWITCHYARD_TEST_PACKAGES="nats-server python3-venv postgresql rabbitmq-server"
+#   chromium        Debian's headless browser, for the admin console test (Tests/Browser)
+SWITCHYARD_TEST_PACKAGES="nats-server python3-venv postgresql rabbitmq-server chromium"
 
 # The suites that start many processes and kill them on purpose (the crash soak, plugins in child
-# processes, PostgreSQL servers, RabbitMQ brokers): they load both cores for seconds, so scripts/test
+# processes, PostgreSQL servers, RabbitMQ brokers, a browser over the demo): they load both cores for seconds, so scripts/test
 # and scripts/sanitize run them after the rest, whose timing-bound tests would otherwise miss their
 # windows on a two-core machine.
-SWITCHYARD_HEAVY_SUITES="SoakTests|IsolationTests|PostgresTests|RabbitMQTests"
+SWITCHYARD_HEAVY_SUITES="SoakTests|IsolationTests|PostgresTests|RabbitMQTests|ConsoleInBrowserTests"
 
 # Installs the packages in SWITCHYARD_DEBIAN_PACKAGES, and those named as arguments, that are not
 # installed yet.

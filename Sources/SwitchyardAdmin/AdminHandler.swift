@@ -9,6 +9,8 @@ import SwitchyardRuntime
 struct AdminHandler: HTTPHandler {
     let system: SwitchyardActorSystem
     let token: String?
+    let rates = RateSampler()
+    var deadLetters: DeadLetterEndpoints { DeadLetterEndpoints(system: system, token: token) }
 
     /// Every endpoint, for `GET /api` and for the 404 message.
     static let endpoints: [(path: String, what: String)] = [
@@ -20,15 +22,19 @@ struct AdminHandler: HTTPHandler {
         ("/api/transports", "the transports, their plugin chains and counters"),
         ("/api/routes", "the routes, in config order"),
         ("/api/services", "the actors and native modules hosted here"),
-        ("/", "the same as a page"),
+        ("/api/dead-letters", "the dead-letter channels of what is served here"),
+        ("/api/dead-letters/TRANSPORT/CHANNEL", "a channel's dead letters, decoded; POST …/replay or …/purge with {\"ids\": [...]} or {\"all\": true}"),
+        ("/", "the console: route map, rates, depths, dead letters"),
     ]
 
     func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
         if let refusal = refusal(of: request) { return refusal }
+        let segments = request.path.split(separator: "/").map { String($0).removingPercentEncoding ?? String($0) }
+        if let answer = await deadLetters.handle(request, segments) { return answer }
         guard request.method == .GET || request.method == .HEAD else {
             return Self.json(
                 .methodNotAllowed,
-                ["error": "\(request.method.rawValue) \(request.path): the admin API only reads (GET); nothing here changes state yet"])
+                ["error": "\(request.method.rawValue) \(request.path): this endpoint only reads (GET); only dead letters take POST (…/replay, …/purge)"])
         }
         switch request.path {
         case "/metrics":
@@ -49,8 +55,8 @@ struct AdminHandler: HTTPHandler {
         case "/api/routes": return Self.encoded(system.overview().routes)
         case "/api/services": return Self.encoded(system.overview().services)
         case "/", "/index.html":
-            return HTTPResponse(
-                statusCode: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: Data(OverviewPage.render(system.overview()).utf8))
+            let overview = system.overview()
+            return Self.page(OverviewPage.render(overview, rates: rates.rates(overview.transports)))
         default:
             return Self.json(
                 .notFound,
@@ -103,6 +109,10 @@ struct AdminHandler: HTTPHandler {
     static func json(_ status: HTTPStatusCode, _ object: [String: String]) -> HTTPResponse {
         let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
         return HTTPResponse(statusCode: status, headers: [.contentType: "application/json"], body: body)
+    }
+
+    static func page(_ html: String) -> HTTPResponse {
+        HTTPResponse(statusCode: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: Data(html.utf8))
     }
 
     static func encoded(_ value: some Encodable) -> HTTPResponse {

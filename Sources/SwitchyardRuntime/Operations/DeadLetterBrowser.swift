@@ -35,9 +35,7 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     /// Holds the dead letters of `channel` (given as `C` or as its dead-letter channel `C.dlq`)
     /// on `client`, up to `limit`, waiting until none arrived for `quiet`. Blocks: call it off
     /// the cooperative pool.
-    public init(client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = 10_000, quiet: TimeInterval = 0.3) throws(
-        TransportError
-    ) {
+    public init(client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = 10_000, quiet: TimeInterval = 0.3) throws(TransportError) {
         self.client = client
         originalChannel = channel.hasSuffix(deadLetterSuffix) ? String(channel.dropLast(deadLetterSuffix.count)) : channel
         self.channel = originalChannel + deadLetterSuffix

@@ -66,6 +66,9 @@ public struct SystemOverview: Codable, Sendable {
         public var chain: [String]
         /// What the chain can do together.
         public var capabilities: [String]
+        /// Where the messages are: `memory`, `SQLite (work.db)`, `NATS JetStream`, `PostgreSQL`,
+        /// `RabbitMQ`, or the innermost plugin's name for a third-party one.
+        public var engine: String
         /// `process` when its plugin runs in a child process, else `in-process`.
         public var isolation: String
         /// The child process's pid under `isolation: process`, while it runs.
@@ -130,6 +133,7 @@ extension SwitchyardActorSystem {
             }
             var info = SystemOverview.TransportInfo(
                 name: transport.name, chain: transport.chain.map(\.plugin.name), capabilities: transport.chainCapabilities.names,
+                engine: engine(of: transport),
                 isolation: config.transport(named: transport.name)?.isolation == nil ? "in-process" : "process",
                 pluginProcessID: transport.pluginProcessID)
             do {
@@ -156,6 +160,22 @@ extension SwitchyardActorSystem {
             instance: instanceID, state: "\(current)", ready: current == .running,
             plugins: plugins.values.sorted { ($0.name, $0.path) < ($1.name, $1.path) }, transports: transportInfos,
             routes: routeInfos, services: services, deadLetters: deadLetterChannels())
+    }
+
+    /// Where `transport`'s messages are, from its innermost plugin and that one's config.
+    func engine(of transport: Transport) -> String {
+        let innermost = transport.chain.last ?? transport
+        switch innermost.plugin.name {
+        case "queue", "topic", "delay":
+            let configJSON = config.transport(named: innermost.name)?.configJSON ?? "{}"
+            let object = (try? JSONSerialization.jsonObject(with: Data(configJSON.utf8))) as? [String: Any]
+            guard let path = object?["path"] as? String, !path.isEmpty else { return "memory" }
+            return "SQLite (\((path as NSString).lastPathComponent))"
+        case "nats", "nats-topic": return "NATS JetStream"
+        case "postgres", "postgres-topic": return "PostgreSQL"
+        case "rabbitmq", "rabbitmq-topic": return "RabbitMQ"
+        default: return innermost.plugin.name
+        }
     }
 
     /// The dead-letter channels of what this process serves, with the counts reported since the

@@ -1,0 +1,198 @@
+import FlyingFox
+import Foundation
+import SwitchyardABI
+import SwitchyardRuntime
+
+/// Dead letters over HTTP: `GET /api/dead-letters` lists the channels,
+/// `GET /api/dead-letters/TRANSPORT/CHANNEL` the letters, decoded, and
+/// `POST …/replay` and `POST …/purge` act on some (`{"ids": [...]}`) or all (`{"all": true}`);
+/// replay takes `"fire_and_forget": true` for calls whose callers are gone. The page at
+/// `/dead-letters/TRANSPORT/CHANNEL` does the same with forms. Acting always needs the token.
+struct DeadLetterEndpoints {
+    let system: SwitchyardActorSystem
+    let token: String?
+
+    /// What a replay or purge acts on.
+    struct Selection: Decodable {
+        var ids: [String]?
+        var all: Bool?
+        var fireAndForget: Bool?
+
+        func picks(_ letter: DeadLetterBrowser.Letter) -> Bool { all == true || (ids ?? []).contains(letter.message.id) }
+    }
+
+    /// The outcome of a replay or purge.
+    struct Outcome: Encodable {
+        var action: String
+        var done: Int
+        var missing: [String]
+        var warnings: [String]
+    }
+
+    /// `/api/dead-letters…` and `/dead-letters/…`; nil when `segments` is neither.
+    func handle(_ request: HTTPRequest, _ segments: [String]) async -> HTTPResponse? {
+        let api = segments.first == "api"
+        let rest = api ? Array(segments.dropFirst()) : segments
+        guard rest.first == "dead-letters" else { return nil }
+        let path = Array(rest.dropFirst())
+        switch (request.method, path.count) {
+        case (.GET, 0) where api:
+            return AdminHandler.encoded(system.overview().deadLetters)
+        case (.GET, 2):
+            let note = request.query.first { $0.name == "note" }?.value
+            return await list(transport: path[0], channel: path[1], page: !api, note: note)
+        case (.POST, 3) where path[2] == "replay" || path[2] == "purge":
+            if let refusal = changeRefusal(request) { return refusal }
+            let form = !api
+            let selection: Selection
+            do {
+                selection = try await Self.selection(of: request, form: form)
+            } catch {
+                return AdminHandler.json(.badRequest, ["error": "\(error)"])
+            }
+            guard selection.all == true || !(selection.ids ?? []).isEmpty else {
+                return AdminHandler.json(.badRequest, ["error": #"say which dead letters: {"ids": ["…"]} or {"all": true}"#])
+            }
+            let outcome = await act(path[2], on: selection, transport: path[0], channel: path[1])
+            switch outcome {
+            case .failure(let error):
+                return AdminHandler.json(error.code == .notFound ? .notFound : .badRequest, ["error": error.message])
+            case .success(let outcome) where form:
+                // Back to the page, which says what happened (Post/Redirect/Get).
+                let note = "\(outcome.action) \(outcome.done)" + (outcome.warnings.isEmpty ? "" : "; " + outcome.warnings.joined(separator: "; "))
+                var components = URLComponents()
+                components.path = "/dead-letters/\(Self.escapePath(path[0]))/\(Self.escapePath(path[1]))"
+                components.queryItems = [URLQueryItem(name: "note", value: note)]
+                return HTTPResponse(statusCode: .seeOther, headers: [.location: components.string ?? "/"], body: Data())
+            case .success(let outcome):
+                return AdminHandler.encoded(outcome)
+            }
+        case (.GET, _), (.HEAD, _), (.POST, _):
+            return AdminHandler.json(
+                .notFound, ["error": "dead letters are at /api/dead-letters, /api/dead-letters/TRANSPORT/CHANNEL and …/replay or …/purge (POST)"])
+        default:
+            return AdminHandler.json(.methodNotAllowed, ["error": "\(request.method.rawValue): dead letters take GET, and POST to replay or purge"])
+        }
+    }
+
+    /// Replay and purge change state: they need the token even on loopback, and a form must come
+    /// from this endpoint's own page (a page elsewhere must not post here with the browser's
+    /// credentials).
+    func changeRefusal(_ request: HTTPRequest) -> HTTPResponse? {
+        guard token != nil else {
+            return AdminHandler.json(
+                .forbidden,
+                [
+                    "error":
+                        "replaying and purging dead letters change state, so they need a token: set admin.token in the config "
+                        + "(or export SWITCHYARD_ADMIN_TOKEN) and restart; the CLI does the same without one: switchyard dlq replay|purge"
+                ])
+        }
+        if let origin = request.headers[HTTPHeader("Origin")], origin != "null",
+            let host = request.headers[.host],
+            URL(string: origin)?.host.map({ originHost in
+                let port = URL(string: origin)?.port.map { ":\($0)" } ?? ""
+                return originHost + port == host || "[\(originHost)]" + port == host
+            }) != true
+        {
+            return AdminHandler.json(.forbidden, ["error": "a form from \(origin) may not act on this endpoint"])
+        }
+        return nil
+    }
+
+    func list(transport: String, channel: String, page: Bool, note: String? = nil) async -> HTTPResponse {
+        let letters: DeadLetterBrowser
+        do {
+            letters = try await system.deadLetters(transport: transport, channel: channel)
+        } catch let error as TransportError {
+            return AdminHandler.json(error.code == .notFound ? .notFound : .badRequest, ["error": error.message])
+        } catch {
+            return AdminHandler.json(.internalServerError, ["error": "\(error)"])
+        }
+        let records = letters.letters.map { DeadLetterRecord($0.message) }
+        let deadLetterChannel = letters.channel
+        await close(letters)
+        if page {
+            return AdminHandler.page(
+                DeadLetterPage.render(transport: transport, channel: channel, deadLetterChannel: deadLetterChannel, records: records, canAct: token != nil, note: note))
+        }
+        return AdminHandler.encoded(records)
+    }
+
+    func act(_ action: String, on selection: Selection, transport: String, channel: String) async -> Result<Outcome, TransportError> {
+        let letters: DeadLetterBrowser
+        do {
+            letters = try await system.deadLetters(transport: transport, channel: channel)
+        } catch let error as TransportError {
+            return .failure(error)
+        } catch {
+            return .failure(TransportError(.io, "\(error)"))
+        }
+        let picked = letters.letters.filter(selection.picks)
+        let missing = (selection.ids ?? []).filter { id in !picked.contains { $0.message.id == id } }
+        let fireAndForget = selection.fireAndForget == true
+        let result: Result<Outcome, TransportError> = await Self.offPool {
+            var outcome = Outcome(action: action == "replay" ? "replayed" : "purged", done: 0, missing: missing, warnings: [])
+            do throws(TransportError) {
+                for letter in picked {
+                    if action == "replay" {
+                        if let warning = try letters.replay(letter, asFireAndForget: fireAndForget) { outcome.warnings.append(warning) }
+                    } else {
+                        try letters.purge(letter)
+                    }
+                    outcome.done += 1
+                }
+            } catch {
+                return .failure(TransportError(error.code, "\(outcome.action) \(outcome.done) of \(picked.count), then: \(error.message)"))
+            }
+            return .success(outcome)
+        }
+        await close(letters)
+        return result
+    }
+
+    /// Closes the browser off the cooperative pool (unsubscribing may wait for the plugin).
+    func close(_ letters: DeadLetterBrowser) async {
+        await Self.offPool { letters.close() }
+    }
+
+    static func offPool<R: Sendable>(_ work: @escaping @Sendable () -> R) async -> R {
+        await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: work()) }.start()
+        }
+    }
+
+    /// The selection in a JSON body, or in a form (`ids=a&ids=b`, `all=1`, `fire_and_forget=1`).
+    static func selection(of request: HTTPRequest, form: Bool) async throws -> Selection {
+        let body = try await request.bodyData
+        if form || request.headers[.contentType]?.hasPrefix("application/x-www-form-urlencoded") == true {
+            var selection = Selection()
+            for pair in String(decoding: body, as: UTF8.self).split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1).map {
+                    String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
+                }
+                guard let key = parts.first else { continue }
+                let value = parts.count > 1 ? parts[1] : ""
+                switch key {
+                case "ids": selection.ids = (selection.ids ?? []) + [value]
+                case "all": selection.all = value == "1" || value == "true"
+                case "fire_and_forget": selection.fireAndForget = value == "1" || value == "true"
+                default: break
+                }
+            }
+            return selection
+        }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        do {
+            return try decoder.decode(Selection.self, from: body)
+        } catch {
+            throw AdminError(#"the body must be JSON like {"ids": ["id-1"]} or {"all": true, "fire_and_forget": true}"#)
+        }
+    }
+
+    /// One path segment, percent-escaped.
+    static func escapePath(_ segment: String) -> String {
+        segment.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? segment
+    }
+}
