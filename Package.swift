@@ -268,7 +268,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "SwitchyardAdminTests",
-            dependencies: ["SwitchyardTestSupport", "SwitchyardAdmin", "SwitchyardRuntime", "SwitchyardConfig", "SwitchyardTestServices"]),
+            dependencies: ["SwitchyardTestSupport", "SwitchyardAdmin", "SwitchyardRuntime", "SwitchyardConfig", "SwitchyardTestServices", "SwitchyardABI"]),
         .testTarget(
             name: "SwitchyardCLITests",
             dependencies: ["SwitchyardTestSupport", "SwitchyardABI", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime"]),

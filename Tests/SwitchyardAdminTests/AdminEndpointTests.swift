@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardABI
 import SwitchyardAdmin
 import SwitchyardConfig
 import SwitchyardRuntime
@@ -30,8 +31,12 @@ struct AdminEndpointTests {
         /// `method path` with curl (a client independent of the server's library; Foundation's
         /// URLSession on Linux hangs on a 401 that carries `WWW-Authenticate`): status, body and
         /// headers (names lowercased).
-        func get(_ path: String, token: String? = nil, basic: String? = nil, method: String = "GET") async throws -> (Int, String, [String: String]) {
+        func get(
+            _ path: String, token: String? = nil, basic: String? = nil, method: String = "GET", body: String? = nil, headers: [String] = []
+        ) async throws -> (Int, String, [String: String]) {
             var arguments = ["-s", "-S", "-i", "--max-time", "10", "-X", method]
+            if let body { arguments += ["-H", "Content-Type: application/json", "--data-binary", body] }
+            for header in headers { arguments += ["-H", header] }
             if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
             if let basic { arguments += ["-u", "operator:\(basic)"] }
             let result = try await run("/usr/bin/curl", arguments + ["http://127.0.0.1:\(port)\(path)"])
@@ -106,6 +111,10 @@ struct AdminEndpointTests {
         #expect(pageStatus == 200)
         #expect(pageHeaders["content-type"]?.hasPrefix("text/html") == true)
         #expect(page.contains("<td>Worker.*</td>") && page.contains("<td>work</td>"), "\(page)")
+        // The terminal view of the same counters.
+        let terminal = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:\(running.port)", "--json"])
+        #expect(terminal.status == 0, "\(terminal.stderr)")
+        #expect(terminal.stdout.contains(#""name" : "work""#) && terminal.stdout.contains(#""published" : "#), "\(terminal.stdout)")
         let (missing, answer, _) = try await running.get("/etc/passwd")
         #expect(missing == 404)
         #expect(answer.contains("/metrics"), "the 404 lists the endpoints: \(answer)")
@@ -153,7 +162,59 @@ struct AdminEndpointTests {
         #expect(try await running.get("/nowhere").0 == 401, "unknown paths are refused before they are looked up")
         #expect(try await running.get("/api/overview", token: "s3cret-token", method: "POST").0 == 405)
         #expect(try await running.get("/api/overview", token: "s3cret-token", method: "DELETE").0 == 405)
+        // switchyard stats: refused with a wrong token (and says what to do, instead of hanging), read with the right one.
+        let wrong = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:\(running.port)", "--token", "nope"])
+        #expect(wrong.status == 1 && wrong.stderr.contains("--token"), "\(wrong.stderr)")
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWITCHYARD_ADMIN_TOKEN"] = "s3cret-token"
+        let right = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:\(running.port)"], environment: environment)
+        #expect(right.status == 0 && right.stdout.contains("TRANSPORT") && right.stdout.contains("work"), "\(right.stdout)\(right.stderr)")
         await running.stop()
+    }
+
+    @Test("dead letters are listed, read decoded, replayed and purged over the API; without a token nothing changes")
+    func deadLetters() async throws {
+        for token in [nil, "dlq-token"] as [String?] {
+            let running = try await Self.start(token: token)
+            // Not a call envelope: the receiver dead-letters it with the reason.
+            let work = try #require(running.system.transport(named: "work"))
+            try work.client.publish(Message(id: "not-a-call", channel: "worker", body: Array("hello".utf8)))
+            var listed = ""
+            for _ in 0..<100 {
+                listed = try await running.get("/api/dead-letters/work/worker", token: token).1
+                if listed.contains("not-a-call") { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(listed.contains(#""id" : "not-a-call""#) && listed.contains(#""body" : "hello""#), "\(listed)")
+            let (_, channels, _) = try await running.get("/api/dead-letters", token: token)
+            #expect(channels.contains(#""dead_letter_channel" : "worker.dlq""#) && channels.contains(#""dead_lettered_since_start" : 1"#), "\(channels)")
+            let (_, page, _) = try await running.get("/dead-letters/work/worker", token: token)
+            #expect(page.contains("data-id=\"not-a-call\""), "\(page)")
+
+            let replay = try await running.get(
+                "/api/dead-letters/work/worker/replay", token: token, method: "POST", body: #"{"ids": ["not-a-call", "unknown-id"]}"#)
+            if token == nil {
+                #expect(replay.0 == 403 && replay.1.contains("admin.token"), "replay needs a token even on loopback: \(replay)")
+                #expect(try await running.get("/api/dead-letters/work/worker", token: token).1.contains("not-a-call"), "nothing changed")
+            } else {
+                #expect(replay.0 == 200 && replay.1.contains(#""done" : 1"#) && replay.1.contains("unknown-id"), "\(replay)")
+                let foreign = try await running.get(
+                    "/dead-letters/work/worker/purge", token: token, method: "POST", headers: ["Origin: http://elsewhere.example"])
+                #expect(foreign.0 == 403, "a form from another origin is refused: \(foreign)")
+                #expect(try await running.get("/api/dead-letters/work/worker/purge", token: token, method: "POST", body: "{}").0 == 400)
+                // The replayed message is dead-lettered again (it still is not a call); purge it.
+                var purged = false
+                for _ in 0..<100 where !purged {
+                    let (status, body, _) = try await running.get(
+                        "/api/dead-letters/work/worker/purge", token: token, method: "POST", body: #"{"all": true}"#)
+                    purged = status == 200 && body.contains(#""done" : 1"#)
+                    if !purged { try await Task.sleep(for: .milliseconds(50)) }
+                }
+                #expect(purged)
+                #expect(!(try await running.get("/api/dead-letters/work/worker", token: token).1.contains("not-a-call")))
+            }
+            await running.stop()
+        }
     }
 
     @Test("an address beyond loopback without a token is refused, saying how to set one")

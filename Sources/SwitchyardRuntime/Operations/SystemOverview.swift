@@ -116,6 +116,38 @@ public struct SystemOverview: Codable, Sendable {
     }
 }
 
+extension SystemOverview.TransportInfo {
+    /// `transport` (configured in `config`) and its counters, read through its plugin's `stats` now.
+    public init(_ transport: Transport, config: SwitchyardConfig) {
+        self.init(
+            name: transport.name, chain: transport.chain.map(\.plugin.name), capabilities: transport.chainCapabilities.names,
+            engine: Self.engine(of: transport, config: config),
+            isolation: config.transport(named: transport.name)?.isolation == nil ? "in-process" : "process",
+            pluginProcessID: transport.pluginProcessID)
+        do {
+            stats = try transport.client.stats()
+        } catch {
+            statsError = error.description
+        }
+    }
+
+    /// Where `transport`'s messages are, from its innermost plugin and that one's config.
+    public static func engine(of transport: Transport, config: SwitchyardConfig) -> String {
+        let innermost = transport.chain.last ?? transport
+        switch innermost.plugin.name {
+        case "queue", "topic", "delay":
+            let configJSON = config.transport(named: innermost.name)?.configJSON ?? "{}"
+            let object = (try? JSONSerialization.jsonObject(with: Data(configJSON.utf8))) as? [String: Any]
+            guard let path = object?["path"] as? String, !path.isEmpty else { return "memory" }
+            return "SQLite (\((path as NSString).lastPathComponent))"
+        case "nats", "nats-topic": return "NATS JetStream"
+        case "postgres", "postgres-topic": return "PostgreSQL"
+        case "rabbitmq", "rabbitmq-topic": return "RabbitMQ"
+        default: return innermost.plugin.name
+        }
+    }
+}
+
 extension SwitchyardActorSystem {
     /// A snapshot for operators: state, plugins, transports with their counters (read through
     /// each plugin's `stats` now), routes and hosted services. Cheap enough to poll every second.
@@ -131,17 +163,7 @@ extension SwitchyardActorSystem {
                     name: plugin.name, version: "\(plugin.version)", abi: plugin.abiVersion, capabilities: plugin.capabilities.names,
                     summary: plugin.summary, path: plugin.path, sha256: plugin.sha256)
             }
-            var info = SystemOverview.TransportInfo(
-                name: transport.name, chain: transport.chain.map(\.plugin.name), capabilities: transport.chainCapabilities.names,
-                engine: engine(of: transport),
-                isolation: config.transport(named: transport.name)?.isolation == nil ? "in-process" : "process",
-                pluginProcessID: transport.pluginProcessID)
-            do {
-                info.stats = try transport.client.stats()
-            } catch {
-                info.statsError = error.description
-            }
-            transportInfos.append(info)
+            transportInfos.append(SystemOverview.TransportInfo(transport, config: config))
         }
         let routeInfos = routes.routes.map { route in
             let entry = route.entry
@@ -160,22 +182,6 @@ extension SwitchyardActorSystem {
             instance: instanceID, state: "\(current)", ready: current == .running,
             plugins: plugins.values.sorted { ($0.name, $0.path) < ($1.name, $1.path) }, transports: transportInfos,
             routes: routeInfos, services: services, deadLetters: deadLetterChannels())
-    }
-
-    /// Where `transport`'s messages are, from its innermost plugin and that one's config.
-    func engine(of transport: Transport) -> String {
-        let innermost = transport.chain.last ?? transport
-        switch innermost.plugin.name {
-        case "queue", "topic", "delay":
-            let configJSON = config.transport(named: innermost.name)?.configJSON ?? "{}"
-            let object = (try? JSONSerialization.jsonObject(with: Data(configJSON.utf8))) as? [String: Any]
-            guard let path = object?["path"] as? String, !path.isEmpty else { return "memory" }
-            return "SQLite (\((path as NSString).lastPathComponent))"
-        case "nats", "nats-topic": return "NATS JetStream"
-        case "postgres", "postgres-topic": return "PostgreSQL"
-        case "rabbitmq", "rabbitmq-topic": return "RabbitMQ"
-        default: return innermost.plugin.name
-        }
     }
 
     /// The dead-letter channels of what this process serves, with the counts reported since the

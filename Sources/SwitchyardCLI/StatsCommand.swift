@@ -1,0 +1,180 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SwitchyardABI
+import SwitchyardConfig
+import SwitchyardHost
+import SwitchyardRuntime
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+/// `switchyard stats`: depth, in-flight, rates and counters per transport, once or every few
+/// seconds: from the transports a config names (what is stored, on durable and shared
+/// engines), or from a running system's admin endpoint (everything, in-memory transports too).
+struct StatsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stats",
+        abstract: "Print depth, in-flight, rates and counters per transport.",
+        discussion: """
+            With --config it opens the config's transports itself: what durable and shared engines \
+            store (SQLite files, NATS, PostgreSQL, RabbitMQ) shows as it is; an in-memory transport \
+            lives only in the process that runs it, so read that one from the process's admin \
+            endpoint instead: --url http://127.0.0.1:9464 (with --token, or SWITCHYARD_ADMIN_TOKEN, \
+            when the endpoint has one). Counters from --config count only what this command's own \
+            instances did; depth and in-flight are the engine's. --watch prints again every \
+            --interval seconds, with rates from one print to the next.
+            """)
+
+    @OptionGroup var search: PluginSearchOptions
+
+    @Option(help: ArgumentHelp("A running system's admin endpoint, e.g. http://127.0.0.1:9464.", valueName: "url"))
+    var url: String?
+
+    @Option(help: ArgumentHelp("The admin endpoint's token (default: $SWITCHYARD_ADMIN_TOKEN).", valueName: "token"))
+    var token: String?
+
+    @Flag(help: "Print again every --interval seconds until interrupted.")
+    var watch = false
+
+    @Option(help: ArgumentHelp("Seconds between prints with --watch.", valueName: "seconds"))
+    var interval: Double = 2
+
+    @Flag(help: "Print JSON (one array per print).")
+    var json = false
+
+    func validate() throws {
+        guard (url == nil) != (search.config == nil) else { throw ValidationError("name a config file (--config FILE) or an admin endpoint (--url URL)") }
+        guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
+    }
+
+    func run() async throws {
+        do {
+            try await report()
+        } catch let error as StatsError {
+            printError("error: \(error.message)")
+            throw ExitCode(1)
+        }
+    }
+
+    private func report() async throws {
+        let source: any StatsSource = try url.map { try EndpointStats(base: $0, token: token) } ?? ConfigStats(search: search)
+        defer { source.close() }
+        var previous: (at: Date, transports: [SystemOverview.TransportInfo])?
+        repeat {
+            let now = Date()
+            let transports = try await source.read()
+            if json {
+                try printJSON(transports)
+            } else {
+                print(Self.render(transports, since: previous.map { (now.timeIntervalSince($0.at), $0.transports) }))
+            }
+            fflush(nil)
+            previous = (now, transports)
+            if watch { try await Task.sleep(for: .milliseconds(Int(interval * 1000))) }
+        } while watch
+    }
+
+    /// The table; rates from `since` (seconds ago, and what was read then), or "…" on the first print.
+    static func render(_ transports: [SystemOverview.TransportInfo], since: (seconds: Double, transports: [SystemOverview.TransportInfo])?) -> String {
+        let rows = transports.map { info -> [String] in
+            let stats = info.stats
+            func rate(_ value: KeyPath<TransportStats, UInt64>) -> String {
+                guard let since, let now = stats, let then = since.transports.first(where: { $0.name == info.name })?.stats, since.seconds > 0 else { return "…" }
+                let delta = now[keyPath: value] >= then[keyPath: value] ? now[keyPath: value] - then[keyPath: value] : 0
+                return String(format: "%.1f", Double(delta) / since.seconds)
+            }
+            func count(_ value: KeyPath<TransportStats, UInt64>) -> String { stats.map { String($0[keyPath: value]) } ?? "–" }
+            return [
+                info.name, info.chain.joined(separator: " → "), info.engine, count(\.depth), count(\.inFlight), rate(\.published), rate(\.acked),
+                count(\.published), count(\.acked), count(\.retried), count(\.deadLettered), info.statsError ?? "",
+            ]
+        }
+        let stamp = ISO8601DateFormatter().string(from: Date())
+        return stamp + "\n"
+            + table(
+                ["TRANSPORT", "PLUGINS", "ENGINE", "DEPTH", "IN-FLIGHT", "PUBLISHED/S", "ACKED/S", "PUBLISHED", "ACKED", "RETRIED", "DEAD-LETTERED", "NOTE"],
+                rows)
+    }
+}
+
+/// Why `switchyard stats` could not read, with what to do.
+struct StatsError: Error {
+    let message: String
+}
+
+/// Where `switchyard stats` reads from.
+protocol StatsSource: Sendable {
+    func read() async throws -> [SystemOverview.TransportInfo]
+    func close()
+}
+
+/// The config's transports, opened here.
+final class ConfigStats: StatsSource {
+    let config: SwitchyardConfig
+    let transports: TransportSet
+
+    init(search: PluginSearchOptions) throws {
+        config = try search.loadConfig()
+        guard !config.transports.isEmpty else { throw StatsError(message: "\(search.config ?? "the config") configures no transports") }
+        var quiet = Logger(label: "switchyard.plugins")
+        quiet.logLevel = .error
+        transports = try TransportSet.start(config, discovery: search.discovery(config), only: config.transports.map(\.name), logger: quiet)
+    }
+
+    func read() async throws -> [SystemOverview.TransportInfo] {
+        transports.transports.values.sorted { $0.name < $1.name }.map { SystemOverview.TransportInfo($0, config: config) }
+    }
+
+    func close() { transports.close() }
+}
+
+/// A running system's `GET /api/transports`.
+final class EndpointStats: StatsSource {
+    let request: URLRequest
+    let session: URLSession
+
+    init(base: String, token: String?) throws {
+        guard let url = URL(string: base.hasSuffix("/") ? base + "api/transports" : base + "/api/transports"), url.scheme?.hasPrefix("http") == true
+        else { throw ValidationError("--url \(base): expected an address such as http://127.0.0.1:9464") }
+        var request = URLRequest(url: url, timeoutInterval: 10)
+        if let token = token ?? ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable], !token.isEmpty {
+            request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        }
+        self.request = request
+        session = URLSession(configuration: .ephemeral, delegate: RefuseChallenges(), delegateQueue: nil)
+    }
+
+    func read() async throws -> [SystemOverview.TransportInfo] {
+        let (data, response): (Data, URLResponse)
+        do {
+            (data, response) = try await session.data(for: request)
+        } catch let error as URLError where error.code == .cancelled || error.code == .userAuthenticationRequired {
+            throw StatsError(message: "\(request.url!.absoluteString): the endpoint wants a token: pass --token or export SWITCHYARD_ADMIN_TOKEN")
+        } catch {
+            throw StatsError(message: "\(request.url!.absoluteString): \(error.localizedDescription) (is the system running with its admin endpoint on?)")
+        }
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard status == 200 else {
+            let detail = String(decoding: data, as: UTF8.self)
+            throw StatsError(message: "\(request.url!.absoluteString) answered \(status): \(detail)\(status == 401 ? " (pass --token or export SWITCHYARD_ADMIN_TOKEN)" : "")")
+        }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode([SystemOverview.TransportInfo].self, from: data)
+    }
+
+    func close() { session.invalidateAndCancel() }
+}
+
+/// Answers an HTTP authentication challenge by declining it, so a 401 comes back as a response
+/// (Foundation on Linux waits forever on one when nobody answers the challenge).
+final class RefuseChallenges: NSObject, URLSessionTaskDelegate, Sendable {
+    func urlSession(
+        _ session: URLSession, task: URLSessionTask, didReceive challenge: URLAuthenticationChallenge,
+        completionHandler: @escaping @Sendable (URLSession.AuthChallengeDisposition, URLCredential?) -> Void
+    ) {
+        completionHandler(.cancelAuthenticationChallenge, nil)
+    }
+}
