@@ -38,6 +38,15 @@ struct DeadLetterEndpoints {
         switch (request.method, path.count) {
         case (.GET, 0) where api:
             return AdminHandler.encoded(system.overview().deadLetters)
+        case (.GET, 0):
+            // The overview's "open a channel" form: /dead-letters?transport=T&channel=C.
+            let transport = request.query.first { $0.name == "transport" }?.value ?? ""
+            let channel = request.query.first { $0.name == "channel" }?.value ?? ""
+            guard !transport.isEmpty, !channel.isEmpty else {
+                return AdminHandler.json(.badRequest, ["error": "name a transport and a channel: /dead-letters?transport=T&channel=C"])
+            }
+            return HTTPResponse(
+                statusCode: .seeOther, headers: [.location: "/dead-letters/\(Self.escapePath(transport))/\(Self.escapePath(channel))"], body: Data())
         case (.GET, 2):
             let note = request.query.first { $0.name == "note" }?.value
             return await list(transport: path[0], channel: path[1], page: !api, note: note)

@@ -31,6 +31,15 @@ enum OverviewPage {
             ["channel", "transport", "dead-letter channel", "since start", ""], id: "dead-letter-channels", numericFrom: 3,
             overview.deadLetters.map { [$0.channel, $0.transport, $0.deadLetterChannel, String($0.deadLetteredSinceStart), "open"] },
             links: overview.deadLetters.map { [4: "/dead-letters/\(DeadLetterEndpoints.escapePath($0.transport))/\(DeadLetterEndpoints.escapePath($0.channel))"] })
+        let options = overview.transports.filter { $0.capabilities.contains("dead-letter") }.map {
+            "<option>\(escape($0.name))</option>"
+        }.joined()
+        html += """
+            <form method="get" action="/dead-letters" id="open-dead-letters">Dead letters of another channel: \
+            <select name="transport">\(options)</select> <input name="channel" placeholder="channel, e.g. payments" required> \
+            <button>open</button></form>
+
+            """
         html += "<h2>Hosted services</h2>\n"
         html += table(["id", "type", "interfaces"], id: "services", overview.services.map { [$0.id, $0.type, $0.interfaces.joined(separator: ", ")] })
         html += "<h2>Plugins</h2>\n"
@@ -62,12 +71,18 @@ enum OverviewPage {
         ]
     }
 
+    /// Reloads the page every 2 seconds, except while someone types into one of its fields.
+    static let reload = """
+        <script>setInterval(() => { const a = document.activeElement; \
+        if (!a || !["INPUT", "SELECT", "TEXTAREA"].includes(a.tagName)) location.reload() }, 2000)</script>
+        """
+
     /// The document's head and the opening of its body; with `refresh`, the browser reloads it
     /// every 2 seconds.
     static func head(title: String, refresh: Bool) -> String {
         """
         <!doctype html>
-        <html lang="en"><head><meta charset="utf-8">\(refresh ? "<meta http-equiv=\"refresh\" content=\"2\">" : "")
+        <html lang="en"><head><meta charset="utf-8">\(refresh ? reload : "")
         <title>\(escape(title))</title>
         <style>
         body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}

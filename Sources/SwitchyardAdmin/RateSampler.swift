@@ -3,7 +3,7 @@ import SwitchyardABI
 import SwitchyardRuntime
 
 /// Per-second rates of each transport's counters, from the last two looks at them (each page
-/// load is a look; looks closer than half a second apart reuse the last rates).
+/// load is a look; looks less than a second apart reuse the last rates).
 final class RateSampler: Sendable {
     struct Rates: Sendable {
         var published = 0.0
@@ -26,7 +26,7 @@ final class RateSampler: Sendable {
                 return [:]
             }
             let seconds = now.timeIntervalSince(previous.at)
-            if seconds < 0.5 { return previous.rates }
+            if seconds < 1 { return previous.rates }
             var rates: [String: Rates] = [:]
             for (name, stats) in current {
                 guard let before = previous.stats[name] else { continue }

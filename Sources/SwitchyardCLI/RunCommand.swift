@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import ServiceLifecycle
+import SwitchyardAdmin
 import SwitchyardConfig
 import SwitchyardRuntime
 
@@ -13,7 +14,9 @@ struct RunCommand: AsyncParsableCommand {
         discussion: """
             Loads the plugins, creates the transports and checks every route before anything \
             starts; a config problem exits 1 naming the key and line. On SIGTERM or SIGINT it \
-            stops taking deliveries, finishes the calls it is running and exits within --drain.
+            stops taking deliveries, finishes the calls it is running and exits within --drain. \
+            With an admin: section in the config it also serves the admin endpoint (metrics, \
+            health, the console; docs/operations.md).
             """)
 
     @Option(help: ArgumentHelp("The config file.", valueName: "file"))
@@ -35,6 +38,8 @@ struct RunCommand: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
         var logger = Logger(label: "switchyard")
         logger.logLevel = level
+        let configured = try? SwitchyardConfig.load(path: config)
+        if configured?.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
         if system.config.native.isEmpty && !allowEmpty {
             await system.shutdown(deadline: .seconds(1))
@@ -54,10 +59,19 @@ struct RunCommand: AsyncParsableCommand {
         let host = DrainingHost(system: system, deadline: .milliseconds(Int(drainSeconds * 1000))) { [logger] in
             logger.info("running; SIGTERM or SIGINT drains and stops")
         }
+        // The admin endpoint first: on SIGTERM the system drains while it still answers (ready: 503).
+        let admin = try system.config.admin.map { _ in try AdminServer(system: system, logger: logger) }
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: host)],
+                services: (admin.map { [ServiceGroupConfiguration.ServiceConfiguration(service: $0)] } ?? []) + [.init(service: host)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        if let admin, let settings = system.config.admin {
+            Task {
+                if let port = try? await admin.waitUntilListening() {
+                    logger.info("admin endpoint", metadata: ["url": "http://\(settings.host.contains(":") ? "[\(settings.host)]" : settings.host):\(port)/"])
+                }
+            }
+        }
         try await group.run()
     }
 }

@@ -8,7 +8,7 @@ struct SwitchyardCommand: AsyncParsableCommand {
         abstract: "Route typed method calls through transport plugins chosen by configuration.",
         version: "0.1.0",
         subcommands: [
-            DemoCommand.self, RunCommand.self, CallCommand.self, PluginsCommand.self, DeadLetterCommand.self, StatsCommand.self, BenchCommand.self,
+            DemoCommand.self, RunCommand.self, CallCommand.self, PluginsCommand.self, DeadLetterCommand.self, StatsCommand.self, ConsoleCommand.self, BenchCommand.self,
             SoakCommand.self, SoakWorkerCommand.self, PluginHostCommand.self, BenchServeCommand.self,
         ])
 }

@@ -84,12 +84,19 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     }
 
     /// Starts a system from a parsed configuration (see ``init(configPath:pluginDirectories:logger:)``).
-    public init(config: SwitchyardConfig, pluginDirectories: [String] = [], logger: Logger = Logger(label: "switchyard.runtime")) throws {
+    public convenience init(config: SwitchyardConfig, pluginDirectories: [String] = [], logger: Logger = Logger(label: "switchyard.runtime")) throws {
+        try self.init(config: config, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: false)
+    }
+
+    /// The same; with `openingEveryTransport`, also the configured transports no route uses
+    /// (`switchyard console` shows them all).
+    package init(config: SwitchyardConfig, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool) throws {
         self.config = config
         self.logger = logger
         instanceID = "\(ProcessInfo.processInfo.hostName.prefix(32))-\(getpid())-\(EnvelopeID.make().suffix(12))"
             .map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" }.reduce(into: "") { $0.append($1) }
-        let needed = config.routes.map(\.transport).filter { $0 != SwitchyardConfig.RouteEntry.direct }
+        let routed = config.routes.map(\.transport).filter { $0 != SwitchyardConfig.RouteEntry.direct }
+        let needed = openingEveryTransport ? routed + config.transports.map(\.name) : routed
         transports =
             needed.isEmpty
             ? nil

@@ -1,0 +1,53 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardTestSupport
+import Synchronization
+import Testing
+
+/// `switchyard console --config`: the admin endpoint served over a config's transports, from a
+/// process of its own.
+@Suite("switchyard console")
+struct ConsoleCommandTests {
+    @Test("serves what a durable queue holds and its dead letters, and stops on SIGTERM")
+    func servesConfig() async throws {
+        let directory = try TemporaryDirectory()
+        let database = directory.file("work.db")
+        let config = directory.file("switchyard.yaml")
+        try "transports:\n  work: { plugin: queue, config: { path: \(database) } }\nroutes: {}\n".write(toFile: config, atomically: true, encoding: .utf8)
+        try await offPool {
+            let transport = try Transport(name: "work", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(database)"}"#)
+            for index in 0..<3 { try transport.client.publish(Message(id: "m\(index)", channel: "orders", body: [1])) }
+            try transport.client.publish(Message(id: "dead-1", channel: "orders.dlq", body: Array("kept for a person".utf8)))
+            transport.close()
+        }
+        let console = Process()
+        console.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
+        console.arguments = ["console", "--config", config, "--admin", "127.0.0.1:0", "--plugins-dir", BuildProducts.directory]
+        let output = Pipe()
+        console.standardOutput = output
+        console.standardError = output
+        let text = Mutex("")
+        output.fileHandleForReading.readabilityHandler = { handle in
+            let chunk = String(decoding: handle.availableData, as: UTF8.self)
+            text.withLock { $0 += chunk }
+        }
+        try console.run()
+        defer { if console.isRunning { kill(console.processIdentifier, SIGKILL) } }
+        let address = try Regex(#"console\s+(http://127\.0\.0\.1:\d+)/"#)
+        var base: String?
+        for _ in 0..<300 where base == nil {
+            base = text.withLock { try? address.firstMatch(in: $0)?.output[1].substring.map(String.init) }
+            if base == nil { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        let url = try #require(base, "no console address in: \(text.withLock { $0 })")
+        let transports = try await run("/usr/bin/curl", ["-s", "--max-time", "10", url + "/api/transports"])
+        #expect(transports.stdout.contains(#""depth" : 4"#), "3 messages and a dead letter: \(transports.stdout)")
+        let letters = try await run("/usr/bin/curl", ["-s", "--max-time", "10", url + "/api/dead-letters/work/orders"])
+        #expect(letters.stdout.contains(#""id" : "dead-1""#) && letters.stdout.contains("kept for a person"), "\(letters.stdout)")
+        console.terminate()
+        #expect(await eventually(20) { !console.isRunning })
+        #expect(console.terminationStatus == 0, "\(text.withLock { $0 })")
+    }
+}
