@@ -1,7 +1,5 @@
 import Foundation
 import SwitchyardABI
-import SwitchyardHost
-import SwitchyardLoader
 import SwitchyardTestSupport
 import Synchronization
 import Testing
@@ -13,15 +11,9 @@ struct ConsoleCommandTests {
     @Test("serves what a durable queue holds and its dead letters, and stops on SIGTERM")
     func servesConfig() async throws {
         let directory = try TemporaryDirectory()
-        let database = directory.file("work.db")
-        let config = directory.file("switchyard.yaml")
-        try "transports:\n  work: { plugin: queue, config: { path: \(database) } }\nroutes: {}\n".write(toFile: config, atomically: true, encoding: .utf8)
-        try await offPool {
-            let transport = try Transport(name: "work", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(database)"}"#)
-            for index in 0..<3 { try transport.client.publish(Message(id: "m\(index)", channel: "orders", body: [1])) }
-            try transport.client.publish(Message(id: "dead-1", channel: "orders.dlq", body: Array("kept for a person".utf8)))
-            transport.close()
-        }
+        let held = (0..<3).map { Message(id: "m\($0)", channel: "orders", body: [1]) }
+        let config = try await durableQueueConfig(
+            in: directory, holding: held + [Message(id: "dead-1", channel: "orders.dlq", body: Array("kept for a person".utf8))])
         let console = Process()
         console.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
         console.arguments = ["console", "--config", config, "--admin", "127.0.0.1:0", "--plugins-dir", BuildProducts.directory]

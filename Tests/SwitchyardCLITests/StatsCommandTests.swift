@@ -1,7 +1,5 @@
 import Foundation
 import SwitchyardABI
-import SwitchyardHost
-import SwitchyardLoader
 import SwitchyardTestSupport
 import Testing
 
@@ -11,14 +9,7 @@ struct StatsCommandTests {
     @Test("--config shows what a durable queue stores: its depth, from another process")
     func durableDepth() async throws {
         let directory = try TemporaryDirectory()
-        let database = directory.file("work.db")
-        let config = directory.file("switchyard.yaml")
-        try "transports:\n  work: { plugin: queue, config: { path: \(database) } }\nroutes: {}\n".write(toFile: config, atomically: true, encoding: .utf8)
-        try await offPool {
-            let transport = try Transport(name: "work", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(database)"}"#)
-            for index in 0..<3 { try transport.client.publish(Message(id: "m\(index)", channel: "orders", body: [1])) }
-            transport.close()
-        }
+        let config = try await durableQueueConfig(in: directory, holding: (0..<3).map { Message(id: "m\($0)", channel: "orders", body: [1]) })
         let result = try await run(BuildProducts.switchyard, ["stats", "--config", config, "--plugins-dir", BuildProducts.directory, "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         let transports = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]]

@@ -121,18 +121,7 @@ public enum OrdersDemo {
             for _ in 0..<min(concurrency, orders) {
                 group.addTask {
                     while let id = next.take(below: orders) {
-                        let order = Order(id: id, customer: "customer-\(id % 37)", cents: 500 + id * 13 % 9000)
-                        let callStarted = ContinuousClock.now
-                        do {
-                            _ = try await shop.place(order)
-                            outcomes.record(.succeeded, ContinuousClock.now - callStarted)
-                        } catch is PaymentDeclined {
-                            outcomes.record(.declined, ContinuousClock.now - callStarted)
-                        } catch SwitchyardError.Code.deadLettered {
-                            outcomes.record(.declined, ContinuousClock.now - callStarted)
-                        } catch {
-                            outcomes.record(.error("\(error)"), ContinuousClock.now - callStarted)
-                        }
+                        _ = await place(id, at: shop, recordingIn: outcomes)
                     }
                 }
             }
@@ -188,20 +177,8 @@ public enum OrdersDemo {
         var id = 0
         var lastReport = ContinuousClock.now
         while !Task.isCancelled {
-            let order = Order(id: id, customer: "customer-\(id % 37)", cents: 500 + id * 13 % 9000)
             let started = ContinuousClock.now
-            do {
-                _ = try await shop.place(order)
-                outcomes.record(.succeeded, ContinuousClock.now - started)
-            } catch is PaymentDeclined {
-                outcomes.record(.declined, ContinuousClock.now - started)
-            } catch SwitchyardError.Code.deadLettered {
-                outcomes.record(.declined, ContinuousClock.now - started)
-            } catch SwitchyardError.Code.shuttingDown {
-                return
-            } catch {
-                outcomes.record(.error("\(error)"), ContinuousClock.now - started)
-            }
+            guard await place(id, at: shop, recordingIn: outcomes) else { return }  // the system is shutting down
             id += 1
             if ContinuousClock.now - lastReport >= .seconds(10) {
                 lastReport = ContinuousClock.now
@@ -209,6 +186,25 @@ public enum OrdersDemo {
             }
             try? await Task.sleep(until: started + pause)
         }
+    }
+
+    /// Places order `id` and records how it went; false once the system is shutting down.
+    static func place(_ id: Int, at shop: any Orders, recordingIn outcomes: Outcomes) async -> Bool {
+        let order = Order(id: id, customer: "customer-\(id % 37)", cents: 500 + id * 13 % 9000)
+        let started = ContinuousClock.now
+        do {
+            _ = try await shop.place(order)
+            outcomes.record(.succeeded, ContinuousClock.now - started)
+        } catch is PaymentDeclined {
+            outcomes.record(.declined, ContinuousClock.now - started)
+        } catch SwitchyardError.Code.deadLettered {
+            outcomes.record(.declined, ContinuousClock.now - started)
+        } catch SwitchyardError.Code.shuttingDown {
+            return false
+        } catch {
+            outcomes.record(.error("\(error)"), ContinuousClock.now - started)
+        }
+        return true
     }
 
     /// Hands out order numbers to the concurrent callers.
