@@ -78,6 +78,18 @@ public final class AdminServer: Service, Sendable {
     /// Serves until the task is cancelled or graceful shutdown begins. Throws when it cannot
     /// listen (the port is taken, say), with the address in the message.
     public func run() async throws {
+        // Says where it listens once it does (with port 0, the port picked), at notice level.
+        let announce = Task { [server, settings, logger] in
+            try await server.waitUntilListening(timeout: 30)
+            guard case .some(.ip4(_, let port)) = await server.listeningAddress else {
+                if case .some(.ip6(_, let port)) = await server.listeningAddress {
+                    logger.notice("admin endpoint listening", metadata: ["url": "http://[\(settings.host)]:\(port)/"])
+                }
+                return
+            }
+            logger.notice("admin endpoint listening", metadata: ["url": "http://\(settings.host):\(port)/"])
+        }
+        defer { announce.cancel() }
         do {
             try await cancelWhenGracefulShutdown {
                 try await withTaskCancellationHandler {

@@ -145,7 +145,11 @@ struct DeadLetterEndpoints {
             do throws(TransportError) {
                 for letter in picked {
                     if action == "replay" {
-                        if let warning = try letters.replay(letter, asFireAndForget: fireAndForget) { outcome.warnings.append(warning) }
+                        if let call = try letters.replay(letter, asFireAndForget: fireAndForget) {
+                            outcome.warnings.append(
+                                "\(call) is a request-reply call whose caller's deadline has passed: the receiver will dead-letter it again "
+                                    + "as expired; replay it as fire-and-forget to run it with nobody waiting for the result")
+                        }
                     } else {
                         try letters.purge(letter)
                     }
@@ -174,7 +178,10 @@ struct DeadLetterEndpoints {
     /// The selection in a JSON body, or in a form (`ids=a&ids=b`, `all=1`, `fire_and_forget=1`).
     static func selection(of request: HTTPRequest, form: Bool) async throws -> Selection {
         let body = try await request.bodyData
-        if form || request.headers[.contentType]?.hasPrefix("application/x-www-form-urlencoded") == true {
+        // The page posts forms; programs post JSON, whatever Content-Type they say (curl -d says
+        // it is a form).
+        let looksLikeJSON = body.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{")
+        if form || !looksLikeJSON {
             var selection = Selection()
             for pair in String(decoding: body, as: UTF8.self).split(separator: "&") {
                 let parts = pair.split(separator: "=", maxSplits: 1).map {

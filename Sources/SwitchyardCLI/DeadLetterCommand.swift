@@ -180,10 +180,17 @@ struct DeadLetterCommand: ParsableCommand {
         func run() throws {
             var expired: [String] = []
             let moved = try target.forEach(selection) { letters, letter in
-                if let warning = try letters.replay(letter, asFireAndForget: fireAndForget) { expired.append(warning) }
+                if let call = try letters.replay(letter, asFireAndForget: fireAndForget) { expired.append(call.description) }
             }
             print("replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")")
-            for warning in expired { print("warning: \(warning)") }
+            if !expired.isEmpty {
+                print(
+                    """
+                    warning: \(expired.count) of them are request-reply calls whose caller's deadline has passed; \
+                    the receiver will dead-letter them again as expired: \(expired.joined(separator: ", ")). \
+                    Replay them with --fire-and-forget to run them with nobody waiting for the result.
+                    """)
+            }
         }
     }
 

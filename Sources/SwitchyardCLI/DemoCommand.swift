@@ -93,7 +93,9 @@ struct DemoCommand: AsyncParsableCommand {
         guard case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) else { return }
         let endpoint: AdminServer
         do {
-            endpoint = try AdminServer(system: system, settings: .init(host: address.host, port: address.port))
+            var quiet = Logger(label: "switchyard.admin")
+            quiet.logLevel = .warning  // the demo prints the address itself
+            endpoint = try AdminServer(system: system, settings: .init(host: address.host, port: address.port), logger: quiet)
         } catch let error as AdminError {
             await system.shutdown(deadline: .seconds(5))
             printError("error: \(error)")

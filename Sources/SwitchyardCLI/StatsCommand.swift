@@ -66,7 +66,11 @@ struct StatsCommand: AsyncParsableCommand {
             let now = Date()
             let transports = try await source.read()
             if json {
-                try printJSON(transports)
+                // The admin API's names (dead_lettered, in_flight), so one reader serves both.
+                let encoder = JSONEncoder()
+                encoder.keyEncodingStrategy = .convertToSnakeCase
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                print(String(decoding: try encoder.encode(transports), as: UTF8.self))
             } else {
                 print(Self.render(transports, since: previous.map { (now.timeIntervalSince($0.at), $0.transports) }))
             }

@@ -8,8 +8,9 @@ usage: console_check.py CHROMIUM BASE_URL TOKEN SCREENSHOT.png
 1. opens the overview, reads the route map and the transports table;
 2. waits 2.5 s, opens it again and reads them again (the counters and rates must move);
 3. takes a screenshot of the overview;
-4. opens the first channel with dead letters, opens one (its <details>), ticks it, presses
-   "Replay selected", accepts the confirmation, and reads the note the page shows after.
+4. opens the first channel with dead letters, opens one (its <details>), ticks it and "as
+   fire-and-forget", presses "Replay selected", accepts the confirmation, reads the note the
+   page shows after, and looks again 2 s later (the replayed call went through: it is gone).
 """
 import base64, json, os, shutil, subprocess, sys, tempfile, time
 
@@ -155,6 +156,8 @@ if counted:
           return details.querySelector('table.detail').innerText;
         }})()""")
         evaluate(f"""document.querySelector('#dead-letters tr.letter[data-id="{first}"] input[name=ids]').click()""")
+        # Its caller stopped waiting long ago: replay it as fire-and-forget, as the page suggests.
+        evaluate("document.querySelector('input[name=fire_and_forget]').click()")
         evaluate("document.querySelector('#replay').click()")
         time.sleep(0.5)  # the dialog is answered inside call(); the form then posts and redirects
         wait_for_load(counted[0].split("?")[0])
@@ -162,8 +165,12 @@ if counted:
         while time.time() < deadline and not evaluate("document.querySelector('#note')?.textContent"):
             call("Runtime.evaluate", {"expression": "1"}, session=session)  # lets pending events (the dialog) through
             time.sleep(0.2)
-        seen["replayed"] = {"id": first, "note": evaluate("document.querySelector('#note')?.textContent"),
-                            "ids": evaluate("[...document.querySelectorAll('#dead-letters tr.letter')].map(tr => tr.dataset.id)")}
+        note = evaluate("document.querySelector('#note')?.textContent")
+        # The blocked card went through on this attempt: the letter does not come back.
+        time.sleep(2)
+        open_page(counted[0])
+        seen["replayed"] = {"id": first, "note": note,
+                            "idsAfter": evaluate("[...document.querySelectorAll('#dead-letters tr.letter')].map(tr => tr.dataset.id)")}
 seen["dialogs"] = [event["dialog"] for event in events if "dialog" in event]
 print(json.dumps(seen))
 browser.terminate()

@@ -10,7 +10,7 @@ struct ConsoleInBrowserTests {
     static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
     @Test(
-        "the route map lists every route of the orders example, counters and rates move, a dead letter opens and is replayed from the page",
+        "the route map lists every route of the orders example, counters and rates move, a dead letter opens and is replayed from the page (and goes through)",
         .disabled(if: chromium == nil, "Chromium is not installed (scripts/test installs Debian's chromium)"),
         .disabled(if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] != nil, "the plain run covers it: the browser is not what a sanitizer checks"))
     func console() async throws {
@@ -83,7 +83,9 @@ struct ConsoleInBrowserTests {
         let opened = seen["opened"] as? String ?? ""
         #expect(opened.contains("Payments.charge(_:)") && opened.contains("attempt 1 at ") && opened.contains("card blocked"), "\(opened)")
         let replayed = try #require(seen["replayed"] as? [String: Any])
-        #expect((replayed["note"] as? String)?.hasPrefix("replayed 1") == true, "\(replayed)")
+        #expect(replayed["note"] as? String == "replayed 1", "replayed as fire-and-forget, without a warning: \(replayed)")
+        let lettersAfter = replayed["idsAfter"] as? [String] ?? []
+        #expect(!lettersAfter.contains(replayed["id"] as? String ?? "-"), "the blocked card goes through when replayed: \(replayed)")
         #expect((seen["dialogs"] as? [String])?.contains { $0.hasPrefix("Replay the selected dead letters") } == true, "the page asked first")
         let png = try Data(contentsOf: URL(fileURLWithPath: screenshot))
         #expect(png.count > 10_000 && png.starts(with: [0x89, 0x50, 0x4E, 0x47]), "a PNG screenshot of the console")

@@ -133,7 +133,7 @@ public struct SwitchyardError: Error, Codable, Hashable, Sendable, CustomStringC
         case .deadLettered: "\(target): dead-lettered after \(attempts ?? 0) attempt(s): \(reason)"
         case .rejected: "\(target): rejected by the receiver: \(reason)"
         case .transport: "\(target): transport error: \(transport.map { "\($0): " } ?? "")\(reason)"
-        default: "\(target): \(reason)"
+        default: target.isEmpty ? reason : "\(target): \(reason)"
         }
     }
 }

@@ -58,25 +58,35 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     /// Publishes `letter` to its original channel (without the dead-letter headers, attempt 0),
     /// then removes it from the dead-letter channel. With `asFireAndForget`, a request-reply
     /// call goes without its reply channel and deadline (its caller is gone; the receiver runs it
-    /// and discards the result). Returns a warning when the call's caller stopped waiting and it
-    /// was replayed as is: the receiver will dead-letter it again as expired.
+    /// and discards the result). Returns the call when it was replayed as is although its caller
+    /// stopped waiting: the receiver will dead-letter it again as expired.
     @discardableResult
-    public func replay(_ letter: Letter, asFireAndForget: Bool = false) throws(TransportError) -> String? {
+    public func replay(_ letter: Letter, asFireAndForget: Bool = false) throws(TransportError) -> ExpiredCall? {
         var message = DeadLetter.original(of: letter.message, fallbackChannel: originalChannel)
-        var warning: String?
+        var expired: ExpiredCall?
         if let call = ReadableCall(message), call.replyTo != nil {
             if asFireAndForget {
                 message.headers.removeAll { $0.key == EnvelopeHeader.replyTo || $0.key == EnvelopeHeader.deadline }
             } else if call.isExpired() {
-                warning =
-                    "\(message.id) (\(call.target)) is a request-reply call whose caller stopped waiting at \(RFC3339.format(nanos: call.deadlineNanos)); "
-                    + "the receiver will dead-letter it again as expired: replay it as fire-and-forget to run it with nobody waiting"
+                expired = ExpiredCall(id: message.id, target: call.target, deadlineNanos: call.deadlineNanos)
             }
         }
         try client.publish(message)  // first: never lose it
         try client.settle(letter.delivery, .ack)
         collected.withLock { $0.removeAll { $0.delivery == letter.delivery } }
-        return warning
+        return expired
+    }
+
+    /// A request-reply call replayed after its caller stopped waiting.
+    public struct ExpiredCall: Sendable, CustomStringConvertible {
+        /// The message id.
+        public let id: String
+        /// `Interface.method(labels:)`.
+        public let target: String
+        /// When its caller stopped waiting (ns since the Unix epoch).
+        public let deadlineNanos: Int64
+        /// `ID (Target, deadline TIME)`.
+        public var description: String { "\(id) (\(target), deadline \(RFC3339.format(nanos: deadlineNanos)))" }
     }
 
     /// Deletes `letter` for good.

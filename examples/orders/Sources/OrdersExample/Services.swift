@@ -93,7 +93,8 @@ distributed actor OrdersService: Orders {
 }
 
 /// A payment provider that is flaky on purpose: some orders are declined on their first attempts
-/// and go through on a later one; a few are always declined. A successful charge is recorded in
+/// and go through on a later one; a few are declined on every attempt the route retries (blocked
+/// cards) and end dead-lettered. A successful charge is recorded in
 /// the payments table and announced as ``OrderEvents/orderPlaced(_:receipt:)``: with the route's
 /// durable inbox and `outbox: true`, the row, the announcement and the record that the charge was
 /// handled commit together, so a charge redelivered after a crash is neither recorded nor
@@ -111,8 +112,10 @@ distributed actor PaymentsService: Payments {
 
     distributed func charge(_ order: Order) async throws -> String {
         let attempt = stats.paymentAttempt(order.id)
-        if FlakyProvider.alwaysDeclines(order.id) {
-            throw PaymentDeclined(orderID: order.id, reason: "card blocked")
+        if FlakyProvider.blocked(order.id, attempt: attempt) {
+            throw PaymentDeclined(
+                orderID: order.id,
+                reason: "card blocked (the bank lifts the block after \(FlakyProvider.blockedAttempts) attempts: replay it from the dead letters)")
         }
         if attempt <= FlakyProvider.failuresBeforeSuccess(order.id) {
             throw PaymentDeclined(orderID: order.id, reason: "provider busy (attempt \(attempt))")
@@ -157,8 +160,13 @@ enum PaymentLedger {
 
 /// Which orders the flaky provider declines, and how often.
 public enum FlakyProvider {
-    /// Declined forever: one order in 50.
-    public static func alwaysDeclines(_ id: Int) -> Bool { id % 50 == 17 }
+    /// Attempts a blocked card is declined: as many as the payments route retries, so its call
+    /// ends dead-lettered, and replaying it (as fire-and-forget: its caller stopped waiting) goes
+    /// through — which `switchyard demo --serve`'s console shows.
+    public static let blockedAttempts = 4
+    /// Whether the card of order `id` is blocked at its `attempt`-th charge (counted across
+    /// deliveries and replays): one order in 50, for its first ``blockedAttempts`` attempts.
+    public static func blocked(_ id: Int, attempt: Int) -> Bool { id % 50 == 17 && attempt <= blockedAttempts }
     /// Declined this many times before going through: one order in 10 twice, one in 7 once.
     public static func failuresBeforeSuccess(_ id: Int) -> Int { id % 10 == 3 ? 2 : (id % 7 == 5 ? 1 : 0) }
 }
