@@ -68,3 +68,17 @@ for path, body in blocks:
     print(f"    {path}")
 PY
 }
+
+# Prints the path of a Python with nats-py and the CloudEvents SDK, in a virtual environment under
+# .build/ made on first use (scripts/cloudevents-check and scripts/cloudevents-call: clients that
+# know nothing of Switchyard, for the NATS tests).
+cloudevents_python() {
+    local venv=.build/cloudevents-venv
+    if [ ! -x "$venv/bin/python" ]; then
+        local python=/usr/bin/python3
+        [ -x "$python" ] || python=python3
+        "$python" -m venv "$venv" >&2
+    fi
+    "$venv/bin/python" -c "import nats, cloudevents" 2>/dev/null || "$venv/bin/pip" install --quiet "cloudevents==1.11.0" "nats-py==2.9.0" >&2
+    echo "$venv/bin/python"
+}

@@ -24,13 +24,15 @@ struct AdminHandler: HTTPHandler {
         ("/api/services", "the actors and native modules hosted here"),
         ("/api/dead-letters", "the dead-letter channels of what is served here"),
         ("/api/dead-letters/TRANSPORT/CHANNEL", "a channel's dead letters, decoded; POST …/replay or …/purge with {\"ids\": [...]} or {\"all\": true}"),
-        ("/", "the console: route map, rates, depths, dead letters"),
+        ("/api/call", "POST {\"target\": \"Interface.method\", \"actor\": \"id\", \"arguments\": [JSON, …]}: a call by readable name (routes with readable_targets)"),
+        ("/", "the console: route map, rates, depths, dead letters, a call form"),
     ]
 
     func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
         if let refusal = refusal(of: request) { return refusal }
         let segments = request.path.split(separator: "/").map { String($0).removingPercentEncoding ?? String($0) }
         if let answer = await deadLetters.handle(request, segments) { return answer }
+        if request.path == "/api/call" || request.path == "/call" { return await call(request, form: request.path == "/call") }
         guard request.method == .GET || request.method == .HEAD else {
             return Self.json(
                 .methodNotAllowed,
@@ -62,6 +64,53 @@ struct AdminHandler: HTTPHandler {
                 .notFound,
                 ["error": "no such endpoint: \(request.path); the endpoints are \(Self.endpoints.map(\.path).joined(separator: ", "))"])
         }
+    }
+
+    /// What `POST /api/call` takes.
+    struct CallRequest: Decodable {
+        var target: String
+        var actor: String?
+        var arguments: [JSONValue]?
+    }
+
+    /// `POST /api/call` (JSON) and the console's call form (`POST /call`): a hosted method by its
+    /// readable name through its route; the token always. Answers `{"result": JSON}` (the form:
+    /// the page with the result).
+    func call(_ request: HTTPRequest, form: Bool) async -> HTTPResponse {
+        guard request.method == .POST else { return Self.json(.methodNotAllowed, ["error": "POST a call: {\"target\": …, \"actor\": …, \"arguments\": […]}"]) }
+        if let refusal = deadLetters.changeRefusal(request) { return refusal }
+        let call: CallRequest
+        do {
+            let body = try await request.bodyData
+            if form {
+                var fields: [String: String] = [:]
+                for pair in String(decoding: body, as: UTF8.self).split(separator: "&") {
+                    let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
+                    if let key = parts.first { fields[key] = parts.count > 1 ? parts[1] : "" }
+                }
+                let lines = (fields["arguments"] ?? "").split(whereSeparator: \.isNewline).map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+                call = CallRequest(target: fields["target"] ?? "", actor: fields["actor"], arguments: lines.map { .text($0) })
+            } else {
+                call = try JSONDecoder().decode(CallRequest.self, from: body)
+            }
+        } catch {
+            return Self.json(.badRequest, ["error": #"the body must be JSON like {"target": "Inventory.reserve", "actor": "inventory", "arguments": ["widget", 2]}"#])
+        }
+        let interface = String(call.target.prefix { $0 != "." })
+        let actor = (call.actor?.isEmpty == false ? call.actor : nil) ?? interface.prefix(1).lowercased() + interface.dropFirst()
+        let outcome: (status: HTTPStatusCode, text: String)
+        do {
+            let result = try await system.callReadable(call.target, actor: actor, argumentsJSON: (call.arguments ?? []).map(\.json))
+            outcome = (.ok, result.isEmpty ? "null" : result)
+        } catch {
+            outcome = (.badRequest, "\(error)")
+        }
+        if form {
+            return Self.page(
+                CallPage.render(target: call.target, actor: actor, arguments: (call.arguments ?? []).map(\.json), outcome: outcome.text, failed: outcome.status != .ok))
+        }
+        guard outcome.status == .ok else { return Self.json(outcome.status, ["error": outcome.text]) }
+        return HTTPResponse(statusCode: .ok, headers: [.contentType: "application/json"], body: Data("{\"result\":\(outcome.text)}".utf8))
     }
 
     /// A 401 unless the request carries the token (when there is one).

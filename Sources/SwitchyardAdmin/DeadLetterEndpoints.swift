@@ -84,7 +84,7 @@ struct DeadLetterEndpoints {
         }
     }
 
-    /// Replay and purge change state: they need the token even on loopback, and a form must come
+    /// Replay, purge and calls change state: they need the token even on loopback, and a form must come
     /// from this endpoint's own page (a page elsewhere must not post here with the browser's
     /// credentials).
     func changeRefusal(_ request: HTTPRequest) -> HTTPResponse? {
@@ -93,8 +93,8 @@ struct DeadLetterEndpoints {
                 .forbidden,
                 [
                     "error":
-                        "replaying and purging dead letters change state, so they need a token: set admin.token in the config "
-                        + "(or export SWITCHYARD_ADMIN_TOKEN) and restart; the CLI does the same without one: switchyard dlq replay|purge"
+                        "this changes state (replaying or purging dead letters, calling a method), so it needs a token: set admin.token "
+                        + "in the config (or export SWITCHYARD_ADMIN_TOKEN) and restart; from a shell: switchyard dlq replay|purge, switchyard call"
                 ])
         }
         if let origin = request.headers[HTTPHeader("Origin")], origin != "null",

@@ -40,6 +40,11 @@ enum OverviewPage {
             <button>open</button></form>
 
             """
+        if overview.routes.contains(where: \.readableTargets) {
+            html += "<h2>Call a method</h2>\n<p>On routes with <code>readable_targets</code>: "
+            html += overview.routes.filter(\.readableTargets).map { "<code>\(escape($0.pattern))</code>" }.joined(separator: ", ") + ".</p>\n"
+            html += CallPage.form()
+        }
         html += "<h2>Hosted services</h2>\n"
         html += table(["id", "type", "interfaces"], id: "services", overview.services.map { [$0.id, $0.type, $0.interfaces.joined(separator: ", ")] })
         html += "<h2>Plugins</h2>\n"

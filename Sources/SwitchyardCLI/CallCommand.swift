@@ -9,15 +9,19 @@ import SwitchyardRuntime
 struct CallCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "call",
-        abstract: "Call a routed native function, or one native function directly.",
+        abstract: "Call a routed native function or a Swift method by its readable name, or one native function directly.",
         discussion: """
             switchyard call --config FILE ROUTE ARG...   calls ROUTE (e.g. Math.add) the way the \
             config routes it — through a queue, a topic, a delay or directly — and prints the result.
+            For a native module's function, arguments are parsed by the function's signature \
+            (docs/native-modules.md): integers in range, f32/f64 numbers, true/false, str as text, \
+            bytes as hex. For a Swift method (Inventory.reserve, or Inventory.reserve(sku:qty:)) on a \
+            route with readable_targets: true and encoding: json, each argument is JSON (a string is \
+            quoted: '"widget"') and --actor names the actor (default: the interface, first letter \
+            lowercased); the result prints as JSON.
             switchyard call --native LIB.so --symbol NAME --signature 'SIG' ARG...   calls one \
             exported function directly, for trying a module out.
-            Arguments are parsed by the function's signature (docs/native-modules.md): integers in \
-            range, f32/f64 numbers, true/false, str as text, bytes as hex. A bad signature, module, \
-            symbol, route or argument exits 1 with the reason.
+            A bad signature, module, symbol, route or argument exits 1 with the reason.
             """)
 
     @Option(help: ArgumentHelp("The config file (routes and native modules).", valueName: "file"))
@@ -25,6 +29,9 @@ struct CallCommand: AsyncParsableCommand {
 
     @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
     var pluginDirectories: [String] = []
+
+    @Option(help: ArgumentHelp("For a Swift method: the actor id to call (default: the interface, first letter lowercased).", valueName: "id"))
+    var actor: String?
 
     @Option(help: ArgumentHelp("Call one function of this native module directly.", valueName: "lib.so"))
     var native: String?
@@ -82,13 +89,16 @@ struct CallCommand: AsyncParsableCommand {
         }
         let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
         guard parts.count == 2, let module = parsed.native.first(where: { $0.interface == parts[0] }) else {
+            if parts.count == 2, Self.routeEntry(in: parsed, interface: parts[0], method: String(parts[1].prefix { $0 != "(" }))?.readableTargets != nil {
+                return try await callSwift(route, Array(arguments.dropFirst()), interface: parts[0])
+            }
             let modules = parsed.native.map(\.interface)
             throw NativeCallError(
                 """
-                '\(route)' is not a function of a native module in \(config) (native modules: \(modules.isEmpty ? "none" : modules.joined(separator: ", "))); \
-                nothing was sent. switchyard call calls C functions served as native modules (docs/native-modules.md). \
-                A Swift service's methods are called from Swift: resolve its @Resolvable protocol with SwitchyardActorSystem \
-                (docs/services.md), or expose the operation as a native module.
+                '\(route)' is not a function of a native module in \(config) (native modules: \(modules.isEmpty ? "none" : modules.joined(separator: ", "))), \
+                and its route takes no calls by readable name; nothing was sent. switchyard call calls C functions served as \
+                native modules (docs/native-modules.md), and Swift methods on routes with readable_targets: true and \
+                encoding: json (docs/services.md, "Calls by readable name").
                 """)
         }
         // Typed by the signature in the config when the function is declared there.
@@ -107,6 +117,29 @@ struct CallCommand: AsyncParsableCommand {
             await system.shutdown(deadline: .seconds(2))
             if result != .void { print(result) }
         } catch {
+            await system.shutdown(deadline: .seconds(2))
+            throw error
+        }
+    }
+
+    /// The route entry a call to `interface.method` takes (first exact, then `Interface.*`, then `*`).
+    static func routeEntry(in config: SwitchyardConfig, interface: String, method: String) -> SwitchyardConfig.RouteEntry? {
+        config.routes.first { $0.pattern == "\(interface).\(method)" } ?? config.routes.first { $0.pattern == "\(interface).*" }
+            ?? config.routes.first { $0.pattern == "*" }
+    }
+
+    /// A Swift method by its readable name, each argument JSON, on `--actor` (default: the
+    /// interface with its first letter lowercased); prints the result as JSON.
+    private func callSwift(_ target: String, _ arguments: [String], interface: String) async throws {
+        var logger = Logger(label: "switchyard.call")
+        logger.logLevel = .warning
+        let system = try startSystem(configPath: config!, pluginDirectories: pluginDirectories, logger: logger)
+        let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
+        do {
+            let result = try await system.callReadable(target, actor: id, argumentsJSON: arguments)
+            await system.shutdown(deadline: .seconds(2))
+            if !result.isEmpty && result != "null" { print(result) }
+        } catch let error as SwitchyardError {
             await system.shutdown(deadline: .seconds(2))
             throw error
         }

@@ -50,6 +50,14 @@ public struct ConfigNode {
         return scalar.string
     }
 
+    /// A list of non-empty strings (`[a, b]`, or one `- a` per line).
+    public func strings() throws(ConfigError) -> [String] {
+        guard case .sequence(let sequence) = node else { throw error("expected a list of strings, e.g. [a, b]") }
+        var result: [String] = []
+        for (index, item) in sequence.enumerated() { result.append(try ConfigNode(item, path: "\(path)[\(index)]").string()) }
+        return result
+    }
+
     /// A boolean scalar (`true`/`false`).
     public func bool() throws(ConfigError) -> Bool {
         guard case .scalar = node, let value = node.bool else { throw error("expected true or false") }

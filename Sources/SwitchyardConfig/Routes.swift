@@ -39,6 +39,11 @@ extension SwitchyardConfig {
         public var encoding: String
         /// How many calls one hosted actor executes at a time for this route.
         public var concurrency: Int
+        /// Whether receivers accept calls that name their target readably — `Interface.method(labels:)`
+        /// in the CloudEvents `type`, arguments as a JSON array, no `sytarget` — from any
+        /// CloudEvents producer or `switchyard call`; nil: such calls are refused. Needs
+        /// `encoding: json`.
+        public var readableTargets: ReadableTargets? = nil
         /// Line of each key in the file (the pattern's own line under "").
         public var lines: [String: Int]
 
@@ -63,10 +68,19 @@ extension SwitchyardConfig {
             public var postgres: PostgresLocation?
         }
 
+        /// `readable_targets: true`, or `{ sources: [...] }` to accept only those CloudEvents `source`s.
+        public struct ReadableTargets: Sendable, Hashable {
+            /// The CloudEvents `source` values accepted; nil: any.
+            public var sources: [String]?
+            /// Readable calls from `sources` (nil: from anywhere).
+            public init(sources: [String]? = nil) { self.sources = sources }
+        }
+
         /// A route's keys, each named once: the parser, the runtime's checks and its errors use
         /// these.
         public enum Key: String, Sendable, CaseIterable {
             case transport, mode, deadline, delay, retry, ordering, inbox, outbox, encoding, concurrency
+            case readableTargets = "readable_targets"
         }
 
         /// Whether the file sets `key` on this route (rather than leaving its default).
@@ -127,6 +141,17 @@ extension SwitchyardConfig {
                     }
                     route.inbox = inbox
                 case .outbox: route.outbox = try field.bool()
+                case .readableTargets:
+                    if (try? field.bool()) != nil {
+                        route.readableTargets = try field.bool() ? RouteEntry.ReadableTargets() : nil
+                    } else {
+                        var readable = RouteEntry.ReadableTargets()
+                        for (subkey, subfield) in try field.mapping(allowed: ["sources"]) where subkey == "sources" {
+                            readable.sources = try subfield.strings()
+                            guard !(readable.sources ?? []).isEmpty else { throw subfield.error("name at least one source, or write readable_targets: true") }
+                        }
+                        route.readableTargets = readable
+                    }
                 }
             }
             guard !route.transport.isEmpty else {
@@ -138,6 +163,11 @@ extension SwitchyardConfig {
                     message:
                         "needs an inbox on the same route: the follow-up calls commit with the record that the call was handled (add inbox: { path: FILE } or inbox: { postgres: {} }; an inbox without either keeps the outbox in memory)"
                 )
+            }
+            if route.readableTargets != nil && route.encoding != "json" {
+                throw ConfigError(
+                    key: route.key(.readableTargets), line: route.line(.readableTargets),
+                    message: "needs encoding: json on the same route: readable calls carry their arguments as a JSON array")
             }
             routes.append(route)
         }

@@ -15,7 +15,7 @@ struct AdminEndpointTests {
         transports:
           work: { plugin: queue }
         routes:
-          Worker.*: { transport: work, deadline: 10s }
+          Worker.*: { transport: work, deadline: 10s, encoding: json, readable_targets: true }
         admin:
           listen: 127.0.0.1:0
 
@@ -111,6 +111,8 @@ struct AdminEndpointTests {
         #expect(pageStatus == 200)
         #expect(pageHeaders["content-type"]?.hasPrefix("text/html") == true)
         #expect(page.contains("<td>Worker.*</td>") && page.contains("<td>work</td>"), "\(page)")
+        let call = try await running.get("/api/call", method: "POST", body: #"{"target": "Worker.work", "arguments": [1, 0]}"#)
+        #expect(call.0 == 403 && call.1.contains("admin.token"), "a call needs a token even on loopback: \(call)")
         // The terminal view of the same counters.
         let terminal = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:\(running.port)", "--json"])
         #expect(terminal.status == 0, "\(terminal.stderr)")
@@ -162,6 +164,12 @@ struct AdminEndpointTests {
         #expect(try await running.get("/nowhere").0 == 401, "unknown paths are refused before they are looked up")
         #expect(try await running.get("/api/overview", token: "s3cret-token", method: "POST").0 == 405)
         #expect(try await running.get("/api/overview", token: "s3cret-token", method: "DELETE").0 == 405)
+        // A call by readable name, as the console's call form makes it: the token always.
+        let called = try await running.get(
+            "/api/call", token: "s3cret-token", method: "POST", body: #"{"target": "Worker.work", "actor": "worker", "arguments": [7, 0]}"#)
+        #expect(called.0 == 200 && called.1 == #"{"result":7}"#, "\(called)")
+        let unknown = try await running.get("/api/call", token: "s3cret-token", method: "POST", body: #"{"target": "Worker.nope", "arguments": []}"#)
+        #expect(unknown.0 == 400 && unknown.1.contains("has no method 'Worker.nope'"), "\(unknown)")
         // switchyard stats: refused with a wrong token (and says what to do, instead of hanging), read with the right one.
         let wrong = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:\(running.port)", "--token", "nope"])
         #expect(wrong.status == 1 && wrong.stderr.contains("--token"), "\(wrong.stderr)")

@@ -4,6 +4,7 @@ import SwitchyardConfig
 import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardLoader
+import SwitchyardTestServices
 import SwitchyardTestSupport
 import SwitchyardWire
 import Synchronization
@@ -73,6 +74,47 @@ struct NATSTests {
         #expect(result.stdout.contains("event 1: specversion=1.0 id=\(envelope.id) type=Greeter.greet(_:) source=\(Envelope.defaultSource)"), "\(result.stdout)")
         #expect(result.stdout.contains(#"data={"greeting": "hello"}"#) || result.stdout.contains(#"data=[{'greeting': 'hello'}]"#), "\(result.stdout)")
         #expect(result.stdout.contains("event 2: specversion=1.0 id=plain-1 type=switchyard.message"), "\(result.stdout)")
+    }
+
+    @Test("any CloudEvents producer calls a Swift service by its readable name — the Python SDK over nats-py; a source the route does not list is dead-lettered with the reason")
+    func pythonCallsByReadableName() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let yaml = """
+            transports:
+              jobs: { plugin: nats, config: { servers: ["\(server.url)"], stream: READABLE } }
+            routes:
+              Worker.*: { transport: jobs, encoding: json, readable_targets: { sources: [python-shop] } }
+
+            """
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: [:])
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
+        let worker = try system.host("worker", as: $Worker.self) { WorkerService(actorSystem: $0) }
+        func call(from source: String) async throws {
+            let result = try await run(
+                "/usr/bin/env",
+                ["bash", Repository.root + "/scripts/cloudevents-call", server.url, "sy.readable.ch.worker", "Worker.work(_:milliseconds:)", source, "[5, 0]"])
+            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        }
+        try await call(from: "python-shop")
+        var finished = 0
+        for _ in 0..<200 where finished == 0 {
+            finished = try await worker.finishedCount()
+            if finished == 0 { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(finished == 1, "the Python event ran Worker.work")
+
+        try await call(from: "somewhere-else")
+        var reasons: [String] = []
+        for _ in 0..<100 where reasons.isEmpty {
+            let letters = try await system.deadLetters(transport: "jobs", channel: "worker")
+            reasons = letters.letters.map { DeadLetterRecord($0.message).reason }
+            letters.close()
+            if reasons.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(reasons.contains { $0.contains("source 'somewhere-else' may not call Worker.work(_:milliseconds:)") }, "\(reasons)")
+        #expect(try await worker.finishedCount() == 1, "the refused event did not run")
+        await system.shutdown()
     }
 
     @Test("a server restarted under load: every acknowledged publish is delivered, unacked deliveries come back")

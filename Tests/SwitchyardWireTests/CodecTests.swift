@@ -109,10 +109,23 @@ struct CodecTests {
         let message = envelope.message(channel: "orders", orderingKey: "c1")
         let decoded = try message.withCMessage { try Envelope(try MessageView(validating: $0)) }
         #expect(decoded == envelope)
+        // Without `sytarget` it is a call by readable name (any CloudEvents producer's): the
+        // target's identifier is left for the receiver to map, which only routes with
+        // readable_targets do; `syversion` and `time` may be left out then.
+        var readable = message
+        readable.headers.removeAll { [EnvelopeHeader.target, EnvelopeHeader.version, EnvelopeHeader.time].contains($0.key) }
+        let byName = try readable.withCMessage { try Envelope(try MessageView(validating: $0)) }
+        #expect(byName.target == .init(name: "Orders.place(_:)", identifier: ""))
+        #expect(byName.version == Envelope.currentVersion)
         var broken = message
-        broken.headers.removeAll { $0.key == EnvelopeHeader.target }
+        broken.headers.removeAll { $0.key == EnvelopeHeader.type }
         let error = #expect(throws: EnvelopeError.self) { try broken.withCMessage { try Envelope(try MessageView(validating: $0)) } }
-        #expect(error?.description.contains("ce-sytarget") == true)
+        #expect(error?.description.contains("ce-type") == true)
+        var noVersion = message
+        noVersion.headers.removeAll { $0.key == EnvelopeHeader.version }
+        #expect(throws: EnvelopeError.self, "a call by identifier still says which version of the format it is") {
+            try noVersion.withCMessage { try Envelope(try MessageView(validating: $0)) }
+        }
         var badType = message
         badType.headers = badType.headers.map { $0.key == EnvelopeHeader.contentType ? .init($0.key, "text/xml") : $0 }
         #expect(throws: EnvelopeError.self) { try badType.withCMessage { try Envelope(try MessageView(validating: $0)) } }

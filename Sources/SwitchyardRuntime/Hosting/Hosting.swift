@@ -37,10 +37,15 @@ extension SwitchyardActorSystem {
         guard actor.id == id else {
             throw SwitchyardError.routing(target: "\(id)", reason: "the actor was created with id '\(actor.id)': create it with the system passed to make")
         }
-        let hosted = Server.Hosted(
+        var hosted = Server.Hosted(
             id: id, actor: actor, typeName: String(reflecting: Act.self),
             interfaces: Dictionary(interfaces.map { (String(reflecting: $0), $0) }, uniquingKeysWith: { first, _ in first }))
-        try host(hosted, interfaceNames: [Self.interfaceName(of: Act.self)] + interfaces.map { Self.interfaceName(of: $0) }, type: "\(Act.self)")
+        let interfaceNames = [Self.interfaceName(of: Act.self)] + interfaces.map { Self.interfaceName(of: $0) }
+        if interfaceNames.contains(where: { routes.routes(forInterface: $0).contains { $0.entry.readableTargets != nil } }) {
+            // Built here, from what is compiled into this process, never from the wire.
+            hosted.readable = AccessibleFunctions.readableTable(for: Set(hosted.interfaces.keys))
+        }
+        try host(hosted, interfaceNames: interfaceNames, type: "\(Act.self)")
         return actor
     }
 
@@ -155,9 +160,25 @@ extension SwitchyardActorSystem {
 
     /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter
     /// per the route; dead-letter with the reason when the call is refused.
-    func handle(_ item: Inbound, _ hosted: Server.Hosted) async {
+    func handle(_ delivered: Inbound, _ hosted: Server.Hosted) async {
         server.inFlight.enter()
         defer { server.inFlight.leave() }
+        var item = delivered
+        if item.envelope.target.identifier.isEmpty {
+            // A call by readable name: mapped to the hosted protocol's own method, or refused.
+            switch readableIdentifier(item.envelope, on: hosted) {
+            case .success(let identifier):
+                var envelope = item.envelope
+                envelope.target.identifier = identifier
+                item = Inbound(delivery: item.delivery, transport: item.transport, envelope: envelope, attempt: item.attempt, cost: item.cost)
+            case .failure(let refusal):
+                logger.warning(
+                    "refusing a call by readable name", metadata: ["target": "\(item.envelope.target.name)", "actor": "\(hosted.id)", "reason": "\(refusal.reason)"])
+                deadLetter(item, reason: "rejected: \(refusal.reason)")
+                sendReply(item, .error(SwitchyardError.rejected(target: item.envelope.target.name, reason: refusal.reason)), encoding: .json)
+                return
+            }
+        }
         let envelope = item.envelope
         let client = item.transport.client
         let readable = envelope.target.name
@@ -440,6 +461,39 @@ extension SwitchyardActorSystem {
     }
 
     /// The reply's outcome name and body for an outcome.
+    /// Why a call by readable name is refused.
+    struct ReadableRefusal: Error {
+        let reason: String
+    }
+
+    /// The identifier a call by readable name (`ce-type` only, no `ce-sytarget`) maps to on
+    /// `hosted`: one of its protocols' own methods, on a route with `readable_targets` that
+    /// accepts the call's `source`, with JSON arguments; or why not.
+    func readableIdentifier(_ envelope: Envelope, on hosted: Server.Hosted) -> Result<String, ReadableRefusal> {
+        let name = envelope.target.name
+        guard !hosted.readable.isEmpty else {
+            return .failure(
+                ReadableRefusal(
+                    reason: "'\(hosted.id)' takes no calls by readable name (\(name)): a route of its interface must set readable_targets: true and encoding: json"))
+        }
+        guard let identifier = hosted.readable[name] else {
+            let known = hosted.readable.keys.filter { $0.contains("(") }.sorted().joined(separator: ", ")
+            return .failure(ReadableRefusal(reason: "'\(hosted.id)' has no method '\(name)' (it serves: \(known))"))
+        }
+        guard let route = resolved(identifier)?.route, let readable = route.entry.readableTargets else {
+            return .failure(ReadableRefusal(reason: "the route of \(name) takes no calls by readable name: set readable_targets: true (and encoding: json) on it"))
+        }
+        if let sources = readable.sources, !sources.contains(envelope.source) {
+            return .failure(
+                ReadableRefusal(reason: "source '\(envelope.source)' may not call \(name) by readable name (routes.\(route.pattern).readable_targets.sources)"))
+        }
+        guard envelope.contentType == .json else {
+            return .failure(
+                ReadableRefusal(reason: "a call by readable name carries its arguments as a JSON array (datacontenttype application/json), not \(envelope.contentType.rawValue)"))
+        }
+        return .success(identifier)
+    }
+
     func encodeReply(_ outcome: SwitchyardResultHandler.Outcome, encoding: ArgumentEncoding) -> (String, [UInt8]) {
         var body: [UInt8] = []
         switch outcome {

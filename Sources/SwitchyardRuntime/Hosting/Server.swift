@@ -19,6 +19,10 @@ final class Server: Sendable {
         let interfaces: [String: any DistributedActor.Type]
         /// The native module served under this id, instead of an actor.
         var native: NativeModule? = nil
+        /// Readable name (`Orders.place(_:)`, and `Orders.place` where no other method has that
+        /// base name) → the identifier of the hosted protocol's own method; built at hosting when
+        /// a route of its interfaces accepts calls by readable name, empty otherwise.
+        var readable: [String: String] = [:]
     }
 
     /// One subscription feeding a hosted actor's workers.

@@ -103,6 +103,8 @@ public struct SystemOverview: Codable, Sendable {
         public var encoding: String
         /// Handlers run at once per hosted actor.
         public var concurrency: Int
+        /// Whether calls by readable name are accepted (`readable_targets`).
+        public var readableTargets: Bool
     }
 
     /// One hosted actor or native module.
@@ -171,7 +173,7 @@ extension SwitchyardActorSystem {
                 pattern: entry.pattern, transport: entry.transport, mode: entry.mode.rawValue,
                 deadlineMs: Double(entry.deadlineNanos) / 1e6, delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
                 ordering: entry.orderingArgument, inbox: entry.inbox != nil, outbox: entry.outbox, encoding: entry.encoding,
-                concurrency: entry.concurrency)
+                concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil)
         }
         let services = server.allHosted().map { hosted in
             SystemOverview.Service(

@@ -26,6 +26,17 @@ struct CallTarget: Sendable {
         preparedTargets.prepared(identifier, substitutions: substitutions)
     }
 
+    /// A call by readable name (`Inventory.reserve(sku:qty:)` or `Inventory.reserve`), without an
+    /// identifier: the receiver maps it to its hosted protocol's own method (`readable_targets`).
+    init(readable name: String, interface: String, method: String) {
+        identifier = ""
+        owningType = interface
+        self.interface = interface
+        self.method = method
+        self.name = name
+        isGeneric = false
+    }
+
     /// Parses a target; nil when the identifier does not demangle to a method.
     init?(identifier: String) {
         self.identifier = identifier

@@ -47,7 +47,7 @@ struct Route: Sendable {
         if entry.transport == SwitchyardConfig.RouteEntry.direct {
             transport = nil
             capabilities = []
-            for key in [Key.delay, .inbox, .outbox, .ordering, .encoding, .mode] where entry.sets(key) {
+            for key in [Key.delay, .inbox, .outbox, .ordering, .encoding, .mode, .readableTargets] where entry.sets(key) {
                 throw fail(key, "a direct route calls the local actor in the caller's task; '\(key.rawValue)' needs a transport")
             }
         } else {

@@ -51,7 +51,9 @@ public struct Envelope: Sendable, Hashable {
     public struct Target: Sendable, Hashable {
         /// Readable `Interface.method(labels:)`; also the CloudEvents `type`.
         public var name: String
-        /// The stable identifier the runtime dispatches on (the distributed thunk's mangled name).
+        /// The stable identifier the runtime dispatches on (the distributed thunk's mangled name);
+        /// empty for a call by readable name (no `ce-sytarget`), which a receiver accepts only on
+        /// routes with `readable_targets` and maps to the hosted protocol's own method.
         public var identifier: String
 
         /// A target.
@@ -175,7 +177,7 @@ extension Envelope {
         headers.append(Header(EnvelopeHeader.time, RFC3339.format(nanos: createdAtNanos)))
         headers.append(Header(EnvelopeHeader.contentType, contentType.rawValue))
         headers.append(Header(EnvelopeHeader.version, version == Self.currentVersion ? Self.currentVersionText : String(version)))
-        headers.append(Header(EnvelopeHeader.target, target.identifier))
+        if !target.identifier.isEmpty { headers.append(Header(EnvelopeHeader.target, target.identifier)) }
         if let replyTo { headers.append(Header(EnvelopeHeader.replyTo, replyTo)) }
         if let idempotencyKey, idempotencyKey != id { headers.append(Header(EnvelopeHeader.idempotencyKey, idempotencyKey)) }
         if deadlineNanos > 0 { headers.append(Header(EnvelopeHeader.deadline, RFC3339.format(nanos: deadlineNanos))) }
@@ -195,6 +197,7 @@ extension Envelope {
         // One pass over the headers, matching names by length and bytes (no String per key).
         var fields = [String?](repeating: nil, count: Field.allCases.count)
         var extra: [String: String] = [:]
+        var standardContentType: String?
         let headers = message.fields.headers
         next: for index in 0..<message.headerCount {
             let header = headers![index]
@@ -205,6 +208,12 @@ extension Envelope {
                     fields[field.rawValue] = String(header.value)
                     continue next
                 }
+            }
+            // CloudEvents binary mode (HTTP, NATS) carries datacontenttype as Content-Type: what
+            // producers other than Switchyard send.
+            if header.key.len == 12, String(header.key).lowercased() == "content-type" {
+                standardContentType = String(header.value)
+                continue
             }
             // Any other CloudEvents attribute: the caller's own (CallOptions.headers).
             if memcmp(key, "ce-", 3) == 0 {
@@ -219,19 +228,28 @@ extension Envelope {
             }
             return value
         }
-        let versionText = try required(.version)
+        // A call by readable name (no `sytarget`) may come from any CloudEvents producer: it may
+        // leave out this format's version (the current one is assumed) and `time` (optional in
+        // CloudEvents; the time it is read is taken).
+        let readable = field(.target) == nil
+        let versionText = readable ? field(.version) ?? Self.currentVersionText : try required(.version)
         guard let version = Int(versionText) else { throw EnvelopeError("envelope version '\(versionText)' is not a number") }
         guard version == Self.currentVersion else {
             throw EnvelopeError("envelope version \(version) is not supported (this runtime reads version \(Self.currentVersion))")
         }
         let spec = try required(.specVersion)
         guard spec == "1.0" else { throw EnvelopeError("CloudEvents specversion '\(spec)' is not supported (expected 1.0)") }
-        let contentTypeText = try required(.contentType)
+        // `ce-datacontenttype`, else the binary mode's `Content-Type`, without parameters
+        // (`application/json; charset=utf-8`).
+        guard let contentTypeValue = field(.contentType) ?? standardContentType, !contentTypeValue.isEmpty else {
+            throw EnvelopeError("not a Switchyard envelope: header '\(EnvelopeHeader.contentType)' (or Content-Type) is missing")
+        }
+        let contentTypeText = String(contentTypeValue.prefix { $0 != ";" }).trimmingCharacters(in: .whitespaces)
         guard let contentType = ArgumentEncoding(rawValue: contentTypeText) else {
             throw EnvelopeError("content type '\(contentTypeText)' is not supported (expected \(ArgumentEncoding.allCases.map(\.rawValue).joined(separator: " or ")))")
         }
         let id = try required(.id)
-        let time = try required(.time)
+        let time = readable ? field(.time) ?? RFC3339.format(nanos: WallClock.nowNanos()) : try required(.time)
         guard let created = RFC3339.parse(time) else { throw EnvelopeError("'\(EnvelopeHeader.time)' is not an RFC 3339 time: '\(time)'") }
         var deadline: Int64 = 0
         if let text = field(.deadline) {
@@ -240,7 +258,7 @@ extension Envelope {
         }
         self.init(
             id: id,
-            target: Target(name: try required(.type), identifier: try required(.target)),
+            target: Target(name: try required(.type), identifier: readable ? "" : try required(.target)),
             arguments: Array(message.body), contentType: contentType,
             replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate), traceContext: field(.traceContext),
             idempotencyKey: field(.idempotencyKey), deadlineNanos: deadline, createdAtNanos: created,
