@@ -46,7 +46,9 @@ enum OverviewPage {
             html += CallPage.form()
         }
         html += "<h2>Hosted services</h2>\n"
-        html += table(["id", "type", "interfaces"], id: "services", overview.services.map { [$0.id, $0.type, $0.interfaces.joined(separator: ", ")] })
+        html += table(
+            ["id", "type", "interfaces", "methods"], id: "services",
+            overview.services.map { [$0.id, $0.type, $0.interfaces.joined(separator: ", "), $0.methods.joined(separator: ", ")] })
         html += "<h2>Plugins</h2>\n"
         html += table(
             ["plugin", "version", "ABI", "capabilities", "file", "sha256"], id: "plugins",

@@ -212,6 +212,23 @@ package func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
     return condition()
 }
 
+extension Pipe {
+    /// Hands each chunk read from this pipe to `chunk` as it arrives, until end of file (the child
+    /// exited): then the readability handler is removed, so Dispatch never keeps watching a
+    /// descriptor that gets closed and reused. A handler left in place crashed a test process in
+    /// libdispatch's event loop (`_dispatch_event_loop_drain`, a bad pointer) after its child ended.
+    package func follow(_ chunk: @escaping @Sendable (String) -> Void) {
+        fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            guard !data.isEmpty else {
+                handle.readabilityHandler = nil
+                return
+            }
+            chunk(String(decoding: data, as: UTF8.self))
+        }
+    }
+}
+
 /// Lines read so far, shared with a pipe's readability handler.
 package final class LineBuffer: Sendable {
     private let lines = Mutex<[String]>([])

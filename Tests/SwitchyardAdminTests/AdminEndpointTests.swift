@@ -107,6 +107,7 @@ struct AdminEndpointTests {
         #expect(routes.contains(#""pattern" : "Worker.*""#), "\(routes)")
         let (_, services, _) = try await running.get("/api/services")
         #expect(services.contains(#""interfaces" : ["#) && services.contains("Worker"), "\(services)")
+        #expect(services.contains(#""Worker.work(_:milliseconds:)""#), "the hosted methods by readable name: \(services)")
         let (pageStatus, page, pageHeaders) = try await running.get("/")
         #expect(pageStatus == 200)
         #expect(pageHeaders["content-type"]?.hasPrefix("text/html") == true)

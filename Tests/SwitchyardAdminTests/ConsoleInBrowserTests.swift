@@ -28,8 +28,7 @@ struct ConsoleInBrowserTests {
         demo.standardError = output
         let lines = LineBuffer()
         let partial = Mutex("")
-        output.fileHandleForReading.readabilityHandler = { handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
+        output.follow { text in
             let complete = partial.withLock { rest -> [String] in
                 rest += text
                 var parts = rest.components(separatedBy: "\n")

@@ -69,10 +69,7 @@ struct CLITests {
         process.standardError = FileHandle.nullDevice
         let lines = LineBuffer()
         let firstFailure = Guarded<Date?>(nil)
-        out.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            guard !data.isEmpty else { return }
-            let text = String(decoding: data, as: UTF8.self)
+        out.follow { text in
             if text.contains("FAIL") { firstFailure.withLock { $0 = $0 ?? Date() } }
             lines.append([text])
         }

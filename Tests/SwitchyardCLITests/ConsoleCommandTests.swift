@@ -21,10 +21,7 @@ struct ConsoleCommandTests {
         console.standardOutput = output
         console.standardError = output
         let text = Mutex("")
-        output.fileHandleForReading.readabilityHandler = { handle in
-            let chunk = String(decoding: handle.availableData, as: UTF8.self)
-            text.withLock { $0 += chunk }
-        }
+        output.follow { chunk in text.withLock { $0 += chunk } }
         try console.run()
         defer { if console.isRunning { kill(console.processIdentifier, SIGKILL) } }
         let address = try Regex(#"console\s+(http://127\.0\.0\.1:\d+)/"#)

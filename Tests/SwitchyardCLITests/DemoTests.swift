@@ -161,10 +161,7 @@ struct DemoTests {
         process.standardError = err
         process.standardOutput = err
         let output = LineBuffer()
-        err.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if !data.isEmpty { output.append([String(decoding: data, as: UTF8.self)]) }
-        }
+        err.follow { output.append([$0]) }
         try process.run()
         #expect(await eventually(20) { output.all.joined().contains("running; SIGTERM or SIGINT drains and stops") })
         kill(process.processIdentifier, SIGTERM)

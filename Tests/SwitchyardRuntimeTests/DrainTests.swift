@@ -18,11 +18,7 @@ final class ChildHost: @unchecked Sendable {
         process.standardOutput = out
         process.standardError = FileHandle.standardError
         let lines = self.lines
-        out.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            guard !data.isEmpty else { return }
-            lines.append(String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init))
-        }
+        out.follow { text in lines.append(text.split(separator: "\n").map(String.init)) }
         try process.run()
     }
 

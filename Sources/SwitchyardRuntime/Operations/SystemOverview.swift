@@ -115,6 +115,9 @@ public struct SystemOverview: Codable, Sendable {
         public var type: String
         /// The interfaces it is called through (`Orders`).
         public var interfaces: [String]
+        /// The methods of those interfaces, by readable name (`Orders.place(_:)`); a native
+        /// module's functions as `Interface.function`.
+        public var methods: [String]
     }
 }
 
@@ -176,9 +179,12 @@ extension SwitchyardActorSystem {
                 concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil)
         }
         let services = server.allHosted().map { hosted in
-            SystemOverview.Service(
+            let methods =
+                hosted.native.map { module in module.functions.keys.map { "\(module.interface).\($0)" } }
+                ?? AccessibleFunctions.readableTable(for: Set(hosted.interfaces.keys)).keys.filter { $0.contains("(") }
+            return SystemOverview.Service(
                 id: "\(hosted.id)", type: hosted.native.map { _ in "native module" } ?? hosted.typeName,
-                interfaces: hosted.interfaces.keys.map(Self.readableInterface).sorted())
+                interfaces: hosted.interfaces.keys.map(Self.readableInterface).sorted(), methods: methods.sorted())
         }.sorted { $0.id < $1.id }
         return SystemOverview(
             instance: instanceID, state: "\(current)", ready: current == .running,
