@@ -35,7 +35,11 @@ enum AccessibleFunctions {
     /// Each loaded image's file and the address its first byte is mapped at, from
     /// `/proc/self/maps` (the mapping of file offset 0).
     private static func loadedImages() -> [(path: String, base: UInt)] {
-        guard let maps = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return [] }
+        // Read to the end: String(contentsOfFile:) stops at 4 KiB on procfs (whose files report
+        // size 0), which under ThreadSanitizer — its shadow mappings come first — left out every image.
+        guard let file = FileHandle(forReadingAtPath: "/proc/self/maps") else { return [] }
+        defer { try? file.close() }
+        let maps = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
         var images: [String: UInt] = [:]
         for line in maps.split(separator: "\n") {
             let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
