@@ -83,11 +83,8 @@ struct AdminHandler: HTTPHandler {
         do {
             let body = try await request.bodyData
             if form {
-                var fields: [String: String] = [:]
-                for pair in String(decoding: body, as: UTF8.self).split(separator: "&") {
-                    let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
-                    if let key = parts.first { fields[key] = parts.count > 1 ? parts[1] : "" }
-                }
+                let fields = Dictionary(DeadLetterEndpoints.formFields(body).map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
+
                 let lines = (fields["arguments"] ?? "").split(whereSeparator: \.isNewline).map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
                 call = CallRequest(target: fields["target"] ?? "", actor: fields["actor"], arguments: lines.map { .text($0) })
             } else {

@@ -79,15 +79,9 @@ public final class AdminServer: Service, Sendable {
     /// listen (the port is taken, say), with the address in the message.
     public func run() async throws {
         // Says where it listens once it does (with port 0, the port picked), at notice level.
-        let announce = Task { [server, settings, logger] in
-            try await server.waitUntilListening(timeout: 30)
-            guard case .some(.ip4(_, let port)) = await server.listeningAddress else {
-                if case .some(.ip6(_, let port)) = await server.listeningAddress {
-                    logger.notice("admin endpoint listening", metadata: ["url": "http://[\(settings.host)]:\(port)/"])
-                }
-                return
-            }
-            logger.notice("admin endpoint listening", metadata: ["url": "http://\(settings.host):\(port)/"])
+        let announce = Task { [self] in
+            let port = try await waitUntilListening(timeout: 30)
+            logger.notice("admin endpoint listening", metadata: ["url": "\(settings.url(port: port))"])
         }
         defer { announce.cancel() }
         do {

@@ -183,12 +183,7 @@ struct DeadLetterEndpoints {
         let looksLikeJSON = body.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{")
         if form || !looksLikeJSON {
             var selection = Selection()
-            for pair in String(decoding: body, as: UTF8.self).split(separator: "&") {
-                let parts = pair.split(separator: "=", maxSplits: 1).map {
-                    String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
-                }
-                guard let key = parts.first else { continue }
-                let value = parts.count > 1 ? parts[1] : ""
+            for (key, value) in Self.formFields(body) {
                 switch key {
                 case "ids": selection.ids = (selection.ids ?? []) + [value]
                 case "all": selection.all = value == "1" || value == "true"
@@ -204,6 +199,17 @@ struct DeadLetterEndpoints {
             return try decoder.decode(Selection.self, from: body)
         } catch {
             throw AdminError(#"the body must be JSON like {"ids": ["id-1"]} or {"all": true, "fire_and_forget": true}"#)
+        }
+    }
+
+    /// The fields of an `application/x-www-form-urlencoded` body, in order (names repeat).
+    static func formFields(_ body: Data) -> [(key: String, value: String)] {
+        String(decoding: body, as: UTF8.self).split(separator: "&").compactMap { pair in
+            let parts = pair.split(separator: "=", maxSplits: 1).map {
+                String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
+            }
+            guard let key = parts.first else { return nil }
+            return (key, parts.count > 1 ? parts[1] : "")
         }
     }
 

@@ -62,8 +62,7 @@ struct ConsoleCommand: AsyncParsableCommand {
         }
         let announce = Task {
             guard let port = try? await endpoint.waitUntilListening() else { return }
-            let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
-            print("console  http://\(host):\(port)/   (JSON: /api, metrics: /metrics; Ctrl-C or SIGTERM stops)")
+            print("console  \(settings.url(port: port))   (JSON: /api, metrics: /metrics; Ctrl-C or SIGTERM stops)")
             fflush(nil)
         }
         defer { announce.cancel() }

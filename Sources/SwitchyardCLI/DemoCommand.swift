@@ -134,8 +134,7 @@ struct DemoTraffic: Service {
 
     func run() async throws {
         let port = try await endpoint.waitUntilListening()
-        let host = endpoint.settings.host.contains(":") ? "[\(endpoint.settings.host)]" : endpoint.settings.host
-        print("  console  http://\(host):\(port)/   (metrics: /metrics, health: /health/ready, JSON: /api)")
+        print("  console  \(endpoint.settings.url(port: port))   (metrics: /metrics, health: /health/ready, JSON: /api)")
         print("  placing \(perSecond.formatted()) orders a second; Ctrl-C or SIGTERM drains and exits")
         fflush(nil)  // progress reaches a log file as it happens (Swift 6 forbids naming the global stdout)
         let system = self.system

@@ -68,7 +68,7 @@ struct RunCommand: AsyncParsableCommand {
         if let admin, let settings = system.config.admin {
             Task {
                 if let port = try? await admin.waitUntilListening() {
-                    logger.info("admin endpoint", metadata: ["url": "http://\(settings.host.contains(":") ? "[\(settings.host)]" : settings.host):\(port)/"])
+                    logger.info("admin endpoint", metadata: ["url": "\(settings.url(port: port))"])
                 }
             }
         }

@@ -36,6 +36,9 @@ extension SwitchyardConfig {
         /// Whether `host` is a loopback address (`127.0.0.0/8` or `::1`).
         public var isLoopback: Bool { Self.isLoopback(host) }
 
+        /// The endpoint's address on `port` (the one picked when ``port`` is 0): `http://HOST:PORT/`.
+        public func url(port: Int) -> String { "http://\(host.contains(":") ? "[\(host)]" : host):\(port)/" }
+
         /// Whether `host` is a loopback address (`127.0.0.0/8` or `::1`).
         public static func isLoopback(_ host: String) -> Bool {
             host == "::1" || host == "localhost" || host.split(separator: ".").first == "127"
