@@ -216,6 +216,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/SwitchyardBench"),
+        /// Runs one hot path a given number of times, for the `instructions` suite to count under
+        /// callgrind (a synchronous main: valgrind cannot run the async `switchyard`).
+        .executableTarget(name: "switchyard-hot-path", dependencies: ["SwitchyardBench"], path: "Benchmarks/HotPath"),
         .target(
             name: "BenchNullCPlugin", dependencies: ["CSwitchyard"], path: "Benchmarks/Plugins/NullC",
             publicHeadersPath: "."),

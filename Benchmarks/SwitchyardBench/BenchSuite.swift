@@ -70,4 +70,5 @@ public let allBenchSuites: [any BenchSuite] = [
     RabbitMQSuite(),
     FFISuite(),
     IsolationSuite(),
+    InstructionsSuite(),
 ]

@@ -53,6 +53,15 @@ struct TypedCallSuite: BenchSuite {
     let name = "typed"
     let summary = "typed calls: direct route vs local actor call, queue fire-and-forget and request-reply vs the raw queue, compact codec vs JSON"
 
+    /// The routes of the calls through the in-memory queue plugin.
+    static let queueYAML = """
+        transports:
+          memq: { plugin: queue, config: { max_in_flight: 1024 } }
+        routes:
+          BenchCalls.note: { transport: memq, mode: fire-and-forget, concurrency: 4 }
+          BenchCalls.*: { transport: memq, concurrency: 4 }
+        """
+
     func run(_ context: BenchContext) throws -> [BenchResult] {
         try blocking { try await measure(context) }
     }
@@ -86,14 +95,7 @@ struct TypedCallSuite: BenchSuite {
         await directSystem.shutdown()
 
         // Through the in-memory queue plugin.
-        let queueYAML = """
-            transports:
-              memq: { plugin: queue, config: { max_in_flight: 1024 } }
-            routes:
-              BenchCalls.note: { transport: memq, mode: fire-and-forget, concurrency: 4 }
-              BenchCalls.*: { transport: memq, concurrency: 4 }
-            """
-        let config = try SwitchyardConfig.parse(yaml: queueYAML, baseDirectory: "/")
+        let config = try SwitchyardConfig.parse(yaml: Self.queueYAML, baseDirectory: "/")
         context.progress("typed: raw queue baseline")
         let plugins = BenchPlugins(context)
         let count = context.quick ? 100_000 : 500_000
