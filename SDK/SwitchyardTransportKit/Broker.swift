@@ -70,6 +70,13 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
+    /// What one member is handed in one pass of the dispatcher.
+    private struct HandOver {
+        let member: Member
+        var deliveries: [DeliveryID] = []
+        var messages: [Message] = []
+    }
+
     private struct InFlight {
         let ref: LeaseRef
         /// The subscriber it went to (whose channel it is on).
@@ -80,7 +87,8 @@ public final class Broker: @unchecked Sendable {
     // Guarded by `condition`.
     private var groups: [GroupKey: [Member]] = [:]
     private var members: [SubscriptionID: Member] = [:]
-    private var inFlight: [DeliveryID: InFlight] = [:]
+    /// Unsettled deliveries by id (ids grow by one per delivery).
+    private var inFlight = SequentialTable<InFlight>()
     private var nextSubscription: SubscriptionID = 0
     private var nextDelivery: DeliveryID = 0
     private var workPending = false
@@ -185,7 +193,7 @@ public final class Broker: @unchecked Sendable {
             // Nothing happened: the delivery is still the subscriber's to settle.
             condition.lock()
             if !stopped {
-                inFlight[delivery] = entry
+                inFlight.insert(entry, at: delivery)
                 entry.member.inFlight += 1
             }
             condition.unlock()
@@ -251,12 +259,12 @@ public final class Broker: @unchecked Sendable {
         waiters += 1
         while member.delivering > 0 { condition.wait() }
         waiters -= 1
-        let orphans = inFlight.filter { $0.value.member === member }
-        for delivery in orphans.keys { inFlight[delivery] = nil }
+        let orphans = inFlight.all.filter { $0.value.member === member }
+        for orphan in orphans { inFlight.removeValue(forKey: orphan.id) }
         stats.released += UInt64(orphans.count)
         condition.unlock()
         // Back in the store first, then wake the dispatcher, or it may look before they are there.
-        for orphan in orphans.values { try? store.release(orphan.ref) }
+        for orphan in orphans { try? store.release(orphan.value.ref) }
         wake()
     }
 
@@ -354,12 +362,12 @@ public final class Broker: @unchecked Sendable {
         // The ABI's drain deadline is on the monotonic clock, as the condition's waits are.
         while !inFlight.isEmpty, condition.wait(untilMonotonicNanos: deadlineNanos) {}
         waiters -= 1
-        let left = inFlight
+        let left = inFlight.all.map(\.value)
         inFlight.removeAll()
-        for entry in left.values { entry.member.inFlight -= 1 }
+        for entry in left { entry.member.inFlight -= 1 }
         stats.released += UInt64(left.count)
         condition.unlock()
-        for entry in left.values { try? store.release(entry.ref) }
+        for entry in left { try? store.release(entry.ref) }
         if !left.isEmpty {
             throw TransportError(.timeout, "drain: \(left.count) deliveries were still unsettled at the deadline and were released")
         }
@@ -385,10 +393,10 @@ public final class Broker: @unchecked Sendable {
         waiters += 1
         while !dispatcherDone || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
         waiters -= 1
-        let left = inFlight
+        let left = inFlight.all.map(\.value)
         inFlight.removeAll()
         condition.unlock()
-        for entry in left.values { try? store.release(entry.ref) }
+        for entry in left { try? store.release(entry.ref) }
     }
 
     // MARK: Dispatching
@@ -494,11 +502,14 @@ public final class Broker: @unchecked Sendable {
     /// it around each deliver call.
     private func deliver(_ batches: [(Planned, [LeasedMessage])]) {
         let stamp = now()
-        var assignments: [(DeliveryID, Member, LeasedMessage)] = []
+        // One hand-over per member, in the order leased: one deliver_batch call crossing the ABI
+        // where the subscriber takes batches. What a member does not take is released.
+        var handOvers: [HandOver] = []
         var orphans: [LeaseRef] = []
         var expired: [LeasedMessage] = []
         for (planned, leased) in batches {
             let candidates = groups[planned.key] ?? []
+            var last: (member: Member, index: Int)?
             var cursor = 0
             for message in leased {
                 if message.message.isExpired(at: stamp) {
@@ -522,41 +533,40 @@ public final class Broker: @unchecked Sendable {
                 member.inFlight += 1
                 member.delivering += 1
                 let leaseUntil = stamp + member.visibilityTimeout
-                inFlight[nextDelivery] = InFlight(ref: message.ref, member: member, leaseUntil: leaseUntil)
+                inFlight.insert(InFlight(ref: message.ref, member: member, leaseUntil: leaseUntil), at: nextDelivery)
                 nextLocalExpiry = min(nextLocalExpiry, leaseUntil)
                 stats.delivered += 1
-                assignments.append((nextDelivery, member, message))
+                // Members are few: a scan beats hashing, and runs only when the member changes.
+                let index: Int
+                if let last, last.member === member {
+                    index = last.index
+                } else {
+                    index =
+                        handOvers.firstIndex { $0.member === member }
+                        ?? {
+                            handOvers.append(HandOver(member: member))
+                            return handOvers.count - 1
+                        }()
+                    last = (member, index)
+                }
+                handOvers[index].deliveries.append(nextDelivery)
+                handOvers[index].messages.append(message.message)
             }
-            // Rotate so the next batch starts with another member.
-            if let first = groups[planned.key]?.first, (groups[planned.key]?.count ?? 0) > 1 {
-                groups[planned.key]!.removeFirst()
-                groups[planned.key]!.append(first)
+            // Rotate so the next batch starts with another member (one lookup; none for one member).
+            if candidates.count > 1 {
+                groups[planned.key]?.rotate()
             }
         }
         condition.unlock()
         for ref in orphans { try? store.release(ref) }
         if !expired.isEmpty { disposeOfExpired(expired, now: stamp) }
-        // One hand-over per member, in the order leased: one deliver_batch call crossing the ABI
-        // where the subscriber takes batches. What a member does not take is released.
-        var perMember: [(member: Member, deliveries: [DeliveryID], messages: [Message])] = []
-        for (delivery, member, leased) in assignments {
-            // Members are few: a scan beats hashing.
-            let index =
-                perMember.firstIndex { $0.member === member }
-                ?? {
-                    perMember.append((member, [], []))
-                    return perMember.count - 1
-                }()
-            perMember[index].deliveries.append(delivery)
-            perMember[index].messages.append(leased.message)
-        }
         var refused: [DeliveryID] = []
-        for handOver in perMember {
+        for handOver in handOvers {
             let taken = handOver.member.subscriber.deliver(batch: handOver.deliveries, handOver.messages)
             refused += handOver.deliveries[max(0, taken)...]
         }
         condition.lock()
-        for (_, member, _) in assignments { member.delivering -= 1 }
+        for handOver in handOvers { handOver.member.delivering -= handOver.deliveries.count }
         var releases: [LeaseRef] = []
         for delivery in refused {
             if let entry = inFlight.removeValue(forKey: delivery) {
@@ -644,9 +654,9 @@ public final class Broker: @unchecked Sendable {
         let stamp = now()
         guard stamp >= nextLocalExpiry else { return }
         var earliest = Int64.max
-        for (delivery, entry) in inFlight {
+        for (delivery, entry) in inFlight.all {
             if entry.leaseUntil <= stamp {
-                inFlight[delivery] = nil
+                inFlight.removeValue(forKey: delivery)
                 entry.member.inFlight -= 1
             } else {
                 earliest = min(earliest, entry.leaseUntil)
@@ -667,5 +677,12 @@ public final class Broker: @unchecked Sendable {
             }
         }
         return earliest
+    }
+}
+
+extension Array {
+    /// Moves the first element to the end.
+    fileprivate mutating func rotate() {
+        if count > 1 { append(removeFirst()) }
     }
 }

@@ -36,13 +36,22 @@ public final class MemoryStore: MessageStore {
         static func < (a: Timed, b: Timed) -> Bool { (a.at, a.entry) < (b.at, b.entry) }
     }
 
-    private struct Entry {
+    /// One stored copy of a message. A class: the slab, the lease and the settlement each touch
+    /// it through one pointer, where a struct of this size was copied in and out of the slab's
+    /// deque on every access (with a retain and release of each string and array in it).
+    /// Guarded by the store's lock like the rest of `State`.
+    private final class Entry {
         var message: Message
         let group: GroupKey
         var token: UInt64 = 0  // non-zero while leased
         var leaseUntil: Int64 = 0
         var holdsKey = false  // this entry holds its ordering key's lock
         var history: [String] = []
+
+        init(message: Message, group: GroupKey) {
+            self.message = message
+            self.group = group
+        }
     }
 
     private struct Group {
@@ -70,53 +79,9 @@ public final class MemoryStore: MessageStore {
         }
     }
 
-    /// Entries by id in a deque indexed from `base`: ids grow by one per entry and mostly leave
-    /// in order, so lookups are an index and no hashing or rehashing happens per message.
-    private struct Slab {
-        private var slots = Deque<Entry?>()
-        private var base: UInt64 = 1
-
-        subscript(id: UInt64) -> Entry? {
-            // Borrowed, not copied: reading one field of an entry must not retain and release
-            // every string and array of its message.
-            _read {
-                if id >= base, id - base < UInt64(slots.count) {
-                    yield slots[Int(id - base)]
-                } else {
-                    yield nil
-                }
-            }
-            _modify {
-                if id >= base, id - base < UInt64(slots.count) {
-                    // In place: no copy of the entry and its message.
-                    yield &slots[Int(id - base)]
-                    trimFront()
-                } else {
-                    var fresh: Entry? = nil
-                    yield &fresh
-                    if let fresh { append(fresh, at: id) }
-                }
-            }
-        }
-
-        /// Adds the entry with a new id (past every id so far), moved in without a copy.
-        mutating func append(_ entry: consuming Entry, at id: UInt64) {
-            guard id >= base else { return }
-            while base + UInt64(slots.count) < id { slots.append(nil) }
-            slots.append(entry)
-        }
-
-        private mutating func trimFront() {
-            // `slots[0] == nil` borrows the slot; `slots.first` would copy the entry out.
-            while !slots.isEmpty, slots[0] == nil {
-                slots.removeFirst()
-                base += 1
-            }
-        }
-    }
-
     private struct State {
-        var entries = Slab()
+        /// Entries by id: ids grow by one per entry and mostly leave in order.
+        var entries = SequentialTable<Entry>()
         var groups: [GroupKey: Group] = [:]
         var groupsByChannel: [String: [String]] = [:]
         var retained: [String: Deque<Message>] = [:]
@@ -128,9 +93,16 @@ public final class MemoryStore: MessageStore {
         var expiries = Heap<Timed>()
 
         mutating func insert(_ message: Message, into key: GroupKey) {
+            var group = groups.removeValue(forKey: key) ?? Group()
+            insert(message, into: key, group: &group)
+            groups[key] = group
+        }
+
+        /// Inserts into `group` (the one `key` names, moved out of `groups` by the caller).
+        mutating func insert(_ message: Message, into key: GroupKey, group: inout Group) {
             nextEntry += 1
-            entries.append(Entry(message: message, group: key), at: nextEntry)
-            groups[key, default: Group()].ready.append(nextEntry)
+            entries.insert(Entry(message: message, group: key), at: nextEntry)
+            group.ready.append(nextEntry)
             depth += 1
             if message.expiresAtNanos > 0 { expiries.insert(Timed(at: message.expiresAtNanos, entry: nextEntry, token: 0)) }
         }
@@ -139,69 +111,71 @@ public final class MemoryStore: MessageStore {
             groups[key]!.insertReady(id)
         }
 
-        mutating func unlockKey(of id: UInt64) {
-            guard entries[id]?.holdsKey == true, let key = entries[id]?.message.orderingKey, let group = entries[id]?.group else { return }
-            entries[id]!.holdsKey = false
-            groups[group]!.unlock(key)
+        mutating func unlockKey(of entry: Entry) {
+            guard entry.holdsKey, let key = entry.message.orderingKey else { return }
+            entry.holdsKey = false
+            groups[entry.group]!.unlock(key)
         }
 
-        /// Leases the entry in `slot` under `token` until `until`, unless its ordering key is held
-        /// (by an earlier entry, or one leased this round): then nil, and it stays ready.
+        /// Leases `entry` under `token` until `until`, unless its ordering key is held (by an
+        /// earlier entry, or one leased this round): then nil, and it stays ready.
         static func lease(
-            _ slot: inout Entry?, id: UInt64, token: UInt64, until: Int64, group: inout Group, keysThisRound: inout Set<String>
+            _ entry: Entry, id: UInt64, token: UInt64, until: Int64, group: inout Group, keysThisRound: inout Set<String>
         ) -> LeasedMessage? {
-            guard slot != nil else { return nil }
-            if let orderingKey = slot!.message.orderingKey {
-                let lockedByOther = group.lockedKeys[orderingKey] != nil && !slot!.holdsKey
+            if let orderingKey = entry.message.orderingKey {
+                let lockedByOther = group.lockedKeys[orderingKey] != nil && !entry.holdsKey
                 if lockedByOther || keysThisRound.contains(orderingKey) { return nil }
                 keysThisRound.insert(orderingKey)
-                if !slot!.holdsKey {
-                    slot!.holdsKey = true
+                if !entry.holdsKey {
+                    entry.holdsKey = true
                     group.lockedKeys[orderingKey, default: 0] += 1
                 }
             }
-            slot!.token = token
-            slot!.leaseUntil = until
-            slot!.message.attempt += 1
-            return LeasedMessage(ref: LeaseRef(entry: id, token: token), message: slot!.message)
+            entry.token = token
+            entry.leaseUntil = until
+            entry.message.attempt += 1
+            return LeasedMessage(ref: LeaseRef(entry: id, token: token), message: entry.message)
         }
 
         /// Removes the entry leased under `ref` for good (acknowledged), or throws not-found.
         mutating func remove(_ ref: LeaseRef) throws(TransportError) {
-            try checkLeased(ref)
-            unlockKey(of: ref.entry)
-            entries[ref.entry] = nil
+            unlockKey(of: try leased(ref))
+            entries.removeValue(forKey: ref.entry)
             inFlight -= 1
-        }
-
-        /// Throws not-found unless `ref` is the entry's current lease (reads it in place).
-        func checkLeased(_ ref: LeaseRef) throws(TransportError) {
-            guard ref.token != 0, entries[ref.entry]?.token == ref.token else {
-                throw TransportError(.notFound, "unknown, settled or expired delivery")
-            }
         }
 
         /// The entry leased under `ref`, or a not-found error.
         func leased(_ ref: LeaseRef) throws(TransportError) -> Entry {
-            try checkLeased(ref)
-            return entries[ref.entry]!
+            guard ref.token != 0, let entry = entries[ref.entry], entry.token == ref.token else {
+                throw TransportError(.notFound, "unknown, settled or expired delivery")
+            }
+            return entry
         }
     }
 
     public func append(_ messages: [Message]) throws(TransportError) {
         state.withLock { state in
-            for message in messages {
-                if !fanOut || isDeadLetterChannel(message.channel) {
-                    state.insert(message, into: GroupKey(channel: message.channel, group: ""))
-                    continue
+            var start = messages.startIndex
+            while start < messages.endIndex {
+                // A run of messages on one channel (a batch, usually) finds its groups once.
+                let channel = messages[start].channel
+                var end = start + 1
+                while end < messages.endIndex, messages[end].channel == channel { end += 1 }
+                let shared = !fanOut || isDeadLetterChannel(channel)
+                let keys = shared ? [GroupKey(channel: channel, group: "")] : (state.groupsByChannel[channel] ?? []).map { GroupKey(channel: channel, group: $0) }
+                for key in keys {
+                    // Moved out of the dictionary for the run: one hash instead of one per message.
+                    var group = state.groups.removeValue(forKey: key) ?? Group()
+                    for index in start..<end { state.insert(messages[index], into: key, group: &group) }
+                    state.groups[key] = group
                 }
-                for group in state.groupsByChannel[message.channel] ?? [] {
-                    state.insert(message, into: GroupKey(channel: message.channel, group: group))
+                if !shared, retainedPerChannel > 0 {
+                    for index in start..<end {
+                        state.retained[channel, default: []].append(messages[index])
+                        if state.retained[channel]!.count > retainedPerChannel { state.retained[channel]!.removeFirst() }
+                    }
                 }
-                if retainedPerChannel > 0 {
-                    state.retained[message.channel, default: []].append(message)
-                    if state.retained[message.channel]!.count > retainedPerChannel { state.retained[message.channel]!.removeFirst() }
-                }
+                start = end
             }
         }
     }
@@ -230,9 +204,9 @@ public final class MemoryStore: MessageStore {
             while let top = group.leased.min, top.at <= now {
                 group.leased.removeMin()
                 guard let entry = state.entries[top.entry], entry.token == top.token else { continue }
-                state.entries[top.entry]!.token = 0
+                entry.token = 0
                 if entry.holdsKey, let orderingKey = entry.message.orderingKey {
-                    state.entries[top.entry]!.holdsKey = false
+                    entry.holdsKey = false
                     group.unlock(orderingKey)
                 }
                 group.insertReady(top.entry)
@@ -250,10 +224,8 @@ public final class MemoryStore: MessageStore {
             while taken.count < limit, skipped.count < 100_000, let id = group.ready.popFirst() {
                 state.nextToken += 1
                 let token = state.nextToken
-                // Changed in place (one access to the slab), not copied out and back.
-                guard
-                    let lease = State.lease(
-                        &state.entries[id], id: id, token: token, until: leaseUntil, group: &group, keysThisRound: &keysThisRound)
+                guard let entry = state.entries[id] else { continue }  // gone meanwhile (expired)
+                guard let lease = State.lease(entry, id: id, token: token, until: leaseUntil, group: &group, keysThisRound: &keysThisRound)
                 else {
                     skipped.append(id)
                     continue
@@ -297,8 +269,8 @@ public final class MemoryStore: MessageStore {
     public func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError) {
         try state.withLock { (state) throws(TransportError) in
             let entry = try state.leased(ref)
-            state.entries[ref.entry]!.token = 0
-            state.entries[ref.entry]!.history.append("attempt \(entry.message.attempt) at \(now): \(reason)")
+            entry.token = 0
+            entry.history.append("attempt \(entry.message.attempt) at \(now): \(reason)")
             state.inFlight -= 1
             state.depth += 1
             // The entry keeps its ordering key's lock while it waits, so later messages of the key
@@ -314,9 +286,9 @@ public final class MemoryStore: MessageStore {
     public func release(_ ref: LeaseRef) throws(TransportError) {
         try state.withLock { (state) throws(TransportError) in
             let entry = try state.leased(ref)
-            state.entries[ref.entry]!.token = 0
-            state.entries[ref.entry]!.message.attempt -= 1
-            state.unlockKey(of: ref.entry)
+            entry.token = 0
+            entry.message.attempt -= 1
+            state.unlockKey(of: entry)
             state.makeReady(ref.entry, in: entry.group)
             state.inFlight -= 1
             state.depth += 1
@@ -327,8 +299,8 @@ public final class MemoryStore: MessageStore {
     public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message {
         try state.withLock { (state) throws(TransportError) -> Message in
             let entry = try state.leased(ref)
-            state.unlockKey(of: ref.entry)
-            state.entries[ref.entry] = nil
+            state.unlockKey(of: entry)
+            state.entries.removeValue(forKey: ref.entry)
             state.inFlight -= 1
             let dead = DeadLetter.copy(
                 of: entry.message, to: deadLetterChannel, group: entry.group.group, reason: reason,
@@ -353,7 +325,7 @@ public final class MemoryStore: MessageStore {
                     state.inFlight -= 1  // a lease that expired: the entry counts as stored again
                     state.depth += 1
                 }
-                state.unlockKey(of: top.entry)
+                state.unlockKey(of: entry)
                 if var group = state.groups.removeValue(forKey: entry.group) {
                     // Ready entries are in id order: find it by binary search. A waiting one is
                     // skipped when its retry comes due (its entry is gone).
@@ -366,7 +338,7 @@ public final class MemoryStore: MessageStore {
                     if low < group.ready.count, group.ready[low] == top.entry { group.ready.remove(at: low) }
                     state.groups[entry.group] = group
                 }
-                state.entries[top.entry] = nil
+                state.entries.removeValue(forKey: top.entry)
                 state.depth -= 1
                 removed.append(ExpiredEntry(message: entry.message, group: entry.group.group, history: entry.history))
             }
