@@ -164,8 +164,8 @@ extension Array where Element == Message {
             byteCount: Swift.max(MemoryLayout<sy_message>.size, total), alignment: Swift.max(align, MemoryLayout<sy_message>.alignment))
         defer { raw.deallocate() }
         var offset = arrayBytes
-        for (index, message) in enumerated() {
-            let laid = message.lay(into: UnsafeMutableRawBufferPointer(rebasing: raw[offset..<offset + sizes[index]]), structSize: structSize)
+        for index in indices {  // not `enumerated()`: that copies each message out
+            let laid = self[index].lay(into: UnsafeMutableRawBufferPointer(rebasing: raw[offset..<offset + sizes[index]]), structSize: structSize)
             // Only `structSize` bytes of each element: the next element starts there.
             Swift.withUnsafeBytes(of: laid) { (raw.baseAddress! + index * structSize).copyMemory(from: $0.baseAddress!, byteCount: structSize) }
             offset += sizes[index]

@@ -37,11 +37,12 @@ public struct MessageLimits: Sendable, Hashable {
             otherBytes: c.body.len + c.id.len + c.channel.len, keyPrefix: prefix)
     }
 
-    private func violation(id: String, count: Int, headerBytes: Int, otherBytes: Int, keyPrefix prefix: String) -> String? {
-        if count > maxHeaders { return "message \(id) has \(count) headers; \(prefix)max_headers is \(maxHeaders)" }
-        if headerBytes > maxHeaderBytes { return "message \(id) has \(headerBytes) bytes of headers; \(prefix)max_header_bytes is \(maxHeaderBytes)" }
+    // `id` only when a limit is exceeded: reading a view's id allocates a string.
+    private func violation(id: @autoclosure () -> String, count: Int, headerBytes: Int, otherBytes: Int, keyPrefix prefix: String) -> String? {
+        if count > maxHeaders { return "message \(id()) has \(count) headers; \(prefix)max_headers is \(maxHeaders)" }
+        if headerBytes > maxHeaderBytes { return "message \(id()) has \(headerBytes) bytes of headers; \(prefix)max_header_bytes is \(maxHeaderBytes)" }
         let size = headerBytes + otherBytes
-        if size > maxMessageBytes { return "message \(id) is \(size) bytes; \(prefix)max_message_bytes is \(maxMessageBytes)" }
+        if size > maxMessageBytes { return "message \(id()) is \(size) bytes; \(prefix)max_message_bytes is \(maxMessageBytes)" }
         return nil
     }
 }
