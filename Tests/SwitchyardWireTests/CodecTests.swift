@@ -129,5 +129,13 @@ struct CodecTests {
         var badType = message
         badType.headers = badType.headers.map { $0.key == EnvelopeHeader.contentType ? .init($0.key, "text/xml") : $0 }
         #expect(throws: EnvelopeError.self) { try badType.withCMessage { try Envelope(try MessageView(validating: $0)) } }
+        // A content type with parameters or spaces around it, as other CloudEvents producers
+        // write it, is the same media type.
+        for written in ["application/x-switchyard-compact; charset=binary", " application/x-switchyard-compact\t", "application/x-switchyard-compact;"] {
+            var parameters = message
+            parameters.headers = parameters.headers.map { $0.key == EnvelopeHeader.contentType ? .init($0.key, written) : $0 }
+            let read = try parameters.withCMessage { try Envelope(try MessageView(validating: $0)) }
+            #expect(read.contentType == envelope.contentType, "\(written)")
+        }
     }
 }

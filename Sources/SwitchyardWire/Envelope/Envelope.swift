@@ -12,6 +12,15 @@ public struct Envelope: Sendable, Hashable {
     public static let currentVersion = 1
     private static let currentVersionText = String(currentVersion)
 
+    /// A content type's media type: `application/json; charset=utf-8` → `application/json`,
+    /// spaces and tabs around it dropped.
+    static func mediaType(_ value: String) -> String {
+        var text = value.prefix { $0 != ";" }
+        while let first = text.first, first == " " || first == "\t" { text = text.dropFirst() }
+        while let last = text.last, last == " " || last == "\t" { text = text.dropLast() }
+        return String(text)
+    }
+
     /// Unique, time-ordered id (UUIDv7). Also the message id, the CloudEvents `id`, the
     /// correlation id of its reply, and the default idempotency key.
     public var id: String
@@ -244,7 +253,9 @@ extension Envelope {
         guard let contentTypeValue = field(.contentType) ?? standardContentType, !contentTypeValue.isEmpty else {
             throw EnvelopeError("not a Switchyard envelope: header '\(EnvelopeHeader.contentType)' (or Content-Type) is missing")
         }
-        let contentTypeText = String(contentTypeValue.prefix { $0 != ";" }).trimmingCharacters(in: .whitespaces)
+        // The exact value first: Foundation's `trimmingCharacters` cost a fifth of a whole typed
+        // call (it goes through NSString).
+        let contentTypeText = ArgumentEncoding(rawValue: contentTypeValue) != nil ? contentTypeValue : Self.mediaType(contentTypeValue)
         guard let contentType = ArgumentEncoding(rawValue: contentTypeText) else {
             throw EnvelopeError("content type '\(contentTypeText)' is not supported (expected \(ArgumentEncoding.allCases.map(\.rawValue).joined(separator: " or ")))")
         }
