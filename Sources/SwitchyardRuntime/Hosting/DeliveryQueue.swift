@@ -3,8 +3,10 @@ import SwitchyardABI
 import SwitchyardHost
 import SwitchyardWire
 
-/// One delivery taken from a transport and not yet settled.
-struct Inbound: Sendable {
+/// One delivery taken from a transport and not yet settled. A class: it travels from the
+/// transport's thread through the worker, the handler's task and the settlement, and a struct
+/// holding the envelope was copied (a retain and release per string) at every step.
+final class Inbound: Sendable {
     /// The transport's delivery id, for settling.
     let delivery: DeliveryID
     /// The transport it came from (and replies go back through).
@@ -15,6 +17,14 @@ struct Inbound: Sendable {
     let attempt: UInt32
     /// Where the reply and the settlement run (nil: inline, the chain never waits for storage).
     let cost: CallCost?
+
+    init(delivery: DeliveryID, transport: Transport, envelope: Envelope, attempt: UInt32, cost: CallCost?) {
+        self.delivery = delivery
+        self.transport = transport
+        self.envelope = envelope
+        self.attempt = attempt
+        self.cost = cost
+    }
 }
 
 /// Hands deliveries from a transport's thread to the worker tasks that execute them.

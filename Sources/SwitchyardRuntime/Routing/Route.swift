@@ -6,7 +6,7 @@ import SwitchyardTransportKit
 import SwitchyardWire
 
 /// A route ready to carry calls: its config entry, checked against the transport it names.
-struct Route: Sendable {
+final class Route: Sendable {
     /// The config entry.
     let entry: SwitchyardConfig.RouteEntry
     /// The transport, or nil for a direct route.
