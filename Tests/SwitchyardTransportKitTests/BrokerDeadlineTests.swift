@@ -24,7 +24,9 @@ struct BrokerDeadlineTests {
         let transport = try Transport(name: "q", plugin: plugin, configJSON: #"{"capacity": 1, "full_wait": "2500000h"}"#)
         defer { transport.close() }
         try transport.client.publish(Message(id: "first", channel: "c"))
-        let second = Task.detached { try transport.client.publish(Message(id: "second", channel: "c")) }
+        // The publish blocks its thread until there is room: a thread of its own, not one of the
+        // cooperative pool's two here (blocking one starved every other test for 25 s in CI).
+        let second = Task { try await offPool { try transport.client.publish(Message(id: "second", channel: "c")) } }
         try await Task.sleep(for: .milliseconds(100))
         let held = Collector()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "c"), handler: held.handler(client: transport.client))
