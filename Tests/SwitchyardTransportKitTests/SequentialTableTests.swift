@@ -12,16 +12,16 @@ struct SequentialTableTests {
         var table = SequentialTable<String>()
         var model: [UInt64: String] = [:]
         var next: UInt64 = 0
-        for step in 0..<20_000 {
+        for step in 0..<5_000 {
             switch generator.next() % 10 {
             case 0..<5:
                 next += 1
                 table.insert("v\(next)", at: next)
                 model[next] = "v\(next)"
             case 5..<8:
-                // Mostly the oldest present, sometimes any.
-                let candidates = model.keys.sorted()
-                guard let id = generator.next() % 4 == 0 ? candidates.randomElement(using: &generator) : candidates.first else { continue }
+                // Mostly the oldest present, sometimes any. (Cheap on purpose: a test that hogs one
+                // of the cooperative pool's two threads here starves the tests beside it.)
+                guard let id = generator.next() % 4 == 0 ? model.keys.randomElement(using: &generator) : model.keys.min() else { continue }
                 #expect(table.removeValue(forKey: id) == model.removeValue(forKey: id))
             case 8:
                 // A removal of an id that is not there changes nothing.
@@ -36,7 +36,7 @@ struct SequentialTableTests {
                     model[id] = "back\(id)"
                 }
             }
-            if step % 997 == 0 || step == 19_999 {
+            if step % 499 == 0 || step == 4_999 {
                 #expect(table.count == model.count)
                 #expect(table.isEmpty == model.isEmpty)
                 #expect(table.all.map(\.id) == model.keys.sorted())
