@@ -56,6 +56,12 @@ public protocol BenchSuite: Sendable {
     var summary: String { get }
     /// Runs the suite. Throws when something it needs is missing (e.g. a plugin).
     func run(_ context: BenchContext) throws -> [BenchResult]
+    /// Whether `switchyard bench` without suite names runs it (false: only when named).
+    var runsByDefault: Bool { get }
+}
+
+extension BenchSuite {
+    public var runsByDefault: Bool { true }
 }
 
 /// Why a suite could not run.

@@ -77,6 +77,9 @@ public enum HotPath: String, CaseIterable, Sendable {
 struct InstructionsSuite: BenchSuite {
     let name = "instructions"
     let summary = "instructions per message and per call on the hot paths (callgrind; repeatable on a noisy machine)"
+    // An instrument for comparing designs, run when named: it takes about two minutes under
+    // valgrind, more than the rest of a `--quick` run together.
+    let runsByDefault = false
 
     func run(_ context: BenchContext) throws -> [BenchResult] {
         guard let valgrind = Self.executable("valgrind") else {

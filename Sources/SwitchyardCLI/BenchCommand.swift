@@ -10,7 +10,8 @@ struct BenchCommand: ParsableCommand {
         abstract: "Run benchmarks; each figure is set against a baseline measured in the same run.",
         discussion: """
             Build in release first: swift build -c release && .build/release/switchyard bench. \
-            Suites: \(allBenchSuites.map(\.name).joined(separator: ", ")).
+            Suites: \(allBenchSuites.map(\.name).joined(separator: ", ")). \
+            Without names every suite runs but \(allBenchSuites.filter { !$0.runsByDefault }.map(\.name).joined(separator: ", ")), which runs when named.
             """)
 
     @Argument(help: "Suites to run (default: all).")
@@ -33,7 +34,7 @@ struct BenchCommand: ParsableCommand {
         let machine = MachineInfo.current()
         if machine.build == "debug" { printError("warning: this is a debug build; numbers are not representative (swift build -c release)") }
         printError("machine: \(machine.cpu), \(machine.cores) cores, \(machine.memoryGiB) GiB, \(machine.build) build")
-        let selected = suites.isEmpty ? allBenchSuites : allBenchSuites.filter { suites.contains($0.name) }
+        let selected = suites.isEmpty ? allBenchSuites.filter(\.runsByDefault) : allBenchSuites.filter { suites.contains($0.name) }
         let context = BenchContext(
             quick: quick, pluginDirectories: SearchDirectory.currentExecutableDirectory().map { [$0] } ?? [],
             progress: { printError("  … \($0)") })
