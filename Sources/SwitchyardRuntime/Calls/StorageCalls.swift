@@ -58,7 +58,7 @@ final class StorageCalls: Sendable {
 /// Capabilities cannot tell the two apart — the bundled `queue` is `durable` with `path:` and in
 /// memory without — so the runtime measures: a moving average over the last calls (about eight),
 /// taken wherever they ran.
-final class CallCost: Sendable {
+package final class CallCost: Sendable {
     private let averageNanos = Atomic<Int64>(0)
     /// Calls averaging this long or longer run on the pool.
     static let poolThresholdNanos: Int64 = 20_000
@@ -77,7 +77,15 @@ final class CallCost: Sendable {
     private static let meters = Guarded<[ObjectIdentifier: CallCost]>([:])
 
     /// Whether the calls have been slow enough to run on the pool.
-    var runsOnPool: Bool { averageNanos.load(ordering: .relaxed) >= Self.poolThresholdNanos }
+    var runsOnPool: Bool {
+        averageNanos.load(ordering: .relaxed) >= Self.poolThresholdNanos && !Self.alwaysInline.load(ordering: .relaxed)
+    }
+
+    /// Keeps every call inline, however slow. For `switchyard-hot-path` only: under callgrind
+    /// everything runs about fifty times slower, and the meter would send an in-memory queue's
+    /// calls to the pool, a hop a native run never takes, which the count would then include.
+    package static func keepEveryCallInline() { alwaysInline.store(true, ordering: .relaxed) }
+    private static let alwaysInline = Atomic<Bool>(false)
 
     /// Runs `work` on this thread, timing it.
     func measure<R>(_ work: () throws -> R) rethrows -> R {
