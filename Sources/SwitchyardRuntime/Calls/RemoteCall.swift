@@ -81,8 +81,8 @@ extension SwitchyardActorSystem {
 
     /// Publishes a fire-and-forget call; returns once the transport has accepted it.
     func send(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws {
-        let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
-        defer { span.end() }
+        let span = CallTracing.startSpan(call.name, ofKind: .producer)
+        defer { span?.end() }
         do {
             let options = Switchyard.callOptions
             let deadlineNanos = options.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
@@ -101,15 +101,15 @@ extension SwitchyardActorSystem {
             }
         } catch {
             route.metrics.failures.increment()
-            span.recordError(error)
+            span?.recordError(error)
             throw error
         }
     }
 
     /// Publishes a request-reply call and waits for its reply until the route's deadline.
     func request(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws -> Reply {
-        let span = InstrumentationSystem.tracer.startSpan(call.name, context: ServiceContext.current ?? .topLevel, ofKind: .client)
-        defer { span.end() }
+        let span = CallTracing.startSpan(call.name, ofKind: .client)
+        defer { span?.end() }
         let started = ContinuousClock.now
         do {
             let transport = route.transport!
@@ -145,7 +145,7 @@ extension SwitchyardActorSystem {
             throw errors.error(from: payload)
         } catch {
             route.metrics.failures.increment()
-            span.recordError(error)
+            span?.recordError(error)
             throw error
         }
     }
@@ -169,7 +169,7 @@ extension SwitchyardActorSystem {
     /// applied, trace context injected.
     private func message(
         _ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route, options: CallOptions, replyTo: String?,
-        deadlineNanos: Int64, span: any Span
+        deadlineNanos: Int64, span: (any Span)?
     ) throws -> Message {
         if let problem = options.problem { throw SwitchyardError.routing(target: call.name, reason: problem) }
         var orderingKey: String?
@@ -189,7 +189,7 @@ extension SwitchyardActorSystem {
             deliverAt = WallClock.nowNanos() + delay
         }
         var carrier = TraceCarrier()
-        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: TraceCarrier.Injector())
+        if let span { InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: TraceCarrier.Injector()) }
         let arguments: [UInt8]
         do {
             arguments = try invocation.encoded(route.encoding)
@@ -321,6 +321,27 @@ extension SwitchyardInvocationEncoder: OutgoingArguments {
     func encoded(_ encoding: ArgumentEncoding) throws -> [UInt8] { try encodedArguments(encoding) }
     func orderingValue(named name: String) -> String? {
         arguments.first { $0.name == name }.map { String(describing: $0.value) }
+    }
+}
+
+/// Whether calls are traced, asked once per call on each side.
+///
+/// With nothing bootstrapped every span is a no-op, yet making one still cost an in-memory call
+/// about a tenth of its instructions: `InstrumentationSystem.tracer` looks the tracer up by a
+/// protocol conformance on every read, and the receiver's span scope is a task-local of its own.
+/// So a call asks `InstrumentationSystem.instrument` — the instrument bound around the task
+/// (`InstrumentationSystem.withTracer`) or bootstrapped — and makes no span, and carries no trace
+/// context, while that is the no-op. Asked per call, not cached, so that bootstrapping after the
+/// system started and scoped tracers in tests still work.
+enum CallTracing {
+    /// Whether an instrument (a tracer, or propagation alone) is bound or bootstrapped.
+    static var isActive: Bool { !(InstrumentationSystem.instrument is NoOpInstrument) }
+
+    /// A span for a call made in the current task, continuing its context; nil when nothing is
+    /// bootstrapped.
+    static func startSpan(_ name: String, ofKind kind: SpanKind) -> (any Span)? {
+        guard isActive else { return nil }
+        return InstrumentationSystem.tracer.startSpan(name, context: ServiceContext.current ?? .topLevel, ofKind: kind)
     }
 }
 

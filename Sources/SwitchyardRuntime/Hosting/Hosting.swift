@@ -260,11 +260,6 @@ extension SwitchyardActorSystem {
             }
         }
 
-        // Execute, inside a server span continuing the caller's trace.
-        var context = ServiceContext.topLevel
-        InstrumentationSystem.instrument.extract(
-            TraceCarrier(traceparent: envelope.traceparent, tracestate: envelope.tracestate, encodedOther: envelope.traceContext),
-            into: &context, using: TraceCarrier.Extractor())
         let handler = SwitchyardResultHandler()
         var failure: (any Error)?
         route?.metrics.inFlight.increment()
@@ -279,19 +274,19 @@ extension SwitchyardActorSystem {
             id: envelope.id, target: readable, attempt: Int(item.attempt), headers: envelope.headers,
             idempotencyKey: envelope.idempotencyKey,
             deadlineNanos: envelope.deadlineNanos > 0 ? envelope.deadlineNanos : nil, source: envelope.source)
+        // Each task-local scope costs the call a push and a pop: the inbox's two only where the
+        // route has an inbox (or an enclosing scope set them), the span's only when tracing.
         await Switchyard.$currentCall.withValue(current) {
-            await Switchyard.$inboxEffects.withValue(effects) {
-                await Switchyard.$outboxCapture.withValue(capture) {
-                    await withSpan(call.name, context: context, ofKind: .consumer) { span in
-                        do {
-                            var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
-                            guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
-                            try await TargetExecutor.execute(
-                                call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
-                            if case .error(let error)? = handler.outcome { span.recordError(error) }
-                        } catch {
-                            failure = error
-                        }
+            await Self.withTransactionScope(effects: effects, capture: capture) {
+                await Self.withServerSpan(call.name, envelope: envelope) { span in
+                    do {
+                        var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
+                        guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
+                        try await TargetExecutor.execute(
+                            call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
+                        if case .error(let error)? = handler.outcome { span?.recordError(error) }
+                    } catch {
+                        failure = error
                     }
                 }
             }
@@ -368,6 +363,29 @@ extension SwitchyardActorSystem {
         complete(
             item, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
             effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [])
+    }
+
+    /// Runs `body` with the handler's inbox effects and outbox capture as task-locals — scopes
+    /// set only where the route has an inbox, or where an enclosing scope set them (a handler that
+    /// hosts an actor): then the worker inherited values it must not see.
+    private static func withTransactionScope(effects: InboxEffects?, capture: OutboxCapture?, _ body: () async -> Void) async {
+        guard effects != nil || capture != nil || Switchyard.inboxEffects != nil || Switchyard.outboxCapture != nil else {
+            return await body()
+        }
+        await Switchyard.$inboxEffects.withValue(effects) {
+            await Switchyard.$outboxCapture.withValue(capture) { await body() }
+        }
+    }
+
+    /// Runs `body` inside a server span continuing the caller's trace, or with no span while
+    /// nothing is bootstrapped (``CallTracing``).
+    private static func withServerSpan(_ name: String, envelope: Envelope, _ body: ((any Span)?) async -> Void) async {
+        guard CallTracing.isActive else { return await body(nil) }
+        var context = ServiceContext.topLevel
+        InstrumentationSystem.instrument.extract(
+            TraceCarrier(traceparent: envelope.traceparent, tracestate: envelope.tracestate, encodedOther: envelope.traceContext),
+            into: &context, using: TraceCarrier.Extractor())
+        await withSpan(name, context: context, ofKind: .consumer) { span in await body(span) }
     }
 
     /// Ends a handled call: remembers it in the inbox under `key` (committing the handler's
