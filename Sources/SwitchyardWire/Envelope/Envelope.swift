@@ -1,3 +1,4 @@
+import CSwitchyard
 import Foundation
 import SwitchyardABI
 
@@ -203,25 +204,30 @@ extension Envelope {
 
     /// Reads an envelope from a delivered message, or says exactly why it is not one.
     public init(_ message: MessageView) throws(EnvelopeError) {
-        // One pass over the headers, matching names by length and bytes (no String per key).
-        var fields = [String?](repeating: nil, count: Field.allCases.count)
+        // One pass over the headers, matching names by length and bytes, each of ours kept as a
+        // slice of the message: only values the envelope keeps as text become strings; the
+        // version, the content type and the times are read from the bytes (this reader ran on
+        // every delivery, and strings made and dropped were most of its cost).
+        var slices = InlineArray<14, sy_str>(repeating: sy_str())
+        var present: UInt32 = 0  // a bit per field found
         var extra: [String: String] = [:]
-        var standardContentType: String?
+        var standardContentType: sy_str?
         let headers = message.fields.headers
         next: for index in 0..<message.headerCount {
             let header = headers![index]
             guard header.key.len > 3, let key = header.key.data else { continue }
-            for field in Field.allCases where fields[field.rawValue] == nil {
-                let name = Field.names[field.rawValue]
+            for field in 0..<Field.count where present & (1 << field) == 0 {
+                let name = Field.names[field]
                 if name.count == header.key.len, name.withUnsafeBytes({ memcmp($0.baseAddress!, key, name.count) }) == 0 {
-                    fields[field.rawValue] = String(header.value)
+                    slices[field] = header.value
+                    present |= 1 << field
                     continue next
                 }
             }
             // CloudEvents binary mode (HTTP, NATS) carries datacontenttype as Content-Type: what
             // producers other than Switchyard send.
             if header.key.len == 12, String(header.key).lowercased() == "content-type" {
-                standardContentType = String(header.value)
+                standardContentType = header.value
                 continue
             }
             // Any other CloudEvents attribute: the caller's own (CallOptions.headers).
@@ -230,9 +236,10 @@ extension Envelope {
                 if !Self.ownHeaderNames.contains(name) { extra[String(name.dropFirst(3))] = String(header.value) }
             }
         }
-        func field(_ field: Field) -> String? { fields[field.rawValue] }
-        func required(_ field: Field) throws(EnvelopeError) -> String {
-            guard let value = fields[field.rawValue], !value.isEmpty else {
+        func slice(_ field: Field) -> sy_str? { present & (1 << field.rawValue) == 0 ? nil : slices[field.rawValue] }
+        func text(_ field: Field) -> String? { slice(field).map(String.init) }
+        func required(_ field: Field) throws(EnvelopeError) -> sy_str {
+            guard let value = slice(field), value.len > 0 else {
                 throw EnvelopeError("not a Switchyard envelope: header '\(field.name)' is missing")
             }
             return value
@@ -240,40 +247,86 @@ extension Envelope {
         // A call by readable name (no `sytarget`) may come from any CloudEvents producer: it may
         // leave out this format's version (the current one is assumed) and `time` (optional in
         // CloudEvents; the time it is read is taken).
-        let readable = field(.target) == nil
-        let versionText = readable ? field(.version) ?? Self.currentVersionText : try required(.version)
-        guard let version = Int(versionText) else { throw EnvelopeError("envelope version '\(versionText)' is not a number") }
+        let readable = slice(.target) == nil
+        let version: Int
+        if let versionSlice = readable ? slice(.version) : try required(.version) {
+            guard let number = Self.integer(versionSlice) else { throw EnvelopeError("envelope version '\(String(versionSlice))' is not a number") }
+            version = number
+        } else {
+            version = Self.currentVersion
+        }
         guard version == Self.currentVersion else {
             throw EnvelopeError("envelope version \(version) is not supported (this runtime reads version \(Self.currentVersion))")
         }
         let spec = try required(.specVersion)
-        guard spec == "1.0" else { throw EnvelopeError("CloudEvents specversion '\(spec)' is not supported (expected 1.0)") }
+        guard Self.equals(spec, Self.specVersionBytes) else {
+            throw EnvelopeError("CloudEvents specversion '\(String(spec))' is not supported (expected 1.0)")
+        }
         // `ce-datacontenttype`, else the binary mode's `Content-Type`, without parameters
         // (`application/json; charset=utf-8`).
-        guard let contentTypeValue = field(.contentType) ?? standardContentType, !contentTypeValue.isEmpty else {
+        guard let contentTypeSlice = slice(.contentType) ?? standardContentType, contentTypeSlice.len > 0 else {
             throw EnvelopeError("not a Switchyard envelope: header '\(EnvelopeHeader.contentType)' (or Content-Type) is missing")
         }
-        // The exact value first: Foundation's `trimmingCharacters` cost a fifth of a whole typed
-        // call (it goes through NSString).
-        let contentTypeText = ArgumentEncoding(rawValue: contentTypeValue) != nil ? contentTypeValue : Self.mediaType(contentTypeValue)
-        guard let contentType = ArgumentEncoding(rawValue: contentTypeText) else {
-            throw EnvelopeError("content type '\(contentTypeText)' is not supported (expected \(ArgumentEncoding.allCases.map(\.rawValue).joined(separator: " or ")))")
+        let contentType: ArgumentEncoding
+        if let exact = Self.encodings.first(where: { Self.equals(contentTypeSlice, $0.bytes) }) {
+            contentType = exact.encoding
+        } else {
+            let contentTypeText = Self.mediaType(String(contentTypeSlice))
+            guard let parsed = ArgumentEncoding(rawValue: contentTypeText) else {
+                throw EnvelopeError(
+                    "content type '\(contentTypeText)' is not supported (expected \(ArgumentEncoding.allCases.map(\.rawValue).joined(separator: " or ")))")
+            }
+            contentType = parsed
         }
         let id = try required(.id)
-        let time = readable ? field(.time) ?? RFC3339.format(nanos: WallClock.nowNanos()) : try required(.time)
-        guard let created = RFC3339.parse(time) else { throw EnvelopeError("'\(EnvelopeHeader.time)' is not an RFC 3339 time: '\(time)'") }
+        let created: Int64
+        if let time = readable ? slice(.time) : try required(.time) {
+            guard let parsed = Self.time(time) else { throw EnvelopeError("'\(EnvelopeHeader.time)' is not an RFC 3339 time: '\(String(time))'") }
+            created = parsed
+        } else {
+            created = WallClock.nowNanos()
+        }
         var deadline: Int64 = 0
-        if let text = field(.deadline) {
-            guard let parsed = RFC3339.parse(text) else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is not an RFC 3339 time: '\(text)'") }
+        if let text = slice(.deadline) {
+            guard let parsed = Self.time(text) else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is not an RFC 3339 time: '\(String(text))'") }
             deadline = parsed
         }
         self.init(
-            id: id,
-            target: Target(name: try required(.type), identifier: readable ? "" : try required(.target)),
+            id: String(id),
+            target: Target(name: String(try required(.type)), identifier: readable ? "" : String(try required(.target))),
             arguments: Array(message.body), contentType: contentType,
-            replyTo: field(.replyTo), traceparent: field(.traceparent), tracestate: field(.tracestate), traceContext: field(.traceContext),
-            idempotencyKey: field(.idempotencyKey), deadlineNanos: deadline, createdAtNanos: created,
-            source: try required(.source), version: version, headers: extra)
+            replyTo: text(.replyTo), traceparent: text(.traceparent), tracestate: text(.tracestate), traceContext: text(.traceContext),
+            idempotencyKey: text(.idempotencyKey), deadlineNanos: deadline, createdAtNanos: created,
+            source: String(try required(.source)), version: version, headers: extra)
+    }
+
+    /// The content types the envelope reads, as bytes to compare a header's value with.
+    private static let encodings: [(encoding: ArgumentEncoding, bytes: [UInt8])] = ArgumentEncoding.allCases.map { ($0, Array($0.rawValue.utf8)) }
+    private static let specVersionBytes = Array("1.0".utf8)
+
+    /// Whether `slice` holds exactly `bytes`.
+    private static func equals(_ slice: sy_str, _ bytes: [UInt8]) -> Bool {
+        guard slice.len == bytes.count else { return false }
+        guard let data = slice.data else { return bytes.isEmpty }
+        return bytes.withUnsafeBytes { memcmp($0.baseAddress!, data, bytes.count) } == 0
+    }
+
+    /// The decimal integer `slice` holds (digits only, at most 9), or nil.
+    private static func integer(_ slice: sy_str) -> Int? {
+        guard slice.len > 0, slice.len <= 9, let data = slice.data else { return nil }
+        var value = 0
+        for index in 0..<slice.len {
+            let digit = UInt8(bitPattern: data[index])
+            guard (48...57).contains(digit) else { return nil }
+            value = value * 10 + Int(digit - 48)
+        }
+        return value
+    }
+
+    /// The RFC 3339 time `slice` holds, in ns since the epoch, or nil.
+    private static func time(_ slice: sy_str) -> Int64? {
+        guard let data = slice.data else { return nil }
+        return RFC3339.parse(UnsafeRawBufferPointer(start: data, count: slice.len))
     }
 
     /// Headers the envelope or its reply writes, never read as a caller's attribute.
@@ -303,7 +356,12 @@ extension Envelope {
             }
         }
 
+        /// How many fields there are (`slices` in the reader holds one per field).
+        static let count = 14
         /// Each field's header name as bytes, by raw value.
-        static let names: [[UInt8]] = allCases.map { Array($0.name.utf8) }
+        static let names: [[UInt8]] = {
+            precondition(allCases.count == count, "Envelope.Field.count must match its cases")
+            return allCases.map { Array($0.name.utf8) }
+        }()
     }
 }

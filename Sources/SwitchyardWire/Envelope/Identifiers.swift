@@ -91,7 +91,13 @@ public enum RFC3339 {
 
     /// Nanoseconds since the epoch for `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; nil otherwise.
     public static func parse(_ text: String) -> Int64? {
-        let bytes = Array(text.utf8)
+        var text = text
+        return text.withUTF8 { parse(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// ``parse(_:)`` from UTF-8 bytes: an envelope's times are read straight from the message,
+    /// with no string made of them.
+    public static func parse(_ bytes: UnsafeRawBufferPointer) -> Int64? {
         guard bytes.count >= 20 else { return nil }
         func number(_ range: Range<Int>) -> Int? {
             var value = 0
