@@ -1,5 +1,11 @@
 import CSwitchyard
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// One message header. Keys are case-sensitive and may repeat.
 public struct Header: Hashable, Sendable {
     /// The header's name.
@@ -17,17 +23,56 @@ public struct Header: Hashable, Sendable {
 ///
 /// Copy in with `Message(copying:)` and lend out with `withCMessage(_:)`; both follow the ABI's
 /// ownership rule that a `sy_message` is only borrowed for the duration of a call.
+///
+/// A message copied from C (``MessageView/copy()``) keeps its id, headers and body packed in one
+/// allocation, laid out as the ABI lends them, until something changes them: storing it costs one
+/// allocation instead of one per string, and lending it back to C costs no copy at all. Reading
+/// `id`, `headers` or `body` makes Swift values from the packed bytes each time; keep what you
+/// read more than once.
 public struct Message: Hashable, Sendable {
     /// Unique id chosen by the publisher.
-    public var id: String
+    public var id: String {
+        get {
+            switch content {
+            case .values(let id, _, _): id
+            case .packed(let packed): String(packed.id)
+            }
+        }
+        set {
+            let (_, headers, body) = unpacked
+            content = .values(id: newValue, headers: headers, body: body)
+        }
+    }
     /// Destination channel (queue or topic name).
     public var channel: String
     /// Messages sharing a key are delivered one at a time, in order. `nil`: no ordering.
     public var orderingKey: String?
     /// Headers, in order.
-    public var headers: [Header]
+    public var headers: [Header] {
+        get {
+            switch content {
+            case .values(_, let headers, _): headers
+            case .packed(let packed): packed.headers
+            }
+        }
+        set {
+            let (id, _, body) = unpacked
+            content = .values(id: id, headers: newValue, body: body)
+        }
+    }
     /// Opaque payload.
-    public var body: [UInt8]
+    public var body: [UInt8] {
+        get {
+            switch content {
+            case .values(_, _, let body): body
+            case .packed(let packed): Array(UnsafeRawBufferPointer(start: packed.body.data, count: packed.body.len))
+            }
+        }
+        set {
+            let (id, headers, _) = unpacked
+            content = .values(id: id, headers: headers, body: newValue)
+        }
+    }
     /// Deliveries so far, this one included; set by the transport on delivery.
     public var attempt: UInt32
     /// Earliest delivery time in nanoseconds since the Unix epoch; 0 means now.
@@ -40,29 +85,156 @@ public struct Message: Hashable, Sendable {
     /// What happens at expiry, and other `SY_MESSAGE_*` flags (ABI 1.3).
     public var flags: MessageFlags
 
+    /// The id, headers and body: Swift values, or packed as they were copied from C.
+    @usableFromInline
+    enum Content: Sendable {
+        case values(id: String, headers: [Header], body: [UInt8])
+        case packed(PackedMessage)
+    }
+    @usableFromInline
+    var content: Content
+
     /// A message with the given fields; everything but `id` and `channel` has a default.
     public init(
         id: String, channel: String, orderingKey: String? = nil, headers: [Header] = [],
         body: [UInt8] = [], attempt: UInt32 = 0, deliverAtNanos: Int64 = 0, enqueuedAtNanos: Int64 = 0,
         expiresAtNanos: Int64 = 0, flags: MessageFlags = []
     ) {
-        self.expiresAtNanos = expiresAtNanos
-        self.flags = flags
-        self.id = id
+        self.init(
+            content: .values(id: id, headers: headers, body: body), channel: channel, orderingKey: orderingKey, attempt: attempt,
+            deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos, expiresAtNanos: expiresAtNanos, flags: flags)
+    }
+
+    init(
+        content: Content, channel: String, orderingKey: String?, attempt: UInt32, deliverAtNanos: Int64, enqueuedAtNanos: Int64,
+        expiresAtNanos: Int64, flags: MessageFlags
+    ) {
+        self.content = content
         self.channel = channel
         self.orderingKey = orderingKey
-        self.headers = headers
-        self.body = body
         self.attempt = attempt
         self.deliverAtNanos = deliverAtNanos
         self.enqueuedAtNanos = enqueuedAtNanos
+        self.expiresAtNanos = expiresAtNanos
+        self.flags = flags
+    }
+
+    /// The id, headers and body as Swift values.
+    private var unpacked: (id: String, headers: [Header], body: [UInt8]) {
+        switch content {
+        case .values(let id, let headers, let body): (id, headers, body)
+        case .packed: (id, headers, body)
+        }
     }
 
     /// The first value of header `key`, if any.
-    public func header(_ key: String) -> String? { headers.first { $0.key == key }?.value }
+    public func header(_ key: String) -> String? {
+        switch content {
+        case .values(_, let headers, _):
+            return headers.first { $0.key == key }?.value
+        case .packed(let packed):
+            var key = key
+            return key.withUTF8 { wanted in
+                for index in 0..<packed.headerCount where packed.cHeaders![index].key.len == wanted.count {
+                    let header = packed.cHeaders![index]
+                    if wanted.isEmpty || memcmp(header.key.data, wanted.baseAddress!, wanted.count) == 0 { return String(header.value) }
+                }
+                return nil
+            }
+        }
+    }
 
     /// Whether the message has expired at `nowNanos` (wall clock).
     public func isExpired(at nowNanos: Int64) -> Bool { expiresAtNanos > 0 && nowNanos >= expiresAtNanos }
+
+    /// The sizes ``MessageLimits`` checks, read without unpacking: the header count, the bytes of
+    /// the headers' keys and values, and the bytes of everything else.
+    var limitSizes: (headerCount: Int, headerBytes: Int, otherBytes: Int) {
+        switch content {
+        case .values(let id, let headers, let body):
+            let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+            return (headers.count, headerBytes, body.count + id.utf8.count + channel.utf8.count)
+        case .packed(let packed):
+            return (packed.headerCount, packed.headerBytes, packed.body.len + packed.id.len + channel.utf8.count)
+        }
+    }
+
+    public static func == (a: Message, b: Message) -> Bool {
+        a.channel == b.channel && a.orderingKey == b.orderingKey && a.attempt == b.attempt && a.deliverAtNanos == b.deliverAtNanos
+            && a.enqueuedAtNanos == b.enqueuedAtNanos && a.expiresAtNanos == b.expiresAtNanos && a.flags == b.flags
+            && a.id == b.id && a.headers == b.headers && a.body == b.body
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(id)
+        hasher.combine(channel)
+        hasher.combine(orderingKey)
+        hasher.combine(headers)
+        hasher.combine(body)
+        hasher.combine(attempt)
+        hasher.combine(deliverAtNanos)
+        hasher.combine(enqueuedAtNanos)
+        hasher.combine(expiresAtNanos)
+        hasher.combine(flags)
+    }
+}
+
+/// A message's id, headers and body copied from a `sy_message` into one allocation, laid out as
+/// the ABI lends them — the `sy_header` array, then the strings, then the body — so that lending
+/// the message again points into it instead of copying. Never changed after it is made.
+@usableFromInline
+final class PackedMessage: @unchecked Sendable {
+    private let storage: UnsafeMutableRawPointer
+    let id: sy_str
+    let headerCount: Int
+    /// The headers, pointing into the same allocation; nil when there are none.
+    let cHeaders: UnsafePointer<sy_header>?
+    let body: sy_bytes
+    /// The bytes of every header's key and value.
+    let headerBytes: Int
+
+    /// Copies `message`'s id, headers and body (validated by the caller: see ``MessageView``).
+    init(copying message: sy_message) {
+        let count = message.header_count
+        var headerBytes = 0
+        for index in 0..<count { headerBytes += message.headers[index].key.len + message.headers[index].value.len }
+        let arrayBytes = count * MemoryLayout<sy_header>.stride
+        let total = arrayBytes + message.id.len + headerBytes + message.body.len
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(1, total), alignment: MemoryLayout<sy_header>.alignment)
+        var cursor = arrayBytes
+        // Every slice points into the allocation, an empty one too (a reader may test for NULL).
+        func copy(_ data: UnsafeRawPointer?, _ length: Int) -> UnsafeMutableRawPointer {
+            let start = storage + cursor
+            if length > 0, let data { start.copyMemory(from: data, byteCount: length) }
+            cursor += length
+            return start
+        }
+        func copy(_ string: sy_str) -> sy_str {
+            sy_str(data: copy(string.data, string.len).assumingMemoryBound(to: CChar.self), len: string.len)
+        }
+        id = copy(message.id)
+        if count > 0 {
+            let headers = storage.bindMemory(to: sy_header.self, capacity: count)
+            for index in 0..<count {
+                let header = message.headers[index]
+                (headers + index).initialize(to: sy_header(key: copy(header.key), value: copy(header.value)))
+            }
+            cHeaders = UnsafePointer(headers)
+        } else {
+            cHeaders = nil
+        }
+        body = sy_bytes(data: copy(message.body.data, message.body.len).assumingMemoryBound(to: UInt8.self), len: message.body.len)
+        self.storage = storage
+        self.headerCount = count
+        self.headerBytes = headerBytes
+    }
+
+    deinit { storage.deallocate() }
+
+    /// The headers as Swift values.
+    var headers: [Header] {
+        (0..<headerCount).map { Header(String(cHeaders![$0].key), String(cHeaders![$0].value)) }
+    }
 }
 
 /// `sy_message.flags` (ABI 1.3).
@@ -103,8 +275,10 @@ extension Message {
     /// Bytes ``lay(into:)`` needs: the header array, then every string, then the body.
     @usableFromInline
     var lentByteCount: Int {
-        var bytes = headers.count * MemoryLayout<sy_header>.stride
-        bytes += id.utf8.count + channel.utf8.count + (orderingKey?.utf8.count ?? 0) + body.count
+        var bytes = channel.utf8.count + (orderingKey?.utf8.count ?? 0)
+        // A packed message lends its own allocation: only the channel and key are laid out.
+        guard case .values(let id, let headers, let body) = content else { return bytes }
+        bytes += headers.count * MemoryLayout<sy_header>.stride + id.utf8.count + body.count
         for header in headers { bytes += header.key.utf8.count + header.value.utf8.count }
         return bytes
     }
@@ -114,35 +288,51 @@ extension Message {
     /// `structSize` (smaller for a reader of an older ABI minor, which ignores the fields past it).
     @usableFromInline
     func lay(into raw: UnsafeMutableRawBufferPointer, structSize: Int) -> sy_message {
-        var cursor = headers.count * MemoryLayout<sy_header>.stride
-        func lay(_ string: String) -> sy_str {
-            let start = cursor
-            cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
-            return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
-        }
         var message = sy_message()
         message.struct_size = UInt32(structSize)
         message.attempt = attempt
-        message.id = lay(id)
-        message.channel = lay(channel)
-        message.ordering_key = lay(orderingKey ?? "")
-        if !headers.isEmpty {
-            let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
-            for (index, header) in headers.enumerated() {
-                (cHeaders + index).initialize(to: sy_header(key: lay(header.key), value: lay(header.value)))
-            }
-            message.headers = UnsafePointer(cHeaders)
-        }
-        message.header_count = headers.count
-        // The body goes last, after every string.
-        if !body.isEmpty {
-            UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyBytes(from: body)
-            message.body = sy_bytes(data: (raw.baseAddress! + cursor).assumingMemoryBound(to: UInt8.self), len: body.count)
-        }
         message.deliver_at_ns = deliverAtNanos
         message.enqueued_at_ns = enqueuedAtNanos
         message.expires_at_ns = expiresAtNanos
         message.flags = flags.rawValue
+        switch content {
+        case .packed(let packed):
+            var cursor = 0
+            func lay(_ string: String) -> sy_str {
+                let start = cursor
+                cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
+                return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
+            }
+            message.channel = lay(channel)
+            message.ordering_key = lay(orderingKey ?? "")
+            message.id = packed.id
+            message.headers = packed.cHeaders
+            message.header_count = packed.headerCount
+            message.body = packed.body
+        case .values(let id, let headers, let body):
+            var cursor = headers.count * MemoryLayout<sy_header>.stride
+            func lay(_ string: String) -> sy_str {
+                let start = cursor
+                cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
+                return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
+            }
+            message.id = lay(id)
+            message.channel = lay(channel)
+            message.ordering_key = lay(orderingKey ?? "")
+            if !headers.isEmpty {
+                let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
+                for index in headers.indices {
+                    (cHeaders + index).initialize(to: sy_header(key: lay(headers[index].key), value: lay(headers[index].value)))
+                }
+                message.headers = UnsafePointer(cHeaders)
+            }
+            message.header_count = headers.count
+            // The body goes last, after every string.
+            if !body.isEmpty {
+                UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyBytes(from: body)
+                message.body = sy_bytes(data: (raw.baseAddress! + cursor).assumingMemoryBound(to: UInt8.self), len: body.count)
+            }
+        }
         return message
     }
 }

@@ -19,10 +19,9 @@ public struct MessageLimits: Sendable, Hashable {
     /// The first limit `message` exceeds, as a sentence naming the config key (`prefix` +
     /// `max_message_bytes`, ...), or nil when it fits.
     public func violation(of message: Message, keyPrefix prefix: String = "") -> String? {
-        violation(
-            id: message.id, count: message.headers.count,
-            headerBytes: message.headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count },
-            otherBytes: message.body.count + message.id.utf8.count + message.channel.utf8.count, keyPrefix: prefix)
+        let sizes = message.limitSizes
+        return violation(
+            id: message.id, count: sizes.headerCount, headerBytes: sizes.headerBytes, otherBytes: sizes.otherBytes, keyPrefix: prefix)
     }
 
     /// As ``violation(of:keyPrefix:)`` for a message view, without copying it.

@@ -80,10 +80,11 @@ public struct MessageView {
         }
     }
 
-    /// An owned copy, to keep after the call returns.
+    /// An owned copy, to keep after the call returns: the id, headers and body packed in one
+    /// allocation (see ``Message``).
     public func copy() -> Message {
         Message(
-            id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: Array(body),
+            content: .packed(PackedMessage(copying: fields)), channel: channel, orderingKey: orderingKey,
             attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
             expiresAtNanos: expiresAtNanos, flags: flags)
     }
