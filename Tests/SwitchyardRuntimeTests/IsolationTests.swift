@@ -66,6 +66,7 @@ struct IsolationTests {
             options.callTimeoutNanos = timeoutMillis * 1_000_000
             let transport = try Transport(name: "stuck", plugin: plugin, isolation: options)
             defer { transport.close() }
+            let firstChild = try #require(transport.pluginProcessID)
             let started = Date()
             let error = #expect(throws: TransportError.self) { try transport.client.publish(Self.message("1", "hang")) }
             let waited = Date().timeIntervalSince(started)
@@ -73,6 +74,12 @@ struct IsolationTests {
             #expect(error?.code == .timeout)
             #expect(error?.message.contains("did not answer publish within \(timeoutMillis) ms") == true, "\(error?.message ?? "")")
             #expect(waited >= seconds * 0.9 && waited < seconds + 4, "waited \(waited) s")
+            // The child is killed and another started: wait for it (on a loaded machine starting
+            // one can take longer than the call timeout, which bounds a call's wait for it).
+            let restartDeadline = Date().addingTimeInterval(20)
+            while transport.pluginProcessID == nil || transport.pluginProcessID == firstChild, Date() < restartDeadline { usleep(20_000) }
+            let secondChild = try #require(transport.pluginProcessID)
+            #expect(secondChild != firstChild)
             try transport.client.publish(Self.message("2", "fine"))
         }
     }
