@@ -86,8 +86,10 @@ public struct Message: Hashable, Sendable {
     public var flags: MessageFlags
 
     /// The id, headers and body: Swift values, or packed as they were copied from C.
+    /// Unchecked: a ``PackedMessage`` is never changed after it is made (a `ManagedBuffer`
+    /// cannot declare that itself).
     @usableFromInline
-    enum Content: Sendable {
+    enum Content: @unchecked Sendable {
         case values(id: String, headers: [Header], body: [UInt8])
         case packed(PackedMessage)
     }
@@ -179,61 +181,73 @@ public struct Message: Hashable, Sendable {
     }
 }
 
-/// A message's id, headers and body copied from a `sy_message` into one allocation, laid out as
-/// the ABI lends them — the `sy_header` array, then the strings, then the body — so that lending
-/// the message again points into it instead of copying. Never changed after it is made.
+/// Where a ``PackedMessage``'s parts lie in its own allocation.
 @usableFromInline
-final class PackedMessage: @unchecked Sendable {
-    private let storage: UnsafeMutableRawPointer
+struct PackedLayout {
     let id: sy_str
     let headerCount: Int
-    /// The headers, pointing into the same allocation; nil when there are none.
+    /// The headers; nil when there are none.
     let cHeaders: UnsafePointer<sy_header>?
     let body: sy_bytes
     /// The bytes of every header's key and value.
     let headerBytes: Int
+}
 
+/// A message's id, headers and body copied from a `sy_message` into the object's own allocation
+/// (one per message: the layout and the bytes after it), laid out as the ABI lends them — the
+/// `sy_header` array, then the strings, then the body — so that lending the message again points
+/// into it instead of copying. Never changed after it is made.
+@usableFromInline
+final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
     /// Copies `message`'s id, headers and body (validated by the caller: see ``MessageView``).
-    init(copying message: sy_message) {
+    static func make(copying message: sy_message) -> PackedMessage {
         let count = message.header_count
         var headerBytes = 0
         for index in 0..<count { headerBytes += message.headers[index].key.len + message.headers[index].value.len }
         let arrayBytes = count * MemoryLayout<sy_header>.stride
         let total = arrayBytes + message.id.len + headerBytes + message.body.len
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(1, total), alignment: MemoryLayout<sy_header>.alignment)
-        var cursor = arrayBytes
-        // Every slice points into the allocation, an empty one too (a reader may test for NULL).
-        func copy(_ data: UnsafeRawPointer?, _ length: Int) -> UnsafeMutableRawPointer {
-            let start = storage + cursor
-            if length > 0, let data { start.copyMemory(from: data, byteCount: length) }
-            cursor += length
-            return start
-        }
-        func copy(_ string: sy_str) -> sy_str {
-            sy_str(data: copy(string.data, string.len).assumingMemoryBound(to: CChar.self), len: string.len)
-        }
-        id = copy(message.id)
-        if count > 0 {
-            let headers = storage.bindMemory(to: sy_header.self, capacity: count)
-            for index in 0..<count {
-                let header = message.headers[index]
-                (headers + index).initialize(to: sy_header(key: copy(header.key), value: copy(header.value)))
+        let words = Swift.max(1, (total + 7) / 8)  // UInt64 elements: aligned for `sy_header`
+        let buffer = create(minimumCapacity: words) { buffer in
+            buffer.withUnsafeMutablePointerToElements { elements in
+                let storage = UnsafeMutableRawPointer(elements)
+                var cursor = arrayBytes
+                // Every slice points into the allocation, an empty one too (a reader may test for NULL).
+                func copy(_ data: UnsafeRawPointer?, _ length: Int) -> UnsafeMutableRawPointer {
+                    let start = storage + cursor
+                    if length > 0, let data { start.copyMemory(from: data, byteCount: length) }
+                    cursor += length
+                    return start
+                }
+                func copy(_ string: sy_str) -> sy_str {
+                    sy_str(data: copy(string.data, string.len).assumingMemoryBound(to: CChar.self), len: string.len)
+                }
+                let id = copy(message.id)
+                var cHeaders: UnsafePointer<sy_header>?
+                if count > 0 {
+                    let headers = storage.bindMemory(to: sy_header.self, capacity: count)
+                    for index in 0..<count {
+                        let header = message.headers[index]
+                        (headers + index).initialize(to: sy_header(key: copy(header.key), value: copy(header.value)))
+                    }
+                    cHeaders = UnsafePointer(headers)
+                }
+                let body = sy_bytes(data: copy(message.body.data, message.body.len).assumingMemoryBound(to: UInt8.self), len: message.body.len)
+                return PackedLayout(id: id, headerCount: count, cHeaders: cHeaders, body: body, headerBytes: headerBytes)
             }
-            cHeaders = UnsafePointer(headers)
-        } else {
-            cHeaders = nil
         }
-        body = sy_bytes(data: copy(message.body.data, message.body.len).assumingMemoryBound(to: UInt8.self), len: message.body.len)
-        self.storage = storage
-        self.headerCount = count
-        self.headerBytes = headerBytes
+        return unsafeDowncast(buffer, to: PackedMessage.self)
     }
 
-    deinit { storage.deallocate() }
+    var id: sy_str { header.id }
+    var headerCount: Int { header.headerCount }
+    var cHeaders: UnsafePointer<sy_header>? { header.cHeaders }
+    var body: sy_bytes { header.body }
+    var headerBytes: Int { header.headerBytes }
 
     /// The headers as Swift values.
     var headers: [Header] {
-        (0..<headerCount).map { Header(String(cHeaders![$0].key), String(cHeaders![$0].value)) }
+        let layout = header
+        return (0..<layout.headerCount).map { Header(String(layout.cHeaders![$0].key), String(layout.cHeaders![$0].value)) }
     }
 }
 

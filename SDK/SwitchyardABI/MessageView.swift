@@ -84,7 +84,7 @@ public struct MessageView {
     /// allocation (see ``Message``).
     public func copy() -> Message {
         Message(
-            content: .packed(PackedMessage(copying: fields)), channel: channel, orderingKey: orderingKey,
+            content: .packed(PackedMessage.make(copying: fields)), channel: channel, orderingKey: orderingKey,
             attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
             expiresAtNanos: expiresAtNanos, flags: flags)
     }
