@@ -185,7 +185,10 @@ let package = Package(
         /// The crash soak behind `switchyard soak`: processes killed at random, effects counted.
         .target(
             name: "SwitchyardSoak",
-            dependencies: ["SwitchyardRuntime", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConfig", "SwitchyardTransportKit", "SwitchyardABI", "SwitchyardPostgres"]),
+            dependencies: [
+                "SwitchyardRuntime", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConfig", "SwitchyardTransportKit", "SwitchyardABI", "SwitchyardPostgres",
+                "SwitchyardWire",
+            ]),
         /// The `switchyard` command: a thin shell over the library modules.
         .executableTarget(
             name: "SwitchyardCLI",
@@ -257,7 +260,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "SwitchyardTransportKitTests",
-            dependencies: ["SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime"]),
+            dependencies: ["SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime", "SwitchyardWire"]),
         .testTarget(name: "SwitchyardConformanceTests", dependencies: ["SwitchyardTestSupport", "SwitchyardConformance", "SwitchyardHost", "SwitchyardLoader"]),
         .testTarget(name: "SwitchyardConfigTests", dependencies: ["SwitchyardTestSupport", "SwitchyardConfig"]),
         .testTarget(name: "SwitchyardWireTests", dependencies: ["SwitchyardTestSupport", "SwitchyardWire", "SwitchyardRuntime", "SwitchyardConfig"]),

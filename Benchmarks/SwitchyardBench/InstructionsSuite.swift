@@ -80,7 +80,7 @@ public enum HotPath: String, CaseIterable, Sendable {
 struct InstructionsSuite: BenchSuite {
     let name = "instructions"
     let summary = "instructions per message and per call on the hot paths (callgrind; repeatable on a noisy machine)"
-    // An instrument for comparing designs, run when named: it takes about two minutes under
+    // An instrument for comparing designs, run when named: it takes a minute and a half under
     // valgrind, more than the rest of a `--quick` run together.
     let runsByDefault = false
 
@@ -128,41 +128,34 @@ struct InstructionsSuite: BenchSuite {
     private static func instructions(valgrind: String, executable: String, plugins: String, path: HotPath, count: Int) throws -> UInt64 {
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-callgrind-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: output) }
+        let text = try runQuietly(
+            valgrind, ["--tool=callgrind", "--callgrind-out-file=\(output.path)", executable, path.rawValue, String(count), plugins])
+        // callgrind ends with "==PID== Collected : 123456789".
+        guard let line = text.split(separator: "\n").last(where: { $0.contains("Collected :") }),
+            let value = line.split(separator: ":").last.flatMap({ UInt64($0.trimmingCharacters(in: .whitespaces)) })
+        else {
+            throw BenchUnavailable("callgrind on \(path.rawValue) counted nothing: \(text.suffix(600))")
+        }
+        return value
+    }
+
+    /// Runs `tool` with `arguments`, its output discarded, and returns what it wrote to standard
+    /// error; throws with that text unless it succeeds.
+    @discardableResult
+    private static func runQuietly(_ tool: String, _ arguments: [String]) throws -> String {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: valgrind)
-        process.arguments =
-            [
-                "--tool=callgrind", "--callgrind-out-file=\(output.path)", executable, path.rawValue, String(count), plugins,
-            ]
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = arguments
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        // callgrind ends with "==PID== Collected : 123456789".
-        guard process.terminationStatus == 0,
-            let line = text.split(separator: "\n").last(where: { $0.contains("Collected :") }),
-            let value = line.split(separator: ":").last.flatMap({ UInt64($0.trimmingCharacters(in: .whitespaces)) })
-        else {
-            throw BenchUnavailable("callgrind on \(path.rawValue) failed (exit \(process.terminationStatus)): \(text.suffix(600))")
-        }
-        return value
-    }
-
-    /// Runs `tool` with `arguments`, throwing with what it printed unless it succeeds.
-    private static func runQuietly(_ tool: String, _ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let errors = Pipe()
-        process.standardError = errors
-        try process.run()
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw BenchUnavailable("\(tool) \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus)): \(text)")
+            throw BenchUnavailable("\(tool) \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus)): \(text.suffix(600))")
         }
+        return text
     }
 
     /// The full path of `name` on `PATH`, if it is there.

@@ -7,6 +7,7 @@ import SwitchyardLoader
 import SwitchyardPostgres
 import SwitchyardRuntime
 import SwitchyardTransportKit
+import SwitchyardWire
 
 /// What `switchyard soak` was asked for.
 package struct SoakOptions: Sendable {
@@ -512,17 +513,4 @@ final class Worker: @unchecked Sendable {
 struct SoakError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
-}
-
-/// A small seeded generator, so a run's kill schedule can be repeated with `--seed`.
-struct SplitMix {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

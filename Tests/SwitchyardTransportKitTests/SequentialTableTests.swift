@@ -1,3 +1,4 @@
+import SwitchyardWire
 import Testing
 
 @testable import SwitchyardTransportKit
@@ -48,18 +49,5 @@ struct SequentialTableTests {
         #expect(table.isEmpty && table.all.isEmpty && table[next] == nil)
         table.insert("after", at: next + 5)
         #expect(table[next + 5] == "after" && table.count == 1)
-    }
-}
-
-/// A small seeded generator, so a failure can be replayed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

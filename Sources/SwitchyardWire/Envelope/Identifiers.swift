@@ -21,18 +21,10 @@ public enum EnvelopeID {
     /// A new id, e.g. `01937f4c-5e2a-7b3d-9c1e-2f4a6b8c0d1e`.
     public static func make() -> String {
         let millis = UInt64(WallClock.nowNanos() / 1_000_000)
-        let random = mix(seed &+ counter.add(1, ordering: .relaxed).newValue &* 0x9E37_79B9_7F4A_7C15)
+        let random = SplitMix.mix(seed &+ counter.add(1, ordering: .relaxed).newValue &* SplitMix.gamma)
         let high = (millis << 16) | 0x7000 | ((random >> 52) & 0x0FFF)
         let low = 0x8000_0000_0000_0000 | (random & 0x3FFF_FFFF_FFFF_FFFF)
         return format(high: high, low: low)
-    }
-
-    /// SplitMix64's finaliser: spreads a counter's bits over the whole word.
-    private static func mix(_ value: UInt64) -> UInt64 {
-        var z = value
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 
     private static let hex = Array("0123456789abcdef".utf8)
@@ -54,6 +46,30 @@ public enum EnvelopeID {
             put(low, nibbles: 0..<16)
             return position
         }
+    }
+}
+
+/// SplitMix64: a small, fast, seeded generator — for ids' random bits and for anything that must
+/// replay the same sequence from a seed (a soak's kill schedule, a randomized test). Not for secrets.
+package struct SplitMix: RandomNumberGenerator {
+    /// The increment between states: 2^64 divided by the golden ratio.
+    static let gamma: UInt64 = 0x9E37_79B9_7F4A_7C15
+    private var state: UInt64
+
+    /// A generator whose sequence `seed` decides.
+    package init(seed: UInt64) { state = seed }
+
+    package mutating func next() -> UInt64 {
+        state &+= Self.gamma
+        return Self.mix(state)
+    }
+
+    /// SplitMix64's finaliser: spreads a counter's bits over the whole word.
+    static func mix(_ value: UInt64) -> UInt64 {
+        var z = value
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 
