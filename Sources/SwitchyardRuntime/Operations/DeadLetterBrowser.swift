@@ -33,9 +33,13 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     private var subscription: SubscriptionID?
 
     /// Holds the dead letters of `channel` (given as `C` or as its dead-letter channel `C.dlq`)
-    /// on `client`, up to `limit`, waiting until none arrived for `quiet`. Blocks: call it off
-    /// the cooperative pool.
-    public init(client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = 10_000, quiet: TimeInterval = 0.3) throws(TransportError) {
+    /// on `client`, up to `limit`, waiting until none arrived for `quiet` — or, while none has
+    /// arrived yet and the transport reports messages stored and not delivered, for up to
+    /// `firstArrival`. Blocks: call it off the cooperative pool.
+    public init(
+        client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = 10_000, quiet: TimeInterval = 0.3,
+        firstArrival: TimeInterval = 3
+    ) throws(TransportError) {
         self.client = client
         originalChannel = channel.hasSuffix(deadLetterSuffix) ? String(channel.dropLast(deadLetterSuffix.count)) : channel
         self.channel = originalChannel + deadLetterSuffix
@@ -46,7 +50,22 @@ public final class DeadLetterBrowser: @unchecked Sendable {
             lastArrival.withLock { $0 = Date() }
             return .ok
         }
-        while Date().timeIntervalSince(lastArrival.withLock { $0 }) < quiet { usleep(20_000) }
+        // The transport delivers from its own threads. On a loaded machine the first delivery
+        // can come later than `quiet` (a sanitizer build's CLI took longer than 0.3 s): an empty
+        // list would then say there are no dead letters when there are. So until one arrives,
+        // keep waiting while the transport holds undelivered messages (its depth counts every
+        // channel: a busy transport with an empty dead-letter channel waits `firstArrival`).
+        let started = Date()
+        while true {
+            usleep(20_000)
+            if !collected.withLock({ $0.isEmpty }) {
+                if Date().timeIntervalSince(lastArrival.withLock { $0 }) >= quiet { break }
+                continue
+            }
+            let waited = Date().timeIntervalSince(started)
+            if waited < quiet { continue }
+            if waited >= firstArrival || ((try? client.stats()) ?? nil)?.depth ?? 0 == 0 { break }
+        }
     }
 
     /// The dead letters held, in the order they arrived.
