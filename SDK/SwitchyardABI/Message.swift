@@ -161,12 +161,14 @@ public struct Message: Hashable, Sendable {
         }
     }
 
+    /// Whether two messages have the same fields, packed or not.
     public static func == (a: Message, b: Message) -> Bool {
         a.channel == b.channel && a.orderingKey == b.orderingKey && a.attempt == b.attempt && a.deliverAtNanos == b.deliverAtNanos
             && a.enqueuedAtNanos == b.enqueuedAtNanos && a.expiresAtNanos == b.expiresAtNanos && a.flags == b.flags
             && a.id == b.id && a.headers == b.headers && a.body == b.body
     }
 
+    /// Hashes every field, as `==` compares them.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(id)
         hasher.combine(channel)
@@ -309,30 +311,24 @@ extension Message {
         message.enqueued_at_ns = enqueuedAtNanos
         message.expires_at_ns = expiresAtNanos
         message.flags = flags.rawValue
+        var cursor = 0
+        func lay(_ string: String) -> sy_str {
+            let start = cursor
+            cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
+            return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
+        }
+        if case .values(_, let headers, _) = content { cursor = headers.count * MemoryLayout<sy_header>.stride }  // the header array first
+        message.channel = lay(channel)
+        message.ordering_key = lay(orderingKey ?? "")
         switch content {
         case .packed(let packed):
-            var cursor = 0
-            func lay(_ string: String) -> sy_str {
-                let start = cursor
-                cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
-                return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
-            }
-            message.channel = lay(channel)
-            message.ordering_key = lay(orderingKey ?? "")
+            // Everything else points into the packed copy.
             message.id = packed.id
             message.headers = packed.cHeaders
             message.header_count = packed.headerCount
             message.body = packed.body
         case .values(let id, let headers, let body):
-            var cursor = headers.count * MemoryLayout<sy_header>.stride
-            func lay(_ string: String) -> sy_str {
-                let start = cursor
-                cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
-                return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
-            }
             message.id = lay(id)
-            message.channel = lay(channel)
-            message.ordering_key = lay(orderingKey ?? "")
             if !headers.isEmpty {
                 let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)
                 for index in headers.indices {
