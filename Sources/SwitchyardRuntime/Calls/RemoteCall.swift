@@ -329,10 +329,10 @@ extension SwitchyardInvocationEncoder: OutgoingArguments {
 /// With nothing bootstrapped every span is a no-op, yet making one still cost an in-memory call
 /// about a tenth of its instructions: `InstrumentationSystem.tracer` looks the tracer up by a
 /// protocol conformance on every read, and the receiver's span scope is a task-local of its own.
-/// So a call asks `InstrumentationSystem.instrument` — the instrument bound around the task
-/// (`InstrumentationSystem.withTracer`) or bootstrapped — and makes no span, and carries no trace
-/// context, while that is the no-op. Asked per call, not cached, so that bootstrapping after the
-/// system started and scoped tracers in tests still work.
+/// So a call asks `InstrumentationSystem.instrument` — the instrument bound around the task (a
+/// `withTracer` scope) or bootstrapped — and makes no span, and carries no trace context, while
+/// that is the no-op. Asked per call, not cached, so that bootstrapping after the system started
+/// and `withTracer` scopes in tests still work.
 enum CallTracing {
     /// Whether an instrument (a tracer, or propagation alone) is bound or bootstrapped.
     static var isActive: Bool { !(InstrumentationSystem.instrument is NoOpInstrument) }
