@@ -1,11 +1,5 @@
 import CSwitchyard
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
-
 /// One message header. Keys are case-sensitive and may repeat.
 public struct Header: Hashable, Sendable {
     /// The header's name.
@@ -135,14 +129,7 @@ public struct Message: Hashable, Sendable {
         case .values(_, let headers, _):
             return headers.first { $0.key == key }?.value
         case .packed(let packed):
-            var key = key
-            return key.withUTF8 { wanted in
-                for index in 0..<packed.headerCount where packed.cHeaders![index].key.len == wanted.count {
-                    let header = packed.cHeaders![index]
-                    if wanted.isEmpty || memcmp(header.key.data, wanted.baseAddress!, wanted.count) == 0 { return String(header.value) }
-                }
-                return nil
-            }
+            return CHeaders(packed.cHeaders, count: packed.headerCount).value(of: key)
         }
     }
 
@@ -204,8 +191,7 @@ final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
     /// Copies `message`'s id, headers and body (validated by the caller: see ``MessageView``).
     static func make(copying message: sy_message) -> PackedMessage {
         let count = message.header_count
-        var headerBytes = 0
-        for index in 0..<count { headerBytes += message.headers[index].key.len + message.headers[index].value.len }
+        let headerBytes = CHeaders(message.headers, count: count).byteCount
         let arrayBytes = count * MemoryLayout<sy_header>.stride
         let total = arrayBytes + message.id.len + headerBytes + message.body.len
         let words = Swift.max(1, (total + 7) / 8)  // UInt64 elements: aligned for `sy_header`
@@ -247,10 +233,7 @@ final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
     var headerBytes: Int { header.headerBytes }
 
     /// The headers as Swift values.
-    var headers: [Header] {
-        let layout = header
-        return (0..<layout.headerCount).map { Header(String(layout.cHeaders![$0].key), String(layout.cHeaders![$0].value)) }
-    }
+    var headers: [Header] { CHeaders(cHeaders, count: headerCount).copied }
 }
 
 /// `sy_message.flags` (ABI 1.3).

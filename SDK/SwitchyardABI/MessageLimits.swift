@@ -27,12 +27,8 @@ public struct MessageLimits: Sendable, Hashable {
     /// As ``violation(of:keyPrefix:)`` for a message view, without copying it.
     public func violation(of message: MessageView, keyPrefix prefix: String = "") -> String? {
         let c = message.fields
-        var headerBytes = 0
-        for index in 0..<c.header_count {
-            headerBytes += c.headers[index].key.len + c.headers[index].value.len
-        }
         return violation(
-            id: message.id, count: c.header_count, headerBytes: headerBytes,
+            id: message.id, count: c.header_count, headerBytes: CHeaders(c.headers, count: c.header_count).byteCount,
             otherBytes: c.body.len + c.id.len + c.channel.len, keyPrefix: prefix)
     }
 

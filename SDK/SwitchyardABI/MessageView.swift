@@ -60,25 +60,10 @@ public struct MessageView {
     /// Number of headers.
     public var headerCount: Int { fields.header_count }
     /// All headers, copied.
-    public var headers: [Header] {
-        (0..<headerCount).map { Header(String(fields.headers[$0].key), String(fields.headers[$0].value)) }
-    }
+    public var headers: [Header] { CHeaders(fields.headers, count: headerCount).copied }
 
     /// The first value of header `key`, if any (compares bytes; allocates only the result).
-    public func header(_ key: String) -> String? {
-        var key = key
-        return key.withUTF8 { wanted in
-            for index in 0..<headerCount {
-                let header = fields.headers[index]
-                if header.key.len == wanted.count,
-                    wanted.isEmpty || memcmp(header.key.data, wanted.baseAddress!, wanted.count) == 0
-                {
-                    return String(header.value)
-                }
-            }
-            return nil
-        }
-    }
+    public func header(_ key: String) -> String? { CHeaders(fields.headers, count: headerCount).value(of: key) }
 
     /// An owned copy, to keep after the call returns: the id, headers and body packed in one
     /// allocation (see ``Message``).
@@ -87,5 +72,38 @@ public struct MessageView {
             content: .packed(PackedMessage.make(copying: fields)), channel: channel, orderingKey: orderingKey,
             attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
             expiresAtNanos: expiresAtNanos, flags: flags)
+    }
+}
+
+/// A borrowed `sy_header` array: what a message view and a packed copy (``PackedMessage``) both
+/// read headers from.
+struct CHeaders {
+    let base: UnsafePointer<sy_header>?
+    let count: Int
+
+    init(_ base: UnsafePointer<sy_header>?, count: Int) {
+        self.base = base
+        self.count = count
+    }
+
+    /// The bytes of every key and value.
+    var byteCount: Int {
+        var bytes = 0
+        for index in 0..<count { bytes += base![index].key.len + base![index].value.len }
+        return bytes
+    }
+
+    /// Every header as Swift values.
+    var copied: [Header] { (0..<count).map { Header(String(base![$0].key), String(base![$0].value)) } }
+
+    /// The first value of header `key`, if any (compares bytes; allocates only the result).
+    func value(of key: String) -> String? {
+        var key = key
+        return key.withUTF8 { wanted in
+            for index in 0..<count where base![index].key.len == wanted.count {
+                if wanted.isEmpty || memcmp(base![index].key.data, wanted.baseAddress!, wanted.count) == 0 { return String(base![index].value) }
+            }
+            return nil
+        }
     }
 }

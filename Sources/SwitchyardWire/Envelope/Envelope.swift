@@ -217,8 +217,7 @@ extension Envelope {
             let header = headers![index]
             guard header.key.len > 3, let key = header.key.data else { continue }
             for field in 0..<Field.count where present & (1 << field) == 0 {
-                let name = Field.names[field]
-                if name.count == header.key.len, name.withUnsafeBytes({ memcmp($0.baseAddress!, key, name.count) }) == 0 {
+                if Self.equals(header.key, Field.names[field]) {
                     slices[field] = header.value
                     present |= 1 << field
                     continue next
