@@ -191,36 +191,47 @@ final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
     /// Copies `message`'s id, headers and body (validated by the caller: see ``MessageView``).
     static func make(copying message: sy_message) -> PackedMessage {
         let count = message.header_count
-        let headerBytes = CHeaders(message.headers, count: count).byteCount
-        let arrayBytes = count * MemoryLayout<sy_header>.stride
-        let total = arrayBytes + message.id.len + headerBytes + message.body.len
+        let headers = CHeaders(message.headers, count: count)
+        return make(idBytes: message.id.len, headerCount: count, headerBytes: headers.byteCount, bodyBytes: message.body.len) { writer in
+            writer.setID(message.id.data, message.id.len)
+            for index in 0..<count {
+                let header = message.headers[index]
+                writer.add(header.key.data, header.key.len, header.value.data, header.value.len)
+            }
+            writer.setBody(message.body.data, message.body.len)
+        }
+    }
+
+    /// Packs `id`, the headers `headers` adds and `body` (see ``Message/init(packing:channel:orderingKey:body:deliverAtNanos:expiresAtNanos:flags:headers:)``).
+    static func make(id: String, body: [UInt8], headers: (inout PackedMessageWriter) -> Void) -> PackedMessage {
+        var measured = PackedMessageWriter(measuring: ())
+        headers(&measured)
+        return make(idBytes: id.utf8.count, headerCount: measured.headerCount, headerBytes: measured.headerBytes, bodyBytes: body.count) { writer in
+            var id = id
+            id.withUTF8 { writer.setID($0.baseAddress, $0.count) }
+            headers(&writer)
+            precondition(writer.headerCount == measured.headerCount && writer.headerBytes == measured.headerBytes, PackedMessageWriter.mismatch)
+            body.withUnsafeBytes { writer.setBody($0.baseAddress, $0.count) }
+        }
+    }
+
+    /// One allocation of the exact size for the parts `fill` writes (in order: the id, every
+    /// header, the body), then the layout that points into it.
+    private static func make(
+        idBytes: Int, headerCount: Int, headerBytes: Int, bodyBytes: Int, _ fill: (inout PackedMessageWriter) -> Void
+    ) -> PackedMessage {
+        let arrayBytes = headerCount * MemoryLayout<sy_header>.stride
+        let total = arrayBytes + idBytes + headerBytes + bodyBytes
         let words = Swift.max(1, (total + 7) / 8)  // UInt64 elements: aligned for `sy_header`
         let buffer = create(minimumCapacity: words) { buffer in
             buffer.withUnsafeMutablePointerToElements { elements in
                 let storage = UnsafeMutableRawPointer(elements)
-                var cursor = arrayBytes
-                // Every slice points into the allocation, an empty one too (a reader may test for NULL).
-                func copy(_ data: UnsafeRawPointer?, _ length: Int) -> UnsafeMutableRawPointer {
-                    let start = storage + cursor
-                    if length > 0, let data { start.copyMemory(from: data, byteCount: length) }
-                    cursor += length
-                    return start
-                }
-                func copy(_ string: sy_str) -> sy_str {
-                    sy_str(data: copy(string.data, string.len).assumingMemoryBound(to: CChar.self), len: string.len)
-                }
-                let id = copy(message.id)
-                var cHeaders: UnsafePointer<sy_header>?
-                if count > 0 {
-                    let headers = storage.bindMemory(to: sy_header.self, capacity: count)
-                    for index in 0..<count {
-                        let header = message.headers[index]
-                        (headers + index).initialize(to: sy_header(key: copy(header.key), value: copy(header.value)))
-                    }
-                    cHeaders = UnsafePointer(headers)
-                }
-                let body = sy_bytes(data: copy(message.body.data, message.body.len).assumingMemoryBound(to: UInt8.self), len: message.body.len)
-                return PackedLayout(id: id, headerCount: count, cHeaders: cHeaders, body: body, headerBytes: headerBytes)
+                var writer = PackedMessageWriter(storage: storage, headerCapacity: headerCount, byteCapacity: total)
+                fill(&writer)
+                precondition(writer.cursor == total, "a packed message's parts must fill exactly the bytes measured for them")
+                return PackedLayout(
+                    id: writer.id, headerCount: headerCount, cHeaders: headerCount > 0 ? UnsafePointer(writer.headers) : nil, body: writer.body,
+                    headerBytes: headerBytes)
             }
         }
         return unsafeDowncast(buffer, to: PackedMessage.self)
@@ -244,6 +255,129 @@ public struct MessageFlags: OptionSet, Hashable, Sendable {
     /// At expiry, drop the message instead of dead-lettering it (`SY_MESSAGE_DROP_WHEN_EXPIRED`):
     /// for replies, whose caller has stopped waiting.
     public static let dropWhenExpired = MessageFlags(rawValue: 1 << 0)
+}
+
+/// Writes a message's headers straight into its packed form, as the ABI lends them: each header's
+/// key and value are copied once, into the message's own allocation, and become neither `Header`
+/// values nor strings of their own. Given to the `headers` closure of
+/// ``Message/init(packing:channel:orderingKey:body:deliverAtNanos:expiresAtNanos:flags:headers:)``, which
+/// calls it twice: first to measure (nothing is written), then to write.
+package struct PackedMessageWriter {
+    /// The allocation; nil while measuring.
+    private let storage: UnsafeMutableRawPointer?
+    /// The `sy_header` array at the allocation's start.
+    let headers: UnsafeMutablePointer<sy_header>?
+    private let headerCapacity: Int
+    private let byteCapacity: Int
+    /// Bytes written so far (the header array included).
+    private(set) var cursor: Int
+    /// Headers added so far.
+    private(set) var headerCount = 0
+    /// Bytes of the keys and values added so far.
+    private(set) var headerBytes = 0
+    private(set) var id = sy_str()
+    private(set) var body = sy_bytes()
+
+    init(measuring: Void) {
+        storage = nil
+        headers = nil
+        headerCapacity = 0
+        byteCapacity = 0
+        cursor = 0
+    }
+
+    init(storage: UnsafeMutableRawPointer, headerCapacity: Int, byteCapacity: Int) {
+        self.storage = storage
+        self.headerCapacity = headerCapacity
+        self.byteCapacity = byteCapacity
+        headers = headerCapacity > 0 ? storage.bindMemory(to: sy_header.self, capacity: headerCapacity) : nil
+        cursor = headerCapacity * MemoryLayout<sy_header>.stride
+    }
+
+    static let mismatch = "a packed message's headers must be the same when measured and when written"
+
+    /// Adds header `key: value`.
+    package mutating func add(_ key: String, _ value: String) {
+        guard storage != nil else {  // measuring: a native string knows its UTF-8 count
+            headerBytes += key.utf8.count + value.utf8.count
+            headerCount += 1
+            return
+        }
+        // Native and literal strings lend their bytes without a copy; others are copied first.
+        let added = key.utf8.withContiguousStorageIfAvailable { key in
+            value.utf8.withContiguousStorageIfAvailable { value in add(key.baseAddress, key.count, value.baseAddress, value.count) }
+        }
+        if added == nil || added! == nil {
+            var key = key
+            var value = value
+            key.withUTF8 { key in value.withUTF8 { value in add(key.baseAddress, key.count, value.baseAddress, value.count) } }
+        }
+    }
+
+    /// Adds header `key` with a value of exactly `byteCount` bytes, which `write` writes (it is
+    /// not called while measuring).
+    package mutating func add(_ key: String, byteCount: Int, _ write: (UnsafeMutableRawBufferPointer) -> Void) {
+        headerBytes += key.utf8.count + byteCount
+        guard let storage else {
+            headerCount += 1
+            return
+        }
+        precondition(headerCount < headerCapacity, Self.mismatch)
+        var key = key
+        let keySlice = key.withUTF8 { put($0.baseAddress, $0.count) }
+        precondition(cursor + byteCount <= byteCapacity, Self.mismatch)
+        let start = storage + cursor
+        write(UnsafeMutableRawBufferPointer(start: start, count: byteCount))
+        cursor += byteCount
+        (headers! + headerCount).initialize(to: sy_header(key: keySlice, value: sy_str(data: start.assumingMemoryBound(to: CChar.self), len: byteCount)))
+        headerCount += 1
+    }
+
+    /// Adds a header from raw key and value bytes.
+    mutating func add(_ key: UnsafeRawPointer?, _ keyCount: Int, _ value: UnsafeRawPointer?, _ valueCount: Int) {
+        headerBytes += keyCount + valueCount
+        guard storage != nil else {
+            headerCount += 1
+            return
+        }
+        precondition(headerCount < headerCapacity, Self.mismatch)
+        let keySlice = put(key, keyCount)
+        (headers! + headerCount).initialize(to: sy_header(key: keySlice, value: put(value, valueCount)))
+        headerCount += 1
+    }
+
+    mutating func setID(_ bytes: UnsafeRawPointer?, _ count: Int) { id = put(bytes, count) }
+
+    mutating func setBody(_ bytes: UnsafeRawPointer?, _ count: Int) {
+        let slice = put(bytes, count)
+        body = sy_bytes(data: UnsafeRawPointer(slice.data).map { $0.assumingMemoryBound(to: UInt8.self) }, len: count)
+    }
+
+    /// Copies `count` bytes to the cursor. Every slice points into the allocation, an empty one
+    /// too (a reader may test for NULL).
+    private mutating func put(_ bytes: UnsafeRawPointer?, _ count: Int) -> sy_str {
+        precondition(cursor + count <= byteCapacity, Self.mismatch)
+        let start = storage! + cursor
+        if count > 0, let bytes { start.copyMemory(from: bytes, byteCount: count) }
+        cursor += count
+        return sy_str(data: start.assumingMemoryBound(to: CChar.self), len: count)
+    }
+}
+
+extension Message {
+    /// A message whose id, headers and body are packed as they are written — one allocation, laid
+    /// out as the ABI lends it, as ``MessageView/copy()`` makes — for a producer that writes many
+    /// headers per message (the call envelope): its headers cost no `Header` values and no
+    /// strings of their own, and lending the message to C copies nothing but the channel and key.
+    /// `headers` is called twice, to measure and then to write, and must add the same both times.
+    package init(
+        packing id: String, channel: String, orderingKey: String? = nil, body: [UInt8], deliverAtNanos: Int64 = 0, expiresAtNanos: Int64 = 0,
+        flags: MessageFlags = [], headers: (inout PackedMessageWriter) -> Void
+    ) {
+        self.init(
+            content: .packed(PackedMessage.make(id: id, body: body, headers: headers)), channel: channel, orderingKey: orderingKey, attempt: 0,
+            deliverAtNanos: deliverAtNanos, enqueuedAtNanos: 0, expiresAtNanos: expiresAtNanos, flags: flags)
+    }
 }
 
 extension Message {

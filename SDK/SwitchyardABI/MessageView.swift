@@ -65,6 +65,10 @@ public struct MessageView {
     /// The first value of header `key`, if any (compares bytes; allocates only the result).
     public func header(_ key: String) -> String? { CHeaders(fields.headers, count: headerCount).value(of: key) }
 
+    /// The first value of header `key` as the borrowed bytes, if any: for a reader that compares
+    /// or parses it and needs no string.
+    package func headerBytes(_ key: String) -> sy_str? { CHeaders(fields.headers, count: headerCount).slice(of: key) }
+
     /// An owned copy, to keep after the call returns: the id, headers and body packed in one
     /// allocation (see ``Message``).
     public func copy() -> Message {
@@ -97,11 +101,14 @@ struct CHeaders {
     var copied: [Header] { (0..<count).map { Header(String(base![$0].key), String(base![$0].value)) } }
 
     /// The first value of header `key`, if any (compares bytes; allocates only the result).
-    func value(of key: String) -> String? {
+    func value(of key: String) -> String? { slice(of: key).map(String.init) }
+
+    /// The first value of header `key`, borrowed, if any.
+    func slice(of key: String) -> sy_str? {
         var key = key
         return key.withUTF8 { wanted in
             for index in 0..<count where base![index].key.len == wanted.count {
-                if wanted.isEmpty || memcmp(base![index].key.data, wanted.baseAddress!, wanted.count) == 0 { return String(base![index].value) }
+                if wanted.isEmpty || memcmp(base![index].key.data, wanted.baseAddress!, wanted.count) == 0 { return base![index].value }
             }
             return nil
         }
