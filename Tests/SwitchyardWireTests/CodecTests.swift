@@ -67,6 +67,8 @@ struct CodecTests {
         #expect(Set(ids).count == ids.count)
         for id in ids.prefix(10) {
             #expect(id.count == 36)
+            // The text is the 128 bits in order: Foundation reads it back to the same text.
+            #expect(UUID(uuidString: id)?.uuidString.lowercased() == id)
             #expect(Array(id)[14] == "7")
             #expect("89ab".contains(Array(id)[19]))
         }
@@ -137,5 +139,35 @@ struct CodecTests {
             let read = try parameters.withCMessage { try Envelope(try MessageView(validating: $0)) }
             #expect(read.contentType == envelope.contentType, "\(written)")
         }
+    }
+}
+
+@Suite("Envelope reading with strings kept between calls")
+struct EnvelopeStringsTests {
+    /// A receiver keeps the strings it made for the last call's source, type and target and hands
+    /// them out again for the same bytes: a call with other values must never get stale ones.
+    @Test("the strings kept from the last call are reused only for the same bytes")
+    func reuse() throws {
+        func envelope(_ n: Int, source: String) -> Envelope {
+            Envelope(
+                target: .init(name: "Orders.m\(n)(_:)", identifier: "$s7Example7$OrdersP2m\(n)yyFTE"), arguments: [UInt8(n)],
+                source: source)
+        }
+        let strings = EnvelopeStrings()
+        let calls = [
+            envelope(1, source: "switchyard://a/1"), envelope(2, source: "switchyard://a/1"), envelope(1, source: "switchyard://b/2"), envelope(1, source: "switchyard://b/2"),
+            envelope(3, source: "switchyard://c/3"),
+        ]
+        for call in calls + calls.reversed() {
+            let read = try call.message(channel: "orders").withCMessage { try Envelope(try MessageView(validating: $0), reusing: strings) }
+            #expect(read == call)
+        }
+        // A call by readable name (no target identifier) between two by identifier.
+        var readable = calls[0].message(channel: "orders")
+        readable.headers.removeAll { $0.key == EnvelopeHeader.target }
+        let byName = try readable.withCMessage { try Envelope(try MessageView(validating: $0), reusing: strings) }
+        #expect(byName.target.identifier.isEmpty)
+        let again = try calls[0].message(channel: "orders").withCMessage { try Envelope(try MessageView(validating: $0), reusing: strings) }
+        #expect(again == calls[0])
     }
 }

@@ -177,33 +177,42 @@ public struct EnvelopeError: Error, Hashable, Sendable, CustomStringConvertible 
 
 extension Envelope {
     /// The envelope as a transport message on `channel`.
+    ///
+    /// The message is made packed: every header is written once, straight into the message's own
+    /// allocation, as the ABI lends it (this ran on every call, and the `Header` values, strings
+    /// and the layout for the plugin were a tenth of a call through the in-memory queue).
     public func message(channel: String, orderingKey: String? = nil, deliverAtNanos: Int64 = 0) -> Message {
-        var headers: [Header] = []
-        headers.reserveCapacity(14)
-        headers.append(Header(EnvelopeHeader.specVersion, "1.0"))
-        headers.append(Header(EnvelopeHeader.id, id))
-        headers.append(Header(EnvelopeHeader.source, source))
-        headers.append(Header(EnvelopeHeader.type, target.name))
-        headers.append(Header(EnvelopeHeader.time, RFC3339.format(nanos: createdAtNanos)))
-        headers.append(Header(EnvelopeHeader.contentType, contentType.rawValue))
-        headers.append(Header(EnvelopeHeader.version, version == Self.currentVersion ? Self.currentVersionText : String(version)))
-        if !target.identifier.isEmpty { headers.append(Header(EnvelopeHeader.target, target.identifier)) }
-        if let replyTo { headers.append(Header(EnvelopeHeader.replyTo, replyTo)) }
-        if let idempotencyKey, idempotencyKey != id { headers.append(Header(EnvelopeHeader.idempotencyKey, idempotencyKey)) }
-        if deadlineNanos > 0 { headers.append(Header(EnvelopeHeader.deadline, RFC3339.format(nanos: deadlineNanos))) }
-        if let traceparent { headers.append(Header(EnvelopeHeader.traceparent, traceparent)) }
-        if let tracestate { headers.append(Header(EnvelopeHeader.tracestate, tracestate)) }
-        if let traceContext { headers.append(Header(EnvelopeHeader.traceContext, traceContext)) }
-        for (name, value) in self.headers.sorted(by: { $0.key < $1.key }) { headers.append(Header("ce-" + name, value)) }
+        let own: [(key: String, value: String)] = headers.isEmpty ? [] : headers.sorted { $0.key < $1.key }.map { ("ce-" + $0.key, $0.value) }
         // A call with a deadline expires with it: a transport with the `expiry` capability then
         // never delivers it late (it dead-letters it), and it does not pile up where nobody reads.
-        return Message(
-            id: id, channel: channel, orderingKey: orderingKey, headers: headers, body: arguments,
-            deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos)
+        return Message(packing: id, channel: channel, orderingKey: orderingKey, body: arguments, deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos) {
+            headers in
+            headers.add(EnvelopeHeader.specVersion, "1.0")
+            headers.add(EnvelopeHeader.id, id)
+            headers.add(EnvelopeHeader.source, source)
+            headers.add(EnvelopeHeader.type, target.name)
+            headers.add(EnvelopeHeader.time, byteCount: RFC3339.formattedCount) { RFC3339.write(nanos: createdAtNanos, into: $0) }
+            headers.add(EnvelopeHeader.contentType, contentType.rawValue)
+            headers.add(EnvelopeHeader.version, version == Self.currentVersion ? Self.currentVersionText : String(version))
+            if !target.identifier.isEmpty { headers.add(EnvelopeHeader.target, target.identifier) }
+            if let replyTo { headers.add(EnvelopeHeader.replyTo, replyTo) }
+            if let idempotencyKey, idempotencyKey != id { headers.add(EnvelopeHeader.idempotencyKey, idempotencyKey) }
+            if deadlineNanos > 0 { headers.add(EnvelopeHeader.deadline, byteCount: RFC3339.formattedCount) { RFC3339.write(nanos: deadlineNanos, into: $0) } }
+            if let traceparent { headers.add(EnvelopeHeader.traceparent, traceparent) }
+            if let tracestate { headers.add(EnvelopeHeader.tracestate, tracestate) }
+            if let traceContext { headers.add(EnvelopeHeader.traceContext, traceContext) }
+            for header in own { headers.add(header.key, header.value) }
+        }
     }
 
     /// Reads an envelope from a delivered message, or says exactly why it is not one.
     public init(_ message: MessageView) throws(EnvelopeError) {
+        try self.init(message, reusing: nil)
+    }
+
+    /// Reads an envelope as ``init(_:)`` does, taking its source, type and target from `strings`
+    /// where they have the bytes `strings` last saw (a receiver's calls mostly share them).
+    package init(_ message: MessageView, reusing strings: EnvelopeStrings?) throws(EnvelopeError) {
         // One pass over the headers, matching names by length and bytes, each of ours kept as a
         // slice of the message: only values the envelope keeps as text become strings; the
         // version, the content type and the times are read from the bytes (this reader ran on
@@ -290,13 +299,21 @@ extension Envelope {
             guard let parsed = Self.time(text) else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is not an RFC 3339 time: '\(String(text))'") }
             deadline = parsed
         }
+        let source = try required(.source)
+        let type = try required(.type)
+        let identifier = readable ? sy_str() : try required(.target)
+        let (sourceText, name, identifierText) = strings?.strings(source, type, identifier) ?? (String(source), String(type), String(identifier))
         self.init(
-            id: String(id),
-            target: Target(name: String(try required(.type)), identifier: readable ? "" : String(try required(.target))),
-            arguments: Array(message.body), contentType: contentType,
+            id: String(id), target: Target(name: name, identifier: identifierText), arguments: Array(message.body), contentType: contentType,
             replyTo: text(.replyTo), traceparent: text(.traceparent), tracestate: text(.tracestate), traceContext: text(.traceContext),
             idempotencyKey: text(.idempotencyKey), deadlineNanos: deadline, createdAtNanos: created,
-            source: String(try required(.source)), version: version, headers: extra)
+            source: sourceText, version: version, headers: extra)
+    }
+
+    /// The encoding whose content type is exactly `value` (no parameters), read without making a
+    /// string: what a reply's reader needs.
+    package static func encoding(exactly value: sy_str) -> ArgumentEncoding? {
+        encodings.first { equals(value, $0.bytes) }?.encoding
     }
 
     /// The content types the envelope reads, as bytes to compare a header's value with.
@@ -362,5 +379,31 @@ extension Envelope {
             precondition(allCases.count == count, "Envelope.Field.count must match its cases")
             return allCases.map { Array($0.name.utf8) }
         }()
+    }
+}
+
+/// The strings an envelope reader made last time for the fields that repeat from call to call —
+/// the source, the type and the target — kept to be handed out again for the same bytes: a
+/// receiver (one per subscription) sees the same few on almost every call, and comparing bytes
+/// costs less than making, validating and freeing a string of each on every delivery. Safe to
+/// share between threads.
+package final class EnvelopeStrings: Sendable {
+    private let last = Guarded<InlineArray<3, String>>(InlineArray(repeating: ""))
+
+    /// Strings reading from a clean slate.
+    package init() {}
+
+    /// `source`, `type` and `identifier` as strings: the ones made last time where the bytes are
+    /// the same, new ones (then kept) where they differ.
+    func strings(_ source: sy_str, _ type: sy_str, _ identifier: sy_str) -> (String, String, String) {
+        last.withLock { last in (Self.reuse(&last[0], source), Self.reuse(&last[1], type), Self.reuse(&last[2], identifier)) }
+    }
+
+    private static func reuse(_ kept: inout String, _ slice: sy_str) -> String {
+        let same = kept.withUTF8 { utf8 in
+            utf8.count == slice.len && (slice.len == 0 || memcmp(utf8.baseAddress!, slice.data!, slice.len) == 0)
+        }
+        if !same { kept = String(slice) }
+        return kept
     }
 }

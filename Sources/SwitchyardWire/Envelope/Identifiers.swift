@@ -27,24 +27,29 @@ public enum EnvelopeID {
         return format(high: high, low: low)
     }
 
-    private static let hex = Array("0123456789abcdef".utf8)
-
+    /// `8-4-4-4-12` lowercase hex digits of the 128 bits.
     private static func format(high: UInt64, low: UInt64) -> String {
         String(unsafeUninitializedCapacity: 36) { buffer in
-            var position = 0
-            func put(_ word: UInt64, nibbles: Range<Int>) {
-                for nibble in nibbles {
-                    if position == 8 || position == 13 || position == 18 || position == 23 {
-                        buffer[position] = UInt8(ascii: "-")
-                        position += 1
-                    }
-                    buffer[position] = hex[Int((word >> UInt64(60 - nibble * 4)) & 0xF)]
-                    position += 1
+            // Each group written from its last digit back, by shifting: no table, no branch per
+            // digit for the dashes (this ran on every call).
+            func put(_ value: UInt64, _ digits: Int, at start: Int) {
+                var value = value
+                for position in stride(from: start + digits - 1, through: start, by: -1) {
+                    let nibble = UInt8(truncatingIfNeeded: value & 0xF)
+                    buffer[position] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble
+                    value >>= 4
                 }
             }
-            put(high, nibbles: 0..<16)
-            put(low, nibbles: 0..<16)
-            return position
+            put(high >> 32, 8, at: 0)
+            put(high >> 16, 4, at: 9)
+            put(high, 4, at: 14)
+            put(low >> 48, 4, at: 19)
+            put(low, 12, at: 24)
+            buffer[8] = UInt8(ascii: "-")
+            buffer[13] = UInt8(ascii: "-")
+            buffer[18] = UInt8(ascii: "-")
+            buffer[23] = UInt8(ascii: "-")
+            return 36
         }
     }
 }
@@ -78,31 +83,39 @@ package struct SplitMix: RandomNumberGenerator {
 public enum RFC3339 {
     /// UTC with nanoseconds.
     public static func format(nanos: Int64) -> String {
+        String(unsafeUninitializedCapacity: formattedCount) { write(nanos: nanos, into: UnsafeMutableRawBufferPointer($0)) }
+    }
+
+    /// Bytes of a time ``format(nanos:)`` makes (`2026-11-27T08:15:30.123456789Z`).
+    public static let formattedCount = 30
+
+    /// Writes ``format(nanos:)``'s text into `buffer` (at least ``formattedCount`` bytes) without
+    /// making a string; returns how many bytes it wrote.
+    @discardableResult
+    public static func write(nanos: Int64, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(buffer.count >= formattedCount, "RFC3339.write needs \(formattedCount) bytes")
         let seconds = nanos >= 0 ? nanos / 1_000_000_000 : (nanos - 999_999_999) / 1_000_000_000
         let fraction = Int(nanos - seconds * 1_000_000_000)
         let days = Int(seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400)
         let secondOfDay = Int(seconds - Int64(days) * 86_400)
         let (year, month, day) = civil(fromDays: days)
-        return String(unsafeUninitializedCapacity: 30) { buffer in
-            var position = 0
-            func digits(_ value: Int, _ count: Int) {
-                var divisor = 1
-                for _ in 1..<count { divisor *= 10 }
-                for _ in 0..<count {
-                    buffer[position] = UInt8(ascii: "0") + UInt8((value / divisor) % 10)
-                    position += 1
-                    divisor /= 10
-                }
+        var position = 0
+        func digits(_ value: Int, _ count: Int) {
+            var value = value
+            for offset in stride(from: count - 1, through: 0, by: -1) {
+                buffer[position + offset] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
             }
-            func char(_ c: Unicode.Scalar) {
-                buffer[position] = UInt8(ascii: c)
-                position += 1
-            }
-            digits(year, 4); char("-"); digits(month, 2); char("-"); digits(day, 2); char("T")
-            digits(secondOfDay / 3600, 2); char(":"); digits(secondOfDay / 60 % 60, 2); char(":"); digits(secondOfDay % 60, 2)
-            char("."); digits(fraction, 9); char("Z")
-            return position
+            position += count
         }
+        func char(_ c: Unicode.Scalar) {
+            buffer[position] = UInt8(ascii: c)
+            position += 1
+        }
+        digits(year, 4); char("-"); digits(month, 2); char("-"); digits(day, 2); char("T")
+        digits(secondOfDay / 3600, 2); char(":"); digits(secondOfDay / 60 % 60, 2); char(":"); digits(secondOfDay % 60, 2)
+        char("."); digits(fraction, 9); char("Z")
+        return position
     }
 
     /// Nanoseconds since the epoch for `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; nil otherwise.
