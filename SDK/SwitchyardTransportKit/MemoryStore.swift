@@ -24,9 +24,16 @@ public final class MemoryStore: MessageStore {
         self.deadLetterSuffix = deadLetterSuffix
     }
 
+    /// A group's channel and name, hashed fast (reply channels have long names; see
+    /// `FastStringKey`).
     private struct GroupKey: Hashable {
         let channel: String
         let group: String
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(FastStringKey.hash(channel))
+            hasher.combine(FastStringKey.hash(group))
+        }
     }
 
     private struct Timed: Comparable {
@@ -103,9 +110,27 @@ public final class MemoryStore: MessageStore {
         /// Entries whose message expires, by expiry (stale items are skipped lazily).
         var expiries = Heap<Timed>()
 
+        /// The groups found last, tried before `groups`: the dispatcher asks for the same few
+        /// over and over with the same strings, and comparing a string with itself costs next to
+        /// nothing, where hashing a long channel name (a reply channel's) cost more than the rest
+        /// of a lookup — several per message.
+        var recent = InlineArray<4, Group?>(repeating: nil)
+        var nextRecent = 0
+
+        /// The group `key` names, if there is one.
+        mutating func existing(_ key: GroupKey) -> Group? {
+            for index in recent.indices {
+                if let group = recent[index], group.key.channel == key.channel, group.key.group == key.group { return group }
+            }
+            guard let group = groups[key] else { return nil }
+            recent[nextRecent] = group
+            nextRecent = (nextRecent + 1) % recent.count
+            return group
+        }
+
         /// The group `key` names, made when there is none yet.
         mutating func group(_ key: GroupKey) -> Group {
-            if let group = groups[key] { return group }
+            if let group = existing(key) { return group }
             let group = Group(key: key)
             groups[key] = group
             return group
@@ -203,7 +228,7 @@ public final class MemoryStore: MessageStore {
     public func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
         let key = GroupKey(channel: channel, group: !fanOut || isDeadLetterChannel(channel) ? "" : group)
         return state.withLock { state in
-            guard limit > 0, let group = state.groups[key] else { return [] }
+            guard limit > 0, let group = state.existing(key) else { return [] }
             // Expired leases and due retries become ready (expired leases keep their attempt).
             while let top = group.leased.min, top.at <= now {
                 group.leased.removeMin()
@@ -352,7 +377,7 @@ public final class MemoryStore: MessageStore {
     public func nextWakeup(channel: String, group: String, now: Int64) -> Int64? {
         let key = GroupKey(channel: channel, group: !fanOut || isDeadLetterChannel(channel) ? "" : group)
         return state.withLock { state in
-            guard let group = state.groups[key] else { return nil }
+            guard let group = state.existing(key) else { return nil }
             switch (group.waiting.min?.at, group.leased.min?.at) {
             case (let waiting?, let leased?): return Swift.min(waiting, leased)
             case (let one?, nil), (nil, let one?): return one
