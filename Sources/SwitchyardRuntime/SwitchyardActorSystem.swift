@@ -43,6 +43,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     public let config: SwitchyardConfig
     /// This system's unique name; its reply channels are named after it.
     public let instanceID: String
+    /// `_switchyard.reply.<instanceID>`: the channel this system's replies arrive on (made once,
+    /// not per call).
+    let replyChannelName: String
 
     let transports: TransportSet?
 
@@ -56,8 +59,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     /// Native modules from config, loaded, by interface name.
     let nativeModules: [String: NativeModule]
     /// Parsed targets and their routes, by identifier (read on every call: an adaptive lock,
-    /// since Linux's `Mutex` enters the kernel whenever it is contended).
-    let targets = Guarded<[String: ResolvedTarget]>([:])
+    /// since Linux's `Mutex` enters the kernel whenever it is contended; a fast hash, since
+    /// identifiers are long mangled names).
+    let targets = Guarded<[FastStringKey: ResolvedTarget]>([:])
     private let locals = Guarded<[ActorID: WeakActor]>([:])
     private let replySubscriptions = Guarded<[String: SubscriptionID]>([:])
     let state = Atomic<Int>(SystemState.running.rawValue)
@@ -95,6 +99,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         self.logger = logger
         instanceID = "\(ProcessInfo.processInfo.hostName.prefix(32))-\(getpid())-\(EnvelopeID.make().suffix(12))"
             .map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" }.reduce(into: "") { $0.append($1) }
+        replyChannelName = "_switchyard.reply.\(instanceID)"
         let routed = config.routes.map(\.transport).filter { $0 != SwitchyardConfig.RouteEntry.direct }
         let needed = openingEveryTransport ? routed + config.transports.map(\.name) : routed
         transports =
@@ -230,10 +235,10 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
 
     /// The parsed target for `identifier` and its route, cached.
     func resolved(_ identifier: String) -> ResolvedTarget? {
-        if let known = targets.withLock({ $0[identifier] }) { return known }
+        if let known = targets.withLock({ $0[FastStringKey(identifier)] }) { return known }
         guard let parsed = CallTarget(identifier: identifier) else { return nil }
         let resolved = ResolvedTarget(call: parsed, route: routes.route(interface: parsed.interface, method: parsed.method))
-        targets.withLock { $0[identifier] = resolved }
+        targets.withLock { $0[FastStringKey(identifier)] = resolved }
         return resolved
     }
 
@@ -249,7 +254,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
 
     /// The channel this system's replies arrive on over `transport`, subscribed on first use.
     func replyChannel(on transport: Transport) throws(TransportError) -> String {
-        let channel = "_switchyard.reply.\(instanceID)"
+        let channel = replyChannelName
         if replySubscriptions.withLock({ $0[transport.name] }) != nil { return channel }
         try replySubscriptions.withLock { (subscriptions) throws(TransportError) in
             guard subscriptions[transport.name] == nil else { return }
@@ -257,7 +262,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             let client = transport.client
             @Sendable func answer(_ message: MessageView) {
                 guard let correlation = message.header(EnvelopeHeader.correlationID) else { return }
-                let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
+                let encoding = message.headerBytes(EnvelopeHeader.contentType).flatMap(Envelope.encoding(exactly:)) ?? .compact
                 let reply = Reply(outcome: message.header(EnvelopeHeader.outcome) ?? "return", body: Array(message.body), encoding: encoding)
                 pending.complete(correlation, with: reply)
             }

@@ -21,7 +21,8 @@ final class PendingCalls: Sendable {
         let timer: UInt64
     }
     private struct State {
-        var waiters: [String: Waiter] = [:]
+        /// By correlation id (a UUID: hashed fast).
+        var waiters: [FastStringKey: Waiter] = [:]
         var stopped = false
     }
     private let state = Guarded(State())
@@ -45,7 +46,7 @@ final class PendingCalls: Sendable {
                 }
                 let registered = state.withLock { state in
                     guard !state.stopped else { return false }
-                    state.waiters[id] = Waiter(continuation: continuation, timer: timer)
+                    state.waiters[FastStringKey(id)] = Waiter(continuation: continuation, timer: timer)
                     return true
                 }
                 guard registered else {
@@ -82,14 +83,14 @@ final class PendingCalls: Sendable {
         }
         for (id, waiter) in all {
             DeadlineSweeper.shared.disarm(waiter.timer)
-            waiter.continuation.resume(throwing: error(id))
+            waiter.continuation.resume(throwing: error(id.string))
         }
         idle.wakeAll()
     }
 
     /// Removes the call `id` (and its deadline), if it still waits.
     private func take(_ id: String) -> Waiter? {
-        let (waiter, empty) = state.withLock { state in (state.waiters.removeValue(forKey: id), state.waiters.isEmpty) }
+        let (waiter, empty) = state.withLock { state in (state.waiters.removeValue(forKey: FastStringKey(id)), state.waiters.isEmpty) }
         if let waiter { DeadlineSweeper.shared.disarm(waiter.timer) }
         if empty { idle.wakeAll() }
         return waiter

@@ -86,7 +86,7 @@ extension SwitchyardActorSystem {
         do {
             let options = Switchyard.callOptions
             let deadlineNanos = options.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
-            let message = try message(id, call, invocation, route: route, options: options, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
+            let (_, message) = try message(id, call, invocation, route: route, options: options, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
             if let capture = Switchyard.outboxCapture {
                 // Inside a transaction: written to its outbox when it commits, relayed after. (A
                 // task the handler started may call after the transaction ended: then the call is
@@ -121,12 +121,12 @@ extension SwitchyardActorSystem {
             }
             let options = Switchyard.callOptions
             let deadline = options.deadline ?? .nanoseconds(route.entry.deadlineNanos)
-            let message = try message(
+            let (callID, message) = try message(
                 id, call, invocation, route: route, options: options, replyTo: replyTo,
                 deadlineNanos: WallClock.nowNanos() + deadline.nanoseconds, span: span)
             let metrics = route.metrics
             let reply = try await pending.wait(
-                id: message.id, deadline: started + deadline,
+                id: callID, deadline: started + deadline,
                 timeout: { [name = call.name] in
                     metrics.timeouts.increment()
                     return SwitchyardError.timeout(target: name, deadline: deadline)
@@ -166,11 +166,12 @@ extension SwitchyardActorSystem {
     }
 
     /// The call as an envelope on the route's channel: arguments encoded, ordering key and delay
-    /// applied, trace context injected.
+    /// applied, trace context injected; and the envelope's id (the message is packed: reading its
+    /// id back would make another string).
     private func message(
         _ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route, options: CallOptions, replyTo: String?,
         deadlineNanos: Int64, span: (any Span)?
-    ) throws -> Message {
+    ) throws -> (id: String, message: Message) {
         if let problem = options.problem { throw SwitchyardError.routing(target: call.name, reason: problem) }
         var orderingKey: String?
         if let name = route.entry.orderingArgument {
@@ -201,7 +202,7 @@ extension SwitchyardActorSystem {
             contentType: route.encoding,
             replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther,
             idempotencyKey: options.idempotencyKey, deadlineNanos: deadlineNanos, headers: options.headers)
-        return envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt)
+        return (envelope.id, envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt))
     }
 
     /// A direct route reached through a stub: the call runs in process, with what the route asks

@@ -39,7 +39,7 @@ extension SwitchyardActorSystem {
         }
         var hosted = Server.Hosted(
             id: id, actor: actor, typeName: String(reflecting: Act.self),
-            interfaces: Dictionary(interfaces.map { (String(reflecting: $0), $0) }, uniquingKeysWith: { first, _ in first }))
+            interfaces: Dictionary(interfaces.map { (String(reflecting: $0), [$0 as Any.Type]) }, uniquingKeysWith: { first, _ in first }))
         let interfaceNames = [Self.interfaceName(of: Act.self)] + interfaces.map { Self.interfaceName(of: $0) }
         if interfaceNames.contains(where: { routes.routes(forInterface: $0).contains { $0.entry.readableTargets != nil } }) {
             // Built here, from what is compiled into this process, never from the wire.
@@ -79,6 +79,7 @@ extension SwitchyardActorSystem {
         let limits = config.limits
         let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
         let cost = CallCost.of(transport)
+        let strings = EnvelopeStrings()
         /// What becomes of one delivered message: queued for the workers, refused unread (and so
         /// settled here), or handed back to the transport (draining: for other hosts).
         enum Intake {
@@ -103,7 +104,7 @@ extension SwitchyardActorSystem {
                 }
             }
             let envelope: Envelope
-            switch Result(catching: { () throws(EnvelopeError) in try Envelope(message) }) {
+            switch Result(catching: { () throws(EnvelopeError) in try Envelope(message, reusing: strings) }) {
             case .success(let read): envelope = read
             case .failure(let error):
                 return refuse("dead-lettering an unreadable call", reason: "\(error)", deadLetter: "unreadable envelope: \(error)") {
@@ -564,6 +565,8 @@ extension SwitchyardActorSystem {
         }
     }
 
+    private static let envelopeVersionText = String(Envelope.currentVersion)
+
     /// The reply to the call `correlationID` (for `target`) as a message on `channel`: the one
     /// place a reply is built. One over the limits becomes an error reply saying so.
     func replyMessage(
@@ -571,16 +574,19 @@ extension SwitchyardActorSystem {
         encoding: ArgumentEncoding, deadlineNanos: Int64
     ) -> Message {
         let id = EnvelopeID.make()
+        // Packed as it is written, as a call's envelope is (Envelope.message).
         func message(_ outcome: String, _ body: [UInt8]) -> Message {
-            Message(
-                id: id, channel: channel,
-                headers: [
-                    Header(EnvelopeHeader.specVersion, "1.0"), Header(EnvelopeHeader.id, id),
-                    Header(EnvelopeHeader.source, Envelope.defaultSource), Header(EnvelopeHeader.type, "switchyard.reply"),
-                    Header(EnvelopeHeader.contentType, encoding.rawValue), Header(EnvelopeHeader.version, String(Envelope.currentVersion)),
-                    Header(EnvelopeHeader.correlationID, correlationID), Header(EnvelopeHeader.outcome, outcome),
-                ],
-                body: body, expiresAtNanos: deadlineNanos, flags: deadlineNanos > 0 ? .dropWhenExpired : [])
+            Message(packing: id, channel: channel, body: body, expiresAtNanos: deadlineNanos, flags: deadlineNanos > 0 ? .dropWhenExpired : []) {
+                headers in
+                headers.add(EnvelopeHeader.specVersion, "1.0")
+                headers.add(EnvelopeHeader.id, id)
+                headers.add(EnvelopeHeader.source, Envelope.defaultSource)
+                headers.add(EnvelopeHeader.type, "switchyard.reply")
+                headers.add(EnvelopeHeader.contentType, encoding.rawValue)
+                headers.add(EnvelopeHeader.version, Self.envelopeVersionText)
+                headers.add(EnvelopeHeader.correlationID, correlationID)
+                headers.add(EnvelopeHeader.outcome, outcome)
+            }
         }
         var reply = message(outcome, body)
         if let violation = config.limits.violation(of: reply, keyPrefix: "limits.") {

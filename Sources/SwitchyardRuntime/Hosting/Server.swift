@@ -15,8 +15,9 @@ final class Server: Sendable {
         let actor: (any DistributedActor)?
         /// `Module.OrdersService`: targets declared on the concrete type.
         let typeName: String
-        /// `Module.$Orders` → the stub type, for each protocol the actor is hosted as.
-        let interfaces: [String: any DistributedActor.Type]
+        /// `Module.$Orders` → the substitutions a call through it runs with (its stub type), for
+        /// each protocol the actor is hosted as: made once here, not per call.
+        let interfaces: [String: [Any.Type]]
         /// The native module served under this id, instead of an actor.
         var native: NativeModule? = nil
         /// Readable name (`Orders.place(_:)`, and `Orders.place` where no other method has that
@@ -98,7 +99,7 @@ final class Server: Sendable {
     /// bug makes them crash the receiver when called through a stub).
     func substitutions(for call: CallTarget, on hosted: Hosted) throws(EnvelopeError) -> [Any.Type] {
         if call.owningType == hosted.typeName { return [] }
-        if let stub = hosted.interfaces[call.owningType] { return [stub] }
+        if let substitutions = hosted.interfaces[call.owningType] { return substitutions }
         let interfaces = hosted.interfaces.keys.sorted().joined(separator: ", ")
         throw EnvelopeError(
             "\(call.owningType).\(call.method) is not a method of actor '\(hosted.id)' (\(hosted.typeName)\(interfaces.isEmpty ? "" : ", hosted as \(interfaces)"))")
