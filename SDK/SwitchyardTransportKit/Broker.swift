@@ -421,10 +421,11 @@ public final class Broker: @unchecked Sendable {
     private func dispatchLoop() {
         var delivered = false
         // Kept from pass to pass, emptied but not freed: a busy dispatcher makes several passes
-        // per message, and three arrays allocated and freed per pass showed in the profile.
+        // per message, and arrays allocated and freed per pass showed in the profile. Not the
+        // leased batches: kept, they held every delivered message until the next pass, and the
+        // batched queue's throughput fell by a fifth (timed; the instruction count did not move).
         var keys: [GroupKey] = []
         var plan: [Planned] = []
-        var batches: [(Planned, [LeasedMessage])] = []
         condition.lock()
         while !stopped {
             if !workPending {
@@ -488,7 +489,7 @@ public final class Broker: @unchecked Sendable {
                 if room > 0 { plan.append(Planned(key: key, room: room, visibilityTimeout: members[0].visibilityTimeout)) }
             }
             condition.unlock()
-            batches.removeAll(keepingCapacity: true)
+            var batches: [(Planned, [LeasedMessage])] = []
             let stamp = now()
             for planned in plan {
                 do {
