@@ -222,11 +222,17 @@ extension Envelope {
         var extra: [String: String] = [:]
         var standardContentType: sy_str?
         let headers = message.fields.headers
+        let names = Field.names
+        let byLength = Field.byLength
         next: for index in 0..<message.headerCount {
             let header = headers![index]
             guard header.key.len > 3, let key = header.key.data else { continue }
-            for field in 0..<Field.count where present & (1 << field) == 0 {
-                if Self.equals(header.key, Field.names[field]) {
+            // Only the fields whose names have this length, not found yet, are compared.
+            var candidates = header.key.len < byLength.count ? byLength[header.key.len] & ~present : 0
+            while candidates != 0 {
+                let field = candidates.trailingZeroBitCount
+                candidates &= candidates - 1
+                if Self.equals(header.key, names[field]) {
                     slices[field] = header.value
                     present |= 1 << field
                     continue next
@@ -378,6 +384,12 @@ extension Envelope {
         static let names: [[UInt8]] = {
             precondition(allCases.count == count, "Envelope.Field.count must match its cases")
             return allCases.map { Array($0.name.utf8) }
+        }()
+        /// By name length: a bit (1 << raw value) for each field whose header name has that length.
+        static let byLength: [UInt32] = {
+            var masks = [UInt32](repeating: 0, count: (names.map(\.count).max() ?? 0) + 1)
+            for (field, name) in names.enumerated() { masks[name.count] |= 1 << field }
+            return masks
         }()
     }
 }
