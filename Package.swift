@@ -214,11 +214,13 @@ let package = Package(
             name: "SwitchyardBench",
             dependencies: [
                 "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "CNats", "CFFI", "CRabbitMQ",
-                "SwitchyardNative", "SwitchyardPostgres",
+                "SwitchyardNative", "SwitchyardPostgres", "CBenchSupport",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/SwitchyardBench"),
+        /// What the suites read from C that Swift's Glibc module does not export (`mallinfo2`).
+        .target(name: "CBenchSupport", path: "Benchmarks/CBenchSupport"),
         /// Runs one hot path a given number of times, for the `instructions` suite to count under
         /// callgrind (a synchronous main: valgrind cannot run the async `switchyard`).
         .executableTarget(name: "switchyard-hot-path", dependencies: ["SwitchyardBench"], path: "Benchmarks/HotPath"),

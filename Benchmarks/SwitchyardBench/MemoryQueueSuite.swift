@@ -1,3 +1,4 @@
+import CBenchSupport
 import CSwitchyard
 import DequeModule
 import Foundation
@@ -133,22 +134,21 @@ struct MemoryQueueSuite: BenchSuite {
         return Double(count) / (Double(Measure.now() - start) / 1e9)
     }
 
-    /// Resident memory per message with `count` 64-byte messages queued and no consumer.
+    /// Heap bytes per message with `count` 64-byte messages queued and no consumer.
     func bytesPerMessage(_ plugins: BenchPlugins, count: Int) throws -> Double {
         let queue = try plugins.transport("queue", config: #"{"capacity": 0}"#)
         defer { queue.close() }
-        let before = currentResidentBytes()
+        let before = heapBytesInUse()
         let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
         try message.withCMessage { (pointer) throws in
             for _ in 0..<count { try queue.client.publish(pointer) }
         }
-        return Double(currentResidentBytes() - before) / Double(count)
+        return Double(heapBytesInUse() - before) / Double(count)
     }
 }
 
-/// Resident set size now, from /proc/self/statm.
-func currentResidentBytes() -> Int {
-    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-    let fields = text.split(separator: " ")
-    return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
-}
+/// Bytes the heap holds for the process now (every malloc arena, see `bench_heap_bytes_in_use`).
+/// Unlike the resident size, it grows with what a queued message holds even where malloc reuses
+/// memory an earlier round of the suite freed (which had made the per-message figures depend on
+/// what ran before them).
+func heapBytesInUse() -> Int { Int(bench_heap_bytes_in_use()) }

@@ -192,7 +192,7 @@ struct TypedCallSuite: BenchSuite {
         return results
     }
 
-    /// Resident bytes per fire-and-forget call queued in the in-memory queue with nobody serving
+    /// Heap bytes per fire-and-forget call queued in the in-memory queue with nobody serving
     /// it, and the size of one call as it crosses the ABI (id, channel, headers, body).
     private func bytesPerQueuedCall(config: SwitchyardConfig, context: BenchContext, count: Int) async throws -> (resident: Double, encoded: Double) {
         var logger = Logger(label: "bench")
@@ -200,9 +200,9 @@ struct TypedCallSuite: BenchSuite {
         let system = try SwitchyardActorSystem(config: config, pluginDirectories: context.pluginDirectories, logger: logger)
         let calls = try $BenchCalls.resolve(id: "unserved", using: system)
         for i in 0..<1000 { try await calls.note(i) }  // warm: every lazy structure exists
-        let before = currentResidentBytes()
+        let before = heapBytesInUse()
         for i in 0..<count { try await calls.note(i) }
-        let resident = Double(currentResidentBytes() - before) / Double(count)
+        let resident = Double(heapBytesInUse() - before) / Double(count)
         // One of them, as a subscriber sees it.
         guard let transport = system.transport(named: "memq") else { throw BenchUnavailable("no transport memq") }
         let seen = Mutex<Double>(0)
