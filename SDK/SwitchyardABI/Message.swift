@@ -304,10 +304,11 @@ package struct PackedMessageWriter {
             return
         }
         // Native and literal strings lend their bytes without a copy; others are copied first.
-        let added = key.utf8.withContiguousStorageIfAvailable { key in
-            value.utf8.withContiguousStorageIfAvailable { value in add(key.baseAddress, key.count, value.baseAddress, value.count) }
-        }
-        if added == nil || added! == nil {
+        let added: Bool =
+            key.utf8.withContiguousStorageIfAvailable { key in
+                value.utf8.withContiguousStorageIfAvailable { value in add(key.baseAddress, key.count, value.baseAddress, value.count) } != nil
+            } ?? false
+        if !added {
             var key = key
             var value = value
             key.withUTF8 { key in value.withUTF8 { value in add(key.baseAddress, key.count, value.baseAddress, value.count) } }
