@@ -128,8 +128,11 @@ struct InstructionsSuite: BenchSuite {
     private static func instructions(valgrind: String, executable: String, plugins: String, path: HotPath, count: Int) throws -> UInt64 {
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-callgrind-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: output) }
+        // A fixed hash seed: with the per-process random one, dictionary probes make the counts
+        // differ by a few hundred instructions from run to run.
         let text = try runQuietly(
-            valgrind, ["--tool=callgrind", "--callgrind-out-file=\(output.path)", executable, path.rawValue, String(count), plugins])
+            valgrind, ["--tool=callgrind", "--callgrind-out-file=\(output.path)", executable, path.rawValue, String(count), plugins],
+            environment: ["SWIFT_DETERMINISTIC_HASHING": "1"])
         // callgrind ends with "==PID== Collected : 123456789".
         guard let line = text.split(separator: "\n").last(where: { $0.contains("Collected :") }),
             let value = line.split(separator: ":").last.flatMap({ UInt64($0.trimmingCharacters(in: .whitespaces)) })
@@ -142,10 +145,11 @@ struct InstructionsSuite: BenchSuite {
     /// Runs `tool` with `arguments`, its output discarded, and returns what it wrote to standard
     /// error; throws with that text unless it succeeds.
     @discardableResult
-    private static func runQuietly(_ tool: String, _ arguments: [String]) throws -> String {
+    private static func runQuietly(_ tool: String, _ arguments: [String], environment: [String: String] = [:]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: tool)
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
