@@ -18,11 +18,7 @@ package struct FastStringKey: Hashable, Sendable {
     package func hash(into hasher: inout Hasher) { hasher.combine(Self.hash(string)) }
 
     /// A 64-bit hash of `string`'s UTF-8 bytes (every byte counts).
-    package static func hash(_ string: String) -> UInt64 {
-        if let hash = string.utf8.withContiguousStorageIfAvailable({ hash(UnsafeRawBufferPointer($0)) }) { return hash }
-        var copy = string
-        return copy.withUTF8 { hash(UnsafeRawBufferPointer($0)) }
-    }
+    package static func hash(_ string: String) -> UInt64 { string.withUTF8Bytes { hash($0) } }
 
     /// A 64-bit hash of `bytes`: each 8-byte word xored in and mixed by a multiply and a shift.
     package static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
@@ -41,5 +37,15 @@ package struct FastStringKey: Hashable, Sendable {
             hash ^= hash >> 29
         }
         return hash
+    }
+}
+
+extension String {
+    /// Lends this string's UTF-8 bytes to `body`: in place for a native or literal string (no
+    /// copy, and no mutable copy of the string as `withUTF8` needs), copied first otherwise.
+    package func withUTF8Bytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        if let result = utf8.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return result }
+        var copy = self
+        return copy.withUTF8 { body(UnsafeRawBufferPointer($0)) }
     }
 }

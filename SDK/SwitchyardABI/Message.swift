@@ -303,16 +303,7 @@ package struct PackedMessageWriter {
             headerCount += 1
             return
         }
-        // Native and literal strings lend their bytes without a copy; others are copied first.
-        let added: Bool =
-            key.utf8.withContiguousStorageIfAvailable { key in
-                value.utf8.withContiguousStorageIfAvailable { value in add(key.baseAddress, key.count, value.baseAddress, value.count) } != nil
-            } ?? false
-        if !added {
-            var key = key
-            var value = value
-            key.withUTF8 { key in value.withUTF8 { value in add(key.baseAddress, key.count, value.baseAddress, value.count) } }
-        }
+        key.withUTF8Bytes { key in value.withUTF8Bytes { value in add(key.baseAddress, key.count, value.baseAddress, value.count) } }
     }
 
     /// Adds header `key` with a value of exactly `byteCount` bytes, which `write` writes (it is
@@ -324,8 +315,7 @@ package struct PackedMessageWriter {
             return
         }
         precondition(headerCount < headerCapacity, Self.mismatch)
-        var key = key
-        let keySlice = key.withUTF8 { put($0.baseAddress, $0.count) }
+        let keySlice = key.withUTF8Bytes { put($0.baseAddress, $0.count) }
         precondition(cursor + byteCount <= byteCapacity, Self.mismatch)
         let start = storage + cursor
         write(UnsafeMutableRawBufferPointer(start: start, count: byteCount))

@@ -47,18 +47,6 @@ public final class Broker: @unchecked Sendable {
     private let reporter: StatsReporter
     private let condition = AdaptiveCondition()
 
-    /// A group's channel and name, hashed fast (reply channels have long names; see
-    /// `FastStringKey`).
-    private struct GroupKey: Hashable {
-        let channel: String
-        let group: String
-
-        func hash(into hasher: inout Hasher) {
-            hasher.combine(FastStringKey.hash(channel))
-            hasher.combine(FastStringKey.hash(group))
-        }
-    }
-
     private final class Member {
         let id: SubscriptionID
         let key: GroupKey

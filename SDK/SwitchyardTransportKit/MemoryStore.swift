@@ -24,18 +24,6 @@ public final class MemoryStore: MessageStore {
         self.deadLetterSuffix = deadLetterSuffix
     }
 
-    /// A group's channel and name, hashed fast (reply channels have long names; see
-    /// `FastStringKey`).
-    private struct GroupKey: Hashable {
-        let channel: String
-        let group: String
-
-        func hash(into hasher: inout Hasher) {
-            hasher.combine(FastStringKey.hash(channel))
-            hasher.combine(FastStringKey.hash(group))
-        }
-    }
-
     private struct Timed: Comparable {
         let at: Int64
         let entry: UInt64

@@ -565,8 +565,6 @@ extension SwitchyardActorSystem {
         }
     }
 
-    private static let envelopeVersionText = String(Envelope.currentVersion)
-
     /// The reply to the call `correlationID` (for `target`) as a message on `channel`: the one
     /// place a reply is built. One over the limits becomes an error reply saying so.
     func replyMessage(
@@ -583,7 +581,7 @@ extension SwitchyardActorSystem {
                 headers.add(EnvelopeHeader.source, Envelope.defaultSource)
                 headers.add(EnvelopeHeader.type, "switchyard.reply")
                 headers.add(EnvelopeHeader.contentType, encoding.rawValue)
-                headers.add(EnvelopeHeader.version, Self.envelopeVersionText)
+                headers.add(EnvelopeHeader.version, Envelope.currentVersionText)
                 headers.add(EnvelopeHeader.correlationID, correlationID)
                 headers.add(EnvelopeHeader.outcome, outcome)
             }

@@ -11,7 +11,8 @@ import SwitchyardABI
 public struct Envelope: Sendable, Hashable {
     /// The envelope version this runtime writes and reads.
     public static let currentVersion = 1
-    private static let currentVersionText = String(currentVersion)
+    /// ``currentVersion`` as the `ce-syversion` header writes it.
+    package static let currentVersionText = String(currentVersion)
 
     /// A content type's media type: `application/json; charset=utf-8` → `application/json`,
     /// spaces and tabs around it dropped.
