@@ -43,6 +43,7 @@ package struct FastStringKey: Hashable, Sendable {
 extension String {
     /// Lends this string's UTF-8 bytes to `body`: in place for a native or literal string (no
     /// copy, and no mutable copy of the string as `withUTF8` needs), copied first otherwise.
+    @inlinable @inline(__always)
     package func withUTF8Bytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
         if let result = utf8.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return result }
         var copy = self
