@@ -42,11 +42,14 @@ struct FullDiskTests {
         #expect(error.code == .io)
         #expect(error.message.contains("full"), "\(error.message)")
         #expect(acked.count > 20)
-        // Take the files somewhere with room, and read them back: every acknowledged message is there.
+        // Stop the queue, take its files somewhere with room, and read them back: every acknowledged
+        // message is there. Copied only after `close`, as an operator would: copying a database SQLite
+        // still has open closes a descriptor of that file, which drops the process's POSIX locks on it
+        // (SQLite's wal-index then rests on locks it no longer holds).
+        queue.close()
         for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: db + suffix) {
             try FileManager.default.copyItem(atPath: db + suffix, toPath: rescue.file("q.db" + suffix))
         }
-        queue.close()
         let reopened = try Transport(name: "rescued", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(rescue.file("q.db"))"}"#)
         defer { reopened.close() }
         let inbox = Collector()
