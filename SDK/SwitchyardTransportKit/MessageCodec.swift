@@ -13,29 +13,62 @@ public enum MessageCodec {
     private static let magic: [UInt8] = Array("SYM1".utf8)
     private static let magicV2: [UInt8] = Array("SYM2".utf8)
 
-    /// Encodes `message`.
+    /// Encodes `message`: measured first, then written in place into an array of exactly its size.
     public static func encode(_ message: Message) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(64 + message.body.count + message.id.utf8.count + message.channel.utf8.count)
         let extended = message.expiresAtNanos != 0 || !message.flags.isEmpty
-        out += extended ? magicV2 : magic
-        append(message.attempt, to: &out)
-        append(UInt64(bitPattern: message.deliverAtNanos), to: &out)
-        append(UInt64(bitPattern: message.enqueuedAtNanos), to: &out)
-        if extended {
-            append(UInt64(bitPattern: message.expiresAtNanos), to: &out)
-            append(message.flags.rawValue, to: &out)
+        var id = message.id
+        var channel = message.channel
+        var key = message.orderingKey ?? ""
+        var size = 4 + 4 + 8 + 8 + (extended ? 12 : 0) + 12 + id.utf8.count + channel.utf8.count + key.utf8.count + 4
+        for header in message.headers { size += 8 + header.key.utf8.count + header.value.utf8.count }
+        size += 4 + message.body.count
+        return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            var writer = Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
+            (extended ? magicV2 : magic).withUnsafeBytes { writer.bytes($0) }
+            writer.integer(message.attempt)
+            writer.integer(UInt64(bitPattern: message.deliverAtNanos))
+            writer.integer(UInt64(bitPattern: message.enqueuedAtNanos))
+            if extended {
+                writer.integer(UInt64(bitPattern: message.expiresAtNanos))
+                writer.integer(message.flags.rawValue)
+            }
+            writer.string(&id)
+            writer.string(&channel)
+            writer.string(&key)
+            writer.integer(UInt32(message.headers.count))
+            for header in message.headers {
+                var name = header.key
+                var value = header.value
+                writer.string(&name)
+                writer.string(&value)
+            }
+            writer.integer(UInt32(message.body.count))
+            message.body.withUnsafeBytes { writer.bytes($0) }
+            precondition(writer.offset == size, "MessageCodec measured \(size) bytes and wrote \(writer.offset)")
+            initialized = size
         }
-        appendBytes(Array(message.id.utf8), to: &out)
-        appendBytes(Array(message.channel.utf8), to: &out)
-        appendBytes(Array((message.orderingKey ?? "").utf8), to: &out)
-        append(UInt32(message.headers.count), to: &out)
-        for header in message.headers {
-            appendBytes(Array(header.key.utf8), to: &out)
-            appendBytes(Array(header.value.utf8), to: &out)
+    }
+
+    /// Writes into memory the encoder measured: no bounds of its own (the precondition after the
+    /// last write checks the total).
+    private struct Writer {
+        let base: UnsafeMutableRawPointer
+        var offset = 0
+
+        mutating func integer<T: FixedWidthInteger>(_ value: T) {
+            (base + offset).storeBytes(of: value.littleEndian, as: T.self)
+            offset += MemoryLayout<T>.size
         }
-        appendBytes(message.body, to: &out)
-        return out
+
+        mutating func bytes(_ bytes: UnsafeRawBufferPointer) {
+            if bytes.count > 0 { (base + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+            offset += bytes.count
+        }
+
+        mutating func string(_ text: inout String) {
+            integer(UInt32(text.utf8.count))
+            text.withUTF8 { bytes(UnsafeRawBufferPointer($0)) }
+        }
     }
 
     /// Decodes a message encoded by ``encode(_:)``; throws `invalidArgument` naming what is corrupt.
@@ -78,15 +111,6 @@ public enum MessageCodec {
     /// Decodes from an array.
     public static func decode(_ bytes: [UInt8]) throws(TransportError) -> Message {
         try bytes.withUnsafeBytes { raw in Result { () throws(TransportError) in try decode(raw) } }.get()
-    }
-
-    private static func append<T: FixedWidthInteger>(_ value: T, to out: inout [UInt8]) {
-        withUnsafeBytes(of: value.littleEndian) { out += $0 }
-    }
-
-    private static func appendBytes(_ bytes: [UInt8], to out: inout [UInt8]) {
-        append(UInt32(bytes.count), to: &out)
-        out += bytes
     }
 
     private struct Reader {

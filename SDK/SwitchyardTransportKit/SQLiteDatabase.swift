@@ -8,10 +8,13 @@ public final class SQLiteDatabase {
     /// The database file.
     public let path: String
     private var handle: OpaquePointer?
-    private var statements: [String: OpaquePointer] = [:]
+    /// Keyed by the SQL's text, hashed fast: statements run per row look themselves up per row.
+    private var statements: [FastStringKey: OpaquePointer] = [:]
 
-    /// Opens (creating) the database at `path`.
-    public init(path: String) throws(TransportError) {
+    /// Opens (creating) the database at `path`; with `waitingWhenBusy`, waits out another
+    /// connection's lock as ``configureDurable(sharedWithApplication:)`` does (for a connection that
+    /// only reads a store another connection set up).
+    public init(path: String, waitingWhenBusy: Bool = false) throws(TransportError) {
         self.path = path
         // SQLite's own word for a missing directory is "unable to open database file": say which
         // directory, and what to do.
@@ -30,6 +33,7 @@ public final class SQLiteDatabase {
         }
         handle = db
         sqlite3_extended_result_codes(db, 1)
+        if waitingWhenBusy { waitWhenBusy() }
     }
 
     deinit {
@@ -113,20 +117,51 @@ public final class SQLiteDatabase {
     /// rows changed.
     @discardableResult
     public func run(_ sql: String, _ values: [Value] = [], row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
+        try run(
+            sql,
+            binding: { parameters in
+                for (index, value) in values.enumerated() {
+                    let position = Int32(index + 1)
+                    switch value {
+                    case .int(let v): parameters.bind(v, at: position)
+                    case .text(let v): parameters.bind(v, at: position)
+                    case .blob(let v): parameters.bind(v, at: position)
+                    case .null: parameters.bindNull(at: position)
+                    }
+                }
+            }, row: row)
+    }
+
+    /// A prepared statement's parameters, bound by position (from 1). Values are copied.
+    public struct Parameters {
+        let statement: OpaquePointer
+        /// Binds an integer.
+        public func bind(_ value: Int64, at position: Int32) { sqlite3_bind_int64(statement, position, value) }
+        /// Binds text.
+        public func bind(_ value: String, at position: Int32) {
+            var value = value
+            value.withUTF8 { _ = sqlite3_bind_text(statement, position, $0.baseAddress, Int32($0.count), csqlite_transient()) }
+        }
+        /// Binds bytes.
+        public func bind(_ value: [UInt8], at position: Int32) {
+            value.withUnsafeBytes { _ = sqlite3_bind_blob(statement, position, $0.baseAddress, Int32($0.count), csqlite_transient()) }
+        }
+        /// Binds NULL.
+        public func bindNull(at position: Int32) { sqlite3_bind_null(statement, position) }
+    }
+
+    /// Runs one statement, its parameters bound by `binding`, calling `row` for each result row;
+    /// returns the number of rows changed. For statements run per row: no array of values.
+    @discardableResult
+    public func run(
+        _ sql: String, binding: (Parameters) -> Void, row: ((Row) throws(TransportError) -> Void)? = nil
+    ) throws(TransportError) -> Int {
         let statement = try prepare(sql)
         defer {
             sqlite3_reset(statement)
             sqlite3_clear_bindings(statement)
         }
-        for (index, value) in values.enumerated() {
-            let position = Int32(index + 1)
-            switch value {
-            case .int(let v): sqlite3_bind_int64(statement, position, v)
-            case .text(let v): sqlite3_bind_text(statement, position, v, -1, csqlite_transient())
-            case .blob(let v): v.withUnsafeBytes { _ = sqlite3_bind_blob(statement, position, $0.baseAddress, Int32($0.count), csqlite_transient()) }
-            case .null: sqlite3_bind_null(statement, position)
-            }
-        }
+        binding(Parameters(statement: statement))
         while true {
             let status = sqlite3_step(statement)
             if status == SQLITE_ROW {
@@ -140,12 +175,12 @@ public final class SQLiteDatabase {
     }
 
     private func prepare(_ sql: String) throws(TransportError) -> OpaquePointer {
-        if let cached = statements[sql] { return cached }
+        if let cached = statements[FastStringKey(sql)] { return cached }
         var statement: OpaquePointer?
         guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK, let statement else {
             throw error("cannot prepare statement")
         }
-        statements[sql] = statement
+        statements[FastStringKey(sql)] = statement
         return statement
     }
 
@@ -156,16 +191,7 @@ public final class SQLiteDatabase {
     /// belong to another application (tables but no `switchyard_meta`), unless
     /// `sharedWithApplication` (the runtime's outbox lives in the application's own database).
     public func configureDurable(sharedWithApplication: Bool = false) throws(TransportError) {
-        // Another process holding the write lock (several processes share one file) is waited for
-        // in microseconds, not SQLite's default busy_timeout steps (1, 2, 5 … 100 ms), which cost
-        // two processes exchanging calls milliseconds per hop. Gives up after about 10 s.
-        sqlite3_busy_handler(
-            handle,
-            { _, attempt in
-                guard attempt < 10_000 else { return 0 }
-                usleep(UInt32(min(1_000, 10 << min(Int(attempt), 6))))
-                return 1
-            }, nil)
+        waitWhenBusy()
         // Switching a new file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY
         // without calling the busy handler while another process does the same (two consumers
         // starting together on fresh files): wait for that here, up to about 10 s.
@@ -188,5 +214,18 @@ public final class SQLiteDatabase {
         if !sharedWithApplication && !tables.isEmpty && !tables.contains("switchyard_meta") {
             throw TransportError(.config, "config key 'path': '\(path)' is a SQLite database of another application (no switchyard_meta table)")
         }
+    }
+
+    /// Another connection holding the lock this one needs (several processes share one file) is
+    /// waited for in microseconds, not SQLite's default busy_timeout steps (1, 2, 5 … 100 ms), which
+    /// cost two processes exchanging calls milliseconds per hop. Gives up after about 10 s.
+    private func waitWhenBusy() {
+        sqlite3_busy_handler(
+            handle,
+            { _, attempt in
+                guard attempt < 10_000 else { return 0 }
+                usleep(UInt32(min(1_000, 10 << min(Int(attempt), 6))))
+                return 1
+            }, nil)
     }
 }

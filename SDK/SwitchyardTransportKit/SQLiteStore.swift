@@ -29,11 +29,18 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
     private let host: HostServices
     private let writer: SQLiteWriter
+    /// New entries, written at the end of each batch in one statement (writer thread only).
+    private let entries = PendingEntries()
     private struct Shared {
         var changeHandler: (@Sendable () -> Void)?
-        var cachedCounts: (depth: UInt64, inFlight: UInt64, at: Int64) = (0, 0, 0)
+        /// The last counts, and when they may be counted again.
+        var cachedCounts: (depth: UInt64, inFlight: UInt64, refreshAt: Int64) = (0, 0, 0)
     }
     private let shared = Guarded(Shared())
+    /// A connection of its own for counting (`counts()`): a count reads the whole table, and on the
+    /// writer's connection it held up every publish and acknowledgement behind it (WAL readers never
+    /// block the writer). Opened on first use.
+    private let counter = Guarded<SQLiteDatabase?>(nil)
     private var watcher: WALWatcher?
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
@@ -51,7 +58,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         self.retainedPerChannel = retainedPerChannel
         self.deadLetterSuffix = deadLetterSuffix
         self.host = host
-        writer = SQLiteWriter(db)
+        writer = SQLiteWriter(db, deferred: entries)
         watcher = WALWatcher(databasePath: path) { [weak self] in self?.externalChange() }
     }
 
@@ -141,10 +148,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// commit: a missing lease rolls the inserts back.
     private func insert(_ messages: [Message], deleting ref: LeaseRef?) throws(TransportError) {
         let encoded = messages.map { ($0, MessageCodec.encode($0)) }
-        try perform { [fanOut, retainedPerChannel, isDeadLetterChannel] db throws(TransportError) in
+        try perform { [fanOut, retainedPerChannel, isDeadLetterChannel, entries] db throws(TransportError) in
             if let ref { try Self.deleteLeased(ref, in: db) }
             for (message, blob) in encoded {
-                let key: SQLiteDatabase.Value = message.orderingKey.map { .text($0) } ?? .null
                 var groups = [""]
                 if fanOut && !isDeadLetterChannel(message.channel) {
                     groups = []
@@ -157,12 +163,10 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     }
                 }
                 for group in groups {
-                    try db.run(
-                        "INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            .text(message.channel), .text(group), key, .int(Int64(message.attempt)), .int(message.enqueuedAtNanos),
-                            .int(message.expiresAtNanos), .blob(blob),
-                        ])
+                    entries.rows.append(
+                        PendingEntries.Row(
+                            channel: message.channel, group: group, orderingKey: message.orderingKey, attempt: Int64(message.attempt),
+                            visibleAt: message.enqueuedAtNanos, expiresAt: message.expiresAtNanos, message: blob))
                 }
             }
         }
@@ -351,24 +355,93 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         }
     }
 
-    /// Depth and in-flight counts, refreshed at most every 100 ms (a count over a large table is
-    /// not free, and other processes change it anyway, so capacity is approximate).
+    /// Depth and in-flight counts, refreshed at most every 100 ms — and, since a count reads every
+    /// entry, no sooner than 20 times the last count took, so counting a deep queue takes at most
+    /// about 5% of a core. Counted on a connection of its own, off the writer thread. Approximate:
+    /// other processes change the table meanwhile (capacity is approximate anyway).
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
         let now = host.nowNanos()
         let cached = shared.withLock { $0.cachedCounts }
-        if now - cached.at < 100_000_000 { return (cached.depth, cached.inFlight) }
-        let fresh =
-            (try? perform(synced: false) { db throws(TransportError) -> (UInt64, UInt64) in
-                var result: (UInt64, UInt64) = (0, 0)
-                try db.run(
+        if now < cached.refreshAt { return (cached.depth, cached.inFlight) }
+        return counter.withLock { connection -> (depth: UInt64, inFlight: UInt64) in
+            // Another thread may have counted while this one waited for the connection.
+            let latest = shared.withLock { $0.cachedCounts }
+            if now < latest.refreshAt { return (latest.depth, latest.inFlight) }
+            let started = monotonicNanoseconds()
+            var result = (depth: latest.depth, inFlight: latest.inFlight)
+            do throws(TransportError) {
+                if connection == nil { connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }
+                try connection!.run(
                     "SELECT COUNT(*) FILTER (WHERE lease_token = 0 OR lease_until <= ?1), COUNT(*) FILTER (WHERE lease_token != 0 AND lease_until > ?1) FROM entries",
                     [.int(now)]
                 ) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
-                return result
-            }) ?? (cached.depth, cached.inFlight)
-        shared.withLock { $0.cachedCounts = (fresh.0, fresh.1, now) }
-        return fresh
+            } catch {
+                connection = nil  // opened again on the next count; the last counts stand meanwhile
+            }
+            let took = monotonicNanoseconds() - started
+            shared.withLock { $0.cachedCounts = (result.depth, result.inFlight, now + max(100_000_000, 20 * took)) }
+            return result
+        }
     }
+}
+
+/// New entries left by a batch's publishes, inserted at its end with multi-row statements: SQLite
+/// spends much of a one-row insert on the statement itself (opening the table's and indexes'
+/// cursors, the AUTOINCREMENT bookkeeping), so 64 rows in one statement cost far less than 64
+/// statements. Touched only on the writer thread.
+private final class PendingEntries: SQLiteDeferredWrites, @unchecked Sendable {
+    // @unchecked: only the writer thread touches `rows` (the store's operations run there).
+
+    struct Row {
+        var channel: String
+        var group: String
+        var orderingKey: String?
+        var attempt: Int64
+        var visibleAt: Int64
+        var expiresAt: Int64
+        var message: [UInt8]
+    }
+
+    var rows: [Row] = []
+
+    /// Rows per statement, largest first; a batch is written in chunks of these sizes (a statement
+    /// per size, prepared once).
+    private static let chunkSizes = [64, 16, 4, 1]
+    private static let insertSQL: [Int: String] = Dictionary(
+        uniqueKeysWithValues: chunkSizes.map { size in
+            (
+                size,
+                "INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES "
+                    + Array(repeating: "(?, ?, ?, ?, ?, ?, ?)", count: size).joined(separator: ", ")
+            )
+        })
+
+    func flush(_ db: SQLiteDatabase) throws(TransportError) {
+        var next = 0
+        while next < rows.count {
+            let size = Self.chunkSizes.first { $0 <= rows.count - next }!
+            let chunk = rows[next..<next + size]
+            try db.run(
+                Self.insertSQL[size]!,
+                binding: { parameters in
+                    var position: Int32 = 1
+                    for row in chunk {
+                        parameters.bind(row.channel, at: position)
+                        parameters.bind(row.group, at: position + 1)
+                        if let key = row.orderingKey { parameters.bind(key, at: position + 2) } else { parameters.bindNull(at: position + 2) }
+                        parameters.bind(row.attempt, at: position + 3)
+                        parameters.bind(row.visibleAt, at: position + 4)
+                        parameters.bind(row.expiresAt, at: position + 5)
+                        parameters.bind(row.message, at: position + 6)
+                        position += 7
+                    }
+                })
+            next += size
+        }
+        rows.removeAll(keepingCapacity: true)
+    }
+
+    func discard() { rows.removeAll(keepingCapacity: true) }
 }
 
 /// Watches a SQLite database's WAL file with inotify and calls `changed` when another process

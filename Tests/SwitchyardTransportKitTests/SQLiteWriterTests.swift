@@ -56,4 +56,70 @@ struct SQLiteWriterTests {
         }
         #expect(stored == [0, 1, 2, 3, 5, 6, 7, 8, 9])
     }
+
+    /// Rows left for the end of a batch are written with it, in the order left; when writing them
+    /// fails, the batch runs again one operation at a time, and only the operation whose row failed
+    /// fails.
+    @Test("rows deferred to the end of a batch commit with their operations, and a bad one fails alone")
+    func deferredRows() throws {
+        let dir = try TemporaryDirectory()
+        let db = try SQLiteDatabase(path: dir.file("writer.db"))
+        try db.configureDurable()
+        try db.execute("CREATE TABLE t (v INTEGER NOT NULL CHECK (v != 4))")
+        let rows = DeferredInts()
+        let writer = SQLiteWriter(db, deferred: rows)
+        let hold = DispatchSemaphore(value: 0)
+        let holding = DispatchSemaphore(value: 0)
+        Thread {
+            try? writer.perform { _ throws(TransportError) in
+                holding.signal()
+                hold.wait()
+            }
+        }.start()
+        holding.wait()
+        let results = Guarded<[Int: Bool]>([:])
+        let done = DispatchGroup()
+        for value in 0..<10 {
+            done.enter()
+            Thread {
+                do throws(TransportError) {
+                    try writer.perform { _ throws(TransportError) in rows.values.append(Int64(value)) }
+                    results.withLock { $0[value] = true }
+                } catch {
+                    results.withLock { $0[value] = false }
+                }
+                done.leave()
+            }.start()
+        }
+        usleep(300_000)
+        hold.signal()
+        done.wait()
+        #expect(results.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<10).map { ($0, $0 != 4) }))
+        let stored = try writer.perform { db throws(TransportError) -> [Int64] in
+            var values: [Int64] = []
+            try db.run("SELECT v FROM t ORDER BY rowid") { row in values.append(row.int(0)) }
+            return values
+        }
+        // The operations queued in any order; each value is there once, and nothing is left over.
+        #expect(stored.sorted() == [0, 1, 2, 3, 5, 6, 7, 8, 9])
+        #expect(rows.values.isEmpty)
+    }
+}
+
+/// Integers left by operations, inserted together at the end of the batch.
+private final class DeferredInts: SQLiteDeferredWrites, @unchecked Sendable {
+    var values: [Int64] = []
+
+    func flush(_ db: SQLiteDatabase) throws(TransportError) {
+        guard !values.isEmpty else { return }
+        let sql = "INSERT INTO t (v) VALUES " + Array(repeating: "(?)", count: values.count).joined(separator: ", ")
+        try db.run(
+            sql,
+            binding: { parameters in
+                for (index, value) in self.values.enumerated() { parameters.bind(value, at: Int32(index + 1)) }
+            })
+        values.removeAll()
+    }
+
+    func discard() { values.removeAll() }
 }
