@@ -95,6 +95,9 @@ public final class Broker: @unchecked Sendable {
     private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
+    /// `draining || stopped`, readable without the lock: a publish to a transport without a
+    /// capacity checks it and takes the lock only once, after storing.
+    private let closing = Atomic<Bool>(false)
     private var dispatcherDone = false
     private var stats = TransportStats()
     /// When the dispatcher next looks for expired messages nobody leased (dispatcher thread only).
@@ -203,10 +206,15 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func waitForRoom(_ count: Int) throws(TransportError) {
+        // Without the lock while there is room (the store's counts are approximate anyway, and a
+        // drain that starts just after this check is no different from one just after the store).
+        if closing.load(ordering: .acquiring) { throw TransportError(.closed, "publish: the transport is draining") }
+        guard options.capacity > 0 else { return }
+        let (depth, inFlight) = store.counts()
+        if Int(depth + inFlight) + count <= options.capacity { return }
         condition.lock()
         defer { condition.unlock() }
         if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
-        guard options.capacity > 0 else { return }
         let deadline = AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos)
         while true {
             let (depth, inFlight) = store.counts()
@@ -352,6 +360,7 @@ public final class Broker: @unchecked Sendable {
     public func drain(deadlineNanos: Int64) throws(TransportError) {
         condition.lock()
         draining = true
+        closing.store(true, ordering: .releasing)
         condition.broadcast()
         waiters += 1
         // The ABI's drain deadline is on the monotonic clock, as the condition's waits are.
@@ -384,6 +393,7 @@ public final class Broker: @unchecked Sendable {
         reporter.report(currentStats(), force: true)
         condition.lock()
         stopped = true
+        closing.store(true, ordering: .releasing)
         condition.broadcast()
         waiters += 1
         while !dispatcherDone || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
