@@ -16,11 +16,15 @@ public enum HotPath: String, CaseIterable, Sendable {
     case typedFireAndForget = "typed-fire-and-forget"
     /// A typed request-reply call through the queue plugin, one caller.
     case typedRequestReply = "typed-request-reply"
+    /// The raw SQLite loop `durable-queue` compares against: 100 inserts per transaction.
+    case rawSQLiteBatched = "raw-sqlite-batched"
+    /// `publish_batch` of 100 messages into the durable (SQLite) queue plugin: one commit each.
+    case durableBatched = "durable-batched"
 
     /// What one unit of the path is.
     var unit: String {
         switch self {
-        case .bareHandOff, .queueBatched, .queueSingle: "msg"
+        case .bareHandOff, .queueBatched, .queueSingle, .rawSQLiteBatched, .durableBatched: "msg"
         case .typedFireAndForget, .typedRequestReply: "call"
         }
     }
@@ -31,6 +35,7 @@ public enum HotPath: String, CaseIterable, Sendable {
         switch self {
         case .bareHandOff, .queueBatched, .queueSingle: (25_600, 51_200)
         case .typedFireAndForget, .typedRequestReply: (2_000, 4_000)
+        case .rawSQLiteBatched, .durableBatched: (5_000, 10_000)
         }
     }
 
@@ -47,6 +52,17 @@ public enum HotPath: String, CaseIterable, Sendable {
             _ = try queue.pluginRate(BenchPlugins(context), count: count, consumers: 1, batch: 1)
         case .typedFireAndForget, .typedRequestReply:
             try blocking { try await typedCalls(count: count, pluginDirectories: pluginDirectories) }
+        case .rawSQLiteBatched, .durableBatched:
+            let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-hot-path-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: scratch) }
+            let durable = DurableQueueSuite()
+            let path = scratch.appendingPathComponent("queue.db").path
+            if self == .rawSQLiteBatched {
+                _ = try durable.rawSQLiteBatched(path: path, count: count)
+            } else {
+                _ = try durable.batchedRate(BenchPlugins(context), path: path, count: count)
+            }
         }
     }
 
@@ -121,6 +137,7 @@ struct InstructionsSuite: BenchSuite {
         return [
             row(.bareHandOff), row(.queueBatched, against: .bareHandOff), row(.queueSingle, against: .bareHandOff),
             row(.typedFireAndForget, against: .queueSingle), row(.typedRequestReply, against: .queueSingle),
+            row(.rawSQLiteBatched), row(.durableBatched, against: .rawSQLiteBatched),
         ]
     }
 
