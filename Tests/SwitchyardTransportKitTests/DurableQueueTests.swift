@@ -167,4 +167,24 @@ struct DurableQueueTests {
         #expect(full?.message.contains("capacity of 3") == true)
         #expect(try transport.client.stats()?.depth == 3)
     }
+
+    /// The counts are read on a connection of their own (not the writer's) and cached between
+    /// reads: they must still follow the file.
+    @Test("a durable queue's depth and in-flight counts follow publishes and deliveries")
+    func durableCounts() async throws {
+        let dir = try TemporaryDirectory()
+        let transport = try Transport(name: "counted", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(dir.file("q.db"))"}"#)
+        defer { transport.close() }
+        for index in 0..<5 { try transport.client.publish(Message(id: "m\(index)", channel: "c")) }
+        #expect(await eventually { ((try? transport.client.stats()) ?? nil)?.depth == 5 })
+        let held = Collector()
+        _ = try transport.client.subscribe(
+            SubscribeOptions(channel: "c", maxInFlight: 2), handler: held.handler(client: transport.client, settle: { _ in nil }))
+        #expect(await eventually { held.count == 2 })
+        #expect(
+            await eventually {
+                let stats = (try? transport.client.stats()) ?? nil
+                return stats?.depth == 3 && stats?.inFlight == 2
+            })
+    }
 }
