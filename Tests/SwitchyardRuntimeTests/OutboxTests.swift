@@ -422,13 +422,14 @@ struct PostgresOutboxTests {
     @Test("system.transaction on a PostgreSQL outbox commits the application's rows and its calls together, or neither")
     func applicationTransaction() async throws {
         let server = try await offPool { try PostgresServer() }
+        let dir = try TemporaryDirectory()
         let system = try await makeSystem(
             """
             transports:
               work: { plugin: queue }
             outboxes:
               ledger: { postgres: { conninfo: "\(server.conninfo)" } }
-              shop: { path: "\(NSTemporaryDirectory())/switchyard-outbox-\(getpid()).db" }
+              shop: { path: "\(dir.file("outbox.db"))" }
             routes:
               Notices.*: { transport: work, mode: fire-and-forget }
             """)
