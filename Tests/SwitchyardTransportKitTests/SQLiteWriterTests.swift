@@ -17,38 +17,11 @@ struct SQLiteWriterTests {
         try db.configureDurable()
         try db.execute("CREATE TABLE t (v INTEGER NOT NULL)")
         let writer = SQLiteWriter(db)
-        // Hold the writer so that the operations below queue up and run as one batch.
-        let hold = DispatchSemaphore(value: 0)
-        let holding = DispatchSemaphore(value: 0)
-        Thread {
-            try? writer.perform { _ throws(TransportError) in
-                holding.signal()
-                hold.wait()
-            }
-        }.start()
-        holding.wait()
-        let results = Guarded<[Int: Bool]>([:])
-        let done = DispatchGroup()
-        for value in 0..<10 {
-            done.enter()
-            Thread {
-                do throws(TransportError) {
-                    try writer.perform { db throws(TransportError) in
-                        try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(value))])
-                        if value == 4 { throw TransportError(.invalidArgument, "operation \(value) fails") }
-                    }
-                    results.withLock { $0[value] = true }
-                } catch {
-                    results.withLock { $0[value] = false }
-                }
-                done.leave()
-            }.start()
+        let results = Self.inOneBatch(writer, count: 10) { value, db throws(TransportError) in
+            try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(value))])
+            if value == 4 { throw TransportError(.invalidArgument, "operation \(value) fails") }
         }
-        // Give every operation time to queue behind the held one, then let the batch run.
-        usleep(300_000)
-        hold.signal()
-        done.wait()
-        #expect(results.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<10).map { ($0, $0 != 4) }))
+        #expect(results == Dictionary(uniqueKeysWithValues: (0..<10).map { ($0, $0 != 4) }))
         let stored = try writer.perform { db throws(TransportError) -> [Int64] in
             var values: [Int64] = []
             try db.run("SELECT v FROM t ORDER BY v") { row in values.append(row.int(0)) }
@@ -68,6 +41,23 @@ struct SQLiteWriterTests {
         try db.execute("CREATE TABLE t (v INTEGER NOT NULL CHECK (v != 4))")
         let rows = DeferredInts()
         let writer = SQLiteWriter(db, deferred: rows)
+        let results = Self.inOneBatch(writer, count: 10) { value, _ throws(TransportError) in rows.values.append(Int64(value)) }
+        #expect(results == Dictionary(uniqueKeysWithValues: (0..<10).map { ($0, $0 != 4) }))
+        let stored = try writer.perform { db throws(TransportError) -> [Int64] in
+            var values: [Int64] = []
+            try db.run("SELECT v FROM t ORDER BY rowid") { row in values.append(row.int(0)) }
+            return values
+        }
+        // The operations queued in any order; each value is there once, and nothing is left over.
+        #expect(stored.sorted() == [0, 1, 2, 3, 5, 6, 7, 8, 9])
+        #expect(rows.values.isEmpty)
+    }
+
+    /// Runs `operation(0..<count)` from `count` threads while the writer is held, so that they
+    /// queue up and run as one batch; returns which succeeded.
+    static func inOneBatch(
+        _ writer: SQLiteWriter, count: Int, _ operation: @escaping @Sendable (Int, SQLiteDatabase) throws(TransportError) -> Void
+    ) -> [Int: Bool] {
         let hold = DispatchSemaphore(value: 0)
         let holding = DispatchSemaphore(value: 0)
         Thread {
@@ -79,11 +69,11 @@ struct SQLiteWriterTests {
         holding.wait()
         let results = Guarded<[Int: Bool]>([:])
         let done = DispatchGroup()
-        for value in 0..<10 {
+        for value in 0..<count {
             done.enter()
             Thread {
                 do throws(TransportError) {
-                    try writer.perform { _ throws(TransportError) in rows.values.append(Int64(value)) }
+                    try writer.perform { db throws(TransportError) in try operation(value, db) }
                     results.withLock { $0[value] = true }
                 } catch {
                     results.withLock { $0[value] = false }
@@ -91,18 +81,11 @@ struct SQLiteWriterTests {
                 done.leave()
             }.start()
         }
+        // Give every operation time to queue behind the held one, then let the batch run.
         usleep(300_000)
         hold.signal()
         done.wait()
-        #expect(results.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<10).map { ($0, $0 != 4) }))
-        let stored = try writer.perform { db throws(TransportError) -> [Int64] in
-            var values: [Int64] = []
-            try db.run("SELECT v FROM t ORDER BY rowid") { row in values.append(row.int(0)) }
-            return values
-        }
-        // The operations queued in any order; each value is there once, and nothing is left over.
-        #expect(stored.sorted() == [0, 1, 2, 3, 5, 6, 7, 8, 9])
-        #expect(rows.values.isEmpty)
+        return results.withLock { $0 }
     }
 }
 
