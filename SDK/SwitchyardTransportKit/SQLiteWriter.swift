@@ -117,10 +117,11 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// another by the writer, 64 of them held up the next batch's commit by more than its fsync.
     private func wakeAll(_ batch: [Job]) {
         for (index, job) in batch.enumerated() {
-            ThreadSanitizer.release(job)
             let left = 2 * index + 1
             job.wakes = (left < batch.count ? batch[left] : nil, left + 1 < batch.count ? batch[left + 1] : nil)
         }
+        // After every write to the jobs: each caller's acquire pairs with its job's release.
+        for job in batch { ThreadSanitizer.release(job) }
         Self.wake(batch[0])
     }
 
