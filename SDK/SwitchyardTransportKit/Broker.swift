@@ -95,8 +95,8 @@ public final class Broker: @unchecked Sendable {
     private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
-    /// `draining || stopped`, readable without the lock: a publish to a transport without a
-    /// capacity checks it and takes the lock only once, after storing.
+    /// `draining || stopped`, readable without the lock: a publish checks it, and the room left,
+    /// without the lock, and takes it only to wait for room or after storing.
     private let closing = Atomic<Bool>(false)
     private var dispatcherDone = false
     private var stats = TransportStats()

@@ -361,14 +361,18 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// other processes change the table meanwhile (capacity is approximate anyway).
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
         let now = host.nowNanos()
-        let cached = shared.withLock { $0.cachedCounts }
-        if now < cached.refreshAt { return (cached.depth, cached.inFlight) }
+        // One thread counts; the others, meanwhile, get the last counts rather than wait for a
+        // count that may take a tenth of a second (a publish checking for room asks for them).
+        let (cached, counting) = shared.withLock { shared -> ((depth: UInt64, inFlight: UInt64, refreshAt: Int64), Bool) in
+            let cached = shared.cachedCounts
+            guard now >= cached.refreshAt else { return (cached, false) }
+            shared.cachedCounts.refreshAt = .max
+            return (cached, true)
+        }
+        guard counting else { return (cached.depth, cached.inFlight) }
         return counter.withLock { connection -> (depth: UInt64, inFlight: UInt64) in
-            // Another thread may have counted while this one waited for the connection.
-            let latest = shared.withLock { $0.cachedCounts }
-            if now < latest.refreshAt { return (latest.depth, latest.inFlight) }
             let started = monotonicNanoseconds()
-            var result = (depth: latest.depth, inFlight: latest.inFlight)
+            var result = (depth: cached.depth, inFlight: cached.inFlight)
             do throws(TransportError) {
                 if connection == nil { connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }
                 try connection!.run(
