@@ -33,8 +33,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     private let entries = PendingEntries()
     private struct Shared {
         var changeHandler: (@Sendable () -> Void)?
-        /// The last counts, and when they may be counted again.
-        var cachedCounts: (depth: UInt64, inFlight: UInt64, refreshAt: Int64) = (0, 0, 0)
+        /// The last counts, and when they may be counted again; nil until the first count is done.
+        var cachedCounts: (depth: UInt64, inFlight: UInt64, refreshAt: Int64)?
     }
     private let shared = Guarded(Shared())
     /// A connection of its own for counting (`counts()`): a count reads the whole table, and on the
@@ -363,28 +363,38 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         let now = host.nowNanos()
         // One thread counts; the others, meanwhile, get the last counts rather than wait for a
         // count that may take a tenth of a second (a publish checking for room asks for them).
-        let (cached, counting) = shared.withLock { shared -> ((depth: UInt64, inFlight: UInt64, refreshAt: Int64), Bool) in
-            let cached = shared.cachedCounts
+        // Before the first count there are no last counts: then every caller waits for one.
+        let (cached, counting) = shared.withLock { shared -> ((depth: UInt64, inFlight: UInt64, refreshAt: Int64)?, Bool) in
+            guard let cached = shared.cachedCounts else { return (nil, true) }
             guard now >= cached.refreshAt else { return (cached, false) }
-            shared.cachedCounts.refreshAt = .max
+            shared.cachedCounts!.refreshAt = .max
             return (cached, true)
         }
-        guard counting else { return (cached.depth, cached.inFlight) }
+        if let cached, !counting { return (cached.depth, cached.inFlight) }
         return counter.withLock { connection -> (depth: UInt64, inFlight: UInt64) in
+            // Waited for a first count another caller made: it is as fresh as one of our own.
+            if cached == nil, let first = shared.withLock({ $0.cachedCounts }) { return (first.depth, first.inFlight) }
             let started = monotonicNanoseconds()
-            var result = (depth: cached.depth, inFlight: cached.inFlight)
             do throws(TransportError) {
                 if connection == nil { connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }
+                var result = (depth: UInt64(0), inFlight: UInt64(0))
                 try connection!.run(
                     "SELECT COUNT(*) FILTER (WHERE lease_token = 0 OR lease_until <= ?1), COUNT(*) FILTER (WHERE lease_token != 0 AND lease_until > ?1) FROM entries",
                     [.int(now)]
                 ) { row in result = (UInt64(row.int(0)), UInt64(row.int(1))) }
+                let took = monotonicNanoseconds() - started
+                shared.withLock { $0.cachedCounts = (result.depth, result.inFlight, now + max(100_000_000, 20 * took)) }
+                return result
             } catch {
-                connection = nil  // opened again on the next count; the last counts stand meanwhile
+                // Opened again on the next count; the last counts stand meanwhile (none before the
+                // first count succeeds, so the next caller counts again).
+                connection = nil
+                return shared.withLock { shared in
+                    guard let last = shared.cachedCounts else { return (0, 0) }
+                    shared.cachedCounts!.refreshAt = now + 100_000_000
+                    return (last.depth, last.inFlight)
+                }
             }
-            let took = monotonicNanoseconds() - started
-            shared.withLock { $0.cachedCounts = (result.depth, result.inFlight, now + max(100_000_000, 20 * took)) }
-            return result
         }
     }
 }

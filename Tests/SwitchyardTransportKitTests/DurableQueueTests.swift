@@ -187,4 +187,30 @@ struct DurableQueueTests {
                 return stats?.depth == 3 && stats?.inFlight == 2
             })
     }
+
+    /// The counts are cached between counts, and one caller counts while the others get the last
+    /// counts. Before the first count there are none: callers that arrive then wait for it (they
+    /// once got zeroes, and a restarted queue looked empty to whoever asked first).
+    @Test("callers asking for the counts of a reopened queue all at once all get the real counts")
+    func firstCountsTogether() async throws {
+        let dir = try TemporaryDirectory()
+        let config = #"{"path": "\#(dir.file("q.db"))"}"#
+        do {
+            let transport = try Transport(name: "filled", plugin: try BuildProducts.plugin("queue"), configJSON: config)
+            defer { transport.close() }
+            for index in 0..<20 { try transport.client.publish(Message(id: "m\(index)", channel: "c")) }
+        }
+        for round in 0..<5 {
+            let transport = try Transport(name: "reopened", plugin: try BuildProducts.plugin("queue"), configJSON: config)
+            defer { transport.close() }
+            let depths = Guarded<[UInt64?]>([])
+            try await offPool {
+                DispatchQueue.concurrentPerform(iterations: 8) { _ in
+                    let depth = ((try? transport.client.stats()) ?? nil)?.depth
+                    depths.withLock { $0.append(depth) }
+                }
+            }
+            #expect(depths.withLock { $0 } == Array(repeating: 20, count: 8), "round \(round)")
+        }
+    }
 }
