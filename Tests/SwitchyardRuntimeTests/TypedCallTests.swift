@@ -492,8 +492,11 @@ struct TypedCallTests {
         }
         // The second is sent only once the first runs (or already expired): child tasks start in
         // no set order, and a loaded machine once ran the short call first, so nothing waited.
+        // The first runs long: the second expires only if it is sent less than the first's run
+        // time minus the deadline after the first started, and a loaded CI machine once took
+        // more than 200 ms to notice the start.
         let startedBefore = ledger.count("slow started")
-        async let first: Int? = try? serialShop.slow(300)
+        async let first: Int? = try? serialShop.slow(1_500)
         #expect(await eventually { ledger.count("slow started") > startedBefore || expiredLogged() })
         async let second: Int? = try? serialShop.slow(1)
         _ = await (first, second)
