@@ -247,8 +247,13 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         }
     }
 
+    // Acknowledgements and releases are not synced, like leases: one lost in a power cut means
+    // the message is delivered again, which at-least-once delivery allows, never a loss. (WAL
+    // frames reach the disk in order, so a lost one is always among the last commits, and the
+    // next synced commit makes it durable too.) A process that dies loses none of them: only
+    // the fsync is skipped, not the write.
     public func ack(_ ref: LeaseRef) throws(TransportError) {
-        try perform { db throws(TransportError) in
+        try perform(synced: false) { db throws(TransportError) in
             try Self.deleteLeased(ref, in: db)
         }
     }
@@ -256,7 +261,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     public func ack(batch refs: [LeaseRef]) -> [TransportError?] {
         // One transaction, one commit for the whole batch.
         let outcome = Result { () throws(TransportError) -> [TransportError?] in
-            try perform { db throws(TransportError) -> [TransportError?] in
+            try perform(synced: false) { db throws(TransportError) -> [TransportError?] in
                 try refs.map { ref throws(TransportError) -> TransportError? in
                     do throws(TransportError) {
                         try Self.deleteLeased(ref, in: db)
@@ -287,7 +292,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     }
 
     public func release(_ ref: LeaseRef) throws(TransportError) {
-        try perform { db throws(TransportError) in
+        try perform(synced: false) { db throws(TransportError) in
             let changed = try db.run(
                 "UPDATE entries SET lease_token = 0, lease_until = 0, attempt = MAX(attempt - 1, 0) WHERE id = ? AND lease_token = ?",
                 [.int(Int64(ref.entry)), .int(Int64(ref.token))])
