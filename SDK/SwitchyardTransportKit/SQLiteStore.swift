@@ -13,8 +13,9 @@ import Synchronization
 /// - **Ordering keys without lock bookkeeping.** Acknowledged entries are deleted, so the oldest
 ///   live entry of a key is its head; only a head that is visible and not leased can be leased.
 /// - **Several processes, one file.** Leases carry an expiry in the row, so any process may
-///   reclaim an expired lease. Other processes' commits are noticed through inotify on the WAL
-///   file, not by polling.
+///   reclaim an expired lease. Other processes' commits are announced once visible (a
+///   ``CommitBeacon`` beside the file, watched with inotify), not found by polling; the dispatcher
+///   then looks for work with a plain read and takes the write lock only to lease what it found.
 public final class SQLiteStore: MessageStore, @unchecked Sendable {
     // @unchecked: the database is touched only by the writer thread; the rest is behind `jobs`.
 
@@ -41,7 +42,10 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// writer's connection it held up every publish and acknowledgement behind it (WAL readers never
     /// block the writer). Opened on first use.
     private let counter = Guarded<SQLiteDatabase?>(nil)
-    private var watcher: WALWatcher?
+    /// A connection of its own for the dispatcher's looks (is anything ready to lease, when next):
+    /// reads, so they neither take nor wait for the write lock. Opened on first use.
+    private let looker = Guarded<SQLiteDatabase?>(nil)
+    private let beacon: CommitBeacon?
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
     /// to another application, or holds the other kind of store (queue vs topic).
@@ -58,12 +62,16 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         self.retainedPerChannel = retainedPerChannel
         self.deadLetterSuffix = deadLetterSuffix
         self.host = host
-        writer = SQLiteWriter(db, deferred: entries)
-        watcher = WALWatcher(databasePath: path) { [weak self] in self?.externalChange() }
+        // The beacon reaches the store only weakly: the store owns it, and stops it in deinit.
+        let changed = Guarded<(@Sendable () -> Void)?>(nil)
+        let beacon = CommitBeacon(databasePath: path) { changed.withLock { $0 }?() }
+        self.beacon = beacon
+        writer = SQLiteWriter(db, deferred: entries, beacon: beacon)
+        changed.withLock { $0 = { [weak self] in self?.externalChange() } }
     }
 
     deinit {
-        watcher?.stop()
+        beacon?.stop()
     }
 
     private func perform<R>(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
@@ -117,6 +125,21 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         try db.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in stored = row.text(0) }
         guard stored == kind else {
             throw TransportError(.config, "config key 'path': '\(db.path)' holds a \(stored) store; a \(kind) cannot use it")
+        }
+    }
+
+    /// Runs `body` on the dispatcher's reading connection. Without the write lock it sees every
+    /// commit that was over when it starts: this process's (they returned before anyone looks),
+    /// and other processes' (the beacon announces them only once they are visible).
+    private func look<R>(_ body: (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+        try looker.withLock { connection throws(TransportError) -> R in
+            do throws(TransportError) {
+                if connection == nil { connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }
+                return try body(connection!)
+            } catch {
+                connection = nil  // opened again on the next look
+                throw error
+            }
         }
     }
 
@@ -197,6 +220,23 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     public func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
+        // Look first, with a plain read: most looks find nothing (another process's commit was
+        // for another channel, or it was a lease), and a look that found nothing under the write
+        // lock still took it from every other process.
+        guard
+            try look({ db throws(TransportError) in
+                var ready = false
+                try db.run(
+                    """
+                    SELECT EXISTS (SELECT 1 FROM entries e
+                        WHERE channel = ?1 AND grp = ?2 AND visible_at <= ?3 AND (lease_token = 0 OR lease_until <= ?3)
+                          AND (ordering_key IS NULL OR id = (SELECT MIN(id) FROM entries k
+                               WHERE k.channel = ?1 AND k.grp = ?2 AND k.ordering_key = e.ordering_key)))
+                    """, [.text(channel), .text(grp), .int(now)]
+                ) { row in ready = row.int(0) != 0 }
+                return ready
+            })
+        else { return [] }
         // Not synced: a lease lost in a power cut only means the message is delivered again (with
         // one attempt fewer counted), which at-least-once delivery allows. Saves one fsync per
         // delivery round.
@@ -347,7 +387,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 
     public func nextWakeup(channel: String, group: String, now: Int64) -> Int64? {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
-        return try? perform(synced: false) { db throws(TransportError) -> Int64? in
+        return try? look { db throws(TransportError) -> Int64? in
             var earliest: Int64?
             try db.run(
                 """
@@ -461,51 +501,4 @@ private final class PendingEntries: SQLiteDeferredWrites, @unchecked Sendable {
     }
 
     func discard() { rows.removeAll(keepingCapacity: true) }
-}
-
-/// Watches a SQLite database's WAL file with inotify and calls `changed` when another process
-/// (or this one) commits, so consumers in other processes wake without polling.
-final class WALWatcher: @unchecked Sendable {
-    private let fd: Int32
-    private let stopped = Atomic<Bool>(false)
-
-    init?(databasePath: String, changed: @escaping @Sendable () -> Void) {
-        let directory = (databasePath as NSString).deletingLastPathComponent
-        let walName = (databasePath as NSString).lastPathComponent + "-wal"
-        fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
-        guard fd >= 0 else { return nil }
-        guard inotify_add_watch(fd, directory.isEmpty ? "." : directory, UInt32(IN_MODIFY | IN_CREATE)) >= 0 else {
-            close(fd)
-            return nil
-        }
-        let thread = Thread { [self] in
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while !isStopped {
-                var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&poller, 1, 200) > 0 else { continue }
-                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard count > 0 else { continue }
-                var offset = 0
-                var relevant = false
-                while offset + MemoryLayout<inotify_event>.size <= count {
-                    let (length, name) = buffer.withUnsafeBytes { raw -> (Int, String) in
-                        let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
-                        let start = offset + MemoryLayout<inotify_event>.size
-                        let nameBytes = raw[start..<min(count, start + Int(event.len))].prefix { $0 != 0 }
-                        return (Int(event.len), String(decoding: nameBytes, as: UTF8.self))
-                    }
-                    if name == walName { relevant = true }
-                    offset += MemoryLayout<inotify_event>.size + length
-                }
-                if relevant { changed() }
-            }
-            close(fd)
-        }
-        thread.name = "switchyard-sqlite-watch"
-        thread.start()
-    }
-
-    private var isStopped: Bool { stopped.load(ordering: .acquiring) }
-
-    func stop() { stopped.store(true, ordering: .releasing) }
 }

@@ -19,16 +19,31 @@ import SwitchyardABI
 ///
 /// Operations may leave rows for the end of their batch (``SQLiteDeferredWrites``): a batch of 64
 /// publishes then writes its 64 rows with one multi-row statement rather than 64 statements.
+///
+/// A caller that finds the writer idle, with nothing waiting, runs its operation itself, on its
+/// own thread: handing it to the writer thread and being woken again are two thread switches,
+/// which on a small virtual machine cost as much as the transaction (a one-caller durable
+/// request-reply makes five transactions). Whoever comes meanwhile queues for the writer thread,
+/// which then runs them together as before.
 public final class SQLiteWriter: @unchecked Sendable {
-    // @unchecked: the database is touched only by the writer thread; the queue is behind `jobs`.
+    // @unchecked: the database (and what only its user touches: `deferred`, `syncedMode`) is used
+    // by one thread at a time, whoever holds the turn (`busy`, under `jobs`); the queue is behind
+    // `jobs`.
 
     private let jobs = AdaptiveCondition()
     private var pending: [Job] = []
     private var stopped = false
     private var writerDone = false
+    /// Whether the writer thread or a caller is using the database (under `jobs`).
+    private var busy = false
+    /// Whether a caller's own transaction left the WAL due for a checkpoint (under `jobs`).
+    private var checkpointWanted = false
+    private let db: SQLiteDatabase
     private let path: String
-    /// What operations left for the end of the batch (writer thread only).
+    /// What operations left for the end of the batch (its user only).
     private let deferred: (any SQLiteDeferredWrites)?
+    /// Queues this writer with other processes' and announces its commits to them (see `init`).
+    private let beacon: CommitBeacon?
 
     private final class Job {
         let work: (SQLiteDatabase) throws(TransportError) -> Void
@@ -44,7 +59,7 @@ public final class SQLiteWriter: @unchecked Sendable {
         }
     }
 
-    /// The connection's `synchronous` setting (writer thread only).
+    /// The connection's `synchronous` setting (its user only).
     private var syncedMode = true
     /// Checkpoint once the WAL holds this many pages (SQLite's own default).
     static let checkpointPages: Int32 = 1000
@@ -52,13 +67,16 @@ public final class SQLiteWriter: @unchecked Sendable {
     private final class Box<T> { var value: T? }
 
     /// Takes over `db`: from now on only the writer thread uses it. `deferred` holds what the
-    /// batch's operations leave for its end; the writer writes it before each commit.
-    init(_ db: SQLiteDatabase, deferred: (any SQLiteDeferredWrites)? = nil) {
+    /// batch's operations leave for its end; the writer writes it before each commit. With a
+    /// `beacon`, each transaction waits its turn with the other processes' writers and each commit
+    /// is announced to them once it is visible and the write lock free.
+    init(_ db: SQLiteDatabase, deferred: (any SQLiteDeferredWrites)? = nil, beacon: CommitBeacon? = nil) {
         path = db.path
+        self.db = db
         self.deferred = deferred
+        self.beacon = beacon
         db.trackWAL()
-        nonisolated(unsafe) let connection = db
-        let thread = Thread { [self] in writerLoop(connection) }
+        let thread = Thread { [self] in writerLoop() }
         thread.name = "switchyard-sqlite-writer"
         thread.start()
     }
@@ -71,10 +89,11 @@ public final class SQLiteWriter: @unchecked Sendable {
         jobs.unlock()
     }
 
-    /// Runs `body` on the writer thread inside the next batch's transaction; returns its result
-    /// after the commit, or throws its error (or the commit's). With `synced: false` the commit
-    /// may skip its fsync (see the type's note): only for work whose loss costs a repeat. `body`
-    /// may run twice (see the type's note): it must only use the database and its own locals.
+    /// Runs `body` inside a transaction — its own, on this thread, when the writer is idle;
+    /// otherwise the next batch's, on the writer thread — and returns its result after the
+    /// commit, or throws its error (or the commit's). With `synced: false` the commit may skip
+    /// its fsync (see the type's note): only for work whose loss costs a repeat. `body` may run
+    /// twice (see the type's note): it must only use the database and its own locals.
     func perform<R>(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
         let result = Box<R>()
         let job = Job(synced: synced) { db throws(TransportError) in result.value = try body(db) }
@@ -83,33 +102,60 @@ public final class SQLiteWriter: @unchecked Sendable {
             jobs.unlock()
             throw TransportError(.closed, "the store at '\(path)' is closed")
         }
-        pending.append(job)
-        if pending.count == 1 { jobs.signal() }  // the writer sleeps only when nothing is pending
-        jobs.unlock()
-        job.finished.wait()
-        ThreadSanitizer.acquire(job)  // the writer thread set error/result before signalling
-        Self.wake(job.wakes.0)
-        Self.wake(job.wakes.1)
-        job.wakes = (nil, nil)
+        if !busy && pending.isEmpty {
+            busy = true
+            jobs.unlock()
+            runTurn([job])
+            let due = checkpointDue
+            jobs.lock()
+            busy = false
+            checkpointWanted = checkpointWanted || due
+            // What came meanwhile (and a due checkpoint) is the writer thread's.
+            if !pending.isEmpty || checkpointWanted { jobs.signal() }
+            jobs.unlock()
+        } else {
+            pending.append(job)
+            if pending.count == 1 && !busy { jobs.signal() }  // the writer sleeps only when idle
+            jobs.unlock()
+            job.finished.wait()
+            ThreadSanitizer.acquire(job)  // the writer thread set error/result before signalling
+            Self.wake(job.wakes.0)
+            Self.wake(job.wakes.1)
+            job.wakes = (nil, nil)
+        }
         if let error = job.error { throw error }
         return result.value!
     }
 
-    private func writerLoop(_ db: SQLiteDatabase) {
+    private func writerLoop() {
         jobs.lock()
         while true {
-            while pending.isEmpty && !stopped { jobs.wait() }
-            if pending.isEmpty && stopped { break }
+            while (busy || (pending.isEmpty && !checkpointWanted)) && !stopped { jobs.wait() }
+            if busy || (pending.isEmpty && !checkpointWanted) { break }  // stopped, and nothing left to do
             let batch = pending
             pending.removeAll(keepingCapacity: true)
+            checkpointWanted = false
+            busy = true
             jobs.unlock()
-            run(batch, on: db)
-            wakeAll(batch)
+            if !batch.isEmpty {
+                runTurn(batch)
+                wakeAll(batch)
+            }
+            if checkpointDue { checkpoint() }
             jobs.lock()
+            busy = false
         }
         writerDone = true
         jobs.broadcast()
         jobs.unlock()
+    }
+
+    /// One batch in one transaction, in this process's turn with the other processes' writers;
+    /// announced to them once committed. Only with the turn (`busy`).
+    private func runTurn(_ batch: [Job]) {
+        beacon?.willWrite()
+        let committed = run(batch, on: db)
+        beacon?.didWrite(committed: committed)
     }
 
     /// Wakes the batch's callers as a binary tree: the writer wakes the first, and each caller
@@ -127,8 +173,8 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     private static func wake(_ job: Job?) { job?.finished.signal() }
 
-    /// One transaction for the whole batch; a savepoint per job.
-    private func run(_ batch: [Job], on db: SQLiteDatabase) {
+    /// One transaction for the whole batch; a savepoint per job. Whether it committed.
+    private func run(_ batch: [Job], on db: SQLiteDatabase) -> Bool {
         let synced = batch.contains { $0.synced }
         if synced != syncedMode {
             do {
@@ -136,17 +182,14 @@ public final class SQLiteWriter: @unchecked Sendable {
                 syncedMode = synced
             } catch {
                 // Stay synced: slower, never less safe.
-                if syncedMode == false { for job in batch { job.error = error }; return }
+                if syncedMode == false { for job in batch { job.error = error }; return false }
             }
-        }
-        defer {
-            if syncedMode && db.walPages >= Self.checkpointPages { _ = try? db.execute("PRAGMA wal_checkpoint(PASSIVE)") }
         }
         do {
             try db.run("BEGIN IMMEDIATE")
         } catch {
             for job in batch { job.error = error }
-            return
+            return false
         }
         // As it is first: when every operation succeeds, one commit and nothing else.
         var failure: TransportError?
@@ -161,14 +204,14 @@ public final class SQLiteWriter: @unchecked Sendable {
         _ = try? db.run("ROLLBACK")
         if batch.count == 1 {
             batch[0].error = failure
-            return
+            return false
         }
         // Again, each operation in a savepoint of its own, so the failure undoes only itself.
         do {
             try db.run("BEGIN IMMEDIATE")
         } catch {
             for job in batch { job.error = error }
-            return
+            return false
         }
         for job in batch {
             do {
@@ -187,18 +230,31 @@ public final class SQLiteWriter: @unchecked Sendable {
                 job.error = job.error ?? error
             }
         }
-        commit(batch, on: db)
+        return commit(batch, on: db)
     }
 
-    private func commit(_ batch: [Job], on db: SQLiteDatabase) {
+    private func commit(_ batch: [Job], on db: SQLiteDatabase) -> Bool {
         do {
             try db.run("COMMIT")
+            return true
         } catch {
             _ = try? db.run("ROLLBACK")
             for job in batch { job.error = error }  // nothing in the batch happened
+            return false
         }
     }
 
+    /// Whether the WAL has grown enough to be copied back into the database: after synced
+    /// commits only (see the type's note). Only with the turn (`busy`).
+    private var checkpointDue: Bool { syncedMode && db.walPages >= Self.checkpointPages }
+
+    /// Copies the WAL back into the database, on the writer thread and in a turn of its own with
+    /// the other processes' writers: its wait for readers must not hold up anyone's commit.
+    private func checkpoint() {
+        beacon?.willWrite()
+        db.checkpoint()
+        beacon?.didWrite(committed: false)
+    }
 }
 
 /// Rows an operation leaves for the end of its batch, written together (one multi-row statement

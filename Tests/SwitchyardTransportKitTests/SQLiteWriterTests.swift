@@ -53,6 +53,45 @@ struct SQLiteWriterTests {
         #expect(rows.values.isEmpty)
     }
 
+    /// A caller that finds the writer idle runs its transaction itself: no hand-over to the
+    /// writer thread and back (two thread switches per commit). One that finds it busy queues.
+    @Test("a caller that finds the writer idle commits on its own thread; one that finds it busy waits for the writer thread")
+    func idleWriterRunsInline() throws {
+        let dir = try TemporaryDirectory()
+        let db = try SQLiteDatabase(path: dir.file("writer.db"))
+        try db.configureDurable()
+        try db.execute("CREATE TABLE t (v INTEGER NOT NULL)")
+        let writer = SQLiteWriter(db)
+        let caller = pthread_self()
+        let ranOn = try writer.perform { db throws(TransportError) -> pthread_t in
+            try db.run("INSERT INTO t (v) VALUES (1)")
+            return pthread_self()
+        }
+        #expect(pthread_equal(ranOn, caller) != 0)
+        // While one caller holds the writer, the next one's operation runs on the writer thread.
+        let hold = DispatchSemaphore(value: 0)
+        let holding = DispatchSemaphore(value: 0)
+        Thread {
+            try? writer.perform { _ throws(TransportError) in
+                holding.signal()
+                hold.wait()
+            }
+        }.start()
+        holding.wait()
+        let queued = Guarded<(caller: pthread_t, ranOn: pthread_t)?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            let ranOn = try? writer.perform { _ throws(TransportError) -> pthread_t in pthread_self() }
+            queued.withLock { $0 = ranOn.map { (pthread_self(), $0) } }
+            done.signal()
+        }.start()
+        usleep(100_000)
+        hold.signal()
+        done.wait()
+        let threads = try #require(queued.withLock { $0 })
+        #expect(pthread_equal(threads.caller, threads.ranOn) == 0)
+    }
+
     /// Runs `operation(0..<count)` from `count` threads while the writer is held, so that they
     /// queue up and run as one batch; returns which succeeded.
     static func inOneBatch(

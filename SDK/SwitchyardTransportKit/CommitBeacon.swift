@@ -1,0 +1,226 @@
+import Foundation
+import SwitchyardABI
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Tells the other processes sharing a SQLite store that this one committed, and tells this one
+/// when they did — once the commit is visible and the write lock is free again. It also queues
+/// the processes' writers for the write lock.
+///
+/// The beacon is a small file beside the database (`<database>-wake`) holding one commit counter
+/// per process. Each process holds a slot with an open-file-description lock (the kernel drops it
+/// when the process ends, so a slot is never leaked), adds one to its counter after each commit,
+/// and watches the file with inotify. A change in another process's slot means another process
+/// committed: the store's owner is woken, and a plain read then sees the commit.
+///
+/// What it replaces, watching the WAL file alone, hears every write to the WAL, before the commit
+/// is visible, and the process's own writes as well: a woken dispatcher had to take the write lock
+/// to be sure to see the commit, waiting out the committer's fsync and contending with it. The WAL
+/// is still watched as a fallback, for a writer without a slot (an older Switchyard, or more than
+/// ``defaultSlots`` processes on one store): a write to the WAL that no commit counter explains
+/// within ``fallbackNanos`` wakes the owner all the same, after waiting once for the write lock
+/// (so the commit that wrote it is over).
+///
+/// Writers queue in the kernel: each write transaction runs under a blocking lock on the beacon
+/// (``willWrite()``/``didWrite(committed:)``). SQLite's own write lock does not queue — a writer
+/// that finds it taken sleeps in its busy handler, 10 µs, then 20, 40 … 640 µs — and two processes
+/// taking turns (a caller's publish, the server's reply) slept through much of each other's
+/// commits. Blocked on the beacon's lock, the next writer wakes as the last one finishes.
+final class CommitBeacon: @unchecked Sendable {
+    // @unchecked: `file`, `slot`, `slots` never change; `commits` is touched only by the thread
+    // that commits (the store's writer); the watcher thread owns everything else it uses.
+
+    /// Processes that can announce their commits on one store; more still work, woken through the
+    /// fallback (up to ``fallbackNanos`` late).
+    static let defaultSlots = 64
+    /// How long a write to the WAL may go unexplained by a commit counter before it wakes the owner.
+    static let fallbackNanos: Int64 = 20_000_000
+    /// Where the slots' locks lie: past the counters, so that a lock never covers data (locks on
+    /// bytes past the end of a file are allowed).
+    private static let slotLockOffset: off_t = 4096
+    /// The byte whose lock writers queue for.
+    private static let writerLockOffset: off_t = 8192
+    /// `F_OFD_SETLK` and `F_OFD_SETLKW` (Linux ≥ 3.15): `<fcntl.h>` defines them only with
+    /// `_GNU_SOURCE`, which Swift's Glibc module does not set. Unlike a POSIX lock, an
+    /// open-file-description lock conflicts with the same process's other descriptors too, so two
+    /// stores of one process get two slots and queue for writing like two processes.
+    private static let (tryLock, waitForLock): (Int32, Int32) = (37, 38)
+
+    /// The beacon file (-1 when it cannot be opened: then only the fallback works).
+    private let file: Int32
+    /// This process's slot, or nil when every slot is taken.
+    let slot: Int?
+    /// The slots in this beacon's file (``defaultSlots``; fewer in tests).
+    private let slots: Int
+    /// This slot's counter (the committing thread only).
+    private var commits: UInt64 = 0
+    private let stopped = Atomic<Bool>(false)
+
+    /// Opens (creating) the beacon of the store at `databasePath`, claims one of its first `slots`
+    /// slots and starts the watcher thread, which calls `changed` after another process's commit.
+    /// nil when inotify is not available (then nobody is woken; the owner's own timers still run).
+    init?(databasePath: String, slots: Int = defaultSlots, changed: @escaping @Sendable () -> Void) {
+        let beaconPath = databasePath + "-wake"
+        self.slots = slots
+        file = open(beaconPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        var claimed: Int?
+        if file >= 0 {
+            for index in 0..<slots where Self.lock(file, F_WRLCK, at: Self.slotLockOffset + off_t(index), waiting: false) {
+                claimed = index
+                break
+            }
+        }
+        slot = claimed
+        // Read now, not when the thread starts: a commit in between would go unheard.
+        let counters = file >= 0 ? Self.counters(in: file, slots: slots) : []
+        if let claimed { commits = counters[claimed] }
+        let beaconEvents = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        let walEvents = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard beaconEvents >= 0, walEvents >= 0 else {
+            for fd in [beaconEvents, walEvents, file] where fd >= 0 { close(fd) }
+            return nil
+        }
+        if file >= 0 { _ = inotify_add_watch(beaconEvents, beaconPath, UInt32(IN_MODIFY)) }
+        let directory = (databasePath as NSString).deletingLastPathComponent
+        _ = inotify_add_watch(walEvents, directory.isEmpty ? "." : directory, UInt32(IN_MODIFY | IN_CREATE))
+        let watcher = Watcher(
+            beaconEvents: beaconEvents, walEvents: walEvents, walName: (databasePath as NSString).lastPathComponent + "-wal",
+            databasePath: databasePath, beacon: file, slots: slots, slot: claimed, changed: changed)
+        // The thread keeps the beacon alive until it ends: the file (and with it the slot) is
+        // closed in deinit, once neither the watcher nor the committing thread can use it.
+        let thread = Thread { [self] in
+            watcher.run(seen: counters) { stopped.load(ordering: .acquiring) }
+            close(beaconEvents)
+            close(walEvents)
+        }
+        thread.name = "switchyard-sqlite-watch"
+        thread.start()
+    }
+
+    deinit {
+        if file >= 0 { close(file) }
+    }
+
+    /// Waits until no other writer of the store (in any process) is writing. Call it before
+    /// `BEGIN IMMEDIATE`, from one thread only, and ``didWrite(committed:)`` once the transaction
+    /// ended, whatever its end.
+    func willWrite() {
+        guard file >= 0 else { return }
+        // Interrupted by a signal: wait again. Any other failure: go on unqueued (SQLite's own
+        // lock still keeps writers apart; only the wait is less prompt).
+        while !Self.lock(file, F_WRLCK, at: Self.writerLockOffset, waiting: true) && errno == EINTR {}
+    }
+
+    /// Lets the next writer in and, after a commit, announces it to the other processes.
+    func didWrite(committed: Bool) {
+        guard file >= 0 else { return }
+        _ = Self.lock(file, F_UNLCK, at: Self.writerLockOffset, waiting: false)
+        guard committed, let slot else { return }
+        commits &+= 1
+        _ = withUnsafeBytes(of: commits) { pwrite(file, $0.baseAddress, 8, off_t(slot * 8)) }
+    }
+
+    /// Stops the watcher thread (within its poll interval) and, after it, gives the slot up.
+    func stop() { stopped.store(true, ordering: .releasing) }
+
+    /// Takes (`F_WRLCK`) or drops (`F_UNLCK`) the open-file-description lock on one byte.
+    private static func lock(_ file: Int32, _ type: Int32, at offset: off_t, waiting: Bool) -> Bool {
+        var lock = flock()
+        lock.l_type = Int16(type)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = offset
+        lock.l_len = 1
+        return fcntl(file, waiting ? waitForLock : tryLock, &lock) == 0
+    }
+
+    /// Every slot's counter (zeroes past the end of the file).
+    fileprivate static func counters(in file: Int32, slots: Int) -> [UInt64] {
+        var counters = [UInt64](repeating: 0, count: slots)
+        _ = counters.withUnsafeMutableBytes { pread(file, $0.baseAddress, $0.count, 0) }
+        return counters
+    }
+
+    /// The watcher thread's state.
+    private struct Watcher {
+        let beaconEvents: Int32
+        let walEvents: Int32
+        let walName: String
+        let databasePath: String
+        let beacon: Int32
+        let slots: Int
+        let slot: Int?
+        let changed: @Sendable () -> Void
+
+        func run(seen: [UInt64], isStopped: () -> Bool) {
+            var seen = seen
+            // Without a beacon file no commit is ever explained: every WAL write wakes the owner
+            // (once the write lock is free), as before beacons.
+            let fallback = beacon >= 0 ? CommitBeacon.fallbackNanos : 0
+            // When a write to the WAL was first heard that no commit counter has explained yet.
+            // While one is pending the WAL's events are not listened to (a commit writes the WAL
+            // many times, and each write woke this thread): they are dropped once it is settled.
+            var unexplainedSince: Int64?
+            var lockWaiter: SQLiteDatabase?
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !isStopped() {
+                var timeout: Int32 = 200
+                if let since = unexplainedSince {
+                    timeout = Int32(clamping: max(0, since + fallback - monotonicNanoseconds()) / 1_000_000 + 1)
+                }
+                var pollers = [pollfd(fd: beaconEvents, events: Int16(POLLIN), revents: 0), pollfd(fd: walEvents, events: Int16(POLLIN), revents: 0)]
+                guard poll(&pollers, unexplainedSince == nil ? 2 : 1, timeout) >= 0 else { continue }
+                if pollers[0].revents != 0, drain(beaconEvents, into: &buffer, matching: nil) {
+                    let now = CommitBeacon.counters(in: beacon, slots: slots)
+                    if now != seen && unexplainedSince != nil {
+                        unexplainedSince = nil
+                        _ = drain(walEvents, into: &buffer, matching: nil)  // the commit's own writes
+                    }
+                    let announced = now.indices.contains { $0 != slot && now[$0] != seen[$0] }
+                    seen = now
+                    if announced { changed() }
+                }
+                if unexplainedSince == nil, pollers[1].revents != 0, drain(walEvents, into: &buffer, matching: walName) {
+                    unexplainedSince = monotonicNanoseconds()
+                }
+                if let since = unexplainedSince, monotonicNanoseconds() >= since + fallback {
+                    unexplainedSince = nil
+                    _ = drain(walEvents, into: &buffer, matching: nil)
+                    // A writer that does not announce its commits: wait until the write lock is
+                    // free (its commit is over and visible), then wake the owner.
+                    if lockWaiter == nil { lockWaiter = try? SQLiteDatabase(path: databasePath, waitingWhenBusy: true) }
+                    do throws(TransportError) {
+                        try lockWaiter?.execute("BEGIN IMMEDIATE; ROLLBACK")
+                    } catch {
+                        lockWaiter = nil
+                    }
+                    changed()
+                }
+            }
+        }
+
+        /// Reads every event waiting on `events`; whether any was there (with `name`: any for it).
+        private func drain(_ events: Int32, into buffer: inout [UInt8], matching name: String?) -> Bool {
+            var found = false
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(events, $0.baseAddress, $0.count) }
+                guard count > 0 else { return found }
+                guard let name else {
+                    found = true
+                    continue
+                }
+                var offset = 0
+                while offset + MemoryLayout<inotify_event>.size <= count {
+                    buffer.withUnsafeBytes { raw in
+                        let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
+                        let start = offset + MemoryLayout<inotify_event>.size
+                        if raw[start..<min(count, start + Int(event.len))].prefix(while: { $0 != 0 }).elementsEqual(name.utf8) { found = true }
+                        offset = start + Int(event.len)
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardTestSupport
+import Synchronization
+import Testing
+
+@testable import SwitchyardTransportKit
+
+@Suite("Commit beacon: processes sharing a SQLite store wake each other after each commit")
+struct CommitBeaconTests {
+    /// Counts the times a beacon woke its owner.
+    final class Wakes: Sendable {
+        let count = Atomic<Int>(0)
+        var handler: @Sendable () -> Void { { self.count.add(1, ordering: .relaxed) } }
+        var value: Int { count.load(ordering: .relaxed) }
+    }
+
+    @Test("a commit announced in one slot wakes the other beacons on the file, never the one that announced it")
+    func announcedCommitsWakeOthers() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("store.db")
+        let (firstWakes, secondWakes) = (Wakes(), Wakes())
+        let first = try #require(CommitBeacon(databasePath: path, changed: firstWakes.handler))
+        let second = try #require(CommitBeacon(databasePath: path, changed: secondWakes.handler))
+        defer { first.stop(); second.stop() }
+        // Two beacons of one process hold different slots: the locks belong to open files, not to
+        // processes, so two stores in one process wake each other too.
+        #expect(first.slot != nil && second.slot != nil && first.slot != second.slot)
+        for round in 1...3 {
+            first.willWrite()
+            first.didWrite(committed: true)
+            #expect(await eventually(5) { secondWakes.value >= round }, "round \(round): \(secondWakes.value) wakes")
+        }
+        second.willWrite()
+        second.didWrite(committed: true)
+        #expect(await eventually(5) { firstWakes.value >= 1 })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(firstWakes.value == 1, "the first heard its own commits")
+        #expect(secondWakes.value == 3, "the second heard its own commit")
+    }
+
+    @Test("writers queue for the write lock: a second writer waits until the first one's transaction ended")
+    func writersQueue() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("store.db")
+        let first = try #require(CommitBeacon(databasePath: path) {})
+        let second = try #require(CommitBeacon(databasePath: path) {})
+        defer { first.stop(); second.stop() }
+        first.willWrite()
+        let secondWrites = Atomic<Bool>(false)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            second.willWrite()
+            secondWrites.store(true, ordering: .releasing)
+            second.didWrite(committed: false)
+            done.signal()
+        }.start()
+        try await Task.sleep(for: .milliseconds(200))
+        let early = secondWrites.load(ordering: .acquiring)
+        #expect(!early, "the second wrote while the first held its turn")
+        first.didWrite(committed: true)
+        #expect(try await offPool { done.wait(timeout: .now() + 10) } == .success)
+        let wrote = secondWrites.load(ordering: .acquiring)
+        #expect(wrote)
+    }
+
+    @Test("with every slot taken a beacon still starts, without a slot; a slot comes free when its beacon stops")
+    func slotsRunOut() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("store.db")
+        let holder = try #require(CommitBeacon(databasePath: path, slots: 2) {})
+        var leaving = CommitBeacon(databasePath: path, slots: 2) {}
+        let late = try #require(CommitBeacon(databasePath: path, slots: 2) {})
+        #expect(Set([holder.slot, leaving?.slot]) == [0, 1])
+        #expect(late.slot == nil)
+        late.willWrite()
+        late.didWrite(committed: true)  // nowhere to announce it: nothing happens
+        late.stop()
+        let freed = leaving?.slot
+        leaving?.stop()
+        leaving = nil
+        // The slot's lock goes with the file, closed once the watcher thread ended (≤ 200 ms) and
+        // nothing holds the beacon any more.
+        #expect(
+            await eventually(5) {
+                CommitBeacon(databasePath: path, slots: 2) {}.map {
+                    $0.stop(); return $0.slot == freed
+                } ?? false
+            })
+        holder.stop()
+    }
+
+    @Test("a commit nobody announces (a writer without a slot, or an older Switchyard) wakes the beacon all the same")
+    func unannouncedCommitsWakeThroughTheWAL() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("store.db")
+        let writer = try SQLiteDatabase(path: path)
+        try writer.configureDurable()
+        try writer.execute("CREATE TABLE t (x INTEGER)")
+        let wakes = Wakes()
+        let beacon = try #require(CommitBeacon(databasePath: path, changed: wakes.handler))
+        defer { beacon.stop() }
+        try writer.execute("INSERT INTO t VALUES (1)")  // writes the WAL; no counter moves
+        #expect(await eventually(5) { wakes.value >= 1 })
+    }
+}
