@@ -42,7 +42,7 @@ final class CommitBeacon: @unchecked Sendable {
     /// bytes past the end of a file are allowed).
     private static let slotLockOffset: off_t = 4096
     /// The byte whose lock writers queue for.
-    private static let writerLockOffset: off_t = 8192
+    fileprivate static let writerLockOffset: off_t = 8192
     /// `F_OFD_SETLK` and `F_OFD_SETLKW` (Linux ≥ 3.15): `<fcntl.h>` defines them only with
     /// `_GNU_SOURCE`, which Swift's Glibc module does not set. Unlike a POSIX lock, an
     /// open-file-description lock conflicts with the same process's other descriptors too, so two
@@ -59,13 +59,22 @@ final class CommitBeacon: @unchecked Sendable {
     private var commits: UInt64 = 0
     private let stopped = Atomic<Bool>(false)
 
+    /// What this beacon cannot do, and what to do about it, for the owner to log; nil when it works
+    /// fully.
+    private(set) var problem: String?
+
     /// Opens (creating) the beacon of the store at `databasePath`, claims one of its first `slots`
     /// slots and starts the watcher thread, which calls `changed` after another process's commit.
-    /// nil when inotify is not available (then nobody is woken; the owner's own timers still run).
-    init?(databasePath: String, slots: Int = defaultSlots, changed: @escaping @Sendable () -> Void) {
+    /// Whatever fails (the file, a slot, inotify) leaves the rest working and says so in `problem`.
+    init(databasePath: String, slots: Int = defaultSlots, changed: @escaping @Sendable () -> Void) {
         let beaconPath = databasePath + "-wake"
         self.slots = slots
         file = open(beaconPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let openError = errno
+        // The database's own permissions, as SQLite gives its -wal and -shm files: whoever may
+        // write the store may announce and queue (the owner alone can change them; others try).
+        var database = stat()
+        if file >= 0, stat(databasePath, &database) == 0 { _ = fchmod(file, database.st_mode & 0o777) }
         var claimed: Int?
         if file >= 0 {
             for index in 0..<slots where Self.lock(file, F_WRLCK, at: Self.slotLockOffset + off_t(index), waiting: false) {
@@ -74,14 +83,25 @@ final class CommitBeacon: @unchecked Sendable {
             }
         }
         slot = claimed
+        if file < 0 {
+            problem =
+                "cannot open \(beaconPath) (\(String(cString: strerror(openError)))): other processes' commits are noticed up to 20 ms late, "
+                + "and this one's by them; give every process that uses the store write access to it"
+        } else if claimed == nil {
+            problem = "all \(slots) slots of \(beaconPath) are taken: other processes notice this one's commits up to 20 ms late"
+        }
         // Read now, not when the thread starts: a commit in between would go unheard.
         let counters = file >= 0 ? Self.counters(in: file, slots: slots) : []
         if let claimed { commits = counters[claimed] }
         let beaconEvents = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         let walEvents = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard beaconEvents >= 0, walEvents >= 0 else {
-            for fd in [beaconEvents, walEvents, file] where fd >= 0 { close(fd) }
-            return nil
+            let reason = String(cString: strerror(errno))
+            for fd in [beaconEvents, walEvents] where fd >= 0 { close(fd) }
+            problem =
+                "cannot watch \(beaconPath) (inotify: \(reason)): other processes' commits are noticed only at the next expiry sweep; "
+                + "raise fs.inotify.max_user_instances (each durable store uses two)"
+            return
         }
         if file >= 0 { _ = inotify_add_watch(beaconEvents, beaconPath, UInt32(IN_MODIFY)) }
         let directory = (databasePath as NSString).deletingLastPathComponent
@@ -127,7 +147,7 @@ final class CommitBeacon: @unchecked Sendable {
     func stop() { stopped.store(true, ordering: .releasing) }
 
     /// Takes (`F_WRLCK`) or drops (`F_UNLCK`) the open-file-description lock on one byte.
-    private static func lock(_ file: Int32, _ type: Int32, at offset: off_t, waiting: Bool) -> Bool {
+    fileprivate static func lock(_ file: Int32, _ type: Int32, at offset: off_t, waiting: Bool) -> Bool {
         var lock = flock()
         lock.l_type = Int16(type)
         lock.l_whence = Int16(SEEK_SET)
@@ -156,14 +176,19 @@ final class CommitBeacon: @unchecked Sendable {
 
         func run(seen: [UInt64], isStopped: () -> Bool) {
             var seen = seen
-            // Without a beacon file no commit is ever explained: every WAL write wakes the owner
-            // (once the write lock is free), as before beacons.
+            // Without a beacon file every WAL write wakes the owner at once (once the write lock
+            // is free), as before beacons.
             let fallback = beacon >= 0 ? CommitBeacon.fallbackNanos : 0
-            // When a write to the WAL was first heard that no commit counter has explained yet.
-            // While one is pending the WAL's events are not listened to (a commit writes the WAL
-            // many times, and each write woke this thread): they are dropped once it is settled.
+            // When the first write to the WAL was heard since the last fallback wake-up. While one
+            // is pending the WAL's events are not listened to (a commit writes the WAL many times,
+            // and each write woke this thread); they are dropped at the wake-up. No announcement
+            // settles it: which process wrote the WAL cannot be told, and a writer without a slot
+            // may have written it just before another's announcement.
             var unexplainedSince: Int64?
             var lockWaiter: SQLiteDatabase?
+            // Its own open file description: the writer lock then keeps this process's writer out too.
+            let turn = beacon >= 0 ? open(databasePath + "-wake", O_RDWR | O_CLOEXEC) : -1
+            defer { if turn >= 0 { close(turn) } }
             var buffer = [UInt8](repeating: 0, count: 4096)
             while !isStopped() {
                 var timeout: Int32 = 200
@@ -174,10 +199,6 @@ final class CommitBeacon: @unchecked Sendable {
                 guard poll(&pollers, unexplainedSince == nil ? 2 : 1, timeout) >= 0 else { continue }
                 if pollers[0].revents != 0, drain(beaconEvents, into: &buffer, matching: nil) {
                     let now = CommitBeacon.counters(in: beacon, slots: slots)
-                    if now != seen && unexplainedSince != nil {
-                        unexplainedSince = nil
-                        _ = drain(walEvents, into: &buffer, matching: nil)  // the commit's own writes
-                    }
                     let announced = now.indices.contains { $0 != slot && now[$0] != seen[$0] }
                     seen = now
                     if announced { changed() }
@@ -188,14 +209,17 @@ final class CommitBeacon: @unchecked Sendable {
                 if let since = unexplainedSince, monotonicNanoseconds() >= since + fallback {
                     unexplainedSince = nil
                     _ = drain(walEvents, into: &buffer, matching: nil)
-                    // A writer that does not announce its commits: wait until the write lock is
-                    // free (its commit is over and visible), then wake the owner.
+                    // Perhaps a writer that does not announce its commits: wait until the write lock
+                    // is free (its commit is over and visible) — in a turn of the writers' queue,
+                    // not against it — then wake the owner. At most once per `fallback`.
                     if lockWaiter == nil { lockWaiter = try? SQLiteDatabase(path: databasePath, waitingWhenBusy: true) }
+                    let queued = turn >= 0 && CommitBeacon.lock(turn, F_WRLCK, at: CommitBeacon.writerLockOffset, waiting: true)
                     do throws(TransportError) {
                         try lockWaiter?.execute("BEGIN IMMEDIATE; ROLLBACK")
                     } catch {
                         lockWaiter = nil
                     }
+                    if queued { _ = CommitBeacon.lock(turn, F_UNLCK, at: CommitBeacon.writerLockOffset, waiting: false) }
                     changed()
                 }
             }

@@ -42,18 +42,19 @@ public final class DelayScheduler: @unchecked Sendable {
         if let path {
             let db = try SQLiteDatabase(path: path)
             try db.configureDurable()
-            try db.execute(
-                """
-                BEGIN IMMEDIATE;
-                CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'delay');
-                CREATE TABLE IF NOT EXISTS held (seq INTEGER PRIMARY KEY AUTOINCREMENT, deliver_at INTEGER NOT NULL, message BLOB NOT NULL);
-                COMMIT;
-                """)
-            var kind = ""
-            try db.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in kind = row.text(0) }
-            guard kind == "delay" else {
-                throw TransportError(.config, "config key 'path': '\(path)' holds a \(kind) store; delay cannot use it")
+            try db.execute("BEGIN IMMEDIATE")
+            do throws(TransportError) {
+                try db.refuseOtherKind(than: "delay")  // before anything is created in it
+                try db.execute(
+                    """
+                    CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                    INSERT OR IGNORE INTO switchyard_meta VALUES ('schema', '1'), ('kind', 'delay');
+                    CREATE TABLE IF NOT EXISTS held (seq INTEGER PRIMARY KEY AUTOINCREMENT, deliver_at INTEGER NOT NULL, message BLOB NOT NULL);
+                    COMMIT;
+                    """)
+            } catch {
+                try? db.execute("ROLLBACK")
+                throw error
             }
             try db.run("SELECT seq, deliver_at FROM held") { row in loaded.append(Due(at: row.int(1), seq: row.int(0))) }
             writer = SQLiteWriter(db)
@@ -128,6 +129,7 @@ public final class DelayScheduler: @unchecked Sendable {
         condition.broadcast()
         while !done { condition.wait() }
         condition.unlock()
+        writer?.close()
     }
 
     private func timerLoop() {

@@ -192,6 +192,12 @@ public final class SQLiteDatabase {
     /// `sharedWithApplication` (the runtime's outbox lives in the application's own database).
     public func configureDurable(sharedWithApplication: Bool = false) throws(TransportError) {
         waitWhenBusy()
+        // Refused before anything is changed (the switch to WAL below rewrites the file's header).
+        var tables = Set<String>()
+        try run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
+        if !sharedWithApplication && !tables.isEmpty && !tables.contains("switchyard_meta") {
+            throw TransportError(.config, "config key 'path': '\(path)' is a SQLite database of another application (no switchyard_meta table)")
+        }
         // Switching a new file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY
         // without calling the busy handler while another process does the same (two consumers
         // starting together on fresh files): wait for that here, up to about 10 s.
@@ -209,16 +215,22 @@ public final class SQLiteDatabase {
             throw TransportError(.io, "'\(path)': cannot switch to WAL mode (journal mode is \(journal))")
         }
         try execute("PRAGMA synchronous = FULL")
-        var tables = Set<String>()
-        try run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
-        if !sharedWithApplication && !tables.isEmpty && !tables.contains("switchyard_meta") {
-            throw TransportError(.config, "config key 'path': '\(path)' is a SQLite database of another application (no switchyard_meta table)")
+    }
+
+    /// Throws unless the database is new or holds a Switchyard store of `kind` (its
+    /// `switchyard_meta` says so). Call it inside the transaction that sets the store up, before
+    /// anything is created: a store of another kind is refused, not given this kind's tables.
+    func refuseOtherKind(than kind: String) throws(TransportError) {
+        var hasMeta = false
+        try run("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'switchyard_meta'") { row in hasMeta = row.int(0) > 0 }
+        guard hasMeta else { return }
+        var stored: String?
+        try run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in stored = row.text(0) }
+        if let stored, stored != kind {
+            throw TransportError(.config, "config key 'path': '\(path)' holds a \(stored) store; a \(kind) cannot use it")
         }
     }
 
-    /// Another connection holding the lock this one needs (several processes share one file) is
-    /// waited for in microseconds, not SQLite's default busy_timeout steps (1, 2, 5 … 100 ms), which
-    /// cost two processes exchanging calls milliseconds per hop. Gives up after about 10 s.
     /// Copies the WAL into the database and makes the next write start the WAL from its beginning
     /// again (SQLite's `RESTART` checkpoint), waiting briefly for readers still on the WAL; if they
     /// stay, what could be copied was copied and the WAL goes on growing until the next time.
@@ -240,6 +252,9 @@ public final class SQLiteDatabase {
         _ = sqlite3_wal_checkpoint_v2(handle, nil, SQLITE_CHECKPOINT_RESTART, nil, nil)
     }
 
+    /// Another connection holding the lock this one needs (several processes share one file) is
+    /// waited for in microseconds, not SQLite's default busy_timeout steps (1, 2, 5 … 100 ms), which
+    /// cost two processes exchanging calls milliseconds per hop. Gives up after about 10 s.
     private func waitWhenBusy() {
         sqlite3_busy_handler(
             handle,

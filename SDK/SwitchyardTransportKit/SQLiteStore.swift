@@ -45,7 +45,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// A connection of its own for the dispatcher's looks (is anything ready to lease, when next):
     /// reads, so they neither take nor wait for the write lock. Opened on first use.
     private let looker = Guarded<SQLiteDatabase?>(nil)
-    private let beacon: CommitBeacon?
+    private let beacon: CommitBeacon
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
     /// to another application, or holds the other kind of store (queue vs topic).
@@ -68,10 +68,12 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         self.beacon = beacon
         writer = SQLiteWriter(db, deferred: entries, beacon: beacon)
         changed.withLock { $0 = { [weak self] in self?.externalChange() } }
+        if let problem = beacon.problem { host.log(.warning, problem) }
     }
 
     deinit {
-        beacon?.stop()
+        beacon.stop()
+        writer.close()  // its thread, connection and beacon slot go with it
     }
 
     private func perform<R>(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
@@ -86,6 +88,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         // column name: expires_at". Under the write lock the second sees the first one's work.
         try db.execute("BEGIN IMMEDIATE")
         do throws(TransportError) {
+            try db.refuseOtherKind(than: kind)
             try db.execute(
                 """
                 CREATE TABLE IF NOT EXISTS switchyard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,11 +123,6 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         } catch {
             try? db.execute("ROLLBACK")
             throw error
-        }
-        var stored = ""
-        try db.run("SELECT value FROM switchyard_meta WHERE key = 'kind'") { row in stored = row.text(0) }
-        guard stored == kind else {
-            throw TransportError(.config, "config key 'path': '\(db.path)' holds a \(stored) store; a \(kind) cannot use it")
         }
     }
 

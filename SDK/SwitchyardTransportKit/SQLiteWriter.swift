@@ -13,9 +13,11 @@ import SwitchyardABI
 ///
 /// Not every commit needs its own fsync: an operation whose loss in a power cut costs nothing
 /// but a repeat (a lease: the message is simply delivered again) runs `synced: false`. A batch
-/// made only of those commits with `synchronous=OFF`; the next synced commit makes it durable too
-/// (WAL frames are synced in order). Checkpoints run only after synced commits, so they never
-/// copy unsynced pages into the database file.
+/// made only of those commits with `synchronous=NORMAL`; the next synced commit makes it durable
+/// too (WAL frames are synced in order). Not `OFF`: with it SQLite also skips syncing the WAL's
+/// header when a commit starts the WAL over after a checkpoint, and a power cut can then corrupt
+/// the database; `NORMAL` syncs that header and nothing else. Checkpoints run only after synced
+/// commits, so they never copy unsynced pages into the database file.
 ///
 /// Operations may leave rows for the end of their batch (``SQLiteDeferredWrites``): a batch of 64
 /// publishes then writes its 64 rows with one multi-row statement rather than 64 statements.
@@ -38,6 +40,8 @@ public final class SQLiteWriter: @unchecked Sendable {
     private var busy = false
     /// Whether a caller's own transaction left the WAL due for a checkpoint (under `jobs`).
     private var checkpointWanted = false
+    /// The writer thread, once it runs (under `jobs`): `close` must not wait for itself.
+    private var writerThread: pthread_t?
     private let db: SQLiteDatabase
     private let path: String
     /// What operations left for the end of the batch (its user only).
@@ -81,11 +85,17 @@ public final class SQLiteWriter: @unchecked Sendable {
         thread.start()
     }
 
-    deinit {
+    /// Runs what is queued, then stops the writer thread; later operations throw `.closed`. The
+    /// owner calls it when done with the database: the thread holds the writer (its connection and
+    /// beacon) until then.
+    func close() {
         jobs.lock()
         stopped = true
         jobs.broadcast()
-        while !writerDone { jobs.wait() }
+        // The owner's last reference can go with a job the writer thread releases: then the thread
+        // is closing itself, and ends once this returns.
+        let onWriterThread = writerThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+        while !writerDone && !onWriterThread { jobs.wait() }
         jobs.unlock()
     }
 
@@ -129,6 +139,7 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     private func writerLoop() {
         jobs.lock()
+        writerThread = pthread_self()
         while true {
             while (busy || (pending.isEmpty && !checkpointWanted)) && !stopped { jobs.wait() }
             if busy || (pending.isEmpty && !checkpointWanted) { break }  // stopped, and nothing left to do
@@ -178,7 +189,7 @@ public final class SQLiteWriter: @unchecked Sendable {
         let synced = batch.contains { $0.synced }
         if synced != syncedMode {
             do {
-                try db.execute(synced ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = OFF")
+                try db.execute(synced ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
                 syncedMode = synced
             } catch {
                 // Stay synced: slower, never less safe.

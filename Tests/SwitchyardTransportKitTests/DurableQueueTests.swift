@@ -118,12 +118,25 @@ struct DurableQueueTests {
         if FileManager.default.fileExists(atPath: dir.file("other.db")) {
             let foreign = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("other.db"))\"}") }
             #expect(foreign?.message.contains("another application") == true, "\(foreign?.message ?? "")")
+            // Refused before anything was changed: not even switched to WAL.
+            let mode = try await run("/usr/bin/env", ["sqlite3", dir.file("other.db"), "PRAGMA journal_mode;"])
+            #expect(mode.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "delete", "\(mode.stdout)")
         }
         let topic = try BuildProducts.plugin("topic")
         let queueFile = try Transport(name: "q", plugin: plugin, configJSON: "{\"path\": \"\(dir.file("q.db"))\"}")
         queueFile.close()
         let wrongKind = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: topic, configJSON: "{\"path\": \"\(dir.file("q.db"))\"}") }
         #expect(wrongKind?.message.contains("holds a queue store") == true, "\(wrongKind?.message ?? "")")
+        // A store of another kind is refused before this kind's tables are added to it.
+        let inner = try Transport(name: "inner", plugin: plugin)
+        defer { inner.close() }
+        let delay = try BuildProducts.plugin("delay")
+        let delayOnQueue = #expect(throws: TransportError.self) {
+            _ = try Transport(name: "d", plugin: delay, configJSON: "{\"path\": \"\(dir.file("q.db"))\"}", inner: inner)
+        }
+        #expect(delayOnQueue?.message.contains("holds a queue store") == true, "\(delayOnQueue?.message ?? "")")
+        let tables = try await run("/usr/bin/env", ["sqlite3", dir.file("q.db"), "SELECT name FROM sqlite_master WHERE name = 'held';"])
+        #expect(tables.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "the delay store's table was added: \(tables.stdout)")
     }
 
     @Test(
