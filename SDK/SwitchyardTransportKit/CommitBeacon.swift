@@ -24,11 +24,9 @@ import Synchronization
 /// within ``fallbackNanos`` wakes the owner all the same, after waiting once for the write lock
 /// (so the commit that wrote it is over).
 ///
-/// Writers queue in the kernel: each write transaction runs under a blocking lock on the beacon
-/// (``willWrite()``/``didWrite(committed:)``). SQLite's own write lock does not queue — a writer
-/// that finds it taken sleeps in its busy handler, 10 µs, then 20, 40 … 640 µs — and two processes
-/// taking turns (a caller's publish, the server's reply) slept through much of each other's
-/// commits. Blocked on the beacon's lock, the next writer wakes as the last one finishes.
+/// Writers queue in a page of the same file (``WriterQueue``): each write transaction runs in a
+/// turn (``willWrite()``/``didWrite(committed:)``), so that the next writer wakes as the last one
+/// finishes instead of sleeping in SQLite's busy handler.
 final class CommitBeacon: @unchecked Sendable {
     // @unchecked: `file`, `slot`, `slots` never change; `commits` is touched only by the thread
     // that commits (the store's writer); the watcher thread owns everything else it uses.
@@ -41,13 +39,12 @@ final class CommitBeacon: @unchecked Sendable {
     /// Where the slots' locks lie: past the counters, so that a lock never covers data (locks on
     /// bytes past the end of a file are allowed).
     private static let slotLockOffset: off_t = 4096
-    /// The byte whose lock writers queue for.
-    fileprivate static let writerLockOffset: off_t = 8192
-    /// `F_OFD_SETLK` and `F_OFD_SETLKW` (Linux ≥ 3.15): `<fcntl.h>` defines them only with
-    /// `_GNU_SOURCE`, which Swift's Glibc module does not set. Unlike a POSIX lock, an
-    /// open-file-description lock conflicts with the same process's other descriptors too, so two
-    /// stores of one process get two slots and queue for writing like two processes.
-    private static let (tryLock, waitForLock): (Int32, Int32) = (37, 38)
+    /// `F_OFD_SETLK` (Linux ≥ 3.15): `<fcntl.h>` defines it only with `_GNU_SOURCE`, which Swift's
+    /// Glibc module does not set. Unlike a POSIX lock, an open-file-description lock conflicts with
+    /// the same process's other descriptors too, so two stores of one process get two slots.
+    private static let tryLock: Int32 = 37
+    /// How long a writer waits for its turn before it goes on without (see ``WriterQueue``).
+    static let defaultTurnTimeoutNanos: Int64 = 10_000_000_000
 
     /// The beacon file (-1 when it cannot be opened: then only the fallback works).
     private let file: Int32
@@ -57,6 +54,10 @@ final class CommitBeacon: @unchecked Sendable {
     private let slots: Int
     /// This slot's counter (the committing thread only).
     private var commits: UInt64 = 0
+    /// The writers' queue (nil when the file cannot be mapped: writers then do not queue).
+    private let queue: WriterQueue?
+    /// Whether the committing thread holds its turn (that thread only).
+    private var holdingTurn = false
     private let stopped = Atomic<Bool>(false)
 
     /// What this beacon cannot do, and what to do about it, for the owner to log; nil when it works
@@ -66,7 +67,10 @@ final class CommitBeacon: @unchecked Sendable {
     /// Opens (creating) the beacon of the store at `databasePath`, claims one of its first `slots`
     /// slots and starts the watcher thread, which calls `changed` after another process's commit.
     /// Whatever fails (the file, a slot, inotify) leaves the rest working and says so in `problem`.
-    init(databasePath: String, slots: Int = defaultSlots, changed: @escaping @Sendable () -> Void) {
+    init(
+        databasePath: String, slots: Int = defaultSlots, turnTimeoutNanos: Int64 = defaultTurnTimeoutNanos,
+        changed: @escaping @Sendable () -> Void
+    ) {
         let beaconPath = databasePath + "-wake"
         self.slots = slots
         file = open(beaconPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
@@ -77,12 +81,13 @@ final class CommitBeacon: @unchecked Sendable {
         if file >= 0, stat(databasePath, &database) == 0 { _ = fchmod(file, database.st_mode & 0o777) }
         var claimed: Int?
         if file >= 0 {
-            for index in 0..<slots where Self.lock(file, F_WRLCK, at: Self.slotLockOffset + off_t(index), waiting: false) {
+            for index in 0..<slots where Self.lock(file, at: Self.slotLockOffset + off_t(index)) {
                 claimed = index
                 break
             }
         }
         slot = claimed
+        queue = file >= 0 ? WriterQueue(file: file, timeoutNanos: turnTimeoutNanos) : nil
         if file < 0 {
             problem =
                 "cannot open \(beaconPath) (\(String(cString: strerror(openError)))): other processes' commits are noticed up to 20 ms late, "
@@ -108,7 +113,7 @@ final class CommitBeacon: @unchecked Sendable {
         _ = inotify_add_watch(walEvents, directory.isEmpty ? "." : directory, UInt32(IN_MODIFY | IN_CREATE))
         let watcher = Watcher(
             beaconEvents: beaconEvents, walEvents: walEvents, walName: (databasePath as NSString).lastPathComponent + "-wal",
-            databasePath: databasePath, beacon: file, slots: slots, slot: claimed, changed: changed)
+            databasePath: databasePath, beacon: file, slots: slots, slot: claimed, queue: queue, changed: changed)
         // The thread keeps the beacon alive until it ends: the file (and with it the slot) is
         // closed in deinit, once neither the watcher nor the committing thread can use it.
         let thread = Thread { [self] in
@@ -125,19 +130,18 @@ final class CommitBeacon: @unchecked Sendable {
     }
 
     /// Waits until no other writer of the store (in any process) is writing. Call it before
-    /// `BEGIN IMMEDIATE`, from one thread only, and ``didWrite(committed:)`` once the transaction
-    /// ended, whatever its end.
+    /// `BEGIN IMMEDIATE`, and ``didWrite(committed:)`` once the transaction ended, whatever its
+    /// end, on the same thread (a turn belongs to a thread), one thread at a time.
     func willWrite() {
-        guard file >= 0 else { return }
-        // Interrupted by a signal: wait again. Any other failure: go on unqueued (SQLite's own
-        // lock still keeps writers apart; only the wait is less prompt).
-        while !Self.lock(file, F_WRLCK, at: Self.writerLockOffset, waiting: true) && errno == EINTR {}
+        // Without a turn (no queue, or a holder that does not let go): SQLite's own lock still
+        // keeps writers apart; only the wait is less prompt.
+        holdingTurn = queue?.enter() ?? false
     }
 
     /// Lets the next writer in and, after a commit, announces it to the other processes.
     func didWrite(committed: Bool) {
-        guard file >= 0 else { return }
-        _ = Self.lock(file, F_UNLCK, at: Self.writerLockOffset, waiting: false)
+        if holdingTurn { queue?.leave() }
+        holdingTurn = false
         guard committed, let slot else { return }
         commits &+= 1
         _ = withUnsafeBytes(of: commits) { pwrite(file, $0.baseAddress, 8, off_t(slot * 8)) }
@@ -146,14 +150,14 @@ final class CommitBeacon: @unchecked Sendable {
     /// Stops the watcher thread (within its poll interval) and, after it, gives the slot up.
     func stop() { stopped.store(true, ordering: .releasing) }
 
-    /// Takes (`F_WRLCK`) or drops (`F_UNLCK`) the open-file-description lock on one byte.
-    fileprivate static func lock(_ file: Int32, _ type: Int32, at offset: off_t, waiting: Bool) -> Bool {
+    /// Takes the open-file-description lock on one byte, if free (kept until the file is closed).
+    private static func lock(_ file: Int32, at offset: off_t) -> Bool {
         var lock = flock()
-        lock.l_type = Int16(type)
+        lock.l_type = Int16(F_WRLCK)
         lock.l_whence = Int16(SEEK_SET)
         lock.l_start = offset
         lock.l_len = 1
-        return fcntl(file, waiting ? waitForLock : tryLock, &lock) == 0
+        return fcntl(file, tryLock, &lock) == 0
     }
 
     /// Every slot's counter (zeroes past the end of the file).
@@ -172,6 +176,7 @@ final class CommitBeacon: @unchecked Sendable {
         let beacon: Int32
         let slots: Int
         let slot: Int?
+        let queue: WriterQueue?
         let changed: @Sendable () -> Void
 
         func run(seen: [UInt64], isStopped: () -> Bool) {
@@ -186,9 +191,6 @@ final class CommitBeacon: @unchecked Sendable {
             // may have written it just before another's announcement.
             var unexplainedSince: Int64?
             var lockWaiter: SQLiteDatabase?
-            // Its own open file description: the writer lock then keeps this process's writer out too.
-            let turn = beacon >= 0 ? open(databasePath + "-wake", O_RDWR | O_CLOEXEC) : -1
-            defer { if turn >= 0 { close(turn) } }
             var buffer = [UInt8](repeating: 0, count: 4096)
             while !isStopped() {
                 var timeout: Int32 = 200
@@ -213,13 +215,13 @@ final class CommitBeacon: @unchecked Sendable {
                     // is free (its commit is over and visible) — in a turn of the writers' queue,
                     // not against it — then wake the owner. At most once per `fallback`.
                     if lockWaiter == nil { lockWaiter = try? SQLiteDatabase(path: databasePath, waitingWhenBusy: true) }
-                    let queued = turn >= 0 && CommitBeacon.lock(turn, F_WRLCK, at: CommitBeacon.writerLockOffset, waiting: true)
+                    let queued = queue?.enter() ?? false
                     do throws(TransportError) {
                         try lockWaiter?.execute("BEGIN IMMEDIATE; ROLLBACK")
                     } catch {
                         lockWaiter = nil
                     }
-                    if queued { _ = CommitBeacon.lock(turn, F_UNLCK, at: CommitBeacon.writerLockOffset, waiting: false) }
+                    if queued { queue?.leave() }
                     changed()
                 }
             }

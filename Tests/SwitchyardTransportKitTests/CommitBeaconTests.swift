@@ -15,6 +15,21 @@ struct CommitBeaconTests {
         var value: Int { count.load(ordering: .relaxed) }
     }
 
+    /// Holds `beacon`'s turn on a thread of its own (a turn is a thread's: taken and given back on
+    /// the same thread) until the returned semaphore is signalled.
+    static func holdTurn(_ beacon: CommitBeacon) -> DispatchSemaphore {
+        let taken = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        Thread {
+            beacon.willWrite()
+            taken.signal()
+            release.wait()
+            beacon.didWrite(committed: true)
+        }.start()
+        taken.wait()
+        return release
+    }
+
     @Test("a commit announced in one slot wakes the other beacons on the file, never the one that announced it")
     func announcedCommitsWakeOthers() async throws {
         let directory = try TemporaryDirectory()
@@ -46,7 +61,7 @@ struct CommitBeaconTests {
         let first = CommitBeacon(databasePath: path) {}
         let second = CommitBeacon(databasePath: path) {}
         defer { first.stop(); second.stop() }
-        first.willWrite()
+        let releaseFirst = Self.holdTurn(first)
         let secondWrites = Atomic<Bool>(false)
         let done = DispatchSemaphore(value: 0)
         Thread {
@@ -58,10 +73,48 @@ struct CommitBeaconTests {
         try await Task.sleep(for: .milliseconds(200))
         let early = secondWrites.load(ordering: .acquiring)
         #expect(!early, "the second wrote while the first held its turn")
-        first.didWrite(committed: true)
+        releaseFirst.signal()
         #expect(try await offPool { done.wait(timeout: .now() + 10) } == .success)
         let wrote = secondWrites.load(ordering: .acquiring)
         #expect(wrote)
+    }
+
+    @Test("a writer that does not let go (a stopped process) is waited for only until the timeout; one that dies hands its turn on")
+    func turnsAreBounded() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("store.db")
+        let stuck = CommitBeacon(databasePath: path, turnTimeoutNanos: 300_000_000) {}
+        let waiting = CommitBeacon(databasePath: path, turnTimeoutNanos: 300_000_000) {}
+        defer { stuck.stop(); waiting.stop() }
+        let releaseStuck = Self.holdTurn(stuck)
+        let waited = try await offPool { () -> Double in
+            let start = Date()
+            waiting.willWrite()
+            waiting.didWrite(committed: false)
+            return Date().timeIntervalSince(start)
+        }
+        #expect(waited >= 0.25 && waited < 5, "waited \(waited) s for a turn held for ever")
+        releaseStuck.signal()
+        // A thread that ends holding its turn (a process killed mid-write): the next one gets it
+        // at once, not after the timeout.
+        let dying = CommitBeacon(databasePath: path, turnTimeoutNanos: 10_000_000_000) {}
+        let next = CommitBeacon(databasePath: path, turnTimeoutNanos: 10_000_000_000) {}
+        defer { dying.stop(); next.stop() }
+        let ended = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            dying.willWrite()
+            ended.signal()
+        }
+        thread.start()
+        ended.wait()
+        try await Task.sleep(for: .milliseconds(100))  // the thread has ended by now
+        let handedOn = try await offPool { () -> Double in
+            let start = Date()
+            next.willWrite()
+            next.didWrite(committed: false)
+            return Date().timeIntervalSince(start)
+        }
+        #expect(handedOn < 2, "waited \(handedOn) s for the turn of a thread that ended")
     }
 
     @Test("with every slot taken a beacon still starts, without a slot; a slot comes free when its beacon stops")
