@@ -39,10 +39,6 @@ final class CommitBeacon: @unchecked Sendable {
     /// Where the slots' locks lie: past the counters, so that a lock never covers data (locks on
     /// bytes past the end of a file are allowed).
     private static let slotLockOffset: off_t = 4096
-    /// `F_OFD_SETLK` (Linux ≥ 3.15): `<fcntl.h>` defines it only with `_GNU_SOURCE`, which Swift's
-    /// Glibc module does not set. Unlike a POSIX lock, an open-file-description lock conflicts with
-    /// the same process's other descriptors too, so two stores of one process get two slots.
-    private static let tryLock: Int32 = 37
     /// How long a writer waits for its turn before it goes on without (see ``WriterQueue``).
     static let defaultTurnTimeoutNanos: Int64 = 10_000_000_000
 
@@ -81,7 +77,7 @@ final class CommitBeacon: @unchecked Sendable {
         if file >= 0, stat(databasePath, &database) == 0 { _ = fchmod(file, database.st_mode & 0o777) }
         var claimed: Int?
         if file >= 0 {
-            for index in 0..<slots where Self.lock(file, at: Self.slotLockOffset + off_t(index)) {
+            for index in 0..<slots where ByteLock.set(F_WRLCK, file, at: Self.slotLockOffset + off_t(index)) {
                 claimed = index
                 break
             }
@@ -149,16 +145,6 @@ final class CommitBeacon: @unchecked Sendable {
 
     /// Stops the watcher thread (within its poll interval) and, after it, gives the slot up.
     func stop() { stopped.store(true, ordering: .releasing) }
-
-    /// Takes the open-file-description lock on one byte, if free (kept until the file is closed).
-    private static func lock(_ file: Int32, at offset: off_t) -> Bool {
-        var lock = flock()
-        lock.l_type = Int16(F_WRLCK)
-        lock.l_whence = Int16(SEEK_SET)
-        lock.l_start = offset
-        lock.l_len = 1
-        return fcntl(file, tryLock, &lock) == 0
-    }
 
     /// Every slot's counter (zeroes past the end of the file).
     fileprivate static func counters(in file: Int32, slots: Int) -> [UInt64] {

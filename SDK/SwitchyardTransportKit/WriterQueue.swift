@@ -27,7 +27,6 @@ final class WriterQueue: @unchecked Sendable {
     private static let magic: UInt64 = 0x5357_5951_5545_0001
     /// The byte whose open-file-description lock serialises initialising the page.
     private static let initLockOffset: off_t = 8_193
-    private static let setLockWaiting: Int32 = 38  // F_OFD_SETLKW; see CommitBeacon
 
     private let page: UnsafeMutableRawPointer
     private var mutex: UnsafeMutablePointer<pthread_mutex_t> {
@@ -40,8 +39,8 @@ final class WriterQueue: @unchecked Sendable {
     /// the file cannot be grown or mapped (then writers do not queue).
     init?(file: Int32, timeoutNanos: Int64) {
         self.timeoutNanos = timeoutNanos
-        guard Self.initLock(file, F_WRLCK) else { return nil }
-        defer { _ = Self.initLock(file, F_UNLCK) }
+        guard ByteLock.set(F_WRLCK, file, at: Self.initLockOffset, wait: true) else { return nil }
+        defer { _ = ByteLock.set(F_UNLCK, file, at: Self.initLockOffset) }
         var info = stat()
         let needed = Self.pageOffset + off_t(Self.pageSize)
         guard fstat(file, &info) == 0, info.st_size >= needed || ftruncate(file, needed) == 0 else { return nil }
@@ -84,16 +83,4 @@ final class WriterQueue: @unchecked Sendable {
 
     /// Ends this thread's turn (after ``enter()`` returned true).
     func leave() { pthread_mutex_unlock(mutex) }
-
-    private static func initLock(_ file: Int32, _ type: Int32) -> Bool {
-        var lock = flock()
-        lock.l_type = Int16(type)
-        lock.l_whence = Int16(SEEK_SET)
-        lock.l_start = initLockOffset
-        lock.l_len = 1
-        while true {
-            if fcntl(file, setLockWaiting, &lock) == 0 { return true }
-            if errno != EINTR { return false }
-        }
-    }
 }

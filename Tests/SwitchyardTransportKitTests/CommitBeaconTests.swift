@@ -30,6 +30,25 @@ struct CommitBeaconTests {
         return release
     }
 
+    /// A plain SQLite connection on a new store at `path`, with a table to write: a writer that
+    /// announces nothing (an older Switchyard, or one without a slot).
+    static func writerWithoutSlot(_ path: String) throws -> SQLiteDatabase {
+        let writer = try SQLiteDatabase(path: path)
+        try writer.configureDurable()
+        try writer.execute("CREATE TABLE t (x INTEGER)")
+        return writer
+    }
+
+    /// Seconds `beacon` waited for its turn (taken and given back on a pool thread).
+    static func secondsToTurn(_ beacon: CommitBeacon) async throws -> Double {
+        try await offPool { () -> Double in
+            let start = Date()
+            beacon.willWrite()
+            beacon.didWrite(committed: false)
+            return Date().timeIntervalSince(start)
+        }
+    }
+
     @Test("a commit announced in one slot wakes the other beacons on the file, never the one that announced it")
     func announcedCommitsWakeOthers() async throws {
         let directory = try TemporaryDirectory()
@@ -87,12 +106,7 @@ struct CommitBeaconTests {
         let waiting = CommitBeacon(databasePath: path, turnTimeoutNanos: 300_000_000) {}
         defer { stuck.stop(); waiting.stop() }
         let releaseStuck = Self.holdTurn(stuck)
-        let waited = try await offPool { () -> Double in
-            let start = Date()
-            waiting.willWrite()
-            waiting.didWrite(committed: false)
-            return Date().timeIntervalSince(start)
-        }
+        let waited = try await Self.secondsToTurn(waiting)
         #expect(waited >= 0.25 && waited < 5, "waited \(waited) s for a turn held for ever")
         releaseStuck.signal()
         // A thread that ends holding its turn (a process killed mid-write): the next one gets it
@@ -108,12 +122,7 @@ struct CommitBeaconTests {
         thread.start()
         ended.wait()
         try await Task.sleep(for: .milliseconds(100))  // the thread has ended by now
-        let handedOn = try await offPool { () -> Double in
-            let start = Date()
-            next.willWrite()
-            next.didWrite(committed: false)
-            return Date().timeIntervalSince(start)
-        }
+        let handedOn = try await Self.secondsToTurn(next)
         #expect(handedOn < 2, "waited \(handedOn) s for the turn of a thread that ended")
     }
 
@@ -149,9 +158,7 @@ struct CommitBeaconTests {
     func unannouncedCommitsWakeThroughTheWAL() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("store.db")
-        let writer = try SQLiteDatabase(path: path)
-        try writer.configureDurable()
-        try writer.execute("CREATE TABLE t (x INTEGER)")
+        let writer = try Self.writerWithoutSlot(path)
         let wakes = Wakes()
         let beacon = CommitBeacon(databasePath: path, changed: wakes.handler)
         defer { beacon.stop() }
@@ -165,9 +172,7 @@ struct CommitBeaconTests {
     func unannouncedCommitsAmongAnnouncedOnes() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("store.db")
-        let writer = try SQLiteDatabase(path: path)
-        try writer.configureDurable()
-        try writer.execute("CREATE TABLE t (x INTEGER)")
+        let writer = try Self.writerWithoutSlot(path)
         let wakes = Wakes()
         let beacon = CommitBeacon(databasePath: path, changed: wakes.handler)
         defer { beacon.stop() }

@@ -13,10 +13,7 @@ struct SQLiteWriterTests {
     @Test("a failing operation in a shared batch undoes only itself")
     func failureUndoesOnlyItself() throws {
         let dir = try TemporaryDirectory()
-        let db = try SQLiteDatabase(path: dir.file("writer.db"))
-        try db.configureDurable()
-        try db.execute("CREATE TABLE t (v INTEGER NOT NULL)")
-        let writer = SQLiteWriter(db)
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"))
         let results = Self.inOneBatch(writer, count: 10) { value, db throws(TransportError) in
             try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(value))])
             if value == 4 { throw TransportError(.invalidArgument, "operation \(value) fails") }
@@ -36,11 +33,8 @@ struct SQLiteWriterTests {
     @Test("rows deferred to the end of a batch commit with their operations, and a bad one fails alone")
     func deferredRows() throws {
         let dir = try TemporaryDirectory()
-        let db = try SQLiteDatabase(path: dir.file("writer.db"))
-        try db.configureDurable()
-        try db.execute("CREATE TABLE t (v INTEGER NOT NULL CHECK (v != 4))")
         let rows = DeferredInts()
-        let writer = SQLiteWriter(db, deferred: rows)
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL CHECK (v != 4))"), deferred: rows)
         let results = Self.inOneBatch(writer, count: 10) { value, _ throws(TransportError) in rows.values.append(Int64(value)) }
         #expect(results == Dictionary(uniqueKeysWithValues: (0..<10).map { ($0, $0 != 4) }))
         let stored = try writer.perform { db throws(TransportError) -> [Int64] in
@@ -58,10 +52,7 @@ struct SQLiteWriterTests {
     @Test("a caller that finds the writer idle commits on its own thread; one that finds it busy waits for the writer thread")
     func idleWriterRunsInline() throws {
         let dir = try TemporaryDirectory()
-        let db = try SQLiteDatabase(path: dir.file("writer.db"))
-        try db.configureDurable()
-        try db.execute("CREATE TABLE t (v INTEGER NOT NULL)")
-        let writer = SQLiteWriter(db)
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"))
         let caller = pthread_self()
         let ranOn = try writer.perform { db throws(TransportError) -> pthread_t in
             try db.run("INSERT INTO t (v) VALUES (1)")
@@ -69,15 +60,7 @@ struct SQLiteWriterTests {
         }
         #expect(pthread_equal(ranOn, caller) != 0)
         // While one caller holds the writer, the next one's operation runs on the writer thread.
-        let hold = DispatchSemaphore(value: 0)
-        let holding = DispatchSemaphore(value: 0)
-        Thread {
-            try? writer.perform { _ throws(TransportError) in
-                holding.signal()
-                hold.wait()
-            }
-        }.start()
-        holding.wait()
+        let hold = Self.holdWriter(writer)
         let queued = Guarded<(caller: pthread_t, ranOn: pthread_t)?>(nil)
         let done = DispatchSemaphore(value: 0)
         Thread {
@@ -92,11 +75,17 @@ struct SQLiteWriterTests {
         #expect(pthread_equal(threads.caller, threads.ranOn) == 0)
     }
 
-    /// Runs `operation(0..<count)` from `count` threads while the writer is held, so that they
-    /// queue up and run as one batch; returns which succeeded.
-    static func inOneBatch(
-        _ writer: SQLiteWriter, count: Int, _ operation: @escaping @Sendable (Int, SQLiteDatabase) throws(TransportError) -> Void
-    ) -> [Int: Bool] {
+    /// A durable database in `dir` with one table, `CREATE TABLE` `table`.
+    static func database(in dir: TemporaryDirectory, table: String) throws -> SQLiteDatabase {
+        let db = try SQLiteDatabase(path: dir.file("writer.db"))
+        try db.configureDurable()
+        try db.execute("CREATE TABLE \(table)")
+        return db
+    }
+
+    /// Holds `writer` with an operation that waits, on a thread of its own, until the returned
+    /// semaphore is signalled: whatever comes meanwhile queues behind it.
+    static func holdWriter(_ writer: SQLiteWriter) -> DispatchSemaphore {
         let hold = DispatchSemaphore(value: 0)
         let holding = DispatchSemaphore(value: 0)
         Thread {
@@ -106,6 +95,15 @@ struct SQLiteWriterTests {
             }
         }.start()
         holding.wait()
+        return hold
+    }
+
+    /// Runs `operation(0..<count)` from `count` threads while the writer is held, so that they
+    /// queue up and run as one batch; returns which succeeded.
+    static func inOneBatch(
+        _ writer: SQLiteWriter, count: Int, _ operation: @escaping @Sendable (Int, SQLiteDatabase) throws(TransportError) -> Void
+    ) -> [Int: Bool] {
+        let hold = Self.holdWriter(writer)
         let results = Guarded<[Int: Bool]>([:])
         let done = DispatchGroup()
         for value in 0..<count {
