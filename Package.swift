@@ -279,6 +279,9 @@ let package = Package(
             dependencies: ["SwitchyardTestSupport", "SwitchyardAdmin", "SwitchyardRuntime", "SwitchyardConfig", "SwitchyardTestServices", "SwitchyardABI"]),
         .testTarget(
             name: "SwitchyardCLITests",
-            dependencies: ["SwitchyardTestSupport", "SwitchyardABI", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime"]),
+            dependencies: [
+                "SwitchyardTestSupport", "SwitchyardABI", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime",
+                "SwitchyardSoak",
+            ]),
     ]
 )

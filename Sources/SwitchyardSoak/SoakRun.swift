@@ -208,12 +208,17 @@ package final class SoakRun: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(Int(150 + random.next() % 450)))
             let candidates = producerLog.done ? consumers : consumers + [producer]
             let victim = candidates[Int(random.next() % UInt64(candidates.count))]
-            try await victim.killAndRestart(arguments: victim === producer ? producerArguments() : consumerArguments)
+            // The producer's arguments are made after it is gone and its last output read: where
+            // it carries on depends on the last item it said it tried.
+            try await victim.killAndRestart(arguments: victim === producer ? producerArguments : { consumerArguments })
             kills[victim.role, default: 0] += 1
         }
         // Let the producer finish (starting it again if it exited early), then the consumers.
         while !producerLog.done {
-            if !producer.isRunning { try producer.start(arguments: producerArguments()) }
+            if !producer.isRunning {
+                await producer.waitForOutput()
+                if !producerLog.done { try producer.start(arguments: producerArguments()) }
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
         let acknowledged = producerLog.acknowledged
@@ -434,6 +439,15 @@ final class Worker: @unchecked Sendable {
     let log: FileHandle?
     let logPath: String
     private var process: Process?
+    /// The current process's stdout, and its handler's state.
+    private var stdout: (pipe: Pipe, state: Guarded<OutputState>)?
+
+    /// Whether the stdout handler is reading or recording a chunk (set before it reads), and
+    /// whether it must not read any more (the pipe is being drained).
+    struct OutputState {
+        var reading = false
+        var closed = false
+    }
 
     var role: String { name.hasPrefix("consumer") ? "consumer" : name }
 
@@ -457,7 +471,15 @@ final class Worker: @unchecked Sendable {
         process.standardOutput = pipe
         process.standardError = log ?? FileHandle.nullDevice
         let output = self.output
+        let state = Guarded(OutputState())
+        stdout = (pipe, state)
         pipe.fileHandleForReading.readabilityHandler = { handle in
+            let open = state.withLock { state -> Bool in
+                state.reading = !state.closed
+                return state.reading
+            }
+            guard open else { return }
+            defer { state.withLock { $0.reading = false } }
             let data = handle.availableData
             if data.isEmpty { handle.readabilityHandler = nil } else { output.append(data) }
         }
@@ -465,15 +487,41 @@ final class Worker: @unchecked Sendable {
         self.process = process
     }
 
-    /// SIGKILL, wait for it to be gone, start it again (consumers: until ready).
-    func killAndRestart(arguments: [String]) async throws {
+    /// SIGKILL, wait for it to be gone and its output read, start it again with the `arguments`
+    /// made then (consumers: until ready).
+    func killAndRestart(arguments: () -> [String]) async throws {
         if let process, process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             while process.isRunning { try? await Task.sleep(for: .milliseconds(5)) }
         }
+        await waitForOutput()
         output.forget("ready")
-        try start(arguments: arguments)
+        try start(arguments: arguments())
         if role == "consumer" { try await waitUntilReady() }
+    }
+
+    /// Reads and records everything the exited process left in its stdout. Its exit is noticed
+    /// on another thread than its output, and the pipe's handler is not called again once the
+    /// writing end is closed, whatever is still in the pipe: a producer killed just after
+    /// writing `try N` and publishing item N was once restarted from N — that line never read —
+    /// and published N a second time under a new message id, which the inbox rightly let through.
+    func waitForOutput() async {
+        guard let (pipe, state) = stdout else { return }
+        stdout = nil
+        state.withLock { $0.closed = true }
+        pipe.fileHandleForReading.readabilityHandler = nil
+        let deadline = Date().addingTimeInterval(5)
+        while state.withLock({ $0.reading }) && Date() < deadline { try? await Task.sleep(for: .milliseconds(1)) }
+        // A dead process writes no more: whatever is in the pipe now is the rest.
+        let file = pipe.fileHandleForReading.fileDescriptor
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            var unread = pollfd(fd: file, events: Int16(POLLIN), revents: 0)
+            guard poll(&unread, 1, 0) > 0, unread.revents & Int16(POLLIN) != 0 else { return }
+            let count = buffer.withUnsafeMutableBytes { read(file, $0.baseAddress, $0.count) }
+            guard count > 0 else { return }
+            output.append(Data(buffer[0..<count]))
+        }
     }
 
     /// Waits for a consumer to say it is ready. A consumer that exits first could not start,

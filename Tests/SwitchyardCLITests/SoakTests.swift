@@ -2,6 +2,8 @@ import Foundation
 import SwitchyardTestSupport
 import Testing
 
+@testable import SwitchyardSoak
+
 @Suite("Crash soak")
 struct SoakTests {
     /// The numbers `switchyard soak --json` prints.
@@ -29,6 +31,29 @@ struct SoakTests {
         #expect(report.handled >= report.acknowledged)
         #expect(report.kills.values.reduce(0, +) == 4)
         #expect(report.passed)
+    }
+
+    /// The race behind one CI run's `duplicate_effects: 1`: the soak restarted a killed producer
+    /// from the last `try N` line it had read, not the last one the producer wrote, and the
+    /// producer published item N again. The child here writes 100,000 lines (more than a pipe
+    /// holds, so the last ones are still unread when it exits) and dies; the restart must be made
+    /// from its very last line.
+    @Test("a restarted producer carries on after the last item its killed predecessor wrote, read or not yet")
+    func restartSeesTheLastLine() async throws {
+        let directory = try TemporaryDirectory()
+        let output = WorkerOutput()
+        let worker = try Worker(
+            name: "producer", executable: "/bin/sh",
+            arguments: ["-c", "awk 'BEGIN { for (i = 0; i < 100000; i++) print \"try \" i }'; kill -9 $$"],
+            logDirectory: directory.path, output: output)
+        let deadline = Date().addingTimeInterval(60)
+        while worker.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(1)) }
+        var carriesOnFrom = -1
+        try await worker.killAndRestart {
+            carriesOnFrom = output.nextItem
+            return ["-c", "true"]
+        }
+        #expect(carriesOnFrom == 100_000)
     }
 
     /// Not under a sanitizer: two more soaks beside the heavy suites there made timing-bound
