@@ -4,12 +4,13 @@ import SwitchyardABI
 import SwitchyardPluginKit
 import Synchronization
 
-/// A durable ``MessageStore``: one SQLite database file in WAL mode with `synchronous=FULL`.
+/// A durable ``MessageStore``: one SQLite database file in WAL mode.
 ///
 /// - **Group commit.** Every operation runs on one writer thread, which takes all operations
 ///   waiting at that moment and runs them in one transaction (each in its own savepoint, so one
 ///   failing operation does not undo the others). A publish returns only after its transaction
-///   committed; concurrent publishes share one fsync.
+///   committed and was synced (after the write lock is let go, see ``SQLiteWriter``);
+///   concurrent publishes share one fsync.
 /// - **Ordering keys without lock bookkeeping.** Acknowledged entries are deleted, so the oldest
 ///   live entry of a key is its head; only a head that is visible and not leased can be leased.
 /// - **Several processes, one file.** Leases carry an expiry in the row, so any process may

@@ -11,13 +11,23 @@ import SwitchyardABI
 /// operation (`SAVEPOINT`, `RELEASE`) cost as much as the insert most of them are — so an
 /// operation's body may run twice, and touches nothing but the database and its own locals.
 ///
-/// Not every commit needs its own fsync: an operation whose loss in a power cut costs nothing
-/// but a repeat (a lease: the message is simply delivered again) runs `synced: false`. A batch
-/// made only of those commits with `synchronous=NORMAL`; the next synced commit makes it durable
-/// too (WAL frames are synced in order). Not `OFF`: with it SQLite also skips syncing the WAL's
-/// header when a commit starts the WAL over after a checkpoint, and a power cut can then corrupt
-/// the database; `NORMAL` syncs that header and nothing else. Checkpoints run only after synced
-/// commits, so they never copy unsynced pages into the database file.
+/// A commit is synced after the write lock is let go (``WALSync``): the connection runs with
+/// `synchronous=NORMAL`, so the commit writes the WAL without syncing it; the writer announces
+/// it, lets the lock go to other processes' writers, then syncs the WAL and only then answers the
+/// batch's callers. The sync is still in this process's turn: callers who come meanwhile queue
+/// and share the next commit, as they did while the sync was inside it. So a commit is visible —
+/// to other processes, and to this one's dispatcher — a moment before it is durable; its callers
+/// are answered once it is. A power cut in that moment can forget a message already delivered
+/// whose publisher was never told it was stored: a redelivery or a repeat, never the loss of
+/// anything acknowledged. Not `OFF`: with it SQLite also skips syncing the WAL's header when a
+/// commit starts the WAL over after a checkpoint, and a power cut can then corrupt the database;
+/// `NORMAL` syncs that header, and the WAL before a checkpoint copies it into the database. Where
+/// the WAL cannot be opened, synced batches commit with `synchronous=FULL`, as before.
+///
+/// Not every commit needs its fsync: an operation whose loss in a power cut costs nothing but a
+/// repeat (a lease: the message is simply delivered again) runs `synced: false`, and a batch made
+/// only of those is not synced; the next synced commit makes it durable too (WAL frames are
+/// synced in order).
 ///
 /// Operations may leave rows for the end of their batch (``SQLiteDeferredWrites``): a batch of 64
 /// publishes then writes its 64 rows with one multi-row statement rather than 64 statements.
@@ -48,6 +58,9 @@ public final class SQLiteWriter: @unchecked Sendable {
     private let deferred: (any SQLiteDeferredWrites)?
     /// Queues this writer with other processes' and announces its commits to them (see `init`).
     private let beacon: CommitBeacon?
+    /// Syncs commits once the write lock is let go; nil where the WAL could not be opened (then
+    /// synced batches commit with `synchronous=FULL`).
+    let walSync: WALSync?
 
     private final class Job {
         let work: (SQLiteDatabase) throws(TransportError) -> Void
@@ -63,7 +76,8 @@ public final class SQLiteWriter: @unchecked Sendable {
         }
     }
 
-    /// The connection's `synchronous` setting (its user only).
+    /// Whether the connection runs with `synchronous=FULL` (its user only): without `walSync`, for
+    /// synced batches.
     private var syncedMode = true
     /// Checkpoint once the WAL holds this many pages (SQLite's own default).
     static let checkpointPages: Int32 = 1000
@@ -80,6 +94,8 @@ public final class SQLiteWriter: @unchecked Sendable {
         self.deferred = deferred
         self.beacon = beacon
         db.trackWAL()
+        walSync = WALSync(databasePath: db.path)
+        if walSync != nil, (try? db.execute("PRAGMA synchronous = NORMAL")) != nil { syncedMode = false }
         let thread = Thread { [self] in writerLoop() }
         thread.name = "switchyard-sqlite-writer"
         thread.start()
@@ -167,6 +183,13 @@ public final class SQLiteWriter: @unchecked Sendable {
         beacon?.willWrite()
         let committed = run(batch, on: db)
         beacon?.didWrite(committed: committed)
+        // The lock is free for the other processes' writers; this process's callers still queue.
+        guard committed, let walSync, batch.contains(where: \.synced) else { return }
+        do throws(TransportError) {
+            try walSync.sync()
+        } catch {
+            for job in batch where job.synced && job.error == nil { job.error = error }
+        }
     }
 
     /// Wakes the batch's callers as a binary tree: the writer wakes the first, and each caller
@@ -186,7 +209,7 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     /// One transaction for the whole batch; a savepoint per job. Whether it committed.
     private func run(_ batch: [Job], on db: SQLiteDatabase) -> Bool {
-        let synced = batch.contains { $0.synced }
+        let synced = walSync == nil && batch.contains { $0.synced }
         if synced != syncedMode {
             do {
                 try db.execute(synced ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
@@ -255,9 +278,9 @@ public final class SQLiteWriter: @unchecked Sendable {
         }
     }
 
-    /// Whether the WAL has grown enough to be copied back into the database: after synced
-    /// commits only (see the type's note). Only with the turn (`busy`).
-    private var checkpointDue: Bool { syncedMode && db.walPages >= Self.checkpointPages }
+    /// Whether the WAL has grown enough to be copied back into the database (a checkpoint syncs
+    /// the WAL before it copies, with `NORMAL` as with `FULL`). Only with the turn (`busy`).
+    private var checkpointDue: Bool { db.walPages >= Self.checkpointPages }
 
     /// Copies the WAL back into the database, on the writer thread and in a turn of its own with
     /// the other processes' writers: its wait for readers must not hold up anyone's commit.

@@ -75,6 +75,50 @@ struct SQLiteWriterTests {
         #expect(pthread_equal(threads.caller, threads.ranOn) == 0)
     }
 
+    /// Synced commits are written with `synchronous=NORMAL` and synced after the write lock is let
+    /// go: one `fdatasync` of the WAL per synced batch, none for a batch of unsynced operations.
+    @Test("a synced commit syncs the WAL once, outside SQLite; an unsynced one does not sync")
+    func syncedAfterTheLock() throws {
+        let dir = try TemporaryDirectory()
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"))
+        let walSync = try #require(writer.walSync, "the writer opened its WAL")
+        let mode = try writer.perform(synced: false) { db throws(TransportError) -> Int64 in
+            var mode: Int64 = -1
+            try db.run("PRAGMA synchronous") { row in mode = row.int(0) }
+            return mode
+        }
+        #expect(mode == 1, "NORMAL: SQLite itself does not sync commits")
+        #expect(walSync.syncs == 0)
+        try writer.perform { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (1)") }
+        #expect(walSync.syncs == 1)
+        try writer.perform(synced: false) { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (2)") }
+        #expect(walSync.syncs == 1)
+        let results = Self.inOneBatch(writer, count: 8) { value, db throws(TransportError) in
+            try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(10 + value))])
+        }
+        #expect(results.values.allSatisfy { $0 })
+        #expect(walSync.syncs == 3, "the holder's batch, then one for the eight queued together")
+    }
+
+    /// A sync that fails fails its callers, and every later one: after a failed `fdatasync` the
+    /// kernel may have dropped the pages, and a later success would not mean they are on disk.
+    @Test("a failed WAL sync fails the commit's callers and every later synced commit, with what to do")
+    func failedSyncIsFinal() throws {
+        let dir = try TemporaryDirectory()
+        // A WAL that cannot be synced: fdatasync of /dev/null fails with EINVAL.
+        try FileManager.default.createSymbolicLink(atPath: dir.file("broken.db-wal"), withDestinationPath: "/dev/null")
+        let walSync = try #require(WALSync(databasePath: dir.file("broken.db")))
+        for _ in 0..<2 {
+            #expect {
+                try walSync.sync()
+            } throws: { error in
+                let message = "\(error)"
+                return message.contains("cannot sync") && message.contains("broken.db-wal") && message.contains("restart the process")
+            }
+        }
+        #expect(walSync.syncs == 1, "the second sync did not try again")
+    }
+
     /// A durable database in `dir` with one table, `CREATE TABLE` `table`.
     static func database(in dir: TemporaryDirectory, table: String) throws -> SQLiteDatabase {
         let db = try SQLiteDatabase(path: dir.file("writer.db"))

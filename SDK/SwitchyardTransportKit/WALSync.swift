@@ -1,0 +1,66 @@
+import Foundation
+import SwitchyardABI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Makes a SQLite store's commits durable after the write lock is let go: an `fdatasync` of the
+/// write-ahead log once the commit is written.
+///
+/// With `synchronous=FULL` SQLite syncs the WAL inside each commit, holding the write lock — and
+/// so holding up every other process's writer on the same file — for the whole fsync (half of a
+/// durable request-reply between two processes was the two sides waiting out each other's
+/// fsyncs). ``SQLiteWriter`` instead commits with `synchronous=NORMAL` (the WAL's frames are
+/// written, not synced; SQLite still syncs the WAL before each checkpoint, and its header when
+/// the WAL starts over), lets the lock go, and then syncs the WAL here before answering the
+/// commit's callers.
+///
+/// The WAL file is opened once, when the writer starts (its connection keeps the database in WAL
+/// mode, so SQLite neither deletes nor replaces the file meanwhile); its directory is synced then,
+/// so that the file's own entry survives a power cut as SQLite's first synced commit would have
+/// made it.
+///
+/// A failed `fdatasync` is final: the kernel may already have dropped the pages it could not
+/// write, and a later sync that succeeds would not bring them back (and SQLite's recovery cannot
+/// read frames past a lost one). Every later sync fails with the first error.
+final class WALSync: @unchecked Sendable {
+    // @unchecked: used by one thread at a time, whoever holds the writer's turn.
+
+    private let file: Int32
+    private let path: String
+    /// The first failure, for ever.
+    private var failure: TransportError?
+    /// Syncs run so far (tests check that each synced batch makes one, and unsynced ones none).
+    private(set) var syncs = 0
+
+    /// Opens the WAL of the database at `databasePath` and syncs its directory; nil when the WAL
+    /// cannot be opened (then commits must sync themselves: `synchronous=FULL`).
+    init?(databasePath: String) {
+        path = databasePath + "-wal"
+        file = open(path, O_RDONLY | O_CLOEXEC)
+        guard file >= 0 else { return nil }
+        let directory = (databasePath as NSString).deletingLastPathComponent
+        let folder = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if folder >= 0 {
+            _ = fsync(folder)
+            close(folder)
+        }
+    }
+
+    deinit { close(file) }
+
+    /// Returns once everything written to the WAL so far is on disk; throws when the disk refused
+    /// (now or at any earlier sync).
+    func sync() throws(TransportError) {
+        if let failure { throw failure }
+        syncs += 1
+        guard fdatasync(file) != 0 else { return }
+        let error = TransportError(
+            .io,
+            "cannot sync '\(path)' to disk (\(String(cString: strerror(errno)))): the last commits may be lost in a power cut; "
+                + "every later durable write of this store fails with this error — check the disk, then restart the process")
+        failure = error
+        throw error
+    }
+}
