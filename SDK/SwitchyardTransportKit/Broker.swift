@@ -102,6 +102,14 @@ public final class Broker: @unchecked Sendable {
     private var stats = TransportStats()
     /// When the dispatcher next looks for expired messages nobody leased (dispatcher thread only).
     private var nextExpirySweep: Int64 = 0
+    /// Where the dispatcher sleeps when the store tells other processes' changes through a
+    /// descriptor (``MessageStore/changeDescriptor``): in `poll`, on that descriptor and on a pipe
+    /// this process's wake-ups write to, rather than on `condition` with a thread of the store's
+    /// waking it (one thread switch fewer between another process's commit and its delivery).
+    /// All -1 otherwise.
+    private let storeChanges: Int32
+    private let wakeupReader: Int32
+    private let wakeupWriter: Int32
 
     /// Starts a broker and its dispatcher thread.
     public init(store: MessageStore, fanOut: Bool, options: BrokerOptions, host: HostServices, name: String) {
@@ -110,10 +118,26 @@ public final class Broker: @unchecked Sendable {
         self.options = options
         self.host = host
         reporter = StatsReporter(host: host)
+        var pipe: [Int32] = [-1, -1]
+        let changes = store.changeDescriptor
+        if changes >= 0, Glibc.pipe(&pipe) == 0 {
+            for end in pipe {
+                _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+                _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            }
+        } else if changes >= 0 {
+            host.log(.warning, "cannot make a pipe (\(String(cString: strerror(errno)))): other processes' commits are noticed up to 20 ms late")
+        }
+        (wakeupReader, wakeupWriter) = (pipe[0], pipe[1])
+        storeChanges = pipe[0] >= 0 ? changes : -1
         store.setChangeHandler { [weak self] in self?.wake() }
         let thread = Thread { [self] in dispatchLoop() }
         thread.name = "switchyard-\(name)"
         thread.start()
+    }
+
+    deinit {
+        for end in [wakeupReader, wakeupWriter] where end >= 0 { close(end) }
     }
 
     private func now() -> Int64 { host.nowNanos() }
@@ -129,7 +153,32 @@ public final class Broker: @unchecked Sendable {
     private func markWork() {
         workPending = true
         workHint.store(true, ordering: .relaxed)
-        if dispatcherWaiting { condition.broadcast() }
+        if dispatcherWaiting { wakeDispatcher() }
+    }
+
+    /// Wakes the dispatcher from its sleep (or its next one). Call with the lock held.
+    private func wakeDispatcher() {
+        guard wakeupWriter >= 0 else { return condition.broadcast() }
+        var byte: UInt8 = 1
+        _ = write(wakeupWriter, &byte, 1)  // a full pipe (EAGAIN) is readable already
+    }
+
+    /// The dispatcher's sleep with a store descriptor: until it or the wake-up pipe is readable,
+    /// or until `deadline` (wall clock; nil: none). Whether another process changed the store.
+    private func sleepOnDescriptors(until deadline: Int64?) -> Bool {
+        var timeout: Int32 = -1
+        if let deadline {
+            let (remaining, overflow) = deadline.subtractingReportingOverflow(wallClockNanoseconds())
+            // Rounded up: a wake-up before the deadline would only find nothing to do yet.
+            timeout = overflow || remaining <= 0 ? 0 : Int32(clamping: remaining / 1_000_000 + 1)
+        }
+        var descriptors = [pollfd(fd: wakeupReader, events: Int16(POLLIN), revents: 0), pollfd(fd: storeChanges, events: Int16(POLLIN), revents: 0)]
+        guard poll(&descriptors, 2, timeout) > 0 else { return false }
+        if descriptors[0].revents != 0 {
+            var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+            while withUnsafeMutableBytes(of: &bytes, { read(wakeupReader, $0.baseAddress, $0.count) }) > 0 {}
+        }
+        return descriptors[1].revents != 0 && store.takeChanges()
     }
 
     private func key(_ channel: String, _ group: String) -> GroupKey {
@@ -362,6 +411,7 @@ public final class Broker: @unchecked Sendable {
         draining = true
         closing.store(true, ordering: .releasing)
         condition.broadcast()
+        if wakeupWriter >= 0 { wakeDispatcher() }
         waiters += 1
         // The ABI's drain deadline is on the monotonic clock, as the condition's waits are.
         while !inFlight.isEmpty, condition.wait(untilMonotonicNanos: deadlineNanos) {}
@@ -395,6 +445,7 @@ public final class Broker: @unchecked Sendable {
         stopped = true
         closing.store(true, ordering: .releasing)
         condition.broadcast()
+        if wakeupWriter >= 0 { wakeDispatcher() }
         waiters += 1
         while !dispatcherDone || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
         waiters -= 1
@@ -469,7 +520,12 @@ public final class Broker: @unchecked Sendable {
                 }
                 if !workPending && !stopped {
                     dispatcherWaiting = true
-                    if let wakeup {
+                    if wakeupReader >= 0 {
+                        condition.unlock()
+                        let changed = sleepOnDescriptors(until: wakeup)
+                        condition.lock()
+                        if changed { workPending = true }
+                    } else if let wakeup {
                         _ = condition.wait(untilWallClockNanos: wakeup)
                     } else {
                         condition.wait()  // draining, or nothing scheduled: only a signal wakes it

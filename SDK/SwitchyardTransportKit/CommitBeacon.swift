@@ -14,22 +14,25 @@ import Synchronization
 /// per process. Each process holds a slot with an open-file-description lock (the kernel drops it
 /// when the process ends, so a slot is never leaked), adds one to its counter after each commit,
 /// and watches the file with inotify. A change in another process's slot means another process
-/// committed: the store's owner is woken, and a plain read then sees the commit.
+/// committed, and a plain read then sees the commit. The store's dispatcher waits on that inotify
+/// descriptor itself (``announcements``, read with ``takeAnnouncements()``): no thread stands
+/// between a commit and the dispatcher it wakes.
 ///
 /// What it replaces, watching the WAL file alone, hears every write to the WAL, before the commit
 /// is visible, and the process's own writes as well: a woken dispatcher had to take the write lock
 /// to be sure to see the commit, waiting out the committer's fsync and contending with it. The WAL
 /// is still watched as a fallback, for a writer without a slot (an older Switchyard, or more than
-/// ``defaultSlots`` processes on one store): a write to the WAL that no commit counter explains
-/// within ``fallbackNanos`` wakes the owner all the same, after waiting once for the write lock
-/// (so the commit that wrote it is over).
+/// ``defaultSlots`` processes on one store), by a thread of the beacon's: a write to the WAL
+/// within ``fallbackNanos`` wakes the owner (`changed`) all the same, after waiting once for the
+/// write lock (so the commit that wrote it is over).
 ///
 /// Writers queue in a page of the same file (``WriterQueue``): each write transaction runs in a
 /// turn (``willWrite()``/``didWrite(committed:)``), so that the next writer wakes as the last one
 /// finishes instead of sleeping in SQLite's busy handler.
 final class CommitBeacon: @unchecked Sendable {
-    // @unchecked: `file`, `slot`, `slots` never change; `commits` is touched only by the thread
-    // that commits (the store's writer); the watcher thread owns everything else it uses.
+    // @unchecked: `file`, `slot`, `slots`, `announcements` never change; `commits` is touched only
+    // by the thread that commits (the store's writer), `seen` only by the one that takes the
+    // announcements (the dispatcher); the watcher thread owns everything else it uses.
 
     /// Processes that can announce their commits on one store; more still work, woken through the
     /// fallback (up to ``fallbackNanos`` late).
@@ -50,6 +53,11 @@ final class CommitBeacon: @unchecked Sendable {
     private let slots: Int
     /// This slot's counter (the committing thread only).
     private var commits: UInt64 = 0
+    /// An inotify descriptor that becomes readable when the beacon file changes: poll it, then
+    /// call ``takeAnnouncements()``. -1 when inotify or the file is not available.
+    let announcements: Int32
+    /// Every slot's counter as last taken (the thread that takes the announcements only).
+    private var seen: [UInt64]
     /// The writers' queue (nil when the file cannot be mapped: writers then do not queue).
     private let queue: WriterQueue?
     /// Whether the committing thread holds its turn (that thread only).
@@ -91,30 +99,30 @@ final class CommitBeacon: @unchecked Sendable {
         } else if claimed == nil {
             problem = "all \(slots) slots of \(beaconPath) are taken: other processes notice this one's commits up to 20 ms late"
         }
-        // Read now, not when the thread starts: a commit in between would go unheard.
-        let counters = file >= 0 ? Self.counters(in: file, slots: slots) : []
-        if let claimed { commits = counters[claimed] }
-        let beaconEvents = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        // Read after the watch is set, so that no commit falls between the two unheard.
+        let beaconEvents = file >= 0 ? inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC)) : -1
+        if beaconEvents >= 0 { _ = inotify_add_watch(beaconEvents, beaconPath, UInt32(IN_MODIFY)) }
+        announcements = beaconEvents
+        seen = file >= 0 ? Self.counters(in: file, slots: slots) : []
+        if let claimed { commits = seen[claimed] }
         let walEvents = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
-        guard beaconEvents >= 0, walEvents >= 0 else {
+        guard walEvents >= 0, file < 0 || beaconEvents >= 0 else {
             let reason = String(cString: strerror(errno))
-            for fd in [beaconEvents, walEvents] where fd >= 0 { close(fd) }
+            if walEvents >= 0 { close(walEvents) }
             problem =
                 "cannot watch \(beaconPath) (inotify: \(reason)): other processes' commits are noticed only at the next expiry sweep; "
                 + "raise fs.inotify.max_user_instances (each durable store uses two)"
             return
         }
-        if file >= 0 { _ = inotify_add_watch(beaconEvents, beaconPath, UInt32(IN_MODIFY)) }
         let directory = (databasePath as NSString).deletingLastPathComponent
         _ = inotify_add_watch(walEvents, directory.isEmpty ? "." : directory, UInt32(IN_MODIFY | IN_CREATE))
         let watcher = Watcher(
-            beaconEvents: beaconEvents, walEvents: walEvents, walName: (databasePath as NSString).lastPathComponent + "-wal",
-            databasePath: databasePath, beacon: file, slots: slots, slot: claimed, queue: queue, changed: changed)
+            walEvents: walEvents, walName: (databasePath as NSString).lastPathComponent + "-wal", databasePath: databasePath,
+            fallback: file >= 0 ? Self.fallbackNanos : 0, queue: queue, changed: changed)
         // The thread keeps the beacon alive until it ends: the file (and with it the slot) is
         // closed in deinit, once neither the watcher nor the committing thread can use it.
         let thread = Thread { [self] in
-            watcher.run(seen: counters) { stopped.load(ordering: .acquiring) }
-            close(beaconEvents)
+            watcher.run { stopped.load(ordering: .acquiring) }
             close(walEvents)
         }
         thread.name = "switchyard-sqlite-watch"
@@ -122,7 +130,20 @@ final class CommitBeacon: @unchecked Sendable {
     }
 
     deinit {
+        if announcements >= 0 { close(announcements) }
         if file >= 0 { close(file) }
+    }
+
+    /// Whether another process announced a commit since the last call: reads what made
+    /// ``announcements`` readable, then the counters. One thread at a time (the dispatcher).
+    func takeAnnouncements() -> Bool {
+        guard announcements >= 0 else { return false }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        guard Self.drain(announcements, into: &buffer, matching: nil) else { return false }
+        let now = Self.counters(in: file, slots: slots)
+        let announced = now.indices.contains { $0 != slot && now[$0] != seen[$0] }
+        seen = now
+        return announced
     }
 
     /// Waits until no other writer of the store (in any process) is writing. Call it before
@@ -153,23 +174,17 @@ final class CommitBeacon: @unchecked Sendable {
         return counters
     }
 
-    /// The watcher thread's state.
+    /// The watcher thread's state: the fallback for writers that announce nothing.
     private struct Watcher {
-        let beaconEvents: Int32
         let walEvents: Int32
         let walName: String
         let databasePath: String
-        let beacon: Int32
-        let slots: Int
-        let slot: Int?
+        /// How long a write to the WAL may go unexplained (0 without a beacon file: at once).
+        let fallback: Int64
         let queue: WriterQueue?
         let changed: @Sendable () -> Void
 
-        func run(seen: [UInt64], isStopped: () -> Bool) {
-            var seen = seen
-            // Without a beacon file every WAL write wakes the owner at once (once the write lock
-            // is free), as before beacons.
-            let fallback = beacon >= 0 ? CommitBeacon.fallbackNanos : 0
+        func run(isStopped: () -> Bool) {
             // When the first write to the WAL was heard since the last fallback wake-up. While one
             // is pending the WAL's events are not listened to (a commit writes the WAL many times,
             // and each write woke this thread); they are dropped at the wake-up. No announcement
@@ -183,20 +198,14 @@ final class CommitBeacon: @unchecked Sendable {
                 if let since = unexplainedSince {
                     timeout = Int32(clamping: max(0, since + fallback - monotonicNanoseconds()) / 1_000_000 + 1)
                 }
-                var pollers = [pollfd(fd: beaconEvents, events: Int16(POLLIN), revents: 0), pollfd(fd: walEvents, events: Int16(POLLIN), revents: 0)]
-                guard poll(&pollers, unexplainedSince == nil ? 2 : 1, timeout) >= 0 else { continue }
-                if pollers[0].revents != 0, drain(beaconEvents, into: &buffer, matching: nil) {
-                    let now = CommitBeacon.counters(in: beacon, slots: slots)
-                    let announced = now.indices.contains { $0 != slot && now[$0] != seen[$0] }
-                    seen = now
-                    if announced { changed() }
-                }
-                if unexplainedSince == nil, pollers[1].revents != 0, drain(walEvents, into: &buffer, matching: walName) {
+                var poller = pollfd(fd: walEvents, events: Int16(POLLIN), revents: 0)
+                guard poll(&poller, unexplainedSince == nil ? 1 : 0, timeout) >= 0 else { continue }
+                if unexplainedSince == nil, poller.revents != 0, CommitBeacon.drain(walEvents, into: &buffer, matching: walName) {
                     unexplainedSince = monotonicNanoseconds()
                 }
                 if let since = unexplainedSince, monotonicNanoseconds() >= since + fallback {
                     unexplainedSince = nil
-                    _ = drain(walEvents, into: &buffer, matching: nil)
+                    _ = CommitBeacon.drain(walEvents, into: &buffer, matching: nil)
                     // Perhaps a writer that does not announce its commits: wait until the write lock
                     // is free (its commit is over and visible) — in a turn of the writers' queue,
                     // not against it — then wake the owner. At most once per `fallback`.
@@ -212,25 +221,25 @@ final class CommitBeacon: @unchecked Sendable {
                 }
             }
         }
+    }
 
-        /// Reads every event waiting on `events`; whether any was there (with `name`: any for it).
-        private func drain(_ events: Int32, into buffer: inout [UInt8], matching name: String?) -> Bool {
-            var found = false
-            while true {
-                let count = buffer.withUnsafeMutableBytes { read(events, $0.baseAddress, $0.count) }
-                guard count > 0 else { return found }
-                guard let name else {
-                    found = true
-                    continue
-                }
-                var offset = 0
-                while offset + MemoryLayout<inotify_event>.size <= count {
-                    buffer.withUnsafeBytes { raw in
-                        let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
-                        let start = offset + MemoryLayout<inotify_event>.size
-                        if raw[start..<min(count, start + Int(event.len))].prefix(while: { $0 != 0 }).elementsEqual(name.utf8) { found = true }
-                        offset = start + Int(event.len)
-                    }
+    /// Reads every event waiting on `events`; whether any was there (with `name`: any for it).
+    fileprivate static func drain(_ events: Int32, into buffer: inout [UInt8], matching name: String?) -> Bool {
+        var found = false
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(events, $0.baseAddress, $0.count) }
+            guard count > 0 else { return found }
+            guard let name else {
+                found = true
+                continue
+            }
+            var offset = 0
+            while offset + MemoryLayout<inotify_event>.size <= count {
+                buffer.withUnsafeBytes { raw in
+                    let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
+                    let start = offset + MemoryLayout<inotify_event>.size
+                    if raw[start..<min(count, start + Int(event.len))].prefix(while: { $0 != 0 }).elementsEqual(name.utf8) { found = true }
+                    offset = start + Int(event.len)
                 }
             }
         }

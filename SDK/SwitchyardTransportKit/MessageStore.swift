@@ -128,9 +128,20 @@ public protocol MessageStore: AnyObject, Sendable {
     /// Registers a function to call when another process changes the store (stores shared between
     /// processes call it; others never do).
     func setChangeHandler(_ handler: @escaping @Sendable () -> Void)
+    /// A descriptor that becomes readable when another process may have changed the store, for
+    /// the dispatcher to wait on itself (no thread between the change and the dispatcher); -1 (the
+    /// default) when the store has none. Stores that offer one may still call the change handler
+    /// for changes the descriptor does not tell.
+    var changeDescriptor: Int32 { get }
+    /// Reads what made ``changeDescriptor`` readable; whether another process changed the store.
+    /// Called by one thread at a time.
+    func takeChanges() -> Bool
 }
 
 extension MessageStore {
+    public var changeDescriptor: Int32 { -1 }
+    public func takeChanges() -> Bool { false }
+
     public func ack(batch refs: [LeaseRef]) -> [TransportError?] {
         refs.map { ref in
             do throws(TransportError) {

@@ -152,6 +152,12 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         shared.withLock { $0.changeHandler = handler }
     }
 
+    /// The beacon's announcements (other processes' commits); the change handler is called for
+    /// what only the WAL tells (writers without a slot).
+    public var changeDescriptor: Int32 { beacon.announcements }
+
+    public func takeChanges() -> Bool { beacon.takeAnnouncements() }
+
     public func append(_ messages: [Message]) throws(TransportError) {
         try insert(messages, deleting: nil)
     }
