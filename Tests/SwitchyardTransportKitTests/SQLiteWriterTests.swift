@@ -89,9 +89,9 @@ struct SQLiteWriterTests {
         }
         #expect(mode == 1, "NORMAL: SQLite itself does not sync commits")
         #expect(walSync.syncs == 0)
-        try writer.perform { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (1)") }
+        _ = try writer.perform { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (1)") }
         #expect(walSync.syncs == 1)
-        try writer.perform(synced: false) { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (2)") }
+        _ = try writer.perform(synced: false) { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (2)") }
         #expect(walSync.syncs == 1)
         let results = Self.inOneBatch(writer, count: 8) { value, db throws(TransportError) in
             try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(10 + value))])
