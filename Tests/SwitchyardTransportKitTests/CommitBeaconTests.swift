@@ -87,8 +87,10 @@ struct CommitBeaconTests {
     func writersQueue() async throws {
         let directory = try TemporaryDirectory()
         let path = directory.file("store.db")
-        let first = CommitBeacon(databasePath: path) {}
-        let second = CommitBeacon(databasePath: path) {}
+        // Turns that do not time out here (an hour): under a sanitizer on a loaded machine the 200 ms below
+        // once took more than the default 10 s, and the second writer went on without its turn.
+        let first = CommitBeacon(databasePath: path, turnTimeoutNanos: 3_600_000_000_000) {}
+        let second = CommitBeacon(databasePath: path, turnTimeoutNanos: 3_600_000_000_000) {}
         defer { first.stop(); second.stop() }
         let releaseFirst = Self.holdTurn(first)
         let secondWrites = Atomic<Bool>(false)
