@@ -268,15 +268,22 @@ public final class Broker: @unchecked Sendable {
         while true {
             let (depth, inFlight) = store.counts()
             if Int(depth + inFlight) + count <= options.capacity { return }
-            waiters += 1
-            let woke = options.fullWaitNanos > 0 && condition.wait(untilMonotonicNanos: deadline)
-            waiters -= 1
-            if !woke {
+            guard options.fullWaitNanos > 0, monotonicNanoseconds() < deadline else {
                 throw TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
             }
+            // Woken by settlements here, and by other processes' commits; and looking again at
+            // least every `roomRecheckNanos` all the same: a shared store's counts are refreshed
+            // at most that often, so the wake-up for the room another process made may have read
+            // the counts from before it.
+            waiters += 1
+            _ = condition.wait(untilMonotonicNanos: min(deadline, AdaptiveCondition.monotonicDeadline(in: Self.roomRecheckNanos)))
+            waiters -= 1
             if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
         }
     }
+
+    /// How often a publish waiting for room looks at the counts again, woken or not.
+    static let roomRecheckNanos: Int64 = 100_000_000
 
     // MARK: Subscriptions
 
@@ -524,7 +531,12 @@ public final class Broker: @unchecked Sendable {
                         condition.unlock()
                         let changed = sleepOnDescriptors(until: wakeup)
                         condition.lock()
-                        if changed { workPending = true }
+                        if changed {
+                            workPending = true
+                            // Another process's acknowledgements may have made room for a
+                            // publisher waiting here (as a wake() would tell it).
+                            if waiters > 0 { condition.broadcast() }
+                        }
                     } else if let wakeup {
                         _ = condition.wait(untilWallClockNanos: wakeup)
                     } else {

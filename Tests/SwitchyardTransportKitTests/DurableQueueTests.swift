@@ -169,6 +169,32 @@ struct DurableQueueTests {
         #expect(waited >= 0.15 && waited < 2, "three publishes through a queue of capacity 1 took \(waited) s")
     }
 
+    /// Room made by consumers elsewhere (another process; here another store on the same file,
+    /// which announces its commits the same way) lets a waiting publish in, long before its
+    /// `full_wait` is over.
+    @Test("with full_wait, a publish to a full shared store is let in once another store's consumer acknowledges")
+    func fullWaitAcrossStores() async throws {
+        let dir = try TemporaryDirectory()
+        let plugin = try BuildProducts.plugin("queue")
+        let config = #"{"path": "\#(dir.file("q.db"))", "capacity": 1, "full_wait": "20s"}"#
+        let publisher = try Transport(name: "publisher", plugin: plugin, configJSON: config)
+        let consumer = try Transport(name: "consumer", plugin: plugin, configJSON: config)
+        defer { publisher.close(); consumer.close() }
+        let held = Collector()
+        _ = try consumer.client.subscribe(SubscribeOptions(channel: "c"), handler: held.handler(client: consumer.client, settle: { _ in nil }))
+        try publisher.client.publish(Message(id: "first", channel: "c"))
+        #expect(await eventually { held.count == 1 })
+        try await Task.sleep(for: .milliseconds(300))  // the publisher's counts now say full
+        let second = Task { try await offPool { try publisher.client.publish(Message(id: "second", channel: "c")) } }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(held.count == 1, "the second publish went through a full queue")
+        let acknowledged = Date()
+        try consumer.client.settle(try #require(held.received.first).delivery, .ack)
+        try await second.value
+        let waited = Date().timeIntervalSince(acknowledged)
+        #expect(waited < 5, "the publish waited \(waited) s after the room was made")
+    }
+
     @Test("a full queue refuses a publish with a clear error, and nothing is dropped")
     func capacity() throws {
         let plugin = try BuildProducts.plugin("queue")
