@@ -103,11 +103,11 @@ public final class Broker: @unchecked Sendable {
     /// When the dispatcher next looks for expired messages nobody leased (dispatcher thread only).
     private var nextExpirySweep: Int64 = 0
     /// Where the dispatcher sleeps when the store tells other processes' changes through a
-    /// descriptor (``MessageStore/changeDescriptor``): in `poll`, on that descriptor and on a pipe
+    /// descriptor (``MessageStore/claimChangeDescriptor()``): in `poll`, on that descriptor and on a pipe
     /// this process's wake-ups write to, rather than on `condition` with a thread of the store's
     /// waking it (one thread switch fewer between another process's commit and its delivery).
     /// All -1 otherwise.
-    private let storeChanges: Int32
+    private var storeChanges: Int32  // dispatcher thread only, once started
     private let wakeupReader: Int32
     private let wakeupWriter: Int32
 
@@ -118,18 +118,25 @@ public final class Broker: @unchecked Sendable {
         self.options = options
         self.host = host
         reporter = StatsReporter(host: host)
+        // The pipe first: a store whose descriptor is claimed no longer tells its handler of those
+        // changes, so it is claimed only once the dispatcher can wait on it. (Not pipe2, which
+        // Swift's Glibc does not import: a child started between the calls may inherit the ends,
+        // and only holds two descriptors it never uses.)
         var pipe: [Int32] = [-1, -1]
-        let changes = store.changeDescriptor
-        if changes >= 0, Glibc.pipe(&pipe) == 0 {
-            for end in pipe {
+        var changes: Int32 = -1
+        if Glibc.pipe(&pipe) == 0 {
+            changes = store.claimChangeDescriptor()
+            if changes < 0 {
+                for end in pipe { close(end) }
+                pipe = [-1, -1]
+            }
+            for end in pipe where end >= 0 {
                 _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
                 _ = fcntl(end, F_SETFD, FD_CLOEXEC)
             }
-        } else if changes >= 0 {
-            host.log(.warning, "cannot make a pipe (\(String(cString: strerror(errno)))): other processes' commits are noticed up to 20 ms late")
         }
         (wakeupReader, wakeupWriter) = (pipe[0], pipe[1])
-        storeChanges = pipe[0] >= 0 ? changes : -1
+        storeChanges = changes
         store.setChangeHandler { [weak self] in self?.wake() }
         let thread = Thread { [self] in dispatchLoop() }
         thread.name = "switchyard-\(name)"
@@ -146,6 +153,8 @@ public final class Broker: @unchecked Sendable {
     public func wake() {
         condition.lock()
         markWork()
+        // Another process's acknowledgements may have made room for a publisher waiting here.
+        if waiters > 0 { condition.broadcast() }
         condition.unlock()
     }
 
@@ -163,22 +172,37 @@ public final class Broker: @unchecked Sendable {
         _ = write(wakeupWriter, &byte, 1)  // a full pipe (EAGAIN) is readable already
     }
 
-    /// The dispatcher's sleep with a store descriptor: until it or the wake-up pipe is readable,
-    /// or until `deadline` (wall clock; nil: none). Whether another process changed the store.
+    /// The dispatcher's sleep with a store descriptor: until the wake-up pipe is readable, another
+    /// process changed the store, or `deadline` (wall clock; nil: none). Whether another process
+    /// changed the store. The descriptor also turns readable at this process's own commits: those
+    /// are read and slept through (the dispatcher was told of them when they returned).
     private func sleepOnDescriptors(until deadline: Int64?) -> Bool {
-        var timeout: Int32 = -1
-        if let deadline {
-            let (remaining, overflow) = deadline.subtractingReportingOverflow(wallClockNanoseconds())
-            // Rounded up: a wake-up before the deadline would only find nothing to do yet.
-            timeout = overflow || remaining <= 0 ? 0 : Int32(clamping: remaining / 1_000_000 + 1)
+        while true {
+            var timeout: Int32 = -1
+            if let deadline {
+                let (remaining, overflow) = deadline.subtractingReportingOverflow(wallClockNanoseconds())
+                // Rounded up: a wake-up before the deadline would only find nothing to do yet.
+                timeout = overflow || remaining <= 0 ? 0 : Int32(clamping: remaining / 1_000_000 + 1)
+            }
+            var descriptors = [
+                pollfd(fd: wakeupReader, events: Int16(POLLIN), revents: 0), pollfd(fd: storeChanges, events: Int16(POLLIN), revents: 0),
+            ]
+            guard poll(&descriptors, 2, timeout) > 0 else { return false }
+            if descriptors[1].revents & Int16(POLLERR | POLLNVAL) != 0 {
+                // Never expected (the store keeps it open while it lives); polled again, it would
+                // spin. Other processes' commits are then heard through the store's change handler.
+                host.log(.error, "the store's change descriptor failed; other processes' commits are noticed up to 20 ms late")
+                storeChanges = -1
+                return true
+            }
+            let changed = descriptors[1].revents != 0 && store.takeChanges()
+            if descriptors[0].revents != 0 {
+                var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+                while withUnsafeMutableBytes(of: &bytes, { read(wakeupReader, $0.baseAddress, $0.count) }) > 0 {}
+                return changed
+            }
+            if changed { return true }
         }
-        var descriptors = [pollfd(fd: wakeupReader, events: Int16(POLLIN), revents: 0), pollfd(fd: storeChanges, events: Int16(POLLIN), revents: 0)]
-        guard poll(&descriptors, 2, timeout) > 0 else { return false }
-        if descriptors[0].revents != 0 {
-            var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-            while withUnsafeMutableBytes(of: &bytes, { read(wakeupReader, $0.baseAddress, $0.count) }) > 0 {}
-        }
-        return descriptors[1].revents != 0 && store.takeChanges()
     }
 
     private func key(_ channel: String, _ group: String) -> GroupKey {
@@ -273,8 +297,8 @@ public final class Broker: @unchecked Sendable {
             }
             // Woken by settlements here, and by other processes' commits; and looking again at
             // least every `roomRecheckNanos` all the same: a shared store's counts are refreshed
-            // at most that often, so the wake-up for the room another process made may have read
-            // the counts from before it.
+            // at most that often (less often for a very deep queue), so the wake-up for the room
+            // another process made may have read the counts from before it.
             waiters += 1
             _ = condition.wait(untilMonotonicNanos: min(deadline, AdaptiveCondition.monotonicDeadline(in: Self.roomRecheckNanos)))
             waiters -= 1

@@ -14,9 +14,10 @@ import Synchronization
 /// per process. Each process holds a slot with an open-file-description lock (the kernel drops it
 /// when the process ends, so a slot is never leaked), adds one to its counter after each commit,
 /// and watches the file with inotify. A change in another process's slot means another process
-/// committed, and a plain read then sees the commit. The store's dispatcher waits on that inotify
-/// descriptor itself (``announcements``, read with ``takeAnnouncements()``): no thread stands
-/// between a commit and the dispatcher it wakes.
+/// committed, and a plain read then sees the commit. The store's dispatcher claims that inotify
+/// descriptor (``claimAnnouncements()``) and waits on it itself, reading it with
+/// ``takeAnnouncements()``: no thread stands between a commit and the dispatcher it wakes. Until
+/// it is claimed, the beacon's watcher thread hears the announcements and calls `changed`.
 ///
 /// What it replaces, watching the WAL file alone, hears every write to the WAL, before the commit
 /// is visible, and the process's own writes as well: a woken dispatcher had to take the write lock
@@ -31,8 +32,8 @@ import Synchronization
 /// finishes instead of sleeping in SQLite's busy handler.
 final class CommitBeacon: @unchecked Sendable {
     // @unchecked: `file`, `slot`, `slots`, `announcements` never change; `commits` is touched only
-    // by the thread that commits (the store's writer), `seen` only by the one that takes the
-    // announcements (the dispatcher); the watcher thread owns everything else it uses.
+    // by the thread that commits (the store's writer); `seen` is guarded; the watcher thread owns
+    // everything else it uses.
 
     /// Processes that can announce their commits on one store; more still work, woken through the
     /// fallback (up to ``fallbackNanos`` late).
@@ -56,8 +57,10 @@ final class CommitBeacon: @unchecked Sendable {
     /// An inotify descriptor that becomes readable when the beacon file changes: poll it, then
     /// call ``takeAnnouncements()``. -1 when inotify or the file is not available.
     let announcements: Int32
-    /// Every slot's counter as last taken (the thread that takes the announcements only).
-    private var seen: [UInt64]
+    /// Every slot's counter as last taken.
+    private let seen: Guarded<[UInt64]>
+    /// Whether the owner waits on ``announcements`` itself (then the watcher leaves them alone).
+    private let ownerWaits = Atomic<Bool>(false)
     /// The writers' queue (nil when the file cannot be mapped: writers then do not queue).
     private let queue: WriterQueue?
     /// Whether the committing thread holds its turn (that thread only).
@@ -69,7 +72,8 @@ final class CommitBeacon: @unchecked Sendable {
     private(set) var problem: String?
 
     /// Opens (creating) the beacon of the store at `databasePath`, claims one of its first `slots`
-    /// slots and starts the watcher thread, which calls `changed` after another process's commit.
+    /// slots and starts the watcher thread, which calls `changed` after another process's commit
+    /// (once the announcements are claimed, only for those the WAL alone tells).
     /// Whatever fails (the file, a slot, inotify) leaves the rest working and says so in `problem`.
     init(
         databasePath: String, slots: Int = defaultSlots, turnTimeoutNanos: Int64 = defaultTurnTimeoutNanos,
@@ -101,29 +105,45 @@ final class CommitBeacon: @unchecked Sendable {
         }
         // Read after the watch is set, so that no commit falls between the two unheard.
         let beaconEvents = file >= 0 ? inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC)) : -1
+        let beaconError = errno
         if beaconEvents >= 0 { _ = inotify_add_watch(beaconEvents, beaconPath, UInt32(IN_MODIFY)) }
         announcements = beaconEvents
-        seen = file >= 0 ? Self.counters(in: file, slots: slots) : []
-        if let claimed { commits = seen[claimed] }
+        let counters = file >= 0 ? Self.counters(in: file, slots: slots) : []
+        seen = Guarded(counters)
+        if let claimed { commits = counters[claimed] }
         let walEvents = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
-        guard walEvents >= 0, file < 0 || beaconEvents >= 0 else {
-            let reason = String(cString: strerror(errno))
-            if walEvents >= 0 { close(walEvents) }
-            problem =
-                "cannot watch \(beaconPath) (inotify: \(reason)): other processes' commits are noticed only at the next expiry sweep; "
-                + "raise fs.inotify.max_user_instances (each durable store uses two)"
-            return
+        let walError = errno
+        if walEvents >= 0 {
+            let directory = (databasePath as NSString).deletingLastPathComponent
+            _ = inotify_add_watch(walEvents, directory.isEmpty ? "." : directory, UInt32(IN_MODIFY | IN_CREATE))
         }
-        let directory = (databasePath as NSString).deletingLastPathComponent
-        _ = inotify_add_watch(walEvents, directory.isEmpty ? "." : directory, UInt32(IN_MODIFY | IN_CREATE))
+        let raise = "raise fs.inotify.max_user_instances (each durable store uses two)"
+        var unwatched: String?
+        switch (file >= 0 && beaconEvents < 0, walEvents < 0) {
+        case (true, true):
+            unwatched =
+                "cannot watch \(beaconPath) or the WAL (inotify: \(String(cString: strerror(beaconError)))): other processes' commits are noticed only at the next expiry sweep; \(raise)"
+        case (true, false):
+            unwatched =
+                "cannot watch \(beaconPath) (inotify: \(String(cString: strerror(beaconError)))): other processes' commits are noticed up to 20 ms late; \(raise)"
+        case (false, true):
+            unwatched =
+                "cannot watch the WAL of \(databasePath) (inotify: \(String(cString: strerror(walError)))): commits of writers without a slot are noticed only at the next expiry sweep; \(raise)"
+        case (false, false):
+            break
+        }
+        if let unwatched { problem = problem.map { "\($0); \(unwatched)" } ?? unwatched }
+        guard walEvents >= 0 || beaconEvents >= 0 else { return }
         let watcher = Watcher(
             walEvents: walEvents, walName: (databasePath as NSString).lastPathComponent + "-wal", databasePath: databasePath,
             fallback: file >= 0 ? Self.fallbackNanos : 0, queue: queue, changed: changed)
         // The thread keeps the beacon alive until it ends: the file (and with it the slot) is
         // closed in deinit, once neither the watcher nor the committing thread can use it.
         let thread = Thread { [self] in
-            watcher.run { stopped.load(ordering: .acquiring) }
-            close(walEvents)
+            watcher.run(
+                announcements: announcements, isClaimed: { ownerWaits.load(ordering: .acquiring) }, take: { takeAnnouncements() }
+            ) { stopped.load(ordering: .acquiring) }
+            if walEvents >= 0 { close(walEvents) }
         }
         thread.name = "switchyard-sqlite-watch"
         thread.start()
@@ -134,16 +154,26 @@ final class CommitBeacon: @unchecked Sendable {
         if file >= 0 { close(file) }
     }
 
+    /// Hands ``announcements`` to the caller, who waits on it and calls ``takeAnnouncements()``;
+    /// the watcher thread no longer calls `changed` for them.
+    func claimAnnouncements() -> Int32 {
+        ownerWaits.store(true, ordering: .releasing)
+        return announcements
+    }
+
     /// Whether another process announced a commit since the last call: reads what made
-    /// ``announcements`` readable, then the counters. One thread at a time (the dispatcher).
+    /// ``announcements`` readable, then the counters (this process's own commits make it readable
+    /// too, and are not announcements).
     func takeAnnouncements() -> Bool {
         guard announcements >= 0 else { return false }
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        guard Self.drain(announcements, into: &buffer, matching: nil) else { return false }
-        let now = Self.counters(in: file, slots: slots)
-        let announced = now.indices.contains { $0 != slot && now[$0] != seen[$0] }
-        seen = now
-        return announced
+        return seen.withLock { seen in
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            guard Self.drain(announcements, into: &buffer, matching: nil) else { return false }
+            let now = Self.counters(in: file, slots: slots)
+            let announced = now.indices.contains { $0 != slot && now[$0] != seen[$0] }
+            seen = now
+            return announced
+        }
     }
 
     /// Waits until no other writer of the store (in any process) is writing. Call it before
@@ -174,7 +204,8 @@ final class CommitBeacon: @unchecked Sendable {
         return counters
     }
 
-    /// The watcher thread's state: the fallback for writers that announce nothing.
+    /// The watcher thread's state: the announcements until the owner claims them, and the fallback
+    /// for writers that announce nothing.
     private struct Watcher {
         let walEvents: Int32
         let walName: String
@@ -184,7 +215,7 @@ final class CommitBeacon: @unchecked Sendable {
         let queue: WriterQueue?
         let changed: @Sendable () -> Void
 
-        func run(isStopped: () -> Bool) {
+        func run(announcements: Int32, isClaimed: () -> Bool, take: () -> Bool, isStopped: () -> Bool) {
             // When the first write to the WAL was heard since the last fallback wake-up. While one
             // is pending the WAL's events are not listened to (a commit writes the WAL many times,
             // and each write woke this thread); they are dropped at the wake-up. No announcement
@@ -198,9 +229,15 @@ final class CommitBeacon: @unchecked Sendable {
                 if let since = unexplainedSince {
                     timeout = Int32(clamping: max(0, since + fallback - monotonicNanoseconds()) / 1_000_000 + 1)
                 }
-                var poller = pollfd(fd: walEvents, events: Int16(POLLIN), revents: 0)
-                guard poll(&poller, unexplainedSince == nil ? 1 : 0, timeout) >= 0 else { continue }
-                if unexplainedSince == nil, poller.revents != 0, CommitBeacon.drain(walEvents, into: &buffer, matching: walName) {
+                // Negative descriptors are left out by poll: the WAL while a write is pending, the
+                // announcements once claimed (or when they cannot be watched).
+                var pollers = [
+                    pollfd(fd: unexplainedSince == nil ? walEvents : -1, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: isClaimed() ? -1 : announcements, events: Int16(POLLIN), revents: 0),
+                ]
+                guard poll(&pollers, 2, timeout) >= 0 else { continue }
+                if pollers[1].revents != 0, !isClaimed(), take() { changed() }
+                if unexplainedSince == nil, pollers[0].revents != 0, CommitBeacon.drain(walEvents, into: &buffer, matching: walName) {
                     unexplainedSince = monotonicNanoseconds()
                 }
                 if let since = unexplainedSince, monotonicNanoseconds() >= since + fallback {

@@ -126,20 +126,22 @@ public protocol MessageStore: AnyObject, Sendable {
     /// Entries stored and not leased (`depth`) and leased (`inFlight`), over all channels.
     func counts() -> (depth: UInt64, inFlight: UInt64)
     /// Registers a function to call when another process changes the store (stores shared between
-    /// processes call it; others never do).
+    /// processes call it; others never do), except for the changes its claimed change descriptor
+    /// tells (``claimChangeDescriptor()``).
     func setChangeHandler(_ handler: @escaping @Sendable () -> Void)
-    /// A descriptor that becomes readable when another process may have changed the store, for
-    /// the dispatcher to wait on itself (no thread between the change and the dispatcher); -1 (the
-    /// default) when the store has none. Stores that offer one may still call the change handler
-    /// for changes the descriptor does not tell.
-    var changeDescriptor: Int32 { get }
-    /// Reads what made ``changeDescriptor`` readable; whether another process changed the store.
-    /// Called by one thread at a time.
+    /// Hands over a descriptor that becomes readable when another process may have changed the
+    /// store, for the dispatcher to wait on itself (no thread between the change and the
+    /// dispatcher); -1 (the default) when the store has none. From then on, what the descriptor
+    /// tells is no longer also told through the change handler (which still tells the rest). The
+    /// store keeps it open while it lives; call it once.
+    func claimChangeDescriptor() -> Int32
+    /// Reads what made the claimed descriptor readable; whether another process changed the
+    /// store (it also turns readable at this process's own commits). One thread at a time.
     func takeChanges() -> Bool
 }
 
 extension MessageStore {
-    public var changeDescriptor: Int32 { -1 }
+    public func claimChangeDescriptor() -> Int32 { -1 }
     public func takeChanges() -> Bool { false }
 
     public func ack(batch refs: [LeaseRef]) -> [TransportError?] {

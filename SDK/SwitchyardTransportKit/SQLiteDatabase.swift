@@ -42,6 +42,13 @@ public final class SQLiteDatabase {
         sqlite3_close_v2(handle)
     }
 
+    /// The write-ahead log's file as SQLite names it (beside the file a symbolic link points to,
+    /// not beside the link); nil for an in-memory database.
+    var walPath: String? {
+        guard let database = sqlite3_db_filename(handle, "main"), database.pointee != 0, let wal = sqlite3_filename_wal(database) else { return nil }
+        return String(cString: wal)
+    }
+
     /// Pages in the write-ahead log after the last commit, once ``trackWAL()`` was called.
     public fileprivate(set) var walPages: Int32 = 0
     private var walTracked = false

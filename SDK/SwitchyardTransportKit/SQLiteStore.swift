@@ -70,6 +70,12 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         writer = SQLiteWriter(db, deferred: entries, beacon: beacon)
         changed.withLock { $0 = { [weak self] in self?.externalChange() } }
         if let problem = beacon.problem { host.log(.warning, problem) }
+        if writer.walSync == nil {
+            host.log(
+                .warning,
+                "cannot open the WAL of '\(path)' to sync commits after the write lock is let go: they sync inside SQLite "
+                    + "(synchronous=FULL), holding the lock, and other processes on the file wait longer")
+        }
     }
 
     deinit {
@@ -152,9 +158,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         shared.withLock { $0.changeHandler = handler }
     }
 
-    /// The beacon's announcements (other processes' commits); the change handler is called for
-    /// what only the WAL tells (writers without a slot).
-    public var changeDescriptor: Int32 { beacon.announcements }
+    /// The beacon's announcements (other processes' commits); the change handler is then called
+    /// only for what the WAL alone tells (writers without a slot).
+    public func claimChangeDescriptor() -> Int32 { beacon.claimAnnouncements() }
 
     public func takeChanges() -> Bool { beacon.takeAnnouncements() }
 

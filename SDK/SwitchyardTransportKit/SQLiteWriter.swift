@@ -88,14 +88,15 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// batch's operations leave for its end; the writer writes it before each commit. With a
     /// `beacon`, each transaction waits its turn with the other processes' writers and each commit
     /// is announced to them once it is visible and the write lock free.
-    init(_ db: SQLiteDatabase, deferred: (any SQLiteDeferredWrites)? = nil, beacon: CommitBeacon? = nil) {
+    /// `walSync` replaces the database's own (tests give one that fails).
+    init(_ db: SQLiteDatabase, deferred: (any SQLiteDeferredWrites)? = nil, beacon: CommitBeacon? = nil, walSync: WALSync? = nil) {
         path = db.path
         self.db = db
         self.deferred = deferred
         self.beacon = beacon
         db.trackWAL()
-        walSync = WALSync(databasePath: db.path)
-        if walSync != nil, (try? db.execute("PRAGMA synchronous = NORMAL")) != nil { syncedMode = false }
+        self.walSync = walSync ?? db.walPath.flatMap(WALSync.init(walPath:))
+        if self.walSync != nil, (try? db.execute("PRAGMA synchronous = NORMAL")) != nil { syncedMode = false }
         let thread = Thread { [self] in writerLoop() }
         thread.name = "switchyard-sqlite-writer"
         thread.start()
@@ -180,6 +181,14 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// One batch in one transaction, in this process's turn with the other processes' writers;
     /// announced to them once committed. Only with the turn (`busy`).
     private func runTurn(_ batch: [Job]) {
+        var batch = batch
+        if let failure = walSync?.failure {
+            // Nothing durable is written once the disk failed a sync: it would be committed and
+            // delivered, and yet reported failed to its caller (who may send it again).
+            for job in batch where job.synced { job.error = failure }
+            batch.removeAll { $0.synced }
+            if batch.isEmpty { return }
+        }
         beacon?.willWrite()
         let committed = run(batch, on: db)
         beacon?.didWrite(committed: committed)

@@ -23,24 +23,32 @@ import SwitchyardABI
 ///
 /// A failed `fdatasync` is final: the kernel may already have dropped the pages it could not
 /// write, and a later sync that succeeds would not bring them back (and SQLite's recovery cannot
-/// read frames past a lost one). Every later sync fails with the first error.
+/// read frames past a lost one). Every later sync fails with the first error, and the writer no
+/// longer commits what must be durable (it would be delivered, yet reported failed).
+///
+/// Relies on SQLite's default "powersafe overwrite" (a write to one part of a sector never
+/// damages the rest): with it, `FULL` does not pad a commit to a sector either, so syncing the
+/// frames ourselves leaves them exactly as `FULL` would. A database opened with `psow=0` is not
+/// Switchyard's.
 final class WALSync: @unchecked Sendable {
     // @unchecked: used by one thread at a time, whoever holds the writer's turn.
 
     private let file: Int32
     private let path: String
-    /// The first failure, for ever.
-    private var failure: TransportError?
+    /// The first failure, for ever: later synced batches are not even written (see
+    /// ``SQLiteWriter``).
+    private(set) var failure: TransportError?
     /// Syncs run so far (tests check that each synced batch makes one, and unsynced ones none).
     private(set) var syncs = 0
 
-    /// Opens the WAL of the database at `databasePath` and syncs its directory; nil when the WAL
-    /// cannot be opened (then commits must sync themselves: `synchronous=FULL`).
-    init?(databasePath: String) {
-        path = databasePath + "-wal"
+    /// Opens the WAL at `walPath` (as SQLite names it: ``SQLiteDatabase/walPath``) and syncs its
+    /// directory; nil when it cannot be opened (then commits must sync themselves:
+    /// `synchronous=FULL`).
+    init?(walPath: String) {
+        path = walPath
         file = open(path, O_RDONLY | O_CLOEXEC)
         guard file >= 0 else { return nil }
-        let directory = (databasePath as NSString).deletingLastPathComponent
+        let directory = (walPath as NSString).deletingLastPathComponent
         let folder = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if folder >= 0 {
             _ = fsync(folder)

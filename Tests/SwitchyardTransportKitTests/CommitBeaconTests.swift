@@ -70,7 +70,7 @@ struct CommitBeaconTests {
         // Two beacons of one process hold different slots: the locks belong to open files, not to
         // processes, so two stores in one process wake each other too.
         #expect(first.slot != nil && second.slot != nil && first.slot != second.slot)
-        #expect(first.announcements >= 0 && second.announcements >= 0)
+        #expect(first.claimAnnouncements() >= 0 && second.claimAnnouncements() >= 0)
         for round in 1...3 {
             first.willWrite()
             first.didWrite(committed: true)
@@ -81,6 +81,28 @@ struct CommitBeaconTests {
         second.didWrite(committed: true)
         #expect(Self.hearsAnnouncement(first, within: 5))
         #expect(!Self.hearsAnnouncement(second, within: 1), "the second heard its own commit")
+    }
+
+    /// A store whose owner does not wait on the descriptor (a plugin's own wrapper around the
+    /// SDK's store, say) still hears other processes at once, through its change handler.
+    @Test("until the owner claims the descriptor, another slot's commit calls the change handler")
+    func unclaimedAnnouncementsCallTheHandler() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("store.db")
+        let wakes = Wakes()
+        let listener = CommitBeacon(databasePath: path, changed: wakes.handler)
+        let announcer = CommitBeacon(databasePath: path) {}
+        defer { listener.stop(); announcer.stop() }
+        announcer.willWrite()
+        announcer.didWrite(committed: true)
+        #expect(await eventually(5) { wakes.value >= 1 })
+        // Claimed, they are the owner's to take, and no longer reach the handler.
+        _ = listener.claimAnnouncements()
+        let before = wakes.value
+        announcer.willWrite()
+        announcer.didWrite(committed: true)
+        #expect(Self.hearsAnnouncement(listener, within: 5))
+        #expect(wakes.value == before)
     }
 
     @Test("writers queue for the write lock: a second writer waits until the first one's transaction ended")

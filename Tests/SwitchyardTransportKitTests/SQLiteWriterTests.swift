@@ -102,21 +102,34 @@ struct SQLiteWriterTests {
 
     /// A sync that fails fails its callers, and every later one: after a failed `fdatasync` the
     /// kernel may have dropped the pages, and a later success would not mean they are on disk.
-    @Test("a failed WAL sync fails the commit's callers and every later synced commit, with what to do")
+    /// Later synced operations are not even committed (they would be delivered, yet reported
+    /// failed); unsynced ones still are.
+    @Test("a failed WAL sync fails the commit's callers, and later synced operations without committing them")
     func failedSyncIsFinal() throws {
         let dir = try TemporaryDirectory()
         // A WAL that cannot be synced: fdatasync of /dev/null fails with EINVAL.
         try FileManager.default.createSymbolicLink(atPath: dir.file("broken.db-wal"), withDestinationPath: "/dev/null")
-        let walSync = try #require(WALSync(databasePath: dir.file("broken.db")))
-        for _ in 0..<2 {
+        let broken = try #require(WALSync(walPath: dir.file("broken.db-wal")))
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"), walSync: broken)
+        func insert(_ value: Int64, synced: Bool) throws {
+            _ = try writer.perform(synced: synced) { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (?)", [.int(value)]) }
+        }
+        for value: Int64 in [1, 2] {
             #expect {
-                try walSync.sync()
+                try insert(value, synced: true)
             } throws: { error in
                 let message = "\(error)"
                 return message.contains("cannot sync") && message.contains("broken.db-wal") && message.contains("restart the process")
             }
         }
-        #expect(walSync.syncs == 1, "the second sync did not try again")
+        try insert(3, synced: false)
+        let stored = try writer.perform(synced: false) { db throws(TransportError) -> [Int64] in
+            var values: [Int64] = []
+            try db.run("SELECT v FROM t ORDER BY v") { row in values.append(row.int(0)) }
+            return values
+        }
+        #expect(stored == [1, 3], "the first was committed before its sync failed; the second never was")
+        #expect(broken.syncs == 1, "no sync was tried again")
     }
 
     /// A durable database in `dir` with one table, `CREATE TABLE` `table`.
