@@ -513,15 +513,8 @@ final class Worker: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(5)
         while state.withLock({ $0.reading }) && Date() < deadline { try? await Task.sleep(for: .milliseconds(1)) }
         // A dead process writes no more: whatever is in the pipe now is the rest.
-        let file = pipe.fileHandleForReading.fileDescriptor
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            var unread = pollfd(fd: file, events: Int16(POLLIN), revents: 0)
-            guard poll(&unread, 1, 0) > 0, unread.revents & Int16(POLLIN) != 0 else { return }
-            let count = buffer.withUnsafeMutableBytes { read(file, $0.baseAddress, $0.count) }
-            guard count > 0 else { return }
-            output.append(Data(buffer[0..<count]))
-        }
+        let rest = bytesWaiting(in: pipe.fileHandleForReading.fileDescriptor)
+        if !rest.isEmpty { output.append(Data(rest)) }
     }
 
     /// Waits for a consumer to say it is ready. A consumer that exits first could not start,

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SwitchyardABI
 import SwitchyardLoader
 import Synchronization
 import Testing
@@ -217,8 +218,13 @@ extension Pipe {
     /// exited): then the readability handler is removed, so Dispatch never keeps watching a
     /// descriptor that gets closed and reused. A handler left in place crashed a test process in
     /// libdispatch's event loop (`_dispatch_event_loop_drain`, a bad pointer) after its child ended.
-    package func follow(_ chunk: @escaping @Sendable (String) -> Void) {
+    /// Once the child exited, ``PipeFollower/finish()`` hands over what the handler will not.
+    @discardableResult
+    package func follow(_ chunk: @escaping @Sendable (String) -> Void) -> PipeFollower {
+        let follower = PipeFollower(self, chunk)
         fileHandleForReading.readabilityHandler = { handle in
+            guard follower.startReading() else { return }
+            defer { follower.doneReading() }
             let data = handle.availableData
             guard !data.isEmpty else {
                 handle.readabilityHandler = nil
@@ -226,6 +232,42 @@ extension Pipe {
             }
             chunk(String(decoding: data, as: UTF8.self))
         }
+        return follower
+    }
+}
+
+/// What ``Foundation/Pipe/follow(_:)`` started. The readability handler is not called again once
+/// the pipe's writing end is closed, whatever is still in the pipe: a child's last output (its
+/// final log line, a backtrace it printed dying) can stay unread unless `finish()` reads it.
+package final class PipeFollower: @unchecked Sendable {
+    // @unchecked: the pipe is only read from here once the handler is stopped; the rest is behind
+    // the mutex.
+    private let pipe: Pipe
+    private let chunk: @Sendable (String) -> Void
+    private let state = Mutex((reading: false, finished: false))
+
+    fileprivate init(_ pipe: Pipe, _ chunk: @escaping @Sendable (String) -> Void) {
+        self.pipe = pipe
+        self.chunk = chunk
+    }
+
+    fileprivate func startReading() -> Bool {
+        state.withLock { state in
+            state.reading = !state.finished
+            return state.reading
+        }
+    }
+
+    fileprivate func doneReading() { state.withLock { $0.reading = false } }
+
+    /// After the child exited: stops the handler, waits for a chunk it is handing over, and hands
+    /// `chunk` the rest of the pipe.
+    package func finish() {
+        state.withLock { $0.finished = true }
+        pipe.fileHandleForReading.readabilityHandler = nil
+        _ = waitUntil(5) { !state.withLock { $0.reading } }
+        let rest = bytesWaiting(in: pipe.fileHandleForReading.fileDescriptor)
+        if !rest.isEmpty { chunk(String(decoding: rest, as: UTF8.self)) }
     }
 }
 

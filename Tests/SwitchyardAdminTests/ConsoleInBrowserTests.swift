@@ -28,7 +28,7 @@ struct ConsoleInBrowserTests {
         demo.standardError = output
         let lines = LineBuffer()
         let partial = Mutex("")
-        output.follow { text in
+        let follower = output.follow { text in
             let complete = partial.withLock { rest -> [String] in
                 rest += text
                 var parts = rest.components(separatedBy: "\n")
@@ -99,9 +99,11 @@ struct ConsoleInBrowserTests {
             kill(demo.processIdentifier, SIGABRT)
             _ = await eventually(30) { !demo.isRunning }
             if demo.isRunning { kill(demo.processIdentifier, SIGKILL) }
+            follower.finish()
             Issue.record("the demo did not stop within 30 s of SIGTERM; its last output:\n\(lines.all.suffix(400).joined(separator: "\n"))")
             return
         }
+        follower.finish()  // its last lines ("drained and stopped") may still be in the pipe
         #expect(demo.terminationStatus == 0, "exit status \(demo.terminationStatus):\n\(lines.all.suffix(20).joined(separator: "\n"))")
         #expect(await eventually(5) { lines.all.contains("drained and stopped") }, "\(lines.all.suffix(10))")
     }
