@@ -56,7 +56,9 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
     }
 
     override func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
-        track(
+        // Deliveries settled as they are handed over are never retried: nothing to track.
+        if options.settleOnDelivery { return try super.subscribe(options, subscriber) }
+        return track(
             try inner.subscribe(options) { [attempts] delivery, message in
                 attempts.record(delivery, message.attempt)
                 let status = subscriber.deliver(delivery, message.pointer)

@@ -25,6 +25,10 @@ _Static_assert(offsetof(sy_plugin_descriptor, publish_and_settle) == 120, "1.3 a
 _Static_assert(SY_DESCRIPTOR_SIZE_V1_3 == 128, "ABI 1.3 descriptor is 128 bytes");
 _Static_assert(SY_SETTLEMENT_SIZE_V1_0 == 32 && sizeof(sy_settlement) == 32, "sy_settlement is 32 bytes");
 _Static_assert(SY_SUBSCRIBE_OPTIONS_SIZE_V1_0 == 52, "ABI 1.0 sy_subscribe_options ends with start at 48");
+_Static_assert(offsetof(sy_subscribe_options, reserved) == 52, "1.4 names the old padding reserved, at 52");
+_Static_assert(offsetof(sy_subscribe_options, flags) == 56 && SY_SUBSCRIBE_OPTIONS_SIZE_V1_4 == 64,
+               "1.4 appends flags at 56: past a 1.3 writer's struct_size of 56, so never read from one");
+_Static_assert(sizeof(sy_subscribe_options) == 64, "sy_subscribe_options is 64 bytes");
 _Static_assert(SY_CREATE_ARGS_SIZE_V1_0 == 56 && SY_STATS_SIZE_V1_0 == 72, "sy_create_args and sy_stats at 1.0");
 _Static_assert(SY_HOST_SERVICES_SIZE_V1_0 == 48 && SY_HOST_SERVICES_SIZE_V1_2 == 56, "sy_host_services at 1.0 and 1.2");
 _Static_assert(offsetof(sy_host_services, metric) == 40, "ABI 1.0/1.1 host services end with metric at 40");

@@ -255,6 +255,10 @@ public struct MessageFlags: OptionSet, Hashable, Sendable {
     /// At expiry, drop the message instead of dead-lettering it (`SY_MESSAGE_DROP_WHEN_EXPIRED`):
     /// for replies, whose caller has stopped waiting.
     public static let dropWhenExpired = MessageFlags(rawValue: 1 << 0)
+    /// On a delivery: the transport already removed the message (`SY_MESSAGE_SETTLED`, ABI 1.4,
+    /// a subscription with ``SubscribeOptions/settleOnDelivery``); do not settle it. Meaningless on
+    /// publish (transports ignore it there).
+    public static let settled = MessageFlags(rawValue: 1 << 1)
 }
 
 /// Writes a message's headers straight into its packed form, as the ABI lends them: each header's

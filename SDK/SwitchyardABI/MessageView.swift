@@ -23,7 +23,13 @@ public struct MessageView {
     /// Checks what every reader relies on (size, id, channel, header pointer) without copying
     /// anything but the struct itself.
     public init(validating pointer: UnsafePointer<sy_message>) throws(TransportError) {
-        guard let m = SizedStruct.read(pointer, minimum: SizedStruct.messageV1_0) else {
+        try self.init(validating: pointer, published: false)
+    }
+
+    /// ``init(validating:)`` for a message being published: with `published`,
+    /// ``MessageFlags/settled`` (meaningful on a delivery only) is taken out of ``fields``.
+    public init(validating pointer: UnsafePointer<sy_message>, published: Bool) throws(TransportError) {
+        guard var m = SizedStruct.read(pointer, minimum: SizedStruct.messageV1_0) else {
             let size = UnsafeRawPointer(pointer).load(as: UInt32.self)
             throw TransportError(.invalidArgument, "message struct_size \(size) is smaller than ABI 1.0's \(SizedStruct.messageV1_0)")
         }
@@ -35,6 +41,7 @@ public struct MessageView {
         guard m.body.len == 0 || m.body.data != nil else {
             throw TransportError(.invalidArgument, "message body has \(m.body.len) bytes but a NULL pointer")
         }
+        if published { m.flags &= ~MessageFlags.settled.rawValue }
         self.pointer = pointer
         self.fields = m
     }

@@ -102,17 +102,26 @@ public struct SubscribeOptions: Hashable, Sendable {
     public var visibilityTimeoutNanos: Int64
     /// Where a group the transport has not seen before starts.
     public var start: StartPosition
+    /// Asks the transport to settle each delivery as it hands it over, at most once
+    /// (`SY_SUBSCRIBE_SETTLE_ON_DELIVERY`, ABI 1.4): a delivery it so treated carries
+    /// ``MessageFlags/settled`` and is not settled by the subscriber; one without the flag is
+    /// settled as usual.
+    public var settleOnDelivery: Bool
+
+    /// `SY_SUBSCRIBE_SETTLE_ON_DELIVERY` (the header's cast macros do not reach Swift).
+    public static let settleOnDeliveryFlag: UInt64 = 1 << 0
 
     /// Options for `channel`; zero values take the transport's defaults.
     public init(
         channel: String, group: String = "", maxInFlight: UInt32 = 0,
-        visibilityTimeoutNanos: Int64 = 0, start: StartPosition = .new
+        visibilityTimeoutNanos: Int64 = 0, start: StartPosition = .new, settleOnDelivery: Bool = false
     ) {
         self.channel = channel
         self.group = group
         self.maxInFlight = maxInFlight
         self.visibilityTimeoutNanos = visibilityTimeoutNanos
         self.start = start
+        self.settleOnDelivery = settleOnDelivery
     }
 
     /// Reads options that crossed the boundary, taking absent tail fields as zero.
@@ -126,7 +135,8 @@ public struct SubscribeOptions: Hashable, Sendable {
         }
         self.init(
             channel: String(o.channel), group: String(o.group), maxInFlight: o.max_in_flight,
-            visibilityTimeoutNanos: o.visibility_timeout_ns, start: start)
+            visibilityTimeoutNanos: o.visibility_timeout_ns, start: start,
+            settleOnDelivery: o.flags & Self.settleOnDeliveryFlag != 0)  // 0 below 1.4's size
     }
 
     /// Lends these options to C code, valid only inside `body`.
@@ -136,7 +146,7 @@ public struct SubscribeOptions: Hashable, Sendable {
                 var options = sy_subscribe_options(
                     struct_size: UInt32(MemoryLayout<sy_subscribe_options>.size), max_in_flight: maxInFlight,
                     channel: channelSlice, group: groupSlice, visibility_timeout_ns: visibilityTimeoutNanos,
-                    start: start.rawValue)
+                    start: start.rawValue, reserved: 0, flags: settleOnDelivery ? Self.settleOnDeliveryFlag : 0)
                 return try body(&options)
             }
         }

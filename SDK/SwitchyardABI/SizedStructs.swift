@@ -16,6 +16,8 @@ public enum SizedStruct {
     public static let subscriberV1_3 = through(\sy_subscriber.deliver_batch)
     /// `sy_subscribe_options` at 1.0.
     public static let subscribeOptionsV1_0 = through(\sy_subscribe_options.start)
+    /// `sy_subscribe_options` at 1.4: flags.
+    public static let subscribeOptionsV1_4 = through(\sy_subscribe_options.flags)
     /// `sy_settlement` at 1.0.
     public static let settlementV1_0 = through(\sy_settlement.reason)
     /// `sy_create_args` at 1.0.

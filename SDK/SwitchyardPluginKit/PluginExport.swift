@@ -142,7 +142,7 @@ private enum Thunks {
         }
         return InstanceBox.borrow(instance) { transport in
             reporting(to: err) { () throws(TransportError) in
-                try transport.publish(MessageView(validating: message))
+                try transport.publish(MessageView(validating: message, published: true))
             }
         }
     }
@@ -158,7 +158,7 @@ private enum Thunks {
                 var views: [MessageView] = []
                 views.reserveCapacity(count)
                 // Strided by struct_size: the host may be of another minor (the ABI's stride rule).
-                for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index))) }
+                for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index), published: true)) }
                 try transport.publish(batch: views)
             }
         }
@@ -243,7 +243,7 @@ private enum Thunks {
                 reporting(to: err) { () throws(TransportError) in
                     var views: [MessageView] = []
                     views.reserveCapacity(count)
-                    for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index))) }
+                    for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index), published: true)) }
                     try transport.publish(views, settling: delivery, try Settlement(copying: settlement))
                 }
             }

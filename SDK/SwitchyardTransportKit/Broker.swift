@@ -53,15 +53,18 @@ public final class Broker: @unchecked Sendable {
         let subscriber: Subscriber
         let maxInFlight: Int
         let visibilityTimeout: Int64
+        /// Asked for deliveries settled as they are handed over (nothing in flight, ever).
+        let settleOnDelivery: Bool
         var inFlight = 0
         var delivering = 0
         var removed = false
-        init(id: SubscriptionID, key: GroupKey, subscriber: Subscriber, maxInFlight: Int, visibilityTimeout: Int64) {
+        init(id: SubscriptionID, key: GroupKey, subscriber: Subscriber, maxInFlight: Int, visibilityTimeout: Int64, settleOnDelivery: Bool) {
             self.id = id
             self.key = key
             self.subscriber = subscriber
             self.maxInFlight = maxInFlight
             self.visibilityTimeout = visibilityTimeout
+            self.settleOnDelivery = settleOnDelivery
         }
     }
 
@@ -322,7 +325,8 @@ public final class Broker: @unchecked Sendable {
         let member = Member(
             id: nextSubscription, key: key, subscriber: subscriber,
             maxInFlight: Int(options.maxInFlight > 0 ? options.maxInFlight : self.options.defaultMaxInFlight),
-            visibilityTimeout: options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : self.options.visibilityTimeoutNanos)
+            visibilityTimeout: options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : self.options.visibilityTimeoutNanos,
+            settleOnDelivery: options.settleOnDelivery)
         members[member.id] = member
         groups[key, default: []].append(member)
         markWork()
@@ -492,6 +496,9 @@ public final class Broker: @unchecked Sendable {
         let key: GroupKey
         let room: Int
         let visibilityTimeout: Int64
+        /// Every member settles on delivery: the messages are taken out of the store, not leased
+        /// (one step instead of a lease and an acknowledgement; one commit on a durable store).
+        let take: Bool
     }
 
     /// How many times the dispatcher yields, looking for new work, before it sleeps after a busy
@@ -576,16 +583,25 @@ public final class Broker: @unchecked Sendable {
             plan.removeAll(keepingCapacity: true)
             for (key, members) in groups {
                 let room = members.reduce(0) { $0 + max(0, $1.maxInFlight - $1.inFlight) }
-                if room > 0 { plan.append(Planned(key: key, room: room, visibilityTimeout: members[0].visibilityTimeout)) }
+                if room > 0 {
+                    plan.append(
+                        Planned(
+                            key: key, room: room, visibilityTimeout: members[0].visibilityTimeout,
+                            take: members.allSatisfy(\.settleOnDelivery)))
+                }
             }
             condition.unlock()
             var batches: [(Planned, [LeasedMessage])] = []
             let stamp = now()
             for planned in plan {
                 do {
-                    let leased = try store.lease(
-                        channel: planned.key.channel, group: planned.key.group, limit: planned.room,
-                        now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
+                    let leased =
+                        planned.take
+                        ? try store.take(channel: planned.key.channel, group: planned.key.group, limit: planned.room, now: stamp)
+                            .map { LeasedMessage(ref: LeaseRef(entry: 0, token: 0), message: $0) }
+                        : try store.lease(
+                            channel: planned.key.channel, group: planned.key.group, limit: planned.room,
+                            now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
                     if !leased.isEmpty { batches.append((planned, leased)) }
                 } catch {
                     host.log(.error, "lease failed on \(planned.key.channel): \(error)")
@@ -635,12 +651,19 @@ public final class Broker: @unchecked Sendable {
                     continue
                 }
                 nextDelivery += 1
-                member.inFlight += 1
                 member.delivering += 1
-                let leaseUntil = stamp + member.visibilityTimeout
-                inFlight.insert(InFlight(ref: message.ref, member: member, leaseUntil: leaseUntil), at: nextDelivery)
-                nextLocalExpiry = min(nextLocalExpiry, leaseUntil)
                 stats.delivered += 1
+                var delivered = message.message
+                if message.isTaken {
+                    delivered.flags.insert(.settled)  // nothing to settle: tell the subscriber
+                    stats.acked += 1
+                } else {
+                    member.inFlight += 1
+                    let leaseUntil = stamp + member.visibilityTimeout
+                    inFlight.insert(InFlight(ref: message.ref, member: member, leaseUntil: leaseUntil), at: nextDelivery)
+                    nextLocalExpiry = min(nextLocalExpiry, leaseUntil)
+                    delivered.flags.remove(.settled)  // never stored as such; never trusted
+                }
                 // Members are few: a scan beats hashing, and runs only when the member changes.
                 let index: Int
                 if let last, last.member === member {
@@ -655,7 +678,7 @@ public final class Broker: @unchecked Sendable {
                     last = (member, index)
                 }
                 handOvers[index].deliveries.append(nextDelivery)
-                handOvers[index].messages.append(message.message)
+                handOvers[index].messages.append(delivered)
             }
             // Rotate so the next batch starts with another member (one lookup; none for one member).
             if candidates.count > 1 {
@@ -665,24 +688,40 @@ public final class Broker: @unchecked Sendable {
         condition.unlock()
         for ref in orphans { try? store.release(ref) }
         if !expired.isEmpty { disposeOfExpired(expired, now: stamp) }
-        var refused: [DeliveryID] = []
+        var refused: [(delivery: DeliveryID, message: Message)] = []
         for handOver in handOvers {
             let taken = handOver.member.subscriber.deliver(batch: handOver.deliveries, handOver.messages)
-            refused += handOver.deliveries[max(0, taken)...]
+            for index in max(0, taken)..<handOver.deliveries.count { refused.append((handOver.deliveries[index], handOver.messages[index])) }
         }
         condition.lock()
         for handOver in handOvers { handOver.member.delivering -= handOver.deliveries.count }
         var releases: [LeaseRef] = []
-        for delivery in refused {
+        var putBack: [Message] = []
+        for (delivery, message) in refused {
             if let entry = inFlight.removeValue(forKey: delivery) {
                 entry.member.inFlight -= 1
                 releases.append(entry.ref)
+            } else if message.flags.contains(.settled) {
+                // Taken out of the store, then refused: stored again as it was (a release would
+                // not count the attempt either).
+                var stored = message
+                stored.flags.remove(.settled)
+                stored.attempt = max(stored.attempt, 1) - 1
+                putBack.append(stored)
+                stats.acked -= 1
             }
         }
         if waiters > 0 { condition.broadcast() }
-        if !releases.isEmpty {
+        if !releases.isEmpty || !putBack.isEmpty {
             condition.unlock()
             for ref in releases { try? store.release(ref) }
+            if !putBack.isEmpty {
+                do {
+                    try store.append(putBack)
+                } catch {
+                    host.log(.error, "storing again \(putBack.count) refused deliveries settled on delivery failed (they are lost): \(error)")
+                }
+            }
             condition.lock()
             workPending = false  // a refusing subscriber: wait for a change instead of spinning
         }
@@ -695,7 +734,16 @@ public final class Broker: @unchecked Sendable {
         var dead = 0
         for leased in expired {
             if dropsWhenExpired(leased.message) {
-                try? store.ack(leased.ref)
+                if !leased.isTaken { try? store.ack(leased.ref) }
+            } else if leased.isTaken {
+                // Already out of the store: its dead letter goes in as a new message.
+                let copy = DeadLetter.copy(
+                    of: leased.message, to: leased.message.channel + options.deadLetterSuffix, group: "",
+                    reason: Self.expiredReason, history: [], now: stamp)
+                if (try? store.append([copy])) != nil {
+                    host.deadLettered(copy, reason: Self.expiredReason)
+                    dead += 1
+                }
             } else if let stored = try? store.deadLetter(
                 leased.ref, to: leased.message.channel + options.deadLetterSuffix,
                 reason: Self.expiredReason, now: stamp)

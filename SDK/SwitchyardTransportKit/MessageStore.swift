@@ -6,7 +6,7 @@ import SwitchyardABI
 public struct LeaseRef: Hashable, Sendable {
     /// The stored entry.
     public let entry: UInt64
-    /// This lease of it.
+    /// This lease of it; 0: no lease (the entry was taken out of the store, ``MessageStore/take(channel:group:limit:now:)``).
     public let token: UInt64
     /// A reference to lease `token` of `entry`.
     public init(entry: UInt64, token: UInt64) {
@@ -17,6 +17,8 @@ public struct LeaseRef: Hashable, Sendable {
 
 /// A message handed out under a lease, its attempt already counted.
 public struct LeasedMessage: Sendable {
+    /// Whether it was taken out of the store rather than leased (nothing to settle).
+    public var isTaken: Bool { ref.token == 0 }
     /// The lease to settle it by.
     public let ref: LeaseRef
     /// The message, attempt counted.
@@ -99,6 +101,12 @@ public protocol MessageStore: AnyObject, Sendable {
     /// Leases up to `limit` ready entries of `group` on `channel` until `leaseUntil`, counting an
     /// attempt on each. Entries whose lease expired count as ready.
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage]
+    /// Takes up to `limit` ready entries of `group` on `channel` out of the store for good,
+    /// counting an attempt on each, as one step (one commit on a durable store, not synced: a
+    /// take lost in a power cut delivers the message again): a lease and its acknowledgement
+    /// together, for subscriptions settled on delivery (``SubscribeOptions/settleOnDelivery``).
+    /// The default leases, then acknowledges, and returns what it could acknowledge.
+    func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message]
     /// Removes a leased entry for good.
     func ack(_ ref: LeaseRef) throws(TransportError)
     /// Stores `messages` and removes the leased entry `ref` as one unit: both (in one commit on a
@@ -141,6 +149,16 @@ public protocol MessageStore: AnyObject, Sendable {
 }
 
 extension MessageStore {
+    /// How long the default ``take(channel:group:limit:now:)`` leases for before it acknowledges
+    /// (a message whose acknowledgement failed comes back after it).
+    static var takeLeaseNanos: Int64 { 60_000_000_000 }
+
+    public func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message] {
+        let leased = try lease(channel: channel, group: group, limit: limit, now: now, leaseUntil: now + Self.takeLeaseNanos)
+        if leased.isEmpty { return [] }
+        return zip(leased, ack(batch: leased.map(\.ref))).compactMap { $1 == nil ? $0.message : nil }
+    }
+
     public func claimChangeDescriptor() -> Int32 { -1 }
     public func takeChanges() -> Bool { false }
 

@@ -230,6 +230,16 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     }
 
     public func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        try claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil)
+    }
+
+    public func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message] {
+        try claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: nil).map(\.message)
+    }
+
+    /// Leases the ready entries until `leaseUntil`, or with nil deletes them (a take: their refs
+    /// are left empty), in one commit.
+    private func claim(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64?) throws(TransportError) -> [LeasedMessage] {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
         // Look first, with a plain read: most looks find nothing (another process's commit was
         // for another channel, or it was a lease), and a look that found nothing under the write
@@ -248,9 +258,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                 return ready
             })
         else { return [] }
-        // Not synced: a lease lost in a power cut only means the message is delivered again (with
-        // one attempt fewer counted), which at-least-once delivery allows. Saves one fsync per
-        // delivery round.
+        // Not synced: a lease (or take) lost in a power cut only means the message is delivered
+        // again (with one attempt fewer counted), which at-least-once delivery allows. Saves one
+        // fsync per delivery round.
         return try perform(synced: false) { [isDeadLetterChannel] db throws(TransportError) in
             var rows: [(id: Int64, attempt: Int64, history: String, message: Result<Message, TransportError>)] = []
             try db.run(
@@ -271,13 +281,18 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             for row in rows {
                 switch row.message {
                 case .success(var message):
+                    message.attempt = UInt32(clamping: row.attempt + 1)
+                    guard let leaseUntil else {
+                        try db.run("DELETE FROM entries WHERE id = ?", [.int(row.id)])
+                        leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: 0), message: message))
+                        continue
+                    }
                     // Random, not counted: tokens must differ across processes sharing the file,
                     // and a random 62-bit value needs no shared counter (or a write) to be unique.
                     let token = Int64.random(in: 1...(Int64(1) << 62))
                     try db.run(
                         "UPDATE entries SET lease_token = ?, lease_until = ?, attempt = attempt + 1 WHERE id = ?",
                         [.int(token), .int(leaseUntil), .int(row.id)])
-                    message.attempt = UInt32(clamping: row.attempt + 1)
                     leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: UInt64(token)), message: message))
                 case .failure(let error):
                     // A corrupt record is dead-lettered with its reason and raw bytes, never delivered.

@@ -9,7 +9,7 @@ enum StandardChecks {
     static let all: [ConformanceCheck] = [
         publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
-        drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry,
+        drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry, settleOnDelivery,
     ]
 
     static func message(_ id: String, _ channel: String = "conformance", key: String? = nil, body: [UInt8] = [1, 2, 3]) -> Message {
@@ -415,6 +415,63 @@ enum StandardChecks {
         try c.expect(
             dead.received[0].message.header(DeadLetterHeader.reason) == "expired",
             "reason: \(dead.received[0].message.header(DeadLetterHeader.reason) ?? "missing"), expected expired")
+    }
+
+    static let settleOnDelivery = ConformanceCheck(
+        name: "settle-on-delivery",
+        summary: "a subscription settled on delivery (ABI 1.4) gets each message once; flagged deliveries cannot be settled, refused ones come again",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let inbox = Collector()
+        let settleErrors = Guarded<[String]>([])
+        // A delivery marked settled must refuse a settle (not found); one without the mark (the
+        // plugin did not honor the option for it) is acknowledged as usual.
+        let handler: DeliveryHandler = { [client = t.client] delivery, view in
+            let message = view.copy()
+            _ = inbox.handler(client: client, settle: nil)(delivery, view)
+            do {
+                try client.settle(delivery, .ack)
+                if message.flags.contains(.settled) { settleErrors.withLock { $0.append("\(message.id): settle of a settled delivery succeeded") } }
+            } catch {
+                if !message.flags.contains(.settled) { settleErrors.withLock { $0.append("\(message.id): \(error)") } }
+            }
+            return .ok
+        }
+        let calls = Guarded<Int>(0)
+        // The first batch of two or more is half taken: the rest must come again.
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "sod", maxInFlight: 100, visibilityTimeoutNanos: 200_000_000, settleOnDelivery: true), handler: handler
+        ) { deliveries, views in
+            let first = calls.withLock { calls in
+                calls += 1
+                return calls == 1
+            }
+            let take = first && views.count >= 2 ? views.count / 2 : views.count
+            for index in 0..<take { _ = handler(deliveries[index], views[index]) }
+            return take
+        }
+        var batch = (0..<40).map { message("sod-\($0)", "sod") }
+        batch[0].flags.insert(.settled)  // meaningless on publish: must not be stored or trusted
+        try t.client.publish(batch: batch)
+        try c.expect(inbox.wait(for: 40), "got \(inbox.count) of 40 messages on a subscription settled on delivery")
+        Thread.sleep(forTimeInterval: 0.5)  // past the 200 ms visibility timeout: nothing comes again
+        let ids = inbox.received.map(\.message.id)
+        try c.expect(
+            Set(ids) == Set(batch.map(\.id)) && ids.count == 40,
+            "\(ids.count) deliveries of \(Set(ids).count) distinct messages; expected each of 40 once")
+        try c.expect(settleErrors.withLock { $0 }.isEmpty, "settlement: \(settleErrors.withLock { $0 }.joined(separator: "; "))")
+        let attempts = Set(inbox.received.map(\.message.attempt))
+        try c.expect(attempts == [1], "deliveries came with attempts \(attempts.sorted()), expected 1")
+        // A plain subscription never sees the mark, even on a message published with it.
+        let plain = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "sod-plain"), handler: plain.handler(client: t.client))
+        var marked = message("sod-plain-1", "sod-plain")
+        marked.flags.insert(.settled)
+        try t.client.publish(marked)
+        try c.expect(plain.wait(for: 1), "a message published with SY_MESSAGE_SETTLED was not delivered")
+        try c.expect(
+            !plain.received[0].message.flags.contains(.settled), "a delivery of a plain subscription carries SY_MESSAGE_SETTLED (stored from the publish)")
     }
 
     static let delayNeverEarly = ConformanceCheck(

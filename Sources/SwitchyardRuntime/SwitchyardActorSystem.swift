@@ -266,20 +266,26 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
                 let reply = Reply(outcome: message.header(EnvelopeHeader.outcome) ?? "return", body: Array(message.body), encoding: encoding)
                 pending.complete(correlation, with: reply)
             }
-            // Replies come in batches where the transport hands them over so (deliver_batch):
-            // the callers are answered, then the whole batch is acknowledged in one settle_batch
-            // (one commit on a durable transport instead of one per reply).
+            // A reply goes to a call waiting in this process's memory: redelivering one helps no
+            // one (if the process dies, so does the call). So the replies are settled as they
+            // are handed over where the transport can (one commit on a durable transport instead
+            // of a lease and an acknowledgement, and no acknowledgement to wake the other side);
+            // the rest are acknowledged after the callers are answered, a batch in one
+            // settle_batch where the transport delivers batches.
             subscriptions[transport.name] = try client.subscribe(
-                SubscribeOptions(channel: channel, group: instanceID),
+                SubscribeOptions(channel: channel, group: instanceID, settleOnDelivery: true),
                 handler: { delivery, message in
                     answer(message)
-                    try? client.settle(delivery, .ack)
+                    if !message.flags.contains(.settled) { try? client.settle(delivery, .ack) }
                     return .ok
                 },
                 batchHandler: { deliveries, messages in
-                    for message in messages { answer(message) }
-                    let acks: [(DeliveryID, Settlement)] = deliveries.map { ($0, .ack) }
-                    _ = try? client.settle(batch: acks)
+                    var acks: [(DeliveryID, Settlement)] = []
+                    for (delivery, message) in zip(deliveries, messages) {
+                        answer(message)
+                        if !message.flags.contains(.settled) { acks.append((delivery, .ack)) }
+                    }
+                    if !acks.isEmpty { _ = try? client.settle(batch: acks) }
                     return deliveries.count
                 })
         }

@@ -59,11 +59,28 @@ struct ABICompatibilityTests {
         #expect(tooSmall?.message.contains("smaller than ABI 1.0") == true)
     }
 
+    @Test("an older host's subscribe options never ask to settle on delivery, whatever their padding holds")
+    func olderOptionsNeverSettleOnDelivery() throws {
+        let size = MemoryLayout<sy_subscribe_options>.size
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        defer { raw.deallocate() }
+        try SubscribeOptions(channel: "c", settleOnDelivery: true).withCOptions { options in
+            raw.copyMemory(from: options, byteCount: size)
+            #expect(try SubscribeOptions(copying: raw.assumingMemoryBound(to: sy_subscribe_options.self)).settleOnDelivery)
+            // A 1.3 writer: struct_size 56 (the 1.0 fields and their padding), the padding not
+            // zeroed, and what follows not its own.
+            raw.storeBytes(of: UInt32(56), as: UInt32.self)
+            for offset in SizedStruct.subscribeOptionsV1_0..<size { raw.storeBytes(of: 0xFF, toByteOffset: offset, as: UInt8.self) }
+            let old = try SubscribeOptions(copying: raw.assumingMemoryBound(to: sy_subscribe_options.self))
+            #expect(!old.settleOnDelivery && old.channel == "c")
+        }
+    }
+
     @Test("sizes the Swift SDK reads by match the header's ABI 1.0 sizes")
     func sizes() {
         #expect(SizedStruct.messageV1_0 == 104 && SizedStruct.messageV1_3 == 120)
         #expect(SizedStruct.subscriberV1_0 == 24 && SizedStruct.subscriberV1_3 == 32)
-        #expect(SizedStruct.settlementV1_0 == 32 && SizedStruct.subscribeOptionsV1_0 == 52)
+        #expect(SizedStruct.settlementV1_0 == 32 && SizedStruct.subscribeOptionsV1_0 == 52 && SizedStruct.subscribeOptionsV1_4 == 64)
         #expect(SizedStruct.createArgsV1_0 == 56 && SizedStruct.statsV1_0 == 72)
         #expect(SizedStruct.hostServicesV1_0 == 48 && SizedStruct.hostServicesV1_2 == 56)
     }

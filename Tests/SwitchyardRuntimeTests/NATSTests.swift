@@ -196,6 +196,6 @@ struct NATSTests {
         environment["NATS_URL"] = server.url
         let result = try await run(BuildProducts.switchyard, ["plugins", "test", "nats", "--isolation-key", "stream"], environment: environment)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
-        #expect(result.stdout.contains("14 passed, 0 failed"), "\(result.stdout)")  // with deliver-batch, settle-batch, publish-and-settle (ABI 1.3)
+        #expect(result.stdout.contains("15 passed, 0 failed"), "\(result.stdout)")  // with deliver-batch, settle-batch, publish-and-settle (ABI 1.3), settle-on-delivery (1.4)
     }
 }

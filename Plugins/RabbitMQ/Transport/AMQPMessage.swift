@@ -99,7 +99,9 @@ enum AMQPMessage {
         if order.count > 1 { entries.append((AMQPHeaders.order, .string(order.joined(separator: ",")))) }
         if let key = message.orderingKey { entries.append((AMQPHeaders.orderingKey, .string(key))) }
         if message.expiresAtNanos > 0 { entries.append((AMQPHeaders.expiresAt, .int(message.expiresAtNanos))) }
-        if message.flags.rawValue != 0 { entries.append((AMQPHeaders.flags, .int(Int64(message.flags.rawValue)))) }
+        // `settled` describes one delivery, never a stored message.
+        let flags = message.flags.subtracting(.settled)
+        if flags.rawValue != 0 { entries.append((AMQPHeaders.flags, .int(Int64(flags.rawValue)))) }
         if extras.attempt > 1 { entries.append((AMQPHeaders.attempt, .int(Int64(extras.attempt)))) }
         if !extras.history.isEmpty { entries.append((AMQPHeaders.retryHistory, .string(extras.history.joined(separator: "\n")))) }
         properties.headers = arena.table(entries)

@@ -61,8 +61,10 @@ extern "C" {
  *  1.2 appended sy_host_services.dead_lettered.
  *  1.3 appended sy_message.expires_at_ns and .flags (SY_CAP_EXPIRY), sy_subscriber.deliver_batch,
  *      sy_plugin_descriptor.settle_batch and .publish_and_settle, and made arrays of structs strided
- *      by struct_size. */
-#define SY_ABI_MINOR 3
+ *      by struct_size.
+ *  1.4 appended sy_subscribe_options.flags (SY_SUBSCRIBE_SETTLE_ON_DELIVERY) and the message flag
+ *      SY_MESSAGE_SETTLED. */
+#define SY_ABI_MINOR 4
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -182,6 +184,13 @@ static inline sy_str sy_str_from_cstr(const char *s) {
 /** sy_message.flags: when the message expires, drop it instead of dead-lettering it (a reply
  *  whose caller stopped waiting is of no use to anyone). */
 #define SY_MESSAGE_DROP_WHEN_EXPIRED ((uint32_t)1 << 0)
+/** sy_message.flags, on a delivery only (1.4): the transport removed the message as it handed it
+ *  over (a subscription with SY_SUBSCRIBE_SETTLE_ON_DELIVERY). The subscriber does not settle this
+ *  delivery; a settle of it returns SY_ERR_NOT_FOUND. A delivery without the flag is settled as
+ *  always, even on such a subscription (a transport may honor the option for some deliveries and
+ *  not others, or not at all). Meaningless on publish: a transport ignores it there and never
+ *  stores it. */
+#define SY_MESSAGE_SETTLED ((uint32_t)1 << 1)
 
 /**
  * A message as it crosses the boundary.
@@ -361,7 +370,8 @@ typedef struct sy_subscriber {
     /**
      * Hands one message to the subscriber. `message` is borrowed until deliver returns.
      * Returns SY_OK when the subscriber took the delivery: it will settle `delivery` exactly once,
-     * possibly from inside this call and from any thread. Any other status means it refused
+     * possibly from inside this call and from any thread (never, when the message carries
+     * SY_MESSAGE_SETTLED). Any other status means it refused
      * (for example while draining): the plugin treats the delivery as released.
      *
      * Threading: the plugin may call it from any thread, concurrently for different deliveries,
@@ -380,7 +390,8 @@ typedef struct sy_subscriber {
      * absent in an older subscriber, means the plugin calls `deliver` once per message.
      *
      * Returns how many of the deliveries, from the first, the subscriber took (0..count; a larger
-     * value means count): it will settle each of those exactly once, as with deliver. The plugin
+     * value means count): it will settle each of those exactly once, as with deliver (except
+     * those carrying SY_MESSAGE_SETTLED). The plugin
      * treats the rest as released, as if deliver had refused them: their delivery ids are dead
      * (settling one gives SY_ERR_NOT_FOUND), their attempts are not counted, and they are offered
      * again later, in the same order. A subscriber refuses for one reason only, that it cannot
@@ -410,7 +421,26 @@ typedef struct sy_subscribe_options {
                                        the default group. */
     int64_t visibility_timeout_ns;/**< An unsettled delivery is redelivered after this long. */
     int32_t start;                /**< SY_START_* for a group the transport has not seen before. */
+    uint32_t reserved;            /**< Zero. Padding before 1.4 (inside an older writer's
+                                       struct_size, so it may hold anything there): never read. */
+
+    /* ---- ABI 1.4 (present when SY_SIZE_THROUGH(sy_subscribe_options, flags) <= struct_size) ---- */
+
+    uint64_t flags;               /**< SY_SUBSCRIBE_* bits; a transport ignores bits it does not know. */
 } sy_subscribe_options;
+
+/**
+ * sy_subscribe_options.flags (1.4): settle each delivery as it is handed over — at most once.
+ * The transport may remove a message from storage when it delivers it, in the same step that
+ * takes it (one write on a durable transport instead of a lease and then an acknowledgement), and
+ * marks each delivery it treated so with SY_MESSAGE_SETTLED. Such a delivery is never redelivered:
+ * if the subscriber loses it, it is gone. For subscribers with nothing to redo, such as the host's
+ * reply channels (a reply is handed to a waiting call in memory; if the caller's process dies, so
+ * does the call). A transport that cannot, or a decorator that does not pass the option on,
+ * delivers without the flag and the subscriber settles as usual. What deliver_batch refuses of
+ * such deliveries is stored again, as it was, and offered later (possibly after newer messages).
+ */
+#define SY_SUBSCRIBE_SETTLE_ON_DELIVERY ((uint64_t)1 << 0)
 
 /** Settlement outcomes. */
 #define SY_SETTLE_ACK 0          /**< Done; remove the message. */
@@ -620,6 +650,7 @@ typedef struct sy_plugin_descriptor {
 #define SY_HOST_SERVICES_SIZE_V1_2 SY_SIZE_THROUGH(sy_host_services, dead_lettered)
 #define SY_MESSAGE_SIZE_V1_3 SY_SIZE_THROUGH(sy_message, reserved)
 #define SY_SUBSCRIBER_SIZE_V1_3 SY_SIZE_THROUGH(sy_subscriber, deliver_batch)
+#define SY_SUBSCRIBE_OPTIONS_SIZE_V1_4 SY_SIZE_THROUGH(sy_subscribe_options, flags)
 
 /**
  * Reads a caller-sized struct the way the compatibility rules ask: zeroes `out` (`out_size`
