@@ -41,7 +41,7 @@ public struct MessageView {
         guard m.body.len == 0 || m.body.data != nil else {
             throw TransportError(.invalidArgument, "message body has \(m.body.len) bytes but a NULL pointer")
         }
-        if published { m.flags &= ~MessageFlags.settled.rawValue }
+        if published && m.flags & MessageFlags.settled.rawValue != 0 { m.flags &= ~MessageFlags.settled.rawValue }
         self.pointer = pointer
         self.fields = m
     }

@@ -214,6 +214,16 @@ public final class MemoryStore: MessageStore {
     }
 
     public func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil, removing: false)
+    }
+
+    public func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message] {
+        claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: .max, removing: true).map(\.message)
+    }
+
+    /// Leases the ready entries until `leaseUntil` or, `removing`, takes them out for good, under
+    /// one lock.
+    private func claim(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64, removing: Bool) -> [LeasedMessage] {
         let key = GroupKey(channel: channel, group: !fanOut || isDeadLetterChannel(channel) ? "" : group)
         return state.withLock { state in
             guard limit > 0, let group = state.existing(key) else { return [] }
@@ -247,12 +257,15 @@ public final class MemoryStore: MessageStore {
                     skipped.append(id)
                     continue
                 }
-                group.leased.insert(Timed(at: leaseUntil, entry: id, token: token))
+                if !removing { group.leased.insert(Timed(at: leaseUntil, entry: id, token: token)) }
                 taken.append(lease)
             }
             if !skipped.isEmpty { group.ready.prepend(contentsOf: skipped) }
             state.depth -= UInt64(taken.count)
             state.inFlight += UInt64(taken.count)
+            if removing {
+                for lease in taken { try? state.remove(lease.ref) }  // leased just now, under this lock: never fails
+            }
             return taken
         }
     }
