@@ -56,11 +56,10 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
     }
 
     override func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
-        // Deliveries settled as they are handed over are never retried: nothing to track.
-        if options.settleOnDelivery { return try super.subscribe(options, subscriber) }
-        return track(
+        track(
             try inner.subscribe(options) { [attempts] delivery, message in
-                attempts.record(delivery, message.attempt)
+                // A delivery settled as it was handed over is never settled, so never retried.
+                if !message.flags.contains(.settled) { attempts.record(delivery, message.attempt) }
                 let status = subscriber.deliver(delivery, message.pointer)
                 if status != .ok { _ = attempts.take(delivery) }
                 return status

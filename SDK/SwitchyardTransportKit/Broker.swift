@@ -587,7 +587,10 @@ public final class Broker: @unchecked Sendable {
                     plan.append(
                         Planned(
                             key: key, room: room, visibilityTimeout: members[0].visibilityTimeout,
-                            take: members.allSatisfy { $0.settleOnDelivery }))  // a closure: a key path costs hundreds of instructions
+                            // Not on fan-out stores: a message stored again after a refusal would
+                            // be copied to every group. (A closure: a key path costs hundreds of
+                            // instructions.)
+                            take: !fanOut && members.allSatisfy { $0.settleOnDelivery }))
                 }
             }
             condition.unlock()
@@ -597,8 +600,9 @@ public final class Broker: @unchecked Sendable {
                 do {
                     let leased =
                         planned.take
-                        ? try store.take(channel: planned.key.channel, group: planned.key.group, limit: planned.room, now: stamp)
-                            .map { LeasedMessage(ref: LeaseRef(entry: 0, token: 0), message: $0) }
+                        ? try store.take(
+                            channel: planned.key.channel, group: planned.key.group, limit: planned.room,
+                            now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
                         : try store.lease(
                             channel: planned.key.channel, group: planned.key.group, limit: planned.room,
                             now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
@@ -627,6 +631,7 @@ public final class Broker: @unchecked Sendable {
         // where the subscriber takes batches. What a member does not take is released.
         var handOvers: [HandOver] = []
         var orphans: [LeaseRef] = []
+        var takenOrphans: [Message] = []
         var expired: [LeasedMessage] = []
         for (planned, leased) in batches {
             let candidates = groups[planned.key] ?? []
@@ -645,14 +650,21 @@ public final class Broker: @unchecked Sendable {
                 var chosen: Member?
                 for step in 0..<candidates.count {
                     let member = candidates[(cursor + step) % candidates.count]
-                    if member.inFlight < member.maxInFlight {
+                    // A taken message only to a member that asked for it (one that joined since
+                    // the plan would settle it, and its settlement would fail).
+                    if member.inFlight < member.maxInFlight && (!taken || member.settleOnDelivery) {
                         chosen = member
                         cursor = (cursor + step + 1) % candidates.count
                         break
                     }
                 }
                 guard let member = chosen else {
-                    orphans.append(ref)  // members left or filled up meanwhile
+                    // Members left or filled up meanwhile.
+                    if taken {
+                        takenOrphans.append(Self.storedAgain(leased[position].message))
+                    } else {
+                        orphans.append(ref)
+                    }
                     continue
                 }
                 nextDelivery += 1
@@ -695,6 +707,7 @@ public final class Broker: @unchecked Sendable {
         }
         condition.unlock()
         for ref in orphans { try? store.release(ref) }
+        if !takenOrphans.isEmpty { storeAgain(takenOrphans) }
         if !expired.isEmpty { disposeOfExpired(expired, now: stamp) }
         var refused: [(delivery: DeliveryID, message: Message)] = []
         for handOver in handOvers {
@@ -710,12 +723,7 @@ public final class Broker: @unchecked Sendable {
                 entry.member.inFlight -= 1
                 releases.append(entry.ref)
             } else if message.flags.contains(.settled) {
-                // Taken out of the store, then refused: stored again as it was (a release would
-                // not count the attempt either).
-                var stored = message
-                stored.flags.remove(.settled)
-                stored.attempt = max(stored.attempt, 1) - 1
-                putBack.append(stored)
+                putBack.append(Self.storedAgain(message))  // taken out of the store, then refused
                 stats.acked -= 1
             }
         }
@@ -723,15 +731,30 @@ public final class Broker: @unchecked Sendable {
         if !releases.isEmpty || !putBack.isEmpty {
             condition.unlock()
             for ref in releases { try? store.release(ref) }
-            if !putBack.isEmpty {
-                do {
-                    try store.append(putBack)
-                } catch {
-                    host.log(.error, "storing again \(putBack.count) refused deliveries settled on delivery failed (they are lost): \(error)")
-                }
-            }
+            if !putBack.isEmpty { storeAgain(putBack) }
             condition.lock()
             workPending = false  // a refusing subscriber: wait for a change instead of spinning
+        }
+    }
+
+    /// A message taken out of the store (settled on delivery) but not delivered, as it goes back:
+    /// unmarked, and its attempt uncounted, as a release would leave it. It goes in as a new
+    /// message, at the end of its channel: only messages without an ordering key are taken, and
+    /// only on stores that do not fan out, so no order and no other group's copy is touched.
+    /// Its attempt history (kept with the stored entry, not the message) starts over.
+    private static func storedAgain(_ message: Message) -> Message {
+        var stored = message
+        stored.flags.remove(.settled)
+        stored.attempt = max(stored.attempt, 1) - 1
+        return stored
+    }
+
+    /// Stores taken messages again (``storedAgain(_:)``). Called without the lock.
+    private func storeAgain(_ messages: [Message]) {
+        do {
+            try store.append(messages)
+        } catch {
+            host.log(.error, "storing again \(messages.count) messages taken but not delivered failed (they are lost): \(error)")
         }
     }
 
@@ -748,9 +771,12 @@ public final class Broker: @unchecked Sendable {
                 let copy = DeadLetter.copy(
                     of: leased.message, to: leased.message.channel + options.deadLetterSuffix, group: "",
                     reason: Self.expiredReason, history: [], now: stamp)
-                if (try? store.append([copy])) != nil {
+                do {
+                    try store.append([copy])
                     host.deadLettered(copy, reason: Self.expiredReason)
                     dead += 1
+                } catch {
+                    host.log(.error, "dead-lettering expired message \(copy.id) failed (it is lost): \(error)")
                 }
             } else if let stored = try? store.deadLetter(
                 leased.ref, to: leased.message.channel + options.deadLetterSuffix,

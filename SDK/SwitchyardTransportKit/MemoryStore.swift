@@ -217,12 +217,12 @@ public final class MemoryStore: MessageStore {
         claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil, removing: false)
     }
 
-    public func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message] {
-        claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: .max, removing: true).map(\.message)
+    public func take(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil, removing: true)
     }
 
-    /// Leases the ready entries until `leaseUntil` or, `removing`, takes them out for good, under
-    /// one lock.
+    /// Leases the ready entries until `leaseUntil` or, `removing`, takes those without an
+    /// ordering key out for good (their refs' tokens are 0), under one lock.
     private func claim(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64, removing: Bool) -> [LeasedMessage] {
         let key = GroupKey(channel: channel, group: !fanOut || isDeadLetterChannel(channel) ? "" : group)
         return state.withLock { state in
@@ -257,14 +257,17 @@ public final class MemoryStore: MessageStore {
                     skipped.append(id)
                     continue
                 }
-                if !removing { group.leased.insert(Timed(at: leaseUntil, entry: id, token: token)) }
+                if !removing || lease.message.orderingKey != nil { group.leased.insert(Timed(at: leaseUntil, entry: id, token: token)) }
                 taken.append(lease)
             }
             if !skipped.isEmpty { group.ready.prepend(contentsOf: skipped) }
             state.depth -= UInt64(taken.count)
             state.inFlight += UInt64(taken.count)
             if removing {
-                for lease in taken { try? state.remove(lease.ref) }  // leased just now, under this lock: never fails
+                for index in taken.indices where taken[index].message.orderingKey == nil {
+                    try? state.remove(taken[index].ref)  // leased just now, under this lock: never fails
+                    taken[index] = LeasedMessage(ref: LeaseRef(entry: taken[index].ref.entry, token: 0), message: taken[index].message)
+                }
             }
             return taken
         }

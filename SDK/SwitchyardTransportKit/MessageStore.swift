@@ -6,7 +6,7 @@ import SwitchyardABI
 public struct LeaseRef: Hashable, Sendable {
     /// The stored entry.
     public let entry: UInt64
-    /// This lease of it; 0: no lease (the entry was taken out of the store, ``MessageStore/take(channel:group:limit:now:)``).
+    /// This lease of it; 0: no lease (the entry was taken out of the store, ``MessageStore/take(channel:group:limit:now:leaseUntil:)``).
     public let token: UInt64
     /// A reference to lease `token` of `entry`.
     public init(entry: UInt64, token: UInt64) {
@@ -101,12 +101,14 @@ public protocol MessageStore: AnyObject, Sendable {
     /// Leases up to `limit` ready entries of `group` on `channel` until `leaseUntil`, counting an
     /// attempt on each. Entries whose lease expired count as ready.
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage]
-    /// Takes up to `limit` ready entries of `group` on `channel` out of the store for good,
-    /// counting an attempt on each, as one step (one commit on a durable store, not synced: a
-    /// take lost in a power cut delivers the message again): a lease and its acknowledgement
-    /// together, for subscriptions settled on delivery (``SubscribeOptions/settleOnDelivery``).
-    /// The default leases, then acknowledges, and returns what it could acknowledge.
-    func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message]
+    /// ``lease(channel:group:limit:now:leaseUntil:)`` for subscriptions settled on delivery
+    /// (``SubscribeOptions/settleOnDelivery``): entries whose message has no ordering key are
+    /// taken out of the store for good instead (their refs have token 0, ``LeasedMessage/isTaken``),
+    /// in the same step — one commit on a durable store, not synced: a take lost in a power cut
+    /// delivers the message again. Entries with a key are leased as `lease` would: taking one
+    /// would free its key for the next before this one is handled. The default leases, then
+    /// acknowledges the entries without a key.
+    func take(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage]
     /// Removes a leased entry for good.
     func ack(_ ref: LeaseRef) throws(TransportError)
     /// Stores `messages` and removes the leased entry `ref` as one unit: both (in one commit on a
@@ -149,14 +151,15 @@ public protocol MessageStore: AnyObject, Sendable {
 }
 
 extension MessageStore {
-    /// How long the default ``take(channel:group:limit:now:)`` leases for before it acknowledges
-    /// (a message whose acknowledgement failed comes back after it).
-    static var takeLeaseNanos: Int64 { 60_000_000_000 }
-
-    public func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message] {
-        let leased = try lease(channel: channel, group: group, limit: limit, now: now, leaseUntil: now + Self.takeLeaseNanos)
-        if leased.isEmpty { return [] }
-        return zip(leased, ack(batch: leased.map(\.ref))).compactMap { $1 == nil ? $0.message : nil }
+    public func take(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        var leased = try lease(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil)
+        let unkeyed = leased.indices.filter { leased[$0].message.orderingKey == nil }
+        if unkeyed.isEmpty { return leased }
+        // One whose acknowledgement failed stays leased, and is delivered as such.
+        for (index, error) in zip(unkeyed, ack(batch: unkeyed.map { leased[$0].ref })) where error == nil {
+            leased[index] = LeasedMessage(ref: LeaseRef(entry: leased[index].ref.entry, token: 0), message: leased[index].message)
+        }
+        return leased
     }
 
     public func claimChangeDescriptor() -> Int32 { -1 }

@@ -233,13 +233,13 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         try claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil)
     }
 
-    public func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message] {
-        try claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: nil).map(\.message)
+    public func take(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
+        try claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil, removing: true)
     }
 
-    /// Leases the ready entries until `leaseUntil`, or with nil deletes them (a take: their refs
-    /// are left empty), in one commit.
-    private func claim(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64?) throws(TransportError) -> [LeasedMessage] {
+    /// Leases the ready entries until `leaseUntil` or, `removing`, deletes those without an
+    /// ordering key (a take: their refs' tokens are 0), in one commit.
+    private func claim(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64, removing: Bool = false) throws(TransportError) -> [LeasedMessage] {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
         // Look first, with a plain read: most looks find nothing (another process's commit was
         // for another channel, or it was a lease), and a look that found nothing under the write
@@ -282,7 +282,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                 switch row.message {
                 case .success(var message):
                     message.attempt = UInt32(clamping: row.attempt + 1)
-                    guard let leaseUntil else {
+                    if removing && message.orderingKey == nil {
                         try db.run("DELETE FROM entries WHERE id = ?", [.int(row.id)])
                         leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: 0), message: message))
                         continue

@@ -81,6 +81,50 @@ struct SettleOnDeliveryTests {
         #expect(throws: TransportError.self) { try transport.client.settle(inbox.received[0].delivery, .retry(afterNanos: 0, reason: "no")) }
     }
 
+    @Test("messages with an ordering key are leased as usual (unmarked, in order); the others are taken", arguments: [false, true])
+    func keyedAreLeased(_ durable: Bool) async throws {
+        let dir = try TemporaryDirectory()
+        let config = durable ? #"{"path": "\#(dir.file("q.db"))"}"# : "{}"
+        let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: config)
+        defer { transport.close() }
+        let inbox = Collector()
+        // Settles what is not marked; a keyed message left unsettled would hold its key.
+        _ = try transport.client.subscribe(
+            SubscribeOptions(channel: "mixed", maxInFlight: 50, settleOnDelivery: true),
+            handler: inbox.handler(client: transport.client) { $0.flags.contains(.settled) ? nil : .ack })
+        var batch = (0..<10).map { Message(id: "k-\($0)", channel: "mixed", orderingKey: "order-1") }
+        batch += (0..<10).map { Message(id: "u-\($0)", channel: "mixed") }
+        try transport.client.publish(batch: batch)
+        #expect(inbox.wait(for: 20))
+        let keyed = inbox.received.filter { $0.message.orderingKey != nil }
+        let unkeyed = inbox.received.filter { $0.message.orderingKey == nil }
+        #expect(keyed.map(\.message.id) == (0..<10).map { "k-\($0)" })
+        #expect(keyed.allSatisfy { !$0.message.flags.contains(.settled) })
+        #expect(unkeyed.count == 10 && unkeyed.allSatisfy { $0.message.flags.contains(.settled) })
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(inbox.count == 20)
+    }
+
+    @Test("a topic leases as usual: a subscription settled on delivery gets unmarked deliveries, and retry still applies its policy")
+    func topicThroughRetry() async throws {
+        let inner = try Transport(name: "inner", plugin: try BuildProducts.plugin("topic"), configJSON: "{}")
+        let transport = try Transport(
+            name: "retry", plugin: try BuildProducts.plugin("retry"), configJSON: #"{"max_attempts": 2, "initial_delay": "10ms", "jitter": "none"}"#,
+            inner: inner)
+        defer { transport.close() }
+        let inbox = Collector()
+        let dead = Collector()
+        _ = try transport.client.subscribe(
+            SubscribeOptions(channel: "events", group: "g", settleOnDelivery: true),
+            handler: inbox.handler(client: transport.client) { _ in .retry(afterNanos: 0, reason: "not yet") })
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "events.dlq"), handler: dead.handler(client: transport.client))
+        try transport.client.publish(Message(id: "e", channel: "events"))
+        #expect(dead.wait(for: 1))
+        #expect(inbox.received.map(\.message.attempt) == [1, 2])
+        #expect(inbox.received.allSatisfy { !$0.message.flags.contains(.settled) })
+        #expect(dead.received.first?.message.header(DeadLetterHeader.reason)?.contains("gave up after 2 attempts") == true)
+    }
+
     @Test("a group whose members do not all settle on delivery is leased as usual, and nobody's deliveries are marked")
     func mixedGroup() async throws {
         let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: "{}")

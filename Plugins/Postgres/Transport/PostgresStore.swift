@@ -240,49 +240,24 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     }
 
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
-        try claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil)
-    }
-
-    func take(channel: String, group: String, limit: Int, now: Int64) throws(TransportError) -> [Message] {
-        try claim(channel: channel, group: group, limit: limit, now: now, leaseUntil: nil).map(\.message)
-    }
-
-    /// Leases the ready entries until `leaseUntil`, or with nil deletes them (a take: their refs
-    /// are left empty), in one transaction.
-    private func claim(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64?) throws(TransportError) -> [LeasedMessage] {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
-        // SKIP LOCKED: rows another process is leasing right now are passed over, not waited for.
-        let picked = """
-            WITH picked AS (
-                SELECT id FROM \(schema).entries e
-                WHERE channel = $1 AND grp = $2 AND visible_at <= $3 AND (lease_token = 0 OR lease_until <= $3)
-                  AND (ordering_key IS NULL OR id = (SELECT MIN(id) FROM \(schema).entries k
-                       WHERE k.channel = $1 AND k.grp = $2 AND k.ordering_key = e.ordering_key))
-                ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-            """
-        let claimed =
-            leaseUntil == nil
-            ? """
-            DELETE FROM \(schema).entries u USING picked WHERE u.id = picked.id
-            RETURNING u.id, u.attempt + 1, 0::bigint, u.message, (u.ordering_key IS NOT NULL)::int::bigint
-            """
-            : """
-            UPDATE \(schema).entries u
-            SET lease_token = 1 + floor(random() * 4611686018427387903)::bigint, lease_until = $5, attempt = u.attempt + 1
-            FROM picked WHERE u.id = picked.id
-            RETURNING u.id, u.attempt, u.lease_token, u.message, 0::bigint
-            """
-        var parameters: [PostgresDatabase.Value] = [.text(channel), .text(grp), .int(now), .int(Int64(limit))]
-        if let leaseUntil { parameters.append(.int(leaseUntil)) }
         return try perform { db throws(TransportError) -> [LeasedMessage] in
             var rows: [(id: Int64, attempt: Int64, token: Int64, blob: [UInt8])] = []
-            var keyed = false
-            try db.run(picked + claimed, parameters) { row in
-                rows.append((row.int(0), row.int(1), row.int(2), row.bytes(3)))
-                if row.int(4) != 0 { keyed = true }
-            }
-            // A taken entry with an ordering key frees its key's next entry, for every process.
-            if keyed { try notify(db) }
+            // SKIP LOCKED: rows another process is leasing right now are passed over, not waited for.
+            try db.run(
+                """
+                WITH picked AS (
+                    SELECT id FROM \(schema).entries e
+                    WHERE channel = $1 AND grp = $2 AND visible_at <= $3 AND (lease_token = 0 OR lease_until <= $3)
+                      AND (ordering_key IS NULL OR id = (SELECT MIN(id) FROM \(schema).entries k
+                           WHERE k.channel = $1 AND k.grp = $2 AND k.ordering_key = e.ordering_key))
+                    ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                UPDATE \(schema).entries u
+                SET lease_token = 1 + floor(random() * 4611686018427387903)::bigint, lease_until = $5, attempt = u.attempt + 1
+                FROM picked WHERE u.id = picked.id
+                RETURNING u.id, u.attempt, u.lease_token, u.message
+                """, [.text(channel), .text(grp), .int(now), .int(Int64(limit)), .int(leaseUntil)]
+            ) { row in rows.append((row.int(0), row.int(1), row.int(2), row.bytes(3))) }
             var leased: [LeasedMessage] = []
             for row in rows.sorted(by: { $0.id < $1.id }) {
                 do throws(TransportError) {

@@ -438,7 +438,10 @@ typedef struct sy_subscribe_options {
  * reply channels (a reply is handed to a waiting call in memory; if the caller's process dies, so
  * does the call). A transport that cannot, or a decorator that does not pass the option on,
  * delivers without the flag and the subscriber settles as usual. What deliver_batch refuses of
- * such deliveries is stored again, as it was, and offered later (possibly after newer messages).
+ * such deliveries is stored again, attempt uncounted, and offered later (possibly after newer
+ * messages). A transport that stores again what was refused must keep per-key order and other
+ * groups' copies intact: the SDK's broker takes only messages without an ordering key, on
+ * transports that do not fan out, and leases the rest as usual (delivered unmarked).
  */
 #define SY_SUBSCRIBE_SETTLE_ON_DELIVERY ((uint64_t)1 << 0)
 
@@ -657,6 +660,9 @@ typedef struct sy_plugin_descriptor {
  * bytes: your sizeof), then copies min(its struct_size, out_size) bytes of `in`, so that fields
  * an older writer did not have read as zero and a newer writer's extra fields are not read.
  * Returns 0 when `in` is NULL or its struct_size is below `min_size` (its ABI 1.0 size), else 1.
+ * The copy keeps the writer's struct_size, which may exceed `out_size`: before passing the copy on
+ * (a decorator forwarding options to its inner transport), set its struct_size to `out_size`, or
+ * the next reader reads past it.
  *
  *     sy_message m;
  *     if (!sy_read_sized(&m, sizeof m, msg, SY_MESSAGE_SIZE_V1_0)) return SY_ERR_INVALID_ARGUMENT;

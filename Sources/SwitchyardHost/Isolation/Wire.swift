@@ -84,7 +84,6 @@ struct WireWriter {
         integer(options.maxInFlight)
         integer(options.visibilityTimeoutNanos)
         integer(options.start.rawValue)
-        integer(UInt8(options.settleOnDelivery ? 1 : 0))
     }
 
     mutating func settlement(_ settlement: Settlement) {
@@ -141,10 +140,9 @@ struct WireReader {
         guard let start = StartPosition(rawValue: startRaw) else {
             throw TransportError(.invalidArgument, "corrupt frame: unknown start position \(startRaw)")
         }
-        let settleOnDelivery: UInt8 = try integer("settle on delivery")
         return SubscribeOptions(
             channel: channel, group: group, maxInFlight: maxInFlight,
-            visibilityTimeoutNanos: visibility, start: start, settleOnDelivery: settleOnDelivery != 0)
+            visibilityTimeoutNanos: visibility, start: start)
     }
 
     mutating func settlement() throws(TransportError) -> Settlement {
