@@ -496,8 +496,9 @@ public final class Broker: @unchecked Sendable {
         let key: GroupKey
         let room: Int
         let visibilityTimeout: Int64
-        /// Every member settles on delivery: the messages are taken out of the store, not leased
-        /// (one step instead of a lease and an acknowledgement; one commit on a durable store).
+        /// Every member settles on delivery, on a store that does not fan out: messages without an
+        /// ordering key are taken out of the store, not leased (one step instead of a lease and an
+        /// acknowledgement; one commit on a durable store); keyed ones are leased as usual.
         let take: Bool
     }
 
