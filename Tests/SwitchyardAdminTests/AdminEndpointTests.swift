@@ -130,7 +130,9 @@ struct AdminEndpointTests {
         #expect(try await running.get("/health/ready").0 == 200)
         #expect(try await running.get("/health/live").0 == 200)
         let worker = try $Worker.resolve(id: "worker", using: running.system)
-        let slow = Task { try await worker.work(7, milliseconds: 1500) }  // keeps the drain busy
+        // Keeps the drain busy long enough to see it: under AddressSanitizer on a loaded CI
+        // machine, finding the 503 once took longer than a 1.5 s call (the drain had ended).
+        let slow = Task { try await worker.work(7, milliseconds: 4000) }
         let system = running.system
         try await Task.sleep(for: .milliseconds(200))
         let draining = Task { await system.shutdown(deadline: Duration.seconds(10)) }
