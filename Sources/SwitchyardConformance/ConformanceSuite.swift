@@ -100,7 +100,7 @@ public struct ConformanceSuite: Sendable {
                         outcome = outcomeBox.withLock { $0 } ?? .failed("the check ended without an outcome")
                     }
                 }
-                result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started))
+                result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started), note: context.noted)
             }
             progress(result)
             results.append(result)
@@ -136,6 +136,8 @@ public struct ConformanceResult: Sendable, CustomStringConvertible {
     public let outcome: Outcome
     /// How long it took.
     public let seconds: Double
+    /// What a passing check found worth saying (for example whether an optional feature was used).
+    public internal(set) var note: String? = nil
 
     /// Whether it failed.
     public var failed: Bool {
@@ -151,7 +153,7 @@ public struct ConformanceResult: Sendable, CustomStringConvertible {
 
     public var description: String {
         switch outcome {
-        case .passed: "pass  \(name) (\(String(format: "%.2f", seconds)) s)"
+        case .passed: "pass  \(name) (\(String(format: "%.2f", seconds)) s)" + (note.map { ": \($0)" } ?? "")
         case .failed(let why): "FAIL  \(name): \(why)"
         case .skipped(let why): "skip  \(name): \(why)"
         }
@@ -170,6 +172,7 @@ public final class ConformanceContext: @unchecked Sendable {
     // @unchecked: `opened` is guarded by its Mutex; the rest is immutable.
     let suite: ConformanceSuite
     private let opened = Guarded<[Transport]>([])
+    private let notes = Guarded<[String]>([])
 
     init(suite: ConformanceSuite) { self.suite = suite }
 
@@ -191,6 +194,11 @@ public final class ConformanceContext: @unchecked Sendable {
             defer { all.removeAll() }; return all
         }).reversed() { transport.close() }
     }
+
+    /// Adds to what the check reports when it passes (``ConformanceResult/note``).
+    public func note(_ text: String) { notes.withLock { $0.append(text) } }
+
+    var noted: String? { notes.withLock { $0.isEmpty ? nil : $0.joined(separator: "; ") } }
 
     /// Fails the check with `message` unless `condition` holds.
     public func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws {

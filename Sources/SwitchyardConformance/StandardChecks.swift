@@ -463,6 +463,9 @@ enum StandardChecks {
         try c.expect(settleErrors.withLock { $0 }.isEmpty, "settlement: \(settleErrors.withLock { $0 }.joined(separator: "; "))")
         let attempts = Set(inbox.received.map(\.message.attempt))
         try c.expect(attempts == [1], "deliveries came with attempts \(attempts.sorted()), expected 1")
+        // Passing says nothing about whether the option was used (ignoring it is allowed): say it.
+        let markedCount = inbox.received.filter { $0.message.flags.contains(.settled) }.count
+        c.note(markedCount == 0 ? "option not honored (every delivery unmarked, settled by the subscriber)" : "honored: \(markedCount) of \(ids.count) deliveries marked")
         // A plain subscription never sees the mark, even on a message published with it.
         let plain = Collector()
         _ = try t.client.subscribe(SubscribeOptions(channel: "sod-plain"), handler: plain.handler(client: t.client))

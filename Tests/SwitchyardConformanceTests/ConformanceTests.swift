@@ -31,4 +31,14 @@ struct ConformanceTests {
         #expect(result.stdout.contains("pass  fan-out"))
         #expect(result.stdout.contains("2 passed, 0 failed"))
     }
+
+    @Test("settle-on-delivery says whether the plugin honored the option, since it passes either way")
+    func settleOnDeliveryNote() async throws {
+        let queue = try await run(BuildProducts.switchyard, ["plugins", "test", "queue", "--check", "settle-on-delivery"])
+        #expect(queue.status == 0, "\(queue.stdout)\(queue.stderr)")
+        #expect(queue.stdout.contains("honored: 40 of 40 deliveries marked"), "\(queue.stdout)")
+        let topic = try await run(BuildProducts.switchyard, ["plugins", "test", "topic", "--check", "settle-on-delivery"])
+        #expect(topic.status == 0, "\(topic.stdout)\(topic.stderr)")
+        #expect(topic.stdout.contains("option not honored"), "\(topic.stdout)")
+    }
 }
