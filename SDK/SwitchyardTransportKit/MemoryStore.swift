@@ -61,7 +61,15 @@ public final class MemoryStore: MessageStore {
         let key: GroupKey
         @exclusivity(unchecked) var ready = Deque<UInt64>()  // entry ids in publish order
         @exclusivity(unchecked) var waiting = Heap<Timed>()  // retries not yet visible
-        @exclusivity(unchecked) var leased = Heap<Timed>()  // lease expiries (stale items are skipped lazily)
+        /// Lease expiries in the order the leases were made, which is also their expiry order while
+        /// the group's subscribers share a visibility timeout (the usual case): appending costs
+        /// no heap insertion, and the records of settled leases leave from the front as soon as
+        /// they are first there, so the records number about the leases in flight — in a heap
+        /// they stayed until their time came, a visibility timeout's worth of every lease made.
+        @exclusivity(unchecked) var leased = Deque<Timed>()
+        /// Lease expiries earlier than the last one in `leased` (a subscriber with a shorter
+        /// visibility timeout than another's). Stale records are skipped when they come due.
+        @exclusivity(unchecked) var leasedOutOfOrder = Heap<Timed>()
         @exclusivity(unchecked) var lockedKeys: [String: Int] = [:]
 
         init(key: GroupKey) { self.key = key }
@@ -77,6 +85,27 @@ public final class MemoryStore: MessageStore {
                 if ready[mid] < id { low = mid + 1 } else { high = mid }
             }
             ready.insert(id, at: low)
+        }
+
+        /// Records when a lease expires.
+        func recordLease(_ lease: Timed) {
+            if let last = leased.last, last.at > lease.at { leasedOutOfOrder.insert(lease) } else { leased.append(lease) }
+        }
+
+        /// A lease record due at `now`, if any; it may be stale (settled or leased again since).
+        func dueLease(now: Int64) -> Timed? {
+            if let first = leased.first, first.at <= now { return leased.removeFirst() }
+            if let top = leasedOutOfOrder.min, top.at <= now { return leasedOutOfOrder.removeMin() }
+            return nil
+        }
+
+        /// When the earliest lease record comes due.
+        var earliestLease: Int64? {
+            switch (leased.first?.at, leasedOutOfOrder.min?.at) {
+            case (let inOrder?, let outOfOrder?): Swift.min(inOrder, outOfOrder)
+            case (let one?, nil), (nil, let one?): one
+            case (nil, nil): nil
+            }
         }
 
         func unlock(_ key: String) {
@@ -124,12 +153,21 @@ public final class MemoryStore: MessageStore {
             return group
         }
 
-        mutating func insert(_ message: Message, into group: Group) {
+        /// Stores `message` (consumed: the caller's copy becomes the entry's, with no other).
+        mutating func insert(_ message: consuming Message, into group: Group) {
             nextEntry += 1
+            let expiresAt = message.expiresAtNanos
             entries.insert(Entry(message: message, group: group), at: nextEntry)
             group.ready.append(nextEntry)
             depth += 1
-            if message.expiresAtNanos > 0 { expiries.insert(Timed(at: message.expiresAtNanos, entry: nextEntry, token: 0)) }
+            if expiresAt > 0 { expiries.insert(Timed(at: expiresAt, entry: nextEntry, token: 0)) }
+        }
+
+        /// Drops the records at the front of `group.leased` whose leases were settled or made
+        /// again: leases mostly end in the order they were made, so this keeps the records to
+        /// about the leases in flight.
+        func dropSettledLeases(of group: Group) {
+            while let first = group.leased.first, entries[first.entry]?.token != first.token { group.leased.removeFirst() }
         }
 
         func unlockKey(of entry: Entry) {
@@ -175,6 +213,12 @@ public final class MemoryStore: MessageStore {
     }
 
     public func append(_ messages: [Message]) throws(TransportError) {
+        // Read through the buffer: the array's subscript copied each message once more on its way
+        // into the entry.
+        messages.withUnsafeBufferPointer { messages in append(messages) }
+    }
+
+    private func append(_ messages: UnsafeBufferPointer<Message>) {
         state.withLock { state in
             var start = messages.startIndex
             while start < messages.endIndex {
@@ -228,8 +272,7 @@ public final class MemoryStore: MessageStore {
         return state.withLock { state in
             guard limit > 0, let group = state.existing(key) else { return [] }
             // Expired leases and due retries become ready (expired leases keep their attempt).
-            while let top = group.leased.min, top.at <= now {
-                group.leased.removeMin()
+            while let top = group.dueLease(now: now) {
                 guard let entry = state.entries[top.entry], entry.token == top.token else { continue }
                 entry.token = 0
                 if entry.holdsKey, let orderingKey = entry.message.orderingKey {
@@ -240,6 +283,7 @@ public final class MemoryStore: MessageStore {
                 state.inFlight -= 1
                 state.depth += 1
             }
+            state.dropSettledLeases(of: group)
             while let top = group.waiting.min, top.at <= now {
                 group.waiting.removeMin()
                 if state.entries[top.entry] != nil { group.insertReady(top.entry) }  // else it expired meanwhile
@@ -257,7 +301,7 @@ public final class MemoryStore: MessageStore {
                     skipped.append(id)
                     continue
                 }
-                if !removing || lease.message.orderingKey != nil { group.leased.insert(Timed(at: leaseUntil, entry: id, token: token)) }
+                if !removing || lease.message.orderingKey != nil { group.recordLease(Timed(at: leaseUntil, entry: id, token: token)) }
                 taken.append(lease)
             }
             if !skipped.isEmpty { group.ready.prepend(contentsOf: skipped) }
@@ -382,12 +426,20 @@ public final class MemoryStore: MessageStore {
         let key = GroupKey(channel: channel, group: !fanOut || isDeadLetterChannel(channel) ? "" : group)
         return state.withLock { state in
             guard let group = state.existing(key) else { return nil }
-            switch (group.waiting.min?.at, group.leased.min?.at) {
+            // Settled leases at the front would wake the dispatcher for nothing.
+            state.dropSettledLeases(of: group)
+            switch (group.waiting.min?.at, group.earliestLease) {
             case (let waiting?, let leased?): return Swift.min(waiting, leased)
             case (let one?, nil), (nil, let one?): return one
             case (nil, nil): return nil
             }
         }
+    }
+
+    /// Lease records kept for expiry, every group together (for tests: they should number about
+    /// the leases in flight, not every lease made within a visibility timeout).
+    var leaseRecordCount: Int {
+        state.withLock { state in state.groups.values.reduce(0) { $0 + $1.leased.count + $1.leasedOutOfOrder.count } }
     }
 
     public func counts() -> (depth: UInt64, inFlight: UInt64) {

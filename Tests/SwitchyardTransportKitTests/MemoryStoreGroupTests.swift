@@ -36,4 +36,28 @@ struct MemoryStoreGroupTests {
         }
         #expect(store.counts().depth == 0)
     }
+
+    @Test("lease records number about the leases in flight, and leases of different lengths each expire on time")
+    func leaseRecords() throws {
+        let store = MemoryStore(fanOut: false)
+        try store.addGroup(channel: "c", group: "", start: .new)
+        // Settled leases with an hour to run: their records leave as the next leases are made.
+        for round in 0..<100 {
+            try store.append((0..<100).map { Message(id: "m\(round)-\($0)", channel: "c") })
+            let leased = try store.lease(channel: "c", group: "", limit: 100, now: 0, leaseUntil: 3_600_000_000_000)
+            #expect(leased.count == 100)
+            _ = store.ack(batch: leased.map(\.ref))
+        }
+        #expect(store.leaseRecordCount <= 100, "\(store.leaseRecordCount) lease records for 0 leases in flight")
+        // A long lease, then a short one made after it: the short one expires first.
+        try store.append([Message(id: "long", channel: "c"), Message(id: "short", channel: "c")])
+        let long = try store.lease(channel: "c", group: "", limit: 1, now: 0, leaseUntil: 1_000)
+        let short = try store.lease(channel: "c", group: "", limit: 1, now: 0, leaseUntil: 100)
+        #expect(long.map(\.message.id) == ["long"] && short.map(\.message.id) == ["short"])
+        #expect(store.nextWakeup(channel: "c", group: "", now: 0) == 100)
+        #expect(try store.lease(channel: "c", group: "", limit: 10, now: 99, leaseUntil: 2_000).isEmpty)
+        #expect(try store.lease(channel: "c", group: "", limit: 10, now: 100, leaseUntil: 2_000).map(\.message.id) == ["short"])
+        #expect(try store.lease(channel: "c", group: "", limit: 10, now: 1_000, leaseUntil: 3_000).map(\.message.id) == ["long"])
+        #expect(store.counts().inFlight == 2)
+    }
 }
