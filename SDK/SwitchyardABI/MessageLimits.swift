@@ -20,8 +20,14 @@ public struct MessageLimits: Sendable, Hashable {
     /// `max_message_bytes`, ...), or nil when it fits.
     public func violation(of message: Message, keyPrefix prefix: String = "") -> String? {
         let sizes = message.limitSizes
-        return violation(
-            id: message.id, count: sizes.headerCount, headerBytes: sizes.headerBytes, otherBytes: sizes.otherBytes, keyPrefix: prefix)
+        guard exceeded(count: sizes.headerCount, headerBytes: sizes.headerBytes, otherBytes: sizes.otherBytes) else { return nil }
+        // Only here is the id read (and the message captured: on the fast path that cost a copy).
+        let id = message.id
+        return violation(id: id, count: sizes.headerCount, headerBytes: sizes.headerBytes, otherBytes: sizes.otherBytes, keyPrefix: prefix)
+    }
+
+    private func exceeded(count: Int, headerBytes: Int, otherBytes: Int) -> Bool {
+        count > maxHeaders || headerBytes > maxHeaderBytes || headerBytes + otherBytes > maxMessageBytes
     }
 
     /// As ``violation(of:keyPrefix:)`` for a message view, without copying it.

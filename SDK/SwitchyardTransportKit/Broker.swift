@@ -85,8 +85,10 @@ public final class Broker: @unchecked Sendable {
     // Guarded by `condition`.
     private var groups: [GroupKey: [Member]] = [:]
     private var members: [SubscriptionID: Member] = [:]
-    /// Unsettled deliveries by id (ids grow by one per delivery).
-    private var inFlight = SequentialTable<InFlight>()
+    /// Unsettled deliveries by id (ids grow by one per delivery). Unchecked: `condition`, not a
+    /// check at run time, keeps accesses apart (the check was one call into the runtime per
+    /// delivery and one per settlement, measured with callgrind).
+    @exclusivity(unchecked) private var inFlight = SequentialTable<InFlight>()
     private var nextSubscription: SubscriptionID = 0
     private var nextDelivery: DeliveryID = 0
     private var workPending = false
@@ -224,10 +226,15 @@ public final class Broker: @unchecked Sendable {
     private func accepted(_ batch: consuming [Message]) throws(TransportError) -> [Message] {
         var messages = batch  // moved, not copied: the caller hands its array over
         let stamp = now()
-        for index in messages.indices {
-            if let violation = options.limits.violation(of: messages[index]) { throw TransportError(.tooLarge, violation) }
-            messages[index].attempt = messages[index].attempt > 0 ? messages[index].attempt - 1 : 0
-            messages[index].enqueuedAtNanos = stamp
+        let limits = options.limits
+        // Through the buffer, in place: the array's subscript copied each message out (measured
+        // with callgrind).
+        try messages.withUnsafeMutableBufferPointer { (messages) throws(TransportError) in
+            for index in messages.indices {
+                if let violation = limits.violation(of: messages[index]) { throw TransportError(.tooLarge, violation) }
+                messages[index].attempt = messages[index].attempt > 0 ? messages[index].attempt - 1 : 0
+                messages[index].enqueuedAtNanos = stamp
+            }
         }
         return messages
     }
