@@ -122,14 +122,18 @@ public enum DiscoveryProbe {
         executable: String, directories: [SearchDirectory], trust: TrustPolicy,
         excluding: [String], timeoutNanos: Int64
     ) throws -> Round {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments(directories: directories, trust: trust, excluding: excluding)
-        process.environment = PluginProcess.childEnvironment
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let fd = output.fileHandleForReading.fileDescriptor
+        var pipeEnds: [Int32] = [-1, -1]
+        guard pipe(&pipeEnds) == 0 else { throw TransportError(.io, "pipe failed: \(String(cString: strerror(errno)))") }
+        for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }  // (pipe2 needs _GNU_SOURCE, which Glibc's module lacks)
+        let fd = pipeEnds[0]
+        defer { close(fd) }
+        let pid: pid_t
+        do {
+            defer { close(pipeEnds[1]) }
+            pid = try PluginProcess.spawnChild(
+                executable: executable, arguments: arguments(directories: directories, trust: trust, excluding: excluding), giving: pipeEnds[1], as: 1,
+                what: "the plugin discovery probe")
+        }
         // Per file: every line the probe writes (it writes one before each file) restarts the
         // clock, so a long search path of slow-to-load files is not mistaken for a hang. Before
         // the first line the probe is still starting (its own runtime, not any plugin): it gets
@@ -145,7 +149,7 @@ public enum DiscoveryProbe {
             if remaining <= 0 || poll(&poller, 1, Int32(min(remaining / 1_000_000 + 1, 1000))) == 0 {
                 if monotonicNanoseconds() >= deadline {
                     timedOut = true
-                    kill(process.processIdentifier, SIGKILL)
+                    kill(pid, SIGKILL)
                     break
                 }
                 continue
@@ -161,21 +165,29 @@ public enum DiscoveryProbe {
         }
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
         let sawDone = lines.last == "done"
+        var status: Int32 = 0
+        var reaped = false
         if sawDone {
-            while process.isRunning && monotonicNanoseconds() < deadline { usleep(10_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            while !reaped && monotonicNanoseconds() < deadline {
+                reaped = waitpid(pid, &status, WNOHANG) == pid
+                if !reaped { usleep(10_000) }
+            }
+            if !reaped { kill(pid, SIGKILL) }
         }
-        process.waitUntilExit()
+        while !reaped {
+            let result = waitpid(pid, &status, 0)
+            reaped = result == pid || (result < 0 && errno != EINTR)
+        }
         let lastLoading = lines.last { $0.hasPrefix("loading ") }.map { String($0.dropFirst("loading ".count)) }
         let finished = !timedOut && sawDone
         let ending: String
         if timedOut {
             ending = "did not finish within \(timeoutNanos / 1_000_000) ms in a probe process (its initialisers or entry function hang)"
-        } else if process.terminationReason == .uncaughtSignal {
-            let signal = process.terminationStatus
+        } else if status & 0x7f != 0 {
+            let signal = status & 0x7f
             ending = "killed a probe process with signal \(signal) (\(String(cString: strsignal(signal)))): its initialisers or entry function crashed"
         } else {
-            ending = "ended a probe process with exit status \(process.terminationStatus)"
+            ending = "ended a probe process with exit status \((status >> 8) & 0xff)"
         }
         return Round(finished: finished, lastLoading: lastLoading, ending: ending)
     }

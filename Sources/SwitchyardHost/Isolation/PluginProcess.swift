@@ -50,31 +50,45 @@ final class PluginProcess: @unchecked Sendable {
         }
         let (parentEnd, childEnd) = (pair[0], pair[1])
         defer { close(childEnd) }
+        do throws(TransportError) {
+            let pid = try spawnChild(executable: executable, arguments: ["plugin-host", "--fd", "3"], giving: childEnd, as: 3, what: "the plugin host")
+            return PluginProcess(pid: pid, fd: parentEnd)
+        } catch {
+            close(parentEnd)
+            throw error
+        }
+    }
+
+    /// Starts `executable` with `arguments` and ``childEnvironment``, with `descriptor` as the
+    /// child's `target` (1: its stdout; 3 and up: an extra one) and otherwise only stdin, stdout
+    /// and stderr open; returns its pid, which the caller reaps with `waitpid`. (Foundation's
+    /// `Process` was used for the discovery probe until a test run hung for good in its
+    /// `waitUntilExit` with the child already a zombie: nothing reaped it.) `what` names the
+    /// child in errors.
+    static func spawnChild(executable: String, arguments: [String], giving descriptor: Int32, as target: Int32, what: String) throws(TransportError) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        // dup2 onto 3 clears close-on-exec there; if the child's end already is 3, move it first.
-        var source = childEnd
-        if source == 3 { source = fcntl(childEnd, F_DUPFD_CLOEXEC, 10) }
-        posix_spawn_file_actions_adddup2(&actions, source, 3)
-        // The child gets stdin/out/err and its socket, nothing else. Without this it would inherit
-        // every descriptor another thread opened without close-on-exec (pipes of concurrently
-        // started programs, sockets, database files) and hold them open for its whole life: a
-        // reader waiting for such a pipe's EOF waits until the plugin host exits.
-        _ = addCloseFrom?(&actions, 4)
-        let arguments = [executable, "plugin-host", "--fd", "3"]
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        // dup2 onto the target clears close-on-exec there; a descriptor already there is moved first.
+        var source = descriptor
+        if source == target { source = fcntl(descriptor, F_DUPFD_CLOEXEC, 10) }
+        posix_spawn_file_actions_adddup2(&actions, source, target)
+        // The child gets stdin/out/err and its descriptor, nothing else. Without this it would
+        // inherit every descriptor another thread opened without close-on-exec (pipes of
+        // concurrently started programs, sockets, database files) and hold them open for its whole
+        // life: a reader waiting for such a pipe's EOF waits until the child exits.
+        _ = addCloseFrom?(&actions, max(3, target + 1))
+        var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var envp: [UnsafeMutablePointer<CChar>?] = childEnvironment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { for pointer in envp { free(pointer) } }
         var pid: pid_t = 0
         let status = posix_spawn(&pid, executable, &actions, nil, &argv, &envp)
-        if source != childEnd { close(source) }
+        if source != descriptor { close(source) }
         guard status == 0 else {
-            close(parentEnd)
-            throw TransportError(.unavailable, "cannot start the plugin host '\(executable)': \(String(cString: strerror(status)))")
+            throw TransportError(.unavailable, "cannot start \(what) '\(executable)': \(String(cString: strerror(status)))")
         }
-        return PluginProcess(pid: pid, fd: parentEnd)
+        return pid
     }
 
     /// The environment of the host's children: this process's, with Swift's crash backtracer
