@@ -122,17 +122,21 @@ public enum DiscoveryProbe {
         executable: String, directories: [SearchDirectory], trust: TrustPolicy,
         excluding: [String], timeoutNanos: Int64
     ) throws -> Round {
-        var pipeEnds: [Int32] = [-1, -1]
-        guard pipe(&pipeEnds) == 0 else { throw TransportError(.io, "pipe failed: \(String(cString: strerror(errno)))") }
-        for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }  // (pipe2 needs _GNU_SOURCE, which Glibc's module lacks)
-        let fd = pipeEnds[0]
-        defer { close(fd) }
+        // A socket pair, not a pipe: it is made close-on-exec atomically (pipe2 needs _GNU_SOURCE,
+        // which Glibc's module lacks), so no child another thread starts meanwhile inherits the
+        // write end and keeps the probe's output open after the probe has died.
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            throw TransportError(.io, "socketpair failed: \(String(cString: strerror(errno)))")
+        }
+        var fd = ends[0]
+        defer { if fd >= 0 { close(fd) } }
         let pid: pid_t
         do {
-            defer { close(pipeEnds[1]) }
+            defer { close(ends[1]) }
             pid = try PluginProcess.spawnChild(
-                executable: executable, arguments: arguments(directories: directories, trust: trust, excluding: excluding), giving: pipeEnds[1], as: 1,
-                what: "the plugin discovery probe")
+                executable: executable, arguments: arguments(directories: directories, trust: trust, excluding: excluding), giving: ends[1], as: 1,
+                ownProcessGroup: true, what: "the plugin discovery probe")
         }
         // Per file: every line the probe writes (it writes one before each file) restarts the
         // clock, so a long search path of slow-to-load files is not mistaken for a hang. Before
@@ -146,7 +150,9 @@ public enum DiscoveryProbe {
         while true {
             let remaining = deadline - monotonicNanoseconds()
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if remaining <= 0 || poll(&poller, 1, Int32(min(remaining / 1_000_000 + 1, 1000))) == 0 {
+            let ready = remaining <= 0 ? 0 : poll(&poller, 1, Int32(min(remaining / 1_000_000 + 1, 1000)))
+            if ready < 0 && errno == EINTR { continue }
+            if ready == 0 {
                 if monotonicNanoseconds() >= deadline {
                     timedOut = true
                     kill(pid, SIGKILL)
@@ -165,24 +171,43 @@ public enum DiscoveryProbe {
         }
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
         let sawDone = lines.last == "done"
+        // The output is read: a probe still writing gets EPIPE instead of blocking.
+        close(fd)
+        fd = -1
+        // Reaped within the deadline (after `done`, or after the end of its output: it is exiting),
+        // else killed first; never an unbounded wait on a child that might hang.
         var status: Int32 = 0
+        var known = true
         var reaped = false
-        if sawDone {
-            while !reaped && monotonicNanoseconds() < deadline {
-                reaped = waitpid(pid, &status, WNOHANG) == pid
-                if !reaped { usleep(10_000) }
+        while !reaped && monotonicNanoseconds() < deadline {
+            let result = waitpid(pid, &status, WNOHANG)
+            if result == pid {
+                reaped = true
+            } else if result < 0 && errno != EINTR {
+                reaped = true  // someone else reaped it (SIGCHLD ignored by a plugin, say): how it ended is unknown
+                known = false
+            } else {
+                usleep(5_000)
             }
-            if !reaped { kill(pid, SIGKILL) }
         }
-        while !reaped {
-            let result = waitpid(pid, &status, 0)
-            reaped = result == pid || (result < 0 && errno != EINTR)
+        if !reaped {
+            kill(pid, SIGKILL)
+            while true {
+                let result = waitpid(pid, &status, 0)
+                if result == pid { break }
+                if result < 0 && errno != EINTR {
+                    known = false
+                    break
+                }
+            }
         }
         let lastLoading = lines.last { $0.hasPrefix("loading ") }.map { String($0.dropFirst("loading ".count)) }
         let finished = !timedOut && sawDone
         let ending: String
         if timedOut {
             ending = "did not finish within \(timeoutNanos / 1_000_000) ms in a probe process (its initialisers or entry function hang)"
+        } else if !known {
+            ending = "ended a probe process in a way that could not be told (its exit status was collected elsewhere)"
         } else if status & 0x7f != 0 {
             let signal = status & 0x7f
             ending = "killed a probe process with signal \(signal) (\(String(cString: strsignal(signal)))): its initialisers or entry function crashed"

@@ -51,7 +51,8 @@ final class PluginProcess: @unchecked Sendable {
         let (parentEnd, childEnd) = (pair[0], pair[1])
         defer { close(childEnd) }
         do throws(TransportError) {
-            let pid = try spawnChild(executable: executable, arguments: ["plugin-host", "--fd", "3"], giving: childEnd, as: 3, what: "the plugin host")
+            let pid = try spawnChild(
+                executable: executable, arguments: ["plugin-host", "--fd", "3"], giving: childEnd, as: 3, ownProcessGroup: false, what: "the plugin host")
             return PluginProcess(pid: pid, fd: parentEnd)
         } catch {
             close(parentEnd)
@@ -61,14 +62,24 @@ final class PluginProcess: @unchecked Sendable {
 
     /// Starts `executable` with `arguments` and ``childEnvironment``, with `descriptor` as the
     /// child's `target` (1: its stdout; 3 and up: an extra one) and otherwise only stdin, stdout
-    /// and stderr open; returns its pid, which the caller reaps with `waitpid`. (Foundation's
-    /// `Process` was used for the discovery probe until a test run hung for good in its
-    /// `waitUntilExit` with the child already a zombie: nothing reaped it.) `what` names the
-    /// child in errors.
-    static func spawnChild(executable: String, arguments: [String], giving descriptor: Int32, as target: Int32, what: String) throws(TransportError) -> pid_t {
+    /// and stderr open; returns its pid, which the caller reaps with `waitpid`. With
+    /// `ownProcessGroup` it gets a process group of its own, so a terminal's Ctrl-C reaches the
+    /// host alone. (Foundation's `Process` was used for the discovery probe until a test run hung
+    /// for good in its `waitUntilExit` with the child already a zombie: nothing reaped it.)
+    /// `what` names the child in errors.
+    static func spawnChild(
+        executable: String, arguments: [String], giving descriptor: Int32, as target: Int32, ownProcessGroup: Bool, what: String
+    ) throws(TransportError) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        if ownProcessGroup {
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+            posix_spawnattr_setpgroup(&attributes, 0)
+        }
         // dup2 onto the target clears close-on-exec there; a descriptor already there is moved first.
         var source = descriptor
         if source == target { source = fcntl(descriptor, F_DUPFD_CLOEXEC, 10) }
@@ -83,7 +94,7 @@ final class PluginProcess: @unchecked Sendable {
         var envp: [UnsafeMutablePointer<CChar>?] = childEnvironment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { for pointer in envp { free(pointer) } }
         var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, nil, &argv, &envp)
+        let status = posix_spawn(&pid, executable, &actions, &attributes, &argv, &envp)
         if source != descriptor { close(source) }
         guard status == 0 else {
             throw TransportError(.unavailable, "cannot start \(what) '\(executable)': \(String(cString: strerror(status)))")
