@@ -100,13 +100,7 @@ public final class MemoryStore: MessageStore {
         }
 
         /// When the earliest lease record comes due.
-        var earliestLease: Int64? {
-            switch (leased.first?.at, leasedOutOfOrder.min?.at) {
-            case (let inOrder?, let outOfOrder?): Swift.min(inOrder, outOfOrder)
-            case (let one?, nil), (nil, let one?): one
-            case (nil, nil): nil
-            }
-        }
+        var earliestLease: Int64? { earlier(leased.first?.at, leasedOutOfOrder.min?.at) }
 
         func unlock(_ key: String) {
             let remaining = (lockedKeys[key] ?? 1) - 1
@@ -428,11 +422,7 @@ public final class MemoryStore: MessageStore {
             guard let group = state.existing(key) else { return nil }
             // Settled leases at the front would wake the dispatcher for nothing.
             state.dropSettledLeases(of: group)
-            switch (group.waiting.min?.at, group.earliestLease) {
-            case (let waiting?, let leased?): return Swift.min(waiting, leased)
-            case (let one?, nil), (nil, let one?): return one
-            case (nil, nil): return nil
-            }
+            return earlier(group.waiting.min?.at, group.earliestLease)
         }
     }
 
@@ -445,4 +435,11 @@ public final class MemoryStore: MessageStore {
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
         state.withLock { ($0.depth, $0.inFlight) }
     }
+}
+
+/// The earlier of two times, either of which may be absent.
+private func earlier(_ a: Int64?, _ b: Int64?) -> Int64? {
+    guard let a else { return b }
+    guard let b else { return a }
+    return Swift.min(a, b)
 }

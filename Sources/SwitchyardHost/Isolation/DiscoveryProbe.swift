@@ -175,44 +175,20 @@ public enum DiscoveryProbe {
         close(fd)
         fd = -1
         // Reaped within the deadline (after `done`, or after the end of its output: it is exiting),
-        // else killed first; never an unbounded wait on a child that might hang.
-        var status: Int32 = 0
-        var known = true
-        var reaped = false
-        while !reaped && monotonicNanoseconds() < deadline {
-            let result = waitpid(pid, &status, WNOHANG)
-            if result == pid {
-                reaped = true
-            } else if result < 0 && errno != EINTR {
-                reaped = true  // someone else reaped it (SIGCHLD ignored by a plugin, say): how it ended is unknown
-                known = false
-            } else {
-                usleep(5_000)
-            }
-        }
-        if !reaped {
-            kill(pid, SIGKILL)
-            while true {
-                let result = waitpid(pid, &status, 0)
-                if result == pid { break }
-                if result < 0 && errno != EINTR {
-                    known = false
-                    break
-                }
-            }
-        }
+        // else killed first.
+        let reaped = PluginProcess.reap(pid, deadlineNanos: deadline)
         let lastLoading = lines.last { $0.hasPrefix("loading ") }.map { String($0.dropFirst("loading ".count)) }
         let finished = !timedOut && sawDone
         let ending: String
         if timedOut {
             ending = "did not finish within \(timeoutNanos / 1_000_000) ms in a probe process (its initialisers or entry function hang)"
-        } else if !known {
+        } else if reaped == nil {
             ending = "ended a probe process in a way that could not be told (its exit status was collected elsewhere)"
-        } else if status & 0x7f != 0 {
+        } else if let status = reaped, status & 0x7f != 0 {
             let signal = status & 0x7f
             ending = "killed a probe process with signal \(signal) (\(String(cString: strsignal(signal)))): its initialisers or entry function crashed"
         } else {
-            ending = "ended a probe process with exit status \((status >> 8) & 0xff)"
+            ending = "ended a probe process with exit status \(((reaped ?? 0) >> 8) & 0xff)"
         }
         return Round(finished: finished, lastLoading: lastLoading, ending: ending)
     }

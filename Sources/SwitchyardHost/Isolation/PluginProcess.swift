@@ -220,16 +220,7 @@ final class PluginProcess: @unchecked Sendable {
     /// it), fails every waiting request with the reason, and returns the reason.
     private func finish(protocolError: String?) -> String {
         ended.store(true, ordering: .releasing)
-        var status: Int32 = 0
-        var reaped = false
-        for _ in 0..<200 {
-            if waitpid(pid, &status, WNOHANG) == pid { reaped = true; break }
-            usleep(10_000)
-        }
-        if !reaped {
-            _ = Glibc.kill(pid, SIGKILL)
-            _ = waitpid(pid, &status, 0)
-        }
+        let status = Self.reap(pid, deadlineNanos: monotonicNanoseconds() + 2_000_000_000) ?? 0
         close(fd)
         let exit = Self.describe(status: status)
         let reason = endReason.withLock { stored in
@@ -249,6 +240,27 @@ final class PluginProcess: @unchecked Sendable {
             waiter.done.signal()
         }
         return reason
+    }
+
+    /// Waits for child `pid` to exit until `deadlineNanos` (monotonic), then kills it (SIGKILL)
+    /// and waits for that: never an unbounded wait on a child that might hang. Returns its wait
+    /// status, or nil when it was reaped elsewhere (a plugin that ignores SIGCHLD, say).
+    static func reap(_ pid: pid_t, deadlineNanos: Int64) -> Int32? {
+        var status: Int32 = 0
+        var killed = false
+        while true {
+            let result = waitpid(pid, &status, killed ? 0 : WNOHANG)
+            if result == pid { return status }
+            if result < 0 && errno != EINTR { return nil }
+            if result == 0 {
+                if monotonicNanoseconds() < deadlineNanos {
+                    usleep(5_000)
+                } else {
+                    _ = Glibc.kill(pid, SIGKILL)
+                    killed = true
+                }
+            }
+        }
     }
 
     /// "exited with status 3", "was killed by signal 11 (Segmentation fault)".
