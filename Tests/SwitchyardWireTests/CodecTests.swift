@@ -77,6 +77,23 @@ struct CodecTests {
         #expect(EnvelopeID.make() > later)
     }
 
+    @Test("an id's text is its 128 bits as 8-4-4-4-12 lowercase hex digits")
+    func idText() {
+        func reference(_ high: UInt64, _ low: UInt64) -> String {
+            func hex(_ value: UInt64, _ digits: Int) -> String {
+                let text = String(value, radix: 16)
+                return String(repeating: "0", count: digits - text.count) + text
+            }
+            return [hex(high >> 32, 8), hex(high >> 16 & 0xFFFF, 4), hex(high & 0xFFFF, 4), hex(low >> 48, 4), hex(low & 0xFFFF_FFFF_FFFF, 12)]
+                .joined(separator: "-")
+        }
+        var rng = SplitMix(seed: 7)
+        let edges: [(UInt64, UInt64)] = [(0, 0), (.max, .max), (0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210), (0xA0A0_A0A0_9F9F_9F9F, 0x0909_0A0A_F0F0_0F0F)]
+        for (high, low) in edges + (0..<1_000).map({ _ in (rng.next(), rng.next()) }) {
+            #expect(EnvelopeID.format(high: high, low: low) == reference(high, low))
+        }
+    }
+
     @Test(
         "RFC 3339 times round-trip and parse offsets",
         arguments: [
@@ -91,6 +108,24 @@ struct CodecTests {
     func timeOffsets() {
         #expect(RFC3339.parse("2026-11-27T10:00:00+02:00") == RFC3339.parse("2026-11-27T08:00:00Z"))
         #expect(RFC3339.format(nanos: 0) == "1970-01-01T00:00:00.000000000Z")
+        #expect(RFC3339.format(nanos: 1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z")
+        #expect(RFC3339.format(nanos: 951_825_599_000_000_009) == "2000-02-29T11:59:59.000000009Z")
+        // Every digit position, through formatting and parsing, against Foundation's calendar.
+        var rng = SplitMix(seed: 3339)
+        let utc = {
+            var calendar = Calendar(identifier: .gregorian); calendar.timeZone = TimeZone(identifier: "UTC")!; return calendar
+        }()
+        for _ in 0..<1_000 {
+            let nanos = Int64.random(in: -5_000_000_000_000_000_000...9_000_000_000_000_000_000, using: &rng)
+            let text = RFC3339.format(nanos: nanos)
+            #expect(RFC3339.parse(text) == nanos, "\(text)")
+            let seconds = nanos >= 0 ? nanos / 1_000_000_000 : (nanos - 999_999_999) / 1_000_000_000
+            let parts = utc.dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date(timeIntervalSince1970: TimeInterval(seconds)))
+            let expected = String(
+                format: "%04d-%02d-%02dT%02d:%02d:%02d.%09lldZ", parts.year!, parts.month!, parts.day!, parts.hour!, parts.minute!, parts.second!,
+                nanos - seconds * 1_000_000_000)
+            #expect(text == expected)
+        }
         for bad in ["", "2026-11-27", "2026-13-01T00:00:00Z", "2026-11-27T25:00:00Z", "2026-11-27T10:00:00", "2026-11-27T10:00:00.Z"] {
             #expect(RFC3339.parse(bad) == nil, "\(bad)")
         }

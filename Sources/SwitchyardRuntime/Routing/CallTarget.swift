@@ -1,8 +1,9 @@
 import Distributed
 
 /// What the runtime knows about one distributed method, derived once from its identifier and
-/// cached (demangling costs microseconds).
-struct CallTarget: Sendable {
+/// cached (demangling costs microseconds). A class: a call hands it along several times, and a
+/// copy of a struct of five strings was ten reference-count operations each time.
+final class CallTarget: Sendable {
     /// The identifier the runtime dispatches on (the distributed thunk's mangled name).
     let identifier: String
     /// The type that declares the method, fully qualified: `Module.$Orders` for calls through a

@@ -23,40 +23,123 @@ public struct Envelope: Sendable, Hashable {
         return String(text)
     }
 
+    /// The fields, in one copy-on-write object: an envelope is handed along several times per
+    /// call (read, queued for a worker, completed, answered), and copying fourteen fields, ten of
+    /// them strings or arrays, was about thirty reference-count operations each time.
+    private var box: Box
+
+    private struct Fields: Hashable {
+        var id: String
+        var target: Target
+        var arguments: [UInt8]
+        var contentType: ArgumentEncoding
+        var replyTo: String?
+        var traceparent: String?
+        var tracestate: String?
+        var traceContext: String?
+        var idempotencyKey: String?
+        var deadlineNanos: Int64
+        var createdAtNanos: Int64
+        var source: String
+        var version: Int
+        var headers: [String: String]
+    }
+
+    /// Mutated only through ``fields``, which copies it first unless this envelope holds the only
+    /// reference: shared envelopes are never written, which makes it safe to send.
+    private final class Box: @unchecked Sendable {
+        // Unchecked: written only while uniquely referenced (``fields``), so no two accesses overlap.
+        @exclusivity(unchecked) var fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private var fields: Fields {
+        get { box.fields }
+        _modify {
+            if !isKnownUniquelyReferenced(&box) { box = Box(box.fields) }
+            yield &box.fields
+        }
+    }
+
+    public static func == (lhs: Envelope, rhs: Envelope) -> Bool { lhs.box === rhs.box || lhs.box.fields == rhs.box.fields }
+    public func hash(into hasher: inout Hasher) { hasher.combine(box.fields) }
+
     /// Unique, time-ordered id (UUIDv7). Also the message id, the CloudEvents `id`, the
     /// correlation id of its reply, and the default idempotency key.
-    public var id: String
+    public var id: String {
+        get { box.fields.id }
+        set { fields.id = newValue }
+    }
     /// What to call: a readable name and the identifier the runtime dispatches on.
-    public var target: Target
+    public var target: Target {
+        get { box.fields.target }
+        set { fields.target = newValue }
+    }
     /// The encoded arguments, in declaration order.
-    public var arguments: [UInt8]
+    public var arguments: [UInt8] {
+        get { box.fields.arguments }
+        set { fields.arguments = newValue }
+    }
     /// How `arguments` are encoded.
-    public var contentType: ArgumentEncoding
+    public var contentType: ArgumentEncoding {
+        get { box.fields.contentType }
+        set { fields.contentType = newValue }
+    }
     /// Where the caller waits for the reply; nil for fire-and-forget calls.
-    public var replyTo: String?
+    public var replyTo: String? {
+        get { box.fields.replyTo }
+        set { fields.replyTo = newValue }
+    }
     /// W3C trace context of the calling span.
-    public var traceparent: String?
+    public var traceparent: String? {
+        get { box.fields.traceparent }
+        set { fields.traceparent = newValue }
+    }
     /// W3C trace state, passed along unchanged.
-    public var tracestate: String?
+    public var tracestate: String? {
+        get { box.fields.tracestate }
+        set { fields.tracestate = newValue }
+    }
     /// Whatever else the bootstrapped instrument injects besides `traceparent`/`tracestate`
     /// (another propagation format, baggage), as `key=value` pairs joined by `,`, each side
     /// percent-encoded; nil when there is nothing else.
-    public var traceContext: String?
+    public var traceContext: String? {
+        get { box.fields.traceContext }
+        set { fields.traceContext = newValue }
+    }
     /// The caller's key for this call (``CallOptions/idempotencyKey``); nil when it set none and
     /// the id is the key. Receivers with an inbox execute a key at most once per target and window.
-    public var idempotencyKey: String?
+    public var idempotencyKey: String? {
+        get { box.fields.idempotencyKey }
+        set { fields.idempotencyKey = newValue }
+    }
     /// When the caller stops waiting, ns since the Unix epoch; 0 for none.
-    public var deadlineNanos: Int64
+    public var deadlineNanos: Int64 {
+        get { box.fields.deadlineNanos }
+        set { fields.deadlineNanos = newValue }
+    }
     /// Creation time, ns since the Unix epoch.
-    public var createdAtNanos: Int64
+    public var createdAtNanos: Int64 {
+        get { box.fields.createdAtNanos }
+        set { fields.createdAtNanos = newValue }
+    }
     /// Who made the call (CloudEvents `source`), e.g. `switchyard://host/1234`.
-    public var source: String
+    public var source: String {
+        get { box.fields.source }
+        set { fields.source = newValue }
+    }
     /// Envelope format version.
-    public var version: Int
+    public var version: Int {
+        get { box.fields.version }
+        set { fields.version = newValue }
+    }
     /// The caller's own attributes (``CallOptions/headers``), as CloudEvents extension
     /// attributes: `ce-<name>` headers. Read back: every `ce-` header that is not one of the
     /// envelope's own fields.
-    public var headers: [String: String]
+    public var headers: [String: String] {
+        get { box.fields.headers }
+        set { fields.headers = newValue }
+    }
 
     /// The target of a call.
     public struct Target: Sendable, Hashable {
@@ -81,20 +164,11 @@ public struct Envelope: Sendable, Hashable {
         idempotencyKey: String? = nil, deadlineNanos: Int64 = 0, createdAtNanos: Int64 = WallClock.nowNanos(),
         source: String = Envelope.defaultSource, version: Int = Envelope.currentVersion, headers: [String: String] = [:]
     ) {
-        self.id = id
-        self.target = target
-        self.arguments = arguments
-        self.contentType = contentType
-        self.replyTo = replyTo
-        self.traceparent = traceparent
-        self.tracestate = tracestate
-        self.traceContext = traceContext
-        self.idempotencyKey = idempotencyKey
-        self.deadlineNanos = deadlineNanos
-        self.createdAtNanos = createdAtNanos
-        self.source = source
-        self.version = version
-        self.headers = headers
+        box = Box(
+            Fields(
+                id: id, target: target, arguments: arguments, contentType: contentType, replyTo: replyTo, traceparent: traceparent,
+                tracestate: tracestate, traceContext: traceContext, idempotencyKey: idempotencyKey, deadlineNanos: deadlineNanos,
+                createdAtNanos: createdAtNanos, source: source, version: version, headers: headers))
     }
 
     /// `switchyard://<hostname>/<pid>`: this process, as a CloudEvents source.
