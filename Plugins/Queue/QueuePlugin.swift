@@ -15,7 +15,7 @@ final class QueueTransport: BrokerTransport, @unchecked Sendable {
         PluginInfo(
             name: "queue", version: "1.0.0",
             description: "Work queue: competing consumers, ordering keys, dead-letter; in memory or durable on SQLite",
-            capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry],
+            capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry, .privateWire],
             atomicPublishAndSettle: true)
     }
 }

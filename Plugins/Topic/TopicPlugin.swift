@@ -15,7 +15,7 @@ final class TopicTransport: BrokerTransport, @unchecked Sendable {
         PluginInfo(
             name: "topic", version: "1.0.0",
             description: "Topic: every subscriber group gets a copy, members compete; in memory or durable on SQLite",
-            capabilities: [.fanOut, .queue, .retry, .deadLetter, .ordered, .durable, .expiry],
+            capabilities: [.fanOut, .queue, .retry, .deadLetter, .ordered, .durable, .expiry, .privateWire],
             atomicPublishAndSettle: true)
     }
     override class var fanOut: Bool { true }

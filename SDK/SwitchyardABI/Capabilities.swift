@@ -30,12 +30,16 @@ public struct Capabilities: OptionSet, Hashable, Sendable, CustomStringConvertib
     public static let wrapsInner = Capabilities(rawValue: UInt64(SY_CAP_WRAPS_INNER))
     /// Never delivers a message past its expiry: dead-letters it ("expired") or drops it (ABI 1.3).
     public static let expiry = Capabilities(rawValue: UInt64(SY_CAP_EXPIRY))
+    /// Only Switchyard hosts read the transport's messages (its store is its own, not a broker
+    /// other systems share): typed calls travel in the envelope's compact form, not as
+    /// CloudEvents headers. The innermost plugin of a chain decides it.
+    public static let privateWire = Capabilities(rawValue: UInt64(SY_CAP_PRIVATE_WIRE))
 
     /// Every capability this version knows, with its name as used in config and in output.
     public static let known: [(name: String, capability: Capabilities)] = [
         ("queue", .queue), ("fan-out", .fanOut), ("delay", .delay), ("retry", .retry),
         ("dead-letter", .deadLetter), ("durable", .durable), ("ordered", .ordered),
-        ("wraps-inner", .wrapsInner), ("expiry", .expiry),
+        ("wraps-inner", .wrapsInner), ("expiry", .expiry), ("private-wire", .privateWire),
     ]
 
     /// The capability with the given config name, or nil.

@@ -221,15 +221,19 @@ final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
     }
 
     /// Packs `id`, the headers `headers` adds and `body` (see ``Message/init(packing:channel:orderingKey:body:deliverAtNanos:expiresAtNanos:flags:headers:)``).
-    static func make(id: String, body: [UInt8], headers: (inout PackedMessageWriter) -> Void) -> PackedMessage {
+    static func make(
+        id: String, bodyPrefix: Int = 0, _ writeBodyPrefix: (UnsafeMutableRawBufferPointer) -> Void = { _ in }, body: [UInt8],
+        headers: (inout PackedMessageWriter) -> Void
+    ) -> PackedMessage {
         var measured = PackedMessageWriter(measuring: ())
         headers(&measured)
-        return make(idBytes: id.utf8.count, headerCount: measured.headerCount, headerBytes: measured.headerBytes, bodyBytes: body.count) { writer in
+        return make(idBytes: id.utf8.count, headerCount: measured.headerCount, headerBytes: measured.headerBytes, bodyBytes: bodyPrefix + body.count) {
+            writer in
             var id = id
             id.withUTF8 { writer.setID($0.baseAddress, $0.count) }
             headers(&writer)
             precondition(writer.headerCount == measured.headerCount && writer.headerBytes == measured.headerBytes, PackedMessageWriter.mismatch)
-            body.withUnsafeBytes { writer.setBody($0.baseAddress, $0.count) }
+            body.withUnsafeBytes { writer.setBody(prefix: bodyPrefix, writeBodyPrefix, $0.baseAddress, $0.count) }
         }
     }
 
@@ -372,6 +376,16 @@ package struct PackedMessageWriter {
         body = sy_bytes(data: UnsafeRawPointer(slice.data).map { $0.assumingMemoryBound(to: UInt8.self) }, len: count)
     }
 
+    /// Sets the body to `prefixCount` bytes `writePrefix` writes, followed by `count` bytes copied.
+    mutating func setBody(prefix prefixCount: Int, _ writePrefix: (UnsafeMutableRawBufferPointer) -> Void, _ bytes: UnsafeRawPointer?, _ count: Int) {
+        precondition(cursor + prefixCount <= byteCapacity, Self.mismatch)
+        let start = storage! + cursor
+        writePrefix(UnsafeMutableRawBufferPointer(start: start, count: prefixCount))
+        cursor += prefixCount
+        _ = put(bytes, count)
+        body = sy_bytes(data: start.assumingMemoryBound(to: UInt8.self), len: prefixCount + count)
+    }
+
     /// Copies `count` bytes to the cursor. Every slice points into the allocation, an empty one
     /// too (a reader may test for NULL).
     private mutating func put(_ bytes: UnsafeRawPointer?, _ count: Int) -> sy_str {
@@ -389,13 +403,16 @@ extension Message {
     /// headers per message (the call envelope): its headers cost no `Header` values and no
     /// strings of their own, and lending the message to C copies nothing but the channel and key.
     /// `headers` is called twice, to measure and then to write, and must add the same both times.
+    /// With `bodyPrefix`, the body starts with that many bytes `writeBodyPrefix` writes (once),
+    /// then `body`'s.
     package init(
-        packing id: String, channel: String, orderingKey: String? = nil, body: [UInt8], deliverAtNanos: Int64 = 0, expiresAtNanos: Int64 = 0,
-        flags: MessageFlags = [], headers: (inout PackedMessageWriter) -> Void
+        packing id: String, channel: String, orderingKey: String? = nil, bodyPrefix: Int = 0,
+        _ writeBodyPrefix: (UnsafeMutableRawBufferPointer) -> Void = { _ in }, body: [UInt8], deliverAtNanos: Int64 = 0,
+        expiresAtNanos: Int64 = 0, flags: MessageFlags = [], headers: (inout PackedMessageWriter) -> Void
     ) {
         self.init(
-            content: .packed(PackedMessage.make(id: id, body: body, headers: headers)), channel: channel, orderingKey: orderingKey, attempt: 0,
-            deliverAtNanos: deliverAtNanos, enqueuedAtNanos: 0, expiresAtNanos: expiresAtNanos, flags: flags)
+            content: .packed(PackedMessage.make(id: id, bodyPrefix: bodyPrefix, writeBodyPrefix, body: body, headers: headers)), channel: channel,
+            orderingKey: orderingKey, attempt: 0, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: 0, expiresAtNanos: expiresAtNanos, flags: flags)
     }
 }
 

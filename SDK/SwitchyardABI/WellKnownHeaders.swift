@@ -23,8 +23,9 @@ public enum DeadLetterHeader {
 }
 
 /// The CloudEvents 1.0 required attributes in binary content mode (attributes as `ce-` headers,
-/// the body as data), which every Switchyard call carries and transports that put messages on a
-/// shared wire (NATS) add to plain messages.
+/// the body as data), which every Switchyard call carries on a transport other systems may read
+/// (not on one declaring ``Capabilities/privateWire``: there calls use the envelope's compact
+/// form), and which transports that put messages on a shared wire (NATS) add to plain messages.
 public enum CloudEventsHeader {
     /// `specversion`: always `1.0`.
     public static let specVersion = "ce-specversion"

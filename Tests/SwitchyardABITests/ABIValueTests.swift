@@ -40,6 +40,7 @@ struct ABIValueTests {
         let caps: Capabilities = [.queue, .durable, Capabilities(rawValue: 1 << 50)]
         #expect(caps.names == ["queue", "durable", "bit-50"])
         #expect(Capabilities(name: "fan-out") == .fanOut)
+        #expect(Capabilities(name: "private-wire") == .privateWire)
         #expect(Capabilities(name: "teleport") == nil)
     }
 

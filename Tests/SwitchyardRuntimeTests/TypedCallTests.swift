@@ -658,12 +658,49 @@ struct TypedCallTests {
         await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("customer-42", failures: 0) }
         #expect(await eventually { tap.all.count == 1 })
         #expect(tap.all.first?.orderingKey == "customer-42")
-        let headers = Dictionary(tap.all.first!.headers.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
-        #expect(headers["ce-specversion"] == "1.0")
-        #expect(headers["ce-type"] == "Shop.flaky(_:failures:)")
-        #expect(headers["ce-datacontenttype"] == "application/x-switchyard-compact")
-        #expect(headers["ce-id"] == tap.all.first!.id)
-        #expect(headers["ce-syreplyto"]?.hasPrefix("_switchyard.reply.") == true)
+        await system.shutdown()
+    }
+
+    @Test(
+        "a call travels as CloudEvents headers on a transport others may read, in the compact form on one only Switchyard hosts read (private-wire)",
+        arguments: [("queue", true), ("example-c", false)])
+    func envelopeForm(plugin: String, compact: Bool) async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              t: { plugin: \(plugin) }
+            routes:
+              Shop.flaky: { transport: t, mode: request-reply, deadline: 300ms }
+            """)
+        let tap = try Tap(system, transport: "t", channel: "shop")
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: SwitchyardError.self) {
+            _ = try await Switchyard.withCallOptions(CallOptions(headers: ["tenant": "acme"])) { try await shop.flaky("customer-42", failures: 0) }
+        }
+        #expect(await eventually { tap.all.count == 1 })
+        let message = try #require(tap.all.first)
+        let headers = Dictionary(message.headers.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        // The caller's own headers are headers in both forms.
+        #expect(headers["ce-tenant"] == "acme")
+        if compact {
+            // (Trace context too, when a test elsewhere in the process bootstrapped a tracer.)
+            #expect(Set(headers.keys).subtracting([EnvelopeHeader.traceparent, EnvelopeHeader.tracestate, EnvelopeHeader.traceContext]) == ["ce-tenant"])
+        } else {
+            #expect(headers["ce-specversion"] == "1.0")
+            #expect(headers["ce-type"] == "Shop.flaky(_:failures:)")
+            #expect(headers["ce-datacontenttype"] == "application/x-switchyard-compact")
+            #expect(headers["ce-id"] == message.id)
+            #expect(headers["ce-syreplyto"]?.hasPrefix("_switchyard.reply.") == true)
+        }
+        // Either way the receiver reads the same call.
+        let envelope = try message.withCMessage { pointer in try Envelope(MessageView(validating: pointer)) }
+        #expect(envelope.id == message.id)
+        #expect(envelope.target.name == "Shop.flaky(_:failures:)")
+        #expect(envelope.contentType == .compact)
+        #expect(envelope.replyTo?.hasPrefix("_switchyard.reply.") == true)
+        #expect(envelope.deadlineNanos > WallClock.nowNanos() - 10_000_000_000)
+        #expect(envelope.headers == ["tenant": "acme"])
+        #expect(try ArgumentEncoding.compact.decode(String.self, from: Array(envelope.arguments.prefix(13))) == "customer-42")
         await system.shutdown()
     }
 

@@ -177,6 +177,95 @@ struct CodecTests {
     }
 }
 
+@Suite("The envelope's compact form")
+struct CompactEnvelopeTests {
+    static func read(_ message: Message) throws -> Envelope { try message.withCMessage { try Envelope(try MessageView(validating: $0)) } }
+
+    @Test("every field survives the compact form; the caller's headers and trace context stay headers")
+    func roundTrip() throws {
+        let full = Envelope(
+            target: .init(name: "Orders.place(_:)", identifier: "$s7Example7$OrdersP5placeyyFTE"), arguments: [1, 2, 3], contentType: .json,
+            replyTo: "_switchyard.reply.x", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", tracestate: "v=1",
+            traceContext: "k=v", idempotencyKey: "k1", deadlineNanos: 1_800_000_000_000_000_000, headers: ["tenant": "acme"])
+        let bare = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: [])
+        // Only version 1 has a compact form: another version goes as CloudEvents, and is refused.
+        let other = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: [], version: 2)
+        #expect(other.message(channel: "t", form: .compact).header(EnvelopeHeader.version) == "2")
+        let long = Envelope(target: .init(name: String(repeating: "n", count: 300), identifier: String(repeating: "i", count: 20_000)), arguments: [9])
+        for envelope in [full, bare, long] {
+            let message = envelope.message(channel: "orders", orderingKey: "c1", form: .compact)
+            #expect(message.id == envelope.id)
+            let fields = [
+                EnvelopeHeader.specVersion, EnvelopeHeader.id, EnvelopeHeader.source, EnvelopeHeader.type, EnvelopeHeader.time, EnvelopeHeader.contentType,
+                EnvelopeHeader.version, EnvelopeHeader.target, EnvelopeHeader.replyTo, EnvelopeHeader.idempotencyKey, EnvelopeHeader.deadline,
+            ]
+            #expect(message.headers.allSatisfy { !fields.contains($0.key) })
+            #expect(try Self.read(message) == envelope)
+            #expect(message.expiresAtNanos == envelope.deadlineNanos)
+        }
+        let headers = Dictionary(full.message(channel: "orders", form: .compact).headers.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        #expect(headers == ["ce-traceparent": full.traceparent!, "ce-tracestate": "v=1", "ce-sytracecontext": "k=v", "ce-tenant": "acme"])
+    }
+
+    @Test("a damaged compact prefix is refused with the reason, never a trap; a foreign message is still 'not an envelope'")
+    func damaged() throws {
+        let envelope = Envelope(
+            target: .init(name: "Orders.place(_:)", identifier: "$s7Example7$OrdersP5placeyyFTE"), arguments: [7], replyTo: "r",
+            idempotencyKey: "k", deadlineNanos: 5)
+        let body = envelope.message(channel: "orders", form: .compact).body
+        // Cut short at every length, it fails with a reason (the full body reads).
+        for length in 4..<body.count - 1 {
+            let cut = Message(id: envelope.id, channel: "orders", body: Array(body.prefix(length)))
+            let error = #expect(throws: EnvelopeError.self, "\(length) bytes") { try Self.read(cut) }
+            #expect(error?.description.contains("compact envelope") == true || error?.description.contains("empty") == true, "\(error!)")
+        }
+        var future = body
+        future[3] = 2
+        let versionError = #expect(throws: EnvelopeError.self) { try Self.read(Message(id: "x", channel: "orders", body: future)) }
+        #expect(versionError?.description.contains("envelope version 2 is not supported") == true, "\(versionError!)")
+        var unknownFlag = body
+        unknownFlag[4] |= 0x80
+        let flagError = #expect(throws: EnvelopeError.self) { try Self.read(Message(id: "x", channel: "orders", body: unknownFlag)) }
+        #expect(flagError?.description.contains("unknown flags") == true)
+        let foreign = #expect(throws: EnvelopeError.self) { try Self.read(Message(id: "plain", channel: "orders", body: [1, 2, 3])) }
+        #expect(foreign?.description.contains("not a Switchyard envelope") == true)
+        // Random damage anywhere in the prefix: an error or a call, never a crash.
+        var rng = SplitMix(seed: 11)
+        for _ in 0..<2_000 {
+            var mutated = body
+            for _ in 0..<3 { mutated[Int.random(in: 4..<mutated.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            _ = try? Self.read(Message(id: "m", channel: "orders", body: mutated))
+        }
+    }
+
+    @Test("what the host reads off an unreadable or dead-lettered call, and a replay without its reply, work in both forms")
+    func summaryAndReplay() throws {
+        let envelope = Envelope(
+            target: .init(name: "Orders.place(_:)", identifier: "$sOrders"), arguments: [4], contentType: .json, replyTo: "_switchyard.reply.y",
+            deadlineNanos: 1_800_000_000_123_456_789)
+        for form in [Envelope.Form.cloudEvents, .compact] {
+            var message = envelope.message(channel: "orders", form: form)
+            message.headers.append(Header("x-kept", "yes"))
+            let summary = CallSummary(message)
+            #expect(summary.id == envelope.id)
+            #expect(summary.type == "Orders.place(_:)")
+            #expect(summary.identifier == "$sOrders")
+            #expect(summary.replyTo == "_switchyard.reply.y")
+            #expect(summary.deadlineNanos == envelope.deadlineNanos)
+            #expect(summary.contentType == .json)
+            let replay = Envelope.withoutReply(message)
+            let read = try Self.read(replay)
+            #expect(read.replyTo == nil && read.deadlineNanos == 0)
+            #expect(read.id == envelope.id && read.target == envelope.target && read.arguments == envelope.arguments)
+            #expect(CallSummary(replay).replyTo == nil)
+            #expect(replay.expiresAtNanos == 0 && replay.header("x-kept") == "yes")
+        }
+        // A message that is not an envelope at all: only its id.
+        let plain = CallSummary(Message(id: "plain", channel: "orders", body: [1]))
+        #expect(plain.replyTo == nil && plain.type == nil)
+    }
+}
+
 @Suite("Envelope reading with strings kept between calls")
 struct EnvelopeStringsTests {
     /// A receiver keeps the strings it made for the last call's source, type and target and hands

@@ -63,8 +63,9 @@ extern "C" {
  *      sy_plugin_descriptor.settle_batch and .publish_and_settle, and made arrays of structs strided
  *      by struct_size.
  *  1.4 appended sy_subscribe_options.flags (SY_SUBSCRIBE_SETTLE_ON_DELIVERY) and the message flag
- *      SY_MESSAGE_SETTLED. */
-#define SY_ABI_MINOR 4
+ *      SY_MESSAGE_SETTLED.
+ *  1.5 added the capability SY_CAP_PRIVATE_WIRE. */
+#define SY_ABI_MINOR 5
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -260,6 +261,12 @@ typedef uint64_t sy_capabilities;
 #define SY_CAP_WRAPS_INNER ((sy_capabilities)1 << 7) /**< A decorator: needs an inner transport at creation. */
 #define SY_CAP_EXPIRY ((sy_capabilities)1 << 8)      /**< Honors expires_at_ns and SY_MESSAGE_DROP_WHEN_EXPIRED (1.3).
                                                           Decorators pass both fields through to their inner. */
+#define SY_CAP_PRIVATE_WIRE ((sy_capabilities)1 << 9) /**< Only Switchyard hosts read this transport's messages: its store
+                                                           is its own (memory, its own file), not a broker other systems
+                                                           share. The host then writes typed calls in the envelope's
+                                                           compact form (docs/envelope.md) instead of CloudEvents headers.
+                                                           Decided by the innermost plugin of a chain; decorators leave it
+                                                           out. Hosts older than 1.5 ignore it. */
 
 /* ---------------------------------------------------------------------------------------------
  * Host services, handed to every instance at creation

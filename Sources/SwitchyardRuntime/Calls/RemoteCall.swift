@@ -202,7 +202,7 @@ extension SwitchyardActorSystem {
             contentType: route.encoding,
             replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther,
             idempotencyKey: options.idempotencyKey, deadlineNanos: deadlineNanos, headers: options.headers)
-        return (envelope.id, envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt))
+        return (envelope.id, envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt, form: route.envelopeForm))
     }
 
     /// A direct route reached through a stub: the call runs in process, with what the route asks

@@ -58,11 +58,12 @@ extension SwitchyardActorSystem {
     /// own, so the host service returns at once and never calls back into the plugin from it.
     func deadLettered(_ message: Message, reason: String, on transport: Transport) {
         deadLetterTally.count(transport: transport.name, deadLetterChannel: message.channel)
-        let id = message.header(EnvelopeHeader.id) ?? message.id
+        let call = CallSummary(message)
+        let id = call.id ?? message.id
         if answeredDeadLetters.contains(id) { return }
-        let target = message.header(EnvelopeHeader.type) ?? message.header(DeadLetterHeader.channel) ?? message.channel
+        let target = call.type ?? message.header(DeadLetterHeader.channel) ?? message.channel
         let attempts = message.header(DeadLetterHeader.attempts).flatMap { Int($0) } ?? Int(message.attempt)
-        if let identifier = message.header(EnvelopeHeader.target) {
+        if let identifier = call.identifier {
             resolved(identifier)?.route?.metrics.deadLettered.increment()
         }
         logger.notice(
@@ -71,12 +72,12 @@ extension SwitchyardActorSystem {
                 "transport": "\(transport.name)", "channel": "\(message.channel)", "target": "\(target)",
                 "attempt": "\(attempts)", "reason": "\(reason)",
             ])
-        guard let replyTo = message.header(EnvelopeHeader.replyTo), !replyTo.isEmpty else { return }
-        let deadline = message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0
+        guard let replyTo = call.replyTo, !replyTo.isEmpty else { return }
+        let deadline = call.deadlineNanos
         if deadline > 0, deadline < WallClock.nowNanos() {
             return  // the caller stopped waiting
         }
-        let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
+        let encoding = call.contentType ?? .compact
         let error = SwitchyardError.deadLettered(target: target, attempts: attempts, reason: reason)
         let (outcome, body) = encodeReply(.error(error), encoding: encoding)
         Task.detached { [self] in

@@ -92,7 +92,7 @@ extension SwitchyardActorSystem {
             func refuse(_ what: Logger.Message, reason: String, deadLetter: String, _ error: (String) -> SwitchyardError) -> Intake {
                 server.logger.warning(what, metadata: ["channel": "\(hosted.id.name)", "reason": "\(reason)"])
                 system?.replyToUnreadCall(message, on: transport, channel: hosted.id.name, error: error)
-                let id = message.header(EnvelopeHeader.id) ?? ""
+                let id = CallSummary(message).id ?? ""
                 system?.answeredDeadLetters.insert(id)
                 try? client.settle(delivery, .deadLetter(reason: deadLetter))
                 system?.answeredDeadLetters.remove(id)
@@ -463,20 +463,19 @@ extension SwitchyardActorSystem {
 
     /// Tells the caller of a call refused unread (over the limits, or not an envelope this runtime
     /// reads) why, if it waits for a reply, instead of letting it time out: its reply channel and
-    /// id are header lookups. `error` gets the call's readable target.
+    /// id are read leniently (``CallSummary``). `error` gets the call's readable target.
     private func replyToUnreadCall(
         _ message: MessageView, on transport: Transport, channel: String,
         error: (String) -> SwitchyardError
     ) {
-        guard let replyTo = message.header(EnvelopeHeader.replyTo), !replyTo.isEmpty,
-            let id = message.header(EnvelopeHeader.id), !id.isEmpty
-        else { return }
-        let target = message.header(EnvelopeHeader.type) ?? channel  // the readable Interface.method(labels:)
-        let encoding = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:)) ?? .compact
+        let call = CallSummary(message)
+        guard let replyTo = call.replyTo, !replyTo.isEmpty, let id = call.id, !id.isEmpty else { return }
+        let target = call.type ?? channel  // the readable Interface.method(labels:)
+        let encoding = call.contentType ?? .compact
         let (outcome, body) = encodeReply(.error(error(target)), encoding: encoding)
         publishReply(
             on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
-            deadlineNanos: message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0)
+            deadlineNanos: call.deadlineNanos)
     }
 
     /// The reply's outcome name and body for an outcome.

@@ -85,7 +85,7 @@ public final class DeadLetterBrowser: @unchecked Sendable {
         var expired: ExpiredCall?
         if let call = ReadableCall(message), call.replyTo != nil {
             if asFireAndForget {
-                message.headers.removeAll { $0.key == EnvelopeHeader.replyTo || $0.key == EnvelopeHeader.deadline }
+                message = Envelope.withoutReply(message)
             } else if call.isExpired() {
                 expired = ExpiredCall(id: message.id, target: call.target, deadlineNanos: call.deadlineNanos)
             }

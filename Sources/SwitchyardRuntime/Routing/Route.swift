@@ -17,6 +17,10 @@ final class Route: Sendable {
     let retry: RetryPolicy?
     /// How arguments and results are encoded.
     let encoding: ArgumentEncoding
+    /// How calls travel: in the envelope's compact form where only Switchyard hosts read the
+    /// transport's messages (the chain's innermost plugin declares `private-wire`), as
+    /// CloudEvents everywhere else.
+    let envelopeForm: Envelope.Form
     /// The idempotent inbox, or nil.
     let inbox: Inbox?
     /// The relay of the outbox in the inbox's database (`outbox: true`), or nil.
@@ -47,6 +51,7 @@ final class Route: Sendable {
         if entry.transport == SwitchyardConfig.RouteEntry.direct {
             transport = nil
             capabilities = []
+            envelopeForm = .cloudEvents
             for key in [Key.delay, .inbox, .outbox, .ordering, .encoding, .mode, .readableTargets] where entry.sets(key) {
                 throw fail(key, "a direct route calls the local actor in the caller's task; '\(key.rawValue)' needs a transport")
             }
@@ -55,6 +60,7 @@ final class Route: Sendable {
             self.transport = transport
             let capabilities = transport.chainCapabilities
             self.capabilities = capabilities
+            envelopeForm = transport.chain.last?.plugin.capabilities.contains(.privateWire) == true ? .compact : .cloudEvents
             func require(_ capability: Capabilities, for key: Key, _ what: String) throws(ConfigError) {
                 guard capabilities.contains(capability) else {
                     throw fail(key, "\(what), but transport '\(entry.transport)' (\(transport.chainDescription)) cannot: it lacks the \(capability) capability")

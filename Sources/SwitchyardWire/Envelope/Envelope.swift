@@ -256,8 +256,25 @@ extension Envelope {
     /// The message is made packed: every header is written once, straight into the message's own
     /// allocation, as the ABI lends it (this ran on every call, and the `Header` values, strings
     /// and the layout for the plugin were a tenth of a call through the in-memory queue).
-    public func message(channel: String, orderingKey: String? = nil, deliverAtNanos: Int64 = 0) -> Message {
+    ///
+    /// In the ``Form/compact`` form (for transports only Switchyard hosts read) the fields go in
+    /// front of the arguments instead; the caller's headers and trace context stay headers. A
+    /// call by readable name (no target identifier) is always CloudEvents: that is its format; so
+    /// is an envelope of another version than ``currentVersion`` (the compact form has one).
+    public func message(channel: String, orderingKey: String? = nil, deliverAtNanos: Int64 = 0, form: Form = .cloudEvents) -> Message {
         let own: [(key: String, value: String)] = headers.isEmpty ? [] : headers.sorted { $0.key < $1.key }.map { ("ce-" + $0.key, $0.value) }
+        if form == .compact, !target.identifier.isEmpty, version == Self.currentVersion {
+            let writePrefix = { (buffer: UnsafeMutableRawBufferPointer) in CompactForm.writePrefix(self, into: buffer) }
+            return Message(
+                packing: id, channel: channel, orderingKey: orderingKey, bodyPrefix: CompactForm.prefixCount(self), writePrefix, body: arguments,
+                deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos
+            ) { headers in
+                if let traceparent { headers.add(EnvelopeHeader.traceparent, traceparent) }
+                if let tracestate { headers.add(EnvelopeHeader.tracestate, tracestate) }
+                if let traceContext { headers.add(EnvelopeHeader.traceContext, traceContext) }
+                for header in own { headers.add(header.key, header.value) }
+            }
+        }
         // A call with a deadline expires with it: a transport with the `expiry` capability then
         // never delivers it late (it dead-letters it), and it does not pile up where nobody reads.
         return Message(packing: id, channel: channel, orderingKey: orderingKey, body: arguments, deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos) {
@@ -327,6 +344,20 @@ extension Envelope {
         }
         func slice(_ field: Field) -> sy_str? { present & (1 << field.rawValue) == 0 ? nil : slices[field.rawValue] }
         func text(_ field: Field) -> String? { slice(field).map(String.init) }
+        // The compact form: no CloudEvents `specversion`, the fields in front of the arguments.
+        if slice(.specVersion) == nil, CompactForm.isCompact(message.body) {
+            let prefix = try CompactForm.readPrefix(message.body)
+            guard message.fields.id.len > 0 else { throw EnvelopeError("not a Switchyard envelope: the message id is empty") }
+            let (sourceText, name, identifierText) =
+                strings?.strings(prefix.source, prefix.type, prefix.identifier) ?? (String(prefix.source), String(prefix.type), String(prefix.identifier))
+            self.init(
+                id: String(message.fields.id), target: Target(name: name, identifier: identifierText),
+                arguments: Array(message.body[prefix.argumentsOffset...]), contentType: prefix.contentType, replyTo: prefix.replyTo.map(String.init),
+                traceparent: text(.traceparent), tracestate: text(.tracestate), traceContext: text(.traceContext),
+                idempotencyKey: prefix.idempotencyKey.map(String.init), deadlineNanos: prefix.deadlineNanos, createdAtNanos: prefix.createdAtNanos,
+                source: sourceText, version: Self.currentVersion, headers: extra)
+            return
+        }
         func required(_ field: Field) throws(EnvelopeError) -> sy_str {
             guard let value = slice(field), value.len > 0 else {
                 throw EnvelopeError("not a Switchyard envelope: header '\(field.name)' is missing")

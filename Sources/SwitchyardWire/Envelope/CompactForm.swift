@@ -1,0 +1,268 @@
+import CSwitchyard
+import SwitchyardABI
+
+extension Envelope {
+    /// How an envelope travels (docs/envelope.md): as CloudEvents headers, which any CloudEvents
+    /// reader understands, or in the compact form — its fields as a short binary prefix of the
+    /// body — on transports only Switchyard hosts read (``Capabilities/privateWire``). A receiver
+    /// reads both.
+    public enum Form: Sendable, Hashable {
+        /// CloudEvents 1.0 in binary content mode: a `ce-` header per field.
+        case cloudEvents
+        /// The fields in front of the arguments, in the body: no text id, time or header to
+        /// write, lay out, copy and scan for each call.
+        case compact
+    }
+}
+
+/// The envelope's compact form: the body starts with a prefix holding the fields, the encoded
+/// arguments follow. The id is the message id; the caller's headers and trace context stay
+/// headers (`ce-<name>`, `ce-traceparent`, …) as in the CloudEvents form.
+///
+/// ```
+/// magic      4 bytes  0x53 0x59 0x45 0x01  ("SYE", envelope version 1)
+/// flags      1 byte   bit 0 JSON arguments (else compact), bit 1 reply-to, bit 2 idempotency key,
+///                     bit 3 deadline; other bits must be 0
+/// created    8 bytes  ns since the Unix epoch, little-endian
+/// deadline   8 bytes  ns since the Unix epoch, little-endian (bit 3 only)
+/// source, type, target identifier, then reply-to (bit 1) and idempotency key (bit 2): each a
+///            LEB128 byte count and UTF-8 bytes
+/// ```
+enum CompactForm {
+    static let magic: [UInt8] = [0x53, 0x59, 0x45, UInt8(Envelope.currentVersion)]
+    static let mismatch = "the compact envelope's prefix must fill exactly the bytes measured for it"
+
+    private enum Flag {
+        static let json: UInt8 = 1 << 0
+        static let replyTo: UInt8 = 1 << 1
+        static let idempotencyKey: UInt8 = 1 << 2
+        static let deadline: UInt8 = 1 << 3
+        static let known: UInt8 = json | replyTo | idempotencyKey | deadline
+    }
+
+    /// Whether `body` starts with the compact form's magic, of any envelope version (the reader
+    /// refuses versions it does not know with that reason).
+    static func isCompact(_ body: UnsafeRawBufferPointer) -> Bool {
+        body.count >= magic.count && body[0] == magic[0] && body[1] == magic[1] && body[2] == magic[2]
+    }
+
+    /// The bytes of `envelope`'s prefix.
+    static func prefixCount(_ envelope: Envelope) -> Int {
+        var count = magic.count + 1 + 8 + (envelope.deadlineNanos > 0 ? 8 : 0)
+        func text(_ value: String) { count += leb128Count(value.utf8.count) + value.utf8.count }
+        text(envelope.source)
+        text(envelope.target.name)
+        text(envelope.target.identifier)
+        if let replyTo = envelope.replyTo { text(replyTo) }
+        if let key = envelope.idempotencyKey, key != envelope.id { text(key) }
+        return count
+    }
+
+    /// Writes `envelope`'s prefix into `buffer`, exactly ``prefixCount(_:)`` bytes.
+    static func writePrefix(_ envelope: Envelope, into buffer: UnsafeMutableRawBufferPointer) {
+        // A writer value rather than functions capturing a position: captured variables are
+        // checked for exclusive access at run time on every use.
+        var out = Writer(buffer: buffer)
+        for value in magic { out.byte(value) }
+        let key = envelope.idempotencyKey.flatMap { $0 == envelope.id ? nil : $0 }
+        var flags: UInt8 = envelope.contentType == .json ? Flag.json : 0
+        if envelope.replyTo != nil { flags |= Flag.replyTo }
+        if key != nil { flags |= Flag.idempotencyKey }
+        if envelope.deadlineNanos > 0 { flags |= Flag.deadline }
+        out.byte(flags)
+        out.word(envelope.createdAtNanos)
+        if envelope.deadlineNanos > 0 { out.word(envelope.deadlineNanos) }
+        out.text(envelope.source)
+        out.text(envelope.target.name)
+        out.text(envelope.target.identifier)
+        if let replyTo = envelope.replyTo { out.text(replyTo) }
+        if let key { out.text(key) }
+        precondition(out.position == buffer.count, mismatch)
+    }
+
+    private struct Writer {
+        let buffer: UnsafeMutableRawBufferPointer
+        var position = 0
+
+        mutating func byte(_ value: UInt8) {
+            precondition(position < buffer.count, CompactForm.mismatch)
+            buffer[position] = value
+            position += 1
+        }
+
+        mutating func word(_ value: Int64) {
+            precondition(position + 8 <= buffer.count, CompactForm.mismatch)
+            buffer.storeBytes(of: value.littleEndian, toByteOffset: position, as: Int64.self)
+            position += 8
+        }
+
+        mutating func text(_ value: String) {
+            var value = value
+            var count = value.utf8.count
+            repeat {
+                byte(UInt8(count & 0x7F) | (count > 0x7F ? 0x80 : 0))
+                count >>= 7
+            } while count > 0
+            precondition(position + value.utf8.count <= buffer.count, CompactForm.mismatch)
+            let start = buffer.baseAddress! + position
+            let written = value.withUTF8 { utf8 in
+                if utf8.count > 0 { start.copyMemory(from: utf8.baseAddress!, byteCount: utf8.count) }
+                return utf8.count
+            }
+            position += written
+        }
+    }
+
+    private static func leb128Count(_ value: Int) -> Int {
+        var count = 1
+        var rest = value >> 7
+        while rest > 0 {
+            count += 1
+            rest >>= 7
+        }
+        return count
+    }
+
+    /// The fields a prefix holds, as slices of the body.
+    struct Prefix {
+        var contentType: ArgumentEncoding
+        var createdAtNanos: Int64
+        var deadlineNanos: Int64
+        var source: sy_str
+        var type: sy_str
+        var identifier: sy_str
+        var replyTo: sy_str?
+        var idempotencyKey: sy_str?
+        /// Where the arguments start in the body.
+        var argumentsOffset: Int
+    }
+
+    /// Reads the prefix of `body` (which starts with the magic), or says what is wrong with it.
+    static func readPrefix(_ body: UnsafeRawBufferPointer) throws(EnvelopeError) -> Prefix {
+        guard body[3] == magic[3] else {
+            throw EnvelopeError("envelope version \(body[3]) is not supported (this runtime reads version \(Envelope.currentVersion))")
+        }
+        var input = Reader(body: body, position: magic.count)
+        let flags = try input.byte("flags")
+        guard flags & ~Flag.known == 0 else { throw Reader.fail("unknown flags 0x\(String(flags, radix: 16))") }
+        let created = try input.word("creation time")
+        let deadline = flags & Flag.deadline != 0 ? try input.word("deadline") : 0
+        guard deadline >= 0 else { throw Reader.fail("a negative deadline") }
+        let source = try input.text("source")
+        let type = try input.text("type")
+        let identifier = try input.text("target identifier")
+        let replyTo = flags & Flag.replyTo != 0 ? try input.text("reply-to") : nil
+        let key = flags & Flag.idempotencyKey != 0 ? try input.text("idempotency key") : nil
+        for (name, value) in [("source", source), ("type", type), ("target identifier", identifier)] where value.len == 0 {
+            throw EnvelopeError("not a Switchyard envelope: its \(name) is empty")
+        }
+        return Prefix(
+            contentType: flags & Flag.json != 0 ? .json : .compact, createdAtNanos: created, deadlineNanos: deadline, source: source, type: type,
+            identifier: identifier, replyTo: replyTo, idempotencyKey: key, argumentsOffset: input.position)
+    }
+
+    private struct Reader {
+        let body: UnsafeRawBufferPointer
+        var position: Int
+
+        static func fail(_ what: String) -> EnvelopeError { EnvelopeError("malformed compact envelope: \(what)") }
+
+        mutating func byte(_ what: @autoclosure () -> String) throws(EnvelopeError) -> UInt8 {
+            guard position < body.count else { throw Self.fail("it ends before its \(what())") }
+            position += 1
+            return body[position - 1]
+        }
+
+        mutating func word(_ what: @autoclosure () -> String) throws(EnvelopeError) -> Int64 {
+            guard position + 8 <= body.count else { throw Self.fail("it ends before its \(what())") }
+            position += 8
+            return Int64(littleEndian: body.loadUnaligned(fromByteOffset: position - 8, as: Int64.self))
+        }
+
+        mutating func text(_ what: @autoclosure () -> String) throws(EnvelopeError) -> sy_str {
+            var count = 0
+            var shift = 0
+            while true {
+                let next = try byte(what())
+                guard shift < 28 else { throw Self.fail("the length of its \(what()) is too long") }
+                count |= Int(next & 0x7F) << shift
+                shift += 7
+                if next & 0x80 == 0 { break }
+            }
+            guard count <= body.count - position else { throw Self.fail("its \(what()) runs past the end") }
+            position += count
+            return sy_str(data: (body.baseAddress! + position - count).assumingMemoryBound(to: CChar.self), len: count)
+        }
+    }
+}
+
+/// What the host reads off a call it may not be able to run — one refused unread, one a
+/// transport dead-lettered — to answer its waiting caller and to name it: in either form, and
+/// leniently (what is missing or unreadable is nil; nothing else is checked).
+package struct CallSummary: Sendable {
+    /// The call's id (for a reply's correlation id).
+    package var id: String?
+    /// The readable target, `Interface.method(labels:)`.
+    package var type: String?
+    /// The target identifier the runtime dispatches on.
+    package var identifier: String?
+    /// Where the caller waits for the reply.
+    package var replyTo: String?
+    /// When the caller stops waiting, ns since the Unix epoch; 0 for none.
+    package var deadlineNanos: Int64 = 0
+    /// How the call's arguments (and so its reply) are encoded.
+    package var contentType: ArgumentEncoding?
+
+    /// The summary of a delivered message.
+    package init(_ message: MessageView) {
+        if message.headerBytes(EnvelopeHeader.specVersion) == nil, CompactForm.isCompact(message.body) {
+            id = message.fields.id.len > 0 ? String(message.fields.id) : nil
+            guard let prefix = try? CompactForm.readPrefix(message.body) else { return }
+            type = String(prefix.type)
+            identifier = String(prefix.identifier)
+            replyTo = prefix.replyTo.map(String.init)
+            deadlineNanos = prefix.deadlineNanos
+            contentType = prefix.contentType
+            return
+        }
+        id = message.header(EnvelopeHeader.id)
+        type = message.header(EnvelopeHeader.type)
+        identifier = message.header(EnvelopeHeader.target)
+        replyTo = message.header(EnvelopeHeader.replyTo)
+        deadlineNanos = message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0
+        contentType = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:))
+    }
+
+    /// The summary of a message (one a transport reported dead-lettered).
+    package init(_ message: Message) {
+        if let read = message.withCMessage({ pointer in (try? MessageView(validating: pointer)).map { CallSummary($0) } }) {
+            self = read
+        } else {
+            id = message.id
+        }
+    }
+}
+
+extension Envelope {
+    /// `message`, a call, without its reply channel and deadline — to be run again with nobody
+    /// waiting for it (`switchyard dlq replay --fire-and-forget`) — in the form it came in, its
+    /// other headers kept; it no longer expires.
+    package static func withoutReply(_ message: Message) -> Message {
+        var result = message
+        result.expiresAtNanos = 0
+        let compact = message.withCMessage { pointer -> Envelope? in
+            guard let view = try? MessageView(validating: pointer), view.headerBytes(EnvelopeHeader.specVersion) == nil,
+                CompactForm.isCompact(view.body)
+            else { return nil }
+            return try? Envelope(view)
+        }
+        guard var envelope = compact else {
+            result.headers.removeAll { $0.key == EnvelopeHeader.replyTo || $0.key == EnvelopeHeader.deadline }
+            return result
+        }
+        envelope.replyTo = nil
+        envelope.deadlineNanos = 0
+        result.body = envelope.message(channel: message.channel, form: .compact).body
+        return result
+    }
+}
