@@ -23,7 +23,8 @@
  *    messages out at its own sizeof.
  *  - Whoever fills a struct zeroes the fields it does not set, `reserved` included.
  *  - SY_ABI_MAJOR changes only when an existing field changes meaning or position. The host refuses
- *    a plugin of another major. SY_ABI_MINOR grows when fields are appended.
+ *    a plugin of another major. SY_ABI_MINOR grows when fields or functions are appended or
+ *    capabilities, flags or codes are added.
  *  - Integer constants are #defines over fixed-width types, never C enums, so their size is fixed.
  *
  * Conventions for every declaration below:
@@ -56,7 +57,8 @@ extern "C" {
 
 /** ABI major version. A host refuses a plugin whose descriptor carries another major. */
 #define SY_ABI_MAJOR 1
-/** ABI minor version. Grows when fields are appended to structs; older minors stay loadable.
+/** ABI minor version. Grows when fields are appended to structs or capabilities, flags or codes are
+ *  added; older minors stay loadable.
  *  1.1 appended sy_plugin_descriptor.publish_batch.
  *  1.2 appended sy_host_services.dead_lettered.
  *  1.3 appended sy_message.expires_at_ns and .flags (SY_CAP_EXPIRY), sy_subscriber.deliver_batch,
