@@ -142,57 +142,44 @@ enum CompactForm {
         guard body[3] == magic[3] else {
             throw EnvelopeError("envelope version \(body[3]) is not supported (this runtime reads version \(Envelope.currentVersion))")
         }
-        var input = Reader(body: body, position: magic.count)
-        let flags = try input.byte("flags")
-        guard flags & ~Flag.known == 0 else { throw Reader.fail("unknown flags 0x\(String(flags, radix: 16))") }
-        let created = try input.word("creation time")
-        let deadline = flags & Flag.deadline != 0 ? try input.word("deadline") : 0
-        guard deadline >= 0 else { throw Reader.fail("a negative deadline") }
-        let source = try input.text("source")
-        let type = try input.text("type")
-        let identifier = try input.text("target identifier")
-        let replyTo = flags & Flag.replyTo != 0 ? try input.text("reply-to") : nil
-        let key = flags & Flag.idempotencyKey != 0 ? try input.text("idempotency key") : nil
+        // The codec's bounds-checked reader: fixed-width numbers, LEB128 lengths within the body.
+        var input = CompactReader(body, offset: magic.count)
+        func malformed(_ what: String) -> EnvelopeError { EnvelopeError("malformed compact envelope: \(what)") }
+        guard let flags = try? input.fixed(UInt8.self) else { throw malformed("it ends before its flags") }
+        guard flags & ~Flag.known == 0 else { throw malformed("unknown flags 0x\(String(flags, radix: 16))") }
+        var field = "creation time"  // the one being read, for the error
+        let created: Int64
+        let deadline: Int64
+        let source: sy_str
+        let type: sy_str
+        let identifier: sy_str
+        var replyTo: sy_str?
+        var key: sy_str?
+        do throws(CompactFormatError) {
+            func text(_ bytes: UnsafeRawBufferPointer) -> sy_str { sy_str(data: bytes.baseAddress?.assumingMemoryBound(to: CChar.self), len: bytes.count) }
+            created = Int64(littleEndian: try input.fixed(Int64.self))
+            field = "deadline"
+            deadline = flags & Flag.deadline != 0 ? Int64(littleEndian: try input.fixed(Int64.self)) : 0
+            field = "source"
+            source = text(try input.byteString())
+            field = "type"
+            type = text(try input.byteString())
+            field = "target identifier"
+            identifier = text(try input.byteString())
+            field = "reply-to"
+            if flags & Flag.replyTo != 0 { replyTo = text(try input.byteString()) }
+            field = "idempotency key"
+            if flags & Flag.idempotencyKey != 0 { key = text(try input.byteString()) }
+        } catch {
+            throw malformed("its \(field): \(error)")
+        }
+        guard deadline >= 0 else { throw malformed("a negative deadline") }
         for (name, value) in [("source", source), ("type", type), ("target identifier", identifier)] where value.len == 0 {
             throw EnvelopeError("not a Switchyard envelope: its \(name) is empty")
         }
         return Prefix(
             contentType: flags & Flag.json != 0 ? .json : .compact, createdAtNanos: created, deadlineNanos: deadline, source: source, type: type,
-            identifier: identifier, replyTo: replyTo, idempotencyKey: key, argumentsOffset: input.position)
-    }
-
-    private struct Reader {
-        let body: UnsafeRawBufferPointer
-        var position: Int
-
-        static func fail(_ what: String) -> EnvelopeError { EnvelopeError("malformed compact envelope: \(what)") }
-
-        mutating func byte(_ what: @autoclosure () -> String) throws(EnvelopeError) -> UInt8 {
-            guard position < body.count else { throw Self.fail("it ends before its \(what())") }
-            position += 1
-            return body[position - 1]
-        }
-
-        mutating func word(_ what: @autoclosure () -> String) throws(EnvelopeError) -> Int64 {
-            guard position + 8 <= body.count else { throw Self.fail("it ends before its \(what())") }
-            position += 8
-            return Int64(littleEndian: body.loadUnaligned(fromByteOffset: position - 8, as: Int64.self))
-        }
-
-        mutating func text(_ what: @autoclosure () -> String) throws(EnvelopeError) -> sy_str {
-            var count = 0
-            var shift = 0
-            while true {
-                let next = try byte(what())
-                guard shift < 28 else { throw Self.fail("the length of its \(what()) is too long") }
-                count |= Int(next & 0x7F) << shift
-                shift += 7
-                if next & 0x80 == 0 { break }
-            }
-            guard count <= body.count - position else { throw Self.fail("its \(what()) runs past the end") }
-            position += count
-            return sy_str(data: (body.baseAddress! + position - count).assumingMemoryBound(to: CChar.self), len: count)
-        }
+            identifier: identifier, replyTo: replyTo, idempotencyKey: key, argumentsOffset: input.offset)
     }
 }
 
