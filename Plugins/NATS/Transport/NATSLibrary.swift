@@ -249,6 +249,14 @@ final class NATSSubscription: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Tells the server this subscription no longer listens (after `stop`): it then drops a pull
+    /// request of its own still waiting there instead of handing it a message. The consumer stays
+    /// (it was made with `js_AddConsumer`, so nats.c does not delete it), and the subscription's
+    /// messages can still be settled until ``destroy()``.
+    func removeInterest() {
+        _ = natsSubscription_Unsubscribe(subscription)
+    }
+
     /// Frees the nats.c subscription (after `stop`). The consumer stays on the server.
     func destroy() {
         natsSubscription_Destroy(subscription)

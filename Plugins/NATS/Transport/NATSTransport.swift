@@ -360,6 +360,12 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             throw TransportError(.notFound, "no subscription \(id)")
         }
         subscription.stop()
+        // The last fetch's pull request can outlive the client's wait for it on the server (it
+        // expires there from when the server got it): still listened to, it would be handed the
+        // first of the messages released below, which would then sit unseen until the ack wait
+        // ran out (30 s by default) and come back with an attempt too many (CI saw [1,1,1,1,2]
+        // in the conformance check unsubscribe-releases). Without interest the server drops it.
+        subscription.removeInterest()
         // Its unsettled deliveries go back to the other members of the group now.
         let orphans = state.withLock { state in
             let mine = state.deliveries.filter { $0.value.subscription === subscription }
