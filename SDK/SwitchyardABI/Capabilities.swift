@@ -31,8 +31,8 @@ public struct Capabilities: OptionSet, Hashable, Sendable, CustomStringConvertib
     /// Never delivers a message past its expiry: dead-letters it ("expired") or drops it (ABI 1.3).
     public static let expiry = Capabilities(rawValue: UInt64(SY_CAP_EXPIRY))
     /// Only Switchyard hosts read the transport's messages (its store is its own, not a broker
-    /// other systems share): typed calls travel in the envelope's compact form, not as
-    /// CloudEvents headers. The innermost plugin of a chain decides it.
+    /// other systems share): typed calls and their replies travel in the envelope's compact form,
+    /// not as CloudEvents headers. The innermost plugin of a chain decides it.
     public static let privateWire = Capabilities(rawValue: UInt64(SY_CAP_PRIVATE_WIRE))
 
     /// Every capability this version knows, with its name as used in config and in output.

@@ -260,11 +260,10 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             guard subscriptions[transport.name] == nil else { return }
             let pending = self.pending
             let client = transport.client
+            // What is not a reply this runtime reads is dropped: the caller it was for times out.
             @Sendable func answer(_ message: MessageView) {
-                guard let correlation = message.header(EnvelopeHeader.correlationID) else { return }
-                let encoding = message.headerBytes(EnvelopeHeader.contentType).flatMap(Envelope.encoding(exactly:)) ?? .compact
-                let reply = Reply(outcome: message.header(EnvelopeHeader.outcome) ?? "return", body: Array(message.body), encoding: encoding)
-                pending.complete(correlation, with: reply)
+                guard let reply = try? Reply(message) else { return }
+                pending.complete(reply.correlationID, with: reply)
             }
             // A reply goes to a call waiting in this process's memory: redelivering one helps no
             // one (if the process dies, so does the call). So the replies are settled as they

@@ -704,6 +704,37 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a reply takes the form of the call it answers: compact for a compact call, CloudEvents for a CloudEvents one")
+    func replyForm() async throws {
+        let system = try await makeSystem(Self.queueConfig)
+        try system.host("tally", as: $Tally.self) { TallyService(actorSystem: $0) }
+        let tally = try $Tally.resolve(id: "tally", using: system)
+        #expect(try await tally.add(2) == 2)  // the typed path end to end, compact both ways
+        let add = try #require(system.targets.withLock { $0.values.first { $0.call.interface == "Tally" && $0.call.method.hasPrefix("add") }?.call })
+        let replies = try Tap(system, transport: "memq", channel: "forger.replies")
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(5, appendingTo: &arguments)
+        let calls = (0..<2).map { _ in Envelope(target: .init(name: add.name, identifier: add.identifier), arguments: arguments, replyTo: "forger.replies") }
+        let client = try #require(system.transports?["memq"]?.client)
+        try client.publish(calls[0].message(channel: "tally", form: .compact))
+        #expect(await eventually { replies.all.count == 1 })
+        try client.publish(calls[1].message(channel: "tally", form: .cloudEvents))
+        #expect(await eventually { replies.all.count == 2 })
+        let (compact, cloudEvents) = (replies.all[0], replies.all[1])
+        // Compact: no headers at all, the fields in the body's prefix.
+        #expect(compact.headers.isEmpty)
+        #expect(Array(compact.body.prefix(3)) == Array("SYR".utf8))
+        #expect(cloudEvents.header(EnvelopeHeader.specVersion) == "1.0")
+        #expect(cloudEvents.header(EnvelopeHeader.correlationID) == calls[1].id)
+        #expect(cloudEvents.header(EnvelopeHeader.outcome) == "return")
+        // Both read back as what they answer: the total after adding 5 to 2, then 5 again.
+        let read = try [compact, cloudEvents].map { message in try message.withCMessage { try Reply(MessageView(validating: $0)) } }
+        #expect(read.map(\.correlationID) == calls.map(\.id))
+        #expect(read.map(\.outcome) == ["return", "return"])
+        #expect(try read.map { try $0.encoding.decode(Int.self, from: $0.body) } == [7, 12])
+        await system.shutdown()
+    }
+
     @Test("a generic method is refused with a clear error before it is sent, never crashing the receiver")
     func genericMethod() async throws {
         let system = try await makeSystem(Self.queueConfig)

@@ -253,6 +253,8 @@ struct CompactEnvelopeTests {
             #expect(summary.replyTo == "_switchyard.reply.y")
             #expect(summary.deadlineNanos == envelope.deadlineNanos)
             #expect(summary.contentType == .json)
+            #expect(summary.form == form)
+            #expect(message.withCMessage { Envelope.Form(of: try! MessageView(validating: $0)) } == form)
             let replay = Envelope.withoutReply(message)
             let read = try Self.read(replay)
             #expect(read.replyTo == nil && read.deadlineNanos == 0)
@@ -263,6 +265,45 @@ struct CompactEnvelopeTests {
         // A message that is not an envelope at all: only its id.
         let plain = CallSummary(Message(id: "plain", channel: "orders", body: [1]))
         #expect(plain.replyTo == nil && plain.type == nil)
+    }
+
+    static func readReply(_ message: Message) throws -> Reply { try message.withCMessage { try Reply(try MessageView(validating: $0)) } }
+
+    @Test("a reply survives both forms; a damaged compact reply is refused with the reason, never a trap")
+    func replies() throws {
+        let correlation = EnvelopeID.make()
+        for form in [Envelope.Form.cloudEvents, .compact] {
+            for (outcome, encoding, body) in [("return", ArgumentEncoding.compact, [UInt8]()), ("throw", .json, Array(#"{"type":"E","message":"no"}"#.utf8))] {
+                let reply = Reply(correlationID: correlation, outcome: outcome, body: body, encoding: encoding)
+                let message = reply.message(id: EnvelopeID.make(), channel: "_switchyard.reply.x", deadlineNanos: 42, form: form)
+                #expect(try Self.readReply(message) == reply, "\(form) \(outcome)")
+                #expect(message.expiresAtNanos == 42 && message.flags.contains(.dropWhenExpired))
+                #expect(message.headers.isEmpty == (form == .compact))
+            }
+        }
+        let body = Reply(correlationID: correlation, outcome: "throw", body: [1, 2, 3], encoding: .json)
+            .message(id: "r", channel: "c", deadlineNanos: 0, form: .compact).body
+        for length in 4..<body.count - 3 {
+            let error = #expect(throws: EnvelopeError.self, "\(length) bytes") { try Self.readReply(Message(id: "r", channel: "c", body: Array(body.prefix(length)))) }
+            #expect(error?.description.contains("malformed compact reply") == true, "\(error!)")
+        }
+        var future = body
+        future[3] = 2
+        let versionError = #expect(throws: EnvelopeError.self) { try Self.readReply(Message(id: "r", channel: "c", body: future)) }
+        #expect(versionError?.description.contains("reply version 2 is not supported") == true)
+        var unknownFlag = body
+        unknownFlag[4] |= 0x80
+        let flagError = #expect(throws: EnvelopeError.self) { try Self.readReply(Message(id: "r", channel: "c", body: unknownFlag)) }
+        #expect(flagError?.description.contains("unknown flags") == true)
+        // Neither form: no correlation id to answer.
+        let foreign = #expect(throws: EnvelopeError.self) { try Self.readReply(Message(id: "plain", channel: "c", body: [1, 2, 3])) }
+        #expect(foreign?.description.contains("not a Switchyard reply") == true)
+        var rng = SplitMix(seed: 12)
+        for _ in 0..<2_000 {
+            var mutated = body
+            for _ in 0..<2 { mutated[Int.random(in: 3..<mutated.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            _ = try? Self.readReply(Message(id: "m", channel: "c", body: mutated))
+        }
     }
 }
 

@@ -265,8 +265,9 @@ typedef uint64_t sy_capabilities;
                                                           Decorators pass both fields through to their inner. */
 #define SY_CAP_PRIVATE_WIRE ((sy_capabilities)1 << 9) /**< Only Switchyard hosts read this transport's messages: its store
                                                            is its own (memory, its own file), not a broker other systems
-                                                           share. The host then writes typed calls in the envelope's
-                                                           compact form (docs/envelope.md) instead of CloudEvents headers.
+                                                           share. The host then writes typed calls and their replies in
+                                                           the envelope's compact form (docs/envelope.md), not as
+                                                           CloudEvents headers.
                                                            Decided by the innermost plugin of a chain; decorators leave it
                                                            out. Hosts older than 1.5 ignore it. */
 

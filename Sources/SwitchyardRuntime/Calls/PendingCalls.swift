@@ -3,16 +3,6 @@ import SwitchyardABI
 import SwitchyardTransportKit
 import SwitchyardWire
 
-/// A reply as it came off the wire.
-struct Reply: Sendable {
-    /// `return` or `throw`.
-    let outcome: String
-    /// The encoded value, or an encoded ``ErrorPayload``.
-    let body: [UInt8]
-    /// How `body` is encoded.
-    let encoding: ArgumentEncoding
-}
-
 /// Request-reply calls waiting for their replies, by correlation id, with their deadlines (kept
 /// by the process's ``DeadlineSweeper``: nothing per call but two dictionary entries).
 final class PendingCalls: Sendable {

@@ -83,7 +83,7 @@ extension SwitchyardActorSystem {
         Task.detached { [self] in
             publishReply(
                 on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
-                deadlineNanos: deadline)
+                deadlineNanos: deadline, form: call.form)
         }
     }
 }

@@ -13,15 +13,18 @@ final class Inbound: Sendable {
     let transport: Transport
     /// The envelope, read on the transport's thread.
     let envelope: Envelope
+    /// The form the call came in, which its reply takes (a caller reads the form it writes).
+    let form: Envelope.Form
     /// Deliveries so far, this one included.
     let attempt: UInt32
     /// Where the reply and the settlement run (nil: inline, the chain never waits for storage).
     let cost: CallCost?
 
-    init(delivery: DeliveryID, transport: Transport, envelope: Envelope, attempt: UInt32, cost: CallCost?) {
+    init(delivery: DeliveryID, transport: Transport, envelope: Envelope, form: Envelope.Form, attempt: UInt32, cost: CallCost?) {
         self.delivery = delivery
         self.transport = transport
         self.envelope = envelope
+        self.form = form
         self.attempt = attempt
         self.cost = cost
     }

@@ -114,7 +114,7 @@ extension SwitchyardActorSystem {
             // While draining, only calls from this process (made by calls still running here)
             // are taken; everything else goes back to the transport for other hosts.
             if !server.accepting.load(ordering: .acquiring) && envelope.source != ownSource { return .handBack }
-            return .queue(Inbound(delivery: delivery, transport: transport, envelope: envelope, attempt: message.attempt, cost: cost))
+            return .queue(Inbound(delivery: delivery, transport: transport, envelope: envelope, form: Envelope.Form(of: message), attempt: message.attempt, cost: cost))
         }
         let subscription: SubscriptionID
         do throws(TransportError) {
@@ -171,7 +171,7 @@ extension SwitchyardActorSystem {
             case .success(let identifier):
                 var envelope = item.envelope
                 envelope.target.identifier = identifier
-                item = Inbound(delivery: item.delivery, transport: item.transport, envelope: envelope, attempt: item.attempt, cost: item.cost)
+                item = Inbound(delivery: item.delivery, transport: item.transport, envelope: envelope, form: item.form, attempt: item.attempt, cost: item.cost)
             case .failure(let refusal):
                 logger.warning(
                     "refusing a call by readable name", metadata: ["target": "\(item.envelope.target.name)", "actor": "\(hosted.id)", "reason": "\(refusal.reason)"])
@@ -439,7 +439,7 @@ extension SwitchyardActorSystem {
             let envelope = item.envelope
             let reply = replyMessage(
                 to: replyTo, correlationID: envelope.id, target: envelope.target.name, outcome: outcome, body: body,
-                encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos)
+                encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos, form: item.form)
             do throws(TransportError) {
                 try item.transport.client.publish([reply], settling: item.delivery, .ack)
             } catch {
@@ -475,7 +475,7 @@ extension SwitchyardActorSystem {
         let (outcome, body) = encodeReply(.error(error(target)), encoding: encoding)
         publishReply(
             on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,
-            deadlineNanos: call.deadlineNanos)
+            deadlineNanos: call.deadlineNanos, form: call.form)
     }
 
     /// The reply's outcome name and body for an outcome.
@@ -540,19 +540,19 @@ extension SwitchyardActorSystem {
     private func publishReply(_ item: Inbound, to channel: String, outcome: String, body: [UInt8], encoding: ArgumentEncoding) {
         publishReply(
             on: item.transport, to: channel, correlationID: item.envelope.id, target: item.envelope.target.name,
-            outcome: outcome, body: body, encoding: encoding, deadlineNanos: item.envelope.deadlineNanos)
+            outcome: outcome, body: body, encoding: encoding, deadlineNanos: item.envelope.deadlineNanos, form: item.form)
     }
 
-    /// Publishes a reply to the call `correlationID` (for `target`) on `channel` of `transport`.
-    /// With the caller's `deadlineNanos` the reply expires then and is dropped, not dead-lettered:
-    /// nobody waits for it any more.
+    /// Publishes a reply to the call `correlationID` (for `target`) on `channel` of `transport`, in
+    /// `form`, the call's. With the caller's `deadlineNanos` the reply expires then and is dropped,
+    /// not dead-lettered: nobody waits for it any more.
     func publishReply(
         on transport: Transport, to channel: String, correlationID: String, target: String,
-        outcome: String, body: [UInt8], encoding: ArgumentEncoding, deadlineNanos: Int64
+        outcome: String, body: [UInt8], encoding: ArgumentEncoding, deadlineNanos: Int64, form: Envelope.Form
     ) {
         let reply = replyMessage(
             to: channel, correlationID: correlationID, target: target, outcome: outcome, body: body,
-            encoding: encoding, deadlineNanos: deadlineNanos)
+            encoding: encoding, deadlineNanos: deadlineNanos, form: form)
         do throws(TransportError) {
             try transport.client.publish(reply)
         } catch {
@@ -564,26 +564,16 @@ extension SwitchyardActorSystem {
         }
     }
 
-    /// The reply to the call `correlationID` (for `target`) as a message on `channel`: the one
-    /// place a reply is built. One over the limits becomes an error reply saying so.
+    /// The reply to the call `correlationID` (for `target`) as a message on `channel`, in `form`
+    /// (the call's; ``Reply`` writes it). One over the limits becomes an error reply saying so.
     func replyMessage(
         to channel: String, correlationID: String, target: String, outcome: String, body: [UInt8],
-        encoding: ArgumentEncoding, deadlineNanos: Int64
+        encoding: ArgumentEncoding, deadlineNanos: Int64, form: Envelope.Form
     ) -> Message {
         let id = EnvelopeID.make()
-        // Packed as it is written, as a call's envelope is (Envelope.message).
         func message(_ outcome: String, _ body: [UInt8]) -> Message {
-            Message(packing: id, channel: channel, body: body, expiresAtNanos: deadlineNanos, flags: deadlineNanos > 0 ? .dropWhenExpired : []) {
-                headers in
-                headers.add(EnvelopeHeader.specVersion, "1.0")
-                headers.add(EnvelopeHeader.id, id)
-                headers.add(EnvelopeHeader.source, Envelope.defaultSource)
-                headers.add(EnvelopeHeader.type, "switchyard.reply")
-                headers.add(EnvelopeHeader.contentType, encoding.rawValue)
-                headers.add(EnvelopeHeader.version, Envelope.currentVersionText)
-                headers.add(EnvelopeHeader.correlationID, correlationID)
-                headers.add(EnvelopeHeader.outcome, outcome)
-            }
+            Reply(correlationID: correlationID, outcome: outcome, body: body, encoding: encoding)
+                .message(id: id, channel: channel, deadlineNanos: deadlineNanos, form: form)
         }
         var reply = message(outcome, body)
         if let violation = config.limits.violation(of: reply, keyPrefix: "limits.") {

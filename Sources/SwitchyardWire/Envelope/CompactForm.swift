@@ -49,7 +49,7 @@ enum CompactForm {
     /// The bytes of `envelope`'s prefix.
     static func prefixCount(_ envelope: Envelope) -> Int {
         var count = magic.count + 1 + 8 + (envelope.deadlineNanos > 0 ? 8 : 0)
-        func text(_ value: String) { count += leb128Count(value.utf8.count) + value.utf8.count }
+        func text(_ value: String) { count += textCount(value) }
         text(envelope.source)
         text(envelope.target.name)
         text(envelope.target.identifier)
@@ -80,7 +80,12 @@ enum CompactForm {
         precondition(out.position == buffer.count, mismatch)
     }
 
-    private struct Writer {
+    /// The bytes `value` takes as a prefix field: its LEB128 byte count and UTF-8 bytes.
+    static func textCount(_ value: String) -> Int { leb128Count(value.utf8.count) + value.utf8.count }
+
+    /// Writes a prefix's fields into a buffer measured for them (a call's here, a reply's in
+    /// ``Reply``).
+    struct Writer {
         let buffer: UnsafeMutableRawBufferPointer
         var position = 0
 
@@ -199,11 +204,14 @@ package struct CallSummary: Sendable {
     package var deadlineNanos: Int64 = 0
     /// How the call's arguments (and so its reply) are encoded.
     package var contentType: ArgumentEncoding?
+    /// The form the call came in (and its reply takes).
+    package var form: Envelope.Form = .cloudEvents
 
     /// The summary of a delivered message.
     package init(_ message: MessageView) {
         if message.headerBytes(EnvelopeHeader.specVersion) == nil, CompactForm.isCompact(message.body) {
             id = message.fields.id.len > 0 ? String(message.fields.id) : nil
+            form = .compact
             guard let prefix = try? CompactForm.readPrefix(message.body) else { return }
             type = String(prefix.type)
             identifier = String(prefix.identifier)
