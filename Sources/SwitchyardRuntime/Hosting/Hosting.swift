@@ -429,35 +429,38 @@ extension SwitchyardActorSystem {
             }
         }
         route?.metrics.handled.increment()
-        let finish: @Sendable () -> Void = { [self, outcome, body] in
-            guard let replyTo = item.envelope.replyTo else {
-                try? item.transport.client.settle(item.delivery, .ack)
-                return
-            }
-            // The reply and the acknowledgement of the call as one unit (publish_and_settle: one
-            // commit on a durable transport, never a reply without its ack or the other way round).
-            let envelope = item.envelope
-            let reply = replyMessage(
-                to: replyTo, correlationID: envelope.id, target: envelope.target.name, outcome: outcome, body: body,
-                encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos, form: item.form)
-            do throws(TransportError) {
-                try item.transport.client.publish([reply], settling: item.delivery, .ack)
-            } catch {
-                logger.error(
-                    "cannot send a reply; the call will be delivered again",
-                    metadata: [
-                        "target": "\(envelope.target.name)", "reply_to": "\(replyTo)", "error": "\(error.message)",
-                    ])
-            }
-        }
-        guard let cost = item.cost else { return finish() }
+        guard let cost = item.cost else { return settleHandled(item, outcome: outcome, body: body) }
         // A durable transport commits the reply and the acknowledgement before returning: once
         // that is slow (CallCost), off the worker's thread, so the worker takes the next call and
         // many commits share one fsync. Counted in flight until done, so a drain waits for it.
         server.inFlight.enter()
-        cost.perform { [self] in
-            finish()
+        cost.perform { [self, outcome, body] in
+            settleHandled(item, outcome: outcome, body: body)
             server.inFlight.leave()
+        }
+    }
+
+    /// Settles a call that ran: acknowledges it, or for a request-reply call publishes the reply
+    /// and acknowledges the call as one unit (publish_and_settle: one commit on a durable
+    /// transport, never a reply without its ack or the other way round). A method, not a closure
+    /// made for each call: only the calls settled off the worker's thread need one.
+    private func settleHandled(_ item: Inbound, outcome: String, body: [UInt8]) {
+        guard let replyTo = item.envelope.replyTo else {
+            try? item.transport.client.settle(item.delivery, .ack)
+            return
+        }
+        let envelope = item.envelope
+        let reply = replyMessage(
+            to: replyTo, correlationID: envelope.id, target: envelope.target.name, outcome: outcome, body: body,
+            encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos, form: item.form)
+        do throws(TransportError) {
+            try item.transport.client.publish([reply], settling: item.delivery, .ack)
+        } catch {
+            logger.error(
+                "cannot send a reply; the call will be delivered again",
+                metadata: [
+                    "target": "\(envelope.target.name)", "reply_to": "\(replyTo)", "error": "\(error.message)",
+                ])
         }
     }
 
