@@ -167,6 +167,9 @@ final class NATSSubscription: @unchecked Sendable {
     private var running = true
     private var paused = false
     private var finished = false
+    /// Settles of its deliveries under way: their acks use the nats.c subscription, which
+    /// ``destroy()`` must not free before they end.
+    private let settling = Atomic<Int>(0)
 
     init(id: SubscriptionID, channel: String, group: String, subscription: OpaquePointer, subscriber: Subscriber, maxInFlight: Int, batch: Int) {
         self.id = id
@@ -233,6 +236,17 @@ final class NATSSubscription: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// A settle of one of its deliveries begins: called where the transport takes the delivery out
+    /// of its table (under its lock), so that whoever then destroys the subscription waits for it.
+    func beginSettle() {
+        settling.add(1, ordering: .acquiringAndReleasing)
+    }
+
+    /// That settle ended: its ack or nak has been sent.
+    func endSettle() {
+        settling.subtract(1, ordering: .acquiringAndReleasing)
+    }
+
     /// Stops fetching (draining); deliveries in hand stay.
     func pause() {
         condition.lock()
@@ -257,8 +271,10 @@ final class NATSSubscription: @unchecked Sendable {
         _ = natsSubscription_Unsubscribe(subscription)
     }
 
-    /// Frees the nats.c subscription (after `stop`). The consumer stays on the server.
+    /// Frees the nats.c subscription (after `stop`), once the settles under way have sent their
+    /// acks (they go through it). The consumer stays on the server.
     func destroy() {
+        while settling.load(ordering: .acquiring) > 0 { usleep(100) }
         natsSubscription_Destroy(subscription)
     }
 }

@@ -364,7 +364,11 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // expires there from when the server got it): still listened to, it would be handed the
         // first of the messages released below, which would then sit unseen until the ack wait
         // ran out (30 s by default) and come back with an attempt too many (CI saw [1,1,1,1,2]
-        // in the conformance check unsubscribe-releases). Without interest the server drops it.
+        // in the conformance check unsubscribe-releases). The UNSUB goes out before the naks on
+        // the same connection, and the server drops a waiting request whose interest is gone. It
+        // narrows the window rather than closing it: a message published meanwhile can still
+        // reach the request before the UNSUB does, and a server with leaf nodes or gateways
+        // serves requests younger than 2 s without checking interest.
         subscription.removeInterest()
         // Its unsettled deliveries go back to the other members of the group now.
         let orphans = state.withLock { state in
@@ -389,6 +393,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let taken = state.withLock { state in
             let entry = state.deliveries.removeValue(forKey: delivery)
             if case .ack = settlement, let entry, !state.records.isEmpty { state.records.removeValue(forKey: entry.record) }
+            // Taken under the lock unsubscribe and shutdown take theirs under: they wait for it.
+            entry?.subscription.beginSettle()
             return entry
         }
         guard let entry = taken else {
@@ -396,6 +402,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         }
         defer {
             natsMsg_Destroy(entry.message)
+            entry.subscription.endSettle()
             entry.subscription.settled()
             reporter.report(stats())
         }
@@ -468,7 +475,10 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             defer { state.subscriptions.removeAll() }
             return Array(state.subscriptions.values)
         }
-        for subscription in subscriptions { subscription.stop() }
+        for subscription in subscriptions {
+            subscription.stop()
+            subscription.removeInterest()  // as in unsubscribe: no pull request of ours takes a release
+        }
         let left = state.withLock { state in
             defer { state.deliveries.removeAll() }
             return state.deliveries.values.map(\.message)
