@@ -260,9 +260,17 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             guard subscriptions[transport.name] == nil else { return }
             let pending = self.pending
             let client = transport.client
-            // What is not a reply this runtime reads is dropped: the caller it was for times out.
+            // What is not a reply this runtime reads is dropped (the caller it was for times out),
+            // said at debug level: nothing but Switchyard writes to a reply channel.
+            let logger = self.logger
             @Sendable func answer(_ message: MessageView) {
-                guard let reply = try? Reply(message) else { return }
+                let reply: Reply
+                do throws(EnvelopeError) {
+                    reply = try Reply(message)
+                } catch {
+                    logger.debug("dropping an unreadable reply", metadata: ["channel": "\(channel)", "reason": "\(error)"])
+                    return
+                }
                 pending.complete(reply.correlationID, with: reply)
             }
             // A reply goes to a call waiting in this process's memory: redelivering one helps no

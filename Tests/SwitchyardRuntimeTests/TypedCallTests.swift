@@ -709,7 +709,7 @@ struct TypedCallTests {
         let system = try await makeSystem(Self.queueConfig)
         try system.host("tally", as: $Tally.self) { TallyService(actorSystem: $0) }
         let tally = try $Tally.resolve(id: "tally", using: system)
-        #expect(try await tally.add(2) == 2)  // the typed path end to end, compact both ways
+        #expect(try await tally.add(2) == 2)  // the typed path end to end
         let add = try #require(system.targets.withLock { $0.values.first { $0.call.interface == "Tally" && $0.call.method.hasPrefix("add") }?.call })
         let replies = try Tap(system, transport: "memq", channel: "forger.replies")
         var arguments: [UInt8] = []
@@ -732,6 +732,15 @@ struct TypedCallTests {
         #expect(read.map(\.correlationID) == calls.map(\.id))
         #expect(read.map(\.outcome) == ["return", "return"])
         #expect(try read.map { try $0.encoding.decode(Int.self, from: $0.body) } == [7, 12])
+        // A compact call refused unread (no such method) is told why in a compact reply too.
+        let unknown = Envelope(target: .init(name: "Tally.nope()", identifier: "$sGarbage"), arguments: [], replyTo: "forger.replies")
+        try client.publish(unknown.message(channel: "tally", form: .compact))
+        #expect(await eventually { replies.all.count == 3 })
+        let refusal = replies.all[2]
+        #expect(refusal.headers.isEmpty)
+        let refused = try refusal.withCMessage { try Reply(MessageView(validating: $0)) }
+        #expect(refused.correlationID == unknown.id && refused.outcome == "throw")
+        #expect(String(decoding: refused.body, as: UTF8.self).contains("unknown target"), "\(String(decoding: refused.body, as: UTF8.self))")
         await system.shutdown()
     }
 

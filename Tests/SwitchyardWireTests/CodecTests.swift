@@ -281,6 +281,9 @@ struct CompactEnvelopeTests {
                 #expect(message.headers.isEmpty == (form == .compact))
             }
         }
+        // A CloudEvents reply whose value happens to start with the compact magic is CloudEvents.
+        let lookalike = Reply(correlationID: correlation, outcome: "return", body: Array("SYR\u{1}\u{0}\u{3}abc".utf8), encoding: .compact)
+        #expect(try Self.readReply(lookalike.message(id: "r", channel: "c", deadlineNanos: 0, form: .cloudEvents)) == lookalike)
         let body = Reply(correlationID: correlation, outcome: "throw", body: [1, 2, 3], encoding: .json)
             .message(id: "r", channel: "c", deadlineNanos: 0, form: .compact).body
         for length in 4..<body.count - 3 {

@@ -481,7 +481,6 @@ extension SwitchyardActorSystem {
             deadlineNanos: call.deadlineNanos, form: call.form)
     }
 
-    /// The reply's outcome name and body for an outcome.
     /// Why a call by readable name is refused.
     struct ReadableRefusal: Error {
         let reason: String
@@ -515,6 +514,7 @@ extension SwitchyardActorSystem {
         return .success(identifier)
     }
 
+    /// The reply's outcome name and body for an outcome.
     func encodeReply(_ outcome: SwitchyardResultHandler.Outcome, encoding: ArgumentEncoding) -> (String, [UInt8]) {
         var body: [UInt8] = []
         switch outcome {

@@ -33,6 +33,7 @@ package struct Reply: Sendable, Hashable {
     }
 
     static let magic: [UInt8] = [0x53, 0x59, 0x52, 0x01]
+    static let mismatch = "the compact reply's prefix must fill exactly the bytes measured for it"
     private static let json: UInt8 = 1 << 0
     private static let threw: UInt8 = 1 << 1
 
@@ -60,7 +61,7 @@ package struct Reply: Sendable, Hashable {
             for byte in Self.magic { out.byte(byte) }
             out.byte(flagsByte)
             out.text(correlationID)
-            precondition(out.position == buffer.count, CompactForm.mismatch)
+            precondition(out.position == buffer.count, Self.mismatch)
         }
         return Message(
             packing: id, channel: channel, bodyPrefix: prefix, writePrefix, body: body, expiresAtNanos: deadlineNanos, flags: flags, headers: { _ in })
@@ -72,17 +73,19 @@ package struct Reply: Sendable, Hashable {
         if message.headerBytes(EnvelopeHeader.specVersion) == nil, body.count >= Self.magic.count, body[0] == 0x53, body[1] == 0x59, body[2] == 0x52 {
             guard body[3] == Self.magic[3] else { throw EnvelopeError("reply version \(body[3]) is not supported (this runtime reads version 1)") }
             var input = CompactReader(body, offset: Self.magic.count)
+            func malformed(_ what: String) -> EnvelopeError { EnvelopeError("malformed compact reply: \(what)") }
+            guard let flags = try? input.fixed(UInt8.self) else { throw malformed("it ends before its flags") }
+            guard flags & ~(Self.json | Self.threw) == 0 else { throw malformed("unknown flags 0x\(String(flags, radix: 16))") }
+            let correlation: UnsafeRawBufferPointer
             do throws(CompactFormatError) {
-                let flags = try input.fixed(UInt8.self)
-                guard flags & ~(Self.json | Self.threw) == 0 else { throw CompactFormatError("unknown flags 0x\(String(flags, radix: 16))") }
-                let correlation = try input.byteString()
-                guard correlation.count > 0 else { throw CompactFormatError("its correlation id is empty") }
-                self.init(
-                    correlationID: String(decoding: correlation, as: UTF8.self), outcome: flags & Self.threw != 0 ? "throw" : "return",
-                    body: Array(body[input.offset...]), encoding: flags & Self.json != 0 ? .json : .compact)
+                correlation = try input.byteString()
             } catch {
-                throw EnvelopeError("malformed compact reply: \(error)")
+                throw malformed("its correlation id: \(error)")
             }
+            guard correlation.count > 0 else { throw malformed("its correlation id is empty") }
+            self.init(
+                correlationID: String(decoding: correlation, as: UTF8.self), outcome: flags & Self.threw != 0 ? "throw" : "return",
+                body: Array(body[input.offset...]), encoding: flags & Self.json != 0 ? .json : .compact)
             return
         }
         guard let correlation = message.header(EnvelopeHeader.correlationID), !correlation.isEmpty else {
@@ -96,7 +99,8 @@ package struct Reply: Sendable, Hashable {
 
 extension Envelope.Form {
     /// The form `message`, a call, travelled in: compact when it has no `ce-specversion` and its
-    /// body starts with the compact form's magic. A reply to it is sent in the same form.
+    /// body starts with `SYE` (of any envelope version: the reader refuses the ones it does not
+    /// know). A reply to it is sent in the same form.
     package init(of message: MessageView) {
         self = CompactForm.isCompact(message.body) && message.headerBytes(EnvelopeHeader.specVersion) == nil ? .compact : .cloudEvents
     }
