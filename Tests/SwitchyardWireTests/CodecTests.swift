@@ -284,6 +284,17 @@ struct CompactEnvelopeTests {
         // A CloudEvents reply whose value happens to start with the compact magic is CloudEvents.
         let lookalike = Reply(correlationID: correlation, outcome: "return", body: Array("SYR\u{1}\u{0}\u{3}abc".utf8), encoding: .compact)
         #expect(try Self.readReply(lookalike.message(id: "r", channel: "c", deadlineNanos: 0, form: .cloudEvents)) == lookalike)
+        // A reply another CloudEvents producer wrote: Content-Type with parameters is read; an
+        // unknown content type or outcome is refused rather than misread.
+        func foreign(_ headers: [Header]) throws -> Reply {
+            try Self.readReply(Message(id: "r", channel: "c", headers: [Header(EnvelopeHeader.correlationID, correlation)] + headers, body: Array("1".utf8)))
+        }
+        #expect(try foreign([Header("content-type", "application/json; charset=utf-8")]).encoding == .json)
+        #expect(try foreign([]).encoding == .compact)
+        let badType = #expect(throws: EnvelopeError.self) { try foreign([Header(EnvelopeHeader.contentType, "text/plain")]) }
+        #expect(badType?.description.contains("content type 'text/plain' is not supported") == true)
+        let badOutcome = #expect(throws: EnvelopeError.self) { try foreign([Header(EnvelopeHeader.outcome, "maybe")]) }
+        #expect(badOutcome?.description.contains("expected return or throw") == true)
         let body = Reply(correlationID: correlation, outcome: "throw", body: [1, 2, 3], encoding: .json)
             .message(id: "r", channel: "c", deadlineNanos: 0, form: .compact).body
         for length in 4..<body.count - 3 {

@@ -91,9 +91,23 @@ package struct Reply: Sendable, Hashable {
         guard let correlation = message.header(EnvelopeHeader.correlationID), !correlation.isEmpty else {
             throw EnvelopeError("not a Switchyard reply: header '\(EnvelopeHeader.correlationID)' is missing")
         }
-        self.init(
-            correlationID: correlation, outcome: message.header(EnvelopeHeader.outcome) ?? "return", body: Array(body),
-            encoding: message.headerBytes(EnvelopeHeader.contentType).flatMap(Envelope.encoding(exactly:)) ?? .compact)
+        // As a call's: `ce-datacontenttype`, else the binary mode's `Content-Type`, parameters
+        // ignored; without either, compact (the default encoding).
+        var encoding = ArgumentEncoding.compact
+        if let exact = message.headerBytes(EnvelopeHeader.contentType).flatMap(Envelope.encoding(exactly:)) {
+            encoding = exact
+        } else if let text = message.header(EnvelopeHeader.contentType) ?? message.header("content-type") ?? message.header("Content-Type") {
+            guard let parsed = ArgumentEncoding(rawValue: Envelope.mediaType(text)) else {
+                throw EnvelopeError(
+                    "content type '\(Envelope.mediaType(text))' is not supported (expected \(ArgumentEncoding.allCases.map(\.rawValue).joined(separator: " or ")))")
+            }
+            encoding = parsed
+        }
+        let outcome = message.header(EnvelopeHeader.outcome) ?? "return"
+        guard outcome == "return" || outcome == "throw" else {
+            throw EnvelopeError("'\(EnvelopeHeader.outcome)' is '\(outcome)' (expected return or throw)")
+        }
+        self.init(correlationID: correlation, outcome: outcome, body: Array(body), encoding: encoding)
     }
 }
 
