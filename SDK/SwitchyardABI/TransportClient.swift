@@ -231,6 +231,20 @@ public final class TransportClient: @unchecked Sendable {
         }
     }
 
+    /// ``publish(_:settling:_:)`` for one message, laid out for C without an array.
+    public func publish(_ message: Message, settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        try checkAlive()
+        guard let publishAndSettle = descriptor.pointee.publish_and_settle else {
+            try publish(message)
+            return try settle(delivery, settlement)
+        }
+        try message.withCMessage { (first) throws(TransportError) in
+            try settlement.withCSettlement { (cSettlement) throws(TransportError) in
+                try call("publish_and_settle") { publishAndSettle(instance, first, 1, delivery, cSettlement, $0) }
+            }
+        }
+    }
+
     /// Drains: no new deliveries or publishes; waits (blocking this thread) for settlements until
     /// the monotonic clock passes `deadlineNanos`, then releases the rest. A no-op for plugins
     /// without `drain`.

@@ -23,11 +23,11 @@ final class PendingCalls: Sendable {
     var count: Int { state.withLock { $0.waiters.count } }
 
     /// Registers `id`, runs `send` (which publishes the call, or hands the publishing to another
-    /// thread that reports a failure through the function it is given), and waits for
-    /// ``complete(_:with:)``, the deadline, cancellation or ``failAll(_:)``.
+    /// thread that reports a failure with ``fail(_:with:)``), and waits for ``complete(_:with:)``,
+    /// the deadline, cancellation, ``fail(_:with:)`` or ``failAll(_:)``.
     func wait(
         id: String, deadline: ContinuousClock.Instant, timeout: @escaping @Sendable () -> any Error,
-        send: (_ fail: @escaping @Sendable (any Error) -> Void) throws -> Void
+        send: () throws -> Void
     ) async throws -> Reply {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Reply, any Error>) in
@@ -45,7 +45,7 @@ final class PendingCalls: Sendable {
                     return
                 }
                 do {
-                    try send { [weak self] error in self?.take(id)?.continuation.resume(throwing: error) }
+                    try send()
                 } catch {
                     take(id)?.continuation.resume(throwing: error)
                 }
@@ -62,6 +62,11 @@ final class PendingCalls: Sendable {
         guard let waiter = take(id) else { return false }
         waiter.continuation.resume(returning: reply)
         return true
+    }
+
+    /// Fails the call `id` with `error` (its publishing failed on another thread), if it still waits.
+    func fail(_ id: String, with error: any Error) {
+        take(id)?.continuation.resume(throwing: error)
     }
 
     /// Fails every waiting call with `error`; later calls fail at once.

@@ -131,11 +131,11 @@ extension SwitchyardActorSystem {
                     metrics.timeouts.increment()
                     return SwitchyardError.timeout(target: name, deadline: deadline)
                 },
-                send: { fail in
+                send: {
                     // A publish that waits for a commit runs off the task's thread (CallCost).
                     guard let cost = route.cost else { return try publish(message, call, route) }
                     cost.perform { [self] in
-                        do { try publish(message, call, route) } catch { fail(error) }
+                        do { try publish(message, call, route) } catch { pending.fail(callID, with: error) }
                     }
                 })
             route.metrics.latency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)

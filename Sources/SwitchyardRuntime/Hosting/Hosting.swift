@@ -454,7 +454,7 @@ extension SwitchyardActorSystem {
             to: replyTo, correlationID: envelope.id, target: envelope.target.name, outcome: outcome, body: body,
             encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos, form: item.form)
         do throws(TransportError) {
-            try item.transport.client.publish([reply], settling: item.delivery, .ack)
+            try item.transport.client.publish(reply, settling: item.delivery, .ack)
         } catch {
             logger.error(
                 "cannot send a reply; the call will be delivered again",
