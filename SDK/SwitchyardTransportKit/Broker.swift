@@ -532,9 +532,10 @@ public final class Broker: @unchecked Sendable {
                 let local = nextLocalExpiry
                 var counters = stats
                 condition.unlock()
-                var wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local)
+                // One reading of the clock per pass: it is a call into the host each time.
+                let stamp = now()
+                var wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local, now: stamp)
                 if !isDraining {
-                    let stamp = now()
                     if stamp >= nextExpirySweep {
                         nextExpirySweep = stamp + options.expirySweepNanos
                         sweepExpired(now: stamp)
@@ -587,7 +588,8 @@ public final class Broker: @unchecked Sendable {
             workPending = false
             workHint.store(false, ordering: .relaxed)
             if stopped || draining { continue }
-            expireLocalLeases()
+            let stamp = now()  // for the whole pass: leases, expiries, deliveries
+            expireLocalLeases(now: stamp)
             plan.removeAll(keepingCapacity: true)
             for (key, members) in groups {
                 let room = members.reduce(0) { $0 + max(0, $1.maxInFlight - $1.inFlight) }
@@ -603,7 +605,6 @@ public final class Broker: @unchecked Sendable {
             }
             condition.unlock()
             var batches: [(Planned, [LeasedMessage])] = []
-            let stamp = now()
             for planned in plan {
                 do {
                     let leased =
@@ -623,7 +624,7 @@ public final class Broker: @unchecked Sendable {
             if !batches.isEmpty {
                 workPending = true  // there may be more
                 delivered = true
-                deliver(batches)
+                deliver(batches, now: stamp)
             }
         }
         dispatcherDone = true
@@ -633,8 +634,7 @@ public final class Broker: @unchecked Sendable {
 
     /// Hands leased messages to members round robin. Called and returns with the lock held; drops
     /// it around each deliver call.
-    private func deliver(_ batches: [(Planned, [LeasedMessage])]) {
-        let stamp = now()
+    private func deliver(_ batches: [(Planned, [LeasedMessage])], now stamp: Int64) {
         // One hand-over per member, in the order leased: one deliver_batch call crossing the ABI
         // where the subscriber takes batches. What a member does not take is released.
         var handOvers: [HandOver] = []
@@ -845,8 +845,7 @@ public final class Broker: @unchecked Sendable {
 
     /// Forgets local deliveries whose lease expired, freeing their subscribers' prefetch; the
     /// store makes the entries ready again (with the attempt counted) on the next lease.
-    private func expireLocalLeases() {
-        let stamp = now()
+    private func expireLocalLeases(now stamp: Int64) {
         guard stamp >= nextLocalExpiry else { return }
         var earliest = Int64.max
         for (delivery, entry) in inFlight.all {
@@ -863,8 +862,7 @@ public final class Broker: @unchecked Sendable {
     /// When the dispatcher must look again (wall-clock nanoseconds, the store's times): the earliest
     /// retry or lease expiry among `keys` (the groups with subscribers), or of a local delivery.
     /// Called without the lock.
-    private func nextWakeup(_ keys: [GroupKey], localExpiry: Int64) -> Int64? {
-        let stamp = now()
+    private func nextWakeup(_ keys: [GroupKey], localExpiry: Int64, now stamp: Int64) -> Int64? {
         var earliest: Int64? = localExpiry == .max ? nil : localExpiry
         for key in keys {
             if let at = store.nextWakeup(channel: key.channel, group: key.group, now: stamp) {

@@ -283,7 +283,9 @@ public final class MemoryStore: MessageStore {
                 if state.entries[top.entry] != nil { group.insertReady(top.entry) }  // else it expired meanwhile
             }
             var taken: [LeasedMessage] = []
-            taken.reserveCapacity(min(limit, group.ready.count))
+            // Not for an empty group: reserving even nothing allocates (the empty array's storage
+            // is shared), and most passes of a busy dispatcher find a group empty.
+            if !group.ready.isEmpty { taken.reserveCapacity(min(limit, group.ready.count)) }
             var skipped: [UInt64] = []
             var keysThisRound = Set<String>()
             while taken.count < limit, skipped.count < 100_000, let id = group.ready.popFirst() {

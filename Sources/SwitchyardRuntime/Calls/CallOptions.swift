@@ -59,6 +59,7 @@ public struct CallOptions: Sendable, Hashable {
         if let key = idempotencyKey, key.isEmpty || key.utf8.count > 200 {
             return "call option idempotencyKey must be 1 to 200 bytes (got \(key.utf8.count))"
         }
+        guard !headers.isEmpty else { return nil }  // checked on every call: sorting nothing still costs
         for name in headers.keys.sorted() {
             guard (1...20).contains(name.utf8.count), name.utf8.allSatisfy({ (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) }) else {
                 return "call option header '\(name)' is not a CloudEvents extension name: use 1 to 20 lowercase letters or digits"

@@ -95,7 +95,12 @@ extension SwitchyardActorSystem {
                 if capture.add(OutboxMessage(transport: route.entry.transport, message: message)) { return }
             }
             if let cost = route.cost {
-                try await cost.run { [self] in try publish(message, call, route) }
+                // The closure and the await only where the publish leaves the task's thread.
+                if cost.awaitsOnPool {
+                    try await cost.run { [self] in try publish(message, call, route) }
+                } else {
+                    try cost.measure { try publish(message, call, route) }
+                }
             } else {
                 try publish(message, call, route)
             }
@@ -134,6 +139,7 @@ extension SwitchyardActorSystem {
                 send: {
                     // A publish that waits for a commit runs off the task's thread (CallCost).
                     guard let cost = route.cost else { return try publish(message, call, route) }
+                    guard cost.runsOnPool else { return try cost.measure { try publish(message, call, route) } }
                     cost.perform { [self] in
                         do { try publish(message, call, route) } catch { pending.fail(callID, with: error) }
                     }

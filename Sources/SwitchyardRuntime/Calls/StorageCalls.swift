@@ -76,10 +76,20 @@ package final class CallCost: Sendable {
     }
     private static let meters = Guarded<[ObjectIdentifier: CallCost]>([:])
 
-    /// Whether the calls have been slow enough to run on the pool.
+    /// Whether the calls have been slow enough to run on the pool. Callers test it before making
+    /// the closure for ``run(_:)`` or ``perform(_:)``: while it is false they run the work
+    /// themselves through ``measure(_:)``, which takes it without an allocation, and an in-memory
+    /// transport's call (the usual case) costs no escaping closure and no extra async frame.
     var runsOnPool: Bool {
         averageNanos.load(ordering: .relaxed) >= Self.poolThresholdNanos && !Self.alwaysInline.load(ordering: .relaxed)
     }
+
+    /// ``runsOnPool`` for a caller that waits for the work: under ThreadSanitizer always false. A
+    /// task resumed from a pool thread is handed back through the concurrency runtime's
+    /// uninstrumented executor, which TSan reports as a race on the task's own frame
+    /// (google/sanitizers#1541; the conformance kit runs inline there for the same reason).
+    /// ``perform(_:)``, which resumes nothing, still runs on the pool under TSan.
+    var awaitsOnPool: Bool { runsOnPool && !ThreadSanitizer.isActive }
 
     /// Keeps every call inline, however slow. For `switchyard-hot-path` only: under callgrind
     /// everything runs about fifty times slower, and the meter would send an in-memory queue's
@@ -100,20 +110,14 @@ package final class CallCost: Sendable {
         return try work()
     }
 
-    /// Runs `work` and waits for it: inline, or on the pool when calls have been slow.
-    ///
-    /// Under ThreadSanitizer always inline: a task resumed from a pool thread is handed back
-    /// through the concurrency runtime's uninstrumented executor, which TSan reports as a race on
-    /// the task's own frame (google/sanitizers#1541; the conformance kit runs inline there for the
-    /// same reason). `perform`, which resumes nothing, still runs on the pool under TSan.
+    /// Runs `work` on the pool, timing it, and waits for it without holding a task thread (when
+    /// ``awaitsOnPool``).
     func run<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
-        guard runsOnPool, !ThreadSanitizer.isActive else { return try measure(work) }
-        return try await StorageCalls.shared.run { [self] in try measure(work) }
+        try await StorageCalls.shared.run { [self] in try measure(work) }
     }
 
-    /// Runs `work` without waiting for it when calls have been slow (on the pool), else inline.
+    /// Runs `work` on the pool, timing it, without waiting for it (when ``runsOnPool``).
     func perform(_ work: @escaping @Sendable () -> Void) {
-        guard runsOnPool else { return measure(work) }
         StorageCalls.shared.submit { [self] in measure(work) }
     }
 }

@@ -276,19 +276,17 @@ extension SwitchyardActorSystem {
             idempotencyKey: envelope.idempotencyKey,
             deadlineNanos: envelope.deadlineNanos > 0 ? envelope.deadlineNanos : nil, source: envelope.source)
         // Each task-local scope costs the call a push and a pop: the inbox's two only where the
-        // route has an inbox (or an enclosing scope set them), the span's only when tracing.
+        // route has an inbox (or an enclosing scope set them), the span's only when tracing. And
+        // each scope is a closure and an async frame more: without them the call runs straight
+        // from the call's own scope.
         await Switchyard.$currentCall.withValue(current) {
+            guard Self.needsTransactionScope(effects: effects, capture: capture) || CallTracing.isActive else {
+                failure = await execute(call, envelope, on: hosted, substitutions: substitutions, handler: handler, span: nil)
+                return
+            }
             await Self.withTransactionScope(effects: effects, capture: capture) {
                 await Self.withServerSpan(call.name, envelope: envelope) { span in
-                    do {
-                        var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
-                        guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
-                        try await TargetExecutor.execute(
-                            call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
-                        if case .error(let error)? = handler.outcome { span?.recordError(error) }
-                    } catch {
-                        failure = error
-                    }
+                    failure = await execute(call, envelope, on: hosted, substitutions: substitutions, handler: handler, span: span)
                 }
             }
         }
@@ -370,11 +368,32 @@ extension SwitchyardActorSystem {
     /// set only where the route has an inbox, or where an enclosing scope set them (a handler that
     /// hosts an actor): then the worker inherited values it must not see.
     private static func withTransactionScope(effects: InboxEffects?, capture: OutboxCapture?, _ body: () async -> Void) async {
-        guard effects != nil || capture != nil || Switchyard.inboxEffects != nil || Switchyard.outboxCapture != nil else {
-            return await body()
-        }
+        guard needsTransactionScope(effects: effects, capture: capture) else { return await body() }
         await Switchyard.$inboxEffects.withValue(effects) {
             await Switchyard.$outboxCapture.withValue(capture) { await body() }
+        }
+    }
+
+    /// Whether a handler needs the transaction scope: its route has an inbox, or an enclosing
+    /// scope set the values (a handler that hosts an actor), which the worker must not inherit.
+    private static func needsTransactionScope(effects: InboxEffects?, capture: OutboxCapture?) -> Bool {
+        effects != nil || capture != nil || Switchyard.inboxEffects != nil || Switchyard.outboxCapture != nil
+    }
+
+    /// Decodes the call's arguments and runs it on the hosted actor; its outcome lands in
+    /// `handler`. Returns why it could not run at all (bad arguments, wrong arity), or nil.
+    private func execute(
+        _ call: CallTarget, _ envelope: Envelope, on hosted: Server.Hosted, substitutions: [Any.Type], handler: SwitchyardResultHandler,
+        span: (any Span)?
+    ) async -> (any Error)? {
+        do {
+            var decoder = try SwitchyardInvocationDecoder(encoded: envelope.arguments, encoding: envelope.contentType, substitutions: substitutions)
+            guard let actor = hosted.actor else { throw EnvelopeError("no actor hosted as \(hosted.id)") }
+            try await TargetExecutor.execute(call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
+            if case .error(let error)? = handler.outcome { span?.recordError(error) }
+            return nil
+        } catch {
+            return error
         }
     }
 
@@ -430,6 +449,7 @@ extension SwitchyardActorSystem {
         }
         route?.metrics.handled.increment()
         guard let cost = item.cost else { return settleHandled(item, outcome: outcome, body: body) }
+        guard cost.runsOnPool else { return cost.measure { settleHandled(item, outcome: outcome, body: body) } }
         // A durable transport commits the reply and the acknowledgement before returning: once
         // that is slow (CallCost), off the worker's thread, so the worker takes the next call and
         // many commits share one fsync. Counted in flight until done, so a drain waits for it.
