@@ -67,8 +67,7 @@ struct MemoryQueueSuite: BenchSuite {
                 return .ok
             }
             let whole: BatchDeliveryHandler = { deliveries, _ in
-                let settlements: [(DeliveryID, Settlement)] = deliveries.map { ($0, .ack) }
-                _ = try? client.settle(batch: settlements)
+                _ = try? client.settle(batch: deliveries, .ack)
                 acked.add(deliveries.count, ordering: .relaxed)
                 return deliveries.count
             }

@@ -38,29 +38,30 @@ public enum Settlement: Hashable, Sendable {
 
     /// Lends `settlements` to C code as one `sy_settlement` array (for `settle_batch`), valid only
     /// inside `body`; one allocation holds every reason.
-    public static func withCSettlements<R>(_ settlements: [Settlement], _ body: (UnsafePointer<sy_settlement>) -> R) -> R {
-        let parts = settlements.map(\.cParts)
+    public static func withCSettlements<R>(_ settlements: some Collection<Settlement>, _ body: (UnsafePointer<sy_settlement>) -> R) -> R {
+        // Most settlements have no reason (acknowledgements, releases): the buffer stays empty.
         var text: [UInt8] = []
-        var ranges: [Range<Int>] = []
-        for part in parts {
-            let start = text.count
-            text += part.reason.utf8
-            ranges.append(start..<text.count)
+        for settlement in settlements {
+            switch settlement {
+            case .ack, .release: continue
+            case .retry(_, let reason), .deadLetter(let reason): text += reason.utf8
+            }
         }
         return text.withUnsafeBufferPointer { bytes in
-            withUnsafeTemporaryAllocation(of: sy_settlement.self, capacity: Swift.max(1, parts.count)) { array in
-                for (index, part) in parts.enumerated() {
-                    let reason =
-                        ranges[index].isEmpty
+            withUnsafeTemporaryAllocation(of: sy_settlement.self, capacity: Swift.max(1, settlements.count)) { array in
+                var offset = 0
+                for (index, settlement) in settlements.enumerated() {
+                    let (outcome, delay, reason) = settlement.cParts
+                    let length = reason.utf8.count
+                    let slice =
+                        length == 0
                         ? sy_str(data: nil, len: 0)
-                        : sy_str(
-                            data: UnsafeRawPointer(bytes.baseAddress! + ranges[index].lowerBound).assumingMemoryBound(to: CChar.self),
-                            len: ranges[index].count)
+                        : sy_str(data: UnsafeRawPointer(bytes.baseAddress! + offset).assumingMemoryBound(to: CChar.self), len: length)
+                    offset += length
                     array.initializeElement(
                         at: index,
                         to: sy_settlement(
-                            struct_size: UInt32(MemoryLayout<sy_settlement>.size), outcome: part.outcome,
-                            retry_after_ns: part.delay, reason: reason))
+                            struct_size: UInt32(MemoryLayout<sy_settlement>.size), outcome: outcome, retry_after_ns: delay, reason: slice))
                 }
                 return body(UnsafePointer(array.baseAddress!))
             }

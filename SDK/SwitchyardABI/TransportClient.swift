@@ -182,7 +182,8 @@ public final class TransportClient: @unchecked Sendable {
 
     /// Settles several deliveries: one call when the plugin has `settle_batch` (ABI 1.3), one
     /// `settle` each otherwise. Each is settled independently; returns each one's outcome, in
-    /// order (`nil`: settled).
+    /// order (`nil`: settled). To settle a whole batch the same way (acknowledge it), the other
+    /// ``settle(batch:_:)`` costs less.
     @discardableResult
     public func settle(batch: [(DeliveryID, Settlement)]) throws(TransportError) -> [TransportError?] {
         try checkAlive()
@@ -192,25 +193,66 @@ public final class TransportClient: @unchecked Sendable {
                 do throws(TransportError) { try settle(delivery, settlement); return nil } catch { return error }
             }
         }
-        let deliveries = batch.map(\.0)
-        var statuses = [sy_status](repeating: SY_OK, count: batch.count)
-        var firstError: TransportError?
-        Settlement.withCSettlements(batch.map(\.1)) { settlements in
-            do throws(TransportError) {
-                try call("settle_batch") { err in
-                    statuses.withUnsafeMutableBufferPointer { out in
-                        settleBatch(instance, deliveries, settlements, batch.count, out.baseAddress, err)
-                    }
+        return withUnsafeTemporaryAllocation(of: DeliveryID.self, capacity: batch.count) { deliveries in
+            for index in batch.indices { deliveries.initializeElement(at: index, to: batch[index].0) }
+            return Settlement.withCSettlements(batch.lazy.map(\.1)) { settlements in
+                settle(batch.count, deliveries.baseAddress!, settlements, through: settleBatch)
+            }
+        }
+    }
+
+    /// Settles every delivery in `deliveries` the same way — a whole batch acknowledged, usually:
+    /// one `settle_batch` call when the plugin has it (ABI 1.3), one `settle` each otherwise. Each
+    /// is settled independently; returns each one's outcome, in order (`nil`: settled).
+    @discardableResult
+    public func settle(batch deliveries: some Collection<DeliveryID>, _ settlement: Settlement) throws(TransportError) -> [TransportError?] {
+        try checkAlive()
+        guard !deliveries.isEmpty else { return [] }
+        guard let settleBatch = descriptor.pointee.settle_batch, deliveries.count > 1 else {
+            return deliveries.map { delivery in
+                do throws(TransportError) { try settle(delivery, settlement); return nil } catch { return error }
+            }
+        }
+        let count = deliveries.count
+        return settlement.withCSettlement { one in
+            withUnsafeTemporaryAllocation(of: sy_settlement.self, capacity: count) { settlements in
+                settlements.initialize(repeating: one.pointee)  // the reason's bytes are shared, not copied
+                let settled = deliveries.withContiguousStorageIfAvailable { ids in
+                    settle(count, ids.baseAddress!, settlements.baseAddress!, through: settleBatch)
                 }
+                return settled
+                    ?? Array(deliveries).withUnsafeBufferPointer { ids in
+                        settle(count, ids.baseAddress!, settlements.baseAddress!, through: settleBatch)
+                    }
+            }
+        }
+    }
+
+    /// One `settle_batch` call for `count` deliveries; each one's outcome, in order.
+    private func settle(
+        _ count: Int, _ deliveries: UnsafePointer<DeliveryID>, _ settlements: UnsafePointer<sy_settlement>,
+        through settleBatch:
+            @convention(c) (
+                UnsafeMutableRawPointer?, UnsafePointer<sy_delivery_id>?, UnsafePointer<sy_settlement>?, Int, UnsafeMutablePointer<sy_status>?,
+                UnsafeMutablePointer<sy_error>?
+            ) -> sy_status
+    ) -> [TransportError?] {
+        withUnsafeTemporaryAllocation(of: sy_status.self, capacity: count) { statuses in
+            statuses.initialize(repeating: SY_OK)
+            var firstError: TransportError?
+            do throws(TransportError) {
+                try call("settle_batch") { err in settleBatch(instance, deliveries, settlements, count, statuses.baseAddress, err) }
             } catch {
                 firstError = error
             }
-        }
-        return statuses.map { status in
-            guard status != SY_OK else { return nil }
-            let code = StatusCode(rawValue: status)
-            if let firstError, firstError.code == code { return firstError }
-            return TransportError(code, "settle_batch: \(code)")
+            var results = [TransportError?].noErrors(count: count)
+            // All settled, the usual case: nothing more to read.
+            guard firstError != nil || statuses.contains(where: { $0 != SY_OK }) else { return results }
+            for index in 0..<count where statuses[index] != SY_OK {
+                let code = StatusCode(rawValue: statuses[index])
+                results[index] = firstError?.code == code ? firstError : TransportError(code, "settle_batch: \(code)")
+            }
+            return results
         }
     }
 

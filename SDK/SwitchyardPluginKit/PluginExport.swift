@@ -212,6 +212,11 @@ private enum Thunks {
                 return TransportError(.invalidArgument, "settle_batch: NULL instance, deliveries or settlements").write(to: err)
             }
             guard count > 0 else { return SY_OK }
+            // A batch of plain acknowledgements, the usual batch: no Settlement values to make.
+            if (0..<count).allSatisfy({ SizedStruct.element(settlements!, $0).pointee.outcome == SY_SETTLE_ACK }) {
+                let results = InstanceBox.borrow(instance) { $0.settle(batch: UnsafeBufferPointer(start: deliveries!, count: count), .ack) }
+                return report(results, count: count, statuses: statuses, err: err)
+            }
             var batch: [(DeliveryID, Settlement)] = []
             batch.reserveCapacity(count)
             var unreadable: [Int: TransportError] = [:]
@@ -223,6 +228,7 @@ private enum Thunks {
                 }
             }
             let results = InstanceBox.borrow(instance) { $0.settle(batch: batch) }
+            guard !unreadable.isEmpty else { return report(results, count: count, statuses: statuses, err: err) }
             var first: TransportError?
             var next = results.makeIterator()
             for index in 0..<count {
@@ -232,6 +238,25 @@ private enum Thunks {
             }
             return first.map { $0.write(to: err) } ?? SY_OK
         }
+
+    /// Writes a batch's outcomes into `statuses` (when given) and the first error into `err`.
+    private static func report(
+        _ results: [TransportError?], count: Int, statuses: UnsafeMutablePointer<sy_status>?, err: UnsafeMutablePointer<sy_error>?
+    ) -> Int32 {
+        var first: Int?  // the first failure's position
+        results.withUnsafeBufferPointer { results in
+            for index in 0..<count {
+                // Read in place: copying each outcome out cost more than the rest of the loop.
+                guard index < results.count, results[index] != nil else {
+                    statuses?[index] = SY_OK
+                    continue
+                }
+                statuses?[index] = results[index]!.code.rawValue
+                if first == nil { first = index }
+            }
+        }
+        return first.map { results[$0]!.write(to: err) } ?? SY_OK
+    }
 
     static let publishAndSettle:
         @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, Int, sy_delivery_id, UnsafePointer<sy_settlement>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {

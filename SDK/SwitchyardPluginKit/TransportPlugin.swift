@@ -45,6 +45,12 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// that can take one lock or one commit per batch override it.
     func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?]
 
+    /// Settles every delivery in `deliveries` the same way, each independently and in order —
+    /// `settle_batch` with one outcome for all, the usual batch (an acknowledgement); returns
+    /// each one's error, or nil where it was settled. Default: ``settle(batch:)`` with the
+    /// pairs; plugins that can settle such a batch more cheaply override it.
+    func settle(batch deliveries: UnsafeBufferPointer<DeliveryID>, _ settlement: Settlement) -> [TransportError?]
+
     /// Publishes `batch` and settles `delivery` as one unit (ABI 1.3 `publish_and_settle`): both,
     /// in one commit on a durable store, or neither and an error (`.notFound` for an unknown
     /// delivery, with nothing stored). Default: `publish(batch:)`, then `settle` — not atomic, so
@@ -75,6 +81,9 @@ extension TransportInstance {
                 return error
             }
         }
+    }
+    public func settle(batch deliveries: UnsafeBufferPointer<DeliveryID>, _ settlement: Settlement) -> [TransportError?] {
+        settle(batch: deliveries.map { ($0, settlement) })
     }
     public func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         try publish(batch: batch)

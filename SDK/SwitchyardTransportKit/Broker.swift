@@ -415,7 +415,7 @@ public final class Broker: @unchecked Sendable {
     /// for the whole batch, and the acknowledgements removed from the store together (one lock,
     /// or one commit on a durable store); other outcomes one at a time. Returns each one's error.
     public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
-        var results = [TransportError?](repeating: nil, count: batch.count)
+        var results = [TransportError?].noErrors(count: batch.count)
         var acks: [(index: Int, ref: LeaseRef)] = []
         var others: [(index: Int, entry: InFlight, settlement: Settlement)] = []
         condition.lock()
@@ -436,6 +436,48 @@ public final class Broker: @unchecked Sendable {
             } catch {
                 results[other.index] = error
             }
+        }
+        condition.lock()
+        markWork()
+        if waiters > 0 { condition.broadcast() }
+        condition.unlock()
+        return results
+    }
+
+    /// Settles every delivery in `deliveries` the same way (see `TransportPlugin.settle(batch:_:)`):
+    /// an acknowledged batch takes the lock once and the store once, with no array of pairs.
+    public func settle(batch deliveries: UnsafeBufferPointer<DeliveryID>, _ settlement: Settlement) -> [TransportError?] {
+        guard case .ack = settlement else { return settle(batch: deliveries.map { ($0, settlement) }) }
+        var refs: [LeaseRef] = []
+        refs.reserveCapacity(deliveries.count)
+        var missing: [Int] = []  // deliveries not in flight (unknown, settled or expired)
+        condition.lock()
+        for index in deliveries.indices {
+            guard let entry = inFlight.removeValue(forKey: deliveries[index]) else {
+                missing.append(index)
+                continue
+            }
+            entry.member.inFlight -= 1
+            refs.append(entry.ref)
+        }
+        stats.acked += UInt64(refs.count)
+        condition.unlock()
+        var results = store.ack(batch: refs)
+        if !missing.isEmpty {
+            // Rare: spread the store's outcomes back over the batch's positions.
+            var spread = [TransportError?].noErrors(count: deliveries.count)
+            var next = 0
+            var nextMissing = 0  // `missing` is in batch order
+            for index in deliveries.indices {
+                if nextMissing < missing.count, missing[nextMissing] == index {
+                    nextMissing += 1
+                    spread[index] = TransportError(.notFound, "settle: unknown, settled or expired delivery \(deliveries[index])")
+                } else {
+                    if next < results.count, let error = results[next] { spread[index] = error }
+                    next += 1
+                }
+            }
+            results = spread
         }
         condition.lock()
         markWork()

@@ -125,6 +125,9 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) { try broker.unsubscribe(id) }
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) { try broker.settle(delivery, settlement) }
     public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] { broker.settle(batch: batch) }
+    public func settle(batch deliveries: UnsafeBufferPointer<DeliveryID>, _ settlement: Settlement) -> [TransportError?] {
+        broker.settle(batch: deliveries, settlement)
+    }
     public func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         try broker.publish(batch.map { $0.copy() }, settling: delivery, settlement)
     }

@@ -327,16 +327,13 @@ public final class MemoryStore: MessageStore {
     }
 
     public func ack(batch refs: [LeaseRef]) -> [TransportError?] {
+        var results = [TransportError?].noErrors(count: refs.count)
         state.withLock { state in
-            refs.map { ref -> TransportError? in
-                do throws(TransportError) {
-                    try state.remove(ref)
-                    return nil
-                } catch {
-                    return error
-                }
+            for index in refs.indices {
+                do throws(TransportError) { try state.remove(refs[index]) } catch { results[index] = error }
             }
         }
+        return results
     }
 
     public func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError) {

@@ -350,6 +350,18 @@ enum StandardChecks {
         try t.client.settle(again.delivery, .ack)
         Thread.sleep(forTimeInterval: 0.2)
         try c.expect(inbox.count == 4, "acknowledged deliveries came again: \(inbox.count) deliveries")
+        // A batch acknowledged whole (one outcome for all, the usual batch), an unknown delivery
+        // in its middle.
+        for index in 3..<6 { try t.client.publish(message("settled-\(index)", "settled")) }
+        try c.expect(inbox.wait(for: 7), "got \(inbox.count - 4) of 3 more deliveries")
+        let more = inbox.received[4...].map(\.delivery)
+        let acked = try t.client.settle(batch: [more[0], 987_655, more[1], more[2]], .ack)
+        try c.expect(
+            acked.count == 4 && acked[0] == nil && acked[2] == nil && acked[3] == nil,
+            "an acknowledged batch reported \(acked.map { $0?.description ?? "ok" }), expected ok, not found, ok, ok")
+        try c.expect(acked[1]?.code == .notFound, "an unknown delivery in an acknowledged batch gave \(acked[1].map { "\($0.code)" } ?? "ok"), expected not found")
+        Thread.sleep(forTimeInterval: 0.2)
+        try c.expect(inbox.count == 7, "deliveries acknowledged in a batch came again: \(inbox.count - 7) more")
     }
 
     static let publishAndSettle = ConformanceCheck(

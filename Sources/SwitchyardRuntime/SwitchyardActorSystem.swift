@@ -287,12 +287,12 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
                     return .ok
                 },
                 batchHandler: { deliveries, messages in
-                    var acks: [(DeliveryID, Settlement)] = []
+                    var acks: [DeliveryID] = []
                     for (delivery, message) in zip(deliveries, messages) {
                         answer(message)
-                        if !message.flags.contains(.settled) { acks.append((delivery, .ack)) }
+                        if !message.flags.contains(.settled) { acks.append(delivery) }
                     }
-                    if !acks.isEmpty { _ = try? client.settle(batch: acks) }
+                    if !acks.isEmpty { _ = try? client.settle(batch: acks, .ack) }
                     return deliveries.count
                 })
         }
