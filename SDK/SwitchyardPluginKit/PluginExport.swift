@@ -213,7 +213,11 @@ private enum Thunks {
             }
             guard count > 0 else { return SY_OK }
             // A batch of plain acknowledgements, the usual batch: no Settlement values to make.
-            if (0..<count).allSatisfy({ SizedStruct.element(settlements!, $0).pointee.outcome == SY_SETTLE_ACK }) {
+            // Only from a caller whose elements hold an outcome (the ABI 1.0 size or more); the
+            // general path below refuses the others element by element.
+            if settlements!.pointee.struct_size >= SizedStruct.settlementV1_0,
+                (0..<count).allSatisfy({ SizedStruct.element(settlements!, $0).pointee.outcome == SY_SETTLE_ACK })
+            {
                 let results = InstanceBox.borrow(instance) { $0.settle(batch: UnsafeBufferPointer(start: deliveries!, count: count), .ack) }
                 return report(results, count: count, statuses: statuses, err: err)
             }

@@ -45,10 +45,12 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// that can take one lock or one commit per batch override it.
     func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?]
 
-    /// Settles every delivery in `deliveries` the same way, each independently and in order —
-    /// `settle_batch` with one outcome for all, the usual batch (an acknowledgement); returns
-    /// each one's error, or nil where it was settled. Default: ``settle(batch:)`` with the
-    /// pairs; plugins that can settle such a batch more cheaply override it.
+    /// Settles every delivery in `deliveries` the same way, each independently and in order;
+    /// returns each one's error, or nil where it was settled. A `settle_batch` whose settlements
+    /// are all acknowledgements (the usual batch) comes here; every other batch comes to
+    /// ``settle(batch:)``. `deliveries` is borrowed for the call: copy what you keep. Default:
+    /// ``settle(batch:)`` with the pairs; plugins that can settle such a batch more cheaply
+    /// override it.
     func settle(batch deliveries: UnsafeBufferPointer<DeliveryID>, _ settlement: Settlement) -> [TransportError?]
 
     /// Publishes `batch` and settles `delivery` as one unit (ABI 1.3 `publish_and_settle`): both,

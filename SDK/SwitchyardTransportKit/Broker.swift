@@ -411,7 +411,7 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
-    /// Settles several deliveries (see `TransportPlugin.settle(batch:)`): one pass under the lock
+    /// Settles several deliveries (see `TransportInstance.settle(batch:)`): one pass under the lock
     /// for the whole batch, and the acknowledgements removed from the store together (one lock,
     /// or one commit on a durable store); other outcomes one at a time. Returns each one's error.
     public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
@@ -444,7 +444,7 @@ public final class Broker: @unchecked Sendable {
         return results
     }
 
-    /// Settles every delivery in `deliveries` the same way (see `TransportPlugin.settle(batch:_:)`):
+    /// Settles every delivery in `deliveries` the same way (see `TransportInstance.settle(batch:_:)`):
     /// an acknowledged batch takes the lock once and the store once, with no array of pairs.
     public func settle(batch deliveries: UnsafeBufferPointer<DeliveryID>, _ settlement: Settlement) -> [TransportError?] {
         guard case .ack = settlement else { return settle(batch: deliveries.map { ($0, settlement) }) }

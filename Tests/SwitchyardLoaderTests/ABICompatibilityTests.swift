@@ -76,6 +76,34 @@ struct ABICompatibilityTests {
         }
     }
 
+    @Test("settle_batch refuses settlements smaller than ABI 1.0's, one by one, and settles none of them")
+    func undersizedSettlementsRefused() async throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "q", plugin: plugin, configJSON: "{}")
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "small", maxInFlight: 10), handler: inbox.handler(client: transport.client, settle: nil))
+        for index in 0..<2 { try transport.client.publish(Message(id: "small-\(index)", channel: "small")) }
+        #expect(await eventually { inbox.count == 2 }, "got \(inbox.count) of 2")
+        let deliveries = inbox.received.map(\.delivery)
+        // Zeroed settlements read as acknowledgements past their size: a reader that looked
+        // there would settle both. Sizes 0 (every element at the same address) and 16.
+        for size in [0, 16] as [UInt32] {
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: 2 * MemoryLayout<sy_settlement>.size, alignment: 8)
+            defer { raw.deallocate() }
+            raw.initializeMemory(as: UInt8.self, repeating: 0, count: 2 * MemoryLayout<sy_settlement>.size)
+            raw.storeBytes(of: size, as: UInt32.self)
+            raw.storeBytes(of: size, toByteOffset: Int(size), as: UInt32.self)
+            var statuses = [sy_status](repeating: SY_OK, count: 2)
+            var error = sy_error()
+            let status = plugin.descriptor.pointee.settle_batch!(
+                transport.client.instance, deliveries, raw.assumingMemoryBound(to: sy_settlement.self), 2, &statuses, &error)
+            #expect(status == SY_ERR_INVALID_ARGUMENT && statuses == [SY_ERR_INVALID_ARGUMENT, SY_ERR_INVALID_ARGUMENT], "size \(size): \(status), \(statuses)")
+        }
+        // Neither was settled: both acknowledge now.
+        for delivery in deliveries { try transport.client.settle(delivery, .ack) }
+    }
+
     @Test("sizes the Swift SDK reads by match the header's ABI 1.0 sizes")
     func sizes() {
         #expect(SizedStruct.messageV1_0 == 104 && SizedStruct.messageV1_3 == 120)
