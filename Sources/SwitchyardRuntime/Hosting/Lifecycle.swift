@@ -59,14 +59,7 @@ extension SwitchyardActorSystem: Service {
         // calls still running are cancelled rather than waited for.
         for subscription in subscriptions {
             for worker in subscription.workers {
-                if ContinuousClock.now < until {
-                    await withTaskGroup(of: Void.self) { group in
-                        group.addTask { await worker.value }
-                        group.addTask { try? await Task.sleep(until: until) }
-                        await group.next()
-                        group.cancelAll()
-                    }
-                }
+                await Self.wait(for: worker, until: until)
                 worker.cancel()
             }
         }
@@ -84,6 +77,19 @@ extension SwitchyardActorSystem: Service {
             metadata: [
                 "drained_in": "\(ContinuousClock.now - started)", "released": "\(released)", "unfinished_calls": "\(unfinished)",
             ])
+    }
+}
+
+extension SwitchyardActorSystem {
+    /// Returns once `task` has finished, or at `until` with the task still running (its owner
+    /// cancels it). Not a task group racing the task's value against a sleep: a group waits for
+    /// all its children, and awaiting a task's value cannot be cancelled, so a call that ran past
+    /// the drain's deadline held the drain until the call ended — 30 s in the orders example,
+    /// whose calls have that deadline, against its 10 s drain.
+    static func wait(for task: Task<Void, Never>, until: ContinuousClock.Instant) async {
+        let left = until - ContinuousClock.now
+        guard left > .zero else { return }
+        _ = try? await DirectDeadline.run(left, timeout: { CancellationError() }, { await task.value })
     }
 }
 
