@@ -620,6 +620,33 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a call still running when the drain's deadline passes is stopped and goes back to its transport: run again at the next start, not dead-lettered")
+    func drainPastDeadlineReleases() async throws {
+        let directory = try TemporaryDirectory()
+        let yaml = """
+            transports:
+              work: { plugin: queue, config: { path: "\(directory.file("work.db"))" } }
+            routes:
+              Shop.slow: { transport: work, deadline: 60s }
+            """
+        let ledger = Ledger()
+        let first = try await makeSystem(yaml, directory: directory)
+        try first.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: first)
+        let caller = Task { try await shop.slow(20_000) }
+        #expect(await eventually { ledger.count("slow started") == 1 })
+        let stopping = ContinuousClock.now
+        await first.shutdown(deadline: .milliseconds(200))
+        #expect(ContinuousClock.now - stopping < .seconds(5), "shutdown took \(ContinuousClock.now - stopping) with a 200 ms deadline")
+        let failed = await caller.result
+        #expect((try? failed.get()) == nil, "the waiting caller is failed by the shutdown")
+        // Released, not dead-lettered or answered: the next start runs it again.
+        let second = try await makeSystem(yaml, directory: directory)
+        try second.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        #expect(await eventually { ledger.count("slow started") == 2 }, "the stopped call did not run again")
+        await second.shutdown(deadline: .milliseconds(200))
+    }
+
     @Test("idempotent inbox: a redelivered call is answered from the inbox, not run again")
     func inbox() async throws {
         let directory = try TemporaryDirectory()

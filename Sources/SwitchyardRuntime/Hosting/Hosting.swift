@@ -300,6 +300,15 @@ extension SwitchyardActorSystem {
             return reject("cannot run \(call.name): \(error)", route: route)
         }
 
+        if case .error(let error) = outcome, Task.isCancelled, !server.accepting.load(ordering: .acquiring) {
+            // Cancelled by a drain past its deadline: the call did not fail, it was stopped. It
+            // goes back to the transport as it came (no attempt counted, nobody answered), for
+            // another host or the next start; never retried, dead-lettered or answered as failed.
+            logger.notice(
+                "releasing a call stopped by shutdown", metadata: ["target": "\(readable)", "attempt": "\(item.attempt)", "error": "\(error)"])
+            try? client.settle(item.delivery, .release)
+            return
+        }
         if case .error(let error) = outcome {
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
             if let policy = route?.retry {

@@ -56,12 +56,16 @@ extension SwitchyardActorSystem: Service {
             return released
         }
         // Workers end once their queue is closed and their call is done; past the deadline, the
-        // calls still running are cancelled rather than waited for.
+        // calls still running are cancelled rather than waited for (a call that ends because it
+        // was cancelled goes back to its transport: see `handle`). Waited for through the count
+        // of running calls, which keeps the deadline, not by awaiting each worker's value: that
+        // cannot be cancelled, and a call running past the deadline held the drain until it
+        // ended (30 s in the orders example, whose calls have that deadline, against its 10 s).
+        while ContinuousClock.now < until, server.inFlight.value > 0 {
+            await server.inFlight.waitUntilZero(until: until)
+        }
         for subscription in subscriptions {
-            for worker in subscription.workers {
-                await Self.wait(for: worker, until: until)
-                worker.cancel()
-            }
+            for worker in subscription.workers { worker.cancel() }
         }
         // What the finished calls committed to outboxes goes out before the transports close.
         await outboxRelays.drainAndStop(until: until)
@@ -77,19 +81,6 @@ extension SwitchyardActorSystem: Service {
             metadata: [
                 "drained_in": "\(ContinuousClock.now - started)", "released": "\(released)", "unfinished_calls": "\(unfinished)",
             ])
-    }
-}
-
-extension SwitchyardActorSystem {
-    /// Returns once `task` has finished, or at `until` with the task still running (its owner
-    /// cancels it). Not a task group racing the task's value against a sleep: a group waits for
-    /// all its children, and awaiting a task's value cannot be cancelled, so a call that ran past
-    /// the drain's deadline held the drain until the call ended — 30 s in the orders example,
-    /// whose calls have that deadline, against its 10 s drain.
-    static func wait(for task: Task<Void, Never>, until: ContinuousClock.Instant) async {
-        let left = until - ContinuousClock.now
-        guard left > .zero else { return }
-        _ = try? await DirectDeadline.run(left, timeout: { CancellationError() }, { await task.value })
     }
 }
 
