@@ -233,14 +233,11 @@ private enum Thunks {
             }
             let results = InstanceBox.borrow(instance) { $0.settle(batch: batch) }
             guard !unreadable.isEmpty else { return report(results, count: count, statuses: statuses, err: err) }
-            var first: TransportError?
+            // The unreadable settlements' errors in their places, the plugin's outcomes between.
+            var merged = [TransportError?].noErrors(count: count)
             var next = results.makeIterator()
-            for index in 0..<count {
-                let outcome = unreadable[index] ?? next.next() ?? nil
-                statuses?[index] = outcome?.code.rawValue ?? SY_OK
-                if first == nil, let outcome { first = outcome }
-            }
-            return first.map { $0.write(to: err) } ?? SY_OK
+            for index in 0..<count { merged[index] = unreadable[index] ?? next.next() ?? nil }
+            return report(merged, count: count, statuses: statuses, err: err)
         }
 
     /// Writes a batch's outcomes into `statuses` (when given) and the first error into `err`.
