@@ -92,6 +92,9 @@ public final class Broker: @unchecked Sendable {
     private var nextSubscription: SubscriptionID = 0
     private var nextDelivery: DeliveryID = 0
     private var workPending = false
+    /// How often work was marked (``markWork()``): a pass that drops the lock compares it before
+    /// clearing `workPending`, so a publish made meanwhile is never forgotten.
+    private var workMarks: UInt64 = 0
     private var dispatcherWaiting = false  // signal only when it sleeps: a signal is a syscall
     /// `workPending`, readable without the lock by the lingering dispatcher (a hint: the
     /// dispatcher re-checks `workPending` under the lock before acting on it).
@@ -166,6 +169,7 @@ public final class Broker: @unchecked Sendable {
     /// Records that there is work; wakes the dispatcher if it sleeps. Call with the lock held.
     private func markWork() {
         workPending = true
+        workMarks &+= 1
         workHint.store(true, ordering: .relaxed)
         if dispatcherWaiting { wakeDispatcher() }
     }
@@ -686,6 +690,7 @@ public final class Broker: @unchecked Sendable {
         var orphans: [LeaseRef] = []
         var takenOrphans: [Message] = []
         var expired: [LeasedMessage] = []
+        let marksBefore = workMarks
         for (planned, leased) in batches {
             let candidates = groups[planned.key] ?? []
             var last: Member?  // the member given the previous message
@@ -785,7 +790,10 @@ public final class Broker: @unchecked Sendable {
             for ref in releases { try? store.release(ref) }
             if !putBack.isEmpty { storeAgain(putBack) }
             condition.lock()
-            workPending = false  // a refusing subscriber: wait for a change instead of spinning
+            // A refusing subscriber: wait for a change instead of spinning, unless one came while
+            // the lock was dropped (a publish then, forgotten, waited for the next change: with
+            // none coming, as in a drain, until its caller's deadline).
+            if workMarks == marksBefore { workPending = false }
         }
     }
 
