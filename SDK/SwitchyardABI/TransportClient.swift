@@ -245,9 +245,15 @@ public final class TransportClient: @unchecked Sendable {
             } catch {
                 firstError = error
             }
+            let anyFailed = statuses.contains(where: { $0 != SY_OK })
+            if let firstError, !anyFailed {
+                // Failed without a status for any delivery (a NULL argument, a plugin that failed
+                // as a whole): nothing says which were settled, so none is reported settled.
+                return Array(repeating: firstError, count: count)
+            }
             var results = [TransportError?].noErrors(count: count)
             // All settled, the usual case: nothing more to read.
-            guard firstError != nil || statuses.contains(where: { $0 != SY_OK }) else { return results }
+            guard anyFailed else { return results }
             for index in 0..<count where statuses[index] != SY_OK {
                 let code = StatusCode(rawValue: statuses[index])
                 results[index] = firstError?.code == code ? firstError : TransportError(code, "settle_batch: \(code)")

@@ -104,6 +104,31 @@ struct ABICompatibilityTests {
         for delivery in deliveries { try transport.client.settle(delivery, .ack) }
     }
 
+    @Test("a settle_batch that fails without a status for any delivery reports none of them settled")
+    func settleBatchFailingWhole() async throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "q", plugin: plugin, configJSON: "{}")
+        defer { transport.close() }
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "whole", maxInFlight: 10), handler: inbox.handler(client: transport.client, settle: nil))
+        for index in 0..<3 { try transport.client.publish(Message(id: "whole-\(index)", channel: "whole")) }
+        #expect(await eventually { inbox.count == 3 }, "got \(inbox.count) of 3")
+        let deliveries = inbox.received.map(\.delivery)
+        // The same plugin, but its settle_batch fails as a whole and writes no status.
+        let failing = UnsafeMutablePointer<sy_plugin_descriptor>.allocate(capacity: 1)
+        defer { failing.deallocate() }
+        failing.initialize(to: plugin.descriptor.pointee)
+        failing.pointee.settle_batch = { _, _, _, _, _, _ in SY_ERR_INTERNAL }
+        let client = TransportClient(descriptor: failing, instance: transport.client.instance)
+        let paired = try client.settle(batch: deliveries.map { ($0, Settlement.ack) })
+        let same = try client.settle(batch: deliveries, .ack)
+        for results in [paired, same] {
+            #expect(results.count == 3 && results.allSatisfy { $0?.code == .internalError }, "\(results)")
+        }
+        // Nothing was settled: all three acknowledge now.
+        for delivery in deliveries { try transport.client.settle(delivery, .ack) }
+    }
+
     @Test("sizes the Swift SDK reads by match the header's ABI 1.0 sizes")
     func sizes() {
         #expect(SizedStruct.messageV1_0 == 104 && SizedStruct.messageV1_3 == 120)
