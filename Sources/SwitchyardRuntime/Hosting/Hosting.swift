@@ -112,8 +112,11 @@ extension SwitchyardActorSystem {
                 }
             }
             // While draining, only calls from this process (made by calls still running here)
-            // are taken; everything else goes back to the transport for other hosts.
+            // are taken; everything else goes back to the transport for other hosts. Counted from
+            // here until settled, so the drain waits for a call queued but not yet started; once
+            // the drain has closed the count, nothing more is taken.
             if !server.accepting.load(ordering: .acquiring) && envelope.source != ownSource { return .handBack }
+            guard server.inFlight.enterUnlessClosed() else { return .handBack }
             return .queue(Inbound(delivery: delivery, transport: transport, envelope: envelope, form: Envelope.Form(of: message), attempt: message.attempt, cost: cost))
         }
         let subscription: SubscriptionID
@@ -122,9 +125,12 @@ extension SwitchyardActorSystem {
                 options,
                 handler: { [weak self] delivery, message in
                     switch intake(delivery, message, system: self) {
-                    case .queue(let inbound): queue.push(inbound) ? .ok : .closed
-                    case .settled: .ok
-                    case .handBack: .closed
+                    case .queue(let inbound):
+                        if queue.push(inbound) { return .ok }
+                        server.inFlight.leave()
+                        return .closed
+                    case .settled: return .ok
+                    case .handBack: return .closed
                     }
                 },
                 // Batches (deliver_batch): every envelope read, then all queued under one lock.
@@ -141,7 +147,10 @@ extension SwitchyardActorSystem {
                         taken += 1
                     }
                     if !queue.push(contentsOf: queued) {
-                        for inbound in queued { try? client.settle(inbound.delivery, .release) }
+                        for inbound in queued {
+                            try? client.settle(inbound.delivery, .release)
+                            server.inFlight.leave()
+                        }
                     }
                     return taken
                 })
@@ -161,8 +170,8 @@ extension SwitchyardActorSystem {
 
     /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter
     /// per the route; dead-letter with the reason when the call is refused.
+    /// Counted in `server.inFlight` since its intake; uncounted here once settled.
     func handle(_ delivered: Inbound, _ hosted: Server.Hosted) async {
-        server.inFlight.enter()
         defer { server.inFlight.leave() }
         var item = delivered
         if item.envelope.target.identifier.isEmpty {

@@ -15,9 +15,12 @@ extension SwitchyardActorSystem: Service {
     ///
     /// 1. stops taking deliveries (they stay with the transport for other hosts), except calls
     ///    made from this process, which running calls may be waiting for;
-    /// 2. lets running calls finish and send their replies;
-    /// 3. waits for this process's own outstanding calls to get their replies;
-    /// 4. releases the deliveries that were taken but not started, so they are redelivered at once;
+    /// 2. lets the calls it has taken (running, or queued for a worker) finish and send their
+    ///    replies;
+    /// 3. waits for this process's own outstanding calls to get their replies; once nothing is
+    ///    running or awaited, stops taking anything (one atomic step with the count of calls taken);
+    /// 4. past the deadline, releases the deliveries that were taken but not started, so they are
+    ///    redelivered at once, and stops the calls still running (each goes back to its transport);
     /// 5. relays what the finished calls committed to outboxes (what is left stays in the
     ///    database, for the next process with that outbox);
     /// 6. fails whatever is still waiting, unsubscribes and closes the transports.
@@ -35,34 +38,38 @@ extension SwitchyardActorSystem: Service {
         server.accepting.store(false, ordering: .releasing)
         logger.info("draining", metadata: ["deadline": "\(deadline)"])
         let subscriptions = server.takeSubscriptions()
-        // Workers keep running what they have taken; wait for the queues and the calls to empty.
-        // Woken by the last one to finish (or the deadline), not by polling.
-        while ContinuousClock.now < until, server.inFlight.value > 0 || pending.count > 0 {
+        // Workers keep running what they have taken, and own calls are still taken: wait for the
+        // calls taken here (queued or running) and the calls made from here to end, then close
+        // the count of calls taken in the same atomic step that finds it at zero. Looking at the
+        // count and then closing the queues missed a call taken in between: it ran with its
+        // subscription gone, its own calls to this process were never served, and it waited out
+        // its deadline (4 drains of 110 of the orders demo under load stalled so). Woken by
+        // the last one to finish (or the deadline), not by polling.
+        while ContinuousClock.now < until {
             if server.inFlight.value > 0 {
                 await server.inFlight.waitUntilZero(until: until)
-            } else {
+            } else if pending.count > 0 {
                 await pending.waitUntilEmpty(until: until)
+            } else if server.inFlight.closeIfIdle() {
+                break
             }
         }
-        let released = await blockingOperation {
-            var released = 0
-            for subscription in subscriptions {
-                for item in subscription.queue.close() {
-                    try? subscription.transport.client.settle(item.delivery, .release)
-                    released += 1
+        // Past the deadline: nothing more is taken; what was taken but not started goes back to
+        // its transport at once (a release commits on a durable one: off the pool, and only when
+        // there is something to release), and the calls still running are cancelled rather than
+        // waited for (a call that ends because it was cancelled goes back to its transport: see
+        // `handle`). Waiting through the count keeps the deadline; awaiting each worker's value
+        // did not (it cannot be cancelled: a call running past the deadline held the drain until
+        // it ended, 30 s in the orders example against its 10 s).
+        server.inFlight.close()
+        let unstarted = subscriptions.flatMap { subscription in subscription.queue.close().map { (subscription.transport, $0) } }
+        if !unstarted.isEmpty {
+            await blockingOperation {
+                for (transport, item) in unstarted {
+                    try? transport.client.settle(item.delivery, .release)
+                    self.server.inFlight.leave()
                 }
-                try? subscription.transport.client.unsubscribe(subscription.id)
             }
-            return released
-        }
-        // Workers end once their queue is closed and their call is done; past the deadline, the
-        // calls still running are cancelled rather than waited for (a call that ends because it
-        // was cancelled goes back to its transport: see `handle`). Waited for through the count
-        // of running calls, which keeps the deadline, not by awaiting each worker's value: that
-        // cannot be cancelled, and a call running past the deadline held the drain until it
-        // ended (30 s in the orders example, whose calls have that deadline, against its 10 s).
-        while ContinuousClock.now < until, server.inFlight.value > 0 {
-            await server.inFlight.waitUntilZero(until: until)
         }
         for subscription in subscriptions {
             for worker in subscription.workers { worker.cancel() }
@@ -72,14 +79,17 @@ extension SwitchyardActorSystem: Service {
         state.store(SystemState.stopped.rawValue, ordering: .releasing)
         let unfinished = pending.count
         pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
+        // Unsubscribed last, with the transports (one hop off the pool): a call cancelled above
+        // may still be settling through its subscription; unsubscribing releases what it did not.
         await blockingOperation {
+            for subscription in subscriptions { try? subscription.transport.client.unsubscribe(subscription.id) }
             self.unsubscribeReplies()
             self.transports?.close()
         }
         logger.info(
             "stopped",
             metadata: [
-                "drained_in": "\(ContinuousClock.now - started)", "released": "\(released)", "unfinished_calls": "\(unfinished)",
+                "drained_in": "\(ContinuousClock.now - started)", "released": "\(unstarted.count)", "unfinished_calls": "\(unfinished)",
             ])
     }
 }

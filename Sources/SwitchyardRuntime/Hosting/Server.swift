@@ -46,7 +46,8 @@ final class Server: Sendable {
         var served: Set<ServedChannel> = []
     }
     private let state = Guarded(State())
-    /// Deliveries executing now (and their replies and settlements still being committed).
+    /// Deliveries taken and not yet settled: queued for a worker, executing, or committing their
+    /// reply and settlement. Closed by the drain once idle: nothing more is taken after that.
     let inFlight = WorkCount()
     /// False while draining: new deliveries are refused (the transport gives them to others).
     let accepting = Atomic<Bool>(true)

@@ -68,21 +68,49 @@ final class IdleWaiters: Sendable {
     }
 }
 
-/// A count of work in progress that a drain can wait on (``waitUntilZero(until:)``).
+/// A count of work in progress that a drain can wait on (``waitUntilZero(until:)``), and close
+/// to new work once it is idle (``closeIfIdle()``), in one atomic step: a drain that looked at
+/// the count and then stopped taking work would miss what was taken in between.
 final class WorkCount: Sendable {
-    private let count = Atomic<Int>(0)
+    /// The count, and ``closedBit`` once closed.
+    private let state = Atomic<Int>(0)
     private let idle = IdleWaiters()
+    private static let closedBit = 1 << 62
 
     /// The work in progress now.
-    var value: Int { count.load(ordering: .acquiring) }
+    var value: Int { state.load(ordering: .acquiring) & ~Self.closedBit }
 
-    /// One more piece of work started.
-    func enter() { count.add(1, ordering: .acquiringAndReleasing) }
+    /// Whether new work is refused (``enterUnlessClosed()``).
+    var isClosed: Bool { state.load(ordering: .acquiring) & Self.closedBit != 0 }
+
+    /// One more piece of work started, closed or not (the rest of work already counted).
+    func enter() { state.add(1, ordering: .acquiringAndReleasing) }
+
+    /// One more piece of work started, unless the count is closed: then false, nothing counted.
+    func enterUnlessClosed() -> Bool {
+        var current = state.load(ordering: .relaxed)
+        while current & Self.closedBit == 0 {
+            let (exchanged, original) = state.compareExchange(
+                expected: current, desired: current + 1, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
 
     /// One piece of work ended; at zero, whoever waits is woken.
     func leave() {
-        if count.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { idle.wakeAll() }
+        if state.subtract(1, ordering: .acquiringAndReleasing).newValue & ~Self.closedBit == 0 { idle.wakeAll() }
     }
+
+    /// Closes the count if no work is in progress: true when closed (now or before).
+    func closeIfIdle() -> Bool {
+        let (exchanged, original) = state.compareExchange(expected: 0, desired: Self.closedBit, ordering: .acquiringAndReleasing)
+        return exchanged || original & Self.closedBit != 0
+    }
+
+    /// Closes the count whatever is in progress (a drain past its deadline).
+    func close() { state.bitwiseOr(Self.closedBit, ordering: .acquiringAndReleasing) }
 
     /// Returns once the count is zero, or at `until`, whichever comes first.
     func waitUntilZero(until: ContinuousClock.Instant) async {
