@@ -635,6 +635,7 @@ public final class Broker: @unchecked Sendable {
                 }
             }
             workPending = false
+            let marksAtPass = workMarks  // work marked from here on is not forgotten (deliver)
             workHint.store(false, ordering: .relaxed)
             if stopped || draining { continue }
             let stamp = now()  // for the whole pass: leases, expiries, deliveries
@@ -672,7 +673,7 @@ public final class Broker: @unchecked Sendable {
             if !batches.isEmpty {
                 workPending = true  // there may be more
                 delivered = true
-                deliver(batches, now: stamp, through: &handingOver)
+                deliver(batches, now: stamp, marksAtPass: marksAtPass, through: &handingOver)
                 batches.removeAll(keepingCapacity: true)
             }
         }
@@ -684,13 +685,13 @@ public final class Broker: @unchecked Sendable {
     /// Hands leased messages to members round robin. Called and returns with the lock held; drops
     /// it around each deliver call.
     /// `handOvers` is the dispatcher's to reuse (empty on entry and on return).
-    private func deliver(_ batches: [(Planned, [LeasedMessage])], now stamp: Int64, through handOvers: inout [Member]) {
+    /// `marksAtPass`: ``workMarks`` when the pass cleared `workPending`.
+    private func deliver(_ batches: [(Planned, [LeasedMessage])], now stamp: Int64, marksAtPass: UInt64, through handOvers: inout [Member]) {
         // One hand-over per member, in the order leased: one deliver_batch call crossing the ABI
         // where the subscriber takes batches. What a member does not take is released.
         var orphans: [LeaseRef] = []
         var takenOrphans: [Message] = []
         var expired: [LeasedMessage] = []
-        let marksBefore = workMarks
         for (planned, leased) in batches {
             let candidates = groups[planned.key] ?? []
             var last: Member?  // the member given the previous message
@@ -790,10 +791,10 @@ public final class Broker: @unchecked Sendable {
             for ref in releases { try? store.release(ref) }
             if !putBack.isEmpty { storeAgain(putBack) }
             condition.lock()
-            // A refusing subscriber: wait for a change instead of spinning, unless one came while
-            // the lock was dropped (a publish then, forgotten, waited for the next change: with
-            // none coming, as in a drain, until its caller's deadline).
-            if workMarks == marksBefore { workPending = false }
+            // A refusing subscriber: wait for a change instead of spinning, unless one came since
+            // the pass began, while the lock was dropped to lease or hand over (a publish then,
+            // forgotten, waited for the next change: with none coming, as in a drain, for ever).
+            if workMarks == marksAtPass { workPending = false }
         }
     }
 

@@ -19,11 +19,12 @@ extension SwitchyardActorSystem: Service {
     ///    replies;
     /// 3. waits for this process's own outstanding calls to get their replies; once nothing is
     ///    running or awaited, stops taking anything (one atomic step with the count of calls taken);
-    /// 4. past the deadline, releases the deliveries that were taken but not started, so they are
-    ///    redelivered at once, and stops the calls still running (each goes back to its transport);
+    /// 4. unsubscribes; past the deadline, it first releases the deliveries that were taken but not
+    ///    started, so they are redelivered at once, and then stops the calls still running (each
+    ///    goes back to its transport);
     /// 5. relays what the finished calls committed to outboxes (what is left stays in the
     ///    database, for the next process with that outbox);
-    /// 6. fails whatever is still waiting, unsubscribes and closes the transports.
+    /// 6. fails whatever is still waiting and closes the transports.
     ///
     /// Calling it again does nothing.
     public func shutdown(deadline: Duration = .seconds(30)) async {
@@ -54,22 +55,22 @@ extension SwitchyardActorSystem: Service {
                 break
             }
         }
-        // Past the deadline: nothing more is taken; what was taken but not started goes back to
-        // its transport at once (a release commits on a durable one: off the pool, and only when
-        // there is something to release), and the calls still running are cancelled rather than
-        // waited for (a call that ends because it was cancelled goes back to its transport: see
-        // `handle`). Waiting through the count keeps the deadline; awaiting each worker's value
+        // Nothing more is taken now. Past the deadline, what was taken but not started goes back
+        // to its transport at once, and the calls still running are cancelled rather than waited
+        // for (a call that ends because it was cancelled goes back to its transport: see
+        // `handle`). Waiting on the count, above, kept the deadline; awaiting each worker's value
         // did not (it cannot be cancelled: a call running past the deadline held the drain until
-        // it ended, 30 s in the orders example against its 10 s).
+        // it ended, 30 s in the orders example against its 10 s). Unsubscribed at once, off the
+        // pool (a release commits on a durable transport; an unsubscribe may wait for a plugin's
+        // thread): a subscription left open would only hand back everything offered to it.
         server.inFlight.close()
         let unstarted = subscriptions.flatMap { subscription in subscription.queue.close().map { (subscription.transport, $0) } }
-        if !unstarted.isEmpty {
-            await blockingOperation {
-                for (transport, item) in unstarted {
-                    try? transport.client.settle(item.delivery, .release)
-                    self.server.inFlight.leave()
-                }
+        await blockingOperation {
+            for (transport, item) in unstarted {
+                try? transport.client.settle(item.delivery, .release)
+                self.server.inFlight.leave()
             }
+            for subscription in subscriptions { try? subscription.transport.client.unsubscribe(subscription.id) }
         }
         for subscription in subscriptions {
             for worker in subscription.workers { worker.cancel() }
@@ -79,10 +80,7 @@ extension SwitchyardActorSystem: Service {
         state.store(SystemState.stopped.rawValue, ordering: .releasing)
         let unfinished = pending.count
         pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
-        // Unsubscribed last, with the transports (one hop off the pool): a call cancelled above
-        // may still be settling through its subscription; unsubscribing releases what it did not.
         await blockingOperation {
-            for subscription in subscriptions { try? subscription.transport.client.unsubscribe(subscription.id) }
             self.unsubscribeReplies()
             self.transports?.close()
         }

@@ -80,9 +80,6 @@ final class WorkCount: Sendable {
     /// The work in progress now.
     var value: Int { state.load(ordering: .acquiring) & ~Self.closedBit }
 
-    /// Whether new work is refused (``enterUnlessClosed()``).
-    var isClosed: Bool { state.load(ordering: .acquiring) & Self.closedBit != 0 }
-
     /// One more piece of work started, closed or not (the rest of work already counted).
     func enter() { state.add(1, ordering: .acquiringAndReleasing) }
 
@@ -100,7 +97,9 @@ final class WorkCount: Sendable {
 
     /// One piece of work ended; at zero, whoever waits is woken.
     func leave() {
-        if state.subtract(1, ordering: .acquiringAndReleasing).newValue & ~Self.closedBit == 0 { idle.wakeAll() }
+        let left = state.subtract(1, ordering: .acquiringAndReleasing).newValue & ~Self.closedBit
+        assert(left < Self.closedBit >> 1, "WorkCount.leave() without enter()")  // else it would read as closed
+        if left == 0 { idle.wakeAll() }
     }
 
     /// Closes the count if no work is in progress: true when closed (now or before).
