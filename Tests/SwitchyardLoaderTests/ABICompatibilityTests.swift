@@ -76,16 +76,22 @@ struct ABICompatibilityTests {
         }
     }
 
+    /// `count` messages published on `channel` and delivered to a subscriber that leaves them
+    /// unsettled: their delivery ids.
+    static func unsettledDeliveries(_ count: Int, on channel: String, of transport: Transport) async throws -> [DeliveryID] {
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: channel, maxInFlight: 10), handler: inbox.handler(client: transport.client, settle: nil))
+        for index in 0..<count { try transport.client.publish(Message(id: "\(channel)-\(index)", channel: channel)) }
+        #expect(await eventually { inbox.count == count }, "got \(inbox.count) of \(count)")
+        return inbox.received.map(\.delivery)
+    }
+
     @Test("settle_batch refuses settlements smaller than ABI 1.0's, one by one, and settles none of them")
     func undersizedSettlementsRefused() async throws {
         let plugin = try BuildProducts.plugin("queue")
         let transport = try Transport(name: "q", plugin: plugin, configJSON: "{}")
         defer { transport.close() }
-        let inbox = Collector()
-        _ = try transport.client.subscribe(SubscribeOptions(channel: "small", maxInFlight: 10), handler: inbox.handler(client: transport.client, settle: nil))
-        for index in 0..<2 { try transport.client.publish(Message(id: "small-\(index)", channel: "small")) }
-        #expect(await eventually { inbox.count == 2 }, "got \(inbox.count) of 2")
-        let deliveries = inbox.received.map(\.delivery)
+        let deliveries = try await Self.unsettledDeliveries(2, on: "small", of: transport)
         // Zeroed settlements read as acknowledgements past their size: a reader that looked
         // there would settle both. Sizes 0 (every element at the same address) and 16.
         for size in [0, 16] as [UInt32] {
@@ -109,11 +115,7 @@ struct ABICompatibilityTests {
         let plugin = try BuildProducts.plugin("queue")
         let transport = try Transport(name: "q", plugin: plugin, configJSON: "{}")
         defer { transport.close() }
-        let inbox = Collector()
-        _ = try transport.client.subscribe(SubscribeOptions(channel: "whole", maxInFlight: 10), handler: inbox.handler(client: transport.client, settle: nil))
-        for index in 0..<3 { try transport.client.publish(Message(id: "whole-\(index)", channel: "whole")) }
-        #expect(await eventually { inbox.count == 3 }, "got \(inbox.count) of 3")
-        let deliveries = inbox.received.map(\.delivery)
+        let deliveries = try await Self.unsettledDeliveries(3, on: "whole", of: transport)
         // The same plugin, but its settle_batch fails as a whole and writes no status.
         let failing = UnsafeMutablePointer<sy_plugin_descriptor>.allocate(capacity: 1)
         defer { failing.deallocate() }
