@@ -33,6 +33,8 @@ final class PluginProcess: @unchecked Sendable {
     private let ended = Atomic<Bool>(false)
     private let killed = Atomic<Bool>(false)
     private let readerThread = Atomic<UInt>(0)
+    /// Frames posted from the reader thread, not sent yet (only the reader thread touches it).
+    private var queued: [UInt8] = []
     /// Why it ended, once it has.
     private let endReason = Guarded<String?>(nil)
 
@@ -120,9 +122,11 @@ final class PluginProcess: @unchecked Sendable {
         let thread = Thread { [self] in
             readerThread.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
             var failure: String?
+            let reader = FrameReader(fd: fd)
+            reader.beforeWaiting = { [self] in flushQueued() }
             while true {
                 do throws(TransportError) {
-                    guard let frame = try FrameIO.read(from: fd) else { break }
+                    guard let frame = try reader.next() else { break }
                     if frame.kind == .reply {
                         complete(frame)
                     } else {
@@ -187,10 +191,27 @@ final class PluginProcess: @unchecked Sendable {
         return try waiter.result!.get()
     }
 
-    /// Sends a request without waiting for its reply (sequence 0: the reply is ignored).
+    /// Sends a request without waiting for its reply (sequence 0: the reply is ignored). On the
+    /// reader thread (a subscriber's publish and settle from inside its delivery) the frame is
+    /// queued and sent with the others queued there when the reader next waits for the child:
+    /// one write, and one wake-up of the child, for a delivery's reply and its settlement.
     func post(_ kind: WireKind, _ payload: [UInt8]) throws(TransportError) {
         guard !hasEnded else { throw TransportError(.unavailable, "the plugin process \(endReasonText)") }
-        try writeLock.withLock { _ throws(TransportError) in try FrameIO.write(Frame(kind: kind, sequence: 0, payload: payload), to: fd) }
+        let frame = Frame(kind: kind, sequence: 0, payload: payload)
+        if onReaderThread {
+            FrameIO.append(frame, to: &queued)
+            if queued.count >= 64 << 10 { flushQueued() }
+            return
+        }
+        try writeLock.withLock { _ throws(TransportError) in try FrameIO.write(frame, to: fd) }
+    }
+
+    /// Sends the frames the reader thread queued (on the reader thread). A failed write is not
+    /// reported: the child is gone, and the reader reaches end of stream next.
+    private func flushQueued() {
+        guard !queued.isEmpty else { return }
+        try? writeLock.withLock { _ throws(TransportError) in try FrameIO.writeAll(queued, to: fd) }
+        queued.removeAll(keepingCapacity: true)
     }
 
     /// Kills the child (SIGKILL): a hung plugin gets no chance to finish.

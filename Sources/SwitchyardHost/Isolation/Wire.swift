@@ -172,37 +172,28 @@ struct WireReader {
     }
 }
 
-/// Reading and writing whole frames on a blocking stream socket.
+/// Writing whole frames on a blocking stream socket.
 enum FrameIO {
-    /// Writes `frame` completely (the caller serialises writers).
+    /// Writes `frame` completely, header and payload in one `send` (the caller serialises
+    /// writers). Two sends would wake a reader blocked on the other end twice — a context
+    /// switch each on a busy machine — for one frame.
     static func write(_ frame: Frame, to fd: Int32) throws(TransportError) {
-        var header = WireWriter()
-        header.integer(UInt32(1 + 8 + frame.payload.count))
-        header.integer(frame.kind.rawValue)
-        header.integer(frame.sequence)
-        try writeAll(header.bytes, to: fd)
-        try writeAll(frame.payload, to: fd)
+        var bytes: [UInt8] = []
+        append(frame, to: &bytes)
+        try writeAll(bytes, to: fd)
     }
 
-    /// Reads the next frame; nil at end of stream.
-    static func read(from fd: Int32) throws(TransportError) -> Frame? {
-        guard let lengthBytes = try readExactly(4, from: fd) else { return nil }
-        var lengthReader = WireReader(lengthBytes)
-        let length = Int(try lengthReader.integer("frame length") as UInt32)
-        guard length >= 9, length <= maxFrameBytes else {
-            throw TransportError(.invalidArgument, "corrupt frame: length \(length)")
-        }
-        guard let body = try readExactly(length, from: fd) else {
-            throw TransportError(.io, "the socket closed in the middle of a frame")
-        }
-        var reader = WireReader(body)
-        let rawKind: UInt8 = try reader.integer("kind")
-        guard let kind = WireKind(rawValue: rawKind) else { throw TransportError(.invalidArgument, "corrupt frame: unknown kind \(rawKind)") }
-        let sequence: UInt64 = try reader.integer("sequence")
-        return Frame(kind: kind, sequence: sequence, payload: Array(body[9...]))
+    /// Appends `frame`'s bytes, header and payload, to `bytes`.
+    static func append(_ frame: Frame, to bytes: inout [UInt8]) {
+        bytes.reserveCapacity(bytes.count + 13 + frame.payload.count)
+        withUnsafeBytes(of: UInt32(1 + 8 + frame.payload.count).littleEndian) { bytes += $0 }
+        bytes.append(frame.kind.rawValue)
+        withUnsafeBytes(of: frame.sequence.littleEndian) { bytes += $0 }
+        bytes += frame.payload
     }
 
-    private static func writeAll(_ bytes: [UInt8], to fd: Int32) throws(TransportError) {
+    /// Writes `bytes` (whole frames) completely.
+    static func writeAll(_ bytes: [UInt8], to fd: Int32) throws(TransportError) {
         var written = 0
         while written < bytes.count {
             let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + written, $0.count - written, Int32(MSG_NOSIGNAL)) }
@@ -213,22 +204,80 @@ enum FrameIO {
             written += n
         }
     }
+}
 
-    private static func readExactly(_ count: Int, from fd: Int32) throws(TransportError) -> [UInt8]? {
-        var buffer = [UInt8](repeating: 0, count: count)
-        var got = 0
-        while got < count {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
+/// Reads whole frames from a blocking stream socket through a buffer: one `recv` takes every
+/// frame the peer has sent so far, so a burst of frames (deliveries, settlements) costs one
+/// system call rather than two per frame. One reader at a time (not thread-safe).
+final class FrameReader {
+    private let fd: Int32
+    private var buffer: [UInt8]
+    /// The unread bytes are `buffer[start..<end]`.
+    private var start = 0
+    private var end = 0
+    /// The buffer's usual size; a frame larger than this gets a buffer of its own size.
+    private let capacity: Int
+    /// Runs before every read that may wait for the peer (the parent flushes the frames its
+    /// reader thread queued: see ``PluginProcess/post(_:_:)``).
+    var beforeWaiting: (() -> Void)?
+
+    init(fd: Int32, capacity: Int = 64 << 10) {
+        self.fd = fd
+        self.capacity = capacity
+        self.buffer = [UInt8](repeating: 0, count: capacity)
+    }
+
+    /// The next frame; nil at end of stream between frames.
+    func next() throws(TransportError) -> Frame? {
+        guard try fill(4) else { return nil }
+        let length = Int(UInt32(littleEndian: buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: start, as: UInt32.self) }))
+        guard length >= 9, length <= maxFrameBytes else {
+            throw TransportError(.invalidArgument, "corrupt frame: length \(length)")
+        }
+        guard try fill(4 + length) else { throw TransportError(.io, "the socket closed in the middle of a frame") }
+        let body = start + 4
+        start += 4 + length
+        let rawKind = buffer[body]
+        guard let kind = WireKind(rawValue: rawKind) else { throw TransportError(.invalidArgument, "corrupt frame: unknown kind \(rawKind)") }
+        let sequence = UInt64(littleEndian: buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: body + 1, as: UInt64.self) })
+        return Frame(kind: kind, sequence: sequence, payload: Array(buffer[(body + 9)..<(body + length)]))
+    }
+
+    /// Makes at least `count` unread bytes available; false at end of stream before any byte
+    /// of them arrived, an error when the stream ends part-way.
+    private func fill(_ count: Int) throws(TransportError) -> Bool {
+        if end - start >= count { return true }
+        // Move the unread bytes (usually a few, or none) to the front of a buffer that holds
+        // `count`: this one, or for a large frame a larger one, and a buffer of the usual size
+        // again once the large frame has been read.
+        let size = max(count, capacity)
+        if buffer.count != size && (buffer.count < size || end == start) {
+            var resized = [UInt8](repeating: 0, count: size)
+            resized.withUnsafeMutableBytes { to in
+                buffer.withUnsafeBytes { from in _ = memcpy(to.baseAddress!, from.baseAddress! + start, end - start) }
+            }
+            buffer = resized
+        } else if start > 0 {
+            buffer.withUnsafeMutableBytes { raw in
+                let base = raw.baseAddress!
+                memmove(base, base + start, end - start)
+            }
+        }
+        end -= start
+        start = 0
+        while end < count {
+            beforeWaiting?()
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + end, $0.count - end, 0) }
             if n == 0 {
-                if got == 0 { return nil }
+                if end == 0 { return false }
                 throw TransportError(.io, "the socket closed in the middle of a frame")
             }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw TransportError(.io, "reading from the plugin socket failed: \(String(cString: strerror(errno)))")
             }
-            got += n
+            end += n
         }
-        return buffer
+        return true
     }
 }

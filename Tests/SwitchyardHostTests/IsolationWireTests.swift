@@ -1,0 +1,112 @@
+import Foundation
+import SwitchyardABI
+import Testing
+
+@testable import SwitchyardHost
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The frames `isolation: process` exchanges, read through ``FrameReader``'s buffer: however the
+/// bytes arrive (a byte at a time, many frames in one read, a frame larger than the buffer), each
+/// frame comes out whole and in order, and a stream that ends part-way is an error.
+@Suite("Isolation wire: frames through the reader's buffer")
+struct IsolationWireTests {
+    /// A connected socket pair; both ends closed by `close()`.
+    final class SocketPair: Sendable {
+        let reading: Int32
+        let writing: Int32
+        init() throws {
+            var pair: [Int32] = [-1, -1]
+            #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+            (reading, writing) = (pair[0], pair[1])
+        }
+        func write(_ bytes: [UInt8]) throws {
+            try FrameIO.writeAll(bytes, to: writing)
+        }
+        func closeWriting() { close(writing) }
+        deinit {
+            close(reading)
+            close(writing)
+        }
+    }
+
+    static func frame(_ kind: WireKind, _ sequence: UInt64, payloadBytes: Int) -> Frame {
+        Frame(kind: kind, sequence: sequence, payload: (0..<payloadBytes).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(sequence)) })
+    }
+
+    static func bytes(of frames: [Frame]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for frame in frames { FrameIO.append(frame, to: &bytes) }
+        return bytes
+    }
+
+    static func expectSame(_ read: Frame?, _ sent: Frame) {
+        #expect(read?.kind == sent.kind)
+        #expect(read?.sequence == sent.sequence)
+        #expect(read?.payload == sent.payload)
+    }
+
+    @Test("many frames sent in one write come out one by one, in order; end of stream between frames is nil")
+    func manyInOneWrite() throws {
+        let socket = try SocketPair()
+        let frames = (1...50).map { Self.frame($0 % 2 == 0 ? .settle : .publish, UInt64($0), payloadBytes: $0 * 7) }
+        try socket.write(Self.bytes(of: frames))
+        socket.closeWriting()
+        let reader = FrameReader(fd: socket.reading)
+        for sent in frames { Self.expectSame(try reader.next(), sent) }
+        #expect(try reader.next() == nil)
+    }
+
+    @Test("a frame written a byte at a time, from another thread, is read whole")
+    func byteAtATime() throws {
+        let socket = try SocketPair()
+        let sent = [Self.frame(.deliver, 7, payloadBytes: 300), Self.frame(.reply, 8, payloadBytes: 0)]
+        let bytes = Self.bytes(of: sent)
+        let writer = Thread {
+            for byte in bytes {
+                try? socket.write([byte])
+                usleep(20)
+            }
+        }
+        writer.start()
+        let reader = FrameReader(fd: socket.reading, capacity: 16)
+        for frame in sent { Self.expectSame(try reader.next(), frame) }
+    }
+
+    @Test("a frame larger than the buffer is read whole, and the frames after it too")
+    func largerThanTheBuffer() throws {
+        let socket = try SocketPair()
+        let sent = [
+            Self.frame(.publish, 1, payloadBytes: 10), Self.frame(.publish, 2, payloadBytes: 1 << 20),
+            Self.frame(.settle, 3, payloadBytes: 5), Self.frame(.publish, 4, payloadBytes: 200_000),
+        ]
+        let bytes = Self.bytes(of: sent)
+        let writer = Thread { try? socket.write(bytes) }  // more than the socket holds: written while read
+        writer.start()
+        let reader = FrameReader(fd: socket.reading, capacity: 4096)
+        for frame in sent { Self.expectSame(try reader.next(), frame) }
+    }
+
+    @Test("a stream that ends in the middle of a frame, or with a corrupt length or kind, is an error naming it")
+    func truncatedOrCorrupt() throws {
+        let whole = Self.bytes(of: [Self.frame(.publish, 1, payloadBytes: 40)])
+        let truncated = try SocketPair()
+        try truncated.write(Array(whole.prefix(20)))
+        truncated.closeWriting()
+        #expect(throws: TransportError.self) { try FrameReader(fd: truncated.reading).next() }
+
+        let shortLength = try SocketPair()
+        try shortLength.write([3, 0, 0, 0, 1, 2, 3])
+        let lengthError = #expect(throws: TransportError.self) { try FrameReader(fd: shortLength.reading).next() }
+        #expect(lengthError?.message.contains("length 3") == true)
+
+        var unknownKind = whole
+        unknownKind[4] = 0xEE
+        let badKind = try SocketPair()
+        try badKind.write(unknownKind)
+        let kindError = #expect(throws: TransportError.self) { try FrameReader(fd: badKind.reading).next() }
+        #expect(kindError?.message.contains("unknown kind 238") == true)
+    }
+}
