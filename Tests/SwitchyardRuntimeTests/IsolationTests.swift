@@ -141,6 +141,38 @@ struct IsolationTests {
         }
     }
 
+    @Test("in the child, a publish waiting for room does not stop the settlement that makes the room from being served")
+    func blockedPublishDoesNotHoldSettlements() async throws {
+        try await offPool {
+            let config = #"{"capacity": 1, "full_wait": "10s"}"#
+            let transport = try Transport(name: "full", plugin: try BuildProducts.plugin("queue"), configJSON: config, isolation: Self.quick)
+            defer { transport.close() }
+            let client = transport.client
+            let delivered = Guarded<[DeliveryID]>([])
+            let subscription = try client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 1)) { delivery, _ in
+                delivered.withLock { $0.append(delivery) }
+                return .ok
+            }
+            defer { try? client.unsubscribe(subscription) }
+            try client.publish(Self.message("1", "first"))  // the queue is now full until it is acked
+            #expect(waitUntil(10) { delivered.withLock { $0.count } == 1 })
+            let secondPublished = Guarded<Result<Void, TransportError>?>(nil)
+            let publisher = Thread {
+                let result = Result { () throws(TransportError) in try client.publish(Self.message("2", "second")) }
+                secondPublished.withLock { $0 = result }
+            }
+            publisher.start()
+            usleep(200_000)
+            #expect(secondPublished.withLock { $0 } == nil, "the second publish waits for room")
+            let started = monotonicNanoseconds()
+            try client.settle(try #require(delivered.withLock { $0.first }), .ack)  // served while the publish waits
+            #expect(waitUntil(10) { secondPublished.withLock { $0 } != nil })
+            #expect(throws: Never.self) { try secondPublished.withLock { $0 }?.get() }
+            #expect(monotonicNanoseconds() - started < 5_000_000_000, "let in by the settlement, not by full_wait's end")
+            #expect(waitUntil(10) { delivered.withLock { $0.count } == 2 })
+        }
+    }
+
     @Test("the plugin host inherits no descriptors but its socket: not a pipe the host opened without close-on-exec")
     func childInheritsNoDescriptors() async throws {
         try await offPool {

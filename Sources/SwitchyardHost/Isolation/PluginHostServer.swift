@@ -14,8 +14,11 @@ import SwitchyardLoader
 /// socket until the parent asks it to shut down or goes away.
 ///
 /// Requests run concurrently (a slow `publish` or `drain` does not hold up settlements), each on
-/// a Dispatch worker; deliveries are sent to the parent as they happen and taken on its behalf
-/// (a refusal comes back as a `release` settlement). The process exits when the socket closes or
+/// the thread that read it: that thread hands the socket's reading to an idle thread first
+/// (leader/follower), so a request reaches the plugin without waking another thread, and a
+/// request that blocks — a publish waiting for room — never stops the settlements that would make
+/// the room from being read. Deliveries are sent to the parent as they happen and taken on its
+/// behalf (a refusal comes back as a `release` settlement). The process exits when the socket closes or
 /// its parent changes (the parent died), so a child never outlives its host.
 public enum PluginHostServer {
     /// Serves on `fd` and returns the exit status for the process.
@@ -36,32 +39,88 @@ public enum PluginHostServer {
     }
 
     private final class Session: @unchecked Sendable {
-        // @unchecked: `transport` is written once, on the reader thread, before any request that
-        // uses it is dispatched; writes to the socket are serialised by `writeLock`.
+        // @unchecked: `transport` is written once, by the thread holding the reader, before that
+        // thread hands the reader on (under `leadership`'s lock) and so before any request that
+        // uses it is served; the reader is used only by the thread that holds it; writes to the
+        // socket are serialised by `writeLock`; the rest is guarded by `leadership`.
         let fd: Int32
         let logger: Logger
         var transport: Transport?
         let writeLock = Guarded<Void>(())
+        private let reader: FrameReader
+        /// Who reads the socket: at most one thread at a time holds the reader.
+        private let leadership = NSCondition()
+        private var leading = false
+        /// Threads waiting to take the reader.
+        private var idle = 0
+        /// Serving threads started (they never end before the process does).
+        private var threads = 0
+        /// Set once, when the session ends; `ended` is signalled then.
+        private var exitStatus: Int32?
+        private let ended = DispatchSemaphore(value: 0)
+
+        /// Most serving threads, and so most requests served at once. At the limit, the thread
+        /// that read a request serves it before the next request is read.
+        static let maxThreads = 256
 
         init(fd: Int32, logger: Logger) {
             self.fd = fd
             self.logger = logger
+            self.reader = FrameReader(fd: fd)
         }
 
         func run() -> Int32 {
+            leadership.withLock { threads = 1 }
+            startThread()
+            ended.wait()
+            return leadership.withLock { exitStatus ?? 0 }
+        }
+
+        private func startThread() {
+            let thread = Thread { [self] in serve() }
+            thread.name = "switchyard.plugin-host.serve"
+            thread.start()
+        }
+
+        /// One serving thread: takes the reader when no other thread holds it, reads requests
+        /// until one that goes to the plugin, hands the reader on and serves that request; until
+        /// the session ends.
+        private func serve() {
+            while true {
+                leadership.lock()
+                while leading && exitStatus == nil {
+                    idle += 1
+                    leadership.wait()
+                    idle -= 1
+                }
+                if exitStatus != nil {
+                    leadership.unlock()
+                    return
+                }
+                leading = true
+                leadership.unlock()
+                guard let frame = readRequest() else { return }
+                handOver()
+                handle(frame)
+            }
+        }
+
+        /// Reads until a request for the plugin, serving the session's own requests (create,
+        /// shutdown) on the way, still holding the reader; nil once the session has ended.
+        private func readRequest() -> Frame? {
             while true {
                 let frame: Frame?
                 do throws(TransportError) {
-                    frame = try FrameIO.read(from: fd)
+                    frame = try reader.next()
                 } catch {
                     logger.error("plugin host: bad frame from the parent; exiting", metadata: ["reason": "\(error.message)"])
-                    transport?.close()
-                    return 2
+                    end(status: 2)
+                    return nil
                 }
                 guard let frame else {
                     // The parent closed the socket (it exited): release what we hold, then go.
-                    transport?.close()
-                    return 0
+                    end(status: 0)
+                    return nil
                 }
                 switch frame.kind {
                 case .create:
@@ -69,15 +128,40 @@ public enum PluginHostServer {
                 case .shutdown:
                     transport?.close()
                     reply(frame.sequence) { () throws(TransportError) in }
-                    return 0
+                    end(status: 0, closed: true)
+                    return nil
                 default:
                     guard transport != nil else {
                         reply(frame.sequence) { () throws(TransportError) in throw TransportError(.invalidArgument, "no instance: create first") }
                         continue
                     }
-                    DispatchQueue.global().async { [self] in handle(frame) }
+                    return frame
                 }
             }
+        }
+
+        /// Gives the reader to an idle thread, or to a new one while under ``maxThreads``.
+        private func handOver() {
+            leadership.lock()
+            leading = false
+            if idle > 0 {
+                leadership.signal()
+            } else if threads < Self.maxThreads {
+                threads += 1
+                startThread()
+            }
+            leadership.unlock()
+        }
+
+        /// Ends the session (called by the thread holding the reader): closes the instance unless
+        /// `closed`, and lets `run` return `status`.
+        private func end(status: Int32, closed: Bool = false) {
+            if !closed { transport?.close() }
+            leadership.withLock {
+                exitStatus = status
+                leadership.broadcast()
+            }
+            ended.signal()
         }
 
         private func create(_ payload: [UInt8]) throws(TransportError) {
