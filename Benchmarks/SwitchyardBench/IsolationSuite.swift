@@ -5,7 +5,10 @@ import SwitchyardHost
 /// `isolation`: what `isolation: process` costs. The same request-reply round trip (two hops,
 /// each publish → deliver → ack) through the in-memory queue plugin loaded in this process, and
 /// through the same plugin in a `switchyard plugin-host` child, in the same run; plus one-way
-/// publishes from one thread (each waits for the child's answer).
+/// publishes from one thread (each waits for the child's answer); and, for the floor under both,
+/// a bare round trip over a Unix socket pair between two threads: an isolated request-reply
+/// crosses the socket four times (request, its delivery, the reply, its delivery), two round
+/// trips' worth, and an isolated publish once each way.
 struct IsolationSuite: BenchSuite {
     let name = "isolation"
     let summary = "isolation: process: request-reply round trip and publish rate through a queue in a child vs in process"
@@ -28,8 +31,12 @@ struct IsolationSuite: BenchSuite {
         let localRate = try publishRate(local, count: publishes)
         let isolatedRate = try publishRate(isolated, count: publishes)
 
+        context.progress("isolation: a bare socket round trip")
+        let socketP50 = try socketRoundTrips(count: count)
+
         let localP50 = percentile(localLatencies, 0.5) / 1000
         return [
+            BenchResult(suite: name, metric: "socket_round_trip_p50_us", value: socketP50 / 1000, unit: "µs"),
             BenchResult(suite: name, metric: "in_process_request_reply_p50_us", value: localP50, unit: "µs"),
             BenchResult(
                 suite: name, metric: "isolated_request_reply_p50_us", value: percentile(isolatedLatencies, 0.5) / 1000, unit: "µs",
@@ -40,6 +47,37 @@ struct IsolationSuite: BenchSuite {
                 suite: name, metric: "isolated_publish_msgs_per_s", value: isolatedRate, unit: "msgs/s",
                 baseline: ("in_process_publish_msgs_per_s", localRate)),
         ]
+    }
+
+    /// Median nanoseconds of a 64-byte ping-pong between this thread and an echoing one over a
+    /// Unix socket pair: the cost of one round trip through the kernel, with a wake-up each way.
+    private func socketRoundTrips(count: Int) throws -> Double {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0 else {
+            throw BenchUnavailable("socketpair failed: \(String(cString: strerror(errno)))")
+        }
+        let (near, far) = (pair[0], pair[1])
+        let echo = Thread {
+            var buffer = [UInt8](repeating: 0, count: 64)
+            while buffer.withUnsafeMutableBytes({ recv(far, $0.baseAddress, 64, Int32(MSG_WAITALL)) }) == 64 {
+                _ = buffer.withUnsafeBytes { send(far, $0.baseAddress, 64, Int32(MSG_NOSIGNAL)) }
+            }
+            close(far)
+        }
+        echo.start()
+        defer { close(near) }  // the echo thread sees end of stream and ends
+        var buffer = [UInt8](repeating: 1, count: 64)
+        var latencies: [Double] = []
+        latencies.reserveCapacity(count)
+        for index in 0..<(count + 1000) {
+            let start = Measure.now()
+            _ = buffer.withUnsafeBytes { send(near, $0.baseAddress, 64, Int32(MSG_NOSIGNAL)) }
+            guard buffer.withUnsafeMutableBytes({ recv(near, $0.baseAddress, 64, Int32(MSG_WAITALL)) }) == 64 else {
+                throw BenchUnavailable("the socket round trip failed")
+            }
+            if index >= 1000 { latencies.append(Double(Measure.now() - start)) }
+        }
+        return percentile(latencies.sorted(), 0.5)
     }
 
     /// Messages per second published one at a time from this thread (nobody subscribed).
