@@ -53,7 +53,7 @@ public enum PluginHostServer {
         private var leading = false
         /// Threads waiting to take the reader.
         private var idle = 0
-        /// Serving threads started (they never end before the process does).
+        /// Serving threads running.
         private var threads = 0
         /// Set once, when the session ends; `ended` is signalled then.
         private var exitStatus: Int32?
@@ -62,6 +62,8 @@ public enum PluginHostServer {
         /// Most serving threads, and so most requests served at once. At the limit, the thread
         /// that read a request serves it before the next request is read.
         static let maxThreads = 256
+        /// How long a thread waits for the reader before it ends, if another thread is waiting too.
+        static let idleThreadLifetime: TimeInterval = 30
 
         init(fd: Int32, logger: Logger) {
             self.fd = fd
@@ -90,8 +92,14 @@ public enum PluginHostServer {
                 leadership.lock()
                 while leading && exitStatus == nil {
                     idle += 1
-                    leadership.wait()
+                    let woken = leadership.wait(until: Date(timeIntervalSinceNow: Self.idleThreadLifetime))
                     idle -= 1
+                    if !woken && leading && idle > 0 {
+                        // A burst's threads end once it has passed; one idle thread stays.
+                        threads -= 1
+                        leadership.unlock()
+                        return
+                    }
                 }
                 if exitStatus != nil {
                     leadership.unlock()
