@@ -13,22 +13,29 @@ import Testing
 /// frame comes out whole and in order, and a stream that ends part-way is an error.
 @Suite("Isolation wire: frames through the reader's buffer")
 struct IsolationWireTests {
-    /// A connected socket pair; both ends closed by `close()`.
+    /// A connected socket pair; each end closed once (tests run in parallel: closing a number
+    /// twice could close another test's socket that reused it).
     final class SocketPair: Sendable {
         let reading: Int32
-        let writing: Int32
+        private let writing: Guarded<Int32>
         init() throws {
             var pair: [Int32] = [-1, -1]
             #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
-            (reading, writing) = (pair[0], pair[1])
+            reading = pair[0]
+            writing = Guarded(pair[1])
         }
         func write(_ bytes: [UInt8]) throws {
-            try FrameIO.writeAll(bytes, to: writing)
+            try writing.withLock { fd throws(TransportError) in try FrameIO.writeAll(bytes, to: fd) }
         }
-        func closeWriting() { close(writing) }
+        func closeWriting() {
+            writing.withLock { fd in
+                if fd >= 0 { close(fd) }
+                fd = -1
+            }
+        }
         deinit {
             close(reading)
-            close(writing)
+            closeWriting()
         }
     }
 
@@ -95,7 +102,13 @@ struct IsolationWireTests {
         let truncated = try SocketPair()
         try truncated.write(Array(whole.prefix(20)))
         truncated.closeWriting()
-        #expect(throws: TransportError.self) { try FrameReader(fd: truncated.reading).next() }
+        let truncation = #expect(throws: TransportError.self) { try FrameReader(fd: truncated.reading).next() }
+        #expect(truncation?.message.contains("closed in the middle of a frame") == true)
+        let inHeader = try SocketPair()
+        try inHeader.write([20, 0])
+        inHeader.closeWriting()
+        let headerTruncation = #expect(throws: TransportError.self) { try FrameReader(fd: inHeader.reading).next() }
+        #expect(headerTruncation?.message.contains("closed in the middle of a frame") == true)
 
         let shortLength = try SocketPair()
         try shortLength.write([3, 0, 0, 0, 1, 2, 3])

@@ -27,14 +27,15 @@ final class PluginProcess: @unchecked Sendable {
         var result: Result<WireReader, TransportError>?  // written before `done` is signalled
     }
 
-    private let writeLock = Guarded<Void>(())
+    /// Frames not written yet: those the reader thread queued (see ``post(_:_:)``). Every write,
+    /// from any thread, appends its frame and writes the lot under this lock, so frames reach the
+    /// child in the order they were sent or queued.
+    private let output = Guarded<[UInt8]>([])
     private let pending = Guarded<[UInt64: Pending]>([:])
     private let nextSequence = Atomic<UInt64>(1)
     private let ended = Atomic<Bool>(false)
     private let killed = Atomic<Bool>(false)
     private let readerThread = Atomic<UInt>(0)
-    /// Frames posted from the reader thread, not sent yet (only the reader thread touches it).
-    private var queued: [UInt8] = []
     /// Why it ended, once it has.
     private let endReason = Guarded<String?>(nil)
 
@@ -172,7 +173,7 @@ final class PluginProcess: @unchecked Sendable {
             throw TransportError(.unavailable, "the plugin process \(endReasonText)")
         }
         do throws(TransportError) {
-            try writeLock.withLock { _ throws(TransportError) in try FrameIO.write(Frame(kind: kind, sequence: sequence, payload: payload), to: fd) }
+            try send(Frame(kind: kind, sequence: sequence, payload: payload), queueOnly: false)
         } catch {
             pending.withLock { _ = $0.removeValue(forKey: sequence) }
             throw TransportError(.unavailable, "the plugin process cannot be reached (\(error.message))")
@@ -193,25 +194,40 @@ final class PluginProcess: @unchecked Sendable {
 
     /// Sends a request without waiting for its reply (sequence 0: the reply is ignored). On the
     /// reader thread (a subscriber's publish and settle from inside its delivery) the frame is
-    /// queued and sent with the others queued there when the reader next waits for the child:
-    /// one write, and one wake-up of the child, for a delivery's reply and its settlement.
+    /// queued, and goes out with everything else queued there once the reader has handled every
+    /// frame it has received and is about to wait — one write, and one wake-up of the child, for a
+    /// burst of deliveries' replies and settlements — or before any frame sent after it by another
+    /// thread. A queued frame that cannot be written is not reported: the child has gone, and its
+    /// end is.
     func post(_ kind: WireKind, _ payload: [UInt8]) throws(TransportError) {
         guard !hasEnded else { throw TransportError(.unavailable, "the plugin process \(endReasonText)") }
-        let frame = Frame(kind: kind, sequence: 0, payload: payload)
-        if onReaderThread {
-            FrameIO.append(frame, to: &queued)
-            if queued.count >= 64 << 10 { flushQueued() }
-            return
-        }
-        try writeLock.withLock { _ throws(TransportError) in try FrameIO.write(frame, to: fd) }
+        try send(Frame(kind: kind, sequence: 0, payload: payload), queueOnly: onReaderThread)
     }
 
-    /// Sends the frames the reader thread queued (on the reader thread). A failed write is not
-    /// reported: the child is gone, and the reader reaches end of stream next.
+    /// Writes `frame` after every frame queued before it; with `queueOnly`, queues it instead
+    /// unless 64 KiB are queued.
+    private func send(_ frame: Frame, queueOnly: Bool) throws(TransportError) {
+        try output.withLock { (queued) throws(TransportError) in
+            FrameIO.append(frame, to: &queued)
+            guard !queueOnly || queued.count >= 64 << 10 else { return }
+            try Self.write(&queued, to: fd)
+        }
+    }
+
+    /// Writes what the reader thread queued (on the reader thread, before it waits).
     private func flushQueued() {
-        guard !queued.isEmpty else { return }
-        try? writeLock.withLock { _ throws(TransportError) in try FrameIO.writeAll(queued, to: fd) }
-        queued.removeAll(keepingCapacity: true)
+        output.withLock { queued in
+            guard !queued.isEmpty else { return }
+            try? Self.write(&queued, to: fd)
+        }
+    }
+
+    /// Writes `queued` and empties it, keeping its storage unless a large frame grew it.
+    private static func write(_ queued: inout [UInt8], to fd: Int32) throws(TransportError) {
+        defer {
+            if queued.capacity > 1 << 20 { queued = [] } else { queued.removeAll(keepingCapacity: true) }
+        }
+        try FrameIO.writeAll(queued, to: fd)
     }
 
     /// Kills the child (SIGKILL): a hung plugin gets no chance to finish.

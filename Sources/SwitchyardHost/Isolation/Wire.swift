@@ -37,6 +37,14 @@ enum WireKind: UInt8 {
     case stats = 8
     /// Parent → child: destroy the instance and exit.
     case shutdown = 9
+    /// Parent → child (`settle_batch`): payload count u32, then that many pairs of delivery id
+    /// u64 and settlement (as in `settle`). Reply data: count u32, then each one's status i32 and
+    /// message (empty when settled).
+    case settleBatch = 10
+    /// Parent → child (`publish_and_settle`, offered only for a plugin that has it): payload
+    /// count u32, that many messages, then delivery id u64 and settlement. Both in one unit in
+    /// the child, or neither.
+    case publishAndSettle = 11
     /// Child → parent: status i32, message, then the request's reply data.
     case reply = 0x40
     /// Child → parent: parent subscription id u64, the child's delivery id u64, one message.
@@ -46,10 +54,15 @@ enum WireKind: UInt8 {
     case deadLettered = 0x42
     /// Child → parent: the plugin recorded a metric: kind i32, name, value (f64 bits) u64.
     case metric = 0x43
+    /// Child → parent (`deliver_batch`): parent subscription id u64, count u32, then that many
+    /// pairs of the child's delivery id u64 and message.
+    case deliverBatch = 0x44
 }
 
 /// The protocol version carried by `create`; a child refuses any other.
-let wireVersion: UInt32 = 2  // 2: dead-letter and metric reports (child → parent)
+/// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle and
+/// deliver_batch frames.
+let wireVersion: UInt32 = 3
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
 let maxFrameBytes = 256 << 20
@@ -185,7 +198,8 @@ enum FrameIO {
 
     /// Appends `frame`'s bytes, header and payload, to `bytes`.
     static func append(_ frame: Frame, to bytes: inout [UInt8]) {
-        bytes.reserveCapacity(bytes.count + 13 + frame.payload.count)
+        // Sized once for a lone frame; a buffer that collects frames grows geometrically.
+        if bytes.isEmpty { bytes.reserveCapacity(13 + frame.payload.count) }
         withUnsafeBytes(of: UInt32(1 + 8 + frame.payload.count).littleEndian) { bytes += $0 }
         bytes.append(frame.kind.rawValue)
         withUnsafeBytes(of: frame.sequence.littleEndian) { bytes += $0 }
