@@ -15,9 +15,10 @@ import SwitchyardLoader
 ///
 /// Requests run concurrently (a slow `publish` or `drain` does not hold up settlements), each on
 /// the thread that read it: that thread hands the socket's reading to an idle thread first
-/// (leader/follower), so a request reaches the plugin without waking another thread, and a
-/// request that blocks — a publish waiting for room — never stops the settlements that would make
-/// the room from being read. Deliveries are sent to the parent as they happen and taken on its
+/// (leader/follower), so a request reaches the plugin without a hop to another thread, and a
+/// request that blocks — a publish waiting for room — does not stop the settlements that would
+/// make the room from being read (up to 256 requests served at once; past that, the next request
+/// is read when one finishes). Deliveries are sent to the parent as they happen and taken on its
 /// behalf (a refusal comes back as a `release` settlement). The process exits when the socket closes or
 /// its parent changes (the parent died), so a child never outlives its host.
 public enum PluginHostServer {
@@ -48,22 +49,39 @@ public enum PluginHostServer {
         var transport: Transport?
         let writeLock = Guarded<Void>(())
         private let reader: FrameReader
-        /// Who reads the socket: at most one thread at a time holds the reader.
-        private let leadership = NSCondition()
-        private var leading = false
-        /// Threads waiting to take the reader.
-        private var idle = 0
-        /// Serving threads running.
-        private var threads = 0
-        /// Set once, when the session ends; `ended` is signalled then.
-        private var exitStatus: Int32?
+
+        /// A serving thread waiting to be handed the reader.
+        private final class IdleThread: Sendable {
+            let handed = DispatchSemaphore(value: 0)
+        }
+
+        private struct Leadership {
+            /// A thread holds the reader (at most one does).
+            var leading = false
+            /// Threads waiting to be handed the reader, the most recently idle last: the reader
+            /// goes to it, so threads a burst left behind stay idle and end.
+            var idle: [IdleThread] = []
+            /// Serving threads running.
+            var threads = 0
+            /// Requests read and not yet answered.
+            var serving = 0
+            /// The session's end is waiting for `serving` to reach zero (`served` is signalled).
+            var awaitingServed = false
+            /// Set once, when the session ends.
+            var exitStatus: Int32?
+        }
+        private let leadership = Guarded(Leadership())
+        private let served = DispatchSemaphore(value: 0)
         private let ended = DispatchSemaphore(value: 0)
 
-        /// Most serving threads, and so most requests served at once. At the limit, the thread
-        /// that read a request serves it before the next request is read.
+        /// Most serving threads, and so most requests served at once. At the limit, the next
+        /// request is read when one of them finishes.
         static let maxThreads = 256
-        /// How long a thread waits for the reader before it ends, if another thread is waiting too.
-        static let idleThreadLifetime: TimeInterval = 30
+        /// How long a thread waits for the reader before it ends, if other threads are waiting.
+        static let idleThreadLifetime = DispatchTimeInterval.seconds(30)
+        /// How long the session's end waits for requests still in the plugin before it destroys
+        /// the instance.
+        static let endGrace = DispatchTimeInterval.seconds(5)
 
         init(fd: Int32, logger: Logger) {
             self.fd = fd
@@ -72,10 +90,10 @@ public enum PluginHostServer {
         }
 
         func run() -> Int32 {
-            leadership.withLock { threads = 1 }
+            leadership.withLock { $0.threads = 1 }
             startThread()
             ended.wait()
-            return leadership.withLock { exitStatus ?? 0 }
+            return leadership.withLock { $0.exitStatus ?? 0 }
         }
 
         private func startThread() {
@@ -84,32 +102,59 @@ public enum PluginHostServer {
             thread.start()
         }
 
-        /// One serving thread: takes the reader when no other thread holds it, reads requests
-        /// until one that goes to the plugin, hands the reader on and serves that request; until
-        /// the session ends.
+        /// One serving thread: takes the reader, reads requests until one that goes to the
+        /// plugin, hands the reader on and serves that request; until the session ends or the
+        /// thread is no longer needed.
         private func serve() {
-            while true {
-                leadership.lock()
-                while leading && exitStatus == nil {
-                    idle += 1
-                    let woken = leadership.wait(until: Date(timeIntervalSinceNow: Self.idleThreadLifetime))
-                    idle -= 1
-                    if !woken && leading && idle > 0 {
-                        // A burst's threads end once it has passed; one idle thread stays.
-                        threads -= 1
-                        leadership.unlock()
-                        return
-                    }
-                }
-                if exitStatus != nil {
-                    leadership.unlock()
-                    return
-                }
-                leading = true
-                leadership.unlock()
+            let me = IdleThread()
+            while takeReader(as: me) {
                 guard let frame = readRequest() else { return }
                 handOver()
                 handle(frame)
+                let last = leadership.withLock { state in
+                    state.serving -= 1
+                    return state.serving == 0 && state.awaitingServed
+                }
+                if last { served.signal() }
+            }
+        }
+
+        /// Waits until this thread holds the reader; false when the session has ended or the
+        /// thread was idle for ``idleThreadLifetime`` while others were too (it ends).
+        private func takeReader(as me: IdleThread) -> Bool {
+            enum Next { case lead, wait, end, handedMeanwhile }
+            while true {
+                let next = leadership.withLock { state -> Next in
+                    if state.exitStatus != nil { return .end }
+                    if !state.leading {
+                        state.leading = true
+                        return .lead
+                    }
+                    state.idle.append(me)
+                    return .wait
+                }
+                switch next {
+                case .lead: return true
+                case .end: return false
+                case .wait, .handedMeanwhile: break
+                }
+                if me.handed.wait(timeout: .now() + Self.idleThreadLifetime) == .success {
+                    return leadership.withLock { $0.exitStatus == nil }  // handed the reader, or woken by the end
+                }
+                let afterTimeout = leadership.withLock { state -> Next in
+                    guard let index = state.idle.firstIndex(where: { $0 === me }) else { return .handedMeanwhile }
+                    state.idle.remove(at: index)
+                    guard !state.idle.isEmpty else { return .wait }  // the only idle thread stays
+                    state.threads -= 1
+                    return .end
+                }
+                switch afterTimeout {
+                case .end: return false
+                case .handedMeanwhile:
+                    me.handed.wait()  // popped as the wait timed out: its signal is on the way
+                    return leadership.withLock { $0.exitStatus == nil }
+                case .lead, .wait: continue
+                }
             }
         }
 
@@ -134,6 +179,7 @@ public enum PluginHostServer {
                 case .create:
                     reply(frame.sequence) { () throws(TransportError) in try create(frame.payload) }
                 case .shutdown:
+                    awaitServed()
                     transport?.close()
                     reply(frame.sequence) { () throws(TransportError) in }
                     end(status: 0, closed: true)
@@ -148,26 +194,47 @@ public enum PluginHostServer {
             }
         }
 
-        /// Gives the reader to an idle thread, or to a new one while under ``maxThreads``.
+        /// Counts the request just read as being served and gives the reader to the most recently
+        /// idle thread, or to a new one while under ``maxThreads``.
         private func handOver() {
-            leadership.lock()
-            leading = false
-            if idle > 0 {
-                leadership.signal()
-            } else if threads < Self.maxThreads {
-                threads += 1
-                startThread()
+            var startAnother = false
+            let next = leadership.withLock { state -> IdleThread? in
+                state.serving += 1
+                if let next = state.idle.popLast() { return next }  // `leading` passes to it
+                state.leading = false
+                if state.threads < Self.maxThreads {
+                    state.threads += 1
+                    startAnother = true
+                }
+                return nil
             }
-            leadership.unlock()
+            next?.handed.signal()
+            if startAnother { startThread() }
+        }
+
+        /// Waits up to ``endGrace`` for the requests being served to finish: the instance must
+        /// not be destroyed while a call is inside it.
+        private func awaitServed() {
+            let wait = leadership.withLock { state in
+                state.awaitingServed = state.serving > 0
+                return state.awaitingServed
+            }
+            if wait { _ = served.wait(timeout: .now() + Self.endGrace) }
         }
 
         /// Ends the session (called by the thread holding the reader): closes the instance unless
-        /// `closed`, and lets `run` return `status`.
+        /// `closed` (after the requests being served, within ``endGrace``), wakes the idle
+        /// threads to end, and lets `run` return `status`.
         private func end(status: Int32, closed: Bool = false) {
-            if !closed { transport?.close() }
-            leadership.withLock {
-                exitStatus = status
-                leadership.broadcast()
+            let idle = leadership.withLock { state in
+                state.exitStatus = status
+                defer { state.idle.removeAll() }
+                return state.idle
+            }
+            for thread in idle { thread.handed.signal() }
+            if !closed {
+                awaitServed()
+                transport?.close()
             }
             ended.signal()
         }
@@ -232,13 +299,26 @@ public enum PluginHostServer {
                 replyWith(frame.sequence) { () throws(TransportError) in
                     let parentID: SubscriptionID = try reader.integer("subscription")
                     let options = try reader.options()
-                    let id = try client.subscribe(options) { [self] delivery, message in
-                        var payload = WireWriter()
-                        payload.integer(parentID)
-                        payload.integer(delivery)
-                        payload.message(message.copy())
-                        return send(Frame(kind: .deliver, sequence: 0, payload: payload.bytes)) ? .ok : .unavailable
-                    }
+                    let id = try client.subscribe(
+                        options,
+                        handler: { [self] delivery, message in
+                            var payload = WireWriter()
+                            payload.integer(parentID)
+                            payload.integer(delivery)
+                            payload.message(message.copy())
+                            return send(Frame(kind: .deliver, sequence: 0, payload: payload.bytes)) ? .ok : .unavailable
+                        },
+                        batchHandler: { [self] deliveries, messages in
+                            // A plugin's batch crosses the socket as one frame.
+                            var payload = WireWriter()
+                            payload.integer(parentID)
+                            payload.integer(UInt32(messages.count))
+                            for index in messages.indices {
+                                payload.integer(deliveries[index])
+                                payload.message(messages[index].copy())
+                            }
+                            return send(Frame(kind: .deliverBatch, sequence: 0, payload: payload.bytes)) ? messages.count : 0
+                        })
                     var out = WireWriter()
                     out.integer(id)
                     return out.bytes
@@ -249,6 +329,27 @@ public enum PluginHostServer {
                 reply(frame.sequence) { () throws(TransportError) in
                     let delivery: DeliveryID = try reader.integer("delivery")
                     try client.settle(delivery, try reader.settlement())
+                }
+            case .settleBatch:
+                replyWith(frame.sequence) { () throws(TransportError) in
+                    let count: UInt32 = try reader.integer("count")
+                    var batch: [(DeliveryID, Settlement)] = []
+                    for _ in 0..<count { batch.append((try reader.integer("delivery"), try reader.settlement())) }
+                    var out = WireWriter()
+                    out.integer(UInt32(batch.count))
+                    for outcome in try client.settle(batch: batch) {
+                        out.integer(outcome?.code.rawValue ?? StatusCode.ok.rawValue)
+                        out.string(outcome?.message ?? "")
+                    }
+                    return out.bytes
+                }
+            case .publishAndSettle:
+                reply(frame.sequence) { () throws(TransportError) in
+                    let count: UInt32 = try reader.integer("count")
+                    var batch: [Message] = []
+                    for _ in 0..<count { batch.append(try reader.message()) }
+                    let delivery: DeliveryID = try reader.integer("delivery")
+                    try client.publish(batch, settling: delivery, try reader.settlement())
                 }
             case .drain:
                 reply(frame.sequence) { () throws(TransportError) in try client.drain(deadlineNanos: try reader.integer("deadline")) }
