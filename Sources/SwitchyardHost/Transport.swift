@@ -152,7 +152,9 @@ public final class Transport: Sendable {
         let adapter = PluginExport.inProcess(
             proxy,
             info: PluginInfo(
-                name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities))
+                name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities,
+                // Offered when the child's plugin has it: the proxy hands it on as one request.
+                atomicPublishAndSettle: plugin.descriptor.pointee.publish_and_settle != nil))
         self.name = name
         self.plugin = plugin
         self.inner = nil

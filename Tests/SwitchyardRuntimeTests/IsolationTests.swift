@@ -173,6 +173,74 @@ struct IsolationTests {
         }
     }
 
+    @Test("ABI 1.3 batches cross the socket whole: deliver_batch and settle_batch, and publish_and_settle is offered when the child's plugin has it")
+    func batchesCrossWhole() async throws {
+        try await offPool {
+            let transport = try Transport(name: "batched", plugin: try BuildProducts.plugin("queue"), isolation: Self.quick)
+            defer { transport.close() }
+            let client = transport.client
+            #expect(client.descriptor.pointee.publish_and_settle != nil, "the queue's publish_and_settle is offered through the child")
+            let batchSizes = Guarded<[Int]>([])
+            let received = Guarded<[(delivery: DeliveryID, id: String)]>([])
+            let subscription = try client.subscribe(
+                SubscribeOptions(channel: "work", maxInFlight: 256),
+                handler: { delivery, view in
+                    received.withLock { $0.append((delivery, view.copy().id)) }
+                    return .ok
+                },
+                batchHandler: { deliveries, views in
+                    batchSizes.withLock { $0.append(views.count) }
+                    received.withLock { for index in views.indices { $0.append((deliveries[index], views[index].copy().id)) } }
+                    return views.count
+                })
+            defer { try? client.unsubscribe(subscription) }
+            let batch = (0..<200).map { Self.message("m\($0)", "body") }
+            try client.publish(batch: batch)
+            #expect(waitUntil(10) { received.withLock { $0.count } == 200 })
+            #expect(received.withLock { $0.map(\.id) } == batch.map(\.id), "each message once, in order")
+            #expect(batchSizes.withLock { $0.contains { $0 > 1 } }, "deliveries came in batches: \(batchSizes.withLock { $0 })")
+            // Acknowledged as one batch, with an unknown delivery at its end.
+            let outcomes = try client.settle(batch: received.withLock { $0.map(\.delivery) } + [987_654], .ack)
+            #expect(outcomes.count == 201 && outcomes.prefix(200).allSatisfy { $0 == nil })
+            #expect(outcomes.last??.code == .notFound)
+            #expect(waitUntil(10) { (try? client.stats()).flatMap { $0 }.map { $0.acked == 200 && $0.inFlight == 0 } ?? false })
+        }
+    }
+
+    @Test("a settlement queued inside a delivery reaches the child before a shutdown another thread sends after it")
+    func settlementInsideDeliveryPrecedesShutdown() async throws {
+        try await offPool {
+            let directory = try TemporaryDirectory()
+            let queue = try BuildProducts.plugin("queue")
+            let config = #"{"path": "\#(directory.file("q.db"))"}"#
+            // A short lease: a message the first child did not hear acknowledged comes back quickly.
+            let options = SubscribeOptions(channel: "work", visibilityTimeoutNanos: 200_000_000)
+            let acked = DispatchSemaphore(value: 0)
+            let first = try Transport(name: "durable", plugin: queue, configJSON: config, isolation: Self.quick)
+            _ = try first.client.subscribe(options) { [client = first.client] delivery, _ in
+                try? client.settle(delivery, .ack)  // queued: sent once this delivery returns
+                acked.signal()
+                usleep(100_000)  // the shutdown below is sent meanwhile, from another thread
+                return .ok
+            }
+            try first.client.publish(Self.message("1", "once"))
+            #expect(acked.wait(timeout: .now() + 30) == .success)
+            first.close()
+            // A new child on the same file: the message was acknowledged before the first one
+            // shut down, so it never comes again.
+            let second = try Transport(name: "durable", plugin: queue, configJSON: config, isolation: Self.quick)
+            defer { second.close() }
+            let again = Seen()
+            _ = try second.client.subscribe(options) { [client = second.client] delivery, message in
+                again.add(message.copy().id, delivery)
+                try? client.settle(delivery, .ack)
+                return .ok
+            }
+            usleep(1_500_000)
+            #expect(again.ids.isEmpty, "delivered again after its acknowledgement: \(again.ids)")
+        }
+    }
+
     @Test("the plugin host inherits no descriptors but its socket: not a pipe the host opened without close-on-exec")
     func childInheritsNoDescriptors() async throws {
         try await offPool {

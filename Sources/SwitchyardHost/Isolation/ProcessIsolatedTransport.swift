@@ -3,6 +3,7 @@ import Logging
 import SwitchyardABI
 import SwitchyardLoader
 import SwitchyardPluginKit
+import SwitchyardTransportKit
 
 /// How a transport configured with `isolation: process` runs its plugin in a child process.
 public struct ProcessIsolation: Sendable, Hashable {
@@ -173,13 +174,82 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         guard let origin = lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) else {
             throw TransportError(.notFound, "unknown or already settled delivery \(delivery)")
         }
-        guard !origin.process.hasEnded else {
-            throw TransportError(.notFound, "delivery \(delivery) was in flight when its plugin process ended; the transport delivers it again if it is durable")
-        }
+        guard !origin.process.hasEnded else { throw Self.endedBeforeSettled(delivery) }
         var payload = WireWriter()
         payload.integer(origin.childID)
         payload.settlement(settlement)
         _ = try origin.process.request(.settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle")
+    }
+
+    /// One `settleBatch` request per child the deliveries came from (one, unless the child
+    /// restarted while they were out); each delivery's own outcome.
+    func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
+        var results = [TransportError?](repeating: nil, count: batch.count)
+        let origins = lock.withLock { batch.map { state.deliveries.removeValue(forKey: $0.0) } }
+        var groups: [ObjectIdentifier: (process: PluginProcess, indices: [Int])] = [:]
+        for (index, origin) in origins.enumerated() {
+            guard let origin else {
+                results[index] = TransportError(.notFound, "unknown or already settled delivery \(batch[index].0)")
+                continue
+            }
+            guard !origin.process.hasEnded else {
+                results[index] = Self.endedBeforeSettled(batch[index].0)
+                continue
+            }
+            groups[ObjectIdentifier(origin.process), default: (origin.process, [])].indices.append(index)
+        }
+        for (process, indices) in groups.values {
+            var payload = WireWriter()
+            payload.integer(UInt32(indices.count))
+            for index in indices {
+                payload.integer(origins[index]!.childID)
+                payload.settlement(batch[index].1)
+            }
+            do throws(TransportError) {
+                var reply = try process.request(.settleBatch, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle_batch")
+                guard !process.onReaderThread else { continue }  // posted from a delivery: no reply to read
+                let count: UInt32 = try reply.integer("count")
+                guard count == indices.count else {
+                    throw TransportError(.invalidArgument, "corrupt frame: settle_batch answered for \(count) deliveries, not \(indices.count)")
+                }
+                for index in indices {
+                    let status = StatusCode(rawValue: try reply.integer("status"))
+                    let message = try reply.string("message")
+                    if status != .ok { results[index] = TransportError(status, message) }
+                }
+            } catch {
+                for index in indices { results[index] = error }
+            }
+        }
+        return results
+    }
+
+    /// One `publishAndSettle` request to the child the delivery came from: the plugin's own
+    /// `publish_and_settle` there (this is offered only for plugins that have it), both or neither.
+    func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        guard let origin = lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) else {
+            throw TransportError(.notFound, "unknown or already settled delivery \(delivery)")
+        }
+        guard !origin.process.hasEnded else { throw Self.endedBeforeSettled(delivery) }
+        var payload = WireWriter()
+        payload.integer(UInt32(batch.count))
+        for message in batch { payload.message(message.copy()) }
+        payload.integer(origin.childID)
+        payload.settlement(settlement)
+        do throws(TransportError) {
+            _ = try origin.process.request(.publishAndSettle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "publish_and_settle")
+        } catch {
+            // Neither took effect: the delivery is still the subscriber's to settle, unless the
+            // child no longer knows it or is gone.
+            if error.code != .notFound, origin.process.isUsable {
+                lock.withLock { state.deliveries[delivery] = origin }
+            }
+            throw error
+        }
+    }
+
+    private static func endedBeforeSettled(_ delivery: DeliveryID) -> TransportError {
+        TransportError(.notFound, "delivery \(delivery) was in flight when its plugin process ended; the transport delivers it again if it is durable")
     }
 
     func drain(deadlineNanos: Int64) throws(TransportError) {
@@ -296,6 +366,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             onDeadLetter(message, reason)
             return
         }
+        if frame.kind == .deliverBatch {
+            receivedBatch(&reader, from: process)
+            return
+        }
         guard frame.kind == .deliver else { return }
         guard let subscription: SubscriptionID = try? reader.integer("subscription"),
             let childDelivery: DeliveryID = try? reader.integer("delivery")
@@ -321,6 +395,46 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) != nil
         {
             settleInChild(childDelivery, .release, process)
+        }
+    }
+
+    /// A batch from the child, on its reader thread: one batch to the subscriber; the part it
+    /// did not take is released in the child, which offers it again in order.
+    private func receivedBatch(_ reader: inout WireReader, from process: PluginProcess) {
+        guard let subscription: SubscriptionID = try? reader.integer("subscription"), let count: UInt32 = try? reader.integer("count") else {
+            return
+        }
+        var childDeliveries: [DeliveryID] = []
+        var messages: [Message] = []
+        for _ in 0..<count {
+            // A truncated frame ends the batch: the deliveries it did not carry come back when
+            // their leases end.
+            guard let childDelivery: DeliveryID = try? reader.integer("delivery"), let bytes = try? reader.data("message") else { break }
+            do throws(TransportError) {
+                messages.append(try MessageCodec.decode(bytes))
+                childDeliveries.append(childDelivery)
+            } catch {
+                settleInChild(childDelivery, .deadLetter(reason: "malformed message from the plugin process: \(error.message)"), process)
+            }
+        }
+        let target = lock.withLock { () -> (Subscriber, [DeliveryID])? in
+            guard let subscriber = state.subscriptions[subscription]?.subscriber else { return nil }
+            var ids: [DeliveryID] = []
+            ids.reserveCapacity(childDeliveries.count)
+            for childDelivery in childDeliveries {
+                state.deliveries[state.nextDelivery] = (process, childDelivery)
+                ids.append(state.nextDelivery)
+                state.nextDelivery += 1
+            }
+            return (subscriber, ids)
+        }
+        guard let (subscriber, ids) = target else {
+            for childDelivery in childDeliveries { settleInChild(childDelivery, .release, process) }
+            return
+        }
+        let taken = subscriber.deliver(batch: ids, messages)
+        for index in taken..<ids.count where lock.withLock({ state.deliveries.removeValue(forKey: ids[index]) }) != nil {
+            settleInChild(childDeliveries[index], .release, process)
         }
     }
 
