@@ -179,9 +179,12 @@ public enum PluginHostServer {
                 case .create:
                     reply(frame.sequence) { () throws(TransportError) in try create(frame.payload) }
                 case .shutdown:
-                    awaitServed()
-                    transport?.close()
-                    reply(frame.sequence) { () throws(TransportError) in }
+                    let closed = awaitServed()
+                    if closed { transport?.close() }
+                    reply(frame.sequence) { () throws(TransportError) in
+                        // The parent kills a child that does not shut down cleanly.
+                        guard closed else { throw TransportError(.timeout, "calls were still inside the plugin after \(Self.endGrace); not destroyed") }
+                    }
                     end(status: 0, closed: true)
                     return nil
                 default:
@@ -213,18 +216,20 @@ public enum PluginHostServer {
         }
 
         /// Waits up to ``endGrace`` for the requests being served to finish: the instance must
-        /// not be destroyed while a call is inside it.
-        private func awaitServed() {
+        /// not be destroyed while a call is inside it. False when some are still running.
+        private func awaitServed() -> Bool {
             let wait = leadership.withLock { state in
                 state.awaitingServed = state.serving > 0
                 return state.awaitingServed
             }
             if wait { _ = served.wait(timeout: .now() + Self.endGrace) }
+            // Read under the lock the last request's thread took: what it did happens before.
+            return leadership.withLock { $0.serving == 0 }
         }
 
-        /// Ends the session (called by the thread holding the reader): closes the instance unless
-        /// `closed` (after the requests being served, within ``endGrace``), wakes the idle
-        /// threads to end, and lets `run` return `status`.
+        /// Ends the session (called by the thread holding the reader): wakes the idle threads to
+        /// end, closes the instance unless `closed` (once the requests being served have finished,
+        /// if they do within ``endGrace``), and lets `run` return `status`.
         private func end(status: Int32, closed: Bool = false) {
             let idle = leadership.withLock { state in
                 state.exitStatus = status
@@ -232,10 +237,10 @@ public enum PluginHostServer {
                 return state.idle
             }
             for thread in idle { thread.handed.signal() }
-            if !closed {
-                awaitServed()
-                transport?.close()
-            }
+            // A call still inside the plugin after the grace keeps the instance from being
+            // destroyed under it: the process exits without (the plugin's own state is as after a
+            // crash, which a durable plugin survives).
+            if !closed, awaitServed() { transport?.close() }
             ended.signal()
         }
 
