@@ -207,6 +207,70 @@ struct IsolationTests {
         }
     }
 
+    @Test("settle_batch reports each delivery's outcome from the child: one whose lease ran out there is not found, the other is settled")
+    func settleBatchOutcomesFromTheChild() async throws {
+        try await offPool {
+            let transport = try Transport(name: "leases", plugin: try BuildProducts.plugin("queue"), isolation: Self.quick)
+            defer { transport.close() }
+            let client = transport.client
+            let got = Guarded<[(delivery: DeliveryID, id: String)]>([])
+            let options = SubscribeOptions(channel: "work", maxInFlight: 10, visibilityTimeoutNanos: 1_000_000_000)
+            let subscription = try client.subscribe(options) { delivery, view in
+                got.withLock { $0.append((delivery, view.copy().id)) }
+                return .ok
+            }
+            defer { try? client.unsubscribe(subscription) }
+            try client.publish(Self.message("a", "expires"))
+            // Its lease runs out in the child: delivered again, under another delivery id.
+            #expect(waitUntil(30) { got.withLock { $0.filter { $0.id == "a" }.count } >= 2 })
+            try client.publish(Self.message("b", "settles"))
+            #expect(waitUntil(30) { got.withLock { $0.contains { $0.id == "b" } } })
+            let stale = try #require(got.withLock { $0.first }?.delivery)
+            let fresh = try #require(got.withLock { $0.last { $0.id == "b" } }?.delivery)
+            let outcomes = try client.settle(batch: [(stale, .ack), (fresh, .ack)])
+            #expect(outcomes.count == 2)
+            #expect(outcomes.first??.code == .notFound, "the expired delivery: \(String(describing: outcomes.first))")
+            #expect(outcomes.last! == nil, "the live delivery: \(String(describing: outcomes.last))")
+        }
+    }
+
+    @Test("a publish_and_settle the child refuses (draining) does neither: the delivery is still there to settle")
+    func refusedPublishAndSettleLeavesTheDelivery() async throws {
+        try await offPool {
+            let transport = try Transport(name: "pas", plugin: try BuildProducts.plugin("queue"), isolation: Self.quick)
+            defer { transport.close() }
+            let client = transport.client
+            let got = Guarded<[DeliveryID]>([])
+            _ = try client.subscribe(SubscribeOptions(channel: "calls")) { delivery, _ in
+                got.withLock { $0.append(delivery) }
+                return .ok
+            }
+            try client.publish(Self.message("call", "1", channel: "calls"))
+            #expect(waitUntil(30) { got.withLock { $0.count } == 1 })
+            let delivery = try #require(got.withLock { $0.first })
+            // The drain waits for that delivery; meanwhile the child's queue refuses publishes.
+            let drained = Guarded(false)
+            let drainer = Thread {
+                try? client.drain(deadlineNanos: monotonicNanoseconds() + 20_000_000_000)
+                drained.withLock { $0 = true }
+            }
+            drainer.start()
+            #expect(
+                waitUntil(30) {
+                    do {
+                        try client.publish(Self.message("probe", "p", channel: "probes"))
+                        return false
+                    } catch { return (error as? TransportError)?.code == .closed }
+                }, "the child started draining")
+            let refused = #expect(throws: TransportError.self) {
+                try client.publish([Self.message("reply", "r", channel: "replies")], settling: delivery, .ack)
+            }
+            #expect(refused?.code == .closed)
+            try client.settle(delivery, .ack)  // neither happened: the delivery is still the subscriber's
+            #expect(waitUntil(30) { drained.withLock { $0 } }, "the drain ended once the delivery was settled")
+        }
+    }
+
     @Test("a settlement queued inside a delivery reaches the child before a shutdown another thread sends after it")
     func settlementInsideDeliveryPrecedesShutdown() async throws {
         try await offPool {

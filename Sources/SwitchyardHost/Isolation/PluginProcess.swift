@@ -22,15 +22,24 @@ final class PluginProcess: @unchecked Sendable {
     /// Monotonic time it was started, for resetting the restart backoff.
     let startedNanos: Int64
 
+    /// The answer to a request: waited for, or (a request made on the reader thread, which cannot
+    /// wait for what it alone reads) handed to `onReply` there when it comes.
     private final class Pending: @unchecked Sendable {
         let done = DispatchSemaphore(value: 0)
         var result: Result<WireReader, TransportError>?  // written before `done` is signalled
+        let onReply: (@Sendable (Result<WireReader, TransportError>) -> Void)?
+        init(onReply: (@Sendable (Result<WireReader, TransportError>) -> Void)? = nil) { self.onReply = onReply }
     }
 
-    /// Frames not written yet: those the reader thread queued (see ``post(_:_:)``). Every write,
-    /// from any thread, appends its frame and writes the lot under this lock, so frames reach the
-    /// child in the order they were sent or queued.
-    private let output = Guarded<[UInt8]>([])
+    /// Frames not written yet, and whether a thread is writing. A frame is appended here and
+    /// written by whichever thread holds the writing (the first to find none does, until the
+    /// queue is empty), outside the lock: frames reach the child in the order they were queued,
+    /// and a thread that queues one never waits for another's blocked write.
+    private struct Output {
+        var queued: [UInt8] = []
+        var writing = false
+    }
+    private let output = Guarded(Output())
     private let pending = Guarded<[UInt64: Pending]>([:])
     private let nextSequence = Atomic<UInt64>(1)
     private let ended = Atomic<Bool>(false)
@@ -160,9 +169,24 @@ final class PluginProcess: @unchecked Sendable {
 
     /// Sends a request and waits up to `timeoutNanos` for its reply; returns the reply data
     /// after a successful status. `operation` names the request in errors.
-    func request(_ kind: WireKind, _ payload: [UInt8], timeoutNanos: Int64, operation: String) throws(TransportError) -> WireReader {
+    ///
+    /// On the reader thread (a subscriber's publish or settlement from inside its delivery) it
+    /// cannot wait for a reply only that thread would read: the request is queued (see
+    /// ``post(_:_:)``), it returns empty reply data at once, and the reply goes to `ifQueued`
+    /// when the reader reads it (a failure included; nil: ignored).
+    func request(
+        _ kind: WireKind, _ payload: [UInt8], timeoutNanos: Int64, operation: String,
+        ifQueued: (@Sendable (Result<WireReader, TransportError>) -> Void)? = nil
+    ) throws(TransportError) -> WireReader {
         if onReaderThread {
-            try post(kind, payload)
+            guard let ifQueued else {
+                try post(kind, payload)
+                return WireReader([])
+            }
+            guard !hasEnded else { throw TransportError(.unavailable, "the plugin process \(endReasonText)") }
+            let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
+            pending.withLock { $0[sequence] = Pending(onReply: ifQueued) }
+            try send(Frame(kind: kind, sequence: sequence, payload: payload), queueOnly: true)
             return WireReader([])
         }
         let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
@@ -204,30 +228,52 @@ final class PluginProcess: @unchecked Sendable {
         try send(Frame(kind: kind, sequence: 0, payload: payload), queueOnly: onReaderThread)
     }
 
-    /// Writes `frame` after every frame queued before it; with `queueOnly`, queues it instead
-    /// unless 64 KiB are queued.
+    /// Queues `frame` after every frame queued before it and, unless `queueOnly` (and under 64 KiB
+    /// queued) or another thread is writing, writes the queue. A write error is thrown to the
+    /// thread that wrote; frames written by another thread are not reported (the child has gone,
+    /// and its end is).
     private func send(_ frame: Frame, queueOnly: Bool) throws(TransportError) {
-        try output.withLock { (queued) throws(TransportError) in
-            FrameIO.append(frame, to: &queued)
-            guard !queueOnly || queued.count >= 64 << 10 else { return }
-            try Self.write(&queued, to: fd)
+        let write = output.withLock { output -> Bool in
+            FrameIO.append(frame, to: &output.queued)
+            guard !output.writing, !queueOnly || output.queued.count >= 64 << 10 else { return false }
+            output.writing = true
+            return true
         }
+        if write { try writeQueued() }
     }
 
-    /// Writes what the reader thread queued (on the reader thread, before it waits).
+    /// Writes what the reader thread queued (on the reader thread, before it waits), unless
+    /// another thread is writing (it writes it too).
     private func flushQueued() {
-        output.withLock { queued in
-            guard !queued.isEmpty else { return }
-            try? Self.write(&queued, to: fd)
+        let write = output.withLock { output -> Bool in
+            guard !output.writing, !output.queued.isEmpty else { return false }
+            output.writing = true
+            return true
         }
+        if write { try? writeQueued() }
     }
 
-    /// Writes `queued` and empties it, keeping its storage unless a large frame grew it.
-    private static func write(_ queued: inout [UInt8], to fd: Int32) throws(TransportError) {
-        defer {
-            if queued.capacity > 1 << 20 { queued = [] } else { queued.removeAll(keepingCapacity: true) }
+    /// Holding the writing: writes the queue until it is empty, then lets the writing go.
+    private func writeQueued() throws(TransportError) {
+        var failure: TransportError?
+        while true {
+            let bytes = output.withLock { output -> [UInt8]? in
+                guard !output.queued.isEmpty, failure == nil else {
+                    output.writing = false
+                    if failure != nil { output.queued = [] }  // nobody reads them any more
+                    return nil
+                }
+                defer { output.queued = [] }
+                return output.queued
+            }
+            guard let bytes else { break }
+            do throws(TransportError) {
+                try FrameIO.writeAll(bytes, to: fd)
+            } catch {
+                failure = error
+            }
         }
-        try FrameIO.writeAll(queued, to: fd)
+        if let failure { throw failure }
     }
 
     /// Kills the child (SIGKILL): a hung plugin gets no chance to finish.
@@ -248,6 +294,10 @@ final class PluginProcess: @unchecked Sendable {
             waiter.result = status == .ok ? .success(reader) : .failure(TransportError(status, message))
         } catch {
             waiter.result = .failure(error)
+        }
+        if let onReply = waiter.onReply {
+            onReply(waiter.result!)
+            return
         }
         ThreadSanitizer.release(waiter)
         waiter.done.signal()
@@ -273,6 +323,10 @@ final class PluginProcess: @unchecked Sendable {
         }
         for waiter in waiters {
             waiter.result = .failure(TransportError(.unavailable, "the plugin process \(reason); whether the operation took effect is unknown"))
+            if let onReply = waiter.onReply {
+                onReply(waiter.result!)
+                continue
+            }
             ThreadSanitizer.release(waiter)
             waiter.done.signal()
         }

@@ -123,14 +123,14 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     func publish(_ message: MessageView) throws(TransportError) {
         var payload = WireWriter()
         payload.message(message.copy())
-        _ = try call(.publish, payload.bytes, operation: "publish")
+        _ = try call(.publish, payload.bytes, operation: "publish", ifQueued: reportQueuedFailure("publish"))
     }
 
     func publish(batch: [MessageView]) throws(TransportError) {
         var payload = WireWriter()
         payload.integer(UInt32(batch.count))
         for message in batch { payload.message(message.copy()) }
-        _ = try call(.publishBatch, payload.bytes, operation: "publish_batch")
+        _ = try call(.publishBatch, payload.bytes, operation: "publish_batch", ifQueued: reportQueuedFailure("publish_batch"))
     }
 
     func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
@@ -178,7 +178,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var payload = WireWriter()
         payload.integer(origin.childID)
         payload.settlement(settlement)
-        _ = try origin.process.request(.settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle")
+        _ = try origin.process.request(
+            .settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle", ifQueued: reportQueuedFailure("settle"))
     }
 
     /// One `settleBatch` request per child the deliveries came from (one, unless the child
@@ -205,23 +206,52 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
                 payload.integer(origins[index]!.childID)
                 payload.settlement(batch[index].1)
             }
+            let report = reportQueuedFailure("settle_batch")
             do throws(TransportError) {
-                var reply = try process.request(.settleBatch, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle_batch")
-                guard !process.onReaderThread else { continue }  // posted from a delivery: no reply to read
-                let count: UInt32 = try reply.integer("count")
-                guard count == indices.count else {
-                    throw TransportError(.invalidArgument, "corrupt frame: settle_batch answered for \(count) deliveries, not \(indices.count)")
-                }
-                for index in indices {
-                    let status = StatusCode(rawValue: try reply.integer("status"))
-                    let message = try reply.string("message")
-                    if status != .ok { results[index] = TransportError(status, message) }
-                }
+                let reply = try process.request(
+                    .settleBatch, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle_batch",
+                    ifQueued: { result in
+                        // Made inside a delivery: reported as settled; what failed is logged.
+                        let outcomes = result.flatMap { reply in Result { () throws(TransportError) in try Self.outcomes(reply, count: indices.count) } }
+                        switch outcomes {
+                        case .failure(let error): report(.failure(error))
+                        case .success(let each): for case let error? in each { report(.failure(error)) }
+                        }
+                    })
+                guard !process.onReaderThread else { continue }
+                for (index, outcome) in zip(indices, try Self.outcomes(reply, count: indices.count)) { results[index] = outcome }
             } catch {
                 for index in indices { results[index] = error }
             }
         }
         return results
+    }
+
+    /// Each delivery's outcome in a `settleBatch` reply.
+    private static func outcomes(_ reply: WireReader, count expected: Int) throws(TransportError) -> [TransportError?] {
+        var reply = reply
+        let count: UInt32 = try reply.integer("count")
+        guard count == expected else {
+            throw TransportError(.invalidArgument, "corrupt frame: settle_batch answered for \(count) deliveries, not \(expected)")
+        }
+        var outcomes = [TransportError?](repeating: nil, count: expected)
+        for index in 0..<expected {
+            let status = StatusCode(rawValue: try reply.integer("status"))
+            let message = try reply.string("message")
+            if status != .ok { outcomes[index] = TransportError(status, message) }
+        }
+        return outcomes
+    }
+
+    /// Logs the failure of a request made inside a delivery (the reader thread's, answered
+    /// later): the caller was told it succeeded.
+    private func reportQueuedFailure(_ operation: String) -> @Sendable (Result<WireReader, TransportError>) -> Void {
+        { [logger, name] result in
+            guard case .failure(let error) = result else { return }
+            logger.error(
+                "a call made inside a delivery failed in the plugin process after it returned",
+                metadata: ["transport": "\(name)", "operation": "\(operation)", "reason": "\(error.message)"])
+        }
     }
 
     /// One `publishAndSettle` request to the child the delivery came from: the plugin's own
@@ -236,15 +266,28 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         for message in batch { payload.message(message.copy()) }
         payload.integer(origin.childID)
         payload.settlement(settlement)
+        let report = reportQueuedFailure("publish_and_settle")
         do throws(TransportError) {
-            _ = try origin.process.request(.publishAndSettle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "publish_and_settle")
+            _ = try origin.process.request(
+                .publishAndSettle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "publish_and_settle",
+                ifQueued: { [weak self] result in
+                    guard case .failure(let error) = result else { return }
+                    report(result)
+                    self?.restore(delivery, origin, after: error)
+                })
         } catch {
-            // Neither took effect: the delivery is still the subscriber's to settle, unless the
-            // child no longer knows it or is gone.
-            if error.code != .notFound, origin.process.isUsable {
-                lock.withLock { state.deliveries[delivery] = origin }
-            }
+            restore(delivery, origin, after: error)
             throw error
+        }
+    }
+
+    /// After a failed `publish_and_settle` (neither took effect): the delivery is the
+    /// subscriber's to settle again, unless the child no longer knows it or has gone.
+    private func restore(_ delivery: DeliveryID, _ origin: (process: PluginProcess, childID: DeliveryID), after error: TransportError) {
+        guard error.code != .notFound else { return }
+        lock.withLock {
+            // Under the lock: `ended` drops a dead child's deliveries under it too.
+            if origin.process.isUsable { state.deliveries[delivery] = origin }
         }
     }
 
@@ -285,9 +328,12 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     // MARK: Children
 
     /// One request to the current child, waiting for it first if it is restarting.
-    private func call(_ kind: WireKind, _ payload: [UInt8], operation: String, timeoutNanos: Int64? = nil) throws(TransportError) -> WireReader {
+    private func call(
+        _ kind: WireKind, _ payload: [UInt8], operation: String, timeoutNanos: Int64? = nil,
+        ifQueued: (@Sendable (Result<WireReader, TransportError>) -> Void)? = nil
+    ) throws(TransportError) -> WireReader {
         let process = try awaitProcess()
-        return try process.request(kind, payload, timeoutNanos: timeoutNanos ?? options.callTimeoutNanos, operation: operation)
+        return try process.request(kind, payload, timeoutNanos: timeoutNanos ?? options.callTimeoutNanos, operation: operation, ifQueued: ifQueued)
     }
 
     /// The live child; waits up to the call timeout while one is being started.
@@ -406,6 +452,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         }
         var childDeliveries: [DeliveryID] = []
         var messages: [Message] = []
+        var malformed: [(DeliveryID, Settlement)] = []
         for _ in 0..<count {
             // A truncated frame ends the batch: the deliveries it did not carry come back when
             // their leases end.
@@ -414,9 +461,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
                 messages.append(try MessageCodec.decode(bytes))
                 childDeliveries.append(childDelivery)
             } catch {
-                settleInChild(childDelivery, .deadLetter(reason: "malformed message from the plugin process: \(error.message)"), process)
+                malformed.append((childDelivery, .deadLetter(reason: "malformed message from the plugin process: \(error.message)")))
             }
         }
+        settleInChild(malformed, process)
         let target = lock.withLock { () -> (Subscriber, [DeliveryID])? in
             guard let subscriber = state.subscriptions[subscription]?.subscriber else { return nil }
             var ids: [DeliveryID] = []
@@ -429,13 +477,25 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return (subscriber, ids)
         }
         guard let (subscriber, ids) = target else {
-            for childDelivery in childDeliveries { settleInChild(childDelivery, .release, process) }
+            settleInChild(childDeliveries.map { ($0, .release) }, process)
             return
         }
         let taken = subscriber.deliver(batch: ids, messages)
-        for index in taken..<ids.count where lock.withLock({ state.deliveries.removeValue(forKey: ids[index]) }) != nil {
-            settleInChild(childDeliveries[index], .release, process)
+        // The rest go back in one settle_batch, served in order in the child.
+        let refused = lock.withLock { (taken..<ids.count).filter { state.deliveries.removeValue(forKey: ids[$0]) != nil } }
+        settleInChild(refused.map { (childDeliveries[$0], .release) }, process)
+    }
+
+    /// Settles deliveries in the child in one `settleBatch` request, without waiting.
+    private func settleInChild(_ batch: [(DeliveryID, Settlement)], _ process: PluginProcess) {
+        guard !batch.isEmpty else { return }
+        var payload = WireWriter()
+        payload.integer(UInt32(batch.count))
+        for (delivery, settlement) in batch {
+            payload.integer(delivery)
+            payload.settlement(settlement)
         }
+        try? process.post(.settleBatch, payload.bytes)
     }
 
     private func settleInChild(_ delivery: DeliveryID, _ settlement: Settlement, _ process: PluginProcess) {
