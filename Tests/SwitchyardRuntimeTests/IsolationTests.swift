@@ -271,6 +271,35 @@ struct IsolationTests {
         }
     }
 
+    @Test("a subscriber that refuses is offered the message again at the child's next change, not at once (no spin across the socket)")
+    func refusalWaitsForAChange() async throws {
+        try await offPool {
+            let transport = try Transport(name: "refusing", plugin: try BuildProducts.plugin("queue"), isolation: Self.quick)
+            defer { transport.close() }
+            let client = transport.client
+            let accepting = Atomic<Bool>(false)
+            let offers = Atomic<Int>(0)
+            let taken = Guarded<[String]>([])
+            let subscription = try client.subscribe(SubscribeOptions(channel: "work")) { delivery, view in
+                offers.add(1, ordering: .relaxed)
+                guard accepting.load(ordering: .acquiring) else { return .unavailable }
+                taken.withLock { $0.append(view.copy().id) }
+                try? client.settle(delivery, .ack)
+                return .ok
+            }
+            defer { try? client.unsubscribe(subscription) }
+            try client.publish(Self.message("1", "refused first"))
+            #expect(waitUntil(30) { offers.load(ordering: .relaxed) >= 1 })
+            usleep(300_000)
+            // In process the broker waits for a change after a refusal; through the child it must
+            // too, not hand the message straight back (which spun at thousands of offers a second).
+            #expect(offers.load(ordering: .relaxed) < 20, "\(offers.load(ordering: .relaxed)) offers in 300 ms while refusing")
+            accepting.store(true, ordering: .releasing)
+            try client.publish(Self.message("2", "a change"))
+            #expect(waitUntil(30) { Set(taken.withLock { $0 }) == ["1", "2"] }, "taken: \(taken.withLock { $0 })")
+        }
+    }
+
     @Test("a settlement queued inside a delivery reaches the child before a shutdown another thread sends after it")
     func settlementInsideDeliveryPrecedesShutdown() async throws {
         try await offPool {

@@ -49,6 +49,9 @@ public enum PluginHostServer {
         var transport: Transport?
         let writeLock = Guarded<Void>(())
         private let reader: FrameReader
+        /// Subscriptions (the parent's ids) whose subscriber just refused: their next offer is
+        /// refused here, so the plugin waits for a change before offering again.
+        private let refusals = Guarded<Set<SubscriptionID>>([])
 
         /// A serving thread waiting to be handed the reader.
         private final class IdleThread: Sendable {
@@ -307,6 +310,7 @@ public enum PluginHostServer {
                     let id = try client.subscribe(
                         options,
                         handler: { [self] delivery, message in
+                            if refusesOnce(parentID) { return .unavailable }
                             var payload = WireWriter()
                             payload.integer(parentID)
                             payload.integer(delivery)
@@ -314,6 +318,7 @@ public enum PluginHostServer {
                             return send(Frame(kind: .deliver, sequence: 0, payload: payload.bytes)) ? .ok : .unavailable
                         },
                         batchHandler: { [self] deliveries, messages in
+                            if refusesOnce(parentID) { return 0 }
                             // A plugin's batch crosses the socket as one frame.
                             var payload = WireWriter()
                             payload.integer(parentID)
@@ -356,6 +361,15 @@ public enum PluginHostServer {
                     let delivery: DeliveryID = try reader.integer("delivery")
                     try client.publish(batch, settling: delivery, try reader.settlement())
                 }
+            case .refused:
+                reply(frame.sequence) { () throws(TransportError) in
+                    let parentID: SubscriptionID = try reader.integer("subscription")
+                    let count: UInt32 = try reader.integer("count")
+                    var batch: [(DeliveryID, Settlement)] = []
+                    for _ in 0..<count { batch.append((try reader.integer("delivery"), .release)) }
+                    refusals.withLock { _ = $0.insert(parentID) }  // before the release offers them again
+                    _ = try client.settle(batch: batch)
+                }
             case .drain:
                 reply(frame.sequence) { () throws(TransportError) in try client.drain(deadlineNanos: try reader.integer("deadline")) }
             case .stats:
@@ -367,6 +381,12 @@ public enum PluginHostServer {
             default:
                 reply(frame.sequence) { () throws(TransportError) in throw TransportError(.invalidArgument, "unexpected request kind \(frame.kind)") }
             }
+        }
+
+        /// Whether to refuse this offer for subscription `parentID` (once per refusal the parent
+        /// reported).
+        private func refusesOnce(_ parentID: SubscriptionID) -> Bool {
+            refusals.withLock { $0.remove(parentID) != nil }
         }
 
         private func reply(_ sequence: UInt64, _ body: () throws(TransportError) -> Void) {

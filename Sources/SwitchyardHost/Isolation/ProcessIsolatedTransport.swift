@@ -440,7 +440,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         if subscriber.deliver(delivery, message) != .ok,
             lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) != nil
         {
-            settleInChild(childDelivery, .release, process)
+            refuseInChild(subscription, [childDelivery], process)
         }
     }
 
@@ -481,9 +481,19 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return
         }
         let taken = subscriber.deliver(batch: ids, messages)
-        // The rest go back in one settle_batch, served in order in the child.
+        // The rest go back in one frame, released in order in the child.
         let refused = lock.withLock { (taken..<ids.count).filter { state.deliveries.removeValue(forKey: ids[$0]) != nil } }
-        settleInChild(refused.map { (childDeliveries[$0], .release) }, process)
+        refuseInChild(subscription, refused.map { childDeliveries[$0] }, process)
+    }
+
+    /// Tells the child the subscriber refused `deliveries` (a `refused` frame, without waiting).
+    private func refuseInChild(_ subscription: SubscriptionID, _ deliveries: [DeliveryID], _ process: PluginProcess) {
+        guard !deliveries.isEmpty else { return }
+        var payload = WireWriter()
+        payload.integer(subscription)
+        payload.integer(UInt32(deliveries.count))
+        for delivery in deliveries { payload.integer(delivery) }
+        try? process.post(.refused, payload.bytes)
     }
 
     /// Settles deliveries in the child in one `settleBatch` request, without waiting.

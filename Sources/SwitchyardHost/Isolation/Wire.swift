@@ -45,6 +45,11 @@ enum WireKind: UInt8 {
     /// count u32, that many messages, then delivery id u64 and settlement. Both in one unit in
     /// the child, or neither.
     case publishAndSettle = 11
+    /// Parent → child: the subscriber refused deliveries. Payload parent subscription id u64,
+    /// count u32, then that many of the child's delivery ids u64. The child releases them and
+    /// refuses the subscription's next offer, so the plugin offers them again at its next change,
+    /// as after a refusal in process, not at once (which would spin while the subscriber refuses).
+    case refused = 12
     /// Child → parent: status i32, message, then the request's reply data.
     case reply = 0x40
     /// Child → parent: parent subscription id u64, the child's delivery id u64, one message.
@@ -60,8 +65,8 @@ enum WireKind: UInt8 {
 }
 
 /// The protocol version carried by `create`; a child refuses any other.
-/// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle and
-/// deliver_batch frames.
+/// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle,
+/// deliver_batch and refusal frames.
 let wireVersion: UInt32 = 3
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
