@@ -424,7 +424,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         do throws(TransportError) {
             message = try reader.message()
         } catch {
-            settleInChild(childDelivery, .deadLetter(reason: "malformed message from the plugin process: \(error.message)"), process)
+            settleInChild([(childDelivery, .deadLetter(reason: "malformed message from the plugin process: \(error.message)"))], process)
             return
         }
         let target = lock.withLock { () -> (Subscriber, DeliveryID)? in
@@ -434,7 +434,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return (subscriber, state.nextDelivery)
         }
         guard let (subscriber, delivery) = target else {
-            settleInChild(childDelivery, .release, process)
+            settleInChild([(childDelivery, .release)], process)
             return
         }
         if subscriber.deliver(delivery, message) != .ok,
@@ -506,13 +506,6 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             payload.settlement(settlement)
         }
         try? process.post(.settleBatch, payload.bytes)
-    }
-
-    private func settleInChild(_ delivery: DeliveryID, _ settlement: Settlement, _ process: PluginProcess) {
-        var payload = WireWriter()
-        payload.integer(delivery)
-        payload.settlement(settlement)
-        try? process.post(.settle, payload.bytes)
     }
 
     /// Makes a started child the current one; false when it has already ended (its end was not
