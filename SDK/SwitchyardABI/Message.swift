@@ -18,80 +18,112 @@ public struct Header: Hashable, Sendable {
 /// Copy in with `Message(copying:)` and lend out with `withCMessage(_:)`; both follow the ABI's
 /// ownership rule that a `sy_message` is only borrowed for the duration of a call.
 ///
-/// A message copied from C (``MessageView/copy()``) keeps its id, headers and body packed in one
-/// allocation, laid out as the ABI lends them, until something changes them: storing it costs one
-/// allocation instead of one per string, and lending it back to C costs no copy at all. Reading
-/// `id`, `headers` or `body` makes Swift values from the packed bytes each time; keep what you
-/// read more than once.
+/// A value type with one reference inside: every field but `attempt` lives in one object, shared
+/// by copies until one of them changes a field (copy on write, as `Array` does). A message is copied
+/// several times between a publish and its delivery (made, checked, stored, leased, lent); each
+/// copy costs one retain, where a struct of the fields inline cost a call to its value witness
+/// and a retain of each string in it (measured with callgrind).
+///
+/// A message copied from C (``MessageView/copy()``) keeps its id, headers and body packed in the
+/// same allocation as its other fields, laid out as the ABI lends them, until something changes
+/// them: storing it costs one allocation, and lending it back to C costs no copy of them.
+/// Reading `id`, `headers` or `body` makes Swift values from the packed bytes each time; keep
+/// what you read more than once.
 public struct Message: Hashable, Sendable {
     /// Unique id chosen by the publisher.
     public var id: String {
         get {
-            switch content {
-            case .values(let values): values.id
-            case .packed(let packed): String(packed.id)
+            switch storage.fields.pointee.payload {
+            case .values(let id, _, _): id
+            case .packed(let layout, _): String(layout.id)
             }
         }
         set {
             let (_, headers, body) = unpacked
-            content = .values(MessageValues(id: newValue, headers: headers, body: body))
+            writable.pointee.payload = .values(id: newValue, headers: headers, body: body)
         }
     }
     /// Destination channel (queue or topic name).
-    public var channel: String
+    @inlinable
+    public var channel: String {
+        get { storage.fields.pointee.channel }
+        set { writable.pointee.channel = newValue }
+    }
     /// Messages sharing a key are delivered one at a time, in order. `nil`: no ordering.
-    public var orderingKey: String?
+    @inlinable
+    public var orderingKey: String? {
+        get { storage.fields.pointee.orderingKey }
+        set { writable.pointee.orderingKey = newValue }
+    }
     /// Headers, in order.
     public var headers: [Header] {
         get {
-            switch content {
-            case .values(let values): values.headers
-            case .packed(let packed): packed.headers
+            switch storage.fields.pointee.payload {
+            case .values(_, let headers, _): headers
+            case .packed(let layout, _): CHeaders(layout.cHeaders, count: layout.headerCount).copied
             }
         }
         set {
             let (id, _, body) = unpacked
-            content = .values(MessageValues(id: id, headers: newValue, body: body))
+            writable.pointee.payload = .values(id: id, headers: newValue, body: body)
         }
     }
     /// Opaque payload.
     public var body: [UInt8] {
         get {
-            switch content {
-            case .values(let values): values.body
-            case .packed(let packed): Array(UnsafeRawBufferPointer(start: packed.body.data, count: packed.body.len))
+            switch storage.fields.pointee.payload {
+            case .values(_, _, let body): body
+            case .packed(let layout, _): Array(UnsafeRawBufferPointer(start: layout.body.data, count: layout.body.len))
             }
         }
         set {
             let (id, headers, _) = unpacked
-            content = .values(MessageValues(id: id, headers: headers, body: newValue))
+            writable.pointee.payload = .values(id: id, headers: headers, body: newValue)
         }
     }
-    /// Deliveries so far, this one included; set by the transport on delivery.
+    /// Deliveries so far, this one included; set by the transport on delivery. Kept beside the
+    /// shared fields, not among them: a transport counts an attempt on each lease, and a topic's
+    /// groups share one message, so counting it among the fields copied them for every group.
     public var attempt: UInt32
     /// Earliest delivery time in nanoseconds since the Unix epoch; 0 means now.
-    public var deliverAtNanos: Int64
+    @inlinable
+    public var deliverAtNanos: Int64 {
+        get { storage.fields.pointee.deliverAtNanos }
+        set { writable.pointee.deliverAtNanos = newValue }
+    }
     /// When the transport accepted the message (ns since the Unix epoch); set on delivery.
-    public var enqueuedAtNanos: Int64
+    @inlinable
+    public var enqueuedAtNanos: Int64 {
+        get { storage.fields.pointee.enqueuedAtNanos }
+        set { writable.pointee.enqueuedAtNanos = newValue }
+    }
     /// When the message expires (ns since the Unix epoch); 0: never. A transport with the
     /// `expiry` capability never delivers it from then on (ABI 1.3).
-    public var expiresAtNanos: Int64
-    /// What happens at expiry, and other `SY_MESSAGE_*` flags (ABI 1.3).
-    public var flags: MessageFlags
-
-    /// The id, headers and body: Swift values, or packed as they were copied from C. Either way
-    /// one reference, so that copying a message retains one object for all three (a message is
-    /// copied several times between a publish and its delivery; with the values inline, each copy
-    /// went through the enum's generic copy and retained up to three: measured with callgrind).
-    /// Unchecked: a ``PackedMessage`` is never changed after it is made (a `ManagedBuffer`
-    /// cannot declare that itself).
-    @usableFromInline
-    enum Content: @unchecked Sendable {
-        case values(MessageValues)
-        case packed(PackedMessage)
+    @inlinable
+    public var expiresAtNanos: Int64 {
+        get { storage.fields.pointee.expiresAtNanos }
+        set { writable.pointee.expiresAtNanos = newValue }
     }
+    /// What happens at expiry, and other `SY_MESSAGE_*` flags (ABI 1.3).
+    @inlinable
+    public var flags: MessageFlags {
+        get { storage.fields.pointee.flags }
+        set { writable.pointee.flags = newValue }
+    }
+
+    /// Every field, shared by the copies of this message until one changes.
     @usableFromInline
-    var content: Content
+    nonisolated(unsafe) var storage: MessageStorage
+
+    /// The fields, for changing them: this message's own storage, copied first if another
+    /// message shares it.
+    @inlinable
+    var writable: UnsafeMutablePointer<MessageFields> {
+        mutating get {
+            if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+            return storage.fields
+        }
+    }
 
     /// A message with the given fields; everything but `id` and `channel` has a default.
     public init(
@@ -99,40 +131,33 @@ public struct Message: Hashable, Sendable {
         body: [UInt8] = [], attempt: UInt32 = 0, deliverAtNanos: Int64 = 0, enqueuedAtNanos: Int64 = 0,
         expiresAtNanos: Int64 = 0, flags: MessageFlags = []
     ) {
-        self.init(
-            content: .values(MessageValues(id: id, headers: headers, body: body)), channel: channel, orderingKey: orderingKey, attempt: attempt,
-            deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos, expiresAtNanos: expiresAtNanos, flags: flags)
+        storage = .make(
+            MessageFields(
+                channel: channel, orderingKey: orderingKey, flags: flags, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
+                expiresAtNanos: expiresAtNanos, payload: .values(id: id, headers: headers, body: body)))
+        self.attempt = attempt
     }
 
-    init(
-        content: Content, channel: String, orderingKey: String?, attempt: UInt32, deliverAtNanos: Int64, enqueuedAtNanos: Int64,
-        expiresAtNanos: Int64, flags: MessageFlags
-    ) {
-        self.content = content
-        self.channel = channel
-        self.orderingKey = orderingKey
+    init(storage: MessageStorage, attempt: UInt32) {
+        self.storage = storage
         self.attempt = attempt
-        self.deliverAtNanos = deliverAtNanos
-        self.enqueuedAtNanos = enqueuedAtNanos
-        self.expiresAtNanos = expiresAtNanos
-        self.flags = flags
     }
 
     /// The id, headers and body as Swift values.
     private var unpacked: (id: String, headers: [Header], body: [UInt8]) {
-        switch content {
-        case .values(let values): (values.id, values.headers, values.body)
+        switch storage.fields.pointee.payload {
+        case .values(let id, let headers, let body): (id, headers, body)
         case .packed: (id, headers, body)
         }
     }
 
     /// The first value of header `key`, if any.
     public func header(_ key: String) -> String? {
-        switch content {
-        case .values(let values):
-            return values.headers.first { $0.key == key }?.value
-        case .packed(let packed):
-            return CHeaders(packed.cHeaders, count: packed.headerCount).value(of: key)
+        switch storage.fields.pointee.payload {
+        case .values(_, let headers, _):
+            return headers.first { $0.key == key }?.value
+        case .packed(let layout, _):
+            return CHeaders(layout.cHeaders, count: layout.headerCount).value(of: key)
         }
     }
 
@@ -142,19 +167,20 @@ public struct Message: Hashable, Sendable {
     /// The sizes ``MessageLimits`` checks, read without unpacking: the header count, the bytes of
     /// the headers' keys and values, and the bytes of everything else.
     var limitSizes: (headerCount: Int, headerBytes: Int, otherBytes: Int) {
-        switch content {
-        case .values(let values):
-            let headerBytes = values.headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
-            return (values.headers.count, headerBytes, values.body.count + values.id.utf8.count + channel.utf8.count)
-        case .packed(let packed):
-            let layout = packed.layout
-            return (layout.headerCount, layout.headerBytes, layout.body.len + layout.id.len + channel.utf8.count)
+        let fields = storage.fields
+        switch fields.pointee.payload {
+        case .values(let id, let headers, let body):
+            let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+            return (headers.count, headerBytes, body.count + id.utf8.count + fields.pointee.channel.utf8.count)
+        case .packed(let layout, _):
+            return (layout.headerCount, layout.headerBytes, layout.body.len + layout.id.len + fields.pointee.channel.utf8.count)
         }
     }
 
     /// Whether two messages have the same fields, packed or not.
     public static func == (a: Message, b: Message) -> Bool {
-        a.channel == b.channel && a.orderingKey == b.orderingKey && a.attempt == b.attempt && a.deliverAtNanos == b.deliverAtNanos
+        if a.storage === b.storage { return a.attempt == b.attempt }
+        return a.channel == b.channel && a.orderingKey == b.orderingKey && a.attempt == b.attempt && a.deliverAtNanos == b.deliverAtNanos
             && a.enqueuedAtNanos == b.enqueuedAtNanos && a.expiresAtNanos == b.expiresAtNanos && a.flags == b.flags
             && a.id == b.id && a.headers == b.headers && a.body == b.body
     }
@@ -174,21 +200,41 @@ public struct Message: Hashable, Sendable {
     }
 }
 
-/// A message's id, headers and body as Swift values, made by Swift code; never changed (a change
-/// to the message makes a new one).
-@usableFromInline
-final class MessageValues: Sendable {
-    let id: String
-    let headers: [Header]
-    let body: [UInt8]
-    init(id: String, headers: [Header], body: [UInt8]) {
-        self.id = id
-        self.headers = headers
-        self.body = body
+extension Message: CustomReflectable {
+    /// The fields, as a struct of them would show (in `print`, `dump` and test failures), not
+    /// the storage object that holds them.
+    public var customMirror: Mirror {
+        Mirror(
+            self,
+            children: [
+                "id": id, "channel": channel, "orderingKey": orderingKey as Any, "headers": headers, "body": body, "attempt": attempt,
+                "deliverAtNanos": deliverAtNanos, "enqueuedAtNanos": enqueuedAtNanos, "expiresAtNanos": expiresAtNanos, "flags": flags,
+            ], displayStyle: .struct)
     }
 }
 
-/// Where a ``PackedMessage``'s parts lie in its own allocation.
+/// Every field of a ``Message`` but its attempt, kept in its ``MessageStorage``.
+@usableFromInline
+struct MessageFields {
+    @usableFromInline var channel: String
+    @usableFromInline var orderingKey: String?
+    @usableFromInline var flags: MessageFlags
+    @usableFromInline var deliverAtNanos: Int64
+    @usableFromInline var enqueuedAtNanos: Int64
+    @usableFromInline var expiresAtNanos: Int64
+    @usableFromInline var payload: Payload
+
+    /// A message's id, headers and body: Swift values, or packed as the ABI lends them.
+    @usableFromInline
+    enum Payload {
+        case values(id: String, headers: [Header], body: [UInt8])
+        /// Packed in the tail of `owner`'s allocation; nil: this storage's own (a storage cannot
+        /// hold a reference to itself without leaking).
+        case packed(PackedLayout, owner: MessageStorage?)
+    }
+}
+
+/// Where a packed id, headers and body lie in a ``MessageStorage``'s allocation.
 @usableFromInline
 struct PackedLayout {
     let id: sy_str
@@ -200,17 +246,52 @@ struct PackedLayout {
     let headerBytes: Int
 }
 
-/// A message's id, headers and body copied from a `sy_message` into the object's own allocation
-/// (one per message: the layout and the bytes after it), laid out as the ABI lends them — the
-/// `sy_header` array, then the strings, then the body — so that lending the message again points
-/// into it instead of copying. Never changed after it is made.
+/// The one object behind a ``Message``: its fields, and — for a message copied from C or packed
+/// as it was written — its id, headers and body in the same allocation after them, laid out as
+/// the ABI lends them (the `sy_header` array, then the strings, then the body), so that lending
+/// the message again points into it instead of copying. Changed only while one message holds it
+/// (``Message/writable``); the packed bytes never change after they are written. So a message
+/// may cross threads, as an `Array` may (`ManagedBuffer` cannot declare itself `Sendable`: the
+/// message's field says it instead).
 @usableFromInline
-final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
-    /// Copies `message`'s id, headers and body (validated by the caller: see ``MessageView``).
-    static func make(copying message: sy_message) -> PackedMessage {
+final class MessageStorage: ManagedBuffer<MessageFields, UInt64> {
+    /// The fields, read and written through a pointer: `header` is a class's stored property,
+    /// and reading it directly costs a call into the runtime's exclusivity check each time
+    /// (measured with callgrind). The pointer is valid while the storage lives.
+    @inlinable
+    var fields: UnsafeMutablePointer<MessageFields> {
+        @inline(__always) get { withUnsafeMutablePointerToHeader { $0 } }
+    }
+
+    /// A storage of `fields` alone, nothing packed in it.
+    @usableFromInline
+    static func make(_ fields: MessageFields) -> MessageStorage {
+        unsafeDowncast(create(minimumCapacity: 0) { _ in fields }, to: MessageStorage.self)
+    }
+
+    /// A copy of these fields, for a message about to change one: packed bytes are shared with
+    /// the storage that holds them, not copied.
+    @usableFromInline
+    func copy() -> MessageStorage {
+        var copied = fields.pointee
+        if case .packed(let layout, nil) = copied.payload { copied.payload = .packed(layout, owner: self) }
+        return .make(copied)
+    }
+
+    /// A copy of `message` (validated by the caller: see ``MessageView``), its id, headers and
+    /// body packed after the other fields.
+    static func make(copying message: sy_message) -> MessageStorage {
         let count = message.header_count
         let headers = CHeaders(message.headers, count: count)
-        return make(idBytes: message.id.len, headerCount: count, headerBytes: headers.byteCount, bodyBytes: message.body.len) { writer in
+        // The fields are made where the header is initialized: made outside, they were copied in
+        // (a call to their value witness per message, measured with callgrind).
+        let fields = { (payload: MessageFields.Payload) in
+            MessageFields(
+                channel: String(message.channel), orderingKey: message.ordering_key.len == 0 ? nil : String(message.ordering_key),
+                flags: MessageFlags(rawValue: message.flags), deliverAtNanos: message.deliver_at_ns,
+                enqueuedAtNanos: message.enqueued_at_ns, expiresAtNanos: message.expires_at_ns, payload: payload)
+        }
+        return make(fields, idBytes: message.id.len, headerCount: count, headerBytes: headers.byteCount, bodyBytes: message.body.len) { writer in
             writer.setID(message.id.data, message.id.len)
             for index in 0..<count {
                 let header = message.headers[index]
@@ -220,15 +301,17 @@ final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
         }
     }
 
-    /// Packs `id`, the headers `headers` adds and `body` (see ``Message/init(packing:channel:orderingKey:body:deliverAtNanos:expiresAtNanos:flags:headers:)``).
+    /// The fields `fields` makes with `id`, the headers `headers` adds and `body` packed after
+    /// them (see ``Message/init(packing:channel:orderingKey:bodyPrefix:_:body:deliverAtNanos:expiresAtNanos:flags:headers:)``).
     static func make(
-        id: String, bodyPrefix: Int = 0, _ writeBodyPrefix: (UnsafeMutableRawBufferPointer) -> Void = { _ in }, body: [UInt8],
-        headers: (inout PackedMessageWriter) -> Void
-    ) -> PackedMessage {
+        _ fields: (MessageFields.Payload) -> MessageFields, id: String, bodyPrefix: Int = 0, _ writeBodyPrefix: (UnsafeMutableRawBufferPointer) -> Void = { _ in },
+        body: [UInt8], headers: (inout PackedMessageWriter) -> Void
+    ) -> MessageStorage {
         var measured = PackedMessageWriter(measuring: ())
         headers(&measured)
-        return make(idBytes: id.utf8.count, headerCount: measured.headerCount, headerBytes: measured.headerBytes, bodyBytes: bodyPrefix + body.count) {
-            writer in
+        return make(
+            fields, idBytes: id.utf8.count, headerCount: measured.headerCount, headerBytes: measured.headerBytes, bodyBytes: bodyPrefix + body.count
+        ) { writer in
             var id = id
             id.withUTF8 { writer.setID($0.baseAddress, $0.count) }
             headers(&writer)
@@ -237,11 +320,11 @@ final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
         }
     }
 
-    /// One allocation of the exact size for the parts `fill` writes (in order: the id, every
-    /// header, the body), then the layout that points into it.
+    /// One allocation for the fields `fields` makes and the exact size of the parts `fill` writes
+    /// (in order: the id, every header, the body), then the layout that points into it.
     private static func make(
-        idBytes: Int, headerCount: Int, headerBytes: Int, bodyBytes: Int, _ fill: (inout PackedMessageWriter) -> Void
-    ) -> PackedMessage {
+        _ fields: (MessageFields.Payload) -> MessageFields, idBytes: Int, headerCount: Int, headerBytes: Int, bodyBytes: Int, _ fill: (inout PackedMessageWriter) -> Void
+    ) -> MessageStorage {
         let arrayBytes = headerCount * MemoryLayout<sy_header>.stride
         let total = arrayBytes + idBytes + headerBytes + bodyBytes
         let words = Swift.max(1, (total + 7) / 8)  // UInt64 elements: aligned for `sy_header`
@@ -251,28 +334,15 @@ final class PackedMessage: ManagedBuffer<PackedLayout, UInt64> {
                 var writer = PackedMessageWriter(storage: storage, headerCapacity: headerCount, byteCapacity: total)
                 fill(&writer)
                 precondition(writer.cursor == total, "a packed message's parts must fill exactly the bytes measured for them")
-                return PackedLayout(
-                    id: writer.id, headerCount: headerCount, cHeaders: headerCount > 0 ? UnsafePointer(writer.headers) : nil, body: writer.body,
-                    headerBytes: headerBytes)
+                return fields(
+                    .packed(
+                        PackedLayout(
+                            id: writer.id, headerCount: headerCount, cHeaders: headerCount > 0 ? UnsafePointer(writer.headers) : nil, body: writer.body,
+                            headerBytes: headerBytes), owner: nil))
             }
         }
-        return unsafeDowncast(buffer, to: PackedMessage.self)
+        return unsafeDowncast(buffer, to: MessageStorage.self)
     }
-
-    /// The layout, read through a pointer: `header` is a class's stored property, and reading it
-    /// directly costs a call into the runtime's exclusivity check each time (measured with
-    /// callgrind, two per message on the queue's path). It is never written after `make`.
-    @inline(__always)
-    var layout: PackedLayout { withUnsafeMutablePointerToHeader { $0.pointee } }
-
-    var id: sy_str { layout.id }
-    var headerCount: Int { layout.headerCount }
-    var cHeaders: UnsafePointer<sy_header>? { layout.cHeaders }
-    var body: sy_bytes { layout.body }
-    var headerBytes: Int { layout.headerBytes }
-
-    /// The headers as Swift values.
-    var headers: [Header] { CHeaders(cHeaders, count: headerCount).copied }
 }
 
 /// `sy_message.flags` (ABI 1.3).
@@ -410,9 +480,12 @@ extension Message {
         _ writeBodyPrefix: (UnsafeMutableRawBufferPointer) -> Void = { _ in }, body: [UInt8], deliverAtNanos: Int64 = 0,
         expiresAtNanos: Int64 = 0, flags: MessageFlags = [], headers: (inout PackedMessageWriter) -> Void
     ) {
-        self.init(
-            content: .packed(PackedMessage.make(id: id, bodyPrefix: bodyPrefix, writeBodyPrefix, body: body, headers: headers)), channel: channel,
-            orderingKey: orderingKey, attempt: 0, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: 0, expiresAtNanos: expiresAtNanos, flags: flags)
+        let fields = { (payload: MessageFields.Payload) in
+            MessageFields(
+                channel: channel, orderingKey: orderingKey, flags: flags, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: 0,
+                expiresAtNanos: expiresAtNanos, payload: payload)
+        }
+        self.init(storage: .make(fields, id: id, bodyPrefix: bodyPrefix, writeBodyPrefix, body: body, headers: headers), attempt: 0)
     }
 }
 
@@ -444,11 +517,12 @@ extension Message {
     /// Bytes ``lay(into:)`` needs: the header array, then every string, then the body.
     @usableFromInline
     var lentByteCount: Int {
-        var bytes = channel.utf8.count + (orderingKey?.utf8.count ?? 0)
+        let fields = storage.fields
+        var bytes = fields.pointee.channel.utf8.count + (fields.pointee.orderingKey?.utf8.count ?? 0)
         // A packed message lends its own allocation: only the channel and key are laid out.
-        guard case .values(let values) = content else { return bytes }
-        bytes += values.headers.count * MemoryLayout<sy_header>.stride + values.id.utf8.count + values.body.count
-        for header in values.headers { bytes += header.key.utf8.count + header.value.utf8.count }
+        guard case .values(let id, let headers, let body) = fields.pointee.payload else { return bytes }
+        bytes += headers.count * MemoryLayout<sy_header>.stride + id.utf8.count + body.count
+        for header in headers { bytes += header.key.utf8.count + header.value.utf8.count }
         return bytes
     }
 
@@ -457,32 +531,31 @@ extension Message {
     /// `structSize` (smaller for a reader of an older ABI minor, which ignores the fields past it).
     @usableFromInline @inline(__always)  // see `withCMessages`
     func lay(into raw: UnsafeMutableRawBufferPointer, structSize: Int) -> sy_message {
+        let fields = storage.fields
         var message = sy_message()
         message.struct_size = UInt32(structSize)
         message.attempt = attempt
-        message.deliver_at_ns = deliverAtNanos
-        message.enqueued_at_ns = enqueuedAtNanos
-        message.expires_at_ns = expiresAtNanos
-        message.flags = flags.rawValue
+        message.deliver_at_ns = fields.pointee.deliverAtNanos
+        message.enqueued_at_ns = fields.pointee.enqueuedAtNanos
+        message.expires_at_ns = fields.pointee.expiresAtNanos
+        message.flags = fields.pointee.flags.rawValue
         var cursor = 0
         func lay(_ string: String) -> sy_str {
             let start = cursor
             cursor += UnsafeMutableRawBufferPointer(rebasing: raw[cursor...]).copyUTF8(string)
             return sy_str(data: raw.baseAddress.map { ($0 + start).assumingMemoryBound(to: CChar.self) }, len: cursor - start)
         }
-        if case .values(let values) = content { cursor = values.headers.count * MemoryLayout<sy_header>.stride }  // the header array first
-        message.channel = lay(channel)
-        message.ordering_key = lay(orderingKey ?? "")
-        switch content {
-        case .packed(let packed):
+        if case .values(_, let headers, _) = fields.pointee.payload { cursor = headers.count * MemoryLayout<sy_header>.stride }  // the header array first
+        message.channel = lay(fields.pointee.channel)
+        message.ordering_key = lay(fields.pointee.orderingKey ?? "")
+        switch fields.pointee.payload {
+        case .packed(let layout, _):
             // Everything else points into the packed copy.
-            let layout = packed.layout
             message.id = layout.id
             message.headers = layout.cHeaders
             message.header_count = layout.headerCount
             message.body = layout.body
-        case .values(let values):
-            let (id, headers, body) = (values.id, values.headers, values.body)
+        case .values(let id, let headers, let body):
             message.id = lay(id)
             if !headers.isEmpty {
                 let cHeaders = raw.baseAddress!.bindMemory(to: sy_header.self, capacity: headers.count)

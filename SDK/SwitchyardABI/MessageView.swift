@@ -79,14 +79,11 @@ public struct MessageView {
     /// An owned copy, to keep after the call returns: the id, headers and body packed in one
     /// allocation (see ``Message``).
     public func copy() -> Message {
-        Message(
-            content: .packed(PackedMessage.make(copying: fields)), channel: channel, orderingKey: orderingKey,
-            attempt: attempt, deliverAtNanos: deliverAtNanos, enqueuedAtNanos: enqueuedAtNanos,
-            expiresAtNanos: expiresAtNanos, flags: flags)
+        Message(storage: .make(copying: fields), attempt: fields.attempt)
     }
 }
 
-/// A borrowed `sy_header` array: what a message view and a packed copy (``PackedMessage``) both
+/// A borrowed `sy_header` array: what a message view and a packed copy (``MessageStorage``) both
 /// read headers from.
 struct CHeaders {
     let base: UnsafePointer<sy_header>?

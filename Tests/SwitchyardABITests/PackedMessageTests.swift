@@ -1,4 +1,5 @@
 import CSwitchyard
+import Dispatch
 import SwitchyardABI
 import Testing
 
@@ -59,6 +60,65 @@ struct PackedMessageTests {
             #expect(view.body.isEmpty)
             #expect(view.id == "only-id")
         }
+    }
+
+    /// A message's fields live in one object its copies share until one changes (copy on write):
+    /// a change to a copy — a field, a part, or a packed copy's parts — never shows in another, and
+    /// a copy that still points at another's packed bytes keeps them alive.
+    @Test("copies of a message share its fields until one changes, and never see each other's changes")
+    func copyOnWrite() throws {
+        let original = Message(id: "m-1", channel: "orders", orderingKey: "c1", headers: [Header("k", "v")], body: [1, 2], deliverAtNanos: 5)
+        var changed = original
+        changed.channel = "invoices"
+        changed.orderingKey = nil
+        changed.deliverAtNanos = 6
+        changed.enqueuedAtNanos = 7
+        changed.expiresAtNanos = 8
+        changed.flags = .dropWhenExpired
+        changed.attempt = 3
+        #expect(original == Message(id: "m-1", channel: "orders", orderingKey: "c1", headers: [Header("k", "v")], body: [1, 2], deliverAtNanos: 5))
+        #expect(changed.channel == "invoices" && changed.orderingKey == nil && changed.deliverAtNanos == 6 && changed.enqueuedAtNanos == 7)
+        #expect(changed.expiresAtNanos == 8 && changed.flags == .dropWhenExpired && changed.attempt == 3)
+        #expect(changed.id == "m-1" && changed.headers == [Header("k", "v")] && changed.body == [1, 2])
+
+        // The attempt alone differs: not equal, though every other field is shared.
+        var counted = original
+        counted.attempt += 1
+        #expect(counted != original)
+        #expect(original.attempt == 0 && counted.attempt == 1)
+
+        // A copy of a message copied from C: its fields change on their own, its parts stay the
+        // packed ones (lent again without a copy), and they outlive the message they came from.
+        var fromC: Message? = try original.withCMessage { try MessageView(validating: $0).copy() }
+        var stamped = fromC!
+        stamped.enqueuedAtNanos = 42
+        var relabeled = fromC!
+        relabeled.headers.append(Header("extra", "1"))
+        fromC = nil
+        #expect(stamped.enqueuedAtNanos == 42 && stamped.headers == [Header("k", "v")] && stamped.id == "m-1" && stamped.body == [1, 2])
+        #expect(relabeled.headers == [Header("k", "v"), Header("extra", "1")] && relabeled.enqueuedAtNanos == 0)
+        try stamped.withCMessage { pointer in
+            let view = try MessageView(validating: pointer)
+            #expect(view.id == "m-1" && view.headers == [Header("k", "v")] && Array(view.body) == [1, 2] && view.enqueuedAtNanos == 42)
+        }
+
+        // Copies changed on other threads at once each change their own.
+        let shared = stamped
+        let results = Guarded([Message]())
+        DispatchQueue.concurrentPerform(iterations: 8) { index in
+            var mine = shared
+            mine.attempt = UInt32(index)
+            mine.channel = "c\(index)"
+            results.withLock { $0.append(mine) }
+        }
+        let made = results.withLock { $0 }
+        #expect(Set(made.map(\.channel)) == Set((0..<8).map { "c\($0)" }))
+        #expect(made.allSatisfy { $0.channel == "c\($0.attempt)" && $0.id == "m-1" && $0.enqueuedAtNanos == 42 })
+        #expect(shared.channel == "orders" && shared.attempt == 0)
+
+        // Printed, it shows its fields, not the object that holds them.
+        let printed = String(describing: original)
+        #expect(printed.hasPrefix("Message(id: \"m-1\", channel: \"orders\""), "\(printed)")
     }
 
     /// The hash of hot-path dictionary keys: equal strings hash alike however they were made,
