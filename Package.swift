@@ -264,7 +264,9 @@ let package = Package(
         .testTarget(
             name: "SwitchyardTransportKitTests",
             dependencies: ["SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime", "SwitchyardWire"]),
-        .testTarget(name: "SwitchyardConformanceTests", dependencies: ["SwitchyardTestSupport", "SwitchyardConformance", "SwitchyardHost", "SwitchyardLoader"]),
+        .testTarget(
+            name: "SwitchyardConformanceTests",
+            dependencies: ["SwitchyardTestSupport", "SwitchyardConformance", "SwitchyardHost", "SwitchyardLoader", "SwitchyardPostgres", "SwitchyardTransportKit"]),
         .testTarget(name: "SwitchyardConfigTests", dependencies: ["SwitchyardTestSupport", "SwitchyardConfig"]),
         .testTarget(name: "SwitchyardWireTests", dependencies: ["SwitchyardTestSupport", "SwitchyardWire", "SwitchyardRuntime", "SwitchyardConfig"]),
         .testTarget(

@@ -135,6 +135,31 @@ public final class PostgresDatabase {
         try check(result)
     }
 
+    /// Runs several statements in one round trip, as one transaction of their own (one
+    /// "simple query"), handing each row of the last one's result to `row` as text (nil for
+    /// NULL); returns the number of rows the last one changed or returned. No parameters: put
+    /// only values made by your own code in `sql` (numbers), never text from outside.
+    @discardableResult
+    public func runScript(_ sql: String, row: (([String?]) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
+        let result = PQexec(connection, sql)
+        defer { PQclear(result) }
+        try check(result)
+        guard let result else { return 0 }
+        if PQresultStatus(result) == PGRES_TUPLES_OK {
+            let count = PQntuples(result)
+            if let row {
+                for index in 0..<count {
+                    try row(
+                        (0..<PQnfields(result)).map { column in
+                            PQgetisnull(result, index, column) == 1 ? nil : String(cString: PQgetvalue(result, index, column))
+                        })
+                }
+            }
+            return Int(count)
+        }
+        return Int(String(cString: PQcmdTuples(result))) ?? 0
+    }
+
     /// Runs one statement with `parameters` (`$1`…), handing each result row to `row`; returns
     /// the number of rows it changed or returned.
     @discardableResult
@@ -191,25 +216,72 @@ public final class PostgresDatabase {
     }
 
     /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
-    public func transaction<R>(_ body: () throws(TransportError) -> R) throws(TransportError) -> R {
+    ///
+    /// With `synchronousCommit` false, the commit does not wait for the server to flush it to
+    /// disk (`SET LOCAL synchronous_commit TO off`): for a change whose loss in a server crash
+    /// is harmless — an acknowledgement forgotten delivers its message again. Otherwise the
+    /// server's own setting decides.
+    public func transaction<R>(synchronousCommit: Bool = true, _ body: () throws(TransportError) -> R) throws(TransportError) -> R {
         try ensureConnected()
+        pendingNotifications.removeAll()
+        // One round trip either way: several statements in one simple query.
+        let begin = synchronousCommit ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit TO off"
         do throws(TransportError) {
-            try execute("BEGIN")
+            try execute(begin)
         } catch {
             // An idle connection the server dropped (a restart) is noticed only by using it; a
             // failed BEGIN did nothing, so connect again and begin once more.
             guard error.code == .unavailable else { throw error }
             try connect()
-            try execute("BEGIN")
+            try execute(begin)
         }
         do throws(TransportError) {
             let value = try body()
             try commit()
+            sendPendingNotifications()
             return value
         } catch {
+            pendingNotifications.removeAll()
             if PQstatus(connection) == CONNECTION_OK { try? execute("ROLLBACK") }
             throw error
         }
+    }
+
+    /// Notifies `channel` (`NOTIFY`, no payload) once the open transaction commits, in a
+    /// transaction of its own that does not wait for the disk; nothing if it rolls back.
+    ///
+    /// Not inside the transaction: PostgreSQL serialises the commits of all transactions that
+    /// notify, in the whole database, holding a lock from before the commit until after its
+    /// flush to disk — notifying inside every publish let one publish commit at a time, however
+    /// many connections published (measured: 1.3 k publishes/s from 16 threads, where the same
+    /// inserts without it commit together). A notification is a wake-up, not data: the listener
+    /// reads the tables, and one lost to a crash between the two commits must be made up for by
+    /// listeners looking again on their own now and then.
+    public func notifyAfterCommit(_ channel: String) {
+        pendingNotifications.insert(channel)
+    }
+
+    /// Channels ``notifyAfterCommit(_:)`` named in the open transaction.
+    private var pendingNotifications: Set<String> = []
+
+    private func sendPendingNotifications() {
+        guard !pendingNotifications.isEmpty else { return }
+        let channels = pendingNotifications
+        pendingNotifications.removeAll()
+        notify(channels)
+    }
+
+    /// Notifies `channels` now, in a transaction of its own that does not wait for the disk (see
+    /// ``notifyAfterCommit(_:)``), outside any transaction. A failure is not reported: the change
+    /// it tells of is committed whatever happens here.
+    public func notify(_ channels: Set<String>) {
+        let statements = channels.map { "NOTIFY \(Self.quotedIdentifier($0))" }.joined(separator: "; ")
+        try? execute("BEGIN; SET LOCAL synchronous_commit TO off; \(statements); COMMIT")
+    }
+
+    /// `name` as a double-quoted SQL identifier.
+    static func quotedIdentifier(_ name: String) -> String {
+        "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
 
     /// Commits the open transaction. Throws when it did not commit: a statement in it failed

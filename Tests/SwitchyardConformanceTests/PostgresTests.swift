@@ -3,7 +3,9 @@ import SwitchyardABI
 import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardLoader
+import SwitchyardPostgres
 import SwitchyardTestSupport
+import SwitchyardTransportKit
 import Testing
 
 /// The postgres plugins against a real PostgreSQL server, started by the test.
@@ -44,6 +46,43 @@ struct PostgresTests {
         #expect(await eventually(60) { acknowledged.isSubset(of: Set(inbox.received.map(\.message.id))) })
         let lost = acknowledged.subtracting(inbox.received.map(\.message.id))
         #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost, e.g. \(lost.prefix(5))")
+    }
+
+    /// Notifications go out after the change they announce commits (a notifying transaction
+    /// holds PostgreSQL's commit order lock through its flush to disk), so a process that stops
+    /// between the two leaves a change unannounced: the broker finds it when it looks on its own.
+    @Test("another process's publishes wake this one's subscriber at once; a change nobody announced is found within seconds")
+    func wakeUps() async throws {
+        let server = try await offPool { try PostgresServer() }
+        // Two stores on one schema, each with its own connections: as two processes.
+        let publisher = try Self.transport(server, extra: #", "schema": "wake""#)
+        defer { publisher.close() }
+        let consumer = try Self.transport(server, extra: #", "schema": "wake""#)
+        defer { consumer.close() }
+        let inbox = Collector()
+        _ = try consumer.client.subscribe(SubscribeOptions(channel: "wake"), handler: inbox.handler(client: consumer.client))
+        var latencies: [Duration] = []
+        for index in 0..<10 {
+            // The consumer idle first: a publish right after its last acknowledgement can be
+            // found by the pass that acknowledgement starts, notified or not.
+            try await Task.sleep(for: .milliseconds(300))
+            let started = ContinuousClock.now
+            try publisher.client.publish(Message(id: "n-\(index)", channel: "wake"))
+            #expect(await eventually(10) { inbox.count == index + 1 })
+            latencies.append(ContinuousClock.now - started)
+        }
+        let median = latencies.sorted()[latencies.count / 2]
+        #expect(median < .milliseconds(500), "median wake-up \(median): no notification woke the subscriber (only the listener's own look every 2 s)")
+
+        // A row committed with no notification at all, once the consumer is idle (its last
+        // passes, reporting the counts as they settle, would find it).
+        try await Task.sleep(for: .seconds(1))
+        let database = try PostgresDatabase(conninfo: server.conninfo)
+        try database.run(
+            #"INSERT INTO "wake".entries (channel, grp, attempt, visible_at, message) VALUES ('wake', '', 0, 0, $1)"#,
+            [.blob(MessageCodec.encode(Message(id: "silent", channel: "wake")))])
+        // The broker looks on its own at least at every sweep for expired messages (5 s).
+        #expect(await eventually(10) { inbox.received.contains { $0.message.id == "silent" } }, "an unannounced change was never found")
     }
 
     @Test("the server down: publish fails at once with a clear error; publishes and subscribers resume when it is back")

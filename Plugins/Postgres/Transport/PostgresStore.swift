@@ -29,10 +29,13 @@ struct PostgresConfig: Decodable {
 ///   so two processes never lease one row and never wait for each other.
 /// - **Ordering keys**: only the oldest live row of a key can be leased (acknowledged rows are
 ///   deleted, so the oldest is the head).
-/// - **No polling when idle**: every change ends with `pg_notify`; a listening connection wakes
-///   the broker when another process changed the schema.
+/// - **No polling when idle**: every change is followed by a `NOTIFY` (after its commit, in a
+///   transaction of its own); a listening connection wakes the broker when another process
+///   changed the schema. A change whose notification was lost (its process stopped between the
+///   two) is found by the broker's next look of its own (its sweep for expired messages).
 /// - **Durable**: a publish returns once PostgreSQL committed it (`synchronous_commit` as the
-///   server is configured).
+///   server is configured). Leases, acknowledgements and releases commit without waiting for the
+///   disk: one lost in a server crash delivers its message again, never loses it.
 ///
 /// Statements run on a small pool of connections (`connections`), one transaction each.
 final class PostgresStore: MessageStore, @unchecked Sendable {
@@ -112,21 +115,31 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         CREATE TABLE IF NOT EXISTS $schema.retained (id bigserial PRIMARY KEY, channel text NOT NULL, message bytea NOT NULL);
         """
 
-    /// Runs `body` in one transaction on a connection of the store's pool.
-    private func perform<R>(_ body: (PostgresDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+    /// Runs `body` in one transaction on a connection of the store's pool. `synced: false` for
+    /// a change that may be lost in a server crash without losing a message — a lease, an
+    /// acknowledgement, a release: the message is delivered again (at least once) — so that its
+    /// commit does not wait for the disk (see ``PostgresDatabase/transaction(synchronousCommit:_:)``).
+    /// A subscriber that acknowledges each delivery in turn waited for one flush each.
+    private func perform<R>(synced: Bool = true, _ body: (PostgresDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
         let db = try pool.checkout()
         defer { pool.checkin(db) }
-        return try db.transaction { () throws(TransportError) -> R in
-            // Noted every time: a reconnect gets a new server process.
-            let backend = db.backendPID
-            if !ownBackends.withLock({ $0.contains(backend) }) { ownBackends.withLock { _ = $0.insert(backend) } }
+        return try db.transaction(synchronousCommit: synced) { () throws(TransportError) -> R in
+            noteOwnBackend(db)
             return try body(db)
         }
     }
 
-    /// Tells listening processes that the schema changed (sent when the transaction commits).
-    private func notify(_ db: PostgresDatabase) throws(TransportError) {
-        try db.run("SELECT pg_notify($1, '')", [.text(notifyChannel)])
+    /// Notes `db`'s server process as this store's (its notifications are not news). Every time:
+    /// a reconnect gets a new server process.
+    private func noteOwnBackend(_ db: PostgresDatabase) {
+        let backend = db.backendPID
+        if !ownBackends.withLock({ $0.contains(backend) }) { ownBackends.withLock { _ = $0.insert(backend) } }
+    }
+
+    /// Tells listening processes that the schema changed, once the transaction commits (after
+    /// it, not in it: see ``PostgresDatabase/notifyAfterCommit(_:)``).
+    private func notify(_ db: PostgresDatabase) {
+        db.notifyAfterCommit(notifyChannel)
     }
 
     private func externalChange() {
@@ -194,7 +207,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                         ])
                 }
             }
-            try notify(db)
+            notify(db)
         }
     }
 
@@ -235,13 +248,13 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                         .int(message?.expiresAtNanos ?? 0), .blob(blob),
                     ])
             }
-            if !retained.isEmpty { try notify(db) }
+            if !retained.isEmpty { notify(db) }
         }
     }
 
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
-        return try perform { db throws(TransportError) -> [LeasedMessage] in
+        return try perform(synced: false) { db throws(TransportError) -> [LeasedMessage] in
             var rows: [(id: Int64, attempt: Int64, token: Int64, blob: [UInt8])] = []
             // SKIP LOCKED: rows another process is leasing right now are passed over, not waited for.
             try db.run(
@@ -274,7 +287,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     try db.run(
                         "INSERT INTO \(schema).entries (channel, grp, attempt, visible_at, message) VALUES ($1, '', 0, $2, $3)",
                         [.text(dead.channel), .int(now), .blob(MessageCodec.encode(dead))])
-                    try notify(db)
+                    notify(db)
                 }
             }
             return leased
@@ -282,15 +295,37 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     }
 
     func ack(_ ref: LeaseRef) throws(TransportError) {
-        try perform { db throws(TransportError) in
-            if try deleteLeased(ref, in: db) { try notify(db) }
+        // One round trip, not three (begin, delete, commit): a subscriber that acknowledges each
+        // delivery in turn waits for every one, and the round trips were most of the time an
+        // acknowledgement took. The numbers are the store's own.
+        let sql = """
+            SET LOCAL synchronous_commit TO off;
+            DELETE FROM \(schema).entries WHERE id = \(Int64(ref.entry)) AND lease_token = \(Int64(ref.token)) RETURNING ordering_key IS NOT NULL
+            """
+        var keyed: Bool?
+        try pool.withConnection { db throws(TransportError) in
+            noteOwnBackend(db)
+            do throws(TransportError) {
+                try db.runScript(sql) { row in keyed = row.first == "t" }
+            } catch {
+                // An idle connection the server dropped (a restart) is noticed only by using it.
+                // Once more on a fresh one: at worst the first try did delete, and this one
+                // finds nothing.
+                guard error.code == .unavailable else { throw error }
+                try db.ensureConnected()
+                noteOwnBackend(db)
+                try db.runScript(sql) { row in keyed = row.first == "t" }
+            }
+            guard let keyed else { throw Self.notFound }
+            // The key's next message is now its head: consumers in other processes must hear.
+            if keyed { db.notify([notifyChannel]) }
         }
     }
 
     func ack(batch refs: [LeaseRef]) -> [TransportError?] {
         // One transaction, one commit for the whole batch.
         let outcome = Result { () throws(TransportError) -> [TransportError?] in
-            try perform { db throws(TransportError) -> [TransportError?] in
+            try perform(synced: false) { db throws(TransportError) -> [TransportError?] in
                 var keyed = false
                 let results = try refs.map { ref throws(TransportError) -> TransportError? in
                     do throws(TransportError) {
@@ -301,7 +336,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                         throw error
                     }
                 }
-                if keyed { try notify(db) }
+                if keyed { notify(db) }
                 return results
             }
         }
@@ -320,17 +355,17 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                 WHERE id = $4 AND lease_token = $5
                 """, [.int(visibleAt), .int(now), .text(reason), .int(Int64(ref.entry)), .int(Int64(ref.token))])
             if changed == 0 { throw Self.notFound }
-            try notify(db)
+            notify(db)
         }
     }
 
     func release(_ ref: LeaseRef) throws(TransportError) {
-        try perform { db throws(TransportError) in
+        try perform(synced: false) { db throws(TransportError) in
             let changed = try db.run(
                 "UPDATE \(schema).entries SET lease_token = 0, lease_until = 0, attempt = GREATEST(attempt - 1, 0) WHERE id = $1 AND lease_token = $2",
                 [.int(Int64(ref.entry)), .int(Int64(ref.token))])
             if changed == 0 { throw Self.notFound }
-            try notify(db)
+            notify(db)
         }
     }
 
@@ -350,7 +385,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
             try db.run(
                 "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES ($1, '', NULL, 0, $2, $3)",
                 [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])
-            try notify(db)
+            notify(db)
             return dead
         }
     }
