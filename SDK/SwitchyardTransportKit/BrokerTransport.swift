@@ -131,7 +131,7 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     public func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         try broker.publish(batch.map { $0.copy() }, settling: delivery, settlement)
     }
-    public func drain(deadlineNanos: Int64) throws(TransportError) { try broker.drain(deadlineNanos: deadlineNanos) }
+    open func drain(deadlineNanos: Int64) throws(TransportError) { try broker.drain(deadlineNanos: deadlineNanos) }
     public func stats() -> TransportStats { broker.currentStats() }
-    public func shutdown() { broker.shutdown() }
+    open func shutdown() { broker.shutdown() }
 }

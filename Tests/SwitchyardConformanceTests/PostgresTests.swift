@@ -85,6 +85,23 @@ struct PostgresTests {
         #expect(await eventually(10) { inbox.received.contains { $0.message.id == "silent" } }, "an unannounced change was never found")
     }
 
+    /// A single acknowledgement returns before its row is deleted: a writer deletes many in one
+    /// statement. Closing the transport writes what still waits.
+    @Test("every acknowledgement is written by the time the transport closes: nothing acknowledged stays stored")
+    func acknowledgementsWrittenByClose() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let transport = try Self.transport(server, extra: #", "schema": "acks""#)
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "acks"), handler: inbox.handler(client: transport.client))
+        for index in 0..<300 { try transport.client.publish(Message(id: "a-\(index)", channel: "acks")) }
+        #expect(await eventually(30) { inbox.count == 300 })
+        transport.close()
+        let database = try PostgresDatabase(conninfo: server.conninfo)
+        var left: Int64 = -1
+        try database.run(#"SELECT count(*) FROM "acks".entries"#) { row in left = row.int(0) }
+        #expect(left == 0, "\(left) acknowledged messages still stored after close")
+    }
+
     @Test("the server down: publish fails at once with a clear error; publishes and subscribers resume when it is back")
     func unreachable() async throws {
         let server = try await offPool { try PostgresServer() }

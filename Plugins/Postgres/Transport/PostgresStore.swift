@@ -59,6 +59,8 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     }
     private let shared = Guarded(Shared())
     private var listener: PostgresListener?
+    /// Writes single acknowledgements in batches (``ack(_:)``).
+    private var acknowledgements: AcknowledgementWriter!
 
     private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
 
@@ -88,11 +90,26 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         listener = PostgresListener(conninfo: config.conninfo ?? "", channel: notifyChannel, isOwn: isOwn) { [weak self] in
             self?.externalChange()
         }
+        // Not `self` in the writer's function: the store would never be released.
+        let shared = shared
+        acknowledgements = AcknowledgementWriter { [pool, schema, notifyChannel, host] refs in
+            Self.delete(refs, pool: pool, schema: schema, notifyChannel: notifyChannel, own: own, host: host) {
+                shared.withLock { $0.changeHandler }?()
+            }
+        }
     }
 
     deinit {
+        acknowledgements.close()
         listener?.stop()
     }
+
+    /// Writes the acknowledgements still waiting and stops their writer (the transport's
+    /// `shutdown`); later ones are written at once.
+    func close() { acknowledgements.close() }
+
+    /// Waits until every acknowledgement made so far is written (the transport's `drain`).
+    func flush() { acknowledgements.flush() }
 
     /// The store's tables (`$schema`: the quoted schema).
     private static let tables = """
@@ -294,32 +311,56 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         }
     }
 
+    /// Hands the acknowledgement to a writer that deletes the rows of many in one statement,
+    /// and returns: a subscriber that acknowledges each delivery in turn no longer waits for a
+    /// round trip to the server each time (it did: one at a time, that was most of the time a
+    /// message took). What that gives up, all within at-least-once: an acknowledgement still
+    /// waiting when the process dies is lost, as one not yet flushed to disk would be (the
+    /// message is delivered again), and one whose lease had already run out (another consumer has
+    /// the message now) reports nothing — the delivery it acknowledged is the broker's, which
+    /// refuses unknown and settled deliveries itself. ``ack(batch:)`` stays synchronous.
     func ack(_ ref: LeaseRef) throws(TransportError) {
-        // One round trip, not three (begin, delete, commit): a subscriber that acknowledges each
-        // delivery in turn waits for every one, and the round trips were most of the time an
-        // acknowledgement took. The numbers are the store's own.
+        acknowledgements.add(ref)
+    }
+
+    /// Deletes the leased rows `refs` name in one statement (one round trip, not synced: see
+    /// ``perform(synced:_:)``), on a connection of `pool`; tells other processes and `changed`
+    /// this one when one of them had an ordering key (the key's next message is now its head).
+    /// A failure is logged: those messages come again after their visibility timeout.
+    private static func delete(
+        _ refs: [LeaseRef], pool: PostgresPool, schema: String, notifyChannel: String, own: Guarded<Set<Int32>>, host: HostServices,
+        changed: () -> Void
+    ) {
+        // Only numbers the store made go into the statement.
+        let pairs = refs.map { "(\(Int64($0.entry)),\(Int64($0.token)))" }.joined(separator: ",")
         let sql = """
             SET LOCAL synchronous_commit TO off;
-            DELETE FROM \(schema).entries WHERE id = \(Int64(ref.entry)) AND lease_token = \(Int64(ref.token)) RETURNING ordering_key IS NOT NULL
+            DELETE FROM \(schema).entries WHERE (id, lease_token) IN (\(pairs)) RETURNING ordering_key IS NOT NULL
             """
-        var keyed: Bool?
-        try pool.withConnection { db throws(TransportError) in
-            noteOwnBackend(db)
-            do throws(TransportError) {
-                try db.runScript(sql) { row in keyed = row.first == "t" }
-            } catch {
-                // An idle connection the server dropped (a restart) is noticed only by using it.
-                // Once more on a fresh one: at worst the first try did delete, and this one
-                // finds nothing.
-                guard error.code == .unavailable else { throw error }
-                try db.ensureConnected()
-                noteOwnBackend(db)
-                try db.runScript(sql) { row in keyed = row.first == "t" }
+        var keyed = 0
+        do throws(TransportError) {
+            try pool.withConnection { db throws(TransportError) in
+                func run() throws(TransportError) {
+                    let backend = db.backendPID
+                    own.withLock { _ = $0.insert(backend) }
+                    keyed = 0
+                    try db.runScript(sql) { row in if row.first == "t" { keyed += 1 } }
+                }
+                do throws(TransportError) {
+                    try run()
+                } catch {
+                    // An idle connection the server dropped (a restart) is noticed only by
+                    // using it: once more on a fresh one (deleting twice deletes nothing more).
+                    guard error.code == .unavailable else { throw error }
+                    try db.ensureConnected()
+                    try run()
+                }
+                if keyed > 0 { db.notify([notifyChannel]) }
             }
-            guard let keyed else { throw Self.notFound }
-            // The key's next message is now its head: consumers in other processes must hear.
-            if keyed { db.notify([notifyChannel]) }
+        } catch {
+            host.log(.warning, "postgres: \(refs.count) acknowledgements were not written (\(error.message)); their messages come again after the visibility timeout")
         }
+        if keyed > 0 { changed() }
     }
 
     func ack(batch refs: [LeaseRef]) -> [TransportError?] {
@@ -486,4 +527,76 @@ final class PostgresListener: @unchecked Sendable {
     }
 
     func stop() { stopped.store(true, ordering: .releasing) }
+}
+
+/// Acknowledgements waiting to be written, and the thread that writes them: as many as wait at
+/// once in one statement (see ``PostgresStore/ack(_:)``).
+final class AcknowledgementWriter: @unchecked Sendable {
+    // @unchecked: everything behind `condition`.
+    private let condition = NSCondition()
+    private var waiting: [LeaseRef] = []
+    /// Taken by the thread and not yet written.
+    private var writing = 0
+    private var closed = false
+    private let finished = DispatchSemaphore(value: 0)
+    private let write: @Sendable ([LeaseRef]) -> Void
+    /// The most one statement deletes.
+    static let batchLimit = 1_000
+
+    init(write: @escaping @Sendable ([LeaseRef]) -> Void) {
+        self.write = write
+        let thread = Thread { [self] in run() }
+        thread.name = "switchyard-postgres-ack"
+        thread.start()
+    }
+
+    func add(_ ref: LeaseRef) {
+        condition.lock()
+        if closed {
+            condition.unlock()
+            write([ref])  // after close: at once, on the caller's thread
+            return
+        }
+        waiting.append(ref)
+        if waiting.count == 1 { condition.broadcast() }
+        condition.unlock()
+    }
+
+    /// Returns once everything added before it is written.
+    func flush() {
+        condition.lock()
+        while !waiting.isEmpty || writing > 0 { condition.wait() }
+        condition.unlock()
+    }
+
+    /// Writes what waits, then stops the thread. Once only; later calls return at once.
+    func close() {
+        condition.lock()
+        if closed {
+            condition.unlock()
+            return
+        }
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+        finished.wait()
+    }
+
+    private func run() {
+        condition.lock()
+        while true {
+            while waiting.isEmpty && !closed { condition.wait() }
+            if waiting.isEmpty { break }  // closed, nothing left
+            let batch = Array(waiting.prefix(Self.batchLimit))
+            waiting.removeFirst(batch.count)
+            writing = batch.count
+            condition.unlock()
+            write(batch)
+            condition.lock()
+            writing = 0
+            condition.broadcast()  // flush() waits for this
+        }
+        condition.unlock()
+        finished.signal()
+    }
 }

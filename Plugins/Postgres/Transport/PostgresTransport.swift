@@ -14,4 +14,17 @@ open class PostgresBrokerTransport: BrokerTransport, @unchecked Sendable {
         return try PostgresStore(
             config: postgres, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000, deadLetterSuffix: deadLetterSuffix, host: context.host)
     }
+
+    /// The broker's drain, then every acknowledgement made during it written (the store writes
+    /// them in batches, after they return: ``PostgresStore/ack(_:)``).
+    override open func drain(deadlineNanos: Int64) throws(TransportError) {
+        try super.drain(deadlineNanos: deadlineNanos)
+        (broker.store as? PostgresStore)?.flush()
+    }
+
+    /// The broker's shutdown, then the acknowledgements still waiting written.
+    override open func shutdown() {
+        super.shutdown()
+        (broker.store as? PostgresStore)?.close()
+    }
 }
