@@ -119,6 +119,14 @@ public final class PostgresDatabase {
 
     /// Connected and usable; reconnects once when the server went away (a restart).
     public func ensureConnected() throws(TransportError) {
+        // An idle connection the server closed still reads as connected until libpq reads the
+        // close: a readable idle socket is read first (one poll, no round trip), which tells
+        // libpq. (On a connection that listens, a notification read here waits in libpq's queue
+        // for ``drainNotifications()``, but no longer wakes a `poll` on the socket.)
+        if let connection, PQstatus(connection) == CONNECTION_OK {
+            var idle = pollfd(fd: PQsocket(connection), events: Int16(POLLIN), revents: 0)
+            if poll(&idle, 1, 0) > 0 { _ = PQconsumeInput(connection) }
+        }
         if connection == nil || PQstatus(connection) != CONNECTION_OK { try connect() }
     }
 
@@ -223,7 +231,6 @@ public final class PostgresDatabase {
     /// server's own setting decides.
     public func transaction<R>(synchronousCommit: Bool = true, _ body: () throws(TransportError) -> R) throws(TransportError) -> R {
         try ensureConnected()
-        pendingNotifications.removeAll()
         // One round trip either way: several statements in one simple query.
         let begin = synchronousCommit ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit TO off"
         do throws(TransportError) {
@@ -238,42 +245,18 @@ public final class PostgresDatabase {
         do throws(TransportError) {
             let value = try body()
             try commit()
-            sendPendingNotifications()
             return value
         } catch {
-            pendingNotifications.removeAll()
             if PQstatus(connection) == CONNECTION_OK { try? execute("ROLLBACK") }
             throw error
         }
     }
 
-    /// Notifies `channel` (`NOTIFY`, no payload) once the open transaction commits, in a
-    /// transaction of its own that does not wait for the disk; nothing if it rolls back.
-    ///
-    /// Not inside the transaction: PostgreSQL serialises the commits of all transactions that
-    /// notify, in the whole database, holding a lock from before the commit until after its
-    /// flush to disk — notifying inside every publish let one publish commit at a time, however
-    /// many connections published (measured: 1.3 k publishes/s from 16 threads, where the same
-    /// inserts without it commit together). A notification is a wake-up, not data: the listener
-    /// reads the tables, and one lost to a crash between the two commits must be made up for by
-    /// listeners looking again on their own now and then.
-    public func notifyAfterCommit(_ channel: String) {
-        pendingNotifications.insert(channel)
-    }
-
-    /// Channels ``notifyAfterCommit(_:)`` named in the open transaction.
-    private var pendingNotifications: Set<String> = []
-
-    private func sendPendingNotifications() {
-        guard !pendingNotifications.isEmpty else { return }
-        let channels = pendingNotifications
-        pendingNotifications.removeAll()
-        notify(channels)
-    }
-
-    /// Notifies `channels` now, in a transaction of its own that does not wait for the disk (see
-    /// ``notifyAfterCommit(_:)``), outside any transaction. A failure is not reported: the change
-    /// it tells of is committed whatever happens here.
+    /// Notifies `channels` (`NOTIFY`, no payload) now, outside any transaction, in one of its own
+    /// that does not wait for the disk. A failure is not reported: call it after the change it
+    /// tells of committed, which stands whatever happens here. (PostgreSQL commits notifying
+    /// transactions one at a time, through their flush to disk: a `NOTIFY` inside a change's
+    /// transaction serialises every such change in the database.)
     public func notify(_ channels: Set<String>) {
         let statements = channels.map { "NOTIFY \(Self.quotedIdentifier($0))" }.joined(separator: "; ")
         try? execute("BEGIN; SET LOCAL synchronous_commit TO off; \(statements); COMMIT")
