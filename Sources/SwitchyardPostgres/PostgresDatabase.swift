@@ -260,6 +260,9 @@ public final class PostgresDatabase {
     public func notify(_ channels: Set<String>) {
         let statements = channels.map { "NOTIFY \(Self.quotedIdentifier($0))" }.joined(separator: "; ")
         try? execute("BEGIN; SET LOCAL synchronous_commit TO off; \(statements); COMMIT")
+        // A NOTIFY that failed (cancelled, a read-only server) skips the COMMIT after it: the
+        // connection would stay in an aborted transaction, failing every later statement.
+        if let connection, PQtransactionStatus(connection) != PQTRANS_IDLE { try? execute("ROLLBACK") }
     }
 
     /// `name` as a double-quoted SQL identifier.

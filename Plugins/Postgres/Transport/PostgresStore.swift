@@ -115,8 +115,10 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         notifier.close()
     }
 
-    /// Waits until every acknowledgement made so far is written (the transport's `drain`).
-    func flush() { acknowledgements.flush() }
+    /// Waits until every acknowledgement made so far is written, or until `deadlineNanos`
+    /// (monotonic clock: the transport's `drain`); whether all were.
+    @discardableResult
+    func flush(deadlineNanos: Int64) -> Bool { acknowledgements.flush(deadlineNanos: deadlineNanos) }
 
     /// The store's tables (`$schema`: the quoted schema).
     private static let tables = """
@@ -148,12 +150,20 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     /// commits (``Notifier``).
     private func perform<R>(synced: Bool = true, _ body: (PostgresDatabase, inout Bool) throws(TransportError) -> R) throws(TransportError) -> R {
         let db = try pool.checkout()
-        defer { pool.checkin(db) }
         var announce = false
-        let result = try db.transaction(synchronousCommit: synced) { () throws(TransportError) -> R in
-            noteOwnBackend(db)
-            return try body(db, &announce)
+        let result: R
+        do throws(TransportError) {
+            result = try db.transaction(synchronousCommit: synced) { () throws(TransportError) -> R in
+                noteOwnBackend(db)
+                return try body(db, &announce)
+            }
+        } catch {
+            pool.checkin(db)
+            throw error
         }
+        // The connection back first: after close the notifier sends on the caller's thread, on
+        // a connection of the pool (holding this one, a pool of one would wait for itself).
+        pool.checkin(db)
         if announce { notifier.changed() }
         return result
     }
@@ -366,21 +376,22 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
             SET LOCAL synchronous_commit TO off;
             DELETE FROM \(schema).entries WHERE (id, lease_token) IN (\(pairs)) RETURNING ordering_key IS NOT NULL
             """
-        var keyed = 0
+        var keyed = false
         do throws(TransportError) {
             try pool.withConnection { db throws(TransportError) in
                 func run() throws(TransportError) {
                     let backend = db.backendPID
                     own.withLock { _ = $0.insert(backend) }
-                    keyed = 0
-                    try db.runScript(sql) { row in if row.first == "t" { keyed += 1 } }
+                    try db.runScript(sql) { row in if row.first == "t" { keyed = true } }
                 }
                 do throws(TransportError) {
                     try run()
                 } catch {
-                    // An idle connection the server dropped (a restart) is noticed only by
-                    // using it: once more on a fresh one (deleting twice deletes nothing more).
+                    // A connection lost (a restart): once more on a fresh one (deleting twice
+                    // deletes nothing more). The first try may have deleted keyed rows and not
+                    // said so: tell of a change either way.
                     guard error.code == .unavailable else { throw error }
+                    keyed = true
                     try db.ensureConnected()
                     try run()
                 }
@@ -388,7 +399,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         } catch {
             host.log(.warning, "postgres: \(refs.count) acknowledgements were not written (\(error.message)); their messages come again after the visibility timeout")
         }
-        if keyed > 0 { changed() }
+        if keyed { changed() }
     }
 
     func ack(batch refs: [LeaseRef]) -> [TransportError?] {
@@ -568,6 +579,7 @@ final class AcknowledgementWriter: @unchecked Sendable {
     private var closed = false
     private let finished = DispatchSemaphore(value: 0)
     private let write: @Sendable ([LeaseRef]) -> Void
+    private var thread: Thread?
     /// The most one statement deletes.
     static let batchLimit = 1_000
 
@@ -575,6 +587,7 @@ final class AcknowledgementWriter: @unchecked Sendable {
         self.write = write
         let thread = Thread { [self] in run() }
         thread.name = "switchyard-postgres-ack"
+        self.thread = thread
         thread.start()
     }
 
@@ -590,14 +603,27 @@ final class AcknowledgementWriter: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Returns once everything added before it is written.
-    func flush() {
+    /// Returns once everything added before it is written, or at `deadlineNanos` (monotonic
+    /// clock; nil: no deadline); whether everything was.
+    @discardableResult
+    func flush(deadlineNanos: Int64? = nil) -> Bool {
         condition.lock()
-        while !waiting.isEmpty || writing > 0 { condition.wait() }
-        condition.unlock()
+        defer { condition.unlock() }
+        while !waiting.isEmpty || writing > 0 {
+            guard let deadlineNanos else {
+                condition.wait()
+                continue
+            }
+            let left = deadlineNanos - monotonicNanoseconds()
+            if left <= 0 { return false }
+            _ = condition.wait(until: Date(timeIntervalSinceNow: Double(left) / 1e9))
+        }
+        return true
     }
 
-    /// Writes what waits, then stops the thread. Once only; later calls return at once.
+    /// Writes what waits, then stops the thread. Once only; later calls return at once. On the
+    /// writer's own thread (the store released there, from the change handler it calls) it
+    /// does not wait for itself: the thread writes what waits and stops after this batch.
     func close() {
         condition.lock()
         if closed {
@@ -606,7 +632,9 @@ final class AcknowledgementWriter: @unchecked Sendable {
         }
         closed = true
         condition.broadcast()
+        let onWriter = Thread.current === thread
         condition.unlock()
+        if onWriter { return }
         finished.wait()
     }
 
@@ -624,6 +652,7 @@ final class AcknowledgementWriter: @unchecked Sendable {
             writing = 0
             condition.broadcast()  // flush() waits for this
         }
+        thread = nil  // the thread held itself through its closure's `self`
         condition.unlock()
         finished.signal()
     }

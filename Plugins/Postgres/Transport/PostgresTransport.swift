@@ -16,10 +16,14 @@ open class PostgresBrokerTransport: BrokerTransport, @unchecked Sendable {
     }
 
     /// The broker's drain, then every acknowledgement made during it written (the store writes
-    /// them in batches, after they return: ``PostgresStore/ack(_:)``).
+    /// them in batches, after they return: ``PostgresStore/ack(_:)``), by the same deadline —
+    /// also when the broker's drain ran out of time.
     override open func drain(deadlineNanos: Int64) throws(TransportError) {
-        try super.drain(deadlineNanos: deadlineNanos)
-        (broker.store as? PostgresStore)?.flush()
+        var drained: TransportError?
+        do throws(TransportError) { try super.drain(deadlineNanos: deadlineNanos) } catch { drained = error }
+        let written = (broker.store as? PostgresStore)?.flush(deadlineNanos: deadlineNanos) ?? true
+        if let drained { throw drained }
+        if !written { throw TransportError(.timeout, "postgres: acknowledgements still being written at the drain's deadline (the server may be unreachable)") }
     }
 
     /// The broker's shutdown, then the acknowledgements still waiting written.
