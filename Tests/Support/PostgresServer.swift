@@ -5,7 +5,7 @@ import Foundation
 /// run as root, so as root the server runs as the `postgres` user (`runuser`). Stopped and
 /// removed on deinit.
 package final class PostgresServer: @unchecked Sendable {
-    package let port: Int
+    package private(set) var port: Int
     package let directory: String
     private var data: String { directory + "/data" }
     private let binaries: String
@@ -40,6 +40,16 @@ package final class PostgresServer: @unchecked Sendable {
         }
         let initdb = try Self.asServerUser(binaries + "/initdb", ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
         guard initdb.status == 0 else { throw NATSTestError("initdb failed: \(initdb.stderr)") }
+        // A port found free can be taken by another test's server before this one binds it
+        // (tests run in parallel): a first start that fails tries again on another port.
+        for _ in 0..<2 {
+            do {
+                try start()
+                return
+            } catch {
+                port = try freePort()
+            }
+        }
         try start()
     }
 
