@@ -144,28 +144,15 @@ public final class PostgresDatabase {
     }
 
     /// Runs several statements in one round trip, as one transaction of their own (one
-    /// "simple query"), handing each row of the last one's result to `row` as text (nil for
-    /// NULL); returns the number of rows the last one changed or returned. No parameters: put
-    /// only values made by your own code in `sql` (numbers), never text from outside.
+    /// "simple query"), handing each row of the last one's result to `row` — in text form: read
+    /// it with ``Row/text(_:)`` (`t`/`f` for a boolean); returns the number of rows the last one
+    /// changed or returned. No parameters: put only values made by your own code in `sql`
+    /// (numbers), never text from outside.
     @discardableResult
-    public func runScript(_ sql: String, row: (([String?]) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
+    public func runScript(_ sql: String, row: ((Row) throws(TransportError) -> Void)? = nil) throws(TransportError) -> Int {
         let result = PQexec(connection, sql)
         defer { PQclear(result) }
-        try check(result)
-        guard let result else { return 0 }
-        if PQresultStatus(result) == PGRES_TUPLES_OK {
-            let count = PQntuples(result)
-            if let row {
-                for index in 0..<count {
-                    try row(
-                        (0..<PQnfields(result)).map { column in
-                            PQgetisnull(result, index, column) == 1 ? nil : String(cString: PQgetvalue(result, index, column))
-                        })
-                }
-            }
-            return Int(count)
-        }
-        return Int(String(cString: PQcmdTuples(result))) ?? 0
+        return try consume(result, row: row)
     }
 
     /// Runs one statement with `parameters` (`$1`…), handing each result row to `row`; returns
@@ -211,6 +198,11 @@ public final class PostgresDatabase {
         let values = buffers.map { UnsafePointer<CChar>($0?.assumingMemoryBound(to: CChar.self)) }
         let result = PQexecParams(connection, sql, Int32(parameters.count), types, values, lengths, formats, 1)
         defer { PQclear(result) }
+        return try consume(result, row: row)
+    }
+
+    /// Checks `result`, hands its rows to `row`; the number of rows it changed or returned.
+    private func consume(_ result: OpaquePointer?, row: ((Row) throws(TransportError) -> Void)?) throws(TransportError) -> Int {
         try check(result)
         guard let result else { return 0 }
         if PQresultStatus(result) == PGRES_TUPLES_OK {

@@ -60,9 +60,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     private let shared = Guarded(Shared())
     private var listener: PostgresListener?
     /// Writes single acknowledgements in batches (``ack(_:)``).
-    private var acknowledgements: AcknowledgementWriter!
-    /// Tells other processes of this one's changes, after they commit.
-    private let notifier: Notifier
+    private var acknowledgements: BackgroundBatches<LeaseRef>!
+    /// Tells other processes of this one's changes, after they commit (``makeNotifier(pool:channel:own:)``).
+    private let notifier: BackgroundBatches<Void>
 
     private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
 
@@ -88,16 +88,16 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         schema = quoted
         notifyChannel = "switchyard_\(name)"
         let own = ownBackends
-        notifier = Notifier(pool: pool, channel: notifyChannel, own: own)
+        notifier = Self.makeNotifier(pool: pool, channel: notifyChannel, own: own)
         let isOwn: @Sendable (Int32) -> Bool = { pid in own.withLock { $0.contains(pid) } }
         listener = PostgresListener(conninfo: config.conninfo ?? "", channel: notifyChannel, isOwn: isOwn) { [weak self] in
             self?.externalChange()
         }
         // Not `self` in the writer's function: the store would never be released.
         let shared = shared
-        acknowledgements = AcknowledgementWriter { [pool, schema, notifier, host] refs in
+        acknowledgements = BackgroundBatches(name: "switchyard-postgres-ack") { [pool, schema, notifier, host] refs in
             Self.delete(refs, pool: pool, schema: schema, own: own, host: host) {
-                notifier.changed()
+                notifier.add(())
                 shared.withLock { $0.changeHandler }?()
             }
         }
@@ -147,14 +147,14 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     /// commit does not wait for the disk (see ``PostgresDatabase/transaction(synchronousCommit:_:)``).
     /// A subscriber that acknowledges each delivery in turn waited for one flush each.
     /// `body` sets its flag when other processes must hear of the change: they are told once it
-    /// commits (``Notifier``).
+    /// commits (``makeNotifier(pool:channel:own:)``).
     private func perform<R>(synced: Bool = true, _ body: (PostgresDatabase, inout Bool) throws(TransportError) -> R) throws(TransportError) -> R {
         let db = try pool.checkout()
         var announce = false
         let result: R
         do throws(TransportError) {
             result = try db.transaction(synchronousCommit: synced) { () throws(TransportError) -> R in
-                noteOwnBackend(db)
+                Self.noteOwnBackend(db, in: ownBackends)
                 return try body(db, &announce)
             }
         } catch {
@@ -164,15 +164,35 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         // The connection back first: after close the notifier sends on the caller's thread, on
         // a connection of the pool (holding this one, a pool of one would wait for itself).
         pool.checkin(db)
-        if announce { notifier.changed() }
+        if announce { notifier.add(()) }
         return result
     }
 
-    /// Notes `db`'s server process as this store's (its notifications are not news). Every time:
-    /// a reconnect gets a new server process.
-    private func noteOwnBackend(_ db: PostgresDatabase) {
+    /// Notes `db`'s server process in `own`, the store's (their notifications are not news).
+    /// Every time: a reconnect gets a new server process.
+    private static func noteOwnBackend(_ db: PostgresDatabase, in own: Guarded<Set<Int32>>) {
         let backend = db.backendPID
-        if !ownBackends.withLock({ $0.contains(backend) }) { ownBackends.withLock { _ = $0.insert(backend) } }
+        if !own.withLock({ $0.contains(backend) }) { own.withLock { _ = $0.insert(backend) } }
+    }
+
+    /// The thread that sends the store's notifications (`NOTIFY`) after the changes they tell of
+    /// commit: one for all the changes made while the last was being sent.
+    ///
+    /// Not in the changes' transactions: PostgreSQL commits the notifying transactions of a
+    /// database one at a time, holding a lock from before each commit until after its flush to
+    /// disk, so a `NOTIFY` inside every publish let one publish commit at a time however many
+    /// threads published (measured: 1.3 k publishes/s from 16 threads). And not one per change on
+    /// the changer's connection: one round trip more for every publish. A notification is a
+    /// wake-up, not data — listeners read the tables — so one for many changes tells as much. One
+    /// lost (the process stopped between a commit and its notification) is made up for by the
+    /// broker's own looks.
+    private static func makeNotifier(pool: PostgresPool, channel: String, own: Guarded<Set<Int32>>) -> BackgroundBatches<Void> {
+        BackgroundBatches(name: "switchyard-postgres-notify") { _ in
+            try? pool.withConnection { db throws(TransportError) in
+                noteOwnBackend(db, in: own)  // before sending: this process's listener ignores it
+                db.notify([channel])
+            }
+        }
     }
 
     private func externalChange() {
@@ -253,7 +273,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     private func insertAlone(_ message: Message) throws(TransportError) {
         let blob = MessageCodec.encode(message)
         try pool.withConnection { db throws(TransportError) in
-            noteOwnBackend(db)
+            Self.noteOwnBackend(db, in: ownBackends)
             do throws(TransportError) {
                 try db.run(
                     "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, expires_at, message) VALUES ($1, '', NULL, $2, $3, $4, $5)",
@@ -265,7 +285,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                 throw TransportError(.unavailable, "\(error.message) (the message may have been stored)")
             }
         }
-        notifier.changed()
+        notifier.add(())
     }
 
     /// Advisory locks (held to the end of the transaction) that make concurrent transactions in
@@ -380,9 +400,8 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         do throws(TransportError) {
             try pool.withConnection { db throws(TransportError) in
                 func run() throws(TransportError) {
-                    let backend = db.backendPID
-                    own.withLock { _ = $0.insert(backend) }
-                    try db.runScript(sql) { row in if row.first == "t" { keyed = true } }
+                    noteOwnBackend(db, in: own)
+                    try db.runScript(sql) { row in if row.text(0) == "t" { keyed = true } }
                 }
                 do throws(TransportError) {
                     try run()
@@ -568,37 +587,38 @@ final class PostgresListener: @unchecked Sendable {
     func stop() { stopped.store(true, ordering: .releasing) }
 }
 
-/// Acknowledgements waiting to be written, and the thread that writes them: as many as wait at
-/// once in one statement (see ``PostgresStore/ack(_:)``).
-final class AcknowledgementWriter: @unchecked Sendable {
+/// Items waiting, and a thread of their own that hands all that wait to `write` at once (up to
+/// ``batchLimit``): the store's acknowledgements, deleted in one statement, and its
+/// notifications, many changes told by one `NOTIFY`.
+final class BackgroundBatches<Item: Sendable>: @unchecked Sendable {
     // @unchecked: everything behind `condition`.
     private let condition = NSCondition()
-    private var waiting: [LeaseRef] = []
+    private var waiting: [Item] = []
     /// Taken by the thread and not yet written.
     private var writing = 0
     private var closed = false
     private let finished = DispatchSemaphore(value: 0)
-    private let write: @Sendable ([LeaseRef]) -> Void
+    private let write: @Sendable ([Item]) -> Void
     private var thread: Thread?
-    /// The most one statement deletes.
-    static let batchLimit = 1_000
+    /// The most one `write` is given.
+    static var batchLimit: Int { 1_000 }
 
-    init(write: @escaping @Sendable ([LeaseRef]) -> Void) {
+    init(name: String, write: @escaping @Sendable ([Item]) -> Void) {
         self.write = write
         let thread = Thread { [self] in run() }
-        thread.name = "switchyard-postgres-ack"
+        thread.name = name
         self.thread = thread
         thread.start()
     }
 
-    func add(_ ref: LeaseRef) {
+    func add(_ item: Item) {
         condition.lock()
         if closed {
             condition.unlock()
-            write([ref])  // after close: at once, on the caller's thread
+            write([item])  // after close: at once, on the caller's thread
             return
         }
-        waiting.append(ref)
+        waiting.append(item)
         if waiting.count == 1 { condition.broadcast() }
         condition.unlock()
     }
@@ -622,8 +642,8 @@ final class AcknowledgementWriter: @unchecked Sendable {
     }
 
     /// Writes what waits, then stops the thread. Once only; later calls return at once. On the
-    /// writer's own thread (the store released there, from the change handler it calls) it
-    /// does not wait for itself: the thread writes what waits and stops after this batch.
+    /// thread itself (the store released there, from a function `write` calls) it does not wait
+    /// for itself: the thread writes what waits and stops after this batch.
     func close() {
         condition.lock()
         if closed {
@@ -632,9 +652,9 @@ final class AcknowledgementWriter: @unchecked Sendable {
         }
         closed = true
         condition.broadcast()
-        let onWriter = Thread.current === thread
+        let onThread = Thread.current === thread
         condition.unlock()
-        if onWriter { return }
+        if onThread { return }
         finished.wait()
     }
 
@@ -653,80 +673,6 @@ final class AcknowledgementWriter: @unchecked Sendable {
             condition.broadcast()  // flush() waits for this
         }
         thread = nil  // the thread held itself through its closure's `self`
-        condition.unlock()
-        finished.signal()
-    }
-}
-
-/// Sends a store's notifications (`NOTIFY`) from a thread of its own, after the changes they tell
-/// of commit: one for every change made while the last was being sent.
-///
-/// Not in the changes' transactions: PostgreSQL commits the notifying transactions of a database
-/// one at a time, holding a lock from before each commit until after its flush to disk, so a
-/// `NOTIFY` inside every publish let one publish commit at a time however many threads published
-/// (measured: 1.3 k publishes/s from 16 threads). And not one per change on the changer's
-/// connection: one round trip more for every publish. A notification is a wake-up, not data —
-/// listeners read the tables — so one for many changes tells as much. One lost (the process
-/// stopped between a commit and its notification) is made up for by the broker's own looks.
-final class Notifier: @unchecked Sendable {
-    // @unchecked: everything behind `condition`.
-    private let condition = NSCondition()
-    private var due = false
-    private var closed = false
-    private let finished = DispatchSemaphore(value: 0)
-    private let send: @Sendable () -> Void
-
-    init(pool: PostgresPool, channel: String, own: Guarded<Set<Int32>>) {
-        send = {
-            try? pool.withConnection { db throws(TransportError) in
-                let backend = db.backendPID  // before sending: this process's listener ignores it
-                own.withLock { _ = $0.insert(backend) }
-                db.notify([channel])
-            }
-        }
-        let thread = Thread { [self] in run() }
-        thread.name = "switchyard-postgres-notify"
-        thread.start()
-    }
-
-    /// A change committed: other processes hear of it soon.
-    func changed() {
-        condition.lock()
-        if closed {
-            condition.unlock()
-            send()  // after close: at once, on the caller's thread
-            return
-        }
-        if !due {
-            due = true
-            condition.signal()
-        }
-        condition.unlock()
-    }
-
-    /// Sends the notification still due, then stops the thread. Later calls return at once.
-    func close() {
-        condition.lock()
-        if closed {
-            condition.unlock()
-            return
-        }
-        closed = true
-        condition.signal()
-        condition.unlock()
-        finished.wait()
-    }
-
-    private func run() {
-        condition.lock()
-        while true {
-            while !due && !closed { condition.wait() }
-            if !due { break }  // closed, nothing due
-            due = false
-            condition.unlock()
-            send()
-            condition.lock()
-        }
         condition.unlock()
         finished.signal()
     }
