@@ -556,7 +556,10 @@ public final class Broker: @unchecked Sendable {
     }
 
     /// How many times the dispatcher yields, looking for new work, before it sleeps after a busy
-    /// period (about 20–40 µs).
+    /// period (about 20–40 µs). Measured on 2 cores (`bench typed memory-queue --quick`, 2026-12-04):
+    /// at 0 the typed request-reply p50 was 101–105 µs against 31–40 µs at 64, and the raw queue's
+    /// round trip 50 µs against 8–15 µs; 8 was between, and 256 no better than 64. Throughput
+    /// (fire-and-forget, the raw queue) moved within the noise at every value.
     static let lingerRounds = 64
 
     private func dispatchLoop() {

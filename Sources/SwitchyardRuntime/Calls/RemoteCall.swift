@@ -85,8 +85,10 @@ extension SwitchyardActorSystem {
         defer { span?.end() }
         do {
             let options = Switchyard.callOptions
-            let deadlineNanos = options.deadline.map { WallClock.nowNanos() + $0.nanoseconds } ?? 0
-            let (_, message) = try message(id, call, invocation, route: route, options: options, replyTo: nil, deadlineNanos: deadlineNanos, span: span)
+            let now = WallClock.nowNanos()
+            let deadlineNanos = options.deadline.map { now + $0.nanoseconds } ?? 0
+            let (_, message) = try message(
+                id, call, invocation, route: route, options: options, replyTo: nil, now: now, deadlineNanos: deadlineNanos, span: span)
             if let capture = Switchyard.outboxCapture {
                 // Inside a transaction: written to its outbox when it commits, relayed after. (A
                 // task the handler started may call after the transaction ended: then the call is
@@ -126,9 +128,10 @@ extension SwitchyardActorSystem {
             }
             let options = Switchyard.callOptions
             let deadline = options.deadline ?? .nanoseconds(route.entry.deadlineNanos)
+            let now = WallClock.nowNanos()
             let (callID, message) = try message(
                 id, call, invocation, route: route, options: options, replyTo: replyTo,
-                deadlineNanos: WallClock.nowNanos() + deadline.nanoseconds, span: span)
+                now: now, deadlineNanos: now + deadline.nanoseconds, span: span)
             let metrics = route.metrics
             let reply = try await pending.wait(
                 id: callID, deadline: started + deadline,
@@ -176,7 +179,7 @@ extension SwitchyardActorSystem {
     /// id back would make another string).
     private func message(
         _ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route, options: CallOptions, replyTo: String?,
-        deadlineNanos: Int64, span: (any Span)?
+        now: Int64, deadlineNanos: Int64, span: (any Span)?
     ) throws -> (id: String, message: Message) {
         if let problem = options.problem { throw SwitchyardError.routing(target: call.name, reason: problem) }
         var orderingKey: String?
@@ -193,7 +196,7 @@ extension SwitchyardActorSystem {
                 throw SwitchyardError.routing(
                     target: call.name, reason: "the call asks for a delay, but transport '\(route.entry.transport)' cannot delay (add a delay transport to its chain)")
             }
-            deliverAt = WallClock.nowNanos() + delay
+            deliverAt = now + delay
         }
         var carrier = TraceCarrier()
         if let span { InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: TraceCarrier.Injector()) }
@@ -203,11 +206,12 @@ extension SwitchyardActorSystem {
         } catch {
             throw SwitchyardError.routing(target: call.name, reason: "cannot encode the arguments: \(error)")
         }
+        // One reading of the clock for the id, the creation time and the deadline (each is 25 ns).
         let envelope = Envelope(
-            target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
+            id: EnvelopeID.make(nowNanos: now), target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
             contentType: route.encoding,
             replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther,
-            idempotencyKey: options.idempotencyKey, deadlineNanos: deadlineNanos, headers: options.headers)
+            idempotencyKey: options.idempotencyKey, deadlineNanos: deadlineNanos, createdAtNanos: now, headers: options.headers)
         return (envelope.id, envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt, form: route.envelopeForm))
     }
 

@@ -39,6 +39,19 @@ final class DeliveryQueue: Sendable {
         var items: Deque<Inbound> = []
         var waiting: Deque<UnsafeContinuation<Inbound?, Never>> = []
         var closed = false
+
+        /// The next queued delivery for an idle worker, when there are both.
+        mutating func handOff() -> Handoff? {
+            guard !items.isEmpty, let waiter = waiting.popFirst() else { return nil }
+            return Handoff(waiter: waiter, item: items.removeFirst())
+        }
+    }
+
+    /// A delivery given to a waiting worker, resumed once the lock is let go.
+    private struct Handoff {
+        let waiter: UnsafeContinuation<Inbound?, Never>
+        let item: Inbound
+        func resume() { waiter.resume(returning: item) }
     }
     private let state = Guarded(State())
 
@@ -54,30 +67,41 @@ final class DeliveryQueue: Sendable {
         return accepted
     }
 
-    /// Queues deliveries in order under one lock, handing the first ones straight to waiting
-    /// workers; false when the queue is closed (nothing was queued: the caller releases them).
+    /// Queues deliveries in order under one lock, handing the first straight to a waiting worker;
+    /// false when the queue is closed (nothing was queued: the caller releases them).
+    ///
+    /// One worker is woken from here, not one per delivery: the transport's thread is not one of
+    /// the pool's, so each task it resumed poked a parked pool thread awake (a futex wake each,
+    /// and the typed fire-and-forget path's largest kernel cost). The worker woken wakes the next
+    /// one as it starts (``next()``), from a pool thread, while deliveries wait: every delivery
+    /// still starts without waiting for another's handler.
     func push(contentsOf batch: [Inbound]) -> Bool {
         guard !batch.isEmpty else { return true }
-        let (accepted, handed) = state.withLock { state -> (Bool, [(UnsafeContinuation<Inbound?, Never>, Inbound)]) in
-            guard !state.closed else { return (false, []) }
-            var handed: [(UnsafeContinuation<Inbound?, Never>, Inbound)] = []
-            for item in batch {
-                if let waiter = state.waiting.popFirst() {
-                    handed.append((waiter, item))
-                } else {
-                    state.items.append(item)
-                }
+        let (accepted, handed) = state.withLock { state -> (Bool, Handoff?) in
+            guard !state.closed else { return (false, nil) }
+            guard let waiter = state.waiting.popFirst() else {
+                state.items.append(contentsOf: batch)
+                return (true, nil)
             }
-            return (true, handed)
+            state.items.append(contentsOf: batch[1...])
+            return (true, Handoff(waiter: waiter, item: batch[0]))
         }
-        for (waiter, item) in handed { waiter.resume(returning: item) }
+        handed?.resume()
         return accepted
     }
 
-    /// The next delivery, waiting for one; nil once the queue is closed and empty.
+    /// The next delivery, waiting for one; nil once the queue is closed and empty. A worker that
+    /// takes one while more wait and another worker is idle wakes that worker with the next.
     func next() async -> Inbound? {
-        if let item = state.withLock({ $0.items.popFirst() }) { return item }
-        return await withUnsafeContinuation { continuation in
+        let (queued, handOff) = state.withLock { state -> (Inbound?, Handoff?) in
+            guard let item = state.items.popFirst() else { return (nil, nil) }
+            return (item, state.handOff())
+        }
+        if let queued {
+            handOff?.resume()
+            return queued
+        }
+        let item = await withUnsafeContinuation { continuation in
             let ready: Inbound?? = state.withLock { state in
                 if let item = state.items.popFirst() { return .some(item) }
                 if state.closed { return .some(nil) }
@@ -86,6 +110,8 @@ final class DeliveryQueue: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+        if item != nil { state.withLock { $0.handOff() }?.resume() }
+        return item
     }
 
     /// Closes the queue: workers finish, and the deliveries nobody started are returned.

@@ -19,8 +19,12 @@ public enum EnvelopeID {
     private static let counter = Atomic<UInt64>(0)
 
     /// A new id, e.g. `01937f4c-5e2a-7b3d-9c1e-2f4a6b8c0d1e`.
-    public static func make() -> String {
-        let millis = UInt64(WallClock.nowNanos() / 1_000_000)
+    public static func make() -> String { make(nowNanos: WallClock.nowNanos()) }
+
+    /// A new id for a message made at `nowNanos` (the wall clock, ns since 1970), for a caller
+    /// that has read the clock already.
+    public static func make(nowNanos: Int64) -> String {
+        let millis = UInt64(max(0, nowNanos) / 1_000_000)
         let random = SplitMix.mix(seed &+ counter.add(1, ordering: .relaxed).newValue &* SplitMix.gamma)
         let high = (millis << 16) | 0x7000 | ((random >> 52) & 0x0FFF)
         let low = 0x8000_0000_0000_0000 | (random & 0x3FFF_FFFF_FFFF_FFFF)
