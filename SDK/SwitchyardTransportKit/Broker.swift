@@ -576,34 +576,23 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         while !stopped {
             if !workPending {
-                // Ask the store when to look again without holding the lock (a durable store
-                // answers from its writer thread), then re-check for work that came meanwhile.
                 let isDraining = draining  // read under the lock (ThreadSanitizer caught a read after unlock)
                 keys.removeAll(keepingCapacity: true)
                 if !isDraining { keys.append(contentsOf: groups.keys) }
                 let local = nextLocalExpiry
-                var counters = stats
+                let counters = stats
                 condition.unlock()
                 // One reading of the clock per pass: it is a call into the host each time.
                 let stamp = now()
-                var wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local, now: stamp)
-                if !isDraining {
-                    if stamp >= nextExpirySweep {
-                        nextExpirySweep = stamp + options.expirySweepNanos
-                        sweepExpired(now: stamp)
-                    }
-                    wakeup = min(wakeup ?? nextExpirySweep, nextExpirySweep)
+                if !isDraining && stamp >= nextExpirySweep {
+                    nextExpirySweep = stamp + options.expirySweepNanos
+                    sweepExpired(now: stamp)
                 }
-                // Metrics go to the host from here, off the data path, at most every interval;
-                // while they still change (or one was held back), the wait below brings another
-                // pass one interval later, so idle gauges end up true.
-                let counts = store.counts()
-                counters.depth = counts.depth
-                counters.inFlight = counts.inFlight
-                if !reporter.report(counters) {
-                    let soon = wallClockNanoseconds() + reporter.interval
-                    wakeup = min(wakeup ?? soon, soon)
-                }
+                // Metrics go to the host from here, off the data path, at most every interval
+                // (the store is counted only when a report is due); while they still change (or
+                // one was held back), the wait below brings another pass one interval later, so
+                // idle gauges end up true.
+                let reportSoon = !reporter.report(withStoreCounts(counters))
                 condition.lock()
                 if !workPending && !stopped && delivered {
                     // Busy period: linger briefly before sleeping. A producer publishing one
@@ -614,6 +603,21 @@ public final class Broker: @unchecked Sendable {
                     for _ in 0..<Self.lingerRounds {
                         sched_yield()
                         if workHint.load(ordering: .relaxed) { break }
+                    }
+                    condition.lock()
+                }
+                var wakeup: Int64?
+                if !workPending && !stopped {
+                    // About to sleep: ask the store when to look again, without holding the lock
+                    // (a durable store answers from its writer thread), then re-check for work
+                    // that came meanwhile. Only here: asked before the linger, which usually finds
+                    // the next message, it cost a look per group per message (callgrind).
+                    condition.unlock()
+                    wakeup = isDraining ? nil : nextWakeup(keys, localExpiry: local, now: stamp)
+                    if !isDraining { wakeup = min(wakeup ?? nextExpirySweep, nextExpirySweep) }
+                    if reportSoon {
+                        let soon = wallClockNanoseconds() + reporter.interval
+                        wakeup = min(wakeup ?? soon, soon)
                     }
                     condition.lock()
                 }
@@ -918,6 +922,15 @@ public final class Broker: @unchecked Sendable {
     /// When the dispatcher must look again (wall-clock nanoseconds, the store's times): the earliest
     /// retry or lease expiry among `keys` (the groups with subscribers), or of a local delivery.
     /// Called without the lock.
+    /// `counters` with the store's depth and in-flight count, for a report that is due.
+    private func withStoreCounts(_ counters: TransportStats) -> TransportStats {
+        var counters = counters
+        let counts = store.counts()
+        counters.depth = counts.depth
+        counters.inFlight = counts.inFlight
+        return counters
+    }
+
     private func nextWakeup(_ keys: [GroupKey], localExpiry: Int64, now stamp: Int64) -> Int64? {
         var earliest: Int64? = localExpiry == .max ? nil : localExpiry
         for key in keys {

@@ -559,6 +559,7 @@ extension SwitchyardActorSystem {
         case .void:
             return ("return", [])
         case .value(let value):
+            body.reserveCapacity(32)  // one allocation, not one per growth
             do {
                 try encoding.encode(value, appendingTo: &body)
                 return ("return", body)

@@ -18,7 +18,9 @@ public struct CompactEncoder: Sendable {
 
     /// Appends the compact form of `value` to `bytes`.
     public func encode<T: Encodable>(_ value: T, appendingTo bytes: inout [UInt8]) throws {
-        let sink = CompactSink()
+        // A sink with no buffer of its own: it writes into `bytes` (a reserved one was allocated
+        // only to be swapped out and freed, an allocation per argument and per result).
+        let sink = CompactSink(reservingCapacity: 0)
         swap(&sink.writer.bytes, &bytes)
         defer { swap(&sink.writer.bytes, &bytes) }
         try sink.encodeValue(value, codingPath: [])
@@ -28,8 +30,11 @@ public struct CompactEncoder: Sendable {
 
 /// A buffer being written, plus nested encoders to splice in at given positions.
 final class CompactSink {
-    var writer = CompactWriter()
+    var writer: CompactWriter
     var inserts: [(at: Int, encoder: CompactValueEncoder)] = []
+
+    /// A sink whose buffer starts with room for `capacity` bytes.
+    init(reservingCapacity capacity: Int = 64) { writer = CompactWriter(reservingCapacity: capacity) }
 
     /// Writes one value: primitives directly, anything else through its `encode(to:)`.
     func encodeValue<T: Encodable>(_ value: T, codingPath: [any CodingKey]) throws {

@@ -36,7 +36,7 @@ package struct CompactFormatError: Error, CustomStringConvertible {
 package struct CompactWriter {
     package var bytes: [UInt8] = []
 
-    package init(reservingCapacity capacity: Int = 64) { bytes.reserveCapacity(capacity) }
+    package init(reservingCapacity capacity: Int = 64) { if capacity > 0 { bytes.reserveCapacity(capacity) } }
 
     package mutating func tag(_ tag: CompactTag) { bytes.append(tag.rawValue) }
 
