@@ -70,6 +70,9 @@ public enum HotPath: String, CaseIterable, Sendable {
         // Under callgrind the runtime's clock sees every publish take ~50x its native time; this
         // keeps publishes inline, where a native run keeps them.
         CallCost.keepEveryCallInline()
+        // And workers that have nothing to do suspend at once: serialised by valgrind, a
+        // spinning worker's rounds never overlap the work it waits for (see DeliveryQueue).
+        DeliveryQueue.keepWorkersFromSpinning()
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         let config = try SwitchyardConfig.parse(yaml: TypedCallSuite.queueYAML, baseDirectory: "/")
