@@ -40,6 +40,10 @@ package final class DeliveryQueue: Sendable {
         var items: Deque<Inbound> = []
         var waiting: Deque<UnsafeContinuation<Inbound?, Never>> = []
         var closed = false
+        /// Whether a worker is spinning (``spinForNext()``): then deliveries are queued for it
+        /// rather than handed to a suspended worker, whose resume from the transport's thread
+        /// could wake a parked pool thread.
+        var spinning = false
 
         /// The next queued delivery for an idle worker, when there are both.
         mutating func handOff() -> Handoff? {
@@ -60,7 +64,7 @@ package final class DeliveryQueue: Sendable {
     func push(_ item: Inbound) -> Bool {
         let (accepted, waiter) = state.withLock { state -> (Bool, UnsafeContinuation<Inbound?, Never>?) in
             guard !state.closed else { return (false, nil) }
-            if let waiter = state.waiting.popFirst() { return (true, waiter) }
+            if !state.spinning, let waiter = state.waiting.popFirst() { return (true, waiter) }
             state.items.append(item)
             return (true, nil)
         }
@@ -80,7 +84,7 @@ package final class DeliveryQueue: Sendable {
         guard !batch.isEmpty else { return true }
         let (accepted, handed) = state.withLock { state -> (Bool, Handoff?) in
             guard !state.closed else { return (false, nil) }
-            guard let waiter = state.waiting.popFirst() else {
+            guard !state.spinning, let waiter = state.waiting.popFirst() else {
                 state.items.append(contentsOf: batch)
                 return (true, nil)
             }
@@ -116,42 +120,58 @@ package final class DeliveryQueue: Sendable {
         return item
     }
 
-    /// Before a worker with nothing to do suspends, one worker at a time yields a few rounds
-    /// (``spinRounds``), taking a delivery that arrives meanwhile.
+    /// Before a worker with nothing to do suspends, one worker at a time yields for a short while
+    /// (``spinNanos``), and deliveries queued meanwhile wait for it instead of resuming a
+    /// suspended worker.
     ///
     /// A suspended worker leaves its pool thread with nothing to run, and the pool parks the
     /// thread; the transport's next delivery then resumes the worker from the transport's thread
     /// with a futex wake, and so does the reply that resumes a caller. On this machine's two
     /// virtual cores those wakes were most of a typed request-reply's time. A worker that yields
-    /// keeps a pool thread running, so the next call, usually microseconds away in a busy
-    /// period, needs no wake. `bench typed --quick`, five alternations on 2026-12-04:
-    /// request-reply p50 11.0–11.4 µs against 35–50 µs without (p99 17–32 µs against 84–188 µs);
-    /// fire-and-forget and 64 callers within the noise. One worker spins, not all: spinning
-    /// workers would take the threads the callers' tasks need.
+    /// keeps a pool thread running, so the next call, usually microseconds away in a busy period,
+    /// needs no wake — as long as the delivery goes to the spinning worker: resuming a suspended
+    /// one from the transport's thread still woke the pool's other thread now and then (a p50 of
+    /// 27–56 µs in one run in four). `bench typed --quick` on 2026-12-04: request-reply p50
+    /// 10.6–11.8 µs in six runs, against 35–50 µs without; fire-and-forget and 64 callers within
+    /// the noise. One worker spins, not all: spinning workers would take the threads the callers'
+    /// tasks need.
     private func spinForNext() async -> Inbound? {
         guard !Self.neverSpin.load(ordering: .relaxed) else { return nil }
-        guard spinner.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return nil }
-        defer { spinner.store(false, ordering: .releasing) }
-        for _ in 0..<Self.spinRounds {
+        let started = state.withLock { state in
+            guard !state.spinning && !state.closed else { return false }
+            state.spinning = true
+            return true
+        }
+        guard started else { return nil }
+        let until = monotonicNanoseconds() + Self.spinNanos
+        while true {
             await Task.yield()
-            let (queued, handOff) = state.withLock { state -> (Inbound?, Handoff?) in
-                guard let item = state.items.popFirst() else { return (nil, nil) }
-                return (item, state.handOff())
+            let last = monotonicNanoseconds() >= until
+            let (queued, handOff, stop) = state.withLock { state -> (Inbound?, Handoff?, Bool) in
+                if let item = state.items.popFirst() {
+                    state.spinning = false
+                    return (item, state.handOff(), true)
+                }
+                // Stopped under the lock that queues: from here on a delivery goes to a
+                // suspended worker again.
+                if last || state.closed {
+                    state.spinning = false
+                    return (nil, nil, true)
+                }
+                return (nil, nil, false)
             }
             if let queued {
                 handOff?.resume()
                 return queued
             }
+            if stop { return nil }
         }
-        return nil
     }
 
-    /// Whether a worker is spinning in ``spinForNext()``.
-    private let spinner = Atomic<Bool>(false)
-
-    /// How many times a worker with nothing to do yields before suspending: about 10–20 µs here,
-    /// the gap between one call and the next in a busy period. 16 and 64 measured the same.
-    static let spinRounds = 16
+    /// How long a worker with nothing to do yields before suspending: a little longer than the gap
+    /// between one call and the next in a busy period (about 10 µs here). By time, not by rounds:
+    /// a round takes from a fraction of a microsecond (nothing else to run) to many (a busy pool).
+    static let spinNanos: Int64 = 30_000
 
     /// Workers suspend at once, never spinning. For `switchyard-hot-path` only: under callgrind
     /// threads run one at a time, so a spinning worker always spins every round while the
