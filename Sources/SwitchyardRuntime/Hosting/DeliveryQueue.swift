@@ -174,9 +174,9 @@ package final class DeliveryQueue: Sendable {
     static let spinNanos: Int64 = 30_000
 
     /// Workers suspend at once, never spinning. For `switchyard-hot-path` only: under callgrind
-    /// threads run one at a time, so a spinning worker always spins every round while the
-    /// threads it waits for cannot run (about 58,000 instructions per request-reply call), where
-    /// a native run spins on an otherwise idle core until the next call arrives.
+    /// threads run one at a time, so a spinning worker always spins out its budget while the
+    /// threads it waits for cannot run (about 58,000 instructions per request-reply call were
+    /// counted), where a native run spins on an otherwise idle core until the next call arrives.
     package static func keepWorkersFromSpinning() { neverSpin.store(true, ordering: .relaxed) }
     private static let neverSpin = Atomic<Bool>(false)
 
