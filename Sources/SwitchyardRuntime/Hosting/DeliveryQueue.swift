@@ -130,11 +130,11 @@ package final class DeliveryQueue: Sendable {
     /// virtual cores those wakes were most of a typed request-reply's time. A worker that yields
     /// keeps a pool thread running, so the next call, usually microseconds away in a busy period,
     /// needs no wake — as long as the delivery goes to the spinning worker: resuming a suspended
-    /// one from the transport's thread still woke the pool's other thread now and then (a p50 of
-    /// 27–56 µs in one run in four). `bench typed --quick` on 2026-12-04: request-reply p50
-    /// 10.6–11.8 µs in six runs, against 35–50 µs without; fire-and-forget and 64 callers within
-    /// the noise. One worker spins, not all: spinning workers would take the threads the callers'
-    /// tasks need.
+    /// one from the transport's thread still woke the pool's other thread now and then. `bench
+    /// typed --quick` on 2026-12-04: request-reply p50 about 11 µs in most runs against 35–50 µs
+    /// without (some runs still read 44–54 µs: docs/benchmarks.md, nineteenth round);
+    /// fire-and-forget and 64 callers within the noise. One worker spins, not all: spinning
+    /// workers would take the threads the callers' tasks need.
     private func spinForNext() async -> Inbound? {
         guard !Self.neverSpin.load(ordering: .relaxed) else { return nil }
         let started = state.withLock { state in
