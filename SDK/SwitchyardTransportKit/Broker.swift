@@ -919,9 +919,6 @@ public final class Broker: @unchecked Sendable {
         nextLocalExpiry = earliest
     }
 
-    /// When the dispatcher must look again (wall-clock nanoseconds, the store's times): the earliest
-    /// retry or lease expiry among `keys` (the groups with subscribers), or of a local delivery.
-    /// Called without the lock.
     /// `counters` with the store's depth and in-flight count, for a report that is due.
     private func withStoreCounts(_ counters: TransportStats) -> TransportStats {
         var counters = counters
@@ -931,6 +928,9 @@ public final class Broker: @unchecked Sendable {
         return counters
     }
 
+    /// When the dispatcher must look again (wall-clock nanoseconds, the store's times): the earliest
+    /// retry or lease expiry among `keys` (the groups with subscribers), or of a local delivery.
+    /// Called without the lock.
     private func nextWakeup(_ keys: [GroupKey], localExpiry: Int64, now stamp: Int64) -> Int64? {
         var earliest: Int64? = localExpiry == .max ? nil : localExpiry
         for key in keys {

@@ -45,6 +45,13 @@ package final class DeliveryQueue: Sendable {
         /// could wake a parked pool thread.
         var spinning = false
 
+        /// The first queued delivery, with the next one handed to an idle worker when there are
+        /// both (so a worker that starts while more wait wakes another, from a pool thread).
+        mutating func take() -> (item: Inbound, next: Handoff?)? {
+            guard let item = items.popFirst() else { return nil }
+            return (item, handOff())
+        }
+
         /// The next queued delivery for an idle worker, when there are both.
         mutating func handOff() -> Handoff? {
             guard !items.isEmpty, let waiter = waiting.popFirst() else { return nil }
@@ -98,13 +105,9 @@ package final class DeliveryQueue: Sendable {
     /// The next delivery, waiting for one; nil once the queue is closed and empty. A worker that
     /// takes one while more wait and another worker is idle wakes that worker with the next.
     func next() async -> Inbound? {
-        let (queued, handOff) = state.withLock { state -> (Inbound?, Handoff?) in
-            guard let item = state.items.popFirst() else { return (nil, nil) }
-            return (item, state.handOff())
-        }
-        if let queued {
-            handOff?.resume()
-            return queued
+        if let (item, next) = state.withLock({ $0.take() }) {
+            next?.resume()
+            return item
         }
         if let spun = await spinForNext() { return spun }
         let item = await withUnsafeContinuation { continuation in
@@ -147,22 +150,16 @@ package final class DeliveryQueue: Sendable {
         while true {
             await Task.yield()
             let last = monotonicNanoseconds() >= until
-            let (queued, handOff, stop) = state.withLock { state -> (Inbound?, Handoff?, Bool) in
-                if let item = state.items.popFirst() {
-                    state.spinning = false
-                    return (item, state.handOff(), true)
-                }
+            let (taken, stop) = state.withLock { state -> ((item: Inbound, next: Handoff?)?, Bool) in
+                let taken = state.take()
                 // Stopped under the lock that queues: from here on a delivery goes to a
                 // suspended worker again.
-                if last || state.closed {
-                    state.spinning = false
-                    return (nil, nil, true)
-                }
-                return (nil, nil, false)
+                if taken != nil || last || state.closed { state.spinning = false }
+                return (taken, !state.spinning)
             }
-            if let queued {
-                handOff?.resume()
-                return queued
+            if let (item, next) = taken {
+                next?.resume()
+                return item
             }
             if stop { return nil }
         }
