@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// A real `nats-server -js` on loopback, with its own store directory, for the NATS tests.
-/// Stopped (SIGKILL, then reaped) when released.
+/// Stopped (SIGKILL, then reaped) when released, or a second after the test process ends.
 package final class NATSServer: @unchecked Sendable {
     package let name: String
     package let port: Int
@@ -46,6 +46,7 @@ package final class NATSServer: @unchecked Sendable {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
+        killWhenTestProcessEnds(process.processIdentifier)
         lock.withLock { self.process = process }
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {

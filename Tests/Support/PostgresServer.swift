@@ -61,66 +61,45 @@ package final class PostgresServer: @unchecked Sendable {
     /// Starts the server (again, after ``kill()``) and waits until it accepts connections.
     package func start() throws {
         let options = "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off"
-        // Spawned directly, not with Foundation's Process: Process learns that its child ended when
-        // a socket it shares with the child closes, and the server pg_ctl leaves running inherits
-        // that socket, so waitUntilExit would never return. Output goes to a file for the same
-        // reason (a pipe would stay open too).
+        // Spawned directly (``spawnAndWait``), output into a file: the server pg_ctl leaves
+        // running would hold a pipe or Process's socket open, and waiting for pg_ctl would never end.
         let output = directory + "/pg_ctl.out"
         let program = binaries + "/pg_ctl"
         let arguments = ["-D", data, "-l", directory + "/server.log", "-o", options, "-w", "-t", "30", "start"]
         let argv = getuid() == 0 ? ["/usr/sbin/runuser", "-u", "postgres", "--", program] + arguments : [program] + arguments
-        var status = Self.spawnAndWait(argv, output: output)
+        var status = spawnAndWait(argv, output: output)
         // After a SIGKILL, backends of the old server may still hold its shared memory for a moment
         // ("pre-existing shared memory block is still in use"): try again.
         for _ in 0..<10 where status != 0 {
             usleep(300_000)
-            status = Self.spawnAndWait(argv, output: output)
+            status = spawnAndWait(argv, output: output)
         }
         guard status == 0 else {
             let said = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
             let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
             throw NATSTestError("pg_ctl start failed: \(said)\n\(log.suffix(2000))")
         }
+        if let pid = postmasterPID { killWhenTestProcessEnds(pid) }
     }
 
     /// SIGKILLs the server (the postmaster; its backends exit with it), as a crash would.
     package func kill() {
-        guard let text = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8),
-            let pid = text.split(separator: "\n").first.flatMap({ Int32($0) })
-        else { return }
+        guard let pid = postmasterPID else { return }
         Glibc.kill(pid, SIGKILL)
         for _ in 0..<100 where Glibc.kill(pid, 0) == 0 { usleep(20_000) }
         // The backends notice the postmaster's death within moments; wait for the port to close.
         for _ in 0..<100 where canConnect(port) { usleep(20_000) }
     }
 
+    /// The running server's process id, from its `postmaster.pid`.
+    private var postmasterPID: pid_t? {
+        guard let text = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first.flatMap { pid_t($0) }
+    }
+
     /// Stops the server fast (`pg_ctl stop -m immediate`).
     package func stop() {
         _ = try? Self.asServerUser(binaries + "/pg_ctl", ["-D", data, "-m", "immediate", "-w", "stop"])
-    }
-
-    /// Runs `argv` with stdin from /dev/null and stdout and stderr into `output`; its exit status.
-    private static func spawnAndWait(_ argv: [String], output: String) -> Int32 {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Nothing else of this process goes with it: the server outlives the test, and an inherited
-        // pipe or socket of another test's child would keep that test waiting.
-        // (glibc ≥ 2.34 has posix_spawn_file_actions_addclosefrom_np; its header hides it from Swift.)
-        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") {
-            typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
-        }
-        var cArguments = argv.map { strdup($0) } + [nil]
-        defer { for argument in cArguments { free(argument) } }
-        var pid: pid_t = 0
-        guard posix_spawn(&pid, argv[0], &actions, nil, &cArguments, environ) == 0 else { return -1 }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
     }
 
     /// Runs a server program, as the postgres user when this process is root.

@@ -85,6 +85,49 @@ package func run(_ executable: String, _ arguments: [String], environment: [Stri
         stdout: String(decoding: stdoutData, as: UTF8.self), stderr: String(decoding: stderrData.withLock { $0 }, as: UTF8.self))
 }
 
+/// Makes sure a server this test process started does not outlive it: a detached watchdog
+/// SIGKILLs `pid` once this process is gone, and ends by itself when the server stops first.
+///
+/// A test process that crashes never runs the deinit that stops its servers, and the servers
+/// would keep running (and keep their ports and shared memory) until the machine restarts.
+/// `PR_SET_PDEATHSIG` is not enough: it fires when the *thread* that started the child ends, and
+/// pool threads come and go. The watchdog checks once a second, so a crashed run's servers are
+/// gone a second later.
+package func killWhenTestProcessEnds(_ pid: pid_t) {
+    // The outer shell backgrounds the loop and exits at once (reaped here), so the loop belongs to
+    // init and never lingers as a zombie child of this process.
+    let loop = #"( while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -0 "$1" 2>/dev/null || kill -9 "$2" 2>/dev/null ) >/dev/null 2>&1 &"#
+    _ = spawnAndWait(["/bin/sh", "-c", loop, "sh", "\(getpid())", "\(pid)"], output: "/dev/null")
+}
+
+/// Runs `argv` with stdin from /dev/null and stdout and stderr into `output`, with no other
+/// descriptor of this process; its exit status (-1 when it did not start or was killed).
+///
+/// Spawned directly, not with Foundation's Process: Process learns that its child ended when a
+/// socket it shares with the child closes, so a daemon the child leaves running (pg_ctl's server,
+/// a watchdog) would keep `waitUntilExit` from ever returning, and an inherited pipe or socket of
+/// another test's child would keep that test waiting.
+package func spawnAndWait(_ argv: [String], output: String) -> Int32 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    // (glibc ≥ 2.34 has posix_spawn_file_actions_addclosefrom_np; its header hides it from Swift.)
+    if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") {
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+    }
+    var cArguments = argv.map { strdup($0) } + [nil]
+    defer { for argument in cArguments { free(argument) } }
+    var pid: pid_t = 0
+    guard posix_spawn(&pid, argv[0], &actions, nil, &cArguments, environ) == 0 else { return -1 }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
+}
+
 /// The C compiler the tests build fixtures with: $CC, else the clang that ships with Swift, else cc.
 package enum CCompiler {
     package static let c: String = find(environment: "CC", candidates: ["clang", "cc", "gcc"])
