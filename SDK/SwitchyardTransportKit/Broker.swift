@@ -58,7 +58,7 @@ public final class Broker: @unchecked Sendable {
         var inFlight = 0
         var delivering = 0
         var removed = false
-        /// What the pass under way hands this member: the dispatcher's thread only, kept from
+        /// What the pass under way hands this member: the pass holder only (``passRunning``), kept from
         /// pass to pass and emptied after each, so that a pass allocates no arrays for them (a
         /// pass often carries one message: its three arrays were half the allocations of the
         /// queue's one-message path). Unchecked: one thread, not a check at run time, keeps
@@ -96,6 +96,24 @@ public final class Broker: @unchecked Sendable {
     /// clearing `workPending`, so a publish made meanwhile is never forgotten.
     private var workMarks: UInt64 = 0
     private var dispatcherWaiting = false  // signal only when it sleeps: a signal is a syscall
+    /// Whether a pass is under way (under the lock): one at a time, the dispatcher's or one a
+    /// publisher runs itself (``markWorkOrPass()``).
+    private var passRunning = false
+    /// The dispatcher waits for a publisher's pass to end (under the lock).
+    private var dispatcherWantsTurn = false
+    /// While the dispatcher sleeps: the wall-clock time it wakes up at by itself (`.max`: only a
+    /// signal wakes it). Under the lock.
+    private var dispatcherSleepsUntil = Int64.max
+    /// Whether a publisher that finds the dispatcher asleep runs the pass itself: on an in-memory
+    /// store only, where a pass takes microseconds (see ``markWorkOrPass()``).
+    private let inlinePasses: Bool
+    /// What the pass under way works with, whoever runs it (``passRunning``): kept from pass to
+    /// pass and emptied after each, so that a pass allocates no arrays. Unchecked: the turn, not a
+    /// check at run time, keeps accesses apart.
+    @exclusivity(unchecked) private var passPlan: [Planned] = []
+    /// Emptied as soon as a pass has delivered them, so no message is held until the next.
+    @exclusivity(unchecked) private var passBatches: [(Planned, [LeasedMessage])] = []
+    @exclusivity(unchecked) private var passHandOvers: [Member] = []
     /// `workPending`, readable without the lock by the lingering dispatcher (a hint: the
     /// dispatcher re-checks `workPending` under the lock before acting on it).
     private let workHint = Atomic<Bool>(false)
@@ -125,6 +143,7 @@ public final class Broker: @unchecked Sendable {
         self.fanOut = fanOut
         self.options = options
         self.host = host
+        inlinePasses = store is MemoryStore
         reporter = StatsReporter(host: host)
         // The pipe first: a store whose descriptor is claimed no longer tells its handler of those
         // changes, so it is claimed only once the dispatcher can wait on it. (Not pipe2, which
@@ -173,6 +192,62 @@ public final class Broker: @unchecked Sendable {
         workHint.store(true, ordering: .relaxed)
         if dispatcherWaiting { wakeDispatcher() }
     }
+
+    /// Records that there is work, like ``markWork()``; but when the dispatcher sleeps and the
+    /// store is in memory, runs the pass here, on the publisher's thread, instead of waking it.
+    /// Call with the lock held; it is dropped while the pass leases and delivers.
+    ///
+    /// A message published while the dispatcher sleeps was otherwise a futex wake to the
+    /// dispatcher and a thread switch before its delivery, and on a machine with few cores the
+    /// dispatcher's thread competes for them with the publisher and the subscriber's. Delivering
+    /// inside `publish` is allowed by the ABI (the subscriber never blocks in deliver and may
+    /// publish or settle from there). At most two passes run here — the second finds whether more
+    /// came meanwhile — and the dispatcher is woken for whatever is left; while it is awake,
+    /// publishes leave the work to it as before.
+    private func markWorkOrPass() {
+        guard inlinePasses, dispatcherWaiting, !passRunning, !stopped, !draining, takeInlineCredit() else { return markWork() }
+        workPending = true
+        workMarks &+= 1
+        passRunning = true
+        var passes = 0
+        while workPending && passes < 2 && !stopped && !draining {
+            _ = runPass()
+            passes += 1
+        }
+        passRunning = false
+        // The dispatcher planned its sleep without what this pass did. Woken for what is left;
+        // for a lease given out here that expires before it would look next (a delivery nobody
+        // settles comes back at its visibility timeout, not at the next periodic sweep); and when
+        // it would not report the counters this changed within a metrics interval (then it looks
+        // again every interval while they change: one wake-up per interval at most).
+        if dispatcherWaiting
+            && (workPending || nextLocalExpiry < dispatcherSleepsUntil
+                || dispatcherSleepsUntil > wallClockNanoseconds() + reporter.interval)
+        {
+            wakeDispatcher()
+        }
+        if dispatcherWantsTurn || waiters > 0 { condition.broadcast() }
+    }
+
+    /// Whether a publisher may run a pass itself now: at most ``inlinePassesPerWindow`` in
+    /// ``inlineWindowNanos``. A burst of publishes then wakes the dispatcher after its first few,
+    /// and the dispatcher, awake and lingering, leases the rest in batches (a publisher running a
+    /// pass per message halved the raw queue's throughput); occasional calls — a request and its
+    /// reply, milliseconds apart — all run here. Call with the lock held.
+    private func takeInlineCredit() -> Bool {
+        let stamp = monotonicNanoseconds()
+        if stamp - inlineWindowStart >= Self.inlineWindowNanos {
+            inlineWindowStart = stamp
+            inlineCredits = Self.inlinePassesPerWindow
+        }
+        guard inlineCredits > 0 else { return false }
+        inlineCredits -= 1
+        return true
+    }
+    private var inlineWindowStart: Int64 = 0
+    private var inlineCredits = 0
+    static let inlineWindowNanos: Int64 = 100_000
+    static let inlinePassesPerWindow = 4
 
     /// Wakes the dispatcher from its sleep (or its next one). Call with the lock held.
     private func wakeDispatcher() {
@@ -250,7 +325,7 @@ public final class Broker: @unchecked Sendable {
         try store.append(messages)
         condition.lock()
         stats.published += UInt64(messages.count)
-        markWork()
+        markWorkOrPass()
         condition.unlock()
     }
 
@@ -287,7 +362,7 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         stats.published += UInt64(messages.count)
         count(settlement)
-        markWork()
+        markWorkOrPass()
         if waiters > 0 { condition.broadcast() }
         condition.unlock()
     }
@@ -535,7 +610,7 @@ public final class Broker: @unchecked Sendable {
         condition.broadcast()
         if wakeupWriter >= 0 { wakeDispatcher() }
         waiters += 1
-        while !dispatcherDone || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
+        while !dispatcherDone || passRunning || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
         waiters -= 1
         let left = inFlight.all.map(\.value)
         inFlight.removeAll()
@@ -565,14 +640,8 @@ public final class Broker: @unchecked Sendable {
     private func dispatchLoop() {
         var delivered = false
         // Kept from pass to pass, emptied but not freed: a busy dispatcher makes several passes
-        // per message, and arrays allocated and freed per pass showed in the profile. Not the
-        // leased batches: kept, they held every delivered message until the next pass, and the
-        // batched queue's throughput fell by a fifth (timed; the instruction count did not move).
+        // per message, and arrays allocated and freed per pass showed in the profile.
         var keys: [GroupKey] = []
-        var plan: [Planned] = []
-        // Emptied as soon as a pass has delivered them, so no message is held until the next.
-        var batches: [(Planned, [LeasedMessage])] = []
-        var handingOver: [Member] = []
         condition.lock()
         while !stopped {
             if !workPending {
@@ -623,6 +692,7 @@ public final class Broker: @unchecked Sendable {
                 }
                 if !workPending && !stopped {
                     dispatcherWaiting = true
+                    dispatcherSleepsUntil = wakeup ?? .max
                     if wakeupReader >= 0 {
                         condition.unlock()
                         let changed = sleepOnDescriptors(until: wakeup)
@@ -641,52 +711,69 @@ public final class Broker: @unchecked Sendable {
                     dispatcherWaiting = false
                 }
             }
-            workPending = false
-            let marksAtPass = workMarks  // work marked from here on is not forgotten (deliver)
-            workHint.store(false, ordering: .relaxed)
-            if stopped || draining { continue }
-            let stamp = now()  // for the whole pass: leases, expiries, deliveries
-            expireLocalLeases(now: stamp)
-            plan.removeAll(keepingCapacity: true)
-            for (key, members) in groups {
-                let room = members.reduce(0) { $0 + max(0, $1.maxInFlight - $1.inFlight) }
-                if room > 0 {
-                    plan.append(
-                        Planned(
-                            key: key, room: room, visibilityTimeout: members[0].visibilityTimeout,
-                            // Not on fan-out stores: a message stored again after a refusal would
-                            // be copied to every group. (A closure: a key path costs hundreds of
-                            // instructions.)
-                            take: !fanOut && members.allSatisfy { $0.settleOnDelivery }))
-                }
+            // A publisher's pass under way: wait for its end (it wakes this thread if it needs to).
+            while passRunning && !stopped {
+                dispatcherWantsTurn = true
+                condition.wait()
             }
-            condition.unlock()
-            for planned in plan {
-                do {
-                    let leased =
-                        planned.take
-                        ? try store.take(
-                            channel: planned.key.channel, group: planned.key.group, limit: planned.room,
-                            now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
-                        : try store.lease(
-                            channel: planned.key.channel, group: planned.key.group, limit: planned.room,
-                            now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
-                    if !leased.isEmpty { batches.append((planned, leased)) }
-                } catch {
-                    host.log(.error, "lease failed on \(planned.key.channel): \(error)")
-                }
-            }
-            condition.lock()
-            if !batches.isEmpty {
-                workPending = true  // there may be more
-                delivered = true
-                deliver(batches, now: stamp, marksAtPass: marksAtPass, through: &handingOver)
-                batches.removeAll(keepingCapacity: true)
-            }
+            dispatcherWantsTurn = false
+            if stopped { continue }
+            passRunning = true
+            if runPass() { delivered = true }
+            passRunning = false
+            if waiters > 0 { condition.broadcast() }  // a shutdown waiting for the pass
         }
         dispatcherDone = true
         condition.broadcast()
         condition.unlock()
+    }
+
+    /// One pass: leases what every group has room for and hands it to the members. Call with the
+    /// lock held and the turn (``passRunning``); it is dropped while the store leases, and around
+    /// each deliver call. Whether it delivered anything (then `workPending` is set: there may be
+    /// more).
+    private func runPass() -> Bool {
+        workPending = false
+        let marksAtPass = workMarks  // work marked from here on is not forgotten (deliver)
+        workHint.store(false, ordering: .relaxed)
+        if stopped || draining { return false }
+        let stamp = now()  // for the whole pass: leases, expiries, deliveries
+        expireLocalLeases(now: stamp)
+        passPlan.removeAll(keepingCapacity: true)
+        for (key, members) in groups {
+            let room = members.reduce(0) { $0 + max(0, $1.maxInFlight - $1.inFlight) }
+            if room > 0 {
+                passPlan.append(
+                    Planned(
+                        key: key, room: room, visibilityTimeout: members[0].visibilityTimeout,
+                        // Not on fan-out stores: a message stored again after a refusal would
+                        // be copied to every group. (A closure: a key path costs hundreds of
+                        // instructions.)
+                        take: !fanOut && members.allSatisfy { $0.settleOnDelivery }))
+            }
+        }
+        condition.unlock()
+        for planned in passPlan {
+            do {
+                let leased =
+                    planned.take
+                    ? try store.take(
+                        channel: planned.key.channel, group: planned.key.group, limit: planned.room,
+                        now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
+                    : try store.lease(
+                        channel: planned.key.channel, group: planned.key.group, limit: planned.room,
+                        now: stamp, leaseUntil: stamp + planned.visibilityTimeout)
+                if !leased.isEmpty { passBatches.append((planned, leased)) }
+            } catch {
+                host.log(.error, "lease failed on \(planned.key.channel): \(error)")
+            }
+        }
+        condition.lock()
+        guard !passBatches.isEmpty else { return false }
+        workPending = true  // there may be more
+        deliver(passBatches, now: stamp, marksAtPass: marksAtPass, through: &passHandOvers)
+        passBatches.removeAll(keepingCapacity: true)
+        return true
     }
 
     /// Hands leased messages to members round robin. Called and returns with the lock held; drops
