@@ -20,7 +20,10 @@ public struct RetryPolicy: PluginConfig, Sendable {
     public var multiplier: Double?
     /// `"full"` (default) or `"none"`.
     public var jitter: String?
-    /// Failure reasons starting with one of these are dead-lettered at once.
+    /// Failures not worth retrying: reasons starting with one of these, or naming a thrown error of
+    /// that type (``isRetryable(_:)``). The retry plugin dead-letters them at once; on a route the
+    /// runtime answers a waiting caller with the error itself (a fire-and-forget call is
+    /// dead-lettered at once).
     public var non_retryable: [String]?
 
     /// `max_attempts` or its default.
@@ -48,8 +51,23 @@ public struct RetryPolicy: PluginConfig, Sendable {
         return (jitter ?? "full") == "full" ? Int64.random(in: 0...max(0, capped)) : capped
     }
 
-    /// Whether a failure's reason marks it as not worth retrying (it starts with a listed prefix).
+    /// Whether a failure's reason marks it as not worth retrying: it starts with a listed entry,
+    /// or names a thrown error whose type a listed entry names — as the runtime writes a handler's
+    /// failure (`Inventory.reserve(sku:qty:) threw App.OutOfStock: …`), `OutOfStock` and
+    /// `App.OutOfStock` both match.
     public func isRetryable(_ reason: String) -> Bool {
-        !(non_retryable ?? []).contains { reason.hasPrefix($0) }
+        guard let listed = non_retryable, !listed.isEmpty else { return true }
+        let thrown = Self.thrownType(in: reason)
+        return !listed.contains { entry in
+            reason.hasPrefix(entry) || thrown.map { $0 == entry || $0.hasSuffix("." + entry) } == true
+        }
+    }
+
+    /// The error type a handler's failure names (`… threw TYPE: …`), if the reason has that form.
+    static func thrownType(in reason: String) -> Substring? {
+        guard let threw = reason.range(of: " threw ") else { return nil }
+        let rest = reason[threw.upperBound...]
+        guard let end = rest.range(of: ": ") else { return nil }
+        return rest[..<end.lowerBound]
     }
 }

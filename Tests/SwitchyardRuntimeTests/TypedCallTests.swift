@@ -373,6 +373,31 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test(
+        "retry: an error listed as non_retryable is not retried, and the caller gets it as thrown, not dead-lettered",
+        arguments: ["memq", "direct"])
+    func nonRetryableIsTheAnswer(transport: String) async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.*: { transport: \(transport), retry: { max_attempts: 4, initial_delay: 10ms, jitter: none, non_retryable: [OutOfStock] } }
+            """)
+        system.registerError(OutOfStock.self)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        // A direct route has no dead-letter channel (its transport is not even opened).
+        let dlq = transport == "memq" ? try Tap(system, transport: "memq", channel: "shop.dlq") : nil
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        await #expect(throws: OutOfStock.self) { try await shop.flaky("c", failures: 10) }
+        #expect(ledger.count("flaky:c") == 1)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(dlq?.all.isEmpty ?? true)
+        #expect(ledger.count("flaky:c") == 1)
+        await system.shutdown()
+    }
+
     @Test("retry: a flaky call succeeds on a later attempt; one that keeps failing is dead-lettered")
     func retries() async throws {
         let system = try await makeSystem(

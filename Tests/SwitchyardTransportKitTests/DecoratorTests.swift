@@ -5,6 +5,7 @@ import SwitchyardHost
 import SwitchyardLoader
 import SwitchyardRuntime
 import SwitchyardTestSupport
+import SwitchyardTransportKit
 import Testing
 
 @Suite("Decorators: retry policy and durable delay")
@@ -37,22 +38,39 @@ struct DecoratorTests {
         #expect((m.header("sy-dlq-history") ?? "").split(separator: "\n").count == 3)
     }
 
-    @Test("a non-retryable failure is dead-lettered at once")
-    func nonRetryable() async throws {
-        let t = try retry(policy: #"{"non_retryable": ["ValidationError"]}"#)
+    @Test(
+        "a non-retryable failure is dead-lettered at once, listed by a reason prefix or by the thrown error's type",
+        arguments: [
+            ("ValidationError", "ValidationError: amount is negative"),
+            ("ValidationError", "Payments.pay(_:) threw App.ValidationError: amount is negative"),
+            ("App.ValidationError", "Payments.pay(_:) threw App.ValidationError: amount is negative"),
+        ])
+    func nonRetryable(listed: String, reason: String) async throws {
+        let t = try retry(policy: #"{"non_retryable": ["\#(listed)"]}"#)
         defer { t.close() }
         let work = Collector()
         let dead = Collector()
         _ = try t.client.subscribe(
             SubscribeOptions(channel: "pay"),
             handler: work.handler(client: t.client) { _ in
-                .retry(afterNanos: 0, reason: "ValidationError: amount is negative")
+                .retry(afterNanos: 0, reason: reason)
             })
         _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(Message(id: "order-2", channel: "pay"))
         #expect(await eventually(5) { dead.count >= 1 })
         #expect(work.count == 1)
-        #expect(dead.received.first?.message.header("sy-dlq-reason") == "not retryable: ValidationError: amount is negative")
+        #expect(dead.received.first?.message.header("sy-dlq-reason") == "not retryable: " + reason)
+    }
+
+    @Test("an entry naming another type, or only part of a type's name, does not make a failure non-retryable")
+    func retryableDespiteSimilarNames() throws {
+        let policy = try JSONDecoder().decode(RetryPolicy.self, from: Data(#"{"non_retryable": ["Error", "Stock"]}"#.utf8))
+        #expect(policy.isRetryable("Shop.buy() threw App.OutOfStock: none left"))
+        #expect(policy.isRetryable("Shop.buy() threw App.ValidationError: bad"))
+        #expect(!policy.isRetryable("Error: at the start of the reason"))
+        let byType = try JSONDecoder().decode(RetryPolicy.self, from: Data(#"{"non_retryable": ["OutOfStock"]}"#.utf8))
+        #expect(!byType.isRetryable("Shop.buy() threw App.Shop.OutOfStock: none left"))
+        #expect(byType.isRetryable("Shop.buy() threw App.NotOutOfStock: none left"))
     }
 
     @Test(

@@ -267,7 +267,9 @@ extension SwitchyardActorSystem {
             guard case .error(let error)? = outcome else { return outcome }
             guard let policy = route.retry else { throw error }
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
-            if policy.isRetryable(reason) && Int(attempt) < policy.maxAttempts {
+            // Not retryable: the error is the call's answer, as on a route without a policy.
+            guard policy.isRetryable(reason) else { throw error }
+            if Int(attempt) < policy.maxAttempts {
                 route.metrics.retried.increment()
                 let after = policy.backoff(afterAttempt: attempt)
                 logger.debug(
@@ -281,7 +283,7 @@ extension SwitchyardActorSystem {
                 continue
             }
             route.metrics.deadLettered.increment()
-            let why = policy.isRetryable(reason) ? "gave up after \(attempt) attempts: \(reason)" : "not retryable: \(reason)"
+            let why = "gave up after \(attempt) attempts: \(reason)"
             logger.notice(
                 "giving up on a direct call (a transport would dead-letter it)",
                 metadata: [

@@ -320,7 +320,9 @@ extension SwitchyardActorSystem {
         }
         if case .error(let error) = outcome {
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
-            if let policy = route?.retry {
+            // An error the policy lists as not retryable is an answer, not a failure to retry:
+            // a waiting caller gets it as it was thrown, as on a route without a policy.
+            if let policy = route?.retry, policy.isRetryable(reason) || envelope.replyTo == nil {
                 if policy.isRetryable(reason) && Int(item.attempt) < policy.maxAttempts {
                     route?.metrics.retried.increment()
                     let after = policy.backoff(afterAttempt: item.attempt)
