@@ -63,9 +63,7 @@ public final class TransportSet: Sendable {
                     "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(found.isEmpty ? "none" : found)"
                         + (refused.isEmpty ? "" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : "")")
                         + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
-                        + "The bundled plugins are products of the switchyard package: build them next to your executable with "
-                        + "'swift build --product switchyard-\(spec.plugin)' (one per plugin, see docs/services.md), "
-                        + "or put the plugin's .so file (any file name: the name inside it counts) in one of those directories (e.g. \(SearchDirectory.systemDirectories[0]))",
+                        + Self.unknownPluginAdvice(spec.plugin, found: catalog.plugins.map(\.name)),
                     transport: name)
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
@@ -105,5 +103,45 @@ public final class TransportSet: Sendable {
     /// Closes every transport, outermost first.
     public func close() {
         for name in creationOrder.reversed() { transports[name]?.close() }
+    }
+}
+
+extension TransportSet {
+    /// The plugins this package builds, as `plugin:` names them (each the product `switchyard-NAME`).
+    static let bundledPlugins = [
+        "queue", "topic", "delay", "retry", "nats", "nats-topic", "postgres", "postgres-topic", "rabbitmq", "rabbitmq-topic",
+    ]
+
+    /// What to do about `plugin:` naming no plugin found: a near name if it looks like a typo of
+    /// one (`queues`), the build command for a bundled plugin not built yet, else where a
+    /// plugin's file goes.
+    static func unknownPluginAdvice(_ plugin: String, found: [String]) -> String {
+        let candidates = Set(found + bundledPlugins).sorted()
+        if let near = candidates.filter({ editDistance($0, plugin) <= 2 }).min(by: { editDistance($0, plugin) < editDistance($1, plugin) }) {
+            let build = found.contains(near) ? "" : " (build it with 'swift build --product switchyard-\(near)', see docs/services.md)"
+            return "Did you mean '\(near)'?\(build)"
+        }
+        if bundledPlugins.contains(plugin) {
+            return "It is a product of the switchyard package, built only when asked: build it next to your executable with "
+                + "'swift build --product switchyard-\(plugin)' (one per plugin, see docs/services.md)"
+        }
+        return "Put the plugin's .so file (any file name: the name inside it counts) in one of those directories "
+            + "(e.g. \(SearchDirectory.systemDirectories[0])); the bundled plugins are \(bundledPlugins.joined(separator: ", "))"
+    }
+
+    /// Levenshtein distance, for short names.
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.utf8)
+        let b = Array(b.utf8)
+        guard !a.isEmpty, !b.isEmpty else { return max(a.count, b.count) }
+        var previous = Array(0...b.count)
+        for i in 1...a.count {
+            var current = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...b.count {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            previous = current
+        }
+        return previous[b.count]
     }
 }

@@ -5,6 +5,7 @@ import SwitchyardTestSupport
 import SwitchyardWire
 import Testing
 
+@testable import SwitchyardHost
 @testable import SwitchyardRuntime
 
 @Suite("Route configuration")
@@ -109,7 +110,21 @@ struct RouteConfigTests {
         // Where it looked, and how to get the bundled plugins.
         #expect(error?.message.contains("searched, in order: \(BuildProducts.directory) (--plugins-dir)") == true, "\(error?.message ?? "")")
         #expect(error?.message.contains("/usr/lib/switchyard/plugins (system-wide)") == true)
-        #expect(error?.message.contains("swift build --product switchyard-nosuch") == true)
+        // Not one of the bundled plugins: no build command for a product that does not exist.
+        #expect(error?.message.contains("switchyard-nosuch") == false, "\(error?.message ?? "")")
+        #expect(error?.message.contains("the bundled plugins are queue, topic") == true)
+    }
+
+    @Test("a plugin name one or two letters off a known one is answered with the name meant, not a build command")
+    func misspelledPlugin() async throws {
+        let config = try SwitchyardConfig.parse(yaml: "transports:\n  x: { plugin: queues }\nroutes:\n  '*': { transport: x }\n", baseDirectory: "/")
+        let error = await #expect(throws: ConfigError.self) {
+            _ = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
+        }
+        #expect(error?.message.contains("Did you mean 'queue'?") == true, "\(error?.message ?? "")")
+        #expect(error?.message.contains("switchyard-queues") == false)
+        #expect(TransportSet.unknownPluginAdvice("nats", found: []).contains("swift build --product switchyard-nats"))
+        #expect(TransportSet.unknownPluginAdvice("rabitmq", found: []).contains("Did you mean 'rabbitmq'? (build it with 'swift build --product switchyard-rabbitmq'"))
     }
 
     @Test("environment variables override values; an unset one is an error with its line")
