@@ -21,7 +21,11 @@ public final class SQLiteDatabase {
         let directory = (path as NSString).deletingLastPathComponent
         var isDirectory: ObjCBool = false
         if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) || !isDirectory.boolValue {
-            throw TransportError(.config, "config key 'path': the directory \(directory) does not exist (create it, or point path at a file in an existing directory): \(path)")
+            // A relative path is the working directory's (not the config file's): say which that was.
+            let resolved = directory.hasPrefix("/") ? "" : " (relative to the working directory \(FileManager.default.currentDirectoryPath))"
+            throw TransportError(
+                .config,
+                "config key 'path': the directory \(directory) does not exist\(resolved) (create it, or point path at a file in an existing directory): \(path)")
         }
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX

@@ -19,11 +19,9 @@ struct PluginSearchOptions: ParsableArguments {
     /// The config file's plugins section, or the defaults when no file was named.
     func loadConfig() throws -> SwitchyardConfig {
         guard let config else { return SwitchyardConfig() }
-        do {
-            return try SwitchyardConfig.load(path: config)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        // As it is (file, line, key and what to do), not as a usage error: the command line was
+        // right, and a usage summary under the message only hid it.
+        return try SwitchyardConfig.load(path: config)
     }
 
     /// Discovery as the config asks, these options' directories first, always behind a probe

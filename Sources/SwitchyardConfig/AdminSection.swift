@@ -7,7 +7,7 @@ extension SwitchyardConfig {
     /// ```yaml
     /// admin:
     ///   listen: 127.0.0.1:9464        # the default; port 0 picks a free port
-    ///   token: ${SWITCHYARD_ADMIN_TOKEN}
+    ///   # token: defaults to $SWITCHYARD_ADMIN_TOKEN
     /// ```
     ///
     /// A token is required to listen anywhere but loopback, and always for what changes state
@@ -106,7 +106,7 @@ extension SwitchyardConfig {
             throw ConfigError(
                 key: node.path + ".token", line: listenNode?.line ?? node.line,
                 message: "is required to listen on \(section.host), which is not loopback: every request must then carry it. "
-                    + "Set token: ${\(AdminSection.tokenVariable)} (and export it), or listen on 127.0.0.1")
+                    + "Export \(AdminSection.tokenVariable) (admin.token defaults to it), set admin.token, or listen on 127.0.0.1")
         }
         return section
     }
