@@ -23,3 +23,12 @@ public struct ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
         return (place.isEmpty ? "" : place + ": ") + subject + message
     }
 }
+
+extension ConfigError {
+    /// This error naming `file`, unless it names one already.
+    public func inFile(_ file: String?) -> ConfigError {
+        var located = self
+        if located.file == nil { located.file = file }
+        return located
+    }
+}

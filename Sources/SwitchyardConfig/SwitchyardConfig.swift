@@ -13,6 +13,9 @@ import SwitchyardABI
 ///     queue: 3f1c…              # sha256 of the plugin file, hex
 /// ```
 public struct SwitchyardConfig: Sendable {
+    /// The file it was read from (``load(path:)``), for errors found later — a transport a plugin
+    /// refuses, a route its transport cannot carry — to name it as the parser's do.
+    public var file: String?
     /// Where plugins come from and which files to trust.
     public var plugins = PluginsSection()
     /// Configured transports by name, in file order.
@@ -155,11 +158,11 @@ public struct SwitchyardConfig: Sendable {
         }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
         do {
-            return try parse(yaml: text, baseDirectory: base)
+            var config = try parse(yaml: text, baseDirectory: base)
+            config.file = path
+            return config
         } catch {
-            var located = error
-            located.file = path
-            throw located
+            throw error.inFile(path)
         }
     }
 

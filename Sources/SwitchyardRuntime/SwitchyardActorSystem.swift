@@ -102,11 +102,15 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         replyChannelName = "_switchyard.reply.\(instanceID)"
         let routed = config.routes.map(\.transport).filter { $0 != SwitchyardConfig.RouteEntry.direct }
         let needed = openingEveryTransport ? routed + config.transports.map(\.name) : routed
-        transports =
-            needed.isEmpty
-            ? nil
-            : try TransportSet.start(
-                config, discovery: PluginDiscovery(config: config, commandLine: pluginDirectories), only: Array(Set(needed)).sorted(), logger: logger)
+        do throws(ConfigError) {
+            transports =
+                needed.isEmpty
+                ? nil
+                : try TransportSet.start(
+                    config, discovery: PluginDiscovery(config: config, commandLine: pluginDirectories), only: Array(Set(needed)).sorted(), logger: logger)
+        } catch {
+            throw error.inFile(config.file)
+        }
         let created = transports
         let relays = OutboxRelays(transports: created, logger: logger)
         outboxRelays = relays
@@ -116,14 +120,14 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         } catch {
             relays.stop()
             created?.close()
-            throw error
+            throw error.inFile(config.file)
         }
         do {
             nativeModules = Dictionary(uniqueKeysWithValues: try config.native.map { (entry) throws(ConfigError) in (entry.interface, try NativeModule(entry)) })
         } catch {
             relays.stop()
             created?.close()
-            throw error
+            throw error.inFile(config.file)
         }
         server = Server(logger: logger)
         observeDeadLetters()

@@ -115,6 +115,17 @@ struct RouteConfigTests {
         #expect(error?.message.contains("the bundled plugins are queue, topic") == true)
     }
 
+    @Test("an error found when the system starts (not when the file is parsed) names the file too")
+    func startErrorNamesTheFile() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("app.yaml")
+        try "transports:\n  x: { plugin: nosuch }\nroutes:\n  '*': { transport: x }\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let error = await #expect(throws: ConfigError.self) {
+            _ = try await offPool { try SwitchyardActorSystem(configPath: path, pluginDirectories: [BuildProducts.directory]) }
+        }
+        #expect(error?.description.hasPrefix("\(path):line 2: 'transports.x'") == true, "\(error?.description ?? "")")
+    }
+
     @Test("a plugin name one or two letters off a known one is answered with the name meant, not a build command")
     func misspelledPlugin() async throws {
         let config = try SwitchyardConfig.parse(yaml: "transports:\n  x: { plugin: queues }\nroutes:\n  '*': { transport: x }\n", baseDirectory: "/")
