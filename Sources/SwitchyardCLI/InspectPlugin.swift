@@ -30,7 +30,7 @@ struct InspectPlugin: ParsableCommand {
         } else {
             let catalog = search.discover(config)
             guard let found = catalog.plugin(named: plugin) else {
-                printError("no plugin named '\(plugin)' on the search path (\(catalog.searched.map(\.path).joined(separator: ", ")))")
+                printError(PluginSearchOptions.notFound(plugin, in: catalog))
                 throw ExitCode.failure
             }
             loaded = found

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSwitchyard
 import Foundation
 import Logging
 import SwitchyardConfig
@@ -29,6 +30,19 @@ struct PluginSearchOptions: ParsableArguments {
     func discovery(_ config: SwitchyardConfig) -> PluginDiscovery {
         let configured = PluginDiscovery(config: config, commandLine: directories)
         return PluginDiscovery(directories: configured.directories, loader: configured.loader, probe: configured.probe ?? ProcessIsolation())
+    }
+
+    /// "no plugin named NAME" with where it looked, and the files it found there that are not
+    /// plugins or were refused (the plugin meant is often one of them).
+    static func notFound(_ name: String, in catalog: PluginCatalog) -> String {
+        var message = "no plugin named '\(name)' on the search path (\(catalog.searched.map(\.path).joined(separator: ", ")))"
+        if !catalog.rejected.isEmpty {
+            message += "; refused: " + catalog.rejected.map { "\($0.path): \($0.reason)" }.joined(separator: "; ")
+        }
+        if !catalog.notPlugins.isEmpty {
+            message += "; not plugins (no \(SY_PLUGIN_ENTRY_SYMBOL) exported): " + catalog.notPlugins.joined(separator: ", ")
+        }
+        return message
     }
 
     /// Every plugin in the search path, found behind a discovery probe; unprobed if no probe can run.

@@ -74,7 +74,7 @@ struct TestPlugin: ParsableCommand {
 
     private func found(_ name: String, in catalog: PluginCatalog) throws -> LoadedPlugin {
         guard let plugin = catalog.plugin(named: name) else {
-            printError("no plugin named '\(name)' on the search path")
+            printError(PluginSearchOptions.notFound(name, in: catalog))
             throw ExitCode.failure
         }
         return plugin

@@ -36,12 +36,21 @@ public struct ConformanceSuite: Sendable {
         do {
             try check.body(context)
             outcome = .passed
+        } catch let error as TransportError where error.code == .full {
+            // A bounded plugin doing its job: the checks need room for their messages.
+            outcome = .failed(
+                "\(error) (the checks hold up to \(Self.messagesHeldAtOnce) messages at once: test a bounded plugin with room for them, "
+                    + "switchyard plugins test NAME --plugin-config '{...}')")
         } catch {
             outcome = .failed("\(error)")
         }
         context.closeAll()
         return outcome
     }
+
+    /// The most messages a check keeps stored at once (the batch checks): a plugin with a bounded
+    /// capacity needs at least this much room to pass them.
+    public static let messagesHeldAtOnce = 200
 
     static func format(_ seconds: Double) -> String {
         seconds == seconds.rounded() ? String(Int(seconds)) : String(format: "%.1f", seconds)
@@ -101,6 +110,17 @@ public struct ConformanceSuite: Sendable {
                     }
                 }
                 result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started), note: context.noted)
+                if let refusal = context.refusedConfig.withLock({ $0 }) {
+                    // The same refusal would fail every check left: report it once.
+                    progress(result)
+                    results.append(result)
+                    for rest in Self.checks.drop(while: { $0.name != check.name }).dropFirst() where names.isEmpty || names.contains(rest.name) {
+                        let skipped = ConformanceResult(name: rest.name, outcome: .skipped("not run: the plugin refused its config (\(refusal))"), seconds: 0)
+                        progress(skipped)
+                        results.append(skipped)
+                    }
+                    return results
+                }
             }
             progress(result)
             results.append(result)
@@ -173,12 +193,21 @@ public final class ConformanceContext: @unchecked Sendable {
     let suite: ConformanceSuite
     private let opened = Guarded<[Transport]>([])
     private let notes = Guarded<[String]>([])
+    /// The plugin's refusal of its config, when creating an instance failed with SY_ERR_CONFIG:
+    /// every later check would fail the same way.
+    let refusedConfig = Guarded<String?>(nil)
 
     init(suite: ConformanceSuite) { self.suite = suite }
 
     /// A fresh transport instance, closed when the check ends.
     public func transport(reopen: Bool = false) throws -> Transport {
-        let transport = try suite.makeTransport(reopen)
+        let transport: Transport
+        do {
+            transport = try suite.makeTransport(reopen)
+        } catch let error as TransportError where error.code == .config {
+            refusedConfig.withLock { $0 = error.message }
+            throw error
+        }
         opened.withLock { $0.append(transport) }
         return transport
     }

@@ -45,9 +45,10 @@ enum StandardChecks {
         let t = try c.transport()
         let inbox = Collector()
         _ = try t.client.subscribe(SubscribeOptions(channel: "batch", maxInFlight: 500), handler: inbox.handler(client: t.client))
-        let batch = (0..<200).map { message("batch-\($0)", "batch", body: [UInt8(truncatingIfNeeded: $0)]) }
+        let size = ConformanceSuite.messagesHeldAtOnce
+        let batch = (0..<size).map { message("batch-\($0)", "batch", body: [UInt8(truncatingIfNeeded: $0)]) }
         try t.client.publish(batch: batch)
-        try c.expect(inbox.wait(for: 200), "got \(inbox.count) of a batch of 200")
+        try c.expect(inbox.wait(for: size), "got \(inbox.count) of a batch of \(size)")
         try c.expect(Set(inbox.received.map(\.message.id)) == Set(batch.map(\.id)), "the batch arrived with different ids")
         guard t.plugin.descriptor.pointee.publish_batch != nil else { return }  // 1.0 plugin: host fallback, not atomic
         var bad = (0..<5).map { message("bad-\($0)", "batch") }

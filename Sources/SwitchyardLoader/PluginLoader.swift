@@ -31,7 +31,9 @@ public final class PluginLoader: Sendable {
     static func missingEntry(_ path: String) -> Rejection {
         Rejection(
             path: path, kind: .missingEntry,
-            reason: "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in Swift the @c entry function must be public)")
+            reason:
+                "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in C, define it with SY_PLUGIN_EXPORT and not static: "
+                + "`nm -D --defined-only FILE` must list it; in Swift the @c entry function must be public)")
     }
 
     public func load(path: String) throws(Rejection) -> LoadedPlugin {
