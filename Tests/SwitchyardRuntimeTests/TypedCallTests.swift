@@ -483,6 +483,33 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("hosting an actor that no route reaches warns at once, saying which route to add; a routed one does not")
+    func hostingWithoutARouteWarns() async throws {
+        let log = CapturedLog()
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                transports:
+                  memq: { plugin: queue }
+                routes:
+                  Other.*: { transport: memq }
+                """, baseDirectory: NSTemporaryDirectory())
+        let logger = log.logger("switchyard.runtime")
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: logger) }
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let warning = log.all.first { $0.hasPrefix("warning hosting an actor that no route reaches") }
+        #expect(warning?.contains("fix=add 'Shop.*: { transport: NAME }' (or '*') under routes:") == true, "\(log.all)")
+        #expect(warning?.contains("id=shop") == true)
+        await system.shutdown()
+
+        let routed = CapturedLog()
+        let direct = try SwitchyardConfig.parse(yaml: "routes:\n  Shop.*: { transport: direct }\n", baseDirectory: NSTemporaryDirectory())
+        let quiet = routed.logger("switchyard.runtime")
+        let other = try await offPool { try SwitchyardActorSystem(config: direct, pluginDirectories: [BuildProducts.directory], logger: quiet) }
+        try other.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        #expect(!routed.all.contains { $0.contains("no route reaches") }, "\(routed.all)")
+        await other.shutdown()
+    }
+
     @Test("retries are logged at debug, dead letters and expired calls at notice, each with route, target, attempt and reason (also those a decorator made)")
     func retriesAndDeadLettersAreLogged() async throws {
         let log = CapturedLog()

@@ -68,6 +68,17 @@ extension SwitchyardActorSystem {
             metadata: [
                 "id": "\(hosted.id)", "type": "\(type)", "transports": "\(byTransport.keys.sorted().joined(separator: ", "))",
             ])
+        let interfaces = Array(Set(interfaceNames)).sorted()
+        if interfaces.allSatisfy({ routes.routes(forInterface: $0).isEmpty }) {
+            // Said now, at start-up: otherwise the first sign is a call failing (or, fire-and-forget,
+            // dead-lettered) with "no route matches".
+            logger.warning(
+                "hosting an actor that no route reaches: calls to it fail with 'no route matches' until the config routes its interface",
+                metadata: [
+                    "id": "\(hosted.id)", "type": "\(type)",
+                    "fix": "add '\(interfaces.first ?? type).*: { transport: NAME }' (or '*') under routes:",
+                ])
+        }
     }
 
     /// Subscribes the actor's channel on `transport` and starts its workers.
