@@ -77,9 +77,14 @@ public struct ConformanceSuite: Sendable {
         // that never returns fails as timed out and the suite goes on, on a fresh worker (the
         // stuck one is abandoned). The worker lives for the process: no thread per check.
         var worker = CheckWorker.current
+        // Once the plugin refused its config, every check left would fail the same way: it is
+        // reported once, and the rest are skipped.
+        var refusedConfig: String?
         for check in Self.checks where names.isEmpty || names.contains(check.name) {
             let result: ConformanceResult
-            if !capabilities.isSuperset(of: check.requires) {
+            if let refusedConfig {
+                result = ConformanceResult(name: check.name, outcome: .skipped("not run: the plugin refused its config (\(refusedConfig))"), seconds: 0)
+            } else if !capabilities.isSuperset(of: check.requires) {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(capabilities))"), seconds: 0)
             } else if check.requiresDurable && !durable {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs a durable instance"), seconds: 0)
@@ -110,17 +115,7 @@ public struct ConformanceSuite: Sendable {
                     }
                 }
                 result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started), note: context.noted)
-                if let refusal = context.refusedConfig.withLock({ $0 }) {
-                    // The same refusal would fail every check left: report it once.
-                    progress(result)
-                    results.append(result)
-                    for rest in Self.checks.drop(while: { $0.name != check.name }).dropFirst() where names.isEmpty || names.contains(rest.name) {
-                        let skipped = ConformanceResult(name: rest.name, outcome: .skipped("not run: the plugin refused its config (\(refusal))"), seconds: 0)
-                        progress(skipped)
-                        results.append(skipped)
-                    }
-                    return results
-                }
+                refusedConfig = context.refusedConfig.withLock { $0 }
             }
             progress(result)
             results.append(result)
@@ -193,8 +188,7 @@ public final class ConformanceContext: @unchecked Sendable {
     let suite: ConformanceSuite
     private let opened = Guarded<[Transport]>([])
     private let notes = Guarded<[String]>([])
-    /// The plugin's refusal of its config, when creating an instance failed with SY_ERR_CONFIG:
-    /// every later check would fail the same way.
+    /// The plugin's refusal of its config, when creating an instance failed with SY_ERR_CONFIG.
     let refusedConfig = Guarded<String?>(nil)
 
     init(suite: ConformanceSuite) { self.suite = suite }

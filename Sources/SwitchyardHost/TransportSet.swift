@@ -116,8 +116,8 @@ extension TransportSet {
     /// one (`queues`), the build command for a bundled plugin not built yet, else where a
     /// plugin's file goes.
     static func unknownPluginAdvice(_ plugin: String, found: [String]) -> String {
-        let candidates = Set(found + bundledPlugins).sorted()
-        if let near = candidates.filter({ editDistance($0, plugin) <= 2 }).min(by: { editDistance($0, plugin) < editDistance($1, plugin) }) {
+        let distances = Set(found + bundledPlugins).sorted().map { (name: $0, distance: editDistance($0, plugin)) }
+        if let near = distances.filter({ $0.distance <= 2 }).min(by: { $0.distance < $1.distance })?.name {
             let build = found.contains(near) ? "" : " (build it with 'swift build --product switchyard-\(near)', see docs/services.md)"
             return "Did you mean '\(near)'?\(build)"
         }
