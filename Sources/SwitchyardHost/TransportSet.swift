@@ -117,7 +117,7 @@ extension TransportSet {
     /// plugin's file goes.
     static func unknownPluginAdvice(_ plugin: String, found: [String]) -> String {
         let distances = Set(found + bundledPlugins).sorted().map { (name: $0, distance: editDistance($0, plugin)) }
-        if let near = distances.filter({ $0.distance <= 2 }).min(by: { $0.distance < $1.distance })?.name {
+        if let near = distances.filter({ (1...2).contains($0.distance) }).min(by: { $0.distance < $1.distance })?.name {
             let build = found.contains(near) ? "" : " (build it with 'swift build --product switchyard-\(near)', see docs/services.md)"
             return "Did you mean '\(near)'?\(build)"
         }

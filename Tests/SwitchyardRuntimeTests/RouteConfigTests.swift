@@ -134,6 +134,7 @@ struct RouteConfigTests {
         }
         #expect(error?.message.contains("Did you mean 'queue'?") == true, "\(error?.message ?? "")")
         #expect(error?.message.contains("switchyard-queues") == false)
+        #expect(TransportSet.unknownPluginAdvice("nats", found: []).hasPrefix("It is a product of the switchyard package"))
         #expect(TransportSet.unknownPluginAdvice("nats", found: []).contains("swift build --product switchyard-nats"))
         #expect(TransportSet.unknownPluginAdvice("rabitmq", found: []).contains("Did you mean 'rabbitmq'? (build it with 'swift build --product switchyard-rabbitmq'"))
     }
