@@ -44,6 +44,10 @@ public final class Broker: @unchecked Sendable {
     /// Whether subscriber groups each get their own copy (topic) or all subscribers share (queue).
     public let fanOut: Bool
     private let host: HostServices
+    /// Its place among its transport's shards: the ids it hands out carry it.
+    private let shard: BrokerShard
+    /// The stores whose messages count against `capacity` with this one's (its shards'), if any.
+    private let capacityShared: SharedCapacity?
     private let reporter: StatsReporter
     private let condition = AdaptiveCondition()
 
@@ -137,14 +141,20 @@ public final class Broker: @unchecked Sendable {
     private let wakeupReader: Int32
     private let wakeupWriter: Int32
 
-    /// Starts a broker and its dispatcher thread.
-    public init(store: MessageStore, fanOut: Bool, options: BrokerOptions, host: HostServices, name: String) {
+    /// Starts a broker and its dispatcher thread; `shard` places it among its transport's shards
+    /// (``ShardedBroker``), and `gauges` adds its depth and in-flight gauges to theirs.
+    public init(
+        store: MessageStore, fanOut: Bool, options: BrokerOptions, host: HostServices, name: String,
+        shard: BrokerShard = .only, gauges: GaugeSum? = nil, capacityShared: SharedCapacity? = nil
+    ) {
+        self.capacityShared = capacityShared
         self.store = store
         self.fanOut = fanOut
         self.options = options
         self.host = host
+        self.shard = shard
         inlinePasses = store is MemoryStore
-        reporter = StatsReporter(host: host)
+        reporter = StatsReporter(host: host, gauges: gauges, slot: shard.index)
         // The pipe first: a store whose descriptor is claimed no longer tells its handler of those
         // changes, so it is claimed only once the dispatcher can wait on it. (Not pipe2, which
         // Swift's Glibc does not import: a child started between the calls may inherit the ends,
@@ -166,7 +176,7 @@ public final class Broker: @unchecked Sendable {
         storeChanges = changes
         store.setChangeHandler { [weak self] in self?.wake() }
         let thread = Thread { [self] in dispatchLoop() }
-        thread.name = "switchyard-\(name)"
+        thread.name = shard.bits == 0 ? "switchyard-\(name)" : "switchyard-\(name)-\(shard.index)"
         thread.start()
     }
 
@@ -335,32 +345,52 @@ public final class Broker: @unchecked Sendable {
     public func publish(_ batch: consuming [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         let messages = try accepted(batch)
         if !messages.isEmpty { try waitForRoom(messages.count) }
-        condition.lock()
-        guard let entry = inFlight.removeValue(forKey: delivery) else {
-            condition.unlock()
-            throw TransportError(.notFound, "publish_and_settle: unknown, settled or expired delivery \(delivery)")
-        }
-        entry.member.inFlight -= 1
-        condition.unlock()
-        do {
+        try settle(delivery, settlement, published: messages.count) { entry throws(TransportError) in
             if case .ack = settlement {
                 try store.append(messages, acking: entry.ref)
             } else {
                 try store.append(messages)
                 try apply(settlement, to: entry)
             }
+        }
+    }
+
+    /// Settles `delivery` once `publish` succeeded — it stores messages in another broker (a
+    /// shard of the same transport: ``ShardedBroker``). When it throws, nothing is settled: the
+    /// delivery is still the subscriber's, and the error is rethrown.
+    public func settle(_ delivery: DeliveryID, _ settlement: Settlement, afterPublishing publish: () throws(TransportError) -> Void) throws(TransportError) {
+        try settle(delivery, settlement, published: 0) { entry throws(TransportError) in
+            try publish()
+            try apply(settlement, to: entry)
+        }
+    }
+
+    /// Takes `delivery` out of flight, runs `body` (which stores and settles), and puts the
+    /// delivery back when `body` throws; `published` messages are counted once it succeeds.
+    private func settle(
+        _ delivery: DeliveryID, _ settlement: Settlement, published: Int, _ body: (InFlight) throws(TransportError) -> Void
+    ) throws(TransportError) {
+        condition.lock()
+        guard let local = shard.local(delivery), let entry = inFlight.removeValue(forKey: local) else {
+            condition.unlock()
+            throw TransportError(.notFound, "publish_and_settle: unknown, settled or expired delivery \(delivery)")
+        }
+        entry.member.inFlight -= 1
+        condition.unlock()
+        do {
+            try body(entry)
         } catch {
             // Nothing happened: the delivery is still the subscriber's to settle.
             condition.lock()
             if !stopped {
-                inFlight.insert(entry, at: delivery)
+                inFlight.insert(entry, at: local)
                 entry.member.inFlight += 1
             }
             condition.unlock()
             throw error
         }
         condition.lock()
-        stats.published += UInt64(messages.count)
+        stats.published += UInt64(published)
         count(settlement)
         markWorkOrPass()
         if waiters > 0 { condition.broadcast() }
@@ -372,14 +402,14 @@ public final class Broker: @unchecked Sendable {
         // drain that starts just after this check is no different from one just after the store).
         if closing.load(ordering: .acquiring) { throw TransportError(.closed, "publish: the transport is draining") }
         guard options.capacity > 0 else { return }
-        let (depth, inFlight) = store.counts()
+        let (depth, inFlight) = counts()
         if Int(depth + inFlight) + count <= options.capacity { return }
         condition.lock()
         defer { condition.unlock() }
         if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
         let deadline = AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos)
         while true {
-            let (depth, inFlight) = store.counts()
+            let (depth, inFlight) = counts()
             if Int(depth + inFlight) + count <= options.capacity { return }
             guard options.fullWaitNanos > 0, monotonicNanoseconds() < deadline else {
                 throw TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
@@ -395,6 +425,9 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
+    /// The messages that count against `capacity`: this store's, or every shard's.
+    private func counts() -> (depth: UInt64, inFlight: UInt64) { capacityShared?.counts() ?? store.counts() }
+
     /// How often a publish waiting for room looks at the counts again, woken or not.
     static let roomRecheckNanos: Int64 = 100_000_000
 
@@ -409,7 +442,7 @@ public final class Broker: @unchecked Sendable {
         if stopped { throw TransportError(.closed, "subscribe: the transport is shut down") }
         nextSubscription += 1
         let member = Member(
-            id: nextSubscription, key: key, subscriber: subscriber,
+            id: shard.external(nextSubscription), key: key, subscriber: subscriber,
             maxInFlight: Int(options.maxInFlight > 0 ? options.maxInFlight : self.options.defaultMaxInFlight),
             visibilityTimeout: options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : self.options.visibilityTimeoutNanos,
             settleOnDelivery: options.settleOnDelivery)
@@ -446,7 +479,7 @@ public final class Broker: @unchecked Sendable {
     /// Settles a delivery (see `TransportPlugin.settle`).
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         condition.lock()
-        guard let entry = inFlight.removeValue(forKey: delivery) else {
+        guard let local = shard.local(delivery), let entry = inFlight.removeValue(forKey: local) else {
             condition.unlock()
             throw TransportError(.notFound, "settle: unknown, settled or expired delivery \(delivery)")
         }
@@ -499,7 +532,7 @@ public final class Broker: @unchecked Sendable {
         var others: [(index: Int, entry: InFlight, settlement: Settlement)] = []
         condition.lock()
         for (index, (delivery, settlement)) in batch.enumerated() {
-            guard let entry = inFlight.removeValue(forKey: delivery) else {
+            guard let local = shard.local(delivery), let entry = inFlight.removeValue(forKey: local) else {
                 results[index] = TransportError(.notFound, "settle: unknown, settled or expired delivery \(delivery)")
                 continue
             }
@@ -532,7 +565,7 @@ public final class Broker: @unchecked Sendable {
         var missing: [Int] = []  // deliveries not in flight (unknown, settled or expired)
         condition.lock()
         for index in deliveries.indices {
-            guard let entry = inFlight.removeValue(forKey: deliveries[index]) else {
+            guard let local = shard.local(deliveries[index]), let entry = inFlight.removeValue(forKey: local) else {
                 missing.append(index)
                 continue
             }
@@ -570,11 +603,8 @@ public final class Broker: @unchecked Sendable {
     /// Stops new deliveries and publishes, waits for settlements until `deadlineNanos` on the
     /// monotonic clock, then releases what is left (throwing `.timeout` if anything was).
     public func drain(deadlineNanos: Int64) throws(TransportError) {
+        beginDrain()
         condition.lock()
-        draining = true
-        closing.store(true, ordering: .releasing)
-        condition.broadcast()
-        if wakeupWriter >= 0 { wakeDispatcher() }
         waiters += 1
         // The ABI's drain deadline is on the monotonic clock, as the condition's waits are.
         while !inFlight.isEmpty, condition.wait(untilMonotonicNanos: deadlineNanos) {}
@@ -588,6 +618,17 @@ public final class Broker: @unchecked Sendable {
         if !left.isEmpty {
             throw TransportError(.timeout, "drain: \(left.count) deliveries were still unsettled at the deadline and were released")
         }
+    }
+
+    /// The first half of ``drain(deadlineNanos:)``: stops new deliveries and publishes at once,
+    /// without waiting (``ShardedBroker`` stops every shard before it waits for any).
+    public func beginDrain() {
+        condition.lock()
+        draining = true
+        closing.store(true, ordering: .releasing)
+        condition.broadcast()
+        if wakeupWriter >= 0 { wakeDispatcher() }
+        condition.unlock()
     }
 
     /// Counters plus the store's depth and in-flight count.
@@ -836,7 +877,7 @@ public final class Broker: @unchecked Sendable {
                     if !handOvers.contains(where: { $0 === member }) { handOvers.append(member) }
                     last = member
                 }
-                member.handOverDeliveries.append(nextDelivery)
+                member.handOverDeliveries.append(shard.external(nextDelivery))
                 member.handOverMessages.append(leased[position].message)
                 if taken != marked {
                     // Marked when taken (nothing to settle: tell the subscriber); a mark from
@@ -871,7 +912,7 @@ public final class Broker: @unchecked Sendable {
         var releases: [LeaseRef] = []
         var putBack: [Message] = []
         for (delivery, message) in refused {
-            if let entry = inFlight.removeValue(forKey: delivery) {
+            if let local = shard.local(delivery), let entry = inFlight.removeValue(forKey: local) {
                 entry.member.inFlight -= 1
                 releases.append(entry.ref)
             } else if message.flags.contains(.settled) {

@@ -16,12 +16,21 @@ public final class MemoryStore: MessageStore {
     private let deadLetterSuffix: String
     private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
     private let state = Guarded(State())
+    /// The state's counts, readable without its lock.
+    private let liveCounts: PublishedCounts
+
+    /// Counts kept by the state under its lock and read without it.
+    private final class PublishedCounts: Sendable {
+        let depth = Atomic<UInt64>(0)
+        let inFlight = Atomic<UInt64>(0)
+    }
 
     /// An empty store; channels ending in `deadLetterSuffix` are always shared by every group.
     public init(fanOut: Bool, retainedPerChannel: Int = 0, deadLetterSuffix: String = DeadLetter.defaultSuffix) {
         self.fanOut = fanOut
         self.retainedPerChannel = retainedPerChannel
         self.deadLetterSuffix = deadLetterSuffix
+        liveCounts = state.withLock { $0.published }
     }
 
     private struct Timed: Comparable {
@@ -116,8 +125,10 @@ public final class MemoryStore: MessageStore {
         var retained: [String: Deque<Message>] = [:]
         var nextEntry: UInt64 = 0
         var nextToken: UInt64 = 0
-        var depth: UInt64 = 0
-        var inFlight: UInt64 = 0
+        var depth: UInt64 = 0 { didSet { published.depth.store(depth, ordering: .relaxed) } }
+        var inFlight: UInt64 = 0 { didSet { published.inFlight.store(inFlight, ordering: .relaxed) } }
+        /// `depth` and `inFlight` as they change, for ``counts()`` to read without the lock.
+        let published = PublishedCounts()
         /// Entries whose message expires, by expiry (stale items are skipped lazily).
         var expiries = Heap<Timed>()
 
@@ -432,7 +443,11 @@ public final class MemoryStore: MessageStore {
     }
 
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
-        state.withLock { ($0.depth, $0.inFlight) }
+        // Without the lock: every publish asks (to check the capacity), a sharded transport asks
+        // every shard's store, and on 16 cores this lookup alone was 4% of the futex calls of a
+        // 64-caller request-reply run (threads sent to sleep on the contended lock). A moment
+        // stale, as counts read under the lock are by the time the caller looks.
+        (liveCounts.depth.load(ordering: .relaxed), liveCounts.inFlight.load(ordering: .relaxed))
     }
 }
 

@@ -20,10 +20,19 @@ public final class StatsReporter: Sendable {
     /// paths on many threads — return at once instead of queueing for `last`.
     private let quietUntil = Atomic<Int64>(.min)
 
-    /// A reporter to `host`, reporting at most every `intervalNanos` unless forced.
-    public init(host: HostServices, intervalNanos: Int64 = 250_000_000) {
+    /// Where the gauges go when several reporters make up one transport (shards), and this
+    /// one's place there.
+    private let gauges: GaugeSum?
+    private let slot: Int
+
+    /// A reporter to `host`, reporting at most every `intervalNanos` unless forced. With `gauges`,
+    /// its depth and in-flight count are one part (`slot`) of the transport's, and the gauges
+    /// report the sum of the parts; counters add up by themselves.
+    public init(host: HostServices, intervalNanos: Int64 = 250_000_000, gauges: GaugeSum? = nil, slot: Int = 0) {
         self.host = host
         self.intervalNanos = intervalNanos
+        self.gauges = gauges
+        self.slot = slot
     }
 
     /// Hands the host what changed since the last report: counter increments and the gauges'
@@ -56,6 +65,12 @@ public final class StatsReporter: Sendable {
         count("retried", stats.retried, old.retried)
         count("dead_lettered", stats.deadLettered, old.deadLettered)
         count("released", stats.released, old.released)
+        if let gauges {
+            let (depth, inFlight) = gauges.set(slot, depth: stats.depth, inFlight: stats.inFlight)
+            host.gauge("depth", Double(depth))
+            host.gauge("in_flight", Double(inFlight))
+            return false
+        }
         if before == nil || stats.depth != old.depth { host.gauge("depth", Double(stats.depth)) }
         if before == nil || stats.inFlight != old.inFlight { host.gauge("in_flight", Double(stats.inFlight)) }
         return false
@@ -63,4 +78,21 @@ public final class StatsReporter: Sendable {
 
     /// The interval, for callers that schedule their next report.
     public var interval: Int64 { intervalNanos }
+}
+
+/// The depth and in-flight gauges of a transport made of parts (``ShardedBroker``'s shards), each
+/// reporting its own: the host sees their sum, not whichever part reported last.
+public final class GaugeSum: Sendable {
+    private let parts: Guarded<[(depth: UInt64, inFlight: UInt64)]>
+
+    /// Gauges for `count` parts, all zero.
+    public init(parts count: Int) { parts = Guarded(Array(repeating: (0, 0), count: count)) }
+
+    /// Records part `slot`'s values; returns the sums over every part.
+    func set(_ slot: Int, depth: UInt64, inFlight: UInt64) -> (depth: UInt64, inFlight: UInt64) {
+        parts.withLock { parts in
+            parts[slot] = (depth, inFlight)
+            return parts.reduce((UInt64(0), UInt64(0))) { ($0.0 + $1.depth, $0.1 + $1.inFlight) }
+        }
+    }
 }

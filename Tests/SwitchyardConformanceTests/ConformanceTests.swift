@@ -24,6 +24,16 @@ struct ConformanceTests {
         #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
     }
 
+    /// In memory, the broker transports split their channels among shards (one per two cores by
+    /// default: one on a two-core machine), so the suite also runs them with four.
+    @Test("passes every check with its channels in four shards", arguments: ["queue", "topic"])
+    func sharded(_ plugin: String) async throws {
+        let loaded = try BuildProducts.plugin(plugin)
+        let results = try await offPool { ConformanceSuite.forPlugin(loaded, configJSON: #"{"shards": 4}"#).run() }
+        for result in results where result.failed { Issue.record("\(plugin) in 4 shards: \(result)") }
+        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+    }
+
     @Test("plugins test exits 0 for a passing plugin and prints what it ran")
     func cli() async throws {
         let result = try await run(BuildProducts.switchyard, ["plugins", "test", "topic", "--check", "fan-out", "--check", "dead-letter"])

@@ -1,0 +1,259 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardPluginKit
+
+/// Where a ``Broker`` sits among its transport's shards (``ShardedBroker``): the delivery and
+/// subscription ids it hands out carry its index in their low bits, so a settlement finds its
+/// shard without a lookup. A broker alone (``only``) hands out its ids unchanged.
+public struct BrokerShard: Sendable {
+    /// This shard's position, `0..<count`.
+    public let index: Int
+    /// How many low bits of an id name the shard (0 for a broker alone).
+    let bits: Int
+
+    /// A broker that is its transport's only one.
+    public static let only = BrokerShard(index: 0, bits: 0)
+
+    /// Shard `index` of `count` (at most 256).
+    public init(index: Int, of count: Int) {
+        precondition(count >= 1 && count <= 256 && (0..<count).contains(index), "a shard index within 1–256 shards")
+        self.init(index: index, bits: count == 1 ? 0 : Int.bitWidth - (count - 1).leadingZeroBitCount)
+    }
+
+    private init(index: Int, bits: Int) {
+        self.index = index
+        self.bits = bits
+    }
+
+    /// The id handed out for the broker's own `local` id.
+    @inline(__always) func external(_ local: UInt64) -> UInt64 { bits == 0 ? local : local << bits | UInt64(index) }
+
+    /// The broker's own id for `id`, or nil when `id` belongs to another shard.
+    @inline(__always) func local(_ id: UInt64) -> UInt64? {
+        if bits == 0 { return id }
+        return id & (1 << bits - 1) == UInt64(index) ? id >> bits : nil
+    }
+
+    /// The shard an id handed out by one of `count` shards belongs to.
+    static func index(of id: UInt64, bits: Int) -> Int { Int(id & (1 << bits - 1)) }
+}
+
+/// One transport instance as several ``Broker``s, each with its own store, lock and dispatcher
+/// thread, every channel in exactly one of them: the channels of one transport (a service's
+/// requests, its callers' replies, other services) then run on as many cores as there are
+/// shards, where one broker ran them all under one lock on one dispatcher thread. One channel is
+/// still one shard's work, as one queue is in RabbitMQ and one stream in JetStream.
+///
+/// A channel and its dead-letter channel share a shard (dead-lettering moves a message within
+/// one store). Delivery and subscription ids name their shard (``BrokerShard``). With one shard
+/// every call goes straight to it.
+public final class ShardedBroker: Sendable {
+    /// The shards' brokers, by index.
+    public let brokers: [Broker]
+    private let bits: Int
+    private let deadLetterSuffix: [UInt8]
+
+    /// Shards made by `make(shard)` for each of `count` shards (1 to 256).
+    public init(count: Int, deadLetterSuffix: String, make: (BrokerShard) -> Broker) {
+        brokers = (0..<count).map { make(BrokerShard(index: $0, of: count)) }
+        bits = count == 1 ? 0 : Int.bitWidth - (count - 1).leadingZeroBitCount
+        self.deadLetterSuffix = Array(deadLetterSuffix.utf8)
+    }
+
+    /// The shard that holds `channel` (and its dead-letter channel): a hash of the name without
+    /// its dead-letter suffixes.
+    public func shard(ofChannel channel: String) -> Broker {
+        guard brokers.count > 1 else { return brokers[0] }
+        var channel = channel
+        return brokers[channel.withUTF8 { Int(hash(stripping: $0) % UInt64(brokers.count)) }]
+    }
+
+    /// The shard of a channel named by UTF-8 bytes (a message view's, read without a copy).
+    private func shard(ofChannel bytes: sy_str) -> Broker {
+        let name = UnsafeBufferPointer(start: UnsafeRawPointer(bytes.data)?.assumingMemoryBound(to: UInt8.self), count: bytes.len)
+        return brokers[Int(hash(stripping: name) % UInt64(brokers.count))]
+    }
+
+    /// FNV-1a of `name` without trailing dead-letter suffixes: stable for the life of the process,
+    /// which is as long as an in-memory store keeps anything.
+    private func hash(stripping name: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var end = name.count
+        let suffix = deadLetterSuffix.count
+        while suffix > 0, end >= suffix, name[(end - suffix)..<end].elementsEqual(deadLetterSuffix) { end -= suffix }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name[0..<end] {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        return hash
+    }
+
+    /// The shard that handed out delivery or subscription `id`.
+    private func shard(ofID id: UInt64) -> Broker { bits == 0 ? brokers[0] : brokers[BrokerShard.index(of: id, bits: bits) % brokers.count] }
+
+    /// Stores one message in its channel's shard (see `TransportPlugin.publish`).
+    public func publish(_ view: MessageView) throws(TransportError) {
+        try shard(ofChannel: view.fields.channel).publish(view)
+    }
+
+    /// Stores messages, each in its channel's shard (in order within each channel). Messages for
+    /// one shard, the usual case, go as one batch.
+    public func publish(_ batch: consuming [Message]) throws(TransportError) {
+        guard brokers.count > 1, let first = batch.first else { return try brokers[0].publish(batch) }
+        let target = shard(ofChannel: first.channel)
+        // A batch is usually one channel: comparing names (the same storage, compared by
+        // address first) costs less than hashing each.
+        guard batch.allSatisfy({ $0.channel == first.channel || shard(ofChannel: $0.channel) === target }) else {
+            for (shard, messages) in split(batch) { try shard.publish(messages) }
+            return
+        }
+        try target.publish(batch)
+    }
+
+    /// `batch` grouped by shard, in the order the shards first appear, each group in batch order.
+    private func split(_ batch: [Message]) -> [(Broker, [Message])] {
+        var groups: [(Broker, [Message])] = []
+        for message in batch {
+            let target = shard(ofChannel: message.channel)
+            if let index = groups.firstIndex(where: { $0.0 === target }) {
+                groups[index].1.append(message)
+            } else {
+                groups.append((target, [message]))
+            }
+        }
+        return groups
+    }
+
+    /// Stores `batch` and settles `delivery` (see `TransportPlugin.publish(_:settling:_:)`): as one
+    /// unit when every message goes to the delivery's shard; otherwise the delivery is taken out
+    /// of flight first (an unknown one fails before anything is stored), the messages are stored
+    /// in their shards, and the delivery is settled once they are — or is the subscriber's again
+    /// when they could not be (an in-memory store has no commit to share). Messages for several
+    /// other shards are stored shard by shard: when one refuses (the transport is full), those
+    /// stored before stay.
+    public func publish(_ batch: consuming [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        let owner = shard(ofID: delivery)
+        guard brokers.count > 1, !batch.allSatisfy({ shard(ofChannel: $0.channel) === owner }) else {
+            return try owner.publish(batch, settling: delivery, settlement)
+        }
+        let groups = split(batch)
+        try owner.settle(delivery, settlement) { () throws(TransportError) in
+            for (shard, messages) in groups { try shard.publish(messages) }
+        }
+    }
+
+    /// Adds a subscriber to the shard of its channel (see `TransportPlugin.subscribe`).
+    public func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        try shard(ofChannel: options.channel).subscribe(options, subscriber)
+    }
+
+    /// Removes a subscriber (see `TransportPlugin.unsubscribe`).
+    public func unsubscribe(_ id: SubscriptionID) throws(TransportError) { try shard(ofID: id).unsubscribe(id) }
+
+    /// Settles a delivery (see `TransportPlugin.settle`).
+    public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        try shard(ofID: delivery).settle(delivery, settlement)
+    }
+
+    /// Settles several deliveries; each shard's go to it together (a subscriber's deliveries all
+    /// come from its channel's shard, so usually there is one).
+    public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
+        guard bits > 0, let first = batch.first else { return brokers[0].settle(batch: batch) }
+        let owner = BrokerShard.index(of: first.0, bits: bits)
+        if batch.allSatisfy({ BrokerShard.index(of: $0.0, bits: bits) == owner }) { return shard(ofID: first.0).settle(batch: batch) }
+        var results = [TransportError?](repeating: nil, count: batch.count)
+        for positions in Dictionary(grouping: batch.indices, by: { BrokerShard.index(of: batch[$0].0, bits: bits) }).values {
+            let outcomes = shard(ofID: batch[positions[0]].0).settle(batch: positions.map { batch[$0] })
+            for (position, outcome) in zip(positions, outcomes) { results[position] = outcome }
+        }
+        return results
+    }
+
+    /// Settles every delivery in `deliveries` the same way (see `TransportInstance.settle(batch:_:)`).
+    public func settle(batch deliveries: UnsafeBufferPointer<DeliveryID>, _ settlement: Settlement) -> [TransportError?] {
+        guard bits > 0, let first = deliveries.first else { return brokers[0].settle(batch: deliveries, settlement) }
+        let owner = BrokerShard.index(of: first, bits: bits)
+        if deliveries.allSatisfy({ BrokerShard.index(of: $0, bits: bits) == owner }) {
+            return shard(ofID: first).settle(batch: deliveries, settlement)
+        }
+        return settle(batch: deliveries.map { ($0, settlement) })
+    }
+
+    /// Drains every shard at once (see `TransportPlugin.drain`): all stop taking publishes and
+    /// deliveries together, then each waits for its settlements until the one deadline.
+    public func drain(deadlineNanos: Int64) throws(TransportError) {
+        guard brokers.count > 1 else { return try brokers[0].drain(deadlineNanos: deadlineNanos) }
+        for shard in brokers { shard.beginDrain() }
+        var failure: TransportError?
+        for shard in brokers {
+            do throws(TransportError) {
+                try shard.drain(deadlineNanos: deadlineNanos)
+            } catch {
+                failure = failure.map { TransportError(.timeout, "\($0.message); \(error.message)") } ?? error
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// The shards' counters, added up.
+    public func currentStats() -> TransportStats {
+        brokers.dropFirst().reduce(brokers[0].currentStats()) { total, shard in total.adding(shard.currentStats()) }
+    }
+
+    /// Stops every shard's dispatcher and releases unsettled deliveries.
+    public func shutdown() {
+        for shard in brokers { shard.shutdown() }
+    }
+
+    /// How many shards an in-memory transport has when its config does not say (`shards`): one
+    /// per two cores this process may use, at most eight — one shard where there are fewer than
+    /// four cores, as before sharding, so small machines run one dispatcher thread.
+    public static var defaultCount: Int { min(max(usableCores / 2, 1), 8) }
+
+    /// The cores this process may run on: its CPU affinity (`Cpus_allowed` in /proc/self/status,
+    /// which `taskset` and cpusets set), where `ProcessInfo.activeProcessorCount` counts the
+    /// machine's (Glibc's `sched_getaffinity` is not visible to Swift).
+    public static let usableCores: Int = {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") })
+        else { return ProcessInfo.processInfo.activeProcessorCount }
+        let count = line.dropFirst("Cpus_allowed:".count).reduce(0) { count, character in
+            count + (character.hexDigitValue?.nonzeroBitCount ?? 0)
+        }
+        return count > 0 ? count : ProcessInfo.processInfo.activeProcessorCount
+    }()
+}
+
+/// The stores of one transport's shards, whose messages count together against its `capacity`:
+/// a publish to a shard that is full waits (or fails) when the transport is, not when the shard is.
+public final class SharedCapacity: @unchecked Sendable {
+    // @unchecked: the array never changes; stores are thread-safe.
+    private let stores: [MessageStore]
+
+    /// Capacity shared by `stores`.
+    public init(stores: [MessageStore]) { self.stores = stores }
+
+    /// The stores' depths and in-flight counts, added up (in memory, read without their locks).
+    func counts() -> (depth: UInt64, inFlight: UInt64) {
+        stores.reduce((UInt64(0), UInt64(0))) { total, store in
+            let counts = store.counts()
+            return (total.0 + counts.depth, total.1 + counts.inFlight)
+        }
+    }
+}
+
+extension TransportStats {
+    /// These counters plus `other`'s (gauges included: shards hold disjoint messages).
+    func adding(_ other: TransportStats) -> TransportStats {
+        var sum = self
+        sum.published += other.published
+        sum.delivered += other.delivered
+        sum.acked += other.acked
+        sum.retried += other.retried
+        sum.deadLettered += other.deadLettered
+        sum.released += other.released
+        sum.inFlight += other.inFlight
+        sum.depth += other.depth
+        return sum
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardConformance
+import SwitchyardHost
+import SwitchyardLoader
+import SwitchyardTestSupport
+import Testing
+
+/// An in-memory broker transport split into shards (`shards:`) behaves as one transport: every
+/// channel reaches its subscribers, ids settle in the shard that made them, a dead letter lands
+/// beside its channel, capacity and counters cover every shard.
+@Suite("Shards of an in-memory transport")
+struct ShardedBrokerTests {
+    private func sharded(_ extra: String = "") throws -> Transport {
+        try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"shards": 4\#(extra)}"#)
+    }
+
+    /// Enough channels that each of four shards holds some (the hash spreads them).
+    private let channels = (0..<16).map { "channel-\($0)" }
+
+    @Test("messages on many channels all arrive, each channel in order; ids are unique; counters add up")
+    func manyChannels() throws {
+        let transport = try sharded()
+        defer { transport.close() }
+        let client = transport.client
+        let inboxes = channels.map { _ in Collector() }
+        var subscriptions: Set<SubscriptionID> = []
+        for (channel, inbox) in zip(channels, inboxes) {
+            subscriptions.insert(try client.subscribe(SubscribeOptions(channel: channel), handler: inbox.handler(client: client)))
+        }
+        #expect(subscriptions.count == channels.count)
+        // One batch spanning every channel: split by shard, in order within each channel.
+        try client.publish(batch: (0..<10).flatMap { index in channels.map { Message(id: "\($0)-\(index)", channel: $0) } })
+        for (channel, inbox) in zip(channels, inboxes) {
+            #expect(inbox.wait(for: 10), "\(channel): \(inbox.count) of 10")
+            #expect(inbox.received.map(\.message.id) == (0..<10).map { "\(channel)-\($0)" })
+        }
+        let deliveries = inboxes.flatMap { $0.received.map(\.delivery) }
+        #expect(Set(deliveries).count == deliveries.count, "delivery ids repeat across shards")
+        // Acknowledged by their handlers; the counters are every shard's.
+        let deadline = Date().addingTimeInterval(5)
+        var stats = try #require(try client.stats())
+        while stats.acked < 160, Date() < deadline {
+            usleep(1_000)
+            stats = try #require(try client.stats())
+        }
+        #expect(stats.published == 160 && stats.delivered == 160 && stats.acked == 160 && stats.depth == 0 && stats.inFlight == 0, "\(stats)")
+        // A subscription id names its shard: each unsubscribes once, then is unknown.
+        for id in subscriptions { try client.unsubscribe(id) }
+        #expect(throws: TransportError.self) { try client.unsubscribe(subscriptions.first!) }
+    }
+
+    @Test("settling a batch of deliveries from several shards settles each in its own")
+    func batchAcrossShards() throws {
+        let transport = try sharded()
+        defer { transport.close() }
+        let client = transport.client
+        let inbox = Collector()
+        for channel in channels { _ = try client.subscribe(SubscribeOptions(channel: channel), handler: inbox.handler(client: client, settle: nil)) }
+        try client.publish(batch: channels.map { Message(id: $0, channel: $0) })
+        #expect(inbox.wait(for: channels.count))
+        let deliveries = inbox.received.map(\.delivery)
+        let results = try client.settle(batch: deliveries, .ack)
+        #expect(results.allSatisfy { $0 == nil }, "\(results)")
+        // Settled already: every one is now unknown, in whichever shard.
+        let again = try client.settle(batch: deliveries.map { ($0, Settlement.ack) })
+        #expect(again.allSatisfy { $0?.code == .notFound }, "\(again)")
+        #expect(try client.stats()?.inFlight == 0)
+    }
+
+    @Test("a dead letter lands on its channel's dead-letter channel, and a reply published while settling reaches another shard")
+    func deadLetterAndPublishSettling() throws {
+        let transport = try sharded()
+        defer { transport.close() }
+        let client = transport.client
+        let dead = Collector()
+        let replies = Collector()
+        for channel in channels {
+            _ = try client.subscribe(SubscribeOptions(channel: channel + ".dlq"), handler: dead.handler(client: client))
+            _ = try client.subscribe(SubscribeOptions(channel: channel + "-reply"), handler: replies.handler(client: client))
+            _ = try client.subscribe(
+                SubscribeOptions(channel: channel),
+                handler: { delivery, view in
+                    let message = view.copy()
+                    if message.id.hasSuffix("dead") {
+                        try? client.settle(delivery, .deadLetter(reason: "test"))
+                    } else {
+                        try? client.publish(Message(id: "re-" + message.id, channel: message.channel + "-reply"), settling: delivery, .ack)
+                    }
+                    return .ok
+                })
+        }
+        for channel in channels {
+            try client.publish(Message(id: "\(channel)-dead", channel: channel))
+            try client.publish(Message(id: "\(channel)-ask", channel: channel))
+        }
+        #expect(dead.wait(for: channels.count) && replies.wait(for: channels.count))
+        #expect(Set(dead.received.map { "\($0.message.channel)/\($0.message.id)" }) == Set(channels.map { "\($0).dlq/\($0)-dead" }))
+        #expect(Set(replies.received.map(\.message.id)) == Set(channels.map { "re-\($0)-ask" }))
+        let deadline = Date().addingTimeInterval(5)
+        while (try client.stats()?.inFlight ?? 1) > 0, Date() < deadline { usleep(1_000) }
+        #expect(try client.stats()?.inFlight == 0, "the requests were settled with their replies")
+    }
+
+    @Test("the capacity is the transport's, whatever shard each message goes to")
+    func capacityIsShared() throws {
+        let transport = try sharded(#", "capacity": 10"#)
+        defer { transport.close() }
+        for index in 0..<10 { try transport.client.publish(Message(id: "m\(index)", channel: channels[index])) }
+        #expect(throws: TransportError.self) { try transport.client.publish(Message(id: "one-too-many", channel: channels[10])) }
+        #expect(try transport.client.stats()?.depth == 10)
+    }
+
+    @Test("a drain releases what is unsettled in every shard and says so")
+    func drainEveryShard() throws {
+        let transport = try sharded()
+        defer { transport.close() }
+        let client = transport.client
+        let inbox = Collector()
+        for channel in channels { _ = try client.subscribe(SubscribeOptions(channel: channel), handler: inbox.handler(client: client, settle: nil)) }
+        try client.publish(batch: channels.map { Message(id: $0, channel: $0) })
+        #expect(inbox.wait(for: channels.count))
+        #expect(throws: TransportError.self) { try client.drain(deadlineNanos: monotonicNanoseconds() + 50_000_000) }
+        let stats = try #require(try client.stats())
+        #expect(stats.released == UInt64(channels.count) && stats.inFlight == 0, "\(stats)")
+        #expect(throws: TransportError.self) { try client.publish(Message(id: "late", channel: channels[0])) }
+    }
+
+    @Test("config: shards out of range, or with a store that is not in memory, is refused naming the key")
+    func config() throws {
+        let queue = try BuildProducts.plugin("queue")
+        for bad in [#"{"shards": 0}"#, #"{"shards": 1000}"#] {
+            #expect {
+                try Transport(name: "q", plugin: queue, configJSON: bad)
+            } throws: { "\($0)".contains("'shards'") }
+        }
+        let dir = try TemporaryDirectory()
+        #expect {
+            try Transport(name: "q", plugin: queue, configJSON: #"{"shards": 2, "path": "\#(dir.path)/q.db"}"#)
+        } throws: { "\($0)".contains("'shards'") && "\($0)".contains("in memory") }
+        // One shard with a file is what it always was.
+        let durable = try Transport(name: "q", plugin: queue, configJSON: #"{"shards": 1, "path": "\#(dir.path)/one.db"}"#)
+        durable.close()
+    }
+}
