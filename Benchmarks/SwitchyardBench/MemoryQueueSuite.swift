@@ -13,7 +13,7 @@ import Synchronization
 /// with one publish call per message.
 struct MemoryQueueSuite: BenchSuite {
     let name = "memory-queue"
-    let summary = "in-memory queue publish → deliver → ack (1 and 4 consumers, 4 producers; a topic to 4 groups) vs a bare thread hand-off; bytes per queued message"
+    let summary = "in-memory queue publish → deliver → ack (1 and 4 consumers, 4 producers, 4 channels; a topic to 4 groups) vs a bare thread hand-off; bytes per queued message"
 
     func run(_ context: BenchContext) throws -> [BenchResult] {
         let plugins = BenchPlugins(context)
@@ -27,6 +27,8 @@ struct MemoryQueueSuite: BenchSuite {
         let four = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4, batch: 256) })
         context.progress("memory-queue: plugin, 4 producers, 4 consumers")
         let parallel = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4, batch: 256, producers: 4) })
+        context.progress("memory-queue: plugin, 4 channels, a producer and a consumer each")
+        let channels = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count, consumers: 4, batch: 256, producers: 4, channels: 4) })
         context.progress("memory-queue: topic plugin, 4 subscriber groups")
         let fanOut = Measure.median(try (0..<rounds).map { _ in try pluginRate(plugins, count: count / 4, consumers: 4, batch: 256, plugin: "topic") })
         context.progress("memory-queue: plugin, 1 consumer, one publish per message")
@@ -41,6 +43,7 @@ struct MemoryQueueSuite: BenchSuite {
             BenchResult(suite: name, metric: "raw_msgs_per_s", value: one, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "raw_msgs_per_s_4_consumers", value: four, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "raw_msgs_per_s_4_producers_4_consumers", value: parallel, unit: "msg/s", baseline: base),
+            BenchResult(suite: name, metric: "raw_msgs_per_s_4_channels", value: channels, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "topic_4_groups_deliveries_per_s", value: fanOut, unit: "deliveries/s", baseline: base),
             BenchResult(suite: name, metric: "single_publish_msgs_per_s", value: single, unit: "msg/s", baseline: base),
             BenchResult(suite: name, metric: "ack_each_msgs_per_s", value: ackEach, unit: "msg/s", baseline: base),
@@ -50,10 +53,13 @@ struct MemoryQueueSuite: BenchSuite {
 
     /// Messages per second through the queue plugin: one producer publishing the same 64-byte
     /// message, consumers acknowledging inside the delivery callback.
-    /// `producers` threads share the publishing.
+    /// `producers` threads share the publishing. With `channels` above 1, producer and consumer
+    /// `i` use channel `i % channels` (the transport's shards run channels apart).
     /// With `plugin: "topic"` each consumer is a subscriber group of its own and the rate counts
     /// deliveries (each message reaches every group).
-    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int, batch: Int, ackEach: Bool = false, plugin: String = "queue", producers: Int = 1) throws -> Double {
+    func pluginRate(_ plugins: BenchPlugins, count: Int, consumers: Int, batch: Int, ackEach: Bool = false, plugin: String = "queue", producers: Int = 1, channels: Int = 1) throws
+        -> Double
+    {
         let queue = try plugins.transport(plugin, config: #"{"capacity": 0, "max_in_flight": 1024}"#)
         defer { queue.close() }
         let acked = Atomic<Int>(0)
@@ -72,11 +78,14 @@ struct MemoryQueueSuite: BenchSuite {
                 return deliveries.count
             }
             let group = plugin == "topic" ? "group-\(consumer)" : ""
-            _ = try client.subscribe(SubscribeOptions(channel: "bench", group: group, maxInFlight: 1024), handler: each, batchHandler: ackEach ? nil : whole)
+            _ = try client.subscribe(
+                SubscribeOptions(channel: channels > 1 ? "bench-\(consumer % channels)" : "bench", group: group, maxInFlight: 1024), handler: each,
+                batchHandler: ackEach ? nil : whole)
         }
-        let message = Message(id: "bench-message-0001", channel: "bench", body: [UInt8](repeating: 0x5A, count: 64))
         let perProducer = count / producers
-        let produce: @Sendable () throws -> Void = {
+        let produce: @Sendable (Int) throws -> Void = { producer in
+            let channel = channels > 1 ? "bench-\(producer % channels)" : "bench"
+            let message = Message(id: "bench-message-0001", channel: channel, body: [UInt8](repeating: 0x5A, count: 64))
             if batch > 1 {
                 try Array(repeating: message, count: batch).withCMessages { (first, size) throws in
                     for _ in 0..<(perProducer / batch) { try client.publish(batch: first, count: size) }
@@ -89,11 +98,11 @@ struct MemoryQueueSuite: BenchSuite {
         }
         let start = Measure.now()
         if producers == 1 {
-            try produce()
+            try produce(0)
         } else {
             let failure = Mutex<(any Error)?>(nil)
-            DispatchQueue.concurrentPerform(iterations: producers) { _ in
-                do { try produce() } catch { failure.withLock { $0 = error } }
+            DispatchQueue.concurrentPerform(iterations: producers) { producer in
+                do { try produce(producer) } catch { failure.withLock { $0 = error } }
             }
             if let error = failure.withLock({ $0 }) { throw error }
         }
