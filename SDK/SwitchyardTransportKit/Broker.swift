@@ -330,8 +330,26 @@ public final class Broker: @unchecked Sendable {
 
     /// Stores messages as one batch (one commit on durable stores).
     public func publish(_ batch: consuming [Message]) throws(TransportError) {
+        let count = batch.count
+        try append(admitted: admit(batch, room: count))
+    }
+
+    /// `batch` checked and stamped for ``append(admitted:)``: within the limits, the transport not
+    /// draining, and room made for `room` messages (0: none asked for here). Separate so that
+    /// ``ShardedBroker`` checks every part of a batch, in each shard, before storing any, and
+    /// asks for the whole batch's room once (its shards share one capacity).
+    func admit(_ batch: consuming [Message], room: Int) throws(TransportError) -> [Message] {
         let messages = try accepted(batch)
-        try waitForRoom(messages.count)
+        if room > 0 {
+            try waitForRoom(room)
+        } else if closing.load(ordering: .acquiring) {
+            throw TransportError(.closed, "publish: the transport is draining")
+        }
+        return messages
+    }
+
+    /// Stores messages ``admit(_:room:)`` accepted.
+    func append(admitted messages: [Message]) throws(TransportError) {
         try store.append(messages)
         condition.lock()
         stats.published += UInt64(messages.count)

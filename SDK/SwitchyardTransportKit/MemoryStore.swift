@@ -285,8 +285,8 @@ public final class MemoryStore: MessageStore {
                     group.unlock(orderingKey)
                 }
                 group.insertReady(top.entry)
+                state.depth += 1  // up before down: a reader without the lock errs high
                 state.inFlight -= 1
-                state.depth += 1
             }
             state.dropSettledLeases(of: group)
             while let top = group.waiting.min, top.at <= now {
@@ -312,8 +312,8 @@ public final class MemoryStore: MessageStore {
                 taken.append(lease)
             }
             if !skipped.isEmpty { group.ready.prepend(contentsOf: skipped) }
+            state.inFlight += UInt64(taken.count)  // up before down: a reader without the lock errs high
             state.depth -= UInt64(taken.count)
-            state.inFlight += UInt64(taken.count)
             if removing {
                 for index in taken.indices where taken[index].message.orderingKey == nil {
                     try? state.remove(taken[index].ref)  // leased just now, under this lock: never fails
@@ -352,8 +352,8 @@ public final class MemoryStore: MessageStore {
             let entry = try state.leased(ref)
             entry.token = 0
             entry.history.append("attempt \(entry.message.attempt) at \(now): \(reason)")
-            state.inFlight -= 1
             state.depth += 1
+            state.inFlight -= 1
             // The entry keeps its ordering key's lock while it waits, so later messages of the key
             // stay behind it; messages of other keys (or none) are not held back.
             if visibleAt <= now {
@@ -371,8 +371,8 @@ public final class MemoryStore: MessageStore {
             entry.message.attempt -= 1
             state.unlockKey(of: entry)
             entry.group.insertReady(ref.entry)
-            state.inFlight -= 1
             state.depth += 1
+            state.inFlight -= 1
         }
     }
 
@@ -403,8 +403,8 @@ public final class MemoryStore: MessageStore {
                     continue
                 }
                 if entry.token != 0 {
-                    state.inFlight -= 1  // a lease that expired: the entry counts as stored again
-                    state.depth += 1
+                    state.depth += 1  // a lease that expired: the entry counts as stored again
+                    state.inFlight -= 1
                 }
                 state.unlockKey(of: entry)
                 // Ready entries are in id order: find it by binary search. A waiting one is skipped

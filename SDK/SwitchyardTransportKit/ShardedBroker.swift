@@ -104,10 +104,22 @@ public final class ShardedBroker: Sendable {
         // A batch is usually one channel: comparing names (the same storage, compared by
         // address first) costs less than hashing each.
         guard batch.allSatisfy({ $0.channel == first.channel || shard(ofChannel: $0.channel) === target }) else {
-            for (shard, messages) in split(batch) { try shard.publish(messages) }
+            // All or nothing, as for one shard: every part checked before any is stored.
+            for (shard, messages) in try admit(split(batch)) { try shard.append(admitted: messages) }
             return
         }
         try target.publish(batch)
+    }
+
+    /// Every group checked by its shard (limits, drain) before any is stored, and room asked for
+    /// the whole batch once (the shards share the capacity).
+    private func admit(_ groups: [(Broker, [Message])]) throws(TransportError) -> [(Broker, [Message])] {
+        let total = groups.reduce(0) { $0 + $1.1.count }
+        var admitted: [(Broker, [Message])] = []
+        for (index, (shard, messages)) in groups.enumerated() {
+            admitted.append((shard, try shard.admit(messages, room: index == 0 ? total : 0)))
+        }
+        return admitted
     }
 
     /// `batch` grouped by shard, in the order the shards first appear, each group in batch order.
@@ -125,20 +137,20 @@ public final class ShardedBroker: Sendable {
     }
 
     /// Stores `batch` and settles `delivery` (see `TransportPlugin.publish(_:settling:_:)`): as one
-    /// unit when every message goes to the delivery's shard; otherwise the delivery is taken out
-    /// of flight first (an unknown one fails before anything is stored), the messages are stored
-    /// in their shards, and the delivery is settled once they are — or is the subscriber's again
-    /// when they could not be (an in-memory store has no commit to share). Messages for several
-    /// other shards are stored shard by shard: when one refuses (the transport is full), those
-    /// stored before stay.
+    /// unit when every message goes to the delivery's shard. Otherwise every message is checked
+    /// (limits, drain, room) and the delivery taken out of flight — an unknown one fails — before
+    /// anything is stored; then the messages are stored and the delivery settled. In memory there
+    /// is no commit to share: if the settlement itself fails after the messages are in (its lease
+    /// ran out at that moment), they stay, the delivery is the subscriber's again and the error
+    /// is returned — a repeat at worst, never a loss.
     public func publish(_ batch: consuming [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         let owner = shard(ofID: delivery)
         guard brokers.count > 1, !batch.allSatisfy({ shard(ofChannel: $0.channel) === owner }) else {
             return try owner.publish(batch, settling: delivery, settlement)
         }
-        let groups = split(batch)
+        let admitted = try admit(split(batch))
         try owner.settle(delivery, settlement) { () throws(TransportError) in
-            for (shard, messages) in groups { try shard.publish(messages) }
+            for (shard, messages) in admitted { try shard.append(admitted: messages) }
         }
     }
 

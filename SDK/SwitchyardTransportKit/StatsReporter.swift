@@ -66,9 +66,7 @@ public final class StatsReporter: Sendable {
         count("dead_lettered", stats.deadLettered, old.deadLettered)
         count("released", stats.released, old.released)
         if let gauges {
-            let (depth, inFlight) = gauges.set(slot, depth: stats.depth, inFlight: stats.inFlight)
-            host.gauge("depth", Double(depth))
-            host.gauge("in_flight", Double(inFlight))
+            gauges.report(slot, depth: stats.depth, inFlight: stats.inFlight, to: host)
             return false
         }
         if before == nil || stats.depth != old.depth { host.gauge("depth", Double(stats.depth)) }
@@ -88,11 +86,15 @@ public final class GaugeSum: Sendable {
     /// Gauges for `count` parts, all zero.
     public init(parts count: Int) { parts = Guarded(Array(repeating: (0, 0), count: count)) }
 
-    /// Records part `slot`'s values; returns the sums over every part.
-    func set(_ slot: Int, depth: UInt64, inFlight: UInt64) -> (depth: UInt64, inFlight: UInt64) {
+    /// Records part `slot`'s values and hands `host` the sums over every part — under the lock,
+    /// so that two parts reporting at once cannot leave the older sum as the last one set (host
+    /// services never block).
+    func report(_ slot: Int, depth: UInt64, inFlight: UInt64, to host: HostServices) {
         parts.withLock { parts in
             parts[slot] = (depth, inFlight)
-            return parts.reduce((UInt64(0), UInt64(0))) { ($0.0 + $1.depth, $0.1 + $1.inFlight) }
+            let (depth, inFlight) = parts.reduce((UInt64(0), UInt64(0))) { ($0.0 + $1.depth, $0.1 + $1.inFlight) }
+            host.gauge("depth", Double(depth))
+            host.gauge("in_flight", Double(inFlight))
         }
     }
 }

@@ -111,6 +111,28 @@ struct ShardedBrokerTests {
         #expect(try transport.client.stats()?.depth == 10)
     }
 
+    @Test("a batch spanning shards is stored whole or not at all, and so is a reply published while settling")
+    func allOrNothingAcrossShards() throws {
+        let transport = try sharded(#", "max_message_bytes": 1000"#)
+        defer { transport.close() }
+        let client = transport.client
+        let tooBig = [UInt8](repeating: 1, count: 2_000)
+        // Fifteen channels' worth of fine messages, one too large for the last channel's shard.
+        let batch = channels.map { Message(id: $0, channel: $0, body: $0 == channels.last ? tooBig : []) }
+        #expect(throws: TransportError.self) { try client.publish(batch: batch) }
+        #expect(try client.stats()?.depth == 0, "part of a refused batch was stored")
+        // A request whose reply batch (to every other channel) holds one message too large: the
+        // request stays the subscriber's to settle, and nothing is stored.
+        let inbox = Collector()
+        _ = try client.subscribe(SubscribeOptions(channel: "requests"), handler: inbox.handler(client: client, settle: nil))
+        try client.publish(Message(id: "ask", channel: "requests"))
+        #expect(inbox.wait(for: 1))
+        let delivery = try #require(inbox.received.first).delivery
+        #expect(throws: TransportError.self) { try client.publish(batch, settling: delivery, .ack) }
+        #expect(try client.stats()?.depth == 0)
+        try client.settle(delivery, .ack)
+    }
+
     @Test("a drain releases what is unsettled in every shard and says so")
     func drainEveryShard() throws {
         let transport = try sharded()
