@@ -40,7 +40,9 @@ struct RunCommand: AsyncParsableCommand {
         logger.logLevel = level
         let configured = try? SwitchyardConfig.load(path: config)
         if configured?.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
-        let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        // Every configured transport, routed or not: a host runs them all (a delay transport keeps
+        // forwarding), and a problem in any of them stops it here, naming the key.
+        let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
         if system.config.native.isEmpty && !allowEmpty {
             await system.shutdown(deadline: .seconds(1))
             printError(
@@ -94,9 +96,10 @@ struct DrainingHost: Service {
 
 /// Starts the actor system from a config file; a config problem is printed with its key and line
 /// and the command exits 1.
-func startSystem(configPath: String, pluginDirectories: [String], logger: Logger) throws -> SwitchyardActorSystem {
+func startSystem(configPath: String, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool = false) throws -> SwitchyardActorSystem {
     do {
-        return try SwitchyardActorSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
+        let config = try SwitchyardConfig.load(path: configPath)
+        return try SwitchyardActorSystem(config: config, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: openingEveryTransport)
     } catch let error as ConfigError {
         printError("error: \(error)")
         throw ExitCode(1)

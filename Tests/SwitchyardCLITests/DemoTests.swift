@@ -129,6 +129,21 @@ struct DemoTests {
         }
     }
 
+    @Test("run starts every configured transport, routed or not: a bad one exits 1 with its key and line")
+    func runChecksUnroutedTransports() async throws {
+        let directory = try TemporaryDirectory()
+        for (yaml, expected) in [
+            ("transports:\n  mem:\n    plugin: queue\n    config:\n      shards: 0\n", "line 5: 'transports.mem.config.shards'"),
+            ("transports:\n  held:\n    plugin: queuez\n", "'transports.held'"),
+        ] {
+            let path = directory.file("unrouted.yaml")
+            try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+            let result = try await run(BuildProducts.switchyard, ["run", "--config", path, "--allow-empty"])
+            #expect(result.status == 1, "\(result.stderr)")
+            #expect(result.stderr.contains(expected), "\(result.stderr)")
+        }
+    }
+
     @Test("run with nothing to host says so and exits 2; call refuses a Swift service's route before sending anything")
     func nothingToHostAndSwiftRoutes() async throws {
         let directory = try TemporaryDirectory()
