@@ -76,9 +76,46 @@ public enum ConfigJSON {
         do {
             return try JSONDecoder().decode(C.self, from: data)
         } catch let error as DecodingError {
+            if case .dataCorrupted(let context) = error, context.codingPath.isEmpty, let key = misfit(C.self, in: keys) {
+                // The text parsed above, so this is no syntax error: Foundation reports a number
+                // its key's type cannot hold (4.5 or 1e30 for an integer) as "not valid JSON",
+                // without the key, which `misfit` finds.
+                throw Problem(key: key, message: "\(keys[key].map { "\($0)" } ?? "the value") is not a value this key takes (a whole number, in range, where one is expected)")
+            }
             throw describe(error)
         } catch {
             throw Problem(key: nil, message: "\(error)")
+        }
+    }
+
+    /// The top-level key whose value alone keeps `object` from decoding as `C`: the object
+    /// decodes, or fails at a key, once it is left out. Only on the error path.
+    private static func misfit<C: Decodable>(_ type: C.Type, in object: [String: Any]) -> String? {
+        object.keys.sorted().first { key in
+            var without = object
+            without[key] = nil
+            guard let data = try? JSONSerialization.data(withJSONObject: without) else { return false }
+            do {
+                _ = try JSONDecoder().decode(C.self, from: data)
+                return true
+            } catch let DecodingError.dataCorrupted(context) where context.codingPath.isEmpty {
+                return false
+            } catch {
+                return true
+            }
+        }
+    }
+
+    /// A type as a config's author knows it: "a whole number", not `Int`.
+    private static func kind(_ type: Any.Type) -> String {
+        switch type {
+        case is Int.Type, is Int32.Type, is Int64.Type, is UInt.Type, is UInt32.Type, is UInt64.Type, is UInt16.Type, is Int16.Type:
+            "a whole number"
+        case is Double.Type, is Float.Type: "a number"
+        case is String.Type: "a string"
+        case is Bool.Type: "true or false"
+        default:
+            "\(type)".hasPrefix("Array") ? "a list" : "\(type)".hasPrefix("Dictionary") ? "an object" : "\(type)"
         }
     }
 
@@ -88,9 +125,13 @@ public enum ConfigJSON {
         }
         switch error {
         case .typeMismatch(let type, let context):
-            return Problem(key: path(context), message: "expected \(type)")
+            // Foundation says what it found: "Expected to decode Int but found a string instead."
+            let found =
+                context.debugDescription.range(of: "but found ").map { " (found " + context.debugDescription[$0.upperBound...].replacingOccurrences(of: " instead.", with: ")") }
+                ?? ""
+            return Problem(key: path(context), message: "expected \(kind(type))\(found)")
         case .valueNotFound(let type, let context):
-            return Problem(key: path(context), message: "expected \(type), found null")
+            return Problem(key: path(context), message: "expected \(kind(type)), found null")
         case .keyNotFound(let key, let context):
             let parent = path(context)
             return Problem(key: parent.isEmpty ? key.stringValue : parent + "." + key.stringValue, message: "is required")

@@ -123,19 +123,27 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         let allowed = BrokerConfig.keys.union(Self.storeKeys).union(fanOut ? ["retain"] : [])
         let config = try context.decodeConfig(BrokerConfig.self, allowedKeys: allowed)
         let options = try config.options()
+        if let shards = config.shards, shards > 1, config.path != nil {
+            // Refused before the store is made: a SQLite store creates its files when opened.
+            throw TransportError(.config, Self.notSharded)
+        }
         var stores = [try Self.makeStore(context: context, config: config, fanOut: fanOut, deadLetterSuffix: options.deadLetterSuffix)]
         if stores[0] is MemoryStore {
             for _ in 1..<(config.shards ?? ShardedBroker.defaultCount) {
                 stores.append(try Self.makeStore(context: context, config: config, fanOut: fanOut, deadLetterSuffix: options.deadLetterSuffix))
             }
         } else if let shards = config.shards, shards > 1 {
-            throw TransportError(.config, "config key 'shards': only a transport in memory is sharded (this one keeps its messages in one store); leave the key out")
+            throw TransportError(.config, Self.notSharded)
         }
         guard stores.count > 1 else {
             broker = Broker(store: stores[0], fanOut: fanOut, options: options, host: context.host, name: context.instanceName)
             shards = nil
             return
         }
+        context.host.log(
+            .info,
+            "in memory, in \(stores.count) shards (\(config.shards == nil ? "the default: one per two of the \(ShardedBroker.usableCores) cores this process may use, at most 8" : "config key 'shards'"))"
+        )
         let gauges = GaugeSum(parts: stores.count)
         let capacity = SharedCapacity(stores: stores)
         let sharded = ShardedBroker(count: stores.count, deadLetterSuffix: options.deadLetterSuffix) { shard in
@@ -146,6 +154,9 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         broker = sharded.brokers[0]
         shards = sharded
     }
+
+    private static let notSharded =
+        "config key 'shards': only a transport in memory is sharded (this one keeps its messages in one store); leave the key out"
 
     // Each function goes straight to the one broker, or through the shards: one optional check,
     // where a router in between cost a third of a one-message publish's time (timed natively).

@@ -217,9 +217,10 @@ public final class ShardedBroker: Sendable {
         for shard in brokers { shard.shutdown() }
     }
 
-    /// How many shards an in-memory transport has when its config does not say (`shards`): one
-    /// per two cores this process may use, at most eight — one shard where there are fewer than
-    /// four cores, as before sharding, so small machines run one dispatcher thread.
+    /// How many shards an in-memory transport has when its config does not say (`shards`): the
+    /// cores this process may use halved, rounded down, at least one and at most eight — one
+    /// shard where there are fewer than four cores, as before sharding, so small machines run one
+    /// dispatcher thread. A CPU quota (cgroup `cpu.max`) is not counted, only the affinity.
     public static var defaultCount: Int { min(max(usableCores / 2, 1), 8) }
 
     /// The cores this process may run on: its CPU affinity (`Cpus_allowed` in /proc/self/status,

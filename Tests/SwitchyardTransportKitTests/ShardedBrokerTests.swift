@@ -156,10 +156,19 @@ struct ShardedBrokerTests {
                 try Transport(name: "q", plugin: queue, configJSON: bad)
             } throws: { "\($0)".contains("'shards'") }
         }
+        // Not a whole number, or not a number: the key and what it takes, not Swift's type names.
+        #expect {
+            try Transport(name: "q", plugin: queue, configJSON: #"{"shards": 4.5}"#)
+        } throws: { "\($0)".contains("config key 'shards': 4.5 is not a value this key takes (a whole number") }
+        #expect {
+            try Transport(name: "q", plugin: queue, configJSON: #"{"shards": "four"}"#)
+        } throws: { "\($0)".contains("config key 'shards': expected a whole number (found a string)") }
         let dir = try TemporaryDirectory()
         #expect {
             try Transport(name: "q", plugin: queue, configJSON: #"{"shards": 2, "path": "\#(dir.path)/q.db"}"#)
         } throws: { "\($0)".contains("'shards'") && "\($0)".contains("in memory") }
+        // Refused before the store was opened: no database files left behind.
+        #expect(!FileManager.default.fileExists(atPath: "\(dir.path)/q.db"))
         // One shard with a file is what it always was.
         let durable = try Transport(name: "q", plugin: queue, configJSON: #"{"shards": 1, "path": "\#(dir.path)/one.db"}"#)
         durable.close()
