@@ -18,6 +18,16 @@ struct ShardedBrokerTests {
     /// Enough channels that each of four shards holds some (the hash spreads them).
     private let channels = (0..<16).map { "channel-\($0)" }
 
+    /// A subscriber on every channel that leaves its deliveries unsettled, and one message
+    /// published to each channel, delivered.
+    private func oneUnsettledPerChannel(_ client: TransportClient) throws -> Collector {
+        let inbox = Collector()
+        for channel in channels { _ = try client.subscribe(SubscribeOptions(channel: channel), handler: inbox.handler(client: client, settle: nil)) }
+        try client.publish(batch: channels.map { Message(id: $0, channel: $0) })
+        #expect(inbox.wait(for: channels.count))
+        return inbox
+    }
+
     @Test("messages on many channels all arrive, each channel in order; ids are unique; counters add up")
     func manyChannels() throws {
         let transport = try sharded()
@@ -55,10 +65,7 @@ struct ShardedBrokerTests {
         let transport = try sharded()
         defer { transport.close() }
         let client = transport.client
-        let inbox = Collector()
-        for channel in channels { _ = try client.subscribe(SubscribeOptions(channel: channel), handler: inbox.handler(client: client, settle: nil)) }
-        try client.publish(batch: channels.map { Message(id: $0, channel: $0) })
-        #expect(inbox.wait(for: channels.count))
+        let inbox = try oneUnsettledPerChannel(client)
         let deliveries = inbox.received.map(\.delivery)
         let results = try client.settle(batch: deliveries, .ack)
         #expect(results.allSatisfy { $0 == nil }, "\(results)")
@@ -138,10 +145,7 @@ struct ShardedBrokerTests {
         let transport = try sharded()
         defer { transport.close() }
         let client = transport.client
-        let inbox = Collector()
-        for channel in channels { _ = try client.subscribe(SubscribeOptions(channel: channel), handler: inbox.handler(client: client, settle: nil)) }
-        try client.publish(batch: channels.map { Message(id: $0, channel: $0) })
-        #expect(inbox.wait(for: channels.count))
+        let inbox = try oneUnsettledPerChannel(client)
         #expect(throws: TransportError.self) { try client.drain(deadlineNanos: monotonicNanoseconds() + 50_000_000) }
         let stats = try #require(try client.stats())
         #expect(stats.released == UInt64(channels.count) && stats.inFlight == 0, "\(stats)")
