@@ -145,7 +145,7 @@ struct ShardedBrokerTests {
         let transport = try sharded()
         defer { transport.close() }
         let client = transport.client
-        let inbox = try oneUnsettledPerChannel(client)
+        _ = try oneUnsettledPerChannel(client)
         #expect(throws: TransportError.self) { try client.drain(deadlineNanos: monotonicNanoseconds() + 50_000_000) }
         let stats = try #require(try client.stats())
         #expect(stats.released == UInt64(channels.count) && stats.inFlight == 0, "\(stats)")
