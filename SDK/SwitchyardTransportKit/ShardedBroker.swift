@@ -17,8 +17,11 @@ public struct BrokerShard: Sendable {
     /// Shard `index` of `count` (at most 256).
     public init(index: Int, of count: Int) {
         precondition(count >= 1 && count <= 256 && (0..<count).contains(index), "a shard index within 1–256 shards")
-        self.init(index: index, bits: count == 1 ? 0 : Int.bitWidth - (count - 1).leadingZeroBitCount)
+        self.init(index: index, bits: Self.bits(for: count))
     }
+
+    /// How many low bits of an id name one of `count` shards.
+    static func bits(for count: Int) -> Int { count == 1 ? 0 : Int.bitWidth - (count - 1).leadingZeroBitCount }
 
     private init(index: Int, bits: Int) {
         self.index = index
@@ -56,7 +59,7 @@ public final class ShardedBroker: Sendable {
     /// Shards made by `make(shard)` for each of `count` shards (1 to 256).
     public init(count: Int, deadLetterSuffix: String, make: (BrokerShard) -> Broker) {
         brokers = (0..<count).map { make(BrokerShard(index: $0, of: count)) }
-        bits = count == 1 ? 0 : Int.bitWidth - (count - 1).leadingZeroBitCount
+        bits = BrokerShard.bits(for: count)
         self.deadLetterSuffix = Array(deadLetterSuffix.utf8)
     }
 

@@ -80,17 +80,11 @@ struct CallCommand: AsyncParsableCommand {
         // Refused before anything starts or is published: only a native module's function can be
         // called from here (a Swift method's arguments need its compiled types), and a call on a
         // channel nobody serves would wait out its deadline and stay queued for ever.
-        let parsed: SwitchyardConfig
-        do {
-            parsed = try SwitchyardConfig.load(path: config)
-        } catch {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        }
+        let parsed = try readConfig(config)
         let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
         guard parts.count == 2, let module = parsed.native.first(where: { $0.interface == parts[0] }) else {
             if parts.count == 2, Self.routeEntry(in: parsed, interface: parts[0], method: String(parts[1].prefix { $0 != "(" }))?.readableTargets != nil {
-                return try await callSwift(route, Array(arguments.dropFirst()), interface: parts[0])
+                return try await callSwift(route, Array(arguments.dropFirst()), interface: parts[0], config: parsed)
             }
             let modules = parsed.native.map(\.interface)
             throw NativeCallError(
@@ -105,7 +99,7 @@ struct CallCommand: AsyncParsableCommand {
         let declared = module.functions.first { $0.name == parts[1] }
         var logger = Logger(label: "switchyard.call")
         logger.logLevel = .warning
-        let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger)
+        let system = try startSystem(config: parsed, pluginDirectories: pluginDirectories, logger: logger)
         let values: [NativeValue]
         if let declared {
             values = try self.values(Array(arguments.dropFirst()), for: try parse(declared.signature), name: route)
@@ -130,10 +124,10 @@ struct CallCommand: AsyncParsableCommand {
 
     /// A Swift method by its readable name, each argument JSON, on `--actor` (default: the
     /// interface with its first letter lowercased); prints the result as JSON.
-    private func callSwift(_ target: String, _ arguments: [String], interface: String) async throws {
+    private func callSwift(_ target: String, _ arguments: [String], interface: String, config: SwitchyardConfig) async throws {
         var logger = Logger(label: "switchyard.call")
         logger.logLevel = .warning
-        let system = try startSystem(configPath: config!, pluginDirectories: pluginDirectories, logger: logger)
+        let system = try startSystem(config: config, pluginDirectories: pluginDirectories, logger: logger)
         let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
         do {
             let result = try await system.callReadable(target, actor: id, argumentsJSON: arguments)

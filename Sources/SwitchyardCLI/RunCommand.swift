@@ -38,11 +38,11 @@ struct RunCommand: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
         var logger = Logger(label: "switchyard")
         logger.logLevel = level
-        let configured = try? SwitchyardConfig.load(path: config)
-        if configured?.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
+        let configured = try readConfig(config)
+        if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         // Every configured transport, routed or not: a host runs them all (a delay transport keeps
         // forwarding), and a problem in any of them stops it here, naming the key.
-        let system = try startSystem(configPath: config, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
+        let system = try startSystem(config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
         if system.config.native.isEmpty && !allowEmpty {
             await system.shutdown(deadline: .seconds(1))
             printError(
@@ -96,11 +96,27 @@ struct DrainingHost: Service {
 
 /// Starts the actor system from a config file; a config problem is printed with its key and line
 /// and the command exits 1.
-func startSystem(configPath: String, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool = false) throws -> SwitchyardActorSystem {
+func startSystem(configPath: String, pluginDirectories: [String], logger: Logger) throws -> SwitchyardActorSystem {
+    try startSystem(config: readConfig(configPath), pluginDirectories: pluginDirectories, logger: logger)
+}
+
+/// Starts the actor system from a config already read (`openingEveryTransport`: also the
+/// transports no route uses); a config problem is printed with its key and line and the command
+/// exits 1.
+func startSystem(config: SwitchyardConfig, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool = false) throws -> SwitchyardActorSystem {
     do {
-        let config = try SwitchyardConfig.load(path: configPath)
         return try SwitchyardActorSystem(config: config, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: openingEveryTransport)
     } catch let error as ConfigError {
+        printError("error: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+/// Reads a config file; a problem is printed with its key and line and the command exits 1.
+func readConfig(_ path: String) throws -> SwitchyardConfig {
+    do {
+        return try SwitchyardConfig.load(path: path)
+    } catch {
         printError("error: \(error)")
         throw ExitCode(1)
     }

@@ -483,28 +483,33 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    /// A system started from `yaml` whose runtime log (from info, or from debug) lands in `log`,
+    /// returned with it.
+    private func loggedSystem(_ yaml: String, debug: Bool = false, log: CapturedLog = CapturedLog()) async throws -> (SwitchyardActorSystem, CapturedLog) {
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: NSTemporaryDirectory())
+        var logger = log.logger("switchyard.runtime")
+        if debug { logger.logLevel = .debug }
+        let systemLogger = logger
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: systemLogger) }
+        return (system, log)
+    }
+
     @Test("hosting an actor that no route reaches warns at once, saying which route to add; a routed one does not")
     func hostingWithoutARouteWarns() async throws {
-        let log = CapturedLog()
-        let config = try SwitchyardConfig.parse(
-            yaml: """
-                transports:
-                  memq: { plugin: queue }
-                routes:
-                  Other.*: { transport: memq }
-                """, baseDirectory: NSTemporaryDirectory())
-        let logger = log.logger("switchyard.runtime")
-        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: logger) }
+        let (system, log) = try await loggedSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Other.*: { transport: memq }
+            """)
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
         let warning = log.all.first { $0.hasPrefix("warning hosting an actor that no route reaches") }
         #expect(warning?.contains("fix=add 'Shop.*: { transport: NAME }' (or '*') under routes:") == true, "\(log.all)")
         #expect(warning?.contains("id=shop") == true)
         await system.shutdown()
 
-        let routed = CapturedLog()
-        let direct = try SwitchyardConfig.parse(yaml: "routes:\n  Shop.*: { transport: direct }\n", baseDirectory: NSTemporaryDirectory())
-        let quiet = routed.logger("switchyard.runtime")
-        let other = try await offPool { try SwitchyardActorSystem(config: direct, pluginDirectories: [BuildProducts.directory], logger: quiet) }
+        let (other, routed) = try await loggedSystem("routes:\n  Shop.*: { transport: direct }\n")
         try other.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
         #expect(!routed.all.contains { $0.contains("no route reaches") }, "\(routed.all)")
         await other.shutdown()
@@ -512,20 +517,15 @@ struct TypedCallTests {
 
     @Test("retries are logged at debug, dead letters and expired calls at notice, each with route, target, attempt and reason (also those a decorator made)")
     func retriesAndDeadLettersAreLogged() async throws {
-        let log = CapturedLog()
-        let config = try SwitchyardConfig.parse(
-            yaml: """
-                transports:
-                  memq: { plugin: queue }
-                  work: { plugin: retry, inner: memq, config: { max_attempts: 2, initial_delay: 1ms } }
-                routes:
-                  Shop.flaky: { transport: memq, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
-                  Shop.fail: { transport: work }
-                """, baseDirectory: NSTemporaryDirectory())
-        var logger = log.logger("switchyard.runtime")
-        logger.logLevel = .debug
-        let debugLogger = logger
-        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: debugLogger) }
+        let (system, log) = try await loggedSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+              work: { plugin: retry, inner: memq, config: { max_attempts: 2, initial_delay: 1ms } }
+            routes:
+              Shop.flaky: { transport: memq, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+              Shop.fail: { transport: work }
+            """, debug: true)
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: system)
@@ -546,14 +546,13 @@ struct TypedCallTests {
         await system.shutdown(deadline: .seconds(1))
         // An expired call: with one call at a time, the second waits behind the first and its
         // caller's deadline passes before it runs.
-        let serial = try SwitchyardActorSystem(
-            config: try SwitchyardConfig.parse(
-                yaml: """
-                    transports:
-                      memq: { plugin: queue }
-                    routes:
-                      Shop.*: { transport: memq, deadline: 100ms, concurrency: 1 }
-                    """, baseDirectory: NSTemporaryDirectory()), pluginDirectories: [BuildProducts.directory], logger: logger)
+        let (serial, _) = try await loggedSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Shop.*: { transport: memq, deadline: 100ms, concurrency: 1 }
+            """, debug: true, log: log)
         try serial.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let serialShop = try $Shop.resolve(id: "shop", using: serial)
         // Whoever finds a call expired logs it at notice with its target: the receiver, when the
