@@ -237,6 +237,7 @@ public final class Broker: @unchecked Sendable {
             wakeDispatcher()
         }
         if dispatcherWantsTurn || waiters > 0 { condition.broadcast() }
+        capacityShared?.roomMayHaveChanged()  // the passes took messages from the store
     }
 
     /// Whether a publisher may run a pass itself now: at most ``inlinePassesPerWindow`` in
@@ -343,7 +344,7 @@ public final class Broker: @unchecked Sendable {
         if room > 0 {
             try waitForRoom(room)
         } else if closing.load(ordering: .acquiring) {
-            throw TransportError(.closed, "publish: the transport is draining")
+            throw Self.drainingError
         }
         return messages
     }
@@ -411,27 +412,32 @@ public final class Broker: @unchecked Sendable {
         stats.published += UInt64(published)
         count(settlement)
         markWorkOrPass()
-        if waiters > 0 { condition.broadcast() }
+        wakeWaiters()
         condition.unlock()
     }
 
     private func waitForRoom(_ count: Int) throws(TransportError) {
         // Without the lock while there is room (the store's counts are approximate anyway, and a
         // drain that starts just after this check is no different from one just after the store).
-        if closing.load(ordering: .acquiring) { throw TransportError(.closed, "publish: the transport is draining") }
+        if closing.load(ordering: .acquiring) { throw Self.drainingError }
         guard options.capacity > 0 else { return }
         let (depth, inFlight) = counts()
         if Int(depth + inFlight) + count <= options.capacity { return }
+        if let capacityShared {
+            switch capacityShared.waitForRoom(count, capacity: options.capacity, waitNanos: options.fullWaitNanos, closing: closing) {
+            case .room: return
+            case .full: throw fullError
+            case .closing: throw Self.drainingError
+            }
+        }
         condition.lock()
         defer { condition.unlock() }
-        if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
+        if draining || stopped { throw Self.drainingError }
         let deadline = AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos)
         while true {
             let (depth, inFlight) = counts()
             if Int(depth + inFlight) + count <= options.capacity { return }
-            guard options.fullWaitNanos > 0, monotonicNanoseconds() < deadline else {
-                throw TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
-            }
+            guard options.fullWaitNanos > 0, monotonicNanoseconds() < deadline else { throw fullError }
             // Woken by settlements here, and by other processes' commits; and looking again at
             // least every `roomRecheckNanos` all the same: a shared store's counts are refreshed
             // at most that often (less often for a very deep queue), so the wake-up for the room
@@ -439,8 +445,22 @@ public final class Broker: @unchecked Sendable {
             waiters += 1
             _ = condition.wait(untilMonotonicNanos: min(deadline, AdaptiveCondition.monotonicDeadline(in: Self.roomRecheckNanos)))
             waiters -= 1
-            if draining || stopped { throw TransportError(.closed, "publish: the transport is draining") }
+            if draining || stopped { throw Self.drainingError }
         }
+    }
+
+    private static let drainingError = TransportError(.closed, "publish: the transport is draining")
+    private var fullError: TransportError {
+        TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
+    }
+
+    /// Wakes whoever waits for what a settlement, an expiry or a pass changed: the threads waiting
+    /// on `condition` (a drain, a shutdown, a publisher waiting for room in this broker alone) and
+    /// the publishers waiting for room in the capacity this broker shares with its other shards.
+    /// Call with the lock held.
+    private func wakeWaiters() {
+        if waiters > 0 { condition.broadcast() }
+        capacityShared?.roomMayHaveChanged()
     }
 
     /// The messages that count against `capacity`: this store's, or every shard's.
@@ -509,7 +529,7 @@ public final class Broker: @unchecked Sendable {
         // for room or for a drain.
         condition.lock()
         markWork()
-        if waiters > 0 { condition.broadcast() }
+        wakeWaiters()
         condition.unlock()
     }
 
@@ -569,7 +589,7 @@ public final class Broker: @unchecked Sendable {
         }
         condition.lock()
         markWork()
-        if waiters > 0 { condition.broadcast() }
+        wakeWaiters()
         condition.unlock()
         return results
     }
@@ -611,7 +631,7 @@ public final class Broker: @unchecked Sendable {
         }
         condition.lock()
         markWork()
-        if waiters > 0 { condition.broadcast() }
+        wakeWaiters()
         condition.unlock()
         return results
     }
@@ -645,6 +665,7 @@ public final class Broker: @unchecked Sendable {
         draining = true
         closing.store(true, ordering: .releasing)
         condition.broadcast()
+        capacityShared?.wakeEveryone()  // publishers waiting for room: the publish fails now
         if wakeupWriter >= 0 { wakeDispatcher() }
         condition.unlock()
     }
@@ -667,6 +688,7 @@ public final class Broker: @unchecked Sendable {
         stopped = true
         closing.store(true, ordering: .releasing)
         condition.broadcast()
+        capacityShared?.wakeEveryone()  // publishers waiting for room: the publish fails now
         if wakeupWriter >= 0 { wakeDispatcher() }
         waiters += 1
         while !dispatcherDone || passRunning || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
@@ -780,7 +802,7 @@ public final class Broker: @unchecked Sendable {
             passRunning = true
             if runPass() { delivered = true }
             passRunning = false
-            if waiters > 0 { condition.broadcast() }  // a shutdown waiting for the pass
+            wakeWaiters()  // a shutdown waiting for the pass; room a pass made taking messages
         }
         dispatcherDone = true
         condition.broadcast()
@@ -1003,7 +1025,7 @@ public final class Broker: @unchecked Sendable {
         host.count("expired", Double(expired.count))
         condition.lock()
         stats.deadLettered += UInt64(dead)
-        if waiters > 0 { condition.broadcast() }
+        wakeWaiters()
         condition.unlock()
     }
 
@@ -1045,7 +1067,7 @@ public final class Broker: @unchecked Sendable {
         stats.deadLettered += UInt64(dead.count)
         if removed.count == 10_000 { nextExpirySweep = stamp }  // more to do: look again soon
         markWork()
-        if waiters > 0 { condition.broadcast() }
+        wakeWaiters()
         condition.unlock()
     }
 

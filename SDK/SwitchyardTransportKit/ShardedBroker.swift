@@ -1,6 +1,7 @@
 import Foundation
 import SwitchyardABI
 import SwitchyardPluginKit
+import Synchronization
 
 /// Where a ``Broker`` sits among its transport's shards (``ShardedBroker``): the delivery and
 /// subscription ids it hands out carry its index in their low bits, so a settlement finds its
@@ -242,9 +243,17 @@ public final class ShardedBroker: Sendable {
 
 /// The stores of one transport's shards, whose messages count together against its `capacity`:
 /// a publish to a shard that is full waits (or fails) when the transport is, not when the shard is.
+///
+/// A publisher waiting for room waits here, not in its shard: the room may be made in any shard
+/// (a channel's consumer acknowledging), and each shard tells this object when it may have made
+/// some. Waiting in its own shard, a publisher saw room made elsewhere only when it looked again.
 public final class SharedCapacity: @unchecked Sendable {
-    // @unchecked: the array never changes; stores are thread-safe.
+    // @unchecked: the array never changes; stores are thread-safe; `waiting` is atomic and the
+    // condition is made for sharing.
     private let stores: [MessageStore]
+    private let condition = AdaptiveCondition()
+    /// Publishers in ``waitForRoom(_:capacity:waitNanos:closing:)`` (they wait on `condition`).
+    private let waiting = Atomic<Int>(0)
 
     /// Capacity shared by `stores`.
     public init(stores: [MessageStore]) { self.stores = stores }
@@ -255,6 +264,48 @@ public final class SharedCapacity: @unchecked Sendable {
             let counts = store.counts()
             return (total.0 + counts.depth, total.1 + counts.inFlight)
         }
+    }
+
+    /// How a wait for room ended.
+    enum RoomWait { case room, full, closing }
+
+    /// Waits until `count` more messages fit in `capacity` (`.room`), `waitNanos` passed (`.full`),
+    /// or `closing` reads true (`.closing`: the shard drains or shuts down, and calls
+    /// ``wakeEveryone()``).
+    func waitForRoom(_ count: Int, capacity: Int, waitNanos: Int64, closing: borrowing Atomic<Bool>) -> RoomWait {
+        let deadline = AdaptiveCondition.monotonicDeadline(in: waitNanos)
+        condition.lock()
+        defer { condition.unlock() }
+        // Counted before the counts are read, with a fence between, and a shard that made room
+        // lowers its counts, fences, then reads this count: one of the two sees the other's write
+        // (see ``roomMayHaveChanged()``), so a wake-up is never lost between the check and the wait.
+        waiting.add(1, ordering: .sequentiallyConsistent)
+        defer { waiting.subtract(1, ordering: .relaxed) }
+        while true {
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            if closing.load(ordering: .acquiring) { return .closing }
+            let (depth, inFlight) = counts()
+            if Int(depth + inFlight) + count <= capacity { return .room }
+            guard waitNanos > 0, monotonicNanoseconds() < deadline else { return .full }
+            // Only in-memory stores are sharded: no other process changes the counts, so every
+            // change that makes room comes with a wake-up and no periodic look is needed.
+            _ = condition.wait(untilMonotonicNanos: deadline)
+        }
+    }
+
+    /// Called by a shard after it removed messages (settled, expired, taken at delivery): wakes
+    /// the publishers waiting for room, if any. Costs a fence and a load when none waits.
+    func roomMayHaveChanged() {
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        guard waiting.load(ordering: .relaxed) > 0 else { return }
+        wakeEveryone()
+    }
+
+    /// Wakes every waiting publisher, to look at the counts and at its shard's `closing` again.
+    func wakeEveryone() {
+        condition.lock()
+        condition.broadcast()
+        condition.unlock()
     }
 }
 

@@ -118,6 +118,43 @@ struct ShardedBrokerTests {
         #expect(try transport.client.stats()?.depth == 10)
     }
 
+    @Test("a publisher waiting for room (full_wait) is woken by room made in another shard, and failed by a drain")
+    func fullWaitAcrossShards() throws {
+        // full_wait far longer than the test may take: the publish must return because a shard
+        // told the waiting publisher, not because it looked again or gave up.
+        let transport = try sharded(#", "capacity": \#(channels.count), "full_wait": "60s""#)
+        defer { transport.close() }
+        let client = transport.client
+        let inbox = try oneUnsettledPerChannel(client)
+        // A delivery id's two low bits name its shard (of four): settle one from a shard other than
+        // the waiting publisher's channel's.
+        let shard = { (delivery: DeliveryID) in delivery & 3 }
+        let waitingShard = try #require(inbox.received.first { $0.message.channel == channels[0] }).delivery
+        let elsewhere = try #require(inbox.received.first { shard($0.delivery) != shard(waitingShard) }).delivery
+
+        let published = DispatchSemaphore(value: 0)
+        let outcome = Guarded<Result<Void, TransportError>?>(nil)
+        func publishInBackground(_ id: String) {
+            Thread {
+                let result = Result { () throws(TransportError) in try client.publish(Message(id: id, channel: channels[0])) }
+                outcome.withLock { $0 = result }
+                published.signal()
+            }.start()
+        }
+        publishInBackground("waits-for-room")
+        #expect(published.wait(timeout: .now() + .milliseconds(200)) == .timedOut, "the transport is full: the publish waits")
+        try client.settle(elsewhere, .ack)
+        #expect(published.wait(timeout: .now() + .seconds(20)) == .success, "room made in another shard woke the publisher")
+        #expect(throws: Never.self) { try outcome.withLock { $0 }?.get() }
+
+        // Full again; a drain fails the waiting publish at once, whatever shard it waits in.
+        publishInBackground("failed-by-the-drain")
+        #expect(published.wait(timeout: .now() + .milliseconds(200)) == .timedOut, "the transport is full: the publish waits")
+        #expect(throws: TransportError.self) { try client.drain(deadlineNanos: monotonicNanoseconds() + 50_000_000) }
+        #expect(published.wait(timeout: .now() + .seconds(20)) == .success, "the drain woke the publisher")
+        #expect(outcome.withLock { $0 }.map { if case .failure(let error) = $0 { error.code == .closed } else { false } } == true)
+    }
+
     @Test("a batch spanning shards is stored whole or not at all, and so is a reply published while settling")
     func allOrNothingAcrossShards() throws {
         let transport = try sharded(#", "max_message_bytes": 1000"#)
