@@ -197,19 +197,22 @@ final class PreparedTarget: @unchecked Sendable {
 
 /// The prepared forms of one target, by substitution (none, or the hosted stub type).
 final class PreparedTargets: Sendable {
-    private let byStub = Guarded<[ObjectIdentifier?: PreparedTarget?]>([:])
+    // A list, not a dictionary: a target is called with one set of substitutions (its hosted
+    // actor's type) or a few, and a look at each costs less than hashing the key.
+    private let byStub = Guarded<[(stub: ObjectIdentifier?, target: PreparedTarget?)]>([])
 
     /// The prepared target for `identifier` with `substitutions`, prepared on first use; nil
     /// when it cannot be prepared (remembered, so it is tried once).
     func prepared(_ identifier: String, substitutions: [Any.Type]) -> PreparedTarget? {
         guard substitutions.count <= 1 else { return nil }
         let key = substitutions.first.map { ObjectIdentifier($0) }
-        if let known = byStub.withLock({ $0[key] }) { return known }
+        if let known = byStub.withLock({ $0.first { $0.stub == key } }) { return known.target }
         let made = PreparedTarget(identifier: identifier, substitutions: substitutions)
         return byStub.withLock { prepared in
             // Two first calls may prepare at once: the first one stored is kept.
-            if prepared[key] == nil { prepared[key] = .some(made) }
-            return prepared[key]!
+            if let first = prepared.first(where: { $0.stub == key }) { return first.target }
+            prepared.append((key, made))
+            return made
         }
     }
 }

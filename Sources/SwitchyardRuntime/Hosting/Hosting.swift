@@ -170,9 +170,13 @@ extension SwitchyardActorSystem {
         }
         let workers = (0..<concurrency).map { _ in
             Task { [weak self] in
+                // Read once: a worker's own task-locals are only ever what it inherited (an actor
+                // hosted from inside a handler inherits the handler's transaction scope) or what
+                // `handle` sets for one call and ends; two task-local reads per call otherwise.
+                let scopeInherited = Switchyard.inboxEffects != nil || Switchyard.outboxCapture != nil
                 while let item = await queue.next() {
                     guard let self else { return }
-                    await self.handle(item, hosted)
+                    await self.handle(item, hosted, scopeInherited: scopeInherited)
                 }
             }
         }
@@ -182,7 +186,8 @@ extension SwitchyardActorSystem {
     /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter
     /// per the route; dead-letter with the reason when the call is refused.
     /// Counted in `server.inFlight` since its intake; uncounted here once settled.
-    func handle(_ delivered: Inbound, _ hosted: Server.Hosted) async {
+    /// `scopeInherited`: the worker's task inherited a transaction scope (see `serve`).
+    func handle(_ delivered: Inbound, _ hosted: Server.Hosted, scopeInherited: Bool) async {
         defer { server.inFlight.leave() }
         var item = delivered
         if item.envelope.target.identifier.isEmpty {
@@ -300,11 +305,11 @@ extension SwitchyardActorSystem {
         // each scope is a closure and an async frame more: without them the call runs straight
         // from the call's own scope.
         await Switchyard.$currentCall.withValue(current) {
-            guard Self.needsTransactionScope(effects: effects, capture: capture) || CallTracing.isActive else {
+            guard effects != nil || capture != nil || scopeInherited || CallTracing.isActive else {
                 failure = await execute(call, envelope, on: hosted, substitutions: substitutions, handler: handler, span: nil)
                 return
             }
-            await Self.withTransactionScope(effects: effects, capture: capture) {
+            await Self.withTransactionScope(effects: effects, capture: capture, inherited: scopeInherited) {
                 await Self.withServerSpan(call.name, envelope: envelope) { span in
                     failure = await execute(call, envelope, on: hosted, substitutions: substitutions, handler: handler, span: span)
                 }
@@ -315,21 +320,24 @@ extension SwitchyardActorSystem {
             return reject("cannot run \(call.name): \(failure)", route: route)
         }
         guard let outcome = handler.outcome else { return reject("\(call.name) produced no outcome", route: route) }
-        if case .error(let error as EnvelopeError) = outcome {
-            // The arguments could not be decoded (the runtime reports it as a throw).
-            return reject("cannot run \(call.name): \(error)", route: route)
-        }
-
-        if case .error(let error) = outcome, Task.isCancelled, !server.accepting.load(ordering: .acquiring) {
-            // Cancelled by a drain past its deadline: the call did not fail, it was stopped. It
-            // goes back to the transport as it came (no attempt counted, nobody answered), for
-            // another host or the next start; never retried, dead-lettered or answered as failed.
-            logger.notice(
-                "releasing a call stopped by shutdown", metadata: ["target": "\(readable)", "attempt": "\(item.attempt)", "error": "\(error)"])
-            try? client.settle(item.delivery, .release)
-            return
-        }
+        // One look at the outcome on the way of a call that returned: each pattern match copies
+        // the enum of existentials through value witnesses.
+        var threw = false
         if case .error(let error) = outcome {
+            threw = true
+            if let error = error as? EnvelopeError {
+                // The arguments could not be decoded (the runtime reports it as a throw).
+                return reject("cannot run \(call.name): \(error)", route: route)
+            }
+            if Task.isCancelled, !server.accepting.load(ordering: .acquiring) {
+                // Cancelled by a drain past its deadline: the call did not fail, it was stopped. It
+                // goes back to the transport as it came (no attempt counted, nobody answered), for
+                // another host or the next start; never retried, dead-lettered or answered as failed.
+                logger.notice(
+                    "releasing a call stopped by shutdown", metadata: ["target": "\(readable)", "attempt": "\(item.attempt)", "error": "\(error)"])
+                try? client.settle(item.delivery, .release)
+                return
+            }
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
             // An error the policy lists as not retryable is an answer, not a failure to retry:
             // a waiting caller gets it as it was thrown, as on a route without a policy.
@@ -388,7 +396,7 @@ extension SwitchyardActorSystem {
         // inbox remembers its error, but its effects and follow-up calls are dropped.
         finished = true
         let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
-        let committed = if case .error = outcome { false } else { true }
+        let committed = !threw
         let followUps = capture?.seal() ?? []
         complete(
             item, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
@@ -396,19 +404,13 @@ extension SwitchyardActorSystem {
     }
 
     /// Runs `body` with the handler's inbox effects and outbox capture as task-locals — scopes
-    /// set only where the route has an inbox, or where an enclosing scope set them (a handler that
-    /// hosts an actor): then the worker inherited values it must not see.
-    private static func withTransactionScope(effects: InboxEffects?, capture: OutboxCapture?, _ body: () async -> Void) async {
-        guard needsTransactionScope(effects: effects, capture: capture) else { return await body() }
+    /// set only where the route has an inbox, or where the worker inherited the values from an
+    /// enclosing scope (a handler that hosts an actor): values it must not see.
+    private static func withTransactionScope(effects: InboxEffects?, capture: OutboxCapture?, inherited: Bool, _ body: () async -> Void) async {
+        guard effects != nil || capture != nil || inherited else { return await body() }
         await Switchyard.$inboxEffects.withValue(effects) {
             await Switchyard.$outboxCapture.withValue(capture) { await body() }
         }
-    }
-
-    /// Whether a handler needs the transaction scope: its route has an inbox, or an enclosing
-    /// scope set the values (a handler that hosts an actor), which the worker must not inherit.
-    private static func needsTransactionScope(effects: InboxEffects?, capture: OutboxCapture?) -> Bool {
-        effects != nil || capture != nil || Switchyard.inboxEffects != nil || Switchyard.outboxCapture != nil
     }
 
     /// Decodes the call's arguments and runs it on the hosted actor; its outcome lands in

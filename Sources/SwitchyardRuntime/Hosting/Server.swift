@@ -100,7 +100,8 @@ final class Server: Sendable {
     /// bug makes them crash the receiver when called through a stub).
     func substitutions(for call: CallTarget, on hosted: Hosted) throws(EnvelopeError) -> [Any.Type] {
         if call.owningType == hosted.typeName { return [] }
-        if let substitutions = hosted.interfaces[call.owningType] { return substitutions }
+        // A look at each (an actor is hosted as a few protocols): cheaper than hashing the name.
+        for (interface, substitutions) in hosted.interfaces where interface == call.owningType { return substitutions }
         let interfaces = hosted.interfaces.keys.sorted().joined(separator: ", ")
         throw EnvelopeError(
             "\(call.owningType).\(call.method) is not a method of actor '\(hosted.id)' (\(hosted.typeName)\(interfaces.isEmpty ? "" : ", hosted as \(interfaces)"))")
