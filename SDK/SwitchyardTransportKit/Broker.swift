@@ -190,8 +190,10 @@ public final class Broker: @unchecked Sendable {
     public func wake() {
         condition.lock()
         markWork()
-        // Another process's acknowledgements may have made room for a publisher waiting here.
-        if waiters > 0 { condition.broadcast() }
+        // Another process's acknowledgements may have made room for a publisher waiting here,
+        // and so may what was just put back (``unsubscribe(_:)``: a release lowers the counts
+        // read without the lock only after it raised them).
+        wakeWaiters()
         condition.unlock()
     }
 
@@ -681,6 +683,14 @@ public final class Broker: @unchecked Sendable {
         return result
     }
 
+    /// Fails every later publish, and those waiting for room, at once: the first step of a
+    /// shutdown, which ``ShardedBroker`` takes on every shard before any shard stops (as it begins
+    /// a drain on every shard before it waits for any).
+    func closeToPublishes() {
+        closing.store(true, ordering: .releasing)
+        capacityShared?.wakeEveryone()
+    }
+
     /// Stops the dispatcher and releases unsettled deliveries. No delivery runs once it returns.
     public func shutdown() {
         reporter.report(currentStats(), force: true)
@@ -966,6 +976,7 @@ public final class Broker: @unchecked Sendable {
             for ref in releases { try? store.release(ref) }
             if !putBack.isEmpty { storeAgain(putBack) }
             condition.lock()
+            capacityShared?.roomMayHaveChanged()  // a publisher may have read the counts mid-release
             // A refusing subscriber: wait for a change instead of spinning, unless one came since
             // the pass began, while the lock was dropped to lease or hand over (a publish then,
             // forgotten, waited for the next change: with none coming, as in a drain, for ever).

@@ -218,6 +218,8 @@ public final class ShardedBroker: Sendable {
 
     /// Stops every shard's dispatcher and releases unsettled deliveries.
     public func shutdown() {
+        // Publishes fail at once in every shard, not when their shard's turn to stop comes.
+        for shard in brokers { shard.closeToPublishes() }
         for shard in brokers { shard.shutdown() }
     }
 
@@ -287,8 +289,10 @@ public final class SharedCapacity: @unchecked Sendable {
             let (depth, inFlight) = counts()
             if Int(depth + inFlight) + count <= capacity { return .room }
             guard waitNanos > 0, monotonicNanoseconds() < deadline else { return .full }
-            // Only in-memory stores are sharded: no other process changes the counts, so every
-            // change that makes room comes with a wake-up and no periodic look is needed.
+            // Only in-memory stores are sharded: no other process changes the counts, and every
+            // change that makes room is followed by ``roomMayHaveChanged()`` — so is every
+            // release, which raises the counts read here before it lowers them (a look in
+            // between errs high) — so no periodic look is needed.
             _ = condition.wait(untilMonotonicNanos: deadline)
         }
     }

@@ -132,14 +132,19 @@ struct ShardedBrokerTests {
         let waitingShard = try #require(inbox.received.first { $0.message.channel == channels[0] }).delivery
         let elsewhere = try #require(inbox.received.first { shard($0.delivery) != shard(waitingShard) }).delivery
 
+        let publishing = DispatchSemaphore(value: 0)
         let published = DispatchSemaphore(value: 0)
         let outcome = Guarded<Result<Void, TransportError>?>(nil)
+        /// Publishes on a thread of its own, and returns once it is about to (and a little more:
+        /// long enough to be waiting inside, not still on its way there).
         func publishInBackground(_ id: String) {
             Thread {
+                publishing.signal()
                 let result = Result { () throws(TransportError) in try client.publish(Message(id: id, channel: channels[0])) }
                 outcome.withLock { $0 = result }
                 published.signal()
             }.start()
+            publishing.wait()
         }
         publishInBackground("waits-for-room")
         #expect(published.wait(timeout: .now() + .milliseconds(200)) == .timedOut, "the transport is full: the publish waits")
