@@ -214,7 +214,7 @@ let package = Package(
             name: "SwitchyardBench",
             dependencies: [
                 "SwitchyardHost", "SwitchyardLoader", "SwitchyardABI", "CSQLite", "SwitchyardRuntime", "SwitchyardWire", "SwitchyardConfig", "CNats", "CFFI", "CRabbitMQ",
-                "SwitchyardNative", "SwitchyardPostgres", "CBenchSupport",
+                "SwitchyardNative", "SwitchyardPostgres", "SwitchyardTransportKit", "CBenchSupport",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],

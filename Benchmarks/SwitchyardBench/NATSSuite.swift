@@ -2,6 +2,7 @@ import CNats
 import Foundation
 import SwitchyardABI
 import SwitchyardHost
+import SwitchyardTransportKit
 import Synchronization
 
 /// `nats`: publish → deliver → ack through the `nats` plugin against a raw nats.c JetStream loop
@@ -85,7 +86,9 @@ struct NATSSuite: BenchSuite {
     /// carries, the marker that they were added, the de-duplication id), so the two send the
     /// same bytes and the difference is the plugin's own work.
     func rawRate(url: String, count: Int, stream: String, sameWire: Bool) throws -> Double {
-        nats_Open(-1)
+        // As the plugin opens it (NATSLibrary.lockSpinCount), or the raw loop, which runs first,
+        // would choose how nats.c spins for both.
+        nats_Open(UsableCores.count < 4 ? 0 : -1)
         var connection: OpaquePointer?
         guard natsConnection_ConnectTo(&connection, url) == NATS_OK, let connection else { throw BenchUnavailable("cannot connect to \(url)") }
         defer { natsConnection_Destroy(connection) }

@@ -142,7 +142,7 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         }
         context.host.log(
             .info,
-            "in memory, in \(stores.count) shards (\(config.shards == nil ? "the default: one per two of the \(ShardedBroker.usableCores) cores this process may use, at most 8" : "config key 'shards'"))"
+            "in memory, in \(stores.count) shards (\(config.shards == nil ? "the default: one per two of the \(UsableCores.count) cores this process may use, at most 8" : "config key 'shards'"))"
         )
         let gauges = GaugeSum(parts: stores.count)
         let capacity = SharedCapacity(stores: stores)

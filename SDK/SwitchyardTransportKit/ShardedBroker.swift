@@ -227,20 +227,7 @@ public final class ShardedBroker: Sendable {
     /// cores this process may use halved, rounded down, at least one and at most eight — one
     /// shard where there are fewer than four cores, as before sharding, so small machines run one
     /// dispatcher thread. A CPU quota (cgroup `cpu.max`) is not counted, only the affinity.
-    public static var defaultCount: Int { min(max(usableCores / 2, 1), 8) }
-
-    /// The cores this process may run on: its CPU affinity (`Cpus_allowed` in /proc/self/status,
-    /// which `taskset` and cpusets set), where `ProcessInfo.activeProcessorCount` counts the
-    /// machine's (Glibc's `sched_getaffinity` is not visible to Swift).
-    public static let usableCores: Int = {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") })
-        else { return ProcessInfo.processInfo.activeProcessorCount }
-        let count = line.dropFirst("Cpus_allowed:".count).reduce(0) { count, character in
-            count + (character.hexDigitValue?.nonzeroBitCount ?? 0)
-        }
-        return count > 0 ? count : ProcessInfo.processInfo.activeProcessorCount
-    }()
+    public static var defaultCount: Int { min(max(UsableCores.count / 2, 1), 8) }
 }
 
 /// The stores of one transport's shards, whose messages count together against its `capacity`:

@@ -7,9 +7,18 @@ import Synchronization
 /// Thin, checked wrappers over nats.c.
 enum NATSLibrary {
     private static let opened: Bool = {
-        nats_Open(-1)
+        nats_Open(lockSpinCount)
         return true
     }()
+
+    /// How many times nats.c tries a taken lock before it sleeps on it: its default (2,000, asked
+    /// for with -1) with four cores or more; none below. Publishers, the fetch thread and nats.c's
+    /// own threads share one connection's lock, and with fewer cores than threads a spinning
+    /// thread takes the core the holder needs: on two cores the spin was a fifth of the samples of
+    /// `bench nats`, and without it the plugin moved 11% more messages (raw nats.c 16% more) with
+    /// 12% less CPU (docs/benchmarks.md, twenty-second round). nats.c is set up once per process,
+    /// by whoever opens it first.
+    static var lockSpinCount: Int64 { UsableCores.count < 4 ? 0 : -1 }
 
     /// Initialises the library once per process (never closed: other instances may still use it).
     static func open() { _ = opened }
