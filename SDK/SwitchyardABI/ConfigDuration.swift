@@ -7,13 +7,27 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
     /// A duration of `nanoseconds`.
     public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
 
+    /// A duration from a string with a unit (`"250ms"`, `"5s"`); a bare 0 is zero as well, and any
+    /// other bare number is refused with the unit to add, not as "expected a string".
     public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
+        let container = try decoder.singleValueContainer()
+        if let number = try? container.decode(Double.self) {
+            guard number == 0 else {
+                let shown = number.rounded() == number && abs(number) < 1e15 ? String(Int64(number)) : String(number)
+                throw DecodingError.dataCorrupted(
+                    .init(
+                        codingPath: decoder.codingPath,
+                        debugDescription: "\(shown) has no unit: write a duration as a string with one, like \"\(shown)s\" (or \"250ms\", \"1m\", \"2h\")"))
+            }
+            self.init(nanoseconds: 0)
+            return
+        }
+        let text = try container.decode(String.self)
         guard let parsed = Self.parse(text) else {
             throw DecodingError.dataCorrupted(
                 .init(
                     codingPath: decoder.codingPath,
-                    debugDescription: "'\(text)' is not a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (and it must not be negative)"))
+                    debugDescription: "'\(text)' is not a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (a number needs a unit, and it must not be negative)"))
         }
         self = parsed
     }

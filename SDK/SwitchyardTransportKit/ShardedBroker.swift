@@ -226,7 +226,7 @@ public final class ShardedBroker: Sendable {
     /// How many shards an in-memory transport has when its config does not say (`shards`): the
     /// cores this process may use halved, rounded down, at least one and at most eight — one
     /// shard where there are fewer than four cores, as before sharding, so small machines run one
-    /// dispatcher thread. A CPU quota (cgroup `cpu.max`) is not counted, only the affinity.
+    /// dispatcher thread. Usable cores count the CPU affinity and quota (``UsableCores``).
     public static var defaultCount: Int { min(max(UsableCores.count / 2, 1), 8) }
 }
 

@@ -144,13 +144,20 @@ struct DurableQueueTests {
         arguments: [
             ("{\"capacity\": -1}", "'capacity'"), ("{\"visibility_timeout\": \"soon\"}", "'visibility_timeout'"),
             ("{\"max_in_flight\": 0}", "'max_in_flight'"), ("{\"retain\": 5}", "unknown config key 'retain'"),
-            ("{\"full_wait\": 5}", "'full_wait'"),
+            ("{\"full_wait\": 5}", "'full_wait'"), ("{\"full_wait\": 5}", "has no unit: write a duration as a string with one, like \"5s\""),
+            ("{\"full_wait\": \"5\"}", "a number needs a unit"),
         ])
     func badConfig(_ json: String, _ expected: String) throws {
         let plugin = try BuildProducts.plugin("queue")
         let error = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: json) }
         #expect(error?.code == .config)
         #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a duration of a bare 0 is zero, as \"0\" is")
+    func bareZeroDuration() throws {
+        let transport = try Transport(name: "t", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"full_wait": 0, "expiry_sweep": "1s"}"#)
+        transport.close()
     }
 
     @Test("with full_wait, a publish to a full queue waits for room instead of failing")
