@@ -665,10 +665,7 @@ public final class Broker: @unchecked Sendable {
     public func beginDrain() {
         condition.lock()
         draining = true
-        closing.store(true, ordering: .releasing)
-        condition.broadcast()
-        capacityShared?.wakeEveryone()  // publishers waiting for room: the publish fails now
-        if wakeupWriter >= 0 { wakeDispatcher() }
+        beginClosing()
         condition.unlock()
     }
 
@@ -691,15 +688,21 @@ public final class Broker: @unchecked Sendable {
         capacityShared?.wakeEveryone()
     }
 
+    /// The common first step of a drain and a shutdown, after setting `draining` or `stopped`:
+    /// publishes fail from now on, and every waiting thread and the dispatcher look again. Call
+    /// with the lock held.
+    private func beginClosing() {
+        closeToPublishes()
+        condition.broadcast()
+        if wakeupWriter >= 0 { wakeDispatcher() }
+    }
+
     /// Stops the dispatcher and releases unsettled deliveries. No delivery runs once it returns.
     public func shutdown() {
         reporter.report(currentStats(), force: true)
         condition.lock()
         stopped = true
-        closing.store(true, ordering: .releasing)
-        condition.broadcast()
-        capacityShared?.wakeEveryone()  // publishers waiting for room: the publish fails now
-        if wakeupWriter >= 0 { wakeDispatcher() }
+        beginClosing()
         waiters += 1
         while !dispatcherDone || passRunning || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
         waiters -= 1
