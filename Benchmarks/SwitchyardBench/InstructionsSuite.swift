@@ -16,6 +16,8 @@ public enum HotPath: String, CaseIterable, Sendable {
     case typedFireAndForget = "typed-fire-and-forget"
     /// A typed request-reply call through the queue plugin, one caller.
     case typedRequestReply = "typed-request-reply"
+    /// A typed call through a `$P.resolve` stub on a direct route: in process, nothing encoded.
+    case typedDirectStub = "typed-direct-stub"
     /// The raw SQLite loop `durable-queue` compares against: 100 inserts per transaction.
     case rawSQLiteBatched = "raw-sqlite-batched"
     /// `publish_batch` of 100 messages into the durable (SQLite) queue plugin: one commit each.
@@ -25,7 +27,7 @@ public enum HotPath: String, CaseIterable, Sendable {
     var unit: String {
         switch self {
         case .bareHandOff, .queueBatched, .queueSingle, .rawSQLiteBatched, .durableBatched: "msg"
-        case .typedFireAndForget, .typedRequestReply: "call"
+        case .typedFireAndForget, .typedRequestReply, .typedDirectStub: "call"
         }
     }
 
@@ -34,7 +36,7 @@ public enum HotPath: String, CaseIterable, Sendable {
     var counts: (Int, Int) {
         switch self {
         case .bareHandOff, .queueBatched, .queueSingle: (25_600, 51_200)
-        case .typedFireAndForget, .typedRequestReply: (2_000, 4_000)
+        case .typedFireAndForget, .typedRequestReply, .typedDirectStub: (2_000, 4_000)
         case .rawSQLiteBatched, .durableBatched: (5_000, 10_000)
         }
     }
@@ -50,6 +52,8 @@ public enum HotPath: String, CaseIterable, Sendable {
             _ = try queue.pluginRate(BenchPlugins(context), count: count, consumers: 1, batch: 256)
         case .queueSingle:
             _ = try queue.pluginRate(BenchPlugins(context), count: count, consumers: 1, batch: 1)
+        case .typedDirectStub:
+            try blocking { try await directStubCalls(count: count) }
         case .typedFireAndForget, .typedRequestReply:
             try blocking { try await typedCalls(count: count, pluginDirectories: pluginDirectories) }
         case .rawSQLiteBatched, .durableBatched:
@@ -64,6 +68,17 @@ public enum HotPath: String, CaseIterable, Sendable {
                 _ = try durable.batchedRate(BenchPlugins(context), path: path, count: count)
             }
         }
+    }
+
+    private func directStubCalls(count: Int) async throws {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let config = try SwitchyardConfig.parse(yaml: "routes:\n  BenchCalls.*: { transport: direct }\n", baseDirectory: "/")
+        let system = try SwitchyardActorSystem(config: config, logger: logger)
+        try system.host("bench", as: $BenchCalls.self) { BenchCallsService(actorSystem: $0, received: BenchCallsService.Counter()) }
+        let calls = try $BenchCalls.resolve(id: "bench", using: system)
+        for i in 0..<count { _ = try await calls.add(i, 1) }
+        await system.shutdown()
     }
 
     private func typedCalls(count: Int, pluginDirectories: [String]) async throws {
@@ -140,6 +155,7 @@ struct InstructionsSuite: BenchSuite {
         return [
             row(.bareHandOff), row(.queueBatched, against: .bareHandOff), row(.queueSingle, against: .bareHandOff),
             row(.typedFireAndForget, against: .queueSingle), row(.typedRequestReply, against: .queueSingle),
+            row(.typedDirectStub),
             row(.rawSQLiteBatched), row(.durableBatched, against: .rawSQLiteBatched),
         ]
     }

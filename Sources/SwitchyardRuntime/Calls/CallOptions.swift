@@ -38,6 +38,10 @@ public struct CallOptions: Sendable, Hashable {
         self.headers = headers
     }
 
+    /// Whether nothing is set: what a call made outside any options scope sees. Cheaper than
+    /// comparing with `CallOptions()`, which builds one to compare with (a direct call asks).
+    var isEmpty: Bool { deadline == nil && delay == nil && idempotencyKey == nil && headers.isEmpty }
+
     /// These options with `inner`'s on top: what `inner` sets wins, headers are merged.
     func overridden(by inner: CallOptions) -> CallOptions {
         CallOptions(

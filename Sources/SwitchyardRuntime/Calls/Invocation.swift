@@ -38,6 +38,8 @@ public struct SwitchyardInvocationEncoder: DistributedTargetInvocationEncoder {
 
     public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws { substitutions.append(type) }
     public mutating func recordArgument<Value: Codable>(_ argument: RemoteCallArgument<Value>) throws {
+        // Room for a few at the first: growing from one to two to four was an allocation each.
+        if arguments.isEmpty { arguments.reserveCapacity(4) }
         arguments.append(Argument(name: argument.name, value: argument.value))
     }
     public mutating func recordErrorType<E: Error>(_ type: E.Type) throws {}
@@ -70,9 +72,13 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
     public typealias SerializationRequirement = any Codable
 
     enum Arguments {
-        case values([any Codable])
+        /// As the caller's stub recorded them (a direct call): passed on, never encoded.
+        case recorded([SwitchyardInvocationEncoder.Argument])
         case compact([UInt8])
         case json([Data])
+
+        /// Values passed as they are, unnamed (as recorded, without the names).
+        static func values(_ values: [any Codable]) -> Arguments { .recorded(values.map { .init(name: "", value: $0) }) }
     }
     let arguments: Arguments
     let substitutions: [Any.Type]
@@ -103,7 +109,7 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
     /// Whether every argument was read (a call with too many arguments is refused).
     var isComplete: Bool {
         switch arguments {
-        case .values(let values): index == values.count
+        case .recorded(let values): index == values.count
         case .compact(let bytes): offset == bytes.count
         case .json(let elements): index == elements.count
         }
@@ -114,7 +120,7 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
         guard let expectedCount, count == expectedCount else { return }
         let more =
             switch arguments {
-            case .values(let values): values.count > count
+            case .recorded(let values): values.count > count
             case .compact(let bytes): offset < bytes.count
             case .json(let elements): elements.count > count
             }
@@ -132,10 +138,10 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
     private mutating func readArgument<Argument: Codable>() throws -> Argument {
         defer { index += 1 }
         switch arguments {
-        case .values(let values):
+        case .recorded(let values):
             guard index < values.count else { throw EnvelopeError("argument \(index + 1) is missing") }
-            guard let value = values[index] as? Argument else {
-                throw EnvelopeError("argument \(index + 1) is a \(type(of: values[index])), expected \(Argument.self)")
+            guard let value = values[index].value as? Argument else {
+                throw EnvelopeError("argument \(index + 1) is a \(type(of: values[index].value)), expected \(Argument.self)")
             }
             return value
         case .compact(let bytes):

@@ -232,7 +232,7 @@ extension SwitchyardActorSystem {
             id: EnvelopeID.make(), target: call.name, attempt: 1, headers: options.headers, idempotencyKey: options.idempotencyKey,
             deadlineNanos: nil, source: Envelope.defaultSource)
         guard let deadline = options.deadline ?? routeDeadline else {
-            return try await callWithRetries(id, call, invocation, route: route, context: context)
+            return try await callWithRetries(id, call, invocation, route: route, context: context, inheritsOptions: !options.isEmpty)
         }
         context.deadlineNanos = WallClock.nowNanos() + deadline.nanoseconds
         let metrics = route.metrics
@@ -245,14 +245,14 @@ extension SwitchyardActorSystem {
             },
             {
                 let (invocation, system, context) = box.value
-                return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route, context: context))
+                return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route, context: context, inheritsOptions: !options.isEmpty))
             })
         return outcome.value
     }
 
     /// Runs the call in process, again after each failure while the route's retry policy allows.
     private func callWithRetries(
-        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, context: CallContext
+        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, context: CallContext, inheritsOptions: Bool
     ) async throws -> SwitchyardResultHandler.Outcome? {
         var attempt: UInt32 = 1
         var context = context
@@ -261,8 +261,10 @@ extension SwitchyardActorSystem {
             // The handler sees its call, and makes its own calls with options of its own, as it
             // would behind a transport (the caller's options are not inherited).
             let outcome = try await Switchyard.$currentCall.withValue(context) {
-                guard Switchyard.callOptions != CallOptions() else { return try await callInProcess(id, call, invocation, route: route) }
-                return try await Switchyard.$callOptions.withValue(CallOptions()) { try await callInProcess(id, call, invocation, route: route) }
+                guard !inheritsOptions else {
+                    return try await Switchyard.$callOptions.withValue(CallOptions()) { try await callInProcess(id, call, invocation, route: route) }
+                }
+                return try await callInProcess(id, call, invocation, route: route)
             }
             guard case .error(let error)? = outcome else { return outcome }
             guard let policy = route.retry else { throw error }
@@ -299,7 +301,18 @@ extension SwitchyardActorSystem {
     private func callInProcess(
         _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
     ) async throws -> SwitchyardResultHandler.Outcome? {
-        // The actor with this exact id, else every actor hosted under the name (in any group).
+        // The usual case first: an actor hosted under this exact id, found with its interfaces
+        // in one look (the look by id and the check by its hosting took two, and a cast).
+        if let hosted = server.hosted(id), let actor = hosted.actor {
+            let substitutions: [Any.Type]
+            do {
+                substitutions = try server.substitutions(for: call, on: hosted)
+            } catch {
+                throw SwitchyardError.rejected(target: call.name, reason: "\(error)")
+            }
+            return try await callInProcess(call, on: actor, substitutions: substitutions, invocation)
+        }
+        // Else the actor with this exact id, or every actor hosted under the name (in any group).
         let actors = localActor(id).map { [$0] } ?? localActors(named: id.name)
         guard !actors.isEmpty else {
             throw SwitchyardError.routing(target: call.name, reason: "route '\(route.pattern)' is direct, but no actor named '\(id.name)' is hosted in this process")
@@ -312,13 +325,21 @@ extension SwitchyardActorSystem {
             } catch {
                 throw SwitchyardError.rejected(target: call.name, reason: "\(error)")
             }
-            var decoder = SwitchyardInvocationDecoder(.values(invocation.arguments.map(\.value)), substitutions: substitutions)
-            let handler = SwitchyardResultHandler()
-            try await TargetExecutor.execute(call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
-            if case .error? = handler.outcome { return handler.outcome }
-            last = handler.outcome
+            let outcome = try await callInProcess(call, on: actor, substitutions: substitutions, invocation)
+            if case .error? = outcome { return outcome }
+            last = outcome
         }
         return last
+    }
+
+    /// Runs the call on one local actor with the recorded arguments as they are.
+    private func callInProcess(
+        _ call: CallTarget, on actor: any DistributedActor, substitutions: [Any.Type], _ invocation: InvocationEncoder
+    ) async throws -> SwitchyardResultHandler.Outcome? {
+        var decoder = SwitchyardInvocationDecoder(.recorded(invocation.arguments), substitutions: substitutions)
+        let handler = SwitchyardResultHandler()
+        try await TargetExecutor.execute(call, on: actor, substitutions: substitutions, decoder: &decoder, handler: handler, system: self)
+        return handler.outcome
     }
 }
 
