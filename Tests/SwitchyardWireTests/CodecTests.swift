@@ -43,6 +43,38 @@ struct CodecTests {
         #expect(bytes.count < (try JSONEncoder().encode(value)).count)
     }
 
+    @Test("appending a value writes what encoding it alone writes, after what was there: primitives (written directly) and composites")
+    func appending() throws {
+        let values: [any Codable] = [
+            "text", -7, true, 2.5, Int64.min, UInt64.max, [UInt8]([1, 2]), Data([3]), Int8(4), [5, 6], Everything(), Shape.empty,
+        ]
+        var appended: [UInt8] = [0xAB]
+        var expected: [UInt8] = [0xAB]
+        for value in values {
+            try CompactEncoder().encode(value, appendingTo: &appended)
+            expected += try CompactEncoder().encode(value)
+        }
+        #expect(appended == expected)
+        // And each primitive written directly reads back as itself.
+        var appendedAlone: [UInt8] = []
+        try CompactEncoder().encode("text", appendingTo: &appendedAlone)
+        #expect(try CompactDecoder().decode(String.self, from: appendedAlone) == "text")
+        for number in [0, -7, Int.max, Int.min] {
+            var bytes: [UInt8] = []
+            try CompactEncoder().encode(number, appendingTo: &bytes)
+            #expect(try CompactDecoder().decode(Int.self, from: bytes) == number)
+        }
+        var flag: [UInt8] = []
+        try CompactEncoder().encode(false, appendingTo: &flag)
+        #expect(try CompactDecoder().decode(Bool.self, from: flag) == false)
+        var real: [UInt8] = []
+        try CompactEncoder().encode(-0.125, appendingTo: &real)
+        #expect(try CompactDecoder().decode(Double.self, from: real) == -0.125)
+        var data: [UInt8] = []
+        try CompactEncoder().encode(Data([1, 2, 3]), appendingTo: &data)
+        #expect(try CompactDecoder().decode(Data.self, from: data) == Data([1, 2, 3]))
+    }
+
     @Test("malformed input throws, never traps")
     func malformed() throws {
         let good = try CompactEncoder().encode(Everything())

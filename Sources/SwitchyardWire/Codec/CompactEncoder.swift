@@ -18,6 +18,13 @@ public struct CompactEncoder: Sendable {
 
     /// Appends the compact form of `value` to `bytes`.
     public func encode<T: Encodable>(_ value: T, appendingTo bytes: inout [UInt8]) throws {
+        // A primitive (most arguments and results) is written straight into `bytes`: no sink, a
+        // class allocated per value, whose every write was also an exclusivity check (callgrind).
+        var writer = CompactWriter(reservingCapacity: 0)
+        swap(&writer.bytes, &bytes)
+        let written = writer.writePrimitive(value)
+        swap(&writer.bytes, &bytes)
+        if written { return }
         // A sink with no buffer of its own: it writes into `bytes` (a reserved one was allocated
         // only to be swapped out and freed, an allocation per argument and per result).
         let sink = CompactSink(reservingCapacity: 0)
@@ -38,28 +45,10 @@ final class CompactSink {
 
     /// Writes one value: primitives directly, anything else through its `encode(to:)`.
     func encodeValue<T: Encodable>(_ value: T, codingPath: [any CodingKey]) throws {
-        if writePrimitive(value) { return }
+        if writer.writePrimitive(value) { return }
         let encoder = CompactValueEncoder(sink: self, codingPath: codingPath)
         try value.encode(to: encoder)
         encoder.close()
-    }
-
-    /// Fast paths by exact type (a metatype comparison, no dynamic cast).
-    @inline(__always)
-    func writePrimitive<T>(_ value: T) -> Bool {
-        let type = ObjectIdentifier(T.self)
-        switch type {
-        case ObjectIdentifier(String.self): writer.string(unsafeBitCast(value, to: String.self))
-        case ObjectIdentifier(Int.self): writer.int(Int64(unsafeBitCast(value, to: Int.self)))
-        case ObjectIdentifier(Bool.self): writer.tag(unsafeBitCast(value, to: Bool.self) ? .true : .false)
-        case ObjectIdentifier(Double.self): writer.tag(.double); writer.raw(unsafeBitCast(value, to: Double.self).bitPattern.littleEndian)
-        case ObjectIdentifier(Int64.self): writer.int(unsafeBitCast(value, to: Int64.self))
-        case ObjectIdentifier(UInt64.self): writer.uint(unsafeBitCast(value, to: UInt64.self))
-        case ObjectIdentifier([UInt8].self): writer.byteString(unsafeBitCast(value, to: [UInt8].self))
-        case ObjectIdentifier(Data.self): writer.byteString(value as! Data)
-        default: return false
-        }
-        return true
     }
 
     /// The buffer with every nested encoder's bytes spliced in.
@@ -239,4 +228,25 @@ struct CompactSingleEncoder: SingleValueEncodingContainer {
     mutating func encode(_ value: UInt32) throws { sink.writer.uint(UInt64(value)) }
     mutating func encode(_ value: UInt64) throws { sink.writer.uint(value) }
     mutating func encode<T: Encodable>(_ value: T) throws { try sink.encodeValue(value, codingPath: codingPath) }
+}
+
+extension CompactWriter {
+    /// Writes `value` when it is one of the primitives written directly (an exact type match:
+    /// a metatype comparison, no dynamic cast); false for anything else.
+    @inline(__always)
+    mutating func writePrimitive<T>(_ value: T) -> Bool {
+        let type = ObjectIdentifier(T.self)
+        switch type {
+        case ObjectIdentifier(String.self): string(unsafeBitCast(value, to: String.self))
+        case ObjectIdentifier(Int.self): int(Int64(unsafeBitCast(value, to: Int.self)))
+        case ObjectIdentifier(Bool.self): tag(unsafeBitCast(value, to: Bool.self) ? .true : .false)
+        case ObjectIdentifier(Double.self): tag(.double); raw(unsafeBitCast(value, to: Double.self).bitPattern.littleEndian)
+        case ObjectIdentifier(Int64.self): int(unsafeBitCast(value, to: Int64.self))
+        case ObjectIdentifier(UInt64.self): uint(unsafeBitCast(value, to: UInt64.self))
+        case ObjectIdentifier([UInt8].self): byteString(unsafeBitCast(value, to: [UInt8].self))
+        case ObjectIdentifier(Data.self): byteString(value as! Data)
+        default: return false
+        }
+        return true
+    }
 }
