@@ -109,8 +109,9 @@ public enum HotPath: String, CaseIterable, Sendable {
 /// `valgrind --tool=callgrind` — the same on every run however loaded the machine is, so it
 /// decides between designs where timings cannot. Each path runs in a child process at two counts
 /// and the difference is divided by the difference in count, so start-up cancels out; the raw
-/// queue paths are set against the bare hand-off, the typed calls against the raw queue's
-/// one-message-at-a-time path they ride on. Needs valgrind (`apt-get install valgrind`).
+/// queue paths are set against the bare hand-off, the typed calls through the queue against the
+/// raw queue's one-message-at-a-time path they ride on; a direct call through a stub stands on
+/// its own. Needs valgrind (`apt-get install valgrind`).
 struct InstructionsSuite: BenchSuite {
     let name = "instructions"
     let summary = "instructions per message and per call on the hot paths (callgrind; repeatable on a noisy machine)"

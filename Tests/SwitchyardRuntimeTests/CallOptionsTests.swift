@@ -70,6 +70,18 @@ struct CallOptionsTests {
           Till.*: { transport: memq, deadline: 10s }
         """
 
+    /// `isEmpty` lists the fields by hand (a direct call asks it instead of comparing): a field
+    /// added to `CallOptions` and not to `isEmpty` fails here.
+    @Test("options are empty only when nothing is set")
+    func emptiness() {
+        #expect(CallOptions().isEmpty)
+        let each = [
+            CallOptions(deadline: .seconds(1)), CallOptions(delay: .zero), CallOptions(idempotencyKey: "k"), CallOptions(headers: ["h": "v"]),
+        ]
+        for options in each { #expect(!options.isEmpty, "\(options)") }
+        #expect(Mirror(reflecting: CallOptions()).children.count == each.count, "a new field: add it to isEmpty and to this list")
+    }
+
     @Test("a call's deadline overrides its route's: the caller stops waiting then")
     func deadline() async throws {
         let system = try await makeSystem(Self.queue)

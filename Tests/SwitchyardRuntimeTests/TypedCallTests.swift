@@ -226,6 +226,37 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    /// The hosted actor under the exact id is found first; the rest is the fallback: every group
+    /// hosted under the name, an actor of the system that was never hosted, a name nobody hosts.
+    @Test("a direct call reaches each group hosted under the name; an actor never hosted, or no actor, is refused with what to do")
+    func directRouteGroupsAndUnhosted() async throws {
+        let system = try await makeSystem(
+            """
+            routes:
+              "*": { transport: direct }
+            """)
+        let ledger = Ledger()
+        for group in ["email", "analytics"] {
+            try system.host(SwitchyardActorID("shop", group: group), as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger, label: group) }
+        }
+        try await $Shop.resolve(id: "shop", using: system).record(Order(id: 7, customer: "c", amount: 1))
+        #expect(ledger.all.sorted() == ["analytics:record:7", "email:record:7"])
+
+        let loose = ShopService(actorSystem: system, ledger: ledger, label: "loose")
+        let stub = try $Shop.resolve(id: loose.id, using: system)
+        let refused = await #expect(throws: SwitchyardError.self) { _ = try await stub.place(Order(id: 8, customer: "c", amount: 1)) }
+        #expect(refused?.code == .rejected)
+        #expect(refused?.description.contains("is not hosted; host it as") == true, "\(String(describing: refused))")
+        withExtendedLifetime(loose) {}  // found by id (weakly held) until here
+        let nobody = await #expect(throws: SwitchyardError.self) {
+            _ = try await $Shop.resolve(id: "nobody", using: system).place(Order(id: 9, customer: "c", amount: 1))
+        }
+        #expect(nobody?.code == .routing)
+        #expect(nobody?.description.contains("no actor named 'nobody' is hosted in this process") == true, "\(String(describing: nobody))")
+        #expect(!ledger.all.contains { $0.hasPrefix("loose:") })
+        await system.shutdown()
+    }
+
     @Test("a direct route honours its retry policy and its deadline, as a transport route does; resolve then gives a stub, not the actor")
     func directRouteRetriesAndDeadline() async throws {
         let system = try await makeSystem(

@@ -73,6 +73,15 @@ struct CodecTests {
         var data: [UInt8] = []
         try CompactEncoder().encode(Data([1, 2, 3]), appendingTo: &data)
         #expect(try CompactDecoder().decode(Data.self, from: data) == Data([1, 2, 3]))
+        var wide: [UInt8] = []
+        try CompactEncoder().encode(Int64.min, appendingTo: &wide)
+        #expect(try CompactDecoder().decode(Int64.self, from: wide) == .min)
+        var unsigned: [UInt8] = []
+        try CompactEncoder().encode(UInt64.max, appendingTo: &unsigned)
+        #expect(try CompactDecoder().decode(UInt64.self, from: unsigned) == .max)
+        var raw: [UInt8] = []
+        try CompactEncoder().encode([UInt8]([0, 255]), appendingTo: &raw)
+        #expect(try CompactDecoder().decode([UInt8].self, from: raw) == [0, 255])
     }
 
     @Test("malformed input throws, never traps")

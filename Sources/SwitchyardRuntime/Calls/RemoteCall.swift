@@ -231,8 +231,9 @@ extension SwitchyardActorSystem {
         var context = CallContext(
             id: EnvelopeID.make(), target: call.name, attempt: 1, headers: options.headers, idempotencyKey: options.idempotencyKey,
             deadlineNanos: nil, source: Envelope.defaultSource)
+        let callerHasOptions = !options.isEmpty
         guard let deadline = options.deadline ?? routeDeadline else {
-            return try await callWithRetries(id, call, invocation, route: route, context: context, inheritsOptions: !options.isEmpty)
+            return try await callWithRetries(id, call, invocation, route: route, context: context, callerHasOptions: callerHasOptions)
         }
         context.deadlineNanos = WallClock.nowNanos() + deadline.nanoseconds
         let metrics = route.metrics
@@ -245,14 +246,14 @@ extension SwitchyardActorSystem {
             },
             {
                 let (invocation, system, context) = box.value
-                return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route, context: context, inheritsOptions: !options.isEmpty))
+                return UncheckedSendable(try await system.callWithRetries(id, call, invocation, route: route, context: context, callerHasOptions: callerHasOptions))
             })
         return outcome.value
     }
 
     /// Runs the call in process, again after each failure while the route's retry policy allows.
     private func callWithRetries(
-        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, context: CallContext, inheritsOptions: Bool
+        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, context: CallContext, callerHasOptions: Bool
     ) async throws -> SwitchyardResultHandler.Outcome? {
         var attempt: UInt32 = 1
         var context = context
@@ -261,10 +262,8 @@ extension SwitchyardActorSystem {
             // The handler sees its call, and makes its own calls with options of its own, as it
             // would behind a transport (the caller's options are not inherited).
             let outcome = try await Switchyard.$currentCall.withValue(context) {
-                guard !inheritsOptions else {
-                    return try await Switchyard.$callOptions.withValue(CallOptions()) { try await callInProcess(id, call, invocation, route: route) }
-                }
-                return try await callInProcess(id, call, invocation, route: route)
+                guard callerHasOptions else { return try await callInProcess(id, call, invocation, route: route) }
+                return try await Switchyard.$callOptions.withValue(CallOptions()) { try await callInProcess(id, call, invocation, route: route) }
             }
             guard case .error(let error)? = outcome else { return outcome }
             guard let policy = route.retry else { throw error }
