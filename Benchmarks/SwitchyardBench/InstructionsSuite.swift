@@ -16,6 +16,9 @@ public enum HotPath: String, CaseIterable, Sendable {
     case typedFireAndForget = "typed-fire-and-forget"
     /// A typed request-reply call through the queue plugin, one caller.
     case typedRequestReply = "typed-request-reply"
+    /// The caller's share of a typed fire-and-forget call: published to the queue plugin, which
+    /// keeps it (nobody hosts the actor).
+    case typedSendOnly = "typed-send-only"
     /// A typed call through a `$P.resolve` stub on a direct route: in process, nothing encoded.
     case typedDirectStub = "typed-direct-stub"
     /// The raw SQLite loop `durable-queue` compares against: 100 inserts per transaction.
@@ -27,7 +30,7 @@ public enum HotPath: String, CaseIterable, Sendable {
     var unit: String {
         switch self {
         case .bareHandOff, .queueBatched, .queueSingle, .rawSQLiteBatched, .durableBatched: "msg"
-        case .typedFireAndForget, .typedRequestReply, .typedDirectStub: "call"
+        case .typedFireAndForget, .typedRequestReply, .typedDirectStub, .typedSendOnly: "call"
         }
     }
 
@@ -36,7 +39,7 @@ public enum HotPath: String, CaseIterable, Sendable {
     var counts: (Int, Int) {
         switch self {
         case .bareHandOff, .queueBatched, .queueSingle: (25_600, 51_200)
-        case .typedFireAndForget, .typedRequestReply, .typedDirectStub: (2_000, 4_000)
+        case .typedFireAndForget, .typedRequestReply, .typedDirectStub, .typedSendOnly: (2_000, 4_000)
         case .rawSQLiteBatched, .durableBatched: (5_000, 10_000)
         }
     }
@@ -54,7 +57,7 @@ public enum HotPath: String, CaseIterable, Sendable {
             _ = try queue.pluginRate(BenchPlugins(context), count: count, consumers: 1, batch: 1)
         case .typedDirectStub:
             try blocking { try await directStubCalls(count: count) }
-        case .typedFireAndForget, .typedRequestReply:
+        case .typedFireAndForget, .typedRequestReply, .typedSendOnly:
             try blocking { try await typedCalls(count: count, pluginDirectories: pluginDirectories) }
         case .rawSQLiteBatched, .durableBatched:
             let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-hot-path-\(UUID().uuidString)")
@@ -93,6 +96,12 @@ public enum HotPath: String, CaseIterable, Sendable {
         let config = try SwitchyardConfig.parse(yaml: TypedCallSuite.queueYAML, baseDirectory: "/")
         let system = try SwitchyardActorSystem(config: config, pluginDirectories: pluginDirectories, logger: logger)
         let received = BenchCallsService.Counter()
+        if self == .typedSendOnly {
+            let calls = try $BenchCalls.resolve(id: "bench", using: system)
+            for i in 0..<count { try await calls.note(i) }
+            await system.shutdown()
+            return
+        }
         try system.host("bench", as: $BenchCalls.self) { BenchCallsService(actorSystem: $0, received: received) }
         let calls = try $BenchCalls.resolve(id: "bench", using: system)
         if self == .typedFireAndForget {
@@ -156,7 +165,7 @@ struct InstructionsSuite: BenchSuite {
         return [
             row(.bareHandOff), row(.queueBatched, against: .bareHandOff), row(.queueSingle, against: .bareHandOff),
             row(.typedFireAndForget, against: .queueSingle), row(.typedRequestReply, against: .queueSingle),
-            row(.typedDirectStub),
+            row(.typedSendOnly, against: .typedFireAndForget), row(.typedDirectStub),
             row(.rawSQLiteBatched), row(.durableBatched, against: .rawSQLiteBatched),
         ]
     }
