@@ -44,6 +44,7 @@ struct DeadLetterCommand: ParsableCommand {
             guard config.transport(named: transport) != nil else {
                 throw ValidationError("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
             }
+            try config.requireExistingStores(of: [transport])
             var quiet = Logger(label: "switchyard.plugins")
             quiet.logLevel = .error
             let set = try TransportSet.start(config, discovery: search.discovery(config), only: [transport], logger: quiet)
@@ -59,16 +60,23 @@ struct DeadLetterCommand: ParsableCommand {
             try body(letters)
         }
 
-        /// Runs `action` on each dead letter `selection` picks, one at a time; returns how many.
-        func forEach(_ selection: Selection, _ action: (DeadLetterBrowser, DeadLetterBrowser.Letter) throws -> Void) throws -> Int {
+        /// Runs `action` on each dead letter `selection` picks, one at a time; returns how many,
+        /// and the named ids that are not dead letters on the channel.
+        func forEach(
+            _ selection: Selection, _ action: (DeadLetterBrowser, DeadLetterBrowser.Letter) throws -> Void
+        ) throws -> (count: Int, missing: [String], channel: String) {
             var count = 0
+            var found: Set<String> = []
+            var channel = ""
             try withDeadLetters { letters in
+                channel = letters.channel
                 for letter in letters.letters where selection.matches(letter) {
                     try action(letters, letter)
+                    found.insert(letter.message.id)
                     count += 1
                 }
             }
-            return count
+            return (count, selection.ids.filter { !found.contains($0) }, channel)
         }
     }
 
@@ -89,9 +97,10 @@ struct DeadLetterCommand: ParsableCommand {
                     ]
                 }
                 if json {
-                    try printJSON(letters.map { DeadLetterRecord($0.message) })
+                    try printJSON(letters.map { DeadLetterRecord($0.message) }, snakeCase: true)  // as the admin API writes it
                 } else if rows.isEmpty {
-                    print("No dead letters on \(held.channel).")
+                    // A mistyped channel reads the same as an empty one: say what a channel is.
+                    print("No dead letters on \(held.channel). (A channel is the id an actor is hosted under, e.g. 'payments'.)")
                 } else {
                     print(table(["ID", "CALL / CHANNEL", "ATTEMPTS", "DEAD-LETTERED", "REASON"], rows))
                 }
@@ -112,7 +121,7 @@ struct DeadLetterCommand: ParsableCommand {
                     throw ExitCode.failure
                 }
                 let m = letter.message
-                if json { return try printJSON(DeadLetterRecord(m)) }
+                if json { return try printJSON(DeadLetterRecord(m), snakeCase: true) }
                 print(describe(m))
             }
         }
@@ -179,18 +188,19 @@ struct DeadLetterCommand: ParsableCommand {
 
         func run() throws {
             var expired: [String] = []
-            let moved = try target.forEach(selection) { letters, letter in
+            let (moved, missing, channel) = try target.forEach(selection) { letters, letter in
                 if let call = try letters.replay(letter, asFireAndForget: fireAndForget) { expired.append(call.description) }
             }
             print("replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")")
             if !expired.isEmpty {
                 print(
                     """
-                    warning: \(expired.count) of them are request-reply calls whose caller's deadline has passed; \
+                    warning: \(expired.count) of them \(expired.count == 1 ? "is a request-reply call" : "are request-reply calls") whose caller's deadline has passed; \
                     the receiver will dead-letter them again as expired: \(expired.joined(separator: ", ")). \
                     Replay them with --fire-and-forget to run them with nobody waiting for the result.
                     """)
             }
+            try DeadLetterCommand.failOnMissing(missing, channel: channel)
         }
     }
 
@@ -200,9 +210,20 @@ struct DeadLetterCommand: ParsableCommand {
         @OptionGroup var selection: Selection
 
         func run() throws {
-            let purged = try target.forEach(selection) { letters, letter in try letters.purge(letter) }
+            let (purged, missing, channel) = try target.forEach(selection) { letters, letter in try letters.purge(letter) }
             print("purged \(purged) message\(purged == 1 ? "" : "s")")
+            try DeadLetterCommand.failOnMissing(missing, channel: channel)
         }
+    }
+
+    /// Names the ids that were not there (a typo, or already replayed or purged) and fails, so a
+    /// script notices; the ones that were there have been acted on.
+    static func failOnMissing(_ missing: [String], channel: String) throws {
+        guard !missing.isEmpty else { return }
+        printError(
+            "no dead letter with id \(missing.map { "'\($0)'" }.joined(separator: ", ")) on \(channel) (already replayed or purged, or a typo? switchyard dlq list shows what is there)"
+        )
+        throw ExitCode.failure
     }
 }
 

@@ -16,7 +16,8 @@ struct DemoCommand: AsyncParsableCommand {
             Places orders through a retried queue with a flaky payment step, fans an event out to \
             two subscriber groups and schedules a delayed reminder, then prints calls, deliveries \
             per group, retries, dead letters and latency. The default config keeps every transport \
-            durable in SQLite under a temporary directory ($SWITCHYARD_DATA); --config runs the same \
+            durable in SQLite under a temporary directory, removed at the end (set SWITCHYARD_DATA=DIR \
+            to keep the stores there); --config runs the same \
             code with another routing (examples/orders/direct.yaml: everything in process).
             With --serve it keeps the system running instead, placing a few orders a second, with \
             the admin endpoint on (--admin, default 127.0.0.1:9464): open http://127.0.0.1:9464/ \
@@ -85,6 +86,17 @@ struct DemoCommand: AsyncParsableCommand {
         guard summary.isConsistent else {
             printError("error: the run does not add up (every order must succeed or be declined, and every succeeded order must reach every group)")
             throw ExitCode(1)
+        }
+        // Where the declined orders' charges went, and whether they can still be looked at.
+        if summary.declined > 0 && config == nil {
+            print("")
+            if userData != nil {
+                print("The declined charges wait as dead letters in \(data):")
+                print("  SWITCHYARD_DATA=\(data) switchyard dlq list --config examples/orders/switchyard.yaml --transport work --channel payments")
+            } else {
+                print("The declined charges were dead-lettered in \(data), removed with it now; to keep the stores")
+                print("and look at them (switchyard dlq list … --transport work --channel payments), run with SWITCHYARD_DATA=DIR.")
+            }
         }
     }
 

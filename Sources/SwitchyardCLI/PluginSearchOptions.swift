@@ -85,9 +85,10 @@ struct RejectionJSON: Encodable {
 }
 
 /// Prints `value` as pretty JSON on standard output.
-func printJSON(_ value: some Encodable) throws {
+func printJSON(_ value: some Encodable, snakeCase: Bool = false) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    if snakeCase { encoder.keyEncodingStrategy = .convertToSnakeCase }
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
@@ -105,4 +106,36 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
             index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
         }.joined(separator: "  ")
     }.joined(separator: "\n")
+}
+
+extension SwitchyardConfig {
+    /// Refuses to open, for looking only, a transport (or one it wraps) whose configured `path`
+    /// does not exist: a durable store creates its file when opened, so a mistyped path (or an
+    /// unset `SWITCHYARD_DATA`) would read as an empty store and leave a new one behind.
+    func requireExistingStores(of names: [String]) throws {
+        for name in names {
+            var entry = transport(named: name)
+            while let current = entry {
+                if let path = Self.configuredPath(current.configJSON), !FileManager.default.fileExists(atPath: path) {
+                    throw StoreMissing(
+                        description:
+                            "no store at \(path) (transport '\(current.name)', config.path): nothing was ever written there, so there is nothing to look at; check that the path (and SWITCHYARD_DATA, when it uses it) is the one the running system uses"
+                    )
+                }
+                entry = current.inner.flatMap { transport(named: $0) }
+            }
+        }
+    }
+
+    /// A store to look at that is not there: said as it is, not as a usage error (the command
+    /// line was right).
+    struct StoreMissing: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// The `path` a transport's config names, if any.
+    private static func configuredPath(_ configJSON: String) -> String? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(configJSON.utf8)) as? [String: Any] else { return nil }
+        return object["path"] as? String
+    }
 }

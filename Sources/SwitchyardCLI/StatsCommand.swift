@@ -122,6 +122,7 @@ final class ConfigStats: StatsSource {
     init(search: PluginSearchOptions) throws {
         config = try search.loadConfig()
         guard !config.transports.isEmpty else { throw StatsError(message: "\(search.config ?? "the config") configures no transports") }
+        try config.requireExistingStores(of: config.transports.map(\.name))
         var quiet = Logger(label: "switchyard.plugins")
         quiet.logLevel = .error
         transports = try TransportSet.start(config, discovery: search.discovery(config), only: config.transports.map(\.name), logger: quiet)

@@ -93,5 +93,35 @@ struct DeadLetterToolTests {
         let plain = try await run(BuildProducts.switchyard, ["dlq", "list", "--config", dir.file("plain.yaml"), "--transport", "plain", "--channel", "x"])
         #expect(plain.status != 0)
         #expect(plain.stderr.contains("has no dead-letter support"), "\(plain.stderr)")
+
+        // Ids that are not there: the ones that are get purged, the rest named, and it fails.
+        let partly = try await dlq(["purge", "o-3", "o-404"], config: config)
+        #expect(partly.status == 1)
+        #expect(partly.stdout.contains("purged 1 message"))
+        #expect(partly.stderr.contains("no dead letter with id 'o-404'"), "\(partly.stderr)")
+        let replayMissing = try await dlq(["replay", "o-3"], config: config)  // purged just now
+        #expect(replayMissing.status == 1)
+        #expect(replayMissing.stderr.contains("no dead letter with id 'o-3'"), "\(replayMissing.stderr)")
+
+        // A store that is not there is refused, not created: a mistyped path would read as empty.
+        let gone = dir.file("elsewhere/orders.db")
+        try FileManager.default.createDirectory(atPath: dir.file("elsewhere"), withIntermediateDirectories: true)
+        try "transports:\n  orders:\n    plugin: queue\n    config: { path: \(gone) }\n".write(
+            toFile: dir.file("wrong.yaml"), atomically: true, encoding: .utf8)
+        let wrong = try await dlq(["list"], config: dir.file("wrong.yaml"))
+        #expect(wrong.status != 0)
+        #expect(wrong.stderr.contains("no store at \(gone)"), "\(wrong.stderr)")
+        #expect(!wrong.stderr.contains("Usage:"), "not a usage error: \(wrong.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: gone))
+    }
+
+    @Test("--json writes the admin API's field names")
+    func jsonFieldNames() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try await setUp(dir)
+        let list = try await dlq(["list", "--json"], config: config)
+        #expect(list.status == 0, "\(list.stderr)")
+        #expect(list.stdout.contains("\"dead_lettered_at\""), "\(list.stdout)")
+        #expect(!list.stdout.contains("deadLetteredAt"))
     }
 }

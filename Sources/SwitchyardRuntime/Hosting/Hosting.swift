@@ -356,10 +356,13 @@ extension SwitchyardActorSystem {
                     route?.metrics.deadLettered.increment()
                     let attempts = Int(item.attempt)
                     let why = policy.isRetryable(reason) ? "gave up after \(attempts) attempts: \(reason)" : "not retryable: \(reason)"
+                    // With what `switchyard dlq show` needs to find it: the id, transport and channel.
                     logger.notice(
                         "dead-lettering a call",
                         metadata: [
                             "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(attempts)", "reason": "\(why)",
+                            "id": "\(envelope.id)", "transport": "\(item.transport.name)", "channel": "\(hosted.id.name)",
+                            "dead_letter_channel": "\(hosted.id.name)\(config.deadLetterSuffix(ofTransport: item.transport.name))",
                         ])
                     // Stored first, then answered: a caller that runs `switchyard dlq list` on the
                     // error it got must find the call (CI once listed before the store committed).
