@@ -37,7 +37,9 @@ extension SwitchyardActorSystem: Service {
         let started = ContinuousClock.now
         let until = started + deadline
         server.accepting.store(false, ordering: .releasing)
-        logger.info("draining", metadata: ["deadline": "\(deadline)"])
+        // What the drain waits for, so that "stopped" (released, unfinished) reads against it.
+        logger.info(
+            "draining", metadata: ["deadline": "\(deadline)", "calls_in_flight": "\(server.inFlight.value)", "calls_awaiting_replies": "\(pending.count)"])
         let subscriptions = server.takeSubscriptions()
         // Workers keep running what they have taken, and own calls are still taken: wait for the
         // calls taken here (queued or running) and the calls made from here to end, then close
