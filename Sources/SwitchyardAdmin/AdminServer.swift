@@ -96,6 +96,11 @@ public final class AdminServer: Service, Sendable {
             // Told to stop: the server library ends its accept loop with CancellationError or a
             // "disconnected" socket error, depending on timing. Neither is a failure then.
             if stopping.isSet || error is CancellationError { return }
+            if "\(error)".contains("errno: \(EADDRINUSE)") {
+                throw AdminError(
+                    "cannot serve the admin endpoint on \(settings.host):\(settings.port): the port is in use (another Switchyard process with the same admin address?); stop that process, or pick another port (admin.listen in the config, --admin on the command line; port 0 picks a free one)"
+                )
+            }
             throw AdminError("cannot serve the admin endpoint on \(settings.host):\(settings.port): \(error)")
         }
     }
@@ -128,7 +133,9 @@ struct SwiftLogBridge: FlyingSocks.Logging {
     func logInfo(_ info: @autoclosure () -> String) { logger.debug("\(info())") }
     func logWarning(_ warning: @autoclosure () -> String) { quiet ? logger.debug("\(warning())") : logger.warning("\(warning())") }
     func logError(_ error: @autoclosure () -> String) { quiet ? logger.debug("\(error())") : logger.error("\(error())") }
-    func logCritical(_ critical: @autoclosure () -> String) { quiet ? logger.debug("\(critical())") : logger.critical("\(critical())") }
+    /// FlyingFox's only critical line is the error that ends its server (a port taken, say),
+    /// which ``AdminServer/run()`` throws, with the address and what to do: said once, there.
+    func logCritical(_ critical: @autoclosure () -> String) { logger.debug("\(critical())") }
 }
 
 /// A flag set once, read from any thread.

@@ -239,6 +239,16 @@ struct AdminEndpointTests {
         #expect(error?.description.contains("SWITCHYARD_ADMIN_TOKEN") == true, "\(error?.description ?? "")")
         await system.shutdown()
     }
+
+    @Test("a port already taken is an error that says so and what to do")
+    func portInUse() async throws {
+        let running = try await Self.start()
+        let second = try AdminServer(system: running.system, settings: SwitchyardConfig.AdminSection(host: "127.0.0.1", port: running.port, token: nil))
+        let error = await #expect(throws: AdminError.self) { try await second.run() }
+        #expect(error?.description.contains("the port is in use") == true, "\(error?.description ?? "")")
+        #expect(error?.description.contains("port 0 picks a free one") == true)
+        await running.stop()
+    }
 }
 
 /// The `admin:` section of the config.
