@@ -659,6 +659,41 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    /// A call whose earlier deliveries took their host down (a crash in the handler or in a native
+    /// function) comes back with its attempt count up; past the route's max_attempts it is not run
+    /// again. Simulated with an envelope published already on its fourth delivery.
+    @Test("a call delivered more often than its route's max_attempts is dead-lettered unrun: a poison message does not take host after host down")
+    func poisonMessage() async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              "*": { transport: memq, deadline: 30s, retry: { max_attempts: 3, initial_delay: 10ms } }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        try await shop.record(Order(id: 1, customer: "warm", amount: 1))
+        let record = try #require(system.targets.withLock { $0.values.first { $0.call.name == "Shop.record(_:)" }?.call })
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(Order(id: 2, customer: "poison", amount: 1), appendingTo: &arguments)
+        var fourth = Envelope(target: .init(name: "Shop.record(_:)", identifier: record.identifier), arguments: arguments).message(channel: "shop")
+        fourth.attempt = 4
+        var third = Envelope(target: .init(name: "Shop.record(_:)", identifier: record.identifier), arguments: arguments).message(channel: "shop")
+        third.attempt = 3  // still within the policy: it runs
+        try system.transports!["memq"]!.client.publish(fourth)
+        try system.transports!["memq"]!.client.publish(third)
+        #expect(await eventually { dlq.all.count == 1 && ledger.all.filter { $0 == "shop:record:2" }.count == 1 })
+        let reason = dlq.all.first?.header("sy-dlq-reason") ?? ""
+        #expect(reason.contains("delivered 4 times, more than the route's max_attempts (3)"), "\(reason)")
+        #expect(dlq.all.first?.id == fourth.id)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(ledger.all.filter { $0 == "shop:record:2" }.count == 1, "the fourth delivery must not run")
+        await system.shutdown()
+    }
+
     @Test("a forged envelope naming another type's method is dead-lettered, never run")
     func forgedEnvelope() async throws {
         let system = try await makeSystem(
