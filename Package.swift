@@ -174,7 +174,7 @@ let package = Package(
         .target(
             name: "SwitchyardAdmin",
             dependencies: [
-                "SwitchyardRuntime", "SwitchyardConfig",
+                "SwitchyardRuntime", "SwitchyardConfig", "SwitchyardNative",
                 .product(name: "FlyingFox", package: "FlyingFox"),
                 .product(name: "FlyingSocks", package: "FlyingFox"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -2,6 +2,7 @@ import FlyingFox
 import Foundation
 import Prometheus
 import SwitchyardConfig
+import SwitchyardNative
 import SwitchyardRuntime
 
 /// Routes one admin request: checks its token, then answers from the system's overview, the
@@ -94,11 +95,22 @@ struct AdminHandler: HTTPHandler {
             return Self.json(.badRequest, ["error": #"the body must be JSON like {"target": "Inventory.reserve", "actor": "inventory", "arguments": ["widget", 2]}"#])
         }
         let interface = String(call.target.prefix { $0 != "." })
-        let actor = (call.actor?.isEmpty == false ? call.actor : nil) ?? interface.prefix(1).lowercased() + interface.dropFirst()
+        let native = system.servesNatively(interface)
+        // A native module is served under its interface's name; a Swift service under its id.
+        let actor = native ? interface : (call.actor?.isEmpty == false ? call.actor : nil) ?? interface.prefix(1).lowercased() + interface.dropFirst()
         let outcome: (status: HTTPStatusCode, text: String)
         do {
-            let result = try await system.callReadable(call.target, actor: actor, argumentsJSON: (call.arguments ?? []).map(\.json))
-            outcome = (.ok, result.isEmpty ? "null" : result)
+            if native {
+                // Each argument by the function's signature: a JSON string as its contents.
+                let texts = (call.arguments ?? []).map(\.json).map { json in
+                    (try? JSONSerialization.jsonObject(with: Data(json.utf8), options: [.fragmentsAllowed])) as? String ?? json
+                }
+                let result = try await system.callNative(call.target, texts: texts)
+                outcome = (.ok, Self.json(of: result))
+            } else {
+                let result = try await system.callReadable(call.target, actor: actor, argumentsJSON: (call.arguments ?? []).map(\.json))
+                outcome = (.ok, result.isEmpty ? "null" : result)
+            }
         } catch {
             outcome = (.badRequest, "\(error)")
         }
@@ -108,6 +120,22 @@ struct AdminHandler: HTTPHandler {
         }
         guard outcome.status == .ok else { return Self.json(outcome.status, ["error": outcome.text]) }
         return HTTPResponse(statusCode: .ok, headers: [.contentType: "application/json"], body: Data("{\"result\":\(outcome.text)}".utf8))
+    }
+
+    /// A native function's result as JSON: numbers, booleans and text as themselves, bytes as
+    /// base64 (as native calls carry them in JSON), `void` as null.
+    static func json(of value: NativeValue) -> String {
+        let object: Any =
+            switch value {
+            case .int(let number): number
+            case .uint(let number): number
+            case .double(let number): number
+            case .bool(let flag): flag
+            case .string(let text): text
+            case .bytes(let bytes): Data(bytes).base64EncodedString()
+            case .void: NSNull()
+            }
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.fragmentsAllowed])).map { String(decoding: $0, as: UTF8.self) } ?? "null"
     }
 
     /// A 401 unless the request carries the token (when there is one).

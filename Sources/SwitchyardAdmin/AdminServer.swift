@@ -98,7 +98,7 @@ public final class AdminServer: Service, Sendable {
             if stopping.isSet || error is CancellationError { return }
             if "\(error)".contains("errno: \(EADDRINUSE)") {
                 throw AdminError(
-                    "cannot serve the admin endpoint on \(settings.host):\(settings.port): the port is in use (another Switchyard process with the same admin address?); stop that process, or pick another port (admin.listen in the config, --admin on the command line; port 0 picks a free one)"
+                    "cannot serve the admin endpoint on \(settings.host):\(settings.port): the port is in use (another Switchyard process with the same admin address?); stop that process, or pick another port (admin.listen in the config; --admin for switchyard demo --serve and switchyard console; port 0 picks a free one)"
                 )
             }
             throw AdminError("cannot serve the admin endpoint on \(settings.host):\(settings.port): \(error)")

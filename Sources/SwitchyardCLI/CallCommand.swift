@@ -61,6 +61,10 @@ struct CallCommand: AsyncParsableCommand {
             throw ExitCode(1)
         } catch let error as SwitchyardError {
             printError("error: \(error)")
+            if error.code == .timeout, let config {
+                // Through a transport the call waits for a host; with none there, it times out.
+                printError("(is a host serving it running? switchyard run --config \(config) serves what the config declares)")
+            }
             throw ExitCode(1)
         }
     }
@@ -68,7 +72,7 @@ struct CallCommand: AsyncParsableCommand {
     private func callDirectly(_ library: String, _ arguments: [String]) throws {
         guard let symbol, let signature else { throw NativeCallError("--native needs --symbol and --signature") }
         let parsed = try parse(signature)
-        let values = try values(arguments, for: parsed, name: symbol)
+        let values = try parsed.values(parsing: arguments, name: symbol)
         let function = try NativeFunction(library: try NativeLibrary(path: library), symbol: symbol, signature: parsed, free: free)
         let result = try function.call(values)
         if result != .void { print(result) }
@@ -82,7 +86,7 @@ struct CallCommand: AsyncParsableCommand {
         // channel nobody serves would wait out its deadline and stay queued for ever.
         let parsed = try readConfig(config)
         let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
-        guard parts.count == 2, let module = parsed.native.first(where: { $0.interface == parts[0] }) else {
+        guard parts.count == 2, parsed.native.contains(where: { $0.interface == parts[0] }) else {
             if parts.count == 2, Self.routeEntry(in: parsed, interface: parts[0], method: String(parts[1].prefix { $0 != "(" }))?.readableTargets != nil {
                 return try await callSwift(route, Array(arguments.dropFirst()), interface: parts[0], config: parsed)
             }
@@ -95,19 +99,12 @@ struct CallCommand: AsyncParsableCommand {
                 encoding: json (docs/services.md, "Calls by readable name").
                 """)
         }
-        // Typed by the signature in the config when the function is declared there.
-        let declared = module.functions.first { $0.name == parts[1] }
         var logger = Logger(label: "switchyard.call")
         logger.logLevel = .warning
         let system = try startSystem(config: parsed, pluginDirectories: pluginDirectories, logger: logger)
-        let values: [NativeValue]
-        if let declared {
-            values = try self.values(Array(arguments.dropFirst()), for: try parse(declared.signature), name: route)
-        } else {
-            values = arguments.dropFirst().map(Self.guess)
-        }
         do {
-            let result = try await system.callNative(route, values)
+            // Typed by the signature in the config when the function is declared there.
+            let result = try await system.callNative(route, texts: Array(arguments.dropFirst()))
             await system.shutdown(deadline: .seconds(2))
             if result != .void { print(result) }
         } catch {
@@ -145,28 +142,5 @@ struct CallCommand: AsyncParsableCommand {
         } catch {
             throw NativeCallError("bad signature, \(error)")
         }
-    }
-
-    private func values(_ arguments: [String], for signature: NativeSignature, name: String) throws(NativeCallError) -> [NativeValue] {
-        guard arguments.count == signature.parameters.count else {
-            throw NativeCallError("\(name) takes \(signature.parameters.count) argument(s) (\(signature)), got \(arguments.count)")
-        }
-        var values: [NativeValue] = []
-        for (index, (text, type)) in zip(arguments, signature.parameters).enumerated() {
-            do {
-                values.append(try NativeValue(parsing: text, as: type))
-            } catch {
-                throw NativeCallError("argument \(index + 1): \(error)")
-            }
-        }
-        return values
-    }
-
-    /// A value without a declared type: a whole number, a number, true/false, or text.
-    static func guess(_ text: String) -> NativeValue {
-        if let int = Int64(text) { return .int(int) }
-        if let double = Double(text) { return .double(double) }
-        if text == "true" || text == "false" { return .bool(text == "true") }
-        return .string(text)
     }
 }

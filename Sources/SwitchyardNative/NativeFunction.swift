@@ -319,3 +319,22 @@ extension NativeType {
         }
     }
 }
+
+extension NativeSignature {
+    /// Arguments given as text (a command line, a JSON document's values), each parsed as its
+    /// parameter's type; `name` is the function as the caller named it, for the error.
+    public func values(parsing texts: [String], name: String) throws(NativeCallError) -> [NativeValue] {
+        guard texts.count == parameters.count else {
+            throw NativeCallError("\(name) takes \(parameters.count) argument(s) (\(self)), got \(texts.count)")
+        }
+        var values: [NativeValue] = []
+        for (index, (text, type)) in zip(texts, parameters).enumerated() {
+            do {
+                values.append(try NativeValue(parsing: text, as: type))
+            } catch {
+                throw NativeCallError("argument \(index + 1): \(error)")
+            }
+        }
+        return values
+    }
+}

@@ -62,7 +62,7 @@ struct AdminEndpointTests {
         }
     }
 
-    static func start(token: String? = nil) async throws -> Running {
+    static func start(token: String? = nil, yaml: String = Self.yaml) async throws -> Running {
         AdminMetrics.bootstrap()  // before the system: it picks its metrics backend when created
         var parsed = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: [:])
         parsed.admin?.token = token
@@ -238,6 +238,41 @@ struct AdminEndpointTests {
         }
         #expect(error?.description.contains("SWITCHYARD_ADMIN_TOKEN") == true, "\(error?.description ?? "")")
         await system.shutdown()
+    }
+
+    @Test("POST /api/call calls a native module's function: arguments by its signature, the result as JSON")
+    func nativeCall() async throws {
+        let directory = try TemporaryDirectory()
+        let library = directory.file("libnative.so")
+        let compiled = try await CCompiler.compile(Repository.fixtures + "/native_module.c", to: library, flags: ["-std=c99", "-shared", "-fPIC"])
+        #expect(compiled.status == 0, "\(compiled.stderr)")
+        let running = try await Self.start(
+            token: "t0ken",
+            yaml: """
+                transports:
+                  work: { plugin: queue }
+                native:
+                  Math:
+                    library: \(library)
+                    functions:
+                      add: { symbol: add_i32, signature: "i32(i32, i32)" }
+                      greet: { signature: "str(str)", free: greet_free }
+                routes:
+                  Worker.*: { transport: work, deadline: 10s, encoding: json, readable_targets: true }
+                  Math.*: { transport: work, deadline: 10s }
+                admin:
+                  listen: 127.0.0.1:0
+
+                """)
+        try running.system.hostNative()  // as switchyard run does
+        let sum = try await running.get("/api/call", token: "t0ken", method: "POST", body: #"{"target": "Math.add", "arguments": [40, 2]}"#)
+        #expect(sum.0 == 200 && sum.1 == #"{"result":42}"#, "\(sum)")
+        let greeting = try await running.get("/api/call", token: "t0ken", method: "POST", body: #"{"target": "Math.greet", "arguments": ["you"]}"#)
+        #expect(greeting.0 == 200 && greeting.1.contains("you"), "\(greeting)")
+        let arity = try await running.get("/api/call", token: "t0ken", method: "POST", body: #"{"target": "Math.add", "arguments": [1]}"#)
+        #expect(arity.0 == 400 && arity.1.contains("takes 2 argument(s)"), "\(arity)")
+        #expect(try await running.get("/api/call", method: "POST", body: #"{"target": "Math.add", "arguments": [1, 2]}"#).0 == 401)
+        await running.stop()
     }
 
     @Test("a port already taken is an error that says so and what to do")

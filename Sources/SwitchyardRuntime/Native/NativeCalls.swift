@@ -214,6 +214,28 @@ extension SwitchyardActorSystem {
         return result
     }
 
+    /// Calls a native function with its arguments as text — from a command line, or the values
+    /// of a JSON document (a JSON string as its contents) — each parsed by the signature this
+    /// config declares for the function, or read as a whole number, a number, `true`/`false` or
+    /// text when the function is not declared here. Throws `NativeCallError` for arguments that do
+    /// not fit, before anything is sent.
+    public func callNative(_ target: String, texts: [String]) async throws -> NativeValue {
+        let parts = target.split(separator: ".", maxSplits: 1).map(String.init)
+        let declared =
+            parts.count == 2 ? config.native.first { $0.interface == parts[0] }?.functions.first { $0.name == parts[1] } : nil
+        guard let declared else { return try await callNative(target, texts.map(NativeValue.guessing)) }
+        let signature: NativeSignature
+        do {
+            signature = try NativeSignature(parsing: declared.signature)
+        } catch {
+            throw NativeCallError("bad signature, \(error)")
+        }
+        return try await callNative(target, try signature.values(parsing: texts, name: target))
+    }
+
+    /// Whether `interface` names a native module of this config (`native:` in the file).
+    public func servesNatively(_ interface: String) -> Bool { config.native.contains { $0.interface == interface } }
+
     /// The result type of a native function declared in this system's config, if it is.
     private func declaredResult(_ call: CallTarget) -> NativeType? {
         guard let function = config.native.first(where: { $0.interface == call.interface })?.functions.first(where: { $0.name == call.method }) else {
@@ -234,5 +256,15 @@ extension SwitchyardActorSystem {
         } catch {
             return .failure(EnvelopeError("cannot run \(call.name): \(error)"))
         }
+    }
+}
+
+extension NativeValue {
+    /// A value without a declared type: a whole number, a number, `true`/`false`, or text.
+    public static func guessing(_ text: String) -> NativeValue {
+        if let int = Int64(text) { return .int(int) }
+        if let double = Double(text) { return .double(double) }
+        if text == "true" || text == "false" { return .bool(text == "true") }
+        return .string(text)
     }
 }
