@@ -106,7 +106,7 @@ struct AdminHandler: HTTPHandler {
                     (try? JSONSerialization.jsonObject(with: Data(json.utf8), options: [.fragmentsAllowed])) as? String ?? json
                 }
                 let result = try await system.callNative(call.target, texts: texts)
-                outcome = (.ok, Self.json(of: result))
+                outcome = (.ok, result.jsonText)
             } else {
                 let result = try await system.callReadable(call.target, actor: actor, argumentsJSON: (call.arguments ?? []).map(\.json))
                 outcome = (.ok, result.isEmpty ? "null" : result)
@@ -120,22 +120,6 @@ struct AdminHandler: HTTPHandler {
         }
         guard outcome.status == .ok else { return Self.json(outcome.status, ["error": outcome.text]) }
         return HTTPResponse(statusCode: .ok, headers: [.contentType: "application/json"], body: Data("{\"result\":\(outcome.text)}".utf8))
-    }
-
-    /// A native function's result as JSON: numbers, booleans and text as themselves, bytes as
-    /// base64 (as native calls carry them in JSON), `void` as null.
-    static func json(of value: NativeValue) -> String {
-        let object: Any =
-            switch value {
-            case .int(let number): number
-            case .uint(let number): number
-            case .double(let number): number
-            case .bool(let flag): flag
-            case .string(let text): text
-            case .bytes(let bytes): Data(bytes).base64EncodedString()
-            case .void: NSNull()
-            }
-        return (try? JSONSerialization.data(withJSONObject: object, options: [.fragmentsAllowed])).map { String(decoding: $0, as: UTF8.self) } ?? "null"
     }
 
     /// A 401 unless the request carries the token (when there is one).

@@ -260,6 +260,13 @@ extension SwitchyardActorSystem {
 }
 
 extension NativeValue {
+    /// The value as JSON text, as native calls carry it in JSON: numbers, booleans and text as
+    /// themselves, bytes as base64, `void` as null.
+    public var jsonText: String {
+        let data = try? JSONSerialization.data(withJSONObject: NativeCodec.json(self), options: [.fragmentsAllowed])
+        return data.map { String(decoding: $0, as: UTF8.self) } ?? "null"
+    }
+
     /// A value without a declared type: a whole number, a number, `true`/`false`, or text.
     public static func guessing(_ text: String) -> NativeValue {
         if let int = Int64(text) { return .int(int) }
