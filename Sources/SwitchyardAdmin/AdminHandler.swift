@@ -25,7 +25,10 @@ struct AdminHandler: HTTPHandler {
         ("/api/services", "the actors and native modules hosted here"),
         ("/api/dead-letters", "the dead-letter channels of what is served here"),
         ("/api/dead-letters/TRANSPORT/CHANNEL", "a channel's dead letters, decoded; POST …/replay or …/purge with {\"ids\": [...]} or {\"all\": true}"),
-        ("/api/call", "POST {\"target\": \"Interface.method\", \"actor\": \"id\", \"arguments\": [JSON, …]}: a call by readable name (routes with readable_targets)"),
+        (
+            "/api/call",
+            "POST {\"target\": \"Interface.method\", \"actor\": \"id\", \"arguments\": [JSON, …]}: a call by readable name (routes with readable_targets), or a native module's function; needs the token"
+        ),
         ("/", "the console: route map, rates, depths, dead letters, a call form"),
     ]
 
@@ -75,7 +78,7 @@ struct AdminHandler: HTTPHandler {
     }
 
     /// `POST /api/call` (JSON) and the console's call form (`POST /call`): a hosted method by its
-    /// readable name through its route; the token always. Answers `{"result": JSON}` (the form:
+    /// readable name, or a native module's function, through its route; the token always. Answers `{"result": JSON}` (the form:
     /// the page with the result).
     func call(_ request: HTTPRequest, form: Bool) async -> HTTPResponse {
         guard request.method == .POST else { return Self.json(.methodNotAllowed, ["error": "POST a call: {\"target\": …, \"actor\": …, \"arguments\": […]}"]) }

@@ -221,7 +221,7 @@ struct DeadLetterCommand: ParsableCommand {
     static func failOnMissing(_ missing: [String], channel: String) throws {
         guard !missing.isEmpty else { return }
         printError(
-            "no dead letter with id \(missing.map { "'\($0)'" }.joined(separator: ", ")) on \(channel) (already replayed or purged, or a typo? switchyard dlq list shows what is there)"
+            "no dead letter with id \(missing.map { "'\($0)'" }.joined(separator: ", ")) on \(channel) (already replayed or purged, a typo, held by another reader such as a console, or past --limit? switchyard dlq list shows what is there)"
         )
         throw ExitCode.failure
     }

@@ -109,22 +109,36 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
 }
 
 extension SwitchyardConfig {
-    /// Refuses to open, for looking only, a transport (or one it wraps) whose configured `path`
-    /// does not exist: a durable store creates its file when opened, so a mistyped path (or an
-    /// unset `SWITCHYARD_DATA`) would read as an empty store and leave a new one behind.
-    func requireExistingStores(of names: [String]) throws {
+    /// The transports among `names` (or one they wrap) whose configured `path` does not exist,
+    /// with that path: a durable store creates its file when opened, so opening one only to look
+    /// would read a mistyped path (or an unset `SWITCHYARD_DATA`) as an empty store and leave a
+    /// new one behind.
+    func missingStores(of names: [String]) -> [(transport: String, path: String)] {
+        var missing: [(transport: String, path: String)] = []
         for name in names {
             var entry = transport(named: name)
             while let current = entry {
                 if let path = Self.configuredPath(current.configJSON), !FileManager.default.fileExists(atPath: path) {
-                    throw StoreMissing(
-                        description:
-                            "no store at \(path) (transport '\(current.name)', config.path): nothing was ever written there, so there is nothing to look at; check that the path (and SWITCHYARD_DATA, when it uses it) is the one the running system uses"
-                    )
+                    missing.append((name, path))
+                    break
                 }
                 entry = current.inner.flatMap { transport(named: $0) }
             }
         }
+        return missing
+    }
+
+    /// Throws, naming the path, when a transport among `names` has no store file yet.
+    func requireExistingStores(of names: [String]) throws {
+        guard let (name, path) = missingStores(of: names).first else { return }
+        throw StoreMissing(description: Self.noStore(path, transport: name))
+    }
+
+    /// "no store at PATH …", with where a relative path was looked for.
+    static func noStore(_ path: String, transport: String) -> String {
+        let relative = path.hasPrefix("/") ? "" : " (relative to the working directory, \(FileManager.default.currentDirectoryPath))"
+        return
+            "no store at \(path)\(relative) (transport '\(transport)', config.path): nothing was ever written there, so there is nothing to look at; check that the path (and SWITCHYARD_DATA, when it uses it) is the one the running system uses"
     }
 
     /// A store to look at that is not there: said as it is, not as a usage error (the command

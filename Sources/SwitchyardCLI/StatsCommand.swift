@@ -122,10 +122,15 @@ final class ConfigStats: StatsSource {
     init(search: PluginSearchOptions) throws {
         config = try search.loadConfig()
         guard !config.transports.isEmpty else { throw StatsError(message: "\(search.config ?? "the config") configures no transports") }
-        try config.requireExistingStores(of: config.transports.map(\.name))
+        // A transport no route uses has no file until something does: it is left out, said so,
+        // rather than created here. Nothing to open at all is an error.
+        let missing = config.missingStores(of: config.transports.map(\.name))
+        for (name, path) in missing { printError("not opened: transport '\(name)' has no store at \(path) yet") }
+        let opened = config.transports.map(\.name).filter { name in !missing.contains { $0.transport == name } }
+        guard !opened.isEmpty else { throw StatsError(message: SwitchyardConfig.noStore(missing[0].path, transport: missing[0].transport)) }
         var quiet = Logger(label: "switchyard.plugins")
         quiet.logLevel = .error
-        transports = try TransportSet.start(config, discovery: search.discovery(config), only: config.transports.map(\.name), logger: quiet)
+        transports = try TransportSet.start(config, discovery: search.discovery(config), only: opened, logger: quiet)
     }
 
     func read() async throws -> [SystemOverview.TransportInfo] {

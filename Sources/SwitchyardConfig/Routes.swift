@@ -39,6 +39,12 @@ extension SwitchyardConfig {
         public var encoding: String
         /// How many calls one hosted actor executes at a time for this route.
         public var concurrency: Int
+        /// Most deliveries of one call a receiver runs; one delivered more often is dead-lettered
+        /// unrun — its earlier deliveries ended without an outcome (a crash, a kill, a run past the
+        /// visibility timeout), so it is likely to take the next host down too (a poison message).
+        /// Nil: no limit. Counted by the transport, so every delivery counts, including ones that
+        /// never ran because their host went down first: leave room above `retry.max_attempts`.
+        public var maxDeliveries: Int? = nil
         /// Whether receivers accept calls that name their target readably — `Interface.method(labels:)`
         /// in the CloudEvents `type`, arguments as a JSON array, no `sytarget` — from any
         /// CloudEvents producer or `switchyard call`; nil: such calls are refused. Needs
@@ -81,6 +87,7 @@ extension SwitchyardConfig {
         public enum Key: String, Sendable, CaseIterable {
             case transport, mode, deadline, delay, retry, ordering, inbox, outbox, encoding, concurrency
             case readableTargets = "readable_targets"
+            case maxDeliveries = "max_deliveries"
         }
 
         /// Whether the file sets `key` on this route (rather than leaving its default).
@@ -124,6 +131,7 @@ extension SwitchyardConfig {
                     route.encoding = try field.string()
                     guard ["compact", "json"].contains(route.encoding) else { throw field.error("expected compact or json") }
                 case .concurrency: route.concurrency = try field.int(in: 1...10_000)
+                case .maxDeliveries: route.maxDeliveries = try field.int(in: 1...1_000_000)
                 case .inbox:
                     var inbox = RouteEntry.Inbox(windowNanos: 600_000_000_000, path: nil)
                     for (inboxKey, inboxField) in try field.mapping(allowed: ["window", "path", "postgres"]) {

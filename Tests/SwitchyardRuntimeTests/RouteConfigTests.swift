@@ -49,6 +49,7 @@ struct RouteConfigTests {
             ("routes:\n  Orders.place: { transport: q, encoding: xml }\n", "routes.Orders.place.encoding", "compact or json"),
             ("routes:\n  Orders.place: { transport: q, inbox: { window: forever } }\n", "routes.Orders.place.inbox.window", "is not a duration"),
             ("transports:\n  direct: { plugin: queue }\n", "transports.direct", "reserved"),
+            ("routes:\n  Orders.place: { transport: q, max_deliveries: 0 }\n", "routes.Orders.place.max_deliveries", "1"),
         ])
     func parseErrors(_ yaml: String, _ key: String, _ message: String) {
         let text = yaml.hasPrefix("routes") ? Self.transports + yaml : yaml
@@ -66,6 +67,7 @@ struct RouteConfigTests {
             ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
             ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
             ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
+            ("Orders.place: { transport: direct, max_deliveries: 5 }", "routes.Orders.place.max_deliveries", "needs a transport"),
             ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
             ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),

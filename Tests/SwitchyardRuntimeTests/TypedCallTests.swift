@@ -660,16 +660,16 @@ struct TypedCallTests {
     }
 
     /// A call whose earlier deliveries took their host down (a crash in the handler or in a native
-    /// function) comes back with its attempt count up; past the route's max_attempts it is not run
+    /// function) comes back with its attempt count up; past the route's max_deliveries it is not run
     /// again. Simulated with an envelope published already on its fourth delivery.
-    @Test("a call delivered more often than its route's max_attempts is dead-lettered unrun: a poison message does not take host after host down")
+    @Test("a call delivered more often than its route's max_deliveries is dead-lettered unrun: a poison message does not take host after host down")
     func poisonMessage() async throws {
         let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
             routes:
-              "*": { transport: memq, deadline: 30s, retry: { max_attempts: 3, initial_delay: 10ms } }
+              "*": { transport: memq, deadline: 30s, max_deliveries: 3 }
             """)
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
@@ -687,7 +687,7 @@ struct TypedCallTests {
         try system.transports!["memq"]!.client.publish(third)
         #expect(await eventually { dlq.all.count == 1 && ledger.all.filter { $0 == "shop:record:2" }.count == 1 })
         let reason = dlq.all.first?.header("sy-dlq-reason") ?? ""
-        #expect(reason.contains("delivered 4 times, more than the route's max_attempts (3)"), "\(reason)")
+        #expect(reason.contains("delivered 4 times, more than the route's max_deliveries (3)"), "\(reason)")
         #expect(dlq.all.first?.id == fourth.id)
         try await Task.sleep(for: .milliseconds(200))
         #expect(ledger.all.filter { $0 == "shop:record:2" }.count == 1, "the fourth delivery must not run")

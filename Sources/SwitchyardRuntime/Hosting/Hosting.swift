@@ -240,26 +240,6 @@ extension SwitchyardActorSystem {
             deadLetter(item, reason: "expired: the caller's deadline passed before the call ran")
             return
         }
-        // Delivered more often than the route's retry policy allows: the earlier deliveries ended
-        // without an outcome — the host crashed or was killed while running it (a handler or a
-        // native function that crashes takes the host with it), or it ran past the transport's
-        // visibility timeout. Running it again would most likely do the same to the next host: it
-        // is dead-lettered unrun, as SQS's receive count or NServiceBus's poison messages are.
-        if let policy = route?.retry, Int(item.attempt) > policy.maxAttempts {
-            route?.metrics.deadLettered.increment()
-            let reason =
-                "delivered \(item.attempt) times, more than the route's max_attempts (\(policy.maxAttempts)): the earlier deliveries ended without an outcome (the host crashed or was killed while running it, or it ran past the transport's visibility timeout)"
-            logger.error(
-                "dead-lettering a call delivered more often than its route allows, unrun",
-                metadata: [
-                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "id": "\(envelope.id)",
-                    "transport": "\(item.transport.name)", "channel": "\(hosted.id.name)",
-                ])
-            deadLetter(item, reason: reason)  // stored, then answered
-            sendReply(
-                item, .error(SwitchyardError.deadLettered(target: readable, attempts: Int(item.attempt), reason: reason)), encoding: envelope.contentType)
-            return
-        }
         // Per subscriber group: on a topic every group handles the same envelope once. A key the
         // caller chose (CallOptions.idempotencyKey) names a call to this target only.
         let callKey = envelope.idempotencyKey.map { "\(envelope.target.identifier) \($0)" } ?? envelope.id
@@ -293,6 +273,28 @@ extension SwitchyardActorSystem {
         defer {
             // Any way out but success: release the claim so a redelivery runs the call.
             if claimed && !finished { route?.inbox?.release(key) }
+        }
+        // Delivered more often than the route's `max_deliveries`: the earlier deliveries ended
+        // without an outcome — the host crashed or was killed while running it (a handler or a
+        // native function that crashes takes the host with it), or it ran past the transport's
+        // visibility timeout. Run again, it would most likely take this host down too: it is
+        // dead-lettered unrun (a poison message), as SQS's receive count or a RabbitMQ quorum
+        // queue's delivery limit do. After the inbox: a call already handled is answered above.
+        if let limit = route?.entry.maxDeliveries, Int(item.attempt) > limit {
+            route?.metrics.deadLettered.increment()
+            let reason =
+                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call ran past the transport's visibility timeout)"
+            logger.error(
+                "dead-lettering a call delivered more often than its route allows, unrun",
+                metadata: [
+                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "id": "\(envelope.id)",
+                    "transport": "\(item.transport.name)", "channel": "\(hosted.id.name)",
+                    "dead_letter_channel": "\(hosted.id.name)\(config.deadLetterSuffix(ofTransport: item.transport.name))",
+                ])
+            deadLetter(item, reason: reason)  // stored, then answered
+            sendReply(
+                item, .error(SwitchyardError.deadLettered(target: readable, attempts: Int(item.attempt), reason: reason)), encoding: envelope.contentType)
+            return
         }
 
         if let module = hosted.native {
