@@ -54,8 +54,8 @@ public final class AdminServer: Service, Sendable {
         guard settings.isLoopback || settings.token != nil else {
             throw AdminError(
                 "the admin endpoint may listen on \(settings.host) only with a token (every request must then carry it): "
-                    + "set admin.token in the config (e.g. token: ${\(SwitchyardConfig.AdminSection.tokenVariable)}), "
-                    + "export \(SwitchyardConfig.AdminSection.tokenVariable), or listen on 127.0.0.1")
+                    + "export \(SwitchyardConfig.AdminSection.tokenVariable) (admin.token defaults to it; "
+                    + "or set admin.token in the config), or listen on 127.0.0.1")
         }
         guard let port = UInt16(exactly: settings.port) else { throw AdminError("port \(settings.port) is out of range") }
         let handler = AdminHandler(system: system, token: settings.token)
