@@ -272,6 +272,9 @@ struct AdminEndpointTests {
         let arity = try await running.get("/api/call", token: "t0ken", method: "POST", body: #"{"target": "Math.add", "arguments": [1]}"#)
         #expect(arity.0 == 400 && arity.1.contains("takes 2 argument(s)"), "\(arity)")
         #expect(try await running.get("/api/call", method: "POST", body: #"{"target": "Math.add", "arguments": [1, 2]}"#).0 == 401)
+        // The overview names the module's interface, as it does a service's.
+        let math = running.system.overview().services.first { $0.id == "Math" }
+        #expect(math?.interfaces == ["Math"] && math?.methods.contains("Math.add") == true, "\(String(describing: math))")
         await running.stop()
     }
 

@@ -691,6 +691,7 @@ struct TypedCallTests {
         #expect(dlq.all.first?.id == fourth.id)
         try await Task.sleep(for: .milliseconds(200))
         #expect(ledger.all.filter { $0 == "shop:record:2" }.count == 1, "the fourth delivery must not run")
+        #expect(system.overview().routes.first?.maxDeliveries == 3, "operators see the limit (/api/routes)")
         await system.shutdown()
     }
 

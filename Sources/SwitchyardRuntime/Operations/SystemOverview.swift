@@ -105,6 +105,8 @@ public struct SystemOverview: Codable, Sendable {
         public var concurrency: Int
         /// Whether calls by readable name are accepted (`readable_targets`).
         public var readableTargets: Bool
+        /// Most deliveries of one call before it is dead-lettered unrun (`max_deliveries`), or nil.
+        public var maxDeliveries: Int? = nil
     }
 
     /// One hosted actor or native module.
@@ -176,7 +178,7 @@ extension SwitchyardActorSystem {
                 pattern: entry.pattern, transport: entry.transport, mode: entry.mode.rawValue,
                 deadlineMs: Double(entry.deadlineNanos) / 1e6, delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
                 ordering: entry.orderingArgument, inbox: entry.inbox != nil, outbox: entry.outbox, encoding: entry.encoding,
-                concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil)
+                concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil, maxDeliveries: entry.maxDeliveries)
         }
         let services = server.allHosted().map { hosted in
             let methods =
@@ -184,7 +186,7 @@ extension SwitchyardActorSystem {
                 ?? AccessibleFunctions.readableTable(for: Set(hosted.interfaces.keys)).keys.filter { $0.contains("(") }
             return SystemOverview.Service(
                 id: "\(hosted.id)", type: hosted.native.map { _ in "native module" } ?? hosted.typeName,
-                interfaces: hosted.interfaces.keys.map(Self.readableInterface).sorted(), methods: methods.sorted())
+                interfaces: hosted.native.map { [$0.interface] } ?? hosted.interfaces.keys.map(Self.readableInterface).sorted(), methods: methods.sorted())
         }.sorted { $0.id < $1.id }
         return SystemOverview(
             instance: instanceID, state: "\(current)", ready: current == .running,
