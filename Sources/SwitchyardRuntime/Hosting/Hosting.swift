@@ -187,6 +187,15 @@ extension SwitchyardActorSystem {
     /// per the route; dead-letter with the reason when the call is refused.
     /// Counted in `server.inFlight` since its intake; uncounted here once settled.
     /// `scopeInherited`: the worker's task inherited a transaction scope (see `serve`).
+    /// Where a call dead-lettered now can be found (`switchyard dlq show`): its id, transport,
+    /// channel and dead-letter channel, for the log line that says so.
+    private func deadLetterLocation(_ item: Inbound, _ hosted: Server.Hosted) -> Logger.Metadata {
+        [
+            "id": "\(item.envelope.id)", "transport": "\(item.transport.name)", "channel": "\(hosted.id.name)",
+            "dead_letter_channel": "\(hosted.id.name)\(config.deadLetterSuffix(ofTransport: item.transport.name))",
+        ]
+    }
+
     func handle(_ delivered: Inbound, _ hosted: Server.Hosted, scopeInherited: Bool) async {
         defer { server.inFlight.leave() }
         var item = delivered
@@ -286,11 +295,9 @@ extension SwitchyardActorSystem {
                 "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call ran past the transport's visibility timeout)"
             logger.error(
                 "dead-lettering a call delivered more often than its route allows, unrun",
-                metadata: [
-                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)", "id": "\(envelope.id)",
-                    "transport": "\(item.transport.name)", "channel": "\(hosted.id.name)",
-                    "dead_letter_channel": "\(hosted.id.name)\(config.deadLetterSuffix(ofTransport: item.transport.name))",
-                ])
+                metadata: deadLetterLocation(item, hosted).merging([
+                    "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(item.attempt)",
+                ]) { _, given in given })
             deadLetter(item, reason: reason)  // stored, then answered
             sendReply(
                 item, .error(SwitchyardError.deadLettered(target: readable, attempts: Int(item.attempt), reason: reason)), encoding: envelope.contentType)
@@ -378,14 +385,11 @@ extension SwitchyardActorSystem {
                     route?.metrics.deadLettered.increment()
                     let attempts = Int(item.attempt)
                     let why = policy.isRetryable(reason) ? "gave up after \(attempts) attempts: \(reason)" : "not retryable: \(reason)"
-                    // With what `switchyard dlq show` needs to find it: the id, transport and channel.
                     logger.notice(
                         "dead-lettering a call",
-                        metadata: [
+                        metadata: deadLetterLocation(item, hosted).merging([
                             "route": "\(route?.pattern ?? "")", "target": "\(readable)", "attempt": "\(attempts)", "reason": "\(why)",
-                            "id": "\(envelope.id)", "transport": "\(item.transport.name)", "channel": "\(hosted.id.name)",
-                            "dead_letter_channel": "\(hosted.id.name)\(config.deadLetterSuffix(ofTransport: item.transport.name))",
-                        ])
+                        ]) { _, given in given })
                     // Stored first, then answered: a caller that runs `switchyard dlq list` on the
                     // error it got must find the call (CI once listed before the store committed).
                     deadLetter(item, reason: why)

@@ -221,9 +221,9 @@ extension SwitchyardActorSystem {
     /// not fit, before anything is sent.
     public func callNative(_ target: String, texts: [String]) async throws -> NativeValue {
         let parts = target.split(separator: ".", maxSplits: 1).map(String.init)
-        let declared =
-            parts.count == 2 ? config.native.first { $0.interface == parts[0] }?.functions.first { $0.name == parts[1] } : nil
-        guard let declared else { return try await callNative(target, texts.map(NativeValue.guessing)) }
+        guard parts.count == 2, let declared = declaredFunction(parts[0], parts[1]) else {
+            return try await callNative(target, texts.map(NativeValue.guessing))
+        }
         let signature: NativeSignature
         do {
             signature = try NativeSignature(parsing: declared.signature)
@@ -238,10 +238,13 @@ extension SwitchyardActorSystem {
 
     /// The result type of a native function declared in this system's config, if it is.
     private func declaredResult(_ call: CallTarget) -> NativeType? {
-        guard let function = config.native.first(where: { $0.interface == call.interface })?.functions.first(where: { $0.name == call.method }) else {
-            return nil
-        }
+        guard let function = declaredFunction(call.interface, call.method) else { return nil }
         return (try? NativeSignature(parsing: function.signature))?.result
+    }
+
+    /// A native function as this system's config declares it (`native:`), if it does.
+    private func declaredFunction(_ interface: String, _ method: String) -> SwitchyardConfig.NativeModuleEntry.Function? {
+        config.native.first { $0.interface == interface }?.functions.first { $0.name == method }
     }
 
     /// Runs a delivered native call and replies: the function's result, or — for arguments that
