@@ -100,6 +100,11 @@ public protocol MessageStore: AnyObject, Sendable {
     func addGroup(channel: String, group: String, start: StartPosition) throws(TransportError)
     /// Leases up to `limit` ready entries of `group` on `channel` until `leaseUntil`, counting an
     /// attempt on each. Entries whose lease expired count as ready.
+    ///
+    /// Fewer than `limit` means that nothing more is ready now: the broker then looks at the group
+    /// again only when told (a publish, a settlement, ``setChangeHandler(_:)``) or at the time
+    /// ``nextWakeup(channel:group:now:)`` gives. A store that drops entries it cannot return (a
+    /// corrupt record, dead-lettered instead) calls the change handler afterwards.
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage]
     /// ``lease(channel:group:limit:now:leaseUntil:)`` for subscriptions settled on delivery
     /// (``SubscribeOptions/settleOnDelivery``): entries whose message has no ordering key are

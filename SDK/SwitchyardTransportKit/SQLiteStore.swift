@@ -261,7 +261,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         // Not synced: a lease (or take) lost in a power cut only means the message is delivered
         // again (with one attempt fewer counted), which at-least-once delivery allows. Saves one
         // fsync per delivery round.
-        return try perform(synced: false) { [isDeadLetterChannel] db throws(TransportError) in
+        let claimed = try perform(synced: false) { [isDeadLetterChannel] db throws(TransportError) in
+            var corrupt = false
             var rows: [(id: Int64, attempt: Int64, history: String, message: Result<Message, TransportError>)] = []
             try db.run(
                 """
@@ -296,6 +297,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: UInt64(token)), message: message))
                 case .failure(let error):
                     // A corrupt record is dead-lettered with its reason and raw bytes, never delivered.
+                    corrupt = true
                     var raw: [UInt8] = []
                     try db.run("SELECT message FROM entries WHERE id = ?", [.int(row.id)]) { r throws(TransportError) in raw = try r.blob(0) { Array($0) } }
                     try db.run("DELETE FROM entries WHERE id = ?", [.int(row.id)])
@@ -309,8 +311,12 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     }
                 }
             }
-            return leased
+            return (leased, corrupt)
         }
+        // Fewer returned than were ready, and a dead letter stored: the broker looks again (it
+        // takes fewer than it asked for to mean that nothing more is ready).
+        if claimed.1 { externalChange() }
+        return claimed.0
     }
 
     // Acknowledgements and releases are not synced, like leases: one lost in a power cut means

@@ -11,6 +11,39 @@ import Testing
 struct DurableQueueTests {
     static var probe: String { BuildProducts.path("switchyard-durability-probe") }
 
+    /// A record that no longer decodes (a disk fault, an edit by hand) is dead-lettered with the
+    /// reason and its raw bytes, never delivered, and the messages after it still are — at once:
+    /// a lease that drops one returns fewer than it was asked for, which the broker otherwise
+    /// takes to mean that nothing more is ready.
+    @Test("a corrupt record is dead-lettered with its reason, and the messages behind it are still delivered")
+    func corruptRecord() async throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("queue.db")
+        let config = #"{"path": "\#(db)", "expiry_sweep": "1h"}"#
+        let plugin = try BuildProducts.plugin("queue")
+        do {
+            let transport = try Transport(name: "q", plugin: plugin, configJSON: config)
+            try transport.client.publish(batch: ["a", "b", "c"].map { Message(id: $0, channel: "work", body: Array($0.utf8)) })
+            transport.close()
+        }
+        let edited = try await run("/usr/bin/env", ["sqlite3", db, "UPDATE entries SET message = X'DEADBEEF' WHERE id = (SELECT MIN(id) + 1 FROM entries)"])
+        try #require(edited.status == 0, "\(edited.stderr)")
+        let transport = try Transport(name: "q", plugin: plugin, configJSON: config)
+        defer { transport.close() }
+        let dead = Collector()
+        let live = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "work.dlq"), handler: dead.handler(client: transport.client))
+        // One at a time: the lease that meets the corrupt record has room for it alone.
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 1), handler: live.handler(client: transport.client))
+        #expect(live.wait(for: 2, seconds: 3))
+        #expect(live.received.map(\.message.id) == ["a", "c"])
+        #expect(dead.wait(for: 1, seconds: 3))
+        let letter = try #require(dead.received.first?.message)
+        #expect(letter.id.hasPrefix("corrupt-"))
+        #expect(letter.body == [0xDE, 0xAD, 0xBE, 0xEF])
+        #expect(letter.header("sy-dlq-reason")?.isEmpty == false)
+    }
+
     @Test("every acknowledged publish survives the publisher being killed with SIGKILL")
     func survivesSIGKILL() async throws {
         let dir = try TemporaryDirectory()

@@ -38,6 +38,53 @@ struct ExpiryTests {
         #expect(live.received.map(\.message.id) == ["kept"])
     }
 
+    /// A pass that leases an expired message disposes of it after the store was asked: the next
+    /// message under its ordering key, held back behind it, and its dead letter were not there to
+    /// lease yet. They must not wait for the sweep (an hour here) or for the next metrics report
+    /// (250 ms, which brings another pass where counters changed): the disposal marks work.
+    @Test(
+        "a message held behind an expired one's ordering key, and the expired one's dead letter, are delivered without waiting for a sweep",
+        arguments: [(false, false), (false, true), (true, false), (true, true)])
+    func heldBehindAnExpiredKey(_ durable: Bool, _ dropWhenExpired: Bool) throws {
+        // In memory, without the mark, the metrics report's pass delivered it after 251–252 ms
+        // (with it: 1 ms); the best of three tries is under 200 ms unless the mark is missing.
+        // A durable store's own fallback hides the difference (20 ms), so only what arrives is
+        // checked there.
+        var fastest = Int64.max
+        for _ in 0..<3 where fastest >= 200 {
+            fastest = min(fastest, try deliveryAfterExpiredKey(durable: durable, dropWhenExpired: dropWhenExpired))
+        }
+        if !durable { #expect(fastest < 200, "delivered \(fastest) ms after subscribing") }
+    }
+
+    /// Publishes `first` (ordering key `k`, expiring in 100 ms) and `second` (the same key), lets
+    /// `first` expire, subscribes; checks that `second` arrives, and `first` as a dead letter unless
+    /// it is dropped. Returns how long `second` took after subscribing, in ms.
+    private func deliveryAfterExpiredKey(durable: Bool, dropWhenExpired: Bool) throws -> Int64 {
+        let dir = try TemporaryDirectory()
+        let path = durable ? #", "path": "\#(dir.file("q.db"))""# : ""
+        let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"expiry_sweep": "1h"\#(path)}"#)
+        defer { transport.close() }
+        var first = Message(id: "first", channel: "keyed", orderingKey: "k")
+        first.expiresAtNanos = wallClockNanoseconds() + 100_000_000
+        if dropWhenExpired { first.flags = .dropWhenExpired }
+        try transport.client.publish(batch: [first, Message(id: "second", channel: "keyed", orderingKey: "k")])
+        Thread.sleep(forTimeInterval: 0.2)  // the first has expired; nobody has leased anything yet
+        let dead = Collector()
+        let live = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "keyed.dlq"), handler: dead.handler(client: transport.client))
+        let subscribed = wallClockNanoseconds()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "keyed"), handler: live.handler(client: transport.client))
+        #expect(live.wait(for: 1, seconds: 3))
+        let took = ((live.received.first?.at ?? wallClockNanoseconds()) - subscribed) / 1_000_000
+        #expect(live.received.map(\.message.id) == ["second"])
+        if !dropWhenExpired {
+            #expect(dead.wait(for: 1, seconds: 3))
+            #expect(dead.received.map(\.message.id) == ["first"])
+        }
+        return took
+    }
+
     @Test("a durable store made before expiry existed opens, and its messages are delivered")
     func olderStoreMigrates() async throws {
         let dir = try TemporaryDirectory()

@@ -331,7 +331,8 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
 
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
-        return try perform(synced: false) { db, announce throws(TransportError) -> [LeasedMessage] in
+        var corrupt = false
+        let leased = try perform(synced: false) { db, announce throws(TransportError) -> [LeasedMessage] in
             var rows: [(id: Int64, attempt: Int64, token: Int64, blob: [UInt8])] = []
             // SKIP LOCKED: rows another process is leasing right now are passed over, not waited for.
             try db.run(
@@ -356,6 +357,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     leased.append(LeasedMessage(ref: LeaseRef(entry: UInt64(row.id), token: UInt64(row.token)), message: message))
                 } catch {
                     // A record that does not decode is dead-lettered with its reason and raw bytes, never delivered.
+                    corrupt = true
                     try db.run("DELETE FROM \(schema).entries WHERE id = $1", [.int(row.id)])
                     guard !isDeadLetterChannel(channel) else { continue }
                     let dead = DeadLetter.copy(
@@ -369,6 +371,11 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
             }
             return leased
         }
+        // Fewer returned than were ready, and a dead letter stored: the broker looks again (it
+        // takes fewer than it asked for to mean that nothing more is ready; this process's own
+        // NOTIFY does not reach it).
+        if corrupt { externalChange() }
+        return leased
     }
 
     /// Hands the acknowledgement to a writer that deletes the rows of many in one statement,
