@@ -20,6 +20,12 @@ public enum DeadLetterHeader {
     public static let attempts = "sy-dlq-attempts"
     /// The attempt history, one `attempt N at T: reason` line per failed attempt.
     public static let history = "sy-dlq-history"
+    /// On a message replayed from a fan-out transport's dead letters: the subscriber group whose
+    /// copy it was, the only one it is for. Publishing it again reaches every group; a receiver in
+    /// another group acknowledges its copy unread (the runtime's do), so a group that handled the
+    /// message already does not handle it twice. Not a dead-letter header (no `sy-dlq-` prefix):
+    /// it stays on the replayed message.
+    public static let replayGroup = "sy-replay-group"
 }
 
 /// The CloudEvents 1.0 required attributes in binary content mode (attributes as `ce-` headers,

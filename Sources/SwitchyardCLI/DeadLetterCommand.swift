@@ -42,7 +42,7 @@ struct DeadLetterCommand: ParsableCommand {
         func withDeadLetters(_ body: (DeadLetterBrowser) throws -> Void) throws {
             let config = try search.loadConfig()
             guard config.transport(named: transport) != nil else {
-                throw ValidationError("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
+                throw CommandFailure("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
             }
             try config.requireExistingStores(of: [transport])
             var quiet = Logger(label: "switchyard.plugins")
@@ -52,7 +52,7 @@ struct DeadLetterCommand: ParsableCommand {
             let target = set[transport]!
             let chain = target.chainCapabilities
             guard chain.contains(.deadLetter) else {
-                throw ValidationError("transport '\(transport)' has no dead-letter support (capabilities: \(chain))")
+                throw CommandFailure("transport '\(transport)' has no dead-letter support (capabilities: \(chain))")
             }
             let letters = try DeadLetterBrowser(
                 client: target.client, channel: channel, deadLetterSuffix: config.deadLetterSuffix(ofTransport: transport), limit: limit)
@@ -88,11 +88,14 @@ struct DeadLetterCommand: ParsableCommand {
         func run() throws {
             try target.withDeadLetters { held in
                 let letters = held.letters
-                let rows = letters.map { letter -> [String] in
+                // On a topic each subscriber group's copy is dead-lettered on its own: say whose.
+                let groups = letters.map { $0.message.header(DeadLetterHeader.group) ?? "" }
+                let showGroups = groups.contains { !$0.isEmpty }
+                let rows = zip(letters, groups).map { letter, group -> [String] in
                     let m = letter.message
                     let call = ReadableCall(m)
-                    return [
-                        m.id, call?.target ?? m.header(DeadLetterHeader.channel) ?? "?", m.header(DeadLetterHeader.attempts) ?? "?",
+                    return [m.id] + (showGroups ? [group] : []) + [
+                        call?.target ?? m.header(DeadLetterHeader.channel) ?? "?", m.header(DeadLetterHeader.attempts) ?? "?",
                         m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? "?", m.header(DeadLetterHeader.reason) ?? "",
                     ]
                 }
@@ -102,7 +105,7 @@ struct DeadLetterCommand: ParsableCommand {
                     // A mistyped channel reads the same as an empty one: say what a channel is.
                     print("No dead letters on \(held.channel). (A channel is the id an actor is hosted under, e.g. 'payments'.)")
                 } else {
-                    print(table(["ID", "CALL / CHANNEL", "ATTEMPTS", "DEAD-LETTERED", "REASON"], rows))
+                    print(table(["ID"] + (showGroups ? ["GROUP"] : []) + ["CALL / CHANNEL", "ATTEMPTS", "DEAD-LETTERED", "REASON"], rows))
                 }
             }
         }

@@ -131,7 +131,7 @@ extension SwitchyardConfig {
     /// Throws, naming the path, when a transport among `names` has no store file yet.
     func requireExistingStores(of names: [String]) throws {
         guard let (name, path) = missingStores(of: names).first else { return }
-        throw StoreMissing(description: Self.noStore(path, transport: name))
+        throw CommandFailure(Self.noStore(path, transport: name))
     }
 
     /// "no store at PATH …", with where a relative path was looked for.
@@ -141,15 +141,18 @@ extension SwitchyardConfig {
             "no store at \(path)\(relative) (transport '\(transport)', config.path): nothing was ever written there, so there is nothing to look at; check that the path (and SWITCHYARD_DATA, when it uses it) is the one the running system uses"
     }
 
-    /// A store to look at that is not there: said as it is, not as a usage error (the command
-    /// line was right).
-    struct StoreMissing: Error, CustomStringConvertible {
-        let description: String
-    }
 
     /// The `path` a transport's config names, if any.
     private static func configuredPath(_ configJSON: String) -> String? {
         guard let object = try? JSONSerialization.jsonObject(with: Data(configJSON.utf8)) as? [String: Any] else { return nil }
         return object["path"] as? String
     }
+}
+
+/// What the command line names is not there — a store, a transport of the config — although the
+/// command line itself is well formed: said as it is (exit 1), not as a usage error with the
+/// command's usage after it (exit 64).
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -1,11 +1,75 @@
+import Distributed
 import Foundation
 import SwitchyardRuntime
 import SwitchyardTestSupport
 import Testing
 
+/// Events fanned out on a topic; the `audit` group's handler fails its first `failures` runs.
+@Resolvable
+protocol Alerts: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func alert(_ id: Int) async throws
+}
+
+distributed actor AlertsService: Alerts {
+    typealias ActorSystem = SwitchyardActorSystem
+    let ledger: Ledger
+    let group: String
+    let failures: Int
+
+    init(actorSystem: ActorSystem, ledger: Ledger, group: String, failures: Int) {
+        self.actorSystem = actorSystem
+        self.ledger = ledger
+        self.group = group
+        self.failures = failures
+    }
+
+    distributed func alert(_ id: Int) async throws {
+        if ledger.bump("\(group):\(id)") <= failures { throw OutOfStock(item: "alert \(id) in \(group)") }
+    }
+}
+
 /// `switchyard dlq` on typed calls: a dead-lettered call shown decoded and replayed.
 @Suite("switchyard dlq on typed calls")
 struct TypedDeadLetterTests {
+    @Test("a topic group's dead letter, replayed, runs again in that group only: the groups that handled it do not run it twice")
+    func topicReplayReachesItsGroupOnly() async throws {
+        let dir = try TemporaryDirectory()
+        let config = dir.file("switchyard.yaml")
+        try """
+        transports:
+          events: { plugin: topic, config: { path: "\(dir.file("events.db"))" } }
+        routes:
+          Alerts.*: { transport: events, mode: fire-and-forget, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
+        let ledger = Ledger()
+        for (group, failures) in [("email", 0), ("audit", 2)] {
+            try system.host(SwitchyardActorID("alerts", group: group), as: $Alerts.self) {
+                AlertsService(actorSystem: $0, ledger: ledger, group: group, failures: failures)
+            }
+        }
+        try await $Alerts.resolve(id: "alerts", using: system).alert(7)
+        func dlq(_ arguments: [String]) async throws -> ProcessResult {
+            try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "events", "--channel", "alerts"])
+        }
+        struct Letter: Decodable { let id: String; let group: String? }
+        var letters: [Letter] = []
+        for _ in 0..<50 where letters.isEmpty {
+            letters = (try? JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"]).stdout.utf8))) ?? []
+            if letters.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(letters.map(\.group) == ["audit"])
+        #expect(ledger.count("email:7") == 1 && ledger.count("audit:7") == 2)
+        let listed = try await dlq(["list"])
+        #expect(listed.stdout.contains("GROUP") && listed.stdout.contains("audit"), "\(listed.stdout)")
+        let replay = try await dlq(["replay", "--all"])
+        #expect(replay.stdout.contains("replayed 1 message"), "\(replay.stdout) \(replay.stderr)")
+        #expect(await eventually { ledger.count("audit:7") == 3 }, "the audit group runs it again, and now succeeds")
+        try await Task.sleep(for: .milliseconds(300))  // the email group's copy arrived at the same time
+        #expect(ledger.count("email:7") == 1, "the email group handled it already")
+        await system.shutdown()
+    }
+
     @Test(
         "a dead-lettered typed call, shown decoded (call, arguments as JSON, attempts made, RFC 3339 times), on a transport with its own dead_letter_suffix; an expired one is flagged on replay and runs again with --fire-and-forget"
     )

@@ -91,6 +91,8 @@ extension SwitchyardActorSystem {
         let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
         let cost = CallCost.of(transport)
         let strings = EnvelopeStrings()
+        // On a fan-out transport, a dead letter replayed for one group reaches every group.
+        let fanOut = transport.chainCapabilities.contains(.fanOut)
         /// What becomes of one delivered message: queued for the workers, refused unread (and so
         /// settled here), or handed back to the transport (draining: for other hosts).
         enum Intake {
@@ -107,6 +109,14 @@ extension SwitchyardActorSystem {
                 system?.answeredDeadLetters.insert(id)
                 try? client.settle(delivery, .deadLetter(reason: deadLetter))
                 system?.answeredDeadLetters.remove(id)
+                return .settled
+            }
+            if fanOut, message.headerCount > 0, let group = message.header(DeadLetterHeader.replayGroup), group != hosted.id.group {
+                // Replayed from another group's dead letters: this group had its own copy already.
+                server.logger.debug(
+                    "dropping a message replayed for another subscriber group",
+                    metadata: ["channel": "\(hosted.id.name)", "group": "\(hosted.id.group)", "for_group": "\(group)"])
+                try? client.settle(delivery, .ack)
                 return .settled
             }
             if let violation = limits.violation(of: message, keyPrefix: "limits.") {

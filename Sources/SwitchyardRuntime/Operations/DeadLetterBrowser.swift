@@ -75,13 +75,21 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     public func letter(id: String) -> Letter? { letters.first { $0.message.id == id } }
 
     /// Publishes `letter` to its original channel (without the dead-letter headers, attempt 0),
-    /// then removes it from the dead-letter channel. With `asFireAndForget`, a request-reply
+    /// then removes it from the dead-letter channel. A topic group's dead letter goes out marked
+    /// for that group alone (``DeadLetterHeader/replayGroup``): the other groups' receivers drop
+    /// their copies. With `asFireAndForget`, a request-reply
     /// call goes without its reply channel and deadline (its caller is gone; the receiver runs it
     /// and discards the result). Returns the call when it was replayed as is although its caller
     /// stopped waiting: the receiver will dead-letter it again as expired.
     @discardableResult
     public func replay(_ letter: Letter, asFireAndForget: Bool = false) throws(TransportError) -> ExpiredCall? {
         var message = DeadLetter.original(of: letter.message, fallbackChannel: originalChannel)
+        if let group = letter.message.header(DeadLetterHeader.group), !group.isEmpty {
+            // A topic group's copy: published again it reaches every group, and only this one
+            // is to handle it (the others did, or have their own dead letter to replay).
+            message.headers.removeAll { $0.key == DeadLetterHeader.replayGroup }
+            message.headers.append(Header(DeadLetterHeader.replayGroup, group))
+        }
         var expired: ExpiredCall?
         if let call = ReadableCall(message), call.replyTo != nil {
             if asFireAndForget {
