@@ -525,6 +525,27 @@ struct TypedCallTests {
         return (system, log)
     }
 
+    @Test("a handler that outlasts its transport's visibility timeout: the call is delivered again, the inbox answers it with the one run's outcome, and a warning names the fix")
+    func handlerOutlastsVisibilityTimeout() async throws {
+        let directory = try TemporaryDirectory()
+        let (system, log) = try await loggedSystem(
+            """
+            transports:
+              work: { plugin: queue, config: { visibility_timeout: 300ms } }
+            routes:
+              Shop.*: { transport: work, deadline: 10s, inbox: { window: 1h, path: "\(directory.file("inbox.db"))" } }
+            """)
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.slow(900) == 900)
+        #expect(ledger.count("slow started") == 1, "the redeliveries waited for the running call, and its outcome answered them")
+        #expect(
+            await eventually { log.all.contains { $0.contains("ran longer than its transport's visibility timeout") && $0.contains("visibility_timeout") } },
+            "\(log.all)")
+        await system.shutdown()
+    }
+
     @Test("hosting an actor that no route reaches warns at once, saying which route to add; a routed one does not")
     func hostingWithoutARouteWarns() async throws {
         let (system, log) = try await loggedSystem(

@@ -547,6 +547,15 @@ extension SwitchyardActorSystem {
             encoding: envelope.contentType, deadlineNanos: envelope.deadlineNanos, form: item.form)
         do throws(TransportError) {
             try item.transport.client.publish(reply, settling: item.delivery, .ack)
+        } catch  where error.code == .notFound {
+            // The lease ran out while the handler ran: the transport has delivered the call again
+            // already, and that delivery answers it (with an inbox, with this run's outcome).
+            logger.warning(
+                "a call ran longer than its transport's visibility timeout: it was delivered again, and this run's reply is dropped",
+                metadata: [
+                    "target": "\(envelope.target.name)", "attempt": "\(item.attempt)", "error": "\(error.message)",
+                    "fix": "raise the transport's visibility_timeout above the handler's longest run",
+                ])
         } catch {
             logger.error(
                 "cannot send a reply; the call will be delivered again",
