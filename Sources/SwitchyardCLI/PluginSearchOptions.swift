@@ -141,7 +141,6 @@ extension SwitchyardConfig {
             "no store at \(path)\(relative) (transport '\(transport)', config.path): nothing was ever written there, so there is nothing to look at; check that the path (and SWITCHYARD_DATA, when it uses it) is the one the running system uses"
     }
 
-
     /// The `path` a transport's config names, if any.
     private static func configuredPath(_ configJSON: String) -> String? {
         guard let object = try? JSONSerialization.jsonObject(with: Data(configJSON.utf8)) as? [String: Any] else { return nil }
