@@ -70,6 +70,34 @@ struct InboxTests {
         await system.shutdown()
     }
 
+    @Test("the tables a handler writes in its inbox's file can be read outside a handler: the same file named under outboxes")
+    func inboxFileAsAnOutbox() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("books.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Bookkeeper.*: { transport: memq, mode: fire-and-forget, inbox: { window: 1h, path: "\(path)" } }
+            outboxes:
+              books: { path: "\(path)" }
+            """)
+        try system.host("books", as: $Bookkeeper.self) { BookkeeperService(actorSystem: $0, label: "books") }
+        let books = try $Bookkeeper.resolve(id: "books", using: system)
+        for id in 1...3 { try await books.book(id) }
+        #expect(await eventually { (try? booked(in: path))?.count == 3 })
+        let count = try await system.transaction(on: "books") { db -> Int64 in
+            var count: Int64 = 0
+            try db.run("SELECT count(*) FROM booked") { row in count = row.int(0) }
+            return count
+        }
+        #expect(count == 3)
+        try await books.book(4)  // and the inbox goes on writing it
+        #expect(await eventually { (try? booked(in: path))?.count == 4 })
+        await system.shutdown()
+    }
+
     @Test("on a topic each subscriber group runs and books the same event once")
     func groupsEachBookOnce() async throws {
         let directory = try TemporaryDirectory()
