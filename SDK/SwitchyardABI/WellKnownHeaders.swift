@@ -26,6 +26,11 @@ public enum DeadLetterHeader {
     /// message already does not handle it twice. Not a dead-letter header (no `sy-dlq-` prefix):
     /// it stays on the replayed message.
     public static let replayGroup = "sy-replay-group"
+    /// On a replayed message: when it was replayed, in nanoseconds since the Unix epoch. A
+    /// transport that drops a publish repeating a recent message id (JetStream's `Nats-Msg-Id`
+    /// window) must not take a replay for such a repeat: the message id stays the original's, for
+    /// the receivers' inboxes.
+    public static let replayedAt = "sy-replayed-at"
 }
 
 /// The CloudEvents 1.0 required attributes in binary content mode (attributes as `ce-` headers,

@@ -1090,6 +1090,7 @@ public final class Broker: @unchecked Sendable {
             .map { entry in
                 DeadLetter.copy(
                     of: entry.message, to: entry.message.channel + options.deadLetterSuffix, group: entry.group,
+                    groupCopy: fanOut && !entry.message.channel.hasSuffix(options.deadLetterSuffix),
                     reason: Self.expiredReason, history: entry.history, now: stamp)
             }
         do {

@@ -384,7 +384,8 @@ public final class MemoryStore: MessageStore {
             state.entries.removeValue(forKey: ref.entry)
             state.inFlight -= 1
             let dead = DeadLetter.copy(
-                of: entry.message, to: deadLetterChannel, group: entry.group.key.group, reason: reason,
+                of: entry.message, to: deadLetterChannel, group: entry.group.key.group,
+                groupCopy: fanOut && !isDeadLetterChannel(entry.message.channel), reason: reason,
                 history: entry.history + ["attempt \(entry.message.attempt) at \(now): \(reason)"], now: now)
             state.insert(dead, into: state.group(GroupKey(channel: deadLetterChannel, group: "")))
             return dead

@@ -56,14 +56,21 @@ public enum DeadLetter {
 
     /// The dead-letter copy of `message`: same id and body, on `channel`, with the ``DeadLetterHeader`` headers
     /// (replacing any from an earlier dead-lettering).
-    public static func copy(of message: Message, to channel: String, group: String, reason: String, history: [String], now: Int64) -> Message {
+    ///
+    /// `group` is recorded (``DeadLetterHeader/group``) when it is not empty, and with
+    /// `groupCopy` also when it is: the message was one subscriber group's copy on a fan-out
+    /// transport, and the empty group is the default one. A replay then goes to that group alone
+    /// (``DeadLetterHeader/replayGroup``); a letter without the header goes to every group.
+    public static func copy(
+        of message: Message, to channel: String, group: String, groupCopy: Bool = false, reason: String, history: [String], now: Int64
+    ) -> Message {
         var dead = message
         dead.headers.removeAll { $0.key.hasPrefix(DeadLetterHeader.prefix) }
         dead.headers += [
             Header(DeadLetterHeader.reason, reason), Header(DeadLetterHeader.channel, message.channel), Header(DeadLetterHeader.at, String(now)),
             Header(DeadLetterHeader.attempts, String(message.attempt)), Header(DeadLetterHeader.history, history.joined(separator: "\n")),
         ]
-        if !group.isEmpty { dead.headers.append(Header(DeadLetterHeader.group, group)) }
+        if groupCopy || !group.isEmpty { dead.headers.append(Header(DeadLetterHeader.group, group)) }
         dead.channel = channel
         dead.attempt = 0
         dead.deliverAtNanos = 0

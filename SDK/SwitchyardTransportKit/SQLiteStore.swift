@@ -261,7 +261,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         // Not synced: a lease (or take) lost in a power cut only means the message is delivered
         // again (with one attempt fewer counted), which at-least-once delivery allows. Saves one
         // fsync per delivery round.
-        let claimed = try perform(synced: false) { [isDeadLetterChannel] db throws(TransportError) in
+        let claimed = try perform(synced: false) { [isDeadLetterChannel, fanOut] db throws(TransportError) in
             var corrupt = false
             var rows: [(id: Int64, attempt: Int64, history: String, message: Result<Message, TransportError>)] = []
             try db.run(
@@ -303,7 +303,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     try db.run("DELETE FROM entries WHERE id = ?", [.int(row.id)])
                     let dead = DeadLetter.copy(
                         of: Message(id: "corrupt-\(row.id)", channel: channel, body: raw), to: channel + self.deadLetterSuffix, group: grp,
-                        reason: error.message, history: [], now: now)
+                        groupCopy: fanOut && !isDeadLetterChannel(channel), reason: error.message, history: [], now: now)
                     if !isDeadLetterChannel(channel) {
                         try db.run(
                             "INSERT INTO entries (channel, grp, attempt, visible_at, message) VALUES (?, '', 0, ?, ?)",
@@ -386,7 +386,9 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
             var message = try MessageCodec.decode(found.blob)
             message.attempt = UInt32(clamping: found.attempt)
             let history = found.history.split(separator: "\n").map(String.init) + ["attempt \(found.attempt) at \(now): \(reason)"]
-            let dead = DeadLetter.copy(of: message, to: deadLetterChannel, group: found.grp, reason: reason, history: history, now: now)
+            let dead = DeadLetter.copy(
+                of: message, to: deadLetterChannel, group: found.grp, groupCopy: self.fanOut && !self.isDeadLetterChannel(message.channel),
+                reason: reason, history: history, now: now)
             try db.run("DELETE FROM entries WHERE id = ?", [.int(Int64(ref.entry))])
             try db.run(
                 "INSERT INTO entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES (?, '', NULL, 0, ?, ?)",

@@ -89,7 +89,9 @@ struct DeadLetterCommand: ParsableCommand {
             try target.withDeadLetters { held in
                 let letters = held.letters
                 // On a topic each subscriber group's copy is dead-lettered on its own: say whose.
-                let groups = letters.map { $0.message.header(DeadLetterHeader.group) ?? "" }
+                let groups = letters.map { letter in
+                    letter.message.header(DeadLetterHeader.group).map { $0.isEmpty ? "(default)" : $0 } ?? ""
+                }
                 let showGroups = groups.contains { !$0.isEmpty }
                 let rows = zip(letters, groups).map { letter, group -> [String] in
                     let m = letter.message

@@ -65,7 +65,7 @@ struct DemoCommand: AsyncParsableCommand {
         defer { if userData == nil { try? FileManager.default.removeItem(atPath: data) } }
         setenv("SWITCHYARD_DATA", data, 0)
         guard let configPath = config ?? OrdersDemo.defaultConfigPath else {
-            throw ValidationError("the embedded config is missing from this build; pass --config examples/orders/switchyard.yaml")
+            throw CommandFailure("the embedded config is missing from this build; pass --config examples/orders/switchyard.yaml")
         }
         var logger = Logger(label: "switchyard.demo")
         logger.logLevel = verbose ? .info : .warning
@@ -133,7 +133,7 @@ struct DemoCommand: AsyncParsableCommand {
         // NSTemporaryDirectory() ends with a slash.
         let temporary = NSTemporaryDirectory().hasSuffix("/") ? NSTemporaryDirectory() : NSTemporaryDirectory() + "/"
         var template = Array((temporary + "switchyard-demo-XXXXXX").utf8CString)
-        guard mkdtemp(&template) != nil else { throw ValidationError("cannot create a temporary directory") }
+        guard mkdtemp(&template) != nil else { throw CommandFailure("cannot create a temporary directory (\(String(cString: strerror(errno))))") }
         return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

@@ -40,6 +40,11 @@ struct TestPlugin: ParsableCommand {
     @OptionGroup var search: PluginSearchOptions
 
     func run() throws {
+        // A misspelled --check ran nothing and passed: "0 passed, 0 failed".
+        let known = ConformanceSuite.checks.map(\.name)
+        if let unknown = check.first(where: { !known.contains($0) }) {
+            throw CommandFailure("no conformance check named '\(unknown)' (checks: \(known.joined(separator: ", ")))")
+        }
         let config = try search.loadConfig()
         let loader = search.discovery(config).loader
         let catalog = search.discover(config)

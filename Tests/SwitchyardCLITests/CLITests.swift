@@ -138,6 +138,14 @@ struct CLITests {
         #expect(missing.stderr.contains("no plugin named 'no-such-plugin'"))
     }
 
+    @Test("test with a --check that does not exist fails, naming the checks there are (it used to run nothing and pass)")
+    func unknownCheck() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "test", "queue", "--check", "publish-delivr-ack"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("no conformance check named 'publish-delivr-ack'") && result.stderr.contains("publish-deliver-ack"), "\(result.stderr)")
+        #expect(!result.stderr.contains("Usage:"), "\(result.stderr)")
+    }
+
     @Test("a config file's plugins directory and pins are honoured")
     func configPins() async throws {
         let dir = try TemporaryDirectory()

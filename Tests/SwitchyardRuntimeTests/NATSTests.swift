@@ -57,6 +57,34 @@ struct NATSTests {
                 """)
     }
 
+    /// JetStream drops a publish whose `Nats-Msg-Id` it saw in the last two minutes. A dead letter
+    /// replayed soon after its message was first published keeps the message's id (for the
+    /// receivers' inboxes): it must not be taken for a repeat, or the replay acknowledges the dead
+    /// letter away while JetStream drops the message.
+    @Test("a dead letter replayed within JetStream's de-duplication window is delivered again, not dropped as a repeat")
+    func replayWithinDeduplicationWindow() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let transport = try await Self.transport("nats", urls: [server.url], extra: #", "stream": "REPLAY""#)
+        defer { transport.close() }
+        let client = transport.client
+        try client.publish(Message(id: "once", channel: "work", body: Array("payload".utf8)))
+        let first = Collector()
+        let subscription = try client.subscribe(
+            SubscribeOptions(channel: "work"), handler: first.handler(client: client, settle: { _ in .deadLetter(reason: "refused") }))
+        #expect(first.wait(for: 1))
+        try client.unsubscribe(subscription)
+        let browser = try await offPool { try DeadLetterBrowser(client: client, channel: "work", deadLetterSuffix: ".dlq") }
+        defer { browser.close() }
+        let letter = try #require(browser.letter(id: "once"))
+        try browser.replay(letter)
+        let again = Collector()
+        _ = try client.subscribe(SubscribeOptions(channel: "work"), handler: again.handler(client: client))
+        #expect(again.wait(for: 1), "the replayed message never arrived: JetStream dropped it as a repeat of the first publish")
+        #expect(again.received.first?.message.id == "once")
+        #expect(again.received.first?.message.body == Array("payload".utf8))
+    }
+
     @Test("messages on the wire are CloudEvents in binary mode: ce- attributes as NATS headers, the arguments as data")
     func cloudEventsOnTheWire() async throws {
         let directory = try TemporaryDirectory()

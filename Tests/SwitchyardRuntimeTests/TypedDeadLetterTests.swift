@@ -31,8 +31,10 @@ distributed actor AlertsService: Alerts {
 /// `switchyard dlq` on typed calls: a dead-lettered call shown decoded and replayed.
 @Suite("switchyard dlq on typed calls")
 struct TypedDeadLetterTests {
-    @Test("a topic group's dead letter, replayed, runs again in that group only: the groups that handled it do not run it twice")
-    func topicReplayReachesItsGroupOnly() async throws {
+    @Test(
+        "a topic group's dead letter, replayed, runs again in that group only: the groups that handled it drop their copies",
+        arguments: ["audit", ""])
+    func topicReplayReachesItsGroupOnly(failingGroup: String) async throws {
         let dir = try TemporaryDirectory()
         let config = dir.file("switchyard.yaml")
         try """
@@ -41,11 +43,18 @@ struct TypedDeadLetterTests {
         routes:
           Alerts.*: { transport: events, mode: fire-and-forget, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
         """.write(toFile: config, atomically: true, encoding: .utf8)
-        let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
+        let log = CapturedLog()
+        var logger = log.logger("switchyard.runtime")
+        logger.logLevel = .debug
+        let systemLogger = logger
+        let system = try await offPool {
+            try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory], logger: systemLogger)
+        }
         let ledger = Ledger()
-        for (group, failures) in [("email", 0), ("audit", 2)] {
+        let groups = ["", "email", "audit"]  // "": an actor hosted without a group, the default one
+        for group in groups {
             try system.host(SwitchyardActorID("alerts", group: group), as: $Alerts.self) {
-                AlertsService(actorSystem: $0, ledger: ledger, group: group, failures: failures)
+                AlertsService(actorSystem: $0, ledger: ledger, group: group, failures: group == failingGroup ? 2 : 0)
             }
         }
         try await $Alerts.resolve(id: "alerts", using: system).alert(7)
@@ -58,15 +67,22 @@ struct TypedDeadLetterTests {
             letters = (try? JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"]).stdout.utf8))) ?? []
             if letters.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
         }
-        #expect(letters.map(\.group) == ["audit"])
-        #expect(ledger.count("email:7") == 1 && ledger.count("audit:7") == 2)
+        #expect(letters.map(\.group) == [failingGroup])
+        let others = groups.filter { $0 != failingGroup }
+        #expect(await eventually { others.allSatisfy { ledger.count("\($0):7") == 1 } })
+        #expect(ledger.count("\(failingGroup):7") == 2)
         let listed = try await dlq(["list"])
-        #expect(listed.stdout.contains("GROUP") && listed.stdout.contains("audit"), "\(listed.stdout)")
+        #expect(listed.stdout.contains("GROUP") && listed.stdout.contains(failingGroup.isEmpty ? "(default)" : failingGroup), "\(listed.stdout)")
         let replay = try await dlq(["replay", "--all"])
         #expect(replay.stdout.contains("replayed 1 message"), "\(replay.stdout) \(replay.stderr)")
-        #expect(await eventually { ledger.count("audit:7") == 3 }, "the audit group runs it again, and now succeeds")
-        try await Task.sleep(for: .milliseconds(300))  // the email group's copy arrived at the same time
-        #expect(ledger.count("email:7") == 1, "the email group handled it already")
+        #expect(await eventually { ledger.count("\(failingGroup):7") == 3 }, "the failing group runs it again, and now succeeds")
+        // The other groups' copies arrived and were dropped unread: seen in the log, not waited out.
+        #expect(
+            await eventually {
+                let drops = log.all.filter { $0.contains("dropping a message replayed for another subscriber group") }
+                return others.allSatisfy { group in drops.contains { $0.hasSuffix(" group=\(group)") } }
+            }, "\(log.all.filter { $0.contains("replayed") })")
+        #expect(others.allSatisfy { ledger.count("\($0):7") == 1 }, "the groups that handled it do not run it twice")
         await system.shutdown()
     }
 

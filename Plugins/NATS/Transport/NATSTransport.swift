@@ -160,8 +160,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         try publish(message, messageID: nil)
     }
 
-    /// Publishes `message`; `messageID` overrides the de-duplication id (dead letters).
-    func publish(_ message: MessageView, messageID: String?) throws(TransportError) {
+    /// Publishes `message`; `messageID` overrides the de-duplication id (dead letters, replays).
+    func publish(_ message: MessageView, messageID explicitID: String?) throws(TransportError) {
         if draining.load(ordering: .relaxed) { throw TransportError(.closed, "the transport is draining") }
         if let limit = settings.maxMessageBytes, message.body.count > limit {
             throw TransportError(.tooLarge, "message body is \(message.body.count) bytes; the limit is \(limit)")
@@ -170,6 +170,12 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             throw TransportError(.unsupported, "\(Self.info.name) cannot hold a message until later: put a delay transport in front of it")
         }
         let id = message.id
+        var messageID = explicitID
+        if messageID == nil, message.headerCount > 0, let replayed = message.header(DeadLetterHeader.replayedAt) {
+            // A dead letter published again: not a repeat of the original publish, which
+            // JetStream would drop within its de-duplication window (the replay then lost).
+            messageID = "\(id).replay.\(replayed)"
+        }
         let (subject, _) = try place(message.channel)
         var natsMessage: OpaquePointer?
         let body = message.body
@@ -424,6 +430,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             let history = (state.withLock { $0.records.removeValue(forKey: entry.record)?.reasons } ?? []) + [reason]
             let dead = DeadLetter.copy(
                 of: original, to: entry.subscription.channel + settings.deadLetterSuffix, group: entry.subscription.group,
+                groupCopy: Self.fanOut && !entry.subscription.channel.hasSuffix(settings.deadLetterSuffix),
                 reason: reason, history: history, now: host.nowNanos())
             do {
                 try dead.withCMessage { (pointer) throws(TransportError) in

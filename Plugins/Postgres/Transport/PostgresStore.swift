@@ -362,7 +362,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     guard !isDeadLetterChannel(channel) else { continue }
                     let dead = DeadLetter.copy(
                         of: Message(id: "corrupt-\(row.id)", channel: channel, body: row.blob), to: channel + deadLetterSuffix, group: grp,
-                        reason: error.message, history: [], now: now)
+                        groupCopy: fanOut, reason: error.message, history: [], now: now)
                     try db.run(
                         "INSERT INTO \(schema).entries (channel, grp, attempt, visible_at, message) VALUES ($1, '', 0, $2, $3)",
                         [.text(dead.channel), .int(now), .blob(MessageCodec.encode(dead))])
@@ -487,7 +487,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
             var message = try MessageCodec.decode(found.blob)
             message.attempt = UInt32(clamping: found.attempt)
             let history = found.history.split(separator: "\n").map(String.init) + ["attempt \(found.attempt) at \(now): \(reason)"]
-            let dead = DeadLetter.copy(of: message, to: deadLetterChannel, group: found.grp, reason: reason, history: history, now: now)
+            let dead = DeadLetter.copy(
+                of: message, to: deadLetterChannel, group: found.grp, groupCopy: fanOut && !isDeadLetterChannel(message.channel),
+                reason: reason, history: history, now: now)
             try db.run(
                 "INSERT INTO \(schema).entries (channel, grp, ordering_key, attempt, visible_at, message) VALUES ($1, '', NULL, 0, $2, $3)",
                 [.text(deadLetterChannel), .int(now), .blob(MessageCodec.encode(dead))])

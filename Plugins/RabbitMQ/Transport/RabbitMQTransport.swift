@@ -347,7 +347,9 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     /// Publishes the dead-letter copy of `delivered` (waiting for the confirm) and tells the host.
     func deadLetter(_ delivered: Message, group: String, reason: String, history: [String]) throws(TransportError) {
         let channel = isDeadLetterChannel(delivered.channel) ? delivered.channel : delivered.channel + settings.deadLetterSuffix
-        let dead = DeadLetter.copy(of: delivered, to: channel, group: group, reason: reason, history: history + [reason], now: host.nowNanos())
+        let dead = DeadLetter.copy(
+            of: delivered, to: channel, group: group, groupCopy: Self.fanOut && !isDeadLetterChannel(delivered.channel), reason: reason,
+            history: history + [reason], now: host.nowNanos())
         let now = host.nowNanos()
         try withPublisher { (connection, deadline) throws(TransportError) in
             let target = try target(dead.channel, on: connection)

@@ -538,7 +538,11 @@ extension SwitchyardActorSystem {
     /// made for each call: only the calls settled off the worker's thread need one.
     private func settleHandled(_ item: Inbound, outcome: String, body: [UInt8]) {
         guard let replyTo = item.envelope.replyTo else {
-            try? item.transport.client.settle(item.delivery, .ack)
+            do throws(TransportError) {
+                try item.transport.client.settle(item.delivery, .ack)
+            } catch  where error.code == .notFound {
+                deliveryGone(item, error)
+            } catch {}  // the transport keeps the delivery: it comes again
             return
         }
         let envelope = item.envelope
@@ -548,14 +552,7 @@ extension SwitchyardActorSystem {
         do throws(TransportError) {
             try item.transport.client.publish(reply, settling: item.delivery, .ack)
         } catch  where error.code == .notFound {
-            // The lease ran out while the handler ran: the transport has delivered the call again
-            // already, and that delivery answers it (with an inbox, with this run's outcome).
-            logger.warning(
-                "a call ran longer than its transport's visibility timeout: it was delivered again, and this run's reply is dropped",
-                metadata: [
-                    "target": "\(envelope.target.name)", "attempt": "\(item.attempt)", "error": "\(error.message)",
-                    "fix": "raise the transport's visibility_timeout above the handler's longest run",
-                ])
+            deliveryGone(item, error)
         } catch {
             logger.error(
                 "cannot send a reply; the call will be delivered again",
@@ -563,6 +560,20 @@ extension SwitchyardActorSystem {
                     "target": "\(envelope.target.name)", "reply_to": "\(replyTo)", "error": "\(error.message)",
                 ])
         }
+    }
+
+    /// A call that ran, whose delivery the transport no longer holds when it is settled: most
+    /// often its lease ran out while the handler ran (a handler slower than the transport's
+    /// visibility timeout), and the call has been delivered again already; or its subscription
+    /// or connection ended. That delivery answers it.
+    private func deliveryGone(_ item: Inbound, _ error: TransportError) {
+        logger.warning(
+            "a call finished after its delivery was gone: it is delivered again (its lease ran out — the handler took longer than the transport's visibility timeout — or the subscription or connection ended)",
+            metadata: [
+                "target": "\(item.envelope.target.name)", "transport": "\(item.transport.name)", "attempt": "\(item.attempt)",
+                "error": "\(error.message)",
+                "fix": "if handlers run this long, raise the transport's visibility timeout (visibility_timeout; ack_wait on nats and rabbitmq)",
+            ])
     }
 
     /// Tells the caller of a call refused unread (over the limits, or not an envelope this runtime

@@ -84,9 +84,13 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     @discardableResult
     public func replay(_ letter: Letter, asFireAndForget: Bool = false) throws(TransportError) -> ExpiredCall? {
         var message = DeadLetter.original(of: letter.message, fallbackChannel: originalChannel)
-        if let group = letter.message.header(DeadLetterHeader.group), !group.isEmpty {
-            // A topic group's copy: published again it reaches every group, and only this one
-            // is to handle it (the others did, or have their own dead letter to replay).
+        message.headers.removeAll { $0.key == DeadLetterHeader.replayedAt }
+        message.headers.append(Header(DeadLetterHeader.replayedAt, String(WallClock.nowNanos())))
+        if let group = letter.message.header(DeadLetterHeader.group) {
+            // A topic group's copy (empty: the default group's): published again it reaches every
+            // group, and only this one is to handle it (the others did, or have their own dead
+            // letter to replay). A letter without the header (the transport did not know the
+            // group) goes to every group.
             message.headers.removeAll { $0.key == DeadLetterHeader.replayGroup }
             message.headers.append(Header(DeadLetterHeader.replayGroup, group))
         }
