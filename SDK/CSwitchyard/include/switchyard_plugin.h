@@ -336,7 +336,9 @@ typedef struct sy_host_services {
      * (the host reads the call's `ce-id`, `ce-type`, `ce-sytarget`, `ce-syreplyto` and
      * `ce-sydeadline` from them) plus the plugin's own record of why — the bundled plugins add
      * `sy-dlq-reason`, `sy-dlq-channel`, `sy-dlq-attempts` (deliveries made; the host prefers it
-     * to `message->attempt`), `sy-dlq-at` and `sy-dlq-history`, which `switchyard dlq` shows.
+     * to `message->attempt`), `sy-dlq-at` and `sy-dlq-history`, which `switchyard dlq` shows,
+     * and on fan-out transports `sy-dlq-group`: the subscriber group whose copy it was (empty for
+     * the default group), so that `switchyard dlq replay` sends it to that group alone.
      * `reason` is borrowed. Decorators that hand dead-lettering to their inner transport do not
      * call it: whoever stores the message does. NULL in a host older than 1.2, whose table is
      * also smaller: check struct_size first (sy_host_dead_lettered does both).
