@@ -207,6 +207,13 @@ public final class SQLiteDatabase {
         var tables = Set<String>()
         try run("SELECT name FROM sqlite_master WHERE type = 'table'") { row in tables.insert(row.text(0)) }
         if !sharedWithApplication && !tables.isEmpty && !tables.contains("switchyard_meta") {
+            if tables.contains("switchyard_outbox") {
+                // The runtime's outbox made it first (`outboxes:`), for the application's tables.
+                throw TransportError(
+                    .config,
+                    "config key 'path': '\(path)' was created by an outbox (outboxes:), as an application's database: a file an inbox or a transport shares with an outbox must be created by the inbox or transport. Give this one a new file, or start the process whose config names the inbox or transport first"
+                )
+            }
             throw TransportError(.config, "config key 'path': '\(path)' is a SQLite database of another application (no switchyard_meta table)")
         }
         // Switching a new file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY

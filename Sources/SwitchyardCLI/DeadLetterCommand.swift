@@ -137,7 +137,7 @@ struct DeadLetterCommand: ParsableCommand {
     static func describe(_ m: Message) -> String {
         var lines = ["id:              \(m.id)"]
         lines.append("from channel:    \(m.header(DeadLetterHeader.channel) ?? "?")")
-        if let group = m.header(DeadLetterHeader.group) { lines.append("group:           \(group)") }
+        if let group = m.header(DeadLetterHeader.group) { lines.append("group:           \(group.isEmpty ? "(default)" : group)") }
         lines.append("attempts made:   \(m.header(DeadLetterHeader.attempts) ?? "?")")
         lines.append("dead-lettered:   \(m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? "?")")
         lines.append("reason:          \(m.header(DeadLetterHeader.reason) ?? "")")

@@ -98,6 +98,26 @@ struct InboxTests {
         await system.shutdown()
     }
 
+    @Test("a file an outbox created first is refused as an inbox, with the reason and what to do (not as another application's)")
+    func outboxFileFirst() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("books.db")
+        let first = try await makeSystem("outboxes:\n  books: { path: \"\(path)\" }\n")
+        try await first.transaction(on: "books") { db in try db.execute("CREATE TABLE booked (id INTEGER NOT NULL, label TEXT NOT NULL)") }
+        await first.shutdown()
+        await #expect {
+            _ = try await makeSystem(
+                """
+                transports:
+                  memq: { plugin: queue }
+                routes:
+                  Bookkeeper.*: { transport: memq, mode: fire-and-forget, inbox: { window: 1h, path: "\(path)" } }
+                """)
+        } throws: { error in
+            "\(error)".contains("was created by an outbox (outboxes:)") && "\(error)".contains("routes.Bookkeeper.*.inbox.path")
+        }
+    }
+
     @Test("on a topic each subscriber group runs and books the same event once")
     func groupsEachBookOnce() async throws {
         let directory = try TemporaryDirectory()
