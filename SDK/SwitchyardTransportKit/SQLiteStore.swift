@@ -311,12 +311,12 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                     }
                 }
             }
-            return (leased, corrupt)
+            return (leased: leased, corrupt: corrupt)
         }
         // Fewer returned than were ready, and a dead letter stored: the broker looks again (it
         // takes fewer than it asked for to mean that nothing more is ready).
-        if claimed.1 { externalChange() }
-        return claimed.0
+        if claimed.corrupt { externalChange() }
+        return claimed.leased
     }
 
     // Acknowledgements and releases are not synced, like leases: one lost in a power cut means

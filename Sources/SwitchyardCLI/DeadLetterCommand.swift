@@ -89,9 +89,7 @@ struct DeadLetterCommand: ParsableCommand {
             try target.withDeadLetters { held in
                 let letters = held.letters
                 // On a topic each subscriber group's copy is dead-lettered on its own: say whose.
-                let groups = letters.map { letter in
-                    letter.message.header(DeadLetterHeader.group).map { $0.isEmpty ? "(default)" : $0 } ?? ""
-                }
+                let groups = letters.map { DeadLetterCommand.group(of: $0.message) ?? "" }
                 let showGroups = groups.contains { !$0.isEmpty }
                 let rows = zip(letters, groups).map { letter, group -> [String] in
                     let m = letter.message
@@ -132,12 +130,18 @@ struct DeadLetterCommand: ParsableCommand {
         }
     }
 
+    /// The topic subscriber group whose copy `m` was, for a person: `(default)` for the group of an
+    /// actor hosted without one; nil for a letter that names none (a queue's).
+    static func group(of m: Message) -> String? {
+        m.header(DeadLetterHeader.group).map { $0.isEmpty ? "(default)" : $0 }
+    }
+
     /// One dead letter in full, for a person: where it came from, why and when it ended here,
     /// every attempt, and — for a typed call — the call itself, decoded.
     static func describe(_ m: Message) -> String {
         var lines = ["id:              \(m.id)"]
         lines.append("from channel:    \(m.header(DeadLetterHeader.channel) ?? "?")")
-        if let group = m.header(DeadLetterHeader.group) { lines.append("group:           \(group.isEmpty ? "(default)" : group)") }
+        if let group = group(of: m) { lines.append("group:           \(group)") }
         lines.append("attempts made:   \(m.header(DeadLetterHeader.attempts) ?? "?")")
         lines.append("dead-lettered:   \(m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? "?")")
         lines.append("reason:          \(m.header(DeadLetterHeader.reason) ?? "")")

@@ -84,16 +84,19 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     @discardableResult
     public func replay(_ letter: Letter, asFireAndForget: Bool = false) throws(TransportError) -> ExpiredCall? {
         var message = DeadLetter.original(of: letter.message, fallbackChannel: originalChannel)
-        message.headers.removeAll { $0.key == DeadLetterHeader.replayedAt }
-        message.headers.append(Header(DeadLetterHeader.replayedAt, String(WallClock.nowNanos())))
-        if let group = letter.message.header(DeadLetterHeader.group) {
+        // Marked as a replay (not a repeat of the first publish, for transports that drop those),
+        // replacing the marks of an earlier replay; one write of the headers.
+        let group = letter.message.header(DeadLetterHeader.group)
+        var headers = message.headers.filter { $0.key != DeadLetterHeader.replayedAt && (group == nil || $0.key != DeadLetterHeader.replayGroup) }
+        headers.append(Header(DeadLetterHeader.replayedAt, String(WallClock.nowNanos())))
+        if let group {
             // A topic group's copy (empty: the default group's): published again it reaches every
             // group, and only this one is to handle it (the others did, or have their own dead
             // letter to replay). A letter without the header (the transport did not know the
             // group) goes to every group.
-            message.headers.removeAll { $0.key == DeadLetterHeader.replayGroup }
-            message.headers.append(Header(DeadLetterHeader.replayGroup, group))
+            headers.append(Header(DeadLetterHeader.replayGroup, group))
         }
+        message.headers = headers
         var expired: ExpiredCall?
         if let call = ReadableCall(message), call.replyTo != nil {
             if asFireAndForget {
