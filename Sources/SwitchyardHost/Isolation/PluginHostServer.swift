@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SwitchyardABI
 import SwitchyardLoader
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -55,7 +56,28 @@ public enum PluginHostServer {
 
         /// A serving thread waiting to be handed the reader.
         private final class IdleThread: Sendable {
-            let handed = DispatchSemaphore(value: 0)
+            private let handed = DispatchSemaphore(value: 0)
+            /// Set by ``hand()`` before `handed` is signalled, for a thread that spins first.
+            private let flag = Atomic<Bool>(false)
+
+            /// Hands this thread the reader (or wakes it to see the session's end).
+            func hand() {
+                flag.store(true, ordering: .releasing)
+                handed.signal()
+            }
+
+            /// Waits until ``hand()``, spinning briefly first (the next request usually comes
+            /// within microseconds); false after `timeout`.
+            func awaitHanded(timeout: DispatchTime) -> Bool {
+                let spun = SpinBeforeSleeping.poll { flag.load(ordering: .acquiring) ? true : nil } ?? false
+                if spun {
+                    handed.wait()  // signalled right after the flag: returns at once
+                } else if handed.wait(timeout: timeout) == .timedOut {
+                    return false
+                }
+                flag.store(false, ordering: .relaxed)
+                return true
+            }
         }
 
         private struct Leadership {
@@ -141,7 +163,7 @@ public enum PluginHostServer {
                 case .end: return false
                 case .wait, .handedMeanwhile: break
                 }
-                if me.handed.wait(timeout: .now() + Self.idleThreadLifetime) == .success {
+                if me.awaitHanded(timeout: .now() + Self.idleThreadLifetime) {
                     return leadership.withLock { $0.exitStatus == nil }  // handed the reader, or woken by the end
                 }
                 let afterTimeout = leadership.withLock { state -> Next in
@@ -154,7 +176,7 @@ public enum PluginHostServer {
                 switch afterTimeout {
                 case .end: return false
                 case .handedMeanwhile:
-                    me.handed.wait()  // popped as the wait timed out: its signal is on the way
+                    _ = me.awaitHanded(timeout: .distantFuture)  // popped as the wait timed out: its signal is on the way
                     return leadership.withLock { $0.exitStatus == nil }
                 case .lead, .wait: continue
                 }
@@ -214,7 +236,7 @@ public enum PluginHostServer {
                 }
                 return nil
             }
-            next?.handed.signal()
+            next?.hand()
             if startAnother { startThread() }
         }
 
@@ -239,7 +261,7 @@ public enum PluginHostServer {
                 defer { state.idle.removeAll() }
                 return state.idle
             }
-            for thread in idle { thread.handed.signal() }
+            for thread in idle { thread.hand() }
             // A call still inside the plugin after the grace keeps the instance from being
             // destroyed under it: the process exits without (the plugin's own state is as after a
             // crash, which a durable plugin survives).

@@ -26,6 +26,8 @@ final class PluginProcess: @unchecked Sendable {
     /// wait for what it alone reads) handed to `onReply` there when it comes.
     private final class Pending: @unchecked Sendable {
         let done = DispatchSemaphore(value: 0)
+        /// Set with `result`, for a waiter that spins before it waits on `done`.
+        let answered = Atomic<Bool>(false)
         var result: Result<WireReader, TransportError>?  // written before `done` is signalled
         let onReply: (@Sendable (Result<WireReader, TransportError>) -> Void)?
         init(onReply: (@Sendable (Result<WireReader, TransportError>) -> Void)? = nil) { self.onReply = onReply }
@@ -202,7 +204,10 @@ final class PluginProcess: @unchecked Sendable {
             pending.withLock { _ = $0.removeValue(forKey: sequence) }
             throw TransportError(.unavailable, "the plugin process cannot be reached (\(error.message))")
         }
-        if waiter.done.wait(timeout: .now() + .nanoseconds(Int(clamping: max(0, timeoutNanos)))) == .timedOut {
+        // The answer usually comes within microseconds: spin for it before sleeping.
+        if SpinBeforeSleeping.poll({ waiter.answered.load(ordering: .acquiring) ? true : nil }) == nil,
+            waiter.done.wait(timeout: .now() + .nanoseconds(Int(clamping: max(0, timeoutNanos)))) == .timedOut
+        {
             if pending.withLock({ $0.removeValue(forKey: sequence) }) != nil {
                 kill(reason: "did not answer \(operation) within \(timeoutNanos / 1_000_000) ms")
                 throw TransportError(
@@ -300,6 +305,7 @@ final class PluginProcess: @unchecked Sendable {
             return
         }
         ThreadSanitizer.release(waiter)
+        waiter.answered.store(true, ordering: .releasing)
         waiter.done.signal()
     }
 

@@ -286,7 +286,12 @@ final class FrameReader {
         start = 0
         while end < count {
             beforeWaiting?()
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + end, $0.count - end, 0) }
+            // The peer usually answers within microseconds: spin for it before sleeping in `recv`.
+            let n =
+                SpinBeforeSleeping.poll { () -> Int? in
+                    let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + end, $0.count - end, Int32(MSG_DONTWAIT)) }
+                    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? nil : n
+                } ?? buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + end, $0.count - end, 0) }
             if n == 0 {
                 if end == 0 { return false }
                 throw TransportError(.io, "the socket closed in the middle of a frame")
