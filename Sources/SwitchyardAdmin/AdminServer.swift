@@ -51,12 +51,7 @@ public final class AdminServer: Service, Sendable {
         if settings.token == nil, let token = ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable], !token.isEmpty {
             settings.token = token
         }
-        guard settings.isLoopback || settings.token != nil else {
-            throw AdminError(
-                "the admin endpoint may listen on \(settings.host) only with a token (every request must then carry it): "
-                    + "export \(SwitchyardConfig.AdminSection.tokenVariable) (admin.token defaults to it; "
-                    + "or set admin.token in the config), or listen on 127.0.0.1")
-        }
+        if let problem = settings.servingProblem() { throw AdminError(problem.description) }
         guard let port = UInt16(exactly: settings.port) else { throw AdminError("port \(settings.port) is out of range") }
         let handler = AdminHandler(system: system, token: settings.token)
         let stopping = StopFlag()

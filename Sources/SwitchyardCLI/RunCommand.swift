@@ -39,6 +39,12 @@ struct RunCommand: AsyncParsableCommand {
         var logger = Logger(label: "switchyard")
         logger.logLevel = level
         let configured = try readConfig(config)
+        if var problem = configured.admin?.servingProblem() {
+            // Before anything starts: the endpoint would refuse only once the transports ran.
+            problem.file = config
+            printError("error: \(problem)")
+            throw ExitCode(1)
+        }
         if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         // Every configured transport, routed or not: a host runs them all (a delay transport keeps
         // forwarding), and a problem in any of them stops it here, naming the key.

@@ -26,11 +26,27 @@ extension SwitchyardConfig {
         /// The bearer token, or nil (then only loopback, and nothing that changes state).
         public var token: String?
 
+        /// The line of `listen:` (or of `admin:`) in the file it was read from, for errors.
+        public var listenLine: Int?
+
         /// An endpoint on `host`:`port`.
         public init(host: String = "127.0.0.1", port: Int = 9464, token: String? = nil) {
             self.host = host
             self.port = port
             self.token = token
+        }
+
+        /// Why this endpoint cannot be served as it is, naming the key; nil when it can. A
+        /// non-loopback address needs a token (``token``, else `SWITCHYARD_ADMIN_TOKEN` in
+        /// `environment`). Asked by whatever serves the endpoint (`AdminServer`, and `switchyard
+        /// run` before it starts anything), not when the file is read: commands that only read the
+        /// file's transports (`switchyard dlq`, `stats --config`) work where the variable is unset.
+        public func servingProblem(environment: [String: String] = ProcessInfo.processInfo.environment) -> ConfigError? {
+            guard !isLoopback, token == nil, (environment[Self.tokenVariable] ?? "").isEmpty else { return nil }
+            return ConfigError(
+                key: "admin.token", line: listenLine,
+                message: "is required to listen on \(host), which is not loopback: every request must then carry it. "
+                    + "Export \(Self.tokenVariable) (admin.token defaults to it), set admin.token, or listen on 127.0.0.1")
         }
 
         /// Whether `host` is a loopback address (`127.0.0.0/8` or `::1`).
@@ -80,7 +96,9 @@ extension SwitchyardConfig {
         }
     }
 
-    /// `admin:` parsed and checked: a non-loopback address needs a token.
+    /// `admin:` parsed and checked, its token defaulting to `SWITCHYARD_ADMIN_TOKEN` from
+    /// `environment`. Whether a non-loopback address has its token is checked where the endpoint
+    /// is served (``AdminSection/servingProblem(environment:)``).
     static func parseAdmin(_ node: ConfigNode, environment: [String: String]) throws(ConfigError) -> AdminSection {
         var section = AdminSection()
         var listenNode: ConfigNode?
@@ -102,12 +120,7 @@ extension SwitchyardConfig {
             }
         }
         if section.token == nil, let token = environment[AdminSection.tokenVariable], !token.isEmpty { section.token = token }
-        if !section.isLoopback && section.token == nil {
-            throw ConfigError(
-                key: node.path + ".token", line: listenNode?.line ?? node.line,
-                message: "is required to listen on \(section.host), which is not loopback: every request must then carry it. "
-                    + "Export \(AdminSection.tokenVariable) (admin.token defaults to it), set admin.token, or listen on 127.0.0.1")
-        }
+        section.listenLine = listenNode?.line ?? node.line
         return section
     }
 }

@@ -307,10 +307,18 @@ struct AdminConfigTests {
         #expect(try SwitchyardConfig.parse(yaml: "routes: {}\n", baseDirectory: "/").admin == nil, "off unless configured")
     }
 
+    @Test("an address beyond loopback without a token reads, and is refused where it would be served, naming the key and line")
+    func tokenCheckedWhereServed() throws {
+        let section = try #require(try parse("  listen: 0.0.0.0:9464\n"))
+        let problem = try #require(section.servingProblem(environment: [:]))
+        #expect(problem.key == "admin.token" && problem.line == 2 && problem.message.contains("not loopback"), "\(problem)")
+        #expect(section.servingProblem(environment: ["SWITCHYARD_ADMIN_TOKEN": "set-where-it-runs"]) == nil)
+        #expect(try parse("  listen: 127.0.0.1:9464\n")?.servingProblem(environment: [:]) == nil)
+    }
+
     @Test(
         "bad values name the key and say what to do",
         arguments: [
-            ("  listen: 0.0.0.0:9464\n", "admin.token", "not loopback"),
             ("  listen: 9464\n", "admin.listen", "HOST:PORT"),
             ("  listen: 127.0.0.1:99999\n", "admin.listen", "0 to 65535"),
             ("  listen: example.com:80\n", "admin.listen", "not an IP address"),

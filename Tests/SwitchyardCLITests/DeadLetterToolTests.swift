@@ -126,4 +126,22 @@ struct DeadLetterToolTests {
         #expect(list.stdout.contains("\"dead_lettered_at\""), "\(list.stdout)")
         #expect(!list.stdout.contains("deadLetteredAt"))
     }
+
+    @Test("an admin endpoint beyond loopback needs its token where it is served: dlq reads the file without it, run refuses before it starts")
+    func adminTokenOnlyWhereServed() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try await setUp(dir)
+        let text = try String(contentsOfFile: config, encoding: .utf8)
+        try (text + "\nadmin:\n  listen: 0.0.0.0:0\n").write(toFile: config, atomically: true, encoding: .utf8)
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWITCHYARD_ADMIN_TOKEN"] = nil
+        let list = try await run(
+            BuildProducts.switchyard, ["dlq", "list", "--config", config, "--transport", "orders", "--channel", "orders"], environment: environment)
+        #expect(list.status == 0, "\(list.stderr)")
+        #expect(list.stdout.contains("o-1"), "\(list.stdout)")
+        let host = try await run(BuildProducts.switchyard, ["run", "--config", config, "--allow-empty"], environment: environment)
+        #expect(host.status == 1)
+        #expect(host.stderr.contains("'admin.token': is required to listen on 0.0.0.0"), "\(host.stderr)")
+        #expect(host.stderr.contains("line 8"), "\(host.stderr)")
+    }
 }
