@@ -263,7 +263,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "SwitchyardTransportKitTests",
-            dependencies: ["SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime", "SwitchyardTransportKit", "SwitchyardWire"]),
+            dependencies: ["SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime", "SwitchyardPluginKit", "SwitchyardTransportKit", "SwitchyardWire"]),
         .testTarget(
             name: "SwitchyardConformanceTests",
             dependencies: ["SwitchyardTestSupport", "SwitchyardConformance", "SwitchyardHost", "SwitchyardLoader", "SwitchyardPostgres", "SwitchyardTransportKit"]),

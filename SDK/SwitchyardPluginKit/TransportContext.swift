@@ -143,6 +143,29 @@ public enum ConfigJSON {
     }
 }
 
+extension Decoder {
+    /// Refuses an object with a key not in `allowed`, naming it and the known keys (`config key
+    /// 'tls.verfy': unknown key (known keys: ca, cert, key, verify)`). For the nested objects of a
+    /// plugin's config, from their `init(from:)`; the top level is checked by
+    /// ``PluginConfig/allowedKeys``.
+    public func refuseUnknownKeys(allowed: Set<String>) throws {
+        let keys = try container(keyedBy: AnyConfigKey.self).allKeys.map(\.stringValue)
+        guard let unknown = keys.sorted().first(where: { !allowed.contains($0) }) else { return }
+        throw DecodingError.dataCorrupted(
+            DecodingError.Context(
+                codingPath: codingPath + [AnyConfigKey(stringValue: unknown)],
+                debugDescription: "unknown key (known keys: \(allowed.sorted().joined(separator: ", ")))"))
+    }
+}
+
+/// Any key of a config object.
+private struct AnyConfigKey: CodingKey {
+    let stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
 /// A plugin's config type: decodable, and naming the keys it accepts so that a misspelled key is
 /// refused instead of silently ignored.
 public protocol PluginConfig: Decodable {

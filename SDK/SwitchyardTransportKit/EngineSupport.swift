@@ -18,6 +18,19 @@ public struct TLSConfig: Decodable, Sendable {
 
     /// TLS with the system's trust store and verification on.
     public init() {}
+
+    private enum CodingKeys: String, CodingKey { case ca, cert, key, verify }
+
+    /// Decodes the object, refusing a key it does not know (a misspelled `verify` must not leave
+    /// verification on silently, nor a misspelled `cert` leave the client unauthenticated).
+    public init(from decoder: any Decoder) throws {
+        try decoder.refuseUnknownKeys(allowed: ["ca", "cert", "key", "verify"])
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        ca = try values.decodeIfPresent(String.self, forKey: .ca)
+        cert = try values.decodeIfPresent(String.self, forKey: .cert)
+        key = try values.decodeIfPresent(String.self, forKey: .key)
+        verify = try values.decodeIfPresent(Bool.self, forKey: .verify)
+    }
 }
 
 /// A transport's counters, lock-free: publishers and consumers on many threads bump them at once.

@@ -43,10 +43,11 @@ public struct ConfigNode {
         try mapping(allowed: [])
     }
 
-    /// A non-empty string scalar.
-    public func string() throws(ConfigError) -> String {
+    /// A string scalar: non-empty unless `allowingEmpty` (for a value whose empty form means
+    /// something, e.g. a libpq `conninfo` that leaves everything to libpq's environment).
+    public func string(allowingEmpty: Bool = false) throws(ConfigError) -> String {
         guard case .scalar(let scalar) = node else { throw error("expected a string") }
-        guard !scalar.string.isEmpty else { throw error("must not be empty") }
+        guard allowingEmpty || !scalar.string.isEmpty else { throw error("must not be empty") }
         return scalar.string
     }
 

@@ -48,6 +48,10 @@ public enum EnvironmentExpansion {
                 output += value
             } else if let fallback {
                 output += fallback
+            } else if environment[String(name)] != nil {
+                throw ConfigError(
+                    key: "", line: line,
+                    message: "environment variable \(name) is empty (write ${\(name):-default} to give a default, or ${\(name):-} to allow empty)")
             } else {
                 throw ConfigError(key: "", line: line, message: "environment variable \(name) is not set (write ${\(name):-default} to give a default)")
             }

@@ -196,7 +196,7 @@ extension SwitchyardConfig {
             schema = defaultSchema
             for (key, field) in try node.mapping(allowed: ["conninfo", "schema"]) {
                 switch key {
-                case "conninfo": conninfo = try field.string()
+                case "conninfo": conninfo = try field.string(allowingEmpty: true)  // empty: libpq's PG* variables
                 case "schema":
                     schema = try field.string()
                     guard !schema.isEmpty, schema.count <= 48, schema.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {

@@ -83,6 +83,16 @@ struct ConfigTests {
         #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
     }
 
+    @Test("a PostgreSQL location's conninfo may be empty (libpq's PG* variables), as the docs' default; the schema may not")
+    func emptyConninfo() throws {
+        let config = try SwitchyardConfig.parse(yaml: "outboxes:\n  ledger: { postgres: { conninfo: '' } }\n", baseDirectory: "/")
+        #expect(config.outboxes.first?.postgres?.conninfo == "")
+        let error = #expect(throws: ConfigError.self) {
+            try SwitchyardConfig.parse(yaml: "outboxes:\n  ledger: { postgres: { conninfo: '', schema: '' } }\n", baseDirectory: "/")
+        }
+        #expect(error?.key == "outboxes.ledger.postgres.schema", "\(error.map { "\($0)" } ?? "")")
+    }
+
     @Test("isolation: the word or a mapping; unset durations keep the defaults")
     func isolation() throws {
         let config = try SwitchyardConfig.parse(

@@ -459,6 +459,24 @@ struct IsolationTests {
         await system.shutdown()
     }
 
+    @Test("isolation.host that is not an executable is an error naming the key, never another switchyard found instead")
+    func configuredHostMissing() async throws {
+        let directory = try TemporaryDirectory()
+        let error = await #expect(throws: (any Error).self) {
+            _ = try await makeSystem(
+                """
+                transports:
+                  work:
+                    plugin: queue
+                    isolation: { mode: process, host: "\(directory.file("no-such-switchyard"))" }
+                routes:
+                  "*": { transport: work }
+                """)
+        }
+        let text = error.map { "\($0)" } ?? ""
+        #expect(text.contains("isolation.host") && text.contains("no-such-switchyard") && text.contains("not an executable file"), "\(text)")
+    }
+
     @Test("plugin files whose entry crashes or hangs sit in the plugins directory: with a transport isolated, a probe process refuses them and the host starts and serves")
     func discoveryProbe() async throws {
         let plugins = try TemporaryDirectory()

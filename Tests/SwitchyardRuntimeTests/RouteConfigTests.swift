@@ -141,7 +141,7 @@ struct RouteConfigTests {
         #expect(TransportSet.unknownPluginAdvice("rabitmq", found: []).contains("Did you mean 'rabbitmq'? (build it with 'swift build --product switchyard-rabbitmq'"))
     }
 
-    @Test("environment variables override values; an unset one is an error with its line")
+    @Test("environment variables override values; an unset or empty one is an error with its line")
     func environment() throws {
         let yaml = "transports:\n  q:\n    plugin: queue\n    config: { path: \"${DATA}/q.db\", capacity: ${CAP:-10} }\n"
         let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: ["DATA": "/var/x"])
@@ -149,6 +149,9 @@ struct RouteConfigTests {
         let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: [:]) }
         #expect(error?.line == 4)
         #expect(error?.message.contains("DATA is not set") == true)
+        let empty = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: ["DATA": ""]) }
+        #expect(empty?.message.contains("DATA is empty") == true, "\(empty?.message ?? "")")
+        #expect(try EnvironmentExpansion.expand("a: ${DATA:-}", environment: ["DATA": ""]) == "a: ")
         let escaped = try EnvironmentExpansion.expand("a: $${HOME}", environment: [:])
         #expect(escaped == "a: ${HOME}")
     }

@@ -31,8 +31,17 @@ public struct ProcessIsolation: Sendable, Hashable {
 
     /// Finds the plugin host executable for `pluginPath`, or explains where it looked.
     func resolveExecutable(pluginPath: String) throws(TransportError) -> String {
+        if let hostExecutable {
+            // Configured: that file or an error, never another binary in its place.
+            guard access(hostExecutable, X_OK) == 0 else {
+                throw TransportError(
+                    .config,
+                    "isolation.host '\(hostExecutable)' is not an executable file (\(String(cString: strerror(errno)))); point it at the 'switchyard' executable, or leave it out to search SWITCHYARD_PLUGIN_HOST, the host's directory, the plugin's and PATH"
+                )
+            }
+            return hostExecutable
+        }
         var candidates: [String] = []
-        if let hostExecutable { candidates.append(hostExecutable) }
         let environment = ProcessInfo.processInfo.environment
         if let fromEnvironment = environment["SWITCHYARD_PLUGIN_HOST"], !fromEnvironment.isEmpty { candidates.append(fromEnvironment) }
         if let directory = SearchDirectory.currentExecutableDirectory() { candidates.append(directory + "/switchyard") }
@@ -41,7 +50,7 @@ public struct ProcessIsolation: Sendable, Hashable {
         if let found = candidates.first(where: { access($0, X_OK) == 0 }) { return found }
         throw TransportError(
             .config,
-            "isolation: process needs the 'switchyard' executable to run the plugin host; none found (set isolation.host or SWITCHYARD_PLUGIN_HOST; looked at \(candidates.prefix(4).joined(separator: ", ")))"
+            "isolation: process needs the 'switchyard' executable to run the plugin host; none found (set isolation.host or SWITCHYARD_PLUGIN_HOST; looked at \(candidates.prefix(3).joined(separator: ", ")))"
         )
     }
 }
