@@ -207,6 +207,52 @@ struct OutboxTests {
         await system.shutdown()
     }
 
+    @Test("a row that cannot be decoded is set aside with the reason; later messages to its destination still go out")
+    func corruptRowSetAside() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try await system.transaction(on: "shop") { _ in try await notices.notice(0) }
+        #expect(await eventually { seen.withLock { $0 } == [0] })
+
+        // Five rows left by another process, the third of them corrupt on disk.
+        let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
+        let database = try SQLiteDatabase(path: shop)
+        try database.configureDurable(sharedWithApplication: true)
+        try database.execute("BEGIN IMMEDIATE")
+        let messages = try (1...5).map { id in
+            var arguments: [UInt8] = []
+            try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
+            let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
+            return OutboxMessage(transport: "work", message: envelope.message(channel: "notices"))
+        }
+        _ = try SQLiteOutboxStorage.insert(messages, into: database)
+        try database.execute("UPDATE switchyard_outbox SET message = x'00ff' WHERE seq = (SELECT min(seq) + 2 FROM switchyard_outbox)")
+        try database.execute("UPDATE switchyard_outbox SET claimed_until = 0")
+        try database.execute("COMMIT")
+        #expect(await eventually { seen.withLock { $0 } == [0, 1, 2, 4, 5] }, "\(seen.withLock { $0 })")
+        // And a message to the same destination committed after the row was set aside.
+        try await system.transaction(on: "shop") { _ in try await notices.notice(6) }
+        #expect(await eventually(5) { seen.withLock { $0 } == [0, 1, 2, 4, 5, 6] }, "\(seen.withLock { $0 })")
+        // The corrupt row stays, with why, for an operator to look at and delete.
+        #expect(await eventually { (try? outboxDepth(shop)) == 1 })
+        var reasons: [String] = []
+        try database.run("SELECT last_error FROM switchyard_outbox") { row in reasons.append(row.text(0)) }
+        #expect(reasons.count == 1 && reasons[0].hasPrefix("unreadable: "), "\(reasons)")
+        await system.shutdown()
+    }
+
     @Test("a transaction whose outbox write fails rolls back whole, throws and sends nothing")
     func failedCommit() async throws {
         let directory = try TemporaryDirectory()

@@ -99,6 +99,11 @@ final class SQLiteOutboxStorage: OutboxStorage {
 
     /// Writes `messages` in the open transaction of `database`. Once it commits, wake the relay:
     /// its claim decides what goes out, in commit order per destination.
+    /// `claimed_until` of a row set aside because it cannot be decoded: never claimed again, and
+    /// (unlike a claimed row or one waiting out a refusal) not holding up its destination — it can
+    /// never be sent, so later messages to the same channel go on without it.
+    static let setAside = Int64.max
+
     static func insert(_ messages: [OutboxMessage], into database: SQLiteDatabase) throws(TransportError) {
         guard !messages.isEmpty else { return }
         let now = WallClock.nowNanos()
@@ -133,9 +138,10 @@ final class SQLiteOutboxStorage: OutboxStorage {
                     """
                     SELECT seq, transport, message, attempts FROM switchyard_outbox
                     WHERE claimed_until <= ?1
-                      AND (transport, channel) NOT IN (SELECT transport, channel FROM switchyard_outbox WHERE claimed_until > ?1)
+                      AND (transport, channel) NOT IN (
+                        SELECT transport, channel FROM switchyard_outbox WHERE claimed_until > ?1 AND claimed_until < ?3)
                     ORDER BY seq LIMIT ?2
-                    """, [.int(nowNanos), .int(Int64(limit))]
+                    """, [.int(nowNanos), .int(Int64(limit)), .int(Self.setAside)]
                 ) { (row) throws(TransportError) in
                     do throws(TransportError) {
                         let message = try row.blob(2) { (bytes) throws(TransportError) in try MessageCodec.decode(bytes) }
@@ -150,7 +156,7 @@ final class SQLiteOutboxStorage: OutboxStorage {
                 // A corrupt row is set aside (never claimed again), not allowed to stop the rest.
                 for (seq, reason) in unreadable {
                     _ = try database.run(
-                        "UPDATE switchyard_outbox SET claimed_until = ?, last_error = ? WHERE seq = ?", [.int(Int64.max), .text("unreadable: \(reason)"), .int(seq)])
+                        "UPDATE switchyard_outbox SET claimed_until = ?, last_error = ? WHERE seq = ?", [.int(Self.setAside), .text("unreadable: \(reason)"), .int(seq)])
                 }
                 try database.execute("COMMIT")
                 return OutboxClaim(rows: rows, setAside: unreadable.map { (seq: $0.0, reason: $0.1) })
@@ -249,10 +255,11 @@ final class PostgresOutboxStorage: OutboxStorage {
                     UPDATE \(schema).outbox SET claimed_until = $3 WHERE seq IN (
                         SELECT seq FROM \(schema).outbox
                         WHERE claimed_until <= $1
-                          AND (transport, channel) NOT IN (SELECT transport, channel FROM \(schema).outbox WHERE claimed_until > $1)
+                          AND (transport, channel) NOT IN (
+                            SELECT transport, channel FROM \(schema).outbox WHERE claimed_until > $1 AND claimed_until < $4)
                         ORDER BY seq LIMIT $2)
                     RETURNING seq, transport, message, attempts
-                    """, [.int(nowNanos), .int(Int64(limit)), .int(nowNanos + leaseNanos)]
+                    """, [.int(nowNanos), .int(Int64(limit)), .int(nowNanos + leaseNanos), .int(SQLiteOutboxStorage.setAside)]
                 ) { row in
                     do throws(TransportError) {
                         rows.append(OutboxRow(seq: row.int(0), transport: row.text(1), message: try MessageCodec.decode(row.bytes(2)), attempts: Int(row.int(3))))
@@ -264,7 +271,7 @@ final class PostgresOutboxStorage: OutboxStorage {
                 for (seq, reason) in unreadable {
                     try database.run(
                         "UPDATE \(schema).outbox SET claimed_until = $1, last_error = $2 WHERE seq = $3",
-                        [.int(Int64.max), .text("unreadable: \(reason)"), .int(seq)])
+                        [.int(SQLiteOutboxStorage.setAside), .text("unreadable: \(reason)"), .int(seq)])
                 }
                 return OutboxClaim(rows: rows.sorted { $0.seq < $1.seq }, setAside: unreadable.map { (seq: $0.0, reason: $0.1) })
             }
