@@ -82,6 +82,54 @@ func outboxDepth(_ path: String) throws -> Int {
     return count
 }
 
+/// Five rows another process left in the outbox `shop` (configured by `outbox`), the third
+/// corrupt (`leave` writes them so), then one more message committed after: every readable one
+/// is delivered in order, and the corrupt row stays with its reason (`remaining`: the
+/// `last_error` of the rows left).
+func expectCorruptRowSetAside(
+    outbox: String, postgres: Bool = false, leave: ([OutboxMessage]) throws -> Void, remaining: @escaping () throws -> [String]
+) async throws {
+    let system = try await makeSystem(
+        """
+        transports:
+          work: { plugin: queue }
+        outboxes:
+          \(outbox)
+        routes:
+          Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
+        """)
+    let seen = Guarded<[Int]>([])
+    try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+    let notices = try $Notices.resolve(id: "notices", using: system)
+    func notice(_ id: Int) async throws {
+        if postgres {
+            try await system.transaction(on: "shop", PostgresDatabase.self) { _ in try await notices.notice(id) }
+        } else {
+            try await system.transaction(on: "shop") { _ in try await notices.notice(id) }
+        }
+    }
+    try await notice(0)
+    #expect(await eventually { seen.withLock { $0 } == [0] })
+
+    let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
+    try leave(
+        try (1...5).map { id in
+            var arguments: [UInt8] = []
+            try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
+            let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
+            return OutboxMessage(transport: "work", message: envelope.message(channel: "notices"))
+        })
+    #expect(await eventually { seen.withLock { $0 } == [0, 1, 2, 4, 5] }, "\(seen.withLock { $0 })")
+    // A message to the same destination committed after the row was set aside goes out too.
+    try await notice(6)
+    #expect(await eventually(5) { seen.withLock { $0 } == [0, 1, 2, 4, 5, 6] }, "\(seen.withLock { $0 })")
+    // The corrupt row stays, with why, for an operator to look at and delete.
+    #expect(await eventually { (try? remaining())?.count == 1 })
+    let reasons = try remaining()
+    #expect(reasons.count == 1 && reasons[0].hasPrefix("unreadable: "), "\(reasons)")
+    await system.shutdown()
+}
+
 @Suite("Transactional outbox")
 struct OutboxTests {
     @Test(
@@ -211,46 +259,19 @@ struct OutboxTests {
     func corruptRowSetAside() async throws {
         let directory = try TemporaryDirectory()
         let shop = directory.file("shop.db")
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              shop: { path: "\(shop)" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
-            """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
-        try await system.transaction(on: "shop") { _ in try await notices.notice(0) }
-        #expect(await eventually { seen.withLock { $0 } == [0] })
-
-        // Five rows left by another process, the third of them corrupt on disk.
-        let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
-        let database = try SQLiteDatabase(path: shop)
-        try database.configureDurable(sharedWithApplication: true)
-        try database.execute("BEGIN IMMEDIATE")
-        let messages = try (1...5).map { id in
-            var arguments: [UInt8] = []
-            try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
-            let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
-            return OutboxMessage(transport: "work", message: envelope.message(channel: "notices"))
+        try await expectCorruptRowSetAside(outbox: "shop: { path: \"\(shop)\" }") { messages in
+            let database = try SQLiteDatabase(path: shop)
+            try database.configureDurable(sharedWithApplication: true)
+            try database.execute("BEGIN IMMEDIATE")
+            _ = try SQLiteOutboxStorage.insert(messages, into: database)
+            try database.execute("UPDATE switchyard_outbox SET message = x'00ff' WHERE seq = (SELECT min(seq) + 2 FROM switchyard_outbox)")
+            try database.execute("UPDATE switchyard_outbox SET claimed_until = 0")
+            try database.execute("COMMIT")
+        } remaining: {
+            var reasons: [String] = []
+            try SQLiteDatabase(path: shop).run("SELECT last_error FROM switchyard_outbox") { row in reasons.append(row.text(0)) }
+            return reasons
         }
-        _ = try SQLiteOutboxStorage.insert(messages, into: database)
-        try database.execute("UPDATE switchyard_outbox SET message = x'00ff' WHERE seq = (SELECT min(seq) + 2 FROM switchyard_outbox)")
-        try database.execute("UPDATE switchyard_outbox SET claimed_until = 0")
-        try database.execute("COMMIT")
-        #expect(await eventually { seen.withLock { $0 } == [0, 1, 2, 4, 5] }, "\(seen.withLock { $0 })")
-        // And a message to the same destination committed after the row was set aside.
-        try await system.transaction(on: "shop") { _ in try await notices.notice(6) }
-        #expect(await eventually(5) { seen.withLock { $0 } == [0, 1, 2, 4, 5, 6] }, "\(seen.withLock { $0 })")
-        // The corrupt row stays, with why, for an operator to look at and delete.
-        #expect(await eventually { (try? outboxDepth(shop)) == 1 })
-        var reasons: [String] = []
-        try database.run("SELECT last_error FROM switchyard_outbox") { row in reasons.append(row.text(0)) }
-        #expect(reasons.count == 1 && reasons[0].hasPrefix("unreadable: "), "\(reasons)")
-        await system.shutdown()
     }
 
     @Test("a transaction whose outbox write fails rolls back whole, throws and sends nothing")
@@ -463,6 +484,24 @@ struct PostgresOutboxTests {
         #expect(await eventually { (try? Self.rows(server, "SELECT count(*)::bigint FROM tx.outbox")) == [0] })
         #expect(try Self.rows(server, "SELECT count(*)::bigint FROM tx.inbox") == [3])
         await system.shutdown()
+    }
+
+    @Test("a row that cannot be decoded is set aside with the reason; later messages to its destination still go out")
+    func corruptRowSetAside() async throws {
+        let server = try await offPool { try PostgresServer() }
+        try await expectCorruptRowSetAside(outbox: "shop: { postgres: { conninfo: \"\(server.conninfo)\" } }", postgres: true) { messages in
+            let database = try PostgresDatabase(conninfo: server.conninfo)
+            try database.transaction { () throws(TransportError) in
+                try PostgresOutboxStorage.insert(messages, into: database, schema: "switchyard")
+                try database.run("UPDATE switchyard.outbox SET message = '\\x00ff'::bytea WHERE seq = (SELECT min(seq) + 2 FROM switchyard.outbox)")
+                try database.run("UPDATE switchyard.outbox SET claimed_until = 0")
+            }
+        } remaining: {
+            let database = try PostgresDatabase(conninfo: server.conninfo)
+            var reasons: [String] = []
+            try database.run("SELECT last_error FROM switchyard.outbox") { row in reasons.append(row.text(0)) }
+            return reasons
+        }
     }
 
     @Test("system.transaction on a PostgreSQL outbox commits the application's rows and its calls together, or neither")
