@@ -61,6 +61,35 @@ distributed actor AccountsService: Accounts {
     }
 }
 
+/// Books each id in the inbox's transaction, whose first `failures` runs fail (a database that
+/// refuses for a while), and announces it.
+distributed actor FlakyLedger: Accounts {
+    typealias ActorSystem = SwitchyardActorSystem
+    let notices: any Notices
+    let runs: Guarded<Int>
+    let failures: Int
+
+    init(actorSystem: ActorSystem, notices: any Notices, runs: Guarded<Int>, failures: Int) {
+        self.actorSystem = actorSystem
+        self.notices = notices
+        self.runs = runs
+        self.failures = failures
+    }
+
+    distributed func post(_ id: Int, fail: Bool) async throws {
+        let run = runs.withLock { runs in
+            runs += 1
+            return runs
+        }
+        try Switchyard.inboxTransaction { db in
+            guard run > self.failures else { throw AccountsRefused() }
+            try db.execute("CREATE TABLE IF NOT EXISTS booked (id INTEGER NOT NULL, label TEXT NOT NULL)")
+            try db.run("INSERT INTO booked VALUES (?, 'ledger')", [.int(Int64(id))])
+        }
+        try await notices.notice(id)
+    }
+}
+
 /// Keeps the ids it is told, in arrival order.
 distributed actor NoticeCollector: Notices {
     typealias ActorSystem = SwitchyardActorSystem
@@ -328,6 +357,36 @@ struct OutboxTests {
         }
         try await Task.sleep(for: .milliseconds(200))
         #expect(seen.withLock { $0 }.isEmpty)
+        await system.shutdown()
+    }
+
+    @Test("an inbox transaction that fails on a route without a retry policy runs again a second later, until it commits: once, with one follow-up")
+    func failingEffectWithoutPolicy() async throws {
+        let directory = try TemporaryDirectory()
+        let inbox = directory.file("inbox.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            routes:
+              Accounts.*: { transport: work, mode: fire-and-forget, inbox: { path: "\(inbox)" }, outbox: true }
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        let runs = Guarded(0)
+        try system.host("ledger", as: $Accounts.self) { FlakyLedger(actorSystem: $0, notices: notices, runs: runs, failures: 2) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let sent = ContinuousClock.now
+        try await ledger.post(7, fail: false)
+        #expect(await eventually { seen.withLock { $0 } == [7] })
+        let took = ContinuousClock.now - sent
+        #expect(runs.withLock { $0 } == 3)
+        #expect(took >= .milliseconds(1_900), "two failures, each redelivered a second later: \(took)")
+        #expect(try booked(in: inbox) == ["ledger:7"])
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(seen.withLock { $0 } == [7], "the failed runs' follow-ups were never sent")
         await system.shutdown()
     }
 
