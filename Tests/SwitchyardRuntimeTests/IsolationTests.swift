@@ -334,6 +334,30 @@ struct IsolationTests {
         }
     }
 
+    @Test("a settlement made inside a delivery is served before an unsubscribe another thread sends after it: nothing is left behind")
+    func settlementInsideDeliveryPrecedesUnsubscribe() async throws {
+        try await offPool {
+            let transport = try Transport(name: "replies", plugin: try BuildProducts.plugin("queue"), isolation: Self.quick)
+            defer { transport.close() }
+            let client = transport.client
+            let rounds = 200
+            for round in 0..<rounds {
+                // A caller taking its reply and closing its reply channel at once.
+                let answered = DispatchSemaphore(value: 0)
+                let subscription = try client.subscribe(SubscribeOptions(channel: "reply-\(round)")) { delivery, _ in
+                    try? client.settle(delivery, .ack)  // queued: sent once this delivery returns
+                    answered.signal()
+                    return .ok
+                }
+                try client.publish(Self.message("r\(round)", "reply", channel: "reply-\(round)"))
+                #expect(answered.wait(timeout: .now() + 30) == .success)
+                try client.unsubscribe(subscription)
+            }
+            let stats = try #require(try client.stats())
+            #expect(stats.acked == UInt64(rounds) && stats.depth == 0, "\(stats)")
+        }
+    }
+
     @Test("the plugin host inherits no descriptors but its socket: not a pipe the host opened without close-on-exec")
     func childInheritsNoDescriptors() async throws {
         try await offPool {

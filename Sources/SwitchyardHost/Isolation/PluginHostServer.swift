@@ -10,6 +10,62 @@ import Synchronization
     import Darwin
 #endif
 
+/// Keeps one order among requests the child otherwise serves concurrently: a settlement read
+/// before an `unsubscribe` is served before it. The parent writes a subscriber's settlement before
+/// its unsubscribe (a caller acknowledging its reply, then closing), but two serving threads
+/// could run them the other way round — the plugin then released the delivery with the
+/// subscription, and the settlement failed with "unknown delivery", the message left behind.
+private final class SettlementOrder: @unchecked Sendable {
+    // @unchecked: every field is read and written under `condition`.
+    /// Where a request stands in the order.
+    enum Place {
+        case settlement(UInt64)
+        case unsubscribe(before: UInt64)
+        case other
+    }
+
+    private let condition = NSCondition()
+    private var nextIndex: UInt64 = 0
+    private var running: Set<UInt64> = []
+    /// How long an `unsubscribe` waits for earlier settlements (a settlement never waits for
+    /// room, so they finish promptly; this only bounds a plugin that hangs in one).
+    static let patience: TimeInterval = 5
+
+    /// Notes a request just read, in the order read (by the thread holding the reader).
+    func read(_ kind: WireKind) -> Place {
+        switch kind {
+        case .settle, .settleBatch, .publishAndSettle, .refused:
+            condition.lock()
+            defer { condition.unlock() }
+            nextIndex += 1
+            running.insert(nextIndex)
+            return .settlement(nextIndex)
+        case .unsubscribe:
+            condition.lock()
+            defer { condition.unlock() }
+            return .unsubscribe(before: nextIndex + 1)
+        default:
+            return .other
+        }
+    }
+
+    /// The settlement `index` has been served.
+    func served(_ index: UInt64) {
+        condition.lock()
+        running.remove(index)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Waits until every settlement read before `mark` has been served (or ``patience`` ran out).
+    func awaitServed(before mark: UInt64) {
+        let deadline = Date(timeIntervalSinceNow: Self.patience)
+        condition.lock()
+        while running.contains(where: { $0 < mark }), condition.wait(until: deadline) {}
+        condition.unlock()
+    }
+}
+
 /// The child side of `isolation: process` (`switchyard plugin-host --fd 3`): loads one plugin
 /// with the loader's usual checks, creates one instance, and serves the parent's requests on the
 /// socket until the parent asks it to shut down or goes away.
@@ -53,6 +109,9 @@ public enum PluginHostServer {
         /// Subscriptions (the parent's ids) whose subscriber just refused: their next offer is
         /// refused here, so the plugin waits for a change before offering again.
         private let refusals = Guarded<Set<SubscriptionID>>([])
+
+        /// Settlements read before an `unsubscribe` are served before it.
+        private let settlementOrder = SettlementOrder()
 
         /// A serving thread waiting to be handed the reader.
         private final class IdleThread: Sendable {
@@ -134,8 +193,11 @@ public enum PluginHostServer {
             let me = IdleThread()
             while takeReader(as: me) {
                 guard let frame = readRequest() else { return }
+                let place = settlementOrder.read(frame.kind)  // still holding the reader: in wire order
                 handOver()
+                if case .unsubscribe(let mark) = place { settlementOrder.awaitServed(before: mark) }
                 handle(frame)
+                if case .settlement(let index) = place { settlementOrder.served(index) }
                 let last = leadership.withLock { state in
                     state.serving -= 1
                     return state.serving == 0 && state.awaitingServed
