@@ -159,6 +159,7 @@ public final class Broker: @unchecked Sendable {
         self.shard = shard
         inlinePasses = store is MemoryStore
         reporter = StatsReporter(host: host, gauges: gauges, slot: shard.index)
+        host.count("expired", 0)  // the series exists from the start, as the reporter's counters do
         // The pipe first: a store whose descriptor is claimed no longer tells its handler of those
         // changes, so it is claimed only once the dispatcher can wait on it. (Not pipe2, which
         // Swift's Glibc does not import: a child started between the calls may inherit the ends,

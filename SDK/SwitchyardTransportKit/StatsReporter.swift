@@ -57,7 +57,9 @@ public final class StatsReporter: Sendable {
         if let before, before == stats { return true }
         let old = before ?? TransportStats()
         func count(_ name: StaticString, _ new: UInt64, _ old: UInt64) {
-            if new > old { host.count(name, Double(new - old)) }
+            // The first report names every counter, zero included: a series an alert is written
+            // against exists from the start, not from its first event.
+            if new > old || before == nil { host.count(name, Double(new - old)) }
         }
         count("published", stats.published, old.published)
         count("delivered", stats.delivered, old.delivered)

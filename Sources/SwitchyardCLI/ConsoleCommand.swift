@@ -12,12 +12,12 @@ struct ConsoleCommand: AsyncParsableCommand {
         commandName: "console",
         abstract: "Serve the admin console and API for a config, from outside the application's processes.",
         discussion: """
-            Opens the config's transports and serves the admin endpoint over them: plugins, \\
-            transports with what their engines hold (depth, in flight), routes, and the dead letters \\
-            of the channels you name in the address (/dead-letters/TRANSPORT/CHANNEL), with replay \\
-            and purge. It hosts no services, so the services table is empty and the counters are \\
-            this process's own; for one process's live counters and in-memory transports, turn its \\
-            own endpoint on (admin: in its config, or switchyard demo --serve). Like any process of \\
+            Opens the config's transports and serves the admin endpoint over them: plugins, \
+            transports with what their engines hold (depth, in flight), routes, and the dead letters \
+            of the channels you name in the address (/dead-letters/TRANSPORT/CHANNEL), with replay \
+            and purge. It hosts no services, so the services table is empty and the counters are \
+            this process's own; for one process's live counters and in-memory transports, turn its \
+            own endpoint on (admin: in its config, or switchyard demo --serve). Like any process of \
             the deployment, it also relays the config's outboxes. SIGTERM or Ctrl-C stops it.
             """)
 

@@ -95,6 +95,18 @@ struct AdminEndpointTests {
         let callCount = calls.flatMap { line -> Double? in Double(String(line.split(separator: " ").last ?? "")) } ?? 0
         #expect(callCount >= 3, "switchyard_calls_total for the route: \(calls.map(String.init) ?? "missing in:\n\(text)")")
 
+        // Every counter operations.md lists for the queue exists from the first report, zero
+        // included (an alert written against one must find a series).
+        let counters = ["published", "delivered", "acked", "retried", "dead_lettered", "released", "expired"]
+        var exposed = text
+        for _ in 0..<50 where !counters.allSatisfy({ exposed.contains("switchyard_transport_\($0){transport=\"work\"}") }) {
+            try await Task.sleep(for: .milliseconds(100))
+            exposed = try await running.get("/metrics").1
+        }
+        for counter in counters {
+            #expect(exposed.contains("switchyard_transport_\(counter){transport=\"work\"}"), "\(counter) missing in:\n\(exposed)")
+        }
+
         let (apiStatus, json, _) = try await running.get("/api/transports")
         #expect(apiStatus == 200)
         let transports = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]

@@ -302,7 +302,7 @@ extension SwitchyardActorSystem {
         if let limit = route?.entry.maxDeliveries, Int(item.attempt) > limit {
             route?.metrics.deadLettered.increment()
             let reason =
-                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call ran past the transport's visibility timeout)"
+                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call's lease ran out while it waited in the host or ran: raise the transport's visibility timeout above the slowest handler plus its wait in the host)"
             logger.error(
                 "dead-lettering a call delivered more often than its route allows, unrun",
                 metadata: deadLetterLocation(item, hosted).merging([
