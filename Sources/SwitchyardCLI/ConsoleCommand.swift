@@ -51,6 +51,7 @@ struct ConsoleCommand: AsyncParsableCommand {
         var settings = system.config.admin ?? SwitchyardConfig.AdminSection()
         if let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
             (settings.host, settings.port) = address
+            settings.listenLine = nil  // the address is the command line's, not the file's
         }
         let endpoint: AdminServer
         do {

@@ -43,9 +43,12 @@ public struct ConfigNode {
         try mapping(allowed: [])
     }
 
+    /// A non-empty string scalar.
+    public func string() throws(ConfigError) -> String { try string(allowingEmpty: false) }
+
     /// A string scalar: non-empty unless `allowingEmpty` (for a value whose empty form means
     /// something, e.g. a libpq `conninfo` that leaves everything to libpq's environment).
-    public func string(allowingEmpty: Bool = false) throws(ConfigError) -> String {
+    public func string(allowingEmpty: Bool) throws(ConfigError) -> String {
         guard case .scalar(let scalar) = node else { throw error("expected a string") }
         guard allowingEmpty || !scalar.string.isEmpty else { throw error("must not be empty") }
         return scalar.string

@@ -1,5 +1,6 @@
 import Foundation
 import SwitchyardABI
+import Synchronization
 import Testing
 
 @testable import SwitchyardHost
@@ -121,5 +122,42 @@ struct IsolationWireTests {
         try badKind.write(unknownKind)
         let kindError = #expect(throws: TransportError.self) { try FrameReader(fd: badKind.reading).next() }
         #expect(kindError?.message.contains("unknown kind 238") == true)
+    }
+}
+
+@Suite("Isolation: the child's settlement order")
+struct SettlementOrderTests {
+    @Test("an unsubscribe waits for the settlements read before it, not for later ones, nor for publish_and_settle")
+    func unsubscribeWaitsForEarlierSettlements() async throws {
+        let order = SettlementOrder(patience: 10)
+        guard case .settlement(let first) = order.read(.settle) else { Issue.record("a settle is a settlement"); return }
+        guard case .other = order.read(.publishAndSettle) else { Issue.record("publish_and_settle may wait for room: not ordered"); return }
+        guard case .unsubscribe(let mark) = order.read(.unsubscribe) else { Issue.record("an unsubscribe is placed"); return }
+        guard case .settlement(let later) = order.read(.settleBatch) else { Issue.record("a settle_batch is a settlement"); return }
+        let waited = Atomic<Bool>(false)
+        let unsubscribed = Thread {
+            order.awaitServed(before: mark)
+            waited.store(true, ordering: .releasing)
+        }
+        unsubscribed.start()
+        try await Task.sleep(for: .milliseconds(100))
+        let early = waited.load(ordering: .acquiring)
+        #expect(!early, "went ahead of the settlement read before it")
+        order.served(first)
+        var done = false
+        for _ in 0..<500 where !done {
+            try await Task.sleep(for: .milliseconds(10))
+            done = waited.load(ordering: .acquiring)
+        }
+        #expect(done, "still waiting once the earlier settlement was served")
+        order.served(later)
+    }
+
+    @Test("past its patience an unsubscribe goes ahead, and says so")
+    func patienceRunsOut() {
+        let order = SettlementOrder(patience: 0.05)
+        _ = order.read(.settle)
+        guard case .unsubscribe(let mark) = order.read(.unsubscribe) else { Issue.record("an unsubscribe is placed"); return }
+        #expect(!order.awaitServed(before: mark))
     }
 }

@@ -139,6 +139,9 @@ func expectCorruptRowSetAside(
     }
     try await notice(0)
     #expect(await eventually { seen.withLock { $0 } == [0] })
+    // The relay deletes a row after its publish returns: wait for that, so the rows below are
+    // the only ones (the third of them is the one made corrupt).
+    #expect(await eventually { (try? remaining())?.isEmpty == true })
 
     let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
     try leave(

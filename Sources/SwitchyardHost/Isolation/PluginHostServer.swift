@@ -15,7 +15,9 @@ import Synchronization
 /// its unsubscribe (a caller acknowledging its reply, then closing), but two serving threads
 /// could run them the other way round — the plugin then released the delivery with the
 /// subscription, and the settlement failed with "unknown delivery", the message left behind.
-private final class SettlementOrder: @unchecked Sendable {
+/// Plain settlements only (`settle`, `settle_batch`, a refusal): they return promptly, where a
+/// `publish_and_settle` may wait for room in the queue, which an unsubscribe must not wait behind.
+final class SettlementOrder: @unchecked Sendable {
     // @unchecked: every field is read and written under `condition`.
     /// Where a request stands in the order.
     enum Place {
@@ -27,14 +29,17 @@ private final class SettlementOrder: @unchecked Sendable {
     private let condition = NSCondition()
     private var nextIndex: UInt64 = 0
     private var running: Set<UInt64> = []
-    /// How long an `unsubscribe` waits for earlier settlements (a settlement never waits for
-    /// room, so they finish promptly; this only bounds a plugin that hangs in one).
-    static let patience: TimeInterval = 5
+    /// How long an `unsubscribe` waits for earlier settlements: they finish in microseconds, so
+    /// this only bounds a plugin that hangs in one, and stays well under the parent's
+    /// `call_timeout` for the unsubscribe itself.
+    let patience: TimeInterval
+
+    init(patience: TimeInterval = 1) { self.patience = patience }
 
     /// Notes a request just read, in the order read (by the thread holding the reader).
     func read(_ kind: WireKind) -> Place {
         switch kind {
-        case .settle, .settleBatch, .publishAndSettle, .refused:
+        case .settle, .settleBatch, .refused:
             condition.lock()
             defer { condition.unlock() }
             nextIndex += 1
@@ -57,12 +62,17 @@ private final class SettlementOrder: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Waits until every settlement read before `mark` has been served (or ``patience`` ran out).
-    func awaitServed(before mark: UInt64) {
-        let deadline = Date(timeIntervalSinceNow: Self.patience)
+    /// Waits until every settlement read before `mark` has been served; false when ``patience``
+    /// ran out first.
+    @discardableResult
+    func awaitServed(before mark: UInt64) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: patience)
         condition.lock()
-        while running.contains(where: { $0 < mark }), condition.wait(until: deadline) {}
-        condition.unlock()
+        defer { condition.unlock() }
+        while running.contains(where: { $0 < mark }) {
+            if !condition.wait(until: deadline) { return !running.contains(where: { $0 < mark }) }
+        }
+        return true
     }
 }
 
@@ -195,7 +205,10 @@ public enum PluginHostServer {
                 guard let frame = readRequest() else { return }
                 let place = settlementOrder.read(frame.kind)  // still holding the reader: in wire order
                 handOver()
-                if case .unsubscribe(let mark) = place { settlementOrder.awaitServed(before: mark) }
+                if case .unsubscribe(let mark) = place, !settlementOrder.awaitServed(before: mark) {
+                    logger.warning(
+                        "plugin host: an unsubscribe went ahead of a settlement read before it, still inside the plugin after \(settlementOrder.patience) s")
+                }
                 handle(frame)
                 if case .settlement(let index) = place { settlementOrder.served(index) }
                 let last = leadership.withLock { state in

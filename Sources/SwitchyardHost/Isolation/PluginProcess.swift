@@ -334,6 +334,7 @@ final class PluginProcess: @unchecked Sendable {
                 continue
             }
             ThreadSanitizer.release(waiter)
+            waiter.answered.store(true, ordering: .releasing)
             waiter.done.signal()
         }
         return reason

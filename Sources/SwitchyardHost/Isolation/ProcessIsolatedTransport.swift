@@ -33,10 +33,11 @@ public struct ProcessIsolation: Sendable, Hashable {
     func resolveExecutable(pluginPath: String) throws(TransportError) -> String {
         if let hostExecutable {
             // Configured: that file or an error, never another binary in its place.
-            guard access(hostExecutable, X_OK) == 0 else {
+            var status = stat()
+            guard access(hostExecutable, X_OK) == 0, stat(hostExecutable, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
                 throw TransportError(
                     .config,
-                    "isolation.host '\(hostExecutable)' is not an executable file (\(String(cString: strerror(errno)))); point it at the 'switchyard' executable, or leave it out to search SWITCHYARD_PLUGIN_HOST, the host's directory, the plugin's and PATH"
+                    "isolation.host '\(hostExecutable)' is not an executable file (\(errno == 0 ? "a directory or special file" : String(cString: strerror(errno)))); point it at the 'switchyard' executable, or leave it out to search SWITCHYARD_PLUGIN_HOST, the host's directory, the plugin's and PATH"
                 )
             }
             return hostExecutable

@@ -97,13 +97,13 @@ final class SQLiteOutboxStorage: OutboxStorage {
         CREATE INDEX IF NOT EXISTS switchyard_outbox_due ON switchyard_outbox (claimed_until, seq);
         """
 
-    /// Writes `messages` in the open transaction of `database`. Once it commits, wake the relay:
-    /// its claim decides what goes out, in commit order per destination.
     /// `claimed_until` of a row set aside because it cannot be decoded: never claimed again, and
     /// (unlike a claimed row or one waiting out a refusal) not holding up its destination — it can
     /// never be sent, so later messages to the same channel go on without it.
     static let setAside = Int64.max
 
+    /// Writes `messages` in the open transaction of `database`. Once it commits, wake the relay:
+    /// its claim decides what goes out, in commit order per destination.
     static func insert(_ messages: [OutboxMessage], into database: SQLiteDatabase) throws(TransportError) {
         guard !messages.isEmpty else { return }
         let now = WallClock.nowNanos()
