@@ -62,7 +62,7 @@ struct DemoCommand: AsyncParsableCommand {
         // keep; one made here is removed when the run ends, however it ends.
         let userData = ProcessInfo.processInfo.environment["SWITCHYARD_DATA"]
         let data = try makeDataDirectory(given: userData)
-        defer { if userData == nil { try? FileManager.default.removeItem(atPath: data) } }
+        defer { if userData == nil { Self.remove(data) } }
         setenv("SWITCHYARD_DATA", data, 0)
         guard let configPath = config ?? OrdersDemo.defaultConfigPath else {
             throw CommandFailure("the embedded config is missing from this build; pass --config examples/orders/switchyard.yaml")
@@ -123,6 +123,19 @@ struct DemoCommand: AsyncParsableCommand {
                 logger: Logger(label: "switchyard.demo")))
         try await group.run()
         print("drained and stopped")
+    }
+
+    /// Removes the run's data directory. A store's last file operation can still be finishing
+    /// as the run ends (a closed SQLite connection removing its `-wal` and `-shm` files), and a
+    /// file that appears while the directory is being emptied makes one removal fail: try again
+    /// for up to a second, then say what is left.
+    private static func remove(_ directory: String) {
+        for _ in 0..<20 {
+            try? FileManager.default.removeItem(atPath: directory)
+            if !FileManager.default.fileExists(atPath: directory) { return }
+            usleep(50_000)
+        }
+        printError("warning: could not remove the demo's data directory \(directory); remove it yourself")
     }
 
     private func makeDataDirectory(given: String?) throws -> String {

@@ -110,7 +110,8 @@ struct DemoTests {
         let result = try await run(BuildProducts.switchyard, ["demo", "--orders", "5"], environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(!result.stdout.contains("//switchyard-demo-"), "\(result.stdout)")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: temporary.path).isEmpty)
+        let left = try FileManager.default.contentsOfDirectory(atPath: temporary.path)
+        #expect(left.isEmpty, "left in TMPDIR: \(left)")
         let kept = temporary.file("mine")
         environment["SWITCHYARD_DATA"] = kept
         #expect(try await run(BuildProducts.switchyard, ["demo", "--orders", "5"], environment: environment).status == 0)
