@@ -39,6 +39,17 @@ extension SwitchyardConfig {
         public var encoding: String
         /// How many calls one hosted actor executes at a time for this route.
         public var concurrency: Int
+        /// How many calls a host takes from the transport ahead of running them (the subscription's
+        /// prefetch), or nil for the default, ``defaultPrefetch(concurrency:)``. Each taken call's
+        /// lease runs while it waits: lower it where handlers are slow against the transport's
+        /// visibility timeout.
+        public var prefetch: Int? = nil
+
+        /// A host's prefetch where the route sets none: twice `concurrency`, at least 16.
+        public static func defaultPrefetch(concurrency: Int) -> Int { max(concurrency * 2, 16) }
+
+        /// The prefetch this route asks for.
+        public var effectivePrefetch: Int { prefetch ?? Self.defaultPrefetch(concurrency: concurrency) }
         /// Most deliveries of one call a receiver runs; one delivered more often is dead-lettered
         /// unrun — its earlier deliveries ended without an outcome (a crash, a kill, a run past the
         /// visibility timeout), so it is likely to take the next host down too (a poison message).
@@ -88,6 +99,7 @@ extension SwitchyardConfig {
             case transport, mode, deadline, delay, retry, ordering, inbox, outbox, encoding, concurrency
             case readableTargets = "readable_targets"
             case maxDeliveries = "max_deliveries"
+            case prefetch
         }
 
         /// Whether the file sets `key` on this route (rather than leaving its default).
@@ -132,6 +144,7 @@ extension SwitchyardConfig {
                     guard ["compact", "json"].contains(route.encoding) else { throw field.error("expected compact or json") }
                 case .concurrency: route.concurrency = try field.int(in: 1...10_000)
                 case .maxDeliveries: route.maxDeliveries = try field.int(in: 1...1_000_000)
+                case .prefetch: route.prefetch = try field.int(in: 1...100_000)
                 case .inbox:
                     var inbox = RouteEntry.Inbox(windowNanos: 600_000_000_000, path: nil)
                     for (inboxKey, inboxField) in try field.mapping(allowed: ["window", "path", "postgres"]) {
@@ -170,6 +183,13 @@ extension SwitchyardConfig {
                     key: route.key(.outbox), line: route.line(.outbox),
                     message:
                         "needs an inbox on the same route: the follow-up calls commit with the record that the call was handled (add inbox: { path: FILE } or inbox: { postgres: {} }; an inbox without either keeps the outbox in memory)"
+                )
+            }
+            if let prefetch = route.prefetch, prefetch < route.concurrency {
+                throw ConfigError(
+                    key: route.key(.prefetch), line: route.line(.prefetch),
+                    message:
+                        "(\(prefetch)) is under the route's concurrency (\(route.concurrency)): a host runs only the calls it has taken, so it would run \(prefetch) at a time; raise prefetch or lower concurrency"
                 )
             }
             if route.readableTargets != nil && route.encoding != "json" {

@@ -50,6 +50,8 @@ struct RouteConfigTests {
             ("routes:\n  Orders.place: { transport: q, inbox: { window: forever } }\n", "routes.Orders.place.inbox.window", "is not a duration"),
             ("transports:\n  direct: { plugin: queue }\n", "transports.direct", "reserved"),
             ("routes:\n  Orders.place: { transport: q, max_deliveries: 0 }\n", "routes.Orders.place.max_deliveries", "1"),
+            ("routes:\n  Orders.place: { transport: q, prefetch: 0 }\n", "routes.Orders.place.prefetch", "1"),
+            ("routes:\n  Orders.place: { transport: q, concurrency: 8, prefetch: 4 }\n", "routes.Orders.place.prefetch", "under the route's concurrency (8)"),
         ])
     func parseErrors(_ yaml: String, _ key: String, _ message: String) {
         let text = yaml.hasPrefix("routes") ? Self.transports + yaml : yaml
@@ -68,6 +70,7 @@ struct RouteConfigTests {
             ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
             ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
             ("Orders.place: { transport: direct, max_deliveries: 5 }", "routes.Orders.place.max_deliveries", "needs a transport"),
+            ("Orders.place: { transport: direct, prefetch: 50 }", "routes.Orders.place.prefetch", "needs a transport"),
             ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
             ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),

@@ -549,6 +549,38 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a route's prefetch is how many calls its host takes ahead of running them (default twice concurrency, at least 16)", arguments: [nil, 1])
+    func prefetchBoundsTakenCalls(prefetch: Int?) async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            routes:
+              Shop.*: { transport: work, deadline: 20s, concurrency: 1\(prefetch.map { ", prefetch: \($0)" } ?? "") }
+            """)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        let calls = Task {
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<6 { group.addTask { try await shop.slow(150) } }
+                return try await group.reduce(0, +)
+            }
+        }
+        // While the six calls run one at a time, how many the host holds unsettled at once.
+        var most: UInt64 = 0
+        for _ in 0..<40 {
+            try await Task.sleep(for: .milliseconds(10))
+            most = max(most, (try? system.transports?["work"]?.client.stats())??.inFlight ?? 0)
+        }
+        #expect(try await calls.value == 900)
+        if prefetch == nil {
+            #expect(most >= 4, "the default prefetch (16) takes the waiting calls too: \(most)")
+        } else {
+            #expect(most == 1, "prefetch 1 takes one call at a time: \(most)")
+        }
+        await system.shutdown()
+    }
+
     @Test("hosting an actor that no route reaches warns at once, saying which route to add; a routed one does not")
     func hostingWithoutARouteWarns() async throws {
         let (system, log) = try await loggedSystem(

@@ -53,15 +53,19 @@ extension SwitchyardActorSystem {
     /// `interfaceNames` uses (one subscription each).
     func host(_ hosted: Server.Hosted, interfaceNames: [String], type: String) throws {
         try server.add(hosted)
-        var byTransport: [String: (Transport, Int)] = [:]
+        // One subscription per transport: the most concurrency and prefetch its routes ask for.
+        var byTransport: [String: (transport: Transport, concurrency: Int, prefetch: Int)] = [:]
         for name in Set(interfaceNames) {
             for route in routes.routes(forInterface: name) {
                 guard let transport = route.transport else { continue }
-                byTransport[transport.name] = (transport, max(byTransport[transport.name]?.1 ?? 0, route.entry.concurrency))
+                let known = byTransport[transport.name]
+                byTransport[transport.name] = (
+                    transport, max(known?.concurrency ?? 0, route.entry.concurrency), max(known?.prefetch ?? 0, route.entry.effectivePrefetch)
+                )
             }
         }
-        for (_, (transport, concurrency)) in byTransport.sorted(by: { $0.key < $1.key }) {
-            try serve(hosted, on: transport, concurrency: concurrency)
+        for (_, subscription) in byTransport.sorted(by: { $0.key < $1.key }) {
+            try serve(hosted, on: subscription.transport, concurrency: subscription.concurrency, prefetch: subscription.prefetch)
         }
         logger.info(
             "hosting",
@@ -82,13 +86,13 @@ extension SwitchyardActorSystem {
     }
 
     /// Subscribes the actor's channel on `transport` and starts its workers.
-    private func serve(_ hosted: Server.Hosted, on transport: Transport, concurrency: Int) throws {
+    private func serve(_ hosted: Server.Hosted, on transport: Transport, concurrency: Int, prefetch: Int) throws {
         let queue = DeliveryQueue()
         let server = self.server
         let client = transport.client
         let ownSource = Envelope.defaultSource
         let limits = config.limits
-        let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(max(concurrency * 2, 16)))
+        let options = SubscribeOptions(channel: hosted.id.name, group: hosted.id.group, maxInFlight: UInt32(prefetch))
         let cost = CallCost.of(transport)
         let strings = EnvelopeStrings()
         // On a fan-out transport, a dead letter replayed for one group reaches every group.
@@ -302,7 +306,7 @@ extension SwitchyardActorSystem {
         if let limit = route?.entry.maxDeliveries, Int(item.attempt) > limit {
             route?.metrics.deadLettered.increment()
             let reason =
-                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call's lease ran out while it waited in the host or ran: raise the transport's visibility timeout above the slowest handler plus its wait in the host)"
+                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call's lease ran out while it waited in the host or ran: raise the transport's visibility timeout above the slowest handler plus its wait in the host, or lower the route's prefetch)"
             logger.error(
                 "dead-lettering a call delivered more often than its route allows, unrun",
                 metadata: deadLetterLocation(item, hosted).merging([
