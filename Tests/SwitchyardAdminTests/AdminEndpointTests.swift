@@ -117,6 +117,7 @@ struct AdminEndpointTests {
 
         let (_, routes, _) = try await running.get("/api/routes")
         #expect(routes.contains(#""pattern" : "Worker.*""#), "\(routes)")
+        #expect(routes.contains(#""prefetch" : 32"#), "the prefetch in effect (default: twice concurrency 16): \(routes)")
         let (_, services, _) = try await running.get("/api/services")
         #expect(services.contains(#""interfaces" : ["#) && services.contains("Worker"), "\(services)")
         #expect(services.contains(#""Worker.work(_:milliseconds:)""#), "the hosted methods by readable name: \(services)")

@@ -107,6 +107,9 @@ public struct SystemOverview: Codable, Sendable {
         public var readableTargets: Bool
         /// Most deliveries of one call before it is dead-lettered unrun (`max_deliveries`), or nil.
         public var maxDeliveries: Int? = nil
+        /// Calls a host takes ahead of running them (`prefetch`, or its default); nil on a direct
+        /// route, which takes nothing.
+        public var prefetch: Int? = nil
     }
 
     /// One hosted actor or native module.
@@ -178,7 +181,8 @@ extension SwitchyardActorSystem {
                 pattern: entry.pattern, transport: entry.transport, mode: entry.mode.rawValue,
                 deadlineMs: Double(entry.deadlineNanos) / 1e6, delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
                 ordering: entry.orderingArgument, inbox: entry.inbox != nil, outbox: entry.outbox, encoding: entry.encoding,
-                concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil, maxDeliveries: entry.maxDeliveries)
+                concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil, maxDeliveries: entry.maxDeliveries,
+                prefetch: entry.transport == SwitchyardConfig.RouteEntry.direct ? nil : entry.effectivePrefetch)
         }
         let services = server.allHosted().map { hosted in
             let methods =
