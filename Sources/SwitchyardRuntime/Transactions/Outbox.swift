@@ -81,6 +81,13 @@ protocol OutboxStorage: Sendable {
     func depth() throws(TransportError) -> Int
 }
 
+extension OutboxStorage {
+    /// `claimed_until` of a row set aside because it cannot be decoded: never claimed again, and
+    /// (unlike a claimed row or one waiting out a refusal) not holding up its destination — it can
+    /// never be sent, so later messages to the same channel go on without it.
+    static var setAside: Int64 { .max }
+}
+
 /// The outbox table in a SQLite database: the inbox's (a handler's follow-up calls) or the
 /// application's own (`outboxes:`).
 final class SQLiteOutboxStorage: OutboxStorage {
@@ -96,11 +103,6 @@ final class SQLiteOutboxStorage: OutboxStorage {
             last_error TEXT);
         CREATE INDEX IF NOT EXISTS switchyard_outbox_due ON switchyard_outbox (claimed_until, seq);
         """
-
-    /// `claimed_until` of a row set aside because it cannot be decoded: never claimed again, and
-    /// (unlike a claimed row or one waiting out a refusal) not holding up its destination — it can
-    /// never be sent, so later messages to the same channel go on without it.
-    static let setAside = Int64.max
 
     /// Writes `messages` in the open transaction of `database`. Once it commits, wake the relay:
     /// its claim decides what goes out, in commit order per destination.
@@ -259,7 +261,7 @@ final class PostgresOutboxStorage: OutboxStorage {
                             SELECT transport, channel FROM \(schema).outbox WHERE claimed_until > $1 AND claimed_until < $4)
                         ORDER BY seq LIMIT $2)
                     RETURNING seq, transport, message, attempts
-                    """, [.int(nowNanos), .int(Int64(limit)), .int(nowNanos + leaseNanos), .int(SQLiteOutboxStorage.setAside)]
+                    """, [.int(nowNanos), .int(Int64(limit)), .int(nowNanos + leaseNanos), .int(Self.setAside)]
                 ) { row in
                     do throws(TransportError) {
                         rows.append(OutboxRow(seq: row.int(0), transport: row.text(1), message: try MessageCodec.decode(row.bytes(2)), attempts: Int(row.int(3))))
@@ -271,7 +273,7 @@ final class PostgresOutboxStorage: OutboxStorage {
                 for (seq, reason) in unreadable {
                     try database.run(
                         "UPDATE \(schema).outbox SET claimed_until = $1, last_error = $2 WHERE seq = $3",
-                        [.int(SQLiteOutboxStorage.setAside), .text("unreadable: \(reason)"), .int(seq)])
+                        [.int(Self.setAside), .text("unreadable: \(reason)"), .int(seq)])
                 }
                 return OutboxClaim(rows: rows.sorted { $0.seq < $1.seq }, setAside: unreadable.map { (seq: $0.0, reason: $0.1) })
             }
