@@ -121,6 +121,23 @@ package final class RabbitMQServer: @unchecked Sendable {
     /// The broker's node name (for `rabbitmqctl -n`).
     package var nodeName: String { "switchyard-test-\(port)@localhost" }
 
+    /// The delay queues named `prefix…` that still hold messages, with the count of quorum-queue
+    /// dead-letter workers running on the node — the evidence that RabbitMQ itself did not
+    /// dead-letter messages whose TTL ran out (each quorum queue with at-least-once dead-lettering
+    /// needs its own worker, started when the queue gets a leader); nil when none holds any.
+    /// Meant for after a run whose delays (milliseconds) are long over.
+    package func delayQueuesHoldingMessages(prefix: String) -> String? {
+        guard let queues = try? control(["list_queues", "--quiet", "--no-table-headers", "name", "messages"]), queues.status == 0 else { return nil }
+        let holding = queues.output.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
+            guard fields.count == 2, fields[0].hasPrefix(prefix), let count = Int(fields[1]), count > 0 else { return nil }
+            return "\(fields[0]) holds \(count)"
+        }
+        guard !holding.isEmpty else { return nil }
+        let workers = (try? control(["eval", "supervisor:count_children(rabbit_fifo_dlx_sup)."]))?.output ?? "?"
+        return holding.joined(separator: ", ") + "; dead-letter workers: " + workers.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     /// Runs `rabbitmqctl ARGUMENTS` against this broker (its cookie is in the node directory) and
     /// returns its exit status and output.
     package func control(_ arguments: [String]) throws -> (status: Int32, output: String) {

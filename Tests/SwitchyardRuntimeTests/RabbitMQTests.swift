@@ -150,6 +150,9 @@ struct RabbitMQTests {
     @Test("the example system runs over RabbitMQ from one command, with the same summary as the embedded run", plainRunOnly)
     func demo() async throws {
         let server = try await Self.broker()
-        try await EngineChecks.demo(config: "rabbitmq.yaml", environment: ["RABBITMQ_URL": server.url], transport: "rabbitmq")
+        try await EngineChecks.demo(
+            config: "rabbitmq.yaml", environment: ["RABBITMQ_URL": server.url], transport: "rabbitmq",
+            brokerFault: { server.delayQueuesHoldingMessages(prefix: "orders.work.delay.") },
+            brokerState: { (try? server.control(["list_queues", "name", "messages", "consumers"]).output) ?? "" })
     }
 }
