@@ -306,6 +306,67 @@ struct OutboxTests {
         }
     }
 
+    @Test(
+        "a message the transport refuses stays in the outbox with its error, retried with backoff; later messages to its destination wait behind it, every other destination goes on, even from the same batch; deleting the row lets the rest go"
+    )
+    func refusedPublish() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        // The transport takes messages of up to 2000 bytes; the host's own limit is 1 MiB.
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue, config: { max_message_bytes: 2000 } }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
+            """)
+        let notices = Guarded<[Int]>([])
+        let others = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: notices) }
+        try system.host("others", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: others) }
+        let toNotices = try $Notices.resolve(id: "notices", using: system)
+        let toOthers = try $Notices.resolve(id: "others", using: system)
+        func rows() throws -> [(seq: Int64, attempts: Int64, error: String)] {
+            var found: [(Int64, Int64, String)] = []
+            try SQLiteDatabase(path: shop).run("SELECT seq, attempts, coalesce(last_error, '') FROM switchyard_outbox ORDER BY seq") { row in
+                found.append((row.int(0), row.int(1), row.text(2)))
+            }
+            return found
+        }
+
+        // One transaction, one batch to the transport: a message it refuses, and one to another
+        // destination (the batch is refused whole, then tried one message at a time).
+        let started = ContinuousClock.now
+        try await system.transaction(on: "shop") { _ in
+            try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) {
+                try await toNotices.notice(1)
+            }
+            try await toOthers.notice(3)
+        }
+        // A later message to the refused one's destination waits behind it.
+        try await system.transaction(on: "shop") { _ in try await toNotices.notice(2) }
+        #expect(await eventually { others.withLock { $0 } == [3] })
+        #expect(await eventually { (try? rows().first?.attempts ?? 0) ?? 0 >= 1 })
+        let refused = try #require(try rows().first)
+        #expect(refused.error.contains("max_message_bytes"), "\(refused.error)")
+        // (The relay deletes a published row after its publish returns, so wait for that.)
+        #expect(await eventually { (try? rows().count) == 2 }, "\((try? rows()).map { "\($0)" } ?? "")")
+        // Backoff of 1 s doubling: by 3.5 s at most three attempts (the first, at 1 s, at 3 s),
+        // where retrying at every pass would have made many.
+        try await Task.sleep(until: started + .milliseconds(3500))
+        let attempts = try #require(try rows().first).attempts
+        #expect(attempts >= 1 && attempts <= 3, "\(attempts) attempts")
+        #expect(notices.withLock { $0 }.isEmpty)
+
+        // An operator deletes the row the transport will never take: the rest go out.
+        try SQLiteDatabase(path: shop).execute("DELETE FROM switchyard_outbox WHERE seq = \(refused.seq)")
+        #expect(await eventually(40) { notices.withLock { $0 } == [2] }, "\(notices.withLock { $0 })")
+        #expect(await eventually { (try? outboxDepth(shop)) == 0 })
+        await system.shutdown()
+    }
+
     @Test("a transaction whose outbox write fails rolls back whole, throws and sends nothing")
     func failedCommit() async throws {
         let directory = try TemporaryDirectory()
