@@ -367,6 +367,46 @@ struct OutboxTests {
         await system.shutdown()
     }
 
+    @Test(
+        "shutdown right after a commit publishes what is due before the transports close; a row waiting out a refusal stays in the database for the next process"
+    )
+    func drainPublishesWhatIsDue() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        let queue = directory.file("work.db")
+        let config = """
+            transports:
+              work: { plugin: queue, config: { path: "\(queue)", max_message_bytes: 2000 } }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """
+        // The sender hosts nothing: what it relayed waits in the durable queue.
+        let sender = try await makeSystem(config)
+        let notices = try $Notices.resolve(id: "notices", using: sender)
+        try await sender.transaction(on: "shop") { _ in
+            try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) {
+                try await $Notices.resolve(id: "refused", using: sender).notice(0)
+            }
+        }
+        try await sender.transaction(on: "shop") { _ in
+            for id in 1...500 { try await notices.notice(id) }
+        }
+        await sender.shutdown()
+        // Everything due was published before the transports closed; the refused row stays.
+        var left: [String] = []
+        try SQLiteDatabase(path: shop).run("SELECT coalesce(last_error, '') FROM switchyard_outbox") { row in left.append(row.text(0)) }
+        #expect(left.count == 1 && left[0].contains("max_message_bytes"), "\(left)")
+
+        let receiver = try await makeSystem(config)
+        let seen = Guarded<[Int]>([])
+        try receiver.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        #expect(await eventually(20) { seen.withLock { $0.count } == 500 }, "\(seen.withLock { $0.count })")
+        #expect(Set(seen.withLock { $0 }) == Set(1...500))
+        await receiver.shutdown()
+    }
+
     @Test("a transaction whose outbox write fails rolls back whole, throws and sends nothing")
     func failedCommit() async throws {
         let directory = try TemporaryDirectory()
