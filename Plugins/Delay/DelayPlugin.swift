@@ -22,7 +22,8 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
         PluginInfo(
             name: "delay", version: "1.0.0",
             description: "Holds messages until their deliver-at time, then forwards them to the inner transport",
-            capabilities: [.delay, .wrapsInner, .durable])
+            capabilities: [.delay, .wrapsInner, .durable],
+            atomicPublishAndSettle: false, extendsLeases: true)
     }
 
     private var scheduler: DelayScheduler!

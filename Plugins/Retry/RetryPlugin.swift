@@ -18,7 +18,8 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
         PluginInfo(
             name: "retry", version: "1.0.0",
             description: "Retries failed deliveries with exponential backoff and jitter, then dead-letters them",
-            capabilities: [.retry, .deadLetter, .wrapsInner])
+            capabilities: [.retry, .deadLetter, .wrapsInner],
+            atomicPublishAndSettle: false, extendsLeases: true)
     }
 
     /// Attempt number of each delivery handed out and not yet settled. A delivery that expires

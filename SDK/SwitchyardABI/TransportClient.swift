@@ -237,28 +237,64 @@ public final class TransportClient: @unchecked Sendable {
                 UnsafeMutablePointer<sy_error>?
             ) -> sy_status
     ) -> [TransportError?] {
+        perDelivery(count, "settle_batch") { statuses, err in settleBatch(instance, deliveries, settlements, count, statuses, err) }
+    }
+
+    /// Makes a call that reports a status per delivery (`settle_batch`, `extend`) and returns each
+    /// one's outcome, in order (`nil`: succeeded).
+    private func perDelivery(
+        _ count: Int, _ function: StaticString, _ body: (UnsafeMutablePointer<sy_status>, UnsafeMutablePointer<sy_error>) -> sy_status
+    ) -> [TransportError?] {
         withUnsafeTemporaryAllocation(of: sy_status.self, capacity: count) { statuses in
             statuses.initialize(repeating: SY_OK)
             var firstError: TransportError?
             do throws(TransportError) {
-                try call("settle_batch") { err in settleBatch(instance, deliveries, settlements, count, statuses.baseAddress, err) }
+                try call(function) { err in body(statuses.baseAddress!, err) }
             } catch {
                 firstError = error
             }
             let anyFailed = statuses.contains(where: { $0 != SY_OK })
             if let firstError, !anyFailed {
                 // Failed without a status for any delivery (a NULL argument, a plugin that failed
-                // as a whole): nothing says which were settled, so none is reported settled.
+                // as a whole): nothing says which succeeded, so none is reported so.
                 return Array(repeating: firstError, count: count)
             }
             var results = [TransportError?].noErrors(count: count)
-            // All settled, the usual case: nothing more to read.
+            // All succeeded, the usual case: nothing more to read.
             guard anyFailed else { return results }
             for index in 0..<count where statuses[index] != SY_OK {
                 let code = StatusCode(rawValue: statuses[index])
-                results[index] = firstError?.code == code ? firstError : TransportError(code, "settle_batch: \(code)")
+                results[index] = firstError?.code == code ? firstError : TransportError(code, "\(function): \(code)")
             }
             return results
+        }
+    }
+
+    /// Whether the plugin can extend leases (ABI 1.6 `extend`).
+    public var extendsLeases: Bool { descriptor.pointee.extend != nil }
+
+    /// How long a delivery's lease lasts, in ns, for a subscription without a visibility timeout
+    /// of its own (0: deliveries have no time limit); nil when the plugin cannot extend leases.
+    public func leaseNanos() throws(TransportError) -> Int64? {
+        try checkAlive()
+        guard let extend = descriptor.pointee.extend else { return nil }
+        var lease: Int64 = 0
+        try call("extend") { extend(instance, nil, 0, nil, &lease, $0) }
+        return lease
+    }
+
+    /// Extends the leases of `deliveries` (ABI 1.6 `extend`): each starts again now, as long as
+    /// it was handed out with. Returns each one's outcome, in order (`nil`: extended;
+    /// `.notFound`: unknown, settled or released). `.unsupported` for each when the plugin
+    /// cannot extend leases.
+    public func extend(_ deliveries: [DeliveryID]) throws(TransportError) -> [TransportError?] {
+        try checkAlive()
+        guard !deliveries.isEmpty else { return [] }
+        guard let extend = descriptor.pointee.extend else {
+            return deliveries.map { _ in TransportError(.unsupported, "extend: the plugin cannot extend leases (ABI 1.6)") }
+        }
+        return deliveries.withUnsafeBufferPointer { ids in
+            perDelivery(ids.count, "extend") { statuses, err in extend(instance, ids.baseAddress, ids.count, statuses, nil, err) }
         }
     }
 

@@ -67,7 +67,8 @@ public enum PluginExport {
                 create: create, destroy: Thunks.destroy, publish: Thunks.publish,
                 subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
                 drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch,
-                settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil))
+                settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil,
+                extend: info.extendsLeases ? Thunks.extend : nil))
         return UnsafePointer(descriptor)
     }
 }
@@ -272,6 +273,22 @@ private enum Thunks {
                     for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index), published: true)) }
                     try transport.publish(views, settling: delivery, try Settlement(copying: settlement))
                 }
+            }
+        }
+
+    static let extend:
+        @convention(c) (
+            UnsafeMutableRawPointer?, UnsafePointer<sy_delivery_id>?, Int, UnsafeMutablePointer<sy_status>?, UnsafeMutablePointer<Int64>?,
+            UnsafeMutablePointer<sy_error>?
+        ) -> Int32 = {
+            instance, deliveries, count, statuses, leaseNanos, err in
+            guard let instance, count >= 0, count == 0 || deliveries != nil else {
+                return TransportError(.invalidArgument, "extend: NULL instance or deliveries").write(to: err)
+            }
+            return InstanceBox.borrow(instance) { transport in
+                leaseNanos?.pointee = transport.leaseNanos
+                guard count > 0 else { return SY_OK }
+                return report(transport.extend(UnsafeBufferPointer(start: deliveries!, count: count)), count: count, statuses: statuses, err: err)
             }
         }
 

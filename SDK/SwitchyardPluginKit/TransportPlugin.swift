@@ -59,6 +59,19 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// durable plugins override it.
     func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError)
 
+    /// How long a delivery's lease lasts, in ns (ABI 1.6 `extend`'s `out_lease_ns`): a delivery of
+    /// a subscription that set no visibility timeout of its own is handed out again after this
+    /// long unsettled; 0 when deliveries have no time limit. Read only when
+    /// ``PluginInfo/extendsLeases``. Default: 0.
+    var leaseNanos: Int64 { get }
+
+    /// Extends the leases of `deliveries` (ABI 1.6 `extend`): each one's lease starts again now,
+    /// as long as the lease it was handed out with; nothing is delivered and the attempt is not
+    /// counted again. Returns each one's error (`.notFound` for an unknown, settled or released
+    /// delivery), or nil where it was extended. `deliveries` is borrowed for the call. Offered to
+    /// the host only when ``PluginInfo/extendsLeases``. Default: `.unsupported` for each.
+    func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?]
+
     /// Stops new deliveries and publishes, waits for settlements until the monotonic clock passes
     /// `deadlineNanos`, then releases the rest (throwing `.timeout` if it had to). Default: no-op.
     func drain(deadlineNanos: Int64) throws(TransportError)
@@ -91,6 +104,10 @@ extension TransportInstance {
         try publish(batch: batch)
         try settle(delivery, settlement)
     }
+    public var leaseNanos: Int64 { 0 }
+    public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        deliveries.map { _ in TransportError(.unsupported, "extend: this transport cannot extend leases") }
+    }
     public func drain(deadlineNanos: Int64) throws(TransportError) {}
     public func stats() -> TransportStats { TransportStats() }
     public func shutdown() {}
@@ -110,21 +127,27 @@ public struct PluginInfo: Sendable {
     /// one unit: only then does its descriptor offer `publish_and_settle` (otherwise the host
     /// publishes, then settles, knowing the two are separate).
     public var atomicPublishAndSettle: Bool
+    /// The plugin overrides ``TransportInstance/extend(_:)`` and ``TransportInstance/leaseNanos``:
+    /// only then does its descriptor offer `extend` (ABI 1.6), and the host keeps the leases of
+    /// deliveries it holds from running out.
+    public var extendsLeases: Bool
 
     /// A plugin identity; `name` must follow ``PluginName``'s rules and `version` be semantic.
     public init(name: String, version: String, description: String, capabilities: Capabilities) {
         self.init(name: name, version: version, description: description, capabilities: capabilities, atomicPublishAndSettle: false)
     }
 
-    /// A plugin identity that says whether the plugin stores and settles as one unit.
+    /// A plugin identity that says whether the plugin stores and settles as one unit, and whether
+    /// it extends leases.
     public init(
         name: String, version: String, description: String, capabilities: Capabilities,
-        atomicPublishAndSettle: Bool
+        atomicPublishAndSettle: Bool, extendsLeases: Bool = false
     ) {
         self.name = name
         self.version = version
         self.description = description
         self.capabilities = capabilities
         self.atomicPublishAndSettle = atomicPublishAndSettle
+        self.extendsLeases = extendsLeases
     }
 }

@@ -643,6 +643,45 @@ public final class Broker: @unchecked Sendable {
         return results
     }
 
+    // MARK: Leases
+
+    /// Extends the leases of `deliveries` (see `TransportInstance.extend(_:)`): each starts again
+    /// now, for its subscriber's visibility timeout — in the store first (where another process,
+    /// or this broker's next lease, would take an entry whose lease ran out), then here.
+    public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        var results = [TransportError?].noErrors(count: deliveries.count)
+        var leases: [(index: Int, local: UInt64, ref: LeaseRef, until: Int64)] = []
+        let stamp = now()
+        condition.lock()
+        for index in deliveries.indices {
+            guard let local = shard.local(deliveries[index]), let entry = inFlight[local], entry.ref.token != 0 else {
+                results[index] = Self.notInFlight(deliveries[index])
+                continue
+            }
+            leases.append((index, local, entry.ref, stamp + entry.member.visibilityTimeout))
+        }
+        condition.unlock()
+        guard !leases.isEmpty else { return results }
+        let stored = store.extend(leases.map { ($0.ref, $0.until) })
+        condition.lock()
+        for (lease, error) in zip(leases, stored) {
+            if let error {
+                results[lease.index] = error
+            } else if let entry = inFlight[lease.local], entry.ref == lease.ref {
+                inFlight.insert(InFlight(ref: entry.ref, member: entry.member, leaseUntil: lease.until), at: lease.local)
+            } else {
+                // Settled or expired here meanwhile.
+                results[lease.index] = Self.notInFlight(deliveries[lease.index])
+            }
+        }
+        condition.unlock()
+        return results
+    }
+
+    private static func notInFlight(_ delivery: DeliveryID) -> TransportError {
+        TransportError(.notFound, "extend: unknown, settled or expired delivery \(delivery)")
+    }
+
     // MARK: Lifecycle
 
     /// Stops new deliveries and publishes, waits for settlements until `deadlineNanos` on the

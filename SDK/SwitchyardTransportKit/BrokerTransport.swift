@@ -192,6 +192,12 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         guard let shards else { return try broker.publish(batch.map { $0.copy() }, settling: delivery, settlement) }
         try shards.publish(batch.map { $0.copy() }, settling: delivery, settlement)
     }
+    /// The visibility timeout a subscription without its own gets (`visibility_timeout`).
+    public var leaseNanos: Int64 { broker.options.visibilityTimeoutNanos }
+    public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        guard let shards else { return broker.extend(deliveries) }
+        return shards.extend(deliveries)
+    }
     open func drain(deadlineNanos: Int64) throws(TransportError) {
         guard let shards else { return try broker.drain(deadlineNanos: deadlineNanos) }
         try shards.drain(deadlineNanos: deadlineNanos)

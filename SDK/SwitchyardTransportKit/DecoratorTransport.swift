@@ -48,6 +48,17 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     open func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         try inner.publish(batch.map { $0.copy() }, settling: delivery, settlement)
     }
+    /// The inner transport's lease (0 when it cannot extend leases: then nothing is extended).
+    /// A decorator offers `extend` (``PluginInfo/extendsLeases``) for the inner transport's sake.
+    open var leaseNanos: Int64 { ((try? inner.leaseNanos()) ?? nil) ?? 0 }
+    /// Straight through to the inner transport, whose deliveries these are.
+    open func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        do throws(TransportError) {
+            return try inner.extend(Array(deliveries))
+        } catch {
+            return deliveries.map { _ in error }
+        }
+    }
     open func drain(deadlineNanos: Int64) throws(TransportError) { try inner.drain(deadlineNanos: deadlineNanos) }
     open func stats() -> TransportStats { (try? inner.stats()) ?? TransportStats() }
     /// Ends this instance's subscriptions on the inner transport. Overrides call `super.shutdown()`.

@@ -278,7 +278,8 @@ public final class MemoryStore: MessageStore {
             guard limit > 0, let group = state.existing(key) else { return [] }
             // Expired leases and due retries become ready (expired leases keep their attempt).
             while let top = group.dueLease(now: now) {
-                guard let entry = state.entries[top.entry], entry.token == top.token else { continue }
+                // Stale records are skipped: settled, leased again, or extended (its new record comes later).
+                guard let entry = state.entries[top.entry], entry.token == top.token, entry.leaseUntil <= now else { continue }
                 entry.token = 0
                 if entry.holdsKey, let orderingKey = entry.message.orderingKey {
                     entry.holdsKey = false
@@ -321,6 +322,19 @@ public final class MemoryStore: MessageStore {
                 }
             }
             return taken
+        }
+    }
+
+    public func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?] {
+        state.withLock { state in
+            leases.map { lease in
+                guard let entry = state.entries[lease.ref.entry], entry.token != 0, entry.token == lease.ref.token else {
+                    return TransportError(.notFound, "unknown, settled or expired delivery")
+                }
+                entry.leaseUntil = lease.until
+                entry.group.recordLease(Timed(at: lease.until, entry: lease.ref.entry, token: lease.ref.token))
+                return nil
+            }
         }
     }
 

@@ -133,6 +133,11 @@ public protocol MessageStore: AnyObject, Sendable {
     func retry(_ ref: LeaseRef, visibleAt: Int64, reason: String, now: Int64) throws(TransportError)
     /// Makes a leased entry ready again at once, without counting the attempt.
     func release(_ ref: LeaseRef) throws(TransportError)
+    /// Moves the leases in `leases` to end at their `until` (each on its own, one lock or one
+    /// commit for all where the store can, not synced: a lease lost in a power cut only delivers
+    /// the message again); returns each one's error (`.notFound` when the entry is no longer
+    /// leased under that ref), or nil where it was moved. Default: `.unsupported` for each.
+    func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?]
     /// Moves a leased entry to `deadLetterChannel` with `reason` and its history; returns the
     /// message as stored there (see ``DeadLetter/copy(of:to:group:reason:history:now:)``).
     @discardableResult
@@ -176,6 +181,10 @@ extension MessageStore {
 
     public func claimChangeDescriptor() -> Int32 { -1 }
     public func takeChanges() -> Bool { false }
+
+    public func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?] {
+        leases.map { _ in TransportError(.unsupported, "this store cannot extend leases") }
+    }
 
     public func ack(batch refs: [LeaseRef]) -> [TransportError?] {
         refs.map { ref in

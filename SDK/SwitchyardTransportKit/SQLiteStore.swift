@@ -372,6 +372,24 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         }
     }
 
+    public func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?] {
+        // One transaction, one commit, not synced (see MessageStore.extend).
+        let outcome = Result { () throws(TransportError) -> [TransportError?] in
+            try perform(synced: false) { db throws(TransportError) -> [TransportError?] in
+                try leases.map { lease throws(TransportError) -> TransportError? in
+                    let changed = try db.run(
+                        "UPDATE entries SET lease_until = ? WHERE id = ? AND lease_token = ? AND lease_token != 0",
+                        [.int(lease.until), .int(Int64(lease.ref.entry)), .int(Int64(lease.ref.token))])
+                    return changed == 0 ? TransportError(.notFound, "unknown, settled or expired delivery") : nil
+                }
+            }
+        }
+        switch outcome {
+        case .success(let results): return results
+        case .failure(let error): return leases.map { _ in error }
+        }
+    }
+
     @discardableResult
     public func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message {
         try perform { db throws(TransportError) -> Message in

@@ -195,6 +195,20 @@ public final class ShardedBroker: Sendable {
         return settle(batch: deliveries.map { ($0, settlement) })
     }
 
+    /// Extends leases (see `TransportInstance.extend(_:)`), each shard's deliveries through it.
+    public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        guard bits > 0, let first = deliveries.first else { return brokers[0].extend(deliveries) }
+        let owner = BrokerShard.index(of: first, bits: bits)
+        if deliveries.allSatisfy({ BrokerShard.index(of: $0, bits: bits) == owner }) { return shard(ofID: first).extend(deliveries) }
+        var results = [TransportError?](repeating: nil, count: deliveries.count)
+        for positions in Dictionary(grouping: deliveries.indices, by: { BrokerShard.index(of: deliveries[$0], bits: bits) }).values {
+            let ids = positions.map { deliveries[$0] }
+            let outcomes = ids.withUnsafeBufferPointer { shard(ofID: ids[0]).extend($0) }
+            for (position, outcome) in zip(positions, outcomes) { results[position] = outcome }
+        }
+        return results
+    }
+
     /// Drains every shard at once (see `TransportPlugin.drain`): all stop taking publishes and
     /// deliveries together, then each waits for its settlements until the one deadline.
     public func drain(deadlineNanos: Int64) throws(TransportError) {

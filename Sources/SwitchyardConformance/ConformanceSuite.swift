@@ -36,6 +36,8 @@ public struct ConformanceSuite: Sendable {
         do {
             try check.body(context)
             outcome = .passed
+        } catch let skip as ConformanceSkip {
+            outcome = .skipped(skip.reason)
         } catch let error as TransportError where error.code == .full {
             // A bounded plugin doing its job: the checks need room for their messages.
             outcome = .failed(
@@ -135,6 +137,12 @@ public struct ConformanceCheck: Sendable {
     /// Applies only to durable instances.
     public let requiresDurable: Bool
     let body: @Sendable (ConformanceContext) throws -> Void
+}
+
+/// Thrown by a check that finds, once it runs, that it does not apply: the plugin lacks the
+/// optional ABI function it tests. Reported as skipped with the reason.
+struct ConformanceSkip: Error {
+    let reason: String
 }
 
 /// How one check ended.

@@ -9,7 +9,7 @@ enum StandardChecks {
     static let all: [ConformanceCheck] = [
         publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
-        drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry, settleOnDelivery,
+        drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry, settleOnDelivery, extendLeases,
     ]
 
     static func message(_ id: String, _ channel: String = "conformance", key: String? = nil, body: [UInt8] = [1, 2, 3]) -> Message {
@@ -184,6 +184,47 @@ enum StandardChecks {
         // on-time redelivery look early. 5 ms of slack for stores that keep milliseconds.
         let waited = r[1].at - published
         try c.expect(waited >= 195_000_000, "redelivered \(waited / 1_000_000) ms after the publish, before the 200 ms timeout")
+    }
+
+    static let extendLeases = ConformanceCheck(
+        name: "extend-leases",
+        summary: "extend (ABI 1.6) keeps an unsettled delivery from redelivery past its visibility timeout, reports its lease, and refuses unknown deliveries",
+        requires: [.queue, .retry], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        guard let lease = try t.client.leaseNanos() else { throw ConformanceSkip(reason: "the plugin does not offer extend (ABI 1.6)") }
+        try c.expect(lease >= 0, "extend reported a lease of \(lease) ns")
+        let inbox = Collector()
+        _ = try t.client.subscribe(
+            SubscribeOptions(channel: "lease", visibilityTimeoutNanos: 400_000_000), handler: inbox.handler(client: t.client, settle: nil))
+        try t.client.publish(message("lease-1", "lease"))
+        try c.expect(inbox.wait(for: 1), "the message was not delivered")
+        let delivery = inbox.received[0].delivery
+        // Held three times its 400 ms visibility timeout, extended every 150 ms: never redelivered.
+        let until = Date().addingTimeInterval(1.2)
+        while Date() < until {
+            let outcome = try t.client.extend([delivery])
+            try c.expect(outcome.count == 1 && outcome[0] == nil, "extending a held delivery failed: \(outcome.map { $0?.description ?? "ok" })")
+            Thread.sleep(forTimeInterval: 0.15)
+        }
+        try c.expect(inbox.count == 1, "redelivered while its lease was being extended (\(inbox.count) deliveries)")
+        let unknown = try t.client.extend([delivery &+ 987_654])
+        try c.expect(
+            unknown.first??.code == .notFound,
+            "extending an unknown delivery gave \(unknown.first.map { $0.map { "\($0.code)" } ?? "ok" } ?? "nothing"), expected not found")
+        // Left alone, it comes back once its lease runs out, the attempt counted once more.
+        try c.expect(inbox.wait(for: 2), "not redelivered within \(Collector.defaultWaitSeconds) s after its lease was no longer extended")
+        try c.expect(inbox.received[1].message.attempt == 2, "the redelivery has attempt \(inbox.received[1].message.attempt), expected 2")
+        // Its first delivery is stale now: not found where the transport can tell (a broker that
+        // keeps the lease itself may answer ok; the extension has no effect either way).
+        let stale = try t.client.extend([delivery])
+        try c.expect(
+            stale.count == 1 && (stale[0] == nil || stale[0]?.code == .notFound),
+            "extending a delivery whose lease ran out gave \(stale.first.map { $0.map { "\($0.code)" } ?? "ok" } ?? "nothing"), expected not found (or ok)")
+        if stale[0] == nil { c.note("a delivery whose lease ran out is extended without an error (the broker keeps the lease)") }
+        try t.client.settle(inbox.received[1].delivery, .ack)
+        Thread.sleep(forTimeInterval: 0.5)
+        try c.expect(inbox.count == 2, "the redelivery came again after it was acknowledged (\(inbox.count) deliveries)")
     }
 
     static let retryAfter = ConformanceCheck(

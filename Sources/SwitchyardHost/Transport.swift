@@ -154,7 +154,8 @@ public final class Transport: Sendable {
             info: PluginInfo(
                 name: plugin.name, version: plugin.version.description, description: plugin.summary, capabilities: plugin.capabilities,
                 // Offered when the child's plugin has it: the proxy hands it on as one request.
-                atomicPublishAndSettle: plugin.descriptor.pointee.publish_and_settle != nil))
+                atomicPublishAndSettle: plugin.descriptor.pointee.publish_and_settle != nil,
+                extendsLeases: plugin.descriptor.pointee.extend != nil))
         self.name = name
         self.plugin = plugin
         self.inner = nil

@@ -15,7 +15,8 @@ enum DescriptorValidation {
             switch minor {
             case 0: \sy_plugin_descriptor.stats
             case 1, 2: \sy_plugin_descriptor.publish_batch
-            default: \sy_plugin_descriptor.publish_and_settle
+            case 3, 4, 5: \sy_plugin_descriptor.publish_and_settle
+            default: \sy_plugin_descriptor.extend
             }
         return MemoryLayout<sy_plugin_descriptor>.offset(of: lastField)! + MemoryLayout<UnsafeRawPointer>.size
     }

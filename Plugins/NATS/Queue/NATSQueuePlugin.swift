@@ -15,6 +15,7 @@ final class NATSQueueTransport: NATSTransport, @unchecked Sendable {
         PluginInfo(
             name: "nats", version: "1.0.0",
             description: "Work queue on NATS JetStream: durable pull consumers, CloudEvents on the wire",
-            capabilities: [.queue, .retry, .deadLetter, .durable])
+            capabilities: [.queue, .retry, .deadLetter, .durable],
+            atomicPublishAndSettle: false, extendsLeases: true)
     }
 }

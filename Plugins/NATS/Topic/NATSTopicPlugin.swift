@@ -15,7 +15,8 @@ final class NATSTopicTransport: NATSTransport, @unchecked Sendable {
         PluginInfo(
             name: "nats-topic", version: "1.0.0",
             description: "Topic on NATS JetStream: a durable consumer per subscriber group, CloudEvents on the wire",
-            capabilities: [.fanOut, .queue, .retry, .deadLetter, .durable])
+            capabilities: [.fanOut, .queue, .retry, .deadLetter, .durable],
+            atomicPublishAndSettle: false, extendsLeases: true)
     }
     override class var fanOut: Bool { true }
 }

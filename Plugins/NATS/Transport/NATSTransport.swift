@@ -392,6 +392,27 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         subscription.destroy()
     }
 
+    // MARK: Leases
+
+    /// The consumer's ack wait (`ack_wait`), which JetStream restarts on an in-progress ack.
+    public var leaseNanos: Int64 { settings.ackWaitNanos }
+
+    /// An in-progress acknowledgement per delivery (`natsMsg_InProgress`): JetStream restarts its
+    /// ack wait. Under the lock, so that a settlement cannot free the message meanwhile.
+    public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        state.withLock { state in
+            deliveries.map { delivery -> TransportError? in
+                guard let entry = state.deliveries[delivery] else { return TransportError(.notFound, "extend: no unsettled delivery \(delivery)") }
+                do throws(TransportError) {
+                    try NATSLibrary.check(natsMsg_InProgress(entry.message, nil), "in-progress acknowledgement failed")
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+        }
+    }
+
     // MARK: Settle
 
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {

@@ -15,6 +15,6 @@ final class PostgresQueueTransport: PostgresBrokerTransport, @unchecked Sendable
             name: "postgres", version: "1.0.0",
             description: "Queue in PostgreSQL: durable, competing consumers across processes, LISTEN/NOTIFY wake-ups",
             capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry],
-            atomicPublishAndSettle: true)
+            atomicPublishAndSettle: true, extendsLeases: true)
     }
 }

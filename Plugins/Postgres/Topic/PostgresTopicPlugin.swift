@@ -15,7 +15,7 @@ final class PostgresTopicTransport: PostgresBrokerTransport, @unchecked Sendable
             name: "postgres-topic", version: "1.0.0",
             description: "Topic in PostgreSQL: every subscriber group gets a copy, members compete; durable, LISTEN/NOTIFY wake-ups",
             capabilities: [.fanOut, .queue, .retry, .deadLetter, .ordered, .durable, .expiry],
-            atomicPublishAndSettle: true)
+            atomicPublishAndSettle: true, extendsLeases: true)
     }
     override class var fanOut: Bool { true }
 }

@@ -475,6 +475,24 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         }
     }
 
+    func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?] {
+        // One transaction, one commit, not synced; nothing becomes ready, so nothing is announced.
+        let outcome = Result { () throws(TransportError) -> [TransportError?] in
+            try perform(synced: false) { db, _ throws(TransportError) -> [TransportError?] in
+                try leases.map { lease throws(TransportError) -> TransportError? in
+                    let changed = try db.run(
+                        "UPDATE \(schema).entries SET lease_until = $1 WHERE id = $2 AND lease_token = $3 AND lease_token != 0",
+                        [.int(lease.until), .int(Int64(lease.ref.entry)), .int(Int64(lease.ref.token))])
+                    return changed == 0 ? Self.notFound : nil
+                }
+            }
+        }
+        switch outcome {
+        case .success(let results): return results
+        case .failure(let error): return leases.map { _ in error }
+        }
+    }
+
     @discardableResult
     func deadLetter(_ ref: LeaseRef, to deadLetterChannel: String, reason: String, now: Int64) throws(TransportError) -> Message {
         try perform { db, announce throws(TransportError) -> Message in

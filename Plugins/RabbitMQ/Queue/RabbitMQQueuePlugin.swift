@@ -16,6 +16,7 @@ final class RabbitMQQueueTransport: RabbitMQTransport, @unchecked Sendable {
         PluginInfo(
             name: "rabbitmq", version: "1.0.0",
             description: "Work queue on RabbitMQ: quorum queues, publisher confirms, CloudEvents on the wire",
-            capabilities: [.queue, .retry, .delay, .deadLetter, .durable, .expiry])
+            capabilities: [.queue, .retry, .delay, .deadLetter, .durable, .expiry],
+            atomicPublishAndSettle: false, extendsLeases: true)
     }
 }

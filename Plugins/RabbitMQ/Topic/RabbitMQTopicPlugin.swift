@@ -15,7 +15,8 @@ final class RabbitMQTopicTransport: RabbitMQTransport, @unchecked Sendable {
         PluginInfo(
             name: "rabbitmq-topic", version: "1.0.0",
             description: "Fan-out on RabbitMQ: an exchange per channel, a quorum queue per subscriber group",
-            capabilities: [.fanOut, .queue, .retry, .delay, .deadLetter, .durable, .expiry])
+            capabilities: [.fanOut, .queue, .retry, .delay, .deadLetter, .durable, .expiry],
+            atomicPublishAndSettle: false, extendsLeases: true)
     }
     override class var fanOut: Bool { true }
 }

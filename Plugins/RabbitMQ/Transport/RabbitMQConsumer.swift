@@ -33,7 +33,8 @@ final class RabbitMQConsumer: @unchecked Sendable {
         let generation: UInt64
         let message: Message
         let history: [String]
-        let deliveredAt: Int64
+        /// When its lease started: at delivery, or at its last extension.
+        var deliveredAt: Int64
     }
 
     private enum Command {
@@ -336,6 +337,17 @@ final class RabbitMQConsumer: @unchecked Sendable {
     private func nextLeaseDeadline() -> Int64 {
         let oldest = lock.withLock { state.pending.values.map(\.deliveredAt).min() }
         return oldest.map { $0 + visibilityNanos } ?? monotonicNow() + 100_000_000
+    }
+
+    /// Restarts the lease of `delivery` (ABI 1.6 `extend`); false when it is not unsettled here
+    /// (settled, or its lease ran out and it went back to the queue).
+    func extend(_ delivery: DeliveryID) -> Bool {
+        let now = monotonicNow()
+        return lock.withLock {
+            guard state.pending[delivery] != nil else { return false }
+            state.pending[delivery]!.deliveredAt = now
+            return true
+        }
     }
 
     /// Returns deliveries unsettled past the visibility timeout to the queue (an attempt: the

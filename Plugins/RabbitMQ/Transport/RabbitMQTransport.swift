@@ -396,6 +396,19 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
 
     // MARK: Settle
 
+    /// The plugin's own lease (`ack_wait`): RabbitMQ has none; the consumer returns a delivery
+    /// unsettled that long to the queue.
+    public var leaseNanos: Int64 { settings.ackWaitNanos }
+
+    /// Restarts each delivery's lease in its consumer (nothing crosses the wire).
+    public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        deliveries.map { delivery in
+            let consumer = consumers.withLock { $0.byID[RabbitMQConsumer.subscription(of: delivery)] }
+            guard let consumer, consumer.extend(delivery) else { return TransportError(.notFound, "extend: no unsettled delivery \(delivery)") }
+            return nil
+        }
+    }
+
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         let consumer = consumers.withLock { $0.byID[RabbitMQConsumer.subscription(of: delivery)] }
         guard let consumer, let pending = consumer.take(delivery) else {

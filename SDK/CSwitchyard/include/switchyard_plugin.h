@@ -66,8 +66,9 @@ extern "C" {
  *      by struct_size.
  *  1.4 appended sy_subscribe_options.flags (SY_SUBSCRIBE_SETTLE_ON_DELIVERY) and the message flag
  *      SY_MESSAGE_SETTLED.
- *  1.5 added the capability SY_CAP_PRIVATE_WIRE. */
-#define SY_ABI_MINOR 5
+ *  1.5 added the capability SY_CAP_PRIVATE_WIRE.
+ *  1.6 appended sy_plugin_descriptor.extend (lease renewal). */
+#define SY_ABI_MINOR 6
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -640,6 +641,33 @@ typedef struct sy_plugin_descriptor {
      */
     sy_status (*publish_and_settle)(void *instance, const sy_message *messages, size_t count, sy_delivery_id delivery,
                                     const sy_settlement *settlement, sy_error *err);
+
+    /* ---- ABI 1.6 ---- */
+
+    /**
+     * Extends the leases of `count` unsettled deliveries (count >= 0; `deliveries` is borrowed, and
+     * may be NULL when count is 0). Each one's lease — how long the transport waits for its
+     * settlement before handing the message out again (its visibility timeout, or ack wait) —
+     * starts again now, as long as the lease the delivery was handed out with. The attempt is not
+     * counted again and nothing is delivered. A subscriber calls it for deliveries it still holds
+     * when about half their lease has passed — waiting behind busy handlers, or in a slow one — so
+     * that the message is not delivered a second time meanwhile. Each delivery is extended
+     * independently; when `out_statuses` is not NULL, `out_statuses[i]` receives each one's status
+     * (SY_ERR_NOT_FOUND: unknown, settled, or released by a drain or an unsubscribe). A delivery
+     * whose lease already ran out is reported SY_ERR_NOT_FOUND where the transport can tell, and
+     * may be reported SY_OK where it cannot (a broker that keeps the lease itself): extending it
+     * has no effect either way — it may already be on its way to someone else. Returns SY_OK when
+     * all succeeded, otherwise the status of the first that failed, with `err` filled in for it.
+     *
+     * When `out_lease_ns` is not NULL it receives the length of a lease in ns, as deliveries of
+     * subscriptions that set no visibility_timeout_ns of their own get it (0: deliveries have no
+     * time limit and are held until settled). With count 0 the call only reports that: a
+     * subscriber asks once, after subscribing, to know when to extend. Optional (NULL, or absent
+     * before 1.6: leases cannot be extended; the visibility timeout must then cover a handler plus
+     * its wait in the subscriber).
+     */
+    sy_status (*extend)(void *instance, const sy_delivery_id *deliveries, size_t count, sy_status *out_statuses,
+                        int64_t *out_lease_ns, sy_error *err);
 } sy_plugin_descriptor;
 
 /** Size of a struct up to and including `field`, for checking `struct_size` against a field:
@@ -652,6 +680,8 @@ typedef struct sy_plugin_descriptor {
 #define SY_DESCRIPTOR_SIZE_V1_1 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_batch)
 /** Smallest descriptor a host accepts for ABI 1.3: every field through `publish_and_settle`. */
 #define SY_DESCRIPTOR_SIZE_V1_3 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_and_settle)
+/** Descriptor size at ABI 1.6: every field through `extend`. */
+#define SY_DESCRIPTOR_SIZE_V1_6 SY_SIZE_THROUGH(sy_plugin_descriptor, extend)
 
 /** ABI 1.0 sizes of the structs that can grow: the smallest struct_size a reader accepts. */
 #define SY_MESSAGE_SIZE_V1_0 SY_SIZE_THROUGH(sy_message, enqueued_at_ns)

@@ -437,6 +437,7 @@ static const sy_plugin_descriptor descriptor = {
     NULL, /* publish_batch (ABI 1.1, optional): the host publishes one message at a time */
     NULL, /* settle_batch (ABI 1.3, optional): the host settles one delivery at a time */
     NULL, /* publish_and_settle (ABI 1.3, optional): the host publishes, then settles */
+    NULL, /* extend (ABI 1.6, optional): leases are not extended (this queue never redelivers on a timeout) */
 };
 
 /* The one exported symbol, with C linkage and default visibility (SY_PLUGIN_EXPORT). Refuse hosts

@@ -450,6 +450,20 @@ public enum PluginHostServer {
                     }
                     return out.bytes
                 }
+            case .extend:
+                replyWith(frame.sequence) { () throws(TransportError) in
+                    let count: UInt32 = try reader.integer("count")
+                    var deliveries: [DeliveryID] = []
+                    for _ in 0..<count { deliveries.append(try reader.integer("delivery")) }
+                    var out = WireWriter()
+                    out.integer(try client.leaseNanos() ?? 0)
+                    out.integer(UInt32(deliveries.count))
+                    for outcome in try client.extend(deliveries) {
+                        out.integer(outcome?.code.rawValue ?? StatusCode.ok.rawValue)
+                        out.string(outcome?.message ?? "")
+                    }
+                    return out.bytes
+                }
             case .publishAndSettle:
                 reply(frame.sequence) { () throws(TransportError) in
                     let count: UInt32 = try reader.integer("count")

@@ -95,6 +95,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var nextSubscription: SubscriptionID = 1
         /// Deliveries handed to subscribers and not settled yet: the child they came from.
         var deliveries: [DeliveryID: (process: PluginProcess, childID: DeliveryID)] = [:]
+        /// The child's plugin's lease length, once asked (``leaseNanos``).
+        var leaseNanos: Int64?
         var nextDelivery: DeliveryID = 1
         var backoffNanos: Int64 = 0
     }
@@ -237,12 +239,50 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         return results
     }
 
-    /// Each delivery's outcome in a `settleBatch` reply.
-    private static func outcomes(_ reply: WireReader, count expected: Int) throws(TransportError) -> [TransportError?] {
+    /// The child's plugin's lease, asked once (a restarted child runs the same config).
+    var leaseNanos: Int64 {
+        if let known = lock.withLock({ state.leaseNanos }) { return known }
+        var payload = WireWriter()
+        payload.integer(UInt32(0))
+        guard var reply = try? call(.extend, payload.bytes, operation: "extend"), let lease: Int64 = try? reply.integer("lease") else { return 0 }
+        lock.withLock { state.leaseNanos = lease }
+        return lease
+    }
+
+    /// One `extend` request per child the deliveries came from (they stay the subscriber's to
+    /// settle); each delivery's own outcome.
+    func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        var results = [TransportError?](repeating: nil, count: deliveries.count)
+        let origins = lock.withLock { deliveries.map { state.deliveries[$0] } }
+        var groups: [ObjectIdentifier: (process: PluginProcess, indices: [Int])] = [:]
+        for (index, origin) in origins.enumerated() {
+            guard let origin, !origin.process.hasEnded else {
+                results[index] = TransportError(.notFound, "extend: unknown, settled or released delivery \(deliveries[index])")
+                continue
+            }
+            groups[ObjectIdentifier(origin.process), default: (origin.process, [])].indices.append(index)
+        }
+        for (process, indices) in groups.values {
+            var payload = WireWriter()
+            payload.integer(UInt32(indices.count))
+            for index in indices { payload.integer(origins[index]!.childID) }
+            do throws(TransportError) {
+                var reply = try process.request(.extend, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "extend")
+                let _: Int64 = try reply.integer("lease")
+                for (index, outcome) in zip(indices, try Self.outcomes(reply, count: indices.count, operation: "extend")) { results[index] = outcome }
+            } catch {
+                for index in indices { results[index] = error }
+            }
+        }
+        return results
+    }
+
+    /// Each delivery's outcome in a `settleBatch` or `extend` reply.
+    private static func outcomes(_ reply: WireReader, count expected: Int, operation: String = "settle_batch") throws(TransportError) -> [TransportError?] {
         var reply = reply
         let count: UInt32 = try reply.integer("count")
         guard count == expected else {
-            throw TransportError(.invalidArgument, "corrupt frame: settle_batch answered for \(count) deliveries, not \(expected)")
+            throw TransportError(.invalidArgument, "corrupt frame: \(operation) answered for \(count) deliveries, not \(expected)")
         }
         var outcomes = [TransportError?](repeating: nil, count: expected)
         for index in 0..<expected {

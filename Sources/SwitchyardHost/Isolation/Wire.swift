@@ -50,6 +50,10 @@ enum WireKind: UInt8 {
     /// refuses the subscription's next offer, so the plugin offers them again at its next change,
     /// as after a refusal in process, not at once (which would spin while the subscriber refuses).
     case refused = 12
+    /// Parent → child (`extend`, offered only for a plugin that has it): payload count u32, then
+    /// that many of the child's delivery ids u64 (none: a question for the lease's length). Reply
+    /// data: the lease's length i64, count u32, then each one's status i32 and message.
+    case extend = 13
     /// Child → parent: status i32, message, then the request's reply data.
     case reply = 0x40
     /// Child → parent: parent subscription id u64, the child's delivery id u64, one message.
@@ -66,8 +70,8 @@ enum WireKind: UInt8 {
 
 /// The protocol version carried by `create`; a child refuses any other.
 /// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle,
-/// deliver_batch and refusal frames.
-let wireVersion: UInt32 = 3
+/// deliver_batch and refusal frames; 4: extend.
+let wireVersion: UInt32 = 4
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
 let maxFrameBytes = 256 << 20
