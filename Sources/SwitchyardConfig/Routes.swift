@@ -40,10 +40,17 @@ extension SwitchyardConfig {
         /// How many calls one hosted actor executes at a time for this route.
         public var concurrency: Int
         /// How many calls a host takes from the transport ahead of running them (the subscription's
-        /// prefetch), or nil for the default, ``defaultPrefetch(concurrency:)``. Each taken call's
-        /// lease runs while it waits: lower it where handlers are slow against the transport's
-        /// visibility timeout.
+        /// prefetch), or nil for the default, ``defaultPrefetch(concurrency:)``. On a transport that
+        /// cannot extend leases, each taken call's lease runs while it waits: lower it there where
+        /// handlers are slow against the transport's visibility timeout.
         public var prefetch: Int? = nil
+        /// How long after its delivery a call this host holds (queued or running) keeps having its
+        /// lease extended, in nanoseconds (a call with a deadline: until its deadline at most);
+        /// 0: never extended. Default ``defaultLeaseRenewalNanos``.
+        public var leaseRenewalNanos: Int64 = Self.defaultLeaseRenewalNanos
+
+        /// Lease renewal where the route sets none: five minutes.
+        public static let defaultLeaseRenewalNanos: Int64 = 300_000_000_000
 
         /// A host's prefetch where the route sets none: twice `concurrency`, at least 16.
         public static func defaultPrefetch(concurrency: Int) -> Int { max(concurrency * 2, 16) }
@@ -100,6 +107,7 @@ extension SwitchyardConfig {
             case readableTargets = "readable_targets"
             case maxDeliveries = "max_deliveries"
             case prefetch
+            case leaseRenewal = "lease_renewal"
         }
 
         /// Whether the file sets `key` on this route (rather than leaving its default).
@@ -145,6 +153,9 @@ extension SwitchyardConfig {
                 case .concurrency: route.concurrency = try field.int(in: 1...10_000)
                 case .maxDeliveries: route.maxDeliveries = try field.int(in: 1...1_000_000)
                 case .prefetch: route.prefetch = try field.int(in: 1...100_000)
+                case .leaseRenewal:
+                    route.leaseRenewalNanos = try field.duration()
+                    guard route.leaseRenewalNanos <= 30 * 86_400_000_000_000 else { throw field.error("must be at most 30 days (720h)") }
                 case .inbox:
                     var inbox = RouteEntry.Inbox(windowNanos: 600_000_000_000, path: nil)
                     for (inboxKey, inboxField) in try field.mapping(allowed: ["window", "path", "postgres"]) {

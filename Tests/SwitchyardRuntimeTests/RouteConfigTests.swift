@@ -52,6 +52,8 @@ struct RouteConfigTests {
             ("routes:\n  Orders.place: { transport: q, max_deliveries: 0 }\n", "routes.Orders.place.max_deliveries", "1"),
             ("routes:\n  Orders.place: { transport: q, prefetch: 0 }\n", "routes.Orders.place.prefetch", "1"),
             ("routes:\n  Orders.place: { transport: q, concurrency: 8, prefetch: 4 }\n", "routes.Orders.place.prefetch", "under the route's concurrency (8)"),
+            ("routes:\n  Orders.place: { transport: q, lease_renewal: 31d }\n", "routes.Orders.place.lease_renewal", "not a duration"),
+            ("routes:\n  Orders.place: { transport: q, lease_renewal: 800h }\n", "routes.Orders.place.lease_renewal", "at most 30 days"),
         ])
     func parseErrors(_ yaml: String, _ key: String, _ message: String) {
         let text = yaml.hasPrefix("routes") ? Self.transports + yaml : yaml
@@ -71,6 +73,7 @@ struct RouteConfigTests {
             ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
             ("Orders.place: { transport: direct, max_deliveries: 5 }", "routes.Orders.place.max_deliveries", "needs a transport"),
             ("Orders.place: { transport: direct, prefetch: 50 }", "routes.Orders.place.prefetch", "needs a transport"),
+            ("Orders.place: { transport: direct, lease_renewal: 1m }", "routes.Orders.place.lease_renewal", "needs a transport"),
             ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
             ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),

@@ -526,7 +526,7 @@ struct TypedCallTests {
     }
 
     @Test(
-        "a handler that outlasts its transport's visibility timeout: the call is delivered again, the inbox answers it with the one run's outcome, and a warning says why and names the fix"
+        "a handler that outlasts its transport's visibility timeout with lease renewal off: the call is delivered again, the inbox answers it with the one run's outcome, and a warning says why and names the fix"
     )
     func handlerOutlastsVisibilityTimeout() async throws {
         let directory = try TemporaryDirectory()
@@ -535,7 +535,7 @@ struct TypedCallTests {
             transports:
               work: { plugin: queue, config: { visibility_timeout: 300ms } }
             routes:
-              Shop.*: { transport: work, deadline: 10s, inbox: { window: 1h, path: "\(directory.file("inbox.db"))" } }
+              Shop.*: { transport: work, deadline: 10s, lease_renewal: 0s, inbox: { window: 1h, path: "\(directory.file("inbox.db"))" } }
             """)
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }

@@ -20,14 +20,17 @@ final class Inbound: Sendable {
     let attempt: UInt32
     /// Where the reply and the settlement run (nil: inline, the chain never waits for storage).
     let cost: CallCost?
+    /// What keeps its lease from running out while it is held here (nil: the transport cannot).
+    let leases: LeaseKeeper?
 
-    init(delivery: DeliveryID, transport: Transport, envelope: Envelope, form: Envelope.Form, attempt: UInt32, cost: CallCost?) {
+    init(delivery: DeliveryID, transport: Transport, envelope: Envelope, form: Envelope.Form, attempt: UInt32, cost: CallCost?, leases: LeaseKeeper?) {
         self.delivery = delivery
         self.transport = transport
         self.envelope = envelope
         self.form = form
         self.attempt = attempt
         self.cost = cost
+        self.leases = leases
     }
 }
 

@@ -53,19 +53,22 @@ extension SwitchyardActorSystem {
     /// `interfaceNames` uses (one subscription each).
     func host(_ hosted: Server.Hosted, interfaceNames: [String], type: String) throws {
         try server.add(hosted)
-        // One subscription per transport: the most concurrency and prefetch its routes ask for.
-        var byTransport: [String: (transport: Transport, concurrency: Int, prefetch: Int)] = [:]
+        // One subscription per transport: the most concurrency, prefetch and lease renewal its routes ask for.
+        var byTransport: [String: (transport: Transport, concurrency: Int, prefetch: Int, leaseRenewal: Int64)] = [:]
         for name in Set(interfaceNames) {
             for route in routes.routes(forInterface: name) {
                 guard let transport = route.transport else { continue }
                 let known = byTransport[transport.name]
                 byTransport[transport.name] = (
-                    transport, max(known?.concurrency ?? 0, route.entry.concurrency), max(known?.prefetch ?? 0, route.entry.effectivePrefetch)
+                    transport, max(known?.concurrency ?? 0, route.entry.concurrency), max(known?.prefetch ?? 0, route.entry.effectivePrefetch),
+                    max(known?.leaseRenewal ?? 0, route.entry.leaseRenewalNanos)
                 )
             }
         }
         for (_, subscription) in byTransport.sorted(by: { $0.key < $1.key }) {
-            try serve(hosted, on: subscription.transport, concurrency: subscription.concurrency, prefetch: subscription.prefetch)
+            try serve(
+                hosted, on: subscription.transport, concurrency: subscription.concurrency, prefetch: subscription.prefetch,
+                leaseRenewalNanos: subscription.leaseRenewal)
         }
         logger.info(
             "hosting",
@@ -86,7 +89,7 @@ extension SwitchyardActorSystem {
     }
 
     /// Subscribes the actor's channel on `transport` and starts its workers.
-    private func serve(_ hosted: Server.Hosted, on transport: Transport, concurrency: Int, prefetch: Int) throws {
+    private func serve(_ hosted: Server.Hosted, on transport: Transport, concurrency: Int, prefetch: Int, leaseRenewalNanos: Int64) throws {
         let queue = DeliveryQueue()
         let server = self.server
         let client = transport.client
@@ -97,6 +100,8 @@ extension SwitchyardActorSystem {
         let strings = EnvelopeStrings()
         // On a fan-out transport, a dead letter replayed for one group reaches every group.
         let fanOut = transport.chainCapabilities.contains(.fanOut)
+        // Deliveries held here (queued or running) keep their leases, where the transport can.
+        let leases = LeaseKeeper.start(for: transport, channel: hosted.id.name, renewalNanos: leaseRenewalNanos, logger: server.logger)
         /// What becomes of one delivered message: queued for the workers, refused unread (and so
         /// settled here), or handed back to the transport (draining: for other hosts).
         enum Intake {
@@ -142,7 +147,10 @@ extension SwitchyardActorSystem {
             // the drain has closed the count, nothing more is taken.
             if !server.accepting.load(ordering: .acquiring) && envelope.source != ownSource { return .handBack }
             guard server.inFlight.enterUnlessClosed() else { return .handBack }
-            return .queue(Inbound(delivery: delivery, transport: transport, envelope: envelope, form: Envelope.Form(of: message), attempt: message.attempt, cost: cost))
+            return .queue(
+                Inbound(
+                    delivery: delivery, transport: transport, envelope: envelope, form: Envelope.Form(of: message), attempt: message.attempt, cost: cost,
+                    leases: leases))
         }
         let subscription: SubscriptionID
         do throws(TransportError) {
@@ -151,7 +159,9 @@ extension SwitchyardActorSystem {
                 handler: { [weak self] delivery, message in
                     switch intake(delivery, message, system: self) {
                     case .queue(let inbound):
+                        leases?.hold(inbound.delivery, deadline: inbound.envelope.deadlineNanos)
                         if queue.push(inbound) { return .ok }
+                        leases?.release(inbound.delivery)
                         server.inFlight.leave()
                         return .closed
                     case .settled: return .ok
@@ -171,8 +181,10 @@ extension SwitchyardActorSystem {
                         if case .queue(let inbound) = outcome { queued.append(inbound) }
                         taken += 1
                     }
+                    leases?.hold(queued.lazy.map { ($0.delivery, $0.envelope.deadlineNanos) })
                     if !queue.push(contentsOf: queued) {
                         for inbound in queued {
+                            leases?.release(inbound.delivery)
                             try? client.settle(inbound.delivery, .release)
                             server.inFlight.leave()
                         }
@@ -194,7 +206,7 @@ extension SwitchyardActorSystem {
                 }
             }
         }
-        server.add(Server.Subscription(transport: transport, id: subscription, queue: queue, workers: workers), channel: options.channel)
+        server.add(Server.Subscription(transport: transport, id: subscription, queue: queue, workers: workers, leases: leases), channel: options.channel)
     }
 
     /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter
@@ -211,7 +223,10 @@ extension SwitchyardActorSystem {
     }
 
     func handle(_ delivered: Inbound, _ hosted: Server.Hosted, scopeInherited: Bool) async {
-        defer { server.inFlight.leave() }
+        defer {
+            delivered.leases?.release(delivered.delivery)
+            server.inFlight.leave()
+        }
         var item = delivered
         if item.envelope.target.identifier.isEmpty {
             // A call by readable name: mapped to the hosted protocol's own method, or refused.
@@ -219,7 +234,9 @@ extension SwitchyardActorSystem {
             case .success(let identifier):
                 var envelope = item.envelope
                 envelope.target.identifier = identifier
-                item = Inbound(delivery: item.delivery, transport: item.transport, envelope: envelope, form: item.form, attempt: item.attempt, cost: item.cost)
+                item = Inbound(
+                    delivery: item.delivery, transport: item.transport, envelope: envelope, form: item.form, attempt: item.attempt, cost: item.cost,
+                    leases: item.leases)
             case .failure(let refusal):
                 logger.warning(
                     "refusing a call by readable name", metadata: ["target": "\(item.envelope.target.name)", "actor": "\(hosted.id)", "reason": "\(refusal.reason)"])
@@ -300,13 +317,13 @@ extension SwitchyardActorSystem {
         // Delivered more often than the route's `max_deliveries`: the earlier deliveries ended
         // without an outcome — the host crashed or was killed while running it (a handler or a
         // native function that crashes takes the host with it), or it ran past the transport's
-        // visibility timeout. Run again, it would most likely take this host down too: it is
+        // visibility timeout on a transport that cannot extend leases. Run again, it would most likely take this host down too: it is
         // dead-lettered unrun (a poison message), as SQS's receive count or a RabbitMQ quorum
         // queue's delivery limit do. After the inbox: a call already handled is answered above.
         if let limit = route?.entry.maxDeliveries, Int(item.attempt) > limit {
             route?.metrics.deadLettered.increment()
             let reason =
-                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call's lease ran out while it waited in the host or ran: raise the transport's visibility timeout above the slowest handler plus its wait in the host, or lower the route's prefetch)"
+                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call's lease ran out while it waited in the host or ran — on a transport that cannot extend leases, raise its visibility timeout above the slowest handler plus its wait in the host, or lower the route's prefetch)"
             logger.error(
                 "dead-lettering a call delivered more often than its route allows, unrun",
                 metadata: deadLetterLocation(item, hosted).merging([

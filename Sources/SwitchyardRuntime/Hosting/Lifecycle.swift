@@ -69,6 +69,7 @@ extension SwitchyardActorSystem: Service {
         let unstarted = subscriptions.flatMap { subscription in subscription.queue.close().map { (subscription.transport, $0) } }
         await blockingOperation {
             for (transport, item) in unstarted {
+                item.leases?.release(item.delivery)
                 try? transport.client.settle(item.delivery, .release)
                 self.server.inFlight.leave()
             }
@@ -76,6 +77,7 @@ extension SwitchyardActorSystem: Service {
         }
         for subscription in subscriptions {
             for worker in subscription.workers { worker.cancel() }
+            subscription.leases?.stop()
         }
         // What the finished calls committed to outboxes goes out before the transports close.
         await outboxRelays.drainAndStop(until: until)

@@ -32,6 +32,8 @@ final class Server: Sendable {
         let id: SubscriptionID
         let queue: DeliveryQueue
         let workers: [Task<Void, Never>]
+        /// Keeps the leases of what it holds (nil: the transport cannot); stopped by the drain.
+        let leases: LeaseKeeper?
     }
 
     /// A channel served here, on a transport (kept after the drain, for the overview).

@@ -110,6 +110,9 @@ public struct SystemOverview: Codable, Sendable {
         /// Calls a host takes ahead of running them (`prefetch`, or its default); nil on a direct
         /// route, which takes nothing.
         public var prefetch: Int? = nil
+        /// How long after its delivery a held call's lease is extended at most, in ms
+        /// (`lease_renewal`, or its default; 0: never); nil on a direct route.
+        public var leaseRenewalMs: Double? = nil
     }
 
     /// One hosted actor or native module.
@@ -182,7 +185,8 @@ extension SwitchyardActorSystem {
                 deadlineMs: Double(entry.deadlineNanos) / 1e6, delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
                 ordering: entry.orderingArgument, inbox: entry.inbox != nil, outbox: entry.outbox, encoding: entry.encoding,
                 concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil, maxDeliveries: entry.maxDeliveries,
-                prefetch: entry.transport == SwitchyardConfig.RouteEntry.direct ? nil : entry.effectivePrefetch)
+                prefetch: entry.transport == SwitchyardConfig.RouteEntry.direct ? nil : entry.effectivePrefetch,
+                leaseRenewalMs: entry.transport == SwitchyardConfig.RouteEntry.direct ? nil : Double(entry.leaseRenewalNanos) / 1e6)
         }
         let services = server.allHosted().map { hosted in
             let methods =

@@ -1,0 +1,198 @@
+import Foundation
+import Logging
+import SwitchyardABI
+import SwitchyardHost
+import SwitchyardWire
+
+/// Keeps the leases of the deliveries one subscription holds — queued for a worker or running —
+/// from running out, through the transport's `extend` (ABI 1.6): a delivery held for half its
+/// lease is extended, with every other one due, in one call. So a slow handler, or a call waiting
+/// behind busy ones, is not handed to another consumer meanwhile and does not count attempts
+/// towards `max_deliveries` — the visibility timeout only has to outlast a host that stopped
+/// (crashed, or cut off from its transport), not the slowest handler.
+///
+/// A call is extended for at most the route's `lease_renewal` after its delivery (five minutes
+/// unless set), and a call with a deadline until its deadline at most: its caller has stopped
+/// waiting. Past that, a handler still running (stuck, or slower than allowed) lets the call go
+/// back to its transport when its lease runs out — the way Azure Service Bus's and MassTransit's
+/// automatic lock renewal ends at a maximum duration.
+///
+/// Made only for a transport that can extend and whose deliveries have a time limit. Costs a lock
+/// and a table entry per delivery; the extensions happen only past half a lease, on one thread
+/// of the process's own (``LeaseKeeperThread``), never on the cooperative pool — whose threads
+/// busy handlers may all hold.
+final class LeaseKeeper: Sendable {
+    private struct Held {
+        /// When it is next due for extension (coarse monotonic ns).
+        var due: Int64
+        /// When it stops being extended (wall clock ns): its call's deadline or the end of its
+        /// renewal, whichever comes first.
+        let until: Int64
+    }
+    private let transport: Transport
+    /// Half the lease, in ns: a delivery is extended once held this long since it came or was
+    /// last extended.
+    private let halfLease: Int64
+    /// How long after its delivery a delivery is extended at most (ns).
+    private let renewal: Int64
+    private let held = Guarded<[DeliveryID: Held]>([:])
+    private let channel: String
+    private let logger: Logger
+    /// Whether the last extension failed for another reason than the transport no longer knowing
+    /// the delivery (logged once until one succeeds).
+    private let failing = Guarded(false)
+
+    /// A keeper for `transport`'s deliveries on `channel`, extending each for at most
+    /// `renewalNanos` after its delivery, started; nil when the transport cannot extend leases,
+    /// its deliveries have no time limit, or `renewalNanos` is 0.
+    static func start(for transport: Transport, channel: String, renewalNanos: Int64, logger: Logger) -> LeaseKeeper? {
+        guard renewalNanos > 0, let lease = (try? transport.client.leaseNanos()) ?? nil, lease > 0 else { return nil }
+        let keeper = LeaseKeeper(transport: transport, lease: lease, renewal: renewalNanos, channel: channel, logger: logger)
+        LeaseKeeperThread.shared.add(keeper)
+        return keeper
+    }
+
+    private init(transport: Transport, lease: Int64, renewal: Int64, channel: String, logger: Logger) {
+        self.transport = transport
+        halfLease = max(lease / 2, 1)
+        self.renewal = renewal
+        self.channel = channel
+        self.logger = logger
+    }
+
+    /// Stops extending (the subscription ended): what is still held is left to its lease.
+    func stop() {
+        LeaseKeeperThread.shared.remove(self)
+        held.withLock { $0.removeAll() }
+    }
+
+    /// How often the keeper looks: a quarter of the lease (so a delivery is extended between half
+    /// and three quarters of it), within 5 ms and 1 s.
+    var intervalNanos: Int64 { min(max(halfLease / 2, 5_000_000), 1_000_000_000) }
+
+    /// A delivery taken, with its call's deadline (wall clock ns, 0: none): kept from now until
+    /// ``release(_:)``.
+    func hold(_ delivery: DeliveryID, deadline: Int64) {
+        let due = coarseMonotonicNanoseconds() + halfLease
+        let until = self.until(deadline: deadline, now: WallClock.nowNanos())
+        held.withLock { $0[delivery] = Held(due: due, until: until) }
+    }
+
+    /// Deliveries taken together (a batch), under one lock.
+    func hold(_ deliveries: some Sequence<(delivery: DeliveryID, deadline: Int64)>) {
+        let due = coarseMonotonicNanoseconds() + halfLease
+        let now = WallClock.nowNanos()
+        held.withLock { held in
+            for taken in deliveries { held[taken.delivery] = Held(due: due, until: until(deadline: taken.deadline, now: now)) }
+        }
+    }
+
+    /// When a delivery taken at `now` stops being extended: the end of its renewal, or its call's
+    /// deadline (0: none) if that comes first.
+    private func until(deadline: Int64, now: Int64) -> Int64 {
+        let end = now > Int64.max - renewal ? Int64.max : now + renewal
+        return deadline > 0 ? min(deadline, end) : end
+    }
+
+    /// A delivery settled, handed back or given up: no longer kept.
+    func release(_ delivery: DeliveryID) {
+        held.withLock { _ = $0.removeValue(forKey: delivery) }
+    }
+
+    /// How many deliveries are kept now.
+    var count: Int { held.withLock { $0.count } }
+
+    /// Extends every delivery due at `now` (coarse monotonic ns) whose deadline, if it has one,
+    /// has not passed at `wallNow`; returns how many were extended. Blocks (the transport's call
+    /// may commit or cross a socket).
+    @discardableResult
+    func extendDue(now: Int64 = coarseMonotonicNanoseconds(), wallNow: Int64 = WallClock.nowNanos()) -> Int {
+        let due = held.withLock { held in
+            var due: [DeliveryID] = []
+            for (delivery, entry) in held where entry.due <= now {
+                if entry.until <= wallNow {
+                    held.removeValue(forKey: delivery)  // its renewal or its call's deadline is over: let it go
+                    continue
+                }
+                due.append(delivery)
+                held[delivery]!.due = now + halfLease
+            }
+            return due
+        }
+        guard !due.isEmpty else { return 0 }
+        let outcomes: [TransportError?]
+        do throws(TransportError) {
+            outcomes = try transport.client.extend(due)
+        } catch {
+            outcomes = due.map { _ in error }
+        }
+        var extended = 0
+        var failure: TransportError?
+        for (delivery, outcome) in zip(due, outcomes) {
+            guard let outcome else {
+                extended += 1
+                continue
+            }
+            // Unknown to the transport (settled meanwhile, or its lease ran out before this look):
+            // nothing more to keep. Anything else is tried again at the next look.
+            if outcome.code == .notFound {
+                release(delivery)
+            } else {
+                failure = outcome
+            }
+        }
+        let wasFailing = failing.withLock { failing in
+            defer { failing = failure != nil }
+            return failing
+        }
+        if let failure, !wasFailing {
+            logger.warning(
+                "cannot extend the leases of calls held here; they may be delivered again when their visibility timeout passes",
+                metadata: ["transport": "\(transport.name)", "channel": "\(channel)", "error": "\(failure.message)"])
+        } else if failure == nil && wasFailing {
+            logger.info("extending leases again", metadata: ["transport": "\(transport.name)", "channel": "\(channel)"])
+        }
+        return extended
+    }
+}
+
+/// The one thread of the process that runs every ``LeaseKeeper``: it sleeps until the soonest
+/// keeper's next look (a keeper added wakes it), and exists from the first keeper on.
+final class LeaseKeeperThread: @unchecked Sendable {
+    // @unchecked: `keepers` is guarded by `condition`.
+    static let shared = LeaseKeeperThread()
+
+    private let condition = NSCondition()
+    private var keepers: [ObjectIdentifier: LeaseKeeper] = [:]
+    private var started = false
+
+    func add(_ keeper: LeaseKeeper) {
+        condition.lock()
+        keepers[ObjectIdentifier(keeper)] = keeper
+        if !started {
+            started = true
+            let thread = Thread { [self] in run() }
+            thread.name = "switchyard-leases"
+            thread.start()
+        }
+        condition.signal()
+        condition.unlock()
+    }
+
+    func remove(_ keeper: LeaseKeeper) {
+        condition.lock()
+        keepers.removeValue(forKey: ObjectIdentifier(keeper))
+        condition.unlock()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            let interval = keepers.values.map(\.intervalNanos).min() ?? 1_000_000_000
+            _ = condition.wait(until: Date(timeIntervalSinceNow: Double(interval) / 1e9))
+            let all = Array(keepers.values)
+            condition.unlock()
+            for keeper in all { keeper.extendDue() }
+        }
+    }
+}

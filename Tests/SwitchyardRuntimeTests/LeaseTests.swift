@@ -1,0 +1,118 @@
+import Distributed
+import Foundation
+import SwitchyardABI
+import SwitchyardTestSupport
+import SwitchyardWire
+import Testing
+
+@testable import SwitchyardRuntime
+
+@Resolvable
+protocol SlowWork: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// Takes `millis` to answer `id` on its first delivery, no time on a later one.
+    distributed func work(_ id: Int, millis: Int) async throws -> Int
+}
+
+/// Records each run as (id, attempt) and takes as long as asked the first time.
+distributed actor SlowWorker: SlowWork {
+    typealias ActorSystem = SwitchyardActorSystem
+    let runs: Guarded<[(id: Int, attempt: Int)]>
+
+    init(actorSystem: ActorSystem, runs: Guarded<[(id: Int, attempt: Int)]>) {
+        self.actorSystem = actorSystem
+        self.runs = runs
+    }
+
+    distributed func work(_ id: Int, millis: Int) async throws -> Int {
+        let attempt = Switchyard.currentCall?.attempt ?? 0
+        runs.withLock { $0.append((id, attempt)) }
+        // Slow on the first delivery only: a later one answers at once.
+        if attempt <= 1 { try await Task.sleep(for: .milliseconds(millis)) }
+        return id
+    }
+}
+
+/// Leases of deliveries the host holds are extended (ABI 1.6 `extend`): a visibility timeout
+/// shorter than a handler, and than the wait of calls queued behind it, delivers nothing twice.
+@Suite("Lease renewal")
+struct LeaseTests {
+    @Test(
+        "calls that run and wait longer than the visibility timeout keep their leases: each runs once, on its first delivery",
+        arguments: ["memory", "sqlite", "process"])
+    func slowCallsKeepTheirLeases(_ kind: String) async throws {
+        let directory = try TemporaryDirectory()
+        let path = kind == "sqlite" ? ", path: \"\(directory.file("work.db"))\"" : ""
+        let isolation = kind == "process" ? ", isolation: { mode: process, host: \"\(BuildProducts.switchyard)\" }" : ""
+        // A 1 s lease; four calls of 1.2 s each, one at a time: the last waits 3.6 s.
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue, config: { visibility_timeout: 1s\(path) }\(isolation) }
+            routes:
+              SlowWork.*: { transport: work, concurrency: 1, deadline: 30s }
+            """)
+        let runs = Guarded<[(id: Int, attempt: Int)]>([])
+        try system.host("slow", as: $SlowWork.self) { SlowWorker(actorSystem: $0, runs: runs) }
+        let slow = try $SlowWork.resolve(id: "slow", using: system)
+        let answers = try await withThrowingTaskGroup(of: Int.self) { group in
+            for id in 1...4 { group.addTask { try await slow.work(id, millis: 1200) } }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(answers.sorted() == [1, 2, 3, 4])
+        // Past another lease: nothing comes again.
+        try await Task.sleep(for: .milliseconds(1200))
+        let seen = runs.withLock { $0 }
+        #expect(seen.map(\.id).sorted() == [1, 2, 3, 4], "runs: \(seen)")
+        #expect(seen.allSatisfy { $0.attempt == 1 }, "runs: \(seen)")
+        await system.shutdown()
+    }
+
+    @Test("a call held past its route's lease_renewal is no longer extended: its lease runs out and it is delivered again")
+    func renewalEnds() async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue, config: { visibility_timeout: 600ms } }
+            routes:
+              SlowWork.*: { transport: work, deadline: 30s, lease_renewal: 1s }
+            """)
+        let runs = Guarded<[(id: Int, attempt: Int)]>([])
+        try system.host("slow", as: $SlowWork.self) { SlowWorker(actorSystem: $0, runs: runs) }
+        let slow = try $SlowWork.resolve(id: "slow", using: system)
+        // Extended until 1 s after delivery, then its 600 ms lease runs out while it still runs:
+        // the second delivery runs it again and answers at once (the first run's reply, with its
+        // acknowledgement, fails: its delivery is gone).
+        #expect(try await slow.work(7, millis: 3000) == 7)
+        let seen = runs.withLock { $0 }
+        #expect(seen.count >= 2 && seen[0].attempt == 1 && seen[1].attempt == 2, "runs: \(seen)")
+        #expect(system.overview().routes.first?.leaseRenewalMs == 1000, "operators see it (/api/routes)")
+        await system.shutdown()
+    }
+
+    @Test("the keeper extends only what has been held half a lease, never past a call's deadline, and forgets what the transport no longer knows")
+    func keeperExtendsWhatIsDue() async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue, config: { visibility_timeout: 10s } }
+            routes:
+              SlowWork.*: { transport: work }
+            """)
+        let transport = try #require(system.transports?["work"])
+        #expect(LeaseKeeper.start(for: transport, channel: "slow", renewalNanos: 0, logger: system.logger) == nil, "lease_renewal: 0 extends nothing")
+        let keeper = try #require(LeaseKeeper.start(for: transport, channel: "slow", renewalNanos: 300_000_000_000, logger: system.logger))
+        defer { keeper.stop() }
+        #expect(keeper.intervalNanos == 1_000_000_000, "a quarter of a 10 s lease, at most 1 s")
+        let wallNow = WallClock.nowNanos()
+        let taken: [(delivery: DeliveryID, deadline: Int64)] = [(1, 0), (2, wallNow + 60_000_000_000), (3, wallNow + 1_000_000_000)]
+        keeper.hold(taken)
+        // Not due yet (held less than half a lease).
+        #expect(keeper.extendDue() == 0)
+        #expect(keeper.count == 3)
+        // Due, 6 s on: the third's deadline has passed, so it is let go without a call; the
+        // transport knows neither of the others, so they are forgotten.
+        #expect(keeper.extendDue(now: coarseMonotonicNanoseconds() + 6_000_000_000, wallNow: wallNow + 6_000_000_000) == 0)
+        #expect(keeper.count == 0)
+        await system.shutdown()
+    }
+}
