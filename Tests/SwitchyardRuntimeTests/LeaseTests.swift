@@ -3,6 +3,7 @@ import Foundation
 import SwitchyardABI
 import SwitchyardTestSupport
 import SwitchyardWire
+import Synchronization
 import Testing
 
 @testable import SwitchyardRuntime
@@ -104,15 +105,22 @@ struct LeaseTests {
         defer { keeper.stop() }
         #expect(keeper.intervalNanos == 1_000_000_000, "a quarter of a 10 s lease, at most 1 s")
         let wallNow = WallClock.nowNanos()
-        let taken: [(delivery: DeliveryID, deadline: Int64)] = [(1, 0), (2, wallNow + 60_000_000_000), (3, wallNow + 1_000_000_000)]
-        keeper.hold(taken)
-        // Not due yet (held less than half a lease).
+        func taken(_ delivery: DeliveryID, deadline: Int64) -> Inbound {
+            let envelope = Envelope(target: .init(name: "SlowWork.work(_:millis:)", identifier: ""), arguments: [], deadlineNanos: deadline)
+            return Inbound(delivery: delivery, transport: transport, envelope: envelope, form: .compact, attempt: 1, cost: nil, leases: keeper)
+        }
+        let held = [taken(1, deadline: 0), taken(2, deadline: wallNow + 60_000_000_000), taken(3, deadline: wallNow + 1_000_000_000), taken(4, deadline: 0)]
+        keeper.hold(Array(held[0..<3]))
+        keeper.hold(held[3])
+        keeper.letGo(held[3])
+        // Not due yet (held less than half a lease); the one let go is dropped.
         #expect(keeper.extendDue() == 0)
         #expect(keeper.count == 3)
         // Due, 6 s on: the third's deadline has passed, so it is let go without a call; the
-        // transport knows neither of the others, so they are forgotten.
+        // transport knows neither of the others, so they are let go too.
         #expect(keeper.extendDue(now: coarseMonotonicNanoseconds() + 6_000_000_000, wallNow: wallNow + 6_000_000_000) == 0)
         #expect(keeper.count == 0)
+        #expect(held[0].leaseLetGo.load(ordering: .relaxed) && held[1].leaseLetGo.load(ordering: .relaxed))
         await system.shutdown()
     }
 }

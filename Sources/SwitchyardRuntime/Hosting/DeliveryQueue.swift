@@ -22,6 +22,12 @@ final class Inbound: Sendable {
     let cost: CallCost?
     /// What keeps its lease from running out while it is held here (nil: the transport cannot).
     let leases: LeaseKeeper?
+    /// The keeper's bookkeeping (``LeaseKeeper``): when it was taken and is next due for
+    /// extension (coarse monotonic ns), and whether it is no longer held. Atomics, so that letting
+    /// a delivery go costs one store and no lock.
+    let leaseTakenAt = Atomic<Int64>(0)
+    let leaseDue = Atomic<Int64>(0)
+    let leaseLetGo = Atomic<Bool>(false)
 
     init(delivery: DeliveryID, transport: Transport, envelope: Envelope, form: Envelope.Form, attempt: UInt32, cost: CallCost?, leases: LeaseKeeper?) {
         self.delivery = delivery

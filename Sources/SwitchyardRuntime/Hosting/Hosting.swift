@@ -159,9 +159,9 @@ extension SwitchyardActorSystem {
                 handler: { [weak self] delivery, message in
                     switch intake(delivery, message, system: self) {
                     case .queue(let inbound):
-                        leases?.hold(inbound.delivery, deadline: inbound.envelope.deadlineNanos)
+                        leases?.hold(inbound)
                         if queue.push(inbound) { return .ok }
-                        leases?.release(inbound.delivery)
+                        leases?.letGo(inbound)
                         server.inFlight.leave()
                         return .closed
                     case .settled: return .ok
@@ -181,10 +181,10 @@ extension SwitchyardActorSystem {
                         if case .queue(let inbound) = outcome { queued.append(inbound) }
                         taken += 1
                     }
-                    leases?.hold(queued.lazy.map { ($0.delivery, $0.envelope.deadlineNanos) })
+                    leases?.hold(queued)
                     if !queue.push(contentsOf: queued) {
                         for inbound in queued {
-                            leases?.release(inbound.delivery)
+                            leases?.letGo(inbound)
                             try? client.settle(inbound.delivery, .release)
                             server.inFlight.leave()
                         }
@@ -224,7 +224,7 @@ extension SwitchyardActorSystem {
 
     func handle(_ delivered: Inbound, _ hosted: Server.Hosted, scopeInherited: Bool) async {
         defer {
-            delivered.leases?.release(delivered.delivery)
+            delivered.leases?.letGo(delivered)
             server.inFlight.leave()
         }
         var item = delivered

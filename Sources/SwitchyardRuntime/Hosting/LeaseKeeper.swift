@@ -18,24 +18,25 @@ import SwitchyardWire
 /// automatic lock renewal ends at a maximum duration.
 ///
 /// Made only for a transport that can extend and whose deliveries have a time limit. Costs a lock
-/// and a table entry per delivery; the extensions happen only past half a lease, on one thread
-/// of the process's own (``LeaseKeeperThread``), never on the cooperative pool — whose threads
-/// busy handlers may all hold.
+/// and an append per delivery taken and an atomic store per delivery let go; the extensions
+/// happen only past half a lease, on one thread of the process's own (``LeaseKeeperThread``),
+/// never on the cooperative pool — whose threads busy handlers may all hold.
 final class LeaseKeeper: Sendable {
-    private struct Held {
-        /// When it is next due for extension (coarse monotonic ns).
-        var due: Int64
-        /// When it stops being extended (wall clock ns): its call's deadline or the end of its
-        /// renewal, whichever comes first.
-        let until: Int64
-    }
     private let transport: Transport
     /// Half the lease, in ns: a delivery is extended once held this long since it came or was
     /// last extended.
-    private let halfLease: Int64
+    let halfLease: Int64
     /// How long after its delivery a delivery is extended at most (ns).
     private let renewal: Int64
-    private let held = Guarded<[DeliveryID: Held]>([:])
+    /// What is held, in the order taken, with what was let go since the last look (the keeper
+    /// drops those then, or when the list has doubled: letting go is one atomic store, not a
+    /// lookup, and nothing is hashed per call).
+    private struct Held {
+        var list: [Inbound] = []
+        /// The list's length at which it is next compacted.
+        var compactAt = 1024
+    }
+    private let held = Guarded(Held())
     private let channel: String
     private let logger: Logger
     /// Whether the last extension failed for another reason than the transport no longer knowing
@@ -63,72 +64,88 @@ final class LeaseKeeper: Sendable {
     /// Stops extending (the subscription ended): what is still held is left to its lease.
     func stop() {
         LeaseKeeperThread.shared.remove(self)
-        held.withLock { $0.removeAll() }
+        held.withLock { $0.list.removeAll() }
     }
 
     /// How often the keeper looks: a quarter of the lease (so a delivery is extended between half
     /// and three quarters of it), within 5 ms and 1 s.
     var intervalNanos: Int64 { min(max(halfLease / 2, 5_000_000), 1_000_000_000) }
 
-    /// A delivery taken, with its call's deadline (wall clock ns, 0: none): kept from now until
-    /// ``release(_:)``.
-    func hold(_ delivery: DeliveryID, deadline: Int64) {
-        let due = coarseMonotonicNanoseconds() + halfLease
-        let until = self.until(deadline: deadline, now: WallClock.nowNanos())
-        held.withLock { $0[delivery] = Held(due: due, until: until) }
-    }
-
-    /// Deliveries taken together (a batch), under one lock.
-    func hold(_ deliveries: some Sequence<(delivery: DeliveryID, deadline: Int64)>) {
-        let due = coarseMonotonicNanoseconds() + halfLease
-        let now = WallClock.nowNanos()
+    /// A delivery taken: kept from now until ``letGo(_:)``.
+    func hold(_ inbound: Inbound) {
+        let now = coarseMonotonicNanoseconds()
+        inbound.leaseTakenAt.store(now, ordering: .relaxed)
+        inbound.leaseDue.store(now + halfLease, ordering: .relaxed)
         held.withLock { held in
-            for taken in deliveries { held[taken.delivery] = Held(due: due, until: until(deadline: taken.deadline, now: now)) }
+            held.list.append(inbound)
+            if held.list.count >= held.compactAt { Self.compact(&held) }
         }
     }
 
-    /// When a delivery taken at `now` stops being extended: the end of its renewal, or its call's
-    /// deadline (0: none) if that comes first.
-    private func until(deadline: Int64, now: Int64) -> Int64 {
-        let end = now > Int64.max - renewal ? Int64.max : now + renewal
-        return deadline > 0 ? min(deadline, end) : end
+    /// Deliveries taken together (a batch), under one lock.
+    func hold(_ batch: [Inbound]) {
+        guard !batch.isEmpty else { return }
+        let now = coarseMonotonicNanoseconds()
+        for inbound in batch {
+            inbound.leaseTakenAt.store(now, ordering: .relaxed)
+            inbound.leaseDue.store(now + halfLease, ordering: .relaxed)
+        }
+        held.withLock { held in
+            held.list.append(contentsOf: batch)
+            if held.list.count >= held.compactAt { Self.compact(&held) }
+        }
     }
 
     /// A delivery settled, handed back or given up: no longer kept.
-    func release(_ delivery: DeliveryID) {
-        held.withLock { _ = $0.removeValue(forKey: delivery) }
+    func letGo(_ inbound: Inbound) {
+        inbound.leaseLetGo.store(true, ordering: .releasing)
     }
 
-    /// How many deliveries are kept now.
-    var count: Int { held.withLock { $0.count } }
+    /// Drops what was let go; the next compaction comes when the list has doubled again.
+    private static func compact(_ held: inout Held) {
+        held.list.removeAll { $0.leaseLetGo.load(ordering: .acquiring) }
+        held.compactAt = max(1024, held.list.count * 2)
+    }
 
-    /// Extends every delivery due at `now` (coarse monotonic ns) whose deadline, if it has one,
-    /// has not passed at `wallNow`; returns how many were extended. Blocks (the transport's call
-    /// may commit or cross a socket).
+    /// How many deliveries are held now.
+    var count: Int {
+        held.withLock { held in
+            Self.compact(&held)
+            return held.list.count
+        }
+    }
+
+    /// Extends every delivery due at `now` (coarse monotonic ns) whose renewal, and whose call's
+    /// deadline, if it has one, have not ended (at `wallNow`); returns how many were extended.
+    /// Blocks (the transport's call may commit or cross a socket).
     @discardableResult
     func extendDue(now: Int64 = coarseMonotonicNanoseconds(), wallNow: Int64 = WallClock.nowNanos()) -> Int {
-        let due = held.withLock { held in
-            var due: [DeliveryID] = []
-            for (delivery, entry) in held where entry.due <= now {
-                if entry.until <= wallNow {
-                    held.removeValue(forKey: delivery)  // its renewal or its call's deadline is over: let it go
-                    continue
+        let due = held.withLock { held -> [Inbound] in
+            var due: [Inbound] = []
+            held.list.removeAll { inbound in
+                if inbound.leaseLetGo.load(ordering: .acquiring) { return true }
+                guard inbound.leaseDue.load(ordering: .relaxed) <= now else { return false }
+                let deadline = inbound.envelope.deadlineNanos
+                if now - inbound.leaseTakenAt.load(ordering: .relaxed) >= renewal || (deadline > 0 && deadline <= wallNow) {
+                    return true  // its renewal or its call's deadline is over: let it go
                 }
-                due.append(delivery)
-                held[delivery]!.due = now + halfLease
+                inbound.leaseDue.store(now + halfLease, ordering: .relaxed)
+                due.append(inbound)
+                return false
             }
+            held.compactAt = max(1024, held.list.count * 2)
             return due
         }
         guard !due.isEmpty else { return 0 }
         let outcomes: [TransportError?]
         do throws(TransportError) {
-            outcomes = try transport.client.extend(due)
+            outcomes = try transport.client.extend(due.map(\.delivery))
         } catch {
             outcomes = due.map { _ in error }
         }
         var extended = 0
         var failure: TransportError?
-        for (delivery, outcome) in zip(due, outcomes) {
+        for (inbound, outcome) in zip(due, outcomes) {
             guard let outcome else {
                 extended += 1
                 continue
@@ -136,7 +153,7 @@ final class LeaseKeeper: Sendable {
             // Unknown to the transport (settled meanwhile, or its lease ran out before this look):
             // nothing more to keep. Anything else is tried again at the next look.
             if outcome.code == .notFound {
-                release(delivery)
+                letGo(inbound)
             } else {
                 failure = outcome
             }

@@ -69,7 +69,7 @@ extension SwitchyardActorSystem: Service {
         let unstarted = subscriptions.flatMap { subscription in subscription.queue.close().map { (subscription.transport, $0) } }
         await blockingOperation {
             for (transport, item) in unstarted {
-                item.leases?.release(item.delivery)
+                item.leases?.letGo(item)
                 try? transport.client.settle(item.delivery, .release)
                 self.server.inFlight.leave()
             }
