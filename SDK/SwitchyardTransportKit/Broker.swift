@@ -650,19 +650,21 @@ public final class Broker: @unchecked Sendable {
     /// or this broker's next lease, would take an entry whose lease ran out), then here.
     public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
         var results = [TransportError?].noErrors(count: deliveries.count)
-        var leases: [(index: Int, local: UInt64, ref: LeaseRef, until: Int64)] = []
+        var leases: [(index: Int, local: UInt64, ref: LeaseRef, until: Int64, was: Int64)] = []
         let stamp = now()
         condition.lock()
         for index in deliveries.indices {
-            guard let local = shard.local(deliveries[index]), let entry = inFlight[local], entry.ref.token != 0 else {
+            // Not one whose lease ran out already, even if the dispatcher has not looked yet.
+            guard let local = shard.local(deliveries[index]), let entry = inFlight[local], entry.ref.token != 0, entry.leaseUntil > stamp else {
                 results[index] = Self.notInFlight(deliveries[index])
                 continue
             }
-            leases.append((index, local, entry.ref, stamp + entry.member.visibilityTimeout))
+            leases.append((index, local, entry.ref, stamp + entry.member.visibilityTimeout, entry.leaseUntil))
         }
         condition.unlock()
         guard !leases.isEmpty else { return results }
         let stored = store.extend(leases.map { ($0.ref, $0.until) })
+        var undo: [(ref: LeaseRef, until: Int64)] = []
         condition.lock()
         for (lease, error) in zip(leases, stored) {
             if let error {
@@ -670,11 +672,19 @@ public final class Broker: @unchecked Sendable {
             } else if let entry = inFlight[lease.local], entry.ref == lease.ref {
                 inFlight.insert(InFlight(ref: entry.ref, member: entry.member, leaseUntil: lease.until), at: lease.local)
             } else {
-                // Settled or expired here meanwhile.
+                // Settled, or expired here, meanwhile: an expired one gets its old lease back in
+                // the store (so it is not held for nobody until the new one ends).
                 results[lease.index] = Self.notInFlight(deliveries[lease.index])
+                undo.append((lease.ref, lease.was))
             }
         }
         condition.unlock()
+        if !undo.isEmpty {
+            _ = store.extend(undo)
+            condition.lock()
+            markWork()
+            condition.unlock()
+        }
         return results
     }
 

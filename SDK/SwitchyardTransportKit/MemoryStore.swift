@@ -171,8 +171,18 @@ public final class MemoryStore: MessageStore {
         /// Drops the records at the front of `group.leased` whose leases were settled or made
         /// again: leases mostly end in the order they were made, so this keeps the records to
         /// about the leases in flight.
+        /// Drops stale lease records at the front of `group`'s (settled, leased again, or
+        /// extended: an extension records the lease's new end, and the old record would otherwise
+        /// wake the dispatcher at once, over and over, while the group has no room to lease).
         func dropSettledLeases(of group: Group) {
-            while let first = group.leased.first, entries[first.entry]?.token != first.token { group.leased.removeFirst() }
+            while let first = group.leased.first, !isCurrent(first) { group.leased.removeFirst() }
+            while let top = group.leasedOutOfOrder.min, !isCurrent(top) { group.leasedOutOfOrder.removeMin() }
+        }
+
+        /// Whether `record` is the lease its entry holds now.
+        func isCurrent(_ record: Timed) -> Bool {
+            guard let entry = entries[record.entry] else { return false }
+            return entry.token == record.token && entry.leaseUntil == record.at
         }
 
         func unlockKey(of entry: Entry) {
@@ -279,7 +289,7 @@ public final class MemoryStore: MessageStore {
             // Expired leases and due retries become ready (expired leases keep their attempt).
             while let top = group.dueLease(now: now) {
                 // Stale records are skipped: settled, leased again, or extended (its new record comes later).
-                guard let entry = state.entries[top.entry], entry.token == top.token, entry.leaseUntil <= now else { continue }
+                guard state.isCurrent(top), let entry = state.entries[top.entry] else { continue }
                 entry.token = 0
                 if entry.holdsKey, let orderingKey = entry.message.orderingKey {
                     entry.holdsKey = false

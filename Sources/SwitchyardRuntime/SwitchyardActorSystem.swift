@@ -138,6 +138,8 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         if SystemState(rawValue: state.load(ordering: .relaxed)) != .stopped {
             pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
             outboxRelays.stop()
+            // Before the transports close: a keeper left running would call into a closed one.
+            for subscription in server.takeSubscriptions() { subscription.leases?.stop() }
             transports?.close()
         }
     }

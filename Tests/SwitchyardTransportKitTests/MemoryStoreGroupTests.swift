@@ -60,4 +60,23 @@ struct MemoryStoreGroupTests {
         #expect(try store.lease(channel: "c", group: "", limit: 10, now: 1_000, leaseUntil: 3_000).map(\.message.id) == ["long"])
         #expect(store.counts().inFlight == 2)
     }
+
+    @Test("an extended lease wakes the dispatcher at its new end, not its old one, and expires then; a stale ref cannot extend")
+    func extendedLease() throws {
+        let store = MemoryStore(fanOut: false)
+        try store.addGroup(channel: "c", group: "", start: .new)
+        try store.append([Message(id: "held", channel: "c"), Message(id: "early", channel: "c")])
+        let held = try store.lease(channel: "c", group: "", limit: 1, now: 0, leaseUntil: 100)
+        let early = try store.lease(channel: "c", group: "", limit: 1, now: 0, leaseUntil: 50)
+        #expect(store.extend([(held[0].ref, 1_000)]) == [nil])
+        // The old record (100) would wake the dispatcher at once from then on, over and over,
+        // while the group had no room to lease: it is dropped, and the next wake-up is the new end.
+        #expect(try store.lease(channel: "c", group: "", limit: 10, now: 60, leaseUntil: 5_000).map(\.message.id) == ["early"])
+        #expect(store.nextWakeup(channel: "c", group: "", now: 150) == 1_000)
+        #expect(try store.lease(channel: "c", group: "", limit: 10, now: 150, leaseUntil: 5_000).isEmpty, "extended: not due at its old end")
+        #expect(try store.lease(channel: "c", group: "", limit: 10, now: 1_000, leaseUntil: 5_000).map(\.message.id) == ["held"])
+        // The first lease's ref is stale now; so is one already settled.
+        #expect(store.extend([(held[0].ref, 9_000)]).first??.code == .notFound)
+        _ = early
+    }
 }

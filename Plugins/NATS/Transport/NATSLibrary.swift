@@ -180,7 +180,15 @@ final class NATSSubscription: @unchecked Sendable {
     /// ``destroy()`` must not free before they end.
     private let settling = Atomic<Int>(0)
 
-    init(id: SubscriptionID, channel: String, group: String, subscription: OpaquePointer, subscriber: Subscriber, maxInFlight: Int, batch: Int) {
+    /// The ack wait this subscription asked its consumer for: a delivery unsettled that long has
+    /// been handed out again by JetStream.
+    let ackWaitNanos: Int64
+
+    init(
+        id: SubscriptionID, channel: String, group: String, subscription: OpaquePointer, subscriber: Subscriber, maxInFlight: Int, batch: Int,
+        ackWaitNanos: Int64
+    ) {
+        self.ackWaitNanos = ackWaitNanos
         self.id = id
         self.channel = channel
         self.group = group

@@ -72,6 +72,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let subscription: NATSSubscription
         let sequence: UInt64
         let attempt: UInt32
+        /// When its ack wait last started (monotonic ns): at delivery, or at its last extension.
+        var leaseStart: Int64
         /// Where what the plugin remembers of it is kept.
         var record: RecordKey { RecordKey(sequence, of: subscription) }
     }
@@ -234,10 +236,10 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let deadLetters = options.channel.hasSuffix(settings.deadLetterSuffix)
         let group = Self.fanOut && !deadLetters ? options.group : ""
         let ephemeral = settings.ephemeralPrefixes.contains { options.channel.hasPrefix($0) }
+        let ackWait = options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : settings.ackWaitNanos
         let consumer = try ensureConsumer(
             stream: stream, subject: subject, name: ephemeral ? nil : Self.consumerName(options.channel, group: group),
-            deliverNew: Self.fanOut && !deadLetters && options.start == .new,
-            ackWaitNanos: options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : settings.ackWaitNanos)
+            deliverNew: Self.fanOut && !deadLetters && options.start == .new, ackWaitNanos: ackWait)
         var subscription: OpaquePointer?
         var code = jsErrCode(rawValue: 0)
         var subOptions = jsSubOptions()
@@ -257,7 +259,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         }
         let handle = NATSSubscription(
             id: id, channel: options.channel, group: group, subscription: subscription, subscriber: subscriber,
-            maxInFlight: maxInFlight, batch: settings.fetchBatch)
+            maxInFlight: maxInFlight, batch: settings.fetchBatch, ackWaitNanos: ackWait)
         state.withLock { $0.subscriptions[id] = handle }
         handle.start { [weak self] messages in self?.deliver(messages, to: handle) ?? messages.forEach { natsMsg_Destroy($0) } }
         return id
@@ -319,6 +321,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // Registered under the lock `drain` reads the deliveries under, after setting its flag:
         // a drain that began meanwhile either sees these deliveries and waits for them, or is
         // seen here and gets the batch back.
+        let now = monotonicNanoseconds()
         let deliveries = state.withLock { state -> [DeliveryID]? in
             if draining.load(ordering: .relaxed) {
                 for index in fetched.indices { state.record(RecordKey(sequences[index], of: subscription)) { $0.releases += 1 } }
@@ -329,7 +332,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
                 let releases = state.records[RecordKey(sequences[index], of: subscription)]?.releases ?? 0
                 messages[index].attempt = messages[index].attempt > releases ? messages[index].attempt - releases : 1
                 state.deliveries[state.nextDelivery] = Delivery(
-                    message: fetched[index], subscription: subscription, sequence: sequences[index], attempt: messages[index].attempt)
+                    message: fetched[index], subscription: subscription, sequence: sequences[index], attempt: messages[index].attempt,
+                    leaseStart: now)
                 return state.nextDelivery
             }
         }
@@ -398,13 +402,20 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     public var leaseNanos: Int64 { settings.ackWaitNanos }
 
     /// An in-progress acknowledgement per delivery (`natsMsg_InProgress`): JetStream restarts its
-    /// ack wait. Under the lock, so that a settlement cannot free the message meanwhile.
+    /// ack wait. Under the lock, so that a settlement cannot free the message meanwhile. A
+    /// delivery whose ack wait ran out is not found: JetStream has handed the message out again,
+    /// and an in-progress acknowledgement (which names the message, not the delivery) would
+    /// extend the new holder's wait.
     public func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
-        state.withLock { state in
+        let now = monotonicNanoseconds()
+        return state.withLock { state in
             deliveries.map { delivery -> TransportError? in
-                guard let entry = state.deliveries[delivery] else { return TransportError(.notFound, "extend: no unsettled delivery \(delivery)") }
+                guard let entry = state.deliveries[delivery], now - entry.leaseStart < entry.subscription.ackWaitNanos else {
+                    return TransportError(.notFound, "extend: no unsettled delivery \(delivery) (settled, or its ack wait ran out)")
+                }
                 do throws(TransportError) {
                     try NATSLibrary.check(natsMsg_InProgress(entry.message, nil), "in-progress acknowledgement failed")
+                    state.deliveries[delivery]!.leaseStart = now
                     return nil
                 } catch {
                     return error

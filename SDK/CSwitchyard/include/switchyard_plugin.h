@@ -656,13 +656,14 @@ typedef struct sy_plugin_descriptor {
      * (SY_ERR_NOT_FOUND: unknown, settled, or released by a drain or an unsubscribe). A delivery
      * whose lease already ran out is reported SY_ERR_NOT_FOUND where the transport can tell, and
      * may be reported SY_OK where it cannot (a broker that keeps the lease itself): extending it
-     * has no effect either way — it may already be on its way to someone else. Returns SY_OK when
+     * must have no effect — it may already be on its way to someone else, so a transport whose
+     * broker extends by message rather than by delivery refuses it. Returns SY_OK when
      * all succeeded, otherwise the status of the first that failed, with `err` filled in for it.
      *
      * When `out_lease_ns` is not NULL it receives the length of a lease in ns, as deliveries of
      * subscriptions that set no visibility_timeout_ns of their own get it (0: deliveries have no
      * time limit and are held until settled). With count 0 the call only reports that: a
-     * subscriber asks once, after subscribing, to know when to extend. Optional (NULL, or absent
+     * subscriber asks once per subscription, to know when to extend. Optional (NULL, or absent
      * before 1.6: leases cannot be extended; the visibility timeout must then cover a handler plus
      * its wait in the subscriber).
      */

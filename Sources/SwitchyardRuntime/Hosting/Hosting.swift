@@ -192,6 +192,7 @@ extension SwitchyardActorSystem {
                     return taken
                 })
         } catch {
+            leases?.stop()
             throw SwitchyardError.transport(target: "\(hosted.id)", transport: transport.name, reason: "cannot subscribe '\(hosted.id.name)': \(error.message)")
         }
         let workers = (0..<concurrency).map { _ in
@@ -223,8 +224,11 @@ extension SwitchyardActorSystem {
     }
 
     func handle(_ delivered: Inbound, _ hosted: Server.Hosted, scopeInherited: Bool) async {
+        // Held (its lease extended) until settled: here, or where a settlement handed to the
+        // storage pool ends (``complete``).
+        var settledLater = false
         defer {
-            delivered.leases?.letGo(delivered)
+            if !settledLater { delivered.leases?.letGo(delivered) }
             server.inFlight.leave()
         }
         var item = delivered
@@ -323,7 +327,7 @@ extension SwitchyardActorSystem {
         if let limit = route?.entry.maxDeliveries, Int(item.attempt) > limit {
             route?.metrics.deadLettered.increment()
             let reason =
-                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call's lease ran out while it waited in the host or ran — on a transport that cannot extend leases, raise its visibility timeout above the slowest handler plus its wait in the host, or lower the route's prefetch)"
+                "delivered \(item.attempt) times, more than the route's max_deliveries (\(limit)): the earlier deliveries ended without an outcome (the host crashed or was killed, or the call's lease ran out while it waited in the host or ran — past the route's lease_renewal or the call's deadline, or on a transport that cannot extend leases: raise lease_renewal, or there the visibility timeout above the slowest handler plus its wait in the host, or lower the route's prefetch)"
             logger.error(
                 "dead-lettering a call delivered more often than its route allows, unrun",
                 metadata: deadLetterLocation(item, hosted).merging([
@@ -342,7 +346,8 @@ extension SwitchyardActorSystem {
             case .success(let value):
                 finished = true
                 let body = (try? NativeCodec.encode([value], envelope.contentType)) ?? []
-                return complete(item, route: route, key: claimed ? key : nil, outcome: "return", body: body, effects: [], outbox: [])
+                settledLater = complete(item, held: delivered, route: route, key: claimed ? key : nil, outcome: "return", body: body, effects: [], outbox: [])
+                return
             }
         }
 
@@ -458,8 +463,8 @@ extension SwitchyardActorSystem {
         let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
         let committed = !threw
         let followUps = capture?.seal() ?? []
-        complete(
-            item, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
+        settledLater = complete(
+            item, held: delivered, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
             effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [])
     }
 
@@ -505,9 +510,11 @@ extension SwitchyardActorSystem {
     /// effects and its follow-up calls in the outbox), replies, acknowledges. Remembering comes
     /// first: if it fails nothing was committed and the call runs again later; if another process
     /// remembered it first, its reply is the answer (and this run's follow-ups are dropped).
+    /// Returns whether the settlement was handed to the storage pool: it then lets `held` (the
+    /// delivery as taken, whose lease the keeper extends) go once done.
     private func complete(
-        _ item: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
-    ) {
+        _ item: Inbound, held: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
+    ) -> Bool {
         var (outcome, body) = (outcome, body)
         if let key, let inbox = route?.inbox {
             let relay = route?.outbox
@@ -531,26 +538,34 @@ extension SwitchyardActorSystem {
                         "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
                     deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")  // stored, then answered
                     sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
-                    return
+                    return false
                 }
                 let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
                 logger.error("inbox transaction failed; the call runs again later", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
                 route?.metrics.retried.increment()
                 try? item.transport.client.settle(item.delivery, .retry(afterNanos: after, reason: reason))
-                return
+                return false
             }
         }
         route?.metrics.handled.increment()
-        guard let cost = item.cost else { return settleHandled(item, outcome: outcome, body: body) }
-        guard cost.runsOnPool else { return cost.measure { settleHandled(item, outcome: outcome, body: body) } }
+        guard let cost = item.cost else {
+            settleHandled(item, outcome: outcome, body: body)
+            return false
+        }
+        guard cost.runsOnPool else {
+            cost.measure { settleHandled(item, outcome: outcome, body: body) }
+            return false
+        }
         // A durable transport commits the reply and the acknowledgement before returning: once
         // that is slow (CallCost), off the worker's thread, so the worker takes the next call and
         // many commits share one fsync. Counted in flight until done, so a drain waits for it.
         server.inFlight.enter()
         cost.perform { [self, outcome, body] in
             settleHandled(item, outcome: outcome, body: body)
+            held.leases?.letGo(held)
             server.inFlight.leave()
         }
+        return true
     }
 
     /// Settles a call that ran: acknowledges it, or for a request-reply call publishes the reply
@@ -589,11 +604,12 @@ extension SwitchyardActorSystem {
     /// or connection ended. That delivery answers it.
     private func deliveryGone(_ item: Inbound, _ error: TransportError) {
         logger.warning(
-            "a call finished after its delivery was gone: it is delivered again (its lease ran out — the handler took longer than the transport's visibility timeout — or the subscription or connection ended)",
+            "a call finished after its delivery was gone: it is delivered again (its lease ran out — the handler ran past the route's lease_renewal or the call's deadline, its lease could not be extended, or the transport cannot extend leases and the handler took longer than its visibility timeout — or the subscription or connection ended)",
             metadata: [
                 "target": "\(item.envelope.target.name)", "transport": "\(item.transport.name)", "attempt": "\(item.attempt)",
                 "error": "\(error.message)",
-                "fix": "if handlers run this long, raise the transport's visibility timeout (visibility_timeout; ack_wait on nats and rabbitmq)",
+                "fix":
+                    "if handlers run this long, raise the route's lease_renewal (5m by default) or deadline; on a transport that cannot extend leases, raise its visibility timeout (visibility_timeout; ack_wait on nats and rabbitmq)",
             ])
     }
 

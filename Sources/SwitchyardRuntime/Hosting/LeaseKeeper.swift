@@ -23,6 +23,8 @@ import SwitchyardWire
 /// never on the cooperative pool — whose threads busy handlers may all hold.
 final class LeaseKeeper: Sendable {
     private let transport: Transport
+    /// The thread that runs it (its transport's).
+    private let thread: LeaseKeeperThread
     /// Half the lease, in ns: a delivery is extended once held this long since it came or was
     /// last extended.
     let halfLease: Int64
@@ -47,23 +49,37 @@ final class LeaseKeeper: Sendable {
     /// `renewalNanos` after its delivery, started; nil when the transport cannot extend leases,
     /// its deliveries have no time limit, or `renewalNanos` is 0.
     static func start(for transport: Transport, channel: String, renewalNanos: Int64, logger: Logger) -> LeaseKeeper? {
-        guard renewalNanos > 0, let lease = (try? transport.client.leaseNanos()) ?? nil, lease > 0 else { return nil }
-        let keeper = LeaseKeeper(transport: transport, lease: lease, renewal: renewalNanos, channel: channel, logger: logger)
-        LeaseKeeperThread.shared.add(keeper)
+        guard renewalNanos > 0 else { return nil }
+        let lease: Int64
+        do throws(TransportError) {
+            guard let known = try transport.client.leaseNanos(), known > 0 else { return nil }
+            lease = known
+        } catch {
+            logger.warning(
+                "cannot ask the transport how long its leases last; the leases of calls held here are not extended",
+                metadata: ["transport": "\(transport.name)", "channel": "\(channel)", "error": "\(error.message)"])
+            return nil
+        }
+        let keeper = LeaseKeeper(
+            transport: transport, thread: LeaseKeeperThread.of(transport), lease: lease, renewal: renewalNanos, channel: channel, logger: logger)
+        keeper.thread.add(keeper)
         return keeper
     }
 
-    private init(transport: Transport, lease: Int64, renewal: Int64, channel: String, logger: Logger) {
+    private init(transport: Transport, thread: LeaseKeeperThread, lease: Int64, renewal: Int64, channel: String, logger: Logger) {
         self.transport = transport
+        self.thread = thread
         halfLease = max(lease / 2, 1)
         self.renewal = renewal
         self.channel = channel
         self.logger = logger
     }
 
-    /// Stops extending (the subscription ended): what is still held is left to its lease.
+    /// Stops extending (the subscription ended): what is still held is left to its lease. Waits
+    /// for an extension under way to end, so that no call reaches the transport once it returns
+    /// (the transport may be closed next): call it off the cooperative pool.
     func stop() {
-        LeaseKeeperThread.shared.remove(self)
+        thread.remove(self)
         held.withLock { $0.list.removeAll() }
     }
 
@@ -151,10 +167,12 @@ final class LeaseKeeper: Sendable {
                 continue
             }
             // Unknown to the transport (settled meanwhile, or its lease ran out before this look):
-            // nothing more to keep. Anything else is tried again at the next look.
+            // nothing more to keep. Anything else is due again at once: tried at the next look,
+            // a quarter of a lease on, while the lease still runs.
             if outcome.code == .notFound {
                 letGo(inbound)
             } else {
+                inbound.leaseDue.store(now, ordering: .relaxed)
                 failure = outcome
             }
         }
@@ -173,15 +191,35 @@ final class LeaseKeeper: Sendable {
     }
 }
 
-/// The one thread of the process that runs every ``LeaseKeeper``: it sleeps until the soonest
-/// keeper's next look (a keeper added wakes it), and exists from the first keeper on.
+/// The thread that runs the ``LeaseKeeper``s of one transport: one per transport, so that a
+/// transport whose calls block (a database that stopped answering, a plugin process that hangs)
+/// holds up only its own renewals. It sleeps on the monotonic clock until the soonest keeper's
+/// next look (a keeper added wakes it), and ends when its last keeper is removed.
 final class LeaseKeeperThread: @unchecked Sendable {
-    // @unchecked: `keepers` is guarded by `condition`.
-    static let shared = LeaseKeeperThread()
+    // @unchecked: `keepers`, `running` and `started` are guarded by `condition`.
+    private static let threads = Guarded<[ObjectIdentifier: LeaseKeeperThread]>([:])
 
+    /// The thread of `transport`'s keepers.
+    static func of(_ transport: Transport) -> LeaseKeeperThread {
+        threads.withLock { threads in
+            if let known = threads[ObjectIdentifier(transport)] { return known }
+            let made = LeaseKeeperThread(transport: ObjectIdentifier(transport))
+            threads[ObjectIdentifier(transport)] = made
+            return made
+        }
+    }
+
+    private let transport: ObjectIdentifier
     private let condition = NSCondition()
+    private let wake = DispatchSemaphore(value: 0)
     private var keepers: [ObjectIdentifier: LeaseKeeper] = [:]
+    /// The keeper whose extensions run now, if any.
+    private var running: ObjectIdentifier?
     private var started = false
+
+    private init(transport: ObjectIdentifier) {
+        self.transport = transport
+    }
 
     func add(_ keeper: LeaseKeeper) {
         condition.lock()
@@ -192,24 +230,54 @@ final class LeaseKeeperThread: @unchecked Sendable {
             thread.name = "switchyard-leases"
             thread.start()
         }
-        condition.signal()
         condition.unlock()
+        wake.signal()
     }
 
+    /// Removes `keeper`, after its extensions under way (if any) have ended.
     func remove(_ keeper: LeaseKeeper) {
+        let id = ObjectIdentifier(keeper)
         condition.lock()
-        keepers.removeValue(forKey: ObjectIdentifier(keeper))
+        keepers.removeValue(forKey: id)
+        while running == id { condition.wait() }
         condition.unlock()
+        wake.signal()
     }
 
     private func run() {
         while true {
+            // The last keeper left: this thread ends, and the transport's entry goes (a keeper added
+            // later starts another). Under both locks, so an `add` either came first or sees it.
+            let ended = Self.threads.withLock { threads in
+                condition.lock()
+                defer { condition.unlock() }
+                guard keepers.isEmpty else { return false }
+                started = false
+                if threads[transport] === self { threads.removeValue(forKey: transport) }
+                return true
+            }
+            if ended { return }
             condition.lock()
             let interval = keepers.values.map(\.intervalNanos).min() ?? 1_000_000_000
-            _ = condition.wait(until: Date(timeIntervalSinceNow: Double(interval) / 1e9))
-            let all = Array(keepers.values)
             condition.unlock()
-            for keeper in all { keeper.extendDue() }
+            _ = wake.wait(timeout: .now() + .nanoseconds(Int(interval)))
+            condition.lock()
+            let ids = Array(keepers.keys)
+            condition.unlock()
+            for id in ids {
+                condition.lock()
+                guard let keeper = keepers[id] else {
+                    condition.unlock()
+                    continue
+                }
+                running = id
+                condition.unlock()
+                keeper.extendDue()
+                condition.lock()
+                running = nil
+                condition.broadcast()
+                condition.unlock()
+            }
         }
     }
 }

@@ -73,11 +73,14 @@ extension SwitchyardActorSystem: Service {
                 try? transport.client.settle(item.delivery, .release)
                 self.server.inFlight.leave()
             }
-            for subscription in subscriptions { try? subscription.transport.client.unsubscribe(subscription.id) }
+            for subscription in subscriptions {
+                try? subscription.transport.client.unsubscribe(subscription.id)
+                // Here, off the pool: it waits for an extension under way (the transport closes next).
+                subscription.leases?.stop()
+            }
         }
         for subscription in subscriptions {
             for worker in subscription.workers { worker.cancel() }
-            subscription.leases?.stop()
         }
         // What the finished calls committed to outboxes goes out before the transports close.
         await outboxRelays.drainAndStop(until: until)
