@@ -100,6 +100,27 @@ struct IsolationTests {
         #expect(warning?.contains("function=publish") == true && warning?.contains("transport=sluggish") == true, "\(log.all)")
     }
 
+    @Test("at the defaults, a child that keeps dying is restarted after 100 ms, then 200, 400, 800: doubling, as configuration.md says")
+    func defaultRestartBackoff() async throws {
+        try await offPool {
+            let log = CapturedLog()
+            let transport = try Transport(
+                name: "dying", plugin: try BuildProducts.plugin("queue"), isolation: ProcessIsolation(hostExecutable: BuildProducts.switchyard),
+                logger: log.logger())
+            defer { transport.close() }
+            var waits: [String] = []
+            for _ in 0..<4 {
+                let child = try #require(waitUntil(30) { transport.pluginProcessID != nil } ? transport.pluginProcessID : nil)
+                kill(child, SIGKILL)
+                #expect(waitUntil(30) { transport.pluginProcessID.map { $0 != child } ?? false }, "restarted")
+                waits = log.all.filter { $0.contains("plugin process ended; restarting") }.compactMap { line in
+                    line.split(separator: " ").first { $0.hasPrefix("restart_in_ms=") }.map { String($0.dropFirst("restart_in_ms=".count)) }
+                }
+            }
+            #expect(waits == ["100", "200", "400", "800"], "\(log.all)")
+        }
+    }
+
     @Test("a durable queue in a child that is SIGKILLed: deliveries in flight come back from the restarted child and are acked; nothing is lost")
     func inFlightDeliveriesComeBack() async throws {
         try await offPool {
