@@ -407,6 +407,48 @@ struct OutboxTests {
         await receiver.shutdown()
     }
 
+    @Test("system.transaction waits for another connection's write lock on the file, then commits (transactions.md: other processes wait on the lock)")
+    func waitsForAnotherWriter() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try await system.transaction(on: "shop") { db in try db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)") }
+        // Another writer (a connection of its own, as another process would have) holds the
+        // file's write lock for a second.
+        let other = try SQLiteDatabase(path: shop)
+        try other.configureDurable(sharedWithApplication: true)
+        try other.execute("BEGIN IMMEDIATE")
+        try other.execute("INSERT INTO orders VALUES (1)")
+        let released = Task.detached {
+            try await Task.sleep(for: .seconds(1))
+            try other.execute("COMMIT")
+        }
+        let started = ContinuousClock.now
+        try await system.transaction(on: "shop") { db in
+            _ = try db.run("INSERT INTO orders VALUES (2)")
+            try await notices.notice(2)
+        }
+        let waited = ContinuousClock.now - started
+        try await released.value
+        #expect(waited >= .milliseconds(800), "it committed after \(waited), while the other writer held the lock")
+        #expect(await eventually { seen.withLock { $0 } == [2] })
+        var orders: [Int64] = []
+        try SQLiteDatabase(path: shop).run("SELECT id FROM orders ORDER BY id") { row in orders.append(row.int(0)) }
+        #expect(orders == [1, 2])
+        await system.shutdown()
+    }
+
     @Test("a transaction whose outbox write fails rolls back whole, throws and sends nothing")
     func failedCommit() async throws {
         let directory = try TemporaryDirectory()
