@@ -36,12 +36,18 @@ public final class PostgresDatabase {
         /// Whether column `column` is NULL.
         public func isNull(_ column: Int32) -> Bool { PQgetisnull(result, index, column) == 1 }
 
-        /// Column `column` as a `bigint` (0 for NULL or another width: cast to `bigint` in SQL).
+        /// Column `column` as an integer: a `bigint`, `integer` or `smallint` column (0 for NULL or
+        /// another type: cast it in SQL). An `integer` column read 0 before, silently (a test
+        /// reading `pg_backend_pid()` found it).
         public func int(_ column: Int32) -> Int64 {
-            guard !isNull(column), PQgetlength(result, index, column) == 8, let value = PQgetvalue(result, index, column) else { return 0 }
-            var big: Int64 = 0
-            withUnsafeMutableBytes(of: &big) { $0.copyMemory(from: UnsafeRawBufferPointer(start: value, count: 8)) }
-            return Int64(bigEndian: big)
+            guard !isNull(column), let value = PQgetvalue(result, index, column) else { return 0 }
+            let bytes = UnsafeRawBufferPointer(start: value, count: Int(PQgetlength(result, index, column)))
+            switch bytes.count {
+            case 8: return Int64(bigEndian: bytes.loadUnaligned(as: Int64.self))
+            case 4: return Int64(Int32(bigEndian: bytes.loadUnaligned(as: Int32.self)))
+            case 2: return Int64(Int16(bigEndian: bytes.loadUnaligned(as: Int16.self)))
+            default: return 0
+            }
         }
 
         /// Column `column`'s bytes (the UTF-8 of text, the bytes of `bytea`).

@@ -709,6 +709,46 @@ struct PostgresOutboxTests {
         }
     }
 
+    @Test("a PostgreSQL connection lost before COMMIT: the error says the change may have been stored, and the next transaction works on a fresh connection")
+    func connectionLostAtCommit() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              ledger: { postgres: { conninfo: "\(server.conninfo)" } }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try await system.transaction(on: "ledger", PostgresDatabase.self) { db in try db.execute("CREATE TABLE payments (id bigint PRIMARY KEY)") }
+        // The server ends the transaction's connection (an administrator, a failover, a network
+        // cut) after its last statement: only COMMIT is left to send.
+        await #expect {
+            try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
+                try db.run("INSERT INTO payments VALUES (30)")
+                var pid: Int64 = 0
+                try db.run("SELECT pg_backend_pid()") { row in pid = row.int(0) }  // an integer column
+                #expect(try Self.rows(server, "SELECT pg_terminate_backend(\(pid))::int::bigint") == [1], "backend \(pid) terminated")
+            }
+        } throws: { error in
+            "\(error)".contains("may have been stored")
+        }
+        // It was not (the server ended the session before COMMIT), and nothing is lost or stuck:
+        // the next transaction commits its row and its call.
+        #expect(try Self.rows(server, "SELECT id FROM payments") == [])
+        try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
+            try db.run("INSERT INTO payments VALUES (31)")
+            try await notices.notice(31)
+        }
+        #expect(await eventually { seen.withLock { $0 } == [31] })
+        #expect(try Self.rows(server, "SELECT id FROM payments") == [31])
+        await system.shutdown()
+    }
+
     @Test("system.transaction on a PostgreSQL outbox commits the application's rows and its calls together, or neither")
     func applicationTransaction() async throws {
         let server = try await offPool { try PostgresServer() }
