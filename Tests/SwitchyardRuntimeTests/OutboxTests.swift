@@ -287,6 +287,56 @@ struct OutboxTests {
         await system.shutdown()
     }
 
+    @Test(
+        "a destination with a message another relay has claimed waits for it, in order, while other destinations go on (how several relaying processes keep each destination's order)"
+    )
+    func claimedDestinationWaits() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
+            """)
+        let notices = Guarded<[Int]>([])
+        let others = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: notices) }
+        try system.host("others", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: others) }
+        // One call first: the method's target, as a row carries it, is known once called.
+        try await system.transaction(on: "shop") { _ in try await $Notices.resolve(id: "notices", using: system).notice(-1) }
+        #expect(await eventually { notices.withLock { $0 } == [-1] })
+        #expect(await eventually { (try? outboxDepth(shop)) == 0 })
+        let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
+        // Rows to two destinations, interleaved; the first to "notices" is claimed for 2 s by a
+        // relay of another process (one that crashed mid-publish, say).
+        let database = try SQLiteDatabase(path: shop)
+        try database.configureDurable(sharedWithApplication: true)
+        try database.execute("BEGIN IMMEDIATE")
+        var messages: [OutboxMessage] = []
+        for id in 0..<40 {
+            var arguments: [UInt8] = []
+            try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
+            let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
+            messages.append(OutboxMessage(transport: "work", message: envelope.message(channel: id % 2 == 0 ? "notices" : "others")))
+        }
+        _ = try SQLiteOutboxStorage.insert(messages, into: database)
+        try database.execute("UPDATE switchyard_outbox SET claimed_until = 0")
+        let claimedUntil = WallClock.nowNanos() + 2_000_000_000
+        try database.execute("UPDATE switchyard_outbox SET claimed_until = \(claimedUntil) WHERE seq = (SELECT min(seq) FROM switchyard_outbox)")
+        try database.execute("COMMIT")
+        // The other destination goes on at the relay's next poll; this one waits for the claim.
+        #expect(await eventually(5) { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
+        #expect(notices.withLock { $0 } == [-1], "nothing to notices while its first message is claimed elsewhere")
+        // The claim runs out: the first, then the rest, in order.
+        #expect(await eventually(10) { notices.withLock { $0.count } == 21 })
+        #expect(notices.withLock { $0 } == [-1] + Array(stride(from: 0, to: 40, by: 2)))
+        await system.shutdown()
+    }
+
     @Test("a row that cannot be decoded is set aside with the reason; later messages to its destination still go out")
     func corruptRowSetAside() async throws {
         let directory = try TemporaryDirectory()
