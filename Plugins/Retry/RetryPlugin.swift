@@ -23,8 +23,9 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
     }
 
     /// Attempt number of each delivery handed out and not yet settled. A delivery that expires
-    /// unsettled is never settled here, so entries older than an hour are dropped once the table
-    /// grows large (the inner transport redelivers such a message under a new delivery id).
+    /// unsettled is never settled here, so entries older than an hour — neither handed out nor
+    /// extended for that long — are dropped once the table grows large (the inner transport
+    /// redelivers such a message under a new delivery id).
     private final class Attempts: Sendable {
         private let table = Guarded<[DeliveryID: (attempt: UInt32, at: ContinuousClock.Instant)]>([:])
 
@@ -38,6 +39,15 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
 
         func take(_ delivery: DeliveryID) -> UInt32? {
             table.withLock { $0.removeValue(forKey: delivery)?.attempt }
+        }
+
+        /// Marks `deliveries` as still held now (their leases were extended), so that a delivery
+        /// held longer than an hour keeps its entry.
+        func touch(_ deliveries: some Sequence<DeliveryID>) {
+            let now = ContinuousClock.now
+            table.withLock { table in
+                for delivery in deliveries where table[delivery] != nil { table[delivery]!.at = now }
+            }
         }
     }
 
@@ -75,6 +85,12 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
         }
         _ = attempts.take(delivery)
         try super.publish(batch, settling: delivery, settlement)
+    }
+
+    override func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        let results = super.extend(deliveries)
+        attempts.touch(zip(deliveries, results).lazy.filter { $0.1 == nil }.map(\.0))
+        return results
     }
 
     override func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
