@@ -75,6 +75,19 @@ struct AdminEndpointTests {
         return Running(system: system, admin: admin, serving: serving, port: port)
     }
 
+    @Test("/metrics counts the leases the host extended: a call running past its transport's visibility timeout")
+    func leaseMetrics() async throws {
+        let running = try await Self.start(
+            yaml: Self.yaml.replacingOccurrences(of: "work: { plugin: queue }", with: "work: { plugin: queue, config: { visibility_timeout: 400ms } }"))
+        let worker = try $Worker.resolve(id: "worker", using: running.system)
+        #expect(try await worker.work(7, milliseconds: 900) == 7)
+        let (_, text, _) = try await running.get("/metrics")
+        let line = text.split(separator: "\n").first { $0.hasPrefix("switchyard_leases_extended_total{") && $0.contains(#"transport="work""#) }
+        let extended = line.flatMap { Double(String($0.split(separator: " ").last ?? "")) } ?? 0
+        #expect(extended >= 1, "\(line.map(String.init) ?? "missing in:\n\(text)")")
+        await running.stop()
+    }
+
     @Test("/metrics is Prometheus text with the runtime's and the plugin's metrics; the JSON API shows the transport's counters")
     func metricsAndAPI() async throws {
         let running = try await Self.start()

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import SwitchyardABI
 import SwitchyardHost
 import SwitchyardWire
@@ -41,6 +42,11 @@ final class LeaseKeeper: Sendable {
     private let held = Guarded(Held())
     private let channel: String
     private let logger: Logger
+    /// `switchyard_leases_extended_total` and `switchyard_lease_extension_failures_total`, by
+    /// transport: deliveries extended, and extensions that failed (other than for a delivery the
+    /// transport no longer had).
+    private let extendedCount: Counter
+    private let failedCount: Counter
     /// Whether the last extension failed for another reason than the transport no longer knowing
     /// the delivery (logged once until one succeeds).
     private let failing = Guarded(false)
@@ -73,6 +79,8 @@ final class LeaseKeeper: Sendable {
         self.renewal = renewal
         self.channel = channel
         self.logger = logger
+        extendedCount = Counter(label: "switchyard_leases_extended_total", dimensions: [("transport", transport.name)])
+        failedCount = Counter(label: "switchyard_lease_extension_failures_total", dimensions: [("transport", transport.name)])
     }
 
     /// Stops extending (the subscription ended): what is still held is left to its lease. Waits
@@ -176,6 +184,9 @@ final class LeaseKeeper: Sendable {
                 failure = outcome
             }
         }
+        if extended > 0 { extendedCount.increment(by: extended) }
+        let failed = zip(due, outcomes).filter { $0.1 != nil && $0.1?.code != .notFound }.count
+        if failed > 0 { failedCount.increment(by: failed) }
         let wasFailing = failing.withLock { failing in
             defer { failing = failure != nil }
             return failing
