@@ -41,7 +41,7 @@ struct InspectPlugin: ParsableCommand {
             ("create", d.create != nil), ("destroy", d.destroy != nil), ("publish", d.publish != nil),
             ("subscribe", d.subscribe != nil), ("unsubscribe", d.unsubscribe != nil), ("settle", d.settle != nil),
             ("drain", d.drain != nil), ("stats", d.stats != nil), ("publish_batch", d.publish_batch != nil),
-            ("settle_batch", d.settle_batch != nil), ("publish_and_settle", d.publish_and_settle != nil),
+            ("settle_batch", d.settle_batch != nil), ("publish_and_settle", d.publish_and_settle != nil), ("extend", d.extend != nil),
         ].filter(\.1).map(\.0)
         if json {
             struct Output: Encodable {

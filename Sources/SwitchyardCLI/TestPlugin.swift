@@ -65,6 +65,10 @@ struct TestPlugin: ParsableCommand {
         print(
             "conformance: \(target.name) \(target.version) [\(suite.capabilities)]\(innerPlugin.map { " over \($0.name)" } ?? "")\(suite.durable ? ", durable" : "")\(processIsolation ? ", in a child process" : "")"
         )
+        if !processIsolation {
+            print("  (the plugin runs in this process: if it crashes, this run ends there; --process-isolation runs it in a child and reports the check)")
+        }
+        fflush(nil)
         suite.checkTimeoutSeconds = checkTimeout
         // Each line as soon as its check ends, also into a pipe (CI logs, `| tee`).
         let results = suite.run(only: Set(check)) { result in

@@ -257,7 +257,9 @@ typedef uint64_t sy_capabilities;
 #define SY_CAP_DELAY ((sy_capabilities)1 << 2)       /**< Honors deliver_at_ns in the future. */
 #define SY_CAP_RETRY ((sy_capabilities)1 << 3)       /**< Timed redelivery: honors SY_SETTLE_RETRY's retry_after_ns and
                                                           the visibility timeout, without holding back other messages,
-                                                          and keeps each message's attempt history. */
+                                                          and keeps each message's attempt count (its retry reasons too,
+                                                          where it also dead-letters: they go into the dead letter's
+                                                          history). */
 #define SY_CAP_DEAD_LETTER ((sy_capabilities)1 << 4) /**< SY_SETTLE_DEAD_LETTER moves the message to a dead-letter channel. */
 #define SY_CAP_DURABLE ((sy_capabilities)1 << 5)     /**< A successful publish survives a process crash. */
 #define SY_CAP_ORDERED ((sy_capabilities)1 << 6)     /**< Honors ordering_key. */
