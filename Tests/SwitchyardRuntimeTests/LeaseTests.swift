@@ -33,6 +33,13 @@ distributed actor SlowWorker: SlowWork {
     }
 }
 
+/// Hosts a ``SlowWorker`` as "slow" on `system`: what it ran, and a reference to it.
+func hostSlowWorker(on system: SwitchyardActorSystem) throws -> (Guarded<[(id: Int, attempt: Int)]>, any SlowWork) {
+    let runs = Guarded<[(id: Int, attempt: Int)]>([])
+    try system.host("slow", as: $SlowWork.self) { SlowWorker(actorSystem: $0, runs: runs) }
+    return (runs, try $SlowWork.resolve(id: "slow", using: system))
+}
+
 /// Leases of deliveries the host holds are extended (ABI 1.6 `extend`): a visibility timeout
 /// shorter than a handler, and than the wait of calls queued behind it, delivers nothing twice.
 @Suite("Lease renewal")
@@ -52,9 +59,7 @@ struct LeaseTests {
             routes:
               SlowWork.*: { transport: work, concurrency: 1, deadline: 30s }
             """)
-        let runs = Guarded<[(id: Int, attempt: Int)]>([])
-        try system.host("slow", as: $SlowWork.self) { SlowWorker(actorSystem: $0, runs: runs) }
-        let slow = try $SlowWork.resolve(id: "slow", using: system)
+        let (runs, slow) = try hostSlowWorker(on: system)
         let answers = try await withThrowingTaskGroup(of: Int.self) { group in
             for id in 1...4 { group.addTask { try await slow.work(id, millis: 1200) } }
             return try await group.reduce(into: [Int]()) { $0.append($1) }
@@ -77,9 +82,7 @@ struct LeaseTests {
             routes:
               SlowWork.*: { transport: work, deadline: 30s, lease_renewal: 1s }
             """)
-        let runs = Guarded<[(id: Int, attempt: Int)]>([])
-        try system.host("slow", as: $SlowWork.self) { SlowWorker(actorSystem: $0, runs: runs) }
-        let slow = try $SlowWork.resolve(id: "slow", using: system)
+        let (runs, slow) = try hostSlowWorker(on: system)
         // Extended until 1 s after delivery, then its 600 ms lease runs out while it still runs:
         // the second delivery runs it again and answers at once (the first run's reply, with its
         // acknowledgement, fails: its delivery is gone).

@@ -103,6 +103,46 @@ distributed actor NoticeCollector: Notices {
     distributed func notice(_ id: Int) async throws { seen.withLock { $0.append(id) } }
 }
 
+/// A system with an outbox `shop` at `path` and a notice collector served on a queue: the
+/// system, what the collector saw, and a reference to it.
+func noticesWithOutbox(at path: String, concurrency: Int = 16) async throws -> (SwitchyardActorSystem, Guarded<[Int]>, any Notices) {
+    let system = try await makeSystem(
+        """
+        transports:
+          work: { plugin: queue }
+        outboxes:
+          shop: { path: "\(path)" }
+        routes:
+          Notices.*: { transport: work, mode: fire-and-forget, concurrency: \(concurrency) }
+        """)
+    let seen = Guarded<[Int]>([])
+    try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+    return (system, seen, try $Notices.resolve(id: "notices", using: system))
+}
+
+/// Outbox rows calling `Notices.notice(id)` for each of `ids` (through `call`, the method's
+/// target as a caller knows it) on the channel `channel(id)` gives.
+func noticeRows(_ ids: some Sequence<Int>, call: CallTarget, channel: (Int) -> String = { _ in "notices" }) throws -> [OutboxMessage] {
+    try ids.map { id in
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
+        let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
+        return OutboxMessage(transport: "work", message: envelope.message(channel: channel(id)))
+    }
+}
+
+/// Writes `messages` into the SQLite outbox at `path` as a process that committed them and
+/// crashed before relaying leaves them (unclaimed); `then` runs inside the same transaction.
+func leaveInOutbox(_ messages: [OutboxMessage], at path: String, then: (SQLiteDatabase) throws -> Void = { _ in }) throws {
+    let database = try SQLiteDatabase(path: path)
+    try database.configureDurable(sharedWithApplication: true)
+    try database.execute("BEGIN IMMEDIATE")
+    _ = try SQLiteOutboxStorage.insert(messages, into: database)
+    try database.execute("UPDATE switchyard_outbox SET claimed_until = 0")
+    try then(database)
+    try database.execute("COMMIT")
+}
+
 /// Messages waiting in the `switchyard_outbox` table of the database at `path`.
 func outboxDepth(_ path: String) throws -> Int {
     let database = try SQLiteDatabase(path: path)
@@ -202,18 +242,7 @@ struct OutboxTests {
     func applicationTransaction() async throws {
         let directory = try TemporaryDirectory()
         let shop = directory.file("shop.db")
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              shop: { path: "\(shop)" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget }
-            """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
+        let (system, seen, notices) = try await noticesWithOutbox(at: shop)
 
         let value = try await system.transaction(on: "shop") { db in
             try db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
@@ -249,37 +278,14 @@ struct OutboxTests {
     func relaysLeftovers() async throws {
         let directory = try TemporaryDirectory()
         let shop = directory.file("shop.db")
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              shop: { path: "\(shop)" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
-            """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
+        let (system, seen, notices) = try await noticesWithOutbox(at: shop, concurrency: 1)
         try await system.transaction(on: "shop") { _ in try await notices.notice(0) }
         #expect(await eventually { seen.withLock { $0 } == [0] })
 
-        // Rows another process committed before it crashed, written as its transaction would.
+        // Rows another process committed before it crashed (its claim on them expired),
+        // written as its transaction would.
         let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
-        let database = try SQLiteDatabase(path: shop)
-        try database.configureDurable(sharedWithApplication: true)
-        try database.execute("BEGIN IMMEDIATE")
-        var messages: [OutboxMessage] = []
-        for id in 1...20 {
-            var arguments: [UInt8] = []
-            try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
-            let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
-            messages.append(OutboxMessage(transport: "work", message: envelope.message(channel: "notices")))
-        }
-        _ = try SQLiteOutboxStorage.insert(messages, into: database)
-        // Its claim on them expired (it crashed before relaying).
-        try database.execute("UPDATE switchyard_outbox SET claimed_until = 0")
-        try database.execute("COMMIT")
+        try leaveInOutbox(try noticeRows(1...20, call: call), at: shop)
         // Found by the relay's poll (once a second), not by a wake-up.
         #expect(await eventually { seen.withLock { $0.count } == 21 })
         #expect(seen.withLock { $0 } == Array(0...20))
@@ -293,41 +299,20 @@ struct OutboxTests {
     func claimedDestinationWaits() async throws {
         let directory = try TemporaryDirectory()
         let shop = directory.file("shop.db")
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              shop: { path: "\(shop)" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
-            """)
-        let notices = Guarded<[Int]>([])
+        let (system, notices, toNotices) = try await noticesWithOutbox(at: shop, concurrency: 1)
         let others = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: notices) }
         try system.host("others", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: others) }
         // One call first: the method's target, as a row carries it, is known once called.
-        try await system.transaction(on: "shop") { _ in try await $Notices.resolve(id: "notices", using: system).notice(-1) }
+        try await system.transaction(on: "shop") { _ in try await toNotices.notice(-1) }
         #expect(await eventually { notices.withLock { $0 } == [-1] })
         #expect(await eventually { (try? outboxDepth(shop)) == 0 })
         let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
         // Rows to two destinations, interleaved; the first to "notices" is claimed for 2 s by a
         // relay of another process (one that crashed mid-publish, say).
-        let database = try SQLiteDatabase(path: shop)
-        try database.configureDurable(sharedWithApplication: true)
-        try database.execute("BEGIN IMMEDIATE")
-        var messages: [OutboxMessage] = []
-        for id in 0..<40 {
-            var arguments: [UInt8] = []
-            try ArgumentEncoding.compact.encode(id, appendingTo: &arguments)
-            let envelope = Envelope(target: .init(name: "Notices.notice(_:)", identifier: call.identifier), arguments: arguments)
-            messages.append(OutboxMessage(transport: "work", message: envelope.message(channel: id % 2 == 0 ? "notices" : "others")))
-        }
-        _ = try SQLiteOutboxStorage.insert(messages, into: database)
-        try database.execute("UPDATE switchyard_outbox SET claimed_until = 0")
         let claimedUntil = WallClock.nowNanos() + 2_000_000_000
-        try database.execute("UPDATE switchyard_outbox SET claimed_until = \(claimedUntil) WHERE seq = (SELECT min(seq) FROM switchyard_outbox)")
-        try database.execute("COMMIT")
+        try leaveInOutbox(try noticeRows(0..<40, call: call) { $0 % 2 == 0 ? "notices" : "others" }, at: shop) { database in
+            try database.execute("UPDATE switchyard_outbox SET claimed_until = \(claimedUntil) WHERE seq = (SELECT min(seq) FROM switchyard_outbox)")
+        }
         // The other destination goes on at the relay's next poll; this one waits for the claim.
         #expect(await eventually(5) { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
         #expect(notices.withLock { $0 } == [-1], "nothing to notices while its first message is claimed elsewhere")
@@ -461,18 +446,7 @@ struct OutboxTests {
     func waitsForAnotherWriter() async throws {
         let directory = try TemporaryDirectory()
         let shop = directory.file("shop.db")
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              shop: { path: "\(shop)" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget }
-            """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
+        let (system, seen, notices) = try await noticesWithOutbox(at: shop)
         try await system.transaction(on: "shop") { db in try db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)") }
         // Another writer (a connection of its own, as another process would have) holds the
         // file's write lock for a second.
@@ -503,18 +477,7 @@ struct OutboxTests {
     func failedCommit() async throws {
         let directory = try TemporaryDirectory()
         let shop = directory.file("shop.db")
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              shop: { path: "\(shop)" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget }
-            """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
+        let (system, seen, notices) = try await noticesWithOutbox(at: shop)
         // A body that breaks the transaction itself (a constraint failure inside SQL it ran
         // and swallowed) still rolls back whole: the call goes nowhere.
         await #expect(throws: (any Error).self) {
