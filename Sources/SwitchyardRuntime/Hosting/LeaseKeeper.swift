@@ -168,9 +168,11 @@ final class LeaseKeeper: Sendable {
             outcomes = due.map { _ in error }
         }
         var extended = 0
+        var failed = 0
         var failure: TransportError?
-        for (inbound, outcome) in zip(due, outcomes) {
-            guard let outcome else {
+        for index in due.indices {
+            let inbound = due[index]
+            guard index < outcomes.count, let outcome = outcomes[index] else {
                 extended += 1
                 continue
             }
@@ -182,10 +184,10 @@ final class LeaseKeeper: Sendable {
             } else {
                 inbound.leaseDue.store(now, ordering: .relaxed)
                 failure = outcome
+                failed += 1
             }
         }
         if extended > 0 { extendedCount.increment(by: extended) }
-        let failed = zip(due, outcomes).filter { $0.1 != nil && $0.1?.code != .notFound }.count
         if failed > 0 { failedCount.increment(by: failed) }
         let wasFailing = failing.withLock { failing in
             defer { failing = failure != nil }
