@@ -443,11 +443,7 @@ public enum PluginHostServer {
                     var batch: [(DeliveryID, Settlement)] = []
                     for _ in 0..<count { batch.append((try reader.integer("delivery"), try reader.settlement())) }
                     var out = WireWriter()
-                    out.integer(UInt32(batch.count))
-                    for outcome in try client.settle(batch: batch) {
-                        out.integer(outcome?.code.rawValue ?? StatusCode.ok.rawValue)
-                        out.string(outcome?.message ?? "")
-                    }
+                    out.outcomes(try client.settle(batch: batch))
                     return out.bytes
                 }
             case .extend:
@@ -457,11 +453,7 @@ public enum PluginHostServer {
                     for _ in 0..<count { deliveries.append(try reader.integer("delivery")) }
                     var out = WireWriter()
                     out.integer(try client.leaseNanos() ?? 0)
-                    out.integer(UInt32(deliveries.count))
-                    for outcome in try client.extend(deliveries) {
-                        out.integer(outcome?.code.rawValue ?? StatusCode.ok.rawValue)
-                        out.string(outcome?.message ?? "")
-                    }
+                    out.outcomes(try client.extend(deliveries))
                     return out.bytes
                 }
             case .publishAndSettle:

@@ -199,19 +199,11 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
         var results = [TransportError?](repeating: nil, count: batch.count)
         let origins = lock.withLock { batch.map { state.deliveries.removeValue(forKey: $0.0) } }
-        var groups: [ObjectIdentifier: (process: PluginProcess, indices: [Int])] = [:]
-        for (index, origin) in origins.enumerated() {
-            guard let origin else {
-                results[index] = TransportError(.notFound, "unknown or already settled delivery \(batch[index].0)")
-                continue
-            }
-            guard !origin.process.hasEnded else {
-                results[index] = Self.endedBeforeSettled(batch[index].0)
-                continue
-            }
-            groups[ObjectIdentifier(origin.process), default: (origin.process, [])].indices.append(index)
+        let groups = Self.byChild(origins, into: &results) { index, origin in
+            origin == nil
+                ? TransportError(.notFound, "unknown or already settled delivery \(batch[index].0)") : Self.endedBeforeSettled(batch[index].0)
         }
-        for (process, indices) in groups.values {
+        for (process, indices) in groups {
             var payload = WireWriter()
             payload.integer(UInt32(indices.count))
             for index in indices {
@@ -254,15 +246,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
         var results = [TransportError?](repeating: nil, count: deliveries.count)
         let origins = lock.withLock { deliveries.map { state.deliveries[$0] } }
-        var groups: [ObjectIdentifier: (process: PluginProcess, indices: [Int])] = [:]
-        for (index, origin) in origins.enumerated() {
-            guard let origin, !origin.process.hasEnded else {
-                results[index] = TransportError(.notFound, "extend: unknown, settled or released delivery \(deliveries[index])")
-                continue
-            }
-            groups[ObjectIdentifier(origin.process), default: (origin.process, [])].indices.append(index)
+        let groups = Self.byChild(origins, into: &results) { index, _ in
+            TransportError(.notFound, "extend: unknown, settled or released delivery \(deliveries[index])")
         }
-        for (process, indices) in groups.values {
+        for (process, indices) in groups {
             var payload = WireWriter()
             payload.integer(UInt32(indices.count))
             for index in indices { payload.integer(origins[index]!.childID) }
@@ -275,6 +262,24 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             }
         }
         return results
+    }
+
+    /// The positions of `origins` grouped by the child each came from (one, unless the child
+    /// restarted while they were out); a position whose delivery is unknown here (nil) or whose
+    /// child has ended gets `refusal`'s error in `results` instead.
+    private static func byChild(
+        _ origins: [(process: PluginProcess, childID: DeliveryID)?], into results: inout [TransportError?],
+        refusal: (Int, (process: PluginProcess, childID: DeliveryID)?) -> TransportError
+    ) -> [(process: PluginProcess, indices: [Int])] {
+        var groups: [ObjectIdentifier: (process: PluginProcess, indices: [Int])] = [:]
+        for (index, origin) in origins.enumerated() {
+            guard let origin, !origin.process.hasEnded else {
+                results[index] = refusal(index, origin)
+                continue
+            }
+            groups[ObjectIdentifier(origin.process), default: (origin.process, [])].indices.append(index)
+        }
+        return Array(groups.values)
     }
 
     /// Each delivery's outcome in a `settleBatch` or `extend` reply.

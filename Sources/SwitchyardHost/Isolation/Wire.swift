@@ -108,6 +108,16 @@ struct WireWriter {
         integer(options.start.rawValue)
     }
 
+    /// Each delivery's outcome of a `settleBatch` or `extend` reply: count u32, then each one's
+    /// status i32 and message (empty for none).
+    mutating func outcomes(_ outcomes: [TransportError?]) {
+        integer(UInt32(outcomes.count))
+        for outcome in outcomes {
+            integer(outcome?.code.rawValue ?? StatusCode.ok.rawValue)
+            string(outcome?.message ?? "")
+        }
+    }
+
     mutating func settlement(_ settlement: Settlement) {
         switch settlement {
         case .ack: integer(SY_SETTLE_ACK); integer(Int64(0)); string("")
