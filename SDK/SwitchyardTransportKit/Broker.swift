@@ -751,7 +751,8 @@ public final class Broker: @unchecked Sendable {
         if wakeupWriter >= 0 { wakeDispatcher() }
     }
 
-    /// Stops the dispatcher and releases unsettled deliveries. No delivery runs once it returns.
+    /// Stops the dispatcher, releases unsettled deliveries and closes the store. No delivery runs
+    /// once it returns.
     public func shutdown() {
         reporter.report(currentStats(), force: true)
         condition.lock()
@@ -764,6 +765,9 @@ public final class Broker: @unchecked Sendable {
         inFlight.removeAll()
         condition.unlock()
         for entry in left { try? store.release(entry.ref) }
+        // Now, not when the dispatcher thread lets the last reference go after this returned:
+        // whoever destroyed the transport may open its files next (another process, `sqlite3`).
+        store.close()
     }
 
     // MARK: Dispatching

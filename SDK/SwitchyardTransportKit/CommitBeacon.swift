@@ -66,6 +66,13 @@ final class CommitBeacon: @unchecked Sendable {
     /// Whether the committing thread holds its turn (that thread only).
     private var holdingTurn = false
     private let stopped = Atomic<Bool>(false)
+    /// Wakes the watcher thread out of its poll when it is stopped (a pipe; -1s without one: then
+    /// it notices within its poll interval).
+    private let stopWake = CommitBeacon.wakePipe()
+    /// Signalled once the watcher thread has ended, its connection to the database closed.
+    private let watcherEnded = DispatchSemaphore(value: 0)
+    /// The watcher thread, once it runs (nil when there is none); set before it starts.
+    private let watcherThread = Guarded<pthread_t?>(nil)
 
     /// What this beacon cannot do, and what to do about it, for the owner to log; nil when it works
     /// fully.
@@ -133,23 +140,30 @@ final class CommitBeacon: @unchecked Sendable {
             break
         }
         if let unwatched { problem = problem.map { "\($0); \(unwatched)" } ?? unwatched }
-        guard walEvents >= 0 || beaconEvents >= 0 else { return }
+        guard walEvents >= 0 || beaconEvents >= 0 else {
+            watcherEnded.signal()  // no watcher to wait for
+            return
+        }
         let watcher = Watcher(
             walEvents: walEvents, walName: (databasePath as NSString).lastPathComponent + "-wal", databasePath: databasePath,
             fallback: file >= 0 ? Self.fallbackNanos : 0, queue: queue, changed: changed)
         // The thread keeps the beacon alive until it ends: the file (and with it the slot) is
         // closed in deinit, once neither the watcher nor the committing thread can use it.
         let thread = Thread { [self] in
+            watcherThread.withLock { $0 = pthread_self() }
             watcher.run(
-                announcements: announcements, isClaimed: { ownerWaits.load(ordering: .acquiring) }, take: { takeAnnouncements() }
+                announcements: announcements, stopWake: stopWake.reader, isClaimed: { ownerWaits.load(ordering: .acquiring) },
+                take: { takeAnnouncements() }
             ) { stopped.load(ordering: .acquiring) }
             if walEvents >= 0 { close(walEvents) }
+            watcherEnded.signal()
         }
         thread.name = "switchyard-sqlite-watch"
         thread.start()
     }
 
     deinit {
+        for end in [stopWake.reader, stopWake.writer] where end >= 0 { close(end) }
         if announcements >= 0 { close(announcements) }
         if file >= 0 { close(file) }
     }
@@ -194,8 +208,31 @@ final class CommitBeacon: @unchecked Sendable {
         _ = withUnsafeBytes(of: commits) { pwrite(file, $0.baseAddress, 8, off_t(slot * 8)) }
     }
 
-    /// Stops the watcher thread (within its poll interval) and, after it, gives the slot up.
-    func stop() { stopped.store(true, ordering: .releasing) }
+    /// Stops the watcher thread and waits for it to end, so that its connection to the database
+    /// (the fallback's lock waiter) is closed when this returns: a store closed is a file another
+    /// process (or the `sqlite3` tool) can lock at once. The slot is given up when the beacon goes.
+    /// Calling it again does nothing more; on the watcher thread itself (an owner whose last
+    /// reference went in `changed`) it does not wait.
+    func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        if stopWake.writer >= 0 {
+            var one: UInt8 = 1
+            _ = write(stopWake.writer, &one, 1)
+        }
+        let onWatcher = watcherThread.withLock { $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+        if !onWatcher { watcherEnded.wait() }
+    }
+
+    /// A non-blocking, close-on-exec pipe (not pipe2, which Swift's Glibc does not import).
+    private static func wakePipe() -> (reader: Int32, writer: Int32) {
+        var ends: [Int32] = [-1, -1]
+        guard Glibc.pipe(&ends) == 0 else { return (-1, -1) }
+        for end in ends {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        return (ends[0], ends[1])
+    }
 
     /// Every slot's counter (zeroes past the end of the file).
     fileprivate static func counters(in file: Int32, slots: Int) -> [UInt64] {
@@ -215,7 +252,7 @@ final class CommitBeacon: @unchecked Sendable {
         let queue: WriterQueue?
         let changed: @Sendable () -> Void
 
-        func run(announcements: Int32, isClaimed: () -> Bool, take: () -> Bool, isStopped: () -> Bool) {
+        func run(announcements: Int32, stopWake: Int32, isClaimed: () -> Bool, take: () -> Bool, isStopped: () -> Bool) {
             // When the first write to the WAL was heard since the last fallback wake-up. While one
             // is pending the WAL's events are not listened to (a commit writes the WAL many times,
             // and each write woke this thread); they are dropped at the wake-up. No announcement
@@ -234,8 +271,9 @@ final class CommitBeacon: @unchecked Sendable {
                 var pollers = [
                     pollfd(fd: unexplainedSince == nil ? walEvents : -1, events: Int16(POLLIN), revents: 0),
                     pollfd(fd: isClaimed() ? -1 : announcements, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: stopWake, events: Int16(POLLIN), revents: 0),
                 ]
-                guard poll(&pollers, 2, timeout) >= 0 else { continue }
+                guard poll(&pollers, 3, timeout) >= 0 else { continue }
                 if pollers[1].revents != 0, !isClaimed(), take() { changed() }
                 if unexplainedSince == nil, pollers[0].revents != 0, CommitBeacon.drain(walEvents, into: &buffer, matching: walName) {
                     unexplainedSince = monotonicNanoseconds()

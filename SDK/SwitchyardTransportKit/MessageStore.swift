@@ -165,6 +165,10 @@ public protocol MessageStore: AnyObject, Sendable {
     /// Reads what made the claimed descriptor readable; whether another process changed the
     /// store (it also turns readable at this process's own commits). One thread at a time.
     func takeChanges() -> Bool
+    /// Lets go now of what the store holds open (connections, files, threads), once its broker
+    /// has shut down: no call runs or comes after it. When it returns, another process may lock
+    /// the store's files at once. The default does nothing (for stores that hold nothing open).
+    func close()
 }
 
 extension MessageStore {
@@ -181,6 +185,7 @@ extension MessageStore {
 
     public func claimChangeDescriptor() -> Int32 { -1 }
     public func takeChanges() -> Bool { false }
+    public func close() {}
 
     public func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?] {
         leases.map { _ in TransportError(.unsupported, "this store cannot extend leases") }

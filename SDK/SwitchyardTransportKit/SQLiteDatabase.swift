@@ -40,10 +40,19 @@ public final class SQLiteDatabase {
         if waitingWhenBusy { waitWhenBusy() }
     }
 
-    deinit {
-        if walTracked { sqlite3_wal_hook(handle, nil, nil) }
+    deinit { close() }
+
+    /// Closes the connection now rather than when the last reference goes (a thread that ends
+    /// after its owner returned may hold that): once it returns, the file is no longer this
+    /// connection's, and the last connection's close has checkpointed the WAL. Later statements
+    /// fail (SQLite's misuse error). Calling it again does nothing.
+    public func close() {
+        guard let open = handle else { return }
+        if walTracked { sqlite3_wal_hook(open, nil, nil) }
         for statement in statements.values { sqlite3_finalize(statement) }
-        sqlite3_close_v2(handle)
+        statements.removeAll()
+        sqlite3_close_v2(open)
+        handle = nil
     }
 
     /// The write-ahead log's file as SQLite names it (beside the file a symbolic link points to,

@@ -47,6 +47,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// reads, so they neither take nor wait for the write lock. Opened on first use.
     private let looker = Guarded<SQLiteDatabase?>(nil)
     private let beacon: CommitBeacon
+    /// Set by ``close()``: the reading connections are not opened again.
+    private let closed = Atomic<Bool>(false)
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
     /// to another application, or holds the other kind of store (queue vs topic).
@@ -78,9 +80,15 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         }
     }
 
-    deinit {
+    deinit { close() }
+
+    /// Stops the beacon's watcher and the writer (its thread and connection), and closes the
+    /// reading connections, all before it returns; later calls fail with `.closed`.
+    public func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         beacon.stop()
-        writer.close()  // its thread, connection and beacon slot go with it
+        writer.close()
+        for connection in [looker, counter] { connection.withLock { $0?.close() } }
     }
 
     private func perform<R>(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
@@ -138,6 +146,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// and other processes' (the beacon announces them only once they are visible).
     private func look<R>(_ body: (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
         try looker.withLock { connection throws(TransportError) -> R in
+            if closed.load(ordering: .acquiring) { throw TransportError(.closed, "the store at '\(path)' is closed") }
             do throws(TransportError) {
                 if connection == nil { connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }
                 return try body(connection!)
@@ -471,6 +480,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         return counter.withLock { connection -> (depth: UInt64, inFlight: UInt64) in
             // Waited for a first count another caller made: it is as fresh as one of our own.
             if cached == nil, let first = shared.withLock({ $0.cachedCounts }) { return (first.depth, first.inFlight) }
+            if closed.load(ordering: .acquiring) { return cached.map { ($0.depth, $0.inFlight) } ?? (0, 0) }
             let started = monotonicNanoseconds()
             do throws(TransportError) {
                 if connection == nil { connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }

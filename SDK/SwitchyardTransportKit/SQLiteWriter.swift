@@ -173,6 +173,9 @@ public final class SQLiteWriter: @unchecked Sendable {
             jobs.lock()
             busy = false
         }
+        // Closed here, not when the thread lets the writer go after `close()` returned: the owner
+        // that closed the store expects the file free.
+        db.close()
         writerDone = true
         jobs.broadcast()
         jobs.unlock()

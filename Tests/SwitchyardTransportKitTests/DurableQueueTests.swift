@@ -44,6 +44,31 @@ struct DurableQueueTests {
         #expect(letter.header("sy-dlq-reason")?.isEmpty == false)
     }
 
+    /// Closing a transport closes every connection to its file before it returns (the writer's,
+    /// the dispatcher's and the beacon watcher's among them), so the last close has checkpointed
+    /// and removed the WAL, and another process takes the write lock without waiting. They used
+    /// to close when their threads let go of them, just after: `sqlite3` run right after a close
+    /// then failed with "database is locked" (the fresh-clone CI hit it in the test above).
+    @Test("closing a transport lets go of its file at once: no WAL is left, and another process locks it without waiting")
+    func closeLetsGoOfTheFile() async throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("queue.db")
+        let plugin = try BuildProducts.plugin("queue")
+        for round in 0..<8 {
+            let transport = try Transport(name: "q", plugin: plugin, configJSON: #"{"path": "\#(db)"}"#)
+            let live = Collector()
+            _ = try transport.client.subscribe(SubscribeOptions(channel: "work"), handler: live.handler(client: transport.client))
+            try transport.client.publish(batch: (0..<3).map { Message(id: "\(round)-\($0)", channel: "work", body: [1]) })
+            #expect(live.wait(for: 3, seconds: 5))
+            // The beacon's watcher opens its connection about 20 ms after a write it heard.
+            try await Task.sleep(for: .milliseconds(round * 6))
+            transport.close()
+            #expect(!FileManager.default.fileExists(atPath: db + "-wal"), "round \(round): the WAL outlived the close")
+            let locked = try await run("/usr/bin/env", ["sqlite3", db, "BEGIN EXCLUSIVE; COMMIT;"])
+            #expect(locked.status == 0, "round \(round): \(locked.stderr)")
+        }
+    }
+
     @Test("every acknowledged publish survives the publisher being killed with SIGKILL")
     func survivesSIGKILL() async throws {
         let dir = try TemporaryDirectory()

@@ -109,7 +109,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     }
 
     /// Writes the acknowledgements still waiting, sends the notification still due, and stops
-    /// the threads that do (the transport's `shutdown`); later ones are done at once.
+    /// the threads that do (the broker's `shutdown`); later ones are done at once.
     func close() {
         acknowledgements.close()
         notifier.close()

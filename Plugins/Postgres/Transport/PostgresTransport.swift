@@ -25,10 +25,4 @@ open class PostgresBrokerTransport: BrokerTransport, @unchecked Sendable {
         if let drained { throw drained }
         if !written { throw TransportError(.timeout, "postgres: acknowledgements still being written at the drain's deadline (the server may be unreachable)") }
     }
-
-    /// The broker's shutdown, then the acknowledgements still waiting written.
-    override open func shutdown() {
-        super.shutdown()
-        (broker.store as? PostgresStore)?.close()
-    }
 }
