@@ -308,15 +308,21 @@ struct OutboxTests {
         #expect(await eventually { (try? outboxDepth(shop)) == 0 })
         let call = try #require(system.targets.withLock { $0.values.first { $0.call.method == "notice" }?.call })
         // Rows to two destinations, interleaved; the first to "notices" is claimed for 2 s by a
-        // relay of another process (one that crashed mid-publish, say).
-        let claimedUntil = WallClock.nowNanos() + 2_000_000_000
+        // relay of another process (one that crashed mid-publish, say), for longer than the test
+        // waits: a claim of 2 s ran out before a loaded machine had checked the other destination.
+        let claimedUntil = WallClock.nowNanos() + 600_000_000_000
+        let firstRow = "(SELECT min(seq) FROM switchyard_outbox)"
         try leaveInOutbox(try noticeRows(0..<40, call: call) { $0 % 2 == 0 ? "notices" : "others" }, at: shop) { database in
-            try database.execute("UPDATE switchyard_outbox SET claimed_until = \(claimedUntil) WHERE seq = (SELECT min(seq) FROM switchyard_outbox)")
+            try database.execute("UPDATE switchyard_outbox SET claimed_until = \(claimedUntil) WHERE seq = \(firstRow)")
         }
         // The other destination goes on at the relay's next poll; this one waits for the claim.
-        #expect(await eventually(5) { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
+        #expect(await eventually(10) { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
         #expect(notices.withLock { $0 } == [-1], "nothing to notices while its first message is claimed elsewhere")
-        // The claim runs out: the first, then the rest, in order.
+        // The claim runs out (now, as the other relay's clock would have it): the first, then the
+        // rest, in order.
+        let database = try SQLiteDatabase(path: shop, waitingWhenBusy: true)
+        try database.execute("UPDATE switchyard_outbox SET claimed_until = \(WallClock.nowNanos() - 1) WHERE seq = \(firstRow)")
+        database.close()
         #expect(await eventually(10) { notices.withLock { $0.count } == 21 })
         #expect(notices.withLock { $0 } == [-1] + Array(stride(from: 0, to: 40, by: 2)))
         await system.shutdown()
