@@ -476,19 +476,24 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     }
 
     func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?] {
-        // One transaction, one commit, not synced; nothing becomes ready, so nothing is announced.
-        let outcome = Result { () throws(TransportError) -> [TransportError?] in
-            try perform(synced: false) { db, _ throws(TransportError) -> [TransportError?] in
-                try leases.map { lease throws(TransportError) -> TransportError? in
-                    let changed = try db.run(
-                        "UPDATE \(schema).entries SET lease_until = $1 WHERE id = $2 AND lease_token = $3 AND lease_token != 0",
-                        [.int(lease.until), .int(Int64(lease.ref.entry)), .int(Int64(lease.ref.token))])
-                    return changed == 0 ? Self.notFound : nil
-                }
+        if leases.isEmpty { return [] }
+        // One statement, one commit, not synced (one round trip however many: a keeper extends a
+        // subscription's due deliveries together); nothing becomes ready, so nothing is announced.
+        // Only numbers the store made go into the statement.
+        let rows = leases.map { "(\(Int64($0.ref.entry)),\(Int64($0.ref.token)),\($0.until))" }.joined(separator: ",")
+        let sql = """
+            UPDATE \(schema).entries AS e SET lease_until = v.until FROM (VALUES \(rows)) AS v(id, token, until)
+            WHERE e.id = v.id AND e.lease_token = v.token AND e.lease_token != 0 RETURNING e.id, e.lease_token
+            """
+        let outcome = Result { () throws(TransportError) -> Set<LeaseRef> in
+            try perform(synced: false) { db, _ throws(TransportError) -> Set<LeaseRef> in
+                var extended = Set<LeaseRef>()
+                try db.run(sql, []) { row in extended.insert(LeaseRef(entry: UInt64(row.int(0)), token: UInt64(row.int(1)))) }
+                return extended
             }
         }
         switch outcome {
-        case .success(let results): return results
+        case .success(let extended): return leases.map { extended.contains($0.ref) ? nil : Self.notFound }
         case .failure(let error): return leases.map { _ in error }
         }
     }
