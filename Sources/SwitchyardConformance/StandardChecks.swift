@@ -188,7 +188,8 @@ enum StandardChecks {
 
     static let extendLeases = ConformanceCheck(
         name: "extend-leases",
-        summary: "extend (ABI 1.6) keeps an unsettled delivery from redelivery past its visibility timeout, reports its lease, and refuses unknown deliveries",
+        summary:
+            "extend (ABI 1.6) keeps unsettled deliveries from redelivery past their visibility timeout, one status each in a batch, reports the lease, and refuses unknown deliveries",
         requires: [.queue, .retry], requiresDurable: false
     ) { c in
         let t = try c.transport()
@@ -198,37 +199,45 @@ enum StandardChecks {
         try c.expect(lease > 0, "extend reported a lease of \(lease) ns through out_lease_ns: report the default visibility timeout (0 means no time limit)")
         let inbox = Collector()
         _ = try t.client.subscribe(
-            SubscribeOptions(channel: "lease", visibilityTimeoutNanos: 400_000_000), handler: inbox.handler(client: t.client, settle: nil))
-        try t.client.publish(message("lease-1", "lease"))
-        try c.expect(inbox.wait(for: 1), "the message was not delivered")
-        let delivery = inbox.received[0].delivery
-        // Held three times its 400 ms visibility timeout, extended every 150 ms: never redelivered.
-        let until = Date().addingTimeInterval(1.2)
+            SubscribeOptions(channel: "lease", visibilityTimeoutNanos: 600_000_000), handler: inbox.handler(client: t.client, settle: nil))
+        // Two held at once, extended in one call each time (as a host extends every delivery of a
+        // subscription that is due): one status per delivery, in order.
+        try t.client.publish(batch: [message("lease-1", "lease"), message("lease-2", "lease")])
+        try c.expect(inbox.wait(for: 2), "got \(inbox.count) of 2 deliveries")
+        let held = inbox.received.map(\.delivery)
+        // Held two and a half times their 600 ms visibility timeout, extended every 150 ms: never
+        // redelivered. (Three quarters of a lease to spare for each extension: a loaded machine
+        // is slow.)
+        let until = Date().addingTimeInterval(1.5)
         while Date() < until {
-            let outcome = try t.client.extend([delivery])
+            let outcome = try t.client.extend(held)
             try c.expect(
-                outcome.count == 1 && outcome[0] == nil,
-                "extending a held delivery failed: \(outcome.map { $0?.description ?? "ok" }) (not found: its lease was not restarted by an earlier extend, so it ran out?)")
+                outcome.count == 2 && outcome.allSatisfy { $0 == nil },
+                "extending two held deliveries in one call gave \(outcome.map { $0?.description ?? "ok" }) (not found: a lease was not restarted by an earlier extend, so it ran out?)"
+            )
             Thread.sleep(forTimeInterval: 0.15)
         }
-        try c.expect(inbox.count == 1, "redelivered while its lease was being extended (\(inbox.count) deliveries)")
-        let unknown = try t.client.extend([delivery &+ 987_654])
+        try c.expect(inbox.count == 2, "redelivered while its lease was being extended (\(inbox.count) deliveries of 2 messages)")
+        // An unknown delivery beside a held one: not found for it alone.
+        let mixed = try t.client.extend([held[0], held[0] &+ 987_654])
         try c.expect(
-            unknown.first??.code == .notFound,
-            "extending an unknown delivery gave \(unknown.first.map { $0.map { "\($0)" } ?? "ok" } ?? "nothing"), expected not found")
-        // Left alone, it comes back once its lease runs out, the attempt counted once more.
-        try c.expect(inbox.wait(for: 2), "not redelivered within \(Collector.defaultWaitSeconds) s after its lease was no longer extended")
-        try c.expect(inbox.received[1].message.attempt == 2, "the redelivery has attempt \(inbox.received[1].message.attempt), expected 2")
-        // Its first delivery is stale now: not found where the transport can tell (a broker that
+            mixed.count == 2 && mixed[0] == nil && mixed[1]?.code == .notFound,
+            "extending a held and an unknown delivery in one call gave \(mixed.map { $0.map { "\($0)" } ?? "ok" }), expected ok and not found")
+        // Left alone, they come back once their leases run out, the attempt counted once more.
+        try c.expect(inbox.wait(for: 4), "not redelivered within \(Collector.defaultWaitSeconds) s after their leases were no longer extended")
+        let again = Array(inbox.received[2..<4])
+        try c.expect(
+            again.allSatisfy { $0.message.attempt == 2 }, "the redeliveries have attempts \(again.map(\.message.attempt)), expected 2")
+        // A first delivery is stale now: not found where the transport can tell (a broker that
         // keeps the lease itself may answer ok; the extension has no effect either way).
-        let stale = try t.client.extend([delivery])
+        let stale = try t.client.extend([held[0]])
         try c.expect(
             stale.count == 1 && (stale[0] == nil || stale[0]?.code == .notFound),
             "extending a delivery whose lease ran out gave \(stale.first.map { $0.map { "\($0)" } ?? "ok" } ?? "nothing"), expected not found (or ok)")
         if stale[0] == nil { c.note("a delivery whose lease ran out is extended without an error (the broker keeps the lease)") }
-        try t.client.settle(inbox.received[1].delivery, .ack)
-        Thread.sleep(forTimeInterval: 0.5)
-        try c.expect(inbox.count == 2, "the redelivery came again after it was acknowledged (\(inbox.count) deliveries)")
+        for redelivery in again { try t.client.settle(redelivery.delivery, .ack) }
+        Thread.sleep(forTimeInterval: 0.8)  // past their lease
+        try c.expect(inbox.count == 4, "a redelivery came again after it was acknowledged (\(inbox.count) deliveries)")
     }
 
     static let retryAfter = ConformanceCheck(
@@ -542,7 +551,9 @@ enum StandardChecks {
         let t = try c.transport()
         let inbox = Collector()
         _ = try t.client.subscribe(SubscribeOptions(channel: "timed"), handler: inbox.handler(client: t.client))
-        let due = wallClockNanoseconds() + 300_000_000
+        // 1 s: both publishes return well before it even on a loaded machine (with 300 ms the
+        // delayed one could be due, and first, before the immediate one was published).
+        let due = wallClockNanoseconds() + 1_000_000_000
         var later = message("timed-later", "timed")
         later.deliverAtNanos = due
         try t.client.publish(later)
