@@ -44,6 +44,12 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     private let jobs = AdaptiveCondition()
     private var pending: [Job] = []
+    /// Operations queued for the writer thread now (tests wait for callers to have queued).
+    var pendingCount: Int {
+        jobs.lock()
+        defer { jobs.unlock() }
+        return pending.count
+    }
     private var stopped = false
     private var writerDone = false
     /// Whether the writer thread or a caller is using the database (under `jobs`).

@@ -316,11 +316,27 @@ package final class PipeFollower: @unchecked Sendable {
 
 /// Lines read so far, shared with a pipe's readability handler.
 package final class LineBuffer: Sendable {
-    private let lines = Mutex<[String]>([])
+    private let state = Mutex((lines: [String](), partial: ""))
     /// No lines yet.
     package init() {}
-    package func append(_ new: [String]) { lines.withLock { $0 += new } }
-    package var all: [String] { lines.withLock { $0 } }
+    package func append(_ new: [String]) { state.withLock { $0.lines += new } }
+    /// Adds text read from a stream, where a chunk may end in the middle of a line: the lines it
+    /// completes now, an unfinished last line once its newline comes (or ``flush()``).
+    package func feed(_ text: String) {
+        state.withLock { state in
+            var pieces = (state.partial + text).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            state.partial = pieces.removeLast()
+            state.lines += pieces.filter { !$0.isEmpty }
+        }
+    }
+    /// Adds the unfinished last line fed, if any (the stream ended without a newline).
+    package func flush() {
+        state.withLock { state in
+            if !state.partial.isEmpty { state.lines.append(state.partial) }
+            state.partial = ""
+        }
+    }
+    package var all: [String] { state.withLock { $0.lines } }
 }
 
 /// Runs `publish` until it succeeds (a transport whose server is restarting refuses for a while),

@@ -5,6 +5,7 @@ import SwitchyardConfig
 import SwitchyardRuntime
 import SwitchyardTestServices
 import SwitchyardTestSupport
+import Synchronization
 import Testing
 
 /// The admin endpoint served over real HTTP on a free loopback port, for a system with a hosted
@@ -62,13 +63,13 @@ struct AdminEndpointTests {
         }
     }
 
-    static func start(token: String? = nil, yaml: String = Self.yaml) async throws -> Running {
+    static func start(token: String? = nil, yaml: String = Self.yaml, onFirstCall: @escaping @Sendable () -> Void = {}) async throws -> Running {
         AdminMetrics.bootstrap()  // before the system: it picks its metrics backend when created
         var parsed = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/", environment: [:])
         parsed.admin?.token = token
         let config = parsed
         let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
-        try system.host("worker", as: $Worker.self) { WorkerService(actorSystem: $0) }
+        try system.host("worker", as: $Worker.self) { WorkerService(actorSystem: $0, onFirstCall: onFirstCall) }
         let admin = try AdminServer(system: system)
         let serving = Task { try await admin.run() }
         let port = try await admin.waitUntilListening()
@@ -152,7 +153,8 @@ struct AdminEndpointTests {
 
     @Test("/health/ready turns 503 while the system drains; /health/live stays 200 until it stops")
     func healthFollowsDrain() async throws {
-        let running = try await Self.start()
+        let started = Atomic<Bool>(false)
+        let running = try await Self.start { started.store(true, ordering: .releasing) }
         #expect(try await running.get("/health/ready").0 == 200)
         #expect(try await running.get("/health/live").0 == 200)
         let worker = try $Worker.resolve(id: "worker", using: running.system)
@@ -160,7 +162,9 @@ struct AdminEndpointTests {
         // machine, finding the 503 once took longer than a 1.5 s call (the drain had ended).
         let slow = Task { try await worker.work(7, milliseconds: 4000) }
         let system = running.system
-        try await Task.sleep(for: .milliseconds(200))
+        // Running, not just sent: a call still queued when the drain begins fails with
+        // shuttingDown (200 ms of sleep fell short on a loaded machine).
+        #expect(await eventually { started.load(ordering: .acquiring) })
         let draining = Task { await system.shutdown(deadline: Duration.seconds(10)) }
         var seen: (Int, String) = (0, "")
         for _ in 0..<100 {

@@ -69,13 +69,14 @@ struct CLITests {
         process.standardError = FileHandle.nullDevice
         let lines = LineBuffer()
         let firstFailure = Guarded<Date?>(nil)
-        out.follow { text in
+        let follower = out.follow { text in
             if text.contains("FAIL") { firstFailure.withLock { $0 = $0 ?? Date() } }
             lines.append([text])
         }
         try process.run()
         #expect(await eventually(30) { !process.isRunning })
         let exited = Date()
+        follower.finish()  // the summary, printed last, may still be in the pipe
         let output = lines.all.joined()
         #expect(process.terminationStatus == 1, "\(output)")
         #expect(output.contains("FAIL  publish-deliver-ack: timed out after 1 s"), "\(output)")

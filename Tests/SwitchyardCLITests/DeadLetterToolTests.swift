@@ -29,8 +29,10 @@ struct DeadLetterToolTests {
                 .deadLetter(reason: "payment declined for \(m.id)")
             })
         for id in ["o-1", "o-2", "o-3"] { try queue.client.publish(Message(id: id, channel: "orders", body: Array("order \(id)".utf8))) }
-        #expect(await eventually(5) { inbox.count >= 3 })
-        try await Task.sleep(for: .milliseconds(100))
+        #expect(await eventually { inbox.count >= 3 })
+        // The collector records a delivery before it settles it: wait for the dead letters
+        // themselves, not a fixed time (a preempted handler's would be released at the close).
+        #expect(await eventually { ((try? queue.client.stats()) ?? nil)?.deadLettered == 3 })
         return dir.file("switchyard.yaml")
     }
 
@@ -73,7 +75,7 @@ struct DeadLetterToolTests {
         defer { queue.close() }
         let inbox = Collector()
         _ = try queue.client.subscribe(SubscribeOptions(channel: "orders"), handler: inbox.handler(client: queue.client))
-        #expect(await eventually(5) { inbox.count >= 1 })
+        #expect(await eventually { inbox.count >= 1 })
         let back = try #require(inbox.received.first?.message)
         #expect(back.id == "o-1" && back.body == Array("order o-1".utf8) && back.attempt == 1)
         #expect(!back.headers.contains { $0.key.hasPrefix("sy-dlq-") })

@@ -38,6 +38,7 @@ struct CallsAroundDrainTests {
         } throws: { error in
             (error as? SwitchyardError)?.code == .shuttingDown
         }
-        #expect(ContinuousClock.now - after < .seconds(1))
+        // At once: not after the route's deadline (a bound of 1 s was short for a loaded machine).
+        #expect(ContinuousClock.now - after < .seconds(5))
     }
 }

@@ -10,6 +10,7 @@ import Testing
 final class ChildHost: @unchecked Sendable {
     let process = Process()
     private let lines = LineBuffer()
+    private let follower: PipeFollower
 
     init(config: String) throws {
         process.executableURL = URL(fileURLWithPath: BuildProducts.path("switchyard-drain-probe"))
@@ -18,7 +19,7 @@ final class ChildHost: @unchecked Sendable {
         process.standardOutput = out
         process.standardError = FileHandle.standardError
         let lines = self.lines
-        out.follow { text in lines.append(text.split(separator: "\n").map(String.init)) }
+        follower = out.follow { text in lines.feed(text) }
         try process.run()
     }
 
@@ -36,7 +37,11 @@ final class ChildHost: @unchecked Sendable {
     func waitForExit(seconds: Double = 30) async -> Int32? {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while process.isRunning && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        return process.isRunning ? nil : process.terminationStatus
+        if process.isRunning { return nil }
+        // Its last lines ("finished N" comes just before it exits) may still be in the pipe.
+        follower.finish()
+        lines.flush()
+        return process.terminationStatus
     }
 
     deinit { if process.isRunning { process.terminate() } }

@@ -194,7 +194,7 @@ func expectCorruptRowSetAside(
     #expect(await eventually { seen.withLock { $0 } == [0, 1, 2, 4, 5] }, "\(seen.withLock { $0 })")
     // A message to the same destination committed after the row was set aside goes out too.
     try await notice(6)
-    #expect(await eventually(5) { seen.withLock { $0 } == [0, 1, 2, 4, 5, 6] }, "\(seen.withLock { $0 })")
+    #expect(await eventually { seen.withLock { $0 } == [0, 1, 2, 4, 5, 6] }, "\(seen.withLock { $0 })")
     // The corrupt row stays, with why, for an operator to look at and delete.
     #expect(await eventually { (try? remaining())?.count == 1 })
     let reasons = try remaining()
@@ -402,7 +402,7 @@ struct OutboxTests {
         #expect(notices.withLock { $0 }.isEmpty)
 
         // An operator deletes the row the transport will never take: the rest go out.
-        try SQLiteDatabase(path: shop).execute("DELETE FROM switchyard_outbox WHERE seq = \(refused.seq)")
+        try SQLiteDatabase(path: shop, waitingWhenBusy: true).execute("DELETE FROM switchyard_outbox WHERE seq = \(refused.seq)")
         #expect(await eventually(40) { notices.withLock { $0 } == [2] }, "\(notices.withLock { $0 })")
         #expect(await eventually { (try? outboxDepth(shop)) == 0 })
         await system.shutdown()
@@ -456,21 +456,27 @@ struct OutboxTests {
         try await system.transaction(on: "shop") { db in try db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)") }
         // Another writer (a connection of its own, as another process would have) holds the
         // file's write lock for a second.
-        let other = try SQLiteDatabase(path: shop)
+        nonisolated(unsafe) let other = try SQLiteDatabase(path: shop)  // used by one thread at a time
         try other.configureDurable(sharedWithApplication: true)
         try other.execute("BEGIN IMMEDIATE")
         try other.execute("INSERT INTO orders VALUES (1)")
-        let released = Task.detached {
-            try await Task.sleep(for: .seconds(1))
-            try other.execute("COMMIT")
-        }
+        // Released from a thread of its own: a task could wait for a pool thread while the
+        // transaction below blocks one in SQLite's busy handler.
+        let released = DispatchSemaphore(value: 0)
+        let commitError = Guarded<TransportError?>(nil)
+        Thread {
+            usleep(1_000_000)
+            do throws(TransportError) { try other.execute("COMMIT") } catch { commitError.withLock { $0 = error } }
+            released.signal()
+        }.start()
         let started = ContinuousClock.now
         try await system.transaction(on: "shop") { db in
             _ = try db.run("INSERT INTO orders VALUES (2)")
             try await notices.notice(2)
         }
         let waited = ContinuousClock.now - started
-        try await released.value
+        try await offPool { released.wait() }
+        #expect(commitError.withLock { $0 == nil }, "\(String(describing: commitError.withLock { $0 }))")
         #expect(waited >= .milliseconds(800), "it committed after \(waited), while the other writer held the lock")
         #expect(await eventually { seen.withLock { $0 } == [2] })
         var orders: [Int64] = []

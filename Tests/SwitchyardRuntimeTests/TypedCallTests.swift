@@ -4,6 +4,7 @@ import SwitchyardABI
 import SwitchyardConfig
 import SwitchyardTestSupport
 import SwitchyardWire
+import Synchronization
 import Testing
 
 @testable import SwitchyardRuntime
@@ -566,13 +567,19 @@ struct TypedCallTests {
                 return try await group.reduce(0, +)
             }
         }
-        // While the six calls run one at a time, how many the host holds unsettled at once.
-        var most: UInt64 = 0
-        for _ in 0..<40 {
-            try await Task.sleep(for: .milliseconds(10))
-            most = max(most, (try? system.transports?["work"]?.client.stats())??.inFlight ?? 0)
+        // While the six calls run one at a time, how many the host holds unsettled at once: looked
+        // at until they are done (a fixed 400 ms could end before a loaded machine sent them).
+        let finished = Atomic<Bool>(false)
+        let total = Task {
+            defer { finished.store(true, ordering: .releasing) }
+            return try await calls.value
         }
-        #expect(try await calls.value == 900)
+        var most: UInt64 = 0
+        while !finished.load(ordering: .acquiring) {
+            most = max(most, (try? system.transports?["work"]?.client.stats())??.inFlight ?? 0)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(try await total.value == 900)
         if prefetch == nil {
             #expect(most >= 4, "the default prefetch (16) takes the waiting calls too: \(most)")
         } else {
@@ -693,7 +700,7 @@ struct TypedCallTests {
         // waiting for it (it once waited: a task group cannot cancel awaiting a task's value).
         let stopping = ContinuousClock.now
         await system.shutdown(deadline: .milliseconds(100))
-        #expect(ContinuousClock.now - stopping < .seconds(5), "shutdown took \(ContinuousClock.now - stopping) with a 100 ms deadline")
+        #expect(ContinuousClock.now - stopping < .seconds(15), "shutdown took \(ContinuousClock.now - stopping) with a 100 ms deadline")
     }
 
     @Test("errors come back as themselves when registered, as remote errors otherwise")
@@ -835,7 +842,7 @@ struct TypedCallTests {
         #expect(await eventually { ledger.count("slow started") == 1 })
         let stopping = ContinuousClock.now
         await first.shutdown(deadline: .milliseconds(200))
-        #expect(ContinuousClock.now - stopping < .seconds(5), "shutdown took \(ContinuousClock.now - stopping) with a 200 ms deadline")
+        #expect(ContinuousClock.now - stopping < .seconds(15), "shutdown took \(ContinuousClock.now - stopping) with a 200 ms deadline")
         let failed = await caller.result
         #expect((try? failed.get()) == nil, "the waiting caller is failed by the shutdown")
         // Released, not dead-lettered or answered: the next start runs it again.

@@ -28,7 +28,7 @@ struct DecoratorTests {
             })
         _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(Message(id: "order-1", channel: "pay"))
-        #expect(await eventually(5) { dead.count >= 1 })
+        #expect(await eventually { dead.count >= 1 })
         #expect(work.received.map(\.message.attempt) == [1, 2, 3])
         let gaps = zip(work.received.dropFirst(), work.received).map { ($0.at - $1.at) / 1_000_000 }
         #expect(gaps.count == 2 && gaps[0] >= 19 && gaps[1] >= 39, "backoff gaps were \(gaps) ms; expected 20 then 40")
@@ -57,7 +57,7 @@ struct DecoratorTests {
             })
         _ = try t.client.subscribe(SubscribeOptions(channel: "pay.dlq"), handler: dead.handler(client: t.client))
         try t.client.publish(Message(id: "order-2", channel: "pay"))
-        #expect(await eventually(5) { dead.count >= 1 })
+        #expect(await eventually { dead.count >= 1 })
         #expect(work.count == 1)
         #expect(dead.received.first?.message.header("sy-dlq-reason") == "not retryable: " + reason)
     }
@@ -120,7 +120,7 @@ struct DecoratorTests {
         defer { second.close() }
         let inbox = Collector()
         _ = try second.client.subscribe(SubscribeOptions(channel: "remind"), handler: inbox.handler(client: second.client))
-        #expect(await eventually(5) { inbox.count >= 2 })
+        #expect(await eventually { inbox.count >= 2 })
         #expect(inbox.received.map(\.message.id) == ["soon", "later"])
         #expect(inbox.received.last!.at >= later.deliverAtNanos, "'later' came early")
     }
@@ -152,7 +152,7 @@ struct DecoratorTests {
         defer { second.close() }
         let inbox = Collector()
         _ = try second.client.subscribe(SubscribeOptions(channel: "remind"), handler: inbox.handler(client: second.client))
-        #expect(await eventually(5) { inbox.count >= 2 })
+        #expect(await eventually { inbox.count >= 2 })
         try await Task.sleep(for: .milliseconds(300))
         #expect(inbox.received.map(\.message.id) == ["b", "c"])
         let kept = try await run(

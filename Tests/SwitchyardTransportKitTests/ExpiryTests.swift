@@ -47,11 +47,11 @@ struct ExpiryTests {
         arguments: [(false, false), (false, true), (true, false), (true, true)])
     func heldBehindAnExpiredKey(_ durable: Bool, _ dropWhenExpired: Bool) throws {
         // In memory, without the mark, the metrics report's pass delivered it after 251–252 ms
-        // (with it: 1 ms); the best of three tries is under 200 ms unless the mark is missing.
-        // A durable store's own fallback hides the difference (20 ms), so only what arrives is
-        // checked there.
+        // (with it: 1 ms); the best of up to ten tries (stopping at the first fast one: a loaded
+        // machine can make a few slow) is under 200 ms unless the mark is missing. A durable
+        // store's own fallback hides the difference (20 ms), so only what arrives is checked there.
         var fastest = Int64.max
-        for _ in 0..<3 where fastest >= 200 {
+        for _ in 0..<(durable ? 1 : 10) where fastest >= 200 {
             fastest = min(fastest, try deliveryAfterExpiredKey(durable: durable, dropWhenExpired: dropWhenExpired))
         }
         if !durable { #expect(fastest < 200, "delivered \(fastest) ms after subscribing") }
@@ -75,11 +75,11 @@ struct ExpiryTests {
         _ = try transport.client.subscribe(SubscribeOptions(channel: "keyed.dlq"), handler: dead.handler(client: transport.client))
         let subscribed = wallClockNanoseconds()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "keyed"), handler: live.handler(client: transport.client))
-        #expect(live.wait(for: 1, seconds: 3))
+        #expect(live.wait(for: 1, seconds: 10))
         let took = ((live.received.first?.at ?? wallClockNanoseconds()) - subscribed) / 1_000_000
         #expect(live.received.map(\.message.id) == ["second"])
         if !dropWhenExpired {
-            #expect(dead.wait(for: 1, seconds: 3))
+            #expect(dead.wait(for: 1, seconds: 10))
             #expect(dead.received.map(\.message.id) == ["first"])
         }
         return took

@@ -32,9 +32,9 @@ struct InlinePassTests {
         Thread.sleep(forTimeInterval: 0.6)
         let published = wallClockNanoseconds()
         try transport.client.publish(Message(id: "m", channel: "work"))
-        #expect(inbox.wait(for: 1, seconds: 1))
+        #expect(inbox.wait(for: 1, seconds: 10))
         // Never settled: back after the 200 ms visibility timeout, not the hour's sweep.
-        #expect(inbox.wait(for: 2, seconds: 3))
+        #expect(inbox.wait(for: 2, seconds: 10))
         let again = try #require(inbox.received.last)
         #expect(again.message.attempt == 2)
         #expect(again.at - published >= 150_000_000, "redelivered \((again.at - published) / 1_000_000) ms after publishing")
@@ -73,7 +73,7 @@ struct InlinePassTests {
         Thread.sleep(forTimeInterval: 0.05)
         for index in 0..<5 {
             try client.publish(Message(id: "q-\(index)", channel: "requests"))
-            #expect(replies.wait(for: index + 1, seconds: 2), "reply \(index) did not come")
+            #expect(replies.wait(for: index + 1, seconds: 10), "reply \(index) did not come")
             Thread.sleep(forTimeInterval: 0.01)
         }
         #expect(replies.received.map(\.message.id) == (0..<5).map { "re-q-\($0)" })

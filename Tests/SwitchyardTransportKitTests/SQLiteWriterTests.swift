@@ -68,7 +68,7 @@ struct SQLiteWriterTests {
             queued.withLock { $0 = ranOn.map { (pthread_self(), $0) } }
             done.signal()
         }.start()
-        usleep(100_000)
+        #expect(waitUntil(30) { writer.pendingCount == 1 }, "the second caller queued behind the holder")
         hold.signal()
         done.wait()
         let threads = try #require(queued.withLock { $0 })
@@ -175,8 +175,9 @@ struct SQLiteWriterTests {
                 done.leave()
             }.start()
         }
-        // Give every operation time to queue behind the held one, then let the batch run.
-        usleep(300_000)
+        // Every operation queued behind the held one (not a fixed time: a loaded machine starts
+        // threads late), then the batch runs.
+        #expect(waitUntil(30) { writer.pendingCount == count }, "\(writer.pendingCount) of \(count) operations queued")
         hold.signal()
         done.wait()
         return results.withLock { $0 }
