@@ -88,6 +88,26 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// Checkpoint once the WAL holds this many pages (SQLite's own default).
     static let checkpointPages: Int32 = 1000
 
+    /// Makes the WAL as long as one checkpoint cycle fills (``checkpointPages``, and some to
+    /// spare), writing zeros past its end, under the write lock (no other writer appends
+    /// meanwhile, in any process). A sync of frames appended to a file also commits its new size
+    /// to the file system's journal: measured on this machine's ext4, 0.11 ms against 0.07 ms for
+    /// frames written over blocks the file already has, and a durable call syncs twice. SQLite
+    /// writes the WAL from its start again after each checkpoint and never shortens it (no
+    /// `journal_size_limit`), so only the first cycle after the WAL is created paid that, and a
+    /// newly started process's first thousand pages of commits were the slowest. Frames past the
+    /// last valid one are never read (their salt and checksum do not match), zeros as well as
+    /// stale ones. Best effort: whatever fails leaves the WAL as it was.
+    private static func writeWALAhead(_ walSync: WALSync, _ db: SQLiteDatabase) {
+        var pageSize: Int64 = 4096
+        try? db.run("PRAGMA page_size") { row in pageSize = row.int(0) }
+        // A frame is a page and its 24-byte header; the WAL's own header is 32 bytes.
+        let bytes = 32 + Int64(checkpointPages + checkpointPages / 8) * (pageSize + 24)
+        guard (try? db.execute("BEGIN IMMEDIATE")) != nil else { return }
+        walSync.extend(toBytes: bytes)
+        try? db.execute("ROLLBACK")
+    }
+
     private final class Box<T> { var value: T? }
 
     /// Takes over `db`: from now on only the writer thread uses it. `deferred` holds what the
@@ -103,6 +123,7 @@ public final class SQLiteWriter: @unchecked Sendable {
         db.trackWAL()
         self.walSync = walSync ?? db.walPath.flatMap(WALSync.init(walPath:))
         if self.walSync != nil, (try? db.execute("PRAGMA synchronous = NORMAL")) != nil { syncedMode = false }
+        if walSync == nil, let own = self.walSync { Self.writeWALAhead(own, db) }
         let thread = Thread { [self] in writerLoop() }
         thread.name = "switchyard-sqlite-writer"
         thread.start()

@@ -58,6 +58,26 @@ final class WALSync: @unchecked Sendable {
 
     deinit { close(file) }
 
+    /// Writes zeros past the WAL's end until it is `bytes` long, and syncs them (see
+    /// `SQLiteWriter.writeWALAhead`). Only with the database's write lock held: nothing else may
+    /// be appending. Never writes below the current end.
+    func extend(toBytes bytes: Int64) {
+        let writable = open(path, O_WRONLY | O_CLOEXEC)
+        guard writable >= 0 else { return }
+        defer { close(writable) }
+        var info = stat()
+        guard fstat(writable, &info) == 0, Int64(info.st_size) < bytes else { return }
+        let zeros = [UInt8](repeating: 0, count: 256 * 1024)
+        var offset = Int64(info.st_size)
+        while offset < bytes {
+            let count = Int(min(Int64(zeros.count), bytes - offset))
+            let written = zeros.withUnsafeBytes { pwrite(writable, $0.baseAddress, count, off_t(offset)) }
+            guard written > 0 else { break }
+            offset += Int64(written)
+        }
+        _ = fdatasync(writable)
+    }
+
     /// Returns once everything written to the WAL so far is on disk; throws when the disk refused
     /// (now or at any earlier sync).
     func sync() throws(TransportError) {
