@@ -97,12 +97,15 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// `journal_size_limit`), so only the first cycle after the WAL is created paid that, and a
     /// newly started process's first thousand pages of commits were the slowest. Frames past the
     /// last valid one are never read (their salt and checksum do not match), zeros as well as
-    /// stale ones. Best effort: whatever fails leaves the WAL as it was.
+    /// stale ones. Best effort: a write or sync that fails leaves the WAL as long as it got,
+    /// which is as harmless.
     private static func writeWALAhead(_ walSync: WALSync, _ db: SQLiteDatabase) {
         var pageSize: Int64 = 4096
         try? db.run("PRAGMA page_size") { row in pageSize = row.int(0) }
         // A frame is a page and its 24-byte header; the WAL's own header is 32 bytes.
-        let bytes = 32 + Int64(checkpointPages + checkpointPages / 8) * (pageSize + 24)
+        // At most 8 MiB: a database with large pages would otherwise write tens of megabytes
+        // under the write lock at every open.
+        let bytes = min(32 + Int64(checkpointPages + checkpointPages / 8) * (pageSize + 24), 8 << 20)
         guard (try? db.execute("BEGIN IMMEDIATE")) != nil else { return }
         walSync.extend(toBytes: bytes)
         try? db.execute("ROLLBACK")
@@ -164,8 +167,14 @@ public final class SQLiteWriter: @unchecked Sendable {
             jobs.lock()
             busy = false
             checkpointWanted = checkpointWanted || due
-            // What came meanwhile (and a due checkpoint) is the writer thread's.
-            if !pending.isEmpty || checkpointWanted { jobs.signal() }
+            // What came meanwhile (and a due checkpoint) is the writer thread's; after a close,
+            // the writer thread waits for this turn to end before it closes the connection (and
+            // `close()` waits on the same condition: everyone is woken).
+            if stopped {
+                jobs.broadcast()
+            } else if !pending.isEmpty || checkpointWanted {
+                jobs.signal()
+            }
             jobs.unlock()
         } else {
             pending.append(job)
@@ -185,8 +194,10 @@ public final class SQLiteWriter: @unchecked Sendable {
         jobs.lock()
         writerThread = pthread_self()
         while true {
-            while (busy || (pending.isEmpty && !checkpointWanted)) && !stopped { jobs.wait() }
-            if busy || (pending.isEmpty && !checkpointWanted) { break }  // stopped, and nothing left to do
+            // Never past a turn a caller runs on its own thread (it uses the connection), even
+            // once stopped: what is queued still runs, then the thread ends.
+            while busy || (pending.isEmpty && !checkpointWanted && !stopped) { jobs.wait() }
+            if pending.isEmpty && !checkpointWanted { break }  // stopped, idle, and nothing left to do
             let batch = pending
             pending.removeAll(keepingCapacity: true)
             checkpointWanted = false

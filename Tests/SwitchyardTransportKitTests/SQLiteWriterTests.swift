@@ -75,6 +75,37 @@ struct SQLiteWriterTests {
         #expect(pthread_equal(threads.caller, threads.ranOn) == 0)
     }
 
+    /// `close()` during a turn a caller runs on its own thread: the writer thread must not close
+    /// the connection under it (it once broke out of its loop at once, closing the connection
+    /// mid-commit and leaving what was queued behind that turn waiting for ever).
+    @Test("a close while a caller commits on its own thread waits for that commit, runs what queued behind it, then closes")
+    func closeWaitsForTheTurn() throws {
+        let dir = try TemporaryDirectory()
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"))
+        let hold = Self.holdWriter(writer)
+        let queued = Guarded<Bool?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            let ok = (try? writer.perform { db throws(TransportError) in try db.run("INSERT INTO t (v) VALUES (5)") }) != nil
+            queued.withLock { $0 = ok }
+            done.signal()
+        }.start()
+        #expect(waitUntil(30) { writer.pendingCount == 1 }, "the second caller queued behind the holder")
+        let closed = DispatchSemaphore(value: 0)
+        Thread {
+            writer.close()
+            closed.signal()
+        }.start()
+        #expect(closed.wait(timeout: .now() + 0.3) == .timedOut, "the close waits for the turn in progress")
+        hold.signal()
+        #expect(done.wait(timeout: .now() + 10) == .success, "the queued operation ran")
+        #expect(queued.withLock { $0 } == true)
+        #expect(closed.wait(timeout: .now() + 10) == .success, "then the close returned")
+        var rows: Int64 = -1
+        try SQLiteDatabase(path: dir.file("writer.db")).run("SELECT count(*) FROM t WHERE v = 5") { row in rows = row.int(0) }
+        #expect(rows == 1)
+    }
+
     /// Synced commits are written with `synchronous=NORMAL` and synced after the write lock is let
     /// go: one `fdatasync` of the WAL per synced batch, none for a batch of unsynced operations.
     @Test("a synced commit syncs the WAL once, outside SQLite; an unsynced one does not sync")
