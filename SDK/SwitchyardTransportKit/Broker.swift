@@ -751,8 +751,8 @@ public final class Broker: @unchecked Sendable {
         if wakeupWriter >= 0 { wakeDispatcher() }
     }
 
-    /// Stops the dispatcher, releases unsettled deliveries and closes the store. No delivery runs
-    /// once it returns.
+    /// Stops the dispatcher, releases unsettled deliveries and tells the store
+    /// (``MessageStore/brokerDidShutDown()``). No delivery runs once it returns.
     public func shutdown() {
         reporter.report(currentStats(), force: true)
         condition.lock()
@@ -767,7 +767,7 @@ public final class Broker: @unchecked Sendable {
         for entry in left { try? store.release(entry.ref) }
         // Now, not when the dispatcher thread lets the last reference go after this returned:
         // whoever destroyed the transport may open its files next (another process, `sqlite3`).
-        store.close()
+        store.brokerDidShutDown()
     }
 
     // MARK: Dispatching

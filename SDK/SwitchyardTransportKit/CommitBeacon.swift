@@ -274,6 +274,9 @@ final class CommitBeacon: @unchecked Sendable {
                     pollfd(fd: stopWake, events: Int16(POLLIN), revents: 0),
                 ]
                 guard poll(&pollers, 3, timeout) >= 0 else { continue }
+                // Stopped: no fallback begun now (it can wait for another process's write lock,
+                // and the owner waits for this thread to end).
+                if isStopped() { break }
                 if pollers[1].revents != 0, !isClaimed(), take() { changed() }
                 if unexplainedSince == nil, pollers[0].revents != 0, CommitBeacon.drain(walEvents, into: &buffer, matching: walName) {
                     unexplainedSince = monotonicNanoseconds()

@@ -165,10 +165,12 @@ public protocol MessageStore: AnyObject, Sendable {
     /// Reads what made the claimed descriptor readable; whether another process changed the
     /// store (it also turns readable at this process's own commits). One thread at a time.
     func takeChanges() -> Bool
-    /// Lets go now of what the store holds open (connections, files, threads), once its broker
-    /// has shut down: no call runs or comes after it. When it returns, another process may lock
-    /// the store's files at once. The default does nothing (for stores that hold nothing open).
-    func close()
+    /// Called once by the broker that uses the store, last in its shutdown (no call of the
+    /// broker's runs or comes after it; `destroy` returns after this does). A store that holds
+    /// files, connections or threads lets go of them here, not later: whoever opens the store
+    /// next (another process, `sqlite3`) must find it free. A store shared with something else
+    /// may keep what that still needs. The default does nothing.
+    func brokerDidShutDown()
 }
 
 extension MessageStore {
@@ -185,7 +187,7 @@ extension MessageStore {
 
     public func claimChangeDescriptor() -> Int32 { -1 }
     public func takeChanges() -> Bool { false }
-    public func close() {}
+    public func brokerDidShutDown() {}
 
     public func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?] {
         leases.map { _ in TransportError(.unsupported, "this store cannot extend leases") }

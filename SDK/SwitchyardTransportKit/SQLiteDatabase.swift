@@ -45,8 +45,9 @@ public final class SQLiteDatabase {
     /// Closes the connection now rather than when the last reference goes (a thread that ends
     /// after its owner returned may hold that): once it returns, the file is no longer this
     /// connection's, and the last connection's close has checkpointed the WAL. Later statements
-    /// fail (SQLite's misuse error). Calling it again does nothing.
-    public func close() {
+    /// fail. Calling it again does nothing. Not for connections handed to applications (an
+    /// inbox's or an outbox's transaction): those belong to their pool.
+    package func close() {
         guard let open = handle else { return }
         if walTracked { sqlite3_wal_hook(open, nil, nil) }
         for statement in statements.values { sqlite3_finalize(statement) }

@@ -47,7 +47,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// reads, so they neither take nor wait for the write lock. Opened on first use.
     private let looker = Guarded<SQLiteDatabase?>(nil)
     private let beacon: CommitBeacon
-    /// Set by ``close()``: the reading connections are not opened again.
+    /// Set by ``closeAll()``: the reading connections are not opened again.
     private let closed = Atomic<Bool>(false)
 
     /// Opens (creating if needed) the store at `path`. Refuses a file that is not SQLite, belongs
@@ -80,11 +80,14 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         }
     }
 
-    deinit { close() }
+    deinit { closeAll() }
+
+    /// Closes everything at once: see ``closeAll()``.
+    public func brokerDidShutDown() { closeAll() }
 
     /// Stops the beacon's watcher and the writer (its thread and connection), and closes the
     /// reading connections, all before it returns; later calls fail with `.closed`.
-    public func close() {
+    private func closeAll() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         beacon.stop()
         writer.close()

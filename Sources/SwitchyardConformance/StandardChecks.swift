@@ -199,7 +199,8 @@ enum StandardChecks {
         try c.expect(lease > 0, "extend reported a lease of \(lease) ns through out_lease_ns: report the default visibility timeout (0 means no time limit)")
         let inbox = Collector()
         _ = try t.client.subscribe(
-            SubscribeOptions(channel: "lease", visibilityTimeoutNanos: 600_000_000), handler: inbox.handler(client: t.client, settle: nil))
+            SubscribeOptions(channel: "lease", maxInFlight: 4, visibilityTimeoutNanos: 600_000_000),
+            handler: inbox.handler(client: t.client, settle: nil))
         // Two held at once, extended in one call each time (as a host extends every delivery of a
         // subscription that is due): one status per delivery, in order.
         try t.client.publish(batch: [message("lease-1", "lease"), message("lease-2", "lease")])

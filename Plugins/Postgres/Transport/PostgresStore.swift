@@ -108,8 +108,11 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         listener?.stop()
     }
 
+    /// The broker's shutdown: ``close()``.
+    func brokerDidShutDown() { close() }
+
     /// Writes the acknowledgements still waiting, sends the notification still due, and stops
-    /// the threads that do (the broker's `shutdown`); later ones are done at once.
+    /// the threads that do; later ones are done at once.
     func close() {
         acknowledgements.close()
         notifier.close()

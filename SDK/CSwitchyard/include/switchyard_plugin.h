@@ -555,9 +555,10 @@ typedef struct sy_plugin_descriptor {
 
     /**
      * Destroys an instance: stops deliveries (no deliver call is running or will start once it
-     * returns), releases unsettled deliveries, frees everything. Files, sockets and connections
-     * are closed before it returns, not later by a thread of the plugin's: the host (or another
-     * process) may open the same store next. The host calls it exactly once, after every other
+     * returns), releases unsettled deliveries, frees everything. Whatever would keep another
+     * instance or process from opening the same store (open files and their locks, a listening
+     * socket) is let go before it returns, not later by a thread of the plugin's: the host may
+     * create the next instance on it at once. The host calls it exactly once, after every other
      * call on the instance has returned. Required.
      */
     void (*destroy)(void *instance);
