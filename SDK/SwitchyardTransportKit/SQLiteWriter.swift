@@ -101,7 +101,7 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// which is as harmless.
     private static func writeWALAhead(_ walSync: WALSync, _ db: SQLiteDatabase) {
         var pageSize: Int64 = 4096
-        try? db.run("PRAGMA page_size") { row in pageSize = row.int(0) }
+        _ = try? db.run("PRAGMA page_size") { row in pageSize = row.int(0) }
         // A frame is a page and its 24-byte header; the WAL's own header is 32 bytes.
         // At most 8 MiB: a database with large pages would otherwise write tens of megabytes
         // under the write lock at every open.
