@@ -135,8 +135,13 @@ public protocol MessageStore: AnyObject, Sendable {
     func release(_ ref: LeaseRef) throws(TransportError)
     /// Moves the leases in `leases` to end at their `until` (each on its own, one lock or one
     /// commit for all where the store can, not synced: a lease lost in a power cut only delivers
-    /// the message again); returns each one's error (`.notFound` when the entry is no longer
-    /// leased under that ref), or nil where it was moved. Default: `.unsupported` for each.
+    /// the message again); returns exactly one result per lease, in order: nil where it was
+    /// moved, `.notFound` when the entry is no longer leased under that ref (the host then stops
+    /// extending that call), any other error for a failure that may pass (extended again at the
+    /// next look). The broker has already refused unknown, settled and expired deliveries, so a
+    /// store checks only entry and token; `until` (wall clock, nanoseconds, as every time here)
+    /// may be earlier than the lease's end (the broker moves one back when it lost a race with
+    /// the lease's expiry). Default: `.unsupported` for each.
     func extend(_ leases: [(ref: LeaseRef, until: Int64)]) -> [TransportError?]
     /// Moves a leased entry to `deadLetterChannel` with `reason` and its history; returns the
     /// message as stored there (see ``DeadLetter/copy(of:to:group:reason:history:now:)``).
@@ -165,8 +170,10 @@ public protocol MessageStore: AnyObject, Sendable {
     /// Reads what made the claimed descriptor readable; whether another process changed the
     /// store (it also turns readable at this process's own commits). One thread at a time.
     func takeChanges() -> Bool
-    /// Called once by the broker that uses the store, last in its shutdown (no call of the
-    /// broker's runs or comes after it; `destroy` returns after this does). A store that holds
+    /// Called once by the broker that uses the store, last in its shutdown, after `release` of
+    /// every lease still unsettled (no call of the broker's runs or comes after it; `destroy`
+    /// returns after this does, and Switchyard's hosts destroy without draining first: finish
+    /// background work here, bounded in time). A store that holds
     /// files, connections or threads lets go of them here, not later: whoever opens the store
     /// next (another process, `sqlite3`) must find it free. A store shared with something else
     /// may keep what that still needs. The default does nothing.
