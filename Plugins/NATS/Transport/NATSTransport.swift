@@ -223,7 +223,14 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
                     "JetStream did not acknowledge the publish within \(settings.publishTimeoutMillis) ms (NATS unreachable or electing a leader); it may have been stored — publishing it again with the same id is deduplicated"
                 )
             }
-            throw NATSLibrary.error(status, "publish to \(subject) failed")
+            let failed = NATSLibrary.error(status, "NATS publish to \(subject) failed")
+            // A send that broke on a connection the server closed (reset, killed): the server is
+            // unreachable, as for the statuses nats.c reports once it knows (and maybe stored).
+            guard status == NATS_IO_ERROR else { throw failed }
+            throw TransportError(
+                .unavailable,
+                "\(failed.message): the connection to the NATS server broke (it is reconnecting); the message may have been stored — publishing it again with the same id is deduplicated"
+            )
         }
         counters.published.add(1, ordering: .relaxed)
         reporter.report(stats())
