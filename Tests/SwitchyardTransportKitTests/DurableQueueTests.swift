@@ -94,6 +94,32 @@ struct DurableQueueTests {
         #expect(inbox.received.map(\.message.id).sorted() == (0..<50).map { "m-\($0)" }.sorted())
     }
 
+    /// operations.md: back a store up while it runs with `VACUUM INTO`, restore by copying the
+    /// backup to the file with the store's other files deleted.
+    @Test("a store backed up while it runs with sqlite3 VACUUM INTO (operations.md) restores with every message it held")
+    func backupWhileRunning() async throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("queue.db")
+        let copy = dir.file("copy.db")
+        let plugin = try BuildProducts.plugin("queue")
+        let running = try Transport(name: "q", plugin: plugin, configJSON: #"{"path": "\#(db)"}"#)
+        try running.client.publish(batch: (0..<20).map { Message(id: "m-\($0)", channel: "work", body: [UInt8($0)]) })
+        let backup = try await run("/usr/bin/env", ["sqlite3", "-cmd", ".timeout 5000", db, "VACUUM INTO '\(copy)'"])
+        #expect(backup.status == 0, "\(backup.stderr)")
+        try running.client.publish(Message(id: "after-the-backup", channel: "work"))
+        running.close()
+        // Restored: the store's files deleted, the backup copied in its place.
+        for suffix in ["", "-wal", "-shm", "-wake"] { try? FileManager.default.removeItem(atPath: db + suffix) }
+        try FileManager.default.copyItem(atPath: copy, toPath: db)
+        let restored = try Transport(name: "q", plugin: plugin, configJSON: #"{"path": "\#(db)"}"#)
+        defer { restored.close() }
+        let inbox = Collector()
+        _ = try restored.client.subscribe(SubscribeOptions(channel: "work"), handler: inbox.handler(client: restored.client))
+        #expect(inbox.wait(for: 20, seconds: 10))
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(inbox.received.map(\.message.id).sorted() == (0..<20).map { "m-\($0)" }.sorted(), "what the backup held, and nothing published after it")
+    }
+
     @Test("every acknowledged publish survives the publisher being killed with SIGKILL")
     func survivesSIGKILL() async throws {
         let dir = try TemporaryDirectory()
