@@ -142,8 +142,7 @@ public final class Broker: @unchecked Sendable {
     /// waking it (one thread switch fewer between another process's commit and its delivery).
     /// All -1 otherwise.
     private var storeChanges: Int32  // dispatcher thread only, once started
-    private let wakeupReader: Int32
-    private let wakeupWriter: Int32
+    private let wakeupPipe: WakePipe
 
     /// Starts a broker and its dispatcher thread; `shard` places it among its transport's shards
     /// (``ShardedBroker``), and `gauges` adds its depth and in-flight gauges to theirs.
@@ -161,23 +160,17 @@ public final class Broker: @unchecked Sendable {
         reporter = StatsReporter(host: host, gauges: gauges, slot: shard.index)
         host.count("expired", 0)  // the series exists from the start, as the reporter's counters do
         // The pipe first: a store whose descriptor is claimed no longer tells its handler of those
-        // changes, so it is claimed only once the dispatcher can wait on it. (Not pipe2, which
-        // Swift's Glibc does not import: a child started between the calls may inherit the ends,
-        // and only holds two descriptors it never uses.)
-        var pipe: [Int32] = [-1, -1]
+        // changes, so it is claimed only once the dispatcher can wait on it.
+        var pipe = WakePipe()
         var changes: Int32 = -1
-        if Glibc.pipe(&pipe) == 0 {
+        if pipe.reader >= 0 {
             changes = store.claimChangeDescriptor()
             if changes < 0 {
-                for end in pipe { close(end) }
-                pipe = [-1, -1]
-            }
-            for end in pipe where end >= 0 {
-                _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
-                _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+                pipe.close()
+                pipe = WakePipe(reader: -1, writer: -1)
             }
         }
-        (wakeupReader, wakeupWriter) = (pipe[0], pipe[1])
+        wakeupPipe = pipe
         storeChanges = changes
         store.setChangeHandler { [weak self] in self?.wake() }
         let thread = Thread { [self] in dispatchLoop() }
@@ -185,9 +178,7 @@ public final class Broker: @unchecked Sendable {
         thread.start()
     }
 
-    deinit {
-        for end in [wakeupReader, wakeupWriter] where end >= 0 { close(end) }
-    }
+    deinit { wakeupPipe.close() }
 
     private func now() -> Int64 { host.nowNanos() }
 
@@ -269,9 +260,8 @@ public final class Broker: @unchecked Sendable {
 
     /// Wakes the dispatcher from its sleep (or its next one). Call with the lock held.
     private func wakeDispatcher() {
-        guard wakeupWriter >= 0 else { return condition.broadcast() }
-        var byte: UInt8 = 1
-        _ = write(wakeupWriter, &byte, 1)  // a full pipe (EAGAIN) is readable already
+        guard wakeupPipe.writer >= 0 else { return condition.broadcast() }
+        wakeupPipe.wake()
     }
 
     /// The dispatcher's sleep with a store descriptor: until the wake-up pipe is readable, another
@@ -287,7 +277,7 @@ public final class Broker: @unchecked Sendable {
                 timeout = overflow || remaining <= 0 ? 0 : Int32(clamping: remaining / 1_000_000 + 1)
             }
             var descriptors = [
-                pollfd(fd: wakeupReader, events: Int16(POLLIN), revents: 0), pollfd(fd: storeChanges, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: wakeupPipe.reader, events: Int16(POLLIN), revents: 0), pollfd(fd: storeChanges, events: Int16(POLLIN), revents: 0),
             ]
             guard poll(&descriptors, 2, timeout) > 0 else { return false }
             if descriptors[1].revents & Int16(POLLERR | POLLNVAL) != 0 {
@@ -300,7 +290,7 @@ public final class Broker: @unchecked Sendable {
             let changed = descriptors[1].revents != 0 && store.takeChanges()
             if descriptors[0].revents != 0 {
                 var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-                while withUnsafeMutableBytes(of: &bytes, { read(wakeupReader, $0.baseAddress, $0.count) }) > 0 {}
+                while withUnsafeMutableBytes(of: &bytes, { read(wakeupPipe.reader, $0.baseAddress, $0.count) }) > 0 {}
                 return changed
             }
             if changed { return true }
@@ -748,7 +738,7 @@ public final class Broker: @unchecked Sendable {
     private func beginClosing() {
         closeToPublishes()
         condition.broadcast()
-        if wakeupWriter >= 0 { wakeDispatcher() }
+        if wakeupPipe.writer >= 0 { wakeDispatcher() }
     }
 
     /// Stops the dispatcher, releases unsettled deliveries and tells the store
@@ -846,7 +836,7 @@ public final class Broker: @unchecked Sendable {
                 if !workPending && !stopped {
                     dispatcherWaiting = true
                     dispatcherSleepsUntil = wakeup ?? .max
-                    if wakeupReader >= 0 {
+                    if wakeupPipe.reader >= 0 {
                         condition.unlock()
                         let changed = sleepOnDescriptors(until: wakeup)
                         condition.lock()

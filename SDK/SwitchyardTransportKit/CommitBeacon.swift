@@ -68,7 +68,7 @@ final class CommitBeacon: @unchecked Sendable {
     private let stopped = Atomic<Bool>(false)
     /// Wakes the watcher thread out of its poll when it is stopped (a pipe; -1s without one: then
     /// it notices within its poll interval).
-    private let stopWake = CommitBeacon.wakePipe()
+    private let stopWake = WakePipe()
     /// Signalled once the watcher thread has ended, its connection to the database closed.
     private let watcherEnded = DispatchSemaphore(value: 0)
     /// The watcher thread, once it runs (nil when there is none); set before it starts.
@@ -163,7 +163,7 @@ final class CommitBeacon: @unchecked Sendable {
     }
 
     deinit {
-        for end in [stopWake.reader, stopWake.writer] where end >= 0 { close(end) }
+        stopWake.close()
         if announcements >= 0 { close(announcements) }
         if file >= 0 { close(file) }
     }
@@ -215,23 +215,9 @@ final class CommitBeacon: @unchecked Sendable {
     /// reference went in `changed`) it does not wait.
     func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        if stopWake.writer >= 0 {
-            var one: UInt8 = 1
-            _ = write(stopWake.writer, &one, 1)
-        }
+        stopWake.wake()
         let onWatcher = watcherThread.withLock { $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
         if !onWatcher { watcherEnded.wait() }
-    }
-
-    /// A non-blocking, close-on-exec pipe (not pipe2, which Swift's Glibc does not import).
-    private static func wakePipe() -> (reader: Int32, writer: Int32) {
-        var ends: [Int32] = [-1, -1]
-        guard Glibc.pipe(&ends) == 0 else { return (-1, -1) }
-        for end in ends {
-            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
-        }
-        return (ends[0], ends[1])
     }
 
     /// Every slot's counter (zeroes past the end of the file).

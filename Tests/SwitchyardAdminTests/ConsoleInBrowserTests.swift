@@ -27,16 +27,7 @@ struct ConsoleInBrowserTests {
         demo.standardOutput = output
         demo.standardError = output
         let lines = LineBuffer()
-        let partial = Mutex("")
-        let follower = output.follow { text in
-            let complete = partial.withLock { rest -> [String] in
-                rest += text
-                var parts = rest.components(separatedBy: "\n")
-                rest = parts.removeLast()
-                return parts
-            }
-            lines.append(complete)
-        }
+        let follower = output.follow { text in lines.feed(text) }
         try demo.run()
         defer { if demo.isRunning { kill(demo.processIdentifier, SIGKILL) } }
         let console = try Regex(#"console\s+(http://127\.0\.0\.1:\d+)/"#)
