@@ -1,0 +1,68 @@
+import Foundation
+import Synchronization
+import Testing
+
+@testable import SwitchyardRuntime
+
+/// The process's deadline thread: fires each deadline once, never early, and sleeps between
+/// deadlines instead of looking at a fixed rate.
+@Suite("Deadline sweeper", .serialized)
+struct DeadlineSweeperTests {
+    /// A sweeper of the tests' own (its thread lives as long as the process), so that other
+    /// tests' calls arming deadlines on the shared one do not count here.
+    static let sweeper = DeadlineSweeper()
+
+    /// Records when each deadline fired.
+    final class Firings: Sendable {
+        let times = Mutex<[String: ContinuousClock.Instant]>([:])
+        func record(_ name: String) { times.withLock { $0[name] = .now } }
+        func time(_ name: String) -> ContinuousClock.Instant? { times.withLock { $0[name] } }
+        func waitFor(_ name: String, upTo limit: Duration = .seconds(10)) -> ContinuousClock.Instant? {
+            let until = ContinuousClock.now + limit
+            while ContinuousClock.now < until {
+                if let time = time(name) { return time }
+                usleep(1_000)
+            }
+            return nil
+        }
+    }
+
+    @Test("a deadline armed after a later one fires on time, never early; a disarmed one never fires")
+    func earlierDeadlineWakesTheThread() {
+        let sweeper = Self.sweeper
+        let firings = Firings()
+        let late = sweeper.arm(at: .now + .seconds(60)) { firings.record("late") }
+        usleep(50_000)  // the thread has looked and sleeps for its longest
+        let start = ContinuousClock.now
+        let cancelled = sweeper.arm(at: start + .milliseconds(100)) { firings.record("cancelled") }
+        let soonDeadline = start + .milliseconds(150)
+        _ = sweeper.arm(at: soonDeadline) { firings.record("soon") }
+        sweeper.disarm(cancelled)
+
+        let fired = firings.waitFor("soon")
+        #expect(fired != nil, "a deadline armed after a later one must still fire")
+        if let fired {
+            #expect(fired >= soonDeadline, "fired \(soonDeadline - fired) early")
+            // Not woken by the arm, the thread would sleep on to its next look, a second after
+            // the first deadline was armed.
+            #expect(fired - soonDeadline < .milliseconds(700), "fired \(fired - soonDeadline) late")
+        }
+        usleep(100_000)
+        #expect(firings.time("cancelled") == nil, "a disarmed deadline fired")
+        #expect(firings.time("late") == nil)
+        sweeper.disarm(late)
+    }
+
+    @Test("with only a far deadline armed, the thread sleeps instead of looking every 10 ms")
+    func sleepsUntilTheEarliest() {
+        let sweeper = Self.sweeper
+        let far = sweeper.arm(at: .now + .seconds(60)) {}
+        usleep(50_000)  // the arm's own look
+        let before = sweeper.lookCount
+        usleep(500_000)
+        let looked = sweeper.lookCount - before
+        sweeper.disarm(far)
+        // Looking every 10 ms would be about 50; it sleeps up to a second at a time.
+        #expect(looked <= 2, "looked \(looked) times in 0.5 s with one deadline a minute away")
+    }
+}
