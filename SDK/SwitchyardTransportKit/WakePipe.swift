@@ -6,16 +6,16 @@
 /// readable. Both ends non-blocking (a full pipe is readable already, so a writer never waits)
 /// and close-on-exec. Not `pipe2`, which Swift's Glibc does not import: a child started between
 /// the calls may inherit the ends, and only holds two descriptors it never uses.
-struct WakePipe {
+package struct WakePipe {
     /// -1 when the pipe could not be made (then so is `writer`).
-    let reader: Int32
-    let writer: Int32
+    package let reader: Int32
+    package let writer: Int32
 
     /// No pipe: both ends -1.
-    init(reader: Int32, writer: Int32) { (self.reader, self.writer) = (reader, writer) }
+    package init(reader: Int32, writer: Int32) { (self.reader, self.writer) = (reader, writer) }
 
     /// Opens one; both ends -1 when the system refuses.
-    init() {
+    package init() {
         var ends: [Int32] = [-1, -1]
         guard Glibc.pipe(&ends) == 0 else {
             (reader, writer) = (-1, -1)
@@ -29,14 +29,14 @@ struct WakePipe {
     }
 
     /// Makes `reader` readable.
-    func wake() {
+    package func wake() {
         guard writer >= 0 else { return }
         var byte: UInt8 = 1
         _ = write(writer, &byte, 1)
     }
 
     /// Closes both ends.
-    func close() {
+    package func close() {
         for end in [reader, writer] where end >= 0 { _ = Glibc.close(end) }
     }
 }

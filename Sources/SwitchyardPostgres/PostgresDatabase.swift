@@ -72,7 +72,13 @@ public final class PostgresDatabase {
         try connect()
     }
 
-    deinit { PQfinish(connection) }
+    deinit { close() }
+
+    /// Hangs up now rather than when released; a later ``ensureConnected()`` connects again.
+    public func close() {
+        if let connection { PQfinish(connection) }
+        connection = nil
+    }
 
     /// Settings a connection gets unless the connection string says otherwise: a connection
     /// attempt, and a peer that stops answering mid-statement, fail within seconds instead of
@@ -395,6 +401,8 @@ public final class PostgresPool: @unchecked Sendable {
     private let conninfo: String
     private let lock = NSLock()
     private var idle: [PostgresDatabase] = []
+    /// Set by ``close()``: connections given back are closed, not kept.
+    private var closed = false
     private let slots: DispatchSemaphore
 
     /// A pool for `conninfo` (empty: the `PG*` environment) with at most `maxOpen` connections.
@@ -419,12 +427,24 @@ public final class PostgresPool: @unchecked Sendable {
         }
     }
 
-    /// Gives a connection back.
+    /// Gives a connection back (after ``close()``: closes it).
     public func checkin(_ database: PostgresDatabase) {
         lock.lock()
-        idle.append(database)
+        if !closed { idle.append(database) }
         lock.unlock()
         slots.signal()
+    }
+
+    /// Closes the idle connections now, and each one in use when it is given back, so that its
+    /// owner's close lets go of the server's connections at once rather than when the pool is
+    /// released. A checkout afterwards still works, with a connection of its own.
+    public func close() {
+        lock.lock()
+        closed = true
+        let closing = idle
+        idle = []
+        lock.unlock()
+        for database in closing { database.close() }
     }
 
     /// Runs `body` on a connection of the pool (connected again first if the server dropped it).

@@ -108,8 +108,15 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         listener?.stop()
     }
 
-    /// The broker's shutdown: ``close()``.
-    func brokerDidShutDown() { close() }
+    /// The broker's shutdown: ``close()``, then every connection to the server closed before
+    /// the transport's `destroy` returns (the listener's and the pool's), not when the store is
+    /// released: a user who drops the database next, or starts another instance under a
+    /// connection limit, finds none of them left.
+    func brokerDidShutDown() {
+        close()
+        listener?.stop()
+        pool.close()
+    }
 
     /// Writes the acknowledgements still waiting, sends the notification still due, and stops
     /// the threads that do; later ones are done at once.
@@ -586,7 +593,12 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
 /// (a server backend for which `isOwn` is false) committed a change. Reconnects when the server goes
 /// away and then reports a change, since notifications sent meanwhile are lost.
 final class PostgresListener: @unchecked Sendable {
+    // @unchecked: `thread` is written once, in init; the rest are atomics and a pipe.
     private let stopped = Atomic<Bool>(false)
+    /// Wakes the thread's `poll` when it is to stop.
+    private let stopWake = WakePipe()
+    private let finished = DispatchSemaphore(value: 0)
+    private var thread: Thread?
 
     init(conninfo: String, channel: String, isOwn: @escaping @Sendable (Int32) -> Bool, changed: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
@@ -600,13 +612,12 @@ final class PostgresListener: @unchecked Sendable {
                         connection = fresh
                         changed()  // whatever happened while nobody listened
                     } catch {
-                        usleep(500_000)
+                        _ = waitForStop(orReadable: -1, milliseconds: 500)
                         continue
                     }
                 }
                 guard let listening = connection else { continue }
-                var poller = pollfd(fd: listening.socket, events: Int16(POLLIN), revents: 0)
-                guard poll(&poller, 1, 200) > 0 else { continue }
+                guard waitForStop(orReadable: listening.socket, milliseconds: 1_000) else { continue }
                 do throws(TransportError) {
                     let received = try listening.drainNotifications()
                     if received.contains(where: { !isOwn($0.pid) }) { changed() }
@@ -614,12 +625,31 @@ final class PostgresListener: @unchecked Sendable {
                     connection = nil
                 }
             }
+            connection?.close()
+            finished.signal()
         }
         thread.name = "switchyard-postgres-listen"
+        self.thread = thread
         thread.start()
     }
 
-    func stop() { stopped.store(true, ordering: .releasing) }
+    deinit { stopWake.close() }
+
+    /// Waits up to `milliseconds` for `socket` (none: -1) to be readable or for ``stop()``;
+    /// whether the socket is readable and the listener is not stopping.
+    private func waitForStop(orReadable socket: Int32, milliseconds: Int32) -> Bool {
+        var watched = [pollfd(fd: stopWake.reader, events: Int16(POLLIN), revents: 0), pollfd(fd: socket, events: Int16(POLLIN), revents: 0)]
+        guard poll(&watched, socket >= 0 ? 2 : 1, milliseconds) > 0 else { return false }
+        return watched[1].revents != 0 && !stopped.load(ordering: .acquiring)
+    }
+
+    /// Stops listening and, unless called on the listener's own thread, waits until its
+    /// connection is closed. Once; later calls return at once.
+    func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        stopWake.wake()
+        if Thread.current !== thread { finished.wait() }
+    }
 }
 
 /// Items waiting, and a thread of their own that hands all that wait to `write` at once (up to
