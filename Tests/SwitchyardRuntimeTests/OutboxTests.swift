@@ -687,6 +687,12 @@ struct PostgresOutboxTests {
         return rows
     }
 
+    /// When a system's shutdown returns, none of its connections (the transport's, the inbox's,
+    /// the outboxes', the transactions') is left open.
+    static func expectNoConnectionsLeft(_ server: PostgresServer, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(server.clientConnections == 0, "\(server.clientConnections) connections still open after shutdown", sourceLocation: sourceLocation)
+    }
+
     @Test("a handler's writes, its follow-up calls and its inbox record commit in one PostgreSQL transaction; a handler that throws commits none")
     func handlerFollowUps() async throws {
         let server = try await offPool { try PostgresServer() }
@@ -714,6 +720,7 @@ struct PostgresOutboxTests {
         #expect(await eventually { (try? Self.rows(server, "SELECT count(*)::bigint FROM tx.outbox")) == [0] })
         #expect(try Self.rows(server, "SELECT count(*)::bigint FROM tx.inbox") == [3])
         await system.shutdown()
+        Self.expectNoConnectionsLeft(server)
     }
 
     @Test("a row that cannot be decoded is set aside with the reason; later messages to its destination still go out")
@@ -772,6 +779,7 @@ struct PostgresOutboxTests {
         #expect(await eventually { seen.withLock { $0 } == [31] })
         #expect(try Self.rows(server, "SELECT id FROM payments") == [31])
         await system.shutdown()
+        Self.expectNoConnectionsLeft(server)
     }
 
     @Test("system.transaction on a PostgreSQL outbox commits the application's rows and its calls together, or neither")
@@ -828,5 +836,6 @@ struct PostgresOutboxTests {
             "\(error)".contains("PostgresDatabase.self")
         }
         await system.shutdown()
+        Self.expectNoConnectionsLeft(server)
     }
 }

@@ -24,7 +24,8 @@ extension SwitchyardActorSystem: Service {
     ///    goes back to its transport);
     /// 5. relays what the finished calls committed to outboxes (what is left stays in the
     ///    database, for the next process with that outbox);
-    /// 6. fails whatever is still waiting and closes the transports.
+    /// 6. fails whatever is still waiting, closes the transports, and hangs up the connections
+    ///    of PostgreSQL inboxes and outboxes.
     ///
     /// Calling it again does nothing.
     public func shutdown(deadline: Duration = .seconds(30)) async {
@@ -90,6 +91,11 @@ extension SwitchyardActorSystem: Service {
         await blockingOperation {
             self.unsubscribeReplies()
             self.transports?.close()
+            // Connections to database servers end now, not when the system is released: a
+            // process that shuts a system down and goes on (a restart, tests) must not hold them.
+            for route in self.routes.routes { route.inbox?.database?.closeConnections() }
+            self.outboxRelays.closeConnections()
+            for outbox in self.outboxes.values { outbox.closeConnections() }
         }
         logger.info(
             "stopped",

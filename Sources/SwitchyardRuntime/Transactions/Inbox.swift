@@ -149,6 +149,13 @@ protocol InboxDatabase: Sendable {
     func makeOutboxStorage() throws(TransportError) -> any OutboxStorage
     /// Identifies the database, so routes sharing it share one relay.
     var identity: String { get }
+    /// Hangs up its connections to a database server now (the system's shutdown), not when it
+    /// is released; a later call connects again. Nothing to do for a file.
+    func closeConnections()
+}
+
+extension InboxDatabase {
+    func closeConnections() {}
 }
 
 /// An inbox in a SQLite file.
@@ -252,6 +259,8 @@ final class PostgresInboxDatabase: InboxDatabase {
         self.schema = try database.prepareSchema(schema, kind: "transactions", tables: Self.tables)
         pool.checkin(database)
     }
+
+    func closeConnections() { pool.close() }
 
     func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled? {
         try pool.withConnection { (database) throws(TransportError) -> Inbox.Handled? in

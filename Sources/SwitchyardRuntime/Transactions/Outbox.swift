@@ -79,9 +79,14 @@ protocol OutboxStorage: Sendable {
     func release(_ seqs: [Int64], retryAtNanos: Int64, error: String) throws(TransportError)
     /// How many messages wait to be relayed.
     func depth() throws(TransportError) -> Int
+    /// Hangs up its connections to a database server now (the system's shutdown), not when it
+    /// is released; a later call connects again. Nothing to do for a file or memory.
+    func closeConnections()
 }
 
 extension OutboxStorage {
+    func closeConnections() {}
+
     /// `claimed_until` of a row set aside because it cannot be decoded: never claimed again, and
     /// (unlike a claimed row or one waiting out a refusal) not holding up its destination — it can
     /// never be sent, so later messages to the same channel go on without it.
@@ -240,6 +245,8 @@ final class PostgresOutboxStorage: OutboxStorage {
         schema = try database.prepareSchema(name, kind: "transactions", tables: PostgresInboxDatabase.tables)
         self.database = Guarded(database)
     }
+
+    func closeConnections() { database.withLock { $0.close() } }
 
     func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> OutboxClaim {
         try database.withLock { (database) throws(TransportError) -> OutboxClaim in
@@ -590,6 +597,11 @@ final class OutboxRelays: Sendable {
     /// Stops every relay's thread without draining.
     func stop() {
         for relay in relays.withLock({ Array($0.values) }) { relay.stop() }
+    }
+
+    /// Hangs up every relay's database connections (after ``drainAndStop(until:)``).
+    func closeConnections() {
+        for relay in relays.withLock({ Array($0.values) }) { relay.storage.closeConnections() }
     }
 
     /// Drains and stops every relay (``SwitchyardActorSystem/shutdown(deadline:)``).

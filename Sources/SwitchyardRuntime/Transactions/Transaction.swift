@@ -21,6 +21,12 @@ final class ApplicationOutbox: Sendable {
         case postgres(schema: String, pool: PostgresPool)
     }
 
+    /// Hangs up its connections to a database server now (the system's shutdown), not when it
+    /// is released; a later transaction connects again.
+    func closeConnections() {
+        if case .postgres(_, let pool) = database { pool.close() }
+    }
+
     init(_ entry: SwitchyardConfig.OutboxEntry, relays: OutboxRelays) throws(TransportError) {
         name = entry.name
         if let postgres = entry.postgres {
