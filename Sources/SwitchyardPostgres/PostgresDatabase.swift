@@ -430,8 +430,10 @@ public final class PostgresPool: @unchecked Sendable {
     /// Gives a connection back (after ``close()``: closes it).
     public func checkin(_ database: PostgresDatabase) {
         lock.lock()
-        if !closed { idle.append(database) }
+        let keep = !closed
+        if keep { idle.append(database) }
         lock.unlock()
+        if !keep { database.close() }
         slots.signal()
     }
 

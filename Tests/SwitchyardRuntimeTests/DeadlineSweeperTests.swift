@@ -43,8 +43,8 @@ struct DeadlineSweeperTests {
         #expect(fired != nil, "a deadline armed after a later one must still fire")
         if let fired {
             #expect(fired >= soonDeadline, "fired \(soonDeadline - fired) early")
-            // Not woken by the arm, the thread would sleep on to its next look, a second after
-            // the first deadline was armed.
+            // Not woken by the arm, the thread would sleep on until the first deadline, a minute
+            // away.
             #expect(fired - soonDeadline < .milliseconds(700), "fired \(fired - soonDeadline) late")
         }
         usleep(100_000)
@@ -62,7 +62,7 @@ struct DeadlineSweeperTests {
         usleep(500_000)
         let looked = sweeper.lookCount - before
         sweeper.disarm(far)
-        // Looking every 10 ms would be about 50; it sleeps up to a second at a time.
+        // Looking every 10 ms would be about 50; it sleeps until the deadline.
         #expect(looked <= 2, "looked \(looked) times in 0.5 s with one deadline a minute away")
     }
 }

@@ -719,6 +719,7 @@ struct PostgresOutboxTests {
         #expect(try Self.rows(server, "SELECT id FROM booked ORDER BY id") == [1, 3])
         #expect(await eventually { (try? Self.rows(server, "SELECT count(*)::bigint FROM tx.outbox")) == [0] })
         #expect(try Self.rows(server, "SELECT count(*)::bigint FROM tx.inbox") == [3])
+        #expect(server.clientConnections > 0, "the system's connections are counted")
         await system.shutdown()
         Self.expectNoConnectionsLeft(server)
     }
@@ -778,6 +779,7 @@ struct PostgresOutboxTests {
         }
         #expect(await eventually { seen.withLock { $0 } == [31] })
         #expect(try Self.rows(server, "SELECT id FROM payments") == [31])
+        #expect(server.clientConnections > 0, "the system's connections are counted")
         await system.shutdown()
         Self.expectNoConnectionsLeft(server)
     }
@@ -835,6 +837,7 @@ struct PostgresOutboxTests {
         } throws: { error in
             "\(error)".contains("PostgresDatabase.self")
         }
+        #expect(server.clientConnections > 0, "the system's connections are counted")
         await system.shutdown()
         Self.expectNoConnectionsLeft(server)
     }

@@ -593,15 +593,21 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
 /// (a server backend for which `isOwn` is false) committed a change. Reconnects when the server goes
 /// away and then reports a change, since notifications sent meanwhile are lost.
 final class PostgresListener: @unchecked Sendable {
-    // @unchecked: `thread` is written once, in init; the rest are atomics and a pipe.
+    // @unchecked: atomics, a pipe whose ends never change, and a semaphore.
     private let stopped = Atomic<Bool>(false)
     /// Wakes the thread's `poll` when it is to stop.
     private let stopWake = WakePipe()
     private let finished = DispatchSemaphore(value: 0)
-    private var thread: Thread?
+    /// The listening thread (`pthread_self`), so that ``stop()`` there does not wait for itself.
+    /// Not the `Thread`: its closure holds the listener, and the listener would never be freed.
+    private let threadID = Atomic<UInt>(0)
+    /// How long ``stop()`` waits for the thread: it may be connecting to a server that does
+    /// not answer (up to `connect_timeout`); it closes its connection itself when it gets there.
+    static let stopPatience: DispatchTimeInterval = .seconds(2)
 
     init(conninfo: String, channel: String, isOwn: @escaping @Sendable (Int32) -> Bool, changed: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
+            threadID.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
             var connection: PostgresDatabase?
             while !stopped.load(ordering: .acquiring) {
                 if connection == nil {
@@ -629,7 +635,6 @@ final class PostgresListener: @unchecked Sendable {
             finished.signal()
         }
         thread.name = "switchyard-postgres-listen"
-        self.thread = thread
         thread.start()
     }
 
@@ -644,11 +649,12 @@ final class PostgresListener: @unchecked Sendable {
     }
 
     /// Stops listening and, unless called on the listener's own thread, waits until its
-    /// connection is closed. Once; later calls return at once.
+    /// connection is closed (up to ``stopPatience``). Once; later calls return at once.
     func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         stopWake.wake()
-        if Thread.current !== thread { finished.wait() }
+        let me = UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
+        if threadID.load(ordering: .acquiring) != me { _ = finished.wait(timeout: .now() + Self.stopPatience) }
     }
 }
 

@@ -6,25 +6,25 @@ import Foundation
 ///
 /// The thread sleeps until the earliest armed deadline, and no less than ``granularity`` at a
 /// time: deadlines are precise to about that. Most deadlines are disarmed long before they pass
-/// (the call answered), so a process with calls always in flight wakes it about once a second
-/// (``longestSleep``), not every 10 ms as it did; arming a deadline earlier than the one it sleeps
-/// for wakes it.
+/// (the call answered), so a process with calls always in flight wakes it about once per call
+/// timeout, not every 10 ms as it did; arming a deadline earlier than the one it sleeps for wakes
+/// it. It sleeps on the monotonic clock (a semaphore's timed wait), so setting the wall clock back
+/// delays nothing.
 final class DeadlineSweeper: @unchecked Sendable {
-    // @unchecked: every field is guarded by `lock`.
+    // @unchecked: every field but `wakeup` is guarded by `lock`.
     static let shared = DeadlineSweeper()
 
     /// The shortest sleep between two looks at the deadlines: bounds the looks per second (each
     /// reads every armed deadline) when many expire close together.
     static let granularity: Duration = .milliseconds(10)
-    /// The longest sleep while something is armed. The condition's timed wait is on the wall
-    /// clock: a clock set back would otherwise hold every deadline for as long.
-    static let longestSleep: Duration = .seconds(1)
 
     private struct Entry {
         let deadline: ContinuousClock.Instant
         let fire: @Sendable () -> Void
     }
-    private let lock = NSCondition()
+    private let lock = NSLock()
+    /// Signalled to make the thread look again now (an extra signal costs one extra look).
+    private let wakeup = DispatchSemaphore(value: 0)
     private var entries: [UInt64: Entry] = [:]
     private var next: UInt64 = 0
     /// When the thread will look next; nil while it sleeps with nothing armed.
@@ -44,14 +44,15 @@ final class DeadlineSweeper: @unchecked Sendable {
     /// Calls `fire` once `deadline` has passed, unless ``disarm(_:)`` comes first.
     func arm(at deadline: ContinuousClock.Instant, fire: @escaping @Sendable () -> Void) -> UInt64 {
         lock.lock()
-        defer { lock.unlock() }
         next += 1
-        entries[next] = Entry(deadline: deadline, fire: fire)
+        let id = next
+        entries[id] = Entry(deadline: deadline, fire: fire)
         // The thread looks by then anyway (deadlines may fire up to `granularity` late).
-        if let nextLook, nextLook <= deadline + Self.granularity { return next }
-        nextLook = deadline  // it looks again now, and then sleeps until the earliest
-        lock.signal()
-        return next
+        let wake = nextLook.map { $0 > deadline + Self.granularity } ?? true
+        if wake { nextLook = deadline }  // it looks again now, and then sleeps until the earliest
+        lock.unlock()
+        if wake { wakeup.signal() }
+        return id
     }
 
     /// Forgets a deadline (its call finished first).
@@ -84,16 +85,15 @@ final class DeadlineSweeper: @unchecked Sendable {
             for entry in due { entry.fire() }
             return
         }
-        if let earliest {
-            let look = min(max(earliest, now + Self.granularity), now + Self.longestSleep)
-            nextLook = look
-            let wait = look - now
-            let seconds = Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18
-            _ = lock.wait(until: Date(timeIntervalSinceNow: seconds))
-        } else {
+        guard let earliest else {
             nextLook = nil
-            lock.wait()
+            lock.unlock()
+            wakeup.wait()
+            return
         }
+        let look = max(earliest, now + Self.granularity)
+        nextLook = look
         lock.unlock()
+        _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(clamping: (look - now).nanoseconds)))
     }
 }

@@ -290,6 +290,7 @@ final class PostgresOutboxStorage: OutboxStorage {
     func remove(_ seqs: [Int64]) throws(TransportError) {
         guard !seqs.isEmpty else { return }
         _ = try database.withLock { (database) throws(TransportError) in
+            try database.ensureConnected()  // hung up by a shutdown, or by the server
             try database.run("DELETE FROM \(schema).outbox WHERE seq = ANY(string_to_array($1, ',')::bigint[])", [.text(seqs.map(String.init).joined(separator: ","))])
         }
     }
@@ -297,6 +298,7 @@ final class PostgresOutboxStorage: OutboxStorage {
     func release(_ seqs: [Int64], retryAtNanos: Int64, error: String) throws(TransportError) {
         guard !seqs.isEmpty else { return }
         _ = try database.withLock { (database) throws(TransportError) in
+            try database.ensureConnected()
             try database.run(
                 "UPDATE \(schema).outbox SET claimed_until = $1, attempts = attempts + 1, last_error = $2 WHERE seq = ANY(string_to_array($3, ',')::bigint[])",
                 [.int(retryAtNanos), .text(error), .text(seqs.map(String.init).joined(separator: ","))])
@@ -306,6 +308,7 @@ final class PostgresOutboxStorage: OutboxStorage {
     func depth() throws(TransportError) -> Int {
         try database.withLock { (database) throws(TransportError) -> Int in
             var count = 0
+            try database.ensureConnected()
             try database.run("SELECT count(*)::bigint FROM \(schema).outbox") { row in count = Int(row.int(0)) }
             return count
         }
