@@ -100,6 +100,9 @@ public final class TransportSet: Sendable {
     /// The transport called `name`.
     public subscript(name: String) -> Transport? { transports[name] }
 
+    /// The names of the transports running, in the order they were created.
+    public var names: [String] { creationOrder }
+
     /// Closes every transport, outermost first.
     public func close() {
         for name in creationOrder.reversed() { transports[name]?.close() }

@@ -348,7 +348,7 @@ struct OutboxTests {
     }
 
     @Test(
-        "a message the transport refuses stays in the outbox with its error, retried with backoff; later messages to its destination wait behind it, every other destination goes on, even from the same batch; deleting the row lets the rest go"
+        "a message the transport refuses stays in the outbox with its error, retried with backoff; later messages to its destination wait behind it with no attempt or error noted, every other destination goes on, even from the same batch; deleting the row lets the rest go"
     )
     func refusedPublish() async throws {
         let directory = try TemporaryDirectory()
@@ -377,23 +377,30 @@ struct OutboxTests {
             return found
         }
 
-        // One transaction, one batch to the transport: a message it refuses, and one to another
-        // destination (the batch is refused whole, then tried one message at a time).
+        // One transaction, one batch to the transport: a message it refuses, one to the same
+        // destination after it, and one to another destination (the batch is refused whole,
+        // then tried one message at a time).
         let started = ContinuousClock.now
         try await system.transaction(on: "shop") { _ in
             try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) {
                 try await toNotices.notice(1)
             }
+            try await toNotices.notice(2)
             try await toOthers.notice(3)
         }
-        // A later message to the refused one's destination waits behind it.
-        try await system.transaction(on: "shop") { _ in try await toNotices.notice(2) }
+        // A later message to the refused one's destination waits behind it too.
+        try await system.transaction(on: "shop") { _ in try await toNotices.notice(4) }
         #expect(await eventually { others.withLock { $0 } == [3] })
         #expect(await eventually { (try? rows().first?.attempts ?? 0) ?? 0 >= 1 })
         let refused = try #require(try rows().first)
         #expect(refused.error.contains("max_message_bytes"), "\(refused.error)")
         // (The relay deletes a published row after its publish returns, so wait for that.)
-        #expect(await eventually { (try? rows().count) == 2 }, "\((try? rows()).map { "\($0)" } ?? "")")
+        #expect(await eventually { (try? rows().count) == 3 }, "\((try? rows()).map { "\($0)" } ?? "")")
+        // Only the refused row is marked: the ones waiting behind it count no attempt and note no
+        // error, so an operator who looks for the bad row by its error finds that one alone.
+        for waiting in try rows().dropFirst() {
+            #expect(waiting.attempts == 0 && waiting.error.isEmpty, "a message waiting behind the refused one was marked: \(waiting)")
+        }
         // Backoff of 1 s doubling: by 3.5 s at most three attempts (the first, at 1 s, at 3 s),
         // where retrying at every pass would have made many.
         try await Task.sleep(until: started + .milliseconds(3500))
@@ -403,9 +410,76 @@ struct OutboxTests {
 
         // An operator deletes the row the transport will never take: the rest go out.
         try SQLiteDatabase(path: shop, waitingWhenBusy: true).execute("DELETE FROM switchyard_outbox WHERE seq = \(refused.seq)")
-        #expect(await eventually(40) { notices.withLock { $0 } == [2] }, "\(notices.withLock { $0 })")
+        #expect(await eventually(40) { notices.withLock { $0 } == [2, 4] }, "\(notices.withLock { $0 })")
         #expect(await eventually { (try? outboxDepth(shop)) == 0 })
         await system.shutdown()
+    }
+
+    /// Two processes share an outbox and run different transports: each relays only messages
+    /// to transports it runs. Claiming the others' would mark them failed ("not running here")
+    /// and hold them up to 30 s from the process that could send them.
+    @Test(
+        "a relay leaves messages to transports its process does not run untouched, says so once they have waited a minute, and still relays its own"
+    )
+    func relayLeavesOtherProcessesTransports() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        // The first process runs 'elsewhere', which refuses the message: it stays in the outbox.
+        let first = try await makeSystem(
+            """
+            transports:
+              elsewhere: { plugin: queue, config: { max_message_bytes: 2000 } }
+            outboxes:
+              shop: { path: "\(shop)" }
+            routes:
+              Notices.*: { transport: elsewhere, mode: fire-and-forget }
+            """)
+        try await first.transaction(on: "shop") { _ in
+            try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) {
+                try await $Notices.resolve(id: "far", using: first).notice(1)
+            }
+        }
+        func row() throws -> (attempts: Int64, error: String)? {
+            var found: (Int64, String)?
+            try SQLiteDatabase(path: shop, waitingWhenBusy: true).run("SELECT attempts, coalesce(last_error, '') FROM switchyard_outbox") { row in
+                found = (row.int(0), row.text(1))
+            }
+            return found
+        }
+        #expect(await eventually { (try? row()?.attempts) ?? 0 >= 1 })
+        await first.shutdown()
+        let before = try #require(try row())
+        // Committed over a minute ago, and due at once.
+        try SQLiteDatabase(path: shop, waitingWhenBusy: true).execute(
+            "UPDATE switchyard_outbox SET created_at = created_at - 120000000000, claimed_until = 0")
+
+        // The second process runs 'work' only.
+        let log = CapturedLog()
+        let second = try await offPool {
+            let config = try SwitchyardConfig.parse(
+                yaml: """
+                    transports:
+                      work: { plugin: queue }
+                    outboxes:
+                      shop: { path: "\(shop)" }
+                    routes:
+                      Notices.*: { transport: work, mode: fire-and-forget }
+                    """, baseDirectory: directory.path)
+            return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger())
+        }
+        let seen = Guarded<[Int]>([])
+        try second.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        try await second.transaction(on: "shop") { _ in try await $Notices.resolve(id: "notices", using: second).notice(2) }
+        #expect(await eventually { seen.withLock { $0 } == [2] }, "its own message goes out")
+        #expect(
+            await eventually { log.all.contains { $0.contains("does not run") && $0.contains("transport=elsewhere") && $0.contains("messages=1") } },
+            "\(log.all.filter { $0.contains("outbox") })")
+        // Several polls later the other process's message is as it was: not claimed, not marked.
+        try await Task.sleep(for: .milliseconds(2500))
+        let after = try #require(try row())
+        #expect(after.attempts == before.attempts && after.error == before.error, "touched by the process that does not run its transport: \(after)")
+        #expect(!log.all.contains { $0.contains("not running here") }, "\(log.all.filter { $0.contains("outbox") })")
+        await second.shutdown()
     }
 
     @Test(

@@ -71,12 +71,21 @@ protocol OutboxStorage: Sendable {
     /// one destination go out in the order they were committed, even with several relays (one per
     /// process) on one database.
     /// Rows that cannot be decoded are set aside (never claimed again, `last_error` says why)
-    /// and returned in `setAside`, so one corrupt row cannot stop the rest.
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> OutboxClaim
+    /// and returned in `setAside`, so one corrupt row cannot stop the rest. Only messages to
+    /// `transports` (those this process runs): another process with the same outbox may run
+    /// others, and a claim of their messages here would only hold them up.
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64, transports: [String]) throws(TransportError) -> OutboxClaim
+    /// Transports other than `transports` with messages committed before `createdBeforeNanos`
+    /// still waiting, and how many: messages that no process seems to relay.
+    func stale(createdBeforeNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)]
     /// Forgets relayed messages.
     func remove(_ seqs: [Int64]) throws(TransportError)
     /// Hands messages back, to be tried again from `retryAtNanos`.
     func release(_ seqs: [Int64], retryAtNanos: Int64, error: String) throws(TransportError)
+    /// Hands claimed messages back as they were — no attempt counted, no error noted: messages
+    /// that wait behind a refused one to their destination, which its retry time holds up (an
+    /// operator looking for the refused row by its `last_error` must find that row alone).
+    func unclaim(_ seqs: [Int64]) throws(TransportError)
     /// How many messages wait to be relayed.
     func depth() throws(TransportError) -> Int
     /// Hangs up its connections to a database server now (the system's shutdown), not when it
@@ -86,6 +95,12 @@ protocol OutboxStorage: Sendable {
 
 extension OutboxStorage {
     func closeConnections() {}
+
+    /// `names` as a JSON array of strings, bound as one parameter that the query unpacks
+    /// (`json_each`, `jsonb_array_elements_text`): any name, however spelled, is data.
+    static func jsonArray(_ names: [String]) -> String {
+        String(decoding: (try? JSONEncoder().encode(names)) ?? Data("[]".utf8), as: UTF8.self)
+    }
 
     /// `claimed_until` of a row set aside because it cannot be decoded: never claimed again, and
     /// (unlike a claimed row or one waiting out a refusal) not holding up its destination — it can
@@ -131,11 +146,15 @@ final class SQLiteOutboxStorage: OutboxStorage {
         self.database = Guarded(database)
     }
 
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> OutboxClaim {
-        try database.withLock { (database) throws(TransportError) -> OutboxClaim in
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64, transports: [String]) throws(TransportError) -> OutboxClaim {
+        let names = Self.jsonArray(transports)
+        return try database.withLock { (database) throws(TransportError) -> OutboxClaim in
             // A read first: an idle outbox costs its relay no write lock.
             var due = false
-            _ = try database.run("SELECT 1 FROM switchyard_outbox WHERE claimed_until <= ? LIMIT 1", [.int(nowNanos)]) { _ in due = true }
+            _ = try database.run(
+                "SELECT 1 FROM switchyard_outbox WHERE claimed_until <= ? AND transport IN (SELECT value FROM json_each(?)) LIMIT 1",
+                [.int(nowNanos), .text(names)]
+            ) { _ in due = true }
             guard due else { return OutboxClaim() }
             try database.execute("BEGIN IMMEDIATE")
             do throws(TransportError) {
@@ -145,10 +164,11 @@ final class SQLiteOutboxStorage: OutboxStorage {
                     """
                     SELECT seq, transport, message, attempts FROM switchyard_outbox
                     WHERE claimed_until <= ?1
+                      AND transport IN (SELECT value FROM json_each(?4))
                       AND (transport, channel) NOT IN (
                         SELECT transport, channel FROM switchyard_outbox WHERE claimed_until > ?1 AND claimed_until < ?3)
                     ORDER BY seq LIMIT ?2
-                    """, [.int(nowNanos), .int(Int64(limit)), .int(Self.setAside)]
+                    """, [.int(nowNanos), .int(Int64(limit)), .int(Self.setAside), .text(names)]
                 ) { (row) throws(TransportError) in
                     do throws(TransportError) {
                         let message = try row.blob(2) { (bytes) throws(TransportError) in try MessageCodec.decode(bytes) }
@@ -177,6 +197,26 @@ final class SQLiteOutboxStorage: OutboxStorage {
     func remove(_ seqs: [Int64]) throws(TransportError) {
         try update(seqs) { (database, seq) throws(TransportError) in
             _ = try database.run("DELETE FROM switchyard_outbox WHERE seq = ?", [.int(seq)])
+        }
+    }
+
+    func stale(createdBeforeNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)] {
+        try database.withLock { (database) throws(TransportError) -> [(transport: String, count: Int)] in
+            var found: [(transport: String, count: Int)] = []
+            _ = try database.run(
+                """
+                SELECT transport, count(*) FROM switchyard_outbox
+                WHERE created_at < ? AND claimed_until < ? AND transport NOT IN (SELECT value FROM json_each(?))
+                GROUP BY transport ORDER BY transport
+                """, [.int(createdBeforeNanos), .int(Self.setAside), .text(Self.jsonArray(transports))]
+            ) { row in found.append((row.text(0), Int(row.int(1)))) }
+            return found
+        }
+    }
+
+    func unclaim(_ seqs: [Int64]) throws(TransportError) {
+        try update(seqs) { (database, seq) throws(TransportError) in
+            _ = try database.run("UPDATE switchyard_outbox SET claimed_until = 0 WHERE seq = ?", [.int(seq)])
         }
     }
 
@@ -248,11 +288,15 @@ final class PostgresOutboxStorage: OutboxStorage {
 
     func closeConnections() { database.withLock { $0.close() } }
 
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) throws(TransportError) -> OutboxClaim {
-        try database.withLock { (database) throws(TransportError) -> OutboxClaim in
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64, transports: [String]) throws(TransportError) -> OutboxClaim {
+        let names = Self.jsonArray(transports)
+        return try database.withLock { (database) throws(TransportError) -> OutboxClaim in
             try database.ensureConnected()
             var due = false
-            try database.run("SELECT 1 FROM \(schema).outbox WHERE claimed_until <= $1 LIMIT 1", [.int(nowNanos)]) { _ in due = true }
+            try database.run(
+                "SELECT 1 FROM \(schema).outbox WHERE claimed_until <= $1 AND transport IN (SELECT jsonb_array_elements_text($2::jsonb)) LIMIT 1",
+                [.int(nowNanos), .text(names)]
+            ) { _ in due = true }
             guard due else { return OutboxClaim() }
             return try database.transaction { () throws(TransportError) -> OutboxClaim in
                 // One claimer at a time per schema: the destination check and the claim see one state.
@@ -264,11 +308,12 @@ final class PostgresOutboxStorage: OutboxStorage {
                     UPDATE \(schema).outbox SET claimed_until = $3 WHERE seq IN (
                         SELECT seq FROM \(schema).outbox
                         WHERE claimed_until <= $1
+                          AND transport IN (SELECT jsonb_array_elements_text($5::jsonb))
                           AND (transport, channel) NOT IN (
                             SELECT transport, channel FROM \(schema).outbox WHERE claimed_until > $1 AND claimed_until < $4)
                         ORDER BY seq LIMIT $2)
                     RETURNING seq, transport, message, attempts
-                    """, [.int(nowNanos), .int(Int64(limit)), .int(nowNanos + leaseNanos), .int(Self.setAside)]
+                    """, [.int(nowNanos), .int(Int64(limit)), .int(nowNanos + leaseNanos), .int(Self.setAside), .text(names)]
                 ) { row in
                     do throws(TransportError) {
                         rows.append(OutboxRow(seq: row.int(0), transport: row.text(1), message: try MessageCodec.decode(row.bytes(2)), attempts: Int(row.int(3))))
@@ -292,6 +337,31 @@ final class PostgresOutboxStorage: OutboxStorage {
         _ = try database.withLock { (database) throws(TransportError) in
             try database.ensureConnected()  // hung up by a shutdown, or by the server
             try database.run("DELETE FROM \(schema).outbox WHERE seq = ANY(string_to_array($1, ',')::bigint[])", [.text(seqs.map(String.init).joined(separator: ","))])
+        }
+    }
+
+    func stale(createdBeforeNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)] {
+        try database.withLock { (database) throws(TransportError) -> [(transport: String, count: Int)] in
+            try database.ensureConnected()
+            var found: [(transport: String, count: Int)] = []
+            try database.run(
+                """
+                SELECT transport, count(*) FROM \(schema).outbox
+                WHERE created_at < $1 AND claimed_until < $2 AND transport NOT IN (SELECT jsonb_array_elements_text($3::jsonb))
+                GROUP BY transport ORDER BY transport
+                """, [.int(createdBeforeNanos), .int(Self.setAside), .text(Self.jsonArray(transports))]
+            ) { row in found.append((row.text(0), Int(row.int(1)))) }
+            return found
+        }
+    }
+
+    func unclaim(_ seqs: [Int64]) throws(TransportError) {
+        guard !seqs.isEmpty else { return }
+        _ = try database.withLock { (database) throws(TransportError) in
+            try database.ensureConnected()
+            try database.run(
+                "UPDATE \(schema).outbox SET claimed_until = 0 WHERE seq = ANY(string_to_array($1, ',')::bigint[])",
+                [.text(seqs.map(String.init).joined(separator: ","))])
         }
     }
 
@@ -334,8 +404,9 @@ final class MemoryOutboxStorage: OutboxStorage {
         }
     }
 
-    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64) -> OutboxClaim {
-        entries.withLock { state in
+    func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64, transports: [String]) -> OutboxClaim {
+        let running = Set(transports)
+        return entries.withLock { state in
             struct Destination: Hashable { let transport: String, channel: String }
             var blocked = Set<Destination>()
             for entry in state.rows where entry.claimedUntil > nowNanos {
@@ -344,7 +415,7 @@ final class MemoryOutboxStorage: OutboxStorage {
             var claimed: [OutboxRow] = []
             for index in state.rows.indices where claimed.count < limit {
                 let entry = state.rows[index]
-                guard entry.claimedUntil <= nowNanos,
+                guard entry.claimedUntil <= nowNanos, running.contains(entry.row.transport),
                     !blocked.contains(Destination(transport: entry.row.transport, channel: entry.row.message.channel))
                 else { continue }
                 state.rows[index].claimedUntil = nowNanos + leaseNanos
@@ -357,6 +428,18 @@ final class MemoryOutboxStorage: OutboxStorage {
     func remove(_ seqs: [Int64]) {
         let gone = Set(seqs)
         entries.withLock { $0.rows.removeAll { gone.contains($0.row.seq) } }
+    }
+
+    /// Never any: every message here was made in this process, through a transport it runs.
+    func stale(createdBeforeNanos: Int64, excluding transports: [String]) -> [(transport: String, count: Int)] { [] }
+
+    func unclaim(_ seqs: [Int64]) {
+        let unclaimed = Set(seqs)
+        entries.withLock { state in
+            for index in state.rows.indices where unclaimed.contains(state.rows[index].row.seq) {
+                state.rows[index].claimedUntil = 0
+            }
+        }
     }
 
     func release(_ seqs: [Int64], retryAtNanos: Int64, error: String) {
@@ -381,6 +464,8 @@ final class OutboxRelay: Sendable {
     /// The outbox's name in logs and metrics: the `outboxes:` entry, or `<route pattern> inbox`.
     let name: String
     let storage: any OutboxStorage
+    /// The transports this process runs: the only ones whose messages it claims.
+    private let transports: [String]
     private let publish: @Sendable (_ transport: String, _ messages: [Message]) throws(TransportError) -> Void
     private let logger: Logger
     private let wakeup = DispatchSemaphore(value: 0)
@@ -390,6 +475,10 @@ final class OutboxRelay: Sendable {
     private let failed: Counter
 
     static let pollInterval: Duration = .seconds(1)
+    /// How old a message for a transport this process does not run must be before the relay
+    /// says it waits (another process with the outbox would have relayed it by then), and how
+    /// often it looks.
+    static let staleAfterNanos: Int64 = 60_000_000_000
     static let leaseNanos: Int64 = 10_000_000_000
     static let batchSize = 256
 
@@ -398,14 +487,19 @@ final class OutboxRelay: Sendable {
         var started = false
         /// Destinations whose last publish failed (logged once until they recover).
         var failing: Set<String> = []
+        /// When the relay last looked for messages nobody relays (``reportStale()``).
+        var staleLookedAt: Int64 = 0
+        /// Transports reported so, with their count then (told again when it grows).
+        var staleReported: [String: Int] = [:]
     }
 
     init(
-        name: String, storage: any OutboxStorage, logger: Logger,
+        name: String, storage: any OutboxStorage, transports: [String], logger: Logger,
         publish: @escaping @Sendable (_ transport: String, _ messages: [Message]) throws(TransportError) -> Void
     ) {
         self.name = name
         self.storage = storage
+        self.transports = transports
         self.logger = logger
         self.publish = publish
         relayed = Counter(label: "switchyard_outbox_relayed_total", dimensions: [("outbox", name)])
@@ -421,7 +515,10 @@ final class OutboxRelay: Sendable {
         guard first else { return }
         let thread = Thread { [self] in
             while !state.withLock({ $0.stopping }) {
-                if relayOnce() == 0 { _ = wakeup.wait(timeout: .now() + .milliseconds(Int(Self.pollInterval.components.seconds * 1000))) }
+                if relayOnce() == 0 {
+                    reportStale()
+                    _ = wakeup.wait(timeout: .now() + .milliseconds(Int(Self.pollInterval.components.seconds * 1000)))
+                }
             }
             finished.signal()
         }
@@ -437,7 +534,7 @@ final class OutboxRelay: Sendable {
     func relayOnce() -> Int {
         let claim: OutboxClaim
         do {
-            claim = try storage.claim(limit: Self.batchSize, nowNanos: WallClock.nowNanos(), leaseNanos: Self.leaseNanos)
+            claim = try storage.claim(limit: Self.batchSize, nowNanos: WallClock.nowNanos(), leaseNanos: Self.leaseNanos, transports: transports)
         } catch {
             logger.error(
                 "outbox relay cannot read its outbox; trying again at the next poll",
@@ -475,9 +572,10 @@ final class OutboxRelay: Sendable {
                 continue
             } catch {}
             var blocked: [String: TransportError] = [:]
+            var waiting: [Int64] = []
             for row in batch {
-                if let error = blocked[row.message.channel] {
-                    hold([row], transport: transport, error: error, logged: true)
+                if blocked[row.message.channel] != nil {
+                    waiting.append(row.seq)  // behind the refused one, which holds its destination
                     continue
                 }
                 do throws(TransportError) {
@@ -490,6 +588,12 @@ final class OutboxRelay: Sendable {
                 }
             }
             if blocked.isEmpty { recovered(transport) }
+            do {
+                try storage.unclaim(waiting)
+            } catch {
+                // Claimed until the lease runs out, then claimed again: only later.
+                logger.error("outbox relay cannot hand back messages waiting behind a refused one", metadata: ["outbox": "\(name)", "error": "\(error.message)"])
+            }
         }
         do {
             try storage.remove(published)
@@ -502,11 +606,11 @@ final class OutboxRelay: Sendable {
     }
 
     /// Gives failed messages back with backoff, logging the first failure of a transport.
-    private func hold(_ rows: [OutboxRow], transport: String, error: TransportError, logged: Bool = false) {
+    private func hold(_ rows: [OutboxRow], transport: String, error: TransportError) {
         failed.increment()
         let attempts = rows.map(\.attempts).max() ?? 0
         let backoff = min(Int64(1_000_000_000) << Int64(min(attempts, 5)), 30_000_000_000)
-        if !logged && state.withLock({ $0.failing.insert(transport).inserted }) {
+        if state.withLock({ $0.failing.insert(transport).inserted }) {
             logger.warning(
                 "outbox relay cannot publish; the messages stay in the outbox and are retried with backoff (messages after them to the same channel wait, to keep their order)",
                 metadata: [
@@ -518,6 +622,29 @@ final class OutboxRelay: Sendable {
             try storage.release(rows.map(\.seq), retryAtNanos: WallClock.nowNanos() + backoff, error: error.message)
         } catch {
             logger.error("outbox relay cannot note a failed publish", metadata: ["outbox": "\(name)", "error": "\(error.message)"])
+        }
+    }
+
+    /// Once a minute, while idle: warns of messages for transports this process does not run
+    /// that have waited over a minute — another process with this outbox relays them if it runs
+    /// that transport, and none seems to. Told once per transport, again when more wait.
+    private func reportStale() {
+        let now = WallClock.nowNanos()
+        let due = state.withLock { state -> Bool in
+            guard now - state.staleLookedAt >= Self.staleAfterNanos else { return false }
+            state.staleLookedAt = now
+            return true
+        }
+        guard due, let stale = try? storage.stale(createdBeforeNanos: now - Self.staleAfterNanos, excluding: transports) else { return }
+        let report = state.withLock { state -> [(transport: String, count: Int)] in
+            let growing = stale.filter { $0.count > state.staleReported[$0.transport] ?? 0 }
+            state.staleReported = Dictionary(uniqueKeysWithValues: stale.map { ($0.transport, $0.count) })
+            return growing
+        }
+        for (transport, count) in report {
+            logger.warning(
+                "outbox holds messages for a transport this process does not run; a process whose routes use it relays them, and none has for a minute (add the transport and a route that uses it to a process with this outbox, or, to drop them, delete their rows)",
+                metadata: ["outbox": "\(name)", "transport": "\(transport)", "messages": "\(count)"])
         }
     }
 
@@ -578,7 +705,7 @@ final class OutboxRelays: Sendable {
             if let existing = relays[identity] { return existing }
             let storage = try makeStorage()
             let transports = self.transports
-            let relay = OutboxRelay(name: name, storage: storage, logger: logger) { (transport, messages) throws(TransportError) in
+            let relay = OutboxRelay(name: name, storage: storage, transports: transports?.names ?? [], logger: logger) { (transport, messages) throws(TransportError) in
                 guard let target = transports?[transport] else {
                     throw TransportError(
                         .config,
