@@ -288,7 +288,7 @@ public final class SQLiteDatabase {
             handle,
             { _, attempt in
                 guard attempt < 10_000 else { return 0 }
-                usleep(UInt32(min(1_000, 10 << min(Int(attempt), 6))))
+                usleep(UInt32(min(1_000, 10 << min(Int(attempt), 7))))
                 return 1
             }, nil)
     }
