@@ -670,6 +670,62 @@ struct OutboxTests {
         await system.shutdown()
     }
 
+    /// One file as a route's inbox and an `outboxes:` entry (transactions.md allows it). A
+    /// transaction holds the file's write lock across an `await`; the inbox's commits of calls
+    /// handled meanwhile used to wait for that lock on threads of the cooperative pool — all of
+    /// them, with enough calls — so nothing was left to resume the transaction: a stall until
+    /// SQLite's busy timeout (10 s), and the calls failed and ran again.
+    @Test("a transaction holding a file across an await, and inbox commits of calls handled meanwhile on the same file, take turns without a stall")
+    func inboxAndTransactionShareAFile() async throws {
+        let directory = try TemporaryDirectory()
+        let shared = directory.file("shared.db")
+        let log = CapturedLog()
+        let system = try await offPool {
+            let config = try SwitchyardConfig.parse(
+                yaml: """
+                    transports:
+                      work: { plugin: queue }
+                    outboxes:
+                      shop: { path: "\(shared)" }
+                    routes:
+                      Accounts.*: { transport: work, inbox: { path: "\(shared)" }, outbox: true, concurrency: 8 }
+                      Notices.*: { transport: work, mode: fire-and-forget }
+                    """, baseDirectory: directory.path)
+            return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger())
+        }
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        try await ledger.post(1, fail: false)  // the inbox's tables, and `booked`, exist
+
+        let holding = Guarded(false)
+        let started = ContinuousClock.now
+        let transaction = Task {
+            try await system.transaction(on: "shop") { db in
+                try db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER NOT NULL)")
+                holding.withLock { $0 = true }
+                try await Task.sleep(for: .milliseconds(500))  // calls are handled meanwhile
+                try db.run("INSERT INTO orders VALUES (1)")
+            }
+        }
+        #expect(await eventually { holding.withLock { $0 } })
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for id in 2...17 { group.addTask { try await ledger.post(id, fail: false) } }
+            try await group.waitForAll()
+        }
+        try await transaction.value
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(5), "the transaction and the calls took \(took): stalled on the file's lock")
+        #expect(!log.all.contains { $0.contains("inbox transaction failed") }, "\(log.all.filter { $0.contains("inbox") })")
+        var booked: [Int64] = []
+        try SQLiteDatabase(path: shared, waitingWhenBusy: true).run("SELECT id FROM booked ORDER BY id") { row in booked.append(row.int(0)) }
+        #expect(booked == (1...17).map(Int64.init))
+        #expect(await eventually { Set(seen.withLock { $0 }) == Set(1...17) })
+        await system.shutdown()
+    }
+
     @Test("a call made by a task the handler started, after its transaction ended, is sent (not lost in a finished outbox)")
     func callAfterTheTransaction() async throws {
         let directory = try TemporaryDirectory()

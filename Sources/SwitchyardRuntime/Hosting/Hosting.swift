@@ -346,7 +346,12 @@ extension SwitchyardActorSystem {
             case .success(let value):
                 finished = true
                 let body = (try? NativeCodec.encode([value], envelope.contentType)) ?? []
-                settledLater = complete(item, held: delivered, route: route, key: claimed ? key : nil, outcome: "return", body: body, effects: [], outbox: [])
+                if claimed, let gate = route?.inbox?.writeGate {
+                    settledLater = await complete(
+                        item, held: delivered, route: route, key: key, outcome: "return", body: body, effects: [], outbox: [], gate: gate)
+                } else {
+                    settledLater = complete(item, held: delivered, route: route, key: claimed ? key : nil, outcome: "return", body: body, effects: [], outbox: [])
+                }
                 return
             }
         }
@@ -463,9 +468,15 @@ extension SwitchyardActorSystem {
         let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
         let committed = !threw
         let followUps = capture?.seal() ?? []
-        settledLater = complete(
-            item, held: delivered, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
-            effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [])
+        if claimed, let gate = route?.inbox?.writeGate {
+            settledLater = await complete(
+                item, held: delivered, route: route, key: key, outcome: outcomeName, body: body,
+                effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [], gate: gate)
+        } else {
+            settledLater = complete(
+                item, held: delivered, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
+                effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [])
+        }
     }
 
     /// Runs `body` with the handler's inbox effects and outbox capture as task-locals — scopes
@@ -515,6 +526,32 @@ extension SwitchyardActorSystem {
     private func complete(
         _ item: Inbound, held: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
     ) -> Bool {
+        guard let (outcome, body) = remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox) else { return false }
+        return settle(item, held: held, route: route, outcome: outcome, body: body)
+    }
+
+    /// ``complete(_:held:route:key:outcome:body:effects:outbox:)`` for a route whose inbox is a
+    /// SQLite file: the inbox's commit waits its turn at the file's write gate (asynchronously),
+    /// never on SQLite's lock on a thread of the cooperative pool, where a transaction of this
+    /// process that holds the lock across an `await` (`transaction(on:)` on the same file) could
+    /// not resume. The gate is held for the commit alone, not the settlement.
+    private func complete(
+        _ item: Inbound, held: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage],
+        gate: AsyncGate
+    ) async -> Bool {
+        await gate.enter()
+        let remembered = remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox)
+        gate.leave()
+        guard let (outcome, body) = remembered else { return false }
+        return settle(item, held: held, route: route, outcome: outcome, body: body)
+    }
+
+    /// Remembers the call in its route's inbox under `key` (none: nothing to do) and returns the
+    /// outcome to answer with (another process's, if it remembered the call first); nil when the
+    /// inbox's transaction failed and the call was handed back (to run again, or dead-lettered).
+    private func remember(
+        _ item: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
+    ) -> (outcome: String, body: [UInt8])? {
         var (outcome, body) = (outcome, body)
         if let key, let inbox = route?.inbox {
             let relay = route?.outbox
@@ -538,15 +575,20 @@ extension SwitchyardActorSystem {
                         "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
                     deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")  // stored, then answered
                     sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
-                    return false
+                    return nil
                 }
                 let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
                 logger.error("inbox transaction failed; the call runs again later", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
                 route?.metrics.retried.increment()
                 try? item.transport.client.settle(item.delivery, .retry(afterNanos: after, reason: reason))
-                return false
+                return nil
             }
         }
+        return (outcome, body)
+    }
+
+    /// Settles a remembered call (see ``complete(_:held:route:key:outcome:body:effects:outbox:)``).
+    private func settle(_ item: Inbound, held: Inbound, route: Route?, outcome: String, body: [UInt8]) -> Bool {
         route?.metrics.handled.increment()
         guard let cost = item.cost else {
             settleHandled(item, outcome: outcome, body: body)

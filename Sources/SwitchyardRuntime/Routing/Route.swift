@@ -106,7 +106,7 @@ final class Route: Sendable {
             } catch {
                 throw fail(.inbox, under: subkey, error.message)
             }
-            self.inbox = Inbox(windowNanos: inbox.windowNanos, database: database)
+            self.inbox = Inbox(windowNanos: inbox.windowNanos, database: database, writeGate: inbox.path.map { relays.writeGates.gate(for: $0) })
             if entry.outbox {
                 do throws(TransportError) {
                     if let database {

@@ -34,9 +34,14 @@ final class Inbox: Sendable {
         var writesSincePrune = 0
     }
 
-    init(windowNanos: Int64, database: (any InboxDatabase)?) {
+    /// Where this process's commits to a SQLite inbox's file take turns (with `outboxes:`
+    /// transactions on the same file): see ``SQLiteWriteGates``. Nil for other inboxes.
+    let writeGate: AsyncGate?
+
+    init(windowNanos: Int64, database: (any InboxDatabase)?, writeGate: AsyncGate? = nil) {
         self.windowNanos = windowNanos
         self.database = database
+        self.writeGate = writeGate
     }
 
     /// Whether the inbox is kept in a database (and so can commit effects with its records).

@@ -76,8 +76,10 @@ protocol OutboxStorage: Sendable {
     /// others, and a claim of their messages here would only hold them up.
     func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64, transports: [String]) throws(TransportError) -> OutboxClaim
     /// Transports other than `transports` with messages committed before `createdBeforeNanos`
-    /// still waiting, and how many: messages that no process seems to relay.
-    func stale(createdBeforeNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)]
+    /// still waiting, and how many: messages that no process seems to relay. A transport with a
+    /// message claimed or waiting for a retry at `nowNanos` is left out: a process works on it
+    /// (a backlog, or an engine that is down), and that process reports its own trouble.
+    func stale(createdBeforeNanos: Int64, nowNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)]
     /// Forgets relayed messages.
     func remove(_ seqs: [Int64]) throws(TransportError)
     /// Hands messages back, to be tried again from `retryAtNanos`.
@@ -86,8 +88,8 @@ protocol OutboxStorage: Sendable {
     /// that wait behind a refused one to their destination, which its retry time holds up (an
     /// operator looking for the refused row by its `last_error` must find that row alone).
     func unclaim(_ seqs: [Int64]) throws(TransportError)
-    /// How many messages wait to be relayed.
-    func depth() throws(TransportError) -> Int
+    /// How many messages to `transports` wait to be relayed.
+    func depth(transports: [String]) throws(TransportError) -> Int
     /// Hangs up its connections to a database server now (the system's shutdown), not when it
     /// is released; a later call connects again. Nothing to do for a file or memory.
     func closeConnections()
@@ -200,15 +202,16 @@ final class SQLiteOutboxStorage: OutboxStorage {
         }
     }
 
-    func stale(createdBeforeNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)] {
+    func stale(createdBeforeNanos: Int64, nowNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)] {
         try database.withLock { (database) throws(TransportError) -> [(transport: String, count: Int)] in
             var found: [(transport: String, count: Int)] = []
             _ = try database.run(
                 """
                 SELECT transport, count(*) FROM switchyard_outbox
-                WHERE created_at < ? AND claimed_until < ? AND transport NOT IN (SELECT value FROM json_each(?))
+                WHERE created_at < ?1 AND claimed_until < ?2 AND transport NOT IN (SELECT value FROM json_each(?3))
+                  AND transport NOT IN (SELECT transport FROM switchyard_outbox WHERE claimed_until > ?4 AND claimed_until < ?2)
                 GROUP BY transport ORDER BY transport
-                """, [.int(createdBeforeNanos), .int(Self.setAside), .text(Self.jsonArray(transports))]
+                """, [.int(createdBeforeNanos), .int(Self.setAside), .text(Self.jsonArray(transports)), .int(nowNanos)]
             ) { row in found.append((row.text(0), Int(row.int(1)))) }
             return found
         }
@@ -228,10 +231,12 @@ final class SQLiteOutboxStorage: OutboxStorage {
         }
     }
 
-    func depth() throws(TransportError) -> Int {
+    func depth(transports: [String]) throws(TransportError) -> Int {
         try database.withLock { (database) throws(TransportError) -> Int in
             var count = 0
-            _ = try database.run("SELECT count(*) FROM switchyard_outbox") { row in count = Int(row.int(0)) }
+            _ = try database.run(
+                "SELECT count(*) FROM switchyard_outbox WHERE transport IN (SELECT value FROM json_each(?))", [.text(Self.jsonArray(transports))]
+            ) { row in count = Int(row.int(0)) }
             return count
         }
     }
@@ -340,7 +345,7 @@ final class PostgresOutboxStorage: OutboxStorage {
         }
     }
 
-    func stale(createdBeforeNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)] {
+    func stale(createdBeforeNanos: Int64, nowNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)] {
         try database.withLock { (database) throws(TransportError) -> [(transport: String, count: Int)] in
             try database.ensureConnected()
             var found: [(transport: String, count: Int)] = []
@@ -348,8 +353,9 @@ final class PostgresOutboxStorage: OutboxStorage {
                 """
                 SELECT transport, count(*) FROM \(schema).outbox
                 WHERE created_at < $1 AND claimed_until < $2 AND transport NOT IN (SELECT jsonb_array_elements_text($3::jsonb))
+                  AND transport NOT IN (SELECT transport FROM \(schema).outbox WHERE claimed_until > $4 AND claimed_until < $2)
                 GROUP BY transport ORDER BY transport
-                """, [.int(createdBeforeNanos), .int(Self.setAside), .text(Self.jsonArray(transports))]
+                """, [.int(createdBeforeNanos), .int(Self.setAside), .text(Self.jsonArray(transports)), .int(nowNanos)]
             ) { row in found.append((row.text(0), Int(row.int(1)))) }
             return found
         }
@@ -375,11 +381,14 @@ final class PostgresOutboxStorage: OutboxStorage {
         }
     }
 
-    func depth() throws(TransportError) -> Int {
+    func depth(transports: [String]) throws(TransportError) -> Int {
         try database.withLock { (database) throws(TransportError) -> Int in
             var count = 0
             try database.ensureConnected()
-            try database.run("SELECT count(*)::bigint FROM \(schema).outbox") { row in count = Int(row.int(0)) }
+            try database.run(
+                "SELECT count(*)::bigint FROM \(schema).outbox WHERE transport IN (SELECT jsonb_array_elements_text($1::jsonb))",
+                [.text(Self.jsonArray(transports))]
+            ) { row in count = Int(row.int(0)) }
             return count
         }
     }
@@ -431,7 +440,7 @@ final class MemoryOutboxStorage: OutboxStorage {
     }
 
     /// Never any: every message here was made in this process, through a transport it runs.
-    func stale(createdBeforeNanos: Int64, excluding transports: [String]) -> [(transport: String, count: Int)] { [] }
+    func stale(createdBeforeNanos: Int64, nowNanos: Int64, excluding transports: [String]) -> [(transport: String, count: Int)] { [] }
 
     func unclaim(_ seqs: [Int64]) {
         let unclaimed = Set(seqs)
@@ -452,7 +461,10 @@ final class MemoryOutboxStorage: OutboxStorage {
         }
     }
 
-    func depth() -> Int { entries.withLock { $0.rows.count } }
+    func depth(transports: [String]) -> Int {
+        let running = Set(transports)
+        return entries.withLock { $0.rows.count { running.contains($0.row.transport) } }
+    }
 }
 
 /// Publishes what one outbox holds until its transports accept it: a thread of its own, woken by
@@ -635,7 +647,7 @@ final class OutboxRelay: Sendable {
             state.staleLookedAt = now
             return true
         }
-        guard due, let stale = try? storage.stale(createdBeforeNanos: now - Self.staleAfterNanos, excluding: transports) else { return }
+        guard due, let stale = try? storage.stale(createdBeforeNanos: now - Self.staleAfterNanos, nowNanos: now, excluding: transports) else { return }
         let report = state.withLock { state -> [(transport: String, count: Int)] in
             let growing = stale.filter { $0.count > state.staleReported[$0.transport] ?? 0 }
             state.staleReported = Dictionary(uniqueKeysWithValues: stale.map { ($0.transport, $0.count) })
@@ -643,7 +655,7 @@ final class OutboxRelay: Sendable {
         }
         for (transport, count) in report {
             logger.warning(
-                "outbox holds messages for a transport this process does not run; a process whose routes use it relays them, and none has for a minute (add the transport and a route that uses it to a process with this outbox, or, to drop them, delete their rows)",
+                "outbox holds messages for a transport this process does not run; a process whose routes use it relays them, and none has for a minute, nor holds any of them (add the transport and a route that uses it to a process with this outbox, or, to drop them, delete their rows)",
                 metadata: ["outbox": "\(name)", "transport": "\(transport)", "messages": "\(count)"])
         }
     }
@@ -676,7 +688,7 @@ final class OutboxRelay: Sendable {
         while ContinuousClock.now < deadline {
             if await blockingOperation({ self.relayOnce() }) == 0 { break }
         }
-        guard let left = try? storage.depth(), left > 0 else { return }
+        guard let left = try? storage.depth(transports: transports), left > 0 else { return }
         if storage is MemoryOutboxStorage {
             logger.warning("stopped with messages in the in-memory outbox; they are lost", metadata: ["outbox": "\(name)", "messages": "\(left)"])
         } else {
@@ -690,6 +702,8 @@ final class OutboxRelay: Sendable {
 /// share its relay. Created while the config is checked, started once it all passed.
 final class OutboxRelays: Sendable {
     private let relays = Guarded<[String: OutboxRelay]>([:])
+    /// The write gates of the SQLite files the system's inboxes and outboxes commit to.
+    let writeGates = SQLiteWriteGates()
     private let transports: TransportSet?
     private let logger: Logger
 
@@ -737,5 +751,26 @@ final class OutboxRelays: Sendable {
     /// Drains and stops every relay (``SwitchyardActorSystem/shutdown(deadline:)``).
     func drainAndStop(until deadline: ContinuousClock.Instant) async {
         for relay in relays.withLock({ Array($0.values) }) { await relay.drainAndStop(until: deadline) }
+    }
+}
+
+/// One gate per SQLite file that a system commits transactions to — its inboxes' files and its
+/// `outboxes:` entries' — so that this process's writers of one file take turns without blocking
+/// a thread of the cooperative pool on SQLite's write lock. A `transaction(on:)` holds the lock
+/// across `await`s; an inbox's commit on the same file, blocked on the lock on a pool thread,
+/// could leave no thread to resume that transaction (a stall until the busy timeout, 10 s).
+/// Other processes' writers still wait on the lock itself.
+final class SQLiteWriteGates: Sendable {
+    private let gates = Guarded<[String: AsyncGate]>([:])
+
+    /// The gate of the file at `path` (one writer at a time).
+    func gate(for path: String) -> AsyncGate {
+        let key = (path as NSString).standardizingPath
+        return gates.withLock { gates in
+            if let existing = gates[key] { return existing }
+            let gate = AsyncGate(limit: 1)
+            gates[key] = gate
+            return gate
+        }
     }
 }

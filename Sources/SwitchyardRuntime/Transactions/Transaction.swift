@@ -39,7 +39,7 @@ final class ApplicationOutbox: Sendable {
         } else {
             let path = entry.path ?? ""
             database = .sqlite(path: path, idle: Guarded([]))
-            gate = AsyncGate(limit: 1)
+            gate = relays.writeGates.gate(for: path)  // shared with an inbox on the same file
             relay = try relays.relay(identity: "sqlite:" + path, name: entry.name) { () throws(TransportError) in
                 try SQLiteOutboxStorage(path: path, sharedWithApplication: true)
             }
