@@ -679,6 +679,8 @@ struct OutboxTests {
     func inboxAndTransactionShareAFile() async throws {
         let directory = try TemporaryDirectory()
         let shared = directory.file("shared.db")
+        // More handlers committing at once than the cooperative pool has threads.
+        let width = ProcessInfo.processInfo.activeProcessorCount + 2
         let log = CapturedLog()
         let system = try await offPool {
             let config = try SwitchyardConfig.parse(
@@ -688,7 +690,7 @@ struct OutboxTests {
                     outboxes:
                       shop: { path: "\(shared)" }
                     routes:
-                      Accounts.*: { transport: work, inbox: { path: "\(shared)" }, outbox: true, concurrency: 8 }
+                      Accounts.*: { transport: work, inbox: { path: "\(shared)" }, outbox: true, concurrency: \(width) }
                       Notices.*: { transport: work, mode: fire-and-forget }
                     """, baseDirectory: directory.path)
             return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger())
@@ -712,7 +714,7 @@ struct OutboxTests {
         }
         #expect(await eventually { holding.withLock { $0 } })
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for id in 2...17 { group.addTask { try await ledger.post(id, fail: false) } }
+            for id in 2...(2 * width + 1) { group.addTask { try await ledger.post(id, fail: false) } }
             try await group.waitForAll()
         }
         try await transaction.value
@@ -721,8 +723,22 @@ struct OutboxTests {
         #expect(!log.all.contains { $0.contains("inbox transaction failed") }, "\(log.all.filter { $0.contains("inbox") })")
         var booked: [Int64] = []
         try SQLiteDatabase(path: shared, waitingWhenBusy: true).run("SELECT id FROM booked ORDER BY id") { row in booked.append(row.int(0)) }
-        #expect(booked == (1...17).map(Int64.init))
-        #expect(await eventually { Set(seen.withLock { $0 }) == Set(1...17) })
+        #expect(booked == (1...(2 * width + 1)).map(Int64.init))
+        #expect(await eventually { Set(seen.withLock { $0 }) == Set(1...(2 * width + 1)) })
+
+        // A request-reply call from inside such a transaction to that route would wait for its
+        // own transaction's end: refused at once, saying why.
+        let refused = Guarded<String?>(nil)
+        try await system.transaction(on: "shop") { _ in
+            do {
+                try await ledger.post(99, fail: false)
+            } catch {
+                refused.withLock { $0 = "\(error)" }
+            }
+        }
+        let reason = try #require(refused.withLock { $0 }, "the call inside the transaction was not refused")
+        #expect(reason.contains("would wait for its own transaction"), "\(reason)")
+        try await ledger.post(99, fail: false)  // after the transaction: served
         await system.shutdown()
     }
 

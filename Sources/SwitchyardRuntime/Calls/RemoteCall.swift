@@ -115,6 +115,14 @@ extension SwitchyardActorSystem {
 
     /// Publishes a request-reply call and waits for its reply until the route's deadline.
     func request(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws -> Reply {
+        if let gate = route.inbox?.writeGate, let capture = Switchyard.outboxCapture, capture.writeGate === gate, !capture.isSealed {
+            // The handler commits to the file this transaction holds only after it ends.
+            throw SwitchyardError.routing(
+                target: call.name,
+                reason:
+                    "a request-reply call inside a transaction on the SQLite file that is this route's inbox would wait for its own transaction (the handler commits to that file after it ends): make the call after the transaction, or make it fire-and-forget (sent once the transaction commits)"
+            )
+        }
         let span = CallTracing.startSpan(call.name, ofKind: .client)
         defer { span?.end() }
         let started = ContinuousClock.now

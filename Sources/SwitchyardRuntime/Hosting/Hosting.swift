@@ -526,15 +526,18 @@ extension SwitchyardActorSystem {
     private func complete(
         _ item: Inbound, held: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
     ) -> Bool {
-        guard let (outcome, body) = remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox) else { return false }
-        return settle(item, held: held, route: route, outcome: outcome, body: body)
+        switch remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox) {
+        case .answer(let outcome, let body): return settle(item, held: held, route: route, outcome: outcome, body: body)
+        case .failed(let error): giveBack(item, route: route, inboxError: error)
+        }
+        return false
     }
 
     /// ``complete(_:held:route:key:outcome:body:effects:outbox:)`` for a route whose inbox is a
     /// SQLite file: the inbox's commit waits its turn at the file's write gate (asynchronously),
     /// never on SQLite's lock on a thread of the cooperative pool, where a transaction of this
     /// process that holds the lock across an `await` (`transaction(on:)` on the same file) could
-    /// not resume. The gate is held for the commit alone, not the settlement.
+    /// not resume. The gate is held for the commit alone.
     private func complete(
         _ item: Inbound, held: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage],
         gate: AsyncGate
@@ -542,49 +545,60 @@ extension SwitchyardActorSystem {
         await gate.enter()
         let remembered = remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox)
         gate.leave()
-        guard let (outcome, body) = remembered else { return false }
-        return settle(item, held: held, route: route, outcome: outcome, body: body)
+        switch remembered {
+        case .answer(let outcome, let body): return settle(item, held: held, route: route, outcome: outcome, body: body)
+        case .failed(let error): giveBack(item, route: route, inboxError: error)
+        }
+        return false
     }
 
-    /// Remembers the call in its route's inbox under `key` (none: nothing to do) and returns the
-    /// outcome to answer with (another process's, if it remembered the call first); nil when the
-    /// inbox's transaction failed and the call was handed back (to run again, or dead-lettered).
+    /// What remembering a call in its inbox came to.
+    private enum Remembered {
+        /// The outcome to answer with: this run's, or another process's that remembered it first.
+        case answer(outcome: String, body: [UInt8])
+        /// The inbox's transaction failed: nothing was committed.
+        case failed(TransportError)
+    }
+
+    /// Remembers the call in its route's inbox under `key` (none: nothing to do).
     private func remember(
         _ item: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
-    ) -> (outcome: String, body: [UInt8])? {
-        var (outcome, body) = (outcome, body)
-        if let key, let inbox = route?.inbox {
-            let relay = route?.outbox
-            do throws(TransportError) {
-                if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects, outbox: outbox) {
-                    route?.metrics.duplicates.increment()
-                    (outcome, body) = (first.outcome, first.reply)
-                } else if let relay, !outbox.isEmpty {
-                    (relay.storage as? MemoryOutboxStorage)?.add(outbox)
-                    relay.wake()
-                }
-            } catch {
-                // Nothing was committed. Retried like a failed handler: with the route's policy,
-                // dead-lettered once it gives up (an effect that always fails — a constraint the
-                // handler's SQL breaks — must not run forever); without one, again in a second.
-                let reason = "the inbox transaction failed: \(error.message)"
-                let target = item.envelope.target.name
-                if let policy = route?.retry, Int(item.attempt) >= policy.maxAttempts {
-                    route?.metrics.deadLettered.increment()
-                    logger.error(
-                        "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
-                    deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")  // stored, then answered
-                    sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
-                    return nil
-                }
-                let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
-                logger.error("inbox transaction failed; the call runs again later", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
-                route?.metrics.retried.increment()
-                try? item.transport.client.settle(item.delivery, .retry(afterNanos: after, reason: reason))
-                return nil
+    ) -> Remembered {
+        guard let key, let inbox = route?.inbox else { return .answer(outcome: outcome, body: body) }
+        do throws(TransportError) {
+            if let first = try inbox.finish(key, Inbox.Handled(outcome: outcome, reply: body), effects: effects, outbox: outbox) {
+                route?.metrics.duplicates.increment()
+                return .answer(outcome: first.outcome, body: first.reply)
             }
+            if let relay = route?.outbox, !outbox.isEmpty {
+                (relay.storage as? MemoryOutboxStorage)?.add(outbox)
+                relay.wake()
+            }
+            return .answer(outcome: outcome, body: body)
+        } catch {
+            return .failed(error)
         }
-        return (outcome, body)
+    }
+
+    /// A call whose inbox transaction failed (nothing was committed): retried like a failed
+    /// handler — with the route's policy, dead-lettered once it gives up (an effect that always
+    /// fails, a constraint the handler's SQL breaks, must not run forever); without one, again in
+    /// a second.
+    private func giveBack(_ item: Inbound, route: Route?, inboxError error: TransportError) {
+        let reason = "the inbox transaction failed: \(error.message)"
+        let target = item.envelope.target.name
+        if let policy = route?.retry, Int(item.attempt) >= policy.maxAttempts {
+            route?.metrics.deadLettered.increment()
+            logger.error(
+                "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+            deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")  // stored, then answered
+            sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
+            return
+        }
+        let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
+        logger.error("inbox transaction failed; the call runs again later", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+        route?.metrics.retried.increment()
+        try? item.transport.client.settle(item.delivery, .retry(afterNanos: after, reason: reason))
     }
 
     /// Settles a remembered call (see ``complete(_:held:route:key:outcome:body:effects:outbox:)``).

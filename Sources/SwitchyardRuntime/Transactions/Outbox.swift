@@ -27,6 +27,15 @@ struct OutboxMessage: Sendable {
 /// tasks it starts).
 final class OutboxCapture: Sendable {
     private let captured = Guarded<(messages: [OutboxMessage], sealed: Bool)>(([], false))
+    /// The write gate of the SQLite file the transaction holds (`transaction(on:)` on a SQLite
+    /// outbox), while it holds it; nil for a handler's capture and for PostgreSQL.
+    let writeGate: AsyncGate?
+
+    init(writeGate: AsyncGate? = nil) { self.writeGate = writeGate }
+
+    /// Whether the transaction has ended (a task it started may still carry this capture).
+    var isSealed: Bool { captured.withLock { $0.sealed } }
+
     /// Adds a call to the transaction; false once the transaction has ended (a task the handler
     /// started made it later): then it is no part of it, and is published as any call.
     func add(_ message: OutboxMessage) -> Bool {
@@ -702,8 +711,9 @@ final class OutboxRelay: Sendable {
 /// share its relay. Created while the config is checked, started once it all passed.
 final class OutboxRelays: Sendable {
     private let relays = Guarded<[String: OutboxRelay]>([:])
-    /// The write gates of the SQLite files the system's inboxes and outboxes commit to.
-    let writeGates = SQLiteWriteGates()
+    /// The write gates of the SQLite files the system's inboxes and outboxes commit to: the
+    /// process's, since every system in it shares the cooperative pool.
+    let writeGates = SQLiteWriteGates.shared
     private let transports: TransportSet?
     private let logger: Logger
 
@@ -761,16 +771,26 @@ final class OutboxRelays: Sendable {
 /// could leave no thread to resume that transaction (a stall until the busy timeout, 10 s).
 /// Other processes' writers still wait on the lock itself.
 final class SQLiteWriteGates: Sendable {
+    /// The process's: two systems in one process share the cooperative pool too.
+    static let shared = SQLiteWriteGates()
+
     private let gates = Guarded<[String: AsyncGate]>([:])
 
-    /// The gate of the file at `path` (one writer at a time).
+    /// The gate of the file at `path` (one writer at a time), found by its real path where the
+    /// file exists, so that one file named two ways has one gate.
     func gate(for path: String) -> AsyncGate {
-        let key = (path as NSString).standardizingPath
+        let key = Self.realPath(path) ?? (path as NSString).standardizingPath
         return gates.withLock { gates in
             if let existing = gates[key] { return existing }
             let gate = AsyncGate(limit: 1)
             gates[key] = gate
             return gate
         }
+    }
+
+    private static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 }

@@ -116,7 +116,7 @@ extension SwitchyardActorSystem {
         } catch {
             throw failed(error)
         }
-        let capture = OutboxCapture()
+        let capture = OutboxCapture(writeGate: outbox.gate)  // held until the body returns
         let value: T
         do {
             value = try await Switchyard.$outboxCapture.withValue(capture) { try await body(database) }
