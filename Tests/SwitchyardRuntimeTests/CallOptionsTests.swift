@@ -60,6 +60,23 @@ distributed actor TillService: Till {
     }
 }
 
+@Resolvable
+protocol Forwarder: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// What a call the handler makes itself (to `Till.context()`) sees of its options.
+    distributed func forward() async throws -> [String]
+}
+
+/// A handler that calls another service: its calls carry none of its own caller's options.
+distributed actor ForwarderService: Forwarder {
+    typealias ActorSystem = SwitchyardActorSystem
+    let till: any Till
+    init(actorSystem: ActorSystem, till: any Till) {
+        self.actorSystem = actorSystem
+        self.till = till
+    }
+    distributed func forward() async throws -> [String] { try await till.context() }
+}
+
 @Suite("Per-call options")
 struct CallOptionsTests {
     static let queue = """
@@ -198,6 +215,55 @@ struct CallOptionsTests {
         #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("expired") == true, "\(dlq.all.first?.headers ?? [])")
         try await Task.sleep(for: .milliseconds(100))
         #expect(runs.count("note") == 1)
+        await system.shutdown()
+    }
+
+    /// services.md: the options are the caller's, for its calls; a handler's own calls start
+    /// from none (they are other calls, with their own routes' deadlines).
+    @Test(
+        "a handler's own calls do not inherit its caller's headers, key or deadline, through a queue and on a direct route",
+        arguments: [
+            queue + "\n  Forwarder.*: { transport: memq }\n",
+            "routes:\n  Till.*: { transport: direct }\n  Forwarder.*: { transport: direct }\n",
+        ])
+    func handlersDoNotInherit(_ yaml: String) async throws {
+        let system = try await makeSystem(yaml)
+        try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: TillService.Runs()) }
+        let till = try $Till.resolve(id: "till", using: system)
+        try system.host("forwarder", as: $Forwarder.self) { ForwarderService(actorSystem: $0, till: till) }
+        let forwarder = try $Forwarder.resolve(id: "forwarder", using: system)
+        let plain = try await till.context()
+        let inner = try await Switchyard.withCallOptions(CallOptions(deadline: .seconds(30), idempotencyKey: "outer", headers: ["tenant": "acme"])) {
+            try await forwarder.forward()
+        }
+        #expect(inner == plain, "the inner call saw \(inner); a call made without options sees \(plain)")
+        await system.shutdown()
+    }
+
+    @Test("a route's ordering naming a parameter the called method does not have fails that call with .routing, naming the route and the method; nothing is sent")
+    func orderingByAMissingParameter() async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Till.charge: { transport: memq, ordering: customer }
+              Till.*: { transport: memq }
+            """)
+        let runs = TillService.Runs()
+        try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
+        let till = try $Till.resolve(id: "till", using: system)
+        do {
+            _ = try await till.charge(5)
+            Issue.record("expected the call to be refused")
+        } catch let error as SwitchyardError where error.code == .routing {
+            let (target, reason) = (error.target, error.reason)
+            #expect(target == "Till.charge(_:)")
+            #expect(reason.contains("Till.charge") && reason.contains("customer"), "\(reason)")
+        }
+        #expect(try await till.refund(5) == 1, "the route's other methods work")
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(runs.count("charge") == 0)
         await system.shutdown()
     }
 }

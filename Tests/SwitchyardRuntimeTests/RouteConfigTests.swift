@@ -34,6 +34,9 @@ struct RouteConfigTests {
         #expect(config.routes[1].deadlineNanos == 30_000_000_000)
         #expect(config.routes[2].mode == .fireAndForget)
         #expect(config.routes[2].inbox?.windowNanos == 60_000_000_000)
+        // configuration.md's defaults: 16 workers, a prefetch of twice that.
+        #expect(config.routes[0].concurrency == 16)
+        #expect(config.routes[0].effectivePrefetch == 32)
     }
 
     @Test(
