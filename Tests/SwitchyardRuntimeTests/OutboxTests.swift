@@ -143,6 +143,12 @@ func leaveInOutbox(_ messages: [OutboxMessage], at path: String, then: (SQLiteDa
     try database.execute("COMMIT")
 }
 
+/// Calls `notices.notice(id)` with a 4,000-byte header: a message the tests' transports with
+/// `max_message_bytes: 2000` refuse (the host's own limit is 1 MiB).
+func noticeTooLarge(_ notices: any Notices, _ id: Int) async throws {
+    try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) { try await notices.notice(id) }
+}
+
 /// Messages waiting in the `switchyard_outbox` table of the database at `path`.
 func outboxDepth(_ path: String) throws -> Int {
     let database = try SQLiteDatabase(path: path)
@@ -382,9 +388,7 @@ struct OutboxTests {
         // then tried one message at a time).
         let started = ContinuousClock.now
         try await system.transaction(on: "shop") { _ in
-            try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) {
-                try await toNotices.notice(1)
-            }
+            try await noticeTooLarge(toNotices, 1)
             try await toNotices.notice(2)
             try await toOthers.notice(3)
         }
@@ -435,9 +439,7 @@ struct OutboxTests {
               Notices.*: { transport: elsewhere, mode: fire-and-forget }
             """)
         try await first.transaction(on: "shop") { _ in
-            try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) {
-                try await $Notices.resolve(id: "far", using: first).notice(1)
-            }
+            try await noticeTooLarge($Notices.resolve(id: "far", using: first), 1)
         }
         func row() throws -> (attempts: Int64, error: String)? {
             var found: (Int64, String)?
@@ -501,9 +503,7 @@ struct OutboxTests {
         let sender = try await makeSystem(config)
         let notices = try $Notices.resolve(id: "notices", using: sender)
         try await sender.transaction(on: "shop") { _ in
-            try await Switchyard.withCallOptions(CallOptions(headers: ["pad": String(repeating: "x", count: 4000)])) {
-                try await $Notices.resolve(id: "refused", using: sender).notice(0)
-            }
+            try await noticeTooLarge($Notices.resolve(id: "refused", using: sender), 0)
         }
         try await sender.transaction(on: "shop") { _ in
             for id in 1...500 { try await notices.notice(id) }

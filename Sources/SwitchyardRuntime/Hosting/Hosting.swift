@@ -526,11 +526,7 @@ extension SwitchyardActorSystem {
     private func complete(
         _ item: Inbound, held: Inbound, route: Route?, key: String?, outcome: String, body: [UInt8], effects: [InboxEffect], outbox: [OutboxMessage]
     ) -> Bool {
-        switch remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox) {
-        case .answer(let outcome, let body): return settle(item, held: held, route: route, outcome: outcome, body: body)
-        case .failed(let error): giveBack(item, route: route, inboxError: error)
-        }
-        return false
+        conclude(remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox), item, held: held, route: route)
     }
 
     /// ``complete(_:held:route:key:outcome:body:effects:outbox:)`` for a route whose inbox is a
@@ -545,11 +541,18 @@ extension SwitchyardActorSystem {
         await gate.enter()
         let remembered = remember(item, route: route, key: key, outcome: outcome, body: body, effects: effects, outbox: outbox)
         gate.leave()
+        return conclude(remembered, item, held: held, route: route)
+    }
+
+    /// Settles a remembered call, or hands back one whose inbox transaction failed; whether the
+    /// settlement was handed to the storage pool.
+    private func conclude(_ remembered: Remembered, _ item: Inbound, held: Inbound, route: Route?) -> Bool {
         switch remembered {
         case .answer(let outcome, let body): return settle(item, held: held, route: route, outcome: outcome, body: body)
-        case .failed(let error): giveBack(item, route: route, inboxError: error)
+        case .failed(let error):
+            giveBack(item, route: route, inboxError: error)
+            return false
         }
-        return false
     }
 
     /// What remembering a call in its inbox came to.
