@@ -17,29 +17,30 @@ struct DeadlineSweeperTests {
         let times = Mutex<[String: ContinuousClock.Instant]>([:])
         func record(_ name: String) { times.withLock { $0[name] = .now } }
         func time(_ name: String) -> ContinuousClock.Instant? { times.withLock { $0[name] } }
-        func waitFor(_ name: String, upTo limit: Duration = .seconds(10)) -> ContinuousClock.Instant? {
+        /// Waits (off the pool's threads: the task sleeps) for `name` to fire.
+        func waitFor(_ name: String, upTo limit: Duration = .seconds(10)) async -> ContinuousClock.Instant? {
             let until = ContinuousClock.now + limit
             while ContinuousClock.now < until {
                 if let time = time(name) { return time }
-                usleep(1_000)
+                try? await Task.sleep(for: .milliseconds(1))
             }
             return nil
         }
     }
 
     @Test("a deadline armed after a later one fires on time, never early; a disarmed one never fires")
-    func earlierDeadlineWakesTheThread() {
+    func earlierDeadlineWakesTheThread() async throws {
         let sweeper = Self.sweeper
         let firings = Firings()
         let late = sweeper.arm(at: .now + .seconds(60)) { firings.record("late") }
-        usleep(50_000)  // the thread has looked and sleeps for its longest
+        try await Task.sleep(for: .milliseconds(50))  // the thread has looked and sleeps
         let start = ContinuousClock.now
         let cancelled = sweeper.arm(at: start + .milliseconds(100)) { firings.record("cancelled") }
         let soonDeadline = start + .milliseconds(150)
         _ = sweeper.arm(at: soonDeadline) { firings.record("soon") }
         sweeper.disarm(cancelled)
 
-        let fired = firings.waitFor("soon")
+        let fired = await firings.waitFor("soon")
         #expect(fired != nil, "a deadline armed after a later one must still fire")
         if let fired {
             #expect(fired >= soonDeadline, "fired \(soonDeadline - fired) early")
@@ -48,19 +49,19 @@ struct DeadlineSweeperTests {
             // machine may run the thread late.
             #expect(fired - soonDeadline < .seconds(5), "fired \(fired - soonDeadline) late")
         }
-        usleep(100_000)
+        try await Task.sleep(for: .milliseconds(100))
         #expect(firings.time("cancelled") == nil, "a disarmed deadline fired")
         #expect(firings.time("late") == nil)
         sweeper.disarm(late)
     }
 
     @Test("with only a far deadline armed, the thread sleeps instead of looking every 10 ms")
-    func sleepsUntilTheEarliest() {
+    func sleepsUntilTheEarliest() async throws {
         let sweeper = Self.sweeper
         let far = sweeper.arm(at: .now + .seconds(60)) {}
-        usleep(50_000)  // the arm's own look
+        try await Task.sleep(for: .milliseconds(50))  // the arm's own look
         let before = sweeper.lookCount
-        usleep(500_000)
+        try await Task.sleep(for: .milliseconds(500))
         let looked = sweeper.lookCount - before
         sweeper.disarm(far)
         // Looking every 10 ms would be about 50; it sleeps until the deadline.
