@@ -16,6 +16,6 @@ final class QueueTransport: BrokerTransport, @unchecked Sendable {
             name: "queue", version: "1.0.0",
             description: "Work queue: competing consumers, ordering keys, dead-letter; in memory or durable on SQLite",
             capabilities: [.queue, .retry, .deadLetter, .ordered, .durable, .expiry, .privateWire],
-            atomicPublishAndSettle: true, extendsLeases: true)
+            atomicPublishAndSettle: true, extendsLeases: true, publishesAsynchronously: true)
     }
 }

@@ -16,7 +16,7 @@ final class TopicTransport: BrokerTransport, @unchecked Sendable {
             name: "topic", version: "1.0.0",
             description: "Topic: every subscriber group gets a copy, members compete; in memory or durable on SQLite",
             capabilities: [.fanOut, .queue, .retry, .deadLetter, .ordered, .durable, .expiry, .privateWire],
-            atomicPublishAndSettle: true, extendsLeases: true)
+            atomicPublishAndSettle: true, extendsLeases: true, publishesAsynchronously: true)
     }
     override class var fanOut: Bool { true }
 }

@@ -122,6 +122,39 @@ public final class TransportClient: @unchecked Sendable {
         try call("publish_batch") { publishBatch(instance, first, count, $0) }
     }
 
+    /// Whether the plugin publishes without blocking the caller (ABI 1.7 `publish_async`).
+    public var publishesAsynchronously: Bool { descriptor.pointee.publish_async != nil }
+
+    /// Publishes messages all or nothing without waiting for them to be stored: `done` is called
+    /// exactly once with nil once they are, or with the error that stored none — on any thread,
+    /// possibly before this returns; it must return promptly. Through `publish_async` (ABI 1.7)
+    /// where the plugin offers it; otherwise through ``publish(batch:)`` on this thread, then
+    /// `done` (check ``publishesAsynchronously`` before calling it from a thread that must not block).
+    public func publish(_ messages: [Message], done: @escaping @Sendable (TransportError?) -> Void) {
+        guard !messages.isEmpty, alive.load(ordering: .acquiring), let publishAsync = descriptor.pointee.publish_async else {
+            do throws(TransportError) {
+                try publish(batch: messages)
+                done(nil)
+            } catch {
+                done(error)
+            }
+            return
+        }
+        let context = Unmanaged.passRetained(PublishCompletion(done)).toOpaque()
+        messages.withCMessages(structSize: messageArrayStride) { messages, count in
+            publishAsync(instance, messages, count, PublishCompletion.tell, context)
+        }
+    }
+
+    /// ``publish(_:done:)`` for a caller that awaits the outcome: suspends the task, not its
+    /// thread, until the message is stored.
+    public func publishAsync(_ message: Message) async throws(TransportError) {
+        let outcome: TransportError? = await withUnsafeContinuation { continuation in
+            publish([message]) { continuation.resume(returning: $0) }
+        }
+        if let outcome { throw outcome }
+    }
+
     /// Subscribes `handler` to a channel. The handler runs on the transport's threads. The
     /// subscriber offers `deliver_batch` (ABI 1.3): a plugin that uses it hands several messages
     /// across in one call, which go to `batchHandler` when given, else to `handler` one by one.
@@ -450,5 +483,19 @@ final class SubscriberBox: Sendable {
             try? box.client.settle(delivery, .deadLetter(reason: "malformed message from transport: \(error.message)"))
             return SY_OK
         }
+    }
+}
+
+/// The `done` of one `publish_async`, kept alive (retained once) until the plugin calls it.
+private final class PublishCompletion: Sendable {
+    let done: @Sendable (TransportError?) -> Void
+    init(_ done: @escaping @Sendable (TransportError?) -> Void) { self.done = done }
+
+    /// The `sy_publish_done_fn` handed to the plugin, with the retained completion as its context.
+    static let tell: @convention(c) (UnsafeMutableRawPointer?, sy_status, UnsafePointer<sy_error>?) -> Void = { context, status, err in
+        guard let context else { return }
+        let completion = Unmanaged<PublishCompletion>.fromOpaque(context).takeRetainedValue()
+        guard status != SY_OK else { return completion.done(nil) }
+        completion.done(err.map { TransportError(status: status, error: $0.pointee) } ?? TransportError(StatusCode(rawValue: status), "publish_async failed"))
     }
 }

@@ -68,7 +68,8 @@ public enum PluginExport {
                 subscribe: Thunks.subscribe, unsubscribe: Thunks.unsubscribe, settle: Thunks.settle,
                 drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch,
                 settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil,
-                extend: info.extendsLeases ? Thunks.extend : nil))
+                extend: info.extendsLeases ? Thunks.extend : nil,
+                publish_async: info.publishesAsynchronously ? Thunks.publishAsync : nil))
         return UnsafePointer(descriptor)
     }
 }
@@ -88,6 +89,23 @@ private final class InstanceBox: Sendable {
     @inline(__always)
     static func borrow<R>(_ pointer: UnsafeMutableRawPointer, _ body: (any TransportInstance) -> R) -> R {
         Unmanaged<InstanceBox>.fromOpaque(pointer)._withUnsafeGuaranteedRef { body($0.transport) }
+    }
+}
+
+/// A `publish_async` caller's `done` and its context, called once with the outcome.
+private struct PublishDone: @unchecked Sendable {
+    // @unchecked: the context is the host's, handed back untouched on whatever thread tells it.
+    let done: sy_publish_done_fn
+    let context: UnsafeMutableRawPointer?
+    init(_ done: sy_publish_done_fn, _ context: UnsafeMutableRawPointer?) {
+        self.done = done
+        self.context = context
+    }
+    func callAsFunction(_ error: TransportError?) {
+        guard let error else { return done(context, SY_OK, nil) }
+        var err = sy_error()
+        let status = error.write(to: &err)
+        done(context, status, &err)
     }
 }
 
@@ -275,6 +293,25 @@ private enum Thunks {
                 }
             }
         }
+
+    static let publishAsync: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<sy_message>?, Int, sy_publish_done_fn?, UnsafeMutableRawPointer?) -> Void = {
+        instance, messages, count, done, context in
+        guard let done else { return }  // nobody to tell: nothing is published
+        let tell = PublishDone(done, context)
+        guard let instance, let messages, count >= 1 else {
+            return tell(TransportError(.invalidArgument, "publish_async: NULL instance or messages, or no message"))
+        }
+        InstanceBox.borrow(instance) { transport in
+            var views: [MessageView] = []
+            views.reserveCapacity(count)
+            do throws(TransportError) {
+                for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages, index), published: true)) }
+            } catch {
+                return tell(error)
+            }
+            transport.publish(views) { error in tell(error) }
+        }
+    }
 
     static let extend:
         @convention(c) (

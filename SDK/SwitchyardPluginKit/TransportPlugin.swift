@@ -30,6 +30,15 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// all-or-nothing only if no publish fails midway, so plugins with real batching override it.
     func publish(batch: [MessageView]) throws(TransportError)
 
+    /// Accepts a batch all or nothing, like ``publish(batch:)``, without waiting for it to be
+    /// stored (ABI 1.7 `publish_async`): `done` is called exactly once — nil once every message is
+    /// stored as the capabilities promise, or the error that stored none — on any thread, possibly
+    /// before this returns, and must return promptly. Never wait for storage here: copy the views
+    /// (they are borrowed for this call only) and hand them to the thread that stores them.
+    /// Offered to the host only when ``PluginInfo/publishesAsynchronously``. Default:
+    /// ``publish(batch:)``, then `done`.
+    func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void)
+
     /// Starts delivering a channel to `subscriber`; returns a non-zero subscription id.
     func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID
 
@@ -87,6 +96,14 @@ extension TransportInstance {
     public func publish(batch: [MessageView]) throws(TransportError) {
         for message in batch { try publish(message) }
     }
+    public func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
+        do throws(TransportError) {
+            try publish(batch: batch)
+            done(nil)
+        } catch {
+            done(error)
+        }
+    }
     public func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?] {
         batch.map { delivery, settlement in
             do throws(TransportError) {
@@ -131,17 +148,22 @@ public struct PluginInfo: Sendable {
     /// only then does its descriptor offer `extend` (ABI 1.6), and the host keeps the leases of
     /// deliveries it holds from running out.
     public var extendsLeases: Bool
+    /// The plugin overrides ``TransportInstance/publish(_:done:)`` to return without waiting for
+    /// storage: only then does its descriptor offer `publish_async` (ABI 1.7), and a host calls
+    /// it from threads that must not block (a Swift task's) instead of from threads of its own.
+    /// Leave it false for a plugin whose publish returns at once anyway (in memory).
+    public var publishesAsynchronously: Bool
 
     /// A plugin identity; `name` must follow ``PluginName``'s rules and `version` be semantic.
     public init(name: String, version: String, description: String, capabilities: Capabilities) {
         self.init(name: name, version: version, description: description, capabilities: capabilities, atomicPublishAndSettle: false)
     }
 
-    /// A plugin identity that says whether the plugin stores and settles as one unit, and whether
-    /// it extends leases.
+    /// A plugin identity that says whether the plugin stores and settles as one unit, whether it
+    /// extends leases, and whether it publishes without blocking.
     public init(
         name: String, version: String, description: String, capabilities: Capabilities,
-        atomicPublishAndSettle: Bool, extendsLeases: Bool = false
+        atomicPublishAndSettle: Bool, extendsLeases: Bool = false, publishesAsynchronously: Bool = false
     ) {
         self.name = name
         self.version = version
@@ -149,5 +171,6 @@ public struct PluginInfo: Sendable {
         self.capabilities = capabilities
         self.atomicPublishAndSettle = atomicPublishAndSettle
         self.extendsLeases = extendsLeases
+        self.publishesAsynchronously = publishesAsynchronously
     }
 }

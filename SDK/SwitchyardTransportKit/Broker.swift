@@ -122,6 +122,9 @@ public final class Broker: @unchecked Sendable {
     /// dispatcher re-checks `workPending` under the lock before acting on it).
     private let workHint = Atomic<Bool>(false)
     private var waiters = 0  // threads other than the dispatcher waiting on `condition`
+    /// Publishes without blocking (``publish(_:done:)``) waiting for room on threads of their own
+    /// (under the lock): shutdown waits until each has been answered.
+    private var roomWaitsOffThread = 0
     private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
@@ -195,10 +198,14 @@ public final class Broker: @unchecked Sendable {
 
     /// Records that there is work; wakes the dispatcher if it sleeps. Call with the lock held.
     private func markWork() {
+        // Work already pending while the dispatcher sleeps has woken it already (it sleeps only
+        // with none pending, and whoever marks work while it sleeps wakes it): the writer's
+        // callbacks for one commit's many publishes wake it once, not once each.
+        let woken = workPending && dispatcherWaiting
         workPending = true
         workMarks &+= 1
         workHint.store(true, ordering: .relaxed)
-        if dispatcherWaiting { wakeDispatcher() }
+        if dispatcherWaiting && !woken { wakeDispatcher() }
     }
 
     /// Records that there is work, like ``markWork()``; but when the dispatcher sleeps and the
@@ -332,6 +339,57 @@ public final class Broker: @unchecked Sendable {
         try append(admitted: admit(batch, room: count))
     }
 
+    /// Stores messages as one batch without waiting for the store (ABI 1.7 `publish_async`):
+    /// `done` is called exactly once, with nil once they are stored or with the error that stored
+    /// none — on the store's thread (a durable store's writer, after the commit), or on this one
+    /// when the store answers at once. A batch that must wait for room (a bounded transport that
+    /// is full) waits on a thread of its own, not on the caller's.
+    public func publish(_ batch: consuming [Message], done: @escaping @Sendable (TransportError?) -> Void) {
+        let messages: [Message]
+        do throws(TransportError) {
+            messages = try accepted(batch)
+        } catch {
+            return done(error)
+        }
+        if closing.load(ordering: .acquiring) { return done(Self.drainingError) }
+        guard hasRoomNow(for: messages.count) else {
+            // Counted, so that a shutdown waits for its answer (destroy answers every
+            // publish_async): the wait ends early once the transport closes.
+            condition.lock()
+            roomWaitsOffThread += 1
+            condition.unlock()
+            Thread { [self] in
+                do throws(TransportError) {
+                    try waitForRoom(messages.count)
+                    try append(admitted: messages)
+                    done(nil)
+                } catch {
+                    done(error)
+                }
+                condition.lock()
+                roomWaitsOffThread -= 1
+                condition.broadcast()
+                condition.unlock()
+            }.start()
+            return
+        }
+        append(admitted: messages, done: done)
+    }
+
+    /// ``append(admitted:)`` without waiting for the store.
+    func append(admitted messages: [Message], done: @escaping @Sendable (TransportError?) -> Void) {
+        let count = UInt64(messages.count)
+        store.append(messages) { [self] error in
+            if error == nil {
+                condition.lock()
+                stats.published += count
+                markWorkOrPass()
+                condition.unlock()
+            }
+            done(error)
+        }
+    }
+
     /// `batch` checked and stamped for ``append(admitted:)``: within the limits, the transport not
     /// draining, and room made for `room` messages (0: none asked for here). Separate so that
     /// ``ShardedBroker`` checks every part of a batch, in each shard, before storing any, and
@@ -411,6 +469,15 @@ public final class Broker: @unchecked Sendable {
         markWorkOrPass()
         wakeWaiters()
         condition.unlock()
+    }
+
+    /// Whether `count` more messages fit without waiting (always, without a capacity); may say
+    /// no when there is room after all (the counts are approximate), never yes when there is none
+    /// at this moment.
+    private func hasRoomNow(for count: Int) -> Bool {
+        guard options.capacity > 0 else { return true }
+        let (depth, inFlight) = counts()
+        return Int(depth + inFlight) + count <= options.capacity
     }
 
     private func waitForRoom(_ count: Int) throws(TransportError) {
@@ -749,7 +816,9 @@ public final class Broker: @unchecked Sendable {
         stopped = true
         beginClosing()
         waiters += 1
-        while !dispatcherDone || passRunning || members.values.contains(where: { $0.delivering > 0 }) { condition.wait() }
+        while !dispatcherDone || passRunning || roomWaitsOffThread > 0 || members.values.contains(where: { $0.delivering > 0 }) {
+            condition.wait()
+        }
         waiters -= 1
         let left = inFlight.all.map(\.value)
         inFlight.removeAll()

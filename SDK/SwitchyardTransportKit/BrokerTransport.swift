@@ -168,6 +168,10 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         guard let shards else { return try broker.publish(batch.map { $0.copy() }) }
         try shards.publish(batch.map { $0.copy() })
     }
+    public func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
+        guard let shards else { return broker.publish(batch.map { $0.copy() }, done: done) }
+        shards.publish(batch.map { $0.copy() }, done: done)
+    }
     public func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
         guard let shards else { return try broker.subscribe(options, subscriber) }
         return try shards.subscribe(options, subscriber)

@@ -102,6 +102,11 @@ public enum DeadLetter {
 public protocol MessageStore: AnyObject, Sendable {
     /// Stores messages. Returns only when they are as durable as the store promises.
     func append(_ messages: [Message]) throws(TransportError)
+    /// Stores messages without waiting: `done` is called exactly once, with nil once they are as
+    /// durable as the store promises, or with the error that stored none of them — on any thread,
+    /// possibly before this returns, and it must return promptly. The default stores them at once
+    /// and then calls `done`: stores whose append waits for a commit override it.
+    func append(_ messages: [Message], done: @escaping (TransportError?) -> Void)
     /// Makes sure `group` exists on `channel` (fan-out stores copy new messages to it from now on;
     /// with `.earliest` a new group also gets the messages still retained).
     func addGroup(channel: String, group: String, start: StartPosition) throws(TransportError)
@@ -190,6 +195,15 @@ extension MessageStore {
             leased[index] = LeasedMessage(ref: LeaseRef(entry: leased[index].ref.entry, token: 0), message: leased[index].message)
         }
         return leased
+    }
+
+    public func append(_ messages: [Message], done: @escaping (TransportError?) -> Void) {
+        do throws(TransportError) {
+            try append(messages)
+            done(nil)
+        } catch {
+            done(error)
+        }
     }
 
     public func claimChangeDescriptor() -> Int32 { -1 }

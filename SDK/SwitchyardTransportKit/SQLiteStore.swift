@@ -184,6 +184,11 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         try insert(messages, deleting: ref)
     }
 
+    /// Queued for the writer's next batch; `done` runs on the writer thread after its commit.
+    public func append(_ messages: [Message], done: @escaping (TransportError?) -> Void) {
+        writer.submit(insertion(of: messages, deleting: nil), done: done)
+    }
+
     /// Deletes the entry leased under `ref` (an acknowledgement), or throws not-found.
     private static func deleteLeased(_ ref: LeaseRef, in db: SQLiteDatabase) throws(TransportError) {
         let changed = try db.run("DELETE FROM entries WHERE id = ? AND lease_token = ?", [.int(Int64(ref.entry)), .int(Int64(ref.token))])
@@ -193,8 +198,13 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// Inserts `messages` and, with `ref`, deletes that leased entry, in one savepoint of one
     /// commit: a missing lease rolls the inserts back.
     private func insert(_ messages: [Message], deleting ref: LeaseRef?) throws(TransportError) {
+        try perform(insertion(of: messages, deleting: ref))
+    }
+
+    /// The writer's operation for ``insert(_:deleting:)``, the messages encoded on this thread.
+    private func insertion(of messages: [Message], deleting ref: LeaseRef?) -> (SQLiteDatabase) throws(TransportError) -> Void {
         let encoded = messages.map { ($0, MessageCodec.encode($0)) }
-        try perform { [fanOut, retainedPerChannel, isDeadLetterChannel, entries] db throws(TransportError) in
+        return { [fanOut, retainedPerChannel, isDeadLetterChannel, entries] db throws(TransportError) in
             if let ref { try Self.deleteLeased(ref, in: db) }
             for (message, blob) in encoded {
                 var groups = [""]

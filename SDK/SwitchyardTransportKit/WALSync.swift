@@ -30,16 +30,17 @@ import SwitchyardABI
 /// damages the rest): with it, `FULL` does not pad a commit to a sector either, so syncing the
 /// frames ourselves leaves them exactly as `FULL` would. A database opened with `psow=0` is not
 /// Switchyard's.
-final class WALSync: @unchecked Sendable {
-    // @unchecked: used by one thread at a time, whoever holds the writer's turn.
-
+final class WALSync: Sendable {
     private let file: Int32
     private let path: String
+    /// The first failure and the syncs so far: read by the writer's turn while the syncer thread
+    /// syncs (``SQLiteWriter``).
+    private let state = Guarded<(failure: TransportError?, syncs: Int)>((nil, 0))
     /// The first failure, for ever: later synced batches are not even written (see
     /// ``SQLiteWriter``).
-    private(set) var failure: TransportError?
-    /// Syncs run so far (tests check that each synced batch makes one, and unsynced ones none).
-    private(set) var syncs = 0
+    var failure: TransportError? { state.withLock { $0.failure } }
+    /// Syncs run so far (tests check that synced batches make them, and unsynced ones none).
+    var syncs: Int { state.withLock { $0.syncs } }
 
     /// Opens the WAL at `walPath` (as SQLite names it: ``SQLiteDatabase/walPath``) and syncs its
     /// directory; nil when it cannot be opened (then commits must sync themselves:
@@ -80,15 +81,23 @@ final class WALSync: @unchecked Sendable {
 
     /// Returns once everything written to the WAL so far is on disk; throws when the disk refused
     /// (now or at any earlier sync).
+    /// Safe from several threads at once (the syncer's, and a caller running its own turn).
     func sync() throws(TransportError) {
-        if let failure { throw failure }
-        syncs += 1
+        if let failure = state.withLock({ state -> TransportError? in
+            if state.failure == nil { state.syncs += 1 }
+            return state.failure
+        }) {
+            throw failure
+        }
         guard fdatasync(file) != 0 else { return }
         let error = TransportError(
             .io,
             "cannot sync '\(path)' to disk (\(String(cString: strerror(errno)))): the last commits may be lost in a power cut; "
                 + "every later durable write of this store fails with this error — check the disk, then restart the process")
-        failure = error
-        throw error
+        let first = state.withLock { state -> TransportError in
+            if state.failure == nil { state.failure = error }
+            return state.failure!
+        }
+        throw first
     }
 }

@@ -10,6 +10,7 @@ enum StandardChecks {
         publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
         drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry, settleOnDelivery, extendLeases,
+        publishAsync,
     ]
 
     static func message(_ id: String, _ channel: String = "conformance", key: String? = nil, body: [UInt8] = [1, 2, 3]) -> Message {
@@ -447,6 +448,66 @@ enum StandardChecks {
         try c.expect(
             !replies.received.contains { $0.message.id == "pas-orphan" },
             "publish_and_settle failed but stored its message anyway (it must do both or neither)")
+    }
+
+    static let publishAsync = ConformanceCheck(
+        name: "publish-async",
+        summary:
+            "publish_async (ABI 1.7) tells each publish's outcome exactly once, stores what it accepts, stores nothing of a refused batch, and refuses while draining",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        guard t.client.publishesAsynchronously else { throw ConformanceSkip(reason: "the plugin does not offer publish_async (ABI 1.7)") }
+        let inbox = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "async", maxInFlight: 500), handler: inbox.handler(client: t.client))
+        // Many in flight at once, as a host's tasks publish: each told once, every one stored.
+        let count = 64
+        let told = Guarded<[Int: [TransportError?]]>([:])
+        let allTold = DispatchSemaphore(value: 0)
+        for index in 0..<count {
+            t.client.publish([message("async-\(index)", "async")]) { error in
+                let first = told.withLock { told in
+                    told[index, default: []].append(error)
+                    return told.count == count && told[index]!.count == 1
+                }
+                if first { allTold.signal() }
+            }
+        }
+        try c.expect(
+            allTold.wait(timeout: .now() + Collector.defaultWaitSeconds) == .success,
+            "\(told.withLock { $0.count }) of \(count) publishes were told their outcome within \(Collector.defaultWaitSeconds) s")
+        Thread.sleep(forTimeInterval: 0.2)  // a second call of done would come now
+        let outcomes = told.withLock { $0 }
+        try c.expect(outcomes.values.allSatisfy { $0.count == 1 }, "done was called more than once for a publish: \(outcomes.filter { $0.value.count > 1 }.keys.sorted())")
+        let failed = outcomes.compactMap { index, errors in errors.first!.map { "async-\(index): \($0)" } }
+        try c.expect(failed.isEmpty, "publishes failed: \(failed.prefix(3))")
+        try c.expect(inbox.wait(for: count), "got \(inbox.count) of \(count) messages published with publish_async")
+        // A batch with an invalid message: refused through done, and none of it stored.
+        var bad = (0..<3).map { message("async-bad-\($0)", "async") }
+        bad[1].id = ""
+        let refusal = Guarded<[TransportError?]>([])
+        let refused = DispatchSemaphore(value: 0)
+        t.client.publish(bad) { error in
+            refusal.withLock { $0.append(error) }
+            refused.signal()
+        }
+        try c.expect(refused.wait(timeout: .now() + Collector.defaultWaitSeconds) == .success, "a refused batch was never told its outcome")
+        try c.expect(refusal.withLock { $0.first! } != nil, "a batch with an invalid message (an empty id) was accepted")
+        Thread.sleep(forTimeInterval: 0.2)
+        try c.expect(!inbox.received.contains { $0.message.id.hasPrefix("async-bad-") }, "part of a refused batch was stored and delivered")
+        try c.expect(refusal.withLock { $0.count } == 1, "done was called more than once for a refused batch")
+        // While draining: refused with closed.
+        guard t.plugin.descriptor.pointee.drain != nil else { return }
+        try? t.client.drain(deadlineNanos: monotonicNanoseconds() + 200_000_000)
+        let closed = Guarded<TransportError??>(nil)
+        let answered = DispatchSemaphore(value: 0)
+        t.client.publish([message("async-late", "async")]) { error in
+            closed.withLock { $0 = .some(error) }
+            answered.signal()
+        }
+        try c.expect(answered.wait(timeout: .now() + Collector.defaultWaitSeconds) == .success, "a publish while draining was never told its outcome")
+        let late = closed.withLock { $0 }
+        try c.expect(late??.code == .closed, "a publish_async while draining gave \(late.flatMap { $0.map { "\($0.code)" } } ?? "ok"), expected closed")
     }
 
     static let expiry = ConformanceCheck(

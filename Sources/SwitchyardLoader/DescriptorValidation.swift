@@ -16,7 +16,8 @@ enum DescriptorValidation {
             case 0: \sy_plugin_descriptor.stats
             case 1, 2: \sy_plugin_descriptor.publish_batch
             case 3, 4, 5: \sy_plugin_descriptor.publish_and_settle
-            default: \sy_plugin_descriptor.extend
+            case 6: \sy_plugin_descriptor.extend
+            default: \sy_plugin_descriptor.publish_async
             }
         return MemoryLayout<sy_plugin_descriptor>.offset(of: lastField)! + MemoryLayout<UnsafeRawPointer>.size
     }

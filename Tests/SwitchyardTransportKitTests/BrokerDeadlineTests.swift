@@ -34,4 +34,37 @@ struct BrokerDeadlineTests {
         #expect(held.wait(for: 2))
         #expect(held.received.map(\.message.id) == ["first", "second"])
     }
+
+    /// `publish_async` to a full transport must not wait on the caller's thread (a host's task):
+    /// it returns at once and the wait for room runs on a thread of the plugin's; the publish is
+    /// told once room is made. Closed meanwhile, the wait ends and the publish is told `.closed`
+    /// before `destroy` returns (the host may free what it passed once it has).
+    @Test("publish_async to a full queue returns at once and is told when there is room, or closed by a close that waits for it")
+    func publishAsyncWaitsForRoomOffThread() async throws {
+        let plugin = try BuildProducts.plugin("queue")
+        for closeInstead in [false, true] {
+            let transport = try Transport(name: "q", plugin: plugin, configJSON: #"{"capacity": 1, "full_wait": "60s"}"#)
+            #expect(transport.client.publishesAsynchronously)
+            try transport.client.publish(Message(id: "first", channel: "c"))
+            let told = Guarded<[TransportError?]>([])
+            let started = monotonicNanoseconds()
+            transport.client.publish([Message(id: "second", channel: "c")]) { error in told.withLock { $0.append(error) } }
+            #expect(monotonicNanoseconds() - started < 1_000_000_000, "publish_async waited for room on the caller's thread")
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(told.withLock { $0.isEmpty }, "told before there was room")
+            if closeInstead {
+                transport.close()
+                let outcome = told.withLock { $0 }
+                #expect(outcome.count == 1 && outcome.first??.code == .closed, "close returned with the waiting publish told \(outcome)")
+                continue
+            }
+            let held = Collector()
+            _ = try transport.client.subscribe(SubscribeOptions(channel: "c"), handler: held.handler(client: transport.client))
+            #expect(await eventually { told.withLock { $0.count } == 1 })
+            #expect(told.withLock { $0 }.first! == nil)
+            #expect(held.wait(for: 2))
+            #expect(held.received.map(\.message.id) == ["first", "second"])
+            transport.close()
+        }
+    }
 }

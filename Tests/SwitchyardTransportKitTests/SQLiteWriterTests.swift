@@ -163,6 +163,102 @@ struct SQLiteWriterTests {
         #expect(broken.syncs == 1, "no sync was tried again")
     }
 
+    /// Submitted operations (`publish_async`'s path) never run on the caller's thread, queue
+    /// into the next batch, and are told once their commit is synced — by the syncer thread, one
+    /// sync for the batch — so their rows are there when they are told.
+    @Test("submitted operations share a batch and are told once after its sync, never on the caller's thread")
+    func submittedOperationsAreToldAfterTheSync() throws {
+        let dir = try TemporaryDirectory()
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"))
+        let walSync = try #require(writer.walSync)
+        let caller = pthread_self()
+        let hold = Self.holdWriter(writer)
+        let syncsBefore = walSync.syncs
+        let told = Guarded<[Int: (error: TransportError?, rows: Int64, onCaller: Bool)]>([:])
+        let allTold = DispatchSemaphore(value: 0)
+        let count = 16
+        for value in 0..<count {
+            let insert: (SQLiteDatabase) throws(TransportError) -> Void = { db throws(TransportError) in
+                try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(value))])
+            }
+            writer.submit(insert) { error in
+                // What a reader sees when the operation is told: its row, committed.
+                var rows: Int64 = -1
+                _ = try? SQLiteDatabase(path: dir.file("writer.db")).run("SELECT count(*) FROM t WHERE v = \(value)") { rows = $0.int(0) }
+                let onCaller = pthread_equal(pthread_self(), caller) != 0
+                if told.withLock({ told in
+                    told[value] = (error, rows, onCaller)
+                    return told.count == count
+                }) {
+                    allTold.signal()
+                }
+            }
+        }
+        #expect(writer.pendingCount == count, "the submitted operations wait for the held writer; none ran on the caller's thread")
+        hold.signal()
+        #expect(allTold.wait(timeout: .now() + 30) == .success, "\(told.withLock { $0.count }) of \(count) operations were told")
+        let outcomes = told.withLock { $0 }
+        #expect(outcomes.values.allSatisfy { $0.error == nil && $0.rows == 1 && !$0.onCaller })
+        // The held operation's own sync, and one for the sixteen submitted together.
+        #expect(walSync.syncs - syncsBefore == 2, "\(walSync.syncs - syncsBefore) syncs")
+    }
+
+    /// `close()` answers everything submitted before it returns (an instance's `destroy` must
+    /// not leave a `publish_async` untold); later submissions are told `.closed` at once.
+    @Test("close tells every submitted operation before it returns; a later submission is told it is closed")
+    func closeTellsSubmittedOperations() throws {
+        let dir = try TemporaryDirectory()
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"))
+        let told = Guarded<[TransportError?]>([])
+        for value in 0..<50 {
+            let insert: (SQLiteDatabase) throws(TransportError) -> Void = { db throws(TransportError) in
+                try db.run("INSERT INTO t (v) VALUES (?)", [.int(Int64(value))])
+            }
+            writer.submit(insert) { error in told.withLock { $0.append(error) } }
+        }
+        writer.close()
+        let outcomes = told.withLock { $0 }
+        #expect(outcomes.count == 50 && outcomes.allSatisfy { $0 == nil }, "told \(outcomes.count) of 50 before close returned")
+        var late: TransportError?
+        let nothing: (SQLiteDatabase) throws(TransportError) -> Void = { _ throws(TransportError) in }
+        writer.submit(nothing) { late = $0 }
+        #expect(late?.code == .closed)
+        var rows: Int64 = 0
+        try SQLiteDatabase(path: dir.file("writer.db")).run("SELECT count(*) FROM t") { rows = $0.int(0) }
+        #expect(rows == 50)
+    }
+
+    /// A failed sync fails the submitted operations of its batch too, and those submitted after
+    /// it without committing them, as it fails waiting callers.
+    @Test("a failed WAL sync fails the submitted operations it was to make durable")
+    func failedSyncFailsSubmittedOperations() throws {
+        let dir = try TemporaryDirectory()
+        try FileManager.default.createSymbolicLink(atPath: dir.file("broken.db-wal"), withDestinationPath: "/dev/null")
+        let broken = try #require(WALSync(walPath: dir.file("broken.db-wal")))
+        let writer = SQLiteWriter(try Self.database(in: dir, table: "t (v INTEGER NOT NULL)"), walSync: broken)
+        func submit(_ value: Int64) -> TransportError? {
+            let told = DispatchSemaphore(value: 0)
+            let outcome = Guarded<TransportError?>(nil)
+            let insert: (SQLiteDatabase) throws(TransportError) -> Void = { db throws(TransportError) in
+                try db.run("INSERT INTO t (v) VALUES (?)", [.int(value)])
+            }
+            writer.submit(insert) { error in
+                outcome.withLock { $0 = error }
+                told.signal()
+            }
+            told.wait()
+            return outcome.withLock { $0 }
+        }
+        #expect(submit(1).map { "\($0)".contains("cannot sync") } == true)
+        #expect(submit(2).map { "\($0)".contains("cannot sync") } == true)
+        let stored = try writer.perform(synced: false) { db throws(TransportError) -> [Int64] in
+            var values: [Int64] = []
+            try db.run("SELECT v FROM t ORDER BY v") { row in values.append(row.int(0)) }
+            return values
+        }
+        #expect(stored == [1], "the first was committed before its sync failed; the second never was")
+    }
+
     /// A durable database in `dir` with one table, `CREATE TABLE` `table`.
     static func database(in dir: TemporaryDirectory, table: String) throws -> SQLiteDatabase {
         let db = try SQLiteDatabase(path: dir.file("writer.db"))

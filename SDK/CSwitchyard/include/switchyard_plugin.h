@@ -67,8 +67,9 @@ extern "C" {
  *  1.4 appended sy_subscribe_options.flags (SY_SUBSCRIBE_SETTLE_ON_DELIVERY) and the message flag
  *      SY_MESSAGE_SETTLED.
  *  1.5 added the capability SY_CAP_PRIVATE_WIRE.
- *  1.6 appended sy_plugin_descriptor.extend (lease renewal). */
-#define SY_ABI_MINOR 6
+ *  1.6 appended sy_plugin_descriptor.extend (lease renewal).
+ *  1.7 appended sy_plugin_descriptor.publish_async (publishing without blocking the caller). */
+#define SY_ABI_MINOR 7
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -534,6 +535,20 @@ typedef struct sy_create_args {
  * overlaps or follows its `destroy`. Functions that take a deadline or may wait (drain) say so;
  * all others return promptly.
  */
+/**
+ * Told the outcome of one `publish_async` (ABI 1.7), exactly once: `status` is SY_OK once every
+ * message is stored as `publish_batch` would store it, otherwise the error that stored none of
+ * them, described by `err` (never NULL then; NULL with SY_OK). `err` is borrowed for the call.
+ * `done_context` is the pointer the host passed to publish_async.
+ *
+ * Called on any thread: a thread of the plugin's (a durable store's writer, after its commit) or
+ * the publishing thread itself, before publish_async returns (an in-memory store answers at
+ * once, and every error found before anything is queued is told this way). It must return
+ * promptly — it may hold up the plugin's next commit — and must not call into the same instance
+ * (a host resumes whatever waited for the publish elsewhere).
+ */
+typedef void (*sy_publish_done_fn)(void *done_context, sy_status status, const sy_error *err);
+
 typedef struct sy_plugin_descriptor {
     uint32_t struct_size;         /**< sizeof(sy_plugin_descriptor) as the plugin knows it. */
     uint16_t abi_major;           /**< SY_ABI_MAJOR the plugin was built for. */
@@ -674,6 +689,32 @@ typedef struct sy_plugin_descriptor {
      */
     sy_status (*extend)(void *instance, const sy_delivery_id *deliveries, size_t count, sy_status *out_statuses,
                         int64_t *out_lease_ns, sy_error *err);
+
+    /* ---- ABI 1.7 ---- */
+
+    /**
+     * `publish_batch` without blocking the calling thread until the messages are stored: accepts
+     * `count` messages (count >= 1, strided by struct_size, borrowed for this call only — copy
+     * them before returning), all or nothing, and returns at once; `done(done_context, ...)` is
+     * called exactly once with the outcome (see sy_publish_done_fn), possibly before this
+     * returns. What SY_OK promises is what publish_batch's SY_OK promises (committed to disk when
+     * SY_CAP_DURABLE); the errors are publish_batch's, SY_ERR_CLOSED while draining included.
+     * Messages of one publish_async are stored in order, but two publish_async calls in flight at
+     * once may be stored in either order: a publisher that needs its messages in order waits for
+     * each `done` before the next, or publishes them in one call.
+     *
+     * It never waits for storage (a commit, a broker's acknowledgement) on the calling thread — a
+     * host calls it from threads that must not block, such as a Swift task's — though, like
+     * every call, it may take a lock for a moment. Where waiting cannot be avoided (a bounded
+     * transport that is full waits for room), the plugin waits on a thread of its own.
+     *
+     * It lets a durable store commit many single-message publishers in one transaction while
+     * waking one thread per commit, not one per publisher. Optional (NULL, or absent before 1.7:
+     * the host publishes with publish or publish_batch, from threads of its own where those wait
+     * for storage). Offer it only where the plugin truly does not block: a host prefers it.
+     */
+    void (*publish_async)(void *instance, const sy_message *messages, size_t count, sy_publish_done_fn done,
+                          void *done_context);
 } sy_plugin_descriptor;
 
 /** Size of a struct up to and including `field`, for checking `struct_size` against a field:
@@ -688,6 +729,8 @@ typedef struct sy_plugin_descriptor {
 #define SY_DESCRIPTOR_SIZE_V1_3 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_and_settle)
 /** Descriptor size at ABI 1.6: every field through `extend`. */
 #define SY_DESCRIPTOR_SIZE_V1_6 SY_SIZE_THROUGH(sy_plugin_descriptor, extend)
+/** Descriptor size at ABI 1.7: every field through `publish_async`. */
+#define SY_DESCRIPTOR_SIZE_V1_7 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_async)
 
 /** ABI 1.0 sizes of the structs that can grow: the smallest struct_size a reader accepts. */
 #define SY_MESSAGE_SIZE_V1_0 SY_SIZE_THROUGH(sy_message, enqueued_at_ns)

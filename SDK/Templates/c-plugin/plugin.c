@@ -438,6 +438,7 @@ static const sy_plugin_descriptor descriptor = {
     NULL, /* settle_batch (ABI 1.3, optional): the host settles one delivery at a time */
     NULL, /* publish_and_settle (ABI 1.3, optional): the host publishes, then settles */
     NULL, /* extend (ABI 1.6, optional): leases are not extended (this queue never redelivers on a timeout) */
+    NULL, /* publish_async (ABI 1.7, optional): publish returns at once here, so the host calls it inline */
 };
 
 /* The one exported symbol, with C linkage and default visibility (SY_PLUGIN_EXPORT). Refuse hosts
