@@ -76,6 +76,49 @@ struct LimitsTests {
         await system.shutdown()
     }
 
+    /// A durable queue's calls go out through `publish_async` (ABI 1.7): the caller's task
+    /// waits for the commit without holding a thread. A refusal comes back the same way — at once,
+    /// naming the transport's key — for a fire-and-forget call (it throws) and for a request-reply
+    /// call (it fails now, not at its deadline).
+    @Test("a durable queue's refusal reaches the caller through publish_async at once: fire-and-forget throws, request-reply fails before its deadline")
+    func refusalThroughPublishAsync() async throws {
+        let dir = try TemporaryDirectory()
+        let system = try await makeSystem(
+            """
+            transports:
+              durable: { plugin: queue, config: { path: "\(dir.file("queue.db"))", max_message_bytes: 2000 } }
+            routes:
+              Shop.record: { transport: durable, mode: fire-and-forget }
+              "*": { transport: durable, deadline: 30s }
+            """)
+        let route = try #require(system.routes.routes.first { $0.pattern == "*" })
+        #expect(route.publishesAsynchronously == !ThreadSanitizer.isActive, "the queue plugin offers publish_async")
+        let ledger = Ledger()
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        #expect(try await shop.place(Order(id: 1, customer: "small", amount: 1)) == "receipt-1-small")
+        // Enough commits for the route's meter to see that its publishes wait for storage.
+        for id in 10..<16 { try await shop.record(Order(id: id, customer: "small", amount: 1)) }
+        #expect(await eventually { (10..<16).allSatisfy { ledger.count("shop:record:\($0)") == 1 } })
+        let big = String(repeating: "x", count: 3000)
+        let started = ContinuousClock.now
+        for call in ["place", "record"] {
+            do {
+                if call == "place" {
+                    _ = try await shop.place(Order(id: 3, customer: big, amount: 1))
+                } else {
+                    try await shop.record(Order(id: 4, customer: big, amount: 1))
+                }
+                Issue.record("\(call): expected the transport to refuse the call")
+            } catch let error as SwitchyardError where error.code == .transport {
+                #expect(error.reason.contains("max_message_bytes is 2000"), "\(call): \(error.reason)")
+            }
+        }
+        #expect(ContinuousClock.now - started < .seconds(20), "the request-reply call waited for its deadline")
+        #expect(ledger.count("shop:place:3") == 0 && ledger.count("shop:record:4") == 0)
+        await system.shutdown()
+    }
+
     @Test("a receiver with smaller limits dead-letters an oversized call with the reason and tells the caller; a too-large reply becomes an error for the caller")
     func receiverLimits() async throws {
         let directory = try TemporaryDirectory()

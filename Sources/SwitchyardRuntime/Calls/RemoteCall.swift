@@ -96,7 +96,18 @@ extension SwitchyardActorSystem {
                 try checkLimits(message, call)
                 if capture.add(OutboxMessage(transport: route.entry.transport, message: message)) { return }
             }
-            if let cost = route.cost {
+            if route.publishesAsynchronously, let cost = route.cost, cost.runsOnPool {
+                // Slow (waits for storage), and the plugin can tell when it is done: the task
+                // waits for the commit, not a thread of the process.
+                try checkLimits(message, call)
+                let start = monotonicNanoseconds()
+                do {
+                    try await route.transport!.client.publishAsync(message)
+                    cost.record(since: start)
+                } catch {
+                    throw SwitchyardError.transport(target: call.name, transport: route.entry.transport, reason: error.message)
+                }
+            } else if let cost = route.cost {
                 // The closure and the await only where the publish leaves the task's thread.
                 if cost.awaitsOnPool {
                     try await cost.run { [self] in try publish(message, call, route) }
@@ -148,9 +159,19 @@ extension SwitchyardActorSystem {
                     return SwitchyardError.timeout(target: name, deadline: deadline)
                 },
                 send: {
-                    // A publish that waits for a commit runs off the task's thread (CallCost).
+                    // A publish that waits for a commit runs off the task's thread (CallCost):
+                    // through publish_async where the plugin offers it, else on a storage thread.
                     guard let cost = route.cost else { return try publish(message, call, route) }
                     guard cost.runsOnPool else { return try cost.measure { try publish(message, call, route) } }
+                    if route.publishesAsynchronously {
+                        try checkLimits(message, call)
+                        let transportName = route.entry.transport
+                        let start = monotonicNanoseconds()
+                        return route.transport!.client.publish([message]) { [pending] error in
+                            guard let error else { return cost.record(since: start) }
+                            pending.fail(callID, with: SwitchyardError.transport(target: call.name, transport: transportName, reason: error.message))
+                        }
+                    }
                     cost.perform { [self] in
                         do { try publish(message, call, route) } catch { pending.fail(callID, with: error) }
                     }

@@ -54,7 +54,9 @@ final class StorageCalls: Sendable {
 
 /// How long calls into one transport take, and so where they run: inline while they are fast
 /// (an in-memory queue answers in microseconds, and a thread hop would cost more than the call),
-/// on ``StorageCalls`` once they wait for storage (a SQLite commit, a JetStream acknowledgement).
+/// on ``StorageCalls`` once they wait for storage (a SQLite commit, a JetStream acknowledgement) —
+/// or, for a publish, through the plugin's `publish_async` where it offers it (ABI 1.7), which
+/// waits for storage without any thread of this process.
 /// Capabilities cannot tell the two apart — the bundled `queue` is `durable` with `path:` and in
 /// memory without — so the runtime measures: a moving average over the last calls (about eight),
 /// taken wherever they ran.
@@ -100,14 +102,18 @@ package final class CallCost: Sendable {
     /// Runs `work` on this thread, timing it.
     func measure<R>(_ work: () throws -> R) rethrows -> R {
         let start = monotonicNanoseconds()
-        defer {
-            // One sample counts at most four times the threshold: a thread preempted for a
-            // millisecond once must not send a fast transport's calls to the pool.
-            let took = min(monotonicNanoseconds() - start, 4 * Self.poolThresholdNanos)
-            let old = averageNanos.load(ordering: .relaxed)
-            averageNanos.store(old + (took - old) / 8, ordering: .relaxed)  // racy by design: a hint
-        }
+        defer { record(since: start) }
         return try work()
+    }
+
+    /// Counts a call that started at `start` (monotonic) and is over now, wherever it ran: a
+    /// publish through `publish_async` is over when the transport tells its outcome.
+    func record(since start: Int64) {
+        // One sample counts at most four times the threshold: a thread preempted for a
+        // millisecond once must not send a fast transport's calls to the pool.
+        let took = min(monotonicNanoseconds() - start, 4 * Self.poolThresholdNanos)
+        let old = averageNanos.load(ordering: .relaxed)
+        averageNanos.store(old + (took - old) / 8, ordering: .relaxed)  // racy by design: a hint
     }
 
     /// Runs `work` on the pool, timing it, and waits for it without holding a task thread (when

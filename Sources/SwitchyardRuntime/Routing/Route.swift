@@ -30,6 +30,11 @@ final class Route: Sendable {
     /// Where calls into the transport run (inline, or off the task's thread once they wait for
     /// storage); nil for chains that never do, and for direct routes.
     let cost: CallCost?
+    /// The transport offers `publish_async` (ABI 1.7): calls whose publishes wait for storage
+    /// (``cost``) go through it, and the caller's task is suspended, not a thread, until the
+    /// transport has stored the call. Not under ThreadSanitizer, which reports a task resumed from the plugin's thread as a race
+    /// on the task's own frame (see ``CallCost/awaitsOnPool``).
+    let publishesAsynchronously: Bool
 
     var isDirect: Bool { transport == nil }
     var pattern: String { entry.pattern }
@@ -128,6 +133,7 @@ final class Route: Sendable {
         }
         metrics = RouteMetrics(route: entry.pattern)
         cost = transport.flatMap(CallCost.of)
+        publishesAsynchronously = (transport?.client.publishesAsynchronously ?? false) && !ThreadSanitizer.isActive
     }
 
 }
