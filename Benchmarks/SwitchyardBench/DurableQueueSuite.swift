@@ -35,6 +35,8 @@ struct DurableQueueSuite: BenchSuite {
         let rawBatched = try median { try rawSQLiteBatched(path: $0 + "-raw.db", count: grouped) }
         context.progress("durable-queue: plugin, 64 concurrent publishers ×\(grouped)")
         let groupCommit = try median { try pluginRate(plugins, path: $0 + "-group.db", count: grouped, publishers: 64) }
+        context.progress("durable-queue: plugin, 64 concurrent publishing tasks (publish_async) ×\(grouped)")
+        let groupCommitTasks = try median { try pluginTaskRate(plugins, path: $0 + "-tasks.db", count: grouped, publishers: 64) }
         context.progress("durable-queue: plugin, 1 publisher, batches of 100 ×\(grouped)")
         let batched = try median { try batchedRate(plugins, path: $0 + "-batched.db", count: grouped) }
         context.progress("durable-queue: raw fdatasync ×\(single)")
@@ -45,6 +47,9 @@ struct DurableQueueSuite: BenchSuite {
             BenchResult(suite: name, metric: "raw_sqlite_batched_inserts_per_s", value: rawBatched, unit: "msg/s"),
             BenchResult(
                 suite: name, metric: "group_commit_msgs_per_s", value: groupCommit, unit: "msg/s",
+                baseline: ("raw_sqlite_batched_inserts_per_s", rawBatched)),
+            BenchResult(
+                suite: name, metric: "group_commit_tasks_msgs_per_s", value: groupCommitTasks, unit: "msg/s",
                 baseline: ("raw_sqlite_batched_inserts_per_s", rawBatched)),
             BenchResult(
                 suite: name, metric: "batched_publish_msgs_per_s", value: batched, unit: "msg/s",
@@ -81,6 +86,46 @@ struct DurableQueueSuite: BenchSuite {
         finished.wait()
         let seconds = Double(Measure.now() - start) / 1e9
         if failures.load(ordering: .relaxed) > 0 { throw BenchUnavailable("\(failures.load(ordering: .relaxed)) publishes failed") }
+        return Double(count) / seconds
+    }
+
+    /// `publishers` Swift tasks, each publishing one message at a time and awaiting its commit
+    /// through `publish_async` (ABI 1.7): how a Switchyard application's calls publish. A task
+    /// waiting for its commit holds no thread, so a commit wakes the writer once and resumes its
+    /// batch's tasks on the pool's few threads, instead of waking one thread per message.
+    func pluginTaskRate(_ plugins: BenchPlugins, path: String, count: Int, publishers: Int) throws -> Double {
+        let queue = try plugins.transport("queue", config: #"{"path": "\#(path)", "capacity": 0}"#)
+        defer { queue.close() }
+        guard queue.client.publishesAsynchronously else { throw BenchUnavailable("the queue plugin does not offer publish_async") }
+        let client = queue.client
+        let body = [UInt8](repeating: 0x5A, count: 64)
+        let finished = DispatchSemaphore(value: 0)
+        let failures = Guarded(0)
+        let start = Measure.now()
+        Task { [publishers, count] in
+            let failed = await withTaskGroup(of: Int.self) { group in
+                for worker in 0..<publishers {
+                    group.addTask {
+                        var failed = 0
+                        for index in stride(from: worker, to: count, by: publishers) {
+                            do {
+                                try await client.publishAsync(Message(id: "m-\(index)", channel: "bench", body: body))
+                            } catch {
+                                failed += 1
+                            }
+                        }
+                        return failed
+                    }
+                }
+                return await group.reduce(0, +)
+            }
+            failures.withLock { $0 = failed }
+            finished.signal()
+        }
+        finished.wait()
+        let seconds = Double(Measure.now() - start) / 1e9
+        let failed = failures.withLock { $0 }
+        if failed > 0 { throw BenchUnavailable("\(failed) publishes failed") }
         return Double(count) / seconds
     }
 

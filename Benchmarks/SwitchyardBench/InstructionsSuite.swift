@@ -25,11 +25,14 @@ public enum HotPath: String, CaseIterable, Sendable {
     case rawSQLiteBatched = "raw-sqlite-batched"
     /// `publish_batch` of 100 messages into the durable (SQLite) queue plugin: one commit each.
     case durableBatched = "durable-batched"
+    /// 64 tasks each publishing one message at a time into the durable queue plugin through
+    /// `publish_async` (ABI 1.7), awaiting each commit: group commit as an application's calls make it.
+    case durableGroupCommit = "durable-group-commit"
 
     /// What one unit of the path is.
     var unit: String {
         switch self {
-        case .bareHandOff, .queueBatched, .queueSingle, .rawSQLiteBatched, .durableBatched: "msg"
+        case .bareHandOff, .queueBatched, .queueSingle, .rawSQLiteBatched, .durableBatched, .durableGroupCommit: "msg"
         case .typedFireAndForget, .typedRequestReply, .typedDirectStub, .typedSendOnly: "call"
         }
     }
@@ -40,7 +43,7 @@ public enum HotPath: String, CaseIterable, Sendable {
         switch self {
         case .bareHandOff, .queueBatched, .queueSingle: (25_600, 51_200)
         case .typedFireAndForget, .typedRequestReply, .typedDirectStub, .typedSendOnly: (2_000, 4_000)
-        case .rawSQLiteBatched, .durableBatched: (5_000, 10_000)
+        case .rawSQLiteBatched, .durableBatched, .durableGroupCommit: (5_000, 10_000)
         }
     }
 
@@ -59,7 +62,7 @@ public enum HotPath: String, CaseIterable, Sendable {
             try blocking { try await directStubCalls(count: count) }
         case .typedFireAndForget, .typedRequestReply, .typedSendOnly:
             try blocking { try await typedCalls(count: count, pluginDirectories: pluginDirectories) }
-        case .rawSQLiteBatched, .durableBatched:
+        case .rawSQLiteBatched, .durableBatched, .durableGroupCommit:
             let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-hot-path-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(at: scratch) }
@@ -67,6 +70,8 @@ public enum HotPath: String, CaseIterable, Sendable {
             let path = scratch.appendingPathComponent("queue.db").path
             if self == .rawSQLiteBatched {
                 _ = try durable.rawSQLiteBatched(path: path, count: count)
+            } else if self == .durableGroupCommit {
+                _ = try durable.pluginTaskRate(BenchPlugins(context), path: path, count: count, publishers: 64)
             } else {
                 _ = try durable.batchedRate(BenchPlugins(context), path: path, count: count)
             }
@@ -167,6 +172,7 @@ struct InstructionsSuite: BenchSuite {
             row(.typedFireAndForget, against: .queueSingle), row(.typedRequestReply, against: .queueSingle),
             row(.typedSendOnly, against: .typedFireAndForget), row(.typedDirectStub),
             row(.rawSQLiteBatched), row(.durableBatched, against: .rawSQLiteBatched),
+            row(.durableGroupCommit, against: .rawSQLiteBatched),
         ]
     }
 
