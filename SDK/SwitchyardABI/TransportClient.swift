@@ -141,9 +141,12 @@ public final class TransportClient: @unchecked Sendable {
             return
         }
         let context = Unmanaged.passRetained(PublishCompletion(done)).toOpaque()
+        // Timed like every call that must return promptly: a plugin that waits in it is reported.
+        let started = watch?.now()
         messages.withCMessages(structSize: messageArrayStride) { messages, count in
             publishAsync(instance, messages, count, PublishCompletion.tell, context)
         }
+        if let watch, let started, watch.now() - started >= watch.thresholdNanos { watch.report("publish_async", watch.now() - started) }
     }
 
     /// ``publish(_:done:)`` for a caller that awaits the outcome: suspends the task, not its

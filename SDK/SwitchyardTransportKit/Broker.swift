@@ -341,9 +341,10 @@ public final class Broker: @unchecked Sendable {
 
     /// Stores messages as one batch without waiting for the store (ABI 1.7 `publish_async`):
     /// `done` is called exactly once, with nil once they are stored or with the error that stored
-    /// none — on the store's thread (a durable store's writer, after the commit), or on this one
-    /// when the store answers at once. A batch that must wait for room (a bounded transport that
-    /// is full) waits on a thread of its own, not on the caller's.
+    /// none — on the store's thread (a durable store's syncer, after the commit is synced), or on
+    /// this one when the store answers at once. A batch that must wait for room (a bounded
+    /// transport that is full, with a `full_wait`) waits on a thread of its own, not on the
+    /// caller's.
     public func publish(_ batch: consuming [Message], done: @escaping @Sendable (TransportError?) -> Void) {
         let messages: [Message]
         do throws(TransportError) {
@@ -352,28 +353,43 @@ public final class Broker: @unchecked Sendable {
             return done(error)
         }
         if closing.load(ordering: .acquiring) { return done(Self.drainingError) }
-        guard hasRoomNow(for: messages.count) else {
-            // Counted, so that a shutdown waits for its answer (destroy answers every
-            // publish_async): the wait ends early once the transport closes.
-            condition.lock()
-            roomWaitsOffThread += 1
-            condition.unlock()
-            Thread { [self] in
-                do throws(TransportError) {
-                    try waitForRoom(messages.count)
-                    try append(admitted: messages)
-                    done(nil)
-                } catch {
-                    done(error)
-                }
-                condition.lock()
-                roomWaitsOffThread -= 1
-                condition.broadcast()
-                condition.unlock()
-            }.start()
-            return
+        switch roomNow(for: messages.count) {
+        case .some(true):
+            append(admitted: messages, done: done)
+        case .some(false) where options.fullWaitNanos == 0:
+            done(fullError)  // what waitForRoom would answer at once
+        default:
+            // Full with a full_wait, or the counts unknown until the store counts (a durable
+            // store's first count reads every entry): the wait, or the count, on a thread of its
+            // own. Each waiting publish holds a thread, as a blocking publish held its caller's.
+            offCallersThread { [self] () throws(TransportError) in
+                try waitForRoom(messages.count)
+                try append(admitted: messages)
+            } done: {
+                done($0)
+            }
         }
-        append(admitted: messages, done: done)
+    }
+
+    /// Runs `work` on a thread of its own, then `done` with its outcome; counted, so that a
+    /// shutdown waits for `done` (destroy answers every publish_async). A wait for room in it ends
+    /// early once the transport closes.
+    func offCallersThread(_ work: @escaping @Sendable () throws(TransportError) -> Void, done: @escaping @Sendable (TransportError?) -> Void) {
+        condition.lock()
+        roomWaitsOffThread += 1
+        condition.unlock()
+        Thread { [self] in
+            do throws(TransportError) {
+                try work()
+                done(nil)
+            } catch {
+                done(error)
+            }
+            condition.lock()
+            roomWaitsOffThread -= 1
+            condition.broadcast()
+            condition.unlock()
+        }.start()
     }
 
     /// ``append(admitted:)`` without waiting for the store.
@@ -471,12 +487,11 @@ public final class Broker: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Whether `count` more messages fit without waiting (always, without a capacity); may say
-    /// no when there is room after all (the counts are approximate), never yes when there is none
-    /// at this moment.
-    private func hasRoomNow(for count: Int) -> Bool {
+    /// Whether `count` more messages fit, as far as the counts known now say (always, without a
+    /// capacity); nil when the store would have to count first. Never waits for a count.
+    private func roomNow(for count: Int) -> Bool? {
         guard options.capacity > 0 else { return true }
-        let (depth, inFlight) = counts()
+        guard let (depth, inFlight) = capacityShared.map({ $0.counts() }) ?? store.knownCounts() else { return nil }
         return Int(depth + inFlight) + count <= options.capacity
     }
 

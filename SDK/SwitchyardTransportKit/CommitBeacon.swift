@@ -258,6 +258,9 @@ final class CommitBeacon: @unchecked Sendable {
             var lockWaiter: SQLiteDatabase?
             var buffer = [UInt8](repeating: 0, count: 4096)
             while !isStopped() {
+                // Put back if putting it back failed (a watch limit reached meanwhile): retried
+                // every 200 ms while nothing is pending.
+                if watch < 0, walEvents >= 0, unexplainedSince == nil { watch = Self.watch(walEvents, walDirectory) }
                 var timeout: Int32 = 200
                 if let since = unexplainedSince {
                     timeout = Int32(clamping: max(0, since + fallback - monotonicNanoseconds()) / 1_000_000 + 1)

@@ -162,6 +162,10 @@ public protocol MessageStore: AnyObject, Sendable {
     func nextWakeup(channel: String, group: String, now: Int64) -> Int64?
     /// Entries stored and not leased (`depth`) and leased (`inFlight`), over all channels.
     func counts() -> (depth: UInt64, inFlight: UInt64)
+    /// ``counts()`` for a caller that must not wait for a count (a publish that does not block):
+    /// nil when the store would have to count now. Default: ``counts()``, for stores that count
+    /// at once (in memory); a store whose count reads its storage answers from the last count.
+    func knownCounts() -> (depth: UInt64, inFlight: UInt64)?
     /// Registers a function to call when another process changes the store (stores shared between
     /// processes call it; others never do), except for the changes its claimed change descriptor
     /// tells (``claimChangeDescriptor()``).
@@ -205,6 +209,8 @@ extension MessageStore {
             done(error)
         }
     }
+
+    public func knownCounts() -> (depth: UInt64, inFlight: UInt64)? { counts() }
 
     public func claimChangeDescriptor() -> Int32 { -1 }
     public func takeChanges() -> Bool { false }

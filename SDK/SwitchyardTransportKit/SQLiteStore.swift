@@ -37,6 +37,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         var changeHandler: (@Sendable () -> Void)?
         /// The last counts, and when they may be counted again; nil until the first count is done.
         var cachedCounts: (depth: UInt64, inFlight: UInt64, refreshAt: Int64)?
+        /// `knownCounts()` started the first count on a thread of its own.
+        var firstCountStarted = false
     }
     private let shared = Guarded(Shared())
     /// A connection of its own for counting (`counts()`): a count reads the whole table, and on the
@@ -184,7 +186,8 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         try insert(messages, deleting: ref)
     }
 
-    /// Queued for the writer's next batch; `done` runs on the writer thread after its commit.
+    /// Queued for the writer's next batch; `done` runs on the writer's syncer thread once the
+    /// commit is synced.
     public func append(_ messages: [Message], done: @escaping (TransportError?) -> Void) {
         writer.submit(insertion(of: messages, deleting: nil), done: done)
     }
@@ -479,16 +482,44 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// about 5% of a core. Counted on a connection of its own, off the writer thread. Approximate:
     /// other processes change the table meanwhile (capacity is approximate anyway).
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
+        count(now: host.nowNanos())
+    }
+
+    /// The counts without waiting for a count (see `MessageStore.knownCounts()`): the last ones,
+    /// a refresh that is due made on a thread of its own; nil before the first count is over
+    /// (which then starts, also on a thread of its own).
+    public func knownCounts() -> (depth: UInt64, inFlight: UInt64)? {
         let now = host.nowNanos()
-        // One thread counts; the others, meanwhile, get the last counts rather than wait for a
-        // count that may take a tenth of a second (a publish checking for room asks for them).
-        // Before the first count there are no last counts: then every caller waits for one.
-        let (cached, counting) = shared.withLock { shared -> ((depth: UInt64, inFlight: UInt64, refreshAt: Int64)?, Bool) in
-            guard let cached = shared.cachedCounts else { return (nil, true) }
+        let (cached, start) = shared.withLock { shared -> ((depth: UInt64, inFlight: UInt64, refreshAt: Int64)?, Bool) in
+            guard let cached = shared.cachedCounts else {
+                defer { shared.firstCountStarted = true }
+                return (nil, !shared.firstCountStarted)
+            }
             guard now >= cached.refreshAt else { return (cached, false) }
             shared.cachedCounts!.refreshAt = .max
             return (cached, true)
         }
+        if start {
+            let claimed = cached
+            Thread { [self] in _ = count(now: now, claimed: claimed) }.start()
+        }
+        return cached.map { ($0.depth, $0.inFlight) }
+    }
+
+    /// Counts, unless another thread has just counted (or counts now, or a refresh is not yet due:
+    /// then the last counts). `claimed`: the caller already took the refresh (its last counts).
+    private func count(now: Int64, claimed: (depth: UInt64, inFlight: UInt64, refreshAt: Int64)?? = nil) -> (depth: UInt64, inFlight: UInt64) {
+        // One thread counts; the others, meanwhile, get the last counts rather than wait for a
+        // count that may take a tenth of a second (a publish checking for room asks for them).
+        // Before the first count there are no last counts: then every caller waits for one.
+        let (cached, counting) =
+            claimed.map { ($0, true) }
+            ?? shared.withLock { shared -> ((depth: UInt64, inFlight: UInt64, refreshAt: Int64)?, Bool) in
+                guard let cached = shared.cachedCounts else { return (nil, true) }
+                guard now >= cached.refreshAt else { return (cached, false) }
+                shared.cachedCounts!.refreshAt = .max
+                return (cached, true)
+            }
         if let cached, !counting { return (cached.depth, cached.inFlight) }
         return counter.withLock { connection -> (depth: UInt64, inFlight: UInt64) in
             // Waited for a first count another caller made: it is as fresh as one of our own.

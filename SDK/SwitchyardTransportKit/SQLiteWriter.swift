@@ -43,7 +43,8 @@ import SwitchyardABI
 /// which then runs them together as before.
 ///
 /// ``submit(synced:_:done:)`` queues an operation without waiting for it: its `done` runs on the
-/// writer thread once the batch is committed (and synced), so that many callers in flight — tasks
+/// syncer thread once the batch is committed and synced (on the writer thread for a batch that
+/// needs no sync, or one with a waiting caller), so that many callers in flight — tasks
 /// awaiting a publish, not threads blocked in one — cost one wake-up of the writer per batch
 /// rather than two thread switches per operation.
 public final class SQLiteWriter: @unchecked Sendable {
@@ -220,8 +221,8 @@ public final class SQLiteWriter: @unchecked Sendable {
 
     /// Queues `body` for the writer thread's next batch and returns at once; `done` is called
     /// exactly once with its error, or nil once the batch is committed (and synced, unless
-    /// `synced: false`). `done` runs on the writer thread (or on this one, when the store is
-    /// already closed) and must return promptly: the batch's other callers wait for it. `body` may
+    /// `synced: false`). `done` runs on the syncer or the writer thread (or on this one, when the
+    /// store is already closed) and must return promptly: the batch's other callers wait for it. `body` may
     /// run twice (see the type's note).
     func submit(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> Void, done: @escaping (TransportError?) -> Void) {
         jobs.lock()
@@ -357,8 +358,8 @@ public final class SQLiteWriter: @unchecked Sendable {
     /// Wakes the batch's callers as a binary tree: the writer wakes the first, and each caller
     /// woken wakes two more. A wake is a system call and often a context switch; made one after
     /// another by the writer, 64 of them held up the next batch's commit by more than its fsync.
-    /// Submitted jobs (``submit``) are told here, on the writer thread, after the waiting callers
-    /// are on their way.
+    /// Submitted jobs (``submit``) are told here, on the thread that synced the batch (or committed
+    /// it, when it needs no sync), after the waiting callers are on their way.
     private func wakeAll(_ batch: [Job]) {
         let waiting = batch.allSatisfy { $0.done == nil } ? batch : batch.filter { $0.done == nil }
         for (index, job) in waiting.enumerated() {

@@ -116,21 +116,16 @@ public final class ShardedBroker: Sendable {
     }
 
     /// Stores messages without waiting for the store (see ``Broker/publish(_:done:)``): a batch
-    /// for one shard, the usual case, goes to it as one; one spread over shards is stored as
-    /// ``publish(_:)`` stores it (sharded transports are in memory: nothing to wait for), then
-    /// `done` is called.
+    /// for one shard, the usual case, goes to it as one.
     public func publish(_ batch: consuming [Message], done: @escaping @Sendable (TransportError?) -> Void) {
         let messages = batch
         if brokers.count == 1 { return brokers[0].publish(messages, done: done) }
         if let first = messages.first, messages.allSatisfy({ shard(ofChannel: $0.channel) === shard(ofChannel: first.channel) }) {
             return shard(ofChannel: first.channel).publish(messages, done: done)
         }
-        do throws(TransportError) {
-            try publish(messages)
-            done(nil)
-        } catch {
-            done(error)
-        }
+        // Spread over shards: stored as publish(_:) stores it — which may wait for room in a full
+        // transport — so on a thread of its own (rare: the runtime publishes one message a call).
+        brokers[0].offCallersThread({ [self] () throws(TransportError) in try publish(messages) }, done: done)
     }
 
     /// Every group checked by its shard (limits, drain) before any is stored, and room asked for

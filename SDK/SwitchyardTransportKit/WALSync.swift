@@ -36,6 +36,8 @@ final class WALSync: Sendable {
     /// The first failure and the syncs so far: read by the writer's turn while the syncer thread
     /// syncs (``SQLiteWriter``).
     private let state = Guarded<(failure: TransportError?, syncs: Int)>((nil, 0))
+    /// Held by each sync, from its check for an earlier failure to the recording of its own.
+    private let syncing = Guarded(0)
     /// The first failure, for ever: later synced batches are not even written (see
     /// ``SQLiteWriter``).
     var failure: TransportError? { state.withLock { $0.failure } }
@@ -81,23 +83,22 @@ final class WALSync: Sendable {
 
     /// Returns once everything written to the WAL so far is on disk; throws when the disk refused
     /// (now or at any earlier sync).
-    /// Safe from several threads at once (the syncer's, and a caller running its own turn).
+    /// Safe from several threads at once (the syncer's, the writer's, a caller running its own
+    /// turn): one sync at a time, the check for an earlier failure and the recording of a new one
+    /// included. Linux reports a failed writeback to one `fdatasync` of the file only, so a sync
+    /// running beside the one that failed could return success for frames written after the
+    /// lost ones — which recovery then drops with them.
     func sync() throws(TransportError) {
-        if let failure = state.withLock({ state -> TransportError? in
-            if state.failure == nil { state.syncs += 1 }
-            return state.failure
-        }) {
-            throw failure
+        try syncing.withLock { _ throws(TransportError) in
+            if let failure { throw failure }
+            state.withLock { $0.syncs += 1 }
+            guard fdatasync(file) != 0 else { return }
+            let error = TransportError(
+                .io,
+                "cannot sync '\(path)' to disk (\(String(cString: strerror(errno)))): the last commits may be lost in a power cut; "
+                    + "every later durable write of this store fails with this error — check the disk, then restart the process")
+            state.withLock { $0.failure = error }
+            throw error
         }
-        guard fdatasync(file) != 0 else { return }
-        let error = TransportError(
-            .io,
-            "cannot sync '\(path)' to disk (\(String(cString: strerror(errno)))): the last commits may be lost in a power cut; "
-                + "every later durable write of this store fails with this error — check the disk, then restart the process")
-        let first = state.withLock { state -> TransportError in
-            if state.failure == nil { state.failure = error }
-            return state.failure!
-        }
-        throw first
     }
 }

@@ -524,6 +524,20 @@ typedef struct sy_create_args {
 } sy_create_args;
 
 /**
+ * Told the outcome of one `publish_async` (ABI 1.7), exactly once: `status` is SY_OK once every
+ * message is stored as `publish_batch` would store it, otherwise the error that stored none of
+ * them, described by `err` (never NULL then; NULL with SY_OK). `err` is borrowed for the call.
+ * `done_context` is the pointer the host passed to publish_async.
+ *
+ * Called on any thread: a thread of the plugin's (a durable store's, once its commit is synced) or
+ * the publishing thread itself, before publish_async returns (an in-memory store answers at
+ * once, and every error found before anything is queued is told this way). It must return
+ * promptly — it may hold up the plugin's next commit — and must not call into the same instance
+ * (a host resumes whatever waited for the publish elsewhere).
+ */
+typedef void (*sy_publish_done_fn)(void *done_context, sy_status status, const sy_error *err);
+
+/**
  * The plugin descriptor, returned by the entry point. Static: it must stay valid and unchanged
  * while the plugin is loaded (forever).
  *
@@ -535,20 +549,6 @@ typedef struct sy_create_args {
  * overlaps or follows its `destroy`. Functions that take a deadline or may wait (drain) say so;
  * all others return promptly.
  */
-/**
- * Told the outcome of one `publish_async` (ABI 1.7), exactly once: `status` is SY_OK once every
- * message is stored as `publish_batch` would store it, otherwise the error that stored none of
- * them, described by `err` (never NULL then; NULL with SY_OK). `err` is borrowed for the call.
- * `done_context` is the pointer the host passed to publish_async.
- *
- * Called on any thread: a thread of the plugin's (a durable store's writer, after its commit) or
- * the publishing thread itself, before publish_async returns (an in-memory store answers at
- * once, and every error found before anything is queued is told this way). It must return
- * promptly — it may hold up the plugin's next commit — and must not call into the same instance
- * (a host resumes whatever waited for the publish elsewhere).
- */
-typedef void (*sy_publish_done_fn)(void *done_context, sy_status status, const sy_error *err);
-
 typedef struct sy_plugin_descriptor {
     uint32_t struct_size;         /**< sizeof(sy_plugin_descriptor) as the plugin knows it. */
     uint16_t abi_major;           /**< SY_ABI_MAJOR the plugin was built for. */
@@ -701,7 +701,9 @@ typedef struct sy_plugin_descriptor {
      * SY_CAP_DURABLE); the errors are publish_batch's, SY_ERR_CLOSED while draining included.
      * Messages of one publish_async are stored in order, but two publish_async calls in flight at
      * once may be stored in either order: a publisher that needs its messages in order waits for
-     * each `done` before the next, or publishes them in one call.
+     * each `done` before the next, or publishes them in one call. With `done` NULL nothing is
+     * published (there is nobody to tell). `destroy` calls the `done` of every publish_async not
+     * yet told before it returns.
      *
      * It never waits for storage (a commit, a broker's acknowledgement) on the calling thread — a
      * host calls it from threads that must not block, such as a Swift task's — though, like
