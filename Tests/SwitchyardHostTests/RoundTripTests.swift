@@ -30,6 +30,22 @@ struct RoundTripTests {
         return try Transport(name: "test-\(plugin.name)", plugin: plugin)
     }
 
+    /// A plugin that does not offer `publish_async` (the examples: built before it, or with no
+    /// need) still takes `TransportClient.publish(_:done:)`: published through publish_batch or
+    /// publish on the caller's thread, and told before the call returns, once, success or error.
+    @Test("publish(_:done:) on a plugin without publish_async publishes on the caller's thread and tells once before returning", arguments: plugins)
+    func publishDoneWithoutPublishAsync(_ file: String) async throws {
+        let transport = try transport(file)
+        defer { transport.close() }
+        #expect(!transport.client.publishesAsynchronously)
+        let told = Guarded<[TransportError?]>([])
+        transport.client.publish([Message(id: "m-1", channel: "c")]) { error in told.withLock { $0.append(error) } }
+        #expect(told.withLock { $0.count } == 1 && told.withLock { $0.first! } == nil, "told \(told.withLock { $0 }) before returning")
+        transport.client.publish([Message(id: "", channel: "c")]) { error in told.withLock { $0.append(error) } }
+        #expect(told.withLock { $0.count } == 2 && told.withLock { $0.last! } != nil, "a message without an id was accepted")
+        #expect(try transport.client.stats()?.published == 1)
+    }
+
     @Test("publish → deliver → ack keeps every field", arguments: plugins)
     func publishDeliverAck(_ file: String) async throws {
         let transport = try transport(file)
