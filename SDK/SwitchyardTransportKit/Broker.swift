@@ -122,9 +122,9 @@ public final class Broker: @unchecked Sendable {
     /// dispatcher re-checks `workPending` under the lock before acting on it).
     private let workHint = Atomic<Bool>(false)
     private var waiters = 0  // threads other than the dispatcher waiting on `condition`
-    /// Publishes without blocking (``publish(_:done:)``) waiting for room on threads of their own
-    /// (under the lock): shutdown waits until each has been answered.
-    private var roomWaitsOffThread = 0
+    /// Publishes without blocking (``publish(_:done:)``) running on threads of their own
+    /// (``offCallersThread(_:done:)``; under the lock): shutdown waits until each has been answered.
+    private var publishesOffThread = 0
     private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
@@ -376,7 +376,7 @@ public final class Broker: @unchecked Sendable {
     /// early once the transport closes.
     func offCallersThread(_ work: @escaping @Sendable () throws(TransportError) -> Void, done: @escaping @Sendable (TransportError?) -> Void) {
         condition.lock()
-        roomWaitsOffThread += 1
+        publishesOffThread += 1
         condition.unlock()
         Thread { [self] in
             do throws(TransportError) {
@@ -386,7 +386,7 @@ public final class Broker: @unchecked Sendable {
                 done(error)
             }
             condition.lock()
-            roomWaitsOffThread -= 1
+            publishesOffThread -= 1
             condition.broadcast()
             condition.unlock()
         }.start()
@@ -831,7 +831,7 @@ public final class Broker: @unchecked Sendable {
         stopped = true
         beginClosing()
         waiters += 1
-        while !dispatcherDone || passRunning || roomWaitsOffThread > 0 || members.values.contains(where: { $0.delivering > 0 }) {
+        while !dispatcherDone || passRunning || publishesOffThread > 0 || members.values.contains(where: { $0.delivering > 0 }) {
             condition.wait()
         }
         waiters -= 1

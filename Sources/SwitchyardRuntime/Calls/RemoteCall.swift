@@ -100,13 +100,10 @@ extension SwitchyardActorSystem {
                 // Slow (waits for storage), and the plugin can tell when it is done: the task
                 // waits for the commit, not a thread of the process.
                 try checkLimits(message, call)
-                let start = monotonicNanoseconds()
-                do {
-                    try await route.transport!.client.publishAsync(message)
-                    cost.record(since: start)
-                } catch {
-                    throw SwitchyardError.transport(target: call.name, transport: route.entry.transport, reason: error.message)
+                let failure = await withUnsafeContinuation { told in
+                    publishWithoutBlocking(message, call, route, cost) { told.resume(returning: $0) }
                 }
+                if let failure { throw failure }
             } else if let cost = route.cost {
                 // The closure and the await only where the publish leaves the task's thread.
                 if cost.awaitsOnPool {
@@ -165,11 +162,8 @@ extension SwitchyardActorSystem {
                     guard cost.runsOnPool else { return try cost.measure { try publish(message, call, route) } }
                     if route.publishesAsynchronously {
                         try checkLimits(message, call)
-                        let transportName = route.entry.transport
-                        let start = monotonicNanoseconds()
-                        return route.transport!.client.publish([message]) { [pending] error in
-                            guard let error else { return cost.record(since: start) }
-                            pending.fail(callID, with: SwitchyardError.transport(target: call.name, transport: transportName, reason: error.message))
+                        return publishWithoutBlocking(message, call, route, cost) { [pending] failure in
+                            if let failure { pending.fail(callID, with: failure) }
                         }
                     }
                     cost.perform { [self] in
@@ -191,6 +185,23 @@ extension SwitchyardActorSystem {
     private func checkLimits(_ message: Message, _ call: CallTarget) throws {
         if let violation = config.limits.violation(of: message, keyPrefix: "limits.") {
             throw SwitchyardError.limitExceeded(target: call.name, reason: violation)
+        }
+    }
+
+    /// Publishes through the transport's `publish_async` (ABI 1.7; the limits already checked):
+    /// `done` gets nil once the transport stored the call, or the error, as ``publish(_:_:_:)``
+    /// would throw it. The route's meter counts the time to the answer.
+    private func publishWithoutBlocking(
+        _ message: Message, _ call: CallTarget, _ route: Route, _ cost: CallCost, done: @escaping @Sendable (SwitchyardError?) -> Void
+    ) {
+        let transportName = route.entry.transport
+        let start = monotonicNanoseconds()
+        route.transport!.client.publish([message]) { error in
+            guard let error else {
+                cost.record(since: start)
+                return done(nil)
+            }
+            done(SwitchyardError.transport(target: call.name, transport: transportName, reason: error.message))
         }
     }
 
