@@ -106,14 +106,20 @@ distributed actor NoticeCollector: Notices {
 /// A system with an outbox `shop` at `path` and a notice collector served on a queue: the
 /// system, what the collector saw, and a reference to it.
 func noticesWithOutbox(at path: String, concurrency: Int = 16) async throws -> (SwitchyardActorSystem, Guarded<[Int]>, any Notices) {
+    try await noticesWithOutboxes(["shop: { path: \"\(path)\" }"], concurrency: concurrency)
+}
+
+/// ``noticesWithOutbox(at:concurrency:)`` with the entries `outboxes` (each `NAME: { ... }`)
+/// under `outboxes:`; without `concurrency`, the route's default.
+func noticesWithOutboxes(_ outboxes: [String], concurrency: Int? = nil) async throws -> (SwitchyardActorSystem, Guarded<[Int]>, any Notices) {
     let system = try await makeSystem(
         """
         transports:
           work: { plugin: queue }
         outboxes:
-          shop: { path: "\(path)" }
+          \(outboxes.joined(separator: "\n  "))
         routes:
-          Notices.*: { transport: work, mode: fire-and-forget, concurrency: \(concurrency) }
+          Notices.*: { transport: work, mode: fire-and-forget\(concurrency.map { ", concurrency: \($0)" } ?? "") }
         """)
     let seen = Guarded<[Int]>([])
     try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
@@ -164,18 +170,7 @@ func outboxDepth(_ path: String) throws -> Int {
 func expectCorruptRowSetAside(
     outbox: String, postgres: Bool = false, leave: ([OutboxMessage]) throws -> Void, remaining: @escaping () throws -> [String]
 ) async throws {
-    let system = try await makeSystem(
-        """
-        transports:
-          work: { plugin: queue }
-        outboxes:
-          \(outbox)
-        routes:
-          Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
-        """)
-    let seen = Guarded<[Int]>([])
-    try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-    let notices = try $Notices.resolve(id: "notices", using: system)
+    let (system, seen, notices) = try await noticesWithOutboxes([outbox], concurrency: 1)
     func notice(_ id: Int) async throws {
         if postgres {
             try await system.transaction(on: "shop", PostgresDatabase.self) { _ in try await notices.notice(id) }
@@ -937,18 +932,7 @@ struct PostgresOutboxTests {
     @Test("a PostgreSQL connection lost before COMMIT: the error says the change may have been stored, and the next transaction works on a fresh connection")
     func connectionLostAtCommit() async throws {
         let server = try await offPool { try PostgresServer() }
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              ledger: { postgres: { conninfo: "\(server.conninfo)" } }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget }
-            """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
+        let (system, seen, notices) = try await noticesWithOutboxes(["ledger: { postgres: { conninfo: \"\(server.conninfo)\" } }"])
         try await system.transaction(on: "ledger", PostgresDatabase.self) { db in try db.execute("CREATE TABLE payments (id bigint PRIMARY KEY)") }
         // The server ends the transaction's connection (an administrator, a failover, a network
         // cut) after its last statement: only COMMIT is left to send.
@@ -980,19 +964,9 @@ struct PostgresOutboxTests {
     func applicationTransaction() async throws {
         let server = try await offPool { try PostgresServer() }
         let dir = try TemporaryDirectory()
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue }
-            outboxes:
-              ledger: { postgres: { conninfo: "\(server.conninfo)" } }
-              shop: { path: "\(dir.file("outbox.db"))" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget }
-            """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
+        let (system, seen, notices) = try await noticesWithOutboxes([
+            "ledger: { postgres: { conninfo: \"\(server.conninfo)\" } }", "shop: { path: \"\(dir.file("outbox.db"))\" }",
+        ])
         try await system.transaction(on: "ledger", PostgresDatabase.self) { db in
             try db.execute("CREATE TABLE payments (id bigint PRIMARY KEY)")
             try db.run("INSERT INTO payments VALUES (20)")
