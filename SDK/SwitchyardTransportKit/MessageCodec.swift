@@ -1,3 +1,4 @@
+import CSwitchyard
 import SwitchyardABI
 
 /// A compact binary form of a ``Message``, for storing messages (durable stores, held delays).
@@ -15,38 +16,64 @@ public enum MessageCodec {
 
     /// Encodes `message`: measured first, then written in place into an array of exactly its size.
     public static func encode(_ message: Message) -> [UInt8] {
-        let extended = message.expiresAtNanos != 0 || !message.flags.isEmpty
-        var id = message.id
-        var channel = message.channel
-        var key = message.orderingKey ?? ""
-        var size = 4 + 4 + 8 + 8 + (extended ? 12 : 0) + 12 + id.utf8.count + channel.utf8.count + key.utf8.count + 4
-        for header in message.headers { size += 8 + header.key.utf8.count + header.value.utf8.count }
-        size += 4 + message.body.count
+        // Lent as C, a message copied from C (the usual one here) is read where it lies: no
+        // Swift strings or arrays are made of its id, headers and body.
+        message.withCMessage { encode(fields: $0.pointee) }
+    }
+
+    /// Encodes a message as it crossed the boundary, without copying it into a ``Message`` first.
+    public static func encode(_ message: MessageView) -> [UInt8] { encode(fields: message.fields) }
+
+    /// Appends `message`'s encoding to `bytes` and returns where it lies: for a writer gathering
+    /// many rows in one buffer, no array of its own per message.
+    static func encode(_ message: Message, appendingTo bytes: inout [UInt8]) -> Range<Int> {
+        message.withCMessage { m in
+            let size = size(of: m.pointee)
+            let start = bytes.count
+            bytes.append(contentsOf: repeatElement(0, count: size))
+            bytes.withUnsafeMutableBytes { write(m.pointee, to: $0.baseAddress! + start, size: size) }
+            return start..<start + size
+        }
+    }
+
+    private static func encode(fields m: sy_message) -> [UInt8] {
+        let size = size(of: m)
         return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
-            var writer = Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
-            (extended ? magicV2 : magic).withUnsafeBytes { writer.bytes($0) }
-            writer.integer(message.attempt)
-            writer.integer(UInt64(bitPattern: message.deliverAtNanos))
-            writer.integer(UInt64(bitPattern: message.enqueuedAtNanos))
-            if extended {
-                writer.integer(UInt64(bitPattern: message.expiresAtNanos))
-                writer.integer(message.flags.rawValue)
-            }
-            writer.string(&id)
-            writer.string(&channel)
-            writer.string(&key)
-            writer.integer(UInt32(message.headers.count))
-            for header in message.headers {
-                var name = header.key
-                var value = header.value
-                writer.string(&name)
-                writer.string(&value)
-            }
-            writer.integer(UInt32(message.body.count))
-            message.body.withUnsafeBytes { writer.bytes($0) }
-            precondition(writer.offset == size, "MessageCodec measured \(size) bytes and wrote \(writer.offset)")
+            write(m, to: UnsafeMutableRawPointer(buffer.baseAddress!), size: size)
             initialized = size
         }
+    }
+
+    /// The bytes ``write(_:to:size:)`` writes for `m`.
+    private static func size(of m: sy_message) -> Int {
+        let extended = m.expires_at_ns != 0 || m.flags != 0
+        var size = 4 + 4 + 8 + 8 + (extended ? 12 : 0) + 12 + m.id.len + m.channel.len + m.ordering_key.len + 4
+        for header in UnsafeBufferPointer(start: m.headers, count: m.header_count) { size += 8 + header.key.len + header.value.len }
+        return size + 4 + m.body.len
+    }
+
+    /// Writes `m`'s encoding, measured as `size` bytes, at `base`.
+    private static func write(_ m: sy_message, to base: UnsafeMutableRawPointer, size: Int) {
+        let extended = m.expires_at_ns != 0 || m.flags != 0
+        var writer = Writer(base: base)
+        (extended ? magicV2 : magic).withUnsafeBytes { writer.bytes($0) }
+        writer.integer(m.attempt)
+        writer.integer(UInt64(bitPattern: m.deliver_at_ns))
+        writer.integer(UInt64(bitPattern: m.enqueued_at_ns))
+        if extended {
+            writer.integer(UInt64(bitPattern: m.expires_at_ns))
+            writer.integer(m.flags)
+        }
+        writer.field(m.id.data, m.id.len)
+        writer.field(m.channel.data, m.channel.len)
+        writer.field(m.ordering_key.data, m.ordering_key.len)
+        writer.integer(UInt32(m.header_count))
+        for header in UnsafeBufferPointer(start: m.headers, count: m.header_count) {
+            writer.field(header.key.data, header.key.len)
+            writer.field(header.value.data, header.value.len)
+        }
+        writer.field(m.body.data, m.body.len)
+        precondition(writer.offset == size, "MessageCodec measured \(size) bytes and wrote \(writer.offset)")
     }
 
     /// Writes into memory the encoder measured: no bounds of its own (the precondition after the
@@ -65,9 +92,10 @@ public enum MessageCodec {
             offset += bytes.count
         }
 
-        mutating func string(_ text: inout String) {
-            integer(UInt32(text.utf8.count))
-            text.withUTF8 { bytes(UnsafeRawBufferPointer($0)) }
+        /// A length-prefixed field: u32 length, then its bytes.
+        mutating func field<T>(_ data: UnsafePointer<T>?, _ count: Int) {
+            integer(UInt32(count))
+            bytes(UnsafeRawBufferPointer(start: data, count: count))
         }
     }
 

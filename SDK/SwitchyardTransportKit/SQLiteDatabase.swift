@@ -169,6 +169,16 @@ public final class SQLiteDatabase {
         }
         /// Binds NULL.
         public func bindNull(at position: Int32) { sqlite3_bind_null(statement, position) }
+        /// Binds UTF-8 text without copying it (`SQLITE_STATIC`): `bytes` must stay valid and
+        /// unchanged until the statement has run, and must have an address even when empty
+        /// (SQLite binds a NULL pointer as NULL).
+        func bindBorrowedText(_ bytes: UnsafeRawBufferPointer, at position: Int32) {
+            sqlite3_bind_text(statement, position, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(bytes.count), nil)
+        }
+        /// Binds bytes without copying them (`SQLITE_STATIC`), under ``bindBorrowedText(_:at:)``'s rule.
+        func bindBorrowedBlob(_ bytes: UnsafeRawBufferPointer, at position: Int32) {
+            sqlite3_bind_blob(statement, position, bytes.baseAddress, Int32(bytes.count), nil)
+        }
     }
 
     /// Runs one statement, its parameters bound by `binding`, calling `row` for each result row;

@@ -92,7 +92,9 @@ public final class SQLiteWriter: @unchecked Sendable {
         let synced: Bool
         var error: TransportError?
         /// Signalled once the job's transaction ended: each caller is woken alone, not all at once.
-        let finished = DispatchSemaphore(value: 0)
+        /// Made only for a caller that queues to wait (under `jobs`, before the job is queued): a
+        /// turn run on the caller's thread, or a submitted job, needs none.
+        var finished: DispatchSemaphore?
         /// The jobs of the same batch this job's caller wakes once woken itself (see `wakeAll`).
         var wakes: (Job?, Job?) = (nil, nil)
         /// Called with the job's outcome instead of waking a waiting caller (``submit``).
@@ -206,10 +208,11 @@ public final class SQLiteWriter: @unchecked Sendable {
             }
             jobs.unlock()
         } else {
+            job.finished = DispatchSemaphore(value: 0)
             pending.append(job)
             if pending.count == 1 && !busy { jobs.signal() }  // the writer sleeps only when idle
             jobs.unlock()
-            job.finished.wait()
+            job.finished!.wait()
             ThreadSanitizer.acquire(job)  // the writer thread set error/result before signalling
             Self.wake(job.wakes.0)
             Self.wake(job.wakes.1)
@@ -373,7 +376,7 @@ public final class SQLiteWriter: @unchecked Sendable {
         for job in batch { job.done?(job.error) }
     }
 
-    private static func wake(_ job: Job?) { job?.finished.signal() }
+    private static func wake(_ job: Job?) { job?.finished?.signal() }
 
     /// One transaction for the whole batch; a savepoint per job. Whether it committed.
     private func run(_ batch: [Job], on db: SQLiteDatabase) -> Bool {
