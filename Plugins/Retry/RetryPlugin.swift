@@ -19,7 +19,8 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
             name: "retry", version: "1.0.0",
             description: "Retries failed deliveries with exponential backoff and jitter, then dead-letters them",
             capabilities: [.retry, .deadLetter, .wrapsInner],
-            atomicPublishAndSettle: false, extendsLeases: true)
+            // Publishes pass through unchanged: without blocking where the inner transport can.
+            atomicPublishAndSettle: false, extendsLeases: true, publishesAsynchronously: true)
     }
 
     /// Attempt number of each delivery handed out and not yet settled. A delivery that expires

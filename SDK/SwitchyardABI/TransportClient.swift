@@ -45,10 +45,17 @@ public final class TransportClient: @unchecked Sendable {
     /// Wraps an instance created by `descriptor`'s `create`. The descriptor must have passed the
     /// loader's validation: every required function is present. With `watch`, every call that
     /// must return promptly (all but `drain`) is timed, and one slower than its threshold reported.
-    public init(descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer, watch: SlowCallWatch? = nil) {
+    /// For a decorator, `inner` is its inner transport's client: the decorator's `publish_async`
+    /// is used only where the inner one publishes without blocking too (see
+    /// ``publishesAsynchronously``).
+    public init(
+        descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer, watch: SlowCallWatch? = nil,
+        inner: TransportClient? = nil
+    ) {
         self.descriptor = descriptor
         self.instance = instance
         self.watch = watch
+        publishesAsynchronously = descriptor.pointee.publish_async != nil && (inner?.publishesAsynchronously ?? true)
     }
 
     /// Runs one call into the plugin, timed when a watch is set.
@@ -122,8 +129,11 @@ public final class TransportClient: @unchecked Sendable {
         try call("publish_batch") { publishBatch(instance, first, count, $0) }
     }
 
-    /// Whether the plugin publishes without blocking the caller (ABI 1.7 `publish_async`).
-    public var publishesAsynchronously: Bool { descriptor.pointee.publish_async != nil }
+    /// Whether the instance publishes without blocking the caller (ABI 1.7 `publish_async`): its
+    /// plugin offers `publish_async` and, for a decorator created with its inner client, so does
+    /// every transport under it (a decorator passes the publish on, and over an inner transport
+    /// without one it can only refuse it).
+    public let publishesAsynchronously: Bool
 
     /// Publishes messages all or nothing without waiting for them to be stored: `done` is called
     /// exactly once with nil once they are, or with the error that stored none — on any thread,

@@ -3,7 +3,8 @@ import SwitchyardPluginKit
 
 /// A plugin that wraps an inner transport (capability `wrapsInner`): by default every call goes
 /// straight through to the inner one, unchanged and uncopied. Subclasses override the calls they
-/// change (`delay` overrides publish; `retry` overrides subscribe and settle).
+/// change (`delay` overrides publish; `retry` overrides subscribe and settle, and passes
+/// `publish_async` through).
 open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     // @unchecked: immutable after init; the inner client is thread-safe.
 
@@ -29,6 +30,20 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
 
     open func publish(_ message: MessageView) throws(TransportError) { try inner.publish(message.pointer) }
     open func publish(batch: [MessageView]) throws(TransportError) { try inner.publish(batch: batch.map { $0.copy() }) }
+    /// Straight through to the inner transport's `publish_async` (ABI 1.7). The host calls it only
+    /// where the subclass declares ``PluginInfo/publishesAsynchronously`` — do so only if it
+    /// changes no publish, or overrides this too — and the inner transport publishes without
+    /// blocking. Over an inner transport that does not, it tells `.unsupported` at once and
+    /// publishes nothing, as the ABI says (waiting for it here would block the caller's thread).
+    open func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
+        guard inner.publishesAsynchronously else {
+            return done(
+                TransportError(
+                    .unsupported,
+                    "\(Self.info.name)'s inner transport does not publish without blocking (no publish_async): publish with publish_batch"))
+        }
+        inner.publish(batch.map { $0.copy() }, done: done)
+    }
     open func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
         track(try inner.subscribe(options, passing: subscriber.raw))
     }

@@ -126,7 +126,8 @@ public final class Transport: Sendable {
         self.isolated = nil
         self.client = TransportClient(
             descriptor: plugin.descriptor, instance: instance,
-            watch: Self.slowCallWatch(name: name, plugin: plugin.name, thresholdNanos: slowCallWarningNanos, logger: logger))
+            watch: Self.slowCallWatch(name: name, plugin: plugin.name, thresholdNanos: slowCallWarningNanos, logger: logger),
+            inner: inner?.client)
     }
 
     /// Creates an instance of `plugin` in a child process (`switchyard plugin-host`) and a proxy

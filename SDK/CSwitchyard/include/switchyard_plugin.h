@@ -710,6 +710,11 @@ typedef struct sy_plugin_descriptor {
      * every call, it may take a lock for a moment. Where waiting cannot be avoided (a bounded
      * transport that is full waits for room), the plugin waits on a thread of its own.
      *
+     * A decorator (SY_CAP_WRAPS_INNER) that offers it passes the publish on to its inner
+     * transport's publish_async; over an inner transport without one it tells
+     * SY_ERR_UNSUPPORTED at once and publishes nothing. A host calls a decorator's publish_async
+     * only where every transport under it offers one too.
+     *
      * It lets a durable store commit many single-message publishers in one transaction while
      * waking one thread per commit, not one per publisher. Optional (NULL, or absent before 1.7:
      * the host publishes with publish or publish_batch, from threads of its own where those wait

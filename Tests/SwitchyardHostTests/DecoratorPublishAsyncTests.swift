@@ -1,0 +1,61 @@
+import Foundation
+import SwitchyardABI
+import SwitchyardHost
+import SwitchyardTestSupport
+import Testing
+
+/// A decorator passes `publish_async` (ABI 1.7) on to its inner transport; the host uses it only
+/// where every transport of the chain offers it.
+@Suite("publish_async through a decorator")
+struct DecoratorPublishAsyncTests {
+    @Test("retry over a durable queue publishes without blocking: stored, told once, delivered")
+    func retryOverDurableQueue() async throws {
+        let directory = try TemporaryDirectory()
+        let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(directory.file("q.db"))"}"#)
+        let retry = try Transport(name: "r", plugin: try BuildProducts.plugin("retry"), inner: queue)
+        defer {
+            retry.close()
+            queue.close()
+        }
+        #expect(retry.client.publishesAsynchronously, "retry and the queue under it both offer publish_async")
+        let received = Guarded<[String]>([])
+        let client = retry.client
+        _ = try client.subscribe(SubscribeOptions(channel: "c")) { delivery, message in
+            received.withLock { $0.append(message.id) }
+            try? client.settle(delivery, .ack)
+            return .ok
+        }
+        try await client.publishAsync(Message(id: "m-1", channel: "c"))
+        #expect(try queue.client.stats()?.published == 1, "stored by the queue once told")
+        #expect(await eventually { received.withLock { $0 } == ["m-1"] })
+        let told = Guarded<[TransportError?]>([])
+        client.publish([Message(id: "", channel: "c")]) { error in told.withLock { $0.append(error) } }
+        #expect(await eventually { told.withLock { $0.count } == 1 })
+        #expect(told.withLock { $0.first??.code } == .invalidArgument, "a bad message is refused through done: \(told.withLock { $0 })")
+    }
+
+    @Test("retry over a queue without publish_async (isolated): the host publishes through publish_batch; asked anyway, retry tells unsupported at once and publishes nothing")
+    func retryOverTransportWithoutPublishAsync() async throws {
+        let isolation = ProcessIsolation(
+            callTimeoutNanos: 5_000_000_000, restartBackoffNanos: 50_000_000, maxRestartBackoffNanos: 500_000_000,
+            hostExecutable: BuildProducts.switchyard)
+        let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), isolation: isolation)
+        let retry = try Transport(name: "r", plugin: try BuildProducts.plugin("retry"), inner: queue)
+        defer {
+            retry.close()
+            queue.close()
+        }
+        #expect(!queue.client.publishesAsynchronously && !retry.client.publishesAsynchronously)
+        // A client that knows nothing of the chain calls retry's publish_async.
+        let unaware = TransportClient(descriptor: retry.client.descriptor, instance: retry.client.instance)
+        #expect(unaware.publishesAsynchronously)
+        let told = Guarded<[TransportError?]>([])
+        unaware.publish([Message(id: "m-1", channel: "c")]) { error in told.withLock { $0.append(error) } }
+        let outcome = told.withLock { $0 }
+        #expect(outcome.count == 1 && outcome.first??.code == .unsupported, "told at once: \(outcome)")
+        #expect(outcome.first??.message.contains("publish_batch") == true, "the error says what to do: \(outcome)")
+        #expect(try queue.client.stats()?.published == 0, "nothing published")
+        try retry.client.publish(batch: [Message(id: "m-2", channel: "c")])
+        #expect(try queue.client.stats()?.published == 1)
+    }
+}
