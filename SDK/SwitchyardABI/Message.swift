@@ -501,10 +501,16 @@ extension Message {
     /// when small), so lending a message costs no heap allocation in the common case.
     @inlinable
     public func withCMessage<R, E: Error>(_ body: (UnsafePointer<sy_message>) throws(E) -> R) throws(E) -> R {
+        try withCMessage(structSize: MemoryLayout<sy_message>.size, body)
+    }
+
+    /// ``withCMessage(_:)`` claiming `structSize` (see ``lay(into:structSize:)``).
+    @inlinable
+    func withCMessage<R, E: Error>(structSize: Int, _ body: (UnsafePointer<sy_message>) throws(E) -> R) throws(E) -> R {
         let result: Result<R, E> = withUnsafeTemporaryAllocation(
             byteCount: max(1, lentByteCount), alignment: MemoryLayout<sy_header>.alignment
         ) { raw in
-            var message = lay(into: raw, structSize: MemoryLayout<sy_message>.size)
+            var message = lay(into: raw, structSize: structSize)
             do throws(E) {
                 return .success(try withUnsafePointer(to: &message) { (pointer) throws(E) -> R in try body(pointer) })
             } catch {
@@ -584,6 +590,9 @@ extension Array where Element == Message {
     public func withCMessages<R, E: Error>(
         structSize: Int = MemoryLayout<sy_message>.size, _ body: (UnsafePointer<sy_message>, Int) throws(E) -> R
     ) throws(E) -> R {
+        // One message (a single call's publish, the usual one) is laid out on the stack: no
+        // array of sizes, no heap allocation.
+        if count == 1 { return try self[0].withCMessage(structSize: structSize) { (message) throws(E) -> R in try body(message, 1) } }
         let align = MemoryLayout<sy_header>.alignment
         let sizes = map { ($0.lentByteCount + align - 1) / align * align }
         let arrayBytes = count * structSize

@@ -141,16 +141,20 @@ public final class TransportClient: @unchecked Sendable {
     /// where the plugin offers it; otherwise through ``publish(batch:)`` on this thread, then
     /// `done` (check ``publishesAsynchronously`` before calling it from a thread that must not block).
     public func publish(_ messages: [Message], done: @escaping @Sendable (TransportError?) -> Void) {
+        publish(messages, PublishCompletion(done))
+    }
+
+    private func publish(_ messages: [Message], _ completion: PublishCompletion) {
         guard !messages.isEmpty, alive.load(ordering: .acquiring), let publishAsync = descriptor.pointee.publish_async else {
             do throws(TransportError) {
                 try publish(batch: messages)
-                done(nil)
+                completion.tell(nil)
             } catch {
-                done(error)
+                completion.tell(error)
             }
             return
         }
-        let context = Unmanaged.passRetained(PublishCompletion(done)).toOpaque()
+        let context = Unmanaged.passRetained(completion).toOpaque()
         // Timed like every call that must return promptly: a plugin that waits in it is reported.
         let started = watch?.now()
         messages.withCMessages(structSize: messageArrayStride) { messages, count in
@@ -162,8 +166,9 @@ public final class TransportClient: @unchecked Sendable {
     /// ``publish(_:done:)`` for a caller that awaits the outcome: suspends the task, not its
     /// thread, until the message is stored.
     public func publishAsync(_ message: Message) async throws(TransportError) {
+        // The continuation is the completion's own: no closure allocated to resume it.
         let outcome: TransportError? = await withUnsafeContinuation { continuation in
-            publish([message]) { continuation.resume(returning: $0) }
+            publish([message], PublishCompletion(continuation))
         }
         if let outcome { throw outcome }
     }
@@ -501,14 +506,28 @@ final class SubscriberBox: Sendable {
 
 /// The `done` of one `publish_async`, kept alive (retained once) until the plugin calls it.
 private final class PublishCompletion: Sendable {
-    let done: @Sendable (TransportError?) -> Void
-    init(_ done: @escaping @Sendable (TransportError?) -> Void) { self.done = done }
+    /// Who is told: a callback, or an awaiting task (resumed directly, without a closure).
+    private enum Told: Sendable {
+        case callback(@Sendable (TransportError?) -> Void)
+        case task(UnsafeContinuation<TransportError?, Never>)
+    }
+    private let told: Told
+    init(_ done: @escaping @Sendable (TransportError?) -> Void) { told = .callback(done) }
+    init(_ continuation: UnsafeContinuation<TransportError?, Never>) { told = .task(continuation) }
+
+    /// Tells the outcome; exactly once.
+    func tell(_ outcome: TransportError?) {
+        switch told {
+        case .callback(let done): done(outcome)
+        case .task(let continuation): continuation.resume(returning: outcome)
+        }
+    }
 
     /// The `sy_publish_done_fn` handed to the plugin, with the retained completion as its context.
     static let tell: @convention(c) (UnsafeMutableRawPointer?, sy_status, UnsafePointer<sy_error>?) -> Void = { context, status, err in
         guard let context else { return }
         let completion = Unmanaged<PublishCompletion>.fromOpaque(context).takeRetainedValue()
-        guard status != SY_OK else { return completion.done(nil) }
-        completion.done(err.map { TransportError(status: status, error: $0.pointee) } ?? TransportError(StatusCode(rawValue: status), "publish_async failed"))
+        guard status != SY_OK else { return completion.tell(nil) }
+        completion.tell(err.map { TransportError(status: status, error: $0.pointee) } ?? TransportError(StatusCode(rawValue: status), "publish_async failed"))
     }
 }
