@@ -138,14 +138,14 @@ public final class TransportClient: @unchecked Sendable {
     /// Publishes messages all or nothing without waiting for them to be stored: `done` is called
     /// exactly once with nil once they are, or with the error that stored none — on any thread,
     /// possibly before this returns; it must return promptly. Through `publish_async` (ABI 1.7)
-    /// where the plugin offers it; otherwise through ``publish(batch:)`` on this thread, then
+    /// where ``publishesAsynchronously``; otherwise through ``publish(batch:)`` on this thread, then
     /// `done` (check ``publishesAsynchronously`` before calling it from a thread that must not block).
     public func publish(_ messages: [Message], done: @escaping @Sendable (TransportError?) -> Void) {
         publish(messages, PublishCompletion(done))
     }
 
     private func publish(_ messages: [Message], _ completion: PublishCompletion) {
-        guard !messages.isEmpty, alive.load(ordering: .acquiring), let publishAsync = descriptor.pointee.publish_async else {
+        guard !messages.isEmpty, publishesAsynchronously, alive.load(ordering: .acquiring), let publishAsync = descriptor.pointee.publish_async else {
             do throws(TransportError) {
                 try publish(batch: messages)
                 completion.tell(nil)

@@ -125,6 +125,9 @@ public final class Broker: @unchecked Sendable {
     /// Publishes without blocking (``publish(_:done:)``) running on threads of their own
     /// (``offCallersThread(_:done:)``; under the lock): shutdown waits until each has been answered.
     private var publishesOffThread = 0
+    /// Where they run: a few threads, not one per waiting publish (a full transport with a
+    /// `full_wait` and thousands of publishing tasks would otherwise start thousands).
+    private let blockingCalls = BlockingCalls(name: "switchyard-publish-wait", maxThreads: 4)
     private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
@@ -360,36 +363,49 @@ public final class Broker: @unchecked Sendable {
             done(fullError)  // what waitForRoom would answer at once
         default:
             // Full with a full_wait, or the counts unknown until the store counts (a durable
-            // store's first count reads every entry): the wait, or the count, on a thread of its
-            // own. Each waiting publish holds a thread, as a blocking publish held its caller's.
-            offCallersThread { [self] () throws(TransportError) in
-                try waitForRoom(messages.count)
-                try append(admitted: messages)
-            } done: {
-                done($0)
+            // store's first count reads every entry): the wait, or the count, off the caller's
+            // thread — its full_wait counted from now, however long it queues for one — and the
+            // store then appends without waiting here for its commit.
+            let deadline = AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos)
+            offCallersThread { [self] in
+                do throws(TransportError) {
+                    try waitForRoom(messages.count, until: deadline)
+                } catch {
+                    return done(error)
+                }
+                append(admitted: messages, done: done)
             }
         }
     }
 
-    /// Runs `work` on a thread of its own, then `done` with its outcome; counted, so that a
-    /// shutdown waits for `done` (destroy answers every publish_async). A wait for room in it ends
-    /// early once the transport closes.
+    /// Runs `work` off the caller's thread (``BlockingCalls``: a few threads of this broker's,
+    /// in arrival order), then `done` with its outcome; counted, so that a shutdown waits for
+    /// `done` (destroy answers every publish_async). A wait for room in it ends early once the
+    /// transport closes.
     func offCallersThread(_ work: @escaping @Sendable () throws(TransportError) -> Void, done: @escaping @Sendable (TransportError?) -> Void) {
-        condition.lock()
-        publishesOffThread += 1
-        condition.unlock()
-        Thread { [self] in
+        offCallersThread {
             do throws(TransportError) {
                 try work()
                 done(nil)
             } catch {
                 done(error)
             }
+        }
+    }
+
+    /// Runs `work`, which tells its publish's outcome itself, off the caller's thread; counted
+    /// until it returns.
+    private func offCallersThread(_ work: @escaping @Sendable () -> Void) {
+        condition.lock()
+        publishesOffThread += 1
+        condition.unlock()
+        blockingCalls.run { [self] in
+            work()
             condition.lock()
             publishesOffThread -= 1
             condition.broadcast()
             condition.unlock()
-        }.start()
+        }
     }
 
     /// ``append(admitted:)`` without waiting for the store.
@@ -496,6 +512,12 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func waitForRoom(_ count: Int) throws(TransportError) {
+        try waitForRoom(count, until: AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos))
+    }
+
+    /// Waits for room for `count` messages until the monotonic clock reads `deadline` (a publish's
+    /// full_wait, counted from when it came).
+    private func waitForRoom(_ count: Int, until deadline: Int64) throws(TransportError) {
         // Without the lock while there is room (the store's counts are approximate anyway, and a
         // drain that starts just after this check is no different from one just after the store).
         if closing.load(ordering: .acquiring) { throw Self.drainingError }
@@ -503,7 +525,8 @@ public final class Broker: @unchecked Sendable {
         let (depth, inFlight) = counts()
         if Int(depth + inFlight) + count <= options.capacity { return }
         if let capacityShared {
-            switch capacityShared.waitForRoom(count, capacity: options.capacity, waitNanos: options.fullWaitNanos, closing: closing) {
+            let waitNanos = options.fullWaitNanos > 0 ? max(0, deadline - monotonicNanoseconds()) : 0
+            switch capacityShared.waitForRoom(count, capacity: options.capacity, waitNanos: waitNanos, closing: closing) {
             case .room: return
             case .full: throw fullError
             case .closing: throw Self.drainingError
@@ -512,7 +535,6 @@ public final class Broker: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         if draining || stopped { throw Self.drainingError }
-        let deadline = AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos)
         while true {
             let (depth, inFlight) = counts()
             if Int(depth + inFlight) + count <= options.capacity { return }

@@ -26,24 +26,53 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
         }
         self.inner = inner
         innerCapabilities = Capabilities(rawValue: inner.descriptor.pointee.capabilities)
+        passesPublishAsync = Self.info.publishesAsynchronously
     }
 
     open func publish(_ message: MessageView) throws(TransportError) { try inner.publish(message.pointer) }
     open func publish(batch: [MessageView]) throws(TransportError) { try inner.publish(batch: batch.map { $0.copy() }) }
-    /// Straight through to the inner transport's `publish_async` (ABI 1.7). The host calls it only
-    /// where the subclass declares ``PluginInfo/publishesAsynchronously`` — do so only if it
-    /// changes no publish, or overrides this too — and the inner transport publishes without
-    /// blocking. Over an inner transport that does not, it tells `.unsupported` at once and
-    /// publishes nothing, as the ABI says (waiting for it here would block the caller's thread).
+    /// Straight through to the inner transport's `publish_async` (ABI 1.7), where the subclass
+    /// declares ``PluginInfo/publishesAsynchronously`` — do so only if it changes no publish, or
+    /// overrides this too; otherwise ``publish(batch:)``, then `done`, as for any plugin. Over an
+    /// inner transport without `publish_async` the inner publish runs on a thread of this
+    /// instance's (``BlockingCalls``), never the caller's — though a host that knows the chain
+    /// publishes through `publish_batch` itself then. `destroy` waits until every publish passed
+    /// on has been told.
     open func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
-        guard inner.publishesAsynchronously else {
-            return done(
-                TransportError(
-                    .unsupported,
-                    "\(Self.info.name)'s inner transport does not publish without blocking (no publish_async): publish with publish_batch"))
+        guard passesPublishAsync else {
+            do throws(TransportError) {
+                try publish(batch: batch)
+                done(nil)
+            } catch {
+                done(error)
+            }
+            return
         }
-        inner.publish(batch.map { $0.copy() }, done: done)
+        let messages = batch.map { $0.copy() }
+        forwarded.begin()
+        let told: @Sendable (TransportError?) -> Void = { [forwarded] error in
+            done(error)
+            forwarded.end()
+        }
+        guard inner.publishesAsynchronously else {
+            return innerPublishes.run { [inner] in
+                do throws(TransportError) {
+                    try inner.publish(batch: messages)
+                    told(nil)
+                } catch {
+                    told(error)
+                }
+            }
+        }
+        inner.publish(messages, done: told)
     }
+    /// Whether the subclass's info says ``PluginInfo/publishesAsynchronously`` (read once).
+    private let passesPublishAsync: Bool
+    /// Publishes passed on and not yet told (``publish(_:done:)``).
+    private let forwarded = InFlightCount()
+    /// Where publishes wait for an inner transport without `publish_async`.
+    private let innerPublishes = BlockingCalls(name: "switchyard-decorator-publish", maxThreads: 8)
+
     open func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
         track(try inner.subscribe(options, passing: subscriber.raw))
     }
@@ -76,10 +105,40 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     }
     open func drain(deadlineNanos: Int64) throws(TransportError) { try inner.drain(deadlineNanos: deadlineNanos) }
     open func stats() -> TransportStats { (try? inner.stats()) ?? TransportStats() }
-    /// Ends this instance's subscriptions on the inner transport. Overrides call `super.shutdown()`.
+    /// Ends this instance's subscriptions on the inner transport, and waits until every publish
+    /// passed on to it has been told (the ABI's `destroy` answers every `publish_async`).
+    /// Overrides call `super.shutdown()`.
     open func shutdown() {
         for id in innerSubscriptions.withLock({ all in
             defer { all.removeAll() }; return all
         }) { try? inner.unsubscribe(id) }
+        forwarded.waitUntilZero()
+    }
+}
+
+/// A count of things under way, and a wait for none to be left.
+final class InFlightCount: @unchecked Sendable {
+    // @unchecked: `count` is behind `condition`.
+    private let condition = AdaptiveCondition()
+    private var count = 0
+
+    func begin() {
+        condition.lock()
+        count += 1
+        condition.unlock()
+    }
+
+    func end() {
+        condition.lock()
+        count -= 1
+        if count == 0 { condition.broadcast() }
+        condition.unlock()
+    }
+
+    /// Returns once none is under way.
+    func waitUntilZero() {
+        condition.lock()
+        while count > 0 { condition.wait() }
+        condition.unlock()
     }
 }

@@ -644,6 +644,10 @@ private final class PendingEntries: SQLiteDeferredWrites, @unchecked Sendable {
 
     func discard() {
         rows.removeAll(keepingCapacity: true)
-        bytes.removeAll(keepingCapacity: true)
+        // Kept for the next batch, unless a batch of large messages grew it: not held for good.
+        if bytes.capacity > Self.keptBytes { bytes = [] } else { bytes.removeAll(keepingCapacity: true) }
     }
+
+    /// The most buffer kept between batches.
+    private static let keptBytes = 4 << 20
 }

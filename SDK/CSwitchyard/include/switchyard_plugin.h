@@ -711,9 +711,10 @@ typedef struct sy_plugin_descriptor {
      * transport that is full waits for room), the plugin waits on a thread of its own.
      *
      * A decorator (SY_CAP_WRAPS_INNER) that offers it passes the publish on to its inner
-     * transport's publish_async; over an inner transport without one it tells
-     * SY_ERR_UNSUPPORTED at once and publishes nothing. A host calls a decorator's publish_async
-     * only where every transport under it offers one too.
+     * transport's publish_async; over an inner transport without one it still must not block:
+     * it calls the inner publish_batch on a thread of its own (a host that knows the chain may
+     * call publish_batch itself there instead). Its `destroy` waits until every publish it
+     * passed on has been told.
      *
      * It lets a durable store commit many single-message publishers in one transaction while
      * waking one thread per commit, not one per publisher. Optional (NULL, or absent before 1.7:
