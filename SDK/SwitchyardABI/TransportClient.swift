@@ -131,8 +131,9 @@ public final class TransportClient: @unchecked Sendable {
 
     /// Whether the instance publishes without blocking the caller (ABI 1.7 `publish_async`): its
     /// plugin offers `publish_async` and, for a decorator created with its inner client, so does
-    /// every transport under it (a decorator passes the publish on, and over an inner transport
-    /// without one it can only refuse it).
+    /// every transport under it (a decorator passes the publish on; over an inner transport
+    /// without one it would have to run the inner's blocking publish on threads of its own, and
+    /// publishing through `publish_batch` here costs less).
     public let publishesAsynchronously: Bool
 
     /// Publishes messages all or nothing without waiting for them to be stored: `done` is called

@@ -33,8 +33,8 @@ final class BlockingCalls: @unchecked Sendable {
         condition.lock()
         queue.append(work)
         var start = false
-        if idleThreads > 0 {
-            condition.signal()
+        if queue.count <= idleThreads {
+            condition.signal()  // an idle thread takes it (one signalled but not yet awake counts)
         } else if threads < maxThreads {
             threads += 1
             start = true

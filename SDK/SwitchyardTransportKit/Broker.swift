@@ -122,7 +122,7 @@ public final class Broker: @unchecked Sendable {
     /// dispatcher re-checks `workPending` under the lock before acting on it).
     private let workHint = Atomic<Bool>(false)
     private var waiters = 0  // threads other than the dispatcher waiting on `condition`
-    /// Publishes without blocking (``publish(_:done:)``) running on threads of their own
+    /// Publishes without blocking (``publish(_:done:)``) that wait off their callers' threads
     /// (``offCallersThread(_:done:)``; under the lock): shutdown waits until each has been answered.
     private var publishesOffThread = 0
     /// Where they run: a few threads, not one per waiting publish (a full transport with a
@@ -346,8 +346,8 @@ public final class Broker: @unchecked Sendable {
     /// `done` is called exactly once, with nil once they are stored or with the error that stored
     /// none — on the store's thread (a durable store's syncer, after the commit is synced), or on
     /// this one when the store answers at once. A batch that must wait for room (a bounded
-    /// transport that is full, with a `full_wait`) waits on a thread of its own, not on the
-    /// caller's.
+    /// transport that is full, with a `full_wait`) waits on one of the broker's few threads for
+    /// that (``BlockingCalls``), not on the caller's.
     public func publish(_ batch: consuming [Message], done: @escaping @Sendable (TransportError?) -> Void) {
         let messages: [Message]
         do throws(TransportError) {
@@ -366,7 +366,7 @@ public final class Broker: @unchecked Sendable {
             // store's first count reads every entry): the wait, or the count, off the caller's
             // thread — its full_wait counted from now, however long it queues for one — and the
             // store then appends without waiting here for its commit.
-            let deadline = AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos)
+            let deadline = fullWaitDeadline()
             offCallersThread { [self] in
                 do throws(TransportError) {
                     try waitForRoom(messages.count, until: deadline)
@@ -426,10 +426,10 @@ public final class Broker: @unchecked Sendable {
     /// draining, and room made for `room` messages (0: none asked for here). Separate so that
     /// ``ShardedBroker`` checks every part of a batch, in each shard, before storing any, and
     /// asks for the whole batch's room once (its shards share one capacity).
-    func admit(_ batch: consuming [Message], room: Int) throws(TransportError) -> [Message] {
+    func admit(_ batch: consuming [Message], room: Int, until deadline: Int64? = nil) throws(TransportError) -> [Message] {
         let messages = try accepted(batch)
         if room > 0 {
-            try waitForRoom(room)
+            try waitForRoom(room, until: deadline ?? fullWaitDeadline())
         } else if closing.load(ordering: .acquiring) {
             throw Self.drainingError
         }
@@ -512,8 +512,12 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func waitForRoom(_ count: Int) throws(TransportError) {
-        try waitForRoom(count, until: AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos))
+        try waitForRoom(count, until: fullWaitDeadline())
     }
+
+    /// When a publish coming now stops waiting for room: its full_wait from now, on the monotonic
+    /// clock.
+    func fullWaitDeadline() -> Int64 { AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos) }
 
     /// Waits for room for `count` messages until the monotonic clock reads `deadline` (a publish's
     /// full_wait, counted from when it came).

@@ -36,8 +36,11 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     /// overrides this too; otherwise ``publish(batch:)``, then `done`, as for any plugin. Over an
     /// inner transport without `publish_async` the inner publish runs on a thread of this
     /// instance's (``BlockingCalls``), never the caller's — though a host that knows the chain
-    /// publishes through `publish_batch` itself then. `destroy` waits until every publish passed
-    /// on has been told.
+    /// publishes through `publish_batch` itself then. A publish passed to the inner
+    /// `publish_async` is told at the latest when the inner transport's `destroy` returns (this
+    /// one's must not wait for it: a publish waiting for room in a full inner transport would
+    /// hold it up for its `full_wait`); one running on this instance's threads, before this
+    /// instance's `destroy` returns (the inner one must not be destroyed under it).
     open func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
         guard passesPublishAsync else {
             do throws(TransportError) {
@@ -49,27 +52,24 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
             return
         }
         let messages = batch.map { $0.copy() }
-        forwarded.begin()
-        let told: @Sendable (TransportError?) -> Void = { [forwarded] error in
-            done(error)
-            forwarded.end()
-        }
         guard inner.publishesAsynchronously else {
-            return innerPublishes.run { [inner] in
+            blocking.begin()
+            return innerPublishes.run { [inner, blocking] in
                 do throws(TransportError) {
                     try inner.publish(batch: messages)
-                    told(nil)
+                    done(nil)
                 } catch {
-                    told(error)
+                    done(error)
                 }
+                blocking.end()
             }
         }
-        inner.publish(messages, done: told)
+        inner.publish(messages, done: done)
     }
     /// Whether the subclass's info says ``PluginInfo/publishesAsynchronously`` (read once).
     private let passesPublishAsync: Bool
-    /// Publishes passed on and not yet told (``publish(_:done:)``).
-    private let forwarded = InFlightCount()
+    /// Inner publishes running on ``innerPublishes`` (``publish(_:done:)``).
+    private let blocking = InFlightCount()
     /// Where publishes wait for an inner transport without `publish_async`.
     private let innerPublishes = BlockingCalls(name: "switchyard-decorator-publish", maxThreads: 8)
 
@@ -105,14 +105,14 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     }
     open func drain(deadlineNanos: Int64) throws(TransportError) { try inner.drain(deadlineNanos: deadlineNanos) }
     open func stats() -> TransportStats { (try? inner.stats()) ?? TransportStats() }
-    /// Ends this instance's subscriptions on the inner transport, and waits until every publish
-    /// passed on to it has been told (the ABI's `destroy` answers every `publish_async`).
-    /// Overrides call `super.shutdown()`.
+    /// Ends this instance's subscriptions on the inner transport, and waits for the inner
+    /// publishes running on this instance's threads (``publish(_:done:)``): the inner transport
+    /// is destroyed next. Overrides call `super.shutdown()`.
     open func shutdown() {
         for id in innerSubscriptions.withLock({ all in
             defer { all.removeAll() }; return all
         }) { try? inner.unsubscribe(id) }
-        forwarded.waitUntilZero()
+        blocking.waitUntilZero()
     }
 }
 

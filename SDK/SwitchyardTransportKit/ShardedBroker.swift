@@ -124,17 +124,23 @@ public final class ShardedBroker: Sendable {
             return shard(ofChannel: first.channel).publish(messages, done: done)
         }
         // Spread over shards: stored as publish(_:) stores it — which may wait for room in a full
-        // transport — so on a thread of its own (rare: the runtime publishes one message a call).
-        brokers[0].offCallersThread({ [self] () throws(TransportError) in try publish(messages) }, done: done)
+        // transport — so off the caller's thread (rare: the runtime publishes one message a call),
+        // its full_wait counted from now.
+        let deadline = brokers[0].fullWaitDeadline()
+        brokers[0].offCallersThread(
+            { [self] () throws(TransportError) in
+                for (shard, messages) in try admit(split(messages), until: deadline) { try shard.append(admitted: messages) }
+            }, done: done)
     }
 
     /// Every group checked by its shard (limits, drain) before any is stored, and room asked for
-    /// the whole batch once (the shards share the capacity).
-    private func admit(_ groups: [(Broker, [Message])]) throws(TransportError) -> [(Broker, [Message])] {
+    /// the whole batch once (the shards share the capacity), waiting for it until `deadline`
+    /// (nil: a full_wait from now).
+    private func admit(_ groups: [(Broker, [Message])], until deadline: Int64? = nil) throws(TransportError) -> [(Broker, [Message])] {
         let total = groups.reduce(0) { $0 + $1.1.count }
         var admitted: [(Broker, [Message])] = []
         for (index, (shard, messages)) in groups.enumerated() {
-            admitted.append((shard, try shard.admit(messages, room: index == 0 ? total : 0)))
+            admitted.append((shard, try shard.admit(messages, room: index == 0 ? total : 0, until: deadline)))
         }
         return admitted
     }

@@ -713,8 +713,9 @@ typedef struct sy_plugin_descriptor {
      * A decorator (SY_CAP_WRAPS_INNER) that offers it passes the publish on to its inner
      * transport's publish_async; over an inner transport without one it still must not block:
      * it calls the inner publish_batch on a thread of its own (a host that knows the chain may
-     * call publish_batch itself there instead). Its `destroy` waits until every publish it
-     * passed on has been told.
+     * call publish_batch itself there instead). A publish it passed on is told at the latest
+     * when the inner transport's `destroy` returns — a host destroys a decorator before the
+     * transport under it — and one it runs on its own thread before its own `destroy` returns.
      *
      * It lets a durable store commit many single-message publishers in one transaction while
      * waking one thread per commit, not one per publisher. Optional (NULL, or absent before 1.7:
