@@ -429,7 +429,7 @@ public final class Broker: @unchecked Sendable {
     func admit(_ batch: consuming [Message], room: Int, until deadline: Int64? = nil) throws(TransportError) -> [Message] {
         let messages = try accepted(batch)
         if room > 0 {
-            try waitForRoom(room, until: deadline ?? fullWaitDeadline())
+            try waitForRoom(room, until: deadline)
         } else if closing.load(ordering: .acquiring) {
             throw Self.drainingError
         }
@@ -511,23 +511,20 @@ public final class Broker: @unchecked Sendable {
         return Int(depth + inFlight) + count <= options.capacity
     }
 
-    private func waitForRoom(_ count: Int) throws(TransportError) {
-        try waitForRoom(count, until: fullWaitDeadline())
-    }
-
     /// When a publish coming now stops waiting for room: its full_wait from now, on the monotonic
     /// clock.
     func fullWaitDeadline() -> Int64 { AdaptiveCondition.monotonicDeadline(in: options.fullWaitNanos) }
 
     /// Waits for room for `count` messages until the monotonic clock reads `deadline` (a publish's
-    /// full_wait, counted from when it came).
-    private func waitForRoom(_ count: Int, until deadline: Int64) throws(TransportError) {
+    /// full_wait, counted from when it came; nil: from now, read only once it has to wait).
+    private func waitForRoom(_ count: Int, until deadline: Int64? = nil) throws(TransportError) {
         // Without the lock while there is room (the store's counts are approximate anyway, and a
         // drain that starts just after this check is no different from one just after the store).
         if closing.load(ordering: .acquiring) { throw Self.drainingError }
         guard options.capacity > 0 else { return }
         let (depth, inFlight) = counts()
         if Int(depth + inFlight) + count <= options.capacity { return }
+        let deadline = deadline ?? fullWaitDeadline()
         if let capacityShared {
             let waitNanos = options.fullWaitNanos > 0 ? max(0, deadline - monotonicNanoseconds()) : 0
             switch capacityShared.waitForRoom(count, capacity: options.capacity, waitNanos: waitNanos, closing: closing) {
