@@ -37,10 +37,12 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     /// inner transport without `publish_async` the inner publish runs on a thread of this
     /// instance's (``BlockingCalls``), never the caller's — though a host that knows the chain
     /// publishes through `publish_batch` itself then. A publish passed to the inner
-    /// `publish_async` is told at the latest when the inner transport's `destroy` returns (this
-    /// one's must not wait for it: a publish waiting for room in a full inner transport would
-    /// hold it up for its `full_wait`); one running on this instance's threads, before this
-    /// instance's `destroy` returns (the inner one must not be destroyed under it).
+    /// `publish_async` is told at the latest when the innermost transport's `destroy` returns
+    /// (this one's must not wait for it: a publish waiting for room in a full inner transport
+    /// would hold it up for its `full_wait`); one running on this instance's threads, before this
+    /// instance's `destroy` returns (the inner one must not be destroyed under it). Publishes
+    /// passed on skip a subclass's `publish(batch:)`: one that changes publishes overrides this
+    /// too, calling `super` for what it leaves as it is.
     open func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
         guard passesPublishAsync else {
             do throws(TransportError) {
@@ -51,8 +53,13 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
             }
             return
         }
-        let messages = batch.map { $0.copy() }
         guard inner.publishesAsynchronously else {
+            // One `publish` each would not be all or nothing.
+            if batch.count > 1 && inner.descriptor.pointee.publish_batch == nil {
+                return done(
+                    TransportError(.unsupported, "\(Self.info.name)'s inner transport has no publish_batch (before ABI 1.1): publish these one at a time"))
+            }
+            let messages = batch.map { $0.copy() }
             blocking.begin()
             return innerPublishes.run { [inner, blocking] in
                 do throws(TransportError) {
@@ -64,7 +71,7 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
                 blocking.end()
             }
         }
-        inner.publish(messages, done: done)
+        inner.publish(batch.map { $0.copy() }, done: done)
     }
     /// Whether the subclass's info says ``PluginInfo/publishesAsynchronously`` (read once).
     private let passesPublishAsync: Bool

@@ -70,10 +70,10 @@ struct BrokerDeadlineTests {
     /// Many publishes waiting for room in a full transport wait on a few threads of its own, not
     /// one each; each is still refused once its own full_wait, counted from its arrival, has
     /// passed — also a batch spread over shards, which waits on the first shard's threads.
-    @Test("forty publish_async to a full queue (sharded too) are each refused after their own full_wait, not queued behind each other's")
+    @Test("forty publish_async to a full queue (sharded too) are each refused after their own full_wait, not one after another")
     func manyWaitingPublishes() async throws {
         let plugin = try BuildProducts.plugin("queue")
-        for config in [#"{"capacity": 1, "full_wait": "400ms"}"#, #"{"capacity": 1, "full_wait": "400ms", "shards": 2}"#] {
+        for config in [#"{"capacity": 1, "full_wait": "2s"}"#, #"{"capacity": 1, "full_wait": "2s", "shards": 2}"#] {
             let transport = try Transport(name: "q", plugin: plugin, configJSON: config)
             defer { transport.close() }
             try transport.client.publish(Message(id: "first", channel: "c"))
@@ -84,11 +84,13 @@ struct BrokerDeadlineTests {
                 let batch = (0..<8).map { Message(id: "m-\(index)-\($0)", channel: "channel-\($0)") }
                 transport.client.publish(index % 2 == 0 ? batch : [batch[0]]) { error in told.withLock { $0.append(error) } }
             }
-            #expect(await eventually(10) { told.withLock { $0.count } == 40 })
+            #expect(await eventually(90) { told.withLock { $0.count } == 40 })
             let took = Double(monotonicNanoseconds() - started) / 1e9
             #expect(told.withLock { $0 }.allSatisfy { $0?.code == .full }, "\(config): \(told.withLock { $0 })")
-            // Forty waits of 0.4 s one after another would take 16 s; four at a time, 4 s.
-            #expect(took >= 0.4 && took < 3, "\(config): every publish refused after its own full_wait, in \(took) s")
+            // Each is refused about 2 s after it came. Waits counted from when a thread takes them
+            // would take 20 s (four at a time), one after another 80 s; the margin is for a loaded
+            // machine running every suite at once (a full run once stalled this test for 6 s).
+            #expect(took >= 2 && took < 15, "\(config): every publish refused after its own full_wait, in \(took) s")
             #expect(try transport.client.stats()?.published == 1, "nothing more stored")
         }
     }

@@ -506,7 +506,10 @@ typedef struct sy_stats {
 /** An existing transport instance, handed to a decorator as its inner transport. The decorator
  *  calls the inner through `plugin`'s functions with `instance` as the first argument. Both
  *  pointers stay valid until the decorator's `destroy` returns; the host destroys the inner only
- *  after the decorator. */
+ *  after the decorator. `plugin` is the host's validated copy of the inner plugin's descriptor,
+ *  zero past what that plugin declared: a function it lacks reads NULL (from a host before 1.7,
+ *  check SY_SIZE_THROUGH(sy_plugin_descriptor, publish_async) <= plugin->struct_size before
+ *  reading a 1.7 field). */
 typedef struct sy_transport_ref {
     const struct sy_plugin_descriptor *plugin;
     void *instance;
@@ -527,7 +530,7 @@ typedef struct sy_create_args {
  * Told the outcome of one `publish_async` (ABI 1.7), exactly once: `status` is SY_OK once every
  * message is stored as `publish_batch` would store it, otherwise the error that stored none of
  * them, described by `err` (never NULL then; NULL with SY_OK). `err` is borrowed for the call.
- * `done_context` is the pointer the host passed to publish_async.
+ * `done_context` is the pointer the caller (the host, or a decorator) passed to publish_async.
  *
  * Called on any thread: a thread of the plugin's (a durable store's, once its commit is synced) or
  * the publishing thread itself, before publish_async returns (an in-memory store answers at
@@ -703,7 +706,7 @@ typedef struct sy_plugin_descriptor {
      * once may be stored in either order: a publisher that needs its messages in order waits for
      * each `done` before the next, or publishes them in one call. With `done` NULL nothing is
      * published (there is nobody to tell). `destroy` calls the `done` of every publish_async not
-     * yet told before it returns.
+     * yet told before it returns (a decorator's: see below).
      *
      * It never waits for storage (a commit, a broker's acknowledgement) on the calling thread — a
      * host calls it from threads that must not block, such as a Swift task's — though, like
@@ -711,11 +714,14 @@ typedef struct sy_plugin_descriptor {
      * transport that is full waits for room), the plugin waits on a thread of its own.
      *
      * A decorator (SY_CAP_WRAPS_INNER) that offers it passes the publish on to its inner
-     * transport's publish_async; over an inner transport without one it still must not block:
-     * it calls the inner publish_batch on a thread of its own (a host that knows the chain may
-     * call publish_batch itself there instead). A publish it passed on is told at the latest
-     * when the inner transport's `destroy` returns — a host destroys a decorator before the
-     * transport under it — and one it runs on its own thread before its own `destroy` returns.
+     * transport's publish_async, with `done` and `done_context` unchanged (a wrapper of its own
+     * around them may run after the decorator's `destroy` returned: it must need nothing of the
+     * decorator's). Over an inner transport without one it still must not block: it calls the
+     * inner publish_batch on a thread of its own, and its `destroy` waits for that call (up to
+     * the inner's own waits, such as a full_wait). This host calls a decorator's publish_async
+     * only where every transport under it offers one. A publish passed on is told at the latest
+     * when the innermost transport's `destroy` returns — a host destroys a decorator before the
+     * transports under it — and the decorator's `destroy` does not wait for it.
      *
      * It lets a durable store commit many single-message publishers in one transaction while
      * waking one thread per commit, not one per publisher. Optional (NULL, or absent before 1.7:
