@@ -23,7 +23,8 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
             name: "delay", version: "1.0.0",
             description: "Holds messages until their deliver-at time, then forwards them to the inner transport",
             capabilities: [.delay, .wrapsInner, .durable],
-            atomicPublishAndSettle: false, extendsLeases: true)
+            // publish(_:done:) below: held without blocking, or passed on when due.
+            atomicPublishAndSettle: false, extendsLeases: true, publishesAsynchronously: true)
     }
 
     private var scheduler: DelayScheduler!
@@ -57,6 +58,18 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
             try scheduler.hold(batch: batch.map { $0.copy() })
         } else {
             try inner.publish(batch: batch.map { $0.copy() })
+        }
+    }
+
+    /// `publish_batch` without blocking (ABI 1.7): a batch with anything to hold is held as one
+    /// (committed to the delay store before `done`), a batch that is all due goes to the inner
+    /// transport's `publish_async`.
+    override func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
+        let now = host.nowNanos()
+        if batch.contains(where: { $0.deliverAtNanos > now }) {
+            scheduler.hold(batch: batch.map { $0.copy() }, done: done)
+        } else {
+            super.publish(batch, done: done)
         }
     }
 

@@ -86,22 +86,66 @@ public final class DelayScheduler: @unchecked Sendable {
     /// Holds every message of `batch` until its due time, all or nothing (one commit, durably).
     /// Messages already due are forwarded by the timer thread right away.
     public func hold(batch: [Message]) throws(TransportError) {
-        condition.lock()
-        let full = capacity > 0 && heap.count + batch.count > capacity
-        condition.unlock()
-        if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored") }
+        try checkRoom(for: batch.count)
         var seqs: [Int64] = []
         if let writer {
             let rows = batch.map { ($0.deliverAtNanos, MessageCodec.encode($0)) }
-            seqs = try writer.perform { db throws(TransportError) -> [Int64] in
-                var seqs: [Int64] = []
-                for (due, blob) in rows {
-                    try db.run("INSERT INTO held (deliver_at, message) VALUES (?, ?)", [.int(due), .blob(blob)])
-                    seqs.append(db.lastInsertRowID)
-                }
-                return seqs
-            }
+            seqs = try writer.perform { db throws(TransportError) -> [Int64] in try Self.insert(rows, into: db) }
         }
+        admit(batch, seqs: seqs)
+    }
+
+    /// ``hold(batch:)`` without waiting for the commit (ABI 1.7 `publish_async`): `done` is
+    /// called exactly once — nil once the batch is held durably (on the store's syncer thread),
+    /// or the error that held none (on this thread, when found before anything is queued).
+    public func hold(batch: [Message], done: @escaping @Sendable (TransportError?) -> Void) {
+        guard let writer else {
+            do throws(TransportError) {
+                try hold(batch: batch)  // in memory: held at once
+                done(nil)
+            } catch {
+                done(error)
+            }
+            return
+        }
+        do throws(TransportError) {
+            try checkRoom(for: batch.count)
+        } catch {
+            return done(error)
+        }
+        let rows = batch.map { ($0.deliverAtNanos, MessageCodec.encode($0)) }
+        let seqs = Guarded<[Int64]>([])
+        // The body may run twice (SQLiteWriter's savepoint pass): the last run's rowids count.
+        let insertion: (SQLiteDatabase) throws(TransportError) -> Void = { db throws(TransportError) in
+            let inserted = try Self.insert(rows, into: db)
+            seqs.withLock { $0 = inserted }
+        }
+        writer.submit(insertion) { [self] error in
+            if let error { return done(error) }
+            admit(batch, seqs: seqs.withLock { $0 })
+            done(nil)
+        }
+    }
+
+    private func checkRoom(for count: Int) throws(TransportError) {
+        condition.lock()
+        let full = capacity > 0 && heap.count + count > capacity
+        condition.unlock()
+        if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored") }
+    }
+
+    /// Writes the held rows; their rowids, in order.
+    private static func insert(_ rows: [(Int64, [UInt8])], into db: SQLiteDatabase) throws(TransportError) -> [Int64] {
+        var seqs: [Int64] = []
+        for (due, blob) in rows {
+            try db.run("INSERT INTO held (deliver_at, message) VALUES (?, ?)", [.int(due), .blob(blob)])
+            seqs.append(db.lastInsertRowID)
+        }
+        return seqs
+    }
+
+    /// Puts messages just held (durably under `seqs`, or in memory) on the timer's heap.
+    private func admit(_ batch: [Message], seqs: [Int64]) {
         condition.lock()
         let earliest = heap.min?.at
         for (index, message) in batch.enumerated() {
