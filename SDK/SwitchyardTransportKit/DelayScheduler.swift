@@ -26,6 +26,10 @@ public final class DelayScheduler: @unchecked Sendable {
     private var heap = Heap<Due>()
     private var inMemory: [Int64: Message] = [:]  // memory mode: the held messages
     private var nextSeq: Int64 = 0
+    /// Messages being held — room taken for them, their commit under way — not yet on the heap:
+    /// counted against the capacity, so that many publishes in flight at once cannot all pass
+    /// the check before any of them is held.
+    private var reserved = 0
     private var stopped = false
     private var done = false
     private let writer: SQLiteWriter?
@@ -86,11 +90,16 @@ public final class DelayScheduler: @unchecked Sendable {
     /// Holds every message of `batch` until its due time, all or nothing (one commit, durably).
     /// Messages already due are forwarded by the timer thread right away.
     public func hold(batch: [Message]) throws(TransportError) {
-        try checkRoom(for: batch.count)
+        try reserveRoom(for: batch.count)
         var seqs: [Int64] = []
         if let writer {
             let rows = batch.map { ($0.deliverAtNanos, MessageCodec.encode($0)) }
-            seqs = try writer.perform { db throws(TransportError) -> [Int64] in try Self.insert(rows, into: db) }
+            do throws(TransportError) {
+                seqs = try writer.perform { db throws(TransportError) -> [Int64] in try Self.insert(rows, into: db) }
+            } catch {
+                releaseRoom(for: batch.count)
+                throw error
+            }
         }
         admit(batch, seqs: seqs)
     }
@@ -109,7 +118,7 @@ public final class DelayScheduler: @unchecked Sendable {
             return
         }
         do throws(TransportError) {
-            try checkRoom(for: batch.count)
+            try reserveRoom(for: batch.count)
         } catch {
             return done(error)
         }
@@ -121,17 +130,30 @@ public final class DelayScheduler: @unchecked Sendable {
             seqs.withLock { $0 = inserted }
         }
         writer.submit(insertion) { [self] error in
-            if let error { return done(error) }
+            if let error {
+                releaseRoom(for: batch.count)
+                return done(error)
+            }
             admit(batch, seqs: seqs.withLock { $0 })
             done(nil)
         }
     }
 
-    private func checkRoom(for count: Int) throws(TransportError) {
+    /// Takes room for `count` messages, or throws `.full`; ``admit(_:seqs:)`` or
+    /// ``releaseRoom(for:)`` gives it back.
+    private func reserveRoom(for count: Int) throws(TransportError) {
         condition.lock()
-        let full = capacity > 0 && heap.count + count > capacity
+        let full = capacity > 0 && heap.count + reserved + count > capacity
+        if !full { reserved += count }
         condition.unlock()
         if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored") }
+    }
+
+    /// Gives back room taken for messages that were not held.
+    private func releaseRoom(for count: Int) {
+        condition.lock()
+        reserved -= count
+        condition.unlock()
     }
 
     /// Writes the held rows; their rowids, in order.
@@ -144,9 +166,11 @@ public final class DelayScheduler: @unchecked Sendable {
         return seqs
     }
 
-    /// Puts messages just held (durably under `seqs`, or in memory) on the timer's heap.
+    /// Puts messages just held (durably under `seqs`, or in memory) on the timer's heap, in the
+    /// room taken for them.
     private func admit(_ batch: [Message], seqs: [Int64]) {
         condition.lock()
+        reserved -= batch.count
         let earliest = heap.min?.at
         for (index, message) in batch.enumerated() {
             var seq: Int64

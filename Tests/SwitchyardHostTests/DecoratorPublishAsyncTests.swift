@@ -88,4 +88,30 @@ struct DecoratorPublishAsyncTests {
         #expect(Set(got.map(\.id)) == ["now", "later"], "\(got.map(\.id))")
         #expect(got.first { $0.id == "later" }.map { $0.at >= due } == true, "delivered when due, not before")
     }
+    @Test("delay's capacity holds with many publish_async in flight at once, and a drained delay holds nothing more")
+    func delayCapacityAndDrain() async throws {
+        let directory = try TemporaryDirectory()
+        let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"path": "\#(directory.file("q.db"))"}"#)
+        let delay = try Transport(
+            name: "d", plugin: try BuildProducts.plugin("delay"), configJSON: #"{"path": "\#(directory.file("d.db"))", "capacity": 5}"#,
+            inner: queue)
+        defer {
+            delay.close()
+            queue.close()
+        }
+        let later = wallClockNanoseconds() + 3_600_000_000_000
+        let told = Guarded<[TransportError?]>([])
+        for index in 0..<40 {
+            delay.client.publish([Message(id: "m-\(index)", channel: "c", deliverAtNanos: later)]) { error in told.withLock { $0.append(error) } }
+        }
+        #expect(await eventually { told.withLock { $0.count } == 40 })
+        let outcome = told.withLock { $0 }
+        #expect(outcome.filter { $0 == nil }.count == 5 && outcome.filter { $0?.code == .full }.count == 35, "\(outcome)")
+        #expect(try delay.client.stats()?.depth == 5)
+        try delay.client.drain(deadlineNanos: monotonicNanoseconds() + 100_000_000)
+        let afterDrain = Guarded<[TransportError?]>([])
+        delay.client.publish([Message(id: "late", channel: "c", deliverAtNanos: later)]) { error in afterDrain.withLock { $0.append(error) } }
+        #expect(afterDrain.withLock { $0.first??.code } == .closed, "\(afterDrain.withLock { $0 })")
+        #expect(throws: TransportError.self) { try delay.client.publish(Message(id: "late-2", channel: "c", deliverAtNanos: later)) }
+    }
 }
