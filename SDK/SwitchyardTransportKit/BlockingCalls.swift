@@ -18,6 +18,8 @@ final class BlockingCalls: @unchecked Sendable {
     private var threads = 0
     private var idleThreads = 0
     private var running = 0
+    /// Callers in ``waitUntilIdle()``: only then does the last piece of work wake everyone.
+    private var idleWaiters = 0
     private let maxThreads: Int
     private let name: String
 
@@ -48,11 +50,13 @@ final class BlockingCalls: @unchecked Sendable {
         }
     }
 
-    /// How many pieces of work are queued or running.
-    var pending: Int {
+    /// Returns once no work is queued or running (work queued meanwhile is waited for too).
+    func waitUntilIdle() {
         condition.lock()
-        defer { condition.unlock() }
-        return queue.count + running
+        idleWaiters += 1
+        while !queue.isEmpty || running > 0 { condition.wait() }
+        idleWaiters -= 1
+        condition.unlock()
     }
 
     /// How long an idle thread waits for more work before it ends.
@@ -67,6 +71,8 @@ final class BlockingCalls: @unchecked Sendable {
                 work()
                 condition.lock()
                 running -= 1
+                // Idle threads wake too, find nothing and wait again: only while someone waits.
+                if running == 0 && queue.isEmpty && idleWaiters > 0 { condition.broadcast() }
                 continue
             }
             idleThreads += 1

@@ -60,23 +60,19 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
                     TransportError(.unsupported, "\(Self.info.name)'s inner transport has no publish_batch (before ABI 1.1): publish these one at a time"))
             }
             let messages = batch.map { $0.copy() }
-            blocking.begin()
-            return innerPublishes.run { [inner, blocking] in
+            return innerPublishes.run { [inner] in
                 do throws(TransportError) {
                     try inner.publish(batch: messages)
                     done(nil)
                 } catch {
                     done(error)
                 }
-                blocking.end()
             }
         }
         inner.publish(batch.map { $0.copy() }, done: done)
     }
     /// Whether the subclass's info says ``PluginInfo/publishesAsynchronously`` (read once).
     private let passesPublishAsync: Bool
-    /// Inner publishes running on ``innerPublishes`` (``publish(_:done:)``).
-    private let blocking = InFlightCount()
     /// Where publishes wait for an inner transport without `publish_async`.
     private let innerPublishes = BlockingCalls(name: "switchyard-decorator-publish", maxThreads: 8)
 
@@ -119,33 +115,6 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
         for id in innerSubscriptions.withLock({ all in
             defer { all.removeAll() }; return all
         }) { try? inner.unsubscribe(id) }
-        blocking.waitUntilZero()
-    }
-}
-
-/// A count of things under way, and a wait for none to be left.
-final class InFlightCount: @unchecked Sendable {
-    // @unchecked: `count` is behind `condition`.
-    private let condition = AdaptiveCondition()
-    private var count = 0
-
-    func begin() {
-        condition.lock()
-        count += 1
-        condition.unlock()
-    }
-
-    func end() {
-        condition.lock()
-        count -= 1
-        if count == 0 { condition.broadcast() }
-        condition.unlock()
-    }
-
-    /// Returns once none is under way.
-    func waitUntilZero() {
-        condition.lock()
-        while count > 0 { condition.wait() }
-        condition.unlock()
+        innerPublishes.waitUntilIdle()
     }
 }
