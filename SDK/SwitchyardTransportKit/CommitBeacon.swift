@@ -179,8 +179,11 @@ final class CommitBeacon: @unchecked Sendable {
     func takeAnnouncements() -> Bool {
         guard announcements >= 0 else { return false }
         return seen.withLock { seen in
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            guard Self.drain(announcements, into: &buffer, matching: nil) else { return false }
+            // On the stack, not zeroed: the dispatcher calls this after every commit it is told of.
+            let readable = withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 8) { buffer in
+                Self.drain(announcements, into: buffer, matching: nil)
+            }
+            guard readable else { return false }
             let now = Self.counters(in: file, slots: slots)
             let announced = now.indices.contains { $0 != slot && now[$0] != seen[$0] }
             seen = now
@@ -277,7 +280,7 @@ final class CommitBeacon: @unchecked Sendable {
                 // and the owner waits for this thread to end).
                 if isStopped() { break }
                 if pollers[1].revents != 0, !isClaimed(), take() { changed() }
-                if unexplainedSince == nil, pollers[0].revents != 0, CommitBeacon.drain(walEvents, into: &buffer, matching: walName) {
+                if unexplainedSince == nil, pollers[0].revents != 0, buffer.withUnsafeMutableBytes({ CommitBeacon.drain(walEvents, into: $0, matching: walName) }) {
                     unexplainedSince = monotonicNanoseconds()
                     if watch >= 0 {
                         inotify_rm_watch(walEvents, watch)
@@ -288,7 +291,7 @@ final class CommitBeacon: @unchecked Sendable {
                     unexplainedSince = nil
                     // What queued before, then the watch again: a write after it is heard, and one
                     // before it is over once the write lock is ours below.
-                    _ = CommitBeacon.drain(walEvents, into: &buffer, matching: nil)
+                    _ = buffer.withUnsafeMutableBytes { CommitBeacon.drain(walEvents, into: $0, matching: nil) }
                     watch = Self.watch(walEvents, walDirectory)
                     // Perhaps a writer that does not announce its commits: wait until the write lock
                     // is free (its commit is over and visible) — in a turn of the writers' queue,
@@ -308,10 +311,10 @@ final class CommitBeacon: @unchecked Sendable {
     }
 
     /// Reads every event waiting on `events`; whether any was there (with `name`: any for it).
-    fileprivate static func drain(_ events: Int32, into buffer: inout [UInt8], matching name: String?) -> Bool {
+    fileprivate static func drain(_ events: Int32, into buffer: UnsafeMutableRawBufferPointer, matching name: String?) -> Bool {
         var found = false
         while true {
-            let count = buffer.withUnsafeMutableBytes { read(events, $0.baseAddress, $0.count) }
+            let count = read(events, buffer.baseAddress, buffer.count)
             guard count > 0 else { return found }
             guard let name else {
                 found = true
@@ -319,12 +322,10 @@ final class CommitBeacon: @unchecked Sendable {
             }
             var offset = 0
             while offset + MemoryLayout<inotify_event>.size <= count {
-                buffer.withUnsafeBytes { raw in
-                    let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
-                    let start = offset + MemoryLayout<inotify_event>.size
-                    if raw[start..<min(count, start + Int(event.len))].prefix(while: { $0 != 0 }).elementsEqual(name.utf8) { found = true }
-                    offset = start + Int(event.len)
-                }
+                let event = buffer.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
+                let start = offset + MemoryLayout<inotify_event>.size
+                if buffer[start..<min(count, start + Int(event.len))].prefix(while: { $0 != 0 }).elementsEqual(name.utf8) { found = true }
+                offset = start + Int(event.len)
             }
         }
     }

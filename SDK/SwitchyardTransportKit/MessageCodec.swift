@@ -24,15 +24,14 @@ public enum MessageCodec {
     /// Encodes a message as it crossed the boundary, without copying it into a ``Message`` first.
     public static func encode(_ message: MessageView) -> [UInt8] { encode(fields: message.fields) }
 
-    /// Appends `message`'s encoding to `bytes` and returns where it lies: for a writer gathering
+    /// Appends `message`'s encoding to `arena` and returns where it lies: for a writer gathering
     /// many rows in one buffer, no array of its own per message.
-    static func encode(_ message: Message, appendingTo bytes: inout [UInt8]) -> Range<Int> {
+    static func encode(_ message: Message, appendingTo arena: inout ByteArena) -> Range<Int> {
         message.withCMessage { m in
             let size = size(of: m.pointee)
-            let start = bytes.count
-            bytes.append(contentsOf: repeatElement(0, count: size))
-            bytes.withUnsafeMutableBytes { write(m.pointee, to: $0.baseAddress! + start, size: size) }
-            return start..<start + size
+            let (range, start) = arena.extend(by: size)
+            write(m.pointee, to: start, size: size)
+            return range
         }
     }
 

@@ -556,7 +556,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
 private final class PendingEntries: SQLiteDeferredWrites, @unchecked Sendable {
     // @unchecked: only the writer thread touches it (the store's operations run there).
 
-    /// One entry; its text and message are ranges of ``bytes``.
+    /// One entry; its text and message are ranges of the batch's ``Batch/bytes``.
     private struct Row {
         var channel: Range<Int>
         var group: Range<Int>
@@ -567,27 +567,40 @@ private final class PendingEntries: SQLiteDeferredWrites, @unchecked Sendable {
         var message: Range<Int>
     }
 
-    private var rows: [Row] = []
-    /// The rows' text and messages, one after another: bound to the insert where they lie, so
-    /// SQLite copies nothing (a copy per bound value, each its own allocation, cost a quarter
-    /// of what SQLite spends on a row).
-    private var bytes: [UInt8] = []
+    /// The batch's rows and, one after another, their text and messages: bound to the insert
+    /// where they lie, so SQLite copies nothing (a copy per bound value, each its own allocation,
+    /// cost a quarter of what SQLite spends on a row).
+    private struct Batch: ~Copyable {
+        var rows: [Row] = []
+        var bytes = ByteArena()
+    }
+
+    /// Reached through a pointer, not held as stored properties: Swift checks each access to a
+    /// class's stored property for overlap at run time (about 90 instructions, two a message),
+    /// and only the writer thread ever touches these.
+    private let batch: UnsafeMutablePointer<Batch> = {
+        let batch = UnsafeMutablePointer<Batch>.allocate(capacity: 1)
+        batch.initialize(to: Batch())
+        return batch
+    }()
+
+    deinit {
+        batch.deinitialize(count: 1)
+        batch.deallocate()
+    }
 
     /// Leaves an entry of `message` for each of `groups`, sharing one encoding of it.
     func add(_ message: Message, groups: some Collection<String>) {
         if groups.isEmpty { return }
-        let encoded = MessageCodec.encode(message, appendingTo: &bytes)
-        for group in groups { rows.append(Self.append(message, group: group, encoded: encoded, to: &bytes)) }
+        let encoded = MessageCodec.encode(message, appendingTo: &batch.pointee.bytes)
+        for group in groups { batch.pointee.rows.append(Self.row(of: message, group: group, encoded: encoded, in: &batch.pointee.bytes)) }
     }
 
-    /// Appends the entry's text to `bytes` (one access to the buffer, not one per field) and
-    /// returns its row.
-    private static func append(_ message: Message, group: String, encoded: Range<Int>, to bytes: inout [UInt8]) -> Row {
+    /// Appends the entry's text to `bytes` and returns its row.
+    private static func row(of message: Message, group: String, encoded: Range<Int>, in bytes: inout ByteArena) -> Row {
         func append(_ text: String) -> Range<Int> {
             var text = text
-            let start = bytes.count
-            text.withUTF8 { bytes.append(contentsOf: $0) }
-            return start..<bytes.count
+            return text.withUTF8 { bytes.append(UnsafeRawBufferPointer($0)) }
         }
         return Row(
             channel: append(message.channel), group: append(group), orderingKey: message.orderingKey.map(append),
@@ -608,44 +621,42 @@ private final class PendingEntries: SQLiteDeferredWrites, @unchecked Sendable {
 
     func flush(_ db: SQLiteDatabase) throws(TransportError) {
         defer { discard() }
+        let rows = batch.pointee.rows
         if rows.isEmpty { return }
-        // Borrowed by SQLite until each statement has run (`run` resets it before returning).
-        let outcome = bytes.withUnsafeBytes { base in
-            Result { () throws(TransportError) in
-                var next = 0
-                while next < rows.count {
-                    let size = Self.chunkSizes.first { $0 <= rows.count - next }!
-                    let chunk = rows[next..<next + size]
-                    try db.run(
-                        Self.insertSQL[size]!,
-                        binding: { parameters in
-                            var position: Int32 = 1
-                            for row in chunk {
-                                parameters.bindBorrowedText(UnsafeRawBufferPointer(rebasing: base[row.channel]), at: position)
-                                parameters.bindBorrowedText(UnsafeRawBufferPointer(rebasing: base[row.group]), at: position + 1)
-                                if let key = row.orderingKey {
-                                    parameters.bindBorrowedText(UnsafeRawBufferPointer(rebasing: base[key]), at: position + 2)
-                                } else {
-                                    parameters.bindNull(at: position + 2)
-                                }
-                                parameters.bind(row.attempt, at: position + 3)
-                                parameters.bind(row.visibleAt, at: position + 4)
-                                parameters.bind(row.expiresAt, at: position + 5)
-                                parameters.bindBorrowedBlob(UnsafeRawBufferPointer(rebasing: base[row.message]), at: position + 6)
-                                position += 7
-                            }
-                        })
-                    next += size
-                }
-            }
+        // Borrowed by SQLite until each statement has run (`run` resets it before returning);
+        // nothing is appended meanwhile.
+        let base = batch.pointee.bytes.bytes
+        var next = 0
+        while next < rows.count {
+            let size = Self.chunkSizes.first { $0 <= rows.count - next }!
+            let chunk = rows[next..<next + size]
+            try db.run(
+                Self.insertSQL[size]!,
+                binding: { parameters in
+                    var position: Int32 = 1
+                    for row in chunk {
+                        parameters.bindBorrowedText(UnsafeRawBufferPointer(rebasing: base[row.channel]), at: position)
+                        parameters.bindBorrowedText(UnsafeRawBufferPointer(rebasing: base[row.group]), at: position + 1)
+                        if let key = row.orderingKey {
+                            parameters.bindBorrowedText(UnsafeRawBufferPointer(rebasing: base[key]), at: position + 2)
+                        } else {
+                            parameters.bindNull(at: position + 2)
+                        }
+                        parameters.bind(row.attempt, at: position + 3)
+                        parameters.bind(row.visibleAt, at: position + 4)
+                        parameters.bind(row.expiresAt, at: position + 5)
+                        parameters.bindBorrowedBlob(UnsafeRawBufferPointer(rebasing: base[row.message]), at: position + 6)
+                        position += 7
+                    }
+                })
+            next += size
         }
-        try outcome.get()
     }
 
     func discard() {
-        rows.removeAll(keepingCapacity: true)
+        batch.pointee.rows.removeAll(keepingCapacity: true)
         // Kept for the next batch, unless a batch of large messages grew it: not held for good.
-        if bytes.capacity > Self.keptBytes { bytes = [] } else { bytes.removeAll(keepingCapacity: true) }
+        batch.pointee.bytes.removeAll(keepingAtMost: Self.keptBytes)
     }
 
     /// The most buffer kept between batches.

@@ -28,10 +28,11 @@ struct MessageCodecTests {
         }
         #expect(MessageCodec.encode(copied) == encoded, "a message copied from C is encoded from its packed bytes")
         #expect(viewed == encoded)
-        var buffer: [UInt8] = [7, 7, 7]
-        let range = MessageCodec.encode(copied, appendingTo: &buffer)
+        var arena = ByteArena()
+        _ = [UInt8]([7, 7, 7]).withUnsafeBytes { arena.append($0) }
+        let range = MessageCodec.encode(copied, appendingTo: &arena)
         #expect(range == 3..<3 + encoded.count)
-        #expect(Array(buffer[range]) == encoded && buffer.prefix(3) == [7, 7, 7], "appended after what the buffer held, which stays")
+        #expect(Array(arena.bytes[range]) == encoded && Array(arena.bytes.prefix(3)) == [7, 7, 7], "appended after what the arena held, which stays")
     }
 
     @Test("every truncation of an encoding, and one byte too many, is refused with a reason, never a crash")
