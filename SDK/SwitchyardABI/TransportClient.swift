@@ -142,13 +142,30 @@ public final class TransportClient: @unchecked Sendable {
     /// where ``publishesAsynchronously``; otherwise through ``publish(batch:)`` on this thread, then
     /// `done` (check ``publishesAsynchronously`` before calling it from a thread that must not block).
     public func publish(_ messages: [Message], done: @escaping @Sendable (TransportError?) -> Void) {
-        publish(messages, PublishCompletion(done))
+        publish(messages.count == 1 ? .one(messages[0]) : .many(messages), PublishCompletion(done))
     }
 
-    private func publish(_ messages: [Message], _ completion: PublishCompletion) {
-        guard !messages.isEmpty, publishesAsynchronously, alive.load(ordering: .acquiring), let publishAsync = descriptor.pointee.publish_async else {
+    /// Publishes one message (a call's) as the batch form above does, lent from the stack without
+    /// an array made for it.
+    public func publish(_ message: Message, done: @escaping @Sendable (TransportError?) -> Void) {
+        publish(.one(message), PublishCompletion(done))
+    }
+
+    /// What one publish sends: one message — a call's, the usual one, lent from the stack with no
+    /// array made for it — or several.
+    private enum Outgoing {
+        case one(Message)
+        case many([Message])
+    }
+
+    private func publish(_ outgoing: Outgoing, _ completion: PublishCompletion) {
+        let empty = if case .many(let messages) = outgoing { messages.isEmpty } else { false }
+        guard !empty, publishesAsynchronously, alive.load(ordering: .acquiring), let publishAsync = descriptor.pointee.publish_async else {
             do throws(TransportError) {
-                try publish(batch: messages)
+                switch outgoing {
+                case .one(let message): try publish(message)
+                case .many(let messages): try publish(batch: messages)
+                }
                 completion.tell(nil)
             } catch {
                 completion.tell(error)
@@ -158,8 +175,13 @@ public final class TransportClient: @unchecked Sendable {
         let context = Unmanaged.passRetained(completion).toOpaque()
         // Timed like every call that must return promptly: a plugin that waits in it is reported.
         let started = watch?.now()
-        messages.withCMessages(structSize: messageArrayStride) { messages, count in
-            publishAsync(instance, messages, count, PublishCompletion.tell, context)
+        switch outgoing {
+        case .one(let message):
+            message.withCMessage(structSize: messageArrayStride) { publishAsync(instance, $0, 1, PublishCompletion.tell, context) }
+        case .many(let messages):
+            messages.withCMessages(structSize: messageArrayStride) { messages, count in
+                publishAsync(instance, messages, count, PublishCompletion.tell, context)
+            }
         }
         if let watch, let started, watch.now() - started >= watch.thresholdNanos { watch.report("publish_async", watch.now() - started) }
     }
@@ -169,7 +191,7 @@ public final class TransportClient: @unchecked Sendable {
     public func publishAsync(_ message: Message) async throws(TransportError) {
         // The continuation is the completion's own: no closure allocated to resume it.
         let outcome: TransportError? = await withUnsafeContinuation { continuation in
-            publish([message], PublishCompletion(continuation))
+            publish(.one(message), PublishCompletion(continuation))
         }
         if let outcome { throw outcome }
     }

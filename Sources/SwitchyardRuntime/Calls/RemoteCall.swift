@@ -196,7 +196,7 @@ extension SwitchyardActorSystem {
     ) {
         let transportName = route.entry.transport
         let start = monotonicNanoseconds()
-        route.transport!.client.publish([message]) { error in
+        route.transport!.client.publish(message) { error in
             guard let error else {
                 cost.record(since: start)
                 return done(nil)
