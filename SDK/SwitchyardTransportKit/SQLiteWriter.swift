@@ -1,5 +1,6 @@
 import Foundation
 import SwitchyardABI
+import Synchronization
 
 /// Group commit for one SQLite database: every operation runs on one writer thread, which takes
 /// all operations waiting at that moment and runs them in one transaction. `perform` returns
@@ -82,6 +83,9 @@ public final class SQLiteWriter: @unchecked Sendable {
     private let syncs = AdaptiveCondition()
     private var unsynced: [[Job]] = []  // under `syncs`
     private var syncerWaiting = false  // under `syncs`
+    /// Set when a committed batch waits for the syncer (or it should stop): what the syncer polls
+    /// for a while after a sync before it sleeps (see ``syncerPollNanos``).
+    private let syncerHint = Atomic<Bool>(false)
     private var syncerStopping = false  // under `syncs`
     private var syncerDone = false  // under `syncs`
     /// The syncer thread, once it runs (under `jobs`, like ``writerThread``).
@@ -317,9 +321,19 @@ public final class SQLiteWriter: @unchecked Sendable {
     private func handToSyncer(_ batch: [Job]) {
         syncs.lock()
         unsynced.append(batch)
+        syncerHint.store(true, ordering: .releasing)
         if syncerWaiting { syncs.signal() }
         syncs.unlock()
     }
+
+    /// How long the syncer polls for the next committed batch after a sync before it sleeps.
+    /// With many publishers the writer commits the next batch within about a sync's time of the
+    /// last one; a syncer asleep by then cost a wake-up — about 20 µs on this machine's virtual
+    /// cores — on every message's path. Polled with the core yielded between looks, so the
+    /// writer and the woken publishers still get it. 64 publishing tasks, eight alternations:
+    /// 165–206 k against 170–194 k messages a second (medians 194 k and 178 k; 200 µs read the
+    /// same as 100). An idle store does not poll: only a sync starts it.
+    static let syncerPollNanos: Int64 = 100_000
 
     /// The syncer thread: takes every committed batch waiting, syncs the WAL once for all of them
     /// (a sync makes everything written before it durable), and answers their callers. Ends once
@@ -329,7 +343,14 @@ public final class SQLiteWriter: @unchecked Sendable {
         syncerThread = pthread_self()
         jobs.unlock()
         syncs.lock()
+        var synced = false
         while true {
+            if synced && unsynced.isEmpty && !syncerStopping {
+                syncs.unlock()
+                let until = monotonicNanoseconds() + Self.syncerPollNanos
+                while !syncerHint.load(ordering: .acquiring) && monotonicNanoseconds() < until { sched_yield() }
+                syncs.lock()
+            }
             while unsynced.isEmpty && !syncerStopping {
                 syncerWaiting = true
                 syncs.wait()
@@ -338,10 +359,12 @@ public final class SQLiteWriter: @unchecked Sendable {
             if unsynced.isEmpty { break }
             let batches = unsynced
             unsynced.removeAll(keepingCapacity: true)
+            syncerHint.store(false, ordering: .relaxed)
             syncs.unlock()
             let all = batches.count == 1 ? batches[0] : batches.flatMap { $0 }
             sync(all)
             for batch in batches { wakeAll(batch) }
+            synced = true
             syncs.lock()
         }
         syncerDone = true
@@ -353,6 +376,7 @@ public final class SQLiteWriter: @unchecked Sendable {
     private func stopSyncer() {
         syncs.lock()
         syncerStopping = true
+        syncerHint.store(true, ordering: .releasing)
         syncs.broadcast()
         while !syncerDone { syncs.wait() }
         syncs.unlock()
