@@ -36,7 +36,9 @@ final class BlockingCalls: @unchecked Sendable {
         queue.append(work)
         var start = false
         if queue.count <= idleThreads {
-            condition.signal()  // an idle thread takes it (one signalled but not yet awake counts)
+            // An idle thread takes it (one signalled but not yet awake counts). A caller in
+            // waitUntilIdle waits on the same condition and could take a lone signal instead.
+            if idleWaiters > 0 { condition.broadcast() } else { condition.signal() }
         } else if threads < maxThreads {
             threads += 1
             start = true

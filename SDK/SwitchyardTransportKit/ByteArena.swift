@@ -24,7 +24,9 @@ struct ByteArena: ~Copyable {
     /// writes all `size` of them before the arena is read.
     mutating func extend(by size: Int) -> (range: Range<Int>, start: UnsafeMutableRawPointer) {
         let start = count
-        if start + size > capacity { grow(toHold: start + size) }
+        // `base` is nil until the first growth (or after a large batch freed it): grown even for
+        // no bytes, so that the pointer returned is always valid.
+        if start + size > capacity || base == nil { grow(toHold: start + size) }
         count = start + size
         return (start..<start + size, base! + start)
     }
