@@ -4,7 +4,6 @@
 
 import SwitchyardPluginKit
 import SwitchyardTransportKit
-import Synchronization
 
 @c(switchyard_plugin_entry)
 public func switchyardPluginEntry(_ hostABIMajor: UInt32) -> UnsafePointer<sy_plugin_descriptor>? {
@@ -42,25 +41,17 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
         }
     }
 
-    /// Set once `drain` has begun: nothing more is held (the inner transport refuses what goes
-    /// straight through). What is held already is forwarded when due, as before.
-    private let draining = Atomic<Bool>(false)
-    private static let drainingError = TransportError(.closed, "publish: the transport is draining")
-
+    /// Drain: the scheduler stops holding (a hold is refused with `closed`) and forwarding
+    /// before the inner transport drains; what is held stays held (see
+    /// `DelayScheduler.stopHolding()`).
     override func drain(deadlineNanos: Int64) throws(TransportError) {
-        draining.store(true, ordering: .releasing)
+        scheduler.stopHolding()
         try super.drain(deadlineNanos: deadlineNanos)
-    }
-
-    /// Throws `.closed` once draining: nothing more is held.
-    private func checkNotDraining() throws(TransportError) {
-        if draining.load(ordering: .acquiring) { throw Self.drainingError }
     }
 
     override func publish(_ message: MessageView) throws(TransportError) {
         // Not due yet: hold it. Due (or no time given): straight through, uncopied.
         if message.deliverAtNanos > host.nowNanos() {
-            try checkNotDraining()
             try scheduler.hold(message.copy())
         } else {
             try inner.publish(message.pointer)
@@ -72,7 +63,6 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
         // forwarded by the timer right away); a batch that is all due goes straight through.
         let now = host.nowNanos()
         if batch.contains(where: { $0.deliverAtNanos > now }) {
-            try checkNotDraining()
             try scheduler.hold(batch: batch.map { $0.copy() })
         } else {
             try inner.publish(batch: batch.map { $0.copy() })
@@ -85,7 +75,6 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
     override func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
         let now = host.nowNanos()
         if batch.contains(where: { $0.deliverAtNanos > now }) {
-            if draining.load(ordering: .acquiring) { return done(Self.drainingError) }
             scheduler.hold(batch: batch.map { $0.copy() }, done: done)
         } else {
             super.publish(batch, done: done)
@@ -97,7 +86,6 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
         // not one unit. Messages that are due go with the settlement, atomically if the inner can.
         let now = host.nowNanos()
         guard batch.contains(where: { $0.deliverAtNanos > now }) else { return try super.publish(batch, settling: delivery, settlement) }
-        try checkNotDraining()
         try scheduler.hold(batch: batch.map { $0.copy() })
         try inner.settle(delivery, settlement)
     }

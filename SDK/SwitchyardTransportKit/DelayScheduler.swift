@@ -30,6 +30,8 @@ public final class DelayScheduler: @unchecked Sendable {
     /// counted against the capacity, so that many publishes in flight at once cannot all pass
     /// the check before any of them is held.
     private var reserved = 0
+    /// Set by ``stopHolding()``: nothing more is held, nothing more forwarded.
+    private var draining = false
     private var stopped = false
     private var done = false
     private let writer: SQLiteWriter?
@@ -139,14 +141,44 @@ public final class DelayScheduler: @unchecked Sendable {
         }
     }
 
-    /// Takes room for `count` messages, or throws `.full`; ``admit(_:seqs:)`` or
+    /// Takes room for `count` messages, or throws `.full` (or `.closed` once draining: checked
+    /// under the same lock, so no hold slips in after ``stopHolding()``); ``admit(_:seqs:)`` or
     /// ``releaseRoom(for:)`` gives it back.
     private func reserveRoom(for count: Int) throws(TransportError) {
         condition.lock()
-        let full = capacity > 0 && heap.count + reserved + count > capacity
-        if !full { reserved += count }
+        let closed = draining
+        let full = !closed && capacity > 0 && heap.count + reserved + count > capacity
+        if !full && !closed { reserved += count }
         condition.unlock()
+        if closed { throw Self.drainingError }
         if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored") }
+    }
+
+    private static let drainingError = TransportError(.closed, "publish: the transport is draining")
+
+    /// Drain has begun: from now on a hold is refused with `.closed`, and nothing more is
+    /// forwarded — the inner transport drains too, and would refuse it. What is held stays held:
+    /// a durable delay's in its store, forwarded after the next start; an in-memory delay's until
+    /// shutdown, when it is lost like everything an in-memory transport holds. Holds accepted
+    /// before this still complete.
+    public func stopHolding() {
+        condition.lock()
+        let first = !draining
+        draining = true
+        let held = heap.count + reserved
+        condition.broadcast()
+        condition.unlock()
+        guard first, held > 0 else { return }
+        host.log(
+            .info,
+            path.map { "delay: draining with \(held) messages held; they stay in \($0) and are forwarded after the next start" }
+                ?? "delay: draining with \(held) messages held in memory; they are lost at shutdown (set 'path' to keep them)")
+    }
+
+    private var isDraining: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return draining
     }
 
     /// Gives back room taken for messages that were not held.
@@ -203,6 +235,10 @@ public final class DelayScheduler: @unchecked Sendable {
     private func timerLoop() {
         condition.lock()
         while !stopped {
+            if draining {
+                condition.wait()  // nothing is forwarded any more: only shutdown ends this
+                continue
+            }
             guard let next = heap.min else {
                 condition.wait()
                 continue
@@ -277,7 +313,10 @@ public final class DelayScheduler: @unchecked Sendable {
                 try forward(message)
                 forwarded.append(item.due.seq)
             } catch {
-                host.log(.warning, "delay: forwarding \(message.id) failed, will try again: \(error)")
+                // Refused by an inner transport that began draining with this one: held, quietly.
+                if error.code != .closed || !isDraining {
+                    host.log(.warning, "delay: forwarding \(message.id) failed, will try again: \(error)")
+                }
                 failed.append((item.due, item.message))
             }
         }

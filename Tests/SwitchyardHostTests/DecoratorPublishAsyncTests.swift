@@ -114,4 +114,41 @@ struct DecoratorPublishAsyncTests {
         #expect(afterDrain.withLock { $0.first??.code } == .closed, "\(afterDrain.withLock { $0 })")
         #expect(throws: TransportError.self) { try delay.client.publish(Message(id: "late-2", channel: "c", deliverAtNanos: later)) }
     }
+
+    /// Once drain has begun the inner transport refuses publishes, so a held message that comes
+    /// due is not forwarded (it used to be retried every 100 ms against the closed inner
+    /// transport, a warning each time, until destroy): it stays in the delay store and is
+    /// forwarded after the next start.
+    @Test("a message that comes due while a durable delay drains stays held, quietly, and is delivered after the next start")
+    func delayDueDuringDrain() async throws {
+        let directory = try TemporaryDirectory()
+        let queueConfig = #"{"path": "\#(directory.file("q.db"))"}"#
+        let delayConfig = #"{"path": "\#(directory.file("d.db"))"}"#
+        let log = CapturedLog()
+        do {
+            let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: queueConfig)
+            let delay = try Transport(name: "d", plugin: try BuildProducts.plugin("delay"), configJSON: delayConfig, inner: queue, logger: log.logger())
+            try delay.client.publish(Message(id: "soon", channel: "c", deliverAtNanos: wallClockNanoseconds() + 300_000_000))
+            try delay.client.drain(deadlineNanos: monotonicNanoseconds() + 100_000_000)
+            try await Task.sleep(for: .milliseconds(700))  // due meanwhile
+            delay.close()
+            queue.close()
+        }
+        #expect(!log.all.contains { $0.contains("failed, will try again") }, "\(log.all)")
+        #expect(log.all.contains { $0.contains("draining with 1 messages held") && $0.contains("forwarded after the next start") }, "\(log.all)")
+        let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: queueConfig)
+        let delay = try Transport(name: "d", plugin: try BuildProducts.plugin("delay"), configJSON: delayConfig, inner: queue)
+        defer {
+            delay.close()
+            queue.close()
+        }
+        let received = Guarded<[String]>([])
+        let client = delay.client
+        _ = try client.subscribe(SubscribeOptions(channel: "c")) { delivery, message in
+            received.withLock { $0.append(message.id) }
+            try? client.settle(delivery, .ack)
+            return .ok
+        }
+        #expect(await eventually { received.withLock { $0 } == ["soon"] }, "\(received.withLock { $0 })")
+    }
 }
