@@ -287,6 +287,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         // fsync per delivery round.
         let claimed = try perform(synced: false) { [isDeadLetterChannel, fanOut] db throws(TransportError) in
             var corrupt = false
+            var dropped: [String] = []  // corrupt dead letters, logged once the lease is over
             var rows: [(id: Int64, attempt: Int64, history: String, message: Result<Message, TransportError>)] = []
             try db.run(
                 """
@@ -332,10 +333,16 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                         try db.run(
                             "INSERT INTO entries (channel, grp, attempt, visible_at, message) VALUES (?, '', 0, ?, ?)",
                             [.text(dead.channel), .int(now), .blob(MessageCodec.encode(dead))])
+                    } else {
+                        // A dead letter is not dead-lettered again: deleted, and said so.
+                        dropped.append("entry \(row.id), \(raw.count) bytes: \(error.message)")
                     }
                 }
             }
-            return (leased: leased, corrupt: corrupt)
+            return (leased: leased, corrupt: corrupt, dropped: dropped)
+        }
+        for record in claimed.dropped {
+            host.log(.error, "a corrupt record in the dead-letter channel '\(channel)' of \(path) was deleted (\(record)): a dead letter is not dead-lettered again")
         }
         // Fewer returned than were ready, and a dead letter stored: the broker looks again (it
         // takes fewer than it asked for to mean that nothing more is ready).

@@ -24,15 +24,20 @@ public final class StatsReporter: Sendable {
     /// one's place there.
     private let gauges: GaugeSum?
     private let slot: Int
+    /// Whether the transport knows its depth: a plugin in front of an engine that keeps its own
+    /// count (NATS, RabbitMQ) reports none rather than a constant 0.
+    private let reportsDepth: Bool
 
     /// A reporter to `host`, reporting at most every `intervalNanos` unless forced. With `gauges`,
     /// its depth and in-flight count are one part (`slot`) of the transport's, and the gauges
-    /// report the sum of the parts; counters add up by themselves.
-    public init(host: HostServices, intervalNanos: Int64 = 250_000_000, gauges: GaugeSum? = nil, slot: Int = 0) {
+    /// report the sum of the parts; counters add up by themselves. Without `reportsDepth` no
+    /// `depth` gauge is reported at all (the transport's `TransportStats.depth` means nothing).
+    public init(host: HostServices, intervalNanos: Int64 = 250_000_000, gauges: GaugeSum? = nil, slot: Int = 0, reportsDepth: Bool = true) {
         self.host = host
         self.intervalNanos = intervalNanos
         self.gauges = gauges
         self.slot = slot
+        self.reportsDepth = reportsDepth
     }
 
     /// Hands the host what changed since the last report: counter increments and the gauges'
@@ -71,7 +76,7 @@ public final class StatsReporter: Sendable {
             gauges.report(slot, depth: stats.depth, inFlight: stats.inFlight, to: host)
             return false
         }
-        if before == nil || stats.depth != old.depth { host.gauge("depth", Double(stats.depth)) }
+        if reportsDepth && (before == nil || stats.depth != old.depth) { host.gauge("depth", Double(stats.depth)) }
         if before == nil || stats.inFlight != old.inFlight { host.gauge("in_flight", Double(stats.inFlight)) }
         return false
     }

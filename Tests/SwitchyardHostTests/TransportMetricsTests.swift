@@ -101,6 +101,25 @@ struct TransportMetricsTests {
         }
     }
 
+    /// JetStream keeps the depth, not the plugin: `nats` reports its counters and its in-flight
+    /// deliveries, and no `depth` series at all rather than one that always reads 0.
+    @Test("the nats plugin reports its counters and in-flight, and no depth gauge")
+    func natsHasNoDepthGauge() async throws {
+        let metrics = TestMetrics()
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        try await offPool {
+            let transport = try Transport(
+                name: "t", plugin: try BuildProducts.plugin("nats"),
+                configJSON: #"{"servers": ["\#(server.url)"], "stream": "METRICS"}"#, metrics: metrics)
+            defer { transport.close() }
+            try Self.exercise(transport.client)
+            #expect(waitUntil(15) { Self.counter(metrics, "acked", "t") == 5 && Self.gauge(metrics, "in_flight", "t") == 0 })
+            #expect(Self.counter(metrics, "published", "t") == 7, "six, and the dead letter published to the dead-letter stream")
+            #expect(Self.gauge(metrics, "depth", "t") == nil, "a depth gauge was reported: \(String(describing: Self.gauge(metrics, "depth", "t")))")
+        }
+    }
+
     @Test("a metric name reported as two kinds keeps its first kind; the other is ignored with a warning, never handed to the backend")
     func oneKindPerName() async throws {
         let metrics = TestMetrics()

@@ -521,6 +521,8 @@ struct IsolationTests {
         }
         let text = error.map { "\($0)" } ?? ""
         #expect(text.contains("isolation.host") && text.contains("no-such-switchyard") && text.contains("not an executable file"), "\(text)")
+        // Found by the plugin probe, which runs with this transport's settings: its key, not the probe's.
+        #expect(text.contains("transports.work.isolation") && !text.contains("plugins.probe"), "\(text)")
     }
 
     @Test("plugin files whose entry crashes or hangs sit in the plugins directory: with a transport isolated, a probe process refuses them and the host starts and serves")

@@ -11,6 +11,22 @@ import Testing
 struct DurableQueueTests {
     static var probe: String { BuildProducts.path("switchyard-durability-probe") }
 
+    /// A durable queue's file holding `ids` on `channel`, the record of the one at `index`
+    /// overwritten with four bytes that do not decode (as a disk fault or an edit by hand would).
+    static func storeWithCorruptRecord(
+        in dir: TemporaryDirectory, channel: String, ids: [String], corrupting index: Int
+    ) async throws -> (db: String, config: String) {
+        let db = dir.file("queue.db")
+        let config = #"{"path": "\#(db)", "expiry_sweep": "1h"}"#
+        let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: config)
+        try transport.client.publish(batch: ids.map { Message(id: $0, channel: channel, body: Array($0.utf8)) })
+        transport.close()
+        let edited = try await run(
+            "/usr/bin/env", ["sqlite3", db, "UPDATE entries SET message = X'DEADBEEF' WHERE id = (SELECT MIN(id) + \(index) FROM entries)"])
+        try #require(edited.status == 0, "\(edited.stderr)")
+        return (db, config)
+    }
+
     /// A record that no longer decodes (a disk fault, an edit by hand) is dead-lettered with the
     /// reason and its raw bytes, never delivered, and the messages after it still are — at once:
     /// a lease that drops one returns fewer than it was asked for, which the broker otherwise
@@ -18,17 +34,8 @@ struct DurableQueueTests {
     @Test("a corrupt record is dead-lettered with its reason, and the messages behind it are still delivered")
     func corruptRecord() async throws {
         let dir = try TemporaryDirectory()
-        let db = dir.file("queue.db")
-        let config = #"{"path": "\#(db)", "expiry_sweep": "1h"}"#
-        let plugin = try BuildProducts.plugin("queue")
-        do {
-            let transport = try Transport(name: "q", plugin: plugin, configJSON: config)
-            try transport.client.publish(batch: ["a", "b", "c"].map { Message(id: $0, channel: "work", body: Array($0.utf8)) })
-            transport.close()
-        }
-        let edited = try await run("/usr/bin/env", ["sqlite3", db, "UPDATE entries SET message = X'DEADBEEF' WHERE id = (SELECT MIN(id) + 1 FROM entries)"])
-        try #require(edited.status == 0, "\(edited.stderr)")
-        let transport = try Transport(name: "q", plugin: plugin, configJSON: config)
+        let (_, config) = try await Self.storeWithCorruptRecord(in: dir, channel: "work", ids: ["a", "b", "c"], corrupting: 1)
+        let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: config)
         defer { transport.close() }
         let dead = Collector()
         let live = Collector()
@@ -42,6 +49,27 @@ struct DurableQueueTests {
         #expect(letter.id.hasPrefix("corrupt-"))
         #expect(letter.body == [0xDE, 0xAD, 0xBE, 0xEF])
         #expect(letter.header("sy-dlq-reason")?.isEmpty == false)
+    }
+
+    /// A dead letter is not dead-lettered again: a corrupt record in a dead-letter channel is
+    /// deleted when a reader meets it (kept, it would be met again on every lease), and the host
+    /// logs it as an error naming the channel, the entry and the reason.
+    @Test("a corrupt record in a dead-letter channel is deleted and logged as an error, not dropped in silence")
+    func corruptDeadLetter() async throws {
+        let dir = try TemporaryDirectory()
+        let (db, config) = try await Self.storeWithCorruptRecord(in: dir, channel: "work.dlq", ids: ["x", "y"], corrupting: 0)
+        let log = CapturedLog()
+        let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: config, logger: log.logger())
+        defer { transport.close() }
+        let dead = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "work.dlq", maxInFlight: 1), handler: dead.handler(client: transport.client))
+        #expect(dead.wait(for: 1, seconds: 10))
+        #expect(dead.received.map(\.message.id) == ["y"])
+        let line = log.all.first { $0.contains("corrupt record in the dead-letter channel 'work.dlq'") }
+        #expect(line?.hasPrefix("error") == true, "\(log.all)")
+        #expect(line?.contains("4 bytes") == true && line?.contains("not dead-lettered again") == true, "\(line ?? "")")
+        let left = try await run("/usr/bin/env", ["sqlite3", db, "SELECT COUNT(*) FROM entries WHERE message = X'DEADBEEF'"])
+        #expect(left.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
     }
 
     /// Closing a transport closes every connection to its file before it returns (the writer's,

@@ -198,9 +198,13 @@ final class NATSSubscription: @unchecked Sendable {
         self.batch = batch
     }
 
-    /// Starts the fetch thread; `deliver` gets each batch (ownership of the messages passes to it).
-    func start(_ deliver: @escaping ([OpaquePointer]) -> Void) {
+    /// Starts the fetch thread; `deliver` gets each batch (ownership of the messages passes to it),
+    /// and `afterFetch` runs after every fetch, messages or not (at least every fetch timeout,
+    /// 500 ms): the transport's metrics report there, so that counts settled after the last one
+    /// reach the host while the subscription idles.
+    func start(_ deliver: @escaping ([OpaquePointer]) -> Void, afterFetch: @escaping () -> Void) {
         let deliver = UncheckedSendable(deliver)
+        let afterFetch = UncheckedSendable(afterFetch)
         let thread = Thread { [self] in
             var failures = 0
             while true {
@@ -235,6 +239,7 @@ final class NATSSubscription: @unchecked Sendable {
                         usleep(UInt32(min(1_000_000, 50_000 * failures)))
                     }
                 }
+                afterFetch.value()
             }
             condition.lock()
             finished = true

@@ -83,7 +83,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let config = try context.decodeConfig(NATSConfig.self)
         settings = try NATSSettings(config, instance: context.instanceName)
         host = context.host
-        reporter = StatsReporter(host: context.host)
+        // JetStream keeps the depth; this instance knows only its own deliveries.
+        reporter = StatsReporter(host: context.host, reportsDepth: false)
         instance = context.instanceName
         NATSLibrary.open()
         connection = try NATSLibrary.connect(settings)
@@ -268,7 +269,12 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             id: id, channel: options.channel, group: group, subscription: subscription, subscriber: subscriber,
             maxInFlight: maxInFlight, batch: settings.fetchBatch, ackWaitNanos: ackWait)
         state.withLock { $0.subscriptions[id] = handle }
-        handle.start { [weak self] messages in self?.deliver(messages, to: handle) ?? messages.forEach { natsMsg_Destroy($0) } }
+        handle.start(
+            { [weak self] messages in self?.deliver(messages, to: handle) ?? messages.forEach { natsMsg_Destroy($0) } },
+            afterFetch: { [weak self] in
+                guard let self else { return }
+                reporter.report(stats())
+            })
         return id
     }
 
@@ -534,6 +540,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             natsMsg_Destroy(message)
         }
         for subscription in subscriptions { subscription.destroy() }
+        reporter.report(stats(), force: true)  // what changed since the last report
         natsConnection_Flush(connection)
         jsCtx_Destroy(jetStream)
         natsConnection_Destroy(connection)

@@ -342,7 +342,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     func lease(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
         let grp = !fanOut || isDeadLetterChannel(channel) ? "" : group
         var corrupt = false
+        var dropped: [String] = []  // corrupt dead letters, logged once the lease is over
         let leased = try perform(synced: false) { db, announce throws(TransportError) -> [LeasedMessage] in
+            dropped = []  // the body may run again
             var rows: [(id: Int64, attempt: Int64, token: Int64, blob: [UInt8])] = []
             // SKIP LOCKED: rows another process is leasing right now are passed over, not waited for.
             try db.run(
@@ -369,7 +371,11 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     // A record that does not decode is dead-lettered with its reason and raw bytes, never delivered.
                     corrupt = true
                     try db.run("DELETE FROM \(schema).entries WHERE id = $1", [.int(row.id)])
-                    guard !isDeadLetterChannel(channel) else { continue }
+                    guard !isDeadLetterChannel(channel) else {
+                        // A dead letter is not dead-lettered again: deleted, and said so.
+                        dropped.append("entry \(row.id), \(row.blob.count) bytes: \(error.message)")
+                        continue
+                    }
                     let dead = DeadLetter.copy(
                         of: Message(id: "corrupt-\(row.id)", channel: channel, body: row.blob), to: channel + deadLetterSuffix, group: grp,
                         groupCopy: fanOut, reason: error.message, history: [], now: now)
@@ -380,6 +386,9 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                 }
             }
             return leased
+        }
+        for record in dropped {
+            host.log(.error, "postgres: a corrupt record in the dead-letter channel '\(channel)' was deleted (\(record)): a dead letter is not dead-lettered again")
         }
         // Fewer returned than were ready, and a dead letter stored: the broker looks again (it
         // takes fewer than it asked for to mean that nothing more is ready; this process's own

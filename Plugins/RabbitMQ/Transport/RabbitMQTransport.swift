@@ -61,7 +61,8 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
         settings = try RabbitMQSettings(config, instance: context.instanceName)
         host = context.host
         instance = context.instanceName
-        reporter = StatsReporter(host: context.host)
+        // The broker keeps the depth; this instance knows only its own deliveries.
+        reporter = StatsReporter(host: context.host, reportsDepth: false)
         source = "switchyard://rabbitmq/\(context.instanceName)"
         publishers = PublisherPool(settings: settings)
         try publishers.warmUp()

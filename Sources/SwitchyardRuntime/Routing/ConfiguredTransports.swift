@@ -45,7 +45,8 @@ extension PluginDiscovery {
 extension TransportSet {
     /// Discovers the plugins and creates the transports `only` (every configured one when nil)
     /// with the inner transports they need. Refused plugin files are logged; errors name the
-    /// config key and line: `plugins.probe` when the probe cannot run, `transports.NAME` (or
+    /// config key and line: the first isolated transport's `transports.NAME.isolation` (whose
+    /// settings the probe runs with) or else `plugins.probe` when the probe cannot run, `transports.NAME` (or
     /// `transports.NAME.config.KEY` for a plugin's refusal of its config) when a transport
     /// cannot be created.
     package static func start(
@@ -55,6 +56,11 @@ extension TransportSet {
         do {
             catalog = try discovery.catalog(logger: logger)
         } catch {
+            // The probe runs with the first isolated transport's settings (its `host` above all):
+            // then the error is that transport's to fix.
+            if let isolated = config.transports.first(where: { $0.isolation != nil }) {
+                throw ConfigError(key: "transports.\(isolated.name).isolation", line: isolated.line, message: error.message)
+            }
             throw ConfigError(key: "plugins.probe", line: nil, message: error.message)
         }
         for rejection in catalog.rejected where rejection.kind != .crashedWhileLoading {  // the probe logged those
