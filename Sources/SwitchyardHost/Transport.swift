@@ -44,6 +44,20 @@ public final class Transport: Sendable {
     private let closed = Atomic<Bool>(false)
     /// The proxy, when the plugin runs in a child process.
     private let isolated: ProcessIsolatedTransport?
+    /// The `sy_transport_ref` a decorator was given as its inner transport: the header lets it
+    /// keep the pointer until its `destroy` returns, so it lives as long as this transport.
+    private let innerReference: InnerReference?
+
+    /// Memory of its own for a decorator's `sy_transport_ref`, freed when the transport goes.
+    private final class InnerReference: @unchecked Sendable {
+        // @unchecked: written once before `create`, only read after.
+        let pointer: UnsafeMutablePointer<sy_transport_ref>
+        init(_ value: sy_transport_ref) {
+            pointer = .allocate(capacity: 1)
+            pointer.initialize(to: value)
+        }
+        deinit { pointer.deallocate() }
+    }
 
     /// The pid of the child process running the plugin (`isolation: process`) right now; nil
     /// for an in-process transport or while the child is being restarted.
@@ -100,20 +114,18 @@ public final class Transport: Sendable {
         if let forwardingMetrics { services.forwardMetrics(forwardingMetrics) }
         var instance: UnsafeMutableRawPointer?
         let create = plugin.descriptor.pointee.create!
+        let innerReference = inner.map { InnerReference(sy_transport_ref(plugin: $0.client.descriptor, instance: $0.client.instance)) }
         try name.withSyStr { (nameSlice) throws(TransportError) in
             try configJSON.withSyStr { (configSlice) throws(TransportError) in
-                // The inner's *client* descriptor: for an isolated inner that is the proxy's table,
-                // which goes with the proxy's instance pointer. The real plugin's table must never
-                // be paired with it (it would run the isolated plugin's code here, on a pointer it
-                // never created).
-                var innerRef = sy_transport_ref(plugin: inner?.client.descriptor, instance: inner?.client.instance)
-                try withUnsafePointer(to: &innerRef) { (innerPointer) throws(TransportError) in
-                    var args = sy_create_args(
-                        struct_size: UInt32(MemoryLayout<sy_create_args>.size), reserved: 0,
-                        instance_name: nameSlice, config_json: configSlice, host: services.table,
-                        inner: inner == nil ? nil : innerPointer)
-                    try TransportError.check { create(&args, &instance, $0) }
-                }
+                // `inner` holds the inner's *client* descriptor: for an isolated inner that is the
+                // proxy's table, which goes with the proxy's instance pointer. The real plugin's
+                // table must never be paired with it (it would run the isolated plugin's code
+                // here, on a pointer it never created).
+                var args = sy_create_args(
+                    struct_size: UInt32(MemoryLayout<sy_create_args>.size), reserved: 0,
+                    instance_name: nameSlice, config_json: configSlice, host: services.table,
+                    inner: innerReference.map { UnsafePointer($0.pointer) })
+                try TransportError.check { create(&args, &instance, $0) }
             }
         }
         guard let instance else {
@@ -124,6 +136,7 @@ public final class Transport: Sendable {
         self.inner = inner
         self.services = services
         self.isolated = nil
+        self.innerReference = innerReference
         self.client = TransportClient(
             descriptor: plugin.descriptor, instance: instance,
             watch: Self.slowCallWatch(name: name, plugin: plugin.name, thresholdNanos: slowCallWarningNanos, logger: logger),
@@ -162,6 +175,7 @@ public final class Transport: Sendable {
         self.inner = nil
         self.services = services
         self.isolated = proxy
+        self.innerReference = nil
         self.client = TransportClient(
             descriptor: adapter.descriptor, instance: adapter.instance,
             watch: Self.slowCallWatch(name: name, plugin: plugin.name, thresholdNanos: slowCallWarningNanos, logger: logger))
@@ -182,7 +196,7 @@ public final class Transport: Sendable {
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         client.destroy()
-        withExtendedLifetime(services) {}
+        withExtendedLifetime((services, innerReference)) {}
     }
 
     deinit { close() }

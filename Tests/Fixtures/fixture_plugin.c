@@ -19,6 +19,9 @@
  *                            "slow" returns after 300 ms
  *   FIXTURE_HANG_IN_PUBLISH  a queue-like plugin whose every publish never returns
  *   FIXTURE_METRIC_KINDS     create reports "fixture_kinds" as a counter (3), then as a gauge (7)
+ *   FIXTURE_KEEPS_INNER      a decorator that keeps the host's `args->inner` pointer past create (the
+ *                            header allows it until destroy) and publishes through it; a publish
+ *                            finds SY_ERR_INTERNAL if what it points at changed since create
  */
 #define _POSIX_C_SOURCE 200809L
 #include "switchyard_plugin.h"
@@ -40,8 +43,17 @@
 
 static int instance_token;
 
+#ifdef FIXTURE_KEEPS_INNER
+static const sy_transport_ref *kept_inner; /* the host's pointer, kept */
+static sy_transport_ref inner_at_create;   /* what it pointed at then */
+#endif
+
 static sy_status f_create(const sy_create_args *args, void **out, sy_error *err) {
     (void)args;
+#ifdef FIXTURE_KEEPS_INNER
+    kept_inner = args->inner;
+    if (kept_inner != NULL) inner_at_create = *kept_inner;
+#endif
 #ifdef FIXTURE_METRIC_KINDS
     args->host->metric(args->host->host_context, SY_METRIC_COUNTER, "fixture_kinds", 3);
     args->host->metric(args->host->host_context, SY_METRIC_GAUGE, "fixture_kinds", 7);
@@ -58,7 +70,11 @@ static sy_status f_create(const sy_create_args *args, void **out, sy_error *err)
 static void f_destroy(void *instance) { (void)instance; }
 static sy_status f_publish(void *instance, const sy_message *m, sy_error *err) {
     (void)instance;
-#if defined(FIXTURE_HANG_IN_PUBLISH)
+#if defined(FIXTURE_KEEPS_INNER)
+    if (kept_inner == NULL || memcmp(kept_inner, &inner_at_create, sizeof inner_at_create) != 0)
+        return sy_error_set(err, SY_ERR_INTERNAL, "the sy_transport_ref given at create no longer holds the inner transport");
+    return kept_inner->plugin->publish(kept_inner->instance, m, err);
+#elif defined(FIXTURE_HANG_IN_PUBLISH)
     (void)m; (void)err;
     for (;;) pause();
 #elif defined(FIXTURE_CRASHY)
@@ -123,7 +139,11 @@ static const sy_plugin_descriptor descriptor = {
 #else
     FIXTURE_ABI_MAJOR, SY_ABI_MINOR,
 #endif
+#ifdef FIXTURE_KEEPS_INNER
+    FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE | SY_CAP_WRAPS_INNER,
+#else
     FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE,
+#endif
     f_create, f_destroy,
 #ifdef FIXTURE_NULL_PUBLISH
     NULL,

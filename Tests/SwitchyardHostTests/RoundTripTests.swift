@@ -204,4 +204,25 @@ struct RoundTripTests {
         let error = #expect(throws: TransportError.self) { _ = try Transport(name: "outer", plugin: plugin, inner: inner) }
         #expect(error?.message.contains("does not wrap an inner transport") == true)
     }
+
+    /// The header lets a decorator keep the `sy_transport_ref` it was given at `create` until its
+    /// `destroy`: the host used to build it on its stack for the call only, so a C decorator that
+    /// kept the pointer read whatever the stack held later.
+    @Test("a C decorator may keep the sy_transport_ref of its inner transport until its destroy")
+    func decoratorKeepsInnerReference() async throws {
+        let directory = try TemporaryDirectory()
+        let path = try await CCompiler.fixture(
+            "libkeeps-inner.so", in: directory.path, defines: ["FIXTURE_KEEPS_INNER", "FIXTURE_NAME=\"keeps-inner\""])
+        let decorator = try PluginLoader().load(path: path)
+        let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"))
+        let kept = try Transport(name: "k", plugin: decorator, inner: queue)
+        defer {
+            kept.close()
+            queue.close()
+        }
+        // Other transports made and closed meanwhile: the host's stack from that create is reused.
+        for index in 0..<3 { try Transport(name: "other-\(index)", plugin: try BuildProducts.plugin("queue")).close() }
+        try kept.client.publish(Message(id: "through", channel: "c", body: [1]))
+        #expect(try queue.client.stats()?.published == 1)
+    }
 }
