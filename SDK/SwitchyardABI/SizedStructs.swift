@@ -51,6 +51,25 @@ public enum SizedStruct {
         }
     }
 
+    /// Checks an array of `count` growable structs against the header's stride rule before it is
+    /// walked: every element's `struct_size` the same, a multiple of 8 and at least `minimum`.
+    /// One element has no stride to check. Throws `invalidArgument` naming `call` (a caller that
+    /// breaks the rule would otherwise have its elements read from the wrong places).
+    public static func checkStride<T>(_ first: UnsafePointer<T>, count: Int, minimum: Int, _ call: String) throws(TransportError) {
+        guard count > 1 else { return }
+        let raw = UnsafeRawPointer(first)
+        let stride = Int(raw.load(as: UInt32.self))
+        guard stride >= minimum, stride % 8 == 0 else {
+            throw TransportError(
+                .invalidArgument,
+                "\(call): an array of \(count) with struct_size \(stride): an array's elements are strided by a struct_size that is a multiple of 8 and at least \(minimum)")
+        }
+        for index in 1..<count where Int(raw.advanced(by: index * stride).load(as: UInt32.self)) != stride {
+            throw TransportError(
+                .invalidArgument, "\(call): element \(index)'s struct_size is not the first's \(stride): every element of an array carries the same")
+        }
+    }
+
     /// Element `index` of an array of growable structs, strided by the first element's
     /// `struct_size` (the header's stride rule; `sy_array_at`).
     @inlinable

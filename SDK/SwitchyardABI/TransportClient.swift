@@ -490,13 +490,12 @@ final class SubscriberBox: Sendable {
         var views: [MessageView] = []
         views.reserveCapacity(count)
         var malformed: TransportError?
-        for index in 0..<count {
-            do throws(TransportError) {
-                views.append(try MessageView(validating: SizedStruct.element(messages, index)))
-            } catch {
-                malformed = error
-                break
-            }
+        do throws(TransportError) {
+            // A plugin that breaks the stride rule: its first message is dead-lettered with why.
+            try SizedStruct.checkStride(messages, count: count, minimum: SizedStruct.messageV1_0, "deliver_batch")
+            for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages, index))) }
+        } catch {
+            malformed = error
         }
         let accepted: Int
         if let batchHandler = box.batchHandler {

@@ -177,6 +177,7 @@ private enum Thunks {
                 var views: [MessageView] = []
                 views.reserveCapacity(count)
                 // Strided by struct_size: the host may be of another minor (the ABI's stride rule).
+                if count > 1 { try SizedStruct.checkStride(messages!, count: count, minimum: SizedStruct.messageV1_0, "publish_batch") }
                 for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index), published: true)) }
                 try transport.publish(batch: views)
             }
@@ -231,6 +232,11 @@ private enum Thunks {
                 return TransportError(.invalidArgument, "settle_batch: NULL instance, deliveries or settlements").write(to: err)
             }
             guard count > 0 else { return SY_OK }
+            do throws(TransportError) {
+                try SizedStruct.checkStride(settlements!, count: count, minimum: SizedStruct.settlementV1_0, "settle_batch")
+            } catch {
+                return report(Array(repeating: error, count: count), count: count, statuses: statuses, err: err)  // none settled
+            }
             // A batch of plain acknowledgements, the usual batch: no Settlement values to make.
             // Only from a caller whose elements hold an outcome (the ABI 1.0 size or more); the
             // general path below refuses the others element by element.
@@ -288,6 +294,7 @@ private enum Thunks {
                 reporting(to: err) { () throws(TransportError) in
                     var views: [MessageView] = []
                     views.reserveCapacity(count)
+                    if count > 1 { try SizedStruct.checkStride(messages!, count: count, minimum: SizedStruct.messageV1_0, "publish_and_settle") }
                     for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages!, index), published: true)) }
                     try transport.publish(views, settling: delivery, try Settlement(copying: settlement))
                 }
@@ -305,6 +312,7 @@ private enum Thunks {
             var views: [MessageView] = []
             views.reserveCapacity(count)
             do throws(TransportError) {
+                if count > 1 { try SizedStruct.checkStride(messages, count: count, minimum: SizedStruct.messageV1_0, "publish_async") }
                 for index in 0..<count { views.append(try MessageView(validating: SizedStruct.element(messages, index), published: true)) }
             } catch {
                 return tell(error)

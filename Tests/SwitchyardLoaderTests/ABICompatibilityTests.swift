@@ -171,6 +171,25 @@ struct ABICompatibilityTests {
         _ = plugin.descriptor.pointee.unsubscribe!(transport.client.instance, id, &error)
         Unmanaged<HandlerBox>.fromOpaque(context).release()
     }
+
+    @Test("a batch that breaks the stride rule (elements of different struct_size, or one not a multiple of 8) is refused whole with invalid-argument")
+    func strideRuleEnforced() throws {
+        let plugin = try BuildProducts.plugin("queue")
+        let transport = try Transport(name: "q", plugin: plugin, configJSON: "{}")
+        defer { transport.close() }
+        let batch = (0..<3).map { Message(id: "s-\($0)", channel: "strided", body: [UInt8($0)]) }
+        for (element, size) in [(1, MemoryLayout<sy_message>.size - 8), (0, MemoryLayout<sy_message>.size + 4)] {
+            batch.withCMessages { first, count in
+                let raw = UnsafeMutableRawPointer(mutating: first)
+                (raw + element * MemoryLayout<sy_message>.size).storeBytes(of: UInt32(size), as: UInt32.self)
+                var error = sy_error()
+                let status = plugin.descriptor.pointee.publish_batch!(transport.client.instance, first, count, &error)
+                #expect(status == SY_ERR_INVALID_ARGUMENT, "element \(element) at \(size) bytes: \(status)")
+                #expect(TransportError(status: status, error: error).message.contains("struct_size"), "\(TransportError(status: status, error: error))")
+            }
+        }
+        #expect(try transport.client.stats()?.published == 0, "nothing of a refused batch is stored")
+    }
 }
 
 /// A C subscriber context around a delivery handler, for driving a plugin the way an older host
