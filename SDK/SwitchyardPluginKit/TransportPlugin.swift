@@ -27,7 +27,8 @@ public protocol TransportInstance: AnyObject, Sendable {
 
     /// Accepts a batch all or nothing (ABI 1.1 `publish_batch`): every message stored, or none and
     /// an error. The views are borrowed for this call only. Default: one `publish` each, which is
-    /// all-or-nothing only if no publish fails midway, so plugins with real batching override it.
+    /// all-or-nothing only if no publish fails midway (one that fails after the first says how
+    /// many before it were stored), so plugins with real batching override it.
     func publish(batch: [MessageView]) throws(TransportError)
 
     /// Accepts a batch all or nothing, like ``publish(batch:)``, without waiting for it to be
@@ -94,7 +95,19 @@ public protocol TransportInstance: AnyObject, Sendable {
 
 extension TransportInstance {
     public func publish(batch: [MessageView]) throws(TransportError) {
-        for message in batch { try publish(message) }
+        for (index, message) in batch.enumerated() {
+            do throws(TransportError) {
+                try publish(message)
+            } catch {
+                guard index > 0 else { throw error }
+                // Not all or nothing: say what may already be stored (the header's rule).
+                var partial = error
+                partial.message +=
+                    " (message \(index + 1) of \(batch.count): the \(index) before it were stored;"
+                    + " publishing the batch again with the same ids repeats at most those)"
+                throw partial
+            }
+        }
     }
     public func publish(_ batch: [MessageView], done: @escaping @Sendable (TransportError?) -> Void) {
         do throws(TransportError) {
@@ -155,15 +168,12 @@ public struct PluginInfo: Sendable {
     public var publishesAsynchronously: Bool
 
     /// A plugin identity; `name` must follow ``PluginName``'s rules and `version` be semantic.
-    public init(name: String, version: String, description: String, capabilities: Capabilities) {
-        self.init(name: name, version: version, description: description, capabilities: capabilities, atomicPublishAndSettle: false)
-    }
-
-    /// A plugin identity that says whether the plugin stores and settles as one unit, whether it
-    /// extends leases, and whether it publishes without blocking.
+    /// The flags say whether the plugin stores and settles as one unit, whether it extends
+    /// leases, and whether it publishes without blocking (each false unless given: name only
+    /// those it offers).
     public init(
         name: String, version: String, description: String, capabilities: Capabilities,
-        atomicPublishAndSettle: Bool, extendsLeases: Bool = false, publishesAsynchronously: Bool = false
+        atomicPublishAndSettle: Bool = false, extendsLeases: Bool = false, publishesAsynchronously: Bool = false
     ) {
         self.name = name
         self.version = version

@@ -300,6 +300,7 @@ final class RabbitMQConsumer: @unchecked Sendable {
             if lock.withLock({ state.commands.isEmpty && !state.stopping && state.cancel == cancelled }) {
                 if wait(live, untilNanos: nextLeaseDeadline()) { lastHeard = monotonicNow() }
             }
+            transport.reportIfDue()
         }
         connection?.close()
         lock.lock()

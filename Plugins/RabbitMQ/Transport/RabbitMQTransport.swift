@@ -455,6 +455,11 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
         counters.stats(inFlight: UInt64(consumers.withLock { $0.byID.values.reduce(0) { $0 + $1.unsettled } }))
     }
 
+    /// Reports the counters when an interval is due. The consumers' threads call it as they
+    /// loop (at least every 100 ms), so that counts settled after the last publish or settle
+    /// reach the host while nothing else happens.
+    func reportIfDue() { reporter.report(stats()) }
+
     public func shutdown() {
         let all = consumers.withLock { state in
             defer { state.byID.removeAll() }

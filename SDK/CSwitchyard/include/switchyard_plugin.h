@@ -262,7 +262,10 @@ typedef uint64_t sy_capabilities;
                                                           where it also dead-letters: they go into the dead letter's
                                                           history). */
 #define SY_CAP_DEAD_LETTER ((sy_capabilities)1 << 4) /**< SY_SETTLE_DEAD_LETTER moves the message to a dead-letter channel. */
-#define SY_CAP_DURABLE ((sy_capabilities)1 << 5)     /**< A successful publish survives a process crash. */
+#define SY_CAP_DURABLE ((sy_capabilities)1 << 5)     /**< A successful publish survives a process crash. A capability of
+                                                          the plugin: one that stores durably only when its config says so
+                                                          (the bundled queue, topic and delay with `path`) declares it, and
+                                                          keeps the promise only where so configured. */
 #define SY_CAP_ORDERED ((sy_capabilities)1 << 6)     /**< Honors ordering_key. */
 #define SY_CAP_WRAPS_INNER ((sy_capabilities)1 << 7) /**< A decorator: needs an inner transport at creation. */
 #define SY_CAP_EXPIRY ((sy_capabilities)1 << 8)      /**< Honors expires_at_ns and SY_MESSAGE_DROP_WHEN_EXPIRED (1.3).
@@ -626,9 +629,13 @@ typedef struct sy_plugin_descriptor {
     /* ---- ABI 1.1 ---- */
 
     /**
-     * Accepts `count` messages (an array, borrowed for the call), all or nothing: SY_OK once every
-     * one is stored as `publish` would store it (one commit for a durable transport), otherwise an
-     * error and none of them stored. Lets a producer pay one lock, one wake-up and one commit per
+     * Accepts `count` messages (an array, borrowed for the call), all or nothing where the
+     * transport can store them as one unit: SY_OK once every one is stored as `publish` would
+     * store it (one commit for a durable transport), otherwise an error and none of them stored.
+     * A transport whose engine takes one message at a time (a broker without batches: NATS
+     * JetStream, AMQP; the Swift kit's default) stores them in order and, failing midway, returns
+     * an error that says a first part may be stored (publishing the batch again with the same ids
+     * repeats at most that part). Lets a producer pay one lock, one wake-up and one commit per
      * batch instead of per message. Optional (NULL, or absent in a 1.0 plugin: the host publishes
      * the messages one at a time).
      */

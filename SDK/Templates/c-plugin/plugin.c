@@ -394,8 +394,8 @@ static sy_status example_settle(void *self, sy_delivery_id delivery, const sy_se
 static sy_status example_drain(void *self, int64_t deadline_ns, sy_error *err) {
     instance *q = (instance *)self;
     struct timespec deadline;
-    node *n;
-    int released = 0;
+    node *n, **link;
+    int released = 0, delivering = 0;
     if (q == NULL) return sy_error_set(err, SY_ERR_INVALID_ARGUMENT, "drain: NULL instance");
     deadline.tv_sec = (time_t)(deadline_ns / 1000000000);
     deadline.tv_nsec = (long)(deadline_ns % 1000000000);
@@ -403,8 +403,15 @@ static sy_status example_drain(void *self, int64_t deadline_ns, sy_error *err) {
     q->draining = 1;
     /* Wait for settlements until the deadline, then give back what is still unsettled. */
     while (q->in_flight != NULL && pthread_cond_timedwait(&q->idle, &q->lock, &deadline) == 0) {}
-    while ((n = q->in_flight) != NULL && !n->in_deliver) {
-        q->in_flight = n->next;
+    /* Every one not inside `deliver` right now, wherever it is in the list (the newest is first). */
+    link = &q->in_flight;
+    while ((n = *link) != NULL) {
+        if (n->in_deliver) {  /* its subscriber has it this moment: it stays in flight */
+            delivering++;
+            link = &n->next;
+            continue;
+        }
+        *link = n->next;
         n->attempt -= 1;
         q->stats.in_flight--;
         q->stats.released++;
@@ -413,6 +420,7 @@ static sy_status example_drain(void *self, int64_t deadline_ns, sy_error *err) {
         released++;
     }
     pthread_mutex_unlock(&q->lock);
+    if (delivering > 0) return sy_error_set(err, SY_ERR_TIMEOUT, "drain: deliveries were still being delivered at the deadline; the others were released");
     return released > 0 ? sy_error_set(err, SY_ERR_TIMEOUT, "drain: unsettled deliveries were released at the deadline") : SY_OK;
 }
 
