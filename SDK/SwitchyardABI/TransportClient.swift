@@ -139,8 +139,9 @@ public final class TransportClient: @unchecked Sendable {
     /// Publishes messages all or nothing without waiting for them to be stored: `done` is called
     /// exactly once with nil once they are, or with the error that stored none — on any thread,
     /// possibly before this returns; it must return promptly. Through `publish_async` (ABI 1.7)
-    /// where ``publishesAsynchronously``; otherwise through ``publish(batch:)`` on this thread, then
-    /// `done` (check ``publishesAsynchronously`` before calling it from a thread that must not block).
+    /// where ``publishesAsynchronously``; otherwise through ``publish(batch:)`` (one message:
+    /// ``publish(_:)-(Message)``) on this thread, then `done` (check ``publishesAsynchronously``
+    /// before calling it from a thread that must not block).
     public func publish(_ messages: [Message], done: @escaping @Sendable (TransportError?) -> Void) {
         publish(messages.count == 1 ? .one(messages[0]) : .many(messages), PublishCompletion(done))
     }

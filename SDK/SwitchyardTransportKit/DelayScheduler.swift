@@ -309,6 +309,10 @@ public final class DelayScheduler: @unchecked Sendable {
                 }
             }
             message.deliverAtNanos = 0  // due now: the inner transport must not wait again
+            if isDraining {
+                failed.append((item.due, item.message))  // drain began meanwhile: held, not forwarded
+                continue
+            }
             do {
                 try forward(message)
                 forwarded.append(item.due.seq)

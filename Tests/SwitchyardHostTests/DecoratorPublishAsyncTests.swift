@@ -128,9 +128,10 @@ struct DecoratorPublishAsyncTests {
         do {
             let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: queueConfig)
             let delay = try Transport(name: "d", plugin: try BuildProducts.plugin("delay"), configJSON: delayConfig, inner: queue, logger: log.logger())
-            try delay.client.publish(Message(id: "soon", channel: "c", deliverAtNanos: wallClockNanoseconds() + 300_000_000))
+            // Due well after the drain begins, however slow the commit before it.
+            try delay.client.publish(Message(id: "soon", channel: "c", deliverAtNanos: wallClockNanoseconds() + 1_500_000_000))
             try delay.client.drain(deadlineNanos: monotonicNanoseconds() + 100_000_000)
-            try await Task.sleep(for: .milliseconds(700))  // due meanwhile
+            try await Task.sleep(for: .milliseconds(2_000))  // due meanwhile
             delay.close()
             queue.close()
         }

@@ -199,9 +199,9 @@ final class NATSSubscription: @unchecked Sendable {
     }
 
     /// Starts the fetch thread; `deliver` gets each batch (ownership of the messages passes to it),
-    /// and `afterFetch` runs after every fetch, messages or not (at least every fetch timeout,
-    /// 500 ms): the transport's metrics report there, so that counts settled after the last one
-    /// reach the host while the subscription idles.
+    /// and `afterFetch` runs after every fetch, messages or not (every fetch timeout, 500 ms, while
+    /// it fetches; not while it is paused, full or backing off): the transport's metrics report
+    /// there, so that counts settled after the last one reach the host while the subscription idles.
     func start(_ deliver: @escaping ([OpaquePointer]) -> Void, afterFetch: @escaping () -> Void) {
         let deliver = UncheckedSendable(deliver)
         let afterFetch = UncheckedSendable(afterFetch)

@@ -539,6 +539,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             natsMsg_Nak(message, nil)
             natsMsg_Destroy(message)
         }
+        counters.released.add(UInt64(left.count), ordering: .relaxed)  // as drain counts them
         for subscription in subscriptions { subscription.destroy() }
         reporter.report(stats(), force: true)  // what changed since the last report
         natsConnection_Flush(connection)

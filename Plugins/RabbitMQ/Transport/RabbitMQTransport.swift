@@ -456,8 +456,8 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     }
 
     /// Reports the counters when an interval is due. The consumers' threads call it as they
-    /// loop (at least every 100 ms), so that counts settled after the last publish or settle
-    /// reach the host while nothing else happens.
+    /// loop (at least every 100 ms while connected), so that counts settled after the last
+    /// publish or settle reach the host while nothing else happens.
     func reportIfDue() { reporter.report(stats()) }
 
     public func shutdown() {
