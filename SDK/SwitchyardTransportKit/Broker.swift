@@ -148,6 +148,13 @@ public final class Broker: @unchecked Sendable {
     /// waking it (one thread switch fewer between another process's commit and its delivery).
     /// All -1 otherwise.
     private var storeChanges: Int32  // dispatcher thread only, once started
+    /// Whether the sleeping dispatcher watches ``storeChanges`` (under the lock). Only while
+    /// something here waits for what another process commits: a group to deliver to, or a
+    /// publisher waiting for room (``waitForRoom(_:until:)`` wakes a dispatcher that does not
+    /// watch, so that it does). The descriptor also turns readable at this process's own
+    /// commits, so a process that only publishes had its dispatcher woken by nearly every
+    /// commit, for nothing.
+    private var dispatcherWatchesOthers = false
     private let wakeupPipe: WakePipe
 
     /// Starts a broker and its dispatcher thread; `shard` places it among its transport's shards
@@ -248,6 +255,21 @@ public final class Broker: @unchecked Sendable {
         capacityShared?.roomMayHaveChanged()  // the passes took messages from the store
     }
 
+    /// Records that messages were stored here, for ``append(admitted:)``: work for the dispatcher
+    /// only where a group in this process could take them. With none (a process that only
+    /// publishes, its consumers elsewhere), a sleeping dispatcher is left asleep: the store keeps
+    /// the messages for whoever subscribes (``subscribe(_:_:)`` marks work itself), and a wake-up
+    /// would only find nothing to deliver — a pipe write on the store's thread for every commit,
+    /// before it answered the commit's publishers, and a thread competing for the cores with
+    /// them. It is still woken when it would not report the counters this changed within a
+    /// metrics interval (then at most once an interval). Call with the lock held.
+    private func markPublished() {
+        if groups.isEmpty && (!dispatcherWaiting || dispatcherSleepsUntil <= wallClockNanoseconds() + reporter.interval) {
+            return
+        }
+        markWorkOrPass()
+    }
+
     /// Whether a publisher may run a pass itself now: at most ``inlinePassesPerWindow`` in
     /// ``inlineWindowNanos``. A burst of publishes then wakes the dispatcher after its first few,
     /// and the dispatcher, awake and lingering, leases the rest in batches (a publisher running a
@@ -275,10 +297,11 @@ public final class Broker: @unchecked Sendable {
     }
 
     /// The dispatcher's sleep with a store descriptor: until the wake-up pipe is readable, another
-    /// process changed the store, or `deadline` (wall clock; nil: none). Whether another process
-    /// changed the store. The descriptor also turns readable at this process's own commits: those
-    /// are read and slept through (the dispatcher was told of them when they returned).
-    private func sleepOnDescriptors(until deadline: Int64?) -> Bool {
+    /// process changed the store (when `watchingOthers`), or `deadline` (wall clock; nil: none).
+    /// Whether another process changed the store. The descriptor also turns readable at this
+    /// process's own commits: those are read and slept through (the dispatcher was told of them
+    /// when they returned).
+    private func sleepOnDescriptors(until deadline: Int64?, watchingOthers: Bool) -> Bool {
         while true {
             var timeout: Int32 = -1
             if let deadline {
@@ -289,7 +312,7 @@ public final class Broker: @unchecked Sendable {
             var descriptors = [
                 pollfd(fd: wakeupPipe.reader, events: Int16(POLLIN), revents: 0), pollfd(fd: storeChanges, events: Int16(POLLIN), revents: 0),
             ]
-            guard poll(&descriptors, 2, timeout) > 0 else { return false }
+            guard poll(&descriptors, watchingOthers ? 2 : 1, timeout) > 0 else { return false }
             if descriptors[1].revents & Int16(POLLERR | POLLNVAL) != 0 {
                 // Never expected (the store keeps it open while it lives); polled again, it would
                 // spin. Other processes' commits are then heard through the store's change handler.
@@ -415,7 +438,7 @@ public final class Broker: @unchecked Sendable {
             if error == nil {
                 condition.lock()
                 stats.published += count
-                markWorkOrPass()
+                markPublished()
                 condition.unlock()
             }
             done(error)
@@ -441,7 +464,7 @@ public final class Broker: @unchecked Sendable {
         try store.append(messages)
         condition.lock()
         stats.published += UInt64(messages.count)
-        markWorkOrPass()
+        markPublished()
         condition.unlock()
     }
 
@@ -545,6 +568,9 @@ public final class Broker: @unchecked Sendable {
             // at most that often (less often for a very deep queue), so the wake-up for the room
             // another process made may have read the counts from before it.
             waiters += 1
+            // Another process's acknowledgements make room too: a dispatcher asleep without
+            // watching for them is woken to watch.
+            if dispatcherWaiting && !dispatcherWatchesOthers { wakeDispatcher() }
             _ = condition.wait(untilMonotonicNanos: min(deadline, AdaptiveCondition.monotonicDeadline(in: Self.roomRecheckNanos)))
             waiters -= 1
             if draining || stopped { throw Self.drainingError }
@@ -944,8 +970,12 @@ public final class Broker: @unchecked Sendable {
                     dispatcherWaiting = true
                     dispatcherSleepsUntil = wakeup ?? .max
                     if wakeupPipe.reader >= 0 {
+                        // Sharded brokers' publishers wait for room in the capacity they share,
+                        // not here: a sharded dispatcher always watches.
+                        let watchesOthers = !groups.isEmpty || waiters > 0 || capacityShared != nil
+                        dispatcherWatchesOthers = watchesOthers
                         condition.unlock()
-                        let changed = sleepOnDescriptors(until: wakeup)
+                        let changed = sleepOnDescriptors(until: wakeup, watchingOthers: watchesOthers)
                         condition.lock()
                         if changed {
                             workPending = true
