@@ -883,6 +883,41 @@ struct TypedCallTests {
         }
     }
 
+    @Test("a drain gives back at once the calls it took but had not started (another host runs them); the call running finishes")
+    func drainGivesBackUnstartedCalls() async throws {
+        let directory = try TemporaryDirectory()
+        let yaml = """
+            transports:
+              work: { plugin: queue, config: { path: "\(directory.file("work.db"))" } }
+            routes:
+              Shop.*: { transport: work, deadline: 60s, concurrency: 1 }
+            """
+        let ledger = Ledger()
+        let first = try await makeSystem(yaml, directory: directory)
+        try first.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        _ = try await $Shop.resolve(id: "shop", using: first).slow(1)
+        let slow = try #require(first.targets.withLock { $0.values.first { $0.call.method == "slow" }?.call })
+        var arguments: [UInt8] = []
+        try ArgumentEncoding.compact.encode(1_000, appendingTo: &arguments)
+        let client = first.transports!["work"]!.client
+        for _ in 0..<3 {
+            // Calls from another process: a drain keeps its own process's (a call running here may
+            // be waiting for them).
+            let call = Envelope(target: .init(name: "Shop.slow(_:)", identifier: slow.identifier), arguments: arguments, source: "switchyard://elsewhere/1")
+            try client.publish(call.message(channel: "shop"))
+        }
+        // One runs (concurrency 1); the other two wait in the worker's queue, taken (prefetch 16).
+        #expect(await eventually { ledger.count("slow started") == 2 })
+        #expect(await eventually { ((try? client.stats()) ?? nil)?.inFlight == 3 })
+        await first.shutdown(deadline: .seconds(30))
+        #expect(ledger.count("slow") == 2, "the running call finished: \(ledger.all)")
+        #expect(ledger.count("slow started") == 2, "the drain ran calls it had not started: \(ledger.all)")
+        let second = try await makeSystem(yaml, directory: directory)
+        try second.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
+        #expect(await eventually { ledger.count("slow") == 4 }, "the calls given back were not run by the next host: \(ledger.all)")
+        await second.shutdown()
+    }
+
     @Test("idempotent inbox: a redelivered call is answered from the inbox, not run again")
     func inbox() async throws {
         let directory = try TemporaryDirectory()

@@ -186,6 +186,21 @@ package final class DeliveryQueue: Sendable {
     package static func keepWorkersFromSpinning() { neverSpin.store(true, ordering: .relaxed) }
     private static let neverSpin = Atomic<Bool>(false)
 
+    /// Takes out the deliveries nobody started yet that `isTaken` matches, leaving the others
+    /// queued in their order.
+    func remove(where isTaken: (Inbound) -> Bool) -> [Inbound] {
+        state.withLock { state in
+            guard state.items.contains(where: isTaken) else { return [] }
+            var taken: [Inbound] = []
+            var kept = Deque<Inbound>()
+            for item in state.items {
+                if isTaken(item) { taken.append(item) } else { kept.append(item) }
+            }
+            state.items = kept
+            return taken
+        }
+    }
+
     /// Closes the queue: workers finish, and the deliveries nobody started are returned.
     func close() -> [Inbound] {
         let (items, waiters) = state.withLock { state in

@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import SwitchyardABI
+import SwitchyardHost
+import SwitchyardWire
 
 extension SwitchyardActorSystem: Service {
     /// Runs until graceful shutdown (SIGTERM or SIGINT when run in a `ServiceGroup` with those
@@ -15,8 +17,10 @@ extension SwitchyardActorSystem: Service {
     ///
     /// 1. stops taking deliveries (they stay with the transport for other hosts), except calls
     ///    made from this process, which running calls may be waiting for;
-    /// 2. lets the calls it has taken (running, or queued for a worker) finish and send their
-    ///    replies;
+    /// 2. gives back the calls it had taken but not started (a worker's queue, up to a route's
+    ///    `prefetch`), so that other hosts take them at once; lets the calls running finish and
+    ///    send their replies (calls made from this process stay: a running call may wait for
+    ///    them);
     /// 3. waits for this process's own outstanding calls to get their replies; once nothing is
     ///    running or awaited, stops taking anything (one atomic step with the count of calls taken);
     /// 4. unsubscribes; past the deadline, it first releases the deliveries that were taken but not
@@ -42,8 +46,16 @@ extension SwitchyardActorSystem: Service {
         logger.info(
             "draining", metadata: ["deadline": "\(deadline)", "calls_in_flight": "\(server.inFlight.value)", "calls_awaiting_replies": "\(pending.count)"])
         let subscriptions = server.takeSubscriptions()
-        // Workers keep running what they have taken, and own calls are still taken: wait for the
-        // calls taken here (queued or running) and the calls made from here to end, then close
+        // Calls queued for a worker but not started go back to their transports now, for other
+        // hosts: waiting for them here could take the whole deadline (a route's prefetch of slow
+        // calls), and they are not this process's to finish. Its own calls stay queued.
+        let ownSource = Envelope.defaultSource
+        let handedBack = subscriptions.flatMap { subscription in
+            subscription.queue.remove { $0.envelope.source != ownSource }.map { (subscription.transport, $0) }
+        }
+        if !handedBack.isEmpty { await release(handedBack) }
+        // Workers keep running what they have started, and own calls are still taken: wait for
+        // the calls taken here (own calls queued, or running) and the calls made from here to end, then close
         // the count of calls taken in the same atomic step that finds it at zero. Looking at the
         // count and then closing the queues missed a call taken in between: it ran with its
         // subscription gone, its own calls to this process were never served, and it waited out
@@ -69,11 +81,7 @@ extension SwitchyardActorSystem: Service {
         server.inFlight.close()
         let unstarted = subscriptions.flatMap { subscription in subscription.queue.close().map { (subscription.transport, $0) } }
         await blockingOperation {
-            for (transport, item) in unstarted {
-                item.leases?.letGo(item)
-                try? transport.client.settle(item.delivery, .release)
-                self.server.inFlight.leave()
-            }
+            self.releaseNow(unstarted)
             for subscription in subscriptions {
                 try? subscription.transport.client.unsubscribe(subscription.id)
                 // Here, off the pool: it waits for an extension under way (the transport closes next).
@@ -100,8 +108,24 @@ extension SwitchyardActorSystem: Service {
         logger.info(
             "stopped",
             metadata: [
-                "drained_in": "\(ContinuousClock.now - started)", "released": "\(unstarted.count)", "unfinished_calls": "\(unfinished)",
+                "drained_in": "\(ContinuousClock.now - started)", "released": "\(handedBack.count + unstarted.count)", "unfinished_calls": "\(unfinished)",
             ])
+    }
+}
+
+extension SwitchyardActorSystem {
+    /// Gives taken, unstarted calls back to their transports (off the pool: a release commits on
+    /// a durable transport), redelivered at once without an attempt counted.
+    fileprivate func release(_ items: [(Transport, Inbound)]) async {
+        await blockingOperation { self.releaseNow(items) }
+    }
+
+    fileprivate func releaseNow(_ items: [(Transport, Inbound)]) {
+        for (transport, item) in items {
+            item.leases?.letGo(item)
+            try? transport.client.settle(item.delivery, .release)
+            server.inFlight.leave()
+        }
     }
 }
 
