@@ -9,6 +9,9 @@
 //   Tests/     Swift Testing suites and the C fixtures they compile
 import PackageDescription
 
+/// This package's directory, for linker flags that name a file in it.
+let packageRoot = Context.packageDirectory
+
 let package = Package(
     name: "switchyard",
     platforms: [.macOS(.v15)],
@@ -148,9 +151,11 @@ let package = Package(
         /// Native modules: signatures, and calling exported C-ABI functions through libffi.
         .target(name: "SwitchyardNative", dependencies: ["CFFI"]),
         /// libswitchyard-native-client: C programs bind routes to function pointers (libffi closures).
+        /// Exports its C API alone (SDK/Native/switchyard-native-client.map says why).
         .target(
             name: "SwitchyardNativeClient",
-            dependencies: ["SwitchyardRuntime", "SwitchyardNative", "CFFI", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["SwitchyardRuntime", "SwitchyardNative", "CFFI", .product(name: "Logging", package: "swift-log")],
+            linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=\(packageRoot)/SDK/Native/switchyard-native-client.map"])]),
         /// The wire form of a call: the envelope and its CloudEvents headers, the compact argument
         /// codec, ids and timestamps. The runtime writes and reads it; interop tools (the CLI's
         /// dead-letter commands, the fuzzers) import it. Same stability rule as the application

@@ -26,6 +26,7 @@
 #define SWITCHYARD_NATIVE_H
 
 #include <stddef.h>
+#include <stdint.h> /* the fixed-width types a bound function's signature maps to (int32_t, …) */
 
 #ifdef __cplusplus
 extern "C" {

@@ -56,8 +56,8 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     let errors = ErrorRegistry()
     let pending = PendingCalls()
     let server: Server
-    /// Native modules from config, loaded, by interface name.
-    let nativeModules: [String: NativeModule]
+    /// Native modules from config, loaded where this process runs them.
+    let nativeModules: NativeModules
     /// Parsed targets and their routes, by identifier (read on every call, by the caller and by
     /// the receiver: an adaptive lock, since Linux's `Mutex` enters the kernel whenever it is
     /// contended).
@@ -123,7 +123,10 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             throw error.inFile(config.file)
         }
         do {
-            nativeModules = Dictionary(uniqueKeysWithValues: try config.native.map { (entry) throws(ConfigError) in (entry.interface, try NativeModule(entry)) })
+            let table = routes
+            nativeModules = try NativeModules(config.native) { entry in
+                entry.functions.contains { table.route(interface: entry.interface, method: $0.name)?.isDirect == true }
+            }
         } catch {
             relays.stop()
             created?.close()

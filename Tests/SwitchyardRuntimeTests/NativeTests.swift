@@ -204,23 +204,66 @@ struct NativeTests {
         await system.shutdown()
     }
 
-    @Test("a native module that does not load, or a bad signature in config, fails the start with the key and line")
+    @Test("a native module that does not load, or a bad signature in config, fails the start with the key and line (a library: where it is served or on a direct route)")
     func configErrors() async throws {
         let (_, directory) = try await Self.module()
-        for (yaml, key, message) in [
-            ("native:\n  Math:\n    library: /nonexistent.so\n    functions: { f: \"void()\" }\n", "native.Math.library", "cannot load native module"),
-            ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      add: \"i32(i32, i32\"\n", "native.Math.functions.add", "column 13"),
-            (
-                "native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      nosuch: \"void()\"\n", "native.Math.functions.nosuch",
-                "has no function 'nosuch'"
-            ),
-            ("native:\n  Math:\n    functions: { f: \"void()\" }\n", "native.Math.library", "is required"),
-        ] {
-            let error = await #expect(throws: ConfigError.self) { _ = try await makeSystem(yaml, directory: directory) }
+        let missing = "native:\n  Math:\n    library: /nonexistent.so\n    functions: { f: \"void()\" }\n"
+        let noSymbol = "native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      nosuch: \"void()\"\n"
+        func check(_ error: ConfigError?, _ key: String, _ message: String) {
             #expect(error?.key == key, "\(String(describing: error))")
             #expect(error?.line != nil)
             #expect(error?.message.contains(message) == true, "\(String(describing: error))")
         }
+        // Checked at start, library or not.
+        for (yaml, key, message) in [
+            ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      add: \"i32(i32, i32\"\n", "native.Math.functions.add", "column 13"),
+            ("native:\n  Math:\n    functions: { f: \"void()\" }\n", "native.Math.library", "is required"),
+        ] {
+            check(await #expect(throws: ConfigError.self) { _ = try await makeSystem(yaml, directory: directory) }, key, message)
+        }
+        // The library where it is loaded: when the module is served, and at start for a direct
+        // route (its calls run in this process).
+        for (yaml, key, message) in [(missing, "native.Math.library", "cannot load native module"), (noSymbol, "native.Math.functions.nosuch", "has no function 'nosuch'")] {
+            let system = try await makeSystem(yaml, directory: directory)
+            check(#expect(throws: ConfigError.self) { try system.hostNative() }, key, message)
+            await system.shutdown()
+            check(await #expect(throws: ConfigError.self) { _ = try await makeSystem(yaml + "routes:\n  Math.*: { transport: direct }\n", directory: directory) }, key, message)
+        }
+    }
+
+    @Test("a caller through a transport never loads the library: its config's signature is enough, on a machine without the library")
+    func callerNeedsNoLibrary() async throws {
+        let (_, directory) = try await Self.module()
+        let shared = """
+            transports:
+              q: { plugin: queue, config: { path: "\(directory.file("q.db"))" } }
+            routes:
+              Math.*: { transport: q, deadline: 10s }
+            """
+        let host = try await makeSystem(
+            shared + "\nnative:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      add: { symbol: add_i32, signature: \"i32(i32, i32)\" }\n",
+            directory: directory)
+        try host.hostNative()
+        let caller = try await makeSystem(
+            shared + "\nnative:\n  Math:\n    library: /nonexistent/libnative.so\n    functions:\n      add: { symbol: add_i32, signature: \"i32(i32, i32)\" }\n",
+            directory: directory)
+        #expect(try await caller.callNative("Math.add", texts: ["40", "2"]) == .int(42))
+        await caller.shutdown()
+        await host.shutdown()
+    }
+
+    @Test("the C client library exports its C API alone: no Swift symbol a plugin it loads could bind to instead of its own")
+    func clientExportsOnlyItsAPI() throws {
+        let library = BuildProducts.directory + "/libswitchyard-native-client.so"
+        let listed = try run("/usr/bin/nm", ["-D", "--defined-only", library])
+        #expect(listed.status == 0, "\(listed.stderr)")
+        // "ADDRESS TYPE NAME": an upper-case type is a global (exported) symbol.
+        let exported = listed.stdout.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, fields[1].first?.isUppercase == true else { return nil }
+            return String(fields[2])
+        }
+        #expect(Set(exported) == ["sy_native_open", "sy_native_bind", "sy_native_last_error", "sy_native_free_string", "sy_native_close"], "\(exported.prefix(10))")
     }
 
     @Test(

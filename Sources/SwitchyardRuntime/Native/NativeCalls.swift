@@ -15,6 +15,7 @@ final class NativeModule: Sendable {
     /// Loads `entry`; every problem names the config key and line.
     init(_ entry: SwitchyardConfig.NativeModuleEntry) throws(ConfigError) {
         interface = entry.interface
+        let signatures = try Self.signatures(of: entry)
         let library: NativeLibrary
         do {
             library = try NativeLibrary(path: entry.library)
@@ -23,19 +24,59 @@ final class NativeModule: Sendable {
         }
         var functions: [String: NativeFunction] = [:]
         for function in entry.functions {
-            let signature: NativeSignature
             do {
-                signature = try NativeSignature(parsing: function.signature)
-            } catch {
-                throw ConfigError(key: function.key, line: function.line, message: "bad signature, \(error)")
-            }
-            do {
-                functions[function.name] = try NativeFunction(library: library, symbol: function.symbol, signature: signature, free: function.free)
+                functions[function.name] = try NativeFunction(
+                    library: library, symbol: function.symbol, signature: signatures[function.name]!, free: function.free)
             } catch {
                 throw ConfigError(key: function.key, line: function.line, message: error.description)
             }
         }
         self.functions = functions
+    }
+
+    /// `entry`'s signatures, parsed, by function name; a bad one names its key and line.
+    static func signatures(of entry: SwitchyardConfig.NativeModuleEntry) throws(ConfigError) -> [String: NativeSignature] {
+        var signatures: [String: NativeSignature] = [:]
+        for function in entry.functions {
+            do {
+                signatures[function.name] = try NativeSignature(parsing: function.signature)
+            } catch {
+                throw ConfigError(key: function.key, line: function.line, message: "bad signature, \(error)")
+            }
+        }
+        return signatures
+    }
+}
+
+/// The config's native modules, each loaded — its library opened, its functions looked up — only
+/// in a process that runs them: the one serving the module (``SwitchyardActorSystem/hostNative()``)
+/// and one calling it through a direct route (loaded at start, so that a missing library stops
+/// it). A caller through a transport needs only the signatures in its config: it never opens the
+/// library, which may not exist on its machine, and never runs the library's initialisers (a C
+/// program calling through `libswitchyard-native-client` included).
+final class NativeModules: Sendable {
+    private let entries: [String: SwitchyardConfig.NativeModuleEntry]
+    private let loaded = Guarded<[String: NativeModule]>([:])
+
+    /// Checks every entry's signatures, and loads the modules `loadsAtStart` picks.
+    init(_ entries: [SwitchyardConfig.NativeModuleEntry], loadsAtStart: (SwitchyardConfig.NativeModuleEntry) -> Bool) throws(ConfigError) {
+        for entry in entries { _ = try NativeModule.signatures(of: entry) }
+        self.entries = Dictionary(entries.map { ($0.interface, $0) }, uniquingKeysWith: { first, _ in first })
+        for entry in entries where loadsAtStart(entry) { _ = try module(entry.interface) }
+    }
+
+    /// The interfaces the config names, sorted.
+    var interfaces: [String] { entries.keys.sorted() }
+
+    /// The module serving `interface`, loaded on first use; nil when the config has none.
+    func module(_ interface: String) throws(ConfigError) -> NativeModule? {
+        try loaded.withLock { (loaded) throws(ConfigError) -> NativeModule? in
+            if let module = loaded[interface] { return module }
+            guard let entry = entries[interface] else { return nil }
+            let module = try NativeModule(entry)
+            loaded[interface] = module
+            return module
+        }
     }
 }
 
@@ -171,8 +212,17 @@ extension SwitchyardActorSystem {
     /// Serves every native module in the config: each module's interface becomes a hosted "actor"
     /// whose channel (the interface name) is subscribed on the transports its routes use; calls
     /// arriving there run through libffi.
+    /// Each module's library is loaded here (a library that does not load, or lacks a function,
+    /// throws the `ConfigError` naming its key and line).
     public func hostNative() throws {
-        for module in nativeModules.values.sorted(by: { $0.interface < $1.interface }) {
+        for interface in nativeModules.interfaces {
+            let module: NativeModule
+            do {
+                guard let loaded = try nativeModules.module(interface) else { continue }
+                module = loaded
+            } catch {
+                throw error.inFile(config.file)
+            }
             let id = ActorID(module.interface)
             let hosted = Server.Hosted(id: id, actor: nil, typeName: "native:\(module.interface)", interfaces: [:], native: module)
             try host(hosted, interfaceNames: [module.interface], type: "native module \(module.interface)")
@@ -193,7 +243,8 @@ extension SwitchyardActorSystem {
         let call = resolved.call
         route.metrics.calls.increment()
         if route.isDirect {
-            guard let function = nativeModules[call.interface]?.functions[call.method] else {
+            // Loaded at start (the route is direct); a failure then stopped the start.
+            guard let function = (try? nativeModules.module(call.interface))??.functions[call.method] else {
                 throw SwitchyardError.routing(target: target, reason: "route '\(route.pattern)' is direct, but no native module here serves \(target)")
             }
             do {
@@ -271,7 +322,7 @@ extension NativeValue {
     }
 
     /// A value without a declared type: a whole number, a number, `true`/`false`, or text.
-    public static func guessing(_ text: String) -> NativeValue {
+    static func guessing(_ text: String) -> NativeValue {
         if let int = Int64(text) { return .int(int) }
         if let double = Double(text) { return .double(double) }
         if text == "true" || text == "false" { return .bool(text == "true") }
