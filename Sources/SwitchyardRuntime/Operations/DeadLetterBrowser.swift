@@ -35,8 +35,9 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     /// Holds the dead letters of `channel` (given as `C` or as its dead-letter channel `C.dlq`)
     /// on `client`, up to `limit`, waiting until none arrived for `quiet` — or, while none has
     /// arrived yet and the transport reports messages stored and not delivered, for up to
-    /// `firstArrival`. Blocks: call it off the cooperative pool.
-    public init(
+    /// `firstArrival`. Blocks: call it off the cooperative pool. Applications get one from
+    /// ``SwitchyardActorSystem/deadLetters(transport:channel:limit:)``.
+    package init(
         client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = 10_000, quiet: TimeInterval = 0.3,
         firstArrival: TimeInterval = 3
     ) throws(TransportError) {

@@ -131,7 +131,7 @@ public struct SystemOverview: Codable, Sendable {
 
 extension SystemOverview.TransportInfo {
     /// `transport` (configured in `config`) and its counters, read through its plugin's `stats` now.
-    public init(_ transport: Transport, config: SwitchyardConfig) {
+    package init(_ transport: Transport, config: SwitchyardConfig) {
         self.init(
             name: transport.name, chain: transport.chain.map(\.plugin.name), capabilities: transport.chainCapabilities.names,
             engine: Self.engine(of: transport, config: config),
