@@ -16,6 +16,12 @@ public struct MessageLimits: Sendable, Hashable {
         self.maxHeaderBytes = maxHeaderBytes
     }
 
+    /// A size limit alone (`max_message_bytes`), for a transport whose engine bounds the headers
+    /// itself.
+    public static func size(_ maxMessageBytes: Int) -> MessageLimits {
+        MessageLimits(maxMessageBytes: maxMessageBytes, maxHeaders: .max, maxHeaderBytes: .max)
+    }
+
     /// The first limit `message` exceeds, as a sentence naming the config key (`prefix` +
     /// `max_message_bytes`, ...), or nil when it fits.
     public func violation(of message: Message, keyPrefix prefix: String = "") -> String? {

@@ -46,6 +46,20 @@ struct NATSTests {
         #expect(results.filter { if case .passed = $0.outcome { true } else { false } }.count >= 11)
     }
 
+    @Test("max_message_bytes counts the whole message (body, id, channel, headers), as every transport does; nothing is sent")
+    func sizeLimitCountsHeaders() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let transport = try await Self.transport("nats", urls: [server.url], extra: #", "max_message_bytes": 1000"#)
+        defer { transport.close() }
+        // A body well under the limit, with headers that take the message over it.
+        let message = Message(id: "heavy", channel: "c", headers: [Header("x-note", String(repeating: "n", count: 900))], body: Array(repeating: 1, count: 200))
+        let error = #expect(throws: TransportError.self) { try transport.client.publish(message) }
+        #expect(error?.code == .tooLarge)
+        #expect(error?.message.contains("max_message_bytes is 1000") == true, "\(String(describing: error))")
+        try transport.client.publish(Message(id: "light", channel: "c", body: Array(repeating: 1, count: 200)))
+    }
+
     @Test("typed calls over NATS: request-reply through nats, fan-out through nats-topic, the same code")
     func typedCallsOverNATS() async throws {
         let directory = try TemporaryDirectory()

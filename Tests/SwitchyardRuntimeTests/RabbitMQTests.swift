@@ -27,6 +27,18 @@ struct RabbitMQTests {
         return try Transport(name: "rabbitmq-test", plugin: try BuildProducts.plugin(plugin), configJSON: config)
     }
 
+    @Test("max_message_bytes counts the whole message (body, id, channel, headers), as every transport does; nothing is sent")
+    func sizeLimitCountsHeaders() async throws {
+        let server = try await Self.broker()
+        let transport = try Self.transport("rabbitmq", url: server.url, extra: #", "max_message_bytes": 1000"#)
+        defer { transport.close() }
+        let message = Message(id: "heavy", channel: "c", headers: [Header("x-note", String(repeating: "n", count: 900))], body: Array(repeating: 1, count: 200))
+        let error = #expect(throws: TransportError.self) { try transport.client.publish(message) }
+        #expect(error?.code == .tooLarge)
+        #expect(error?.message.contains("max_message_bytes is 1000") == true, "\(String(describing: error))")
+        try transport.client.publish(Message(id: "light", channel: "c", body: Array(repeating: 1, count: 200)))
+    }
+
     @Test("the conformance kit passes against a real rabbitmq-server", arguments: ["rabbitmq", "rabbitmq-topic"])
     func conformance(_ name: String) async throws {
         let server = try await Self.broker()

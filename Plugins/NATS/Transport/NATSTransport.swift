@@ -166,8 +166,9 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     /// Publishes `message`; `messageID` overrides the de-duplication id (dead letters, replays).
     func publish(_ message: MessageView, messageID explicitID: String?) throws(TransportError) {
         if draining.load(ordering: .relaxed) { throw TransportError(.closed, "the transport is draining") }
-        if let limit = settings.maxMessageBytes, message.body.count > limit {
-            throw TransportError(.tooLarge, "message body is \(message.body.count) bytes; the limit is \(limit)")
+        // The whole message, as every transport counts it (body, id, channel, headers).
+        if let limit = settings.maxMessageBytes, let violation = MessageLimits.size(limit).violation(of: message) {
+            throw TransportError(.tooLarge, "\(violation); nothing was sent")
         }
         if message.deliverAtNanos > host.nowNanos() + 1_000_000 {
             throw TransportError(.unsupported, "\(Self.info.name) cannot hold a message until later: put a delay transport in front of it")

@@ -223,8 +223,9 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
         let now = host.nowNanos()
         for message in batch {
             try checkChannel(message.channel)
-            if message.body.count > settings.maxMessageBytes {
-                throw TransportError(.tooLarge, "message body is \(message.body.count) bytes; the limit is \(settings.maxMessageBytes) (config key 'max_message_bytes')")
+            // The whole message, as every transport counts it (body, id, channel, headers).
+            if let violation = MessageLimits.size(settings.maxMessageBytes).violation(of: message) {
+                throw TransportError(.tooLarge, "\(violation); nothing was sent")
             }
             // AMQP short strings: the message id, and header names with their `cloudEvents_` prefix.
             guard message.fields.id.len <= 255 else { throw TransportError(.invalidArgument, "message id is \(message.fields.id.len) bytes; AMQP allows 255") }
