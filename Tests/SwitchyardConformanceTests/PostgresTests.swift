@@ -88,6 +88,54 @@ struct PostgresTests {
         #expect(await eventually(10) { inbox.received.contains { $0.message.id == "silent" } }, "an unannounced change was never found")
     }
 
+    /// As `DurableQueueTests.corruptRecord` and `corruptDeadLetter` on SQLite: a record that no
+    /// longer decodes is dead-lettered with its bytes and the messages behind it still delivered;
+    /// one in a dead-letter channel is deleted and logged as an error.
+    @Test("a corrupt record is dead-lettered and the rest delivered; one in a dead-letter channel is deleted and logged as an error")
+    func corruptRecords() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let database = try PostgresDatabase(conninfo: server.conninfo)
+        defer { database.close() }
+        for (schema, channel, ids) in [("corrupt", "work", ["a", "b", "c"]), ("corruptdlq", "work.dlq", ["x", "y"])] {
+            let writer = try Self.transport(server, extra: #", "schema": "\#(schema)""#)
+            try writer.client.publish(batch: ids.map { Message(id: $0, channel: channel, body: Array($0.utf8)) })
+            writer.close()
+            let corrupted = schema == "corrupt" ? 1 : 0
+            _ = try database.run(#"UPDATE "\#(schema)".entries SET message = '\xdeadbeef'::bytea WHERE id = (SELECT MIN(id) + \#(corrupted) FROM "\#(schema)".entries)"#)
+        }
+        let log = CapturedLog()
+        let transport = try Transport(
+            name: "pg-test", plugin: try BuildProducts.plugin("postgres"),
+            configJSON: #"{"conninfo": "\#(server.conninfo)", "schema": "corrupt"}"#, logger: log.logger())
+        defer { transport.close() }
+        let dead = Collector()
+        let live = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "work.dlq"), handler: dead.handler(client: transport.client))
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 1), handler: live.handler(client: transport.client))
+        #expect(live.wait(for: 2, seconds: 10))
+        #expect(live.received.map(\.message.id) == ["a", "c"])
+        #expect(dead.wait(for: 1, seconds: 10))
+        let letter = try #require(dead.received.first?.message)
+        #expect(letter.id.hasPrefix("corrupt-"))
+        #expect(letter.body == [0xDE, 0xAD, 0xBE, 0xEF])
+        #expect(letter.header("sy-dlq-reason")?.isEmpty == false)
+
+        let dlqLog = CapturedLog()
+        let dlqTransport = try Transport(
+            name: "pg-test", plugin: try BuildProducts.plugin("postgres"),
+            configJSON: #"{"conninfo": "\#(server.conninfo)", "schema": "corruptdlq"}"#, logger: dlqLog.logger())
+        defer { dlqTransport.close() }
+        let letters = Collector()
+        _ = try dlqTransport.client.subscribe(SubscribeOptions(channel: "work.dlq", maxInFlight: 1), handler: letters.handler(client: dlqTransport.client))
+        #expect(letters.wait(for: 1, seconds: 10))
+        #expect(letters.received.map(\.message.id) == ["y"])
+        let line = dlqLog.all.first { $0.contains("corrupt record in the dead-letter channel 'work.dlq'") }
+        #expect(line?.hasPrefix("error") == true, "\(dlqLog.all)")
+        var left: Int64 = -1
+        _ = try database.run(#"SELECT count(*) FROM "corruptdlq".entries WHERE message = '\xdeadbeef'::bytea"#) { row in left = row.int(0) }
+        #expect(left == 0)
+    }
+
     /// A single acknowledgement returns before its row is deleted: a writer deletes many in one
     /// statement. Closing the transport writes what still waits.
     @Test("every acknowledgement is written by the time the transport closes: nothing acknowledged stays stored")

@@ -806,6 +806,45 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a refused call is answered in its own encoding, whatever its route's: a JSON call to an unknown target gets a JSON reply")
+    func refusalInTheCallsEncoding() async throws {
+        let system = try await makeSystem(Self.queueConfig)  // the route's encoding: compact
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let replies = try Tap(system, transport: "memq", channel: "json.replies")
+        let call = Envelope(
+            target: .init(name: "Shop.gone()", identifier: "$sNoSuchTarget"), arguments: Array("[]".utf8), contentType: .json,
+            replyTo: "json.replies")
+        try system.transports!["memq"]!.client.publish(call.message(channel: "shop"))
+        #expect(await eventually { replies.all.count == 1 })
+        let reply = try #require(replies.all.first)
+        #expect(reply.header(EnvelopeHeader.outcome) == "throw")
+        #expect(reply.header(EnvelopeHeader.contentType) == ArgumentEncoding.json.rawValue, "\(reply.headers)")
+        #expect(String(decoding: reply.body, as: UTF8.self).contains("unknown target"))
+        await system.shutdown()
+    }
+
+    @Test("a call whose deadline has passed is dead-lettered as expired and not answered (its caller stopped waiting)")
+    func expiredCallIsNotAnswered() async throws {
+        let system = try await makeSystem(Self.queueConfig)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let dlq = try Tap(system, transport: "memq", channel: "shop.dlq")
+        let replies = try Tap(system, transport: "memq", channel: "late.replies")
+        let client = system.transports!["memq"]!.client
+        let expired = Envelope(
+            target: .init(name: "Shop.gone()", identifier: "$sNoSuchTarget"), arguments: [], replyTo: "late.replies",
+            deadlineNanos: WallClock.nowNanos() - 1_000_000_000)
+        try client.publish(expired.message(channel: "shop"))
+        #expect(await eventually { dlq.all.count == 1 })
+        #expect(dlq.all.first?.header("sy-dlq-reason")?.contains("expired") == true, "\(dlq.all.first?.header("sy-dlq-reason") ?? "")")
+        // A refused call that is still wanted is answered: its reply is the only one.
+        let wanted = Envelope(target: .init(name: "Shop.gone()", identifier: "$sNoSuchTarget"), arguments: [], replyTo: "late.replies")
+        try client.publish(wanted.message(channel: "shop"))
+        #expect(await eventually { replies.all.count >= 1 })
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(replies.all.map { $0.header(EnvelopeHeader.correlationID) } == [wanted.id])
+        await system.shutdown()
+    }
+
     @Test("corrupt or missing arguments are refused with the reason; the caller hears why")
     func corruptArguments() async throws {
         let system = try await makeSystem(Self.queueConfig)

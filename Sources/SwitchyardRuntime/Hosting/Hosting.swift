@@ -257,7 +257,8 @@ extension SwitchyardActorSystem {
             route?.metrics.deadLettered.increment()
             // Stored first, then answered: a caller told its call was dead-lettered finds it there.
             deadLetter(item, reason: "rejected: \(reason)")
-            sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: route?.encoding ?? .compact)
+            // In the call's own encoding, as every reply (envelope.md), whatever the route says.
+            sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: envelope.contentType)
         }
         guard let resolved = resolved(envelope.target.identifier) else {
             return reject("unknown target '\(envelope.target.identifier)'", route: nil)
