@@ -115,6 +115,12 @@ struct IsolationWireTests {
         try shortLength.write([3, 0, 0, 0, 1, 2, 3])
         let lengthError = #expect(throws: TransportError.self) { try FrameReader(fd: shortLength.reading).next() }
         #expect(lengthError?.message.contains("length 3") == true)
+        // A length past the largest frame (256 MiB) is refused from its four bytes alone: nothing
+        // that size is read or allocated.
+        let hugeLength = try SocketPair()
+        try hugeLength.write(withUnsafeBytes(of: UInt32(maxFrameBytes + 1).littleEndian, Array.init) + [1, 2, 3])
+        let hugeError = #expect(throws: TransportError.self) { try FrameReader(fd: hugeLength.reading).next() }
+        #expect(hugeError?.message.contains("length \(maxFrameBytes + 1)") == true, "\(String(describing: hugeError))")
 
         var unknownKind = whole
         unknownKind[4] = 0xEE

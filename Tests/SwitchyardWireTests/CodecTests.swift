@@ -279,6 +279,23 @@ struct CompactEnvelopeTests {
         }
     }
 
+    @Test("the compact reader's rules: a ce-specversion header means CloudEvents; other field headers on a compact call are ignored; a negative deadline is refused")
+    func readerRules() throws {
+        // A CloudEvents call whose arguments happen to start like a compact body stays CloudEvents.
+        let lookalike = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: Array("SYE\u{1}\u{0}abc".utf8))
+        #expect(try Self.read(lookalike.message(channel: "t", form: .cloudEvents)) == lookalike)
+        // Field headers beside a compact body change nothing: the body says what the call is.
+        let envelope = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: [4], deadlineNanos: 5)
+        var stray = envelope.message(channel: "t", form: .compact)
+        stray.headers += [Header(EnvelopeHeader.replyTo, "elsewhere"), Header(EnvelopeHeader.target, "$sOther"), Header(EnvelopeHeader.type, "Other.x()")]
+        #expect(try Self.read(stray) == envelope)
+        // The deadline is bytes 13..<21 (magic 3, version 1, flags 1, created 8): made negative.
+        var body = envelope.message(channel: "t", form: .compact).body
+        withUnsafeBytes(of: Int64(-5).littleEndian) { body.replaceSubrange(13..<21, with: $0) }
+        let negative = #expect(throws: EnvelopeError.self) { try Self.read(Message(id: envelope.id, channel: "t", body: body)) }
+        #expect(negative?.description.contains("a negative deadline") == true, "\(String(describing: negative))")
+    }
+
     @Test("what the host reads off an unreadable or dead-lettered call, and a replay without its reply, work in both forms")
     func summaryAndReplay() throws {
         let envelope = Envelope(
