@@ -60,6 +60,55 @@ struct NATSTests {
         try transport.client.publish(Message(id: "light", channel: "c", body: Array(repeating: 1, count: 200)))
     }
 
+    @Test("config values that would silently do nothing, or fail every publish, are refused at creation naming the key")
+    func configRefusals() throws {
+        for (extra, key) in [
+            (#", "max_message_bytes": 0"#, "max_message_bytes"), (#", "max_bytes": 0"#, "max_bytes"),
+            (#", "tls": {"cert": "/etc/client.pem"}"#, "tls.key"), (#", "tls": {"key": "/etc/client.key"}"#, "tls.cert"),
+            (#", "password_env": "NATS_PASSWORD""#, "password_env"),
+        ] {
+            // Refused before connecting: no server is needed (nor reached).
+            let config = #"{"servers": ["nats://127.0.0.1:1"]\#(extra)}"#
+            let error = #expect(throws: TransportError.self) { try Transport(name: "n", plugin: try Self.plugin("nats"), configJSON: config) }
+            #expect(error?.code == .config, "\(extra): \(String(describing: error))")
+            #expect(error?.message.contains("'\(key)'") == true, "\(extra): \(String(describing: error))")
+        }
+    }
+
+    @Test("a stream at its max_bytes refuses publishes with .full (nothing read is dropped); a changed config updates an existing stream's limits, saying so")
+    func streamLimits() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let stream = "LIMITS\(UInt32.random(in: 0...UInt32.max))"
+        let small = try await Self.transport("nats", urls: [server.url], extra: #", "stream": "\#(stream)", "max_bytes": 4096"#)
+        var refusal: TransportError?
+        for index in 0..<200 {
+            do {
+                try small.client.publish(Message(id: "m\(index)", channel: "c", body: Array(repeating: 7, count: 200)))
+            } catch {
+                refusal = error
+                break
+            }
+        }
+        let refused = try #require(refusal, "200 messages of 200 bytes went into a 4 KiB stream")
+        #expect(refused.code == .full, "\(refused)")
+        #expect(refused.message.contains("max_bytes"), "\(refused)")
+        // What was stored is all still there, oldest first: nothing was dropped to make room.
+        let received = Collector()
+        _ = try small.client.subscribe(SubscribeOptions(channel: "c"), handler: received.handler(client: small.client, settle: { _ in nil }))
+        #expect(await eventually { received.count > 0 })
+        #expect(received.received.first?.message.id == "m0")
+        small.close()
+        // The same stream under a config with other limits: updated in place, and logged.
+        let log = CapturedLog()
+        let config = #"{"servers": ["\#(server.url)"], "stream": "\#(stream)", "max_bytes": 1048576, "max_age": "1h"}"#
+        let larger = try Transport(name: "nats-test", plugin: try Self.plugin("nats"), configJSON: config, logger: log.logger())
+        defer { larger.close() }
+        let line = log.all.first { $0.contains("stream \(stream) updated to the config") }
+        #expect(line?.contains("max_bytes 4096 → 1048576") == true && line?.contains("max_age") == true, "\(log.all)")
+        try larger.client.publish(Message(id: "after", channel: "c", body: Array(repeating: 7, count: 200)))
+    }
+
     @Test("typed calls over NATS: request-reply through nats, fan-out through nats-topic, the same code")
     func typedCallsOverNATS() async throws {
         let directory = try TemporaryDirectory()

@@ -133,9 +133,16 @@ struct NATSSettings: Sendable {
         guard !deadLetterSuffix.isEmpty else { throw fail("dead_letter_suffix", "must not be empty") }
         ephemeralPrefixes = config.ephemeral_prefixes ?? ["_switchyard.reply."]
         maxMessageBytes = config.max_message_bytes
+        if let maxMessageBytes, maxMessageBytes <= 0 { throw fail("max_message_bytes", "must be positive") }
+        if let maxBytes = config.max_bytes, maxBytes <= 0 { throw fail("max_bytes", "must be positive (leave it out for no limit)") }
         name = config.name ?? "switchyard-\(instance)"
         credentials = config.credentials
         tls = config.tls
+        // A client certificate without its key (or a key alone) would leave TLS client
+        // authentication off without a word.
+        if let tls = config.tls, (tls.cert == nil) != (tls.key == nil) {
+            throw fail(tls.cert == nil ? "tls.cert" : "tls.key", "tls.cert and tls.key go together: give both, or neither")
+        }
         var token: String?
         if let variable = config.token_env {
             guard let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty else {
@@ -148,6 +155,9 @@ struct NATSSettings: Sendable {
             token = value.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         self.token = token
+        if config.password_env != nil && config.user_env == nil {
+            throw fail("password_env", "needs user_env too (the variable holding the user name)")
+        }
         if let userVariable = config.user_env {
             let environment = ProcessInfo.processInfo.environment
             guard let user = environment[userVariable], let passwordVariable = config.password_env,

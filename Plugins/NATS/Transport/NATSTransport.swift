@@ -95,8 +95,11 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             throw error
         }
         do {
-            try ensureStream(settings.stream, subject: settings.prefix + ".ch.>", retention: Self.fanOut ? js_InterestPolicy : js_WorkQueuePolicy)
-            try ensureStream(settings.dlqStream, subject: settings.prefix + ".dlq.>", retention: js_WorkQueuePolicy)
+            try ensureStream(
+                settings.stream, subject: settings.prefix + ".ch.>", retention: Self.fanOut ? js_InterestPolicy : js_WorkQueuePolicy,
+                maxAgeNanos: settings.maxAgeNanos)
+            // Dead letters are kept until someone deals with them: no max_age there.
+            try ensureStream(settings.dlqStream, subject: settings.prefix + ".dlq.>", retention: js_WorkQueuePolicy, maxAgeNanos: 0)
         } catch {
             jsCtx_Destroy(jetStream)
             natsConnection_Destroy(connection)
@@ -120,12 +123,18 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         return (settings.prefix + ".ch." + channel, settings.stream)
     }
 
-    private func ensureStream(_ name: String, subject: String, retention: jsRetentionPolicy) throws(TransportError) {
+    /// Creates stream `name`, or brings an existing one's limits to the config's: replicas,
+    /// `max_age`, `max_bytes` and the discard policy (JetStream changes them in place); a storage
+    /// type that differs cannot be changed, which is logged. A full stream refuses new messages
+    /// (`js_DiscardNew`: a publish fails with `full`); JetStream's default, dropping the oldest,
+    /// would lose messages nobody had read, without a word.
+    private func ensureStream(_ name: String, subject: String, retention: jsRetentionPolicy, maxAgeNanos: Int64) throws(TransportError) {
         var info: UnsafeMutablePointer<jsStreamInfo>?
         var code = jsErrCode(rawValue: 0)
         let found = js_GetStreamInfo(&info, jetStream, name, nil, &code)
         if found == NATS_OK {
-            jsStreamInfo_Destroy(info)
+            defer { jsStreamInfo_Destroy(info) }
+            if let current = info?.pointee.Config { updateStream(name, current, maxAgeNanos: maxAgeNanos) }
             return
         }
         guard found == NATS_NOT_FOUND || code == JSStreamNotFoundErr else {
@@ -136,8 +145,9 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         config.Retention = retention
         config.Storage = settings.memory ? js_MemoryStorage : js_FileStorage
         config.Replicas = Int64(settings.replicas)
-        config.MaxAge = settings.maxAgeNanos
+        config.MaxAge = maxAgeNanos
         config.MaxBytes = settings.maxBytes
+        config.Discard = js_DiscardNew
         config.Duplicates = 120_000_000_000  // the Nats-Msg-Id window: publishes retried within 2 min are stored once
         let status = name.withCString { cName in
             subject.withCString { cSubject in
@@ -154,6 +164,43 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             jsStreamInfo_Destroy(info)
         } else if code != JSStreamNameExistErr {
             throw NATSLibrary.error(status, "cannot create stream \(name) (subjects \(subject))")
+        }
+    }
+
+    /// Applies the config's limits to an existing stream whose own differ (another version of the
+    /// config created it), saying what changed; a change JetStream refuses is logged, not thrown:
+    /// the stream still works, with its old limits.
+    private func updateStream(_ name: String, _ current: UnsafeMutablePointer<jsStreamConfig>, maxAgeNanos: Int64) {
+        var wanted = current.pointee  // its strings stay the stream info's, alive until it is destroyed
+        wanted.Replicas = Int64(settings.replicas)
+        wanted.MaxAge = maxAgeNanos
+        wanted.MaxBytes = settings.maxBytes
+        wanted.Discard = js_DiscardNew
+        let before = current.pointee
+        var changes: [String] = []
+        if before.Replicas != wanted.Replicas { changes.append("replicas \(before.Replicas) → \(wanted.Replicas)") }
+        if before.MaxAge != wanted.MaxAge { changes.append("max_age \(before.MaxAge / 1_000_000) ms → \(wanted.MaxAge / 1_000_000) ms (0: none)") }
+        if before.MaxBytes != wanted.MaxBytes { changes.append("max_bytes \(before.MaxBytes) → \(wanted.MaxBytes) (-1: none)") }
+        if before.Discard != wanted.Discard { changes.append("discard old → new (a full stream refuses publishes)") }
+        let storage = settings.memory ? js_MemoryStorage : js_FileStorage
+        if before.Storage != storage {
+            host.log(
+                .warning,
+                "stream \(name) keeps its \(before.Storage == js_MemoryStorage ? "memory" : "file") storage: JetStream cannot change a stream's storage (config key 'storage'); delete the stream to recreate it, once it is empty"
+            )
+        }
+        guard !changes.isEmpty else { return }
+        var updated: UnsafeMutablePointer<jsStreamInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let status = js_UpdateStream(&updated, jetStream, &wanted, nil, &code)
+        jsStreamInfo_Destroy(updated)
+        if status == NATS_OK {
+            host.log(.info, "stream \(name) updated to the config: \(changes.joined(separator: ", "))")
+        } else {
+            host.log(
+                .warning,
+                "stream \(name) keeps its limits: JetStream refused \(changes.joined(separator: ", ")): \(NATSLibrary.error(status, "update").message) (jsErrCode \(code.rawValue))"
+            )
         }
     }
 
@@ -226,6 +273,10 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
                 )
             }
             let failed = NATSLibrary.error(status, "NATS publish to \(subject) failed")
+            if code == JSStreamStoreFailedErr {
+                // A stream at its max_bytes refuses new messages (discard new): nothing stored.
+                throw TransportError(.full, "\(failed.message): the stream is full (config key 'max_bytes'); nothing was stored")
+            }
             // A send that broke on a connection the server closed (reset, killed): the server is
             // unreachable, as for the statuses nats.c reports once it knows (and maybe stored).
             guard status == NATS_IO_ERROR else { throw failed }

@@ -50,7 +50,8 @@ public struct RabbitMQConfig: PluginConfig, Sendable {
     /// Channels with these prefixes get classic queues the broker deletes once unused for a
     /// minute, without dead letters (per-process reply channels); default `["_switchyard.reply."]`.
     public var ephemeral_prefixes: [String]?
-    /// Largest message body accepted (default 128 MiB, RabbitMQ's own default limit).
+    /// Largest message accepted: body, id, channel and headers (default 128 MiB, RabbitMQ's own
+    /// default limit).
     public var max_message_bytes: Int?
 }
 
