@@ -86,7 +86,8 @@ struct DeadLetterEndpoints {
 
     /// Replay, purge and calls change state: they need the token even on loopback, and a form must come
     /// from this endpoint's own page (a page elsewhere must not post here with the browser's
-    /// credentials).
+    /// credentials). `Origin: null` is foreign too: browsers send it from sandboxed frames and
+    /// `data:` or `file:` pages, which a page elsewhere can make.
     func changeRefusal(_ request: HTTPRequest) -> HTTPResponse? {
         guard token != nil else {
             return AdminHandler.json(
@@ -97,7 +98,7 @@ struct DeadLetterEndpoints {
                         + "in the config (or export SWITCHYARD_ADMIN_TOKEN) and restart; from a shell: switchyard dlq replay|purge, switchyard call"
                 ])
         }
-        if let origin = request.headers[HTTPHeader("Origin")], origin != "null",
+        if let origin = request.headers[HTTPHeader("Origin")],
             let host = request.headers[.host],
             URL(string: origin)?.host.map({ originHost in
                 let port = URL(string: origin)?.port.map { ":\($0)" } ?? ""

@@ -73,13 +73,7 @@ struct RunCommand: AsyncParsableCommand {
             configuration: .init(
                 services: (admin.map { [ServiceGroupConfiguration.ServiceConfiguration(service: $0)] } ?? []) + [.init(service: host)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        if let admin, let settings = system.config.admin {
-            Task {
-                if let port = try? await admin.waitUntilListening() {
-                    logger.info("admin endpoint", metadata: ["url": "\(settings.url(port: port))"])
-                }
-            }
-        }
+        // The endpoint logs where it listens itself ("admin endpoint listening", with its url).
         try await group.run()
     }
 }

@@ -242,6 +242,8 @@ struct AdminEndpointTests {
                 let foreign = try await running.get(
                     "/dead-letters/work/worker/purge", token: token, method: "POST", headers: ["Origin: http://elsewhere.example"])
                 #expect(foreign.0 == 403, "a form from another origin is refused: \(foreign)")
+                let opaque = try await running.get("/dead-letters/work/worker/purge", token: token, method: "POST", headers: ["Origin: null"])
+                #expect(opaque.0 == 403, "a form from a sandboxed frame or a data: page (Origin: null) is refused: \(opaque)")
                 #expect(try await running.get("/api/dead-letters/work/worker/purge", token: token, method: "POST", body: "{}").0 == 400)
                 // The replayed message is dead-lettered again (it still is not a call); purge it.
                 var purged = false

@@ -354,16 +354,20 @@ struct OutboxTests {
     func refusedPublish() async throws {
         let directory = try TemporaryDirectory()
         let shop = directory.file("shop.db")
+        let log = CapturedLog()
         // The transport takes messages of up to 2000 bytes; the host's own limit is 1 MiB.
-        let system = try await makeSystem(
-            """
-            transports:
-              work: { plugin: queue, config: { max_message_bytes: 2000 } }
-            outboxes:
-              shop: { path: "\(shop)" }
-            routes:
-              Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
-            """)
+        let system = try await offPool {
+            let config = try SwitchyardConfig.parse(
+                yaml: """
+                    transports:
+                      work: { plugin: queue, config: { max_message_bytes: 2000 } }
+                    outboxes:
+                      shop: { path: "\(shop)" }
+                    routes:
+                      Notices.*: { transport: work, mode: fire-and-forget, concurrency: 1 }
+                    """, baseDirectory: directory.path)
+            return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger())
+        }
         let notices = Guarded<[Int]>([])
         let others = Guarded<[Int]>([])
         try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: notices) }
@@ -406,6 +410,15 @@ struct OutboxTests {
         let attempts = try #require(try rows().first).attempts
         #expect(attempts >= 1 && attempts <= 3, "\(attempts) attempts")
         #expect(notices.withLock { $0 }.isEmpty)
+        // Another destination of the same transport goes out meanwhile: that is not the refused
+        // one's recovery. Its destination was warned of once, naming it, and is not "publishing
+        // again" while its row still blocks it.
+        try await system.transaction(on: "shop") { _ in try await toOthers.notice(5) }
+        #expect(await eventually { others.withLock { $0 } == [3, 5] })
+        try await Task.sleep(for: .milliseconds(1200))  // past the refused row's next retry
+        let warnings = log.all.filter { $0.contains("outbox relay cannot publish") }
+        #expect(warnings.count == 1 && warnings.first?.contains("channel=notices") == true, "\(warnings)")
+        #expect(!log.all.contains { $0.contains("outbox relay publishing again") }, "\(log.all.filter { $0.contains("outbox relay") })")
 
         // An operator deletes the row the transport will never take: the rest go out.
         try SQLiteDatabase(path: shop, waitingWhenBusy: true).execute("DELETE FROM switchyard_outbox WHERE seq = \(refused.seq)")

@@ -503,11 +503,17 @@ final class OutboxRelay: Sendable {
     static let leaseNanos: Int64 = 10_000_000_000
     static let batchSize = 256
 
+    private struct Destination: Hashable {
+        let transport: String
+        let channel: String
+    }
+
     private struct State {
         var stopping = false
         var started = false
-        /// Destinations whose last publish failed (logged once until they recover).
-        var failing: Set<String> = []
+        /// Destinations (transport and channel) whose last publish failed: logged once until a
+        /// message to that destination goes out, not when another channel of the transport does.
+        var failing: Set<Destination> = []
         /// When the relay last looked for messages nobody relays (``reportStale()``).
         var staleLookedAt: Int64 = 0
         /// Transports reported so, with their count then (told again when it grows).
@@ -586,7 +592,7 @@ final class OutboxRelay: Sendable {
                 try publish(transport, batch.map(\.message))
                 published += batch.map(\.seq)
                 relayed.increment(by: batch.count)
-                recovered(transport)
+                recovered(transport, batch)
                 continue
             } catch  where batch.count == 1 {
                 hold(batch, transport: transport, error: error)
@@ -603,12 +609,12 @@ final class OutboxRelay: Sendable {
                     try publish(transport, [row.message])
                     published.append(row.seq)
                     relayed.increment()
+                    recovered(transport, [row])
                 } catch {
                     blocked[row.message.channel] = error
                     hold([row], transport: transport, error: error)
                 }
             }
-            if blocked.isEmpty { recovered(transport) }
             do {
                 try storage.unclaim(waiting)
             } catch {
@@ -626,17 +632,21 @@ final class OutboxRelay: Sendable {
         return published.count
     }
 
-    /// Gives failed messages back with backoff, logging the first failure of a transport.
+    /// Gives failed messages back with backoff, logging the first failure of each destination.
     private func hold(_ rows: [OutboxRow], transport: String, error: TransportError) {
         failed.increment()
         let attempts = rows.map(\.attempts).max() ?? 0
         let backoff = min(Int64(1_000_000_000) << Int64(min(attempts, 5)), 30_000_000_000)
-        if state.withLock({ $0.failing.insert(transport).inserted }) {
+        let channels = Set(rows.map(\.message.channel))
+        let newlyFailing = state.withLock { state in
+            channels.filter { state.failing.insert(Destination(transport: transport, channel: $0)).inserted }.sorted()
+        }
+        if !newlyFailing.isEmpty {
             logger.warning(
                 "outbox relay cannot publish; the messages stay in the outbox and are retried with backoff (messages after them to the same channel wait, to keep their order)",
                 metadata: [
-                    "outbox": "\(name)", "transport": "\(transport)", "seq": "\(rows.map(\.seq).map(String.init).joined(separator: ","))",
-                    "attempts": "\(attempts + 1)", "error": "\(error.message)",
+                    "outbox": "\(name)", "transport": "\(transport)", "channel": "\(newlyFailing.joined(separator: ","))",
+                    "seq": "\(rows.map(\.seq).map(String.init).joined(separator: ","))", "attempts": "\(attempts + 1)", "error": "\(error.message)",
                 ])
         }
         do {
@@ -669,9 +679,15 @@ final class OutboxRelay: Sendable {
         }
     }
 
-    private func recovered(_ transport: String) {
-        if state.withLock({ $0.failing.remove(transport) != nil }) {
-            logger.info("outbox relay publishing again", metadata: ["outbox": "\(name)", "transport": "\(transport)"])
+    /// Notes that `rows` went out: a destination among them that had failed is logged as
+    /// publishing again.
+    private func recovered(_ transport: String, _ rows: [OutboxRow]) {
+        let again = state.withLock { state -> [String] in
+            guard !state.failing.isEmpty else { return [] }
+            return Set(rows.map(\.message.channel)).filter { state.failing.remove(Destination(transport: transport, channel: $0)) != nil }.sorted()
+        }
+        if !again.isEmpty {
+            logger.info("outbox relay publishing again", metadata: ["outbox": "\(name)", "transport": "\(transport)", "channel": "\(again.joined(separator: ","))"])
         }
     }
 
