@@ -155,7 +155,10 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         shards = sharded
     }
 
-    private static let notSharded =
+    /// The refusal of `shards` above 1 on a transport whose store is not in memory: for a
+    /// ``makeStore(context:config:fanOut:deadLetterSuffix:)`` override to throw before it
+    /// connects or creates anything.
+    public static let notSharded =
         "config key 'shards': only a transport in memory is sharded (this one keeps its messages in one store); leave the key out"
 
     // Each function goes straight to the one broker, or through the shards: one optional check,

@@ -199,6 +199,11 @@ struct PostgresTests {
             _ = try Transport(name: "pg", plugin: try BuildProducts.plugin("postgres"), configJSON: #"{"path": "/tmp/x.db"}"#)
         }
         #expect(path?.configKey == "path", "\(String(describing: path))")
+        // Refused before connecting: no server answers on port 1, and the error names 'shards'.
+        let sharded = #expect(throws: TransportError.self) {
+            _ = try Transport(name: "pg", plugin: try BuildProducts.plugin("postgres"), configJSON: #"{"conninfo": "host=127.0.0.1 port=1 user=postgres", "shards": 2}"#)
+        }
+        #expect(sharded?.configKey == "shards", "\(String(describing: sharded))")
         let refused = #expect(throws: TransportError.self) {
             _ = try Transport(
                 name: "pg", plugin: try BuildProducts.plugin("postgres"),

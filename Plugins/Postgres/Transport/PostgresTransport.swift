@@ -11,6 +11,8 @@ open class PostgresBrokerTransport: BrokerTransport, @unchecked Sendable {
         context: TransportContext, config: BrokerConfig, fanOut: Bool, deadLetterSuffix: String
     ) throws(TransportError) -> MessageStore {
         let postgres = try context.decodeConfig(PostgresConfig.self, allowedKeys: BrokerConfig.keys.union(storeKeys).union(fanOut ? ["retain"] : []))
+        // Before connecting: with the server down, the error would be the connection's.
+        if let shards = config.shards, shards > 1 { throw TransportError(.config, notSharded) }
         return try PostgresStore(
             config: postgres, fanOut: fanOut, retainedPerChannel: config.retain ?? 10_000, deadLetterSuffix: deadLetterSuffix, host: context.host)
     }
