@@ -35,14 +35,22 @@ public enum SizedStruct {
     }
 
     /// The struct at `pointer` as this build knows it: its first `struct_size` bytes (at most
-    /// `MemoryLayout<T>.size`) over a zeroed value. Nil when `struct_size` is below `minimum`.
-    /// `T` must be a C struct whose first field is `uint32_t struct_size`.
+    /// `MemoryLayout<T>.size`) over a zeroed value, its `struct_size` saying what the copy holds
+    /// (a newer writer's larger size is brought down to this build's: a copy passed on — a
+    /// decorator's subscriber handed to its inner plugin — must not tell the next reader to read
+    /// past it). Nil when `struct_size` is below `minimum`. `T` must be a C struct whose first
+    /// field is `uint32_t struct_size`.
     @inlinable
     public static func read<T>(_ pointer: UnsafePointer<T>, minimum: Int) -> T? {
         let raw = UnsafeRawPointer(pointer)
         let size = Int(raw.load(as: UInt32.self))
         guard size >= minimum else { return nil }
-        if size >= MemoryLayout<T>.size { return pointer.pointee }
+        if size == MemoryLayout<T>.size { return pointer.pointee }
+        if size > MemoryLayout<T>.size {
+            var copy = pointer.pointee
+            withUnsafeMutableBytes(of: &copy) { $0.storeBytes(of: UInt32(MemoryLayout<T>.size), as: UInt32.self) }
+            return copy
+        }
         return withUnsafeTemporaryAllocation(of: T.self, capacity: 1) { buffer in
             let out = UnsafeMutableRawPointer(buffer.baseAddress!)
             out.initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<T>.size)

@@ -44,6 +44,22 @@ struct ABIValueTests {
         #expect(Capabilities(name: "teleport") == nil)
     }
 
+    @Test("a struct from a newer writer is read as this build knows it, its struct_size brought down: a copy passed on never tells the next reader to read past it")
+    func newerWriterStructSize() throws {
+        // A newer host's sy_subscriber: this build's fields, then 16 bytes this build does not know.
+        let size = MemoryLayout<sy_subscriber>.size
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size + 16, alignment: 16)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0xAB, count: size + 16)
+        buffer.storeBytes(of: UInt32(size + 16), as: UInt32.self)
+        let read = try #require(SizedStruct.read(buffer.assumingMemoryBound(to: sy_subscriber.self), minimum: 8))
+        #expect(Int(read.struct_size) == size)
+        // An older writer's smaller struct: what it wrote, the rest zeroed, its own size kept.
+        buffer.storeBytes(of: UInt32(8), as: UInt32.self)
+        let older = try #require(SizedStruct.read(buffer.assumingMemoryBound(to: sy_subscriber.self), minimum: 8))
+        #expect(older.struct_size == 8 && older.deliver == nil)
+    }
+
     @Test("a message lent to C and copied back is unchanged")
     func messageRoundTrip() throws {
         let message = Message(

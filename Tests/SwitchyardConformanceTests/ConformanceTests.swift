@@ -14,6 +14,22 @@ struct ConformanceTests {
         ("retry", false), ("retry", true), ("example-c", false), ("example-swift", false),
     ]
 
+    @Test("the C template honours a subscriber's max_in_flight: no more deliveries until one settles")
+    func cTemplatePrefetch() throws {
+        let transport = try Transport(name: "c", plugin: try BuildProducts.plugin("example-c"), configJSON: "{}")
+        defer { transport.close() }
+        let held = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "c", maxInFlight: 2), handler: held.handler(client: transport.client, settle: { _ in nil }))
+        for index in 0..<5 { try transport.client.publish(Message(id: "m\(index)", channel: "c")) }
+        #expect(held.wait(for: 2))
+        Thread.sleep(forTimeInterval: 0.2)  // a template that ignored the bound delivered all five at once
+        #expect(held.count == 2)
+        try transport.client.settle(try #require(held.received.first).delivery, .ack)
+        #expect(held.wait(for: 3))
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(held.count == 3)
+    }
+
     @Test("passes every check its capabilities claim", arguments: cases)
     func conformance(_ plugin: String, _ durable: Bool) async throws {
         let dir = try TemporaryDirectory()

@@ -6,7 +6,10 @@
  * lay out C structs can implement it; nothing else is needed to build one.
  *
  * Compatibility rules (docs/abi.md explains them at length):
- *  - A plugin exports exactly one function, SY_PLUGIN_ENTRY_SYMBOL, of type sy_plugin_entry_fn.
+ *  - A plugin exports one entry function, SY_PLUGIN_ENTRY_SYMBOL, of type sy_plugin_entry_fn: the
+ *    only symbol a host looks up. (A plugin written in Swift or C++ exports its language's own
+ *    symbols too; a host loads plugins with RTLD_LOCAL, so that two plugins' copies of a library
+ *    never bind to each other.)
  *  - Every struct that may grow starts with `uint32_t struct_size`, set by whoever fills it in.
  *    Structs only ever grow at the end. A reader accepts an older, smaller struct and treats the
  *    fields past its struct_size as absent (zero / NULL); it never reads past struct_size. The
@@ -664,8 +667,9 @@ typedef struct sy_plugin_descriptor {
      * messages its work produced, commit together with the acknowledgement of the message it
      * handled: a crash leaves either all of them or none, never a reply without its ack (a
      * duplicate) or an ack without its reply (a lost answer). `messages` may be NULL when `count`
-     * is 0. While draining it refuses with SY_ERR_CLOSED and changes nothing (the subscriber then
-     * settles alone). Any outcome may be given; a dead-letter one is reported through
+     * is 0. While draining it refuses with SY_ERR_CLOSED and changes nothing (the subscriber may
+     * then settle alone; Switchyard's host leaves the delivery unsettled, so that it is delivered
+     * again, and answered, by whoever takes it next). Any outcome may be given; a dead-letter one is reported through
      * dead_lettered as settle would. Optional (NULL, or absent before 1.3: the host publishes, then
      * settles).
      */

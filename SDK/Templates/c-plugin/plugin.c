@@ -43,6 +43,8 @@ typedef struct subscription {
     char *channel;
     sy_subscriber subscriber;
     int delivering;             /* deliver calls running right now */
+    uint32_t max_in_flight;     /* the subscriber's prefetch: most unsettled at once (0: unbounded) */
+    uint32_t in_flight;         /* its deliveries not settled yet */
 } subscription;
 
 typedef struct instance {
@@ -87,6 +89,15 @@ static void push_pending(instance *q, node *n) {
     q->pending_tail = n;
 }
 
+/* A delivery of subscription `owner` left the in-flight list: it has room for one more (when it
+ * is still subscribed). */
+static void room_again(instance *q, sy_subscription_id owner) {
+    subscription *s;
+    for (s = q->subscriptions; s != NULL; s = s->next) {
+        if (s->id == owner && s->in_flight > 0) s->in_flight--;
+    }
+}
+
 /* Removes the in-flight node for `delivery` (or, when `delivery` is 0, the first one owned by
  * `owner`) from the in-flight list and returns it. */
 static node *take_in_flight(instance *q, sy_delivery_id delivery, sy_subscription_id owner) {
@@ -95,18 +106,20 @@ static node *take_in_flight(instance *q, sy_delivery_id delivery, sy_subscriptio
         node *n = *link;
         if ((delivery != 0 && n->delivery == delivery) || (delivery == 0 && n->owner == owner)) {
             *link = n->next;
+            room_again(q, n->owner);
             return n;
         }
     }
     return NULL;
 }
 
-/* Picks the subscription for `channel` that has waited longest (round robin by rotation). */
+/* Picks the subscription for `channel` with room for another delivery (its max_in_flight: the
+ * backpressure a slow subscriber asks for) that has waited longest (round robin by rotation). */
 static subscription *pick_subscriber(instance *q, const char *channel) {
     subscription **link;
     for (link = &q->subscriptions; *link != NULL; link = &(*link)->next) {
         subscription *s = *link;
-        if (strcmp(s->channel, channel) == 0) {
+        if (strcmp(s->channel, channel) == 0 && (s->max_in_flight == 0 || s->in_flight < s->max_in_flight)) {
             subscription *last = s;
             /* Rotate s to the end so the next message goes to another member. */
             if (s->next != NULL) {
@@ -148,6 +161,7 @@ static void dispatch(instance *q) {
             n->attempt += 1;
             n->delivery = delivery = ++q->next_delivery;
             n->owner = s->id;
+            s->in_flight++;
             n->in_deliver = 1;
             n->next = q->in_flight;
             q->in_flight = n;
@@ -303,6 +317,7 @@ static sy_status example_subscribe(void *self, const sy_subscribe_options *optio
         return sy_error_set(err, SY_ERR_INTERNAL, "out of memory");
     }
     s->subscriber = copy;
+    s->max_in_flight = options->max_in_flight;
     pthread_mutex_lock(&q->lock);
     s->id = ++q->next_subscription;
     s->next = q->subscriptions;
@@ -412,6 +427,7 @@ static sy_status example_drain(void *self, int64_t deadline_ns, sy_error *err) {
             continue;
         }
         *link = n->next;
+        room_again(q, n->owner);
         n->attempt -= 1;
         q->stats.in_flight--;
         q->stats.released++;
