@@ -227,6 +227,25 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a direct call that throws an unregistered error type comes back as itself, and a warning says once that a transport would bring SwitchyardError.remote")
+    func directRouteWarnsOfUnregisteredErrors() async throws {
+        let (system, log) = try await loggedSystem(
+            """
+            routes:
+              "*": { transport: direct }
+            """)
+        try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: Ledger()) }
+        let stub = try $Shop.resolve(id: "shop", using: system)
+        for _ in 0..<2 { await #expect(throws: NotRegistered.self) { _ = try await stub.fail("z", registered: false) } }
+        let warnings = log.all.filter { $0.contains("not registered") }
+        #expect(warnings.count == 1, "\(warnings)")
+        #expect(warnings.first?.contains("NotRegistered") == true && warnings.first?.contains("registerError") == true, "\(warnings)")
+        system.registerError(OutOfStock.self)
+        await #expect(throws: OutOfStock.self) { _ = try await stub.fail("z", registered: true) }
+        #expect(log.all.filter { $0.contains("not registered") }.count == 1, "a registered type is not warned of")
+        await system.shutdown()
+    }
+
     /// The hosted actor under the exact id is found first; the rest is the fallback: every group
     /// hosted under the name, an actor of the system that was never hosted, a name nobody hosts.
     @Test("a direct call reaches each group hosted under the name; an actor never hosted, or no actor, is refused with what to do")

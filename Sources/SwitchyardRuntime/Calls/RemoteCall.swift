@@ -306,6 +306,13 @@ extension SwitchyardActorSystem {
                 return try await Switchyard.$callOptions.withValue(CallOptions()) { try await callInProcess(id, call, invocation, route: route) }
             }
             guard case .error(let error)? = outcome else { return outcome }
+            if errors.crossesAsRemoteForTheFirstTime(error) {
+                // Here it comes back as itself; through a transport it would not: say so while
+                // the application still runs on direct routes.
+                logger.warning(
+                    "a direct call threw an error type that is not registered: it reaches this caller as itself, but through a transport route it would arrive as SwitchyardError.remote; call system.registerError(_:) for it on both sides (it must be Codable)",
+                    metadata: ["route": "\(route.pattern)", "target": "\(call.name)", "error_type": "\(String(reflecting: type(of: error)))"])
+            }
             guard let policy = route.retry else { throw error }
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
             // Not retryable: the error is the call's answer, as on a route without a policy.

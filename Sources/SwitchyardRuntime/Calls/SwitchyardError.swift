@@ -173,6 +173,15 @@ final class ErrorRegistry: Sendable {
         return ErrorPayload(type: name, message: String(describing: error), value: value)
     }
 
+    /// Whether `error` would cross a transport as itself (its type is registered); true the first
+    /// time only for the others, so that a caller can say so once per type.
+    func crossesAsRemoteForTheFirstTime(_ error: any Error) -> Bool {
+        if error is CancellationError { return false }
+        let name = String(reflecting: Swift.type(of: error))
+        return entries.withLock { $0[name] == nil } && unregisteredSeen.withLock { $0.insert(name).inserted }
+    }
+    private let unregisteredSeen = Guarded<Set<String>>([])
+
     /// The error a payload stands for: the registered type itself, or ``SwitchyardError/remote``.
     func error(from payload: ErrorPayload) -> any Error {
         if let value = payload.value, let entry = entries.withLock({ $0[payload.type] }), let error = try? entry.decode(value) {
