@@ -103,22 +103,9 @@ struct PostgresTests {
             let corrupted = schema == "corrupt" ? 1 : 0
             _ = try database.run(#"UPDATE "\#(schema)".entries SET message = '\xdeadbeef'::bytea WHERE id = (SELECT MIN(id) + \#(corrupted) FROM "\#(schema)".entries)"#)
         }
-        let log = CapturedLog()
-        let transport = try Transport(
-            name: "pg-test", plugin: try BuildProducts.plugin("postgres"),
-            configJSON: #"{"conninfo": "\#(server.conninfo)", "schema": "corrupt"}"#, logger: log.logger())
+        let transport = try Self.transport(server, extra: #", "schema": "corrupt""#)
         defer { transport.close() }
-        let dead = Collector()
-        let live = Collector()
-        _ = try transport.client.subscribe(SubscribeOptions(channel: "work.dlq"), handler: dead.handler(client: transport.client))
-        _ = try transport.client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 1), handler: live.handler(client: transport.client))
-        #expect(live.wait(for: 2, seconds: 10))
-        #expect(live.received.map(\.message.id) == ["a", "c"])
-        #expect(dead.wait(for: 1, seconds: 10))
-        let letter = try #require(dead.received.first?.message)
-        #expect(letter.id.hasPrefix("corrupt-"))
-        #expect(letter.body == [0xDE, 0xAD, 0xBE, 0xEF])
-        #expect(letter.header("sy-dlq-reason")?.isEmpty == false)
+        try expectCorruptRecordDeadLettered(transport.client)
 
         let dlqLog = CapturedLog()
         let dlqTransport = try Transport(

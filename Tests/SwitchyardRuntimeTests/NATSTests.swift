@@ -52,12 +52,7 @@ struct NATSTests {
         let server = try NATSServer(storeDirectory: directory.path)
         let transport = try await Self.transport("nats", urls: [server.url], extra: #", "max_message_bytes": 1000"#)
         defer { transport.close() }
-        // A body well under the limit, with headers that take the message over it.
-        let message = Message(id: "heavy", channel: "c", headers: [Header("x-note", String(repeating: "n", count: 900))], body: Array(repeating: 1, count: 200))
-        let error = #expect(throws: TransportError.self) { try transport.client.publish(message) }
-        #expect(error?.code == .tooLarge)
-        #expect(error?.message.contains("max_message_bytes is 1000") == true, "\(String(describing: error))")
-        try transport.client.publish(Message(id: "light", channel: "c", body: Array(repeating: 1, count: 200)))
+        try expectSizeLimitCountsWholeMessage(transport.client)
     }
 
     @Test("config values that would silently do nothing, or fail every publish, are refused at creation naming the key")

@@ -32,11 +32,7 @@ struct RabbitMQTests {
         let server = try await Self.broker()
         let transport = try Self.transport("rabbitmq", url: server.url, extra: #", "max_message_bytes": 1000"#)
         defer { transport.close() }
-        let message = Message(id: "heavy", channel: "c", headers: [Header("x-note", String(repeating: "n", count: 900))], body: Array(repeating: 1, count: 200))
-        let error = #expect(throws: TransportError.self) { try transport.client.publish(message) }
-        #expect(error?.code == .tooLarge)
-        #expect(error?.message.contains("max_message_bytes is 1000") == true, "\(String(describing: error))")
-        try transport.client.publish(Message(id: "light", channel: "c", body: Array(repeating: 1, count: 200)))
+        try expectSizeLimitCountsWholeMessage(transport.client)
     }
 
     @Test("the conformance kit passes against a real rabbitmq-server", arguments: ["rabbitmq", "rabbitmq-topic"])

@@ -37,18 +37,7 @@ struct DurableQueueTests {
         let (_, config) = try await Self.storeWithCorruptRecord(in: dir, channel: "work", ids: ["a", "b", "c"], corrupting: 1)
         let transport = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: config)
         defer { transport.close() }
-        let dead = Collector()
-        let live = Collector()
-        _ = try transport.client.subscribe(SubscribeOptions(channel: "work.dlq"), handler: dead.handler(client: transport.client))
-        // One at a time: the lease that meets the corrupt record has room for it alone.
-        _ = try transport.client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 1), handler: live.handler(client: transport.client))
-        #expect(live.wait(for: 2, seconds: 10))
-        #expect(live.received.map(\.message.id) == ["a", "c"])
-        #expect(dead.wait(for: 1, seconds: 10))
-        let letter = try #require(dead.received.first?.message)
-        #expect(letter.id.hasPrefix("corrupt-"))
-        #expect(letter.body == [0xDE, 0xAD, 0xBE, 0xEF])
-        #expect(letter.header("sy-dlq-reason")?.isEmpty == false)
+        try expectCorruptRecordDeadLettered(transport.client)
     }
 
     /// A dead letter is not dead-lettered again: a corrupt record in a dead-letter channel is

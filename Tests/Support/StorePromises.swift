@@ -1,0 +1,42 @@
+import Foundation
+import SwitchyardABI
+import Synchronization
+import Testing
+
+/// What every store promises about a record that no longer decodes, checked on `client` (a
+/// transport over a store holding `a`, `b`, `c` on `work`, `b`'s record corrupt): the others are
+/// delivered in order — at once, one lease at a time — and the corrupt one is dead-lettered with
+/// its raw bytes and a reason. For SQLite (`DurableQueueTests`) and PostgreSQL (`PostgresTests`).
+package func expectCorruptRecordDeadLettered(_ client: TransportClient, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let live = Mutex<[String]>([])
+    let dead = Mutex<[Message]>([])
+    _ = try client.subscribe(SubscribeOptions(channel: "work.dlq")) { delivery, view in
+        dead.withLock { $0.append(view.copy()) }
+        try? client.settle(delivery, .ack)
+        return .ok
+    }
+    // One at a time: the lease that meets the corrupt record has room for it alone.
+    _ = try client.subscribe(SubscribeOptions(channel: "work", maxInFlight: 1)) { delivery, view in
+        live.withLock { $0.append(view.id) }
+        try? client.settle(delivery, .ack)
+        return .ok
+    }
+    #expect(waitUntil(10) { live.withLock { $0.count } >= 2 && dead.withLock { !$0.isEmpty } }, sourceLocation: sourceLocation)
+    #expect(live.withLock { $0 } == ["a", "c"], sourceLocation: sourceLocation)
+    let letter = try #require(dead.withLock { $0.first }, sourceLocation: sourceLocation)
+    #expect(letter.id.hasPrefix("corrupt-"), sourceLocation: sourceLocation)
+    #expect(letter.body == [0xDE, 0xAD, 0xBE, 0xEF], sourceLocation: sourceLocation)
+    #expect(letter.header("sy-dlq-reason")?.isEmpty == false, sourceLocation: sourceLocation)
+}
+
+/// What every transport's `max_message_bytes` promises, checked on `client` (a transport
+/// configured with `max_message_bytes: 1000`): the whole message counts — a 200-byte body with
+/// 900 bytes of headers is refused with `.tooLarge` naming the key, and the same body alone is
+/// stored.
+package func expectSizeLimitCountsWholeMessage(_ client: TransportClient, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let heavy = Message(id: "heavy", channel: "c", headers: [Header("x-note", String(repeating: "n", count: 900))], body: Array(repeating: 1, count: 200))
+    let error = #expect(throws: TransportError.self, sourceLocation: sourceLocation) { try client.publish(heavy) }
+    #expect(error?.code == .tooLarge, sourceLocation: sourceLocation)
+    #expect(error?.message.contains("max_message_bytes is 1000") == true, "\(String(describing: error))", sourceLocation: sourceLocation)
+    try client.publish(Message(id: "light", channel: "c", body: Array(repeating: 1, count: 200)))
+}
