@@ -129,6 +129,41 @@ struct NativeTests {
         }
     }
 
+    @Test("native-modules.md's first CLI example: switchyard call --config calls Math.add through a queue served by switchyard run; with no host it times out, saying so")
+    func cliThroughRoute() async throws {
+        let (_, directory) = try await Self.module()
+        let config = directory.file("math.yaml")
+        try """
+        transports:
+          q: { plugin: queue, config: { path: "\(directory.file("q.db"))" } }
+        native:
+          Math:
+            library: \(directory.file("libnative.so"))
+            functions:
+              add: { symbol: add_i32, signature: "i32(i32, i32)" }
+        routes:
+          Math.*: { transport: q, deadline: 2s }
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let call = ["call", "--config", config, "--plugins-dir", BuildProducts.directory, "Math.add", "40", "2"]
+        let alone = try await run(BuildProducts.switchyard, call)
+        #expect(alone.status == 1 && alone.stderr.contains("no reply within") && alone.stderr.contains("switchyard run --config"), "no host: \(alone.stdout)\(alone.stderr)")
+        let host = Process()
+        host.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
+        host.arguments = ["run", "--config", config, "--plugins-dir", BuildProducts.directory]
+        host.standardOutput = FileHandle.nullDevice
+        host.standardError = FileHandle.nullDevice
+        try host.run()
+        killWhenTestProcessEnds(host.processIdentifier)
+        defer {
+            kill(host.processIdentifier, SIGTERM)
+            host.waitUntilExit()
+        }
+        // The host takes a moment to start: a call made before it serves times out after 2 s.
+        var answered: ProcessResult?
+        for _ in 0..<10 where answered?.status != 0 { answered = try await run(BuildProducts.switchyard, call) }
+        #expect(answered?.status == 0 && answered?.stdout == "42\n", "\(answered.map { "\($0.stdout)\($0.stderr)" } ?? "")")
+    }
+
     /// A system serving the fixture as native module `Math` with `routes`.
     static func routedSystem(_ routes: String, _ directory: TemporaryDirectory) async throws -> SwitchyardActorSystem {
         try await makeSystem(
