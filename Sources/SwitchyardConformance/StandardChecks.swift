@@ -7,7 +7,7 @@ import Synchronization
 /// The checks of the conformance suite. docs/transports.md states the semantics they test.
 enum StandardChecks {
     static let all: [ConformanceCheck] = [
-        publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases,
+        publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases, prefetch,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
         drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry, settleOnDelivery, extendLeases,
         publishAsync,
@@ -145,6 +145,30 @@ enum StandardChecks {
         try c.expect(
             taker.received.allSatisfy { $0.message.attempt == 1 },
             "released messages must not count an attempt: the other member got attempts \(taker.received.map(\.message.attempt))")
+    }
+
+    /// Plugins built from the C template before it counted (ABI 1.0–1.7) deliver everything:
+    /// they pass with a note saying so, rather than fail, so that plugins already shipped keep
+    /// passing; the bundled plugins are held to having no note (`ConformanceTests`).
+    static let prefetch = ConformanceCheck(
+        name: "prefetch",
+        summary: "a subscriber with max_in_flight 2 holds at most 2 unsettled deliveries, and settling one lets the next come (one that ignores it passes with a note)",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let held = Collector()
+        _ = try t.client.subscribe(SubscribeOptions(channel: "prefetch", maxInFlight: 2), handler: held.handler(client: t.client, settle: nil))
+        for index in 0..<5 { try t.client.publish(message("prefetch-\(index)", "prefetch")) }
+        try c.expect(held.wait(for: 2), "expected 2 deliveries, got \(held.count)")
+        Thread.sleep(forTimeInterval: 0.3)  // time for a plugin that ignores the bound to deliver more
+        let before = held.count
+        try t.client.settle(held.received[0].delivery, .ack)
+        try c.expect(held.wait(for: max(3, before)), "after one of \(before) deliveries was settled, \(held.count) in all")
+        if before > 2 {
+            c.note(
+                "max_in_flight not honoured: \(before) of 5 delivered to a subscriber that asked for at most 2 unsettled (a Switchyard host queues in memory whatever it is given: writing-a-plugin.md)"
+            )
+        }
     }
 
     static let competingConsumers = ConformanceCheck(
