@@ -36,7 +36,8 @@ struct CallsAroundDrainTests {
         await #expect {
             _ = try await slow.work(2, millis: 0)
         } throws: { error in
-            (error as? SwitchyardError)?.code == .shuttingDown
+            // Named as every error names its call, not by the stub's type.
+            (error as? SwitchyardError)?.code == .shuttingDown && (error as? SwitchyardError)?.target == "SlowWork.work(_:millis:)"
         }
         // At once: not after the route's deadline (a bound of 1 s was short for a loaded machine).
         #expect(ContinuousClock.now - after < .seconds(5))

@@ -55,7 +55,9 @@ extension SwitchyardActorSystem {
     /// The call's target and route, or a routing error.
     private func prepare(_ target: RemoteCallTarget) throws -> (CallTarget, Route) {
         guard SystemState(rawValue: state.load(ordering: .acquiring)) != .stopped else {
-            throw SwitchyardError.shuttingDown(target: target.description)
+            // Named as every other error names its call (`Inventory.reserve(sku:qty:)`), not by
+            // the stub's type (`App.$Inventory.reserve…`).
+            throw SwitchyardError.shuttingDown(target: resolved(target.identifier)?.call.name ?? target.description)
         }
         guard let resolved = resolved(target.identifier) else {
             throw SwitchyardError.routing(target: target.description, reason: "cannot read the call target '\(target.identifier)'")
