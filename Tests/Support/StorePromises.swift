@@ -8,8 +8,8 @@ import Testing
 /// delivered in order — at once, one lease at a time — and the corrupt one is dead-lettered with
 /// its raw bytes and a reason. For SQLite (`DurableQueueTests`) and PostgreSQL (`PostgresTests`).
 package func expectCorruptRecordDeadLettered(_ client: TransportClient, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let live = Mutex<[String]>([])
-    let dead = Mutex<[Message]>([])
+    let live = Guarded<[String]>([])
+    let dead = Guarded<[Message]>([])
     _ = try client.subscribe(SubscribeOptions(channel: "work.dlq")) { delivery, view in
         dead.withLock { $0.append(view.copy()) }
         try? client.settle(delivery, .ack)

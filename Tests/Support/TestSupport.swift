@@ -69,7 +69,7 @@ package func run(_ executable: String, _ arguments: [String], environment: [Stri
     try process.run()
     // Drain both pipes at once: a child that fills one pipe while we block reading the other
     // would otherwise never exit.
-    let stderrData = Mutex(Data())
+    let stderrData = Guarded(Data())
     let stderrDone = DispatchSemaphore(value: 0)
     let errHandle = err.fileHandleForReading
     DispatchQueue.global().async {
@@ -287,7 +287,7 @@ package final class PipeFollower: @unchecked Sendable {
     // the mutex.
     private let pipe: Pipe
     private let chunk: @Sendable (String) -> Void
-    private let state = Mutex((reading: false, finished: false))
+    private let state = Guarded((reading: false, finished: false))
 
     fileprivate init(_ pipe: Pipe, _ chunk: @escaping @Sendable (String) -> Void) {
         self.pipe = pipe
@@ -316,7 +316,7 @@ package final class PipeFollower: @unchecked Sendable {
 
 /// Lines read so far, shared with a pipe's readability handler.
 package final class LineBuffer: Sendable {
-    private let state = Mutex((lines: [String](), partial: ""))
+    private let state = Guarded((lines: [String](), partial: ""))
     /// No lines yet.
     package init() {}
     package func append(_ new: [String]) { state.withLock { $0.lines += new } }

@@ -20,7 +20,7 @@ struct ConsoleCommandTests {
         let output = Pipe()
         console.standardOutput = output
         console.standardError = output
-        let text = Mutex("")
+        let text = Guarded("")
         output.follow { chunk in text.withLock { $0 += chunk } }
         try console.run()
         defer { if console.isRunning { kill(console.processIdentifier, SIGKILL) } }

@@ -10,7 +10,7 @@ import Testing
 
 /// Collects deliveries from a subscription, thread-safely.
 final class Inbox: Sendable {
-    private let received = Mutex<[(DeliveryID, Message)]>([])
+    private let received = Guarded<[(DeliveryID, Message)]>([])
     var all: [(DeliveryID, Message)] { received.withLock { $0 } }
     var count: Int { received.withLock { $0.count } }
     func add(_ delivery: DeliveryID, _ message: MessageView) {

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardABI
 import Synchronization
 import Testing
 
@@ -12,9 +13,10 @@ struct DeadlineSweeperTests {
     /// tests' calls arming deadlines on the shared one do not count here.
     static let sweeper = DeadlineSweeper()
 
-    /// Records when each deadline fired.
+    /// Records when each deadline fired. (`Guarded`, not `Synchronization.Mutex`: ThreadSanitizer
+    /// cannot see the futex that Mutex is on Linux, and reported the locked accesses as a race.)
     final class Firings: Sendable {
-        let times = Mutex<[String: ContinuousClock.Instant]>([:])
+        let times = Guarded<[String: ContinuousClock.Instant]>([:])
         func record(_ name: String) { times.withLock { $0[name] = .now } }
         func time(_ name: String) -> ContinuousClock.Instant? { times.withLock { $0[name] } }
         /// Waits (off the pool's threads: the task sleeps) for `name` to fire.
