@@ -7,7 +7,7 @@ import Synchronization
 /// The checks of the conformance suite. docs/transports.md states the semantics they test.
 enum StandardChecks {
     static let all: [ConformanceCheck] = [
-        publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, unsubscribeReleases, prefetch,
+        publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, giveBackInsideDeliver, unsubscribeReleases, prefetch,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
         drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry, settleOnDelivery, extendLeases,
         publishAsync,
@@ -125,6 +125,72 @@ enum StandardChecks {
         let attempts = inbox.received.map(\.message.attempt)
         try c.expect(attempts == [1, 2, 2], "attempts were \(attempts), expected [1, 2, 2]")
         try c.expect(Set(inbox.received.map(\.delivery)).count == 3, "delivery ids were reused")
+    }
+
+    /// A subscriber may give a delivery back from inside `deliver`. A plugin that delivers on the
+    /// publisher's thread and offers it again at once, on the same stack, never returns from
+    /// `publish` while the subscriber keeps giving back (the C template did, up to ABI 1.7). The
+    /// Switchyard host never keeps giving back (a draining host refuses instead), so such a plugin
+    /// passes with a note, as plugins already shipped must; the bundled ones are held to no note.
+    /// The subscriber acknowledges once the wait is over, which ends a loop.
+    static let giveBackInsideDeliver = ConformanceCheck(
+        name: "give-back-inside-deliver",
+        summary:
+            "a subscriber that releases every delivery from inside deliver does not keep publish from returning (one that does passes with a note); acknowledged, the message arrives",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        let client = t.client
+        let releasing = Atomic<Bool>(true)
+        let givenBack = Atomic<Int>(0)
+        // Records only what it acknowledges: a looping plugin delivers millions of times.
+        let acknowledged = Guarded<Set<String>>([])
+        _ = try client.subscribe(SubscribeOptions(channel: "give-back")) { delivery, view in
+            if releasing.load(ordering: .acquiring) {
+                givenBack.add(1, ordering: .relaxed)
+                try? client.settle(delivery, .release)
+            } else {
+                let id = view.copy().id
+                acknowledged.withLock { _ = $0.insert(id) }
+                try? client.settle(delivery, .ack)
+            }
+            return .ok
+        }
+        let returned = DispatchSemaphore(value: 0)
+        let failure = Guarded<TransportError?>(nil)
+        Thread.detachNewThread {
+            do throws(TransportError) {
+                try client.publish(message("give-back-1", "give-back"))
+            } catch {
+                failure.withLock { $0 = error }
+            }
+            returned.signal()
+        }
+        let wait = Collector.defaultWaitSeconds
+        let inTime = returned.wait(timeout: .now() + wait) == .success
+        releasing.store(false, ordering: .releasing)
+        if !inTime {
+            try c.expect(
+                returned.wait(timeout: .now() + wait) == .success,
+                "publish did not return even once the subscriber acknowledged (\(givenBack.load(ordering: .relaxed)) deliveries given back)")
+            c.note(
+                "publish did not return within \(Int(wait)) s while the subscriber released every delivery from inside deliver (\(givenBack.load(ordering: .relaxed)) deliveries): a message given back from inside its own deliver is offered again on the same stack without end (writing-a-plugin.md, \"Settling inside deliver\")"
+            )
+        }
+        if let error = failure.withLock({ $0 }) { throw error }
+        // A plugin may keep a message given back from inside deliver for its next round: a
+        // publish starts one.
+        try client.publish(message("give-back-2", "give-back"))
+        let deadline = Date().addingTimeInterval(wait)
+        var arrived: Set<String> = []
+        repeat {
+            arrived = acknowledged.withLock { $0 }
+            if arrived.isSuperset(of: ["give-back-1", "give-back-2"]) { break }
+            usleep(1000)
+        } while Date() < deadline
+        try c.expect(
+            arrived.isSuperset(of: ["give-back-1", "give-back-2"]),
+            "once the subscriber acknowledged, it got \(arrived.sorted()) of give-back-1 and give-back-2")
     }
 
     static let unsubscribeReleases = ConformanceCheck(

@@ -11,11 +11,12 @@ int main(int argc, char **argv) {
     char prefix[32] = "jobs";
     if (argc < 2) return 2;
     if (sy_config_parse(&config, sy_str_from_cstr(argv[1]), &err) != SY_OK
-        || sy_config_int(&config, "capacity", &capacity, &err) != SY_OK
+        || sy_config_int_range(&config, "capacity", 1, 1000000, &capacity, &err) != SY_OK
         || sy_config_duration_ns(&config, "timeout", &timeout, &err) != SY_OK
         || sy_config_bool(&config, "durable", &durable, &err) != SY_OK
         || sy_config_string(&config, "prefix", prefix, sizeof prefix, &err) != SY_OK
-        || sy_config_finish(&config, &err) != SY_OK) {
+        || sy_config_finish(&config, &err) != SY_OK
+        || (durable && prefix[0] == '\0' && sy_config_refuse(&err, "prefix", "must not be empty when durable is true") != SY_OK)) {
         printf("error %d: %s\n", (int)err.code, err.message);
         return 1;
     }

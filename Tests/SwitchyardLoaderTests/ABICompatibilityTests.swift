@@ -39,6 +39,10 @@ struct ABICompatibilityTests {
         #expect(results.contains { $0.name == "deliver-batch" && !$0.failed && !$0.skipped })
         #expect(results.contains { $0.name == "settle-batch" && !$0.failed && !$0.skipped })
         #expect(results.contains { $0.name == "publish-and-settle" && !$0.failed && !$0.skipped })
+        // The C template of those days re-offered a message given back inside its own deliver on
+        // the same stack: the check ends the loop and passes it, with a note that says so.
+        let givenBack = results.first { $0.name == "give-back-inside-deliver" }
+        #expect(givenBack?.note?.contains("publish did not return") == true, "\(source): \(givenBack.map { "\($0)" } ?? "no check")")
     }
 
     @Test("a message from an older writer reads its new fields as zero, never past its struct_size")

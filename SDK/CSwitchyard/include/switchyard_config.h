@@ -11,7 +11,7 @@
  *     int64_t capacity = 1000, visibility_ns = 30000000000;
  *     char prefix[64] = "jobs";
  *     if (sy_config_parse(&config, args->config_json, err) != SY_OK
- *         || sy_config_int(&config, "capacity", &capacity, err) != SY_OK
+ *         || sy_config_int_range(&config, "capacity", 1, 1000000, &capacity, err) != SY_OK
  *         || sy_config_duration_ns(&config, "visibility_timeout", &visibility_ns, err) != SY_OK
  *         || sy_config_string(&config, "prefix", prefix, sizeof prefix, err) != SY_OK
  *         || sy_config_finish(&config, err) != SY_OK)
@@ -58,7 +58,10 @@ typedef struct sy_config_entry {
 typedef struct sy_config {
     sy_config_entry entries[SY_CONFIG_MAX_KEYS];
     size_t count;
-    const char *known[SY_CONFIG_MAX_KEYS];   /**< Keys the getters asked for, for error messages. */
+    const char *known[SY_CONFIG_MAX_KEYS];   /**< Keys the getters asked for, for error messages:
+                                                  the pointers you passed, kept (not copied) until
+                                                  sy_config_finish, so pass string literals or
+                                                  strings that live that long. */
     size_t known_count;
 } sy_config;
 
@@ -181,7 +184,11 @@ static inline sy_status sy_config_parse(sy_config *c, sy_str json, sy_error *err
         e->key.len = end - i - 2;
         for (k = 0; k < c->count; k++) {
             if (c->entries[k].key.len == e->key.len && memcmp(c->entries[k].key.data, e->key.data, e->key.len) == 0)
-                return sy_config_i_fail(err, NULL, "a key appears twice");
+            {
+                char what[96];
+                snprintf(what, sizeof what, "key '%.*s' appears twice", (int)(e->key.len > 64 ? 64 : e->key.len), e->key.data);
+                return sy_config_i_fail(err, NULL, what);
+            }
         }
         i = sy_config_i_space(json, end);
         if (i >= json.len || json.data[i] != ':') return sy_config_i_fail(err, NULL, "not valid JSON (expected ':')");
@@ -256,6 +263,28 @@ static inline sy_status sy_config_int(sy_config *c, const char *key, int64_t *ou
     }
     *out = negative ? -value : value;
     return SY_OK;
+}
+
+/** Reads integer `key` as sy_config_int does, and refuses a value outside `min`...`max`
+ *  (inclusive) with SY_ERR_CONFIG naming the key and the range ("config key 'capacity': must be
+ *  between 1 and 1000000, got 0"). The getters check types only; ranges are yours to state. */
+static inline sy_status sy_config_int_range(sy_config *c, const char *key, int64_t min, int64_t max, int64_t *out, sy_error *err) {
+    int64_t value = *out;
+    char what[128];
+    if (sy_config_int(c, key, &value, err) != SY_OK) return SY_ERR_CONFIG;
+    if (value < min || value > max) {
+        snprintf(what, sizeof what, "must be between %lld and %lld, got %lld", (long long)min, (long long)max, (long long)value);
+        return sy_config_i_fail(err, key, what);
+    }
+    *out = value;
+    return SY_OK;
+}
+
+/** Refuses `key` with SY_ERR_CONFIG and the message "config key '<key>': <what>", the form every
+ *  getter uses: for checks of your own across keys ("needs 'user' as well"). Returns
+ *  SY_ERR_CONFIG. */
+static inline sy_status sy_config_refuse(sy_error *err, const char *key, const char *what) {
+    return sy_config_i_fail(err, key, what);
 }
 
 /** Reads boolean `key` (true or false) into `out` as 1 or 0. Absent or null: `out` keeps its

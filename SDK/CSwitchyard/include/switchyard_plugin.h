@@ -24,7 +24,8 @@
  *    descriptor's abi_minor) its publish_batch array at that minor's size: a 1.1 plugin walks it
  *    by its own sizeof(sy_message). deliver_batch exists only from 1.3 on, so a plugin lays its
  *    messages out at its own sizeof.
- *  - Whoever fills a struct zeroes the fields it does not set, `reserved` included.
+ *  - Whoever fills a struct zeroes the fields it does not set, `reserved` included. A reader never
+ *    reads `reserved` (nor checks it for zero): a later minor may give it a meaning.
  *  - SY_ABI_MAJOR changes only when an existing field changes meaning or position. The host refuses
  *    a plugin of another major. SY_ABI_MINOR grows when fields or functions are appended or
  *    capabilities, flags or codes are added.
@@ -306,6 +307,8 @@ typedef uint64_t sy_capabilities;
  * Ownership: owned by the host; the pointer given at creation stays valid until `destroy` of that
  * instance returns. Threading: every function may be called from any thread, concurrently, and
  * returns promptly (none blocks on I/O). None may be called after `destroy` returns.
+ * The 1.0 functions (log, now_ns, monotonic_ns, metric) are never NULL: call them without a check.
+ * Read a later one only through SY_HOST_SERVICES_HAS (an older host's struct ends before it).
  */
 typedef struct sy_host_services {
     uint32_t struct_size;     /**< sizeof(sy_host_services) as the host knows it. */
@@ -371,8 +374,11 @@ static inline void sy_host_dead_lettered(const sy_host_services *host, const sy_
  * Subscriptions and settlement
  * ------------------------------------------------------------------------------------------- */
 
-/** Identifies one delivery of one message within an instance; chosen by the plugin, unique among
- *  the deliveries of that instance that are not yet settled. Never 0. */
+/** Identifies one delivery of one message within an instance; chosen by the plugin. Never 0.
+ *  Unique among the instance's deliveries that are not yet settled — and a delivery released
+ *  (by drain, unsubscribe, a refusal or a visibility timeout) is dead for good: a late settle of
+ *  it returns SY_ERR_NOT_FOUND. So never reuse an id while its old holder could still settle it;
+ *  an increasing counter per instance is the simple way. */
 typedef uint64_t sy_delivery_id;
 
 /** Identifies one subscription within an instance; chosen by the plugin. Never 0. */
@@ -611,7 +617,17 @@ typedef struct sy_plugin_descriptor {
 
     /**
      * Settles one delivery, exactly once. `settlement` is borrowed. May be called from inside
-     * `deliver`. SY_ERR_NOT_FOUND for an unknown or already settled delivery. Required.
+     * `deliver`, with any outcome: the message handed to that deliver stays borrowed by the
+     * subscriber until deliver returns, so an ack inside it must not free what the message points
+     * into before then (the C template marks the message and frees it when deliver returns). A
+     * message given back inside its own deliver (release, retry) is offered again on a later
+     * round, never from inside this settle; a plugin that delivers on the caller's thread must not
+     * re-offer it there without end (a subscriber that keeps giving back would hold `publish`
+     * forever: the conformance check give-back-inside-deliver). Every outcome returns SY_OK
+     * when the delivery is known, also on a plugin without SY_CAP_RETRY or SY_CAP_DEAD_LETTER
+     * (sy_settlement says what those outcomes do there); never SY_ERR_UNSUPPORTED, which would
+     * leave the delivery unsettled. SY_ERR_NOT_FOUND for an unknown, already settled or released
+     * delivery. Required.
      */
     sy_status (*settle)(void *instance, sy_delivery_id delivery, const sy_settlement *settlement,
                         sy_error *err);
@@ -621,8 +637,13 @@ typedef struct sy_plugin_descriptor {
      * SY_ERR_CLOSED, then waits until every delivery is settled or the monotonic clock
      * (sy_host_services.monotonic_ns, not now_ns) reaches `deadline_ns`; deliveries still
      * unsettled then are released, and a later `settle` of one of them returns SY_ERR_NOT_FOUND.
-     * Returns SY_ERR_TIMEOUT when it had to release any. Blocks the calling thread. Optional
-     * (NULL: the host skips it).
+     * Returns SY_ERR_TIMEOUT when it had to release any. Blocks the calling thread. A
+     * `deadline_ns` already past (or 0) releases what is unsettled at once. A delivery whose
+     * deliver call is still running at the deadline may stay in flight (its subscriber may still
+     * settle it) or be released, as the plugin can; either way drain returns SY_ERR_TIMEOUT.
+     * After drain the instance stays closed until `destroy`: publishes get SY_ERR_CLOSED and
+     * nothing is delivered (a subscribe may succeed but receives nothing). Optional (NULL: the
+     * host skips it).
      */
     sy_status (*drain)(void *instance, int64_t deadline_ns, sy_error *err);
 

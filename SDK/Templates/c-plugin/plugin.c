@@ -28,6 +28,8 @@ typedef struct node {
     sy_subscription_id owner;   /* subscription holding the delivery, 0 while pending */
     int in_deliver;             /* a deliver call is reading this node right now */
     int free_after_deliver;     /* settled for good during that call: free it afterwards */
+    uint64_t given_back_round;  /* the dispatch round in which it was last given back from inside */
+    uint32_t given_back_count;  /*   its own deliver, and how often in that round (see dispatch) */
     uint32_t attempt;
     char *id, *channel, *key;   /* NUL-terminated copies */
     sy_header *headers;
@@ -35,6 +37,8 @@ typedef struct node {
     uint8_t *body;
     size_t body_len;
     int64_t enqueued_at_ns;
+    int64_t deliver_at_ns, expires_at_ns;  /* kept and handed back on delivery, as the header asks */
+    uint32_t flags;
 } node;
 
 typedef struct subscription {
@@ -56,6 +60,7 @@ typedef struct instance {
     sy_subscription_id next_subscription;
     sy_delivery_id next_delivery;
     int dispatching, more_work, draining;
+    uint64_t round;             /* counts top-level dispatch calls (see dispatch) */
     sy_stats stats;
 } instance;
 
@@ -134,6 +139,12 @@ static subscription *pick_subscriber(instance *q, const char *channel) {
     return NULL;
 }
 
+/* How often one message given back (released, or retried) from inside its own deliver is offered
+ * again within the same dispatch round. After that it waits for the next publish, subscribe or
+ * settle: a subscriber that gives back everything it is handed would otherwise keep this loop,
+ * and so the publish that started it, running forever. */
+#define MAX_GIVEN_BACK_PER_ROUND 4
+
 /* Hands pending messages to subscribers. Called with the lock held; drops it around deliver.
  * Re-entrant calls (a settle from inside deliver) only flag more work for the running loop, so
  * one thread at a time dispatches and the stack never grows. */
@@ -143,14 +154,21 @@ static void dispatch(instance *q) {
         return;
     }
     q->dispatching = 1;
+    q->round++;
     do {
         node *prev = NULL, *n = q->pending;
         q->more_work = 0;
         while (n != NULL && !q->draining) {
-            subscription *s = pick_subscriber(q, n->channel);
+            subscription *s;
             sy_delivery_id delivery;
             sy_message m;
             sy_status accepted;
+            if (n->given_back_round == q->round && n->given_back_count >= MAX_GIVEN_BACK_PER_ROUND) {
+                prev = n;
+                n = n->next;
+                continue;
+            }
+            s = pick_subscriber(q, n->channel);
             if (s == NULL) {
                 prev = n;
                 n = n->next;
@@ -180,6 +198,9 @@ static void dispatch(instance *q) {
             m.body.data = n->body;
             m.body.len = n->body_len;
             m.enqueued_at_ns = n->enqueued_at_ns;
+            m.deliver_at_ns = n->deliver_at_ns;
+            m.expires_at_ns = n->expires_at_ns;
+            m.flags = n->flags & ~SY_MESSAGE_SETTLED;  /* this queue never settles on delivery */
 
             s->delivering++;
             pthread_mutex_unlock(&q->lock);
@@ -285,6 +306,11 @@ static sy_status example_publish(void *self, const sy_message *m, sy_error *err)
         n->header_count = i + 1;
     }
     n->enqueued_at_ns = q->host->now_ns(q->host->host_context);
+    n->deliver_at_ns = m->deliver_at_ns;
+    if (m->struct_size >= SY_SIZE_THROUGH(sy_message, flags)) {  /* 1.3 fields, from a 1.3+ host */
+        n->expires_at_ns = m->expires_at_ns;
+        n->flags = m->flags & ~SY_MESSAGE_SETTLED;                /* meaningless on publish */
+    }
 
     pthread_mutex_lock(&q->lock);
     if (q->draining) {
@@ -361,6 +387,16 @@ static sy_status example_unsubscribe(void *self, sy_subscription_id id, sy_error
     return SY_OK;
 }
 
+/* Counts a give-back from inside the message's own deliver, for MAX_GIVEN_BACK_PER_ROUND. */
+static void given_back(instance *q, node *n) {
+    if (!n->in_deliver) return;
+    if (n->given_back_round != q->round) {
+        n->given_back_round = q->round;
+        n->given_back_count = 0;
+    }
+    n->given_back_count++;
+}
+
 static sy_status example_settle(void *self, sy_delivery_id delivery, const sy_settlement *given, sy_error *err) {
     instance *q = (instance *)self;
     node *n;
@@ -389,11 +425,13 @@ static sy_status example_settle(void *self, sy_delivery_id delivery, const sy_se
         retire(n);
         break;
     case SY_SETTLE_RETRY:  /* no delays here: redeliver at once, counting the attempt */
+        given_back(q, n);
         q->stats.retried++;
         q->stats.depth++;
         push_pending(q, n);
         break;
     default:               /* SY_SETTLE_RELEASE: back without counting an attempt */
+        given_back(q, n);
         q->stats.released++;
         q->stats.depth++;
         n->attempt -= 1;

@@ -51,11 +51,21 @@ final class ExampleQueue: TransportPlugin {
         var nextID: UInt64 = 0
         var dispatching = false
         var moreWork = false
+        /// The delivery whose deliver call runs now (one dispatcher at a time, one call at a time).
+        var delivering: DeliveryID?
+        /// Messages given back (released, retried) from inside their own deliver during this
+        /// dispatching turn, and how often: see ``maxGivenBackPerTurn``.
+        var givenBack: [String: Int] = [:]
         var draining = false
         var stats = TransportStats()
     }
 
     private let state = Guarded(State())
+    /// How often one message given back from inside its own deliver is offered again in the same
+    /// dispatching turn. After that it waits for the next publish, subscribe or settle: a
+    /// subscriber that gives back everything it is handed would otherwise keep the turn, and the
+    /// publish that started it, running forever.
+    private static let maxGivenBackPerTurn = 4
     private let host: HostServices
     private let defaultMaxInFlight: UInt32
 
@@ -126,8 +136,10 @@ final class ExampleQueue: TransportPlugin {
             case .retry:
                 state.stats.retried += 1
                 state.pending.append(entry.message)
+                if state.delivering == delivery { state.givenBack[entry.message.id, default: 0] += 1 }
             case .release:
                 state.stats.released += 1
+                if state.delivering == delivery { state.givenBack[entry.message.id, default: 0] += 1 }
                 var message = entry.message
                 message.attempt -= 1
                 state.pending.insert(message, at: 0)
@@ -169,12 +181,14 @@ final class ExampleQueue: TransportPlugin {
         let mine = state.withLock { state in
             if state.dispatching { state.moreWork = true; return false }
             state.dispatching = true
+            state.givenBack.removeAll(keepingCapacity: true)  // a new turn
             return true
         }
         guard mine else { return }
         while let (delivery, message, member, subscriber) = nextDelivery() {
             let accepted = subscriber.deliver(delivery, message)
             state.withLock { state in
+                state.delivering = nil
                 state.running[member, default: 1] -= 1
                 if state.running[member] == 0 { state.running[member] = nil }
             }
@@ -204,6 +218,7 @@ final class ExampleQueue: TransportPlugin {
                 if !state.draining {
                     for (index, message) in state.pending.enumerated() {
                         guard
+                            state.givenBack[message.id, default: 0] < Self.maxGivenBackPerTurn,
                             let slot = state.members.firstIndex(where: {
                                 $0.options.channel == message.channel
                                     && $0.inFlight < ($0.options.maxInFlight > 0 ? $0.options.maxInFlight : defaultMaxInFlight)
@@ -219,6 +234,7 @@ final class ExampleQueue: TransportPlugin {
                         state.inFlight[state.nextID] = InFlight(message: message, member: member.id)
                         state.stats.delivered += 1
                         state.running[member.id, default: 0] += 1
+                        state.delivering = state.nextID
                         return (state.nextID, message, member.id, member.subscriber)
                     }
                 }
