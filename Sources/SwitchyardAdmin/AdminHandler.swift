@@ -40,7 +40,7 @@ struct AdminHandler: HTTPHandler {
         guard request.method == .GET || request.method == .HEAD else {
             return Self.json(
                 .methodNotAllowed,
-                ["error": "\(request.method.rawValue) \(request.path): this endpoint only reads (GET); only dead letters take POST (…/replay, …/purge)"])
+                ["error": "\(request.method.rawValue) \(request.path): this endpoint only reads (GET); POST is for dead letters (…/replay, …/purge) and /api/call"])
         }
         switch request.path {
         case "/metrics":

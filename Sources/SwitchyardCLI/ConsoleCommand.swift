@@ -40,18 +40,30 @@ struct ConsoleCommand: AsyncParsableCommand {
         var logger = Logger(label: "switchyard.console")
         logger.logLevel = .notice
         AdminMetrics.bootstrap()
-        let system: SwitchyardActorSystem
+        let loaded: SwitchyardConfig
         do {
-            system = try SwitchyardActorSystem(
-                config: try SwitchyardConfig.load(path: config), pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
-        } catch let error as ConfigError {
+            loaded = try SwitchyardConfig.load(path: config)
+        } catch {
             printError("error: \(error)")
             throw ExitCode(1)
         }
-        var settings = system.config.admin ?? SwitchyardConfig.AdminSection()
+        var settings = loaded.admin ?? SwitchyardConfig.AdminSection()
         if let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
             (settings.host, settings.port) = address
             settings.listenLine = nil  // the address is the command line's, not the file's
+        }
+        if var problem = settings.servingProblem() {
+            // Before anything starts (transports, outbox relays), as switchyard run does.
+            problem.file = config
+            printError("error: \(problem)")
+            throw ExitCode(1)
+        }
+        let system: SwitchyardActorSystem
+        do {
+            system = try SwitchyardActorSystem(config: loaded, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
+        } catch let error as ConfigError {
+            printError("error: \(error)")
+            throw ExitCode(1)
         }
         let endpoint: AdminServer
         do {
@@ -59,7 +71,7 @@ struct ConsoleCommand: AsyncParsableCommand {
         } catch let error as AdminError {
             await system.shutdown(deadline: .seconds(5))
             printError("error: \(error)")
-            throw ExitCode(2)
+            throw ExitCode(1)
         }
         let announce = Task {
             guard let port = try? await endpoint.waitUntilListening() else { return }

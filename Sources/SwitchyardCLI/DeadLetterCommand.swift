@@ -34,12 +34,23 @@ struct DeadLetterCommand: ParsableCommand {
         @Option(help: ArgumentHelp("The channel whose dead letters to use (C, or its dead-letter channel C.dlq).", valueName: "channel"))
         var channel: String
 
-        @Option(help: "Most messages to look at.")
+        @Option(
+            help: """
+                Most dead letters held at once. list and show look at this many (list says when there \
+                may be more); replay and purge with --all go on in passes of this many until none is left.
+                """)
         var limit = 10_000
+
+        func validate() throws {
+            if limit < 1 { throw ValidationError("--limit must be at least 1") }
+        }
 
         /// Opens the transport, holds every dead letter (delivered, unsettled), hands them to `body`
         /// (which may replay or purge some), and releases the rest.
         func withDeadLetters(_ body: (DeadLetterBrowser) throws -> Void) throws {
+            guard search.config != nil else {
+                throw CommandFailure("no config file: pass the one that declares transport '\(transport)' with --config FILE")
+            }
             let config = try search.loadConfig()
             guard config.transport(named: transport) != nil else {
                 throw CommandFailure("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
@@ -61,20 +72,35 @@ struct DeadLetterCommand: ParsableCommand {
         }
 
         /// Runs `action` on each dead letter `selection` picks, one at a time; returns how many,
-        /// and the named ids that are not dead letters on the channel.
+        /// and the named ids that are not dead letters on the channel. With `--all`, in passes of
+        /// `limit` dead letters until a pass finds fewer: each pass's letters leave the channel,
+        /// so the next one holds the following ones. (Named ids are looked for in one pass.)
         func forEach(
             _ selection: Selection, _ action: (DeadLetterBrowser, DeadLetterBrowser.Letter) throws -> Void
         ) throws -> (count: Int, missing: [String], channel: String) {
             var count = 0
             var found: Set<String> = []
             var channel = ""
-            try withDeadLetters { letters in
-                channel = letters.channel
-                for letter in letters.letters where selection.matches(letter) {
-                    try action(letters, letter)
-                    found.insert(letter.message.id)
-                    count += 1
+            var full = true
+            while full {
+                var acted = 0
+                try withDeadLetters { letters in
+                    channel = letters.channel
+                    full = selection.all && letters.letters.count >= limit
+                    for letter in letters.letters where selection.matches(letter) {
+                        // Back again (its receiver dead-lettered the replayed message meanwhile):
+                        // this is the last pass, or a failing receiver would keep it going.
+                        if selection.all && found.contains(letter.message.id) {
+                            full = false
+                            continue
+                        }
+                        try action(letters, letter)
+                        found.insert(letter.message.id)
+                        acted += 1
+                    }
                 }
+                count += acted
+                if acted == 0 { break }  // nothing left the channel: another pass would hold the same
             }
             return (count, selection.ids.filter { !found.contains($0) }, channel)
         }
@@ -99,6 +125,9 @@ struct DeadLetterCommand: ParsableCommand {
                         m.header(DeadLetterHeader.at).flatMap { Int64($0) }.map(formatTime) ?? "?", m.header(DeadLetterHeader.reason) ?? "",
                     ]
                 }
+                if letters.count >= target.limit {
+                    printError("showing the first \(letters.count) dead letters; there may be more (--limit N looks at more)")
+                }
                 if json {
                     try printJSON(letters.map { DeadLetterRecord($0.message) }, snakeCase: true)  // as the admin API writes it
                 } else if rows.isEmpty {
@@ -120,8 +149,8 @@ struct DeadLetterCommand: ParsableCommand {
         func run() throws {
             try target.withDeadLetters { held in
                 guard let letter = held.letters.first(where: { $0.message.id == id }) else {
-                    printError("no dead letter with id '\(id)' on \(held.channel)")
-                    throw ExitCode.failure
+                    try DeadLetterCommand.failOnMissing([id], channel: held.channel)
+                    return
                 }
                 let m = letter.message
                 if json { return try printJSON(DeadLetterRecord(m), snakeCase: true) }
@@ -202,7 +231,7 @@ struct DeadLetterCommand: ParsableCommand {
             }
             print("replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")")
             if !expired.isEmpty {
-                print(
+                printError(
                     """
                     warning: \(expired.count) of them \(expired.count == 1 ? "is a request-reply call" : "are request-reply calls") whose caller's deadline has passed; \
                     the receiver will dead-letter them again as expired: \(expired.joined(separator: ", ")). \

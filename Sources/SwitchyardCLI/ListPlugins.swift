@@ -9,7 +9,9 @@ struct ListPlugins: ParsableCommand {
         abstract: "List the plugins found on the search path, and the files refused with their reasons.",
         discussion: """
             Search order: --plugins-dir, SWITCHYARD_PLUGINS_PATH (colon-separated), the config's \
-            plugins.directory, ./plugins, then the directory of the switchyard executable. \
+            plugins.directory, ./plugins, the directory of the switchyard executable and \
+            ../lib/switchyard/plugins beside it, then /usr/local/lib/switchyard/plugins and \
+            /usr/lib/switchyard/plugins. \
             Refused files do not make this command fail.
             """)
 

@@ -14,7 +14,7 @@ struct PluginSearchOptions: ParsableArguments {
         help: ArgumentHelp("A directory to search first (repeatable).", valueName: "dir"))
     var directories: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("The config file (its plugins section: directory, pins).", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("The config file: the transports it declares, and its plugins section (directory, pins).", valueName: "file"))
     var config: String?
 
     /// The config file's plugins section, or the defaults when no file was named.

@@ -19,7 +19,10 @@ struct VerifyPlugin: ParsableCommand {
 
     @OptionGroup var search: PluginSearchOptions
 
-    @Option(help: ArgumentHelp("Give up on a file whose loading takes longer than this many seconds (default: what discovery allows, 30).", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "Give up on a file whose loading takes longer than this many seconds (default: what discovery allows: the config's isolation call_timeout, or 30).",
+            valueName: "seconds"))
     var timeout: Double?
 
     @Flag(help: .hidden)
@@ -40,7 +43,8 @@ struct VerifyPlugin: ParsableCommand {
             // Could not isolate it: check here instead.
             return try verifyHere()
         }
-        let limitNanos = timeout.map { Int64($0 * 1e9) } ?? DiscoveryProbe.loadTimeoutNanos()
+        // The limit discovery applies with this config: its isolated transport's call_timeout.
+        let limitNanos = try timeout.map { Int64($0 * 1e9) } ?? DiscoveryProbe.loadTimeoutNanos(search.discovery(search.loadConfig()).probe ?? ProcessIsolation())
         let deadline = Date().addingTimeInterval(Double(limitNanos) / 1e9)
         while child.isRunning && Date() < deadline { usleep(10_000) }
         if child.isRunning {

@@ -119,6 +119,37 @@ struct DeadLetterToolTests {
         #expect(!FileManager.default.fileExists(atPath: gone))
     }
 
+    @Test("--limit: list says when there may be more; purge --all goes on in passes until the channel is empty")
+    func limitAndPasses() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try await setUp(dir)  // three dead letters
+        let list = try await dlq(["list", "--limit", "2"], config: config)
+        #expect(list.status == 0, "\(list.stderr)")
+        #expect(list.stderr.contains("showing the first 2 dead letters; there may be more"), "\(list.stderr)")
+        let all = try await dlq(["list"], config: config)
+        #expect(!all.stderr.contains("there may be more"), "\(all.stderr)")
+
+        // Held two at a time: the first pass purges two, the second the last one.
+        let purge = try await dlq(["purge", "--all", "--limit", "2"], config: config)
+        #expect(purge.status == 0, "\(purge.stderr)")
+        #expect(purge.stdout.contains("purged 3 messages"), "\(purge.stdout)")
+        let empty = try await dlq(["list"], config: config)
+        #expect(empty.stdout.contains("No dead letters on orders.dlq"), "\(empty.stdout)")
+
+        let zero = try await dlq(["list", "--limit", "0"], config: config)
+        #expect(zero.status != 0 && zero.stderr.contains("--limit must be at least 1"), "\(zero.stderr)")
+    }
+
+    @Test("without --config it says to pass the config file, naming the transport")
+    func needsConfig() async throws {
+        let result = try await run(BuildProducts.switchyard, ["dlq", "list", "--transport", "orders", "--channel", "orders"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("pass the one that declares transport 'orders' with --config FILE"), "\(result.stderr)")
+        let stats = try await run(BuildProducts.switchyard, ["stats"])
+        #expect(stats.status != 0)
+        #expect(stats.stderr.contains("--config FILE") && stats.stderr.contains("--url URL"), "\(stats.stderr)")
+    }
+
     @Test("--json writes the admin API's field names")
     func jsonFieldNames() async throws {
         let dir = try TemporaryDirectory()
@@ -145,5 +176,11 @@ struct DeadLetterToolTests {
         #expect(host.status == 1)
         #expect(host.stderr.contains("'admin.token': is required to listen on 0.0.0.0"), "\(host.stderr)")
         #expect(host.stderr.contains("line 8"), "\(host.stderr)")
+        // The console too, before it opens a transport (its outbox relays would run meanwhile).
+        let console = try await run(BuildProducts.switchyard, ["console", "--config", config], environment: environment)
+        #expect(console.status == 1)
+        #expect(console.stderr.contains("'admin.token': is required to listen on 0.0.0.0"), "\(console.stderr)")
+        let beyond = try await run(BuildProducts.switchyard, ["console", "--config", config, "--admin", "0.0.0.0:0"], environment: environment)
+        #expect(beyond.status == 1, "\(beyond.stderr)")
     }
 }
