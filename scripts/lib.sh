@@ -74,16 +74,25 @@ for path, body in blocks:
 PY
 }
 
-# Prints the path of a Python with nats-py and the CloudEvents SDK, in a virtual environment under
-# .build/ made on first use (scripts/cloudevents-check and scripts/cloudevents-call: clients that
-# know nothing of Switchyard, for the NATS tests).
+# Prints the path of a Python with the CloudEvents SDK and one client (nats-py unless told
+# otherwise), in a virtual environment under .build/ made on first use (scripts/cloudevents-check,
+# scripts/cloudevents-call and scripts/cloudevents-amqp-check: clients that know nothing of
+# Switchyard, for the NATS and RabbitMQ tests).
 cloudevents_python() {
+    # MODULE SPEC: the client the caller needs besides the SDK (nats nats-py==2.9.0, pika pika==1.3.2).
+    local module=${1:-nats} spec=${2:-nats-py==2.9.0}
     local venv=.build/cloudevents-venv
-    if [ ! -x "$venv/bin/python" ]; then
+    mkdir -p .build
+    # One at a time: the NATS and RabbitMQ tests run these scripts at once, and one of them saw the
+    # other's half-made environment (a python without pip yet) on a fresh checkout.
+    exec 9>.build/cloudevents-venv.lock
+    flock 9
+    if [ ! -x "$venv/bin/pip" ]; then
         local python=/usr/bin/python3
         [ -x "$python" ] || python=python3
-        "$python" -m venv "$venv" >&2
+        "$python" -m venv --clear "$venv" >&2
     fi
-    "$venv/bin/python" -c "import nats, cloudevents" 2>/dev/null || "$venv/bin/pip" install --quiet "cloudevents==1.11.0" "nats-py==2.9.0" >&2
+    "$venv/bin/python" -c "import $module, cloudevents" 2>/dev/null || "$venv/bin/pip" install --quiet "cloudevents==1.11.0" "$spec" >&2
+    flock -u 9
     echo "$venv/bin/python"
 }

@@ -61,12 +61,13 @@ struct SoakTests {
     @Test(
         "switchyard soak --outbox: calls commit with the producer's rows and the handler's effects; nothing lost, doubled or sent by a rolled-back handler",
         .enabled(if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == nil, "run unsanitized (scripts/test, .ci/run)"),
-        arguments: ["sqlite", "postgres"])
+        // PostgreSQL's case only where its server is installed: a case that returned early passed
+        // without running anything.
+        arguments: ["sqlite"] + (PostgresServer.binDirectory != nil ? ["postgres"] : []))
     func outboxSoak(engine: String) async throws {
         var environment: [String: String]?
         var server: PostgresServer?
         if engine == "postgres" {
-            guard PostgresServer.binDirectory != nil else { return }
             server = try await offPool { try PostgresServer() }
             environment = ProcessInfo.processInfo.environment.merging(server!.environment) { $1 }
         }
