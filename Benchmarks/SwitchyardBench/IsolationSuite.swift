@@ -50,13 +50,13 @@ struct IsolationSuite: BenchSuite {
                 suite: name, metric: "isolated_request_reply_p50_us", value: percentile(isolatedLatencies, 0.5) / 1000, unit: "µs",
                 baseline: ("in_process_request_reply_p50_us", localP50)),
             BenchResult(suite: name, metric: "isolated_request_reply_p99_us", value: percentile(isolatedLatencies, 0.99) / 1000, unit: "µs"),
-            BenchResult(suite: name, metric: "in_process_batched_msgs_per_s", value: localBatchedRate, unit: "msgs/s"),
+            BenchResult(suite: name, metric: "in_process_batched_msgs_per_s", value: localBatchedRate, unit: "msg/s"),
             BenchResult(
-                suite: name, metric: "isolated_batched_msgs_per_s", value: isolatedBatchedRate, unit: "msgs/s",
+                suite: name, metric: "isolated_batched_msgs_per_s", value: isolatedBatchedRate, unit: "msg/s",
                 baseline: ("in_process_batched_msgs_per_s", localBatchedRate)),
-            BenchResult(suite: name, metric: "in_process_publish_msgs_per_s", value: localRate, unit: "msgs/s"),
+            BenchResult(suite: name, metric: "in_process_publish_msgs_per_s", value: localRate, unit: "msg/s"),
             BenchResult(
-                suite: name, metric: "isolated_publish_msgs_per_s", value: isolatedRate, unit: "msgs/s",
+                suite: name, metric: "isolated_publish_msgs_per_s", value: isolatedRate, unit: "msg/s",
                 baseline: ("in_process_publish_msgs_per_s", localRate)),
         ]
     }
