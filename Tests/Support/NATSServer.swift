@@ -9,16 +9,21 @@ package final class NATSServer: @unchecked Sendable {
     package let clusterPort: Int?
     package let storeDirectory: String
     private let routes: [Int]
+    private let extraArguments: [String]
     private var process: Process?
     private let lock = NSLock()
 
     /// A server on a free port (or `port`), optionally a cluster member with `clusterPort` and the
-    /// other members' cluster ports as `routes`.
-    package init(name: String = "n1", port: Int? = nil, clusterPort: Int? = nil, routes: [Int] = [], storeDirectory: String) throws {
+    /// other members' cluster ports as `routes`; `extraArguments` go to nats-server as they are
+    /// (`--auth TOKEN`, `--tls …`).
+    package init(
+        name: String = "n1", port: Int? = nil, clusterPort: Int? = nil, routes: [Int] = [], storeDirectory: String, extraArguments: [String] = []
+    ) throws {
         self.name = name
         self.port = try port ?? freePort()
         self.clusterPort = clusterPort
         self.routes = routes
+        self.extraArguments = extraArguments
         self.storeDirectory = storeDirectory
         try start()
     }
@@ -40,6 +45,7 @@ package final class NATSServer: @unchecked Sendable {
                 "--routes", routes.map { "nats://127.0.0.1:\($0)" }.joined(separator: ","),
             ]
         }
+        arguments += extraArguments
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments

@@ -70,6 +70,81 @@ struct NATSTests {
         }
     }
 
+    /// One message published and delivered through `transport`.
+    static func roundTrip(_ transport: Transport, _ id: String) async throws {
+        let inbox = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "auth"), handler: inbox.handler(client: transport.client))
+        try transport.client.publish(Message(id: id, channel: "auth", body: Array(id.utf8)))
+        #expect(await eventually { inbox.count >= 1 }, "\(id): nothing delivered")
+        #expect(inbox.received.first?.message.body == Array(id.utf8))
+    }
+
+    /// Creating a transport with `config` fails: its error.
+    static func refused(_ config: String) -> TransportError? {
+        #expect(throws: TransportError.self) { try Transport(name: "nats-auth", plugin: try Self.plugin("nats"), configJSON: config) }
+    }
+
+    @Test("a server that asks for a token, a user and password, or TLS: the right ones connect and carry messages; wrong ones are refused at creation, saying what to check")
+    func authenticationAndTLS() async throws {
+        let directory = try TemporaryDirectory()
+        setenv("SY_TEST_NATS_TOKEN", "s3cret-token", 1)
+        setenv("SY_TEST_NATS_WRONG", "not-the-token", 1)
+        setenv("SY_TEST_NATS_USER", "orders", 1)
+        setenv("SY_TEST_NATS_PASSWORD", "pa55word", 1)
+
+        let tokenServer = try NATSServer(storeDirectory: directory.file("token"), extraArguments: ["--auth", "s3cret-token"])
+        do {
+            let transport = try await Self.transport("nats", urls: [tokenServer.url], extra: #", "token_env": "SY_TEST_NATS_TOKEN""#, within: 5)
+            defer { transport.close() }
+            try await Self.roundTrip(transport, "token-1")
+        }
+        for extra in [#", "token_env": "SY_TEST_NATS_WRONG""#, ""] {
+            let error = Self.refused(#"{"servers": ["\#(tokenServer.url)"], "stream": "A", "connect_timeout": "2s"\#(extra)}"#)
+            #expect(error?.message.contains("authorization") == true && error?.message.contains("token_env") == true, "\(extra): \(String(describing: error))")
+        }
+
+        let userServer = try NATSServer(storeDirectory: directory.file("user"), extraArguments: ["--user", "orders", "--pass", "pa55word"])
+        do {
+            let transport = try await Self.transport(
+                "nats", urls: [userServer.url], extra: #", "user_env": "SY_TEST_NATS_USER", "password_env": "SY_TEST_NATS_PASSWORD""#, within: 5)
+            defer { transport.close() }
+            try await Self.roundTrip(transport, "user-1")
+        }
+        let wrongUser = Self.refused(
+            #"{"servers": ["\#(userServer.url)"], "stream": "B", "connect_timeout": "2s", "user_env": "SY_TEST_NATS_USER", "password_env": "SY_TEST_NATS_WRONG"}"#)
+        #expect(wrongUser?.message.contains("authorization") == true && wrongUser?.message.contains("user_env") == true, "\(String(describing: wrongUser))")
+
+        // A server certificate signed by a CA of the test's own, for 127.0.0.1; another CA besides.
+        let certificates = try await run(
+            "/usr/bin/env",
+            [
+                "bash", "-c",
+                """
+                set -e; cd \(directory.path)
+                for ca in ca other; do
+                    openssl req -x509 -newkey rsa:2048 -nodes -keyout $ca.key -out $ca.pem -days 1 -subj "/CN=switchyard test $ca" 2>/dev/null
+                done
+                openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1" 2>/dev/null
+                printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext
+                openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile san.ext 2>/dev/null
+                """,
+            ])
+        try #require(certificates.status == 0, "\(certificates.stderr)")
+        let tlsServer = try NATSServer(
+            storeDirectory: directory.file("tls"),
+            extraArguments: ["--tls", "--tlscert", directory.file("server.pem"), "--tlskey", directory.file("server.key")])
+        do {
+            let transport = try await Self.transport("nats", urls: [tlsServer.url], extra: #", "tls": {"ca": "\#(directory.file("ca.pem"))"}"#, within: 5)
+            defer { transport.close() }
+            try await Self.roundTrip(transport, "tls-1")
+        }
+        let otherCA = Self.refused(
+            #"{"servers": ["\#(tlsServer.url)"], "stream": "C", "connect_timeout": "2s", "tls": {"ca": "\#(directory.file("other.pem"))"}}"#)
+        #expect(otherCA?.message.contains("certificate") == true && otherCA?.message.contains("tls.ca") == true, "\(String(describing: otherCA))")
+        let missingCA = Self.refused(#"{"servers": ["\#(tlsServer.url)"], "stream": "D", "tls": {"ca": "\#(directory.file("nowhere.pem"))"}}"#)
+        #expect(missingCA?.code == .config && missingCA?.message.contains("'tls.ca'") == true, "\(String(describing: missingCA))")
+    }
+
     @Test("a stream at its max_bytes refuses publishes with .full (nothing read is dropped); a changed config updates an existing stream's limits, saying so")
     func streamLimits() async throws {
         let directory = try TemporaryDirectory()

@@ -44,6 +44,30 @@ enum NATSLibrary {
         guard status == NATS_OK else { throw error(status, what) }
     }
 
+    /// As ``check(_:_:)`` for a value taken from the config (a CA file that cannot be read):
+    /// a config error naming the key, whatever nats.c's status.
+    static func checkConfig(_ status: natsStatus, _ what: String) throws(TransportError) {
+        guard status == NATS_OK else { throw TransportError(.config, error(status, what).message) }
+    }
+
+    /// What to check when connecting failed with `status`, for the statuses that come from the
+    /// config rather than the network (empty for the others).
+    static func connectHint(_ status: natsStatus) -> String {
+        switch status {
+        case NATS_CONNECTION_AUTH_FAILED, NATS_NOT_PERMITTED:
+            "; the server refused the authorization: check the config's token_env or token_file, user_env and password_env, or credentials, and what the server expects"
+        case NATS_SSL_ERROR:
+            "; TLS failed: check tls.ca (the CA that signed the server's certificate, for the address in servers), tls.cert and tls.key, or tls.verify"
+        case NATS_SECURE_CONNECTION_REQUIRED:
+            "; the server requires TLS: add a tls section to the config (tls.ca for a certificate your system does not trust)"
+        case NATS_SECURE_CONNECTION_WANTED:
+            "; the config asks for TLS (a tls section or tls:// servers) but the server does not offer it"
+        case NATS_NO_SERVER, NATS_TIMEOUT:
+            "; is nats-server running (with -js) and reachable there? check config key 'servers' (and 'connect_timeout' for a slow network)"
+        default: ""
+        }
+    }
+
     /// A connection with reconnection forever (every 250 ms), flushes as soon as possible, and the
     /// config's credentials and TLS. Secrets are passed to nats.c only, never logged.
     static func connect(_ settings: NATSSettings) throws(TransportError) -> OpaquePointer {
@@ -62,13 +86,13 @@ enum NATSLibrary {
         if let token = settings.token { try check(natsOptions_SetToken(options, token), "config key 'token_env'/'token_file'") }
         if let (user, password) = settings.user { try check(natsOptions_SetUserInfo(options, user, password), "config key 'user_env'") }
         if let credentials = settings.credentials {
-            try check(natsOptions_SetUserCredentialsFromFiles(options, credentials, nil), "config key 'credentials' ('\(credentials)')")
+            try checkConfig(natsOptions_SetUserCredentialsFromFiles(options, credentials, nil), "config key 'credentials' ('\(credentials)')")
         }
         if let tls = settings.tls {
             try check(natsOptions_SetSecure(options, true), "config key 'tls'")
-            if let ca = tls.ca { try check(natsOptions_LoadCATrustedCertificates(options, ca), "config key 'tls.ca' ('\(ca)')") }
+            if let ca = tls.ca { try checkConfig(natsOptions_LoadCATrustedCertificates(options, ca), "config key 'tls.ca' ('\(ca)')") }
             if let cert = tls.cert, let key = tls.key {
-                try check(natsOptions_LoadCertificatesChain(options, cert, key), "config keys 'tls.cert'/'tls.key'")
+                try checkConfig(natsOptions_LoadCertificatesChain(options, cert, key), "config keys 'tls.cert'/'tls.key'")
             }
             if tls.verify == false { try check(natsOptions_SkipServerVerification(options, true), "config key 'tls.verify'") }
         }
@@ -77,7 +101,7 @@ enum NATSLibrary {
         guard status == NATS_OK, let connection else {
             throw TransportError(
                 status == NATS_NO_SERVER ? .unavailable : error(status, "").code,
-                "cannot connect to NATS at \(settings.servers.joined(separator: ", ")): \(error(status, "connect").message)")
+                "cannot connect to NATS at \(settings.servers.joined(separator: ", ")): \(error(status, "connect").message)\(connectHint(status))")
         }
         return connection
     }

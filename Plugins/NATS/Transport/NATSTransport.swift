@@ -269,7 +269,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             if status == NATS_TIMEOUT {
                 throw TransportError(
                     .timeout,
-                    "JetStream did not acknowledge the publish within \(settings.publishTimeoutMillis) ms (NATS unreachable or electing a leader); it may have been stored — publishing it again with the same id is deduplicated"
+                    "JetStream did not acknowledge the publish within \(settings.publishTimeoutMillis) ms (config key 'publish_timeout'; NATS unreachable or electing a leader); it may have been stored — publishing it again with the same id is deduplicated"
                 )
             }
             let failed = NATSLibrary.error(status, "NATS publish to \(subject) failed")
