@@ -52,7 +52,9 @@ public struct MessageView {
     public var channel: String { String(fields.channel) }
     /// The ordering key, or nil when the message has none.
     public var orderingKey: String? { fields.ordering_key.len == 0 ? nil : String(fields.ordering_key) }
-    /// Deliveries so far, this one included.
+    /// On a delivery: deliveries so far, this one included (1 on the first). On a publish: the
+    /// attempt the sender wants recorded — 0 or 1 for a new message — so a transport stores
+    /// `max(attempt, 1) - 1` deliveries made and delivers it first with `max(attempt, 1)`.
     public var attempt: UInt32 { fields.attempt }
     /// Earliest delivery time, ns since the Unix epoch; 0 means now.
     public var deliverAtNanos: Int64 { fields.deliver_at_ns }

@@ -261,19 +261,31 @@ private enum Thunks {
             // The unreadable settlements' errors in their places, the plugin's outcomes between.
             var merged = [TransportError?].noErrors(count: count)
             var next = results.makeIterator()
-            for index in 0..<count { merged[index] = unreadable[index] ?? next.next() ?? nil }
+            let short = Self.tooFewOutcomes(results.count, count - unreadable.count)
+            for index in 0..<count { merged[index] = unreadable[index] ?? next.next() ?? short }
             return report(merged, count: count, statuses: statuses, err: err)
         }
+
+    /// The outcome of a settlement a plugin's `settle(batch:)` returned none for (it returned
+    /// `returned` for `asked`): not settled, as far as anyone can tell, and said so.
+    private static func tooFewOutcomes(_ returned: Int, _ asked: Int) -> TransportError {
+        TransportError(.internalError, "the plugin's settle(batch:) returned \(returned) outcomes for \(asked) settlements; those without one count as failed")
+    }
 
     /// Writes a batch's outcomes into `statuses` (when given) and the first error into `err`.
     private static func report(
         _ results: [TransportError?], count: Int, statuses: UnsafeMutablePointer<sy_status>?, err: UnsafeMutablePointer<sy_error>?
     ) -> Int32 {
+        if results.count < count {
+            var padded = results
+            padded.append(contentsOf: repeatElement(Optional(tooFewOutcomes(results.count, count)), count: count - results.count))
+            return report(padded, count: count, statuses: statuses, err: err)
+        }
         var first: Int?  // the first failure's position
         results.withUnsafeBufferPointer { results in
             for index in 0..<count {
                 // Read in place: copying each outcome out cost more than the rest of the loop.
-                guard index < results.count, results[index] != nil else {
+                guard results[index] != nil else {
                     statuses?[index] = SY_OK
                     continue
                 }

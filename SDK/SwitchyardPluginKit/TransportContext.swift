@@ -265,8 +265,9 @@ public struct Subscriber: @unchecked Sendable {
     /// Hands several messages over: `deliveries[i]` delivers `messages[i]`. One `deliver_batch`
     /// call when the subscriber offers it (ABI 1.3), else one `deliver` each until the first
     /// refusal. Returns how many, from the first, the subscriber took (it settles each of those
-    /// exactly once); treat the rest as released and offer them again later, in order. Same
-    /// locking rule as ``deliver(_:_:)``.
+    /// exactly once); treat the rest as released and offer them again later, in order, under new
+    /// delivery ids (the refused ones are dead: a settle of one gets `.notFound`), without
+    /// counting an attempt. Same locking rule as ``deliver(_:_:)``.
     public func deliver(batch deliveries: [DeliveryID], _ messages: [Message]) -> Int {
         precondition(deliveries.count == messages.count, "one delivery id per message")
         guard !messages.isEmpty else { return 0 }

@@ -51,12 +51,13 @@ public protocol TransportInstance: AnyObject, Sendable {
     func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError)
 
     /// Settles several deliveries, each independently and in order (ABI 1.3 `settle_batch`);
-    /// returns each one's error, or nil where it was settled. Default: one `settle` each; plugins
+    /// returns exactly one outcome per delivery, in order: its error, or nil where it was settled
+    /// (a shorter array reports the missing ones failed). Default: one `settle` each; plugins
     /// that can take one lock or one commit per batch override it.
     func settle(batch: [(DeliveryID, Settlement)]) -> [TransportError?]
 
     /// Settles every delivery in `deliveries` the same way, each independently and in order;
-    /// returns each one's error, or nil where it was settled. A `settle_batch` whose settlements
+    /// one outcome per delivery, as ``settle(batch:)``. A `settle_batch` whose settlements
     /// are all acknowledgements (the usual batch) comes here; every other batch comes to
     /// ``settle(batch:)``. `deliveries` is borrowed for the call: copy what you keep. Default:
     /// ``settle(batch:)`` with the pairs; plugins that can settle such a batch more cheaply

@@ -73,7 +73,7 @@ final class ExampleQueue: TransportPlugin {
         let config = try context.decodeConfig(ExampleConfig.self)
         if config.max_in_flight == 0 { throw TransportError(.config, "config key 'max_in_flight': must be at least 1") }
         host = context.host
-        defaultMaxInFlight = config.max_in_flight ?? 64
+        defaultMaxInFlight = config.max_in_flight ?? 256  // the bundled plugins' default
     }
 
     func publish(_ message: MessageView) throws(TransportError) {
