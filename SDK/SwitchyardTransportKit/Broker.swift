@@ -579,7 +579,10 @@ public final class Broker: @unchecked Sendable {
 
     private static let drainingError = TransportError(.closed, "publish: the transport is draining")
     private var fullError: TransportError {
-        TransportError(.full, "the transport holds its capacity of \(options.capacity) messages; nothing was stored")
+        TransportError(
+            .full,
+            "the transport holds its capacity of \(options.capacity) messages; nothing was stored (consumers must catch up; or raise config key 'capacity', 0 for no limit, or set 'full_wait' so publishers wait for room)"
+        )
     }
 
     /// Wakes whoever waits for what a settlement, an expiry or a pass changed: the threads waiting
@@ -831,7 +834,10 @@ public final class Broker: @unchecked Sendable {
         condition.unlock()
         for entry in left { try? store.release(entry.ref) }
         if !left.isEmpty {
-            throw TransportError(.timeout, "drain: \(left.count) deliveries were still unsettled at the deadline and were released")
+            throw TransportError(
+                .timeout,
+                "drain: \(left.count) deliveries were still unsettled at the deadline and were released "
+                    + "(they are delivered again; a longer drain deadline lets their handlers finish)")
         }
     }
 

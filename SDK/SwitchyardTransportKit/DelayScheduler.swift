@@ -151,7 +151,7 @@ public final class DelayScheduler: @unchecked Sendable {
         if !full && !closed { reserved += count }
         condition.unlock()
         if closed { throw Self.drainingError }
-        if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored") }
+        if full { throw TransportError(.full, "delay holds its capacity of \(capacity) messages; nothing was stored (raise config key 'capacity', 0 for no limit)") }
     }
 
     private static let drainingError = TransportError(.closed, "publish: the transport is draining")

@@ -33,7 +33,7 @@ public final class SQLiteDatabase {
         guard status == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(db)
-            throw TransportError(.io, "cannot open SQLite database '\(path)': \(message)")
+            throw TransportError(.io, "cannot open SQLite database '\(path)': \(message) (check that its directory exists and that this user may write there)")
         }
         handle = db
         sqlite3_extended_result_codes(db, 1)

@@ -114,6 +114,8 @@ struct AdminHandler: HTTPHandler {
                 let result = try await system.callReadable(call.target, actor: actor, argumentsJSON: (call.arguments ?? []).map(\.json))
                 outcome = (.ok, result.isEmpty ? "null" : result)
             }
+        } catch let error as SwitchyardError {
+            outcome = (Self.status(of: error), "\(error)")
         } catch {
             outcome = (.badRequest, "\(error)")
         }
@@ -125,13 +127,27 @@ struct AdminHandler: HTTPHandler {
         return HTTPResponse(statusCode: .ok, headers: [.contentType: "application/json"], body: Data("{\"result\":\(outcome.text)}".utf8))
     }
 
+    /// The HTTP status of a failed call: the caller's mistakes are 4xx, the system's state 5xx,
+    /// so a client knows whether sending the same request again can help.
+    static func status(of error: SwitchyardError) -> HTTPStatusCode {
+        switch error.code {
+        case .timeout: .gatewayTimeout
+        case .transport, .shuttingDown: .serviceUnavailable
+        case .routing: .notFound
+        case .remote, .deadLettered: .unprocessableContent
+        default: .badRequest
+        }
+    }
+
     /// A 401 unless the request carries the token (when there is one).
     func refusal(of request: HTTPRequest) -> HTTPResponse? {
         guard let token else { return nil }
         guard let presented = Self.presentedToken(request.headers[.authorization]) else {
             return Self.unauthorized("this endpoint requires a token: send 'Authorization: Bearer TOKEN' (or basic auth with the token as password)")
         }
-        guard Self.constantTimeEqual(presented, token) else { return Self.unauthorized("wrong token") }
+        guard Self.constantTimeEqual(presented, token) else {
+            return Self.unauthorized("wrong token: send the one this process serves with (its admin.token, or SWITCHYARD_ADMIN_TOKEN in its environment)")
+        }
         return nil
     }
 

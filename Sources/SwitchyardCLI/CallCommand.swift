@@ -63,7 +63,7 @@ struct CallCommand: AsyncParsableCommand {
             printError("error: \(error)")
             if error.code == .timeout, let config {
                 // Through a transport the call waits for a host; with none there, it times out.
-                printError("(is a host serving it running? switchyard run --config \(config) serves what the config declares)")
+                printError("(switchyard run --config \(config) serves what the config declares)")
             }
             throw ExitCode(1)
         }

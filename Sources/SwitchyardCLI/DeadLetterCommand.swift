@@ -63,7 +63,9 @@ struct DeadLetterCommand: ParsableCommand {
             let target = set[transport]!
             let chain = target.chainCapabilities
             guard chain.contains(.deadLetter) else {
-                throw CommandFailure("transport '\(transport)' has no dead-letter support (capabilities: \(chain))")
+                throw CommandFailure(
+                    "transport '\(transport)' has no dead-letter support (capabilities: \(chain)): it keeps no dead letters to list. Pass the transport that "
+                        + "does (a queue, topic or retry transport; the one its dead-lettered calls were routed through), or give this one a retry transport in front")
             }
             let letters = try DeadLetterBrowser(
                 client: target.client, channel: channel, deadLetterSuffix: config.deadLetterSuffix(ofTransport: transport), limit: limit)

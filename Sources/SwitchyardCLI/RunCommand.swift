@@ -28,6 +28,14 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("How long draining may take, in seconds.", valueName: "seconds"))
     var drain: Double = 30
 
+    func validate() throws {
+        // Double parses "inf" and "nan" too; either would trap when made a duration.
+        guard drain.isFinite, (0...86_400).contains(drain) else { throw ValidationError("--drain must be between 0 and 86400 seconds") }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("unknown log level '\(logLevel)' (one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+    }
+
     @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error.", valueName: "level"))
     var logLevel: String = "info"
 

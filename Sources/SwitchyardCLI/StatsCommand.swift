@@ -46,7 +46,7 @@ struct StatsCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (url == nil) != (search.config == nil) else { throw ValidationError("name a config file (--config FILE) or an admin endpoint (--url URL)") }
-        guard interval >= 0.1 else { throw ValidationError("--interval must be at least 0.1 seconds") }
+        guard interval.isFinite, (0.1...86_400).contains(interval) else { throw ValidationError("--interval must be between 0.1 and 86400 seconds") }
     }
 
     func run() async throws {
@@ -175,7 +175,13 @@ final class EndpointStats: StatsSource {
         }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode([SystemOverview.TransportInfo].self, from: data)
+        do {
+            return try decoder.decode([SystemOverview.TransportInfo].self, from: data)
+        } catch {
+            throw StatsError(
+                message: "\(request.url!.absoluteString) did not answer as a Switchyard admin endpoint of this "
+                    + "version (\(error)): is --url the address a switchyard process serves its admin endpoint on?")
+        }
     }
 
     func close() { session.invalidateAndCancel() }

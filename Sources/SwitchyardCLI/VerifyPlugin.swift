@@ -28,6 +28,12 @@ struct VerifyPlugin: ParsableCommand {
     @Flag(help: .hidden)
     var inProcess = false
 
+    func validate() throws {
+        if let timeout, !timeout.isFinite || !(0.001...86_400).contains(timeout) {
+            throw ValidationError("--timeout must be between 0.001 and 86400 seconds")
+        }
+    }
+
     func run() throws {
         if inProcess { return try verifyHere() }
         let child = Process()

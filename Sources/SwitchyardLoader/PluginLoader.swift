@@ -27,7 +27,27 @@ public final class PluginLoader: Sendable {
         self.trust = trust
     }
 
-    /// Loads and validates the plugin file at `path`.
+    /// Debian's runtime packages of the libraries the bundled plugins link, by file name prefix.
+    static let libraryPackages: [(prefix: String, package: String)] = [
+        ("libnats.so", "libnats3.4"), ("librabbitmq.so", "librabbitmq4"), ("libpq.so", "libpq5"), ("libffi.so", "libffi8"),
+        ("libsqlite3.so", "libsqlite3-0"), ("libcrypto.so", "libssl3"), ("libswift", "the Swift runtime (the toolchain's usr/lib/swift/linux, or a bundle's lib/)"),
+    ]
+
+    /// What to do when the dynamic loader could not find a library the plugin needs ("libnats.so.3.4:
+    /// cannot open shared object file"): install it, or say where it is. Empty for other failures.
+    static func missingLibraryHint(_ message: String) -> String {
+        // "[the file that needs it: ]libnats.so.3.4: cannot open shared object file: …"
+        guard let found = message.firstRange(of: ": cannot open shared object file") else { return "" }
+        let before = message[..<found.lowerBound]
+        let name = before.split(separator: ": ").last.map(String.init) ?? String(before)
+        let package = libraryPackages.first { name.hasPrefix($0.prefix) }?.package
+        let install =
+            package.map { $0.hasPrefix("the ") ? "install \($0)" : "install it (apt-get install \($0))" }
+            ?? "install the package that provides it (apt-file search \(name))"
+        return " (the plugin needs \(name): \(install), or add its directory to LD_LIBRARY_PATH)"
+    }
+
+    /// The refusal of a file that exports no entry point, with how to export one.
     static func missingEntry(_ path: String) -> Rejection {
         Rejection(
             path: path, kind: .missingEntry,
@@ -36,6 +56,8 @@ public final class PluginLoader: Sendable {
                 + "`nm -D --defined-only FILE` must list it; in Swift the @c entry function must be public)")
     }
 
+    /// Loads and validates the plugin file at `path` (once: later calls for the same file get
+    /// the same plugin, or the same refusal).
     public func load(path: String) throws(Rejection) -> LoadedPlugin {
         let key = Self.realPath(path) ?? path
         if let known = cache.withLock({ $0[key] }) { return try known.get() }
@@ -116,7 +138,7 @@ public final class PluginLoader: Sendable {
         let started = monotonicNanoseconds()
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
             let message = dlerror().map { String(cString: $0) } ?? "unknown error"
-            throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)")
+            throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)\(Self.missingLibraryHint(message))")
         }
         // Never dlclose: see the type's documentation. RTLD_NODELETE keeps it mapped regardless.
         guard let symbol = dlsym(handle, SY_PLUGIN_ENTRY_SYMBOL) else { throw Self.missingEntry(path) }

@@ -45,7 +45,7 @@ public struct TrustPolicy: Sendable {
         if info.st_uid != 0 && info.st_uid != me {
             throw Rejection(
                 path: path, kind: .untrusted,
-                reason: "\(what) is owned by uid \(info.st_uid), neither root nor the user running the host (uid \(me))")
+                reason: "\(what) is owned by uid \(info.st_uid), neither root nor the user running the host (uid \(me)): give it to one of them (chown)")
         }
     }
 
@@ -55,7 +55,8 @@ public struct TrustPolicy: Sendable {
         if requirePins && !pins.values.contains(sha256) {
             throw Rejection(
                 path: path, kind: .pinMismatch,
-                reason: "sha256 \(sha256) is not pinned, and plugins.require_pins is on")
+                reason: "sha256 \(sha256) is not pinned, and plugins.require_pins is on: if you trust this file, add "
+                    + "plugins.pins.<its name>: \(sha256) to the config (switchyard plugins inspect FILE shows both)")
         }
     }
 
@@ -64,7 +65,8 @@ public struct TrustPolicy: Sendable {
         if let expected = pins[name], expected != sha256 {
             throw Rejection(
                 path: path, kind: .pinMismatch,
-                reason: "sha256 \(sha256) does not match the pin for '\(name)' (\(expected))")
+                reason: "sha256 \(sha256) does not match the pin for '\(name)' (\(expected)): if you upgraded the plugin "
+                    + "on purpose, set plugins.pins.\(name) to the new hash; otherwise restore the file you pinned")
         }
         if requirePins, let owner = pins.first(where: { $0.value == sha256 })?.key, owner != name {
             throw Rejection(

@@ -116,7 +116,9 @@ public final class PostgresDatabase {
             let reason = lastError
             PQfinish(connection)
             connection = nil
-            throw TransportError(.unavailable, "postgres: cannot connect: \(reason)")
+            // What to check, without the connection string itself (it may hold a password).
+            let source = conninfo.isEmpty ? "libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE (config key 'conninfo' is empty)" : "config key 'conninfo'"
+            throw TransportError(.unavailable, "postgres: cannot connect: \(reason) (is the server running? check \(source))")
         }
         // Notices ("relation already exists, skipping") are not errors; libpq would print them.
         PQclear(PQexec(connection, "SET client_min_messages = error"))

@@ -202,6 +202,7 @@ struct AdminEndpointTests {
             "/api/call", token: "s3cret-token", method: "POST", body: #"{"target": "Worker.work", "actor": "worker", "arguments": [7, 0]}"#)
         #expect(called.0 == 200 && called.1 == #"{"result":7}"#, "\(called)")
         let unknown = try await running.get("/api/call", token: "s3cret-token", method: "POST", body: #"{"target": "Worker.nope", "arguments": []}"#)
+        // The receiver refuses a method its interface lacks: the request's mistake, 400.
         #expect(unknown.0 == 400 && unknown.1.contains("has no method 'Worker.nope'"), "\(unknown)")
         // switchyard stats: refused with a wrong token (and says what to do, instead of hanging), read with the right one.
         let wrong = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:\(running.port)", "--token", "nope"])

@@ -41,6 +41,19 @@ struct CLITests {
         #expect(result.stderr.contains("crashed the loader with signal 11"), "\(result.stderr)")
     }
 
+    @Test("seconds given as inf, nan or out of range are refused naming the option (Double parses them; they used to trap)")
+    func nonFiniteSeconds() async throws {
+        for (arguments, option) in [
+            (["run", "--config", "x.yaml", "--drain", "inf"], "--drain"), (["run", "--config", "x.yaml", "--drain", "-1"], "--drain"),
+            (["stats", "--interval", "nan"], "--interval"), (["plugins", "verify", "--timeout", "inf", "x.so"], "--timeout"),
+            (["run", "--config", "x.yaml", "--log-level", "loud"], "one of: trace"),
+        ] {
+            let result = try await run(BuildProducts.switchyard, arguments)
+            #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
+            #expect(result.stderr.contains(option), "\(arguments): \(result.stderr)")
+        }
+    }
+
     @Test("verify gives up on a plugin whose entry never returns: exit 1, 'hung while loading'")
     func verifyHangingPlugin() async throws {
         let dir = try TemporaryDirectory()

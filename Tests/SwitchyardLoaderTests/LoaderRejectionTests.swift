@@ -110,16 +110,23 @@ struct LoaderRejectionTests {
     func missingDependency() async throws {
         let dir = try TemporaryDirectory()
         try "int helper(void) { return 1; }\n".write(toFile: dir.file("helper.c"), atomically: true, encoding: .utf8)
-        try await CCompiler.compile(dir.file("helper.c"), to: dir.file("libgone.so.lib"), flags: ["-shared", "-fPIC", "-Wl,-soname,libgone.so.lib"])
+        _ = try await CCompiler.compile(dir.file("helper.c"), to: dir.file("libgone.so.lib"), flags: ["-shared", "-fPIC", "-Wl,-soname,libgone.so.lib"])
         try await CCompiler.fixture("needs-gone.so", in: dir.path, defines: [])
         // Relink the fixture against the helper library, then take the library away.
-        try await CCompiler.compile(
+        _ = try await CCompiler.compile(
             Repository.fixtures + "/fixture_plugin.c", to: dir.file("needs-gone.so"),
             flags: ["-shared", "-fPIC", dir.file("libgone.so.lib")])
         try FileManager.default.removeItem(atPath: dir.file("libgone.so.lib"))
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("needs-gone.so")) }
         #expect(error?.kind == .loadFailed)
         #expect(error?.reason.contains("libgone.so.lib") == true, "\(error?.reason ?? "")")
+        // And what to do: which library, how to get it.
+        #expect(
+            error?.reason.contains("the plugin needs libgone.so.lib") == true && error?.reason.contains("LD_LIBRARY_PATH") == true,
+            "\(error?.reason ?? "")")
+        // The bundled plugins' libraries are named with their Debian packages.
+        #expect(PluginLoader.missingLibraryHint("libnats.so.3.4: cannot open shared object file: No such file or directory").contains("apt-get install libnats3.4"))
+        #expect(PluginLoader.missingLibraryHint("undefined symbol: foo").isEmpty)
     }
 
     @Test("a directory or a missing path is refused, not crashed on")

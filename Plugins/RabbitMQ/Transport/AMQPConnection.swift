@@ -372,7 +372,10 @@ final class AMQPConnection {
             let left = deadlineNanos - monotonicNow()
             guard left > 0 else {
                 broken = true  // confirms still owed would be misattributed to the next publish
-                throw TransportError(.timeout, "RabbitMQ did not confirm the publish in time; it may have been stored — publishing it again may deliver it twice")
+                throw TransportError(
+                    .timeout,
+                    "RabbitMQ did not confirm the publish within config key 'publish_timeout' (10s "
+                        + "unless set); it may have been stored — publishing it again may deliver it twice")
             }
             var frame = amqp_frame_t()
             var timeout = timeval(nanoseconds: left)

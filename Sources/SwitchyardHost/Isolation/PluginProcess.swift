@@ -212,7 +212,7 @@ final class PluginProcess: @unchecked Sendable {
                 kill(reason: "did not answer \(operation) within \(timeoutNanos / 1_000_000) ms")
                 throw TransportError(
                     .timeout,
-                    "the plugin process (pid \(pid)) did not answer \(operation) within \(timeoutNanos / 1_000_000) ms; it was killed and is restarting (whether the operation took effect is unknown)"
+                    "the plugin process (pid \(pid)) did not answer \(operation) within \(timeoutNanos / 1_000_000) ms (the transport's isolation.call_timeout); it was killed and is restarting (whether the operation took effect is unknown)"
                 )
             }
             waiter.done.wait()  // the reply raced the timeout; it is already there

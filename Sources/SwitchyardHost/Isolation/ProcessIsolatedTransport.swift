@@ -121,7 +121,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         self.executable = try options.resolveExecutable(pluginPath: plugin.path)
         state.backoffNanos = options.restartBackoffNanos
         guard install(try start()) else {
-            throw TransportError(.unavailable, "transport '\(name)': the plugin process ended right after it started", transport: name)
+            throw TransportError(
+                .unavailable,
+                "transport '\(name)': the plugin process ended right after it started (what it printed on standard error, which it shares with "
+                    + "this process, says why; switchyard plugins verify FILE checks the plugin, and isolation.host must be this build's switchyard)", transport: name)
         }
     }
 
@@ -400,7 +403,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             if state.closing { throw TransportError(.closed, "transport '\(name)' is shut down") }
             if let current = state.current, current.isUsable { return current }
             if !lock.wait(until: deadline) {
-                throw TransportError(.unavailable, "transport '\(name)': the plugin process is restarting and was not back within \(options.callTimeoutNanos / 1_000_000) ms")
+                throw TransportError(
+                    .unavailable,
+                    "transport '\(name)': the plugin process is restarting and was not back "
+                        + "within \(options.callTimeoutNanos / 1_000_000) ms (isolation.call_timeout)")
             }
         }
     }

@@ -22,7 +22,7 @@ extension SwitchyardActorSystem {
             throw SwitchyardError.routing(target: target, reason: "a readable target is Interface.method or Interface.method(labels:)")
         }
         guard let route = routes.route(interface: interface, method: method) else {
-            throw SwitchyardError.routing(target: target, reason: "no route matches \(interface).\(method)")
+            throw SwitchyardError.routing(target: target, reason: "no route matches \(interface).\(method) (add '\(interface).\(method)', '\(interface).*' or '*' under routes:)")
         }
         guard !route.isDirect else {
             throw SwitchyardError.routing(

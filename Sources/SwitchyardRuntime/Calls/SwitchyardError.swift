@@ -94,9 +94,14 @@ public struct SwitchyardError: Error, Codable, Hashable, Sendable, CustomStringC
         self.transport = transport
     }
 
-    /// No reply to the call to `target` within `deadline`.
+    /// No reply to the call to `target` within `deadline`. The reason says what to check: most
+    /// often nothing serving the call runs.
     public static func timeout(target: String, deadline: Duration) -> SwitchyardError {
-        SwitchyardError(.timeout, target: target, reason: "no reply within \(deadline)", deadline: deadline)
+        SwitchyardError(
+            .timeout, target: target,
+            reason:
+                "no reply within \(deadline) (is a process hosting it running and reading its route's transport? a handler that needs longer needs a longer deadline: the route's 'deadline', or CallOptions.deadline)",
+            deadline: deadline)
     }
     /// The implementation threw an unregistered error of `type`, described as `message`.
     public static func remote(type: String, message: String) -> SwitchyardError {

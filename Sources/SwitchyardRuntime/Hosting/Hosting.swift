@@ -261,7 +261,9 @@ extension SwitchyardActorSystem {
             sendReply(item, .error(SwitchyardError.rejected(target: readable, reason: reason)), encoding: envelope.contentType)
         }
         guard let resolved = resolved(envelope.target.identifier) else {
-            return reject("unknown target '\(envelope.target.identifier)'", route: nil)
+            return reject(
+                "unknown target '\(readable)' (\(envelope.target.identifier)): this build of the actor has no such method; caller and receiver run different versions of the interface. Deploy the same one to both, then replay the dead letter (switchyard dlq replay)",
+                route: nil)
         }
         let call = resolved.call
         let route = resolved.route
@@ -405,7 +407,8 @@ extension SwitchyardActorSystem {
                 // goes back to the transport as it came (no attempt counted, nobody answered), for
                 // another host or the next start; never retried, dead-lettered or answered as failed.
                 logger.notice(
-                    "releasing a call stopped by shutdown", metadata: ["target": "\(readable)", "attempt": "\(item.attempt)", "error": "\(error)"])
+                    "releasing a call stopped by shutdown (it ran past the drain's deadline: a longer --drain or shutdown(deadline:) lets such calls finish)",
+                    metadata: ["target": "\(readable)", "attempt": "\(item.attempt)", "error": "\(error)"])
                 try? client.settle(item.delivery, .release)
                 return
             }

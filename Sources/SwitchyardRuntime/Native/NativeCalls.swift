@@ -238,7 +238,7 @@ extension SwitchyardActorSystem {
             throw SwitchyardError.routing(target: target, reason: "a native target is Interface.function")
         }
         guard let resolved = resolved("native:" + target), let route = resolved.route else {
-            throw SwitchyardError.routing(target: target, reason: "no route matches \(target)")
+            throw SwitchyardError.routing(target: target, reason: "no route matches \(target) (add it, or a pattern such as '*', under routes:)")
         }
         let call = resolved.call
         route.metrics.calls.increment()

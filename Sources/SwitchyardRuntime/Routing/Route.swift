@@ -68,7 +68,12 @@ final class Route: Sendable {
             envelopeForm = transport.chain.last?.plugin.capabilities.contains(.privateWire) == true ? .compact : .cloudEvents
             func require(_ capability: Capabilities, for key: Key, _ what: String) throws(ConfigError) {
                 guard capabilities.contains(capability) else {
-                    throw fail(key, "\(what), but transport '\(entry.transport)' (\(transport.chainDescription)) cannot: it lacks the \(capability) capability")
+                    let wrapper = capability == .delay ? "delay" : capability == .retry ? "retry" : nil
+                    let remedy =
+                        wrapper.map { "put a transport of plugin '\($0)' with inner: \(entry.transport) in front, and route to it" }
+                        ?? "route through a transport whose plugin has it"
+                    throw fail(
+                        key, "\(what), but transport '\(entry.transport)' (\(transport.chainDescription)) cannot: it lacks the \(capability) capability (\(remedy))")
                 }
             }
             if entry.delayNanos > 0 { try require(.delay, for: .delay, "the route delays calls") }
