@@ -35,7 +35,7 @@ struct ABISuite: BenchSuite {
                 let instance = transport.client.instance
                 var error = sy_error()
                 guard publish(instance, pointer, &error) == SY_OK else {
-                    throw BenchUnavailable("\(transport.plugin.name) refused the bench message: \(TransportError(status: error.code, error: error))")
+                    throw BenchFailure("\(transport.plugin.name) refused the bench message: \(TransportError(status: error.code, error: error))")
                 }
                 return Measure.nanosPerOperation(rounds: context.rounds, iterations: iterations) { n in
                     for _ in 0..<n { _ = publish(instance, pointer, &error) }

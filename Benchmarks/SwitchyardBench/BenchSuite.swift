@@ -64,8 +64,16 @@ extension BenchSuite {
     public var runsByDefault: Bool { true }
 }
 
-/// Why a suite could not run.
+/// Why a suite could not run on this machine: something it needs is missing (a server, a tool, a
+/// plugin). A run of every suite skips it; `bench` fails when the suite was asked for by name.
 public struct BenchUnavailable: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Why a suite that could run failed (messages lost, a publish refused, a child process gone):
+/// `bench` always exits 1 for it.
+public struct BenchFailure: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }

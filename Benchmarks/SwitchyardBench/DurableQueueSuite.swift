@@ -85,7 +85,7 @@ struct DurableQueueSuite: BenchSuite {
         }
         finished.wait()
         let seconds = Double(Measure.now() - start) / 1e9
-        if failures.load(ordering: .relaxed) > 0 { throw BenchUnavailable("\(failures.load(ordering: .relaxed)) publishes failed") }
+        if failures.load(ordering: .relaxed) > 0 { throw BenchFailure("\(failures.load(ordering: .relaxed)) publishes failed") }
         return Double(count) / seconds
     }
 
@@ -125,7 +125,7 @@ struct DurableQueueSuite: BenchSuite {
         finished.wait()
         let seconds = Double(Measure.now() - start) / 1e9
         let failed = failures.withLock { $0 }
-        if failed > 0 { throw BenchUnavailable("\(failed) publishes failed") }
+        if failed > 0 { throw BenchFailure("\(failed) publishes failed") }
         return Double(count) / seconds
     }
 

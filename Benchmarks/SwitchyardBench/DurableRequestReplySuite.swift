@@ -124,7 +124,7 @@ public struct DurableRequestReplySuite: BenchSuite {
         var seen = Data()
         while !String(decoding: seen, as: UTF8.self).contains("ready") {
             let chunk = output.fileHandleForReading.availableData
-            if chunk.isEmpty { throw BenchUnavailable("the serving process exited before it was ready") }
+            if chunk.isEmpty { throw BenchFailure("the serving process exited before it was ready") }
             seen.append(chunk)
         }
         return (process, output)

@@ -189,7 +189,7 @@ struct InstructionsSuite: BenchSuite {
         guard let line = text.split(separator: "\n").last(where: { $0.contains("Collected :") }),
             let value = line.split(separator: ":").last.flatMap({ UInt64($0.trimmingCharacters(in: .whitespaces)) })
         else {
-            throw BenchUnavailable("callgrind on \(path.rawValue) counted nothing: \(text.suffix(600))")
+            throw BenchFailure("callgrind on \(path.rawValue) counted nothing: \(text.suffix(600))")
         }
         return value
     }
@@ -209,7 +209,7 @@ struct InstructionsSuite: BenchSuite {
         let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw BenchUnavailable("\(tool) \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus)): \(text.suffix(600))")
+            throw BenchFailure("\(tool) \(arguments.joined(separator: " ")) failed (exit \(process.terminationStatus)): \(text.suffix(600))")
         }
         return text
     }

@@ -159,7 +159,7 @@ struct NATSSuite: BenchSuite {
                             : natsStatusPublish(context.value, subject, bytes, &options)
                     }
                 }
-                guard status == NATS_OK else { throw BenchUnavailable("raw publish failed: \(String(cString: natsStatus_GetText(status)))") }
+                guard status == NATS_OK else { throw BenchFailure("raw publish failed: \(String(cString: natsStatus_GetText(status)))") }
             }
         }
         while acked.load(ordering: .relaxed) < count { usleep(200) }

@@ -138,7 +138,7 @@ struct PostgresSuite: BenchSuite {
             }
         }
         while acked.load(ordering: .relaxed) < count { usleep(200) }
-        if let error = failure.withLock({ $0 }) { throw BenchUnavailable("the raw libpq loop failed: \(error.message)") }
+        if let error = failure.withLock({ $0 }) { throw BenchFailure("the raw libpq loop failed: \(error.message)") }
         return Double(count) / (Double(Measure.now() - start) / 1e9)
     }
 

@@ -128,11 +128,11 @@ struct RabbitMQSuite: BenchSuite {
                         }
                     }
                 }
-                guard status == AMQP_STATUS_OK.rawValue else { throw BenchUnavailable("raw publish failed: \(String(cString: amqp_error_string2(status)))") }
+                guard status == AMQP_STATUS_OK.rawValue else { throw BenchFailure("raw publish failed: \(String(cString: amqp_error_string2(status)))") }
                 // Wait for this publish's confirm, as the plugin does.
                 while true {
                     var frame = amqp_frame_t()
-                    guard amqp_simple_wait_frame(connection, &frame) == AMQP_STATUS_OK.rawValue else { throw BenchUnavailable("lost the connection") }
+                    guard amqp_simple_wait_frame(connection, &frame) == AMQP_STATUS_OK.rawValue else { throw BenchFailure("lost the connection") }
                     if frame.frame_type == AMQP_FRAME_METHOD && frame.payload.method.id == SY_AMQP_BASIC_ACK { break }
                 }
             }

@@ -127,14 +127,16 @@ struct AdminHandler: HTTPHandler {
         return HTTPResponse(statusCode: .ok, headers: [.contentType: "application/json"], body: Data("{\"result\":\(outcome.text)}".utf8))
     }
 
-    /// The HTTP status of a failed call: the caller's mistakes are 4xx, the system's state 5xx,
-    /// so a client knows whether sending the same request again can help.
+    /// The HTTP status of a failed call, by cause: 5xx when the system could not answer (sending
+    /// it again later may work), 422 when the service answered with a failure (its handler threw,
+    /// or failed until its route's retries gave up), 4xx for the request itself.
     static func status(of error: SwitchyardError) -> HTTPStatusCode {
         switch error.code {
         case .timeout: .gatewayTimeout
         case .transport, .shuttingDown: .serviceUnavailable
         case .routing: .notFound
         case .remote, .deadLettered: .unprocessableContent
+        case .limitExceeded: .payloadTooLarge
         default: .badRequest
         }
     }

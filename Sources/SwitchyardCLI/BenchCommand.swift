@@ -50,8 +50,9 @@ struct BenchCommand: ParsableCommand {
                 printError("  done in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
             } catch {
                 printError("  skipped: \(error)")
-                // What this machine lacks (a server not installed) is no failure of a default run;
-                // a suite asked for by name, or one that broke, is.
+                // What this machine lacks (BenchUnavailable: a server, a tool) is no failure of a
+                // default run; a suite asked for by name, or one that broke (BenchFailure, or any
+                // other error), is.
                 if !(error is BenchUnavailable) || !suites.isEmpty { failed.append(suite.name) } else { unavailable.append(suite.name) }
             }
         }

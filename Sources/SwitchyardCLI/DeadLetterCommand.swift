@@ -81,26 +81,33 @@ struct DeadLetterCommand: ParsableCommand {
             _ selection: Selection, _ action: (DeadLetterBrowser, DeadLetterBrowser.Letter) throws -> Void
         ) throws -> (count: Int, missing: [String], channel: String) {
             var count = 0
-            var found: Set<String> = []
+            var found: Set<String> = []  // ids acted on, for the named ones that were not there
+            // Letters acted on in earlier passes, by id and subscriber group: on a topic each
+            // group's copy is a dead letter of its own with the same id.
+            var earlier: Set<String> = []
             var channel = ""
             var full = true
             while full {
                 var acted = 0
+                var thisPass: Set<String> = []
                 try withDeadLetters { letters in
                     channel = letters.channel
                     full = selection.all && letters.letters.count >= limit
                     for letter in letters.letters where selection.matches(letter) {
+                        let key = letter.message.id + "\u{0}" + (letter.message.header(DeadLetterHeader.group) ?? "")
                         // Back again (its receiver dead-lettered the replayed message meanwhile):
                         // this is the last pass, or a failing receiver would keep it going.
-                        if selection.all && found.contains(letter.message.id) {
+                        if earlier.contains(key) {
                             full = false
                             continue
                         }
                         try action(letters, letter)
                         found.insert(letter.message.id)
+                        thisPass.insert(key)
                         acted += 1
                     }
                 }
+                earlier.formUnion(thisPass)
                 count += acted
                 if acted == 0 { break }  // nothing left the channel: another pass would hold the same
             }

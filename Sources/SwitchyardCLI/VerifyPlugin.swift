@@ -36,6 +36,9 @@ struct VerifyPlugin: ParsableCommand {
 
     func run() throws {
         if inProcess { return try verifyHere() }
+        // The limit discovery applies with this config: its isolated transport's call_timeout.
+        // Read before the child starts: a config that does not load must not leave it running.
+        let limitNanos = try timeout.map { Int64($0 * 1e9) } ?? DiscoveryProbe.loadTimeoutNanos(search.discovery(search.loadConfig()).probe ?? ProcessIsolation())
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
         child.arguments = ["plugins", "verify", "--in-process", path] + (search.config.map { ["--config", $0] } ?? [])
@@ -49,8 +52,6 @@ struct VerifyPlugin: ParsableCommand {
             // Could not isolate it: check here instead.
             return try verifyHere()
         }
-        // The limit discovery applies with this config: its isolated transport's call_timeout.
-        let limitNanos = try timeout.map { Int64($0 * 1e9) } ?? DiscoveryProbe.loadTimeoutNanos(search.discovery(search.loadConfig()).probe ?? ProcessIsolation())
         let deadline = Date().addingTimeInterval(Double(limitNanos) / 1e9)
         while child.isRunning && Date() < deadline { usleep(10_000) }
         if child.isRunning {

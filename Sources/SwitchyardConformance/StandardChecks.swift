@@ -173,13 +173,19 @@ enum StandardChecks {
         // two such waits for a looping plugin held it past the check timeout.
         let loopWait = 2.0
         let inTime = returned.wait(timeout: .now() + loopWait) == .success
+        let givenBackMeanwhile = givenBack.load(ordering: .relaxed)
         releasing.store(false, ordering: .releasing)
         if !inTime {
-            try c.expect(
-                returned.wait(timeout: .now() + wait) == .success,
-                "publish did not return even once the subscriber acknowledged (\(givenBack.load(ordering: .relaxed)) deliveries given back)")
+            guard returned.wait(timeout: .now() + wait) == .success else {
+                // Still inside publish: closing the transport would free what that call uses.
+                c.abandon(t)
+                throw ConformanceFailure("publish did not return even once the subscriber acknowledged (\(givenBack.load(ordering: .relaxed)) deliveries given back)")
+            }
+        }
+        // A publish merely slow (a loaded machine) gave back a few; one that loops, thousands.
+        if !inTime && givenBackMeanwhile > 1000 {
             c.note(
-                "publish did not return within \(Int(loopWait)) s while the subscriber released every delivery from inside deliver (\(givenBack.load(ordering: .relaxed)) deliveries): a message given back from inside its own deliver is offered again on the same stack without end (writing-a-plugin.md, \"Settling inside deliver\")"
+                "publish did not return within \(Int(loopWait)) s while the subscriber released every delivery from inside deliver (\(givenBackMeanwhile) deliveries): a message given back from inside its own deliver is offered again on the same stack without end (writing-a-plugin.md, \"Settling inside deliver\")"
             )
         }
         if let error = failure.withLock({ $0 }) { throw error }

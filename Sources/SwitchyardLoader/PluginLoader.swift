@@ -37,7 +37,8 @@ public final class PluginLoader: Sendable {
     /// cannot open shared object file"): install it, or say where it is. Empty for other failures.
     static func missingLibraryHint(_ message: String) -> String {
         // "[the file that needs it: ]libnats.so.3.4: cannot open shared object file: …"
-        guard let found = message.firstRange(of: ": cannot open shared object file") else { return "" }
+        // Missing, not unreadable: "…: Permission denied" is no matter of installing anything.
+        guard let found = message.firstRange(of: ": cannot open shared object file: No such file or directory") else { return "" }
         let before = message[..<found.lowerBound]
         let name = before.split(separator: ": ").last.map(String.init) ?? String(before)
         let package = libraryPackages.first { name.hasPrefix($0.prefix) }?.package

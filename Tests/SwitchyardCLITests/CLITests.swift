@@ -44,8 +44,9 @@ struct CLITests {
     @Test("seconds given as inf, nan or out of range are refused naming the option (Double parses them; they used to trap)")
     func nonFiniteSeconds() async throws {
         for (arguments, option) in [
-            (["run", "--config", "x.yaml", "--drain", "inf"], "--drain"), (["run", "--config", "x.yaml", "--drain", "-1"], "--drain"),
-            (["stats", "--interval", "nan"], "--interval"), (["plugins", "verify", "--timeout", "inf", "x.so"], "--timeout"),
+            (["run", "--config", "x.yaml", "--drain", "inf"], "--drain must be"), (["run", "--config", "x.yaml", "--drain=-1"], "--drain must be"),
+            (["stats", "--url", "http://127.0.0.1:1", "--interval", "nan"], "--interval must be"),
+            (["plugins", "verify", "--timeout", "inf", "x.so"], "--timeout must be"),
             (["run", "--config", "x.yaml", "--log-level", "loud"], "one of: trace"),
         ] {
             let result = try await run(BuildProducts.switchyard, arguments)

@@ -292,6 +292,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     // MARK: Subscribe
 
     public func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
+        // Drained: a new consumer would only fetch and give back (nak) everything, in a loop.
+        if draining.load(ordering: .relaxed) { throw TransportError(.closed, "subscribe: the transport is draining") }
         let (subject, stream) = try place(options.channel)
         let deadLetters = options.channel.hasSuffix(settings.deadLetterSuffix)
         let group = Self.fanOut && !deadLetters ? options.group : ""

@@ -125,7 +125,8 @@ static inline size_t sy_config_i_skip_value(sy_str s, size_t i, int *kind) {
 /* Finds `key` (records it as known); NULL when absent. */
 static inline sy_config_entry *sy_config_i_find(sy_config *c, const char *key) {
     size_t i, n = strlen(key);
-    if (c->known_count < SY_CONFIG_MAX_KEYS) c->known[c->known_count++] = key;
+    for (i = 0; i < c->known_count && strcmp(c->known[i], key) != 0; i++) {}
+    if (i == c->known_count && c->known_count < SY_CONFIG_MAX_KEYS) c->known[c->known_count++] = key;
     for (i = 0; i < c->count; i++) {
         if (c->entries[i].key.len == n && memcmp(c->entries[i].key.data, key, n) == 0) {
             c->entries[i].asked = 1;
@@ -267,10 +268,13 @@ static inline sy_status sy_config_int(sy_config *c, const char *key, int64_t *ou
 
 /** Reads integer `key` as sy_config_int does, and refuses a value outside `min`...`max`
  *  (inclusive) with SY_ERR_CONFIG naming the key and the range ("config key 'capacity': must be
- *  between 1 and 1000000, got 0"). The getters check types only; ranges are yours to state. */
+ *  between 1 and 1000000, got 0"). Absent or null: `out` keeps its default, unchecked (a default
+ *  may mean "automatic" outside the range). The getters check types only; ranges are yours. */
 static inline sy_status sy_config_int_range(sy_config *c, const char *key, int64_t min, int64_t max, int64_t *out, sy_error *err) {
     int64_t value = *out;
     char what[128];
+    const sy_config_entry *e = sy_config_i_find(c, key);
+    if (e == NULL || e->kind == SY_CONFIG_NULL) return SY_OK;
     if (sy_config_int(c, key, &value, err) != SY_OK) return SY_ERR_CONFIG;
     if (value < min || value > max) {
         snprintf(what, sizeof what, "must be between %lld and %lld, got %lld", (long long)min, (long long)max, (long long)value);

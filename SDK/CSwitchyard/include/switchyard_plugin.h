@@ -376,9 +376,10 @@ static inline void sy_host_dead_lettered(const sy_host_services *host, const sy_
 
 /** Identifies one delivery of one message within an instance; chosen by the plugin. Never 0.
  *  Unique among the instance's deliveries that are not yet settled — and a delivery released
- *  (by drain, unsubscribe, a refusal or a visibility timeout) is dead for good: a late settle of
- *  it returns SY_ERR_NOT_FOUND. So never reuse an id while its old holder could still settle it;
- *  an increasing counter per instance is the simple way. */
+ *  (by drain, unsubscribe or a refusal; after a visibility timeout too, where the transport can
+ *  tell) is dead for good: a late settle of it returns SY_ERR_NOT_FOUND. So never reuse an id
+ *  while its old holder could still settle it; an increasing counter per instance is the simple
+ *  way. */
 typedef uint64_t sy_delivery_id;
 
 /** Identifies one subscription within an instance; chosen by the plugin. Never 0. */
@@ -623,11 +624,12 @@ typedef struct sy_plugin_descriptor {
      * message given back inside its own deliver (release, retry) is offered again on a later
      * round, never from inside this settle; a plugin that delivers on the caller's thread must not
      * re-offer it there without end (a subscriber that keeps giving back would hold `publish`
-     * forever: the conformance check give-back-inside-deliver). Every outcome returns SY_OK
-     * when the delivery is known, also on a plugin without SY_CAP_RETRY or SY_CAP_DEAD_LETTER
-     * (sy_settlement says what those outcomes do there); never SY_ERR_UNSUPPORTED, which would
-     * leave the delivery unsettled. SY_ERR_NOT_FOUND for an unknown, already settled or released
-     * delivery. Required.
+     * forever: the conformance check give-back-inside-deliver). An outcome the plugin lacks the
+     * capability for (SY_CAP_RETRY, SY_CAP_DEAD_LETTER) is never refused with
+     * SY_ERR_UNSUPPORTED, which would leave the delivery unsettled: sy_settlement says what it
+     * does there, and settle returns SY_OK as for any outcome — other errors only when the
+     * transport itself failed (a broker unreachable). SY_ERR_NOT_FOUND for an unknown, already
+     * settled or released delivery. Required.
      */
     sy_status (*settle)(void *instance, sy_delivery_id delivery, const sy_settlement *settlement,
                         sy_error *err);
@@ -642,7 +644,7 @@ typedef struct sy_plugin_descriptor {
      * deliver call is still running at the deadline may stay in flight (its subscriber may still
      * settle it) or be released, as the plugin can; either way drain returns SY_ERR_TIMEOUT.
      * After drain the instance stays closed until `destroy`: publishes get SY_ERR_CLOSED and
-     * nothing is delivered (a subscribe may succeed but receives nothing). Optional (NULL: the
+     * nothing is delivered (a subscribe is refused with SY_ERR_CLOSED, or succeeds and receives nothing). Optional (NULL: the
      * host skips it).
      */
     sy_status (*drain)(void *instance, int64_t deadline_ns, sy_error *err);
