@@ -210,7 +210,7 @@ let package = Package(
         /// The orders example system that `switchyard demo` runs (examples/orders).
         .target(
             name: "OrdersExample", dependencies: ["SwitchyardRuntime", "SwitchyardConfig", "SwitchyardPostgres"], path: "examples/orders",
-            exclude: ["README.md", "direct.yaml", "nats.yaml", "postgres.yaml", "rabbitmq.yaml"], sources: ["Sources"], resources: [.copy("switchyard.yaml")]),
+            exclude: ["README.md", "switchyard.yaml", "direct.yaml", "nats.yaml", "postgres.yaml", "rabbitmq.yaml"], sources: ["Sources"]),
 
         // MARK: Benchmarks
 

@@ -65,20 +65,28 @@ struct DemoCommand: AsyncParsableCommand {
         defer { if userData == nil { Self.remove(data) } }
         setenv("SWITCHYARD_DATA", data, 0)
         guard let configPath = config ?? OrdersDemo.defaultConfigPath else {
-            throw CommandFailure("the embedded config is missing from this build; pass --config examples/orders/switchyard.yaml")
+            throw CommandFailure(
+                "the example's config is not here: neither installed (share/switchyard/examples/orders beside this executable's bin/) nor in the checkout it was built from; pass --config PATH/TO/examples/orders/switchyard.yaml"
+            )
         }
         var logger = Logger(label: "switchyard.demo")
         logger.logLevel = verbose ? .info : .warning
         print("Switchyard demo: the orders example")
-        print("  config   \(config ?? "embedded default (examples/orders/switchyard.yaml)")")
+        print("  config   \(config ?? "\(configPath) (the default)")")
         print("  data     \(data)")
         if serve { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         let system = try startSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
         for (pattern, transport) in system.routeDescriptions { print("  route    \(pattern) → \(transport)") }
         print("")
         if serve { return try await serveUntilStopped(system) }
-        let summary = try await OrdersDemo.run(system: system, orders: orders, concurrency: concurrency) { line in
-            print("  … \(line)")
+        let summary: DemoSummary
+        do {
+            summary = try await OrdersDemo.run(system: system, orders: orders, concurrency: concurrency) { line in
+                print("  … \(line)")
+            }
+        } catch {
+            await system.shutdown()  // drained and closed however the run ended: the stores stay whole
+            throw error
         }
         await system.shutdown()
         print("")
@@ -92,7 +100,7 @@ struct DemoCommand: AsyncParsableCommand {
             print("")
             if userData != nil {
                 print("The declined charges wait as dead letters in \(data):")
-                print("  SWITCHYARD_DATA=\(data) switchyard dlq list --config examples/orders/switchyard.yaml --transport work --channel payments")
+                print("  SWITCHYARD_DATA=\(data) switchyard dlq list --config \(configPath) --transport work --channel payments")
             } else {
                 print("The declined charges were dead-lettered in \(data), removed with it now; to keep the stores")
                 print("and look at them (switchyard dlq list … --transport work --channel payments), run with SWITCHYARD_DATA=DIR.")
@@ -164,11 +172,19 @@ struct DemoTraffic: Service {
         fflush(nil)  // progress reaches a log file as it happens (Swift 6 forbids naming the global stdout)
         let system = self.system
         let rate = perSecond
-        try? await cancelWhenGracefulShutdown {
-            try await OrdersDemo.serve(system: system, perSecond: rate) { line in
-                print("  … \(line)")
-                fflush(nil)
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await OrdersDemo.serve(system: system, perSecond: rate) { line in
+                    print("  … \(line)")
+                    fflush(nil)
+                }
             }
+        } catch is CancellationError {
+            // SIGTERM or Ctrl-C: the traffic stops, the system drains below.
+        } catch {
+            // The traffic could not go on (a service not hosted, a route refused): say so, rather
+            // than serve an endpoint with nothing moving.
+            printError("error: the demo's traffic stopped: \(error)")
         }
         await system.shutdown(deadline: .seconds(10))
     }

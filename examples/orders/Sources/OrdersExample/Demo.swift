@@ -91,8 +91,23 @@ public struct DemoSummary: Sendable {
 /// The orders example end to end: hosts every service, places orders concurrently, waits until
 /// every event and reminder has arrived, and summarises.
 public enum OrdersDemo {
-    /// The embedded default config (durable SQLite transports under `$SWITCHYARD_DATA`).
-    public static var defaultConfigPath: String? { Bundle.module.path(forResource: "switchyard", ofType: "yaml") }
+    /// The default config, `switchyard.yaml` (durable SQLite transports under `$SWITCHYARD_DATA`):
+    /// installed, `<prefix>/share/switchyard/examples/orders/` beside `<prefix>/bin/switchyard`
+    /// (scripts/install puts every config of the example there); built from a checkout, the
+    /// checkout's own `examples/orders/`. Nil when neither is there. (Not a SwiftPM resource:
+    /// its accessor traps in a binary whose resource folder was not installed beside it.)
+    public static var defaultConfigPath: String? { configPath("switchyard.yaml") }
+
+    /// Where the example's config `file` is (`switchyard.yaml`, `nats.yaml`, …): see
+    /// ``defaultConfigPath``.
+    public static func configPath(_ file: String) -> String? {
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let installed = executable.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("share/switchyard/examples/orders/\(file)").path
+        let checkout = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(file).path
+        return [installed, checkout].first { FileManager.default.isReadableFile(atPath: $0) }
+    }
 
     /// Runs the example on `system` and returns its summary.
     ///
