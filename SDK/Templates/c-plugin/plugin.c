@@ -139,8 +139,8 @@ static subscription *pick_subscriber(instance *q, const char *channel) {
     return NULL;
 }
 
-/* How often one message given back (released, or retried) from inside its own deliver is offered
- * again within the same dispatch round. After that it waits for the next publish, subscribe or
+/* How often one message given back (released, or retried) from inside its own deliver is delivered
+ * within the same dispatch round. After that it waits for the next publish, subscribe or
  * settle: a subscriber that gives back everything it is handed would otherwise keep this loop,
  * and so the publish that started it, running forever. */
 #define MAX_GIVEN_BACK_PER_ROUND 4

@@ -61,7 +61,7 @@ final class ExampleQueue: TransportPlugin {
     }
 
     private let state = Guarded(State())
-    /// How often one message given back from inside its own deliver is offered again in the same
+    /// How often one message given back from inside its own deliver is delivered in the same
     /// dispatching turn. After that it waits for the next publish, subscribe or settle: a
     /// subscriber that gives back everything it is handed would otherwise keep the turn, and the
     /// publish that started it, running forever.
