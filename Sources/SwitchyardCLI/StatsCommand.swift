@@ -120,11 +120,8 @@ final class ConfigStats: StatsSource {
     let transports: TransportSet
 
     init(search: PluginSearchOptions) throws {
-        guard let path = search.config else {
-            throw StatsError(message: "nothing to read: pass the config file that declares the transports (--config FILE), or a running system's admin endpoint (--url URL)")
-        }
         config = try search.loadConfig()
-        guard !config.transports.isEmpty else { throw StatsError(message: "\(path) configures no transports") }
+        guard !config.transports.isEmpty else { throw StatsError(message: "\(search.config ?? "the config") configures no transports") }
         // A transport no route uses has no file until something does: it is left out, said so,
         // rather than created here. Nothing to open at all is an error.
         let missing = config.missingStores(of: config.transports.map(\.name))
