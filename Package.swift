@@ -254,7 +254,8 @@ let package = Package(
         /// What the test targets share: build products, temporary directories, child processes,
         /// C fixtures, a NATS server on a free port.
         .target(
-            name: "SwitchyardTestSupport", dependencies: ["SwitchyardABI", "SwitchyardLoader", .product(name: "Logging", package: "swift-log")],
+            name: "SwitchyardTestSupport",
+            dependencies: ["SwitchyardABI", "SwitchyardLoader", "SwitchyardConformance", .product(name: "Logging", package: "swift-log")],
             path: "Tests/Support"),
         // One test target per module, each file named after the suite it holds.
         .testTarget(name: "SwitchyardABITests", dependencies: ["SwitchyardTestSupport", "SwitchyardABI", "SwitchyardHost", "SwitchyardLoader"]),

@@ -72,13 +72,25 @@ public struct ConformanceSuite: Sendable {
     /// Every check, in order, with the capabilities it needs.
     public static let checks: [ConformanceCheck] = StandardChecks.all
 
+    /// At most this many checks run at once in one process, across every suite running: suites
+    /// run side by side (a test's cases) overlap their waits, without each check's timing windows
+    /// (leases of 600 ms) competing with a dozen others for two cores.
+    static let checkSlots = DispatchSemaphore(value: 4)
+
     /// Runs every check (or those named), reporting each result to `progress` as it finishes.
+    ///
+    /// Suites may run at the same time from several threads; at most four checks run at once in a
+    /// process, and a check's time limit counts from when it starts.
     public func run(only names: Set<String> = [], progress: (ConformanceResult) -> Void = { _ in }) -> [ConformanceResult] {
         var results: [ConformanceResult] = []
-        // Checks run one after another on a worker thread, so that one stuck in a plugin call
-        // that never returns fails as timed out and the suite goes on, on a fresh worker (the
-        // stuck one is abandoned). The worker lives for the process: no thread per check.
-        var worker = CheckWorker.current
+        // Checks run one after another on a worker thread of this run's own, so that one stuck in
+        // a plugin call that never returns fails as timed out and the suite goes on, on a fresh
+        // worker (the stuck one is abandoned). One thread per run, not per check; never shared
+        // between runs: a check's time limit must count its own time, not a queue behind another
+        // suite's checks (several suites ran in one process, e.g. a test suite's cases, each
+        // queued on one shared thread, and a check waiting its turn timed out).
+        var worker = CheckWorker()
+        defer { worker.finish() }
         // Once the plugin refused its config, every check left would fail the same way: it is
         // reported once, and the rest are skipped.
         var refusedConfig: String?
@@ -91,6 +103,8 @@ public struct ConformanceSuite: Sendable {
             } else if check.requiresDurable && !durable {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs a durable instance"), seconds: 0)
             } else {
+                Self.checkSlots.wait()
+                defer { Self.checkSlots.signal() }
                 let started = Date()
                 let context = ConformanceContext(suite: self)
                 let outcome: ConformanceResult.Outcome
@@ -107,7 +121,8 @@ public struct ConformanceSuite: Sendable {
                         finished.signal()
                     }
                     if finished.wait(timeout: .now() + checkTimeoutSeconds) == .timedOut {
-                        worker = CheckWorker.replaceStuck(worker)
+                        worker.finish()  // ends its thread should the plugin call ever return
+                        worker = CheckWorker()
                         // Its transports are left open: closing one while a call into it runs
                         // breaks the ABI's contract. They are abandoned with the stuck worker.
                         outcome = .failed(
@@ -289,45 +304,37 @@ public final class Collector: @unchecked Sendable {
     }
 }
 
-/// A thread that runs conformance checks one at a time for the life of the process.
+/// A thread that runs one suite run's checks, one at a time, until ``finish()``.
 final class CheckWorker: Sendable {
-    private let jobs = Guarded<[@Sendable () -> Void]>([])
+    /// Queued checks; `nil` ends the thread.
+    private let jobs = Guarded<[(@Sendable () -> Void)?]>([])
     private let ready = DispatchSemaphore(value: 0)
-    private static let shared = Guarded<CheckWorker?>(nil)
 
-    private init() {
-        let thread = Thread { [self] in
+    init() {
+        let thread = Thread { [jobs, ready] in
             while true {
                 ready.wait()
-                guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
-                job()
+                let next: (@Sendable () -> Void)?? = jobs.withLock { $0.isEmpty ? .none : .some($0.removeFirst()) }
+                switch next {
+                case .none: continue
+                case .some(.none): return
+                case .some(.some(let job)): job()
+                }
             }
         }
         thread.name = "switchyard-conformance"
         thread.start()
     }
 
-    /// The worker checks run on now.
-    static var current: CheckWorker {
-        shared.withLock { worker in
-            worker
-                ?? {
-                    let made = CheckWorker(); worker = made; return made
-                }()
-        }
-    }
-
-    /// Abandons `stuck` (its thread is blocked in a plugin call) and gives the next checks a new one.
-    static func replaceStuck(_ stuck: CheckWorker) -> CheckWorker {
-        shared.withLock { worker in
-            if worker === stuck || worker == nil { worker = CheckWorker() }
-            return worker!
-        }
-    }
-
     /// Queues `job`.
     func run(_ job: @escaping @Sendable () -> Void) {
         jobs.withLock { $0.append(job) }
+        ready.signal()
+    }
+
+    /// Ends the thread once the jobs queued before it have run (a stuck worker never gets there).
+    func finish() {
+        jobs.withLock { $0.append(nil) }
         ready.signal()
     }
 }

@@ -36,14 +36,7 @@ struct ConformanceTests {
         let loaded = try BuildProducts.plugin(plugin)
         let inner = loaded.capabilities.contains(.wrapsInner) ? try BuildProducts.plugin("queue") : nil
         let results = try await offPool { ConformanceSuite.forPlugin(loaded, inner: inner, durableDirectory: durable ? dir.path : nil).run() }
-        for result in results where result.failed { Issue.record("\(plugin)\(durable ? " durable" : ""): \(result)") }
-        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
-        // A bundled plugin honours max_in_flight and never loops on a subscriber that gives
-        // back: these checks' notes are for older third-party plugins.
-        for name in ["prefetch", "give-back-inside-deliver"] {
-            let check = results.first { $0.name == name }
-            #expect(check?.note == nil, "\(plugin): \(check.map { "\($0)" } ?? "no \(name) check")")
-        }
+        expectBundledConformance(results, "\(plugin)\(durable ? " durable" : "")")
     }
 
     /// In memory, the broker transports split their channels among shards (one per two cores by
@@ -52,8 +45,7 @@ struct ConformanceTests {
     func sharded(_ plugin: String) async throws {
         let loaded = try BuildProducts.plugin(plugin)
         let results = try await offPool { ConformanceSuite.forPlugin(loaded, configJSON: #"{"shards": 4}"#).run() }
-        for result in results where result.failed { Issue.record("\(plugin) in 4 shards: \(result)") }
-        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+        expectBundledConformance(results, "\(plugin) in 4 shards")
     }
 
     @Test("plugins test exits 0 for a passing plugin and prints what it ran")

@@ -17,8 +17,7 @@ struct PostgresTests {
         let loaded = try BuildProducts.plugin(plugin)
         let config = #"{"conninfo": "\#(server.conninfo)"}"#
         let results = try await offPool { ConformanceSuite.forPlugin(loaded, configJSON: config, isolationKey: "schema").run() }
-        for result in results where result.failed { Issue.record("\(plugin): \(result)") }
-        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+        expectBundledConformance(results, plugin)
     }
 
     static func transport(_ server: PostgresServer, _ plugin: String = "postgres", extra: String = "") throws -> Transport {

@@ -409,8 +409,7 @@ struct IsolationTests {
         let results = try await offPool {
             ConformanceSuite.forPlugin(plugin, inner: inner, durableDirectory: directory.path, processIsolation: Self.quick).run()
         }
-        for result in results where result.failed { Issue.record("\(name) in a child: \(result)") }
-        #expect(results.contains { if case .passed = $0.outcome { true } else { false } })
+        expectBundledConformance(results, "\(name) in a child")
     }
 
     /// Publishes `count` messages through `decorator` (delayed by 30 ms when `delayed`) and acks

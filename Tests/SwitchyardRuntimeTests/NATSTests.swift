@@ -42,7 +42,7 @@ struct NATSTests {
         let results = try await offPool {
             ConformanceSuite.forPlugin(plugin, configJSON: #"{"servers": ["\#(server.url)"]}"#, isolationKey: "stream").run()
         }
-        for result in results where result.failed { Issue.record("\(name): \(result)") }
+        expectBundledConformance(results, name)
         #expect(results.filter { if case .passed = $0.outcome { true } else { false } }.count >= 11)
     }
 

@@ -46,7 +46,7 @@ struct RabbitMQTests {
         let results = try await offPool {
             ConformanceSuite.forPlugin(plugin, configJSON: #"{"url": "\#(server.url)", "queue_type": "\#(queueType)"}"#, isolationKey: "prefix").run()
         }
-        for result in results where result.failed { Issue.record("\(name) (\(queueType)): \(result)") }
+        expectBundledConformance(results, "\(name) (\(queueType))")
         let passed = results.filter { if case .passed = $0.outcome { true } else { false } }.count
         #expect(passed >= (name == "rabbitmq" ? 16 : 17), "\(results)")
     }

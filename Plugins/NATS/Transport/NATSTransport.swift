@@ -494,9 +494,20 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     // MARK: Settle
 
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
+        let now = monotonicNanoseconds()
+        var late = false
         // One lock: the delivery, and on an acknowledgement what this instance remembered of it.
-        let taken = state.withLock { state in
+        let taken = state.withLock { state -> Delivery? in
             let entry = state.deliveries.removeValue(forKey: delivery)
+            // Its ack wait ran out: JetStream has handed the message out again (or will), and an
+            // acknowledgement names the message, not the delivery: a late ack would settle the
+            // new holder's copy, a late term dead-letter it under that holder. Refused, as extend
+            // refuses it (and as the header says of a delivery whose lease ran out).
+            if let entry, now - entry.leaseStart >= entry.subscription.ackWaitNanos {
+                late = true
+                entry.subscription.beginSettle()
+                return entry
+            }
             if case .ack = settlement, let entry, !state.records.isEmpty { state.records.removeValue(forKey: entry.record) }
             // Taken under the lock unsubscribe and shutdown take theirs under: they wait for it.
             entry?.subscription.beginSettle()
@@ -510,6 +521,13 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             entry.subscription.endSettle()
             entry.subscription.settled()
             reporter.report(stats())
+        }
+        if late {
+            throw TransportError(
+                .notFound,
+                "delivery \(delivery) was settled after its ack wait ran out (\(entry.subscription.ackWaitNanos / 1_000_000) ms): JetStream "
+                    + "delivers the message again, so this settlement was not applied; extend a lease a handler needs longer (the host "
+                    + "does for typed calls), or raise the transport's ack_wait")
         }
         switch settlement {
         case .ack:
