@@ -98,6 +98,11 @@ struct AdminHandler: HTTPHandler {
             return Self.json(.badRequest, ["error": #"the body must be JSON like {"target": "Inventory.reserve", "actor": "inventory", "arguments": ["widget", 2]}"#])
         }
         let interface = String(call.target.prefix { $0 != "." })
+        // A target that names no method is the request's mistake (400), not a route that is
+        // missing (404, which the call would answer).
+        if !form && (interface.isEmpty || call.target.dropFirst(interface.count + 1).prefix(while: { $0 != "(" }).isEmpty) {
+            return Self.json(.badRequest, ["error": "target '\(call.target)': name a method as Interface.method (Inventory.reserve) or Interface.method(labels:)"])
+        }
         let native = system.servesNatively(interface)
         // A native module is served under its interface's name; a Swift service under its id.
         let actor = native ? interface : (call.actor?.isEmpty == false ? call.actor : nil) ?? interface.prefix(1).lowercased() + interface.dropFirst()
@@ -116,8 +121,12 @@ struct AdminHandler: HTTPHandler {
             }
         } catch let error as SwitchyardError {
             outcome = (Self.status(of: error), "\(error)")
+        } catch let error as NativeCallError {
+            outcome = (.badRequest, "\(error)")  // arguments that do not fit the native function
         } catch {
-            outcome = (.badRequest, "\(error)")
+            // The handler threw an error type registered here (it comes back as itself): the
+            // service answered with a failure, as for an unregistered one (`remote`).
+            outcome = (.unprocessableContent, "\(error)")
         }
         if form {
             return Self.page(

@@ -6,9 +6,9 @@ import Prometheus
 ///
 /// Call ``bootstrap()`` first thing in `main`, before creating the actor system: the runtime and
 /// each transport pick their metrics backend when they are created. An application that
-/// bootstraps swift-metrics itself instead includes
-/// `PrometheusMetricsFactory(registry: AdminMetrics.registry)` in its own factory (a
-/// `MultiplexMetricsHandler`), or `/metrics` shows nothing of it.
+/// bootstraps swift-metrics itself instead includes ``makeFactory()`` in its own factory (a
+/// `MultiplexMetricsHandler`), or `/metrics` shows nothing of it (a factory made on the registry
+/// alone would lose the call-duration buckets, 50 µs to 30 s).
 public enum AdminMetrics {
     /// Every metric the runtime and the plugins record, once ``bootstrap()`` ran.
     public static let registry = PrometheusCollectorRegistry()

@@ -122,29 +122,40 @@ struct DeadLetterEndpoints {
         let records = letters.letters.map { DeadLetterRecord($0.message) }
         let deadLetterChannel = letters.channel
         await close(letters)
+        // As many as one browser holds: say so when there may be more (replay and purge with
+        // "all" go on past it).
+        let truncated =
+            records.count >= DeadLetterBrowser.defaultLimit
+            ? "showing the first \(records.count) dead letters; there may be more (replay or purge of all goes on past them)" : nil
         if page {
+            let notes = [note, truncated].compactMap { $0 }
             return AdminHandler.page(
-                DeadLetterPage.render(transport: transport, channel: channel, deadLetterChannel: deadLetterChannel, records: records, canAct: token != nil, note: note))
+                DeadLetterPage.render(
+                    transport: transport, channel: channel, deadLetterChannel: deadLetterChannel, records: records, canAct: token != nil,
+                    note: notes.isEmpty ? nil : notes.joined(separator: "; ")))
         }
-        return AdminHandler.encoded(records)
+        var response = AdminHandler.encoded(records)
+        if let truncated { response.headers[HTTPHeader("X-Switchyard-Truncated")] = truncated }
+        return response
     }
 
+    /// Replays or purges what `selection` picks: with `all`, in passes until the channel holds
+    /// no more (``DeadLetterBrowser/inPasses(all:limit:open:picks:_:)``, as `switchyard dlq` does),
+    /// not only the first browser's worth.
     func act(_ action: String, on selection: Selection, transport: String, channel: String) async -> Result<Outcome, TransportError> {
-        let letters: DeadLetterBrowser
-        do {
-            letters = try await system.deadLetters(transport: transport, channel: channel)
-        } catch let error as TransportError {
-            return .failure(error)
-        } catch {
-            return .failure(TransportError(.io, "\(error)"))
-        }
-        let picked = letters.letters.filter(selection.picks)
-        let missing = (selection.ids ?? []).filter { id in !picked.contains { $0.message.id == id } }
         let fireAndForget = selection.fireAndForget == true
-        let result: Result<Outcome, TransportError> = await Self.offPool {
-            var outcome = Outcome(action: action == "replay" ? "replayed" : "purged", done: 0, missing: missing, warnings: [])
-            do throws(TransportError) {
-                for letter in picked {
+        return await Self.offPool { [system] in
+            var outcome = Outcome(action: action == "replay" ? "replayed" : "purged", done: 0, missing: [], warnings: [])
+            do {
+                let passes = try DeadLetterBrowser.inPasses(
+                    all: selection.all == true, limit: DeadLetterBrowser.defaultLimit,
+                    open: { body in
+                        let letters = try system.openDeadLetters(transport: transport, channel: channel)
+                        defer { letters.close() }
+                        try body(letters)
+                    },
+                    picks: selection.picks
+                ) { letters, letter in
                     if action == "replay" {
                         if let call = try letters.replay(letter, asFireAndForget: fireAndForget) {
                             outcome.warnings.append(
@@ -156,13 +167,16 @@ struct DeadLetterEndpoints {
                     }
                     outcome.done += 1
                 }
+                outcome.missing = (selection.ids ?? []).filter { !passes.ids.contains($0) }
+            } catch let error as TransportError {
+                // Nothing done yet: the transport's own error (an unknown transport is not found).
+                if outcome.done == 0 { return .failure(error) }
+                return .failure(TransportError(error.code, "\(outcome.action) \(outcome.done), then: \(error.message)"))
             } catch {
-                return .failure(TransportError(error.code, "\(outcome.action) \(outcome.done) of \(picked.count), then: \(error.message)"))
+                return .failure(TransportError(.io, "\(outcome.action) \(outcome.done), then: \(error)"))
             }
             return .success(outcome)
         }
-        await close(letters)
-        return result
     }
 
     /// Closes the browser off the cooperative pool (unsubscribing may wait for the plugin).

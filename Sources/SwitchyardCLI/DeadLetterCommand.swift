@@ -39,7 +39,7 @@ struct DeadLetterCommand: ParsableCommand {
                 Most dead letters held at once. list and show look at this many (list says when there \
                 may be more); replay and purge with --all go on in passes of this many until none is left.
                 """)
-        var limit = 10_000
+        var limit = DeadLetterBrowser.defaultLimit
 
         func validate() throws {
             if limit < 1 { throw ValidationError("--limit must be at least 1") }
@@ -80,38 +80,8 @@ struct DeadLetterCommand: ParsableCommand {
         func forEach(
             _ selection: Selection, _ action: (DeadLetterBrowser, DeadLetterBrowser.Letter) throws -> Void
         ) throws -> (count: Int, missing: [String], channel: String) {
-            var count = 0
-            var found: Set<String> = []  // ids acted on, for the named ones that were not there
-            // Letters acted on in earlier passes, by id and subscriber group: on a topic each
-            // group's copy is a dead letter of its own with the same id.
-            var earlier: Set<String> = []
-            var channel = ""
-            var full = true
-            while full {
-                var acted = 0
-                var thisPass: Set<String> = []
-                try withDeadLetters { letters in
-                    channel = letters.channel
-                    full = selection.all && letters.letters.count >= limit
-                    for letter in letters.letters where selection.matches(letter) {
-                        let key = letter.message.id + "\u{0}" + (letter.message.header(DeadLetterHeader.group) ?? "")
-                        // Back again (its receiver dead-lettered the replayed message meanwhile):
-                        // this is the last pass, or a failing receiver would keep it going.
-                        if earlier.contains(key) {
-                            full = false
-                            continue
-                        }
-                        try action(letters, letter)
-                        found.insert(letter.message.id)
-                        thisPass.insert(key)
-                        acted += 1
-                    }
-                }
-                earlier.formUnion(thisPass)
-                count += acted
-                if acted == 0 { break }  // nothing left the channel: another pass would hold the same
-            }
-            return (count, selection.ids.filter { !found.contains($0) }, channel)
+            let passes = try DeadLetterBrowser.inPasses(all: selection.all, limit: limit, open: withDeadLetters, picks: selection.matches, action)
+            return (passes.count, selection.ids.filter { !passes.ids.contains($0) }, passes.channel)
         }
     }
 
@@ -138,7 +108,7 @@ struct DeadLetterCommand: ParsableCommand {
                     printError("showing the first \(letters.count) dead letters; there may be more (--limit N looks at more)")
                 }
                 if json {
-                    try printJSON(letters.map { DeadLetterRecord($0.message) }, snakeCase: true)  // as the admin API writes it
+                    try printJSON(letters.map { DeadLetterRecord($0.message) })  // as the admin API writes it
                 } else if rows.isEmpty {
                     // A mistyped channel reads the same as an empty one: say what a channel is.
                     print("No dead letters on \(held.channel). (A channel is the id an actor is hosted under, e.g. 'payments'.)")
@@ -162,7 +132,7 @@ struct DeadLetterCommand: ParsableCommand {
                     return
                 }
                 let m = letter.message
-                if json { return try printJSON(DeadLetterRecord(m), snakeCase: true) }
+                if json { return try printJSON(DeadLetterRecord(m)) }
                 print(describe(m))
             }
         }

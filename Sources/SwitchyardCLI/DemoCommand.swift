@@ -58,6 +58,16 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Before anything starts, as run and console refuse it: the endpoint would refuse only
+        // once the system ran. (The demo's endpoint is --admin's, never a config's admin section.)
+        if serve, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin), !SwitchyardConfig.AdminSection.isLoopback(address.host),
+            (ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable] ?? "").isEmpty
+        {
+            printError(
+                "error: --admin \(admin) is not loopback: every request must then carry a token. Export \(SwitchyardConfig.AdminSection.tokenVariable), or listen on 127.0.0.1"
+            )
+            throw ExitCode(1)
+        }
         // Decided before SWITCHYARD_DATA is set below: a directory the user named is theirs to
         // keep; one made here is removed when the run ends, however it ends.
         let userData = ProcessInfo.processInfo.environment["SWITCHYARD_DATA"]

@@ -17,7 +17,7 @@ struct ListPlugins: ParsableCommand {
 
     @OptionGroup var search: PluginSearchOptions
 
-    @Flag(help: "Print one JSON object: {\"plugins\":[...],\"rejected\":[...]}.")
+    @Flag(help: "Print one JSON object: {\"plugins\":[...],\"rejected\":[...],\"not_plugins\":[...],\"searched\":[...]}.")
     var json = false
 
     func run() throws {

@@ -84,11 +84,12 @@ struct RejectionJSON: Encodable {
     }
 }
 
-/// Prints `value` as pretty JSON on standard output.
-func printJSON(_ value: some Encodable, snakeCase: Bool = false) throws {
+/// Prints `value` as pretty JSON on standard output, its keys in snake_case as the admin API
+/// writes them (`not_plugins`, `load_microseconds`).
+func printJSON(_ value: some Encodable) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    if snakeCase { encoder.keyEncodingStrategy = .convertToSnakeCase }
+    encoder.keyEncodingStrategy = .convertToSnakeCase
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 

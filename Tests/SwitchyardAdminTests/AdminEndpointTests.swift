@@ -1,3 +1,4 @@
+import Distributed
 import Foundation
 import SwitchyardABI
 import SwitchyardAdmin
@@ -273,6 +274,33 @@ struct AdminEndpointTests {
         await system.shutdown()
     }
 
+    @Test("POST /api/call answers 422 when the handler throws, registered type or not; 400 for arguments the receiver refuses")
+    func callStatusByCause() async throws {
+        let yaml = Self.yaml.replacingOccurrences(
+            of: "  Worker.*:", with: "  Ledger.*: { transport: work, deadline: 10s, encoding: json, readable_targets: true }\n  Worker.*:")
+        let running = try await Self.start(token: "t0ken", yaml: yaml)
+        running.system.registerError(InsufficientFunds.self)
+        try running.system.host("ledger", as: $Ledger.self) { LedgerService(actorSystem: $0) }
+        func call(_ body: String) async throws -> (Int, String) {
+            let (status, text, _) = try await running.get("/api/call", token: "t0ken", method: "POST", body: body)
+            return (status, text)
+        }
+        #expect(try await call(#"{"target": "Ledger.debit", "arguments": [40]}"#) == (200, #"{"result":60}"#))
+        // The service answered with a failure of its own: the request was fine.
+        let registered = try await call(#"{"target": "Ledger.debit", "arguments": [500]}"#)
+        #expect(registered.0 == 422 && registered.1.contains("InsufficientFunds"), "\(registered)")
+        let unregistered = try await call(#"{"target": "Ledger.debit", "arguments": [-1]}"#)
+        #expect(unregistered.0 == 422 && unregistered.1.contains("NegativeAmount"), "\(unregistered)")
+        // Arguments the method cannot take: the request's mistake.
+        let wrongType = try await call(#"{"target": "Ledger.debit", "arguments": ["forty"]}"#)
+        #expect(wrongType.0 == 400, "\(wrongType)")
+        let noMethod = try await call(#"{"target": "Ledger", "arguments": []}"#)
+        #expect(noMethod.0 == 400 && noMethod.1.contains("Interface.method"), "\(noMethod)")
+        // A target nothing routes: 404.
+        #expect(try await call(#"{"target": "Nowhere.go", "arguments": []}"#).0 == 404)
+        await running.stop()
+    }
+
     @Test("POST /api/call calls a native module's function: arguments by its signature, the result as JSON")
     func nativeCall() async throws {
         let directory = try TemporaryDirectory()
@@ -323,6 +351,25 @@ struct AdminEndpointTests {
 }
 
 /// The `admin:` section of the config.
+/// A service whose handler fails with a registered error (``InsufficientFunds``) or an
+/// unregistered one (``NegativeAmount``): what `POST /api/call` answers for each.
+@Resolvable
+protocol Ledger: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func debit(_ cents: Int) async throws -> Int
+}
+
+struct InsufficientFunds: Error, Codable { var short: Int }
+struct NegativeAmount: Error {}
+
+distributed actor LedgerService: Ledger {
+    typealias ActorSystem = SwitchyardActorSystem
+    distributed func debit(_ cents: Int) async throws -> Int {
+        if cents < 0 { throw NegativeAmount() }
+        if cents > 100 { throw InsufficientFunds(short: cents - 100) }
+        return 100 - cents
+    }
+}
+
 @Suite("Admin config")
 struct AdminConfigTests {
     func parse(_ admin: String, environment: [String: String] = [:]) throws(ConfigError) -> SwitchyardConfig.AdminSection? {
@@ -355,7 +402,7 @@ struct AdminConfigTests {
             ("  listen: 9464\n", "admin.listen", "HOST:PORT"),
             ("  listen: 127.0.0.1:99999\n", "admin.listen", "0 to 65535"),
             ("  listen: example.com:80\n", "admin.listen", "not an IP address"),
-            ("  token: ''\n", "admin.token", "empty"),
+            ("  token: ''\n", "admin.token", "an unset environment variable?"),
             ("  port: 80\n", "admin.port", "unknown key"),
         ])
     func errors(_ yaml: String, _ key: String, _ message: String) {

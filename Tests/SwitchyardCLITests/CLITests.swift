@@ -127,8 +127,11 @@ struct CLITests {
             struct Rejected: Decodable { let path, reason: String }
             let plugins: [Plugin]
             let rejected: [Rejected]
+            let not_plugins: [String]
+            let searched: [String]
         }
         let output = try JSONDecoder().decode(Output.self, from: Data(result.stdout.utf8))
+        #expect(output.searched.contains(dir.path), "\(output.searched)")
         let names = output.plugins.map(\.name)
         #expect(names.contains("example-c") && names.contains("example-swift"))
         let exampleC = try #require(output.plugins.first { $0.name == "example-c" })
@@ -143,7 +146,7 @@ struct CLITests {
     func inspect() async throws {
         let result = try await run(BuildProducts.switchyard, ["plugins", "inspect", "example-c", "--json"])
         #expect(result.status == 0, "\(result.stderr)")
-        struct Output: Decodable { let name: String; let functions: [String]; let sha256: String }
+        struct Output: Decodable { let name: String; let functions: [String]; let sha256: String; let capability_bits: UInt64; let load_microseconds: Double }
         let output = try JSONDecoder().decode(Output.self, from: Data(result.stdout.utf8))
         #expect(output.name == "example-c")
         #expect(output.functions == ["create", "destroy", "publish", "subscribe", "unsubscribe", "settle", "drain", "stats"])  // no publish_batch: example-c is one-at-a-time

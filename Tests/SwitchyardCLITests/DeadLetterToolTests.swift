@@ -182,5 +182,8 @@ struct DeadLetterToolTests {
         #expect(console.stderr.contains("'admin.token': is required to listen on 0.0.0.0"), "\(console.stderr)")
         let beyond = try await run(BuildProducts.switchyard, ["console", "--config", config, "--admin", "0.0.0.0:0"], environment: environment)
         #expect(beyond.status == 1, "\(beyond.stderr)")
+        // The demo as well, before its system starts (it used to start, print its routes, then exit 2).
+        let demo = try await run(BuildProducts.switchyard, ["demo", "--serve", "--admin", "0.0.0.0:0"], environment: environment)
+        #expect(demo.status == 1 && demo.stderr.contains("SWITCHYARD_ADMIN_TOKEN") && !demo.stdout.contains("route "), "\(demo.stdout)\(demo.stderr)")
     }
 }

@@ -25,4 +25,16 @@ struct StatsCommandTests {
         let neither = try await run(BuildProducts.switchyard, ["stats"])
         #expect(neither.status != 0 && neither.stderr.contains("--config FILE") && neither.stderr.contains("--url URL"), "\(neither.stderr)")
     }
+
+    @Test("a transport the config cannot create is reported as run reports it: the file, the line and the key")
+    func configErrorNamesTheFile() async throws {
+        let directory = try TemporaryDirectory()
+        let config = directory.file("bad.yaml")
+        try "transports:\n  work:\n    plugin: queue\n    config: { max_in_flight: 0 }\n".write(toFile: config, atomically: true, encoding: .utf8)
+        for command in [["stats", "--config", config], ["dlq", "list", "--transport", "work", "--channel", "orders", "--config", config]] {
+            let result = try await run(BuildProducts.switchyard, command + ["--plugins-dir", BuildProducts.directory])
+            #expect(result.status != 0, "\(command): \(result.stdout)")
+            #expect(result.stderr.contains("\(config):line 4") && result.stderr.contains("'transports.work.config.max_in_flight'"), "\(command): \(result.stderr)")
+        }
+    }
 }

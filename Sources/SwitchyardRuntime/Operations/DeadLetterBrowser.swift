@@ -38,7 +38,7 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     /// `firstArrival`. Blocks: call it off the cooperative pool. Applications get one from
     /// ``SwitchyardActorSystem/deadLetters(transport:channel:limit:)``.
     package init(
-        client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = 10_000, quiet: TimeInterval = 0.3,
+        client: TransportClient, channel: String, deadLetterSuffix: String, limit: Int = DeadLetterBrowser.defaultLimit, quiet: TimeInterval = 0.3,
         firstArrival: TimeInterval = 3
     ) throws(TransportError) {
         self.client = client
@@ -68,6 +68,10 @@ public final class DeadLetterBrowser: @unchecked Sendable {
             if waited >= firstArrival || ((try? client.stats()) ?? nil)?.depth ?? 0 == 0 { break }
         }
     }
+
+    /// How many dead letters one browser holds unless told otherwise (`switchyard dlq --limit`'s
+    /// default, and the admin endpoint's).
+    public static let defaultLimit = 10_000
 
     /// The dead letters held, in the order they arrived.
     public var letters: [Letter] { collected.withLock { $0 } }
@@ -216,5 +220,62 @@ extension SwitchyardConfig {
             current = entry.inner.flatMap { transport(named: $0) }
         }
         return DeadLetter.defaultSuffix
+    }
+}
+
+extension DeadLetterBrowser {
+    /// What ``inPasses(all:limit:open:picks:_:)`` acted on.
+    package struct Passes: Sendable {
+        /// How many dead letters.
+        package var count = 0
+        /// Their message ids (a topic's groups each have a copy with the same id).
+        package var ids: Set<String> = []
+        /// The dead-letter channel.
+        package var channel = ""
+    }
+
+    /// Runs `action` on each held dead letter `picks` selects, one at a time, in browsers `open`
+    /// opens (and closes after the body it is given). With `all`, in passes of `limit` letters
+    /// until a pass holds fewer: each pass's letters leave the channel, so the next one holds the
+    /// following ones. A letter seen again (its receiver dead-lettered the replayed call
+    /// meanwhile) makes that pass the last, or a failing receiver would keep the passes going.
+    /// Without `all` (named ids), one pass. What `switchyard dlq` and the admin endpoint's
+    /// replay and purge share.
+    package static func inPasses(
+        all: Bool, limit: Int, open: ((DeadLetterBrowser) throws -> Void) throws -> Void, picks: (Letter) -> Bool,
+        _ action: (DeadLetterBrowser, Letter) throws -> Void
+    ) throws -> Passes {
+        // Handed to `open`'s body, so lent as escaping (they do not outlive this call).
+        try withoutActuallyEscaping(action) { action in
+            try withoutActuallyEscaping(picks) { picks in
+                var passes = Passes()
+                // Letters acted on in earlier passes, by id and subscriber group: on a topic each
+                // group's copy is a dead letter of its own with the same id.
+                var earlier: Set<String> = []
+                var full = true
+                while full {
+                    var thisPass: Set<String> = []
+                    try open { letters in
+                        passes.channel = letters.channel
+                        let held = letters.letters
+                        full = all && held.count >= limit
+                        for letter in held where picks(letter) {
+                            let key = letter.message.id + "\u{0}" + (letter.message.header(DeadLetterHeader.group) ?? "")
+                            if earlier.contains(key) {
+                                full = false
+                                continue
+                            }
+                            try action(letters, letter)
+                            passes.ids.insert(letter.message.id)
+                            thisPass.insert(key)
+                        }
+                    }
+                    earlier.formUnion(thisPass)
+                    passes.count += thisPass.count
+                    if thisPass.isEmpty { break }  // nothing left the channel: another pass would hold the same
+                }
+                return passes
+            }
+        }
     }
 }

@@ -12,7 +12,8 @@ public struct SystemOverview: Codable, Sendable {
     public var instance: String
     /// `running`, `draining` or `stopped`.
     public var state: String
-    /// Whether it takes work: running, with every hosted subscription started.
+    /// Whether it takes work: `state` is `running` (host your actors before serving this, so that
+    /// ready never comes with nothing hosted).
     public var ready: Bool
     /// The plugins the transports were created from.
     public var plugins: [Plugin]
@@ -224,10 +225,24 @@ extension SwitchyardActorSystem {
     }
 
     /// Holds the dead letters of `channel` (or its dead-letter channel) on the configured
-    /// transport `transport`, up to `limit`, to list, replay or purge; close it when done (the
-    /// transport keeps what was not replayed or purged). Throws `.notFound` for an unknown
-    /// transport and `.unsupported` for one without dead letters.
-    public func deadLetters(transport name: String, channel: String, limit: Int = 1000) async throws -> DeadLetterBrowser {
+    /// transport `transport`, up to `limit` (the `switchyard dlq` default), to list, replay or
+    /// purge; close it when done (the transport keeps what was not replayed or purged). Throws
+    /// `.notFound` for an unknown transport and `.unsupported` for one without dead letters.
+    public func deadLetters(transport name: String, channel: String, limit: Int = DeadLetterBrowser.defaultLimit) async throws -> DeadLetterBrowser {
+        let result: Result<DeadLetterBrowser, TransportError> = await blockingOperation { [self] in
+            do throws(TransportError) {
+                return .success(try openDeadLetters(transport: name, channel: channel, limit: limit))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    /// ``deadLetters(transport:channel:limit:)`` on this thread: blocks while the letters arrive.
+    package func openDeadLetters(transport name: String, channel: String, limit: Int = DeadLetterBrowser.defaultLimit) throws(TransportError)
+        -> DeadLetterBrowser
+    {
         guard let transport = transports?[name] else {
             let known = transports?.transports.keys.sorted().joined(separator: ", ") ?? "none"
             throw TransportError(.notFound, "no transport named '\(name)' in this system (its transports: \(known))")
@@ -235,16 +250,7 @@ extension SwitchyardActorSystem {
         guard transport.chainCapabilities.contains(.deadLetter) else {
             throw TransportError(.unsupported, "transport '\(name)' (\(transport.chainDescription)) keeps no dead letters")
         }
-        let suffix = config.deadLetterSuffix(ofTransport: name)
-        let client = transport.client
-        let result: Result<DeadLetterBrowser, TransportError> = await blockingOperation {
-            do throws(TransportError) {
-                return .success(try DeadLetterBrowser(client: client, channel: channel, deadLetterSuffix: suffix, limit: limit))
-            } catch {
-                return .failure(error)
-            }
-        }
-        return try result.get()
+        return try DeadLetterBrowser(client: transport.client, channel: channel, deadLetterSuffix: config.deadLetterSuffix(ofTransport: name), limit: limit)
     }
 
     /// `Module.$Orders` → `Orders`: the name routes and envelopes use.

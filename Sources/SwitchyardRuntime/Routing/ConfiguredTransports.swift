@@ -23,7 +23,8 @@ extension ProcessIsolation {
         self.init()
         if let value = config.callTimeoutNanos { callTimeoutNanos = value }
         if let value = config.restartBackoffNanos { restartBackoffNanos = value }
-        if let value = config.maxRestartBackoffNanos { maxRestartBackoffNanos = value }
+        // Unset, the maximum is the default or the first wait, whichever is longer.
+        maxRestartBackoffNanos = config.maxRestartBackoffNanos ?? max(maxRestartBackoffNanos, restartBackoffNanos)
         hostExecutable = config.host
     }
 }
@@ -59,9 +60,9 @@ extension TransportSet {
             // The probe runs with the first isolated transport's settings (its `host` above all):
             // then the error is that transport's to fix.
             if let isolated = config.transports.first(where: { $0.isolation != nil }) {
-                throw ConfigError(key: "transports.\(isolated.name).isolation", line: isolated.line, message: error.message)
+                throw ConfigError(key: "transports.\(isolated.name).isolation", line: isolated.line, message: error.message, file: config.file)
             }
-            throw ConfigError(key: "plugins.probe", line: nil, message: error.message)
+            throw ConfigError(key: "plugins.probe", line: nil, message: error.message, file: config.file)
         }
         for rejection in catalog.rejected where rejection.kind != .crashedWhileLoading {  // the probe logged those
             logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
@@ -78,7 +79,7 @@ extension TransportSet {
                 key += ".config.\(named)"
                 line = entry?.configLines[named] ?? line
             }
-            throw ConfigError(key: key, line: line, message: error.message)
+            throw ConfigError(key: key, line: line, message: error.message, file: config.file)
         }
     }
 }
