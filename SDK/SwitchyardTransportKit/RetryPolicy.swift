@@ -14,7 +14,7 @@ public struct RetryPolicy: PluginConfig, Sendable {
     public var max_attempts: Int?
     /// Backoff before the second attempt (default 100ms).
     public var initial_delay: ConfigDuration?
-    /// Longest backoff (default 30s).
+    /// Longest backoff (default 30s, or `initial_delay` when that is longer).
     public var max_delay: ConfigDuration?
     /// Growth of the backoff per attempt (default 2).
     public var multiplier: Double?
@@ -30,8 +30,9 @@ public struct RetryPolicy: PluginConfig, Sendable {
     public var maxAttempts: Int { max_attempts ?? 5 }
     /// `initial_delay` in nanoseconds, or its default.
     public var initial: Int64 { initial_delay?.nanoseconds ?? 100_000_000 }
-    /// `max_delay` in nanoseconds, or its default.
-    public var maximum: Int64 { max_delay?.nanoseconds ?? 30_000_000_000 }
+    /// `max_delay` in nanoseconds, or its default: 30 s, or `initial_delay` when that is longer
+    /// (`initial_delay: 1m` alone means a steady minute, not a refusal of a key never written).
+    public var maximum: Int64 { max_delay?.nanoseconds ?? max(30_000_000_000, initial) }
     /// `multiplier` or its default.
     public var factor: Double { multiplier ?? 2 }
 
@@ -39,7 +40,9 @@ public struct RetryPolicy: PluginConfig, Sendable {
     public func validate() throws(TransportError) {
         if maxAttempts < 1 { throw TransportError(.config, "config key 'max_attempts': must be at least 1") }
         if factor < 1 { throw TransportError(.config, "config key 'multiplier': must be at least 1") }
-        if maximum < initial { throw TransportError(.config, "config key 'max_delay': must not be less than initial_delay") }
+        if maximum < initial {
+            throw TransportError(.config, "config key 'max_delay': \(maximum / 1_000_000) ms must not be less than initial_delay (\(initial / 1_000_000) ms)")
+        }
         if let jitter, jitter != "full", jitter != "none" { throw TransportError(.config, "config key 'jitter': must be \"full\" or \"none\"") }
     }
 

@@ -111,7 +111,7 @@ extension SwitchyardConfig {
                 case .failure(let problem): throw value.error(problem.message)
                 }
             case "token":
-                let token = try value.string()
+                let token = try value.string(allowingEmpty: true)  // the message below says more than "must not be empty"
                 guard !token.isEmpty else {
                     throw value.error("is empty (an unset environment variable?); set a token, or remove the key to serve loopback only")
                 }

@@ -95,7 +95,9 @@ public struct SwitchyardConfig: Sendable {
             self.host = host
         }
 
-        static func parse(_ node: ConfigNode) throws(ConfigError) -> Isolation? {
+        /// The `isolation` value: a word or a mapping; `host` made absolute against `baseDirectory`
+        /// as every other path of the file, and the backoffs checked against each other.
+        static func parse(_ node: ConfigNode, baseDirectory: String) throws(ConfigError) -> Isolation? {
             if let word = try? node.string() {
                 switch word {
                 case "process": return Isolation()
@@ -114,11 +116,21 @@ public struct SwitchyardConfig: Sendable {
                 case "call_timeout":
                     isolation.callTimeoutNanos = try field.duration()
                     if isolation.callTimeoutNanos == 0 { throw field.error("must be more than 0") }
-                case "restart_backoff": isolation.restartBackoffNanos = try field.duration()
-                case "max_restart_backoff": isolation.maxRestartBackoffNanos = try field.duration()
-                case "host": isolation.host = try field.string()
+                case "restart_backoff":
+                    isolation.restartBackoffNanos = try field.duration()
+                    if isolation.restartBackoffNanos == 0 { throw field.error("must be more than 0 (a dead child would be restarted in a tight loop)") }
+                case "max_restart_backoff":
+                    isolation.maxRestartBackoffNanos = try field.duration()
+                    if isolation.maxRestartBackoffNanos == 0 { throw field.error("must be more than 0") }
+                case "host": isolation.host = SwitchyardConfig.resolve(path: try field.string(), against: baseDirectory)
                 default: break
                 }
+            }
+            // Unset, the maximum follows a longer first wait (as a retry policy's max_delay does).
+            if let first = isolation.restartBackoffNanos, let most = isolation.maxRestartBackoffNanos, first > most {
+                throw ConfigError(
+                    key: node.path + ".max_restart_backoff", line: node.line,
+                    message: "\(most / 1_000_000) ms must not be less than restart_backoff (\(first / 1_000_000) ms)")
             }
             return process ? isolation : nil
         }
@@ -181,7 +193,7 @@ public struct SwitchyardConfig: Sendable {
             case "limits": config.limits = try parseLimits(value)
             case "native": config.native = try parseNative(value, baseDirectory: baseDirectory)
             case "plugins": config.plugins = try PluginsSection(value, baseDirectory: baseDirectory)
-            case "transports": config.transports = try parseTransports(value)
+            case "transports": config.transports = try parseTransports(value, baseDirectory: baseDirectory)
             case "routes": routesNode = value
             default: break
             }
@@ -233,7 +245,7 @@ extension SwitchyardConfig {
         return limits
     }
 
-    static func parseTransports(_ node: ConfigNode) throws(ConfigError) -> [TransportEntry] {
+    static func parseTransports(_ node: ConfigNode, baseDirectory: String) throws(ConfigError) -> [TransportEntry] {
         var entries: [TransportEntry] = []
         for (name, value) in try node.entries() {
             if let problem = transportNameProblem(name) { throw ConfigError(key: value.path, line: value.line, message: problem) }
@@ -249,7 +261,7 @@ extension SwitchyardConfig {
                 case "config":
                     configJSON = try field.json()
                     for (configKey, configValue) in (try? field.entries()) ?? [] { configLines[configKey] = configValue.line ?? field.line }
-                case "isolation": isolation = try Isolation.parse(field)
+                case "isolation": isolation = try Isolation.parse(field, baseDirectory: baseDirectory)
                 default: break
                 }
             }

@@ -160,7 +160,7 @@ public final class Transport: Sendable {
         }
         let services = HostServices(transportName: name, logger: logger, metrics: metrics)
         let proxy = try ProcessIsolatedTransport(
-            name: name, plugin: plugin, configJSON: configJSON, options: isolation, logger: logger,
+            name: name, plugin: plugin, configJSON: configJSON, options: isolation, slowCallWarningNanos: slowCallWarningNanos, logger: logger,
             onDeadLetter: { [weak services] message, reason in services?.reportDeadLetter(message, reason: reason) },
             onMetric: { [weak services] kind, name, value in services?.record(kind: kind, name: name, value: value) })
         let adapter = PluginExport.inProcess(

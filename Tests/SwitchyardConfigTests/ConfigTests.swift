@@ -72,6 +72,11 @@ struct ConfigTests {
             ("transports:\n  a:\n    plugin: queue\n    isolation: { mode: proces }\n", "transports.a.isolation.mode", "expected 'process' or 'in-process'"),
             ("transports:\n  a:\n    plugin: queue\n    isolation: { call_timeout: 5 }\n", "transports.a.isolation.call_timeout", "is not a duration"),
             ("transports:\n  a:\n    plugin: queue\n    isolation: { restart: 1s }\n", "transports.a.isolation.restart", "unknown key"),
+            ("transports:\n  a:\n    plugin: queue\n    isolation: { restart_backoff: 0s }\n", "transports.a.isolation.restart_backoff", "more than 0"),
+            (
+                "transports:\n  a:\n    plugin: queue\n    isolation: { restart_backoff: 5s, max_restart_backoff: 1s }\n",
+                "transports.a.isolation.max_restart_backoff", "must not be less than restart_backoff"
+            ),
             (
                 "transports:\n  a:\n    plugin: retry\n    inner: b\n    isolation: process\n  b:\n    plugin: queue\n", "transports.a.isolation",
                 "cannot run with isolation: process"
@@ -107,6 +112,18 @@ struct ConfigTests {
         #expect(config.transports[1].isolation?.maxRestartBackoffNanos == 60_000_000_000)
         #expect(config.transports[1].isolation?.restartBackoffNanos == nil)
         #expect(config.transports[2].isolation == nil)
+    }
+
+    @Test("isolation.host resolves against the config file's directory, as every path of the file does")
+    func isolationHostPath() throws {
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                transports:
+                  a: { plugin: queue, isolation: { host: bin/switchyard } }
+                  b: { plugin: queue, isolation: { host: /opt/switchyard/bin/switchyard } }
+                """, baseDirectory: "/etc/app")
+        #expect(config.transports[0].isolation?.host == "/etc/app/bin/switchyard")
+        #expect(config.transports[1].isolation?.host == "/opt/switchyard/bin/switchyard")
     }
 
     @Test("YAML syntax errors give the line")

@@ -76,6 +76,7 @@ struct RouteConfigTests {
             ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
             ("Orders.place: { transport: direct, max_deliveries: 5 }", "routes.Orders.place.max_deliveries", "needs a transport"),
             ("Orders.place: { transport: direct, prefetch: 50 }", "routes.Orders.place.prefetch", "needs a transport"),
+            ("Orders.place: { transport: direct, concurrency: 4 }", "routes.Orders.place.concurrency", "needs a transport"),
             ("Orders.place: { transport: direct, lease_renewal: 1m }", "routes.Orders.place.lease_renewal", "needs a transport"),
             ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),

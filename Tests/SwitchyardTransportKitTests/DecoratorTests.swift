@@ -73,6 +73,16 @@ struct DecoratorTests {
         #expect(byType.isRetryable("Shop.buy() threw App.NotOutOfStock: none left"))
     }
 
+    @Test("max_delay unset follows an initial_delay above its 30 s default, instead of refusing a key nobody wrote")
+    func maxDelayDefault() throws {
+        let steady = try JSONDecoder().decode(RetryPolicy.self, from: Data(#"{"initial_delay": "1m", "jitter": "none"}"#.utf8))
+        try steady.validate()
+        #expect(steady.backoff(afterAttempt: 1) == 60_000_000_000 && steady.backoff(afterAttempt: 3) == 60_000_000_000)
+        let usual = try JSONDecoder().decode(RetryPolicy.self, from: Data(#"{"jitter": "none"}"#.utf8))
+        #expect(usual.backoff(afterAttempt: 20) == 30_000_000_000)
+        try retry(policy: #"{"initial_delay": "1m"}"#).close()
+    }
+
     @Test(
         "retry refuses bad policies and an inner transport that cannot redeliver",
         arguments: [

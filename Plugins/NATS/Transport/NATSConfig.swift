@@ -95,10 +95,13 @@ struct NATSSettings: Sendable {
         let upper = instance.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }.reduce(into: "") { $0.append($1) }
         servers =
             config.servers
-            ?? ProcessInfo.processInfo.environment["NATS_URL"].map { $0.split(separator: ",").map(String.init) }
+            // Set but empty counts as unset, as for ${VAR} in a config file. Comma-separated: a
+            // cluster's URLs, as the nats CLI reads NATS_URL.
+            ?? ProcessInfo.processInfo.environment["NATS_URL"].flatMap { $0.isEmpty ? nil : $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
             ?? ["nats://127.0.0.1:4222"]
         guard !servers.isEmpty, servers.allSatisfy({ $0.hasPrefix("nats://") || $0.hasPrefix("tls://") }) else {
-            throw fail("servers", "expected URLs like nats://host:4222 or tls://host:4222")
+            let source = config.servers == nil ? "' (from NATS_URL" : ""
+            throw fail("servers\(source)", "expected URLs like nats://host:4222 or tls://host:4222")
         }
         stream = config.stream ?? "SWITCHYARD_\(upper)"
         guard !stream.isEmpty, stream.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {

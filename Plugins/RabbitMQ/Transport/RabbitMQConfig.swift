@@ -80,8 +80,10 @@ struct RabbitMQSettings: Sendable {
 
     init(_ config: RabbitMQConfig, instance: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(TransportError) {
         func fail(_ key: String, _ message: String) -> TransportError { TransportError(.config, "config key '\(key)': \(message)") }
-        let url = config.url ?? environment["RABBITMQ_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
-        let key = config.url == nil && environment["RABBITMQ_URL"] != nil ? "url' (from RABBITMQ_URL" : "url"
+        // Set but empty counts as unset, as for ${VAR} in a config file.
+        let fromEnvironment = environment["RABBITMQ_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        let url = config.url ?? fromEnvironment ?? "amqp://guest:guest@127.0.0.1:5672/"
+        let key = config.url == nil && fromEnvironment != nil ? "url' (from RABBITMQ_URL" : "url"
         var info = amqp_connection_info()
         let copy = strdup(url)
         defer { free(copy) }

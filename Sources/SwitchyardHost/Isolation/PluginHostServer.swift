@@ -356,6 +356,7 @@ public enum PluginHostServer {
             let sha256 = try reader.string("sha256")
             let instanceName = try reader.string("instance name")
             let configJSON = try reader.string("config")
+            let slowCallWarningNanos: Int64 = try reader.integer("slow call warning")
             let loader = PluginLoader(trust: TrustPolicy(pins: sha256.isEmpty ? [:] : [pluginName: sha256]))
             let plugin: LoadedPlugin
             do {
@@ -370,7 +371,7 @@ public enum PluginHostServer {
             // the transport's name and answers waiting callers): pass them on, from creation on.
             let made = try Transport(
                 name: instanceName, plugin: plugin, configJSON: configJSON, inner: nil,
-                slowCallWarningNanos: Transport.defaultSlowCallWarningNanos, logger: logger, metrics: nil,
+                slowCallWarningNanos: slowCallWarningNanos, logger: logger, metrics: nil,
                 forwardingMetrics: { [self] kind, name, value in
                     var payload = WireWriter()
                     payload.integer(kind)

@@ -101,13 +101,15 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var backoffNanos: Int64 = 0
     }
 
+    /// `plugins.slow_call_warning`, which the child applies to its calls into the plugin.
+    private let slowCallWarningNanos: Int64
     private let lock = NSCondition()
     private var state = State()
 
     /// Starts the first child and creates the instance in it; throws what `create` reports
     /// (a config error names the key) or why the child could not start.
     init(
-        name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, logger: Logger,
+        name: String, plugin: LoadedPlugin, configJSON: String, options: ProcessIsolation, slowCallWarningNanos: Int64, logger: Logger,
         onDeadLetter: @escaping DeadLetterObserver,
         onMetric: @escaping @Sendable (Int32, String, Double) -> Void
     ) throws(TransportError) {
@@ -117,6 +119,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         self.plugin = plugin
         self.configJSON = configJSON
         self.options = options
+        self.slowCallWarningNanos = slowCallWarningNanos
         self.logger = logger
         self.executable = try options.resolveExecutable(pluginPath: plugin.path)
         state.backoffNanos = options.restartBackoffNanos
@@ -428,6 +431,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             payload.string(plugin.sha256 ?? "")
             payload.string(name)
             payload.string(configJSON)
+            payload.integer(slowCallWarningNanos)
             _ = try process.request(.create, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "create")
             let live = lock.withLock { state.subscriptions.map { ($0.key, $0.value.options) } }
             for (id, subscribeOptions) in live {

@@ -18,7 +18,8 @@ import SwitchyardTransportKit
 /// a corrupt frame is an error with a reason. Versioned by the `create` request's first field.
 enum WireKind: UInt8 {
     /// Parent → child: load the plugin and create the instance. Payload: wire version u32, plugin
-    /// path, plugin name, pinned sha256 (empty: none), instance name, config JSON.
+    /// path, plugin name, pinned sha256 (empty: none), instance name, config JSON, slow-call
+    /// warning threshold i64 (ns; 0: none).
     case create = 1
     /// Parent → child: payload one message.
     case publish = 2
@@ -71,7 +72,7 @@ enum WireKind: UInt8 {
 /// The protocol version carried by `create`; a child refuses any other.
 /// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle,
 /// deliver_batch and refusal frames; 4: extend.
-let wireVersion: UInt32 = 4
+let wireVersion: UInt32 = 5
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
 let maxFrameBytes = 256 << 20

@@ -57,7 +57,8 @@ final class Route: Sendable {
             transport = nil
             capabilities = []
             envelopeForm = .cloudEvents
-            for key in [Key.delay, .inbox, .outbox, .ordering, .encoding, .mode, .readableTargets, .maxDeliveries, .prefetch, .leaseRenewal] where entry.sets(key) {
+            for key in [Key.delay, .inbox, .outbox, .ordering, .encoding, .mode, .readableTargets, .maxDeliveries, .prefetch, .leaseRenewal, .concurrency]
+            where entry.sets(key) {
                 throw fail(key, "a direct route calls the local actor in the caller's task; '\(key.rawValue)' needs a transport")
             }
         } else {
