@@ -117,16 +117,35 @@ final class Binding: @unchecked Sendable {
             done.signal()
         }
         done.wait()
-        let value: NativeValue
+        var value: NativeValue
         switch outcome.withLock({ $0! }) {
         case .success(let returned):
             LastError.set("")
             value = returned
+            // What came back must be what the bound signature promises its C caller: another
+            // kind (a signature bound here that differs from the function's) is an error, not
+            // a value made up from it.
+            if let problem = Self.mismatch(value, signature.result) {
+                LastError.set("\(route): \(problem): bind it with the function's own signature (its native: entry in the config)")
+                value = .void
+            }
         case .failure(let error):
             LastError.set("\(error)")
             value = .void
         }
         write(value, to: result)
+    }
+
+    /// Why `value` cannot be returned as `type`; nil when it can.
+    static func mismatch(_ value: NativeValue, _ type: NativeType) -> String? {
+        switch (type, value) {
+        case (.void, _), (.i8, .int), (.i16, .int), (.i32, .int), (.i64, .int), (.i64, .uint), (.u8, .uint), (.u16, .uint), (.u32, .uint),
+            (.u64, .uint), (.u8, .int), (.u16, .int), (.u32, .int), (.u64, .int), (.bool, .bool), (.f32, .double), (.f64, .double), (.f32, .int),
+            (.f64, .int), (.f32, .uint), (.f64, .uint), (.str, .string), (.bytes, .bytes):
+            return nil
+        default:
+            return "the result is \(kind(of: value)) (\(value)), which the bound signature's \(type) result cannot hold"
+        }
     }
 
     /// Writes the result as C: integral results narrower than a register are widened to
@@ -137,7 +156,7 @@ final class Binding: @unchecked Sendable {
             case .int(let x): UInt64(bitPattern: x)
             case .uint(let x): x
             case .bool(let x): x ? 1 : 0
-            case .double(let x): UInt64(bitPattern: Int64(x))
+            case .double(let x): UInt64(bitPattern: Int64(exactly: x.rounded(.towardZero)) ?? 0)  // never reached for a checked result
             default: 0
             }
         }
@@ -147,13 +166,9 @@ final class Binding: @unchecked Sendable {
         case .i32: result.storeBytes(of: UInt64(bitPattern: Int64(Int32(truncatingIfNeeded: integer(value)))), as: UInt64.self)
         case .i64, .u64, .u8, .u16, .u32, .bool: result.storeBytes(of: integer(value), as: UInt64.self)
         case .f32:
-            if case .double(let x) = value {
-                result.storeBytes(of: Float(x), as: Float.self)
-            } else {
-                result.storeBytes(of: Float(Int64(bitPattern: integer(value))), as: Float.self)
-            }
+            result.storeBytes(of: Float(Self.real(value)), as: Float.self)
         case .f64:
-            if case .double(let x) = value { result.storeBytes(of: x, as: Double.self) } else { result.storeBytes(of: Double(Int64(bitPattern: integer(value))), as: Double.self) }
+            result.storeBytes(of: Self.real(value), as: Double.self)
         case .str:
             if case .string(let text) = value {
                 result.storeBytes(of: UnsafeMutableRawPointer(strdup(text)), as: UnsafeMutableRawPointer?.self)
@@ -161,6 +176,30 @@ final class Binding: @unchecked Sendable {
                 result.storeBytes(of: nil, as: UnsafeMutableRawPointer?.self)
             }
         case .bytes, .void: break
+        }
+    }
+}
+
+extension Binding {
+    /// What kind of value `value` is, for a person.
+    static func kind(of value: NativeValue) -> String {
+        switch value {
+        case .int, .uint: "an integer"
+        case .double: "a floating-point number"
+        case .bool: "a boolean"
+        case .string: "a string"
+        case .bytes: "bytes"
+        case .void: "nothing"
+        }
+    }
+
+    /// A number as a Double (0 for anything else).
+    static func real(_ value: NativeValue) -> Double {
+        switch value {
+        case .double(let x): x
+        case .int(let x): Double(x)
+        case .uint(let x): Double(x)
+        default: 0
         }
     }
 }

@@ -1,5 +1,6 @@
 /* A C program calling routed native functions through bound function pointers. */
 #include <inttypes.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include "switchyard_native.h"
@@ -29,6 +30,14 @@ int main(int argc, char **argv) {
     int32_t (*wrong)(int32_t) = (int32_t (*)(int32_t))sy_native_bind(client, "Math.add", "i32(i32)", error, sizeof error);
     int32_t refused = wrong(1);
     printf("refused=%d error=[%s]\n", refused, sy_native_last_error());
+
+    /* A result of another kind than the bound signature's is a failed call, never a made-up
+     * value (an infinite f64 read as i64 used to trap in the client). */
+    int64_t (*misbound)(int32_t, double) = (int64_t (*)(int32_t, double))sy_native_bind(client, "Math.scale", "i64(i32, f64)", error, sizeof error);
+    int64_t mismatched = misbound(1, INFINITY);
+    printf("mismatched=%" PRId64 " error=[%s]\n", mismatched, sy_native_last_error());
+    /* An infinite f64 result travels (on a JSON route as the string "Infinity"). */
+    printf("infinite=%g\n", scale(1, INFINITY));
     sy_native_close(client);
     return 0;
 }

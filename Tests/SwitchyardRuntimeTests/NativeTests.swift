@@ -201,6 +201,11 @@ struct NativeTests {
         try system.hostNative()
         #expect(try await system.callNative("Math.add", [.int(40), .int(2)]) == .int(42))
         #expect(try await system.callNative("Math.scale", [.int(3), .double(1.5)]) == .double(4.5))
+        // What JSON has no number for travels all the same (as "Infinity", "-Infinity", "NaN").
+        #expect(try await system.callNative("Math.scale", [.int(1), .double(.infinity)]) == .double(.infinity))
+        #expect(try await system.callNative("Math.scale", [.int(-1), .double(.infinity)]) == .double(-.infinity))
+        let nan = try await system.callNative("Math.scale", [.int(0), .double(.infinity)])
+        #expect({ if case .double(let value) = nan { value.isNaN } else { false } }(), "0 × inf came back as \(nan)")
         #expect(try await system.callNative("Math.greet", [.string("routes")]) == .string("hello, routes"))
         #expect(try await system.callNative("Math.sum", [.bytes([1, 2, 3])]) == .uint(1026))
         #expect(try await system.callNative("Math.touch", []) == .void)
@@ -347,6 +352,9 @@ struct NativeTests {
         #expect(result.stdout.contains("sum=1026\n"))
         #expect(result.stdout.contains("error after success=[]"))
         #expect(result.stdout.contains("refused=0 error=[Math.add: rejected by the receiver: cannot run Math.add: add_i32 takes 2 argument(s)"), "\(result.stdout)")
+        let mismatch = "mismatched=0 error=[Math.scale: the result is a floating-point number (inf), which the bound signature's i64 result cannot hold"
+        #expect(result.stdout.contains(mismatch), "\(result.stdout)")
+        #expect(result.stdout.contains("infinite=inf\n"), "\(result.stdout)")
         await host.shutdown()
     }
 }

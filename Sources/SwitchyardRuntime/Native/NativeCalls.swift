@@ -108,10 +108,17 @@ enum NativeCodec {
         }
     }
 
+    /// What JSON cannot write as a number travels as a string, as Foundation's
+    /// `JSONEncoder.NonConformingFloatEncodingStrategy` names them (`NaN`, `Infinity`,
+    /// `-Infinity`); read back as the number where the signature says f32 or f64.
+    static let nonFinite: [String: Double] = ["NaN": .nan, "Infinity": .infinity, "-Infinity": -.infinity]
+
     static func json(_ value: NativeValue) -> Any {
         switch value {
         case .int(let v): v
         case .uint(let v): v
+        case .double(let v) where v.isNaN: "NaN"
+        case .double(let v) where v.isInfinite: v < 0 ? "-Infinity" : "Infinity"
         case .double(let v): v
         case .bool(let v): v
         case .string(let v): v
@@ -188,8 +195,19 @@ enum NativeCodec {
         for (index, type) in signature.parameters.enumerated() where index < values.count {
             if type == .bytes, case .string(let text) = values[index], let data = Data(base64Encoded: text) { values[index] = .bytes(Array(data)) }
             if type.isUnsigned, case .int(let v) = values[index], v >= 0 { values[index] = .uint(UInt64(v)) }
+            if type == .f32 || type == .f64, case .string(let text) = values[index], let number = nonFinite[text] { values[index] = .double(number) }
         }
         return values
+    }
+
+    /// A result decoded without its type, made what `declared` says where JSON could not: an
+    /// unsigned number, a non-finite float.
+    static func typed(_ result: NativeValue, declared: NativeType?) -> NativeValue {
+        switch (result, declared) {
+        case (.int(let value), let type?) where value >= 0 && type.isUnsigned: .uint(UInt64(value))
+        case (.string(let text), .f32?), (.string(let text), .f64?): nonFinite[text].map(NativeValue.double) ?? result
+        default: result
+        }
     }
 }
 
@@ -260,9 +278,8 @@ extension SwitchyardActorSystem {
         }
         let reply = try await request(id, call, NativeArguments(values: arguments), route: route)
         let result = try NativeCodec.decodeUntyped(reply.body, reply.encoding).first ?? .void
-        // JSON does not say unsigned: when the config declares the function, say it for it.
-        if case .int(let value) = result, value >= 0, declaredResult(call)?.isUnsigned == true { return .uint(UInt64(value)) }
-        return result
+        // JSON says neither unsigned nor NaN: when the config declares the function, say it for it.
+        return NativeCodec.typed(result, declared: declaredResult(call))
     }
 
     /// Calls a native function with its arguments as text — from a command line, or the values
