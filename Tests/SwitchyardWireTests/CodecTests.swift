@@ -296,6 +296,24 @@ struct CompactEnvelopeTests {
         #expect(negative?.description.contains("a negative deadline") == true, "\(String(describing: negative))")
     }
 
+    @Test("an empty or oversized idempotency key, or a CloudEvents deadline before 1970, is refused in either form (an empty key filed every call under one inbox record)")
+    func keyAndDeadlineRules() throws {
+        for form in [Envelope.Form.compact, .cloudEvents] {
+            for key in ["", String(repeating: "k", count: Envelope.maxIdempotencyKeyBytes + 1)] {
+                let envelope = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: [4], idempotencyKey: key)
+                let error = #expect(throws: EnvelopeError.self, "\(form) '\(key.prefix(3))'") { try Self.read(envelope.message(channel: "t", form: form)) }
+                #expect(error?.description.contains("1 to 200 bytes") == true, "\(String(describing: error))")
+            }
+            let fine = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: [4], idempotencyKey: "order-7")
+            #expect(try Self.read(fine.message(channel: "t", form: form)) == fine)
+        }
+        let envelope = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: [4], deadlineNanos: 5_000_000_000)
+        var message = envelope.message(channel: "t", form: .cloudEvents)
+        message.headers = message.headers.map { $0.key == EnvelopeHeader.deadline ? Header(EnvelopeHeader.deadline, "1969-12-31T23:59:59Z") : $0 }
+        let early = #expect(throws: EnvelopeError.self) { try Self.read(message) }
+        #expect(early?.description.contains("before 1970") == true, "\(String(describing: early))")
+    }
+
     @Test("what the host reads off an unreadable or dead-lettered call, and a replay without its reply, work in both forms")
     func summaryAndReplay() throws {
         let envelope = Envelope(
@@ -320,6 +338,11 @@ struct CompactEnvelopeTests {
             #expect(CallSummary(replay).replyTo == nil)
             #expect(replay.expiresAtNanos == 0 && replay.header("x-kept") == "yes")
         }
+        // Another system's producer says JSON with a plain Content-Type (CloudEvents' HTTP binary
+        // mode): a call refused unread is answered in JSON, which it reads.
+        var foreign = envelope.message(channel: "orders", form: .cloudEvents)
+        foreign.headers = foreign.headers.filter { $0.key != EnvelopeHeader.contentType } + [Header("Content-Type", "application/json; charset=utf-8")]
+        #expect(CallSummary(foreign).contentType == .json)
         // A message that is not an envelope at all: only its id.
         let plain = CallSummary(Message(id: "plain", channel: "orders", body: [1]))
         #expect(plain.replyTo == nil && plain.type == nil)

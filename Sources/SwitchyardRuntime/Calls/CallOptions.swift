@@ -1,3 +1,5 @@
+import SwitchyardWire
+
 /// Options for the calls made inside ``Switchyard/withCallOptions(_:isolation:_:)``: what a
 /// route sets for all of its calls, set for some calls.
 ///
@@ -60,8 +62,8 @@ public struct CallOptions: Sendable, Hashable {
     var problem: String? {
         if let deadline, deadline <= .zero { return "call option deadline must be positive (got \(deadline))" }
         if let delay, delay < .zero { return "call option delay must not be negative (got \(delay))" }
-        if let key = idempotencyKey, key.isEmpty || key.utf8.count > 200 {
-            return "call option idempotencyKey must be 1 to 200 bytes (got \(key.utf8.count))"
+        if let key = idempotencyKey, let problem = Envelope.idempotencyKeyProblem(byteCount: key.utf8.count) {
+            return "call option idempotencyKey \(problem)"
         }
         guard !headers.isEmpty else { return nil }  // checked on every call: sorting nothing still costs
         for name in headers.keys.sorted() {

@@ -348,6 +348,7 @@ extension SwitchyardActorSystem {
                 return reject(error.description, route: route)
             case .success(let value):
                 finished = true
+                // Every native value encodes (JSON carries NaN and infinities as strings).
                 let body = (try? NativeCodec.encode([value], envelope.contentType)) ?? []
                 if claimed, let gate = route?.inbox?.writeGate {
                     settledLater = await complete(
@@ -686,7 +687,9 @@ extension SwitchyardActorSystem {
         let call = CallSummary(message)
         guard let replyTo = call.replyTo, !replyTo.isEmpty, let id = call.id, !id.isEmpty else { return }
         let target = call.type ?? channel  // the readable Interface.method(labels:)
-        let encoding = call.contentType ?? .compact
+        // Unsaid: compact for a compact call (only Switchyard writes those); JSON for a CloudEvents
+        // one, the encoding a producer of another system can read.
+        let encoding = call.contentType ?? (call.form == .cloudEvents ? .json : .compact)
         let (outcome, body) = encodeReply(.error(error(target)), encoding: encoding)
         publishReply(
             on: transport, to: replyTo, correlationID: id, target: target, outcome: outcome, body: body, encoding: encoding,

@@ -179,6 +179,7 @@ enum CompactForm {
             throw malformed("its \(field): \(error)")
         }
         guard deadline >= 0 else { throw malformed("a negative deadline") }
+        if let key, let problem = Envelope.idempotencyKeyProblem(byteCount: key.len) { throw malformed("an idempotency key that \(problem)") }
         for (name, value) in [("source", source), ("type", type), ("target identifier", identifier)] where value.len == 0 {
             throw EnvelopeError("not a Switchyard envelope: its \(name) is empty")
         }
@@ -225,7 +226,12 @@ package struct CallSummary: Sendable {
         identifier = message.header(EnvelopeHeader.target)
         replyTo = message.header(EnvelopeHeader.replyTo)
         deadlineNanos = message.header(EnvelopeHeader.deadline).flatMap(RFC3339.parse) ?? 0
-        contentType = message.header(EnvelopeHeader.contentType).flatMap(ArgumentEncoding.init(rawValue:))
+        // As the full reader does: `ce-datacontenttype`, else a plain Content-Type (any case, its
+        // parameters left off), which producers of other systems send.
+        let plain = message.headers.first { $0.key.lowercased() == "content-type" }?.value
+        contentType = (message.header(EnvelopeHeader.contentType) ?? plain).flatMap { text in
+            ArgumentEncoding(rawValue: String(text.prefix { $0 != ";" }.filter { !$0.isWhitespace }))
+        }
     }
 
     /// The summary of a message (one a transport reported dead-lettered).

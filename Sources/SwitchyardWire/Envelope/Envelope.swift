@@ -13,6 +13,15 @@ public struct Envelope: Sendable, Hashable {
     public static let currentVersion = 1
     /// ``currentVersion`` as the `ce-syversion` header writes it.
     package static let currentVersionText = String(currentVersion)
+    /// An idempotency key is 1 to this many bytes, checked where a caller sets one and where a
+    /// receiver reads one: an empty key from another producer would file every call to its
+    /// target under one inbox record.
+    public static let maxIdempotencyKeyBytes = 200
+
+    /// Why `key` cannot be an idempotency key; nil when it can.
+    package static func idempotencyKeyProblem(byteCount: Int) -> String? {
+        (1...maxIdempotencyKeyBytes).contains(byteCount) ? nil : "must be 1 to \(maxIdempotencyKeyBytes) bytes (got \(byteCount))"
+    }
 
     /// A content type's media type: `application/json; charset=utf-8` → `application/json`,
     /// spaces and tabs around it dropped.
@@ -409,7 +418,13 @@ extension Envelope {
         var deadline: Int64 = 0
         if let text = slice(.deadline) {
             guard let parsed = Self.time(text) else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is not an RFC 3339 time: '\(String(text))'") }
+            // As the compact form refuses it: before 1970 would read as "no deadline" and run.
+            guard parsed > 0 else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is before 1970: '\(String(text))'") }
             deadline = parsed
+        }
+        let idempotencyKey = text(.idempotencyKey)
+        if let key = idempotencyKey, let problem = Self.idempotencyKeyProblem(byteCount: key.utf8.count) {
+            throw EnvelopeError("'\(EnvelopeHeader.idempotencyKey)' \(problem)")
         }
         let source = try required(.source)
         let type = try required(.type)
@@ -418,7 +433,7 @@ extension Envelope {
         self.init(
             id: String(id), target: Target(name: name, identifier: identifierText), arguments: Array(message.body), contentType: contentType,
             replyTo: text(.replyTo), traceparent: text(.traceparent), tracestate: text(.tracestate), traceContext: text(.traceContext),
-            idempotencyKey: text(.idempotencyKey), deadlineNanos: deadline, createdAtNanos: created,
+            idempotencyKey: idempotencyKey, deadlineNanos: deadline, createdAtNanos: created,
             source: sourceText, version: version, headers: extra)
     }
 
