@@ -140,8 +140,10 @@ struct InboxTests {
         await system.shutdown()
     }
 
-    @Test("outside a handler on a route with a durable inbox, inboxTransaction refuses")
+    @Test("outside a handler on a route with a durable inbox, inboxTransaction refuses at once with a routing error saying where it works")
     func refusedOutsideInbox() {
-        #expect(throws: SwitchyardError.self) { try Switchyard.inboxTransaction { _ in } }
+        let error = #expect(throws: SwitchyardError.self) { try Switchyard.inboxTransaction { _ in } }
+        #expect(error?.code == .routing, "\(String(describing: error))")
+        #expect(error?.reason.contains("only inside a handler whose route has a durable inbox") == true, "\(String(describing: error))")
     }
 }
