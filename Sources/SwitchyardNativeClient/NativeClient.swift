@@ -121,7 +121,8 @@ final class Binding: @unchecked Sendable {
         switch outcome.withLock({ $0! }) {
         case .success(let returned):
             LastError.set("")
-            value = returned
+            // JSON's NaN and infinities (strings) read by the bound type, as a declared one is.
+            value = NativeCodec.typed(returned, declared: signature.result)
             // What came back must be what the bound signature promises its C caller: another
             // kind (a signature bound here that differs from the function's) is an error, not
             // a value made up from it.
@@ -139,7 +140,9 @@ final class Binding: @unchecked Sendable {
     /// Why `value` cannot be returned as `type`; nil when it can.
     static func mismatch(_ value: NativeValue, _ type: NativeType) -> String? {
         switch (type, value) {
-        case (.void, _), (.i8, .int), (.i16, .int), (.i32, .int), (.i64, .int), (.i64, .uint), (.u8, .uint), (.u16, .uint), (.u32, .uint),
+        // Nothing back: a fire-and-forget route answers nothing, whatever the function returns
+        // (0 or NULL to the C caller, as before).
+        case (_, .void), (.void, _), (.i8, .int), (.i16, .int), (.i32, .int), (.i64, .int), (.i64, .uint), (.u8, .uint), (.u16, .uint), (.u32, .uint),
             (.u64, .uint), (.u8, .int), (.u16, .int), (.u32, .int), (.u64, .int), (.bool, .bool), (.f32, .double), (.f64, .double), (.f32, .int),
             (.f64, .int), (.f32, .uint), (.f64, .uint), (.str, .string), (.bytes, .bytes):
             return nil

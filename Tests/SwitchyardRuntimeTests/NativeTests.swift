@@ -336,7 +336,7 @@ struct NativeTests {
               greet: { signature: "str(str)", free: greet_free }
               sum: { symbol: checksum, signature: "u64(bytes)" }
         routes:
-          Math.*: { transport: q, deadline: 20s }
+          Math.*: { transport: q, deadline: 20s, encoding: json }  # JSON: the path that needs the most reading back (u64, inf)
         """.write(toFile: config, atomically: true, encoding: .utf8)
         // This process serves the module; the C program calls it through the durable queue.
         let host = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }

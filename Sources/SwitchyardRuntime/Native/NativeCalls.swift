@@ -82,7 +82,7 @@ final class NativeModules: Sendable {
 
 /// How native values travel: the arguments one value after another in the compact form (or a
 /// JSON array), typed on the way in by the function's signature; a result the same way.
-enum NativeCodec {
+package enum NativeCodec {
     static func encode(_ values: [NativeValue], _ encoding: ArgumentEncoding) throws -> [UInt8] {
         switch encoding {
         case .compact:
@@ -202,7 +202,7 @@ enum NativeCodec {
 
     /// A result decoded without its type, made what `declared` says where JSON could not: an
     /// unsigned number, a non-finite float.
-    static func typed(_ result: NativeValue, declared: NativeType?) -> NativeValue {
+    package static func typed(_ result: NativeValue, declared: NativeType?) -> NativeValue {
         switch (result, declared) {
         case (.int(let value), let type?) where value >= 0 && type.isUnsigned: .uint(UInt64(value))
         case (.string(let text), .f32?), (.string(let text), .f64?): nonFinite[text].map(NativeValue.double) ?? result
