@@ -422,7 +422,9 @@ extension Envelope {
             guard parsed > 0 else { throw EnvelopeError("'\(EnvelopeHeader.deadline)' is before 1970: '\(String(text))'") }
             deadline = parsed
         }
-        let idempotencyKey = text(.idempotencyKey)
+        // Empty counts as absent (the call's id is its key), as an empty value means unset
+        // elsewhere; an oversized one is refused.
+        let idempotencyKey = text(.idempotencyKey).flatMap { $0.isEmpty ? nil : $0 }
         if let key = idempotencyKey, let problem = Self.idempotencyKeyProblem(byteCount: key.utf8.count) {
             throw EnvelopeError("'\(EnvelopeHeader.idempotencyKey)' \(problem)")
         }
