@@ -71,7 +71,7 @@ enum WireKind: UInt8 {
 
 /// The protocol version carried by `create`; a child refuses any other.
 /// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle,
-/// deliver_batch and refusal frames; 4: extend.
+/// deliver_batch and refusal frames; 4: extend; 5: create carries the slow-call warning threshold.
 let wireVersion: UInt32 = 5
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
