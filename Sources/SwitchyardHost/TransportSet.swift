@@ -126,7 +126,8 @@ extension TransportSet {
         }
         if bundledPlugins.contains(plugin) {
             return "It is a product of the switchyard package, built only when asked: build it next to your executable with "
-                + "'swift build --product switchyard-\(plugin)' (one per plugin, see docs/services.md)"
+                + "'swift build --product switchyard-\(plugin)' (one per plugin, see docs/services.md); if it is built elsewhere "
+                + "(another build folder, an install), name that directory in SWITCHYARD_PLUGINS_PATH or plugins.directory"
         }
         return "Put the plugin's .so file (any file name: the name inside it counts) in one of those directories "
             + "(e.g. \(SearchDirectory.systemDirectories[0])); the bundled plugins are \(bundledPlugins.joined(separator: ", "))"

@@ -148,6 +148,7 @@ struct RouteConfigTests {
         #expect(error?.message.contains("switchyard-queues") == false)
         #expect(TransportSet.unknownPluginAdvice("nats", found: []).hasPrefix("It is a product of the switchyard package"))
         #expect(TransportSet.unknownPluginAdvice("nats", found: []).contains("swift build --product switchyard-nats"))
+        #expect(TransportSet.unknownPluginAdvice("nats", found: []).contains("SWITCHYARD_PLUGINS_PATH or plugins.directory"))
         #expect(TransportSet.unknownPluginAdvice("rabitmq", found: []).contains("Did you mean 'rabbitmq'? (build it with 'swift build --product switchyard-rabbitmq'"))
     }
 
