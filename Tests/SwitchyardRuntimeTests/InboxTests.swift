@@ -1,6 +1,7 @@
 import Distributed
 import Foundation
 import SwitchyardABI
+import SwitchyardPostgres
 import SwitchyardTestSupport
 import SwitchyardTransportKit
 import SwitchyardWire
@@ -29,6 +30,19 @@ distributed actor BookkeeperService: Bookkeeper {
             try db.execute("CREATE TABLE IF NOT EXISTS booked (id INTEGER NOT NULL, label TEXT NOT NULL)")
             try db.run("INSERT INTO booked VALUES (?, ?)", [.int(Int64(id)), .text(label)])
         }
+    }
+}
+
+@Resolvable
+protocol Poster: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    distributed func post(_ id: Int) async throws
+}
+
+/// Writes through the PostgreSQL form of the inbox transaction, on whatever route it is hosted.
+distributed actor PostgresPosterService: Poster {
+    typealias ActorSystem = SwitchyardActorSystem
+    distributed func post(_ id: Int) async throws {
+        try Switchyard.inboxTransaction(PostgresDatabase.self) { db in try db.execute("SELECT 1") }
     }
 }
 
@@ -137,6 +151,25 @@ struct InboxTests {
         #expect(await eventually { (try? booked(in: inboxPath))?.count == 2 })
         try await Task.sleep(for: .milliseconds(200))
         #expect(try Set(booked(in: inboxPath)) == ["audit:7", "mail:7"])
+        await system.shutdown()
+    }
+
+    @Test("a closure for the other kind of database (PostgreSQL's on a SQLite inbox) fails the call, and the reason names the call to use")
+    func wrongDatabaseKind() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try await makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Poster.*: { transport: memq, deadline: 10s, inbox: { path: "\(directory.file("inbox.db"))" } }
+            """)
+        try system.host("poster", as: $Poster.self) { PostgresPosterService(actorSystem: $0) }
+        let poster = try $Poster.resolve(id: "poster", using: system)
+        let error = await #expect(throws: SwitchyardError.self) { try await poster.post(1) }
+        #expect(error?.code == .deadLettered, "\(String(describing: error))")
+        #expect(error?.reason.contains("this route's inbox is in SQLite") == true, "\(String(describing: error))")
+        #expect(error?.reason.contains("Switchyard.inboxTransaction { (db: SQLiteDatabase) in … }") == true, "\(String(describing: error))")
         await system.shutdown()
     }
 

@@ -591,10 +591,18 @@ extension SwitchyardActorSystem {
     /// A call whose inbox transaction failed (nothing was committed): retried like a failed
     /// handler — with the route's policy, dead-lettered once it gives up (an effect that always
     /// fails, a constraint the handler's SQL breaks, must not run forever); without one, again in
-    /// a second.
+    /// a second. A mistake no retry can fix (a closure for the other kind of database: `.config`)
+    /// is dead-lettered at once, and a waiting caller told why, instead of timing out.
     private func giveBack(_ item: Inbound, route: Route?, inboxError error: TransportError) {
         let reason = "the inbox transaction failed: \(error.message)"
         let target = item.envelope.target.name
+        if error.code == .config {
+            route?.metrics.deadLettered.increment()
+            logger.error("dead-lettering a call whose inbox transaction cannot succeed", metadata: ["target": "\(target)", "error": "\(error.message)"])
+            deadLetter(item, reason: reason)
+            sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
+            return
+        }
         if let policy = route?.retry, Int(item.attempt) >= policy.maxAttempts {
             route?.metrics.deadLettered.increment()
             logger.error(
