@@ -396,7 +396,15 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             }
             return fetched.indices.map { index in
                 state.nextDelivery += 1
-                let releases = state.records[RecordKey(sequences[index], of: subscription)]?.releases ?? 0
+                let record = RecordKey(sequences[index], of: subscription)
+                // A redelivery proves every earlier delivery of the message stale, whatever this
+                // process's clock says of its lease (JetStream started the ack wait before the
+                // fetch returned it): a settle or extend of one is refused from now on. Looked
+                // for on redeliveries only, which are rare.
+                if messages[index].attempt > 1 {
+                    for (id, held) in state.deliveries where held.record == record { state.deliveries[id]!.leaseStart = Int64.min / 2 }
+                }
+                let releases = state.records[record]?.releases ?? 0
                 messages[index].attempt = messages[index].attempt > releases ? messages[index].attempt - releases : 1
                 state.deliveries[state.nextDelivery] = Delivery(
                     message: fetched[index], subscription: subscription, sequence: sequences[index], attempt: messages[index].attempt,
