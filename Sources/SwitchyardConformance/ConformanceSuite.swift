@@ -75,11 +75,11 @@ public struct ConformanceSuite: Sendable {
     /// At most this many checks run at once in one process, across every suite running: suites
     /// run side by side (a test's cases) overlap their waits, without each check's timing windows
     /// (leases of 600 ms) competing with a dozen others for two cores.
-    static let checkSlots = DispatchSemaphore(value: 4)
+    static let checkSlots = DispatchSemaphore(value: 2)
 
     /// Runs every check (or those named), reporting each result to `progress` as it finishes.
     ///
-    /// Suites may run at the same time from several threads; at most four checks run at once in a
+    /// Suites may run at the same time from several threads; at most two checks run at once in a
     /// process, and a check's time limit counts from when it starts.
     public func run(only names: Set<String> = [], progress: (ConformanceResult) -> Void = { _ in }) -> [ConformanceResult] {
         var results: [ConformanceResult] = []
