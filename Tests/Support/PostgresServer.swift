@@ -1,6 +1,7 @@
 import Foundation
+import SwitchyardABI
 
-/// A PostgreSQL server of its own for a test: `initdb` into a temporary directory, `pg_ctl start`
+/// A PostgreSQL server of its own for a test: a cluster in a temporary directory, `pg_ctl start`
 /// on a free loopback port, trust authentication for the `postgres` user. PostgreSQL refuses to
 /// run as root, so as root the server runs as the `postgres` user (`runuser`). Stopped and
 /// removed on deinit.
@@ -42,20 +43,15 @@ package final class PostgresServer: @unchecked Sendable {
     /// A libpq connection string for this server.
     package var conninfo: String { "host=127.0.0.1 port=\(port) user=postgres dbname=postgres connect_timeout=5" }
 
-    /// Creates the cluster and starts the server.
+    /// Creates the cluster (a copy of this process's one `initdb`) and starts the server.
     package init() throws {
         guard let binaries = Self.binDirectory else { throw NATSTestError("PostgreSQL is not installed (apt-get install postgresql)") }
         self.binaries = binaries
         port = try freePort()
-        var template = Array("/tmp/switchyard-pg-XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw NATSTestError("mkdtemp failed") }
-        directory = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if getuid() == 0 {
-            guard let user = getpwnam("postgres") else { throw NATSTestError("no postgres user (apt-get install postgresql)") }
-            chown(directory, user.pointee.pw_uid, user.pointee.pw_gid)
-        }
-        let initdb = try Self.asServerUser(binaries + "/initdb", ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
-        guard initdb.status == 0 else { throw NATSTestError("initdb failed: \(initdb.stderr)") }
+        directory = try Self.serverDirectory()
+        let template = try Self.template.get()
+        let copied = try Self.asServerUser("/bin/cp", ["-a", template, data])
+        guard copied.status == 0 else { throw NATSTestError("copying the initdb template failed: \(copied.stderr)") }
         // A port found free can be taken by another test's server before this one binds it
         // (tests run in parallel): a first start that fails tries again on another port.
         for _ in 0..<2 {
@@ -73,6 +69,40 @@ package final class PostgresServer: @unchecked Sendable {
         stop()
         try? FileManager.default.removeItem(atPath: directory)
     }
+
+    /// A new temporary directory the server user owns.
+    private static func serverDirectory() throws -> String {
+        var template = Array("/tmp/switchyard-pg-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw NATSTestError("mkdtemp failed") }
+        let directory = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if getuid() == 0 {
+            guard let user = getpwnam("postgres") else { throw NATSTestError("no postgres user (apt-get install postgresql)") }
+            chown(directory, user.pointee.pw_uid, user.pointee.pw_gid)
+        }
+        return directory
+    }
+
+    /// One `initdb` per test process, copied for each server: `initdb` costs about 1.3 s of CPU
+    /// (a copy, 0.5 s), and the half dozen servers tests start together were most of the load on
+    /// two cores in a test run's first seconds, where other tests' timing windows run. Removed
+    /// when the process exits.
+    private static let template: Result<String, NATSTestError> = {
+        do {
+            guard let binaries = binDirectory else { throw NATSTestError("PostgreSQL is not installed (apt-get install postgresql)") }
+            let directory = try serverDirectory()
+            templateRoot.withLock { $0 = directory }
+            atexit { if let root = PostgresServer.templateRoot.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: root) } }
+            let data = directory + "/data"
+            let initdb = try asServerUser(binaries + "/initdb", ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            guard initdb.status == 0 else { throw NATSTestError("initdb failed: \(initdb.stderr)") }
+            return .success(data)
+        } catch let error as NATSTestError {
+            return .failure(error)
+        } catch {
+            return .failure(NATSTestError("\(error)"))
+        }
+    }()
+    private static let templateRoot = Guarded<String?>(nil)
 
     /// Starts the server (again, after ``kill()``) and waits until it accepts connections.
     package func start() throws {

@@ -198,9 +198,14 @@ package func run(_ executable: String, _ arguments: [String], environment: [Stri
 /// loaded by other work (CI, a sanitizer build alongside) can delay a passing one by seconds.
 package func eventually(_ seconds: Double = 15, _ condition: () -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
+    // From 1 ms, doubling to 20 ms: a condition met at once is seen at once, and a hundred tests
+    // waiting side by side do not flood the two-thread cooperative pool with wakeups every 2 ms
+    // (the pool also runs the code under test: admin requests, replies, timers).
+    var pause = 1
     while Date() < deadline {
         if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(2))
+        try? await Task.sleep(for: .milliseconds(pause))
+        pause = min(pause * 2, 20)
     }
     return condition()
 }

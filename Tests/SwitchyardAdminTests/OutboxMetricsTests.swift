@@ -64,7 +64,7 @@ struct OutboxMetricsTests {
         }
 
         func metric(_ name: String) async throws -> Double {
-            let result = try await run("/usr/bin/curl", ["-s", "--max-time", "10", "http://127.0.0.1:\(port)/metrics"])
+            let result = try await run("/usr/bin/curl", ["-s", "--max-time", "60", "http://127.0.0.1:\(port)/metrics"])
             let line = result.stdout.split(separator: "\n").first { $0.hasPrefix("\(name){") && $0.contains(#"outbox="tallies""#) }
             return line.flatMap { Double(String($0.split(separator: " ").last ?? "")) } ?? 0
         }

@@ -31,9 +31,9 @@ struct ConsoleCommandTests {
             if base == nil { try await Task.sleep(for: .milliseconds(100)) }
         }
         let url = try #require(base, "no console address in: \(text.withLock { $0 })")
-        let transports = try await run("/usr/bin/curl", ["-s", "--max-time", "10", url + "/api/transports"])
+        let transports = try await run("/usr/bin/curl", ["-s", "--max-time", "60", url + "/api/transports"])
         #expect(transports.stdout.contains(#""depth" : 4"#), "3 messages and a dead letter: \(transports.stdout)")
-        let letters = try await run("/usr/bin/curl", ["-s", "--max-time", "10", url + "/api/dead-letters/work/orders"])
+        let letters = try await run("/usr/bin/curl", ["-s", "--max-time", "60", url + "/api/dead-letters/work/orders"])
         #expect(letters.stdout.contains(#""id" : "dead-1""#) && letters.stdout.contains("kept for a person"), "\(letters.stdout)")
         console.terminate()
         #expect(await eventually(20) { !console.isRunning })

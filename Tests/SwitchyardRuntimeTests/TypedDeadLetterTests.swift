@@ -96,7 +96,7 @@ struct TypedDeadLetterTests {
         transports:
           orders: { plugin: queue, config: { path: "\(dir.file("orders.db"))", dead_letter_suffix: ".dead" } }
         routes:
-          Shop.*: { transport: orders, deadline: 8s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+          Shop.*: { transport: orders, deadline: 15s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
         """.write(toFile: config, atomically: true, encoding: .utf8)
         let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
         let ledger = Ledger()
@@ -122,10 +122,10 @@ struct TypedDeadLetterTests {
         let history = show.stdout.split(separator: "\n").filter { $0.hasPrefix("  attempt ") }
         #expect(history.count == 2 && history.allSatisfy { $0.contains("Z: ") && !$0.contains(" at 1") }, "\(history)")
 
-        // The caller's 8 s deadline passes: a plain replay says it will come back expired. (8 s:
+        // The caller's 15 s deadline passes: a plain replay says it will come back expired. (15 s:
         // both attempts must run before it, on a machine busy with the other tests, under a
-        // sanitizer too.)
-        try await Task.sleep(until: called + .milliseconds(8200), clock: .continuous)
+        // sanitizer too; 8 s once fell short in CI, the retry still waiting for its turn.)
+        try await Task.sleep(until: called + .milliseconds(15200), clock: .continuous)
         let replay = try await dlq(["replay", "--all"])
         // The warning on standard error, the count on standard output (what a script reads).
         #expect(replay.stdout.contains("replayed 1 message") && !replay.stdout.contains("deadline has passed"), "\(replay.stdout)")
