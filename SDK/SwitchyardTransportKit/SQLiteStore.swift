@@ -129,6 +129,14 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                 CREATE TABLE IF NOT EXISTS groups (channel TEXT NOT NULL, grp TEXT NOT NULL, PRIMARY KEY (channel, grp));
                 CREATE TABLE IF NOT EXISTS retained (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, message BLOB NOT NULL);
                 """)
+            // Retained messages are counted per channel (`seq`): trimming by the table's own id,
+            // shared by every channel, left a quiet channel beside a busy one almost nothing.
+            // Stores made before get the column once; their rows (seq 0) go once `retain` new ones
+            // of their channel have come.
+            var hasRetainedSeq = false
+            try db.run("SELECT COUNT(*) FROM pragma_table_info('retained') WHERE name = 'seq'") { row in hasRetainedSeq = row.int(0) > 0 }
+            if !hasRetainedSeq { try db.execute("ALTER TABLE retained ADD COLUMN seq INTEGER NOT NULL DEFAULT 0") }
+            try db.execute("CREATE INDEX IF NOT EXISTS retained_by_channel ON retained (channel, seq)")
             // ABI 1.3: messages may expire. Stores made before keep working: the column is added once.
             var hasExpiry = false
             try db.run("SELECT COUNT(*) FROM pragma_table_info('entries') WHERE name = 'expires_at'") { row in hasExpiry = row.int(0) > 0 }
@@ -220,10 +228,13 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
                 var groups: [String] = []
                 try db.run("SELECT grp FROM groups WHERE channel = ?", [.text(message.channel)]) { row in groups.append(row.text(0)) }
                 if retainedPerChannel > 0 {
-                    try db.run("INSERT INTO retained (channel, message) VALUES (?, ?)", [.text(message.channel), .blob(MessageCodec.encode(message))])
+                    // The channel's last `retain`, by its own count (the index makes both steps a lookup).
                     try db.run(
-                        "DELETE FROM retained WHERE channel = ? AND id <= ?",
-                        [.text(message.channel), .int(db.lastInsertRowID - Int64(retainedPerChannel))])
+                        "INSERT INTO retained (channel, message, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM retained WHERE channel = ?1))",
+                        [.text(message.channel), .blob(MessageCodec.encode(message))])
+                    try db.run(
+                        "DELETE FROM retained WHERE channel = ?1 AND seq <= (SELECT MAX(seq) FROM retained WHERE channel = ?1) - ?2",
+                        [.text(message.channel), .int(Int64(retainedPerChannel))])
                 }
                 entries.add(message, groups: groups)
             }

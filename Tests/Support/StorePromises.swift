@@ -40,3 +40,25 @@ package func expectSizeLimitCountsWholeMessage(_ client: TransportClient, source
     #expect(error?.message.contains("max_message_bytes is 1000") == true, "\(String(describing: error))", sourceLocation: sourceLocation)
     try client.publish(Message(id: "light", channel: "c", body: Array(repeating: 1, count: 200)))
 }
+
+/// What every durable topic promises about `retain` (3, on `client`): it keeps the last 3
+/// messages of each channel, a quiet one beside a busy one too. Trimming by the table's id,
+/// shared by every channel, left a quiet channel with 2 of its last 100. For SQLite
+/// (`DurableQueueTests`) and PostgreSQL (`PostgresTests`).
+package func expectRetainedPerChannel(_ client: TransportClient, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    for index in 0..<20 {
+        try client.publish(Message(id: "quiet-\(index)", channel: "quiet"))
+        try client.publish(batch: (0..<10).map { Message(id: "busy-\(index)-\($0)", channel: "busy") })
+    }
+    for (channel, expected) in [("quiet", ["quiet-17", "quiet-18", "quiet-19"]), ("busy", ["busy-19-7", "busy-19-8", "busy-19-9"])] {
+        let late = Guarded<[String]>([])
+        _ = try client.subscribe(SubscribeOptions(channel: channel, group: "late", start: .earliest)) { delivery, view in
+            late.withLock { $0.append(view.id) }
+            try? client.settle(delivery, .ack)
+            return .ok
+        }
+        #expect(await eventually(30) { late.withLock { $0.count } >= 3 }, sourceLocation: sourceLocation)
+        try await Task.sleep(for: .milliseconds(300))  // nothing more comes
+        #expect(late.withLock { $0 } == expected, "\(channel)", sourceLocation: sourceLocation)
+    }
+}

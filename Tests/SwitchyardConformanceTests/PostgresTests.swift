@@ -122,6 +122,14 @@ struct PostgresTests {
         #expect(left == 0)
     }
 
+    @Test("postgres-topic keeps the last `retain` messages of each channel, a quiet one beside a busy one too")
+    func retainedPerChannel() async throws {
+        let server = try await offPool { try PostgresServer() }
+        let topic = try Self.transport(server, "postgres-topic", extra: #", "schema": "retained", "retain": 3"#)
+        defer { topic.close() }
+        try await expectRetainedPerChannel(topic.client)
+    }
+
     /// A single acknowledgement returns before its row is deleted: a writer deletes many in one
     /// statement. Closing the transport writes what still waits.
     @Test("every acknowledgement is written by the time the transport closes: nothing acknowledged stays stored")

@@ -137,6 +137,14 @@ struct DurableQueueTests {
         #expect(inbox.received.map(\.message.id).sorted() == (0..<20).map { "m-\($0)" }.sorted(), "what the backup held, and nothing published after it")
     }
 
+    @Test("a durable topic keeps the last `retain` messages of each channel, a quiet one beside a busy one too")
+    func retainedPerChannel() async throws {
+        let dir = try TemporaryDirectory()
+        let topic = try Transport(name: "t", plugin: try BuildProducts.plugin("topic"), configJSON: #"{"path": "\#(dir.file("topic.db"))", "retain": 3}"#)
+        defer { topic.close() }
+        try await expectRetainedPerChannel(topic.client)
+    }
+
     @Test("every acknowledged publish survives the publisher being killed with SIGKILL")
     func survivesSIGKILL() async throws {
         let dir = try TemporaryDirectory()

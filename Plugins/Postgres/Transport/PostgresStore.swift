@@ -149,6 +149,8 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         CREATE INDEX IF NOT EXISTS entries_by_expiry ON $schema.entries (expires_at) WHERE expires_at > 0;
         CREATE TABLE IF NOT EXISTS $schema.groups (channel text NOT NULL, grp text NOT NULL, PRIMARY KEY (channel, grp));
         CREATE TABLE IF NOT EXISTS $schema.retained (id bigserial PRIMARY KEY, channel text NOT NULL, message bytea NOT NULL);
+        ALTER TABLE $schema.retained ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT 0;
+        CREATE INDEX IF NOT EXISTS retained_by_channel ON $schema.retained (channel, seq);
         """
 
     /// Runs `body` in one transaction on a connection of the store's pool. `synced: false` for
@@ -256,12 +258,19 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
                     groups = []
                     try db.run("SELECT grp FROM \(schema).groups WHERE channel = $1", [.text(message.channel)]) { row in groups.append(row.text(0)) }
                     if retainedPerChannel > 0 {
-                        var id: Int64 = 0
+                        // The channel's last `retain`, by its own count (`seq`): the table's id is
+                        // shared by every channel, and trimming by it left a quiet channel beside a
+                        // busy one almost nothing. Rows of stores made before (seq 0) go once
+                        // `retain` new ones of their channel have come.
+                        var seq: Int64 = 0
                         try db.run(
-                            "INSERT INTO \(schema).retained (channel, message) VALUES ($1, $2) RETURNING id", [.text(message.channel), .blob(blob)]
-                        ) { row in id = row.int(0) }
+                            """
+                            INSERT INTO \(schema).retained (channel, message, seq)
+                            SELECT $1, $2, COALESCE(MAX(seq), 0) + 1 FROM \(schema).retained WHERE channel = $1 RETURNING seq
+                            """, [.text(message.channel), .blob(blob)]
+                        ) { row in seq = row.int(0) }
                         try db.run(
-                            "DELETE FROM \(schema).retained WHERE channel = $1 AND id <= $2", [.text(message.channel), .int(id - Int64(retainedPerChannel))])
+                            "DELETE FROM \(schema).retained WHERE channel = $1 AND seq <= $2", [.text(message.channel), .int(seq - Int64(retainedPerChannel))])
                     }
                 }
                 for group in groups {
