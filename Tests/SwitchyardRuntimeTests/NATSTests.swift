@@ -173,10 +173,25 @@ struct NATSTests {
         let log = CapturedLog()
         let config = #"{"servers": ["\#(server.url)"], "stream": "\#(stream)", "max_bytes": 1048576, "max_age": "1h"}"#
         let larger = try Transport(name: "nats-test", plugin: try Self.plugin("nats"), configJSON: config, logger: log.logger())
-        defer { larger.close() }
         let line = log.all.first { $0.contains("stream \(stream) updated to the config") }
         #expect(line?.contains("max_bytes 4096 → 1048576") == true && line?.contains("max_age") == true, "\(log.all)")
         try larger.client.publish(Message(id: "after", channel: "c", body: Array(repeating: 7, count: 200)))
+        larger.close()
+        // A max_age under JetStream's 2-minute duplicate window (for replies nobody waits for):
+        // the window follows it, on an update and on a new stream (JetStream refuses a window
+        // longer than the age: creating the stream failed).
+        let shortLog = CapturedLog()
+        let short = try Transport(
+            name: "nats-test", plugin: try Self.plugin("nats"), configJSON: #"{"servers": ["\#(server.url)"], "stream": "\#(stream)", "max_age": "30s"}"#,
+            logger: shortLog.logger())
+        let updated = shortLog.all.first { $0.contains("stream \(stream) updated to the config") }
+        #expect(updated?.contains("max_age 3600000 ms → 30000 ms") == true && updated?.contains("duplicate window 120000 ms → 30000 ms") == true, "\(shortLog.all)")
+        try short.client.publish(Message(id: "short", channel: "c"))
+        short.close()
+        let fresh = try Transport(
+            name: "nats-test", plugin: try Self.plugin("nats"), configJSON: #"{"servers": ["\#(server.url)"], "stream": "\#(stream)NEW", "max_age": "30s"}"#)
+        defer { fresh.close() }
+        try fresh.client.publish(Message(id: "fresh", channel: "c"))
     }
 
     @Test("typed calls over NATS: request-reply through nats, fan-out through nats-topic, the same code")

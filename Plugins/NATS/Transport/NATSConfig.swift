@@ -147,6 +147,9 @@ struct NATSSettings: Sendable {
             throw fail(tls.cert == nil ? "tls.cert" : "tls.key", "tls.cert and tls.key go together: give both, or neither")
         }
         var token: String?
+        if config.token_env != nil && config.token_file != nil {
+            throw fail("token_file", "give token_env or token_file, not both (which one to use would be a guess)")
+        }
         if let variable = config.token_env {
             guard let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty else {
                 throw fail("token_env", "environment variable \(variable) is not set")

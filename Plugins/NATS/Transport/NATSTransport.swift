@@ -148,7 +148,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         config.MaxAge = maxAgeNanos
         config.MaxBytes = settings.maxBytes
         config.Discard = js_DiscardNew
-        config.Duplicates = 120_000_000_000  // the Nats-Msg-Id window: publishes retried within 2 min are stored once
+        config.Duplicates = Self.duplicateWindow(maxAgeNanos: maxAgeNanos)
         let status = name.withCString { cName in
             subject.withCString { cSubject in
                 var subjects: [UnsafePointer<CChar>?] = [cSubject]
@@ -170,16 +170,27 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     /// Applies the config's limits to an existing stream whose own differ (another version of the
     /// config created it), saying what changed; a change JetStream refuses is logged, not thrown:
     /// the stream still works, with its old limits.
+    /// The `Nats-Msg-Id` window: publishes retried within 2 minutes are stored once. JetStream
+    /// refuses a window longer than the stream's `max_age`, so a shorter age shortens it (a stream
+    /// with `max_age: 30s` for replies nobody waits for failed to be created).
+    static func duplicateWindow(maxAgeNanos: Int64) -> Int64 {
+        maxAgeNanos > 0 ? min(120_000_000_000, maxAgeNanos) : 120_000_000_000
+    }
+
     private func updateStream(_ name: String, _ current: UnsafeMutablePointer<jsStreamConfig>, maxAgeNanos: Int64) {
         var wanted = current.pointee  // its strings stay the stream info's, alive until it is destroyed
         wanted.Replicas = Int64(settings.replicas)
         wanted.MaxAge = maxAgeNanos
+        wanted.Duplicates = Self.duplicateWindow(maxAgeNanos: maxAgeNanos)
         wanted.MaxBytes = settings.maxBytes
         wanted.Discard = js_DiscardNew
         let before = current.pointee
         var changes: [String] = []
         if before.Replicas != wanted.Replicas { changes.append("replicas \(before.Replicas) → \(wanted.Replicas)") }
         if before.MaxAge != wanted.MaxAge { changes.append("max_age \(before.MaxAge / 1_000_000) ms → \(wanted.MaxAge / 1_000_000) ms (0: none)") }
+        if before.Duplicates != wanted.Duplicates {
+            changes.append("duplicate window \(before.Duplicates / 1_000_000) ms → \(wanted.Duplicates / 1_000_000) ms (at most max_age)")
+        }
         if before.MaxBytes != wanted.MaxBytes { changes.append("max_bytes \(before.MaxBytes) → \(wanted.MaxBytes) (-1: none)") }
         if before.Discard != wanted.Discard { changes.append("discard old → new (a full stream refuses publishes)") }
         let storage = settings.memory ? js_MemoryStorage : js_FileStorage
