@@ -25,6 +25,12 @@ public final class DelayScheduler: @unchecked Sendable {
     private let condition = AdaptiveCondition()
     private var heap = Heap<Due>()
     private var inMemory: [Int64: Message] = [:]  // memory mode: the held messages
+    /// How long each held message the inner transport refused waits before the next try: from
+    /// 100 ms, doubling to a minute. A refusal that lasts (too large for the inner transport, a
+    /// channel name it refuses) was retried ten times a second, with a warning each time, forever.
+    private var retryDelays: [Int64: Int64] = [:]
+    private static let firstRetryNanos: Int64 = 100_000_000
+    private static let lastRetryNanos: Int64 = 60_000_000_000
     private var nextSeq: Int64 = 0
     /// Messages being held — room taken for them, their commit under way — not yet on the heap:
     /// counted against the capacity, so that many publishes in flight at once cannot all pass
@@ -255,10 +261,21 @@ public final class DelayScheduler: @unchecked Sendable {
             let failed = forwardDue(messages)
             host.count("forwarded", Double(messages.count - failed.count))
             condition.lock()
+            let failedSeqs = Set(failed.map(\.due.seq))
+            for item in due where !failedSeqs.contains(item.seq) { retryDelays[item.seq] = nil }
             for item in failed {
                 if let message = item.message { inMemory[item.due.seq] = message }
-                // Try again shortly; never drop a held message.
-                heap.insert(Due(at: host.nowNanos() + 100_000_000, seq: item.due.seq))
+                // Try again later, with backoff; never drop a held message.
+                let delay = retryDelays[item.due.seq].map { min($0 * 2, Self.lastRetryNanos) } ?? Self.firstRetryNanos
+                retryDelays[item.due.seq] = delay
+                heap.insert(Due(at: host.nowNanos() + delay, seq: item.due.seq))
+                // Said on the first refusal, then once a minute (a drain's holding is quiet).
+                if let error = item.error, delay == Self.firstRetryNanos || delay == Self.lastRetryNanos {
+                    host.log(
+                        .warning,
+                        "delay: the inner transport refused held message \(item.id) (\(error)); it stays held and is tried again, with backoff up to a minute\(delay == Self.lastRetryNanos ? " (still refused)" : "")"
+                    )
+                }
             }
             host.gauge("depth", Double(heap.count))
         }
@@ -267,9 +284,18 @@ public final class DelayScheduler: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// A due message that was not forwarded: held again, with the inner transport's refusal if
+    /// there was one (nil: held back by a drain or an unreadable store).
+    private struct NotForwarded {
+        let due: Due
+        let message: Message?
+        var id = ""
+        var error: TransportError?
+    }
+
     /// Forwards due messages; returns those that could not be forwarded.
-    private func forwardDue(_ items: [(due: Due, message: Message?)]) -> [(due: Due, message: Message?)] {
-        var failed: [(due: Due, message: Message?)] = []
+    private func forwardDue(_ items: [(due: Due, message: Message?)]) -> [NotForwarded] {
+        var failed: [NotForwarded] = []
         var forwarded: [Int64] = []
         var durable: [Int64: Result<Message, TransportError>] = [:]
         if let writer, items.contains(where: { $0.message == nil }) {
@@ -287,7 +313,7 @@ public final class DelayScheduler: @unchecked Sendable {
             } catch {
                 // The store cannot be read now: nothing is forwarded or dropped; all come back later.
                 host.log(.warning, "delay: reading \(seqs.count) held messages failed, will try again: \(error)")
-                return items
+                return items.map { NotForwarded(due: $0.due, message: $0.message) }
             }
         }
         for item in items {
@@ -310,7 +336,7 @@ public final class DelayScheduler: @unchecked Sendable {
             }
             message.deliverAtNanos = 0  // due now: the inner transport must not wait again
             if isDraining {
-                failed.append((item.due, item.message))  // drain began meanwhile: held, not forwarded
+                failed.append(NotForwarded(due: item.due, message: item.message))  // drain began meanwhile: held, not forwarded
                 continue
             }
             do {
@@ -318,10 +344,8 @@ public final class DelayScheduler: @unchecked Sendable {
                 forwarded.append(item.due.seq)
             } catch {
                 // Refused by an inner transport that began draining with this one: held, quietly.
-                if error.code != .closed || !isDraining {
-                    host.log(.warning, "delay: forwarding \(message.id) failed, will try again: \(error)")
-                }
-                failed.append((item.due, item.message))
+                let quiet = error.code == .closed && isDraining
+                failed.append(NotForwarded(due: item.due, message: item.message, id: message.id, error: quiet ? nil : error))
             }
         }
         if let writer, !forwarded.isEmpty {

@@ -1,5 +1,6 @@
 import Foundation
 import SwitchyardABI
+import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardTestSupport
 import Testing
@@ -119,6 +120,31 @@ struct DecoratorPublishAsyncTests {
     /// due is not forwarded (it used to be retried every 100 ms against the closed inner
     /// transport, a warning each time, until destroy): it stays in the delay store and is
     /// forwarded after the next start.
+    /// A held message its inner transport refuses each time (here too large for it) was retried
+    /// ten times a second, a warning each time, forever. It stays held, is tried again with
+    /// backoff (100 ms doubling to a minute), and the warning comes on the first refusal, then
+    /// once a minute; a message the inner transport takes after a refusal goes on as before.
+    @Test("a held message the inner transport keeps refusing is retried with backoff and warned of once, not ten times a second")
+    func refusedForwardBacksOff() async throws {
+        let log = CapturedLog()
+        let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: #"{"max_message_bytes": 100}"#)
+        let delay = try Transport(name: "d", plugin: try BuildProducts.plugin("delay"), inner: queue, logger: log.logger())
+        defer {
+            delay.close()
+            queue.close()
+        }
+        let received = Collector()
+        _ = try delay.client.subscribe(SubscribeOptions(channel: "c"), handler: received.handler(client: delay.client))
+        let due = wallClockNanoseconds() + 50_000_000
+        try delay.client.publish(Message(id: "too-large", channel: "c", body: Array(repeating: 7, count: 1000), deliverAtNanos: due))
+        try delay.client.publish(Message(id: "fits", channel: "c", deliverAtNanos: due))
+        #expect(await eventually { received.received.map(\.message.id) == ["fits"] })
+        try await Task.sleep(for: .milliseconds(1500))  // tries at about 0.05, 0.15, 0.35, 0.75 and 1.55 s
+        let warnings = log.all.filter { $0.contains("refused held message too-large") }
+        #expect(warnings.count == 1 && warnings[0].contains("max_message_bytes"), "\(log.all)")
+        #expect(received.received.map(\.message.id) == ["fits"])
+    }
+
     @Test("a message that comes due while a durable delay drains stays held, quietly, and is delivered after the next start")
     func delayDueDuringDrain() async throws {
         let directory = try TemporaryDirectory()
@@ -135,7 +161,7 @@ struct DecoratorPublishAsyncTests {
             delay.close()
             queue.close()
         }
-        #expect(!log.all.contains { $0.contains("failed, will try again") }, "\(log.all)")
+        #expect(!log.all.contains { $0.contains("refused held message") }, "\(log.all)")
         #expect(log.all.contains { $0.contains("draining with 1 messages held") && $0.contains("forwarded after the next start") }, "\(log.all)")
         let queue = try Transport(name: "q", plugin: try BuildProducts.plugin("queue"), configJSON: queueConfig)
         let delay = try Transport(name: "d", plugin: try BuildProducts.plugin("delay"), configJSON: delayConfig, inner: queue)
