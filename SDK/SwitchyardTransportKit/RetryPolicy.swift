@@ -44,6 +44,11 @@ public struct RetryPolicy: PluginConfig, Sendable {
             throw TransportError(.config, "config key 'max_delay': \(maximum / 1_000_000) ms must not be less than initial_delay (\(initial / 1_000_000) ms)")
         }
         if let jitter, jitter != "full", jitter != "none" { throw TransportError(.config, "config key 'jitter': must be \"full\" or \"none\"") }
+        // Every reason starts with "": one empty entry (an unset ${VAR:-}) made every failure
+        // non-retryable, dead-lettered at once.
+        if non_retryable?.contains(where: { $0.trimmingCharacters(in: .whitespaces).isEmpty }) == true {
+            throw TransportError(.config, "config key 'non_retryable': an entry is empty, which would match every failure; remove it")
+        }
     }
 
     /// The delay before attempt `attempt + 1`: initial × multiplier^(attempt-1), capped, and with

@@ -73,6 +73,15 @@ struct DecoratorTests {
         #expect(byType.isRetryable("Shop.buy() threw App.NotOutOfStock: none left"))
     }
 
+    @Test("an empty non_retryable entry (an unset ${VAR:-}) is refused, naming the key: it would match every failure")
+    func emptyNonRetryableEntry() throws {
+        for listed in [#"[""]"#, #"["OutOfStock", " "]"#] {
+            let policy = try JSONDecoder().decode(RetryPolicy.self, from: Data(#"{"non_retryable": \#(listed)}"#.utf8))
+            let error = #expect(throws: TransportError.self) { try policy.validate() }
+            #expect(error?.message.contains("config key 'non_retryable'") == true, "\(String(describing: error))")
+        }
+    }
+
     @Test("max_delay unset follows an initial_delay above its 30 s default, instead of refusing a key nobody wrote")
     func maxDelayDefault() throws {
         let steady = try JSONDecoder().decode(RetryPolicy.self, from: Data(#"{"initial_delay": "1m", "jitter": "none"}"#.utf8))
