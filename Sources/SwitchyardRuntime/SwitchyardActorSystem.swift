@@ -214,9 +214,14 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         locals.withLock { $0[id]?.actor }
     }
 
-    /// Local actors named `name`, in any group.
+    /// The groups `name` is hosted under here, sorted.
+    func localGroups(named name: String) -> [String] {
+        locals.withLock { $0.keys.filter { $0.name == name }.map(\.group) }.sorted()
+    }
+
+    /// Local actors named `name`, in any group, in the groups' order (a dictionary's is not one).
     func localActors(named name: String) -> [any DistributedActor] {
-        locals.withLock { $0.filter { $0.key.name == name }.compactMap { $0.value.actor } }
+        locals.withLock { $0.filter { $0.key.name == name }.sorted { $0.key.group < $1.key.group }.compactMap { $0.value.actor } }
     }
 
     /// `Orders` for `$Orders` (or for `Module.$Orders`).

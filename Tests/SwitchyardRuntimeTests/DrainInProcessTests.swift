@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardNative
 import SwitchyardTestSupport
 import Testing
 
@@ -41,5 +42,34 @@ struct CallsAroundDrainTests {
         }
         // At once: not after the route's deadline (a bound of 1 s was short for a loaded machine).
         #expect(ContinuousClock.now - after < .seconds(5))
+        // Every kind of call, not only the stub's: by readable name (it reached the closed
+        // transport, a transport error) and native (on a direct route it still ran).
+        await #expect {
+            _ = try await system.callReadable("SlowWork.work", actor: "nobody", argumentsJSON: ["2", "0"])
+        } throws: { error in
+            (error as? SwitchyardError)?.code == .shuttingDown && (error as? SwitchyardError)?.target == "SlowWork.work"
+        }
+        await #expect {
+            _ = try await system.callNative("Math.add", [.int(1), .int(2)])
+        } throws: { error in
+            (error as? SwitchyardError)?.code == .shuttingDown && (error as? SwitchyardError)?.target == "Math.add"
+        }
+        #expect(throws: SwitchyardError.self) { try system.hostNative() }
+    }
+
+    /// A call that passed the stopped check just before the drain ended comes to wait after
+    /// failAll: it failed at once as a time-out (with the route's full deadline in its reason).
+    @Test("a call that comes to wait after the drain failed every waiting call fails as they did, not as a time-out")
+    func waitAfterFailAll() async throws {
+        let pending = PendingCalls()
+        pending.failAll { _ in SwitchyardError.shuttingDown(target: "") }
+        var sent = false
+        await #expect {
+            _ = try await pending.wait(
+                id: "late", deadline: .now + .seconds(30), timeout: { SwitchyardError.timeout(target: "A.b()", deadline: .seconds(30)) }, send: { sent = true })
+        } throws: { error in
+            (error as? SwitchyardError)?.code == .shuttingDown
+        }
+        #expect(!sent, "nothing is sent for a call that cannot wait for its reply")
     }
 }

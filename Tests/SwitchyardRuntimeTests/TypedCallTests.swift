@@ -382,6 +382,32 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a direct route: a Void method runs in every group hosted under the name; one that returns a value is refused there, naming the groups")
+    func directRouteGroups() async throws {
+        let system = try await makeSystem(
+            """
+            routes:
+              Shop.*: { transport: direct }
+            """)
+        let ledger = Ledger()
+        for group in ["email", "analytics"] {
+            try system.host(SwitchyardActorID("shop", group: group), as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger, label: group) }
+        }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        try await shop.record(Order(id: 1, customer: "c", amount: 1))
+        #expect(ledger.all.filter { $0.hasSuffix("record:1") }.count == 2, "\(ledger.all)")
+        await #expect {
+            _ = try await shop.place(Order(id: 2, customer: "c", amount: 1))
+        } throws: { error in
+            let error = error as? SwitchyardError
+            return error?.code == .routing && error?.reason.contains("2 groups (analytics, email)") == true
+        }
+        #expect(!ledger.all.contains { $0.contains("place") }, "nothing ran: \(ledger.all)")
+        let one = try $Shop.resolve(id: SwitchyardActorID("shop", group: "email"), using: system)
+        #expect(try await one.place(Order(id: 3, customer: "c", amount: 1)).isEmpty == false)
+        await system.shutdown()
+    }
+
     @Test("delay: a route default and Switchyard.withDelay per call, through the delay .so")
     func delayedCalls() async throws {
         let system = try await makeSystem(

@@ -13,7 +13,8 @@ final class PendingCalls: Sendable {
     private struct State {
         /// By correlation id (a UUID: hashed fast).
         var waiters: [FastStringKey: Waiter] = [:]
-        var stopped = false
+        /// Set by ``failAll(_:)``: what a call that comes to wait afterwards fails with.
+        var stopped: (@Sendable (String) -> any Error)?
     }
     private let state = Guarded(State())
 
@@ -34,14 +35,16 @@ final class PendingCalls: Sendable {
                 let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in
                     self?.take(id)?.continuation.resume(throwing: timeout())
                 }
-                let registered = state.withLock { state in
-                    guard !state.stopped else { return false }
+                let stopped = state.withLock { state -> (@Sendable (String) -> any Error)? in
+                    if let stopped = state.stopped { return stopped }
                     state.waiters[FastStringKey(id)] = Waiter(continuation: continuation, timer: timer)
-                    return true
+                    return nil
                 }
-                guard registered else {
+                if let stopped {
+                    // A call that raced the end of the drain fails as the calls it drained did
+                    // (shutting down), not as a time-out it never waited out.
                     DeadlineSweeper.shared.disarm(timer)
-                    continuation.resume(throwing: timeout())
+                    continuation.resume(throwing: stopped(id))
                     return
                 }
                 do {
@@ -72,7 +75,7 @@ final class PendingCalls: Sendable {
     /// Fails every waiting call with `error`; later calls fail at once.
     func failAll(_ error: @escaping @Sendable (String) -> any Error) {
         let all = state.withLock { state in
-            state.stopped = true
+            state.stopped = error
             defer { state.waiters.removeAll() }
             return state.waiters
         }

@@ -15,6 +15,7 @@ extension SwitchyardActorSystem {
     /// that is not JSON); `.rejected` from the receiver (no such method, wrong arguments, a
     /// refused source); and those of any call.
     public func callReadable(_ target: String, actor: String, argumentsJSON: [String]) async throws -> String {
+        try refuseIfStopped(target)
         let interface = String(target.prefix { $0 != "." })
         let rest = target.dropFirst(interface.count + 1)
         let method = String(rest.prefix { $0 != "(" })

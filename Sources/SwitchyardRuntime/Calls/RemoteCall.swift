@@ -17,6 +17,7 @@ extension SwitchyardActorSystem {
         let (call, route) = try prepare(target)
         try refuseGeneric(call, invocation)
         if route.isDirect {
+            try refuseSeveralGroups(actor.id, call)
             guard case .value(let value)? = try await callDirect(actor.id, call, invocation, route: route) else {
                 throw SwitchyardError.rejected(target: call.name, reason: "the method returned no value")
             }
@@ -52,13 +53,19 @@ extension SwitchyardActorSystem {
         _ = try await request(actor.id, call, invocation, route: route)
     }
 
+    /// Refuses a call once the system stopped: `.shuttingDown`, naming `target`. Every kind of
+    /// call (by stub, by readable name, native) checks it before anything else: a call by name
+    /// after shutdown reached the closed transport and failed as a transport error, and a native
+    /// call on a direct route still ran its function.
+    func refuseIfStopped(_ target: @autoclosure () -> String) throws {
+        guard SystemState(rawValue: state.load(ordering: .acquiring)) != .stopped else { throw SwitchyardError.shuttingDown(target: target()) }
+    }
+
     /// The call's target and route, or a routing error.
     private func prepare(_ target: RemoteCallTarget) throws -> (CallTarget, Route) {
-        guard SystemState(rawValue: state.load(ordering: .acquiring)) != .stopped else {
-            // Named as every other error names its call (`Inventory.reserve(sku:qty:)`), not by
-            // the stub's type (`App.$Inventory.reserve…`).
-            throw SwitchyardError.shuttingDown(target: resolved(target.identifier)?.call.name ?? target.description)
-        }
+        // Named as every other error names its call (`Inventory.reserve(sku:qty:)`), not by the
+        // stub's type (`App.$Inventory.reserve…`).
+        try refuseIfStopped(resolved(target.identifier)?.call.name ?? target.description)
         guard let resolved = resolved(target.identifier) else {
             throw SwitchyardError.routing(target: target.description, reason: "cannot read the call target '\(target.identifier)'")
         }
@@ -341,6 +348,20 @@ extension SwitchyardActorSystem {
                 ])
             throw SwitchyardError.deadLettered(target: call.name, attempts: Int(attempt), reason: reason)
         }
+    }
+
+    /// A direct call that returns a value runs on one actor. A name hosted here in several
+    /// groups (and not under exactly this id) is refused: each group ran it, and the caller got
+    /// whichever result came last.
+    private func refuseSeveralGroups(_ id: ActorID, _ call: CallTarget) throws {
+        guard server.hosted(id) == nil, localActor(id) == nil else { return }
+        let groups = localGroups(named: id.name)
+        guard groups.count > 1 else { return }
+        throw SwitchyardError.routing(
+            target: call.name,
+            reason:
+                "'\(id.name)' is hosted here in \(groups.count) groups (\(groups.joined(separator: ", "))), and a direct call that returns a value runs on one actor: resolve one, e.g. SwitchyardActorID(\"\(id.name)\", group: \"\(groups[0])\")"
+        )
     }
 
     /// Runs the call on the local actor(s) named `id` in this task, without encoding; returns its

@@ -30,9 +30,7 @@ extension SwitchyardActorSystem {
     public func host<Act: DistributedActor>(
         _ id: ActorID, as interfaces: any DistributedActor.Type..., make: (SwitchyardActorSystem) throws -> Act
     ) throws -> Act where Act.ActorSystem == SwitchyardActorSystem {
-        guard SystemState(rawValue: state.load(ordering: .acquiring)) == .running else {
-            throw SwitchyardError.shuttingDown(target: "\(id)")
-        }
+        try refuseUnlessRunning("\(id)")
         let actor = try Self.$assigning.withValue(id) { try make(self) }
         guard actor.id == id else {
             throw SwitchyardError.routing(target: "\(id)", reason: "the actor was created with id '\(actor.id)': create it with the system passed to make")
@@ -51,6 +49,11 @@ extension SwitchyardActorSystem {
 
     /// Registers `hosted` and subscribes its channel on every transport some route of
     /// `interfaceNames` uses (one subscription each).
+    /// Refuses to host once the system drains or stopped: `.shuttingDown`, naming `target`.
+    func refuseUnlessRunning(_ target: String) throws {
+        guard SystemState(rawValue: state.load(ordering: .acquiring)) == .running else { throw SwitchyardError.shuttingDown(target: target) }
+    }
+
     func host(_ hosted: Server.Hosted, interfaceNames: [String], type: String) throws {
         try server.add(hosted)
         // One subscription per transport: the most concurrency, prefetch and lease renewal its routes ask for.

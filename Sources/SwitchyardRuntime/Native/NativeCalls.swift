@@ -233,6 +233,7 @@ extension SwitchyardActorSystem {
     /// Each module's library is loaded here (a library that does not load, or lacks a function,
     /// throws the `ConfigError` naming its key and line).
     public func hostNative() throws {
+        try refuseUnlessRunning("native modules")
         for interface in nativeModules.interfaces {
             let module: NativeModule
             do {
@@ -252,6 +253,7 @@ extension SwitchyardActorSystem {
     /// fire-and-forget route), or in this process for a direct route. Values are converted and
     /// checked by the function's signature where it runs.
     public func callNative(_ target: String, _ arguments: [NativeValue]) async throws -> NativeValue {
+        try refuseIfStopped(target)
         guard let dot = target.firstIndex(of: "."), target.index(after: dot) < target.endIndex else {
             throw SwitchyardError.routing(target: target, reason: "a native target is Interface.function")
         }

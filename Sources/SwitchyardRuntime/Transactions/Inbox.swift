@@ -384,7 +384,9 @@ extension Switchyard {
     ///
     /// Keep your tables apart from the inbox's own (`inbox`, `switchyard_meta`,
     /// `switchyard_outbox`). If `work` throws, nothing is committed and the call is delivered
-    /// again later. If the handler throws, its effects are dropped (a rollback): the inbox
+    /// again later (retried as the route's policy says, dead-lettered once it gives up); a call
+    /// of the wrong kind for the route's inbox (`.config`: never succeeds) is dead-lettered at
+    /// once, its caller told why. If the handler throws, its effects are dropped (a rollback): the inbox
     /// remembers the error it threw as the call's outcome, on routes where that is the outcome.
     /// Effects outside this transaction (another database, an HTTP call) are at-least-once: the
     /// inbox skips a handled call, but a crash between such an effect and the inbox's commit
