@@ -40,11 +40,14 @@ struct HeaderTests {
             (#"{"timeout": "-1s"}"#, "config key 'timeout': expected a duration"),
             (#"{"durable": "yes"}"#, "config key 'durable': expected true or false"),
             (#"{"prefix": "a string much longer than thirty-one bytes"}"#, "config key 'prefix': is too long"),
-            (#"{"capacity": 1, "capacity": 2}"#, "config: key 'capacity' appears twice"),
+            (#"{"capacity": 1, "capacity": 2}"#, "config key 'capacity': appears twice"),
+            // A malformed value names its key, as the host needs to point at the config line.
+            (#"{"capacity": 1, "durable": True}"#, "config key 'durable': not valid JSON (the value is malformed)"),
             (#"{"capacity": 0}"#, "config key 'capacity': must be between 1 and 1000000, got 0"),
             (#"{"capacity": "-3"}"#, "config key 'capacity': must be between 1 and 1000000, got -3"),
             (#"{"durable": true, "prefix": ""}"#, "config key 'prefix': must not be empty when durable is true"),
-            (#"{"capacity": 1"#, "config: not valid JSON"),
+            (#"{"capacity": 1"#, "config key 'capacity': not valid JSON"),
+            (#"{"capacity" 1}"#, "config key 'capacity': not valid JSON (expected ':' after the key)"),
             (#"[1, 2]"#, "config: must be a JSON object"),
             (#"{"capacity": 1, "extra": {"a": [1, "}"]}}"#, "unknown config key 'extra'"),
         ])

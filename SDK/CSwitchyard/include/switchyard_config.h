@@ -74,6 +74,22 @@ static inline sy_status sy_config_i_fail(sy_error *err, const char *key, const c
     return sy_error_set(err, SY_ERR_CONFIG, message);
 }
 
+/* How many bytes of `key` an error message shows: at most 64, never ending inside a UTF-8
+ * character (messages are UTF-8, and the host looks the key up in the file by its name). */
+static inline int sy_config_i_key_shown(sy_str key) {
+    size_t n = key.len > 64 ? 64 : key.len;
+    if (n < key.len)
+        while (n > 0 && ((unsigned char)key.data[n] & 0xC0) == 0x80) n--;  /* key.data[n] continues a character */
+    return (int)n;
+}
+
+/* A failure while reading `key`'s entry, named as every other refusal of that key. */
+static inline sy_status sy_config_i_fail_at(sy_error *err, sy_str key, const char *what) {
+    char name[72];
+    snprintf(name, sizeof name, "%.*s", sy_config_i_key_shown(key), key.data);
+    return sy_config_i_fail(err, name, what);
+}
+
 static inline size_t sy_config_i_space(sy_str s, size_t i) {
     while (i < s.len && (s.data[i] == ' ' || s.data[i] == '\t' || s.data[i] == '\n' || s.data[i] == '\r')) i++;
     return i;
@@ -185,17 +201,13 @@ static inline sy_status sy_config_parse(sy_config *c, sy_str json, sy_error *err
         e->key.len = end - i - 2;
         for (k = 0; k < c->count; k++) {
             if (c->entries[k].key.len == e->key.len && memcmp(c->entries[k].key.data, e->key.data, e->key.len) == 0)
-            {
-                char what[96];
-                snprintf(what, sizeof what, "key '%.*s' appears twice", (int)(e->key.len > 64 ? 64 : e->key.len), e->key.data);
-                return sy_config_i_fail(err, NULL, what);
-            }
+                return sy_config_i_fail_at(err, e->key, "appears twice");
         }
         i = sy_config_i_space(json, end);
-        if (i >= json.len || json.data[i] != ':') return sy_config_i_fail(err, NULL, "not valid JSON (expected ':')");
+        if (i >= json.len || json.data[i] != ':') return sy_config_i_fail_at(err, e->key, "not valid JSON (expected ':' after the key)");
         i = sy_config_i_space(json, i + 1);
         end = sy_config_i_skip_value(json, i, &e->kind);
-        if (end == 0) return sy_config_i_fail(err, NULL, "not valid JSON (a value is malformed)");
+        if (end == 0) return sy_config_i_fail_at(err, e->key, "not valid JSON (the value is malformed)");
         if (e->kind == SY_CONFIG_STRING) { e->value.data = json.data + i + 1; e->value.len = end - i - 2; }
         else { e->value.data = json.data + i; e->value.len = end - i; }
         c->count++;
@@ -205,7 +217,7 @@ static inline sy_status sy_config_parse(sy_config *c, sy_str json, sy_error *err
             if (sy_config_i_space(json, i + 1) != json.len) return sy_config_i_fail(err, NULL, "not valid JSON (text after the object)");
             return SY_OK;
         }
-        return sy_config_i_fail(err, NULL, "not valid JSON (expected ',' or '}')");
+        return sy_config_i_fail_at(err, e->key, "not valid JSON (expected ',' or '}' after the value)");
     }
     return sy_config_i_fail(err, NULL, "not valid JSON (the object is not closed)");
 }
@@ -338,7 +350,7 @@ static inline sy_status sy_config_finish(const sy_config *c, sy_error *err) {
         char message[SY_ERROR_MESSAGE_CAPACITY];
         if (c->entries[i].asked) continue;
         used = (size_t)snprintf(message, sizeof message, "unknown config key '%.*s' (known keys: ",
-                                (int)(c->entries[i].key.len > 64 ? 64 : c->entries[i].key.len), c->entries[i].key.data);
+                                sy_config_i_key_shown(c->entries[i].key), c->entries[i].key.data);
         if (c->known_count == 0 && used < sizeof message) used += (size_t)snprintf(message + used, sizeof message - used, "none");
         for (k = 0; k < c->known_count && used < sizeof message; k++)
             used += (size_t)snprintf(message + used, sizeof message - used, "%s%s", k > 0 ? ", " : "", c->known[k]);
