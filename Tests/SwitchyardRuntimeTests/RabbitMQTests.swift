@@ -27,6 +27,15 @@ struct RabbitMQTests {
         return try Transport(name: "rabbitmq-test", plugin: try BuildProducts.plugin(plugin), configJSON: config)
     }
 
+    @Test("a heartbeat that is not whole seconds is refused, naming the key (AMQP negotiates seconds: 1.5s was read as 1s)")
+    func heartbeatWholeSeconds() throws {
+        let error = #expect(throws: TransportError.self) {
+            try Transport(
+                name: "rabbitmq-test", plugin: try BuildProducts.plugin("rabbitmq"), configJSON: #"{"url": "amqp://127.0.0.1:1", "heartbeat": "1500ms"}"#)
+        }
+        #expect(error?.message.contains("config key 'heartbeat'") == true && error?.message.contains("whole seconds") == true, "\(String(describing: error))")
+    }
+
     @Test("max_message_bytes counts the whole message (body, id, channel, headers), as every transport does; nothing is sent")
     func sizeLimitCountsHeaders() async throws {
         let server = try await Self.broker()

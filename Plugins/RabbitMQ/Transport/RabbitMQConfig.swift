@@ -50,8 +50,8 @@ public struct RabbitMQConfig: PluginConfig, Sendable {
     /// Channels with these prefixes get classic queues the broker deletes once unused for a
     /// minute, without dead letters (per-process reply channels); default `["_switchyard.reply."]`.
     public var ephemeral_prefixes: [String]?
-    /// Largest message accepted: body, id, channel and headers (default 128 MiB, RabbitMQ's own
-    /// default limit).
+    /// Largest message accepted: body, id, channel and headers (default 16 MiB, RabbitMQ 4's own
+    /// limit: a larger one passed here and the broker closed the channel; 3.x allows 128 MiB).
     public var max_message_bytes: Int?
 }
 
@@ -132,13 +132,15 @@ struct RabbitMQSettings: Sendable {
         guard heartbeat == 0 || (1_000_000_000...3_600_000_000_000).contains(heartbeat) else {
             throw fail("heartbeat", "0s (off) or between 1s and 1h")
         }
+        // AMQP negotiates whole seconds: 1.5s was read as 1s without a word.
+        guard heartbeat % 1_000_000_000 == 0 else { throw fail("heartbeat", "must be whole seconds (AMQP's heartbeat is in seconds)") }
         heartbeatSeconds = Int32(heartbeat / 1_000_000_000)
         publishers = config.publishers ?? 16
         guard (1...256).contains(publishers) else { throw fail("publishers", "must be between 1 and 256") }
         deadLetterSuffix = config.dead_letter_suffix ?? DeadLetter.defaultSuffix
         guard !deadLetterSuffix.isEmpty else { throw fail("dead_letter_suffix", "must not be empty") }
         ephemeralPrefixes = config.ephemeral_prefixes ?? ["_switchyard.reply."]
-        maxMessageBytes = config.max_message_bytes ?? 128 << 20
+        maxMessageBytes = config.max_message_bytes ?? 16 << 20
         guard maxMessageBytes > 0 else { throw fail("max_message_bytes", "must be positive") }
     }
 }
