@@ -1280,15 +1280,23 @@ public final class Broker: @unchecked Sendable {
                     groupCopy: fanOut && !entry.message.channel.hasSuffix(options.deadLetterSuffix),
                     reason: Self.expiredReason, history: entry.history, now: stamp)
             }
+        var stored = true
         do {
             try store.append(dead)
         } catch {
-            host.log(.error, "dead-lettering \(dead.count) expired messages failed: \(error)")
+            // The removal is already committed: these are lost. Said with every id, and not
+            // reported as dead-lettered (a waiting caller would look for a dead letter that is not
+            // there). Open: removal and dead letters in one commit needs a store operation of its own.
+            stored = false
+            host.log(
+                .error,
+                "\(dead.count) expired messages were removed but their dead letters could not be stored, so they are lost: \(error) (ids: \(dead.map(\.id).joined(separator: ", ")))"
+            )
         }
-        for message in dead { host.deadLettered(message, reason: Self.expiredReason) }
+        if stored { for message in dead { host.deadLettered(message, reason: Self.expiredReason) } }
         host.count("expired", Double(removed.count))
         condition.lock()
-        stats.deadLettered += UInt64(dead.count)
+        if stored { stats.deadLettered += UInt64(dead.count) }
         if removed.count == 10_000 { nextExpirySweep = stamp }  // more to do: look again soon
         markWork()
         wakeWaiters()
