@@ -61,6 +61,13 @@ struct DeadLetterCommand: ParsableCommand {
             let set = try TransportSet.start(config, discovery: search.discovery(config), only: [transport], logger: quiet)
             defer { set.close() }
             let target = set[transport]!
+            // A fresh in-memory instance holds nothing: "no dead letters" read like a mistyped channel.
+            if SystemOverview.TransportInfo.engine(of: target, config: config) == "memory" {
+                throw CommandFailure(
+                    "transport '\(transport)' keeps its messages in memory, so its dead letters live only in the process that runs it: "
+                        + "read them through that process's admin endpoint (GET /api/dead-letters/\(transport)/\(channel), or the console's dead-letter page), "
+                        + "or give the transport a path: to make it durable")
+            }
             let chain = target.chainCapabilities
             guard chain.contains(.deadLetter) else {
                 throw CommandFailure(
@@ -125,17 +132,31 @@ struct DeadLetterCommand: ParsableCommand {
         @Argument(help: "The message id.") var id: String
         @Flag(help: "Print JSON.") var json = false
 
+        @Option(help: ArgumentHelp("Only this topic subscriber group's copy (see replay --help).", valueName: "group"))
+        var group: String?
+
         func run() throws {
             try target.withDeadLetters { held in
-                guard let letter = held.letters.first(where: { $0.message.id == id }) else {
+                // On a topic every group's copy has the message's id: all of them, each saying its group.
+                let copies = held.letters.filter { letter in
+                    letter.message.id == id && (group.map { DeadLetterCommand.isCopy(letter.message, of: $0) } ?? true)
+                }
+                guard !copies.isEmpty else {
                     try DeadLetterCommand.failOnMissing([id], channel: held.channel)
                     return
                 }
-                let m = letter.message
-                if json { return try printJSON(DeadLetterRecord(m)) }
-                print(describe(m))
+                if json {
+                    return copies.count == 1 ? try printJSON(DeadLetterRecord(copies[0].message)) : try printJSON(copies.map { DeadLetterRecord($0.message) })
+                }
+                print(copies.map { describe($0.message) }.joined(separator: "\n\n"))
             }
         }
+    }
+
+    /// Whether `m` is the copy of subscriber group `group` (`default`: of an actor hosted without one).
+    static func isCopy(_ m: Message, of group: String) -> Bool {
+        let header = m.header(DeadLetterHeader.group)
+        return header == group || (header == "" && group == "default")
     }
 
     /// The topic subscriber group whose copy `m` was, for a person: `(default)` for the group of an
@@ -177,16 +198,68 @@ struct DeadLetterCommand: ParsableCommand {
         return lines.joined(separator: "\n")
     }
 
-    /// Which dead letters a command acts on: named ids, or all of them.
+    /// Which dead letters a command acts on: named ids, or all of them; on a topic, optionally
+    /// one subscriber group's copies only.
     struct Selection: ParsableArguments {
         @Argument(help: "Message ids.") var ids: [String] = []
         @Flag(help: "Every dead letter on the channel.") var all = false
+        @Option(
+            help: ArgumentHelp(
+                """
+                Only this topic subscriber group's copies ('default' for an actor hosted without a group). On a topic each group's \
+                dead letter of a message has the message's id: an id with copies of several groups must name one.
+                """, valueName: "group"))
+        var group: String?
 
         func validate() throws {
             if ids.isEmpty && !all { throw ValidationError("name message ids, or --all") }
+            // --all won silently: naming ids by mistake beside it acted on the whole channel.
+            if !ids.isEmpty && all { throw ValidationError("name message ids or --all, not both") }
         }
 
-        func matches(_ letter: DeadLetterBrowser.Letter) -> Bool { all || ids.contains(letter.message.id) }
+        func matches(_ letter: DeadLetterBrowser.Letter) -> Bool {
+            (all || ids.contains(letter.message.id)) && (group.map { DeadLetterCommand.isCopy(letter.message, of: $0) } ?? true)
+        }
+
+        /// Refuses named ids that match copies of several subscriber groups (a topic's) without
+        /// --group: purging one group's failed copy deleted every group's dead letter of it.
+        func refuseSeveralGroups(_ target: Target) throws {
+            guard !ids.isEmpty, group == nil else { return }
+            var ambiguous: [String] = []
+            try target.withDeadLetters { held in
+                for id in ids {
+                    let groups = Set(held.letters.filter { $0.message.id == id }.map { $0.message.header(DeadLetterHeader.group) ?? "" })
+                    if groups.count > 1 { ambiguous.append("'\(id)' (groups: \(groups.map { $0.isEmpty ? "default" : $0 }.sorted().joined(separator: ", ")))") }
+                }
+            }
+            guard ambiguous.isEmpty else {
+                throw CommandFailure(
+                    "each subscriber group has its own dead letter of \(ambiguous.joined(separator: "; ")): name the group whose copy to act on with --group GROUP (switchyard dlq list shows them)"
+                )
+            }
+        }
+    }
+
+    /// The ids a replay or purge has acted on so far.
+    final class Progress {
+        var ids: [String] = []
+    }
+
+    /// Runs `work` (a replay or purge), and when it fails partway says what was already done —
+    /// those letters have left the dead-letter channel — and what to do; exit 1.
+    static func reportingProgress<R>(_ verb: String, _ work: (Progress) throws -> R) throws -> R {
+        let progress = Progress()
+        do {
+            return try work(progress)
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            let ids = progress.ids
+            printError(
+                "\(verb) \(ids.count) message\(ids.count == 1 ? "" : "s")\(ids.isEmpty ? "" : " (\(ids.joined(separator: ", ")))"), then stopped: \(error). "
+                    + "Those left the dead-letter channel; the rest are still there: run the command again for them (switchyard dlq list shows what is left)")
+            throw ExitCode.failure
+        }
     }
 
     struct Replay: ParsableCommand {
@@ -204,9 +277,13 @@ struct DeadLetterCommand: ParsableCommand {
         var fireAndForget = false
 
         func run() throws {
+            try selection.refuseSeveralGroups(target)
             var expired: [String] = []
-            let (moved, missing, channel) = try target.forEach(selection) { letters, letter in
-                if let call = try letters.replay(letter, asFireAndForget: fireAndForget) { expired.append(call.description) }
+            let (moved, missing, channel) = try DeadLetterCommand.reportingProgress("replayed") { progress in
+                try target.forEach(selection) { letters, letter in
+                    if let call = try letters.replay(letter, asFireAndForget: fireAndForget) { expired.append(call.description) }
+                    progress.ids.append(letter.message.id)
+                }
             }
             print("replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")")
             if !expired.isEmpty {
@@ -227,7 +304,13 @@ struct DeadLetterCommand: ParsableCommand {
         @OptionGroup var selection: Selection
 
         func run() throws {
-            let (purged, missing, channel) = try target.forEach(selection) { letters, letter in try letters.purge(letter) }
+            try selection.refuseSeveralGroups(target)
+            let (purged, missing, channel) = try DeadLetterCommand.reportingProgress("purged") { progress in
+                try target.forEach(selection) { letters, letter in
+                    try letters.purge(letter)
+                    progress.ids.append(letter.message.id)
+                }
+            }
             print("purged \(purged) message\(purged == 1 ? "" : "s")")
             try DeadLetterCommand.failOnMissing(missing, channel: channel)
         }

@@ -39,6 +39,14 @@ struct TestPlugin: ParsableCommand {
 
     @OptionGroup var search: PluginSearchOptions
 
+    func validate() throws {
+        // With --durable or --isolation-key the config gets a key added: JSON that does not
+        // parse became {} there, and the suite ran against the plugin's defaults.
+        guard (try? JSONSerialization.jsonObject(with: Data(pluginConfig.utf8))) is [String: Any] else {
+            throw ValidationError("--plugin-config must be a JSON object, e.g. '{\"capacity\": 10}' (got: \(pluginConfig))")
+        }
+    }
+
     func run() throws {
         // A misspelled --check ran nothing and passed: "0 passed, 0 failed".
         let known = ConformanceSuite.checks.map(\.name)

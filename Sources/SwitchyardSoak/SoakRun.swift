@@ -125,6 +125,14 @@ package final class SoakRun: @unchecked Sendable {
         seed = options.seed ?? UInt64.random(in: 1...UInt64.max)
         random = SplitMix(seed: seed)
         if let directory = options.directory {
+            // An earlier run's databases would be counted again: every item read as a duplicate
+            // effect, the old queue's messages as stuck, and a message this run lost hidden.
+            let left = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { !$0.hasPrefix(".") }
+            guard left.isEmpty else {
+                throw SoakError(
+                    "--directory \(directory) is not empty (\(left.sorted().prefix(5).joined(separator: ", "))\(left.count > 5 ? ", …" : "")): a soak counts everything in its databases, so an earlier run's would be counted again; name an empty or new directory, or delete this one's contents"
+                )
+            }
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             self.directory = (directory as NSString).standardizingPath
             keepDirectory = true

@@ -81,6 +81,50 @@ struct DeadLetterToolTests {
         #expect(!back.headers.contains { $0.key.hasPrefix("sy-dlq-") })
     }
 
+    /// On a topic each subscriber group's dead letter of a message has the message's id: purging
+    /// one group's by id deleted every group's. An id with copies of several groups needs --group.
+    @Test("on a topic, an id dead-lettered by several groups needs --group: purge acts on that group's copy alone; show shows each")
+    func topicCopiesNeedAGroup() async throws {
+        let dir = try TemporaryDirectory()
+        let db = dir.file("events.db")
+        let config = dir.file("switchyard.yaml")
+        try "transports:\n  events: { plugin: topic, config: { path: \"\(db)\" } }\n".write(toFile: config, atomically: true, encoding: .utf8)
+        do {
+            let topic = try Transport(name: "events", plugin: try BuildProducts.plugin("topic"), configJSON: #"{"path": "\#(db)"}"#)
+            defer { topic.close() }
+            for group in ["a", "b"] {
+                _ = try topic.client.subscribe(
+                    SubscribeOptions(channel: "alerts", group: group), handler: Collector().handler(client: topic.client) { _ in .deadLetter(reason: "failed in \(group)") })
+            }
+            try topic.client.publish(Message(id: "e-1", channel: "alerts"))
+            #expect(await eventually { ((try? topic.client.stats()) ?? nil)?.deadLettered == 2 })
+        }
+        func dlq(_ arguments: [String]) async throws -> ProcessResult {
+            try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "events", "--channel", "alerts"])
+        }
+        let show = try await dlq(["show", "e-1"])
+        #expect(show.status == 0 && show.stdout.contains("group:           a") && show.stdout.contains("group:           b"), "\(show.stdout)\(show.stderr)")
+        let refused = try await dlq(["purge", "e-1"])
+        #expect(refused.status == 1 && refused.stderr.contains("--group") && refused.stderr.contains("groups: a, b"), "\(refused.stderr)")
+        let purged = try await dlq(["purge", "e-1", "--group", "a"])
+        #expect(purged.status == 0 && purged.stdout.contains("purged 1 message"), "\(purged.stdout)\(purged.stderr)")
+        let left = try await dlq(["list"])
+        #expect(left.stdout.contains("e-1") && left.stdout.contains("b") && !left.stdout.contains("failed in a"), "\(left.stdout)")
+        // Ids and --all together: refused (--all won silently, acting on the whole channel).
+        let both = try await dlq(["purge", "e-1", "--all"])
+        #expect(both.status != 0 && both.stderr.contains("not both"), "\(both.stderr)")
+        #expect(try await dlq(["list"]).stdout.contains("e-1"))
+    }
+
+    @Test("an in-memory transport's dead letters live in its process: dlq says where to read them, not that there are none")
+    func inMemoryTransport() async throws {
+        let dir = try TemporaryDirectory()
+        let config = dir.file("switchyard.yaml")
+        try "transports:\n  work: { plugin: queue }\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let result = try await run(BuildProducts.switchyard, ["dlq", "list", "--config", config, "--transport", "work", "--channel", "orders"])
+        #expect(result.status == 1 && result.stderr.contains("in memory") && result.stderr.contains("/api/dead-letters/work/orders"), "\(result.stderr)")
+    }
+
     @Test("errors: unknown transport, no dead-letter support, unknown id")
     func errors() async throws {
         let dir = try TemporaryDirectory()

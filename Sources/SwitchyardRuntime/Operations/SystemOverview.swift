@@ -78,6 +78,13 @@ public struct SystemOverview: Codable, Sendable {
         public var stats: TransportStats?
         /// Why reading the counters failed, if it did.
         public var statsError: String?
+
+        // Written snake_case (`plugin_process_id`) and read back through the same conversion,
+        // which turns it into `pluginProcessId`: named so, or `stats --url --json` lost the pid.
+        private enum CodingKeys: String, CodingKey {
+            case name, chain, capabilities, engine, isolation, stats, statsError
+            case pluginProcessID = "pluginProcessId"
+        }
     }
 
     /// One route of the config.

@@ -1,0 +1,25 @@
+import Foundation
+import Testing
+
+@testable import SwitchyardRuntime
+
+@Suite("The admin API's JSON, read back")
+struct SystemOverviewCodingTests {
+    /// The admin endpoint writes snake_case and `switchyard stats --url --json` reads it back the
+    /// same way: `plugin_process_id` came back as `pluginProcessId`, matched no property, and the
+    /// child's pid was dropped from the command's output.
+    @Test("a transport's fields survive the snake_case round trip, the plugin child's pid included")
+    func transportInfoRoundTrip() throws {
+        let info = SystemOverview.TransportInfo(
+            name: "work", chain: ["queue"], capabilities: ["queue"], engine: "memory", isolation: "process", pluginProcessID: 4242, stats: nil,
+            statsError: "none")
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let data = try encoder.encode(info)
+        #expect(String(decoding: data, as: UTF8.self).contains(#""plugin_process_id":4242"#))
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let back = try decoder.decode(SystemOverview.TransportInfo.self, from: data)
+        #expect(back.pluginProcessID == 4242 && back.statsError == "none" && back.isolation == "process")
+    }
+}
