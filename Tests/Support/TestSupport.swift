@@ -96,7 +96,11 @@ package func run(_ executable: String, _ arguments: [String], environment: [Stri
 package func killWhenTestProcessEnds(_ pid: pid_t) {
     // The outer shell backgrounds the loop and exits at once (reaped here), so the loop belongs to
     // init and never lingers as a zombie child of this process.
-    let loop = #"( while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -0 "$1" 2>/dev/null || kill -9 "$2" 2>/dev/null ) >/dev/null 2>&1 &"#
+    // A crashed test process stays a zombie until swift test reaps it, and kill -0 succeeds on a
+    // zombie: swift test waited for the output pipe the server held, the server for the test
+    // process to end, and the run hung for good. So a zombie counts as gone.
+    let loop =
+        #"( alive() { kill -0 "$1" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }; while alive "$1" && kill -0 "$2" 2>/dev/null; do sleep 1; done; alive "$1" || kill -9 "$2" 2>/dev/null ) >/dev/null 2>&1 &"#
     _ = spawnAndWait(["/bin/sh", "-c", loop, "sh", "\(getpid())", "\(pid)"], output: "/dev/null")
 }
 
