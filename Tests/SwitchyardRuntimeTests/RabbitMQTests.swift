@@ -106,6 +106,27 @@ struct RabbitMQTests {
         #expect(error?.message.contains("guest") == false, "the error shows credentials: \(String(describing: error))")
     }
 
+    /// RabbitMQ dead-letters an expired message itself (its per-message TTL) from the group's
+    /// queue. The dead letter named no group, so a replay reached every group, and each group's
+    /// expired copy did the same: G² deliveries.
+    @Test("on rabbitmq-topic a message the broker expired in a group's queue is that group's dead letter")
+    func brokerExpiryNamesTheGroup() async throws {
+        let server = try await Self.broker()
+        let transport = try Self.transport("rabbitmq-topic", url: server.url)
+        defer { transport.close() }
+        // The group's queue exists from its first subscription; with nobody reading it, the
+        // message expires there.
+        let subscription = try transport.client.subscribe(SubscribeOptions(channel: "events", group: "billing"), handler: Collector().handler(client: transport.client))
+        try transport.client.unsubscribe(subscription)
+        try transport.client.publish(Message(id: "stale", channel: "events", expiresAtNanos: wallClockNanoseconds() + 300_000_000))
+        let dead = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "events.dlq"), handler: dead.handler(client: transport.client))
+        #expect(await eventually(30) { dead.count >= 1 })
+        let letter = try #require(dead.received.first?.message)
+        #expect(letter.id == "stale" && letter.header(DeadLetterHeader.reason) == "expired", "\(letter.headers)")
+        #expect(letter.header(DeadLetterHeader.group) == "billing", "\(letter.headers)")
+    }
+
     @Test("a subscriber group's queue deleted on the broker comes back: the consumer reconnects and declares it again", plainRunOnly)
     func deletedQueueComesBack() async throws {
         let server = try await Self.broker()

@@ -49,6 +49,9 @@ struct AMQPDelivered {
     /// The broker's reason when the broker dead-lettered it (TTL, delivery limit): only on
     /// dead-letter queues, for messages that did not come through the plugin's own dead-lettering.
     var brokerDeadLetterReason: String?
+    /// The queue the broker dead-lettered it from (x-death's `queue`), with the reason: on a
+    /// topic, the subscriber group's queue, which names the group.
+    var brokerDeadLetterQueue: String?
 }
 
 enum AMQPMessage {
@@ -127,6 +130,7 @@ enum AMQPMessage {
         var deliveryCount: Int64?
         var history: [String] = []
         var brokerReason: String?
+        var brokerQueue: String?
         func add(_ key: String, _ value: String) {
             if byKey[key] == nil { keyOrder.append(key) }
             byKey[key, default: []].append(value)
@@ -146,6 +150,7 @@ enum AMQPMessage {
                     // The broker's dead-lettering: the latest first, its reason a string.
                     if case .array(let deaths) = field, case .table(let latest)? = deaths.first {
                         brokerReason = latest.first { $0.0 == "reason" }?.1.text
+                        brokerQueue = latest.first { $0.0 == "queue" }?.1.text
                     }
                 case _ where key.hasPrefix("x-first-death-") || key.hasPrefix("x-last-death-"): continue
                 default:
@@ -181,6 +186,7 @@ enum AMQPMessage {
         message.expiresAtNanos = expiresAt
         message.flags = MessageFlags(rawValue: flags)
         let fromBroker = deadLetterChannel && brokerReason != nil && message.header(DeadLetterHeader.reason) == nil
-        return AMQPDelivered(message: message, history: history, brokerDeadLetterReason: fromBroker ? brokerReason : nil)
+        return AMQPDelivered(
+            message: message, history: history, brokerDeadLetterReason: fromBroker ? brokerReason : nil, brokerDeadLetterQueue: fromBroker ? brokerQueue : nil)
     }
 }

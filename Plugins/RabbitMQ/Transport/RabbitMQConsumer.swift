@@ -438,9 +438,13 @@ final class RabbitMQConsumer: @unchecked Sendable {
                     acknowledge(pending)
                     continue
                 }
+                // On a topic the group's queue names the group: its replay then reaches that group
+                // alone (without it, every group, and each group's expired copy: G² deliveries).
+                let original = String(channel.dropLast(transport.settings.deadLetterSuffix.count))
+                let group = transport.group(ofQueue: delivered.brokerDeadLetterQueue, channel: original)
                 messages[index] = DeadLetter.copy(
-                    of: delivered.message, to: channel, group: "", reason: reason == "expired" ? "expired" : "broker: \(reason)",
-                    history: delivered.history + [reason], now: wallNow)
+                    of: delivered.message, to: channel, group: group ?? "", groupCopy: group != nil,
+                    reason: reason == "expired" ? "expired" : "broker: \(reason)", history: delivered.history + [reason], now: wallNow)
                 messages[index].headers = messages[index].headers.map {
                     $0.key == DeadLetterHeader.channel ? Header($0.key, String(channel.dropLast(transport.settings.deadLetterSuffix.count))) : $0
                 }

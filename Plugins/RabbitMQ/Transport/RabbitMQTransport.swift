@@ -74,6 +74,14 @@ open class RabbitMQTransport: TransportPlugin, @unchecked Sendable {
     var deadLetterExchange: String { settings.prefix + ".dlx" }
     func queueName(_ channel: String) -> String { settings.prefix + "." + channel }
     func groupQueueName(_ channel: String, group: String) -> String { settings.prefix + "." + channel + "~" + (group.isEmpty ? "default" : group) }
+    /// The subscriber group whose queue of `channel` `queue` is (``groupQueueName(_:group:)``
+    /// read back), or nil for another queue (a queue's, not a topic group's).
+    func group(ofQueue queue: String?, channel: String) -> String? {
+        let prefix = settings.prefix + "." + channel + "~"
+        guard Self.fanOut, let queue, queue.hasPrefix(prefix) else { return nil }
+        let group = String(queue.dropFirst(prefix.count))
+        return group == "default" ? "" : group
+    }
     func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(settings.deadLetterSuffix) }
     func isEphemeral(_ channel: String) -> Bool { settings.ephemeralPrefixes.contains { channel.hasPrefix($0) } }
 
