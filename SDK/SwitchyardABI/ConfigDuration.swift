@@ -40,7 +40,9 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
         for (unit, scale) in units where trimmed.hasSuffix(unit) {
             let number = trimmed.dropLast(unit.count)
             guard let value = Double(number), value >= 0, value.isFinite, value * scale < Double(Int64.max) else { continue }
-            return ConfigDuration(nanoseconds: Int64(value * scale))
+            // Rounded, as the C SDK's switchyard_config.h does: truncating read "1.001s" as
+            // 1000999999 ns (the decimal is not exact in binary).
+            return ConfigDuration(nanoseconds: Int64((value * scale).rounded()))
         }
         return nil
     }

@@ -21,6 +21,17 @@ struct ABIValueTests {
         #expect(read.message.allSatisfy { $0 == "é" })
     }
 
+    /// The C SDK's switchyard_config.h rounds; this truncated, so one config read 1 ns apart in a
+    /// Swift and a C plugin ("1.001s": 1000999999 against 1001000000).
+    @Test("durations are rounded to the nanosecond, as the C SDK reads them")
+    func durationsRound() {
+        #expect(ConfigDuration.parse("1.001s")?.nanoseconds == 1_001_000_000)
+        #expect(ConfigDuration.parse("1.005s")?.nanoseconds == 1_005_000_000)
+        #expect(ConfigDuration.parse("2.3h")?.nanoseconds == 8_280_000_000_000)
+        #expect(ConfigDuration.parse("250ms")?.nanoseconds == 250_000_000)
+        #expect(ConfigDuration.parse("-1s") == nil && ConfigDuration.parse("5") == nil)
+    }
+
     @Test("plugin names and versions")
     func namesAndVersions() {
         #expect(PluginName.problem(with: "queue") == nil)
