@@ -31,6 +31,13 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A path that cannot be written was found only after every suite had run (minutes).
+        if let json {
+            let directory = (URL(fileURLWithPath: json).deletingLastPathComponent().path as NSString).standardizingPath
+            guard FileManager.default.isWritableFile(atPath: directory) else {
+                throw CommandFailure("--json \(json): cannot write in \(directory) (it does not exist, or is not writable); nothing was run")
+            }
+        }
         let machine = MachineInfo.current()
         if machine.build == "debug" { printError("warning: this is a debug build; numbers are not representative (swift build -c release)") }
         printError("machine: \(machine.cpu), \(machine.cores) cores, \(machine.memoryGiB) GiB, \(machine.build) build")
@@ -58,12 +65,16 @@ struct BenchCommand: ParsableCommand {
         }
         let report = BenchReport(machine: machine, results: results)
         print(report.table())
+        if !unavailable.isEmpty { printError("suites this machine cannot run: \(unavailable.joined(separator: ", "))") }
         if let json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+            do {
+                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+            } catch {
+                throw CommandFailure("--json \(json): cannot write the report (\(error.localizedDescription)); the table above has the numbers")
+            }
         }
-        if !unavailable.isEmpty { printError("suites this machine cannot run: \(unavailable.joined(separator: ", "))") }
         if !failed.isEmpty {
             printError("error: suites that failed: \(failed.joined(separator: ", ")) (their errors are above; the report leaves them out)")
             throw ExitCode.failure

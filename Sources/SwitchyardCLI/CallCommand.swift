@@ -63,7 +63,14 @@ struct CallCommand: AsyncParsableCommand {
             printError("error: \(error)")
             if error.code == .timeout, let config {
                 // Through a transport the call waits for a host; with none there, it times out.
-                printError("(switchyard run --config \(config) serves what the config declares)")
+                // switchyard run serves native modules only: a Swift method's host is the application.
+                let interface = String((arguments.first ?? "").prefix { $0 != "." })
+                if (try? readConfig(config))?.native.contains(where: { $0.interface == interface }) == true {
+                    printError("(switchyard run --config \(config) serves the native modules the config declares)")
+                } else {
+                    let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
+                    printError("(is the application that hosts actor '\(id)' running, and reading this route's transport? --actor names another id)")
+                }
             }
             throw ExitCode(1)
         }

@@ -45,7 +45,12 @@ struct StatsCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard (url == nil) != (search.config == nil) else { throw ValidationError("name a config file (--config FILE) or an admin endpoint (--url URL)") }
+        guard (url == nil) != (search.config == nil) else {
+            throw ValidationError(
+                url == nil
+                    ? "name a config file (--config FILE) or an admin endpoint (--url URL)"
+                    : "name a config file (--config FILE) or an admin endpoint (--url URL), not both: --url reads a running system, --config its files")
+        }
         guard interval.isFinite, (0.1...86_400).contains(interval) else { throw ValidationError("--interval must be between 0.1 and 86400 seconds") }
     }
 

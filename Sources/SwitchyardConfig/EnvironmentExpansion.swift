@@ -53,7 +53,11 @@ public enum EnvironmentExpansion {
                     key: "", line: line,
                     message: "environment variable \(name) is empty (write ${\(name):-default} to give a default, or ${\(name):-} to allow empty)")
             } else {
-                throw ConfigError(key: "", line: line, message: "environment variable \(name) is not set (write ${\(name):-default} to give a default)")
+                throw ConfigError(
+                    key: "", line: line,
+                    message:
+                        "environment variable \(name) is not set: export it (for a command that reads a running system's file, the value that system uses), "
+                        + "or write ${\(name):-default} to give a default")
             }
             rest = afterDollar[afterDollar.index(after: close)...]
         }

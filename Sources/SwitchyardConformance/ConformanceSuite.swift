@@ -261,6 +261,7 @@ public final class ConformanceContext: @unchecked Sendable {
 /// Collects deliveries on transport threads, with an optional settle policy.
 public final class Collector: @unchecked Sendable {
     // @unchecked: all state is behind the Mutex.
+    /// One delivery as it arrived.
     public struct Received: Sendable {
         /// The delivery's id.
         public let delivery: DeliveryID

@@ -235,6 +235,7 @@ func report(_ text: String, into buffer: UnsafeMutablePointer<CChar>?, size: Int
     buffer[bytes.count] = 0
 }
 
+/// `sy_native_open` (switchyard_native.h): starts a client for the config at `configPath`.
 @c(sy_native_open)
 public func syNativeOpen(_ configPath: UnsafePointer<CChar>?, _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorSize: Int) -> UnsafeMutableRawPointer? {
     guard let configPath else {
@@ -252,6 +253,7 @@ public func syNativeOpen(_ configPath: UnsafePointer<CChar>?, _ errorBuffer: Uns
     }
 }
 
+/// `sy_native_bind` (switchyard_native.h): a C function pointer that calls a routed function.
 @c(sy_native_bind)
 public func syNativeBind(
     _ client: UnsafeMutableRawPointer?, _ route: UnsafePointer<CChar>?, _ signature: UnsafePointer<CChar>?,
@@ -278,12 +280,15 @@ public func syNativeBind(
     }
 }
 
+/// `sy_native_last_error` (switchyard_native.h): this thread's last error message.
 @c(sy_native_last_error)
 public func syNativeLastError() -> UnsafePointer<CChar> { LastError.get() }
 
+/// `sy_native_free_string` (switchyard_native.h): frees a string a bound function returned.
 @c(sy_native_free_string)
 public func syNativeFreeString(_ text: UnsafeMutablePointer<CChar>?) { free(text) }
 
+/// `sy_native_close` (switchyard_native.h): stops the client; its bound functions must not be called after.
 @c(sy_native_close)
 public func syNativeClose(_ client: UnsafeMutableRawPointer?) {
     guard let client else { return }

@@ -36,14 +36,19 @@ public struct SwitchyardInvocationEncoder: DistributedTargetInvocationEncoder {
     var arguments: [Argument] = []
     var substitutions: [Any.Type] = []
 
+    /// Records a generic parameter's type (a generic method's call; refused on transport routes).
     public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws { substitutions.append(type) }
+    /// Records one argument as it is passed; it is encoded once the route is known.
     public mutating func recordArgument<Value: Codable>(_ argument: RemoteCallArgument<Value>) throws {
         // Room for a few at the first: growing from one to two to four was an allocation each.
         if arguments.isEmpty { arguments.reserveCapacity(4) }
         arguments.append(Argument(name: argument.name, value: argument.value))
     }
+    /// Not recorded: a thrown error travels by its registered type (`registerError`).
     public mutating func recordErrorType<E: Error>(_ type: E.Type) throws {}
+    /// Not recorded: the caller's stub knows the type it decodes.
     public mutating func recordReturnType<R: Codable>(_ type: R.Type) throws {}
+    /// Nothing to finish: the arguments are encoded when the call is routed.
     public mutating func doneRecording() throws {}
 
     /// The arguments in `encoding`: compact values one after another, or a JSON array.
@@ -127,8 +132,10 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
         if more { throw EnvelopeError("the call has more arguments than the method's \(expectedCount)") }
     }
 
+    /// The generic parameters' types, as recorded (in process) or resolved by the receiver.
     public mutating func decodeGenericSubstitutions() throws -> [Any.Type] { substitutions }
 
+    /// The next argument: handed over as recorded in process, or decoded from the call's encoding.
     public mutating func decodeNextArgument<Argument: Codable>() throws -> Argument {
         let value: Argument = try readArgument()
         try checkNothingLeft(afterReading: index)
@@ -167,7 +174,9 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
         }
     }
 
+    /// Not carried: see ``SwitchyardInvocationEncoder/recordErrorType(_:)``.
     public mutating func decodeErrorType() throws -> Any.Type? { nil }
+    /// Not carried: see ``SwitchyardInvocationEncoder/recordReturnType(_:)``.
     public mutating func decodeReturnType() throws -> Any.Type? { nil }
 }
 

@@ -153,7 +153,7 @@ extension SystemOverview.TransportInfo {
     }
 
     /// Where `transport`'s messages are, from its innermost plugin and that one's config.
-    public static func engine(of transport: Transport, config: SwitchyardConfig) -> String {
+    package static func engine(of transport: Transport, config: SwitchyardConfig) -> String {
         let innermost = transport.chain.last ?? transport
         switch innermost.plugin.name {
         case "queue", "topic", "delay":
