@@ -33,23 +33,31 @@ enum AccessibleFunctions {
     }
 
     /// Each loaded image's file and the address its first byte is mapped at, from
-    /// `/proc/self/maps` (the mapping of file offset 0).
-    private static func loadedImages() -> [(path: String, base: UInt)] {
+    /// `/proc/self/maps` (the mapping of file offset 0). Only files mapped executable and private
+    /// count: every other file mapped at offset 0 — a SQLite store's `-shm`, mapped shared — was
+    /// opened and closed here too, and on Linux closing any descriptor of a file drops every
+    /// `fcntl` lock the process holds on it. SQLite's locks on its `-shm` and WAL went with it: the
+    /// next process to open the store thought itself the first and truncated the `-shm` under this
+    /// one's mapping (SIGBUS), or wrote the WAL beside it.
+    static func loadedImages() -> [(path: String, base: UInt)] {
         // Read to the end: String(contentsOfFile:) stops at 4 KiB on procfs (whose files report
         // size 0), which under ThreadSanitizer — its shadow mappings come first — left out every image.
         guard let file = FileHandle(forReadingAtPath: "/proc/self/maps") else { return [] }
         defer { try? file.close() }
         let maps = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
         var images: [String: UInt] = [:]
+        var executable: Set<String> = []
         for line in maps.split(separator: "\n") {
             let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-            // The path is padded with spaces after the inode.
+            // The path is padded with spaces after the inode; permissions are like "r-xp".
             guard fields.count == 6, case let path = fields[5].trimmingCharacters(in: .whitespaces), path.hasPrefix("/"),
-                UInt(fields[2], radix: 16) == 0, let start = UInt(fields[0].split(separator: "-").first ?? "", radix: 16)
+                !fields[1].contains("s")
             else { continue }
+            if fields[1].contains("x") { executable.insert(path) }
+            guard UInt(fields[2], radix: 16) == 0, let start = UInt(fields[0].split(separator: "-").first ?? "", radix: 16) else { continue }
             images[path] = min(images[path] ?? .max, start)
         }
-        return images.map { ($0.key, $0.value) }
+        return images.filter { executable.contains($0.key) }.map { ($0.key, $0.value) }
     }
 
     /// The address and size of section `name` in the ELF64 file at `path`, and the address of
