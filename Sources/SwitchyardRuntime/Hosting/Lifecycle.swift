@@ -91,6 +91,12 @@ extension SwitchyardActorSystem: Service {
         for subscription in subscriptions {
             for worker in subscription.workers { worker.cancel() }
         }
+        // A cancelled call ends by settling (releasing) into its transport: give those a moment
+        // before the transports close. A settle racing the close ran inside a plugin whose
+        // instance was being freed, and wrote into its freed lock (glibc's mutex code: no
+        // sanitizer sees it). Bounded, as the drain is: a call that ignores cancellation does not
+        // hold the shutdown (the client refuses its late settle once the transport is closed).
+        await server.inFlight.waitUntilZero(until: ContinuousClock.now + .seconds(2))
         // What the finished calls committed to outboxes goes out before the transports close.
         await outboxRelays.drainAndStop(until: until)
         state.store(SystemState.stopped.rawValue, ordering: .releasing)
