@@ -1,6 +1,12 @@
 import CSwitchyard
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// Identifies one delivery within a transport instance (`sy_delivery_id`); never 0.
 public typealias DeliveryID = UInt64
 /// Identifies one subscription within a transport instance (`sy_subscription_id`); never 0.
@@ -32,12 +38,35 @@ public final class TransportClient: @unchecked Sendable {
     /// The plugin's opaque instance pointer.
     public let instance: UnsafeMutableRawPointer
     private let subscribers = Guarded<[SubscriptionID: Unmanaged<SubscriberBox>]>([:])
-    /// False once destroyed: later calls fail with `.closed` instead of touching freed memory.
+    /// False once ``destroy()`` began: later calls fail with `.closed` instead of touching freed
+    /// memory.
     private let alive = Atomic<Bool>(true)
+    /// Calls into the plugin that have passed the `alive` check and not returned: ``destroy()``
+    /// waits for them, so that no call can run on a destroyed instance (the ABI: the host calls
+    /// `destroy` after every other call has returned). A check of `alive` alone left a window
+    /// between the check and the call.
+    private let inFlight = Atomic<Int>(0)
 
-    private func checkAlive() throws(TransportError) {
-        if !alive.load(ordering: .acquiring) { throw TransportError(.closed, "the transport instance was destroyed") }
+    /// Counts a call in; false, counting nothing, once the instance is being destroyed. Both
+    /// sides are sequentially consistent (a store-load pair, as in Dekker's algorithm): either
+    /// ``destroy()`` sees this call counted, or this call sees `alive` false.
+    @inline(__always)
+    private func enterIfAlive() -> Bool {
+        inFlight.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        if alive.load(ordering: .sequentiallyConsistent) { return true }
+        leave()
+        return false
     }
+
+    /// ``enterIfAlive()`` for a call that fails with `.closed` on a destroyed instance. Pair each
+    /// with ``leave()`` (`defer`).
+    @inline(__always)
+    private func enter() throws(TransportError) {
+        if !enterIfAlive() { throw TransportError(.closed, "the transport instance was destroyed") }
+    }
+
+    @inline(__always)
+    private func leave() { inFlight.wrappingSubtract(1, ordering: .releasing) }
 
     /// Who hears of calls into the plugin that should return promptly and did not.
     private let watch: SlowCallWatch?
@@ -85,7 +114,8 @@ public final class TransportClient: @unchecked Sendable {
 
     /// Publishes a message already in C form (borrowed for the call).
     public func publish(_ message: UnsafePointer<sy_message>) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         let publish = descriptor.pointee.publish!
         try call("publish") { publish(instance, message, $0) }
     }
@@ -101,7 +131,8 @@ public final class TransportClient: @unchecked Sendable {
     /// `publish_batch` (ABI 1.1); one publish each otherwise, stopping at the first failure (the
     /// messages before it stay published).
     public func publish(batch: [Message]) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard let publishBatch = descriptor.pointee.publish_batch else {
             for message in batch { try publish(message) }
             return
@@ -115,7 +146,8 @@ public final class TransportClient: @unchecked Sendable {
     /// `first`, strided by their `struct_size` (borrowed for the call). A batch laid out larger
     /// than an older plugin reads is laid out again at its size.
     public func publish(batch first: UnsafePointer<sy_message>, count: Int) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard count > 0 else { return }
         guard let publishBatch = descriptor.pointee.publish_batch else {
             for index in 0..<count { try publish(SizedStruct.element(first, index)) }
@@ -161,7 +193,7 @@ public final class TransportClient: @unchecked Sendable {
 
     private func publish(_ outgoing: Outgoing, _ completion: PublishCompletion) {
         let empty = if case .many(let messages) = outgoing { messages.isEmpty } else { false }
-        guard !empty, publishesAsynchronously, alive.load(ordering: .acquiring), let publishAsync = descriptor.pointee.publish_async else {
+        guard !empty, publishesAsynchronously, let publishAsync = descriptor.pointee.publish_async, enterIfAlive() else {
             do throws(TransportError) {
                 switch outgoing {
                 case .one(let message): try publish(message)
@@ -173,6 +205,7 @@ public final class TransportClient: @unchecked Sendable {
             }
             return
         }
+        defer { leave() }
         let context = Unmanaged.passRetained(completion).toOpaque()
         // Timed like every call that must return promptly: a plugin that waits in it is reported.
         let started = watch?.now()
@@ -204,7 +237,8 @@ public final class TransportClient: @unchecked Sendable {
         _ options: SubscribeOptions, handler: @escaping DeliveryHandler,
         batchHandler: BatchDeliveryHandler? = nil
     ) throws(TransportError) -> SubscriptionID {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         let box = Unmanaged.passRetained(SubscriberBox(client: self, handler: handler, batchHandler: batchHandler))
         var subscriber = sy_subscriber(
             struct_size: UInt32(MemoryLayout<sy_subscriber>.size), context: box.toOpaque(),
@@ -227,7 +261,8 @@ public final class TransportClient: @unchecked Sendable {
     /// subscription on to its inner transport). The caller keeps `subscriber.context` alive until
     /// the subscription ends.
     public func subscribe(_ options: SubscribeOptions, passing subscriber: sy_subscriber) throws(TransportError) -> SubscriptionID {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         var subscriber = subscriber
         var id: SubscriptionID = 0
         try options.withCOptions { (cOptions) throws(TransportError) in
@@ -240,7 +275,8 @@ public final class TransportClient: @unchecked Sendable {
     /// Ends a subscription. Once it returns no delivery for it is running; its unsettled
     /// deliveries are released to the other members of the group.
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         let unsubscribe = descriptor.pointee.unsubscribe!
         try call("unsubscribe") { unsubscribe(instance, id, $0) }
         subscribers.withLock { $0.removeValue(forKey: id) }?.release()
@@ -248,7 +284,8 @@ public final class TransportClient: @unchecked Sendable {
 
     /// Settles one delivery, exactly once.
     public func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         let settle = descriptor.pointee.settle!
         try settlement.withCSettlement { (cSettlement) throws(TransportError) in
             try call("settle") { settle(instance, delivery, cSettlement, $0) }
@@ -261,7 +298,8 @@ public final class TransportClient: @unchecked Sendable {
     /// ``settle(batch:_:)`` costs less.
     @discardableResult
     public func settle(batch: [(DeliveryID, Settlement)]) throws(TransportError) -> [TransportError?] {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard !batch.isEmpty else { return [] }
         guard let settleBatch = descriptor.pointee.settle_batch, batch.count > 1 else {
             return batch.map { delivery, settlement in
@@ -281,7 +319,8 @@ public final class TransportClient: @unchecked Sendable {
     /// is settled independently; returns each one's outcome, in order (`nil`: settled).
     @discardableResult
     public func settle(batch deliveries: some Collection<DeliveryID>, _ settlement: Settlement) throws(TransportError) -> [TransportError?] {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard !deliveries.isEmpty else { return [] }
         guard let settleBatch = descriptor.pointee.settle_batch, deliveries.count > 1 else {
             return deliveries.map { delivery in
@@ -351,7 +390,8 @@ public final class TransportClient: @unchecked Sendable {
     /// How long a delivery's lease lasts, in ns, for a subscription without a visibility timeout
     /// of its own (0: deliveries have no time limit); nil when the plugin cannot extend leases.
     public func leaseNanos() throws(TransportError) -> Int64? {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard let extend = descriptor.pointee.extend else { return nil }
         var lease: Int64 = 0
         try call("extend") { extend(instance, nil, 0, nil, &lease, $0) }
@@ -363,7 +403,8 @@ public final class TransportClient: @unchecked Sendable {
     /// `.notFound`: unknown, settled or released). `.unsupported` for each when the plugin
     /// cannot extend leases.
     public func extend(_ deliveries: [DeliveryID]) throws(TransportError) -> [TransportError?] {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard !deliveries.isEmpty else { return [] }
         guard let extend = descriptor.pointee.extend else {
             return deliveries.map { _ in TransportError(.unsupported, "extend: the plugin cannot extend leases (ABI 1.6)") }
@@ -378,7 +419,8 @@ public final class TransportClient: @unchecked Sendable {
     /// otherwise `publish(batch:)`, then `settle` (the messages may then be stored and the
     /// settlement fail).
     public func publish(_ messages: [Message], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard let publishAndSettle = descriptor.pointee.publish_and_settle else {
             if !messages.isEmpty { try publish(batch: messages) }
             return try settle(delivery, settlement)
@@ -392,7 +434,8 @@ public final class TransportClient: @unchecked Sendable {
 
     /// ``publish(_:settling:_:)`` for one message, laid out for C without an array.
     public func publish(_ message: Message, settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard let publishAndSettle = descriptor.pointee.publish_and_settle else {
             try publish(message)
             return try settle(delivery, settlement)
@@ -408,14 +451,16 @@ public final class TransportClient: @unchecked Sendable {
     /// the monotonic clock passes `deadlineNanos`, then releases the rest. A no-op for plugins
     /// without `drain`.
     public func drain(deadlineNanos: Int64) throws(TransportError) {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard let drain = descriptor.pointee.drain else { return }
         try TransportError.check { drain(instance, deadlineNanos, $0) }
     }
 
     /// The instance's counters, or nil when the plugin reports none.
     public func stats() throws(TransportError) -> TransportStats? {
-        try checkAlive()
+        try enter()
+        defer { leave() }
         guard let stats = descriptor.pointee.stats else { return nil }
         var out = sy_stats()
         out.struct_size = UInt32(MemoryLayout<sy_stats>.size)
@@ -424,15 +469,30 @@ public final class TransportClient: @unchecked Sendable {
     }
 
     /// Destroys the instance and frees the subscriber contexts. Only the instance's creator calls
-    /// this, exactly once, after every other call on it has returned.
-    public func destroy() {
-        guard alive.exchange(false, ordering: .acquiringAndReleasing) else { return }
+    /// this; calling it again does nothing. Calls that start once it has begun fail with
+    /// `.closed`; calls already running are waited for, up to `waitNanos` (a `drain` runs until
+    /// its deadline; a blocked plugin call may never return). Returns false when some were still
+    /// running then: the instance is left undestroyed (its memory and resources are kept, never
+    /// freed under a running call), and the caller should report it.
+    @discardableResult
+    public func destroy(waitNanos: Int64 = 10_000_000_000) -> Bool {
+        guard alive.exchange(false, ordering: .sequentiallyConsistent) else { return true }
+        if inFlight.load(ordering: .sequentiallyConsistent) != 0 {
+            let deadline = monotonicNanoseconds() + waitNanos
+            var pause: UInt32 = 50
+            while inFlight.load(ordering: .sequentiallyConsistent) != 0 {
+                if monotonicNanoseconds() >= deadline { return false }
+                usleep(pause)
+                pause = min(pause * 2, 10_000)
+            }
+        }
         descriptor.pointee.destroy!(instance)
         let boxes = subscribers.withLock { all in
             defer { all.removeAll() }
             return Array(all.values)
         }
         for box in boxes { box.release() }
+        return true
     }
 }
 

@@ -20,7 +20,7 @@ public typealias DeadLetterObserver = @Sendable (Message, String) -> Void
 /// The C table and its context live exactly as long as this object; the owning `Transport` keeps
 /// it until the plugin's `destroy` has returned.
 final class HostServices: Sendable {
-    private let logger: Logger
+    let logger: Logger
     private let transportName: String
     private let metricsFactory: any MetricsFactory
     private let metrics = Guarded<[String: MetricHandle?]>([:])

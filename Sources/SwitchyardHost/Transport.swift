@@ -189,13 +189,25 @@ public final class Transport: Sendable {
         services.observeDeadLetters(observer)
     }
 
-    /// Destroys the plugin instance. Every other call on it must have returned. Calling it again
-    /// does nothing. An inner transport is not closed here (several decorators may share it): its
+    /// Destroys the plugin instance once the calls into it that are running have returned (calls
+    /// made after `close` began fail with `.closed`); one still running after 10 s leaves the
+    /// instance undestroyed, logged as an error. Calling it again does nothing. An inner transport is not closed here (several decorators may share it): its
     /// owner closes it after its decorators (``TransportSet`` does), or it closes itself when the
     /// last reference to it goes away.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        client.destroy()
+        let wait: Int64 = 10_000_000_000
+        guard client.destroy(waitNanos: wait) else {
+            // A call into the plugin still running: destroying the instance would free memory
+            // under it. It stays, with what it may still call (the host's services, a
+            // decorator's inner reference), for the rest of the process.
+            _ = Unmanaged.passRetained(services)
+            if let innerReference { _ = Unmanaged.passRetained(innerReference) }
+            services.logger.error(
+                "transport not destroyed: a call into its plugin was still running \(wait / 1_000_000_000) s after close began; the instance and what it holds (files, locks, connections) stay until this process exits",
+                metadata: ["plugin": "\(plugin.name)"])
+            return
+        }
         withExtendedLifetime((services, innerReference)) {}
     }
 
