@@ -380,6 +380,59 @@ struct IsolationTests {
         }
     }
 
+    @Test("unsubscribe returns only once a delivery the proxy is making has returned, even when the child died meanwhile")
+    func unsubscribeWaitsForADeliveryInProgress() async throws {
+        try await offPool {
+            let transport = try Transport(name: "slow-subscriber", plugin: try BuildProducts.plugin("queue"), isolation: Self.quick)
+            defer { transport.close() }
+            let client = transport.client
+            let entered = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let order = Guarded<[String]>([])
+            let subscription = try client.subscribe(SubscribeOptions(channel: "work")) { _, _ in
+                entered.signal()
+                _ = release.wait(timeout: .now() + 30)
+                order.withLock { $0.append("delivery returned") }
+                return .ok
+            }
+            // From a thread of its own: the child may deliver before it answers the publish, and
+            // the answer is read by the thread the delivery holds (this publish then fails).
+            Thread { try? client.publish(Self.message("m1", "slow")) }.start()
+            #expect(entered.wait(timeout: .now() + 30) == .success)
+            // The child dies while its reader thread here is inside the delivery: the unsubscribe
+            // cannot reach it, and used to return at once, freeing the subscriber under the call.
+            let child = try #require(transport.pluginProcessID)
+            kill(child, SIGKILL)
+            let deadline = Date().addingTimeInterval(15)
+            while !Self.hasClosedItsDescriptors(child) && Date() < deadline { usleep(1_000) }
+            #expect(Self.hasClosedItsDescriptors(child))
+            let unsubscribed = DispatchSemaphore(value: 0)
+            Thread {
+                try? client.unsubscribe(subscription)
+                order.withLock { $0.append("unsubscribe returned") }
+                unsubscribed.signal()
+            }.start()
+            let early = unsubscribed.wait(timeout: .now() + 0.5) == .success
+            #expect(!early, "unsubscribe returned while its subscriber was being delivered to")
+            release.signal()
+            if !early { #expect(unsubscribed.wait(timeout: .now() + 30) == .success) }
+            #expect(order.withLock { $0 } == ["delivery returned", "unsubscribe returned"])
+        }
+    }
+
+    /// Whether process `pid` has exited and let its descriptors go: gone, or a zombie whose
+    /// threads have all ended (a killed process's leader shows as a zombie while its other
+    /// threads, still holding the descriptors, are being torn down).
+    static func hasClosedItsDescriptors(_ pid: Int32) -> Bool {
+        guard let directory = opendir("/proc/\(pid)/fd") else { return true }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { return false }
+        }
+        return true
+    }
+
     @Test("the plugin host inherits no descriptors but its socket: not a pipe the host opened without close-on-exec")
     func childInheritsNoDescriptors() async throws {
         try await offPool {

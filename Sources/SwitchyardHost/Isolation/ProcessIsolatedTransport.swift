@@ -99,6 +99,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var leaseNanos: Int64?
         var nextDelivery: DeliveryID = 1
         var backoffNanos: Int64 = 0
+        /// Subscriptions a reader thread is delivering to right now, and how many such calls:
+        /// `unsubscribe` returns only once none is (the ABI: no deliver call for the subscription
+        /// runs after it returns, and the caller then frees the subscriber's context).
+        var delivering: [SubscriptionID: Int] = [:]
     }
 
     /// `plugins.slow_call_warning`, which the child applies to its calls into the plugin.
@@ -170,6 +174,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return id
         } catch {
             _ = lock.withLock { state.subscriptions.removeValue(forKey: id) }
+            awaitDeliveries(to: id)  // the caller frees the subscriber once this throws
             throw error
         }
     }
@@ -178,13 +183,49 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         guard let subscription = lock.withLock({ state.subscriptions.removeValue(forKey: id) }) else {
             throw TransportError(.notFound, "no subscription \(id)")
         }
+        // Removed from `state`, it gets no new delivery here; one a reader thread is making now
+        // is waited for, whatever the child does.
+        defer { awaitDeliveries(to: id) }
         guard let process = subscription.process, let childID = subscription.childID, !process.hasEnded else { return }
+        try unsubscribe(childID, in: process)
+    }
+
+    /// Ends subscription `childID` in `process`; one that died meanwhile ended it already.
+    private func unsubscribe(_ childID: SubscriptionID, in process: PluginProcess) throws(TransportError) {
         var payload = WireWriter()
         payload.integer(childID)
         do {
             _ = try process.request(.unsubscribe, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "unsubscribe")
         } catch  where error.code == .unavailable {
             // The child died meanwhile: the subscription ended with it.
+        }
+    }
+
+    /// Returns once no reader thread is delivering to subscription `id`.
+    private func awaitDeliveries(to id: SubscriptionID) {
+        lock.withLock {
+            while state.delivering[id] != nil { lock.wait() }
+        }
+    }
+
+    /// The subscriber of subscription `id`, counted as being delivered to until
+    /// ``delivered(to:)``; nil once it has been unsubscribed or the transport is shutting down.
+    /// Called with the lock held.
+    private func beginDelivery(to id: SubscriptionID) -> Subscriber? {
+        guard !state.closing, let subscriber = state.subscriptions[id]?.subscriber else { return nil }
+        state.delivering[id, default: 0] += 1
+        return subscriber
+    }
+
+    /// Ends what ``beginDelivery(to:)`` began (with the lock held), waking an `unsubscribe`
+    /// waiting for it.
+    private func delivered(to id: SubscriptionID) {
+        guard let count = state.delivering[id] else { return }
+        if count > 1 {
+            state.delivering[id] = count - 1
+        } else {
+            state.delivering[id] = nil
+            lock.broadcast()
         }
     }
 
@@ -375,6 +416,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             defer { state.current = nil }
             return state.current
         }
+        // The caller frees every subscriber once this returns: no delivery may still be running.
+        defer { lock.withLock { while !state.delivering.isEmpty { lock.wait() } } }
         guard let process else { return }
         // The child answers once the plugin's instance is destroyed; its reader thread reaps it
         // when it exits. Waiting for the exit here would hold the caller's thread (often one of
@@ -436,10 +479,14 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             let live = lock.withLock { state.subscriptions.map { ($0.key, $0.value.options) } }
             for (id, subscribeOptions) in live {
                 let childID = try subscribe(id, subscribeOptions, in: process)
-                lock.withLock {
+                let stillLive = lock.withLock {
                     state.subscriptions[id]?.childID = childID
                     state.subscriptions[id]?.process = process
+                    return state.subscriptions[id] != nil
                 }
+                // Unsubscribed while the child was starting: the child would otherwise offer its
+                // messages to nobody here, over and over.
+                if !stillLive { try unsubscribe(childID, in: process) }
             }
         } catch {
             process.kill(reason: "failed to start")
@@ -493,7 +540,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return
         }
         let target = lock.withLock { () -> (Subscriber, DeliveryID)? in
-            guard let subscriber = state.subscriptions[subscription]?.subscriber else { return nil }
+            guard let subscriber = beginDelivery(to: subscription) else { return nil }
             defer { state.nextDelivery += 1 }
             state.deliveries[state.nextDelivery] = (process, childDelivery)
             return (subscriber, state.nextDelivery)
@@ -502,11 +549,12 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             settleInChild([(childDelivery, .release)], process)
             return
         }
-        if subscriber.deliver(delivery, message) != .ok,
-            lock.withLock({ state.deliveries.removeValue(forKey: delivery) }) != nil
-        {
-            refuseInChild(subscription, [childDelivery], process)
+        let taken = subscriber.deliver(delivery, message) == .ok
+        let refused = lock.withLock {
+            delivered(to: subscription)
+            return !taken && state.deliveries.removeValue(forKey: delivery) != nil
         }
+        if refused { refuseInChild(subscription, [childDelivery], process) }
     }
 
     /// A batch from the child, on its reader thread: one batch to the subscriber; the part it
@@ -531,7 +579,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         }
         settleInChild(malformed, process)
         let target = lock.withLock { () -> (Subscriber, [DeliveryID])? in
-            guard let subscriber = state.subscriptions[subscription]?.subscriber else { return nil }
+            guard let subscriber = beginDelivery(to: subscription) else { return nil }
             var ids: [DeliveryID] = []
             ids.reserveCapacity(childDeliveries.count)
             for childDelivery in childDeliveries {
@@ -547,7 +595,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         }
         let taken = subscriber.deliver(batch: ids, messages)
         // The rest go back in one frame, released in order in the child.
-        let refused = lock.withLock { (taken..<ids.count).filter { state.deliveries.removeValue(forKey: ids[$0]) != nil } }
+        let refused = lock.withLock {
+            delivered(to: subscription)
+            return (taken..<ids.count).filter { state.deliveries.removeValue(forKey: ids[$0]) != nil }
+        }
         refuseInChild(subscription, refused.map { childDeliveries[$0] }, process)
     }
 
