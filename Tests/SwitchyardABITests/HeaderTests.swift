@@ -50,6 +50,15 @@ struct HeaderTests {
             (#"{"capacity" 1}"#, "config key 'capacity': not valid JSON (expected ':' after the key)"),
             (#"[1, 2]"#, "config: must be a JSON object"),
             (#"{"capacity": 1, "extra": {"a": [1, "}"]}}"#, "unknown config key 'extra'"),
+            // Keys and strings are decoded as JSON defines: this key is "capacity".
+            (#"{"cap\u0061city": 5}"#, "capacity=5 timeout=30000000000 durable=0 prefix=jobs"),
+            (#"{"prefix": "\u00e9"}"#, "capacity=1000 timeout=30000000000 durable=0 prefix=é"),
+            // Durations read as ConfigDuration.parse reads them (2^52 + 1 ns was read 1 ns over).
+            (#"{"timeout": "4503599627370497ns"}"#, "capacity=1000 timeout=4503599627370497 durable=0 prefix=jobs"),
+            (#"{"capacity": -9223372036854775808}"#, "config key 'capacity': must be between 1 and 1000000, got -9223372036854775808"),
+            // Malformed JSON is refused, in nested values as well, not read as 1 or as an unknown key.
+            (#"{"capacity": 01}"#, "config key 'capacity': not valid JSON (the value is malformed)"),
+            (#"{"capacity": 1, "extra": [1 2]}"#, "config key 'extra': not valid JSON (the value is malformed)"),
         ])
     func configHelper(_ json: String, _ expected: String) async throws {
         let dir = try TemporaryDirectory()
