@@ -57,7 +57,13 @@ struct ClientLifetimeTests {
     }
 
     @Test("destroy waits for a publish in flight, then destroys; calls made meanwhile fail as closed")
-    func destroyWaitsForCallsInFlight() async {
+    func destroyWaitsForCallsInFlight() async throws {
+        try await offPool { Self.destroyWaits() }
+    }
+
+    /// On threads of its own, with a long wait for destroy: on a loaded machine a starved task
+    /// can be held for seconds, which must not read as destroy giving up.
+    static func destroyWaits() {
         let transport = SlowPublisher()
         let client = Self.client(for: transport)
         let outcome = Guarded<String?>(nil)
@@ -67,16 +73,18 @@ struct ClientLifetimeTests {
         let destroyed = DispatchSemaphore(value: 0)
         let result = Guarded<Bool?>(nil)
         Thread {
-            result.withLock { $0 = client.destroy() }
+            result.withLock { $0 = client.destroy(waitNanos: 120_000_000_000) }
             destroyed.signal()
         }.start()
         // destroy has begun (it waits): a new call is refused rather than run on the instance.
-        let refused = await eventually {
+        var refused = false
+        let deadline = Date().addingTimeInterval(60)
+        while !refused && Date() < deadline {
             do throws(TransportError) {
                 try client.publish(Message(id: "m2", channel: "c"))
-                return false
+                usleep(1_000)
             } catch {
-                return error.code == .closed
+                refused = error.code == .closed
             }
         }
         #expect(refused, "a publish made while destroy waited was not refused as closed")
@@ -84,8 +92,8 @@ struct ClientLifetimeTests {
         #expect(!transport.events.withLock { $0 }.contains("shutdown"))
 
         transport.release.signal()
-        #expect(published.wait(timeout: .now() + 10) == .success)
-        #expect(destroyed.wait(timeout: .now() + 10) == .success)
+        #expect(published.wait(timeout: .now() + 60) == .success)
+        #expect(destroyed.wait(timeout: .now() + 60) == .success)
         #expect(result.withLock { $0 } == true)
         #expect(outcome.withLock { $0 } == "ok")
         // (A publish tried before destroy began ran and returned: "a later publish returned".)
@@ -93,7 +101,11 @@ struct ClientLifetimeTests {
     }
 
     @Test("a call still running when the wait ends leaves the instance undestroyed, and destroy says so")
-    func destroyLeavesTheInstanceWhenACallNeverReturns() {
+    func destroyLeavesTheInstanceWhenACallNeverReturns() async throws {
+        try await offPool { Self.destroyLeaves() }
+    }
+
+    static func destroyLeaves() {
         let transport = SlowPublisher()
         let client = Self.client(for: transport)
         let outcome = Guarded<String?>(nil)
@@ -105,7 +117,7 @@ struct ClientLifetimeTests {
         #expect(client.destroy() == true, "a second destroy does nothing")
 
         transport.release.signal()
-        #expect(published.wait(timeout: .now() + 10) == .success)
+        #expect(published.wait(timeout: .now() + 60) == .success)
         #expect(outcome.withLock { $0 } == "ok")
         #expect(transport.events.withLock { $0 } == ["publish returned"])
     }
