@@ -5,20 +5,42 @@ import SwitchyardRuntime
 
 /// Dead letters over HTTP: `GET /api/dead-letters` lists the channels,
 /// `GET /api/dead-letters/TRANSPORT/CHANNEL` the letters, decoded, and
-/// `POST …/replay` and `POST …/purge` act on some (`{"ids": [...]}`) or all (`{"all": true}`);
-/// replay takes `"fire_and_forget": true` for calls whose callers are gone. The page at
+/// `POST …/replay` and `POST …/purge` act on some (`{"ids": [...]}`) or all (`{"all": true}`),
+/// on a topic optionally one subscriber group's copies only (`"group": "G"`: an id several groups
+/// dead-lettered needs it); replay takes `"fire_and_forget": true` for calls whose callers are gone. The page at
 /// `/dead-letters/TRANSPORT/CHANNEL` does the same with forms. Acting always needs the token.
 struct DeadLetterEndpoints {
     let system: SwitchyardActorSystem
     let token: String?
 
-    /// What a replay or purge acts on.
+    /// What a replay or purge acts on: `ids`, or `all`, each narrowed to one topic subscriber
+    /// group's copies by `group`; and `letters`, single copies the page's rows name (a row's
+    /// checkbox carries its group).
     struct Selection: Decodable {
         var ids: [String]?
         var all: Bool?
+        var group: String?
+        var letters: [Copy]?
         var fireAndForget: Bool?
 
-        func picks(_ letter: DeadLetterBrowser.Letter) -> Bool { all == true || (ids ?? []).contains(letter.message.id) }
+        /// One subscriber group's dead letter of message `id` (`default`: an actor hosted without a group).
+        struct Copy: Codable, Equatable {
+            var id: String
+            var group: String
+        }
+
+        func picks(_ letter: DeadLetterBrowser.Letter) -> Bool {
+            let m = letter.message
+            if let letters, letters.contains(where: { $0.id == m.id && DeadLetterBrowser.isCopy(m, of: $0.group) }) { return true }
+            guard all == true || (ids ?? []).contains(m.id) else { return false }
+            return group.map { DeadLetterBrowser.isCopy(m, of: $0) } ?? true
+        }
+
+        /// The ids named without a group (the ones that may be ambiguous on a topic).
+        var idsWithoutGroup: [String] { group == nil ? ids ?? [] : [] }
+
+        /// Every id named, for the `missing` report.
+        var namedIDs: [String] { (ids ?? []) + (letters ?? []).map(\.id) }
     }
 
     /// The outcome of a replay or purge.
@@ -59,8 +81,12 @@ struct DeadLetterEndpoints {
             } catch {
                 return AdminHandler.json(.badRequest, ["error": "\(error)"])
             }
-            guard selection.all == true || !(selection.ids ?? []).isEmpty else {
+            guard selection.all == true || !selection.namedIDs.isEmpty else {
                 return AdminHandler.json(.badRequest, ["error": #"say which dead letters: {"ids": ["…"]} or {"all": true}"#])
+            }
+            // Named ids with --all's meaning too: acting on the whole channel silently.
+            if selection.all == true && !selection.namedIDs.isEmpty {
+                return AdminHandler.json(.badRequest, ["error": #"name ids or "all", not both"#])
             }
             let outcome = await act(path[2], on: selection, transport: path[0], channel: path[1])
             switch outcome {
@@ -147,6 +173,21 @@ struct DeadLetterEndpoints {
         return await Self.offPool { [system] in
             var outcome = Outcome(action: action == "replay" ? "replayed" : "purged", done: 0, missing: [], warnings: [])
             do {
+                // On a topic each subscriber group's dead letter of a message has its id: an id
+                // named without a group that several groups dead-lettered would act on each copy.
+                if !selection.idsWithoutGroup.isEmpty {
+                    let letters = try system.openDeadLetters(transport: transport, channel: channel)
+                    let ambiguous = letters.idsOfSeveralGroups(selection.idsWithoutGroup)
+                    letters.close()
+                    if !ambiguous.isEmpty {
+                        let named = ambiguous.map { "'\($0.id)' (groups: \($0.groups.joined(separator: ", ")))" }.joined(separator: "; ")
+                        return .failure(
+                            TransportError(
+                                .invalidArgument,
+                                "each subscriber group has its own dead letter of \(named): name the group whose copy to act on, "
+                                    + #"{"ids": ["…"], "group": "G"} (the page's rows each act on their own group's copy); nothing was done"#))
+                    }
+                }
                 let passes = try DeadLetterBrowser.inPasses(
                     all: selection.all == true, limit: DeadLetterBrowser.defaultLimit,
                     open: { body in
@@ -167,7 +208,7 @@ struct DeadLetterEndpoints {
                     }
                     outcome.done += 1
                 }
-                outcome.missing = (selection.ids ?? []).filter { !passes.ids.contains($0) }
+                outcome.missing = selection.namedIDs.filter { !passes.ids.contains($0) }
             } catch let error as TransportError {
                 // Nothing done yet: the transport's own error (an unknown transport is not found).
                 if outcome.done == 0 { return .failure(error) }
@@ -190,7 +231,8 @@ struct DeadLetterEndpoints {
         }
     }
 
-    /// The selection in a JSON body, or in a form (`ids=a&ids=b`, `all=1`, `fire_and_forget=1`).
+    /// The selection in a JSON body, or in a form (`ids=a&ids=b`, `letter={"id":…,"group":…}` for
+    /// one group's copy, `group=G`, `all=1`, `fire_and_forget=1`).
     static func selection(of request: HTTPRequest, form: Bool) async throws -> Selection {
         let body = try await request.bodyData
         // The page posts forms; programs post JSON, whatever Content-Type they say (curl -d says
@@ -201,6 +243,13 @@ struct DeadLetterEndpoints {
             for (key, value) in Self.formFields(body) {
                 switch key {
                 case "ids": selection.ids = (selection.ids ?? []) + [value]
+                case "letter":
+                    // The page's row of one group's copy, as JSON (a group name may hold any character).
+                    guard let copy = try? JSONDecoder().decode(Selection.Copy.self, from: Data(value.utf8)) else {
+                        throw AdminError(#"a letter field must be JSON like {"id": "id-1", "group": "email"}"#)
+                    }
+                    selection.letters = (selection.letters ?? []) + [copy]
+                case "group": selection.group = value.isEmpty ? nil : value
                 case "all": selection.all = value == "1" || value == "true"
                 case "fire_and_forget": selection.fireAndForget = value == "1" || value == "true"
                 default: break
@@ -213,7 +262,7 @@ struct DeadLetterEndpoints {
         do {
             return try decoder.decode(Selection.self, from: body)
         } catch {
-            throw AdminError(#"the body must be JSON like {"ids": ["id-1"]} or {"all": true, "fire_and_forget": true}"#)
+            throw AdminError(#"the body must be JSON like {"ids": ["id-1"]}, {"ids": ["id-1"], "group": "email"} or {"all": true, "fire_and_forget": true}"#)
         }
     }
 

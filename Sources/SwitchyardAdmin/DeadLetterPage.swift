@@ -1,3 +1,4 @@
+import Foundation
 import SwitchyardRuntime
 
 /// The page at `/dead-letters/TRANSPORT/CHANNEL`: every dead letter with its decoded call,
@@ -21,7 +22,13 @@ enum DeadLetterPage {
         html += "<form method=\"post\" id=\"letters\">\n<table id=\"dead-letters\"><tr><th></th><th>id</th><th>call / channel</th><th>arguments</th>"
         html += "<th>reason</th><th>attempts</th><th>dead-lettered</th></tr>\n"
         for record in records {
-            html += "<tr class=\"letter\" data-id=\"\(escape(record.id))\"><td><input type=\"checkbox\" name=\"ids\" value=\"\(escape(record.id))\"></td>"
+            // A topic group's copy is ticked as that group's alone: every group's copy has the id.
+            let pick = record.group.map { group in
+                let copy = DeadLetterEndpoints.Selection.Copy(id: record.id, group: group.isEmpty ? "default" : group)
+                let json = (try? JSONEncoder().encode(copy)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+                return "name=\"letter\" value=\"\(escape(json))\""
+            } ?? "name=\"ids\" value=\"\(escape(record.id))\""
+            html += "<tr class=\"letter\" data-id=\"\(escape(record.id))\"><td><input type=\"checkbox\" \(pick)></td>"
             html += "<td><details><summary>\(escape(record.id))</summary>\(detail(record))</details></td>"
             html += "<td>\(escape(record.call ?? record.channel))</td><td><code>\(escape(record.arguments ?? ""))</code></td>"
             html += "<td>\(escape(record.reason))</td><td class=\"n\">\(record.attempts)</td><td>\(escape(record.deadLetteredAt))</td></tr>\n"

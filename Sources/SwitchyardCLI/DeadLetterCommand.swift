@@ -139,7 +139,7 @@ struct DeadLetterCommand: ParsableCommand {
             try target.withDeadLetters { held in
                 // On a topic every group's copy has the message's id: all of them, each saying its group.
                 let copies = held.letters.filter { letter in
-                    letter.message.id == id && (group.map { DeadLetterCommand.isCopy(letter.message, of: $0) } ?? true)
+                    letter.message.id == id && (group.map { DeadLetterBrowser.isCopy(letter.message, of: $0) } ?? true)
                 }
                 guard !copies.isEmpty else {
                     try DeadLetterCommand.failOnMissing([id], channel: held.channel)
@@ -151,12 +151,6 @@ struct DeadLetterCommand: ParsableCommand {
                 print(copies.map { describe($0.message) }.joined(separator: "\n\n"))
             }
         }
-    }
-
-    /// Whether `m` is the copy of subscriber group `group` (`default`: of an actor hosted without one).
-    static func isCopy(_ m: Message, of group: String) -> Bool {
-        let header = m.header(DeadLetterHeader.group)
-        return header == group || (header == "" && group == "default")
     }
 
     /// The topic subscriber group whose copy `m` was, for a person: `(default)` for the group of an
@@ -218,7 +212,7 @@ struct DeadLetterCommand: ParsableCommand {
         }
 
         func matches(_ letter: DeadLetterBrowser.Letter) -> Bool {
-            (all || ids.contains(letter.message.id)) && (group.map { DeadLetterCommand.isCopy(letter.message, of: $0) } ?? true)
+            (all || ids.contains(letter.message.id)) && (group.map { DeadLetterBrowser.isCopy(letter.message, of: $0) } ?? true)
         }
 
         /// Refuses named ids that match copies of several subscriber groups (a topic's) without
@@ -227,10 +221,7 @@ struct DeadLetterCommand: ParsableCommand {
             guard !ids.isEmpty, group == nil else { return }
             var ambiguous: [String] = []
             try target.withDeadLetters { held in
-                for id in ids {
-                    let groups = Set(held.letters.filter { $0.message.id == id }.map { $0.message.header(DeadLetterHeader.group) ?? "" })
-                    if groups.count > 1 { ambiguous.append("'\(id)' (groups: \(groups.map { $0.isEmpty ? "default" : $0 }.sorted().joined(separator: ", ")))") }
-                }
+                ambiguous = held.idsOfSeveralGroups(ids).map { "'\($0.id)' (groups: \($0.groups.joined(separator: ", ")))" }
             }
             guard ambiguous.isEmpty else {
                 throw CommandFailure(

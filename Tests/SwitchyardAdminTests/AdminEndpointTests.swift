@@ -34,12 +34,14 @@ struct AdminEndpointTests {
         /// URLSession on Linux hangs on a 401 that carries `WWW-Authenticate`): status, body and
         /// headers (names lowercased).
         func get(
-            _ path: String, token: String? = nil, basic: String? = nil, method: String = "GET", body: String? = nil, headers: [String] = []
+            _ path: String, token: String? = nil, basic: String? = nil, method: String = "GET", body: String? = nil, headers: [String] = [],
+            formBody: String? = nil
         ) async throws -> (Int, String, [String: String]) {
             // 60 s guards against a hang only: these tests check answers, not latency (10 s fell
             // short under AddressSanitizer on a loaded CI machine).
             var arguments = ["-s", "-S", "-i", "--max-time", "60", "-X", method]
             if let body { arguments += ["-H", "Content-Type: application/json", "--data-binary", body] }
+            if let formBody { arguments += ["--data-binary", formBody] }
             for header in headers { arguments += ["-H", header] }
             if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
             if let basic { arguments += ["-u", "operator:\(basic)"] }
@@ -262,6 +264,56 @@ struct AdminEndpointTests {
             }
             await running.stop()
         }
+    }
+
+    @Test("on a topic, an id several groups dead-lettered needs a group: the API refuses it without one, and the page's rows act on their own group's copy")
+    func topicDeadLettersByGroup() async throws {
+        // A route makes the system create the transport (it creates only routed ones).
+        let yaml = Self.yaml.replacingOccurrences(of: "  work: { plugin: queue }\n", with: "  work: { plugin: queue }\n  events: { plugin: topic }\n")
+            .replacingOccurrences(of: "routes:\n", with: "routes:\n  Alerts.*: { transport: events, mode: fire-and-forget }\n")
+        let token = "dlq-token"
+        let running = try await Self.start(token: token, yaml: yaml)
+        let events = try #require(running.system.transport(named: "events"))
+        for group in ["a", "b"] {
+            let client = events.client
+            _ = try client.subscribe(SubscribeOptions(channel: "alerts", group: group)) { delivery, _ in
+                try? client.settle(delivery, .deadLetter(reason: "failed in \(group)"))
+                return .ok
+            }
+        }
+        try events.client.publish(Message(id: "e-1", channel: "alerts"))
+        func listed() async throws -> String { try await running.get("/api/dead-letters/events/alerts", token: token).1 }
+        var both = ""
+        for _ in 0..<100 where !(both.contains("failed in a") && both.contains("failed in b")) {
+            try await Task.sleep(for: .milliseconds(50))
+            both = try await listed()
+        }
+        #expect(both.contains("failed in a") && both.contains("failed in b"), "\(both)")
+        func post(_ path: String, _ body: String) async throws -> (Int, String) {
+            let (status, text, _) = try await running.get("/api/dead-letters/events/alerts/\(path)", token: token, method: "POST", body: body)
+            return (status, text)
+        }
+        // Without a group: refused, naming the groups, and nothing purged.
+        let refused = try await post("purge", #"{"ids": ["e-1"]}"#)
+        #expect(refused.0 == 400 && refused.1.contains("groups: a, b") && refused.1.contains("nothing was done"), "\(refused)")
+        #expect(try await listed().contains("failed in a"))
+        // Ids and all together: refused (all would act on the whole channel).
+        #expect(try await post("purge", #"{"ids": ["e-1"], "all": true}"#).0 == 400)
+        // One group's copy: only that one goes.
+        let purged = try await post("purge", #"{"ids": ["e-1"], "group": "a"}"#)
+        #expect(purged.0 == 200 && purged.1.contains(#""done" : 1"#), "\(purged)")
+        let left = try await listed()
+        #expect(!left.contains("failed in a") && left.contains("failed in b"), "\(left)")
+        // The page's row for b's copy posts that copy alone.
+        let page = try await running.get("/dead-letters/events/alerts", token: token).1
+        #expect(page.contains(#"name="letter""#) && page.contains("&quot;group&quot;:&quot;b&quot;"), "\(page)")
+        let form = try await running.get(
+            "/dead-letters/events/alerts/purge", token: token, method: "POST",
+            headers: ["Content-Type: application/x-www-form-urlencoded"],
+            formBody: "letter=" + (#"{"id":"e-1","group":"b"}"#.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
+        #expect(form.0 == 303, "\(form)")
+        #expect(!(try await listed().contains("e-1")))
+        await running.stop()
     }
 
     @Test("an address beyond loopback without a token is refused, saying how to set one")

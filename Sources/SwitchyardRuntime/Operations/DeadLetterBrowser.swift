@@ -79,6 +79,26 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     /// The held dead letter with message id `id`.
     public func letter(id: String) -> Letter? { letters.first { $0.message.id == id } }
 
+    /// Whether `m` is the dead letter of topic subscriber group `group` (`default`: of an actor
+    /// hosted without a group). On a topic each group's dead letter of a message has the
+    /// message's id; the group tells them apart.
+    public static func isCopy(_ m: Message, of group: String) -> Bool {
+        let header = m.header(DeadLetterHeader.group)
+        return header == group || (header == "" && group == "default")
+    }
+
+    /// The ids among `ids` that several subscriber groups dead-lettered (a topic's), each with
+    /// those groups ('default' for an actor hosted without one), sorted. Acting on such an id
+    /// without naming a group would act on every group's copy: `switchyard dlq` and the admin
+    /// endpoint refuse it.
+    public func idsOfSeveralGroups(_ ids: [String]) -> [(id: String, groups: [String])] {
+        let held = letters
+        return ids.compactMap { id in
+            let groups = Set(held.filter { $0.message.id == id }.map { $0.message.header(DeadLetterHeader.group) ?? "" })
+            return groups.count > 1 ? (id, groups.map { $0.isEmpty ? "default" : $0 }.sorted()) : nil
+        }
+    }
+
     /// Publishes `letter` to its original channel (without the dead-letter headers, attempt 0),
     /// then removes it from the dead-letter channel. A topic group's dead letter goes out marked
     /// for that group alone (``DeadLetterHeader/replayGroup``): the other groups' receivers drop
