@@ -50,6 +50,9 @@ struct CallCommand: AsyncParsableCommand {
 
     func run() async throws {
         let arguments = self.arguments.first == "--" ? Array(self.arguments.dropFirst()) : self.arguments
+        // Before the call creates them: a mistyped path makes a new, empty store, where the call
+        // waits for a host that reads another file.
+        let newStores = config.flatMap { try? readConfig($0) }.map { Self.storesNotYetCreated(route: arguments.first ?? "", in: $0) } ?? []
         do {
             if let native {
                 try callDirectly(native, arguments)
@@ -70,6 +73,11 @@ struct CallCommand: AsyncParsableCommand {
                 } else {
                     let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
                     printError("(is the application that hosts actor '\(id)' running, and reading this route's transport? --actor names another id)")
+                }
+                for (transport, path) in newStores {
+                    printError(
+                        "(transport '\(transport)' keeps its messages in \(path), which did not exist before this call: it was created for it, and the "
+                            + "call waits there for a host using the same file; check the path against the application's config)")
                 }
             }
             throw ExitCode(1)
@@ -124,6 +132,25 @@ struct CallCommand: AsyncParsableCommand {
     static func routeEntry(in config: SwitchyardConfig, interface: String, method: String) -> SwitchyardConfig.RouteEntry? {
         config.routes.first { $0.pattern == "\(interface).\(method)" } ?? config.routes.first { $0.pattern == "\(interface).*" }
             ?? config.routes.first { $0.pattern == "*" }
+    }
+
+    /// The stores (a transport's `path`) of the transport `route` takes, and of those it wraps,
+    /// that do not exist yet: a call through one waits in a file that no running host reads.
+    static func storesNotYetCreated(route: String, in config: SwitchyardConfig) -> [(transport: String, path: String)] {
+        let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let entry = routeEntry(in: config, interface: parts[0], method: String(parts[1].prefix { $0 != "(" })) else { return [] }
+        var missing: [(transport: String, path: String)] = []
+        var next: String? = entry.transport
+        var seen: Set<String> = []
+        while let name = next, seen.insert(name).inserted, let transport = config.transports.first(where: { $0.name == name }) {
+            if let object = try? JSONSerialization.jsonObject(with: Data(transport.configJSON.utf8)) as? [String: Any],
+                let path = object["path"] as? String, !path.isEmpty, path != ":memory:", !FileManager.default.fileExists(atPath: path)
+            {
+                missing.append((name, path))
+            }
+            next = transport.inner
+        }
+        return missing
     }
 
     /// A Swift method by its readable name, each argument JSON, on `--actor` (default: the

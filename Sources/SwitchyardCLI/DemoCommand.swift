@@ -193,8 +193,12 @@ struct DemoTraffic: Service {
             // SIGTERM or Ctrl-C: the traffic stops, the system drains below.
         } catch {
             // The traffic could not go on (a service not hosted, a route refused): say so, rather
-            // than serve an endpoint with nothing moving.
+            // than serve an endpoint with nothing moving, and end the run with status 1 (thrown,
+            // the group stops the endpoint too; returned, it would report only that a service
+            // finished unexpectedly).
             printError("error: the demo's traffic stopped: \(error)")
+            await system.shutdown(deadline: .seconds(10))
+            throw ExitCode(1)
         }
         await system.shutdown(deadline: .seconds(10))
     }

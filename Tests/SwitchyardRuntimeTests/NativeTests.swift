@@ -147,6 +147,8 @@ struct NativeTests {
         let call = ["call", "--config", config, "--plugins-dir", BuildProducts.directory, "Math.add", "40", "2"]
         let alone = try await run(BuildProducts.switchyard, call)
         #expect(alone.status == 1 && alone.stderr.contains("no reply within") && alone.stderr.contains("switchyard run --config"), "no host: \(alone.stdout)\(alone.stderr)")
+        // The store did not exist: the call made it, which a mistyped path would do too.
+        #expect(alone.stderr.contains("transport 'q' keeps its messages in \(directory.file("q.db")), which did not exist before this call"), "\(alone.stderr)")
         let host = Process()
         host.executableURL = URL(fileURLWithPath: BuildProducts.switchyard)
         host.arguments = ["run", "--config", config, "--plugins-dir", BuildProducts.directory]
@@ -162,6 +164,11 @@ struct NativeTests {
         var answered: ProcessResult?
         for _ in 0..<10 where answered?.status != 0 { answered = try await run(BuildProducts.switchyard, call) }
         #expect(answered?.status == 0 && answered?.stdout == "42\n", "\(answered.map { "\($0.stdout)\($0.stderr)" } ?? "")")
+        // Once the store exists, a call that times out says nothing of it.
+        kill(host.processIdentifier, SIGTERM)
+        host.waitUntilExit()
+        let again = try await run(BuildProducts.switchyard, call)
+        #expect(again.status == 1 && !again.stderr.contains("did not exist before this call"), "\(again.stderr)")
     }
 
     /// A system serving the fixture as native module `Math` with `routes`.
