@@ -23,11 +23,12 @@ enum DeadLetterPage {
         html += "<th>reason</th><th>attempts</th><th>dead-lettered</th></tr>\n"
         for record in records {
             // A topic group's copy is ticked as that group's alone: every group's copy has the id.
-            let pick = record.group.map { group in
+            var pick = "name=\"ids\" value=\"\(escape(record.id))\""
+            if let group = record.group {
                 let copy = DeadLetterEndpoints.Selection.Copy(id: record.id, group: group.isEmpty ? "default" : group)
                 let json = (try? JSONEncoder().encode(copy)).map { String(decoding: $0, as: UTF8.self) } ?? ""
-                return "name=\"letter\" value=\"\(escape(json))\""
-            } ?? "name=\"ids\" value=\"\(escape(record.id))\""
+                pick = "name=\"letter\" value=\"\(escape(json))\""
+            }
             html += "<tr class=\"letter\" data-id=\"\(escape(record.id))\"><td><input type=\"checkbox\" \(pick)></td>"
             html += "<td><details><summary>\(escape(record.id))</summary>\(detail(record))</details></td>"
             html += "<td>\(escape(record.call ?? record.channel))</td><td><code>\(escape(record.arguments ?? ""))</code></td>"
