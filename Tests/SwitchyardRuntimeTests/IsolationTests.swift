@@ -577,6 +577,31 @@ struct IsolationTests {
         #expect(text.contains("transports.work.isolation") && !text.contains("plugins.probe"), "\(text)")
     }
 
+    @Test("a probe that cannot do its work (not a switchyard, or SWITCHYARD_PLUGIN_HOST not an executable) stops the start; nothing loads unprobed")
+    func probeThatCannotRun() async throws {
+        // /bin/true is an executable that ends before loading any file: an older switchyard
+        // without --probe, or a wrapper script, looks the same. The files used to load unprobed.
+        let error = await #expect(throws: (any Error).self) {
+            _ = try await makeSystem(
+                """
+                transports:
+                  work:
+                    plugin: queue
+                    isolation: { mode: process, host: /bin/true }
+                routes:
+                  "*": { transport: work }
+                """)
+        }
+        let text = error.map { "\($0)" } ?? ""
+        #expect(text.contains("transports.work.isolation") && text.contains("ended before loading any file") && text.contains("plugins.probe: false"), "\(text)")
+        // SWITCHYARD_PLUGIN_HOST set to what is not an executable: an error naming it, never another switchyard in its place.
+        let result = try await run(
+            BuildProducts.switchyard, ["plugins", "test", "queue", "--process-isolation", "--plugins-dir", BuildProducts.directory],
+            environment: ProcessInfo.processInfo.environment.merging(["SWITCHYARD_PLUGIN_HOST": "/nonexistent/switchyard"]) { $1 })
+        let said = result.stdout + result.stderr
+        #expect(result.status != 0 && said.contains("SWITCHYARD_PLUGIN_HOST '/nonexistent/switchyard' is not an executable file"), "\(said)")
+    }
+
     @Test("plugin files whose entry crashes or hangs sit in the plugins directory: with a transport isolated, a probe process refuses them and the host starts and serves")
     func discoveryProbe() async throws {
         let plugins = try TemporaryDirectory()

@@ -20,12 +20,13 @@ import SwitchyardLoader
 public enum DiscoveryProbe {
     /// The files in `directories` that crashed or hung a probe process, as rejections of kind
     /// ``Rejection/Kind/crashedWhileLoading``. Empty when every file loaded (or was refused for
-    /// an ordinary reason) in the probe. If the probe cannot run at all, logs why and returns
-    /// what it found so far: the caller's own discovery then decides, as without a probe.
+    /// an ordinary reason) in the probe.
     ///
     /// The probe is `options`' plugin host executable; a file hangs it when loading it takes
     /// longer than `options`' call timeout (at least a second). Throws `.config` when no
-    /// executable is found.
+    /// executable is found, or when the probe cannot run or ends before loading any file (an
+    /// older `switchyard` without `--probe`, a wrapper script): the files are then not loaded
+    /// unprobed, since whoever asked for the probe relies on it.
     public static func crashingFiles(
         in directories: [SearchDirectory], trust: TrustPolicy, options: ProcessIsolation, logger: Logger
     ) throws(TransportError) -> [Rejection] {
@@ -41,21 +42,11 @@ public enum DiscoveryProbe {
                     executable: executable, directories: directories, trust: trust,
                     excluding: rejected.map(\.path), timeoutNanos: timeoutNanos)
             } catch {
-                logger.warning(
-                    "cannot run the plugin discovery probe; plugins load unprobed",
-                    metadata: [
-                        "executable": "\(executable)", "error": "\(error)",
-                    ])
-                return rejected
+                throw cannotProbe(executable, "could not run (\(error))")
             }
             if round.finished { return rejected }
             guard let culprit = round.lastLoading, !rejected.contains(where: { $0.path == culprit }) else {
-                logger.warning(
-                    "the plugin discovery probe failed before loading any file; plugins load unprobed",
-                    metadata: [
-                        "executable": "\(executable)", "reason": "\(round.ending)",
-                    ])
-                return rejected
+                throw cannotProbe(executable, "ended before loading any file (\(round.ending))")
             }
             let rejection = Rejection(
                 path: culprit, kind: .crashedWhileLoading,
@@ -64,6 +55,16 @@ public enum DiscoveryProbe {
             rejected.append(rejection)
         }
         return rejected
+    }
+
+    /// Why discovery stops when the probe itself fails, and what to do.
+    static func cannotProbe(_ executable: String, _ what: String) -> TransportError {
+        TransportError(
+            .config,
+            "the plugin discovery probe '\(executable)' \(what). It loads each plugin file in a child process first, so that one that "
+                + "crashes or hangs is refused instead of taking this process down, and no plugin is loaded without it: make it this "
+                + "build's 'switchyard' (isolation.host, or SWITCHYARD_PLUGIN_HOST), or set plugins.probe: false to load plugins in "
+                + "this process unprobed")
     }
 
     /// How long the probe process may take to start, before it reports the first file.
@@ -142,7 +143,7 @@ public enum DiscoveryProbe {
         // clock, so a long search path of slow-to-load files is not mistaken for a hang. Before
         // the first line the probe is still starting (its own runtime, not any plugin): it gets
         // longer, or a slow start on a loaded machine (a sanitizer build takes seconds) would end
-        // the probe before it named a file — and the files would then load unprobed, here.
+        // the probe before it named a file, and discovery would fail for it.
         var deadline = monotonicNanoseconds() + max(timeoutNanos, Self.startupGraceNanos)
         var bytes: [UInt8] = []
         var timedOut = false

@@ -44,7 +44,16 @@ public struct ProcessIsolation: Sendable, Hashable {
         }
         var candidates: [String] = []
         let environment = ProcessInfo.processInfo.environment
-        if let fromEnvironment = environment["SWITCHYARD_PLUGIN_HOST"], !fromEnvironment.isEmpty { candidates.append(fromEnvironment) }
+        if let fromEnvironment = environment["SWITCHYARD_PLUGIN_HOST"], !fromEnvironment.isEmpty {
+            // Set: that file or an error, as isolation.host (skipped, another switchyard ran instead).
+            guard access(fromEnvironment, X_OK) == 0 else {
+                throw TransportError(
+                    .config,
+                    "SWITCHYARD_PLUGIN_HOST '\(fromEnvironment)' is not an executable file (\(String(cString: strerror(errno)))); point it at the 'switchyard' executable, or unset it to search the host's directory, the plugin's and PATH"
+                )
+            }
+            return fromEnvironment
+        }
         if let directory = SearchDirectory.currentExecutableDirectory() { candidates.append(directory + "/switchyard") }
         candidates.append((pluginPath as NSString).deletingLastPathComponent + "/switchyard")
         for directory in (environment["PATH"] ?? "").split(separator: ":") { candidates.append("\(directory)/switchyard") }
