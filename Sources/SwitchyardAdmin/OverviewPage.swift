@@ -73,7 +73,7 @@ enum OverviewPage {
         let delay = route.delayMs > 0 ? milliseconds(route.delayMs) : ""
         let retry = route.retry.map(compactJSON) ?? ""
         return [
-            route.pattern, route.transport, route.mode, milliseconds(route.deadlineMs), delay, retry, route.ordering ?? "",
+            route.pattern, route.transport, route.mode, route.deadlineMs.map(milliseconds) ?? "none", delay, retry, route.ordering ?? "",
             route.inbox ? "yes" : "", route.outbox ? "yes" : "", route.encoding,
         ]
     }

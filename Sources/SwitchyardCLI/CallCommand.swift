@@ -134,23 +134,12 @@ struct CallCommand: AsyncParsableCommand {
             ?? config.routes.first { $0.pattern == "*" }
     }
 
-    /// The stores (a transport's `path`) of the transport `route` takes, and of those it wraps,
-    /// that do not exist yet: a call through one waits in a file that no running host reads.
+    /// The stores (a transport's `path`) of the transport `route` takes, or of one it wraps, that
+    /// do not exist yet: a call through one waits in a file that no running host reads.
     static func storesNotYetCreated(route: String, in config: SwitchyardConfig) -> [(transport: String, path: String)] {
         let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
         guard parts.count == 2, let entry = routeEntry(in: config, interface: parts[0], method: String(parts[1].prefix { $0 != "(" })) else { return [] }
-        var missing: [(transport: String, path: String)] = []
-        var next: String? = entry.transport
-        var seen: Set<String> = []
-        while let name = next, seen.insert(name).inserted, let transport = config.transports.first(where: { $0.name == name }) {
-            if let object = try? JSONSerialization.jsonObject(with: Data(transport.configJSON.utf8)) as? [String: Any],
-                let path = object["path"] as? String, !path.isEmpty, path != ":memory:", !FileManager.default.fileExists(atPath: path)
-            {
-                missing.append((name, path))
-            }
-            next = transport.inner
-        }
-        return missing
+        return config.missingStores(of: [entry.transport])
     }
 
     /// A Swift method by its readable name, each argument JSON, on `--actor` (default: the

@@ -56,7 +56,8 @@ public struct TrustPolicy: Sendable {
             throw Rejection(
                 path: path, kind: .pinMismatch,
                 reason: "sha256 \(sha256) is not pinned, and plugins.require_pins is on: if you trust this file, add "
-                    + "plugins.pins.<its name>: \(sha256) to the config (switchyard plugins inspect FILE shows both)")
+                    + "plugins.pins.<its name>: \(sha256) to the config (switchyard plugins inspect FILE, run without this config, "
+                    + "shows its name; this config's require_pins refuses it there too)")
         }
     }
 

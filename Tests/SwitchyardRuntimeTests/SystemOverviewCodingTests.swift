@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardTestSupport
 import Testing
 
 @testable import SwitchyardRuntime
@@ -21,5 +22,29 @@ struct SystemOverviewCodingTests {
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         let back = try decoder.decode(SystemOverview.TransportInfo.self, from: data)
         #expect(back.pluginProcessID == 4242 && back.statsError == "none" && back.isolation == "process")
+    }
+
+    /// A direct route without `deadline:` has none (its calls run as long as they take); the
+    /// overview said 30000 ms, the parser's default for routes through a transport.
+    @Test("a direct route's deadline is in the overview only when the route sets one")
+    func directRouteDeadline() async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              q: { plugin: queue }
+            routes:
+              Slow.*: { transport: direct }
+              Bounded.*: { transport: direct, deadline: 2s }
+              Queued.*: { transport: q }
+            """)
+        let routes = Dictionary(uniqueKeysWithValues: system.overview().routes.map { ($0.pattern, $0) })
+        await system.shutdown(deadline: .seconds(1))
+        #expect(routes["Slow.*"]?.deadlineMs == nil)
+        #expect(routes["Bounded.*"]?.deadlineMs == 2000)
+        #expect(routes["Queued.*"]?.deadlineMs == 30000)
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let slow = String(decoding: try encoder.encode(routes["Slow.*"]), as: UTF8.self)
+        #expect(!slow.contains("deadline_ms"), "\(slow)")
     }
 }

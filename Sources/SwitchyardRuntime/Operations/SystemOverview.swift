@@ -95,8 +95,9 @@ public struct SystemOverview: Codable, Sendable {
         public var transport: String
         /// `request-reply`, `fire-and-forget`, ….
         public var mode: String
-        /// The call's deadline, milliseconds.
-        public var deadlineMs: Double
+        /// The call's deadline, milliseconds; nil on a `direct` route that sets none (its calls
+        /// run as long as they take, as local calls do).
+        public var deadlineMs: Double?
         /// The delay before delivery, milliseconds (0: none).
         public var delayMs: Double
         /// The runtime's retry policy as configured (JSON), or nil.
@@ -190,7 +191,8 @@ extension SwitchyardActorSystem {
             let entry = route.entry
             return SystemOverview.RouteInfo(
                 pattern: entry.pattern, transport: entry.transport, mode: entry.mode.rawValue,
-                deadlineMs: Double(entry.deadlineNanos) / 1e6, delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
+                deadlineMs: entry.transport == SwitchyardConfig.RouteEntry.direct && !entry.sets(.deadline) ? nil : Double(entry.deadlineNanos) / 1e6,
+                delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
                 ordering: entry.orderingArgument, inbox: entry.inbox != nil, outbox: entry.outbox, encoding: entry.encoding,
                 concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil, maxDeliveries: entry.maxDeliveries,
                 prefetch: entry.transport == SwitchyardConfig.RouteEntry.direct ? nil : entry.effectivePrefetch,
