@@ -46,6 +46,31 @@ distributed actor PostgresPosterService: Poster {
     }
 }
 
+/// Starts a task that writes through the inbox transaction after the handler has returned, and
+/// records what that write got.
+distributed actor LateBookkeeperService: Bookkeeper {
+    typealias ActorSystem = SwitchyardActorSystem
+    let outcome: Guarded<String?>
+
+    init(actorSystem: ActorSystem, outcome: Guarded<String?>) {
+        self.actorSystem = actorSystem
+        self.outcome = outcome
+    }
+
+    distributed func book(_ id: Int) async throws {
+        let outcome = self.outcome
+        Task {  // inherits the handler's task-locals, its inbox effects among them
+            try? await Task.sleep(for: .milliseconds(300))
+            do {
+                try Switchyard.inboxTransaction { db in try db.execute("CREATE TABLE IF NOT EXISTS late (id INTEGER)") }
+                outcome.withLock { $0 = "accepted" }
+            } catch {
+                outcome.withLock { $0 = "\(error)" }
+            }
+        }
+    }
+}
+
 /// Rows of the `booked` table in the inbox file at `path`: "label:id".
 func booked(in path: String) throws -> [String] {
     let database = try SQLiteDatabase(path: path)
@@ -170,6 +195,25 @@ struct InboxTests {
         #expect(error?.code == .deadLettered, "\(String(describing: error))")
         #expect(error?.reason.contains("this route's inbox is in SQLite") == true, "\(String(describing: error))")
         #expect(error?.reason.contains("Switchyard.inboxTransaction { (db: SQLiteDatabase) in … }") == true, "\(String(describing: error))")
+        await system.shutdown()
+    }
+
+    @Test("inboxTransaction from a task the handler started, after the handler returned, is refused: it used to be dropped without a word")
+    func refusedAfterTheHandlerReturned() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try await makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Bookkeeper.*: { transport: memq, deadline: 10s, inbox: { path: "\(directory.file("inbox.db"))" } }
+            """)
+        let outcome = Guarded<String?>(nil)
+        try system.host("late", as: $Bookkeeper.self) { LateBookkeeperService(actorSystem: $0, outcome: outcome) }
+        try await $Bookkeeper.resolve(id: "late", using: system).book(1)
+        #expect(await eventually { outcome.withLock { $0 } != nil })
+        let said = outcome.withLock { $0 } ?? ""
+        #expect(said.contains("the handler's call has already ended") && said.contains("inside the handler"), "\(said)")
         await system.shutdown()
     }
 

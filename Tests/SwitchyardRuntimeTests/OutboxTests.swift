@@ -272,6 +272,19 @@ struct OutboxTests {
         } throws: { error in
             "\(error)".contains("no outbox named 'nope'") && "\(error)".contains("shop")
         }
+        // One inside another on the same file would wait for itself for good: refused at once,
+        // and the outer one rolls back on the error as on any other.
+        await #expect {
+            try await system.transaction(on: "shop") { db in
+                _ = try db.run("INSERT INTO orders VALUES (12)")
+                try await system.transaction(on: "shop") { _ in }
+            }
+        } throws: { error in
+            "\(error)".contains("already inside a transaction on") && "\(error)".contains("use the enclosing transaction's database")
+        }
+        orders = []
+        try SQLiteDatabase(path: shop).run("SELECT id FROM orders") { row in orders.append(row.int(0)) }
+        #expect(orders == [10])
         await system.shutdown()
     }
 

@@ -370,9 +370,12 @@ extension SwitchyardActorSystem {
         let effects = claimed ? InboxEffects(kind: route?.inbox?.database?.kind) : nil
         // With `outbox: true`, the handler's fire-and-forget calls wait for its inbox record.
         let capture = claimed && route?.outbox != nil ? OutboxCapture() : nil
-        // However the call ends, its transaction is over: calls made later (from a task the
-        // handler started) are no part of it.
-        defer { _ = capture?.seal() }
+        // However the call ends, its transaction is over: calls and effects made later (from a
+        // task the handler started) are no part of it (calls go out at once, effects are refused).
+        defer {
+            _ = capture?.seal()
+            _ = effects?.seal()
+        }
         let current = CallContext(
             id: envelope.id, target: readable, attempt: Int(item.attempt), headers: envelope.headers,
             idempotencyKey: envelope.idempotencyKey,
@@ -476,14 +479,15 @@ extension SwitchyardActorSystem {
         let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
         let committed = !threw
         let followUps = capture?.seal() ?? []
+        let added = effects?.seal() ?? []
         if claimed, let gate = route?.inbox?.writeGate {
             settledLater = await complete(
                 item, held: delivered, route: route, key: key, outcome: outcomeName, body: body,
-                effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [], gate: gate)
+                effects: committed ? added : [], outbox: committed ? followUps : [], gate: gate)
         } else {
             settledLater = complete(
                 item, held: delivered, route: route, key: claimed ? key : nil, outcome: outcomeName, body: body,
-                effects: committed ? effects?.all ?? [] : [], outbox: committed ? followUps : [])
+                effects: committed ? added : [], outbox: committed ? followUps : [])
         }
     }
 

@@ -338,14 +338,30 @@ enum InboxEffect: Sendable {
     }
 }
 
-/// The effects one running call has added so far; bound to the call's task while it runs.
+/// The effects one running call has added so far; bound to the call's task while it runs (and,
+/// as a task-local, to tasks the handler starts, which may outlive it).
 final class InboxEffects: Sendable {
     /// The inbox's database, or nil for an inbox in memory.
     let kind: InboxDatabaseKind?
-    private let effects = Guarded<[InboxEffect]>([])
+    private let state = Guarded<(effects: [InboxEffect], sealed: Bool)>(([], false))
     init(kind: InboxDatabaseKind?) { self.kind = kind }
-    func add(_ effect: InboxEffect) { effects.withLock { $0.append(effect) } }
-    var all: [InboxEffect] { effects.withLock { $0 } }
+
+    /// Adds an effect; false once the call has ended (``seal()``), when nothing would commit it.
+    func add(_ effect: InboxEffect) -> Bool {
+        state.withLock { state in
+            guard !state.sealed else { return false }
+            state.effects.append(effect)
+            return true
+        }
+    }
+
+    /// The effects added, ending the list: later ones are refused (they would be dropped).
+    func seal() -> [InboxEffect] {
+        state.withLock { state in
+            state.sealed = true
+            return state.effects
+        }
+    }
 }
 
 extension Switchyard {
@@ -396,7 +412,7 @@ extension Switchyard {
     /// durable inbox. An inbox in PostgreSQL takes
     /// ``inboxTransaction(_:_:)`` with `PostgresDatabase.self` instead.
     public static func inboxTransaction(_ work: @escaping @Sendable (SQLiteDatabase) throws -> Void) throws {
-        try effects().add(.sqlite(work))
+        try add(.sqlite(work))
     }
 
     /// Adds `work` to the transaction that records the running call in its route's PostgreSQL
@@ -413,15 +429,23 @@ extension Switchyard {
     /// The same rules as ``inboxTransaction(_:)``; the inbox's tables are `inbox` and `outbox`
     /// in its own schema (default `switchyard`).
     public static func inboxTransaction(_ database: PostgresDatabase.Type, _ work: @escaping @Sendable (PostgresDatabase) throws -> Void) throws {
-        try effects().add(.postgres(work))
+        try add(.postgres(work))
     }
 
-    private static func effects() throws -> InboxEffects {
+    /// Adds `effect` to the running handler's, or throws why it cannot be.
+    private static func add(_ effect: InboxEffect) throws {
         guard let effects = inboxEffects, effects.kind != nil else {
             throw SwitchyardError.routing(
                 target: "Switchyard.inboxTransaction",
                 reason: "only inside a handler whose route has a durable inbox (inbox: { path: FILE } or inbox: { postgres: {} })")
         }
-        return effects
+        // A task the handler started inherits its effects list, and can outlive the handler: an
+        // effect added then would be dropped without a word.
+        guard effects.add(effect) else {
+            throw SwitchyardError.routing(
+                target: "Switchyard.inboxTransaction",
+                reason: "the handler's call has already ended (this runs in a task it started): nothing would commit it; make the write "
+                    + "inside the handler, before it returns, to commit it with the call")
+        }
     }
 }

@@ -542,8 +542,10 @@ final class OutboxRelay: Sendable {
         guard first else { return }
         let thread = Thread { [self] in
             while !state.withLock({ $0.stopping }) {
+                // Every pass, busy or idle: messages for a transport no process relays wait
+                // however much else goes out (it looks once a minute at most).
+                reportStale()
                 if relayOnce() == 0 {
-                    reportStale()
                     _ = wakeup.wait(timeout: .now() + .milliseconds(Int(Self.pollInterval.components.seconds * 1000)))
                 }
             }

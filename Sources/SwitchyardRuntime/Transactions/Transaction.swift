@@ -94,6 +94,12 @@ extension SwitchyardActorSystem {
         func failed(_ error: TransportError) -> SwitchyardError {
             SwitchyardError.transport(target: "transaction(on: \"\(name)\")", reason: "\(path): \(error.message)")
         }
+        // Inside a transaction on the same file, the gate below would wait for itself for good.
+        if let enclosing = Switchyard.outboxCapture, enclosing.writeGate === outbox.gate, !enclosing.isSealed {
+            throw SwitchyardError.routing(
+                target: "transaction(on: \"\(name)\")",
+                reason: "already inside a transaction on \(path), which would wait for itself (SQLite has one writer): use the enclosing transaction's database")
+        }
         // One SQLite transaction of this process at a time, waited for without holding a thread:
         // BEGIN IMMEDIATE would otherwise block a thread of the cooperative pool while the
         // transaction it waits for is suspended in its body, waiting for that thread.
