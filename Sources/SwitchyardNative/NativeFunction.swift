@@ -234,8 +234,10 @@ public final class NativeFunction: @unchecked Sendable {
                 }
             case (.f32, .double(let v)): put(Float(v))
             case (.f32, .int(let v)): put(Float(v))
+            case (.f32, .uint(let v)): put(Float(v))
             case (.f64, .double(let v)): put(v)
             case (.f64, .int(let v)): put(Double(v))
+            case (.f64, .uint(let v)): put(Double(v))
             case (.bool, .bool(let v)): put(UInt8(v ? 1 : 0))
             case (.str, .string(let v)):
                 guard !v.utf8.contains(0) else { throw NativeCallError("argument \(index + 1) of \(symbol): a str must not contain NUL") }

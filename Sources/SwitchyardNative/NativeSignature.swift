@@ -16,11 +16,12 @@ public enum NativeType: String, Sendable, Hashable, CaseIterable {
     case void
 
     /// Whether values of this type are integers, and signed ones.
-    var isSignedInteger: Bool { [.i8, .i16, .i32, .i64].contains(self) }
-    var isUnsignedInteger: Bool { [.u8, .u16, .u32, .u64].contains(self) }
+    package var isSignedInteger: Bool { [.i8, .i16, .i32, .i64].contains(self) }
+    /// Whether values of this type are unsigned integers.
+    package var isUnsignedInteger: Bool { [.u8, .u16, .u32, .u64].contains(self) }
 
     /// Bit width of an integer type.
-    var bits: Int {
+    package var bits: Int {
         switch self {
         case .i8, .u8: 8
         case .i16, .u16: 16

@@ -145,9 +145,28 @@ final class Binding: @unchecked Sendable {
         case (_, .void), (.void, _), (.i8, .int), (.i16, .int), (.i32, .int), (.i64, .int), (.i64, .uint), (.u8, .uint), (.u16, .uint), (.u32, .uint),
             (.u64, .uint), (.u8, .int), (.u16, .int), (.u32, .int), (.u64, .int), (.bool, .bool), (.f32, .double), (.f64, .double), (.f32, .int),
             (.f64, .int), (.f32, .uint), (.f64, .uint), (.str, .string), (.bytes, .bytes):
-            return nil
+            // Whole numbers that do not fit are refused, as arguments are: never truncated.
+            return fits(value, type) ? nil : "the result \(value) does not fit the bound signature's \(type) result (\(type.bits) bits)"
         default:
             return "the result is \(kind(of: value)) (\(value)), which the bound signature's \(type) result cannot hold"
+        }
+    }
+
+    /// Whether a whole-number `value` fits integer `type` (anything else: true, nothing to check).
+    static func fits(_ value: NativeValue, _ type: NativeType) -> Bool {
+        guard type.isSignedInteger || type.isUnsignedInteger else { return true }
+        let bits = type.bits
+        switch value {
+        case .int(let x) where type.isUnsignedInteger:
+            return x >= 0 && (bits == 64 || UInt64(x) < UInt64(1) << bits)
+        case .int(let x):
+            return bits == 64 || (x >= -(Int64(1) << (bits - 1)) && x < Int64(1) << (bits - 1))
+        case .uint(let x) where type.isUnsignedInteger:
+            return bits == 64 || x < UInt64(1) << bits
+        case .uint(let x):
+            return x <= UInt64(Int64.max) >> (64 - bits)
+        default:
+            return true
         }
     }
 

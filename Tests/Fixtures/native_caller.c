@@ -36,6 +36,11 @@ int main(int argc, char **argv) {
     int64_t (*misbound)(int32_t, double) = (int64_t (*)(int32_t, double))sy_native_bind(client, "Math.scale", "i64(i32, f64)", error, sizeof error);
     int64_t mismatched = misbound(1, INFINITY);
     printf("mismatched=%" PRId64 " error=[%s]\n", mismatched, sy_native_last_error());
+    /* A whole-number result that does not fit the bound width fails too: never truncated (300 as
+     * an i8 read 44). */
+    int8_t (*narrow)(int32_t, int32_t) = (int8_t (*)(int32_t, int32_t))sy_native_bind(client, "Math.add", "i8(i32, i32)", error, sizeof error);
+    int8_t narrowed = narrow(200, 100);
+    printf("narrowed=%d error=[%s]\n", narrowed, sy_native_last_error());
     /* An infinite f64 result travels (on a JSON route as the string "Infinity"). */
     printf("infinite=%g\n", scale(1, INFINITY));
     sy_native_close(client);

@@ -265,6 +265,9 @@ struct NativeTests {
         for (yaml, key, message) in [
             ("native:\n  Math:\n    library: \(directory.file("libnative.so"))\n    functions:\n      add: \"i32(i32, i32\"\n", "native.Math.functions.add", "column 13"),
             ("native:\n  Math:\n    functions: { f: \"void()\" }\n", "native.Math.library", "is required"),
+            // A str result without free: refused in every process, the caller's too (it used to
+            // send calls only the host refused).
+            ("native:\n  Math:\n    library: /nonexistent.so\n    functions:\n      greet: \"str(str)\"\n", "native.Math.functions.greet", "free: NAME"),
         ] {
             check(await #expect(throws: ConfigError.self) { _ = try await makeSystem(yaml, directory: directory) }, key, message)
         }
@@ -362,6 +365,7 @@ struct NativeTests {
         let mismatch = "mismatched=0 error=[Math.scale: the result is a floating-point number (inf), which the bound signature's i64 result cannot hold"
         #expect(result.stdout.contains(mismatch), "\(result.stdout)")
         #expect(result.stdout.contains("infinite=inf\n"), "\(result.stdout)")
+        #expect(result.stdout.contains("narrowed=0 error=[Math.add: the result 300 does not fit the bound signature's i8 result (8 bits)"), "\(result.stdout)")
         await host.shutdown()
     }
 }

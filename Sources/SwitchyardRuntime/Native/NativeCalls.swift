@@ -38,11 +38,20 @@ final class NativeModule: Sendable {
     static func signatures(of entry: SwitchyardConfig.NativeModuleEntry) throws(ConfigError) -> [String: NativeSignature] {
         var signatures: [String: NativeSignature] = [:]
         for function in entry.functions {
+            let signature: NativeSignature
             do {
-                signatures[function.name] = try NativeSignature(parsing: function.signature)
+                signature = try NativeSignature(parsing: function.signature)
             } catch {
                 throw ConfigError(key: function.key, line: function.line, message: "bad signature, \(error)")
             }
+            // Checked here, where every process reading the config checks, not only where the
+            // library is loaded: a caller would otherwise send calls only the host refuses.
+            if signature.result == .str && function.free == nil {
+                throw ConfigError(
+                    key: function.key, line: function.line,
+                    message: "returns str: name the library function that frees the string it returns (free: NAME; never the host's free, which may belong to another allocator)")
+            }
+            signatures[function.name] = signature
         }
         return signatures
     }
