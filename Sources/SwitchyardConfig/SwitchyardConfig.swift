@@ -107,7 +107,9 @@ public struct SwitchyardConfig: Sendable {
             }
             var isolation = Isolation()
             var process = true
+            var settings: [ConfigNode] = []
             for (key, field) in try node.mapping(allowed: ["mode", "call_timeout", "restart_backoff", "max_restart_backoff", "host"]) {
+                if key != "mode" { settings.append(field) }
                 switch key {
                 case "mode":
                     let mode = try field.string()
@@ -125,6 +127,10 @@ public struct SwitchyardConfig: Sendable {
                 case "host": isolation.host = SwitchyardConfig.resolve(path: try field.string(), against: baseDirectory)
                 default: break
                 }
+            }
+            // A setting that would silently do nothing: the plugin runs in this process.
+            if !process, let first = settings.first {
+                throw first.error("has no effect with mode: in-process (the plugin runs in this process): remove it, or set mode: process")
             }
             // Unset, the maximum follows a longer first wait (as a retry policy's max_delay does).
             if let first = isolation.restartBackoffNanos, let most = isolation.maxRestartBackoffNanos, first > most {

@@ -73,6 +73,11 @@ struct ConfigTests {
             ("transports:\n  a:\n    plugin: queue\n    isolation: { call_timeout: 5 }\n", "transports.a.isolation.call_timeout", "is not a duration"),
             ("transports:\n  a:\n    plugin: queue\n    isolation: { restart: 1s }\n", "transports.a.isolation.restart", "unknown key"),
             ("transports:\n  a:\n    plugin: queue\n    isolation: { restart_backoff: 0s }\n", "transports.a.isolation.restart_backoff", "more than 0"),
+            // A setting that would do nothing: the plugin runs in this process.
+            (
+                "transports:\n  a:\n    plugin: queue\n    isolation: { mode: in-process, call_timeout: 5s }\n", "transports.a.isolation.call_timeout",
+                "has no effect with mode: in-process"
+            ),
             (
                 "transports:\n  a:\n    plugin: queue\n    isolation: { restart_backoff: 5s, max_restart_backoff: 1s }\n",
                 "transports.a.isolation.max_restart_backoff", "must not be less than restart_backoff"
