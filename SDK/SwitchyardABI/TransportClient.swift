@@ -46,6 +46,8 @@ public final class TransportClient: @unchecked Sendable {
     /// `destroy` after every other call has returned). A check of `alive` alone left a window
     /// between the check and the call.
     private let inFlight = Atomic<Int>(0)
+    /// Whether the plugin's `destroy` has run (at most once).
+    private let destroyed = Guarded<Bool>(false)
 
     /// Counts a call in; false, counting nothing, once the instance is being destroyed. Both
     /// sides are sequentially consistent (a store-load pair, as in Dekker's algorithm): either
@@ -469,30 +471,37 @@ public final class TransportClient: @unchecked Sendable {
     }
 
     /// Destroys the instance and frees the subscriber contexts. Only the instance's creator calls
-    /// this; calling it again does nothing. Calls that start once it has begun fail with
-    /// `.closed`; calls already running are waited for, up to `waitNanos` (a `drain` runs until
-    /// its deadline; a blocked plugin call may never return). Returns false when some were still
-    /// running then: the instance is left undestroyed (its memory and resources are kept, never
-    /// freed under a running call), and the caller should report it.
+    /// this. Calls that start once it has begun fail with `.closed`; calls already running are
+    /// waited for, up to `waitNanos` (a `drain` runs until its deadline; a blocked plugin call may
+    /// never return). Returns false when some were still running then: the instance is left
+    /// undestroyed (its memory and resources are kept, never freed under a running call), and the
+    /// caller should report it; calling it again waits again. Once it has returned true, calling
+    /// it again does nothing (and returns true).
     @discardableResult
     public func destroy(waitNanos: Int64 = 10_000_000_000) -> Bool {
-        guard alive.exchange(false, ordering: .sequentiallyConsistent) else { return true }
-        if inFlight.load(ordering: .sequentiallyConsistent) != 0 {
-            let deadline = monotonicNanoseconds() + waitNanos
-            var pause: UInt32 = 50
-            while inFlight.load(ordering: .sequentiallyConsistent) != 0 {
-                if monotonicNanoseconds() >= deadline { return false }
-                usleep(pause)
-                pause = min(pause * 2, 10_000)
+        alive.store(false, ordering: .sequentiallyConsistent)
+        // One destroy at a time; a later one after a wait that ran out waits again.
+        return destroyed.withLock { destroyed in
+            if destroyed { return true }
+            if inFlight.load(ordering: .sequentiallyConsistent) != 0 {
+                let (sum, overflow) = monotonicNanoseconds().addingReportingOverflow(max(0, waitNanos))
+                let deadline = overflow ? Int64.max : sum
+                var pause: UInt32 = 50
+                while inFlight.load(ordering: .sequentiallyConsistent) != 0 {
+                    if monotonicNanoseconds() >= deadline { return false }
+                    usleep(pause)
+                    pause = min(pause * 2, 10_000)
+                }
             }
+            descriptor.pointee.destroy!(instance)
+            destroyed = true
+            let boxes = subscribers.withLock { all in
+                defer { all.removeAll() }
+                return Array(all.values)
+            }
+            for box in boxes { box.release() }
+            return true
         }
-        descriptor.pointee.destroy!(instance)
-        let boxes = subscribers.withLock { all in
-            defer { all.removeAll() }
-            return Array(all.values)
-        }
-        for box in boxes { box.release() }
-        return true
     }
 }
 

@@ -196,19 +196,33 @@ public final class Transport: Sendable {
     /// last reference to it goes away.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // A child process's proxy stops restarting and waiting for its child now: calls waiting
+        // for a restart fail at once instead of outliving the wait below.
+        isolated?.beginClosing()
         let wait: Int64 = 10_000_000_000
         guard client.destroy(waitNanos: wait) else {
             // A call into the plugin still running: destroying the instance would free memory
             // under it. It stays, with what it may still call (the host's services, a
-            // decorator's inner reference), for the rest of the process.
+            // decorator's inner transport and reference), for the rest of the process.
+            // (Not `self`: close runs from deinit too.)
             _ = Unmanaged.passRetained(services)
             if let innerReference { _ = Unmanaged.passRetained(innerReference) }
+            inner?.abandon()
             services.logger.error(
                 "transport not destroyed: a call into its plugin was still running \(wait / 1_000_000_000) s after close began; the instance and what it holds (files, locks, connections) stay until this process exits",
                 metadata: ["plugin": "\(plugin.name)"])
             return
         }
         withExtendedLifetime((services, innerReference)) {}
+    }
+
+    /// Leaves this transport, and those it wraps, undestroyed for the rest of the process: a
+    /// decorator over it could not be destroyed, and may still be calling into it. (Called on
+    /// an inner transport, which the decorator holds: never on one being deinitialised.)
+    private func abandon() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        _ = Unmanaged.passRetained(self)
+        inner?.abandon()
     }
 
     deinit { close() }

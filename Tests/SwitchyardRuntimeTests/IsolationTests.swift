@@ -395,13 +395,14 @@ struct IsolationTests {
                 order.withLock { $0.append("delivery returned") }
                 return .ok
             }
+            // Read before the publish: a publish left unanswered kills the child after 5 s.
+            let child = try #require(transport.pluginProcessID)
             // From a thread of its own: the child may deliver before it answers the publish, and
             // the answer is read by the thread the delivery holds (this publish then fails).
             Thread { try? client.publish(Self.message("m1", "slow")) }.start()
             #expect(entered.wait(timeout: .now() + 30) == .success)
             // The child dies while its reader thread here is inside the delivery: the unsubscribe
             // cannot reach it, and used to return at once, freeing the subscriber under the call.
-            let child = try #require(transport.pluginProcessID)
             kill(child, SIGKILL)
             let deadline = Date().addingTimeInterval(15)
             while !Self.hasClosedItsDescriptors(child) && Date() < deadline { usleep(1_000) }

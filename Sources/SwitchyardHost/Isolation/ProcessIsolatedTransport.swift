@@ -108,10 +108,11 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var leaseNanos: Int64?
         var nextDelivery: DeliveryID = 1
         var backoffNanos: Int64 = 0
-        /// Subscriptions a reader thread is delivering to right now, and how many such calls:
-        /// `unsubscribe` returns only once none is (the ABI: no deliver call for the subscription
-        /// runs after it returns, and the caller then frees the subscriber's context).
-        var delivering: [SubscriptionID: Int] = [:]
+        /// Subscriptions a reader thread is delivering to right now, with the threads (one entry
+        /// per call): `unsubscribe` returns only once no other thread is (the ABI: no deliver
+        /// call for the subscription runs after it returns, and the caller then frees the
+        /// subscriber's context). Its own delivery it does not wait for: that would never end.
+        var delivering: [SubscriptionID: [pthread_t]] = [:]
     }
 
     /// `plugins.slow_call_warning`, which the child applies to its calls into the plugin.
@@ -210,10 +211,16 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         }
     }
 
-    /// Returns once no reader thread is delivering to subscription `id`.
-    private func awaitDeliveries(to id: SubscriptionID) {
+    /// Returns once no reader thread but this one is delivering to subscription `id` (every
+    /// subscription: nil).
+    private func awaitDeliveries(to id: SubscriptionID?) {
+        let me = pthread_self()
         lock.withLock {
-            while state.delivering[id] != nil { lock.wait() }
+            func othersDelivering() -> Bool {
+                let threads = id.map { state.delivering[$0] ?? [] } ?? state.delivering.values.flatMap { $0 }
+                return threads.contains { pthread_equal($0, me) == 0 }
+            }
+            while othersDelivering() { lock.wait() }
         }
     }
 
@@ -222,20 +229,18 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
     /// Called with the lock held.
     private func beginDelivery(to id: SubscriptionID) -> Subscriber? {
         guard !state.closing, let subscriber = state.subscriptions[id]?.subscriber else { return nil }
-        state.delivering[id, default: 0] += 1
+        state.delivering[id, default: []].append(pthread_self())
         return subscriber
     }
 
     /// Ends what ``beginDelivery(to:)`` began (with the lock held), waking an `unsubscribe`
     /// waiting for it.
     private func delivered(to id: SubscriptionID) {
-        guard let count = state.delivering[id] else { return }
-        if count > 1 {
-            state.delivering[id] = count - 1
-        } else {
-            state.delivering[id] = nil
-            lock.broadcast()
-        }
+        let me = pthread_self()
+        guard var threads = state.delivering[id], let mine = threads.firstIndex(where: { pthread_equal($0, me) != 0 }) else { return }
+        threads.remove(at: mine)
+        state.delivering[id] = threads.isEmpty ? nil : threads
+        lock.broadcast()
     }
 
     func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
@@ -418,6 +423,15 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         return (try? reply.stats()) ?? TransportStats()
     }
 
+    /// Stops restarting the child and fails calls waiting for one (`.closed`), ahead of
+    /// `shutdown`: the host calls it before it waits for the calls already running.
+    func beginClosing() {
+        lock.withLock {
+            state.closing = true
+            lock.broadcast()
+        }
+    }
+
     func shutdown() {
         let process = lock.withLock {
             state.closing = true
@@ -426,7 +440,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             return state.current
         }
         // The caller frees every subscriber once this returns: no delivery may still be running.
-        defer { lock.withLock { while !state.delivering.isEmpty { lock.wait() } } }
+        defer { awaitDeliveries(to: nil) }
         guard let process else { return }
         // The child answers once the plugin's instance is destroyed; its reader thread reaps it
         // when it exits. Waiting for the exit here would hold the caller's thread (often one of
