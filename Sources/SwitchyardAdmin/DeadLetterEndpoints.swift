@@ -75,7 +75,7 @@ struct DeadLetterEndpoints {
         case (.POST, 3) where path[2] == "replay" || path[2] == "purge":
             if let refusal = changeRefusal(request) { return refusal }
             let form = !api
-            let selection: Selection
+            var selection: Selection
             do {
                 selection = try await Self.selection(of: request, form: form)
             } catch {
@@ -84,9 +84,12 @@ struct DeadLetterEndpoints {
             guard selection.all == true || !selection.namedIDs.isEmpty else {
                 return AdminHandler.json(.badRequest, ["error": #"say which dead letters: {"ids": ["…"]} or {"all": true}"#])
             }
-            // Named ids with --all's meaning too: acting on the whole channel silently.
+            // Ids and "all" together: a program that sent both is refused (all would have acted on
+            // the whole channel without a word); on the page, its "all N" box says what it does.
             if selection.all == true && !selection.namedIDs.isEmpty {
-                return AdminHandler.json(.badRequest, ["error": #"name ids or "all", not both"#])
+                guard form else { return AdminHandler.json(.badRequest, ["error": #"name ids or "all", not both"#]) }
+                selection.ids = nil
+                selection.letters = nil
             }
             let outcome = await act(path[2], on: selection, transport: path[0], channel: path[1])
             switch outcome {

@@ -40,8 +40,11 @@ public struct PluginDiscovery: Sendable {
     }
 
     /// ``catalog(logger:)``, falling back to loading in this process when no probe can run (for
-    /// tools that list plugins: better an unprobed list than none).
+    /// tools that list plugins: better an unprobed list than none), leaving out the files a probe
+    /// saw crash or hang before it failed.
     public func catalogOrUnprobed(logger: Logger) -> PluginCatalog {
-        (try? catalog(logger: logger)) ?? loader.discover(in: directories)
+        guard let probe else { return loader.discover(in: directories) }
+        return (try? DiscoveryProbe.discover(in: directories, loader: loader, options: probe, logger: logger, unprobedIfFailing: true))
+            ?? loader.discover(in: directories)
     }
 }

@@ -26,9 +26,11 @@ public enum DiscoveryProbe {
     /// longer than `options`' call timeout (at least a second). Throws `.config` when no
     /// executable is found, or when the probe cannot run or ends before loading any file (an
     /// older `switchyard` without `--probe`, a wrapper script): the files are then not loaded
-    /// unprobed, since whoever asked for the probe relies on it.
+    /// unprobed, since whoever asked for the probe relies on it. With `unprobedIfFailing` (tools
+    /// that list plugins: better an unprobed list than none) it logs why instead, and returns the
+    /// files found so far, which the caller's discovery then leaves out.
     public static func crashingFiles(
-        in directories: [SearchDirectory], trust: TrustPolicy, options: ProcessIsolation, logger: Logger
+        in directories: [SearchDirectory], trust: TrustPolicy, options: ProcessIsolation, logger: Logger, unprobedIfFailing: Bool = false
     ) throws(TransportError) -> [Rejection] {
         let executable = try options.resolveExecutable(pluginPath: (directories.first?.path ?? ".") + "/probe")
         let timeoutNanos = loadTimeoutNanos(options)
@@ -42,11 +44,17 @@ public enum DiscoveryProbe {
                     executable: executable, directories: directories, trust: trust,
                     excluding: rejected.map(\.path), timeoutNanos: timeoutNanos)
             } catch {
-                throw cannotProbe(executable, "could not run (\(error))")
+                let failure = cannotProbe(executable, "could not run (\(error))")
+                guard unprobedIfFailing else { throw failure }
+                logger.warning("plugins load unprobed", metadata: ["reason": "\(failure.message)"])
+                return rejected
             }
             if round.finished { return rejected }
             guard let culprit = round.lastLoading, !rejected.contains(where: { $0.path == culprit }) else {
-                throw cannotProbe(executable, "ended before loading any file (\(round.ending))")
+                let failure = cannotProbe(executable, "ended before loading any file (\(round.ending))")
+                guard unprobedIfFailing else { throw failure }
+                logger.warning("plugins load unprobed", metadata: ["reason": "\(failure.message)"])
+                return rejected
             }
             let rejection = Rejection(
                 path: culprit, kind: .crashedWhileLoading,
@@ -81,9 +89,9 @@ public enum DiscoveryProbe {
     /// the catalog's.
     public static func discover(
         in directories: [SearchDirectory], loader: PluginLoader, options: ProcessIsolation,
-        logger: Logger
+        logger: Logger, unprobedIfFailing: Bool = false
     ) throws(TransportError) -> PluginCatalog {
-        let crashed = try crashingFiles(in: directories, trust: loader.trust, options: options, logger: logger)
+        let crashed = try crashingFiles(in: directories, trust: loader.trust, options: options, logger: logger, unprobedIfFailing: unprobedIfFailing)
         var catalog = loader.discover(in: directories, excluding: Set(crashed.map(\.path)))
         catalog.rejected = crashed + catalog.rejected
         return catalog

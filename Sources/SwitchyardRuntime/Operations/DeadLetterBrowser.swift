@@ -94,7 +94,8 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     public func idsOfSeveralGroups(_ ids: [String]) -> [(id: String, groups: [String])] {
         let held = letters
         return ids.compactMap { id in
-            let groups = Set(held.filter { $0.message.id == id }.map { $0.message.header(DeadLetterHeader.group) ?? "" })
+            // Letters that name no group (a queue's) are nobody's copy: only named groups count.
+            let groups = Set(held.filter { $0.message.id == id }.compactMap { $0.message.header(DeadLetterHeader.group) })
             return groups.count > 1 ? (id, groups.map { $0.isEmpty ? "default" : $0 }.sorted()) : nil
         }
     }
