@@ -343,25 +343,14 @@ enum InboxEffect: Sendable {
 final class InboxEffects: Sendable {
     /// The inbox's database, or nil for an inbox in memory.
     let kind: InboxDatabaseKind?
-    private let state = Guarded<(effects: [InboxEffect], sealed: Bool)>(([], false))
+    private let effects = SealedList<InboxEffect>()
     init(kind: InboxDatabaseKind?) { self.kind = kind }
 
     /// Adds an effect; false once the call has ended (``seal()``), when nothing would commit it.
-    func add(_ effect: InboxEffect) -> Bool {
-        state.withLock { state in
-            guard !state.sealed else { return false }
-            state.effects.append(effect)
-            return true
-        }
-    }
+    func add(_ effect: InboxEffect) -> Bool { effects.add(effect) }
 
     /// The effects added, ending the list: later ones are refused (they would be dropped).
-    func seal() -> [InboxEffect] {
-        state.withLock { state in
-            state.sealed = true
-            return state.effects
-        }
-    }
+    func seal() -> [InboxEffect] { effects.seal() }
 }
 
 extension Switchyard {

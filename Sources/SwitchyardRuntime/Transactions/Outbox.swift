@@ -23,10 +23,37 @@ struct OutboxMessage: Sendable {
     let message: Message
 }
 
+/// What a transaction collects while it is open (its calls, a handler's inbox effects): a list
+/// bound to the transaction's task, and so inherited by tasks it starts, which may outlive it;
+/// sealed when the transaction ends, after which nothing more is taken.
+final class SealedList<Element: Sendable>: Sendable {
+    private let state = Guarded<(elements: [Element], sealed: Bool)>(([], false))
+
+    /// Whether the list has been sealed.
+    var isSealed: Bool { state.withLock { $0.sealed } }
+
+    /// Adds `element`; false once the list is sealed (nothing would act on it).
+    func add(_ element: Element) -> Bool {
+        state.withLock { state in
+            guard !state.sealed else { return false }
+            state.elements.append(element)
+            return true
+        }
+    }
+
+    /// The elements added, sealing the list: later ones are refused.
+    func seal() -> [Element] {
+        state.withLock { state in
+            state.sealed = true
+            return state.elements
+        }
+    }
+}
+
 /// The calls made while a transaction is open; bound to the transaction's task (and inherited by
 /// tasks it starts).
 final class OutboxCapture: Sendable {
-    private let captured = Guarded<(messages: [OutboxMessage], sealed: Bool)>(([], false))
+    private let captured = SealedList<OutboxMessage>()
     /// The write gate of the SQLite file the transaction holds (`transaction(on:)` on a SQLite
     /// outbox), while it holds it; nil for a handler's capture and for PostgreSQL.
     let writeGate: AsyncGate?
@@ -34,24 +61,14 @@ final class OutboxCapture: Sendable {
     init(writeGate: AsyncGate? = nil) { self.writeGate = writeGate }
 
     /// Whether the transaction has ended (a task it started may still carry this capture).
-    var isSealed: Bool { captured.withLock { $0.sealed } }
+    var isSealed: Bool { captured.isSealed }
 
     /// Adds a call to the transaction; false once the transaction has ended (a task the handler
     /// started made it later): then it is no part of it, and is published as any call.
-    func add(_ message: OutboxMessage) -> Bool {
-        captured.withLock { state in
-            guard !state.sealed else { return false }
-            state.messages.append(message)
-            return true
-        }
-    }
+    func add(_ message: OutboxMessage) -> Bool { captured.add(message) }
+
     /// The calls made, ending the capture: later ones are not part of the transaction.
-    func seal() -> [OutboxMessage] {
-        captured.withLock { state in
-            state.sealed = true
-            return state.messages
-        }
-    }
+    func seal() -> [OutboxMessage] { captured.seal() }
 }
 
 extension Switchyard {
