@@ -182,8 +182,7 @@ struct DeadLetterEndpoints {
                     let letters = try system.openDeadLetters(transport: transport, channel: channel)
                     let ambiguous = letters.idsOfSeveralGroups(selection.idsWithoutGroup)
                     letters.close()
-                    if !ambiguous.isEmpty {
-                        let named = ambiguous.map { "'\($0.id)' (groups: \($0.groups.joined(separator: ", ")))" }.joined(separator: "; ")
+                    if let named = ambiguous {
                         return .failure(
                             TransportError(
                                 .invalidArgument,

@@ -219,13 +219,11 @@ struct DeadLetterCommand: ParsableCommand {
         /// --group: purging one group's failed copy deleted every group's dead letter of it.
         func refuseSeveralGroups(_ target: Target) throws {
             guard !ids.isEmpty, group == nil else { return }
-            var ambiguous: [String] = []
-            try target.withDeadLetters { held in
-                ambiguous = held.idsOfSeveralGroups(ids).map { "'\($0.id)' (groups: \($0.groups.joined(separator: ", ")))" }
-            }
-            guard ambiguous.isEmpty else {
+            var ambiguous: String?
+            try target.withDeadLetters { held in ambiguous = held.idsOfSeveralGroups(ids) }
+            if let ambiguous {
                 throw CommandFailure(
-                    "each subscriber group has its own dead letter of \(ambiguous.joined(separator: "; ")): name the group whose copy to act on with --group GROUP (switchyard dlq list shows them)"
+                    "each subscriber group has its own dead letter of \(ambiguous): name the group whose copy to act on with --group GROUP (switchyard dlq list shows them)"
                 )
             }
         }

@@ -35,6 +35,13 @@ public enum DiscoveryProbe {
         let executable = try options.resolveExecutable(pluginPath: (directories.first?.path ?? ".") + "/probe")
         let timeoutNanos = loadTimeoutNanos(options)
         var rejected: [Rejection] = []
+        // The probe itself failed: an error, or (unprobedIfFailing) a warning and what it found.
+        func probeFailed(_ what: String) throws(TransportError) -> [Rejection] {
+            let failure = cannotProbe(executable, what)
+            guard unprobedIfFailing else { throw failure }
+            logger.warning("plugins load unprobed", metadata: ["reason": "\(failure.message)"])
+            return rejected
+        }
         // Each round either finishes or excludes one more file; a directory cannot hold more
         // candidates than this without the probe being pointless anyway.
         for _ in 0..<256 {
@@ -44,17 +51,11 @@ public enum DiscoveryProbe {
                     executable: executable, directories: directories, trust: trust,
                     excluding: rejected.map(\.path), timeoutNanos: timeoutNanos)
             } catch {
-                let failure = cannotProbe(executable, "could not run (\(error))")
-                guard unprobedIfFailing else { throw failure }
-                logger.warning("plugins load unprobed", metadata: ["reason": "\(failure.message)"])
-                return rejected
+                return try probeFailed("could not run (\(error))")
             }
             if round.finished { return rejected }
             guard let culprit = round.lastLoading, !rejected.contains(where: { $0.path == culprit }) else {
-                let failure = cannotProbe(executable, "ended before loading any file (\(round.ending))")
-                guard unprobedIfFailing else { throw failure }
-                logger.warning("plugins load unprobed", metadata: ["reason": "\(failure.message)"])
-                return rejected
+                return try probeFailed("ended before loading any file (\(round.ending))")
             }
             let rejection = Rejection(
                 path: culprit, kind: .crashedWhileLoading,

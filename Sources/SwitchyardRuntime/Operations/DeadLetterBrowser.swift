@@ -88,16 +88,18 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     }
 
     /// The ids among `ids` that several subscriber groups dead-lettered (a topic's), each with
-    /// those groups ('default' for an actor hosted without one), sorted. Acting on such an id
-    /// without naming a group would act on every group's copy: `switchyard dlq` and the admin
-    /// endpoint refuse it.
-    public func idsOfSeveralGroups(_ ids: [String]) -> [(id: String, groups: [String])] {
+    /// those groups ('default' for an actor hosted without one), sorted, for a message:
+    /// `'e-1' (groups: a, b); …`; nil when there are none. Acting on such an id without naming a
+    /// group would act on every group's copy: `switchyard dlq` and the admin endpoint refuse it.
+    public func idsOfSeveralGroups(_ ids: [String]) -> String? {
         let held = letters
-        return ids.compactMap { id in
+        let ambiguous = ids.compactMap { id -> (id: String, groups: [String])? in
             // Letters that name no group (a queue's) are nobody's copy: only named groups count.
             let groups = Set(held.filter { $0.message.id == id }.compactMap { $0.message.header(DeadLetterHeader.group) })
             return groups.count > 1 ? (id, groups.map { $0.isEmpty ? "default" : $0 }.sorted()) : nil
         }
+        guard !ambiguous.isEmpty else { return nil }
+        return ambiguous.map { "'\($0.id)' (groups: \($0.groups.joined(separator: ", ")))" }.joined(separator: "; ")
     }
 
     /// Publishes `letter` to its original channel (without the dead-letter headers, attempt 0),
