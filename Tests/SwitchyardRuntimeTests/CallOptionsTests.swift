@@ -122,6 +122,33 @@ struct CallOptionsTests {
         await system.shutdown()
     }
 
+    @Test("a request-reply call whose deadline passed before it came to wait times out; one from a cancelled task ends as cancelled, not at its deadline")
+    func deadlinePassedAndCancelledBeforeWaiting() async throws {
+        let system = try await makeSystem(Self.queue)
+        let runs = TillService.Runs()
+        try system.host("till", as: $Till.self) { TillService(actorSystem: $0, runs: runs) }
+        let till = try $Till.resolve(id: "till", using: system)
+        // A deadline of a nanosecond has passed by the time the call is published: it must still
+        // time out (its timer fires at once), never wait for good.
+        for _ in 0..<50 {
+            await #expect {
+                _ = try await Switchyard.withCallOptions(CallOptions(deadline: .nanoseconds(1))) { try await till.hold() }
+            } throws: { error in
+                (error as? SwitchyardError)?.code == .timeout
+            }
+        }
+        // Cancelled before the call: its cancellation handler ran before there was a waiter.
+        let started = ContinuousClock.now
+        let cancelled = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await till.hold()
+        }
+        await #expect(throws: CancellationError.self) { _ = try await cancelled.value }
+        #expect(ContinuousClock.now - started < .seconds(5), "ended as cancelled, not at the route's 10 s deadline")
+        runs.released.store(true, ordering: .releasing)
+        await system.shutdown()
+    }
+
     @Test("an idempotency key runs a repeated call once per target and answers the repeat with the first outcome")
     func idempotencyKey() async throws {
         let directory = try TemporaryDirectory()

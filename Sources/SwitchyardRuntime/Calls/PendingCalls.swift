@@ -32,19 +32,29 @@ final class PendingCalls: Sendable {
     ) async throws -> Reply {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Reply, any Error>) in
-                let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in
-                    self?.take(id)?.continuation.resume(throwing: timeout())
-                }
                 let stopped = state.withLock { state -> (@Sendable (String) -> any Error)? in
                     if let stopped = state.stopped { return stopped }
+                    // Armed under the lock that registers the waiter, so that the deadline finds
+                    // it however soon it fires. (Armed before, a deadline already past — the
+                    // first call's reply subscription can take a while — could fire first, find
+                    // no waiter, and leave the call waiting for good.) The sweeper fires outside
+                    // its own lock, and nothing takes this lock inside that one.
+                    let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in
+                        self?.take(id)?.continuation.resume(throwing: timeout())
+                    }
                     state.waiters[FastStringKey(id)] = Waiter(continuation: continuation, timer: timer)
                     return nil
                 }
                 if let stopped {
                     // A call that raced the end of the drain fails as the calls it drained did
                     // (shutting down), not as a time-out it never waited out.
-                    DeadlineSweeper.shared.disarm(timer)
                     continuation.resume(throwing: stopped(id))
+                    return
+                }
+                // A task cancelled before it came here ran its cancellation handler already,
+                // when there was no waiter to take.
+                if Task.isCancelled {
+                    take(id)?.continuation.resume(throwing: CancellationError())
                     return
                 }
                 do {
