@@ -85,6 +85,8 @@ distributed actor ShopService: Shop {
 
     distributed func record(_ order: Order) async throws {
         ledger.add("\(label):record:\(order.id)")
+        // A negative id fails its first two runs in the group "flaky": a group that fails for a while.
+        if order.id < 0, label == "flaky", ledger.count("\(label):record:\(order.id)") <= 2 { throw OutOfStock(item: "record \(order.id)") }
     }
 
     distributed func flaky(_ key: String, failures: Int) async throws -> Int {
@@ -408,6 +410,25 @@ struct TypedCallTests {
         await system.shutdown()
     }
 
+    @Test("a direct route with a retry policy: each group retries on its own, as on a topic; a group that succeeded is not called again")
+    func directRouteGroupsRetryApart() async throws {
+        let system = try await makeSystem(
+            """
+            routes:
+              Shop.*: { transport: direct, retry: { max_attempts: 4, initial_delay: 1ms, jitter: none } }
+            """)
+        system.registerError(OutOfStock.self)
+        let ledger = Ledger()
+        for group in ["analytics", "flaky"] {
+            try system.host(SwitchyardActorID("shop", group: group), as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger, label: group) }
+        }
+        let shop = try $Shop.resolve(id: "shop", using: system)
+        try await shop.record(Order(id: -1, customer: "c", amount: 1))
+        #expect(ledger.count("analytics:record:-1") == 1, "\(ledger.all)")
+        #expect(ledger.count("flaky:record:-1") == 3, "\(ledger.all)")
+        await system.shutdown()
+    }
+
     @Test("delay: a route default and Switchyard.withDelay per call, through the delay .so")
     func delayedCalls() async throws {
         let system = try await makeSystem(
@@ -452,12 +473,15 @@ struct TypedCallTests {
 
     @Test(
         "retry: an error listed as non_retryable is not retried, and the caller gets it as thrown, not dead-lettered",
-        arguments: ["memq", "direct"])
+        arguments: ["memq", "direct", "retrying"])
     func nonRetryableIsTheAnswer(transport: String) async throws {
+        // `retrying`: the route's own policy over a retry decorator, which must not take the
+        // error the route's policy answers with (the decorator would retry it 9 times).
         let system = try await makeSystem(
             """
             transports:
               memq: { plugin: queue }
+              retrying: { plugin: retry, inner: memq, config: { max_attempts: 10, initial_delay: 10ms, jitter: none } }
             routes:
               Shop.*: { transport: \(transport), retry: { max_attempts: 4, initial_delay: 10ms, jitter: none, non_retryable: [OutOfStock] } }
             """)
@@ -465,7 +489,7 @@ struct TypedCallTests {
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         // A direct route has no dead-letter channel (its transport is not even opened).
-        let dlq = transport == "memq" ? try Tap(system, transport: "memq", channel: "shop.dlq") : nil
+        let dlq = transport != "direct" ? try Tap(system, transport: "memq", channel: "shop.dlq") : nil
         let shop = try $Shop.resolve(id: "shop", using: system)
         await #expect(throws: OutOfStock.self) { try await shop.flaky("c", failures: 10) }
         #expect(ledger.count("flaky:c") == 1)

@@ -300,9 +300,51 @@ extension SwitchyardActorSystem {
         return outcome.value
     }
 
-    /// Runs the call in process, again after each failure while the route's retry policy allows.
+    /// Runs the call in process on the local actor(s) named `id`, without encoding, each again
+    /// after its failures while the route's retry policy allows; returns its outcome. A name
+    /// hosted in several groups gets the call in each (only for `Void` methods, which have no
+    /// single result), one after another, each with retries of its own as on a topic (a group
+    /// that succeeded is not called again when a later one fails); the first to fail for good
+    /// ends the call.
     private func callWithRetries(
         _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, context: CallContext, callerHasOptions: Bool
+    ) async throws -> SwitchyardResultHandler.Outcome? {
+        // The usual case first: an actor hosted under this exact id, found with its interfaces
+        // in one look (the look by id and the check by its hosting took two, and a cast).
+        if let hosted = server.hosted(id), let actor = hosted.actor {
+            let substitutions: [Any.Type]
+            do {
+                substitutions = try server.substitutions(for: call, on: hosted)
+            } catch {
+                throw SwitchyardError.rejected(target: call.name, reason: "\(error)")
+            }
+            return try await callWithRetries(
+                call, on: actor, substitutions: substitutions, invocation, route: route, context: context, callerHasOptions: callerHasOptions)
+        }
+        // Else the actor with this exact id, or every actor hosted under the name (in any group).
+        let actors = localActor(id).map { [$0] } ?? localActors(named: id.name)
+        guard !actors.isEmpty else {
+            throw SwitchyardError.routing(target: call.name, reason: "route '\(route.pattern)' is direct, but no actor named '\(id.name)' is hosted in this process")
+        }
+        var last: SwitchyardResultHandler.Outcome?
+        for actor in actors {
+            let substitutions: [Any.Type]
+            do {
+                substitutions = try server.substitutions(for: call, on: actor)
+            } catch {
+                throw SwitchyardError.rejected(target: call.name, reason: "\(error)")
+            }
+            last = try await callWithRetries(
+                call, on: actor, substitutions: substitutions, invocation, route: route, context: context, callerHasOptions: callerHasOptions)
+        }
+        return last
+    }
+
+    /// Runs the call on one local actor, again after each failure while the route's retry policy
+    /// allows; throws the error it ends with.
+    private func callWithRetries(
+        _ call: CallTarget, on actor: any DistributedActor, substitutions: [Any.Type], _ invocation: InvocationEncoder, route: Route,
+        context: CallContext, callerHasOptions: Bool
     ) async throws -> SwitchyardResultHandler.Outcome? {
         var attempt: UInt32 = 1
         var context = context
@@ -311,8 +353,10 @@ extension SwitchyardActorSystem {
             // The handler sees its call, and makes its own calls with options of its own, as it
             // would behind a transport (the caller's options are not inherited).
             let outcome = try await Switchyard.$currentCall.withValue(context) {
-                guard callerHasOptions else { return try await callInProcess(id, call, invocation, route: route) }
-                return try await Switchyard.$callOptions.withValue(CallOptions()) { try await callInProcess(id, call, invocation, route: route) }
+                guard callerHasOptions else { return try await callInProcess(call, on: actor, substitutions: substitutions, invocation) }
+                return try await Switchyard.$callOptions.withValue(CallOptions()) {
+                    try await callInProcess(call, on: actor, substitutions: substitutions, invocation)
+                }
             }
             guard case .error(let error)? = outcome else { return outcome }
             if errors.crossesAsRemoteForTheFirstTime(error) {
@@ -362,43 +406,6 @@ extension SwitchyardActorSystem {
             reason:
                 "'\(id.name)' is hosted here in \(groups.count) groups (\(groups.joined(separator: ", "))), and a direct call that returns a value runs on one actor: resolve one, e.g. SwitchyardActorID(\"\(id.name)\", group: \"\(groups[0])\")"
         )
-    }
-
-    /// Runs the call on the local actor(s) named `id` in this task, without encoding; returns its
-    /// outcome (a thrown error included). A name hosted in several groups gets the call in each
-    /// (only for `Void` methods, which have no single result); the first error ends it.
-    private func callInProcess(
-        _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
-    ) async throws -> SwitchyardResultHandler.Outcome? {
-        // The usual case first: an actor hosted under this exact id, found with its interfaces
-        // in one look (the look by id and the check by its hosting took two, and a cast).
-        if let hosted = server.hosted(id), let actor = hosted.actor {
-            let substitutions: [Any.Type]
-            do {
-                substitutions = try server.substitutions(for: call, on: hosted)
-            } catch {
-                throw SwitchyardError.rejected(target: call.name, reason: "\(error)")
-            }
-            return try await callInProcess(call, on: actor, substitutions: substitutions, invocation)
-        }
-        // Else the actor with this exact id, or every actor hosted under the name (in any group).
-        let actors = localActor(id).map { [$0] } ?? localActors(named: id.name)
-        guard !actors.isEmpty else {
-            throw SwitchyardError.routing(target: call.name, reason: "route '\(route.pattern)' is direct, but no actor named '\(id.name)' is hosted in this process")
-        }
-        var last: SwitchyardResultHandler.Outcome?
-        for actor in actors {
-            let substitutions: [Any.Type]
-            do {
-                substitutions = try server.substitutions(for: call, on: actor)
-            } catch {
-                throw SwitchyardError.rejected(target: call.name, reason: "\(error)")
-            }
-            let outcome = try await callInProcess(call, on: actor, substitutions: substitutions, invocation)
-            if case .error? = outcome { return outcome }
-            last = outcome
-        }
-        return last
     }
 
     /// Runs the call on one local actor with the recorded arguments as they are.

@@ -449,9 +449,11 @@ extension SwitchyardActorSystem {
                 }
                 return
             }
-            if route?.transportRetries == true {
+            if route?.retry == nil, route?.transportRetries == true {
                 // A retry decorator owns the policy: it redelivers or dead-letters (and then
-                // reports it, which answers the caller: see deadLettered(_:reason:on:)).
+                // reports it, which answers the caller: see deadLettered(_:reason:on:)). Not
+                // where the route has a policy of its own: what that policy did not retry (an
+                // error it lists as not retryable) is the caller's answer.
                 route?.metrics.retried.increment()
                 logger.debug(
                     "handing a failed call back to the transport's retry policy",
