@@ -69,8 +69,9 @@ struct RouteConfigTests {
     @Test(
         "routes are checked against what the loaded plugins can do, before anything starts",
         arguments: [
-            ("Orders.place: { transport: q, delay: 1s }", "routes.Orders.place.delay", "cannot: it lacks the delay capability"),
-            ("Orders.place: { transport: c, retry: { max_attempts: 2 } }", "routes.Orders.place.retry", "lacks the retry capability"),
+            ("Orders.place: { transport: q, delay: 1s }", "routes.Orders.place.delay", "cannot: it lacks the delay capability (put a transport of plugin 'delay'"),
+            // Not "put a retry transport in front": the retry plugin refuses an inner transport without retry.
+            ("Orders.place: { transport: c, retry: { max_attempts: 2 } }", "routes.Orders.place.retry", "lacks the retry capability (route through a transport that redelivers"),
             ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
             ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
             ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),

@@ -69,10 +69,14 @@ final class Route: Sendable {
             envelopeForm = transport.chain.last?.plugin.capabilities.contains(.privateWire) == true ? .compact : .cloudEvents
             func require(_ capability: Capabilities, for key: Key, _ what: String) throws(ConfigError) {
                 guard capabilities.contains(capability) else {
-                    let wrapper = capability == .delay ? "delay" : capability == .retry ? "retry" : nil
+                    // Only `delay` can add its capability in front of any transport: the `retry`
+                    // plugin needs an inner transport that redelivers after a delay already.
                     let remedy =
-                        wrapper.map { "put a transport of plugin '\($0)' with inner: \(entry.transport) in front, and route to it" }
-                        ?? "route through a transport whose plugin has it"
+                        capability == .delay
+                        ? "put a transport of plugin 'delay' with inner: \(entry.transport) in front, and route to it"
+                        : capability == .retry
+                            ? "route through a transport that redelivers a failed call after a delay: every bundled queue plugin does (queue, durable-queue, nats, postgres, rabbitmq); a plugin of your own gets it by honouring SY_SETTLE_RETRY's retry_after_ns and declaring SY_CAP_RETRY, docs/writing-a-plugin.md"
+                            : "route through a transport whose plugin has it"
                     throw fail(
                         key, "\(what), but transport '\(entry.transport)' (\(transport.chainDescription)) cannot: it lacks the \(capability) capability (\(remedy))")
                 }
