@@ -80,14 +80,21 @@ public struct TransportError: Error, Hashable, Sendable, CustomStringConvertible
 
     public var description: String { message.isEmpty ? code.description : "\(code): \(message)" }
 
-    /// Reads the error a callee reported through `sy_error`, given the status it returned.
+    /// Reads the error a callee reported through `sy_error`, given the status it returned. A
+    /// callee that left the message empty is said to have, so that the error still reads as one
+    /// (an empty message printed nothing after the transport's name).
     public init(status: Int32, error: borrowing sy_error) {
         let message = withUnsafeBytes(of: error.message) { raw -> String in
             let bytes = raw.bindMemory(to: UInt8.self)
             let length = bytes.firstIndex(of: 0) ?? bytes.count
             return String(decoding: UnsafeBufferPointer(rebasing: bytes[..<length]), as: UTF8.self)
         }
-        self.init(StatusCode(rawValue: status), message)
+        let code = StatusCode(rawValue: status)
+        self.init(
+            code,
+            message.isEmpty
+                ? "the plugin returned '\(code)' and gave no reason (it left sy_error's message empty: a plugin fills it on every failure, with sy_error_set in switchyard_plugin.h)"
+                : message)
     }
 
     /// Writes this error into a caller's `sy_error` (when not nil), truncating the message to fit

@@ -91,13 +91,14 @@ public struct ConformanceSuite: Sendable {
         // queued on one shared thread, and a check waiting its turn timed out).
         var worker = CheckWorker()
         defer { worker.finish() }
-        // Once the plugin refused its config, every check left would fail the same way: it is
-        // reported once, and the rest are skipped.
-        var refusedConfig: String?
+        // Once a check could not create its first instance (the plugin refused its config, the
+        // host could not set it up — an isolation host that will not start — or create failed),
+        // every check left would fail the same way: it is reported once, and the rest are skipped.
+        var cannotCreate: String?
         for check in Self.checks where names.isEmpty || names.contains(check.name) {
             let result: ConformanceResult
-            if let refusedConfig {
-                result = ConformanceResult(name: check.name, outcome: .skipped("not run: the plugin refused its config (\(refusedConfig))"), seconds: 0)
+            if let cannotCreate {
+                result = ConformanceResult(name: check.name, outcome: .skipped("not run: no instance could be created (\(cannotCreate))"), seconds: 0)
             } else if !capabilities.isSuperset(of: check.requires) {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(capabilities))"), seconds: 0)
             } else if check.requiresDurable && !durable {
@@ -132,7 +133,7 @@ public struct ConformanceSuite: Sendable {
                     }
                 }
                 result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started), note: context.noted)
-                refusedConfig = context.refusedConfig.withLock { $0 }
+                cannotCreate = context.cannotCreate.withLock { $0 }
             }
             progress(result)
             results.append(result)
@@ -211,8 +212,10 @@ public final class ConformanceContext: @unchecked Sendable {
     let suite: ConformanceSuite
     private let opened = Guarded<[Transport]>([])
     private let notes = Guarded<[String]>([])
-    /// The plugin's refusal of its config, when creating an instance failed with SY_ERR_CONFIG.
-    let refusedConfig = Guarded<String?>(nil)
+    /// Why the check could not create its first instance (the plugin refused its config, the
+    /// host could not set it up, or create failed otherwise): every check after it would fail
+    /// the same way.
+    let cannotCreate = Guarded<String?>(nil)
 
     init(suite: ConformanceSuite) { self.suite = suite }
 
@@ -221,8 +224,10 @@ public final class ConformanceContext: @unchecked Sendable {
         let transport: Transport
         do {
             transport = try suite.makeTransport(reopen)
-        } catch let error as TransportError where error.code == .config {
-            refusedConfig.withLock { $0 = error.message }
+        } catch let error as TransportError {
+            // Only the check's first instance: a later one (a second instance beside the first,
+            // a reopened store) can fail for what the check itself did.
+            if !reopen && opened.withLock(\.isEmpty) { cannotCreate.withLock { $0 = "\(error)" } }
             throw error
         }
         opened.withLock { $0.append(transport) }
