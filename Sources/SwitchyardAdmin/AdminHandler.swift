@@ -179,12 +179,14 @@ struct AdminHandler: HTTPHandler {
         }
     }
 
-    /// Compares without stopping at the first difference, so timing does not reveal the token.
-    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8)
-        let y = Array(b.utf8)
+    /// Compares `presented` with `token` without stopping at the first difference, and for as
+    /// many bytes as the token has whatever the presented one's length, so that neither the
+    /// time to the first wrong byte nor a guessed length shows in the answer's timing.
+    static func constantTimeEqual(_ presented: String, _ token: String) -> Bool {
+        let x = Array(presented.utf8)
+        let y = Array(token.utf8)
         var difference = UInt8(x.count == y.count ? 0 : 1)
-        for index in 0..<max(x.count, y.count) { difference |= (index < x.count ? x[index] : 0) ^ (index < y.count ? y[index] : 0) }
+        for index in 0..<y.count { difference |= (index < x.count ? x[index] : 0) ^ y[index] }
         return difference == 0
     }
 

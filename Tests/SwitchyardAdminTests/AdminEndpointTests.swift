@@ -196,6 +196,10 @@ struct AdminEndpointTests {
         #expect(headers["www-authenticate"]?.hasPrefix("Basic") == true, "\(headers)")
         #expect(try await running.get("/api/overview", token: "wrong").0 == 401)
         #expect(try await running.get("/api/overview", token: "s3cret-tokex").0 == 401)
+        // A prefix of the token, and the token with more after it (the comparison runs over the
+        // token's own length whatever is presented).
+        #expect(try await running.get("/api/overview", token: "s3cret").0 == 401)
+        #expect(try await running.get("/api/overview", token: "s3cret-token-and-more").0 == 401)
         #expect(try await running.get("/health/ready", token: "s3cret-token").0 == 200)
         #expect(try await running.get("/", basic: "s3cret-token").0 == 200)
         #expect(try await running.get("/nowhere", token: "s3cret-token").0 == 404)
