@@ -23,6 +23,23 @@ protocol Notices: DistributedActor where ActorSystem == SwitchyardActorSystem {
 
 struct AccountsRefused: Error {}
 
+@Resolvable
+protocol Nesting: DistributedActor where ActorSystem == SwitchyardActorSystem {
+    /// Opens a transaction on the outbox "shop" and returns what it read.
+    distributed func nest() async throws -> Int
+}
+
+distributed actor NestingService: Nesting {
+    typealias ActorSystem = SwitchyardActorSystem
+    distributed func nest() async throws -> Int {
+        try await actorSystem.transaction(on: "shop") { db in
+            var count = 0
+            try db.run("SELECT count(*) FROM orders") { row in count = Int(row.int(0)) }
+            return count
+        }
+    }
+}
+
 distributed actor AccountsService: Accounts {
     typealias ActorSystem = SwitchyardActorSystem
     let notices: any Notices
@@ -286,6 +303,39 @@ struct OutboxTests {
         try SQLiteDatabase(path: shop).run("SELECT id FROM orders") { row in orders.append(row.int(0)) }
         #expect(orders == [10])
         await system.shutdown()
+    }
+
+    @Test("a transaction opened by a direct route's handler, called inside a transaction on the same file, is refused rather than waiting for itself")
+    func nestedThroughADirectHandler() async throws {
+        let directory = try TemporaryDirectory()
+        let shop = directory.file("shop.db")
+        try SQLiteDatabase(path: shop).execute("CREATE TABLE orders (id INTEGER NOT NULL)")
+        // Without a deadline the handler runs in the caller's task; with one, in a child task.
+        for deadline in ["", ", deadline: 5s"] {
+            let system = try await makeSystem(
+                """
+                outboxes:
+                  shop: { path: "\(shop)" }
+                routes:
+                  Nesting.*: { transport: direct\(deadline) }
+                """)
+            try system.host("nesting", as: $Nesting.self) { NestingService(actorSystem: $0) }
+            let nesting = try $Nesting.resolve(id: "nesting", using: system)
+            // Outside any transaction the handler's own commits.
+            #expect(try await nesting.nest() == 0)
+            await #expect {
+                try await system.transaction(on: "shop") { db in
+                    _ = try db.run("INSERT INTO orders VALUES (1)")
+                    _ = try await nesting.nest()
+                }
+            } throws: { error in
+                "\(error)".contains("already inside a transaction on")
+            }
+            var orders = 0
+            try SQLiteDatabase(path: shop).run("SELECT count(*) FROM orders") { row in orders = Int(row.int(0)) }
+            #expect(orders == 0, "the outer transaction rolled back on the error (route deadline: '\(deadline)')")
+            await system.shutdown()
+        }
     }
 
     @Test("the relay publishes what another process committed and left in the outbox, in order per destination")
