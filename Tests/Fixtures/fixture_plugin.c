@@ -14,6 +14,7 @@
  *   FIXTURE_CRASH_IN_ENTRY   the entry dereferences NULL (a crashing plugin)
  *   FIXTURE_HANG_IN_ENTRY    the entry never returns (a hanging plugin)
  *   FIXTURE_CREATE_FAILS     create fails with SY_ERR_CONFIG naming a key
+ *   FIXTURE_CREATE_FAILS_SILENT  create fails with SY_ERR_INTERNAL and leaves sy_error empty
  *   FIXTURE_CRASHY           publish accepts messages, except: body "segfault" writes through
  *                            NULL, body "hang" never returns (for isolation: process), body
  *                            "slow" returns after 300 ms
@@ -58,9 +59,13 @@ static sy_status f_create(const sy_create_args *args, void **out, sy_error *err)
     args->host->metric(args->host->host_context, SY_METRIC_COUNTER, "fixture_kinds", 3);
     args->host->metric(args->host->host_context, SY_METRIC_GAUGE, "fixture_kinds", 7);
 #endif
-#ifdef FIXTURE_CREATE_FAILS
+#if defined(FIXTURE_CREATE_FAILS)
     (void)out;
     return sy_error_set(err, SY_ERR_CONFIG, "config key 'capacity': must be at least 1");
+#elif defined(FIXTURE_CREATE_FAILS_SILENT)
+    (void)out;
+    (void)err;
+    return SY_ERR_INTERNAL;
 #else
     (void)err;
     *out = &instance_token;

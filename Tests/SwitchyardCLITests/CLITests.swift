@@ -101,6 +101,17 @@ struct CLITests {
         #expect(exited.timeIntervalSince(first) > 0.5, "the first line arrived only \(exited.timeIntervalSince(first)) s before the exit")
     }
 
+    @Test("plugins test: a plugin whose create fails without a message fails the first check with that said, and skips the rest")
+    func conformanceCreateFailsSilently() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("silent.so", in: dir.path, defines: ["FIXTURE_CREATE_FAILS_SILENT", "FIXTURE_NAME=\"silent\""])
+        let result = try await run(BuildProducts.switchyard, ["plugins", "test", path])
+        #expect(result.status == 1)
+        #expect(result.stdout.contains("gave no reason"), "\(result.stdout)")
+        #expect(result.stdout.contains("1 failed"), "\(result.stdout)")
+        #expect(result.stdout.contains("not run: no instance could be created"), "\(result.stdout)")
+    }
+
     @Test("verify never crashes on junk: empty, text, random bytes, a directory, a missing path")
     func verifyJunk() async throws {
         let dir = try TemporaryDirectory()

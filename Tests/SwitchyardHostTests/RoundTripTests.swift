@@ -196,6 +196,17 @@ struct RoundTripTests {
         working.close()
     }
 
+    @Test("a create that fails without a message is reported as such, with its status, not as an empty error")
+    func createFailsSilently() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("silent.so", in: dir.path, defines: ["FIXTURE_NAME=\"silent\"", "FIXTURE_CREATE_FAILS_SILENT"])
+        let plugin = try PluginLoader().load(path: path)
+        let error = #expect(throws: TransportError.self) { _ = try Transport(name: "broken", plugin: plugin) }
+        #expect(error?.code == .internalError)
+        #expect(error?.message.contains("returned 'internal error' and gave no reason") == true, "\(error?.message ?? "")")
+        #expect(error?.message.contains("sy_error_set") == true, "\(error?.message ?? "")")
+    }
+
     @Test("an inner transport is refused for a plugin that does not wrap one")
     func innerRefused() throws {
         let plugin = try PluginLoader().load(path: BuildProducts.exampleC)
