@@ -55,6 +55,12 @@ public final class TransportSet: Sendable {
                 throw TransportError(.config, "inner transports form a cycle: \((chain + [name]).joined(separator: " → "))", transport: name)
             }
             guard let plugin = catalog.plugin(named: spec.plugin) else {
+                if let refusal = catalog.rejected.first(where: { $0.plugin == spec.plugin }) {
+                    // Found, and refused after it was read (a pin): that is the news, not "unknown".
+                    throw TransportError(
+                        .config, "transport '\(name)': plugin '\(spec.plugin)' was found but refused: \(refusal.path): \(refusal.reason)",
+                        transport: name)
+                }
                 // A refused file may be the one meant: say which were refused, and why.
                 let refused = catalog.rejected.prefix(3).map { "\($0.path): \($0.reason)" }
                 let found = catalog.plugins.map(\.name).joined(separator: ", ")

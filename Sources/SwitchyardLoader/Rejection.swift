@@ -54,12 +54,17 @@ public struct Rejection: Error, Hashable, Sendable, CustomStringConvertible {
     public let kind: Kind
     /// One line for a person: what is wrong and, where it helps, what to do.
     public let reason: String
+    /// The name the plugin gives itself, where the file was refused after it was read (a pin
+    /// that does not match): a config naming that plugin is told it was found and refused,
+    /// rather than that it is unknown.
+    public let plugin: String?
 
-    /// A refusal of `path`.
-    public init(path: String, kind: Kind, reason: String) {
+    /// A refusal of `path` (of the plugin named `plugin`, when it was read that far).
+    public init(path: String, kind: Kind, reason: String, plugin: String? = nil) {
         self.path = path
         self.kind = kind
         self.reason = reason
+        self.plugin = plugin
     }
 
     public var description: String { "\(path): \(reason)" }

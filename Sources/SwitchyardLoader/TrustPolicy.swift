@@ -67,12 +67,13 @@ public struct TrustPolicy: Sendable {
             throw Rejection(
                 path: path, kind: .pinMismatch,
                 reason: "sha256 \(sha256) does not match the pin for '\(name)' (\(expected)): if you upgraded the plugin "
-                    + "on purpose, set plugins.pins.\(name) to the new hash; otherwise restore the file you pinned")
+                    + "on purpose, set plugins.pins.\(name) to the new hash; otherwise restore the file you pinned",
+                plugin: name)
         }
         if requirePins, let owner = pins.first(where: { $0.value == sha256 })?.key, owner != name {
             throw Rejection(
                 path: path, kind: .pinMismatch,
-                reason: "sha256 is pinned for '\(owner)', but the plugin calls itself '\(name)'")
+                reason: "sha256 is pinned for '\(owner)', but the plugin calls itself '\(name)'", plugin: name)
         }
     }
 }

@@ -207,6 +207,20 @@ struct RoundTripTests {
         #expect(error?.message.contains("sy_error_set") == true, "\(error?.message ?? "")")
     }
 
+    @Test("a transport whose plugin was found but refused for its pin says so, not that the plugin is unknown")
+    func pinRefusalNamed() async throws {
+        let dir = try TemporaryDirectory()
+        _ = try await CCompiler.fixture("libswitchyard-pinned.so", in: dir.path, defines: ["FIXTURE_NAME=\"pinned\""])
+        let loader = PluginLoader(trust: TrustPolicy(pins: ["pinned": String(repeating: "0", count: 64)]))
+        let catalog = loader.discover(in: [SearchDirectory(path: dir.path, source: .commandLine)])
+        #expect(catalog.rejected.first?.plugin == "pinned")
+        let error = #expect(throws: TransportError.self) {
+            _ = try TransportSet(specs: [TransportSpec(name: "jobs", plugin: "pinned")], catalog: catalog)
+        }
+        #expect(error?.message.hasPrefix("transport 'jobs': plugin 'pinned' was found but refused: ") == true, "\(error?.message ?? "")")
+        #expect(error?.message.contains("does not match the pin for 'pinned'") == true, "\(error?.message ?? "")")
+    }
+
     @Test("an inner transport is refused for a plugin that does not wrap one")
     func innerRefused() throws {
         let plugin = try PluginLoader().load(path: BuildProducts.exampleC)
