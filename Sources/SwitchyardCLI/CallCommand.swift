@@ -62,6 +62,10 @@ struct CallCommand: AsyncParsableCommand {
         } catch let error as NativeCallError {
             printError("error: \(error)")
             throw ExitCode(1)
+        } catch let timedOut as TimedOutInProcess {
+            printError("error: \(timedOut.error)")
+            printError(timedOut.note)
+            throw ExitCode(1)
         } catch let error as SwitchyardError {
             printError("error: \(error)")
             if error.code == .timeout, let config {
@@ -123,9 +127,40 @@ struct CallCommand: AsyncParsableCommand {
             await system.shutdown(deadline: .seconds(2))
             if result != .void { print(result) }
         } catch {
+            let inProcess = Self.timedOutInProcess(error, route: route, config: parsed, system: system)
             await system.shutdown(deadline: .seconds(2))
-            throw error
+            throw inProcess ?? error
         }
+    }
+
+    /// A call that timed out on a transport whose messages stay in this process (or may):
+    /// waiting for a host elsewhere could never have worked, and that is what to say first.
+    struct TimedOutInProcess: Error {
+        let error: SwitchyardError
+        let note: String
+    }
+
+    /// ``TimedOutInProcess`` when `error` is a time-out and the route's transport keeps its
+    /// messages in memory (the bundled queue or topic without a path) or is not durable (a
+    /// plugin of one's own that may keep them in memory); nil otherwise.
+    static func timedOutInProcess(_ error: any Error, route: String, config: SwitchyardConfig, system: SwitchyardActorSystem) -> TimedOutInProcess? {
+        guard let error = error as? SwitchyardError, error.code == .timeout else { return nil }
+        let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let entry = routeEntry(in: config, interface: parts[0], method: String(parts[1].prefix { $0 != "(" })),
+            let transport = system.overview().transports.first(where: { $0.name == entry.transport })
+        else { return nil }
+        let instead = "call through the running host's admin endpoint instead (POST /api/call, docs/operations.md)"
+        if transport.engine == "memory" {
+            return TimedOutInProcess(
+                error: error,
+                note: "(transport '\(transport.name)' keeps its messages in the memory of the process that creates it, here this command: "
+                    + "no host in another process can read the call. Give it a path: (a store both processes open), or \(instead))")
+        }
+        guard !transport.capabilities.contains("durable") else { return nil }
+        return TimedOutInProcess(
+            error: error,
+            note: "(transport '\(transport.name)' (\(transport.chain.joined(separator: " → "))) is not durable: if its plugin keeps messages in "
+                + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead))")
     }
 
     /// The route entry a call to `interface.method` takes (first exact, then `Interface.*`, then `*`).
@@ -154,8 +189,9 @@ struct CallCommand: AsyncParsableCommand {
             await system.shutdown(deadline: .seconds(2))
             if !result.isEmpty && result != "null" { print(result) }
         } catch let error as SwitchyardError {
+            let inProcess = Self.timedOutInProcess(error, route: target, config: config, system: system)
             await system.shutdown(deadline: .seconds(2))
-            throw error
+            throw inProcess ?? error
         }
     }
 

@@ -169,6 +169,17 @@ struct NativeTests {
         host.waitUntilExit()
         let again = try await run(BuildProducts.switchyard, call)
         #expect(again.status == 1 && !again.stderr.contains("did not exist before this call"), "\(again.stderr)")
+        #expect(!again.stderr.contains("memory"), "a durable store says nothing of memory: \(again.stderr)")
+
+        // Through an in-memory queue no other process can be reached: the time-out says that first.
+        let inMemory = directory.file("memory.yaml")
+        try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "config: { path: \"\(directory.file("q.db"))\" } ", with: "")
+            .write(toFile: inMemory, atomically: true, encoding: .utf8)
+        let memory = try await run(
+            BuildProducts.switchyard, ["call", "--config", inMemory, "--plugins-dir", BuildProducts.directory, "Math.add", "40", "2"])
+        #expect(memory.status == 1 && memory.stderr.contains("no reply within"), "\(memory.stderr)")
+        #expect(memory.stderr.contains("transport 'q' keeps its messages in the memory of the process that creates it"), "\(memory.stderr)")
+        #expect(memory.stderr.contains("POST /api/call"), "\(memory.stderr)")
     }
 
     /// A system serving the fixture as native module `Math` with `routes`.
