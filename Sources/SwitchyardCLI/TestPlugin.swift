@@ -28,8 +28,8 @@ struct TestPlugin: ParsableCommand {
     @Flag(help: "Run every instance in a child process, as 'isolation: process' does (not for decorators).")
     var processIsolation = false
 
-    @Option(help: ArgumentHelp("For decorators: the plugin of the inner transport.", valueName: "name"))
-    var inner = "queue"
+    @Option(help: ArgumentHelp("For decorators: the plugin of the inner transport (default: queue).", valueName: "name"))
+    var inner: String?
 
     @Option(help: ArgumentHelp("Run only these checks (repeatable).", valueName: "check"))
     var check: [String] = []
@@ -63,7 +63,7 @@ struct TestPlugin: ParsableCommand {
             printError("\(rejection.path): \(rejection.reason)")
             throw ExitCode.failure
         }
-        let innerPlugin = target.capabilities.contains(.wrapsInner) ? try found(inner, in: catalog) : nil
+        let innerPlugin = target.capabilities.contains(.wrapsInner) ? try found(inner ?? "queue", in: catalog) : nil
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-conformance-\(getpid())").path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
@@ -75,6 +75,13 @@ struct TestPlugin: ParsableCommand {
         )
         if !processIsolation {
             print("  (the plugin runs in this process: if it crashes, this run ends there; --process-isolation runs it in a child and reports the check)")
+        }
+        // Options that do not apply change nothing: say so, rather than let the run read as tested that way.
+        if let inner, innerPlugin == nil {
+            print("  (--inner \(inner) ignored: \(target.name) does not declare wraps-inner, so it takes no inner transport)")
+        }
+        if durable && !suite.durable {
+            print("  (--durable ignored: \(target.name)\(innerPlugin.map { " over \($0.name)" } ?? "") does not declare the durable capability, so the durable checks do not apply and no 'path' is set)")
         }
         fflush(nil)
         suite.checkTimeoutSeconds = checkTimeout

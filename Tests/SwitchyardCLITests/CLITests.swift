@@ -112,6 +112,15 @@ struct CLITests {
         #expect(result.stdout.contains("not run: no instance could be created"), "\(result.stdout)")
     }
 
+    @Test("plugins test says when --inner or --durable does not apply to the plugin, instead of reading as tested that way")
+    func conformanceIgnoredOptions() async throws {
+        let result = try await run(
+            BuildProducts.switchyard, ["plugins", "test", "example-c", "--durable", "--inner", "delay", "--check", "publish-deliver-ack"])
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("(--inner delay ignored: example-c does not declare wraps-inner"), "\(result.stdout)")
+        #expect(result.stdout.contains("(--durable ignored: example-c does not declare the durable capability"), "\(result.stdout)")
+    }
+
     @Test("verify never crashes on junk: empty, text, random bytes, a directory, a missing path")
     func verifyJunk() async throws {
         let dir = try TemporaryDirectory()
