@@ -35,6 +35,9 @@ struct PluginSearchOptions: ParsableArguments {
     /// "no plugin named NAME" with where it looked, and the files it found there that are not
     /// plugins or were refused (the plugin meant is often one of them).
     static func notFound(_ name: String, in catalog: PluginCatalog) -> String {
+        if let refusal = catalog.rejected.first(where: { $0.plugin == name }) {
+            return "plugin '\(name)' was found but refused: \(refusal.path): \(refusal.reason)"
+        }
         var message = "no plugin named '\(name)' on the search path (\(catalog.searched.map(\.path).joined(separator: ", ")))"
         if !catalog.rejected.isEmpty {
             message += "; refused: " + catalog.rejected.map { "\($0.path): \($0.reason)" }.joined(separator: "; ")
@@ -42,7 +45,7 @@ struct PluginSearchOptions: ParsableArguments {
         if !catalog.notPlugins.isEmpty {
             message += "; not plugins (no \(SY_PLUGIN_ENTRY_SYMBOL) exported): " + catalog.notPlugins.joined(separator: ", ")
         }
-        return message
+        return message + ". " + TransportSet.unknownPluginAdvice(name, found: catalog.plugins.map(\.name))
     }
 
     /// Every plugin in the search path, found behind a discovery probe; unprobed if no probe can run.

@@ -124,7 +124,7 @@ extension TransportSet {
     /// What to do about `plugin:` naming no plugin found: a near name if it looks like a typo of
     /// one (`queues`), the build command for a bundled plugin not built yet, else where a
     /// plugin's file goes.
-    static func unknownPluginAdvice(_ plugin: String, found: [String]) -> String {
+    package static func unknownPluginAdvice(_ plugin: String, found: [String]) -> String {
         let distances = Set(found + bundledPlugins).sorted().map { (name: $0, distance: editDistance($0, plugin)) }
         if let near = distances.filter({ (1...2).contains($0.distance) }).min(by: { $0.distance < $1.distance })?.name {
             let build = found.contains(near) ? "" : " (build it with 'swift build --product switchyard-\(near)', see docs/services.md)"
@@ -140,7 +140,7 @@ extension TransportSet {
     }
 
     /// Levenshtein distance, for short names.
-    static func editDistance(_ a: String, _ b: String) -> Int {
+    package static func editDistance(_ a: String, _ b: String) -> Int {
         let a = Array(a.utf8)
         let b = Array(b.utf8)
         guard !a.isEmpty, !b.isEmpty else { return max(a.count, b.count) }

@@ -46,7 +46,9 @@ enum DescriptorValidation {
         guard size >= needed else {
             throw Rejection(
                 path: path, kind: .descriptorTooSmall,
-                reason: "descriptor struct_size is \(size) bytes; ABI \(major).\(minor) needs at least \(needed)")
+                reason: "descriptor struct_size is \(size) bytes; ABI \(major).\(minor) needs at least \(needed) (set "
+                    + ".struct_size = sizeof(sy_plugin_descriptor), with .abi_minor = SY_ABI_MINOR, and build against the header the "
+                    + "minor comes from)")
         }
 
         // Copy what the plugin has into a zeroed, host-sized descriptor: absent tail fields read as

@@ -53,8 +53,9 @@ public final class PluginLoader: Sendable {
         Rejection(
             path: path, kind: .missingEntry,
             reason:
-                "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in C, define it with SY_PLUGIN_EXPORT and not static: "
-                + "`nm -D --defined-only FILE` must list it; in Swift the @c entry function must be public)")
+                "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in C, define it with SY_PLUGIN_EXPORT and not static; "
+                + "in C++ too, which makes it extern \"C\": a mangled name such as _Z23\(SY_PLUGIN_ENTRY_SYMBOL)j is not found; "
+                + "`nm -D --defined-only FILE` must list it as is; in Swift the @c entry function must be public)")
     }
 
     /// Loads and validates the plugin file at `path` (once: later calls for the same file get
@@ -147,7 +148,8 @@ public final class PluginLoader: Sendable {
         guard let raw = entry(UInt32(SY_ABI_MAJOR)) else {
             throw Rejection(
                 path: path, kind: .entryRefused,
-                reason: "the entry returned NULL: the plugin refused a host of ABI major \(SY_ABI_MAJOR)")
+                reason: "the entry returned NULL: the plugin refused a host of ABI major \(SY_ABI_MAJOR) (an entry returns NULL for a "
+                    + "major it was not built for: rebuild the plugin against this SDK's switchyard_plugin.h, or check its entry function)")
         }
 
         // 4. The descriptor.
