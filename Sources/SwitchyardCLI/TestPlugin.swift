@@ -83,7 +83,9 @@ struct TestPlugin: ParsableCommand {
             print("  (--inner \(inner) ignored: \(target.name) does not declare wraps-inner, so it takes no inner transport)")
         }
         if durable && !suite.durable {
-            print("  (--durable ignored: \(target.name)\(innerPlugin.map { " over \($0.name)" } ?? "") does not declare the durable capability, so the durable checks do not apply and no 'path' is set)")
+            print(
+                "  (--durable ignored: \(target.name)\(innerPlugin.map { " over \($0.name)" } ?? "") does not declare the durable capability, so the durable checks do not apply and no 'path' is set)"
+            )
         }
         fflush(nil)
         suite.checkTimeoutSeconds = checkTimeout

@@ -20,10 +20,16 @@ struct LoaderRejectionTests {
     }
 
     static let compiled: [CompiledFixture] = [
-        .init(file: "no-entry.so", defines: ["FIXTURE_NO_ENTRY"], kind: .missingEntry, reason: "no switchyard_plugin_entry function: not a Switchyard plugin (in C, define it with SY_PLUGIN_EXPORT and not static; in C++ too, which makes it extern \"C\""),
-        .init(file: "entry-null.so", defines: ["FIXTURE_ENTRY_NULL"], kind: .entryRefused, reason: "the entry returned NULL: the plugin refused a host of ABI major 1 (an entry returns NULL"),
+        .init(
+            file: "no-entry.so", defines: ["FIXTURE_NO_ENTRY"], kind: .missingEntry,
+            reason: "no switchyard_plugin_entry function: not a Switchyard plugin (in C, define it with SY_PLUGIN_EXPORT and not static; in C++ too, which makes it extern \"C\""),
+        .init(
+            file: "entry-null.so", defines: ["FIXTURE_ENTRY_NULL"], kind: .entryRefused,
+            reason: "the entry returned NULL: the plugin refused a host of ABI major 1 (an entry returns NULL"),
         .init(file: "abi-major-2.so", defines: ["FIXTURE_ABI_MAJOR=2"], kind: .abiMismatch, reason: "; this host speaks ABI 1.x"),
-        .init(file: "too-small.so", defines: ["FIXTURE_STRUCT_SIZE=40"], kind: .descriptorTooSmall, reason: "struct_size is 40 bytes; ABI 1.7 needs at least 144 (set .struct_size = sizeof(sy_plugin_descriptor)"),
+        .init(
+            file: "too-small.so", defines: ["FIXTURE_STRUCT_SIZE=40"], kind: .descriptorTooSmall,
+            reason: "struct_size is 40 bytes; ABI 1.7 needs at least 144 (set .struct_size = sizeof(sy_plugin_descriptor)"),
         .init(file: "tiny.so", defines: ["FIXTURE_STRUCT_SIZE=4"], kind: .descriptorTooSmall, reason: "too small to hold even its ABI version"),
         .init(file: "null-publish.so", defines: ["FIXTURE_NULL_PUBLISH"], kind: .missingFunction, reason: "leaves required function publish NULL"),
         .init(file: "bad-name.so", defines: ["FIXTURE_NAME=\"Bad_Name\""], kind: .invalidName, reason: "must start with a lowercase letter"),
