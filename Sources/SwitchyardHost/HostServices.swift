@@ -26,6 +26,8 @@ final class HostServices: Sendable {
     private let metrics = Guarded<[String: MetricHandle?]>([:])
     /// The kind each metric label was first recorded as, process-wide (see ``record(kind:name:value:)``).
     private static let metricKinds = Guarded<[String: Int32]>([:])
+    /// Metrics (transport/name) whose value was refused once: warned about once.
+    private static let warnedMetricValue = Guarded<Set<String>>([])
     private let deadLetterObservers = Guarded<[DeadLetterObserver]>([])
     /// In a plugin host child: where metrics go instead (the parent records them).
     private let metricForwarder = Guarded<(@Sendable (Int32, String, Double) -> Void)?>(nil)
@@ -125,6 +127,16 @@ final class HostServices: Sendable {
 
     /// Records one metric the plugin reported (or a child reported for it).
     func record(kind: Int32, name: String, value: Double) {
+        // Not a number, infinite, or a counter or timer beyond Int64: converting it would stop
+        // the process (Swift traps), this one or, from a child under isolation, the parent.
+        guard value.isFinite, kind == SY_METRIC_GAUGE || (value >= 0 && value < 9.2e18) else {
+            if Self.warnedMetricValue.withLock({ $0.insert("\(transportName)/\(name)").inserted }) {
+                logger.warning(
+                    "ignored metric '\(name)': its value \(value) is not one a \(kind == SY_METRIC_GAUGE ? "gauge" : "counter or timer") can take (finite; counters and timers 0 to 2^63); warned once per metric"
+                )
+            }
+            return
+        }
         if let forward = metricForwarder.withLock({ $0 }) { return forward(kind, name, value) }
         let label = "switchyard_transport_\(name)"
         let dimensions = [("transport", transportName)]
@@ -158,7 +170,7 @@ final class HostServices: Sendable {
             return made
         }
         switch handle {
-        case .counter(let counter): if value >= 0 { counter.increment(by: Int64(value)) }
+        case .counter(let counter): counter.increment(by: Int64(value))
         case .gauge(let gauge): gauge.record(value)
         case .timer(let timer): timer.recordNanoseconds(Int64(value))
         case nil: logger.debug("ignored metric '\(name)' of unknown kind \(kind)")

@@ -19,7 +19,9 @@
  *                            NULL, body "hang" never returns (for isolation: process), body
  *                            "slow" returns after 300 ms
  *   FIXTURE_HANG_IN_PUBLISH  a queue-like plugin whose every publish never returns
- *   FIXTURE_METRIC_KINDS     create reports "fixture_kinds" as a counter (3), then as a gauge (7)
+ *   FIXTURE_METRIC_KINDS     create reports "fixture_kinds" as a counter (3), then as a gauge (7),
+ *                            then values no metric can take: a NaN timer, an infinite counter, a
+ *                            counter of 1e30, and a negative counter
  *   FIXTURE_KEEPS_INNER      a decorator that keeps the host's `args->inner` pointer past create (the
  *                            header allows it until destroy) and publishes through it; a publish
  *                            finds SY_ERR_INTERNAL if what it points at changed since create
@@ -58,6 +60,10 @@ static sy_status f_create(const sy_create_args *args, void **out, sy_error *err)
 #ifdef FIXTURE_METRIC_KINDS
     args->host->metric(args->host->host_context, SY_METRIC_COUNTER, "fixture_kinds", 3);
     args->host->metric(args->host->host_context, SY_METRIC_GAUGE, "fixture_kinds", 7);
+    args->host->metric(args->host->host_context, SY_METRIC_TIMER_NS, "fixture_nan", 0.0 / 0.0);
+    args->host->metric(args->host->host_context, SY_METRIC_COUNTER, "fixture_infinite", 1.0 / 0.0);
+    args->host->metric(args->host->host_context, SY_METRIC_COUNTER, "fixture_huge", 1e30);
+    args->host->metric(args->host->host_context, SY_METRIC_COUNTER, "fixture_negative", -1);
 #endif
 #if defined(FIXTURE_CREATE_FAILS)
     (void)out;

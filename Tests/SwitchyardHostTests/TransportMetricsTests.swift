@@ -134,5 +134,25 @@ struct TransportMetricsTests {
         #expect(Self.counter(metrics, "fixture_kinds", "kinds") == 3)
         #expect(Self.gauge(metrics, "fixture_kinds", "kinds") == nil)
         #expect(log.all.contains { $0.contains("ignored metric 'fixture_kinds'") && $0.contains("give each kind its own name") }, "\(log.all)")
+        // Values no metric can take are ignored with a warning: converting them stopped the
+        // process (a NaN timer, an infinite or huge counter).
+        for name in ["fixture_nan", "fixture_infinite", "fixture_huge", "fixture_negative"] {
+            #expect(log.all.contains { $0.contains("ignored metric '\(name)'") && $0.contains("is not one a") }, "\(name): \(log.all)")
+            #expect(Self.counter(metrics, name, "kinds") == 0)
+        }
+    }
+
+    @Test("a plugin in a child process reporting a metric value no metric can take does not stop the parent")
+    func badMetricValuesFromAChild() async throws {
+        let directory = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("libfixture-kinds.so", in: directory.path, defines: ["FIXTURE_METRIC_KINDS"])
+        try await offPool {
+            let transport = try Transport(
+                name: "kinds", plugin: try PluginLoader().load(path: path), isolation: Self.quickIsolation)
+            // The child forwarded what it was given at create; this process is still here, its
+            // child running.
+            #expect(transport.pluginProcessID != nil)
+            transport.close()
+        }
     }
 }
