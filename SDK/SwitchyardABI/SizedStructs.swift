@@ -28,6 +28,8 @@ public enum SizedStruct {
     public static let hostServicesV1_0 = through(\sy_host_services.metric)
     /// `sy_host_services` at 1.2.
     public static let hostServicesV1_2 = through(\sy_host_services.dead_lettered)
+    /// `sy_plugin_descriptor` at 1.0 (through `stats`).
+    public static let descriptorV1_0 = through(\sy_plugin_descriptor.stats)
 
     /// Size of `Root` up to and including `field` (the header's `SY_SIZE_THROUGH`).
     public static func through<Root, Value>(_ field: KeyPath<Root, Value>) -> Int {

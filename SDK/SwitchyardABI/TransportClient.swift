@@ -101,11 +101,30 @@ public final class TransportClient: @unchecked Sendable {
         try TransportError.check(body)
     }
 
-    /// A client for the inner transport a decorator received at creation.
+    /// A client for the inner transport a decorator received at creation. The descriptor is the
+    /// host's copy of the inner plugin's, at the host's ABI minor: from an older host it is
+    /// shorter than this build's, and the fields past its `struct_size` (a later minor's
+    /// functions) are read as NULL from a zeroed copy, never read past its end. Nil without a
+    /// plugin or instance, or when the descriptor is smaller than ABI 1.0's.
     public convenience init?(_ ref: sy_transport_ref) {
         guard let plugin = ref.plugin, let instance = ref.instance else { return nil }
-        self.init(descriptor: plugin, instance: instance)
+        let size = Int(UnsafeRawPointer(plugin).load(as: UInt32.self))
+        guard size >= SizedStruct.descriptorV1_0 else { return nil }
+        guard size < MemoryLayout<sy_plugin_descriptor>.size else {
+            self.init(descriptor: plugin, instance: instance)
+            return
+        }
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<sy_plugin_descriptor>.size, alignment: MemoryLayout<sy_plugin_descriptor>.alignment)
+        copy.initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<sy_plugin_descriptor>.size)
+        copy.copyMemory(from: plugin, byteCount: size)
+        self.init(descriptor: UnsafePointer(copy.assumingMemoryBound(to: sy_plugin_descriptor.self)), instance: instance)
+        ownedDescriptor = copy
     }
+
+    /// The zeroed, full-size copy of a shorter descriptor this client made, freed with it.
+    private var ownedDescriptor: UnsafeMutableRawPointer?
+
+    deinit { ownedDescriptor?.deallocate() }
 
     /// Publishes one message; returns once the transport has accepted it.
     public func publish(_ message: Message) throws(TransportError) {

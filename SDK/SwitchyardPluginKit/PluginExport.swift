@@ -129,6 +129,11 @@ private enum Thunks {
         else {
             return TransportError(.invalidArgument, "create: missing or too small arguments").write(to: err)
         }
+        // Its 1.0 functions are read without a size check from here on.
+        guard Int(host.pointee.struct_size) >= SizedStruct.hostServicesV1_0 else {
+            return TransportError(.invalidArgument, "create: sy_host_services is \(host.pointee.struct_size) bytes, smaller than ABI 1.0's \(SizedStruct.hostServicesV1_0)")
+                .write(to: err)
+        }
         guard let factory = PluginExport.registration.withLock({ $0?.factory }) else {
             return TransportError(.internalError, "create called before the entry point").write(to: err)
         }

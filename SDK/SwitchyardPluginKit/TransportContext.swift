@@ -215,8 +215,7 @@ public struct HostServices: @unchecked Sendable {
     /// count it (`sy_host_services.dead_lettered`, ABI 1.2). Call it once the message is stored,
     /// without holding a lock that `publish` or `settle` takes. Does nothing with an older host.
     public func deadLettered(_ message: Message, reason: String) {
-        let size = MemoryLayout<sy_host_services>.offset(of: \sy_host_services.dead_lettered)! + MemoryLayout<UnsafeRawPointer>.size
-        guard Int(table.pointee.struct_size) >= size, let report = table.pointee.dead_lettered else { return }
+        guard Int(table.pointee.struct_size) >= SizedStruct.hostServicesV1_2, let report = table.pointee.dead_lettered else { return }
         message.withCMessage { cMessage in
             reason.withSyStr { report(table.pointee.host_context, cMessage, $0) }
         }

@@ -10,6 +10,31 @@ import Testing
 
 @Suite("Swift forms of ABI values")
 struct ABIValueTests {
+    /// The header tells a C decorator to check `plugin->struct_size` before reading a later
+    /// minor's function; the Swift kit's client of the inner transport read them unchecked, past
+    /// the end of an older host's shorter copy.
+    @Test("a decorator's client of its inner transport, from an older host, reads the shorter descriptor's later functions as NULL")
+    func shortInnerDescriptor() throws {
+        let size = MemoryLayout<sy_plugin_descriptor>.size
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: MemoryLayout<sy_plugin_descriptor>.alignment)
+        defer { raw.deallocate() }
+        raw.initializeMemory(as: UInt8.self, repeating: 0xAB, count: size)  // what lies past the 1.0 descriptor
+        raw.storeBytes(of: UInt32(SizedStruct.descriptorV1_0), as: UInt32.self)
+        let instance = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+        defer { instance.deallocate() }
+        let descriptor = UnsafePointer(raw.assumingMemoryBound(to: sy_plugin_descriptor.self))
+        let client = try #require(TransportClient(sy_transport_ref(plugin: descriptor, instance: instance)))
+        #expect(client.descriptor != descriptor, "a zeroed copy, not the short original")
+        #expect(client.descriptor.pointee.publish_batch == nil)
+        #expect(client.descriptor.pointee.settle_batch == nil)
+        #expect(client.descriptor.pointee.extend == nil)
+        #expect(client.descriptor.pointee.publish_async == nil)
+        #expect(!client.publishesAsynchronously)
+        // Smaller than ABI 1.0's: no client.
+        raw.storeBytes(of: UInt32(SizedStruct.descriptorV1_0 - 8), as: UInt32.self)
+        #expect(TransportClient(sy_transport_ref(plugin: descriptor, instance: instance)) == nil)
+    }
+
     @Test("error messages are truncated on a UTF-8 boundary")
     func errorTruncation() {
         var error = sy_error()
