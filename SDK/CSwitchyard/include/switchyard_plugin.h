@@ -19,7 +19,10 @@
  *  - Arrays of growable structs (publish_batch's messages, deliver_batch's messages,
  *    settle_batch's settlements) are strided by struct_size (ABI 1.3): every element carries the
  *    same struct_size, a multiple of 8 and at least the struct's 1.0 size (refuse the call with
- *    SY_ERR_INVALID_ARGUMENT otherwise), and element i starts i * struct_size bytes after the
+ *    SY_ERR_INVALID_ARGUMENT otherwise; deliver_batch, which returns a count, cannot: the host's
+ *    subscriber settles the first message as a dead letter, with the reason, and counts it
+ *    taken, so that the same broken batch is not offered for ever; a one-element array has no
+ *    stride to check), and element i starts i * struct_size bytes after the
  *    first. A reader walks them with sy_array_at. A host gives a plugin of an older minor (its
  *    descriptor's abi_minor) its publish_batch array at that minor's size: a 1.1 plugin walks it
  *    by its own sizeof(sy_message). deliver_batch exists only from 1.3 on, so a plugin lays its
@@ -213,7 +216,9 @@ static inline sy_str sy_str_from_cstr(const char *s) {
  * `deliver_at_ns` in the future on a plugin without SY_CAP_DELAY: the plugin delivers the message
  * now (the host never routes a delayed call to such a plugin; a delay decorator in front of it
  * holds the message until it is due). `expires_at_ns` on a plugin without SY_CAP_EXPIRY: the
- * plugin ignores it and the host checks it when the message arrives.
+ * plugin ignores it, and the host's receiver of typed calls dead-letters, unrun, a call whose
+ * deadline has passed when it arrives (the call's envelope carries the deadline that the host
+ * set `expires_at_ns` from).
  */
 typedef struct sy_message {
     uint32_t struct_size;       /**< sizeof(sy_message) as the writer knows it. */
@@ -405,9 +410,11 @@ typedef struct sy_subscriber {
      *
      * Threading: the plugin may call it from any thread, concurrently for different deliveries,
      * including the thread inside `publish`, `subscribe` or `settle` (the C template delivers
-     * there), as long as it holds no lock that `settle` or `publish` would take: the subscriber may
-     * settle and publish from inside deliver. A subscriber therefore never blocks in deliver
-     * waiting for its own publishes.
+     * there), as long as it holds no lock that a settling or publishing function would take: the
+     * subscriber may settle and publish from inside deliver — `settle`, `settle_batch`,
+     * `publish`, `publish_batch`, `publish_and_settle` and `extend` (the host's subscriber settles
+     * a batch with `settle_batch` from inside `deliver_batch`). A subscriber therefore never
+     * blocks in deliver waiting for its own publishes.
      */
     sy_status (*deliver)(void *context, sy_delivery_id delivery, const sy_message *message);
 
@@ -481,14 +488,20 @@ typedef struct sy_subscribe_options {
 #define SY_SETTLE_DEAD_LETTER 2  /**< Give up now; move to the dead-letter channel with `reason`. */
 #define SY_SETTLE_RELEASE 3      /**< Give it back untouched, without counting an attempt (e.g.
                                       during shutdown); redelivered as soon as possible. */
+/* An outcome (or a SY_START_* value) the plugin does not know is refused with
+ * SY_ERR_INVALID_ARGUMENT, never guessed at: a later minor that adds one uses it only with
+ * plugins whose descriptor's abi_minor has it. (Flags are the other way round: unknown bits are
+ * ignored.) */
 
 /** How one delivery ends. Borrowed for the duration of `settle`. On a plugin without
  *  SY_CAP_RETRY, SY_SETTLE_RETRY makes the message ready again after `retry_after_ns` at best
  *  (a plugin that cannot wait redelivers at once) and counts the attempt; without
  *  SY_CAP_DEAD_LETTER, SY_SETTLE_DEAD_LETTER removes the message as SY_SETTLE_ACK would and logs a
- *  warning (it has nowhere to keep it). The host routes retries and dead letters only to plugins
- *  with the capability; these are the rules for everyone else (a host-side safety net such as
- *  dead-lettering an expired call). */
+ *  warning (it has nowhere to keep it). A route's retry policy needs SY_CAP_RETRY (the host
+ *  refuses the route otherwise), but the host settles with these outcomes on any plugin where it
+ *  must end a delivery: a failed fire-and-forget call, a call it refuses or cannot read, an
+ *  expired call (dead letters); an inbox it cannot reach (a retry). So every plugin follows
+ *  these rules. */
 typedef struct sy_settlement {
     uint32_t struct_size;     /**< sizeof(sy_settlement) as the caller knows it. */
     int32_t outcome;          /**< SY_SETTLE_* */
@@ -604,6 +617,9 @@ typedef struct sy_plugin_descriptor {
     /**
      * Starts delivering `options->channel` to `subscriber`, as a member of `options->group`.
      * `options` is borrowed; `*subscriber` is copied. Stores a non-zero id in `*out_id`. Required.
+     * A subscribe that fails has delivered nothing to `subscriber` and never will: the caller
+     * frees the subscriber's context as soon as it returns (check everything that can fail
+     * before the first delivery, which may run inside this call).
      */
     sy_status (*subscribe)(void *instance, const sy_subscribe_options *options,
                            const sy_subscriber *subscriber, sy_subscription_id *out_id,
@@ -628,8 +644,9 @@ typedef struct sy_plugin_descriptor {
      * capability for (SY_CAP_RETRY, SY_CAP_DEAD_LETTER) is never refused with
      * SY_ERR_UNSUPPORTED, which would leave the delivery unsettled: sy_settlement says what it
      * does there, and settle returns SY_OK as for any outcome — other errors only when the
-     * transport itself failed (a broker unreachable). SY_ERR_NOT_FOUND for an unknown, already
-     * settled or released delivery. Required.
+     * transport itself failed (a broker unreachable), and then the delivery is as it was: still
+     * held, and settled again later or given back when its visibility timeout runs out.
+     * SY_ERR_NOT_FOUND for an unknown, already settled or released delivery. Required.
      */
     sy_status (*settle)(void *instance, sy_delivery_id delivery, const sy_settlement *settlement,
                         sy_error *err);
