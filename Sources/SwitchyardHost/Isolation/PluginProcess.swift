@@ -30,7 +30,12 @@ final class PluginProcess: @unchecked Sendable {
         let answered = Atomic<Bool>(false)
         var result: Result<WireReader, TransportError>?  // written before `done` is signalled
         let onReply: (@Sendable (Result<WireReader, TransportError>) -> Void)?
-        init(onReply: (@Sendable (Result<WireReader, TransportError>) -> Void)? = nil) { self.onReply = onReply }
+        /// The request's name (`publish`, `settle`…), for the error when the child dies under it.
+        let operation: String
+        init(operation: String, onReply: (@Sendable (Result<WireReader, TransportError>) -> Void)? = nil) {
+            self.operation = operation
+            self.onReply = onReply
+        }
     }
 
     /// Frames not written yet, and whether a thread is writing. A frame is appended here and
@@ -187,12 +192,12 @@ final class PluginProcess: @unchecked Sendable {
             }
             guard !hasEnded else { throw TransportError(.unavailable, "the plugin process \(endReasonText)") }
             let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
-            pending.withLock { $0[sequence] = Pending(onReply: ifQueued) }
+            pending.withLock { $0[sequence] = Pending(operation: operation, onReply: ifQueued) }
             try send(Frame(kind: kind, sequence: sequence, payload: payload), queueOnly: true)
             return WireReader([])
         }
         let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
-        let waiter = Pending()
+        let waiter = Pending(operation: operation)
         pending.withLock { $0[sequence] = waiter }
         if hasEnded {
             pending.withLock { _ = $0.removeValue(forKey: sequence) }
@@ -212,7 +217,7 @@ final class PluginProcess: @unchecked Sendable {
                 kill(reason: "did not answer \(operation) within \(timeoutNanos / 1_000_000) ms")
                 throw TransportError(
                     .timeout,
-                    "the plugin process (pid \(pid)) did not answer \(operation) within \(timeoutNanos / 1_000_000) ms (the transport's isolation.call_timeout); it was killed and is restarting (whether the operation took effect is unknown)"
+                    "the plugin process (pid \(pid)) did not answer \(operation) within \(timeoutNanos / 1_000_000) ms (the transport's isolation.call_timeout); it was killed and is restarting (whether the \(operation) took effect is unknown)"
                 )
             }
             waiter.done.wait()  // the reply raced the timeout; it is already there
@@ -328,7 +333,8 @@ final class PluginProcess: @unchecked Sendable {
             return Array(all.values)
         }
         for waiter in waiters {
-            waiter.result = .failure(TransportError(.unavailable, "the plugin process \(reason); whether the operation took effect is unknown"))
+            waiter.result = .failure(
+                TransportError(.unavailable, "the plugin process \(reason) during \(waiter.operation); whether the \(waiter.operation) took effect is unknown"))
             if let onReply = waiter.onReply {
                 onReply(waiter.result!)
                 continue

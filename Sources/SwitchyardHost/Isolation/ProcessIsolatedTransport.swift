@@ -251,8 +251,15 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var payload = WireWriter()
         payload.integer(origin.childID)
         payload.settlement(settlement)
-        _ = try origin.process.request(
-            .settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle", ifQueued: reportQueuedFailure("settle"))
+        do {
+            _ = try origin.process.request(
+                .settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle", ifQueued: reportQueuedFailure("settle"))
+        } catch  where error.code != .notFound && origin.process.isUsable {
+            // The child's transport failed: the delivery is as it was there (the header), so it
+            // stays settleable here too, not "unknown" to a second try.
+            lock.withLock { state.deliveries[delivery] = origin }
+            throw error
+        }
     }
 
     /// One `settleBatch` request per child the deliveries came from (one, unless the child
