@@ -127,7 +127,9 @@ public struct ConformanceSuite: Sendable {
                         // Its transports are left open: closing one while a call into it runs
                         // breaks the ABI's contract. They are abandoned with the stuck worker.
                         outcome = .failed(
-                            "timed out after \(Self.format(checkTimeoutSeconds)) s (a call into the plugin did not return; every ABI function but drain must return promptly)")
+                            "timed out after \(Self.format(checkTimeoutSeconds)) s (a call into the plugin did not return; every ABI function but drain must "
+                                + "return promptly. The usual cause: the plugin holds its own lock while it calls deliver, and the subscriber "
+                                + "settles (or publishes) from inside the delivery, which waits for that lock: call deliver with no lock held)")
                     } else {
                         outcome = outcomeBox.withLock { $0 } ?? .failed("the check ended without an outcome")
                     }
