@@ -208,6 +208,40 @@ struct CLITests {
         #expect(result.stdout.contains("does not match the pin for 'pinned'"))
     }
 
+    @Test(
+        "require_pins from a config refuses unpinned files before loading them, in the listing, in a process opening its transports, and behind the probe of isolation: process"
+    )
+    func configRequirePins() async throws {
+        let dir = try TemporaryDirectory()
+        let plugins = dir.file("plugins")
+        try FileManager.default.createDirectory(atPath: plugins, withIntermediateDirectories: true)
+        // Loading this one would crash the process: a clean refusal proves it never ran.
+        try await CCompiler.fixture("libcrashes.so", in: plugins, defines: ["FIXTURE_CRASH_IN_ENTRY", "FIXTURE_NAME=\"crashes\""])
+        try FileManager.default.copyItem(atPath: BuildProducts.exampleC, toPath: dir.file("plugins/libswitchyard-example-c.so"))
+        for isolation in ["", ", isolation: process"] {
+            let config = dir.file("pins\(isolation.isEmpty ? "" : "-isolated").yaml")
+            try """
+            plugins:
+              directory: plugins
+              require_pins: true
+            transports:
+              jobs: { plugin: example-c\(isolation) }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+            let listed = try await run(BuildProducts.switchyard, ["plugins", "list", "--json", "--config", config])
+            #expect(!listed.signaled && listed.status == 0, "\(listed.stderr)")
+            // Every file on the search path is unpinned: these two among them, refused, none loaded.
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any])
+            #expect((json["plugins"] as? [Any])?.isEmpty == true, "\(listed.stdout)")
+            let refused = (json["rejected"] as? [[String: Any]] ?? []).filter { ($0["reason"] as? String)?.contains("is not pinned") == true }
+            for file in [dir.file("plugins/libcrashes.so"), dir.file("plugins/libswitchyard-example-c.so")] {
+                #expect(refused.contains { $0["path"] as? String == file }, "\(file): \(listed.stdout)")
+            }
+            let opened = try await run(BuildProducts.switchyard, ["stats", "--config", config])
+            #expect(!opened.signaled && opened.status != 0, "\(opened.stdout)\(opened.stderr)")
+            #expect(opened.stderr.contains("example-c") && opened.stderr.contains("is not pinned"), "\(opened.stderr)")
+        }
+    }
+
     @Test("a malformed config names the key and line, exit code non-zero")
     func badConfig() async throws {
         let dir = try TemporaryDirectory()

@@ -56,6 +56,23 @@ struct SoakTests {
         #expect(carriesOnFrom == 100_000)
     }
 
+    /// The control the outbox soak's zeros are read against: without `outbox: true` on the work
+    /// route, the follow-ups of every seventh item's first attempt (which throws after sending
+    /// them) go out although the attempt rolled back. Without kills it is deterministic: items 0,
+    /// 7, …, 63 of 70. Were the soak's counting of phantoms broken, this would read 0 too.
+    @Test(
+        "switchyard soak --follow-ups-without-outbox counts the phantom follow-ups the outbox prevents (the control of the outbox soak)",
+        .enabled(if: ProcessInfo.processInfo.environment["SWITCHYARD_SANITIZER"] == nil, "run unsanitized (scripts/test, .ci/run)"))
+    func outboxSoakControl() async throws {
+        let result = try await run(
+            BuildProducts.switchyard, ["soak", "--outbox", "--follow-ups-without-outbox", "--cycles", "0", "--messages", "70", "--json", "--seed", "1"])
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        let report = try JSONDecoder().decode(Report.self, from: Data(result.stdout.utf8))
+        #expect(report.phantom_follow_ups >= 10, "\(result.stdout)")
+        #expect(report.lost == 0 && report.stuck == 0)
+        #expect(report.passed, "phantoms are expected in the control, not a failure")
+    }
+
     /// Not under a sanitizer: two more soaks beside the heavy suites there made timing-bound
     /// isolation tests miss their waits; `.ci/run` runs outbox soaks on both engines besides.
     @Test(

@@ -36,7 +36,7 @@ struct ConformanceTests {
         let loaded = try BuildProducts.plugin(plugin)
         let inner = loaded.capabilities.contains(.wrapsInner) ? try BuildProducts.plugin("queue") : nil
         let results = try await offPool { ConformanceSuite.forPlugin(loaded, inner: inner, durableDirectory: durable ? dir.path : nil).run() }
-        expectBundledConformance(results, "\(plugin)\(durable ? " durable" : "")")
+        expectBundledConformance(results, "\(plugin)\(durable ? " durable" : "")", example: plugin.hasPrefix("example-"))
     }
 
     /// In memory, the broker transports split their channels among shards (one per two cores by
