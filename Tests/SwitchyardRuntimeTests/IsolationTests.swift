@@ -159,6 +159,10 @@ struct IsolationTests {
                 waitUntil(30) { (try? client.stats()).flatMap { $0 }.map { $0.depth == 0 && $0.inFlight == 0 } ?? false },
                 "after the kill: \(seen.count - firstRound.count) deliveries, stats \(String(describing: try? client.stats()))")
             #expect(seen.count > firstRound.count, "the restarted child delivered again")
+            // None was acknowledged before the kill: every one of the 20 came back (a restarted
+            // child that dropped them would also end with an empty queue).
+            let afterKill = Set(seen.ids.dropFirst(firstRound.count))
+            #expect(afterKill == all, "came back: \(afterKill.count) of 20, missing \(all.subtracting(afterKill).sorted())")
             // Deliveries from the dead child cannot be settled any more.
             let stale = #expect(throws: TransportError.self) { try client.settle(firstRound[0], .ack) }
             #expect(stale?.code == .notFound)
