@@ -777,7 +777,9 @@ typedef struct sy_plugin_descriptor {
      * It lets a durable store commit many single-message publishers in one transaction while
      * waking one thread per commit, not one per publisher. Optional (NULL, or absent before 1.7:
      * the host publishes with publish or publish_batch, from threads of its own where those wait
-     * for storage). Offer it only where the plugin truly does not block: a host prefers it.
+     * for storage). Offer it only where the plugin truly does not block: a host may use it for
+     * any publish (Switchyard's does where the chain is durable and its publishes measure slow,
+     * and calls publish otherwise).
      */
     void (*publish_async)(void *instance, const sy_message *messages, size_t count, sy_publish_done_fn done,
                           void *done_context);
