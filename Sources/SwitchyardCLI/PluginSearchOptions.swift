@@ -45,7 +45,7 @@ struct PluginSearchOptions: ParsableArguments {
         if !catalog.notPlugins.isEmpty {
             message += "; not plugins (no \(SY_PLUGIN_ENTRY_SYMBOL) exported): " + catalog.notPlugins.joined(separator: ", ")
         }
-        return message + ". " + TransportSet.unknownPluginAdvice(name, found: catalog.plugins.map(\.name))
+        return message + ". " + TransportSet.unknownPluginAdvice(name, found: catalog.plugins.map(\.name), notPlugins: catalog.notPlugins)
     }
 
     /// Every plugin in the search path, found behind a discovery probe; unprobed if no probe can run.

@@ -35,7 +35,11 @@ enum StandardChecks {
         Thread.sleep(forTimeInterval: 0.2)
         try c.expect(inbox.count == 1, "an acknowledged message was delivered \(inbox.count) times")
         if let stats = try t.client.stats() {
-            try c.expect(stats.acked == 1 && stats.published == 1, "stats say published \(stats.published), acked \(stats.acked)")
+            try c.expect(
+                stats.acked == 1 && stats.published == 1,
+                "stats say published \(stats.published), acked \(stats.acked), expected 1 and 1"
+                    + (stats.published == 0 && stats.acked == 0
+                        ? " (all zeros: a Swift plugin that does not override stats() reports the kit's default, zeros; count and return your own)" : ""))
         }
     }
 
@@ -763,7 +767,10 @@ enum StandardChecks {
         let deadline = monotonicNanoseconds() + 200_000_000
         do {
             try t.client.drain(deadlineNanos: deadline)
-            throw ConformanceFailure("drain returned success with an unsettled delivery")
+            throw ConformanceFailure(
+                "drain returned success with an unsettled delivery (it must refuse new publishes, wait until the deadline for what is "
+                    + "unsettled, then give it back and return SY_ERR_TIMEOUT; a Swift plugin that does not override drain(deadlineNanos:) "
+                    + "has the kit's default, which does nothing)")
         } catch let error as TransportError {
             try c.expect(error.code == .timeout, "drain gave \(error.code), expected timeout")
         }

@@ -69,7 +69,7 @@ public final class TransportSet: Sendable {
                     "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(found.isEmpty ? "none" : found)"
                         + (refused.isEmpty ? "" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : "")")
                         + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
-                        + Self.unknownPluginAdvice(spec.plugin, found: catalog.plugins.map(\.name)),
+                        + Self.unknownPluginAdvice(spec.plugin, found: catalog.plugins.map(\.name), notPlugins: catalog.notPlugins),
                     transport: name)
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
@@ -124,7 +124,7 @@ extension TransportSet {
     /// What to do about `plugin:` naming no plugin found: a near name if it looks like a typo of
     /// one (`queues`), the build command for a bundled plugin not built yet, else where a
     /// plugin's file goes.
-    package static func unknownPluginAdvice(_ plugin: String, found: [String]) -> String {
+    package static func unknownPluginAdvice(_ plugin: String, found: [String], notPlugins: [String] = []) -> String {
         let distances = Set(found + bundledPlugins).sorted().map { (name: $0, distance: editDistance($0, plugin)) }
         if let near = distances.filter({ (1...2).contains($0.distance) }).min(by: { $0.distance < $1.distance })?.name {
             let build = found.contains(near) ? "" : " (build it with 'swift build --product switchyard-\(near)', see docs/services.md)"
@@ -135,8 +135,14 @@ extension TransportSet {
                 + "'swift build --product switchyard-\(plugin)' (one per plugin, see docs/services.md); if it is built elsewhere "
                 + "(another build folder, an install), name that directory in SWITCHYARD_PLUGINS_PATH or plugins.directory"
         }
+        let unexported =
+            notPlugins.isEmpty
+            ? ""
+            : ". If your plugin's file is there among the files that are not plugins (\(notPlugins.map { $0.split(separator: "/").last.map(String.init) ?? $0 }.joined(separator: ", "))), "
+                + "it exports no switchyard_plugin_entry: 'switchyard plugins verify FILE' says why (in Swift the @c entry must be public; "
+                + "a debug build exports it anyway, a release build does not)"
         return "Put the plugin's .so file (any file name: the name inside it counts) in one of those directories "
-            + "(e.g. \(SearchDirectory.systemDirectories[0])); the bundled plugins are \(bundledPlugins.joined(separator: ", "))"
+            + "(e.g. \(SearchDirectory.systemDirectories[0])); the bundled plugins are \(bundledPlugins.joined(separator: ", "))" + unexported
     }
 
     /// Levenshtein distance, for short names.

@@ -44,6 +44,13 @@ enum ELFCheck {
         var header = [UInt8](repeating: 0, count: 64)
         let got = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 64, 0) }
         guard got >= 4, header[0] == 0x7F, header[1] == UInt8(ascii: "E"), header[2] == UInt8(ascii: "L"), header[3] == UInt8(ascii: "F") else {
+            // A static library starts "!<arch>\n", which is text to the check below.
+            if got >= 8, header.prefix(8).elementsEqual("!<arch>\n".utf8) {
+                throw Rejection(
+                    path: path, kind: .notELF,
+                    reason: "a static library (an ar archive), not a shared library: build the plugin's product as a dynamic "
+                        + "library (SwiftPM: .library(name: …, type: .dynamic, …); C: cc -shared -fPIC)")
+            }
             let looksLikeText = header.prefix(max(0, got)).allSatisfy { $0 == 9 || $0 == 10 || $0 == 13 || (32...126).contains($0) }
             throw Rejection(
                 path: path, kind: .notELF,

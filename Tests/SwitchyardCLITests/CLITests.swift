@@ -177,6 +177,15 @@ struct CLITests {
         let missing = try await run(BuildProducts.switchyard, ["plugins", "inspect", "no-such-plugin"])
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("no plugin named 'no-such-plugin'"))
+        // A file in the search path that exports no entry may be the plugin meant: said so.
+        let dir = try TemporaryDirectory()
+        try await CCompiler.fixture("libswitchyard-mine.so", in: dir.path, defines: ["FIXTURE_NO_ENTRY"])
+        let unexported = try await run(BuildProducts.switchyard, ["plugins", "inspect", "mine", "--plugins-dir", dir.path])
+        #expect(unexported.status == 1, "\(unexported.stderr)")
+        #expect(
+            unexported.stderr.contains("If your plugin's file is there among the files that are not plugins")
+                && unexported.stderr.contains("libswitchyard-mine.so") && unexported.stderr.contains("the @c entry must be public"),
+            "\(unexported.stderr)")
         let typo = try await run(BuildProducts.switchyard, ["plugins", "inspect", "queu"])
         #expect(typo.status == 1 && typo.stderr.contains("Did you mean 'queue'?"), "\(typo.stderr)")
         // verify takes a file: given a plugin's name, it says so.

@@ -67,6 +67,19 @@ struct LoaderRejectionTests {
         #expect(error?.reason == "a text file, not a shared library")
     }
 
+    @Test("a static library (an ar archive) is refused as one, saying to build a dynamic library")
+    func staticLibrary() async throws {
+        let dir = try TemporaryDirectory()
+        let object = dir.file("fixture.o")
+        try await CCompiler.compile(Repository.fixtures + "/fixture_plugin.c", to: object, flags: ["-std=c99", "-fPIC", "-w", "-c"])
+        let archive = try await run("/usr/bin/ar", ["rcs", dir.file("libswitchyard-static.a"), object])
+        #expect(archive.status == 0, "\(archive.stderr)")
+        let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: dir.file("libswitchyard-static.a")) }
+        #expect(error?.kind == .notELF)
+        #expect(error?.reason.hasPrefix("a static library (an ar archive), not a shared library") == true, "\(error?.reason ?? "")")
+        #expect(error?.reason.contains("type: .dynamic") == true)
+    }
+
     @Test("binary junk is refused as not ELF")
     func binaryJunk() throws {
         let dir = try TemporaryDirectory()

@@ -75,7 +75,7 @@ final class Route: Sendable {
                         capability == .delay
                         ? "put a transport of plugin 'delay' with inner: \(entry.transport) in front, and route to it"
                         : capability == .retry
-                            ? "route through a transport that redelivers a failed call after a delay: every bundled queue plugin does (queue, durable-queue, nats, postgres, rabbitmq); a plugin of your own gets it by honouring SY_SETTLE_RETRY's retry_after_ns and declaring SY_CAP_RETRY, docs/writing-a-plugin.md"
+                            ? "route through a transport that redelivers a failed call after a delay: the bundled queue, topic, nats, postgres and rabbitmq plugins do, in memory or durable; a plugin of your own gets it by honouring a retry settlement's delay and declaring the retry capability (Swift: .retry; C: SY_SETTLE_RETRY's retry_after_ns, SY_CAP_RETRY), docs/writing-a-plugin.md"
                             : "route through a transport whose plugin has it"
                     throw fail(
                         key, "\(what), but transport '\(entry.transport)' (\(transport.chainDescription)) cannot: it lacks the \(capability) capability (\(remedy))")
