@@ -11,7 +11,8 @@ let package = Package(
         .library(name: "switchyard-example-swift", type: .dynamic, targets: ["ExamplePlugin"])
     ],
     dependencies: [
-        // Point this at your checkout of Switchyard (or its published URL and a version).
+        // Point this at your checkout of Switchyard (or its URL with branch: "main": no releases
+        // are tagged yet).
         .package(name: "switchyard", path: "../../..")
     ],
     targets: [
