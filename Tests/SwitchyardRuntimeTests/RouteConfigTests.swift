@@ -16,6 +16,7 @@ struct RouteConfigTests {
           t: { plugin: topic }
           c: { plugin: example-c }
           later: { plugin: delay, inner: q }
+          retrying: { plugin: retry, inner: q }
 
         """
 
@@ -73,6 +74,11 @@ struct RouteConfigTests {
             // Not "put a retry transport in front": the retry plugin refuses an inner transport without retry.
             ("Orders.place: { transport: c, retry: { max_attempts: 2 } }", "routes.Orders.place.retry", "lacks the retry capability (route through a transport that redelivers"),
             ("Orders.place: { transport: c, ordering: customer }", "routes.Orders.place.ordering", "lacks the ordered capability"),
+            // Two retry policies would both apply: the route's and the plugin's.
+            (
+                "Orders.place: { transport: retrying, retry: { max_attempts: 2 } }", "routes.Orders.place.retry",
+                "retries failed calls with its own policy (transport 'retrying', plugin retry): keep one"
+            ),
             ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
             ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
             ("Orders.place: { transport: direct, max_deliveries: 5 }", "routes.Orders.place.max_deliveries", "needs a transport"),
@@ -89,7 +95,7 @@ struct RouteConfigTests {
             _ = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
         }
         #expect(error?.key == key)
-        #expect(error?.line == 7)
+        #expect(error?.line == 8)
         #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
     }
 

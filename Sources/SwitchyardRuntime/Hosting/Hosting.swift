@@ -449,11 +449,10 @@ extension SwitchyardActorSystem {
                 }
                 return
             }
-            if route?.retry == nil, route?.transportRetries == true {
-                // A retry decorator owns the policy: it redelivers or dead-letters (and then
-                // reports it, which answers the caller: see deadLettered(_:reason:on:)). Not
-                // where the route has a policy of its own: what that policy did not retry (an
-                // error it lists as not retryable) is the caller's answer.
+            if route?.transportRetries == true {
+                // A retry decorator owns the policy (a route over one has none of its own: the
+                // config refuses both): it redelivers or dead-letters (and then reports it,
+                // which answers the caller: see deadLettered(_:reason:on:)).
                 route?.metrics.retried.increment()
                 logger.debug(
                     "handing a failed call back to the transport's retry policy",

@@ -82,7 +82,17 @@ final class Route: Sendable {
                 }
             }
             if entry.delayNanos > 0 { try require(.delay, for: .delay, "the route delays calls") }
-            if entry.retryJSON != nil { try require(.retry, for: .retry, "the route retries failed calls") }
+            if entry.retryJSON != nil {
+                try require(.retry, for: .retry, "the route retries failed calls")
+                // Two policies would both apply (the plugin's max_attempts, backoff and
+                // non_retryable over the route's): one way to retry a route's calls.
+                if let decorator = transport.chain.first(where: { $0.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) }) {
+                    throw fail(
+                        .retry,
+                        "transport '\(entry.transport)' (\(transport.chainDescription)) retries failed calls with its own policy (transport '\(decorator.name)', plugin \(decorator.plugin.name)): keep one, either drop this route's retry: or route it to a transport without the retry plugin (its inner one)"
+                    )
+                }
+            }
             if entry.orderingArgument != nil { try require(.ordered, for: .ordering, "the route orders calls by key") }
             if capabilities.contains(.fanOut) && entry.mode == .requestReply {
                 throw fail(
