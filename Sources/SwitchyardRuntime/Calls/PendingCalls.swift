@@ -32,13 +32,18 @@ final class PendingCalls: Sendable {
     ) async throws -> Reply {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Reply, any Error>) in
+                // A deadline already past (the first call's reply subscription can take a
+                // while) ends the call here, unsent: a host would run it for nobody.
+                guard ContinuousClock.now < deadline else {
+                    continuation.resume(throwing: timeout())
+                    return
+                }
                 let stopped = state.withLock { state -> (@Sendable (String) -> any Error)? in
                     if let stopped = state.stopped { return stopped }
                     // Armed under the lock that registers the waiter, so that the deadline finds
-                    // it however soon it fires. (Armed before, a deadline already past — the
-                    // first call's reply subscription can take a while — could fire first, find
-                    // no waiter, and leave the call waiting for good.) The sweeper fires outside
-                    // its own lock, and nothing takes this lock inside that one.
+                    // it however soon it fires (armed before, one that fired first found no
+                    // waiter and left the call waiting for good). The sweeper fires outside its
+                    // own lock, and nothing takes this lock inside that one.
                     let timer = DeadlineSweeper.shared.arm(at: deadline) { [weak self] in
                         self?.take(id)?.continuation.resume(throwing: timeout())
                     }
