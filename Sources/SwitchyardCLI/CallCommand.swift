@@ -65,26 +65,32 @@ struct CallCommand: AsyncParsableCommand {
         } catch let timedOut as TimedOutInProcess {
             printError("error: \(timedOut.error)")
             printError(timedOut.note)
+            // Only a transport that may keep its messages in memory: the usual causes too.
+            if !timedOut.certain, let config { printTimeoutHints(arguments, config: config, newStores: newStores) }
             throw ExitCode(1)
         } catch let error as SwitchyardError {
             printError("error: \(error)")
-            if error.code == .timeout, let config {
-                // Through a transport the call waits for a host; with none there, it times out.
-                // switchyard run serves native modules only: a Swift method's host is the application.
-                let interface = String((arguments.first ?? "").prefix { $0 != "." })
-                if (try? readConfig(config))?.native.contains(where: { $0.interface == interface }) == true {
-                    printError("(switchyard run --config \(config) serves the native modules the config declares)")
-                } else {
-                    let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
-                    printError("(is the application that hosts actor '\(id)' running, and reading this route's transport? --actor names another id)")
-                }
-                for (transport, path) in newStores {
-                    printError(
-                        "(transport '\(transport)' keeps its messages in \(path), which did not exist before this call: it was created for it, and the "
-                            + "call waits there for a host using the same file; check the path against the application's config)")
-                }
-            }
+            if error.code == .timeout, let config { printTimeoutHints(arguments, config: config, newStores: newStores) }
             throw ExitCode(1)
+        }
+    }
+
+    /// What to check after a call through a transport timed out: a host to start, or a store the
+    /// call itself created (a mistyped path).
+    private func printTimeoutHints(_ arguments: [String], config: String, newStores: [(transport: String, path: String)]) {
+        // Through a transport the call waits for a host; with none there, it times out.
+        // switchyard run serves native modules only: a Swift method's host is the application.
+        let interface = String((arguments.first ?? "").prefix { $0 != "." })
+        if (try? readConfig(config))?.native.contains(where: { $0.interface == interface }) == true {
+            printError("(switchyard run --config \(config) serves the native modules the config declares)")
+        } else {
+            let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
+            printError("(is the application that hosts actor '\(id)' running, and reading this route's transport? --actor names another id)")
+        }
+        for (transport, path) in newStores {
+            printError(
+                "(transport '\(transport)' keeps its messages in \(path), which did not exist before this call: it was created for it, and the "
+                    + "call waits there for a host using the same file; check the path against the application's config)")
         }
     }
 
@@ -138,6 +144,9 @@ struct CallCommand: AsyncParsableCommand {
     struct TimedOutInProcess: Error {
         let error: SwitchyardError
         let note: String
+        /// The transport keeps its messages in memory for sure (the bundled queue or topic
+        /// without a path), rather than may (a plugin that is not durable).
+        let certain: Bool
     }
 
     /// ``TimedOutInProcess`` when `error` is a time-out and the route's transport keeps its
@@ -154,13 +163,15 @@ struct CallCommand: AsyncParsableCommand {
             return TimedOutInProcess(
                 error: error,
                 note: "(transport '\(transport.name)' keeps its messages in the memory of the process that creates it, here this command: "
-                    + "no host in another process can read the call. Give it a path: (a store both processes open), or \(instead))")
+                    + "no host in another process can read the call. Give it a path: (a store both processes open), or \(instead))",
+                certain: true)
         }
         guard !transport.capabilities.contains("durable") else { return nil }
         return TimedOutInProcess(
             error: error,
             note: "(transport '\(transport.name)' (\(transport.chain.joined(separator: " → "))) is not durable: if its plugin keeps messages in "
-                + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead))")
+                + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead))",
+            certain: false)
     }
 
     /// The route entry a call to `interface.method` takes (first exact, then `Interface.*`, then `*`).
