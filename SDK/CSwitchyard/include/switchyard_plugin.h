@@ -644,8 +644,10 @@ typedef struct sy_plugin_descriptor {
      * capability for (SY_CAP_RETRY, SY_CAP_DEAD_LETTER) is never refused with
      * SY_ERR_UNSUPPORTED, which would leave the delivery unsettled: sy_settlement says what it
      * does there, and settle returns SY_OK as for any outcome — other errors only when the
-     * transport itself failed (a broker unreachable), and then the delivery is as it was: still
-     * held, and settled again later or given back when its visibility timeout runs out.
+     * transport itself failed (a broker unreachable), and then the delivery is as it was in the
+     * transport: given back when its visibility timeout runs out (a caller that settles it again
+     * may find it, or get SY_ERR_NOT_FOUND from a layer that forgot it, such as an isolation
+     * proxy).
      * SY_ERR_NOT_FOUND for an unknown, already settled or released delivery. Required.
      */
     sy_status (*settle)(void *instance, sy_delivery_id delivery, const sy_settlement *settlement,

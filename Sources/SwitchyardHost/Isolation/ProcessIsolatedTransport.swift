@@ -251,15 +251,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var payload = WireWriter()
         payload.integer(origin.childID)
         payload.settlement(settlement)
-        do {
-            _ = try origin.process.request(
-                .settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle", ifQueued: reportQueuedFailure("settle"))
-        } catch  where error.code != .notFound && origin.process.isUsable {
-            // The child's transport failed: the delivery is as it was there (the header), so it
-            // stays settleable here too, not "unknown" to a second try.
-            lock.withLock { state.deliveries[delivery] = origin }
-            throw error
-        }
+        _ = try origin.process.request(
+            .settle, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "settle", ifQueued: reportQueuedFailure("settle"))
     }
 
     /// One `settleBatch` request per child the deliveries came from (one, unless the child
