@@ -33,7 +33,9 @@ public final class TransportClient: @unchecked Sendable {
     // @unchecked: the stored pointers are immutable and the plugin functions are thread-safe by
     // the ABI's contract; the only mutable state is behind a Mutex.
 
-    /// The plugin's validated descriptor. Static for the life of the process.
+    /// The plugin's validated descriptor: static for the life of the process, except for a
+    /// client of a decorator's inner transport made from an older host's shorter descriptor,
+    /// whose zeroed full-size copy lives as long as this client (keep the client, not the pointer).
     public let descriptor: UnsafePointer<sy_plugin_descriptor>
     /// The plugin's opaque instance pointer.
     public let instance: UnsafeMutableRawPointer

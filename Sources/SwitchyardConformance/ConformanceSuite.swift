@@ -228,8 +228,11 @@ public final class ConformanceContext: @unchecked Sendable {
             transport = try suite.makeTransport(reopen)
         } catch let error as TransportError {
             // Only the check's first instance: a later one (a second instance beside the first,
-            // a reopened store) can fail for what the check itself did.
-            if !reopen && opened.withLock(\.isEmpty) { cannotCreate.withLock { $0 = "\(error)" } }
+            // a reopened store) can fail for what the check itself did. And not for what may pass
+            // (an engine briefly unreachable, a timeout): the next check tries again.
+            if !reopen && ![.unavailable, .timeout, .io].contains(error.code) && opened.withLock(\.isEmpty) {
+                cannotCreate.withLock { $0 = "\(error)" }
+            }
             throw error
         }
         opened.withLock { $0.append(transport) }
