@@ -300,9 +300,11 @@ typedef uint64_t sy_capabilities;
 #define SY_LOG_ERROR 5
 
 /** Metric kinds for sy_host_services.metric. */
-#define SY_METRIC_COUNTER 0   /**< Adds `value` (>= 0) to a counter. */
-#define SY_METRIC_GAUGE 1     /**< Sets a gauge to `value`. */
-#define SY_METRIC_TIMER_NS 2  /**< Records one duration of `value` nanoseconds. */
+#define SY_METRIC_COUNTER 0   /**< Adds `value` (0 to 2^63) to a counter. */
+#define SY_METRIC_GAUGE 1     /**< Sets a gauge to `value` (finite). */
+#define SY_METRIC_TIMER_NS 2  /**< Records one duration of `value` nanoseconds (0 to 2^63). A value
+                                   out of its kind's range, NaN or infinite is ignored, with a
+                                   warning once per metric. */
 
 /**
  * Services the host lends a plugin instance: logging, clocks, metrics, dead-letter reports (1.2).
@@ -311,7 +313,10 @@ typedef uint64_t sy_capabilities;
  *
  * Ownership: owned by the host; the pointer given at creation stays valid until `destroy` of that
  * instance returns. Threading: every function may be called from any thread, concurrently, and
- * returns promptly (none blocks on I/O). None may be called after `destroy` returns.
+ * returns promptly: none waits for the network or a disk sync, but `log` and `dead_lettered`
+ * write a log line (to the host's log output, stderr by default, or to the parent process under
+ * isolation), which a stalled reader of that output can hold up. Keep them off paths where a
+ * lock of yours is held. None may be called after `destroy` returns.
  * The 1.0 functions (log, now_ns, monotonic_ns, metric) are never NULL: call them without a check.
  * Read a later one only through SY_HOST_SERVICES_HAS (an older host's struct ends before it).
  */
