@@ -137,14 +137,14 @@ struct CallOptionsTests {
                 (error as? SwitchyardError)?.code == .timeout
             }
         }
-        // Cancelled before the call: its cancellation handler ran before there was a waiter.
-        let started = ContinuousClock.now
+        // Cancelled before the call: its cancellation handler ran before there was a waiter. It
+        // ends as cancelled; before the fix it waited out the route's 10 s deadline and ended as
+        // a time-out (the error's type tells them apart: no timing, which a loaded CI stretches).
         let cancelled = Task {
             withUnsafeCurrentTask { $0?.cancel() }
             return try await till.hold()
         }
         await #expect(throws: CancellationError.self) { _ = try await cancelled.value }
-        #expect(ContinuousClock.now - started < .seconds(5), "ended as cancelled, not at the route's 10 s deadline")
         runs.released.store(true, ordering: .releasing)
         await system.shutdown()
     }
