@@ -112,7 +112,7 @@ struct CallCommand: AsyncParsableCommand {
         let parsed = try readConfig(config)
         let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
         guard parts.count == 2, parsed.native.contains(where: { $0.interface == parts[0] }) else {
-            if parts.count == 2, Self.routeEntry(in: parsed, interface: parts[0], method: String(parts[1].prefix { $0 != "(" }))?.readableTargets != nil {
+            if parts.count == 2, Self.routeEntry(in: parsed, target: route)?.readableTargets != nil {
                 return try await callSwift(route, Array(arguments.dropFirst()), interface: parts[0], config: parsed)
             }
             let modules = parsed.native.map(\.interface)
@@ -154,8 +154,7 @@ struct CallCommand: AsyncParsableCommand {
     /// plugin of one's own that may keep them in memory); nil otherwise.
     static func timedOutInProcess(_ error: any Error, route: String, config: SwitchyardConfig, system: SwitchyardActorSystem) -> TimedOutInProcess? {
         guard let error = error as? SwitchyardError, error.code == .timeout else { return nil }
-        let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
-        guard parts.count == 2, let entry = routeEntry(in: config, interface: parts[0], method: String(parts[1].prefix { $0 != "(" })),
+        guard let entry = routeEntry(in: config, target: route),
             let transport = system.overview().transports.first(where: { $0.name == entry.transport })
         else { return nil }
         let instead = "call through the running host's admin endpoint instead (POST /api/call, docs/operations.md)"
@@ -183,9 +182,16 @@ struct CallCommand: AsyncParsableCommand {
     /// The stores (a transport's `path`) of the transport `route` takes, or of one it wraps, that
     /// do not exist yet: a call through one waits in a file that no running host reads.
     static func storesNotYetCreated(route: String, in config: SwitchyardConfig) -> [(transport: String, path: String)] {
-        let parts = route.split(separator: ".", maxSplits: 1).map(String.init)
-        guard parts.count == 2, let entry = routeEntry(in: config, interface: parts[0], method: String(parts[1].prefix { $0 != "(" })) else { return [] }
+        guard let entry = routeEntry(in: config, target: route) else { return [] }
         return config.missingStores(of: [entry.transport])
+    }
+
+    /// The route entry of a readable target, `Interface.method` or `Interface.method(labels:)`;
+    /// nil when it names no method or no route matches.
+    static func routeEntry(in config: SwitchyardConfig, target: String) -> SwitchyardConfig.RouteEntry? {
+        let parts = target.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return nil }
+        return routeEntry(in: config, interface: parts[0], method: String(parts[1].prefix { $0 != "(" }))
     }
 
     /// A Swift method by its readable name, each argument JSON, on `--actor` (default: the

@@ -51,9 +51,9 @@ struct TestPlugin: ParsableCommand {
         // A misspelled --check ran nothing and passed: "0 passed, 0 failed".
         let known = ConformanceSuite.checks.map(\.name)
         if let unknown = check.first(where: { !known.contains($0) }) {
-            let near = known.map { (name: $0, distance: TransportSet.editDistance($0, unknown)) }.filter { $0.distance <= 2 }.min { $0.distance < $1.distance }
+            let near = TransportSet.nearest(to: unknown, among: known)
             throw CommandFailure(
-                "no conformance check named '\(unknown)'\(near.map { ": did you mean '\($0.name)'?" } ?? "") (checks: \(known.joined(separator: ", ")))")
+                "no conformance check named '\(unknown)'\(near.map { ": did you mean '\($0)'?" } ?? "") (checks: \(known.joined(separator: ", ")))")
         }
         let config = try search.loadConfig()
         let loader = search.discovery(config).loader

@@ -125,8 +125,7 @@ extension TransportSet {
     /// one (`queues`), the build command for a bundled plugin not built yet, else where a
     /// plugin's file goes.
     package static func unknownPluginAdvice(_ plugin: String, found: [String], notPlugins: [String] = []) -> String {
-        let distances = Set(found + bundledPlugins).sorted().map { (name: $0, distance: editDistance($0, plugin)) }
-        if let near = distances.filter({ (1...2).contains($0.distance) }).min(by: { $0.distance < $1.distance })?.name {
+        if let near = nearest(to: plugin, among: Set(found + bundledPlugins).sorted()) {
             let build = found.contains(near) ? "" : " (build it with 'swift build --product switchyard-\(near)', see docs/services.md)"
             return "Did you mean '\(near)'?\(build)"
         }
@@ -145,8 +144,14 @@ extension TransportSet {
             + "(e.g. \(SearchDirectory.systemDirectories[0])); the bundled plugins are \(bundledPlugins.joined(separator: ", "))" + unexported
     }
 
+    /// The name among `names` one or two edits from `name` (the first of the nearest), for a
+    /// "did you mean"; nil when none is that near, or `name` is among them.
+    package static func nearest(to name: String, among names: [String]) -> String? {
+        names.map { (name: $0, distance: editDistance($0, name)) }.filter { (1...2).contains($0.distance) }.min { $0.distance < $1.distance }?.name
+    }
+
     /// Levenshtein distance, for short names.
-    package static func editDistance(_ a: String, _ b: String) -> Int {
+    static func editDistance(_ a: String, _ b: String) -> Int {
         let a = Array(a.utf8)
         let b = Array(b.utf8)
         guard !a.isEmpty, !b.isEmpty else { return max(a.count, b.count) }

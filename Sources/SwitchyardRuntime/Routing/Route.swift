@@ -42,8 +42,11 @@ final class Route: Sendable {
 
     /// The chain retries on its own (a `retry` decorator): failures are settled with `retry`
     /// and the decorator decides when to give up.
-    var transportRetries: Bool {
-        transport?.chain.contains { $0.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) } ?? false
+    var transportRetries: Bool { transport.flatMap(Self.retryDecorator) != nil }
+
+    /// The link of `transport`'s chain that retries with a policy of its own (a `retry` decorator).
+    static func retryDecorator(in transport: Transport) -> Transport? {
+        transport.chain.first { $0.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) }
     }
 
     /// Checks the entry against its transport; every problem names the key and line.
@@ -86,7 +89,7 @@ final class Route: Sendable {
                 try require(.retry, for: .retry, "the route retries failed calls")
                 // Two policies would both apply (the plugin's max_attempts, backoff and
                 // non_retryable over the route's): one way to retry a route's calls.
-                if let decorator = transport.chain.first(where: { $0.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) }) {
+                if let decorator = Self.retryDecorator(in: transport) {
                     throw fail(
                         .retry,
                         "transport '\(entry.transport)' (\(transport.chainDescription)) retries failed calls with its own policy (transport '\(decorator.name)', plugin \(decorator.plugin.name)): keep one, either drop this route's retry: or route it to a transport without the retry plugin (its inner one)"
