@@ -131,6 +131,7 @@ final class Route: Sendable {
                 } else {
                     database = nil
                 }
+                try database?.declareWindow(inbox.windowNanos)
             } catch {
                 throw fail(.inbox, under: subkey, error.message)
             }

@@ -19,6 +19,8 @@ final class Inbox: Sendable {
     }
 
     private let windowNanos: Int64
+    /// The meta table's key for the longest window declared on a database (``InboxDatabase/declareWindow(_:)``).
+    static let windowKey = "inbox_window_ns"
     /// The database, or nil for an inbox in memory.
     let database: (any InboxDatabase)?
     private let storage = Guarded<Storage>(Storage())
@@ -126,6 +128,12 @@ final class Inbox: Sendable {
         if prune { try? database.prune(before: cutoff) }
         return first
     }
+
+    /// Forgets the records older than every window that shares the database (a durable inbox:
+    /// what ``finish(_:_:effects:outbox:)`` does every 1,000 records).
+    func prune() throws(TransportError) {
+        try database?.prune(before: WallClock.nowNanos() - windowNanos)
+    }
 }
 
 /// The kind of database a durable inbox keeps its records in (``Switchyard/inboxDatabase``).
@@ -148,7 +156,11 @@ protocol InboxDatabase: Sendable {
     func record(
         _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
     ) throws(TransportError) -> Inbox.Handled?
-    /// Forgets records older than `cutoff`.
+    /// Keeps records for at least `windowNanos`: the longest window declared by any route, in any
+    /// process, that shares the database is kept (in its meta table), so a route with a shorter
+    /// window never forgets the calls of one with a longer window. Never shrinks.
+    func declareWindow(_ windowNanos: Int64) throws(TransportError)
+    /// Forgets records older than `cutoff` and older than the longest declared window.
     func prune(before cutoff: Int64) throws(TransportError)
     /// Where the relay of this database's outbox reads (a connection of its own).
     func makeOutboxStorage() throws(TransportError) -> any OutboxStorage
@@ -231,8 +243,23 @@ final class SQLiteInboxDatabase: InboxDatabase {
         }
     }
 
+    func declareWindow(_ windowNanos: Int64) throws(TransportError) {
+        try database.withLock { (database) throws(TransportError) in
+            _ = try database.run(
+                """
+                INSERT INTO switchyard_meta (key, value) VALUES ('\(Inbox.windowKey)', ?1) ON CONFLICT (key)
+                DO UPDATE SET value = CAST(max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)
+                """, [.text(String(windowNanos))])
+        }
+    }
+
     func prune(before cutoff: Int64) throws(TransportError) {
-        try database.withLock { (database) throws(TransportError) in _ = try database.run("DELETE FROM inbox WHERE at < ?", [.int(cutoff)]) }
+        try database.withLock { (database) throws(TransportError) in
+            _ = try database.run(
+                """
+                DELETE FROM inbox WHERE at < min(?1, ?2 - coalesce((SELECT CAST(value AS INTEGER) FROM switchyard_meta WHERE key = '\(Inbox.windowKey)'), 0))
+                """, [.int(cutoff), .int(WallClock.nowNanos())])
+        }
     }
 
     func makeOutboxStorage() throws(TransportError) -> any OutboxStorage {
@@ -303,8 +330,23 @@ final class PostgresInboxDatabase: InboxDatabase {
         }
     }
 
+    func declareWindow(_ windowNanos: Int64) throws(TransportError) {
+        try pool.withConnection { (database) throws(TransportError) in
+            try database.run(
+                """
+                INSERT INTO \(schema).meta (key, value) VALUES ('\(Inbox.windowKey)', $1) ON CONFLICT (key)
+                DO UPDATE SET value = greatest(meta.value::bigint, excluded.value::bigint)::text
+                """, [.text(String(windowNanos))])
+        }
+    }
+
     func prune(before cutoff: Int64) throws(TransportError) {
-        try pool.withConnection { (database) throws(TransportError) in _ = try database.run("DELETE FROM \(schema).inbox WHERE at < $1", [.int(cutoff)]) }
+        try pool.withConnection { (database) throws(TransportError) in
+            try database.run(
+                """
+                DELETE FROM \(schema).inbox WHERE at < least($1, $2 - coalesce((SELECT value::bigint FROM \(schema).meta WHERE key = '\(Inbox.windowKey)'), 0))
+                """, [.int(cutoff), .int(WallClock.nowNanos())])
+        }
     }
 
     func makeOutboxStorage() throws(TransportError) -> any OutboxStorage {
