@@ -47,7 +47,7 @@ distributed actor PostgresPosterService: Poster {
 }
 
 /// Starts a task that writes through the inbox transaction after the handler has returned, and
-/// records what that write got.
+/// records what that write got; throws for a negative id (the handler failed).
 distributed actor LateBookkeeperService: Bookkeeper {
     typealias ActorSystem = SwitchyardActorSystem
     let outcome: Guarded<String?>
@@ -68,7 +68,43 @@ distributed actor LateBookkeeperService: Bookkeeper {
                 outcome.withLock { $0 = "\(error)" }
             }
         }
+        if id < 0 { throw BookingRefused() }
     }
+}
+
+/// What ``LateBookkeeperService`` throws for a negative id.
+struct BookingRefused: Error {}
+
+/// Two routes' inboxes on one database, one remembering calls for 1 ms and one for an hour: the
+/// short one's pruning must keep the long one's record; alone on its database, the short one
+/// forgets its own.
+func expectLongestWindowKept(open: () throws -> any InboxDatabase, openAlone: () throws -> any InboxDatabase) throws {
+    let shortWindow: Int64 = 1_000_000
+    let longWindow: Int64 = 3_600_000_000_000
+    let short = try open()
+    let long = try open()
+    try short.declareWindow(shortWindow)
+    try long.declareWindow(longWindow)
+    let shortInbox = Inbox(windowNanos: shortWindow, database: short)
+    let longInbox = Inbox(windowNanos: longWindow, database: long)
+    guard case .claimed = try longInbox.claim("call-1") else { Issue.record("a new key was not claimed"); return }
+    _ = try longInbox.finish("call-1", Inbox.Handled(outcome: "return", reply: [1]))
+    usleep(20_000)
+    try shortInbox.prune()
+    guard case .handled(let kept) = try longInbox.claim("call-1") else {
+        Issue.record("the 1 ms window's pruning forgot a call the 1 h window remembers")
+        return
+    }
+    #expect(kept.reply == [1])
+
+    let alone = try openAlone()
+    try alone.declareWindow(shortWindow)
+    let aloneInbox = Inbox(windowNanos: shortWindow, database: alone)
+    guard case .claimed = try aloneInbox.claim("call-2") else { Issue.record("a new key was not claimed"); return }
+    _ = try aloneInbox.finish("call-2", Inbox.Handled(outcome: "return", reply: [2]))
+    usleep(20_000)
+    try aloneInbox.prune()
+    #expect(try alone.lookup("call-2", cutoff: 0) == nil, "a record older than every declared window was kept")
 }
 
 /// Rows of the `booked` table in the inbox file at `path`: "label:id".
@@ -214,7 +250,23 @@ struct InboxTests {
         #expect(await eventually { outcome.withLock { $0 } != nil })
         let said = outcome.withLock { $0 } ?? ""
         #expect(said.contains("the handler's call has already ended") && said.contains("inside the handler"), "\(said)")
+
+        // A handler that threw: its transaction ended when it returned, before the failure was
+        // settled, so the task's write is refused the same way (not taken into a transaction the
+        // failure drops).
+        outcome.withLock { $0 = nil }
+        await #expect(throws: (any Error).self) { try await $Bookkeeper.resolve(id: "late", using: system).book(-1) }
+        #expect(await eventually { outcome.withLock { $0 } != nil })
+        let afterThrow = outcome.withLock { $0 } ?? ""
+        #expect(afterThrow.contains("the handler's call has already ended"), "\(afterThrow)")
         await system.shutdown()
+    }
+
+    @Test("routes sharing an inbox file keep every record for the longest window among them: a 1 ms window's pruning keeps a 1 h window's calls")
+    func sharedFileKeepsLongestWindow() throws {
+        let directory = try TemporaryDirectory()
+        try expectLongestWindowKept(
+            open: { try SQLiteInboxDatabase(path: directory.file("inbox.db")) }, openAlone: { try SQLiteInboxDatabase(path: directory.file("alone.db")) })
     }
 
     @Test("outside a handler on a route with a durable inbox, inboxTransaction refuses at once with a routing error saying where it works")

@@ -915,6 +915,14 @@ struct PostgresOutboxTests {
         #expect(server.clientConnections == 0, "\(server.clientConnections) connections still open after shutdown", sourceLocation: sourceLocation)
     }
 
+    @Test("inboxes sharing a PostgreSQL schema keep every record for the longest window among them: a 1 ms window's pruning keeps a 1 h window's calls")
+    func sharedSchemaKeepsLongestWindow() async throws {
+        let server = try await offPool { try PostgresServer() }
+        try expectLongestWindowKept(
+            open: { try PostgresInboxDatabase(conninfo: server.conninfo, schema: "shared_tx") },
+            openAlone: { try PostgresInboxDatabase(conninfo: server.conninfo, schema: "alone_tx") })
+    }
+
     @Test("a handler's writes, its follow-up calls and its inbox record commit in one PostgreSQL transaction; a handler that throws commits none")
     func handlerFollowUps() async throws {
         let server = try await offPool { try PostgresServer() }

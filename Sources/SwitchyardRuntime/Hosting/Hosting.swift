@@ -370,12 +370,6 @@ extension SwitchyardActorSystem {
         let effects = claimed ? InboxEffects(kind: route?.inbox?.database?.kind) : nil
         // With `outbox: true`, the handler's fire-and-forget calls wait for its inbox record.
         let capture = claimed && route?.outbox != nil ? OutboxCapture() : nil
-        // However the call ends, its transaction is over: calls and effects made later (from a
-        // task the handler started) are no part of it (calls go out at once, effects are refused).
-        defer {
-            _ = capture?.seal()
-            _ = effects?.seal()
-        }
         let current = CallContext(
             id: envelope.id, target: readable, attempt: Int(item.attempt), headers: envelope.headers,
             idempotencyKey: envelope.idempotencyKey,
@@ -395,6 +389,12 @@ extension SwitchyardActorSystem {
                 }
             }
         }
+        // The handler has returned: however the call ends, its transaction is over. Sealed now,
+        // before any settlement or dead letter: a call made later (from a task the handler
+        // started) goes out at once, and an effect is refused, instead of joining a transaction
+        // that a failure is about to drop.
+        let followUps = capture?.seal() ?? []
+        let added = effects?.seal() ?? []
         if let failure {
             // The call could not run at all (bad arguments, wrong arity): refuse it.
             return reject("cannot run \(call.name): \(failure)", route: route)
@@ -479,8 +479,6 @@ extension SwitchyardActorSystem {
         finished = true
         let (outcomeName, body) = encodeReply(outcome, encoding: envelope.contentType)
         let committed = !threw
-        let followUps = capture?.seal() ?? []
-        let added = effects?.seal() ?? []
         if claimed, let gate = route?.inbox?.writeGate {
             settledLater = await complete(
                 item, held: delivered, route: route, key: key, outcome: outcomeName, body: body,
@@ -608,6 +606,16 @@ extension SwitchyardActorSystem {
             route?.metrics.deadLettered.increment()
             logger.error("dead-lettering a call whose inbox transaction cannot succeed", metadata: ["target": "\(target)", "error": "\(error.message)"])
             deadLetter(item, reason: reason)
+            sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
+            return
+        }
+        if let limit = route?.entry.maxDeliveries, Int(item.attempt) >= limit {
+            // Delivered again, it would be dead-lettered unrun as a poison message, with a reason
+            // (a crashed host) that is not this one.
+            route?.metrics.deadLettered.increment()
+            logger.error(
+                "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+            deadLetter(item, reason: "gave up after \(item.attempt) deliveries (the route's max_deliveries): \(reason)")
             sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
             return
         }
