@@ -181,7 +181,11 @@ struct DeadLetterCommand: ParsableCommand {
                     "request-reply:   the caller waited on \(replyTo) until \(deadline)\(call.isExpired() ? " (passed: replaying it as is dead-letters it again as expired; see dlq replay --fire-and-forget)" : "")"
                 )
             } else {
-                lines.append("fire-and-forget: nobody waits for its result")
+                let deadline =
+                    call.deadlineNanos > 0
+                    ? ", deadline \(formatTime(call.deadlineNanos))\(call.isExpired() ? " (passed: replaying it as is dead-letters it again as expired; see dlq replay --fire-and-forget)" : "")"
+                    : ""
+                lines.append("fire-and-forget: nobody waits for its result\(deadline)")
             }
         }
         for header in m.headers where !header.key.hasPrefix(DeadLetterHeader.prefix) { lines.append("header:          \(header.key): \(header.value)") }
@@ -255,10 +259,10 @@ struct DeadLetterCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Move dead letters back to their original channel, one at a time.",
             discussion: """
-                A request-reply call whose caller's deadline has passed is dead-lettered again as \
-                expired when it arrives (nobody waits for its reply); replay says which ones. \
+                A call whose deadline has passed (a request-reply call's caller stopped waiting) is \
+                dead-lettered again as expired when it arrives; replay says which ones. \
                 --fire-and-forget replays calls without their reply channel and deadline, so the \
-                receiver runs them and discards the result.
+                receiver runs them and discards any result.
                 """)
         @OptionGroup var target: Target
         @OptionGroup var selection: Selection
@@ -278,9 +282,9 @@ struct DeadLetterCommand: ParsableCommand {
             if !expired.isEmpty {
                 printError(
                     """
-                    warning: \(expired.count) of them \(expired.count == 1 ? "is a request-reply call" : "are request-reply calls") whose caller's deadline has passed; \
+                    warning: \(expired.count) of them \(expired.count == 1 ? "is a call" : "are calls") whose deadline has passed; \
                     the receiver will dead-letter them again as expired: \(expired.joined(separator: ", ")). \
-                    Replay them with --fire-and-forget to run them with nobody waiting for the result.
+                    Replay them with --fire-and-forget to run them without a deadline, with nobody waiting for a result.
                     """)
             }
             try DeadLetterCommand.failOnMissing(missing, channel: channel)

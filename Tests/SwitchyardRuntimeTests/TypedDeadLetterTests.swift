@@ -143,4 +143,57 @@ struct TypedDeadLetterTests {
         #expect(await eventually { ledger.count("flaky:b") == 4 })
         await system.shutdown()
     }
+
+    @Test(
+        "a fire-and-forget call made with a deadline and dead-lettered as expired is flagged on replay, and runs with --fire-and-forget (which drops the deadline)"
+    )
+    func expiredFireAndForgetReplay() async throws {
+        let dir = try TemporaryDirectory()
+        let config = dir.file("switchyard.yaml")
+        try """
+        transports:
+          events: { plugin: queue, config: { path: "\(dir.file("events.db"))" } }
+        routes:
+          Alerts.*: { transport: events, mode: fire-and-forget }
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
+        // Sent while nobody hosts the actor; its deadline passes before anyone can run it.
+        try await Switchyard.withCallOptions(CallOptions(deadline: .milliseconds(200))) {
+            try await $Alerts.resolve(id: "alerts", using: system).alert(5)
+        }
+        try await Task.sleep(for: .milliseconds(400))
+        let ledger = Ledger()
+        try system.host("alerts", as: $Alerts.self) { AlertsService(actorSystem: $0, ledger: ledger, group: "g", failures: 0) }
+        func dlq(_ arguments: [String]) async throws -> ProcessResult {
+            try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "events", "--channel", "alerts"])
+        }
+        struct Letter: Decodable { let id: String; let reason: String }
+        func letters() async throws -> [Letter] {
+            (try? JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"]).stdout.utf8))) ?? []
+        }
+        var found: [Letter] = []
+        for _ in 0..<100 where found.isEmpty {
+            found = try await letters()
+            if found.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(found.count == 1 && found.first?.reason.contains("expired") == true, "\(found.map(\.reason))")
+        let show = try await dlq(["show", try #require(found.first).id])
+        #expect(show.stdout.contains("fire-and-forget: nobody waits for its result, deadline ") && show.stdout.contains("(passed: "), "\(show.stdout)")
+
+        // As it is, it would only expire again: replay says so.
+        let replay = try await dlq(["replay", "--all"])
+        #expect(replay.stderr.contains("deadline has passed") && replay.stderr.contains("--fire-and-forget"), "\(replay.stderr)")
+        var back: [Letter] = []
+        for _ in 0..<100 where back.isEmpty {
+            back = try await letters()
+            if back.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(back.count == 1, "the expired call is dead-lettered again")
+        #expect(ledger.count("g:5") == 0, "an expired call is not run")
+        // Without its deadline it runs.
+        let again = try await dlq(["replay", "--all", "--fire-and-forget"])
+        #expect(again.stdout.contains("replayed 1 message as fire-and-forget") && !again.stderr.contains("deadline has passed"), "\(again)")
+        #expect(await eventually { ledger.count("g:5") == 1 })
+        await system.shutdown()
+    }
 }

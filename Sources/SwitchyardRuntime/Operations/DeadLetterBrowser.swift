@@ -105,10 +105,10 @@ public final class DeadLetterBrowser: @unchecked Sendable {
     /// Publishes `letter` to its original channel (without the dead-letter headers, attempt 0),
     /// then removes it from the dead-letter channel. A topic group's dead letter goes out marked
     /// for that group alone (``DeadLetterHeader/replayGroup``): the other groups' receivers drop
-    /// their copies. With `asFireAndForget`, a request-reply
-    /// call goes without its reply channel and deadline (its caller is gone; the receiver runs it
-    /// and discards the result). Returns the call when it was replayed as is although its caller
-    /// stopped waiting: the receiver will dead-letter it again as expired.
+    /// their copies. With `asFireAndForget`, a call goes without its reply channel and deadline
+    /// (a request-reply call's caller is gone; the receiver runs it and discards the result).
+    /// Returns the call when it was replayed as is although its deadline has passed: the receiver
+    /// will dead-letter it again as expired.
     @discardableResult
     public func replay(_ letter: Letter, asFireAndForget: Bool = false) throws(TransportError) -> ExpiredCall? {
         var message = DeadLetter.original(of: letter.message, fallbackChannel: originalChannel)
@@ -126,7 +126,7 @@ public final class DeadLetterBrowser: @unchecked Sendable {
         }
         message.headers = headers
         var expired: ExpiredCall?
-        if let call = ReadableCall(message), call.replyTo != nil {
+        if let call = ReadableCall(message), call.replyTo != nil || call.deadlineNanos > 0 {
             if asFireAndForget {
                 message = Envelope.withoutReply(message)
             } else if call.isExpired() {
@@ -139,13 +139,13 @@ public final class DeadLetterBrowser: @unchecked Sendable {
         return expired
     }
 
-    /// A request-reply call replayed after its caller stopped waiting.
+    /// A call replayed as is after its deadline passed.
     public struct ExpiredCall: Sendable, CustomStringConvertible {
         /// The message id.
         public let id: String
         /// `Interface.method(labels:)`.
         public let target: String
-        /// When its caller stopped waiting (ns since the Unix epoch).
+        /// Its deadline, passed (ns since the Unix epoch).
         public let deadlineNanos: Int64
         /// `ID (Target, deadline TIME)`.
         public var description: String { "\(id) (\(target), deadline \(RFC3339.format(nanos: deadlineNanos)))" }

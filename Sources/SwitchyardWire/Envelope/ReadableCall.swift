@@ -39,10 +39,11 @@ public struct ReadableCall: Sendable {
         }
     }
 
-    /// Whether the caller's deadline has passed (a request-reply call replayed now would be
-    /// refused as expired: nobody waits for its reply any more).
+    /// Whether the call's deadline has passed: replayed as it is, the receiver would dead-letter
+    /// it again as expired (a request-reply call's caller stopped waiting; a fire-and-forget call
+    /// made with a deadline, from an outbox for example, is refused after it too).
     public func isExpired(now: Int64 = WallClock.nowNanos()) -> Bool {
-        replyTo != nil && deadlineNanos > 0 && deadlineNanos < now
+        deadlineNanos > 0 && deadlineNanos < now
     }
 
     private static func json(_ arguments: [UInt8], encoding: ArgumentEncoding) throws -> String {
