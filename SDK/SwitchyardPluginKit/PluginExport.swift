@@ -348,7 +348,13 @@ private enum Thunks {
                 return TransportError(.invalidArgument, "extend: NULL instance or deliveries").write(to: err)
             }
             return InstanceBox.borrow(instance) { transport in
-                leaseNanos?.pointee = transport.leaseNanos
+                if let leaseNanos {
+                    do throws(TransportError) {
+                        leaseNanos.pointee = try transport.leaseNanos
+                    } catch {
+                        return error.write(to: err)
+                    }
+                }
                 guard count > 0 else { return SY_OK }
                 return report(transport.extend(UnsafeBufferPointer(start: deliveries!, count: count)), count: count, statuses: statuses, err: err)
             }

@@ -73,8 +73,10 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// How long a delivery's lease lasts, in ns (ABI 1.6 `extend`'s `out_lease_ns`): a delivery of
     /// a subscription that set no visibility timeout of its own is handed out again after this
     /// long unsettled; 0 when deliveries have no time limit. Read only when
-    /// ``PluginInfo/extendsLeases``. Default: 0.
-    var leaseNanos: Int64 { get }
+    /// ``PluginInfo/extendsLeases``. Default: 0. Throws when the plugin cannot tell now (a
+    /// decorator whose inner transport failed to answer): the host then extends nothing and says
+    /// why, instead of reading "no time limit".
+    var leaseNanos: Int64 { get throws(TransportError) }
 
     /// Extends the leases of `deliveries` (ABI 1.6 `extend`): each one's lease starts again now,
     /// as long as the lease it was handed out with; nothing is delivered and the attempt is not

@@ -95,9 +95,12 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     open func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
         try inner.publish(batch.map { $0.copy() }, settling: delivery, settlement)
     }
-    /// The inner transport's lease (0 when it cannot extend leases: then nothing is extended).
-    /// A decorator offers `extend` (``PluginInfo/extendsLeases``) for the inner transport's sake.
-    open var leaseNanos: Int64 { ((try? inner.leaseNanos()) ?? nil) ?? 0 }
+    /// The inner transport's lease (0 when it cannot extend leases: then nothing is extended);
+    /// its error when it could not answer. A decorator offers `extend`
+    /// (``PluginInfo/extendsLeases``) for the inner transport's sake.
+    open var leaseNanos: Int64 {
+        get throws(TransportError) { try inner.leaseNanos() ?? 0 }
+    }
     /// Straight through to the inner transport, whose deliveries these are.
     open func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
         do throws(TransportError) {

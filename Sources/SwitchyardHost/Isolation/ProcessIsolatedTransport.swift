@@ -292,14 +292,18 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         return results
     }
 
-    /// The child's plugin's lease, asked once (a restarted child runs the same config).
+    /// The child's plugin's lease, asked once it answers (a restarted child runs the same
+    /// config); the error while the child cannot answer.
     var leaseNanos: Int64 {
-        if let known = lock.withLock({ state.leaseNanos }) { return known }
-        var payload = WireWriter()
-        payload.integer(UInt32(0))
-        guard var reply = try? call(.extend, payload.bytes, operation: "extend"), let lease: Int64 = try? reply.integer("lease") else { return 0 }
-        lock.withLock { state.leaseNanos = lease }
-        return lease
+        get throws(TransportError) {
+            if let known = lock.withLock({ state.leaseNanos }) { return known }
+            var payload = WireWriter()
+            payload.integer(UInt32(0))
+            var reply = try call(.extend, payload.bytes, operation: "extend")
+            let lease: Int64 = try reply.integer("lease")
+            lock.withLock { state.leaseNanos = lease }
+            return lease
+        }
     }
 
     /// One `extend` request per child the deliveries came from (they stay the subscriber's to
