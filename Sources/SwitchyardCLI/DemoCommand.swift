@@ -7,7 +7,8 @@ import SwitchyardAdmin
 import SwitchyardConfig
 import SwitchyardRuntime
 
-/// `switchyard demo`: the orders example end to end, on the embedded default or another config.
+/// `switchyard demo`: the orders example end to end, on its own config (the embedded SQLite store)
+/// or another one.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
@@ -24,7 +25,7 @@ struct DemoCommand: AsyncParsableCommand {
             for the console, /metrics for Prometheus. SIGTERM or Ctrl-C drains and exits 0.
             """)
 
-    @Option(help: ArgumentHelp("The routing to run with (default: the embedded one).", valueName: "file"))
+    @Option(help: ArgumentHelp("The routing to run with (default: the example's switchyard.yaml, on the embedded SQLite store).", valueName: "file"))
     var config: String?
 
     @Option(help: "How many orders to place.")
