@@ -4,14 +4,47 @@ import SwitchyardHost
 import SwitchyardTransportKit
 import SwitchyardWire
 
-/// Envelope ids whose dead-lettering this runtime is doing itself right now (it has answered the
-/// caller and logged it already), so that the transport's report of the same dead letter is not
-/// answered twice. An id is only here for the duration of one `settle` call.
+/// Envelope ids whose dead-lettering this runtime did itself (it has answered the caller and
+/// logged it already), so that the transport's report of the same dead letter is not answered
+/// twice. An id stays for the `settle` call and `graceNanos` after it: a transport may report the
+/// dead letter after `settle` returned (a plugin in a child process reports it over the socket,
+/// read by another thread).
 final class AnsweredDeadLetters: Sendable {
-    private let ids = Guarded<Set<String>>([])
-    func insert(_ id: String) { _ = ids.withLock { $0.insert(id) } }
-    func remove(_ id: String) { _ = ids.withLock { $0.remove(id) } }
-    func contains(_ id: String) -> Bool { ids.withLock { $0.contains(id) } }
+    /// How long an id is remembered after its `settle` returned.
+    let graceNanos: Int64
+    /// Each id: `Int64.max` while its settlement runs, else when it returned (monotonic).
+    private let ids = Guarded<(ids: [String: Int64], pruneAbove: Int)>(([:], 64))
+
+    init(graceNanos: Int64 = 10_000_000_000) { self.graceNanos = graceNanos }
+
+    /// Its settlement starts.
+    func begin(_ id: String) {
+        let now = monotonicNanoseconds()
+        ids.withLock { state in
+            state.ids[id] = .max
+            // Forgotten in sweeps, each once the map has doubled since the last: amortized O(1).
+            guard state.ids.count > state.pruneAbove else { return }
+            state.ids = state.ids.filter { $0.value == .max || now - $0.value < graceNanos }
+            state.pruneAbove = max(64, state.ids.count * 2)
+        }
+    }
+
+    /// Its settlement returned: remembered for `graceNanos` more.
+    func end(_ id: String) {
+        let now = monotonicNanoseconds()
+        ids.withLock { state in
+            if state.ids[id] != nil { state.ids[id] = now }
+        }
+    }
+
+    /// How many ids are kept (swept or not yet).
+    var count: Int { ids.withLock { $0.ids.count } }
+
+    /// Whether the runtime dead-lettered `id` itself, now or within `graceNanos`.
+    func contains(_ id: String) -> Bool {
+        guard let at = ids.withLock({ $0.ids[id] }) else { return false }
+        return at == .max || monotonicNanoseconds() - at < graceNanos
+    }
 }
 
 /// Dead letters reported since the system started, by dead-letter channel and the transport that
@@ -39,8 +72,8 @@ extension SwitchyardActorSystem {
     /// Dead-letters a delivery the runtime itself gave up on (it has answered the caller and
     /// logged it): the transport's report of it is then not answered again.
     func deadLetter(_ item: Inbound, reason: String) {
-        answeredDeadLetters.insert(item.envelope.id)
-        defer { answeredDeadLetters.remove(item.envelope.id) }
+        answeredDeadLetters.begin(item.envelope.id)
+        defer { answeredDeadLetters.end(item.envelope.id) }
         do throws(TransportError) {
             try item.transport.client.settle(item.delivery, .deadLetter(reason: reason))
         } catch {

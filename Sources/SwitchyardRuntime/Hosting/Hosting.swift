@@ -118,9 +118,9 @@ extension SwitchyardActorSystem {
                 server.logger.warning(what, metadata: ["channel": "\(hosted.id.name)", "reason": "\(reason)"])
                 system?.replyToUnreadCall(message, on: transport, channel: hosted.id.name, error: error)
                 let id = CallSummary(message).id ?? ""
-                system?.answeredDeadLetters.insert(id)
+                system?.answeredDeadLetters.begin(id)
                 try? client.settle(delivery, .deadLetter(reason: deadLetter))
-                system?.answeredDeadLetters.remove(id)
+                system?.answeredDeadLetters.end(id)
                 return .settled
             }
             if fanOut, message.headerCount > 0, let group = message.header(DeadLetterHeader.replayGroup), group != hosted.id.group {
