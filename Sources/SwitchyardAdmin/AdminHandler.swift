@@ -27,7 +27,7 @@ struct AdminHandler: HTTPHandler {
         ("/api/dead-letters/TRANSPORT/CHANNEL", "a channel's dead letters, decoded; POST …/replay or …/purge with {\"ids\": [...]} or {\"all\": true}"),
         (
             "/api/call",
-            "POST {\"target\": \"Interface.method\", \"actor\": \"id\", \"arguments\": [JSON, …]}: a call by readable name (routes with readable_targets), or a native module's function; needs the token"
+            "POST {\"target\": \"Interface.method\", \"actor\": \"id\", \"arguments\": [JSON, …], \"headers\": {\"name\": \"value\"}}: a call by readable name (routes with readable_targets), or a native module's function; needs the token"
         ),
         ("/", "the console: route map, rates, depths, dead letters, a call form"),
     ]
@@ -75,6 +75,8 @@ struct AdminHandler: HTTPHandler {
         var target: String
         var actor: String?
         var arguments: [JSONValue]?
+        /// The call's headers (``CallOptions/headers``).
+        var headers: [String: String]?
     }
 
     /// `POST /api/call` (JSON) and the console's call form (`POST /call`): a hosted method by its
@@ -103,6 +105,8 @@ struct AdminHandler: HTTPHandler {
         if !form && (interface.isEmpty || call.target.dropFirst(interface.count + 1).prefix(while: { $0 != "(" }).isEmpty) {
             return Self.json(.badRequest, ["error": "target '\(call.target)': name a method as Interface.method (Inventory.reserve) or Interface.method(labels:)"])
         }
+        let options = CallOptions(headers: call.headers ?? [:])
+        if !form, let problem = options.problem { return Self.json(.badRequest, ["error": problem]) }
         let native = system.servesNatively(interface)
         // A native module is served under its interface's name; a Swift service under its id.
         let actor = native ? interface : (call.actor?.isEmpty == false ? call.actor : nil) ?? interface.prefix(1).lowercased() + interface.dropFirst()
@@ -113,10 +117,12 @@ struct AdminHandler: HTTPHandler {
                 let texts = (call.arguments ?? []).map(\.json).map { json in
                     (try? JSONSerialization.jsonObject(with: Data(json.utf8), options: [.fragmentsAllowed])) as? String ?? json
                 }
-                let result = try await system.callNative(call.target, texts: texts)
+                let result = try await Switchyard.withCallOptions(options) { try await system.callNative(call.target, texts: texts) }
                 outcome = (.ok, result.jsonText)
             } else {
-                let result = try await system.callReadable(call.target, actor: actor, argumentsJSON: (call.arguments ?? []).map(\.json))
+                let result = try await Switchyard.withCallOptions(options) {
+                    try await system.callReadable(call.target, actor: actor, argumentsJSON: (call.arguments ?? []).map(\.json))
+                }
                 outcome = (.ok, result.isEmpty ? "null" : result)
             }
         } catch let error as SwitchyardError {

@@ -19,6 +19,11 @@ struct CallCommand: AsyncParsableCommand {
             route with readable_targets: true and encoding: json, each argument is JSON (a string is \
             quoted: '"widget"') and --actor names the actor (default: the interface, first letter \
             lowercased); the result prints as JSON.
+            --header NAME=VALUE adds a header to a routed call, as CallOptions(headers:) does in Swift.
+            On a fire-and-forget route the call returns once its transport has it; through a \
+            transport that keeps messages in this command's memory it would reach no host, so it \
+            is refused (the bundled queue or topic without a path) or warned about (a plugin that \
+            is not durable).
             switchyard call --native LIB.so --symbol NAME --signature 'SIG' ARG...   calls one \
             exported function directly, for trying a module out.
             A bad signature, module, symbol, route or argument exits 1 with the reason.
@@ -32,6 +37,13 @@ struct CallCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("For a Swift method: the actor id to call (default: the interface, first letter lowercased).", valueName: "id"))
     var actor: String?
+
+    @Option(
+        name: .customLong("header"),
+        help: ArgumentHelp(
+            "A header for a routed call, NAME=VALUE (repeatable): what CallOptions(headers:) sets, on the wire as ce-NAME.",
+            valueName: "name=value"))
+    var headers: [String] = []
 
     @Option(help: ArgumentHelp("Call one function of this native module directly.", valueName: "lib.so"))
     var native: String?
@@ -96,6 +108,7 @@ struct CallCommand: AsyncParsableCommand {
 
     private func callDirectly(_ library: String, _ arguments: [String]) throws {
         guard let symbol, let signature else { throw NativeCallError("--native needs --symbol and --signature") }
+        guard headers.isEmpty else { throw NativeCallError("--header is for a routed call (--config); a function called with --native gets only its arguments") }
         let parsed = try parse(signature)
         let values = try parsed.values(parsing: arguments, name: symbol)
         let function = try NativeFunction(library: try NativeLibrary(path: library), symbol: symbol, signature: parsed, free: free)
@@ -129,7 +142,7 @@ struct CallCommand: AsyncParsableCommand {
         let system = try startSystem(config: parsed, pluginDirectories: pluginDirectories, logger: logger)
         do {
             // Typed by the signature in the config when the function is declared there.
-            let result = try await system.callNative(route, texts: Array(arguments.dropFirst()))
+            let result = try await routed(route, config: parsed, system: system) { try await system.callNative(route, texts: Array(arguments.dropFirst())) }
             await system.shutdown(deadline: .seconds(2))
             if result != .void { print(result) }
         } catch {
@@ -153,24 +166,33 @@ struct CallCommand: AsyncParsableCommand {
     /// messages in memory (the bundled queue or topic without a path) or is not durable (a
     /// plugin of one's own that may keep them in memory); nil otherwise.
     static func timedOutInProcess(_ error: any Error, route: String, config: SwitchyardConfig, system: SwitchyardActorSystem) -> TimedOutInProcess? {
-        guard let error = error as? SwitchyardError, error.code == .timeout else { return nil }
+        guard let error = error as? SwitchyardError, error.code == .timeout,
+            let inProcess = inProcess(route: route, config: config, system: system)
+        else { return nil }
+        return TimedOutInProcess(error: error, note: "(\(inProcess.note))", certain: inProcess.certain)
+    }
+
+    /// Why a call from this command through `route`'s transport reaches no host elsewhere, when
+    /// it does not (`certain`: the bundled queue or topic without a path) or may not (a plugin
+    /// that is not durable); nil for a durable transport.
+    static func inProcess(route: String, config: SwitchyardConfig, system: SwitchyardActorSystem) -> (note: String, certain: Bool)? {
         guard let entry = routeEntry(in: config, target: route),
             let transport = system.overview().transports.first(where: { $0.name == entry.transport })
         else { return nil }
         let instead = "call through the running host's admin endpoint instead (POST /api/call, docs/operations.md)"
         if transport.engine == "memory" {
-            return TimedOutInProcess(
-                error: error,
-                note: "(transport '\(transport.name)' keeps its messages in the memory of the process that creates it, here this command: "
-                    + "no host in another process can read the call. Give it a path: (a store both processes open), or \(instead))",
-                certain: true)
+            return (
+                "transport '\(transport.name)' keeps its messages in the memory of the process that creates it, here this command: "
+                    + "no host in another process can read the call. Give it a path: (a store both processes open), or \(instead)",
+                true
+            )
         }
         guard !transport.capabilities.contains("durable") else { return nil }
-        return TimedOutInProcess(
-            error: error,
-            note: "(transport '\(transport.name)' (\(transport.chain.joined(separator: " → "))) is not durable: if its plugin keeps messages in "
-                + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead))",
-            certain: false)
+        return (
+            "transport '\(transport.name)' (\(transport.chain.joined(separator: " → "))) is not durable: if its plugin keeps messages in "
+                + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead)",
+            false
+        )
     }
 
     /// The route entry a call to `interface.method` takes (first exact, then `Interface.*`, then `*`).
@@ -202,14 +224,43 @@ struct CallCommand: AsyncParsableCommand {
         let system = try startSystem(config: config, pluginDirectories: pluginDirectories, logger: logger)
         let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
         do {
-            let result = try await system.callReadable(target, actor: id, argumentsJSON: arguments)
+            let result = try await routed(target, config: config, system: system) { try await system.callReadable(target, actor: id, argumentsJSON: arguments) }
             await system.shutdown(deadline: .seconds(2))
             if !result.isEmpty && result != "null" { print(result) }
-        } catch let error as SwitchyardError {
+        } catch {
             let inProcess = Self.timedOutInProcess(error, route: target, config: config, system: system)
             await system.shutdown(deadline: .seconds(2))
             throw inProcess ?? error
         }
+    }
+
+    /// The call's options: `--header`s.
+    private func callOptions() throws(NativeCallError) -> CallOptions {
+        var parsed: [String: String] = [:]
+        for header in headers {
+            guard let equals = header.firstIndex(of: "="), equals != header.startIndex else {
+                throw NativeCallError("--header '\(header)': give NAME=VALUE, e.g. --header priority=9")
+            }
+            parsed[String(header[..<equals])] = String(header[header.index(after: equals)...])
+        }
+        return CallOptions(headers: parsed)
+    }
+
+    /// Runs `call` with the call's options; for a fire-and-forget route through a transport that
+    /// keeps its messages in this process, refuses before sending (memory) or warns after (a
+    /// plugin that is not durable): the call would reach no host once this command exits.
+    private func routed<R>(
+        _ target: String, config: SwitchyardConfig, system: SwitchyardActorSystem, _ call: () async throws -> R
+    ) async throws -> R {
+        let options = try callOptions()
+        let fireAndForget = Self.routeEntry(in: config, target: target)?.mode == .fireAndForget
+        let inProcess = fireAndForget ? Self.inProcess(route: target, config: config, system: system) : nil
+        if let inProcess, inProcess.certain {
+            throw NativeCallError("'\(target)' is fire-and-forget, and nothing was sent: \(inProcess.note)")
+        }
+        let result = try await Switchyard.withCallOptions(options) { try await call() }
+        if let inProcess { printError("warning: sent, but \(inProcess.note)") }
+        return result
     }
 
     private func parse(_ signature: String) throws(NativeCallError) -> NativeSignature {

@@ -356,6 +356,10 @@ struct AdminEndpointTests {
         #expect(noMethod.0 == 400 && noMethod.1.contains("Interface.method"), "\(noMethod)")
         // A target nothing routes: 404.
         #expect(try await call(#"{"target": "Nowhere.go", "arguments": []}"#).0 == 404)
+        // Headers ride along (CallOptions(headers:)); a name CloudEvents cannot carry is the request's mistake.
+        #expect(try await call(#"{"target": "Ledger.debit", "arguments": [1], "headers": {"tenant": "acme"}}"#) == (200, #"{"result":99}"#))
+        let badHeader = try await call(#"{"target": "Ledger.debit", "arguments": [1], "headers": {"Tenant": "acme"}}"#)
+        #expect(badHeader.0 == 400 && badHeader.1.contains("not a CloudEvents extension name"), "\(badHeader)")
         await running.stop()
     }
 

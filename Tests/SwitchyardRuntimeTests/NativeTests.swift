@@ -164,6 +164,13 @@ struct NativeTests {
         var answered: ProcessResult?
         for _ in 0..<10 where answered?.status != 0 { answered = try await run(BuildProducts.switchyard, call) }
         #expect(answered?.status == 0 && answered?.stdout == "42\n", "\(answered.map { "\($0.stdout)\($0.stderr)" } ?? "")")
+        // --header gives the call a header (CallOptions(headers:)); a malformed one is refused.
+        let withHeader = try await run(BuildProducts.switchyard, call.dropLast(3) + ["--header", "tenant=acme", "Math.add", "40", "2"])
+        #expect(withHeader.status == 0 && withHeader.stdout == "42\n", "\(withHeader.stdout)\(withHeader.stderr)")
+        let noValue = try await run(BuildProducts.switchyard, call.dropLast(3) + ["--header", "tenant", "Math.add", "40", "2"])
+        #expect(noValue.status == 1 && noValue.stderr.contains("give NAME=VALUE"), "\(noValue.stderr)")
+        let badName = try await run(BuildProducts.switchyard, call.dropLast(3) + ["--header", "Tenant=acme", "Math.add", "40", "2"])
+        #expect(badName.status == 1 && badName.stderr.contains("not a CloudEvents extension name"), "\(badName.stderr)")
         // Once the store exists, a call that times out says nothing of it.
         kill(host.processIdentifier, SIGTERM)
         host.waitUntilExit()
@@ -180,6 +187,17 @@ struct NativeTests {
         #expect(memory.status == 1 && memory.stderr.contains("no reply within"), "\(memory.stderr)")
         #expect(memory.stderr.contains("transport 'q' keeps its messages in the memory of the process that creates it"), "\(memory.stderr)")
         #expect(memory.stderr.contains("POST /api/call"), "\(memory.stderr)")
+
+        // Fire-and-forget through it: nothing would wait to say the call went nowhere, so it is
+        // refused before anything is sent.
+        let fireAndForget = directory.file("memory-ff.yaml")
+        try String(contentsOfFile: inMemory, encoding: .utf8)
+            .replacingOccurrences(of: "Math.*: { transport: q, deadline: 2s }", with: "Math.*: { transport: q, mode: fire-and-forget }")
+            .replacingOccurrences(of: "add: { symbol: add_i32, signature: \"i32(i32, i32)\" }", with: "touch: { signature: \"void()\" }")
+            .write(toFile: fireAndForget, atomically: true, encoding: .utf8)
+        let lost = try await run(BuildProducts.switchyard, ["call", "--config", fireAndForget, "--plugins-dir", BuildProducts.directory, "Math.touch"])
+        #expect(lost.status == 1 && lost.stderr.contains("is fire-and-forget, and nothing was sent"), "\(lost.stdout)\(lost.stderr)")
+        #expect(lost.stderr.contains("keeps its messages in the memory of the process that creates it"), "\(lost.stderr)")
     }
 
     /// A system serving the fixture as native module `Math` with `routes`.

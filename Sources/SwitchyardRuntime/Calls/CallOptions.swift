@@ -59,7 +59,7 @@ public struct CallOptions: Sendable, Hashable {
     ]
 
     /// What is wrong with these options, for a person; nil when nothing is.
-    var problem: String? {
+    package var problem: String? {
         if let deadline, deadline <= .zero { return "call option deadline must be positive (got \(deadline))" }
         if let delay, delay < .zero { return "call option delay must not be negative (got \(delay))" }
         if let key = idempotencyKey, let problem = Envelope.idempotencyKeyProblem(byteCount: key.utf8.count) {
