@@ -80,6 +80,7 @@ struct RouteConfigTests {
                 "retries failed calls with its own policy (transport 'retrying', plugin retry): keep one"
             ),
             ("Orders.place: { transport: t }", "routes.Orders.place.transport", "set mode: fire-and-forget"),
+            ("Orders.place: { transport: q, mode: fire-and-forget, deadline: 1s }", "routes.Orders.place.deadline", "set the call's own deadline (CallOptions(deadline:)"),
             ("Orders.place: { transport: direct, delay: 1s }", "routes.Orders.place.delay", "needs a transport"),
             ("Orders.place: { transport: direct, max_deliveries: 5 }", "routes.Orders.place.max_deliveries", "needs a transport"),
             ("Orders.place: { transport: direct, prefetch: 50 }", "routes.Orders.place.prefetch", "needs a transport"),

@@ -66,6 +66,12 @@ final class Route: Sendable {
             }
         } else {
             guard let transport = transports?[entry.transport] else { throw fail(.transport, "no transport named '\(entry.transport)'") }
+            if entry.mode == .fireAndForget && entry.sets(.deadline) {
+                throw fail(
+                    .deadline,
+                    "a fire-and-forget call has no caller waiting, so a route's deadline never applies to it; for calls that must run by a time, "
+                        + "set the call's own deadline (CallOptions(deadline:), docs/services.md): a call still queued then is dead-lettered as expired")
+            }
             self.transport = transport
             let capabilities = transport.chainCapabilities
             self.capabilities = capabilities
