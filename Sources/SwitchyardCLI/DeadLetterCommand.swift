@@ -41,6 +41,13 @@ struct DeadLetterCommand: ParsableCommand {
                 """)
         var limit = DeadLetterBrowser.defaultLimit
 
+        /// Set when the transport is not durable: what to say where no dead letter was found.
+        let notDurable = Guarded<String?>(nil)
+
+        enum CodingKeys: CodingKey {
+            case search, transport, channel, limit
+        }
+
         func validate() throws {
             if limit < 1 { throw ValidationError("--limit must be at least 1") }
         }
@@ -69,6 +76,15 @@ struct DeadLetterCommand: ParsableCommand {
                         + "or give the transport a path: to make it durable")
             }
             let chain = target.chainCapabilities
+            if !chain.contains(.durable) {
+                // A plugin that is not durable may keep them in memory too: an empty list here
+                // need not mean the running host holds none.
+                let note =
+                    "transport '\(transport)' (\(target.chainDescription)) is not durable: if its plugin keeps messages in memory, "
+                    + "its dead letters live only in the process that runs it; read them through that process's admin endpoint "
+                    + "(GET /api/dead-letters/\(transport)/\(channel), or the console's dead-letter page)"
+                notDurable.withLock { $0 = note }
+            }
             guard chain.contains(.deadLetter) else {
                 throw CommandFailure(
                     "transport '\(transport)' has no dead-letter support (capabilities: \(chain)): it keeps no dead letters to list. Pass the transport that "
@@ -119,6 +135,7 @@ struct DeadLetterCommand: ParsableCommand {
                 } else if rows.isEmpty {
                     // A mistyped channel reads the same as an empty one: say what a channel is.
                     print("No dead letters on \(held.channel). (A channel is the id an actor is hosted under, e.g. 'payments'.)")
+                    if let note = target.notDurable.withLock({ $0 }) { printError("note: \(note)") }
                 } else {
                     print(table(["ID"] + (showGroups ? ["GROUP"] : []) + ["CALL / CHANNEL", "ATTEMPTS", "DEAD-LETTERED", "REASON"], rows))
                 }

@@ -98,6 +98,7 @@ public struct ConformanceSuite: Sendable {
         for check in Self.checks where names.isEmpty || names.contains(check.name) {
             let result: ConformanceResult
             if let cannotCreate {
+                // The reason is in the failure of the check that met it: said once, not per check.
                 result = ConformanceResult(name: check.name, outcome: .skipped("not run: no instance could be created (\(cannotCreate))"), seconds: 0)
             } else if !capabilities.isSuperset(of: check.requires) {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(capabilities))"), seconds: 0)
@@ -135,7 +136,7 @@ public struct ConformanceSuite: Sendable {
                     }
                 }
                 result = ConformanceResult(name: check.name, outcome: outcome, seconds: Date().timeIntervalSince(started), note: context.noted)
-                cannotCreate = context.cannotCreate.withLock { $0 }
+                if context.cannotCreate.withLock({ $0 }) != nil { cannotCreate = "see '\(check.name)' above" }
             }
             progress(result)
             results.append(result)

@@ -503,6 +503,9 @@ enum StandardChecks {
             "\(ids.count) deliveries of \(Set(ids).count) distinct messages; expected each of 60 once")
         let attempts = Set(inbox.received.map(\.message.attempt))
         try c.expect(attempts == [1], "a message not taken from a batch came back with attempts \(attempts.sorted()), expected 1")
+        if calls.withLock({ $0.allSatisfy { $0 < 2 } }) {
+            c.note("the plugin never handed over two or more messages at once (deliver_batch unused): partial acceptance not exercised")
+        }
     }
 
     static let settleBatch = ConformanceCheck(
