@@ -24,17 +24,22 @@ import Tracing
 /// }
 /// ```
 ///
-/// A process hosts implementations with ``host(_:group:as:_:)``; callers resolve the protocol and
+/// A process hosts implementations with ``host(_:as:make:)``; callers resolve the protocol and
 /// call it: `try await $Orders.resolve(id: "orders", using: system).place(order)`, or
 /// `let orders: any Orders = try system.resolve("orders", $Orders.self)`, which also takes the
 /// direct fast path to a local actor. Start it with ``init(configPath:pluginDirectories:logger:)``
 /// and stop it with ``shutdown(deadline:)`` (or run it as a swift-service-lifecycle `Service`,
 /// which drains on SIGTERM).
 public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
+    /// An actor's id: its name (the channel its calls travel on) and topic subscriber group.
     public typealias ActorID = SwitchyardActorID
+    /// Records a call's arguments for the `Distributed` runtime.
     public typealias InvocationEncoder = SwitchyardInvocationEncoder
+    /// Hands a received call's arguments to the `Distributed` runtime.
     public typealias InvocationDecoder = SwitchyardInvocationDecoder
+    /// Receives a hosted handler's return value or error.
     public typealias ResultHandler = SwitchyardResultHandler
+    /// Arguments, results and registered errors are `Codable`.
     public typealias SerializationRequirement = any Codable
 
     /// The system's logger (label `switchyard.runtime`).
@@ -156,7 +161,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
 
     // MARK: Identity
 
-    /// The id the next actor created in this task gets (see ``host(_:group:as:_:)``).
+    /// The id the next actor created in this task gets (see ``host(_:as:make:)``).
     @TaskLocal static var assigning: ActorID?
 
     /// The id from ``host(_:as:make:)`` (a task-local), or a fresh unique one.

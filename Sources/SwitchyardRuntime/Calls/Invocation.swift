@@ -20,12 +20,14 @@ public struct SwitchyardActorID: Hashable, Sendable, Codable, ExpressibleByStrin
     /// `"orders"` as an id.
     public init(stringLiteral name: String) { self.init(name) }
 
+    /// `name`, or `name[group]` with a group.
     public var description: String { group.isEmpty ? name : "\(name)[\(group)]" }
 }
 
 /// Records one call's arguments as they are passed; they are encoded once the route (and with
 /// it the encoding) is known, or handed over unencoded to a local actor on a direct route.
 public struct SwitchyardInvocationEncoder: DistributedTargetInvocationEncoder {
+    /// Arguments and results are `Codable`.
     public typealias SerializationRequirement = any Codable
 
     /// One recorded argument.
@@ -74,6 +76,7 @@ private struct AnyEncodable: Encodable {
 /// Hands a call's arguments to `executeDistributedTarget`: decoded from an envelope, or passed
 /// through as values for a call that never left the process.
 public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
+    /// Arguments and results are `Codable`.
     public typealias SerializationRequirement = any Codable
 
     enum Arguments {
@@ -183,6 +186,7 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
 /// Collects how an executed call ended; the runtime encodes and delivers it afterwards.
 public final class SwitchyardResultHandler: DistributedTargetInvocationResultHandler, @unchecked Sendable {
     // @unchecked: written once by executeDistributedTarget, read after it returns, in one task.
+    /// Arguments and results are `Codable`.
     public typealias SerializationRequirement = any Codable
 
     enum Outcome {

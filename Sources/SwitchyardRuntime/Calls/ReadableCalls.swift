@@ -10,7 +10,7 @@ extension SwitchyardActorSystem {
     /// The route must set `readable_targets` and `encoding: json`, and have a transport: the
     /// receiver maps the name to its hosted protocol's own method (never to one named on the
     /// wire) and decodes the arguments by that method's parameter types. Returns the result as
-    /// JSON text (`null` for `Void`), or "" for a fire-and-forget route. Errors: `.routing` before
+    /// JSON text, or "" for a `Void` method and a fire-and-forget route. Errors: `.routing` before
     /// anything is sent (no route, a direct route, a route without `readable_targets`, an argument
     /// that is not JSON); `.rejected` from the receiver (no such method, wrong arguments, a
     /// refused source); and those of any call.

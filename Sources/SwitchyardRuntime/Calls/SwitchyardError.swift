@@ -48,6 +48,7 @@ public struct SwitchyardError: Error, Codable, Hashable, Sendable, CustomStringC
         /// docs/configuration.md); nothing was sent.
         public static let limitExceeded = Code("limitExceeded")
 
+        /// The code's name, as in `.timeout`.
         public var description: String { name }
 
         /// Decodes a code by its name; a name this version does not know stays as it is.
@@ -132,6 +133,7 @@ public struct SwitchyardError: Error, Codable, Hashable, Sendable, CustomStringC
         SwitchyardError(.limitExceeded, target: target, reason: reason)
     }
 
+    /// The error for a person: what happened to the call to its target, and why.
     public var description: String {
         switch code {
         case .remote: "remote \(remoteType ?? "error"): \(reason)"
