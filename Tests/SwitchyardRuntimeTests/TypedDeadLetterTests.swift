@@ -31,6 +31,19 @@ distributed actor AlertsService: Alerts {
 /// `switchyard dlq` on typed calls: a dead-lettered call shown decoded and replayed.
 @Suite("switchyard dlq on typed calls")
 struct TypedDeadLetterTests {
+    /// `yaml` written as the config file in `dir`, and a system started from it.
+    static func start(_ yaml: String, in dir: TemporaryDirectory) async throws -> (config: String, system: SwitchyardActorSystem) {
+        let config = dir.file("switchyard.yaml")
+        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
+        return (config, system)
+    }
+
+    /// `switchyard dlq ARGUMENTS` on `channel` of `transport` in `config`.
+    static func dlq(_ arguments: [String], config: String, transport: String, channel: String) async throws -> ProcessResult {
+        try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", transport, "--channel", channel])
+    }
+
     @Test(
         "a topic group's dead letter, replayed, runs again in that group only: the groups that handled it drop their copies",
         arguments: ["audit", ""])
@@ -58,9 +71,7 @@ struct TypedDeadLetterTests {
             }
         }
         try await $Alerts.resolve(id: "alerts", using: system).alert(7)
-        func dlq(_ arguments: [String]) async throws -> ProcessResult {
-            try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "events", "--channel", "alerts"])
-        }
+        func dlq(_ arguments: [String]) async throws -> ProcessResult { try await Self.dlq(arguments, config: config, transport: "events", channel: "alerts") }
         struct Letter: Decodable { let id: String; let group: String? }
         var letters: [Letter] = []
         for _ in 0..<50 where letters.isEmpty {
@@ -91,23 +102,20 @@ struct TypedDeadLetterTests {
     )
     func typedCallDeadLetter() async throws {
         let dir = try TemporaryDirectory()
-        let config = dir.file("switchyard.yaml")
-        try """
-        transports:
-          orders: { plugin: queue, config: { path: "\(dir.file("orders.db"))", dead_letter_suffix: ".dead" } }
-        routes:
-          Shop.*: { transport: orders, deadline: 15s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
+        let (config, system) = try await Self.start(
+            """
+            transports:
+              orders: { plugin: queue, config: { path: "\(dir.file("orders.db"))", dead_letter_suffix: ".dead" } }
+            routes:
+              Shop.*: { transport: orders, deadline: 15s, retry: { max_attempts: 2, initial_delay: 1ms, jitter: none } }
+            """, in: dir)
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: system)
         let called = ContinuousClock.now
         await #expect(throws: SwitchyardError.self) { _ = try await shop.flaky("b", failures: 100) }
         #expect(ledger.count("flaky:b") == 2)
-        func dlq(_ arguments: [String]) async throws -> ProcessResult {
-            try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "orders", "--channel", "shop"])
-        }
+        func dlq(_ arguments: [String]) async throws -> ProcessResult { try await Self.dlq(arguments, config: config, transport: "orders", channel: "shop") }
         struct Letter: Decodable { let id: String; let call, arguments: String?; let attempts: Int }
         let letters = try JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"]).stdout.utf8))
         let letter = try #require(letters.first)
@@ -149,14 +157,13 @@ struct TypedDeadLetterTests {
     )
     func expiredFireAndForgetReplay() async throws {
         let dir = try TemporaryDirectory()
-        let config = dir.file("switchyard.yaml")
-        try """
-        transports:
-          events: { plugin: queue, config: { path: "\(dir.file("events.db"))" } }
-        routes:
-          Alerts.*: { transport: events, mode: fire-and-forget }
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let system = try await offPool { try SwitchyardActorSystem(configPath: config, pluginDirectories: [BuildProducts.directory]) }
+        let (config, system) = try await Self.start(
+            """
+            transports:
+              events: { plugin: queue, config: { path: "\(dir.file("events.db"))" } }
+            routes:
+              Alerts.*: { transport: events, mode: fire-and-forget }
+            """, in: dir)
         // Sent while nobody hosts the actor; its deadline passes before anyone can run it.
         try await Switchyard.withCallOptions(CallOptions(deadline: .milliseconds(200))) {
             try await $Alerts.resolve(id: "alerts", using: system).alert(5)
@@ -164,9 +171,7 @@ struct TypedDeadLetterTests {
         try await Task.sleep(for: .milliseconds(400))
         let ledger = Ledger()
         try system.host("alerts", as: $Alerts.self) { AlertsService(actorSystem: $0, ledger: ledger, group: "g", failures: 0) }
-        func dlq(_ arguments: [String]) async throws -> ProcessResult {
-            try await run(BuildProducts.switchyard, ["dlq"] + arguments + ["--config", config, "--transport", "events", "--channel", "alerts"])
-        }
+        func dlq(_ arguments: [String]) async throws -> ProcessResult { try await Self.dlq(arguments, config: config, transport: "events", channel: "alerts") }
         struct Letter: Decodable { let id: String; let reason: String }
         func letters() async throws -> [Letter] {
             (try? JSONDecoder().decode([Letter].self, from: Data(try await dlq(["list", "--json"]).stdout.utf8))) ?? []
