@@ -83,12 +83,36 @@ public final class DelayScheduler: @unchecked Sendable {
         thread.start()
     }
 
-    /// Messages held now.
+    /// Messages held now: in memory, this scheduler's; durably, the file's — every process that
+    /// shares it holds and forwards from it, and each one's heap knows only what it loaded at
+    /// start and held since. Counted on a connection of its own at most every max(100 ms, twenty
+    /// times the count's own time), the last count standing in between (a metrics reporter asks
+    /// four times a second).
     public var heldCount: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return heap.count
+        guard let path else {
+            condition.lock()
+            defer { condition.unlock() }
+            return heap.count
+        }
+        return fileCount.withLock { state in
+            let started = monotonicNanoseconds()
+            guard started >= state.refreshAt else { return state.value }
+            do throws(TransportError) {
+                if state.connection == nil { state.connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }
+                var count = 0
+                _ = try state.connection!.run("SELECT COUNT(*) FROM held") { row in count = Int(row.int(0)) }
+                state.value = count
+                state.refreshAt = started + max(100_000_000, 20 * (monotonicNanoseconds() - started))
+            } catch {
+                state.connection = nil  // opened again next time; the last count stands meanwhile
+                state.refreshAt = started + 100_000_000
+            }
+            return state.value
+        }
     }
+
+    /// The durable store's last count of held messages (``heldCount``).
+    private let fileCount = Guarded<(connection: SQLiteDatabase?, value: Int, refreshAt: Int64)>((nil, 0, 0))
 
     /// Holds `message` until its `deliverAtNanos`. Returns once it is held (committed, durably).
     public func hold(_ message: Message) throws(TransportError) {
@@ -236,6 +260,7 @@ public final class DelayScheduler: @unchecked Sendable {
         while !done { condition.wait() }
         condition.unlock()
         writer?.close()
+        fileCount.withLock { $0.connection = nil }
     }
 
     private func timerLoop() {

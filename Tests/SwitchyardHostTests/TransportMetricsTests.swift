@@ -72,6 +72,28 @@ struct TransportMetricsTests {
         }
     }
 
+    @Test("a durable delay's depth is its file's: a second process sharing the store (the console) sees what the first holds")
+    func durableDelayDepthIsTheFiles() async throws {
+        let dir = try TemporaryDirectory()
+        try await offPool {
+            let queue = try Transport(name: "base", plugin: try BuildProducts.plugin("queue"))
+            defer { queue.close() }
+            let config = "{\"path\": \"\(dir.file("later.db"))\"}"
+            let holding = try Transport(name: "later", plugin: try BuildProducts.plugin("delay"), configJSON: config, inner: queue)
+            defer { holding.close() }
+            // Opened first, as a console started before the reminders were held.
+            let watching = try Transport(name: "later", plugin: try BuildProducts.plugin("delay"), configJSON: config, inner: queue)
+            defer { watching.close() }
+            for index in 0..<3 {
+                var message = Message(id: "r-\(index)", channel: "reminders", body: [1])
+                message.deliverAtNanos = wallClockNanoseconds() + 3_600_000_000_000
+                try holding.client.publish(message)
+            }
+            #expect(waitUntil(10) { (try? watching.client.stats())??.depth == 3 }, "\(String(describing: try? watching.client.stats()))")
+            #expect((try holding.client.stats())?.depth == 3)
+        }
+    }
+
     @Test("delay and retry decorators report their own work under their own names")
     func decorators() async throws {
         let metrics = TestMetrics()
