@@ -123,8 +123,9 @@ struct DeadLetterEndpoints {
                 .forbidden,
                 [
                     "error":
-                        "this changes state (replaying or purging dead letters, calling a method), so it needs a token: set admin.token "
-                        + "in the config (or export SWITCHYARD_ADMIN_TOKEN) and restart; from a shell: switchyard dlq replay|purge, switchyard call"
+                        "this changes state (replaying or purging dead letters, calling a method), so it needs a token: restart the process "
+                        + "with SWITCHYARD_ADMIN_TOKEN exported (or, for switchyard run and console, admin.token in its config); from a shell: "
+                        + "switchyard dlq replay|purge, switchyard call"
                 ])
         }
         if let origin = request.headers[HTTPHeader("Origin")],

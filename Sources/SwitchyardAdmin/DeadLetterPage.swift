@@ -15,8 +15,9 @@ enum DeadLetterPage {
         html += "<strong id=\"count\">\(records.count)</strong> dead letter\(records.count == 1 ? "" : "s").</p>\n"
         if let note { html += "<p class=\"note\" id=\"note\">\(escape(note))</p>\n" }
         if !canAct {
-            html += "<p class=\"bad\">Replay and purge change state, so they need a token: set <code>admin.token</code> (or export "
-            html += "<code>SWITCHYARD_ADMIN_TOKEN</code>) and restart. Until then: <code>switchyard dlq replay|purge</code>.</p>\n"
+            html += "<p class=\"bad\">Replay and purge change state, so they need a token: restart the process with "
+            html += "<code>SWITCHYARD_ADMIN_TOKEN</code> exported (or, for <code>switchyard run</code> and <code>console</code>, "
+            html += "<code>admin.token</code> in its config). Until then: <code>switchyard dlq replay|purge</code>.</p>\n"
         }
         guard !records.isEmpty else { return html + "</body></html>\n" }
         html += "<form method=\"post\" id=\"letters\">\n<table id=\"dead-letters\"><tr><th></th><th>id</th><th>call / channel</th><th>arguments</th>"

@@ -61,7 +61,10 @@ struct CallCommand: AsyncParsableCommand {
     var arguments: [String] = []
 
     func run() async throws {
-        let arguments = self.arguments.first == "--" ? Array(self.arguments.dropFirst()) : self.arguments
+        // `--` ends the options, before the route or after it (`Math.neg -- -7`, for a negative
+        // number that would read as an option): it is no argument.
+        var arguments = self.arguments
+        if let separator = arguments.prefix(2).firstIndex(of: "--") { arguments.remove(at: separator) }
         // Before the call creates them: a mistyped path makes a new, empty store, where the call
         // waits for a host that reads another file.
         let newStores = config.flatMap { try? readConfig($0) }.map { Self.storesNotYetCreated(route: arguments.first ?? "", in: $0) } ?? []
@@ -136,6 +139,13 @@ struct CallCommand: AsyncParsableCommand {
                 native modules (docs/native-modules.md), and Swift methods on routes with readable_targets: true and \
                 encoding: json (docs/services.md, "Calls by readable name").
                 """)
+        }
+        // A function the module does not declare: the host would refuse it (and dead-letter the
+        // call), so it is refused here, before anything is sent.
+        if let module = parsed.native.first(where: { $0.interface == parts[0] }), !module.functions.contains(where: { $0.name == parts[1] }) {
+            throw NativeCallError(
+                "native module '\(parts[0])' has no function '\(parts[1])' in \(config) (it has \(module.functions.map(\.name).sorted().joined(separator: ", "))); nothing was sent"
+            )
         }
         var logger = Logger(label: "switchyard.call")
         logger.logLevel = .warning

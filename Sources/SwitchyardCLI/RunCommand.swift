@@ -53,12 +53,8 @@ struct RunCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(1)
         }
-        if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
-        // Every configured transport, routed or not: a host runs them all (a delay transport keeps
-        // forwarding), and a problem in any of them stops it here, naming the key.
-        let system = try startSystem(config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
-        if system.config.native.isEmpty && !allowEmpty {
-            await system.shutdown(deadline: .seconds(1))
+        // Before anything is created (a store included): nothing would be served.
+        if configured.native.isEmpty && !allowEmpty {
             printError(
                 """
                 error: nothing to host: \(config) has no native modules, and switchyard run hosts only those. \
@@ -67,16 +63,27 @@ struct RunCommand: AsyncParsableCommand {
                 """)
             throw ExitCode(2)
         }
-        try system.hostNative()
-        for (pattern, transport) in system.routeDescriptions {
-            logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])
-        }
-        let drainSeconds = drain
-        let host = DrainingHost(system: system, deadline: .milliseconds(Int(drainSeconds * 1000))) { [logger] in
-            logger.info("running; SIGTERM or SIGINT drains and stops")
-        }
+        if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
+        // Every configured transport, routed or not: a host runs them all (a delay transport keeps
+        // forwarding), and a problem in any of them stops it here, naming the key.
+        let system = try startSystem(config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
         // The admin endpoint first: on SIGTERM the system drains while it still answers (ready: 503).
         let admin = try system.config.admin.map { _ in try AdminServer(system: system, logger: logger) }
+        let drainSeconds = drain
+        let host = DrainingHost(
+            system: system, deadline: .milliseconds(Int(drainSeconds * 1000)),
+            start: { [logger] in
+                // Hosting waits for the endpoint to listen: a port in use stops the process
+                // before it takes any call (it used to host, then drain and exit).
+                if let admin { _ = try await admin.waitUntilListening(timeout: 30) }
+                try system.hostNative()
+                for (pattern, transport) in system.routeDescriptions {
+                    logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])
+                }
+            }
+        ) { [logger] in
+            logger.info("running; SIGTERM or SIGINT drains and stops")
+        }
         let group = ServiceGroup(
             configuration: .init(
                 services: (admin.map { [ServiceGroupConfiguration.ServiceConfiguration(service: $0)] } ?? []) + [.init(service: host)],
@@ -90,12 +97,29 @@ struct RunCommand: AsyncParsableCommand {
 struct DrainingHost: Service {
     let system: SwitchyardActorSystem
     let deadline: Duration
+    /// Starts serving (hosting what the process hosts), inside the group: it may wait for another
+    /// service first, and a failure stops the system and the group.
+    var start: @Sendable () async throws -> Void = {}
     /// Announces that the host is serving. It runs here, not before `ServiceGroup.run()`, because
     /// the group registers its signal handlers before it starts services: a SIGTERM sent after the
     /// announcement drains instead of killing the process with the default action.
     var serving: @Sendable () -> Void = {}
 
+    init(system: SwitchyardActorSystem, deadline: Duration, start: @escaping @Sendable () async throws -> Void = {}, serving: @escaping @Sendable () -> Void = {}) {
+        self.system = system
+        self.deadline = deadline
+        self.start = start
+        self.serving = serving
+    }
+
     func run() async throws {
+        do {
+            try await start()
+        } catch {
+            // Another service failed first (the admin port in use), or hosting did: stop cleanly.
+            await system.shutdown(deadline: deadline)
+            throw error
+        }
         serving()
         try? await gracefulShutdown()
         await system.shutdown(deadline: deadline)

@@ -166,6 +166,12 @@ final class EndpointStats: StatsSource {
         do {
             (data, response) = try await session.data(for: request)
         } catch let error as URLError where error.code == .cancelled || error.code == .userAuthenticationRequired {
+            // A 401 (Foundation reports the declined challenge, not the response).
+            guard request.value(forHTTPHeaderField: "Authorization") == nil else {
+                throw StatsError(
+                    message: "\(request.url!.absoluteString): wrong token: pass the one that process serves with (its admin.token, or "
+                        + "SWITCHYARD_ADMIN_TOKEN in its environment) with --token or SWITCHYARD_ADMIN_TOKEN here")
+            }
             throw StatsError(message: "\(request.url!.absoluteString): the endpoint wants a token: pass --token or export SWITCHYARD_ADMIN_TOKEN")
         } catch {
             throw StatsError(message: "\(request.url!.absoluteString): \(error.localizedDescription) (is the system running with its admin endpoint on?)")

@@ -360,6 +360,12 @@ struct AdminEndpointTests {
         #expect(try await call(#"{"target": "Ledger.debit", "arguments": [1], "headers": {"tenant": "acme"}}"#) == (200, #"{"result":99}"#))
         let badHeader = try await call(#"{"target": "Ledger.debit", "arguments": [1], "headers": {"Tenant": "acme"}}"#)
         #expect(badHeader.0 == 400 && badHeader.1.contains("not a CloudEvents extension name"), "\(badHeader)")
+        // switchyard stats against it: no token, then a wrong one, each said as it is.
+        let url = "http://127.0.0.1:\(running.port)"
+        let without = try await run(BuildProducts.switchyard, ["stats", "--url", url], environment: ["SWITCHYARD_ADMIN_TOKEN": ""])
+        #expect(without.status == 1 && without.stderr.contains("the endpoint wants a token"), "\(without.stderr)")
+        let wrong = try await run(BuildProducts.switchyard, ["stats", "--url", url, "--token", "nope"])
+        #expect(wrong.status == 1 && wrong.stderr.contains("wrong token"), "\(wrong.stderr)")
         await running.stop()
     }
 

@@ -269,6 +269,22 @@ struct InboxTests {
             open: { try SQLiteInboxDatabase(path: directory.file("inbox.db")) }, openAlone: { try SQLiteInboxDatabase(path: directory.file("alone.db")) })
     }
 
+    @Test("inboxTransaction on a route whose inbox is in memory dead-letters the call at once, saying why: no retry could commit it")
+    func inMemoryInboxRefusedAtOnce() async throws {
+        let system = try await makeSystem(
+            """
+            transports:
+              memq: { plugin: queue }
+            routes:
+              Bookkeeper.*: { transport: memq, deadline: 10s, inbox: { window: 10m }, retry: { max_attempts: 3, initial_delay: 1ms, jitter: none } }
+            """)
+        try system.host("books", as: $Bookkeeper.self) { BookkeeperService(actorSystem: $0, label: "memory") }
+        let error = await #expect(throws: SwitchyardError.self) { try await $Bookkeeper.resolve(id: "books", using: system).book(1) }
+        #expect(error?.code == .deadLettered && error?.attempts == 1, "\(String(describing: error))")
+        #expect(error?.reason.contains("this route's inbox is in memory") == true, "\(String(describing: error))")
+        await system.shutdown()
+    }
+
     @Test("outside a handler on a route with a durable inbox, inboxTransaction refuses at once with a routing error saying where it works")
     func refusedOutsideInbox() {
         let error = #expect(throws: SwitchyardError.self) { try Switchyard.inboxTransaction { _ in } }

@@ -167,6 +167,12 @@ struct NativeTests {
         // --header gives the call a header (CallOptions(headers:)); a malformed one is refused.
         let withHeader = try await run(BuildProducts.switchyard, call.dropLast(3) + ["--header", "tenant=acme", "Math.add", "40", "2"])
         #expect(withHeader.status == 0 && withHeader.stdout == "42\n", "\(withHeader.stdout)\(withHeader.stderr)")
+        // A function the module does not declare is refused before anything is sent.
+        let misspelt = try await run(BuildProducts.switchyard, call.dropLast(3) + ["Math.ad", "40", "2"])
+        #expect(misspelt.status == 1 && misspelt.stderr.contains("has no function 'ad'") && misspelt.stderr.contains("(it has add)"), "\(misspelt.stderr)")
+        // `--` after the route ends the options: no argument.
+        let separated = try await run(BuildProducts.switchyard, call.dropLast(3) + ["Math.add", "--", "40", "-2"])
+        #expect(separated.status == 0 && separated.stdout == "38\n", "\(separated.stdout)\(separated.stderr)")
         let noValue = try await run(BuildProducts.switchyard, call.dropLast(3) + ["--header", "tenant", "Math.add", "40", "2"])
         #expect(noValue.status == 1 && noValue.stderr.contains("give NAME=VALUE"), "\(noValue.stderr)")
         let badName = try await run(BuildProducts.switchyard, call.dropLast(3) + ["--header", "Tenant=acme", "Math.add", "40", "2"])

@@ -839,6 +839,34 @@ struct OutboxTests {
         await system.shutdown()
     }
 
+    @Test("a follow-up on a request-reply route is not part of the handler's transaction: it runs, and a warning says so once")
+    func requestReplyFollowUpWarned() async throws {
+        let directory = try TemporaryDirectory()
+        let log = CapturedLog()
+        let system = try await offPool {
+            let config = try SwitchyardConfig.parse(
+                yaml: """
+                    transports:
+                      work: { plugin: queue }
+                    routes:
+                      Accounts.*: { transport: work, inbox: { path: "\(directory.file("inbox.db"))" }, outbox: true }
+                      Notices.*: { transport: work }
+                    """, baseDirectory: directory.path)
+            return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger())
+        }
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        try await ledger.post(1, fail: false)
+        try await ledger.post(2, fail: false)
+        #expect(seen.withLock { $0 } == [1, 2], "request-reply: sent at once, answered before the handler returned")
+        let warnings = log.all.filter { $0.contains("a call made inside a transaction is not part of it") }
+        #expect(warnings.count == 1 && warnings[0].contains("Notices.notice(_:)") && warnings[0].contains("fire-and-forget"), "\(warnings)")
+        await system.shutdown()
+    }
+
     @Test("an inbox and an outbox on a direct route are refused at start-up, naming the key")
     func directRouteRefused() async throws {
         await #expect {

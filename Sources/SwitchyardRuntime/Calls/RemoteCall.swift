@@ -42,15 +42,31 @@ extension SwitchyardActorSystem {
     ) async throws where Act: DistributedActor, Act.ID == ActorID, Err: Error {
         let (call, route) = try prepare(target)
         try refuseGeneric(call, invocation)
-        if route.isDirect {
-            _ = try await callDirect(actor.id, call, invocation, route: route)
-            return
-        }
-        if route.entry.mode == .fireAndForget {
+        if !route.isDirect && route.entry.mode == .fireAndForget {
             try await send(actor.id, call, invocation, route: route)
             return
         }
+        if route.isDirect {
+            // In process, in this task: its own fire-and-forget calls join the transaction.
+            _ = try await callDirect(actor.id, call, invocation, route: route)
+            return
+        }
+        if Switchyard.outboxCapture != nil { warnOutsideTransaction(call, route) }
         _ = try await request(actor.id, call, invocation, route: route)
+    }
+
+    /// A `Void` call made inside a transaction (a handler on an `outbox: true` route, or
+    /// `transaction(on:)`) on a request-reply transport route: it runs now, whatever becomes of
+    /// the transaction. Said once per call target, at warning level: a follow-up meant to commit
+    /// with the handler's work needs a fire-and-forget route.
+    private func warnOutsideTransaction(_ call: CallTarget, _ route: Route) {
+        guard outsideTransactionWarned.withLock({ $0.insert(call.name).inserted }) else { return }
+        logger.warning(
+            "a call made inside a transaction is not part of it: its route is request-reply, so it runs now, even if the transaction then rolls back",
+            metadata: [
+                "target": "\(call.name)", "route": "\(route.pattern)",
+                "fix": "route it with mode: fire-and-forget (a transport route) to have it sent only when the transaction commits (docs/transactions.md)",
+            ])
     }
 
     /// Refuses a call once the system stopped: `.shuttingDown`, naming `target`. Every kind of

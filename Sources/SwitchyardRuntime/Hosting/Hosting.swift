@@ -301,6 +301,9 @@ extension SwitchyardActorSystem {
                     switch try inbox.claim(key) {
                     case .handled(let handled):
                         route?.metrics.duplicates.increment()
+                        logger.debug(
+                            "a call the inbox already handled, delivered again: answered from the inbox, not run",
+                            metadata: ["target": "\(readable)", "attempt": "\(item.attempt)", "outcome": "\(handled.outcome)"])
                         if let replyTo = envelope.replyTo {
                             publishReply(item, to: replyTo, outcome: handled.outcome, body: handled.reply, encoding: envelope.contentType)
                         }
@@ -420,6 +423,15 @@ extension SwitchyardActorSystem {
                 return
             }
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
+            if let refusal = effects?.refusal.withLock({ $0 }) {
+                // inboxTransaction on an in-memory inbox: no retry can make it commit.
+                route?.metrics.deadLettered.increment()
+                logger.error("dead-lettering a call whose inbox transaction cannot succeed", metadata: ["target": "\(readable)", "error": "\(refusal)"])
+                let why = "the inbox transaction cannot succeed: \(refusal)"
+                deadLetter(item, reason: why)
+                sendReply(item, .error(SwitchyardError.deadLettered(target: readable, attempts: Int(item.attempt), reason: why)), encoding: envelope.contentType)
+                return
+            }
             // An error the policy lists as not retryable is an answer, not a failure to retry:
             // a waiting caller gets it as it was thrown, as on a route without a policy.
             if let policy = route?.retry, policy.isRetryable(reason) || envelope.replyTo == nil {
@@ -697,7 +709,7 @@ extension SwitchyardActorSystem {
                 "target": "\(item.envelope.target.name)", "transport": "\(item.transport.name)", "attempt": "\(item.attempt)",
                 "error": "\(error.message)",
                 "fix":
-                    "if handlers run this long, raise the route's lease_renewal (5m by default) or deadline; on a transport that cannot extend leases, raise its visibility timeout (visibility_timeout; ack_wait on nats and rabbitmq)",
+                    "if handlers run this long, raise the route's lease_renewal (5m by default; 0s extends nothing) or deadline; on a transport that cannot extend leases, raise its visibility timeout (visibility_timeout; ack_wait on nats and rabbitmq)",
             ])
     }
 

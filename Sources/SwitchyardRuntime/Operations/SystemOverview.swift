@@ -96,7 +96,8 @@ public struct SystemOverview: Codable, Sendable {
         /// `request-reply`, `fire-and-forget`, ….
         public var mode: String
         /// The call's deadline, milliseconds; nil on a `direct` route that sets none (its calls
-        /// run as long as they take, as local calls do).
+        /// run as long as they take, as local calls do) and on a `fire-and-forget` route (no
+        /// caller waits; only a call's own `CallOptions(deadline:)` sets one).
         public var deadlineMs: Double?
         /// The delay before delivery, milliseconds (0: none).
         public var delayMs: Double
@@ -191,7 +192,8 @@ extension SwitchyardActorSystem {
             let entry = route.entry
             return SystemOverview.RouteInfo(
                 pattern: entry.pattern, transport: entry.transport, mode: entry.mode.rawValue,
-                deadlineMs: entry.transport == SwitchyardConfig.RouteEntry.direct && !entry.sets(.deadline) ? nil : Double(entry.deadlineNanos) / 1e6,
+                deadlineMs: (entry.transport == SwitchyardConfig.RouteEntry.direct && !entry.sets(.deadline)) || entry.mode == .fireAndForget
+                    ? nil : Double(entry.deadlineNanos) / 1e6,
                 delayMs: Double(entry.delayNanos) / 1e6, retry: entry.retryJSON,
                 ordering: entry.orderingArgument, inbox: entry.inbox != nil, outbox: entry.outbox, encoding: entry.encoding,
                 concurrency: entry.concurrency, readableTargets: entry.readableTargets != nil, maxDeliveries: entry.maxDeliveries,

@@ -332,7 +332,7 @@ final class PostgresInboxDatabase: InboxDatabase {
 
     func declareWindow(_ windowNanos: Int64) throws(TransportError) {
         try pool.withConnection { (database) throws(TransportError) in
-            try database.run(
+            _ = try database.run(
                 """
                 INSERT INTO \(schema).meta (key, value) VALUES ('\(Inbox.windowKey)', $1) ON CONFLICT (key)
                 DO UPDATE SET value = greatest(meta.value::bigint, excluded.value::bigint)::text
@@ -342,7 +342,7 @@ final class PostgresInboxDatabase: InboxDatabase {
 
     func prune(before cutoff: Int64) throws(TransportError) {
         try pool.withConnection { (database) throws(TransportError) in
-            try database.run(
+            _ = try database.run(
                 """
                 DELETE FROM \(schema).inbox WHERE at < least($1, $2 - coalesce((SELECT value::bigint FROM \(schema).meta WHERE key = '\(Inbox.windowKey)'), 0))
                 """, [.int(cutoff), .int(WallClock.nowNanos())])
@@ -386,6 +386,9 @@ final class InboxEffects: Sendable {
     /// The inbox's database, or nil for an inbox in memory.
     let kind: InboxDatabaseKind?
     private let effects = SealedList<InboxEffect>()
+    /// Why an `inboxTransaction` was refused for good (the route's inbox is in memory): the call
+    /// can never succeed here, so it is dead-lettered at once rather than retried.
+    let refusal = Guarded<String?>(nil)
     init(kind: InboxDatabaseKind?) { self.kind = kind }
 
     /// Adds an effect; false once the call has ended (``seal()``), when nothing would commit it.
@@ -465,7 +468,14 @@ extension Switchyard {
 
     /// Adds `effect` to the running handler's, or throws why it cannot be.
     private static func add(_ effect: InboxEffect) throws {
-        guard let effects = inboxEffects, effects.kind != nil else {
+        if let effects = inboxEffects, effects.kind == nil {
+            let reason =
+                "this route's inbox is in memory (no path: or postgres:), which commits no writes: give it inbox: { path: FILE } "
+                + "(or postgres:) for inboxTransaction; code that runs on both checks Switchyard.inboxDatabase first"
+            effects.refusal.withLock { $0 = reason }
+            throw SwitchyardError.routing(target: "Switchyard.inboxTransaction", reason: reason)
+        }
+        guard let effects = inboxEffects else {
             throw SwitchyardError.routing(
                 target: "Switchyard.inboxTransaction",
                 reason: "only inside a handler whose route has a durable inbox (inbox: { path: FILE } or inbox: { postgres: {} })")
