@@ -80,10 +80,8 @@ struct RunCommand: AsyncParsableCommand {
                 for (pattern, transport) in system.routeDescriptions {
                     logger.info("route", metadata: ["pattern": "\(pattern)", "transport": "\(transport)"])
                 }
-            }
-        ) { [logger] in
-            logger.info("running; SIGTERM or SIGINT drains and stops")
-        }
+            },
+            serving: { [logger] in logger.info("running; SIGTERM or SIGINT drains and stops") })
         let group = ServiceGroup(
             configuration: .init(
                 services: (admin.map { [ServiceGroupConfiguration.ServiceConfiguration(service: $0)] } ?? []) + [.init(service: host)],
