@@ -202,6 +202,7 @@ let package = Package(
                 "SwitchyardTransportKit", "SwitchyardRuntime", "SwitchyardWire", "OrdersExample", "SwitchyardNative", "SwitchyardAdmin",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 

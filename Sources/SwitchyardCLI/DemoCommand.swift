@@ -6,6 +6,7 @@ import ServiceLifecycle
 import SwitchyardAdmin
 import SwitchyardConfig
 import SwitchyardRuntime
+import UnixSignals
 
 /// `switchyard demo`: the orders example end to end, on its own config (the embedded SQLite store)
 /// or another one.
@@ -74,6 +75,10 @@ struct DemoCommand: AsyncParsableCommand {
         let userData = ProcessInfo.processInfo.environment["SWITCHYARD_DATA"]
         let data = try makeDataDirectory(given: userData)
         defer { if userData == nil { Self.remove(data) } }
+        // Stopped with Ctrl-C or SIGTERM, a plain run (--serve drains on its own) removes the
+        // temporary stores it made on its way out, as it does when it ends.
+        let signals = userData == nil && !serve ? Self.removeOnSignal(data) : nil
+        defer { signals?.cancel() }
         setenv("SWITCHYARD_DATA", data, 0)
         guard let configPath = config ?? OrdersDemo.defaultConfigPath else {
             throw CommandFailure(
@@ -89,11 +94,15 @@ struct DemoCommand: AsyncParsableCommand {
         let system = try startSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
         for (pattern, transport) in system.routeDescriptions { print("  route    \(pattern) → \(transport)") }
         print("")
+        // Out now, also into a file or a pipe (block-buffered there): the data line says where the
+        // stores are, and a run stopped early must have said it.
+        fflush(nil)
         if serve { return try await serveUntilStopped(system) }
         let summary: DemoSummary
         do {
             summary = try await OrdersDemo.run(system: system, orders: orders, concurrency: concurrency) { line in
                 print("  … \(line)")
+                fflush(nil)
             }
         } catch {
             await system.shutdown()  // drained and closed however the run ended: the stores stay whole
@@ -148,6 +157,18 @@ struct DemoCommand: AsyncParsableCommand {
     /// as the run ends (a closed SQLite connection removing its `-wal` and `-shm` files), and a
     /// file that appears while the directory is being emptied makes one removal fail: try again
     /// for up to a second, then say what is left.
+    /// On SIGINT or SIGTERM: says so, removes `directory` and exits (130 or 143, as the default
+    /// action would). Cancel the task once the run ends.
+    private static func removeOnSignal(_ directory: String) -> Task<Void, Never> {
+        Task.detached {
+            for await signal in await UnixSignalsSequence(trapping: .sigint, .sigterm) {
+                printError("stopped: removing the demo's data directory \(directory)")
+                remove(directory)
+                Foundation.exit(128 + signal.rawValue)
+            }
+        }
+    }
+
     private static func remove(_ directory: String) {
         for _ in 0..<20 {
             try? FileManager.default.removeItem(atPath: directory)

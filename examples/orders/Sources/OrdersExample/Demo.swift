@@ -28,6 +28,11 @@ public final class DemoStats: @unchecked Sendable {
 
     /// Orders delivered to `group`.
     public func deliveredCount(_ group: String) -> Int { lock.withLock { deliveries[group]?.count ?? 0 } }
+    /// Orders among `orders` delivered to `group`: a run on stores kept from an earlier one
+    /// (`SWITCHYARD_DATA`) also receives that run's reminders still held, for orders of its own.
+    public func deliveredCount(_ group: String, among orders: Set<Int>) -> Int {
+        lock.withLock { deliveries[group]?.intersection(orders).count ?? 0 }
+    }
     /// Payment attempts beyond each order's first.
     public var paymentRetries: Int { lock.withLock { attempts.values.reduce(0) { $0 + max(0, $1 - 1) } } }
     /// Deliveries of an order a group had already received (at-least-once redeliveries).
@@ -143,16 +148,18 @@ public enum OrdersDemo {
         }
         // Events and reminders travel on their own; wait until each succeeded order has them all.
         let groups = ["email", "analytics", "reminders"]
-        let succeeded = outcomes.summary.succeeded
+        // Counted among this run's orders: stores kept from an earlier run may still hold its
+        // reminders, for order ids of the same numbers.
+        let succeeded = outcomes.succeeded
         let waitUntil = ContinuousClock.now + timeout
-        while groups.contains(where: { stats.deliveredCount($0) < succeeded }) && ContinuousClock.now < waitUntil {
+        while groups.contains(where: { stats.deliveredCount($0, among: succeeded) < succeeded.count }) && ContinuousClock.now < waitUntil {
             try await Task.sleep(for: .milliseconds(20))
         }
         progress(outcomes.line(total: orders, stats: stats))
         var summary = outcomes.summary
         summary.wallTime = ContinuousClock.now - started
         summary.paymentRetries = stats.paymentRetries
-        summary.delivered = groups.map { ($0, stats.deliveredCount($0)) }
+        summary.delivered = groups.map { ($0, stats.deliveredCount($0, among: succeeded)) }
         summary.duplicates = stats.duplicateDeliveries
         summary.routes = system.routeDescriptions  // `package`: this example is built inside the switchyard package
         return summary
@@ -209,15 +216,15 @@ public enum OrdersDemo {
         let started = ContinuousClock.now
         do {
             _ = try await shop.place(order)
-            outcomes.record(.succeeded, ContinuousClock.now - started)
+            outcomes.record(.succeeded, ContinuousClock.now - started, id: id)
         } catch is PaymentDeclined {
-            outcomes.record(.declined, ContinuousClock.now - started)
+            outcomes.record(.declined, ContinuousClock.now - started, id: id)
         } catch SwitchyardError.Code.deadLettered {
-            outcomes.record(.declined, ContinuousClock.now - started)
+            outcomes.record(.declined, ContinuousClock.now - started, id: id)
         } catch SwitchyardError.Code.shuttingDown {
             return false
         } catch {
-            outcomes.record(.error("\(error)"), ContinuousClock.now - started)
+            outcomes.record(.error("\(error)"), ContinuousClock.now - started, id: id)
         }
         return true
     }
@@ -244,18 +251,24 @@ public enum OrdersDemo {
         private let lock = NSLock()
         private var result = DemoSummary()
         private var latencies: [Duration] = []
+        private var succeededIDs: Set<Int> = []
 
-        func record(_ kind: Kind, _ latency: Duration) {
+        func record(_ kind: Kind, _ latency: Duration, id: Int) {
             lock.withLock {
                 result.placed += 1
                 latencies.append(latency)
                 switch kind {
-                case .succeeded: result.succeeded += 1
+                case .succeeded:
+                    result.succeeded += 1
+                    succeededIDs.insert(id)
                 case .declined: result.declined += 1
                 case .error(let text): result.errors.append(text)
                 }
             }
         }
+
+        /// The orders of this run that succeeded.
+        var succeeded: Set<Int> { lock.withLock { succeededIDs } }
 
         var summary: DemoSummary {
             lock.withLock {
