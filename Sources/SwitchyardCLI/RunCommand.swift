@@ -53,8 +53,14 @@ struct RunCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(1)
         }
-        // Before anything is created (a store included): nothing would be served.
+        if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
+        // Every configured transport, routed or not: a host runs them all (a delay transport keeps
+        // forwarding), and a problem in any of them stops it here, naming the key.
+        let system = try startSystem(config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
+        // After the config's own checks (a mistake in it is what to fix first), so the stores
+        // the config names exist by now.
         if configured.native.isEmpty && !allowEmpty {
+            await system.shutdown(deadline: .seconds(1))
             printError(
                 """
                 error: nothing to host: \(config) has no native modules, and switchyard run hosts only those. \
@@ -63,10 +69,6 @@ struct RunCommand: AsyncParsableCommand {
                 """)
             throw ExitCode(2)
         }
-        if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
-        // Every configured transport, routed or not: a host runs them all (a delay transport keeps
-        // forwarding), and a problem in any of them stops it here, naming the key.
-        let system = try startSystem(config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
         // The admin endpoint first: on SIGTERM the system drains while it still answers (ready: 503).
         let admin = try system.config.admin.map { _ in try AdminServer(system: system, logger: logger) }
         let drainSeconds = drain
