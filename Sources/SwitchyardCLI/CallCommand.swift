@@ -253,7 +253,9 @@ struct CallCommand: AsyncParsableCommand {
             }
             parsed[String(header[..<equals])] = String(header[header.index(after: equals)...])
         }
-        return CallOptions(headers: parsed)
+        let options = CallOptions(headers: parsed)
+        if let problem = options.problem { throw NativeCallError("--header: \(problem)") }
+        return options
     }
 
     /// Runs `call` with the call's options; for a fire-and-forget route through a transport that
@@ -263,7 +265,11 @@ struct CallCommand: AsyncParsableCommand {
         _ target: String, config: SwitchyardConfig, system: SwitchyardActorSystem, _ call: () async throws -> R
     ) async throws -> R {
         let options = try callOptions()
-        let fireAndForget = Self.routeEntry(in: config, target: target)?.mode == .fireAndForget
+        let entry = Self.routeEntry(in: config, target: target)
+        if !headers.isEmpty, entry?.transport == SwitchyardConfig.RouteEntry.direct {
+            printError("warning: --header has no effect on a direct route: the call runs in this process, and no transport carries it")
+        }
+        let fireAndForget = entry?.mode == .fireAndForget
         let inProcess = fireAndForget ? Self.inProcess(route: target, config: config, system: system) : nil
         if let inProcess, inProcess.certain {
             throw NativeCallError("'\(target)' is fire-and-forget, and nothing was sent: \(inProcess.note)")

@@ -40,7 +40,7 @@ struct SoakWorkerCommand: AsyncParsableCommand {
             await system.shutdown()
         case .consumer:
             try SoakWorkload.hostConsumers(on: system, effectsDatabase: effectsDatabase, outbox: outbox, engine: engine)
-            let host = DrainingHost(system: system, deadline: .seconds(10)) { emit("ready") }
+            let host = DrainingHost(system: system, deadline: .seconds(10), serving: { emit("ready") })
             let group = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: host)],

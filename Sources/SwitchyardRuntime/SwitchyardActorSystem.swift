@@ -72,7 +72,7 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     let state = Atomic<Int>(SystemState.running.rawValue)
     let answeredDeadLetters = AnsweredDeadLetters()
     /// The `Void` calls already warned about as made inside a transaction but not part of it
-    /// (their routes are request-reply or direct): each is warned about once.
+    /// (their routes are request-reply transport routes): each is warned about once.
     let outsideTransactionWarned = Guarded<Set<String>>([])
     let deadLetterTally = DeadLetterTally()
     /// One relay per outbox database (routes with `outbox: true`, `outboxes:`).

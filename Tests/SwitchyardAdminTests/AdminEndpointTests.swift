@@ -357,7 +357,7 @@ struct AdminEndpointTests {
         // A target nothing routes: 404.
         #expect(try await call(#"{"target": "Nowhere.go", "arguments": []}"#).0 == 404)
         // Headers ride along (CallOptions(headers:)); a name CloudEvents cannot carry is the request's mistake.
-        #expect(try await call(#"{"target": "Ledger.debit", "arguments": [1], "headers": {"tenant": "acme"}}"#) == (200, #"{"result":99}"#))
+        #expect(try await call(#"{"target": "Ledger.tenant", "arguments": [], "headers": {"tenant": "acme"}}"#) == (200, #"{"result":"acme"}"#))
         let badHeader = try await call(#"{"target": "Ledger.debit", "arguments": [1], "headers": {"Tenant": "acme"}}"#)
         #expect(badHeader.0 == 400 && badHeader.1.contains("not a CloudEvents extension name"), "\(badHeader)")
         // switchyard stats against it: no token, then a wrong one, each said as it is.
@@ -424,6 +424,8 @@ struct AdminEndpointTests {
 @Resolvable
 protocol Ledger: DistributedActor where ActorSystem == SwitchyardActorSystem {
     distributed func debit(_ cents: Int) async throws -> Int
+    /// The call's `tenant` header, as the handler sees it.
+    distributed func tenant() async throws -> String
 }
 
 struct InsufficientFunds: Error, Codable { var short: Int }
@@ -436,6 +438,8 @@ distributed actor LedgerService: Ledger {
         if cents > 100 { throw InsufficientFunds(short: cents - 100) }
         return 100 - cents
     }
+
+    distributed func tenant() async throws -> String { Switchyard.currentCall?.headers["tenant"] ?? "" }
 }
 
 @Suite("Admin config")

@@ -251,9 +251,9 @@ struct InboxTests {
         let said = outcome.withLock { $0 } ?? ""
         #expect(said.contains("the handler's call has already ended") && said.contains("inside the handler"), "\(said)")
 
-        // A handler that threw: its transaction ended when it returned, before the failure was
-        // settled, so the task's write is refused the same way (not taken into a transaction the
-        // failure drops).
+        // A handler that threw: its transaction is over too, so the task's write is refused the
+        // same way. (That it ends as the handler returns, before the failure is settled, is not
+        // timed here: the settlement takes a moment, the task waits 300 ms.)
         outcome.withLock { $0 = nil }
         await #expect(throws: (any Error).self) { try await $Bookkeeper.resolve(id: "late", using: system).book(-1) }
         #expect(await eventually { outcome.withLock { $0 } != nil })

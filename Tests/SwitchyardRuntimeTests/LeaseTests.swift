@@ -115,7 +115,7 @@ struct LeaseTests {
         let wallNow = WallClock.nowNanos()
         func taken(_ delivery: DeliveryID, deadline: Int64) -> Inbound {
             let envelope = Envelope(target: .init(name: "SlowWork.work(_:millis:)", identifier: ""), arguments: [], deadlineNanos: deadline)
-            return Inbound(delivery: delivery, transport: transport, envelope: envelope, form: .compact, attempt: 1, cost: nil, leases: keeper)
+            return Inbound(delivery: delivery, transport: transport, envelope: envelope, form: .compact, attempt: 1, group: "", cost: nil, leases: keeper)
         }
         let held = [taken(1, deadline: 0), taken(2, deadline: wallNow + 60_000_000_000), taken(3, deadline: wallNow + 1_000_000_000), taken(4, deadline: 0)]
         keeper.hold(Array(held[0..<3]))

@@ -679,6 +679,29 @@ struct OutboxTests {
         await system.shutdown()
     }
 
+    @Test("an inbox transaction that always fails on a route without a policy but with max_deliveries is dead-lettered saying so, not as a crashed host's poison message")
+    func failingEffectUpToMaxDeliveries() async throws {
+        let directory = try TemporaryDirectory()
+        let system = try await makeSystem(
+            """
+            transports:
+              work: { plugin: queue }
+            routes:
+              Accounts.*: { transport: work, deadline: 20s, max_deliveries: 2, inbox: { path: "\(directory.file("inbox.db"))" }, outbox: true }
+              Notices.*: { transport: work, mode: fire-and-forget }
+            """)
+        let seen = Guarded<[Int]>([])
+        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+        let notices = try $Notices.resolve(id: "notices", using: system)
+        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
+        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let error = await #expect(throws: SwitchyardError.self) { try await ledger.post(-1, fail: false) }
+        #expect(error?.code == .deadLettered && error?.attempts == 2, "\(String(describing: error))")
+        #expect(error?.reason.contains("the inbox transaction failed") == true && error?.reason.contains("the host crashed") == false, "\(String(describing: error))")
+        #expect(seen.withLock { $0 }.isEmpty)
+        await system.shutdown()
+    }
+
     @Test("an inbox transaction that fails on a route without a retry policy runs again a second later, until it commits: once, with one follow-up")
     func failingEffectWithoutPolicy() async throws {
         let directory = try TemporaryDirectory()

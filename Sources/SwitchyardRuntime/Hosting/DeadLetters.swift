@@ -4,7 +4,8 @@ import SwitchyardHost
 import SwitchyardTransportKit
 import SwitchyardWire
 
-/// Envelope ids whose dead-lettering this runtime did itself (it has answered the caller and
+/// Envelope ids (with the subscriber group whose copy it was: on a topic every group's copy has
+/// the same id) whose dead-lettering this runtime did itself (it has answered the caller and
 /// logged it already), so that the transport's report of the same dead letter is not answered
 /// twice. An id stays for the `settle` call and `graceNanos` after it: a transport may report the
 /// dead letter after `settle` returned (a plugin in a child process reports it over the socket,
@@ -18,8 +19,9 @@ final class AnsweredDeadLetters: Sendable {
     init(graceNanos: Int64 = 10_000_000_000) { self.graceNanos = graceNanos }
 
     /// Its settlement starts.
-    func begin(_ id: String) {
+    func begin(_ id: String, group: String) {
         let now = monotonicNanoseconds()
+        let id = Self.key(id, group)
         ids.withLock { state in
             state.ids[id] = .max
             // Forgotten in sweeps, each once the map has doubled since the last: amortized O(1).
@@ -30,18 +32,22 @@ final class AnsweredDeadLetters: Sendable {
     }
 
     /// Its settlement returned: remembered for `graceNanos` more.
-    func end(_ id: String) {
+    func end(_ id: String, group: String) {
         let now = monotonicNanoseconds()
+        let id = Self.key(id, group)
         ids.withLock { state in
             if state.ids[id] != nil { state.ids[id] = now }
         }
     }
 
+    private static func key(_ id: String, _ group: String) -> String { group.isEmpty ? id : id + "\u{0}" + group }
+
     /// How many ids are kept (swept or not yet).
     var count: Int { ids.withLock { $0.ids.count } }
 
-    /// Whether the runtime dead-lettered `id` itself, now or within `graceNanos`.
-    func contains(_ id: String) -> Bool {
+    /// Whether the runtime dead-lettered `group`'s copy of `id` itself, now or within `graceNanos`.
+    func contains(_ id: String, group: String) -> Bool {
+        let id = Self.key(id, group)
         guard let at = ids.withLock({ $0.ids[id] }) else { return false }
         return at == .max || monotonicNanoseconds() - at < graceNanos
     }
@@ -72,8 +78,8 @@ extension SwitchyardActorSystem {
     /// Dead-letters a delivery the runtime itself gave up on (it has answered the caller and
     /// logged it): the transport's report of it is then not answered again.
     func deadLetter(_ item: Inbound, reason: String) {
-        answeredDeadLetters.begin(item.envelope.id)
-        defer { answeredDeadLetters.end(item.envelope.id) }
+        answeredDeadLetters.begin(item.envelope.id, group: item.group)
+        defer { answeredDeadLetters.end(item.envelope.id, group: item.group) }
         do throws(TransportError) {
             try item.transport.client.settle(item.delivery, .deadLetter(reason: reason))
         } catch {
@@ -93,7 +99,7 @@ extension SwitchyardActorSystem {
         deadLetterTally.count(transport: transport.name, deadLetterChannel: message.channel)
         let call = CallSummary(message)
         let id = call.id ?? message.id
-        if answeredDeadLetters.contains(id) { return }
+        if answeredDeadLetters.contains(id, group: message.header(DeadLetterHeader.group) ?? "") { return }
         let target = call.type ?? message.header(DeadLetterHeader.channel) ?? message.channel
         let attempts = message.header(DeadLetterHeader.attempts).flatMap { Int($0) } ?? Int(message.attempt)
         if let identifier = call.identifier {

@@ -18,6 +18,8 @@ final class Inbound: Sendable {
     let form: Envelope.Form
     /// Deliveries so far, this one included.
     let attempt: UInt32
+    /// The subscriber group it was delivered to ("" outside a topic, and for the default group).
+    let group: String
     /// Where the reply and the settlement run (nil: inline, the chain never waits for storage).
     let cost: CallCost?
     /// What keeps its lease from running out while it is held here (nil: the transport cannot).
@@ -29,12 +31,16 @@ final class Inbound: Sendable {
     let leaseDue = Atomic<Int64>(0)
     let leaseLetGo = Atomic<Bool>(false)
 
-    init(delivery: DeliveryID, transport: Transport, envelope: Envelope, form: Envelope.Form, attempt: UInt32, cost: CallCost?, leases: LeaseKeeper?) {
+    init(
+        delivery: DeliveryID, transport: Transport, envelope: Envelope, form: Envelope.Form, attempt: UInt32, group: String, cost: CallCost?,
+        leases: LeaseKeeper?
+    ) {
         self.delivery = delivery
         self.transport = transport
         self.envelope = envelope
         self.form = form
         self.attempt = attempt
+        self.group = group
         self.cost = cost
         self.leases = leases
     }

@@ -118,9 +118,9 @@ extension SwitchyardActorSystem {
                 server.logger.warning(what, metadata: ["channel": "\(hosted.id.name)", "reason": "\(reason)"])
                 system?.replyToUnreadCall(message, on: transport, channel: hosted.id.name, error: error)
                 let id = CallSummary(message).id ?? ""
-                system?.answeredDeadLetters.begin(id)
+                system?.answeredDeadLetters.begin(id, group: hosted.id.group)
                 try? client.settle(delivery, .deadLetter(reason: deadLetter))
-                system?.answeredDeadLetters.end(id)
+                system?.answeredDeadLetters.end(id, group: hosted.id.group)
                 return .settled
             }
             if fanOut, message.headerCount > 0, let group = message.header(DeadLetterHeader.replayGroup), group != hosted.id.group {
@@ -152,8 +152,8 @@ extension SwitchyardActorSystem {
             guard server.inFlight.enterUnlessClosed() else { return .handBack }
             return .queue(
                 Inbound(
-                    delivery: delivery, transport: transport, envelope: envelope, form: Envelope.Form(of: message), attempt: message.attempt, cost: cost,
-                    leases: leases))
+                    delivery: delivery, transport: transport, envelope: envelope, form: Envelope.Form(of: message), attempt: message.attempt,
+                    group: hosted.id.group, cost: cost, leases: leases))
         }
         let subscription: SubscriptionID
         do throws(TransportError) {
@@ -242,8 +242,8 @@ extension SwitchyardActorSystem {
                 var envelope = item.envelope
                 envelope.target.identifier = identifier
                 item = Inbound(
-                    delivery: item.delivery, transport: item.transport, envelope: envelope, form: item.form, attempt: item.attempt, cost: item.cost,
-                    leases: item.leases)
+                    delivery: item.delivery, transport: item.transport, envelope: envelope, form: item.form, attempt: item.attempt,
+                    group: item.group, cost: item.cost, leases: item.leases)
             case .failure(let refusal):
                 logger.warning(
                     "refusing a call by readable name", metadata: ["target": "\(item.envelope.target.name)", "actor": "\(hosted.id)", "reason": "\(refusal.reason)"])
