@@ -120,6 +120,16 @@ distributed actor NoticeCollector: Notices {
     distributed func notice(_ id: Int) async throws { seen.withLock { $0.append(id) } }
 }
 
+/// Hosts a ``NoticeCollector`` as "notices" and an ``AccountsService`` that calls it as
+/// "ledger" on `system`: the ledger's stub, and the notices the collector saw.
+func hostLedger(on system: SwitchyardActorSystem) throws -> (ledger: any Accounts, seen: Guarded<[Int]>) {
+    let seen = Guarded<[Int]>([])
+    try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
+    let notices = try $Notices.resolve(id: "notices", using: system)
+    try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
+    return (try $Accounts.resolve(id: "ledger", using: system), seen)
+}
+
 /// A system with an outbox `shop` at `path` and a notice collector served on a queue: the
 /// system, what the collector saw, and a reference to it.
 func noticesWithOutbox(at path: String, concurrency: Int = 16) async throws -> (SwitchyardActorSystem, Guarded<[Int]>, any Notices) {
@@ -237,11 +247,7 @@ struct OutboxTests {
               Accounts.*: { transport: work, \(inbox), outbox: true }
               Notices.*: { transport: work, mode: fire-and-forget }
             """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
-        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
-        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let (ledger, seen) = try hostLedger(on: system)
 
         try await ledger.post(1, fail: false)
         await #expect(throws: (any Error).self) { try await ledger.post(2, fail: true) }
@@ -663,11 +669,7 @@ struct OutboxTests {
               Accounts.*: { transport: work, retry: { max_attempts: 3, initial_delay: 10ms }, inbox: { path: "\(directory.file("inbox.db"))" }, outbox: true }
               Notices.*: { transport: work, mode: fire-and-forget }
             """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
-        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
-        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let (ledger, seen) = try hostLedger(on: system)
         await #expect {
             try await ledger.post(-1, fail: false)
         } throws: { error in
@@ -690,11 +692,7 @@ struct OutboxTests {
               Accounts.*: { transport: work, deadline: 20s, max_deliveries: 2, inbox: { path: "\(directory.file("inbox.db"))" }, outbox: true }
               Notices.*: { transport: work, mode: fire-and-forget }
             """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
-        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
-        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let (ledger, seen) = try hostLedger(on: system)
         let error = await #expect(throws: SwitchyardError.self) { try await ledger.post(-1, fail: false) }
         #expect(error?.code == .deadLettered && error?.attempts == 2, "\(String(describing: error))")
         #expect(error?.reason.contains("the inbox transaction failed") == true && error?.reason.contains("the host crashed") == false, "\(String(describing: error))")
@@ -792,11 +790,7 @@ struct OutboxTests {
                     """, baseDirectory: directory.path)
             return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger())
         }
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
-        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
-        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let (ledger, seen) = try hostLedger(on: system)
         try await ledger.post(1, fail: false)  // the inbox's tables, and `booked`, exist
 
         let holding = Guarded(false)
@@ -852,11 +846,7 @@ struct OutboxTests {
               Accounts.*: { transport: work, inbox: { path: "\(directory.file("inbox.db"))" }, outbox: true }
               Notices.*: { transport: work, mode: fire-and-forget }
             """)
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
-        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
-        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let (ledger, seen) = try hostLedger(on: system)
         try await ledger.post(5000, fail: false)  // starts a task that calls after returning
         #expect(await eventually { Set(seen.withLock { $0 }) == [5000, 6000] })
         await system.shutdown()
@@ -877,11 +867,7 @@ struct OutboxTests {
                     """, baseDirectory: directory.path)
             return try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger())
         }
-        let seen = Guarded<[Int]>([])
-        try system.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        let notices = try $Notices.resolve(id: "notices", using: system)
-        try system.host("ledger", as: $Accounts.self) { AccountsService(actorSystem: $0, notices: notices) }
-        let ledger = try $Accounts.resolve(id: "ledger", using: system)
+        let (ledger, seen) = try hostLedger(on: system)
         try await ledger.post(1, fail: false)
         try await ledger.post(2, fail: false)
         #expect(seen.withLock { $0 } == [1, 2], "request-reply: sent at once, answered before the handler returned")

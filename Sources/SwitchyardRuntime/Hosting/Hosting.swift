@@ -424,13 +424,9 @@ extension SwitchyardActorSystem {
             }
             let reason = "\(call.name) threw \(String(reflecting: type(of: error))): \(error)"
             if let refusal = effects?.refusal.withLock({ $0 }) {
-                // inboxTransaction on an in-memory inbox: no retry can make it commit.
-                route?.metrics.deadLettered.increment()
-                logger.error("dead-lettering a call whose inbox transaction cannot succeed", metadata: ["target": "\(readable)", "error": "\(refusal)"])
-                let why = "the inbox transaction cannot succeed: \(refusal)"
-                deadLetter(item, reason: why)
-                sendReply(item, .error(SwitchyardError.deadLettered(target: readable, attempts: Int(item.attempt), reason: why)), encoding: envelope.contentType)
-                return
+                // inboxTransaction on an in-memory inbox: a mistake no retry can fix, as a closure
+                // for the other kind of database is.
+                return giveBack(item, route: route, inboxError: TransportError(.config, refusal))
             }
             // An error the policy lists as not retryable is an answer, not a failure to retry:
             // a waiting caller gets it as it was thrown, as on a route without a policy.
@@ -614,30 +610,25 @@ extension SwitchyardActorSystem {
     private func giveBack(_ item: Inbound, route: Route?, inboxError error: TransportError) {
         let reason = "the inbox transaction failed: \(error.message)"
         let target = item.envelope.target.name
-        if error.code == .config {
+        // Stored with `stored` (the reason and why it was given up), then answered with `reason`.
+        func deadLetterIt(_ what: Logger.Message, stored: String) {
             route?.metrics.deadLettered.increment()
-            logger.error("dead-lettering a call whose inbox transaction cannot succeed", metadata: ["target": "\(target)", "error": "\(error.message)"])
-            deadLetter(item, reason: reason)
+            logger.error(what, metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
+            deadLetter(item, reason: stored)
             sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
-            return
+        }
+        if error.code == .config {
+            return deadLetterIt("dead-lettering a call whose inbox transaction cannot succeed", stored: reason)
         }
         if let limit = route?.entry.maxDeliveries, Int(item.attempt) >= limit {
             // Delivered again, it would be dead-lettered unrun as a poison message, with a reason
             // (a crashed host) that is not this one.
-            route?.metrics.deadLettered.increment()
-            logger.error(
-                "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
-            deadLetter(item, reason: "gave up after \(item.attempt) deliveries (the route's max_deliveries): \(reason)")
-            sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
-            return
+            return deadLetterIt(
+                "dead-lettering a call whose inbox transaction keeps failing",
+                stored: "gave up after \(item.attempt) deliveries (the route's max_deliveries): \(reason)")
         }
         if let policy = route?.retry, Int(item.attempt) >= policy.maxAttempts {
-            route?.metrics.deadLettered.increment()
-            logger.error(
-                "dead-lettering a call whose inbox transaction keeps failing", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
-            deadLetter(item, reason: "gave up after \(item.attempt) attempts: \(reason)")  // stored, then answered
-            sendReply(item, .error(SwitchyardError.deadLettered(target: target, attempts: Int(item.attempt), reason: reason)), encoding: item.envelope.contentType)
-            return
+            return deadLetterIt("dead-lettering a call whose inbox transaction keeps failing", stored: "gave up after \(item.attempt) attempts: \(reason)")
         }
         let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
         logger.error("inbox transaction failed; the call runs again later", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
