@@ -308,6 +308,10 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         }
     }
 
+    /// What the hosting side holds now: calls in flight and each subscription's queue (queued,
+    /// workers waiting, spinning). For a test that waited in vain to say where the calls are.
+    package var hostingDiagnosis: String { server.diagnosis() }
+
     // MARK: Reply channels
 
     /// The channel this system's replies arrive on over `transport`, subscribed on first use.

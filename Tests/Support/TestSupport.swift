@@ -199,8 +199,13 @@ package func run(_ executable: String, _ arguments: [String], environment: [Stri
 
 /// Waits until `condition` holds, polling, for at most `seconds`. The default is generous: it
 /// returns as soon as the condition holds, and only a failing test waits it out, while a machine
-/// loaded by other work (CI, a sanitizer build alongside) can delay a passing one by seconds.
-package func eventually(_ seconds: Double = 15, _ condition: () -> Bool) async -> Bool {
+/// loaded by other work can delay a passing one by many seconds. The first test phase runs
+/// nearly 400 tests side by side on two cores, beside CI's background release build: there 50
+/// fire-and-forget calls through the in-memory queue took 9.6 s from the first publish to the last
+/// run with two busy loops beside them, and in two CI runs the last of such a burst had not run
+/// after the old default of 15 s (a test's diagnosis now says where such a call waits:
+/// ``SwitchyardActorSystem/hostingDiagnosis``).
+package func eventually(_ seconds: Double = 60, _ condition: () -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     // From 1 ms, doubling to 20 ms: a condition met at once is seen at once, and a hundred tests
     // waiting side by side do not flood the two-thread cooperative pool with wakeups every 2 ms

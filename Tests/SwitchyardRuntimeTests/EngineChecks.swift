@@ -36,7 +36,7 @@ enum EngineChecks {
             #expect(attempts == 3)
         }
         for id in 0..<10 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
-        #expect(await eventually(20) { ledger.all.filter { $0.contains(":record:") }.count == 20 })
+        #expect(await eventually { ledger.all.filter { $0.contains(":record:") }.count == 20 })
         #expect(ledger.all.filter { $0.hasPrefix("email:record:") }.count == 10)
         await system.shutdown()
     }

@@ -280,7 +280,7 @@ struct NativeTests {
             }
         }
         await #expect(throws: SwitchyardError.self) { _ = try await system.callNative("Math.nosuch", []) }
-        #expect(await eventually(10) { dlq.all.count == 4 })
+        #expect(await eventually { dlq.all.count == 4 })
         #expect(dlq.all.contains { $0.header("sy-dlq-reason")?.contains("is not a function of native module Math") == true })
         #expect(try await system.callNative("Math.add", [.int(1), .int(2)]) == .int(3))
         await system.shutdown()

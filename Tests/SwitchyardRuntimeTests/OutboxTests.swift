@@ -386,14 +386,14 @@ struct OutboxTests {
             try database.execute("UPDATE switchyard_outbox SET claimed_until = \(claimedUntil) WHERE seq = \(firstRow)")
         }
         // The other destination goes on at the relay's next poll; this one waits for the claim.
-        #expect(await eventually(10) { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
+        #expect(await eventually { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
         #expect(notices.withLock { $0 } == [-1], "nothing to notices while its first message is claimed elsewhere")
         // The claim runs out (now, as the other relay's clock would have it): the first, then the
         // rest, in order.
         let database = try SQLiteDatabase(path: shop, waitingWhenBusy: true)
         try database.execute("UPDATE switchyard_outbox SET claimed_until = \(WallClock.nowNanos() - 1) WHERE seq = \(firstRow)")
         database.close()
-        #expect(await eventually(10) { notices.withLock { $0.count } == 21 })
+        #expect(await eventually { notices.withLock { $0.count } == 21 })
         #expect(notices.withLock { $0 } == [-1] + Array(stride(from: 0, to: 40, by: 2)))
         await system.shutdown()
     }
@@ -597,7 +597,7 @@ struct OutboxTests {
         let receiver = try await makeSystem(config)
         let seen = Guarded<[Int]>([])
         try receiver.host("notices", as: $Notices.self) { NoticeCollector(actorSystem: $0, seen: seen) }
-        #expect(await eventually(20) { seen.withLock { $0.count } == 500 }, "\(seen.withLock { $0.count })")
+        #expect(await eventually { seen.withLock { $0.count } == 500 }, "\(seen.withLock { $0.count })")
         #expect(Set(seen.withLock { $0 }) == Set(1...500))
         await receiver.shutdown()
     }
@@ -1044,11 +1044,11 @@ struct PostgresOutboxTests {
             try database.run("UPDATE switchyard.outbox SET claimed_until = 0")
             try database.run("UPDATE switchyard.outbox SET claimed_until = \(WallClock.nowNanos() + 600_000_000_000) WHERE seq = \(firstRow)")
         }
-        #expect(await eventually(10) { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
+        #expect(await eventually { others.withLock { $0 } == Array(stride(from: 1, to: 40, by: 2)) }, "\(others.withLock { $0 })")
         #expect(notices.withLock { $0 } == [-1], "nothing to notices while its first message is claimed elsewhere")
         // The claim runs out: the first, then the rest, in order.
         try database.run("UPDATE switchyard.outbox SET claimed_until = \(WallClock.nowNanos() - 1) WHERE seq = \(firstRow)")
-        #expect(await eventually(10) { notices.withLock { $0.count } == 21 })
+        #expect(await eventually { notices.withLock { $0.count } == 21 })
         #expect(notices.withLock { $0 } == [-1] + Array(stride(from: 0, to: 40, by: 2)))
         await system.shutdown()
     }

@@ -356,7 +356,9 @@ struct TypedCallTests {
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
         let shop = try $Shop.resolve(id: "shop", using: system)
         for id in 0..<50 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
-        #expect(await eventually { ledger.all.filter { $0.hasPrefix("shop:record:") }.count == 50 })
+        #expect(
+            await eventually { ledger.all.filter { $0.hasPrefix("shop:record:") }.count == 50 },
+            "ran \(ledger.all.filter { $0.hasPrefix("shop:record:") }.count); \(system.hostingDiagnosis)")
         await system.shutdown()
     }
 
@@ -377,7 +379,7 @@ struct TypedCallTests {
         }
         let shop = try $Shop.resolve(id: "shop", using: system)
         for id in 0..<20 { try await shop.record(Order(id: id, customer: "c", amount: 1)) }
-        #expect(await eventually { ledger.all.count == 40 })
+        #expect(await eventually { ledger.all.count == 40 }, "ran \(ledger.all.count); \(system.hostingDiagnosis)")
         #expect(ledger.all.filter { $0.hasPrefix("email:record:") }.count == 20)
         #expect(ledger.all.filter { $0.hasPrefix("analytics:record:") }.count == 20)
         await #expect(throws: SwitchyardError.self) { _ = try await shop.place(Order(id: 1, customer: "x", amount: 1)) }

@@ -207,6 +207,12 @@ package final class DeliveryQueue: Sendable {
         }
     }
 
+    /// What the queue holds now, for a diagnosis (a test that waited in vain says why): deliveries
+    /// queued, workers suspended waiting, whether one is spinning, whether it is closed.
+    package var snapshot: String {
+        state.withLock { "queued \($0.items.count), workers waiting \($0.waiting.count), spinning \($0.spinning), closed \($0.closed)" }
+    }
+
     /// Closes the queue: workers finish, and the deliveries nobody started are returned.
     func close() -> [Inbound] {
         let (items, waiters) = state.withLock { state in

@@ -80,6 +80,13 @@ final class Server: Sendable {
         }
     }
 
+    /// What the hosting side holds now, for a diagnosis: the count in flight and each
+    /// subscription's queue (``DeliveryQueue/snapshot``).
+    func diagnosis() -> String {
+        let queues = state.withLock { $0.subscriptions }.map { "\($0.transport.name): \($0.queue.snapshot)" }
+        return "in flight \(inFlight.value); " + (queues.isEmpty ? "no subscriptions" : queues.joined(separator: "; "))
+    }
+
     /// Every (transport, channel) subscribed here since the start.
     func servedChannels() -> Set<ServedChannel> { state.withLock { $0.served } }
 
