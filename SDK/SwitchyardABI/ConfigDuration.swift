@@ -24,12 +24,20 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
         }
         let text = try container.decode(String.self)
         guard let parsed = Self.parse(text) else {
-            throw DecodingError.dataCorrupted(
-                .init(
-                    codingPath: decoder.codingPath,
-                    debugDescription: "'\(text)' is not a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (a number needs a unit, and it must not be negative)"))
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: Self.refusal(of: text)))
         }
         self = parsed
+    }
+
+    /// Why `text` is not a duration, and how to write one: said the same way for plugin config
+    /// and the host's own keys.
+    public static func refusal(of text: String) -> String {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if let number = Double(trimmed), number.isFinite {
+            return number < 0 ? "'\(text)' is negative: a duration must not be" : "'\(text)' has no unit: write it with one, like \"\(trimmed)s\" or \"\(trimmed)ms\""
+        }
+        if trimmed.hasPrefix("-") { return "'\(text)' is negative: a duration must not be" }
+        return "'\(text)' is not a duration: a number and a unit (ns, us, ms, s, m or h), like \"250ms\", \"1.5s\", \"5m\" or \"2h\""
     }
 
     /// Parses `"<number><unit>"` with unit ns, us, ms, s, m or h; nil when malformed or negative.

@@ -89,7 +89,13 @@ struct RunCommand: AsyncParsableCommand {
                 services: (admin.map { [ServiceGroupConfiguration.ServiceConfiguration(service: $0)] } ?? []) + [.init(service: host)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         // The endpoint logs where it listens itself ("admin endpoint listening", with its url).
-        try await group.run()
+        do {
+            try await group.run()
+        } catch let error as ConfigError {
+            // Hosting a native module found its library missing: said as every config problem is.
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
     }
 }
 

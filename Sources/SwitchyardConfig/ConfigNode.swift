@@ -23,7 +23,14 @@ public struct ConfigNode {
 
     /// The node's entries as a mapping, refusing keys outside `allowed`. Keys keep file order.
     public func mapping(allowed: [String]) throws(ConfigError) -> [(key: String, value: ConfigNode)] {
-        guard case .mapping(let mapping) = node else { throw error("expected a mapping of keys to values") }
+        guard case .mapping(let mapping) = node else {
+            // `admin:` with nothing after it: say what an empty section is written as.
+            if node.null != nil {
+                let keys = allowed.isEmpty ? "" : " (keys: \(allowed.joined(separator: ", ")))"
+                throw error("has no value: expected a mapping of keys to values\(keys); write {} to take every default, or remove the key")
+            }
+            throw error("expected a mapping of keys to values")
+        }
         var result: [(key: String, value: ConfigNode)] = []
         for (keyNode, valueNode) in mapping {
             guard let key = keyNode.string else { throw error("keys must be strings") }
@@ -78,8 +85,9 @@ public struct ConfigNode {
 
 extension ConfigNode {
     /// This node as JSON text (mappings → objects, sequences → arrays, scalars by their YAML
-    /// type), for handing a plugin its own config.
-    public func json() throws(ConfigError) -> String {
+    /// type), for handing a plugin its own config. `expecting` says what the mapping is, for the
+    /// error when the node is not one.
+    public func json(expecting what: String = "a mapping of the plugin's config keys") throws(ConfigError) -> String {
         func convert(_ node: Node, _ path: String) throws(ConfigError) -> Any {
             switch node {
             case .scalar(let scalar):
@@ -106,7 +114,7 @@ extension ConfigNode {
             }
         }
         let object = try convert(node, path)
-        guard object is [String: Any] else { throw error("expected a mapping of the plugin's config keys") }
+        guard object is [String: Any] else { throw error("expected \(what)") }
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
             throw error("cannot be expressed as JSON")
         }
@@ -122,6 +130,12 @@ public func parseConfigYAML(_ text: String) throws(ConfigError) -> ConfigNode? {
         switch error {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             throw ConfigError(key: "", line: mark.line, message: "YAML syntax error: \(problem)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            // Yams' own text is several lines of context; the key and what to do fit in one.
+            let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
+            throw ConfigError(
+                key: "", line: context.mark.line,
+                message: "the key \(keys) appears more than once in the same mapping: keep one, merging their settings")
         default:
             throw ConfigError(key: "", line: nil, message: "YAML error: \(error)")
         }

@@ -145,7 +145,7 @@ extension SwitchyardConfig {
                     route.deadlineNanos = try field.duration()
                     guard route.deadlineNanos > 0 else { throw field.error("must be more than 0") }
                 case .delay: route.delayNanos = try field.duration()
-                case .retry: route.retryJSON = try field.json()
+                case .retry: route.retryJSON = try field.json(expecting: "a retry policy, a mapping like { max_attempts: 4, initial_delay: 100ms }")
                 case .ordering: route.orderingArgument = try field.string()
                 case .encoding:
                     route.encoding = try field.string()
@@ -257,7 +257,7 @@ extension ConfigNode {
     public func duration() throws(ConfigError) -> Int64 {
         let text = try string()
         guard let parsed = ConfigDuration.parse(text) else {
-            throw error("'\(text)' is not a duration like \"250ms\", \"5s\", \"1m\" or \"2h\"")
+            throw error(ConfigDuration.refusal(of: text))
         }
         return parsed.nanoseconds
     }

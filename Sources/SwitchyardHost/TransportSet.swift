@@ -61,6 +61,20 @@ public final class TransportSet: Sendable {
                         .config, "transport '\(name)': plugin '\(spec.plugin)' was found but refused: \(refusal.path): \(refusal.reason)",
                         transport: name)
                 }
+                // With plugins.require_pins, files without a pin are refused unread, their names
+                // unknown: the plugin meant is most likely among them, and pinning is the fix,
+                // not building it.
+                let unpinned = catalog.rejected.filter { $0.kind == .pinMismatch && $0.plugin == nil }
+                if !unpinned.isEmpty {
+                    let files = unpinned.prefix(3).map(\.path).joined(separator: ", ") + (unpinned.count > 3 ? ", …" : "")
+                    throw TransportError(
+                        .config,
+                        "transport '\(name)': no pinned plugin is named '\(spec.plugin)': plugins.require_pins is on, and \(unpinned.count) "
+                            + "file\(unpinned.count == 1 ? " was" : "s were") refused unread, each because its sha256 is not pinned (\(files)). "
+                            + "If '\(spec.plugin)' is among them, pin it: 'switchyard plugins inspect FILE', run without this config, shows a "
+                            + "file's plugin name and sha256; add plugins.pins.\(spec.plugin): <that sha256> to the config",
+                        transport: name)
+                }
                 // A refused file may be the one meant: say which were refused, and why.
                 let refused = catalog.rejected.prefix(3).map { "\($0.path): \($0.reason)" }
                 let found = catalog.plugins.map(\.name).joined(separator: ", ")

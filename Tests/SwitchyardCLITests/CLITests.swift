@@ -248,6 +248,9 @@ struct CLITests {
             let opened = try await run(BuildProducts.switchyard, ["stats", "--config", config])
             #expect(!opened.signaled && opened.status != 0, "\(opened.stdout)\(opened.stderr)")
             #expect(opened.stderr.contains("example-c") && opened.stderr.contains("is not pinned"), "\(opened.stderr)")
+            // The fix is a pin, not a build: the plugin was found, and refused unread.
+            #expect(opened.stderr.contains("add plugins.pins.example-c: <that sha256>"), "\(opened.stderr)")
+            #expect(!opened.stderr.contains("swift build --product"), "\(opened.stderr)")
         }
     }
 

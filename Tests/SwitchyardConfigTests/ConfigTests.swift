@@ -19,6 +19,15 @@ struct ConfigTests {
         #expect(config.plugins.pins["queue"] == String(repeating: "a1", count: 32))
     }
 
+    @Test("a key given twice in one mapping is an error with its line, not several lines of parser context")
+    func duplicateKey() {
+        let error = #expect(throws: ConfigError.self) {
+            try SwitchyardConfig.parse(yaml: "plugins:\n  probe: true\n  directory: x\n  probe: false\n", baseDirectory: "/")
+        }
+        #expect(error?.line != nil)
+        #expect(error?.message == "the key 'probe' appears more than once in the same mapping: keep one, merging their settings")
+    }
+
     @Test("an empty file is the default config")
     func empty() throws {
         let config = try SwitchyardConfig.parse(yaml: "", baseDirectory: "/")
@@ -33,6 +42,7 @@ struct ConfigTests {
             ("plugins:\n  require_pins: maybe\n", "plugins.require_pins", 2, "expected true or false"),
             ("plugins:\n  pins:\n    queue: abc\n", "plugins.pins.queue", 3, "64 hex digits"),
             ("plugins: 3\n", "plugins", 1, "expected a mapping"),
+            ("admin:\n", "admin", 1, "has no value: expected a mapping of keys to values (keys: listen, token); write {} to take every default"),
             ("plugins:\n  directory: \"\"\n", "plugins.directory", 2, "must not be empty"),
         ])
     func errors(_ yaml: String, _ key: String, _ line: Int, _ message: String) {
@@ -70,7 +80,10 @@ struct ConfigTests {
             ("transports:\n  'a b':\n    plugin: queue\n", "transports.a b", "transport names use"),
             ("transports:\n  a:\n    plugin: queue\n    isolation: sideways\n", "transports.a.isolation", "expected 'process' or 'in-process'"),
             ("transports:\n  a:\n    plugin: queue\n    isolation: { mode: proces }\n", "transports.a.isolation.mode", "expected 'process' or 'in-process'"),
-            ("transports:\n  a:\n    plugin: queue\n    isolation: { call_timeout: 5 }\n", "transports.a.isolation.call_timeout", "is not a duration"),
+            (
+                "transports:\n  a:\n    plugin: queue\n    isolation: { call_timeout: 5 }\n", "transports.a.isolation.call_timeout",
+                "'5' has no unit: write it with one, like \"5s\""
+            ),
             ("transports:\n  a:\n    plugin: queue\n    isolation: { restart: 1s }\n", "transports.a.isolation.restart", "unknown key"),
             ("transports:\n  a:\n    plugin: queue\n    isolation: { restart_backoff: 0s }\n", "transports.a.isolation.restart_backoff", "more than 0"),
             // A setting that would do nothing: the plugin runs in this process.

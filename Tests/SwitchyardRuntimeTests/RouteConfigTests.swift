@@ -20,6 +20,19 @@ struct RouteConfigTests {
 
         """
 
+    @Test("a pin under a name no plugin has is a warning naming its key and the nearest name: it checks nothing")
+    func misspelledPin() async throws {
+        let pins = "plugins:\n  pins: { queu: \(String(repeating: "a", count: 64)) }\n"
+        // Routed, so the process opens its transports (and reads the pins).
+        let config = try SwitchyardConfig.parse(yaml: pins + Self.transports + "routes:\n  Orders.*: { transport: q }\n", baseDirectory: "/")
+        let log = CapturedLog()
+        let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory], logger: log.logger()) }
+        let warning = log.all.first { $0.contains("a pin names no plugin found here") }
+        #expect(warning?.contains("key=plugins.pins.queu") == true, "\(log.all)")
+        #expect(warning?.contains("Did you mean 'queue'?") == true, "\(log.all)")
+        await system.shutdown()
+    }
+
     @Test("routes parse with their defaults")
     func parses() throws {
         let config = try SwitchyardConfig.parse(
@@ -48,6 +61,9 @@ struct RouteConfigTests {
             ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "expected one of"),
             ("routes:\n  Orders.place: { transport: q, deadline: soon }\n", "routes.Orders.place.deadline", "is not a duration"),
             ("routes:\n  Orders.place: { transport: q, deadline: 0 }\n", "routes.Orders.place.deadline", "more than 0"),
+            ("routes:\n  Orders.place: { transport: q, deadline: -5s }\n", "routes.Orders.place.deadline", "'-5s' is negative"),
+            ("routes:\n  Orders.place: { transport: q, retry: true }\n", "routes.Orders.place.retry", "expected a retry policy, a mapping like"),
+            ("routes:\n  Orders.place: { transport: q, deadline: 5 }\n", "routes.Orders.place.deadline", "'5' has no unit: write it with one, like \"5s\""),
             ("routes:\n  Orders.place: { transport: q, delya: 1s }\n", "routes.Orders.place.delya", "unknown key"),
             ("routes:\n  Orders..place: { transport: q }\n", "routes.Orders..place", "route patterns are"),
             ("routes:\n  Orders.place: { transport: q, encoding: xml }\n", "routes.Orders.place.encoding", "compact or json"),
@@ -86,7 +102,8 @@ struct RouteConfigTests {
             ("Orders.place: { transport: direct, prefetch: 50 }", "routes.Orders.place.prefetch", "needs a transport"),
             ("Orders.place: { transport: direct, concurrency: 4 }", "routes.Orders.place.concurrency", "needs a transport"),
             ("Orders.place: { transport: direct, lease_renewal: 1m }", "routes.Orders.place.lease_renewal", "needs a transport"),
-            ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry", "at least 1"),
+            ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry.max_attempts", "must be at least 1"),
+            ("Orders.place: { transport: q, retry: { jitter: half } }", "routes.Orders.place.retry.jitter", "must be \"full\" or \"none\""),
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
             ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),
         ])

@@ -100,8 +100,14 @@ struct NATSSettings: Sendable {
             ?? ProcessInfo.processInfo.environment["NATS_URL"].flatMap { $0.isEmpty ? nil : $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
             ?? ["nats://127.0.0.1:4222"]
         guard !servers.isEmpty, servers.allSatisfy({ $0.hasPrefix("nats://") || $0.hasPrefix("tls://") }) else {
-            let source = config.servers == nil ? "' (from NATS_URL" : ""
-            throw fail("servers\(source)", "expected URLs like nats://host:4222 or tls://host:4222")
+            let expected = "expected URLs like nats://host:4222 or tls://host:4222"
+            guard config.servers != nil else {
+                // From the environment: no key of the file to name, so the variable is named.
+                throw TransportError(
+                    .config,
+                    "NATS_URL: \(expected) (not shown: it may hold credentials; read because the config sets no 'servers'; set them there, or fix NATS_URL)")
+            }
+            throw fail("servers", expected)
         }
         stream = config.stream ?? "SWITCHYARD_\(upper)"
         guard !stream.isEmpty, stream.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }) else {

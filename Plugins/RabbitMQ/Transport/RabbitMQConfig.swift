@@ -83,12 +83,17 @@ struct RabbitMQSettings: Sendable {
         // Set but empty counts as unset, as for ${VAR} in a config file.
         let fromEnvironment = environment["RABBITMQ_URL"].flatMap { $0.isEmpty ? nil : $0 }
         let url = config.url ?? fromEnvironment ?? "amqp://guest:guest@127.0.0.1:5672/"
-        let key = config.url == nil && fromEnvironment != nil ? "url' (from RABBITMQ_URL" : "url"
         var info = amqp_connection_info()
         let copy = strdup(url)
         defer { free(copy) }
         guard url.hasPrefix("amqp://") || url.hasPrefix("amqps://"), amqp_parse_url(copy, &info) == 0 else {
-            throw fail(key, "expected amqp://user:password@host:5672/vhost or amqps://… (TLS)")
+            let expected = "expected amqp://user:password@host:5672/vhost or amqps://… (TLS)"
+            guard config.url != nil || fromEnvironment == nil else {
+                // From the environment: no key of the file to name, so the variable is named.
+                throw TransportError(
+                    .config, "RABBITMQ_URL: \(expected) (not shown: it may hold credentials; read because the config sets no 'url'; set it there, or fix RABBITMQ_URL)")
+            }
+            throw fail("url", expected)
         }
         host = String(cString: info.host)
         port = info.port

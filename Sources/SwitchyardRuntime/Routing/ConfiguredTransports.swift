@@ -67,6 +67,19 @@ extension TransportSet {
         for rejection in catalog.rejected where rejection.kind != .crashedWhileLoading {  // the probe logged those
             logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
         }
+        // A pin under a name no plugin has (a typo) checks nothing, and the plugin meant runs
+        // unpinned: said, not refused (a config may pin plugins another machine has).
+        let pluginNames = Set(catalog.plugins.map(\.name) + catalog.rejected.compactMap(\.plugin))
+        for pinned in config.plugins.pins.keys.sorted() where !pluginNames.contains(pinned) {
+            let near = TransportSet.nearest(to: pinned, among: pluginNames.sorted()).map { " Did you mean '\($0)'?" } ?? ""
+            logger.warning(
+                "a pin names no plugin found here, so it checks nothing",
+                metadata: [
+                    "key": "plugins.pins.\(pinned)",
+                    "found": "\(pluginNames.sorted().joined(separator: ", "))",
+                    "fix": "name the plugin as 'switchyard plugins list' shows it.\(near)",
+                ])
+        }
         do {
             return try TransportSet(
                 specs: config.transports.map(TransportSpec.init), catalog: catalog, only: names,

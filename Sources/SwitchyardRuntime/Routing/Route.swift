@@ -119,7 +119,11 @@ final class Route: Sendable {
             do {
                 try policy.validate()
             } catch {
-                throw fail(.retry, error.message.replacingOccurrences(of: "config key ", with: "key "))
+                // Named as an unknown key is (`routes.X.retry.max_attempts`), not "key '…'" inside.
+                guard let key = error.configKey, let range = error.message.range(of: "config key '\(key)': ") else {
+                    throw fail(.retry, error.message)
+                }
+                throw fail(.retry, under: key, String(error.message[range.upperBound...]))
             }
             retry = policy
         } else {
