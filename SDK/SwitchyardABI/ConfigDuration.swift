@@ -14,10 +14,8 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
         if let number = try? container.decode(Double.self) {
             guard number == 0 else {
                 let shown = number.rounded() == number && abs(number) < 1e15 ? String(Int64(number)) : String(number)
-                throw DecodingError.dataCorrupted(
-                    .init(
-                        codingPath: decoder.codingPath,
-                        debugDescription: "\(shown) has no unit: write a duration as a string with one, like \"\(shown)s\" (or \"250ms\", \"1m\", \"2h\")"))
+                let why = number < 0 ? Self.refusal(of: shown) : "\(shown) has no unit: write a duration as a string with one, like \"\(shown)s\" (or \"250ms\", \"1m\", \"2h\")"
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: why))
             }
             self.init(nanoseconds: 0)
             return
@@ -29,22 +27,32 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
         self = parsed
     }
 
-    /// Why `text` is not a duration, and how to write one: said the same way for plugin config
-    /// and the host's own keys.
+    /// Why `text` is not a duration, and how to write one: said the same way for the Swift SDK's
+    /// plugin config and the host's own keys.
     public static func refusal(of text: String) -> String {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
-        if let number = Double(trimmed), number.isFinite {
-            return number < 0 ? "'\(text)' is negative: a duration must not be" : "'\(text)' has no unit: write it with one, like \"\(trimmed)s\" or \"\(trimmed)ms\""
+        if trimmed.hasPrefix("-"), let next = trimmed.dropFirst().first, next.isNumber || next == "." {
+            return "'\(text)' is negative: a duration must not be"
         }
-        if trimmed.hasPrefix("-") { return "'\(text)' is negative: a duration must not be" }
+        if let number = Double(trimmed), number.isFinite {
+            return "'\(text)' has no unit: write it with one, like \"\(trimmed)s\" or \"\(trimmed)ms\""
+        }
+        for (unit, _) in units where trimmed.hasSuffix(unit) {
+            if let number = Double(trimmed.dropLast(unit.count)), number.isFinite, number >= 0 {
+                return "'\(text)' is too long: a duration is at most about 292 years (2^63 ns)"
+            }
+        }
         return "'\(text)' is not a duration: a number and a unit (ns, us, ms, s, m or h), like \"250ms\", \"1.5s\", \"5m\" or \"2h\""
     }
+
+    /// The units a duration may have, with their length in nanoseconds; longer suffixes first
+    /// where one ends another (`ms` before `s`).
+    private static let units: [(String, Double)] = [("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
 
     /// Parses `"<number><unit>"` with unit ns, us, ms, s, m or h; nil when malformed or negative.
     public static func parse(_ text: String) -> ConfigDuration? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         if trimmed == "0" { return ConfigDuration(nanoseconds: 0) }
-        let units: [(String, Double)] = [("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
         for (unit, scale) in units where trimmed.hasSuffix(unit) {
             let number = trimmed.dropLast(unit.count)
             guard let value = Double(number), value >= 0, value.isFinite, value * scale < Double(Int64.max) else { continue }

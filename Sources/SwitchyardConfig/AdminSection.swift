@@ -101,6 +101,10 @@ extension SwitchyardConfig {
     /// is served (``AdminSection/servingProblem(environment:)``).
     static func parseAdmin(_ node: ConfigNode, environment: [String: String]) throws(ConfigError) -> AdminSection {
         var section = AdminSection()
+        guard !node.isNull else {
+            throw node.error(
+                "has no value: write admin: {} for the endpoint on its default address (\(section.host):\(section.port)), or leave the section out to have none")
+        }
         var listenNode: ConfigNode?
         for (key, value) in try node.mapping(allowed: ["listen", "token"]) {
             switch key {

@@ -15,6 +15,9 @@ public struct ConfigNode {
         self.path = path
     }
 
+    /// Whether the node is YAML's null: a key with nothing after it, `~` or `null`.
+    var isNull: Bool { node.null != nil }
+
     /// 1-based line of this node in the file.
     public var line: Int? { node.mark?.line }
 
@@ -24,12 +27,9 @@ public struct ConfigNode {
     /// The node's entries as a mapping, refusing keys outside `allowed`. Keys keep file order.
     public func mapping(allowed: [String]) throws(ConfigError) -> [(key: String, value: ConfigNode)] {
         guard case .mapping(let mapping) = node else {
-            // `admin:` with nothing after it: say what an empty section is written as.
-            if node.null != nil {
-                let keys = allowed.isEmpty ? "" : " (keys: \(allowed.joined(separator: ", ")))"
-                throw error("has no value: expected a mapping of keys to values\(keys); write {} to take every default, or remove the key")
-            }
-            throw error("expected a mapping of keys to values")
+            // A key with nothing after it: name the keys it takes.
+            let keys = allowed.isEmpty ? "" : " (keys: \(allowed.joined(separator: ", ")))"
+            throw error(isNull ? "has no value: expected a mapping of keys to values\(keys)" : "expected a mapping of keys to values")
         }
         var result: [(key: String, value: ConfigNode)] = []
         for (keyNode, valueNode) in mapping {
@@ -133,9 +133,10 @@ public func parseConfigYAML(_ text: String) throws(ConfigError) -> ConfigNode? {
         case .duplicatedKeysInMapping(let duplicates, let context):
             // Yams' own text is several lines of context; the key and what to do fit in one.
             let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
+            let subject = duplicates.count == 1 ? "the key \(keys) appears" : "the keys \(keys) appear"
             throw ConfigError(
                 key: "", line: context.mark.line,
-                message: "the key \(keys) appears more than once in the same mapping: keep one, merging their settings")
+                message: "\(subject) more than once in the same mapping: keep one of each (for a section, merge its entries into one)")
         default:
             throw ConfigError(key: "", line: nil, message: "YAML error: \(error)")
         }

@@ -38,7 +38,7 @@ public final class TransportSet: Sendable {
     /// own refusal of its config.
     /// Calls into a plugin taking `slowCallWarningNanos` or longer are logged (0: never).
     public init(
-        specs: [TransportSpec], catalog: PluginCatalog, only names: [String]? = nil,
+        specs: [TransportSpec], catalog: PluginCatalog, only names: [String]? = nil, pinned: Set<String> = [],
         slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
         logger: Logger = Logger(label: "switchyard.transport")
     ) throws(TransportError) {
@@ -61,29 +61,17 @@ public final class TransportSet: Sendable {
                         .config, "transport '\(name)': plugin '\(spec.plugin)' was found but refused: \(refusal.path): \(refusal.reason)",
                         transport: name)
                 }
-                // With plugins.require_pins, files without a pin are refused unread, their names
-                // unknown: the plugin meant is most likely among them, and pinning is the fix,
-                // not building it.
-                let unpinned = catalog.rejected.filter { $0.kind == .pinMismatch && $0.plugin == nil }
-                if !unpinned.isEmpty {
-                    let files = unpinned.prefix(3).map(\.path).joined(separator: ", ") + (unpinned.count > 3 ? ", …" : "")
-                    throw TransportError(
-                        .config,
-                        "transport '\(name)': no pinned plugin is named '\(spec.plugin)': plugins.require_pins is on, and \(unpinned.count) "
-                            + "file\(unpinned.count == 1 ? " was" : "s were") refused unread, each because its sha256 is not pinned (\(files)). "
-                            + "If '\(spec.plugin)' is among them, pin it: 'switchyard plugins inspect FILE', run without this config, shows a "
-                            + "file's plugin name and sha256; add plugins.pins.\(spec.plugin): <that sha256> to the config",
-                        transport: name)
-                }
                 // A refused file may be the one meant: say which were refused, and why.
                 let refused = catalog.rejected.prefix(3).map { "\($0.path): \($0.reason)" }
                 let found = catalog.plugins.map(\.name).joined(separator: ", ")
+                let unpinned = Self.unpinnedAdvice(spec.plugin, catalog: catalog, pinned: pinned)
+                let advice = Self.unknownPluginAdvice(spec.plugin, found: catalog.plugins.map(\.name), notPlugins: catalog.notPlugins)
                 throw TransportError(
                     .config,
                     "transport '\(name)': unknown plugin '\(spec.plugin)' (found: \(found.isEmpty ? "none" : found)"
                         + (refused.isEmpty ? "" : "; refused: \(refused.joined(separator: "; "))\(catalog.rejected.count > 3 ? "; …" : "")")
                         + "; searched, in order: \(catalog.searched.map(\.description).joined(separator: ", "))). "
-                        + Self.unknownPluginAdvice(spec.plugin, found: catalog.plugins.map(\.name), notPlugins: catalog.notPlugins),
+                        + (unpinned.isEmpty ? advice : unpinned + advice.prefix(1).lowercased() + advice.dropFirst()),
                     transport: name)
             }
             let inner = try spec.inner.map { (innerName) throws(TransportError) in try create(innerName, chain: chain + [name]) }
@@ -156,6 +144,29 @@ extension TransportSet {
                 + "a debug build exports it anyway, a release build does not)"
         return "Put the plugin's .so file (any file name: the name inside it counts) in one of those directories "
             + "(e.g. \(SearchDirectory.systemDirectories[0])); the bundled plugins are \(bundledPlugins.joined(separator: ", "))" + unexported
+    }
+
+    /// With `plugins.require_pins`, files without a pin are refused unread, their names unknown:
+    /// the plugin meant may be among them, and then a pin, not a build, is the fix. Said first,
+    /// ending with what to do otherwise; nothing when no file was refused so, or when a plugin
+    /// found has a near name (a typo, which ``unknownPluginAdvice(_:found:notPlugins:)`` names).
+    /// `pinned`: the names the config pins (a pinned plugin refused so is one whose file changed).
+    static func unpinnedAdvice(_ plugin: String, catalog: PluginCatalog, pinned: Set<String>) -> String {
+        let unpinned = catalog.rejected.filter { $0.kind == .pinMismatch && $0.plugin == nil }
+        guard !unpinned.isEmpty, nearest(to: plugin, among: catalog.plugins.map(\.name)) == nil else { return "" }
+        let files = unpinned.prefix(3).map(\.path).joined(separator: ", ") + (unpinned.count > 3 ? ", …" : "")
+        let refused =
+            unpinned.count == 1
+            ? "1 file was refused unread because its sha256 is not pinned (\(files))"
+            : "\(unpinned.count) files were refused unread, each because its sha256 is not pinned (\(files))"
+        let fix =
+            pinned.contains(plugin)
+            ? "If '\(plugin)' is among them, its file changed since plugins.pins.\(plugin) was set: set that pin to the file's new "
+                + "sha256 if you upgraded it on purpose ('switchyard plugins inspect FILE', run without this config, shows it), or "
+                + "restore the file you pinned."
+            : "If '\(plugin)' is among them, pin it: 'switchyard plugins inspect FILE', run without this config, shows a file's "
+                + "plugin name and sha256; add plugins.pins.\(plugin): <that sha256> to the config."
+        return "plugins.require_pins is on, and \(refused). \(fix) If it is not among them: "
     }
 
     /// The name among `names` one or two edits from `name` (the first of the nearest), for a

@@ -282,7 +282,8 @@ struct DurableQueueTests {
             ("{\"max_in_flight\": 0}", "'max_in_flight'"), ("{\"retain\": 5}", "unknown config key 'retain'"),
             ("{\"full_wait\": 5}", "'full_wait'"), ("{\"full_wait\": 5}", "has no unit: write a duration as a string with one, like \"5s\""),
             ("{\"full_wait\": \"5\"}", "'5' has no unit: write it with one, like \"5s\""),
-            ("{\"full_wait\": \"-2s\"}", "'-2s' is negative"),
+            ("{\"full_wait\": \"-2s\"}", "'-2s' is negative"), ("{\"full_wait\": -2}", "'-2' is negative"),
+            ("{\"full_wait\": \"1e300s\"}", "is too long"),
         ])
     func badConfig(_ json: String, _ expected: String) throws {
         let plugin = try BuildProducts.plugin("queue")

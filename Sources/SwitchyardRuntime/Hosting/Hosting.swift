@@ -210,7 +210,7 @@ extension SwitchyardActorSystem {
                 }
             }
         }
-        server.add(Server.Subscription(transport: transport, id: subscription, queue: queue, workers: workers, leases: leases), channel: options.channel)
+        server.add(Server.Subscription(transport: transport, channel: options.channel, id: subscription, queue: queue, workers: workers, leases: leases))
     }
 
     /// Runs one delivered call and settles it: ack after the reply is sent; retry or dead-letter

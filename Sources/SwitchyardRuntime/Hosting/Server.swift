@@ -29,6 +29,8 @@ final class Server: Sendable {
     /// One subscription feeding a hosted actor's workers.
     struct Subscription: Sendable {
         let transport: Transport
+        /// The channel subscribed (the hosted actor's name).
+        let channel: String
         let id: SubscriptionID
         let queue: DeliveryQueue
         let workers: [Task<Void, Never>]
@@ -73,17 +75,17 @@ final class Server: Sendable {
     /// Everything hosted now.
     func allHosted() -> [Hosted] { state.withLock { Array($0.hosted.values) } }
 
-    func add(_ subscription: Subscription, channel: String) {
+    func add(_ subscription: Subscription) {
         state.withLock {
             $0.subscriptions.append(subscription)
-            $0.served.insert(ServedChannel(transport: subscription.transport.name, channel: channel))
+            $0.served.insert(ServedChannel(transport: subscription.transport.name, channel: subscription.channel))
         }
     }
 
     /// What the hosting side holds now, for a diagnosis: the count in flight and each
     /// subscription's queue (``DeliveryQueue/snapshot``).
     func diagnosis() -> String {
-        let queues = state.withLock { $0.subscriptions }.map { "\($0.transport.name): \($0.queue.snapshot)" }
+        let queues = state.withLock { $0.subscriptions }.map { "\($0.channel) on \($0.transport.name): \($0.queue.snapshot)" }
         return "in flight \(inFlight.value); " + (queues.isEmpty ? "no subscriptions" : queues.joined(separator: "; "))
     }
 

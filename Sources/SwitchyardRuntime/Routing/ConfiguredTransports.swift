@@ -68,10 +68,15 @@ extension TransportSet {
             logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
         }
         // A pin under a name no plugin has (a typo) checks nothing, and the plugin meant runs
-        // unpinned: said, not refused (a config may pin plugins another machine has).
+        // unpinned: said, not refused (a config may pin plugins another machine has). Only where
+        // the pin cannot be a refused file's, whose name was never read (a changed file under
+        // require_pins, one that crashed the probe), unless a plugin found has a near name.
         let pluginNames = Set(catalog.plugins.map(\.name) + catalog.rejected.compactMap(\.plugin))
+        let unnamedRefusals = catalog.rejected.contains { $0.plugin == nil }
         for pinned in config.plugins.pins.keys.sorted() where !pluginNames.contains(pinned) {
-            let near = TransportSet.nearest(to: pinned, among: pluginNames.sorted()).map { " Did you mean '\($0)'?" } ?? ""
+            let nearest = TransportSet.nearest(to: pinned, among: pluginNames.sorted())
+            guard nearest != nil || !unnamedRefusals else { continue }
+            let near = nearest.map { " Did you mean '\($0)'?" } ?? ""
             logger.warning(
                 "a pin names no plugin found here, so it checks nothing",
                 metadata: [
@@ -82,7 +87,7 @@ extension TransportSet {
         }
         do {
             return try TransportSet(
-                specs: config.transports.map(TransportSpec.init), catalog: catalog, only: names,
+                specs: config.transports.map(TransportSpec.init), catalog: catalog, only: names, pinned: Set(config.plugins.pins.keys),
                 slowCallWarningNanos: config.plugins.slowCallWarningNanos, logger: logger)
         } catch {
             let entry = error.transport.flatMap(config.transport(named:))
