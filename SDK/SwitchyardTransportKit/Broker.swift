@@ -655,13 +655,20 @@ public final class Broker: @unchecked Sendable {
         entry.member.inFlight -= 1
         count(settlement)
         condition.unlock()
-        try apply(settlement, to: entry)
+        var failure: TransportError?
+        do throws(TransportError) {
+            try apply(settlement, to: entry)
+        } catch {
+            failure = error
+        }
         // The store changed after the dispatcher may have looked: tell it, and anyone waiting
-        // for room or for a drain.
+        // for room or for a drain. Also when the store refused: the member's slot is free either
+        // way, and the dispatcher would otherwise only see it at its next sweep.
         condition.lock()
         markWork()
         wakeWaiters()
         condition.unlock()
+        if let failure { throw failure }
     }
 
     /// Counts a settlement in the stats. Call with the lock held.

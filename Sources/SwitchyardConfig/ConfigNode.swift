@@ -129,7 +129,11 @@ public func parseConfigYAML(_ text: String) throws(ConfigError) -> ConfigNode? {
     } catch let error as YamlError {
         switch error {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
-            throw ConfigError(key: "", line: mark.line, message: "YAML syntax error: \(problem)")
+            // The scanner's words for a tab in the indentation say nothing of tabs.
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            let indentation = mark.line >= 1 && mark.line <= lines.count ? lines[mark.line - 1].prefix { $0 == " " || $0 == "\t" } : ""
+            let tab = indentation.contains("\t") ? " (a tab in the indentation: YAML indents with spaces only)" : ""
+            throw ConfigError(key: "", line: mark.line, message: "YAML syntax error: \(problem)\(tab)")
         case .duplicatedKeysInMapping(let duplicates, let context):
             // Yams' own text is several lines of context; the key and what to do fit in one.
             let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")

@@ -28,6 +28,15 @@ struct ConfigTests {
         #expect(error?.message == "the key 'probe' appears more than once in the same mapping: keep one of each (for a section, merge its entries into one)")
     }
 
+    @Test("a tab in the indentation is named as one")
+    func tabIndentation() {
+        let error = #expect(throws: ConfigError.self) {
+            try SwitchyardConfig.parse(yaml: "plugins:\n\tprobe: true\n", baseDirectory: "/")
+        }
+        #expect(error?.line == 2)
+        #expect(error?.message.contains("a tab in the indentation: YAML indents with spaces only") == true, "\(error?.message ?? "")")
+    }
+
     @Test("an empty file is the default config")
     func empty() throws {
         let config = try SwitchyardConfig.parse(yaml: "", baseDirectory: "/")

@@ -541,7 +541,7 @@ static inline sy_status sy_config_duration_ns(sy_config *c, const char *key, int
             }
         }
     }
-    return sy_config_i_fail(err, key, "expected a duration like \"250ms\", \"5s\", \"1m\" or \"2h\" (not negative)");
+    return sy_config_i_fail(err, key, "expected a duration: a number and a unit (ns, us, ms, s, m or h), like \"250ms\" or \"1.5s\"; not negative, and a bare number other than 0 needs a unit");
 }
 
 /**
