@@ -29,11 +29,16 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
 
     private var scheduler: DelayScheduler!
     private let host: HostServices
+    /// Whether held messages are kept in a file (`path`), not only in memory.
+    private let durable: Bool
+
+    override var configuredCapabilities: Capabilities? { durable ? nil : Self.info.capabilities.subtracting(.durable) }
 
     required init(context: TransportContext) throws(TransportError) {
         let config = try context.decodeConfig(DelayConfig.self)
         if let capacity = config.capacity, capacity < 0 { throw TransportError(.config, "config key 'capacity': must be 0 (unbounded) or more") }
         host = context.host
+        durable = config.path != nil
         try super.init(context: context)
         let inner = self.inner
         scheduler = try DelayScheduler(path: config.path, capacity: config.capacity ?? 1_000_000, host: context.host) {

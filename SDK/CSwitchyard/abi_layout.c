@@ -25,6 +25,8 @@ _Static_assert(offsetof(sy_plugin_descriptor, publish_and_settle) == 120, "1.3 a
 _Static_assert(SY_DESCRIPTOR_SIZE_V1_3 == 128, "ABI 1.3 descriptor is 128 bytes");
 _Static_assert(offsetof(sy_plugin_descriptor, extend) == 128 && SY_DESCRIPTOR_SIZE_V1_6 == 136, "1.6 appends extend at 128");
 _Static_assert(offsetof(sy_plugin_descriptor, publish_async) == 136 && SY_DESCRIPTOR_SIZE_V1_7 == 144, "1.7 appends publish_async at 136");
+_Static_assert(offsetof(sy_plugin_descriptor, instance_capabilities) == 144 && SY_DESCRIPTOR_SIZE_V1_8 == 152,
+               "1.8 appends instance_capabilities at 144");
 _Static_assert(SY_SETTLEMENT_SIZE_V1_0 == 32 && sizeof(sy_settlement) == 32, "sy_settlement is 32 bytes");
 _Static_assert(SY_SUBSCRIBE_OPTIONS_SIZE_V1_0 == 52, "ABI 1.0 sy_subscribe_options ends with start at 48");
 _Static_assert(offsetof(sy_subscribe_options, reserved) == 52, "1.4 names the old padding reserved, at 52");

@@ -89,7 +89,15 @@ public final class TransportClient: @unchecked Sendable {
         self.instance = instance
         self.watch = watch
         publishesAsynchronously = descriptor.pointee.publish_async != nil && (inner?.publishesAsynchronously ?? true)
+        let declared = Capabilities(rawValue: descriptor.pointee.capabilities)
+        instanceCapabilities = descriptor.pointee.instance_capabilities.map { declared.intersection(Capabilities(rawValue: $0(instance))) } ?? declared
     }
+
+    /// What this instance keeps as configured (ABI 1.8 `instance_capabilities`, asked once, here):
+    /// its plugin's capabilities less those its config turned off — the bundled `queue` without a
+    /// `path` is not `durable`. All the plugin's capabilities where the plugin does not say (before
+    /// 1.8); never more.
+    public let instanceCapabilities: Capabilities
 
     /// Runs one call into the plugin, timed when a watch is set.
     @inline(__always)

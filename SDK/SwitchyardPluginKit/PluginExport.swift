@@ -42,7 +42,7 @@ public enum PluginExport {
         -> (descriptor: UnsafePointer<sy_plugin_descriptor>, instance: UnsafeMutableRawPointer)
     {
         let descriptor = makeDescriptor(info, create: Thunks.refuseCreate)
-        return (descriptor, Unmanaged.passRetained(InstanceBox(transport)).toOpaque())
+        return (descriptor, Unmanaged.passRetained(InstanceBox(transport, declared: info.capabilities)).toOpaque())
     }
 
     struct Registration: @unchecked Sendable {
@@ -69,7 +69,8 @@ public enum PluginExport {
                 drain: Thunks.drain, stats: Thunks.stats, publish_batch: Thunks.publishBatch,
                 settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil,
                 extend: info.extendsLeases ? Thunks.extend : nil,
-                publish_async: info.publishesAsynchronously ? Thunks.publishAsync : nil))
+                publish_async: info.publishesAsynchronously ? Thunks.publishAsync : nil,
+                instance_capabilities: Thunks.instanceCapabilities))
         return UnsafePointer(descriptor)
     }
 }
@@ -77,7 +78,12 @@ public enum PluginExport {
 /// The instance pointer handed to the host: the plugin object plus what it borrowed at creation.
 private final class InstanceBox: Sendable {
     let transport: any TransportInstance
-    init(_ transport: any TransportInstance) { self.transport = transport }
+    /// What the plugin's descriptor declares: the most `instance_capabilities` may answer.
+    let declared: Capabilities
+    init(_ transport: any TransportInstance, declared: Capabilities) {
+        self.transport = transport
+        self.declared = declared
+    }
 
     static func from(_ pointer: UnsafeMutableRawPointer?) -> InstanceBox? {
         pointer.map { Unmanaged<InstanceBox>.fromOpaque($0).takeUnretainedValue() }
@@ -134,7 +140,7 @@ private enum Thunks {
             return TransportError(.invalidArgument, "create: sy_host_services is \(host.pointee.struct_size) bytes, smaller than ABI 1.0's \(SizedStruct.hostServicesV1_0)")
                 .write(to: err)
         }
-        guard let factory = PluginExport.registration.withLock({ $0?.factory }) else {
+        guard let registered = PluginExport.registration.withLock({ $0 }) else {
             return TransportError(.internalError, "create called before the entry point").write(to: err)
         }
         let config = String(args.config_json)
@@ -142,8 +148,9 @@ private enum Thunks {
             instanceName: String(args.instance_name), configJSON: config.isEmpty ? "{}" : config,
             host: HostServices(host), inner: args.inner.flatMap { TransportClient($0.pointee) })
         return reporting(to: err) { () throws(TransportError) in
-            let transport = try factory(context)
-            out.pointee = Unmanaged.passRetained(InstanceBox(transport)).toOpaque()
+            let transport = try registered.factory(context)
+            let declared = Capabilities(rawValue: registered.descriptor.pointee.capabilities)
+            out.pointee = Unmanaged.passRetained(InstanceBox(transport, declared: declared)).toOpaque()
         }
     }
 
@@ -368,6 +375,11 @@ private enum Thunks {
         return reporting(to: err) { () throws(TransportError) in
             try box.transport.drain(deadlineNanos: deadline)
         }
+    }
+
+    static let instanceCapabilities: @convention(c) (UnsafeMutableRawPointer?) -> sy_capabilities = { instance in
+        guard let box = InstanceBox.from(instance) else { return 0 }
+        return (box.transport.configuredCapabilities ?? box.declared).intersection(box.declared).rawValue
     }
 
     static let stats: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<sy_stats>?, UnsafeMutablePointer<sy_error>?) -> Int32 = {

@@ -74,8 +74,8 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// a subscription that set no visibility timeout of its own is handed out again after this
     /// long unsettled; 0 when deliveries have no time limit. Read only when
     /// ``PluginInfo/extendsLeases``. Default: 0. Throws when the plugin cannot tell now (a
-    /// decorator whose inner transport failed to answer): the host then extends nothing and says
-    /// why, instead of reading "no time limit".
+    /// decorator whose inner transport failed to answer): the host then says why and asks again
+    /// every second, extending nothing until it gets an answer, instead of reading "no time limit".
     var leaseNanos: Int64 { get throws(TransportError) }
 
     /// Extends the leases of `deliveries` (ABI 1.6 `extend`): each one's lease starts again now,
@@ -91,6 +91,16 @@ public protocol TransportInstance: AnyObject, Sendable {
 
     /// Counters since creation. Default: all zero.
     func stats() -> TransportStats
+
+    /// The capabilities this instance keeps as configured (ABI 1.8 `instance_capabilities`):
+    /// return the plugin's ``PluginInfo/capabilities`` less what this instance's config turned off
+    /// — a plugin that is durable only with a `path` leaves out `.durable` without one, so that the
+    /// host calls it inline instead of off the threads that must not wait for storage, and tells
+    /// operators its messages live in memory. Read after `init`, from any thread; anything beyond
+    /// the plugin's capabilities is ignored. Default: nil, every capability the plugin declares.
+    /// Declare it with this exact type, `Capabilities?`: a property of another type (a plain
+    /// `Capabilities`) is a different property, and the default would answer instead.
+    var configuredCapabilities: Capabilities? { get }
 
     /// Frees everything; called once, last. No deliveries may run once it returns. Default: no-op.
     func shutdown()
@@ -143,6 +153,7 @@ extension TransportInstance {
     }
     public func drain(deadlineNanos: Int64) throws(TransportError) {}
     public func stats() -> TransportStats { TransportStats() }
+    public var configuredCapabilities: Capabilities? { nil }
     public func shutdown() {}
 }
 

@@ -114,6 +114,11 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     /// with its own store, lock and dispatcher thread; nil with one (a store that is not in memory
     /// is one), whose calls go straight to ``broker``.
     public let shards: ShardedBroker?
+    /// Whether the store keeps messages beyond this process (``MessageStore/isDurable``).
+    private let durable: Bool
+
+    /// The plugin's capabilities, less `.durable` over a store in memory (no `path`).
+    open var configuredCapabilities: Capabilities? { durable ? nil : Self.info.capabilities.subtracting(.durable) }
 
     /// Reads the config, makes the store (``makeStore(context:config:fanOut:deadLetterSuffix:)``)
     /// and starts the broker. A store in memory is made once per shard (`shards`, default
@@ -128,6 +133,7 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
             throw TransportError(.config, Self.notSharded)
         }
         var stores = [try Self.makeStore(context: context, config: config, fanOut: fanOut, deadLetterSuffix: options.deadLetterSuffix)]
+        durable = stores[0].isDurable
         if stores[0] is MemoryStore {
             for _ in 1..<(config.shards ?? ShardedBroker.defaultCount) {
                 stores.append(try Self.makeStore(context: context, config: config, fanOut: fanOut, deadLetterSuffix: options.deadLetterSuffix))

@@ -13,7 +13,8 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
 
     /// The inner transport. The host owns it and destroys it after this instance.
     public let inner: TransportClient
-    /// What the inner transport's plugin declares.
+    /// What the inner transport keeps as configured: its plugin's capabilities, less those its
+    /// config turned off (ABI 1.8 `instance_capabilities`; a `queue` without `path` is not durable).
     public let innerCapabilities: Capabilities
     /// Subscriptions this instance holds on the inner transport. They end with this instance:
     /// the inner one outlives it and must not deliver to subscribers that are gone.
@@ -25,7 +26,7 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
             throw TransportError(.config, "transport '\(context.instanceName)': \(Self.info.name) needs an inner transport ('inner' in config)")
         }
         self.inner = inner
-        innerCapabilities = Capabilities(rawValue: inner.descriptor.pointee.capabilities)
+        innerCapabilities = inner.instanceCapabilities
         passesPublishAsync = Self.info.publishesAsynchronously
     }
 
@@ -71,6 +72,10 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
         }
         inner.publish(batch.map { $0.copy() }, done: done)
     }
+    /// Every capability of the subclass's info. Override where config turns some off (`delay`
+    /// without `path` holds messages in memory: not `.durable`).
+    open var configuredCapabilities: Capabilities? { nil }
+
     /// Whether the subclass's info says ``PluginInfo/publishesAsynchronously`` (read once).
     private let passesPublishAsync: Bool
     /// Where publishes wait for an inner transport without `publish_async`.

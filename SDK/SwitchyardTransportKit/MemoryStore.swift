@@ -14,6 +14,8 @@ public final class MemoryStore: MessageStore {
     public let retainedPerChannel: Int
     /// Names dead-letter channels (shared by every group, never copied per group).
     private let deadLetterSuffix: String
+    /// Messages live in this process only.
+    public var isDurable: Bool { false }
     private func isDeadLetterChannel(_ channel: String) -> Bool { channel.hasSuffix(deadLetterSuffix) }
     private let state = Guarded(State())
     /// The state's counts, readable without its lock.

@@ -100,6 +100,11 @@ public enum DeadLetter {
 ///
 /// Implementations are thread-safe. Errors are `TransportError`s (`.io` for storage failures).
 public protocol MessageStore: AnyObject, Sendable {
+    /// Whether stored messages outlive the process (a file, a server). False for a store in
+    /// memory: a ``BrokerTransport`` over it then leaves `.durable` out of its instance's
+    /// capabilities (ABI 1.8 `instance_capabilities`). Default: true.
+    var isDurable: Bool { get }
+
     /// Stores messages. Returns only when they are as durable as the store promises.
     func append(_ messages: [Message]) throws(TransportError)
     /// Stores messages without waiting: `done` is called exactly once, with nil once they are as
@@ -190,6 +195,8 @@ public protocol MessageStore: AnyObject, Sendable {
 }
 
 extension MessageStore {
+    public var isDurable: Bool { true }
+
     public func take(channel: String, group: String, limit: Int, now: Int64, leaseUntil: Int64) throws(TransportError) -> [LeasedMessage] {
         var leased = try lease(channel: channel, group: group, limit: limit, now: now, leaseUntil: leaseUntil)
         let unkeyed = leased.indices.filter { leased[$0].message.orderingKey == nil }

@@ -42,7 +42,7 @@ struct InspectPlugin: ParsableCommand {
             ("subscribe", d.subscribe != nil), ("unsubscribe", d.unsubscribe != nil), ("settle", d.settle != nil),
             ("drain", d.drain != nil), ("stats", d.stats != nil), ("publish_batch", d.publish_batch != nil),
             ("settle_batch", d.settle_batch != nil), ("publish_and_settle", d.publish_and_settle != nil), ("extend", d.extend != nil),
-            ("publish_async", d.publish_async != nil),
+            ("publish_async", d.publish_async != nil), ("instance_capabilities", d.instance_capabilities != nil),
         ].filter(\.1).map(\.0)
         if json {
             struct Output: Encodable {

@@ -10,7 +10,7 @@ enum StandardChecks {
         publishDeliverAck, publishBatch, rejectsBadArguments, releaseAndRetryCounting, giveBackInsideDeliver, unsubscribeReleases, prefetch,
         competingConsumers, visibilityTimeout, retryAfter, fanOut, orderingKeys, deadLetter, delayNeverEarly,
         drainReleases, survivesRestart, deliverBatch, settleBatch, publishAndSettle, expiry, settleOnDelivery, extendLeases,
-        publishAsync,
+        publishAsync, instanceCapabilities,
     ]
 
     static func message(_ id: String, _ channel: String = "conformance", key: String? = nil, body: [UInt8] = [1, 2, 3]) -> Message {
@@ -784,6 +784,36 @@ enum StandardChecks {
             try c.expect(error.code == .closed, "publish after drain gave \(error.code), expected closed")
         }
         if let stats = try t.client.stats() { try c.expect(stats.released >= 1, "stats.released is \(stats.released) after drain") }
+    }
+
+    static let instanceCapabilities = ConformanceCheck(
+        name: "instance-capabilities",
+        summary: "with instance_capabilities, an instance keeps a steady subset of what its plugin declares (durable, when configured so)",
+        requires: [], requiresDurable: false
+    ) { c in
+        let t = try c.transport()
+        // Through the client's table: under isolation that is the proxy's, which answers what the
+        // child's instance said at its create.
+        guard let ask = t.client.descriptor.pointee.instance_capabilities else {
+            c.note("no instance_capabilities (before ABI 1.8): its instances keep every capability the plugin declares")
+            return
+        }
+        let declared = t.plugin.capabilities
+        let first = Capabilities(rawValue: ask(t.client.instance))
+        let second = Capabilities(rawValue: ask(t.client.instance))
+        try c.expect(first == second, "instance_capabilities answered [\(first)], then [\(second)]: the answer must not change")
+        try c.expect(
+            declared.isSuperset(of: first),
+            "instance_capabilities claims [\(first.subtracting(declared))], which the descriptor does not declare (a host ignores them)")
+        if declared.contains(.wrapsInner) {
+            try c.expect(first.contains(.wrapsInner), "a decorator's instance leaves out wraps-inner, which no config can turn off")
+        }
+        if c.suite.durable && declared.contains(.durable) {
+            try c.expect(
+                first.contains(.durable),
+                "configured to be durable (its path or isolation key set), the instance leaves out durable: the durable checks would test a store in memory")
+        }
+        try c.expect(t.capabilities == first.intersection(declared), "the host reads [\(t.capabilities)], the instance answers [\(first)]")
     }
 
     static let survivesRestart = ConformanceCheck(

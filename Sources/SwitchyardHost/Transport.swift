@@ -32,10 +32,15 @@ public final class Transport: Sendable {
         return links
     }
 
-    /// What the chain can do together: a decorator's capabilities and those of every transport
-    /// it wraps (a `retry` over a durable `queue` retries and is durable).
+    /// What this instance keeps as configured: its plugin's capabilities, less those its config
+    /// turned off (ABI 1.8 `instance_capabilities`: the bundled `queue` without `path` is not
+    /// `durable`); all of them for a plugin that does not say.
+    public var capabilities: Capabilities { client.instanceCapabilities }
+
+    /// What the chain can do together, as configured: a decorator's capabilities and those of every
+    /// transport it wraps (a `retry` over a durable `queue` retries and is durable).
     public var chainCapabilities: Capabilities {
-        chain.reduce(into: Capabilities()) { $0.formUnion($1.plugin.capabilities) }
+        chain.reduce(into: Capabilities()) { $0.formUnion($1.capabilities) }
     }
 
     /// The chain's plugin names, for messages: `retry → queue`.
@@ -58,6 +63,10 @@ public final class Transport: Sendable {
         }
         deinit { pointer.deallocate() }
     }
+
+    /// Whether the plugin runs in a child process (`isolation: process`): every call crosses a
+    /// socket, and may wait for a child that is restarting.
+    public var isProcessIsolated: Bool { isolated != nil }
 
     /// The pid of the child process running the plugin (`isolation: process`) right now; nil
     /// for an in-process transport or while the child is being restarted.
@@ -179,6 +188,20 @@ public final class Transport: Sendable {
         self.client = TransportClient(
             descriptor: adapter.descriptor, instance: adapter.instance,
             watch: Self.slowCallWatch(name: name, plugin: plugin.name, thresholdNanos: slowCallWarningNanos, logger: logger))
+    }
+
+    /// A transport over an object of this process, presented through the ABI as an instance of
+    /// `plugin` (which names it; its code is not called): for tests that need a transport whose
+    /// every answer they choose.
+    package init(name: String, plugin: LoadedPlugin, presenting object: any TransportInstance, info: PluginInfo) {
+        let adapter = PluginExport.inProcess(object, info: info)
+        self.name = name
+        self.plugin = plugin
+        self.inner = nil
+        self.services = HostServices(transportName: name, logger: Logger(label: "switchyard.transport"), metrics: nil)
+        self.isolated = nil
+        self.innerReference = nil
+        self.client = TransportClient(descriptor: adapter.descriptor, instance: adapter.instance)
     }
 
     /// Calls `observer` for every message this instance reports it moved to a dead-letter

@@ -17,7 +17,8 @@ enum DescriptorValidation {
             case 1, 2: \sy_plugin_descriptor.publish_batch
             case 3, 4, 5: \sy_plugin_descriptor.publish_and_settle
             case 6: \sy_plugin_descriptor.extend
-            default: \sy_plugin_descriptor.publish_async
+            case 7: \sy_plugin_descriptor.publish_async
+            default: \sy_plugin_descriptor.instance_capabilities
             }
         return MemoryLayout<sy_plugin_descriptor>.offset(of: lastField)! + MemoryLayout<UnsafeRawPointer>.size
     }

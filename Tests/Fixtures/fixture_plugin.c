@@ -6,7 +6,8 @@
  *   FIXTURE_VERSION="x"      plugin version (default "1.0.0")
  *   FIXTURE_ABI_MAJOR=n      descriptor's ABI major (default SY_ABI_MAJOR)
  *   FIXTURE_STRUCT_SIZE=n    descriptor's struct_size (default sizeof)
- *   FIXTURE_NEWER_MINOR      claims ABI 1.7 and appends fields this host does not know
+ *   FIXTURE_NEWER_MINOR      claims the minor after this header's and appends fields this host does
+ *                            not know
  *   FIXTURE_V1_0             a plugin built against ABI 1.0: minor 0, the 1.0 descriptor size
  *   FIXTURE_NULL_PUBLISH     leaves the required publish function NULL
  *   FIXTURE_ENTRY_NULL       the entry returns NULL (refuses the host)
@@ -25,6 +26,9 @@
  *   FIXTURE_KEEPS_INNER      a decorator that keeps the host's `args->inner` pointer past create (the
  *                            header allows it until destroy) and publishes through it; a publish
  *                            finds SY_ERR_INTERNAL if what it points at changed since create
+ *   FIXTURE_INSTANCE_CAPABILITIES  declares SY_CAP_QUEUE | SY_CAP_DURABLE; its instances keep only
+ *                            SY_CAP_QUEUE (instance_capabilities, 1.8), and claim bit 41, which the
+ *                            descriptor lacks (a host must ignore it)
  */
 #define _POSIX_C_SOURCE 200809L
 #include "switchyard_plugin.h"
@@ -122,15 +126,22 @@ static sy_status f_settle(void *instance, sy_delivery_id d, const sy_settlement 
     return sy_error_set(err, SY_ERR_NOT_FOUND, "no deliveries here");
 }
 
+#ifdef FIXTURE_INSTANCE_CAPABILITIES
+static sy_capabilities f_instance_capabilities(void *instance) {
+    (void)instance;
+    return SY_CAP_QUEUE | ((sy_capabilities)1 << 41);
+}
+#endif
+
 #ifdef FIXTURE_NEWER_MINOR
-/* A descriptor from a future ABI 1.7: the 1.0 fields, then fields this host has never heard of. */
+/* A descriptor from a future minor: this header's fields, then fields this host has never heard of. */
 typedef struct {
     sy_plugin_descriptor v1_0;
     void *(*future_function)(void);
     uint64_t future_flags;
 } future_descriptor;
 static const future_descriptor descriptor = {
-    { sizeof(future_descriptor), SY_ABI_MAJOR, 7, FIXTURE_NAME, FIXTURE_VERSION, "from the future",
+    { sizeof(future_descriptor), SY_ABI_MAJOR, SY_ABI_MINOR + 1, FIXTURE_NAME, FIXTURE_VERSION, "from the future",
       SY_CAP_QUEUE | ((sy_capabilities)1 << 40),
       f_create, f_destroy, f_publish, f_subscribe, f_unsubscribe, f_settle, NULL, NULL },
     NULL, 42,
@@ -150,8 +161,10 @@ static const sy_plugin_descriptor descriptor = {
 #else
     FIXTURE_ABI_MAJOR, SY_ABI_MINOR,
 #endif
-#ifdef FIXTURE_KEEPS_INNER
+#if defined(FIXTURE_KEEPS_INNER)
     FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE | SY_CAP_WRAPS_INNER,
+#elif defined(FIXTURE_INSTANCE_CAPABILITIES)
+    FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE | SY_CAP_DURABLE,
 #else
     FIXTURE_NAME, FIXTURE_VERSION, "a test fixture", SY_CAP_QUEUE,
 #endif
@@ -162,6 +175,9 @@ static const sy_plugin_descriptor descriptor = {
     f_publish,
 #endif
     f_subscribe, f_unsubscribe, f_settle, NULL, NULL,
+#ifdef FIXTURE_INSTANCE_CAPABILITIES
+    NULL, NULL, NULL, NULL, NULL, f_instance_capabilities,
+#endif
 };
 #define DESCRIPTOR (&descriptor)
 #endif

@@ -173,7 +173,7 @@ struct CLITests {
         #expect(output.sha256.count == 64)
         let queue = try await run(BuildProducts.switchyard, ["plugins", "inspect", "queue", "--json"])
         let queueFunctions = try JSONDecoder().decode(Output.self, from: Data(queue.stdout.utf8)).functions
-        #expect(queueFunctions.contains("publish_async") && queueFunctions.contains("extend"), "\(queueFunctions)")
+        #expect(queueFunctions.contains("publish_async") && queueFunctions.contains("extend") && queueFunctions.contains("instance_capabilities"), "\(queueFunctions)")
         let missing = try await run(BuildProducts.switchyard, ["plugins", "inspect", "no-such-plugin"])
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("no plugin named 'no-such-plugin'"))

@@ -29,7 +29,7 @@ struct LoaderRejectionTests {
         .init(file: "abi-major-2.so", defines: ["FIXTURE_ABI_MAJOR=2"], kind: .abiMismatch, reason: "; this host speaks ABI 1.x"),
         .init(
             file: "too-small.so", defines: ["FIXTURE_STRUCT_SIZE=40"], kind: .descriptorTooSmall,
-            reason: "struct_size is 40 bytes; ABI 1.7 needs at least 144 (set .struct_size = sizeof(sy_plugin_descriptor)"),
+            reason: "struct_size is 40 bytes; ABI 1.8 needs at least 152 (set .struct_size = sizeof(sy_plugin_descriptor)"),
         .init(file: "tiny.so", defines: ["FIXTURE_STRUCT_SIZE=4"], kind: .descriptorTooSmall, reason: "too small to hold even its ABI version"),
         .init(file: "null-publish.so", defines: ["FIXTURE_NULL_PUBLISH"], kind: .missingFunction, reason: "leaves required function publish NULL"),
         .init(file: "bad-name.so", defines: ["FIXTURE_NAME=\"Bad_Name\""], kind: .invalidName, reason: "must start with a lowercase letter"),
@@ -162,7 +162,7 @@ struct LoaderRejectionTests {
         let path = try await CCompiler.fixture("future.so", in: dir.path, defines: ["FIXTURE_NAME=\"future\"", "FIXTURE_NEWER_MINOR"])
         let plugin = try PluginLoader().load(path: path)
         #expect(plugin.name == "future")
-        #expect(plugin.abiVersion == "1.7")
+        #expect(plugin.abiVersion == "1.\(SY_ABI_MINOR + 1)")
         #expect(plugin.capabilities.contains(.queue))
         #expect(plugin.capabilities.names.contains("bit-40"))
         // The host's copy ends where the host's struct ends; the plugin's extra fields were not copied.

@@ -75,8 +75,9 @@ extern "C" {
  *      SY_MESSAGE_SETTLED.
  *  1.5 added the capability SY_CAP_PRIVATE_WIRE.
  *  1.6 appended sy_plugin_descriptor.extend (lease renewal).
- *  1.7 appended sy_plugin_descriptor.publish_async (publishing without blocking the caller). */
-#define SY_ABI_MINOR 7
+ *  1.7 appended sy_plugin_descriptor.publish_async (publishing without blocking the caller).
+ *  1.8 appended sy_plugin_descriptor.instance_capabilities (what one configured instance keeps). */
+#define SY_ABI_MINOR 8
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -274,7 +275,8 @@ typedef uint64_t sy_capabilities;
 #define SY_CAP_DURABLE ((sy_capabilities)1 << 5)     /**< A successful publish survives a process crash. A capability of
                                                           the plugin: one that stores durably only when its config says so
                                                           (the bundled queue, topic and delay with `path`) declares it, and
-                                                          keeps the promise only where so configured. */
+                                                          keeps the promise only where so configured — which its
+                                                          instance_capabilities (1.8) tells the host, per instance. */
 #define SY_CAP_ORDERED ((sy_capabilities)1 << 6)     /**< Honors ordering_key. */
 #define SY_CAP_WRAPS_INNER ((sy_capabilities)1 << 7) /**< A decorator: needs an inner transport at creation. */
 #define SY_CAP_EXPIRY ((sy_capabilities)1 << 8)      /**< Honors expires_at_ns and SY_MESSAGE_DROP_WHEN_EXPIRED (1.3).
@@ -538,9 +540,11 @@ typedef struct sy_stats {
  *  calls the inner through `plugin`'s functions with `instance` as the first argument. Both
  *  pointers stay valid until the decorator's `destroy` returns; the host destroys the inner only
  *  after the decorator. `plugin` is the host's validated copy of the inner plugin's descriptor,
- *  zero past what that plugin declared: a function it lacks reads NULL (from a host before 1.7,
- *  check SY_SIZE_THROUGH(sy_plugin_descriptor, publish_async) <= plugin->struct_size before
- *  reading a 1.7 field). */
+ *  zero past what that plugin declared: a function it lacks reads NULL. The copy is as large as
+ *  the host's own descriptor: from a host of an older minor, check
+ *  SY_SIZE_THROUGH(sy_plugin_descriptor, FIELD) <= plugin->struct_size before reading a field
+ *  of a later minor (a 1.7 host's copy ends before instance_capabilities). What the inner
+ *  instance keeps: its instance_capabilities when present, else the copy's `capabilities`. */
 typedef struct sy_transport_ref {
     const struct sy_plugin_descriptor *plugin;
     void *instance;
@@ -744,7 +748,8 @@ typedef struct sy_plugin_descriptor {
      * When `out_lease_ns` is not NULL it receives the length of a lease in ns, as deliveries of
      * subscriptions that set no visibility_timeout_ns of their own get it (0: deliveries have no
      * time limit and are held until settled). With count 0 the call only reports that: a
-     * subscriber asks once per subscription, to know when to extend. Optional (NULL, or absent
+     * subscriber asks when a subscription begins, to know when to extend (Switchyard's host asks
+     * again every second until it gets an answer, when the first ask failed). Optional (NULL, or absent
      * before 1.6: leases cannot be extended; the visibility timeout must then cover a handler plus
      * its wait in the subscriber).
      */
@@ -790,6 +795,27 @@ typedef struct sy_plugin_descriptor {
      */
     void (*publish_async)(void *instance, const sy_message *messages, size_t count, sy_publish_done_fn done,
                           void *done_context);
+
+    /* ---- ABI 1.8 ---- */
+
+    /**
+     * The capabilities `instance` keeps as it was configured: the descriptor's `capabilities`, less
+     * those its config turned off — a plugin that stores durably only with a `path` leaves out
+     * SY_CAP_DURABLE for an instance created without one. Never more than the descriptor declares
+     * (a host ignores any other bit); SY_CAP_WRAPS_INNER stays for a decorator (no config turns it
+     * off). The same answer for the instance's whole life, from any thread, any number of times
+     * (Switchyard's host asks once, after `create`; a decorator may ask its inner again). Returns
+     * promptly.
+     *
+     * The host decides with it what the descriptor alone cannot tell: whether calls into the
+     * instance may wait for storage (this host calls a durable instance's publish and settle off
+     * the threads that must not block, and an in-memory one's inline) and whether its messages
+     * outlive the process (what operators are shown, and whether its dead letters can be read from
+     * another process). A decorator answers for itself only; a host asks each transport of a chain.
+     * Optional (NULL, or absent before 1.8: the instance keeps every capability the descriptor
+     * declares).
+     */
+    sy_capabilities (*instance_capabilities)(void *instance);
 } sy_plugin_descriptor;
 
 /** Size of a struct up to and including `field`, for checking `struct_size` against a field:
@@ -806,6 +832,8 @@ typedef struct sy_plugin_descriptor {
 #define SY_DESCRIPTOR_SIZE_V1_6 SY_SIZE_THROUGH(sy_plugin_descriptor, extend)
 /** Descriptor size at ABI 1.7: every field through `publish_async`. */
 #define SY_DESCRIPTOR_SIZE_V1_7 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_async)
+/** Descriptor size at ABI 1.8: every field through `instance_capabilities`. */
+#define SY_DESCRIPTOR_SIZE_V1_8 SY_SIZE_THROUGH(sy_plugin_descriptor, instance_capabilities)
 
 /** ABI 1.0 sizes of the structs that can grow: the smallest struct_size a reader accepts. */
 #define SY_MESSAGE_SIZE_V1_0 SY_SIZE_THROUGH(sy_message, enqueued_at_ns)

@@ -501,6 +501,7 @@ static const sy_plugin_descriptor descriptor = {
     NULL, /* publish_and_settle (ABI 1.3, optional): the host publishes, then settles */
     NULL, /* extend (ABI 1.6, optional): leases are not extended (this queue never redelivers on a timeout) */
     NULL, /* publish_async (ABI 1.7, optional): publish returns at once here, so the host calls it inline */
+    NULL, /* instance_capabilities (ABI 1.8, optional): no config turns a capability off here */
 };
 
 /* The one exported symbol, with C linkage and default visibility (SY_PLUGIN_EXPORT). Refuse hosts

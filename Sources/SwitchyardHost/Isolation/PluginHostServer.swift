@@ -277,7 +277,11 @@ public enum PluginHostServer {
                 }
                 switch frame.kind {
                 case .create:
-                    reply(frame.sequence) { () throws(TransportError) in try create(frame.payload) }
+                    replyWith(frame.sequence) { () throws(TransportError) in
+                        var data = WireWriter()
+                        data.integer(try create(frame.payload).rawValue)
+                        return data.bytes
+                    }
                 case .shutdown:
                     let closed = awaitServed()
                     if closed { transport?.close() }
@@ -344,7 +348,8 @@ public enum PluginHostServer {
             ended.signal()
         }
 
-        private func create(_ payload: [UInt8]) throws(TransportError) {
+        /// Creates the instance; returns what it keeps as configured.
+        private func create(_ payload: [UInt8]) throws(TransportError) -> Capabilities {
             guard transport == nil else { throw TransportError(.invalidArgument, "the instance exists already") }
             var reader = WireReader(payload)
             let version: UInt32 = try reader.integer("wire version")
@@ -386,6 +391,7 @@ public enum PluginHostServer {
                 send(Frame(kind: .deadLettered, sequence: 0, payload: payload.bytes))
             }
             transport = made
+            return made.capabilities
         }
 
         private func handle(_ frame: Frame) {

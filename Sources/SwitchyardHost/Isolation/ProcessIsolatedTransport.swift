@@ -104,6 +104,8 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         var nextSubscription: SubscriptionID = 1
         /// Deliveries handed to subscribers and not settled yet: the child they came from.
         var deliveries: [DeliveryID: (process: PluginProcess, childID: DeliveryID)] = [:]
+        /// What the child's instance keeps as configured, as its `create` answered.
+        var instanceCapabilities: Capabilities?
         /// The child's plugin's lease length, once asked (``leaseNanos``).
         var leaseNanos: Int64?
         var nextDelivery: DeliveryID = 1
@@ -422,6 +424,10 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         _ = try call(.drain, payload.bytes, operation: "drain", timeoutNanos: wait)
     }
 
+    /// What the child's instance keeps as configured (its `create` answered; the same config in
+    /// every incarnation).
+    var configuredCapabilities: Capabilities? { lock.withLock { state.instanceCapabilities } }
+
     func stats() -> TransportStats {
         guard var reply = try? call(.stats, [], operation: "stats") else { return TransportStats() }
         return (try? reply.stats()) ?? TransportStats()
@@ -502,7 +508,9 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             payload.string(name)
             payload.string(configJSON)
             payload.integer(slowCallWarningNanos)
-            _ = try process.request(.create, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "create")
+            var created = try process.request(.create, payload.bytes, timeoutNanos: options.callTimeoutNanos, operation: "create")
+            let kept: UInt64 = try created.integer("instance capabilities")
+            lock.withLock { state.instanceCapabilities = Capabilities(rawValue: kept) }
             let live = lock.withLock { state.subscriptions.map { ($0.key, $0.value.options) } }
             for (id, subscribeOptions) in live {
                 let childID = try subscribe(id, subscribeOptions, in: process)

@@ -19,7 +19,8 @@ import SwitchyardTransportKit
 enum WireKind: UInt8 {
     /// Parent → child: load the plugin and create the instance. Payload: wire version u32, plugin
     /// path, plugin name, pinned sha256 (empty: none), instance name, config JSON, slow-call
-    /// warning threshold i64 (ns; 0: none).
+    /// warning threshold i64 (ns; 0: none). Reply data: the instance's capabilities as configured
+    /// u64 (ABI 1.8 `instance_capabilities`).
     case create = 1
     /// Parent → child: payload one message.
     case publish = 2
@@ -71,8 +72,9 @@ enum WireKind: UInt8 {
 
 /// The protocol version carried by `create`; a child refuses any other.
 /// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle,
-/// deliver_batch and refusal frames; 4: extend; 5: create carries the slow-call warning threshold.
-let wireVersion: UInt32 = 5
+/// deliver_batch and refusal frames; 4: extend; 5: create carries the slow-call warning threshold;
+/// 6: create's reply carries the instance's capabilities (ABI 1.8).
+let wireVersion: UInt32 = 6
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
 let maxFrameBytes = 256 << 20

@@ -11,7 +11,8 @@ import Synchronization
 /// once is also what lets a durable store's group commit share one fsync among them.
 ///
 /// In-memory transports are called inline: their calls return in microseconds, and a thread hop
-/// would cost more than the call. ``CallCost`` tells the two apart.
+/// would cost more than the call. ``CallCost`` tells the two apart: it exists only for a chain
+/// that keeps `durable` as configured, and measures whether its calls really wait.
 final class StorageCalls: Sendable {
     /// The process-wide pool, started on first use.
     static let shared = StorageCalls(threads: 32)
@@ -33,9 +34,12 @@ final class StorageCalls: Sendable {
         }
     }
 
-    /// Whether calls into `transport` wait for storage (its chain is durable).
+    /// Whether calls into `transport` may wait: its chain keeps `durable` as configured (ABI 1.8
+    /// `instance_capabilities`: the bundled `queue` without `path` does not), or a link of it runs
+    /// in a child process (a socket round trip, and a wait of up to `call_timeout` while the
+    /// child restarts, even for a store in memory).
     static func blocksOnStorage(_ transport: Transport) -> Bool {
-        transport.chainCapabilities.contains(.durable)
+        transport.chainCapabilities.contains(.durable) || transport.chain.contains { $0.isProcessIsolated }
     }
 
     /// Runs `job` on a pool thread and returns at once.
@@ -57,17 +61,18 @@ final class StorageCalls: Sendable {
 /// on ``StorageCalls`` once they wait for storage (a SQLite commit, a JetStream acknowledgement) —
 /// or, for a publish, through the plugin's `publish_async` where it offers it (ABI 1.7), which
 /// waits for storage without any thread of this process.
-/// Capabilities cannot tell the two apart — the bundled `queue` is `durable` with `path:` and in
-/// memory without — so the runtime measures: a moving average over the last calls (about eight),
-/// taken wherever they ran.
+/// An instance that is not durable as configured (ABI 1.8: the bundled `queue` without `path:`)
+/// gets no meter and is always called inline. A durable one may still answer fast (a plugin of an
+/// older ABI that cannot say it is in memory, a store that syncs rarely), so the runtime measures:
+/// a moving average over the last calls (about eight), taken wherever they ran.
 package final class CallCost: Sendable {
     private let averageNanos = Atomic<Int64>(0)
     /// Calls averaging this long or longer run on the pool.
     static let poolThresholdNanos: Int64 = 20_000
 
-    /// The meter for `transport`, or nil when its chain is not durable (its calls never wait for
-    /// storage and always run inline, unmeasured).
-    static func of(_ transport: Transport) -> CallCost? {
+    /// The meter for `transport`, or nil when its chain is not durable as configured and runs in
+    /// this process (its calls never wait and always run inline, unmeasured).
+    package static func of(_ transport: Transport) -> CallCost? {
         guard StorageCalls.blocksOnStorage(transport) else { return nil }
         return meters.withLock { meters in
             if let meter = meters[ObjectIdentifier(transport)] { return meter }

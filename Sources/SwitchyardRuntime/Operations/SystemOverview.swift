@@ -65,10 +65,12 @@ public struct SystemOverview: Codable, Sendable {
         public var name: String
         /// Its plugins, outermost first (`retry → queue`).
         public var chain: [String]
-        /// What the chain can do together.
+        /// What the chain can do together, as configured: a plugin that is durable only with a
+        /// `path` is not `durable` here without one (ABI 1.8 `instance_capabilities`).
         public var capabilities: [String]
         /// Where the messages are: `memory`, `SQLite (work.db)`, `NATS JetStream`, `PostgreSQL`,
-        /// `RabbitMQ`, or the innermost plugin's name for a third-party one.
+        /// `RabbitMQ`, or the innermost plugin's name for a third-party one — `memory` for one
+        /// that declares `durable` and whose instance does not keep it (ABI 1.8).
         public var engine: String
         /// `process` when its plugin runs in a child process, else `in-process`.
         public var isolation: String
@@ -154,11 +156,14 @@ extension SystemOverview.TransportInfo {
         }
     }
 
-    /// Where `transport`'s messages are, from its innermost plugin and that one's config.
+    /// Where `transport`'s messages are, from its innermost plugin and that one's config: `memory`
+    /// wherever the innermost instance is not durable as configured (ABI 1.8), a plugin's name
+    /// where only its plugin knows.
     package static func engine(of transport: Transport, config: SwitchyardConfig) -> String {
         let innermost = transport.chain.last ?? transport
         switch innermost.plugin.name {
         case "queue", "topic", "delay":
+            guard innermost.capabilities.contains(.durable) else { return "memory" }
             let configJSON = config.transport(named: innermost.name)?.configJSON ?? "{}"
             let object = (try? JSONSerialization.jsonObject(with: Data(configJSON.utf8))) as? [String: Any]
             guard let path = object?["path"] as? String, !path.isEmpty else { return "memory" }
@@ -166,7 +171,10 @@ extension SystemOverview.TransportInfo {
         case "nats", "nats-topic": return "NATS JetStream"
         case "postgres", "postgres-topic": return "PostgreSQL"
         case "rabbitmq", "rabbitmq-topic": return "RabbitMQ"
-        default: return innermost.plugin.name
+        default:
+            // A plugin that can be durable and is not, as configured, keeps its messages in memory.
+            let inMemory = innermost.plugin.capabilities.contains(.durable) && !innermost.capabilities.contains(.durable)
+            return inMemory ? "memory" : innermost.plugin.name
         }
     }
 }

@@ -46,7 +46,7 @@ final class Route: Sendable {
 
     /// The link of `transport`'s chain that retries with a policy of its own (a `retry` decorator).
     static func retryDecorator(in transport: Transport) -> Transport? {
-        transport.chain.first { $0.plugin.capabilities.isSuperset(of: [.wrapsInner, .retry]) }
+        transport.chain.first { $0.capabilities.isSuperset(of: [.wrapsInner, .retry]) }
     }
 
     /// Checks the entry against its transport; every problem names the key and line.
@@ -75,7 +75,7 @@ final class Route: Sendable {
             self.transport = transport
             let capabilities = transport.chainCapabilities
             self.capabilities = capabilities
-            envelopeForm = transport.chain.last?.plugin.capabilities.contains(.privateWire) == true ? .compact : .cloudEvents
+            envelopeForm = transport.chain.last?.capabilities.contains(.privateWire) == true ? .compact : .cloudEvents
             func require(_ capability: Capabilities, for key: Key, _ what: String) throws(ConfigError) {
                 guard capabilities.contains(capability) else {
                     // Only `delay` can add its capability in front of any transport: the `retry`
