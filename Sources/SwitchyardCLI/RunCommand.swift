@@ -56,7 +56,8 @@ struct RunCommand: AsyncParsableCommand {
         if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         // Every configured transport, routed or not: a host runs them all (a delay transport keeps
         // forwarding), and a problem in any of them stops it here, naming the key.
-        let system = try startSystem(config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)
+        let system = try startSystem(
+            config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true, loadingEveryNativeModule: true)
         // After the config's own checks (a mistake in it is what to fix first), so the stores
         // the config names exist by now.
         if configured.native.isEmpty && !allowEmpty {
@@ -139,11 +140,15 @@ func startSystem(configPath: String, pluginDirectories: [String], logger: Logger
 }
 
 /// Starts the actor system from a config already read (`openingEveryTransport`: also the
-/// transports no route uses); a config problem is printed with its key and line and the command
-/// exits 1.
-func startSystem(config: SwitchyardConfig, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool = false) throws -> SwitchyardActorSystem {
+/// transports no route uses; `loadingEveryNativeModule`: every native library, first); a config
+/// problem is printed with its key and line and the command exits 1.
+func startSystem(
+    config: SwitchyardConfig, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool = false, loadingEveryNativeModule: Bool = false
+) throws -> SwitchyardActorSystem {
     do {
-        return try SwitchyardActorSystem(config: config, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: openingEveryTransport)
+        return try SwitchyardActorSystem(
+            config: config, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: openingEveryTransport,
+            loadingEveryNativeModule: loadingEveryNativeModule)
     } catch let error as ConfigError {
         printError("error: \(error)")
         throw ExitCode(1)

@@ -101,13 +101,23 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
     }
 
     /// The same; with `openingEveryTransport`, also the configured transports no route uses
-    /// (`switchyard console` shows them all).
-    package init(config: SwitchyardConfig, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool) throws {
+    /// (`switchyard console` shows them all); with `loadingEveryNativeModule`, every native module's
+    /// library before any transport starts (`switchyard run`, which hosts them all: a library
+    /// that does not load stops it before it creates a store or connects to a broker).
+    package init(
+        config: SwitchyardConfig, pluginDirectories: [String], logger: Logger, openingEveryTransport: Bool, loadingEveryNativeModule: Bool = false
+    ) throws {
         self.config = config
         self.logger = logger
         instanceID = "\(ProcessInfo.processInfo.hostName.prefix(32))-\(getpid())-\(EnvelopeID.make().suffix(12))"
             .map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" }.reduce(into: "") { $0.append($1) }
         replyChannelName = "_switchyard.reply.\(instanceID)"
+        do throws(ConfigError) {
+            nativeModules = try NativeModules(config.native)
+            if loadingEveryNativeModule { try nativeModules.load { _ in true } }
+        } catch {
+            throw error.inFile(config.file)
+        }
         let routed = config.routes.map(\.transport).filter { $0 != SwitchyardConfig.RouteEntry.direct }
         let needed = openingEveryTransport ? routed + config.transports.map(\.name) : routed
         do throws(ConfigError) {
@@ -131,8 +141,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
             throw error.inFile(config.file)
         }
         do {
+            // A direct route calls its module in this process: loaded now, not at the first call.
             let table = routes
-            nativeModules = try NativeModules(config.native) { entry in
+            try nativeModules.load { entry in
                 entry.functions.contains { table.route(interface: entry.interface, method: $0.name)?.isDirect == true }
             }
         } catch {

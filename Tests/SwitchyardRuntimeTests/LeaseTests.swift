@@ -1,6 +1,9 @@
 import Distributed
 import Foundation
+import Logging
 import SwitchyardABI
+import SwitchyardHost
+import SwitchyardPluginKit
 import SwitchyardTestSupport
 import SwitchyardWire
 import Synchronization
@@ -130,5 +133,71 @@ struct LeaseTests {
         #expect(keeper.count == 0)
         #expect(held[0].leaseLetGo.load(ordering: .relaxed) && held[1].leaseLetGo.load(ordering: .relaxed))
         await system.shutdown()
+    }
+
+    @Test("a transport that cannot say how long its leases last at the start is asked again; what was held meanwhile is extended from its answer on")
+    func keeperLearnsTheLeaseLater() async throws {
+        let (lease, transport) = try UnsureLease.transport()
+        defer { transport.close() }
+        let keeper = try #require(
+            LeaseKeeper.start(for: transport, channel: "slow", renewalNanos: 300_000_000_000, logger: Logger(label: "test")),
+            "a keeper all the same, which asks again")
+        defer { keeper.stop() }
+        #expect(keeper.halfLease == 0 && keeper.intervalNanos == 1_000_000_000, "asks every second until it knows")
+        let envelope = Envelope(target: .init(name: "SlowWork.work(_:millis:)", identifier: ""), arguments: [], deadlineNanos: 0)
+        let inbound = Inbound(delivery: 1, transport: transport, envelope: envelope, form: .compact, attempt: 1, group: "", cost: nil, leases: keeper)
+        keeper.hold(inbound)
+        #expect(keeper.extendDue() == 0 && keeper.halfLease == 0 && keeper.count == 1, "still no answer: nothing extended, nothing learnt")
+        lease.answer.withLock { $0 = 10_000_000_000 }
+        // Known now: the delivery held meanwhile is due at once, and extended — by this look or
+        // by the keeper's thread, whichever came first, once.
+        keeper.extendDue()
+        #expect(keeper.halfLease == 5_000_000_000)
+        #expect(await eventually { lease.extended.withLock { $0 } == [1] })
+        #expect(keeper.extendDue() == 0, "not due again for half a lease")
+        #expect(keeper.count == 1 && !inbound.leaseLetGo.load(ordering: .relaxed))
+    }
+
+    @Test("a transport that answers later that its deliveries have no time limit: nothing is kept")
+    func keeperLearnsThereIsNoLimit() async throws {
+        let (lease, transport) = try UnsureLease.transport()
+        defer { transport.close() }
+        let keeper = try #require(LeaseKeeper.start(for: transport, channel: "slow", renewalNanos: 300_000_000_000, logger: Logger(label: "test")))
+        defer { keeper.stop() }
+        let envelope = Envelope(target: .init(name: "SlowWork.work(_:millis:)", identifier: ""), arguments: [], deadlineNanos: 0)
+        keeper.hold(Inbound(delivery: 1, transport: transport, envelope: envelope, form: .compact, attempt: 1, group: "", cost: nil, leases: keeper))
+        lease.answer.withLock { $0 = 0 }
+        #expect(keeper.extendDue() == 0)
+        #expect(await eventually { keeper.count == 0 }, "told by this look or the keeper's thread")
+        keeper.hold(Inbound(delivery: 2, transport: transport, envelope: envelope, form: .compact, attempt: 1, group: "", cost: nil, leases: keeper))
+        #expect(keeper.count == 0 && lease.extended.withLock { $0 }.isEmpty)
+    }
+}
+
+/// A transport that cannot say how long its leases last until told (`answer`: nil fails), and
+/// extends whatever it is asked to, recording it.
+final class UnsureLease: TransportInstance {
+    /// One, presented as a transport that extends leases.
+    static func transport() throws -> (UnsureLease, Transport) {
+        let lease = UnsureLease()
+        let info = PluginInfo(name: "queue", version: "1.0.0", description: "", capabilities: [.queue], extendsLeases: true)
+        return (lease, Transport(name: "unsure", plugin: try BuildProducts.plugin("queue"), presenting: lease, info: info))
+    }
+
+    let answer = Guarded<Int64?>(nil)
+    let extended = Guarded<[DeliveryID]>([])
+    func publish(_ message: MessageView) throws(TransportError) {}
+    func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID { 1 }
+    func unsubscribe(_ id: SubscriptionID) throws(TransportError) {}
+    func settle(_ delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {}
+    var leaseNanos: Int64 {
+        get throws(TransportError) {
+            guard let known = answer.withLock({ $0 }) else { throw TransportError(.unavailable, "the broker is out of reach") }
+            return known
+        }
+    }
+    func extend(_ deliveries: UnsafeBufferPointer<DeliveryID>) -> [TransportError?] {
+        extended.withLock { $0.append(contentsOf: deliveries) }
+        return deliveries.map { _ in nil }
     }
 }

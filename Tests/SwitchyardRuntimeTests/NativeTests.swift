@@ -316,6 +316,27 @@ struct NativeTests {
         }
     }
 
+    @Test("switchyard run refuses a native library that does not load before it starts a transport: no store is created")
+    func runChecksLibrariesFirst() async throws {
+        let directory = try TemporaryDirectory()
+        let config = directory.file("switchyard.yaml")
+        try """
+        transports:
+          q: { plugin: queue, config: { path: "\(directory.file("q.db"))" } }
+        routes:
+          Math.*: { transport: q }
+        native:
+          Math:
+            library: /nonexistent/libnative.so
+            functions: { add: "i32(i32, i32)" }
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let result = try await run(BuildProducts.switchyard, ["run", "--config", config, "--plugins-dir", BuildProducts.directory])
+        #expect(result.status == 1, "\(result.stdout)\(result.stderr)")
+        #expect(result.stderr.contains("error: \(config):") && result.stderr.contains("'native.Math.library'"), "\(result.stderr)")
+        #expect(result.stderr.contains("cannot load native module"), "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: directory.file("q.db")), "the queue's store was not created")
+    }
+
     @Test("a caller through a transport never loads the library: its config's signature is enough, on a machine without the library")
     func callerNeedsNoLibrary() async throws {
         let (_, directory) = try await Self.module()

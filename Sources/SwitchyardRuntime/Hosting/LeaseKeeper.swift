@@ -4,6 +4,7 @@ import Metrics
 import SwitchyardABI
 import SwitchyardHost
 import SwitchyardWire
+import Synchronization
 
 /// Keeps the leases of the deliveries one subscription holds — queued for a worker or running —
 /// from running out, through the transport's `extend` (ABI 1.6): a delivery held for half its
@@ -27,8 +28,13 @@ final class LeaseKeeper: Sendable {
     /// The thread that runs it (its transport's).
     private let thread: LeaseKeeperThread
     /// Half the lease, in ns: a delivery is extended once held this long since it came or was
-    /// last extended.
-    let halfLease: Int64
+    /// last extended. 0 while the transport has not said how long its leases last (it failed to
+    /// answer at the start: ``learnLease()`` asks again at each look until it does).
+    private let halfLeaseNanos: Atomic<Int64>
+    var halfLease: Int64 { halfLeaseNanos.load(ordering: .relaxed) }
+    /// Set once the transport answered that its deliveries have no time limit after all: nothing
+    /// is kept from then on.
+    private let unlimited = Atomic<Bool>(false)
     /// How long after its delivery a delivery is extended at most (ns).
     private let renewal: Int64
     /// What is held, in the order taken, with what was let go since the last look (the keeper
@@ -54,17 +60,27 @@ final class LeaseKeeper: Sendable {
     /// A keeper for `transport`'s deliveries on `channel`, extending each for at most
     /// `renewalNanos` after its delivery, started; nil when the transport cannot extend leases,
     /// its deliveries have no time limit, or `renewalNanos` is 0.
+    /// A transport that cannot answer now (a plugin process restarting, a broker out of reach)
+    /// gets a keeper all the same, which asks again at each look — every second — and extends
+    /// what it holds from its first answer on.
     static func start(for transport: Transport, channel: String, renewalNanos: Int64, logger: Logger) -> LeaseKeeper? {
         guard renewalNanos > 0 else { return nil }
-        let lease: Int64
+        var lease: Int64 = 0
         do throws(TransportError) {
             guard let known = try transport.client.leaseNanos(), known > 0 else { return nil }
             lease = known
         } catch {
+            // `extend` absent answers nil above. An error that no retry clears (the plugin cannot
+            // extend after all, or is closed) ends it here, as before; any other may pass.
+            if Self.permanent(error) {
+                logger.warning(
+                    "cannot ask the transport how long its leases last; the leases of calls held here are not extended",
+                    metadata: ["transport": "\(transport.name)", "channel": "\(channel)", "error": "\(error.message)"])
+                return nil
+            }
             logger.warning(
-                "cannot ask the transport how long its leases last; the leases of calls held here are not extended",
+                "cannot ask the transport how long its leases last; asking again every second, and extending the leases of calls held here once it answers",
                 metadata: ["transport": "\(transport.name)", "channel": "\(channel)", "error": "\(error.message)"])
-            return nil
         }
         let keeper = LeaseKeeper(
             transport: transport, thread: LeaseKeeperThread.of(transport), lease: lease, renewal: renewalNanos, channel: channel, logger: logger)
@@ -75,7 +91,7 @@ final class LeaseKeeper: Sendable {
     private init(transport: Transport, thread: LeaseKeeperThread, lease: Int64, renewal: Int64, channel: String, logger: Logger) {
         self.transport = transport
         self.thread = thread
-        halfLease = max(lease / 2, 1)
+        halfLeaseNanos = Atomic(lease > 0 ? max(lease / 2, 1) : 0)
         self.renewal = renewal
         self.channel = channel
         self.logger = logger
@@ -93,10 +109,16 @@ final class LeaseKeeper: Sendable {
 
     /// How often the keeper looks: a quarter of the lease (so a delivery is extended between half
     /// and three quarters of it), within 5 ms and 1 s.
-    var intervalNanos: Int64 { min(max(halfLease / 2, 5_000_000), 1_000_000_000) }
+    /// Every second while the lease is not known yet.
+    var intervalNanos: Int64 {
+        let half = halfLease
+        return half == 0 ? 1_000_000_000 : min(max(half / 2, 5_000_000), 1_000_000_000)
+    }
 
-    /// A delivery taken: kept from now until ``letGo(_:)``.
+    /// A delivery taken: kept from now until ``letGo(_:)``. (While the lease is not known, due at
+    /// once: extended at the first look after the transport answers.)
     func hold(_ inbound: Inbound) {
+        guard !unlimited.load(ordering: .relaxed) else { return }
         let now = coarseMonotonicNanoseconds()
         inbound.leaseTakenAt.store(now, ordering: .relaxed)
         inbound.leaseDue.store(now + halfLease, ordering: .relaxed)
@@ -108,16 +130,54 @@ final class LeaseKeeper: Sendable {
 
     /// Deliveries taken together (a batch), under one lock.
     func hold(_ batch: [Inbound]) {
-        guard !batch.isEmpty else { return }
+        guard !batch.isEmpty, !unlimited.load(ordering: .relaxed) else { return }
         let now = coarseMonotonicNanoseconds()
+        let due = now + halfLease
         for inbound in batch {
             inbound.leaseTakenAt.store(now, ordering: .relaxed)
-            inbound.leaseDue.store(now + halfLease, ordering: .relaxed)
+            inbound.leaseDue.store(due, ordering: .relaxed)
         }
         held.withLock { held in
             held.list.append(contentsOf: batch)
             if held.list.count >= held.compactAt { Self.compact(&held) }
         }
+    }
+
+    /// Errors that asking again will not clear.
+    private static func permanent(_ error: TransportError) -> Bool {
+        [.unsupported, .invalidArgument, .closed].contains(error.code)
+    }
+
+    /// Asks the transport again how long its leases last (it could not say when the subscription
+    /// began); true once known. Told "no time limit", the keeper stops keeping anything.
+    private func learnLease() -> Bool {
+        guard !unlimited.load(ordering: .relaxed) else { return false }
+        let lease: Int64?
+        do throws(TransportError) {
+            lease = try transport.client.leaseNanos()
+        } catch {
+            guard Self.permanent(error) else { return false }  // said at the start; asked again at the next look
+            unlimited.store(true, ordering: .relaxed)
+            held.withLock { $0.list.removeAll() }
+            logger.warning(
+                "cannot ask the transport how long its leases last; no longer asking: the leases of calls held here are not extended",
+                metadata: ["transport": "\(transport.name)", "channel": "\(channel)", "error": "\(error.message)"])
+            return false
+        }
+        guard let lease, lease > 0 else {
+            guard !unlimited.exchange(true, ordering: .relaxed) else { return false }  // another look said it
+            held.withLock { $0.list.removeAll() }
+            logger.info(
+                "the transport answered: its deliveries have no time limit, so no lease is extended",
+                metadata: ["transport": "\(transport.name)", "channel": "\(channel)"])
+            return false
+        }
+        // Two looks may ask at once (the keeper's thread and another): one says it.
+        guard halfLeaseNanos.compareExchange(expected: 0, desired: max(lease / 2, 1), ordering: .relaxed).exchanged else { return true }
+        logger.info(
+            "the transport said how long its leases last; extending the leases of calls held here from now on",
+            metadata: ["transport": "\(transport.name)", "channel": "\(channel)", "lease_ms": "\(lease / 1_000_000)"])
+        return true
     }
 
     /// A delivery settled, handed back or given up: no longer kept.
@@ -144,6 +204,8 @@ final class LeaseKeeper: Sendable {
     /// Blocks (the transport's call may commit or cross a socket).
     @discardableResult
     func extendDue(now: Int64 = coarseMonotonicNanoseconds(), wallNow: Int64 = WallClock.nowNanos()) -> Int {
+        guard halfLease > 0 || learnLease() else { return 0 }
+        let halfLease = halfLease
         let due = held.withLock { held -> [Inbound] in
             var due: [Inbound] = []
             held.list.removeAll { inbound in

@@ -67,11 +67,16 @@ final class NativeModules: Sendable {
     private let entries: [String: SwitchyardConfig.NativeModuleEntry]
     private let loaded = Guarded<[String: NativeModule]>([:])
 
-    /// Checks every entry's signatures, and loads the modules `loadsAtStart` picks.
-    init(_ entries: [SwitchyardConfig.NativeModuleEntry], loadsAtStart: (SwitchyardConfig.NativeModuleEntry) -> Bool) throws(ConfigError) {
+    /// Checks every entry's signatures; loads nothing yet.
+    init(_ entries: [SwitchyardConfig.NativeModuleEntry]) throws(ConfigError) {
         for entry in entries { _ = try NativeModule.signatures(of: entry) }
         self.entries = Dictionary(entries.map { ($0.interface, $0) }, uniquingKeysWith: { first, _ in first })
-        for entry in entries where loadsAtStart(entry) { _ = try module(entry.interface) }
+    }
+
+    /// Loads the modules `picks` chooses now (a missing library or function is a config error
+    /// now, not at the first call).
+    func load(where picks: (SwitchyardConfig.NativeModuleEntry) -> Bool) throws(ConfigError) {
+        for interface in interfaces where picks(entries[interface]!) { _ = try module(interface) }
     }
 
     /// The interfaces the config names, sorted.
