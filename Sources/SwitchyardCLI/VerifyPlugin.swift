@@ -84,7 +84,8 @@ struct VerifyPlugin: ParsableCommand {
             if error.kind == .unreadable, !path.contains("/"), !FileManager.default.fileExists(atPath: path) {
                 // A plugin's name where a file was meant.
                 printError(
-                    "(plugins verify takes the path of a .so file, e.g. ./lib\(path).so; for a plugin by name, 'switchyard plugins inspect \(path)' or 'plugins test \(path)')")
+                    "(plugins verify takes the path of a .so file, e.g. ./libswitchyard-\(path).so; for a plugin by name, 'switchyard plugins inspect \(path)' or 'plugins test \(path)')"
+                )
             }
             throw ExitCode.failure
         }

@@ -59,15 +59,21 @@ public struct ConformanceSuite: Sendable {
     }
 
     /// A suite for `plugin`; `capabilities` defaults to the plugin's own.
+    /// `keysSetByKit`: the config keys `makeTransport` sets itself, each with the option that
+    /// asked for it (`path` for `--durable`): a plugin that refuses one is told so.
     public init(
-        plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false,
+        plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false, keysSetByKit: [String: String] = [:],
         makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport
     ) {
         self.plugin = plugin
         self.capabilities = capabilities ?? plugin.capabilities
         self.durable = durable
+        self.keysSetByKit = keysSetByKit
         self.makeTransport = makeTransport
     }
+
+    /// The config keys the factory sets itself, with the option that asked for each.
+    let keysSetByKit: [String: String]
 
     /// Every check, in order, with the capabilities it needs.
     public static let checks: [ConformanceCheck] = StandardChecks.all
@@ -103,7 +109,11 @@ public struct ConformanceSuite: Sendable {
             } else if !capabilities.isSuperset(of: check.requires) {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(capabilities))"), seconds: 0)
             } else if check.requiresDurable && !durable {
-                result = ConformanceResult(name: check.name, outcome: .skipped("needs a durable instance"), seconds: 0)
+                result = ConformanceResult(
+                    name: check.name,
+                    outcome: .skipped(
+                        "needs durable mode (plugins test --durable gives each check a fresh `path`; --isolation-key KEY a name of its own in KEY)"),
+                    seconds: 0)
             } else {
                 Self.checkSlots.wait()
                 defer { Self.checkSlots.signal() }
@@ -227,7 +237,13 @@ public final class ConformanceContext: @unchecked Sendable {
         let transport: Transport
         do {
             transport = try suite.makeTransport(reopen)
-        } catch let error as TransportError {
+        } catch var error as TransportError {
+            // A key the kit set (a `path` for --durable) refused: say who set it and what it needs.
+            if error.code == .config, let set = suite.keysSetByKit.first(where: { error.message.contains("'\($0.key)'") }) {
+                error.message +=
+                    " (the conformance kit sets config key '\(set.key)' itself for \(set.value): a plugin tested that way takes it — "
+                    + (set.value == "--durable" ? "a file path for its store" : "a name of its own for each instance's store") + ")"
+            }
             // Only the check's first instance: a later one (a second instance beside the first,
             // a reopened store) can fail for what the check itself did. And not for what may pass
             // (an engine briefly unreachable, a timeout): the next check tries again.

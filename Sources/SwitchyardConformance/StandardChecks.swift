@@ -814,6 +814,7 @@ enum StandardChecks {
                 "configured to be durable (its path or isolation key set), the instance leaves out durable: the durable checks would test a store in memory")
         }
         try c.expect(t.capabilities == first.intersection(declared), "the host reads [\(t.capabilities)], the instance answers [\(first)]")
+        c.note("this instance keeps [\(first)]\(first == declared ? "" : " of [\(declared)]")")
     }
 
     static let survivesRestart = ConformanceCheck(

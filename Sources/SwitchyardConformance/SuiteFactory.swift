@@ -26,7 +26,10 @@ extension ConformanceSuite {
         var capabilities = plugin.capabilities
         if let inner { capabilities = capabilities.union(inner.capabilities).subtracting(.wrapsInner) }
         let durable = (durableDirectory != nil || isolationKey != nil) && capabilities.contains(.durable)
-        return ConformanceSuite(plugin: plugin, capabilities: capabilities, durable: durable) { reopen in
+        var keysSetByKit: [String: String] = [:]
+        if let isolationKey { keysSetByKit[isolationKey] = "--isolation-key \(isolationKey)" }
+        if durableDirectory != nil && plugin.capabilities.contains(.durable) { keysSetByKit["path"] = "--durable" }
+        return ConformanceSuite(plugin: plugin, capabilities: capabilities, durable: durable, keysSetByKit: keysSetByKit) { reopen in
             let number = reopen ? counter.load(ordering: .relaxed) : counter.add(1, ordering: .relaxed).newValue
             var config = configJSON
             if let isolationKey { config = withKey(config, isolationKey, "cf\(run)-\(number)") }

@@ -143,7 +143,8 @@ extension TransportSet {
                 + "it exports no switchyard_plugin_entry: 'switchyard plugins verify FILE' says why (in Swift the @c entry must be public; "
                 + "a debug build exports it anyway, a release build does not)"
         return "Put the plugin's .so file (any file name: the name inside it counts) in one of those directories "
-            + "(e.g. \(SearchDirectory.systemDirectories[0])); the bundled plugins are \(bundledPlugins.joined(separator: ", "))" + unexported
+            + "(e.g. \(SearchDirectory.systemDirectories[0])), or add the directory it is in: SWITCHYARD_PLUGINS_PATH, the config's "
+            + "plugins.directory, or a command's --plugins-dir; the bundled plugins are \(bundledPlugins.joined(separator: ", "))" + unexported
     }
 
     /// With `plugins.require_pins`, files without a pin are refused unread, their names unknown:

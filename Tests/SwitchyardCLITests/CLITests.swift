@@ -31,6 +31,16 @@ struct CLITests {
         #expect(result.stderr.split(separator: "\n").count == 1)
     }
 
+    @Test("plugins test says when a plugin refuses a config key the kit set itself, and what an instance kept")
+    func kitKeysAndKeptCapabilities() async throws {
+        let refused = try await run(BuildProducts.switchyard, ["plugins", "test", "example-c", "--isolation-key", "stream", "--check", "publish-deliver-ack"])
+        #expect(refused.status != 0)
+        #expect(refused.stdout.contains("the conformance kit sets config key 'stream' itself for --isolation-key stream"), "\(refused.stdout)")
+        let kept = try await run(BuildProducts.switchyard, ["plugins", "test", "queue", "--check", "instance-capabilities"])
+        #expect(kept.status == 0, "\(kept.stdout)\(kept.stderr)")
+        #expect(kept.stdout.contains("this instance keeps [queue, retry, dead-letter, ordered, expiry, private-wire] of ["), "\(kept.stdout)")
+    }
+
     @Test("verify survives a plugin that crashes while loading")
     func verifyCrashingPlugin() async throws {
         let dir = try TemporaryDirectory()
