@@ -270,7 +270,10 @@ let package = Package(
             ]),
         .testTarget(
             name: "SwitchyardTransportKitTests",
-            dependencies: ["SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime", "SwitchyardPluginKit", "SwitchyardTransportKit", "SwitchyardWire"]),
+            dependencies: [
+                "SwitchyardTestSupport", "SwitchyardHost", "SwitchyardLoader", "SwitchyardConformance", "SwitchyardRuntime", "SwitchyardPluginKit",
+                "SwitchyardTransportKit", "SwitchyardWire", "NATSTransport",
+            ]),
         .testTarget(
             name: "SwitchyardConformanceTests",
             dependencies: ["SwitchyardTestSupport", "SwitchyardConformance", "SwitchyardHost", "SwitchyardLoader", "SwitchyardPostgres", "SwitchyardTransportKit"]),

@@ -317,6 +317,27 @@ struct NATSTests {
         #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost, e.g. \(lost.prefix(5))")
     }
 
+    @Test("a delivery whose ack wait ran out before its subscription ended is not counted as released: the next member sees attempt 2")
+    func unsubscribeAfterLeaseRanOut() async throws {
+        let directory = try TemporaryDirectory()
+        let server = try NATSServer(storeDirectory: directory.path)
+        let transport = try await Self.transport("nats", urls: [server.url], extra: #", "ack_wait": "1s""#)
+        defer { transport.close() }
+        // One in flight: the first subscriber holds the message and fetches nothing more, so its
+        // redelivery waits for the next member.
+        let first = Collector()
+        let firstID = try transport.client.subscribe(
+            SubscribeOptions(channel: "held", maxInFlight: 1), handler: first.handler(client: transport.client, settle: nil))
+        try transport.client.publish(Message(id: "m-1", channel: "held"))
+        #expect(first.wait(for: 1))
+        try await Task.sleep(for: .milliseconds(1500))  // past its ack wait: JetStream hands it out again
+        try transport.client.unsubscribe(firstID)
+        let second = Collector()
+        _ = try transport.client.subscribe(SubscribeOptions(channel: "held"), handler: second.handler(client: transport.client))
+        #expect(second.wait(for: 1, seconds: 15))
+        #expect(second.received.first?.message.attempt == 2, "\(second.received.map { "\($0.message.id) \($0.message.attempt)" })")
+    }
+
     @Test("the server unreachable: publish fails with a clear error after its deadline, never hangs; subscribers resume")
     func unreachable() async throws {
         let directory = try TemporaryDirectory()

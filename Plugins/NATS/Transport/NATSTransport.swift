@@ -41,6 +41,8 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         /// have a stream, so sequences, of their own) and stream sequence; dropped when the message
         /// is settled for good.
         var records: [RecordKey: (releases: UInt32, reasons: [String])] = [:]
+        /// Per subscription, the stream sequences of its first deliveries (``FirstDeliveries``).
+        var firstDeliveries: [SubscriptionID: FirstDeliveries] = [:]
         var nextSubscription: SubscriptionID = 0
         var nextDelivery: DeliveryID = 0
 
@@ -67,6 +69,32 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     /// Set by `drain`; read without a lock on every publish and fetched batch.
     private let draining = Atomic<Bool>(false)
 
+    /// The stream sequences of one subscription's latest first deliveries (JetStream's delivery
+    /// count 1). A first delivery of a sequence this subscription already had is a message sent
+    /// again as new — nats-server before 2.10.14 could, when a redelivery met only expired pull
+    /// requests (nats-io/nats-server#5305) — and is a redelivery however JetStream counts it.
+    /// Only a sequence the subscription really had counts: one another process's request missed
+    /// may come later than higher ones and is a first delivery. The latest ``capacity`` are kept.
+    struct FirstDeliveries {
+        static let capacity = 4096
+        private var seen = Set<UInt64>()
+        private var order: [UInt64] = []
+        private var next = 0  // where the oldest is, once `order` is full
+
+        /// Records a first delivery of `sequence`; false when the subscription had it already.
+        mutating func isFirst(_ sequence: UInt64) -> Bool {
+            guard seen.insert(sequence).inserted else { return false }
+            if order.count < Self.capacity {
+                order.append(sequence)
+            } else {
+                seen.remove(order[next])
+                order[next] = sequence
+                next = (next + 1) % Self.capacity
+            }
+            return true
+        }
+    }
+
     private struct Delivery {
         let message: OpaquePointer
         let subscription: NATSSubscription
@@ -76,6 +104,9 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         var leaseStart: Int64
         /// Where what the plugin remembers of it is kept.
         var record: RecordKey { RecordKey(sequence, of: subscription) }
+        /// Whether its ack wait still runs at `now`, as far as this process can tell (JetStream
+        /// started it earlier, when it sent the message: past it here, past it there).
+        func leaseAlive(at now: Int64) -> Bool { now - leaseStart < subscription.ackWaitNanos }
     }
 
     /// Connects, and makes sure the stream and the dead-letter stream exist.
@@ -408,6 +439,10 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             return fetched.indices.map { index in
                 state.nextDelivery += 1
                 let record = RecordKey(sequences[index], of: subscription)
+                // A message JetStream sent again as new is a redelivery all the same.
+                if messages[index].attempt == 1 && !state.firstDeliveries[subscription.id, default: FirstDeliveries()].isFirst(sequences[index]) {
+                    messages[index].attempt = 2
+                }
                 // A redelivery proves every earlier delivery of the message stale, whatever this
                 // process's clock says of its lease (JetStream started the ack wait before the
                 // fetch returned it): a settle or extend of one is refused from now on. Looked
@@ -452,7 +487,12 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     }
 
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
-        guard let subscription = state.withLock({ $0.subscriptions.removeValue(forKey: id) }) else {
+        guard
+            let subscription = state.withLock({ state in
+                state.firstDeliveries[id] = nil
+                return state.subscriptions.removeValue(forKey: id)
+            })
+        else {
             throw TransportError(.notFound, "no subscription \(id)")
         }
         subscription.stop()
@@ -467,16 +507,20 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // serves requests younger than 2 s without checking interest.
         subscription.removeInterest()
         // Its unsettled deliveries go back to the other members of the group now.
+        let now = monotonicNanoseconds()
         let orphans = state.withLock { state in
             let mine = state.deliveries.filter { $0.value.subscription === subscription }
             for (key, delivery) in mine {
                 state.deliveries.removeValue(forKey: key)
-                state.record(delivery.record) { $0.releases += 1 }
+                if delivery.leaseAlive(at: now) { state.record(delivery.record) { $0.releases += 1 } }
             }
-            return mine.values.map(\.message)
+            return mine.values.map { (message: $0.message, alive: $0.leaseAlive(at: now)) }
         }
-        for message in orphans {
-            natsMsg_Nak(message, nil)
+        for (message, alive) in orphans {
+            // One whose ack wait ran out is JetStream's to deliver again already: a nak now would
+            // count nothing there (it is ignored), and counting a release here would make its
+            // next attempt read one too low.
+            if alive { natsMsg_Nak(message, nil) }
             natsMsg_Destroy(message)
         }
         subscription.destroy()
@@ -593,17 +637,18 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         while host.monotonicNanos() < deadlineNanos && state.withLock({ !$0.deliveries.isEmpty }) {
             usleep(5_000)
         }
+        let now = monotonicNanoseconds()
         let left = state.withLock { state in
             defer { state.deliveries.removeAll() }
-            for delivery in state.deliveries.values { state.record(delivery.record) { $0.releases += 1 } }
-            return state.deliveries.values.map { ($0.message, $0.subscription) }
+            for delivery in state.deliveries.values where delivery.leaseAlive(at: now) { state.record(delivery.record) { $0.releases += 1 } }
+            return state.deliveries.values.map { ($0.message, $0.subscription, $0.leaseAlive(at: now)) }
         }
-        for (message, subscription) in left {
-            natsMsg_Nak(message, nil)
+        for (message, subscription, alive) in left {
+            if alive { natsMsg_Nak(message, nil) }  // as in unsubscribe: an expired one is redelivered already
             natsMsg_Destroy(message)
             subscription.settled()
         }
-        counters.released.add(UInt64(left.count), ordering: .relaxed)
+        counters.released.add(UInt64(left.filter(\.2).count), ordering: .relaxed)
         if !left.isEmpty {
             throw TransportError(.timeout, "\(left.count) deliveries were still unsettled at the drain deadline; released to JetStream")
         }
@@ -622,15 +667,16 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             subscription.stop()
             subscription.removeInterest()  // as in unsubscribe: no pull request of ours takes a release
         }
+        let now = monotonicNanoseconds()
         let left = state.withLock { state in
             defer { state.deliveries.removeAll() }
-            return state.deliveries.values.map(\.message)
+            return state.deliveries.values.map { (message: $0.message, alive: $0.leaseAlive(at: now)) }
         }
-        for message in left {
-            natsMsg_Nak(message, nil)
+        for (message, alive) in left {
+            if alive { natsMsg_Nak(message, nil) }  // as in unsubscribe
             natsMsg_Destroy(message)
         }
-        counters.released.add(UInt64(left.count), ordering: .relaxed)  // as drain counts them
+        counters.released.add(UInt64(left.filter(\.alive).count), ordering: .relaxed)  // as drain counts them
         for subscription in subscriptions { subscription.destroy() }
         reporter.report(stats(), force: true)  // what changed since the last report
         natsConnection_Flush(connection)
