@@ -284,7 +284,6 @@ public final class DelayScheduler: @unchecked Sendable {
             let messages = due.map { (due: $0, message: inMemory.removeValue(forKey: $0.seq)) }
             condition.unlock()
             let failed = forwardDue(messages)
-            host.count("forwarded", Double(messages.count - failed.count))
             condition.lock()
             let failedSeqs = Set(failed.map(\.due.seq))
             for item in due where !failedSeqs.contains(item.seq) { retryDelays[item.seq] = nil }
@@ -302,7 +301,9 @@ public final class DelayScheduler: @unchecked Sendable {
                     )
                 }
             }
+            // Depth first, then the count: whoever sees a message forwarded sees it no longer held.
             host.gauge("depth", Double(heap.count))
+            host.count("forwarded", Double(messages.count - failed.count))
         }
         done = true
         condition.broadcast()

@@ -74,20 +74,31 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     /// again as new — nats-server before 2.10.14 could, when a redelivery met only expired pull
     /// requests (nats-io/nats-server#5305) — and is a redelivery however JetStream counts it.
     /// Only a sequence the subscription really had counts: one another process's request missed
-    /// may come later than higher ones and is a first delivery. The latest ``capacity`` are kept.
+    /// may come later than higher ones and is a first delivery. And only with the same stored
+    /// time: a stream made again (memory storage after a server restart) numbers its messages
+    /// from 1 again. The latest ``capacity`` are kept, by count: what the server sends again is
+    /// the consumer's latest new message (its next-message pointer stepped back by one), acked or
+    /// not, so the latest few are what matter.
     struct FirstDeliveries {
         static let capacity = 4096
-        private var seen = Set<UInt64>()
+        /// Each sequence with the time its message was stored.
+        private var seen: [UInt64: Int64] = [:]
         private var order: [UInt64] = []
         private var next = 0  // where the oldest is, once `order` is full
 
-        /// Records a first delivery of `sequence`; false when the subscription had it already.
-        mutating func isFirst(_ sequence: UInt64) -> Bool {
-            guard seen.insert(sequence).inserted else { return false }
+        /// Records a first delivery of `sequence` (stored at `storedAt`); false when the
+        /// subscription had that message already.
+        mutating func isFirst(_ sequence: UInt64, storedAt: Int64) -> Bool {
+            if let known = seen[sequence] {
+                if known == storedAt { return false }
+                seen[sequence] = storedAt  // another message under a reused number: still in `order`
+                return true
+            }
+            seen[sequence] = storedAt
             if order.count < Self.capacity {
                 order.append(sequence)
             } else {
-                seen.remove(order[next])
+                seen.removeValue(forKey: order[next])
                 order[next] = sequence
                 next = (next + 1) % Self.capacity
             }
@@ -440,7 +451,10 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
                 state.nextDelivery += 1
                 let record = RecordKey(sequences[index], of: subscription)
                 // A message JetStream sent again as new is a redelivery all the same.
-                if messages[index].attempt == 1 && !state.firstDeliveries[subscription.id, default: FirstDeliveries()].isFirst(sequences[index]) {
+                if messages[index].attempt == 1,
+                    !state.firstDeliveries[subscription.id, default: FirstDeliveries()].isFirst(
+                        sequences[index], storedAt: messages[index].enqueuedAtNanos)
+                {
                     messages[index].attempt = 2
                 }
                 // A redelivery proves every earlier delivery of the message stale, whatever this
@@ -488,10 +502,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
 
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
         guard
-            let subscription = state.withLock({ state in
-                state.firstDeliveries[id] = nil
-                return state.subscriptions.removeValue(forKey: id)
-            })
+            let subscription = state.withLock({ $0.subscriptions.removeValue(forKey: id) })
         else {
             throw TransportError(.notFound, "no subscription \(id)")
         }
@@ -509,6 +520,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // Its unsettled deliveries go back to the other members of the group now.
         let now = monotonicNanoseconds()
         let orphans = state.withLock { state in
+            state.firstDeliveries[id] = nil  // after stop(): a last fetch's deliver would make it again
             let mine = state.deliveries.filter { $0.value.subscription === subscription }
             for (key, delivery) in mine {
                 state.deliveries.removeValue(forKey: key)
