@@ -60,7 +60,8 @@ public struct ConformanceSuite: Sendable {
 
     /// A suite for `plugin`; `capabilities` defaults to the plugin's own.
     /// `keysSetByKit`: the config keys `makeTransport` sets itself, each with the option that
-    /// asked for it (`path` for `--durable`): a plugin that refuses one is told so.
+    /// asked for it and what it holds (`path`: "for --durable: a file path for its store"): a
+    /// plugin that refuses one is told so.
     public init(
         plugin: LoadedPlugin, capabilities: Capabilities? = nil, durable: Bool = false, keysSetByKit: [String: String] = [:],
         makeTransport: @escaping @Sendable (_ reopen: Bool) throws -> Transport
@@ -72,7 +73,7 @@ public struct ConformanceSuite: Sendable {
         self.makeTransport = makeTransport
     }
 
-    /// The config keys the factory sets itself, with the option that asked for each.
+    /// The config keys the factory sets itself, with the option that asked for each and what it holds.
     let keysSetByKit: [String: String]
 
     /// Every check, in order, with the capabilities it needs.
@@ -240,9 +241,7 @@ public final class ConformanceContext: @unchecked Sendable {
         } catch var error as TransportError {
             // A key the kit set (a `path` for --durable) refused: say who set it and what it needs.
             if error.code == .config, let set = suite.keysSetByKit.first(where: { error.message.contains("'\($0.key)'") }) {
-                error.message +=
-                    " (the conformance kit sets config key '\(set.key)' itself for \(set.value): a plugin tested that way takes it — "
-                    + (set.value == "--durable" ? "a file path for its store" : "a name of its own for each instance's store") + ")"
+                error.message += " (the conformance kit sets config key '\(set.key)' itself \(set.value))"
             }
             // Only the check's first instance: a later one (a second instance beside the first,
             // a reopened store) can fail for what the check itself did. And not for what may pass

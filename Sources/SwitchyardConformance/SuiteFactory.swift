@@ -27,8 +27,10 @@ extension ConformanceSuite {
         if let inner { capabilities = capabilities.union(inner.capabilities).subtracting(.wrapsInner) }
         let durable = (durableDirectory != nil || isolationKey != nil) && capabilities.contains(.durable)
         var keysSetByKit: [String: String] = [:]
-        if let isolationKey { keysSetByKit[isolationKey] = "--isolation-key \(isolationKey)" }
-        if durableDirectory != nil && plugin.capabilities.contains(.durable) { keysSetByKit["path"] = "--durable" }
+        if let isolationKey { keysSetByKit[isolationKey] = "for --isolation-key \(isolationKey): a plugin tested that way takes it — a name of its own for each instance's store" }
+        if durableDirectory != nil && plugin.capabilities.contains(.durable) {
+            keysSetByKit["path"] = "for --durable: a plugin tested that way takes it — a file path for its store"
+        }
         return ConformanceSuite(plugin: plugin, capabilities: capabilities, durable: durable, keysSetByKit: keysSetByKit) { reopen in
             let number = reopen ? counter.load(ordering: .relaxed) : counter.add(1, ordering: .relaxed).newValue
             var config = configJSON

@@ -501,9 +501,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     }
 
     public func unsubscribe(_ id: SubscriptionID) throws(TransportError) {
-        guard
-            let subscription = state.withLock({ $0.subscriptions.removeValue(forKey: id) })
-        else {
+        guard let subscription = state.withLock({ $0.subscriptions.removeValue(forKey: id) }) else {
             throw TransportError(.notFound, "no subscription \(id)")
         }
         subscription.stop()
@@ -518,24 +516,36 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         // serves requests younger than 2 s without checking interest.
         subscription.removeInterest()
         // Its unsettled deliveries go back to the other members of the group now.
+        state.withLock { $0.firstDeliveries[id] = nil }  // after stop(): a last fetch's deliver would make it again
+        giveBackHeld { $0.subscription === subscription }
+        subscription.destroy()
+    }
+
+    /// Takes the deliveries `picks` chooses out of the table and gives them back to JetStream: a
+    /// nak, counted as this instance's release, for each whose ack wait still runs; nothing for
+    /// one whose ack wait ran out — JetStream redelivers it already and ignores a nak, so counting
+    /// a release would make its next attempt read one too low. Their messages are destroyed;
+    /// returns the deliveries taken and how many were nak'ed.
+    @discardableResult
+    private func giveBackHeld(where picks: (Delivery) -> Bool) -> (taken: [Delivery], released: Int) {
         let now = monotonicNanoseconds()
-        let orphans = state.withLock { state in
-            state.firstDeliveries[id] = nil  // after stop(): a last fetch's deliver would make it again
-            let mine = state.deliveries.filter { $0.value.subscription === subscription }
+        let taken = state.withLock { state in
+            let mine = state.deliveries.filter { picks($0.value) }
             for (key, delivery) in mine {
                 state.deliveries.removeValue(forKey: key)
                 if delivery.leaseAlive(at: now) { state.record(delivery.record) { $0.releases += 1 } }
             }
-            return mine.values.map { (message: $0.message, alive: $0.leaseAlive(at: now)) }
+            return Array(mine.values)
         }
-        for (message, alive) in orphans {
-            // One whose ack wait ran out is JetStream's to deliver again already: a nak now would
-            // count nothing there (it is ignored), and counting a release here would make its
-            // next attempt read one too low.
-            if alive { natsMsg_Nak(message, nil) }
-            natsMsg_Destroy(message)
+        var released = 0
+        for delivery in taken {
+            if delivery.leaseAlive(at: now) {
+                natsMsg_Nak(delivery.message, nil)
+                released += 1
+            }
+            natsMsg_Destroy(delivery.message)
         }
-        subscription.destroy()
+        return (taken, released)
     }
 
     // MARK: Leases
@@ -649,18 +659,9 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         while host.monotonicNanos() < deadlineNanos && state.withLock({ !$0.deliveries.isEmpty }) {
             usleep(5_000)
         }
-        let now = monotonicNanoseconds()
-        let left = state.withLock { state in
-            defer { state.deliveries.removeAll() }
-            for delivery in state.deliveries.values where delivery.leaseAlive(at: now) { state.record(delivery.record) { $0.releases += 1 } }
-            return state.deliveries.values.map { ($0.message, $0.subscription, $0.leaseAlive(at: now)) }
-        }
-        for (message, subscription, alive) in left {
-            if alive { natsMsg_Nak(message, nil) }  // as in unsubscribe: an expired one is redelivered already
-            natsMsg_Destroy(message)
-            subscription.settled()
-        }
-        counters.released.add(UInt64(left.filter(\.2).count), ordering: .relaxed)
+        let (left, released) = giveBackHeld { _ in true }
+        for delivery in left { delivery.subscription.settled() }
+        counters.released.add(UInt64(released), ordering: .relaxed)
         if !left.isEmpty {
             throw TransportError(.timeout, "\(left.count) deliveries were still unsettled at the drain deadline; released to JetStream")
         }
@@ -679,16 +680,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
             subscription.stop()
             subscription.removeInterest()  // as in unsubscribe: no pull request of ours takes a release
         }
-        let now = monotonicNanoseconds()
-        let left = state.withLock { state in
-            defer { state.deliveries.removeAll() }
-            return state.deliveries.values.map { (message: $0.message, alive: $0.leaseAlive(at: now)) }
-        }
-        for (message, alive) in left {
-            if alive { natsMsg_Nak(message, nil) }  // as in unsubscribe
-            natsMsg_Destroy(message)
-        }
-        counters.released.add(UInt64(left.filter(\.alive).count), ordering: .relaxed)  // as drain counts them
+        counters.released.add(UInt64(giveBackHeld { _ in true }.released), ordering: .relaxed)  // as drain counts them
         for subscription in subscriptions { subscription.destroy() }
         reporter.report(stats(), force: true)  // what changed since the last report
         natsConnection_Flush(connection)
