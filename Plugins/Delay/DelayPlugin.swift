@@ -54,6 +54,18 @@ final class DelayTransport: DecoratorTransport, @unchecked Sendable {
         try super.drain(deadlineNanos: deadlineNanos)
     }
 
+    /// The inner transport's channels, with the messages held here added to their channels'
+    /// depth (and, those not due yet, to waiting), under the empty group: over a topic they are not
+    /// yet copied to any group. Nil over an inner transport that reports no channels (the held
+    /// ones are in ``stats()``'s depth then).
+    override func channelStats() throws(TransportError) -> [ChannelStats]? {
+        guard let innerChannels = try inner.channelStats() else { return nil }
+        let held = try scheduler.heldByChannel(now: host.nowNanos()).map {
+            ChannelStats(channel: $0.key, depth: $0.value.held, waiting: $0.value.notDue)
+        }
+        return ChannelStats.merged(innerChannels + held)
+    }
+
     override func publish(_ message: MessageView) throws(TransportError) {
         // Not due yet: hold it. Due (or no time given): straight through, uncopied.
         if message.deliverAtNanos > host.nowNanos() {

@@ -27,6 +27,11 @@ _Static_assert(offsetof(sy_plugin_descriptor, extend) == 128 && SY_DESCRIPTOR_SI
 _Static_assert(offsetof(sy_plugin_descriptor, publish_async) == 136 && SY_DESCRIPTOR_SIZE_V1_7 == 144, "1.7 appends publish_async at 136");
 _Static_assert(offsetof(sy_plugin_descriptor, instance_capabilities) == 144 && SY_DESCRIPTOR_SIZE_V1_8 == 152,
                "1.8 appends instance_capabilities at 144");
+_Static_assert(offsetof(sy_plugin_descriptor, channel_stats) == 152 && SY_DESCRIPTOR_SIZE_V1_9 == 160,
+               "1.9 appends channel_stats at 152");
+_Static_assert(offsetof(sy_channel_stats, channel) == 8 && offsetof(sy_channel_stats, group) == 24
+                   && SY_CHANNEL_STATS_SIZE_V1_9 == 64 && sizeof(sy_channel_stats) == 64,
+               "sy_channel_stats is 64 bytes at 1.9");
 _Static_assert(SY_SETTLEMENT_SIZE_V1_0 == 32 && sizeof(sy_settlement) == 32, "sy_settlement is 32 bytes");
 _Static_assert(SY_SUBSCRIBE_OPTIONS_SIZE_V1_0 == 52, "ABI 1.0 sy_subscribe_options ends with start at 48");
 _Static_assert(offsetof(sy_subscribe_options, reserved) == 52, "1.4 names the old padding reserved, at 52");

@@ -28,6 +28,8 @@ public enum SizedStruct {
     public static let hostServicesV1_0 = through(\sy_host_services.metric)
     /// `sy_host_services` at 1.2.
     public static let hostServicesV1_2 = through(\sy_host_services.dead_lettered)
+    /// `sy_channel_stats` as ABI 1.9 introduced it.
+    public static let channelStatsV1_9 = through(\sy_channel_stats.waiting)
     /// `sy_plugin_descriptor` at 1.0 (through `stats`).
     public static let descriptorV1_0 = through(\sy_plugin_descriptor.stats)
 

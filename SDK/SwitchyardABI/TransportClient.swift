@@ -499,6 +499,42 @@ public final class TransportClient: @unchecked Sendable {
         return TransportStats(copying: out)
     }
 
+    /// What the instance holds per channel and subscriber group (ABI 1.9 `channel_stats`), sorted
+    /// by channel, then group; nil when the plugin does not report channels (no `channel_stats`, or
+    /// it answers `unsupported`: a decorator over a transport that reports none).
+    public func channelStats() throws(TransportError) -> [ChannelStats]? {
+        try enter()
+        defer { leave() }
+        guard let channelStats = descriptor.pointee.channel_stats else { return nil }
+        final class Collected {
+            var stats: [ChannelStats] = []
+            var malformed = 0
+        }
+        let collected = Collected()
+        do throws(TransportError) {
+            // Not through `call`: a count of a large store may take seconds, and is no slow plugin.
+            try withExtendedLifetime(collected) { () throws(TransportError) in
+                try TransportError.check { err in
+                    channelStats(
+                        instance,
+                        { context, stats in
+                            let collected = Unmanaged<Collected>.fromOpaque(context!).takeUnretainedValue()
+                            if let stats, let one = ChannelStats(reading: stats) { collected.stats.append(one) } else { collected.malformed += 1 }
+                        }, Unmanaged.passUnretained(collected).toOpaque(), err)
+                }
+            }
+        } catch  where error.code == .unsupported {
+            return nil
+        }
+        if collected.malformed > 0 {
+            throw TransportError(
+                .invalidArgument,
+                "channel_stats reported \(collected.malformed) channel\(collected.malformed == 1 ? "" : "s") with a NULL sy_channel_stats or a struct_size below \(SizedStruct.channelStatsV1_9) (ABI 1.9's): fix the plugin"
+            )
+        }
+        return ChannelStats.merged(collected.stats)
+    }
+
     /// Destroys the instance and frees the subscriber contexts. Only the instance's creator calls
     /// this. Calls that start once it has begun fail with `.closed`; calls already running are
     /// waited for, up to `waitNanos` (a `drain` runs until its deadline; a blocked plugin call may

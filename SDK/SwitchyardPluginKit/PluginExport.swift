@@ -70,7 +70,7 @@ public enum PluginExport {
                 settle_batch: Thunks.settleBatch, publish_and_settle: info.atomicPublishAndSettle ? Thunks.publishAndSettle : nil,
                 extend: info.extendsLeases ? Thunks.extend : nil,
                 publish_async: info.publishesAsynchronously ? Thunks.publishAsync : nil,
-                instance_capabilities: Thunks.instanceCapabilities))
+                instance_capabilities: Thunks.instanceCapabilities, channel_stats: Thunks.channelStats))
         return UnsafePointer(descriptor)
     }
 }
@@ -389,5 +389,18 @@ private enum Thunks {
         }
         box.transport.stats().write(to: out)
         return SY_OK
+    }
+
+    static let channelStats: @convention(c) (UnsafeMutableRawPointer?, sy_channel_stats_fn?, UnsafeMutableRawPointer?, UnsafeMutablePointer<sy_error>?) -> Int32 = {
+        instance, each, context, err in
+        guard let box = InstanceBox.from(instance), let each else {
+            return TransportError(.invalidArgument, "channel_stats: NULL argument").write(to: err)
+        }
+        return reporting(to: err) { () throws(TransportError) in
+            guard let channels = try box.transport.channelStats() else {
+                throw TransportError(.unsupported, "channel_stats: this transport does not report its channels")
+            }
+            for one in channels { one.withCStruct { each(context, $0) } }
+        }
     }
 }

@@ -102,6 +102,14 @@ public protocol TransportInstance: AnyObject, Sendable {
     /// `Capabilities`) is a different property, and the default would answer instead.
     var configuredCapabilities: Capabilities? { get }
 
+    /// What the instance holds per channel and subscriber group, now (ABI 1.9 `channel_stats`):
+    /// one entry for every channel and group with a message stored or in flight, in any order;
+    /// channels it knows of with nothing on them may be included with zero counts. Operators read
+    /// it, not the data path. Throw when the engine cannot be asked now (unreachable). Default:
+    /// nil, the transport does not report channels (the host then shows its ``stats()`` totals
+    /// only).
+    func channelStats() throws(TransportError) -> [ChannelStats]?
+
     /// Frees everything; called once, last. No deliveries may run once it returns. Default: no-op.
     func shutdown()
 }
@@ -154,6 +162,7 @@ extension TransportInstance {
     public func drain(deadlineNanos: Int64) throws(TransportError) {}
     public func stats() -> TransportStats { TransportStats() }
     public var configuredCapabilities: Capabilities? { nil }
+    public func channelStats() throws(TransportError) -> [ChannelStats]? { nil }
     public func shutdown() {}
 }
 

@@ -116,6 +116,8 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
     public let shards: ShardedBroker?
     /// Whether the store keeps messages beyond this process (``MessageStore/isDurable``).
     private let durable: Bool
+    /// The host's clock, for what is in flight now (``channelStats()``).
+    private let host: HostServices
 
     /// The plugin's capabilities, less `.durable` over a store in memory (no `path`).
     open var configuredCapabilities: Capabilities? { durable ? nil : Self.info.capabilities.subtracting(.durable) }
@@ -134,6 +136,7 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         }
         var stores = [try Self.makeStore(context: context, config: config, fanOut: fanOut, deadLetterSuffix: options.deadLetterSuffix)]
         durable = stores[0].isDurable
+        host = context.host
         if stores[0] is MemoryStore {
             for _ in 1..<(config.shards ?? ShardedBroker.defaultCount) {
                 stores.append(try Self.makeStore(context: context, config: config, fanOut: fanOut, deadLetterSuffix: options.deadLetterSuffix))
@@ -216,6 +219,16 @@ open class BrokerTransport: TransportPlugin, @unchecked Sendable {
         try shards.drain(deadlineNanos: deadlineNanos)
     }
     public func stats() -> TransportStats { shards?.currentStats() ?? broker.currentStats() }
+    /// Each store's channels (every shard's, added up); nil over a store that reports none.
+    public func channelStats() throws(TransportError) -> [ChannelStats]? {
+        let now = host.nowNanos()
+        var all: [ChannelStats] = []
+        for store in shards?.brokers.map(\.store) ?? [broker.store] {
+            guard let counted = try store.channelCounts(now: now) else { return nil }
+            all += counted
+        }
+        return ChannelStats.merged(all)
+    }
     open func shutdown() {
         guard let shards else { return broker.shutdown() }
         shards.shutdown()

@@ -116,6 +116,9 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     }
     open func drain(deadlineNanos: Int64) throws(TransportError) { try inner.drain(deadlineNanos: deadlineNanos) }
     open func stats() -> TransportStats { (try? inner.stats()) ?? TransportStats() }
+    /// The inner transport's channels (nil where it reports none): a decorator that holds messages
+    /// of its own adds them (`delay`).
+    open func channelStats() throws(TransportError) -> [ChannelStats]? { try inner.channelStats() }
     /// Ends this instance's subscriptions on the inner transport, and waits for the inner
     /// publishes running on this instance's threads (``publish(_:done:)``): the inner transport
     /// is destroyed next. Overrides call `super.shutdown()`.

@@ -111,6 +111,31 @@ public final class DelayScheduler: @unchecked Sendable {
         }
     }
 
+    /// Messages held now, by channel, and how many of them are not due yet at `now` (the rest are
+    /// due and on their way: forwarded at the timer's next turn, or waiting to be tried again after
+    /// the inner transport refused them). In memory, this scheduler's; durably, the file's (read on
+    /// a connection of its own, each message decoded for its channel: operators ask, not the data
+    /// path).
+    public func heldByChannel(now: Int64) throws(TransportError) -> [String: (held: UInt64, notDue: UInt64)] {
+        var counts: [String: (held: UInt64, notDue: UInt64)] = [:]
+        func count(_ channel: String, deliverAt: Int64) {
+            counts[channel, default: (0, 0)].held += 1
+            if deliverAt > now { counts[channel, default: (0, 0)].notDue += 1 }
+        }
+        guard let path else {
+            condition.lock()
+            defer { condition.unlock() }
+            for message in inMemory.values { count(message.channel, deliverAt: message.deliverAtNanos) }
+            return counts
+        }
+        let db = try SQLiteDatabase(path: path, waitingWhenBusy: true)
+        _ = try db.run("SELECT message, deliver_at FROM held") { row throws(TransportError) in
+            let channel = try row.blob(0) { bytes throws(TransportError) in try MessageCodec.decode(bytes).channel }
+            count(channel, deliverAt: row.int(1))
+        }
+        return counts
+    }
+
     /// The durable store's last count of held messages (``heldCount``).
     private let fileCount = Guarded<(connection: SQLiteDatabase?, value: Int, refreshAt: Int64)>((nil, 0, 0))
 

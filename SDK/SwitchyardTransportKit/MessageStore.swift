@@ -167,6 +167,13 @@ public protocol MessageStore: AnyObject, Sendable {
     func nextWakeup(channel: String, group: String, now: Int64) -> Int64?
     /// Entries stored and not leased (`depth`) and leased (`inFlight`), over all channels.
     func counts() -> (depth: UInt64, inFlight: UInt64)
+    /// What the store holds per channel and group, now (ABI 1.9 `channel_stats`): an entry leased
+    /// until after `now` is in flight, any other is depth; of depth, one not visible until after
+    /// `now` (a retry's backoff) is also waiting. Every (channel, group) with an entry, and a
+    /// topic's named groups with none; never an empty shared group (those of reply channels long
+    /// read would pile up). Shared copies (a queue's, a dead-letter channel's) have group "".
+    /// Operators ask, not the data path. Default: nil, the store does not report them.
+    func channelCounts(now: Int64) throws(TransportError) -> [ChannelStats]?
     /// ``counts()`` for a caller that must not wait for a count (a publish that does not block):
     /// nil when the store would have to count now. Default: ``counts()``, for stores that count
     /// at once (in memory); a store whose count reads its storage answers from the last count.
@@ -218,6 +225,7 @@ extension MessageStore {
     }
 
     public func knownCounts() -> (depth: UInt64, inFlight: UInt64)? { counts() }
+    public func channelCounts(now: Int64) throws(TransportError) -> [ChannelStats]? { nil }
 
     public func claimChangeDescriptor() -> Int32 { -1 }
     public func takeChanges() -> Bool { false }

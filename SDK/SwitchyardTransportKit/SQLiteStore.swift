@@ -48,6 +48,10 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// A connection of its own for the dispatcher's looks (is anything ready to lease, when next):
     /// reads, so they neither take nor wait for the write lock. Opened on first use.
     private let looker = Guarded<SQLiteDatabase?>(nil)
+    /// A connection of its own for ``channelCounts(now:)``: an operator's count of every channel
+    /// reads the whole table, and on `counter` it held up the dispatcher's and the publishers'
+    /// counts behind it. Opened on first use.
+    private let channelCounter = Guarded<SQLiteDatabase?>(nil)
     private let beacon: CommitBeacon
     /// Set by ``closeAll()``: the reading connections are not opened again.
     private let closed = Atomic<Bool>(false)
@@ -93,7 +97,7 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         beacon.stop()
         writer.close()
-        for connection in [looker, counter] { connection.withLock { $0?.close() } }
+        for connection in [looker, counter, channelCounter] { connection.withLock { $0?.close() } }
     }
 
     private func perform<R>(synced: Bool = true, _ body: @escaping (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
@@ -500,6 +504,28 @@ public final class SQLiteStore: MessageStore, @unchecked Sendable {
     /// other processes change the table meanwhile (capacity is approximate anyway).
     public func counts() -> (depth: UInt64, inFlight: UInt64) {
         count(now: host.nowNanos())
+    }
+
+    /// Per channel and group, counted on a connection of its own (off the writer thread, and apart
+    /// from the counts publishes and the dispatcher ask for; one count at a time): every (channel,
+    /// group) with an entry, and a topic's registered groups with none (not the shared "" group
+    /// every subscribed channel registers: reply channels of processes long gone would be listed
+    /// for ever). The store's file, so every process that shares it is counted.
+    public func channelCounts(now: Int64) throws(TransportError) -> [ChannelStats]? {
+        try channelCounter.withLock { (connection) throws(TransportError) -> [ChannelStats] in
+            if closed.load(ordering: .acquiring) { throw TransportError(.closed, "the store is closed") }
+            do throws(TransportError) {
+                if connection == nil { connection = try SQLiteDatabase(path: path, waitingWhenBusy: true) }
+                var found: [ChannelStats] = []
+                _ = try connection!.run(ChannelCountsQuery.sql(now: "?1"), [.int(now)]) { row in
+                    found.append(ChannelCountsQuery.row(text: row.text, int: row.int))
+                }
+                return found
+            } catch {
+                connection = nil  // opened again on the next count
+                throw error
+            }
+        }
     }
 
     /// The counts without waiting for a count (see `MessageStore.knownCounts()`): the last ones,

@@ -54,6 +54,11 @@ struct SequentialTable<Value> {
         slots.enumerated().compactMap { index, value in value.map { (base + UInt64(index), $0) } }
     }
 
+    /// Calls `body` with every value present, oldest first, without copying them out.
+    func forEach(_ body: (Value) -> Void) {
+        for case let value? in slots { body(value) }
+    }
+
     /// Removes every value.
     mutating func removeAll() {
         slots.removeAll()

@@ -43,6 +43,7 @@ struct InspectPlugin: ParsableCommand {
             ("drain", d.drain != nil), ("stats", d.stats != nil), ("publish_batch", d.publish_batch != nil),
             ("settle_batch", d.settle_batch != nil), ("publish_and_settle", d.publish_and_settle != nil), ("extend", d.extend != nil),
             ("publish_async", d.publish_async != nil), ("instance_capabilities", d.instance_capabilities != nil),
+            ("channel_stats", d.channel_stats != nil),
         ].filter(\.1).map(\.0)
         if json {
             struct Output: Encodable {

@@ -18,7 +18,8 @@ enum DescriptorValidation {
             case 3, 4, 5: \sy_plugin_descriptor.publish_and_settle
             case 6: \sy_plugin_descriptor.extend
             case 7: \sy_plugin_descriptor.publish_async
-            default: \sy_plugin_descriptor.instance_capabilities
+            case 8: \sy_plugin_descriptor.instance_capabilities
+            default: \sy_plugin_descriptor.channel_stats
             }
         return MemoryLayout<sy_plugin_descriptor>.offset(of: lastField)! + MemoryLayout<UnsafeRawPointer>.size
     }

@@ -6,6 +6,10 @@
  *   FIXTURE_VERSION="x"      plugin version (default "1.0.0")
  *   FIXTURE_ABI_MAJOR=n      descriptor's ABI major (default SY_ABI_MAJOR)
  *   FIXTURE_STRUCT_SIZE=n    descriptor's struct_size (default sizeof)
+ *   FIXTURE_ABI_MINOR=n      descriptor's ABI minor (default SY_ABI_MINOR): with FIXTURE_STRUCT_SIZE,
+ *                            a plugin of an older minor (its functions past that size unread)
+ *   FIXTURE_CHANNEL_STATS_PAST_SIZE  sets channel_stats (1.9) to a function that aborts: with
+ *                            FIXTURE_STRUCT_SIZE=152 (a 1.8 descriptor) a host must never read it
  *   FIXTURE_NEWER_MINOR      claims the minor after this header's and appends fields this host does
  *                            not know
  *   FIXTURE_V1_0             a plugin built against ABI 1.0: minor 0, the 1.0 descriptor size
@@ -133,6 +137,13 @@ static sy_capabilities f_instance_capabilities(void *instance) {
 }
 #endif
 
+#ifdef FIXTURE_CHANNEL_STATS_PAST_SIZE
+static sy_status f_channel_stats_never(void *instance, sy_channel_stats_fn each, void *context, sy_error *err) {
+    (void)instance; (void)each; (void)context; (void)err;
+    abort();  /* past the descriptor's struct_size: a host that calls it read too far */
+}
+#endif
+
 #ifdef FIXTURE_NEWER_MINOR
 /* A descriptor from a future minor: this header's fields, then fields this host has never heard of. */
 typedef struct {
@@ -158,6 +169,8 @@ static const sy_plugin_descriptor descriptor = {
 #endif
 #ifdef FIXTURE_V1_0
     FIXTURE_ABI_MAJOR, 0,
+#elif defined(FIXTURE_ABI_MINOR)
+    FIXTURE_ABI_MAJOR, FIXTURE_ABI_MINOR,
 #else
     FIXTURE_ABI_MAJOR, SY_ABI_MINOR,
 #endif
@@ -177,6 +190,8 @@ static const sy_plugin_descriptor descriptor = {
     f_subscribe, f_unsubscribe, f_settle, NULL, NULL,
 #ifdef FIXTURE_INSTANCE_CAPABILITIES
     NULL, NULL, NULL, NULL, NULL, f_instance_capabilities,
+#elif defined(FIXTURE_CHANNEL_STATS_PAST_SIZE)
+    NULL, NULL, NULL, NULL, NULL, NULL, f_channel_stats_never,
 #endif
 };
 #define DESCRIPTOR (&descriptor)

@@ -11,15 +11,18 @@ import Testing
 /// tests, so a bundled plugin that lost `extend`, `drain` or a capability bit would otherwise
 /// still pass.
 /// The example plugins (`example` true) are templates with the `queue` capability alone: for them
-/// only the checks that need no more must run.
+/// only the checks that need no more must run. Every other bundled plugin reports its channels
+/// (ABI 1.9), except those that say `reportsChannels: false` (RabbitMQ).
 package func expectBundledConformance(
-    _ results: [ConformanceResult], _ label: String, example: Bool = false, sourceLocation: SourceLocation = #_sourceLocation
+    _ results: [ConformanceResult], _ label: String, example: Bool = false, reportsChannels: Bool = true,
+    sourceLocation: SourceLocation = #_sourceLocation
 ) {
     for result in results where result.failed { Issue.record("\(label): \(result)", sourceLocation: sourceLocation) }
     let mustRun =
         example
         ? ["unsubscribe-releases", "drain-releases", "competing-consumers"]
         : ["visibility-timeout", "extend-leases", "unsubscribe-releases", "drain-releases", "competing-consumers"]
+            + (reportsChannels ? ["channel-stats"] : [])
     for name in mustRun {
         guard let check = results.first(where: { $0.name == name }) else { continue }  // a run of chosen checks
         if case .skipped(let why) = check.outcome {

@@ -179,11 +179,14 @@ struct CLITests {
         struct Output: Decodable { let name: String; let functions: [String]; let sha256: String; let capability_bits: UInt64; let load_microseconds: Double }
         let output = try JSONDecoder().decode(Output.self, from: Data(result.stdout.utf8))
         #expect(output.name == "example-c")
-        #expect(output.functions == ["create", "destroy", "publish", "subscribe", "unsubscribe", "settle", "drain", "stats"])  // no publish_batch: example-c is one-at-a-time
+        // No publish_batch: example-c is one-at-a-time; channel_stats shows C authors how (ABI 1.9).
+        #expect(output.functions == ["create", "destroy", "publish", "subscribe", "unsubscribe", "settle", "drain", "stats", "channel_stats"])
         #expect(output.sha256.count == 64)
         let queue = try await run(BuildProducts.switchyard, ["plugins", "inspect", "queue", "--json"])
         let queueFunctions = try JSONDecoder().decode(Output.self, from: Data(queue.stdout.utf8)).functions
-        #expect(queueFunctions.contains("publish_async") && queueFunctions.contains("extend") && queueFunctions.contains("instance_capabilities"), "\(queueFunctions)")
+        #expect(
+            queueFunctions.contains("publish_async") && queueFunctions.contains("extend") && queueFunctions.contains("instance_capabilities")
+                && queueFunctions.contains("channel_stats"), "\(queueFunctions)")
         let missing = try await run(BuildProducts.switchyard, ["plugins", "inspect", "no-such-plugin"])
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("no plugin named 'no-such-plugin'"))

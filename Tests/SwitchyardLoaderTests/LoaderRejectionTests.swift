@@ -29,7 +29,7 @@ struct LoaderRejectionTests {
         .init(file: "abi-major-2.so", defines: ["FIXTURE_ABI_MAJOR=2"], kind: .abiMismatch, reason: "; this host speaks ABI 1.x"),
         .init(
             file: "too-small.so", defines: ["FIXTURE_STRUCT_SIZE=40"], kind: .descriptorTooSmall,
-            reason: "struct_size is 40 bytes; ABI 1.8 needs at least 152 (set .struct_size = sizeof(sy_plugin_descriptor)"),
+            reason: "struct_size is 40 bytes; ABI 1.9 needs at least 160 (set .struct_size = sizeof(sy_plugin_descriptor)"),
         .init(file: "tiny.so", defines: ["FIXTURE_STRUCT_SIZE=4"], kind: .descriptorTooSmall, reason: "too small to hold even its ABI version"),
         .init(file: "null-publish.so", defines: ["FIXTURE_NULL_PUBLISH"], kind: .missingFunction, reason: "leaves required function publish NULL"),
         .init(file: "bad-name.so", defines: ["FIXTURE_NAME=\"Bad_Name\""], kind: .invalidName, reason: "must start with a lowercase letter"),

@@ -394,8 +394,8 @@ struct NATSTests {
         let result = try await run(BuildProducts.switchyard, ["plugins", "test", "nats", "--isolation-key", "stream"], environment: environment)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         // With deliver-batch, settle-batch, publish-and-settle (ABI 1.3), settle-on-delivery (1.4), extend-leases (1.6),
-        // instance-capabilities (1.8), prefetch.
-        #expect(result.stdout.contains("19 passed, 0 failed"), "\(result.stdout)")
+        // instance-capabilities (1.8), channel-stats (1.9), prefetch.
+        #expect(result.stdout.contains("20 passed, 0 failed"), "\(result.stdout)")
         #expect(result.stdout.contains("pass  prefetch") && !result.stdout.contains("max_in_flight not honoured"), "\(result.stdout)")
     }
 }

@@ -353,7 +353,7 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         let ephemeral = settings.ephemeralPrefixes.contains { options.channel.hasPrefix($0) }
         let ackWait = options.visibilityTimeoutNanos > 0 ? options.visibilityTimeoutNanos : settings.ackWaitNanos
         let consumer = try ensureConsumer(
-            stream: stream, subject: subject, name: ephemeral ? nil : Self.consumerName(options.channel, group: group),
+            stream: stream, subject: subject, name: ephemeral ? nil : Self.consumerName(options.channel, group: group), group: group,
             deliverNew: Self.fanOut && !deadLetters && options.start == .new, ackWaitNanos: ackWait)
         var subscription: OpaquePointer?
         var code = jsErrCode(rawValue: 0)
@@ -388,7 +388,9 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
     /// Creates the consumer (or updates it, when it exists with another AckWait) and returns its
     /// name. A subscription's visibility timeout is its consumer's AckWait: the members of a group
     /// share it, and the last one to subscribe sets it.
-    private func ensureConsumer(stream: String, subject: String, name: String?, deliverNew: Bool, ackWaitNanos: Int64) throws(TransportError) -> String {
+    private func ensureConsumer(
+        stream: String, subject: String, name: String?, group: String, deliverNew: Bool, ackWaitNanos: Int64
+    ) throws(TransportError) -> String {
         var config = jsConsumerConfig()
         jsConsumerConfig_Init(&config)
         config.AckPolicy = js_AckExplicit
@@ -401,19 +403,75 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         var code = jsErrCode(rawValue: 0)
         let status = subject.withCString { cSubject in
             (name ?? "").withCString { cName in
-                config.FilterSubject = cSubject
-                if name != nil { config.Durable = cName }
-                let added = js_AddConsumer(&info, jetStream, stream, &config, nil, &code)
-                guard added != NATS_OK, name != nil, code == JSConsumerNameExistErr else { return added }
-                jsConsumerInfo_Destroy(info)
-                info = nil
-                return js_UpdateConsumer(&info, jetStream, stream, &config, nil, &code)
+                (Self.groupDescriptionPrefix + group).withCString { cDescription in
+                    config.FilterSubject = cSubject
+                    config.Description = cDescription
+                    if name != nil { config.Durable = cName }
+                    let added = js_AddConsumer(&info, jetStream, stream, &config, nil, &code)
+                    guard added != NATS_OK, name != nil, code == JSConsumerNameExistErr else { return added }
+                    jsConsumerInfo_Destroy(info)
+                    info = nil
+                    return js_UpdateConsumer(&info, jetStream, stream, &config, nil, &code)
+                }
             }
         }
         defer { jsConsumerInfo_Destroy(info) }
         if status == NATS_OK, let info { return String(cString: info.pointee.Name) }
         if let name, code == JSConsumerNameExistErr || code == JSConsumerExistingActiveErr { return name }
         throw NATSLibrary.error(status, "cannot create the consumer for \(subject) on stream \(stream)")
+    }
+
+    /// How a consumer's description starts; the subscriber group follows, so that
+    /// ``channelStats()`` reads it back (the name is a hash) and `nats consumer info` shows it.
+    static let groupDescriptionPrefix = "Switchyard subscriber group: "
+
+    /// What JetStream holds per channel and group (ABI 1.9), every process's deliveries counted:
+    /// each consumer's pending messages (not yet delivered to it) and acknowledgements pending (in
+    /// flight — a retry waiting for its backoff too: JetStream keeps it unacknowledged, so nothing
+    /// reads as waiting), by its filter subject; on a work-queue stream (`nats`, and the dead
+    /// letters of both) a channel that no consumer reads yet has its stored messages as depth.
+    public func channelStats() throws(TransportError) -> [ChannelStats]? {
+        var found: [ChannelStats] = []
+        for (stream, prefix, workQueue) in [
+            (settings.stream, settings.prefix + ".ch.", !Self.fanOut), (settings.dlqStream, settings.prefix + ".dlq.", true),
+        ] {
+            var read = Set<String>()
+            var consumers: UnsafeMutablePointer<jsConsumerInfoList>?
+            var code = jsErrCode(rawValue: 0)
+            let listed = js_Consumers(&consumers, jetStream, stream, nil, &code)
+            guard listed == NATS_OK || listed == NATS_NOT_FOUND else { throw NATSLibrary.error(listed, "cannot list the consumers of stream \(stream)") }
+            defer { jsConsumerInfoList_Destroy(consumers) }
+            for index in 0..<Int(consumers?.pointee.Count ?? 0) {
+                guard let info = consumers?.pointee.List[index], let config = info.pointee.Config, let filter = config.pointee.FilterSubject
+                else { continue }
+                let subject = String(cString: filter)
+                guard subject.hasPrefix(prefix) else { continue }
+                let channel = String(subject.dropFirst(prefix.count))
+                let description = config.pointee.Description.map { String(cString: $0) } ?? ""
+                let group = description.hasPrefix(Self.groupDescriptionPrefix) ? String(description.dropFirst(Self.groupDescriptionPrefix.count)) : ""
+                found.append(
+                    ChannelStats(channel: channel, group: group, depth: info.pointee.NumPending, inFlight: UInt64(max(0, info.pointee.NumAckPending))))
+                read.insert(channel)
+            }
+            guard workQueue else { continue }  // an interest stream keeps nothing for a channel nobody reads
+            var options = jsOptions()
+            jsOptions_Init(&options)
+            var info: UnsafeMutablePointer<jsStreamInfo>?
+            let status = (prefix + ">").withCString { filter in
+                options.Stream.Info.SubjectsFilter = filter
+                return js_GetStreamInfo(&info, jetStream, stream, &options, &code)
+            }
+            guard status == NATS_OK else { throw NATSLibrary.error(status, "cannot read the subjects of stream \(stream)") }
+            defer { jsStreamInfo_Destroy(info) }
+            guard let subjects = info?.pointee.State.Subjects else { continue }
+            for index in 0..<Int(subjects.pointee.Count) {
+                let one = subjects.pointee.List[index]
+                guard let name = one.Subject else { continue }
+                let channel = String(String(cString: name).dropFirst(prefix.count))
+                if !read.contains(channel) { found.append(ChannelStats(channel: channel, depth: one.Msgs)) }
+            }
+        }
+        return found
     }
 
     /// A durable consumer name for a channel and group: readable, and unique by a hash.

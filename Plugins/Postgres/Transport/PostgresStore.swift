@@ -586,6 +586,20 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         }
     }
 
+    /// Per channel and group, one query (the same counts as ``counts()``, grouped), with the
+    /// topic groups that hold nothing (not the "" group every subscribed channel registers). On a
+    /// connection of the pool, which it holds for the query: with `connections: 1`, publishes wait
+    /// behind it.
+    func channelCounts(now: Int64) throws(TransportError) -> [ChannelStats]? {
+        try perform(synced: false) { db, _ throws(TransportError) -> [ChannelStats] in
+            var found: [ChannelStats] = []
+            try db.run(ChannelCountsQuery.sql(tablesIn: "\(schema).", now: "$1"), [.int(now)]) { row in
+                found.append(ChannelCountsQuery.row(text: row.text, int: row.int))
+            }
+            return found
+        }
+    }
+
     /// Depth and in-flight counts, refreshed at most every 100 ms.
     func counts() -> (depth: UInt64, inFlight: UInt64) {
         let now = host.nowNanos()

@@ -76,8 +76,9 @@ extern "C" {
  *  1.5 added the capability SY_CAP_PRIVATE_WIRE.
  *  1.6 appended sy_plugin_descriptor.extend (lease renewal).
  *  1.7 appended sy_plugin_descriptor.publish_async (publishing without blocking the caller).
- *  1.8 appended sy_plugin_descriptor.instance_capabilities (what one configured instance keeps). */
-#define SY_ABI_MINOR 8
+ *  1.8 appended sy_plugin_descriptor.instance_capabilities (what one configured instance keeps).
+ *  1.9 appended sy_plugin_descriptor.channel_stats (counts per channel and subscriber group). */
+#define SY_ABI_MINOR 9
 
 /** Name of the one symbol a plugin exports: a function of type `sy_plugin_entry_fn`. */
 #define SY_PLUGIN_ENTRY_SYMBOL "switchyard_plugin_entry"
@@ -532,6 +533,30 @@ typedef struct sy_stats {
     uint64_t depth;           /**< Messages stored and not yet delivered, now. */
 } sy_stats;
 
+/** One channel's messages in one subscriber group, as `channel_stats` reports them (ABI 1.9). The
+ *  plugin fills it (struct_size = its sizeof, fields it does not set zero) and lends it for the
+ *  callback; a reader copies it with sy_read_sized and SY_CHANNEL_STATS_SIZE_V1_9. Counts are now,
+ *  like sy_stats' depth and in_flight, and may be a moment old where the engine counts lazily. */
+typedef struct sy_channel_stats {
+    uint32_t struct_size;
+    uint32_t reserved;        /**< Zero. */
+    sy_str channel;           /**< The channel (`payments`, or its dead-letter channel `payments.dlq`). */
+    sy_str group;             /**< The subscriber group whose copies these are on a fan-out
+                                   transport (a topic); empty where every subscriber shares one
+                                   copy (a queue, a dead-letter channel). */
+    uint64_t depth;           /**< Messages stored and not yet delivered, retries waiting for
+                                   their backoff included. */
+    uint64_t in_flight;       /**< Deliveries handed out and not yet settled. */
+    uint64_t waiting;         /**< Of depth: those not due yet (a retry's backoff, a later
+                                   deliver_at the transport keeps itself), where the transport can
+                                   tell; 0 where it cannot (a broker that keeps a message waiting
+                                   for its retry unacknowledged counts it in in_flight). */
+} sy_channel_stats;
+
+/** Receives one channel's counts from `channel_stats`, on the thread that called it, before it
+ *  returns. `stats` is borrowed for the call. `context` is the caller's. */
+typedef void (*sy_channel_stats_fn)(void *context, const sy_channel_stats *stats);
+
 /* ---------------------------------------------------------------------------------------------
  * Instances
  * ------------------------------------------------------------------------------------------- */
@@ -543,8 +568,9 @@ typedef struct sy_stats {
  *  zero past what that plugin declared: a function it lacks reads NULL. The copy is as large as
  *  the host's own descriptor: from a host of an older minor, check
  *  SY_SIZE_THROUGH(sy_plugin_descriptor, FIELD) <= plugin->struct_size before reading a field
- *  of a later minor (a 1.7 host's copy ends before instance_capabilities). What the inner
- *  instance keeps: its instance_capabilities when present, else the copy's `capabilities`. */
+ *  of a later minor (a 1.7 host's copy ends before instance_capabilities, a 1.8 host's before
+ *  channel_stats). What the inner instance keeps: its instance_capabilities when present, else the
+ *  copy's `capabilities`. */
 typedef struct sy_transport_ref {
     const struct sy_plugin_descriptor *plugin;
     void *instance;
@@ -816,6 +842,26 @@ typedef struct sy_plugin_descriptor {
      * declares).
      */
     sy_capabilities (*instance_capabilities)(void *instance);
+
+    /* ---- ABI 1.9 ---- */
+
+    /**
+     * Reports what the instance holds, per channel and subscriber group: calls `each(context,
+     * &stats)` once for every (channel, group) that has a message stored or in flight, on the
+     * calling thread, before returning; it may report other channels it knows of with zero counts
+     * (a topic's registered groups). Dead-letter channels are channels like any other. The order
+     * is the plugin's (the host sorts). Returns SY_OK once every one was reported, or an error
+     * (the engine unreachable) — then the reports made before it are incomplete and a host
+     * discards them. A decorator (SY_CAP_WRAPS_INNER) that keeps no messages of its own passes the
+     * call to its inner transport; one that holds messages itself (a delay's scheduled ones) adds
+     * them where it can tell their channel.
+     *
+     * Operators read it (`switchyard stats --channels`, the admin API's channels, a mistyped
+     * channel name in `switchyard dlq`), not the data path: it may take as long as a count of the
+     * store takes, though not while holding up deliveries for long. Optional (NULL, or absent
+     * before 1.9: the host shows only the instance's totals from `stats`).
+     */
+    sy_status (*channel_stats)(void *instance, sy_channel_stats_fn each, void *context, sy_error *err);
 } sy_plugin_descriptor;
 
 /** Size of a struct up to and including `field`, for checking `struct_size` against a field:
@@ -834,6 +880,8 @@ typedef struct sy_plugin_descriptor {
 #define SY_DESCRIPTOR_SIZE_V1_7 SY_SIZE_THROUGH(sy_plugin_descriptor, publish_async)
 /** Descriptor size at ABI 1.8: every field through `instance_capabilities`. */
 #define SY_DESCRIPTOR_SIZE_V1_8 SY_SIZE_THROUGH(sy_plugin_descriptor, instance_capabilities)
+/** Descriptor size at ABI 1.9: every field through `channel_stats`. */
+#define SY_DESCRIPTOR_SIZE_V1_9 SY_SIZE_THROUGH(sy_plugin_descriptor, channel_stats)
 
 /** ABI 1.0 sizes of the structs that can grow: the smallest struct_size a reader accepts. */
 #define SY_MESSAGE_SIZE_V1_0 SY_SIZE_THROUGH(sy_message, enqueued_at_ns)
@@ -848,6 +896,8 @@ typedef struct sy_plugin_descriptor {
 #define SY_MESSAGE_SIZE_V1_3 SY_SIZE_THROUGH(sy_message, reserved)
 #define SY_SUBSCRIBER_SIZE_V1_3 SY_SIZE_THROUGH(sy_subscriber, deliver_batch)
 #define SY_SUBSCRIBE_OPTIONS_SIZE_V1_4 SY_SIZE_THROUGH(sy_subscribe_options, flags)
+/** sy_channel_stats as 1.9 introduced it: the smallest struct_size a reader accepts. */
+#define SY_CHANNEL_STATS_SIZE_V1_9 SY_SIZE_THROUGH(sy_channel_stats, waiting)
 
 /**
  * Reads a caller-sized struct the way the compatibility rules ask: zeroes `out` (`out_size`

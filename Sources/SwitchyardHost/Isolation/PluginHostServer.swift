@@ -488,6 +488,12 @@ public enum PluginHostServer {
                     out.stats(try client.stats() ?? TransportStats())
                     return out.bytes
                 }
+            case .channelStats:
+                replyWith(frame.sequence) { () throws(TransportError) in
+                    var out = WireWriter()
+                    out.channelStats(try client.channelStats())
+                    return out.bytes
+                }
             default:
                 reply(frame.sequence) { () throws(TransportError) in throw TransportError(.invalidArgument, "unexpected request kind \(frame.kind)") }
             }

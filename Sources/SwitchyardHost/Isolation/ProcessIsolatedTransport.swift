@@ -433,6 +433,14 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
         return (try? reply.stats()) ?? TransportStats()
     }
 
+    /// The child's answer (nil where its plugin reports no channels); an error when the child
+    /// could not be asked (restarting, gone). A count may read a whole store: it gets a minute (or
+    /// the call timeout, if longer) before the child is taken for hung and restarted.
+    func channelStats() throws(TransportError) -> [ChannelStats]? {
+        var reply = try call(.channelStats, [], operation: "channel_stats", timeoutNanos: max(options.callTimeoutNanos, 60_000_000_000))
+        return try reply.channelStats()
+    }
+
     /// Stops restarting the child and fails calls waiting for one (`.closed`), ahead of
     /// `shutdown`: the host calls it before it waits for the calls already running.
     func beginClosing() {

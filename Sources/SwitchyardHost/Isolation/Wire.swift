@@ -56,6 +56,10 @@ enum WireKind: UInt8 {
     /// that many of the child's delivery ids u64 (none: a question for the lease's length). Reply
     /// data: the lease's length i64, count u32, then each one's status i32 and message.
     case extend = 13
+    /// Parent → child (`channel_stats`, ABI 1.9): no payload. Reply data: reported u8 (0: the
+    /// plugin reports no channels, and nothing follows), count u32, then that many channel, group,
+    /// depth u64, in flight u64, waiting u64.
+    case channelStats = 14
     /// Child → parent: status i32, message, then the request's reply data.
     case reply = 0x40
     /// Child → parent: parent subscription id u64, the child's delivery id u64, one message.
@@ -73,8 +77,8 @@ enum WireKind: UInt8 {
 /// The protocol version carried by `create`; a child refuses any other.
 /// 2: dead-letter and metric reports (child → parent); 3: settle_batch, publish_and_settle,
 /// deliver_batch and refusal frames; 4: extend; 5: create carries the slow-call warning threshold;
-/// 6: create's reply carries the instance's capabilities (ABI 1.8).
-let wireVersion: UInt32 = 6
+/// 6: create's reply carries the instance's capabilities (ABI 1.8); 7: channel_stats (ABI 1.9).
+let wireVersion: UInt32 = 7
 
 /// Largest frame either side accepts (a message is bounded far below this by the transports).
 let maxFrameBytes = 256 << 20
@@ -127,6 +131,19 @@ struct WireWriter {
         case .retry(let after, let reason): integer(SY_SETTLE_RETRY); integer(after); string(reason)
         case .deadLetter(let reason): integer(SY_SETTLE_DEAD_LETTER); integer(Int64(0)); string(reason)
         case .release: integer(SY_SETTLE_RELEASE); integer(Int64(0)); string("")
+        }
+    }
+
+    mutating func channelStats(_ channels: [ChannelStats]?) {
+        guard let channels else { return integer(UInt8(0)) }
+        integer(UInt8(1))
+        integer(UInt32(channels.count))
+        for one in channels {
+            string(one.channel)
+            string(one.group)
+            integer(one.depth)
+            integer(one.inFlight)
+            integer(one.waiting)
         }
     }
 
@@ -191,6 +208,20 @@ struct WireReader {
         case SY_SETTLE_RELEASE: return .release
         default: throw TransportError(.invalidArgument, "corrupt frame: unknown settlement outcome \(outcome)")
         }
+    }
+
+    mutating func channelStats() throws(TransportError) -> [ChannelStats]? {
+        let reported: UInt8 = try integer("reported")
+        guard reported != 0 else { return nil }
+        let count: UInt32 = try integer("count")
+        var channels: [ChannelStats] = []
+        for _ in 0..<count {
+            channels.append(
+                ChannelStats(
+                    channel: try string("channel"), group: try string("group"), depth: try integer("depth"), inFlight: try integer("in flight"),
+                    waiting: try integer("waiting")))
+        }
+        return channels
     }
 
     mutating func stats() throws(TransportError) -> TransportStats {
