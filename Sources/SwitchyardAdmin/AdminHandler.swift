@@ -21,6 +21,7 @@ struct AdminHandler: HTTPHandler {
         ("/api/overview", "state, plugins, transports with their counters, routes and hosted services"),
         ("/api/plugins", "the loaded plugins"),
         ("/api/transports", "the transports, their plugin chains and counters"),
+        ("/api/channels", "what each transport holds per channel and subscriber group: depth, waiting, in flight (counted now)"),
         ("/api/routes", "the routes, in config order"),
         ("/api/services", "the actors and native modules hosted here"),
         ("/api/dead-letters", "the dead-letter channels of what is served here"),
@@ -58,6 +59,7 @@ struct AdminHandler: HTTPHandler {
         case "/api/overview": return Self.encoded(system.overview())
         case "/api/plugins": return Self.encoded(system.overview().plugins)
         case "/api/transports": return Self.encoded(system.overview().transports)
+        case "/api/channels": return Self.encoded(await system.channels())
         case "/api/routes": return Self.encoded(system.overview().routes)
         case "/api/services": return Self.encoded(system.overview().services)
         case "/", "/index.html":

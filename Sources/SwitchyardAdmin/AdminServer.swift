@@ -19,6 +19,7 @@ import Synchronization
 /// | `GET /api` | the endpoints |
 /// | `GET /api/overview` | state, plugins, transports with counters, routes, services |
 /// | `GET /api/plugins`, `/api/transports`, `/api/routes`, `/api/services` | one part of it |
+/// | `GET /api/channels` | each transport's depth, waiting and in-flight per channel and group |
 /// | `GET /` | the same as a page |
 ///
 /// It listens where the config's `admin:` section says (loopback, port 9464 by default). With a

@@ -43,6 +43,13 @@ struct DeadLetterCommand: ParsableCommand {
 
         /// Set when the transport is not durable: what to say where no dead letter was found.
         let notDurable = Guarded<String?>(nil)
+        /// Set by `list` before it looks: whether to find out where dead letters are, should the
+        /// channel hold none (it reads the whole store; the other commands do not need it).
+        let explainsEmpty = Guarded(false)
+        /// Set when the channel held no dead letter and `explainsEmpty`: which channels of the
+        /// transport do (ABI 1.9 `channel_stats`), or that none does — a mistyped channel reads the
+        /// same as an empty one.
+        let elsewhere = Guarded<String?>(nil)
 
         enum CodingKeys: CodingKey {
             case search, transport, channel, limit
@@ -90,9 +97,15 @@ struct DeadLetterCommand: ParsableCommand {
                     "transport '\(transport)' has no dead-letter support (capabilities: \(chain)): it keeps no dead letters to list. Pass the transport that "
                         + "does (a queue, topic or retry transport; the one its dead-lettered calls were routed through), or give this one a retry transport in front")
             }
-            let letters = try DeadLetterBrowser(
-                client: target.client, channel: channel, deadLetterSuffix: config.deadLetterSuffix(ofTransport: transport), limit: limit)
+            let suffix = config.deadLetterSuffix(ofTransport: transport)
+            let letters = try DeadLetterBrowser(client: target.client, channel: channel, deadLetterSuffix: suffix, limit: limit)
             defer { letters.close() }  // releases whatever was not settled
+            // Not for a transport that may keep them in another process: "none on any channel"
+            // would contradict the note that says so.
+            if letters.letters.isEmpty && explainsEmpty.withLock({ $0 }) && chain.contains(.durable) {
+                let found = DeadLetterCommand.deadLettersElsewhere(target.client, suffix: suffix, transport: transport)
+                elsewhere.withLock { $0 = found }
+            }
             try body(letters)
         }
 
@@ -114,6 +127,7 @@ struct DeadLetterCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
+            target.explainsEmpty.withLock { $0 = true }
             try target.withDeadLetters { held in
                 let letters = held.letters
                 // On a topic each subscriber group's copy is dead-lettered on its own: say whose.
@@ -135,6 +149,7 @@ struct DeadLetterCommand: ParsableCommand {
                 } else if rows.isEmpty {
                     // A mistyped channel reads the same as an empty one: say what a channel is.
                     print("No dead letters on \(held.channel). (A channel is the id an actor is hosted under, e.g. 'payments'.)")
+                    if let elsewhere = target.elsewhere.withLock({ $0 }) { print(elsewhere) }
                     if let note = target.notDurable.withLock({ $0 }) { printError("note: \(note)") }
                 } else {
                     print(table(["ID"] + (showGroups ? ["GROUP"] : []) + ["CALL / CHANNEL", "ATTEMPTS", "DEAD-LETTERED", "REASON"], rows))
@@ -324,6 +339,20 @@ struct DeadLetterCommand: ParsableCommand {
             print("purged \(purged) message\(purged == 1 ? "" : "s")")
             try DeadLetterCommand.failOnMissing(missing, channel: channel)
         }
+    }
+
+    /// Where `client`'s transport holds dead letters, for a person who found none on the channel
+    /// they named: the channels whose dead-letter channels hold some (with how many), or that none
+    /// does; nil where the plugin does not report its channels (ABI 1.9 `channel_stats`).
+    static func deadLettersElsewhere(_ client: TransportClient, suffix: String, transport: String) -> String? {
+        guard let channels = try? client.channelStats() else { return nil }
+        var held: [String: UInt64] = [:]
+        for one in channels where one.channel.hasSuffix(suffix) && one.depth + one.inFlight > 0 {
+            held[String(one.channel.dropLast(suffix.count)), default: 0] += one.depth + one.inFlight
+        }
+        guard !held.isEmpty else { return "Transport '\(transport)' holds no dead letters on any channel." }
+        let listed = held.sorted { $0.key < $1.key }.map { "\($0.key) (\($0.value))" }.joined(separator: ", ")
+        return "Transport '\(transport)' holds dead letters of: \(listed). Pass one of those as --channel."
     }
 
     /// Names the ids that were not there (a typo, or already replayed or purged) and fails, so a

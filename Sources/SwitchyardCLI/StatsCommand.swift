@@ -24,7 +24,9 @@ struct StatsCommand: AsyncParsableCommand {
             endpoint instead: --url http://127.0.0.1:9464 (with --token, or SWITCHYARD_ADMIN_TOKEN, \
             when the endpoint has one). Counters from --config count only what this command's own \
             instances did; depth and in-flight are the engine's. --watch prints again every \
-            --interval seconds, with rates from one print to the next.
+            --interval seconds, with rates from one print to the next. --channels prints what each \
+            transport holds per channel and subscriber group instead (depth, waiting, in flight; \
+            dead-letter channels included), where its plugin reports channels (ABI 1.9).
             """)
 
     @OptionGroup var search: PluginSearchOptions
@@ -43,6 +45,9 @@ struct StatsCommand: AsyncParsableCommand {
 
     @Flag(help: "Print JSON (one array per print).")
     var json = false
+
+    @Flag(help: "Per channel and subscriber group: depth, waiting and in-flight of every channel each transport holds.")
+    var channels = false
 
     func validate() throws {
         guard (url == nil) != (search.config == nil) else {
@@ -68,14 +73,21 @@ struct StatsCommand: AsyncParsableCommand {
         defer { source.close() }
         var previous: (at: Date, transports: [SystemOverview.TransportInfo])?
         repeat {
+            if channels {
+                let held = try await source.readChannels()
+                if json {
+                    print(try Self.snakeCaseJSON(held))
+                } else {
+                    print(Self.render(channels: held))
+                }
+                fflush(nil)
+                if watch { try await Task.sleep(for: .milliseconds(Int(interval * 1000))) }
+                continue
+            }
             let now = Date()
             let transports = try await source.read()
             if json {
-                // The admin API's names (dead_lettered, in_flight), so one reader serves both.
-                let encoder = JSONEncoder()
-                encoder.keyEncodingStrategy = .convertToSnakeCase
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(transports), as: UTF8.self))
+                print(try Self.snakeCaseJSON(transports))
             } else {
                 print(Self.render(transports, since: previous.map { (now.timeIntervalSince($0.at), $0.transports) }))
             }
@@ -83,6 +95,32 @@ struct StatsCommand: AsyncParsableCommand {
             previous = (now, transports)
             if watch { try await Task.sleep(for: .milliseconds(Int(interval * 1000))) }
         } while watch
+    }
+
+    /// JSON with the admin API's names (dead_lettered, in_flight), so one reader serves both.
+    static func snakeCaseJSON(_ value: some Encodable) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+
+    /// The per-channel table: one row per transport and channel (and group), a transport whose
+    /// channels could not be read as one row with the reason.
+    static func render(channels held: [SystemOverview.TransportChannels]) -> String {
+        var rows: [[String]] = []
+        for transport in held {
+            guard let channels = transport.channels else {
+                rows.append([transport.transport, "–", "", "–", "–", "–", transport.note ?? ""])
+                continue
+            }
+            if channels.isEmpty { rows.append([transport.transport, "(none)", "", "0", "0", "0", "holds no message"]) }
+            for one in channels {
+                rows.append([transport.transport, one.channel, one.group, String(one.depth), String(one.waiting), String(one.inFlight), ""])
+            }
+        }
+        return ISO8601DateFormatter().string(from: Date()) + "\n"
+            + table(["TRANSPORT", "CHANNEL", "GROUP", "DEPTH", "WAITING", "IN-FLIGHT", "NOTE"], rows)
     }
 
     /// The table; rates from `since` (seconds ago, and what was read then), or "…" on the first print.
@@ -116,6 +154,8 @@ struct StatsError: Error {
 /// Where `switchyard stats` reads from.
 protocol StatsSource: Sendable {
     func read() async throws -> [SystemOverview.TransportInfo]
+    /// What each transport holds per channel (`--channels`).
+    func readChannels() async throws -> [SystemOverview.TransportChannels]
     func close()
 }
 
@@ -142,26 +182,45 @@ final class ConfigStats: StatsSource {
         transports.transports.values.sorted { $0.name < $1.name }.map { SystemOverview.TransportInfo($0, config: config) }
     }
 
+    func readChannels() async throws -> [SystemOverview.TransportChannels] {
+        transports.transports.values.sorted { $0.name < $1.name }.map { transport in
+            var held = SystemOverview.TransportChannels(transport)
+            // A fresh in-memory instance holds nothing: an empty table would read as "all consumed".
+            if SystemOverview.TransportInfo.engine(of: transport, config: config) == "memory" {
+                held.channels = nil
+                held.note = "in memory: its messages live only in the process that runs it (switchyard stats --channels --url ADMIN-ENDPOINT)"
+            }
+            return held
+        }
+    }
+
     func close() { transports.close() }
 }
 
-/// A running system's `GET /api/transports`.
+/// A running system's `GET /api/transports` (and `GET /api/channels`).
 final class EndpointStats: StatsSource {
-    let request: URLRequest
+    /// The endpoint's address, without a trailing slash.
+    let base: String
+    let token: String?
     let session: URLSession
 
     init(base: String, token: String?) throws {
-        guard let url = URL(string: base.hasSuffix("/") ? base + "api/transports" : base + "/api/transports"), url.scheme?.hasPrefix("http") == true
+        let trimmed = base.hasSuffix("/") ? String(base.dropLast()) : base
+        guard let url = URL(string: trimmed + "/api/transports"), url.scheme?.hasPrefix("http") == true
         else { throw ValidationError("--url \(base): expected an address such as http://127.0.0.1:9464") }
-        var request = URLRequest(url: url, timeoutInterval: 10)
-        if let token = token ?? ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable], !token.isEmpty {
-            request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
-        }
-        self.request = request
+        self.base = trimmed
+        self.token = token ?? ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable]
         session = URLSession(configuration: .ephemeral, delegate: RefuseChallenges(), delegateQueue: nil)
     }
 
-    func read() async throws -> [SystemOverview.TransportInfo] {
+    func read() async throws -> [SystemOverview.TransportInfo] { try await get("/api/transports") }
+
+    func readChannels() async throws -> [SystemOverview.TransportChannels] { try await get("/api/channels") }
+
+    /// `GET path`, decoded; every failure as a ``StatsError`` that says what to do.
+    private func get<T: Decodable>(_ path: String) async throws -> T {
+        var request = URLRequest(url: URL(string: base + path)!, timeoutInterval: 10)
+        if let token, !token.isEmpty { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         let (data, response): (Data, URLResponse)
         do {
             (data, response) = try await session.data(for: request)
@@ -179,12 +238,14 @@ final class EndpointStats: StatsSource {
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         guard status == 200 else {
             let detail = String(decoding: data, as: UTF8.self)
-            throw StatsError(message: "\(request.url!.absoluteString) answered \(status): \(detail)\(status == 401 ? " (pass --token or export SWITCHYARD_ADMIN_TOKEN)" : "")")
+            let older = status == 404 && path == "/api/channels" ? " (a Switchyard older than ABI 1.9 serves no channels: upgrade it, or leave out --channels)" : ""
+            throw StatsError(
+                message: "\(request.url!.absoluteString) answered \(status): \(detail)\(status == 401 ? " (pass --token or export SWITCHYARD_ADMIN_TOKEN)" : "")\(older)")
         }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         do {
-            return try decoder.decode([SystemOverview.TransportInfo].self, from: data)
+            return try decoder.decode(T.self, from: data)
         } catch {
             throw StatsError(
                 message: "\(request.url!.absoluteString) did not answer as a Switchyard admin endpoint of this "

@@ -150,6 +150,18 @@ struct AdminEndpointTests {
         let terminal = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:\(running.port)", "--json"])
         #expect(terminal.status == 0, "\(terminal.stderr)")
         #expect(terminal.stdout.contains(#""name" : "work""#) && terminal.stdout.contains(#""published" : "#), "\(terminal.stdout)")
+        // Per channel (ABI 1.9): a message nobody will take, held on the worker's channel, then
+        // read through the API and the terminal.
+        let parkedOn = try #require(running.system.transport(named: "work"))
+        try parkedOn.client.publish(Message(id: "parked", channel: "parked-channel", body: [1]))
+        let (channelsStatus, channelsJSON, _) = try await running.get("/api/channels")
+        #expect(channelsStatus == 200)
+        let held = try JSONSerialization.jsonObject(with: Data(channelsJSON.utf8)) as? [[String: Any]]
+        let workChannels = held?.first { $0["transport"] as? String == "work" }?["channels"] as? [[String: Any]]
+        let parked = workChannels?.first { $0["channel"] as? String == "parked-channel" }
+        #expect(parked?["depth"] as? Int == 1 && parked?["in_flight"] as? Int == 0 && parked?["group"] as? String == "", "\(channelsJSON)")
+        let perChannel = try await run(BuildProducts.switchyard, ["stats", "--channels", "--url", "http://127.0.0.1:\(running.port)"])
+        #expect(perChannel.status == 0 && perChannel.stdout.contains("parked-channel"), "\(perChannel.stdout)\(perChannel.stderr)")
         let (missing, answer, _) = try await running.get("/etc/passwd")
         #expect(missing == 404)
         #expect(answer.contains("/metrics"), "the 404 lists the endpoints: \(answer)")

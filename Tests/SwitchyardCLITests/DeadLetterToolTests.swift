@@ -116,6 +116,19 @@ struct DeadLetterToolTests {
         #expect(try await dlq(["list"]).stdout.contains("e-1"))
     }
 
+    @Test("a channel with no dead letters (a typo) is told which channels of the transport have some")
+    func mistypedChannel() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try await setUp(dir)
+        let typo = try await run(BuildProducts.switchyard, ["dlq", "list", "--config", config, "--transport", "orders", "--channel", "ordres"])
+        #expect(typo.status == 0, "\(typo.stderr)")
+        #expect(typo.stdout.contains("No dead letters on ordres.dlq"), "\(typo.stdout)")
+        #expect(typo.stdout.contains("Transport 'orders' holds dead letters of: orders (3). Pass one of those as --channel."), "\(typo.stdout)")
+        _ = try await dlq(["purge", "--all"], config: config)
+        let none = try await dlq(["list"], config: config)
+        #expect(none.stdout.contains("Transport 'orders' holds no dead letters on any channel."), "\(none.stdout)")
+    }
+
     @Test("an in-memory transport's dead letters live in its process: dlq says where to read them, not that there are none")
     func inMemoryTransport() async throws {
         let dir = try TemporaryDirectory()

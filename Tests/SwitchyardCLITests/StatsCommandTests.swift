@@ -18,6 +18,23 @@ struct StatsCommandTests {
         #expect(work?["engine"] as? String == "SQLite (work.db)")
     }
 
+    @Test("--channels shows what a durable queue holds per channel, from another process; as JSON too")
+    func channels() async throws {
+        let directory = try TemporaryDirectory()
+        let held = (0..<3).map { Message(id: "o\($0)", channel: "orders", body: [1]) } + [Message(id: "i0", channel: "invoices", body: [1])]
+        let config = try await durableQueueConfig(in: directory, holding: held)
+        let table = try await run(BuildProducts.switchyard, ["stats", "--channels", "--config", config, "--plugins-dir", BuildProducts.directory])
+        #expect(table.status == 0, "\(table.stderr)")
+        let rows = table.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(rows.contains(["work", "orders", "3", "0", "0"]), "\(table.stdout)")
+        #expect(rows.contains(["work", "invoices", "1", "0", "0"]), "\(table.stdout)")
+        let json = try await run(BuildProducts.switchyard, ["stats", "--channels", "--json", "--config", config, "--plugins-dir", BuildProducts.directory])
+        let transports = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]]
+        let channels = transports?.first { $0["transport"] as? String == "work" }?["channels"] as? [[String: Any]]
+        #expect(channels?.map { $0["channel"] as? String } == ["invoices", "orders"], "\(json.stdout)")
+        #expect(channels?.last?["depth"] as? Int == 3 && channels?.last?["in_flight"] as? Int == 0, "\(json.stdout)")
+    }
+
     @Test("an endpoint that does not answer, or no source at all, is an error that says what to do")
     func errors() async throws {
         let unreachable = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:1"])

@@ -89,6 +89,34 @@ public struct SystemOverview: Codable, Sendable {
         }
     }
 
+    /// What one transport holds per channel and subscriber group, now (ABI 1.9 `channel_stats`):
+    /// read with ``SwitchyardActorSystem/channels()``, served as `GET /api/channels` and printed by
+    /// `switchyard stats --channels`. Not part of ``SystemOverview``: counting a store's channels
+    /// reads all of it, and the overview is polled every second.
+    public struct TransportChannels: Codable, Sendable {
+        /// The transport's name in the config.
+        public var transport: String
+        /// Its channels, sorted by channel, then group; nil when they could not be read (see
+        /// ``note``).
+        public var channels: [ChannelStats]?
+        /// Why ``channels`` is nil: the plugin does not report channels (before ABI 1.9, or a
+        /// plugin that does not say), or the error reading them.
+        public var note: String?
+
+        /// `transport`'s channels, read through its plugin's `channel_stats` now.
+        package init(_ transport: Transport) {
+            self.transport = transport.name
+            do {
+                channels = try transport.client.channelStats()
+                if channels == nil {
+                    note = "\(transport.chainDescription) does not report its channels (ABI 1.9 channel_stats): only its totals (switchyard stats)"
+                }
+            } catch {
+                note = error.description
+            }
+        }
+    }
+
     /// One route of the config.
     public struct RouteInfo: Codable, Sendable {
         /// `Interface.method`, `Interface.*` or `*`.
@@ -220,6 +248,14 @@ extension SwitchyardActorSystem {
             instance: instanceID, state: "\(current)", ready: current == .running,
             plugins: plugins.values.sorted { ($0.name, $0.path) < ($1.name, $1.path) }, transports: transportInfos,
             routes: routeInfos, services: services, deadLetters: deadLetterChannels())
+    }
+
+    /// What each transport this system uses holds per channel and subscriber group, now (ABI 1.9
+    /// `channel_stats`), in name order. Counting reads each store (a durable store's whole table;
+    /// an in-memory one's entries under its lock): for operators, seconds apart, not a hot path.
+    public func channels() async -> [SystemOverview.TransportChannels] {
+        let used = (transports?.transports.values.map { $0 } ?? []).sorted { $0.name < $1.name }
+        return await blockingOperation { used.map(SystemOverview.TransportChannels.init) }
     }
 
     /// The dead-letter channels of what this process serves, with the counts reported since the
