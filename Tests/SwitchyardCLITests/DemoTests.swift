@@ -115,7 +115,10 @@ struct DemoTests {
         let kept = temporary.file("mine")
         environment["SWITCHYARD_DATA"] = kept
         #expect(try await run(BuildProducts.switchyard, ["demo", "--orders", "5"], environment: environment).status == 0)
-        #expect(!(try FileManager.default.contentsOfDirectory(atPath: kept).isEmpty))
+        let stores = try FileManager.default.contentsOfDirectory(atPath: kept)
+        #expect(!stores.isEmpty)
+        // Every connection closed at the end (the inbox's too): SQLite removed the WAL files.
+        #expect(!stores.contains { $0.hasSuffix("-wal") || $0.hasSuffix("-shm") }, "\(stores)")
     }
 
     @Test("demo and run refuse a bad config with the key and line, exit 1")

@@ -166,8 +166,8 @@ protocol InboxDatabase: Sendable {
     func makeOutboxStorage() throws(TransportError) -> any OutboxStorage
     /// Identifies the database, so routes sharing it share one relay.
     var identity: String { get }
-    /// Hangs up its connections to a database server now (the system's shutdown), not when it
-    /// is released; a later call connects again. Nothing to do for a file.
+    /// Hangs up its connections now (the system's shutdown), not when it is released: a server's,
+    /// and a file's (whose last close removes its WAL); a later call connects again.
     func closeConnections()
 }
 
@@ -178,7 +178,8 @@ extension InboxDatabase {
 /// An inbox in a SQLite file.
 final class SQLiteInboxDatabase: InboxDatabase {
     let path: String
-    private let database: Guarded<SQLiteDatabase>
+    /// The connection: closed at the system's shutdown, opened again by a later call.
+    private let database: ReopenableConnection
     var kind: InboxDatabaseKind { .sqlite }
     var identity: String { "sqlite:" + path }
 
@@ -202,7 +203,18 @@ final class SQLiteInboxDatabase: InboxDatabase {
         guard kind == "inbox" else {
             throw TransportError(.config, "'\(path)' is a Switchyard \(kind) store, not an inbox; give the inbox its own file")
         }
-        self.database = Guarded(database)
+        self.database = ReopenableConnection(database) { () throws(TransportError) -> SQLiteDatabase in
+            let reopened = try SQLiteDatabase(path: path)
+            try reopened.configureDurable()
+            return reopened
+        }
+    }
+
+    /// Closes the file's connection at the system's shutdown (see ``ReopenableConnection``).
+    func closeConnections() { database.close() }
+
+    private func withDatabase<R>(_ body: (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
+        try database.withDatabase(body)
     }
 
     private static func lookup(_ key: String, cutoff: Int64, in database: SQLiteDatabase) throws(TransportError) -> Inbox.Handled? {
@@ -214,13 +226,13 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled? {
-        try database.withLock { (database) throws(TransportError) in try Self.lookup(key, cutoff: cutoff, in: database) }
+        try withDatabase { (database) throws(TransportError) in try Self.lookup(key, cutoff: cutoff, in: database) }
     }
 
     func record(
         _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
     ) throws(TransportError) -> Inbox.Handled? {
-        try database.withLock { (database) throws(TransportError) -> Inbox.Handled? in
+        try withDatabase { (database) throws(TransportError) -> Inbox.Handled? in
             // IMMEDIATE: take the write lock first, so the check and the insert see one state
             // across every process sharing the file.
             try database.execute("BEGIN IMMEDIATE")
@@ -244,7 +256,7 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func declareWindow(_ windowNanos: Int64) throws(TransportError) {
-        try database.withLock { (database) throws(TransportError) in
+        try withDatabase { (database) throws(TransportError) in
             _ = try database.run(
                 """
                 INSERT INTO switchyard_meta (key, value) VALUES ('\(Inbox.windowKey)', ?1) ON CONFLICT (key)
@@ -254,7 +266,7 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func prune(before cutoff: Int64) throws(TransportError) {
-        try database.withLock { (database) throws(TransportError) in
+        try withDatabase { (database) throws(TransportError) in
             _ = try database.run(
                 """
                 DELETE FROM inbox WHERE at < min(?1, ?2 - coalesce((SELECT CAST(value AS INTEGER) FROM switchyard_meta WHERE key = '\(Inbox.windowKey)'), 0))

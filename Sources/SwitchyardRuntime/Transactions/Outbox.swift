@@ -116,8 +116,9 @@ protocol OutboxStorage: Sendable {
     func unclaim(_ seqs: [Int64]) throws(TransportError)
     /// How many messages to `transports` wait to be relayed.
     func depth(transports: [String]) throws(TransportError) -> Int
-    /// Hangs up its connections to a database server now (the system's shutdown), not when it
-    /// is released; a later call connects again. Nothing to do for a file or memory.
+    /// Hangs up its connections now (the system's shutdown), not when it is released: a
+    /// server's, and a file's (whose last close removes its WAL); a later call connects again.
+    /// Nothing to do for memory.
     func closeConnections()
 }
 
@@ -164,19 +165,26 @@ final class SQLiteOutboxStorage: OutboxStorage {
         }
     }
 
-    /// The relay's own connection (the transactions that write rows use theirs).
-    private let database: Guarded<SQLiteDatabase>
+    /// The relay's own connection (the transactions that write rows use theirs): closed at the
+    /// system's shutdown, opened again by a later call (see ``ReopenableConnection``).
+    private let database: ReopenableConnection
 
     init(path: String, sharedWithApplication: Bool) throws(TransportError) {
         let database = try SQLiteDatabase(path: path)
         try database.configureDurable(sharedWithApplication: sharedWithApplication)
         try database.execute("BEGIN IMMEDIATE;" + Self.schema + "COMMIT;")
-        self.database = Guarded(database)
+        self.database = ReopenableConnection(database) { () throws(TransportError) -> SQLiteDatabase in
+            let reopened = try SQLiteDatabase(path: path)
+            try reopened.configureDurable(sharedWithApplication: sharedWithApplication)
+            return reopened
+        }
     }
+
+    func closeConnections() { database.close() }
 
     func claim(limit: Int, nowNanos: Int64, leaseNanos: Int64, transports: [String]) throws(TransportError) -> OutboxClaim {
         let names = Self.jsonArray(transports)
-        return try database.withLock { (database) throws(TransportError) -> OutboxClaim in
+        return try database.withDatabase { (database) throws(TransportError) -> OutboxClaim in
             // A read first: an idle outbox costs its relay no write lock.
             var due = false
             _ = try database.run(
@@ -229,7 +237,7 @@ final class SQLiteOutboxStorage: OutboxStorage {
     }
 
     func stale(createdBeforeNanos: Int64, nowNanos: Int64, excluding transports: [String]) throws(TransportError) -> [(transport: String, count: Int)] {
-        try database.withLock { (database) throws(TransportError) -> [(transport: String, count: Int)] in
+        try database.withDatabase { (database) throws(TransportError) -> [(transport: String, count: Int)] in
             var found: [(transport: String, count: Int)] = []
             _ = try database.run(
                 """
@@ -258,7 +266,7 @@ final class SQLiteOutboxStorage: OutboxStorage {
     }
 
     func depth(transports: [String]) throws(TransportError) -> Int {
-        try database.withLock { (database) throws(TransportError) -> Int in
+        try database.withDatabase { (database) throws(TransportError) -> Int in
             var count = 0
             _ = try database.run(
                 "SELECT count(*) FROM switchyard_outbox WHERE transport IN (SELECT value FROM json_each(?))", [.text(Self.jsonArray(transports))]
@@ -269,7 +277,7 @@ final class SQLiteOutboxStorage: OutboxStorage {
 
     private func update(_ seqs: [Int64], _ each: (SQLiteDatabase, Int64) throws(TransportError) -> Void) throws(TransportError) {
         guard !seqs.isEmpty else { return }
-        try database.withLock { (database) throws(TransportError) in
+        try database.withDatabase { (database) throws(TransportError) in
             try database.execute("BEGIN IMMEDIATE")
             do throws(TransportError) {
                 for seq in seqs { try each(database, seq) }
