@@ -509,6 +509,8 @@ public final class TransportClient: @unchecked Sendable {
         final class Collected {
             var stats: [ChannelStats] = []
             var malformed = 0
+            /// What the first malformed report said its size was (nil: a NULL pointer).
+            var firstMalformedSize: UInt32?
         }
         let collected = Collected()
         do throws(TransportError) {
@@ -519,7 +521,12 @@ public final class TransportClient: @unchecked Sendable {
                         instance,
                         { context, stats in
                             let collected = Unmanaged<Collected>.fromOpaque(context!).takeUnretainedValue()
-                            if let stats, let one = ChannelStats(reading: stats) { collected.stats.append(one) } else { collected.malformed += 1 }
+                            if let stats, let one = ChannelStats(reading: stats) {
+                                collected.stats.append(one)
+                            } else {
+                                if collected.malformed == 0 { collected.firstMalformedSize = stats?.pointee.struct_size }
+                                collected.malformed += 1
+                            }
                         }, Unmanaged.passUnretained(collected).toOpaque(), err)
                 }
             }
@@ -529,7 +536,9 @@ public final class TransportClient: @unchecked Sendable {
         if collected.malformed > 0 {
             throw TransportError(
                 .invalidArgument,
-                "channel_stats reported \(collected.malformed) channel\(collected.malformed == 1 ? "" : "s") with a NULL sy_channel_stats or a struct_size below \(SizedStruct.channelStatsV1_9) (ABI 1.9's): fix the plugin"
+                "channel_stats reported \(collected.malformed) channel\(collected.malformed == 1 ? "" : "s") with "
+                    + (collected.firstMalformedSize.map { "struct_size \($0)" } ?? "a NULL sy_channel_stats")
+                    + ", where it must be at least \(SizedStruct.channelStatsV1_9) (ABI 1.9's sizeof(sy_channel_stats)): fix the plugin"
             )
         }
         return ChannelStats.merged(collected.stats)

@@ -31,6 +31,7 @@ struct AdminHandler: HTTPHandler {
             "POST {\"target\": \"Interface.method\", \"actor\": \"id\", \"arguments\": [JSON, …], \"headers\": {\"name\": \"value\"}}: a call by readable name (routes with readable_targets), or a native module's function; needs the token"
         ),
         ("/", "the console: route map, rates, depths, dead letters, a call form"),
+        ("/channels", "the console's page of what each transport holds per channel"),
     ]
 
     func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
@@ -62,6 +63,8 @@ struct AdminHandler: HTTPHandler {
         case "/api/channels": return Self.encoded(await system.channels())
         case "/api/routes": return Self.encoded(system.overview().routes)
         case "/api/services": return Self.encoded(system.overview().services)
+        case "/channels":
+            return Self.page(ChannelsPage.render(await system.channels(), config: system.config))
         case "/", "/index.html":
             let overview = system.overview()
             return Self.page(OverviewPage.render(overview, rates: rates.rates(overview.transports)))

@@ -21,6 +21,7 @@ import Synchronization
 /// | `GET /api/plugins`, `/api/transports`, `/api/routes`, `/api/services` | one part of it |
 /// | `GET /api/channels` | each transport's depth, waiting and in-flight per channel and group |
 /// | `GET /` | the same as a page |
+/// | `GET /channels` | the per-channel counts as a page |
 ///
 /// It listens where the config's `admin:` section says (loopback, port 9464 by default). With a
 /// token, every request must carry it (`Authorization: Bearer TOKEN`, or HTTP basic auth with the

@@ -26,6 +26,7 @@ enum OverviewPage {
             ],
             id: "transports", numericFrom: 4,
             overview.transports.map { transportRow($0, rates[$0.name]) })
+        html += "<p>Per channel and subscriber group: <a href=\"/channels\" id=\"channels-link\">channels</a>.</p>\n"
         html += "<h2>Dead letters</h2>\n"
         html += table(
             ["channel", "transport", "dead-letter channel", "since start", ""], id: "dead-letter-channels", numericFrom: 3,

@@ -146,6 +146,8 @@ struct DeadLetterCommand: ParsableCommand {
                 }
                 if json {
                     try printJSON(letters.map { DeadLetterRecord($0.message) })  // as the admin API writes it
+                    // Standard error: the JSON stays what the admin API answers.
+                    if letters.isEmpty, let elsewhere = target.elsewhere.withLock({ $0 }) { printError(elsewhere) }
                 } else if rows.isEmpty {
                     // A mistyped channel reads the same as an empty one: say what a channel is.
                     print("No dead letters on \(held.channel). (A channel is the id an actor is hosted under, e.g. 'payments'.)")

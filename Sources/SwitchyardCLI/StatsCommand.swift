@@ -57,6 +57,9 @@ struct StatsCommand: AsyncParsableCommand {
                     : "name a config file (--config FILE) or an admin endpoint (--url URL), not both: --url reads a running system, --config its files")
         }
         guard interval.isFinite, (0.1...86_400).contains(interval) else { throw ValidationError("--interval must be between 0.1 and 86400 seconds") }
+        if let url, EndpointStats.baseAddress(url) == nil {
+            throw ValidationError("--url \(url): expected an endpoint's address such as http://127.0.0.1:9464")
+        }
     }
 
     func run() async throws {
@@ -184,13 +187,22 @@ final class ConfigStats: StatsSource {
 
     func readChannels() async throws -> [SystemOverview.TransportChannels] {
         transports.transports.values.sorted { $0.name < $1.name }.map { transport in
-            var held = SystemOverview.TransportChannels(transport)
-            // A fresh in-memory instance holds nothing: an empty table would read as "all consumed".
+            // A fresh in-memory instance holds nothing: its empty table would read as "all consumed".
+            // A chain that is not durable may keep its messages in memory too (a plugin that never
+            // declares durable, such as the C template's, cannot say): not asked either.
             if SystemOverview.TransportInfo.engine(of: transport, config: config) == "memory" {
-                held.channels = nil
-                held.note = "in memory: its messages live only in the process that runs it (switchyard stats --channels --url ADMIN-ENDPOINT)"
+                return SystemOverview.TransportChannels(
+                    transport: transport.name,
+                    note: "in memory: its messages live only in the process that runs it (switchyard stats --channels --url ADMIN-ENDPOINT)")
             }
-            return held
+            guard transport.chainCapabilities.contains(.durable) else {
+                return SystemOverview.TransportChannels(
+                    transport: transport.name,
+                    note:
+                        "not durable (\(transport.chainDescription)): if it keeps its messages in memory, they live only in the process that runs it (switchyard stats --channels --url ADMIN-ENDPOINT)"
+                )
+            }
+            return SystemOverview.TransportChannels(transport)
         }
     }
 
@@ -204,10 +216,18 @@ final class EndpointStats: StatsSource {
     let token: String?
     let session: URLSession
 
+    /// `url` without a trailing slash, or nil when it is not an http(s) address.
+    static func baseAddress(_ url: String) -> String? {
+        let trimmed = url.hasSuffix("/") ? String(url.dropLast()) : url
+        guard let parsed = URL(string: trimmed + "/api/transports"), parsed.scheme == "http" || parsed.scheme == "https", parsed.host != nil
+        else { return nil }
+        return trimmed
+    }
+
     init(base: String, token: String?) throws {
-        let trimmed = base.hasSuffix("/") ? String(base.dropLast()) : base
-        guard let url = URL(string: trimmed + "/api/transports"), url.scheme?.hasPrefix("http") == true
-        else { throw ValidationError("--url \(base): expected an address such as http://127.0.0.1:9464") }
+        guard let trimmed = Self.baseAddress(base) else {
+            throw StatsError(message: "--url \(base): expected an endpoint's address such as http://127.0.0.1:9464")
+        }
         self.base = trimmed
         self.token = token ?? ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable]
         session = URLSession(configuration: .ephemeral, delegate: RefuseChallenges(), delegateQueue: nil)
@@ -237,10 +257,21 @@ final class EndpointStats: StatsSource {
         }
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         guard status == 200 else {
-            let detail = String(decoding: data, as: UTF8.self)
-            let older = status == 404 && path == "/api/channels" ? " (a Switchyard older than ABI 1.9 serves no channels: upgrade it, or leave out --channels)" : ""
-            throw StatsError(
-                message: "\(request.url!.absoluteString) answered \(status): \(detail)\(status == 401 ? " (pass --token or export SWITCHYARD_ADMIN_TOKEN)" : "")\(older)")
+            let body = String(decoding: data, as: UTF8.self)
+            let detail = body.count > 300 ? String(body.prefix(300)) + "…" : body
+            var advice = status == 401 ? " (pass --token or export SWITCHYARD_ADMIN_TOKEN)" : ""
+            if status == 404 {
+                let basePath = URL(string: base)?.path ?? ""
+                if !basePath.isEmpty && basePath != "/" {
+                    advice = " (--url is the endpoint's base address, http://HOST:PORT, without a path: this command adds \(path))"
+                } else if body.contains("/api/transports") {
+                    // A Switchyard endpoint answers an unknown path with the list of its endpoints.
+                    advice = " (that process runs a Switchyard release without \(path): upgrade it, or leave out --channels)"
+                } else {
+                    advice = " (is --url the address a switchyard process serves its admin endpoint on?)"
+                }
+            }
+            throw StatsError(message: "\(request.url!.absoluteString) answered \(status): \(detail)\(advice)")
         }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase

@@ -172,6 +172,13 @@ public struct SwitchyardConfig: Sendable {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw ConfigError(
+                    key: "", line: nil,
+                    message:
+                        "no config file at \(path) (relative to \(FileManager.default.currentDirectoryPath)): check the path, or pass the deployment's config with --config FILE",
+                    file: path)
+            }
             throw ConfigError(key: "", line: nil, message: "cannot read the config file: \((error as NSError).localizedDescription)", file: path)
         }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent().path

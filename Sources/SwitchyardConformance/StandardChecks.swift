@@ -836,28 +836,51 @@ enum StandardChecks {
         func describe(_ one: ChannelStats?) -> String {
             one.map { "depth \($0.depth), waiting \($0.waiting), in flight \($0.inFlight)" } ?? "nothing (no entry)"
         }
+        func entry(_ one: ChannelStats) -> String {
+            "'\(one.channel)'\(one.group.isEmpty ? "" : " group '\(one.group)'"): \(describe(one))"
+        }
         /// The entry for `channel` and `group` once `done` holds (or the last one read, when the wait ran out).
         func read(_ channel: String, _ group: String, until done: (ChannelStats?) -> Bool) throws -> ChannelStats? {
             let deadline = Date().addingTimeInterval(Collector.defaultWaitSeconds)
             while true {
                 let all = try t.client.channelStats() ?? []
-                try c.expect(all.allSatisfy { $0.waiting <= $0.depth }, "an entry reports more waiting than its depth: \(all)")
+                for one in all where one.waiting > one.depth {
+                    try c.expect(false, "channel \(entry(one)): waiting is part of depth, never more")
+                }
                 let one = all.first { $0.channel == channel && $0.group == group }
-                if done(one) || Date() >= deadline { return one }
+                if done(one) || Date() >= deadline {
+                    if one == nil, let elsewhere = all.first(where: { $0.channel == channel }) {
+                        try c.expect(
+                            false,
+                            "channel \(entry(elsewhere)), where \(group.isEmpty ? "the empty group was expected: a transport without fan-out (or a dead-letter channel) reports one shared copy under group \"\"" : "group '\(group)' was expected: a fan-out transport reports each subscriber group's copies under its name")"
+                        )
+                    }
+                    return one
+                }
                 Thread.sleep(forTimeInterval: 0.05)
             }
         }
         // One delivery at a time, none settled by the handler: one in flight, the rest stored.
         let held = Collector()
-        _ = try t.client.subscribe(
+        let subscription = try t.client.subscribe(
             SubscribeOptions(channel: "cs", group: "cs-group", maxInFlight: 1), handler: held.handler(client: t.client, settle: nil))
+        /// Ends the subscription, which gives back what it held: counts that moved with the
+        /// deliveries must move back (`depth` stored, `waiting` of them not due).
+        func unsubscribed(expecting depth: UInt64, waiting: UInt64) throws {
+            try t.client.unsubscribe(subscription)
+            let after = try read("cs", group) { $0?.depth == depth && $0?.inFlight == 0 }
+            try c.expect(
+                after?.depth == depth && after?.waiting == waiting && after?.inFlight == 0,
+                "once its only subscriber unsubscribed (giving back what it held), \(named) reads \(describe(after)); expected depth \(depth), waiting \(waiting), in flight 0"
+            )
+        }
         for index in 1...3 { try t.client.publish(message("cs-\(index)", "cs")) }
         try c.expect(held.wait(for: 1), "not delivered")
         let first = try read("cs", group) { $0?.depth == 2 && $0?.inFlight == 1 }
         try c.expect(
             first?.depth == 2 && first?.inFlight == 1 && first?.waiting == 0,
             "\(named) reads \(describe(first)); expected depth 2, in flight 1 (3 published, 1 held by a subscriber with max_in_flight 1)")
-        guard capabilities.contains(.deadLetter) else { return }  // no dead-letter channel to count
+        guard capabilities.contains(.deadLetter) else { return try unsubscribed(expecting: 3, waiting: 0) }  // no dead-letter channel
         try t.client.settle(held.received[0].delivery, .deadLetter(reason: "counted"))
         try c.expect(held.wait(for: 2), "the next message was not delivered after the first was dead-lettered")
         let dead = try read("cs.dlq", "") { ($0?.depth ?? 0) + ($0?.inFlight ?? 0) == 1 }
@@ -866,7 +889,7 @@ enum StandardChecks {
             "channel 'cs.dlq' (group \"\", shared by every group) reads \(describe(dead)); expected the one dead letter")
         let after = try read("cs", group) { $0?.depth == 1 && $0?.inFlight == 1 }
         try c.expect(after?.depth == 1 && after?.inFlight == 1, "after a dead letter, \(named) reads \(describe(after)); expected depth 1, in flight 1")
-        guard capabilities.contains(.retry) else { return }
+        guard capabilities.contains(.retry) else { return try unsubscribed(expecting: 2, waiting: 0) }
         // A retry an hour away waits: in depth, and in waiting.
         try t.client.settle(held.received[1].delivery, .retry(afterNanos: 3_600_000_000_000, reason: "later"))
         try c.expect(held.wait(for: 3), "the third message was not delivered after the second was retried")
@@ -880,6 +903,7 @@ enum StandardChecks {
             waiting?.depth == 1 && waiting?.waiting == 1 && waiting?.inFlight == 1,
             "with one message retried an hour from now, \(named) reads \(describe(waiting)); expected depth 1 of which 1 waiting, in flight 1 (or, where the transport cannot tell a retry's backoff, in flight 2)"
         )
+        try unsubscribed(expecting: 2, waiting: 1)
     }
 
     static let survivesRestart = ConformanceCheck(

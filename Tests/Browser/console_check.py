@@ -8,7 +8,8 @@ usage: console_check.py CHROMIUM BASE_URL TOKEN SCREENSHOT.png
 1. opens the overview, reads the route map and the transports table;
 2. waits 2.5 s, opens it again and reads them again (the counters and rates must move);
 3. takes a screenshot of the overview;
-4. opens the first channel with dead letters, opens one (its <details>), ticks it and "as
+4. follows its link to the channels page and reads that table;
+5. opens the first channel with dead letters, opens one (its <details>), ticks it and "as
    fire-and-forget", presses "Replay selected", accepts the confirmation, reads the note the
    page shows after, and looks again 2 s later (the replayed call went through: it is gone).
 """
@@ -134,6 +135,13 @@ seen["second"] = evaluate(READ_OVERVIEW)
 shot = call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session)
 with open(screenshot, "wb") as out:
     out.write(base64.b64decode(shot["data"]))
+
+# The channels page, opened from the overview's link, as a person would.
+evaluate("document.querySelector('#channels-link').click()")
+wait_for_load(base + "/channels")
+seen["channels"] = evaluate("""[...document.querySelectorAll('#channels tr')].slice(1)
+  .map(row => [...row.querySelectorAll('td')].map(td => td.textContent.trim()))""")
+seen["channelLinks"] = evaluate("[...document.querySelectorAll('#channels a')].map(a => a.href)")
 
 # The first channel with dead letters, opened from the overview's link.
 links = seen["second"]["deadLetterLinks"]

@@ -162,6 +162,8 @@ struct AdminEndpointTests {
         #expect(parked?["depth"] as? Int == 1 && parked?["in_flight"] as? Int == 0 && parked?["group"] as? String == "", "\(channelsJSON)")
         let perChannel = try await run(BuildProducts.switchyard, ["stats", "--channels", "--url", "http://127.0.0.1:\(running.port)"])
         #expect(perChannel.status == 0 && perChannel.stdout.contains("parked-channel"), "\(perChannel.stdout)\(perChannel.stderr)")
+        let withPath = try await run(BuildProducts.switchyard, ["stats", "--channels", "--url", "http://127.0.0.1:\(running.port)/api"])
+        #expect(withPath.status == 1 && withPath.stderr.contains("without a path"), "\(withPath.stderr)")
         let (missing, answer, _) = try await running.get("/etc/passwd")
         #expect(missing == 404)
         #expect(answer.contains("/metrics"), "the 404 lists the endpoints: \(answer)")

@@ -67,6 +67,15 @@ struct ConsoleInBrowserTests {
         #expect((Double(row(second, "work")[safe: rateColumn] ?? "") ?? 0) > 0, "\(row(second, "work"))")
         #expect(Int(row(second, "work")[safe: depthColumn] ?? "") != nil, "depth is shown: \(row(second, "work"))")
 
+        // The channels page (ABI 1.9): the payments' dead letters on work, linked to their page,
+        // and each of the events topic's subscriber groups.
+        let channels = seen["channels"] as? [[String]] ?? []
+        let paymentsDLQ = channels.first { $0.count == 7 && $0[0] == "work" && $0[1] == "payments.dlq" }
+        #expect((Int(paymentsDLQ?[3] ?? "") ?? 0) > 0 && paymentsDLQ?[6] == "dead letters", "\(channels)")
+        #expect((seen["channelLinks"] as? [String] ?? []).contains { $0.hasSuffix("/dead-letters/work/payments") }, "\(seen["channelLinks"] ?? "")")
+        let groups = Set(channels.filter { $0.count == 7 && $0[0] == "events" }.map { $0[2] })
+        #expect(groups.isSuperset(of: ["analytics", "email"]), "\(channels)")
+
         // A dead letter opened (its call decoded, its history) and replayed from the page.
         let deadLetters = try #require(seen["deadLetters"] as? [String: Any], "no channel had dead letters: \(second["deadLetterChannels"] ?? "")")
         #expect((deadLetters["calls"] as? [String])?.contains("Payments.charge(_:)") == true, "\(deadLetters)")

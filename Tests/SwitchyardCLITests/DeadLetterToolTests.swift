@@ -124,6 +124,11 @@ struct DeadLetterToolTests {
         #expect(typo.status == 0, "\(typo.stderr)")
         #expect(typo.stdout.contains("No dead letters on ordres.dlq"), "\(typo.stdout)")
         #expect(typo.stdout.contains("Transport 'orders' holds dead letters of: orders (3). Pass one of those as --channel."), "\(typo.stdout)")
+        // With --json the answer stays the admin API's (an empty array); the hint goes to stderr.
+        let json = try await run(
+            BuildProducts.switchyard, ["dlq", "list", "--json", "--config", config, "--transport", "orders", "--channel", "ordres"])
+        #expect(json.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]" || json.stdout.contains("[]") || json.stdout.contains("[\n]"), "\(json.stdout)")
+        #expect(json.stderr.contains("holds dead letters of: orders (3)"), "\(json.stderr)")
         _ = try await dlq(["purge", "--all"], config: config)
         let none = try await dlq(["list"], config: config)
         #expect(none.stdout.contains("Transport 'orders' holds no dead letters on any channel."), "\(none.stdout)")

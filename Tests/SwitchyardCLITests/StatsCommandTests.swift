@@ -41,6 +41,13 @@ struct StatsCommandTests {
         #expect(unreachable.status == 1 && unreachable.stderr.contains("is the system running with its admin endpoint on?"), "\(unreachable.stderr)")
         let neither = try await run(BuildProducts.switchyard, ["stats"])
         #expect(neither.status != 0 && neither.stderr.contains("--config FILE") && neither.stderr.contains("--url URL"), "\(neither.stderr)")
+        // An address without its scheme: this command's usage, not the top level's.
+        let bare = try await run(BuildProducts.switchyard, ["stats", "--channels", "--url", "127.0.0.1:9464"])
+        #expect(bare.status == 64 && bare.stderr.contains("expected an endpoint's address such as http://127.0.0.1:9464"), "\(bare.stderr)")
+        #expect(bare.stderr.contains("switchyard stats"), "\(bare.stderr)")
+        let directory = try TemporaryDirectory()
+        let missing = try await run(BuildProducts.switchyard, ["stats", "--channels", "--config", directory.file("nope.yaml")])
+        #expect(missing.status == 1 && missing.stderr.contains("no config file at \(directory.file("nope.yaml"))"), "\(missing.stderr)")
     }
 
     @Test("a transport the config cannot create is reported as run reports it: the file, the line and the key")

@@ -847,14 +847,19 @@ typedef struct sy_plugin_descriptor {
 
     /**
      * Reports what the instance holds, per channel and subscriber group: calls `each(context,
-     * &stats)` once for every (channel, group) that has a message stored or in flight, on the
-     * calling thread, before returning; it may report other channels it knows of with zero counts
-     * (a topic's registered groups). Dead-letter channels are channels like any other. The order
-     * is the plugin's (the host sorts). Returns SY_OK once every one was reported, or an error
-     * (the engine unreachable) — then the reports made before it are incomplete and a host
-     * discards them. A decorator (SY_CAP_WRAPS_INNER) that keeps no messages of its own passes the
-     * call to its inner transport; one that holds messages itself (a delay's scheduled ones) adds
-     * them where it can tell their channel.
+     * &stats)` once for every (channel, group) that has a message stored or in flight, itself, on
+     * the thread that called channel_stats, before returning (never later, never from a thread of
+     * its own). A fan-out plugin may also report its subscriber groups that hold nothing, with
+     * zeros; one without fan-out reports every channel under the empty group, and only channels
+     * that hold something. Dead-letter channels are channels like any other. The order is the
+     * plugin's (the host sorts and adds up duplicates); the reports need not be one snapshot.
+     * `each` only copies and returns (it never calls into the plugin): it may be called with the
+     * plugin's own lock held. Returns SY_OK once every one was reported, or an error — then the
+     * reports made before it are incomplete and a host discards them: SY_ERR_UNAVAILABLE or
+     * SY_ERR_IO when the engine cannot be asked now, SY_ERR_UNSUPPORTED when this instance never
+     * reports channels (as NULL does). A decorator (SY_CAP_WRAPS_INNER) that keeps no messages of
+     * its own passes the call to its inner transport; one that holds messages itself (a delay's
+     * scheduled ones) adds them where it can tell their channel.
      *
      * Operators read it (`switchyard stats --channels`, the admin API's channels, a mistyped
      * channel name in `switchyard dlq`), not the data path: it may take as long as a count of the

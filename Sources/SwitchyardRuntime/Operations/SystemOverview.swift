@@ -103,6 +103,13 @@ public struct SystemOverview: Codable, Sendable {
         /// plugin that does not say), or the error reading them.
         public var note: String?
 
+        /// What was read elsewhere (``channels`` nil, and why in `note`, when they were not).
+        package init(transport: String, channels: [ChannelStats]? = nil, note: String? = nil) {
+            self.transport = transport
+            self.channels = channels
+            self.note = note
+        }
+
         /// `transport`'s channels, read through its plugin's `channel_stats` now.
         package init(_ transport: Transport) {
             self.transport = transport.name
