@@ -45,8 +45,8 @@ public final class SQLiteDatabase {
     /// Closes the connection now rather than when the last reference goes (a thread that ends
     /// after its owner returned may hold that): once it returns, the file is no longer this
     /// connection's, and the last connection's close has checkpointed the WAL. Later statements
-    /// fail. Calling it again does nothing. Not for connections handed to applications (an
-    /// inbox's or an outbox's transaction): those belong to their pool.
+    /// fail. Calling it again does nothing. Not while an application's transaction (an inbox's or
+    /// an outbox's) is using the connection: its pool closes it once it is back, at shutdown.
     package func close() {
         guard let open = handle else { return }
         if walTracked { sqlite3_wal_hook(open, nil, nil) }

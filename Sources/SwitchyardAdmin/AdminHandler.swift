@@ -64,7 +64,10 @@ struct AdminHandler: HTTPHandler {
         case "/api/routes": return Self.encoded(system.overview().routes)
         case "/api/services": return Self.encoded(system.overview().services)
         case "/channels":
-            return Self.page(ChannelsPage.render(await system.channels(), config: system.config))
+            return Self.page(
+                ChannelsPage.render(await system.channels(), config: system.config) {
+                    system.transport(named: $0)?.chainCapabilities.contains(.deadLetter) == true
+                })
         case "/", "/index.html":
             let overview = system.overview()
             return Self.page(OverviewPage.render(overview, rates: rates.rates(overview.transports)))

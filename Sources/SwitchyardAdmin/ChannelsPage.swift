@@ -5,7 +5,7 @@ import SwitchyardRuntime
 /// `channel_stats`), with a link to the dead letters of every dead-letter channel that holds some.
 /// Counted when the page loads, not every 2 seconds as the overview is: a count reads each store.
 enum ChannelsPage {
-    static func render(_ held: [SystemOverview.TransportChannels], config: SwitchyardConfig) -> String {
+    static func render(_ held: [SystemOverview.TransportChannels], config: SwitchyardConfig, keepsDeadLetters: (String) -> Bool) -> String {
         var html = OverviewPage.head(title: "Switchyard — channels", refresh: false)
         html += """
             <p><a href="/">← overview</a></p>
@@ -23,9 +23,14 @@ enum ChannelsPage {
                 links.append([:])
                 continue
             }
+            if channels.isEmpty {
+                rows.append([transport.transport, "(none)", "", "0", "0", "0", "holds no message"])
+                links.append([:])
+            }
             let suffix = config.deadLetterSuffix(ofTransport: transport.transport)
+            let browsable = keepsDeadLetters(transport.transport)
             for one in channels {
-                let deadLetters = one.channel.hasSuffix(suffix) && one.depth + one.inFlight > 0
+                let deadLetters = browsable && one.channel.hasSuffix(suffix) && one.depth + one.inFlight > 0
                 rows.append([
                     transport.transport, one.channel, one.group, String(one.depth), String(one.waiting), String(one.inFlight),
                     deadLetters ? "dead letters" : "",

@@ -195,7 +195,10 @@ final class ConfigStats: StatsSource {
                     transport: transport.name,
                     note: "in memory: its messages live only in the process that runs it (switchyard stats --channels --url ADMIN-ENDPOINT)")
             }
-            guard transport.chainCapabilities.contains(.durable) else {
+            // Every link must keep its messages durably: the chain's capabilities are a union, and a
+            // delay with a path over a store in memory (or one in memory over a file) reads durable.
+            let inMemoryLink = transport.chain.contains { $0.plugin.capabilities.contains(.durable) && !$0.capabilities.contains(.durable) }
+            guard let innermost = transport.chain.last, innermost.capabilities.contains(.durable), !inMemoryLink else {
                 return SystemOverview.TransportChannels(
                     transport: transport.name,
                     note:
@@ -264,8 +267,8 @@ final class EndpointStats: StatsSource {
                 let basePath = URL(string: base)?.path ?? ""
                 if !basePath.isEmpty && basePath != "/" {
                     advice = " (--url is the endpoint's base address, http://HOST:PORT, without a path: this command adds \(path))"
-                } else if body.contains("/api/transports") {
-                    // A Switchyard endpoint answers an unknown path with the list of its endpoints.
+                } else if body.contains("no such endpoint:") && path == "/api/channels" {
+                    // A Switchyard endpoint answers an unknown path so, with the list of its endpoints.
                     advice = " (that process runs a Switchyard release without \(path): upgrade it, or leave out --channels)"
                 } else {
                     advice = " (is --url the address a switchyard process serves its admin endpoint on?)"

@@ -176,7 +176,7 @@ public struct SwitchyardConfig: Sendable {
                 throw ConfigError(
                     key: "", line: nil,
                     message:
-                        "no config file at \(path) (relative to \(FileManager.default.currentDirectoryPath)): check the path, or pass the deployment's config with --config FILE",
+                        "no config file at \(path)\(path.hasPrefix("/") ? "" : " (relative to \(FileManager.default.currentDirectoryPath))"): check the path",
                     file: path)
             }
             throw ConfigError(key: "", line: nil, message: "cannot read the config file: \((error as NSError).localizedDescription)", file: path)

@@ -850,8 +850,8 @@ typedef struct sy_plugin_descriptor {
      * &stats)` once for every (channel, group) that has a message stored or in flight, itself, on
      * the thread that called channel_stats, before returning (never later, never from a thread of
      * its own). A fan-out plugin may also report its subscriber groups that hold nothing, with
-     * zeros; one without fan-out reports every channel under the empty group, and only channels
-     * that hold something. Dead-letter channels are channels like any other. The order is the
+     * zeros; one without fan-out reports every channel under the empty group, and need not report
+     * channels that hold nothing. Dead-letter channels are channels like any other. The order is the
      * plugin's (the host sorts and adds up duplicates); the reports need not be one snapshot.
      * `each` only copies and returns (it never calls into the plugin): it may be called with the
      * plugin's own lock held. Returns SY_OK once every one was reported, or an error — then the

@@ -21,10 +21,18 @@ final class ApplicationOutbox: Sendable {
         case postgres(schema: String, pool: PostgresPool)
     }
 
-    /// Hangs up its connections to a database server now (the system's shutdown), not when it
-    /// is released; a later transaction connects again.
+    /// Hangs up its connections now (the system's shutdown), not when it is released: a server's,
+    /// and a file's idle ones (the last close of a file removes its WAL; a transaction running
+    /// now holds its own connection, out of the idle list); a later transaction connects again.
     func closeConnections() {
-        if case .postgres(_, let pool) = database { pool.close() }
+        switch database {
+        case .postgres(_, let pool): pool.close()
+        case .sqlite(_, let idle):
+            idle.withLock { connections in
+                for connection in connections { connection.close() }
+                connections.removeAll()
+            }
+        }
     }
 
     init(_ entry: SwitchyardConfig.OutboxEntry, relays: OutboxRelays) throws(TransportError) {
