@@ -31,7 +31,9 @@ final class ChildHost: @unchecked Sendable {
             if let line = output.first(where: { $0.hasPrefix(prefix) }) { return line }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return nil
+        // Once more after the limit: a task resumed late (a busy pool) must not miss a line
+        // that came in time.
+        return output.first(where: { $0.hasPrefix(prefix) })
     }
 
     func waitForExit(seconds: Double = 30) async -> Int32? {
