@@ -56,11 +56,16 @@ struct RunCommand: AsyncParsableCommand {
         if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         // Every configured transport, routed or not: a host runs them all (a delay transport keeps
         // forwarding), and a problem in any of them stops it here, naming the key.
+        let refusedAsEmpty = configured.native.isEmpty && !allowEmpty
+        var startLogger = logger
+        // A run refused below starts the system only for the config's own checks: its routine
+        // start and drain lines would read as if it had run, before the error that says it did not.
+        if refusedAsEmpty && startLogger.logLevel < .warning { startLogger.logLevel = .warning }
         let system = try startSystem(
-            config: configured, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true, loadingEveryNativeModule: true)
+            config: configured, pluginDirectories: pluginDirectories, logger: startLogger, openingEveryTransport: true, loadingEveryNativeModule: true)
         // After the config's own checks (a mistake in it is what to fix first), so the stores
         // the config names exist by now.
-        if configured.native.isEmpty && !allowEmpty {
+        if refusedAsEmpty {
             await system.shutdown(deadline: .seconds(1))
             printError(
                 """

@@ -165,6 +165,8 @@ struct DemoTests {
         let run1 = try await run(BuildProducts.switchyard, ["run", "--config", path])
         #expect(run1.status == 2)
         #expect(run1.stderr.contains("nothing to host") && run1.stderr.contains("docs/services.md") && run1.stderr.contains("--allow-empty"), "\(run1.stderr)")
+        // It never ran: no start or drain lines before the error, as if it had.
+        #expect(!(run1.stdout + run1.stderr).contains("draining"), "\(run1.stdout)\(run1.stderr)")
     }
 
     @Test("run serves until SIGTERM, then drains and exits 0")
