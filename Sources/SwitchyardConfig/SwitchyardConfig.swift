@@ -168,20 +168,12 @@ public struct SwitchyardConfig: Sendable {
 
     /// Reads and validates the config file at `path`.
     public static func load(path: String) throws(ConfigError) -> SwitchyardConfig {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw ConfigError(
-                    key: "", line: nil,
-                    message:
-                        "no config file at \(path)\(path.hasPrefix("/") ? "" : " (relative to \(FileManager.default.currentDirectoryPath))"): check the path",
-                    file: path)
-            }
-            throw ConfigError(key: "", line: nil, message: "cannot read the config file: \((error as NSError).localizedDescription)", file: path)
-        }
-        let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let text = try readText(path)
+        // Relative paths in a file resolve beside it; in a pipe (`--config <(…)`, /dev/stdin),
+        // whose "directory" is /dev/fd, against the current directory.
+        var status = stat()
+        let regular = stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFREG
+        let base = regular ? URL(fileURLWithPath: path).deletingLastPathComponent().path : FileManager.default.currentDirectoryPath
         do {
             var config = try parse(yaml: text, baseDirectory: base)
             config.file = path
@@ -189,6 +181,31 @@ public struct SwitchyardConfig: Sendable {
         } catch {
             throw error.inFile(path)
         }
+    }
+
+    /// The text of the config file at `path`. Read through a file handle, not
+    /// `String(contentsOfFile:)`: that refuses what is not a regular file (a pipe such as
+    /// `--config <(envsubst < switchyard.yaml)`, `/dev/stdin`) and names the wrong cause ("no
+    /// permission"); the system's own reason is given instead.
+    static func readText(_ path: String) throws(ConfigError) -> String {
+        func refuse(_ message: String) -> ConfigError { ConfigError(key: "", line: nil, message: message, file: path) }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            let relative = path.hasPrefix("/") ? "" : " (relative to \(FileManager.default.currentDirectoryPath))"
+            throw refuse("no config file at \(path)\(relative): check the path")
+        }
+        if isDirectory.boolValue { throw refuse("it is a directory: pass the config file itself (e.g. \(path)/switchyard.yaml)") }
+        let descriptor = open(path, O_RDONLY)
+        guard descriptor >= 0 else { throw refuse("cannot read the config file: \(String(cString: strerror(errno)))") }
+        let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
+        let data: Data
+        do {
+            data = try handle.readToEnd() ?? Data()
+        } catch {
+            throw refuse("cannot read the config file: \((error as NSError).localizedDescription)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw refuse("cannot read the config file: it is not UTF-8 text") }
+        return text
     }
 
     /// Parses and validates config text; relative paths resolve against `baseDirectory`, and

@@ -1,3 +1,4 @@
+import Foundation
 import SwitchyardConfig
 import SwitchyardTestSupport
 import Testing
@@ -35,6 +36,31 @@ struct ConfigTests {
         }
         #expect(error?.line == 2)
         #expect(error?.message.contains("a tab in the indentation: YAML indents with spaces only") == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a directory, a missing file and an unreadable one are refused with what to do; a pipe is read, its relative paths against the current directory")
+    func filesThatAreNotPlain() throws {
+        let directory = try TemporaryDirectory()
+        let asDirectory = #expect(throws: ConfigError.self) { try SwitchyardConfig.load(path: directory.path) }
+        #expect(asDirectory?.description.contains("it is a directory: pass the config file itself (e.g. \(directory.path)/switchyard.yaml)") == true)
+        let missing = #expect(throws: ConfigError.self) { try SwitchyardConfig.load(path: directory.file("nope.yaml")) }
+        #expect(missing?.description.contains("no config file at") == true)
+        // A FIFO, as `--config <(envsubst < switchyard.yaml)` gives: Foundation's String(contentsOfFile:)
+        // refused it with a wrong reason ("no permission"); relative paths would have resolved
+        // under /dev/fd.
+        let fifo = directory.file("config.pipe")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let writer = Thread {
+            let handle = FileHandle(forWritingAtPath: fifo)
+            handle?.write(Data("plugins:\n  directory: ./plugins\n".utf8))
+            try? handle?.close()
+        }
+        writer.start()
+        let piped = try SwitchyardConfig.load(path: fifo)
+        #expect(piped.plugins.directory == FileManager.default.currentDirectoryPath + "/plugins")
+        let file = directory.file("switchyard.yaml")
+        try "plugins:\n  directory: ./plugins\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try SwitchyardConfig.load(path: file).plugins.directory == directory.path + "/plugins", "beside a plain file")
     }
 
     @Test("an empty file is the default config")
