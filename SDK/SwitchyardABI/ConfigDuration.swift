@@ -32,7 +32,8 @@ public struct ConfigDuration: Decodable, Hashable, Sendable {
     public static func refusal(of text: String) -> String {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         if trimmed.hasPrefix("-"), let next = trimmed.dropFirst().first, next.isNumber || next == "." {
-            return "'\(text)' is negative: a duration must not be"
+            let positive = String(trimmed.dropFirst())
+            return "'\(text)' is negative: a duration must not be (write a positive one, such as \(parse(positive) != nil ? positive : "5s"))"
         }
         if let number = Double(trimmed), number.isFinite {
             return "'\(text)' has no unit: write it with one, like \"\(trimmed)s\" or \"\(trimmed)ms\""

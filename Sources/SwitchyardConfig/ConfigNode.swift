@@ -9,17 +9,22 @@ public struct ConfigNode {
     /// Dotted key path from the root.
     public let path: String
     let node: Node
+    /// The line of the key this node is the value of, where there is one.
+    let keyLine: Int?
 
-    init(_ node: Node, path: String) {
+    init(_ node: Node, path: String, keyLine: Int? = nil) {
         self.node = node
         self.path = path
+        self.keyLine = keyLine
     }
 
     /// Whether the node is YAML's null: a key with nothing after it, `~` or `null`.
     var isNull: Bool { node.null != nil }
 
-    /// 1-based line of this node in the file.
-    public var line: Int? { node.mark?.line }
+    /// 1-based line of this node in the file: its key's, where it has one. A block mapping's
+    /// value starts on the line after its key, and an error about the entry (its name, a key it
+    /// lacks) belongs on the line that names it.
+    public var line: Int? { keyLine ?? node.mark?.line }
 
     /// An error about this node.
     public func error(_ message: String) -> ConfigError { ConfigError(key: path, line: line, message: message) }
@@ -34,7 +39,7 @@ public struct ConfigNode {
         var result: [(key: String, value: ConfigNode)] = []
         for (keyNode, valueNode) in mapping {
             guard let key = keyNode.string else { throw error("keys must be strings") }
-            let child = ConfigNode(valueNode, path: path.isEmpty ? key : "\(path).\(key)")
+            let child = ConfigNode(valueNode, path: path.isEmpty ? key : "\(path).\(key)", keyLine: keyNode.mark?.line)
             if !allowed.isEmpty && !allowed.contains(key) {
                 throw ConfigError(
                     key: child.path, line: keyNode.mark?.line,
@@ -77,7 +82,19 @@ public struct ConfigNode {
 
     /// An integer scalar within `range`.
     public func int(in range: ClosedRange<Int> = Int.min...Int.max) throws(ConfigError) -> Int {
-        guard case .scalar = node, let value = node.int else { throw error("expected an integer") }
+        guard case .scalar = node, let value = node.int else {
+            let text = node.scalar?.string ?? ""
+            let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
+            // An integer too large for one: say the range, not that it is no integer.
+            if !digits.isEmpty && digits.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                throw error("'\(text)' must be between \(range.lowerBound) and \(range.upperBound)")
+            }
+            // "1MB", "10k": a count or a size is written as a plain number.
+            if let first = text.first, first.isNumber, text.contains(where: \.isLetter) {
+                throw error("expected an integer, not '\(text)': write a plain number, without a unit (1048576, not 1MB)")
+            }
+            throw error("expected an integer")
+        }
         guard range.contains(value) else { throw error("must be between \(range.lowerBound) and \(range.upperBound)") }
         return value
     }

@@ -25,8 +25,11 @@ public enum EnvironmentExpansion {
                 rest = afterDollar
                 continue
             }
-            guard let close = afterDollar.firstIndex(of: "}") else {
-                throw ConfigError(key: "", line: line, message: "'${' without a closing '}'")
+            // A reference ends on its own line (a default with a line break would shift every
+            // later error's line, and a value with one is refused below).
+            let endOfLine = afterDollar.firstIndex(of: "\n") ?? afterDollar.endIndex
+            guard let close = afterDollar[..<endOfLine].firstIndex(of: "}") else {
+                throw ConfigError(key: "", line: line, message: "'${' without a closing '}' on its line")
             }
             let reference = afterDollar[afterDollar.index(after: afterDollar.startIndex)..<close]
             let name: Substring

@@ -84,6 +84,10 @@ public struct SwitchyardConfig: Sendable {
         /// The `switchyard` executable that serves as plugin host.
         public var host: String?
 
+        /// The host's first wait before a restart when `restart_backoff` is unset (the default of
+        /// `ProcessIsolation`, which a test holds equal): a maximum below it is refused too.
+        public static let defaultRestartBackoffNanos: Int64 = 100_000_000
+
         /// Isolation with every option at the host's default.
         public init(
             callTimeoutNanos: Int64? = nil, restartBackoffNanos: Int64? = nil,
@@ -93,6 +97,11 @@ public struct SwitchyardConfig: Sendable {
             self.restartBackoffNanos = restartBackoffNanos
             self.maxRestartBackoffNanos = maxRestartBackoffNanos
             self.host = host
+        }
+
+        /// `nanos` in milliseconds, as the errors say it ("50 ms", "0.5 ms").
+        static func millis(_ nanos: Int64) -> String {
+            nanos % 1_000_000 == 0 ? "\(nanos / 1_000_000) ms" : "\(Double(nanos) / 1_000_000) ms"
         }
 
         /// The `isolation` value: a word or a mapping; `host` made absolute against `baseDirectory`
@@ -107,6 +116,7 @@ public struct SwitchyardConfig: Sendable {
             }
             var isolation = Isolation()
             var process = true
+            var maxLine: Int?
             var settings: [ConfigNode] = []
             for (key, field) in try node.mapping(allowed: ["mode", "call_timeout", "restart_backoff", "max_restart_backoff", "host"]) {
                 if key != "mode" { settings.append(field) }
@@ -123,6 +133,7 @@ public struct SwitchyardConfig: Sendable {
                     if isolation.restartBackoffNanos == 0 { throw field.error("must be more than 0 (a dead child would be restarted in a tight loop)") }
                 case "max_restart_backoff":
                     isolation.maxRestartBackoffNanos = try field.duration()
+                    maxLine = field.line
                     if isolation.maxRestartBackoffNanos == 0 { throw field.error("must be more than 0") }
                 case "host": isolation.host = SwitchyardConfig.resolve(path: try field.string(), against: baseDirectory)
                 default: break
@@ -133,10 +144,14 @@ public struct SwitchyardConfig: Sendable {
                 throw first.error("has no effect with mode: in-process (the plugin runs in this process): remove it, or set mode: process")
             }
             // Unset, the maximum follows a longer first wait (as a retry policy's max_delay does).
-            if let first = isolation.restartBackoffNanos, let most = isolation.maxRestartBackoffNanos, first > most {
+            // A maximum below the first wait, set or default, would shrink the waits instead of
+            // doubling them.
+            if let most = isolation.maxRestartBackoffNanos, most < isolation.restartBackoffNanos ?? defaultRestartBackoffNanos {
+                let first = isolation.restartBackoffNanos ?? defaultRestartBackoffNanos
+                let set = isolation.restartBackoffNanos == nil ? "restart_backoff's default" : "restart_backoff"
                 throw ConfigError(
-                    key: node.path + ".max_restart_backoff", line: node.line,
-                    message: "\(most / 1_000_000) ms must not be less than restart_backoff (\(first / 1_000_000) ms)")
+                    key: node.path + ".max_restart_backoff", line: maxLine ?? node.line,
+                    message: "\(Self.millis(most)) must not be less than \(set) (\(Self.millis(first))): raise it, or lower restart_backoff")
             }
             return process ? isolation : nil
         }
@@ -159,6 +174,8 @@ public struct SwitchyardConfig: Sendable {
         /// Load every plugin file in a probe process first and never load one that crashes or
         /// hangs it here; nil leaves it to the runtime (on when a transport is isolated).
         public var probe: Bool?
+        /// The line of `probe`, for an error of the probe it asked for.
+        public var probeLine: Int?
         /// Calls into a plugin that take this long or longer are logged as warnings (0: never).
         public var slowCallWarningNanos: Int64 = 1_000_000_000
 
@@ -168,12 +185,16 @@ public struct SwitchyardConfig: Sendable {
 
     /// Reads and validates the config file at `path`.
     public static func load(path: String) throws(ConfigError) -> SwitchyardConfig {
-        let text = try readText(path)
-        // Relative paths in a file resolve beside it; in a pipe (`--config <(…)`, /dev/stdin),
-        // whose "directory" is /dev/fd, against the current directory.
+        // A stream: a pipe (`--config <(…)`) or a descriptor's name (/dev/stdin, even when it is
+        // redirected from a file: its "directory" is /dev, and a second read starts at its end).
         var status = stat()
         let regular = stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFREG
-        let base = regular ? URL(fileURLWithPath: path).deletingLastPathComponent().path : FileManager.default.currentDirectoryPath
+        let stream = !regular || path.hasPrefix("/dev/") || path.hasPrefix("/proc/")
+        // A stream can be read once, and a command may load its config more than once: what it
+        // gave is kept for the process's later loads.
+        let text = try stream ? PipedConfigs.shared.text(path) { () throws(ConfigError) in try readText(path) } : readText(path)
+        // Relative paths in a file resolve beside it; in a stream against the current directory.
+        let base = stream ? FileManager.default.currentDirectoryPath : URL(fileURLWithPath: path).deletingLastPathComponent().path
         do {
             var config = try parse(yaml: text, baseDirectory: base)
             config.file = path
@@ -348,6 +369,7 @@ extension SwitchyardConfig.PluginsSection {
             switch key {
             case "probe":
                 probe = try value.bool()
+                probeLine = value.line
             case "slow_call_warning":
                 slowCallWarningNanos = try value.duration()
             case "directory":
@@ -357,7 +379,7 @@ extension SwitchyardConfig.PluginsSection {
             case "pins":
                 for (name, pin) in try value.entries() {
                     let hex = try pin.string().lowercased()
-                    guard hex.count == 64, hex.allSatisfy(\.isHexDigit) else {
+                    guard hex.count == 64, hex.allSatisfy({ $0.isASCII && $0.isHexDigit }) else {
                         throw pin.error("expected a sha256 as 64 hex digits (see `switchyard plugins inspect`)")
                     }
                     pins[name] = hex
@@ -365,5 +387,24 @@ extension SwitchyardConfig.PluginsSection {
             default: break
             }
         }
+    }
+}
+
+/// The texts read from config paths that are streams (pipes, /dev/stdin), kept for the process.
+private final class PipedConfigs: @unchecked Sendable {
+    // @unchecked: `texts` is guarded by `lock`.
+    static let shared = PipedConfigs()
+    private let lock = NSLock()
+    private var texts: [String: String] = [:]
+
+    /// The text read from `path` before, or `read()`'s, kept. Read under the lock: two loads at
+    /// once must not both read the pipe.
+    func text(_ path: String, _ read: () throws(ConfigError) -> String) throws(ConfigError) -> String {
+        lock.lock()
+        defer { lock.unlock() }
+        if let text = texts[path] { return text }
+        let text = try read()
+        texts[path] = text
+        return text
     }
 }

@@ -58,9 +58,39 @@ struct ConfigTests {
         writer.start()
         let piped = try SwitchyardConfig.load(path: fifo)
         #expect(piped.plugins.directory == FileManager.default.currentDirectoryPath + "/plugins")
+        // A command may load its config again (`call` does): the pipe is not read twice, and
+        // the second load is the same config, not an empty one.
+        #expect(try SwitchyardConfig.load(path: fifo).plugins.directory == piped.plugins.directory)
         let file = directory.file("switchyard.yaml")
         try "plugins:\n  directory: ./plugins\n".write(toFile: file, atomically: true, encoding: .utf8)
         #expect(try SwitchyardConfig.load(path: file).plugins.directory == directory.path + "/plugins", "beside a plain file")
+    }
+
+    @Test(
+        "an error about an entry (its name, a key it lacks) points at the line that names it, not the next one",
+        arguments: [
+            ("transports:\n  \"a b\":\n    plugin: queue\n", 2),
+            ("transports:\n  q:\n    config: {}\n", 2),
+            ("transports:\n  q: { plugin: queue }\nroutes:\n  \"Orders..place\":\n    transport: q\n", 4),
+            ("transports:\n  q: { plugin: queue }\nroutes:\n  \"Orders.*\":\n    deadline: 5s\n", 4),
+            ("native:\n  1Math:\n    library: ./m.so\n", 2),
+            ("native:\n  Math:\n    library: ./m.so\n", 2),
+        ])
+    func entryErrorLines(_ yaml: String, _ line: Int) {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
+        #expect(error?.line == line, "\(String(describing: error))")
+    }
+
+    @Test(
+        "an integer too large says its range; a size with a unit says to write a plain number",
+        arguments: [
+            ("limits: { max_message_bytes: 99999999999999999999999 }\n", "'99999999999999999999999' must be between 1 and 2147483647"),
+            ("limits: { max_message_bytes: 1MB }\n", "expected an integer, not '1MB': write a plain number, without a unit (1048576, not 1MB)"),
+            ("limits: { max_message_bytes: lots }\n", "expected an integer"),
+        ])
+    func integerErrors(_ yaml: String, _ message: String) {
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
+        #expect(error?.key == "limits.max_message_bytes" && error?.message == message, "\(String(describing: error))")
     }
 
     @Test("an empty file is the default config")
@@ -130,6 +160,11 @@ struct ConfigTests {
             (
                 "transports:\n  a:\n    plugin: queue\n    isolation: { restart_backoff: 5s, max_restart_backoff: 1s }\n",
                 "transports.a.isolation.max_restart_backoff", "must not be less than restart_backoff"
+            ),
+            // Below the first wait's default (100 ms): the waits would shrink instead of doubling.
+            (
+                "transports:\n  a:\n    plugin: queue\n    isolation: { max_restart_backoff: 50ms }\n",
+                "transports.a.isolation.max_restart_backoff", "50 ms must not be less than restart_backoff's default (100 ms)"
             ),
             (
                 "transports:\n  a:\n    plugin: retry\n    inner: b\n    isolation: process\n  b:\n    plugin: queue\n", "transports.a.isolation",

@@ -29,6 +29,11 @@ struct IsolationTests {
         Message(id: id, channel: channel, body: Array(body.utf8))
     }
 
+    @Test("the config's idea of the first restart wait is the host's: a max_restart_backoff below it is refused")
+    func defaultFirstWaitAgrees() {
+        #expect(ProcessIsolation().restartBackoffNanos == SwitchyardConfig.Isolation.defaultRestartBackoffNanos)
+    }
+
     @Test("a plugin that segfaults inside publish kills its child, not the host: the call fails with the signal, the child restarts, the next publish works")
     func segfaultInPublish() async throws {
         let directory = try TemporaryDirectory()

@@ -61,7 +61,10 @@ struct RouteConfigTests {
             ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "expected one of"),
             ("routes:\n  Orders.place: { transport: q, deadline: soon }\n", "routes.Orders.place.deadline", "is not a duration"),
             ("routes:\n  Orders.place: { transport: q, deadline: 0 }\n", "routes.Orders.place.deadline", "more than 0"),
-            ("routes:\n  Orders.place: { transport: q, deadline: -5s }\n", "routes.Orders.place.deadline", "'-5s' is negative"),
+            (
+                "routes:\n  Orders.place: { transport: q, deadline: -5s }\n", "routes.Orders.place.deadline",
+                "'-5s' is negative: a duration must not be (write a positive one, such as 5s)"
+            ),
             ("routes:\n  Orders.place: { transport: q, retry: true }\n", "routes.Orders.place.retry", "expected a retry policy, a mapping like"),
             ("routes:\n  Orders.place: { transport: q, deadline: 5 }\n", "routes.Orders.place.deadline", "'5' has no unit: write it with one, like \"5s\""),
             ("routes:\n  Orders.place: { transport: q, delya: 1s }\n", "routes.Orders.place.delya", "unknown key"),
@@ -190,5 +193,14 @@ struct RouteConfigTests {
         #expect(try EnvironmentExpansion.expand("a: ${DATA:-}", environment: ["DATA": ""]) == "a: ")
         let escaped = try EnvironmentExpansion.expand("a: $${HOME}", environment: [:])
         #expect(escaped == "a: ${HOME}")
+        // A reference ends on its line: a default spanning two lines would shift every later
+        // error's line (as a value with a line break, refused too).
+        let spanning = #expect(throws: ConfigError.self) { try EnvironmentExpansion.expand("a: 1\nb: ${X:-a\nc}\n", environment: [:]) }
+        #expect(spanning?.line == 2 && spanning?.message.contains("without a closing '}' on its line") == true, "\(String(describing: spanning))")
+        let broken = #expect(throws: ConfigError.self) { try EnvironmentExpansion.expand("a: 1\nb: ${X}\n", environment: ["X": "1\n2"]) }
+        #expect(broken?.line == 2 && broken?.message.contains("contains a line break") == true)
+        // Comments are expanded too (the whole file is, before YAML reads it).
+        let inComment = #expect(throws: ConfigError.self) { try EnvironmentExpansion.expand("a: 1\n# token: ${NOPE_Z}\n", environment: [:]) }
+        #expect(inComment?.line == 2 && inComment?.message.contains("NOPE_Z is not set") == true)
     }
 }

@@ -62,7 +62,7 @@ extension TransportSet {
             if let isolated = config.transports.first(where: { $0.isolation != nil }) {
                 throw ConfigError(key: "transports.\(isolated.name).isolation", line: isolated.line, message: error.message, file: config.file)
             }
-            throw ConfigError(key: "plugins.probe", line: nil, message: error.message, file: config.file)
+            throw ConfigError(key: "plugins.probe", line: config.plugins.probeLine, message: error.message, file: config.file)
         }
         for rejection in catalog.rejected where rejection.kind != .crashedWhileLoading {  // the probe logged those
             logger.warning("plugin file refused", metadata: ["path": "\(rejection.path)", "reason": "\(rejection.reason)"])
