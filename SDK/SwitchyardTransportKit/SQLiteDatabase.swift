@@ -84,7 +84,10 @@ public final class SQLiteDatabase {
         let message = String(cString: sqlite3_errmsg(handle))
         let code = sqlite3_extended_errcode(handle)
         if code & 0xFF == SQLITE_NOTADB {
-            return TransportError(.io, "'\(path)' is not a SQLite database (or is corrupt): \(message)")
+            return TransportError(
+                .io,
+                "'\(path)' is not a SQLite database (or is corrupt): \(message). The file was left as it is: check that 'path' names this "
+                    + "transport's store (not another file), restore it from a backup, or move it aside to start an empty one")
         }
         if code & 0xFF == SQLITE_FULL {
             return TransportError(.io, "the disk holding '\(path)' is full: \(message)")

@@ -20,10 +20,11 @@ struct CallCommand: AsyncParsableCommand {
             quoted: '"widget"') and --actor names the actor (default: the interface, first letter \
             lowercased); the result prints as JSON.
             --header NAME=VALUE adds a header to a routed call, as CallOptions(headers:) does in Swift.
-            On a fire-and-forget route the call returns once its transport has it; through a \
-            transport that keeps messages in this command's memory it would reach no host, so it \
-            is refused (the bundled queue or topic without a path) or warned about (a plugin that \
-            is not durable).
+            On a fire-and-forget route the call returns once its transport has it. Through a \
+            transport that keeps messages in this command's memory a call would reach no host, so \
+            it is refused before anything is sent (the bundled queue or topic without a path), or, \
+            through a plugin that is not durable, warned about (fire-and-forget) or explained when \
+            it times out (request-reply).
             switchyard call --native LIB.so --symbol NAME --signature 'SIG' ARG...   calls one \
             exported function directly, for trying a module out.
             A bad signature, module, symbol, route or argument exits 1 with the reason.
@@ -132,6 +133,14 @@ struct CallCommand: AsyncParsableCommand {
                 return try await callSwift(route, Array(arguments.dropFirst()), interface: parts[0], config: parsed)
             }
             let modules = parsed.native.map(\.interface)
+            // Route names are case-sensitive: "math.cos" for Math.cos is the usual slip.
+            if parts.count == 2, let meant = parsed.native.first(where: { $0.interface.lowercased() == parts[0].lowercased() }),
+                let function = meant.functions.first(where: { $0.name.lowercased() == parts[1].lowercased() })
+            {
+                throw NativeCallError(
+                    "'\(route)' is not a function of a native module in \(config); did you mean '\(meant.interface).\(function.name)'? (names are case-sensitive) Nothing was sent."
+                )
+            }
             throw NativeCallError(
                 """
                 '\(route)' is not a function of a native module in \(config) (native modules: \(modules.isEmpty ? "none" : modules.joined(separator: ", "))), \
@@ -258,9 +267,9 @@ struct CallCommand: AsyncParsableCommand {
         return options
     }
 
-    /// Runs `call` with the call's options; for a fire-and-forget route through a transport that
-    /// keeps its messages in this process, refuses before sending (memory) or warns after (a
-    /// plugin that is not durable): the call would reach no host once this command exits.
+    /// Runs `call` with the call's options; through a transport that keeps its messages in this
+    /// process, refuses before sending (memory), or for a fire-and-forget call warns after (a
+    /// plugin that is not durable): the call would reach no host.
     private func routed<R>(
         _ target: String, config: SwitchyardConfig, system: SwitchyardActorSystem, _ call: () async throws -> R
     ) async throws -> R {
@@ -270,12 +279,17 @@ struct CallCommand: AsyncParsableCommand {
             printError("warning: --header has no effect on a direct route: the call runs in this process, and no transport carries it")
         }
         let fireAndForget = entry?.mode == .fireAndForget
-        let inProcess = fireAndForget ? Self.inProcess(route: target, config: config, system: system) : nil
+        let inProcess = Self.inProcess(route: target, config: config, system: system)
+        // Certain (the bundled queue or topic without a path): no other process can read it, so
+        // nothing is sent, rather than a request-reply call waiting out its whole deadline first.
         if let inProcess, inProcess.certain {
-            throw NativeCallError("'\(target)' is fire-and-forget, and nothing was sent: \(inProcess.note)")
+            let what = fireAndForget ? "is fire-and-forget" : "would wait for a reply that no host can send"
+            throw NativeCallError("'\(target)' \(what), and nothing was sent: \(inProcess.note)")
         }
         let result = try await Switchyard.withCallOptions(options) { try await call() }
-        if let inProcess { printError("warning: sent, but \(inProcess.note)") }
+        // Uncertain (a plugin that is not durable): a request-reply call that times out says so
+        // (``timedOutInProcess``); a fire-and-forget one has nobody waiting, so it is said now.
+        if let inProcess, fireAndForget { printError("warning: sent, but \(inProcess.note)") }
         return result
     }
 

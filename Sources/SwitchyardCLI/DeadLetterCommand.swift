@@ -57,6 +57,9 @@ struct DeadLetterCommand: ParsableCommand {
 
         func validate() throws {
             if limit < 1 { throw ValidationError("--limit must be at least 1") }
+            if channel.trimmingCharacters(in: .whitespaces).isEmpty {
+                throw ValidationError("--channel must not be empty: name the channel whose dead letters to read, e.g. payments (switchyard stats --channels lists them)")
+            }
         }
 
         /// Opens the transport, holds every dead letter (delivered, unsettled), hands them to `body`

@@ -182,31 +182,43 @@ final class ConfigStats: StatsSource {
     }
 
     func read() async throws -> [SystemOverview.TransportInfo] {
-        transports.transports.values.sorted { $0.name < $1.name }.map { SystemOverview.TransportInfo($0, config: config) }
+        transports.transports.values.sorted { $0.name < $1.name }.map { transport in
+            var info = SystemOverview.TransportInfo(transport, config: config)
+            // This command's own fresh instance of it: zeros that would read as "all consumed".
+            if let note = notReadableHere(transport, command: "switchyard stats") {
+                info.stats = nil
+                info.statsError = note
+            }
+            return info
+        }
     }
 
     func readChannels() async throws -> [SystemOverview.TransportChannels] {
         transports.transports.values.sorted { $0.name < $1.name }.map { transport in
-            // A fresh in-memory instance holds nothing: its empty table would read as "all consumed".
-            // A chain that is not durable may keep its messages in memory too (a plugin that never
-            // declares durable, such as the C template's, cannot say): not asked either.
-            if SystemOverview.TransportInfo.engine(of: transport, config: config) == "memory" {
-                return SystemOverview.TransportChannels(
-                    transport: transport.name,
-                    note: "in memory: its messages live only in the process that runs it (switchyard stats --channels --url ADMIN-ENDPOINT)")
-            }
-            // Every link must keep its messages durably: the chain's capabilities are a union, and a
-            // delay with a path over a store in memory (or one in memory over a file) reads durable.
-            let inMemoryLink = transport.chain.contains { $0.plugin.capabilities.contains(.durable) && !$0.capabilities.contains(.durable) }
-            guard let innermost = transport.chain.last, innermost.capabilities.contains(.durable), !inMemoryLink else {
-                return SystemOverview.TransportChannels(
-                    transport: transport.name,
-                    note:
-                        "not durable (\(transport.chainDescription)): if it keeps its messages in memory, they live only in the process that runs it (switchyard stats --channels --url ADMIN-ENDPOINT)"
-                )
+            if let note = notReadableHere(transport, command: "switchyard stats --channels") {
+                return SystemOverview.TransportChannels(transport: transport.name, note: note)
             }
             return SystemOverview.TransportChannels(transport)
         }
+    }
+
+    /// Why what `transport` holds cannot be read from this command's own instance of it, or nil
+    /// when it can (a durable store, a shared engine): a fresh in-memory instance holds nothing.
+    /// A chain that is not durable may keep its messages in memory too (a plugin that never
+    /// declares durable, such as the C template's, cannot say). `command` is what to run against
+    /// the process that holds them.
+    func notReadableHere(_ transport: Transport, command: String) -> String? {
+        let instead = "read it there: \(command) --url ADMIN-ENDPOINT"
+        if SystemOverview.TransportInfo.engine(of: transport, config: config) == "memory" {
+            return "in memory: its messages live only in the process that runs it (\(instead))"
+        }
+        // Every link must keep its messages durably: the chain's capabilities are a union, and a
+        // delay with a path over a store in memory (or one in memory over a file) reads durable.
+        let inMemoryLink = transport.chain.contains { $0.plugin.capabilities.contains(.durable) && !$0.capabilities.contains(.durable) }
+        guard let innermost = transport.chain.last, innermost.capabilities.contains(.durable), !inMemoryLink else {
+            return "not durable (\(transport.chainDescription)): if it keeps its messages in memory, they live only in the process that runs it (\(instead))"
+        }
+        return nil
     }
 
     func close() { transports.close() }

@@ -40,6 +40,8 @@ struct TestPlugin: ParsableCommand {
     @OptionGroup var search: PluginSearchOptions
 
     func validate() throws {
+        // Zero or less would fail every check as "timed out", blaming the plugin.
+        guard checkTimeout.isFinite, checkTimeout > 0 else { throw ValidationError("--check-timeout must be more than 0 seconds (default 60)") }
         // With --durable or --isolation-key the config gets a key added: JSON that does not
         // parse became {} there, and the suite ran against the plugin's defaults.
         guard (try? JSONSerialization.jsonObject(with: Data(pluginConfig.utf8))) is [String: Any] else {

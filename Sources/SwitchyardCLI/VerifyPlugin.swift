@@ -83,9 +83,18 @@ struct VerifyPlugin: ParsableCommand {
             printError("\(error.path): \(error.reason)")
             if error.kind == .unreadable, !path.contains("/"), !FileManager.default.fileExists(atPath: path) {
                 // A plugin's name where a file was meant.
+                // The name as a person types it: "nope", "nope.so" or "libswitchyard-nope.so".
+                var name = path.hasSuffix(".so") ? String(path.dropLast(3)) : path
+                if name.hasPrefix("libswitchyard-") { name = String(name.dropFirst("libswitchyard-".count)) }
                 printError(
-                    "(plugins verify takes the path of a .so file, e.g. ./libswitchyard-\(path).so; for a plugin by name, 'switchyard plugins inspect \(path)' or 'plugins test \(path)')"
+                    "(plugins verify takes the path of a .so file, e.g. ./libswitchyard-\(name).so; for a plugin found on the search path by name, "
+                        + "'switchyard plugins inspect \(name)' or 'plugins test \(name)')"
                 )
+            }
+            if error.kind == .notELF, !error.reason.contains("cc -shared") {
+                printError(
+                    "(a plugin is a shared library: a Swift package's .library(type: .dynamic) product, or C built with cc -shared -fPIC; "
+                        + "docs/writing-a-plugin.md)")
             }
             throw ExitCode.failure
         }

@@ -42,6 +42,8 @@ public final class TransportSet: Sendable {
         slowCallWarningNanos: Int64 = Transport.defaultSlowCallWarningNanos,
         logger: Logger = Logger(label: "switchyard.transport")
     ) throws(TransportError) {
+        // A directory named by hand that is not there: the plugin meant may load from elsewhere.
+        for warning in catalog.unsearchableDirectoryWarnings { logger.warning("\(warning)") }
         let byName = Dictionary(specs.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var created: [String: Transport] = [:]
         var order: [String] = []

@@ -40,7 +40,20 @@ public struct SearchDirectory: Hashable, Sendable, CustomStringConvertible {
         self.source = source
     }
 
-    public var description: String { "\(path) (\(source.rawValue))" }
+    /// The path and why it is searched; for a directory a person named, what is wrong with it.
+    public var description: String { "\(path) (\(source.rawValue)\((isNamed ? problem : nil).map { ": \($0)" } ?? ""))" }
+
+    /// Whether a person named it (`--plugins-dir`, `SWITCHYARD_PLUGINS_PATH`, `plugins.directory`),
+    /// so that its absence is news (a typo would load a plugin of the same name from elsewhere),
+    /// unlike the default places, most of which do not exist on a given machine.
+    public var isNamed: Bool { source == .commandLine || source == .environment || source == .config }
+
+    /// Why it cannot be searched now ("no such directory", "not a directory"), or nil.
+    public var problem: String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return errno == ENOENT ? "no such directory" : String(cString: strerror(errno)) }
+        return info.st_mode & S_IFMT == S_IFDIR ? nil : "not a directory"
+    }
 
     /// The search path in priority order: command line, environment, config, `./plugins`, the
     /// executable's directory and the install prefix's plugin directory beside it, then the
@@ -95,6 +108,17 @@ public struct PluginCatalog: Sendable {
 
     /// The plugin called `name`, if one loaded.
     public func plugin(named name: String) -> LoadedPlugin? { plugins.first { $0.name == name } }
+
+    /// The directories a person named that cannot be searched (see ``SearchDirectory/isNamed``),
+    /// as of now: hosts warn of each, since the plugins meant may then load from elsewhere.
+    public var unsearchableNamedDirectories: [SearchDirectory] { searched.filter { $0.isNamed && $0.problem != nil } }
+
+    /// The warning a host gives for each of ``unsearchableNamedDirectories``.
+    public var unsearchableDirectoryWarnings: [String] {
+        unsearchableNamedDirectories.map { directory in
+            "plugin directory \(directory.path), named by \(directory.source.rawValue), is skipped: \(directory.problem ?? "unusable"); check the path"
+        }
+    }
 }
 
 extension PluginLoader {

@@ -59,7 +59,7 @@ public enum NativeValue: Sendable, Hashable, Codable, CustomStringConvertible {
         case .str: self = .string(text)
         case .bytes:
             let hex = text.hasPrefix("0x") ? String(text.dropFirst(2)) : text
-            guard hex.count % 2 == 0, hex.allSatisfy(\.isHexDigit) else { throw fail("hex bytes (e.g. 0x0a1b)") }
+            guard hex.count % 2 == 0, hex.allSatisfy({ $0.isASCII && $0.isHexDigit }) else { throw fail("hex bytes (e.g. 0x0a1b)") }
             var bytes: [UInt8] = []
             var index = hex.startIndex
             while index < hex.endIndex {
@@ -132,7 +132,9 @@ public final class NativeLibrary: @unchecked Sendable {
     /// The address of `symbol`.
     func address(of symbol: String) throws(NativeCallError) -> UnsafeMutableRawPointer {
         guard let address = dlsym(handle, symbol) else {
-            throw NativeCallError("'\(path)' has no function '\(symbol)'")
+            throw NativeCallError(
+                "'\(path)' has no function '\(symbol)' (the names it exports: nm -D --defined-only \(path); a function named otherwise in "
+                    + "the config takes symbol: NAME, and a C++ one needs extern \"C\")")
         }
         return address
     }
@@ -162,7 +164,8 @@ public final class NativeFunction: @unchecked Sendable {
         address = try library.address(of: symbol)
         if signature.result == .str {
             guard let freeSymbol else {
-                throw NativeCallError("\(symbol) returns str: name the library function that frees it (free:)")
+                throw NativeCallError(
+                    "\(symbol) returns str: name the library function that frees it (free: in the config; --free NAME with switchyard call --native)")
             }
             free = unsafeBitCast(try library.address(of: freeSymbol), to: (@convention(c) (UnsafeMutableRawPointer?) -> Void).self)
         } else {

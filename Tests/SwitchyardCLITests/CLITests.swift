@@ -58,6 +58,9 @@ struct CLITests {
             (["stats", "--url", "http://127.0.0.1:1", "--interval", "nan"], "--interval must be"),
             (["plugins", "verify", "--timeout", "inf", "x.so"], "--timeout must be"),
             (["run", "--config", "x.yaml", "--log-level", "loud"], "one of: trace"),
+            // Zero blamed the plugin: every check failed as "timed out".
+            (["plugins", "test", "queue", "--check-timeout", "0"], "--check-timeout must be more than 0"),
+            (["dlq", "list", "--config", "x.yaml", "--transport", "work", "--channel", ""], "--channel must not be empty"),
         ] {
             let result = try await run(BuildProducts.switchyard, arguments)
             #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
@@ -204,6 +207,9 @@ struct CLITests {
         // verify takes a file: given a plugin's name, it says so.
         let byName = try await run(BuildProducts.switchyard, ["plugins", "verify", "queue"])
         #expect(byName.status == 1 && byName.stderr.contains("plugins verify takes the path of a .so file"), "\(byName.stderr)")
+        // A name typed with its suffix: the advice names the plugin, not "nope.so.so".
+        let withSuffix = try await run(BuildProducts.switchyard, ["plugins", "verify", "nope.so"])
+        #expect(withSuffix.stderr.contains("e.g. ./libswitchyard-nope.so;") && withSuffix.stderr.contains("'switchyard plugins inspect nope'"), "\(withSuffix.stderr)")
     }
 
     @Test("test with a --check that does not exist fails, naming the checks there are (it used to run nothing and pass)")

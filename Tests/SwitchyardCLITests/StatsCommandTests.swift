@@ -35,6 +35,26 @@ struct StatsCommandTests {
         #expect(channels?.last?["depth"] as? Int == 3 && channels?.last?["in_flight"] as? Int == 0, "\(json.stdout)")
     }
 
+    @Test("--config on an in-memory transport: no zeros that read as empty, but a note that says where its messages are")
+    func inMemory() async throws {
+        let directory = try TemporaryDirectory()
+        let config = try await durableQueueConfig(in: directory, holding: [Message(id: "m0", channel: "orders", body: [1])])
+        try (String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "routes: {}", with: "  mem: { plugin: queue }\nroutes: {}"))
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let json = try await run(BuildProducts.switchyard, ["stats", "--config", config, "--plugins-dir", BuildProducts.directory, "--json"])
+        #expect(json.status == 0, "\(json.stderr)")
+        let transports = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]]
+        let mem = transports?.first { $0["name"] as? String == "mem" }
+        #expect(mem?["stats"] == nil || mem?["stats"] is NSNull, "\(json.stdout)")
+        #expect(
+            (mem?["stats_error"] as? String)?.contains("in memory: its messages live only in the process that runs it (read it there: switchyard stats --url") == true,
+            "\(json.stdout)")
+        let work = transports?.first { $0["name"] as? String == "work" }
+        #expect((work?["stats"] as? [String: Any])?["depth"] as? Int == 1 && work?["stats_error"] == nil, "\(json.stdout)")
+        let table = try await run(BuildProducts.switchyard, ["stats", "--channels", "--config", config, "--plugins-dir", BuildProducts.directory])
+        #expect(table.stdout.contains("in memory: its messages live only in the process that runs it (read it there: switchyard stats --channels --url"), "\(table.stdout)")
+    }
+
     @Test("an endpoint that does not answer, or no source at all, is an error that says what to do")
     func errors() async throws {
         let unreachable = try await run(BuildProducts.switchyard, ["stats", "--url", "http://127.0.0.1:1"])

@@ -50,6 +50,30 @@ struct LoaderDiscoveryTests {
         #expect(SearchDirectory.searchPath().suffix(2).map(\.path) == ["/usr/local/lib/switchyard/plugins", "/usr/lib/switchyard/plugins"])
     }
 
+    @Test("a directory named by hand that is missing or a file is warned of and marked; a default one that is missing is not")
+    func unsearchableNamedDirectories() throws {
+        let dir = try TemporaryDirectory()
+        let file = dir.file("notes.txt")
+        try "not a directory".write(toFile: file, atomically: true, encoding: .utf8)
+        let catalog = PluginLoader().discover(in: [
+            SearchDirectory(path: dir.file("plugns"), source: .commandLine),
+            SearchDirectory(path: file, source: .config),
+            SearchDirectory(path: dir.path, source: .environment),
+            SearchDirectory(path: dir.file("plugins"), source: .workingDirectory),
+        ])
+        #expect(catalog.unsearchableNamedDirectories.map(\.path) == [dir.file("plugns"), file])
+        #expect(
+            catalog.unsearchableDirectoryWarnings == [
+                "plugin directory \(dir.file("plugns")), named by --plugins-dir, is skipped: no such directory; check the path",
+                "plugin directory \(file), named by config, is skipped: not a directory; check the path",
+            ])
+        #expect(
+            catalog.searched.map(\.description) == [
+                "\(dir.file("plugns")) (--plugins-dir: no such directory)", "\(file) (config: not a directory)", "\(dir.path) (SWITCHYARD_PLUGINS_PATH)",
+                "\(dir.file("plugins")) (./plugins)",
+            ])
+    }
+
     @Test("a plugin earlier on the search path shadows a bundled one of the same name")
     func earlierDirectoryWins() async throws {
         let dir = try TemporaryDirectory()
