@@ -81,8 +81,8 @@ struct CallCommand: AsyncParsableCommand {
         } catch let timedOut as TimedOutInProcess {
             printError("error: \(timedOut.error)")
             printError(timedOut.note)
-            // Only a transport that may keep its messages in memory: the usual causes too.
-            if !timedOut.certain, let config { printTimeoutHints(arguments, config: config, newStores: newStores) }
+            // A transport that may keep its messages in memory: the usual causes too.
+            if let config { printTimeoutHints(arguments, config: config, newStores: newStores) }
             throw ExitCode(1)
         } catch let error as SwitchyardError {
             printError("error: \(error)")
@@ -171,47 +171,45 @@ struct CallCommand: AsyncParsableCommand {
         }
     }
 
-    /// A call that timed out on a transport whose messages stay in this process (or may):
-    /// waiting for a host elsewhere could never have worked, and that is what to say first.
+    /// A call that timed out on a transport whose messages may stay in this process (a plugin
+    /// that is not durable; one that surely keeps them here is refused before sending): that is
+    /// the first thing to check.
     struct TimedOutInProcess: Error {
         let error: SwitchyardError
         let note: String
-        /// The transport keeps its messages in memory for sure (the bundled queue or topic
-        /// without a path), rather than may (a plugin that is not durable).
-        let certain: Bool
     }
 
-    /// ``TimedOutInProcess`` when `error` is a time-out and the route's transport keeps its
-    /// messages in memory (the bundled queue or topic without a path) or is not durable (a
-    /// plugin of one's own that may keep them in memory); nil otherwise.
+    /// ``TimedOutInProcess`` when `error` is a time-out and the route's transport is not durable
+    /// (a plugin of one's own that may keep its messages in memory); nil otherwise.
     static func timedOutInProcess(_ error: any Error, route: String, config: SwitchyardConfig, system: SwitchyardActorSystem) -> TimedOutInProcess? {
         guard let error = error as? SwitchyardError, error.code == .timeout,
             let inProcess = inProcess(route: route, config: config, system: system)
         else { return nil }
-        return TimedOutInProcess(error: error, note: "(\(inProcess.note))", certain: inProcess.certain)
+        return TimedOutInProcess(error: error, note: "(\(inProcess.note))")
     }
 
     /// Why a call from this command through `route`'s transport reaches no host elsewhere, when
     /// it does not (`certain`: the bundled queue or topic without a path) or may not (a plugin
     /// that is not durable); nil for a durable transport.
     static func inProcess(route: String, config: SwitchyardConfig, system: SwitchyardActorSystem) -> (note: String, certain: Bool)? {
-        guard let entry = routeEntry(in: config, target: route),
-            let transport = system.overview().transports.first(where: { $0.name == entry.transport })
-        else { return nil }
+        guard let entry = routeEntry(in: config, target: route), let home = system.messageHome(ofTransport: entry.transport) else { return nil }
         let instead = "call through the running host's admin endpoint instead (POST /api/call, docs/operations.md)"
-        if transport.engine == "memory" {
+        let chain = system.overview().transports.first { $0.name == entry.transport }?.chain.joined(separator: " → ") ?? entry.transport
+        switch home {
+        case .thisProcess:
             return (
-                "transport '\(transport.name)' keeps its messages in the memory of the process that creates it, here this command: "
+                "transport '\(entry.transport)' keeps its messages in the memory of the process that creates it, here this command: "
                     + "no host in another process can read the call. Give it a path: (a store both processes open), or \(instead)",
                 true
             )
+        case .maybeThisProcess:
+            return (
+                "transport '\(entry.transport)' (\(chain)) is not durable: if its plugin keeps messages in "
+                    + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead)",
+                false
+            )
+        case .shared: return nil
         }
-        guard !transport.capabilities.contains("durable") else { return nil }
-        return (
-            "transport '\(transport.name)' (\(transport.chain.joined(separator: " → "))) is not durable: if its plugin keeps messages in "
-                + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead)",
-            false
-        )
     }
 
     /// The route entry a call to `interface.method` takes (first exact, then `Interface.*`, then `*`).

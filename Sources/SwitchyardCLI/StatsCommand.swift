@@ -209,16 +209,12 @@ final class ConfigStats: StatsSource {
     /// the process that holds them.
     func notReadableHere(_ transport: Transport, command: String) -> String? {
         let instead = "read it there: \(command) --url ADMIN-ENDPOINT"
-        if SystemOverview.TransportInfo.engine(of: transport, config: config) == "memory" {
-            return "in memory: its messages live only in the process that runs it (\(instead))"
-        }
-        // Every link must keep its messages durably: the chain's capabilities are a union, and a
-        // delay with a path over a store in memory (or one in memory over a file) reads durable.
-        let inMemoryLink = transport.chain.contains { $0.plugin.capabilities.contains(.durable) && !$0.capabilities.contains(.durable) }
-        guard let innermost = transport.chain.last, innermost.capabilities.contains(.durable), !inMemoryLink else {
+        switch MessageHome(transport, config: config) {
+        case .thisProcess: return "in memory: its messages live only in the process that runs it (\(instead))"
+        case .maybeThisProcess:
             return "not durable (\(transport.chainDescription)): if it keeps its messages in memory, they live only in the process that runs it (\(instead))"
+        case .shared: return nil
         }
-        return nil
     }
 
     func close() { transports.close() }

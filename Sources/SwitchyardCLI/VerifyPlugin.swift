@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
 
@@ -31,6 +32,11 @@ struct VerifyPlugin: ParsableCommand {
     func validate() throws {
         if let timeout, !timeout.isFinite || !(0.001...86_400).contains(timeout) {
             throw ValidationError("--timeout must be between 0.001 and 86400 seconds")
+        }
+        // The file is loaded in a child process, which reads the config again: a pipe would be
+        // empty there (and its pins unchecked), a descriptor's name another file.
+        if !inProcess, let config = search.config, FileManager.default.fileExists(atPath: config), SwitchyardConfig.isStream(config) {
+            throw ValidationError("--config \(config) is a pipe or a descriptor, which the process that loads the plugin cannot read again: pass the config file itself")
         }
     }
 

@@ -82,13 +82,19 @@ public struct ConfigNode {
 
     /// An integer scalar within `range`.
     public func int(in range: ClosedRange<Int> = Int.min...Int.max) throws(ConfigError) -> Int {
+        let text = node.scalar?.string ?? ""
+        let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
+        let allDigits = !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber }
+        // YAML reads a leading 0 as octal: 010 would silently be 8 (and 08 no number at all).
+        if allDigits, digits.count > 1, digits.first == "0" {
+            throw error("'\(text)' starts with 0, which YAML reads as octal: write it without the leading zeros")
+        }
         guard case .scalar = node, let value = node.int else {
-            let text = node.scalar?.string ?? ""
-            let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
-            // An integer too large for one: say the range, not that it is no integer.
-            if !digits.isEmpty && digits.allSatisfy({ $0.isASCII && $0.isNumber }) {
-                throw error("'\(text)' must be between \(range.lowerBound) and \(range.upperBound)")
+            if allDigits, node.scalar?.style != .plain {
+                throw error("'\(text)' is quoted, so YAML reads it as text: write the number without quotes")
             }
+            // An integer too large for one: say the range, not that it is no integer.
+            if allDigits { throw error("'\(text)' must be between \(range.lowerBound) and \(range.upperBound)") }
             // "1MB", "10k": a count or a size is written as a plain number.
             if let first = text.first, first.isNumber, text.contains(where: \.isLetter) {
                 throw error("expected an integer, not '\(text)': write a plain number, without a unit (1048576, not 1MB)")

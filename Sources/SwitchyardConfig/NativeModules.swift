@@ -19,6 +19,8 @@ extension SwitchyardConfig {
         public var functions: [Function]
         /// Line of the entry.
         public var line: Int?
+        /// Line of its `library`, for an error loading it.
+        public var libraryLine: Int?
 
         /// One exported function.
         public struct Function: Sendable {
@@ -44,10 +46,13 @@ extension SwitchyardConfig {
                 throw ConfigError(key: value.path, line: value.line, message: "native module names are identifiers (letters, digits, '_'): routes name them as Interface.method")
             }
             var library: String?
+            var libraryLine: Int?
             var functions: [NativeModuleEntry.Function] = []
             for (key, field) in try value.mapping(allowed: ["library", "functions"]) {
                 switch key {
-                case "library": library = resolve(path: try field.string(), against: baseDirectory)
+                case "library":
+                    library = resolve(path: try field.string(), against: baseDirectory)
+                    libraryLine = field.line
                 case "functions":
                     for (name, function) in try field.entries() {
                         guard let first = name.first, first.isLetter || first == "_", name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
@@ -76,7 +81,7 @@ extension SwitchyardConfig {
             }
             guard let library else { throw ConfigError(key: value.path + ".library", line: value.line, message: "is required (the shared library)") }
             guard !functions.isEmpty else { throw ConfigError(key: value.path + ".functions", line: value.line, message: "is required (name: signature)") }
-            modules.append(NativeModuleEntry(interface: interface, library: library, functions: functions, line: value.line))
+            modules.append(NativeModuleEntry(interface: interface, library: library, functions: functions, line: value.line, libraryLine: libraryLine))
         }
         return modules
     }

@@ -51,6 +51,8 @@ public struct SwitchyardConfig: Sendable {
         public var postgres: PostgresLocation?
         /// The entry's line in the file.
         public var line: Int?
+        /// The line of its `path` or `postgres`, for an error about the database.
+        public var locationLine: Int?
     }
 
     /// One configured transport: an instance of a plugin, maybe decorating another transport.
@@ -185,16 +187,16 @@ public struct SwitchyardConfig: Sendable {
 
     /// Reads and validates the config file at `path`.
     public static func load(path: String) throws(ConfigError) -> SwitchyardConfig {
-        // A stream: a pipe (`--config <(…)`) or a descriptor's name (/dev/stdin, even when it is
-        // redirected from a file: its "directory" is /dev, and a second read starts at its end).
-        var status = stat()
-        let regular = stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFREG
-        let stream = !regular || path.hasPrefix("/dev/") || path.hasPrefix("/proc/")
-        // A stream can be read once, and a command may load its config more than once: what it
-        // gave is kept for the process's later loads.
-        let text = try stream ? PipedConfigs.shared.text(path) { () throws(ConfigError) in try readText(path) } : readText(path)
-        // Relative paths in a file resolve beside it; in a stream against the current directory.
-        let base = stream ? FileManager.default.currentDirectoryPath : URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let regular = isRegularFile(path)
+        // A pipe (`--config <(…)`, /dev/stdin from a pipe) can be read once, and a command may
+        // load its config more than once: what it gave is kept for the process's later loads.
+        let text = try regular ? readText(path) : PipedConfigs.shared.text(path) { () throws(ConfigError) in try readText(path) }
+        // Relative paths resolve beside the file; in a pipe, or a file reached through a
+        // descriptor's name (/dev/stdin < switchyard.yaml, whose "directory" is /dev), against
+        // the working directory.
+        let base =
+            !regular || isDescriptorName(path)
+            ? FileManager.default.currentDirectoryPath : URL(fileURLWithPath: path).deletingLastPathComponent().path
         do {
             var config = try parse(yaml: text, baseDirectory: base)
             config.file = path
@@ -203,6 +205,26 @@ public struct SwitchyardConfig: Sendable {
             throw error.inFile(path)
         }
     }
+
+    /// Whether `path` is a regular file (following links).
+    static func isRegularFile(_ path: String) -> Bool {
+        var status = stat()
+        return stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFREG
+    }
+
+    /// Whether `path` names one of this process's open descriptors rather than a file of its
+    /// own: /dev/stdin, /dev/fd/N, /proc/self/fd/N (or /proc/PID/fd/N).
+    static func isDescriptorName(_ path: String) -> Bool {
+        if path == "/dev/stdin" || path.hasPrefix("/dev/fd/") { return true }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        // "", "proc", self | thread-self | PID, "fd", N
+        return parts.count == 5 && parts[0].isEmpty && parts[1] == "proc" && parts[3] == "fd"
+            && (parts[2] == "self" || parts[2] == "thread-self" || parts[2].allSatisfy(\.isNumber))
+    }
+
+    /// Whether a command that hands `path` to a child process must not: a pipe can be read once,
+    /// by this process (see ``load(path:)``), and a descriptor's name means another file there.
+    public static func isStream(_ path: String) -> Bool { !isRegularFile(path) || isDescriptorName(path) }
 
     /// The text of the config file at `path`. Read through a file handle, not
     /// `String(contentsOfFile:)`: that refuses what is not a regular file (a pipe such as
@@ -269,6 +291,7 @@ extension SwitchyardConfig {
                 case "postgres": entry.postgres = try PostgresLocation(field, defaultSchema: "switchyard")
                 default: break
                 }
+                entry.locationLine = field.line
             }
             guard (entry.path == nil) != (entry.postgres == nil) else {
                 throw ConfigError(
@@ -390,7 +413,7 @@ extension SwitchyardConfig.PluginsSection {
     }
 }
 
-/// The texts read from config paths that are streams (pipes, /dev/stdin), kept for the process.
+/// The texts read from config paths that are not regular files (pipes), kept for the process.
 private final class PipedConfigs: @unchecked Sendable {
     // @unchecked: `texts` is guarded by `lock`.
     static let shared = PipedConfigs()

@@ -49,7 +49,7 @@ struct ConfigTests {
         // refused it with a wrong reason ("no permission"); relative paths would have resolved
         // under /dev/fd.
         let fifo = directory.file("config.pipe")
-        #expect(mkfifo(fifo, 0o600) == 0)
+        try #require(mkfifo(fifo, 0o600) == 0)
         let writer = Thread {
             let handle = FileHandle(forWritingAtPath: fifo)
             handle?.write(Data("plugins:\n  directory: ./plugins\n".utf8))
@@ -59,11 +59,19 @@ struct ConfigTests {
         let piped = try SwitchyardConfig.load(path: fifo)
         #expect(piped.plugins.directory == FileManager.default.currentDirectoryPath + "/plugins")
         // A command may load its config again (`call` does): the pipe is not read twice, and
-        // the second load is the same config, not an empty one.
+        // the second load is the same config, not an empty one. (The FIFO is gone first: a load
+        // that read it again would fail, not wait for ever for a writer.)
+        unlink(fifo)
         #expect(try SwitchyardConfig.load(path: fifo).plugins.directory == piped.plugins.directory)
         let file = directory.file("switchyard.yaml")
         try "plugins:\n  directory: ./plugins\n".write(toFile: file, atomically: true, encoding: .utf8)
         #expect(try SwitchyardConfig.load(path: file).plugins.directory == directory.path + "/plugins", "beside a plain file")
+        // A descriptor's name for a plain file (`--config /dev/stdin < switchyard.yaml`): the file
+        // has no name here, so relative paths resolve against the working directory, not /dev/fd.
+        let descriptor = open(file, O_RDONLY)
+        defer { close(descriptor) }
+        let named = try SwitchyardConfig.load(path: "/dev/fd/\(descriptor)")
+        #expect(named.plugins.directory == FileManager.default.currentDirectoryPath + "/plugins")
     }
 
     @Test(
@@ -82,11 +90,14 @@ struct ConfigTests {
     }
 
     @Test(
-        "an integer too large says its range; a size with a unit says to write a plain number",
+        "an integer too large says its range; a size with a unit, a quoted number and a leading zero say what to write",
         arguments: [
             ("limits: { max_message_bytes: 99999999999999999999999 }\n", "'99999999999999999999999' must be between 1 and 2147483647"),
             ("limits: { max_message_bytes: 1MB }\n", "expected an integer, not '1MB': write a plain number, without a unit (1048576, not 1MB)"),
             ("limits: { max_message_bytes: lots }\n", "expected an integer"),
+            ("limits: { max_message_bytes: \"1048576\" }\n", "'1048576' is quoted, so YAML reads it as text: write the number without quotes"),
+            ("limits: { max_message_bytes: 010 }\n", "'010' starts with 0, which YAML reads as octal: write it without the leading zeros"),
+            ("limits: { max_message_bytes: 08 }\n", "'08' starts with 0, which YAML reads as octal: write it without the leading zeros"),
         ])
     func integerErrors(_ yaml: String, _ message: String) {
         let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }

@@ -297,6 +297,8 @@ struct NativeTests {
         func check(_ error: ConfigError?, _ key: String, _ message: String) {
             #expect(error?.key == key, "\(String(describing: error))")
             #expect(error?.line != nil)
+            // The library's own line, not the module's name two lines up.
+            if key == "native.Math.library" && message == "cannot load native module" { #expect(error?.line == 3, "\(String(describing: error))") }
             #expect(error?.message.contains(message) == true, "\(String(describing: error))")
         }
         // Checked at start, library or not.

@@ -20,7 +20,7 @@ final class NativeModule: Sendable {
         do {
             library = try NativeLibrary(path: entry.library)
         } catch {
-            throw ConfigError(key: "native.\(entry.interface).library", line: entry.line, message: error.description)
+            throw ConfigError(key: "native.\(entry.interface).library", line: entry.libraryLine ?? entry.line, message: error.description)
         }
         var functions: [String: NativeFunction] = [:]
         for function in entry.functions {

@@ -214,6 +214,40 @@ extension SystemOverview.TransportInfo {
     }
 }
 
+/// Where a transport's messages live, as a process that opens it sees them.
+package enum MessageHome: Sendable, Equatable {
+    /// In the memory of the process that creates the transport: no other process reads them.
+    case thisProcess
+    /// Perhaps there: a link of the chain is not durable (a plugin that never declares durable,
+    /// such as the C template's, may keep them in memory; it cannot say).
+    case maybeThisProcess
+    /// In a store or engine every process that opens it reaches.
+    case shared
+
+    /// Where `transport`'s messages live. Every link must keep them durably: the chain's
+    /// capabilities are a union, and a `delay` with a path over a store in memory (or one in
+    /// memory over a file) reads durable.
+    package init(_ transport: Transport, config: SwitchyardConfig) {
+        if SystemOverview.TransportInfo.engine(of: transport, config: config) == "memory" {
+            self = .thisProcess
+            return
+        }
+        let inMemoryLink = transport.chain.contains { $0.plugin.capabilities.contains(.durable) && !$0.capabilities.contains(.durable) }
+        guard let innermost = transport.chain.last, innermost.capabilities.contains(.durable), !inMemoryLink else {
+            self = .maybeThisProcess
+            return
+        }
+        self = .shared
+    }
+}
+
+extension SwitchyardActorSystem {
+    /// Where the messages of the transport called `name` live, or nil when none is open by it.
+    package func messageHome(ofTransport name: String) -> MessageHome? {
+        transports?.transports[name].map { MessageHome($0, config: config) }
+    }
+}
+
 extension SwitchyardActorSystem {
     /// A snapshot for operators: state, plugins, transports with their counters (read through
     /// each plugin's `stats` now), routes and hosted services. Cheap enough to poll every second.

@@ -66,7 +66,7 @@ extension SwitchyardActorSystem {
             do {
                 outboxes[entry.name] = try ApplicationOutbox(entry, relays: relays)
             } catch {
-                throw ConfigError(key: "outboxes.\(entry.name).\(entry.postgres != nil ? "postgres" : "path")", line: entry.line, message: error.message)
+                throw ConfigError(key: "outboxes.\(entry.name).\(entry.postgres != nil ? "postgres" : "path")", line: entry.locationLine ?? entry.line, message: error.message)
             }
         }
         return outboxes
