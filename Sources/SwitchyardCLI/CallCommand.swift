@@ -103,6 +103,22 @@ struct CallCommand: AsyncParsableCommand {
             let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
             printError("(is the application that hosts actor '\(id)' running, and reading this route's transport? --actor names another id)")
         }
+        // A relative store path is the plugin's, resolved against each process's working
+        // directory: a host started elsewhere reads another file.
+        if let parsed = try? readConfig(config), let entry = Self.routeEntry(in: parsed, target: arguments.first ?? "") {
+            var link = parsed.transport(named: entry.transport)
+            while let current = link {
+                if let path = SwitchyardConfig.configuredPath(current.configJSON), !path.hasPrefix("/"),
+                    !newStores.contains(where: { $0.path == path })
+                {
+                    printError(
+                        "(transport '\(current.name)' keeps its messages in \(path), relative to the working directory "
+                            + "(\(FileManager.default.currentDirectoryPath)): the host must open the same file, so start it from the same "
+                            + "directory, or give the path as an absolute one)")
+                }
+                link = current.inner.flatMap { parsed.transport(named: $0) }
+            }
+        }
         for (transport, path) in newStores {
             printError(
                 "(transport '\(transport)' keeps its messages in \(path), which did not exist before this call: it was created for it, and the "

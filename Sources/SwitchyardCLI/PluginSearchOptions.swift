@@ -146,7 +146,7 @@ extension SwitchyardConfig {
     }
 
     /// The `path` a transport's config names, if any.
-    private static func configuredPath(_ configJSON: String) -> String? {
+    static func configuredPath(_ configJSON: String) -> String? {
         guard let object = try? JSONSerialization.jsonObject(with: Data(configJSON.utf8)) as? [String: Any] else { return nil }
         return object["path"] as? String
     }

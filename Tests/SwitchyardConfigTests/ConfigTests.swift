@@ -104,10 +104,41 @@ struct ConfigTests {
         #expect(error?.key == "limits.max_message_bytes" && error?.message == message, "\(String(describing: error))")
     }
 
+    @Test(
+        "durations in every unit the page lists, a bare 0, and plugins.slow_call_warning read from the file",
+        arguments: [
+            ("250ns", 250), ("3us", 3_000), ("3µs", 3_000), ("1.5ms", 1_500_000), ("2s", 2_000_000_000), ("5m", 300_000_000_000),
+            ("2h", 7_200_000_000_000), ("0", 0),
+        ] as [(String, Int64)])
+    func durationUnits(_ text: String, _ nanos: Int64) throws {
+        let config = try SwitchyardConfig.parse(yaml: "plugins:\n  slow_call_warning: \(text)\n", baseDirectory: "/")
+        #expect(config.plugins.slowCallWarningNanos == nanos)
+    }
+
+    @Test("the file's own paths resolve beside it (an inbox, an outbox, a native library); a plugin's config path is the plugin's, left as written")
+    func relativePaths() throws {
+        let config = try SwitchyardConfig.parse(
+            yaml: """
+                transports:
+                  q: { plugin: queue, config: { path: rel.db } }
+                routes:
+                  Shop.*: { transport: q, inbox: { window: 1m, path: ./inbox.db } }
+                outboxes:
+                  shop: { path: ./shop.db }
+                native:
+                  Math: { library: ./libmath.so, functions: { add: "i32(i32, i32)" } }
+                """, baseDirectory: "/srv/app")
+        #expect(config.routes.first?.inbox?.path == "/srv/app/inbox.db")
+        #expect(config.outboxes.first?.path == "/srv/app/shop.db")
+        #expect(config.native.first?.library == "/srv/app/libmath.so")
+        #expect(config.transports.first?.configJSON == #"{"path":"rel.db"}"#, "resolved by the plugin, against the working directory")
+    }
+
     @Test("an empty file is the default config")
     func empty() throws {
         let config = try SwitchyardConfig.parse(yaml: "", baseDirectory: "/")
         #expect(config.plugins.directory == nil)
+        #expect(config.plugins.slowCallWarningNanos == 1_000_000_000, "slow_call_warning: 1s by default")
     }
 
     @Test(

@@ -210,11 +210,11 @@ struct NativeTests {
     }
 
     /// A system serving the fixture as native module `Math` with `routes`.
-    static func routedSystem(_ routes: String, _ directory: TemporaryDirectory) async throws -> SwitchyardActorSystem {
+    static func routedSystem(_ routes: String, _ directory: TemporaryDirectory, extraTransport: String = "") async throws -> SwitchyardActorSystem {
         try await makeSystem(
             """
             transports:
-              q: { plugin: queue }
+            \(extraTransport)  q: { plugin: queue }
               t: { plugin: topic }
               later: { plugin: delay, inner: q }
             native:
@@ -282,11 +282,42 @@ struct NativeTests {
                 #expect(message.contains(reason), "\(message)")
             }
         }
-        await #expect(throws: SwitchyardError.self) { _ = try await system.callNative("Math.nosuch", []) }
-        #expect(await eventually { dlq.all.count == 4 })
-        #expect(dlq.all.contains { $0.header("sy-dlq-reason")?.contains("is not a function of native module Math") == true })
+        // A function the config's module does not declare: refused before anything is sent.
+        let undeclared = await #expect(throws: NativeCallError.self) { _ = try await system.callNative("Math.nosuch", []) }
+        #expect(undeclared?.description.contains("native module 'Math' has no function 'nosuch' (it has") == true, "\(String(describing: undeclared))")
+        #expect(undeclared?.description.contains("nothing was sent") == true)
+        #expect(await eventually { dlq.all.count == 3 })
         #expect(try await system.callNative("Math.add", [.int(1), .int(2)]) == .int(3))
         await system.shutdown()
+    }
+
+    @Test("a caller whose config declares a function the host's does not: the host refuses the call with the reason and dead-letters it")
+    func hostRefusesUndeclaredFunction() async throws {
+        let (_, directory) = try await Self.module()
+        let store = directory.file("calls.db")
+        let host = try await Self.routedSystem(
+            "  Math.*: { transport: durable, deadline: 30s }", directory, extraTransport: "  durable: { plugin: queue, config: { path: \"\(store)\" } }\n")
+        try host.hostNative()
+        let dlq = try TypedCallTests.Tap(host, transport: "durable", channel: "Math.dlq")
+        // The caller's config is newer than the host's: it declares a function the host lacks.
+        let caller = try await makeSystem(
+            """
+            transports:
+              durable: { plugin: queue, config: { path: "\(store)" } }
+            native:
+              Math:
+                library: \(directory.file("libnative.so"))
+                functions:
+                  add: { symbol: add_i32, signature: "i32(i32, i32)" }
+                  added_later: "i32()"
+            routes:
+              Math.*: { transport: durable, deadline: 30s }
+            """, directory: directory)
+        let refused = await #expect(throws: SwitchyardError.self) { _ = try await caller.callNative("Math.added_later", []) }
+        #expect(refused?.code == .rejected, "\(String(describing: refused))")
+        #expect(await eventually { dlq.all.contains { $0.header("sy-dlq-reason")?.contains("is not a function of native module Math") == true } })
+        await caller.shutdown()
+        await host.shutdown()
     }
 
     @Test("a native module that does not load, or a bad signature in config, fails the start with the key and line (a library: where it is served or on a direct route)")

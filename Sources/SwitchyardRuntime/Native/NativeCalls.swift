@@ -49,7 +49,9 @@ final class NativeModule: Sendable {
             if signature.result == .str && function.free == nil {
                 throw ConfigError(
                     key: function.key, line: function.line,
-                    message: "returns str: name the library function that frees the string it returns (free: NAME; never the host's free, which may belong to another allocator)")
+                    message:
+                        "returns str: name the library function that frees the string it returns (free: NAME: the module's own function, or free itself only when the module allocates the string with the C library's malloc)"
+                )
             }
             signatures[function.name] = signature
         }
@@ -265,7 +267,8 @@ extension SwitchyardActorSystem {
     /// Calls a native function by its route name (`"Math.add"`) with `arguments`, wherever it is
     /// served: through the route's transport (request-reply, or fire-and-forget for a
     /// fire-and-forget route), or in this process for a direct route. Values are converted and
-    /// checked by the function's signature where it runs.
+    /// checked by the function's signature where it runs. A function this config's module does
+    /// not declare throws ``NativeCallError`` before anything is sent.
     public func callNative(_ target: String, _ arguments: [NativeValue]) async throws -> NativeValue {
         try refuseIfStopped(target)
         guard let dot = target.firstIndex(of: "."), target.index(after: dot) < target.endIndex else {
@@ -286,6 +289,14 @@ extension SwitchyardActorSystem {
             } catch {
                 throw SwitchyardError.rejected(target: target, reason: error.description)
             }
+        }
+        // A function the config's module does not declare: its host would refuse the call and
+        // dead-letter it, so it is refused here, before anything is sent (as `switchyard call`
+        // refuses it).
+        if let module = config.native.first(where: { $0.interface == call.interface }), !module.functions.contains(where: { $0.name == call.method }) {
+            throw NativeCallError(
+                "\(target): native module '\(call.interface)' has no function '\(call.method)' (it has \(module.functions.map(\.name).sorted().joined(separator: ", "))); nothing was sent"
+            )
         }
         let id = ActorID(call.interface)
         if route.entry.mode == .fireAndForget {
