@@ -401,11 +401,15 @@ extension PostgresDatabase {
 public final class PostgresPool: @unchecked Sendable {
     // @unchecked: the idle list is behind the lock; a connection is used by one caller at a time.
     private let conninfo: String
-    private let lock = NSLock()
+    private let lock = NSCondition()
     private var idle: [PostgresDatabase] = []
+    /// Taken by callers (or being opened for one), not yet given back.
+    private var inUse = 0
     /// Set by ``close()``: connections given back are closed, not kept.
     private var closed = false
     private let slots: DispatchSemaphore
+    /// How long ``close()`` waits for connections in use to come back and be closed.
+    static let closePatience: TimeInterval = 2
 
     /// A pool for `conninfo` (empty: the `PG*` environment) with at most `maxOpen` connections.
     public init(conninfo: String, maxOpen: Int = 8) {
@@ -419,11 +423,16 @@ public final class PostgresPool: @unchecked Sendable {
         slots.wait()
         lock.lock()
         let pooled = idle.popLast()
+        inUse += 1
         lock.unlock()
         if let pooled { return pooled }
         do {
             return try PostgresDatabase(conninfo: conninfo)
         } catch {
+            lock.lock()
+            inUse -= 1
+            lock.broadcast()
+            lock.unlock()
             slots.signal()
             throw error
         }
@@ -436,19 +445,32 @@ public final class PostgresPool: @unchecked Sendable {
         if keep { idle.append(database) }
         lock.unlock()
         if !keep { database.close() }
+        lock.lock()
+        inUse -= 1
+        lock.broadcast()  // close() may wait for this
+        lock.unlock()
         slots.signal()
     }
 
     /// Closes the idle connections now, and each one in use when it is given back, so that its
     /// owner's close lets go of the server's connections at once rather than when the pool is
-    /// released. A checkout afterwards still works, with a connection of its own.
-    public func close() {
+    /// released. With `waitingForConnectionsInUse`, it also waits for those to come back and be
+    /// closed (up to ``closePatience``): a transport's close then lets go of every connection
+    /// before it returns, not a moment later (a CI run saw one still open right after one
+    /// returned). Not from a thread that holds a connection of the pool, nor from Swift's
+    /// cooperative pool. A checkout afterwards still works, with a connection of its own.
+    public func close(waitingForConnectionsInUse: Bool = false) {
         lock.lock()
         closed = true
         let closing = idle
         idle = []
         lock.unlock()
         for database in closing { database.close() }
+        guard waitingForConnectionsInUse else { return }
+        lock.lock()
+        let until = Date(timeIntervalSinceNow: Self.closePatience)
+        while inUse > 0 && lock.wait(until: until) {}
+        lock.unlock()
     }
 
     /// Runs `body` on a connection of the pool (connected again first if the server dropped it).

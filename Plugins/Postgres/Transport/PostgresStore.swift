@@ -115,7 +115,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     func brokerDidShutDown() {
         close()
         listener?.stop()
-        pool.close()
+        pool.close(waitingForConnectionsInUse: true)
     }
 
     /// Writes the acknowledgements still waiting, sends the notification still due, and stops
