@@ -288,6 +288,18 @@ struct NativeTests {
         #expect(undeclared?.description.contains("nothing was sent") == true)
         #expect(await eventually { dlq.all.count == 3 })
         #expect(try await system.callNative("Math.add", [.int(1), .int(2)]) == .int(3))
+        // By now a dead letter of a sent "nosuch" call would have come (it went before the add).
+        #expect(dlq.all.count == 3, "nothing was sent for the undeclared function")
+        await system.shutdown()
+    }
+
+    @Test("on a direct route too, a function the module does not declare is refused as such, not as a module nobody serves")
+    func undeclaredOnDirectRoute() async throws {
+        let (_, directory) = try await Self.module()
+        let system = try await Self.routedSystem("  Math.*: { transport: direct }", directory)
+        let refused = await #expect(throws: NativeCallError.self) { _ = try await system.callNative("Math.nosuch", []) }
+        #expect(refused?.description.contains("native module 'Math' has no function 'nosuch'") == true, "\(String(describing: refused))")
+        #expect(try await system.callNative("Math.add", [.int(40), .int(2)]) == .int(42))
         await system.shutdown()
     }
 

@@ -278,6 +278,14 @@ extension SwitchyardActorSystem {
             throw SwitchyardError.routing(target: target, reason: "no route matches \(target) (add it, or a pattern such as '*', under routes:)")
         }
         let call = resolved.call
+        // A function the config's module does not declare: its host would refuse the call and
+        // dead-letter it (a direct route would not find it), so it is refused here, before
+        // anything is sent or counted (as `switchyard call` refuses it).
+        if let module = config.native.first(where: { $0.interface == call.interface }), !module.functions.contains(where: { $0.name == call.method }) {
+            throw NativeCallError(
+                "\(target): native module '\(call.interface)' has no function '\(call.method)' (it has \(module.functions.map(\.name).sorted().joined(separator: ", "))); nothing was sent"
+            )
+        }
         route.metrics.calls.increment()
         if route.isDirect {
             // Loaded at start (the route is direct); a failure then stopped the start.
@@ -289,14 +297,6 @@ extension SwitchyardActorSystem {
             } catch {
                 throw SwitchyardError.rejected(target: target, reason: error.description)
             }
-        }
-        // A function the config's module does not declare: its host would refuse the call and
-        // dead-letter it, so it is refused here, before anything is sent (as `switchyard call`
-        // refuses it).
-        if let module = config.native.first(where: { $0.interface == call.interface }), !module.functions.contains(where: { $0.name == call.method }) {
-            throw NativeCallError(
-                "\(target): native module '\(call.interface)' has no function '\(call.method)' (it has \(module.functions.map(\.name).sorted().joined(separator: ", "))); nothing was sent"
-            )
         }
         let id = ActorID(call.interface)
         if route.entry.mode == .fireAndForget {

@@ -298,10 +298,11 @@ final class PostgresInboxDatabase: InboxDatabase {
     init(conninfo: String, schema: String) throws(TransportError) {
         self.conninfo = conninfo
         schemaName = schema
-        pool = PostgresPool(conninfo: conninfo, maxOpen: 16)
+        let pool = PostgresPool(conninfo: conninfo, maxOpen: 16)
+        self.pool = pool
         let database = try pool.checkout()
+        defer { pool.checkin(database) }  // on a failure too: the pool's slots must be whole when it is freed
         self.schema = try database.prepareSchema(schema, kind: "transactions", tables: Self.tables)
-        pool.checkin(database)
     }
 
     func closeConnections() { pool.close() }
