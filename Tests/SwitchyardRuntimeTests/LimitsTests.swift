@@ -59,7 +59,7 @@ struct LimitsTests {
             transports:
               memq: { plugin: queue }
             routes:
-              "*": { transport: memq, deadline: 10s }
+              "*": { transport: memq, deadline: 60s }
             """)
         let ledger = Ledger()
         try system.host("shop", as: $Shop.self) { ShopService(actorSystem: $0, ledger: ledger) }
