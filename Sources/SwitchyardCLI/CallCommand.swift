@@ -97,7 +97,8 @@ struct CallCommand: AsyncParsableCommand {
         // Through a transport the call waits for a host; with none there, it times out.
         // switchyard run serves native modules only: a Swift method's host is the application.
         let interface = String((arguments.first ?? "").prefix { $0 != "." })
-        if (try? readConfig(config))?.native.contains(where: { $0.interface == interface }) == true {
+        let parsed = try? readConfig(config)
+        if parsed?.native.contains(where: { $0.interface == interface }) == true {
             printError("(switchyard run --config \(config) serves the native modules the config declares)")
         } else {
             let id = actor ?? interface.prefix(1).lowercased() + interface.dropFirst()
@@ -105,18 +106,12 @@ struct CallCommand: AsyncParsableCommand {
         }
         // A relative store path is the plugin's, resolved against each process's working
         // directory: a host started elsewhere reads another file.
-        if let parsed = try? readConfig(config), let entry = Self.routeEntry(in: parsed, target: arguments.first ?? "") {
-            var link = parsed.transport(named: entry.transport)
-            while let current = link {
-                if let path = SwitchyardConfig.configuredPath(current.configJSON), !path.hasPrefix("/"),
-                    !newStores.contains(where: { $0.path == path })
-                {
-                    printError(
-                        "(transport '\(current.name)' keeps its messages in \(path), relative to the working directory "
-                            + "(\(FileManager.default.currentDirectoryPath)): the host must open the same file, so start it from the same "
-                            + "directory, or give the path as an absolute one)")
-                }
-                link = current.inner.flatMap { parsed.transport(named: $0) }
+        if let parsed, let entry = Self.routeEntry(in: parsed, target: arguments.first ?? "") {
+            for (transport, path) in parsed.configuredStores(of: entry.transport) where !path.hasPrefix("/") && !newStores.contains(where: { $0.path == path }) {
+                printError(
+                    "(transport '\(transport)' keeps its messages in \(path), relative to the working directory "
+                        + "(\(FileManager.default.currentDirectoryPath)): the host must open the same file, so start it from the same "
+                        + "directory, or give the path as an absolute one)")
             }
         }
         for (transport, path) in newStores {
@@ -210,7 +205,6 @@ struct CallCommand: AsyncParsableCommand {
     static func inProcess(route: String, config: SwitchyardConfig, system: SwitchyardActorSystem) -> (note: String, certain: Bool)? {
         guard let entry = routeEntry(in: config, target: route), let home = system.messageHome(ofTransport: entry.transport) else { return nil }
         let instead = "call through the running host's admin endpoint instead (POST /api/call, docs/operations.md)"
-        let chain = system.overview().transports.first { $0.name == entry.transport }?.chain.joined(separator: " → ") ?? entry.transport
         switch home {
         case .thisProcess:
             return (
@@ -218,7 +212,7 @@ struct CallCommand: AsyncParsableCommand {
                     + "no host in another process can read the call. Give it a path: (a store both processes open), or \(instead)",
                 true
             )
-        case .maybeThisProcess:
+        case .maybeThisProcess(let chain):
             return (
                 "transport '\(entry.transport)' (\(chain)) is not durable: if its plugin keeps messages in "
                     + "memory, only the process that creates it sees them, and a call from this command reaches no host; \(instead)",

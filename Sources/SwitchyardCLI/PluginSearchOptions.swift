@@ -118,18 +118,20 @@ extension SwitchyardConfig {
     /// would read a mistyped path (or an unset `SWITCHYARD_DATA`) as an empty store and leave a
     /// new one behind.
     func missingStores(of names: [String]) -> [(transport: String, path: String)] {
-        var missing: [(transport: String, path: String)] = []
-        for name in names {
-            var entry = transport(named: name)
-            while let current = entry {
-                if let path = Self.configuredPath(current.configJSON), !FileManager.default.fileExists(atPath: path) {
-                    missing.append((name, path))
-                    break
-                }
-                entry = current.inner.flatMap { transport(named: $0) }
-            }
+        names.compactMap { name in
+            configuredStores(of: name).first { !FileManager.default.fileExists(atPath: $0.path) }.map { (name, $0.path) }
         }
-        return missing
+    }
+
+    /// The `path` each link of `name`'s chain configures, outermost first, with the link's name.
+    func configuredStores(of name: String) -> [(transport: String, path: String)] {
+        var stores: [(transport: String, path: String)] = []
+        var entry = transport(named: name)
+        while let current = entry {
+            if let path = Self.configuredPath(current.configJSON) { stores.append((current.name, path)) }
+            entry = current.inner.flatMap { transport(named: $0) }
+        }
+        return stores
     }
 
     /// Throws, naming the path, when a transport among `names` has no store file yet.

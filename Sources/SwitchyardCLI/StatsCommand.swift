@@ -211,8 +211,8 @@ final class ConfigStats: StatsSource {
         let instead = "read it there: \(command) --url ADMIN-ENDPOINT"
         switch MessageHome(transport, config: config) {
         case .thisProcess: return "in memory: its messages live only in the process that runs it (\(instead))"
-        case .maybeThisProcess:
-            return "not durable (\(transport.chainDescription)): if it keeps its messages in memory, they live only in the process that runs it (\(instead))"
+        case .maybeThisProcess(let chain):
+            return "not durable (\(chain)): if it keeps its messages in memory, they live only in the process that runs it (\(instead))"
         case .shared: return nil
         }
     }

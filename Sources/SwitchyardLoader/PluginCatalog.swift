@@ -115,8 +115,9 @@ public struct PluginCatalog: Sendable {
 
     /// The warning a host gives for each of ``unsearchableNamedDirectories``.
     public var unsearchableDirectoryWarnings: [String] {
-        unsearchableNamedDirectories.map { directory in
-            "plugin directory \(directory.path), named by \(directory.source.rawValue), is skipped: \(directory.problem ?? "unusable"); check the path"
+        searched.compactMap { directory in
+            guard directory.isNamed, let problem = directory.problem else { return nil }
+            return "plugin directory \(directory.path), named by \(directory.source.rawValue), is skipped: \(problem); check the path"
         }
     }
 }

@@ -218,9 +218,10 @@ extension SystemOverview.TransportInfo {
 package enum MessageHome: Sendable, Equatable {
     /// In the memory of the process that creates the transport: no other process reads them.
     case thisProcess
-    /// Perhaps there: a link of the chain is not durable (a plugin that never declares durable,
-    /// such as the C template's, may keep them in memory; it cannot say).
-    case maybeThisProcess
+    /// Perhaps there: a link of the chain (described, e.g. `delay → example-c`) is not durable
+    /// (a plugin that never declares durable, such as the C template's, may keep them in memory;
+    /// it cannot say).
+    case maybeThisProcess(chain: String)
     /// In a store or engine every process that opens it reaches.
     case shared
 
@@ -234,7 +235,7 @@ package enum MessageHome: Sendable, Equatable {
         }
         let inMemoryLink = transport.chain.contains { $0.plugin.capabilities.contains(.durable) && !$0.capabilities.contains(.durable) }
         guard let innermost = transport.chain.last, innermost.capabilities.contains(.durable), !inMemoryLink else {
-            self = .maybeThisProcess
+            self = .maybeThisProcess(chain: transport.chainDescription)
             return
         }
         self = .shared

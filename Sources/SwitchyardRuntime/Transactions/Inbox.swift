@@ -213,10 +213,6 @@ final class SQLiteInboxDatabase: InboxDatabase {
     /// Closes the file's connection at the system's shutdown (see ``ReopenableConnection``).
     func closeConnections() { database.close() }
 
-    private func withDatabase<R>(_ body: (SQLiteDatabase) throws(TransportError) -> R) throws(TransportError) -> R {
-        try database.withDatabase(body)
-    }
-
     private static func lookup(_ key: String, cutoff: Int64, in database: SQLiteDatabase) throws(TransportError) -> Inbox.Handled? {
         var found: Inbox.Handled?
         _ = try database.run("SELECT outcome, reply FROM inbox WHERE key = ? AND at >= ?", [.text(key), .int(cutoff)]) { (row) throws(TransportError) in
@@ -226,13 +222,13 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func lookup(_ key: String, cutoff: Int64) throws(TransportError) -> Inbox.Handled? {
-        try withDatabase { (database) throws(TransportError) in try Self.lookup(key, cutoff: cutoff, in: database) }
+        try database.withDatabase { (database) throws(TransportError) in try Self.lookup(key, cutoff: cutoff, in: database) }
     }
 
     func record(
         _ key: String, _ handled: Inbox.Handled, at now: Int64, cutoff: Int64, effects: [InboxEffect], outbox: [OutboxMessage]
     ) throws(TransportError) -> Inbox.Handled? {
-        try withDatabase { (database) throws(TransportError) -> Inbox.Handled? in
+        try database.withDatabase { (database) throws(TransportError) -> Inbox.Handled? in
             // IMMEDIATE: take the write lock first, so the check and the insert see one state
             // across every process sharing the file.
             try database.execute("BEGIN IMMEDIATE")
@@ -256,7 +252,7 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func declareWindow(_ windowNanos: Int64) throws(TransportError) {
-        try withDatabase { (database) throws(TransportError) in
+        try database.withDatabase { (database) throws(TransportError) in
             _ = try database.run(
                 """
                 INSERT INTO switchyard_meta (key, value) VALUES ('\(Inbox.windowKey)', ?1) ON CONFLICT (key)
@@ -266,7 +262,7 @@ final class SQLiteInboxDatabase: InboxDatabase {
     }
 
     func prune(before cutoff: Int64) throws(TransportError) {
-        try withDatabase { (database) throws(TransportError) in
+        try database.withDatabase { (database) throws(TransportError) in
             _ = try database.run(
                 """
                 DELETE FROM inbox WHERE at < min(?1, ?2 - coalesce((SELECT CAST(value AS INTEGER) FROM switchyard_meta WHERE key = '\(Inbox.windowKey)'), 0))
