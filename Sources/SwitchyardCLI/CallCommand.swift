@@ -27,7 +27,8 @@ struct CallCommand: AsyncParsableCommand {
             it times out (request-reply).
             switchyard call --native LIB.so --symbol NAME --signature 'SIG' ARG...   calls one \
             exported function directly, for trying a module out.
-            A bad signature, module, symbol, route or argument exits 1 with the reason.
+            A bad signature, module, symbol, route or argument exits 1 with the reason; options \
+            that do not go together (--native with --config, --symbol without --native) exit 64.
             """)
 
     @Option(help: ArgumentHelp("The config file (routes and native modules).", valueName: "file"))
@@ -60,6 +61,31 @@ struct CallCommand: AsyncParsableCommand {
 
     @Argument(parsing: .allUnrecognized, help: "ROUTE then its arguments (with --config), or the arguments (with --native).")
     var arguments: [String] = []
+
+    /// Usage errors, refused before anything loads (exit 64, as every command's are).
+    func validate() throws {
+        if let native {
+            guard config == nil else {
+                throw ValidationError("--native \(native) calls one function directly, without a config: drop --config (or drop --native to call through the config's routes)")
+            }
+            guard symbol != nil, signature != nil else {
+                throw ValidationError("--native needs --symbol and --signature, e.g. --native \(native) --symbol add --signature 'i32(i32, i32)' 1 2")
+            }
+            guard headers.isEmpty else { throw ValidationError("--header is for a routed call (--config); a function called with --native gets only its arguments") }
+            guard actor == nil else { throw ValidationError("--actor is for a Swift method's route (--config); a function called with --native has no actor") }
+        } else {
+            let directOnly = [("--symbol", symbol), ("--signature", signature), ("--free", free)].filter { $0.1 != nil }.map(\.0)
+            guard directOnly.isEmpty else {
+                throw ValidationError(
+                    "\(directOnly.joined(separator: ", ")) \(directOnly.count == 1 ? "is" : "are") for --native LIB.so (one function called directly); a routed call's signature comes from its config"
+                )
+            }
+            guard let config else { throw ValidationError("give --config FILE and a route (or --native LIB.so)") }
+            guard arguments.contains(where: { $0 != "--" }) else {
+                throw ValidationError("which route? e.g. switchyard call --config \(config) Math.add 1 2")
+            }
+        }
+    }
 
     func run() async throws {
         // `--` ends the options, before the route or after it (`Math.neg -- -7`, for a negative
@@ -122,8 +148,7 @@ struct CallCommand: AsyncParsableCommand {
     }
 
     private func callDirectly(_ library: String, _ arguments: [String]) throws {
-        guard let symbol, let signature else { throw NativeCallError("--native needs --symbol and --signature") }
-        guard headers.isEmpty else { throw NativeCallError("--header is for a routed call (--config); a function called with --native gets only its arguments") }
+        guard let symbol, let signature else { throw NativeCallError("--native needs --symbol and --signature") }  // validate() says so first
         let parsed = try parse(signature)
         let values = try parsed.values(parsing: arguments, name: symbol)
         let function = try NativeFunction(library: try NativeLibrary(path: library), symbol: symbol, signature: parsed, free: free)

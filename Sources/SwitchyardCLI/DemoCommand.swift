@@ -90,8 +90,16 @@ struct DemoCommand: AsyncParsableCommand {
         print("Switchyard demo: the orders example")
         print("  config   \(config ?? "\(configPath) (the default)")")
         print("  data     \(data)")
+        fflush(nil)  // before an error the start may print: piped, the banner would come after it
         if serve { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         let system = try startSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
+        // Another application's config starts, but every order would fail "no route matches".
+        guard system.routes(interface: "Orders", method: "place") else {
+            await system.shutdown(deadline: .seconds(5))
+            throw CommandFailure(
+                "\(configPath) routes no call of the orders example (Orders.place has no route): the demo runs that example, so its config must route the example's interfaces as examples/orders/switchyard.yaml does; pass that file or one of its variants (examples/orders/*.yaml), or leave out --config"
+            )
+        }
         for (pattern, transport) in system.routeDescriptions { print("  route    \(pattern) → \(transport)") }
         print("")
         // Out now, also into a file or a pipe (block-buffered there): the data line says where the

@@ -25,7 +25,7 @@ struct SoakCommand: AsyncParsableCommand {
 
     enum Engine: String, ExpressibleByArgument, CaseIterable { case sqlite, postgres }
 
-    @Option(help: "How many times to SIGKILL a process.")
+    @Option(help: "How many times to SIGKILL a process (0: none, a run without crashes).")
     var cycles = 10
 
     @Option(help: "How many items the producer publishes (each is one queue call and one topic event).")

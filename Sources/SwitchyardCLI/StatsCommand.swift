@@ -40,8 +40,11 @@ struct StatsCommand: AsyncParsableCommand {
     @Flag(help: "Print again every --interval seconds until interrupted.")
     var watch = false
 
-    @Option(help: ArgumentHelp("Seconds between prints with --watch.", valueName: "seconds"))
-    var interval: Double = 2
+    @Option(help: ArgumentHelp("Seconds between prints with --watch (default: 2).", valueName: "seconds"))
+    var interval: Double?
+
+    /// The wait between prints: --interval, or 2 seconds.
+    private var pause: Duration { .milliseconds(Int((interval ?? 2) * 1000)) }
 
     @Flag(help: "Print JSON (one array per print).")
     var json = false
@@ -56,7 +59,10 @@ struct StatsCommand: AsyncParsableCommand {
                     ? "name a config file (--config FILE) or an admin endpoint (--url URL)"
                     : "name a config file (--config FILE) or an admin endpoint (--url URL), not both: --url reads a running system, --config its files")
         }
-        guard interval.isFinite, (0.1...86_400).contains(interval) else { throw ValidationError("--interval must be between 0.1 and 86400 seconds") }
+        if let interval {
+            guard watch else { throw ValidationError("--interval sets the wait between prints of --watch: add --watch, or drop --interval") }
+            guard interval.isFinite, (0.1...86_400).contains(interval) else { throw ValidationError("--interval must be between 0.1 and 86400 seconds") }
+        }
         if let url, EndpointStats.baseAddress(url) == nil {
             throw ValidationError("--url \(url): expected an endpoint's address such as http://127.0.0.1:9464")
         }
@@ -84,7 +90,7 @@ struct StatsCommand: AsyncParsableCommand {
                     print(Self.render(channels: held))
                 }
                 fflush(nil)
-                if watch { try await Task.sleep(for: .milliseconds(Int(interval * 1000))) }
+                if watch { try await Task.sleep(for: pause) }
                 continue
             }
             let now = Date()
@@ -96,7 +102,7 @@ struct StatsCommand: AsyncParsableCommand {
             }
             fflush(nil)
             previous = (now, transports)
-            if watch { try await Task.sleep(for: .milliseconds(Int(interval * 1000))) }
+            if watch { try await Task.sleep(for: pause) }
         } while watch
     }
 
@@ -173,9 +179,9 @@ final class ConfigStats: StatsSource {
         // A transport no route uses has no file until something does: it is left out, said so,
         // rather than created here. Nothing to open at all is an error.
         let missing = config.missingStores(of: config.transports.map(\.name))
-        for (name, path) in missing { printError("not opened: transport '\(name)' has no store at \(path) yet") }
         let opened = config.transports.map(\.name).filter { name in !missing.contains { $0.transport == name } }
         guard !opened.isEmpty else { throw StatsError(message: SwitchyardConfig.noStore(missing[0].path, transport: missing[0].transport)) }
+        for (name, path) in missing { printError("not opened: transport '\(name)' has no store at \(path) yet") }
         var quiet = Logger(label: "switchyard.plugins")
         quiet.logLevel = .error
         transports = try TransportSet.start(config, discovery: search.discovery(config), only: opened, logger: quiet)

@@ -319,6 +319,9 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         }
     }
 
+    /// Whether a configured route (exact, `Interface.*` or `*`) matches `interface.method`.
+    package func routes(interface: String, method: String) -> Bool { routes.route(interface: interface, method: method) != nil }
+
     /// What the hosting side holds now: calls in flight and each subscription's queue (queued,
     /// workers waiting, spinning). For a test that waited in vain to say where the calls are.
     package var hostingDiagnosis: String { server.diagnosis() }

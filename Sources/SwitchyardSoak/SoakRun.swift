@@ -104,7 +104,7 @@ package struct SoakReport: Encodable {
         soak: \(cycles) kills (\(kills.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))), \(engine), inbox \(inbox ? "on" : "off"), outbox \(outbox ? "on" : "off"), seed \(seed), \(String(format: "%.1f", seconds)) s
           published \(published), acknowledged \(acknowledged), handled \(handled)
           lost \(lost), duplicate_effects \(duplicateEffects), phantom_follow_ups \(phantomFollowUps), stuck \(stuck)\(lostSample.isEmpty ? "" : "\n  lost, e.g.: \(lostSample.joined(separator: ", "))")
-        \(passed ? "PASS" : "FAIL")
+        \(passed ? "PASS" : "FAIL")\(cycles == 0 ? " (no process was killed: --cycles 0 checks a run without crashes only)" : "")
         """
     }
 }

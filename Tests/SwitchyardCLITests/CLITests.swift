@@ -41,6 +41,23 @@ struct CLITests {
         #expect(kept.stdout.contains("this instance keeps [queue, retry, dead-letter, ordered, expiry, private-wire] of ["), "\(kept.stdout)")
     }
 
+    @Test("a mistyped option is named, with the nearest one, not read as the required option it misses")
+    func mistypedOption() async throws {
+        for (arguments, expected) in [
+            (["run", "--confg", "x.yaml"], "unknown option '--confg' for 'switchyard run' (did you mean '--config'?)"),
+            (["dlq", "list", "--confg", "x.yaml", "--transport", "work"], "unknown option '--confg' for 'switchyard dlq list' (did you mean '--config'?)"),
+            (["stats", "--url", "http://127.0.0.1:1", "--wtch"], "unknown option '--wtch' for 'switchyard stats' (did you mean '--watch'?)"),
+        ] {
+            let result = try await run(BuildProducts.switchyard, arguments)
+            #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
+            #expect(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
+        }
+        // A known option still gets ArgumentParser's own message.
+        let missing = try await run(BuildProducts.switchyard, ["run"])
+        #expect(missing.status == 64)
+        #expect(missing.stderr.contains("Missing expected argument '--config <file>'"), "\(missing.stderr)")
+    }
+
     @Test("verify survives a plugin that crashes while loading")
     func verifyCrashingPlugin() async throws {
         let dir = try TemporaryDirectory()
@@ -51,11 +68,18 @@ struct CLITests {
         #expect(result.stderr.contains("crashed the loader with signal 11"), "\(result.stderr)")
     }
 
-    @Test("seconds given as inf, nan or out of range are refused naming the option (Double parses them; they used to trap)")
+    @Test("usage errors exit 64 naming the option: seconds given as inf, nan or out of range (Double parses them; they used to trap), options that do not go together")
     func nonFiniteSeconds() async throws {
         for (arguments, option) in [
             (["run", "--config", "x.yaml", "--drain", "inf"], "--drain must be"), (["run", "--config", "x.yaml", "--drain=-1"], "--drain must be"),
-            (["stats", "--url", "http://127.0.0.1:1", "--interval", "nan"], "--interval must be"),
+            (["stats", "--url", "http://127.0.0.1:1", "--watch", "--interval", "nan"], "--interval must be"),
+            // Options that were ignored, or refused only once the command ran (exit 1).
+            (["stats", "--url", "http://127.0.0.1:1", "--interval", "5"], "add --watch, or drop --interval"),
+            (["call", "--native", "x.so", "--config", "x.yaml", "--symbol", "f", "--signature", "void()"], "drop --config"),
+            (["call", "--native", "x.so"], "--native needs --symbol and --signature"),
+            (["call", "--config", "x.yaml", "--symbol", "f", "Math.add"], "--symbol is for --native LIB.so"),
+            (["call"], "give --config FILE and a route"),
+            (["call", "--config", "x.yaml", "--"], "which route?"),
             (["plugins", "verify", "--timeout", "inf", "x.so"], "--timeout must be"),
             (["run", "--config", "x.yaml", "--log-level", "loud"], "one of: trace"),
             // Zero blamed the plugin: every check failed as "timed out".
