@@ -16,6 +16,13 @@ public final class SQLiteDatabase {
     /// only reads a store another connection set up).
     public init(path: String, waitingWhenBusy: Bool = false) throws(TransportError) {
         self.path = path
+        // SQLite would open "" as a temporary database (then refuse WAL mode) and a directory
+        // as "unable to open database file" (in a directory that exists).
+        guard !path.isEmpty else { throw TransportError(.config, "config key 'path': must not be empty (leave it out for a store in memory)") }
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), isFolder.boolValue {
+            throw TransportError(.config, "config key 'path': \(path) is a directory; name a file in it, e.g. \((path as NSString).appendingPathComponent("store.db"))")
+        }
         // SQLite's own word for a missing directory is "unable to open database file": say which
         // directory, and what to do.
         let directory = (path as NSString).deletingLastPathComponent
@@ -130,7 +137,14 @@ public final class SQLiteDatabase {
             guard let pointer = sqlite3_column_text(statement, column) else { return "" }
             return String(decoding: UnsafeBufferPointer(start: pointer, count: Int(sqlite3_column_bytes(statement, column))), as: UTF8.self)
         }
-        /// Column `column`'s bytes, borrowed for `body`.
+        /// Column `column`'s bytes, copied (as `PostgresDatabase.Row.bytes` reads a `bytea`).
+        public func bytes(_ column: Int32) -> [UInt8] {
+            guard let pointer = sqlite3_column_blob(statement, column) else { return [] }
+            return Array(UnsafeRawBufferPointer(start: pointer, count: Int(sqlite3_column_bytes(statement, column))))
+        }
+        /// Column `column`'s bytes, borrowed for `body` (no copy). Inside a `row:` closure, name
+        /// the closure's error type — `{ (row) throws(TransportError) in try row.blob(0) { … } }`
+        /// — since a closure with a `try` is otherwise inferred to throw `any Error`.
         public func blob<R>(_ column: Int32, _ body: (UnsafeRawBufferPointer) throws(TransportError) -> R) throws(TransportError) -> R {
             let pointer = sqlite3_column_blob(statement, column)
             return try body(UnsafeRawBufferPointer(start: pointer, count: Int(sqlite3_column_bytes(statement, column))))

@@ -230,7 +230,7 @@ struct InboxTests {
         let error = await #expect(throws: SwitchyardError.self) { try await poster.post(1) }
         #expect(error?.code == .deadLettered, "\(String(describing: error))")
         #expect(error?.reason.contains("this route's inbox is in SQLite") == true, "\(String(describing: error))")
-        #expect(error?.reason.contains("Switchyard.inboxTransaction { (db: SQLiteDatabase) in … }") == true, "\(String(describing: error))")
+        #expect(error?.reason.contains("Switchyard.inboxTransaction { db in … } (the SQLite form, no type named)") == true, "\(String(describing: error))")
         await system.shutdown()
     }
 

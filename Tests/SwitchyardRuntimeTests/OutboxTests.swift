@@ -195,7 +195,8 @@ func outboxDepth(_ path: String) throws -> Int {
 /// is delivered in order, and the corrupt row stays with its reason (`remaining`: the
 /// `last_error` of the rows left).
 func expectCorruptRowSetAside(
-    outbox: String, postgres: Bool = false, leave: ([OutboxMessage]) throws -> Void, remaining: @escaping () throws -> [String]
+    outbox: String, postgres: Bool = false, leave: ([OutboxMessage]) throws -> Void, remaining: @escaping () throws -> [String],
+    depth: () throws -> Int
 ) async throws {
     let (system, seen, notices) = try await noticesWithOutboxes([outbox], concurrency: 1)
     func notice(_ id: Int) async throws {
@@ -227,6 +228,8 @@ func expectCorruptRowSetAside(
     #expect(await eventually { (try? remaining())?.count == 1 })
     let reasons = try remaining()
     #expect(reasons.count == 1 && reasons[0].hasPrefix("unreadable: "), "\(reasons)")
+    // It is not counted as waiting to be relayed (the shutdown notice's count): it never will be.
+    #expect(try depth() == 0)
     await system.shutdown()
 }
 
@@ -414,6 +417,8 @@ struct OutboxTests {
             var reasons: [String] = []
             try SQLiteDatabase(path: shop).run("SELECT last_error FROM switchyard_outbox") { row in reasons.append(row.text(0)) }
             return reasons
+        } depth: {
+            try SQLiteOutboxStorage(path: shop, sharedWithApplication: true).depth(transports: ["work"])
         }
     }
 
@@ -1006,6 +1011,10 @@ struct PostgresOutboxTests {
             var reasons: [String] = []
             try database.run("SELECT last_error FROM switchyard.outbox") { row in reasons.append(row.text(0)) }
             return reasons
+        } depth: {
+            let storage = try PostgresOutboxStorage(conninfo: server.conninfo, schema: "switchyard")
+            defer { storage.closeConnections() }
+            return try storage.depth(transports: ["work"])
         }
     }
 

@@ -384,7 +384,10 @@ enum InboxEffect: Sendable {
     }
 
     private static func mismatch(inbox: String, wanted: String) -> TransportError {
-        let call = inbox == "SQLite" ? "Switchyard.inboxTransaction { (db: SQLiteDatabase) in … }" : "Switchyard.inboxTransaction(PostgresDatabase.self) { db in … }"
+        let call =
+            inbox == "SQLite"
+            ? "Switchyard.inboxTransaction { db in … } (the SQLite form, no type named)"
+            : "Switchyard.inboxTransaction(PostgresDatabase.self) { db in … } (import SwitchyardPostgres)"
         return TransportError(.config, "this route's inbox is in \(inbox), but the handler's inboxTransaction takes a \(wanted): use \(call)")
     }
 }

@@ -114,7 +114,8 @@ protocol OutboxStorage: Sendable {
     /// that wait behind a refused one to their destination, which its retry time holds up (an
     /// operator looking for the refused row by its `last_error` must find that row alone).
     func unclaim(_ seqs: [Int64]) throws(TransportError)
-    /// How many messages to `transports` wait to be relayed.
+    /// How many messages to `transports` wait to be relayed (not rows set aside as unreadable:
+    /// they never will be).
     func depth(transports: [String]) throws(TransportError) -> Int
     /// Hangs up its connections now (the system's shutdown), not when it is released: a
     /// server's, and a file's (whose last close removes its WAL); a later call connects again.
@@ -269,7 +270,8 @@ final class SQLiteOutboxStorage: OutboxStorage {
         try database.withDatabase { (database) throws(TransportError) -> Int in
             var count = 0
             _ = try database.run(
-                "SELECT count(*) FROM switchyard_outbox WHERE transport IN (SELECT value FROM json_each(?))", [.text(Self.jsonArray(transports))]
+                "SELECT count(*) FROM switchyard_outbox WHERE transport IN (SELECT value FROM json_each(?)) AND claimed_until <> ?",
+                [.text(Self.jsonArray(transports)), .int(Self.setAside)]
             ) { row in count = Int(row.int(0)) }
             return count
         }
@@ -420,8 +422,8 @@ final class PostgresOutboxStorage: OutboxStorage {
             var count = 0
             try database.ensureConnected()
             try database.run(
-                "SELECT count(*)::bigint FROM \(schema).outbox WHERE transport IN (SELECT jsonb_array_elements_text($1::jsonb))",
-                [.text(Self.jsonArray(transports))]
+                "SELECT count(*)::bigint FROM \(schema).outbox WHERE transport IN (SELECT jsonb_array_elements_text($1::jsonb)) AND claimed_until <> $2",
+                [.text(Self.jsonArray(transports)), .int(Self.setAside)]
             ) { row in count = Int(row.int(0)) }
             return count
         }
