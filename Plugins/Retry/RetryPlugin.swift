@@ -38,6 +38,22 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
             }
         }
 
+        /// Records the batch's deliveries not settled as they were handed over, under one lock.
+        func record(_ deliveries: UnsafeBufferPointer<DeliveryID>, _ messages: [MessageView]) {
+            table.withLock { table in
+                let now = ContinuousClock.now
+                if table.count >= 100_000 { table = table.filter { now - $0.value.at < .seconds(3600) } }
+                for (index, message) in messages.enumerated() where !message.flags.contains(.settled) {
+                    table[deliveries[index]] = (message.attempt, now)
+                }
+            }
+        }
+
+        /// Forgets deliveries the subscriber refused.
+        func forget(_ deliveries: some Sequence<DeliveryID>) {
+            table.withLock { table in for delivery in deliveries { table.removeValue(forKey: delivery) } }
+        }
+
         func take(_ delivery: DeliveryID) -> UInt32? {
             table.withLock { $0.removeValue(forKey: delivery)?.attempt }
         }
@@ -68,14 +84,25 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
     }
 
     override func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
-        track(
-            try inner.subscribe(options) { [attempts] delivery, message in
-                // A delivery settled as it was handed over is never settled, so never retried.
-                if !message.flags.contains(.settled) { attempts.record(delivery, message.attempt) }
-                let status = subscriber.deliver(delivery, message.pointer)
-                if status != .ok { _ = attempts.take(delivery) }
-                return status
-            })
+        // Batches pass through whole (ABI 1.3) when the subscriber takes them: the inner
+        // transport's array is handed on as it came.
+        let attempts = self.attempts
+        let relay: BatchDeliveryHandler = { deliveries, messages in
+            attempts.record(deliveries, messages)
+            let taken = subscriber.deliver(batch: deliveries, relaying: messages)
+            if taken < messages.count { attempts.forget(deliveries[taken..<messages.count]) }
+            return taken
+        }
+        return track(
+            try inner.subscribe(
+                options,
+                handler: { [attempts] delivery, message in
+                    // A delivery settled as it was handed over is never settled, so never retried.
+                    if !message.flags.contains(.settled) { attempts.record(delivery, message.attempt) }
+                    let status = subscriber.deliver(delivery, message.pointer)
+                    if status != .ok { _ = attempts.take(delivery) }
+                    return status
+                }, batchHandler: subscriber.takesBatches ? relay : nil))
     }
 
     override func publish(_ batch: [MessageView], settling delivery: DeliveryID, _ settlement: Settlement) throws(TransportError) {
@@ -106,7 +133,7 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
         }
         if Int(attempt) >= policy.maxAttempts {
             host.count("dead_lettered")
-            return try inner.settle(delivery, .deadLetter(reason: "gave up after \(attempt) attempts: \(reason)"))
+            return try inner.settle(delivery, .deadLetter(reason: "gave up after \(attempt) attempt\(attempt == 1 ? "" : "s"): \(reason)"))
         }
         host.count("retried")
         try inner.settle(delivery, .retry(afterNanos: max(after, policy.backoff(afterAttempt: attempt)), reason: reason))

@@ -261,6 +261,29 @@ public struct Subscriber: @unchecked Sendable {
         StatusCode(rawValue: subscriber.deliver(subscriber.context, delivery, message))
     }
 
+    /// Relays a batch a decorator's inner transport delivered — the views its
+    /// `BatchDeliveryHandler` got, which are one C array's elements — in one `deliver_batch` call
+    /// when the subscriber offers it (no copy), else one `deliver` each until the first refusal.
+    /// Returns how many, from the first, the subscriber took; the rest are refused (return the
+    /// count to the inner transport as it is). Same locking rule as ``deliver(_:_:)``.
+    public func deliver(batch deliveries: UnsafeBufferPointer<DeliveryID>, relaying messages: [MessageView]) -> Int {
+        precondition(deliveries.count >= messages.count, "one delivery id per message")
+        guard !messages.isEmpty else { return 0 }
+        if let deliverBatch = subscriber.deliver_batch, messages.count > 1, Self.isOneArray(messages) {
+            return min(messages.count, deliverBatch(subscriber.context, deliveries.baseAddress, messages[0].pointer, messages.count))
+        }
+        for index in messages.indices where deliver(deliveries[index], messages[index].pointer) != .ok { return index }
+        return messages.count
+    }
+
+    /// Whether `messages` are the elements of one C array strided by the first's `struct_size`
+    /// (the ABI's rule for an array), so that the first's address hands on all of them.
+    private static func isOneArray(_ messages: [MessageView]) -> Bool {
+        let base = UnsafeRawPointer(messages[0].pointer)
+        let stride = Int(messages[0].pointer.pointee.struct_size)
+        return messages.indices.allSatisfy { UnsafeRawPointer(messages[$0].pointer) == base + $0 * stride }
+    }
+
     /// Hands several messages over: `deliveries[i]` delivers `messages[i]`. One `deliver_batch`
     /// call when the subscriber offers it (ABI 1.3), else one `deliver` each until the first
     /// refusal. Returns how many, from the first, the subscriber took (it settles each of those

@@ -581,7 +581,7 @@ public final class Broker: @unchecked Sendable {
     private var fullError: TransportError {
         TransportError(
             .full,
-            "the transport holds its capacity of \(options.capacity) messages; nothing was stored (consumers must catch up; or raise config key 'capacity', 0 for no limit, or set 'full_wait' so publishers wait for room)"
+            "the transport holds its capacity of \(options.capacity) messages; nothing was stored (consumers must catch up; dead letters count too, so replay or purge those looked at: switchyard dlq list|replay|purge; or raise config key 'capacity', 0 for no limit, or set 'full_wait' so publishers wait for room)"
         )
     }
 

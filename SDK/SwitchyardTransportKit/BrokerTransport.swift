@@ -53,7 +53,8 @@ public struct BrokerConfig: Decodable, Sendable {
             options.defaultMaxInFlight = UInt32(max_in_flight)
         }
         if let visibility_timeout {
-            guard visibility_timeout.nanoseconds > 0 else { throw TransportError(.config, "config key 'visibility_timeout': must be more than 0") }
+            // Below a millisecond a delivery would come back before any handler could settle it.
+            guard visibility_timeout.nanoseconds >= 1_000_000 else { throw TransportError(.config, "config key 'visibility_timeout': must be 1ms or more") }
             options.visibilityTimeoutNanos = visibility_timeout.nanoseconds
         }
         if let max_message_bytes {
@@ -73,7 +74,8 @@ public struct BrokerConfig: Decodable, Sendable {
             options.deadLetterSuffix = dead_letter_suffix
         }
         if let expiry_sweep {
-            guard expiry_sweep.nanoseconds > 0 else { throw TransportError(.config, "config key 'expiry_sweep': must be more than 0") }
+            // Below a millisecond the sweep would keep a core busy for nothing.
+            guard expiry_sweep.nanoseconds >= 1_000_000 else { throw TransportError(.config, "config key 'expiry_sweep': must be 1ms or more") }
             options.expirySweepNanos = expiry_sweep.nanoseconds
         }
         if let retain, retain < 0 { throw TransportError(.config, "config key 'retain': must be 0 or more") }

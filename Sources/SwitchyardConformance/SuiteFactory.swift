@@ -29,7 +29,8 @@ extension ConformanceSuite {
         var keysSetByKit: [String: String] = [:]
         if let isolationKey { keysSetByKit[isolationKey] = "for --isolation-key \(isolationKey): a plugin tested that way takes it — a name of its own for each instance's store" }
         if durableDirectory != nil && plugin.capabilities.contains(.durable) {
-            keysSetByKit["path"] = "for --durable: a plugin tested that way takes it — a file path for its store"
+            keysSetByKit["path"] =
+                "for --durable: a plugin tested that way takes it — a file path for its store; a plugin whose state lives in a server (nats, postgres, rabbitmq) is tested durable with --isolation-key KEY instead (stream, schema, prefix)"
         }
         return ConformanceSuite(plugin: plugin, capabilities: capabilities, durable: durable, keysSetByKit: keysSetByKit) { reopen in
             let number = reopen ? counter.load(ordering: .relaxed) : counter.add(1, ordering: .relaxed).newValue

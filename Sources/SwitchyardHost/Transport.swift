@@ -1,4 +1,5 @@
 import CSwitchyard
+import Foundation
 import Logging
 import Metrics
 import SwitchyardABI
@@ -114,7 +115,14 @@ public final class Transport: Sendable {
     ) throws(TransportError) {
         let wraps = plugin.capabilities.contains(.wrapsInner)
         if wraps && inner == nil {
-            throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' decorates another transport; set 'inner'", transport: name)
+            // `inner` one level too deep, inside the plugin's config, was read as missing.
+            let misplaced = ((try? JSONSerialization.jsonObject(with: Data(configJSON.utf8))) as? [String: Any])?["inner"] != nil
+            throw TransportError(
+                .config,
+                misplaced
+                    ? "transport '\(name)': 'inner' goes beside 'plugin:', not inside 'config:' (e.g. \(name): { plugin: \(plugin.name), inner: work })"
+                    : "transport '\(name)': plugin '\(plugin.name)' decorates another transport; set 'inner' (beside 'plugin:') to the transport it wraps",
+                transport: name)
         }
         if !wraps && inner != nil {
             throw TransportError(.config, "transport '\(name)': plugin '\(plugin.name)' does not wrap an inner transport; remove 'inner'", transport: name)

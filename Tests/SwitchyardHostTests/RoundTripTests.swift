@@ -174,12 +174,26 @@ struct RoundTripTests {
             ("libswitchyard-example-swift.so", "{\"max_in_flight\": \"lots\"}", "config key 'max_in_flight'"),
             ("libswitchyard-example-swift.so", "{\"max_in_flight\": 0}", "config key 'max_in_flight': must be at least 1"),
             ("libswitchyard-example-swift.so", "[1, 2]", "config must be a JSON object"),
+            // SQLite read "" as a temporary database, and a directory as a file it could not open.
+            ("libswitchyard-queue.so", "{\"path\": \"\"}", "config key 'path': must not be empty"),
+            ("libswitchyard-queue.so", "{\"path\": \"/tmp\"}", "config key 'path': /tmp is a directory; name a file in it, e.g. /tmp/store.db"),
+            ("libswitchyard-queue.so", "{\"visibility_timeout\": \"500us\"}", "config key 'visibility_timeout': must be 1ms or more"),
+            ("libswitchyard-topic.so", "{\"expiry_sweep\": \"1ns\"}", "config key 'expiry_sweep': must be 1ms or more"),
         ])
     func configErrors(_ file: String, _ config: String, _ expected: String) throws {
         let plugin = try PluginLoader().load(path: BuildProducts.path(file))
         let error = #expect(throws: TransportError.self) { _ = try Transport(name: "t", plugin: plugin, configJSON: config) }
         #expect(error?.code == .config)
         #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a decorator without 'inner' says to set it; with 'inner' inside its config, says where it goes")
+    func decoratorWithoutInner() throws {
+        let delay = try BuildProducts.plugin("delay")
+        let missing = #expect(throws: TransportError.self) { _ = try Transport(name: "later", plugin: delay, configJSON: "{}") }
+        #expect(missing?.message.contains("decorates another transport; set 'inner' (beside 'plugin:')") == true, "\(missing?.message ?? "")")
+        let misplaced = #expect(throws: TransportError.self) { _ = try Transport(name: "later", plugin: delay, configJSON: #"{"inner": "work"}"#) }
+        #expect(misplaced?.message.contains("'inner' goes beside 'plugin:', not inside 'config:'") == true, "\(misplaced?.message ?? "")")
     }
 
     @Test("a plugin whose create fails reports the error; the host carries on")

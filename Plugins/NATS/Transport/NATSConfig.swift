@@ -146,6 +146,13 @@ struct NATSSettings: Sendable {
         if let maxBytes = config.max_bytes, maxBytes <= 0 { throw fail("max_bytes", "must be positive (leave it out for no limit)") }
         name = config.name ?? "switchyard-\(instance)"
         credentials = config.credentials
+        // nats.c reads the file only when it connects, and says "error opening file" without the key.
+        if let file = config.credentials, !FileManager.default.isReadableFile(atPath: file) {
+            throw fail(
+                "credentials",
+                "cannot read '\(file)' (\(FileManager.default.fileExists(atPath: file) ? "not readable by this process" : "no such file")): point it at the .creds file `nsc generate creds` or your operator gave you"
+            )
+        }
         tls = config.tls
         // A client certificate without its key (or a key alone) would leave TLS client
         // authentication off without a word.

@@ -132,6 +132,7 @@ enum NATSLibrary {
         var orderingKey: String?
         var publisherOrder: [String]?
         var addedCloudEvent = false
+        var escapedKeys: [String] = []
         var keys: UnsafeMutablePointer<UnsafePointer<CChar>?>?
         var count: Int32 = 0
         if natsMsgHeader_Keys(natsMessage, &keys, &count) == NATS_OK, let keys {
@@ -150,6 +151,7 @@ enum NATSLibrary {
                     case NATSHeaders.orderingKey: orderingKey = value
                     case NATSHeaders.order: publisherOrder = value.split(separator: ",").map(String.init)
                     case NATSHeaders.addedCloudEvent: addedCloudEvent = true
+                    case NATSHeaders.escaped: escapedKeys = value.split(separator: ",").map(String.init)
                     default:
                         if byKey[key] == nil { keyOrder.append(key) }
                         byKey[key, default: []].append(value)
@@ -159,6 +161,7 @@ enum NATSLibrary {
             }
             free(keys)
         }
+        for key in escapedKeys { byKey[key] = byKey[key]?.map(NATSHeaders.unescape) }
         if addedCloudEvent {
             for key in [CloudEventsHeader.specVersion, CloudEventsHeader.id, CloudEventsHeader.source, CloudEventsHeader.type] {
                 byKey[key] = nil

@@ -287,13 +287,20 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         defer { natsMsg_Destroy(natsMessage) }
         var hasCloudEvent = false
         var order: [String] = []
+        var escaped: [String] = []
         for index in 0..<message.headerCount {
             let header = message.fields.headers[index]
             let key = String(header.key)
             if key == CloudEventsHeader.specVersion { hasCloudEvent = true }
             order.append(key)
-            natsMsgHeader_Add(natsMessage, key, String(header.value))
+            var value = String(header.value)
+            if NATSHeaders.needsEscaping(value) {
+                value = NATSHeaders.escape(value)
+                if !escaped.contains(key) { escaped.append(key) }
+            }
+            natsMsgHeader_Add(natsMessage, key, value)
         }
+        if !escaped.isEmpty { natsMsgHeader_Set(natsMessage, NATSHeaders.escaped, escaped.joined(separator: ",")) }
         if !hasCloudEvent {
             // Every message on the wire is a CloudEvent: give plain messages the required
             // attributes (and take them off again on delivery, so a message arrives as it left).
@@ -759,4 +766,47 @@ enum NATSHeaders {
     static let order = "sy-header-order"
     /// Marks the CloudEvents attributes the plugin added to a plain message.
     static let addedCloudEvent = "sy-ce-added"
+    /// The keys (comma-separated) whose values were escaped: a NATS header is one line, so a
+    /// line break in a value (a dead letter's history has one per attempt) would be lost.
+    static let escaped = "sy-header-escaped"
+
+    /// Whether `value` holds a character a NATS header line cannot carry.
+    static func needsEscaping(_ value: String) -> Bool { value.utf8.contains { $0 == 0x0A || $0 == 0x0D } }
+
+    /// `value` with `\`, line feeds and carriage returns written as `\\`, `\n` and `\r`.
+    static func escape(_ value: String) -> String {
+        var out = ""
+        out.reserveCapacity(value.utf8.count + 8)
+        for character in value.unicodeScalars {
+            switch character {
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            default: out.unicodeScalars.append(character)
+            }
+        }
+        return out
+    }
+
+    /// The inverse of ``escape(_:)``.
+    static func unescape(_ value: String) -> String {
+        var out = ""
+        var pendingBackslash = false
+        for character in value.unicodeScalars {
+            if pendingBackslash {
+                switch character {
+                case "n": out += "\n"
+                case "r": out += "\r"
+                default: out.unicodeScalars.append(character)
+                }
+                pendingBackslash = false
+            } else if character == "\\" {
+                pendingBackslash = true
+            } else {
+                out.unicodeScalars.append(character)
+            }
+        }
+        if pendingBackslash { out += "\\" }
+        return out
+    }
 }

@@ -400,7 +400,7 @@ extension SwitchyardActorSystem {
                 continue
             }
             route.metrics.deadLettered.increment()
-            let why = "gave up after \(attempt) attempts: \(reason)"
+            let why = "gave up after \(attempt) attempt\(attempt == 1 ? "" : "s"): \(reason)"
             logger.notice(
                 "giving up on a direct call (a transport would dead-letter it)",
                 metadata: [

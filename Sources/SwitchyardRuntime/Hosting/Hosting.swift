@@ -444,7 +444,7 @@ extension SwitchyardActorSystem {
                 } else {
                     route?.metrics.deadLettered.increment()
                     let attempts = Int(item.attempt)
-                    let why = policy.isRetryable(reason) ? "gave up after \(attempts) attempts: \(reason)" : "not retryable: \(reason)"
+                    let why = policy.isRetryable(reason) ? "gave up after \(attempts) attempt\(attempts == 1 ? "" : "s"): \(reason)" : "not retryable: \(reason)"
                     logger.notice(
                         "dead-lettering a call",
                         metadata: deadLetterLocation(item, hosted).merging([
@@ -625,10 +625,11 @@ extension SwitchyardActorSystem {
             // (a crashed host) that is not this one.
             return deadLetterIt(
                 "dead-lettering a call whose inbox transaction keeps failing",
-                stored: "gave up after \(item.attempt) deliveries (the route's max_deliveries): \(reason)")
+                stored: "gave up after \(item.attempt) deliver\(item.attempt == 1 ? "y" : "ies") (the route's max_deliveries): \(reason)")
         }
         if let policy = route?.retry, Int(item.attempt) >= policy.maxAttempts {
-            return deadLetterIt("dead-lettering a call whose inbox transaction keeps failing", stored: "gave up after \(item.attempt) attempts: \(reason)")
+            return deadLetterIt(
+                "dead-lettering a call whose inbox transaction keeps failing", stored: "gave up after \(item.attempt) attempt\(item.attempt == 1 ? "" : "s"): \(reason)")
         }
         let after = route?.retry?.backoff(afterAttempt: item.attempt) ?? 1_000_000_000
         logger.error("inbox transaction failed; the call runs again later", metadata: ["target": "\(target)", "attempt": "\(item.attempt)", "error": "\(error.message)"])
