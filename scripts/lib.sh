@@ -25,8 +25,9 @@ SWITCHYARD_TEST_PACKAGES="nats-server python3-venv postgresql rabbitmq-server ch
 
 # The suites that start many processes and kill them on purpose (the crash soak, plugins in child
 # processes, PostgreSQL servers, RabbitMQ brokers): they load both cores for seconds, so scripts/test
-# and scripts/sanitize run them after the rest, whose timing-bound tests would otherwise miss their
-# windows on a two-core machine.
+# runs them after the rest, whose timing-bound tests would otherwise miss their windows on a
+# two-core machine. (scripts/sanitize runs everything in one phase, at most 12 tests at a time,
+# which keeps them from crowding the rest out.)
 SWITCHYARD_HEAVY_SUITES="SoakTests|IsolationTests|PostgresTests|RabbitMQTests"
 
 # The suites that load the machine so much that nothing else may run beside them (a browser over

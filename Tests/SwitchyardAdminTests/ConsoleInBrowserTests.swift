@@ -105,7 +105,7 @@ struct ConsoleInBrowserTests {
         }
         follower.finish()  // its last lines ("drained and stopped") may still be in the pipe
         #expect(demo.terminationStatus == 0, "exit status \(demo.terminationStatus):\n\(lines.all.suffix(20).joined(separator: "\n"))")
-        #expect(await eventually(5) { lines.all.contains("drained and stopped") }, "\(lines.all.suffix(10))")
+        #expect(await eventually(30) { lines.all.contains("drained and stopped") }, "\(lines.all.suffix(10))")
     }
 }
 

@@ -69,7 +69,7 @@ struct PostgresTests {
             // saw it.
             let started = wallClockNanoseconds()
             try publisher.client.publish(Message(id: "n-\(index)", channel: "wake"))
-            #expect(await eventually(10) { inbox.count == index + 1 })
+            #expect(await eventually(30) { inbox.count == index + 1 })
             if inbox.count > index { latencies.append(.nanoseconds(inbox.received[index].at - started)) }
         }
         try #require(latencies.count == 10)
@@ -84,7 +84,7 @@ struct PostgresTests {
             #"INSERT INTO "wake".entries (channel, grp, attempt, visible_at, message) VALUES ('wake', '', 0, 0, $1)"#,
             [.blob(MessageCodec.encode(Message(id: "silent", channel: "wake")))])
         // The broker looks on its own at least at every sweep for expired messages (5 s).
-        #expect(await eventually(10) { inbox.received.contains { $0.message.id == "silent" } }, "an unannounced change was never found")
+        #expect(await eventually(30) { inbox.received.contains { $0.message.id == "silent" } }, "an unannounced change was never found")
     }
 
     /// As `DurableQueueTests.corruptRecord` and `corruptDeadLetter` on SQLite: a record that no
@@ -158,7 +158,7 @@ struct PostgresTests {
             _ = try transport.client.subscribe(SubscribeOptions(channel: "c"), handler: inbox.handler(client: transport.client))
             for index in 0..<50 { try transport.client.publish(Message(id: "c-\(round)-\(index)", channel: "c")) }
             #expect(await eventually(30) { inbox.count == 50 })
-            #expect(await eventually(10) { server.clientConnections >= 2 }, "round \(round): the pool and the listener connect (\(server.clientConnections) open)")
+            #expect(await eventually(30) { server.clientConnections >= 2 }, "round \(round): the pool and the listener connect (\(server.clientConnections) open)")
             transport.close()
             #expect(server.clientConnections == 0, "round \(round): \(server.clientConnections) connections still open after close returned")
         }
@@ -172,7 +172,7 @@ struct PostgresTests {
         let inbox = Collector()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "later"), handler: inbox.handler(client: transport.client))
         try transport.client.publish(Message(id: "before", channel: "later"))
-        #expect(await eventually(10) { inbox.count == 1 })
+        #expect(await eventually(30) { inbox.count == 1 })
         server.kill()
         let started = ContinuousClock.now
         let error = #expect(throws: TransportError.self) { try transport.client.publish(Message(id: "during", channel: "later")) }

@@ -98,7 +98,7 @@ struct RabbitMQTests {
         let inbox = Collector()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "secret"), handler: inbox.handler(client: transport.client))
         try transport.client.publish(Message(id: "over-tls", channel: "secret", body: Array("hush".utf8)))
-        #expect(await eventually(10) { inbox.received.contains { $0.message.id == "over-tls" } })
+        #expect(await eventually(30) { inbox.received.contains { $0.message.id == "over-tls" } })
         // Without the test CA the broker's certificate is not trusted: a clear error at creation.
         let error = #expect(throws: TransportError.self) { _ = try Self.transport("rabbitmq", url: url) }
         #expect(error?.code == .unavailable, "\(String(describing: error))")
@@ -137,7 +137,7 @@ struct RabbitMQTests {
         let inbox = Collector()
         _ = try transport.client.subscribe(SubscribeOptions(channel: "events", group: "audit"), handler: inbox.handler(client: transport.client))
         try transport.client.publish(Message(id: "before", channel: "events"))
-        #expect(await eventually(10) { inbox.count == 1 })
+        #expect(await eventually(30) { inbox.count == 1 })
         let deleted = try await offPool { try server.control(["delete_queue", "\(prefix).events~audit"]) }
         #expect(deleted.status == 0, "\(deleted.output)")
         // Published until one arrives: what is published before the group's queue is back has no

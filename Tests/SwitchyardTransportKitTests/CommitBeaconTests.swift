@@ -95,7 +95,7 @@ struct CommitBeaconTests {
         defer { listener.stop(); announcer.stop() }
         announcer.willWrite()
         announcer.didWrite(committed: true)
-        #expect(await eventually(5) { wakes.value >= 1 })
+        #expect(await eventually(30) { wakes.value >= 1 })
         // Claimed, they are the owner's to take, and no longer reach the handler.
         _ = listener.claimAnnouncements()
         let before = wakes.value
@@ -180,7 +180,7 @@ struct CommitBeaconTests {
         // The slot's lock goes with the file, closed once the watcher thread ended (≤ 200 ms) and
         // nothing holds the beacon any more.
         #expect(
-            await eventually(5) {
+            await eventually(30) {
                 let next = CommitBeacon(databasePath: path, slots: 2) {}
                 next.stop()
                 return next.slot == freed
@@ -197,7 +197,7 @@ struct CommitBeaconTests {
         let beacon = CommitBeacon(databasePath: path, changed: wakes.handler)
         defer { beacon.stop() }
         try writer.execute("INSERT INTO t VALUES (1)")  // writes the WAL; no counter moves
-        #expect(await eventually(5) { wakes.value >= 1 })
+        #expect(await eventually(30) { wakes.value >= 1 })
     }
 
     /// Which process wrote the WAL cannot be told: an announcement (here this process's own
@@ -217,6 +217,6 @@ struct CommitBeaconTests {
             usleep(2_000)
             if wakes.value >= 1 { break }
         }
-        #expect(await eventually(5) { wakes.value >= 1 })
+        #expect(await eventually(30) { wakes.value >= 1 })
     }
 }

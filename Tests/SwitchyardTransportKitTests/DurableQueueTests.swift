@@ -237,7 +237,7 @@ struct DurableQueueTests {
         // takes seconds, and that is not what this test is about.
         // Measured to the deliveries' own times, not to when a polling wait saw them.
         let producerDone = wallClockNanoseconds()
-        #expect(await eventually(10) { inbox.count >= 20 }, "got \(inbox.count) of 20 from the other process")
+        #expect(await eventually(30) { inbox.count >= 20 }, "got \(inbox.count) of 20 from the other process")
         let last = inbox.received.prefix(20).map(\.at).max() ?? .max
         #expect(last - producerDone < 3_000_000_000, "messages arrived \(Double(last - producerDone) / 1e9) s after the producer finished")
     }
