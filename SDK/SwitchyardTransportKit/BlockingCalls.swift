@@ -46,8 +46,7 @@ final class BlockingCalls: @unchecked Sendable {
         let number = threads
         condition.unlock()
         if start {
-            let thread = Thread { [self] in serve() }
-            thread.name = "\(name)-\(number)"
+            let thread = Thread(named: "\(name)-\(number)") { [self] in serve() }
             thread.start()
         }
     }

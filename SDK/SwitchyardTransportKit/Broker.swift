@@ -127,7 +127,7 @@ public final class Broker: @unchecked Sendable {
     private var publishesOffThread = 0
     /// Where they run: a few threads, not one per waiting publish (a full transport with a
     /// `full_wait` and thousands of publishing tasks would otherwise start thousands).
-    private let blockingCalls = BlockingCalls(name: "switchyard-publish-wait", maxThreads: 4)
+    private let blockingCalls = BlockingCalls(name: "switchyard-pub-wait", maxThreads: 4)
     private var nextLocalExpiry = Int64.max
     private var draining = false
     private var stopped = false
@@ -186,8 +186,7 @@ public final class Broker: @unchecked Sendable {
         wakeupPipe = pipe
         storeChanges = changes
         store.setChangeHandler { [weak self] in self?.wake() }
-        let thread = Thread { [self] in dispatchLoop() }
-        thread.name = shard.bits == 0 ? "switchyard-\(name)" : "switchyard-\(name)-\(shard.index)"
+        let thread = Thread(named: shard.bits == 0 ? "switchyard-\(name)" : "switchyard-\(name)-\(shard.index)") { [self] in dispatchLoop() }
         thread.start()
     }
 

@@ -147,7 +147,7 @@ final class CommitBeacon: @unchecked Sendable {
             fallback: file >= 0 ? Self.fallbackNanos : 0, queue: queue, changed: changed)
         // The thread keeps the beacon alive until it ends: the file (and with it the slot) is
         // closed in deinit, once neither the watcher nor the committing thread can use it.
-        let thread = Thread { [self] in
+        let thread = Thread(named: "switchyard-sqlite-watch") { [self] in
             watcherThread.withLock { $0 = pthread_self() }
             watcher.run(
                 announcements: announcements, stopWake: stopWake.reader, isClaimed: { ownerWaits.load(ordering: .acquiring) },
@@ -156,7 +156,6 @@ final class CommitBeacon: @unchecked Sendable {
             if walEvents >= 0 { close(walEvents) }
             watcherEnded.signal()
         }
-        thread.name = "switchyard-sqlite-watch"
         thread.start()
     }
 

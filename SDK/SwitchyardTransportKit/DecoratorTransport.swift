@@ -79,7 +79,7 @@ open class DecoratorTransport: TransportPlugin, @unchecked Sendable {
     /// Whether the subclass's info says ``PluginInfo/publishesAsynchronously`` (read once).
     private let passesPublishAsync: Bool
     /// Where publishes wait for an inner transport without `publish_async`.
-    private let innerPublishes = BlockingCalls(name: "switchyard-decorator-publish", maxThreads: 8)
+    private let innerPublishes = BlockingCalls(name: "switchyard-inner-pub", maxThreads: 8)
 
     open func subscribe(_ options: SubscribeOptions, _ subscriber: Subscriber) throws(TransportError) -> SubscriptionID {
         track(try inner.subscribe(options, passing: subscriber.raw))

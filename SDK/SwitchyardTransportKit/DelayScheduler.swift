@@ -78,8 +78,7 @@ public final class DelayScheduler: @unchecked Sendable {
         self.forward = forward
         heap = Heap(loaded)
         nextSeq = loaded.map(\.seq).max() ?? 0
-        let thread = Thread { [self] in timerLoop() }
-        thread.name = "switchyard-delay-timer"
+        let thread = Thread(named: "switchyard-delay-timer") { [self] in timerLoop() }
         thread.start()
     }
 

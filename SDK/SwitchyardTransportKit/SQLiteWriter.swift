@@ -155,12 +155,10 @@ public final class SQLiteWriter: @unchecked Sendable {
         self.walSync = walSync ?? db.walPath.flatMap(WALSync.init(walPath:))
         if self.walSync != nil, (try? db.execute("PRAGMA synchronous = NORMAL")) != nil { syncedMode = false }
         if walSync == nil, let own = self.walSync { Self.writeWALAhead(own, db) }
-        let thread = Thread { [self] in writerLoop() }
-        thread.name = "switchyard-sqlite-writer"
+        let thread = Thread(named: "switchyard-sqlite-writer") { [self] in writerLoop() }
         thread.start()
         if self.walSync != nil {
-            let syncer = Thread { [self] in syncerLoop() }
-            syncer.name = "switchyard-sqlite-sync"
+            let syncer = Thread(named: "switchyard-sqlite-sync") { [self] in syncerLoop() }
             syncer.start()
         } else {
             syncerDone = true

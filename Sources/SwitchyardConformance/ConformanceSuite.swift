@@ -338,7 +338,7 @@ final class CheckWorker: Sendable {
     private let ready = DispatchSemaphore(value: 0)
 
     init() {
-        let thread = Thread { [jobs, ready] in
+        let thread = Thread(named: "switchyard-conformance") { [jobs, ready] in
             while true {
                 ready.wait()
                 let next: (@Sendable () -> Void)?? = jobs.withLock { $0.isEmpty ? .none : .some($0.removeFirst()) }
@@ -349,7 +349,6 @@ final class CheckWorker: Sendable {
                 }
             }
         }
-        thread.name = "switchyard-conformance"
         thread.start()
     }
 

@@ -187,6 +187,21 @@ struct RoundTripTests {
         #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
     }
 
+    @Test("Switchyard's threads carry their names where top -H and ps -T read them: sy-…, 15 bytes at most")
+    func threadNames() async throws {
+        let transport = try Transport(name: "named", plugin: try BuildProducts.plugin("queue"), configJSON: "{}")
+        defer { transport.close() }
+        func kernelNames() -> Set<String> {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return Set(tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+        }
+        // The queue's dispatcher, named after its transport.
+        #expect(await eventually(30) { kernelNames().contains("sy-named") }, "\(kernelNames().sorted())")
+        #expect(Thread.kernelName(for: "switchyard-sqlite-writer") == "sy-sqlite-write")
+        #expect(Thread.kernelName(for: "switchyard-storage-12") == "sy-storage-12")
+        #expect(Thread.kernelName(for: "switchyard-aéééééééé") == "sy-aééééé", "cut at a character's end, not inside it")
+    }
+
     @Test("a decorator without 'inner' says to set it; with 'inner' inside its config, says where it goes")
     func decoratorWithoutInner() throws {
         let delay = try BuildProducts.plugin("delay")

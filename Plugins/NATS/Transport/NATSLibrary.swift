@@ -232,7 +232,7 @@ final class NATSSubscription: @unchecked Sendable {
     func start(_ deliver: @escaping ([OpaquePointer]) -> Void, afterFetch: @escaping () -> Void) {
         let deliver = UncheckedSendable(deliver)
         let afterFetch = UncheckedSendable(afterFetch)
-        let thread = Thread { [self] in
+        let thread = Thread(named: "switchyard-nats-fetch") { [self] in
             var failures = 0
             while true {
                 condition.lock()
@@ -273,7 +273,6 @@ final class NATSSubscription: @unchecked Sendable {
             condition.broadcast()
             condition.unlock()
         }
-        thread.name = "switchyard-nats-fetch"
         thread.start()
     }
 

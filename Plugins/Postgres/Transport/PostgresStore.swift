@@ -95,7 +95,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
         }
         // Not `self` in the writer's function: the store would never be released.
         let shared = shared
-        acknowledgements = BackgroundBatches(name: "switchyard-postgres-ack") { [pool, schema, notifier, host] refs in
+        acknowledgements = BackgroundBatches(name: "switchyard-pg-ack") { [pool, schema, notifier, host] refs in
             Self.delete(refs, pool: pool, schema: schema, own: own, host: host) {
                 notifier.add(())
                 shared.withLock { $0.changeHandler }?()
@@ -199,7 +199,7 @@ final class PostgresStore: MessageStore, @unchecked Sendable {
     /// lost (the process stopped between a commit and its notification) is made up for by the
     /// broker's own looks.
     private static func makeNotifier(pool: PostgresPool, channel: String, own: Guarded<Set<Int32>>) -> BackgroundBatches<Void> {
-        BackgroundBatches(name: "switchyard-postgres-notify") { _ in
+        BackgroundBatches(name: "switchyard-pg-notify") { _ in
             try? pool.withConnection { db throws(TransportError) in
                 noteOwnBackend(db, in: own)  // before sending: this process's listener ignores it
                 db.notify([channel])
@@ -638,7 +638,7 @@ final class PostgresListener: @unchecked Sendable {
     static let stopPatience: DispatchTimeInterval = .seconds(2)
 
     init(conninfo: String, channel: String, isOwn: @escaping @Sendable (Int32) -> Bool, changed: @escaping @Sendable () -> Void) {
-        let thread = Thread { [self] in
+        let thread = Thread(named: "switchyard-pg-listen") { [self] in
             threadID.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
             var connection: PostgresDatabase?
             while !stopped.load(ordering: .acquiring) {
@@ -666,7 +666,6 @@ final class PostgresListener: @unchecked Sendable {
             connection?.close()
             finished.signal()
         }
-        thread.name = "switchyard-postgres-listen"
         thread.start()
     }
 
@@ -708,8 +707,7 @@ final class BackgroundBatches<Item: Sendable>: @unchecked Sendable {
 
     init(name: String, write: @escaping @Sendable ([Item]) -> Void) {
         self.write = write
-        let thread = Thread { [self] in run() }
-        thread.name = name
+        let thread = Thread(named: name) { [self] in run() }
         self.thread = thread
         thread.start()
     }

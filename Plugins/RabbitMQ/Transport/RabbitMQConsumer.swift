@@ -83,8 +83,7 @@ final class RabbitMQConsumer: @unchecked Sendable {
         let connection = try connect()
         lock.withLock { state.generation = 1 }
         let handOff = ConnectionHandOff(connection: connection)
-        let thread = Thread { [self] in run(handOff.connection) }
-        thread.name = "switchyard-rabbitmq-consumer"
+        let thread = Thread(named: "switchyard-amqp-consume") { [self] in run(handOff.connection) }
         thread.start()
     }
 

@@ -92,7 +92,7 @@ public enum PluginHostServer {
     /// Serves on `fd` and returns the exit status for the process.
     public static func serve(fd: Int32, logger: Logger) -> Int32 {
         let parent = getppid()
-        let watchdog = Thread {
+        let watchdog = Thread(named: "switchyard-watchdog") {
             // The socket's end of stream covers a parent that dies; this covers a plugin that
             // hangs with the reader blocked elsewhere.
             while true {
@@ -100,7 +100,6 @@ public enum PluginHostServer {
                 if getppid() != parent { _exit(0) }
             }
         }
-        watchdog.name = "switchyard.plugin-host.watchdog"
         watchdog.start()
         let session = Session(fd: fd, logger: logger)
         return session.run()
@@ -191,8 +190,7 @@ public enum PluginHostServer {
         }
 
         private func startThread() {
-            let thread = Thread { [self] in serve() }
-            thread.name = "switchyard.plugin-host.serve"
+            let thread = Thread(named: "switchyard-serve") { [self] in serve() }
             thread.start()
         }
 

@@ -136,7 +136,7 @@ final class PluginProcess: @unchecked Sendable {
         onFrame: @escaping @Sendable (PluginProcess, Frame) -> Void,
         onEnd: @escaping @Sendable (PluginProcess, String) -> Void
     ) {
-        let thread = Thread { [self] in
+        let thread = Thread(named: "switchyard-child-\(pid)") { [self] in
             readerThread.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
             var failure: String?
             let reader = FrameReader(fd: fd)
@@ -157,7 +157,6 @@ final class PluginProcess: @unchecked Sendable {
             let reason = finish(protocolError: failure)
             onEnd(self, reason)
         }
-        thread.name = "switchyard.plugin-process.\(pid)"
         thread.start()
     }
 

@@ -702,8 +702,7 @@ final class ProcessIsolatedTransport: TransportInstance, @unchecked Sendable {
             metadata: [
                 "transport": "\(name)", "plugin": "\(plugin.name)", "reason": "\(reason)", "restart_in_ms": "\(wait / 1_000_000)",
             ])
-        let thread = Thread { [weak self] in self?.restart(after: wait) }
-        thread.name = "switchyard.plugin-restart"
+        let thread = Thread(named: "switchyard-restart") { [weak self] in self?.restart(after: wait) }
         thread.start()
     }
 

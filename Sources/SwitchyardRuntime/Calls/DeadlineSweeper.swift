@@ -36,8 +36,7 @@ final class DeadlineSweeper: @unchecked Sendable {
     /// A sweeper with a thread of its own, which lives as long as the process: keep the instance
     /// for good (``shared``, or a test's own).
     init() {
-        let thread = Thread { [unowned self] in while true { sweepOnce() } }
-        thread.name = "switchyard-direct-deadlines"
+        let thread = Thread(named: "switchyard-deadlines") { [unowned self] in while true { sweepOnce() } }
         thread.start()
     }
 

@@ -22,14 +22,13 @@ final class StorageCalls: Sendable {
 
     private init(threads: Int) {
         for index in 0..<threads {
-            let thread = Thread { [self] in
+            let thread = Thread(named: "switchyard-storage-\(index)") { [self] in
                 while true {
                     ready.wait()
                     guard let job = jobs.withLock({ $0.popFirst() }) else { continue }
                     job()
                 }
             }
-            thread.name = "switchyard-storage-\(index)"
             thread.start()
         }
     }

@@ -301,8 +301,7 @@ final class LeaseKeeperThread: @unchecked Sendable {
         keepers[ObjectIdentifier(keeper)] = keeper
         if !started {
             started = true
-            let thread = Thread { [self] in run() }
-            thread.name = "switchyard-leases"
+            let thread = Thread(named: "switchyard-leases") { [self] in run() }
             thread.start()
         }
         condition.unlock()

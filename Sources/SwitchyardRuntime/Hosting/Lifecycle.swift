@@ -141,8 +141,7 @@ extension SwitchyardActorSystem {
 /// cooperative pool's threads, of which there are as many as cores.
 func blockingOperation<R: Sendable>(_ work: @escaping @Sendable () -> R) async -> R {
     await withCheckedContinuation { continuation in
-        let thread = Thread { continuation.resume(returning: work()) }
-        thread.name = "switchyard-blocking"
+        let thread = Thread(named: "switchyard-blocking") { continuation.resume(returning: work()) }
         thread.start()
     }
 }

@@ -567,7 +567,7 @@ final class OutboxRelay: Sendable {
             return !state.started && !state.stopping
         }
         guard first else { return }
-        let thread = Thread { [self] in
+        let thread = Thread(named: "switchyard-outbox") { [self] in
             while !state.withLock({ $0.stopping }) {
                 // Every pass, busy or idle: messages for a transport no process relays wait
                 // however much else goes out (it looks once a minute at most).
@@ -578,7 +578,6 @@ final class OutboxRelay: Sendable {
             }
             finished.signal()
         }
-        thread.name = "switchyard-outbox"
         thread.start()
     }
 
