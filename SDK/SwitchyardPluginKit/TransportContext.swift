@@ -270,7 +270,8 @@ public struct Subscriber: @unchecked Sendable {
         precondition(deliveries.count >= messages.count, "one delivery id per message")
         guard !messages.isEmpty else { return 0 }
         if let deliverBatch = subscriber.deliver_batch, messages.count > 1, Self.isOneArray(messages) {
-            return min(messages.count, deliverBatch(subscriber.context, deliveries.baseAddress, messages[0].pointer, messages.count))
+            // A C subscriber's size_t arrives as Int: a "-1" must not read as a count.
+            return max(0, min(messages.count, deliverBatch(subscriber.context, deliveries.baseAddress, messages[0].pointer, messages.count)))
         }
         for index in messages.indices where deliver(deliveries[index], messages[index].pointer) != .ok { return index }
         return messages.count
@@ -299,7 +300,7 @@ public struct Subscriber: @unchecked Sendable {
             return messages.count
         }
         return messages.withCMessages { first, count in
-            min(count, deliveries.withUnsafeBufferPointer { deliverBatch(subscriber.context, $0.baseAddress, first, count) })
+            max(0, min(count, deliveries.withUnsafeBufferPointer { deliverBatch(subscriber.context, $0.baseAddress, first, count) }))
         }
     }
 }

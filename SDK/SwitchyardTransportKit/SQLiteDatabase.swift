@@ -18,7 +18,7 @@ public final class SQLiteDatabase {
         self.path = path
         // SQLite would open "" as a temporary database (then refuse WAL mode) and a directory
         // as "unable to open database file" (in a directory that exists).
-        guard !path.isEmpty else { throw TransportError(.config, "config key 'path': must not be empty (leave it out for a store in memory)") }
+        guard !path.isEmpty else { throw TransportError(.config, "config key 'path': must not be empty") }
         var isFolder: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), isFolder.boolValue {
             throw TransportError(.config, "config key 'path': \(path) is a directory; name a file in it, e.g. \((path as NSString).appendingPathComponent("store.db"))")

@@ -64,6 +64,11 @@ struct CallCommand: AsyncParsableCommand {
 
     /// Usage errors, refused before anything loads (exit 64, as every command's are).
     func validate() throws {
+        // Options ArgumentParser does not know land in `arguments` (it takes them all): a
+        // mistyped one before the route would be read as the route.
+        if let first = arguments.first, first.hasPrefix("--"), first != "--" {
+            throw ValidationError(UnknownOption.describe(String(first.prefix { $0 != "=" }), for: Self.self))
+        }
         if let native {
             guard config == nil else {
                 throw ValidationError("--native \(native) calls one function directly, without a config: drop --config (or drop --native to call through the config's routes)")
@@ -94,7 +99,7 @@ struct CallCommand: AsyncParsableCommand {
         if let separator = arguments.prefix(2).firstIndex(of: "--") { arguments.remove(at: separator) }
         // Before the call creates them: a mistyped path makes a new, empty store, where the call
         // waits for a host that reads another file.
-        let newStores = config.flatMap { try? readConfig($0) }.map { Self.storesNotYetCreated(route: arguments.first ?? "", in: $0) } ?? []
+        let newStores = config.flatMap { try? SwitchyardConfig.load(path: $0) }.map { Self.storesNotYetCreated(route: arguments.first ?? "", in: $0) } ?? []
         do {
             if let native {
                 try callDirectly(native, arguments)
@@ -123,7 +128,7 @@ struct CallCommand: AsyncParsableCommand {
         // Through a transport the call waits for a host; with none there, it times out.
         // switchyard run serves native modules only: a Swift method's host is the application.
         let interface = String((arguments.first ?? "").prefix { $0 != "." })
-        let parsed = try? readConfig(config)
+        let parsed = try? SwitchyardConfig.load(path: config)
         if parsed?.native.contains(where: { $0.interface == interface }) == true {
             printError("(switchyard run --config \(config) serves the native modules the config declares)")
         } else {

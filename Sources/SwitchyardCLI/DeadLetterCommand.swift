@@ -56,6 +56,9 @@ struct DeadLetterCommand: ParsableCommand {
         }
 
         func validate() throws {
+            if search.config == nil {
+                throw ValidationError("no config file: pass the one that declares transport '\(transport)' with --config FILE")
+            }
             if limit < 1 { throw ValidationError("--limit must be at least 1") }
             if channel.trimmingCharacters(in: .whitespaces).isEmpty {
                 throw ValidationError("--channel must not be empty: name the channel whose dead letters to read, e.g. payments (switchyard stats --channels lists them)")

@@ -25,7 +25,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
     var pluginDirectories: [String] = []
 
-    @Option(help: ArgumentHelp("How long draining may take, in seconds.", valueName: "seconds"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("How long draining may take, in seconds.", valueName: "seconds"))
     var drain: Double = 30
 
     func validate() throws {

@@ -22,8 +22,9 @@ struct SwitchyardCommand: AsyncParsableCommand {
         do {
             command = try parseAsRoot(arguments)
         } catch {
-            if let unknown = UnknownOption(in: arguments) {
-                FileHandle.standardError.write(Data((unknown.message + "\n").utf8))
+            // Only for a usage error: help, --version and a completion script end parsing too.
+            if exitCode(for: error) == .validationFailure, let unknown = UnknownOption(in: arguments) {
+                FileHandle.standardError.write(Data(("Error: " + unknown.message + "\n").utf8))
                 Foundation.exit(ExitCode.validationFailure.rawValue)
             }
             exit(withError: error)
@@ -43,9 +44,13 @@ struct SwitchyardCommand: AsyncParsableCommand {
 /// An option given to a subcommand that does not have it: the first one, with the subcommand's
 /// option of the nearest spelling.
 struct UnknownOption {
+    /// "unknown option '--confg' for 'switchyard run' (did you mean '--config'?)", and where to
+    /// see the options.
     let message: String
 
-    /// Nil when every `--option` before a lone `--` is one the named subcommand has.
+    /// Nil when every `--option` the named subcommand reads is one it has. The scan ends at a
+    /// lone `--`, and for `call` at its route (what follows is the call's own arguments); a
+    /// word where a subcommand was expected is left to ArgumentParser ("Unexpected argument").
     init?(in arguments: [String]) {
         var command: any ParsableCommand.Type = SwitchyardCommand.self
         var rest = arguments[...]
@@ -53,15 +58,54 @@ struct UnknownOption {
             command = sub
             rest = rest.dropFirst()
         }
-        let help = SwitchyardCommand.helpMessage(for: command, includeHidden: true)
-        let known = Self.longOptions(in: help).union(["--help", "--version", "--help-hidden", "--experimental-dump-help"])
-        let given = rest.prefix { $0 != "--" }.filter { $0.hasPrefix("--") && $0.count > 2 }.map { String($0.prefix { $0 != "=" }) }
-        guard let unknown = given.first(where: { !known.contains($0) }) else { return nil }
-        let name = ([Self.name(of: SwitchyardCommand.self)] + Self.path(to: command)).joined(separator: " ")
-        let nearest = known.filter { Self.distance($0, unknown) <= 2 }.min { Self.distance($0, unknown) < Self.distance($1, unknown) }
-        message =
-            "Error: unknown option '\(unknown)' for '\(name)'\(nearest.map { " (did you mean '\($0)'?)" } ?? "")\n"
+        if !command.configuration.subcommands.isEmpty, let next = rest.first, !next.hasPrefix("-") { return nil }
+        let options = Self.options(of: command)
+        var index = rest.startIndex
+        while index < rest.endIndex {
+            let word = rest[index]
+            if word == "--" { break }
+            if word.hasPrefix("--") {
+                let name = String(word.prefix { $0 != "=" })
+                guard let takesValue = options[name] else {
+                    message = Self.describe(name, for: command, among: options.keys)
+                    return
+                }
+                if takesValue && !word.contains("=") { index += 1 }  // its value, whatever it looks like
+            } else if !word.hasPrefix("-") && command == CallCommand.self {
+                break  // the route: the rest are its arguments
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    /// The message for `option`, which `command` does not have.
+    static func describe(_ option: String, for command: any ParsableCommand.Type, among known: some Sequence<String> = [String]()) -> String {
+        let known = Array(known).isEmpty ? Array(options(of: command).keys) : Array(known)
+        let name = ([name(of: SwitchyardCommand.self)] + path(to: command)).joined(separator: " ")
+        let nearest = known.filter { distance($0, option) <= 2 }.min { distance($0, option) < distance($1, option) }
+        return "unknown option '\(option)' for '\(name)'\(nearest.map { " (did you mean '\($0)'?)" } ?? "")\n"
             + "  See '\(name) --help' for its options."
+    }
+
+    /// Every `--option` of `command` (hidden ones and ArgumentParser's own included), and whether
+    /// it takes a value (`--config <file>` in its help).
+    static func options(of command: any ParsableCommand.Type) -> [String: Bool] {
+        var found: [String: Bool] = [:]
+        for builtIn in ["--help", "--version", "--help-hidden", "--experimental-dump-help"] { found[builtIn] = false }
+        found["--generate-completion-script"] = true
+        let help = SwitchyardCommand.helpMessage(for: command, includeHidden: true)
+        var characters = help[...]
+        while let start = characters.range(of: "--") {
+            let after = characters[start.upperBound...]
+            let name = after.prefix { $0.isLetter || $0.isNumber || $0 == "-" }
+            if let first = name.first, first.isLetter {
+                let takesValue = after.dropFirst(name.count).hasPrefix(" <")
+                found["--" + name] = (found["--" + name] ?? false) || takesValue
+            }
+            characters = after
+        }
+        return found
     }
 
     /// A command's name on the command line: its configured name, else its type's name in lower
@@ -82,31 +126,20 @@ struct UnknownOption {
         return walk(SwitchyardCommand.self, []) ?? []
     }
 
-    /// Every `--name` in a help text.
-    static func longOptions(in help: String) -> Set<String> {
-        var found: Set<String> = []
-        var characters = help[...]
-        while let start = characters.range(of: "--") {
-            let name = characters[start.upperBound...].prefix { $0.isLetter || $0.isNumber || $0 == "-" }
-            if let first = name.first, first.isLetter { found.insert("--" + name) }
-            characters = characters[start.upperBound...]
-        }
-        return found
-    }
-
     /// Levenshtein distance, for the suggestion.
     static func distance(_ a: String, _ b: String) -> Int {
         let a = Array(a)
         let b = Array(b)
+        guard !a.isEmpty else { return b.count }
         var previous = Array(0...b.count)
-        for i in 1...max(a.count, 1) where !a.isEmpty {
+        for i in 1...a.count {
             var current = [i] + Array(repeating: 0, count: b.count)
             for j in stride(from: 1, through: b.count, by: 1) {
                 current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
             }
             previous = current
         }
-        return a.isEmpty ? b.count : previous[b.count]
+        return previous[b.count]
     }
 }
 

@@ -21,6 +21,7 @@ struct VerifyPlugin: ParsableCommand {
     @OptionGroup var search: PluginSearchOptions
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Give up on a file whose loading takes longer than this many seconds (default: what discovery allows: the config's isolation call_timeout, or 30).",
             valueName: "seconds"))

@@ -52,10 +52,39 @@ struct CLITests {
             #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
             #expect(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
         }
-        // A known option still gets ArgumentParser's own message.
+        // Before call's route, where ArgumentParser hands every unknown word to the call; after
+        // the route, the words are the call's own.
+        let header = try await run(BuildProducts.switchyard, ["call", "--config", "x.yaml", "--hedaer", "a=b", "Math.add", "1"])
+        #expect(header.status == 64)
+        #expect(header.stderr.contains("unknown option '--hedaer' for 'switchyard call' (did you mean '--header'?)"), "\(header.stderr)")
+        let afterRoute = try await run(BuildProducts.switchyard, ["call", "--config", "x.yaml", "--symbol", "f", "Math.echo", "--hello"])
+        #expect(afterRoute.stderr.contains("--symbol is for --native"), "\(afterRoute.stderr)")
+        // A known option still gets ArgumentParser's own message, and so does a mistyped
+        // subcommand; help and completion scripts are not usage errors.
         let missing = try await run(BuildProducts.switchyard, ["run"])
         #expect(missing.status == 64)
         #expect(missing.stderr.contains("Missing expected argument '--config <file>'"), "\(missing.stderr)")
+        let subcommand = try await run(BuildProducts.switchyard, ["dlq", "lst", "--transport", "w"])
+        #expect(subcommand.status == 64)
+        #expect(!subcommand.stderr.contains("unknown option"), "\(subcommand.stderr)")
+        let completion = try await run(BuildProducts.switchyard, ["--generate-completion-script", "bash"])
+        #expect(completion.status == 0 && completion.stdout.contains("switchyard"), "\(completion.stderr)")
+    }
+
+    @Test("demo refuses a config that routes none of the example's calls; stats names a missing store once")
+    func foreignConfigs() async throws {
+        let dir = try TemporaryDirectory()
+        let other = dir.file("other.yaml")
+        try "transports:\n  jobs: { plugin: queue }\n".write(toFile: other, atomically: true, encoding: .utf8)
+        let demo = try await run(BuildProducts.switchyard, ["demo", "--config", other])
+        #expect(demo.status == 1)
+        #expect(demo.stderr.contains("routes no call of the orders example (Orders.place has no route)"), "\(demo.stderr)")
+        let config = dir.file("missing.yaml")
+        try "transports:\n  jobs:\n    plugin: queue\n    config:\n      path: \(dir.file("missing/jobs.db"))\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let stats = try await run(BuildProducts.switchyard, ["stats", "--config", config])
+        #expect(stats.status == 1)
+        #expect(stats.stderr.contains("no store at \(dir.file("missing/jobs.db"))"), "\(stats.stderr)")
+        #expect(!stats.stderr.contains("not opened"), "said once, as the error: \(stats.stderr)")
     }
 
     @Test("verify survives a plugin that crashes while loading")
@@ -72,6 +101,9 @@ struct CLITests {
     func nonFiniteSeconds() async throws {
         for (arguments, option) in [
             (["run", "--config", "x.yaml", "--drain", "inf"], "--drain must be"), (["run", "--config", "x.yaml", "--drain=-1"], "--drain must be"),
+            // A negative number after the option is its value, not an option ("Missing value" before).
+            (["run", "--config", "x.yaml", "--drain", "-1"], "--drain must be"),
+            (["stats", "--url", "http://127.0.0.1:1", "--watch", "--interval", "-1"], "--interval must be"),
             (["stats", "--url", "http://127.0.0.1:1", "--watch", "--interval", "nan"], "--interval must be"),
             // Options that were ignored, or refused only once the command ran (exit 1).
             (["stats", "--url", "http://127.0.0.1:1", "--interval", "5"], "add --watch, or drop --interval"),

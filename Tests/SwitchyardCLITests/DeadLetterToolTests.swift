@@ -202,10 +202,10 @@ struct DeadLetterToolTests {
         #expect(zero.status != 0 && zero.stderr.contains("--limit must be at least 1"), "\(zero.stderr)")
     }
 
-    @Test("without --config it says to pass the config file, naming the transport")
+    @Test("without --config it says to pass the config file, naming the transport (a usage error: exit 64)")
     func needsConfig() async throws {
         let result = try await run(BuildProducts.switchyard, ["dlq", "list", "--transport", "orders", "--channel", "orders"])
-        #expect(result.status == 1)
+        #expect(result.status == 64)
         #expect(result.stderr.contains("pass the one that declares transport 'orders' with --config FILE"), "\(result.stderr)")
         let stats = try await run(BuildProducts.switchyard, ["stats"])
         #expect(stats.status != 0)

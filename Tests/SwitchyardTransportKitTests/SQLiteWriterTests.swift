@@ -27,6 +27,23 @@ struct SQLiteWriterTests {
         #expect(stored == [0, 1, 2, 3, 5, 6, 7, 8, 9])
     }
 
+    /// What transactions.md shows an application: a row's columns read back as what was bound,
+    /// blobs both copied (`bytes`) and lent (`blob`, whose `row:` closure names its error type).
+    @Test("a row reads back what was bound: int, text, bytes, a lent blob, and NULL")
+    func rowReadsBackWhatWasBound() throws {
+        let dir = try TemporaryDirectory()
+        let db = try SQLiteDatabase(path: dir.file("rows.db"))
+        try db.execute("CREATE TABLE t (i INTEGER, s TEXT, b BLOB, n BLOB)")
+        try db.run("INSERT INTO t VALUES (?, ?, ?, ?)", [.int(-7), .text("größe"), .blob([0, 255, 10]), .null])
+        var read: (Int64, String, [UInt8], [UInt8], Bool, [UInt8])?
+        try db.run("SELECT i, s, b, n FROM t") { (row) throws(TransportError) in
+            read = (row.int(0), row.text(1), row.bytes(2), try row.blob(2) { Array($0) }, row.isNull(3), row.bytes(3))
+        }
+        let values = try #require(read)
+        #expect(values.0 == -7 && values.1 == "größe" && values.2 == [0, 255, 10] && values.3 == [0, 255, 10])
+        #expect(values.4 && values.5.isEmpty, "NULL reads as no bytes")
+    }
+
     /// Rows left for the end of a batch are written with it, in the order left; when writing them
     /// fails, the batch runs again one operation at a time, and only the operation whose row failed
     /// fails.

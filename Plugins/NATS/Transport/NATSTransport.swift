@@ -287,18 +287,19 @@ open class NATSTransport: TransportPlugin, @unchecked Sendable {
         defer { natsMsg_Destroy(natsMessage) }
         var hasCloudEvent = false
         var order: [String] = []
+        // A key with a line break in any of its values has every value escaped: the reader
+        // unescapes by key.
         var escaped: [String] = []
+        for index in 0..<message.headerCount where NATSHeaders.needsEscaping(message.fields.headers[index].value) {
+            let key = String(message.fields.headers[index].key)
+            if !escaped.contains(key) { escaped.append(key) }
+        }
         for index in 0..<message.headerCount {
             let header = message.fields.headers[index]
             let key = String(header.key)
             if key == CloudEventsHeader.specVersion { hasCloudEvent = true }
             order.append(key)
-            var value = String(header.value)
-            if NATSHeaders.needsEscaping(value) {
-                value = NATSHeaders.escape(value)
-                if !escaped.contains(key) { escaped.append(key) }
-            }
-            natsMsgHeader_Add(natsMessage, key, value)
+            natsMsgHeader_Add(natsMessage, key, escaped.contains(key) ? NATSHeaders.escape(String(header.value)) : String(header.value))
         }
         if !escaped.isEmpty { natsMsgHeader_Set(natsMessage, NATSHeaders.escaped, escaped.joined(separator: ",")) }
         if !hasCloudEvent {
@@ -770,8 +771,11 @@ enum NATSHeaders {
     /// line break in a value (a dead letter's history has one per attempt) would be lost.
     static let escaped = "sy-header-escaped"
 
-    /// Whether `value` holds a character a NATS header line cannot carry.
-    static func needsEscaping(_ value: String) -> Bool { value.utf8.contains { $0 == 0x0A || $0 == 0x0D } }
+    /// Whether `value` holds a character a NATS header line cannot carry (read in place).
+    static func needsEscaping(_ value: sy_str) -> Bool {
+        guard value.len > 0, let data = value.data else { return false }
+        return UnsafeRawBufferPointer(start: data, count: value.len).contains { $0 == 0x0A || $0 == 0x0D }
+    }
 
     /// `value` with `\`, line feeds and carriage returns written as `\\`, `\n` and `\r`.
     static func escape(_ value: String) -> String {
