@@ -15,6 +15,7 @@ struct AdminHandler: HTTPHandler {
 
     /// Every endpoint, for `GET /api` and for the 404 message.
     static let endpoints: [(path: String, what: String)] = [
+        ("/api", "this list"),
         ("/metrics", "Prometheus text format: every metric the runtime and the plugins record"),
         ("/health/live", "200 while the system has not stopped"),
         ("/health/ready", "200 while the system takes work, 503 while it drains and once stopped"),
@@ -30,16 +31,27 @@ struct AdminHandler: HTTPHandler {
             "/api/call",
             "POST {\"target\": \"Interface.method\", \"actor\": \"id\", \"arguments\": [JSON, …], \"headers\": {\"name\": \"value\"}}: a call by readable name (routes with readable_targets), or a native module's function; needs the token"
         ),
-        ("/", "the console: route map, rates, depths, dead letters, a call form"),
+        ("/", "the console: route map, rates, depths, dead letters, a call form (also /index.html; the form POSTs to /call)"),
         ("/channels", "the console's page of what each transport holds per channel"),
+        ("/dead-letters/TRANSPORT/CHANNEL", "the console's page of a channel's dead letters, with replay and purge forms"),
     ]
 
     func handleRequest(_ request: HTTPRequest) async throws -> HTTPResponse {
+        guard request.method == .HEAD else { return try await answer(request) }
+        // HEAD: what GET would answer, status and headers, without the body (HTTP forbids one).
+        var get = request
+        get.method = .GET
+        let response = try await answer(get)
+        return HTTPResponse(version: response.version, statusCode: response.statusCode, headers: response.headers, body: Data())
+    }
+
+    /// The answer to a GET or POST (or anything else: 405).
+    private func answer(_ request: HTTPRequest) async throws -> HTTPResponse {
         if let refusal = refusal(of: request) { return refusal }
         let segments = request.path.split(separator: "/").map { String($0).removingPercentEncoding ?? String($0) }
         if let answer = await deadLetters.handle(request, segments) { return answer }
         if request.path == "/api/call" || request.path == "/call" { return await call(request, form: request.path == "/call") }
-        guard request.method == .GET || request.method == .HEAD else {
+        guard request.method == .GET else {
             return Self.json(
                 .methodNotAllowed,
                 ["error": "\(request.method.rawValue) \(request.path): this endpoint only reads (GET); POST is for dead letters (…/replay, …/purge) and /api/call"])

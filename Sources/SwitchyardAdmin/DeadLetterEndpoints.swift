@@ -105,7 +105,7 @@ struct DeadLetterEndpoints {
             case .success(let outcome):
                 return AdminHandler.encoded(outcome)
             }
-        case (.GET, _), (.HEAD, _), (.POST, _):
+        case (.GET, _), (.POST, _):
             return AdminHandler.json(
                 .notFound, ["error": "dead letters are at /api/dead-letters, /api/dead-letters/TRANSPORT/CHANNEL and …/replay or …/purge (POST)"])
         default:

@@ -126,6 +126,11 @@ struct AdminEndpointTests {
             #expect(exposed.contains("switchyard_transport_\(counter){transport=\"work\"}"), "\(counter) missing in:\n\(exposed)")
         }
 
+        // HEAD answers what GET would, without the body.
+        let (headStatus, headBody, headHeaders) = try await running.get("/metrics", method: "HEAD")
+        #expect(headStatus == 200 && headBody.isEmpty && headHeaders["content-type"]?.hasPrefix("text/plain") == true, "\(headStatus) \(headBody)")
+        #expect(try await running.get("/no-such-page", method: "HEAD").0 == 404)
+
         let (apiStatus, json, _) = try await running.get("/api/transports")
         #expect(apiStatus == 200)
         let transports = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
