@@ -42,7 +42,9 @@ struct AdminHandler: HTTPHandler {
         var get = request
         get.method = .GET
         let response = try await answer(get)
-        return HTTPResponse(version: response.version, statusCode: response.statusCode, headers: response.headers, body: Data())
+        var headers = response.headers
+        headers[.contentLength] = String(try await response.bodyData.count)  // GET's, as HTTP asks
+        return HTTPResponse(version: response.version, statusCode: response.statusCode, headers: headers, body: Data())
     }
 
     /// The answer to a GET or POST (or anything else: 405).

@@ -66,7 +66,7 @@ struct CallCommand: AsyncParsableCommand {
     func validate() throws {
         // Options ArgumentParser does not know land in `arguments` (it takes them all): a
         // mistyped one before the route would be read as the route.
-        if let first = arguments.first, first.hasPrefix("--"), first != "--" {
+        if native == nil, let first = arguments.first, first.hasPrefix("--"), first != "--" {
             throw ValidationError(UnknownOption.describe(String(first.prefix { $0 != "=" }), for: Self.self))
         }
         if let native {

@@ -25,7 +25,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
     var pluginDirectories: [String] = []
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("How long draining may take, in seconds.", valueName: "seconds"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("How long draining may take, in seconds.", valueName: "seconds"), transform: seconds)
     var drain: Double = 30
 
     func validate() throws {
@@ -158,6 +158,15 @@ func startSystem(
         printError("error: \(error)")
         throw ExitCode(1)
     }
+}
+
+/// A number of seconds for an option parsed `.unconditional` (so that `-1` is read as its value,
+/// then refused by the command's range check, rather than as an option): a word that starts with
+/// `--` is the next option, the value missing.
+func seconds(_ text: String) throws -> Double {
+    if text.hasPrefix("--") { throw ValidationError("the value is missing ('\(text)' is the next option)") }
+    guard let value = Double(text) else { throw ValidationError("'\(text)' is not a number of seconds") }
+    return value
 }
 
 /// Reads a config file; a problem is printed with its key and line and the command exits 1.

@@ -54,7 +54,7 @@ struct SoakCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Keep the run's databases and logs here instead of a temporary directory.", valueName: "dir"))
     var directory: String?
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("Longest wait for the consumers to catch up at the end, in seconds.", valueName: "seconds"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Longest wait for the consumers to catch up at the end, in seconds.", valueName: "seconds"), transform: seconds)
     var settleTimeout: Double = 120
 
     @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
@@ -63,6 +63,7 @@ struct SoakCommand: AsyncParsableCommand {
     func validate() throws {
         guard cycles >= 0 else { throw ValidationError("--cycles must be 0 or more") }
         guard messages > 0 else { throw ValidationError("--messages must be at least 1") }
+        guard settleTimeout.isFinite, settleTimeout > 0 else { throw ValidationError("--settle-timeout must be more than 0 seconds (default 120)") }
         guard inbox || !outbox else { throw ValidationError("--outbox needs the inbox: the follow-ups commit with its records (drop --no-inbox)") }
         guard outbox || !followUpsWithoutOutbox else { throw ValidationError("--follow-ups-without-outbox is a control for --outbox: add --outbox") }
         guard inbox || engine == .sqlite else { throw ValidationError("--engine postgres records effects through the inbox: drop --no-inbox") }

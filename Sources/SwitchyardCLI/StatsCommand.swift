@@ -40,7 +40,7 @@ struct StatsCommand: AsyncParsableCommand {
     @Flag(help: "Print again every --interval seconds until interrupted.")
     var watch = false
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("Seconds between prints with --watch (default: 2).", valueName: "seconds"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Seconds between prints with --watch (default: 2).", valueName: "seconds"), transform: seconds)
     var interval: Double?
 
     /// The wait between prints: --interval, or 2 seconds.

@@ -24,7 +24,7 @@ struct VerifyPlugin: ParsableCommand {
         parsing: .unconditional,
         help: ArgumentHelp(
             "Give up on a file whose loading takes longer than this many seconds (default: what discovery allows: the config's isolation call_timeout, or 30).",
-            valueName: "seconds"))
+            valueName: "seconds"), transform: seconds)
     var timeout: Double?
 
     @Flag(help: .hidden)

@@ -39,7 +39,8 @@ struct AdminEndpointTests {
         ) async throws -> (Int, String, [String: String]) {
             // 60 s guards against a hang only: these tests check answers, not latency (10 s fell
             // short under AddressSanitizer on a loaded CI machine).
-            var arguments = ["-s", "-S", "-i", "--max-time", "60", "-X", method]
+            // HEAD with -I: with -X HEAD curl would wait for the body the length announces.
+            var arguments = ["-s", "-S", "-i", "--max-time", "60"] + (method == "HEAD" ? ["-I"] : ["-X", method])
             if let body { arguments += ["-H", "Content-Type: application/json", "--data-binary", body] }
             if let formBody { arguments += ["--data-binary", formBody] }
             for header in headers { arguments += ["-H", header] }
@@ -130,6 +131,9 @@ struct AdminEndpointTests {
         let (headStatus, headBody, headHeaders) = try await running.get("/metrics", method: "HEAD")
         #expect(headStatus == 200 && headBody.isEmpty && headHeaders["content-type"]?.hasPrefix("text/plain") == true, "\(headStatus) \(headBody)")
         #expect(try await running.get("/no-such-page", method: "HEAD").0 == 404)
+        let routesGet = try await running.get("/api/routes")
+        let routesHead = try await running.get("/api/routes", method: "HEAD")
+        #expect(routesHead.1.isEmpty && routesHead.2["content-length"] == String(routesGet.1.utf8.count), "HEAD's length is GET's: \(routesHead.2)")
 
         let (apiStatus, json, _) = try await running.get("/api/transports")
         #expect(apiStatus == 200)

@@ -104,6 +104,8 @@ struct CLITests {
             // A negative number after the option is its value, not an option ("Missing value" before).
             (["run", "--config", "x.yaml", "--drain", "-1"], "--drain must be"),
             (["stats", "--url", "http://127.0.0.1:1", "--watch", "--interval", "-1"], "--interval must be"),
+            (["stats", "--url", "http://127.0.0.1:1", "--watch", "--interval", "--json"], "the value is missing ('--json' is the next option)"),
+            (["soak", "--settle-timeout", "-5"], "--settle-timeout must be more than 0"),
             (["stats", "--url", "http://127.0.0.1:1", "--watch", "--interval", "nan"], "--interval must be"),
             // Options that were ignored, or refused only once the command ran (exit 1).
             (["stats", "--url", "http://127.0.0.1:1", "--interval", "5"], "add --watch, or drop --interval"),

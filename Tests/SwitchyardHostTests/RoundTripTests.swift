@@ -199,6 +199,8 @@ struct RoundTripTests {
         #expect(await eventually(30) { kernelNames().contains("sy-named") }, "\(kernelNames().sorted())")
         #expect(Thread.kernelName(for: "switchyard-sqlite-writer") == "sy-sqlite-write")
         #expect(Thread.kernelName(for: "switchyard-storage-12") == "sy-storage-12")
+        #expect(Thread.kernelName(for: "switchyard-notifications-3") == "sy-notificati-3", "a shard's number is kept")
+        #expect(Thread.kernelName(for: "switchyard-pid-4194303") == "sy-pid-4194303")
         #expect(Thread.kernelName(for: "switchyard-aéééééééé") == "sy-aééééé", "cut at a character's end, not inside it")
     }
 

@@ -136,7 +136,7 @@ final class PluginProcess: @unchecked Sendable {
         onFrame: @escaping @Sendable (PluginProcess, Frame) -> Void,
         onEnd: @escaping @Sendable (PluginProcess, String) -> Void
     ) {
-        let thread = Thread(named: "switchyard-child-\(pid)") { [self] in
+        let thread = Thread(named: "switchyard-pid-\(pid)") { [self] in
             readerThread.store(UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))), ordering: .releasing)
             var failure: String?
             let reader = FrameReader(fd: fd)
