@@ -338,7 +338,7 @@ final class CheckWorker: Sendable {
     private let ready = DispatchSemaphore(value: 0)
 
     init() {
-        let thread = Thread(named: "switchyard-conformance") { [jobs, ready] in
+        let thread = Thread(named: "switchyard-checks") { [jobs, ready] in
             while true {
                 ready.wait()
                 let next: (@Sendable () -> Void)?? = jobs.withLock { $0.isEmpty ? .none : .some($0.removeFirst()) }
