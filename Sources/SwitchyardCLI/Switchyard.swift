@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SwitchyardHost
 
 /// The `switchyard` command.
 @main
@@ -67,7 +68,7 @@ struct UnknownOption {
             if word.hasPrefix("--") {
                 let name = String(word.prefix { $0 != "=" })
                 guard let takesValue = options[name] else {
-                    message = Self.describe(name, for: command, among: options.keys)
+                    message = Self.describe(name, for: command)
                     return
                 }
                 if takesValue && !word.contains("=") { index += 1 }  // its value, whatever it looks like
@@ -80,10 +81,9 @@ struct UnknownOption {
     }
 
     /// The message for `option`, which `command` does not have.
-    static func describe(_ option: String, for command: any ParsableCommand.Type, among known: some Sequence<String> = [String]()) -> String {
-        let known = Array(known).isEmpty ? Array(options(of: command).keys) : Array(known)
+    static func describe(_ option: String, for command: any ParsableCommand.Type) -> String {
         let name = ([name(of: SwitchyardCommand.self)] + path(to: command)).joined(separator: " ")
-        let nearest = known.filter { distance($0, option) <= 2 }.min { distance($0, option) < distance($1, option) }
+        let nearest = TransportSet.nearest(to: option, among: Array(options(of: command).keys))
         return "unknown option '\(option)' for '\(name)'\(nearest.map { " (did you mean '\($0)'?)" } ?? "")\n"
             + "  See '\(name) --help' for its options."
     }
@@ -124,22 +124,6 @@ struct UnknownOption {
             return nil
         }
         return walk(SwitchyardCommand.self, []) ?? []
-    }
-
-    /// Levenshtein distance, for the suggestion.
-    static func distance(_ a: String, _ b: String) -> Int {
-        let a = Array(a)
-        let b = Array(b)
-        guard !a.isEmpty else { return b.count }
-        var previous = Array(0...b.count)
-        for i in 1...a.count {
-            var current = [i] + Array(repeating: 0, count: b.count)
-            for j in stride(from: 1, through: b.count, by: 1) {
-                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
-            }
-            previous = current
-        }
-        return previous[b.count]
     }
 }
 
