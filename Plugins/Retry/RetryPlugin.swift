@@ -31,21 +31,24 @@ final class RetryTransport: DecoratorTransport, @unchecked Sendable {
         private let table = Guarded<[DeliveryID: (attempt: UInt32, at: ContinuousClock.Instant)]>([:])
 
         func record(_ delivery: DeliveryID, _ attempt: UInt32) {
-            table.withLock { table in
-                let now = ContinuousClock.now
-                if table.count >= 100_000 { table = table.filter { now - $0.value.at < .seconds(3600) } }
-                table[delivery] = (attempt, now)
-            }
+            add { table, now in table[delivery] = (attempt, now) }
         }
 
         /// Records the batch's deliveries not settled as they were handed over, under one lock.
         func record(_ deliveries: UnsafeBufferPointer<DeliveryID>, _ messages: [MessageView]) {
-            table.withLock { table in
-                let now = ContinuousClock.now
-                if table.count >= 100_000 { table = table.filter { now - $0.value.at < .seconds(3600) } }
+            add { table, now in
                 for (index, message) in messages.enumerated() where !message.flags.contains(.settled) {
                     table[deliveries[index]] = (message.attempt, now)
                 }
+            }
+        }
+
+        /// Adds entries under the lock, once the table is large first dropping those older than an hour.
+        private func add(_ fill: (inout [DeliveryID: (attempt: UInt32, at: ContinuousClock.Instant)], ContinuousClock.Instant) -> Void) {
+            table.withLock { table in
+                let now = ContinuousClock.now
+                if table.count >= 100_000 { table = table.filter { now - $0.value.at < .seconds(3600) } }
+                fill(&table, now)
             }
         }
 
