@@ -93,13 +93,50 @@ public final class AdminServer: Service, Sendable {
             // Told to stop: the server library ends its accept loop with CancellationError or a
             // "disconnected" socket error, depending on timing. Neither is a failure then.
             if stopping.isSet || error is CancellationError { return }
-            if "\(error)".contains("errno: \(EADDRINUSE)") {
-                throw AdminError(
-                    "cannot serve the admin endpoint on \(settings.host):\(settings.port): the port is in use (another Switchyard process with the same admin address?); stop that process, or pick another port (admin.listen in the config; --admin for switchyard demo --serve and switchyard console; port 0 picks a free one)"
-                )
-            }
+            if "\(error)".contains("errno: \(EADDRINUSE)") { throw Self.portInUse(settings) }
             throw AdminError("cannot serve the admin endpoint on \(settings.host):\(settings.port): \(error)")
         }
+    }
+
+    /// Says whether the endpoint could listen where `settings` say, before anything starts: a
+    /// host checks it ahead of opening its transports, so that a port in use stops it having
+    /// started nothing. (Another process may still take the port in the moment between; ``run()``
+    /// then throws the same error.) Port 0 always passes. Throws ``AdminError`` naming the
+    /// address and what to do.
+    public static func checkCanListen(_ settings: SwitchyardConfig.AdminSection) throws {
+        guard settings.port != 0, let port = UInt16(exactly: settings.port) else { return }
+        let ipv6 = settings.host.contains(":")
+        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return }  // no socket to try with: run() reports what stops it
+        defer { close(fd) }
+        // As the server binds: an address whose last connections linger in TIME_WAIT is free.
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var bound: Int32 = -1
+        if ipv6 {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = port.bigEndian
+            guard inet_pton(AF_INET6, settings.host, &address.sin6_addr) == 1 else { return }
+            bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            guard inet_pton(AF_INET, settings.host, &address.sin_addr) == 1 else { return }
+            bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        }
+        if bound != 0 && errno == EADDRINUSE { throw portInUse(settings) }
+    }
+
+    private static func portInUse(_ settings: SwitchyardConfig.AdminSection) -> AdminError {
+        AdminError(
+            "cannot serve the admin endpoint on \(settings.host):\(settings.port): the port is in use (another Switchyard process with the same admin address?); stop that process, or pick another port (admin.listen in the config; --admin for switchyard demo --serve and switchyard console; port 0 picks a free one)"
+        )
     }
 
     /// Waits until it listens, and returns the port (the one picked, when the config says 0).

@@ -53,6 +53,13 @@ struct RunCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(1)
         }
+        if let admin = configured.admin {
+            // A port in use stops the host here, before any transport opens.
+            do { try AdminServer.checkCanListen(admin) } catch let error as AdminError {
+                printError("error: \(error)")
+                throw ExitCode(1)
+            }
+        }
         if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         // Every configured transport, routed or not: a host runs them all (a delay transport keeps
         // forwarding), and a problem in any of them stops it here, naming the key.

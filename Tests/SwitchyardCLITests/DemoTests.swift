@@ -169,6 +169,34 @@ struct DemoTests {
         #expect(!(run1.stdout + run1.stderr).contains("draining"), "\(run1.stdout)\(run1.stderr)")
     }
 
+    @Test("run, console and demo --serve refuse an admin port in use before they open any transport, exit 1")
+    func adminPortInUseStopsBeforeStart() async throws {
+        // A listening socket of this test's own holds the port.
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try #require(withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) } } == 0)
+        try #require(listen(holder, 1) == 0)
+        try #require(withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) } } == 0)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let directory = try TemporaryDirectory()
+        let path = directory.file("admin.yaml")
+        try "transports:\n  q: { plugin: queue, config: { path: \"\(directory.file("q.db"))\" } }\nroutes:\n  '*': { transport: q }\nadmin:\n  listen: 127.0.0.1:\(port)\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        for command in [
+            ["run", "--config", path, "--allow-empty"], ["console", "--config", path], ["demo", "--serve", "--admin", "127.0.0.1:\(port)"],
+        ] {
+            let result = try await run(BuildProducts.switchyard, command)
+            #expect(result.status == 1, "\(command): \(result.stderr)")
+            #expect(result.stderr.contains("127.0.0.1:\(port): the port is in use") && result.stderr.contains("port 0 picks a free one"), "\(command): \(result.stderr)")
+            // Refused before any transport opened: the queue's store was never created.
+            #expect(!FileManager.default.fileExists(atPath: directory.file("q.db")), "\(command)")
+        }
+    }
+
     @Test("run serves until SIGTERM, then drains and exits 0")
     func runDrainsOnSIGTERM() async throws {
         let directory = try TemporaryDirectory()
