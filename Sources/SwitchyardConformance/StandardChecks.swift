@@ -315,9 +315,14 @@ enum StandardChecks {
         // A plugin that redelivers after a visibility timeout has leases: 0 ("no time limit")
         // would tell a host that nothing needs extending.
         try c.expect(lease > 0, "extend reported a lease of \(lease) ns through out_lease_ns: report the default visibility timeout (0 means no time limit)")
+        // Where everything runs slower (a raised SWITCHYARD_CONFORMANCE_WAIT: sanitizers), every
+        // span below is three times as long: an extension that comes late on a loaded machine
+        // must not read as a lease the plugin failed to restart.
+        let scale: Double = Collector.defaultWaitSeconds > 5 ? 3 : 1
+        let leaseSeconds = 0.6 * scale
         let inbox = Collector()
         _ = try t.client.subscribe(
-            SubscribeOptions(channel: "lease", maxInFlight: 4, visibilityTimeoutNanos: 600_000_000),
+            SubscribeOptions(channel: "lease", maxInFlight: 4, visibilityTimeoutNanos: Int64(leaseSeconds * 1e9)),
             // First deliveries are held (extended below); a redelivery is acknowledged as it
             // arrives, so that a loaded machine's late settle cannot find its lease run out again.
             handler: inbox.handler(client: t.client) { $0.attempt >= 2 ? .ack : nil })
@@ -326,17 +331,17 @@ enum StandardChecks {
         try t.client.publish(batch: [message("lease-1", "lease"), message("lease-2", "lease")])
         try c.expect(inbox.wait(for: 2), "got \(inbox.count) of 2 deliveries")
         let held = inbox.received.map(\.delivery)
-        // Held two and a half times their 600 ms visibility timeout, extended every 150 ms: never
+        // Held two and a half times their visibility timeout, extended four times a lease: never
         // redelivered. (Three quarters of a lease to spare for each extension: a loaded machine
         // is slow.)
-        let until = Date().addingTimeInterval(1.5)
+        let until = Date().addingTimeInterval(2.5 * leaseSeconds)
         while Date() < until {
             let outcome = try t.client.extend(held)
             try c.expect(
                 outcome.count == 2 && outcome.allSatisfy { $0 == nil },
                 "extending two held deliveries in one call gave \(outcome.map { $0?.description ?? "ok" }) (not found: a lease was not restarted by an earlier extend, so it ran out?)"
             )
-            Thread.sleep(forTimeInterval: 0.15)
+            Thread.sleep(forTimeInterval: leaseSeconds / 4)
         }
         try c.expect(inbox.count == 2, "redelivered while its lease was being extended (\(inbox.count) deliveries of 2 messages)")
         // An unknown delivery beside a held one: not found for it alone.
@@ -358,7 +363,7 @@ enum StandardChecks {
             stale.count == 1 && (stale[0] == nil || stale[0]?.code == .notFound),
             "extending a delivery whose lease ran out gave \(stale.first.map { $0.map { "\($0)" } ?? "ok" } ?? "nothing"), expected not found (or ok)")
         if stale[0] == nil { c.note("a delivery whose lease ran out is extended without an error (the broker keeps the lease)") }
-        Thread.sleep(forTimeInterval: 0.8)  // past their lease
+        Thread.sleep(forTimeInterval: leaseSeconds * 4 / 3)  // past their lease
         try c.expect(inbox.count == 4, "a redelivery came again after it was acknowledged (\(inbox.count) deliveries)")
     }
 
