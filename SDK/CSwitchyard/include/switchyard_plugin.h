@@ -340,8 +340,12 @@ typedef struct sy_host_services {
      *  timeouts and deadlines. */
     int64_t (*monotonic_ns)(void *host_context);
 
-    /** Records a metric. `name` is borrowed and NUL-terminated (e.g. "published");
-     *  the host prefixes and labels it with the transport name. `kind` is a SY_METRIC_* value. */
+    /** Records a metric. `name` is borrowed and NUL-terminated (e.g. "published"); `kind` is a
+     *  SY_METRIC_* value. Switchyard's host records it as `switchyard_transport_<name>` with a
+     *  `transport` label holding the transport's name. A name has one kind in the whole process:
+     *  the first kind reported wins, and a later report under another kind is dropped (logged
+     *  once). Counters and timers take whole numbers from 0 to 2^63 (a fraction is cut off);
+     *  a value that is not finite is dropped. */
     void (*metric)(void *host_context, int32_t kind, const char *name, double value);
 
     /* ---- ABI 1.2 (present when SY_SIZE_THROUGH(sy_host_services, dead_lettered) <= struct_size) ---- */
@@ -637,8 +641,10 @@ typedef struct sy_plugin_descriptor {
      * returns), releases unsettled deliveries, frees everything. Whatever would keep another
      * instance or process from opening the same store (open files and their locks, a listening
      * socket) is let go before it returns, not later by a thread of the plugin's: the host may
-     * create the next instance on it at once. The host calls it exactly once, after every other
-     * call on the instance has returned. Required.
+     * create the next instance on it at once. The host calls it at most once, after every other
+     * call on the instance has returned. (Switchyard's host waits 10 s for calls still running
+     * in the plugin; should one still run then, it never destroys the instance, which keeps what
+     * it holds until the process exits, and says so in its log.) Required.
      */
     void (*destroy)(void *instance);
 
@@ -699,7 +705,10 @@ typedef struct sy_plugin_descriptor {
      * settle it) or be released, as the plugin can; either way drain returns SY_ERR_TIMEOUT.
      * After drain the instance stays closed until `destroy`: publishes get SY_ERR_CLOSED and
      * nothing is delivered (a subscribe is refused with SY_ERR_CLOSED, or succeeds and receives nothing). Optional (NULL: the
-     * host skips it).
+     * host skips it). Switchyard's runtime does not call it when it shuts down: it drains its own
+     * subscriptions (releasing the deliveries it holds with SY_SETTLE_RELEASE), unsubscribes and
+     * destroys, so what must happen at shutdown belongs in `unsubscribe` and `destroy`. The
+     * conformance kit calls it, and so does a plugin host process under isolation when told to.
      */
     sy_status (*drain)(void *instance, int64_t deadline_ns, sy_error *err);
 
