@@ -138,7 +138,10 @@ public final class PluginLoader: Sendable {
 
         // 3. Map it and find the entry.
         let started = monotonicNanoseconds()
-        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
+        // A name without a slash is, to dlopen, a library to search for (LD_LIBRARY_PATH, the
+        // system's directories), not the file checked above: "q.so" in the working directory
+        // would be refused as missing.
+        guard let handle = dlopen(path.contains("/") ? path : "./" + path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
             let message = dlerror().map { String(cString: $0) } ?? "unknown error"
             throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)\(Self.missingLibraryHint(message))")
         }

@@ -14,6 +14,15 @@ struct CLITests {
         #expect(result.stdout.contains("ok: example-swift 1.0.0, ABI 1.\(SY_ABI_MINOR), capabilities: queue"))
     }
 
+    @Test("verify takes a plugin in the working directory by its bare file name (dlopen alone would search the library path for it)")
+    func verifyBareFileName() async throws {
+        let directory = try TemporaryDirectory()
+        try FileManager.default.copyItem(atPath: BuildProducts.exampleSwift, toPath: directory.file("q.so"))
+        let result = try await run("/bin/sh", ["-c", "cd \"$0\" && exec \"$1\" plugins verify q.so", directory.path, BuildProducts.switchyard])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("ok: example-swift 1.0.0"), "\(result.stdout)\(result.stderr)")
+    }
+
     @Test(
         "verify rejects bad files with exit 1 and a one-line reason on stderr",
         arguments: [

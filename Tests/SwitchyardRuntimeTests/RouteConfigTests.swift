@@ -106,6 +106,11 @@ struct RouteConfigTests {
             ("Orders.place: { transport: direct, concurrency: 4 }", "routes.Orders.place.concurrency", "needs a transport"),
             ("Orders.place: { transport: direct, lease_renewal: 1m }", "routes.Orders.place.lease_renewal", "needs a transport"),
             ("Orders.place: { transport: q, retry: { max_attempts: 0 } }", "routes.Orders.place.retry.max_attempts", "must be at least 1"),
+            // The transport counts retries as deliveries: the last retry would read as a crash.
+            (
+                "Orders.place: { transport: q, max_deliveries: 3, retry: { max_attempts: 5 } }", "routes.Orders.place.max_deliveries",
+                "(3) is under retry.max_attempts (5): the transport counts every delivery, retries included"
+            ),
             ("Orders.place: { transport: q, retry: { jitter: half } }", "routes.Orders.place.retry.jitter", "must be \"full\" or \"none\""),
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
             ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),

@@ -125,6 +125,14 @@ final class Route: Sendable {
                 }
                 throw fail(.retry, under: key, String(error.message[range.upperBound...]))
             }
+            // The transport counts every delivery, retries included: a call would be taken for a
+            // crash (dead-lettered unrun) before the policy's own last attempt.
+            if let maxDeliveries = entry.maxDeliveries, maxDeliveries < policy.maxAttempts {
+                throw fail(
+                    .maxDeliveries,
+                    "(\(maxDeliveries)) is under retry.max_attempts (\(policy.maxAttempts)): the transport counts every delivery, retries included, so a failing call would be dead-lettered as a crash before its last retry; set it above max_attempts, e.g. \(policy.maxAttempts + 5)"
+                )
+            }
             retry = policy
         } else {
             retry = nil
