@@ -23,7 +23,6 @@ struct ListPlugins: ParsableCommand {
     func run() throws {
         let config = try search.loadConfig()
         let catalog = search.discover(config)
-        for warning in catalog.unsearchableDirectoryWarnings { printError("warning: \(warning)") }
         if json {
             struct Output: Encodable {
                 let plugins: [PluginJSON]

@@ -38,6 +38,12 @@ struct PluginSearchOptions: ParsableArguments {
         if let refusal = catalog.rejected.first(where: { $0.plugin == name }) {
             return "plugin '\(name)' was found but refused: \(refusal.path): \(refusal.reason)"
         }
+        // A file refused before its name was known (it crashed or hung while loading), named as
+        // the plugin's file would be: most likely the plugin meant.
+        let fileNames = ["libswitchyard-\(name).so", "\(name).so"]
+        if let refusal = catalog.rejected.first(where: { $0.plugin == nil && fileNames.contains(URL(fileURLWithPath: $0.path).lastPathComponent) }) {
+            return "plugin '\(name)' was not loaded: its file \(refusal.path) was refused: \(refusal.reason)"
+        }
         var message = "no plugin named '\(name)' on the search path (\(catalog.searched.map(\.path).joined(separator: ", ")))"
         if !catalog.rejected.isEmpty {
             message += "; refused: " + catalog.rejected.map { "\($0.path): \($0.reason)" }.joined(separator: "; ")
@@ -48,11 +54,15 @@ struct PluginSearchOptions: ParsableArguments {
         return message + ". " + TransportSet.unknownPluginAdvice(name, found: catalog.plugins.map(\.name), notPlugins: catalog.notPlugins)
     }
 
-    /// Every plugin in the search path, found behind a discovery probe; unprobed if no probe can run.
+    /// Every plugin in the search path, found behind a discovery probe; unprobed if no probe can
+    /// run. Warns on standard error of each named directory that does not exist: a mistyped one
+    /// must show, not let a plugin of the same name load from elsewhere.
     func discover(_ config: SwitchyardConfig) -> PluginCatalog {
         var quiet = Logger(label: "switchyard.plugins")
         quiet.logLevel = .critical  // the commands print refusals themselves
-        return discovery(config).catalogOrUnprobed(logger: quiet)
+        let catalog = discovery(config).catalogOrUnprobed(logger: quiet)
+        for warning in catalog.unsearchableDirectoryWarnings { printError("warning: \(warning)") }
+        return catalog
     }
 }
 

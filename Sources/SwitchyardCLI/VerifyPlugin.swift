@@ -76,7 +76,10 @@ struct VerifyPlugin: ParsableCommand {
             throw ExitCode(child.terminationStatus)
         default:
             let signal = child.terminationStatus
-            printError("\(path): crashed the loader with signal \(signal) (\(String(cString: strsignal(signal))))")
+            printError(
+                "\(path): crashed the loader with signal \(signal) (\(String(cString: strsignal(signal)))): its entry function or a static initialiser crashed as the file was loaded. "
+                    + "Keep both cheap and free of side effects (docs/writing-a-plugin.md); to see where, run the load under a debugger: "
+                    + "gdb -ex run --args switchyard plugins verify --in-process \(path)")
             throw ExitCode.failure
         }
     }

@@ -104,6 +104,22 @@ struct CLITests {
         #expect(result.status == 1)
         #expect(!result.signaled)
         #expect(result.stderr.contains("crashed the loader with signal 11"), "\(result.stderr)")
+        #expect(result.stderr.contains("its entry function or a static initialiser crashed") && result.stderr.contains("gdb"), "\(result.stderr)")
+        // Asked for by name, the file the probe refused is named first, with why.
+        let named = try await CCompiler.fixture("libswitchyard-crashy.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
+        let inspect = try await run(BuildProducts.switchyard, ["plugins", "inspect", "crashy", "--plugins-dir", dir.path])
+        #expect(inspect.status == 1)
+        #expect(inspect.stderr.hasPrefix("plugin 'crashy' was not loaded: its file \(named) was refused:"), "\(inspect.stderr)")
+    }
+
+    @Test("inspect and test warn of a --plugins-dir that does not exist, as list does: a mistyped one must show")
+    func missingDirectoryWarned() async throws {
+        let missing = "/nonexistent/switchyard-plugins-\(getpid())"
+        for arguments in [["plugins", "inspect", "queue", "--plugins-dir", missing], ["plugins", "test", "queue", "--check", "publish-deliver-ack", "--plugins-dir", missing]] {
+            let result = try await run(BuildProducts.switchyard, arguments)
+            #expect(result.status == 0, "\(arguments): \(result.stderr)")
+            #expect(result.stderr.contains("warning: ") && result.stderr.contains(missing), "\(arguments): \(result.stderr)")
+        }
     }
 
     @Test("usage errors exit 64 naming the option: seconds given as inf, nan or out of range (Double parses them; they used to trap), options that do not go together")

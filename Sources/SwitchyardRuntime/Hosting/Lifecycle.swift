@@ -13,6 +13,13 @@ extension SwitchyardActorSystem: Service {
         await shutdown()
     }
 
+    /// The system as a `Service` that drains within `deadline` on graceful shutdown (the system
+    /// itself, as a service, drains within 30 s):
+    /// `ServiceGroup(configuration: .init(services: [.init(service: system.service(drainingWithin: .seconds(60)))], …))`.
+    public func service(drainingWithin deadline: Duration) -> some Service {
+        DrainingWithin(system: self, deadline: deadline)
+    }
+
     /// Drains and stops, within `deadline`:
     ///
     /// 1. stops taking deliveries (they stay with the transport for other hosts), except calls
@@ -143,5 +150,15 @@ func blockingOperation<R: Sendable>(_ work: @escaping @Sendable () -> R) async -
     await withCheckedContinuation { continuation in
         let thread = Thread(named: "switchyard-blocking") { continuation.resume(returning: work()) }
         thread.start()
+    }
+}
+
+/// ``SwitchyardActorSystem/service(drainingWithin:)``.
+private struct DrainingWithin: Service {
+    let system: SwitchyardActorSystem
+    let deadline: Duration
+    func run() async throws {
+        try? await gracefulShutdown()
+        await system.shutdown(deadline: deadline)
     }
 }

@@ -18,6 +18,8 @@ logger.logLevel = .warning
 let system = try SwitchyardActorSystem(configPath: configPath, pluginDirectories: [pluginsDirectory], logger: logger)
 let worker = try system.host("worker", as: $Worker.self) { WorkerService(actorSystem: $0, onFirstCall: { say("working") }) }
 say("ready")
-let group = ServiceGroup(configuration: .init(services: [.init(service: system)], gracefulShutdownSignals: [.sigterm], logger: logger))
+// As docs/services.md shows it: the system as a service with a drain deadline of its own.
+let group = ServiceGroup(
+    configuration: .init(services: [.init(service: system.service(drainingWithin: .seconds(30)))], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
 try await group.run()
 say("finished \(try await worker.finishedCount())")
