@@ -99,6 +99,15 @@ struct TestPlugin: ParsableCommand {
         let failed = results.filter(\.failed)
         let passed = results.filter { if case .passed = $0.outcome { true } else { false } }
         print("\(passed.count) passed, \(failed.count) failed, \(results.count - passed.count - failed.count) skipped")
+        // A refused config is the command line's mistake, not the plugin's failing a check: say so.
+        let uncreated = results.contains { if case .skipped(let why) = $0.outcome { why.hasPrefix("not run: no instance could be created") } else { false } }
+        if uncreated {
+            printError(
+                pluginConfig == "{}"
+                    ? "error: no instance could be created with an empty config, so the other checks did not run (the failure above says why)"
+                    : "error: no instance could be created with --plugin-config \(pluginConfig), so the other checks did not run: fix that config (the failure above names the key), then run again"
+            )
+        }
         if !failed.isEmpty { throw ExitCode.failure }
     }
 

@@ -112,6 +112,14 @@ struct CLITests {
         #expect(inspect.stderr.hasPrefix("plugin 'crashy' was not loaded: its file \(named) was refused:"), "\(inspect.stderr)")
     }
 
+    @Test("test with a --plugin-config the plugin refuses says the config is at fault, not the plugin")
+    func refusedPluginConfig() async throws {
+        let result = try await run(BuildProducts.switchyard, ["plugins", "test", "queue", "--plugin-config", #"{"capacty": 5}"#])
+        #expect(result.status == 1)
+        #expect(result.stdout.contains("unknown config key 'capacty'"), "\(result.stdout)")
+        #expect(result.stderr.contains(#"no instance could be created with --plugin-config {"capacty": 5}"#) && result.stderr.contains("fix that config"), "\(result.stderr)")
+    }
+
     @Test("inspect and test warn of a --plugins-dir that does not exist, as list does: a mistyped one must show")
     func missingDirectoryWarned() async throws {
         let missing = "/nonexistent/switchyard-plugins-\(getpid())"
