@@ -99,14 +99,15 @@ public final class AdminServer: Service, Sendable {
     }
 
     /// Says whether the endpoint could listen where `settings` say, before anything starts: a
-    /// host checks it ahead of opening its transports, so that a port in use stops it having
+    /// host checks it ahead of opening its transports, so that a port in use (or an address it
+    /// cannot bind: not this machine's, a port below 1024 without the privilege) stops it having
     /// started nothing. (Another process may still take the port in the moment between; ``run()``
-    /// then throws the same error.) Port 0 always passes. Throws ``AdminError`` naming the
+    /// then throws the same error.) Port 0 is not checked. Throws ``AdminError`` naming the
     /// address and what to do.
     public static func checkCanListen(_ settings: SwitchyardConfig.AdminSection) throws {
         guard settings.port != 0, let port = UInt16(exactly: settings.port) else { return }
         let ipv6 = settings.host.contains(":")
-        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return }  // no socket to try with: run() reports what stops it
         defer { close(fd) }
         // As the server binds: an address whose last connections linger in TIME_WAIT is free.
@@ -130,7 +131,11 @@ public final class AdminServer: Service, Sendable {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
         }
-        if bound != 0 && errno == EADDRINUSE { throw portInUse(settings) }
+        guard bound != 0 else { return }
+        let failure = errno
+        if failure == EADDRINUSE { throw portInUse(settings) }
+        // An address this machine does not have, a port below 1024 without the privilege.
+        throw AdminError("cannot serve the admin endpoint on \(settings.host):\(settings.port): \(String(cString: strerror(failure)))")
     }
 
     private static func portInUse(_ settings: SwitchyardConfig.AdminSection) -> AdminError {

@@ -39,6 +39,8 @@ struct PluginHostCommand: ParsableCommand {
     var directories: [String] = []
 
     func run() throws {
+        // The parent reports a plugin that crashes this process, naming the file.
+        LoadCrashHint.disable()
         if probe {
             var pinned: [String: String] = [:]
             for pin in pins {

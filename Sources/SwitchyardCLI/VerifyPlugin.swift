@@ -42,7 +42,10 @@ struct VerifyPlugin: ParsableCommand {
     }
 
     func run() throws {
-        if inProcess { return try verifyHere() }
+        if inProcess {
+            LoadCrashHint.disable()  // the parent reports the crash, with the file
+            return try verifyHere()
+        }
         // The limit discovery applies with this config: its isolated transport's call_timeout.
         // Read before the child starts: a config that does not load must not leave it running.
         let limitNanos = try timeout.map { Int64($0 * 1e9) } ?? DiscoveryProbe.loadTimeoutNanos(search.discovery(search.loadConfig()).probe ?? ProcessIsolation())
@@ -76,10 +79,12 @@ struct VerifyPlugin: ParsableCommand {
             throw ExitCode(child.terminationStatus)
         default:
             let signal = child.terminationStatus
+            let again = ([CommandLine.arguments[0], "plugins", "verify", "--in-process", path] + (search.config.map { ["--config", $0] } ?? []))
+                .map { "'\($0.replacingOccurrences(of: "'", with: #"'\''"#))'" }.joined(separator: " ")
             printError(
-                "\(path): crashed the loader with signal \(signal) (\(String(cString: strsignal(signal)))): its entry function or a static initialiser crashed as the file was loaded. "
-                    + "Keep both cheap and free of side effects (docs/writing-a-plugin.md); to see where, run the load under a debugger: "
-                    + "gdb -ex run --args switchyard plugins verify --in-process \(path)")
+                "\(path): crashed the loader with signal \(signal) (\(String(cString: strsignal(signal)))): its entry function or a static initialiser crashed as the file was loaded "
+                    + "(or its descriptor holds a pointer the loader could not read). Keep both cheap and free of side effects (docs/writing-a-plugin.md); "
+                    + "to see where, run the load under a debugger: gdb -ex run --args \(again)")
             throw ExitCode.failure
         }
     }

@@ -141,14 +141,29 @@ public final class PluginLoader: Sendable {
         // A name without a slash is, to dlopen, a library to search for (LD_LIBRARY_PATH, the
         // system's directories), not the file checked above: "q.so" in the working directory
         // would be refused as missing.
-        guard let handle = dlopen(path.contains("/") ? path : "./" + path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
-            let message = dlerror().map { String(cString: $0) } ?? "unknown error"
-            throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)\(Self.missingLibraryHint(message))")
+        // Its initialisers run inside dlopen, its entry below: a crash in either is this process's,
+        // and says which file it was.
+        enum Loaded {
+            case refused(String)
+            case noEntry
+            case entered(UnsafePointer<sy_plugin_descriptor>?)
         }
-        // Never dlclose: see the type's documentation. RTLD_NODELETE keeps it mapped regardless.
-        guard let symbol = dlsym(handle, SY_PLUGIN_ENTRY_SYMBOL) else { throw Self.missingEntry(path) }
-        let entry = unsafeBitCast(symbol, to: sy_plugin_entry_fn.self)
-        guard let raw = entry(UInt32(SY_ABI_MAJOR)) else {
+        let loaded = LoadCrashHint.around(path: path) { () -> Loaded in
+            guard let handle = dlopen(path.contains("/") ? path : "./" + path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
+                return .refused(dlerror().map { String(cString: $0) } ?? "unknown error")
+            }
+            // Never dlclose: see the type's documentation. RTLD_NODELETE keeps it mapped regardless.
+            guard let symbol = dlsym(handle, SY_PLUGIN_ENTRY_SYMBOL) else { return .noEntry }
+            return .entered(unsafeBitCast(symbol, to: sy_plugin_entry_fn.self)(UInt32(SY_ABI_MAJOR)))
+        }
+        let entered: UnsafePointer<sy_plugin_descriptor>?
+        switch loaded {
+        case .refused(let message):
+            throw Rejection(path: path, kind: .loadFailed, reason: "the dynamic loader refused it: \(message)\(Self.missingLibraryHint(message))")
+        case .noEntry: throw Self.missingEntry(path)
+        case .entered(let descriptor): entered = descriptor
+        }
+        guard let raw = entered else {
             throw Rejection(
                 path: path, kind: .entryRefused,
                 reason: "the entry returned NULL: the plugin refused a host of ABI major \(SY_ABI_MAJOR) (an entry returns NULL for a "

@@ -117,7 +117,7 @@ struct CLITests {
         let result = try await run(BuildProducts.switchyard, ["plugins", "test", "queue", "--plugin-config", #"{"capacty": 5}"#])
         #expect(result.status == 1)
         #expect(result.stdout.contains("unknown config key 'capacty'"), "\(result.stdout)")
-        #expect(result.stderr.contains(#"no instance could be created with --plugin-config {"capacty": 5}"#) && result.stderr.contains("fix that config"), "\(result.stderr)")
+        #expect(result.stderr.contains(#"no instance could be created with --plugin-config {"capacty": 5}"#) && result.stderr.contains("which key was refused"), "\(result.stderr)")
     }
 
     @Test("inspect and test warn of a --plugins-dir that does not exist, as list does: a mistyped one must show")
@@ -128,6 +128,21 @@ struct CLITests {
             #expect(result.status == 0, "\(arguments): \(result.stderr)")
             #expect(result.stderr.contains("warning: ") && result.stderr.contains(missing), "\(arguments): \(result.stderr)")
         }
+    }
+
+    @Test("a host that loads a crashing plugin in process dies naming the file and plugins.probe (it printed only a backtrace through the dynamic loader)")
+    func crashWhileLoadingNamesTheFile() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("libswitchyard-crashy.so", in: dir.path, defines: ["FIXTURE_CRASH_IN_ENTRY"])
+        let config = dir.file("host.yaml")
+        try "transports:\n  q: { plugin: queue }\n".write(toFile: config, atomically: true, encoding: .utf8)
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWIFT_BACKTRACE"] = "enable=no"  // the signal, not the backtracer's report, is what this test reads
+        let result = try await run(BuildProducts.switchyard, ["run", "--config", config, "--plugins-dir", dir.path, "--allow-empty"], environment: environment)
+        #expect(result.signaled, "\(result.stderr)")
+        #expect(
+            result.stderr.contains("the plugin file \(path) crashed this process while loading") && result.stderr.contains("plugins.probe: true"),
+            "\(result.stderr)")
     }
 
     @Test("usage errors exit 64 naming the option: seconds given as inf, nan or out of range (Double parses them; they used to trap), options that do not go together")

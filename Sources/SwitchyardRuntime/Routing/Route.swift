@@ -130,7 +130,7 @@ final class Route: Sendable {
             if let maxDeliveries = entry.maxDeliveries, maxDeliveries < policy.maxAttempts {
                 throw fail(
                     .maxDeliveries,
-                    "(\(maxDeliveries)) is under retry.max_attempts (\(policy.maxAttempts)): the transport counts every delivery, retries included, so a failing call would be dead-lettered as a crash before its last retry; set it above max_attempts, e.g. \(policy.maxAttempts + 5)"
+                    "(\(maxDeliveries)) is under retry.max_attempts (\(policy.maxAttempts)): the transport counts every delivery, retries included, so a failing call would be dead-lettered as a crash before its last retry; set it to at least max_attempts, better with room for crashed hosts' deliveries, e.g. \(policy.maxAttempts + 5)"
                 )
             }
             retry = policy
