@@ -113,23 +113,20 @@ public final class AdminServer: Service, Sendable {
         // As the server binds: an address whose last connections linger in TIME_WAIT is free.
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-        var bound: Int32 = -1
+        func bindTo<Address>(_ address: Address) -> Int32 {
+            withUnsafePointer(to: address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<Address>.size)) } }
+        }
+        let bound: Int32
         if ipv6 {
             var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_port = port.bigEndian
+            (address.sin6_family, address.sin6_port) = (sa_family_t(AF_INET6), port.bigEndian)
             guard inet_pton(AF_INET6, settings.host, &address.sin6_addr) == 1 else { return }
-            bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            }
+            bound = bindTo(address)
         } else {
             var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
+            (address.sin_family, address.sin_port) = (sa_family_t(AF_INET), port.bigEndian)
             guard inet_pton(AF_INET, settings.host, &address.sin_addr) == 1 else { return }
-            bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
+            bound = bindTo(address)
         }
         guard bound != 0 else { return }
         let failure = errno
