@@ -30,6 +30,9 @@
  *   FIXTURE_KEEPS_INNER      a decorator that keeps the host's `args->inner` pointer past create (the
  *                            header allows it until destroy) and publishes through it; a publish
  *                            finds SY_ERR_INTERNAL if what it points at changed since create
+ *   FIXTURE_INSTALLS_SIGNAL_HANDLER  installs a SIGSEGV handler of its own as it loads (as a Go or
+ *                            .NET runtime or a crash reporter does), which passes signals on to the
+ *                            handler it found; exported as fixture_segv_handler
  *   FIXTURE_INSTANCE_CAPABILITIES  declares SY_CAP_QUEUE | SY_CAP_DURABLE; its instances keep only
  *                            SY_CAP_QUEUE (instance_capabilities, 1.8), and claim bit 41, which the
  *                            descriptor lacks (a host must ignore it)
@@ -53,6 +56,29 @@
 #endif
 
 static int instance_token;
+
+#ifdef FIXTURE_INSTALLS_SIGNAL_HANDLER
+#include <signal.h>
+static struct sigaction fixture_previous_segv;
+/* Passes the signal on to what it found, as a language runtime's handler does. */
+void fixture_segv_handler(int sig, siginfo_t *info, void *context) {
+    if (fixture_previous_segv.sa_flags & SA_SIGINFO) {
+        if (fixture_previous_segv.sa_sigaction) fixture_previous_segv.sa_sigaction(sig, info, context);
+    } else if (fixture_previous_segv.sa_handler == SIG_DFL || fixture_previous_segv.sa_handler == SIG_IGN) {
+        sigaction(sig, &fixture_previous_segv, NULL);
+    } else {
+        fixture_previous_segv.sa_handler(sig);
+    }
+}
+__attribute__((constructor)) static void fixture_install_handler(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = fixture_segv_handler;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &fixture_previous_segv);
+}
+#endif
 
 #ifdef FIXTURE_KEEPS_INNER
 static const sy_transport_ref *kept_inner; /* the host's pointer, kept */

@@ -141,7 +141,7 @@ struct CLITests {
         let result = try await run(BuildProducts.switchyard, ["run", "--config", config, "--plugins-dir", dir.path, "--allow-empty"], environment: environment)
         #expect(result.signaled, "\(result.stderr)")
         #expect(
-            result.stderr.contains("the plugin file \(path) crashed this process while loading") && result.stderr.contains("plugins.probe: true"),
+            result.stderr.contains("the plugin file \(path) stopped this process with a fatal signal while loading") && result.stderr.contains("plugins.probe: true"),
             "\(result.stderr)")
     }
 

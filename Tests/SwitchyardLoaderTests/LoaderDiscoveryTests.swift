@@ -74,6 +74,25 @@ struct LoaderDiscoveryTests {
             ])
     }
 
+    @Test("a signal handler a plugin installs as it loads stays installed; the others are as they were")
+    func pluginSignalHandlerKept() async throws {
+        let dir = try TemporaryDirectory()
+        let path = try await CCompiler.fixture("handler.so", in: dir.path, defines: ["FIXTURE_INSTALLS_SIGNAL_HANDLER", "FIXTURE_NAME=\"handler\""])
+        func current(_ signal: Int32) -> UnsafeRawPointer? {
+            var action = sigaction()
+            sigaction(signal, nil, &action)
+            return unsafeBitCast(action.__sigaction_handler.sa_handler, to: UnsafeRawPointer?.self)
+        }
+        let busBefore = current(SIGBUS)
+        // The loader watches the load for crashes with handlers of its own, and gives back only
+        // those it still holds afterwards: the plugin's SIGSEGV handler must survive that.
+        _ = try PluginLoader().load(path: path)
+        let handle = try #require(dlopen(path, RTLD_NOW | RTLD_NOLOAD))
+        let installed = try #require(dlsym(handle, "fixture_segv_handler"))
+        #expect(current(SIGSEGV) == UnsafeRawPointer(installed), "the plugin's SIGSEGV handler was replaced")
+        #expect(current(SIGBUS) == busBefore, "SIGBUS's handler is not what it was before the load")
+    }
+
     @Test("a plugin earlier on the search path shadows a bundled one of the same name")
     func earlierDirectoryWins() async throws {
         let dir = try TemporaryDirectory()
