@@ -24,7 +24,7 @@ import Synchronization
 /// host under isolation — turn it off (``disable()``).
 package enum LoadCrashHint {
     #if os(Linux)
-        private static let signals: [Int32] = [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT]
+        private static let signals: [Int32] = [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP]
         /// Whether loads are watched; the lock also keeps one load at a time inside.
         private static let lock = Guarded(true)
         private static let capacity = 4096
@@ -66,6 +66,7 @@ package enum LoadCrashHint {
                     return count + 1
                 }
                 loadingThread.pointee = pthread_self()
+                loading.store(false, ordering: .relaxed)  // initialised here, never first inside a handler
                 install()
                 loading.store(true, ordering: .releasing)
                 defer {
@@ -87,16 +88,19 @@ package enum LoadCrashHint {
                 for index in 0..<signals.count { sigaction(signals[index], nil, previous + index) }
                 installedOnce.store(true, ordering: .releasing)
             }
-            var action = sigaction()
-            action.__sigaction_handler.sa_sigaction = handler
-            action.sa_flags = SA_SIGINFO | SA_ONSTACK
-            sigemptyset(&action.sa_mask)
             for index in 0..<signals.count {
                 var current = sigaction()
                 sigaction(signals[index], nil, &current)
                 // A handler installed since (a plugin's) that is not ours: it is the one to keep
                 // in front; it passes signals on to whatever it found, which may be this one.
                 guard isOurs(current) || isPrevious(current, index) else { continue }
+                // With the mask and deferral the handler found asked for, so that calling it from
+                // here gives it the signal mask the kernel would have (Swift's backtracer starts a
+                // thread that must be able to take SIGSEGV itself).
+                var action = sigaction()
+                action.__sigaction_handler.sa_sigaction = handler
+                action.sa_flags = SA_SIGINFO | SA_ONSTACK | (previous[index].sa_flags & Int32(truncatingIfNeeded: SA_NODEFER))
+                action.sa_mask = previous[index].sa_mask
                 sigaction(signals[index], &action, nil)
             }
         }
@@ -124,9 +128,11 @@ package enum LoadCrashHint {
         }
 
         /// Async-signal-safe: atomics, a write, and the handler found before. A handler of its own
-        /// is called as the kernel would; the default action (or ignore) is put back for this
-        /// signal alone, and the signal comes again: a fault by re-running its instruction once
-        /// this returns, a sent signal (abort(), kill: si_code ≤ 0) by being raised again.
+        /// is called as the kernel would have (this one was installed with its mask and deferral;
+        /// one that asked to be reset is reset first); for the default action (or ignore) that
+        /// disposition is put back for this signal alone and the signal raised again: it is
+        /// delivered once this returns (a fault would also come back by re-running its
+        /// instruction, but a trap or a sent signal would not).
         private static let handler: @convention(c) (Int32, UnsafeMutablePointer<siginfo_t>?, UnsafeMutableRawPointer?) -> Void = {
             signal, info, context in
             let savedErrno = errno
@@ -141,8 +147,12 @@ package enum LoadCrashHint {
             switch UInt(bitPattern: pointer(before)) {
             case 0, 1:  // the default action, or ignore: the kernel's, for this signal only
                 sigaction(signal, previous + index, nil)
-                if let info, info.pointee.si_code <= 0 { raise(signal) }
+                raise(signal)
             default:
+                if before.sa_flags & Int32(truncatingIfNeeded: SA_RESETHAND) != 0 {
+                    var reset = sigaction()  // SIG_DFL
+                    sigaction(signal, &reset, nil)
+                }
                 if before.sa_flags & SA_SIGINFO != 0 {
                     before.__sigaction_handler.sa_sigaction?(signal, info, context)
                 } else {
