@@ -58,10 +58,7 @@ struct ConsoleCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(1)
         }
-        do { try AdminServer.checkCanListen(settings) } catch let error as AdminError {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        }
+        try requireAdminAddress(settings)
         let system: SwitchyardActorSystem
         do {
             system = try SwitchyardActorSystem(config: loaded, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)

@@ -71,10 +71,7 @@ struct DemoCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         if serve, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
-            do { try AdminServer.checkCanListen(.init(host: address.host, port: address.port)) } catch let error as AdminError {
-                printError("error: \(error)")
-                throw ExitCode(1)
-            }
+            try requireAdminAddress(.init(host: address.host, port: address.port))
         }
         // Decided before SWITCHYARD_DATA is set below: a directory the user named is theirs to
         // keep; one made here is removed when the run ends, however it ends.

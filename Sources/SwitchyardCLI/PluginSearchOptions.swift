@@ -2,6 +2,7 @@ import ArgumentParser
 import CSwitchyard
 import Foundation
 import Logging
+import SwitchyardAdmin
 import SwitchyardConfig
 import SwitchyardHost
 import SwitchyardLoader
@@ -104,6 +105,15 @@ func printJSON(_ value: some Encodable) throws {
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     encoder.keyEncodingStrategy = .convertToSnakeCase
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Stops the command before anything opens when the admin endpoint could not listen where
+/// `settings` say (a port in use, an address it cannot bind): the error, then exit 1.
+func requireAdminAddress(_ settings: SwitchyardConfig.AdminSection) throws {
+    do { try AdminServer.checkCanListen(settings) } catch let error as AdminError {
+        printError("error: \(error)")
+        throw ExitCode(1)
+    }
 }
 
 /// Writes one line to standard error.

@@ -53,13 +53,8 @@ struct RunCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(1)
         }
-        if let admin = configured.admin {
-            // A port in use stops the host here, before any transport opens.
-            do { try AdminServer.checkCanListen(admin) } catch let error as AdminError {
-                printError("error: \(error)")
-                throw ExitCode(1)
-            }
-        }
+        // A port in use stops the host here, before any transport opens.
+        if let admin = configured.admin { try requireAdminAddress(admin) }
         if configured.admin != nil { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         // Every configured transport, routed or not: a host runs them all (a delay transport keeps
         // forwarding), and a problem in any of them stops it here, naming the key.

@@ -100,7 +100,7 @@ struct TestPlugin: ParsableCommand {
         let passed = results.filter { if case .passed = $0.outcome { true } else { false } }
         print("\(passed.count) passed, \(failed.count) failed, \(results.count - passed.count - failed.count) skipped")
         // A refused config is the command line's mistake, not the plugin's failing a check: say so.
-        let uncreated = results.contains { if case .skipped(let why) = $0.outcome { why.hasPrefix("not run: no instance could be created") } else { false } }
+        let uncreated = results.contains { if case .skipped(let why) = $0.outcome { why.hasPrefix(ConformanceSuite.notCreatedReason) } else { false } }
         if uncreated {
             // The config given is named only where the plugin refused a config: the instance can
             // also fail for a key the kit set (--durable's path), or a child that did not start.

@@ -76,6 +76,10 @@ public struct ConformanceSuite: Sendable {
     /// The config keys the factory sets itself, with the option that asked for each and what it holds.
     let keysSetByKit: [String: String]
 
+    /// How a check skipped because no instance could be created begins its reason (a command
+    /// reporting the run says why nothing else ran).
+    package static let notCreatedReason = "not run: no instance could be created"
+
     /// Every check, in order, with the capabilities it needs.
     public static let checks: [ConformanceCheck] = StandardChecks.all
 
@@ -106,7 +110,7 @@ public struct ConformanceSuite: Sendable {
             let result: ConformanceResult
             if let cannotCreate {
                 // The reason is in the failure of the check that met it: said once, not per check.
-                result = ConformanceResult(name: check.name, outcome: .skipped("not run: no instance could be created (\(cannotCreate))"), seconds: 0)
+                result = ConformanceResult(name: check.name, outcome: .skipped("\(Self.notCreatedReason) (\(cannotCreate))"), seconds: 0)
             } else if !capabilities.isSuperset(of: check.requires) {
                 result = ConformanceResult(name: check.name, outcome: .skipped("needs \(check.requires.subtracting(capabilities))"), seconds: 0)
             } else if check.requiresDurable && !durable {
