@@ -50,6 +50,16 @@ package enum LoadCrashHint {
         #endif
     }
 
+    /// Runs `body` while no load is watched: the handlers in place then are the process's own
+    /// (tests read them between loads that other threads make).
+    package static func betweenLoads<T>(_ body: () -> T) -> T {
+        #if os(Linux)
+            return lock.withLock { _ in body() }
+        #else
+            return body()
+        #endif
+    }
+
     /// Runs `body` (a `dlopen` of `path` and the call of its entry) with the hint armed.
     static func around<T>(path: String, _ body: () -> T) -> T {
         #if os(Linux)
