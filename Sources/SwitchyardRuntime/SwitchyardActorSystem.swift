@@ -133,7 +133,10 @@ public final class SwitchyardActorSystem: DistributedActorSystem, Sendable {
         let relays = OutboxRelays(transports: created, logger: logger)
         outboxRelays = relays
         do {
-            routes = RouteTable(try config.routes.map { (entry) throws(ConfigError) in try Route(entry, transports: created, relays: relays) })
+            routes = RouteTable(
+                try config.routes.map { (entry) throws(ConfigError) in
+                    try Route(entry, transports: created, relays: relays, transportConfig: { config.transport(named: $0)?.configJSON })
+                })
             outboxes = try Self.applicationOutboxes(config, relays: relays)
         } catch {
             relays.stop()

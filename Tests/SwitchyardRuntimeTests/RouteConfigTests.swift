@@ -111,6 +111,11 @@ struct RouteConfigTests {
                 "Orders.place: { transport: q, max_deliveries: 3, retry: { max_attempts: 5 } }", "routes.Orders.place.max_deliveries",
                 "(3) is under retry.max_attempts (5): the transport counts every delivery, retries included"
             ),
+            // The same over a retry transport: its max_attempts is 5 unless set.
+            (
+                "Orders.place: { transport: retrying, max_deliveries: 4 }", "routes.Orders.place.max_deliveries",
+                "(4) is under max_attempts (5) of transport 'retrying' (plugin retry), which retries this route's calls: the transport counts every delivery"
+            ),
             ("Orders.place: { transport: q, retry: { jitter: half } }", "routes.Orders.place.retry.jitter", "must be \"full\" or \"none\""),
             ("Orders.place: { transport: q, retry: { attempts: 3 } }", "routes.Orders.place.retry.attempts", "unknown key"),
             ("Orders.place: { transport: q, retry: { initial_delay: fast } }", "routes.Orders.place.retry.initial_delay", "not a duration"),

@@ -50,11 +50,25 @@ final class Route: Sendable {
     }
 
     /// Checks the entry against its transport; every problem names the key and line.
-    init(_ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?, relays: OutboxRelays) throws(ConfigError) {
+    ///
+    /// `transportConfig` gives a transport's config (JSON) by name: a `retry` transport's
+    /// `max_attempts` bounds the route's `max_deliveries` as the route's own policy would.
+    init(
+        _ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?, relays: OutboxRelays, transportConfig: (String) -> String? = { _ in nil }
+    ) throws(ConfigError) {
         self.entry = entry
         typealias Key = SwitchyardConfig.RouteEntry.Key
         func fail(_ key: Key, under subkey: String? = nil, _ message: String) -> ConfigError {
             ConfigError(key: entry.key(key, subkey), line: entry.line(key), message: message)
+        }
+        // The transport counts every delivery, retries included: a call would be taken for a
+        // crash (dead-lettered unrun) before the policy's own last attempt.
+        func checkMaxDeliveries(against maxAttempts: Int, _ described: (Int) -> String) throws(ConfigError) {
+            guard let maxDeliveries = entry.maxDeliveries, maxDeliveries < maxAttempts else { return }
+            throw fail(
+                .maxDeliveries,
+                "(\(maxDeliveries)) is under \(described(maxAttempts)): the transport counts every delivery, retries included, so a failing call would be dead-lettered as a crash before its last retry; set it to at least max_attempts, better with room for crashed hosts' deliveries, e.g. \(maxAttempts + 5)"
+            )
         }
         if entry.transport == SwitchyardConfig.RouteEntry.direct {
             transport = nil
@@ -102,6 +116,15 @@ final class Route: Sendable {
                     )
                 }
             }
+            // The bundled `retry` plugin reads its config as a route's retry policy; another
+            // plugin's config is its own business, and unchecked.
+            if let decorator = Self.retryDecorator(in: transport), decorator.plugin.name == "retry", let json = transportConfig(decorator.name),
+                let policy = try? ConfigJSON.decode(RetryPolicy.self, from: json, allowedKeys: RetryPolicy.allowedKeys)
+            {
+                try checkMaxDeliveries(against: policy.maxAttempts) {
+                    "max_attempts (\($0)) of transport '\(decorator.name)' (plugin retry), which retries this route's calls"
+                }
+            }
             if entry.orderingArgument != nil { try require(.ordered, for: .ordering, "the route orders calls by key") }
             if capabilities.contains(.fanOut) && entry.mode == .requestReply {
                 throw fail(
@@ -125,14 +148,7 @@ final class Route: Sendable {
                 }
                 throw fail(.retry, under: key, String(error.message[range.upperBound...]))
             }
-            // The transport counts every delivery, retries included: a call would be taken for a
-            // crash (dead-lettered unrun) before the policy's own last attempt.
-            if let maxDeliveries = entry.maxDeliveries, maxDeliveries < policy.maxAttempts {
-                throw fail(
-                    .maxDeliveries,
-                    "(\(maxDeliveries)) is under retry.max_attempts (\(policy.maxAttempts)): the transport counts every delivery, retries included, so a failing call would be dead-lettered as a crash before its last retry; set it to at least max_attempts, better with room for crashed hosts' deliveries, e.g. \(policy.maxAttempts + 5)"
-                )
-            }
+            try checkMaxDeliveries(against: policy.maxAttempts) { "retry.max_attempts (\($0))" }
             retry = policy
         } else {
             retry = nil
