@@ -54,9 +54,9 @@ struct AdminHandler: HTTPHandler {
         if let answer = await deadLetters.handle(request, segments) { return answer }
         if request.path == "/api/call" || request.path == "/call" { return await call(request, form: request.path == "/call") }
         guard request.method == .GET else {
-            return Self.json(
-                .methodNotAllowed,
-                ["error": "\(request.method.rawValue) \(request.path): this endpoint only reads (GET); POST is for dead letters (…/replay, …/purge) and /api/call"])
+            return Self.methodNotAllowed(
+                allow: "GET, HEAD",
+                "\(request.method.rawValue) \(request.path): this endpoint only reads (GET); POST is for dead letters (…/replay, …/purge) and /api/call")
         }
         switch request.path {
         case "/metrics":
@@ -86,10 +86,20 @@ struct AdminHandler: HTTPHandler {
             let overview = system.overview()
             return Self.page(OverviewPage.render(overview, rates: rates.rates(overview.transports)))
         default:
-            return Self.json(
-                .notFound,
-                ["error": "no such endpoint: \(request.path); the endpoints are \(Self.endpoints.map(\.path).joined(separator: ", "))"])
+            return Self.noSuchEndpoint(request)
         }
+    }
+
+    /// 404, with the list of endpoints.
+    static func noSuchEndpoint(_ request: HTTPRequest) -> HTTPResponse {
+        json(.notFound, ["error": "no such endpoint: \(request.path); the endpoints are \(endpoints.map(\.path).joined(separator: ", "))"])
+    }
+
+    /// 405, with the `Allow` header HTTP requires of it (the methods the path takes).
+    static func methodNotAllowed(allow: String, _ message: String) -> HTTPResponse {
+        var response = json(.methodNotAllowed, ["error": message])
+        response.headers[HTTPHeader("Allow")] = allow
+        return response
     }
 
     /// What `POST /api/call` takes.
@@ -105,7 +115,9 @@ struct AdminHandler: HTTPHandler {
     /// readable name, or a native module's function, through its route; the token always. Answers `{"result": JSON}` (the form:
     /// the page with the result).
     func call(_ request: HTTPRequest, form: Bool) async -> HTTPResponse {
-        guard request.method == .POST else { return Self.json(.methodNotAllowed, ["error": "POST a call: {\"target\": …, \"actor\": …, \"arguments\": […]}"]) }
+        guard request.method == .POST else {
+            return Self.methodNotAllowed(allow: "POST", "\(request.method.rawValue) \(request.path): POST a call: {\"target\": …, \"actor\": …, \"arguments\": […]}")
+        }
         if let refusal = deadLetters.changeRefusal(request) { return refusal }
         let call: CallRequest
         do {

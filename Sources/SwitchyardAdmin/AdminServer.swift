@@ -132,7 +132,17 @@ public final class AdminServer: Service, Sendable {
         let failure = errno
         if failure == EADDRINUSE { throw portInUse(settings) }
         // An address this machine does not have, a port below 1024 without the privilege.
-        throw AdminError("cannot serve the admin endpoint on \(settings.host):\(settings.port): \(String(cString: strerror(failure)))")
+        let remedy =
+            switch failure {
+            case EADDRNOTAVAIL:
+                "; it is not an address of this machine: listen on one it has (ip -brief address lists them), 0.0.0.0 for every interface, or 127.0.0.1 for this machine alone"
+            case EACCES:
+                "; a port below 1024 needs the privilege to bind it: pick one above 1023"
+            default: ""
+            }
+        throw AdminError(
+            "cannot serve the admin endpoint on \(settings.host):\(settings.port): \(String(cString: strerror(failure)))\(remedy) (admin.listen in the config; --admin for switchyard demo --serve and switchyard console)"
+        )
     }
 
     private static func portInUse(_ settings: SwitchyardConfig.AdminSection) -> AdminError {

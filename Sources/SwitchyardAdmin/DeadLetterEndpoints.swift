@@ -105,11 +105,18 @@ struct DeadLetterEndpoints {
             case .success(let outcome):
                 return AdminHandler.encoded(outcome)
             }
+        case (.GET, 3) where path[2] == "replay" || path[2] == "purge":
+            return AdminHandler.methodNotAllowed(
+                allow: "POST", "GET \(request.path): POST it, with the token and a body like {\"ids\": [\"…\"]} or {\"all\": true}")
+        case (.POST, 0), (.POST, 2):
+            return AdminHandler.methodNotAllowed(
+                allow: "GET, HEAD", "POST \(request.path): this only reads (GET); POST to …/TRANSPORT/CHANNEL/replay or …/purge")
         case (.GET, _), (.POST, _):
-            return AdminHandler.json(
-                .notFound, ["error": "dead letters are at /api/dead-letters, /api/dead-letters/TRANSPORT/CHANNEL and …/replay or …/purge (POST)"])
+            return AdminHandler.noSuchEndpoint(request)
         default:
-            return AdminHandler.json(.methodNotAllowed, ["error": "\(request.method.rawValue): dead letters take GET, and POST to replay or purge"])
+            let allow = path.count == 3 ? "POST" : "GET, HEAD"
+            return AdminHandler.methodNotAllowed(
+                allow: allow, "\(request.method.rawValue) \(request.path): dead letters take GET, and POST to …/replay or …/purge")
         }
     }
 
@@ -243,7 +250,16 @@ struct DeadLetterEndpoints {
         let looksLikeJSON = body.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{")
         if form || !looksLikeJSON {
             var selection = Selection()
-            for (key, value) in Self.formFields(body) {
+            let fields = Self.formFields(body)
+            // A program's body that is neither JSON nor a form naming what to act on: say that,
+            // not "say which dead letters" (a typo in the JSON reads as a form of nothing).
+            if !form && !body.allSatisfy({ [0x20, 0x09, 0x0A, 0x0D].contains($0) })
+                && !fields.contains(where: { ["ids", "letter", "all"].contains($0.key) })
+            {
+                throw AdminError(
+                    #"the body is not JSON (it does not start with "{") nor a form with ids= or all=: send JSON like {"ids": ["id-1"]} or {"all": true}"#)
+            }
+            for (key, value) in fields {
                 switch key {
                 case "ids": selection.ids = (selection.ids ?? []) + [value]
                 case "letter":

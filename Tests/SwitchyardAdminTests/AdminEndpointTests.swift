@@ -227,7 +227,8 @@ struct AdminEndpointTests {
         #expect(try await running.get("/", basic: "s3cret-token").0 == 200)
         #expect(try await running.get("/nowhere", token: "s3cret-token").0 == 404)
         #expect(try await running.get("/nowhere").0 == 401, "unknown paths are refused before they are looked up")
-        #expect(try await running.get("/api/overview", token: "s3cret-token", method: "POST").0 == 405)
+        let posted = try await running.get("/api/overview", token: "s3cret-token", method: "POST")
+        #expect(posted.0 == 405 && posted.2["allow"] == "GET, HEAD", "405 says which methods the path takes: \(posted)")
         #expect(try await running.get("/api/overview", token: "s3cret-token", method: "DELETE").0 == 405)
         // A call by readable name, as the console's call form makes it: the token always.
         let called = try await running.get(
@@ -278,6 +279,16 @@ struct AdminEndpointTests {
                 let opaque = try await running.get("/dead-letters/work/worker/purge", token: token, method: "POST", headers: ["Origin: null"])
                 #expect(opaque.0 == 403, "a form from a sandboxed frame or a data: page (Origin: null) is refused: \(opaque)")
                 #expect(try await running.get("/api/dead-letters/work/worker/purge", token: token, method: "POST", body: "{}").0 == 400)
+                // A body with a typo is said to be no JSON, not a selection of nothing.
+                let garbled = try await running.get("/api/dead-letters/work/worker/purge", token: token, method: "POST", body: #"ids: ["x"]}"#)
+                #expect(garbled.0 == 400 && garbled.1.contains("the body is not JSON"), "\(garbled)")
+                // The wrong method: 405 with the methods the path takes (HTTP's Allow), not 404.
+                let getReplay = try await running.get("/api/dead-letters/work/worker/replay", token: token)
+                #expect(getReplay.0 == 405 && getReplay.2["allow"] == "POST", "\(getReplay)")
+                let postList = try await running.get("/api/dead-letters/work/worker", token: token, method: "POST", body: "{}")
+                #expect(postList.0 == 405 && postList.2["allow"] == "GET, HEAD", "\(postList)")
+                let elsewhere = try await running.get("/api/dead-letters/work/worker/elsewhere", token: token)
+                #expect(elsewhere.0 == 404 && elsewhere.1.contains(#"the endpoints are \/api, \/metrics"#), "a wrong path lists the endpoints: \(elsewhere)")
                 // The replayed message is dead-lettered again (it still is not a call); purge it.
                 var purged = false
                 for _ in 0..<100 where !purged {
@@ -443,6 +454,13 @@ struct AdminEndpointTests {
         }
         #expect(checked?.description == error?.description)
         try AdminServer.checkCanListen(SwitchyardConfig.AdminSection(host: "127.0.0.1", port: 0, token: nil))
+        // An address this machine does not have (TEST-NET-1) says so and what to listen on
+        // instead, unless the machine lets any address be bound (net.ipv4.ip_nonlocal_bind).
+        do {
+            try AdminServer.checkCanListen(SwitchyardConfig.AdminSection(host: "192.0.2.1", port: running.port, token: nil))
+        } catch let error as AdminError {
+            #expect(error.description.contains("not an address of this machine") && error.description.contains("127.0.0.1"), "\(error)")
+        }
         await running.stop()
     }
 }
