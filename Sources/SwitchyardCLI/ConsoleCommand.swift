@@ -53,9 +53,14 @@ struct ConsoleCommand: AsyncParsableCommand {
             settings.listenLine = nil  // the address is the command line's, not the file's
         }
         if var problem = settings.servingProblem() {
-            // Before anything starts (transports, outbox relays), as switchyard run does.
-            problem.file = config
-            printError("error: \(problem)")
+            // Before anything starts (transports, outbox relays), as switchyard run does; blamed
+            // on --admin where the address came from there, not on the file's admin section.
+            if let admin {
+                printError("error: --admin \(admin): a token \(problem.message)")
+            } else {
+                problem.file = config
+                printError("error: \(problem)")
+            }
             throw ExitCode(1)
         }
         try requireAdminAddress(settings)

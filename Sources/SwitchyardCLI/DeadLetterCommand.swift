@@ -26,7 +26,10 @@ struct DeadLetterCommand: ParsableCommand {
 
     /// Which transport and channel, shared by every subcommand.
     struct Target: ParsableArguments {
-        @OptionGroup var search: PluginSearchOptions
+        @OptionGroup var pluginDirectories: PluginDirectoryOptions
+
+        @Option(help: ArgumentHelp("The config file that declares the transport (and its plugins section: directory, pins).", valueName: "file"))
+        var config: String
 
         @Option(help: ArgumentHelp("The configured transport.", valueName: "name"))
         var transport: String
@@ -52,13 +55,10 @@ struct DeadLetterCommand: ParsableCommand {
         let elsewhere = Guarded<String?>(nil)
 
         enum CodingKeys: CodingKey {
-            case search, transport, channel, limit
+            case pluginDirectories, config, transport, channel, limit
         }
 
         func validate() throws {
-            if search.config == nil {
-                throw ValidationError("no config file: pass the one that declares transport '\(transport)' with --config FILE")
-            }
             if limit < 1 { throw ValidationError("--limit must be at least 1") }
             if channel.trimmingCharacters(in: .whitespaces).isEmpty {
                 throw ValidationError("--channel must not be empty: name the channel whose dead letters to read, e.g. payments (switchyard stats --channels lists them)")
@@ -68,17 +68,15 @@ struct DeadLetterCommand: ParsableCommand {
         /// Opens the transport, holds every dead letter (delivered, unsettled), hands them to `body`
         /// (which may replay or purge some), and releases the rest.
         func withDeadLetters(_ body: (DeadLetterBrowser) throws -> Void) throws {
-            guard search.config != nil else {
-                throw CommandFailure("no config file: pass the one that declares transport '\(transport)' with --config FILE")
-            }
-            let config = try search.loadConfig()
+            // As it is (file, line, key and what to do), not as a usage error.
+            let config = try SwitchyardConfig.load(path: self.config)
             guard config.transport(named: transport) != nil else {
                 throw CommandFailure("no transport named '\(transport)' in the config (configured: \(config.transports.map(\.name).joined(separator: ", ")))")
             }
             try config.requireExistingStores(of: [transport])
             var quiet = Logger(label: "switchyard.plugins")
             quiet.logLevel = .error
-            let set = try TransportSet.start(config, discovery: search.discovery(config), only: [transport], logger: quiet)
+            let set = try TransportSet.start(config, discovery: pluginDirectories.discovery(config), only: [transport], logger: quiet)
             defer { set.close() }
             let target = set[transport]!
             // A fresh in-memory instance holds nothing: "no dead letters" read like a mistyped channel.
@@ -318,7 +316,15 @@ struct DeadLetterCommand: ParsableCommand {
                     progress.ids.append(letter.message.id)
                 }
             }
-            print("replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")")
+            // Where they went: they run once a host serving the channel takes them, which may be
+            // none now (the tool opens the store itself, with or without the system running).
+            print(
+                "replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")"
+                    + (moved == 0
+                        ? ""
+                        : moved == 1
+                            ? " to its channel: it runs when a host serving that channel takes it" : " to their channels: each runs when a host serving its channel takes it")
+            )
             if !expired.isEmpty {
                 printError(
                     """

@@ -73,6 +73,14 @@ struct DemoCommand: AsyncParsableCommand {
         if serve, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
             try requireAdminAddress(.init(host: address.host, port: address.port))
         }
+        // A relative --config from the docs (examples/orders/direct.yaml) run elsewhere than the
+        // checkout: say where the example's own configs are, before the banner and a data folder.
+        if let config, !config.hasPrefix("/"), !FileManager.default.fileExists(atPath: config), let bundled = OrdersDemo.configPath(URL(fileURLWithPath: config).lastPathComponent)
+        {
+            throw CommandFailure(
+                "no config file at \(config) (relative to \(FileManager.default.currentDirectoryPath)); the example's configs are in \(URL(fileURLWithPath: bundled).deletingLastPathComponent().path): --config \(bundled)"
+            )
+        }
         // Decided before SWITCHYARD_DATA is set below: a directory the user named is theirs to
         // keep; one made here is removed when the run ends, however it ends.
         let userData = ProcessInfo.processInfo.environment["SWITCHYARD_DATA"]
@@ -211,6 +219,10 @@ struct DemoTraffic: Service {
     func run() async throws {
         let port = try await endpoint.waitUntilListening()
         print("  console  \(endpoint.settings.url(port: port))   (metrics: /metrics, health: /health/ready, JSON: /api)")
+        if endpoint.settings.token == nil {
+            // Without one the console only reads: its replay and purge buttons answer 403.
+            print("  read-only: replaying and purging from the console needs \(SwitchyardConfig.AdminSection.tokenVariable) exported before the start")
+        }
         print("  placing \(perSecond.formatted()) orders a second; Ctrl-C or SIGTERM drains and exits")
         fflush(nil)  // progress reaches a log file as it happens (Swift 6 forbids naming the global stdout)
         let system = self.system

@@ -8,12 +8,25 @@ import SwitchyardHost
 import SwitchyardLoader
 import SwitchyardRuntime
 
-/// Where to look for plugins and which files to trust: shared by every command that loads plugins.
-struct PluginSearchOptions: ParsableArguments {
+/// Directories to search for plugins first: shared by every command that loads plugins.
+struct PluginDirectoryOptions: ParsableArguments {
     @Option(
         name: [.customLong("plugins-dir"), .customLong("dir")],
         help: ArgumentHelp("A directory to search first (repeatable).", valueName: "dir"))
     var directories: [String] = []
+
+    /// Discovery as the config asks, these directories first, always behind a probe process (a
+    /// file whose loading crashes or hangs is refused, not fatal to the command).
+    func discovery(_ config: SwitchyardConfig) -> PluginDiscovery {
+        let configured = PluginDiscovery(config: config, commandLine: directories)
+        return PluginDiscovery(directories: configured.directories, loader: configured.loader, probe: configured.probe ?? ProcessIsolation())
+    }
+}
+
+/// Where to look for plugins and which files to trust, for commands that may read a config file
+/// (`switchyard dlq`, which needs one, declares its own required `--config`).
+struct PluginSearchOptions: ParsableArguments {
+    @OptionGroup var pluginDirectories: PluginDirectoryOptions
 
     @Option(name: .long, help: ArgumentHelp("The config file: the transports it declares, and its plugins section (directory, pins).", valueName: "file"))
     var config: String?
@@ -26,12 +39,8 @@ struct PluginSearchOptions: ParsableArguments {
         return try SwitchyardConfig.load(path: config)
     }
 
-    /// Discovery as the config asks, these options' directories first, always behind a probe
-    /// process (a file whose loading crashes or hangs is refused, not fatal to the command).
-    func discovery(_ config: SwitchyardConfig) -> PluginDiscovery {
-        let configured = PluginDiscovery(config: config, commandLine: directories)
-        return PluginDiscovery(directories: configured.directories, loader: configured.loader, probe: configured.probe ?? ProcessIsolation())
-    }
+    /// Discovery as the config asks, these options' directories first, always behind a probe.
+    func discovery(_ config: SwitchyardConfig) -> PluginDiscovery { pluginDirectories.discovery(config) }
 
     /// "no plugin named NAME" with where it looked, and the files it found there that are not
     /// plugins or were refused (the plugin meant is often one of them).

@@ -25,7 +25,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))
     var pluginDirectories: [String] = []
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("How long draining may take, in seconds.", valueName: "seconds"), transform: seconds)
+    @Option(parsing: .unconditional, help: ArgumentHelp("How long draining may take, in seconds (default: 30).", valueName: "seconds"), transform: seconds)
     var drain: Double = 30
 
     func validate() throws {
@@ -36,7 +36,7 @@ struct RunCommand: AsyncParsableCommand {
         }
     }
 
-    @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error.", valueName: "level"))
+    @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error, critical", valueName: "level"))
     var logLevel: String = "info"
 
     @Flag(help: "Run even when the config has no native modules to host (transports still run: a delay transport keeps forwarding).")

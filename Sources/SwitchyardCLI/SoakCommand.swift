@@ -54,7 +54,8 @@ struct SoakCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Keep the run's databases and logs here instead of a temporary directory.", valueName: "dir"))
     var directory: String?
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("Longest wait for the consumers to catch up at the end, in seconds.", valueName: "seconds"), transform: seconds)
+    @Option(
+        parsing: .unconditional, help: ArgumentHelp("Longest wait for the consumers to catch up at the end, in seconds (default: 120).", valueName: "seconds"), transform: seconds)
     var settleTimeout: Double = 120
 
     @Option(name: [.customLong("plugins-dir")], help: ArgumentHelp("A directory to search for plugins first (repeatable).", valueName: "dir"))

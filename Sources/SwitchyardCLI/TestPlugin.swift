@@ -34,7 +34,7 @@ struct TestPlugin: ParsableCommand {
     @Option(help: ArgumentHelp("Run only these checks (repeatable).", valueName: "check"))
     var check: [String] = []
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("Fail a check that has not finished after this many seconds.", valueName: "seconds"), transform: seconds)
+    @Option(parsing: .unconditional, help: ArgumentHelp("Fail a check that has not finished after this many seconds (default: 60).", valueName: "seconds"), transform: seconds)
     var checkTimeout: Double = 60
 
     @OptionGroup var search: PluginSearchOptions
