@@ -145,15 +145,24 @@ public struct SwitchyardInvocationDecoder: DistributedTargetInvocationDecoder {
         return value
     }
 
+    /// An argument recorded in process (a direct route), as the type the target takes. Apart
+    /// from ``readArgument()``: its cast makes an `Argument?`, whose metadata (code not
+    /// specialized for `Argument` looks it up on every call, about 330 instructions) would
+    /// otherwise be fetched for every argument decoded from a transport too.
+    @inline(never)
+    private static func recorded<Argument>(_ values: [SwitchyardInvocationEncoder.Argument], at index: Int, as type: Argument.Type) throws -> Argument {
+        guard index < values.count else { throw EnvelopeError("argument \(index + 1) is missing") }
+        guard let value = values[index].value as? Argument else {
+            throw EnvelopeError("argument \(index + 1) is a \(Swift.type(of: values[index].value)), expected \(Argument.self)")
+        }
+        return value
+    }
+
     private mutating func readArgument<Argument: Codable>() throws -> Argument {
         defer { index += 1 }
         switch arguments {
         case .recorded(let values):
-            guard index < values.count else { throw EnvelopeError("argument \(index + 1) is missing") }
-            guard let value = values[index].value as? Argument else {
-                throw EnvelopeError("argument \(index + 1) is a \(type(of: values[index].value)), expected \(Argument.self)")
-            }
-            return value
+            return try Self.recorded(values, at: index, as: Argument.self)
         case .compact(let bytes):
             guard offset < bytes.count else { throw EnvelopeError("argument \(index + 1) (\(Argument.self)) is missing") }
             let start = offset

@@ -24,8 +24,8 @@ public struct CompactDecoder: Sendable {
 package enum CompactDecoding {
     /// Reads one value of type `T` at the reader's position and moves past it.
     package static func value<T: Decodable>(_ type: T.Type, from reader: inout CompactReader, codingPath: [any CodingKey], depth: Int = 0) throws -> T {
-        if let primitive = try reading(codingPath, { () throws(CompactFormatError) in try primitive(T.self, from: &reader) }) {
-            return primitive
+        if let kind = Primitive(T.self) {
+            return try reading(codingPath) { () throws(CompactFormatError) in try primitive(kind, as: T.self, from: &reader) }
         }
         guard depth < 128 else { throw corrupted(CompactFormatError("values nested more than 128 deep"), codingPath) }
         let decoder = CompactValueDecoder(reader: reader, codingPath: codingPath, depth: depth + 1)
@@ -38,27 +38,48 @@ package enum CompactDecoding {
         return value
     }
 
-    /// Fast paths by exact type; nil for anything else.
+    /// The types read by a fast path of their own (``primitive(_:as:from:)``), by exact type.
+    package enum Primitive {
+        case string, int, bool, double, int64, uint64, bytes, data
+
+        /// `T`'s fast path; nil for any other type.
+        @inline(__always)
+        package init?<T>(_ type: T.Type) {
+            switch ObjectIdentifier(T.self) {
+            case ObjectIdentifier(String.self): self = .string
+            case ObjectIdentifier(Int.self): self = .int
+            case ObjectIdentifier(Bool.self): self = .bool
+            case ObjectIdentifier(Double.self): self = .double
+            case ObjectIdentifier(Int64.self): self = .int64
+            case ObjectIdentifier(UInt64.self): self = .uint64
+            case ObjectIdentifier([UInt8].self): self = .bytes
+            case ObjectIdentifier(Data.self): self = .data
+            default: return nil
+            }
+        }
+    }
+
+    /// Reads a `T` whose fast path is `kind` (``Primitive/init(_:)`` of `T`). It returns a `T`,
+    /// not a `T?`: in code not specialized for `T` (a distributed call's argument, decoded
+    /// through the runtime's generic entry), an Optional of `T` costs a metadata lookup on every
+    /// call, about 330 instructions.
     @inline(__always)
-    package static func primitive<T>(_ type: T.Type, from reader: inout CompactReader) throws(CompactFormatError) -> T? {
-        let type = ObjectIdentifier(T.self)
-        switch type {
-        case ObjectIdentifier(String.self):
+    package static func primitive<T>(_ kind: Primitive, as type: T.Type, from reader: inout CompactReader) throws(CompactFormatError) -> T {
+        switch kind {
+        case .string:
             try reader.expect(.string, for: "a string")
             return unsafeBitCast(try reader.rawString(), to: T.self)
-        case ObjectIdentifier(Int.self):
-            return unsafeBitCast(try checked(Int.self, try reader.int()), to: T.self)
-        case ObjectIdentifier(Bool.self): return unsafeBitCast(try bool(&reader), to: T.self)
-        case ObjectIdentifier(Double.self): return unsafeBitCast(try double(&reader), to: T.self)
-        case ObjectIdentifier(Int64.self): return unsafeBitCast(try reader.int(), to: T.self)
-        case ObjectIdentifier(UInt64.self): return unsafeBitCast(try reader.uint(), to: T.self)
-        case ObjectIdentifier([UInt8].self):
+        case .int: return unsafeBitCast(try checked(Int.self, try reader.int()), to: T.self)
+        case .bool: return unsafeBitCast(try bool(&reader), to: T.self)
+        case .double: return unsafeBitCast(try double(&reader), to: T.self)
+        case .int64: return unsafeBitCast(try reader.int(), to: T.self)
+        case .uint64: return unsafeBitCast(try reader.uint(), to: T.self)
+        case .bytes:
             try reader.expect(.bytes, for: "bytes")
             return unsafeBitCast([UInt8](try reader.byteString()), to: T.self)
-        case ObjectIdentifier(Data.self):
+        case .data:
             try reader.expect(.bytes, for: "bytes")
-            return (Data(try reader.byteString()) as! T)
-        default: return nil
+            return Data(try reader.byteString()) as! T
         }
     }
 
@@ -359,8 +380,8 @@ struct CompactSingleDecoder: SingleValueDecodingContainer {
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
         var reader = reader
         // The value's own decoder sits at the same position; no extra nesting level is read.
-        if let primitive = try CompactDecoding.reading(codingPath, { () throws(CompactFormatError) in try CompactDecoding.primitive(T.self, from: &reader) }) {
-            return primitive
+        if let kind = CompactDecoding.Primitive(T.self) {
+            return try CompactDecoding.reading(codingPath) { () throws(CompactFormatError) in try CompactDecoding.primitive(kind, as: T.self, from: &reader) }
         }
         guard depth < 128 else { throw CompactDecoding.corrupted(CompactFormatError("values nested more than 128 deep"), codingPath) }
         return try T(from: CompactValueDecoder(reader: reader, codingPath: codingPath, depth: depth + 1))
