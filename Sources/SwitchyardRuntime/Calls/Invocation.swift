@@ -36,10 +36,14 @@ public struct SwitchyardInvocationEncoder: DistributedTargetInvocationEncoder {
         let value: any Codable
     }
     var arguments: [Argument] = []
-    var substitutions: [Any.Type] = []
+    /// How many generic parameters' types the call recorded: one for a call through a
+    /// `@Resolvable` stub (its type: the methods are a protocol extension's), more for a generic
+    /// method, which is refused. Counted, not kept: the receiver takes the substitutions from
+    /// what it hosts, never from the caller, and an array here was an allocation on every call.
+    var substitutionCount = 0
 
     /// Records a generic parameter's type (a generic method's call; refused on transport routes).
-    public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws { substitutions.append(type) }
+    public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws { substitutionCount += 1 }
     /// Records one argument as it is passed; it is encoded once the route is known.
     public mutating func recordArgument<Value: Codable>(_ argument: RemoteCallArgument<Value>) throws {
         // Room for a few at the first: growing from one to two to four was an allocation each.

@@ -97,7 +97,7 @@ extension SwitchyardActorSystem {
     /// Generic distributed methods are refused before anything is sent: through a `@Resolvable`
     /// stub this toolchain binds their substitutions off by one on the receiver, which crashes it.
     private func refuseGeneric(_ call: CallTarget, _ invocation: InvocationEncoder) throws {
-        guard call.isGeneric || invocation.substitutions.count > 1 else { return }
+        guard call.isGeneric || invocation.substitutionCount > 1 else { return }
         throw SwitchyardError.routing(
             target: call.name,
             reason: "generic distributed methods cannot be routed (Swift 6.3 crashes the receiver of a generic call made through a @Resolvable stub); make \(call.name) non-generic"
