@@ -53,46 +53,69 @@ struct AdminHandler: HTTPHandler {
         let segments = request.path.split(separator: "/").map { String($0).removingPercentEncoding ?? String($0) }
         if let answer = await deadLetters.handle(request, segments) { return answer }
         if request.path == "/api/call" || request.path == "/call" { return await call(request, form: request.path == "/call") }
+        // Whether the path exists first: a method it does not take is 405, any method on a path
+        // that is not there 404.
+        guard let read = reader(for: request.path) else { return Self.noSuchEndpoint(request) }
         guard request.method == .GET else {
             return Self.methodNotAllowed(
                 allow: "GET, HEAD",
                 "\(request.method.rawValue) \(request.path): this endpoint only reads (GET); POST is for dead letters (…/replay, …/purge) and /api/call")
         }
-        switch request.path {
+        return await read()
+    }
+
+    /// What a GET of `path` answers, for the paths that only read; nil for any other.
+    private func reader(for path: String) -> (() async -> HTTPResponse)? {
+        let system = system
+        switch path {
         case "/metrics":
-            return HTTPResponse(
-                statusCode: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                body: Data(AdminMetrics.registry.emitToBuffer()))
+            return {
+                HTTPResponse(
+                    statusCode: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: Data(AdminMetrics.registry.emitToBuffer()))
+            }
         case "/health/live":
-            let overview = system.overview()
-            return Self.json(overview.state == "stopped" ? .serviceUnavailable : .ok, ["status": overview.state == "stopped" ? "stopped" : "live"])
+            return {
+                let stopped = system.overview().state == "stopped"
+                return Self.json(stopped ? .serviceUnavailable : .ok, ["status": stopped ? "stopped" : "live"])
+            }
         case "/health/ready":
-            let overview = system.overview()
-            return Self.json(overview.ready ? .ok : .serviceUnavailable, ["status": overview.ready ? "ready" : overview.state])
-        case "/api", "/api/":
-            return Self.json(.ok, Dictionary(uniqueKeysWithValues: Self.endpoints.map { ($0.path, $0.what) }))
-        case "/api/overview": return Self.encoded(system.overview())
-        case "/api/plugins": return Self.encoded(system.overview().plugins)
-        case "/api/transports": return Self.encoded(system.overview().transports)
-        case "/api/channels": return Self.encoded(await system.channels())
-        case "/api/routes": return Self.encoded(system.overview().routes)
-        case "/api/services": return Self.encoded(system.overview().services)
+            return {
+                let overview = system.overview()
+                return Self.json(overview.ready ? .ok : .serviceUnavailable, ["status": overview.ready ? "ready" : overview.state])
+            }
+        case "/api", "/api/": return { Self.json(.ok, Dictionary(uniqueKeysWithValues: Self.endpoints.map { ($0.path, $0.what) })) }
+        case "/api/overview": return { Self.encoded(system.overview()) }
+        case "/api/plugins": return { Self.encoded(system.overview().plugins) }
+        case "/api/transports": return { Self.encoded(system.overview().transports) }
+        case "/api/channels": return { Self.encoded(await system.channels()) }
+        case "/api/routes": return { Self.encoded(system.overview().routes) }
+        case "/api/services": return { Self.encoded(system.overview().services) }
         case "/channels":
-            return Self.page(
-                ChannelsPage.render(await system.channels(), config: system.config) {
-                    system.transport(named: $0)?.chainCapabilities.contains(.deadLetter) == true
-                })
+            return {
+                Self.page(
+                    ChannelsPage.render(await system.channels(), config: system.config) {
+                        system.transport(named: $0)?.chainCapabilities.contains(.deadLetter) == true
+                    })
+            }
         case "/", "/index.html":
-            let overview = system.overview()
-            return Self.page(OverviewPage.render(overview, rates: rates.rates(overview.transports)))
-        default:
-            return Self.noSuchEndpoint(request)
+            let rates = rates
+            return {
+                let overview = system.overview()
+                return Self.page(OverviewPage.render(overview, rates: rates.rates(overview.transports)))
+            }
+        default: return nil
         }
     }
 
-    /// 404, with the list of endpoints.
-    static func noSuchEndpoint(_ request: HTTPRequest) -> HTTPResponse {
-        json(.notFound, ["error": "no such endpoint: \(request.path); the endpoints are \(endpoints.map(\.path).joined(separator: ", "))"])
+    /// 404, with the list of endpoints (and `besides`, what to say first, where the path was
+    /// close to one).
+    static func noSuchEndpoint(_ request: HTTPRequest, besides: String? = nil) -> HTTPResponse {
+        json(
+            .notFound,
+            [
+                "error": "no such endpoint: \(request.path)\(besides.map { "; \($0)" } ?? ""); the endpoints are \(endpoints.map(\.path).joined(separator: ", "))"
+            ])
     }
 
     /// 405, with the `Allow` header HTTP requires of it (the methods the path takes).

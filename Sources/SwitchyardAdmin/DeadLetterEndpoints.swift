@@ -57,6 +57,13 @@ struct DeadLetterEndpoints {
         let rest = api ? Array(segments.dropFirst()) : segments
         guard rest.first == "dead-letters" else { return nil }
         let path = Array(rest.dropFirst())
+        // The paths that exist: the list, a channel's letters, and its replay and purge. Any
+        // other is 404 whatever the method; on these, a method the path does not take is 405.
+        let acts = path.count == 3 && (path[2] == "replay" || path[2] == "purge")
+        guard path.count == 0 || path.count == 2 || acts else {
+            return AdminHandler.noSuchEndpoint(
+                request, besides: "dead letters are GET /api/dead-letters/TRANSPORT/CHANNEL and POST …/TRANSPORT/CHANNEL/replay or …/purge")
+        }
         switch (request.method, path.count) {
         case (.GET, 0) where api:
             return AdminHandler.encoded(system.overview().deadLetters)
@@ -105,18 +112,14 @@ struct DeadLetterEndpoints {
             case .success(let outcome):
                 return AdminHandler.encoded(outcome)
             }
-        case (.GET, 3) where path[2] == "replay" || path[2] == "purge":
+        case _ where acts:
             return AdminHandler.methodNotAllowed(
-                allow: "POST", "GET \(request.path): POST it, with the token and a body like {\"ids\": [\"…\"]} or {\"all\": true}")
-        case (.POST, 0), (.POST, 2):
-            return AdminHandler.methodNotAllowed(
-                allow: "GET, HEAD", "POST \(request.path): this only reads (GET); POST to …/TRANSPORT/CHANNEL/replay or …/purge")
-        case (.GET, _), (.POST, _):
-            return AdminHandler.noSuchEndpoint(request)
+                allow: "POST",
+                "\(request.method.rawValue) \(request.path): POST it, with the token and a body like {\"ids\": [\"…\"]} or {\"all\": true}")
         default:
-            let allow = path.count == 3 ? "POST" : "GET, HEAD"
             return AdminHandler.methodNotAllowed(
-                allow: allow, "\(request.method.rawValue) \(request.path): dead letters take GET, and POST to …/replay or …/purge")
+                allow: "GET, HEAD",
+                "\(request.method.rawValue) \(request.path): this only reads (GET); POST to …/TRANSPORT/CHANNEL/replay or …/purge")
         }
     }
 

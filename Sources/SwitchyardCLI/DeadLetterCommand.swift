@@ -316,15 +316,11 @@ struct DeadLetterCommand: ParsableCommand {
                     progress.ids.append(letter.message.id)
                 }
             }
-            // Where they went: they run once a host serving the channel takes them, which may be
+            // Where they went: back on the channel, where a host serving it takes them, which may be
             // none now (the tool opens the store itself, with or without the system running).
             print(
                 "replayed \(moved) message\(moved == 1 ? "" : "s")\(fireAndForget ? " as fire-and-forget" : "")"
-                    + (moved == 0
-                        ? ""
-                        : moved == 1
-                            ? " to its channel: it runs when a host serving that channel takes it" : " to their channels: each runs when a host serving its channel takes it")
-            )
+                    + (moved == 0 ? "" : " back on its channel: a host serving it takes \(moved == 1 ? "it" : "them") from there"))
             if !expired.isEmpty {
                 printError(
                     """

@@ -220,8 +220,8 @@ struct DemoTraffic: Service {
         let port = try await endpoint.waitUntilListening()
         print("  console  \(endpoint.settings.url(port: port))   (metrics: /metrics, health: /health/ready, JSON: /api)")
         if endpoint.settings.token == nil {
-            // Without one the console only reads: its replay and purge buttons answer 403.
-            print("  read-only: replaying and purging from the console needs \(SwitchyardConfig.AdminSection.tokenVariable) exported before the start")
+            // Without one the console only reads: its replay, purge and call forms answer 403.
+            print("  read-only: replaying, purging and calling from the console need \(SwitchyardConfig.AdminSection.tokenVariable) exported before the start")
         }
         print("  placing \(perSecond.formatted()) orders a second; Ctrl-C or SIGTERM drains and exits")
         fflush(nil)  // progress reaches a log file as it happens (Swift 6 forbids naming the global stdout)

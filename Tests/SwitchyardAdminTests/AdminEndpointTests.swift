@@ -229,6 +229,11 @@ struct AdminEndpointTests {
         #expect(try await running.get("/nowhere").0 == 401, "unknown paths are refused before they are looked up")
         let posted = try await running.get("/api/overview", token: "s3cret-token", method: "POST")
         #expect(posted.0 == 405 && posted.2["allow"] == "GET, HEAD", "405 says which methods the path takes: \(posted)")
+        // A path that is not there is 404 whatever the method (not 405 naming GET, which is 404 too).
+        #expect(try await running.get("/nowhere", token: "s3cret-token", method: "POST").0 == 404)
+        #expect(try await running.get("/api/dead-letters/work/worker/elsewhere", token: "s3cret-token", method: "DELETE").0 == 404)
+        let getCall = try await running.get("/call", token: "s3cret-token")
+        #expect(getCall.0 == 405 && getCall.2["allow"] == "POST", "\(getCall)")
         #expect(try await running.get("/api/overview", token: "s3cret-token", method: "DELETE").0 == 405)
         // A call by readable name, as the console's call form makes it: the token always.
         let called = try await running.get(
@@ -287,8 +292,10 @@ struct AdminEndpointTests {
                 #expect(getReplay.0 == 405 && getReplay.2["allow"] == "POST", "\(getReplay)")
                 let postList = try await running.get("/api/dead-letters/work/worker", token: token, method: "POST", body: "{}")
                 #expect(postList.0 == 405 && postList.2["allow"] == "GET, HEAD", "\(postList)")
-                let elsewhere = try await running.get("/api/dead-letters/work/worker/elsewhere", token: token)
-                #expect(elsewhere.0 == 404 && elsewhere.1.contains(#"the endpoints are \/api, \/metrics"#), "a wrong path lists the endpoints: \(elsewhere)")
+                let elsewhere = try await running.get("/api/dead-letters/work/worker/replya", token: token, method: "POST", body: "{}")
+                #expect(
+                    elsewhere.0 == 404 && elsewhere.1.contains(#"\/replay or …\/purge"#) && elsewhere.1.contains(#"the endpoints are \/api, \/metrics"#),
+                    "a wrong path says where dead letters are and lists the endpoints: \(elsewhere)")
                 // The replayed message is dead-lettered again (it still is not a call); purge it.
                 var purged = false
                 for _ in 0..<100 where !purged {

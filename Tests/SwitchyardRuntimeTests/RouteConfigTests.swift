@@ -130,6 +130,37 @@ struct RouteConfigTests {
         #expect(error?.message.contains(message) == true, "\(error?.message ?? "")")
     }
 
+    @Test(
+        "max_deliveries under a retry transport's own max_attempts is refused, read from that transport's config, also with a decorator in front; at least max_attempts starts",
+        arguments: [
+            ("{ transport: r8, max_deliveries: 7 }", "(7) is under max_attempts (8) of transport 'r8' (plugin retry)"),
+            ("{ transport: later8, max_deliveries: 4 }", "(4) is under max_attempts (8) of transport 'r8' (plugin retry)"),
+            ("{ transport: r8, max_deliveries: 8 }", nil),
+            ("{ transport: later8, max_deliveries: 13 }", nil),
+        ] as [(String, String?)])
+    func retryTransportMaxDeliveries(_ route: String, _ refusal: String?) async throws {
+        let yaml = """
+            transports:
+              q: { plugin: queue }
+              r8: { plugin: retry, inner: q, config: { max_attempts: 8 } }
+              later8: { plugin: delay, inner: r8 }
+            routes:
+              Orders.place: \(route)
+
+            """
+        let config = try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/")
+        guard let refusal else {
+            let system = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
+            #expect(system.routes.routes.count == 1)
+            return
+        }
+        let error = await #expect(throws: ConfigError.self) {
+            _ = try await offPool { try SwitchyardActorSystem(config: config, pluginDirectories: [BuildProducts.directory]) }
+        }
+        #expect(error?.key == "routes.Orders.place.max_deliveries" && error?.line == 6, "\(String(describing: error))")
+        #expect(error?.message.contains(refusal) == true, "\(error?.message ?? "")")
+    }
+
     @Test("a delay route on a delay transport is accepted")
     func delayAccepted() async throws {
         let config = try SwitchyardConfig.parse(yaml: Self.transports + "routes:\n  Orders.place: { transport: later, delay: 1s }\n", baseDirectory: "/")
