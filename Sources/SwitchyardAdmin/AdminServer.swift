@@ -135,9 +135,7 @@ public final class AdminServer: Service, Sendable {
         let remedy =
             switch failure {
             case EADDRNOTAVAIL:
-                ipv6
-                    ? "; it is not an address of this machine: listen on one it has (ip -brief address lists them), :: for every interface, or ::1 for this machine alone"
-                    : "; it is not an address of this machine: listen on one it has (ip -brief address lists them), 0.0.0.0 for every interface, or 127.0.0.1 for this machine alone"
+                "; it is not an address of this machine: listen on one it has (ip -brief address lists them), \(ipv6 ? "::" : "0.0.0.0") for every interface, or \(ipv6 ? "::1" : "127.0.0.1") for this machine alone"
             case EACCES where settings.port < 1024:
                 "; a port below 1024 needs the privilege to bind it: pick one above 1023"
             default: ""

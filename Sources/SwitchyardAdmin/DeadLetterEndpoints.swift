@@ -79,7 +79,7 @@ struct DeadLetterEndpoints {
         case (.GET, 2):
             let note = request.query.first { $0.name == "note" }?.value
             return await list(transport: path[0], channel: path[1], page: !api, note: note)
-        case (.POST, 3) where path[2] == "replay" || path[2] == "purge":
+        case (.POST, 3) where acts:
             if let refusal = changeRefusal(request) { return refusal }
             let form = !api
             var selection: Selection
@@ -250,13 +250,14 @@ struct DeadLetterEndpoints {
         let body = try await request.bodyData
         // The page posts forms; programs post JSON, whatever Content-Type they say (curl -d says
         // it is a form).
-        let looksLikeJSON = body.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{")
+        let isBlank = { (byte: UInt8) in [0x20, 0x09, 0x0A, 0x0D].contains(byte) }
+        let looksLikeJSON = body.first(where: { !isBlank($0) }) == UInt8(ascii: "{")
         if form || !looksLikeJSON {
             var selection = Selection()
             let fields = Self.formFields(body)
             // A program's body that is neither JSON nor a form naming what to act on: say that,
             // not "say which dead letters" (a typo in the JSON reads as a form of nothing).
-            if !form && !body.allSatisfy({ [0x20, 0x09, 0x0A, 0x0D].contains($0) })
+            if !form && !body.allSatisfy(isBlank)
                 && !fields.contains(where: { ["ids", "letter", "all"].contains($0.key) })
             {
                 throw AdminError(

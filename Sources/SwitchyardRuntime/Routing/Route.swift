@@ -54,7 +54,7 @@ final class Route: Sendable {
     /// `transportConfig` gives a transport's config (JSON) by name: a `retry` transport's
     /// `max_attempts` bounds the route's `max_deliveries` as the route's own policy would.
     init(
-        _ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?, relays: OutboxRelays, transportConfig: (String) -> String? = { _ in nil }
+        _ entry: SwitchyardConfig.RouteEntry, transports: TransportSet?, relays: OutboxRelays, transportConfig: (String) -> String?
     ) throws(ConfigError) {
         self.entry = entry
         typealias Key = SwitchyardConfig.RouteEntry.Key
