@@ -26,7 +26,7 @@ final class PendingCalls: Sendable {
     /// Registers `id`, runs `send` (which publishes the call, or hands the publishing to another
     /// thread that reports a failure with ``fail(_:with:)``), and waits for ``complete(_:with:)``,
     /// the deadline, cancellation, ``fail(_:with:)`` or ``failAll(_:)``.
-    func wait(
+    nonisolated(nonsending) func wait(
         id: String, deadline: ContinuousClock.Instant, timeout: @escaping @Sendable () -> any Error,
         send: () throws -> Void
     ) async throws -> Reply {

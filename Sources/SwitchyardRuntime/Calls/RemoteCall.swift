@@ -8,10 +8,16 @@ import SwitchyardHost
 import SwitchyardWire
 import Tracing
 
+// The call path's async functions are `nonisolated(nonsending)`: they run on the executor of
+// whoever awaits them (the stub's, a worker's), where a plain nonisolated async function hops onto
+// the global executor as it starts and its caller hops back as it returns. That was nine executor
+// switches a typed fire-and-forget call, and about 4% of a request-reply call's instructions
+// (docs/benchmarks.md, forty-sixth round). Work that waits for storage still leaves the caller's
+// thread (``CallCost``).
 extension SwitchyardActorSystem {
     /// Called by a stub for a method with a result: routes the call, and on a request-reply route
     /// waits for the reply.
-    public func remoteCall<Act, Err, Res>(
+    nonisolated(nonsending) public func remoteCall<Act, Err, Res>(
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type, returning: Res.Type
     ) async throws -> Res where Act: DistributedActor, Act.ID == ActorID, Err: Error, Res: Codable {
         let (call, route) = try prepare(target)
@@ -37,7 +43,7 @@ extension SwitchyardActorSystem {
 
     /// Called by a stub for a `Void` method: fire-and-forget routes return once the transport has
     /// accepted the call; request-reply routes wait for completion (and its error, if any).
-    public func remoteCallVoid<Act, Err>(
+    nonisolated(nonsending) public func remoteCallVoid<Act, Err>(
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type
     ) async throws where Act: DistributedActor, Act.ID == ActorID, Err: Error {
         let (call, route) = try prepare(target)
@@ -105,7 +111,7 @@ extension SwitchyardActorSystem {
     }
 
     /// Publishes a fire-and-forget call; returns once the transport has accepted it.
-    func send(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws {
+    nonisolated(nonsending) func send(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws {
         let span = CallTracing.startSpan(call.name, ofKind: .producer)
         defer { span?.end() }
         do {
@@ -147,7 +153,7 @@ extension SwitchyardActorSystem {
     }
 
     /// Publishes a request-reply call and waits for its reply until the route's deadline.
-    func request(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws -> Reply {
+    nonisolated(nonsending) func request(_ id: ActorID, _ call: CallTarget, _ invocation: some OutgoingArguments, route: Route) async throws -> Reply {
         if let gate = route.inbox?.writeGate, let capture = Switchyard.outboxCapture, capture.writeGate === gate, !capture.isSealed {
             // The handler commits to the file this transaction holds only after it ends.
             throw SwitchyardError.routing(
@@ -287,7 +293,7 @@ extension SwitchyardActorSystem {
     /// (the route's `deadline:` or the call's) the call runs in the caller's task as long as it
     /// takes, as a local call would: enforcing one costs a task of its own per call (about 2.3 µs
     /// here).
-    private func callDirect(
+    nonisolated(nonsending) private func callDirect(
         _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route
     ) async throws -> SwitchyardResultHandler.Outcome? {
         let options = Switchyard.callOptions
@@ -322,7 +328,7 @@ extension SwitchyardActorSystem {
     /// single result), one after another, each with retries of its own as on a topic (a group
     /// that succeeded is not called again when a later one fails); the first to fail for good
     /// ends the call.
-    private func callWithRetries(
+    nonisolated(nonsending) private func callWithRetries(
         _ id: ActorID, _ call: CallTarget, _ invocation: InvocationEncoder, route: Route, context: CallContext, callerHasOptions: Bool
     ) async throws -> SwitchyardResultHandler.Outcome? {
         // The usual case first: an actor hosted under this exact id, found with its interfaces
@@ -358,7 +364,7 @@ extension SwitchyardActorSystem {
 
     /// Runs the call on one local actor, again after each failure while the route's retry policy
     /// allows; throws the error it ends with.
-    private func callWithRetries(
+    nonisolated(nonsending) private func callWithRetries(
         _ call: CallTarget, on actor: any DistributedActor, substitutions: [Any.Type], _ invocation: InvocationEncoder, route: Route,
         context: CallContext, callerHasOptions: Bool
     ) async throws -> SwitchyardResultHandler.Outcome? {
@@ -425,7 +431,7 @@ extension SwitchyardActorSystem {
     }
 
     /// Runs the call on one local actor with the recorded arguments as they are.
-    private func callInProcess(
+    nonisolated(nonsending) private func callInProcess(
         _ call: CallTarget, on actor: any DistributedActor, substitutions: [Any.Type], _ invocation: InvocationEncoder
     ) async throws -> SwitchyardResultHandler.Outcome? {
         var decoder = SwitchyardInvocationDecoder(.recorded(invocation.arguments), substitutions: substitutions)

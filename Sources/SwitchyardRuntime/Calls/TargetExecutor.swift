@@ -29,13 +29,16 @@ enum TargetExecutor {
 
     /// Runs `call` on `actor` with `decoder`'s arguments; the outcome (a thrown error included)
     /// lands in `handler`. Throws only what `executeDistributedTarget` throws itself.
-    static func execute(
+    nonisolated(nonsending) static func execute(
         _ call: CallTarget, on actor: any DistributedActor, substitutions: [Any.Type],
         decoder: inout SwitchyardInvocationDecoder, handler: SwitchyardResultHandler, system: SwitchyardActorSystem
     ) async throws {
         guard usesPreparedTargets, let prepared = call.prepared(substitutions: substitutions) else {
+            // Not `nonisolated(nonsending)`, so the decoder crosses into it (see ``PreparedTarget/run``).
+            nonisolated(unsafe) var arguments = decoder
+            defer { decoder = arguments }
             return try await system.executeDistributedTarget(
-                on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &decoder, handler: handler)
+                on: actor, target: RemoteCallTarget(call.identifier), invocationDecoder: &arguments, handler: handler)
         }
         try await prepared.run(on: actor, decoder: &decoder, handler: handler)
     }
@@ -141,7 +144,7 @@ final class PreparedTarget: @unchecked Sendable {
 
     /// Runs the target on `actor`: the outcome, a thrown error included, lands in `handler`, as
     /// `executeDistributedTarget` would leave it.
-    func run(on actor: any DistributedActor, decoder: inout SwitchyardInvocationDecoder, handler: SwitchyardResultHandler) async throws {
+    nonisolated(nonsending) func run(on actor: any DistributedActor, decoder: inout SwitchyardInvocationDecoder, handler: SwitchyardResultHandler) async throws {
         // Nothing more than the method takes (its accessor reads only as many as it has).
         decoder.expectedCount = parameterCount
         if parameterCount == 0 && !decoder.isComplete {
@@ -150,9 +153,14 @@ final class PreparedTarget: @unchecked Sendable {
         }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: result.size, alignment: result.alignment)
         defer { buffer.deallocate() }
+        // The runtime's entry point is not `nonisolated(nonsending)` (its calling convention is
+        // fixed), so the decoder crosses into it: only for the call, while this task waits for
+        // it, so no two accesses overlap.
+        nonisolated(unsafe) var arguments = decoder
+        defer { decoder = arguments }
         do {
             try await runtimeExecuteDistributedTarget(
-                on: actor as AnyObject, name.baseAddress!, UInt(name.count), argumentDecoder: &decoder,
+                on: actor as AnyObject, name.baseAddress!, UInt(name.count), argumentDecoder: &arguments,
                 argumentTypes: UnsafeRawPointer(argumentTypes.baseAddress!), resultBuffer: UnsafeRawPointer(buffer),
                 substitutions: substitutions.map { UnsafeRawPointer($0.baseAddress!) },
                 witnessTables: witnessTables, numWitnessTables: UInt(witnessTableCount))

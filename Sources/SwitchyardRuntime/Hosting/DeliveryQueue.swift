@@ -119,7 +119,7 @@ package final class DeliveryQueue: Sendable {
 
     /// The next delivery, waiting for one; nil once the queue is closed and empty. A worker that
     /// takes one while more wait and another worker is idle wakes that worker with the next.
-    func next() async -> Inbound? {
+    nonisolated(nonsending) func next() async -> Inbound? {
         if let (item, next) = state.withLock({ $0.take() }) {
             next?.resume()
             return item
@@ -153,7 +153,7 @@ package final class DeliveryQueue: Sendable {
     /// without (some runs still read 44–54 µs: docs/benchmarks.md, nineteenth round);
     /// fire-and-forget and 64 callers within the noise. One worker spins, not all: spinning
     /// workers would take the threads the callers' tasks need.
-    private func spinForNext() async -> Inbound? {
+    nonisolated(nonsending) private func spinForNext() async -> Inbound? {
         guard !Self.neverSpin.load(ordering: .relaxed) else { return nil }
         let started = state.withLock { state in
             guard !state.spinning && !state.closed else { return false }

@@ -226,7 +226,7 @@ extension SwitchyardActorSystem {
         ]
     }
 
-    func handle(_ delivered: Inbound, _ hosted: Server.Hosted, scopeInherited: Bool) async {
+    nonisolated(nonsending) func handle(_ delivered: Inbound, _ hosted: Server.Hosted, scopeInherited: Bool) async {
         // Held (its lease extended) until settled: here, or where a settlement handed to the
         // storage pool ends (``complete``).
         var settledLater = false
@@ -501,7 +501,7 @@ extension SwitchyardActorSystem {
     /// Runs `body` with the handler's inbox effects and outbox capture as task-locals — scopes
     /// set only where the route has an inbox, or where the worker inherited the values from an
     /// enclosing scope (a handler that hosts an actor): values it must not see.
-    private static func withTransactionScope(effects: InboxEffects?, capture: OutboxCapture?, inherited: Bool, _ body: () async -> Void) async {
+    nonisolated(nonsending) private static func withTransactionScope(effects: InboxEffects?, capture: OutboxCapture?, inherited: Bool, _ body: () async -> Void) async {
         guard effects != nil || capture != nil || inherited else { return await body() }
         await Switchyard.$inboxEffects.withValue(effects) {
             await Switchyard.$outboxCapture.withValue(capture) { await body() }
@@ -510,7 +510,7 @@ extension SwitchyardActorSystem {
 
     /// Decodes the call's arguments and runs it on the hosted actor; its outcome lands in
     /// `handler`. Returns why it could not run at all (bad arguments, wrong arity), or nil.
-    private func execute(
+    nonisolated(nonsending) private func execute(
         _ call: CallTarget, _ envelope: Envelope, on hosted: Server.Hosted, substitutions: [Any.Type], handler: SwitchyardResultHandler,
         span: (any Span)?
     ) async -> (any Error)? {
@@ -527,7 +527,7 @@ extension SwitchyardActorSystem {
 
     /// Runs `body` inside a server span continuing the caller's trace, or with no span while
     /// nothing is bootstrapped (``CallTracing``).
-    private static func withServerSpan(_ name: String, envelope: Envelope, _ body: ((any Span)?) async -> Void) async {
+    nonisolated(nonsending) private static func withServerSpan(_ name: String, envelope: Envelope, _ body: ((any Span)?) async -> Void) async {
         guard CallTracing.isActive else { return await body(nil) }
         var context = ServiceContext.topLevel
         InstrumentationSystem.instrument.extract(
