@@ -244,10 +244,15 @@ public final class MemoryStore: MessageStore {
                 var end = start + 1
                 while end < messages.endIndex, messages[end].channel == channel { end += 1 }
                 let shared = !fanOut || isDeadLetterChannel(channel)
-                let keys = shared ? [GroupKey(channel: channel, group: "")] : (state.groupsByChannel[channel] ?? []).map { GroupKey(channel: channel, group: $0) }
-                for key in keys {
+                func insertRun(into key: GroupKey) {
                     let group = state.group(key)  // once per run, not per message
                     for index in start..<end { state.insert(messages[index], into: group) }
+                }
+                // One group (a queue's), without an array of one key: an allocation a publish.
+                if shared {
+                    insertRun(into: GroupKey(channel: channel, group: ""))
+                } else {
+                    for group in state.groupsByChannel[channel] ?? [] { insertRun(into: GroupKey(channel: channel, group: group)) }
                 }
                 if !shared, retainedPerChannel > 0 {
                     for index in start..<end {
