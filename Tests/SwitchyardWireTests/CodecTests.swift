@@ -409,22 +409,24 @@ struct CompactEnvelopeTests {
 
 @Suite("Envelope reading with strings kept between calls")
 struct EnvelopeStringsTests {
-    /// A receiver keeps the strings it made for the last call's source, type and target and hands
-    /// them out again for the same bytes: a call with other values must never get stale ones.
-    @Test("the strings kept from the last call are reused only for the same bytes")
-    func reuse() throws {
-        func envelope(_ n: Int, source: String) -> Envelope {
+    /// A receiver keeps the strings it made for the last call's source, type, target and reply
+    /// channel and hands them out again for the same bytes: a call with other values must never
+    /// get stale ones, in either form.
+    @Test("the strings kept from the last call are reused only for the same bytes", arguments: [Envelope.Form.cloudEvents, .compact])
+    func reuse(form: Envelope.Form) throws {
+        func envelope(_ n: Int, source: String, replyTo: String? = nil) -> Envelope {
             Envelope(
                 target: .init(name: "Orders.m\(n)(_:)", identifier: "$s7Example7$OrdersP2m\(n)yyFTE"), arguments: [UInt8(n)],
-                source: source)
+                replyTo: replyTo, source: source)
         }
         let strings = EnvelopeStrings()
         let calls = [
-            envelope(1, source: "switchyard://a/1"), envelope(2, source: "switchyard://a/1"), envelope(1, source: "switchyard://b/2"), envelope(1, source: "switchyard://b/2"),
-            envelope(3, source: "switchyard://c/3"),
+            envelope(1, source: "switchyard://a/1", replyTo: "_reply.caller-one.0123456789"), envelope(2, source: "switchyard://a/1", replyTo: "_reply.caller-one.0123456789"),
+            envelope(1, source: "switchyard://b/2"), envelope(1, source: "switchyard://b/2", replyTo: "_reply.caller-two.0123456789"),
+            envelope(3, source: "switchyard://c/3", replyTo: "_reply.caller-one.0123456789"),
         ]
         for call in calls + calls.reversed() {
-            let read = try call.message(channel: "orders").withCMessage { try Envelope(try MessageView(validating: $0), reusing: strings) }
+            let read = try call.message(channel: "orders", form: form).withCMessage { try Envelope(try MessageView(validating: $0), reusing: strings) }
             #expect(read == call)
         }
         // A call by readable name (no target identifier) between two by identifier.

@@ -357,11 +357,12 @@ extension Envelope {
         if slice(.specVersion) == nil, CompactForm.isCompact(message.body) {
             let prefix = try CompactForm.readPrefix(message.body)
             guard message.fields.id.len > 0 else { throw EnvelopeError("not a Switchyard envelope: the message id is empty") }
-            let (sourceText, name, identifierText) =
-                strings?.strings(prefix.source, prefix.type, prefix.identifier) ?? (String(prefix.source), String(prefix.type), String(prefix.identifier))
+            let (sourceText, name, identifierText, replyTo) =
+                strings?.strings(prefix.source, prefix.type, prefix.identifier, replyTo: prefix.replyTo)
+                ?? (String(prefix.source), String(prefix.type), String(prefix.identifier), prefix.replyTo.map(String.init))
             self.init(
                 id: String(message.fields.id), target: Target(name: name, identifier: identifierText),
-                arguments: Array(message.body[prefix.argumentsOffset...]), contentType: prefix.contentType, replyTo: prefix.replyTo.map(String.init),
+                arguments: Array(message.body[prefix.argumentsOffset...]), contentType: prefix.contentType, replyTo: replyTo,
                 traceparent: text(.traceparent), tracestate: text(.tracestate), traceContext: text(.traceContext),
                 idempotencyKey: prefix.idempotencyKey.map(String.init), deadlineNanos: prefix.deadlineNanos, createdAtNanos: prefix.createdAtNanos,
                 source: sourceText, version: Self.currentVersion, headers: extra)
@@ -431,10 +432,12 @@ extension Envelope {
         let source = try required(.source)
         let type = try required(.type)
         let identifier = readable ? sy_str() : try required(.target)
-        let (sourceText, name, identifierText) = strings?.strings(source, type, identifier) ?? (String(source), String(type), String(identifier))
+        let (sourceText, name, identifierText, replyTo) =
+            strings?.strings(source, type, identifier, replyTo: slice(.replyTo))
+            ?? (String(source), String(type), String(identifier), text(.replyTo))
         self.init(
             id: String(id), target: Target(name: name, identifier: identifierText), arguments: Array(message.body), contentType: contentType,
-            replyTo: text(.replyTo), traceparent: text(.traceparent), tracestate: text(.tracestate), traceContext: text(.traceContext),
+            replyTo: replyTo, traceparent: text(.traceparent), tracestate: text(.tracestate), traceContext: text(.traceContext),
             idempotencyKey: idempotencyKey, deadlineNanos: deadline, createdAtNanos: created,
             source: sourceText, version: version, headers: extra)
     }
@@ -518,20 +521,23 @@ extension Envelope {
 }
 
 /// The strings an envelope reader made last time for the fields that repeat from call to call —
-/// the source, the type and the target — kept to be handed out again for the same bytes: a
+/// the source, the type, the target and the reply channel — kept to be handed out again for the same bytes: a
 /// receiver (one per subscription) sees the same few on almost every call, and comparing bytes
 /// costs less than making, validating and freeing a string of each on every delivery. Safe to
 /// share between threads.
 package final class EnvelopeStrings: Sendable {
-    private let last = Guarded<InlineArray<3, String>>(InlineArray(repeating: ""))
+    private let last = Guarded<InlineArray<4, String>>(InlineArray(repeating: ""))
 
     /// Strings reading from a clean slate.
     package init() {}
 
-    /// `source`, `type` and `identifier` as strings: the ones made last time where the bytes are
-    /// the same, new ones (then kept) where they differ.
-    func strings(_ source: sy_str, _ type: sy_str, _ identifier: sy_str) -> (String, String, String) {
-        last.withLock { last in (Self.reuse(&last[0], source), Self.reuse(&last[1], type), Self.reuse(&last[2], identifier)) }
+    /// `source`, `type`, `identifier` and `replyTo` as strings: the ones made last time where the
+    /// bytes are the same, new ones (then kept) where they differ. A caller's reply channel is
+    /// the same for all its calls, and longer than a string holds without an allocation.
+    func strings(_ source: sy_str, _ type: sy_str, _ identifier: sy_str, replyTo: sy_str?) -> (String, String, String, String?) {
+        last.withLock { last in
+            (Self.reuse(&last[0], source), Self.reuse(&last[1], type), Self.reuse(&last[2], identifier), replyTo.map { Self.reuse(&last[3], $0) })
+        }
     }
 
     private static func reuse(_ kept: inout String, _ slice: sy_str) -> String {
