@@ -22,8 +22,9 @@ struct DemoCommand: AsyncParsableCommand {
             to keep the stores there); --config runs the same \
             code with another routing (examples/orders/direct.yaml: everything in process).
             With --serve it keeps the system running instead, placing a few orders a second, with \
-            the admin endpoint on (--admin, default 127.0.0.1:9464): open http://127.0.0.1:9464/ \
-            for the console, /metrics for Prometheus. SIGTERM or Ctrl-C drains and exits 0.
+            the admin endpoint on (--admin; default: the config's admin section, else \
+            127.0.0.1:9464): open http://127.0.0.1:9464/ for the console, /metrics for Prometheus. \
+            SIGTERM or Ctrl-C drains and exits 0.
             """)
 
     @Option(help: ArgumentHelp("The routing to run with (default: the example's switchyard.yaml, on the embedded SQLite store).", valueName: "file"))
@@ -44,8 +45,11 @@ struct DemoCommand: AsyncParsableCommand {
     @Flag(help: "Keep running with live traffic and the admin endpoint until SIGTERM or Ctrl-C.")
     var serve = false
 
-    @Option(help: ArgumentHelp("With --serve: where the admin endpoint listens (a non-loopback address needs SWITCHYARD_ADMIN_TOKEN).", valueName: "host:port"))
-    var admin = SwitchyardConfig.AdminSection.defaultListen
+    @Option(
+        help: ArgumentHelp(
+            "With --serve: where the admin endpoint listens (default: the config's admin.listen, else 127.0.0.1:9464; a non-loopback address needs SWITCHYARD_ADMIN_TOKEN).",
+            valueName: "host:port"))
+    var admin: String?
 
     @Option(help: ArgumentHelp("With --serve: orders placed per second.", valueName: "n"))
     var rate: Double = 5
@@ -54,15 +58,17 @@ struct DemoCommand: AsyncParsableCommand {
         guard orders > 0 else { throw ValidationError("--orders must be at least 1") }
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
         guard rate > 0 else { throw ValidationError("--rate must be more than 0") }
-        if case .failure(let problem) = SwitchyardConfig.AdminSection.parseListen(admin) {
+        if let admin, case .failure(let problem) = SwitchyardConfig.AdminSection.parseListen(admin) {
             throw ValidationError("--admin \(admin): \(problem.message)")
         }
     }
 
     func run() async throws {
         // Before anything starts, as run and console refuse it: the endpoint would refuse only
-        // once the system ran. (The demo's endpoint is --admin's, never a config's admin section.)
-        if serve, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin), !SwitchyardConfig.AdminSection.isLoopback(address.host),
+        // once the system ran. (An endpoint from the config's admin section is checked once the
+        // config is read, below.)
+        if serve, let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin),
+            !SwitchyardConfig.AdminSection.isLoopback(address.host),
             (ProcessInfo.processInfo.environment[SwitchyardConfig.AdminSection.tokenVariable] ?? "").isEmpty
         {
             printError(
@@ -70,7 +76,7 @@ struct DemoCommand: AsyncParsableCommand {
             )
             throw ExitCode(1)
         }
-        if serve, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
+        if serve, let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
             try requireAdminAddress(.init(host: address.host, port: address.port))
         }
         // A relative --config from the docs (examples/orders/direct.yaml) run elsewhere than the
@@ -102,8 +108,11 @@ struct DemoCommand: AsyncParsableCommand {
         print("  config   \(config ?? "\(configPath) (the default)")")
         print("  data     \(data)")
         fflush(nil)  // before an error the start may print: piped, the banner would come after it
+        let loaded = try readConfig(configPath)
+        // Without --admin, the config's own endpoint, as `switchyard console` serves it.
+        let endpointSettings = serve ? try adminSettings(loaded, file: configPath) : nil
         if serve { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
-        let system = try startSystem(configPath: configPath, pluginDirectories: pluginDirectories, logger: logger)
+        let system = try startSystem(config: loaded, pluginDirectories: pluginDirectories, logger: logger)
         // Another application's config starts, but every order would fail "no route matches".
         guard system.routes(interface: "Orders", method: "place") else {
             await system.shutdown(deadline: .seconds(5))
@@ -116,7 +125,7 @@ struct DemoCommand: AsyncParsableCommand {
         // Out now, also into a file or a pipe (block-buffered there): the data line says where the
         // stores are, and a run stopped early must have said it.
         fflush(nil)
-        if serve { return try await serveUntilStopped(system) }
+        if let endpointSettings { return try await serveUntilStopped(system, settings: endpointSettings) }
         let summary: DemoSummary
         do {
             summary = try await OrdersDemo.run(system: system, orders: orders, concurrency: concurrency) { line in
@@ -147,14 +156,30 @@ struct DemoCommand: AsyncParsableCommand {
         }
     }
 
+    /// Where `--serve` listens: `--admin`'s address, else the config's admin section (its
+    /// address, token and the rest), else 127.0.0.1:9464. A config's endpoint that cannot serve
+    /// (not loopback, no token) is refused here, before anything starts, naming the file.
+    private func adminSettings(_ loaded: SwitchyardConfig, file: String) throws -> SwitchyardConfig.AdminSection {
+        if let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
+            return .init(host: address.host, port: address.port)
+        }
+        guard let settings = loaded.admin else { return SwitchyardConfig.AdminSection() }
+        if var problem = settings.servingProblem() {
+            problem.file = file
+            printError("error: \(problem) (or pass --admin 127.0.0.1:PORT)")
+            throw ExitCode(1)
+        }
+        try requireAdminAddress(settings)
+        return settings
+    }
+
     /// `--serve`: the admin endpoint and a trickle of orders until SIGTERM or SIGINT, then drain.
-    private func serveUntilStopped(_ system: SwitchyardActorSystem) async throws {
-        guard case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) else { return }
+    private func serveUntilStopped(_ system: SwitchyardActorSystem, settings: SwitchyardConfig.AdminSection) async throws {
         let endpoint: AdminServer
         do {
             var quiet = Logger(label: "switchyard.admin")
             quiet.logLevel = .warning  // the demo prints the address itself
-            endpoint = try AdminServer(system: system, settings: .init(host: address.host, port: address.port), logger: quiet)
+            endpoint = try AdminServer(system: system, settings: settings, logger: quiet)
         } catch let error as AdminError {
             await system.shutdown(deadline: .seconds(5))
             printError("error: \(error)")

@@ -53,9 +53,10 @@ public final class PluginLoader: Sendable {
         Rejection(
             path: path, kind: .missingEntry,
             reason:
-                "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in C, define it with SY_PLUGIN_EXPORT and not static; "
-                + "in C++ too, which makes it extern \"C\": a mangled name such as _Z23\(SY_PLUGIN_ENTRY_SYMBOL)j is not found; "
-                + "`nm -D --defined-only FILE` must list it as is; in Swift the @c entry function must be public)")
+                "no \(SY_PLUGIN_ENTRY_SYMBOL) function: not a Switchyard plugin (in C and C++, define it with SY_PLUGIN_EXPORT and not static: "
+                + "it exports the name under -fvisibility=hidden, and in C++ makes it extern \"C\" (a mangled name such as "
+                + "_Z23\(SY_PLUGIN_ENTRY_SYMBOL)j is not found); a linker version script must list it too; "
+                + "`nm -D --defined-only FILE` must show it as is; in Swift the @c entry function must be public)")
     }
 
     /// Loads and validates the plugin file at `path` (once: later calls for the same file get

@@ -37,9 +37,13 @@ public struct TrustPolicy: Sendable {
     func checkOwnership(_ info: stat, path: String, what: String) throws(Rejection) {
         guard strictPermissions else { return }
         if info.st_mode & S_IWOTH != 0 {
-            throw Rejection(
-                path: path, kind: .untrusted,
-                reason: "\(what) is world-writable, so anyone could replace it (chmod o-w)")
+            // A shared directory such as /tmp (sticky: world-writable on purpose) is not one to
+            // make private: the plugin belongs somewhere else.
+            let remedy =
+                info.st_mode & S_ISVTX != 0
+                ? "a shared directory such as /tmp: move the plugin into a directory only you or root can write, e.g. a plugins/ directory of your own"
+                : "chmod o-w \(path), or move the plugin into a directory only you or root can write"
+            throw Rejection(path: path, kind: .untrusted, reason: "\(what) is world-writable, so anyone could replace it (\(remedy))")
         }
         let me = geteuid()
         if info.st_uid != 0 && info.st_uid != me {

@@ -249,5 +249,11 @@ struct DeadLetterToolTests {
         // The demo as well, before its system starts (it used to start, print its routes, then exit 2).
         let demo = try await run(BuildProducts.switchyard, ["demo", "--serve", "--admin", "0.0.0.0:0"], environment: environment)
         #expect(demo.status == 1 && demo.stderr.contains("SWITCHYARD_ADMIN_TOKEN") && !demo.stdout.contains("route "), "\(demo.stdout)\(demo.stderr)")
+        // Without --admin the demo serves the config's own section, as the console does: refused
+        // the same way, naming the file's key, before its system starts.
+        let demoOfConfig = try await run(BuildProducts.switchyard, ["demo", "--serve", "--config", config], environment: environment)
+        #expect(demoOfConfig.status == 1, "\(demoOfConfig.stdout)\(demoOfConfig.stderr)")
+        #expect(demoOfConfig.stderr.contains("'admin.token': is required to listen on 0.0.0.0"), "\(demoOfConfig.stderr)")
+        #expect(demoOfConfig.stderr.contains("--admin 127.0.0.1:PORT") && !demoOfConfig.stdout.contains("route "), "\(demoOfConfig.stdout)\(demoOfConfig.stderr)")
     }
 }

@@ -25,6 +25,13 @@ struct LoaderTrustTests {
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }
         #expect(error?.kind == .untrusted)
         #expect(error?.reason.contains("its directory") == true)
+        #expect(error?.reason.contains("chmod o-w \(dir.path)") == true)
+        // A sticky one, as /tmp is: world-writable on purpose, so the plugin is to move.
+        chmod(dir.path, 0o1777)
+        let shared = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }
+        #expect(shared?.reason.contains("a shared directory such as /tmp: move the plugin") == true)
+        #expect(shared?.reason.contains("chmod") == false)
+        chmod(dir.path, 0o777)
         let catalog = PluginLoader().discover(in: [SearchDirectory(path: dir.path, source: .commandLine)])
         #expect(catalog.plugins.isEmpty)
         #expect(catalog.rejected.map(\.path) == [dir.path])

@@ -444,9 +444,10 @@ typedef struct sy_subscriber {
      * (settling one gives SY_ERR_NOT_FOUND), their attempts are not counted, and they are offered
      * again later, in the same order. A subscriber refuses for one reason only, that it cannot
      * take more now (draining, full); there is no error to report. A batch holds at most as many
-     * messages as the subscription's max_in_flight leaves room for, and at most one message per
-     * ordering key and group (the next of a key waits for this one's settlement, as with single
-     * deliveries). A plugin may use deliver and deliver_batch on the same subscription, as it
+     * messages as the subscription's max_in_flight leaves room for, and, on a plugin that declares
+     * SY_CAP_ORDERED, at most one message per ordering key and group (the next of a key waits for
+     * this one's settlement, as with single deliveries; a plugin without it ignores ordering
+     * keys). A plugin may use deliver and deliver_batch on the same subscription, as it
      * likes. Same threading rules as deliver.
      */
     size_t (*deliver_batch)(void *context, const sy_delivery_id *deliveries, const sy_message *messages, size_t count);
