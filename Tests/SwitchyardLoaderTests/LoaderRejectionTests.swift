@@ -22,7 +22,9 @@ struct LoaderRejectionTests {
     static let compiled: [CompiledFixture] = [
         .init(
             file: "no-entry.so", defines: ["FIXTURE_NO_ENTRY"], kind: .missingEntry,
-            reason: "no switchyard_plugin_entry function: not a Switchyard plugin (in C, define it with SY_PLUGIN_EXPORT and not static; in C++ too, which makes it extern \"C\""),
+            reason:
+                "no switchyard_plugin_entry function: not a Switchyard plugin (in C and C++, define it with SY_PLUGIN_EXPORT and not static: it exports the name under -fvisibility=hidden, and in C++ makes it extern \"C\""
+        ),
         .init(
             file: "entry-null.so", defines: ["FIXTURE_ENTRY_NULL"], kind: .entryRefused,
             reason: "the entry returned NULL: the plugin refused a host of ABI major 1 (an entry returns NULL"),

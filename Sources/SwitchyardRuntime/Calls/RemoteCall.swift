@@ -191,6 +191,9 @@ extension SwitchyardActorSystem {
                     // through publish_async where the plugin offers it, else on a storage thread.
                     guard let cost = route.cost else { return try publish(message, call, route) }
                     guard cost.runsOnPool else { return try cost.measure { try publish(message, call, route) } }
+                    // The only call of this process waiting for a reply: committed on this
+                    // thread, a wake-up sooner (CallCost.measureIfAlone).
+                    if pending.count == 1, try cost.measureIfAlone({ try publish(message, call, route) }) != nil { return }
                     if route.publishesAsynchronously {
                         try checkLimits(message, call)
                         return publishWithoutBlocking(message, call, route, cost) { [pending] failure in
@@ -227,7 +230,9 @@ extension SwitchyardActorSystem {
     ) {
         let transportName = route.entry.transport
         let start = monotonicNanoseconds()
+        cost.handedOffCallBegan()
         route.transport!.client.publish(message) { error in
+            cost.handedOffCallEnded()
             guard let error else {
                 cost.record(since: start)
                 return done(nil)

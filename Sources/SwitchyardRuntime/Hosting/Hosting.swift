@@ -650,7 +650,10 @@ extension SwitchyardActorSystem {
         }
         // A durable transport commits the reply and the acknowledgement before returning: once
         // that is slow (CallCost), off the worker's thread, so the worker takes the next call and
-        // many commits share one fsync. Counted in flight until done, so a drain waits for it.
+        // many commits share one fsync — unless it is the only call this host holds: then on
+        // this thread, a wake-up sooner (``CallCost/measureIfAlone(_:)``). Counted in flight
+        // until done, so a drain waits for it.
+        if server.inFlight.value == 1, cost.measureIfAlone({ settleHandled(item, outcome: outcome, body: body) }) != nil { return false }
         server.inFlight.enter()
         cost.perform { [self, outcome, body] in
             settleHandled(item, outcome: outcome, body: body)
