@@ -156,17 +156,24 @@ struct DemoCommand: AsyncParsableCommand {
         }
     }
 
-    /// Where `--serve` listens: `--admin`'s address, else the config's admin section (its
-    /// address, token and the rest), else 127.0.0.1:9464. A config's endpoint that cannot serve
-    /// (not loopback, no token) is refused here, before anything starts, naming the file.
+    /// Where `--serve` listens, as `switchyard console` decides it: the config's admin section
+    /// (its address, token and the rest), else 127.0.0.1:9464, with `--admin`'s address in place
+    /// of either's. Refused here, before anything starts, as `run` and `console` refuse it: an
+    /// endpoint that cannot serve (not loopback, no token; blamed on the file's section when the
+    /// address is its own), or an address in use.
     private func adminSettings(_ loaded: SwitchyardConfig, file: String) throws -> SwitchyardConfig.AdminSection {
+        var settings = loaded.admin ?? SwitchyardConfig.AdminSection()
         if let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
-            return .init(host: address.host, port: address.port)
+            (settings.host, settings.port) = address
+            settings.listenLine = nil  // the address is the command line's, not the file's
         }
-        guard let settings = loaded.admin else { return SwitchyardConfig.AdminSection() }
         if var problem = settings.servingProblem() {
-            problem.file = file
-            printError("error: \(problem) (or pass --admin 127.0.0.1:PORT)")
+            if let admin {
+                printError("error: --admin \(admin): a token \(problem.message)")
+            } else {
+                problem.file = file
+                printError("error: \(problem) (or pass --admin 127.0.0.1:PORT)")
+            }
             throw ExitCode(1)
         }
         try requireAdminAddress(settings)

@@ -118,7 +118,7 @@ public final class PluginLoader: Sendable {
         let directory = Self.directory(of: Self.realPath(path) ?? path)
         var directoryInfo = stat()
         if stat(directory, &directoryInfo) == 0 {
-            try trust.checkOwnership(directoryInfo, path: path, what: "its directory \(directory)")
+            try trust.checkOwnership(directoryInfo, path: path, checking: directory, what: "its directory \(directory)")
         }
         guard info.st_size > 0 else { throw Rejection(path: path, kind: .empty, reason: "an empty file") }
         let fd = open(path, O_RDONLY | O_CLOEXEC)

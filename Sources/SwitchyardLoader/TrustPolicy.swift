@@ -33,8 +33,10 @@ public struct TrustPolicy: Sendable {
     /// Whether file hashes are needed at all (hashing costs time on every load).
     var needsHashes: Bool { requirePins || !pins.isEmpty }
 
-    /// Checks ownership and mode of the file or directory at `path` (already `stat`ed as `info`).
-    func checkOwnership(_ info: stat, path: String, what: String) throws(Rejection) {
+    /// Checks ownership and mode of the file or directory `checked` (already `stat`ed as `info`;
+    /// `path` when nil), refusing `path`: a plugin file is refused for its directory's mode, which
+    /// the remedy names.
+    func checkOwnership(_ info: stat, path: String, checking checked: String? = nil, what: String) throws(Rejection) {
         guard strictPermissions else { return }
         if info.st_mode & S_IWOTH != 0 {
             // A shared directory such as /tmp (sticky: world-writable on purpose) is not one to
@@ -42,7 +44,7 @@ public struct TrustPolicy: Sendable {
             let remedy =
                 info.st_mode & S_ISVTX != 0
                 ? "a shared directory such as /tmp: move the plugin into a directory only you or root can write, e.g. a plugins/ directory of your own"
-                : "chmod o-w \(path), or move the plugin into a directory only you or root can write"
+                : "chmod o-w \(checked ?? path), or move the plugin into a directory only you or root can write"
             throw Rejection(path: path, kind: .untrusted, reason: "\(what) is world-writable, so anyone could replace it (\(remedy))")
         }
         let me = geteuid()

@@ -188,6 +188,8 @@ struct DemoTests {
             .write(toFile: path, atomically: true, encoding: .utf8)
         for command in [
             ["run", "--config", path, "--allow-empty"], ["console", "--config", path], ["demo", "--serve", "--admin", "127.0.0.1:\(port)"],
+            // Without --admin, the config's own address: as console takes it.
+            ["demo", "--serve", "--config", path],
         ] {
             let result = try await run(BuildProducts.switchyard, command)
             #expect(result.status == 1, "\(command): \(result.stderr)")

@@ -25,7 +25,7 @@ struct LoaderTrustTests {
         let error = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }
         #expect(error?.kind == .untrusted)
         #expect(error?.reason.contains("its directory") == true)
-        #expect(error?.reason.contains("chmod o-w \(dir.path)") == true)
+        #expect(error?.reason.contains("chmod o-w \(dir.path),") == true, "\(error?.reason ?? "")")
         // A sticky one, as /tmp is: world-writable on purpose, so the plugin is to move.
         chmod(dir.path, 0o1777)
         let shared = #expect(throws: Rejection.self) { try PluginLoader().load(path: path) }

@@ -28,6 +28,29 @@ struct StorageCallsTests {
         #expect(runsAlone(cost, 3) == 3)
     }
 
+    @Test("a transport with a link in a child process never waits on a task thread")
+    func isolatedNeverInline() {
+        let cost = CallCost(mayWaitInline: false)
+        #expect(cost.measureIfAlone({ 1 }) == nil)
+    }
+
+    @Test("work that throws leaves the meter alone again")
+    func throwingWork() {
+        struct Failed: Error {}
+        let cost = CallCost()
+        var threw = false
+        for _ in 0..<500 where !threw {
+            do {
+                _ = try cost.measureIfAlone { () throws -> Int in throw Failed() }
+                usleep(1_000)  // not run: another suite held the inline waiter
+            } catch {
+                threw = true
+            }
+        }
+        #expect(threw)
+        #expect(runsAlone(cost, 1) == 1)
+    }
+
     @Test("work handed to the storage threads counts until it is done")
     func handedOffWorkCounts() {
         let cost = CallCost()

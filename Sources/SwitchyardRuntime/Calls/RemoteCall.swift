@@ -9,15 +9,16 @@ import SwitchyardWire
 import Tracing
 
 // The call path's async functions are `nonisolated(nonsending)`: they run on the executor of
-// whoever awaits them (the stub's, a worker's), where a plain nonisolated async function hops onto
-// the global executor as it starts and its caller hops back as it returns. That was nine executor
-// switches a typed fire-and-forget call, and about 4% of a request-reply call's instructions
-// (docs/benchmarks.md, forty-sixth round). Work that waits for storage still leaves the caller's
-// thread (``CallCost``).
+// whoever awaits them, where a plain nonisolated async function hops onto the global executor as
+// it starts and its caller hops back as it returns: nine executor switches a typed
+// fire-and-forget call (docs/benchmarks.md, forty-sixth round). Its entry points are
+// `@concurrent`: a call never runs on its caller's actor (a `@MainActor` caller's publish, even
+// a lone durable call's commit, is never the main actor's work), whatever the compiler's thunk
+// is; today's thunks are `@concurrent` themselves, so that costs no switch.
 extension SwitchyardActorSystem {
     /// Called by a stub for a method with a result: routes the call, and on a request-reply route
     /// waits for the reply.
-    nonisolated(nonsending) public func remoteCall<Act, Err, Res>(
+    @concurrent public func remoteCall<Act, Err, Res>(
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type, returning: Res.Type
     ) async throws -> Res where Act: DistributedActor, Act.ID == ActorID, Err: Error, Res: Codable {
         let (call, route) = try prepare(target)
@@ -43,7 +44,7 @@ extension SwitchyardActorSystem {
 
     /// Called by a stub for a `Void` method: fire-and-forget routes return once the transport has
     /// accepted the call; request-reply routes wait for completion (and its error, if any).
-    nonisolated(nonsending) public func remoteCallVoid<Act, Err>(
+    @concurrent public func remoteCallVoid<Act, Err>(
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type
     ) async throws where Act: DistributedActor, Act.ID == ActorID, Err: Error {
         let (call, route) = try prepare(target)

@@ -66,6 +66,10 @@ final class StorageCalls: Sendable {
 /// a moving average over the last calls (about eight), taken wherever they ran.
 package final class CallCost: Sendable {
     private let averageNanos = Atomic<Int64>(0)
+    /// Whether a lone call may wait for storage on its own task thread (``measureIfAlone(_:)``).
+    private let mayWaitInline: Bool
+
+    init(mayWaitInline: Bool = true) { self.mayWaitInline = mayWaitInline }
     /// Calls averaging this long or longer run on the pool.
     static let poolThresholdNanos: Int64 = 20_000
 
@@ -75,7 +79,9 @@ package final class CallCost: Sendable {
         guard StorageCalls.blocksOnStorage(transport) else { return nil }
         return meters.withLock { meters in
             if let meter = meters[ObjectIdentifier(transport)] { return meter }
-            let meter = CallCost()
+            // A link in a child process may keep a call for up to its call_timeout while the
+            // child restarts: never on a task thread (``measureIfAlone(_:)``).
+            let meter = CallCost(mayWaitInline: !transport.chain.contains { $0.isProcessIsolated })
             meters[ObjectIdentifier(transport)] = meter
             return meter
         }
@@ -133,11 +139,14 @@ package final class CallCost: Sendable {
     /// transaction): `durable-rr`'s one caller, p50 0.68 to 0.61 ms (medians of eight runs each,
     /// docs/benchmarks.md, forty-sixth round). Under load there is always another call: those
     /// hand off as before, never holding the pool's threads, and their commits share one fsync
-    /// (`durable-rr`'s 64 callers: the same throughput).
+    /// (`durable-rr`'s 64 callers: the same throughput). Never for a chain with a link in a child
+    /// process. A lone call whose publish waits long (for room, with a `full_wait`; for another
+    /// process's lock) holds its thread that long, and a deadline that passes meanwhile is
+    /// reported once the publish returns.
     /// One task thread of the process at most waits for storage this way, whatever the number of
     /// transports.
     func measureIfAlone<R>(_ work: () throws -> R) rethrows -> R? {
-        guard waiting.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged else { return nil }
+        guard mayWaitInline, waiting.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged else { return nil }
         defer { waiting.subtract(1, ordering: .releasing) }
         guard Self.threadWaiting.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return nil }
         defer { Self.threadWaiting.store(false, ordering: .releasing) }
