@@ -41,7 +41,9 @@ public struct RetryPolicy: PluginConfig, Sendable {
         if maxAttempts < 1 { throw TransportError(.config, "config key 'max_attempts': must be at least 1") }
         if factor < 1 { throw TransportError(.config, "config key 'multiplier': must be at least 1") }
         if maximum < initial {
-            throw TransportError(.config, "config key 'max_delay': \(maximum / 1_000_000) ms must not be less than initial_delay (\(initial / 1_000_000) ms)")
+            throw TransportError(
+                .config,
+                "config key 'max_delay': \(maximum / 1_000_000) ms must not be less than initial_delay (\(initial / 1_000_000) ms): raise max_delay, or lower initial_delay")
         }
         if let jitter, jitter != "full", jitter != "none" { throw TransportError(.config, "config key 'jitter': must be \"full\" or \"none\"") }
         // Every reason starts with "": one empty entry (an unset ${VAR:-}) made every failure

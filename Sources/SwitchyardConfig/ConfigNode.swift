@@ -34,7 +34,11 @@ public struct ConfigNode {
         guard case .mapping(let mapping) = node else {
             // A key with nothing after it: name the keys it takes.
             let keys = allowed.isEmpty ? "" : " (keys: \(allowed.joined(separator: ", ")))"
-            throw error(isNull ? "has no value: expected a mapping of keys to values\(keys)" : "expected a mapping of keys to values")
+            let name = path.split(separator: ".").last.map(String.init) ?? path
+            throw error(
+                isNull
+                    ? "has no value: expected a mapping of keys to values\(keys); write \(name): {} for an empty one, or leave the key out where it is optional"
+                    : "expected a mapping of keys to values")
         }
         var result: [(key: String, value: ConfigNode)] = []
         for (keyNode, valueNode) in mapping {
@@ -89,12 +93,22 @@ public struct ConfigNode {
         if allDigits, digits.count > 1, digits.first == "0" {
             throw error("'\(text)' starts with 0, which YAML reads as octal: write it without the leading zeros")
         }
+        // YAML 1.1 reads more than decimal digits as an integer: 1:00 is 60 (base 60), 0x40 is 64,
+        // 1_000 is 1000. A count or a size is written as a plain number, and a time is not one.
+        if !allDigits, node.scalar?.style == .plain, let value = node.int {
+            throw error("'\(text)' is not a plain decimal number (YAML reads it as \(value)): write \(value) if that is what you mean")
+        }
         guard case .scalar = node, let value = node.int else {
             if allDigits, node.scalar?.style != .plain {
                 throw error("'\(text)' is quoted, so YAML reads it as text: write the number without quotes")
             }
             // An integer too large for one: say the range, not that it is no integer.
             if allDigits { throw error("'\(text)' must be between \(range.lowerBound) and \(range.upperBound)") }
+            // 1.5, 1e6: a number, but not a whole one written out.
+            if let number = Double(text), number.isFinite {
+                let whole = number == number.rounded() && abs(number) < 1e18 ? ": write \(Int(number))" : ""
+                throw error("expected a whole number written out, not '\(text)'\(whole)")
+            }
             // "1MB", "10k": a count or a size is written as a plain number.
             if let first = text.first, first.isNumber, text.contains(where: \.isLetter) {
                 throw error("expected an integer, not '\(text)': write a plain number, without a unit (1048576, not 1MB)")
@@ -117,7 +131,23 @@ extension ConfigNode {
                 if scalar.style == .plain {
                     if node.null != nil { return NSNull() }
                     if let value = node.bool { return value }
-                    if let value = node.int { return value }
+                    if let value = node.int {
+                        // As the host's own keys refuse them (``int(in:)``): 010 would reach the
+                        // plugin as 8, and 1:00 as 60.
+                        let text = scalar.string
+                        let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
+                        if digits.count > 1, digits.first == "0", digits.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                            throw ConfigError(
+                                key: path, line: node.mark?.line,
+                                message: "'\(text)' starts with 0, which YAML reads as octal (\(value)): write it without the leading zeros, or quote it for text")
+                        }
+                        if text.contains(":") {
+                            throw ConfigError(
+                                key: path, line: node.mark?.line,
+                                message: "'\(text)' is a number in base 60 to YAML (\(value)): quote it for text (\"\(text)\"), or write \(value)")
+                        }
+                        return value
+                    }
                     if let value = node.float { return value }
                 }
                 return scalar.string
@@ -156,18 +186,44 @@ public func parseConfigYAML(_ text: String) throws(ConfigError) -> ConfigNode? {
             let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
             let indentation = mark.line >= 1 && mark.line <= lines.count ? lines[mark.line - 1].prefix { $0 == " " || $0 == "\t" } : ""
             let tab = indentation.contains("\t") ? " (a tab in the indentation: YAML indents with spaces only)" : ""
-            throw ConfigError(key: "", line: mark.line, message: "YAML syntax error: \(problem)\(tab)")
+            // `listen: [::1]:9464`: a value that starts with [ is a YAML list to the parser.
+            let lineText = mark.line >= 1 && mark.line <= lines.count ? lines[mark.line - 1] : ""
+            let bracket =
+                tab.isEmpty && lineText.contains(": [") && lineText.contains("]:")
+                ? " (a value that starts with [ is a YAML list: quote an address such as \"[::1]:9464\")" : ""
+            throw ConfigError(key: "", line: mark.line, message: "YAML syntax error: \(problem)\(tab)\(bracket)")
         case .duplicatedKeysInMapping(let duplicates, let context):
             // Yams' own text is several lines of context; the key and what to do fit in one.
             let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
             let subject = duplicates.count == 1 ? "the key \(keys) appears" : "the keys \(keys) appear"
+            // Yams marks the key's first appearance: the repeat is the line to point at.
+            let first = context.mark.line
+            let repeated = duplicates.sorted().first.flatMap { repeatLine(of: $0, after: first, column: context.mark.column, in: text) }
             throw ConfigError(
-                key: "", line: context.mark.line,
-                message: "\(subject) more than once in the same mapping: keep one of each (for a section, merge its entries into one)")
+                key: "", line: repeated ?? first,
+                message:
+                    "\(subject) more than once in the same mapping\(repeated.map { _ in " (first on line \(first))" } ?? ""): keep one of each (for a section, merge its entries into one)"
+            )
         default:
             throw ConfigError(key: "", line: nil, message: "YAML error: \(error)")
         }
     } catch {
         throw ConfigError(key: "", line: nil, message: "YAML error: \(error)")
     }
+}
+
+/// The line after `line` where `key` appears again at the same column (a block mapping's key),
+/// or nil: the duplicate's line for an error that would otherwise point at the first one.
+private func repeatLine(of key: String, after line: Int, column: Int, in text: String) -> Int? {
+    let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+    guard line >= 1, column >= 1 else { return nil }
+    let indentation = column - 1
+    for index in line..<lines.count {
+        let candidate = lines[index]
+        let leading = candidate.prefix { $0 == " " }
+        guard leading.count == indentation else { continue }
+        let rest = candidate.dropFirst(indentation)
+        for spelling in [key, "\"\(key)\"", "'\(key)'"] where rest.hasPrefix(spelling + ":") { return index + 1 }
+    }
+    return nil
 }

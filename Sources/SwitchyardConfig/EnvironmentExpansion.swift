@@ -29,7 +29,8 @@ public enum EnvironmentExpansion {
             // later error's line, and a value with one is refused below).
             let endOfLine = afterDollar.firstIndex(of: "\n") ?? afterDollar.endIndex
             guard let close = afterDollar[..<endOfLine].firstIndex(of: "}") else {
-                throw ConfigError(key: "", line: line, message: "'${' without a closing '}' on its line")
+                throw ConfigError(
+                    key: "", line: line, message: "'${' without a closing '}' on its line: close the reference (${NAME}), or write $${ for a literal '${'")
             }
             let reference = afterDollar[afterDollar.index(after: afterDollar.startIndex)..<close]
             let name: Substring
@@ -46,7 +47,11 @@ public enum EnvironmentExpansion {
             }
             if let value = environment[String(name)], !value.isEmpty {
                 guard !value.contains("\n") else {
-                    throw ConfigError(key: "", line: line, message: "environment variable \(name) contains a line break")
+                    throw ConfigError(
+                        key: "", line: line,
+                        message:
+                            "environment variable \(name) contains a line break: a value fills one line; set it without the line break (e.g. from a file: \"$(tr -d '\\n' < FILE)\")"
+                    )
                 }
                 output += value
             } else if let fallback {

@@ -59,7 +59,10 @@ extension SwitchyardConfig {
                             throw ConfigError(key: function.path, line: function.line, message: "function names are identifiers")
                         }
                         var entry = NativeModuleEntry.Function(name: name, symbol: name, signature: "", free: nil, key: function.path, line: function.line)
-                        if let text = try? function.string() {
+                        if let text = try? function.string(allowingEmpty: true) {
+                            guard !text.isEmpty else {
+                                throw ConfigError(key: function.path, line: function.line, message: "is an empty signature: write one, e.g. \"f64(i32, f64)\"")
+                            }
                             entry.signature = text
                         } else {
                             for (functionKey, functionField) in try function.mapping(allowed: ["signature", "symbol", "free"]) {

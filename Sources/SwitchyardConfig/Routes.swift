@@ -143,7 +143,7 @@ extension SwitchyardConfig {
                     route.mode = mode
                 case .deadline:
                     route.deadlineNanos = try field.duration()
-                    guard route.deadlineNanos > 0 else { throw field.error("must be more than 0") }
+                    guard route.deadlineNanos > 0 else { throw field.error("must be more than 0 (e.g. 30s; leave it out for the default)") }
                 case .delay: route.delayNanos = try field.duration()
                 case .retry: route.retryJSON = try field.json(expecting: "a retry policy, a mapping like { max_attempts: 4, initial_delay: 100ms }")
                 case .ordering: route.orderingArgument = try field.string()
@@ -162,7 +162,7 @@ extension SwitchyardConfig {
                         switch inboxKey {
                         case "window":
                             inbox.windowNanos = try inboxField.duration()
-                            guard inbox.windowNanos > 0 else { throw inboxField.error("must be more than 0") }
+                            guard inbox.windowNanos > 0 else { throw inboxField.error("must be more than 0 (e.g. 10m; leave it out for the default)") }
                         case "path": inbox.path = resolve(path: try inboxField.string(), against: baseDirectory)
                         case "postgres": inbox.postgres = try PostgresLocation(inboxField, defaultSchema: "switchyard")
                         default: break
@@ -201,6 +201,15 @@ extension SwitchyardConfig {
                     key: route.key(.prefetch), line: route.line(.prefetch),
                     message:
                         "(\(prefetch)) is under the route's concurrency (\(route.concurrency)): a host runs only the calls it has taken, so it would run \(prefetch) at a time; raise prefetch or lower concurrency"
+                )
+            }
+            if route.readableTargets != nil && route.transport == RouteEntry.direct {
+                // Before the encoding: on a direct route `encoding` is refused too, and the fix
+                // the encoding's message gives would only lead there.
+                throw ConfigError(
+                    key: route.key(.readableTargets), line: route.line(.readableTargets),
+                    message:
+                        "needs a transport route: readable calls come from outside the process (a transport's messages by readable name), and a direct route has none; route the interface through a transport, with encoding: json"
                 )
             }
             if route.readableTargets != nil && route.encoding != "json" {

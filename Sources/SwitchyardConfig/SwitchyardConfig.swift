@@ -129,14 +129,14 @@ public struct SwitchyardConfig: Sendable {
                     process = mode == "process"
                 case "call_timeout":
                     isolation.callTimeoutNanos = try field.duration()
-                    if isolation.callTimeoutNanos == 0 { throw field.error("must be more than 0") }
+                    if isolation.callTimeoutNanos == 0 { throw field.error("must be more than 0 (e.g. 10s; leave it out for the default)") }
                 case "restart_backoff":
                     isolation.restartBackoffNanos = try field.duration()
                     if isolation.restartBackoffNanos == 0 { throw field.error("must be more than 0 (a dead child would be restarted in a tight loop)") }
                 case "max_restart_backoff":
                     isolation.maxRestartBackoffNanos = try field.duration()
                     maxLine = field.line
-                    if isolation.maxRestartBackoffNanos == 0 { throw field.error("must be more than 0") }
+                    if isolation.maxRestartBackoffNanos == 0 { throw field.error("must be more than 0 (e.g. 30s; leave it out for the default)") }
                 case "host": isolation.host = SwitchyardConfig.resolve(path: try field.string(), against: baseDirectory)
                 default: break
                 }
@@ -275,7 +275,23 @@ public struct SwitchyardConfig: Sendable {
         if let routesNode {
             config.routes = try parseRoutes(routesNode, transports: config.transports, baseDirectory: baseDirectory)
         }
+        try checkNativeRoutes(config)
         return config
+    }
+
+    /// A route to one method of a native module (`Math.coss`) must name one of its functions: the
+    /// only methods a config knows (a Swift interface's are in the code, checked when called).
+    static func checkNativeRoutes(_ config: SwitchyardConfig) throws(ConfigError) {
+        for route in config.routes {
+            let parts = route.pattern.split(separator: ".", maxSplits: 1).map(String.init)
+            guard parts.count == 2, parts[1] != "*", let module = config.native.first(where: { $0.interface == parts[0] }) else { continue }
+            let names = module.functions.map(\.name)
+            guard !names.contains(parts[1]) else { continue }
+            let guess = NearestName.nearest(to: parts[1], among: names).map { " — did you mean '\(parts[0]).\($0)'?" } ?? ""
+            throw ConfigError(
+                key: "routes.\(route.pattern)", line: route.lines[""],
+                message: "native module \(parts[0]) has no function \(parts[1]) (its functions: \(names.joined(separator: ", ")))\(guess)")
+        }
     }
 }
 
@@ -364,7 +380,9 @@ extension SwitchyardConfig {
                 if seen.contains(current) {
                     throw ConfigError(
                         key: "transports.\(entry.name).inner", line: entry.line,
-                        message: "inner transports form a cycle: \((seen + [current]).joined(separator: " → "))")
+                        message:
+                            "inner transports form a cycle: \((seen + [current]).joined(separator: " → ")): a chain of decorators must end at a transport without inner (a queue, a topic, an engine); point one of them at such a transport"
+                    )
                 }
                 seen.append(current)
                 next = entries.first { $0.name == current }?.inner

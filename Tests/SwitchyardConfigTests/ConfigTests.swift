@@ -25,8 +25,11 @@ struct ConfigTests {
         let error = #expect(throws: ConfigError.self) {
             try SwitchyardConfig.parse(yaml: "plugins:\n  probe: true\n  directory: x\n  probe: false\n", baseDirectory: "/")
         }
-        #expect(error?.line != nil)
-        #expect(error?.message == "the key 'probe' appears more than once in the same mapping: keep one of each (for a section, merge its entries into one)")
+        // The repeat's line, not the first one's.
+        #expect(error?.line == 4, "\(String(describing: error))")
+        #expect(
+            error?.message
+                == "the key 'probe' appears more than once in the same mapping (first on line 2): keep one of each (for a section, merge its entries into one)")
     }
 
     @Test("a tab in the indentation is named as one")
@@ -98,10 +101,67 @@ struct ConfigTests {
             ("limits: { max_message_bytes: \"1048576\" }\n", "'1048576' is quoted, so YAML reads it as text: write the number without quotes"),
             ("limits: { max_message_bytes: 010 }\n", "'010' starts with 0, which YAML reads as octal: write it without the leading zeros"),
             ("limits: { max_message_bytes: 08 }\n", "'08' starts with 0, which YAML reads as octal: write it without the leading zeros"),
+            // YAML 1.1's other integer forms, and numbers that are not whole or not written out.
+            ("limits: { max_message_bytes: 1:00 }\n", "'1:00' is not a plain decimal number (YAML reads it as 60): write 60 if that is what you mean"),
+            ("limits: { max_message_bytes: 0x40 }\n", "'0x40' is not a plain decimal number (YAML reads it as 64): write 64 if that is what you mean"),
+            ("limits: { max_message_bytes: 1_000 }\n", "'1_000' is not a plain decimal number (YAML reads it as 1000): write 1000 if that is what you mean"),
+            ("limits: { max_message_bytes: 1.5 }\n", "expected a whole number written out, not '1.5'"),
+            ("limits: { max_message_bytes: 1e6 }\n", "expected a whole number written out, not '1e6': write 1000000"),
         ])
     func integerErrors(_ yaml: String, _ message: String) {
         let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
         #expect(error?.key == "limits.max_message_bytes" && error?.message == message, "\(String(describing: error))")
+    }
+
+    @Test("a plugin's config refuses a leading zero and a base-60 number as the host's own keys do; text in quotes passes")
+    func pluginConfigIntegers() throws {
+        let octal = #expect(throws: ConfigError.self) {
+            try SwitchyardConfig.parse(yaml: "transports:\n  q:\n    plugin: queue\n    config:\n      max_in_flight: 010\n", baseDirectory: "/")
+        }
+        #expect(octal?.key == "transports.q.config.max_in_flight" && octal?.line == 5, "\(String(describing: octal))")
+        #expect(octal?.message.contains("'010' starts with 0, which YAML reads as octal (8)") == true, "\(String(describing: octal))")
+        let sexagesimal = #expect(throws: ConfigError.self) {
+            try SwitchyardConfig.parse(yaml: "transports:\n  q: { plugin: queue, config: { at: 1:30 } }\n", baseDirectory: "/")
+        }
+        #expect(sexagesimal?.message.contains("quote it for text (\"1:30\"), or write 90") == true, "\(String(describing: sexagesimal))")
+        let quoted = try SwitchyardConfig.parse(yaml: "transports:\n  q: { plugin: queue, config: { at: \"1:30\", n: 10 } }\n", baseDirectory: "/")
+        #expect(quoted.transports.first?.configJSON == #"{"at":"1:30","n":10}"#)
+    }
+
+    @Test("readable targets on a direct route ask for a transport, not for an encoding a direct route refuses")
+    func readableTargetsOnDirect() {
+        let error = #expect(throws: ConfigError.self) {
+            try SwitchyardConfig.parse(yaml: "routes:\n  '*': { transport: direct, readable_targets: true }\n", baseDirectory: "/")
+        }
+        #expect(error?.key == "routes.*.readable_targets" && error?.message.hasPrefix("needs a transport route") == true, "\(String(describing: error))")
+    }
+
+    @Test("a route to a function a native module does not have is refused when the file is read, with the nearest name")
+    func nativeRouteToMissingFunction() throws {
+        let yaml = """
+            native:
+              Math: { library: ./libmath.so, functions: { cos: "f64(f64)", sin: "f64(f64)" } }
+            routes:
+              Math.coss: { transport: direct }
+            """
+        let error = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: yaml, baseDirectory: "/") }
+        #expect(error?.key == "routes.Math.coss" && error?.line == 4, "\(String(describing: error))")
+        #expect(error?.message == "native module Math has no function coss (its functions: cos, sin) — did you mean 'Math.cos'?", "\(String(describing: error))")
+        // A whole module's pattern, an existing function and another interface's method pass.
+        let others = "Math.*: { transport: direct }\n  Math.sin: { transport: direct }\n  Orders.place: { transport: direct }"
+        _ = try SwitchyardConfig.parse(yaml: yaml.replacingOccurrences(of: "Math.coss: { transport: direct }", with: others), baseDirectory: "/")
+    }
+
+    @Test("an empty native signature, an address that YAML reads as a list, and a section without a value say what to write")
+    func moreMessagesWithRemedies() {
+        let signature = #expect(throws: ConfigError.self) {
+            try SwitchyardConfig.parse(yaml: "native:\n  Math: { library: ./m.so, functions: { cos: \"\" } }\n", baseDirectory: "/")
+        }
+        #expect(signature?.message == "is an empty signature: write one, e.g. \"f64(i32, f64)\"", "\(String(describing: signature))")
+        let bracket = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: "admin:\n  listen: [::1]:0\n", baseDirectory: "/") }
+        #expect(bracket?.message.contains("quote an address such as \"[::1]:9464\"") == true, "\(String(describing: bracket))")
+        let empty = #expect(throws: ConfigError.self) { try SwitchyardConfig.parse(yaml: "transports:\n", baseDirectory: "/") }
+        #expect(empty?.message.contains("write transports: {} for an empty one, or leave the key out") == true, "\(String(describing: empty))")
     }
 
     @Test(

@@ -20,7 +20,16 @@ final class NativeModule: Sendable {
         do {
             library = try NativeLibrary(path: entry.library)
         } catch {
-            throw ConfigError(key: "native.\(entry.interface).library", line: entry.libraryLine ?? entry.line, message: error.description)
+            // The file missing is the usual mistake: say where the path was looked for.
+            let hint: String
+            if !entry.library.contains("/") {
+                hint = " (a name without a slash is looked up on the library search path, as dlopen does: give the file's path instead, or check ldconfig -p)"
+            } else if !FileManager.default.fileExists(atPath: entry.library) {
+                hint = " (no file there: a relative library path resolves against the config file's directory; build the library or fix the path)"
+            } else {
+                hint = " (the file is there: a library it needs may be missing, which ldd \(entry.library) shows)"
+            }
+            throw ConfigError(key: "native.\(entry.interface).library", line: entry.libraryLine ?? entry.line, message: error.description + hint)
         }
         var functions: [String: NativeFunction] = [:]
         for function in entry.functions {
@@ -275,7 +284,9 @@ extension SwitchyardActorSystem {
             throw SwitchyardError.routing(target: target, reason: "a native target is Interface.function")
         }
         guard let resolved = resolved("native:" + target), let route = resolved.route else {
-            throw SwitchyardError.routing(target: target, reason: "no route matches \(target) (add it, or a pattern such as '*', under routes:)")
+            let interface = target[..<dot]
+            throw SwitchyardError.routing(
+                target: target, reason: "no route matches \(target) (add '\(target)', '\(interface).*' or '*' under routes:)")
         }
         let call = resolved.call
         // A function the config's module does not declare: its host would refuse the call and
