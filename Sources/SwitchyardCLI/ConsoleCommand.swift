@@ -47,23 +47,8 @@ struct ConsoleCommand: AsyncParsableCommand {
             printError("error: \(error)")
             throw ExitCode(1)
         }
-        var settings = loaded.admin ?? SwitchyardConfig.AdminSection()
-        if let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
-            (settings.host, settings.port) = address
-            settings.listenLine = nil  // the address is the command line's, not the file's
-        }
-        if var problem = settings.servingProblem() {
-            // Before anything starts (transports, outbox relays), as switchyard run does; blamed
-            // on --admin where the address came from there, not on the file's admin section.
-            if let admin {
-                printError("error: --admin \(admin): a token \(problem.message)")
-            } else {
-                problem.file = config
-                printError("error: \(problem)")
-            }
-            throw ExitCode(1)
-        }
-        try requireAdminAddress(settings)
+        // Before anything starts (transports, outbox relays), as switchyard run does.
+        let settings = try adminSettings(loaded, admin: admin, file: config)
         let system: SwitchyardActorSystem
         do {
             system = try SwitchyardActorSystem(config: loaded, pluginDirectories: pluginDirectories, logger: logger, openingEveryTransport: true)

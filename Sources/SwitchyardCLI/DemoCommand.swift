@@ -110,7 +110,7 @@ struct DemoCommand: AsyncParsableCommand {
         fflush(nil)  // before an error the start may print: piped, the banner would come after it
         let loaded = try readConfig(configPath)
         // Without --admin, the config's own endpoint, as `switchyard console` serves it.
-        let endpointSettings = serve ? try adminSettings(loaded, file: configPath) : nil
+        let endpointSettings = serve ? try adminSettings(loaded, admin: admin, file: configPath) : nil
         if serve { AdminMetrics.bootstrap() }  // before the system: it picks its metrics backend when created
         let system = try startSystem(config: loaded, pluginDirectories: pluginDirectories, logger: logger)
         // Another application's config starts, but every order would fail "no route matches".
@@ -154,30 +154,6 @@ struct DemoCommand: AsyncParsableCommand {
                 print("and look at them (switchyard dlq list … --transport work --channel payments), run with SWITCHYARD_DATA=DIR.")
             }
         }
-    }
-
-    /// Where `--serve` listens, as `switchyard console` decides it: the config's admin section
-    /// (its address, token and the rest), else 127.0.0.1:9464, with `--admin`'s address in place
-    /// of either's. Refused here, before anything starts, as `run` and `console` refuse it: an
-    /// endpoint that cannot serve (not loopback, no token; blamed on the file's section when the
-    /// address is its own), or an address in use.
-    private func adminSettings(_ loaded: SwitchyardConfig, file: String) throws -> SwitchyardConfig.AdminSection {
-        var settings = loaded.admin ?? SwitchyardConfig.AdminSection()
-        if let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
-            (settings.host, settings.port) = address
-            settings.listenLine = nil  // the address is the command line's, not the file's
-        }
-        if var problem = settings.servingProblem() {
-            if let admin {
-                printError("error: --admin \(admin): a token \(problem.message)")
-            } else {
-                problem.file = file
-                printError("error: \(problem) (or pass --admin 127.0.0.1:PORT)")
-            }
-            throw ExitCode(1)
-        }
-        try requireAdminAddress(settings)
-        return settings
     }
 
     /// `--serve`: the admin endpoint and a trickle of orders until SIGTERM or SIGINT, then drain.

@@ -116,6 +116,30 @@ func printJSON(_ value: some Encodable) throws {
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
+/// Where a command serves the admin endpoint: the config's `admin:` section (its address, token
+/// and the rest), else 127.0.0.1:9464, with `--admin`'s address (`admin`) in place of either's.
+/// Refused before anything opens, as `run` refuses it: an endpoint that cannot serve (beyond
+/// loopback without a token; blamed on `--admin` where the address came from there, else on the
+/// config `file`'s section), or an address it cannot listen on.
+func adminSettings(_ loaded: SwitchyardConfig, admin: String?, file: String) throws -> SwitchyardConfig.AdminSection {
+    var settings = loaded.admin ?? SwitchyardConfig.AdminSection()
+    if let admin, case .success(let address) = SwitchyardConfig.AdminSection.parseListen(admin) {
+        (settings.host, settings.port) = address
+        settings.listenLine = nil  // the address is the command line's, not the file's
+    }
+    if var problem = settings.servingProblem() {
+        if let admin {
+            printError("error: --admin \(admin): a token \(problem.message)")
+        } else {
+            problem.file = file
+            printError("error: \(problem) (or pass --admin 127.0.0.1:PORT)")
+        }
+        throw ExitCode(1)
+    }
+    try requireAdminAddress(settings)
+    return settings
+}
+
 /// Stops the command before anything opens when the admin endpoint could not listen where
 /// `settings` say (a port in use, an address it cannot bind): the error, then exit 1.
 func requireAdminAddress(_ settings: SwitchyardConfig.AdminSection) throws {
