@@ -129,7 +129,12 @@ public enum ConfigJSON {
             let found =
                 context.debugDescription.range(of: "but found ").map { " (found " + context.debugDescription[$0.upperBound...].replacingOccurrences(of: " instead.", with: ")") }
                 ?? ""
-            return Problem(key: path(context), message: "expected \(kind(type))\(found)")
+            // A word YAML took for a boolean or a number (`jitter: yes`, `version: 1.10`) that
+            // was meant as text: quoting it is the fix.
+            let quote =
+                type == String.self && !found.isEmpty && !found.contains("string")
+                ? ": quote it if you meant the text (YAML reads yes, no, on, off, true and false as booleans, and digits as numbers)" : ""
+            return Problem(key: path(context), message: "expected \(kind(type))\(found)\(quote)")
         case .valueNotFound(let type, let context):
             return Problem(key: path(context), message: "expected \(kind(type)), found null")
         case .keyNotFound(let key, let context):

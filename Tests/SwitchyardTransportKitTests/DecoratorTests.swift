@@ -97,6 +97,8 @@ struct DecoratorTests {
         arguments: [
             (#"{"max_attempts": 0}"#, "'max_attempts'"), (#"{"jitter": "some"}"#, "'jitter'"),
             (#"{"initial_delay": "1s", "max_delay": "10ms"}"#, "'max_delay'"), (#"{"max_atempts": 3}"#, "unknown config key 'max_atempts'"),
+            // YAML's `jitter: yes` reaches the plugin as a boolean: the fix is to quote a word.
+            (#"{"jitter": true}"#, "config key 'jitter': expected a string (found bool): quote it if you meant the text"),
         ])
     func badPolicy(_ policy: String, _ expected: String) throws {
         let error = #expect(throws: TransportError.self) { _ = try retry(policy: policy) }
