@@ -87,10 +87,8 @@ public struct ConfigNode {
     /// An integer scalar within `range`.
     public func int(in range: ClosedRange<Int> = Int.min...Int.max) throws(ConfigError) -> Int {
         let text = node.scalar?.string ?? ""
-        let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
-        let allDigits = !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber }
-        // YAML reads a leading 0 as octal: 010 would silently be 8 (and 08 no number at all).
-        if allDigits, digits.count > 1, digits.first == "0" {
+        let allDigits = decimalDigits(text) != nil
+        if readsAsOctal(text) {
             throw error("'\(text)' starts with 0, which YAML reads as octal: write it without the leading zeros")
         }
         // YAML 1.1 reads more than decimal digits as an integer: 1:00 is 60 (base 60), 0x40 is 64,
@@ -135,8 +133,7 @@ extension ConfigNode {
                         // As the host's own keys refuse them (``int(in:)``): 010 would reach the
                         // plugin as 8, and 1:00 as 60.
                         let text = scalar.string
-                        let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
-                        if digits.count > 1, digits.first == "0", digits.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                        if readsAsOctal(text) {
                             throw ConfigError(
                                 key: path, line: node.mark?.line,
                                 message: "'\(text)' starts with 0, which YAML reads as octal (\(value)): write it without the leading zeros, or quote it for text")
@@ -211,6 +208,16 @@ public func parseConfigYAML(_ text: String) throws(ConfigError) -> ConfigNode? {
         throw ConfigError(key: "", line: nil, message: "YAML error: \(error)")
     }
 }
+
+/// `text` without its sign, when it is nothing but decimal digits; nil otherwise.
+private func decimalDigits(_ text: String) -> Substring? {
+    let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
+    return !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber } ? digits : nil
+}
+
+/// Decimal digits with a leading 0, which YAML reads as octal: 010 would silently be 8 (and 08
+/// no number at all).
+private func readsAsOctal(_ text: String) -> Bool { decimalDigits(text).map { $0.count > 1 && $0.first == "0" } ?? false }
 
 /// The line after `line` where `key` appears again at the same column (a block mapping's key),
 /// or nil: the duplicate's line for an error that would otherwise point at the first one.

@@ -14,7 +14,7 @@ import Tracing
 // fire-and-forget call (docs/benchmarks.md, forty-sixth round). Its entry points are
 // `@concurrent`: a call never runs on its caller's actor (a `@MainActor` caller's publish, even
 // a lone durable call's commit, is never the main actor's work), whatever the compiler's thunk
-// is; today's thunks are `@concurrent` themselves, so that costs no switch.
+// is (1.6 of the nine switches back, by callgrind).
 extension SwitchyardActorSystem {
     /// Called by a stub for a method with a result: routes the call, and on a request-reply route
     /// waits for the reply.

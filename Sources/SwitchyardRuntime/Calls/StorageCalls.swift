@@ -68,6 +68,10 @@ package final class CallCost: Sendable {
     private let averageNanos = Atomic<Int64>(0)
     /// Whether a lone call may wait for storage on its own task thread (``measureIfAlone(_:)``).
     private let mayWaitInline: Bool
+    /// Calls through this meter waiting for storage now, wherever they wait (``measureIfAlone(_:)``).
+    private let waiting = Atomic<Int>(0)
+    /// Whether a task thread of the process waits for storage itself now: one at most.
+    private static let threadWaiting = Atomic<Bool>(false)
 
     init(mayWaitInline: Bool = true) { self.mayWaitInline = mayWaitInline }
     /// Calls averaging this long or longer run on the pool.
@@ -139,12 +143,11 @@ package final class CallCost: Sendable {
     /// transaction): `durable-rr`'s one caller, p50 0.68 to 0.61 ms (medians of eight runs each,
     /// docs/benchmarks.md, forty-sixth round). Under load there is always another call: those
     /// hand off as before, never holding the pool's threads, and their commits share one fsync
-    /// (`durable-rr`'s 64 callers: the same throughput). Never for a chain with a link in a child
-    /// process. A lone call whose publish waits long (for room, with a `full_wait`; for another
-    /// process's lock) holds its thread that long, and a deadline that passes meanwhile is
-    /// reported once the publish returns.
-    /// One task thread of the process at most waits for storage this way, whatever the number of
-    /// transports.
+    /// (`durable-rr`'s 64 callers: the same throughput). One task thread of the process at most
+    /// waits for storage this way, whatever the number of transports, and never for a chain with
+    /// a link in a child process. A lone call whose publish waits long (for room, with a
+    /// `full_wait`; for another process's lock) holds its thread that long, and a deadline that
+    /// passes meanwhile is reported once the publish returns.
     func measureIfAlone<R>(_ work: () throws -> R) rethrows -> R? {
         guard mayWaitInline, waiting.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged else { return nil }
         defer { waiting.subtract(1, ordering: .releasing) }
@@ -152,9 +155,6 @@ package final class CallCost: Sendable {
         defer { Self.threadWaiting.store(false, ordering: .releasing) }
         return try measure(work)
     }
-    /// Calls through this meter waiting for storage now, wherever they wait (``measureIfAlone(_:)``).
-    private let waiting = Atomic<Int>(0)
-    private static let threadWaiting = Atomic<Bool>(false)
 
     /// Counts a call handed off to wait for storage elsewhere, until ``handedOffCallEnded()``:
     /// while one waits, ``measureIfAlone(_:)`` hands off too.
