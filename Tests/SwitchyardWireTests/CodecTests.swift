@@ -248,6 +248,28 @@ struct CompactEnvelopeTests {
         #expect(headers == ["ce-traceparent": full.traceparent!, "ce-tracestate": "v=1", "ce-sytracecontext": "k=v", "ce-tenant": "acme"])
     }
 
+    @Test("a call packed without an envelope is the message its envelope would make, in either form")
+    func packedWithoutEnvelope() throws {
+        let full = Envelope(
+            target: .init(name: "Orders.place(_:)", identifier: "$s7Example7$OrdersP5placeyyFTE"), arguments: [1, 2, 3], contentType: .json,
+            replyTo: "_switchyard.reply.x", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", tracestate: "v=1",
+            traceContext: "k=v", idempotencyKey: "k1", deadlineNanos: 1_800_000_000_000_000_000, headers: ["tenant": "acme", "a": "b"])
+        let bare = Envelope(target: .init(name: "Tally.add(_:)", identifier: "$sTally"), arguments: [])
+        let byName = Envelope(target: .init(name: "Tally.add(_:)", identifier: ""), arguments: [4])
+        for envelope in [full, bare, byName] {
+            for form in [Envelope.Form.compact, .cloudEvents] {
+                let packed = Envelope.message(
+                    id: envelope.id, target: envelope.target, arguments: envelope.arguments, contentType: envelope.contentType,
+                    replyTo: envelope.replyTo, traceparent: envelope.traceparent, tracestate: envelope.tracestate,
+                    traceContext: envelope.traceContext, idempotencyKey: envelope.idempotencyKey, deadlineNanos: envelope.deadlineNanos,
+                    createdAtNanos: envelope.createdAtNanos, headers: envelope.headers, channel: "orders", orderingKey: "c1",
+                    deliverAtNanos: 42, form: form)
+                #expect(packed == envelope.message(channel: "orders", orderingKey: "c1", deliverAtNanos: 42, form: form), "\(form)")
+                #expect(try Self.read(packed) == envelope, "\(form)")
+            }
+        }
+    }
+
     @Test("a damaged compact prefix is refused with the reason, never a trap; a foreign message is still 'not an envelope'")
     func damaged() throws {
         let envelope = Envelope(

@@ -284,12 +284,15 @@ extension SwitchyardActorSystem {
             throw SwitchyardError.routing(target: call.name, reason: "cannot encode the arguments: \(error)")
         }
         // One reading of the clock for the id, the creation time and the deadline (each is 25 ns).
-        let envelope = Envelope(
-            id: EnvelopeID.make(nowNanos: now), target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
+        // Packed at once, never handed along: no envelope is made (its box is an allocation).
+        let envelopeID = EnvelopeID.make(nowNanos: now)
+        let message = Envelope.message(
+            id: envelopeID, target: Envelope.Target(name: call.name, identifier: call.identifier), arguments: arguments,
             contentType: route.encoding,
             replyTo: replyTo, traceparent: carrier.traceparent, tracestate: carrier.tracestate, traceContext: carrier.encodedOther,
-            idempotencyKey: options.idempotencyKey, deadlineNanos: deadlineNanos, createdAtNanos: now, headers: options.headers)
-        return (envelope.id, envelope.message(channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt, form: route.envelopeForm))
+            idempotencyKey: options.idempotencyKey, deadlineNanos: deadlineNanos, createdAtNanos: now, headers: options.headers,
+            channel: id.name, orderingKey: orderingKey, deliverAtNanos: deliverAt, form: route.envelopeForm)
+        return (envelopeID, message)
     }
 
     /// A direct route reached through a stub: the call runs in process, with what the route asks

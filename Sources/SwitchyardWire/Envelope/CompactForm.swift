@@ -47,7 +47,7 @@ enum CompactForm {
     }
 
     /// The bytes of `envelope`'s prefix.
-    static func prefixCount(_ envelope: Envelope) -> Int {
+    static func prefixCount(_ envelope: Envelope.Contents) -> Int {
         var count = magic.count + 1 + 8 + (envelope.deadlineNanos > 0 ? 8 : 0)
         func text(_ value: String) { count += textCount(value) }
         text(envelope.source)
@@ -59,7 +59,7 @@ enum CompactForm {
     }
 
     /// Writes `envelope`'s prefix into `buffer`, exactly ``prefixCount(_:)`` bytes.
-    static func writePrefix(_ envelope: Envelope, into buffer: UnsafeMutableRawBufferPointer) {
+    static func writePrefix(_ envelope: Envelope.Contents, into buffer: UnsafeMutableRawBufferPointer) {
         // A writer value rather than functions capturing a position: captured variables are
         // checked for exclusive access at run time on every use.
         var out = Writer(buffer: buffer)

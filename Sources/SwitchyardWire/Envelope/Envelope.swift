@@ -37,7 +37,8 @@ public struct Envelope: Sendable, Hashable {
     /// them strings or arrays, was about thirty reference-count operations each time.
     private var box: Box
 
-    private struct Fields: Hashable {
+    /// An envelope's fields, without the box an envelope keeps them in.
+    struct Contents: Hashable {
         var id: String
         var target: Target
         var arguments: [UInt8]
@@ -58,11 +59,11 @@ public struct Envelope: Sendable, Hashable {
     /// reference: shared envelopes are never written, which makes it safe to send.
     private final class Box: @unchecked Sendable {
         // Unchecked: written only while uniquely referenced (``fields``), so no two accesses overlap.
-        @exclusivity(unchecked) var fields: Fields
-        init(_ fields: Fields) { self.fields = fields }
+        @exclusivity(unchecked) var fields: Contents
+        init(_ fields: Contents) { self.fields = fields }
     }
 
-    private var fields: Fields {
+    private var fields: Contents {
         get { box.fields }
         _modify {
             if !isKnownUniquelyReferenced(&box) { box = Box(box.fields) }
@@ -174,7 +175,7 @@ public struct Envelope: Sendable, Hashable {
         source: String = Envelope.defaultSource, version: Int = Envelope.currentVersion, headers: [String: String] = [:]
     ) {
         box = Box(
-            Fields(
+            Contents(
                 id: id, target: target, arguments: arguments, contentType: contentType, replyTo: replyTo, traceparent: traceparent,
                 tracestate: tracestate, traceContext: traceContext, idempotencyKey: idempotencyKey, deadlineNanos: deadlineNanos,
                 createdAtNanos: createdAtNanos, source: source, version: version, headers: headers))
@@ -271,39 +272,24 @@ extension Envelope {
     /// call by readable name (no target identifier) is always CloudEvents: that is its format; so
     /// is an envelope of another version than ``currentVersion`` (the compact form has one).
     public func message(channel: String, orderingKey: String? = nil, deliverAtNanos: Int64 = 0, form: Form = .cloudEvents) -> Message {
-        let own: [(key: String, value: String)] = headers.isEmpty ? [] : headers.sorted { $0.key < $1.key }.map { ("ce-" + $0.key, $0.value) }
-        if form == .compact, !target.identifier.isEmpty, version == Self.currentVersion {
-            let writePrefix = { (buffer: UnsafeMutableRawBufferPointer) in CompactForm.writePrefix(self, into: buffer) }
-            return Message(
-                packing: id, channel: channel, orderingKey: orderingKey, bodyPrefix: CompactForm.prefixCount(self), writePrefix, body: arguments,
-                deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos
-            ) { headers in
-                if let traceparent { headers.add(EnvelopeHeader.traceparent, traceparent) }
-                if let tracestate { headers.add(EnvelopeHeader.tracestate, tracestate) }
-                if let traceContext { headers.add(EnvelopeHeader.traceContext, traceContext) }
-                for header in own { headers.add(header.key, header.value) }
-            }
-        }
-        // A call with a deadline expires with it: a transport with the `expiry` capability then
-        // never delivers it late (it dead-letters it), and it does not pile up where nobody reads.
-        return Message(packing: id, channel: channel, orderingKey: orderingKey, body: arguments, deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos) {
-            headers in
-            headers.add(EnvelopeHeader.specVersion, "1.0")
-            headers.add(EnvelopeHeader.id, id)
-            headers.add(EnvelopeHeader.source, source)
-            headers.add(EnvelopeHeader.type, target.name)
-            headers.add(EnvelopeHeader.time, byteCount: RFC3339.formattedCount) { RFC3339.write(nanos: createdAtNanos, into: $0) }
-            headers.add(EnvelopeHeader.contentType, contentType.rawValue)
-            headers.add(EnvelopeHeader.version, version == Self.currentVersion ? Self.currentVersionText : String(version))
-            if !target.identifier.isEmpty { headers.add(EnvelopeHeader.target, target.identifier) }
-            if let replyTo { headers.add(EnvelopeHeader.replyTo, replyTo) }
-            if let idempotencyKey, idempotencyKey != id { headers.add(EnvelopeHeader.idempotencyKey, idempotencyKey) }
-            if deadlineNanos > 0 { headers.add(EnvelopeHeader.deadline, byteCount: RFC3339.formattedCount) { RFC3339.write(nanos: deadlineNanos, into: $0) } }
-            if let traceparent { headers.add(EnvelopeHeader.traceparent, traceparent) }
-            if let tracestate { headers.add(EnvelopeHeader.tracestate, tracestate) }
-            if let traceContext { headers.add(EnvelopeHeader.traceContext, traceContext) }
-            for header in own { headers.add(header.key, header.value) }
-        }
+        box.fields.message(channel: channel, orderingKey: orderingKey, deliverAtNanos: deliverAtNanos, form: form)
+    }
+
+    /// What ``message(channel:orderingKey:deliverAtNanos:form:)`` makes of the envelope these
+    /// arguments describe (as ``init(id:target:arguments:contentType:replyTo:traceparent:tracestate:traceContext:idempotencyKey:deadlineNanos:createdAtNanos:source:version:headers:)``
+    /// takes them), without making the envelope: a caller that packs its call at once and never
+    /// hands the envelope along has no use for its box (an allocation a call).
+    package static func message(
+        id: consuming String, target: consuming Target, arguments: consuming [UInt8], contentType: ArgumentEncoding,
+        replyTo: consuming String?, traceparent: consuming String?, tracestate: consuming String?, traceContext: consuming String?,
+        idempotencyKey: consuming String?, deadlineNanos: Int64, createdAtNanos: Int64, headers: consuming [String: String],
+        channel: String, orderingKey: String?, deliverAtNanos: Int64, form: Form
+    ) -> Message {
+        Contents(
+            id: id, target: target, arguments: arguments, contentType: contentType, replyTo: replyTo, traceparent: traceparent,
+            tracestate: tracestate, traceContext: traceContext, idempotencyKey: idempotencyKey, deadlineNanos: deadlineNanos,
+            createdAtNanos: createdAtNanos, source: defaultSource, version: currentVersion, headers: headers
+        ).message(channel: channel, orderingKey: orderingKey, deliverAtNanos: deliverAtNanos, form: form)
     }
 
     /// Reads an envelope from a delivered message, or says exactly why it is not one.
@@ -546,5 +532,46 @@ package final class EnvelopeStrings: Sendable {
         }
         if !same { kept = String(slice) }
         return kept
+    }
+}
+
+extension Envelope.Contents {
+    /// What ``Envelope/message(channel:orderingKey:deliverAtNanos:form:)`` makes of an envelope with these contents.
+    func message(channel: String, orderingKey: String?, deliverAtNanos: Int64, form: Envelope.Form) -> Message {
+        let own: [(key: String, value: String)] = headers.isEmpty ? [] : headers.sorted { $0.key < $1.key }.map { ("ce-" + $0.key, $0.value) }
+        if form == .compact, !target.identifier.isEmpty, version == Envelope.currentVersion {
+            // The prefix's writer inline: a closure kept in a constant copies these contents
+            // (a retain for each of their strings) where one passed as the argument borrows them.
+            return Message(
+                packing: id, channel: channel, orderingKey: orderingKey, bodyPrefix: CompactForm.prefixCount(self),
+                { buffer in CompactForm.writePrefix(self, into: buffer) }, body: arguments,
+                deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos,
+                headers: { headers in
+                    if let traceparent { headers.add(EnvelopeHeader.traceparent, traceparent) }
+                    if let tracestate { headers.add(EnvelopeHeader.tracestate, tracestate) }
+                    if let traceContext { headers.add(EnvelopeHeader.traceContext, traceContext) }
+                    for header in own { headers.add(header.key, header.value) }
+                })
+        }
+        // A call with a deadline expires with it: a transport with the `expiry` capability then
+        // never delivers it late (it dead-letters it), and it does not pile up where nobody reads.
+        return Message(packing: id, channel: channel, orderingKey: orderingKey, body: arguments, deliverAtNanos: deliverAtNanos, expiresAtNanos: deadlineNanos) {
+            headers in
+            headers.add(EnvelopeHeader.specVersion, "1.0")
+            headers.add(EnvelopeHeader.id, id)
+            headers.add(EnvelopeHeader.source, source)
+            headers.add(EnvelopeHeader.type, target.name)
+            headers.add(EnvelopeHeader.time, byteCount: RFC3339.formattedCount) { RFC3339.write(nanos: createdAtNanos, into: $0) }
+            headers.add(EnvelopeHeader.contentType, contentType.rawValue)
+            headers.add(EnvelopeHeader.version, version == Envelope.currentVersion ? Envelope.currentVersionText : String(version))
+            if !target.identifier.isEmpty { headers.add(EnvelopeHeader.target, target.identifier) }
+            if let replyTo { headers.add(EnvelopeHeader.replyTo, replyTo) }
+            if let idempotencyKey, idempotencyKey != id { headers.add(EnvelopeHeader.idempotencyKey, idempotencyKey) }
+            if deadlineNanos > 0 { headers.add(EnvelopeHeader.deadline, byteCount: RFC3339.formattedCount) { RFC3339.write(nanos: deadlineNanos, into: $0) } }
+            if let traceparent { headers.add(EnvelopeHeader.traceparent, traceparent) }
+            if let tracestate { headers.add(EnvelopeHeader.tracestate, tracestate) }
+            if let traceContext { headers.add(EnvelopeHeader.traceContext, traceContext) }
+            for header in own { headers.add(header.key, header.value) }
+        }
     }
 }
