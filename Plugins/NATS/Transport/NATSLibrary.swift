@@ -16,7 +16,7 @@ enum NATSLibrary {
     /// own threads share one connection's lock, and with fewer cores than threads a spinning
     /// thread takes the core the holder needs: on two cores the spin was a fifth of the samples of
     /// `bench nats`, and without it the plugin moved 11% more messages (raw nats.c 16% more) with
-    /// 12% less CPU (docs/benchmarks.md, twenty-second round). nats.c is set up once per process,
+    /// 12% less CPU (docs/benchmark-history.md, twenty-second round). nats.c is set up once per process,
     /// by whoever opens it first.
     static var lockSpinCount: Int64 { UsableCores.count < 4 ? 0 : -1 }
 

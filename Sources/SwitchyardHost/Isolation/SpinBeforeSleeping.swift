@@ -9,7 +9,7 @@ import SwitchyardABI
 /// Waiting for the other process of `isolation: process` by spinning a little before sleeping.
 ///
 /// The two processes answer each other within microseconds, but a thread asleep in `recv` or on
-/// a semaphore costs about 20 µs to wake on another core of a virtual machine (docs/benchmarks.md,
+/// a semaphore costs about 20 µs to wake on another core of a virtual machine (docs/benchmark-history.md,
 /// twenty-fifth round), and an isolated request-reply call crosses the socket four times. So the
 /// readers of both processes, and a thread waiting for the child's answer, first poll for a
 /// while, yielding the core between polls: a thread the poller waits for on the same core runs

@@ -11,7 +11,7 @@ import Tracing
 // The call path's async functions are `nonisolated(nonsending)`: they run on the executor of
 // whoever awaits them, where a plain nonisolated async function hops onto the global executor as
 // it starts and its caller hops back as it returns: nine executor switches a typed
-// fire-and-forget call (docs/benchmarks.md, forty-sixth round). Its entry points are
+// fire-and-forget call (docs/benchmark-history.md, forty-sixth round). Its entry points are
 // `@concurrent`: a call never runs on its caller's actor (a `@MainActor` caller's publish, even
 // a lone durable call's commit, is never the main actor's work), whatever the compiler's thunk
 // is (1.6 of the nine switches back, by callgrind).

@@ -141,7 +141,7 @@ package final class CallCost: Sendable {
     /// most of what it spends beyond its two fsyncs. A lone call and its lone reply therefore
     /// commit on their own threads (the SQLite writer lets an idle caller run its own
     /// transaction): `durable-rr`'s one caller, p50 0.68 to 0.61 ms (medians of eight runs each,
-    /// docs/benchmarks.md, forty-sixth round). Under load there is always another call: those
+    /// docs/benchmark-history.md, forty-sixth round). Under load there is always another call: those
     /// hand off as before, never holding the pool's threads, and their commits share one fsync
     /// (`durable-rr`'s 64 callers: the same throughput). One task thread of the process at most
     /// waits for storage this way, whatever the number of transports, and never for a chain with

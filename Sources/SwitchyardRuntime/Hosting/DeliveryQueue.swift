@@ -150,7 +150,7 @@ package final class DeliveryQueue: Sendable {
     /// needs no wake — as long as the delivery goes to the spinning worker: resuming a suspended
     /// one from the transport's thread still woke the pool's other thread now and then. `bench
     /// typed --quick` on 2026-12-04: request-reply p50 about 11 µs in most runs against 35–50 µs
-    /// without (some runs still read 44–54 µs: docs/benchmarks.md, nineteenth round);
+    /// without (some runs still read 44–54 µs: docs/benchmark-history.md, nineteenth round);
     /// fire-and-forget and 64 callers within the noise. One worker spins, not all: spinning
     /// workers would take the threads the callers' tasks need.
     nonisolated(nonsending) private func spinForNext() async -> Inbound? {
