@@ -133,12 +133,16 @@ extension SwitchyardConfig {
                 case .transport:
                     route.transport = try field.string()
                     guard route.transport == RouteEntry.direct || known.contains(route.transport) else {
-                        throw field.error("no transport named '\(route.transport)' (configured: \((transports.map(\.name) + [RouteEntry.direct]).joined(separator: ", ")))")
+                        let names = transports.map(\.name) + [RouteEntry.direct]
+                        let guess = NearestName.nearest(to: route.transport, among: names).map { " — did you mean '\($0)'?" } ?? ""
+                        throw field.error("no transport named '\(route.transport)'\(guess) (configured: \(names.joined(separator: ", ")))")
                     }
                 case .mode:
                     let text = try field.string()
                     guard let mode = RouteEntry.Mode(rawValue: text) else {
-                        throw field.error("expected one of: \(RouteEntry.Mode.allCases.map(\.rawValue).joined(separator: ", "))")
+                        let modes = RouteEntry.Mode.allCases.map(\.rawValue)
+                        let guess = NearestName.nearest(to: text, among: modes).map { " — did you mean '\($0)'?" } ?? ""
+                        throw field.error("'\(text)' is not a mode\(guess) (expected one of: \(modes.joined(separator: ", ")))")
                     }
                     route.mode = mode
                 case .deadline:

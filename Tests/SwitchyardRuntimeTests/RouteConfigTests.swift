@@ -58,7 +58,13 @@ struct RouteConfigTests {
         arguments: [
             ("routes:\n  Orders.place: { transport: nowhere }\n", "routes.Orders.place.transport", "no transport named 'nowhere'"),
             ("routes:\n  Orders.place: { mode: fire-and-forget }\n", "routes.Orders.place.transport", "is required"),
-            ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "expected one of"),
+            ("routes:\n  Orders.place: { transport: q, mode: sometimes }\n", "routes.Orders.place.mode", "'sometimes' is not a mode (expected one of"),
+            // A near miss is named: a mode written in snake case, a transport's name mistyped.
+            (
+                "routes:\n  Orders.place: { transport: q, mode: fire_and_forget }\n", "routes.Orders.place.mode",
+                "'fire_and_forget' is not a mode — did you mean 'fire-and-forget'?"
+            ),
+            ("routes:\n  Orders.place: { transport: qq }\n", "routes.Orders.place.transport", "no transport named 'qq' — did you mean 'q'?"),
             ("routes:\n  Orders.place: { transport: q, deadline: soon }\n", "routes.Orders.place.deadline", "is not a duration"),
             ("routes:\n  Orders.place: { transport: q, deadline: 0 }\n", "routes.Orders.place.deadline", "more than 0"),
             (
