@@ -277,8 +277,9 @@ extension Envelope {
 
     /// What ``message(channel:orderingKey:deliverAtNanos:form:)`` makes of the envelope these
     /// arguments describe (as ``init(id:target:arguments:contentType:replyTo:traceparent:tracestate:traceContext:idempotencyKey:deadlineNanos:createdAtNanos:source:version:headers:)``
-    /// takes them), without making the envelope: a caller that packs its call at once and never
-    /// hands the envelope along has no use for its box (an allocation a call).
+    /// takes them, with its defaults for the rest: `source` ``defaultSource``, `version`
+    /// ``currentVersion``), without making the envelope: a caller that packs its call at once and
+    /// never hands the envelope along has no use for its box (an allocation a call).
     package static func message(
         id: consuming String, target: consuming Target, arguments: consuming [UInt8], contentType: ArgumentEncoding,
         replyTo: consuming String?, traceparent: consuming String?, tracestate: consuming String?, traceContext: consuming String?,
