@@ -6,6 +6,12 @@ package enum NearestName {
         names.map { (name: $0, distance: editDistance($0, name)) }.filter { (1...2).contains($0.distance) }.min { $0.distance < $1.distance }?.name
     }
 
+    /// A message's " — did you mean 'x'?" for the name ``nearest(to:among:)`` finds, written as
+    /// `spell` makes it (`Interface.function` from a function's name); empty when none is near.
+    package static func suggestion(for name: String, among names: [String], spelled spell: (String) -> String = { $0 }) -> String {
+        nearest(to: name, among: names).map { " — did you mean '\(spell($0))'?" } ?? ""
+    }
+
     /// Levenshtein distance, for short names.
     static func editDistance(_ a: String, _ b: String) -> Int {
         let a = Array(a.utf8)

@@ -134,14 +134,14 @@ extension SwitchyardConfig {
                     route.transport = try field.string()
                     guard route.transport == RouteEntry.direct || known.contains(route.transport) else {
                         let names = transports.map(\.name) + [RouteEntry.direct]
-                        let guess = NearestName.nearest(to: route.transport, among: names).map { " — did you mean '\($0)'?" } ?? ""
+                        let guess = NearestName.suggestion(for: route.transport, among: names)
                         throw field.error("no transport named '\(route.transport)'\(guess) (configured: \(names.joined(separator: ", ")))")
                     }
                 case .mode:
                     let text = try field.string()
                     guard let mode = RouteEntry.Mode(rawValue: text) else {
                         let modes = RouteEntry.Mode.allCases.map(\.rawValue)
-                        let guess = NearestName.nearest(to: text, among: modes).map { " — did you mean '\($0)'?" } ?? ""
+                        let guess = NearestName.suggestion(for: text, among: modes)
                         throw field.error("'\(text)' is not a mode\(guess) (expected one of: \(modes.joined(separator: ", ")))")
                     }
                     route.mode = mode

@@ -287,7 +287,7 @@ public struct SwitchyardConfig: Sendable {
             guard parts.count == 2, parts[1] != "*", let module = config.native.first(where: { $0.interface == parts[0] }) else { continue }
             let names = module.functions.map(\.name)
             guard !names.contains(parts[1]) else { continue }
-            let guess = NearestName.nearest(to: parts[1], among: names).map { " — did you mean '\(parts[0]).\($0)'?" } ?? ""
+            let guess = NearestName.suggestion(for: parts[1], among: names) { "\(parts[0]).\($0)" }
             throw ConfigError(
                 key: "routes.\(route.pattern)", line: route.lines[""],
                 message: "native module \(parts[0]) has no function \(parts[1]) (its functions: \(names.joined(separator: ", ")))\(guess)")
