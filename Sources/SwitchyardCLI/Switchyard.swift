@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SwitchyardABI
 import SwitchyardHost
 
 /// The `switchyard` command.
@@ -83,7 +84,7 @@ struct UnknownOption {
     /// The message for `option`, which `command` does not have.
     static func describe(_ option: String, for command: any ParsableCommand.Type) -> String {
         let name = ([name(of: SwitchyardCommand.self)] + path(to: command)).joined(separator: " ")
-        let nearest = TransportSet.nearest(to: option, among: Array(options(of: command).keys))
+        let nearest = NearestName.nearest(to: option, among: Array(options(of: command).keys))
         return "unknown option '\(option)' for '\(name)'\(nearest.map { " (did you mean '\($0)'?)" } ?? "")\n"
             + "  See '\(name) --help' for its options."
     }

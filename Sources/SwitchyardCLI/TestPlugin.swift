@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SwitchyardABI
 import SwitchyardConformance
 import SwitchyardHost
 import SwitchyardLoader
@@ -53,7 +54,7 @@ struct TestPlugin: ParsableCommand {
         // A misspelled --check ran nothing and passed: "0 passed, 0 failed".
         let known = ConformanceSuite.checks.map(\.name)
         if let unknown = check.first(where: { !known.contains($0) }) {
-            let near = TransportSet.nearest(to: unknown, among: known)
+            let near = NearestName.nearest(to: unknown, among: known)
             throw CommandFailure(
                 "no conformance check named '\(unknown)'\(near.map { ": did you mean '\($0)'?" } ?? "") (checks: \(known.joined(separator: ", ")))")
         }

@@ -129,7 +129,7 @@ extension TransportSet {
     /// one (`queues`), the build command for a bundled plugin not built yet, else where a
     /// plugin's file goes.
     package static func unknownPluginAdvice(_ plugin: String, found: [String], notPlugins: [String] = []) -> String {
-        if let near = nearest(to: plugin, among: Set(found + bundledPlugins).sorted()) {
+        if let near = NearestName.nearest(to: plugin, among: Set(found + bundledPlugins).sorted()) {
             let build = found.contains(near) ? "" : " (build it with 'swift build --product switchyard-\(near)', see docs/services.md)"
             return "Did you mean '\(near)'?\(build)"
         }
@@ -156,7 +156,7 @@ extension TransportSet {
     /// `pinned`: the names the config pins (a pinned plugin refused so is one whose file changed).
     static func unpinnedAdvice(_ plugin: String, catalog: PluginCatalog, pinned: Set<String>) -> String {
         let unpinned = catalog.rejected.filter { $0.kind == .pinMismatch && $0.plugin == nil }
-        guard !unpinned.isEmpty, nearest(to: plugin, among: catalog.plugins.map(\.name)) == nil else { return "" }
+        guard !unpinned.isEmpty, NearestName.nearest(to: plugin, among: catalog.plugins.map(\.name)) == nil else { return "" }
         let files = unpinned.prefix(3).map(\.path).joined(separator: ", ") + (unpinned.count > 3 ? ", …" : "")
         let refused =
             unpinned.count == 1
@@ -171,7 +171,4 @@ extension TransportSet {
                 + "plugin name and sha256; add plugins.pins.\(plugin): <that sha256> to the config."
         return "plugins.require_pins is on, and \(refused). \(fix) If it is not among them: "
     }
-
-    /// The name among `names` one or two edits from `name`, for a "did you mean" (``NearestName``).
-    package static func nearest(to name: String, among names: [String]) -> String? { NearestName.nearest(to: name, among: names) }
 }

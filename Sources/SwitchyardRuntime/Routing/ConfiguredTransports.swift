@@ -74,7 +74,7 @@ extension TransportSet {
         let pluginNames = Set(catalog.plugins.map(\.name) + catalog.rejected.compactMap(\.plugin))
         let unnamedRefusals = catalog.rejected.contains { $0.plugin == nil }
         for pinned in config.plugins.pins.keys.sorted() where !pluginNames.contains(pinned) {
-            let nearest = TransportSet.nearest(to: pinned, among: pluginNames.sorted())
+            let nearest = NearestName.nearest(to: pinned, among: pluginNames.sorted())
             guard nearest != nil || !unnamedRefusals else { continue }
             let near = nearest.map { " Did you mean '\($0)'?" } ?? ""
             logger.warning(
